@@ -1,0 +1,151 @@
+"""The hardware and model catalogue: built-in GPUs and models, plus user-defined ones.
+
+The built-in entries live in ``gpus.yaml`` and ``models.yaml`` beside this file; a scenario may add
+its own under top-level ``gpus:`` and ``models:`` keys with the same fields.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+from pydantic import Field
+
+from fleetwise.config.base import StrictModel
+
+_HERE = Path(__file__).parent
+
+
+class Calibration(StrictModel):
+    """Efficiency factors of the roofline cost model for one GPU (see docs/cost-model.md)."""
+
+    gemm_compute: float = Field(gt=0, le=1)
+    """Fraction of peak FLOP/s reached by dense GEMMs."""
+    attention_compute: float = Field(gt=0, le=1)
+    """Fraction of peak FLOP/s reached by attention kernels."""
+    memory: float = Field(gt=0, le=1)
+    """Fraction of peak HBM bandwidth reached by streaming kernels."""
+    collective: float = Field(gt=0, le=1)
+    """Fraction of link bandwidth reached by collectives."""
+    iteration_overhead: float = Field(ge=0)
+    """Fixed cost of one iteration, seconds."""
+    layer_overhead: float = Field(default=0.0, ge=0)
+    """Fixed cost per decoder layer per iteration, seconds."""
+
+
+class CalibrationOverride(StrictModel):
+    """Changes to some of a GPU's calibration factors (unset fields keep the GPU's values)."""
+
+    gemm_compute: float | None = Field(default=None, gt=0, le=1)
+    """Fraction of peak FLOP/s reached by dense GEMMs."""
+    attention_compute: float | None = Field(default=None, gt=0, le=1)
+    """Fraction of peak FLOP/s reached by attention kernels."""
+    memory: float | None = Field(default=None, gt=0, le=1)
+    """Fraction of peak HBM bandwidth reached by streaming kernels."""
+    collective: float | None = Field(default=None, gt=0, le=1)
+    """Fraction of link bandwidth reached by collectives."""
+    iteration_overhead: float | None = Field(default=None, ge=0)
+    """Fixed cost of one iteration, seconds."""
+    layer_overhead: float | None = Field(default=None, ge=0)
+    """Fixed cost per decoder layer per iteration, seconds."""
+
+    def apply(self, base: Calibration) -> Calibration:
+        """Returns ``base`` with the fields set here replaced."""
+        return base.model_copy(update=self.model_dump(exclude_none=True))
+
+
+class GpuSpec(StrictModel):
+    """An accelerator: dense 16-bit peak, memory, link to its peers, and its calibration."""
+
+    description: str = ""
+    """Human-readable name."""
+    peak_flops: float = Field(gt=0)
+    """Peak dense 16-bit tensor throughput, FLOP/s."""
+    memory_bytes: float = Field(gt=0)
+    """Device memory capacity, bytes."""
+    memory_bandwidth: float = Field(gt=0)
+    """Device memory bandwidth, bytes/s."""
+    link: str = "nvlink"
+    """Kind of GPU-to-GPU link used by tensor parallelism."""
+    link_bandwidth: float = Field(gt=0)
+    """Per-direction bandwidth of that link, bytes/s."""
+    link_latency: float = Field(default=2e-6, ge=0)
+    """Latency of one collective step on that link, seconds."""
+    calibration: Calibration
+    """Cost-model efficiency factors for this GPU."""
+
+    def core_json(self, name: str) -> dict:
+        """The GPU as the Rust core reads it."""
+        return {
+            "name": name,
+            "peak_flops": self.peak_flops,
+            "memory_bytes": int(self.memory_bytes),
+            "memory_bandwidth": self.memory_bandwidth,
+            "link_bandwidth": self.link_bandwidth,
+            "link_latency": self.link_latency,
+        }
+
+
+class ModelSpec(StrictModel):
+    """A dense decoder-only model's shape, as in its Hugging Face ``config.json``."""
+
+    hf_id: str = ""
+    """Hugging Face repository id, for reference."""
+    num_layers: int = Field(ge=1)
+    """Decoder layers (``num_hidden_layers``)."""
+    hidden_size: int = Field(ge=1)
+    """Model width."""
+    num_heads: int = Field(ge=1)
+    """Query heads (``num_attention_heads``)."""
+    num_kv_heads: int = Field(ge=1)
+    """Key/value heads (``num_key_value_heads``)."""
+    head_dim: int = Field(ge=1)
+    """Size of one attention head."""
+    intermediate_size: int = Field(ge=1)
+    """MLP intermediate size."""
+    vocab_size: int = Field(ge=1)
+    """Vocabulary size."""
+    max_position_embeddings: int = Field(ge=1)
+    """Longest supported context, tokens."""
+    tie_word_embeddings: bool = False
+    """Whether the LM head shares the embedding matrix."""
+    dtype_bytes: int = Field(default=2, ge=1, le=8)
+    """Bytes per weight/activation element."""
+
+    def core_json(self, name: str) -> dict:
+        """The model as the Rust core reads it."""
+        d = self.model_dump(exclude={"hf_id"})
+        d["name"] = name
+        return d
+
+
+def _load(file: str, cls):
+    raw = yaml.safe_load((_HERE / file).read_text())
+    return {name: cls.model_validate(spec) for name, spec in raw.items()}
+
+
+@lru_cache(maxsize=1)
+def builtin_gpus() -> dict[str, GpuSpec]:
+    """The built-in GPUs by name."""
+    return _load("gpus.yaml", GpuSpec)
+
+
+@lru_cache(maxsize=1)
+def builtin_models() -> dict[str, ModelSpec]:
+    """The built-in models by name."""
+    return _load("models.yaml", ModelSpec)
+
+
+def lookup(kind: str, name: str, extra: dict, path: str):
+    """Finds GPU or model ``name`` among the user-defined ``extra`` and the built-ins.
+
+    Raises ``ConfigError`` naming ``path`` and the known names when it is unknown.
+    """
+    from fleetwise.errors import ConfigError
+
+    table = {**(builtin_gpus() if kind == "gpu" else builtin_models()), **extra}
+    if name not in table:
+        known = ", ".join(sorted(table))
+        raise ConfigError(f"{path}: unknown {kind} {name!r}; known: {known}")
+    return table[name]

@@ -1,0 +1,36 @@
+"""Resolves a scenario's cluster into the JSON configuration the Rust core reads."""
+
+from __future__ import annotations
+
+from fleetwise.catalog import GpuSpec, ModelSpec, lookup
+from fleetwise.config.scenario import PoolConfig, Scenario
+
+
+def resolve_pool(scenario: Scenario, index: int, pool: PoolConfig) -> dict:
+    """The core's view of pool ``index``: specs looked up, defaults filled in."""
+    path = f"cluster.pools.{index}"
+    gpu: GpuSpec = lookup("gpu", pool.gpu, scenario.gpus, f"{path}.gpu")
+    model: ModelSpec = lookup("model", pool.model, scenario.models, f"{path}.model")
+    calibration = gpu.calibration if pool.calibration is None else pool.calibration.apply(gpu.calibration)
+    sched = pool.scheduler
+    max_tokens = sched.max_num_batched_tokens or max(model.max_position_embeddings, 2048)
+    return {
+        "name": pool.name,
+        "count": pool.count,
+        "gpu": gpu.core_json(pool.gpu),
+        "model": model.core_json(pool.model),
+        "tp": pool.parallelism.tp,
+        "calibration": calibration.model_dump(),
+        "memory": pool.memory.model_dump(),
+        "scheduler": {"kind": sched.kind, "max_num_seqs": sched.max_num_seqs, "max_num_batched_tokens": max_tokens},
+    }
+
+
+def core_config(scenario: Scenario, record_iterations: bool = False) -> dict:
+    """The whole core configuration for ``scenario``."""
+    return {
+        "seed": scenario.seed,
+        "pools": [resolve_pool(scenario, i, p) for i, p in enumerate(scenario.cluster.pools)],
+        "router": scenario.cluster.router.model_dump(),
+        "record_iterations": record_iterations,
+    }

@@ -1,0 +1,1 @@
+"""Scenario configuration: pydantic models (``scenario``) loaded from YAML (``load``)."""

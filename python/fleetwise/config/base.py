@@ -1,0 +1,13 @@
+"""The base class every configuration model derives from."""
+
+from pydantic import BaseModel, ConfigDict
+
+
+class StrictModel(BaseModel):
+    """A frozen pydantic model that rejects unknown fields.
+
+    Every scenario section derives from it so that a misspelt key is an error naming the field path,
+    never a silently ignored value.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)

@@ -1,0 +1,128 @@
+"""Loading scenarios from YAML, with ``--set path=value`` overrides and readable errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from fleetwise.config.scenario import Scenario
+
+
+def _fail(msg: str):
+    from fleetwise.errors import ConfigError
+
+    raise ConfigError(msg)
+
+
+def apply_override(data: dict, assignment: str, source: str) -> None:
+    """Applies one ``a.b.0.c=value`` assignment to ``data`` in place; the value is parsed as YAML."""
+    if "=" not in assignment:
+        _fail(f"--set {assignment!r}: expected PATH=VALUE, e.g. cluster.pools.0.count=8")
+    path, raw = assignment.split("=", 1)
+    keys = path.strip().split(".")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    node: Any = data
+    for depth, key in enumerate(keys):
+        last = depth == len(keys) - 1
+        where = ".".join(keys[: depth + 1])
+        if isinstance(node, list):
+            if not key.isdigit() or int(key) >= len(node):
+                _fail(f"--set {path}: {where}: index {key!r} out of range (list has {len(node)} items) in {source}")
+            key = int(key)
+        elif not isinstance(node, dict):
+            _fail(f"--set {path}: {'.'.join(keys[:depth])} is a value, not a section, in {source}")
+        if last:
+            node[key] = value
+        else:
+            if isinstance(node, dict) and key not in node:
+                node[key] = {}
+            node = node[key]
+
+
+def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model class found by following ``loc`` from ``model`` (best effort)."""
+    import typing
+
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int) or current is None:
+            continue
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(part)
+            if field is None:
+                # A discriminated-union tag (e.g. 'vllm') names the member class.
+                continue
+            current = field.annotation
+        # Unwrap Optional / list / Annotated / Union to the first model class inside.
+        seen = 0
+        while not (isinstance(current, type) and issubclass(current, BaseModel)) and seen < 6:
+            args = typing.get_args(current)
+            models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+            if models:
+                current = models[0] if len(models) == 1 else current
+                if len(models) > 1:
+                    break
+            elif args:
+                current = args[0]
+            else:
+                break
+            seen += 1
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line per problem: ``file: field.path: message (allowed: ...)``."""
+    lines = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        path = ".".join(str(p) for p in loc) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            owner = _model_at(Scenario, loc[:-1])
+            if owner is not None:
+                msg += f"; allowed fields: {', '.join(owner.model_fields)}"
+        elif e["type"] == "union_tag_invalid":
+            expected = e.get("ctx", {}).get("expected_tags")
+            if expected:
+                msg = f"unknown kind {e['input'].get('kind')!r}; allowed: {expected}" if isinstance(e.get("input"), dict) else msg
+        elif "input" in e and e["type"] not in ("missing",):
+            msg += f" (got {e['input']!r})"
+        lines.append(f"{source}: {path}: {msg}")
+    return "\n".join(lines)
+
+
+def scenario_from_dict(data: dict, source: str = "<scenario>", base_dir: Path | None = None) -> Scenario:
+    """Validates a scenario given as a dict; errors name ``source`` and the field path."""
+    if not isinstance(data, dict):
+        _fail(f"{source}: the scenario must be a mapping, got {type(data).__name__}")
+    try:
+        scenario = Scenario.model_validate(data)
+    except ValidationError as err:
+        _fail(format_validation_error(err, source))
+    scenario._source = source
+    scenario._base_dir = str(base_dir) if base_dir is not None else None
+    return scenario
+
+
+def load_scenario(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Scenario:
+    """Reads a YAML scenario, applies ``path=value`` overrides and validates it."""
+    p = Path(path)
+    if not p.is_file():
+        _fail(f"{p}: scenario file not found")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark is not None else ""
+        _fail(f"{p}{where}: invalid YAML: {getattr(err, 'problem', err)}")
+    if data is None:
+        data = {}
+    for assignment in overrides:
+        apply_override(data, assignment, str(p))
+    return scenario_from_dict(data, str(p), p.resolve().parent)

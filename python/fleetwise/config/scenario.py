@@ -1,0 +1,137 @@
+"""The scenario: cluster, workload, SLOs and seed, as one validated object."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import Field, PrivateAttr
+
+from fleetwise.catalog import CalibrationOverride, GpuSpec, ModelSpec
+from fleetwise.config.base import StrictModel
+from fleetwise.workload.config import WorkloadConfig
+
+
+class VllmScheduler(StrictModel):
+    """vLLM-style continuous batching: prefill first, decodes otherwise, recompute preemption."""
+
+    kind: Literal["vllm"] = "vllm"
+    """Selects this scheduler."""
+    max_num_seqs: int = Field(default=256, ge=1)
+    """Most sequences in one iteration."""
+    max_num_batched_tokens: int | None = Field(default=None, ge=1)
+    """Most tokens in one iteration; default max(model context, 2048), as vLLM without chunked prefill."""
+
+
+SchedulerConfig = Annotated[Union[VllmScheduler], Field(discriminator="kind")]
+"""Any batch scheduler, selected by ``kind``."""
+
+
+class RoundRobinRouter(StrictModel):
+    """Sends requests to instances in turn."""
+
+    kind: Literal["round-robin"] = "round-robin"
+    """Selects this router."""
+
+
+class LeastOutstandingTokensRouter(StrictModel):
+    """Sends each request to the instance with the fewest outstanding tokens."""
+
+    kind: Literal["least-outstanding-tokens"] = "least-outstanding-tokens"
+    """Selects this router."""
+
+
+class RandomRouter(StrictModel):
+    """Sends each request to a uniformly random instance (seeded)."""
+
+    kind: Literal["random"] = "random"
+    """Selects this router."""
+
+
+RouterConfig = Annotated[
+    Union[RoundRobinRouter, LeastOutstandingTokensRouter, RandomRouter], Field(discriminator="kind")
+]
+"""Any router, selected by ``kind``."""
+
+
+class Parallelism(StrictModel):
+    """How one instance spreads the model over GPUs."""
+
+    tp: int = Field(default=1, ge=1)
+    """Tensor-parallel degree: GPUs per instance."""
+
+
+class MemorySettings(StrictModel):
+    """Memory settings of an instance."""
+
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    """Fraction of each GPU's memory the engine may use (vLLM's setting of the same name)."""
+    block_size: int = Field(default=16, ge=1)
+    """Tokens per KV-cache block."""
+
+
+class PoolConfig(StrictModel):
+    """A group of identical instances."""
+
+    name: str = "main"
+    """Pool name, shown in results."""
+    count: int = Field(default=1, ge=1)
+    """Number of instances."""
+    gpu: str
+    """GPU name from the catalogue or the scenario's ``gpus``."""
+    model: str
+    """Model name from the catalogue or the scenario's ``models``."""
+    parallelism: Parallelism = Parallelism()
+    """Parallelism of each instance."""
+    scheduler: SchedulerConfig = VllmScheduler()
+    """Batch scheduler of each instance."""
+    memory: MemorySettings = MemorySettings()
+    """Memory settings of each instance."""
+    calibration: CalibrationOverride | None = None
+    """Overrides of the GPU's cost-model calibration for this pool."""
+
+
+class ClusterConfig(StrictModel):
+    """Instances and the router in front of them."""
+
+    pools: list[PoolConfig] = Field(min_length=1)
+    """Instance pools."""
+    router: RouterConfig = LeastOutstandingTokensRouter()
+    """Router across all instances."""
+
+
+class SloConfig(StrictModel):
+    """Per-request latency targets; a request meets the SLO when it meets every target set."""
+
+    ttft: float | None = Field(default=None, gt=0)
+    """Time to first token target, seconds."""
+    tpot: float | None = Field(default=None, gt=0)
+    """Time per output token target, seconds."""
+    e2e: float | None = Field(default=None, gt=0)
+    """End-to-end latency target, seconds."""
+
+
+class Scenario(StrictModel):
+    """A complete simulation: what runs, on what, under which load."""
+
+    name: str = "scenario"
+    """Scenario name."""
+    seed: int = Field(default=0, ge=0)
+    """Seed of every random stream."""
+    gpus: dict[str, GpuSpec] = {}
+    """User-defined GPUs (added to, or replacing, the catalogue's)."""
+    models: dict[str, ModelSpec] = {}
+    """User-defined models (added to, or replacing, the catalogue's)."""
+    cluster: ClusterConfig
+    """The cluster."""
+    workload: WorkloadConfig
+    """The requests."""
+    slo: SloConfig | None = None
+    """Latency targets for SLO attainment."""
+
+    _source: str | None = PrivateAttr(default=None)
+    _base_dir: str | None = PrivateAttr(default=None)
+
+    @property
+    def source(self) -> str | None:
+        """The file the scenario was loaded from, if any."""
+        return self._source

@@ -1,0 +1,70 @@
+"""Latency metrics and the run summary, defined as vLLM's ``bench serve`` defines them.
+
+TTFT = first token - arrival; E2E = last token - arrival; TPOT = (E2E - TTFT) / (output - 1) for
+requests with more than one output token; ITL = gaps between consecutive tokens of a request
+(percentiles from the core's streaming sketch, relative error 0.5%).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+PERCENTILES = (50, 90, 99)
+
+
+def distribution(values: np.ndarray) -> dict[str, float]:
+    """Mean and p50/p90/p99 of ``values`` (NaN when empty)."""
+    if len(values) == 0:
+        return {"mean": float("nan"), **{f"p{p}": float("nan") for p in PERCENTILES}}
+    qs = np.percentile(values, PERCENTILES)
+    return {"mean": float(np.mean(values)), **{f"p{p}": float(q) for p, q in zip(PERCENTILES, qs)}}
+
+
+def slo_attainment(requests: pl.DataFrame, slo) -> dict | None:
+    """Fraction of finished requests meeting every target of ``slo`` (None when no SLO)."""
+    if slo is None:
+        return None
+    done = requests.filter(pl.col("status") == "finished")
+    ok = pl.lit(True)
+    targets = {}
+    for name, col in (("ttft", "ttft_s"), ("tpot", "tpot_s"), ("e2e", "e2e_s")):
+        limit = getattr(slo, name)
+        if limit is not None:
+            targets[name] = limit
+            ok = ok & (pl.col(col).fill_null(0.0) <= limit)
+    if not targets or done.height == 0:
+        return {"targets": targets, "attainment": float("nan")}
+    met = done.select(ok.alias("ok"))["ok"].sum()
+    return {"targets": targets, "attainment": met / requests.height}
+
+
+def summarize(requests: pl.DataFrame, itl: dict, slo=None) -> dict:
+    """The run summary: counts, throughput, latency distributions, SLO attainment."""
+    done = requests.filter(pl.col("status") == "finished")
+    n_done = done.height
+    first_arrival = requests["arrival_ns"].min() if requests.height else 0
+    last_done = done["completion_ns"].max() if n_done else first_arrival
+    span = max((last_done - first_arrival) * 1e-9, 1e-12) if n_done else 0.0
+    out_tokens = int(done["output_tokens"].sum()) if n_done else 0
+    in_tokens = int(done["prompt_tokens"].sum()) if n_done else 0
+    summary = {
+        "requests": requests.height,
+        "finished": n_done,
+        "rejected": requests.height - n_done,
+        "duration_s": span,
+        "throughput": {
+            "requests_per_s": n_done / span if span else 0.0,
+            "output_tokens_per_s": out_tokens / span if span else 0.0,
+            "total_tokens_per_s": (in_tokens + out_tokens) / span if span else 0.0,
+        },
+        "ttft_s": distribution(done["ttft_s"].to_numpy()),
+        "tpot_s": distribution(done["tpot_s"].drop_nulls().to_numpy()),
+        "itl_s": {"mean": itl["mean"], "p50": itl["p50"], "p90": itl["p90"], "p99": itl["p99"]},
+        "e2e_s": distribution(done["e2e_s"].to_numpy()),
+        "preemptions": int(requests["preemptions"].sum()),
+    }
+    slo_part = slo_attainment(requests, slo)
+    if slo_part is not None:
+        summary["slo"] = slo_part
+    return summary

@@ -1,0 +1,164 @@
+"""Locating and reading the user-supplied text files a workload is built from.
+
+The readers here keep the physical 1-based line number of every row, so that a malformed value
+can be reported as ``path: line N: ...`` even when the file contains blank lines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+import numpy as np
+import polars as pl
+
+
+def resolve_path(raw: str, base_dir: Path | None) -> Path:
+    """Return the existing file that ``raw`` names.
+
+    A relative path is tried against ``base_dir`` (the scenario file's directory) first, then
+    against the current directory. Raises ``ConfigError`` naming every path tried when none exists.
+    """
+    path = Path(raw).expanduser()
+    if path.is_absolute():
+        candidates = [path]
+    else:
+        candidates = [base_dir / path] if base_dir is not None else []
+        cwd_candidate = Path.cwd() / path
+        if all(c.resolve() != cwd_candidate.resolve() for c in candidates):
+            candidates.append(cwd_candidate)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    from fleetwise.errors import ConfigError
+
+    tried = ", ".join(str(c) for c in candidates)
+    raise ConfigError(f"workload file {raw!r} not found (tried {tried})")
+
+
+Problem = tuple[int, str]
+"""A malformed value: its 0-based data row and a description."""
+
+
+@dataclass(frozen=True)
+class TextTable:
+    """A comma-separated file read as strings, one polars column per header field."""
+
+    path: Path
+    """The file the table was read from (used in error messages)."""
+    header: tuple[str, ...]
+    """The header's field names, in file order."""
+    header_line: int
+    """The 1-based line number of the header (1 unless blank lines precede it)."""
+    rows: pl.DataFrame
+    """One string column per header field, surrounding blanks and double quotes removed."""
+    lines: np.ndarray
+    """The 1-based physical line number of each data row."""
+
+    def line_of(self, row: int) -> int:
+        """The 1-based file line number of data row ``row`` (0-based)."""
+        return int(self.lines[row])
+
+    def fail(self, row: int, message: str) -> NoReturn:
+        """Raise ``TraceError`` for data row ``row``: ``"<path>: line <N>: <message>"``."""
+        from fleetwise.errors import TraceError
+
+        raise TraceError(f"{self.path}: line {self.line_of(row)}: {message}")
+
+    def fail_first(self, *problems: Problem | None) -> None:
+        """Raise ``TraceError`` for the earliest of ``problems`` (those that are not ``None``)."""
+        found = [problem for problem in problems if problem is not None]
+        if found:
+            row, message = min(found)
+            self.fail(row, message)
+
+    def int_values(self, name: str, minimum: int) -> tuple[pl.Series, Problem | None]:
+        """Column ``name`` as int64 (null where invalid), and the first value that is not an
+        integer or is below ``minimum``, if any."""
+        raw = self.rows[name]
+        values = raw.cast(pl.Int64, strict=False)
+        row = first_true(values.is_null() | (values < minimum))
+        if row is None:
+            return values, None
+        if values[row] is None:
+            return values, (row, f"{name} is not an integer: {raw[row]!r}")
+        return values, (row, f"{name} must be >= {minimum}, got {values[row]}")
+
+    def int_column(self, name: str, minimum: int) -> np.ndarray:
+        """Column ``name`` as int64; ``TraceError`` at the first value that is not an integer or is
+        below ``minimum``."""
+        values, problem = self.int_values(name, minimum)
+        self.fail_first(problem)
+        return values.to_numpy().astype(np.int64, copy=False)
+
+
+def first_true(mask: pl.Series) -> int | None:
+    """The index of the first true entry of a boolean series (nulls count as false), or ``None``."""
+    hits = mask.fill_null(False).arg_true()
+    return None if hits.len() == 0 else int(hits[0])
+
+
+def read_table(path: Path, required: tuple[str, ...]) -> TextTable:
+    """Read a simple comma-separated file (no embedded commas or newlines) into a ``TextTable``.
+
+    Blank lines are skipped; the first non-blank line is the header, which must name every column
+    in ``required`` (others are allowed). Every data row must have as many fields as the header.
+    Raises ``TraceError`` for a missing, unreadable or empty file, a missing column (naming the
+    expected and the present columns) and a row with the wrong number of fields.
+    """
+    from fleetwise.errors import TraceError
+
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except FileNotFoundError:
+        raise TraceError(f"{path}: file not found") from None
+    except UnicodeDecodeError as exc:
+        raise TraceError(f"{path}: not UTF-8 text (invalid byte at offset {exc.start})") from None
+    except OSError as exc:
+        raise TraceError(f"{path}: cannot read file: {exc.strerror or exc}") from None
+
+    # Split on "\n" only (str.splitlines also breaks on form feeds and Unicode separators, which
+    # would shift the line numbers reported in errors).
+    lines = pl.Series("text", text.split("\n"), dtype=pl.String).str.strip_suffix("\r")
+    frame = pl.DataFrame(
+        {"line": np.arange(1, lines.len() + 1, dtype=np.int64), "text": lines}
+    ).filter(pl.col("text").str.strip_chars() != "")
+    if frame.height == 0:
+        raise TraceError(f"{path}: file is empty")
+
+    header = tuple(field.strip(' \t"') for field in frame["text"][0].split(","))
+    header_line = int(frame["line"][0])
+    duplicates = sorted({name for name in header if header.count(name) > 1})
+    if duplicates:
+        raise TraceError(
+            f"{path}: line {header_line}: duplicate column name(s) {', '.join(duplicates)}"
+        )
+    missing = [name for name in required if name not in header]
+    if missing:
+        raise TraceError(
+            f"{path}: line {header_line}: missing column(s) {', '.join(missing)}; expected "
+            f"{', '.join(required)}; columns present: {', '.join(header)}"
+        )
+    body = frame.slice(1)
+    table_lines = body["line"].to_numpy()
+
+    fields = body["text"].str.count_matches(",", literal=True) + 1
+    row = first_true(fields != len(header))
+    if row is not None:
+        raise TraceError(
+            f"{path}: line {int(table_lines[row])}: expected {len(header)} comma-separated fields "
+            f"({', '.join(header)}), found {fields[row]}"
+        )
+
+    names = [f"field_{i}" for i in range(len(header))]
+    split = pl.col("text").str.split_exact(",", len(header) - 1).struct.rename_fields(names)
+    rows = (
+        body.select(split)
+        .unnest("text")
+        .select(pl.col(n).str.strip_chars(' \t"').alias(h) for n, h in zip(names, header))
+    )
+    return TextTable(
+        path=path, header=header, header_line=header_line, rows=rows, lines=table_lines
+    )
+

@@ -1,0 +1,109 @@
+"""Reader for the Azure LLM inference trace (2023) CSV format.
+
+A file starts with the header ``TIMESTAMP,ContextTokens,GeneratedTokens``; each following line is
+one request, for example ``2023-11-16 18:17:03.9799600,4808,10``. Timestamps carry 7 fractional
+digits (100 ns resolution), which Python's ``datetime`` cannot parse, so they are converted to
+integer nanoseconds here, exactly and vectorised.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from fleetwise.workload._files import Problem, TextTable, first_true, read_table
+
+TIMESTAMP = "TIMESTAMP"
+"""Header of the wall-clock arrival time column."""
+CONTEXT_TOKENS = "ContextTokens"
+"""Header of the prompt-length column."""
+GENERATED_TOKENS = "GeneratedTokens"
+"""Header of the output-length column."""
+AZURE_COLUMNS = (TIMESTAMP, CONTEXT_TOKENS, GENERATED_TOKENS)
+"""The columns an Azure trace must have."""
+
+# ``YYYY-MM-DD HH:MM:SS[.f{1,9}]`` with an optional ``Z`` or ``+HH:MM`` offset (the 2024 release of
+# the trace writes microseconds and ``+00:00``).
+_TIMESTAMP_PATTERN = (
+    r"^(?P<date>\d{4}-\d{2}-\d{2})[ T](?P<hour>\d{2}):(?P<minute>\d{2}):(?P<second>\d{2})"
+    r"(?:\.(?P<fraction>\d{1,9}))?(?:Z|(?P<sign>[+-])(?P<off_hour>\d{2}):(?P<off_minute>\d{2}))?$"
+)
+_NS_PER_SECOND = 1_000_000_000
+_NS_PER_DAY = 86_400 * _NS_PER_SECOND
+
+
+def load_azure_csv(path: str | Path) -> pl.DataFrame:
+    """Read an Azure LLM inference trace CSV.
+
+    Returns a frame with int64 columns ``arrival_ns`` (nanoseconds since the first row's timestamp,
+    so the first is 0), ``prompt_tokens`` (``ContextTokens``) and ``output_tokens``
+    (``GeneratedTokens``), in file order. Raises ``TraceError`` naming the file, and for a bad row
+    its 1-based line number (the header is line 1), when the file is missing or empty, a column is
+    missing, a timestamp is malformed or earlier than the previous row's, or a token count is not an
+    integer >= 1.
+    """
+    table = read_table(Path(path), required=AZURE_COLUMNS)
+    if table.rows.height == 0:
+        from fleetwise.errors import TraceError
+
+        raise TraceError(f"{table.path}: has a header but no requests")
+    timestamps, bad_timestamp = _parse_timestamps(table)
+    prompt, bad_prompt = table.int_values(CONTEXT_TOKENS, minimum=1)
+    output, bad_output = table.int_values(GENERATED_TOKENS, minimum=1)
+    table.fail_first(bad_timestamp, bad_prompt, bad_output, _first_backwards(table, timestamps))
+    return pl.DataFrame(
+        {"arrival_ns": timestamps - timestamps[0], "prompt_tokens": prompt, "output_tokens": output}
+    )
+
+
+def _first_backwards(table: TextTable, timestamps: pl.Series) -> Problem | None:
+    """The first row whose timestamp is earlier than the previous row's, if any."""
+    row = first_true(timestamps.diff() < 0)
+    if row is None:
+        return None
+    raw = table.rows[TIMESTAMP]
+    return row, (
+        f"timestamp {raw[row]!r} is earlier than the previous row's {raw[row - 1]!r} "
+        f"(line {table.line_of(row - 1)}); rows must be in time order"
+    )
+
+
+def _parse_timestamps(table: TextTable) -> tuple[pl.Series, Problem | None]:
+    """The ``TIMESTAMP`` column as int64 nanoseconds since the Unix epoch (UTC when an offset is
+    given, otherwise the file's unstated local time; null where malformed), and the first malformed
+    one, if any."""
+    raw = table.rows[TIMESTAMP]
+    hour, minute, second = (pl.col(name).cast(pl.Int64) for name in ("hour", "minute", "second"))
+    off_hour, off_minute = (pl.col(name).cast(pl.Int64) for name in ("off_hour", "off_minute"))
+    sign = pl.when(pl.col("sign") == "-").then(-1).otherwise(1)
+    valid = (
+        pl.col("days").is_not_null()
+        & (hour <= 23)
+        & (minute <= 59)
+        & (second <= 59)
+        & (off_hour.is_null() | ((off_hour <= 23) & (off_minute <= 59)))
+    ).fill_null(False)
+    offset_seconds = (sign * (off_hour * 3600 + off_minute * 60)).fill_null(0)
+    ns = (
+        pl.col("days") * _NS_PER_DAY
+        + (hour * 3600 + minute * 60 + second - offset_seconds) * _NS_PER_SECOND
+        + pl.col("fraction").str.pad_end(9, "0").cast(pl.Int64).fill_null(0)
+    )
+    parsed = (
+        raw.to_frame("t")
+        .select(pl.col("t").str.extract_groups(_TIMESTAMP_PATTERN))
+        .unnest("t")
+        .with_columns(days=pl.col("date").str.to_date("%Y-%m-%d", strict=False).cast(pl.Int64))
+        .select(ns=pl.when(valid).then(ns))
+        .to_series()
+    )
+    row = first_true(parsed.is_null())
+    if row is None:
+        return parsed, None
+    return parsed, (
+        row,
+        f"bad TIMESTAMP {raw[row]!r}; expected 'YYYY-MM-DD HH:MM:SS.fffffff' "
+        "(e.g. '2023-11-16 18:17:03.9799600')",
+    )

@@ -1,0 +1,31 @@
+//! Efficiency factors that turn datasheet peaks into achieved rates.
+//!
+//! A roofline with peak numbers is optimistic: real GEMMs reach a fraction of peak FLOP/s, real
+//! kernels a fraction of HBM bandwidth, and every iteration pays CPU and launch overhead. These
+//! factors are per device; defaults ship in the catalogue and `fleetwise calibrate` refits them.
+
+use serde::{Deserialize, Serialize};
+
+/// Achieved fractions of peak and fixed overheads for one device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Efficiency {
+    /// Fraction of peak FLOP/s reached by dense GEMMs (QKV, O, MLP, LM head).
+    pub gemm_compute: f64,
+    /// Fraction of peak FLOP/s reached by attention kernels.
+    pub attention_compute: f64,
+    /// Fraction of peak HBM bandwidth reached by streaming kernels (weights, KV reads, elementwise).
+    pub memory: f64,
+    /// Fraction of link bandwidth reached by collectives.
+    pub collective: f64,
+    /// Fixed cost of one iteration (scheduling, sampling, launch), seconds.
+    pub iteration_overhead: f64,
+    /// Fixed cost per decoder layer per iteration (kernel launch gaps), seconds.
+    pub layer_overhead: f64,
+}
+
+impl Default for Efficiency {
+    fn default() -> Self {
+        Efficiency { gemm_compute: 0.7, attention_compute: 0.5, memory: 0.8, collective: 0.7, iteration_overhead: 1.0e-3, layer_overhead: 0.0 }
+    }
+}

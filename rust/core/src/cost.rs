@@ -1,0 +1,414 @@
+//! The per-iteration roofline cost model.
+//!
+//! One iteration of an instance runs every layer once over all tokens of the batch. Each operator
+//! costs `max(flops / (peak * eff_compute), bytes / (bandwidth * eff_memory))`; a layer is the sum
+//! of its operators, the iteration is layers x layer + embedding + LM head + overheads. Tensor
+//! parallelism divides heads and the MLP across GPUs and adds two all-reduces per layer.
+//!
+//! Attention is charged on the batch aggregate, as one variable-length kernel per layer (as
+//! FlashAttention's varlen kernels and vLLM's paged attention run it), so the cost is O(1) per
+//! iteration whatever the batch size: the scheduler accumulates a [`BatchShape`].
+
+use crate::calibration::Efficiency;
+use crate::error::{Error, Result};
+use crate::hardware::GpuSpec;
+use crate::model::ModelSpec;
+use serde::Serialize;
+
+/// What one iteration computes, summarised so that its cost is O(1) to evaluate.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct BatchShape {
+    /// Tokens of prefill chunks.
+    pub prefill_tokens: u64,
+    /// Query-key pairs of causal prefill attention: sum over chunks of q * (c + (q + 1) / 2) for a
+    /// chunk of q tokens after c cached tokens.
+    pub prefill_pairs: f64,
+    /// Keys (and values) the prefill chunks read: sum of c + q.
+    pub prefill_kv_tokens: u64,
+    /// Sequences decoding one token.
+    pub decode_seqs: u64,
+    /// Keys the decodes read: sum of their context lengths including the new token.
+    pub decode_kv_tokens: u64,
+    /// Sequences that sample a token at the end of the iteration (decodes and finished prefills).
+    pub sampled: u64,
+}
+
+impl BatchShape {
+    /// Adds a prefill chunk of `q` tokens after `cached` tokens; `samples` when it ends the prompt.
+    pub fn add_prefill(&mut self, q: u64, cached: u64, samples: bool) {
+        self.prefill_tokens += q;
+        self.prefill_pairs += q as f64 * (cached as f64 + (q as f64 + 1.0) / 2.0);
+        self.prefill_kv_tokens += cached + q;
+        self.sampled += samples as u64;
+    }
+
+    /// Adds one decode whose context, including the token being processed, is `context` tokens.
+    pub fn add_decode(&mut self, context: u64) {
+        self.decode_seqs += 1;
+        self.decode_kv_tokens += context;
+        self.sampled += 1;
+    }
+
+    /// All tokens that pass through the linear layers.
+    pub fn tokens(&self) -> u64 {
+        self.prefill_tokens + self.decode_seqs
+    }
+
+    /// Whether the batch is empty.
+    pub fn is_empty(&self) -> bool {
+        self.tokens() == 0
+    }
+}
+
+/// The operators the cost model charges, in execution order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    /// Embedding lookup (once per iteration).
+    Embedding,
+    /// Fused Q/K/V projection.
+    QkvProj,
+    /// Causal attention over prefill chunks.
+    PrefillAttention,
+    /// Attention of decodes over their KV cache.
+    DecodeAttention,
+    /// Attention output projection.
+    OProj,
+    /// MLP gate and up projections.
+    MlpGateUp,
+    /// MLP down projection.
+    MlpDown,
+    /// RMSNorms, RoPE, residual adds, SiLU-and-multiply, KV-cache writes.
+    Elementwise,
+    /// Tensor-parallel all-reduces (two per layer).
+    AllReduce,
+    /// Final norm, LM head for sampled tokens only, logits gather.
+    LmHead,
+    /// Fixed per-iteration and per-layer overheads.
+    Overhead,
+}
+
+/// One operator's cost over the whole iteration (all layers).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct OpCost {
+    /// Which operator.
+    pub op: Op,
+    /// Floating-point operations on one GPU.
+    pub flops: f64,
+    /// Bytes moved to or from HBM (or over the link, for collectives) on one GPU.
+    pub bytes: f64,
+    /// Predicted time, seconds.
+    pub seconds: f64,
+    /// Whether compute (rather than memory or link bandwidth) bounds it.
+    pub compute_bound: bool,
+}
+
+/// A roofline cost model for one instance: a model on `tp` GPUs of one kind.
+#[derive(Debug, Clone)]
+pub struct CostModel {
+    model: ModelSpec,
+    gpu: GpuSpec,
+    eff: Efficiency,
+    tp: u32,
+    // Per-GPU shapes after tensor-parallel sharding.
+    q_width: f64,
+    kv_width: f64,
+    mlp_width: f64,
+    vocab_shard: f64,
+    b: f64,
+    h: f64,
+    layers: f64,
+    flops_gemm: f64,
+    flops_attn: f64,
+    bw: f64,
+}
+
+impl CostModel {
+    /// A cost model; fails when `tp` does not divide the attention heads or the MLP.
+    pub fn new(model: ModelSpec, gpu: GpuSpec, eff: Efficiency, tp: u32) -> Result<Self> {
+        if tp == 0 || model.num_heads % tp != 0 {
+            return Err(Error::config(
+                "parallelism.tp",
+                format!("tp={tp} must be a positive divisor of {}'s {} attention heads", model.name, model.num_heads),
+            ));
+        }
+        if model.intermediate_size % tp != 0 {
+            return Err(Error::config(
+                "parallelism.tp",
+                format!("tp={tp} must divide {}'s MLP size {}", model.name, model.intermediate_size),
+            ));
+        }
+        for (name, v) in [("gemm_compute", eff.gemm_compute), ("attention_compute", eff.attention_compute), ("memory", eff.memory), ("collective", eff.collective)] {
+            if !(v > 0.0 && v <= 1.0) {
+                return Err(Error::config(format!("calibration.{name}"), format!("must be in (0, 1], got {v}")));
+            }
+        }
+        let t = tp as f64;
+        Ok(CostModel {
+            q_width: (model.num_heads * model.head_dim) as f64 / t,
+            kv_width: (model.kv_heads_per_gpu(tp) * model.head_dim) as f64,
+            mlp_width: model.intermediate_size as f64 / t,
+            vocab_shard: model.vocab_size as f64 / t,
+            b: model.dtype_bytes as f64,
+            h: model.hidden_size as f64,
+            layers: model.num_layers as f64,
+            flops_gemm: gpu.peak_flops * eff.gemm_compute,
+            flops_attn: gpu.peak_flops * eff.attention_compute,
+            bw: gpu.memory_bandwidth * eff.memory,
+            model,
+            gpu,
+            eff,
+            tp,
+        })
+    }
+
+    /// The model this cost model describes.
+    pub fn model(&self) -> &ModelSpec {
+        &self.model
+    }
+
+    /// The GPU this cost model describes.
+    pub fn gpu(&self) -> &GpuSpec {
+        &self.gpu
+    }
+
+    /// Tensor-parallel degree.
+    pub fn tp(&self) -> u32 {
+        self.tp
+    }
+
+    fn roofline(&self, flops: f64, bytes: f64, peak: f64) -> (f64, bool) {
+        let tc = flops / peak;
+        let tm = bytes / self.bw;
+        (tc.max(tm), tc >= tm)
+    }
+
+    fn gemm(&self, tokens: f64, k: f64, n: f64) -> (f64, f64) {
+        (2.0 * tokens * k * n, (k * n + tokens * k + tokens * n) * self.b)
+    }
+
+    /// Ring all-reduce of `bytes` over the tensor-parallel group, seconds.
+    fn all_reduce_seconds(&self, bytes: f64) -> f64 {
+        if self.tp == 1 || bytes == 0.0 {
+            return 0.0;
+        }
+        let p = self.tp as f64;
+        let steps = 2.0 * (p - 1.0);
+        steps * self.gpu.link_latency + steps / p * bytes / (self.gpu.link_bandwidth * self.eff.collective)
+    }
+
+    /// Calls `f` with each operator's cost for an iteration of `shape`.
+    pub fn for_each_op(&self, shape: &BatchShape, mut f: impl FnMut(OpCost)) {
+        let t = shape.tokens() as f64;
+        let (h, b, l) = (self.h, self.b, self.layers);
+        let mut emit = |op: Op, flops: f64, bytes: f64, peak: f64, per_layer: bool| {
+            let (secs, cb) = self.roofline(flops, bytes, peak);
+            let n = if per_layer { l } else { 1.0 };
+            f(OpCost { op, flops: flops * n, bytes: bytes * n, seconds: secs * n, compute_bound: cb });
+        };
+        emit(Op::Embedding, 0.0, 2.0 * t * h * b, self.flops_gemm, false);
+        let (fl, by) = self.gemm(t, h, self.q_width + 2.0 * self.kv_width);
+        emit(Op::QkvProj, fl, by, self.flops_gemm, true);
+        if shape.prefill_tokens > 0 {
+            let pt = shape.prefill_tokens as f64;
+            let flops = 4.0 * self.q_width * shape.prefill_pairs;
+            let bytes = (2.0 * pt * self.q_width + 2.0 * self.kv_width * shape.prefill_kv_tokens as f64) * b;
+            emit(Op::PrefillAttention, flops, bytes, self.flops_attn, true);
+        }
+        if shape.decode_seqs > 0 {
+            let ds = shape.decode_seqs as f64;
+            let flops = 4.0 * self.q_width * shape.decode_kv_tokens as f64;
+            let bytes = (2.0 * ds * self.q_width + 2.0 * self.kv_width * shape.decode_kv_tokens as f64) * b;
+            emit(Op::DecodeAttention, flops, bytes, self.flops_attn, true);
+        }
+        let (fl, by) = self.gemm(t, self.q_width, h);
+        emit(Op::OProj, fl, by, self.flops_gemm, true);
+        let (fl, by) = self.gemm(t, h, 2.0 * self.mlp_width);
+        emit(Op::MlpGateUp, fl, by, self.flops_gemm, true);
+        let (fl, by) = self.gemm(t, self.mlp_width, h);
+        emit(Op::MlpDown, fl, by, self.flops_gemm, true);
+        // Two RMSNorms (read+write), RoPE on q and k, two residual adds (2 reads + 1 write),
+        // SiLU-and-multiply (2 reads + 1 write), and writing the new K and V into the cache.
+        let elem_bytes = t * b * (2.0 * h + 2.0 * (self.q_width + self.kv_width) + 2.0 * h + 6.0 * h + 3.0 * self.mlp_width + 2.0 * self.kv_width);
+        let elem_flops = t * (10.0 * h + 6.0 * self.mlp_width);
+        emit(Op::Elementwise, elem_flops, elem_bytes, self.flops_gemm, true);
+        if self.tp > 1 {
+            let msg = t * h * b;
+            let secs = 2.0 * self.all_reduce_seconds(msg) * l;
+            let p = self.tp as f64;
+            f(OpCost { op: Op::AllReduce, flops: 0.0, bytes: 2.0 * l * 2.0 * (p - 1.0) / p * msg, seconds: secs, compute_bound: false });
+        }
+        let s = shape.sampled as f64;
+        if s > 0.0 {
+            let (fl, by) = self.gemm(s, h, self.vocab_shard);
+            let norm_bytes = 2.0 * t * h * b;
+            let logits_bytes = s * self.vocab_shard * 4.0;
+            let (secs, cb) = self.roofline(fl, by + norm_bytes + logits_bytes, self.flops_gemm);
+            let gather = if self.tp > 1 {
+                let p = self.tp as f64;
+                (p - 1.0) * self.gpu.link_latency + (p - 1.0) / p * s * self.model.vocab_size as f64 * 4.0 / (self.gpu.link_bandwidth * self.eff.collective)
+            } else {
+                0.0
+            };
+            f(OpCost { op: Op::LmHead, flops: fl, bytes: by + norm_bytes + logits_bytes, seconds: secs + gather, compute_bound: cb });
+        }
+        let overhead = self.eff.iteration_overhead + self.eff.layer_overhead * l;
+        f(OpCost { op: Op::Overhead, flops: 0.0, bytes: 0.0, seconds: overhead, compute_bound: false });
+    }
+
+    /// Predicted duration of one iteration, seconds.
+    pub fn iteration_seconds(&self, shape: &BatchShape) -> f64 {
+        let mut total = 0.0;
+        self.for_each_op(shape, |c| total += c.seconds);
+        total
+    }
+
+    /// The per-operator breakdown of one iteration.
+    pub fn breakdown(&self, shape: &BatchShape) -> Vec<OpCost> {
+        let mut v = Vec::with_capacity(11);
+        self.for_each_op(shape, |c| v.push(c));
+        v
+    }
+
+    /// Peak activation memory of one iteration on one GPU, bytes: the larger of the MLP's live
+    /// tensors (input, residual, gate/up output, activation) and the fp32 logits of sampled tokens.
+    pub fn activation_bytes(&self, tokens: u64, sampled: u64) -> u64 {
+        let t = tokens as f64;
+        let mlp = t * (2.0 * self.h + 3.0 * self.mlp_width) * self.b;
+        let logits = sampled as f64 * self.model.vocab_size as f64 * 4.0 + t * self.h * self.b;
+        mlp.max(logits).ceil() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::fixtures::*;
+
+    fn h100() -> GpuSpec {
+        GpuSpec { name: "h100-sxm".into(), peak_flops: 989.4e12, memory_bytes: 80_000_000_000, memory_bandwidth: 3.35e12, link_bandwidth: 450e9, link_latency: 2e-6 }
+    }
+
+    fn a100() -> GpuSpec {
+        GpuSpec { name: "a100-80gb-sxm".into(), peak_flops: 312e12, memory_bytes: 80_000_000_000, memory_bandwidth: 2.039e12, link_bandwidth: 300e9, link_latency: 2e-6 }
+    }
+
+    /// Peak rates, no overheads: the cost is the pure roofline, easy to compute by hand.
+    fn ideal() -> Efficiency {
+        Efficiency { gemm_compute: 1.0, attention_compute: 1.0, memory: 1.0, collective: 1.0, iteration_overhead: 0.0, layer_overhead: 0.0 }
+    }
+
+    fn op(costs: &[OpCost], which: Op) -> OpCost {
+        *costs.iter().find(|c| c.op == which).unwrap()
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() <= 1e-9 * b.abs().max(1e-12)
+    }
+
+    #[test]
+    fn llama3_8b_h100_decode_is_weight_bandwidth_bound() {
+        // One decode at context 1: QKV GEMM 4096 x (4096 + 2*1024) = 4096 x 6144.
+        let cm = CostModel::new(llama3_8b(), h100(), ideal(), 1).unwrap();
+        let mut s = BatchShape::default();
+        s.add_decode(1);
+        let c = cm.breakdown(&s);
+        let qkv = op(&c, Op::QkvProj);
+        let bytes_per_layer = (4096.0 * 6144.0 + 4096.0 + 6144.0) * 2.0;
+        assert!(close(qkv.bytes, 32.0 * bytes_per_layer));
+        assert!(close(qkv.seconds, 32.0 * bytes_per_layer / 3.35e12));
+        assert!(!qkv.compute_bound);
+        // MLP gate+up: 4096 x 28672 weights.
+        let gu = op(&c, Op::MlpGateUp);
+        assert!(close(gu.seconds, 32.0 * (4096.0 * 28672.0 + 4096.0 + 28672.0) * 2.0 / 3.35e12));
+        // LM head reads 4096 x 128256 bf16 weights and writes one row of fp32 logits.
+        let lm = op(&c, Op::LmHead);
+        let lm_bytes = (4096.0 * 128256.0 + 4096.0 + 128256.0) * 2.0 + 2.0 * 4096.0 * 2.0 + 128256.0 * 4.0;
+        assert!(close(lm.seconds, lm_bytes / 3.35e12));
+        // The whole step is close to the weights it reads over the bandwidth: 16.06 GB of weights
+        // less the 1.05 GB embedding table (only one row is read) = 15.01 GB / 3.35 TB/s = 4.48 ms.
+        let total = cm.iteration_seconds(&s);
+        assert!(total > 4.47e-3 && total < 4.50e-3, "total {total}");
+    }
+
+    #[test]
+    fn llama3_8b_h100_prefill_is_compute_bound() {
+        // Prefill of 2048 tokens: QKV flops 2 * 2048 * 4096 * 6144 per layer.
+        let cm = CostModel::new(llama3_8b(), h100(), ideal(), 1).unwrap();
+        let mut s = BatchShape::default();
+        s.add_prefill(2048, 0, true);
+        let c = cm.breakdown(&s);
+        let qkv = op(&c, Op::QkvProj);
+        assert!(qkv.compute_bound);
+        assert!(close(qkv.seconds, 32.0 * 2.0 * 2048.0 * 4096.0 * 6144.0 / 989.4e12));
+        // Causal attention: 4 * 4096 * (2048 * 2049 / 2) flops per layer.
+        let att = op(&c, Op::PrefillAttention);
+        assert!(close(att.flops, 32.0 * 4.0 * 4096.0 * 2048.0 * 2049.0 / 2.0));
+        assert!(close(att.seconds, att.flops / 989.4e12));
+        // Only one token is sampled: the LM head GEMM has one row.
+        let lm = op(&c, Op::LmHead);
+        assert!(close(lm.flops, 2.0 * 4096.0 * 128256.0));
+    }
+
+    #[test]
+    fn llama2_70b_a100_tp4_decode_batch() {
+        // 64 decodes at context 1024 on 4 x A100, Llama-2-70B (8 KV heads -> 2 per GPU).
+        let cm = CostModel::new(llama2_70b(), a100(), ideal(), 4).unwrap();
+        let mut s = BatchShape::default();
+        for _ in 0..64 {
+            s.add_decode(1024);
+        }
+        let c = cm.breakdown(&s);
+        // Decode attention reads K and V: 2 * (2 heads * 128) * 65536 keys * 2 bytes, plus q in / o out.
+        let att = op(&c, Op::DecodeAttention);
+        let bytes = (2.0 * 64.0 * 2048.0 + 2.0 * 256.0 * 65536.0) * 2.0;
+        assert!(close(att.bytes, 80.0 * bytes));
+        assert!(close(att.seconds, 80.0 * bytes / 2.039e12));
+        // MLP down: 7168 x 8192 per GPU, 64 tokens.
+        let down = op(&c, Op::MlpDown);
+        let by = (7168.0 * 8192.0 + 64.0 * 7168.0 + 64.0 * 8192.0) * 2.0;
+        assert!(close(down.seconds, 80.0 * by / 2.039e12));
+        // Two ring all-reduces of 64 x 8192 x 2 bytes per layer over 300 GB/s, 6 steps of 2 us each.
+        let ar = op(&c, Op::AllReduce);
+        let one = 6.0 * 2e-6 + 6.0 / 4.0 * (64.0 * 8192.0 * 2.0) / 300e9;
+        assert!(close(ar.seconds, 2.0 * 80.0 * one));
+    }
+
+    #[test]
+    fn llama2_7b_a100_chunk_after_cache() {
+        // A 512-token chunk after 1536 cached tokens: pairs = 512 * (1536 + 256.5).
+        let cm = CostModel::new(llama2_7b(), a100(), ideal(), 1).unwrap();
+        let mut s = BatchShape::default();
+        s.add_prefill(512, 1536, false);
+        assert_eq!(s.sampled, 0);
+        let c = cm.breakdown(&s);
+        assert!(c.iter().all(|x| x.op != Op::LmHead), "no token sampled, no LM head");
+        let att = op(&c, Op::PrefillAttention);
+        assert!(close(att.flops, 32.0 * 4.0 * 4096.0 * 512.0 * (1536.0 + 256.5)));
+        let mlp = op(&c, Op::MlpGateUp);
+        assert!(close(mlp.seconds, 32.0 * 2.0 * 512.0 * 4096.0 * 22016.0 / 312e12));
+        assert!(mlp.compute_bound);
+    }
+
+    #[test]
+    fn efficiency_and_overheads_scale_time() {
+        let mut eff = ideal();
+        let base = CostModel::new(llama3_8b(), h100(), eff.clone(), 1).unwrap();
+        let mut s = BatchShape::default();
+        s.add_decode(100);
+        let t0 = base.iteration_seconds(&s);
+        eff.memory = 0.5;
+        eff.iteration_overhead = 1e-3;
+        let slow = CostModel::new(llama3_8b(), h100(), eff, 1).unwrap();
+        let t1 = slow.iteration_seconds(&s);
+        // Every operator of a single decode is memory-bound, so halving bandwidth doubles it.
+        assert!(close(t1, 2.0 * t0 + 1e-3));
+    }
+
+    #[test]
+    fn bad_tp_is_a_config_error() {
+        let e = CostModel::new(llama3_8b(), h100(), ideal(), 3).unwrap_err();
+        assert!(matches!(e, Error::Config { .. }));
+        assert!(e.to_string().contains("tp=3"));
+    }
+}

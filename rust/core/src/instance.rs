@@ -1,0 +1,206 @@
+//! One model replica: its cost model, KV cache, queues and batch scheduler.
+
+use crate::calibration::Efficiency;
+use crate::cost::CostModel;
+use crate::error::Result;
+use crate::hardware::GpuSpec;
+use crate::kv::BlockManager;
+use crate::memory::{MemoryConfig, MemoryPlan};
+use crate::model::ModelSpec;
+use crate::request::{Request, Status};
+use crate::router::InstanceLoad;
+use crate::scheduler::{Batch, BatchScheduler, Queues, SchedulerConfig};
+use crate::time::{secs_to_ns, Nanos};
+use serde::Serialize;
+
+/// Counters of one instance over a run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct InstanceStats {
+    /// Iterations run.
+    pub iterations: u64,
+    /// Time spent running iterations.
+    pub busy_ns: u64,
+    /// Prompt (and recomputed) tokens prefilled.
+    pub prefill_tokens: u64,
+    /// Tokens decoded.
+    pub decode_tokens: u64,
+    /// Preemptions.
+    pub preemptions: u64,
+    /// Requests finished.
+    pub finished: u64,
+    /// Requests rejected on arrival.
+    pub rejected: u64,
+    /// Highest KV blocks in use.
+    pub peak_kv_blocks: u32,
+}
+
+/// A model replica serving requests.
+pub struct Instance {
+    /// Index of the pool it belongs to.
+    pub pool: u32,
+    cost: CostModel,
+    plan: MemoryPlan,
+    kv: BlockManager,
+    scheduler: Box<dyn BatchScheduler>,
+    queues: Queues,
+    batch: Batch,
+    busy: bool,
+    wake_pending: bool,
+    outstanding_tokens: u64,
+    /// Counters.
+    pub stats: InstanceStats,
+}
+
+/// The events an iteration end produced for the caller to record.
+pub struct IterationRecord {
+    /// Start of the iteration.
+    pub start: Nanos,
+    /// End of the iteration.
+    pub end: Nanos,
+    /// Prefill tokens.
+    pub prefill_tokens: u64,
+    /// Decodes.
+    pub decode_seqs: u64,
+    /// KV blocks in use during the iteration.
+    pub kv_blocks: u32,
+    /// Requests waiting when it started.
+    pub waiting: u32,
+    /// Requests running when it started.
+    pub running: u32,
+}
+
+impl Instance {
+    /// Builds an instance; fails if the model does not fit or a setting is invalid.
+    pub fn new(pool: u32, model: &ModelSpec, gpu: &GpuSpec, tp: u32, eff: &Efficiency, memory: &MemoryConfig, scheduler: &SchedulerConfig) -> Result<Self> {
+        let cost = CostModel::new(model.clone(), gpu.clone(), eff.clone(), tp)?;
+        let scheduler = scheduler.build()?;
+        let plan = MemoryPlan::new(&cost, memory, scheduler.max_batch_tokens() as u64, scheduler.max_batch_seqs() as u64)?;
+        let watermark = (plan.num_blocks as f64 * 0.01) as u32;
+        let kv = BlockManager::new(plan.num_blocks, plan.block_size, watermark);
+        Ok(Instance { pool, cost, plan, kv, scheduler, queues: Queues::default(), batch: Batch::default(), busy: false, wake_pending: false, outstanding_tokens: 0, stats: InstanceStats::default() })
+    }
+
+    /// The memory plan.
+    pub fn plan(&self) -> &MemoryPlan {
+        &self.plan
+    }
+
+    /// The cost model.
+    pub fn cost(&self) -> &CostModel {
+        &self.cost
+    }
+
+    /// What a router sees of this instance.
+    pub fn load(&self) -> InstanceLoad {
+        InstanceLoad { outstanding_tokens: self.outstanding_tokens, waiting: self.queues.waiting.len() as u32, running: self.queues.running.len() as u32 }
+    }
+
+    /// Why `req` can never run here, if so.
+    pub fn reject_reason(&self, req: &Request) -> Option<String> {
+        let max_len = self.cost.model().max_position_embeddings as u64;
+        if req.prompt as u64 + req.output as u64 > max_len {
+            return Some(format!("prompt + output = {} tokens exceeds the model's {max_len}-token context", req.prompt as u64 + req.output as u64));
+        }
+        if let Some(reason) = self.scheduler.reject_reason(req) {
+            return Some(reason);
+        }
+        let need = self.kv.blocks_for(req.peak_kv_tokens()) as u64 + self.kv.watermark() as u64;
+        if need > self.kv.total() as u64 {
+            return Some(format!("needs {need} KV blocks, the instance has {}", self.kv.total()));
+        }
+        None
+    }
+
+    /// Queues an admitted request; returns true if the instance must be woken.
+    pub fn enqueue(&mut self, idx: u32, req: &mut Request) -> bool {
+        req.status = Status::Waiting;
+        self.queues.waiting.push_back(idx);
+        self.outstanding_tokens += req.prompt as u64;
+        if !self.busy && !self.wake_pending {
+            self.wake_pending = true;
+            return true;
+        }
+        false
+    }
+
+    /// Handles a wake-up: clears the pending flag.
+    pub fn woken(&mut self) {
+        self.wake_pending = false;
+    }
+
+    /// Whether an iteration is running.
+    pub fn is_busy(&self) -> bool {
+        self.busy
+    }
+
+    /// Forms and starts the next iteration at `now`; returns its end time, or None when idle.
+    pub fn start_iteration(&mut self, now: Nanos, reqs: &mut [Request]) -> Option<Nanos> {
+        debug_assert!(!self.busy);
+        self.batch.clear();
+        self.scheduler.schedule(&mut self.queues, reqs, &mut self.kv, &mut self.batch);
+        if self.batch.items.is_empty() {
+            return None;
+        }
+        let dur = secs_to_ns(self.cost.iteration_seconds(&self.batch.shape));
+        self.busy = true;
+        self.stats.iterations += 1;
+        self.stats.busy_ns += dur;
+        self.stats.preemptions += self.batch.preempted as u64;
+        self.stats.prefill_tokens += self.batch.shape.prefill_tokens;
+        self.stats.decode_tokens += self.batch.shape.decode_seqs;
+        self.stats.peak_kv_blocks = self.kv.peak();
+        Some(now + dur)
+    }
+
+    /// A record of the iteration just started (for the optional iteration log).
+    pub fn current_record(&self, start: Nanos, end: Nanos) -> IterationRecord {
+        IterationRecord {
+            start,
+            end,
+            prefill_tokens: self.batch.shape.prefill_tokens,
+            decode_seqs: self.batch.shape.decode_seqs,
+            kv_blocks: self.kv.used(),
+            waiting: self.queues.waiting.len() as u32,
+            running: self.queues.running.len() as u32,
+        }
+    }
+
+    /// Applies the finished iteration at `now`: advances tokens, samples, finishes requests.
+    /// Calls `on_token(request, previous_token_time)` for every token after a request's first.
+    pub fn finish_iteration(&mut self, now: Nanos, reqs: &mut [Request], mut on_token: impl FnMut(Nanos, Nanos)) {
+        self.busy = false;
+        let mut any_finished = false;
+        for it in &self.batch.items {
+            let r = &mut reqs[it.req as usize];
+            r.computed += it.tokens;
+            if r.computed != r.known_tokens() {
+                continue;
+            }
+            r.generated += 1;
+            self.outstanding_tokens += 1;
+            if r.generated == 1 {
+                r.first_token = now;
+            } else {
+                on_token(now, r.last_token);
+            }
+            r.last_token = now;
+            if r.generated == r.output {
+                self.kv.release(r.blocks);
+                r.blocks = 0;
+                r.status = Status::Finished;
+                r.completion = now;
+                self.outstanding_tokens -= r.prompt as u64 + r.generated as u64;
+                self.stats.finished += 1;
+                any_finished = true;
+            }
+        }
+        if any_finished {
+            self.queues.running.retain(|&i| reqs[i as usize].status == Status::Running);
+        }
+    }
+
+    /// Blocks in use and total.
+    pub fn kv_usage(&self) -> (u32, u32) {
+        (self.kv.used(), self.kv.total())
+    }
+}

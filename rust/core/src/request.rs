@@ -1,0 +1,77 @@
+//! A request's state as it moves through an instance.
+
+use crate::time::Nanos;
+
+/// Where a request is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Not arrived yet.
+    Pending,
+    /// Queued on an instance, no KV held.
+    Waiting,
+    /// Admitted: holds KV blocks, in prefill or decode.
+    Running,
+    /// All output tokens produced.
+    Finished,
+    /// Refused: it can never fit this instance (prompt over the token budget, or KV capacity).
+    Rejected,
+}
+
+/// One request. Token accounting follows one rule for prefill and decode alike: `computed` tokens
+/// have their KV in the cache; once every known token (`prompt + generated`) is computed the
+/// iteration samples the next one. After a preemption by recompute `computed` drops to 0 and the
+/// prompt plus the tokens generated so far are prefilled again.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Arrival time.
+    pub arrival: Nanos,
+    /// Prompt tokens.
+    pub prompt: u32,
+    /// Output tokens to generate.
+    pub output: u32,
+    /// Tokens whose KV is computed and cached.
+    pub computed: u32,
+    /// Output tokens generated so far.
+    pub generated: u32,
+    /// KV blocks held.
+    pub blocks: u32,
+    /// Instance serving it (`u32::MAX` before routing).
+    pub instance: u32,
+    /// Time of the first output token (`Nanos::MAX` until then).
+    pub first_token: Nanos,
+    /// Time of the latest output token.
+    pub last_token: Nanos,
+    /// Time of the last output token (`Nanos::MAX` until finished).
+    pub completion: Nanos,
+    /// Times it was preempted.
+    pub preemptions: u32,
+    /// Lifecycle state.
+    pub status: Status,
+}
+
+impl Request {
+    /// A request arriving at `arrival` with `prompt` input and `output` output tokens.
+    pub fn new(arrival: Nanos, prompt: u32, output: u32) -> Self {
+        Request { arrival, prompt, output, computed: 0, generated: 0, blocks: 0, instance: u32::MAX, first_token: Nanos::MAX, last_token: 0, completion: Nanos::MAX, preemptions: 0, status: Status::Pending }
+    }
+
+    /// Tokens known so far (prompt plus generated output).
+    pub fn known_tokens(&self) -> u32 {
+        self.prompt + self.generated
+    }
+
+    /// Tokens still to compute before the next sample.
+    pub fn pending_tokens(&self) -> u32 {
+        self.known_tokens() - self.computed
+    }
+
+    /// Whether the request is decoding (one token per iteration) rather than prefilling.
+    pub fn is_decoding(&self) -> bool {
+        self.generated > 0 && self.pending_tokens() == 1
+    }
+
+    /// The most KV tokens it can ever hold: the last output token is sampled but never cached.
+    pub fn peak_kv_tokens(&self) -> u64 {
+        self.prompt as u64 + self.output as u64 - 1
+    }
+}

@@ -1,0 +1,135 @@
+//! Routers: which instance gets an arriving request.
+
+use crate::error::{Error, Result};
+use crate::request::Request;
+use crate::rng::RngStream;
+use serde::{Deserialize, Serialize};
+
+/// What a router sees of each instance when a request arrives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InstanceLoad {
+    /// Tokens of unfinished requests routed to it: their prompts plus the output generated so far
+    /// (what it holds or will hold in KV; future output lengths are unknown to a real router).
+    pub outstanding_tokens: u64,
+    /// Requests waiting for admission.
+    pub waiting: u32,
+    /// Requests holding KV.
+    pub running: u32,
+}
+
+/// The interface every router implements.
+pub trait Router: Send + Sync {
+    /// The index of the instance that serves `req`, given every instance's load.
+    fn route(&mut self, req: &Request, loads: &[InstanceLoad]) -> usize;
+}
+
+/// Cycles through the instances in order.
+#[derive(Debug, Clone, Default)]
+pub struct RoundRobin {
+    next: usize,
+}
+
+impl Router for RoundRobin {
+    fn route(&mut self, _req: &Request, loads: &[InstanceLoad]) -> usize {
+        let i = self.next % loads.len();
+        self.next = (i + 1) % loads.len();
+        i
+    }
+}
+
+/// Picks the instance with the fewest outstanding tokens (lowest index on ties).
+#[derive(Debug, Clone, Default)]
+pub struct LeastOutstandingTokens;
+
+impl Router for LeastOutstandingTokens {
+    fn route(&mut self, _req: &Request, loads: &[InstanceLoad]) -> usize {
+        let mut best = 0;
+        for (i, l) in loads.iter().enumerate().skip(1) {
+            if l.outstanding_tokens < loads[best].outstanding_tokens {
+                best = i;
+            }
+        }
+        best
+    }
+}
+
+/// Picks an instance uniformly at random from its own seeded stream.
+#[derive(Debug, Clone)]
+pub struct Random {
+    rng: RngStream,
+}
+
+impl Router for Random {
+    fn route(&mut self, _req: &Request, loads: &[InstanceLoad]) -> usize {
+        self.rng.below(loads.len() as u64) as usize
+    }
+}
+
+/// A router chosen by `kind` in the scenario.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", deny_unknown_fields)]
+pub enum RouterConfig {
+    /// Cycle through instances.
+    #[serde(rename = "round-robin")]
+    RoundRobin,
+    /// Fewest outstanding tokens.
+    #[serde(rename = "least-outstanding-tokens")]
+    LeastOutstandingTokens,
+    /// Uniformly random.
+    #[serde(rename = "random")]
+    Random,
+}
+
+impl RouterConfig {
+    /// Builds the router; `seed` feeds its random stream, if it has one.
+    pub fn build(&self, seed: u64, instances: usize) -> Result<Box<dyn Router>> {
+        if instances == 0 {
+            return Err(Error::config("cluster.pools", "the cluster has no instances"));
+        }
+        Ok(match self {
+            RouterConfig::RoundRobin => Box::new(RoundRobin::default()),
+            RouterConfig::LeastOutstandingTokens => Box::new(LeastOutstandingTokens),
+            RouterConfig::Random => Box::new(Random { rng: RngStream::new(seed, "router") }),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loads(tokens: &[u64]) -> Vec<InstanceLoad> {
+        tokens.iter().map(|&t| InstanceLoad { outstanding_tokens: t, ..Default::default() }).collect()
+    }
+
+    #[test]
+    fn round_robin_cycles() {
+        let mut r = RoundRobin::default();
+        let req = Request::new(0, 1, 1);
+        let l = loads(&[0, 0, 0]);
+        let picks: Vec<_> = (0..7).map(|_| r.route(&req, &l)).collect();
+        assert_eq!(picks, vec![0, 1, 2, 0, 1, 2, 0]);
+    }
+
+    #[test]
+    fn least_outstanding_tokens_picks_minimum_lowest_index() {
+        let mut r = LeastOutstandingTokens;
+        let req = Request::new(0, 1, 1);
+        assert_eq!(r.route(&req, &loads(&[50, 20, 30])), 1);
+        assert_eq!(r.route(&req, &loads(&[20, 20, 30])), 0);
+        assert_eq!(r.route(&req, &loads(&[9, 20, 3])), 2);
+    }
+
+    #[test]
+    fn random_router_is_seeded() {
+        let cfg = RouterConfig::Random;
+        let req = Request::new(0, 1, 1);
+        let l = loads(&[0; 5]);
+        let mut a = cfg.build(3, 5).unwrap();
+        let mut b = cfg.build(3, 5).unwrap();
+        let pa: Vec<_> = (0..50).map(|_| a.route(&req, &l)).collect();
+        let pb: Vec<_> = (0..50).map(|_| b.route(&req, &l)).collect();
+        assert_eq!(pa, pb);
+        assert!(pa.iter().all(|&i| i < 5));
+    }
+}

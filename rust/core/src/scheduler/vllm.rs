@@ -1,0 +1,246 @@
+//! vLLM-style continuous batching (vLLM v0's default scheduler, chunked prefill off).
+//!
+//! Each iteration is either all prefills or all decodes. Waiting requests are admitted in order
+//! while the token budget, the sequence limit and the KV cache (keeping a 1% watermark free)
+//! allow; if any is admitted the iteration prefills them. Otherwise every running request decodes
+//! one token; when a decode needs a KV block and none is free, the most recently admitted running
+//! request is preempted by recompute (possibly the one asking), and preempted requests go back to
+//! the front of the waiting queue in their admission order.
+
+use super::{preempt_recompute, Batch, BatchScheduler, Queues};
+use crate::kv::BlockManager;
+use crate::request::{Request, Status};
+
+/// Prefill-first continuous batching with `max_num_seqs` and `max_num_batched_tokens`.
+#[derive(Debug, Clone)]
+pub struct VllmScheduler {
+    max_num_seqs: u32,
+    max_num_batched_tokens: u32,
+    preempted: Vec<u32>,
+}
+
+impl VllmScheduler {
+    /// A scheduler with the given limits.
+    pub fn new(max_num_seqs: u32, max_num_batched_tokens: u32) -> Self {
+        VllmScheduler { max_num_seqs, max_num_batched_tokens, preempted: Vec::new() }
+    }
+
+    fn schedule_prefills(&mut self, q: &mut Queues, reqs: &mut [Request], kv: &mut BlockManager, batch: &mut Batch) {
+        let mut tokens = 0u32;
+        while let Some(&idx) = q.waiting.front() {
+            let r = &reqs[idx as usize];
+            let n = r.pending_tokens();
+            if q.running.len() as u32 >= self.max_num_seqs {
+                break;
+            }
+            // A recomputed request may exceed the budget; it then runs as the only prefill.
+            if !batch.items.is_empty() && tokens + n > self.max_num_batched_tokens {
+                break;
+            }
+            let need = kv.blocks_for(n as u64);
+            if !kv.can_admit(need) {
+                break;
+            }
+            q.waiting.pop_front();
+            kv.allocate(need);
+            let r = &mut reqs[idx as usize];
+            r.blocks = need;
+            r.status = Status::Running;
+            q.running.push(idx);
+            tokens += n;
+            batch.push(idx, r, n);
+        }
+    }
+
+    fn schedule_decodes(&mut self, q: &mut Queues, reqs: &mut [Request], kv: &mut BlockManager, batch: &mut Batch) {
+        self.preempted.clear();
+        let mut i = 0;
+        while i < q.running.len() {
+            let idx = q.running[i];
+            let need = kv.blocks_for(reqs[idx as usize].computed as u64 + 1).saturating_sub(reqs[idx as usize].blocks);
+            let mut self_preempted = false;
+            while !kv.can_grow(need) {
+                let victim = q.running.pop().expect("running cannot be empty while it holds the current request");
+                preempt_recompute(&mut reqs[victim as usize], kv);
+                self.preempted.push(victim);
+                if victim == idx {
+                    self_preempted = true;
+                    break;
+                }
+            }
+            if self_preempted {
+                break;
+            }
+            kv.allocate(need);
+            let r = &mut reqs[idx as usize];
+            r.blocks += need;
+            batch.push(idx, r, 1);
+            i += 1;
+        }
+        batch.preempted = self.preempted.len() as u32;
+        // Victims were taken newest first; the front of the queue gets the oldest.
+        for &v in self.preempted.iter() {
+            q.waiting.push_front(v);
+        }
+    }
+}
+
+impl BatchScheduler for VllmScheduler {
+    fn schedule(&mut self, q: &mut Queues, reqs: &mut [Request], kv: &mut BlockManager, batch: &mut Batch) {
+        self.schedule_prefills(q, reqs, kv, batch);
+        if batch.items.is_empty() {
+            self.schedule_decodes(q, reqs, kv, batch);
+        }
+    }
+
+    fn reject_reason(&self, req: &Request) -> Option<String> {
+        if req.prompt > self.max_num_batched_tokens {
+            return Some(format!("prompt of {} tokens exceeds max_num_batched_tokens={}", req.prompt, self.max_num_batched_tokens));
+        }
+        None
+    }
+
+    fn max_batch_tokens(&self) -> u32 {
+        self.max_num_batched_tokens
+    }
+
+    fn max_batch_seqs(&self) -> u32 {
+        self.max_num_seqs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup(prompts: &[u32], output: u32) -> (Vec<Request>, Queues) {
+        let reqs: Vec<Request> = prompts.iter().map(|&p| { let mut r = Request::new(0, p, output); r.status = Status::Waiting; r }).collect();
+        let mut q = Queues::default();
+        q.waiting.extend(0..prompts.len() as u32);
+        (reqs, q)
+    }
+
+    /// Applies an iteration's progress the way the instance does.
+    fn finish(batch: &Batch, reqs: &mut [Request], q: &mut Queues, kv: &mut BlockManager) {
+        for it in &batch.items {
+            let r = &mut reqs[it.req as usize];
+            r.computed += it.tokens;
+            if r.computed == r.known_tokens() {
+                r.generated += 1;
+                if r.generated == r.output {
+                    kv.release(r.blocks);
+                    r.blocks = 0;
+                    r.status = Status::Finished;
+                }
+            }
+        }
+        q.running.retain(|&i| reqs[i as usize].status == Status::Running);
+    }
+
+    #[test]
+    fn prefill_first_then_decodes() {
+        let (mut reqs, mut q) = setup(&[100, 200, 300], 3);
+        let mut kv = BlockManager::new(1000, 16, 0);
+        let mut s = VllmScheduler::new(8, 350);
+        let mut b = Batch::default();
+        s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
+        // 100 + 200 fit the 350-token budget; 300 more would not.
+        assert_eq!(b.items.iter().map(|i| (i.req, i.tokens)).collect::<Vec<_>>(), vec![(0, 100), (1, 200)]);
+        assert_eq!(b.shape.prefill_tokens, 300);
+        assert_eq!(kv.used(), 7 + 13);
+        finish(&b, &mut reqs, &mut q, &mut kv);
+        b.clear();
+        s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
+        // The waiting request is prefilled before the running ones decode.
+        assert_eq!(b.items, vec![super::super::Item { req: 2, tokens: 300 }]);
+        finish(&b, &mut reqs, &mut q, &mut kv);
+        b.clear();
+        s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
+        assert_eq!(b.shape.decode_seqs, 3);
+        assert_eq!(b.shape.decode_kv_tokens, 101 + 201 + 301);
+    }
+
+    #[test]
+    fn max_num_seqs_limits_admission() {
+        let (mut reqs, mut q) = setup(&[10, 10, 10, 10], 5);
+        let mut kv = BlockManager::new(1000, 16, 0);
+        let mut s = VllmScheduler::new(2, 10_000);
+        let mut b = Batch::default();
+        s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
+        assert_eq!(b.items.len(), 2);
+        assert_eq!(q.waiting.len(), 2);
+    }
+
+    #[test]
+    fn kv_accounting_under_preemption() {
+        // 3 requests of 16-token prompts, blocks of 16, 7 blocks: each needs a second block at its
+        // first decode, a third after 16 more tokens. Capacity forces preemption of the newest.
+        let (mut reqs, mut q) = setup(&[16, 16, 16], 40);
+        let mut kv = BlockManager::new(7, 16, 0);
+        let mut s = VllmScheduler::new(8, 1000);
+        let mut b = Batch::default();
+        s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
+        assert_eq!(kv.used(), 3);
+        finish(&b, &mut reqs, &mut q, &mut kv);
+        let mut preemptions = 0;
+        for _ in 0..200 {
+            b.clear();
+            s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
+            preemptions += b.preempted;
+            // Invariant: blocks held by requests equal blocks in use, never above capacity.
+            let held: u32 = reqs.iter().map(|r| r.blocks).sum();
+            assert_eq!(held, kv.used());
+            assert!(kv.used() <= kv.total());
+            for r in &reqs {
+                if r.status == Status::Running {
+                    assert!(r.blocks >= kv.blocks_for(r.computed as u64));
+                } else {
+                    assert_eq!(r.blocks, 0);
+                }
+            }
+            if b.items.is_empty() {
+                break;
+            }
+            finish(&b, &mut reqs, &mut q, &mut kv);
+        }
+        assert!(preemptions >= 1, "capacity must force a preemption");
+        assert!(reqs.iter().all(|r| r.status == Status::Finished && r.generated == 40));
+        assert_eq!(kv.used(), 0);
+        // The newest request is the victim: request 2 is preempted, request 0 never.
+        assert_eq!(reqs[0].preemptions, 0);
+        assert!(reqs[2].preemptions >= 1);
+    }
+
+    #[test]
+    fn preempted_request_recomputes_prompt_and_output() {
+        let (mut reqs, mut q) = setup(&[16, 16], 10);
+        let mut kv = BlockManager::new(3, 16, 0);
+        let mut s = VllmScheduler::new(8, 1000);
+        let mut b = Batch::default();
+        s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
+        finish(&b, &mut reqs, &mut q, &mut kv);
+        b.clear();
+        // Both need a second block; only one is free: request 1 (newest) is preempted.
+        s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
+        assert_eq!(b.preempted, 1);
+        assert_eq!(b.items.len(), 1);
+        assert_eq!(reqs[1].status, Status::Waiting);
+        assert_eq!(reqs[1].computed, 0);
+        assert_eq!(reqs[1].pending_tokens(), 17, "prompt 16 + 1 generated token are recomputed");
+        assert_eq!(q.waiting.front(), Some(&1));
+    }
+
+    #[test]
+    fn watermark_blocks_admission_not_growth() {
+        let (mut reqs, mut q) = setup(&[32], 4);
+        let mut kv = BlockManager::new(3, 16, 1);
+        let mut s = VllmScheduler::new(8, 1000);
+        let mut b = Batch::default();
+        s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
+        assert_eq!(b.items.len(), 1, "2 blocks + watermark 1 fit 3");
+        finish(&b, &mut reqs, &mut q, &mut kv);
+        b.clear();
+        s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
+        assert_eq!(kv.used(), 3, "a running request may take the watermark block");
+    }
+}

@@ -1,0 +1,242 @@
+//! The discrete-event simulation of a cluster: arrivals, routing, iterations, completions.
+//!
+//! Arrivals come from a time-sorted table and are merged with the event heap; at equal times an
+//! arrival runs before any heap event, exactly as if every arrival had been pushed onto the heap
+//! before the run (so with the lowest sequence numbers). An arrival is routed at once; an idle
+//! instance that receives work gets a `Wake` event at the same instant, which runs after every
+//! other arrival of that instant, so simultaneous arrivals share the first iteration. When an
+//! iteration ends its tokens are applied and the next iteration starts at the same instant.
+
+use crate::calibration::Efficiency;
+use crate::error::{Error, Result};
+use crate::event::{Event, EventQueue};
+use crate::hardware::GpuSpec;
+use crate::instance::{Instance, InstanceStats};
+use crate::memory::{MemoryConfig, MemoryPlan};
+use crate::model::ModelSpec;
+use crate::request::{Request, Status};
+use crate::router::{InstanceLoad, RouterConfig};
+use crate::scheduler::SchedulerConfig;
+use crate::sketch::QuantileSketch;
+use crate::time::Nanos;
+use serde::{Deserialize, Serialize};
+
+/// A group of identical instances.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Pool name.
+    pub name: String,
+    /// Number of instances.
+    pub count: u32,
+    /// GPU of every instance.
+    pub gpu: GpuSpec,
+    /// Model served.
+    pub model: ModelSpec,
+    /// Tensor-parallel degree (GPUs per instance).
+    pub tp: u32,
+    /// Cost-model efficiency factors for this GPU.
+    pub calibration: Efficiency,
+    /// Memory settings.
+    pub memory: MemoryConfig,
+    /// Batch scheduler.
+    pub scheduler: SchedulerConfig,
+}
+
+/// Everything the core needs to run: pools, router, seed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimConfig {
+    /// Seed of every random stream.
+    pub seed: u64,
+    /// Instance pools.
+    pub pools: Vec<PoolConfig>,
+    /// Router across all instances.
+    pub router: RouterConfig,
+    /// Keep one row per iteration (for plots and tests; off for large runs).
+    #[serde(default)]
+    pub record_iterations: bool,
+}
+
+/// The requests to replay: arrival times (sorted), prompt and output tokens.
+#[derive(Debug, Clone, Default)]
+pub struct Workload {
+    /// Arrival times, non-decreasing.
+    pub arrival: Vec<Nanos>,
+    /// Prompt tokens per request.
+    pub prompt: Vec<u32>,
+    /// Output tokens per request.
+    pub output: Vec<u32>,
+}
+
+/// One row per iteration, in columns.
+#[derive(Debug, Clone, Default)]
+pub struct IterationLog {
+    /// Instance index.
+    pub instance: Vec<u32>,
+    /// Start time.
+    pub start: Vec<Nanos>,
+    /// End time.
+    pub end: Vec<Nanos>,
+    /// Prefill tokens.
+    pub prefill_tokens: Vec<u64>,
+    /// Decodes.
+    pub decode_seqs: Vec<u64>,
+    /// KV blocks in use.
+    pub kv_blocks: Vec<u32>,
+    /// Requests waiting after scheduling.
+    pub waiting: Vec<u32>,
+    /// Requests running after scheduling.
+    pub running: Vec<u32>,
+}
+
+/// Per-instance facts and counters.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceReport {
+    /// Pool index.
+    pub pool: u32,
+    /// Pool name.
+    pub pool_name: String,
+    /// Memory plan of one GPU.
+    pub memory: MemoryPlan,
+    /// Counters.
+    pub stats: InstanceStats,
+}
+
+/// Everything a run produces.
+pub struct SimOutput {
+    /// Final state of every request, in input order.
+    pub requests: Vec<Request>,
+    /// Rejection reason per rejected request index.
+    pub rejections: Vec<(u32, String)>,
+    /// Inter-token latencies, seconds.
+    pub itl: QuantileSketch,
+    /// Per-instance report.
+    pub instances: Vec<InstanceReport>,
+    /// Iteration log, when asked for.
+    pub iterations: Option<IterationLog>,
+    /// Events processed (arrivals, wakes, iteration ends).
+    pub events: u64,
+    /// Time of the last event.
+    pub end_time: Nanos,
+}
+
+fn prefix(path_prefix: &str, e: Error) -> Error {
+    match e {
+        Error::Config { path, message } => Error::Config { path: format!("{path_prefix}.{path}"), message },
+        other => other,
+    }
+}
+
+/// Runs the simulation of `workload` on the cluster `config` describes.
+pub fn simulate(config: &SimConfig, workload: &Workload) -> Result<SimOutput> {
+    let n = workload.arrival.len();
+    if workload.prompt.len() != n || workload.output.len() != n {
+        return Err(Error::Simulation { message: format!("workload columns differ in length: {n} arrivals, {} prompts, {} outputs", workload.prompt.len(), workload.output.len()) });
+    }
+    let mut reqs = Vec::with_capacity(n);
+    for i in 0..n {
+        if i > 0 && workload.arrival[i] < workload.arrival[i - 1] {
+            return Err(Error::Simulation { message: format!("arrivals must be sorted: request {i} arrives before request {}", i - 1) });
+        }
+        if workload.prompt[i] == 0 || workload.output[i] == 0 {
+            return Err(Error::Simulation { message: format!("request {i} has zero prompt or output tokens") });
+        }
+        reqs.push(Request::new(workload.arrival[i], workload.prompt[i], workload.output[i]));
+    }
+
+    let mut instances = Vec::new();
+    let mut pool_names = Vec::new();
+    for (p, pool) in config.pools.iter().enumerate() {
+        pool_names.push(pool.name.clone());
+        if pool.count == 0 {
+            return Err(Error::config(format!("cluster.pools.{p}.count"), "must be at least 1"));
+        }
+        for _ in 0..pool.count {
+            let inst = Instance::new(p as u32, &pool.model, &pool.gpu, pool.tp, &pool.calibration, &pool.memory, &pool.scheduler).map_err(|e| prefix(&format!("cluster.pools.{p}"), e))?;
+            instances.push(inst);
+        }
+    }
+    let mut router = config.router.build(config.seed, instances.len())?;
+
+    let mut queue = EventQueue::new();
+    let mut itl = QuantileSketch::new(0.005);
+    let mut log = if config.record_iterations { Some(IterationLog::default()) } else { None };
+    let mut loads: Vec<InstanceLoad> = vec![InstanceLoad::default(); instances.len()];
+    let mut rejections = Vec::new();
+    let mut next_arrival = 0usize;
+    let mut events = 0u64;
+    let mut now: Nanos = 0;
+
+    let start = |inst: &mut Instance, idx: u32, now: Nanos, reqs: &mut [Request], queue: &mut EventQueue, log: &mut Option<IterationLog>| {
+        if let Some(end) = inst.start_iteration(now, reqs) {
+            queue.push(end, Event::IterationEnd { instance: idx });
+            if let Some(l) = log.as_mut() {
+                let r = inst.current_record(now, end);
+                l.instance.push(idx);
+                l.start.push(r.start);
+                l.end.push(r.end);
+                l.prefill_tokens.push(r.prefill_tokens);
+                l.decode_seqs.push(r.decode_seqs);
+                l.kv_blocks.push(r.kv_blocks);
+                l.waiting.push(r.waiting);
+                l.running.push(r.running);
+            }
+        }
+    };
+
+    loop {
+        events += 1;
+        let arrival_first = next_arrival < n && queue.peek_time().is_none_or(|t| workload.arrival[next_arrival] <= t);
+        if arrival_first {
+            let idx = next_arrival;
+            next_arrival += 1;
+            now = workload.arrival[idx];
+            for (l, inst) in loads.iter_mut().zip(instances.iter()) {
+                *l = inst.load();
+            }
+            let target = router.route(&reqs[idx], &loads);
+            let inst = &mut instances[target];
+            let req = &mut reqs[idx];
+            req.instance = target as u32;
+            if let Some(reason) = inst.reject_reason(req) {
+                req.status = Status::Rejected;
+                inst.stats.rejected += 1;
+                rejections.push((idx as u32, reason));
+                continue;
+            }
+            if inst.enqueue(idx as u32, req) {
+                queue.push(now, Event::Wake { instance: target as u32 });
+            }
+            continue;
+        }
+        let Some((t, ev)) = queue.pop() else {
+            events -= 1;
+            break;
+        };
+        now = t;
+        match ev {
+            Event::Wake { instance } => {
+                let inst = &mut instances[instance as usize];
+                inst.woken();
+                if !inst.is_busy() {
+                    start(inst, instance, now, &mut reqs, &mut queue, &mut log);
+                }
+            }
+            Event::IterationEnd { instance } => {
+                let inst = &mut instances[instance as usize];
+                inst.finish_iteration(now, &mut reqs, |t, prev| itl.add((t - prev) as f64 * 1e-9));
+                start(inst, instance, now, &mut reqs, &mut queue, &mut log);
+            }
+        }
+    }
+
+    if let Some((i, r)) = reqs.iter().enumerate().find(|(_, r)| !matches!(r.status, Status::Finished | Status::Rejected)) {
+        return Err(Error::Simulation { message: format!("request {i} never finished (status {:?}, {} of {} tokens generated)", r.status, r.generated, r.output) });
+    }
+    let reports = instances
+        .iter()
+        .map(|inst| InstanceReport { pool: inst.pool, pool_name: pool_names[inst.pool as usize].clone(), memory: inst.plan().clone(), stats: inst.stats.clone() })
+        .collect();
+    Ok(SimOutput { requests: reqs, rejections, itl, instances: reports, iterations: log, events, end_time: now })
+}

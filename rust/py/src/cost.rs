@@ -1,0 +1,104 @@
+//! `CostModel`: the core's roofline cost model for one instance, callable from Python.
+
+use crate::errors::{from_json, to_py};
+use fleetwise_core::calibration::Efficiency;
+use fleetwise_core::cost::{BatchShape, CostModel};
+use fleetwise_core::hardware::GpuSpec;
+use fleetwise_core::memory::{MemoryConfig, MemoryPlan};
+use fleetwise_core::model::ModelSpec;
+use fleetwise_core::time::secs_to_ns;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+/// The roofline cost model of one instance (a model on `tp` GPUs of one kind).
+///
+/// `prefills` are `(tokens, cached_tokens, samples)` triples (a chunk of `tokens` after
+/// `cached_tokens` already in the KV cache; `samples` when it ends the prompt) and `decodes` the
+/// context length of each decoding sequence, including the token being processed.
+#[pyclass(name = "CostModel", module = "fleetwise._core", frozen)]
+pub struct PyCostModel {
+    inner: CostModel,
+}
+
+fn shape(prefills: Vec<(u64, u64, bool)>, decodes: Vec<u64>) -> BatchShape {
+    let mut s = BatchShape::default();
+    for (q, c, samples) in prefills {
+        s.add_prefill(q, c, samples);
+    }
+    for ctx in decodes {
+        s.add_decode(ctx);
+    }
+    s
+}
+
+#[pymethods]
+impl PyCostModel {
+    /// Builds a cost model from JSON specs of the model, GPU and calibration.
+    #[new]
+    fn new(model_json: &str, gpu_json: &str, calibration_json: &str, tp: u32) -> PyResult<Self> {
+        let model: ModelSpec = from_json("model", model_json)?;
+        let gpu: GpuSpec = from_json("gpu", gpu_json)?;
+        let eff: Efficiency = from_json("calibration", calibration_json)?;
+        Ok(PyCostModel { inner: CostModel::new(model, gpu, eff, tp).map_err(to_py)? })
+    }
+
+    /// Predicted duration of one iteration, seconds.
+    #[pyo3(signature = (prefills=vec![], decodes=vec![]))]
+    fn iteration_seconds(&self, prefills: Vec<(u64, u64, bool)>, decodes: Vec<u64>) -> f64 {
+        self.inner.iteration_seconds(&shape(prefills, decodes))
+    }
+
+    /// Predicted duration of one iteration in integer nanoseconds, rounded exactly as the simulator does.
+    #[pyo3(signature = (prefills=vec![], decodes=vec![]))]
+    fn iteration_ns(&self, prefills: Vec<(u64, u64, bool)>, decodes: Vec<u64>) -> u64 {
+        secs_to_ns(self.inner.iteration_seconds(&shape(prefills, decodes)))
+    }
+
+    /// Per-operator breakdown: a list of dicts with op, flops, bytes, seconds, compute_bound.
+    #[pyo3(signature = (prefills=vec![], decodes=vec![]))]
+    fn breakdown<'py>(&self, py: Python<'py>, prefills: Vec<(u64, u64, bool)>, decodes: Vec<u64>) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        self.inner
+            .breakdown(&shape(prefills, decodes))
+            .into_iter()
+            .map(|c| {
+                let d = PyDict::new(py);
+                d.set_item("op", serde_json::to_value(c.op).unwrap().as_str().unwrap_or(""))?;
+                d.set_item("flops", c.flops)?;
+                d.set_item("bytes", c.bytes)?;
+                d.set_item("seconds", c.seconds)?;
+                d.set_item("compute_bound", c.compute_bound)?;
+                Ok(d)
+            })
+            .collect()
+    }
+
+    /// Peak activation bytes on one GPU for an iteration of `tokens` tokens, `sampled` of them sampled.
+    fn activation_bytes(&self, tokens: u64, sampled: u64) -> u64 {
+        self.inner.activation_bytes(tokens, sampled)
+    }
+
+    /// The memory plan of one GPU as a dict; raises CapacityError when the model does not fit.
+    fn memory_plan<'py>(&self, py: Python<'py>, memory_json: &str, max_tokens: u64, max_seqs: u64) -> PyResult<Bound<'py, PyDict>> {
+        let cfg: MemoryConfig = from_json("memory", memory_json)?;
+        let plan = MemoryPlan::new(&self.inner, &cfg, max_tokens, max_seqs).map_err(to_py)?;
+        let d = PyDict::new(py);
+        d.set_item("usable_bytes", plan.usable_bytes)?;
+        d.set_item("weight_bytes", plan.weight_bytes)?;
+        d.set_item("activation_bytes", plan.activation_bytes)?;
+        d.set_item("kv_bytes", plan.kv_bytes)?;
+        d.set_item("kv_bytes_per_token", plan.kv_bytes_per_token)?;
+        d.set_item("block_size", plan.block_size)?;
+        d.set_item("num_blocks", plan.num_blocks)?;
+        Ok(d)
+    }
+
+    /// Weight bytes of the whole model (all GPUs).
+    fn weight_bytes(&self) -> u64 {
+        self.inner.model().weight_bytes()
+    }
+
+    /// KV-cache bytes per token on one GPU.
+    fn kv_bytes_per_token(&self) -> u64 {
+        self.inner.model().kv_bytes_per_token(self.inner.tp())
+    }
+}

@@ -1,0 +1,21 @@
+//! fleetwise._core: thin pyo3 bindings over fleetwise-core.
+//!
+//! Configuration crosses as JSON (validated by pydantic on the Python side and by serde here);
+//! workload and result columns cross as numpy arrays in one call each.
+
+mod cost;
+mod errors;
+mod policies;
+mod simulate;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    errors::register(m)?;
+    m.add_class::<cost::PyCostModel>()?;
+    m.add_class::<policies::PyRouter>()?;
+    m.add_function(wrap_pyfunction!(simulate::simulate, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

@@ -1,0 +1,95 @@
+//! `simulate`: one call runs the whole simulation; columns come back as numpy arrays.
+
+use crate::errors::{from_json, to_py};
+use fleetwise_core::request::Status;
+use fleetwise_core::sim::{simulate as run, SimConfig, Workload};
+use numpy::{IntoPyArray, PyReadonlyArray1};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+fn status_code(s: Status) -> u8 {
+    match s {
+        Status::Finished => 0,
+        Status::Rejected => 1,
+        Status::Pending => 2,
+        Status::Waiting => 3,
+        Status::Running => 4,
+    }
+}
+
+/// Runs the simulation described by `config_json` on the given columns (arrival times in ns,
+/// sorted; prompt and output tokens) and returns a dict of result columns and facts.
+#[pyfunction]
+pub fn simulate<'py>(
+    py: Python<'py>,
+    config_json: &str,
+    arrival_ns: PyReadonlyArray1<'py, i64>,
+    prompt_tokens: PyReadonlyArray1<'py, i64>,
+    output_tokens: PyReadonlyArray1<'py, i64>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let config: SimConfig = from_json("scenario", config_json)?;
+    let to_u32 = |name: &str, a: &PyReadonlyArray1<'py, i64>| -> PyResult<Vec<u32>> {
+        a.as_array()
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| u32::try_from(v).map_err(|_| crate::errors::ConfigError::new_err(format!("{name}[{i}] = {v} is out of range"))))
+            .collect()
+    };
+    let workload = Workload {
+        arrival: arrival_ns
+            .as_array()
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| u64::try_from(v).map_err(|_| crate::errors::ConfigError::new_err(format!("arrival_ns[{i}] = {v} is negative"))))
+            .collect::<PyResult<Vec<u64>>>()?,
+        prompt: to_u32("prompt_tokens", &prompt_tokens)?,
+        output: to_u32("output_tokens", &output_tokens)?,
+    };
+    let out = py.allow_threads(|| run(&config, &workload)).map_err(to_py)?;
+
+    let n = out.requests.len();
+    let mut first = Vec::with_capacity(n);
+    let mut done = Vec::with_capacity(n);
+    let mut inst = Vec::with_capacity(n);
+    let mut pre = Vec::with_capacity(n);
+    let mut status = Vec::with_capacity(n);
+    for r in &out.requests {
+        first.push(if r.first_token == u64::MAX { -1 } else { r.first_token as i64 });
+        done.push(if r.completion == u64::MAX { -1 } else { r.completion as i64 });
+        inst.push(r.instance as i64);
+        pre.push(r.preemptions as i64);
+        status.push(status_code(r.status));
+    }
+    let d = PyDict::new(py);
+    d.set_item("first_token_ns", first.into_pyarray(py))?;
+    d.set_item("completion_ns", done.into_pyarray(py))?;
+    d.set_item("instance", inst.into_pyarray(py))?;
+    d.set_item("preemptions", pre.into_pyarray(py))?;
+    d.set_item("status", status.into_pyarray(py))?;
+    d.set_item("rejections", out.rejections)?;
+    let itl = PyDict::new(py);
+    itl.set_item("count", out.itl.count())?;
+    itl.set_item("mean", out.itl.mean())?;
+    itl.set_item("max", out.itl.max())?;
+    for (k, q) in [("p50", 0.5), ("p90", 0.9), ("p95", 0.95), ("p99", 0.99)] {
+        itl.set_item(k, out.itl.quantile(q))?;
+    }
+    d.set_item("itl", itl)?;
+    d.set_item("instances_json", serde_json::to_string(&out.instances).unwrap_or_default())?;
+    d.set_item("events", out.events)?;
+    d.set_item("end_time_ns", out.end_time)?;
+    if let Some(log) = out.iterations {
+        let it = PyDict::new(py);
+        it.set_item("instance", log.instance.into_pyarray(py))?;
+        it.set_item("start_ns", log.start.into_pyarray(py))?;
+        it.set_item("end_ns", log.end.into_pyarray(py))?;
+        it.set_item("prefill_tokens", log.prefill_tokens.into_pyarray(py))?;
+        it.set_item("decode_seqs", log.decode_seqs.into_pyarray(py))?;
+        it.set_item("kv_blocks", log.kv_blocks.into_pyarray(py))?;
+        it.set_item("waiting", log.waiting.into_pyarray(py))?;
+        it.set_item("running", log.running.into_pyarray(py))?;
+        d.set_item("iterations", it)?;
+    }
+    let _ = from_json::<serde_json::Value>;
+    Ok(d)
+}
