@@ -47,6 +47,7 @@ def _requests_frame(workload: Workload, out: dict, pool_of: list[str]) -> pl.Dat
             "completion_ns": done,
             "prompt_tokens": workload.prompt_tokens,
             "output_tokens": out_tok,
+            "generated_tokens": out["generated_tokens"],
             "instance": inst,
             "pool": [pool_of[i] for i in inst],
             "preemptions": out["preemptions"],

@@ -53,12 +53,14 @@ pub fn simulate<'py>(
     let mut inst = Vec::with_capacity(n);
     let mut pre = Vec::with_capacity(n);
     let mut status = Vec::with_capacity(n);
+    let mut generated = Vec::with_capacity(n);
     for r in &out.requests {
         first.push(if r.first_token == u64::MAX { -1 } else { r.first_token as i64 });
         done.push(if r.completion == u64::MAX { -1 } else { r.completion as i64 });
         inst.push(r.instance as i64);
         pre.push(r.preemptions as i64);
         status.push(status_code(r.status));
+        generated.push(r.generated as i64);
     }
     let d = PyDict::new(py);
     d.set_item("first_token_ns", first.into_pyarray(py))?;
@@ -66,6 +68,7 @@ pub fn simulate<'py>(
     d.set_item("instance", inst.into_pyarray(py))?;
     d.set_item("preemptions", pre.into_pyarray(py))?;
     d.set_item("status", status.into_pyarray(py))?;
+    d.set_item("generated_tokens", generated.into_pyarray(py))?;
     d.set_item("rejections", out.rejections)?;
     let itl = PyDict::new(py);
     itl.set_item("count", out.itl.count())?;
@@ -90,6 +93,5 @@ pub fn simulate<'py>(
         it.set_item("running", log.running.into_pyarray(py))?;
         d.set_item("iterations", it)?;
     }
-    let _ = from_json::<serde_json::Value>;
     Ok(d)
 }

@@ -1,0 +1,5 @@
+"""``python -m fleetwise`` runs the command line."""
+
+from fleetwise.cli import main
+
+main()

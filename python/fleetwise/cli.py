@@ -1,0 +1,133 @@
+"""The ``fleetwise`` command line: run, estimate, catalog.
+
+User mistakes (bad scenario fields, unknown names, models that do not fit, malformed traces) end
+with a one-paragraph message on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Simulate and schedule LLM serving clusters.")
+out = Console(width=120)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def _ms(x: float) -> str:
+    return "-" if x != x else f"{x * 1e3:.1f}"
+
+
+def _summary_table(summary: dict) -> Table:
+    t = Table(title=f"{summary['scenario']}: {summary['finished']}/{summary['requests']} requests finished in {summary['duration_s']:.1f} s simulated")
+    t.add_column("metric")
+    for c in ("mean", "p50", "p90", "p99"):
+        t.add_column(f"{c} (ms)", justify="right")
+    for key, label in (("ttft_s", "TTFT"), ("tpot_s", "TPOT"), ("itl_s", "ITL"), ("e2e_s", "E2E")):
+        d = summary[key]
+        t.add_row(label, *(_ms(d[c]) for c in ("mean", "p50", "p90", "p99")))
+    return t
+
+
+@app.command()
+def run(
+    scenario: Path = typer.Argument(..., help="Scenario YAML file."),
+    set_: List[str] = typer.Option([], "--set", help="Override a value: PATH=VALUE (e.g. cluster.pools.0.count=8). Repeatable."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Directory for requests.parquet and summary.json (default runs/<name>)."),
+    iterations: bool = typer.Option(False, "--iterations", help="Also write one row per iteration (iterations.parquet)."),
+) -> None:
+    """Simulate SCENARIO, print a summary table and write the results."""
+    from fleetwise.config.load import load_scenario
+    from fleetwise.simulate import simulate
+
+    sc = load_scenario(scenario, set_)
+    result = simulate(sc, record_iterations=iterations)
+    s = result.summary
+    out.print(_summary_table(s))
+    tp = s["throughput"]
+    out.print(f"throughput: {tp['requests_per_s']:.2f} req/s, {tp['output_tokens_per_s']:.0f} output tok/s; preemptions: {s['preemptions']}; rejected: {s['rejected']}")
+    if "slo" in s:
+        out.print(f"SLO attainment {s['slo']['targets']}: {s['slo']['attainment']:.1%}")
+    d = result.write(output or Path("runs") / sc.name)
+    out.print(f"results written to {d}/")
+
+
+@app.command()
+def estimate(
+    model: str = typer.Option(..., "--model", help="Model name (see `fleetwise catalog`)."),
+    gpu: str = typer.Option(..., "--gpu", help="GPU name (see `fleetwise catalog`)."),
+    tp: int = typer.Option(1, "--tp", min=1, help="Tensor-parallel degree."),
+    prefill: int = typer.Option(0, "--prefill", min=0, help="Prefill chunk size, tokens."),
+    prefill_context: int = typer.Option(0, "--prefill-context", min=0, help="Tokens already cached before the chunk."),
+    decode_batch: int = typer.Option(0, "--decode-batch", min=0, help="Number of decoding sequences."),
+    context: int = typer.Option(0, "--context", min=0, help="Tokens in each decoding sequence's KV cache."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Predict the time and memory of one iteration (prefill, decode, or both mixed)."""
+    from fleetwise.errors import CapacityError
+    from fleetwise.estimate import estimate_iteration
+
+    r = estimate_iteration(model, gpu, tp, prefill, prefill_context, decode_batch, context)
+    if as_json:
+        out.print_json(json.dumps(r))
+    else:
+        t = Table(title=f"{model} on {gpu} x{tp}: {r['seconds'] * 1e3:.3f} ms per iteration")
+        for c in ("operator", "ms", "TFLOP", "GB", "bound"):
+            t.add_column(c, justify="left" if c in ("operator", "bound") else "right")
+        for o in r["ops"]:
+            bound = "-" if o["op"] == "overhead" else ("compute" if o["compute_bound"] else ("link" if o["op"] == "all_reduce" else "memory"))
+            t.add_row(o["op"], f"{o['seconds'] * 1e3:.3f}", f"{o['flops'] / 1e12:.3f}", f"{o['bytes'] / 1e9:.3f}", bound)
+        out.print(t)
+        m = r["memory"]
+        gib = 1 << 30
+        out.print(f"memory per GPU: {r['memory_bytes'] / gib:.2f} GiB (weights {m['weights'] / gib:.2f} + KV {m['kv_cache'] / gib:.2f} + activations {m['activations'] / gib:.2f}) of {m['available'] / gib:.2f} GiB usable")
+    if not r["memory"]["fits"]:
+        m = r["memory"]
+        raise CapacityError(f"{model} on {gpu} x{tp}: this iteration needs {r['memory_bytes'] / (1 << 30):.2f} GiB per GPU, {m['available'] / (1 << 30):.2f} GiB available")
+
+
+@app.command()
+def catalog(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """List the built-in GPUs and models."""
+    from fleetwise.catalog import builtin_gpus, builtin_models
+
+    gpus, models = builtin_gpus(), builtin_models()
+    if as_json:
+        out.print_json(json.dumps({"gpus": {k: v.model_dump() for k, v in gpus.items()}, "models": {k: v.model_dump() for k, v in models.items()}}))
+        return
+    t = Table(title="GPUs")
+    for c in ("name", "description", "BF16 TFLOP/s", "memory GB", "HBM TB/s", "link GB/s/dir"):
+        t.add_column(c)
+    for k, g in gpus.items():
+        t.add_row(k, g.description, f"{g.peak_flops / 1e12:.0f}", f"{g.memory_bytes / 1e9:.0f}", f"{g.memory_bandwidth / 1e12:.2f}", f"{g.link_bandwidth / 1e9:.0f} ({g.link})")
+    out.print(t)
+    t = Table(title="Models")
+    for c in ("name", "layers", "hidden", "heads/kv", "MLP", "vocab", "context", "params (B)"):
+        t.add_column(c)
+    import json as _json
+
+    from fleetwise import _core
+
+    for k, m in models.items():
+        g = next(iter(gpus.values()))
+        cm = _core.CostModel(_json.dumps(m.core_json(k)), _json.dumps(g.core_json("x")), g.calibration.model_dump_json(), 1)
+        params = cm.weight_bytes() / m.dtype_bytes / 1e9
+        t.add_row(k, str(m.num_layers), str(m.hidden_size), f"{m.num_heads}/{m.num_kv_heads}", str(m.intermediate_size), str(m.vocab_size), str(m.max_position_embeddings), f"{params:.2f}")
+    out.print(t)
+
+
+def main() -> None:
+    """Entry point: runs the app, turning fleetwise errors into exit code 2 (usage errors are 2 too)."""
+    from fleetwise.errors import FleetwiseError
+
+    try:
+        app()
+    except FleetwiseError as e:
+        err.print(f"[bold red]error:[/] {type(e).__name__}: {e}", highlight=False, markup=True)
+        sys.exit(2)

@@ -1,0 +1,59 @@
+"""One iteration's predicted time and memory for a model on a GPU (``fleetwise estimate``)."""
+
+from __future__ import annotations
+
+import json
+
+from fleetwise import _core
+from fleetwise.catalog import lookup
+
+
+def estimate_iteration(
+    model: str,
+    gpu: str,
+    tp: int = 1,
+    prefill: int = 0,
+    prefill_context: int = 0,
+    decode_batch: int = 0,
+    context: int = 0,
+    gpu_memory_utilization: float = 0.9,
+) -> dict:
+    """Predicts one iteration: a prefill chunk of ``prefill`` tokens after ``prefill_context``
+    cached tokens, ``decode_batch`` decodes at context ``context``, or both as one mixed batch.
+
+    Returns seconds, the operator breakdown, and the memory the iteration needs on one GPU
+    (weights + KV of every sequence in the batch + activations) next to what the GPU has.
+    """
+    from fleetwise.errors import ConfigError
+
+    if prefill <= 0 and decode_batch <= 0:
+        raise ConfigError("estimate: give --prefill TOKENS and/or --decode-batch B (with --context C)")
+    if decode_batch > 0 and context <= 0:
+        raise ConfigError("estimate: --decode-batch needs --context C (tokens already in each sequence's KV cache)")
+    if prefill_context and prefill <= 0:
+        raise ConfigError("estimate: --prefill-context needs --prefill")
+    g = lookup("gpu", gpu, {}, "--gpu")
+    m = lookup("model", model, {}, "--model")
+    cost = _core.CostModel(json.dumps(m.core_json(model)), json.dumps(g.core_json(gpu)), g.calibration.model_dump_json(), tp)
+    prefills = [(prefill, prefill_context, True)] if prefill > 0 else []
+    # A decode at context C reads C cached tokens plus the one it processes.
+    decodes = [context + 1] * decode_batch
+    seconds = cost.iteration_seconds(prefills, decodes)
+    tokens = max(prefill, 0) + decode_batch
+    sampled = (1 if prefill > 0 else 0) + decode_batch
+    kv_tokens = (prefill + prefill_context if prefill > 0 else 0) + decode_batch * (context + 1)
+    weights = -(-cost.weight_bytes() // tp)
+    kv = kv_tokens * cost.kv_bytes_per_token()
+    act = cost.activation_bytes(tokens, sampled)
+    available = int(g.memory_bytes * gpu_memory_utilization)
+    need = weights + kv + act
+    return {
+        "model": model,
+        "gpu": gpu,
+        "tp": tp,
+        "batch": {"prefill_tokens": prefill, "prefill_context": prefill_context, "decode_batch": decode_batch, "context": context},
+        "seconds": seconds,
+        "memory_bytes": need,
+        "memory": {"weights": weights, "kv_cache": kv, "activations": act, "available": available, "fits": need <= available},
+        "ops": cost.breakdown(prefills, decodes),
+    }
