@@ -5,11 +5,11 @@ use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 
-create_exception!(_core, FleetwiseError, PyException, "Base class of every fleetwise error caused by user input.");
-create_exception!(_core, ConfigError, FleetwiseError, "A scenario or configuration value is invalid.");
-create_exception!(_core, CapacityError, FleetwiseError, "A model, request or cache does not fit in the memory available.");
-create_exception!(_core, TraceError, FleetwiseError, "A trace or workload file is malformed.");
-create_exception!(_core, SimulationError, FleetwiseError, "The simulation could not proceed.");
+create_exception!(fleetwise._core, FleetwiseError, PyException, "Base class of every fleetwise error caused by user input.");
+create_exception!(fleetwise._core, ConfigError, FleetwiseError, "A scenario or configuration value is invalid.");
+create_exception!(fleetwise._core, CapacityError, FleetwiseError, "A model, request or cache does not fit in the memory available.");
+create_exception!(fleetwise._core, TraceError, FleetwiseError, "A trace or workload file is malformed.");
+create_exception!(fleetwise._core, SimulationError, FleetwiseError, "The simulation could not proceed.");
 
 /// Converts a core error into the matching Python exception.
 pub fn to_py(err: Error) -> PyErr {

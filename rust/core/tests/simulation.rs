@@ -1,0 +1,143 @@
+//! Whole-simulation properties of the core, without Python.
+
+use fleetwise_core::calibration::Efficiency;
+use fleetwise_core::cost::{BatchShape, CostModel};
+use fleetwise_core::hardware::GpuSpec;
+use fleetwise_core::memory::MemoryConfig;
+use fleetwise_core::model::ModelSpec;
+use fleetwise_core::request::Status;
+use fleetwise_core::router::RouterConfig;
+use fleetwise_core::scheduler::SchedulerConfig;
+use fleetwise_core::sim::{simulate, PoolConfig, SimConfig, Workload};
+use fleetwise_core::time::secs_to_ns;
+
+fn model() -> ModelSpec {
+    ModelSpec { name: "llama-3-8b".into(), num_layers: 32, hidden_size: 4096, num_heads: 32, num_kv_heads: 8, head_dim: 128, intermediate_size: 14336, vocab_size: 128256, max_position_embeddings: 8192, tie_word_embeddings: false, dtype_bytes: 2 }
+}
+
+fn gpu(memory_bytes: u64) -> GpuSpec {
+    GpuSpec { name: "h100".into(), peak_flops: 989.4e12, memory_bytes, memory_bandwidth: 3.35e12, link_bandwidth: 450e9, link_latency: 2e-6 }
+}
+
+fn config(count: u32, memory_bytes: u64, router: RouterConfig) -> SimConfig {
+    SimConfig {
+        seed: 1,
+        pools: vec![PoolConfig {
+            name: "main".into(),
+            count,
+            gpu: gpu(memory_bytes),
+            model: model(),
+            tp: 1,
+            calibration: Efficiency::default(),
+            memory: MemoryConfig::default(),
+            scheduler: SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192 },
+        }],
+        router,
+        record_iterations: true,
+    }
+}
+
+/// A deterministic pseudo-random workload (LCG), so the test needs no RNG crate.
+fn workload(n: usize) -> Workload {
+    let mut x: u64 = 12345;
+    let mut next = |m: u64| {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (x >> 33) % m
+    };
+    let mut t = 0;
+    let mut w = Workload::default();
+    for _ in 0..n {
+        t += next(100_000_000);
+        w.arrival.push(t);
+        w.prompt.push(50 + next(2000) as u32);
+        w.output.push(1 + next(400) as u32);
+    }
+    w
+}
+
+#[test]
+fn every_request_finishes_once_with_its_tokens_and_kv_stays_within_capacity() {
+    // ~19 GB usable: a few hundred KV blocks, so preemption happens.
+    let cfg = config(2, 20_000_000_000, RouterConfig::LeastOutstandingTokens);
+    let w = workload(400);
+    let out = simulate(&cfg, &w).unwrap();
+    let preemptions: u32 = out.requests.iter().map(|r| r.preemptions).sum();
+    assert!(preemptions > 0, "expected KV pressure to preempt");
+    for (i, r) in out.requests.iter().enumerate() {
+        assert_eq!(r.status, Status::Finished, "request {i}");
+        assert_eq!(r.generated, w.output[i]);
+        assert_eq!(r.blocks, 0, "finished requests hold no KV");
+        assert!(r.first_token >= r.arrival && r.completion >= r.first_token);
+    }
+    let log = out.iterations.unwrap();
+    for (k, &inst) in log.instance.iter().enumerate() {
+        assert!(log.kv_blocks[k] <= out.instances[inst as usize].memory.num_blocks);
+    }
+    let decode: u64 = out.instances.iter().map(|i| i.stats.decode_tokens).sum();
+    let total_out: u64 = w.output.iter().map(|&o| o as u64).sum();
+    assert_eq!(decode + w.arrival.len() as u64 + preemptions as u64, total_out);
+}
+
+#[test]
+fn same_seed_same_timeline() {
+    let cfg = config(3, 80_000_000_000, RouterConfig::Random);
+    let w = workload(300);
+    let a = simulate(&cfg, &w).unwrap();
+    let b = simulate(&cfg, &w).unwrap();
+    for (x, y) in a.requests.iter().zip(b.requests.iter()) {
+        assert_eq!((x.instance, x.first_token, x.completion, x.preemptions), (y.instance, y.first_token, y.completion, y.preemptions));
+    }
+}
+
+#[test]
+fn simultaneous_arrivals_share_the_first_iteration() {
+    // Three requests arrive at the same instant on one idle instance: the wake runs after all
+    // three arrivals, so one prefill iteration serves them and they get the same first token time.
+    let cfg = config(1, 80_000_000_000, RouterConfig::RoundRobin);
+    let w = Workload { arrival: vec![1_000, 1_000, 1_000], prompt: vec![100, 200, 300], output: vec![2, 2, 2] };
+    let out = simulate(&cfg, &w).unwrap();
+    let cm = CostModel::new(model(), gpu(80_000_000_000), Efficiency::default(), 1).unwrap();
+    let mut s = BatchShape::default();
+    for p in [100, 200, 300] {
+        s.add_prefill(p, 0, true);
+    }
+    let prefill = secs_to_ns(cm.iteration_seconds(&s));
+    let mut d = BatchShape::default();
+    for p in [100u64, 200, 300] {
+        d.add_decode(p + 1);
+    }
+    let decode = secs_to_ns(cm.iteration_seconds(&d));
+    for r in &out.requests {
+        assert_eq!(r.first_token, 1_000 + prefill);
+        assert_eq!(r.completion, 1_000 + prefill + decode);
+    }
+    assert_eq!(out.iterations.unwrap().start.len(), 2);
+}
+
+#[test]
+fn arrival_at_an_iteration_end_joins_the_next_iteration() {
+    // Request 1 arrives exactly when request 0's prefill ends: arrivals at an instant run before
+    // the iteration end, so the next iteration (prefill-first) prefills request 1.
+    let cfg = config(1, 80_000_000_000, RouterConfig::RoundRobin);
+    let cm = CostModel::new(model(), gpu(80_000_000_000), Efficiency::default(), 1).unwrap();
+    let mut s = BatchShape::default();
+    s.add_prefill(100, 0, true);
+    let t0 = secs_to_ns(cm.iteration_seconds(&s));
+    let w = Workload { arrival: vec![0, t0], prompt: vec![100, 50], output: vec![3, 1] };
+    let out = simulate(&cfg, &w).unwrap();
+    let mut s1 = BatchShape::default();
+    s1.add_prefill(50, 0, true);
+    let t1 = secs_to_ns(cm.iteration_seconds(&s1));
+    assert_eq!(out.requests[1].first_token, t0 + t1);
+    assert_eq!(out.requests[1].completion, t0 + t1);
+    let log = out.iterations.unwrap();
+    assert_eq!(log.start[1], t0);
+    assert_eq!(log.prefill_tokens[1], 50);
+}
+
+#[test]
+fn unsorted_arrivals_are_an_error_not_a_panic() {
+    let cfg = config(1, 80_000_000_000, RouterConfig::RoundRobin);
+    let w = Workload { arrival: vec![10, 5], prompt: vec![1, 1], output: vec![1, 1] };
+    assert!(simulate(&cfg, &w).is_err());
+}
