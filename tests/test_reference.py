@@ -1,0 +1,208 @@
+"""Differential test: the Rust core against the independent SimPy reference model.
+
+Randomized small clusters (1-3 instances, round-robin and least-outstanding-tokens routers, small
+``max_num_seqs`` and token budgets, some with a KV cache of only a few hundred blocks) replay
+workloads with duplicate timestamps, requests placed exactly at iteration end times, and requests
+that must be rejected; every request's instance, status, first-token time, completion time and
+preemption count must agree exactly.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+
+import fleetwise
+from fleetwise import _core
+from fleetwise.cluster import core_config
+from fleetwise.reference import simulate_reference
+from fleetwise.workload import Workload, build_workload
+
+COLUMNS = ["request_id", "instance", "status", "first_token_ns", "completion_ns", "preemptions"]
+SEEDS = range(16)
+
+# A small Llama-shaped model: cheap iterations whose cost still varies with the batch.
+TINY_MODEL = {
+    "num_layers": 4,
+    "hidden_size": 512,
+    "num_heads": 8,
+    "num_kv_heads": 8,
+    "head_dim": 64,
+    "intermediate_size": 1408,
+    "vocab_size": 32000,
+    "max_position_embeddings": 4096,
+}
+H100_LIKE = {
+    "peak_flops": 989.4e12,
+    "memory_bandwidth": 3.35e12,
+    "link_bandwidth": 450.0e9,
+    "calibration": {
+        "gemm_compute": 0.78,
+        "attention_compute": 0.55,
+        "memory": 0.80,
+        "collective": 0.75,
+        "iteration_overhead": 1.5e-3,
+    },
+}
+
+
+def gpu_memory_for_blocks(model: dict, pool: dict, blocks: int) -> int:
+    """GPU memory (at utilisation 1.0) that leaves exactly ``blocks`` KV blocks for ``pool``."""
+    cost = _core.CostModel(json.dumps({**model, "name": "m"}), json.dumps({**pool["gpu"], "memory_bytes": 10**12}),
+                           json.dumps(pool["calibration"]), pool["tp"])
+    sched = pool["scheduler"]
+    tokens, seqs = sched["max_num_batched_tokens"], sched["max_num_seqs"]
+    weights = -(-cost.weight_bytes() // pool["tp"])
+    block_bytes = cost.kv_bytes_per_token() * pool["memory"]["block_size"]
+    return weights + cost.activation_bytes(tokens, min(seqs, tokens)) + blocks * block_bytes + block_bytes // 2
+
+
+def make_scenario(seed: int) -> tuple[dict, Workload, dict]:
+    """A random small scenario, its workload, and facts about the case for the assertions."""
+    rng = np.random.default_rng(1000 + seed)
+    tiny_kv = seed % 3 != 2
+    instances = int(rng.integers(1, 4))
+    two_pools = instances >= 2 and seed % 4 == 1
+    max_tokens = int(rng.choice([256, 512, 1024, 2048]))
+    block_size = int(rng.choice([8, 16, 32]))
+    pools = []
+    counts = [1, instances - 1] if two_pools else [instances]
+    for p, count in enumerate(counts):
+        pools.append({
+            "name": f"pool{p}",
+            "count": count,
+            "gpu": "small-gpu" if tiny_kv else "h100-sxm",
+            "model": "tiny",
+            "scheduler": {"kind": "vllm", "max_num_seqs": int(rng.integers(2, 17)),
+                          "max_num_batched_tokens": max_tokens if p == 0 else max_tokens * 2},
+            "memory": {"gpu_memory_utilization": 1.0 if tiny_kv else 0.9, "block_size": block_size},
+        })
+    scenario = {
+        "name": f"reference-{seed}",
+        "seed": seed,
+        "models": {"tiny": TINY_MODEL},
+        "gpus": {"small-gpu": {**H100_LIKE, "memory_bytes": 80e9}},
+        "cluster": {"pools": pools,
+                    "router": {"kind": "round-robin" if seed % 2 == 0 else "least-outstanding-tokens"}},
+        "workload": {
+            "arrivals": {"kind": "poisson", "rate": float(rng.choice([50.0, 200.0, 800.0]))},
+            "lengths": {"kind": "uniform", "prompt_min": 8, "prompt_max": min(400, max_tokens),
+                        "output_min": 1, "output_max": 300},
+            "requests": int(rng.integers(80, 200)),
+        },
+    }
+    # Tiny caches hold 800-3000 tokens: a few hundred blocks, far less than max_num_seqs requests
+    # of a few hundred tokens each need, so running requests get preempted.
+    target_blocks = int(rng.integers(800, 3000)) // block_size
+    if tiny_kv:
+        # Size the GPU so that the first pool's KV cache holds about `target_blocks` blocks.
+        config = core_config(fleetwise.scenario_from_dict(scenario))
+        memory = gpu_memory_for_blocks(TINY_MODEL, config["pools"][0], target_blocks)
+        scenario["gpus"]["small-gpu"]["memory_bytes"] = float(memory)
+
+    sc = fleetwise.scenario_from_dict(scenario)
+    base = build_workload(sc.workload, sc.seed)
+    arrival = base.arrival_ns.copy()
+    prompt = base.prompt_tokens.copy()
+    output = base.output_tokens.copy()
+    if seed % 2 == 1:
+        # Coarse timestamps: many requests share an arrival instant.
+        arrival = (arrival // 20_000_000) * 20_000_000
+    # A burst at time 0 and another later one.
+    arrival[:4] = 0
+    burst = len(arrival) // 2
+    arrival[burst:burst + 5] = arrival[burst]
+    # Requests that every instance must reject: context, token budget, and (tiny KV) cache size.
+    prompt[5], output[5] = 100, TINY_MODEL["max_position_embeddings"]
+    prompt[7], output[7] = max_tokens + 1, 10
+    if tiny_kv:
+        prompt[9], output[9] = 50, min(block_size * (target_blocks + 10), 4000)
+    workload = Workload(arrival_ns=arrival, prompt_tokens=prompt, output_tokens=output)
+    workload = pin_to_iteration_ends(sc, workload, rng, count=3)
+    return scenario, workload, {"tiny_kv": tiny_kv}
+
+
+def pin_to_iteration_ends(sc, workload: Workload, rng, count: int) -> Workload:
+    """Adds ``count`` requests, each arriving exactly when an iteration of the core ends.
+
+    They are added in time order, each after the previous one: a request at time T changes nothing
+    before T, so every iteration end chosen earlier stays an iteration end.
+    """
+    arrival, prompt, output = (np.asarray(a).copy() for a in
+                               (workload.arrival_ns, workload.prompt_tokens, workload.output_tokens))
+    after = 0
+    for _ in range(count):
+        ends = fleetwise.simulate(sc, workload=Workload(arrival, prompt, output), record_iterations=True)
+        ends = np.unique(ends.iterations["end_ns"].to_numpy().astype(np.int64))
+        ends = ends[ends > after]
+        if len(ends) == 0:
+            break
+        t = int(ends[int(rng.integers(0, min(len(ends), 200)))])
+        at = int(np.searchsorted(arrival, t, side="right"))
+        arrival = np.insert(arrival, at, t)
+        prompt = np.insert(prompt, at, int(rng.integers(8, 64)))
+        output = np.insert(output, at, int(rng.integers(1, 50)))
+        after = t
+    return Workload(arrival_ns=arrival, prompt_tokens=prompt, output_tokens=output)
+
+
+def core_frame(scenario: dict, workload: Workload) -> tuple[pl.DataFrame, np.ndarray]:
+    """The core's per-request columns (preemptions null for rejected, as the reference has them)
+    and the end times of its iterations."""
+    res = fleetwise.simulate(scenario, workload=workload, record_iterations=True)
+    req = res.requests.select(COLUMNS)
+    rejected = req.filter(pl.col("status") == "rejected")
+    assert rejected["preemptions"].fill_null(0).eq(0).all()
+    req = req.with_columns(
+        pl.when(pl.col("status") == "finished").then(pl.col("preemptions")).otherwise(None).alias("preemptions")
+    )
+    return req, res.iterations["end_ns"].to_numpy().astype(np.int64)
+
+
+def test_core_matches_simpy_reference():
+    """Every case agrees exactly, and the cases exercise preemption, rejection and ties."""
+    totals = {"preemptions": 0, "rejected": 0, "tied_arrivals": 0, "arrivals_at_iteration_end": 0}
+    for seed in SEEDS:
+        scenario, workload, _ = make_scenario(seed)
+        core, ends = core_frame(scenario, workload)
+        ref = simulate_reference(scenario, workload)
+        assert ref.columns == COLUMNS
+        if not ref.equals(core):
+            diff = ref.join(core, on="request_id", suffix="_core").filter(
+                pl.any_horizontal(pl.col(c).ne_missing(pl.col(f"{c}_core")) for c in COLUMNS[1:])
+            )
+            pytest.fail(f"seed {seed}: core and reference differ on {diff.height} requests:\n{diff.head(5)}")
+        totals["preemptions"] += int(ref["preemptions"].sum() or 0)
+        totals["rejected"] += int((ref["status"] == "rejected").sum())
+        arrivals = workload.arrival_ns
+        totals["tied_arrivals"] += int(np.sum(np.diff(arrivals) == 0))
+        totals["arrivals_at_iteration_end"] += int(np.isin(arrivals, ends).sum())
+    assert totals["preemptions"] > 0, totals
+    assert totals["rejected"] > 0, totals
+    assert totals["tied_arrivals"] > 0, totals
+    assert totals["arrivals_at_iteration_end"] >= len(SEEDS), totals
+
+
+def test_tiny_gpu_has_a_few_hundred_blocks():
+    """The tiny-KV cases really have a small cache (so preemption is forced, not lucky)."""
+    for seed in SEEDS:
+        scenario, _, facts = make_scenario(seed)
+        if not facts["tiny_kv"]:
+            continue
+        for pool in core_config(fleetwise.scenario_from_dict(scenario))["pools"]:
+            cost = _core.CostModel(json.dumps(pool["model"]), json.dumps(pool["gpu"]),
+                                   json.dumps(pool["calibration"]), pool["tp"])
+            sched = pool["scheduler"]
+            plan = cost.memory_plan(json.dumps(pool["memory"]), sched["max_num_batched_tokens"], sched["max_num_seqs"])
+            assert 20 <= plan["num_blocks"] <= 400, (seed, plan)
+
+
+def test_reference_refuses_random_router():
+    """The random router draws from the core's RNG, which the reference does not model."""
+    scenario, workload, _ = make_scenario(2)
+    scenario["cluster"]["router"] = {"kind": "random"}
+    with pytest.raises(ValueError, match="random"):
+        simulate_reference(scenario, workload)
