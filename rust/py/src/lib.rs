@@ -15,6 +15,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
     m.add_class::<cost::PyCostModel>()?;
     m.add_class::<policies::PyRouter>()?;
+    m.add_class::<policies::PyScheduler>()?;
     m.add_function(wrap_pyfunction!(simulate::simulate, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -1,8 +1,11 @@
-//! Built-in routers as a Python class: the same Rust objects the simulator calls natively.
+//! Built-in routers and batch schedulers as Python classes: the same Rust objects the simulator
+//! calls natively.
 
 use crate::errors::{from_json, to_py};
-use fleetwise_core::request::Request;
+use fleetwise_core::kv::BlockManager;
+use fleetwise_core::request::{Request, Status};
 use fleetwise_core::router::{InstanceLoad, Router, RouterConfig};
+use fleetwise_core::scheduler::{Batch, BatchScheduler, Queues, SchedulerConfig};
 use pyo3::prelude::*;
 
 /// A built-in router, configured by its scenario JSON (`{"kind": ...}`).
@@ -36,5 +39,104 @@ impl PyRouter {
         }
         let loads: Vec<InstanceLoad> = (0..n).map(|i| InstanceLoad { outstanding_tokens: outstanding_tokens[i], waiting: waiting[i], running: running[i] }).collect();
         Ok(self.inner.route(&Request::new(0, prompt_tokens.max(1), 1), &loads))
+    }
+}
+
+/// A built-in batch scheduler driven step by step from Python, exactly as an instance drives it
+/// in the simulator: add requests, ask for the next batch, report it done.
+#[pyclass(name = "Scheduler", module = "fleetwise._core")]
+pub struct PyScheduler {
+    inner: Box<dyn BatchScheduler>,
+    kv: BlockManager,
+    queues: Queues,
+    reqs: Vec<Request>,
+    ids: Vec<u64>,
+    batch: Batch,
+}
+
+#[pymethods]
+impl PyScheduler {
+    /// A scheduler from its scenario JSON (`{"kind": "vllm", ...}`) over a KV cache of
+    /// `num_blocks` blocks of `block_size` tokens, keeping `watermark` blocks free on admission.
+    #[new]
+    #[pyo3(signature = (config_json, num_blocks, block_size=16, watermark=None))]
+    fn new(config_json: &str, num_blocks: u32, block_size: u32, watermark: Option<u32>) -> PyResult<Self> {
+        let cfg: SchedulerConfig = from_json("scheduler", config_json)?;
+        if block_size == 0 {
+            return Err(crate::errors::ConfigError::new_err("block_size must be at least 1"));
+        }
+        let watermark = watermark.unwrap_or((num_blocks as f64 * 0.01) as u32);
+        Ok(PyScheduler { inner: cfg.build().map_err(to_py)?, kv: BlockManager::new(num_blocks, block_size, watermark), queues: Queues::default(), reqs: Vec::new(), ids: Vec::new(), batch: Batch::default() })
+    }
+
+    /// Queues request `request_id` with `prompt` input tokens and `output` tokens to generate.
+    fn add(&mut self, request_id: u64, prompt: u32, output: u32) -> PyResult<()> {
+        if prompt == 0 || output == 0 {
+            return Err(pyo3::exceptions::PyValueError::new_err("prompt and output must be at least 1"));
+        }
+        let mut r = Request::new(0, prompt, output);
+        r.status = Status::Waiting;
+        self.queues.waiting.push_back(self.reqs.len() as u32);
+        self.reqs.push(r);
+        self.ids.push(request_id);
+        Ok(())
+    }
+
+    /// Forms the next batch: a list of `(request_id, tokens)`; empty when there is nothing to run.
+    /// Requests preempted while forming it are listed by `preempted()`.
+    fn schedule(&mut self) -> Vec<(u64, u32)> {
+        self.batch.clear();
+        self.inner.schedule(&mut self.queues, &mut self.reqs, &mut self.kv, &mut self.batch);
+        self.batch.items.iter().map(|it| (self.ids[it.req as usize], it.tokens)).collect()
+    }
+
+    /// Marks the last batch as run: advances tokens and returns `(request_id, finished)` for every
+    /// request that sampled a token.
+    fn complete(&mut self) -> Vec<(u64, bool)> {
+        let mut sampled = Vec::new();
+        for it in &self.batch.items {
+            let r = &mut self.reqs[it.req as usize];
+            r.computed += it.tokens;
+            if r.computed != r.known_tokens() {
+                continue;
+            }
+            r.generated += 1;
+            let done = r.generated == r.output;
+            if done {
+                self.kv.release(r.blocks);
+                r.blocks = 0;
+                r.status = Status::Finished;
+            }
+            sampled.push((self.ids[it.req as usize], done));
+        }
+        let reqs = &self.reqs;
+        self.queues.running.retain(|&i| reqs[i as usize].status == Status::Running);
+        self.batch.clear();
+        sampled
+    }
+
+    /// Request ids waiting for admission, in service order.
+    fn waiting(&self) -> Vec<u64> {
+        self.queues.waiting.iter().map(|&i| self.ids[i as usize]).collect()
+    }
+
+    /// Request ids holding KV, oldest admission first.
+    fn running(&self) -> Vec<u64> {
+        self.queues.running.iter().map(|&i| self.ids[i as usize]).collect()
+    }
+
+    /// Number of requests preempted while forming the last batch.
+    fn preempted(&self) -> u32 {
+        self.batch.preempted
+    }
+
+    /// KV blocks in use.
+    fn used_blocks(&self) -> u32 {
+        self.kv.used()
+    }
+
+    /// KV blocks free.
+    fn free_blocks(&self) -> u32 {
+        self.kv.free()
     }
 }

@@ -1,0 +1,58 @@
+"""Built-in policies as Python objects, selected by ``kind`` like in a scenario.
+
+The objects wrap the same Rust implementations the simulator calls natively, so a decision made
+here is the decision the simulator makes; an engine loop can drive them directly::
+
+    sched = make_scheduler({"kind": "vllm", "max_num_seqs": 8, "max_num_batched_tokens": 2048}, num_blocks=1000)
+    sched.add(request_id=1, prompt=300, output=20)
+    batch = sched.schedule()      # [(1, 300)]: prefill all 300 prompt tokens
+    sched.complete()              # [(1, False)]: request 1 sampled its first token
+"""
+
+from __future__ import annotations
+
+import json
+from typing import get_args
+
+from pydantic import TypeAdapter
+
+from fleetwise import _core
+from fleetwise.config.scenario import RouterConfig, SchedulerConfig
+
+_ROUTER = TypeAdapter(RouterConfig)
+_SCHEDULER = TypeAdapter(SchedulerConfig)
+
+
+def _kinds(union) -> tuple[str, ...]:
+    members = get_args(get_args(union)[0]) or (get_args(union)[0],)
+    return tuple(m.model_fields["kind"].default for m in members)
+
+
+ROUTER_KINDS = _kinds(RouterConfig)
+"""Names of the built-in routers."""
+SCHEDULER_KINDS = _kinds(SchedulerConfig)
+"""Names of the built-in batch schedulers."""
+
+
+def make_router(config: dict, instances: int, seed: int = 0) -> _core.Router:
+    """The built-in router ``config`` (``{"kind": ...}``) describes, for ``instances`` instances.
+
+    ``router.route(prompt_tokens, outstanding_tokens, waiting=None, running=None)`` returns the
+    index of the chosen instance given per-instance loads.
+    """
+    cfg = _ROUTER.validate_python(config)
+    return _core.Router(json.dumps(cfg.model_dump()), instances, seed)
+
+
+def make_scheduler(config: dict, num_blocks: int, block_size: int = 16, watermark: int | None = None) -> _core.Scheduler:
+    """The built-in batch scheduler ``config`` describes, over a KV cache of ``num_blocks`` blocks.
+
+    Methods: ``add(request_id, prompt, output)``, ``schedule() -> [(request_id, tokens)]``,
+    ``complete() -> [(request_id, finished)]``, ``waiting()``, ``running()``, ``preempted()``,
+    ``used_blocks()``, ``free_blocks()``. ``max_num_batched_tokens`` defaults to 8192 here.
+    """
+    cfg = _SCHEDULER.validate_python(config)
+    d = cfg.model_dump()
+    if d.get("max_num_batched_tokens") is None:
+        d["max_num_batched_tokens"] = 8192
+    return _core.Scheduler(json.dumps(d), num_blocks, block_size, watermark)
