@@ -1,0 +1,69 @@
+"""Type stubs of the Rust extension ``fleetwise._core`` (bindings over fleetwise-core)."""
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+
+class FleetwiseError(Exception):
+    """Base class of every fleetwise error caused by user input."""
+
+class ConfigError(FleetwiseError):
+    """A scenario or configuration value is invalid."""
+
+class CapacityError(FleetwiseError):
+    """A model, request or cache does not fit in the memory available."""
+
+class TraceError(FleetwiseError):
+    """A trace or workload file is malformed."""
+
+class SimulationError(FleetwiseError):
+    """The simulation could not proceed."""
+
+Prefill = tuple[int, int, bool]
+
+class CostModel:
+    """The roofline cost model of one instance (a model on ``tp`` GPUs of one kind)."""
+
+    def __init__(self, model_json: str, gpu_json: str, calibration_json: str, tp: int) -> None: ...
+    def iteration_seconds(self, prefills: list[Prefill] = ..., decodes: list[int] = ...) -> float: ...
+    def iteration_ns(self, prefills: list[Prefill] = ..., decodes: list[int] = ...) -> int: ...
+    def breakdown(self, prefills: list[Prefill] = ..., decodes: list[int] = ...) -> list[dict[str, Any]]: ...
+    def activation_bytes(self, tokens: int, sampled: int) -> int: ...
+    def memory_plan(self, memory_json: str, max_tokens: int, max_seqs: int) -> dict[str, int]: ...
+    def weight_bytes(self) -> int: ...
+    def kv_bytes_per_token(self) -> int: ...
+
+class Router:
+    """A built-in router (``{"kind": ...}``)."""
+
+    def __init__(self, config_json: str, instances: int, seed: int = 0) -> None: ...
+    def route(
+        self,
+        prompt_tokens: int,
+        outstanding_tokens: list[int],
+        waiting: list[int] | None = None,
+        running: list[int] | None = None,
+    ) -> int: ...
+
+class Scheduler:
+    """A built-in batch scheduler driven step by step."""
+
+    def __init__(self, config_json: str, num_blocks: int, block_size: int = 16, watermark: int | None = None) -> None: ...
+    def add(self, request_id: int, prompt: int, output: int) -> None: ...
+    def schedule(self) -> list[tuple[int, int]]: ...
+    def complete(self) -> list[tuple[int, bool]]: ...
+    def waiting(self) -> list[int]: ...
+    def running(self) -> list[int]: ...
+    def preempted(self) -> int: ...
+    def used_blocks(self) -> int: ...
+    def free_blocks(self) -> int: ...
+
+def simulate(
+    config_json: str,
+    arrival_ns: npt.NDArray[np.int64],
+    prompt_tokens: npt.NDArray[np.int64],
+    output_tokens: npt.NDArray[np.int64],
+) -> dict[str, Any]: ...
