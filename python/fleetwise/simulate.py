@@ -10,7 +10,7 @@ import polars as pl
 
 from fleetwise import _core
 from fleetwise.cluster import core_config
-from fleetwise.config.load import load_scenario, scenario_from_dict
+from fleetwise.config.load import as_scenario
 from fleetwise.config.scenario import Scenario
 from fleetwise.errors import CapacityError, ConfigError
 from fleetwise.metrics import summarize
@@ -19,13 +19,6 @@ from fleetwise.workload import Workload, build_workload
 
 _STATUS = {0: "finished", 1: "rejected"}
 
-
-def _as_scenario(scenario: Scenario | dict | str | Path) -> Scenario:
-    if isinstance(scenario, Scenario):
-        return scenario
-    if isinstance(scenario, dict):
-        return scenario_from_dict(scenario)
-    return load_scenario(scenario)
 
 
 def _requests_frame(workload: Workload, out: dict, pool_of: list[str]) -> pl.DataFrame:
@@ -81,7 +74,7 @@ def simulate(
     ``workload`` replaces the scenario's own requests (useful to replay one workload on several
     clusters); ``record_iterations`` keeps one row per iteration in ``Result.iterations``.
     """
-    sc = _as_scenario(scenario)
+    sc = as_scenario(scenario)
     source = sc.source or "<scenario>"
     base_dir = Path(sc._base_dir) if sc._base_dir else None
     try:

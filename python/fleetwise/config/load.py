@@ -126,3 +126,12 @@ def load_scenario(path: str | Path, overrides: list[str] | tuple[str, ...] = ())
     for assignment in overrides:
         apply_override(data, assignment, str(p))
     return scenario_from_dict(data, str(p), p.resolve().parent)
+
+
+def as_scenario(scenario) -> Scenario:
+    """Accepts a ``Scenario``, a dict or a YAML path and returns the validated ``Scenario``."""
+    if isinstance(scenario, Scenario):
+        return scenario
+    if isinstance(scenario, dict):
+        return scenario_from_dict(scenario)
+    return load_scenario(scenario)

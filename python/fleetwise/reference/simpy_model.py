@@ -39,7 +39,7 @@ import simpy
 
 from fleetwise import _core
 from fleetwise.cluster import core_config
-from fleetwise.config.load import load_scenario, scenario_from_dict
+from fleetwise.config.load import as_scenario
 from fleetwise.config.scenario import Scenario
 from fleetwise.workload import Workload, build_workload
 
@@ -312,13 +312,6 @@ def _arrival(env: simpy.Environment, router: ReferenceRouter, req: ReferenceRequ
         inst.enqueue(req)
 
 
-def _as_scenario(scenario: Scenario | dict | str | Path) -> Scenario:
-    if isinstance(scenario, Scenario):
-        return scenario
-    if isinstance(scenario, dict):
-        return scenario_from_dict(scenario)
-    return load_scenario(scenario)
-
 
 def simulate_reference(scenario: Scenario | dict | str | Path, workload: Workload | None = None) -> pl.DataFrame:
     """Replays ``workload`` (default: the scenario's own) on ``scenario``'s cluster in SimPy.
@@ -329,7 +322,7 @@ def simulate_reference(scenario: Scenario | dict | str | Path, workload: Workloa
     requests). Raises ValueError for the ``random`` router or a scheduler other than ``vllm``, and
     RuntimeError if a request never finishes.
     """
-    sc = _as_scenario(scenario)
+    sc = as_scenario(scenario)
     if workload is None:
         workload = build_workload(sc.workload, sc.seed, Path(sc._base_dir) if sc._base_dir else None)
     config = core_config(sc)
