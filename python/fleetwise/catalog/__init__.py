@@ -26,6 +26,10 @@ class Calibration(StrictModel):
     """Fraction of peak FLOP/s reached by attention kernels."""
     memory: float = Field(gt=0, le=1)
     """Fraction of peak HBM bandwidth reached by streaming kernels."""
+    attention_memory: float | None = Field(default=None, gt=0, le=1)
+    """Fraction of peak HBM bandwidth reached by attention reading the KV cache (default: memory)."""
+    elementwise_memory: float | None = Field(default=None, gt=0, le=1)
+    """Fraction of peak HBM bandwidth reached by norms, RoPE, residuals, activations (default: memory)."""
     collective: float = Field(gt=0, le=1)
     """Fraction of link bandwidth reached by collectives."""
     iteration_overhead: float = Field(ge=0)
@@ -43,6 +47,10 @@ class CalibrationOverride(StrictModel):
     """Fraction of peak FLOP/s reached by attention kernels."""
     memory: float | None = Field(default=None, gt=0, le=1)
     """Fraction of peak HBM bandwidth reached by streaming kernels."""
+    attention_memory: float | None = Field(default=None, gt=0, le=1)
+    """Fraction of peak HBM bandwidth reached by attention reading the KV cache."""
+    elementwise_memory: float | None = Field(default=None, gt=0, le=1)
+    """Fraction of peak HBM bandwidth reached by norms, RoPE, residuals and activations."""
     collective: float | None = Field(default=None, gt=0, le=1)
     """Fraction of link bandwidth reached by collectives."""
     iteration_overhead: float | None = Field(default=None, ge=0)

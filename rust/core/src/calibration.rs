@@ -16,6 +16,14 @@ pub struct Efficiency {
     pub attention_compute: f64,
     /// Fraction of peak HBM bandwidth reached by streaming kernels (weights, KV reads, elementwise).
     pub memory: f64,
+    /// Fraction of peak HBM bandwidth reached by attention kernels reading the KV cache
+    /// (defaults to `memory`).
+    #[serde(default)]
+    pub attention_memory: Option<f64>,
+    /// Fraction of peak HBM bandwidth reached by norms, RoPE, residual adds and activations
+    /// (defaults to `memory`; unfused engines reach far less than GEMMs streaming weights).
+    #[serde(default)]
+    pub elementwise_memory: Option<f64>,
     /// Fraction of link bandwidth reached by collectives.
     pub collective: f64,
     /// Fixed cost of one iteration (scheduling, sampling, launch), seconds.
@@ -26,6 +34,6 @@ pub struct Efficiency {
 
 impl Default for Efficiency {
     fn default() -> Self {
-        Efficiency { gemm_compute: 0.7, attention_compute: 0.5, memory: 0.8, collective: 0.7, iteration_overhead: 1.0e-3, layer_overhead: 0.0 }
+        Efficiency { gemm_compute: 0.7, attention_compute: 0.5, memory: 0.8, attention_memory: None, elementwise_memory: None, collective: 0.7, iteration_overhead: 1.0e-3, layer_overhead: 0.0 }
     }
 }

@@ -121,6 +121,8 @@ pub struct CostModel {
     flops_gemm: f64,
     flops_attn: f64,
     bw: f64,
+    bw_attn: f64,
+    bw_elem: f64,
 }
 
 impl CostModel {
@@ -138,7 +140,16 @@ impl CostModel {
                 format!("tp={tp} must divide {}'s MLP size {}", model.name, model.intermediate_size),
             ));
         }
-        for (name, v) in [("gemm_compute", eff.gemm_compute), ("attention_compute", eff.attention_compute), ("memory", eff.memory), ("collective", eff.collective)] {
+        let attention_memory = eff.attention_memory.unwrap_or(eff.memory);
+        let elementwise_memory = eff.elementwise_memory.unwrap_or(eff.memory);
+        for (name, v) in [
+            ("gemm_compute", eff.gemm_compute),
+            ("attention_compute", eff.attention_compute),
+            ("memory", eff.memory),
+            ("attention_memory", attention_memory),
+            ("elementwise_memory", elementwise_memory),
+            ("collective", eff.collective),
+        ] {
             if !(v > 0.0 && v <= 1.0) {
                 return Err(Error::config(format!("calibration.{name}"), format!("must be in (0, 1], got {v}")));
             }
@@ -155,6 +166,8 @@ impl CostModel {
             flops_gemm: gpu.peak_flops * eff.gemm_compute,
             flops_attn: gpu.peak_flops * eff.attention_compute,
             bw: gpu.memory_bandwidth * eff.memory,
+            bw_attn: gpu.memory_bandwidth * eff.attention_memory.unwrap_or(eff.memory),
+            bw_elem: gpu.memory_bandwidth * eff.elementwise_memory.unwrap_or(eff.memory),
             model,
             gpu,
             eff,
@@ -177,9 +190,9 @@ impl CostModel {
         self.tp
     }
 
-    fn roofline(&self, flops: f64, bytes: f64, peak: f64) -> (f64, bool) {
+    fn roofline(&self, flops: f64, bytes: f64, peak: f64, bw: f64) -> (f64, bool) {
         let tc = flops / peak;
-        let tm = bytes / self.bw;
+        let tm = bytes / bw;
         (tc.max(tm), tc >= tm)
     }
 
@@ -202,7 +215,12 @@ impl CostModel {
         let t = shape.tokens() as f64;
         let (h, b, l) = (self.h, self.b, self.layers);
         let mut emit = |op: Op, flops: f64, bytes: f64, peak: f64, per_layer: bool| {
-            let (secs, cb) = self.roofline(flops, bytes, peak);
+            let bw = match op {
+                Op::PrefillAttention | Op::DecodeAttention => self.bw_attn,
+                Op::Elementwise | Op::Embedding => self.bw_elem,
+                _ => self.bw,
+            };
+            let (secs, cb) = self.roofline(flops, bytes, peak, bw);
             let n = if per_layer { l } else { 1.0 };
             f(OpCost { op, flops: flops * n, bytes: bytes * n, seconds: secs * n, compute_bound: cb });
         };
@@ -243,7 +261,7 @@ impl CostModel {
             let (fl, by) = self.gemm(s, h, self.vocab_shard);
             let norm_bytes = 2.0 * t * h * b;
             let logits_bytes = s * self.vocab_shard * 4.0;
-            let (secs, cb) = self.roofline(fl, by + norm_bytes + logits_bytes, self.flops_gemm);
+            let (secs, cb) = self.roofline(fl, by + norm_bytes + logits_bytes, self.flops_gemm, self.bw);
             let gather = if self.tp > 1 {
                 let p = self.tp as f64;
                 (p - 1.0) * self.gpu.link_latency + (p - 1.0) / p * s * self.model.vocab_size as f64 * 4.0 / (self.gpu.link_bandwidth * self.eff.collective)
@@ -295,7 +313,7 @@ mod tests {
 
     /// Peak rates, no overheads: the cost is the pure roofline, easy to compute by hand.
     fn ideal() -> Efficiency {
-        Efficiency { gemm_compute: 1.0, attention_compute: 1.0, memory: 1.0, collective: 1.0, iteration_overhead: 0.0, layer_overhead: 0.0 }
+        Efficiency { gemm_compute: 1.0, attention_compute: 1.0, memory: 1.0, attention_memory: None, elementwise_memory: None, collective: 1.0, iteration_overhead: 0.0, layer_overhead: 0.0 }
     }
 
     fn op(costs: &[OpCost], which: Op) -> OpCost {
@@ -403,6 +421,38 @@ mod tests {
         let t1 = slow.iteration_seconds(&s);
         // Every operator of a single decode is memory-bound, so halving bandwidth doubles it.
         assert!(close(t1, 2.0 * t0 + 1e-3));
+    }
+
+    #[test]
+    fn attention_memory_efficiency_applies_to_kv_reads_only() {
+        let mut eff = ideal();
+        eff.attention_memory = Some(0.5);
+        let cm = CostModel::new(llama3_8b(), h100(), eff, 1).unwrap();
+        let mut s = BatchShape::default();
+        for _ in 0..8 {
+            s.add_decode(4096);
+        }
+        let c = cm.breakdown(&s);
+        let att = op(&c, Op::DecodeAttention);
+        assert!(close(att.seconds, att.bytes / (0.5 * 3.35e12)));
+        let qkv = op(&c, Op::QkvProj);
+        assert!(close(qkv.seconds, qkv.bytes / 3.35e12));
+    }
+
+    #[test]
+    fn elementwise_memory_efficiency_applies_to_elementwise_only() {
+        let mut eff = ideal();
+        eff.elementwise_memory = Some(0.25);
+        let cm = CostModel::new(llama3_8b(), h100(), eff, 1).unwrap();
+        let mut s = BatchShape::default();
+        s.add_prefill(1000, 0, true);
+        let c = cm.breakdown(&s);
+        // Per layer: T * b * (10h + 2(q + kv) + 3I + 2kv) bytes = 1000 * 2 * (40960 + 10240 + 43008 + 2048).
+        let el = op(&c, Op::Elementwise);
+        assert!(close(el.bytes, 32.0 * 1000.0 * 2.0 * 96256.0));
+        assert!(close(el.seconds, el.bytes / (0.25 * 3.35e12)));
+        let mlp = op(&c, Op::MlpDown);
+        assert!(close(mlp.seconds, mlp.flops / 989.4e12));
     }
 
     #[test]
