@@ -52,6 +52,9 @@ def run(
     out.print(_summary_table(s))
     tp = s["throughput"]
     out.print(f"throughput: {tp['requests_per_s']:.2f} req/s, {tp['output_tokens_per_s']:.0f} output tok/s; preemptions: {s['preemptions']}; rejected: {s['rejected']}")
+    if "energy" in s and s["energy"]["joules"] > 0:
+        e, c = s["energy"], s["cost"]
+        out.print(f"energy: {e['joules'] / 3.6e6:.2f} kWh, {e['joules_per_output_token']:.2f} J/output token, {e['average_watts_per_gpu']:.0f} W/GPU; cost: ${c['dollars']:.2f} ({c['dollars_per_million_output_tokens']:.2f} $/M output tokens)")
     if "slo" in s:
         out.print(f"SLO attainment {s['slo']['targets']}: {s['slo']['attainment']:.1%}")
     d = result.write(output or Path("runs") / sc.name)

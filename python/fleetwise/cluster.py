@@ -23,7 +23,13 @@ def resolve_pool(scenario: Scenario, index: int, pool: PoolConfig) -> dict:
         "calibration": calibration.model_dump(),
         "memory": pool.memory.model_dump(),
         "scheduler": {"kind": sched.kind, "max_num_seqs": sched.max_num_seqs, "max_num_batched_tokens": max_tokens},
+        "power_cap_watts": pool.power_cap_watts,
     }
+
+
+def pool_prices(scenario: Scenario) -> dict[str, float]:
+    """Price per GPU-hour of each pool's GPU, by pool name."""
+    return {p.name: lookup("gpu", p.gpu, scenario.gpus, "").price_per_hour for p in scenario.cluster.pools}
 
 
 def core_config(scenario: Scenario, record_iterations: bool = False) -> dict:

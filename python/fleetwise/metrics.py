@@ -39,8 +39,37 @@ def slo_attainment(requests: pl.DataFrame, slo) -> dict | None:
     return {"targets": targets, "attainment": met / requests.height}
 
 
-def summarize(requests: pl.DataFrame, itl: dict, slo=None) -> dict:
-    """The run summary: counts, throughput, latency distributions, SLO attainment."""
+def energy_and_cost(requests: pl.DataFrame, instances: pl.DataFrame, wall_seconds: float) -> dict:
+    """Energy (all GPUs, busy and idle, over the run) and rental cost, per token.
+
+    ``instances`` needs columns gpus, energy_joules and price_per_hour; ``wall_seconds`` is the
+    length of the run (GPUs are paid for the whole of it).
+    """
+    done = requests.filter(pl.col("status") == "finished")
+    out_tok = int(done["output_tokens"].sum()) if done.height else 0
+    all_tok = out_tok + (int(done["prompt_tokens"].sum()) if done.height else 0)
+    joules = float(instances["energy_joules"].sum())
+    gpus = int(instances["gpus"].sum())
+    gpu_hours = gpus * wall_seconds / 3600.0
+    dollars = float((instances["gpus"] * instances["price_per_hour"]).sum()) * wall_seconds / 3600.0
+    per = lambda x, n: x / n if n else float("nan")
+    return {
+        "energy": {
+            "joules": joules,
+            "joules_per_output_token": per(joules, out_tok),
+            "average_watts_per_gpu": per(joules, gpus * wall_seconds),
+        },
+        "cost": {
+            "gpu_hours": gpu_hours,
+            "dollars": dollars,
+            "dollars_per_million_output_tokens": per(dollars * 1e6, out_tok),
+            "dollars_per_million_tokens": per(dollars * 1e6, all_tok),
+        },
+    }
+
+
+def summarize(requests: pl.DataFrame, itl: dict, slo=None, instances: pl.DataFrame | None = None, wall_seconds: float = 0.0) -> dict:
+    """The run summary: counts, throughput, latency distributions, SLO attainment, energy, cost."""
     done = requests.filter(pl.col("status") == "finished")
     n_done = done.height
     first_arrival = requests["arrival_ns"].min() if requests.height else 0
@@ -64,6 +93,8 @@ def summarize(requests: pl.DataFrame, itl: dict, slo=None) -> dict:
         "e2e_s": distribution(done["e2e_s"].to_numpy()),
         "preemptions": int(requests["preemptions"].sum()),
     }
+    if instances is not None and wall_seconds > 0:
+        summary.update(energy_and_cost(requests, instances, wall_seconds))
     slo_part = slo_attainment(requests, slo)
     if slo_part is not None:
         summary["slo"] = slo_part

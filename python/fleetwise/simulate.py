@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 
 from fleetwise import _core
-from fleetwise.cluster import core_config
+from fleetwise.cluster import core_config, pool_prices
 from fleetwise.config.load import as_scenario
 from fleetwise.config.scenario import Scenario
 from fleetwise.errors import CapacityError, ConfigError
@@ -59,7 +59,7 @@ def _instances_frame(instances: list[dict]) -> pl.DataFrame:
     rows = []
     for i, inst in enumerate(instances):
         mem, st = inst["memory"], inst["stats"]
-        rows.append({"instance": i, "pool": inst["pool_name"], **{f"kv_{k}" if k in ("block_size",) else k: v for k, v in mem.items()}, **st})
+        rows.append({"instance": i, "pool": inst["pool_name"], "gpus": inst["gpus"], "energy_joules": inst["energy_joules"], **{f"kv_{k}" if k in ("block_size",) else k: v for k, v in mem.items()}, **st})
     return pl.DataFrame(rows)
 
 
@@ -97,9 +97,12 @@ def simulate(
     instances = json.loads(out["instances_json"])
     pool_of = [inst["pool_name"] for inst in instances]
     requests = _requests_frame(workload, out, pool_of)
-    summary = summarize(requests, out["itl"], sc.slo)
+    inst_frame = _instances_frame(instances)
+    prices = pool_prices(sc)
+    inst_frame = inst_frame.with_columns(price_per_hour=pl.col("pool").replace_strict(prices, return_dtype=pl.Float64))
+    summary = summarize(requests, out["itl"], sc.slo, inst_frame, out["end_time_ns"] * 1e-9)
     summary["scenario"] = sc.name
     summary["seed"] = sc.seed
     summary["events"] = out["events"]
     iterations = pl.DataFrame(out["iterations"]) if "iterations" in out else None
-    return Result(requests=requests, instances=_instances_frame(instances), summary=summary, iterations=iterations)
+    return Result(requests=requests, instances=inst_frame, summary=summary, iterations=iterations)

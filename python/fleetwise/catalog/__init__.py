@@ -80,6 +80,14 @@ class GpuSpec(StrictModel):
     """Per-direction bandwidth of that link, bytes/s."""
     link_latency: float = Field(default=2e-6, ge=0)
     """Latency of one collective step on that link, seconds."""
+    tdp_watts: float = Field(default=0.0, ge=0)
+    """Rated board power, watts (0: power and energy are not modelled)."""
+    idle_watts: float = Field(default=0.0, ge=0)
+    """Power drawn while idle, watts."""
+    memory_bound_activity: float = Field(default=0.3, ge=0, le=1)
+    """Share of the dynamic power (TDP - idle) drawn by memory-bound kernels."""
+    price_per_hour: float = Field(default=0.0, ge=0)
+    """Price of one GPU per hour, USD (for cost per token)."""
     calibration: Calibration
     """Cost-model efficiency factors for this GPU."""
 
@@ -92,6 +100,9 @@ class GpuSpec(StrictModel):
             "memory_bandwidth": self.memory_bandwidth,
             "link_bandwidth": self.link_bandwidth,
             "link_latency": self.link_latency,
+            "tdp_watts": self.tdp_watts,
+            "idle_watts": self.idle_watts,
+            "memory_bound_activity": self.memory_bound_activity,
         }
 
 

@@ -88,6 +88,8 @@ class PoolConfig(StrictModel):
     """Memory settings of each instance."""
     calibration: CalibrationOverride | None = None
     """Overrides of the GPU's cost-model calibration for this pool."""
+    power_cap_watts: float | None = Field(default=None, gt=0)
+    """Power cap per GPU, watts: compute-bound work slows when its draw would exceed it."""
 
 
 class ClusterConfig(StrictModel):

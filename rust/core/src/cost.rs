@@ -11,7 +11,7 @@
 
 use crate::calibration::Efficiency;
 use crate::error::{Error, Result};
-use crate::hardware::GpuSpec;
+use crate::hardware::{GpuSpec, PowerModel};
 use crate::model::ModelSpec;
 use serde::Serialize;
 
@@ -123,6 +123,18 @@ pub struct CostModel {
     bw: f64,
     bw_attn: f64,
     bw_elem: f64,
+    power: PowerModel,
+    slow_compute: f64,
+    slow_memory: f64,
+}
+
+/// One iteration's predicted duration and how much of it compute bounds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct IterationCost {
+    /// Duration, seconds.
+    pub seconds: f64,
+    /// Seconds spent in compute-bound operators.
+    pub compute_bound_seconds: f64,
 }
 
 impl CostModel {
@@ -155,7 +167,11 @@ impl CostModel {
             }
         }
         let t = tp as f64;
+        let power = PowerModel::new(&gpu, None);
         Ok(CostModel {
+            power,
+            slow_compute: 1.0,
+            slow_memory: 1.0,
             q_width: (model.num_heads * model.head_dim) as f64 / t,
             kv_width: (model.kv_heads_per_gpu(tp) * model.head_dim) as f64,
             mlp_width: model.intermediate_size as f64 / t,
@@ -175,6 +191,27 @@ impl CostModel {
         })
     }
 
+    /// Caps each GPU's power at `watts`: kernels whose draw would exceed it run longer.
+    pub fn with_power_cap(mut self, watts: Option<f64>) -> Result<Self> {
+        if let Some(w) = watts {
+            if !(w > 0.0) {
+                return Err(Error::config("power_cap_watts", format!("must be positive, got {w}")));
+            }
+            if self.gpu.tdp_watts <= 0.0 {
+                return Err(Error::config("power_cap_watts", format!("{} has no tdp_watts, so it cannot be capped", self.gpu.name)));
+            }
+        }
+        self.power = PowerModel::new(&self.gpu, watts);
+        self.slow_compute = self.power.compute_slowdown();
+        self.slow_memory = self.power.memory_slowdown();
+        Ok(self)
+    }
+
+    /// The power model of one GPU of this instance.
+    pub fn power(&self) -> &PowerModel {
+        &self.power
+    }
+
     /// The model this cost model describes.
     pub fn model(&self) -> &ModelSpec {
         &self.model
@@ -191,8 +228,8 @@ impl CostModel {
     }
 
     fn roofline(&self, flops: f64, bytes: f64, peak: f64, bw: f64) -> (f64, bool) {
-        let tc = flops / peak;
-        let tm = bytes / bw;
+        let tc = flops / peak * self.slow_compute;
+        let tm = bytes / bw * self.slow_memory;
         (tc.max(tm), tc >= tm)
     }
 
@@ -276,9 +313,19 @@ impl CostModel {
 
     /// Predicted duration of one iteration, seconds.
     pub fn iteration_seconds(&self, shape: &BatchShape) -> f64 {
-        let mut total = 0.0;
-        self.for_each_op(shape, |c| total += c.seconds);
-        total
+        self.iteration(shape).seconds
+    }
+
+    /// Predicted duration of one iteration and its compute-bound share.
+    pub fn iteration(&self, shape: &BatchShape) -> IterationCost {
+        let mut c = IterationCost::default();
+        self.for_each_op(shape, |op| {
+            c.seconds += op.seconds;
+            if op.compute_bound {
+                c.compute_bound_seconds += op.seconds;
+            }
+        });
+        c
     }
 
     /// The per-operator breakdown of one iteration.
@@ -304,11 +351,11 @@ mod tests {
     use crate::model::fixtures::*;
 
     fn h100() -> GpuSpec {
-        GpuSpec { name: "h100-sxm".into(), peak_flops: 989.4e12, memory_bytes: 80_000_000_000, memory_bandwidth: 3.35e12, link_bandwidth: 450e9, link_latency: 2e-6 }
+        GpuSpec { name: "h100-sxm".into(), peak_flops: 989.4e12, memory_bytes: 80_000_000_000, memory_bandwidth: 3.35e12, link_bandwidth: 450e9, link_latency: 2e-6, tdp_watts: 700.0, idle_watts: 70.0, memory_bound_activity: 0.3 }
     }
 
     fn a100() -> GpuSpec {
-        GpuSpec { name: "a100-80gb-sxm".into(), peak_flops: 312e12, memory_bytes: 80_000_000_000, memory_bandwidth: 2.039e12, link_bandwidth: 300e9, link_latency: 2e-6 }
+        GpuSpec { name: "a100-80gb-sxm".into(), peak_flops: 312e12, memory_bytes: 80_000_000_000, memory_bandwidth: 2.039e12, link_bandwidth: 300e9, link_latency: 2e-6, tdp_watts: 400.0, idle_watts: 50.0, memory_bound_activity: 0.3 }
     }
 
     /// Peak rates, no overheads: the cost is the pure roofline, easy to compute by hand.
@@ -453,6 +500,41 @@ mod tests {
         assert!(close(el.seconds, el.bytes / (0.25 * 3.35e12)));
         let mlp = op(&c, Op::MlpDown);
         assert!(close(mlp.seconds, mlp.flops / 989.4e12));
+    }
+
+    #[test]
+    fn power_cap_slows_compute_bound_prefill_not_memory_bound_decode() {
+        // Capped at 70% of TDP (490 W): compute-bound kernels would draw 700 W and stretch by
+        // (700/490)^0.74 = 1.302; memory-bound ones draw 70 + 630 * 0.3 = 259 W, under the cap.
+        let base = CostModel::new(llama3_8b(), h100(), ideal(), 1).unwrap();
+        let capped = CostModel::new(llama3_8b(), h100(), ideal(), 1).unwrap().with_power_cap(Some(490.0)).unwrap();
+        let mut prefill = BatchShape::default();
+        prefill.add_prefill(4096, 0, true);
+        let mut decode = BatchShape::default();
+        for _ in 0..8 {
+            decode.add_decode(1000);
+        }
+        let stretch = (700.0f64 / 490.0).powf(0.74);
+        assert!((stretch - 1.302).abs() < 0.001);
+        let p = capped.iteration_seconds(&prefill) / base.iteration_seconds(&prefill);
+        assert!(p > 1.25 && p <= stretch + 1e-9, "prefill stretch {p}");
+        let d = capped.iteration_seconds(&decode) / base.iteration_seconds(&decode);
+        assert!(close(d, 1.0), "decode stretch {d}");
+    }
+
+    #[test]
+    fn busy_power_follows_compute_share_and_cap() {
+        let cm = CostModel::new(llama3_8b(), h100(), ideal(), 1).unwrap();
+        let pm = cm.power();
+        assert!(close(pm.busy_watts(0.0), 70.0 + 630.0 * 0.3));
+        assert!(close(pm.busy_watts(1.0), 700.0));
+        let capped = CostModel::new(llama3_8b(), h100(), ideal(), 1).unwrap().with_power_cap(Some(400.0)).unwrap();
+        assert!(close(capped.power().busy_watts(1.0), 400.0));
+        let mut s = BatchShape::default();
+        s.add_prefill(2048, 0, true);
+        let it = cm.iteration(&s);
+        assert!(it.compute_bound_seconds > 0.8 * it.seconds, "a long prefill is mostly compute-bound");
+        assert!(CostModel::new(llama3_8b(), h100(), ideal(), 1).unwrap().with_power_cap(Some(-5.0)).is_err());
     }
 
     #[test]

@@ -19,6 +19,81 @@ pub struct GpuSpec {
     pub link_bandwidth: f64,
     /// Latency of one step of a collective on that link, seconds.
     pub link_latency: f64,
+    /// Rated board power (TDP), watts; 0 leaves power and energy unaccounted.
+    #[serde(default)]
+    pub tdp_watts: f64,
+    /// Power drawn while idle, watts.
+    #[serde(default)]
+    pub idle_watts: f64,
+    /// Fraction of the dynamic power (TDP - idle) drawn by memory-bound kernels; compute-bound
+    /// kernels draw all of it.
+    #[serde(default = "default_memory_bound_activity")]
+    pub memory_bound_activity: f64,
+}
+
+fn default_memory_bound_activity() -> f64 {
+    0.3
+}
+
+/// How a power cap stretches kernels: a kernel whose uncapped draw `p` exceeds the cap `c` runs
+/// `(p / c)^POWER_CAP_EXPONENT` times longer (clocks drop, and power falls faster than clocks).
+/// 0.74 reproduces Splitwise's power-capped H100 profile (prompt phase 1.3x slower at a cap of
+/// 70% of TDP, token phase unchanged) and the 10-15% slowdown reported for an H100 capped at 600 W.
+pub const POWER_CAP_EXPONENT: f64 = 0.74;
+
+/// The power model of one GPU, optionally capped.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PowerModel {
+    /// Rated power, watts.
+    pub tdp: f64,
+    /// Idle power, watts.
+    pub idle: f64,
+    /// Share of dynamic power drawn by memory-bound work.
+    pub memory_activity: f64,
+    /// The cap, watts (the TDP when uncapped).
+    pub cap: f64,
+}
+
+impl PowerModel {
+    /// The power model of `gpu` under an optional cap (watts per GPU).
+    pub fn new(gpu: &GpuSpec, cap: Option<f64>) -> Self {
+        let cap = cap.unwrap_or(gpu.tdp_watts);
+        PowerModel { tdp: gpu.tdp_watts, idle: gpu.idle_watts, memory_activity: gpu.memory_bound_activity, cap }
+    }
+
+    /// Whether power is modelled at all.
+    pub fn enabled(&self) -> bool {
+        self.tdp > 0.0
+    }
+
+    /// Uncapped draw of a kernel with the given activity (0 = idle, 1 = TDP).
+    fn draw(&self, activity: f64) -> f64 {
+        self.idle + (self.tdp - self.idle) * activity
+    }
+
+    /// Time stretch of compute-bound kernels under the cap.
+    pub fn compute_slowdown(&self) -> f64 {
+        self.stretch(self.draw(1.0))
+    }
+
+    /// Time stretch of memory-bound kernels under the cap.
+    pub fn memory_slowdown(&self) -> f64 {
+        self.stretch(self.draw(self.memory_activity))
+    }
+
+    fn stretch(&self, draw: f64) -> f64 {
+        if !self.enabled() || draw <= self.cap || self.cap <= 0.0 {
+            1.0
+        } else {
+            (draw / self.cap).powf(POWER_CAP_EXPONENT)
+        }
+    }
+
+    /// Average power of a busy period whose share `compute_share` of time is compute-bound.
+    pub fn busy_watts(&self, compute_share: f64) -> f64 {
+        let a = self.memory_activity + (1.0 - self.memory_activity) * compute_share.clamp(0.0, 1.0);
+        self.draw(a).min(self.cap)
+    }
 }
 
 impl GpuSpec {

@@ -32,6 +32,8 @@ pub struct InstanceStats {
     pub rejected: u64,
     /// Highest KV blocks in use.
     pub peak_kv_blocks: u32,
+    /// Energy of all the instance's GPUs while running iterations, joules.
+    pub busy_energy_joules: f64,
 }
 
 /// A model replica serving requests.
@@ -71,8 +73,9 @@ pub struct IterationRecord {
 
 impl Instance {
     /// Builds an instance; fails if the model does not fit or a setting is invalid.
-    pub fn new(pool: u32, model: &ModelSpec, gpu: &GpuSpec, tp: u32, eff: &Efficiency, memory: &MemoryConfig, scheduler: &SchedulerConfig) -> Result<Self> {
-        let cost = CostModel::new(model.clone(), gpu.clone(), eff.clone(), tp)?;
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(pool: u32, model: &ModelSpec, gpu: &GpuSpec, tp: u32, eff: &Efficiency, memory: &MemoryConfig, scheduler: &SchedulerConfig, power_cap: Option<f64>) -> Result<Self> {
+        let cost = CostModel::new(model.clone(), gpu.clone(), eff.clone(), tp)?.with_power_cap(power_cap)?;
         let scheduler = scheduler.build()?;
         let plan = MemoryPlan::new(&cost, memory, scheduler.max_batch_tokens() as u64, scheduler.max_batch_seqs() as u64)?;
         let watermark = (plan.num_blocks as f64 * 0.01) as u32;
@@ -141,7 +144,12 @@ impl Instance {
         if self.batch.items.is_empty() {
             return None;
         }
-        let dur = secs_to_ns(self.cost.iteration_seconds(&self.batch.shape));
+        let it = self.cost.iteration(&self.batch.shape);
+        let dur = secs_to_ns(it.seconds);
+        if it.seconds > 0.0 {
+            let watts = self.cost.power().busy_watts(it.compute_bound_seconds / it.seconds);
+            self.stats.busy_energy_joules += watts * it.seconds * self.cost.tp() as f64;
+        }
         self.busy = true;
         self.stats.iterations += 1;
         self.stats.busy_ns += dur;
@@ -197,6 +205,12 @@ impl Instance {
         if any_finished {
             self.queues.running.retain(|&i| reqs[i as usize].status == Status::Running);
         }
+    }
+
+    /// Energy of the instance's GPUs over `[0, end]`: busy energy plus idle power while not busy.
+    pub fn energy_joules(&self, end: Nanos) -> f64 {
+        let idle_ns = end.saturating_sub(self.stats.busy_ns) as f64;
+        self.stats.busy_energy_joules + self.cost.power().idle * idle_ns * 1e-9 * self.cost.tp() as f64
     }
 
     /// Blocks in use and total.

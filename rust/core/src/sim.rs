@@ -41,6 +41,9 @@ pub struct PoolConfig {
     pub memory: MemoryConfig,
     /// Batch scheduler.
     pub scheduler: SchedulerConfig,
+    /// Power cap per GPU, watts (none: the GPU's TDP).
+    #[serde(default)]
+    pub power_cap_watts: Option<f64>,
 }
 
 /// Everything the core needs to run: pools, router, seed.
@@ -99,6 +102,10 @@ pub struct InstanceReport {
     pub pool_name: String,
     /// Memory plan of one GPU.
     pub memory: MemoryPlan,
+    /// GPUs of the instance.
+    pub gpus: u32,
+    /// Energy of its GPUs over the whole run (busy and idle), joules.
+    pub energy_joules: f64,
     /// Counters.
     pub stats: InstanceStats,
 }
@@ -153,7 +160,7 @@ pub fn simulate(config: &SimConfig, workload: &Workload) -> Result<SimOutput> {
             return Err(Error::config(format!("cluster.pools.{p}.count"), "must be at least 1"));
         }
         for _ in 0..pool.count {
-            let inst = Instance::new(p as u32, &pool.model, &pool.gpu, pool.tp, &pool.calibration, &pool.memory, &pool.scheduler).map_err(|e| prefix(&format!("cluster.pools.{p}"), e))?;
+            let inst = Instance::new(p as u32, &pool.model, &pool.gpu, pool.tp, &pool.calibration, &pool.memory, &pool.scheduler, pool.power_cap_watts).map_err(|e| prefix(&format!("cluster.pools.{p}"), e))?;
             instances.push(inst);
         }
     }
@@ -236,7 +243,14 @@ pub fn simulate(config: &SimConfig, workload: &Workload) -> Result<SimOutput> {
     }
     let reports = instances
         .iter()
-        .map(|inst| InstanceReport { pool: inst.pool, pool_name: pool_names[inst.pool as usize].clone(), memory: inst.plan().clone(), stats: inst.stats.clone() })
+        .map(|inst| InstanceReport {
+            pool: inst.pool,
+            pool_name: pool_names[inst.pool as usize].clone(),
+            memory: inst.plan().clone(),
+            gpus: inst.cost().tp(),
+            energy_joules: inst.energy_joules(now),
+            stats: inst.stats.clone(),
+        })
         .collect();
     Ok(SimOutput { requests: reqs, rejections, itl, instances: reports, iterations: log, events, end_time: now })
 }

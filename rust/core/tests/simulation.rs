@@ -16,7 +16,7 @@ fn model() -> ModelSpec {
 }
 
 fn gpu(memory_bytes: u64) -> GpuSpec {
-    GpuSpec { name: "h100".into(), peak_flops: 989.4e12, memory_bytes, memory_bandwidth: 3.35e12, link_bandwidth: 450e9, link_latency: 2e-6 }
+    GpuSpec { name: "h100".into(), peak_flops: 989.4e12, memory_bytes, memory_bandwidth: 3.35e12, link_bandwidth: 450e9, link_latency: 2e-6, tdp_watts: 700.0, idle_watts: 70.0, memory_bound_activity: 0.3 }
 }
 
 fn config(count: u32, memory_bytes: u64, router: RouterConfig) -> SimConfig {
@@ -31,6 +31,7 @@ fn config(count: u32, memory_bytes: u64, router: RouterConfig) -> SimConfig {
             calibration: Efficiency::default(),
             memory: MemoryConfig::default(),
             scheduler: SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192 },
+            power_cap_watts: None,
         }],
         router,
         record_iterations: true,

@@ -1,0 +1,81 @@
+"""Power, power caps, energy and cost: accounting identities and Splitwise's cap trend."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fleetwise
+from fleetwise.catalog import builtin_gpus
+from fleetwise.workload import Workload
+
+from conftest import small_scenario
+
+
+def _run(cap=None, prompt=2048, output=1, n=40, gap_ms=500, count=1):
+    sc = small_scenario()
+    sc["cluster"]["pools"][0].update(count=count, power_cap_watts=cap)
+    wl = Workload(
+        arrival_ns=np.arange(n, dtype=np.int64) * gap_ms * 1_000_000,
+        prompt_tokens=np.full(n, prompt, dtype=np.int64),
+        output_tokens=np.full(n, output, dtype=np.int64),
+    )
+    return fleetwise.simulate(sc, workload=wl, record_iterations=True)
+
+
+def test_power_cap_slows_prefill_not_decode_as_splitwise_measured():
+    # Splitwise's power-capped H100 profile: prompt phase 1.3x slower, token phase unchanged.
+    # A long prompt is mostly compute-bound; its memory-bound parts (norms, overheads) do not stretch.
+    free, capped = _run(prompt=8000), _run(cap=490, prompt=8000)
+    ttft_ratio = capped.summary["ttft_s"]["p50"] / free.summary["ttft_s"]["p50"]
+    assert 1.2 < ttft_ratio < 1.31
+    free_d, capped_d = _run(prompt=16, output=400, n=8, gap_ms=1), _run(cap=490, prompt=16, output=400, n=8, gap_ms=1)
+    assert capped_d.summary["tpot_s"]["p50"] == pytest.approx(free_d.summary["tpot_s"]["p50"], rel=0.01)
+    # The capped GPU never draws more than its cap; the free one draws well above it on prompts.
+    inst = capped.instances.row(0, named=True)
+    assert inst["busy_energy_joules"] / (inst["busy_ns"] * 1e-9) <= 490 + 1e-6
+    free_inst = free.instances.row(0, named=True)
+    assert free_inst["busy_energy_joules"] / (free_inst["busy_ns"] * 1e-9) > 550
+
+
+def test_energy_is_busy_power_plus_idle_power():
+    r = _run(n=4, gap_ms=2000)
+    gpu = builtin_gpus()["h100-sxm"]
+    inst = r.instances.row(0, named=True)
+    end_s = r.requests["completion_ns"].max() * 1e-9
+    busy_s = inst["busy_ns"] * 1e-9
+    # Idle for most of the run: energy is between idle-only and TDP-only bounds, and equals
+    # the busy energy plus idle watts over the idle time.
+    assert inst["energy_joules"] == pytest.approx(inst["busy_energy_joules"] + gpu.idle_watts * (end_s - busy_s), rel=1e-9)
+    assert gpu.idle_watts * end_s < inst["energy_joules"] < gpu.tdp_watts * end_s
+    # Prefills are mostly compute-bound: their busy power is well above a decode's
+    # (idle + 0.3 of the dynamic range = 259 W, within the 137-300 W measured for decode on Hopper).
+    assert inst["busy_energy_joules"] / busy_s > 0.75 * gpu.tdp_watts
+
+
+def test_cost_per_token_is_price_times_gpu_hours():
+    r = _run(prompt=500, output=100, n=50, gap_ms=100, count=2)
+    gpu = builtin_gpus()["h100-sxm"]
+    wall = r.requests["completion_ns"].max() * 1e-9
+    c = r.summary["cost"]
+    assert c["gpu_hours"] == pytest.approx(2 * wall / 3600)
+    assert c["dollars"] == pytest.approx(2 * gpu.price_per_hour * wall / 3600)
+    assert c["dollars_per_million_output_tokens"] == pytest.approx(c["dollars"] / (50 * 100) * 1e6)
+    e = r.summary["energy"]
+    assert e["joules_per_output_token"] == pytest.approx(e["joules"] / 5000)
+
+
+def test_power_cap_on_a_gpu_without_tdp_is_refused():
+    sc = small_scenario(gpus={"nopower": {"peak_flops": 1e15, "memory_bytes": 80e9, "memory_bandwidth": 3e12, "link_bandwidth": 1e11, "calibration": builtin_gpus()["h100-sxm"].calibration.model_dump()}})
+    sc["cluster"]["pools"][0].update(gpu="nopower", power_cap_watts=300)
+    with pytest.raises(fleetwise.ConfigError, match="cluster.pools.0.power_cap_watts"):
+        fleetwise.simulate(sc)
+
+
+def test_new_catalogue_gpus_run():
+    for gpu, model, tp in (("h100-pcie", "llama-3-8b", 1), ("a100-40gb-sxm", "llama-2-13b", 2), ("mi300x", "llama-3-70b", 1)):
+        sc = small_scenario()
+        sc["cluster"]["pools"][0].update(gpu=gpu, model=model, parallelism={"tp": tp})
+        sc["workload"]["requests"] = 60
+        sc["workload"]["lengths"] = {"kind": "constant", "prompt": 500, "output": 50}
+        assert fleetwise.simulate(sc).summary["finished"] == 60
