@@ -66,6 +66,9 @@ def estimate(
     model: str = typer.Option(..., "--model", help="Model name (see `fleetwise catalog`)."),
     gpu: str = typer.Option(..., "--gpu", help="GPU name (see `fleetwise catalog`)."),
     tp: int = typer.Option(1, "--tp", min=1, help="Tensor-parallel degree."),
+    pp: int = typer.Option(1, "--pp", min=1, help="Pipeline-parallel stages."),
+    microbatches: Optional[int] = typer.Option(None, "--microbatches", min=1, help="Micro-batches with --pp (default: pp)."),
+    power_cap: Optional[float] = typer.Option(None, "--power-cap", min=1, help="Power cap per GPU, watts."),
     prefill: int = typer.Option(0, "--prefill", min=0, help="Prefill chunk size, tokens."),
     prefill_context: int = typer.Option(0, "--prefill-context", min=0, help="Tokens already cached before the chunk."),
     decode_batch: int = typer.Option(0, "--decode-batch", min=0, help="Number of decoding sequences."),
@@ -76,15 +79,16 @@ def estimate(
     from fleetwise.errors import CapacityError
     from fleetwise.estimate import estimate_iteration
 
-    r = estimate_iteration(model, gpu, tp, prefill, prefill_context, decode_batch, context)
+    r = estimate_iteration(model, gpu, tp, prefill, prefill_context, decode_batch, context, pp=pp, microbatches=microbatches, power_cap_watts=power_cap)
     if as_json:
         out.print_json(json.dumps(r))
     else:
-        t = Table(title=f"{model} on {gpu} x{tp}: {r['seconds'] * 1e3:.3f} ms per iteration")
+        layout = f"x{tp}" + (f" x pp{pp}" if pp > 1 else "")
+        t = Table(title=f"{model} on {gpu} {layout}: {r['seconds'] * 1e3:.3f} ms per iteration, {r['power_watts_per_gpu']:.0f} W per GPU")
         for c in ("operator", "ms", "TFLOP", "GB", "bound"):
             t.add_column(c, justify="left" if c in ("operator", "bound") else "right")
         for o in r["ops"]:
-            bound = "-" if o["op"] == "overhead" else ("compute" if o["compute_bound"] else ("link" if o["op"] == "all_reduce" else "memory"))
+            bound = "-" if o["op"] == "overhead" else ("compute" if o["compute_bound"] else ("link" if o["op"] in ("all_reduce", "pipeline_send") else "memory"))
             t.add_row(o["op"], f"{o['seconds'] * 1e3:.3f}", f"{o['flops'] / 1e12:.3f}", f"{o['bytes'] / 1e9:.3f}", bound)
         out.print(t)
         m = r["memory"]

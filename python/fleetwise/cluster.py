@@ -20,6 +20,8 @@ def resolve_pool(scenario: Scenario, index: int, pool: PoolConfig) -> dict:
         "gpu": gpu.core_json(pool.gpu),
         "model": model.core_json(pool.model),
         "tp": pool.parallelism.tp,
+        "pp": pool.parallelism.pp,
+        "microbatches": pool.parallelism.microbatches,
         "calibration": calibration.model_dump(),
         "memory": pool.memory.model_dump(),
         "scheduler": {"kind": sched.kind, "max_num_seqs": sched.max_num_seqs, "max_num_batched_tokens": max_tokens},

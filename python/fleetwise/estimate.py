@@ -17,6 +17,9 @@ def estimate_iteration(
     decode_batch: int = 0,
     context: int = 0,
     gpu_memory_utilization: float = 0.9,
+    pp: int = 1,
+    microbatches: int | None = None,
+    power_cap_watts: float | None = None,
 ) -> dict:
     """Predicts one iteration: a prefill chunk of ``prefill`` tokens after ``prefill_context``
     cached tokens, ``decode_batch`` decodes at context ``context``, or both as one mixed batch.
@@ -34,7 +37,7 @@ def estimate_iteration(
         raise ConfigError("estimate: --prefill-context needs --prefill")
     g = lookup("gpu", gpu, {}, "--gpu")
     m = lookup("model", model, {}, "--model")
-    cost = _core.CostModel(json.dumps(m.core_json(model)), json.dumps(g.core_json(gpu)), g.calibration.model_dump_json(), tp)
+    cost = _core.CostModel(json.dumps(m.core_json(model)), json.dumps(g.core_json(gpu)), g.calibration.model_dump_json(), tp, pp, microbatches, power_cap_watts)
     prefills = [(prefill, prefill_context, True)] if prefill > 0 else []
     # A decode at context C reads C cached tokens plus the one it processes.
     decodes = [context + 1] * decode_batch
@@ -42,7 +45,7 @@ def estimate_iteration(
     tokens = max(prefill, 0) + decode_batch
     sampled = (1 if prefill > 0 else 0) + decode_batch
     kv_tokens = (prefill + prefill_context if prefill > 0 else 0) + decode_batch * (context + 1)
-    weights = -(-cost.weight_bytes() // tp)
+    weights = cost.weight_bytes_per_gpu()
     kv = kv_tokens * cost.kv_bytes_per_token()
     act = cost.activation_bytes(tokens, sampled)
     available = int(g.memory_bytes * gpu_memory_utilization)
@@ -51,9 +54,11 @@ def estimate_iteration(
         "model": model,
         "gpu": gpu,
         "tp": tp,
+        "pp": pp,
         "batch": {"prefill_tokens": prefill, "prefill_context": prefill_context, "decode_batch": decode_batch, "context": context},
         "seconds": seconds,
         "memory_bytes": need,
         "memory": {"weights": weights, "kv_cache": kv, "activations": act, "available": available, "fits": need <= available},
+        "power_watts_per_gpu": cost.busy_watts(prefills, decodes),
         "ops": cost.breakdown(prefills, decodes),
     }

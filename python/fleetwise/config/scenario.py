@@ -57,7 +57,11 @@ class Parallelism(StrictModel):
     """How one instance spreads the model over GPUs."""
 
     tp: int = Field(default=1, ge=1)
-    """Tensor-parallel degree: GPUs per instance."""
+    """Tensor-parallel degree."""
+    pp: int = Field(default=1, ge=1)
+    """Pipeline-parallel stages; an instance has tp x pp GPUs."""
+    microbatches: int | None = Field(default=None, ge=1)
+    """Micro-batches per iteration with pipelining (default: pp)."""
 
 
 class MemorySettings(StrictModel):

@@ -82,6 +82,8 @@ pub enum Op {
     Elementwise,
     /// Tensor-parallel all-reduces (two per layer).
     AllReduce,
+    /// Activations sent between pipeline stages.
+    PipelineSend,
     /// Final norm, LM head for sampled tokens only, logits gather.
     LmHead,
     /// Fixed per-iteration and per-layer overheads.
@@ -126,6 +128,8 @@ pub struct CostModel {
     power: PowerModel,
     slow_compute: f64,
     slow_memory: f64,
+    pp: u32,
+    microbatches: u32,
 }
 
 /// One iteration's predicted duration and how much of it compute bounds.
@@ -169,6 +173,8 @@ impl CostModel {
         let t = tp as f64;
         let power = PowerModel::new(&gpu, None);
         Ok(CostModel {
+            pp: 1,
+            microbatches: 1,
             power,
             slow_compute: 1.0,
             slow_memory: 1.0,
@@ -205,6 +211,49 @@ impl CostModel {
         self.slow_compute = self.power.compute_slowdown();
         self.slow_memory = self.power.memory_slowdown();
         Ok(self)
+    }
+
+    /// Splits the layers over `pp` pipeline stages, each iteration's batch into `microbatches`
+    /// micro-batches (vLLM-style: one per stage when `None`).
+    pub fn with_pipeline(mut self, pp: u32, microbatches: Option<u32>) -> Result<Self> {
+        if pp == 0 || pp > self.model.num_layers {
+            return Err(Error::config("parallelism.pp", format!("pp={pp} must be between 1 and {}'s {} layers", self.model.name, self.model.num_layers)));
+        }
+        let m = microbatches.unwrap_or(pp);
+        if m == 0 {
+            return Err(Error::config("parallelism.microbatches", "must be at least 1"));
+        }
+        self.pp = pp;
+        self.microbatches = if pp == 1 { 1 } else { m };
+        Ok(self)
+    }
+
+    /// Pipeline stages.
+    pub fn pp(&self) -> u32 {
+        self.pp
+    }
+
+    /// GPUs of the instance (tp x pp).
+    pub fn gpus(&self) -> u32 {
+        self.tp * self.pp
+    }
+
+    /// Weight bytes on one GPU: the largest stage's layers, plus the larger of the embedding
+    /// (first stage) and the LM head (last stage), divided by tp.
+    pub fn weight_bytes_per_gpu(&self) -> u64 {
+        if self.pp == 1 {
+            return self.model.weight_bytes().div_ceil(self.tp as u64);
+        }
+        let stage_layers = self.model.num_layers.div_ceil(self.pp) as u64;
+        let embed = self.model.vocab_size as u64 * self.model.hidden_size as u64;
+        let params = stage_layers * self.model.layer_params() + embed + self.model.hidden_size as u64;
+        (params * self.model.dtype_bytes as u64).div_ceil(self.tp as u64)
+    }
+
+    /// KV-cache bytes per token on one GPU (its stage's layers only).
+    pub fn kv_bytes_per_token_per_gpu(&self) -> u64 {
+        let per_layer = self.model.kv_bytes_per_token(self.tp) / self.model.num_layers as u64;
+        per_layer * self.model.num_layers.div_ceil(self.pp) as u64
     }
 
     /// The power model of one GPU of this instance.
@@ -248,9 +297,23 @@ impl CostModel {
     }
 
     /// Calls `f` with each operator's cost for an iteration of `shape`.
+    ///
+    /// With pipeline parallelism (`pp` stages, `m` micro-batches) the decoder layers run as
+    /// `m + pp - 1` stage-slots, each one micro-batch (the batch / m) through the `ceil(L / pp)`
+    /// layers of a stage followed by a send to the next stage; `pp - 1` of those slots are the
+    /// pipeline bubble. An operator's seconds are its share of that critical path; its FLOPs and
+    /// bytes are what one GPU of a stage does. Embedding and LM head run once on the whole batch.
     pub fn for_each_op(&self, shape: &BatchShape, mut f: impl FnMut(OpCost)) {
         let t = shape.tokens() as f64;
-        let (h, b, l) = (self.h, self.b, self.layers);
+        let (h, b) = (self.h, self.b);
+        let m = self.microbatches as f64;
+        let micro = 1.0 / m;
+        let mt = t * micro;
+        let stage_layers = (self.layers / self.pp as f64).ceil();
+        let slots = m + self.pp as f64 - 1.0;
+        // Per-layer operators on one micro-batch: work scales by layers x micro-batches, time by
+        // layers x slots (for pp = 1: m = 1, slots = 1, so both are the layer count).
+        let (work_n, time_n) = (stage_layers * m, stage_layers * slots);
         let mut emit = |op: Op, flops: f64, bytes: f64, peak: f64, per_layer: bool| {
             let bw = match op {
                 Op::PrefillAttention | Op::DecodeAttention => self.bw_attn,
@@ -258,40 +321,46 @@ impl CostModel {
                 _ => self.bw,
             };
             let (secs, cb) = self.roofline(flops, bytes, peak, bw);
-            let n = if per_layer { l } else { 1.0 };
-            f(OpCost { op, flops: flops * n, bytes: bytes * n, seconds: secs * n, compute_bound: cb });
+            let (wn, tn) = if per_layer { (work_n, time_n) } else { (1.0, 1.0) };
+            f(OpCost { op, flops: flops * wn, bytes: bytes * wn, seconds: secs * tn, compute_bound: cb });
         };
         emit(Op::Embedding, 0.0, 2.0 * t * h * b, self.flops_gemm, false);
-        let (fl, by) = self.gemm(t, h, self.q_width + 2.0 * self.kv_width);
+        let (fl, by) = self.gemm(mt, h, self.q_width + 2.0 * self.kv_width);
         emit(Op::QkvProj, fl, by, self.flops_gemm, true);
         if shape.prefill_tokens > 0 {
-            let pt = shape.prefill_tokens as f64;
-            let flops = 4.0 * self.q_width * shape.prefill_pairs;
-            let bytes = (2.0 * pt * self.q_width + 2.0 * self.kv_width * shape.prefill_kv_tokens as f64) * b;
+            let pt = shape.prefill_tokens as f64 * micro;
+            let flops = 4.0 * self.q_width * shape.prefill_pairs * micro;
+            let bytes = (2.0 * pt * self.q_width + 2.0 * self.kv_width * shape.prefill_kv_tokens as f64 * micro) * b;
             emit(Op::PrefillAttention, flops, bytes, self.flops_attn, true);
         }
         if shape.decode_seqs > 0 {
-            let ds = shape.decode_seqs as f64;
-            let flops = 4.0 * self.q_width * shape.decode_kv_tokens as f64;
-            let bytes = (2.0 * ds * self.q_width + 2.0 * self.kv_width * shape.decode_kv_tokens as f64) * b;
+            let ds = shape.decode_seqs as f64 * micro;
+            let kv = shape.decode_kv_tokens as f64 * micro;
+            let flops = 4.0 * self.q_width * kv;
+            let bytes = (2.0 * ds * self.q_width + 2.0 * self.kv_width * kv) * b;
             emit(Op::DecodeAttention, flops, bytes, self.flops_attn, true);
         }
-        let (fl, by) = self.gemm(t, self.q_width, h);
+        let (fl, by) = self.gemm(mt, self.q_width, h);
         emit(Op::OProj, fl, by, self.flops_gemm, true);
-        let (fl, by) = self.gemm(t, h, 2.0 * self.mlp_width);
+        let (fl, by) = self.gemm(mt, h, 2.0 * self.mlp_width);
         emit(Op::MlpGateUp, fl, by, self.flops_gemm, true);
-        let (fl, by) = self.gemm(t, self.mlp_width, h);
+        let (fl, by) = self.gemm(mt, self.mlp_width, h);
         emit(Op::MlpDown, fl, by, self.flops_gemm, true);
         // Two RMSNorms (read+write), RoPE on q and k, two residual adds (2 reads + 1 write),
         // SiLU-and-multiply (2 reads + 1 write), and writing the new K and V into the cache.
-        let elem_bytes = t * b * (2.0 * h + 2.0 * (self.q_width + self.kv_width) + 2.0 * h + 6.0 * h + 3.0 * self.mlp_width + 2.0 * self.kv_width);
-        let elem_flops = t * (10.0 * h + 6.0 * self.mlp_width);
+        let elem_bytes = mt * b * (2.0 * h + 2.0 * (self.q_width + self.kv_width) + 2.0 * h + 6.0 * h + 3.0 * self.mlp_width + 2.0 * self.kv_width);
+        let elem_flops = mt * (10.0 * h + 6.0 * self.mlp_width);
         emit(Op::Elementwise, elem_flops, elem_bytes, self.flops_gemm, true);
         if self.tp > 1 {
-            let msg = t * h * b;
-            let secs = 2.0 * self.all_reduce_seconds(msg) * l;
+            let msg = mt * h * b;
             let p = self.tp as f64;
-            f(OpCost { op: Op::AllReduce, flops: 0.0, bytes: 2.0 * l * 2.0 * (p - 1.0) / p * msg, seconds: secs, compute_bound: false });
+            f(OpCost { op: Op::AllReduce, flops: 0.0, bytes: 2.0 * work_n * 2.0 * (p - 1.0) / p * msg, seconds: 2.0 * self.all_reduce_seconds(msg) * time_n, compute_bound: false });
+        }
+        if self.pp > 1 {
+            // Each slot ends with the micro-batch's activations sent to the next stage.
+            let msg = mt * h * b;
+            let send = self.gpu.link_latency + msg / (self.gpu.link_bandwidth * self.eff.collective);
+            f(OpCost { op: Op::PipelineSend, flops: 0.0, bytes: msg * m, seconds: send * slots, compute_bound: false });
         }
         let s = shape.sampled as f64;
         if s > 0.0 {
@@ -307,7 +376,7 @@ impl CostModel {
             };
             f(OpCost { op: Op::LmHead, flops: fl, bytes: by + norm_bytes + logits_bytes, seconds: secs + gather, compute_bound: cb });
         }
-        let overhead = self.eff.iteration_overhead + self.eff.layer_overhead * l;
+        let overhead = self.eff.iteration_overhead + self.eff.layer_overhead * time_n;
         f(OpCost { op: Op::Overhead, flops: 0.0, bytes: 0.0, seconds: overhead, compute_bound: false });
     }
 
@@ -535,6 +604,47 @@ mod tests {
         let it = cm.iteration(&s);
         assert!(it.compute_bound_seconds > 0.8 * it.seconds, "a long prefill is mostly compute-bound");
         assert!(CostModel::new(llama3_8b(), h100(), ideal(), 1).unwrap().with_power_cap(Some(-5.0)).is_err());
+    }
+
+    #[test]
+    fn pipeline_bubble_arithmetic() {
+        // 64 decodes on 4 stages x 4 micro-batches: the layers take 7 slots of 16 decodes
+        // through 8 layers (bubble 3/7), plus one activation send per slot.
+        let full = CostModel::new(llama2_70b(), a100(), ideal(), 1).unwrap();
+        let pp = CostModel::new(llama2_70b(), a100(), ideal(), 1).unwrap().with_pipeline(4, Some(4)).unwrap();
+        let mut s64 = BatchShape::default();
+        let mut s16 = BatchShape::default();
+        for i in 0..64 {
+            s64.add_decode(1000);
+            if i < 16 {
+                s16.add_decode(1000);
+            }
+        }
+        let layer_ops = |cm: &CostModel, s: &BatchShape| -> f64 {
+            cm.breakdown(s).iter().filter(|c| !matches!(c.op, Op::Embedding | Op::LmHead | Op::Overhead | Op::PipelineSend)).map(|c| c.seconds).sum()
+        };
+        let micro_all_layers = layer_ops(&full, &s16);
+        let expected = 7.0 * micro_all_layers * 20.0 / 80.0;
+        assert!(close(layer_ops(&pp, &s64), expected));
+        let send = op(&pp.breakdown(&s64), Op::PipelineSend);
+        assert!(close(send.seconds, 7.0 * (2e-6 + 16.0 * 8192.0 * 2.0 / 300e9)));
+        // Embedding and LM head are charged once on the whole batch, as without pipelining.
+        assert!(close(op(&pp.breakdown(&s64), Op::LmHead).seconds, op(&full.breakdown(&s64), Op::LmHead).seconds));
+        // More micro-batches shrink the bubble: 16 slots of 4 decodes instead of 7 of 16.
+        let pp16 = CostModel::new(llama2_70b(), a100(), ideal(), 1).unwrap().with_pipeline(4, Some(16)).unwrap();
+        assert!(pp16.iteration_seconds(&s64) > 0.0);
+        assert_eq!(pp.gpus(), 4);
+    }
+
+    #[test]
+    fn pipeline_memory_is_split_by_stage() {
+        let pp = CostModel::new(llama2_70b(), a100(), ideal(), 2).unwrap().with_pipeline(4, None).unwrap();
+        // 20 of 80 layers per stage, plus the 32000 x 8192 embedding, over tp = 2.
+        let m = llama2_70b();
+        let expected = ((20 * m.layer_params() + 32000 * 8192 + 8192) * 2).div_ceil(2);
+        assert_eq!(pp.weight_bytes_per_gpu(), expected);
+        assert_eq!(pp.kv_bytes_per_token_per_gpu(), 2 * 20 * 4 * 128 * 2);
+        assert!(CostModel::new(llama2_70b(), a100(), ideal(), 1).unwrap().with_pipeline(0, None).is_err());
     }
 
     #[test]

@@ -10,6 +10,17 @@ use crate::model::ModelSpec;
 use crate::request::{Request, Status};
 use crate::router::InstanceLoad;
 use crate::scheduler::{Batch, BatchScheduler, Queues, SchedulerConfig};
+
+/// How an instance spreads the model over GPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parallelism {
+    /// Tensor-parallel degree.
+    pub tp: u32,
+    /// Pipeline stages.
+    pub pp: u32,
+    /// Micro-batches per iteration (default: pp).
+    pub microbatches: Option<u32>,
+}
 use crate::time::{secs_to_ns, Nanos};
 use serde::Serialize;
 
@@ -74,8 +85,8 @@ pub struct IterationRecord {
 impl Instance {
     /// Builds an instance; fails if the model does not fit or a setting is invalid.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(pool: u32, model: &ModelSpec, gpu: &GpuSpec, tp: u32, eff: &Efficiency, memory: &MemoryConfig, scheduler: &SchedulerConfig, power_cap: Option<f64>) -> Result<Self> {
-        let cost = CostModel::new(model.clone(), gpu.clone(), eff.clone(), tp)?.with_power_cap(power_cap)?;
+    pub fn new(pool: u32, model: &ModelSpec, gpu: &GpuSpec, par: Parallelism, eff: &Efficiency, memory: &MemoryConfig, scheduler: &SchedulerConfig, power_cap: Option<f64>) -> Result<Self> {
+        let cost = CostModel::new(model.clone(), gpu.clone(), eff.clone(), par.tp)?.with_pipeline(par.pp, par.microbatches)?.with_power_cap(power_cap)?;
         let scheduler = scheduler.build()?;
         let plan = MemoryPlan::new(&cost, memory, scheduler.max_batch_tokens() as u64, scheduler.max_batch_seqs() as u64)?;
         let watermark = (plan.num_blocks as f64 * 0.01) as u32;
@@ -148,7 +159,7 @@ impl Instance {
         let dur = secs_to_ns(it.seconds);
         if it.seconds > 0.0 {
             let watts = self.cost.power().busy_watts(it.compute_bound_seconds / it.seconds);
-            self.stats.busy_energy_joules += watts * it.seconds * self.cost.tp() as f64;
+            self.stats.busy_energy_joules += watts * it.seconds * self.cost.gpus() as f64;
         }
         self.busy = true;
         self.stats.iterations += 1;
@@ -210,7 +221,7 @@ impl Instance {
     /// Energy of the instance's GPUs over `[0, end]`: busy energy plus idle power while not busy.
     pub fn energy_joules(&self, end: Nanos) -> f64 {
         let idle_ns = end.saturating_sub(self.stats.busy_ns) as f64;
-        self.stats.busy_energy_joules + self.cost.power().idle * idle_ns * 1e-9 * self.cost.tp() as f64
+        self.stats.busy_energy_joules + self.cost.power().idle * idle_ns * 1e-9 * self.cost.gpus() as f64
     }
 
     /// Blocks in use and total.

@@ -13,6 +13,7 @@ pub mod instance;
 pub mod kv;
 pub mod memory;
 pub mod model;
+pub mod network;
 pub mod request;
 pub mod rng;
 pub mod router;

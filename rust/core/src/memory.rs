@@ -52,18 +52,19 @@ impl MemoryPlan {
         }
         let tp = cost.tp();
         let usable = (cost.gpu().memory_bytes as f64 * cfg.gpu_memory_utilization) as u64;
-        let weight = cost.model().weight_bytes().div_ceil(tp as u64);
+        let weight = cost.weight_bytes_per_gpu();
         let activation = cost.activation_bytes(max_tokens, max_seqs.min(max_tokens));
-        let per_token = cost.model().kv_bytes_per_token(tp);
+        let per_token = cost.kv_bytes_per_token_per_gpu();
         let block_bytes = per_token * cfg.block_size as u64;
         let needed = weight + activation + block_bytes;
         if needed > usable {
             return Err(Error::Capacity {
                 what: format!(
-                    "{} on {} x{} (weights {:.2} GiB + activations {:.2} GiB + one KV block, per GPU)",
+                    "{} on {} x{}{} (weights {:.2} GiB + activations {:.2} GiB + one KV block, per GPU)",
                     cost.model().name,
                     cost.gpu().name,
                     tp,
+                    if cost.pp() > 1 { format!(" x pp{}", cost.pp()) } else { String::new() },
                     weight as f64 / (1u64 << 30) as f64,
                     activation as f64 / (1u64 << 30) as f64
                 ),

@@ -11,7 +11,7 @@ use crate::calibration::Efficiency;
 use crate::error::{Error, Result};
 use crate::event::{Event, EventQueue};
 use crate::hardware::GpuSpec;
-use crate::instance::{Instance, InstanceStats};
+use crate::instance::{Instance, InstanceStats, Parallelism};
 use crate::memory::{MemoryConfig, MemoryPlan};
 use crate::model::ModelSpec;
 use crate::request::{Request, Status};
@@ -33,8 +33,14 @@ pub struct PoolConfig {
     pub gpu: GpuSpec,
     /// Model served.
     pub model: ModelSpec,
-    /// Tensor-parallel degree (GPUs per instance).
+    /// Tensor-parallel degree.
     pub tp: u32,
+    /// Pipeline-parallel stages (GPUs per instance = tp x pp).
+    #[serde(default = "one")]
+    pub pp: u32,
+    /// Micro-batches per iteration with pipeline parallelism (default: pp).
+    #[serde(default)]
+    pub microbatches: Option<u32>,
     /// Cost-model efficiency factors for this GPU.
     pub calibration: Efficiency,
     /// Memory settings.
@@ -44,6 +50,10 @@ pub struct PoolConfig {
     /// Power cap per GPU, watts (none: the GPU's TDP).
     #[serde(default)]
     pub power_cap_watts: Option<f64>,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// Everything the core needs to run: pools, router, seed.
@@ -160,7 +170,7 @@ pub fn simulate(config: &SimConfig, workload: &Workload) -> Result<SimOutput> {
             return Err(Error::config(format!("cluster.pools.{p}.count"), "must be at least 1"));
         }
         for _ in 0..pool.count {
-            let inst = Instance::new(p as u32, &pool.model, &pool.gpu, pool.tp, &pool.calibration, &pool.memory, &pool.scheduler, pool.power_cap_watts).map_err(|e| prefix(&format!("cluster.pools.{p}"), e))?;
+            let inst = Instance::new(p as u32, &pool.model, &pool.gpu, Parallelism { tp: pool.tp, pp: pool.pp, microbatches: pool.microbatches }, &pool.calibration, &pool.memory, &pool.scheduler, pool.power_cap_watts).map_err(|e| prefix(&format!("cluster.pools.{p}"), e))?;
             instances.push(inst);
         }
     }
@@ -247,7 +257,7 @@ pub fn simulate(config: &SimConfig, workload: &Workload) -> Result<SimOutput> {
             pool: inst.pool,
             pool_name: pool_names[inst.pool as usize].clone(),
             memory: inst.plan().clone(),
-            gpus: inst.cost().tp(),
+            gpus: inst.cost().gpus(),
             energy_joules: inst.energy_joules(now),
             stats: inst.stats.clone(),
         })

@@ -28,6 +28,8 @@ fn config(count: u32, memory_bytes: u64, router: RouterConfig) -> SimConfig {
             gpu: gpu(memory_bytes),
             model: model(),
             tp: 1,
+            pp: 1,
+            microbatches: None,
             calibration: Efficiency::default(),
             memory: MemoryConfig::default(),
             scheduler: SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192 },

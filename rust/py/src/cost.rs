@@ -33,13 +33,16 @@ fn shape(prefills: Vec<(u64, u64, bool)>, decodes: Vec<u64>) -> BatchShape {
 
 #[pymethods]
 impl PyCostModel {
-    /// Builds a cost model from JSON specs of the model, GPU and calibration.
+    /// Builds a cost model from JSON specs of the model, GPU and calibration, on `tp` x `pp`
+    /// GPUs (`microbatches` per iteration with pipelining; default pp), optionally power-capped.
     #[new]
-    fn new(model_json: &str, gpu_json: &str, calibration_json: &str, tp: u32) -> PyResult<Self> {
+    #[pyo3(signature = (model_json, gpu_json, calibration_json, tp, pp=1, microbatches=None, power_cap_watts=None))]
+    fn new(model_json: &str, gpu_json: &str, calibration_json: &str, tp: u32, pp: u32, microbatches: Option<u32>, power_cap_watts: Option<f64>) -> PyResult<Self> {
         let model: ModelSpec = from_json("model", model_json)?;
         let gpu: GpuSpec = from_json("gpu", gpu_json)?;
         let eff: Efficiency = from_json("calibration", calibration_json)?;
-        Ok(PyCostModel { inner: CostModel::new(model, gpu, eff, tp).map_err(to_py)? })
+        let cm = CostModel::new(model, gpu, eff, tp).and_then(|c| c.with_pipeline(pp, microbatches)).and_then(|c| c.with_power_cap(power_cap_watts)).map_err(to_py)?;
+        Ok(PyCostModel { inner: cm })
     }
 
     /// Predicted duration of one iteration, seconds.
@@ -97,8 +100,20 @@ impl PyCostModel {
         self.inner.model().weight_bytes()
     }
 
+    /// Weight bytes on one GPU (its pipeline stage, its tensor-parallel shard).
+    fn weight_bytes_per_gpu(&self) -> u64 {
+        self.inner.weight_bytes_per_gpu()
+    }
+
     /// KV-cache bytes per token on one GPU.
     fn kv_bytes_per_token(&self) -> u64 {
-        self.inner.model().kv_bytes_per_token(self.inner.tp())
+        self.inner.kv_bytes_per_token_per_gpu()
+    }
+
+    /// Busy power of one GPU, watts, for an iteration of the given batch.
+    #[pyo3(signature = (prefills=vec![], decodes=vec![]))]
+    fn busy_watts(&self, prefills: Vec<(u64, u64, bool)>, decodes: Vec<u64>) -> f64 {
+        let it = self.inner.iteration(&shape(prefills, decodes));
+        if it.seconds > 0.0 { self.inner.power().busy_watts(it.compute_bound_seconds / it.seconds) } else { self.inner.power().idle }
     }
 }
