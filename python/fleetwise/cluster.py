@@ -24,7 +24,13 @@ def resolve_pool(scenario: Scenario, index: int, pool: PoolConfig) -> dict:
         "microbatches": pool.parallelism.microbatches,
         "calibration": calibration.model_dump(),
         "memory": pool.memory.model_dump(),
-        "scheduler": {"kind": sched.kind, "max_num_seqs": sched.max_num_seqs, "max_num_batched_tokens": max_tokens},
+        "scheduler": {
+            "kind": sched.kind,
+            "max_num_seqs": sched.max_num_seqs,
+            "max_num_batched_tokens": max_tokens,
+            "preemption_mode": sched.preemption_mode,
+            "swap_space_bytes": int(sched.swap_space_gb * (1 << 30)),
+        },
         "power_cap_watts": pool.power_cap_watts,
     }
 

@@ -55,4 +55,5 @@ def make_scheduler(config: dict, num_blocks: int, block_size: int = 16, watermar
     d = cfg.model_dump()
     if d.get("max_num_batched_tokens") is None:
         d["max_num_batched_tokens"] = 8192
+    d["swap_space_bytes"] = int(d.pop("swap_space_gb") * (1 << 30))
     return _core.Scheduler(json.dumps(d), num_blocks, block_size, watermark)

@@ -80,6 +80,10 @@ class GpuSpec(StrictModel):
     """Per-direction bandwidth of that link, bytes/s."""
     link_latency: float = Field(default=2e-6, ge=0)
     """Latency of one collective step on that link, seconds."""
+    host_link_bandwidth: float = Field(default=0.0, ge=0)
+    """Per-direction bandwidth to host memory (PCIe), bytes/s; needed for KV swapping."""
+    host_link_latency: float = Field(default=5e-6, ge=0)
+    """Latency of a transfer over the host link, seconds."""
     tdp_watts: float = Field(default=0.0, ge=0)
     """Rated board power, watts (0: power and energy are not modelled)."""
     idle_watts: float = Field(default=0.0, ge=0)
@@ -100,6 +104,8 @@ class GpuSpec(StrictModel):
             "memory_bandwidth": self.memory_bandwidth,
             "link_bandwidth": self.link_bandwidth,
             "link_latency": self.link_latency,
+            "host_link_bandwidth": self.host_link_bandwidth,
+            "host_link_latency": self.host_link_latency,
             "tdp_watts": self.tdp_watts,
             "idle_watts": self.idle_watts,
             "memory_bound_activity": self.memory_bound_activity,

@@ -20,6 +20,10 @@ class VllmScheduler(StrictModel):
     """Most sequences in one iteration."""
     max_num_batched_tokens: int | None = Field(default=None, ge=1)
     """Most tokens in one iteration; default max(model context, 2048), as vLLM without chunked prefill."""
+    preemption_mode: Literal["recompute", "swap"] = "recompute"
+    """How to free KV when it runs out: drop and recompute, or swap to host memory over PCIe."""
+    swap_space_gb: float = Field(default=4.0, ge=0)
+    """Host memory for swapped KV per GPU, GiB (vLLM's swap_space)."""
 
 
 SchedulerConfig = Annotated[Union[VllmScheduler], Field(discriminator="kind")]

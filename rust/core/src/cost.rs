@@ -420,11 +420,11 @@ mod tests {
     use crate::model::fixtures::*;
 
     fn h100() -> GpuSpec {
-        GpuSpec { name: "h100-sxm".into(), peak_flops: 989.4e12, memory_bytes: 80_000_000_000, memory_bandwidth: 3.35e12, link_bandwidth: 450e9, link_latency: 2e-6, tdp_watts: 700.0, idle_watts: 70.0, memory_bound_activity: 0.3 }
+        GpuSpec { name: "h100-sxm".into(), peak_flops: 989.4e12, memory_bytes: 80_000_000_000, memory_bandwidth: 3.35e12, link_bandwidth: 450e9, link_latency: 2e-6, host_link_bandwidth: 64e9, host_link_latency: 5e-6, tdp_watts: 700.0, idle_watts: 70.0, memory_bound_activity: 0.3 }
     }
 
     fn a100() -> GpuSpec {
-        GpuSpec { name: "a100-80gb-sxm".into(), peak_flops: 312e12, memory_bytes: 80_000_000_000, memory_bandwidth: 2.039e12, link_bandwidth: 300e9, link_latency: 2e-6, tdp_watts: 400.0, idle_watts: 50.0, memory_bound_activity: 0.3 }
+        GpuSpec { name: "a100-80gb-sxm".into(), peak_flops: 312e12, memory_bytes: 80_000_000_000, memory_bandwidth: 2.039e12, link_bandwidth: 300e9, link_latency: 2e-6, host_link_bandwidth: 64e9, host_link_latency: 5e-6, tdp_watts: 400.0, idle_watts: 50.0, memory_bound_activity: 0.3 }
     }
 
     /// Peak rates, no overheads: the cost is the pure roofline, easy to compute by hand.

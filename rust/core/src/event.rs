@@ -15,6 +15,8 @@ pub enum Event {
     Wake { instance: u32 },
     /// The iteration running on an instance finishes.
     IterationEnd { instance: u32 },
+    /// The network's next internal event is due (stale unless `version` is still current).
+    Network { version: u64 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +108,7 @@ mod tests {
             assert_eq!(t, 5);
             let idx = match ev {
                 Event::Wake { instance } | Event::IterationEnd { instance } => instance,
+                Event::Network { .. } => unreachable!("only instance events were pushed"),
             };
             assert_eq!(idx, i, "same-time events must pop in push order");
         }

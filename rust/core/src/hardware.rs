@@ -19,6 +19,12 @@ pub struct GpuSpec {
     pub link_bandwidth: f64,
     /// Latency of one step of a collective on that link, seconds.
     pub link_latency: f64,
+    /// Per-direction bandwidth of the GPU's link to host memory (PCIe), bytes/s; 0 when unknown.
+    #[serde(default)]
+    pub host_link_bandwidth: f64,
+    /// Latency of a transfer over the host link, seconds.
+    #[serde(default = "default_host_latency")]
+    pub host_link_latency: f64,
     /// Rated board power (TDP), watts; 0 leaves power and energy unaccounted.
     #[serde(default)]
     pub tdp_watts: f64,
@@ -29,6 +35,10 @@ pub struct GpuSpec {
     /// kernels draw all of it.
     #[serde(default = "default_memory_bound_activity")]
     pub memory_bound_activity: f64,
+}
+
+fn default_host_latency() -> f64 {
+    5e-6
 }
 
 fn default_memory_bound_activity() -> f64 {

@@ -45,6 +45,23 @@ pub struct InstanceStats {
     pub peak_kv_blocks: u32,
     /// Energy of all the instance's GPUs while running iterations, joules.
     pub busy_energy_joules: f64,
+    /// KV blocks swapped out to host memory.
+    pub swap_out_blocks: u64,
+    /// KV blocks swapped back in.
+    pub swap_in_blocks: u64,
+    /// Bytes swapped over the host link, per GPU.
+    pub swap_bytes: u64,
+    /// Time iterations waited for swaps.
+    pub swap_wait_ns: u64,
+}
+
+/// What the caller must do to run the iteration an instance has just formed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IterationStart {
+    /// Compute time of the iteration.
+    pub compute_ns: Nanos,
+    /// Bytes (per GPU) to swap over the host link before computing; 0 for none.
+    pub transfer_bytes: u64,
 }
 
 /// A model replica serving requests.
@@ -60,11 +77,14 @@ pub struct Instance {
     busy: bool,
     wake_pending: bool,
     outstanding_tokens: u64,
+    pending_compute: Option<(Nanos, Nanos)>,
+    record: Option<IterationRecord>,
     /// Counters.
     pub stats: InstanceStats,
 }
 
-/// The events an iteration end produced for the caller to record.
+/// One iteration as the optional iteration log records it.
+#[derive(Debug, Clone, Copy)]
 pub struct IterationRecord {
     /// Start of the iteration.
     pub start: Nanos,
@@ -87,11 +107,15 @@ impl Instance {
     #[allow(clippy::too_many_arguments)]
     pub fn new(pool: u32, model: &ModelSpec, gpu: &GpuSpec, par: Parallelism, eff: &Efficiency, memory: &MemoryConfig, scheduler: &SchedulerConfig, power_cap: Option<f64>) -> Result<Self> {
         let cost = CostModel::new(model.clone(), gpu.clone(), eff.clone(), par.tp)?.with_pipeline(par.pp, par.microbatches)?.with_power_cap(power_cap)?;
-        let scheduler = scheduler.build()?;
-        let plan = MemoryPlan::new(&cost, memory, scheduler.max_batch_tokens() as u64, scheduler.max_batch_seqs() as u64)?;
+        let (max_tokens, max_seqs) = scheduler.limits();
+        let plan = MemoryPlan::new(&cost, memory, max_tokens as u64, max_seqs as u64)?;
+        if scheduler.preemption_mode() == crate::scheduler::PreemptionMode::Swap && gpu.host_link_bandwidth <= 0.0 {
+            return Err(crate::error::Error::config("scheduler.preemption_mode", format!("swap needs the GPU's host_link_bandwidth, which {} does not set", gpu.name)));
+        }
+        let scheduler = scheduler.build(plan.kv_bytes_per_token * plan.block_size as u64)?;
         let watermark = (plan.num_blocks as f64 * 0.01) as u32;
         let kv = BlockManager::new(plan.num_blocks, plan.block_size, watermark);
-        Ok(Instance { pool, cost, plan, kv, scheduler, queues: Queues::default(), batch: Batch::default(), busy: false, wake_pending: false, outstanding_tokens: 0, stats: InstanceStats::default() })
+        Ok(Instance { pool, cost, plan, kv, scheduler, queues: Queues::default(), batch: Batch::default(), busy: false, wake_pending: false, outstanding_tokens: 0, pending_compute: None, record: None, stats: InstanceStats::default() })
     }
 
     /// The memory plan.
@@ -147,41 +171,59 @@ impl Instance {
         self.busy
     }
 
-    /// Forms and starts the next iteration at `now`; returns its end time, or None when idle.
-    pub fn start_iteration(&mut self, now: Nanos, reqs: &mut [Request]) -> Option<Nanos> {
+    /// Forms the next iteration at `now`; None when there is nothing to run. The instance is busy
+    /// from here until `finish_iteration`: if the batch swaps KV, the caller moves the bytes over the
+    /// host link and calls `transfer_done`, otherwise the compute ends `compute_ns` from now.
+    pub fn start_iteration(&mut self, now: Nanos, reqs: &mut [Request]) -> Option<IterationStart> {
         debug_assert!(!self.busy);
         self.batch.clear();
         self.scheduler.schedule(&mut self.queues, reqs, &mut self.kv, &mut self.batch);
-        if self.batch.items.is_empty() {
+        if self.batch.items.is_empty() && self.batch.swap_out_blocks == 0 {
             return None;
         }
         let it = self.cost.iteration(&self.batch.shape);
-        let dur = secs_to_ns(it.seconds);
-        if it.seconds > 0.0 {
+        let compute_ns = if self.batch.items.is_empty() { 0 } else { secs_to_ns(it.seconds) };
+        self.busy = true;
+        self.stats.iterations += 1;
+        self.stats.busy_ns += compute_ns;
+        if it.seconds > 0.0 && compute_ns > 0 {
             let watts = self.cost.power().busy_watts(it.compute_bound_seconds / it.seconds);
             self.stats.busy_energy_joules += watts * it.seconds * self.cost.gpus() as f64;
         }
-        self.busy = true;
-        self.stats.iterations += 1;
-        self.stats.busy_ns += dur;
         self.stats.preemptions += self.batch.preempted as u64;
         self.stats.prefill_tokens += self.batch.shape.prefill_tokens;
         self.stats.decode_tokens += self.batch.shape.decode_seqs;
         self.stats.peak_kv_blocks = self.kv.peak();
-        Some(now + dur)
-    }
-
-    /// A record of the iteration just started (for the optional iteration log).
-    pub fn current_record(&self, start: Nanos, end: Nanos) -> IterationRecord {
-        IterationRecord {
-            start,
-            end,
+        let swapped_blocks = (self.batch.swap_out_blocks + self.batch.swap_in_blocks) as u64;
+        self.stats.swap_out_blocks += self.batch.swap_out_blocks as u64;
+        self.stats.swap_in_blocks += self.batch.swap_in_blocks as u64;
+        let transfer_bytes = swapped_blocks * self.plan.block_size as u64 * self.plan.kv_bytes_per_token;
+        self.stats.swap_bytes += transfer_bytes;
+        self.record = Some(IterationRecord {
+            start: now,
+            end: now,
             prefill_tokens: self.batch.shape.prefill_tokens,
             decode_seqs: self.batch.shape.decode_seqs,
             kv_blocks: self.kv.used(),
             waiting: self.queues.waiting.len() as u32,
             running: self.queues.running.len() as u32,
+        });
+        if transfer_bytes > 0 {
+            self.pending_compute = Some((now, compute_ns));
         }
+        Some(IterationStart { compute_ns, transfer_bytes })
+    }
+
+    /// The swap of the iteration in progress finished at `now`; returns when its compute ends.
+    pub fn transfer_done(&mut self, now: Nanos) -> Nanos {
+        let (asked, compute_ns) = self.pending_compute.take().expect("a transfer completes only for an iteration waiting on it");
+        self.stats.swap_wait_ns += now - asked;
+        now + compute_ns
+    }
+
+    /// The record of the iteration ending at `end` (for the optional iteration log).
+    pub fn take_record(&mut self, end: Nanos) -> Option<IterationRecord> {
+        self.record.take().map(|r| IterationRecord { end, ..r })
     }
 
     /// Applies the finished iteration at `now`: advances tokens, samples, finishes requests.

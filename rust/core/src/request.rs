@@ -11,6 +11,8 @@ pub enum Status {
     Waiting,
     /// Admitted: holds KV blocks, in prefill or decode.
     Running,
+    /// Preempted by swapping: its KV blocks are in host memory, waiting to be swapped back in.
+    Swapped,
     /// All output tokens produced.
     Finished,
     /// Refused: it can never fit this instance (prompt over the token budget, or KV capacity).
@@ -33,8 +35,10 @@ pub struct Request {
     pub computed: u32,
     /// Output tokens generated so far.
     pub generated: u32,
-    /// KV blocks held.
+    /// KV blocks held in GPU memory.
     pub blocks: u32,
+    /// KV blocks held in host memory while swapped out.
+    pub host_blocks: u32,
     /// Instance serving it (`u32::MAX` before routing).
     pub instance: u32,
     /// Time of the first output token (`Nanos::MAX` until then).
@@ -52,7 +56,7 @@ pub struct Request {
 impl Request {
     /// A request arriving at `arrival` with `prompt` input and `output` output tokens.
     pub fn new(arrival: Nanos, prompt: u32, output: u32) -> Self {
-        Request { arrival, prompt, output, computed: 0, generated: 0, blocks: 0, instance: u32::MAX, first_token: Nanos::MAX, last_token: 0, completion: Nanos::MAX, preemptions: 0, status: Status::Pending }
+        Request { arrival, prompt, output, computed: 0, generated: 0, blocks: 0, host_blocks: 0, instance: u32::MAX, first_token: Nanos::MAX, last_token: 0, completion: Nanos::MAX, preemptions: 0, status: Status::Pending }
     }
 
     /// Tokens known so far (prompt plus generated output).

@@ -6,12 +6,16 @@
 //! instance that receives work gets a `Wake` event at the same instant, which runs after every
 //! other arrival of that instant, so simultaneous arrivals share the first iteration. When an
 //! iteration ends its tokens are applied and the next iteration starts at the same instant.
+//! An iteration that swaps KV first moves the bytes as a flow over the instance's host link (in
+//! the shared [`Network`]); its compute starts when the flow completes.
 
 use crate::calibration::Efficiency;
 use crate::error::{Error, Result};
 use crate::event::{Event, EventQueue};
 use crate::hardware::GpuSpec;
-use crate::instance::{Instance, InstanceStats, Parallelism};
+use crate::instance::{Instance, InstanceStats, IterationRecord, Parallelism};
+use crate::network::{FlowId, LinkId, LinkSpec, Network};
+use std::collections::BTreeMap;
 use crate::memory::{MemoryConfig, MemoryPlan};
 use crate::model::ModelSpec;
 use crate::request::{Request, Status};
@@ -103,6 +107,92 @@ pub struct IterationLog {
     pub running: Vec<u32>,
 }
 
+impl IterationLog {
+    fn push(&mut self, instance: u32, r: &IterationRecord) {
+        self.instance.push(instance);
+        self.start.push(r.start);
+        self.end.push(r.end);
+        self.prefill_tokens.push(r.prefill_tokens);
+        self.decode_seqs.push(r.decode_seqs);
+        self.kv_blocks.push(r.kv_blocks);
+        self.waiting.push(r.waiting);
+        self.running.push(r.running);
+    }
+}
+
+/// The transfers of a run: each instance's host link in one shared network, and which instance
+/// each flow belongs to.
+struct Transfers {
+    network: Network,
+    host_link: Vec<Option<LinkId>>,
+    owner: BTreeMap<FlowId, u32>,
+    scheduled: Option<u64>,
+}
+
+impl Transfers {
+    fn new(instances: &[Instance], pools: &[PoolConfig]) -> Result<Self> {
+        let mut links = Vec::new();
+        let mut host_link = Vec::with_capacity(instances.len());
+        for (i, inst) in instances.iter().enumerate() {
+            let gpu = &pools[inst.pool as usize].gpu;
+            if gpu.host_link_bandwidth > 0.0 {
+                host_link.push(Some(links.len() as LinkId));
+                links.push(LinkSpec { name: format!("instance{i}.host"), bandwidth: gpu.host_link_bandwidth, latency: gpu.host_link_latency });
+            } else {
+                host_link.push(None);
+            }
+        }
+        Ok(Transfers { network: Network::new(links)?, host_link, owner: BTreeMap::new(), scheduled: None })
+    }
+
+    /// Starts moving `bytes` over `instance`'s host link.
+    fn start(&mut self, now: Nanos, instance: u32, bytes: u64, queue: &mut EventQueue) -> Result<()> {
+        let link = self.host_link[instance as usize].ok_or_else(|| Error::Simulation { message: format!("instance {instance} swaps but has no host link") })?;
+        let id = self.network.start_flow(now, &[link], bytes)?;
+        self.owner.insert(id, instance);
+        self.reschedule(queue);
+        Ok(())
+    }
+
+    /// Runs the network to `now` if `version` is current; returns the finished (instance, flow)s.
+    fn due(&mut self, now: Nanos, version: u64, queue: &mut EventQueue) -> Result<Vec<(u32, FlowId)>> {
+        if version != self.network.version() {
+            return Ok(Vec::new());
+        }
+        let done = self.network.advance(now)?;
+        self.scheduled = None;
+        self.reschedule(queue);
+        Ok(done.iter().map(|r| (self.owner.remove(&r.id).expect("every flow has an owner"), r.id)).collect())
+    }
+
+    fn reschedule(&mut self, queue: &mut EventQueue) {
+        let v = self.network.version();
+        if self.scheduled == Some(v) {
+            return;
+        }
+        if let Some((t, _)) = self.network.next_event() {
+            queue.push(t, Event::Network { version: v });
+            self.scheduled = Some(v);
+        }
+    }
+
+    fn link_bytes(&self, instance: usize) -> u64 {
+        self.host_link[instance].and_then(|l| self.network.link_bytes(l)).unwrap_or(0)
+    }
+}
+
+/// Starts `inst`'s next iteration at `now`, through a swap transfer when the batch has one.
+fn begin(inst: &mut Instance, idx: u32, now: Nanos, reqs: &mut [Request], queue: &mut EventQueue, transfers: &mut Transfers) -> Result<()> {
+    if let Some(start) = inst.start_iteration(now, reqs) {
+        if start.transfer_bytes > 0 {
+            transfers.start(now, idx, start.transfer_bytes, queue)?;
+        } else {
+            queue.push(now + start.compute_ns, Event::IterationEnd { instance: idx });
+        }
+    }
+    Ok(())
+}
+
 /// Per-instance facts and counters.
 #[derive(Debug, Clone, Serialize)]
 pub struct InstanceReport {
@@ -116,6 +206,8 @@ pub struct InstanceReport {
     pub gpus: u32,
     /// Energy of its GPUs over the whole run (busy and idle), joules.
     pub energy_joules: f64,
+    /// Bytes its host link carried (per GPU).
+    pub host_link_bytes: u64,
     /// Counters.
     pub stats: InstanceStats,
 }
@@ -185,23 +277,7 @@ pub fn simulate(config: &SimConfig, workload: &Workload) -> Result<SimOutput> {
     let mut events = 0u64;
     let mut now: Nanos = 0;
 
-    let start = |inst: &mut Instance, idx: u32, now: Nanos, reqs: &mut [Request], queue: &mut EventQueue, log: &mut Option<IterationLog>| {
-        if let Some(end) = inst.start_iteration(now, reqs) {
-            queue.push(end, Event::IterationEnd { instance: idx });
-            if let Some(l) = log.as_mut() {
-                let r = inst.current_record(now, end);
-                l.instance.push(idx);
-                l.start.push(r.start);
-                l.end.push(r.end);
-                l.prefill_tokens.push(r.prefill_tokens);
-                l.decode_seqs.push(r.decode_seqs);
-                l.kv_blocks.push(r.kv_blocks);
-                l.waiting.push(r.waiting);
-                l.running.push(r.running);
-            }
-        }
-    };
-
+    let mut transfers = Transfers::new(&instances, &config.pools)?;
     loop {
         events += 1;
         let arrival_first = next_arrival < n && queue.peek_time().is_none_or(|t| workload.arrival[next_arrival] <= t);
@@ -237,13 +313,22 @@ pub fn simulate(config: &SimConfig, workload: &Workload) -> Result<SimOutput> {
                 let inst = &mut instances[instance as usize];
                 inst.woken();
                 if !inst.is_busy() {
-                    start(inst, instance, now, &mut reqs, &mut queue, &mut log);
+                    begin(inst, instance, now, &mut reqs, &mut queue, &mut transfers)?;
                 }
             }
             Event::IterationEnd { instance } => {
                 let inst = &mut instances[instance as usize];
+                if let (Some(l), Some(r)) = (log.as_mut(), inst.take_record(now)) {
+                    l.push(instance, &r);
+                }
                 inst.finish_iteration(now, &mut reqs, |t, prev| itl.add((t - prev) as f64 * 1e-9));
-                start(inst, instance, now, &mut reqs, &mut queue, &mut log);
+                begin(inst, instance, now, &mut reqs, &mut queue, &mut transfers)?;
+            }
+            Event::Network { version } => {
+                for (instance, _) in transfers.due(now, version, &mut queue)? {
+                    let end = instances[instance as usize].transfer_done(now);
+                    queue.push(end, Event::IterationEnd { instance });
+                }
             }
         }
     }
@@ -253,7 +338,9 @@ pub fn simulate(config: &SimConfig, workload: &Workload) -> Result<SimOutput> {
     }
     let reports = instances
         .iter()
-        .map(|inst| InstanceReport {
+        .enumerate()
+        .map(|(i, inst)| InstanceReport {
+            host_link_bytes: transfers.link_bytes(i),
             pool: inst.pool,
             pool_name: pool_names[inst.pool as usize].clone(),
             memory: inst.plan().clone(),

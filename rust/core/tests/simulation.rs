@@ -16,7 +16,7 @@ fn model() -> ModelSpec {
 }
 
 fn gpu(memory_bytes: u64) -> GpuSpec {
-    GpuSpec { name: "h100".into(), peak_flops: 989.4e12, memory_bytes, memory_bandwidth: 3.35e12, link_bandwidth: 450e9, link_latency: 2e-6, tdp_watts: 700.0, idle_watts: 70.0, memory_bound_activity: 0.3 }
+    GpuSpec { name: "h100".into(), peak_flops: 989.4e12, memory_bytes, memory_bandwidth: 3.35e12, link_bandwidth: 450e9, link_latency: 2e-6, host_link_bandwidth: 64e9, host_link_latency: 5e-6, tdp_watts: 700.0, idle_watts: 70.0, memory_bound_activity: 0.3 }
 }
 
 fn config(count: u32, memory_bytes: u64, router: RouterConfig) -> SimConfig {
@@ -32,7 +32,7 @@ fn config(count: u32, memory_bytes: u64, router: RouterConfig) -> SimConfig {
             microbatches: None,
             calibration: Efficiency::default(),
             memory: MemoryConfig::default(),
-            scheduler: SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192 },
+            scheduler: SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192, preemption_mode: Default::default(), swap_space_bytes: 4 << 30 },
             power_cap_watts: None,
         }],
         router,
@@ -143,4 +143,37 @@ fn unsorted_arrivals_are_an_error_not_a_panic() {
     let cfg = config(1, 80_000_000_000, RouterConfig::RoundRobin);
     let w = Workload { arrival: vec![10, 5], prompt: vec![1, 1], output: vec![1, 1] };
     assert!(simulate(&cfg, &w).is_err());
+}
+
+#[test]
+fn swap_preemption_moves_kv_over_the_host_link_instead_of_recomputing() {
+    let mut recompute = config(2, 20_000_000_000, RouterConfig::LeastOutstandingTokens);
+    let mut swap = recompute.clone();
+    if let SchedulerConfig::Vllm { preemption_mode, .. } = &mut swap.pools[0].scheduler {
+        *preemption_mode = fleetwise_core::scheduler::PreemptionMode::Swap;
+    }
+    recompute.record_iterations = false;
+    let w = workload(400);
+    let a = simulate(&recompute, &w).unwrap();
+    let b = simulate(&swap, &w).unwrap();
+    let prompts: u64 = w.prompt.iter().map(|&p| p as u64).sum();
+    let prefill = |o: &fleetwise_core::sim::SimOutput| -> u64 { o.instances.iter().map(|i| i.stats.prefill_tokens).sum() };
+    // Recompute prefills preempted requests again; swap never does.
+    assert!(a.instances.iter().map(|i| i.stats.preemptions).sum::<u64>() > 0);
+    assert!(prefill(&a) > prompts);
+    assert_eq!(prefill(&b), prompts);
+    for inst in &b.instances {
+        let s = &inst.stats;
+        assert_eq!(s.swap_out_blocks, s.swap_in_blocks, "everything swapped out comes back");
+        assert_eq!(inst.host_link_bytes, s.swap_bytes, "swaps are the host link's only traffic");
+        let per_block = inst.memory.kv_bytes_per_token * inst.memory.block_size as u64;
+        assert_eq!(s.swap_bytes, (s.swap_out_blocks + s.swap_in_blocks) * per_block);
+    }
+    assert!(b.instances.iter().any(|i| i.stats.swap_out_blocks > 0 && i.stats.swap_wait_ns > 0));
+    for (i, r) in b.requests.iter().enumerate() {
+        assert_eq!((r.status, r.generated, r.blocks, r.host_blocks), (Status::Finished, w.output[i], 0, 0));
+    }
+    // Determinism with transfers in the loop.
+    let c = simulate(&swap, &w).unwrap();
+    assert!(b.requests.iter().zip(c.requests.iter()).all(|(x, y)| x.completion == y.completion));
 }

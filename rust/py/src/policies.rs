@@ -57,16 +57,17 @@ pub struct PyScheduler {
 #[pymethods]
 impl PyScheduler {
     /// A scheduler from its scenario JSON (`{"kind": "vllm", ...}`) over a KV cache of
-    /// `num_blocks` blocks of `block_size` tokens, keeping `watermark` blocks free on admission.
+    /// `num_blocks` blocks of `block_size` tokens, keeping `watermark` blocks free on admission;
+    /// `block_bytes` (one block's bytes on one GPU) sizes the swap space in blocks.
     #[new]
-    #[pyo3(signature = (config_json, num_blocks, block_size=16, watermark=None))]
-    fn new(config_json: &str, num_blocks: u32, block_size: u32, watermark: Option<u32>) -> PyResult<Self> {
+    #[pyo3(signature = (config_json, num_blocks, block_size=16, watermark=None, block_bytes=2 << 20))]
+    fn new(config_json: &str, num_blocks: u32, block_size: u32, watermark: Option<u32>, block_bytes: u64) -> PyResult<Self> {
         let cfg: SchedulerConfig = from_json("scheduler", config_json)?;
         if block_size == 0 {
             return Err(crate::errors::ConfigError::new_err("block_size must be at least 1"));
         }
         let watermark = watermark.unwrap_or((num_blocks as f64 * 0.01) as u32);
-        Ok(PyScheduler { inner: cfg.build().map_err(to_py)?, kv: BlockManager::new(num_blocks, block_size, watermark), queues: Queues::default(), reqs: Vec::new(), ids: Vec::new(), batch: Batch::default() })
+        Ok(PyScheduler { inner: cfg.build(block_bytes).map_err(to_py)?, kv: BlockManager::new(num_blocks, block_size, watermark), queues: Queues::default(), reqs: Vec::new(), ids: Vec::new(), batch: Batch::default() })
     }
 
     /// Queues request `request_id` with `prompt` input tokens and `output` tokens to generate.

@@ -14,6 +14,7 @@ fn status_code(s: Status) -> u8 {
         Status::Pending => 2,
         Status::Waiting => 3,
         Status::Running => 4,
+        Status::Swapped => 5,
     }
 }
 

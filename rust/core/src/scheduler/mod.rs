@@ -33,6 +33,10 @@ pub struct Batch {
     pub shape: BatchShape,
     /// Requests preempted while forming the batch.
     pub preempted: u32,
+    /// KV blocks moved from GPU to host memory before the iteration.
+    pub swap_out_blocks: u32,
+    /// KV blocks moved from host to GPU memory before the iteration.
+    pub swap_in_blocks: u32,
 }
 
 impl Batch {
@@ -41,6 +45,8 @@ impl Batch {
         self.items.clear();
         self.shape = BatchShape::default();
         self.preempted = 0;
+        self.swap_out_blocks = 0;
+        self.swap_in_blocks = 0;
     }
 
     /// Adds `tokens` of `req` to the batch and to its shape.
@@ -62,6 +68,8 @@ pub struct Queues {
     pub waiting: VecDeque<u32>,
     /// Requests holding KV, oldest admission first.
     pub running: Vec<u32>,
+    /// Requests swapped out to host memory, in the order they will be swapped back in.
+    pub swapped: VecDeque<u32>,
 }
 
 /// Preempts `req` by recompute: frees its blocks; it will prefill its prompt and output again.
@@ -71,6 +79,32 @@ pub fn preempt_recompute(req: &mut Request, kv: &mut BlockManager) {
     req.computed = 0;
     req.preemptions += 1;
     req.status = Status::Waiting;
+}
+
+/// Preempts `req` by swapping its KV blocks to host memory, if `host` has room; returns whether
+/// it did (the caller falls back to recompute otherwise).
+pub fn preempt_swap(req: &mut Request, kv: &mut BlockManager, host: &mut BlockManager) -> bool {
+    if !host.can_grow(req.blocks) {
+        return false;
+    }
+    host.allocate(req.blocks);
+    kv.release(req.blocks);
+    req.host_blocks = req.blocks;
+    req.blocks = 0;
+    req.preemptions += 1;
+    req.status = Status::Swapped;
+    true
+}
+
+/// How a scheduler frees KV blocks when a running request needs one and none is free.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PreemptionMode {
+    /// Drop the victim's KV; it is prefilled again later.
+    #[default]
+    Recompute,
+    /// Copy the victim's KV to host memory over the host link; it is copied back later.
+    Swap,
 }
 
 /// The interface every batch scheduler implements.
@@ -88,6 +122,22 @@ pub trait BatchScheduler: Send + Sync {
     fn max_batch_seqs(&self) -> u32;
 }
 
+impl SchedulerConfig {
+    /// How this scheduler preempts.
+    pub fn preemption_mode(&self) -> PreemptionMode {
+        match *self {
+            SchedulerConfig::Vllm { preemption_mode, .. } => preemption_mode,
+        }
+    }
+
+    /// Most tokens and sequences per iteration, known before the memory plan exists.
+    pub fn limits(&self) -> (u32, u32) {
+        match *self {
+            SchedulerConfig::Vllm { max_num_seqs, max_num_batched_tokens, .. } => (max_num_batched_tokens, max_num_seqs),
+        }
+    }
+}
+
 /// A batch scheduler chosen by `kind` in the scenario.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", deny_unknown_fields)]
@@ -99,21 +149,35 @@ pub enum SchedulerConfig {
         max_num_seqs: u32,
         /// Most tokens in one iteration.
         max_num_batched_tokens: u32,
+        /// Recompute (default) or swap.
+        #[serde(default)]
+        preemption_mode: PreemptionMode,
+        /// Host memory for swapped KV per GPU, bytes (vLLM's `swap_space`, 4 GiB by default).
+        #[serde(default = "default_swap_space")]
+        swap_space_bytes: u64,
     },
 }
 
+fn default_swap_space() -> u64 {
+    4 << 30
+}
+
 impl SchedulerConfig {
-    /// Builds the scheduler.
-    pub fn build(&self) -> Result<Box<dyn BatchScheduler>> {
+    /// Builds the scheduler; `block_bytes` is one KV block's size on one GPU (sizes the swap space).
+    pub fn build(&self, block_bytes: u64) -> Result<Box<dyn BatchScheduler>> {
         match *self {
-            SchedulerConfig::Vllm { max_num_seqs, max_num_batched_tokens } => {
+            SchedulerConfig::Vllm { max_num_seqs, max_num_batched_tokens, preemption_mode, swap_space_bytes } => {
                 if max_num_seqs == 0 {
                     return Err(Error::config("scheduler.max_num_seqs", "must be at least 1"));
                 }
                 if max_num_batched_tokens == 0 {
                     return Err(Error::config("scheduler.max_num_batched_tokens", "must be at least 1"));
                 }
-                Ok(Box::new(VllmScheduler::new(max_num_seqs, max_num_batched_tokens)))
+                let host_blocks = match preemption_mode {
+                    PreemptionMode::Recompute => 0,
+                    PreemptionMode::Swap => (swap_space_bytes / block_bytes.max(1)).min(u32::MAX as u64) as u32,
+                };
+                Ok(Box::new(VllmScheduler::new(max_num_seqs, max_num_batched_tokens).with_swap_space(host_blocks)))
             }
         }
     }

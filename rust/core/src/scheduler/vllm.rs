@@ -4,10 +4,13 @@
 //! while the token budget, the sequence limit and the KV cache (keeping a 1% watermark free)
 //! allow; if any is admitted the iteration prefills them. Otherwise every running request decodes
 //! one token; when a decode needs a KV block and none is free, the most recently admitted running
-//! request is preempted by recompute (possibly the one asking), and preempted requests go back to
-//! the front of the waiting queue in their admission order.
+//! request is preempted (possibly the one asking). By recompute (the default), preempted requests
+//! go back to the front of the waiting queue in their admission order. With swap space, the victim's
+//! KV blocks move to host memory instead (falling back to recompute when the host is full); while
+//! any request is swapped out no new prefill is admitted, and once an iteration preempts nothing,
+//! swapped requests come back in order (while blocks allow) and decode in that same iteration.
 
-use super::{preempt_recompute, Batch, BatchScheduler, Queues};
+use super::{preempt_recompute, preempt_swap, Batch, BatchScheduler, Queues};
 use crate::kv::BlockManager;
 use crate::request::{Request, Status};
 
@@ -17,12 +20,60 @@ pub struct VllmScheduler {
     max_num_seqs: u32,
     max_num_batched_tokens: u32,
     preempted: Vec<u32>,
+    swapped_out: Vec<u32>,
+    host: Option<BlockManager>,
 }
 
 impl VllmScheduler {
     /// A scheduler with the given limits.
     pub fn new(max_num_seqs: u32, max_num_batched_tokens: u32) -> Self {
-        VllmScheduler { max_num_seqs, max_num_batched_tokens, preempted: Vec::new() }
+        VllmScheduler { max_num_seqs, max_num_batched_tokens, preempted: Vec::new(), swapped_out: Vec::new(), host: None }
+    }
+
+    /// Preempts by swapping to `host_blocks` blocks of host memory (0 keeps recompute).
+    pub fn with_swap_space(mut self, host_blocks: u32) -> Self {
+        self.host = (host_blocks > 0).then(|| BlockManager::new(host_blocks, 1, 0));
+        self
+    }
+
+    /// Host blocks in use (swapped-out KV).
+    pub fn host_blocks_used(&self) -> u32 {
+        self.host.as_ref().map_or(0, |h| h.used())
+    }
+
+    fn preempt(&mut self, req: &mut Request, kv: &mut BlockManager, batch: &mut Batch) -> bool {
+        let blocks = req.blocks;
+        if let Some(host) = self.host.as_mut() {
+            if preempt_swap(req, kv, host) {
+                batch.swap_out_blocks += blocks;
+                return true;
+            }
+        }
+        preempt_recompute(req, kv);
+        false
+    }
+
+    fn schedule_swapped(&mut self, q: &mut Queues, reqs: &mut [Request], kv: &mut BlockManager, batch: &mut Batch) {
+        let Some(host) = self.host.as_mut() else { return };
+        while let Some(&idx) = q.swapped.front() {
+            if q.running.len() as u32 >= self.max_num_seqs {
+                break;
+            }
+            let r = &mut reqs[idx as usize];
+            let need = kv.blocks_for(r.computed as u64 + 1);
+            if !kv.can_admit(need) {
+                break;
+            }
+            q.swapped.pop_front();
+            host.release(r.host_blocks);
+            batch.swap_in_blocks += r.host_blocks;
+            r.host_blocks = 0;
+            kv.allocate(need);
+            r.blocks = need;
+            r.status = Status::Running;
+            q.running.push(idx);
+            batch.push(idx, r, 1);
+        }
     }
 
     fn schedule_prefills(&mut self, q: &mut Queues, reqs: &mut [Request], kv: &mut BlockManager, batch: &mut Batch) {
@@ -54,6 +105,7 @@ impl VllmScheduler {
 
     fn schedule_decodes(&mut self, q: &mut Queues, reqs: &mut [Request], kv: &mut BlockManager, batch: &mut Batch) {
         self.preempted.clear();
+        self.swapped_out.clear();
         let mut i = 0;
         while i < q.running.len() {
             let idx = q.running[i];
@@ -61,8 +113,12 @@ impl VllmScheduler {
             let mut self_preempted = false;
             while !kv.can_grow(need) {
                 let victim = q.running.pop().expect("running cannot be empty while it holds the current request");
-                preempt_recompute(&mut reqs[victim as usize], kv);
-                self.preempted.push(victim);
+                if self.preempt(&mut reqs[victim as usize], kv, batch) {
+                    self.swapped_out.push(victim);
+                } else {
+                    self.preempted.push(victim);
+                }
+                batch.preempted += 1;
                 if victim == idx {
                     self_preempted = true;
                     break;
@@ -77,19 +133,25 @@ impl VllmScheduler {
             batch.push(idx, r, 1);
             i += 1;
         }
-        batch.preempted = self.preempted.len() as u32;
-        // Victims were taken newest first; the front of the queue gets the oldest.
+        // Victims were taken newest first; the front of the queue gets the oldest, and swapped
+        // victims queue up oldest first.
         for &v in self.preempted.iter() {
             q.waiting.push_front(v);
         }
+        q.swapped.extend(self.swapped_out.iter().rev());
     }
 }
 
 impl BatchScheduler for VllmScheduler {
     fn schedule(&mut self, q: &mut Queues, reqs: &mut [Request], kv: &mut BlockManager, batch: &mut Batch) {
-        self.schedule_prefills(q, reqs, kv, batch);
+        if q.swapped.is_empty() {
+            self.schedule_prefills(q, reqs, kv, batch);
+        }
         if batch.items.is_empty() {
             self.schedule_decodes(q, reqs, kv, batch);
+            if batch.preempted == 0 {
+                self.schedule_swapped(q, reqs, kv, batch);
+            }
         }
     }
 
@@ -228,6 +290,59 @@ mod tests {
         assert_eq!(reqs[1].computed, 0);
         assert_eq!(reqs[1].pending_tokens(), 17, "prompt 16 + 1 generated token are recomputed");
         assert_eq!(q.waiting.front(), Some(&1));
+    }
+
+    #[test]
+    fn swap_preemption_keeps_kv_and_swaps_back_in() {
+        // Same pressure as the recompute test: request 1 needs a block that is not there, so it
+        // is swapped out (its 2 blocks... here 1 block of 16 tokens) and comes back once request 0
+        // finishes, without recomputing anything.
+        let (mut reqs, mut q) = setup(&[16, 16], 10);
+        let mut kv = BlockManager::new(3, 16, 0);
+        let mut s = VllmScheduler::new(8, 1000).with_swap_space(10);
+        let mut b = Batch::default();
+        s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
+        finish(&b, &mut reqs, &mut q, &mut kv);
+        b.clear();
+        s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
+        assert_eq!((b.preempted, b.swap_out_blocks, b.swap_in_blocks), (1, 1, 0));
+        assert_eq!(reqs[1].status, Status::Swapped);
+        assert_eq!((reqs[1].computed, reqs[1].blocks, reqs[1].host_blocks), (16, 0, 1));
+        assert_eq!(s.host_blocks_used(), 1);
+        assert_eq!(q.swapped.front(), Some(&1));
+        assert!(q.waiting.is_empty());
+        let mut prefill_tokens = 0;
+        let mut swapped_in = 0;
+        for _ in 0..100 {
+            finish(&b, &mut reqs, &mut q, &mut kv);
+            b.clear();
+            s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
+            prefill_tokens += b.shape.prefill_tokens;
+            swapped_in += b.swap_in_blocks;
+            let held: u32 = reqs.iter().map(|r| r.blocks).sum();
+            assert_eq!(held, kv.used());
+            if b.items.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(prefill_tokens, 0, "swapped requests are never recomputed");
+        assert_eq!(swapped_in, 1);
+        assert!(reqs.iter().all(|r| r.status == Status::Finished && r.generated == 10));
+        assert_eq!((kv.used(), s.host_blocks_used()), (0, 0));
+    }
+
+    #[test]
+    fn full_host_falls_back_to_recompute() {
+        let (mut reqs, mut q) = setup(&[16, 16], 10);
+        let mut kv = BlockManager::new(3, 16, 0);
+        let mut s = VllmScheduler::new(8, 1000).with_swap_space(0);
+        let mut b = Batch::default();
+        s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
+        finish(&b, &mut reqs, &mut q, &mut kv);
+        b.clear();
+        s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
+        assert_eq!((b.preempted, b.swap_out_blocks), (1, 0));
+        assert_eq!(reqs[1].status, Status::Waiting);
     }
 
     #[test]
