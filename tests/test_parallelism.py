@@ -53,3 +53,17 @@ def test_bad_pp_is_a_config_error_with_path():
     sc["cluster"]["pools"][0]["parallelism"] = {"pp": 64}
     with pytest.raises(fleetwise.ConfigError, match=r"cluster.pools.0.parallelism.pp"):
         fleetwise.simulate(sc)
+
+
+def test_instance_spanning_two_nodes_pays_for_the_nic():
+    def run(tp, per_node):
+        sc = small_scenario()
+        sc["cluster"]["pools"][0].update(model="llama-3-70b", gpu="h100-sxm", count=1, parallelism={"tp": tp, "gpus_per_node": per_node})
+        sc["workload"].update(requests=60, lengths={"kind": "constant", "prompt": 300, "output": 60})
+        return fleetwise.simulate(sc)
+
+    one_node = run(8, 8)
+    two_nodes = run(8, 4)
+    assert one_node.instances["nodes"].to_list() == [1] and two_nodes.instances["nodes"].to_list() == [2]
+    # Same GPUs and batches; only the all-reduce ring now crosses 50 GB/s NICs instead of NVLink.
+    assert two_nodes.summary["tpot_s"]["p50"] > 1.2 * one_node.summary["tpot_s"]["p50"]

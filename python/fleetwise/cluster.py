@@ -22,6 +22,7 @@ def resolve_pool(scenario: Scenario, index: int, pool: PoolConfig) -> dict:
         "tp": pool.parallelism.tp,
         "pp": pool.parallelism.pp,
         "microbatches": pool.parallelism.microbatches,
+        "gpus_per_node": pool.parallelism.gpus_per_node,
         "calibration": calibration.model_dump(),
         "memory": pool.memory.model_dump(),
         "scheduler": {

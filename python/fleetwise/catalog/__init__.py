@@ -80,6 +80,10 @@ class GpuSpec(StrictModel):
     """Per-direction bandwidth of that link, bytes/s."""
     link_latency: float = Field(default=2e-6, ge=0)
     """Latency of one collective step on that link, seconds."""
+    nic_bandwidth: float = Field(default=0.0, ge=0)
+    """Per-direction bandwidth of the GPU's NIC to other nodes (InfiniBand/RoCE), bytes/s."""
+    nic_latency: float = Field(default=5e-6, ge=0)
+    """Latency of one step over the NIC, seconds."""
     host_link_bandwidth: float = Field(default=0.0, ge=0)
     """Per-direction bandwidth to host memory (PCIe), bytes/s; needed for KV swapping."""
     host_link_latency: float = Field(default=5e-6, ge=0)
@@ -104,6 +108,8 @@ class GpuSpec(StrictModel):
             "memory_bandwidth": self.memory_bandwidth,
             "link_bandwidth": self.link_bandwidth,
             "link_latency": self.link_latency,
+            "nic_bandwidth": self.nic_bandwidth,
+            "nic_latency": self.nic_latency,
             "host_link_bandwidth": self.host_link_bandwidth,
             "host_link_latency": self.host_link_latency,
             "tdp_watts": self.tdp_watts,

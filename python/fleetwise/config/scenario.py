@@ -66,6 +66,8 @@ class Parallelism(StrictModel):
     """Pipeline-parallel stages; an instance has tp x pp GPUs."""
     microbatches: int | None = Field(default=None, ge=1)
     """Micro-batches per iteration with pipelining (default: pp)."""
+    gpus_per_node: int = Field(default=8, ge=1)
+    """GPUs per node (NVLink domain); an instance of more GPUs spans nodes over their NICs."""
 
 
 class MemorySettings(StrictModel):

@@ -130,6 +130,7 @@ pub struct CostModel {
     slow_memory: f64,
     pp: u32,
     microbatches: u32,
+    gpus_per_node: u32,
 }
 
 /// One iteration's predicted duration and how much of it compute bounds.
@@ -175,6 +176,7 @@ impl CostModel {
         Ok(CostModel {
             pp: 1,
             microbatches: 1,
+            gpus_per_node: u32::MAX,
             power,
             slow_compute: 1.0,
             slow_memory: 1.0,
@@ -226,6 +228,45 @@ impl CostModel {
         self.pp = pp;
         self.microbatches = if pp == 1 { 1 } else { m };
         Ok(self)
+    }
+
+    /// Places the instance on nodes of `gpus_per_node` GPUs: a tensor-parallel group larger than a
+    /// node runs its collectives over the NICs, and pipeline stages on different nodes send over them.
+    pub fn with_nodes(mut self, gpus_per_node: u32) -> Result<Self> {
+        if gpus_per_node == 0 {
+            return Err(Error::config("gpus_per_node", "must be at least 1"));
+        }
+        self.gpus_per_node = gpus_per_node;
+        if self.gpus() > gpus_per_node && self.gpu.nic_bandwidth <= 0.0 {
+            return Err(Error::config(
+                "parallelism",
+                format!("tp x pp = {} GPUs spans nodes of {gpus_per_node}, but {} has no nic_bandwidth", self.gpus(), self.gpu.name),
+            ));
+        }
+        Ok(self)
+    }
+
+    /// Nodes the instance spans.
+    pub fn nodes(&self) -> u32 {
+        self.gpus().div_ceil(self.gpus_per_node)
+    }
+
+    /// (bandwidth, latency) of the slowest link in the tensor-parallel ring.
+    fn tp_link(&self) -> (f64, f64) {
+        if self.tp > self.gpus_per_node {
+            (self.gpu.nic_bandwidth, self.gpu.nic_latency)
+        } else {
+            (self.gpu.link_bandwidth, self.gpu.link_latency)
+        }
+    }
+
+    /// (bandwidth, latency) of the slowest stage-to-stage hop of the pipeline.
+    fn pp_link(&self) -> (f64, f64) {
+        if self.gpus() > self.gpus_per_node {
+            (self.gpu.nic_bandwidth, self.gpu.nic_latency)
+        } else {
+            (self.gpu.link_bandwidth, self.gpu.link_latency)
+        }
     }
 
     /// Pipeline stages.
@@ -293,7 +334,8 @@ impl CostModel {
         }
         let p = self.tp as f64;
         let steps = 2.0 * (p - 1.0);
-        steps * self.gpu.link_latency + steps / p * bytes / (self.gpu.link_bandwidth * self.eff.collective)
+        let (bw, lat) = self.tp_link();
+        steps * lat + steps / p * bytes / (bw * self.eff.collective)
     }
 
     /// Calls `f` with each operator's cost for an iteration of `shape`.
@@ -359,7 +401,8 @@ impl CostModel {
         if self.pp > 1 {
             // Each slot ends with the micro-batch's activations sent to the next stage.
             let msg = mt * h * b;
-            let send = self.gpu.link_latency + msg / (self.gpu.link_bandwidth * self.eff.collective);
+            let (bw, lat) = self.pp_link();
+            let send = lat + msg / (bw * self.eff.collective);
             f(OpCost { op: Op::PipelineSend, flops: 0.0, bytes: msg * m, seconds: send * slots, compute_bound: false });
         }
         let s = shape.sampled as f64;
@@ -370,7 +413,8 @@ impl CostModel {
             let (secs, cb) = self.roofline(fl, by + norm_bytes + logits_bytes, self.flops_gemm, self.bw);
             let gather = if self.tp > 1 {
                 let p = self.tp as f64;
-                (p - 1.0) * self.gpu.link_latency + (p - 1.0) / p * s * self.model.vocab_size as f64 * 4.0 / (self.gpu.link_bandwidth * self.eff.collective)
+                let (bw, lat) = self.tp_link();
+                (p - 1.0) * lat + (p - 1.0) / p * s * self.model.vocab_size as f64 * 4.0 / (bw * self.eff.collective)
             } else {
                 0.0
             };
@@ -420,11 +464,11 @@ mod tests {
     use crate::model::fixtures::*;
 
     fn h100() -> GpuSpec {
-        GpuSpec { name: "h100-sxm".into(), peak_flops: 989.4e12, memory_bytes: 80_000_000_000, memory_bandwidth: 3.35e12, link_bandwidth: 450e9, link_latency: 2e-6, host_link_bandwidth: 64e9, host_link_latency: 5e-6, tdp_watts: 700.0, idle_watts: 70.0, memory_bound_activity: 0.3 }
+        GpuSpec { name: "h100-sxm".into(), peak_flops: 989.4e12, memory_bytes: 80_000_000_000, memory_bandwidth: 3.35e12, link_bandwidth: 450e9, link_latency: 2e-6, nic_bandwidth: 50e9, nic_latency: 5e-6, host_link_bandwidth: 64e9, host_link_latency: 5e-6, tdp_watts: 700.0, idle_watts: 70.0, memory_bound_activity: 0.3 }
     }
 
     fn a100() -> GpuSpec {
-        GpuSpec { name: "a100-80gb-sxm".into(), peak_flops: 312e12, memory_bytes: 80_000_000_000, memory_bandwidth: 2.039e12, link_bandwidth: 300e9, link_latency: 2e-6, host_link_bandwidth: 64e9, host_link_latency: 5e-6, tdp_watts: 400.0, idle_watts: 50.0, memory_bound_activity: 0.3 }
+        GpuSpec { name: "a100-80gb-sxm".into(), peak_flops: 312e12, memory_bytes: 80_000_000_000, memory_bandwidth: 2.039e12, link_bandwidth: 300e9, link_latency: 2e-6, nic_bandwidth: 50e9, nic_latency: 5e-6, host_link_bandwidth: 64e9, host_link_latency: 5e-6, tdp_watts: 400.0, idle_watts: 50.0, memory_bound_activity: 0.3 }
     }
 
     /// Peak rates, no overheads: the cost is the pure roofline, easy to compute by hand.
@@ -645,6 +689,33 @@ mod tests {
         assert_eq!(pp.weight_bytes_per_gpu(), expected);
         assert_eq!(pp.kv_bytes_per_token_per_gpu(), 2 * 20 * 4 * 128 * 2);
         assert!(CostModel::new(llama2_70b(), a100(), ideal(), 1).unwrap().with_pipeline(0, None).is_err());
+    }
+
+    #[test]
+    fn tensor_parallelism_across_nodes_runs_collectives_over_the_nic() {
+        // Llama-2-70B, 64 decodes, TP16 on nodes of 8: the ring's slowest hop is a 50 GB/s NIC
+        // with 5 us steps, not 450 GB/s NVLink with 2 us steps.
+        let mut s = BatchShape::default();
+        for _ in 0..64 {
+            s.add_decode(1000);
+        }
+        let cm = CostModel::new(llama2_70b(), h100(), ideal(), 16).unwrap().with_nodes(8).unwrap();
+        assert_eq!(cm.nodes(), 2);
+        let ar = op(&cm.breakdown(&s), Op::AllReduce);
+        let msg = 64.0 * 8192.0 * 2.0;
+        let one = 30.0 * 5e-6 + 30.0 / 16.0 * msg / 50e9;
+        assert!(close(ar.seconds, 2.0 * 80.0 * one));
+        let inside = CostModel::new(llama2_70b(), h100(), ideal(), 8).unwrap().with_nodes(8).unwrap();
+        assert_eq!(inside.nodes(), 1);
+        let ar8 = op(&inside.breakdown(&s), Op::AllReduce);
+        assert!(close(ar8.seconds, 2.0 * 80.0 * (14.0 * 2e-6 + 14.0 / 8.0 * msg / 450e9)));
+        // Two stages of TP8 on two nodes: the stage hop crosses the NIC, the TP ring does not.
+        let pp = CostModel::new(llama2_70b(), h100(), ideal(), 8).unwrap().with_pipeline(2, Some(2)).unwrap().with_nodes(8).unwrap();
+        let send = op(&pp.breakdown(&s), Op::PipelineSend);
+        assert!(close(send.seconds, 3.0 * (5e-6 + 32.0 * 8192.0 * 2.0 / 50e9)));
+        let mut no_nic = h100();
+        no_nic.nic_bandwidth = 0.0;
+        assert!(CostModel::new(llama2_70b(), no_nic, ideal(), 16).unwrap().with_nodes(8).is_err());
     }
 
     #[test]

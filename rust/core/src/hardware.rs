@@ -19,6 +19,13 @@ pub struct GpuSpec {
     pub link_bandwidth: f64,
     /// Latency of one step of a collective on that link, seconds.
     pub link_latency: f64,
+    /// Per-direction bandwidth of the GPU's network interface to other nodes (InfiniBand/RoCE),
+    /// bytes/s; 0 when the GPU has none (then instances cannot span nodes).
+    #[serde(default)]
+    pub nic_bandwidth: f64,
+    /// Latency of one step over the NIC, seconds.
+    #[serde(default = "default_host_latency")]
+    pub nic_latency: f64,
     /// Per-direction bandwidth of the GPU's link to host memory (PCIe), bytes/s; 0 when unknown.
     #[serde(default)]
     pub host_link_bandwidth: f64,

@@ -45,6 +45,9 @@ pub struct PoolConfig {
     /// Micro-batches per iteration with pipeline parallelism (default: pp).
     #[serde(default)]
     pub microbatches: Option<u32>,
+    /// GPUs per node (NVLink domain); instances larger than a node use the NICs between nodes.
+    #[serde(default = "eight")]
+    pub gpus_per_node: u32,
     /// Cost-model efficiency factors for this GPU.
     pub calibration: Efficiency,
     /// Memory settings.
@@ -58,6 +61,10 @@ pub struct PoolConfig {
 
 fn one() -> u32 {
     1
+}
+
+fn eight() -> u32 {
+    8
 }
 
 /// Everything the core needs to run: pools, router, seed.
@@ -204,6 +211,8 @@ pub struct InstanceReport {
     pub memory: MemoryPlan,
     /// GPUs of the instance.
     pub gpus: u32,
+    /// Nodes the instance spans.
+    pub nodes: u32,
     /// Energy of its GPUs over the whole run (busy and idle), joules.
     pub energy_joules: f64,
     /// Bytes its host link carried (per GPU).
@@ -262,7 +271,7 @@ pub fn simulate(config: &SimConfig, workload: &Workload) -> Result<SimOutput> {
             return Err(Error::config(format!("cluster.pools.{p}.count"), "must be at least 1"));
         }
         for _ in 0..pool.count {
-            let inst = Instance::new(p as u32, &pool.model, &pool.gpu, Parallelism { tp: pool.tp, pp: pool.pp, microbatches: pool.microbatches }, &pool.calibration, &pool.memory, &pool.scheduler, pool.power_cap_watts).map_err(|e| prefix(&format!("cluster.pools.{p}"), e))?;
+            let inst = Instance::new(p as u32, &pool.model, &pool.gpu, Parallelism { tp: pool.tp, pp: pool.pp, microbatches: pool.microbatches, gpus_per_node: pool.gpus_per_node }, &pool.calibration, &pool.memory, &pool.scheduler, pool.power_cap_watts).map_err(|e| prefix(&format!("cluster.pools.{p}"), e))?;
             instances.push(inst);
         }
     }
@@ -345,6 +354,7 @@ pub fn simulate(config: &SimConfig, workload: &Workload) -> Result<SimOutput> {
             pool_name: pool_names[inst.pool as usize].clone(),
             memory: inst.plan().clone(),
             gpus: inst.cost().gpus(),
+            nodes: inst.cost().nodes(),
             energy_joules: inst.energy_joules(now),
             stats: inst.stats.clone(),
         })

@@ -16,7 +16,7 @@ fn model() -> ModelSpec {
 }
 
 fn gpu(memory_bytes: u64) -> GpuSpec {
-    GpuSpec { name: "h100".into(), peak_flops: 989.4e12, memory_bytes, memory_bandwidth: 3.35e12, link_bandwidth: 450e9, link_latency: 2e-6, host_link_bandwidth: 64e9, host_link_latency: 5e-6, tdp_watts: 700.0, idle_watts: 70.0, memory_bound_activity: 0.3 }
+    GpuSpec { name: "h100".into(), peak_flops: 989.4e12, memory_bytes, memory_bandwidth: 3.35e12, link_bandwidth: 450e9, link_latency: 2e-6, nic_bandwidth: 50e9, nic_latency: 5e-6, host_link_bandwidth: 64e9, host_link_latency: 5e-6, tdp_watts: 700.0, idle_watts: 70.0, memory_bound_activity: 0.3 }
 }
 
 fn config(count: u32, memory_bytes: u64, router: RouterConfig) -> SimConfig {
@@ -30,6 +30,7 @@ fn config(count: u32, memory_bytes: u64, router: RouterConfig) -> SimConfig {
             tp: 1,
             pp: 1,
             microbatches: None,
+            gpus_per_node: 8,
             calibration: Efficiency::default(),
             memory: MemoryConfig::default(),
             scheduler: SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192, preemption_mode: Default::default(), swap_space_bytes: 4 << 30 },
@@ -149,9 +150,8 @@ fn unsorted_arrivals_are_an_error_not_a_panic() {
 fn swap_preemption_moves_kv_over_the_host_link_instead_of_recomputing() {
     let mut recompute = config(2, 20_000_000_000, RouterConfig::LeastOutstandingTokens);
     let mut swap = recompute.clone();
-    if let SchedulerConfig::Vllm { preemption_mode, .. } = &mut swap.pools[0].scheduler {
-        *preemption_mode = fleetwise_core::scheduler::PreemptionMode::Swap;
-    }
+    let SchedulerConfig::Vllm { preemption_mode, .. } = &mut swap.pools[0].scheduler;
+    *preemption_mode = fleetwise_core::scheduler::PreemptionMode::Swap;
     recompute.record_iterations = false;
     let w = workload(400);
     let a = simulate(&recompute, &w).unwrap();
