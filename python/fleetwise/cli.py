@@ -69,6 +69,7 @@ def estimate(
     pp: int = typer.Option(1, "--pp", min=1, help="Pipeline-parallel stages."),
     microbatches: Optional[int] = typer.Option(None, "--microbatches", min=1, help="Micro-batches with --pp (default: pp)."),
     power_cap: Optional[float] = typer.Option(None, "--power-cap", min=1, help="Power cap per GPU, watts."),
+    pim: Optional[str] = typer.Option(None, "--pim", help="Attach a PIM device to each GPU (see `fleetwise catalog`)."),
     prefill: int = typer.Option(0, "--prefill", min=0, help="Prefill chunk size, tokens."),
     prefill_context: int = typer.Option(0, "--prefill-context", min=0, help="Tokens already cached before the chunk."),
     decode_batch: int = typer.Option(0, "--decode-batch", min=0, help="Number of decoding sequences."),
@@ -79,7 +80,7 @@ def estimate(
     from fleetwise.errors import CapacityError
     from fleetwise.estimate import estimate_iteration
 
-    r = estimate_iteration(model, gpu, tp, prefill, prefill_context, decode_batch, context, pp=pp, microbatches=microbatches, power_cap_watts=power_cap)
+    r = estimate_iteration(model, gpu, tp, prefill, prefill_context, decode_batch, context, pp=pp, microbatches=microbatches, power_cap_watts=power_cap, pim=pim)
     if as_json:
         out.print_json(json.dumps(r))
     else:
@@ -89,6 +90,8 @@ def estimate(
             t.add_column(c, justify="left" if c in ("operator", "bound") else "right")
         for o in r["ops"]:
             bound = "-" if o["op"] == "overhead" else ("compute" if o["compute_bound"] else ("link" if o["op"] in ("all_reduce", "pipeline_send") else "memory"))
+            if o.get("on_pim"):
+                bound += " (PIM)"
             t.add_row(o["op"], f"{o['seconds'] * 1e3:.3f}", f"{o['flops'] / 1e12:.3f}", f"{o['bytes'] / 1e9:.3f}", bound)
         out.print(t)
         m = r["memory"]
@@ -102,11 +105,11 @@ def estimate(
 @app.command()
 def catalog(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """List the built-in GPUs and models."""
-    from fleetwise.catalog import builtin_gpus, builtin_models
+    from fleetwise.catalog import builtin_gpus, builtin_models, builtin_pims
 
-    gpus, models = builtin_gpus(), builtin_models()
+    gpus, models, pims = builtin_gpus(), builtin_models(), builtin_pims()
     if as_json:
-        out.print_json(json.dumps({"gpus": {k: v.model_dump() for k, v in gpus.items()}, "models": {k: v.model_dump() for k, v in models.items()}}))
+        out.print_json(json.dumps({"gpus": {k: v.model_dump() for k, v in gpus.items()}, "models": {k: v.model_dump() for k, v in models.items()}, "pims": {k: v.model_dump() for k, v in pims.items()}}))
         return
     t = Table(title="GPUs")
     for c in ("name", "description", "BF16 TFLOP/s", "memory GB", "HBM TB/s", "link GB/s/dir"):
@@ -126,6 +129,12 @@ def catalog(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -
         cm = _core.CostModel(_json.dumps(m.core_json(k)), _json.dumps(g.core_json("x")), g.calibration.model_dump_json(), 1)
         params = cm.weight_bytes() / m.dtype_bytes / 1e9
         t.add_row(k, str(m.num_layers), str(m.hidden_size), f"{m.num_heads}/{m.num_kv_heads}", str(m.intermediate_size), str(m.vocab_size), str(m.max_position_embeddings), f"{params:.2f}")
+    out.print(t)
+    t = Table(title="PIM devices (attached to each GPU's memory)")
+    for c in ("name", "description", "TFLOP/s", "internal TB/s"):
+        t.add_column(c)
+    for k, p in pims.items():
+        t.add_row(k, p.description, f"{p.peak_flops / 1e12:.1f}", f"{p.internal_bandwidth / 1e12:.1f}")
     out.print(t)
 
 

@@ -33,6 +33,7 @@ def resolve_pool(scenario: Scenario, index: int, pool: PoolConfig) -> dict:
             "swap_space_bytes": int(sched.swap_space_gb * (1 << 30)),
         },
         "power_cap_watts": pool.power_cap_watts,
+        "pim": None if pool.pim is None else lookup("pim", pool.pim, scenario.pims, f"{path}.pim").core_json(pool.pim),
     }
 
 

@@ -151,6 +151,23 @@ class ModelSpec(StrictModel):
         return d
 
 
+class PimSpec(StrictModel):
+    """A processing-in-memory device attached to each GPU's memory."""
+
+    description: str = ""
+    """Human-readable name."""
+    peak_flops: float = Field(gt=0)
+    """Peak throughput of the PIM units of one GPU's memory, FLOP/s."""
+    internal_bandwidth: float = Field(gt=0)
+    """Bandwidth the PIM units see inside the memory, bytes/s."""
+    efficiency: float = Field(default=0.8, gt=0, le=1)
+    """Fraction of peak compute and bandwidth reached."""
+
+    def core_json(self, name: str) -> dict:
+        """The PIM as the Rust core reads it."""
+        return {"name": name, "peak_flops": self.peak_flops, "internal_bandwidth": self.internal_bandwidth, "efficiency": self.efficiency}
+
+
 def _load(file: str, cls):
     raw = yaml.safe_load((_HERE / file).read_text())
     return {name: cls.model_validate(spec) for name, spec in raw.items()}
@@ -168,14 +185,23 @@ def builtin_models() -> dict[str, ModelSpec]:
     return _load("models.yaml", ModelSpec)
 
 
+@lru_cache(maxsize=1)
+def builtin_pims() -> dict[str, PimSpec]:
+    """The built-in PIM devices by name."""
+    return _load("pims.yaml", PimSpec)
+
+
+_BUILTINS = {"gpu": builtin_gpus, "model": builtin_models, "pim": builtin_pims}
+
+
 def lookup(kind: str, name: str, extra: dict, path: str):
-    """Finds GPU or model ``name`` among the user-defined ``extra`` and the built-ins.
+    """Finds the GPU, model or PIM ``name`` among the user-defined ``extra`` and the built-ins.
 
     Raises ``ConfigError`` naming ``path`` and the known names when it is unknown.
     """
     from fleetwise.errors import ConfigError
 
-    table = {**(builtin_gpus() if kind == "gpu" else builtin_models()), **extra}
+    table = {**_BUILTINS[kind](), **extra}
     if name not in table:
         known = ", ".join(sorted(table))
         raise ConfigError(f"{path}: unknown {kind} {name!r}; known: {known}")

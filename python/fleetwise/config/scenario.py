@@ -6,7 +6,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, PrivateAttr
 
-from fleetwise.catalog import CalibrationOverride, GpuSpec, ModelSpec
+from fleetwise.catalog import CalibrationOverride, GpuSpec, ModelSpec, PimSpec
 from fleetwise.config.base import StrictModel
 from fleetwise.workload.config import WorkloadConfig
 
@@ -100,6 +100,8 @@ class PoolConfig(StrictModel):
     """Overrides of the GPU's cost-model calibration for this pool."""
     power_cap_watts: float | None = Field(default=None, gt=0)
     """Power cap per GPU, watts: compute-bound work slows when its draw would exceed it."""
+    pim: str | None = None
+    """A PIM device (catalogue or the scenario's ``pims``) attached to each GPU's memory."""
 
 
 class ClusterConfig(StrictModel):
@@ -133,6 +135,8 @@ class Scenario(StrictModel):
     """User-defined GPUs (added to, or replacing, the catalogue's)."""
     models: dict[str, ModelSpec] = {}
     """User-defined models (added to, or replacing, the catalogue's)."""
+    pims: dict[str, PimSpec] = {}
+    """User-defined PIM devices (added to, or replacing, the catalogue's)."""
     cluster: ClusterConfig
     """The cluster."""
     workload: WorkloadConfig

@@ -11,7 +11,7 @@
 
 use crate::calibration::Efficiency;
 use crate::error::{Error, Result};
-use crate::hardware::{GpuSpec, PowerModel};
+use crate::hardware::{GpuSpec, PimSpec, PowerModel};
 use crate::model::ModelSpec;
 use serde::Serialize;
 
@@ -103,6 +103,8 @@ pub struct OpCost {
     pub seconds: f64,
     /// Whether compute (rather than memory or link bandwidth) bounds it.
     pub compute_bound: bool,
+    /// Whether it runs on the PIM device rather than the GPU.
+    pub on_pim: bool,
 }
 
 /// A roofline cost model for one instance: a model on `tp` GPUs of one kind.
@@ -131,6 +133,7 @@ pub struct CostModel {
     pp: u32,
     microbatches: u32,
     gpus_per_node: u32,
+    pim: Option<PimSpec>,
 }
 
 /// One iteration's predicted duration and how much of it compute bounds.
@@ -177,6 +180,7 @@ impl CostModel {
             pp: 1,
             microbatches: 1,
             gpus_per_node: u32::MAX,
+            pim: None,
             power,
             slow_compute: 1.0,
             slow_memory: 1.0,
@@ -244,6 +248,30 @@ impl CostModel {
             ));
         }
         Ok(self)
+    }
+
+    /// Attaches a PIM device to every GPU: each layer operator runs on the device that finishes
+    /// it sooner (so low-Op/B work such as decode attention moves to the PIM), and decode attention
+    /// on the PIM overlaps prefill attention on the GPU.
+    pub fn with_pim(mut self, pim: Option<PimSpec>) -> Result<Self> {
+        if let Some(p) = &pim {
+            if !(p.peak_flops > 0.0 && p.internal_bandwidth > 0.0 && p.efficiency > 0.0 && p.efficiency <= 1.0) {
+                return Err(Error::config("pim", format!("{}: peak_flops and internal_bandwidth must be positive, efficiency in (0, 1]", p.name)));
+            }
+        }
+        self.pim = pim;
+        Ok(self)
+    }
+
+    /// The Op/B (FLOPs per byte) below which a memory-bound GPU operator runs faster on the PIM,
+    /// if a PIM is attached: the GPU takes B / Bg, a compute-bound PIM I·B / (Fp·e), so the PIM
+    /// wins while I < Fp·e / Bg (0 when the PIM has no more bandwidth than the GPU).
+    pub fn pim_crossover_intensity(&self) -> Option<f64> {
+        let p = self.pim.as_ref()?;
+        if p.internal_bandwidth * p.efficiency <= self.bw {
+            return Some(0.0);
+        }
+        Some(p.peak_flops * p.efficiency / self.bw)
     }
 
     /// Nodes the instance spans.
@@ -356,15 +384,32 @@ impl CostModel {
         // Per-layer operators on one micro-batch: work scales by layers x micro-batches, time by
         // layers x slots (for pp = 1: m = 1, slots = 1, so both are the layer count).
         let (work_n, time_n) = (stage_layers * m, stage_layers * slots);
+        let mut prefill_attention = (0.0, false);
         let mut emit = |op: Op, flops: f64, bytes: f64, peak: f64, per_layer: bool| {
             let bw = match op {
                 Op::PrefillAttention | Op::DecodeAttention => self.bw_attn,
                 Op::Elementwise | Op::Embedding => self.bw_elem,
                 _ => self.bw,
             };
-            let (secs, cb) = self.roofline(flops, bytes, peak, bw);
+            let (mut secs, mut cb) = self.roofline(flops, bytes, peak, bw);
+            let mut on_pim = false;
+            if let (Some(p), true) = (&self.pim, per_layer) {
+                let t = p.seconds(flops, bytes);
+                if t < secs {
+                    on_pim = true;
+                    cb = flops / p.peak_flops >= bytes / p.internal_bandwidth;
+                    secs = t;
+                }
+            }
+            if op == Op::PrefillAttention {
+                prefill_attention = (secs, on_pim);
+            }
+            if op == Op::DecodeAttention && on_pim && !prefill_attention.1 {
+                // Co-processing: decode attention on the PIM runs while the GPU does prefill attention.
+                secs = (secs - prefill_attention.0).max(0.0);
+            }
             let (wn, tn) = if per_layer { (work_n, time_n) } else { (1.0, 1.0) };
-            f(OpCost { op, flops: flops * wn, bytes: bytes * wn, seconds: secs * tn, compute_bound: cb });
+            f(OpCost { op, flops: flops * wn, bytes: bytes * wn, seconds: secs * tn, compute_bound: cb, on_pim });
         };
         emit(Op::Embedding, 0.0, 2.0 * t * h * b, self.flops_gemm, false);
         let (fl, by) = self.gemm(mt, h, self.q_width + 2.0 * self.kv_width);
@@ -396,14 +441,14 @@ impl CostModel {
         if self.tp > 1 {
             let msg = mt * h * b;
             let p = self.tp as f64;
-            f(OpCost { op: Op::AllReduce, flops: 0.0, bytes: 2.0 * work_n * 2.0 * (p - 1.0) / p * msg, seconds: 2.0 * self.all_reduce_seconds(msg) * time_n, compute_bound: false });
+            f(OpCost { op: Op::AllReduce, flops: 0.0, bytes: 2.0 * work_n * 2.0 * (p - 1.0) / p * msg, seconds: 2.0 * self.all_reduce_seconds(msg) * time_n, compute_bound: false, on_pim: false });
         }
         if self.pp > 1 {
             // Each slot ends with the micro-batch's activations sent to the next stage.
             let msg = mt * h * b;
             let (bw, lat) = self.pp_link();
             let send = lat + msg / (bw * self.eff.collective);
-            f(OpCost { op: Op::PipelineSend, flops: 0.0, bytes: msg * m, seconds: send * slots, compute_bound: false });
+            f(OpCost { op: Op::PipelineSend, flops: 0.0, bytes: msg * m, seconds: send * slots, compute_bound: false, on_pim: false });
         }
         let s = shape.sampled as f64;
         if s > 0.0 {
@@ -418,10 +463,10 @@ impl CostModel {
             } else {
                 0.0
             };
-            f(OpCost { op: Op::LmHead, flops: fl, bytes: by + norm_bytes + logits_bytes, seconds: secs + gather, compute_bound: cb });
+            f(OpCost { op: Op::LmHead, flops: fl, bytes: by + norm_bytes + logits_bytes, seconds: secs + gather, compute_bound: cb, on_pim: false });
         }
         let overhead = self.eff.iteration_overhead + self.eff.layer_overhead * time_n;
-        f(OpCost { op: Op::Overhead, flops: 0.0, bytes: 0.0, seconds: overhead, compute_bound: false });
+        f(OpCost { op: Op::Overhead, flops: 0.0, bytes: 0.0, seconds: overhead, compute_bound: false, on_pim: false });
     }
 
     /// Predicted duration of one iteration, seconds.
@@ -716,6 +761,66 @@ mod tests {
         let mut no_nic = h100();
         no_nic.nic_bandwidth = 0.0;
         assert!(CostModel::new(llama2_70b(), no_nic, ideal(), 16).unwrap().with_nodes(8).is_err());
+    }
+
+    fn pim() -> PimSpec {
+        // AttAcc-like bank-level PIM on 5 HBM3 stacks: 9 x 670.4 GB/s internal per stack, 1 FLOP per byte.
+        PimSpec { name: "hbm3-pim".into(), peak_flops: 30.168e12, internal_bandwidth: 30.168e12, efficiency: 1.0 }
+    }
+
+    #[test]
+    fn pim_takes_low_op_per_byte_operators() {
+        let gpu = CostModel::new(llama3_8b(), h100(), ideal(), 1).unwrap();
+        let with = CostModel::new(llama3_8b(), h100(), ideal(), 1).unwrap().with_pim(Some(pim())).unwrap();
+        // Crossover: the PIM's 30.2 TFLOP/s over the GPU's 3.35 TB/s = 9.0 FLOP/B.
+        assert!(close(with.pim_crossover_intensity().unwrap(), 30.168e12 / 3.35e12));
+        // 8 decodes at context 4096: decode attention is 4 FLOP/B (GQA 32:8) -> PIM. A bank-level PIM
+        // does 1 FLOP per byte, so GQA attention is compute-bound there (the limit Duplex's Logic-PIM
+        // lifts) yet still 1.8x faster than the GPU streaming the KV cache. The 8-token GEMMs are
+        // ~8 FLOP/B -> PIM; the LM head stays on the GPU (not a layer op).
+        let mut d = BatchShape::default();
+        for _ in 0..8 {
+            d.add_decode(4096);
+        }
+        let c = with.breakdown(&d);
+        let att = op(&c, Op::DecodeAttention);
+        assert!(att.on_pim);
+        assert!((att.flops / att.bytes - 3.99).abs() < 0.02);
+        assert!(att.compute_bound);
+        assert!(close(att.seconds, att.flops / 30.168e12));
+        assert!(att.seconds < op(&gpu.breakdown(&d), Op::DecodeAttention).seconds / 1.7);
+        assert!(op(&c, Op::QkvProj).on_pim);
+        assert!(!op(&c, Op::LmHead).on_pim);
+        // Weight-streaming GEMMs at 8 FLOP/B gain little (8 x B / 30.2 TFLOP/s against B / 3.35 TB/s).
+        assert!(with.iteration_seconds(&d) < 0.9 * gpu.iteration_seconds(&d));
+        // A 2048-token prefill is ~1000+ FLOP/B: everything stays on the GPU, time unchanged.
+        let mut p = BatchShape::default();
+        p.add_prefill(2048, 0, true);
+        let cp = with.breakdown(&p);
+        assert!(cp.iter().filter(|o| matches!(o.op, Op::QkvProj | Op::MlpGateUp | Op::PrefillAttention)).all(|o| !o.on_pim));
+        // 64-token GEMMs (64 FLOP/B, above the 9 FLOP/B crossover) stay on the GPU.
+        let mut g = BatchShape::default();
+        for _ in 0..64 {
+            g.add_decode(100);
+        }
+        assert!(!op(&with.breakdown(&g), Op::MlpGateUp).on_pim);
+    }
+
+    #[test]
+    fn pim_decode_attention_overlaps_gpu_prefill_attention() {
+        let with = CostModel::new(llama3_8b(), h100(), ideal(), 1).unwrap().with_pim(Some(pim())).unwrap();
+        let mut s = BatchShape::default();
+        s.add_prefill(512, 3000, true);
+        for _ in 0..32 {
+            s.add_decode(4000);
+        }
+        let c = with.breakdown(&s);
+        let pre = op(&c, Op::PrefillAttention);
+        let dec = op(&c, Op::DecodeAttention);
+        assert!(!pre.on_pim && dec.on_pim);
+        let alone = dec.flops / 30.168e12;
+        assert!(alone > pre.seconds);
+        assert!(close(dec.seconds, alone - pre.seconds));
     }
 
     #[test]

@@ -119,3 +119,31 @@ impl GpuSpec {
         self.peak_flops / self.memory_bandwidth
     }
 }
+
+/// A processing-in-memory device attached to a GPU's memory: it computes next to the DRAM, with
+/// more internal bandwidth than the GPU sees but far less compute (AttAcc's bank-level HBM-PIM,
+/// Duplex's Logic-PIM on the HBM logic die).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PimSpec {
+    /// Catalogue name.
+    pub name: String,
+    /// Peak throughput of the PIM units, FLOP/s.
+    pub peak_flops: f64,
+    /// Internal bandwidth the PIM units see, bytes/s.
+    pub internal_bandwidth: f64,
+    /// Fraction of peak reached (both compute and bandwidth).
+    #[serde(default = "default_pim_efficiency")]
+    pub efficiency: f64,
+}
+
+fn default_pim_efficiency() -> f64 {
+    0.8
+}
+
+impl PimSpec {
+    /// Seconds the PIM needs for an operator.
+    pub fn seconds(&self, flops: f64, bytes: f64) -> f64 {
+        (flops / self.peak_flops).max(bytes / self.internal_bandwidth) / self.efficiency
+    }
+}
