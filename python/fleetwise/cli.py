@@ -70,6 +70,8 @@ def estimate(
     microbatches: Optional[int] = typer.Option(None, "--microbatches", min=1, help="Micro-batches with --pp (default: pp)."),
     power_cap: Optional[float] = typer.Option(None, "--power-cap", min=1, help="Power cap per GPU, watts."),
     pim: Optional[str] = typer.Option(None, "--pim", help="Attach a PIM device to each GPU (see `fleetwise catalog`)."),
+    offload: Optional[str] = typer.Option(None, "--offload", help="Offload weights: dram or flash."),
+    offload_set: List[str] = typer.Option([], "--offload-set", help="Offload setting KEY=VALUE (layer_fraction, ffn_load_fraction, dram_cache_fraction, overlap, storage, queue_depth, read_chunk_kb). Repeatable."),
     prefill: int = typer.Option(0, "--prefill", min=0, help="Prefill chunk size, tokens."),
     prefill_context: int = typer.Option(0, "--prefill-context", min=0, help="Tokens already cached before the chunk."),
     decode_batch: int = typer.Option(0, "--decode-batch", min=0, help="Number of decoding sequences."),
@@ -80,7 +82,15 @@ def estimate(
     from fleetwise.errors import CapacityError
     from fleetwise.estimate import estimate_iteration
 
-    r = estimate_iteration(model, gpu, tp, prefill, prefill_context, decode_batch, context, pp=pp, microbatches=microbatches, power_cap_watts=power_cap, pim=pim)
+    off = None
+    if offload is not None:
+        import yaml
+
+        off = {"tier": offload}
+        for kv in offload_set:
+            k, _, v = kv.partition("=")
+            off[k.strip()] = yaml.safe_load(v)
+    r = estimate_iteration(model, gpu, tp, prefill, prefill_context, decode_batch, context, pp=pp, microbatches=microbatches, power_cap_watts=power_cap, pim=pim, offload=off)
     if as_json:
         out.print_json(json.dumps(r))
     else:
@@ -89,7 +99,7 @@ def estimate(
         for c in ("operator", "ms", "TFLOP", "GB", "bound"):
             t.add_column(c, justify="left" if c in ("operator", "bound") else "right")
         for o in r["ops"]:
-            bound = "-" if o["op"] == "overhead" else ("compute" if o["compute_bound"] else ("link" if o["op"] in ("all_reduce", "pipeline_send") else "memory"))
+            bound = "-" if o["op"] == "overhead" else ("compute" if o["compute_bound"] else ("link" if o["op"] in ("all_reduce", "pipeline_send", "weight_fetch") else "memory"))
             if o.get("on_pim"):
                 bound += " (PIM)"
             t.add_row(o["op"], f"{o['seconds'] * 1e3:.3f}", f"{o['flops'] / 1e12:.3f}", f"{o['bytes'] / 1e9:.3f}", bound)

@@ -34,6 +34,24 @@ def resolve_pool(scenario: Scenario, index: int, pool: PoolConfig) -> dict:
         },
         "power_cap_watts": pool.power_cap_watts,
         "pim": None if pool.pim is None else lookup("pim", pool.pim, scenario.pims, f"{path}.pim").core_json(pool.pim),
+        "offload": None if pool.offload is None else offload_json(pool.offload, f"{path}.offload"),
+    }
+
+
+def offload_json(o, path: str) -> dict:
+    """The core's view of an ``OffloadConfig``."""
+    default_gb = 256.0 if o.tier == "dram" else 3840.0
+    flash = lookup("storage", o.storage, {}, f"{path}.storage").core_json(o.storage) if o.tier == "flash" else None
+    return {
+        "tier": o.tier,
+        "layer_fraction": o.layer_fraction,
+        "ffn_load_fraction": o.ffn_load_fraction,
+        "dram_cache_fraction": o.dram_cache_fraction,
+        "overlap": o.overlap,
+        "flash": flash,
+        "queue_depth": o.queue_depth,
+        "read_chunk_bytes": int(o.read_chunk_kb * 1024),
+        "capacity_bytes": int((o.capacity_gb or default_gb) * 1e9),
     }
 
 

@@ -168,6 +168,23 @@ class PimSpec(StrictModel):
         return {"name": name, "peak_flops": self.peak_flops, "internal_bandwidth": self.internal_bandwidth, "efficiency": self.efficiency}
 
 
+class StorageSpec(StrictModel):
+    """A flash drive's read performance."""
+
+    description: str = ""
+    """Human-readable name."""
+    read_bandwidth: float = Field(gt=0)
+    """Sequential read bandwidth, bytes/s."""
+    latency: float = Field(default=80e-6, ge=0)
+    """Latency of one read, seconds."""
+    iops: float | None = Field(default=None, gt=0)
+    """Random-read operations per second, if known."""
+
+    def core_json(self, name: str) -> dict:
+        """The drive as the Rust core reads it."""
+        return {"name": name, "read_bandwidth": self.read_bandwidth, "latency": self.latency, "iops": self.iops}
+
+
 def _load(file: str, cls):
     raw = yaml.safe_load((_HERE / file).read_text())
     return {name: cls.model_validate(spec) for name, spec in raw.items()}
@@ -191,7 +208,13 @@ def builtin_pims() -> dict[str, PimSpec]:
     return _load("pims.yaml", PimSpec)
 
 
-_BUILTINS = {"gpu": builtin_gpus, "model": builtin_models, "pim": builtin_pims}
+@lru_cache(maxsize=1)
+def builtin_storage() -> dict[str, StorageSpec]:
+    """The built-in flash drives by name."""
+    return _load("storage.yaml", StorageSpec)
+
+
+_BUILTINS = {"gpu": builtin_gpus, "model": builtin_models, "pim": builtin_pims, "storage": builtin_storage}
 
 
 def lookup(kind: str, name: str, extra: dict, path: str):

@@ -79,6 +79,29 @@ class MemorySettings(StrictModel):
     """Tokens per KV-cache block."""
 
 
+class OffloadConfig(StrictModel):
+    """Weights of some layers kept in host DRAM or on flash and streamed in before they run."""
+
+    tier: Literal["dram", "flash"]
+    """Where the offloaded weights live."""
+    layer_fraction: float = Field(default=1.0, ge=0, le=1)
+    """Fraction of the decoder layers whose weights are offloaded."""
+    ffn_load_fraction: float = Field(default=1.0, ge=0, le=1)
+    """Fraction of an offloaded layer's FFN weights fetched per iteration (predicted-active neurons)."""
+    dram_cache_fraction: float = Field(default=0.0, ge=0, le=1)
+    """With flash: fraction of the offloaded weights served from a DRAM cache."""
+    overlap: bool = True
+    """Stream the next layer's weights while the current layer computes."""
+    storage: str = "nvme-gen4"
+    """The flash drive (catalogue name), for the flash tier."""
+    queue_depth: int = Field(default=32, ge=1)
+    """Flash reads in flight."""
+    read_chunk_kb: float = Field(default=64.0, gt=0)
+    """Size of one flash read, KiB (larger reads: higher throughput, as "LLM in a flash" bundles rows and columns)."""
+    capacity_gb: float | None = Field(default=None, gt=0)
+    """Capacity of the tier per GPU, GB (default: 256 for DRAM, 3840 for flash, as on a DGX H100)."""
+
+
 class PoolConfig(StrictModel):
     """A group of identical instances."""
 
@@ -102,6 +125,8 @@ class PoolConfig(StrictModel):
     """Power cap per GPU, watts: compute-bound work slows when its draw would exceed it."""
     pim: str | None = None
     """A PIM device (catalogue or the scenario's ``pims``) attached to each GPU's memory."""
+    offload: OffloadConfig | None = None
+    """Weight offloading to host DRAM or flash."""
 
 
 class ClusterConfig(StrictModel):

@@ -12,6 +12,7 @@
 use crate::calibration::Efficiency;
 use crate::error::{Error, Result};
 use crate::hardware::{GpuSpec, PimSpec, PowerModel};
+use crate::offload::OffloadSpec;
 use crate::model::ModelSpec;
 use serde::Serialize;
 
@@ -84,6 +85,8 @@ pub enum Op {
     AllReduce,
     /// Activations sent between pipeline stages.
     PipelineSend,
+    /// Offloaded weights streamed in from host DRAM or flash (the part not hidden by compute).
+    WeightFetch,
     /// Final norm, LM head for sampled tokens only, logits gather.
     LmHead,
     /// Fixed per-iteration and per-layer overheads.
@@ -134,6 +137,7 @@ pub struct CostModel {
     microbatches: u32,
     gpus_per_node: u32,
     pim: Option<PimSpec>,
+    offload: Option<OffloadSpec>,
 }
 
 /// One iteration's predicted duration and how much of it compute bounds.
@@ -181,6 +185,7 @@ impl CostModel {
             microbatches: 1,
             gpus_per_node: u32::MAX,
             pim: None,
+            offload: None,
             power,
             slow_compute: 1.0,
             slow_memory: 1.0,
@@ -274,6 +279,48 @@ impl CostModel {
         Some(p.peak_flops * p.efficiency / self.bw)
     }
 
+    /// Keeps some layers' weights in host DRAM or on flash and streams them in (see [`crate::offload`]).
+    pub fn with_offload(mut self, offload: Option<OffloadSpec>) -> Result<Self> {
+        if let Some(o) = &offload {
+            o.validate()?;
+            if self.pp > 1 {
+                return Err(Error::config("offload", "weight offloading with pipeline parallelism is not modelled yet; use pp = 1"));
+            }
+            if self.gpu.host_link_bandwidth <= 0.0 {
+                return Err(Error::config("offload", format!("offloading needs the GPU's host_link_bandwidth, which {} does not set", self.gpu.name)));
+            }
+        }
+        self.offload = offload;
+        if let Some(o) = &self.offload {
+            let stored = self.offloaded_layers() as u64 * self.layer_weight_bytes_per_gpu();
+            if stored > o.capacity_bytes {
+                return Err(Error::Capacity { what: format!("{} weights offloaded to {:?} per GPU", self.model.name, o.tier), needed_bytes: stored, available_bytes: o.capacity_bytes });
+            }
+        }
+        Ok(self)
+    }
+
+    /// Decoder layers whose weights are offloaded.
+    pub fn offloaded_layers(&self) -> u32 {
+        self.offload.as_ref().map_or(0, |o| (o.layer_fraction * self.model.num_layers as f64).round() as u32)
+    }
+
+    fn layer_weight_bytes_per_gpu(&self) -> u64 {
+        (self.model.layer_params() * self.model.dtype_bytes as u64).div_ceil(self.tp as u64)
+    }
+
+    /// Bytes of one offloaded layer fetched per iteration on one GPU: its attention weights and the
+    /// loaded fraction of its FFN weights.
+    pub fn layer_fetch_bytes(&self) -> f64 {
+        let Some(o) = &self.offload else { return 0.0 };
+        let h = self.model.hidden_size as f64;
+        let q = (self.model.num_heads * self.model.head_dim) as f64;
+        let kv = (self.model.num_kv_heads * self.model.head_dim) as f64;
+        let attn = h * (q + 2.0 * kv) + q * h;
+        let ffn = 3.0 * h * self.model.intermediate_size as f64;
+        (attn + ffn * o.ffn_load_fraction) * self.b / self.tp as f64
+    }
+
     /// Nodes the instance spans.
     pub fn nodes(&self) -> u32 {
         self.gpus().div_ceil(self.gpus_per_node)
@@ -311,7 +358,12 @@ impl CostModel {
     /// (first stage) and the LM head (last stage), divided by tp.
     pub fn weight_bytes_per_gpu(&self) -> u64 {
         if self.pp == 1 {
-            return self.model.weight_bytes().div_ceil(self.tp as u64);
+            let resident = self.model.weight_bytes().div_ceil(self.tp as u64);
+            let Some(o) = &self.offload else { return resident };
+            let away = self.offloaded_layers() as u64 * self.layer_weight_bytes_per_gpu();
+            // Staging buffers for the streamed layers: two when the next layer streams during this one.
+            let staging = if self.offloaded_layers() > 0 { (if o.overlap { 2.0 } else { 1.0 } * self.layer_fetch_bytes()).ceil() as u64 } else { 0 };
+            return resident - away + staging;
         }
         let stage_layers = self.model.num_layers.div_ceil(self.pp) as u64;
         let embed = self.model.vocab_size as u64 * self.model.hidden_size as u64;
@@ -385,6 +437,7 @@ impl CostModel {
         // layers x slots (for pp = 1: m = 1, slots = 1, so both are the layer count).
         let (work_n, time_n) = (stage_layers * m, stage_layers * slots);
         let mut prefill_attention = (0.0, false);
+        let mut layer_seconds = 0.0;
         let mut emit = |op: Op, flops: f64, bytes: f64, peak: f64, per_layer: bool| {
             let bw = match op {
                 Op::PrefillAttention | Op::DecodeAttention => self.bw_attn,
@@ -407,6 +460,9 @@ impl CostModel {
             if op == Op::DecodeAttention && on_pim && !prefill_attention.1 {
                 // Co-processing: decode attention on the PIM runs while the GPU does prefill attention.
                 secs = (secs - prefill_attention.0).max(0.0);
+            }
+            if per_layer {
+                layer_seconds += secs;
             }
             let (wn, tn) = if per_layer { (work_n, time_n) } else { (1.0, 1.0) };
             f(OpCost { op, flops: flops * wn, bytes: bytes * wn, seconds: secs * tn, compute_bound: cb, on_pim });
@@ -441,6 +497,7 @@ impl CostModel {
         if self.tp > 1 {
             let msg = mt * h * b;
             let p = self.tp as f64;
+            layer_seconds += 2.0 * self.all_reduce_seconds(msg);
             f(OpCost { op: Op::AllReduce, flops: 0.0, bytes: 2.0 * work_n * 2.0 * (p - 1.0) / p * msg, seconds: 2.0 * self.all_reduce_seconds(msg) * time_n, compute_bound: false, on_pim: false });
         }
         if self.pp > 1 {
@@ -449,6 +506,15 @@ impl CostModel {
             let (bw, lat) = self.pp_link();
             let send = lat + msg / (bw * self.eff.collective);
             f(OpCost { op: Op::PipelineSend, flops: 0.0, bytes: msg * m, seconds: send * slots, compute_bound: false, on_pim: false });
+        }
+        if let Some(o) = &self.offload {
+            let n = self.offloaded_layers() as f64;
+            if n > 0.0 {
+                let bytes = self.layer_fetch_bytes();
+                let fetch = o.fetch_seconds(bytes, self.gpu.host_link_bandwidth, self.gpu.host_link_latency);
+                let stall = if o.overlap { (fetch - layer_seconds).max(0.0) } else { fetch };
+                f(OpCost { op: Op::WeightFetch, flops: 0.0, bytes: bytes * n, seconds: stall * n, compute_bound: false, on_pim: false });
+            }
         }
         let s = shape.sampled as f64;
         if s > 0.0 {
@@ -821,6 +887,61 @@ mod tests {
         let alone = dec.flops / 30.168e12;
         assert!(alone > pre.seconds);
         assert!(close(dec.seconds, alone - pre.seconds));
+    }
+
+    fn offload(tier: crate::offload::Tier, overlap: bool) -> OffloadSpec {
+        OffloadSpec {
+            tier,
+            layer_fraction: 1.0,
+            ffn_load_fraction: 1.0,
+            dram_cache_fraction: 0.0,
+            overlap,
+            flash: Some(crate::offload::FlashSpec { name: "nvme".into(), read_bandwidth: 7e9, latency: 80e-6, iops: None }),
+            queue_depth: 32,
+            read_chunk_bytes: 64 << 10,
+            capacity_bytes: 1 << 40,
+        }
+    }
+
+    #[test]
+    fn weight_streaming_time_from_dram_and_flash() {
+        use crate::offload::Tier;
+        let mut one = BatchShape::default();
+        one.add_decode(100);
+        let layer_bytes = llama2_7b().layer_params() as f64 * 2.0;
+        // All 32 layers of Llama-2-7B in DRAM, no overlap: each layer's 404 MB cross 64 GB/s PCIe.
+        let dram = CostModel::new(llama2_7b(), h100(), ideal(), 1).unwrap().with_offload(Some(offload(Tier::Dram, false))).unwrap();
+        let wf = op(&dram.breakdown(&one), Op::WeightFetch);
+        assert!((layer_bytes - 2.0 * 4096.0 * 2.0 - dram.layer_fetch_bytes()).abs() < 1.0, "the two norm vectors are not fetched");
+        assert!(close(wf.seconds, 32.0 * (5e-6 + dram.layer_fetch_bytes() / 64e9)));
+        // From flash at 7 GB/s (64 KiB reads at depth 32 saturate the drive): flash paces the stream.
+        let flash = CostModel::new(llama2_7b(), h100(), ideal(), 1).unwrap().with_offload(Some(offload(Tier::Flash, false))).unwrap();
+        let ff = op(&flash.breakdown(&one), Op::WeightFetch);
+        assert!(close(ff.seconds, 32.0 * (80e-6 + flash.layer_fetch_bytes() / 7e9)));
+        // LLM in a flash: load 10% of the FFN; only attention + 10% FFN are read.
+        let mut sparse = offload(Tier::Flash, false);
+        sparse.ffn_load_fraction = 0.1;
+        let sp = CostModel::new(llama2_7b(), h100(), ideal(), 1).unwrap().with_offload(Some(sparse)).unwrap();
+        let attn = (4096.0 * (4096.0 * 3.0) + 4096.0 * 4096.0) * 2.0;
+        let ffn = 3.0 * 4096.0 * 11008.0 * 2.0;
+        assert!(close(sp.layer_fetch_bytes(), attn + 0.1 * ffn));
+        assert!(sp.iteration_seconds(&one) < 0.5 * flash.iteration_seconds(&one));
+        // Overlap hides the fetch behind compute up to each layer's compute time.
+        let ov = CostModel::new(llama2_7b(), h100(), ideal(), 1).unwrap().with_offload(Some(offload(Tier::Dram, true))).unwrap();
+        let plain = CostModel::new(llama2_7b(), h100(), ideal(), 1).unwrap();
+        let layer_compute: f64 = plain.breakdown(&one).iter().filter(|c| !matches!(c.op, Op::Embedding | Op::LmHead | Op::Overhead)).map(|c| c.seconds).sum::<f64>() / 32.0;
+        let fetch = 5e-6 + ov.layer_fetch_bytes() / 64e9;
+        assert!(close(op(&ov.breakdown(&one), Op::WeightFetch).seconds, 32.0 * (fetch - layer_compute).max(0.0)));
+        // HBM holds only two staging layers of the 32.
+        assert!(ov.weight_bytes_per_gpu() < plain.weight_bytes_per_gpu() / 4);
+    }
+
+    #[test]
+    fn offloaded_weights_must_fit_their_tier() {
+        let mut o = offload(crate::offload::Tier::Dram, true);
+        o.capacity_bytes = 1 << 30;
+        let e = CostModel::new(llama2_7b(), h100(), ideal(), 1).unwrap().with_offload(Some(o)).unwrap_err();
+        assert!(matches!(e, Error::Capacity { .. }));
     }
 
     #[test]

@@ -4,6 +4,7 @@ use crate::calibration::Efficiency;
 use crate::cost::CostModel;
 use crate::error::Result;
 use crate::hardware::{GpuSpec, PimSpec};
+use crate::offload::OffloadSpec;
 use crate::kv::BlockManager;
 use crate::memory::{MemoryConfig, MemoryPlan};
 use crate::model::ModelSpec;
@@ -107,8 +108,8 @@ pub struct IterationRecord {
 impl Instance {
     /// Builds an instance; fails if the model does not fit or a setting is invalid.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(pool: u32, model: &ModelSpec, gpu: &GpuSpec, par: Parallelism, eff: &Efficiency, memory: &MemoryConfig, scheduler: &SchedulerConfig, power_cap: Option<f64>, pim: Option<&PimSpec>) -> Result<Self> {
-        let cost = CostModel::new(model.clone(), gpu.clone(), eff.clone(), par.tp)?.with_pipeline(par.pp, par.microbatches)?.with_nodes(par.gpus_per_node)?.with_pim(pim.cloned())?.with_power_cap(power_cap)?;
+    pub fn new(pool: u32, model: &ModelSpec, gpu: &GpuSpec, par: Parallelism, eff: &Efficiency, memory: &MemoryConfig, scheduler: &SchedulerConfig, power_cap: Option<f64>, pim: Option<&PimSpec>, offload: Option<&OffloadSpec>) -> Result<Self> {
+        let cost = CostModel::new(model.clone(), gpu.clone(), eff.clone(), par.tp)?.with_pipeline(par.pp, par.microbatches)?.with_nodes(par.gpus_per_node)?.with_pim(pim.cloned())?.with_offload(offload.cloned())?.with_power_cap(power_cap)?;
         let (max_tokens, max_seqs) = scheduler.limits();
         let plan = MemoryPlan::new(&cost, memory, max_tokens as u64, max_seqs as u64)?;
         if scheduler.preemption_mode() == crate::scheduler::PreemptionMode::Swap && gpu.host_link_bandwidth <= 0.0 {

@@ -14,6 +14,7 @@ pub mod kv;
 pub mod memory;
 pub mod model;
 pub mod network;
+pub mod offload;
 pub mod request;
 pub mod rng;
 pub mod router;

@@ -13,6 +13,7 @@ use crate::calibration::Efficiency;
 use crate::error::{Error, Result};
 use crate::event::{Event, EventQueue};
 use crate::hardware::{GpuSpec, PimSpec};
+use crate::offload::OffloadSpec;
 use crate::instance::{Instance, InstanceStats, IterationRecord, Parallelism};
 use crate::network::{FlowId, LinkId, LinkSpec, Network};
 use std::collections::BTreeMap;
@@ -60,6 +61,9 @@ pub struct PoolConfig {
     /// A PIM device attached to each GPU's memory.
     #[serde(default)]
     pub pim: Option<PimSpec>,
+    /// Weights kept in host DRAM or flash and streamed in.
+    #[serde(default)]
+    pub offload: Option<OffloadSpec>,
 }
 
 fn one() -> u32 {
@@ -274,7 +278,7 @@ pub fn simulate(config: &SimConfig, workload: &Workload) -> Result<SimOutput> {
             return Err(Error::config(format!("cluster.pools.{p}.count"), "must be at least 1"));
         }
         for _ in 0..pool.count {
-            let inst = Instance::new(p as u32, &pool.model, &pool.gpu, Parallelism { tp: pool.tp, pp: pool.pp, microbatches: pool.microbatches, gpus_per_node: pool.gpus_per_node }, &pool.calibration, &pool.memory, &pool.scheduler, pool.power_cap_watts, pool.pim.as_ref()).map_err(|e| prefix(&format!("cluster.pools.{p}"), e))?;
+            let inst = Instance::new(p as u32, &pool.model, &pool.gpu, Parallelism { tp: pool.tp, pp: pool.pp, microbatches: pool.microbatches, gpus_per_node: pool.gpus_per_node }, &pool.calibration, &pool.memory, &pool.scheduler, pool.power_cap_watts, pool.pim.as_ref(), pool.offload.as_ref()).map_err(|e| prefix(&format!("cluster.pools.{p}"), e))?;
             instances.push(inst);
         }
     }

@@ -36,6 +36,7 @@ fn config(count: u32, memory_bytes: u64, router: RouterConfig) -> SimConfig {
             scheduler: SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192, preemption_mode: Default::default(), swap_space_bytes: 4 << 30 },
             power_cap_watts: None,
             pim: None,
+            offload: None,
         }],
         router,
         record_iterations: true,
