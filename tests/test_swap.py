@@ -36,6 +36,11 @@ def test_swap_vs_recompute():
     assert (inst["swap_out_blocks"] == inst["swap_in_blocks"]).all()
     assert (inst["host_link_bytes"] == inst["swap_bytes"]).all() and inst["swap_bytes"].sum() > 0
     assert (rec.instances["host_link_bytes"] == 0).all()
+    # Utilisation is the bytes over the link's capacity for the whole run.
+    end_s = swp.requests["completion_ns"].max() * 1e-9
+    expected = inst["host_link_bytes"].to_numpy() / (64e9 * end_s)
+    assert inst["host_link_utilisation"].to_numpy() == pytest.approx(expected, rel=1e-6)
+    assert (inst["host_link_utilisation"] > 0).all() and (inst["host_link_utilisation"] < 1).all()
     # Each swapped block is 16 tokens x 128 KiB of Llama-3-8B KV; at 64 GB/s the waits are short
     # next to recomputing, so the swap run finishes its work sooner.
     assert int(inst["swap_bytes"].sum()) == int((inst["swap_out_blocks"] + inst["swap_in_blocks"]).sum()) * 16 * 131072

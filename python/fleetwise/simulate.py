@@ -59,7 +59,7 @@ def _instances_frame(instances: list[dict]) -> pl.DataFrame:
     rows = []
     for i, inst in enumerate(instances):
         mem, st = inst["memory"], inst["stats"]
-        rows.append({"instance": i, "pool": inst["pool_name"], "gpus": inst["gpus"], "nodes": inst["nodes"], "energy_joules": inst["energy_joules"], "host_link_bytes": inst["host_link_bytes"], **{f"kv_{k}" if k in ("block_size",) else k: v for k, v in mem.items()}, **st})
+        rows.append({"instance": i, "pool": inst["pool_name"], "gpus": inst["gpus"], "nodes": inst["nodes"], "energy_joules": inst["energy_joules"], "host_link_bytes": inst["host_link_bytes"], "host_link_utilisation": inst["host_link_utilisation"], **{f"kv_{k}" if k in ("block_size",) else k: v for k, v in mem.items()}, **st})
     return pl.DataFrame(rows)
 
 

@@ -190,6 +190,10 @@ impl Transfers {
         }
     }
 
+    fn utilisation(&self, instance: usize, horizon: Nanos) -> f64 {
+        self.host_link[instance].and_then(|l| self.network.link_utilisation(l, horizon)).unwrap_or(0.0)
+    }
+
     fn link_bytes(&self, instance: usize) -> u64 {
         self.host_link[instance].and_then(|l| self.network.link_bytes(l)).unwrap_or(0)
     }
@@ -224,6 +228,8 @@ pub struct InstanceReport {
     pub energy_joules: f64,
     /// Bytes its host link carried (per GPU).
     pub host_link_bytes: u64,
+    /// Fraction of its host link's capacity used over the run.
+    pub host_link_utilisation: f64,
     /// Counters.
     pub stats: InstanceStats,
 }
@@ -357,6 +363,7 @@ pub fn simulate(config: &SimConfig, workload: &Workload) -> Result<SimOutput> {
         .enumerate()
         .map(|(i, inst)| InstanceReport {
             host_link_bytes: transfers.link_bytes(i),
+            host_link_utilisation: transfers.utilisation(i, now),
             pool: inst.pool,
             pool_name: pool_names[inst.pool as usize].clone(),
             memory: inst.plan().clone(),
