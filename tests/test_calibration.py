@@ -93,3 +93,21 @@ def test_fidelity_doc_matches_measurements():
 
     _, text = build(REPO)
     assert (REPO / "docs" / "fidelity.md").read_text().strip() == text.strip()
+
+
+def test_collective_fit_recovers_known_efficiency():
+    from fleetwise.calibrate.fit import fit_collective
+
+    sizes = [1 << k for k in range(10, 30)]
+    bw, lat, e = 450e9, 2e-6, 0.6
+    rows = [{"world_size": p, "bytes": b, "seconds": 2 * (p - 1) * lat + 2 * (p - 1) / p * b / (bw * e)} for p in (2, 8) for b in sizes]
+    assert fit_collective(pl.DataFrame(rows), bw, lat) == pytest.approx(e, abs=0.003)
+
+
+def test_measured_allreduce_bandwidth_is_what_the_catalogue_uses():
+    ar = pl.read_csv(REPO / "calibration" / "h200x2" / "allreduce.csv")
+    big = ar.filter(pl.col("bytes") >= 256 << 20)
+    gpu = builtin_gpus()["h200"]
+    busbw = big["bytes"] / big["seconds"]  # 2(p-1)/p = 1 for two GPUs
+    assert float(busbw.max()) == pytest.approx(gpu.link_bandwidth * gpu.calibration.collective, rel=0.35)
+    assert builtin_gpus()["h100-sxm"].calibration.collective == gpu.calibration.collective

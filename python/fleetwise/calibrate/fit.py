@@ -156,3 +156,14 @@ def error_summary(table: pl.DataFrame) -> dict:
     """Median and worst absolute relative error."""
     e = np.abs(table["error"].to_numpy())
     return {"median_abs_error": float(np.median(e)), "max_abs_error": float(np.max(e)), "points": int(len(e))}
+
+
+def fit_collective(allreduce: pl.DataFrame, link_bandwidth: float, link_latency: float, min_bytes: int = 16 << 20) -> float:
+    """The ``collective`` efficiency of the ring all-reduce model,
+    ``2(p-1) * latency + 2(p-1)/p * bytes / (link_bandwidth * e)``, fitted on messages of at least
+    ``min_bytes`` (smaller ones measure launch and protocol latency, not bandwidth)."""
+    big = allreduce.filter(pl.col("bytes") >= min_bytes)
+    p = big["world_size"].to_numpy().astype(float)
+    nbytes = big["bytes"].to_numpy().astype(float)
+    sec = big["seconds"].to_numpy() - 2 * (p - 1) * link_latency
+    return round(fit_one(2 * (p - 1) / p * nbytes, sec, link_bandwidth), 4)
