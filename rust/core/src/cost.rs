@@ -147,6 +147,19 @@ pub struct IterationCost {
     pub seconds: f64,
     /// Seconds spent in compute-bound operators.
     pub compute_bound_seconds: f64,
+    /// Seconds of `seconds` that are offloaded weights stalling the iteration (without contention).
+    pub weight_stall_seconds: f64,
+}
+
+/// The offloaded weights one iteration streams in, split by the path they take.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct WeightStream {
+    /// Bytes read from flash (then over the host link), per GPU.
+    pub flash_bytes: u64,
+    /// Bytes from host DRAM (the DRAM tier, or flash's DRAM cache) over the host link, per GPU.
+    pub dram_bytes: u64,
+    /// Whether the stream runs under the iteration's compute.
+    pub overlap: bool,
 }
 
 impl CostModel {
@@ -425,7 +438,12 @@ impl CostModel {
     /// layers of a stage followed by a send to the next stage; `pp - 1` of those slots are the
     /// pipeline bubble. An operator's seconds are its share of that critical path; its FLOPs and
     /// bytes are what one GPU of a stage does. Embedding and LM head run once on the whole batch.
-    pub fn for_each_op(&self, shape: &BatchShape, mut f: impl FnMut(OpCost)) {
+    pub fn for_each_op(&self, shape: &BatchShape, mut sink: impl FnMut(OpCost)) {
+        let emitted = std::cell::Cell::new(0.0);
+        let mut f = |c: OpCost| {
+            emitted.set(emitted.get() + c.seconds);
+            sink(c)
+        };
         let t = shape.tokens() as f64;
         let (h, b) = (self.h, self.b);
         let m = self.microbatches as f64;
@@ -437,7 +455,6 @@ impl CostModel {
         // layers x slots (for pp = 1: m = 1, slots = 1, so both are the layer count).
         let (work_n, time_n) = (stage_layers * m, stage_layers * slots);
         let mut prefill_attention = (0.0, false);
-        let mut layer_seconds = 0.0;
         let mut emit = |op: Op, flops: f64, bytes: f64, peak: f64, per_layer: bool| {
             let bw = match op {
                 Op::PrefillAttention | Op::DecodeAttention => self.bw_attn,
@@ -460,9 +477,6 @@ impl CostModel {
             if op == Op::DecodeAttention && on_pim && !prefill_attention.1 {
                 // Co-processing: decode attention on the PIM runs while the GPU does prefill attention.
                 secs = (secs - prefill_attention.0).max(0.0);
-            }
-            if per_layer {
-                layer_seconds += secs;
             }
             let (wn, tn) = if per_layer { (work_n, time_n) } else { (1.0, 1.0) };
             f(OpCost { op, flops: flops * wn, bytes: bytes * wn, seconds: secs * tn, compute_bound: cb, on_pim });
@@ -497,7 +511,6 @@ impl CostModel {
         if self.tp > 1 {
             let msg = mt * h * b;
             let p = self.tp as f64;
-            layer_seconds += 2.0 * self.all_reduce_seconds(msg);
             f(OpCost { op: Op::AllReduce, flops: 0.0, bytes: 2.0 * work_n * 2.0 * (p - 1.0) / p * msg, seconds: 2.0 * self.all_reduce_seconds(msg) * time_n, compute_bound: false, on_pim: false });
         }
         if self.pp > 1 {
@@ -506,15 +519,6 @@ impl CostModel {
             let (bw, lat) = self.pp_link();
             let send = lat + msg / (bw * self.eff.collective);
             f(OpCost { op: Op::PipelineSend, flops: 0.0, bytes: msg * m, seconds: send * slots, compute_bound: false, on_pim: false });
-        }
-        if let Some(o) = &self.offload {
-            let n = self.offloaded_layers() as f64;
-            if n > 0.0 {
-                let bytes = self.layer_fetch_bytes();
-                let fetch = o.fetch_seconds(bytes, self.gpu.host_link_bandwidth, self.gpu.host_link_latency);
-                let stall = if o.overlap { (fetch - layer_seconds).max(0.0) } else { fetch };
-                f(OpCost { op: Op::WeightFetch, flops: 0.0, bytes: bytes * n, seconds: stall * n, compute_bound: false, on_pim: false });
-            }
         }
         let s = shape.sampled as f64;
         if s > 0.0 {
@@ -533,6 +537,17 @@ impl CostModel {
         }
         let overhead = self.eff.iteration_overhead + self.eff.layer_overhead * time_n;
         f(OpCost { op: Op::Overhead, flops: 0.0, bytes: 0.0, seconds: overhead, compute_bound: false, on_pim: false });
+        if let Some(o) = &self.offload {
+            let n = self.offloaded_layers() as f64;
+            if n > 0.0 {
+                // One stream per iteration carries every offloaded layer; with overlap it runs under
+                // the whole iteration's compute (prefetching ahead), so only what outlasts it stalls.
+                let bytes = self.layer_fetch_bytes() * n;
+                let fetch = o.fetch_seconds(bytes, self.gpu.host_link_bandwidth, self.gpu.host_link_latency);
+                let stall = if o.overlap { (fetch - emitted.get()).max(0.0) } else { fetch };
+                f(OpCost { op: Op::WeightFetch, flops: 0.0, bytes, seconds: stall, compute_bound: false, on_pim: false });
+            }
+        }
     }
 
     /// Predicted duration of one iteration, seconds.
@@ -548,8 +563,30 @@ impl CostModel {
             if op.compute_bound {
                 c.compute_bound_seconds += op.seconds;
             }
+            if op.op == Op::WeightFetch {
+                c.weight_stall_seconds += op.seconds;
+            }
         });
         c
+    }
+
+    /// The weights one iteration streams in from host DRAM or flash, if any layers are offloaded.
+    pub fn weight_stream(&self) -> Option<WeightStream> {
+        let o = self.offload.as_ref()?;
+        let total = (self.layer_fetch_bytes() * self.offloaded_layers() as f64).round() as u64;
+        if total == 0 {
+            return None;
+        }
+        let flash = match o.tier {
+            crate::offload::Tier::Dram => 0,
+            crate::offload::Tier::Flash => (total as f64 * (1.0 - o.dram_cache_fraction)).round() as u64,
+        };
+        Some(WeightStream { flash_bytes: flash, dram_bytes: total - flash, overlap: o.overlap })
+    }
+
+    /// The offload settings, if any.
+    pub fn offload(&self) -> Option<&OffloadSpec> {
+        self.offload.as_ref()
     }
 
     /// The per-operator breakdown of one iteration.
@@ -913,11 +950,11 @@ mod tests {
         let dram = CostModel::new(llama2_7b(), h100(), ideal(), 1).unwrap().with_offload(Some(offload(Tier::Dram, false))).unwrap();
         let wf = op(&dram.breakdown(&one), Op::WeightFetch);
         assert!((layer_bytes - 2.0 * 4096.0 * 2.0 - dram.layer_fetch_bytes()).abs() < 1.0, "the two norm vectors are not fetched");
-        assert!(close(wf.seconds, 32.0 * (5e-6 + dram.layer_fetch_bytes() / 64e9)));
+        assert!(close(wf.seconds, 5e-6 + 32.0 * dram.layer_fetch_bytes() / 64e9));
         // From flash at 7 GB/s (64 KiB reads at depth 32 saturate the drive): flash paces the stream.
         let flash = CostModel::new(llama2_7b(), h100(), ideal(), 1).unwrap().with_offload(Some(offload(Tier::Flash, false))).unwrap();
         let ff = op(&flash.breakdown(&one), Op::WeightFetch);
-        assert!(close(ff.seconds, 32.0 * (80e-6 + flash.layer_fetch_bytes() / 7e9)));
+        assert!(close(ff.seconds, 80e-6 + 32.0 * flash.layer_fetch_bytes() / 7e9));
         // LLM in a flash: load 10% of the FFN; only attention + 10% FFN are read.
         let mut sparse = offload(Tier::Flash, false);
         sparse.ffn_load_fraction = 0.1;
@@ -930,8 +967,14 @@ mod tests {
         let ov = CostModel::new(llama2_7b(), h100(), ideal(), 1).unwrap().with_offload(Some(offload(Tier::Dram, true))).unwrap();
         let plain = CostModel::new(llama2_7b(), h100(), ideal(), 1).unwrap();
         let layer_compute: f64 = plain.breakdown(&one).iter().filter(|c| !matches!(c.op, Op::Embedding | Op::LmHead | Op::Overhead)).map(|c| c.seconds).sum::<f64>() / 32.0;
-        let fetch = 5e-6 + ov.layer_fetch_bytes() / 64e9;
-        assert!(close(op(&ov.breakdown(&one), Op::WeightFetch).seconds, 32.0 * (fetch - layer_compute).max(0.0)));
+        let fetch = 5e-6 + 32.0 * ov.layer_fetch_bytes() / 64e9;
+        let compute: f64 = ov.breakdown(&one).iter().filter(|c| c.op != Op::WeightFetch).map(|c| c.seconds).sum();
+        assert!(close(compute, plain.iteration_seconds(&one)));
+        assert!(close(op(&ov.breakdown(&one), Op::WeightFetch).seconds, (fetch - compute).max(0.0)));
+        assert!(layer_compute > 0.0);
+        let stream = ov.weight_stream().unwrap();
+        assert_eq!((stream.flash_bytes, stream.overlap), (0, true));
+        assert_eq!(stream.dram_bytes, (32.0 * ov.layer_fetch_bytes()).round() as u64);
         // HBM holds only two staging layers of the 32.
         assert!(ov.weight_bytes_per_gpu() < plain.weight_bytes_per_gpu() / 4);
     }

@@ -1,7 +1,7 @@
 //! One model replica: its cost model, KV cache, queues and batch scheduler.
 
 use crate::calibration::Efficiency;
-use crate::cost::CostModel;
+use crate::cost::{CostModel, WeightStream};
 use crate::error::Result;
 use crate::hardware::{GpuSpec, PimSpec};
 use crate::offload::OffloadSpec;
@@ -56,15 +56,21 @@ pub struct InstanceStats {
     pub swap_bytes: u64,
     /// Time iterations waited for swaps.
     pub swap_wait_ns: u64,
+    /// Offloaded weight bytes streamed in, per GPU.
+    pub weight_stream_bytes: u64,
+    /// Time iterations waited for offloaded weights beyond their compute.
+    pub weight_stall_ns: u64,
 }
 
 /// What the caller must do to run the iteration an instance has just formed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct IterationStart {
-    /// Compute time of the iteration.
+    /// Compute time of the iteration (without waiting for offloaded weights).
     pub compute_ns: Nanos,
     /// Bytes (per GPU) to swap over the host link before computing; 0 for none.
     pub transfer_bytes: u64,
+    /// Offloaded weights to stream in during (or, without overlap, before) the compute.
+    pub stream: Option<WeightStream>,
 }
 
 /// A model replica serving requests.
@@ -80,7 +86,6 @@ pub struct Instance {
     busy: bool,
     wake_pending: bool,
     outstanding_tokens: u64,
-    pending_compute: Option<(Nanos, Nanos)>,
     record: Option<IterationRecord>,
     /// Counters.
     pub stats: InstanceStats,
@@ -118,7 +123,7 @@ impl Instance {
         let scheduler = scheduler.build(plan.kv_bytes_per_token * plan.block_size as u64)?;
         let watermark = (plan.num_blocks as f64 * 0.01) as u32;
         let kv = BlockManager::new(plan.num_blocks, plan.block_size, watermark);
-        Ok(Instance { pool, cost, plan, kv, scheduler, queues: Queues::default(), batch: Batch::default(), busy: false, wake_pending: false, outstanding_tokens: 0, pending_compute: None, record: None, stats: InstanceStats::default() })
+        Ok(Instance { pool, cost, plan, kv, scheduler, queues: Queues::default(), batch: Batch::default(), busy: false, wake_pending: false, outstanding_tokens: 0, record: None, stats: InstanceStats::default() })
     }
 
     /// The memory plan.
@@ -175,8 +180,8 @@ impl Instance {
     }
 
     /// Forms the next iteration at `now`; None when there is nothing to run. The instance is busy
-    /// from here until `finish_iteration`: if the batch swaps KV, the caller moves the bytes over the
-    /// host link and calls `transfer_done`, otherwise the compute ends `compute_ns` from now.
+    /// from here until `finish_iteration`; the caller runs the swap transfer, the compute and the
+    /// weight stream that [`IterationStart`] describes.
     pub fn start_iteration(&mut self, now: Nanos, reqs: &mut [Request]) -> Option<IterationStart> {
         debug_assert!(!self.busy);
         self.batch.clear();
@@ -185,7 +190,11 @@ impl Instance {
             return None;
         }
         let it = self.cost.iteration(&self.batch.shape);
-        let compute_ns = if self.batch.items.is_empty() { 0 } else { secs_to_ns(it.seconds) };
+        let compute_ns = if self.batch.items.is_empty() { 0 } else { secs_to_ns(it.seconds - it.weight_stall_seconds) };
+        let stream = if self.batch.items.is_empty() { None } else { self.cost.weight_stream() };
+        if let Some(ws) = stream {
+            self.stats.weight_stream_bytes += ws.flash_bytes + ws.dram_bytes;
+        }
         self.busy = true;
         self.stats.iterations += 1;
         self.stats.busy_ns += compute_ns;
@@ -211,17 +220,7 @@ impl Instance {
             waiting: self.queues.waiting.len() as u32,
             running: self.queues.running.len() as u32,
         });
-        if transfer_bytes > 0 {
-            self.pending_compute = Some((now, compute_ns));
-        }
-        Some(IterationStart { compute_ns, transfer_bytes })
-    }
-
-    /// The swap of the iteration in progress finished at `now`; returns when its compute ends.
-    pub fn transfer_done(&mut self, now: Nanos) -> Nanos {
-        let (asked, compute_ns) = self.pending_compute.take().expect("a transfer completes only for an iteration waiting on it");
-        self.stats.swap_wait_ns += now - asked;
-        now + compute_ns
+        Some(IterationStart { compute_ns, transfer_bytes, stream })
     }
 
     /// The record of the iteration ending at `end` (for the optional iteration log).

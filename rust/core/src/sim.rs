@@ -7,14 +7,16 @@
 //! other arrival of that instant, so simultaneous arrivals share the first iteration. When an
 //! iteration ends its tokens are applied and the next iteration starts at the same instant.
 //! An iteration that swaps KV first moves the bytes as a flow over the instance's host link (in
-//! the shared [`Network`]); its compute starts when the flow completes.
+//! the shared [`Network`]); its compute starts when the flow completes. Offloaded weights stream in
+//! as flows too (flash drive then host link, or host link alone), concurrently with the compute
+//! when overlap is on, before it otherwise; the iteration ends when compute and streams are done.
 
 use crate::calibration::Efficiency;
 use crate::error::{Error, Result};
 use crate::event::{Event, EventQueue};
 use crate::hardware::{GpuSpec, PimSpec};
-use crate::offload::OffloadSpec;
-use crate::instance::{Instance, InstanceStats, IterationRecord, Parallelism};
+use crate::offload::{OffloadSpec, Tier};
+use crate::instance::{Instance, InstanceStats, IterationRecord, IterationStart, Parallelism};
 use crate::network::{FlowId, LinkId, LinkSpec, Network};
 use std::collections::BTreeMap;
 use crate::memory::{MemoryConfig, MemoryPlan};
@@ -134,11 +136,12 @@ impl IterationLog {
     }
 }
 
-/// The transfers of a run: each instance's host link in one shared network, and which instance
-/// each flow belongs to.
+/// The transfers of a run: each instance's host link (and flash drive, with flash offload) in one
+/// shared network, and which instance each flow belongs to.
 struct Transfers {
     network: Network,
     host_link: Vec<Option<LinkId>>,
+    flash_link: Vec<Option<LinkId>>,
     owner: BTreeMap<FlowId, u32>,
     scheduled: Option<u64>,
 }
@@ -147,36 +150,55 @@ impl Transfers {
     fn new(instances: &[Instance], pools: &[PoolConfig]) -> Result<Self> {
         let mut links = Vec::new();
         let mut host_link = Vec::with_capacity(instances.len());
+        let mut flash_link = Vec::with_capacity(instances.len());
         for (i, inst) in instances.iter().enumerate() {
             let gpu = &pools[inst.pool as usize].gpu;
-            if gpu.host_link_bandwidth > 0.0 {
-                host_link.push(Some(links.len() as LinkId));
-                links.push(LinkSpec { name: format!("instance{i}.host"), bandwidth: gpu.host_link_bandwidth, latency: gpu.host_link_latency });
-            } else {
-                host_link.push(None);
-            }
+            let mut add = |name: String, bandwidth: f64, latency: f64| {
+                links.push(LinkSpec { name, bandwidth, latency });
+                Some((links.len() - 1) as LinkId)
+            };
+            host_link.push(if gpu.host_link_bandwidth > 0.0 { add(format!("instance{i}.host"), gpu.host_link_bandwidth, gpu.host_link_latency) } else { None });
+            let flash = inst.cost().offload().filter(|o| o.tier == Tier::Flash);
+            flash_link.push(match flash {
+                Some(o) => add(format!("instance{i}.flash"), o.flash_throughput(), o.flash.as_ref().map_or(0.0, |f| f.latency)),
+                None => None,
+            });
         }
-        Ok(Transfers { network: Network::new(links)?, host_link, owner: BTreeMap::new(), scheduled: None })
+        Ok(Transfers { network: Network::new(links)?, host_link, flash_link, owner: BTreeMap::new(), scheduled: None })
     }
 
-    /// Starts moving `bytes` over `instance`'s host link.
-    fn start(&mut self, now: Nanos, instance: u32, bytes: u64, queue: &mut EventQueue) -> Result<()> {
-        let link = self.host_link[instance as usize].ok_or_else(|| Error::Simulation { message: format!("instance {instance} swaps but has no host link") })?;
-        let id = self.network.start_flow(now, &[link], bytes)?;
+    fn host(&self, instance: u32) -> Result<LinkId> {
+        self.host_link[instance as usize].ok_or_else(|| Error::Simulation { message: format!("instance {instance} moves data to or from the host but has no host link") })
+    }
+
+    /// Starts moving `bytes` for `instance` over its host link, or from its flash drive and then
+    /// the host link; returns whether a flow started (nothing to move: no flow).
+    fn start(&mut self, now: Nanos, instance: u32, bytes: u64, from_flash: bool, queue: &mut EventQueue) -> Result<bool> {
+        if bytes == 0 {
+            return Ok(false);
+        }
+        let host = self.host(instance)?;
+        let path = if from_flash {
+            let flash = self.flash_link[instance as usize].ok_or_else(|| Error::Simulation { message: format!("instance {instance} reads flash but has no drive") })?;
+            vec![flash, host]
+        } else {
+            vec![host]
+        };
+        let id = self.network.start_flow(now, &path, bytes)?;
         self.owner.insert(id, instance);
         self.reschedule(queue);
-        Ok(())
+        Ok(true)
     }
 
-    /// Runs the network to `now` if `version` is current; returns the finished (instance, flow)s.
-    fn due(&mut self, now: Nanos, version: u64, queue: &mut EventQueue) -> Result<Vec<(u32, FlowId)>> {
+    /// Runs the network to `now` if `version` is current; returns the instances whose flows finished.
+    fn due(&mut self, now: Nanos, version: u64, queue: &mut EventQueue) -> Result<Vec<u32>> {
         if version != self.network.version() {
             return Ok(Vec::new());
         }
         let done = self.network.advance(now)?;
         self.scheduled = None;
         self.reschedule(queue);
-        Ok(done.iter().map(|r| (self.owner.remove(&r.id).expect("every flow has an owner"), r.id)).collect())
+        Ok(done.iter().map(|r| self.owner.remove(&r.id).expect("every flow has an owner")).collect())
     }
 
     fn reschedule(&mut self, queue: &mut EventQueue) {
@@ -199,16 +221,94 @@ impl Transfers {
     }
 }
 
-/// Starts `inst`'s next iteration at `now`, through a swap transfer when the batch has one.
-fn begin(inst: &mut Instance, idx: u32, now: Nanos, reqs: &mut [Request], queue: &mut EventQueue, transfers: &mut Transfers) -> Result<()> {
-    if let Some(start) = inst.start_iteration(now, reqs) {
-        if start.transfer_bytes > 0 {
-            transfers.start(now, idx, start.transfer_bytes, queue)?;
-        } else {
-            queue.push(now + start.compute_ns, Event::IterationEnd { instance: idx });
+/// Where an instance's iteration is: swapping KV first, then computing while (or after) its
+/// offloaded weights stream in. It ends when the compute and every stream flow are done.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    start: IterationStart,
+    since: Nanos,
+    swapping: bool,
+    flows_left: u32,
+    compute_done: bool,
+}
+
+/// Drives every instance's iteration through its phases.
+struct Iterations {
+    pending: Vec<Option<Pending>>,
+}
+
+impl Iterations {
+    /// Starts `idx`'s next iteration at `now`, if it has work.
+    fn begin(&mut self, inst: &mut Instance, idx: u32, now: Nanos, reqs: &mut [Request], queue: &mut EventQueue, net: &mut Transfers) -> Result<()> {
+        let Some(start) = inst.start_iteration(now, reqs) else { return Ok(()) };
+        let swapping = net.start(now, idx, start.transfer_bytes, false, queue)?;
+        self.pending[idx as usize] = Some(Pending { start, since: now, swapping, flows_left: 0, compute_done: false });
+        if !swapping {
+            self.run(idx, now, queue, net)?;
         }
+        Ok(())
     }
-    Ok(())
+
+    /// The compute phase: streams start now; the compute runs under them (overlap) or after them.
+    fn run(&mut self, idx: u32, now: Nanos, queue: &mut EventQueue, net: &mut Transfers) -> Result<()> {
+        let p = self.pending[idx as usize].as_mut().expect("an iteration is in progress");
+        p.since = now;
+        let mut overlap = true;
+        if let Some(ws) = p.start.stream {
+            overlap = ws.overlap;
+            p.flows_left = net.start(now, idx, ws.flash_bytes, true, queue)? as u32 + net.start(now, idx, ws.dram_bytes, false, queue)? as u32;
+        }
+        if overlap || p.flows_left == 0 {
+            queue.push(now + p.start.compute_ns, Event::IterationEnd { instance: idx });
+        }
+        Ok(())
+    }
+
+    /// A flow of `idx` finished at `now`; returns true when the whole iteration is done.
+    fn flow_done(&mut self, inst: &mut Instance, idx: u32, now: Nanos, queue: &mut EventQueue, net: &mut Transfers) -> Result<bool> {
+        let p = self.pending[idx as usize].as_mut().expect("a flow belongs to an iteration in progress");
+        if p.swapping {
+            p.swapping = false;
+            inst.stats.swap_wait_ns += now - p.since;
+            self.run(idx, now, queue, net)?;
+            return Ok(false);
+        }
+        p.flows_left -= 1;
+        if p.flows_left > 0 {
+            return Ok(false);
+        }
+        let overlap = p.start.stream.is_some_and(|s| s.overlap);
+        if !overlap {
+            inst.stats.weight_stall_ns += now - p.since;
+            queue.push(now + p.start.compute_ns, Event::IterationEnd { instance: idx });
+            return Ok(false);
+        }
+        if p.compute_done {
+            inst.stats.weight_stall_ns += now - (p.since + p.start.compute_ns);
+            self.pending[idx as usize] = None;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// The compute of `idx` ended; returns true when the whole iteration is done.
+    fn compute_done(&mut self, idx: u32) -> bool {
+        let p = self.pending[idx as usize].as_mut().expect("compute ends for an iteration in progress");
+        if p.flows_left > 0 {
+            p.compute_done = true;
+            return false;
+        }
+        self.pending[idx as usize] = None;
+        true
+    }
+}
+
+/// Applies a finished iteration of `inst` at `now` and logs it.
+fn finish(inst: &mut Instance, idx: u32, now: Nanos, reqs: &mut [Request], log: &mut Option<IterationLog>, itl: &mut QuantileSketch) {
+    if let (Some(l), Some(r)) = (log.as_mut(), inst.take_record(now)) {
+        l.push(idx, &r);
+    }
+    inst.finish_iteration(now, reqs, |t, prev| itl.add((t - prev) as f64 * 1e-9));
 }
 
 /// Per-instance facts and counters.
@@ -300,6 +400,7 @@ pub fn simulate(config: &SimConfig, workload: &Workload) -> Result<SimOutput> {
     let mut now: Nanos = 0;
 
     let mut transfers = Transfers::new(&instances, &config.pools)?;
+    let mut iterations = Iterations { pending: vec![None; instances.len()] };
     loop {
         events += 1;
         let arrival_first = next_arrival < n && queue.peek_time().is_none_or(|t| workload.arrival[next_arrival] <= t);
@@ -335,21 +436,23 @@ pub fn simulate(config: &SimConfig, workload: &Workload) -> Result<SimOutput> {
                 let inst = &mut instances[instance as usize];
                 inst.woken();
                 if !inst.is_busy() {
-                    begin(inst, instance, now, &mut reqs, &mut queue, &mut transfers)?;
+                    iterations.begin(inst, instance, now, &mut reqs, &mut queue, &mut transfers)?;
                 }
             }
             Event::IterationEnd { instance } => {
-                let inst = &mut instances[instance as usize];
-                if let (Some(l), Some(r)) = (log.as_mut(), inst.take_record(now)) {
-                    l.push(instance, &r);
+                if iterations.compute_done(instance) {
+                    let inst = &mut instances[instance as usize];
+                    finish(inst, instance, now, &mut reqs, &mut log, &mut itl);
+                    iterations.begin(inst, instance, now, &mut reqs, &mut queue, &mut transfers)?;
                 }
-                inst.finish_iteration(now, &mut reqs, |t, prev| itl.add((t - prev) as f64 * 1e-9));
-                begin(inst, instance, now, &mut reqs, &mut queue, &mut transfers)?;
             }
             Event::Network { version } => {
-                for (instance, _) in transfers.due(now, version, &mut queue)? {
-                    let end = instances[instance as usize].transfer_done(now);
-                    queue.push(end, Event::IterationEnd { instance });
+                for instance in transfers.due(now, version, &mut queue)? {
+                    let inst = &mut instances[instance as usize];
+                    if iterations.flow_done(inst, instance, now, &mut queue, &mut transfers)? {
+                        finish(inst, instance, now, &mut reqs, &mut log, &mut itl);
+                        iterations.begin(inst, instance, now, &mut reqs, &mut queue, &mut transfers)?;
+                    }
                 }
             }
         }
