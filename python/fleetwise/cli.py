@@ -67,6 +67,7 @@ def estimate(
     gpu: str = typer.Option(..., "--gpu", help="GPU name (see `fleetwise catalog`)."),
     tp: int = typer.Option(1, "--tp", min=1, help="Tensor-parallel degree."),
     pp: int = typer.Option(1, "--pp", min=1, help="Pipeline-parallel stages."),
+    ep: int = typer.Option(1, "--ep", min=1, help="Expert parallelism for MoE models (1 or tp)."),
     microbatches: Optional[int] = typer.Option(None, "--microbatches", min=1, help="Micro-batches with --pp (default: pp)."),
     power_cap: Optional[float] = typer.Option(None, "--power-cap", min=1, help="Power cap per GPU, watts."),
     pim: Optional[str] = typer.Option(None, "--pim", help="Attach a PIM device to each GPU (see `fleetwise catalog`)."),
@@ -90,7 +91,7 @@ def estimate(
         for kv in offload_set:
             k, _, v = kv.partition("=")
             off[k.strip()] = yaml.safe_load(v)
-    r = estimate_iteration(model, gpu, tp, prefill, prefill_context, decode_batch, context, pp=pp, microbatches=microbatches, power_cap_watts=power_cap, pim=pim, offload=off)
+    r = estimate_iteration(model, gpu, tp, prefill, prefill_context, decode_batch, context, pp=pp, microbatches=microbatches, power_cap_watts=power_cap, pim=pim, offload=off, ep=ep)
     if as_json:
         out.print_json(json.dumps(r))
     else:
@@ -99,7 +100,7 @@ def estimate(
         for c in ("operator", "ms", "TFLOP", "GB", "bound"):
             t.add_column(c, justify="left" if c in ("operator", "bound") else "right")
         for o in r["ops"]:
-            bound = "-" if o["op"] == "overhead" else ("compute" if o["compute_bound"] else ("link" if o["op"] in ("all_reduce", "pipeline_send", "weight_fetch") else "memory"))
+            bound = "-" if o["op"] == "overhead" else ("compute" if o["compute_bound"] else ("link" if o["op"] in ("all_reduce", "all_to_all", "pipeline_send", "weight_fetch") else "memory"))
             if o.get("on_pim"):
                 bound += " (PIM)"
             t.add_row(o["op"], f"{o['seconds'] * 1e3:.3f}", f"{o['flops'] / 1e12:.3f}", f"{o['bytes'] / 1e9:.3f}", bound)
@@ -128,7 +129,7 @@ def catalog(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -
         t.add_row(k, g.description, f"{g.peak_flops / 1e12:.0f}", f"{g.memory_bytes / 1e9:.0f}", f"{g.memory_bandwidth / 1e12:.2f}", f"{g.link_bandwidth / 1e9:.0f} ({g.link})")
     out.print(t)
     t = Table(title="Models")
-    for c in ("name", "layers", "hidden", "heads/kv", "MLP", "vocab", "context", "params (B)"):
+    for c in ("name", "layers", "hidden", "heads/kv", "MLP / experts", "vocab", "context", "params (B)"):
         t.add_column(c)
     import json as _json
 
@@ -138,7 +139,8 @@ def catalog(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -
         g = next(iter(gpus.values()))
         cm = _core.CostModel(_json.dumps(m.core_json(k)), _json.dumps(g.core_json("x")), g.calibration.model_dump_json(), 1)
         params = cm.weight_bytes() / m.dtype_bytes / 1e9
-        t.add_row(k, str(m.num_layers), str(m.hidden_size), f"{m.num_heads}/{m.num_kv_heads}", str(m.intermediate_size), str(m.vocab_size), str(m.max_position_embeddings), f"{params:.2f}")
+        ffn = f"{m.num_experts}x{m.moe_intermediate_size} top-{m.experts_per_token}" if m.num_experts else str(m.intermediate_size)
+        t.add_row(k, str(m.num_layers), str(m.hidden_size), f"{m.num_heads}/{m.num_kv_heads}", ffn, str(m.vocab_size), str(m.max_position_embeddings), f"{params:.2f}")
     out.print(t)
     t = Table(title="PIM devices (attached to each GPU's memory)")
     for c in ("name", "description", "TFLOP/s", "internal TB/s"):

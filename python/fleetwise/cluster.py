@@ -23,6 +23,7 @@ def resolve_pool(scenario: Scenario, index: int, pool: PoolConfig) -> dict:
         "pp": pool.parallelism.pp,
         "microbatches": pool.parallelism.microbatches,
         "gpus_per_node": pool.parallelism.gpus_per_node,
+        "ep": pool.parallelism.ep,
         "calibration": calibration.model_dump(),
         "memory": pool.memory.model_dump(),
         "scheduler": {

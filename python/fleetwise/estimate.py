@@ -22,6 +22,7 @@ def estimate_iteration(
     power_cap_watts: float | None = None,
     pim: str | None = None,
     offload: dict | None = None,
+    ep: int = 1,
 ) -> dict:
     """Predicts one iteration: a prefill chunk of ``prefill`` tokens after ``prefill_context``
     cached tokens, ``decode_batch`` decodes at context ``context``, or both as one mixed batch.
@@ -46,7 +47,7 @@ def estimate_iteration(
         from fleetwise.config.scenario import OffloadConfig
 
         off_json = json.dumps(offload_json(OffloadConfig.model_validate(offload), "--offload"))
-    cost = _core.CostModel(json.dumps(m.core_json(model)), json.dumps(g.core_json(gpu)), g.calibration.model_dump_json(), tp, pp, microbatches, power_cap_watts, 8, pim_json, off_json)
+    cost = _core.CostModel(json.dumps(m.core_json(model)), json.dumps(g.core_json(gpu)), g.calibration.model_dump_json(), tp, pp, microbatches, power_cap_watts, 8, pim_json, off_json, ep)
     prefills = [(prefill, prefill_context, True)] if prefill > 0 else []
     # A decode at context C reads C cached tokens plus the one it processes.
     decodes = [context + 1] * decode_batch

@@ -143,6 +143,16 @@ class ModelSpec(StrictModel):
     """Whether the LM head shares the embedding matrix."""
     dtype_bytes: int = Field(default=2, ge=1, le=8)
     """Bytes per weight/activation element."""
+    num_experts: int = Field(default=0, ge=0)
+    """Routed experts per MoE layer (0: dense)."""
+    experts_per_token: int = Field(default=0, ge=0)
+    """Experts each token is routed to (top-k)."""
+    moe_intermediate_size: int = Field(default=0, ge=0)
+    """Intermediate size of one routed expert."""
+    num_shared_experts: int = Field(default=0, ge=0)
+    """Shared experts every token passes through."""
+    shared_expert_intermediate_size: int = Field(default=0, ge=0)
+    """Intermediate size of one shared expert."""
 
     def core_json(self, name: str) -> dict:
         """The model as the Rust core reads it."""

@@ -68,6 +68,8 @@ class Parallelism(StrictModel):
     """Micro-batches per iteration with pipelining (default: pp)."""
     gpus_per_node: int = Field(default=8, ge=1)
     """GPUs per node (NVLink domain); an instance of more GPUs spans nodes over their NICs."""
+    ep: int = Field(default=1, ge=1)
+    """Expert parallelism for MoE models: 1 (experts sharded by tp) or tp (whole experts per GPU)."""
 
 
 class MemorySettings(StrictModel):

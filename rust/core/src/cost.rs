@@ -83,6 +83,12 @@ pub enum Op {
     Elementwise,
     /// Tensor-parallel all-reduces (two per layer).
     AllReduce,
+    /// MoE router (gate) GEMM.
+    MoeRouter,
+    /// Routed experts: a grouped GEMM over the token-expert pairs, reading the experts touched.
+    MoeExperts,
+    /// Expert-parallel all-to-all: dispatch tokens to their experts' GPUs and combine them back.
+    AllToAll,
     /// Activations sent between pipeline stages.
     PipelineSend,
     /// Offloaded weights streamed in from host DRAM or flash (the part not hidden by compute).
@@ -121,6 +127,7 @@ pub struct CostModel {
     q_width: f64,
     kv_width: f64,
     mlp_width: f64,
+    act_width: f64,
     vocab_shard: f64,
     b: f64,
     h: f64,
@@ -134,6 +141,7 @@ pub struct CostModel {
     slow_compute: f64,
     slow_memory: f64,
     pp: u32,
+    ep: u32,
     microbatches: u32,
     gpus_per_node: u32,
     pim: Option<PimSpec>,
@@ -171,7 +179,7 @@ impl CostModel {
                 format!("tp={tp} must be a positive divisor of {}'s {} attention heads", model.name, model.num_heads),
             ));
         }
-        if model.intermediate_size % tp != 0 {
+        if !model.is_moe() && model.intermediate_size % tp != 0 {
             return Err(Error::config(
                 "parallelism.tp",
                 format!("tp={tp} must divide {}'s MLP size {}", model.name, model.intermediate_size),
@@ -204,7 +212,17 @@ impl CostModel {
             slow_memory: 1.0,
             q_width: (model.num_heads * model.head_dim) as f64 / t,
             kv_width: (model.kv_heads_per_gpu(tp) * model.head_dim) as f64,
-            mlp_width: model.intermediate_size as f64 / t,
+            mlp_width: if model.is_moe() {
+                (model.num_shared_experts * model.shared_expert_intermediate_size) as f64 / t
+            } else {
+                model.intermediate_size as f64 / t
+            },
+            act_width: if model.is_moe() {
+                (model.experts_per_token * model.moe_intermediate_size + model.num_shared_experts * model.shared_expert_intermediate_size) as f64 / t
+            } else {
+                model.intermediate_size as f64 / t
+            },
+            ep: 1,
             vocab_shard: model.vocab_size as f64 / t,
             b: model.dtype_bytes as f64,
             h: model.hidden_size as f64,
@@ -357,6 +375,38 @@ impl CostModel {
         }
     }
 
+    /// Spreads each MoE layer's experts over the `ep` GPUs of the tensor-parallel group (whole
+    /// experts per GPU) instead of sharding every expert; tokens reach their experts' GPUs by an
+    /// all-to-all and come back by another. `ep` must be 1 or equal `tp`.
+    pub fn with_expert_parallel(mut self, ep: u32) -> Result<Self> {
+        if ep > 1 {
+            if !self.model.is_moe() {
+                return Err(Error::config("parallelism.ep", format!("ep={ep} needs a mixture-of-experts model; {} is dense", self.model.name)));
+            }
+            if ep != self.tp {
+                return Err(Error::config("parallelism.ep", format!("ep={ep} must equal tp={} (experts spread over the tensor-parallel GPUs)", self.tp)));
+            }
+            if self.model.num_experts % ep != 0 {
+                return Err(Error::config("parallelism.ep", format!("ep={ep} must divide {}'s {} experts", self.model.name, self.model.num_experts)));
+            }
+        }
+        self.ep = ep.max(1);
+        Ok(self)
+    }
+
+    /// Expert-parallel degree.
+    pub fn ep(&self) -> u32 {
+        self.ep
+    }
+
+    /// Expert all-to-all (dispatch or combine) of `pairs` token-expert pairs, seconds.
+    fn all_to_all_seconds(&self, pairs: f64) -> f64 {
+        let e = self.ep as f64;
+        let (bw, lat) = self.tp_link();
+        let bytes_per_gpu = pairs / e * self.h * self.b * (e - 1.0) / e;
+        (e - 1.0) * lat + bytes_per_gpu / (bw * self.eff.collective)
+    }
+
     /// Pipeline stages.
     pub fn pp(&self) -> u32 {
         self.pp
@@ -499,19 +549,44 @@ impl CostModel {
         }
         let (fl, by) = self.gemm(mt, self.q_width, h);
         emit(Op::OProj, fl, by, self.flops_gemm, true);
-        let (fl, by) = self.gemm(mt, h, 2.0 * self.mlp_width);
-        emit(Op::MlpGateUp, fl, by, self.flops_gemm, true);
-        let (fl, by) = self.gemm(mt, self.mlp_width, h);
-        emit(Op::MlpDown, fl, by, self.flops_gemm, true);
+        if self.model.is_moe() {
+            let experts = self.model.num_experts as f64;
+            let (fl, by) = self.gemm(mt, h, experts);
+            emit(Op::MoeRouter, fl, by, self.flops_gemm, true);
+            // Each GPU holds experts/ep experts, each sharded over tp/ep GPUs; on average it gets
+            // 1/ep of the token-expert pairs and of the experts the batch touches.
+            let e = self.ep as f64;
+            let width = self.model.moe_intermediate_size as f64 / (self.tp as f64 / e);
+            let pairs = mt * self.model.experts_per_token as f64 / e;
+            let touched = self.model.expected_unique_experts(mt) / e;
+            let flops = 2.0 * pairs * 3.0 * h * width;
+            let bytes = (touched * 3.0 * h * width + pairs * (2.0 * h + 3.0 * width)) * b;
+            emit(Op::MoeExperts, flops, bytes, self.flops_gemm, true);
+        }
+        if self.mlp_width > 0.0 {
+            let (fl, by) = self.gemm(mt, h, 2.0 * self.mlp_width);
+            emit(Op::MlpGateUp, fl, by, self.flops_gemm, true);
+            let (fl, by) = self.gemm(mt, self.mlp_width, h);
+            emit(Op::MlpDown, fl, by, self.flops_gemm, true);
+        }
         // Two RMSNorms (read+write), RoPE on q and k, two residual adds (2 reads + 1 write),
         // SiLU-and-multiply (2 reads + 1 write), and writing the new K and V into the cache.
-        let elem_bytes = mt * b * (2.0 * h + 2.0 * (self.q_width + self.kv_width) + 2.0 * h + 6.0 * h + 3.0 * self.mlp_width + 2.0 * self.kv_width);
-        let elem_flops = mt * (10.0 * h + 6.0 * self.mlp_width);
+        let elem_bytes = mt * b * (2.0 * h + 2.0 * (self.q_width + self.kv_width) + 2.0 * h + 6.0 * h + 3.0 * self.act_width + 2.0 * self.kv_width);
+        let elem_flops = mt * (10.0 * h + 6.0 * self.act_width);
         emit(Op::Elementwise, elem_flops, elem_bytes, self.flops_gemm, true);
         if self.tp > 1 {
+            // Two all-reduces per layer (attention and FFN outputs); with expert parallelism the
+            // FFN's is replaced by the all-to-alls.
             let msg = mt * h * b;
             let p = self.tp as f64;
-            f(OpCost { op: Op::AllReduce, flops: 0.0, bytes: 2.0 * work_n * 2.0 * (p - 1.0) / p * msg, seconds: 2.0 * self.all_reduce_seconds(msg) * time_n, compute_bound: false, on_pim: false });
+            let n = if self.ep > 1 { 1.0 } else { 2.0 };
+            f(OpCost { op: Op::AllReduce, flops: 0.0, bytes: n * work_n * 2.0 * (p - 1.0) / p * msg, seconds: n * self.all_reduce_seconds(msg) * time_n, compute_bound: false, on_pim: false });
+        }
+        if self.ep > 1 {
+            let pairs = mt * self.model.experts_per_token as f64;
+            let e = self.ep as f64;
+            let bytes = 2.0 * pairs / e * h * b * (e - 1.0) / e;
+            f(OpCost { op: Op::AllToAll, flops: 0.0, bytes: bytes * work_n, seconds: 2.0 * self.all_to_all_seconds(pairs) * time_n, compute_bound: false, on_pim: false });
         }
         if self.pp > 1 {
             // Each slot ends with the micro-batch's activations sent to the next stage.
@@ -600,7 +675,7 @@ impl CostModel {
     /// tensors (input, residual, gate/up output, activation) and the fp32 logits of sampled tokens.
     pub fn activation_bytes(&self, tokens: u64, sampled: u64) -> u64 {
         let t = tokens as f64;
-        let mlp = t * (2.0 * self.h + 3.0 * self.mlp_width) * self.b;
+        let mlp = t * (2.0 * self.h + 3.0 * self.act_width) * self.b;
         let logits = sampled as f64 * self.model.vocab_size as f64 * 4.0 + t * self.h * self.b;
         mlp.max(logits).ceil() as u64
     }
@@ -985,6 +1060,57 @@ mod tests {
         o.capacity_bytes = 1 << 30;
         let e = CostModel::new(llama2_7b(), h100(), ideal(), 1).unwrap().with_offload(Some(o)).unwrap_err();
         assert!(matches!(e, Error::Capacity { .. }));
+    }
+
+    #[test]
+    fn moe_experts_are_charged_by_tokens_and_unique_experts() {
+        let cm = CostModel::new(mixtral_8x7b(), h100(), ideal(), 1).unwrap();
+        let expert = 3.0 * 4096.0 * 14336.0;
+        // One decode touches its 2 experts: weight-bound on 2 experts' weights.
+        let mut one = BatchShape::default();
+        one.add_decode(100);
+        let e1 = op(&cm.breakdown(&one), Op::MoeExperts);
+        assert!(close(e1.bytes, 32.0 * (2.0 * expert + 2.0 * (2.0 * 4096.0 + 3.0 * 14336.0)) * 2.0));
+        assert!(close(e1.flops, 32.0 * 2.0 * 2.0 * expert));
+        // Four decodes touch 8 (1 - (3/4)^4) = 5.47 experts on average.
+        let mut four = BatchShape::default();
+        for _ in 0..4 {
+            four.add_decode(100);
+        }
+        let u = 8.0 * (1.0 - 0.75f64.powi(4));
+        let e4 = op(&cm.breakdown(&four), Op::MoeExperts);
+        assert!(close(e4.bytes, 32.0 * (u * expert + 8.0 * (2.0 * 4096.0 + 3.0 * 14336.0)) * 2.0));
+        assert!(cm.breakdown(&one).iter().all(|c| c.op != Op::MlpGateUp), "no dense MLP in Mixtral");
+        // Active weights of a decode: attention + 2 experts, not 8.
+        let t1 = cm.iteration_seconds(&one);
+        let dense_equiv = CostModel::new(llama3_8b(), h100(), ideal(), 1).unwrap();
+        assert!(t1 > dense_equiv.iteration_seconds(&one) && t1 < 2.0 * dense_equiv.iteration_seconds(&one));
+    }
+
+    #[test]
+    fn expert_parallel_all_to_all() {
+        // Mixtral on 2 GPUs: TP2 shards every expert; EP2 keeps 4 whole experts per GPU and adds an
+        // all-to-all dispatch and combine of the token-expert pairs instead of the FFN all-reduce.
+        let mut s = BatchShape::default();
+        for _ in 0..64 {
+            s.add_decode(500);
+        }
+        let tp = CostModel::new(mixtral_8x7b(), h100(), ideal(), 2).unwrap();
+        let ep = CostModel::new(mixtral_8x7b(), h100(), ideal(), 2).unwrap().with_expert_parallel(2).unwrap();
+        let a2a = op(&ep.breakdown(&s), Op::AllToAll);
+        // 128 pairs, half of them per GPU, half of those cross: 32 x 4096 x 2 bytes each way.
+        let one_way = 2e-6 + 32.0 * 4096.0 * 2.0 / 450e9;
+        assert!(close(a2a.seconds, 32.0 * 2.0 * one_way));
+        assert!(close(a2a.bytes, 32.0 * 2.0 * 32.0 * 4096.0 * 2.0));
+        let ar_tp = op(&tp.breakdown(&s), Op::AllReduce);
+        let ar_ep = op(&ep.breakdown(&s), Op::AllReduce);
+        assert!(close(ar_ep.seconds, ar_tp.seconds / 2.0));
+        // About the same expert bytes per GPU (all 8 experts touched): 4 whole vs 8 halves; only the
+        // activations differ (fewer, wider token-expert pairs per GPU with EP).
+        let (be, bt) = (op(&ep.breakdown(&s), Op::MoeExperts).bytes, op(&tp.breakdown(&s), Op::MoeExperts).bytes);
+        assert!((be / bt - 1.0).abs() < 1e-3);
+        assert!(CostModel::new(llama3_8b(), h100(), ideal(), 2).unwrap().with_expert_parallel(2).is_err());
+        assert!(CostModel::new(mixtral_8x7b(), h100(), ideal(), 4).unwrap().with_expert_parallel(2).is_err());
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub struct Parallelism {
     pub microbatches: Option<u32>,
     /// GPUs per node: larger groups cross nodes over the NICs.
     pub gpus_per_node: u32,
+    /// Expert-parallel degree (1, or tp) for MoE models.
+    pub ep: u32,
 }
 use crate::time::{secs_to_ns, Nanos};
 use serde::Serialize;
@@ -114,7 +116,7 @@ impl Instance {
     /// Builds an instance; fails if the model does not fit or a setting is invalid.
     #[allow(clippy::too_many_arguments)]
     pub fn new(pool: u32, model: &ModelSpec, gpu: &GpuSpec, par: Parallelism, eff: &Efficiency, memory: &MemoryConfig, scheduler: &SchedulerConfig, power_cap: Option<f64>, pim: Option<&PimSpec>, offload: Option<&OffloadSpec>) -> Result<Self> {
-        let cost = CostModel::new(model.clone(), gpu.clone(), eff.clone(), par.tp)?.with_pipeline(par.pp, par.microbatches)?.with_nodes(par.gpus_per_node)?.with_pim(pim.cloned())?.with_offload(offload.cloned())?.with_power_cap(power_cap)?;
+        let cost = CostModel::new(model.clone(), gpu.clone(), eff.clone(), par.tp)?.with_pipeline(par.pp, par.microbatches)?.with_expert_parallel(par.ep)?.with_nodes(par.gpus_per_node)?.with_pim(pim.cloned())?.with_offload(offload.cloned())?.with_power_cap(power_cap)?;
         let (max_tokens, max_seqs) = scheduler.limits();
         let plan = MemoryPlan::new(&cost, memory, max_tokens as u64, max_seqs as u64)?;
         if scheduler.preemption_mode() == crate::scheduler::PreemptionMode::Swap && gpu.host_link_bandwidth <= 0.0 {

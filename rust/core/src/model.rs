@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The shape of a model, as in its Hugging Face `config.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
     /// Catalogue name, e.g. `llama-3-8b`.
@@ -30,6 +30,21 @@ pub struct ModelSpec {
     /// Bytes per weight and activation element (2 for bf16/fp16).
     #[serde(default = "default_dtype_bytes")]
     pub dtype_bytes: u32,
+    /// Routed experts per MoE layer (0: a dense model).
+    #[serde(default)]
+    pub num_experts: u32,
+    /// Experts each token is routed to (top-k).
+    #[serde(default)]
+    pub experts_per_token: u32,
+    /// Intermediate size of one routed expert.
+    #[serde(default)]
+    pub moe_intermediate_size: u32,
+    /// Shared experts every token passes through.
+    #[serde(default)]
+    pub num_shared_experts: u32,
+    /// Intermediate size of one shared expert.
+    #[serde(default)]
+    pub shared_expert_intermediate_size: u32,
 }
 
 fn default_dtype_bytes() -> u32 {
@@ -37,13 +52,51 @@ fn default_dtype_bytes() -> u32 {
 }
 
 impl ModelSpec {
-    /// Parameters of one decoder layer (attention + MLP + two norms).
+    /// Whether the feed-forward blocks are mixtures of experts.
+    pub fn is_moe(&self) -> bool {
+        self.num_experts > 0
+    }
+
+    /// Parameters of one decoder layer's feed-forward block: a gated MLP, or a router, the routed
+    /// experts and the shared experts.
+    pub fn ffn_params(&self) -> u64 {
+        let h = self.hidden_size as u64;
+        if !self.is_moe() {
+            return 3 * h * self.intermediate_size as u64;
+        }
+        let routed = self.num_experts as u64 * 3 * h * self.moe_intermediate_size as u64;
+        let shared = self.num_shared_experts as u64 * 3 * h * self.shared_expert_intermediate_size as u64;
+        h * self.num_experts as u64 + routed + shared
+    }
+
+    /// Parameters of one decoder layer (attention + feed-forward + two norms).
     pub fn layer_params(&self) -> u64 {
         let h = self.hidden_size as u64;
         let q = (self.num_heads * self.head_dim) as u64;
         let kv = (self.num_kv_heads * self.head_dim) as u64;
-        let i = self.intermediate_size as u64;
-        h * (q + 2 * kv) + q * h + 3 * h * i + 2 * h
+        h * (q + 2 * kv) + q * h + self.ffn_params() + 2 * h
+    }
+
+    /// Parameters one token uses in a layer's feed-forward block (its k experts and the shared ones).
+    pub fn active_ffn_params(&self) -> u64 {
+        let h = self.hidden_size as u64;
+        if !self.is_moe() {
+            return self.ffn_params();
+        }
+        h * self.num_experts as u64
+            + self.experts_per_token as u64 * 3 * h * self.moe_intermediate_size as u64
+            + self.num_shared_experts as u64 * 3 * h * self.shared_expert_intermediate_size as u64
+    }
+
+    /// Expected distinct experts `tokens` tokens touch in one layer when each picks
+    /// `experts_per_token` of `num_experts` uniformly: `E (1 - (1 - k/E)^T)`.
+    pub fn expected_unique_experts(&self, tokens: f64) -> f64 {
+        if !self.is_moe() || tokens <= 0.0 {
+            return 0.0;
+        }
+        let e = self.num_experts as f64;
+        let k = self.experts_per_token as f64;
+        e * (1.0 - (1.0 - k / e).powf(tokens))
     }
 
     /// Total parameters: layers, embedding, final norm and (untied) LM head.
@@ -86,6 +139,27 @@ pub(crate) mod fixtures {
             max_position_embeddings: 8192,
             tie_word_embeddings: false,
             dtype_bytes: 2,
+            ..Default::default()
+        }
+    }
+
+    pub fn mixtral_8x7b() -> ModelSpec {
+        ModelSpec {
+            name: "mixtral-8x7b".into(),
+            num_layers: 32,
+            hidden_size: 4096,
+            num_heads: 32,
+            num_kv_heads: 8,
+            head_dim: 128,
+            intermediate_size: 14336,
+            vocab_size: 32000,
+            max_position_embeddings: 32768,
+            tie_word_embeddings: false,
+            dtype_bytes: 2,
+            num_experts: 8,
+            experts_per_token: 2,
+            moe_intermediate_size: 14336,
+            ..Default::default()
         }
     }
 
@@ -102,6 +176,7 @@ pub(crate) mod fixtures {
             max_position_embeddings: 4096,
             tie_word_embeddings: false,
             dtype_bytes: 2,
+            ..Default::default()
         }
     }
 
@@ -118,6 +193,7 @@ pub(crate) mod fixtures {
             max_position_embeddings: 4096,
             tie_word_embeddings: false,
             dtype_bytes: 2,
+            ..Default::default()
         }
     }
 }
@@ -132,6 +208,20 @@ mod tests {
         assert!((llama3_8b().total_params() as f64 / 1e9 - 8.030).abs() < 0.001);
         assert!((llama2_70b().total_params() as f64 / 1e9 - 68.977).abs() < 0.001);
         assert!((llama2_7b().total_params() as f64 / 1e9 - 6.738).abs() < 0.001);
+    }
+
+    #[test]
+    fn moe_parameter_counts_and_unique_experts() {
+        let m = mixtral_8x7b();
+        // Published: 46.703 B total, 12.88 B active per token.
+        assert!((m.total_params() as f64 / 1e9 - 46.703).abs() < 0.001);
+        let active = m.total_params() - m.num_layers as u64 * (m.ffn_params() - m.active_ffn_params());
+        assert!((active as f64 / 1e9 - 12.88).abs() < 0.01);
+        assert_eq!(m.expected_unique_experts(1.0), 2.0);
+        // 4 tokens: 8 (1 - (3/4)^4) = 5.47 experts.
+        assert!((m.expected_unique_experts(4.0) - 8.0 * (1.0 - 0.75f64.powi(4))).abs() < 1e-12);
+        assert!(m.expected_unique_experts(256.0) > 7.999);
+        assert!(!llama3_8b().is_moe());
     }
 
     #[test]

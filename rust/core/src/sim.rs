@@ -51,6 +51,9 @@ pub struct PoolConfig {
     /// GPUs per node (NVLink domain); instances larger than a node use the NICs between nodes.
     #[serde(default = "eight")]
     pub gpus_per_node: u32,
+    /// Expert-parallel degree for MoE models (1, or equal to tp).
+    #[serde(default = "one")]
+    pub ep: u32,
     /// Cost-model efficiency factors for this GPU.
     pub calibration: Efficiency,
     /// Memory settings.
@@ -384,7 +387,7 @@ pub fn simulate(config: &SimConfig, workload: &Workload) -> Result<SimOutput> {
             return Err(Error::config(format!("cluster.pools.{p}.count"), "must be at least 1"));
         }
         for _ in 0..pool.count {
-            let inst = Instance::new(p as u32, &pool.model, &pool.gpu, Parallelism { tp: pool.tp, pp: pool.pp, microbatches: pool.microbatches, gpus_per_node: pool.gpus_per_node }, &pool.calibration, &pool.memory, &pool.scheduler, pool.power_cap_watts, pool.pim.as_ref(), pool.offload.as_ref()).map_err(|e| prefix(&format!("cluster.pools.{p}"), e))?;
+            let inst = Instance::new(p as u32, &pool.model, &pool.gpu, Parallelism { tp: pool.tp, pp: pool.pp, microbatches: pool.microbatches, gpus_per_node: pool.gpus_per_node, ep: pool.ep }, &pool.calibration, &pool.memory, &pool.scheduler, pool.power_cap_watts, pool.pim.as_ref(), pool.offload.as_ref()).map_err(|e| prefix(&format!("cluster.pools.{p}"), e))?;
             instances.push(inst);
         }
     }

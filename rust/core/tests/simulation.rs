@@ -12,7 +12,7 @@ use fleetwise_core::sim::{simulate, PoolConfig, SimConfig, Workload};
 use fleetwise_core::time::secs_to_ns;
 
 fn model() -> ModelSpec {
-    ModelSpec { name: "llama-3-8b".into(), num_layers: 32, hidden_size: 4096, num_heads: 32, num_kv_heads: 8, head_dim: 128, intermediate_size: 14336, vocab_size: 128256, max_position_embeddings: 8192, tie_word_embeddings: false, dtype_bytes: 2 }
+    ModelSpec { name: "llama-3-8b".into(), num_layers: 32, hidden_size: 4096, num_heads: 32, num_kv_heads: 8, head_dim: 128, intermediate_size: 14336, vocab_size: 128256, max_position_embeddings: 8192, tie_word_embeddings: false, dtype_bytes: 2, ..Default::default() }
 }
 
 fn gpu(memory_bytes: u64) -> GpuSpec {
@@ -31,6 +31,7 @@ fn config(count: u32, memory_bytes: u64, router: RouterConfig) -> SimConfig {
             pp: 1,
             microbatches: None,
             gpus_per_node: 8,
+            ep: 1,
             calibration: Efficiency::default(),
             memory: MemoryConfig::default(),
             scheduler: SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192, preemption_mode: Default::default(), swap_space_bytes: 4 << 30 },

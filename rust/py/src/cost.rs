@@ -37,15 +37,15 @@ impl PyCostModel {
     /// Builds a cost model from JSON specs of the model, GPU and calibration, on `tp` x `pp`
     /// GPUs (`microbatches` per iteration with pipelining; default pp), optionally power-capped.
     #[new]
-    #[pyo3(signature = (model_json, gpu_json, calibration_json, tp, pp=1, microbatches=None, power_cap_watts=None, gpus_per_node=8, pim_json=None, offload_json=None))]
+    #[pyo3(signature = (model_json, gpu_json, calibration_json, tp, pp=1, microbatches=None, power_cap_watts=None, gpus_per_node=8, pim_json=None, offload_json=None, ep=1))]
     #[allow(clippy::too_many_arguments)]
-    fn new(model_json: &str, gpu_json: &str, calibration_json: &str, tp: u32, pp: u32, microbatches: Option<u32>, power_cap_watts: Option<f64>, gpus_per_node: u32, pim_json: Option<&str>, offload_json: Option<&str>) -> PyResult<Self> {
+    fn new(model_json: &str, gpu_json: &str, calibration_json: &str, tp: u32, pp: u32, microbatches: Option<u32>, power_cap_watts: Option<f64>, gpus_per_node: u32, pim_json: Option<&str>, offload_json: Option<&str>, ep: u32) -> PyResult<Self> {
         let pim: Option<PimSpec> = pim_json.map(|j| from_json("pim", j)).transpose()?;
         let offload: Option<OffloadSpec> = offload_json.map(|j| from_json("offload", j)).transpose()?;
         let model: ModelSpec = from_json("model", model_json)?;
         let gpu: GpuSpec = from_json("gpu", gpu_json)?;
         let eff: Efficiency = from_json("calibration", calibration_json)?;
-        let cm = CostModel::new(model, gpu, eff, tp).and_then(|c| c.with_pipeline(pp, microbatches)).and_then(|c| c.with_nodes(gpus_per_node)).and_then(|c| c.with_pim(pim)).and_then(|c| c.with_offload(offload)).and_then(|c| c.with_power_cap(power_cap_watts)).map_err(to_py)?;
+        let cm = CostModel::new(model, gpu, eff, tp).and_then(|c| c.with_pipeline(pp, microbatches)).and_then(|c| c.with_expert_parallel(ep)).and_then(|c| c.with_nodes(gpus_per_node)).and_then(|c| c.with_pim(pim)).and_then(|c| c.with_offload(offload)).and_then(|c| c.with_power_cap(power_cap_watts)).map_err(to_py)?;
         Ok(PyCostModel { inner: cm })
     }
 
