@@ -173,13 +173,13 @@ pub struct WeightStream {
 impl CostModel {
     /// A cost model; fails when `tp` does not divide the attention heads or the MLP.
     pub fn new(model: ModelSpec, gpu: GpuSpec, eff: Efficiency, tp: u32) -> Result<Self> {
-        if tp == 0 || model.num_heads % tp != 0 {
+        if tp == 0 || !model.num_heads.is_multiple_of(tp) {
             return Err(Error::config(
                 "parallelism.tp",
                 format!("tp={tp} must be a positive divisor of {}'s {} attention heads", model.name, model.num_heads),
             ));
         }
-        if !model.is_moe() && model.intermediate_size % tp != 0 {
+        if !model.is_moe() && !model.intermediate_size.is_multiple_of(tp) {
             return Err(Error::config(
                 "parallelism.tp",
                 format!("tp={tp} must divide {}'s MLP size {}", model.name, model.intermediate_size),
@@ -242,7 +242,7 @@ impl CostModel {
     /// Caps each GPU's power at `watts`: kernels whose draw would exceed it run longer.
     pub fn with_power_cap(mut self, watts: Option<f64>) -> Result<Self> {
         if let Some(w) = watts {
-            if !(w > 0.0) {
+            if w.is_nan() || w <= 0.0 {
                 return Err(Error::config("power_cap_watts", format!("must be positive, got {w}")));
             }
             if self.gpu.tdp_watts <= 0.0 {
@@ -386,7 +386,7 @@ impl CostModel {
             if ep != self.tp {
                 return Err(Error::config("parallelism.ep", format!("ep={ep} must equal tp={} (experts spread over the tensor-parallel GPUs)", self.tp)));
             }
-            if self.model.num_experts % ep != 0 {
+            if !self.model.num_experts.is_multiple_of(ep) {
                 return Err(Error::config("parallelism.ep", format!("ep={ep} must divide {}'s {} experts", self.model.name, self.model.num_experts)));
             }
         }
