@@ -1,4 +1,4 @@
-"""The ``fleetwise`` command line: run, estimate, catalog, calibrate.
+"""The ``fleetwise`` command line: run, sweep, goodput, estimate, catalog, calibrate.
 
 User mistakes (bad scenario fields, unknown names, models that do not fit, malformed traces) end
 with a one-paragraph message on stderr and exit code 2, never a traceback.
@@ -7,6 +7,7 @@ with a one-paragraph message on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -59,6 +60,82 @@ def run(
         out.print(f"SLO attainment {s['slo']['targets']}: {s['slo']['attainment']:.1%}")
     d = result.write(output or Path("runs") / sc.name)
     out.print(f"results written to {d}/")
+
+
+@app.command()
+def sweep(
+    scenario: Path = typer.Argument(..., help="Scenario YAML file."),
+    grid: List[str] = typer.Option(..., "--grid", help="PATH=V1,V2,... (repeatable): every combination is a point."),
+    set_: List[str] = typer.Option([], "--set", help="Override for every point: PATH=VALUE. Repeatable."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Sweep directory (default sweeps/<name>); rerunning resumes."),
+    jobs: int = typer.Option(max(1, (os.cpu_count() or 1)), "-j", "--jobs", min=1, help="Local worker processes."),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Run on Ray: a cluster address, or 'local' to start one."),
+    no_requests: bool = typer.Option(False, "--no-requests", help="Keep only each point's summary, not its per-request table."),
+) -> None:
+    """Run SCENARIO at every point of a parameter grid, in parallel, saving each point as it finishes."""
+    from fleetwise.config.load import load_scenario
+    from fleetwise.sweep.grid import expand, parse_grid
+    from fleetwise.sweep.runner import run_points
+    from fleetwise.sweep.store import SweepStore
+
+    g = parse_grid(grid)
+    points = expand(g)
+    for p in points:  # validate every point before running any
+        load_scenario(scenario, [*set_, *p.overrides()])
+    name = load_scenario(scenario, set_).name
+    store = SweepStore(output or Path("sweeps") / name)
+    store.write_manifest({"scenario": name, "scenario_file": str(scenario), "overrides": list(set_), "grid": {k: v for k, v in g}})
+    done_before = len(store.done() & {p.id for p in points})
+    try:
+        run_points(str(scenario), list(set_), points, store, [k for k, _ in g], jobs=jobs, ray_address=ray, write_requests=not no_requests)
+    except KeyboardInterrupt:
+        n = len(store.done() & {p.id for p in points})
+        err.print(f"interrupted: {n} of {len(points)} points saved in {store.dir}/; run the same command again to resume")
+        sys.exit(130)
+    frame = store.merge()
+    t = Table(title=f"{name}: {len(points)} points ({done_before} resumed) in {store.dir}/")
+    cols = [k for k, _ in g] + ["requests_per_s", "ttft_p90", "tpot_p90", "e2e_p90", "slo_attainment"]
+    for c in cols:
+        t.add_column(c)
+    for row in frame.sort([k for k, _ in g]).iter_rows(named=True):
+        t.add_row(*(("-" if row.get(c) is None else f"{row[c]:.4g}" if isinstance(row.get(c), float) else str(row[c])) for c in cols))
+    out.print(t)
+
+
+@app.command()
+def goodput(
+    scenario: Path = typer.Argument(..., help="Scenario YAML file (Poisson arrivals)."),
+    slo: List[str] = typer.Option(..., "--slo", help="METRIC_pNN=SECONDS, METRIC in ttft, tpot, e2e (repeatable)."),
+    attainment: Optional[float] = typer.Option(None, "--attainment", min=0.0, max=1.0, help="Fraction of requests that must meet every SLO (default from the _pNN suffix, else 0.9)."),
+    set_: List[str] = typer.Option([], "--set", help="Override: PATH=VALUE. Repeatable."),
+    low: float = typer.Option(0.5, "--low", min=1e-6, help="Lowest rate tried, requests/s."),
+    high: Optional[float] = typer.Option(None, "--high", help="Upper bracket, requests/s (default: doubling from --low)."),
+    tolerance: float = typer.Option(0.05, "--tolerance", min=0.001, max=0.5, help="Relative width at which bisection stops."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Directory for the evaluated points and goodput.json."),
+    jobs: int = typer.Option(max(1, (os.cpu_count() or 1)), "-j", "--jobs", min=1, help="Worker processes for the attainment curve."),
+) -> None:
+    """Find the highest request rate meeting the SLOs (DistServe's goodput), per instance and per GPU."""
+    from fleetwise.config.load import load_scenario
+    from fleetwise.sweep.goodput import parse_slos, search
+
+    slos, implied = parse_slos(slo)
+    target = attainment if attainment is not None else (implied if implied is not None else 0.9)
+    name = load_scenario(scenario, set_).name
+    out_dir = output or Path("sweeps") / f"{name}-goodput"
+    try:
+        r = search(str(scenario), list(set_), out_dir, slos, target, low, high, tolerance, jobs)
+    except KeyboardInterrupt:
+        err.print(f"interrupted: evaluated points are saved in {out_dir}/; run the same command again to resume")
+        sys.exit(130)
+    out.print(f"goodput of {name} at {target:.0%} attainment of {slos}: {r['goodput_rate']:.3g} req/s "
+              f"({r['goodput_per_instance']:.3g} per instance, {r['goodput_per_gpu']:.3g} per GPU, {r['gpus']} GPUs)")
+    t = Table(title="SLO attainment around the goodput")
+    t.add_column("rate (req/s)", justify="right")
+    t.add_column("attainment", justify="right")
+    for c in r["curve"]:
+        t.add_row(f"{c['rate']:.3g}", f"{c['attainment']:.1%}")
+    out.print(t)
+    out.print(f"results in {out_dir}/")
 
 
 @app.command()

@@ -1,0 +1,136 @@
+"""Goodput search (DistServe's definition): the highest request rate at which at least a target
+fraction of requests meets every latency SLO, found by bisection, with the attainment curve around it.
+
+Per-request SLOs are thresholds on TTFT, TPOT and E2E; a request meets the SLO when it meets every
+threshold given, and a rejected request never does. Attainment = requests meeting it / all requests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import polars as pl
+
+from fleetwise.sweep.grid import RATE_PATH, Point
+from fleetwise.sweep.runner import run_points
+from fleetwise.sweep.store import SweepStore
+
+METRICS = {"ttft": "ttft_s", "tpot": "tpot_s", "e2e": "e2e_s"}
+
+
+def parse_slos(options: list[str]) -> tuple[dict[str, float], float | None]:
+    """Parses ``ttft_p90=0.5`` style options into thresholds and the attainment their percentile implies."""
+    from fleetwise.errors import ConfigError
+
+    slos: dict[str, float] = {}
+    implied = set()
+    for opt in options:
+        key, _, value = opt.partition("=")
+        name, _, pct = key.strip().partition("_p")
+        if name not in METRICS or not value:
+            raise ConfigError(f"--slo {opt!r}: expected METRIC[_pNN]=SECONDS with METRIC one of {', '.join(METRICS)} (e.g. ttft_p90=0.5)")
+        try:
+            slos[name] = float(value)
+        except ValueError:
+            raise ConfigError(f"--slo {opt!r}: {value!r} is not a number of seconds") from None
+        if pct:
+            if not pct.replace(".", "").isdigit() or not 0 < float(pct) < 100:
+                raise ConfigError(f"--slo {opt!r}: percentile must be between 0 and 100")
+            implied.add(float(pct) / 100)
+    if not slos:
+        raise ConfigError("goodput needs at least one --slo, e.g. --slo ttft_p90=0.5 --slo tpot_p90=0.05")
+    if len(implied) > 1:
+        raise ConfigError(f"--slo percentiles disagree ({sorted(implied)}); give --attainment instead")
+    return slos, (implied.pop() if implied else None)
+
+
+def attainment(requests: pl.DataFrame, slos: dict[str, float]) -> float:
+    """Fraction of all requests that finished and met every threshold."""
+    ok = pl.col("status") == "finished"
+    for name, limit in slos.items():
+        ok = ok & (pl.col(METRICS[name]).fill_null(0.0) <= limit)
+    return float(requests.select(ok.alias("ok"))["ok"].sum()) / max(requests.height, 1)
+
+
+def _rate_point(rate: float) -> Point:
+    return Point(((RATE_PATH, round(rate, 6)),))
+
+
+def _measure(scenario: str, overrides: list[str], store: SweepStore, rates: list[float], slos: dict, jobs: int, quiet: bool, description: str) -> dict[float, float]:
+    points = [_rate_point(r) for r in rates]
+    run_points(scenario, overrides, points, store, [RATE_PATH], jobs=jobs, quiet=quiet, description=description)
+    out = {}
+    for p in points:
+        req = pl.read_parquet(store.dir / "points" / p.id / "requests.parquet")
+        out[p.rate] = attainment(req, slos)
+    return out
+
+
+def search(
+    scenario: str,
+    overrides: list[str],
+    out_dir: Path,
+    slos: dict[str, float],
+    target: float = 0.9,
+    low: float = 0.5,
+    high: float | None = None,
+    tolerance: float = 0.05,
+    jobs: int = 1,
+    quiet: bool = False,
+) -> dict:
+    """Finds the goodput of a scenario with Poisson arrivals by bisection on ``workload.arrivals.rate``.
+
+    Starts from ``[low, high]`` (high doubles until attainment falls below ``target``), stops when
+    the bracket is within ``tolerance`` (relative), then measures the attainment curve at 0.5x to
+    1.5x the goodput. Every evaluated rate is a saved sweep point (so a rerun resumes).
+    """
+    from fleetwise.config.load import load_scenario
+    from fleetwise.errors import ConfigError
+
+    sc = load_scenario(scenario, overrides)
+    if sc.workload.arrivals.kind != "poisson":
+        raise ConfigError(f"{scenario}: goodput search varies workload.arrivals.rate, so the arrivals must be poisson (got {sc.workload.arrivals.kind})")
+    gpus = sum(p.count * p.parallelism.tp * p.parallelism.pp for p in sc.cluster.pools)
+    instances = sum(p.count for p in sc.cluster.pools)
+    store = SweepStore(out_dir)
+    store.write_manifest({"scenario": sc.name, "scenario_file": str(scenario), "overrides": overrides, "grid": {RATE_PATH: "goodput search"}, "slo": slos, "attainment_target": target})
+    measured: dict[float, float] = {}
+
+    def att(rate: float) -> float:
+        if rate not in measured:
+            measured.update(_measure(scenario, overrides, store, [rate], slos, 1, True, "goodput"))
+        return measured[_rate_point(rate).rate]
+
+    if att(low) < target:
+        goodput = 0.0
+    else:
+        hi = high if high is not None else low * 2
+        while att(hi) >= target:
+            low, hi = hi, hi * 2
+            if hi > 1e6:
+                raise ConfigError(f"{scenario}: attainment stays above {target} beyond 1e6 req/s; check the SLOs")
+        while (hi - low) / hi > tolerance:
+            mid = math.sqrt(low * hi)
+            if att(mid) >= target:
+                low = mid
+            else:
+                hi = mid
+        goodput = low
+    curve_rates = [goodput * f for f in (0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5)] if goodput > 0 else [low * f for f in (0.25, 0.5, 1.0)]
+    measured.update(_measure(scenario, overrides, store, curve_rates, slos, jobs, quiet, "attainment curve"))
+    store.merge()
+    result = {
+        "scenario": sc.name,
+        "slo": slos,
+        "attainment_target": target,
+        "goodput_rate": goodput,
+        "goodput_per_instance": goodput / instances,
+        "goodput_per_gpu": goodput / gpus,
+        "gpus": gpus,
+        "instances": instances,
+        "curve": [{"rate": r, "attainment": a} for r, a in sorted(measured.items())],
+    }
+    (Path(out_dir) / "goodput.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result

@@ -1,0 +1,51 @@
+"""Running one sweep point: a scenario with overrides, simulated and written to its directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fleetwise.sweep.grid import Point
+
+SUMMARY_COLUMNS = ("ttft", "tpot", "e2e")
+
+
+def summary_row(point: Point, summary: dict, grid_paths: list[str]) -> dict:
+    """One row of ``points.parquet``: the point's grid values and its flattened summary."""
+    row: dict = {"point": point.id, "label": point.label, "rate": point.rate}
+    values = dict(point.assignments)
+    for path in grid_paths:
+        v = values.get(path)
+        # Numbers stay numbers (so rates sort numerically); anything else is text.
+        row[path] = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+    row["finished"] = summary["finished"]
+    row["rejected"] = summary["rejected"]
+    row["requests_per_s"] = summary["throughput"]["requests_per_s"]
+    row["output_tokens_per_s"] = summary["throughput"]["output_tokens_per_s"]
+    for m in SUMMARY_COLUMNS:
+        for q in ("p50", "p90", "p99"):
+            row[f"{m}_{q}"] = summary[f"{m}_s"][q]
+    row["slo_attainment"] = summary.get("slo", {}).get("attainment")
+    row["energy_joules_per_output_token"] = summary.get("energy", {}).get("joules_per_output_token")
+    row["dollars_per_million_output_tokens"] = summary.get("cost", {}).get("dollars_per_million_output_tokens")
+    return row
+
+
+def run_point(scenario_path: str, base_overrides: list[str], point: Point, out_dir: str, grid_paths: list[str], write_requests: bool = True) -> dict:
+    """Simulates one point and writes its run directory; returns its summary row.
+
+    Runs in a worker process (or a Ray task): everything it needs comes in its arguments.
+    """
+    from fleetwise.config.load import load_scenario
+    from fleetwise.simulate import simulate
+
+    sc = load_scenario(scenario_path, [*base_overrides, *point.overrides()])
+    result = simulate(sc)
+    d = Path(out_dir) / "points" / point.id
+    d.mkdir(parents=True, exist_ok=True)
+    if write_requests:
+        result.write(d)
+    else:
+        (d / "summary.json").write_text(json.dumps(result.summary, indent=2, sort_keys=True) + "\n")
+    (d / "point.json").write_text(json.dumps({"id": point.id, "assignments": point.assignments}, default=str) + "\n")
+    return summary_row(point, result.summary, grid_paths)

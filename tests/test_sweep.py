@@ -1,0 +1,142 @@
+"""Sweeps: grid expansion, parallel runs, saving as points finish, resuming, Ctrl-C, Ray; goodput."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import polars as pl
+import pytest
+import yaml
+
+from fleetwise.sweep.grid import Point, expand, parse_grid
+from fleetwise.sweep.goodput import attainment, parse_slos, search
+from fleetwise.sweep.runner import run_points
+from fleetwise.sweep.store import SweepStore
+
+from conftest import REPO, run_cli, small_scenario
+
+
+def _scenario(tmp_path, requests=300):
+    sc = small_scenario()
+    sc["workload"]["requests"] = requests
+    p = tmp_path / "sc.yaml"
+    p.write_text(yaml.safe_dump(sc))
+    return p
+
+
+def test_grid_expansion_and_stable_ids():
+    g = parse_grid(["workload.arrivals.rate=4,8", "cluster.router.kind=round-robin,random"])
+    pts = expand(g)
+    assert len(pts) == 4
+    assert pts[0].assignments == (("workload.arrivals.rate", 4), ("cluster.router.kind", "round-robin"))
+    assert len({p.id for p in pts}) == 4
+    assert expand(parse_grid(["workload.arrivals.rate=4,8", "cluster.router.kind=round-robin,random"]))[3].id == pts[3].id
+    assert pts[1].label == "cluster.router.kind=random" and pts[1].rate == 4.0
+    with pytest.raises(Exception, match="PATH=V1"):
+        parse_grid(["nonsense"])
+
+
+def test_parallel_sweep_equals_serial_and_saves_every_point(tmp_path):
+    sc = _scenario(tmp_path)
+    pts = expand(parse_grid(["workload.arrivals.rate=5,10", "cluster.pools.0.count=1,2"]))
+    serial = SweepStore(tmp_path / "serial")
+    run_points(str(sc), [], pts, serial, ["workload.arrivals.rate", "cluster.pools.0.count"], jobs=1, quiet=True)
+    par = SweepStore(tmp_path / "par")
+    run_points(str(sc), [], pts, par, ["workload.arrivals.rate", "cluster.pools.0.count"], jobs=2, quiet=True)
+    a, b = serial.merge().sort("point"), par.merge().sort("point")
+    assert a.equals(b)
+    assert a.height == 4 and set(a["point"]) == {p.id for p in pts}
+    for p in pts:
+        d = tmp_path / "par" / "points" / p.id
+        assert (d / "requests.parquet").exists() and (d / "summary.json").exists()
+    # More load, worse tail: the rate column is numeric and the trend shows in the table.
+    one = a.filter(pl.col("cluster.pools.0.count") == 1).sort("workload.arrivals.rate")
+    assert one["e2e_p90"][1] > one["e2e_p90"][0]
+
+
+def test_resume_runs_only_missing_points(tmp_path):
+    sc = _scenario(tmp_path)
+    out = tmp_path / "sw"
+    r = run_cli("sweep", str(sc), "--grid", "workload.arrivals.rate=4,6,8", "-o", str(out), "-j", "1")
+    assert r.returncode == 0, r.stderr
+    rows = sorted((out / "rows").glob("*.parquet"))
+    assert len(rows) == 3
+    stamps = {p.name: p.stat().st_mtime_ns for p in rows}
+    rows[1].unlink()
+    r = run_cli("sweep", str(sc), "--grid", "workload.arrivals.rate=4,6,8", "-o", str(out), "-j", "1")
+    assert r.returncode == 0 and "1 resumed" not in r.stdout and "2 resumed" in r.stdout
+    after = {p.name: p.stat().st_mtime_ns for p in (out / "rows").glob("*.parquet")}
+    assert len(after) == 3
+    assert sum(after[k] == v for k, v in stamps.items() if k in after) == 2, "finished points are not rerun"
+    # A different grid in the same directory is refused rather than mixed in.
+    r = run_cli("sweep", str(sc), "--grid", "workload.arrivals.rate=1,2", "-o", str(out))
+    assert r.returncode == 2 and "different sweep" in r.stderr
+
+
+def test_ctrl_c_keeps_finished_points_and_resumes(tmp_path):
+    sc = _scenario(tmp_path, requests=3000)
+    out = tmp_path / "sw"
+    rates = ",".join(str(r) for r in range(2, 22))
+    cmd = [sys.executable, "-m", "fleetwise", "sweep", str(sc), "--grid", f"workload.arrivals.rate={rates}", "-o", str(out), "-j", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((out / "rows").glob("*.parquet"))) < 2:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "run the same command again to resume" in err and "Traceback" not in err
+    saved = len(list((out / "rows").glob("*.parquet")))
+    assert 2 <= saved < 20
+    assert pl.read_parquet(out / "points.parquet").height == saved
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 0 and f"{saved} resumed" in r.stdout
+    assert pl.read_parquet(out / "points.parquet").height == 20
+
+
+def test_ray_local_matches_local_processes(tmp_path):
+    pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'fleetwise[ray]'")
+    import ray
+
+    sc = _scenario(tmp_path)
+    pts = expand(parse_grid(["workload.arrivals.rate=5,10,20"]))
+    local = SweepStore(tmp_path / "local")
+    run_points(str(sc), [], pts, local, ["workload.arrivals.rate"], jobs=1, quiet=True)
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        remote = SweepStore(tmp_path / "ray")
+        run_points(str(sc), [], pts, remote, ["workload.arrivals.rate"], ray_address="local", quiet=True)
+    finally:
+        ray.shutdown()
+    assert local.merge().sort("point").equals(remote.merge().sort("point"))
+
+
+def test_goodput_search_brackets_the_target(tmp_path):
+    sc = _scenario(tmp_path, requests=600)
+    slos, implied = parse_slos(["ttft_p90=0.3", "tpot_p90=0.03"])
+    assert implied == 0.9
+    r = search(str(sc), [], tmp_path / "gp", slos, 0.9, low=1.0, tolerance=0.05, jobs=1, quiet=True)
+    g = r["goodput_rate"]
+    assert g > 1.0
+    curve = {round(c["rate"], 6): c["attainment"] for c in r["curve"]}
+    at = lambda rate: curve[min(curve, key=lambda x: abs(x - rate))]
+    assert at(g) >= 0.9
+    assert at(1.25 * g) < 0.9
+    assert r["goodput_per_gpu"] == pytest.approx(g / 2) and r["gpus"] == 2
+    saved = json.loads((tmp_path / "gp" / "goodput.json").read_text())
+    assert saved["goodput_rate"] == g
+    # Each point's attainment recomputes from its request table.
+    p = Point((("workload.arrivals.rate", round(g, 6)),))
+    req = pl.read_parquet(tmp_path / "gp" / "points" / p.id / "requests.parquet")
+    assert attainment(req, slos) == pytest.approx(at(g))
+
+
+def test_goodput_cli_errors(tmp_path):
+    sc = _scenario(tmp_path)
+    r = run_cli("goodput", str(sc), "--slo", "latency=1")
+    assert r.returncode == 2 and "ttft" in r.stderr
