@@ -85,3 +85,28 @@ def test_user_defined_model_and_gpu_in_scenario():
     big = fleetwise.simulate(small_scenario())
     assert small.summary["finished"] == 600
     assert small.summary["tpot_s"]["p50"] < big.summary["tpot_s"]["p50"]
+
+
+def test_ctrl_c_cancels_a_long_run_cleanly(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sc = small_scenario()
+    sc["workload"].update(requests=3_000_000, lengths={"kind": "constant", "prompt": 100, "output": 50})
+    sc["workload"]["arrivals"]["rate"] = 200.0
+    sc["cluster"]["pools"][0]["count"] = 8
+    import yaml
+
+    p = tmp_path / "long.yaml"
+    p.write_text(yaml.safe_dump(sc))
+    proc = subprocess.Popen([sys.executable, "-m", "fleetwise", "run", str(p), "-o", str(tmp_path / "out")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    time.sleep(4.0)
+    t0 = time.time()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert time.time() - t0 < 5, "the core stops within a few thousand events"
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

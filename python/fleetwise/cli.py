@@ -48,7 +48,11 @@ def run(
     from fleetwise.simulate import simulate
 
     sc = load_scenario(scenario, set_)
-    result = simulate(sc, record_iterations=iterations)
+    try:
+        result = simulate(sc, record_iterations=iterations, progress=True)
+    except KeyboardInterrupt:
+        err.print("interrupted: the simulation was cancelled; nothing was written")
+        sys.exit(130)
     s = result.summary
     out.print(_summary_table(s))
     tp = s["throughput"]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fleetwise import _core
 from fleetwise.cluster import core_config, pool_prices
@@ -63,16 +65,53 @@ def _instances_frame(instances: list[dict]) -> pl.DataFrame:
     return pl.DataFrame(rows)
 
 
+def _run_core(config_json: str, arrays: tuple, show_progress: bool) -> dict:
+    """Runs the core in a worker thread so that Ctrl-C reaches the main thread, which then cancels
+    the simulation; shows a progress bar over arriving requests when asked."""
+    control = _core.SimControl()
+    box: dict = {}
+    done = threading.Event()
+
+    def target() -> None:
+        try:
+            box["out"] = _core.simulate(config_json, *arrays, control=control)
+        except BaseException as e:  # handed to the caller's thread below
+            box["err"] = e
+        finally:
+            done.set()
+
+    worker = threading.Thread(target=target, name="fleetwise-simulate", daemon=True)
+    worker.start()
+    total = len(arrays[0])
+    try:
+        with Progress(TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), disable=not show_progress, transient=True) as bar:
+            task = bar.add_task("simulating", total=total)
+            while not done.wait(0.1):
+                bar.update(task, completed=control.arrived())
+    except KeyboardInterrupt:
+        # The core checks the flag every few thousand events. Wait on the event, not join():
+        # an interrupted join() can return early and let the interpreter exit under the worker.
+        control.cancel()
+        while not done.wait(0.1):
+            pass
+        raise
+    if "err" in box:
+        raise box["err"]
+    return box["out"]
+
+
 def simulate(
     scenario: Scenario | dict | str | Path,
     *,
     workload: Workload | None = None,
     record_iterations: bool = False,
+    progress: bool = False,
 ) -> Result:
     """Simulates ``scenario`` (a Scenario, a dict, or a YAML path) and returns its Result.
 
     ``workload`` replaces the scenario's own requests (useful to replay one workload on several
-    clusters); ``record_iterations`` keeps one row per iteration in ``Result.iterations``.
+    clusters); ``record_iterations`` keeps one row per iteration in ``Result.iterations``;
+    ``progress`` shows a progress bar. Ctrl-C cancels the simulation (KeyboardInterrupt).
     """
     sc = as_scenario(scenario)
     source = sc.source or "<scenario>"
@@ -84,12 +123,8 @@ def simulate(
     if workload is None:
         workload = build_workload(sc.workload, sc.seed, base_dir)
     try:
-        out = _core.simulate(
-            json.dumps(config),
-            np.ascontiguousarray(workload.arrival_ns, dtype=np.int64),
-            np.ascontiguousarray(workload.prompt_tokens, dtype=np.int64),
-            np.ascontiguousarray(workload.output_tokens, dtype=np.int64),
-        )
+        arrays = tuple(np.ascontiguousarray(a, dtype=np.int64) for a in (workload.arrival_ns, workload.prompt_tokens, workload.output_tokens))
+        out = _run_core(json.dumps(config), arrays, progress)
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None
     except CapacityError as err:

@@ -13,6 +13,8 @@ pub enum Error {
     Trace { source: String, line: usize, message: String },
     /// The simulation could not proceed (for example a request that can never be scheduled).
     Simulation { message: String },
+    /// The simulation was cancelled before it finished.
+    Interrupted,
 }
 
 /// Result alias used across the core.
@@ -41,6 +43,7 @@ impl fmt::Display for Error {
             ),
             Error::Trace { source, line, message } => write!(f, "{source}, line {line}: {message}"),
             Error::Simulation { message } => write!(f, "simulation error: {message}"),
+            Error::Interrupted => write!(f, "simulation interrupted"),
         }
     }
 }

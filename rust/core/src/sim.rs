@@ -19,6 +19,7 @@ use crate::offload::{OffloadSpec, Tier};
 use crate::instance::{Instance, InstanceStats, IterationRecord, IterationStart, Parallelism};
 use crate::network::{FlowId, LinkId, LinkSpec, Network};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::memory::{MemoryConfig, MemoryPlan};
 use crate::model::ModelSpec;
 use crate::request::{Request, Status};
@@ -362,8 +363,37 @@ fn prefix(path_prefix: &str, e: Error) -> Error {
     }
 }
 
+/// Lets another thread follow a running simulation and stop it.
+#[derive(Debug, Default)]
+pub struct Control {
+    cancel: AtomicBool,
+    arrived: AtomicU64,
+}
+
+impl Control {
+    /// A control with nothing cancelled and no progress.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Asks the simulation to stop at its next check (every few thousand events).
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+
+    /// Requests that have arrived so far.
+    pub fn arrived(&self) -> u64 {
+        self.arrived.load(Ordering::Relaxed)
+    }
+}
+
 /// Runs the simulation of `workload` on the cluster `config` describes.
 pub fn simulate(config: &SimConfig, workload: &Workload) -> Result<SimOutput> {
+    simulate_with(config, workload, &Control::new())
+}
+
+/// [`simulate`], reporting progress to and obeying cancellation from `control`.
+pub fn simulate_with(config: &SimConfig, workload: &Workload, control: &Control) -> Result<SimOutput> {
     let n = workload.arrival.len();
     if workload.prompt.len() != n || workload.output.len() != n {
         return Err(Error::Simulation { message: format!("workload columns differ in length: {n} arrivals, {} prompts, {} outputs", workload.prompt.len(), workload.output.len()) });
@@ -406,6 +436,12 @@ pub fn simulate(config: &SimConfig, workload: &Workload) -> Result<SimOutput> {
     let mut iterations = Iterations { pending: vec![None; instances.len()] };
     loop {
         events += 1;
+        if events % 4096 == 0 {
+            control.arrived.store(next_arrival as u64, Ordering::Relaxed);
+            if control.cancel.load(Ordering::Relaxed) {
+                return Err(Error::Interrupted);
+            }
+        }
         let arrival_first = next_arrival < n && queue.peek_time().is_none_or(|t| workload.arrival[next_arrival] <= t);
         if arrival_first {
             let idx = next_arrival;

@@ -19,6 +19,7 @@ pub fn to_py(err: Error) -> PyErr {
         Error::Capacity { .. } => CapacityError::new_err(msg),
         Error::Trace { .. } => TraceError::new_err(msg),
         Error::Simulation { .. } => SimulationError::new_err(msg),
+        Error::Interrupted => pyo3::exceptions::PyKeyboardInterrupt::new_err(msg),
     }
 }
 

@@ -2,7 +2,8 @@
 
 use crate::errors::{from_json, to_py};
 use fleetwise_core::request::Status;
-use fleetwise_core::sim::{simulate as run, SimConfig, Workload};
+use fleetwise_core::sim::{simulate_with as run, Control, SimConfig, Workload};
+use std::sync::Arc;
 use numpy::{IntoPyArray, PyReadonlyArray1};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -18,15 +19,44 @@ fn status_code(s: Status) -> u8 {
     }
 }
 
+/// Follows and cancels a running `simulate` call from another thread.
+#[pyclass(name = "SimControl", module = "fleetwise._core", frozen)]
+#[derive(Default)]
+pub struct PySimControl {
+    inner: Arc<Control>,
+}
+
+#[pymethods]
+impl PySimControl {
+    /// A fresh control.
+    #[new]
+    fn new() -> Self {
+        Self::default()
+    }
+
+    /// Asks the simulation to stop soon; `simulate` then raises KeyboardInterrupt.
+    fn cancel(&self) {
+        self.inner.cancel();
+    }
+
+    /// Requests that have arrived in the simulation so far.
+    fn arrived(&self) -> u64 {
+        self.inner.arrived()
+    }
+}
+
 /// Runs the simulation described by `config_json` on the given columns (arrival times in ns,
-/// sorted; prompt and output tokens) and returns a dict of result columns and facts.
+/// sorted; prompt and output tokens) and returns a dict of result columns and facts. The GIL is
+/// released while it runs; `control` lets another thread follow and cancel it.
 #[pyfunction]
+#[pyo3(signature = (config_json, arrival_ns, prompt_tokens, output_tokens, control=None))]
 pub fn simulate<'py>(
     py: Python<'py>,
     config_json: &str,
     arrival_ns: PyReadonlyArray1<'py, i64>,
     prompt_tokens: PyReadonlyArray1<'py, i64>,
     output_tokens: PyReadonlyArray1<'py, i64>,
+    control: Option<&PySimControl>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let config: SimConfig = from_json("scenario", config_json)?;
     let to_u32 = |name: &str, a: &PyReadonlyArray1<'py, i64>| -> PyResult<Vec<u32>> {
@@ -46,7 +76,8 @@ pub fn simulate<'py>(
         prompt: to_u32("prompt_tokens", &prompt_tokens)?,
         output: to_u32("output_tokens", &output_tokens)?,
     };
-    let out = py.allow_threads(|| run(&config, &workload)).map_err(to_py)?;
+    let control = control.map(|c| c.inner.clone()).unwrap_or_default();
+    let out = py.allow_threads(|| run(&config, &workload, &control)).map_err(to_py)?;
 
     let n = out.requests.len();
     let mut first = Vec::with_capacity(n);
