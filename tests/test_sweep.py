@@ -140,3 +140,18 @@ def test_goodput_cli_errors(tmp_path):
     sc = _scenario(tmp_path)
     r = run_cli("goodput", str(sc), "--slo", "latency=1")
     assert r.returncode == 2 and "ttft" in r.stderr
+
+
+def test_sweep_then_report_from_the_cli(tmp_path):
+    sc = _scenario(tmp_path, requests=200)
+    out = tmp_path / "sw"
+    r = run_cli("sweep", str(sc), "--grid", "workload.arrivals.rate=4,8", "-o", str(out), "-j", "1", "--iterations")
+    assert r.returncode == 0, r.stderr
+    assert all((out / "points" / p / "iterations.parquet").exists() for p in pl.read_parquet(out / "points.parquet")["point"])
+    html = tmp_path / "r.html"
+    r = run_cli("report", str(out), "-o", str(html))
+    assert r.returncode == 0, r.stderr
+    text = html.read_text()
+    assert 'id="fig-percentiles"' in text and 'id="fig-utilisation"' in text
+    r = run_cli("report", str(tmp_path / "missing"), "-o", str(html))
+    assert r.returncode == 2 and "Traceback" not in r.stderr

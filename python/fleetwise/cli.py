@@ -1,4 +1,4 @@
-"""The ``fleetwise`` command line: run, sweep, goodput, estimate, catalog, calibrate.
+"""The ``fleetwise`` command line: run, sweep, goodput, report, estimate, catalog, calibrate.
 
 User mistakes (bad scenario fields, unknown names, models that do not fit, malformed traces) end
 with a one-paragraph message on stderr and exit code 2, never a traceback.
@@ -75,6 +75,7 @@ def sweep(
     jobs: int = typer.Option(max(1, (os.cpu_count() or 1)), "-j", "--jobs", min=1, help="Local worker processes."),
     ray: Optional[str] = typer.Option(None, "--ray", help="Run on Ray: a cluster address, or 'local' to start one."),
     no_requests: bool = typer.Option(False, "--no-requests", help="Keep only each point's summary, not its per-request table."),
+    iterations: bool = typer.Option(False, "--iterations", help="Also keep each point's per-iteration table (for the report's time series)."),
 ) -> None:
     """Run SCENARIO at every point of a parameter grid, in parallel, saving each point as it finishes."""
     from fleetwise.config.load import load_scenario
@@ -91,7 +92,7 @@ def sweep(
     store.write_manifest({"scenario": name, "scenario_file": str(scenario), "overrides": list(set_), "grid": {k: v for k, v in g}})
     done_before = len(store.done() & {p.id for p in points})
     try:
-        run_points(str(scenario), list(set_), points, store, [k for k, _ in g], jobs=jobs, ray_address=ray, write_requests=not no_requests)
+        run_points(str(scenario), list(set_), points, store, [k for k, _ in g], jobs=jobs, ray_address=ray, write_requests=not no_requests, record_iterations=iterations)
     except KeyboardInterrupt:
         n = len(store.done() & {p.id for p in points})
         err.print(f"interrupted: {n} of {len(points)} points saved in {store.dir}/; run the same command again to resume")
@@ -140,6 +141,23 @@ def goodput(
         t.add_row(f"{c['rate']:.3g}", f"{c['attainment']:.1%}")
     out.print(t)
     out.print(f"results in {out_dir}/")
+
+
+@app.command()
+def report(
+    inputs: List[Path] = typer.Argument(..., help="Run directories (compared side by side) or a sweep directory."),
+    output: Path = typer.Option(Path("report.html"), "-o", "--output", help="The HTML file to write."),
+    title: Optional[str] = typer.Option(None, "--title", help="Report title."),
+) -> None:
+    """Write one self-contained HTML report (plotly, works offline) of runs or a sweep."""
+    from fleetwise.errors import ConfigError
+    from fleetwise.report import write_report
+
+    try:
+        path = write_report(list(inputs), output, title=title)
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(str(e)) from None
+    out.print(f"report written to {path} ({path.stat().st_size / 2**20:.1f} MiB)")
 
 
 @app.command()

@@ -31,7 +31,7 @@ def summary_row(point: Point, summary: dict, grid_paths: list[str]) -> dict:
     return row
 
 
-def run_point(scenario_path: str, base_overrides: list[str], point: Point, out_dir: str, grid_paths: list[str], write_requests: bool = True) -> dict:
+def run_point(scenario_path: str, base_overrides: list[str], point: Point, out_dir: str, grid_paths: list[str], write_requests: bool = True, record_iterations: bool = False) -> dict:
     """Simulates one point and writes its run directory; returns its summary row.
 
     Runs in a worker process (or a Ray task): everything it needs comes in its arguments.
@@ -40,7 +40,7 @@ def run_point(scenario_path: str, base_overrides: list[str], point: Point, out_d
     from fleetwise.simulate import simulate
 
     sc = load_scenario(scenario_path, [*base_overrides, *point.overrides()])
-    result = simulate(sc)
+    result = simulate(sc, record_iterations=record_iterations)
     d = Path(out_dir) / "points" / point.id
     d.mkdir(parents=True, exist_ok=True)
     if write_requests:

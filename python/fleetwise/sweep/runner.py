@@ -28,6 +28,7 @@ def run_points(
     write_requests: bool = True,
     quiet: bool = False,
     description: str = "sweep",
+    record_iterations: bool = False,
 ) -> list[dict]:
     """Runs the points not yet in ``store`` and saves each row as it finishes; returns the new rows.
 
@@ -35,7 +36,7 @@ def run_points(
     points stay saved, so running the same command again resumes.
     """
     todo = [p for p in points if p.id not in store.done()]
-    args = [(scenario_path, base_overrides, p, str(store.dir), grid_paths, write_requests) for p in todo]
+    args = [(scenario_path, base_overrides, p, str(store.dir), grid_paths, write_requests, record_iterations) for p in todo]
     rows: list[dict] = []
     with _progress(quiet) as bar:
         task = bar.add_task(description, total=len(points), completed=len(points) - len(todo))

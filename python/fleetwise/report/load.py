@@ -1,0 +1,295 @@
+"""Loading report inputs: run directories and sweep (or goodput) directories.
+
+A run directory holds ``summary.json`` and usually ``requests.parquet``, ``instances.parquet`` and
+(with ``--iterations``) ``iterations.parquet``. A sweep directory holds ``sweep.json``,
+``points.parquet``, ``points/<id>/`` run directories and, after a goodput search, ``goodput.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+RATE_PATH = "workload.arrivals.rate"
+MAX_DETAIL_RUNS = 8
+"""At most this many runs get the per-run figures (time series, timelines) of a sweep."""
+
+_SWEEP_FILES = ("sweep.json", "points.parquet", "goodput.json")
+_KNOWN_FILES = ("summary.json", *_SWEEP_FILES)
+
+
+@dataclass
+class RunData:
+    """One simulated run: its summary and whichever tables were written."""
+
+    label: str
+    path: Path
+    summary: dict
+    requests: pl.DataFrame | None = None
+    instances: pl.DataFrame | None = None
+    iterations: pl.DataFrame | None = None
+    note: str = ""
+    """How the run was chosen (for sweep points: the point and its rate)."""
+
+
+@dataclass
+class SweepData:
+    """One sweep: its manifest, its points (labels already prefixed for the report) and goodput."""
+
+    name: str
+    path: Path
+    manifest: dict
+    points: pl.DataFrame
+    goodput: dict[str, dict] = field(default_factory=dict)
+    """Series label -> goodput result (slo, attainment_target, goodput_rate, goodput_per_gpu, gpus, curve)."""
+    reference_rate: float | None = None
+    """The rate whose points stand for each series in the per-run figures (None: no rate axis)."""
+
+
+@dataclass
+class ReportData:
+    """Everything a report draws: runs (inputs, or chosen sweep points), sweeps and notes."""
+
+    runs: list[RunData]
+    sweeps: list[SweepData]
+    notes: list[str] = field(default_factory=list)
+
+    def labels(self) -> list[str]:
+        """Every series label that appears anywhere in the report, sorted."""
+        out = {r.label for r in self.runs}
+        for s in self.sweeps:
+            if s.points.height:
+                out.update(s.points["label"].to_list())
+            out.update(s.goodput)
+        return sorted(out)
+
+
+def _read_parquet(path: Path) -> pl.DataFrame | None:
+    return pl.read_parquet(path) if path.exists() else None
+
+
+def _read_json(path: Path) -> dict:
+    # summary.json may hold NaN (json.dumps writes it); json.loads reads it back.
+    return json.loads(path.read_text())
+
+
+def load_run(path: Path, label: str, note: str = "") -> RunData:
+    """Reads one run directory (tables that are missing stay None)."""
+    summary = _read_json(path / "summary.json") if (path / "summary.json").exists() else {}
+    return RunData(
+        label=label,
+        path=path,
+        summary=summary,
+        requests=_read_parquet(path / "requests.parquet"),
+        instances=_read_parquet(path / "instances.parquet"),
+        iterations=_read_parquet(path / "iterations.parquet"),
+        note=note,
+    )
+
+
+def classify(path: Path) -> tuple[str, Path]:
+    """("run" | "sweep", directory) for an input path; a file inside such a directory also works."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such file or directory")
+    if p.is_file():
+        if p.name not in _KNOWN_FILES:
+            raise ValueError(f"{p}: not a run or sweep directory (give the directory holding summary.json, or sweep.json/points.parquet/goodput.json)")
+        p = p.parent
+    if any((p / f).exists() for f in _SWEEP_FILES):
+        return "sweep", p
+    if (p / "summary.json").exists():
+        return "run", p
+    raise ValueError(f"{p}: not a run directory (no summary.json) nor a sweep directory (no sweep.json, points.parquet or goodput.json)")
+
+
+def _unique_names(paths: list[Path]) -> list[str]:
+    """Directory names; where two collide, parent/name; where still equal, a #n suffix."""
+    short = [p.resolve().name or str(p) for p in paths]
+    names = [f"{p.resolve().parent.name}/{n}" if short.count(n) > 1 else n for p, n in zip(paths, short)]
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        out.append(n if seen[n] == 1 else f"{n} #{seen[n]}")
+    return out
+
+
+def _run_labels(dirs: list[Path]) -> list[str]:
+    """Runs are labelled by directory name; when names are generic duplicates, by scenario name."""
+    names = _unique_names(dirs)
+    if len(set(p.resolve().name for p in dirs)) < len(dirs):
+        scen = []
+        for d in dirs:
+            try:
+                scen.append(str(_read_json(d / "summary.json").get("scenario", "")))
+            except (OSError, ValueError):
+                scen.append("")
+        if all(scen) and len(set(scen)) == len(scen):
+            return scen
+    return names
+
+
+def _normalise_points(points: pl.DataFrame, grid: dict) -> pl.DataFrame:
+    """Ensures the columns the figures use exist: point (str), label (str), rate (float or null)."""
+    if points.height == 0:
+        return pl.DataFrame({"point": [], "label": [], "rate": []}, schema={"point": pl.Utf8, "label": pl.Utf8, "rate": pl.Float64})
+    if "point" not in points.columns:
+        points = points.with_row_index("point").with_columns(pl.col("point").cast(pl.Utf8))
+    points = points.with_columns(pl.col("point").cast(pl.Utf8))
+    if "label" not in points.columns:
+        others = [c for c in grid if c != RATE_PATH and c in points.columns]
+        if others:
+            points = points.with_columns(pl.concat_str([pl.lit(f"{c}=") + pl.col(c).cast(pl.Utf8) for c in others], separator=", ").alias("label"))
+        else:
+            points = points.with_columns(pl.lit("all").alias("label"))
+    points = points.with_columns(pl.col("label").cast(pl.Utf8).fill_null("all"))
+    if "rate" not in points.columns:
+        if RATE_PATH in points.columns:
+            points = points.with_columns(pl.col(RATE_PATH).cast(pl.Float64, strict=False).alias("rate"))
+        else:
+            points = points.with_columns(pl.lit(None, dtype=pl.Float64).alias("rate"))
+    points = points.with_columns(pl.col("rate").cast(pl.Float64, strict=False))
+    for c in ("slo_attainment",):
+        if c in points.columns:
+            points = points.with_columns(pl.col(c).cast(pl.Float64, strict=False).fill_nan(None))
+    return points
+
+
+def _normalise_goodput(raw: dict, default_label: str) -> dict[str, dict]:
+    if "labels" in raw and isinstance(raw["labels"], dict):
+        return {str(k): v for k, v in raw["labels"].items()}
+    return {default_label: raw}
+
+
+def _prefixed(prefix: str | None, label: str) -> str:
+    if prefix is None:
+        return label
+    return prefix if label == "all" else f"{prefix}: {label}"
+
+
+def load_sweep(path: Path, prefix: str | None) -> SweepData:
+    """Reads a sweep directory; ``prefix`` (the sweep's name) is put before labels when several inputs share a report."""
+    manifest = _read_json(path / "sweep.json") if (path / "sweep.json").exists() else {}
+    grid = manifest.get("grid") if isinstance(manifest.get("grid"), dict) else {}
+    raw_points = _read_parquet(path / "points.parquet")
+    points = _normalise_points(raw_points if raw_points is not None else pl.DataFrame(), grid)
+    if prefix is not None and points.height:
+        points = points.with_columns(pl.col("label").map_elements(lambda s: _prefixed(prefix, s), return_dtype=pl.Utf8))
+    goodput: dict[str, dict] = {}
+    if (path / "goodput.json").exists():
+        labels = sorted(set(points["label"].to_list())) if points.height else []
+        default = labels[0] if len(labels) == 1 else _prefixed(prefix, "all")
+        raw = _normalise_goodput(_read_json(path / "goodput.json"), default)
+        goodput = {(k if k == default else _prefixed(prefix, k)): v for k, v in raw.items()}
+    return SweepData(name=path.resolve().name, path=path, manifest=manifest, points=_attainment_from_goodput(points, goodput), goodput=goodput)
+
+
+def _attainment_from_goodput(points: pl.DataFrame, goodput: dict[str, dict]) -> pl.DataFrame:
+    """Fills points' missing slo_attainment from the goodput curves (a goodput search measures it per rate)."""
+    known = {(lab, round(float(c["rate"]), 6)): float(c["attainment"]) for lab, g in goodput.items() for c in g.get("curve") or [] if "rate" in c and "attainment" in c}
+    if not known or points.height == 0:
+        return points
+    if "slo_attainment" not in points.columns:
+        points = points.with_columns(pl.lit(None, dtype=pl.Float64).alias("slo_attainment"))
+    fill = [known.get((lab, round(r, 6))) if r is not None else None for lab, r in zip(points["label"].to_list(), points["rate"].to_list())]
+    return points.with_columns(pl.col("slo_attainment").fill_null(pl.Series(fill, dtype=pl.Float64)))
+
+
+def attainment_target(sweep: SweepData) -> float | None:
+    """The target attainment of a sweep: from goodput.json, else sweep.json, else None."""
+    for g in sweep.goodput.values():
+        t = g.get("attainment_target")
+        if isinstance(t, (int, float)):
+            return float(t)
+    t = sweep.manifest.get("attainment_target")
+    return float(t) if isinstance(t, (int, float)) else None
+
+
+def attainment_curves(sweep: SweepData) -> dict[str, list[tuple[float, float]]]:
+    """Label -> [(rate, attainment)] sorted by rate: from points.parquet, else goodput curves."""
+    out: dict[str, list[tuple[float, float]]] = {}
+    pts = sweep.points
+    if pts.height and "slo_attainment" in pts.columns:
+        ok = pts.filter(pl.col("rate").is_not_null() & pl.col("slo_attainment").is_not_null())
+        for label in sorted(set(ok["label"].to_list())):
+            sub = ok.filter(pl.col("label") == label).sort("rate")
+            out[label] = list(zip(sub["rate"].to_list(), sub["slo_attainment"].to_list()))
+    for label, g in sweep.goodput.items():
+        if label not in out and g.get("curve"):
+            curve = sorted((float(c["rate"]), float(c["attainment"])) for c in g["curve"])
+            out[label] = curve
+    return out
+
+
+def _reference_rate(sweep: SweepData) -> float | None:
+    """The rate at which each series' point is shown in the per-run figures.
+
+    The highest rate run for every series at which at least one series still meets the target
+    attainment (where policies start to differ); without attainment data, the highest common rate.
+    """
+    pts = sweep.points.filter(pl.col("rate").is_not_null()) if sweep.points.height else sweep.points
+    if pts.height == 0:
+        return None
+    by_label = {lab: set(pts.filter(pl.col("label") == lab)["rate"].to_list()) for lab in set(pts["label"].to_list())}
+    common = set.intersection(*by_label.values())
+    if not common:
+        return None
+    target = attainment_target(sweep)
+    curves = attainment_curves(sweep)
+    if target is not None and curves:
+        meets = [r for r in common if any(a >= target for c in curves.values() for rr, a in c if rr == r)]
+        return max(meets) if meets else min(common)
+    return max(common)
+
+
+def _detail_points(sweep: SweepData) -> list[tuple[str, str, float | None]]:
+    """(label, point id, rate) of the point that stands for each series."""
+    pts = sweep.points
+    if pts.height == 0:
+        return []
+    rate = sweep.reference_rate
+    out = []
+    for label in sorted(set(pts["label"].to_list())):
+        sub = pts.filter(pl.col("label") == label)
+        if rate is not None:
+            sub = sub.filter(pl.col("rate") == rate)
+        elif sub["rate"].null_count() < sub.height:
+            sub = sub.filter(pl.col("rate") == sub["rate"].max())
+        if sub.height:
+            row = sub.sort("point").row(0, named=True)
+            out.append((label, row["point"], row["rate"]))
+    return out
+
+
+def load_inputs(inputs: list[Path]) -> ReportData:
+    """Classifies and reads every input; for sweeps, also reads one point per series."""
+    if not inputs:
+        raise ValueError("no inputs: give run directories or a sweep directory")
+    kinds = [classify(Path(p)) for p in inputs]
+    run_dirs = [d for k, d in kinds if k == "run"]
+    sweep_dirs = [d for k, d in kinds if k == "sweep"]
+    notes: list[str] = []
+    runs = [load_run(d, lab) for d, lab in zip(run_dirs, _run_labels(run_dirs))]
+    sweep_names = _unique_names(sweep_dirs)
+    several = len(sweep_dirs) > 1 or bool(run_dirs)
+    sweeps = []
+    for d, name in zip(sweep_dirs, sweep_names):
+        s = load_sweep(d, name if several else None)
+        s.reference_rate = _reference_rate(s)
+        sweeps.append(s)
+        detail = _detail_points(s)
+        if len(detail) > MAX_DETAIL_RUNS:
+            notes.append(f"{d}: {len(detail)} series; the per-run figures show the first {MAX_DETAIL_RUNS}.")
+            detail = detail[:MAX_DETAIL_RUNS]
+        for label, point, rate in detail:
+            pdir = d / "points" / point
+            if not (pdir / "summary.json").exists():
+                continue
+            note = f"point {point}" + (f" at {rate:.4g} req/s" if rate is not None and not math.isnan(rate) else "")
+            runs.append(load_run(pdir, label, note))
+    return ReportData(runs=runs, sweeps=sweeps, notes=notes)
