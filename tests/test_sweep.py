@@ -79,24 +79,25 @@ def test_resume_runs_only_missing_points(tmp_path):
 
 
 def test_ctrl_c_keeps_finished_points_and_resumes(tmp_path):
-    sc = _scenario(tmp_path, requests=3000)
+    # Points long enough (20k requests) that the interrupt lands mid-sweep even on a loaded machine.
+    sc = _scenario(tmp_path, requests=20000)
     out = tmp_path / "sw"
-    rates = ",".join(str(r) for r in range(2, 22))
+    rates = ",".join(str(r) for r in range(2, 12))
     cmd = [sys.executable, "-m", "fleetwise", "sweep", str(sc), "--grid", f"workload.arrivals.rate={rates}", "-o", str(out), "-j", "1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     deadline = time.time() + 120
-    while time.time() < deadline and len(list((out / "rows").glob("*.parquet"))) < 2:
-        time.sleep(0.1)
+    while time.time() < deadline and len(list((out / "rows").glob("*.parquet"))) < 1:
+        time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "run the same command again to resume" in err and "Traceback" not in err
     saved = len(list((out / "rows").glob("*.parquet")))
-    assert 2 <= saved < 20
+    assert 1 <= saved < 10
     assert pl.read_parquet(out / "points.parquet").height == saved
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert r.returncode == 0 and f"{saved} resumed" in r.stdout
-    assert pl.read_parquet(out / "points.parquet").height == 20
+    assert pl.read_parquet(out / "points.parquet").height == 10
 
 
 def test_ray_local_matches_local_processes(tmp_path):

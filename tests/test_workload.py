@@ -430,7 +430,7 @@ def test_workload_frame_and_invariants():
         ({"arrivals": {"kind": "poisson", "rate": 1.0}, "requests": 1,
           "lengths": {"kind": "uniform", "prompt_min": 5, "prompt_max": 4,
                       "output_min": 1, "output_max": 1}}, "prompt_min"),
-        ({"arrivals": {"kind": "gamma", "rate": 1.0}}, "gamma"),
+        ({"arrivals": {"kind": "hawkes", "rate": 1.0}}, "hawkes"),
         ({"arrivals": {"kind": "poisson", "rate": 1.0, "burst": 2}, "requests": 1,
           "lengths": {"kind": "constant", "prompt": 1, "output": 1}}, "burst"),
         ({"arrivals": {"kind": "poisson", "rate": 0.0}, "requests": 1,

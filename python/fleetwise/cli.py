@@ -109,7 +109,7 @@ def sweep(
 
 @app.command()
 def goodput(
-    scenario: Path = typer.Argument(..., help="Scenario YAML file (Poisson arrivals)."),
+    scenario: Path = typer.Argument(..., help="Scenario YAML file (arrivals with a rate: poisson, gamma, onoff)."),
     slo: List[str] = typer.Option(..., "--slo", help="METRIC_pNN=SECONDS, METRIC in ttft, tpot, e2e (repeatable)."),
     attainment: Optional[float] = typer.Option(None, "--attainment", min=0.0, max=1.0, help="Fraction of requests that must meet every SLO (default from the _pNN suffix, else 0.9)."),
     set_: List[str] = typer.Option([], "--set", help="Override: PATH=VALUE. Repeatable."),

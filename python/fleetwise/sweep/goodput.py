@@ -80,7 +80,7 @@ def search(
     jobs: int = 1,
     quiet: bool = False,
 ) -> dict:
-    """Finds the goodput of a scenario with Poisson arrivals by bisection on ``workload.arrivals.rate``.
+    """Finds the goodput of a scenario by bisection on ``workload.arrivals.rate`` (Poisson, gamma or on/off arrivals).
 
     Starts from ``[low, high]`` (high doubles until attainment falls below ``target``), stops when
     the bracket is within ``tolerance`` (relative), then measures the attainment curve at 0.5x to
@@ -90,8 +90,8 @@ def search(
     from fleetwise.errors import ConfigError
 
     sc = load_scenario(scenario, overrides)
-    if sc.workload.arrivals.kind != "poisson":
-        raise ConfigError(f"{scenario}: goodput search varies workload.arrivals.rate, so the arrivals must be poisson (got {sc.workload.arrivals.kind})")
+    if not hasattr(sc.workload.arrivals, "rate"):
+        raise ConfigError(f"{scenario}: goodput search varies workload.arrivals.rate; {sc.workload.arrivals.kind} arrivals have no rate (use poisson, gamma or onoff)")
     gpus = sum(p.count * p.parallelism.tp * p.parallelism.pp for p in sc.cluster.pools)
     instances = sum(p.count for p in sc.cluster.pools)
     store = SweepStore(out_dir)

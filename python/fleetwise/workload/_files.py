@@ -99,6 +99,36 @@ def first_true(mask: pl.Series) -> int | None:
     return None if hits.len() == 0 else int(hits[0])
 
 
+def read_text(path: Path) -> str:
+    """The contents of ``path`` decoded as UTF-8 (a leading byte-order mark is dropped).
+
+    Raises ``TraceError`` naming the file when it is missing, unreadable or not UTF-8.
+    """
+    from fleetwise.errors import TraceError
+
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except FileNotFoundError:
+        raise TraceError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise TraceError(f"{path}: is a directory, not a file") from None
+    except UnicodeDecodeError as exc:
+        raise TraceError(f"{path}: not UTF-8 text (invalid byte at offset {exc.start})") from None
+    except OSError as exc:
+        raise TraceError(f"{path}: cannot read file: {exc.strerror or exc}") from None
+
+
+def nonblank_lines(text: str) -> pl.DataFrame:
+    """The lines of ``text`` that are not blank, as a frame of ``line`` (int64, 1-based physical
+    line number) and ``text`` (the line without its trailing carriage return)."""
+    # Split on "\n" only (str.splitlines also breaks on form feeds and Unicode separators, which
+    # would shift the line numbers reported in errors).
+    lines = pl.Series("text", text.split("\n"), dtype=pl.String).str.strip_suffix("\r")
+    return pl.DataFrame(
+        {"line": np.arange(1, lines.len() + 1, dtype=np.int64), "text": lines}
+    ).filter(pl.col("text").str.strip_chars() != "")
+
+
 def read_table(path: Path, required: tuple[str, ...]) -> TextTable:
     """Read a simple comma-separated file (no embedded commas or newlines) into a ``TextTable``.
 
@@ -109,21 +139,7 @@ def read_table(path: Path, required: tuple[str, ...]) -> TextTable:
     """
     from fleetwise.errors import TraceError
 
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except FileNotFoundError:
-        raise TraceError(f"{path}: file not found") from None
-    except UnicodeDecodeError as exc:
-        raise TraceError(f"{path}: not UTF-8 text (invalid byte at offset {exc.start})") from None
-    except OSError as exc:
-        raise TraceError(f"{path}: cannot read file: {exc.strerror or exc}") from None
-
-    # Split on "\n" only (str.splitlines also breaks on form feeds and Unicode separators, which
-    # would shift the line numbers reported in errors).
-    lines = pl.Series("text", text.split("\n"), dtype=pl.String).str.strip_suffix("\r")
-    frame = pl.DataFrame(
-        {"line": np.arange(1, lines.len() + 1, dtype=np.int64), "text": lines}
-    ).filter(pl.col("text").str.strip_chars() != "")
+    frame = nonblank_lines(read_text(path))
     if frame.height == 0:
         raise TraceError(f"{path}: file is empty")
 

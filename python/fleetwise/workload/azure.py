@@ -1,9 +1,11 @@
-"""Reader for the Azure LLM inference trace (2023) CSV format.
+"""Reader for the Azure LLM inference trace CSV format (2023 and 2024 releases).
 
 A file starts with the header ``TIMESTAMP,ContextTokens,GeneratedTokens``; each following line is
-one request, for example ``2023-11-16 18:17:03.9799600,4808,10``. Timestamps carry 7 fractional
-digits (100 ns resolution), which Python's ``datetime`` cannot parse, so they are converted to
-integer nanoseconds here, exactly and vectorised.
+one request, for example ``2023-11-16 18:17:03.9799600,4808,10`` (2023: 7 fractional digits, i.e.
+100 ns resolution, no time zone) or ``2024-05-10 00:00:00.010000+00:00,2048,28`` (2024: microseconds
+and a UTC offset). Python's ``datetime`` cannot parse 7 fractional digits, so timestamps are
+converted to integer nanoseconds here, exactly and vectorised; an offset is applied, so rows with
+different offsets are ordered by their UTC time.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ _NS_PER_DAY = 86_400 * _NS_PER_SECOND
 
 
 def load_azure_csv(path: str | Path) -> pl.DataFrame:
-    """Read an Azure LLM inference trace CSV.
+    """Read an Azure LLM inference trace CSV (2023 or 2024 release).
 
     Returns a frame with int64 columns ``arrival_ns`` (nanoseconds since the first row's timestamp,
     so the first is 0), ``prompt_tokens`` (``ContextTokens``) and ``output_tokens``
@@ -104,6 +106,7 @@ def _parse_timestamps(table: TextTable) -> tuple[pl.Series, Problem | None]:
         return parsed, None
     return parsed, (
         row,
-        f"bad TIMESTAMP {raw[row]!r}; expected 'YYYY-MM-DD HH:MM:SS.fffffff' "
-        "(e.g. '2023-11-16 18:17:03.9799600')",
+        f"bad TIMESTAMP {raw[row]!r}; expected 'YYYY-MM-DD HH:MM:SS.fffffff', optionally with a "
+        "'+HH:MM' offset (e.g. '2023-11-16 18:17:03.9799600' or "
+        "'2024-05-10 00:00:00.010000+00:00')",
     )

@@ -1,112 +1,152 @@
-"""Turning a ``WorkloadConfig`` into concrete request arrays."""
+"""Turning a ``WorkloadConfig`` into a ``Workload``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
 from fleetwise.workload._files import resolve_path
-from fleetwise.workload.arrivals import poisson_arrivals
-from fleetwise.workload.azure import load_azure_csv
-from fleetwise.workload.config import PoissonArrivals, TraceArrivals, WorkloadConfig
+from fleetwise.workload.arrivals import generate_arrivals
+from fleetwise.workload.blocks import compose_prompts
+from fleetwise.workload.config import GeneratedArrivals, TraceArrivals, WorkloadConfig
+from fleetwise.workload.hash_lists import lists_from_offsets
 from fleetwise.workload.lengths import sample_lengths
+from fleetwise.workload.prefixes import assign_prefix_groups
+from fleetwise.workload.requests import Workload
+from fleetwise.workload.sessions import session_arrivals, session_turns
+from fleetwise.workload.traces import replay_frame
+
+__all__ = ["Workload", "build_workload"]
 
 # Sub-stream keys of np.random.default_rng([seed, key]): each purpose draws from its own stream, so
-# changing the length distribution never moves the arrival times.
+# changing one aspect of the workload never moves the others. Never reuse a key for a new purpose.
 _ARRIVAL_STREAM = 1
+"""Arrival times (of requests, or of session starts with ``sessions``)."""
 _LENGTH_STREAM = 2
+"""Prompt and output lengths (new tokens per turn, with ``sessions``)."""
+_PREFIX_STREAM = 3
+"""Shared-prefix group membership and choice."""
+_TURNS_STREAM = 4
+"""Number of turns per session."""
+_THINK_STREAM = 5
+"""Think times between the turns of a session."""
 
 
-@dataclass(frozen=True, eq=False)
-class Workload:
-    """The requests of one simulation: equal-length, read-only int64 arrays, one entry per request,
-    in arrival order (request ``i`` is entry ``i``)."""
-
-    arrival_ns: np.ndarray
-    """Arrival time of each request in nanoseconds, non-decreasing."""
-    prompt_tokens: np.ndarray
-    """Prompt (prefill) length of each request in tokens, >= 1."""
-    output_tokens: np.ndarray
-    """Output (decode) length of each request in tokens, >= 1."""
-
-    def __post_init__(self) -> None:
-        for name in ("arrival_ns", "prompt_tokens", "output_tokens"):
-            array = np.array(getattr(self, name), dtype=np.int64, copy=True)
-            if array.ndim != 1:
-                raise ValueError(f"Workload.{name} must be 1-D, got shape {array.shape}")
-            array.setflags(write=False)
-            object.__setattr__(self, name, array)
-        n = len(self.arrival_ns)
-        if len(self.prompt_tokens) != n or len(self.output_tokens) != n:
-            raise ValueError(
-                "Workload arrays differ in length: "
-                f"arrival_ns {n}, prompt_tokens {len(self.prompt_tokens)}, "
-                f"output_tokens {len(self.output_tokens)}"
-            )
-        if n > 1 and bool(np.any(np.diff(self.arrival_ns) < 0)):
-            raise ValueError("Workload.arrival_ns must be non-decreasing")
-        if n and (self.prompt_tokens.min() < 1 or self.output_tokens.min() < 1):
-            raise ValueError("Workload token counts must be >= 1")
-
-    def __len__(self) -> int:
-        """The number of requests."""
-        return len(self.arrival_ns)
-
-    def to_frame(self) -> pl.DataFrame:
-        """The requests as a frame with int64 columns ``request_id`` (0, 1, ...), ``arrival_ns``,
-        ``prompt_tokens`` and ``output_tokens``."""
-        return pl.DataFrame(
-            {
-                "request_id": np.arange(len(self), dtype=np.int64),
-                "arrival_ns": self.arrival_ns,
-                "prompt_tokens": self.prompt_tokens,
-                "output_tokens": self.output_tokens,
-            }
-        )
+def _rng(seed: int, key: int) -> np.random.Generator:
+    return np.random.default_rng([seed, key])
 
 
 def build_workload(cfg: WorkloadConfig, seed: int, base_dir: Path | None = None) -> Workload:
-    """Generate (Poisson arrivals) or load (trace arrivals) the requests ``cfg`` describes.
+    """Generate (synthetic arrivals) or load (trace arrivals) the requests ``cfg`` describes.
 
-    ``seed`` makes the result deterministic: arrivals draw from ``np.random.default_rng([seed, 1])``
-    and lengths from ``np.random.default_rng([seed, 2])``. Relative file paths are resolved against
-    ``base_dir`` (the scenario file's directory) first, then the current directory; a file found in
-    neither raises ``ConfigError``. A malformed file raises ``TraceError``.
+    ``seed`` makes the result deterministic; each purpose draws from its own stream
+    ``np.random.default_rng([seed, key])``: arrivals key 1, lengths 2, prefix groups 3, session
+    turn counts 4, think times 5. Relative file paths are resolved against ``base_dir`` (the
+    scenario file's directory) first, then the current directory; a file found in neither raises
+    ``ConfigError``. A malformed file raises ``TraceError``.
+
+    With ``sessions``, the arrival process gives the sessions' first turns and the workload is
+    sorted by arrival (stable), so a session's turns are interleaved with other sessions'.
+    ``hash_ids`` are set when the trace has them or ``prefixes`` / ``sessions`` is given;
+    ``session_id`` when the trace has it or ``sessions`` is given.
     """
     arrivals = cfg.arrivals
-    if isinstance(arrivals, PoissonArrivals):
-        assert cfg.lengths is not None and cfg.requests is not None  # enforced by WorkloadConfig
-        arrival_ns = poisson_arrivals(
-            cfg.requests, arrivals.rate, np.random.default_rng([seed, _ARRIVAL_STREAM])
-        )
-        prompt, output = sample_lengths(
-            cfg.lengths, cfg.requests, np.random.default_rng([seed, _LENGTH_STREAM]), base_dir
-        )
-        return Workload(arrival_ns=arrival_ns, prompt_tokens=prompt, output_tokens=output)
     if isinstance(arrivals, TraceArrivals):
-        return _replay_trace(arrivals, cfg.requests, base_dir)
-    raise TypeError(f"unknown arrival process {type(arrivals).__name__}")
+        return _replay_trace(cfg, arrivals, seed, base_dir)
+    if not isinstance(arrivals, GeneratedArrivals):
+        raise TypeError(f"unknown arrival process {type(arrivals).__name__}")
+    assert cfg.lengths is not None and cfg.requests is not None  # enforced by WorkloadConfig
+    n = cfg.requests
+    if cfg.sessions is not None:
+        turns = session_turns(n, cfg.sessions.turns_mean, _rng(seed, _TURNS_STREAM))
+    else:
+        turns = np.ones(n, dtype=np.int64)
+    starts = generate_arrivals(arrivals, len(turns), _rng(seed, _ARRIVAL_STREAM))
+    new_tokens, output = sample_lengths(cfg.lengths, n, _rng(seed, _LENGTH_STREAM), base_dir)
+    if cfg.sessions is None and cfg.prefixes is None:
+        return Workload(arrival_ns=starts, prompt_tokens=new_tokens, output_tokens=output)
+
+    if cfg.sessions is not None:
+        arrival = session_arrivals(
+            starts, turns, cfg.sessions.think_time_s, _rng(seed, _THINK_STREAM)
+        )
+    else:
+        arrival = starts
+    with_sessions = cfg.sessions is not None
+    return _compose(cfg, seed, arrival, turns, new_tokens, output, with_sessions)
 
 
-def _replay_trace(arrivals: TraceArrivals, requests: int | None, base_dir: Path | None) -> Workload:
+def _compose(
+    cfg: WorkloadConfig,
+    seed: int,
+    arrival: np.ndarray,
+    turns: np.ndarray,
+    new_tokens: np.ndarray,
+    output: np.ndarray,
+    with_sessions: bool,
+) -> Workload:
+    """Build prompts and hashes for requests given session by session, then sort by arrival."""
+    prefixes = cfg.prefixes
+    block_tokens = (cfg.sessions or prefixes).block_tokens  # equal when both are set
+    groups = None
+    if prefixes is not None:
+        groups = assign_prefix_groups(len(turns), prefixes, _rng(seed, _PREFIX_STREAM))
+    composed = compose_prompts(
+        turns,
+        new_tokens,
+        output,
+        block_tokens,
+        groups=groups,
+        prefix_tokens=prefixes.prefix_tokens if prefixes else 0,
+        group_count=prefixes.groups if prefixes else 0,
+    )
+    order = np.argsort(arrival, kind="stable")
+    offsets, values = composed.hash_lists(order)
+    session = np.repeat(np.arange(len(turns), dtype=np.int64), turns)
+    return Workload(
+        arrival_ns=arrival[order],
+        prompt_tokens=composed.prompt_tokens[order],
+        output_tokens=output[order],
+        hash_ids=lists_from_offsets(offsets, values),
+        session_id=session[order] if with_sessions else None,
+    )
+
+
+def _replay_trace(
+    cfg: WorkloadConfig, arrivals: TraceArrivals, seed: int, base_dir: Path | None
+) -> Workload:
     path = resolve_path(arrivals.path, base_dir)
-    frame = load_azure_csv(path)
-    if requests is not None:
-        if requests > frame.height:
+    frame = replay_frame(arrivals, path, cfg.requests)
+    arrival = frame["arrival_ns"].to_numpy()
+    prompt = frame["prompt_tokens"].to_numpy()
+    output = frame["output_tokens"].to_numpy()
+    session_id = frame["session_id"].to_numpy() if "session_id" in frame.columns else None
+    if cfg.prefixes is not None:
+        if "hash_ids" in frame.columns:
             from fleetwise.errors import ConfigError
 
             raise ConfigError(
-                f"requests is {requests} but the trace {path} has only {frame.height} rows"
+                f"prefixes cannot be added to the trace {path}: it has its own hash_ids"
             )
-        frame = frame.head(requests)
-    arrival_ns = frame["arrival_ns"].to_numpy()
-    if arrivals.rate_scale != 1.0:
-        arrival_ns = np.rint(arrival_ns / arrivals.rate_scale).astype(np.int64)
+        workload = _compose(
+            cfg, seed, arrival, np.ones(len(arrival), dtype=np.int64), prompt, output, False
+        )
+        if session_id is None:
+            return workload
+        return Workload(
+            arrival_ns=workload.arrival_ns,
+            prompt_tokens=workload.prompt_tokens,
+            output_tokens=workload.output_tokens,
+            hash_ids=workload.hash_ids,
+            session_id=session_id,
+        )
+    hash_ids: pl.Series | None = frame["hash_ids"] if "hash_ids" in frame.columns else None
     return Workload(
-        arrival_ns=arrival_ns,
-        prompt_tokens=frame["prompt_tokens"].to_numpy(),
-        output_tokens=frame["output_tokens"].to_numpy(),
+        arrival_ns=arrival,
+        prompt_tokens=prompt,
+        output_tokens=output,
+        hash_ids=hash_ids,
+        session_id=session_id,
     )

@@ -1,20 +1,28 @@
-"""Prompt and output length distributions, and the CSV length-file reader."""
+"""Prompt and output length distributions, and the length-file readers by format name."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import polars as pl
 
 from fleetwise.workload._files import read_table, resolve_path
 from fleetwise.workload.config import (
+    AnyFormat,
     ConstantLengths,
     FileLengths,
+    FitLengths,
     LengthDistribution,
+    LengthFormat,
     LognormalLengths,
     UniformLengths,
 )
+from fleetwise.workload.fit import fit_lognormal
+from fleetwise.workload.sharegpt import load_sharegpt
+from fleetwise.workload.traces import TRACE_LOADERS
+from fleetwise.workload.vllm_bench import load_vllm_bench
 
 # Upper clip for unbounded log-normal samples: far beyond any context length, and exactly
 # representable as a float, so the conversion to int64 cannot overflow.
@@ -45,6 +53,35 @@ def load_length_file(
     )
 
 
+LENGTH_FORMATS: tuple[str, ...] = get_args(LengthFormat)
+"""The length-only formats: ``csv``, ``sharegpt`` and ``vllm-bench``."""
+
+
+def load_lengths(
+    path: str | Path,
+    format: str = "csv",
+    *,
+    prompt_column: str = "num_prefill_tokens",
+    output_column: str = "num_decode_tokens",
+    chars_per_token: float = 4.0,
+) -> pl.DataFrame:
+    """The int64 ``prompt_tokens`` and ``output_tokens`` of every request in a file of any format
+    (``AnyFormat``): a length format (``csv`` uses ``prompt_column`` / ``output_column``,
+    ``sharegpt`` uses ``chars_per_token``) or a trace format (its arrival times and other columns
+    are dropped). Raises ``ValueError`` for an unknown format."""
+    path = Path(path)
+    if format == "csv":
+        return load_length_file(path, prompt_column, output_column)
+    if format == "sharegpt":
+        return load_sharegpt(path, chars_per_token)
+    if format == "vllm-bench":
+        return load_vllm_bench(path)
+    if format in TRACE_LOADERS:
+        return TRACE_LOADERS[format](path).select("prompt_tokens", "output_tokens")
+    known = ", ".join(get_args(AnyFormat))
+    raise ValueError(f"unknown length file format {format!r}; known: {known}")
+
+
 def sample_lengths(
     cfg: LengthDistribution, n: int, rng: np.random.Generator, base_dir: Path | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -67,6 +104,8 @@ def sample_lengths(
         return prompt, output
     if isinstance(cfg, FileLengths):
         return _sample_file(cfg, n, rng, base_dir)
+    if isinstance(cfg, FitLengths):
+        return _sample_fit(cfg, n, rng, base_dir)
     raise TypeError(f"unknown length distribution {type(cfg).__name__}")
 
 
@@ -82,7 +121,13 @@ def _sample_file(
     cfg: FileLengths, n: int, rng: np.random.Generator, base_dir: Path | None
 ) -> tuple[np.ndarray, np.ndarray]:
     path = resolve_path(cfg.path, base_dir)
-    frame = load_length_file(path, cfg.prompt_column, cfg.output_column)
+    frame = load_lengths(
+        path,
+        cfg.format,
+        prompt_column=cfg.prompt_column,
+        output_column=cfg.output_column,
+        chars_per_token=cfg.chars_per_token,
+    )
     if cfg.max_total_tokens is not None:
         frame = frame.filter(
             pl.col("prompt_tokens") + pl.col("output_tokens") <= cfg.max_total_tokens
@@ -91,10 +136,42 @@ def _sample_file(
             from fleetwise.errors import ConfigError
 
             raise ConfigError(
-                f"{path}: no row has {cfg.prompt_column} + {cfg.output_column} <= "
+                f"{path}: no request has prompt + output tokens <= "
                 f"max_total_tokens ({cfg.max_total_tokens})"
             )
     rows = rng.integers(0, frame.height, size=n)
     prompt = frame["prompt_tokens"].to_numpy()[rows].astype(np.int64, copy=False)
     output = frame["output_tokens"].to_numpy()[rows].astype(np.int64, copy=False)
+    return prompt, output
+
+
+def fit_file_lengths(cfg: FitLengths, base_dir: Path | None = None) -> LognormalLengths:
+    """The log-normal length distribution ``cfg`` describes: ``fit_lognormal`` of the prompt and
+    of the output lengths of its file, with ``cfg``'s clipping limits."""
+    path = resolve_path(cfg.path, base_dir)
+    frame = load_lengths(
+        path,
+        cfg.format,
+        prompt_column=cfg.prompt_column,
+        output_column=cfg.output_column,
+        chars_per_token=cfg.chars_per_token,
+    )
+    prompt_median, prompt_sigma = fit_lognormal(frame["prompt_tokens"].to_numpy())
+    output_median, output_sigma = fit_lognormal(frame["output_tokens"].to_numpy())
+    return LognormalLengths(
+        prompt_median=prompt_median,
+        prompt_sigma=prompt_sigma,
+        output_median=output_median,
+        output_sigma=output_sigma,
+        prompt_max=cfg.prompt_max,
+        output_max=cfg.output_max,
+    )
+
+
+def _sample_fit(
+    cfg: FitLengths, n: int, rng: np.random.Generator, base_dir: Path | None
+) -> tuple[np.ndarray, np.ndarray]:
+    fitted = fit_file_lengths(cfg, base_dir)
+    prompt = _lognormal(rng, n, fitted.prompt_median, fitted.prompt_sigma, fitted.prompt_max)
+    output = _lognormal(rng, n, fitted.output_median, fitted.output_sigma, fitted.output_max)
     return prompt, output

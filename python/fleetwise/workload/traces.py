@@ -1,0 +1,132 @@
+"""The trace formats by name, and the selection of a trace's requests (time window, length
+filters, first N, rate scaling) that ``TraceArrivals`` describes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import get_args
+
+import numpy as np
+import polars as pl
+
+from fleetwise.workload.azure import load_azure_csv
+from fleetwise.workload.burstgpt import load_burstgpt
+from fleetwise.workload.config import TraceArrivals, TraceFormat
+from fleetwise.workload.mooncake import load_mooncake
+from fleetwise.workload.native import load_parquet
+
+TRACE_LOADERS: dict[str, Callable[[Path], pl.DataFrame]] = {
+    "azure": load_azure_csv,
+    "mooncake": load_mooncake,
+    "burstgpt": load_burstgpt,
+    "parquet": load_parquet,
+}
+"""The reader of each ``TraceArrivals.format``: ``path -> frame`` with int64 ``arrival_ns``
+(first row 0), ``prompt_tokens`` and ``output_tokens``, plus ``hash_ids`` and ``session_id`` when
+the format has them."""
+
+assert set(TRACE_LOADERS) == set(get_args(TraceFormat)), "every trace format needs a loader"
+
+
+def load_trace(path: str | Path, format: str, **options: object) -> pl.DataFrame:
+    """Read the trace at ``path`` with the reader registered for ``format``; ``options`` are
+    passed to it (e.g. ``model=`` for ``burstgpt``). Raises ``ValueError`` for an unknown
+    format."""
+    try:
+        loader = TRACE_LOADERS[format]
+    except KeyError:
+        known = ", ".join(TRACE_LOADERS)
+        raise ValueError(f"unknown trace format {format!r}; known: {known}") from None
+    return loader(Path(path), **options)
+
+
+def select_requests(
+    frame: pl.DataFrame,
+    *,
+    start_s: float = 0.0,
+    duration_s: float | None = None,
+    min_prompt_tokens: int | None = None,
+    max_prompt_tokens: int | None = None,
+    max_output_tokens: int | None = None,
+    requests: int | None = None,
+    rate_scale: float = 1.0,
+    source: str = "the trace",
+) -> pl.DataFrame:
+    """Select requests of a loaded trace, in this order:
+
+    1. the time window: keep rows with ``start_s <= arrival < start_s + duration_s`` (seconds, in
+       the trace's own time; ``duration_s=None``: to the end);
+    2. the length filters: drop rows with ``prompt_tokens < min_prompt_tokens``, ``prompt_tokens >
+       max_prompt_tokens`` or ``output_tokens > max_output_tokens`` (after the window, so the
+       filters never move it);
+    3. re-base: subtract the first remaining arrival, so the first request arrives at 0;
+    4. keep the first ``requests`` rows;
+    5. divide every arrival by ``rate_scale`` (rounded to the nearest nanosecond).
+
+    Other columns (``hash_ids``, ``session_id``) follow their rows. Raises ``ConfigError`` (naming
+    ``source``) when nothing is left or fewer than ``requests`` rows are.
+    """
+    from fleetwise.errors import ConfigError
+
+    arrival = pl.col("arrival_ns")
+    start_ns = round(start_s * 1e9)
+    window = arrival >= start_ns
+    if duration_s is not None:
+        window = window & (arrival < start_ns + round(duration_s * 1e9))
+    selected = frame.filter(window)
+    if selected.height == 0:
+        end = "the end" if duration_s is None else f"{start_s + duration_s:g} s"
+        raise ConfigError(
+            f"{source}: no request arrives between {start_s:g} s and {end} "
+            f"(the trace spans {frame['arrival_ns'].max() / 1e9:g} s)"
+        )
+    conditions = []
+    if min_prompt_tokens is not None:
+        conditions.append(pl.col("prompt_tokens") >= min_prompt_tokens)
+    if max_prompt_tokens is not None:
+        conditions.append(pl.col("prompt_tokens") <= max_prompt_tokens)
+    if max_output_tokens is not None:
+        conditions.append(pl.col("output_tokens") <= max_output_tokens)
+    if conditions:
+        windowed = selected.height
+        selected = selected.filter(pl.all_horizontal(conditions))
+        if selected.height == 0:
+            raise ConfigError(
+                f"{source}: none of the {windowed} requests in the time window passes the "
+                "length filters (min_prompt_tokens, max_prompt_tokens, max_output_tokens)"
+            )
+    selected = selected.with_columns(arrival - selected["arrival_ns"][0])
+    if requests is not None:
+        if requests > selected.height:
+            after = ""
+            if selected.height < frame.height:
+                after = " after the time window and length filters"
+            raise ConfigError(
+                f"requests is {requests} but {source} has only {selected.height} rows{after}"
+            )
+        selected = selected.head(requests)
+    if rate_scale != 1.0:
+        scaled = np.rint(selected["arrival_ns"].to_numpy() / rate_scale).astype(np.int64)
+        selected = selected.with_columns(pl.Series("arrival_ns", scaled))
+    return selected
+
+
+def replay_frame(arrivals: TraceArrivals, path: Path, requests: int | None) -> pl.DataFrame:
+    """Load the trace ``arrivals`` names (already resolved to ``path``) and select the requests it
+    and the workload's ``requests`` ask for (see ``select_requests``)."""
+    options: dict[str, object] = {}
+    if arrivals.format == "burstgpt":
+        options = {"model": arrivals.model, "log_type": arrivals.log_type}
+    frame = load_trace(path, arrivals.format, **options)
+    return select_requests(
+        frame,
+        start_s=arrivals.start_s,
+        duration_s=arrivals.duration_s,
+        min_prompt_tokens=arrivals.min_prompt_tokens,
+        max_prompt_tokens=arrivals.max_prompt_tokens,
+        max_output_tokens=arrivals.max_output_tokens,
+        requests=requests,
+        rate_scale=arrivals.rate_scale,
+        source=f"the trace {path}",
+    )
