@@ -1,4 +1,4 @@
-"""The ``fleetwise`` command line: run, sweep, goodput, report, estimate, catalog, calibrate.
+"""The ``fleetwise`` command line: run, compare, sweep, goodput, report, estimate, catalog, calibrate.
 
 User mistakes (bad scenario fields, unknown names, models that do not fit, malformed traces) end
 with a one-paragraph message on stderr and exit code 2, never a traceback.
@@ -141,6 +141,80 @@ def goodput(
         t.add_row(f"{c['rate']:.3g}", f"{c['attainment']:.1%}")
     out.print(t)
     out.print(f"results in {out_dir}/")
+
+
+def _parse_variant(text: str) -> tuple[str, list[str]]:
+    """``'label: path=value; path=value'`` -> (label, overrides); the label defaults to the overrides."""
+    from fleetwise.errors import ConfigError
+
+    label, sep, rest = text.partition(": ")
+    if not sep:
+        label, rest = text, text
+    overrides = [o.strip() for o in rest.split(";") if o.strip()]
+    if not overrides or any("=" not in o for o in overrides):
+        raise ConfigError(f"--variant {text!r}: expected 'LABEL: PATH=VALUE; PATH=VALUE'")
+    return label.strip(), overrides
+
+
+@app.command()
+def compare(
+    scenario: Path = typer.Argument(..., help="Scenario YAML file."),
+    variant: List[str] = typer.Option(..., "--variant", help="'LABEL: PATH=VALUE; PATH=VALUE' (repeatable), e.g. 'vllm: cluster.pools.0.scheduler={kind: vllm}'."),
+    set_: List[str] = typer.Option([], "--set", help="Override for every variant: PATH=VALUE. Repeatable."),
+    slo: List[str] = typer.Option([], "--slo", help="METRIC_pNN=SECONDS (repeatable): adds SLO attainment, and goodput with --goodput."),
+    with_goodput: bool = typer.Option(False, "--goodput", help="Also search each variant's goodput (needs --slo)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Directory for one run directory per variant (default compare/<name>)."),
+) -> None:
+    """Run one scenario under several policies and print them side by side."""
+    from fleetwise.config.load import load_scenario
+    from fleetwise.errors import ConfigError
+    from fleetwise.simulate import simulate
+    from fleetwise.sweep.goodput import attainment, parse_slos, search
+
+    variants = [_parse_variant(v) for v in variant]
+    if len({l for l, _ in variants}) != len(variants):
+        raise ConfigError("--variant labels must differ")
+    slos, implied = parse_slos(slo) if slo else ({}, None)
+    if with_goodput and not slos:
+        raise ConfigError("--goodput needs at least one --slo")
+    target = implied or 0.9
+    base = load_scenario(scenario, set_)
+    out_dir = output or Path("compare") / base.name
+    columns = {}
+    for label, overrides in variants:
+        sc = load_scenario(scenario, [*set_, *overrides])
+        try:
+            r = simulate(sc, progress=True)
+        except KeyboardInterrupt:
+            err.print(f"interrupted: finished variants are in {out_dir}/")
+            sys.exit(130)
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
+        r.write(out_dir / safe)
+        s = r.summary
+        col = {
+            "requests/s": s["throughput"]["requests_per_s"],
+            "output tok/s": s["throughput"]["output_tokens_per_s"],
+            **{f"TTFT {q} (ms)": s["ttft_s"][q] * 1e3 for q in ("p50", "p90", "p99")},
+            **{f"TPOT {q} (ms)": s["tpot_s"][q] * 1e3 for q in ("p50", "p90", "p99")},
+            "ITL p99 (ms)": s["itl_s"]["p99"] * 1e3,
+            "E2E p90 (s)": s["e2e_s"]["p90"],
+            "preemptions": s["preemptions"],
+        }
+        if slos:
+            col[f"SLO attainment"] = attainment(r.requests, slos)
+        if with_goodput:
+            g = search(str(scenario), [*set_, *overrides], out_dir / f"{safe}-goodput", slos, target, quiet=True)
+            col["goodput (req/s)"] = g["goodput_rate"]
+            col["goodput per GPU"] = g["goodput_per_gpu"]
+        columns[label] = col
+    t = Table(title=f"{base.name}: {len(variants)} variants" + (f", SLO {slos} for {target:.0%}" if slos else ""))
+    t.add_column("metric")
+    for label in columns:
+        t.add_column(label, justify="right")
+    for metric in next(iter(columns.values())):
+        t.add_row(metric, *(f"{c[metric]:.1%}" if metric == "SLO attainment" else f"{c[metric]:.4g}" for c in columns.values()))
+    out.print(t)
+    out.print(f"runs in {out_dir}/ (fleetwise report {out_dir}/* -o compare.html)")
 
 
 @app.command()

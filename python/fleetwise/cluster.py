@@ -13,7 +13,6 @@ def resolve_pool(scenario: Scenario, index: int, pool: PoolConfig) -> dict:
     model: ModelSpec = lookup("model", pool.model, scenario.models, f"{path}.model")
     calibration = gpu.calibration if pool.calibration is None else pool.calibration.apply(gpu.calibration)
     sched = pool.scheduler
-    max_tokens = sched.max_num_batched_tokens or max(model.max_position_embeddings, 2048)
     return {
         "name": pool.name,
         "count": pool.count,
@@ -26,13 +25,7 @@ def resolve_pool(scenario: Scenario, index: int, pool: PoolConfig) -> dict:
         "ep": pool.parallelism.ep,
         "calibration": calibration.model_dump(),
         "memory": pool.memory.model_dump(),
-        "scheduler": {
-            "kind": sched.kind,
-            "max_num_seqs": sched.max_num_seqs,
-            "max_num_batched_tokens": max_tokens,
-            "preemption_mode": sched.preemption_mode,
-            "swap_space_bytes": int(sched.swap_space_gb * (1 << 30)),
-        },
+        "scheduler": scheduler_json(sched, model),
         "power_cap_watts": pool.power_cap_watts,
         "pim": None if pool.pim is None else lookup("pim", pool.pim, scenario.pims, f"{path}.pim").core_json(pool.pim),
         "offload": None if pool.offload is None else offload_json(pool.offload, f"{path}.offload"),
@@ -59,6 +52,22 @@ def offload_json(o, path: str) -> dict:
 def pool_prices(scenario: Scenario) -> dict[str, float]:
     """Price per GPU-hour of each pool's GPU, by pool name."""
     return {p.name: lookup("gpu", p.gpu, scenario.gpus, "").price_per_hour for p in scenario.cluster.pools}
+
+
+def scheduler_json(sched, model: ModelSpec) -> dict:
+    """The core's view of a scheduler config, defaults resolved against ``model``."""
+    if sched.kind == "vllm":
+        return {
+            "kind": "vllm",
+            "max_num_seqs": sched.max_num_seqs,
+            "max_num_batched_tokens": sched.max_num_batched_tokens or max(model.max_position_embeddings, 2048),
+            "preemption_mode": sched.preemption_mode,
+            "swap_space_bytes": int(sched.swap_space_gb * (1 << 30)),
+        }
+    if sched.kind == "orca":
+        reserve = model.max_position_embeddings if sched.reserve == "max-len" else None
+        return {"kind": "orca", "max_num_seqs": sched.max_num_seqs, "reserve_tokens": reserve}
+    return sched.model_dump()
 
 
 def core_config(scenario: Scenario, record_iterations: bool = False) -> dict:

@@ -49,11 +49,13 @@ def make_scheduler(config: dict, num_blocks: int, block_size: int = 16, watermar
 
     Methods: ``add(request_id, prompt, output)``, ``schedule() -> [(request_id, tokens)]``,
     ``complete() -> [(request_id, finished)]``, ``waiting()``, ``running()``, ``preempted()``,
-    ``used_blocks()``, ``free_blocks()``. ``max_num_batched_tokens`` defaults to 8192 here.
+    ``used_blocks()``, ``free_blocks()``. Model-dependent defaults (vLLM's ``max_num_batched_tokens``,
+    Orca's ``max-len`` reservation) assume an 8,192-token context.
     """
+    from fleetwise.catalog import builtin_models
+    from fleetwise.cluster import scheduler_json
+
     cfg = _SCHEDULER.validate_python(config)
-    d = cfg.model_dump()
-    if d.get("max_num_batched_tokens") is None:
-        d["max_num_batched_tokens"] = 8192
-    d["swap_space_bytes"] = int(d.pop("swap_space_gb") * (1 << 30))
-    return _core.Scheduler(json.dumps(d), num_blocks, block_size, watermark)
+    # Defaults that depend on a model (vLLM's token limit, Orca's reservation) assume an 8K context.
+    model = builtin_models()["llama-3-8b"]
+    return _core.Scheduler(json.dumps(scheduler_json(cfg, model)), num_blocks, block_size, watermark)

@@ -26,7 +26,40 @@ class VllmScheduler(StrictModel):
     """Host memory for swapped KV per GPU, GiB (vLLM's swap_space)."""
 
 
-SchedulerConfig = Annotated[Union[VllmScheduler], Field(discriminator="kind")]
+class SarathiServeScheduler(StrictModel):
+    """Sarathi-Serve stall-free batching: decodes first, then prefill chunks up to a token budget."""
+
+    kind: Literal["sarathi-serve"] = "sarathi-serve"
+    """Selects this scheduler."""
+    max_num_seqs: int = Field(default=256, ge=1)
+    """Most sequences in one iteration."""
+    token_budget: int = Field(default=512, ge=1)
+    """Most tokens (decodes and prefill chunks) in one iteration."""
+
+
+class SarathiScheduler(StrictModel):
+    """Sarathi decode-maximal batching: all decodes plus one prefill chunk per iteration."""
+
+    kind: Literal["sarathi"] = "sarathi"
+    """Selects this scheduler."""
+    max_num_seqs: int = Field(default=256, ge=1)
+    """Most sequences in one iteration."""
+    chunk_size: int = Field(default=512, ge=1)
+    """Prefill chunk size, tokens."""
+
+
+class OrcaScheduler(StrictModel):
+    """Orca iteration-level batching: whole prompts and decodes in one iteration, KV reserved at admission."""
+
+    kind: Literal["orca"] = "orca"
+    """Selects this scheduler."""
+    max_num_seqs: int = Field(default=256, ge=1)
+    """Most sequences in one iteration."""
+    reserve: Literal["max-len", "oracle"] = "max-len"
+    """KV reserved per request: the model's whole context (as Orca does) or its own prompt + output."""
+
+
+SchedulerConfig = Annotated[Union[VllmScheduler, SarathiServeScheduler, SarathiScheduler, OrcaScheduler], Field(discriminator="kind")]
 """Any batch scheduler, selected by ``kind``."""
 
 

@@ -153,8 +153,9 @@ fn unsorted_arrivals_are_an_error_not_a_panic() {
 fn swap_preemption_moves_kv_over_the_host_link_instead_of_recomputing() {
     let mut recompute = config(2, 20_000_000_000, RouterConfig::LeastOutstandingTokens);
     let mut swap = recompute.clone();
-    let SchedulerConfig::Vllm { preemption_mode, .. } = &mut swap.pools[0].scheduler;
-    *preemption_mode = fleetwise_core::scheduler::PreemptionMode::Swap;
+    if let SchedulerConfig::Vllm { preemption_mode, .. } = &mut swap.pools[0].scheduler {
+        *preemption_mode = fleetwise_core::scheduler::PreemptionMode::Swap;
+    }
     recompute.record_iterations = false;
     let w = workload(400);
     let a = simulate(&recompute, &w).unwrap();

@@ -4,8 +4,12 @@
 //! tokens of each request for one iteration, and fills a [`Batch`]. It allocates the KV blocks the
 //! batch needs, so a batch it returns always fits.
 
+mod chunked;
+mod orca;
 mod vllm;
 
+pub use chunked::{ChunkPolicy, ChunkedScheduler};
+pub use orca::OrcaScheduler;
 pub use vllm::VllmScheduler;
 
 use crate::cost::BatchShape;
@@ -127,6 +131,7 @@ impl SchedulerConfig {
     pub fn preemption_mode(&self) -> PreemptionMode {
         match *self {
             SchedulerConfig::Vllm { preemption_mode, .. } => preemption_mode,
+            _ => PreemptionMode::Recompute,
         }
     }
 
@@ -134,6 +139,9 @@ impl SchedulerConfig {
     pub fn limits(&self) -> (u32, u32) {
         match *self {
             SchedulerConfig::Vllm { max_num_seqs, max_num_batched_tokens, .. } => (max_num_batched_tokens, max_num_seqs),
+            SchedulerConfig::SarathiServe { max_num_seqs, token_budget } => (token_budget, max_num_seqs),
+            SchedulerConfig::Sarathi { max_num_seqs, chunk_size } => (chunk_size + max_num_seqs, max_num_seqs),
+            SchedulerConfig::Orca { max_num_seqs, reserve_tokens } => (reserve_tokens.unwrap_or(8192), max_num_seqs),
         }
     }
 }
@@ -156,10 +164,42 @@ pub enum SchedulerConfig {
         #[serde(default = "default_swap_space")]
         swap_space_bytes: u64,
     },
+    /// Sarathi-Serve: decodes first, then prefill chunks filling a per-iteration token budget.
+    #[serde(rename = "sarathi-serve")]
+    SarathiServe {
+        /// Most sequences in one iteration.
+        max_num_seqs: u32,
+        /// Most tokens (decodes + prefill chunks) in one iteration.
+        token_budget: u32,
+    },
+    /// Sarathi: all decodes plus one prefill chunk per iteration (decode-maximal batching).
+    #[serde(rename = "sarathi")]
+    Sarathi {
+        /// Most sequences in one iteration.
+        max_num_seqs: u32,
+        /// Prefill chunk size, tokens.
+        chunk_size: u32,
+    },
+    /// Orca: iteration-level batching, KV reserved per request at admission, no chunking.
+    #[serde(rename = "orca")]
+    Orca {
+        /// Most sequences in one iteration.
+        max_num_seqs: u32,
+        /// Tokens of KV reserved per request (None: its own prompt + output).
+        #[serde(default)]
+        reserve_tokens: Option<u32>,
+    },
 }
 
 fn default_swap_space() -> u64 {
     4 << 30
+}
+
+fn positive(path: &str, v: u32) -> Result<()> {
+    if v == 0 {
+        return Err(Error::config(path, "must be at least 1"));
+    }
+    Ok(())
 }
 
 impl SchedulerConfig {
@@ -178,6 +218,23 @@ impl SchedulerConfig {
                     PreemptionMode::Swap => (swap_space_bytes / block_bytes.max(1)).min(u32::MAX as u64) as u32,
                 };
                 Ok(Box::new(VllmScheduler::new(max_num_seqs, max_num_batched_tokens).with_swap_space(host_blocks)))
+            }
+            SchedulerConfig::SarathiServe { max_num_seqs, token_budget } => {
+                positive("scheduler.max_num_seqs", max_num_seqs)?;
+                positive("scheduler.token_budget", token_budget)?;
+                Ok(Box::new(ChunkedScheduler::new(ChunkPolicy::TokenBudget(token_budget), max_num_seqs)))
+            }
+            SchedulerConfig::Sarathi { max_num_seqs, chunk_size } => {
+                positive("scheduler.max_num_seqs", max_num_seqs)?;
+                positive("scheduler.chunk_size", chunk_size)?;
+                Ok(Box::new(ChunkedScheduler::new(ChunkPolicy::OneChunk(chunk_size), max_num_seqs)))
+            }
+            SchedulerConfig::Orca { max_num_seqs, reserve_tokens } => {
+                positive("scheduler.max_num_seqs", max_num_seqs)?;
+                if let Some(t) = reserve_tokens {
+                    positive("scheduler.reserve_tokens", t)?;
+                }
+                Ok(Box::new(OrcaScheduler::new(max_num_seqs, reserve_tokens)))
             }
         }
     }

@@ -1,0 +1,243 @@
+//! Chunked-prefill schedulers: Sarathi-Serve's stall-free batching and Sarathi's decode-maximal batching.
+//!
+//! **Sarathi-Serve** (`sarathi-serve`, Agrawal et al., OSDI 2024): every iteration first takes one
+//! token of every running decode (decodes are never paused for a prefill: "stall-free"), then
+//! fills what is left of the per-iteration `token_budget` with prefill chunks, first of requests
+//! whose prefill is already under way, then of newly admitted ones. Several chunks can share an
+//! iteration.
+//!
+//! **Sarathi** (`sarathi`, Agrawal et al., 2023): decode-maximal batching: all running decodes plus
+//! at most one prefill chunk of `chunk_size` tokens per iteration.
+//!
+//! Both admit in order while `max_num_seqs` and the KV cache (with the watermark) allow, allocate the
+//! blocks each chunk needs, and when a decode needs a block that is not there preempt the most
+//! recently admitted request by recompute, as vLLM does.
+
+use super::{preempt_recompute, Batch, BatchScheduler, Queues};
+use crate::kv::BlockManager;
+use crate::request::{Request, Status};
+
+/// How prefill chunks are chosen each iteration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkPolicy {
+    /// Fill the token budget left after the decodes with as many chunks as fit.
+    TokenBudget(u32),
+    /// One chunk of at most this many tokens, whatever the decodes.
+    OneChunk(u32),
+}
+
+/// Chunked prefill with decodes first.
+#[derive(Debug, Clone)]
+pub struct ChunkedScheduler {
+    policy: ChunkPolicy,
+    max_num_seqs: u32,
+    preempted: Vec<u32>,
+}
+
+impl ChunkedScheduler {
+    /// A scheduler with the given chunk policy and sequence limit.
+    pub fn new(policy: ChunkPolicy, max_num_seqs: u32) -> Self {
+        ChunkedScheduler { policy, max_num_seqs, preempted: Vec::new() }
+    }
+
+    /// Gives `tokens` more tokens of `req` their KV blocks; false when the cache lacks them.
+    fn grow(req: &mut Request, tokens: u32, kv: &mut BlockManager) -> bool {
+        let need = kv.blocks_for(req.computed as u64 + tokens as u64).saturating_sub(req.blocks);
+        if !kv.can_grow(need) {
+            return false;
+        }
+        kv.allocate(need);
+        req.blocks += need;
+        true
+    }
+
+    /// One decode token for every running decode, preempting the newest when blocks run out.
+    fn schedule_decodes(&mut self, q: &mut Queues, reqs: &mut [Request], kv: &mut BlockManager, batch: &mut Batch) {
+        let mut i = 0;
+        while i < q.running.len() {
+            let idx = q.running[i];
+            if !reqs[idx as usize].is_decoding() {
+                i += 1;
+                continue;
+            }
+            let mut self_preempted = false;
+            while !Self::grow(&mut reqs[idx as usize], 1, kv) {
+                let victim = q.running.pop().expect("running holds the current request");
+                preempt_recompute(&mut reqs[victim as usize], kv);
+                self.preempted.push(victim);
+                batch.preempted += 1;
+                if victim == idx {
+                    self_preempted = true;
+                    break;
+                }
+            }
+            if self_preempted {
+                break;
+            }
+            batch.push(idx, &reqs[idx as usize], 1);
+            i += 1;
+        }
+    }
+
+    /// Prefill chunks within `budget` tokens: running partial prefills first, then admissions.
+    fn schedule_chunks(&mut self, q: &mut Queues, reqs: &mut [Request], kv: &mut BlockManager, batch: &mut Batch, mut budget: u32, max_chunks: u32) {
+        let mut chunks = 0;
+        let mut i = 0;
+        while i < q.running.len() && budget > 0 && chunks < max_chunks {
+            let idx = q.running[i];
+            let r = &mut reqs[idx as usize];
+            if r.pending_tokens() > 1 || (r.generated == 0 && r.pending_tokens() > 0) {
+                let n = r.pending_tokens().min(budget);
+                if Self::grow(r, n, kv) {
+                    batch.push(idx, r, n);
+                    budget -= n;
+                    chunks += 1;
+                }
+            }
+            i += 1;
+        }
+        while budget > 0 && chunks < max_chunks {
+            let Some(&idx) = q.waiting.front() else { break };
+            if q.running.len() as u32 >= self.max_num_seqs {
+                break;
+            }
+            let r = &mut reqs[idx as usize];
+            let n = r.pending_tokens().min(budget);
+            let need = kv.blocks_for(n as u64);
+            if !kv.can_admit(need) {
+                break;
+            }
+            q.waiting.pop_front();
+            kv.allocate(need);
+            r.blocks = need;
+            r.status = Status::Running;
+            q.running.push(idx);
+            batch.push(idx, r, n);
+            budget -= n;
+            chunks += 1;
+        }
+    }
+}
+
+impl BatchScheduler for ChunkedScheduler {
+    fn schedule(&mut self, q: &mut Queues, reqs: &mut [Request], kv: &mut BlockManager, batch: &mut Batch) {
+        self.preempted.clear();
+        self.schedule_decodes(q, reqs, kv, batch);
+        for &v in self.preempted.iter() {
+            q.waiting.push_front(v);
+        }
+        let decodes = batch.items.len() as u32;
+        match self.policy {
+            ChunkPolicy::TokenBudget(b) => self.schedule_chunks(q, reqs, kv, batch, b.saturating_sub(decodes), u32::MAX),
+            ChunkPolicy::OneChunk(c) => self.schedule_chunks(q, reqs, kv, batch, c, 1),
+        }
+    }
+
+    fn reject_reason(&self, _req: &Request) -> Option<String> {
+        None
+    }
+
+    fn max_batch_tokens(&self) -> u32 {
+        match self.policy {
+            ChunkPolicy::TokenBudget(b) => b,
+            ChunkPolicy::OneChunk(c) => c + self.max_num_seqs,
+        }
+    }
+
+    fn max_batch_seqs(&self) -> u32 {
+        self.max_num_seqs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::Item;
+
+    fn setup(prompts: &[u32], output: u32) -> (Vec<Request>, Queues) {
+        let reqs: Vec<Request> = prompts.iter().map(|&p| { let mut r = Request::new(0, p, output); r.status = Status::Waiting; r }).collect();
+        let mut q = Queues::default();
+        q.waiting.extend(0..prompts.len() as u32);
+        (reqs, q)
+    }
+
+    fn finish(batch: &Batch, reqs: &mut [Request], q: &mut Queues, kv: &mut BlockManager) {
+        for it in &batch.items {
+            let r = &mut reqs[it.req as usize];
+            r.computed += it.tokens;
+            if r.computed == r.known_tokens() {
+                r.generated += 1;
+                if r.generated == r.output {
+                    kv.release(r.blocks);
+                    r.blocks = 0;
+                    r.status = Status::Finished;
+                }
+            }
+        }
+        q.running.retain(|&i| reqs[i as usize].status == Status::Running);
+    }
+
+    #[test]
+    fn sarathi_serve_chunks_prompts_under_the_budget_and_never_pauses_decodes() {
+        // Budget 512: a 1000-token prompt goes in chunks of 512, then 488 (+ the first request's
+        // decode once it has one), and a second prompt shares the leftover budget.
+        let (mut reqs, mut q) = setup(&[1000, 300], 5);
+        let mut kv = BlockManager::new(1000, 16, 0);
+        let mut s = ChunkedScheduler::new(ChunkPolicy::TokenBudget(512), 64);
+        let mut b = Batch::default();
+        s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
+        assert_eq!(b.items, vec![Item { req: 0, tokens: 512 }]);
+        assert_eq!(b.shape.sampled, 0, "a partial prefill samples nothing");
+        finish(&b, &mut reqs, &mut q, &mut kv);
+        b.clear();
+        s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
+        assert_eq!(b.items, vec![Item { req: 0, tokens: 488 }, Item { req: 1, tokens: 24 }]);
+        assert_eq!(b.shape.prefill_pairs, 488.0 * (512.0 + 489.0 / 2.0) + 24.0 * (12.5));
+        finish(&b, &mut reqs, &mut q, &mut kv);
+        b.clear();
+        s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
+        // Request 0 decodes first; request 1's prefill continues in the 511 tokens left.
+        assert_eq!(b.items, vec![Item { req: 0, tokens: 1 }, Item { req: 1, tokens: 276 }]);
+        assert_eq!(b.shape.decode_seqs, 1);
+        assert!(b.shape.tokens() <= 512);
+    }
+
+    #[test]
+    fn sarathi_takes_one_chunk_and_all_decodes() {
+        let (mut reqs, mut q) = setup(&[100, 100, 700], 50);
+        let mut kv = BlockManager::new(1000, 16, 0);
+        let mut s = ChunkedScheduler::new(ChunkPolicy::OneChunk(256), 64);
+        let mut b = Batch::default();
+        for _ in 0..2 {
+            s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
+            finish(&b, &mut reqs, &mut q, &mut kv);
+            b.clear();
+        }
+        s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
+        // Two decodes, then one 256-token chunk of the long prompt.
+        assert_eq!(b.items, vec![Item { req: 0, tokens: 1 }, Item { req: 1, tokens: 1 }, Item { req: 2, tokens: 256 }]);
+    }
+
+    #[test]
+    fn kv_pressure_preempts_the_newest_by_recompute() {
+        // Each request fits alone (16 + 10 - 1 tokens: 2 blocks); together they need 4 of 3.
+        let (mut reqs, mut q) = setup(&[16, 16], 10);
+        let mut kv = BlockManager::new(3, 16, 0);
+        let mut s = ChunkedScheduler::new(ChunkPolicy::TokenBudget(64), 8);
+        let mut b = Batch::default();
+        let mut preempted = 0;
+        for _ in 0..300 {
+            b.clear();
+            s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
+            preempted += b.preempted;
+            assert_eq!(reqs.iter().map(|r| r.blocks).sum::<u32>(), kv.used());
+            assert!(b.shape.tokens() <= 64);
+            if b.items.is_empty() {
+                break;
+            }
+            finish(&b, &mut reqs, &mut q, &mut kv);
+        }
+        assert!(preempted > 0);
+        assert!(reqs.iter().all(|r| r.status == Status::Finished && r.generated == 10));
+    }
+}
