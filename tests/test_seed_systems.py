@@ -64,3 +64,62 @@ def test_compare_prints_policies_side_by_side(tmp_path, write_yaml):
     assert (tmp_path / "cmp" / "vllm" / "requests.parquet").exists() and (tmp_path / "cmp" / "sarathi-serve" / "summary.json").exists()
     r = run_cli("compare", str(p), "--variant", "nonsense")
     assert r.returncode == 2 and "LABEL: PATH=VALUE" in r.stderr
+
+
+MOONCAKE = SHARED_TRACES / "mooncake_fast25_conversation.jsonl"
+
+
+def _prefix_run(path, caching, router, requests=None):
+    over = [f"cluster.pools.0.prefix_caching={str(caching).lower()}", f"cluster.router.kind={router}", f"workload.arrivals.path={path}"]
+    if requests:
+        over.append(f"workload.requests={requests}")
+    return fleetwise.simulate(load_scenario(REPO / "scenarios" / "prefix-caching.yaml", over))
+
+
+@pytest.mark.skipif(not MOONCAKE.exists(), reason=f"needs the Mooncake conversation trace at {MOONCAKE}")
+def test_prefix_caching_on_mooncake_saves_prefill_and_ttft_and_affinity_routing_hits_more():
+    off = _prefix_run(MOONCAKE, False, "least-outstanding-tokens", 2000)
+    lot = _prefix_run(MOONCAKE, True, "least-outstanding-tokens", 2000)
+    aff = _prefix_run(MOONCAKE, True, "prefix-affinity", 2000)
+    prefill = lambda r: int(r.instances["prefill_tokens"].sum())
+    assert "prefix_cache" not in off.summary
+    assert prefill(aff) < prefill(lot) < 0.85 * prefill(off)
+    assert aff.summary["prefix_cache"]["hit_rate"] > lot.summary["prefix_cache"]["hit_rate"] > 0.15
+    assert aff.summary["ttft_s"]["p90"] < off.summary["ttft_s"]["p90"]
+    # Hits are whole 512-token hash blocks, and never the whole prompt (its last token is computed).
+    assert aff.summary["prefix_cache"]["hit_tokens"] % 512 == 0
+    for r in (lot, aff):
+        q = r.requests
+        assert (q["status"] == "finished").all() and (q["generated_tokens"] == q["output_tokens"]).all()
+
+
+def test_prefix_caching_scenario_on_the_sample_trace():
+    on = _prefix_run("../traces/sample-mooncake.jsonl", True, "prefix-affinity")
+    off = _prefix_run("../traces/sample-mooncake.jsonl", False, "prefix-affinity")
+    assert on.summary["prefix_cache"]["hit_rate"] > 0.1
+    assert int(on.instances["prefill_tokens"].sum()) < int(off.instances["prefill_tokens"].sum())
+
+
+def test_generated_prefix_groups_hit_the_cache(write_yaml):
+    from conftest import small_scenario
+
+    sc = small_scenario()
+    sc["cluster"]["pools"][0]["prefix_caching"] = True
+    sc["workload"]["prefixes"] = {"groups": 4, "prefix_tokens": 1024, "fraction": 0.8, "block_tokens": 16}
+    r = fleetwise.simulate(sc)
+    pc = r.summary["prefix_cache"]
+    # 80% of requests carry a 1024-token shared prefix; after each group's first request it is cached.
+    assert pc["hit_tokens"] > 0.5 * 0.8 * 600 * 1024
+    sc["cluster"]["pools"][0]["memory"] = {"block_size": 32}
+    sc["workload"]["prefixes"]["block_tokens"] = 16
+    with pytest.raises(fleetwise.ConfigError, match="must divide"):
+        fleetwise.simulate(sc)
+
+
+def test_prefix_caching_without_hashes_is_a_config_error():
+    from conftest import small_scenario
+
+    sc = small_scenario()
+    sc["cluster"]["pools"][0]["prefix_caching"] = True
+    with pytest.raises(fleetwise.ConfigError, match="prefix hashes"):
+        fleetwise.simulate(sc)

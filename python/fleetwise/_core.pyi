@@ -89,4 +89,6 @@ def simulate(
     prompt_tokens: npt.NDArray[np.int64],
     output_tokens: npt.NDArray[np.int64],
     control: SimControl | None = None,
+    hash_offsets: npt.NDArray[np.int64] | None = None,
+    hash_values: npt.NDArray[np.int64] | None = None,
 ) -> dict[str, Any]: ...

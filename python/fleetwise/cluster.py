@@ -29,6 +29,7 @@ def resolve_pool(scenario: Scenario, index: int, pool: PoolConfig) -> dict:
         "power_cap_watts": pool.power_cap_watts,
         "pim": None if pool.pim is None else lookup("pim", pool.pim, scenario.pims, f"{path}.pim").core_json(pool.pim),
         "offload": None if pool.offload is None else offload_json(pool.offload, f"{path}.offload"),
+        "prefix_caching": pool.prefix_caching,
     }
 
 
@@ -70,11 +71,17 @@ def scheduler_json(sched, model: ModelSpec) -> dict:
     return sched.model_dump()
 
 
-def core_config(scenario: Scenario, record_iterations: bool = False) -> dict:
+def core_config(scenario: Scenario, record_iterations: bool = False, hash_block_tokens: int | None = None) -> dict:
     """The whole core configuration for ``scenario``."""
     return {
         "seed": scenario.seed,
         "pools": [resolve_pool(scenario, i, p) for i, p in enumerate(scenario.cluster.pools)],
         "router": scenario.cluster.router.model_dump(),
         "record_iterations": record_iterations,
+        "hash_block_tokens": hash_block_tokens,
     }
+
+
+def uses_prefixes(scenario: Scenario) -> bool:
+    """Whether the core needs the workload's prefix hashes (prefix caching or prefix-aware routing)."""
+    return any(p.prefix_caching for p in scenario.cluster.pools) or scenario.cluster.router.kind == "prefix-affinity"

@@ -95,6 +95,9 @@ def summarize(requests: pl.DataFrame, itl: dict, slo=None, instances: pl.DataFra
     }
     if instances is not None and wall_seconds > 0:
         summary.update(energy_and_cost(requests, instances, wall_seconds))
+    if instances is not None and "prefix_lookup_tokens" in instances.columns and int(instances["prefix_lookup_tokens"].sum()) > 0:
+        hits, looked = int(instances["prefix_hit_tokens"].sum()), int(instances["prefix_lookup_tokens"].sum())
+        summary["prefix_cache"] = {"hit_tokens": hits, "lookup_tokens": looked, "hit_rate": hits / looked}
     slo_part = slo_attainment(requests, slo)
     if slo_part is not None:
         summary["slo"] = slo_part

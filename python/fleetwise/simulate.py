@@ -11,7 +11,7 @@ import polars as pl
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fleetwise import _core
-from fleetwise.cluster import core_config, pool_prices
+from fleetwise.cluster import core_config, pool_prices, uses_prefixes
 from fleetwise.config.load import as_scenario
 from fleetwise.config.scenario import Scenario
 from fleetwise.errors import CapacityError, ConfigError
@@ -61,11 +61,11 @@ def _instances_frame(instances: list[dict]) -> pl.DataFrame:
     rows = []
     for i, inst in enumerate(instances):
         mem, st = inst["memory"], inst["stats"]
-        rows.append({"instance": i, "pool": inst["pool_name"], "gpus": inst["gpus"], "nodes": inst["nodes"], "energy_joules": inst["energy_joules"], "host_link_bytes": inst["host_link_bytes"], "host_link_utilisation": inst["host_link_utilisation"], **{f"kv_{k}" if k in ("block_size",) else k: v for k, v in mem.items()}, **st})
+        rows.append({"instance": i, "pool": inst["pool_name"], "gpus": inst["gpus"], "nodes": inst["nodes"], "energy_joules": inst["energy_joules"], "host_link_bytes": inst["host_link_bytes"], "host_link_utilisation": inst["host_link_utilisation"], "prefix_hit_tokens": inst["prefix_hit_tokens"], "prefix_lookup_tokens": inst["prefix_lookup_tokens"], **{f"kv_{k}" if k in ("block_size",) else k: v for k, v in mem.items()}, **st})
     return pl.DataFrame(rows)
 
 
-def _run_core(config_json: str, arrays: tuple, show_progress: bool) -> dict:
+def _run_core(config_json: str, arrays: tuple, show_progress: bool, extra: dict | None = None) -> dict:
     """Runs the core in a worker thread so that Ctrl-C reaches the main thread, which then cancels
     the simulation; shows a progress bar over arriving requests when asked."""
     control = _core.SimControl()
@@ -74,7 +74,7 @@ def _run_core(config_json: str, arrays: tuple, show_progress: bool) -> dict:
 
     def target() -> None:
         try:
-            box["out"] = _core.simulate(config_json, *arrays, control=control)
+            box["out"] = _core.simulate(config_json, *arrays, control=control, **(extra or {}))
         except BaseException as e:  # handed to the caller's thread below
             box["err"] = e
         finally:
@@ -116,15 +116,17 @@ def simulate(
     sc = as_scenario(scenario)
     source = sc.source or "<scenario>"
     base_dir = Path(sc._base_dir) if sc._base_dir else None
-    try:
-        config = core_config(sc, record_iterations)
-    except ConfigError as err:
-        raise ConfigError(f"{source}: {err}") from None
     if workload is None:
         workload = build_workload(sc.workload, sc.seed, base_dir)
+    hashes = workload.hash_offsets_and_values() if uses_prefixes(sc) else None
+    try:
+        config = core_config(sc, record_iterations, workload.hash_block_tokens if hashes is not None else None)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
     try:
         arrays = tuple(np.ascontiguousarray(a, dtype=np.int64) for a in (workload.arrival_ns, workload.prompt_tokens, workload.output_tokens))
-        out = _run_core(json.dumps(config), arrays, progress)
+        extra = {} if hashes is None else {"hash_offsets": np.ascontiguousarray(hashes[0], dtype=np.int64), "hash_values": np.ascontiguousarray(hashes[1], dtype=np.int64)}
+        out = _run_core(json.dumps(config), arrays, progress, extra)
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None
     except CapacityError as err:

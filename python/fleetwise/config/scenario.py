@@ -77,6 +77,14 @@ class LeastOutstandingTokensRouter(StrictModel):
     """Selects this router."""
 
 
+class PrefixAffinityRouter(StrictModel):
+    """Sends each request to the instance caching the longest prefix of its prompt (then fewest
+    outstanding tokens)."""
+
+    kind: Literal["prefix-affinity"] = "prefix-affinity"
+    """Selects this router."""
+
+
 class RandomRouter(StrictModel):
     """Sends each request to a uniformly random instance (seeded)."""
 
@@ -85,7 +93,7 @@ class RandomRouter(StrictModel):
 
 
 RouterConfig = Annotated[
-    Union[RoundRobinRouter, LeastOutstandingTokensRouter, RandomRouter], Field(discriminator="kind")
+    Union[RoundRobinRouter, LeastOutstandingTokensRouter, RandomRouter, PrefixAffinityRouter], Field(discriminator="kind")
 ]
 """Any router, selected by ``kind``."""
 
@@ -162,6 +170,9 @@ class PoolConfig(StrictModel):
     """A PIM device (catalogue or the scenario's ``pims``) attached to each GPU's memory."""
     offload: OffloadConfig | None = None
     """Weight offloading to host DRAM or flash."""
+    prefix_caching: bool = False
+    """Keep prompt prefixes cached and share them (vLLM's automatic prefix caching, LRU eviction);
+    needs prefix hashes in the workload (a Mooncake trace, ``prefixes`` or ``sessions``)."""
 
 
 class ClusterConfig(StrictModel):

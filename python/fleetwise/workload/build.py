@@ -8,6 +8,7 @@ import numpy as np
 import polars as pl
 
 from fleetwise.workload._files import resolve_path
+from fleetwise.workload.mooncake import MOONCAKE_BLOCK_TOKENS
 from fleetwise.workload.arrivals import generate_arrivals
 from fleetwise.workload.blocks import compose_prompts
 from fleetwise.workload.config import GeneratedArrivals, TraceArrivals, WorkloadConfig
@@ -111,6 +112,7 @@ def _compose(
         output_tokens=output[order],
         hash_ids=lists_from_offsets(offsets, values),
         session_id=session[order] if with_sessions else None,
+        hash_block_tokens=block_tokens,
     )
 
 
@@ -141,12 +143,15 @@ def _replay_trace(
             output_tokens=workload.output_tokens,
             hash_ids=workload.hash_ids,
             session_id=session_id,
+            hash_block_tokens=workload.hash_block_tokens,
         )
     hash_ids: pl.Series | None = frame["hash_ids"] if "hash_ids" in frame.columns else None
+    block = arrivals.hash_block_tokens or (MOONCAKE_BLOCK_TOKENS if arrivals.format == "mooncake" else None)
     return Workload(
         arrival_ns=arrival,
         prompt_tokens=prompt,
         output_tokens=output,
         hash_ids=hash_ids,
         session_id=session_id,
+        hash_block_tokens=block if hash_ids is not None else None,
     )

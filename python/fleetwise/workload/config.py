@@ -112,6 +112,8 @@ class TraceArrivals(StrictModel):
     """The trace format: ``azure`` (Azure LLM inference 2023/2024 CSV), ``mooncake`` (Mooncake
     JSONL with ``hash_ids``), ``burstgpt`` (BurstGPT CSV) or ``parquet`` (fleetwise's native
     Parquet). See ``traces/README.md``."""
+    hash_block_tokens: int | None = Field(default=None, ge=1)
+    """Tokens each prefix-block hash of the trace covers, for prefix caching (Mooncake: 512 by default)."""
     rate_scale: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     """Multiplies the arrival rate by dividing every arrival offset (2.0 replays twice as fast)."""
     start_s: float = Field(default=0.0, ge=0, allow_inf_nan=False)

@@ -34,6 +34,9 @@ class Workload:
     session_id: np.ndarray | None = None
     """The multi-turn session each request belongs to (int64, -1 for a request in no session).
     ``None``: the source has no sessions."""
+    hash_block_tokens: int | None = None
+    """Tokens each entry of ``hash_ids`` covers (512 in Mooncake traces; the generators'
+    ``block_tokens``). ``None``: unknown, which prefix caching refuses."""
 
     def __post_init__(self) -> None:
         for name in ("arrival_ns", "prompt_tokens", "output_tokens"):

@@ -128,6 +128,24 @@ impl Instance {
         Ok(Instance { pool, cost, plan, kv, scheduler, queues: Queues::default(), batch: Batch::default(), busy: false, wake_pending: false, outstanding_tokens: 0, record: None, stats: InstanceStats::default() })
     }
 
+    /// Keeps prompt prefixes of `tokens_per_entry`-token hash blocks cached, if given.
+    pub fn with_prefix_cache(mut self, tokens_per_entry: Option<u32>) -> Self {
+        if let Some(t) = tokens_per_entry {
+            self.kv = self.kv.clone().with_prefix_cache(t);
+        }
+        self
+    }
+
+    /// Prompt tokens of `hashes` this instance has cached (what a prefix-aware router compares).
+    pub fn cached_prefix_tokens(&self, hashes: &[u64]) -> u64 {
+        self.kv.prefix_cache().map_or(0, |c| c.leading_hits(hashes) as u64 * c.tokens_per_entry() as u64)
+    }
+
+    /// (hit, looked-up) prompt tokens of the prefix cache.
+    pub fn prefix_stats(&self) -> (u64, u64) {
+        self.kv.prefix_cache().map_or((0, 0), |c| (c.hit_tokens, c.lookup_tokens))
+    }
+
     /// The memory plan.
     pub fn plan(&self) -> &MemoryPlan {
         &self.plan
@@ -140,7 +158,7 @@ impl Instance {
 
     /// What a router sees of this instance.
     pub fn load(&self) -> InstanceLoad {
-        InstanceLoad { outstanding_tokens: self.outstanding_tokens, waiting: self.queues.waiting.len() as u32, running: self.queues.running.len() as u32 }
+        InstanceLoad { outstanding_tokens: self.outstanding_tokens, waiting: self.queues.waiting.len() as u32, running: self.queues.running.len() as u32, cached_prefix_tokens: 0 }
     }
 
     /// Why `req` can never run here, if so.
@@ -238,6 +256,9 @@ impl Instance {
         for it in &self.batch.items {
             let r = &mut reqs[it.req as usize];
             r.computed += it.tokens;
+            if !r.hashes.is_empty() && r.computed >= r.prompt {
+                self.kv.publish(r);
+            }
             if r.computed != r.known_tokens() {
                 continue;
             }
@@ -252,6 +273,7 @@ impl Instance {
             if r.generated == r.output {
                 self.kv.release(r.blocks);
                 r.blocks = 0;
+                self.kv.detach(r);
                 r.status = Status::Finished;
                 r.completion = now;
                 self.outstanding_tokens -= r.prompt as u64 + r.generated as u64;

@@ -15,6 +15,7 @@ pub mod memory;
 pub mod model;
 pub mod network;
 pub mod offload;
+pub mod prefix;
 pub mod request;
 pub mod rng;
 pub mod router;

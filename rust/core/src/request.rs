@@ -39,6 +39,12 @@ pub struct Request {
     pub blocks: u32,
     /// KV blocks held in host memory while swapped out.
     pub host_blocks: u32,
+    /// Prefix-block hashes of the prompt (empty: no prefix caching for it).
+    pub hashes: Vec<u64>,
+    /// Leading entries of `hashes` this request references in the prefix cache.
+    pub cache_refs: u32,
+    /// KV blocks of those entries (owned by the cache, not counted in `blocks`).
+    pub shared_blocks: u32,
     /// Instance serving it (`u32::MAX` before routing).
     pub instance: u32,
     /// Time of the first output token (`Nanos::MAX` until then).
@@ -56,7 +62,7 @@ pub struct Request {
 impl Request {
     /// A request arriving at `arrival` with `prompt` input and `output` output tokens.
     pub fn new(arrival: Nanos, prompt: u32, output: u32) -> Self {
-        Request { arrival, prompt, output, computed: 0, generated: 0, blocks: 0, host_blocks: 0, instance: u32::MAX, first_token: Nanos::MAX, last_token: 0, completion: Nanos::MAX, preemptions: 0, status: Status::Pending }
+        Request { arrival, prompt, output, computed: 0, generated: 0, blocks: 0, host_blocks: 0, hashes: Vec::new(), cache_refs: 0, shared_blocks: 0, instance: u32::MAX, first_token: Nanos::MAX, last_token: 0, completion: Nanos::MAX, preemptions: 0, status: Status::Pending }
     }
 
     /// Tokens known so far (prompt plus generated output).

@@ -15,6 +15,8 @@ pub struct InstanceLoad {
     pub waiting: u32,
     /// Requests holding KV.
     pub running: u32,
+    /// Prompt tokens of the arriving request already in its prefix cache (prefix-aware routers only).
+    pub cached_prefix_tokens: u64,
 }
 
 /// The interface every router implements.
@@ -53,6 +55,26 @@ impl Router for LeastOutstandingTokens {
     }
 }
 
+/// Picks the instance holding the longest cached prefix of the request, breaking ties (and the
+/// common case of no hit anywhere) by fewest outstanding tokens, so shared prefixes stick to the
+/// instances that have them while load still spreads (prefix-aware routing as in llm-d and
+/// Mooncake's cache-aware scheduling).
+#[derive(Debug, Clone, Default)]
+pub struct PrefixAffinity;
+
+impl Router for PrefixAffinity {
+    fn route(&mut self, _req: &Request, loads: &[InstanceLoad]) -> usize {
+        let mut best = 0;
+        for (i, l) in loads.iter().enumerate().skip(1) {
+            let b = &loads[best];
+            if (l.cached_prefix_tokens, std::cmp::Reverse(l.outstanding_tokens)) > (b.cached_prefix_tokens, std::cmp::Reverse(b.outstanding_tokens)) {
+                best = i;
+            }
+        }
+        best
+    }
+}
+
 /// Picks an instance uniformly at random from its own seeded stream.
 #[derive(Debug, Clone)]
 pub struct Random {
@@ -78,6 +100,9 @@ pub enum RouterConfig {
     /// Uniformly random.
     #[serde(rename = "random")]
     Random,
+    /// Longest cached prefix, then fewest outstanding tokens.
+    #[serde(rename = "prefix-affinity")]
+    PrefixAffinity,
 }
 
 impl RouterConfig {
@@ -90,7 +115,13 @@ impl RouterConfig {
             RouterConfig::RoundRobin => Box::new(RoundRobin::default()),
             RouterConfig::LeastOutstandingTokens => Box::new(LeastOutstandingTokens),
             RouterConfig::Random => Box::new(Random { rng: RngStream::new(seed, "router") }),
+            RouterConfig::PrefixAffinity => Box::new(PrefixAffinity),
         })
+    }
+
+    /// Whether the router looks at cached prefixes (so the simulator computes them per arrival).
+    pub fn uses_prefixes(&self) -> bool {
+        matches!(self, RouterConfig::PrefixAffinity)
     }
 }
 
@@ -118,6 +149,18 @@ mod tests {
         assert_eq!(r.route(&req, &loads(&[50, 20, 30])), 1);
         assert_eq!(r.route(&req, &loads(&[20, 20, 30])), 0);
         assert_eq!(r.route(&req, &loads(&[9, 20, 3])), 2);
+    }
+
+    #[test]
+    fn prefix_affinity_prefers_cached_prefixes_then_load() {
+        let mut r = PrefixAffinity;
+        let req = Request::new(0, 1, 1);
+        let mut l = loads(&[100, 50, 300]);
+        assert_eq!(r.route(&req, &l), 1, "no hits: least loaded");
+        l[2].cached_prefix_tokens = 1024;
+        assert_eq!(r.route(&req, &l), 2, "the longest cached prefix wins");
+        l[0].cached_prefix_tokens = 1024;
+        assert_eq!(r.route(&req, &l), 0, "equal prefixes: least loaded of them");
     }
 
     #[test]

@@ -70,6 +70,9 @@ pub struct PoolConfig {
     /// Weights kept in host DRAM or flash and streamed in.
     #[serde(default)]
     pub offload: Option<OffloadSpec>,
+    /// Keep prompt prefixes cached and share them between requests (needs hashes in the workload).
+    #[serde(default)]
+    pub prefix_caching: bool,
 }
 
 fn one() -> u32 {
@@ -93,6 +96,9 @@ pub struct SimConfig {
     /// Keep one row per iteration (for plots and tests; off for large runs).
     #[serde(default)]
     pub record_iterations: bool,
+    /// Tokens each prefix-block hash of the workload covers (e.g. 512 in Mooncake traces).
+    #[serde(default)]
+    pub hash_block_tokens: Option<u32>,
 }
 
 /// The requests to replay: arrival times (sorted), prompt and output tokens.
@@ -104,6 +110,8 @@ pub struct Workload {
     pub prompt: Vec<u32>,
     /// Output tokens per request.
     pub output: Vec<u32>,
+    /// Prefix-block hashes per request (empty, or one list per request).
+    pub hashes: Vec<Vec<u64>>,
 }
 
 /// One row per iteration, in columns.
@@ -332,6 +340,10 @@ pub struct InstanceReport {
     pub energy_joules: f64,
     /// Bytes its host link carried (per GPU).
     pub host_link_bytes: u64,
+    /// Prompt tokens found in the prefix cache at admission.
+    pub prefix_hit_tokens: u64,
+    /// Prompt tokens looked up in the prefix cache at admission.
+    pub prefix_lookup_tokens: u64,
     /// Fraction of its host link's capacity used over the run.
     pub host_link_utilisation: f64,
     /// Counters.
@@ -406,7 +418,14 @@ pub fn simulate_with(config: &SimConfig, workload: &Workload, control: &Control)
         if workload.prompt[i] == 0 || workload.output[i] == 0 {
             return Err(Error::Simulation { message: format!("request {i} has zero prompt or output tokens") });
         }
-        reqs.push(Request::new(workload.arrival[i], workload.prompt[i], workload.output[i]));
+        let mut r = Request::new(workload.arrival[i], workload.prompt[i], workload.output[i]);
+        if let Some(h) = workload.hashes.get(i) {
+            r.hashes = h.clone();
+        }
+        reqs.push(r);
+    }
+    if !workload.hashes.is_empty() && workload.hashes.len() != n {
+        return Err(Error::Simulation { message: format!("{} hash lists for {n} requests", workload.hashes.len()) });
     }
 
     let mut instances = Vec::new();
@@ -416,12 +435,23 @@ pub fn simulate_with(config: &SimConfig, workload: &Workload, control: &Control)
         if pool.count == 0 {
             return Err(Error::config(format!("cluster.pools.{p}.count"), "must be at least 1"));
         }
+        let prefix_tokens = if pool.prefix_caching {
+            let tpe = config.hash_block_tokens.ok_or_else(|| Error::config(format!("cluster.pools.{p}.prefix_caching"), "needs a workload with prefix hashes (hash_ids), e.g. a Mooncake trace or prefix groups"))?;
+            if tpe == 0 || tpe % pool.memory.block_size != 0 {
+                return Err(Error::config(format!("cluster.pools.{p}.memory.block_size"), format!("must divide the workload's {tpe}-token hash blocks for prefix caching")));
+            }
+            Some(tpe)
+        } else {
+            None
+        };
         for _ in 0..pool.count {
-            let inst = Instance::new(p as u32, &pool.model, &pool.gpu, Parallelism { tp: pool.tp, pp: pool.pp, microbatches: pool.microbatches, gpus_per_node: pool.gpus_per_node, ep: pool.ep }, &pool.calibration, &pool.memory, &pool.scheduler, pool.power_cap_watts, pool.pim.as_ref(), pool.offload.as_ref()).map_err(|e| prefix(&format!("cluster.pools.{p}"), e))?;
+            let inst = Instance::new(p as u32, &pool.model, &pool.gpu, Parallelism { tp: pool.tp, pp: pool.pp, microbatches: pool.microbatches, gpus_per_node: pool.gpus_per_node, ep: pool.ep }, &pool.calibration, &pool.memory, &pool.scheduler, pool.power_cap_watts, pool.pim.as_ref(), pool.offload.as_ref()).map_err(|e| prefix(&format!("cluster.pools.{p}"), e))?
+                .with_prefix_cache(prefix_tokens);
             instances.push(inst);
         }
     }
     let mut router = config.router.build(config.seed, instances.len())?;
+    let wants_prefix = config.router.uses_prefixes();
 
     let mut queue = EventQueue::new();
     let mut itl = QuantileSketch::new(0.005);
@@ -449,6 +479,9 @@ pub fn simulate_with(config: &SimConfig, workload: &Workload, control: &Control)
             now = workload.arrival[idx];
             for (l, inst) in loads.iter_mut().zip(instances.iter()) {
                 *l = inst.load();
+                if wants_prefix {
+                    l.cached_prefix_tokens = inst.cached_prefix_tokens(&reqs[next_arrival - 1].hashes);
+                }
             }
             let target = router.route(&reqs[idx], &loads);
             let inst = &mut instances[target];
@@ -505,6 +538,8 @@ pub fn simulate_with(config: &SimConfig, workload: &Workload, control: &Control)
         .enumerate()
         .map(|(i, inst)| InstanceReport {
             host_link_bytes: transfers.link_bytes(i),
+            prefix_hit_tokens: inst.prefix_stats().0,
+            prefix_lookup_tokens: inst.prefix_stats().1,
             host_link_utilisation: transfers.utilisation(i, now),
             pool: inst.pool,
             pool_name: pool_names[inst.pool as usize].clone(),

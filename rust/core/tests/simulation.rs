@@ -36,11 +36,13 @@ fn config(count: u32, memory_bytes: u64, router: RouterConfig) -> SimConfig {
             memory: MemoryConfig::default(),
             scheduler: SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192, preemption_mode: Default::default(), swap_space_bytes: 4 << 30 },
             power_cap_watts: None,
+            prefix_caching: false,
             pim: None,
             offload: None,
         }],
         router,
         record_iterations: true,
+        hash_block_tokens: None,
     }
 }
 
@@ -101,7 +103,7 @@ fn simultaneous_arrivals_share_the_first_iteration() {
     // Three requests arrive at the same instant on one idle instance: the wake runs after all
     // three arrivals, so one prefill iteration serves them and they get the same first token time.
     let cfg = config(1, 80_000_000_000, RouterConfig::RoundRobin);
-    let w = Workload { arrival: vec![1_000, 1_000, 1_000], prompt: vec![100, 200, 300], output: vec![2, 2, 2] };
+    let w = Workload { arrival: vec![1_000, 1_000, 1_000], prompt: vec![100, 200, 300], output: vec![2, 2, 2], hashes: vec![] };
     let out = simulate(&cfg, &w).unwrap();
     let cm = CostModel::new(model(), gpu(80_000_000_000), Efficiency::default(), 1).unwrap();
     let mut s = BatchShape::default();
@@ -130,7 +132,7 @@ fn arrival_at_an_iteration_end_joins_the_next_iteration() {
     let mut s = BatchShape::default();
     s.add_prefill(100, 0, true);
     let t0 = secs_to_ns(cm.iteration_seconds(&s));
-    let w = Workload { arrival: vec![0, t0], prompt: vec![100, 50], output: vec![3, 1] };
+    let w = Workload { arrival: vec![0, t0], prompt: vec![100, 50], output: vec![3, 1], hashes: vec![] };
     let out = simulate(&cfg, &w).unwrap();
     let mut s1 = BatchShape::default();
     s1.add_prefill(50, 0, true);
@@ -145,7 +147,7 @@ fn arrival_at_an_iteration_end_joins_the_next_iteration() {
 #[test]
 fn unsorted_arrivals_are_an_error_not_a_panic() {
     let cfg = config(1, 80_000_000_000, RouterConfig::RoundRobin);
-    let w = Workload { arrival: vec![10, 5], prompt: vec![1, 1], output: vec![1, 1] };
+    let w = Workload { arrival: vec![10, 5], prompt: vec![1, 1], output: vec![1, 1], hashes: vec![] };
     assert!(simulate(&cfg, &w).is_err());
 }
 
@@ -180,4 +182,42 @@ fn swap_preemption_moves_kv_over_the_host_link_instead_of_recomputing() {
     // Determinism with transfers in the loop.
     let c = simulate(&swap, &w).unwrap();
     assert!(b.requests.iter().zip(c.requests.iter()).all(|(x, y)| x.completion == y.completion));
+}
+
+#[test]
+fn prefix_cache_skips_shared_prefixes_and_keeps_kv_within_capacity() {
+    // Four groups of requests share 1024-token system prompts (64 hash blocks of 16 tokens) and add
+    // 64-256 tokens of their own; a small cache forces evictions.
+    let mut cfg = config(1, 20_000_000_000, RouterConfig::RoundRobin);
+    cfg.pools[0].prefix_caching = true;
+    cfg.hash_block_tokens = Some(16);
+    let mut w = workload(300);
+    w.hashes.clear();
+    for i in 0..w.arrival.len() {
+        let group = (i % 4) as u64;
+        let own = 64 + (i as u32 * 37) % 193;
+        w.prompt[i] = 1024 + own;
+        let mut h: Vec<u64> = (0..64).map(|b| group * 1_000_000 + b).collect();
+        h.extend((0..own / 16).map(|b| 10_000_000 + i as u64 * 1000 + b as u64));
+        w.hashes.push(h);
+    }
+    let out = simulate(&cfg, &w).unwrap();
+    let prompts: u64 = w.prompt.iter().map(|&p| p as u64).sum();
+    let prefilled: u64 = out.instances.iter().map(|i| i.stats.prefill_tokens).sum();
+    let hits: u64 = out.instances.iter().map(|i| i.prefix_hit_tokens).sum();
+    let preempted: u32 = out.requests.iter().map(|r| r.preemptions).sum();
+    assert!(hits > prompts / 2, "most of each prompt is a shared prefix: {hits} of {prompts}");
+    if preempted == 0 {
+        assert_eq!(prefilled + hits, prompts, "every prompt token is either computed or found cached");
+    }
+    assert!(prefilled < prompts / 2);
+    for (i, r) in out.requests.iter().enumerate() {
+        assert_eq!((r.status, r.generated, r.blocks, r.cache_refs, r.shared_blocks), (Status::Finished, w.output[i], 0, 0, 0));
+    }
+    let log = out.iterations.unwrap();
+    assert!(log.kv_blocks.iter().all(|&b| b <= out.instances[0].memory.num_blocks));
+    // Without the cache every token is computed.
+    cfg.pools[0].prefix_caching = false;
+    let plain = simulate(&cfg, &w).unwrap();
+    assert!(plain.instances[0].stats.prefill_tokens >= prompts);
 }

@@ -37,7 +37,7 @@ impl PyRouter {
         if waiting.len() != n || running.len() != n {
             return Err(pyo3::exceptions::PyValueError::new_err("outstanding_tokens, waiting and running must have equal lengths"));
         }
-        let loads: Vec<InstanceLoad> = (0..n).map(|i| InstanceLoad { outstanding_tokens: outstanding_tokens[i], waiting: waiting[i], running: running[i] }).collect();
+        let loads: Vec<InstanceLoad> = (0..n).map(|i| InstanceLoad { outstanding_tokens: outstanding_tokens[i], waiting: waiting[i], running: running[i], cached_prefix_tokens: 0 }).collect();
         Ok(self.inner.route(&Request::new(0, prompt_tokens.max(1), 1), &loads))
     }
 }

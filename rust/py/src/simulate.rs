@@ -49,7 +49,8 @@ impl PySimControl {
 /// sorted; prompt and output tokens) and returns a dict of result columns and facts. The GIL is
 /// released while it runs; `control` lets another thread follow and cancel it.
 #[pyfunction]
-#[pyo3(signature = (config_json, arrival_ns, prompt_tokens, output_tokens, control=None))]
+#[pyo3(signature = (config_json, arrival_ns, prompt_tokens, output_tokens, control=None, hash_offsets=None, hash_values=None))]
+#[allow(clippy::too_many_arguments)]
 pub fn simulate<'py>(
     py: Python<'py>,
     config_json: &str,
@@ -57,6 +58,8 @@ pub fn simulate<'py>(
     prompt_tokens: PyReadonlyArray1<'py, i64>,
     output_tokens: PyReadonlyArray1<'py, i64>,
     control: Option<&PySimControl>,
+    hash_offsets: Option<PyReadonlyArray1<'py, i64>>,
+    hash_values: Option<PyReadonlyArray1<'py, i64>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let config: SimConfig = from_json("scenario", config_json)?;
     let to_u32 = |name: &str, a: &PyReadonlyArray1<'py, i64>| -> PyResult<Vec<u32>> {
@@ -75,6 +78,25 @@ pub fn simulate<'py>(
             .collect::<PyResult<Vec<u64>>>()?,
         prompt: to_u32("prompt_tokens", &prompt_tokens)?,
         output: to_u32("output_tokens", &output_tokens)?,
+        hashes: match (&hash_offsets, &hash_values) {
+            (Some(o), Some(v)) => {
+                let (o, v) = (o.as_array(), v.as_array());
+                let n = prompt_tokens.as_array().len();
+                if o.len() != n + 1 {
+                    return Err(crate::errors::ConfigError::new_err("hash_offsets must have one more entry than there are requests"));
+                }
+                (0..n)
+                    .map(|i| {
+                        let (a, b) = (o[i] as usize, o[i + 1] as usize);
+                        if a > b || b > v.len() {
+                            return Err(crate::errors::ConfigError::new_err(format!("hash_offsets[{i}..{}] = {a}..{b} out of range", i + 1)));
+                        }
+                        Ok(v.slice(numpy::ndarray::s![a..b]).iter().map(|&x| x as u64).collect())
+                    })
+                    .collect::<PyResult<Vec<Vec<u64>>>>()?
+            }
+            _ => Vec::new(),
+        },
     };
     let control = control.map(|c| c.inner.clone()).unwrap_or_default();
     let out = py.allow_threads(|| run(&config, &workload, &control)).map_err(to_py)?;

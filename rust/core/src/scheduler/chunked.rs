@@ -42,7 +42,7 @@ impl ChunkedScheduler {
 
     /// Gives `tokens` more tokens of `req` their KV blocks; false when the cache lacks them.
     fn grow(req: &mut Request, tokens: u32, kv: &mut BlockManager) -> bool {
-        let need = kv.blocks_for(req.computed as u64 + tokens as u64).saturating_sub(req.blocks);
+        let need = kv.growth(req, req.computed as u64 + tokens as u64);
         if !kv.can_grow(need) {
             return false;
         }
@@ -102,9 +102,11 @@ impl ChunkedScheduler {
                 break;
             }
             let r = &mut reqs[idx as usize];
+            kv.attach(r);
             let n = r.pending_tokens().min(budget);
-            let need = kv.blocks_for(n as u64);
+            let need = kv.growth(r, r.computed as u64 + n as u64);
             if !kv.can_admit(need) {
+                kv.abandon(r);
                 break;
             }
             q.waiting.pop_front();

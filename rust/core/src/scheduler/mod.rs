@@ -80,6 +80,7 @@ pub struct Queues {
 pub fn preempt_recompute(req: &mut Request, kv: &mut BlockManager) {
     kv.release(req.blocks);
     req.blocks = 0;
+    kv.detach(req);
     req.computed = 0;
     req.preemptions += 1;
     req.status = Status::Waiting;

@@ -35,13 +35,16 @@ impl BatchScheduler for OrcaScheduler {
             if q.running.len() as u32 >= self.max_num_seqs {
                 break;
             }
-            let need = kv.blocks_for(self.reservation(&reqs[idx as usize]));
+            let reservation = self.reservation(&reqs[idx as usize]);
+            let r = &mut reqs[idx as usize];
+            kv.attach(r);
+            let need = kv.growth(r, reservation);
             if !kv.can_admit(need) {
+                kv.abandon(r);
                 break;
             }
             q.waiting.pop_front();
             kv.allocate(need);
-            let r = &mut reqs[idx as usize];
             r.blocks = need;
             r.status = Status::Running;
             q.running.push(idx);

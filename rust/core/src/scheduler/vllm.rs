@@ -60,7 +60,7 @@ impl VllmScheduler {
                 break;
             }
             let r = &mut reqs[idx as usize];
-            let need = kv.blocks_for(r.computed as u64 + 1);
+            let need = kv.growth(r, r.computed as u64 + 1);
             if !kv.can_admit(need) {
                 break;
             }
@@ -79,22 +79,20 @@ impl VllmScheduler {
     fn schedule_prefills(&mut self, q: &mut Queues, reqs: &mut [Request], kv: &mut BlockManager, batch: &mut Batch) {
         let mut tokens = 0u32;
         while let Some(&idx) = q.waiting.front() {
-            let r = &reqs[idx as usize];
-            let n = r.pending_tokens();
             if q.running.len() as u32 >= self.max_num_seqs {
                 break;
             }
+            let r = &mut reqs[idx as usize];
+            kv.attach(r);
+            let n = r.pending_tokens();
             // A recomputed request may exceed the budget; it then runs as the only prefill.
-            if !batch.items.is_empty() && tokens + n > self.max_num_batched_tokens {
-                break;
-            }
-            let need = kv.blocks_for(n as u64);
-            if !kv.can_admit(need) {
+            let need = kv.growth(r, r.computed as u64 + n as u64);
+            if (!batch.items.is_empty() && tokens + n > self.max_num_batched_tokens) || !kv.can_admit(need) {
+                kv.abandon(r);
                 break;
             }
             q.waiting.pop_front();
             kv.allocate(need);
-            let r = &mut reqs[idx as usize];
             r.blocks = need;
             r.status = Status::Running;
             q.running.push(idx);
@@ -109,7 +107,7 @@ impl VllmScheduler {
         let mut i = 0;
         while i < q.running.len() {
             let idx = q.running[i];
-            let need = kv.blocks_for(reqs[idx as usize].computed as u64 + 1).saturating_sub(reqs[idx as usize].blocks);
+            let need = kv.growth(&reqs[idx as usize], reqs[idx as usize].computed as u64 + 1);
             let mut self_preempted = false;
             while !kv.can_grow(need) {
                 let victim = q.running.pop().expect("running cannot be empty while it holds the current request");
