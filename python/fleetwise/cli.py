@@ -94,6 +94,7 @@ def sweep(
     try:
         run_points(str(scenario), list(set_), points, store, [k for k, _ in g], jobs=jobs, ray_address=ray, write_requests=not no_requests, record_iterations=iterations)
     except KeyboardInterrupt:
+        store.merge()  # an interrupt can land between saving a point's row and merging it
         n = len(store.done() & {p.id for p in points})
         err.print(f"interrupted: {n} of {len(points)} points saved in {store.dir}/; run the same command again to resume")
         sys.exit(130)

@@ -30,6 +30,9 @@ def resolve_pool(scenario: Scenario, index: int, pool: PoolConfig) -> dict:
         "pim": None if pool.pim is None else lookup("pim", pool.pim, scenario.pims, f"{path}.pim").core_json(pool.pim),
         "offload": None if pool.offload is None else offload_json(pool.offload, f"{path}.offload"),
         "prefix_caching": pool.prefix_caching,
+        "role": pool.role,
+        "kv_transfer": pool.kv_transfer,
+        "kv_link": pool.kv_link,
     }
 
 

@@ -45,6 +45,8 @@ def _requests_frame(workload: Workload, out: dict, pool_of: list[str]) -> pl.Dat
             "generated_tokens": out["generated_tokens"],
             "instance": inst,
             "pool": [pool_of[i] for i in inst],
+            "prefill_instance": out["prefill_instance"],
+            "kv_transfer_ns": out["kv_transfer_ns"],
             "preemptions": out["preemptions"],
             "status": [_STATUS.get(int(s), "unfinished") for s in out["status"]],
             "ttft_s": ttft,

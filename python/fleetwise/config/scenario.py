@@ -173,6 +173,13 @@ class PoolConfig(StrictModel):
     prefix_caching: bool = False
     """Keep prompt prefixes cached and share them (vLLM's automatic prefix caching, LRU eviction);
     needs prefix hashes in the workload (a Mooncake trace, ``prefixes`` or ``sessions``)."""
+    role: Literal["mixed", "prefill", "decode"] = "mixed"
+    """Disaggregation (Splitwise, DistServe): prefill instances hand each request's KV to a decode
+    instance after the first token; mixed instances do both."""
+    kv_transfer: Literal["serialized", "layerwise"] = "serialized"
+    """Prefill pools: send the KV after the prefill, or layer by layer while it runs (Splitwise)."""
+    kv_link: Literal["nic", "nvlink"] = "nic"
+    """Links KV transfers use: the NICs (other nodes) or NVLink (prefill and decode on one node)."""
 
 
 class ClusterConfig(StrictModel):

@@ -12,6 +12,19 @@ use crate::request::{Request, Status};
 use crate::router::InstanceLoad;
 use crate::scheduler::{Batch, BatchScheduler, Queues, SchedulerConfig};
 
+/// What an instance does in a disaggregated cluster (Splitwise, DistServe).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Prefills and decodes its requests (a colocated instance, or Splitwise's mixed pool).
+    #[default]
+    Mixed,
+    /// Prefills only: after the first token the request's KV moves to a decode instance.
+    Prefill,
+    /// Decodes requests prefilled elsewhere; receives no arrivals.
+    Decode,
+}
+
 /// How an instance spreads the model over GPUs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Parallelism {
@@ -89,6 +102,11 @@ pub struct Instance {
     wake_pending: bool,
     outstanding_tokens: u64,
     record: Option<IterationRecord>,
+    /// Role in a disaggregated cluster.
+    pub role: Role,
+    handoffs: Vec<u32>,
+    early_handoffs: Vec<u32>,
+    layerwise: bool,
     /// Counters.
     pub stats: InstanceStats,
 }
@@ -125,7 +143,66 @@ impl Instance {
         let scheduler = scheduler.build(plan.kv_bytes_per_token * plan.block_size as u64)?;
         let watermark = (plan.num_blocks as f64 * 0.01) as u32;
         let kv = BlockManager::new(plan.num_blocks, plan.block_size, watermark);
-        Ok(Instance { pool, cost, plan, kv, scheduler, queues: Queues::default(), batch: Batch::default(), busy: false, wake_pending: false, outstanding_tokens: 0, record: None, stats: InstanceStats::default() })
+        Ok(Instance { pool, cost, plan, kv, scheduler, queues: Queues::default(), batch: Batch::default(), busy: false, wake_pending: false, outstanding_tokens: 0, record: None, role: Role::Mixed, handoffs: Vec::new(), early_handoffs: Vec::new(), layerwise: false, stats: InstanceStats::default() })
+    }
+
+    /// Sets the instance's role; `layerwise` (prefill instances) sends KV while the prefill runs.
+    pub fn with_role(mut self, role: Role, layerwise: bool) -> Self {
+        self.role = role;
+        self.layerwise = layerwise && role == Role::Prefill;
+        self
+    }
+
+    /// Requests whose prefill finished here and must move to a decode instance.
+    pub fn take_handoffs(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.handoffs)
+    }
+
+    /// Requests whose prefill completes in the iteration just started (layer-wise KV transfer starts now).
+    pub fn take_early_handoffs(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.early_handoffs)
+    }
+
+    /// Reserves KV blocks for a request arriving prefilled (its prompt and next token); None when full.
+    pub fn reserve(&mut self, req: &Request) -> Option<u32> {
+        let need = self.kv.blocks_for(req.known_tokens() as u64);
+        if !self.kv.can_admit(need) {
+            return None;
+        }
+        self.kv.allocate(need);
+        Some(need)
+    }
+
+    /// Frees a handed-off request's KV here once it reached its decode instance; returns true if
+    /// the instance, idle with requests waiting for memory, must be woken.
+    pub fn release_handoff(&mut self, req: &mut Request) -> bool {
+        self.kv.release(req.blocks);
+        req.blocks = 0;
+        self.kv.detach(req);
+        if !self.busy && !self.wake_pending && !self.queues.waiting.is_empty() {
+            self.wake_pending = true;
+            return true;
+        }
+        false
+    }
+
+    /// Takes a prefilled request (its KV arrived into `blocks` reserved blocks) as a running decode;
+    /// returns true if the instance must be woken.
+    pub fn accept(&mut self, idx: u32, req: &mut Request, blocks: u32) -> bool {
+        req.status = Status::Running;
+        req.blocks = blocks;
+        self.queues.running.push(idx);
+        self.outstanding_tokens += req.prompt as u64 + req.generated as u64;
+        if !self.busy && !self.wake_pending {
+            self.wake_pending = true;
+            return true;
+        }
+        false
+    }
+
+    /// Whether a request of `peak_tokens` KV tokens could ever fit this instance's cache.
+    pub fn could_hold(&self, peak_tokens: u64) -> bool {
+        self.kv.blocks_for(peak_tokens) as u64 + self.kv.watermark() as u64 <= self.kv.total() as u64
     }
 
     /// Keeps prompt prefixes of `tokens_per_entry`-token hash blocks cached, if given.
@@ -240,6 +317,14 @@ impl Instance {
             waiting: self.queues.waiting.len() as u32,
             running: self.queues.running.len() as u32,
         });
+        if self.layerwise {
+            for it in &self.batch.items {
+                let r = &reqs[it.req as usize];
+                if r.generated == 0 && r.computed + it.tokens == r.known_tokens() && r.output > 1 {
+                    self.early_handoffs.push(it.req);
+                }
+            }
+        }
         Some(IterationStart { compute_ns, transfer_bytes, stream })
     }
 
@@ -270,6 +355,14 @@ impl Instance {
                 on_token(now, r.last_token);
             }
             r.last_token = now;
+            if r.generated == 1 && self.role == Role::Prefill && r.output > 1 {
+                r.status = Status::Handoff;
+                r.prefill_instance = r.instance;
+                self.outstanding_tokens -= r.prompt as u64 + r.generated as u64;
+                self.handoffs.push(it.req);
+                any_finished = true;
+                continue;
+            }
             if r.generated == r.output {
                 self.kv.release(r.blocks);
                 r.blocks = 0;

@@ -13,6 +13,8 @@ pub enum Status {
     Running,
     /// Preempted by swapping: its KV blocks are in host memory, waiting to be swapped back in.
     Swapped,
+    /// Prefilled on a prefill instance, waiting for its KV cache to reach a decode instance.
+    Handoff,
     /// All output tokens produced.
     Finished,
     /// Refused: it can never fit this instance (prompt over the token budget, or KV capacity).
@@ -45,8 +47,12 @@ pub struct Request {
     pub cache_refs: u32,
     /// KV blocks of those entries (owned by the cache, not counted in `blocks`).
     pub shared_blocks: u32,
-    /// Instance serving it (`u32::MAX` before routing).
+    /// Instance serving it (`u32::MAX` before routing); its decode instance once handed off.
     pub instance: u32,
+    /// Instance that ran its prefill, when that was a separate prefill instance (else `u32::MAX`).
+    pub prefill_instance: u32,
+    /// When its KV transfer to the decode instance started and ended (0 when none).
+    pub transfer: (Nanos, Nanos),
     /// Time of the first output token (`Nanos::MAX` until then).
     pub first_token: Nanos,
     /// Time of the latest output token.
@@ -62,7 +68,7 @@ pub struct Request {
 impl Request {
     /// A request arriving at `arrival` with `prompt` input and `output` output tokens.
     pub fn new(arrival: Nanos, prompt: u32, output: u32) -> Self {
-        Request { arrival, prompt, output, computed: 0, generated: 0, blocks: 0, host_blocks: 0, hashes: Vec::new(), cache_refs: 0, shared_blocks: 0, instance: u32::MAX, first_token: Nanos::MAX, last_token: 0, completion: Nanos::MAX, preemptions: 0, status: Status::Pending }
+        Request { arrival, prompt, output, computed: 0, generated: 0, blocks: 0, host_blocks: 0, hashes: Vec::new(), cache_refs: 0, shared_blocks: 0, instance: u32::MAX, prefill_instance: u32::MAX, transfer: (0, 0), first_token: Nanos::MAX, last_token: 0, completion: Nanos::MAX, preemptions: 0, status: Status::Pending }
     }
 
     /// Tokens known so far (prompt plus generated output).

@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::event::{Event, EventQueue};
 use crate::hardware::{GpuSpec, PimSpec};
 use crate::offload::{OffloadSpec, Tier};
-use crate::instance::{Instance, InstanceStats, IterationRecord, IterationStart, Parallelism};
+use crate::instance::{Instance, InstanceStats, IterationRecord, IterationStart, Parallelism, Role};
 use crate::network::{FlowId, LinkId, LinkSpec, Network};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -73,6 +73,38 @@ pub struct PoolConfig {
     /// Keep prompt prefixes cached and share them between requests (needs hashes in the workload).
     #[serde(default)]
     pub prefix_caching: bool,
+    /// Role in a disaggregated cluster (mixed, prefill, decode).
+    #[serde(default)]
+    pub role: Role,
+    /// Prefill instances: send KV after the prefill (`serialized`) or layer by layer during it (`layerwise`).
+    #[serde(default)]
+    pub kv_transfer: KvTransfer,
+    /// Link KV transfers leave and enter this pool's instances by: the NICs, or NVLink when
+    /// prefill and decode instances share nodes (DistServe's high node affinity).
+    #[serde(default)]
+    pub kv_link: KvLink,
+}
+
+/// When a prefill instance sends a request's KV cache to its decode instance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KvTransfer {
+    /// After the prefill iteration ends.
+    #[default]
+    Serialized,
+    /// From the start of the prefill iteration that completes the prompt, overlapping it (Splitwise).
+    Layerwise,
+}
+
+/// Which links carry an instance's KV transfers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KvLink {
+    /// The GPUs' NICs (instances on different nodes).
+    #[default]
+    Nic,
+    /// NVLink (prefill and decode instances on the same node).
+    Nvlink,
 }
 
 fn one() -> u32 {
@@ -154,8 +186,17 @@ struct Transfers {
     network: Network,
     host_link: Vec<Option<LinkId>>,
     flash_link: Vec<Option<LinkId>>,
-    owner: BTreeMap<FlowId, u32>,
+    kv_out: Vec<LinkId>,
+    kv_in: Vec<LinkId>,
+    owner: BTreeMap<FlowId, Owner>,
     scheduled: Option<u64>,
+}
+
+/// Whose a flow is: an instance's iteration (swap, weight stream) or a request's KV handoff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    Instance(u32),
+    Handoff(u32),
 }
 
 impl Transfers {
@@ -163,8 +204,22 @@ impl Transfers {
         let mut links = Vec::new();
         let mut host_link = Vec::with_capacity(instances.len());
         let mut flash_link = Vec::with_capacity(instances.len());
+        let mut kv_out = Vec::with_capacity(instances.len());
+        let mut kv_in = Vec::with_capacity(instances.len());
         for (i, inst) in instances.iter().enumerate() {
-            let gpu = &pools[inst.pool as usize].gpu;
+            let pool = &pools[inst.pool as usize];
+            let gpu = &pool.gpu;
+            let gpus = inst.cost().gpus() as f64;
+            let (bw, lat) = match pool.kv_link {
+                KvLink::Nvlink => (gpu.link_bandwidth, gpu.link_latency),
+                KvLink::Nic if gpu.nic_bandwidth > 0.0 => (gpu.nic_bandwidth, gpu.nic_latency),
+                KvLink::Nic => (gpu.host_link_bandwidth.max(gpu.link_bandwidth), gpu.host_link_latency),
+            };
+            // Every GPU of the instance sends (or receives) its shard in parallel.
+            links.push(LinkSpec { name: format!("instance{i}.kv_out"), bandwidth: bw * gpus, latency: lat });
+            kv_out.push((links.len() - 1) as LinkId);
+            links.push(LinkSpec { name: format!("instance{i}.kv_in"), bandwidth: bw * gpus, latency: 0.0 });
+            kv_in.push((links.len() - 1) as LinkId);
             let mut add = |name: String, bandwidth: f64, latency: f64| {
                 links.push(LinkSpec { name, bandwidth, latency });
                 Some((links.len() - 1) as LinkId)
@@ -176,7 +231,7 @@ impl Transfers {
                 None => None,
             });
         }
-        Ok(Transfers { network: Network::new(links)?, host_link, flash_link, owner: BTreeMap::new(), scheduled: None })
+        Ok(Transfers { network: Network::new(links)?, host_link, flash_link, kv_out, kv_in, owner: BTreeMap::new(), scheduled: None })
     }
 
     fn host(&self, instance: u32) -> Result<LinkId> {
@@ -197,13 +252,21 @@ impl Transfers {
             vec![host]
         };
         let id = self.network.start_flow(now, &path, bytes)?;
-        self.owner.insert(id, instance);
+        self.owner.insert(id, Owner::Instance(instance));
         self.reschedule(queue);
         Ok(true)
     }
 
-    /// Runs the network to `now` if `version` is current; returns the instances whose flows finished.
-    fn due(&mut self, now: Nanos, version: u64, queue: &mut EventQueue) -> Result<Vec<u32>> {
+    /// Starts moving a request's KV cache (`bytes`) from instance `from` to instance `to`.
+    fn start_handoff(&mut self, now: Nanos, req: u32, from: u32, to: u32, bytes: u64, queue: &mut EventQueue) -> Result<()> {
+        let id = self.network.start_flow(now, &[self.kv_out[from as usize], self.kv_in[to as usize]], bytes.max(1))?;
+        self.owner.insert(id, Owner::Handoff(req));
+        self.reschedule(queue);
+        Ok(())
+    }
+
+    /// Runs the network to `now` if `version` is current; returns the owners of the finished flows.
+    fn due(&mut self, now: Nanos, version: u64, queue: &mut EventQueue) -> Result<Vec<Owner>> {
         if version != self.network.version() {
             return Ok(Vec::new());
         }
@@ -313,6 +376,121 @@ impl Iterations {
         self.pending[idx as usize] = None;
         true
     }
+}
+
+/// A request on its way from a prefill instance to a decode instance.
+#[derive(Debug, Clone, Copy)]
+struct Handoff {
+    decode: u32,
+    blocks: u32,
+    prefill_done: bool,
+    flow_done: bool,
+}
+
+/// Moves prefilled requests to decode instances: picks the least-loaded decode instance that can
+/// reserve the request's KV blocks, starts the KV flow, and hands the request over when both the
+/// prefill and the flow are done. Requests no decode instance can take yet wait in order.
+struct Handoffs {
+    decoders: Vec<u32>,
+    state: BTreeMap<u32, Handoff>,
+    waiting: std::collections::VecDeque<u32>,
+}
+
+impl Handoffs {
+    /// Reserves a decode instance for `req` and starts its KV flow; false when none has room.
+    fn dispatch(&mut self, req: u32, prefill_done: bool, now: Nanos, instances: &mut [Instance], reqs: &mut [Request], net: &mut Transfers, queue: &mut EventQueue) -> Result<bool> {
+        let mut order: Vec<u32> = self.decoders.clone();
+        order.sort_by_key(|&d| (instances[d as usize].load().outstanding_tokens, d));
+        let r = &reqs[req as usize];
+        for d in order {
+            if let Some(blocks) = instances[d as usize].reserve(r) {
+                let from = r.instance;
+                let bytes = r.prompt as u64 * instances[from as usize].cost().model().kv_bytes_per_token(1);
+                net.start_handoff(now, req, from, d, bytes, queue)?;
+                reqs[req as usize].transfer.0 = now;
+                self.state.insert(req, Handoff { decode: d, blocks, prefill_done, flow_done: false });
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The prefill of `req` produced its first token: start (or keep) its transfer.
+    fn prefilled(&mut self, req: u32, now: Nanos, instances: &mut [Instance], reqs: &mut [Request], net: &mut Transfers, queue: &mut EventQueue) -> Result<()> {
+        if let Some(h) = self.state.get_mut(&req) {
+            h.prefill_done = true;
+            if h.flow_done {
+                self.complete(req, now, instances, reqs, queue);
+            }
+            return Ok(());
+        }
+        if !self.dispatch(req, true, now, instances, reqs, net, queue)? {
+            self.waiting.push_back(req);
+        }
+        Ok(())
+    }
+
+    /// The KV flow of `req` finished.
+    fn flow_done(&mut self, req: u32, now: Nanos, instances: &mut [Instance], reqs: &mut [Request], queue: &mut EventQueue) {
+        let h = self.state.get_mut(&req).expect("a handoff flow has a handoff");
+        h.flow_done = true;
+        if h.prefill_done {
+            self.complete(req, now, instances, reqs, queue);
+        }
+    }
+
+    fn complete(&mut self, req: u32, now: Nanos, instances: &mut [Instance], reqs: &mut [Request], queue: &mut EventQueue) {
+        let h = self.state.remove(&req).expect("completing a known handoff");
+        let r = &mut reqs[req as usize];
+        r.transfer.1 = now;
+        let from = r.instance;
+        if instances[from as usize].release_handoff(r) {
+            queue.push(now, Event::Wake { instance: from });
+        }
+        r.instance = h.decode;
+        if instances[h.decode as usize].accept(req, r, h.blocks) {
+            queue.push(now, Event::Wake { instance: h.decode });
+        }
+    }
+
+    /// Retries waiting handoffs in order while decode instances have room.
+    fn retry(&mut self, now: Nanos, instances: &mut [Instance], reqs: &mut [Request], net: &mut Transfers, queue: &mut EventQueue) -> Result<()> {
+        while let Some(&req) = self.waiting.front() {
+            if !self.dispatch(req, true, now, instances, reqs, net, queue)? {
+                break;
+            }
+            self.waiting.pop_front();
+        }
+        Ok(())
+    }
+}
+
+/// Finishes `idx`'s iteration, moves its prefilled requests on, and starts its next iteration.
+#[allow(clippy::too_many_arguments)]
+fn end_iteration(
+    idx: u32,
+    now: Nanos,
+    instances: &mut [Instance],
+    reqs: &mut [Request],
+    log: &mut Option<IterationLog>,
+    itl: &mut QuantileSketch,
+    iterations: &mut Iterations,
+    handoffs: &mut Handoffs,
+    net: &mut Transfers,
+    queue: &mut EventQueue,
+) -> Result<()> {
+    finish(&mut instances[idx as usize], idx, now, reqs, log, itl);
+    for req in instances[idx as usize].take_handoffs() {
+        handoffs.prefilled(req, now, instances, reqs, net, queue)?;
+    }
+    if instances[idx as usize].role == Role::Decode {
+        handoffs.retry(now, instances, reqs, net, queue)?;
+    }
+    iterations.begin(&mut instances[idx as usize], idx, now, reqs, queue, net)?;
+    for req in instances[idx as usize].take_early_handoffs() {
+        handoffs.dispatch(req, false, now, instances, reqs, net, queue)?;
+    }
+    Ok(())
 }
 
 /// Applies a finished iteration of `inst` at `now` and logs it.
@@ -446,17 +624,29 @@ pub fn simulate_with(config: &SimConfig, workload: &Workload, control: &Control)
         };
         for _ in 0..pool.count {
             let inst = Instance::new(p as u32, &pool.model, &pool.gpu, Parallelism { tp: pool.tp, pp: pool.pp, microbatches: pool.microbatches, gpus_per_node: pool.gpus_per_node, ep: pool.ep }, &pool.calibration, &pool.memory, &pool.scheduler, pool.power_cap_watts, pool.pim.as_ref(), pool.offload.as_ref()).map_err(|e| prefix(&format!("cluster.pools.{p}"), e))?
-                .with_prefix_cache(prefix_tokens);
+                .with_prefix_cache(prefix_tokens)
+                .with_role(pool.role, pool.kv_transfer == KvTransfer::Layerwise);
             instances.push(inst);
         }
     }
-    let mut router = config.router.build(config.seed, instances.len())?;
+    // Arrivals go to prefill and mixed instances; decode instances only receive handoffs.
+    let entry: Vec<usize> = (0..instances.len()).filter(|&i| instances[i].role != Role::Decode).collect();
+    let decoders: Vec<u32> = (0..instances.len() as u32).filter(|&i| instances[i as usize].role == Role::Decode).collect();
+    let has_prefill = instances.iter().any(|i| i.role == Role::Prefill);
+    if entry.is_empty() {
+        return Err(Error::config("cluster.pools", "every pool has role decode: some pool must take arrivals (role prefill or mixed)"));
+    }
+    if has_prefill && decoders.is_empty() {
+        return Err(Error::config("cluster.pools", "a pool has role prefill but none has role decode"));
+    }
+    let mut handoffs = Handoffs { decoders: decoders.clone(), state: BTreeMap::new(), waiting: Default::default() };
+    let mut router = config.router.build(config.seed, entry.len())?;
     let wants_prefix = config.router.uses_prefixes();
 
     let mut queue = EventQueue::new();
     let mut itl = QuantileSketch::new(0.005);
     let mut log = if config.record_iterations { Some(IterationLog::default()) } else { None };
-    let mut loads: Vec<InstanceLoad> = vec![InstanceLoad::default(); instances.len()];
+    let mut loads: Vec<InstanceLoad> = vec![InstanceLoad::default(); entry.len()];
     let mut rejections = Vec::new();
     let mut next_arrival = 0usize;
     let mut events = 0u64;
@@ -477,17 +667,19 @@ pub fn simulate_with(config: &SimConfig, workload: &Workload, control: &Control)
             let idx = next_arrival;
             next_arrival += 1;
             now = workload.arrival[idx];
-            for (l, inst) in loads.iter_mut().zip(instances.iter()) {
-                *l = inst.load();
+            for (l, &i) in loads.iter_mut().zip(entry.iter()) {
+                *l = instances[i].load();
                 if wants_prefix {
-                    l.cached_prefix_tokens = inst.cached_prefix_tokens(&reqs[next_arrival - 1].hashes);
+                    l.cached_prefix_tokens = instances[i].cached_prefix_tokens(&reqs[next_arrival - 1].hashes);
                 }
             }
-            let target = router.route(&reqs[idx], &loads);
+            let target = entry[router.route(&reqs[idx], &loads)];
+            let fits_decode = instances[target].role != Role::Prefill || decoders.iter().any(|&d| instances[d as usize].could_hold(reqs[idx].peak_kv_tokens()));
             let inst = &mut instances[target];
             let req = &mut reqs[idx];
             req.instance = target as u32;
-            if let Some(reason) = inst.reject_reason(req) {
+            let reason = inst.reject_reason(req).or_else(|| (!fits_decode).then(|| "no decode instance can ever hold its KV cache".to_string()));
+            if let Some(reason) = reason {
                 req.status = Status::Rejected;
                 inst.stats.rejected += 1;
                 rejections.push((idx as u32, reason));
@@ -509,21 +701,25 @@ pub fn simulate_with(config: &SimConfig, workload: &Workload, control: &Control)
                 inst.woken();
                 if !inst.is_busy() {
                     iterations.begin(inst, instance, now, &mut reqs, &mut queue, &mut transfers)?;
+                    for req in inst.take_early_handoffs() {
+                        handoffs.dispatch(req, false, now, &mut instances, &mut reqs, &mut transfers, &mut queue)?;
+                    }
                 }
             }
             Event::IterationEnd { instance } => {
                 if iterations.compute_done(instance) {
-                    let inst = &mut instances[instance as usize];
-                    finish(inst, instance, now, &mut reqs, &mut log, &mut itl);
-                    iterations.begin(inst, instance, now, &mut reqs, &mut queue, &mut transfers)?;
+                    end_iteration(instance, now, &mut instances, &mut reqs, &mut log, &mut itl, &mut iterations, &mut handoffs, &mut transfers, &mut queue)?;
                 }
             }
             Event::Network { version } => {
-                for instance in transfers.due(now, version, &mut queue)? {
-                    let inst = &mut instances[instance as usize];
-                    if iterations.flow_done(inst, instance, now, &mut queue, &mut transfers)? {
-                        finish(inst, instance, now, &mut reqs, &mut log, &mut itl);
-                        iterations.begin(inst, instance, now, &mut reqs, &mut queue, &mut transfers)?;
+                for owner in transfers.due(now, version, &mut queue)? {
+                    match owner {
+                        Owner::Instance(instance) => {
+                            if iterations.flow_done(&mut instances[instance as usize], instance, now, &mut queue, &mut transfers)? {
+                                end_iteration(instance, now, &mut instances, &mut reqs, &mut log, &mut itl, &mut iterations, &mut handoffs, &mut transfers, &mut queue)?;
+                            }
+                        }
+                        Owner::Handoff(req) => handoffs.flow_done(req, now, &mut instances, &mut reqs, &mut queue),
                     }
                 }
             }

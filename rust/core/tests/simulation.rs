@@ -37,6 +37,9 @@ fn config(count: u32, memory_bytes: u64, router: RouterConfig) -> SimConfig {
             scheduler: SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192, preemption_mode: Default::default(), swap_space_bytes: 4 << 30 },
             power_cap_watts: None,
             prefix_caching: false,
+            role: Default::default(),
+            kv_transfer: Default::default(),
+            kv_link: Default::default(),
             pim: None,
             offload: None,
         }],
@@ -220,4 +223,47 @@ fn prefix_cache_skips_shared_prefixes_and_keeps_kv_within_capacity() {
     cfg.pools[0].prefix_caching = false;
     let plain = simulate(&cfg, &w).unwrap();
     assert!(plain.instances[0].stats.prefill_tokens >= prompts);
+}
+
+#[test]
+fn disaggregated_prefill_and_decode_hand_every_request_over() {
+    use fleetwise_core::instance::Role;
+    // One prefill and one decode instance with small caches, overloaded: handoffs wait for decode
+    // memory and prefill instances wait for their handed-off KV to leave.
+    let mut cfg = config(2, 20_000_000_000, RouterConfig::LeastOutstandingTokens);
+    let mut decode = cfg.pools[0].clone();
+    cfg.pools[0].count = 1;
+    cfg.pools[0].role = Role::Prefill;
+    decode.count = 1;
+    decode.role = Role::Decode;
+    decode.name = "decode".into();
+    cfg.pools.push(decode);
+    let mut w = workload(400);
+    for a in w.arrival.iter_mut() {
+        *a /= 20;
+    }
+    for layerwise in [false, true] {
+        let mut early = 0;
+        cfg.pools[0].kv_transfer = if layerwise { fleetwise_core::sim::KvTransfer::Layerwise } else { fleetwise_core::sim::KvTransfer::Serialized };
+        let out = simulate(&cfg, &w).unwrap();
+        for (i, r) in out.requests.iter().enumerate() {
+            assert_eq!((r.status, r.generated, r.blocks), (Status::Finished, w.output[i], 0), "request {i}");
+            if w.output[i] > 1 {
+                assert_eq!((r.prefill_instance, r.instance), (0, 1), "prefilled on 0, decoded on 1");
+                assert!(r.transfer.1 >= r.transfer.0 && r.transfer.0 > 0);
+                // Serialized transfers start after the first token; layer-wise ones during the
+                // prefill, unless no decode memory was free then (they fall back to serialized).
+                if !layerwise {
+                    assert!(r.transfer.0 >= r.first_token, "request {i}");
+                }
+                early += (r.transfer.0 < r.first_token) as usize;
+            }
+        }
+        assert_eq!(early > 0, layerwise, "{early} transfers overlapped their prefill");
+        let (p, d) = (&out.instances[0].stats, &out.instances[1].stats);
+        if d.preemptions == 0 {
+            assert_eq!(d.prefill_tokens, 0, "decode instances prefill only to recompute preempted requests");
+        }
+        assert!(p.decode_tokens == 0 && d.decode_tokens > 0);
+    }
 }

@@ -16,6 +16,7 @@ fn status_code(s: Status) -> u8 {
         Status::Waiting => 3,
         Status::Running => 4,
         Status::Swapped => 5,
+        Status::Handoff => 6,
     }
 }
 
@@ -108,6 +109,8 @@ pub fn simulate<'py>(
     let mut pre = Vec::with_capacity(n);
     let mut status = Vec::with_capacity(n);
     let mut generated = Vec::with_capacity(n);
+    let mut prefill_inst = Vec::with_capacity(n);
+    let mut transfer_ns = Vec::with_capacity(n);
     for r in &out.requests {
         first.push(if r.first_token == u64::MAX { -1 } else { r.first_token as i64 });
         done.push(if r.completion == u64::MAX { -1 } else { r.completion as i64 });
@@ -115,6 +118,9 @@ pub fn simulate<'py>(
         pre.push(r.preemptions as i64);
         status.push(status_code(r.status));
         generated.push(r.generated as i64);
+        prefill_inst.push(if r.prefill_instance == u32::MAX { -1 } else { r.prefill_instance as i64 });
+        // Time after the first token spent waiting for the KV to reach the decode instance.
+        transfer_ns.push(if r.transfer.1 > 0 && r.first_token != u64::MAX { r.transfer.1.saturating_sub(r.first_token) as i64 } else { 0 });
     }
     let d = PyDict::new(py);
     d.set_item("first_token_ns", first.into_pyarray(py))?;
@@ -123,6 +129,8 @@ pub fn simulate<'py>(
     d.set_item("preemptions", pre.into_pyarray(py))?;
     d.set_item("status", status.into_pyarray(py))?;
     d.set_item("generated_tokens", generated.into_pyarray(py))?;
+    d.set_item("prefill_instance", prefill_inst.into_pyarray(py))?;
+    d.set_item("kv_transfer_ns", transfer_ns.into_pyarray(py))?;
     d.set_item("rejections", out.rejections)?;
     let itl = PyDict::new(py);
     itl.set_item("count", out.itl.count())?;
