@@ -170,3 +170,25 @@ def test_disaggregation_config_errors():
     sc["cluster"]["pools"][0]["role"] = "decode"
     with pytest.raises(fleetwise.ConfigError, match="must take arrivals"):
         fleetwise.simulate(sc)
+
+
+def test_placement_search_respects_budget_and_ranks_by_objective(tmp_path):
+    from fleetwise.sweep.grid import expand, parse_grid
+    from fleetwise.sweep.placement import place
+
+    points = expand(parse_grid(["cluster.pools.0.count=1,2", "cluster.pools.1.count=1,2"]))
+    rows = place(str(REPO / "scenarios" / "splitwise.yaml"), ["workload.requests=600"], points, tmp_path / "pl",
+                 {"ttft": 1.0, "tpot": 0.03}, 0.9, "goodput_per_gpu", budget_dollars_per_hour=9.5, jobs=1)
+    within = [r for r in rows if r["within_budget"]]
+    assert len(within) == 3 and all(r["dollars_per_hour"] <= 9.5 for r in within)
+    over = [r for r in rows if not r["within_budget"]]
+    assert [r["gpus"] for r in over] == [4] and "goodput" not in over[0]
+    per_gpu = [r["goodput_per_gpu"] for r in within]
+    assert per_gpu == sorted(per_gpu, reverse=True) and per_gpu[0] > 0
+    for r in within:
+        assert r["goodput_per_gpu"] == pytest.approx(r["goodput"] / r["gpus"])
+    assert json.loads((tmp_path / "pl" / "placement.json").read_text())["layouts"][0]["point"] == rows[0]["point"]
+    # A power budget prices layouts at TDP: 700 W per H100.
+    rows = place(str(REPO / "scenarios" / "splitwise.yaml"), ["workload.requests=300"], points[:1], tmp_path / "pw",
+                 {"ttft": 1.0}, 0.9, "goodput", budget_watts=1000)
+    assert rows[0]["watts"] == 1400 and not rows[0]["within_budget"]

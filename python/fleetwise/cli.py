@@ -1,4 +1,4 @@
-"""The ``fleetwise`` command line: run, compare, sweep, goodput, report, estimate, catalog, calibrate.
+"""The ``fleetwise`` command line: run, compare, sweep, goodput, place, report, estimate, catalog, calibrate.
 
 User mistakes (bad scenario fields, unknown names, models that do not fit, malformed traces) end
 with a one-paragraph message on stderr and exit code 2, never a traceback.
@@ -233,6 +233,48 @@ def report(
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(str(e)) from None
     out.print(f"report written to {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+
+
+@app.command()
+def place(
+    scenario: Path = typer.Argument(..., help="Scenario YAML file (arrivals with a rate)."),
+    grid: List[str] = typer.Option(..., "--grid", help="Layout dimension PATH=V1,V2,... (repeatable), e.g. cluster.pools.0.count=1,2,3."),
+    slo: List[str] = typer.Option(..., "--slo", help="METRIC_pNN=SECONDS (repeatable)."),
+    attainment: Optional[float] = typer.Option(None, "--attainment", min=0.0, max=1.0, help="Fraction that must meet every SLO (default from _pNN, else 0.9)."),
+    objective: str = typer.Option("goodput_per_gpu", "--objective", help="goodput, goodput_per_gpu or goodput_per_dollar."),
+    budget_dollars: Optional[float] = typer.Option(None, "--budget-dollars-per-hour", help="Skip layouts costing more per hour."),
+    budget_watts: Optional[float] = typer.Option(None, "--budget-watts", help="Skip layouts drawing more (TDP, or power caps)."),
+    set_: List[str] = typer.Option([], "--set", help="Override for every layout: PATH=VALUE. Repeatable."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Directory for the searches and placement.json."),
+    jobs: int = typer.Option(max(1, (os.cpu_count() or 1)), "-j", "--jobs", min=1, help="Layouts searched in parallel."),
+) -> None:
+    """Find the cluster layout with the best goodput (per GPU, per dollar) within a cost or power budget."""
+    from fleetwise.config.load import load_scenario
+    from fleetwise.sweep.goodput import parse_slos
+    from fleetwise.sweep.grid import expand, parse_grid
+    from fleetwise.sweep.placement import place as run_place
+
+    slos, implied = parse_slos(slo)
+    target = attainment if attainment is not None else (implied or 0.9)
+    points = expand(parse_grid(grid))
+    for p in points:
+        load_scenario(scenario, [*set_, *p.overrides()])
+    name = load_scenario(scenario, set_).name
+    out_dir = output or Path("sweeps") / f"{name}-placement"
+    try:
+        rows = run_place(str(scenario), list(set_), points, out_dir, slos, target, objective, budget_dollars, budget_watts, jobs=jobs)
+    except KeyboardInterrupt:
+        err.print(f"interrupted: finished searches are in {out_dir}/points/; run the same command again to resume them")
+        sys.exit(130)
+    t = Table(title=f"{name}: {len(rows)} layouts ranked by {objective} at {target:.0%} of {slos}")
+    for c in ("layout", "GPUs", "$/h", "kW", "goodput", "per GPU", "per $/h"):
+        t.add_column(c, justify="left" if c == "layout" else "right")
+    fmt = lambda v: "-" if v is None else f"{v:.3g}"
+    for r in rows:
+        t.add_row(r["layout"] + ("" if r["within_budget"] else " (over budget)"), str(r["gpus"]), f"{r['dollars_per_hour']:.2f}", f"{r['watts'] / 1e3:.2f}", fmt(r.get("goodput")), fmt(r.get("goodput_per_gpu")), fmt(r.get("goodput_per_dollar")))
+    out.print(t)
+    best = next((r for r in rows if r["within_budget"]), None)
+    out.print(f"best: {best['layout']}" if best else "no layout is within the budget")
 
 
 @app.command()

@@ -1,0 +1,89 @@
+"""Placement and provisioning search: the cluster layout that serves the most under the SLOs.
+
+Every point of a grid over the cluster (pool counts, parallelism, node affinity...) is priced
+(GPUs, dollars per hour, watts at TDP or the power cap); points over a budget are skipped; the rest
+get a goodput search (DistServe's definition). The result ranks layouts by goodput, goodput per GPU
+(DistServe's placement objective) or goodput per dollar, so Splitwise's provisioning question (how
+many prompt and token machines for a cost or power budget) and DistServe's placement question
+(which parallelism per phase maximises per-GPU goodput) are the same command.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from fleetwise.sweep.grid import Point
+
+OBJECTIVES = ("goodput", "goodput_per_gpu", "goodput_per_dollar")
+
+
+def price(scenario) -> dict:
+    """GPUs, dollars per hour and watts (at TDP, or at the power cap) of a scenario's cluster."""
+    from fleetwise.catalog import lookup
+
+    gpus = dollars = watts = 0.0
+    for i, p in enumerate(scenario.cluster.pools):
+        g = lookup("gpu", p.gpu, scenario.gpus, f"cluster.pools.{i}.gpu")
+        n = p.count * p.parallelism.tp * p.parallelism.pp
+        gpus += n
+        dollars += n * g.price_per_hour
+        watts += n * (p.power_cap_watts or g.tdp_watts)
+    return {"gpus": int(gpus), "dollars_per_hour": dollars, "watts": watts}
+
+
+def _evaluate(scenario_path: str, overrides: list[str], point: Point, out_dir: str, slos: dict, target: float, low: float, tolerance: float) -> dict:
+    """Goodput search of one layout (runs in a worker process)."""
+    from fleetwise.sweep.goodput import search
+
+    r = search(scenario_path, [*overrides, *point.overrides()], Path(out_dir) / "points" / point.id, slos, target, low=low, tolerance=tolerance, jobs=1, quiet=True)
+    return {"goodput": r["goodput_rate"], "goodput_per_gpu": r["goodput_per_gpu"]}
+
+
+def place(
+    scenario_path: str,
+    overrides: list[str],
+    points: list[Point],
+    out_dir: Path,
+    slos: dict,
+    target: float = 0.9,
+    objective: str = "goodput_per_gpu",
+    budget_dollars_per_hour: float | None = None,
+    budget_watts: float | None = None,
+    low: float = 0.25,
+    tolerance: float = 0.05,
+    jobs: int = 1,
+) -> list[dict]:
+    """Prices every layout, searches the goodput of those within budget, and returns all rows
+    ranked by ``objective`` (best first; skipped layouts last). Writes ``placement.json``."""
+    from fleetwise.config.load import load_scenario
+    from fleetwise.errors import ConfigError
+
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"objective {objective!r}: allowed {', '.join(OBJECTIVES)}")
+    rows, todo = [], []
+    for p in points:
+        cost = price(load_scenario(scenario_path, [*overrides, *p.overrides()]))
+        row = {"point": p.id, "layout": ", ".join(f"{k}={v}" for k, v in p.assignments), **cost}
+        over = (budget_dollars_per_hour is not None and cost["dollars_per_hour"] > budget_dollars_per_hour + 1e-9) or (
+            budget_watts is not None and cost["watts"] > budget_watts + 1e-9
+        )
+        row["within_budget"] = not over
+        rows.append(row)
+        if not over:
+            todo.append((p, row))
+    args = [(scenario_path, overrides, p, str(out_dir), slos, target, low, tolerance) for p, _ in todo]
+    if jobs > 1 and len(args) > 1:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = list(pool.map(_evaluate, *zip(*args)))
+    else:
+        results = [_evaluate(*a) for a in args]
+    for (_, row), res in zip(todo, results):
+        row.update(res)
+        row["goodput_per_dollar"] = res["goodput"] / row["dollars_per_hour"] if row["dollars_per_hour"] else None
+    rows.sort(key=lambda r: (not r["within_budget"], -(r.get(objective) or 0.0), r["gpus"]))
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(out_dir) / "placement.json").write_text(json.dumps({"objective": objective, "slo": slos, "attainment_target": target, "budget_dollars_per_hour": budget_dollars_per_hour, "budget_watts": budget_watts, "layouts": rows}, indent=2) + "\n")
+    return rows
