@@ -4,7 +4,9 @@ Randomized small clusters (1-3 instances, round-robin and least-outstanding-toke
 ``max_num_seqs`` and token budgets, some with a KV cache of only a few hundred blocks) replay
 workloads with duplicate timestamps, requests placed exactly at iteration end times, and requests
 that must be rejected; every request's instance, status, first-token time, completion time and
-preemption count must agree exactly.
+preemption count must agree exactly. Each batch scheduler has its own cases: ``vllm``,
+``sarathi-serve`` (token budgets 32-512), ``sarathi`` (chunk sizes 32-512) and ``orca`` (both
+reservation modes, a few sequences at most).
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ import fleetwise
 from fleetwise import _core
 from fleetwise.cluster import core_config
 from fleetwise.reference import simulate_reference
+from fleetwise.reference.simpy_model import memory_limits
 from fleetwise.workload import Workload, build_workload
 
 COLUMNS = ["request_id", "instance", "status", "first_token_ns", "completion_ns", "preemptions"]
 SEEDS = range(16)
+BATCH_SEEDS = range(24)  # cases per chunked scheduler (sarathi-serve, sarathi) and Orca mode
 
 # A small Llama-shaped model: cheap iterations whose cost still varies with the batch.
 TINY_MODEL = {
@@ -53,8 +57,7 @@ def gpu_memory_for_blocks(model: dict, pool: dict, blocks: int) -> int:
     """GPU memory (at utilisation 1.0) that leaves exactly ``blocks`` KV blocks for ``pool``."""
     cost = _core.CostModel(json.dumps({**model, "name": "m"}), json.dumps({**pool["gpu"], "memory_bytes": 10**12}),
                            json.dumps(pool["calibration"]), pool["tp"])
-    sched = pool["scheduler"]
-    tokens, seqs = sched["max_num_batched_tokens"], sched["max_num_seqs"]
+    tokens, seqs = memory_limits(pool["scheduler"])
     weights = -(-cost.weight_bytes() // pool["tp"])
     block_bytes = cost.kv_bytes_per_token() * pool["memory"]["block_size"]
     return weights + cost.activation_bytes(tokens, min(seqs, tokens)) + blocks * block_bytes + block_bytes // 2
@@ -125,6 +128,86 @@ def make_scenario(seed: int) -> tuple[dict, Workload, dict]:
     return scenario, workload, {"tiny_kv": tiny_kv}
 
 
+# Orca's max-len mode reserves the model's whole context per request: a 1024-token context keeps
+# a few reservations inside a small cache.
+SHORT_CONTEXT_MODEL = {**TINY_MODEL, "max_position_embeddings": 1024}
+BATCH_KINDS = ["sarathi-serve", "sarathi", "orca-max-len", "orca-oracle"]
+
+
+def make_batch_scenario(kind: str, seed: int) -> tuple[dict, Workload, dict]:
+    """A random small scenario for one of ``BATCH_KINDS`` (Orca with its reservation mode), its
+    workload, and facts about the case for the assertions."""
+    rng = np.random.default_rng(2000 + 1000 * BATCH_KINDS.index(kind) + seed)
+    orca = kind.startswith("orca")
+    model = SHORT_CONTEXT_MODEL if kind == "orca-max-len" else TINY_MODEL
+    tiny_kv = seed % 5 != 4
+    instances = int(rng.integers(1, 4))
+    two_pools = instances >= 2 and seed % 4 == 1
+    block_size = int(rng.choice([8, 16, 32]))
+    pools, sizes = [], []
+    counts = [1, instances - 1] if two_pools else [instances]
+    for p, count in enumerate(counts):
+        seqs = int(rng.integers(2, 7)) if orca else int(rng.integers(2, 17))
+        size = int(rng.choice([32, 64, 128, 256, 512]))
+        sizes.append(size)
+        if kind == "sarathi-serve":
+            sched = {"kind": kind, "max_num_seqs": seqs, "token_budget": size}
+        elif kind == "sarathi":
+            sched = {"kind": kind, "max_num_seqs": seqs, "chunk_size": size}
+        else:
+            sched = {"kind": "orca", "max_num_seqs": seqs, "reserve": kind.removeprefix("orca-")}
+        pools.append({
+            "name": f"pool{p}",
+            "count": count,
+            "gpu": "small-gpu" if tiny_kv else "h100-sxm",
+            "model": "tiny",
+            "scheduler": sched,
+            "memory": {"gpu_memory_utilization": 1.0 if tiny_kv else 0.9, "block_size": block_size},
+        })
+    scenario = {
+        "name": f"reference-{kind}-{seed}",
+        "seed": seed,
+        "models": {"tiny": model},
+        "gpus": {"small-gpu": {**H100_LIKE, "memory_bytes": 80e9}},
+        "cluster": {"pools": pools,
+                    "router": {"kind": "round-robin" if seed % 2 == 0 else "least-outstanding-tokens"}},
+        "workload": {
+            "arrivals": {"kind": "poisson", "rate": float(rng.choice([50.0, 200.0, 800.0]))},
+            "lengths": {"kind": "uniform", "prompt_min": 8, "prompt_max": 400, "output_min": 1, "output_max": 300},
+            "requests": int(rng.integers(80, 200)),
+        },
+    }
+    # Tiny caches hold 800-3000 tokens (Orca max-len: 1100-3200, one to three 1024-token
+    # reservations), so running requests get preempted and Orca admissions wait for reservations.
+    target_tokens = int(rng.integers(1100, 3200)) if kind == "orca-max-len" else int(rng.integers(800, 3000))
+    target_blocks = target_tokens // block_size
+    if tiny_kv:
+        config = core_config(fleetwise.scenario_from_dict(scenario))
+        memory = max(gpu_memory_for_blocks(model, pool, target_blocks) for pool in config["pools"])
+        scenario["gpus"]["small-gpu"]["memory_bytes"] = float(memory)
+
+    sc = fleetwise.scenario_from_dict(scenario)
+    base = build_workload(sc.workload, sc.seed)
+    arrival = base.arrival_ns.copy()
+    prompt = base.prompt_tokens.copy()
+    output = base.output_tokens.copy()
+    if seed % 2 == 1:
+        arrival = (arrival // 20_000_000) * 20_000_000  # many requests share an arrival instant
+    arrival[:4] = 0
+    burst = len(arrival) // 2
+    arrival[burst:burst + 5] = arrival[burst]
+    # Rejected everywhere: over the context, and (tiny KV) more blocks than the cache holds.
+    prompt[5], output[5] = 100, model["max_position_embeddings"]
+    if tiny_kv:
+        prompt[9], output[9] = 50, min(block_size * (target_blocks + 10), 4000)
+    if not orca:
+        # A prompt several chunks long, which still fits the cache.
+        prompt[7], output[7] = min(3 * max(sizes) + 5, target_tokens // 2), 10
+    workload = Workload(arrival_ns=arrival, prompt_tokens=prompt, output_tokens=output)
+    workload = pin_to_iteration_ends(sc, workload, rng, count=3)
+    return scenario, workload, {"tiny_kv": tiny_kv}
+
+
 def pin_to_iteration_ends(sc, workload: Workload, rng, count: int) -> Workload:
     """Adds ``count`` requests, each arriving exactly when an iteration of the core ends.
 
@@ -149,9 +232,9 @@ def pin_to_iteration_ends(sc, workload: Workload, rng, count: int) -> Workload:
     return Workload(arrival_ns=arrival, prompt_tokens=prompt, output_tokens=output)
 
 
-def core_frame(scenario: dict, workload: Workload) -> tuple[pl.DataFrame, np.ndarray]:
+def core_frame(scenario: dict, workload: Workload) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The core's per-request columns (preemptions null for rejected, as the reference has them)
-    and the end times of its iterations."""
+    and its iteration log."""
     res = fleetwise.simulate(scenario, workload=workload, record_iterations=True)
     req = res.requests.select(COLUMNS)
     rejected = req.filter(pl.col("status") == "rejected")
@@ -159,45 +242,115 @@ def core_frame(scenario: dict, workload: Workload) -> tuple[pl.DataFrame, np.nda
     req = req.with_columns(
         pl.when(pl.col("status") == "finished").then(pl.col("preemptions")).otherwise(None).alias("preemptions")
     )
-    return req, res.iterations["end_ns"].to_numpy().astype(np.int64)
+    return req, res.iterations
+
+
+def assert_agreement(label: str, scenario: dict, workload: Workload, totals: dict) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Runs the core and the reference on one case, fails on any difference, and adds the case's
+    preemptions, rejections, tied arrivals and arrivals at iteration ends to ``totals``. Returns
+    the reference's frame (with its details) and the core's iteration log."""
+    core, iterations = core_frame(scenario, workload)
+    ref = simulate_reference(scenario, workload, details=True)
+    assert ref.columns[:len(COLUMNS)] == COLUMNS
+    if not ref.select(COLUMNS).equals(core):
+        diff = ref.select(COLUMNS).join(core, on="request_id", suffix="_core").filter(
+            pl.any_horizontal(pl.col(c).ne_missing(pl.col(f"{c}_core")) for c in COLUMNS[1:])
+        )
+        pytest.fail(f"{label}: core and reference differ on {diff.height} requests:\n{diff.head(5)}")
+    ends = iterations["end_ns"].to_numpy().astype(np.int64)
+    arrivals = workload.arrival_ns
+    totals["preemptions"] = totals.get("preemptions", 0) + int(ref["preemptions"].sum() or 0)
+    totals["rejected"] = totals.get("rejected", 0) + int((ref["status"] == "rejected").sum())
+    totals["tied_arrivals"] = totals.get("tied_arrivals", 0) + int(np.sum(np.diff(arrivals) == 0))
+    totals["arrivals_at_iteration_end"] = totals.get("arrivals_at_iteration_end", 0) + int(np.isin(arrivals, ends).sum())
+    return ref, iterations
+
+
+def assert_exercised(totals: dict, cases: int) -> None:
+    """The cases hit rejection, tied arrivals and arrivals at iteration ends."""
+    assert totals["rejected"] > 0, totals
+    assert totals["tied_arrivals"] > 0, totals
+    assert totals["arrivals_at_iteration_end"] >= cases, totals
 
 
 def test_core_matches_simpy_reference():
-    """Every case agrees exactly, and the cases exercise preemption, rejection and ties."""
-    totals = {"preemptions": 0, "rejected": 0, "tied_arrivals": 0, "arrivals_at_iteration_end": 0}
+    """Every vllm case agrees exactly, and the cases exercise preemption, rejection and ties."""
+    totals: dict = {}
     for seed in SEEDS:
         scenario, workload, _ = make_scenario(seed)
-        core, ends = core_frame(scenario, workload)
-        ref = simulate_reference(scenario, workload)
-        assert ref.columns == COLUMNS
-        if not ref.equals(core):
-            diff = ref.join(core, on="request_id", suffix="_core").filter(
-                pl.any_horizontal(pl.col(c).ne_missing(pl.col(f"{c}_core")) for c in COLUMNS[1:])
-            )
-            pytest.fail(f"seed {seed}: core and reference differ on {diff.height} requests:\n{diff.head(5)}")
-        totals["preemptions"] += int(ref["preemptions"].sum() or 0)
-        totals["rejected"] += int((ref["status"] == "rejected").sum())
-        arrivals = workload.arrival_ns
-        totals["tied_arrivals"] += int(np.sum(np.diff(arrivals) == 0))
-        totals["arrivals_at_iteration_end"] += int(np.isin(arrivals, ends).sum())
+        assert_agreement(f"vllm seed {seed}", scenario, workload, totals)
     assert totals["preemptions"] > 0, totals
-    assert totals["rejected"] > 0, totals
-    assert totals["tied_arrivals"] > 0, totals
-    assert totals["arrivals_at_iteration_end"] >= len(SEEDS), totals
+    assert_exercised(totals, len(SEEDS))
+
+
+@pytest.mark.parametrize("kind", ["sarathi-serve", "sarathi"])
+def test_chunked_schedulers_match_simpy_reference(kind):
+    """Every chunked-prefill case agrees exactly; the cases preempt, split prefills into several
+    chunks, and run decodes beside prefill chunks."""
+    totals: dict = {"split_requests": 0, "mixed_iterations": 0}
+    for seed in BATCH_SEEDS:
+        scenario, workload, _ = make_batch_scenario(kind, seed)
+        ref, iterations = assert_agreement(f"{kind} seed {seed}", scenario, workload, totals)
+        totals["split_requests"] += int((ref["split_chunks"] > 0).sum())
+        totals["mixed_iterations"] += iterations.filter(
+            (pl.col("prefill_tokens") > 0) & (pl.col("decode_seqs") > 0)).height
+    assert totals["preemptions"] > 0, totals
+    assert totals["split_requests"] > 0, totals
+    assert totals["mixed_iterations"] > 0, totals
+    assert_exercised(totals, len(BATCH_SEEDS))
+
+
+@pytest.mark.parametrize("reserve", ["max-len", "oracle"])
+def test_orca_matches_simpy_reference(reserve):
+    """Every Orca case agrees exactly; requests wait at the queue front for a reservation while
+    fewer than max_num_seqs run, whole prompts share iterations with decodes, nothing is preempted."""
+    totals: dict = {"reservation_waits": 0, "blocked_iterations": 0, "mixed_iterations": 0}
+    for seed in BATCH_SEEDS:
+        scenario, workload, _ = make_batch_scenario(f"orca-{reserve}", seed)
+        ref, iterations = assert_agreement(f"orca {reserve} seed {seed}", scenario, workload, totals)
+        totals["reservation_waits"] += int(ref["reservation_waits"].sum())
+        # The core's side of the same fact: requests left waiting below the sequence limit.
+        config = core_config(fleetwise.scenario_from_dict(scenario))
+        seqs = [p["scheduler"]["max_num_seqs"] for p in config["pools"] for _ in range(p["count"])]
+        limit = pl.Series([seqs[i] for i in iterations["instance"].to_list()], dtype=pl.UInt32)
+        totals["blocked_iterations"] += iterations.filter(
+            (pl.col("waiting") > 0) & (pl.col("running") < limit)).height
+        totals["mixed_iterations"] += iterations.filter(
+            (pl.col("prefill_tokens") > 0) & (pl.col("decode_seqs") > 0)).height
+    assert totals["preemptions"] == 0, totals
+    assert totals["reservation_waits"] > 0, totals
+    assert totals["blocked_iterations"] > 0, totals
+    assert totals["mixed_iterations"] > 0, totals
+    assert_exercised(totals, len(BATCH_SEEDS))
+
+
+def scheduler_cases():
+    """Every case of every scheduler, as ``(label, scenario, facts)``."""
+    for seed in SEEDS:
+        scenario, _, facts = make_scenario(seed)
+        yield f"vllm seed {seed}", scenario, facts
+    for kind in BATCH_KINDS:
+        for seed in BATCH_SEEDS:
+            scenario, _, facts = make_batch_scenario(kind, seed)
+            yield f"{kind} seed {seed}", scenario, facts
 
 
 def test_tiny_gpu_has_a_few_hundred_blocks():
-    """The tiny-KV cases really have a small cache (so preemption is forced, not lucky)."""
-    for seed in SEEDS:
-        scenario, _, facts = make_scenario(seed)
+    """The tiny-KV cases really have a small cache (so preemption is forced, not lucky), and Orca's
+    max-len cases still fit at least one whole-context reservation (or nothing could ever run)."""
+    for label, scenario, facts in scheduler_cases():
         if not facts["tiny_kv"]:
             continue
         for pool in core_config(fleetwise.scenario_from_dict(scenario))["pools"]:
             cost = _core.CostModel(json.dumps(pool["model"]), json.dumps(pool["gpu"]),
                                    json.dumps(pool["calibration"]), pool["tp"])
-            sched = pool["scheduler"]
-            plan = cost.memory_plan(json.dumps(pool["memory"]), sched["max_num_batched_tokens"], sched["max_num_seqs"])
-            assert 20 <= plan["num_blocks"] <= 400, (seed, plan)
+            tokens, seqs = memory_limits(pool["scheduler"])
+            plan = cost.memory_plan(json.dumps(pool["memory"]), tokens, seqs)
+            assert 20 <= plan["num_blocks"] <= 450, (label, plan)
+            reserve = pool["scheduler"].get("reserve_tokens")
+            if reserve is not None:
+                blocks = -(-reserve // plan["block_size"])
+                assert blocks + int(plan["num_blocks"] * 0.01) <= plan["num_blocks"], (label, plan)
 
 
 def test_reference_refuses_random_router():

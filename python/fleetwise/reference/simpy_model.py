@@ -57,7 +57,8 @@ class ReferenceRequest:
 
     __slots__ = (
         "index", "arrival", "prompt", "output", "computed", "generated", "blocks",
-        "instance", "status", "first_token", "completion", "preemptions",
+        "instance", "status", "first_token", "completion", "preemptions", "split_chunks",
+        "reservation_waits",
     )
 
     def __init__(self, index: int, arrival: int, prompt: int, output: int) -> None:
@@ -74,6 +75,8 @@ class ReferenceRequest:
         self.first_token: int | None = None
         self.completion: int | None = None
         self.preemptions = 0
+        self.split_chunks = 0  # prefill chunks that left part of the pending tokens for later
+        self.reservation_waits = 0  # Orca admissions stopped at it for want of KV blocks
 
     @property
     def known(self) -> int:
@@ -118,13 +121,39 @@ class KvCache:
         self.used -= blocks
 
 
-class ReferenceInstance:
-    """One model replica: a SimPy process running vLLM-style continuous batching.
+def memory_limits(sched: dict) -> tuple[int, int]:
+    """The ``(tokens, sequences)`` one iteration may hold under scheduler config ``sched`` (the
+    core's JSON form), which size the activation reserve of the memory plan.
 
-    Each iteration either prefills the waiting requests it can admit (front first, while the
-    sequence limit, the token budget and the KV cache with its watermark allow) or, when none can
-    be admitted, decodes one token of every running request, preempting the most recently admitted
-    running request by recompute whenever a decode needs a KV block that is not free.
+    vllm: its token budget; sarathi-serve: its token budget; sarathi: one chunk plus one decode per
+    sequence; orca: the tokens it reserves per request (8192 when it reserves each request's own
+    length). The sequence limit is ``max_num_seqs`` for all of them.
+    """
+    kind = sched["kind"]
+    seqs = int(sched["max_num_seqs"])
+    if kind == "vllm":
+        return int(sched["max_num_batched_tokens"]), seqs
+    if kind == "sarathi-serve":
+        return int(sched["token_budget"]), seqs
+    if kind == "sarathi":
+        return int(sched["chunk_size"]) + seqs, seqs
+    if kind == "orca":
+        reserve = sched.get("reserve_tokens")
+        return (8192 if reserve is None else int(reserve)), seqs
+    raise ValueError(f"the reference model does not know the {kind!r} scheduler")
+
+
+# One request's share of an iteration: (request, tokens, is_decode), in the order the scheduler
+# adds them. Decodes compute the one token sampled last; everything else is a prefill chunk.
+Item = tuple[ReferenceRequest, int, bool]
+
+
+class ReferenceInstance:
+    """One model replica: a SimPy process running iterations formed by its batch scheduler.
+
+    The instance owns the queues (``waiting``: no KV held, in service order; ``running``: holding
+    KV, oldest admission first) and the KV cache; the scheduler (``VllmPolicy``,
+    ``ChunkedPolicy`` or ``OrcaPolicy``) admits, preempts and picks each iteration's tokens.
     """
 
     def __init__(self, env: simpy.Environment, index: int, pool: dict) -> None:
@@ -135,12 +164,10 @@ class ReferenceInstance:
             json.dumps(pool["model"]), json.dumps(pool["gpu"]), json.dumps(pool["calibration"]), pool["tp"]
         )
         sched = pool["scheduler"]
-        if sched["kind"] != "vllm":
-            raise ValueError(f"the reference model only knows the vllm scheduler, not {sched['kind']!r}")
-        self.max_num_seqs = int(sched["max_num_seqs"])
-        self.max_num_batched_tokens = int(sched["max_num_batched_tokens"])
+        self.policy = make_policy(sched)
         self.max_context = int(pool["model"]["max_position_embeddings"])
-        plan = self.cost.memory_plan(json.dumps(pool["memory"]), self.max_num_batched_tokens, self.max_num_seqs)
+        tokens, seqs = memory_limits(sched)
+        plan = self.cost.memory_plan(json.dumps(pool["memory"]), tokens, seqs)
         self.kv = KvCache(int(plan["num_blocks"]), int(plan["block_size"]))
         self.waiting: deque[ReferenceRequest] = deque()
         self.running: list[ReferenceRequest] = []
@@ -153,12 +180,12 @@ class ReferenceInstance:
     # --- arrival side ----------------------------------------------------------------------------
 
     def rejects(self, req: ReferenceRequest) -> bool:
-        """Whether ``req`` can never run here: too long for the model's context, a prompt over the
-        token budget, or more KV blocks at its peak (the last output token is never cached) than
-        the cache holds beside its watermark."""
+        """Whether ``req`` can never run here: too long for the model's context, refused by the
+        scheduler's own rule, or more KV blocks at its peak (the last output token is never
+        cached) than the cache holds beside its watermark."""
         if req.prompt + req.output > self.max_context:
             return True
-        if req.prompt > self.max_num_batched_tokens:
+        if self.policy.rejects(req):
             return True
         return self.kv.blocks_for(req.prompt + req.output - 1) + self.kv.watermark > self.kv.total
 
@@ -179,92 +206,71 @@ class ReferenceInstance:
             yield self._wake
             self._wake = self.env.event()
             self.wake_pending = False
-            batch = self._form_batch()
-            while batch is not None:
-                prefills, decodes = batch
+            items = self.policy.form(self)
+            while items:
                 self.busy = True
-                yield self.env.timeout(self._duration(prefills, decodes))
+                yield self.env.timeout(self._duration(items))
                 self.busy = False
-                self._apply([r for r, _ in prefills] + decodes, [n for _, n in prefills] + [1] * len(decodes))
-                batch = self._form_batch()
+                self._apply(items)
+                items = self.policy.form(self)
 
-    def _form_batch(self):
-        """The next iteration as ``(prefills, decodes)``: prefills are ``(request, tokens)`` and
-        decodes requests; None when there is nothing to run."""
-        prefills = self._admit()
-        if prefills:
-            return prefills, []
-        decodes = self._grow()
-        return ([], decodes) if decodes else None
+    # --- helpers the schedulers share ------------------------------------------------------------
 
-    def _admit(self) -> list[tuple[ReferenceRequest, int]]:
-        """Admits waiting requests from the front for a prefill iteration."""
-        admitted: list[tuple[ReferenceRequest, int]] = []
-        budget_used = 0
-        while self.waiting:
-            req = self.waiting[0]
-            tokens = req.pending
-            if len(self.running) >= self.max_num_seqs:
-                break
-            # The first admission ignores the budget: a recomputed request may exceed it.
-            if admitted and budget_used + tokens > self.max_num_batched_tokens:
-                break
-            blocks = self.kv.blocks_for(tokens)
-            if self.kv.free < blocks + self.kv.watermark:
-                break
-            self.waiting.popleft()
-            self.kv.take(blocks)
-            req.blocks = blocks
-            req.status = "running"
-            self.running.append(req)
-            budget_used += tokens
-            admitted.append((req, tokens))
-        return admitted
+    def admit(self, req: ReferenceRequest, blocks: int) -> None:
+        """Moves the front waiting request ``req`` to the end of the running list with ``blocks``
+        fresh KV blocks."""
+        assert self.waiting[0] is req and req.blocks == 0 and req.computed == 0
+        self.waiting.popleft()
+        self.kv.take(blocks)
+        req.blocks = blocks
+        req.status = "running"
+        self.running.append(req)
 
-    def _grow(self) -> list[ReferenceRequest]:
-        """Gives every running request, oldest admission first, the KV it needs to decode one
-        token, preempting the newest running request while a needed block is missing."""
-        decodes: list[ReferenceRequest] = []
-        victims: list[ReferenceRequest] = []
-        for req in list(self.running):
-            if req.status != "running":
-                break  # preempted as a victim of an older request's growth
-            missing = max(0, self.kv.blocks_for(req.computed + 1) - req.blocks)
-            while self.kv.free < missing and req.status == "running":
-                victim = self.running.pop()
-                self._preempt(victim)
-                victims.append(victim)
-            if req.status != "running":
-                break  # it preempted itself: later requests were preempted before it
-            self.kv.take(missing)
-            req.blocks += missing
-            decodes.append(req)
-        # Victims were taken newest first; the oldest ends up at the front of the waiting queue.
-        for victim in victims:
-            self.waiting.appendleft(victim)
-        return decodes
+    def grow(self, req: ReferenceRequest, tokens: int) -> bool:
+        """Gives ``req`` the blocks that ``tokens`` more computed tokens need, if they are free
+        (no watermark: the request is already running)."""
+        missing = max(0, self.kv.blocks_for(req.computed + tokens) - req.blocks)
+        if missing > self.kv.free:
+            return False
+        self.kv.take(missing)
+        req.blocks += missing
+        return True
 
-    def _preempt(self, req: ReferenceRequest) -> None:
-        """Preempts ``req`` by recompute: its KV is dropped and will be prefilled again."""
+    def preempt_newest(self) -> ReferenceRequest:
+        """Preempts the most recently admitted running request by recompute: its KV is dropped
+        and it will be prefilled again. The caller puts it back in the waiting queue."""
+        req = self.running.pop()
         self.kv.give_back(req.blocks)
         req.blocks = 0
         req.computed = 0
         req.preemptions += 1
         req.status = "waiting"
+        return req
 
-    def _duration(self, prefills: list[tuple[ReferenceRequest, int]], decodes: list[ReferenceRequest]) -> int:
-        """The iteration's duration in integer ns, from the core's cost model."""
+    def requeue_victims(self, victims: list[ReferenceRequest]) -> None:
+        """Puts requests preempted while forming a batch (newest first, as they were taken) at the
+        front of the waiting queue, the oldest admission first."""
+        for victim in victims:
+            self.waiting.appendleft(victim)
+
+    # --- running an iteration --------------------------------------------------------------------
+
+    def _duration(self, items: list[Item]) -> int:
+        """The iteration's duration in integer ns, from the core's cost model. A chunk of ``n``
+        tokens after ``computed`` cached ones is ``(n, computed, samples)``; a decode is its
+        context including the token it computes."""
         return self.cost.iteration_ns(
-            prefills=[(n, r.computed, r.computed + n == r.known) for r, n in prefills],
-            decodes=[r.computed + 1 for r in decodes],
+            prefills=[(n, r.computed, r.computed + n == r.known) for r, n, decode in items if not decode],
+            decodes=[r.computed + 1 for r, _, decode in items if decode],
         )
 
-    def _apply(self, reqs: list[ReferenceRequest], tokens: list[int]) -> None:
+    def _apply(self, items: list[Item]) -> None:
         """Applies a finished iteration: computed tokens, samples, first tokens and completions."""
         now = self.env.now
-        for req, n in zip(reqs, tokens):
+        for req, n, _ in items:
             req.computed += n
             if req.computed != req.known:
+                req.split_chunks += 1
                 continue
             req.generated += 1
             self.outstanding_tokens += 1
@@ -277,6 +283,205 @@ class ReferenceInstance:
                 req.completion = now
                 self.outstanding_tokens -= req.prompt + req.generated
         self.running = [r for r in self.running if r.status == "running"]
+
+
+def is_decoding(req: ReferenceRequest) -> bool:
+    """Whether ``req``'s only pending token is the one it sampled last (so it decodes). A request
+    that has sampled nothing yet, or was preempted and recomputes, prefills instead."""
+    return req.generated > 0 and req.pending == 1
+
+
+def make_policy(sched: dict):
+    """The scheduler of the core's JSON config ``sched``."""
+    kind = sched["kind"]
+    if kind == "vllm":
+        return VllmPolicy(int(sched["max_num_seqs"]), int(sched["max_num_batched_tokens"]))
+    if kind == "sarathi-serve":
+        return ChunkedPolicy(int(sched["max_num_seqs"]), budget=int(sched["token_budget"]), chunk=None)
+    if kind == "sarathi":
+        return ChunkedPolicy(int(sched["max_num_seqs"]), budget=None, chunk=int(sched["chunk_size"]))
+    if kind == "orca":
+        reserve = sched.get("reserve_tokens")
+        return OrcaPolicy(int(sched["max_num_seqs"]), None if reserve is None else int(reserve))
+    raise ValueError(f"the reference model does not know the {kind!r} scheduler")
+
+
+class VllmPolicy:
+    """vLLM-style continuous batching.
+
+    Each iteration either prefills the waiting requests it can admit (front first, while the
+    sequence limit, the token budget and the KV cache with its watermark allow) or, when none can
+    be admitted, decodes one token of every running request, preempting the most recently admitted
+    running request by recompute whenever a decode needs a KV block that is not free.
+    """
+
+    def __init__(self, max_num_seqs: int, max_num_batched_tokens: int) -> None:
+        """A scheduler with these limits."""
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+
+    def rejects(self, req: ReferenceRequest) -> bool:
+        """A prompt over the token budget can never be prefilled."""
+        return req.prompt > self.max_num_batched_tokens
+
+    def form(self, inst: ReferenceInstance) -> list[Item]:
+        """The next iteration; empty when there is nothing to run."""
+        prefills = self._admit(inst)
+        if prefills:
+            return prefills
+        return self._grow(inst)
+
+    def _admit(self, inst: ReferenceInstance) -> list[Item]:
+        """Admits waiting requests from the front for a prefill iteration."""
+        admitted: list[Item] = []
+        budget_used = 0
+        while inst.waiting:
+            req = inst.waiting[0]
+            tokens = req.pending
+            if len(inst.running) >= self.max_num_seqs:
+                break
+            # The first admission ignores the budget: a recomputed request may exceed it.
+            if admitted and budget_used + tokens > self.max_num_batched_tokens:
+                break
+            blocks = inst.kv.blocks_for(tokens)
+            if inst.kv.free < blocks + inst.kv.watermark:
+                break
+            inst.admit(req, blocks)
+            budget_used += tokens
+            admitted.append((req, tokens, False))
+        return admitted
+
+    def _grow(self, inst: ReferenceInstance) -> list[Item]:
+        """Gives every running request, oldest admission first, the KV it needs to decode one
+        token, preempting the newest running request while a needed block is missing."""
+        decodes: list[Item] = []
+        victims: list[ReferenceRequest] = []
+        for req in list(inst.running):
+            if req.status != "running":
+                break  # preempted as a victim of an older request's growth
+            while req.status == "running" and not inst.grow(req, 1):
+                victims.append(inst.preempt_newest())
+            if req.status != "running":
+                break  # it preempted itself: later requests were preempted before it
+            decodes.append((req, 1, True))
+        inst.requeue_victims(victims)
+        return decodes
+
+
+class ChunkedPolicy:
+    """Chunked prefill with decodes first: Sarathi-Serve (``budget``) or Sarathi (``chunk``).
+
+    Every iteration first decodes one token of every running request that is decoding, in running
+    order, preempting the newest running request by recompute while one of them lacks a KV block
+    (a request that preempts itself ends the decode pass; the victims go back to the waiting
+    front, oldest first). Then come prefill chunks: Sarathi-Serve fills the token budget left
+    after the decodes with as many chunks as fit; Sarathi takes at most one chunk of at most
+    ``chunk`` tokens, whatever the decodes. Chunks go first to running requests still
+    prefilling, in running order (a chunk of ``min(pending, tokens left)``; a request whose chunk's
+    blocks are not free is skipped), then to admissions from the waiting front (while fewer than
+    ``max_num_seqs`` requests run and the chunk's blocks fit beside the watermark; the first that
+    does not fit stops admission). Nothing is rejected by the scheduler itself.
+    """
+
+    def __init__(self, max_num_seqs: int, budget: int | None, chunk: int | None) -> None:
+        """Sarathi-Serve with a per-iteration token ``budget``, or Sarathi with a ``chunk`` size."""
+        self.max_num_seqs = max_num_seqs
+        self.budget = budget
+        self.chunk = chunk
+
+    def rejects(self, req: ReferenceRequest) -> bool:
+        """Chunking fits every prompt into the budget: nothing to reject here."""
+        return False
+
+    def form(self, inst: ReferenceInstance) -> list[Item]:
+        """The next iteration; empty when there is nothing to run."""
+        items = self._decodes(inst)
+        if self.budget is not None:
+            tokens_left, chunks_left = max(0, self.budget - len(items)), None
+        else:
+            tokens_left, chunks_left = self.chunk, 1
+        items += self._chunks(inst, tokens_left, chunks_left)
+        return items
+
+    def _decodes(self, inst: ReferenceInstance) -> list[Item]:
+        """One token of every decoding running request, preempting the newest when KV runs out."""
+        decodes: list[Item] = []
+        victims: list[ReferenceRequest] = []
+        for req in list(inst.running):
+            if req.status != "running":
+                break  # preempted as a victim of an older request's decode
+            if not is_decoding(req):
+                continue
+            while req.status == "running" and not inst.grow(req, 1):
+                victims.append(inst.preempt_newest())
+            if req.status != "running":
+                break  # it preempted itself: every later request went before it
+            decodes.append((req, 1, True))
+        inst.requeue_victims(victims)
+        return decodes
+
+    def _chunks(self, inst: ReferenceInstance, tokens_left: int, chunks_left: int | None) -> list[Item]:
+        """Prefill chunks within ``tokens_left`` tokens and ``chunks_left`` chunks (None: any)."""
+        chunks: list[Item] = []
+
+        def room() -> bool:
+            return tokens_left > 0 and (chunks_left is None or len(chunks) < chunks_left)
+
+        for req in list(inst.running):
+            if not room():
+                break
+            if is_decoding(req):
+                continue
+            n = min(req.pending, tokens_left)
+            if not inst.grow(req, n):
+                continue  # its chunk's blocks are not free: skipped this iteration
+            chunks.append((req, n, False))
+            tokens_left -= n
+        while room() and inst.waiting and len(inst.running) < self.max_num_seqs:
+            req = inst.waiting[0]
+            n = min(req.pending, tokens_left)
+            blocks = inst.kv.blocks_for(n)
+            if inst.kv.free < blocks + inst.kv.watermark:
+                break
+            inst.admit(req, blocks)
+            chunks.append((req, n, False))
+            tokens_left -= n
+        return chunks
+
+
+class OrcaPolicy:
+    """Orca iteration-level batching with KV reserved per request.
+
+    Admission takes waiting requests from the front while fewer than ``max_num_seqs`` run and the
+    blocks of the request's reservation (``reserve`` tokens, or its own ``prompt + output - 1``
+    when None) are free beside the watermark; the whole reservation is allocated at once, so a
+    running request never needs another block and nothing is preempted. Every iteration runs every
+    running request, in running order, for all its pending tokens: whole prompts and single decodes
+    side by side. A request longer than the reservation is rejected.
+    """
+
+    def __init__(self, max_num_seqs: int, reserve: int | None) -> None:
+        """A scheduler admitting up to ``max_num_seqs`` requests, reserving ``reserve`` tokens each."""
+        self.max_num_seqs = max_num_seqs
+        self.reserve = reserve
+
+    def _reservation(self, req: ReferenceRequest) -> int:
+        return req.prompt + req.output - 1 if self.reserve is None else self.reserve
+
+    def rejects(self, req: ReferenceRequest) -> bool:
+        """A request whose KV outgrows the fixed reservation can never finish."""
+        return self.reserve is not None and req.prompt + req.output - 1 > self.reserve
+
+    def form(self, inst: ReferenceInstance) -> list[Item]:
+        """The next iteration; empty when nothing runs."""
+        while inst.waiting and len(inst.running) < self.max_num_seqs:
+            req = inst.waiting[0]
+            blocks = inst.kv.blocks_for(self._reservation(req))
+            if inst.kv.free < blocks + inst.kv.watermark:
+                req.reservation_waits += 1
+                break
+            inst.admit(req, blocks)
+        return [(req, req.pending, req.generated > 0) for req in inst.running]
 
 
 class ReferenceRouter:
@@ -313,14 +518,18 @@ def _arrival(env: simpy.Environment, router: ReferenceRouter, req: ReferenceRequ
 
 
 
-def simulate_reference(scenario: Scenario | dict | str | Path, workload: Workload | None = None) -> pl.DataFrame:
+def simulate_reference(
+    scenario: Scenario | dict | str | Path, workload: Workload | None = None, details: bool = False
+) -> pl.DataFrame:
     """Replays ``workload`` (default: the scenario's own) on ``scenario``'s cluster in SimPy.
 
     Returns one row per request, in request order: ``request_id``, ``instance`` (the instance it
     was routed to, also for rejected requests), ``status`` (``finished`` or ``rejected``),
     ``first_token_ns``, ``completion_ns`` and ``preemptions`` (the last three null for rejected
-    requests). Raises ValueError for the ``random`` router or a scheduler other than ``vllm``, and
-    RuntimeError if a request never finishes.
+    requests). With ``details``, two more columns count, per request, its prefill chunks that did
+    not end its prefill (``split_chunks``) and the Orca admissions that stopped at it because its
+    reservation's blocks were not free (``reservation_waits``). Raises ValueError for the
+    ``random`` router or an unknown scheduler, and RuntimeError if a request never finishes.
     """
     sc = as_scenario(scenario)
     if workload is None:
@@ -346,7 +555,7 @@ def simulate_reference(scenario: Scenario | dict | str | Path, workload: Workloa
         r = stuck[0]
         raise RuntimeError(f"request {r.index} never finished ({r.status}, {r.generated} of {r.output} tokens)")
     served = [r.status == "finished" for r in requests]
-    return pl.DataFrame(
+    frame = pl.DataFrame(
         {
             "request_id": np.arange(len(requests), dtype=np.int64),
             "instance": [r.instance for r in requests],
@@ -360,3 +569,9 @@ def simulate_reference(scenario: Scenario | dict | str | Path, workload: Workloa
             "first_token_ns": pl.Int64, "completion_ns": pl.Int64, "preemptions": pl.Int64,
         },
     )
+    if details:
+        frame = frame.with_columns(
+            pl.Series("split_chunks", [r.split_chunks for r in requests], dtype=pl.Int64),
+            pl.Series("reservation_waits", [r.reservation_waits for r in requests], dtype=pl.Int64),
+        )
+    return frame
