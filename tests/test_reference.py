@@ -259,10 +259,13 @@ def assert_agreement(label: str, scenario: dict, workload: Workload, totals: dic
         pytest.fail(f"{label}: core and reference differ on {diff.height} requests:\n{diff.head(5)}")
     ends = iterations["end_ns"].to_numpy().astype(np.int64)
     arrivals = workload.arrival_ns
-    totals["preemptions"] = totals.get("preemptions", 0) + int(ref["preemptions"].sum() or 0)
-    totals["rejected"] = totals.get("rejected", 0) + int((ref["status"] == "rejected").sum())
-    totals["tied_arrivals"] = totals.get("tied_arrivals", 0) + int(np.sum(np.diff(arrivals) == 0))
-    totals["arrivals_at_iteration_end"] = totals.get("arrivals_at_iteration_end", 0) + int(np.isin(arrivals, ends).sum())
+    for key, count in (
+        ("preemptions", int(ref["preemptions"].sum() or 0)),
+        ("rejected", int((ref["status"] == "rejected").sum())),
+        ("tied_arrivals", int(np.sum(np.diff(arrivals) == 0))),
+        ("arrivals_at_iteration_end", int(np.isin(arrivals, ends).sum())),
+    ):
+        totals[key] = totals.get(key, 0) + count
     return ref, iterations
 
 

@@ -59,7 +59,19 @@ class OrcaScheduler(StrictModel):
     """KV reserved per request: the model's whole context (as Orca does) or its own prompt + output."""
 
 
-SchedulerConfig = Annotated[Union[VllmScheduler, SarathiServeScheduler, SarathiScheduler, OrcaScheduler], Field(discriminator="kind")]
+class BatchLlmScheduler(StrictModel):
+    """BatchLLM offline batching: global prefix grouping, decode-ratio order, memory-centric admission,
+    shared-prefix attention read once per batch (use with ``prefix_caching``)."""
+
+    kind: Literal["batchllm"] = "batchllm"
+    """Selects this scheduler."""
+    max_num_seqs: int = Field(default=512, ge=1)
+    """Most sequences in one iteration."""
+    token_budget: int = Field(default=2048, ge=1)
+    """Most tokens (decodes and prefill chunks) in one iteration."""
+
+
+SchedulerConfig = Annotated[Union[VllmScheduler, SarathiServeScheduler, SarathiScheduler, OrcaScheduler, BatchLlmScheduler], Field(discriminator="kind")]
 """Any batch scheduler, selected by ``kind``."""
 
 

@@ -1,10 +1,10 @@
 """An independent reference model of the simulator's serving semantics.
 
 ``simulate_reference(scenario, workload)`` replays a workload through a pure-Python SimPy model of
-the cluster (arrivals, routing, the vLLM-style batch scheduler, paged KV accounting, preemption by
-recompute). It shares only the roofline cost model and the memory plan with the Rust core, so the
-differential test in ``tests/test_reference.py`` checks the core's event loop, router and scheduler
-against a second implementation written from their documented rules.
+the cluster (arrivals, routing, the vLLM, Sarathi-Serve, Sarathi and Orca batch schedulers, paged
+KV accounting, preemption by recompute). It shares only the roofline cost model and the memory plan
+with the Rust core, so the differential test in ``tests/test_reference.py`` checks the core's event
+loop, router and schedulers against a second implementation written from their documented rules.
 """
 
 from fleetwise.reference.simpy_model import simulate_reference

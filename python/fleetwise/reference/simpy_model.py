@@ -4,7 +4,8 @@ Every instance is a SimPy process that sleeps until woken, then runs iterations 
 it has nothing to run; every request is a process that sleeps until its arrival and hands itself to
 the router. Only the iteration cost (``CostModel.iteration_ns``) and the KV block count
 (``CostModel.memory_plan``) come from the Rust core; queues, admission, KV accounting, preemption,
-token accounting and routing are re-implemented here.
+token accounting and routing are re-implemented here, for the ``vllm``, ``sarathi-serve``,
+``sarathi`` and ``orca`` batch schedulers (``VllmPolicy``, ``ChunkedPolicy``, ``OrcaPolicy``).
 
 Time is integer nanoseconds (``simpy.Environment(initial_time=0)`` and integer delays only).
 
@@ -163,6 +164,8 @@ class ReferenceInstance:
         self.cost = _core.CostModel(
             json.dumps(pool["model"]), json.dumps(pool["gpu"]), json.dumps(pool["calibration"]), pool["tp"]
         )
+        if pool.get("prefix_caching"):
+            raise ValueError("the reference model does not model prefix caching")
         sched = pool["scheduler"]
         self.policy = make_policy(sched)
         self.max_context = int(pool["model"]["max_position_embeddings"])
@@ -528,8 +531,9 @@ def simulate_reference(
     ``first_token_ns``, ``completion_ns`` and ``preemptions`` (the last three null for rejected
     requests). With ``details``, two more columns count, per request, its prefill chunks that did
     not end its prefill (``split_chunks``) and the Orca admissions that stopped at it because its
-    reservation's blocks were not free (``reservation_waits``). Raises ValueError for the
-    ``random`` router or an unknown scheduler, and RuntimeError if a request never finishes.
+    reservation's blocks were not free (``reservation_waits``). Raises ValueError for a router
+    other than ``round-robin`` and ``least-outstanding-tokens``, an unknown scheduler or prefix
+    caching, and RuntimeError if a request never finishes.
     """
     sc = as_scenario(scenario)
     if workload is None:

@@ -247,7 +247,7 @@ impl Instance {
         if let Some(reason) = self.scheduler.reject_reason(req) {
             return Some(reason);
         }
-        let need = self.kv.blocks_for(req.peak_kv_tokens()) as u64 + self.kv.watermark() as u64;
+        let need = self.kv.blocks_for(self.scheduler.kv_need_tokens(req)) as u64 + self.kv.watermark() as u64;
         if need > self.kv.total() as u64 {
             return Some(format!("needs {need} KV blocks, the instance has {}", self.kv.total()));
         }

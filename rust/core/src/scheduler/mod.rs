@@ -4,10 +4,12 @@
 //! tokens of each request for one iteration, and fills a [`Batch`]. It allocates the KV blocks the
 //! batch needs, so a batch it returns always fits.
 
+mod batchllm;
 mod chunked;
 mod orca;
 mod vllm;
 
+pub use batchllm::BatchLlmScheduler;
 pub use chunked::{ChunkPolicy, ChunkedScheduler};
 pub use orca::OrcaScheduler;
 pub use vllm::VllmScheduler;
@@ -125,6 +127,11 @@ pub trait BatchScheduler: Send + Sync {
 
     /// Most sequences one iteration may hold.
     fn max_batch_seqs(&self) -> u32;
+
+    /// KV tokens the scheduler will hold for `req` at most (what must fit the cache for it to run).
+    fn kv_need_tokens(&self, req: &Request) -> u64 {
+        req.peak_kv_tokens()
+    }
 }
 
 impl SchedulerConfig {
@@ -143,6 +150,7 @@ impl SchedulerConfig {
             SchedulerConfig::SarathiServe { max_num_seqs, token_budget } => (token_budget, max_num_seqs),
             SchedulerConfig::Sarathi { max_num_seqs, chunk_size } => (chunk_size + max_num_seqs, max_num_seqs),
             SchedulerConfig::Orca { max_num_seqs, reserve_tokens } => (reserve_tokens.unwrap_or(8192), max_num_seqs),
+            SchedulerConfig::BatchLlm { max_num_seqs, token_budget } => (token_budget, max_num_seqs),
         }
     }
 }
@@ -180,6 +188,14 @@ pub enum SchedulerConfig {
         max_num_seqs: u32,
         /// Prefill chunk size, tokens.
         chunk_size: u32,
+    },
+    /// BatchLLM: offline batching with global prefix grouping, decode-ratio order, memory-centric admission.
+    #[serde(rename = "batchllm")]
+    BatchLlm {
+        /// Most sequences in one iteration.
+        max_num_seqs: u32,
+        /// Most tokens (decodes and prefill chunks) in one iteration.
+        token_budget: u32,
     },
     /// Orca: iteration-level batching, KV reserved per request at admission, no chunking.
     #[serde(rename = "orca")]
@@ -229,6 +245,11 @@ impl SchedulerConfig {
                 positive("scheduler.max_num_seqs", max_num_seqs)?;
                 positive("scheduler.chunk_size", chunk_size)?;
                 Ok(Box::new(ChunkedScheduler::new(ChunkPolicy::OneChunk(chunk_size), max_num_seqs)))
+            }
+            SchedulerConfig::BatchLlm { max_num_seqs, token_budget } => {
+                positive("scheduler.max_num_seqs", max_num_seqs)?;
+                positive("scheduler.token_budget", token_budget)?;
+                Ok(Box::new(BatchLlmScheduler::new(token_budget, max_num_seqs)))
             }
             SchedulerConfig::Orca { max_num_seqs, reserve_tokens } => {
                 positive("scheduler.max_num_seqs", max_num_seqs)?;

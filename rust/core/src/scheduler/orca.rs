@@ -62,6 +62,10 @@ impl BatchScheduler for OrcaScheduler {
         }
     }
 
+    fn kv_need_tokens(&self, req: &Request) -> u64 {
+        self.reservation(req)
+    }
+
     fn max_batch_tokens(&self) -> u32 {
         // A batch may hold several whole prompts; the activation reserve assumes one context's worth.
         self.reserve_tokens.unwrap_or(8192)
