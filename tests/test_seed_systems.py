@@ -218,3 +218,16 @@ def test_batchllm_fills_its_token_budget_with_prefill_chunks():
     for i, p in enumerate((100, 200, 300)):
         s.add(i, p, 3)
     assert sum(t for _, t in s.schedule()) == 512
+
+
+@pytest.mark.skipif(not ARXIV.exists(), reason=f"needs the arXiv-summarization length file at {ARXIV}")
+def test_distserve_disaggregation_doubles_per_gpu_goodput_under_tight_tpot(tmp_path):
+    from fleetwise.sweep.goodput import search
+
+    scenario = str(REPO / "scenarios" / "distserve.yaml")
+    slos = {"ttft": 3.0, "tpot": 0.015}
+    split = search(scenario, [], tmp_path / "split", slos, 0.9, low=0.25, tolerance=0.04, jobs=1, quiet=True)
+    colo = search(scenario, ["cluster.pools=[{name: colo, count: 1, gpu: h100-sxm, model: llama-3-8b}]"], tmp_path / "colo", slos, 0.9, low=0.25, tolerance=0.04, jobs=1, quiet=True)
+    assert split["gpus"] == 2 and colo["gpus"] == 1
+    # Colocated, long prefills stall decodes past the TPOT target; split, decodes never wait for them.
+    assert split["goodput_per_gpu"] > 2.0 * colo["goodput_per_gpu"] > 0
