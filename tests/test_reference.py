@@ -6,7 +6,8 @@ workloads with duplicate timestamps, requests placed exactly at iteration end ti
 that must be rejected; every request's instance, status, first-token time, completion time and
 preemption count must agree exactly. Each batch scheduler has its own cases: ``vllm``,
 ``sarathi-serve`` (token budgets 32-512), ``sarathi`` (chunk sizes 32-512) and ``orca`` (both
-reservation modes, a few sequences at most).
+reservation modes, a few sequences at most). Disaggregated ``vllm`` cases (one prefill and one or
+two decode instances, serialized KV transfer over slow, shared links) check handoffs too.
 """
 
 from __future__ import annotations
@@ -362,3 +363,110 @@ def test_reference_refuses_random_router():
     scenario["cluster"]["router"] = {"kind": "random"}
     with pytest.raises(ValueError, match="random"):
         simulate_reference(scenario, workload)
+
+
+DISAGG_SEEDS = range(12)
+
+
+def make_disagg_scenario(seed: int) -> tuple[dict, Workload]:
+    """A random small disaggregated vllm case: one prefill instance and one or two decode
+    instances whose small KV caches make handoffs wait, with slow NICs (0.3-5 GB/s per GPU, or
+    NVLink) so that KV flows of a few MB take about an iteration and overlap one another."""
+    rng = np.random.default_rng(5000 + seed)
+    decoders = int(rng.integers(1, 3))
+    block_size = int(rng.choice([8, 16, 32]))
+    max_tokens = int(rng.choice([512, 1024, 2048]))
+    nic = lambda: float(rng.choice([0.3e9, 1e9, 5e9]))  # noqa: E731
+    gpus = {
+        "pgpu": {**H100_LIKE, "memory_bytes": 80e9, "nic_bandwidth": nic(), "nic_latency": float(rng.choice([0.0, 2e-6, 1e-4]))},
+        "dgpu": {**H100_LIKE, "memory_bytes": 80e9, "nic_bandwidth": nic(), "nic_latency": 5e-6},
+    }
+    if seed % 4 == 3:
+        del gpus["pgpu"]["nic_bandwidth"]  # no NIC: max(host link, NVLink) with the host-link latency
+    pools = []
+    for name, role, count in (("prefill", "prefill", 1), ("decode", "decode", decoders)):
+        pools.append({
+            "name": name, "count": count, "gpu": "pgpu" if role == "prefill" else "dgpu", "model": "tiny",
+            "role": role, "kv_transfer": "serialized",
+            "kv_link": "nvlink" if (seed % 6 == 5 and role == "prefill") else "nic",
+            "scheduler": {"kind": "vllm", "max_num_seqs": int(rng.integers(2, 17)), "max_num_batched_tokens": max_tokens},
+            "memory": {"gpu_memory_utilization": 1.0, "block_size": block_size},
+        })
+    scenario = {
+        "name": f"reference-disagg-{seed}",
+        "seed": seed,
+        "models": {"tiny": TINY_MODEL},
+        "gpus": gpus,
+        "cluster": {"pools": pools,
+                    "router": {"kind": "round-robin" if seed % 2 == 0 else "least-outstanding-tokens"}},
+        "workload": {
+            "arrivals": {"kind": "poisson", "rate": float(rng.choice([100.0, 400.0, 1500.0]))},
+            "lengths": {"kind": "uniform", "prompt_min": 8, "prompt_max": 400, "output_min": 1, "output_max": 120},
+            "requests": int(rng.integers(80, 160)),
+        },
+    }
+    # Decode caches of 600-2500 tokens (a few requests each): handoffs wait for room.
+    config = core_config(fleetwise.scenario_from_dict(scenario))
+    d_blocks = int(rng.integers(600, 2500)) // block_size
+    p_blocks = int(rng.integers(1500, 4000)) // block_size
+    gpus["dgpu"]["memory_bytes"] = float(gpu_memory_for_blocks(TINY_MODEL, config["pools"][1], d_blocks))
+    gpus["pgpu"]["memory_bytes"] = float(gpu_memory_for_blocks(TINY_MODEL, config["pools"][0], p_blocks))
+
+    sc = fleetwise.scenario_from_dict(scenario)
+    base = build_workload(sc.workload, sc.seed)
+    arrival, prompt, output = base.arrival_ns.copy(), base.prompt_tokens.copy(), base.output_tokens.copy()
+    if seed % 2 == 1:
+        arrival = (arrival // 5_000_000) * 5_000_000  # many requests share an arrival instant
+    arrival[:4] = 0
+    output[2::7] = 1  # finished on the prefill instance, never handed off
+    prompt[5], output[5] = 100, TINY_MODEL["max_position_embeddings"]  # over the context
+    prompt[9], output[9] = 50, min(block_size * (d_blocks + 10), 4000)  # no decode cache holds it
+    workload = Workload(arrival_ns=arrival, prompt_tokens=prompt, output_tokens=output)
+    return scenario, pin_to_iteration_ends(sc, workload, rng, count=2)
+
+
+def test_disaggregated_vllm_matches_simpy_reference():
+    """Every disaggregated case (1 prefill + 1-2 decode instances, serialized KV transfer) agrees
+    exactly with the reference, which re-implements the handoffs and the max-min fair network.
+
+    The reference replays the core's versioned network wake-ups as SimPy timeouts created in the
+    core's push order, so overlapping flows, flows sharing a link with different start times and
+    simultaneous events are all allowed here (nothing is restricted). The cases hit handoffs that
+    wait for decode room, KV flows that overlap in time (on the shared ``kv_out`` link), requests of
+    one output token that finish on the prefill instance, rejections (context, and no decode cache
+    able to hold the request), and the core's own KV-transfer times agree with the reference's.
+    """
+    totals: dict = {"handoff_waits": 0, "overlapping_transfers": 0, "prefill_finished": 0, "handed_off": 0}
+    for seed in DISAGG_SEEDS:
+        scenario, workload = make_disagg_scenario(seed)
+        ref, _ = assert_agreement(f"disaggregated seed {seed}", scenario, workload, totals)
+        res = fleetwise.simulate(scenario, workload=workload)
+        moved = ref.filter(pl.col("transfer_start_ns").is_not_null())
+        core_moved = res.requests.filter(pl.col("status") == "finished").join(moved, on="request_id")
+        # The core's kv_transfer_ns: from the first token to the KV's arrival.
+        assert (core_moved["kv_transfer_ns"] == core_moved["transfer_end_ns"] - core_moved["first_token_ns"]).all()
+        totals["handoff_waits"] += int(ref["handoff_waits"].sum())
+        totals["handed_off"] += moved.height
+        totals["prefill_finished"] += int(((ref["status"] == "finished") & (ref["instance"] == 0)).sum())
+        spans = sorted(zip(moved["transfer_start_ns"].to_list(), moved["transfer_end_ns"].to_list()))
+        latest_end = -1
+        for start, end in spans:
+            totals["overlapping_transfers"] += int(start < latest_end)
+            latest_end = max(latest_end, end)
+    for key in ("handoff_waits", "overlapping_transfers", "prefill_finished", "handed_off"):
+        assert totals[key] > 0, totals
+    assert_exercised(totals, len(DISAGG_SEEDS))
+
+
+def test_reference_refuses_other_disaggregated_modes():
+    """Layer-wise KV transfer and non-vllm schedulers in disaggregated pools are not modelled."""
+    scenario, workload = make_disagg_scenario(0)
+    layerwise = json.loads(json.dumps(scenario))
+    layerwise["cluster"]["pools"][0]["kv_transfer"] = "layerwise"
+    with pytest.raises(ValueError, match="layerwise"):
+        simulate_reference(layerwise, workload)
+    chunked = json.loads(json.dumps(scenario))
+    for pool in chunked["cluster"]["pools"]:
+        pool["scheduler"] = {"kind": "sarathi-serve", "max_num_seqs": 8, "token_budget": 256}
+    with pytest.raises(ValueError, match="vllm"):
+        simulate_reference(chunked, workload)

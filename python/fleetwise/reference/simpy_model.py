@@ -26,6 +26,12 @@ schedules its arrival timeout before any other timed event exists. Hence at any 
 
 This is the core's rule (arrivals at time t precede its heap events at t; heap events at equal
 times run in push order), reached here through SimPy's own tie-breaking.
+
+Disaggregated clusters (pools with role ``prefill`` and ``decode``) are modelled for the ``vllm``
+scheduler with serialized KV transfer (``ReferenceHandoffs``); the KV flows cross a re-implemented
+max-min fair network (``fleetwise.reference.network``) whose wake-ups are SimPy timeouts created
+exactly when the core pushes its ``Network`` events, so ties keep the core's order. Layer-wise
+transfer and other schedulers in disaggregated pools raise ValueError.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from fleetwise import _core
 from fleetwise.cluster import core_config
 from fleetwise.config.load import as_scenario
 from fleetwise.config.scenario import Scenario
+from fleetwise.reference.network import ReferenceNetwork
 from fleetwise.workload import Workload, build_workload
 
 # vLLM keeps 1% of the KV blocks free when admitting a request, so that running requests can grow.
@@ -59,7 +66,7 @@ class ReferenceRequest:
     __slots__ = (
         "index", "arrival", "prompt", "output", "computed", "generated", "blocks",
         "instance", "status", "first_token", "completion", "preemptions", "split_chunks",
-        "reservation_waits",
+        "reservation_waits", "handoff_waits", "transfer_start", "transfer_end",
     )
 
     def __init__(self, index: int, arrival: int, prompt: int, output: int) -> None:
@@ -78,6 +85,9 @@ class ReferenceRequest:
         self.preemptions = 0
         self.split_chunks = 0  # prefill chunks that left part of the pending tokens for later
         self.reservation_waits = 0  # Orca admissions stopped at it for want of KV blocks
+        self.handoff_waits = 0  # 1 if its handoff found no decode instance with room and waited
+        self.transfer_start: int | None = None  # its KV flow to a decode instance
+        self.transfer_end: int | None = None
 
     @property
     def known(self) -> int:
@@ -167,6 +177,15 @@ class ReferenceInstance:
         if pool.get("prefix_caching"):
             raise ValueError("the reference model does not model prefix caching")
         sched = pool["scheduler"]
+        self.role = pool.get("role", "mixed")
+        if self.role != "mixed":
+            if sched["kind"] != "vllm":
+                raise ValueError(f"the reference model disaggregates only the vllm scheduler, not {sched['kind']!r}")
+            if pool.get("kv_transfer", "serialized") != "serialized":
+                raise ValueError("the reference model does not model layerwise KV transfer")
+        self.pool = pool
+        self.handoffs: list[ReferenceRequest] = []
+        self.on_iteration_end = None  # the cluster's hook after every iteration's tokens are applied
         self.policy = make_policy(sched)
         self.max_context = int(pool["model"]["max_position_embeddings"])
         tokens, seqs = memory_limits(sched)
@@ -197,9 +216,44 @@ class ReferenceInstance:
         req.status = "waiting"
         self.waiting.append(req)
         self.outstanding_tokens += req.prompt
+        self.wake()
+
+    def wake(self) -> None:
+        """Wakes the instance (a wake event at this instant) if it is idle and not already woken."""
         if not self.busy and not self.wake_pending:
             self.wake_pending = True
             self._wake.succeed()
+
+    # --- disaggregation --------------------------------------------------------------------------
+
+    def could_hold(self, peak_tokens: int) -> bool:
+        """Whether a request of ``peak_tokens`` KV tokens could ever fit this cache."""
+        return self.kv.blocks_for(peak_tokens) + self.kv.watermark <= self.kv.total
+
+    def reserve(self, req: ReferenceRequest) -> int | None:
+        """Takes the blocks of a prefilled request's known tokens (beside the watermark), if free."""
+        need = self.kv.blocks_for(req.known)
+        if self.kv.free < need + self.kv.watermark:
+            return None
+        self.kv.take(need)
+        return need
+
+    def release_handoff(self, req: ReferenceRequest) -> None:
+        """Frees a handed-off request's blocks once its KV arrived; wakes an idle instance with
+        requests waiting."""
+        self.kv.give_back(req.blocks)
+        req.blocks = 0
+        if not self.busy and not self.wake_pending and self.waiting:
+            self.wake_pending = True
+            self._wake.succeed()
+
+    def accept(self, req: ReferenceRequest, blocks: int) -> None:
+        """Takes a prefilled request into ``blocks`` reserved blocks as a running decode."""
+        req.status = "running"
+        req.blocks = blocks
+        self.running.append(req)
+        self.outstanding_tokens += req.prompt + req.generated
+        self.wake()
 
     # --- the serving process ---------------------------------------------------------------------
 
@@ -215,6 +269,8 @@ class ReferenceInstance:
                 yield self.env.timeout(self._duration(items))
                 self.busy = False
                 self._apply(items)
+                if self.on_iteration_end is not None:
+                    self.on_iteration_end(self)
                 items = self.policy.form(self)
 
     # --- helpers the schedulers share ------------------------------------------------------------
@@ -279,6 +335,12 @@ class ReferenceInstance:
             self.outstanding_tokens += 1
             if req.generated == 1:
                 req.first_token = now
+            if req.generated == 1 and self.role == "prefill" and req.output > 1:
+                # Handed off: it leaves the running list but keeps its blocks until the KV arrives.
+                req.status = "handoff"
+                self.outstanding_tokens -= req.prompt + req.generated
+                self.handoffs.append(req)
+                continue
             if req.generated == req.output:
                 self.kv.give_back(req.blocks)
                 req.blocks = 0
@@ -509,12 +571,106 @@ class ReferenceRouter:
         return min(self.instances, key=lambda inst: (inst.outstanding_tokens, inst.index))
 
 
-def _arrival(env: simpy.Environment, router: ReferenceRouter, req: ReferenceRequest):
-    """The life of a request up to its admission: wait for the arrival, route, queue or reject."""
+class ReferenceHandoffs:
+    """Moves requests prefilled on prefill instances to decode instances (serialized KV transfer).
+
+    After a prefill instance's iteration ends, each request it handed off, in order, goes to the
+    decode instance with the fewest outstanding tokens (lowest index on ties) that can reserve its
+    blocks; its KV (``prompt`` tokens at the tp=1 KV size) then flows over the prefill instance's
+    ``kv_out`` link and the decode instance's ``kv_in`` link. When the flow completes the prefill
+    instance frees the blocks and the decode instance takes the request as a running decode.
+    Handoffs that found no room wait in order and are retried after every decode iteration.
+
+    Network wake-ups are SimPy timeouts created when the core pushes its ``Network`` event, so
+    their eids follow the core's push order; a wake-up whose version is stale does nothing.
+    """
+
+    def __init__(self, env: simpy.Environment, instances: list[ReferenceInstance]) -> None:
+        """Builds each instance's KV links (``kv_out`` with latency, ``kv_in`` without)."""
+        self.env = env
+        self.instances = instances
+        self.decoders = [inst for inst in instances if inst.role == "decode"]
+        links: list[tuple[float, float]] = []
+        for inst in instances:
+            pool, gpu = inst.pool, inst.pool["gpu"]
+            gpus = int(pool["tp"]) * int(pool.get("pp") or 1)
+            if pool.get("kv_link", "nic") == "nvlink":
+                bw, lat = gpu["link_bandwidth"], gpu["link_latency"]
+            elif gpu.get("nic_bandwidth", 0.0) > 0.0:
+                bw, lat = gpu["nic_bandwidth"], gpu["nic_latency"]
+            else:
+                bw, lat = max(gpu.get("host_link_bandwidth", 0.0), gpu["link_bandwidth"]), gpu["host_link_latency"]
+            links.append((bw * gpus, lat))  # kv_out: link 2 * index
+            links.append((bw * gpus, 0.0))  # kv_in: link 2 * index + 1
+        self.net = ReferenceNetwork(links)
+        self.scheduled: int | None = None
+        self.owner: dict[int, tuple[ReferenceRequest, ReferenceInstance, int]] = {}
+        self.waiting: deque[ReferenceRequest] = deque()
+        for inst in instances:
+            inst.on_iteration_end = self.end_iteration
+
+    def end_iteration(self, inst: ReferenceInstance) -> None:
+        """Dispatches the requests ``inst`` just handed off; retries waiting ones after a decode."""
+        handed, inst.handoffs = inst.handoffs, []
+        for req in handed:
+            if not self.dispatch(req):
+                req.handoff_waits += 1
+                self.waiting.append(req)
+        if inst.role == "decode":
+            while self.waiting and self.dispatch(self.waiting[0]):
+                self.waiting.popleft()
+
+    def dispatch(self, req: ReferenceRequest) -> bool:
+        """Reserves a decode instance for ``req`` and starts its KV flow; False when none has room."""
+        for dec in sorted(self.decoders, key=lambda d: (d.outstanding_tokens, d.index)):
+            blocks = dec.reserve(req)
+            if blocks is None:
+                continue
+            src = self.instances[req.instance]
+            nbytes = req.prompt * src.kv_bytes_per_token
+            fid = self.net.start_flow(self.env.now, [2 * src.index, 2 * dec.index + 1], max(nbytes, 1))
+            self.owner[fid] = (req, dec, blocks)
+            req.transfer_start = self.env.now
+            self._reschedule()
+            return True
+        return False
+
+    def _reschedule(self) -> None:
+        version = self.net.version
+        if self.scheduled == version:
+            return
+        t = self.net.next_event()
+        if t is not None:
+            assert t >= self.env.now
+            event = self.env.timeout(t - self.env.now)
+            event.callbacks.append(lambda _event, v=version: self._network(v))
+            self.scheduled = version
+
+    def _network(self, version: int) -> None:
+        """A network wake-up: if current, runs the network and completes the finished handoffs."""
+        if version != self.net.version:
+            return
+        now = self.env.now
+        done = self.net.advance(now)
+        self.scheduled = None
+        self._reschedule()
+        for fid, _end in done:
+            req, dec, blocks = self.owner.pop(fid)
+            req.transfer_end = now
+            self.instances[req.instance].release_handoff(req)
+            req.instance = dec.index
+            dec.accept(req, blocks)
+
+
+def _arrival(env: simpy.Environment, router: ReferenceRouter, req: ReferenceRequest, decoders: list[ReferenceInstance]):
+    """The life of a request up to its admission: wait for the arrival, route, queue or reject
+    (a prefill instance also rejects a request that no decode instance could ever hold)."""
     yield env.timeout(req.arrival)
     inst = router.route(req)
     req.instance = inst.index
-    if inst.rejects(req):
+    if inst.rejects(req) or (
+        inst.role == "prefill" and not any(d.could_hold(req.prompt + req.output - 1) for d in decoders)
+    ):
         req.status = "rejected"
     else:
         inst.enqueue(req)
@@ -527,12 +683,14 @@ def simulate_reference(
     """Replays ``workload`` (default: the scenario's own) on ``scenario``'s cluster in SimPy.
 
     Returns one row per request, in request order: ``request_id``, ``instance`` (the instance it
-    was routed to, also for rejected requests), ``status`` (``finished`` or ``rejected``),
+    was routed to, also for rejected requests; the decode instance for a handed-off request), ``status`` (``finished`` or ``rejected``),
     ``first_token_ns``, ``completion_ns`` and ``preemptions`` (the last three null for rejected
-    requests). With ``details``, two more columns count, per request, its prefill chunks that did
+    requests). With ``details``, more columns count, per request, its prefill chunks that did
     not end its prefill (``split_chunks``) and the Orca admissions that stopped at it because its
-    reservation's blocks were not free (``reservation_waits``). Raises ValueError for a router
-    other than ``round-robin`` and ``least-outstanding-tokens``, an unknown scheduler or prefix
+    reservation's blocks were not free (``reservation_waits``), and, for disaggregated clusters,
+    whether its handoff first found no decode room and waited (``handoff_waits``, 0 or 1) and when
+    its KV flow started and ended (``transfer_start_ns``, ``transfer_end_ns``; null if never handed
+    off). Raises ValueError for a router other than ``round-robin`` and ``least-outstanding-tokens``, an unknown scheduler or prefix
     caching, and RuntimeError if a request never finishes.
     """
     sc = as_scenario(scenario)
@@ -545,13 +703,26 @@ def simulate_reference(
     for pool in config["pools"]:
         for _ in range(pool["count"]):
             instances.append(ReferenceInstance(env, len(instances), pool))
-    router = ReferenceRouter(config["router"]["kind"], instances)
+    entry = [inst for inst in instances if inst.role != "decode"]
+    decoders = [inst for inst in instances if inst.role == "decode"]
+    if not entry:
+        raise ValueError("every pool has role decode")
+    if any(inst.role == "prefill" for inst in instances):
+        if not decoders:
+            raise ValueError("a pool has role prefill but none has role decode")
+        for inst in instances:
+            pool = inst.pool
+            inst.kv_bytes_per_token = _core.CostModel(
+                json.dumps(pool["model"]), json.dumps(pool["gpu"]), json.dumps(pool["calibration"]), 1
+            ).kv_bytes_per_token()
+        ReferenceHandoffs(env, instances)
+    router = ReferenceRouter(config["router"]["kind"], entry)
     requests = [
         ReferenceRequest(i, int(a), int(p), int(o))
         for i, (a, p, o) in enumerate(zip(workload.arrival_ns, workload.prompt_tokens, workload.output_tokens))
     ]
     for req in requests:
-        env.process(_arrival(env, router, req))
+        env.process(_arrival(env, router, req, decoders))
     env.run()
 
     stuck = [r for r in requests if r.status not in ("finished", "rejected")]
@@ -577,5 +748,8 @@ def simulate_reference(
         frame = frame.with_columns(
             pl.Series("split_chunks", [r.split_chunks for r in requests], dtype=pl.Int64),
             pl.Series("reservation_waits", [r.reservation_waits for r in requests], dtype=pl.Int64),
+            pl.Series("handoff_waits", [r.handoff_waits for r in requests], dtype=pl.Int64),
+            pl.Series("transfer_start_ns", [r.transfer_start for r in requests], dtype=pl.Int64),
+            pl.Series("transfer_end_ns", [r.transfer_end for r in requests], dtype=pl.Int64),
         )
     return frame

@@ -398,6 +398,7 @@ struct Handoffs {
 
 impl Handoffs {
     /// Reserves a decode instance for `req` and starts its KV flow; false when none has room.
+    #[allow(clippy::too_many_arguments)]
     fn dispatch(&mut self, req: u32, prefill_done: bool, now: Nanos, instances: &mut [Instance], reqs: &mut [Request], net: &mut Transfers, queue: &mut EventQueue) -> Result<bool> {
         let mut order: Vec<u32> = self.decoders.clone();
         order.sort_by_key(|&d| (instances[d as usize].load().outstanding_tokens, d));
@@ -656,7 +657,7 @@ pub fn simulate_with(config: &SimConfig, workload: &Workload, control: &Control)
     let mut iterations = Iterations { pending: vec![None; instances.len()] };
     loop {
         events += 1;
-        if events % 4096 == 0 {
+        if events.is_multiple_of(4096) {
             control.arrived.store(next_arrival as u64, Ordering::Relaxed);
             if control.cancel.load(Ordering::Relaxed) {
                 return Err(Error::Interrupted);

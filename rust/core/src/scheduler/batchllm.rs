@@ -10,9 +10,9 @@
 //! prefix group read their shared prefix's keys and values once per iteration (a Hydragen-style
 //! shared-prefix attention kernel), which the batch's cost reflects.
 
-use super::{Batch, BatchScheduler, Queues};
+use super::{try_admit, Batch, BatchScheduler, Queues};
 use crate::kv::BlockManager;
-use crate::request::{Request, Status};
+use crate::request::Request;
 use std::collections::BTreeMap;
 
 /// Offline batching with global prefix grouping and whole-lifetime KV reservation.
@@ -101,19 +101,11 @@ impl BatchScheduler for BatchLlmScheduler {
                     break;
                 }
             }
-            let r = &mut reqs[idx as usize];
-            kv.attach(r);
-            let need = kv.growth(r, r.peak_kv_tokens());
-            if !kv.can_admit(need) {
-                kv.abandon(r);
+            if !try_admit(q, reqs, kv, |r| Some(r.peak_kv_tokens())) {
                 break;
             }
-            q.waiting.pop_front();
             self.sorted_len = q.waiting.len();
-            kv.allocate(need);
-            r.blocks = need;
-            r.status = Status::Running;
-            q.running.push(idx);
+            let r = &reqs[idx as usize];
             let n = r.pending_tokens().min(budget);
             batch.push(idx, r, n);
             budget -= n;
@@ -140,6 +132,7 @@ impl BatchScheduler for BatchLlmScheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::request::Status;
 
     #[test]
     fn decodes_of_one_group_read_their_shared_prefix_once() {

@@ -13,9 +13,9 @@
 //! blocks each chunk needs, and when a decode needs a block that is not there preempt the most
 //! recently admitted request by recompute, as vLLM does.
 
-use super::{preempt_recompute, Batch, BatchScheduler, Queues};
+use super::{preempt_recompute, try_admit, Batch, BatchScheduler, Queues};
 use crate::kv::BlockManager;
-use crate::request::{Request, Status};
+use crate::request::Request;
 
 /// How prefill chunks are chosen each iteration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,19 +101,11 @@ impl ChunkedScheduler {
             if q.running.len() as u32 >= self.max_num_seqs {
                 break;
             }
-            let r = &mut reqs[idx as usize];
-            kv.attach(r);
-            let n = r.pending_tokens().min(budget);
-            let need = kv.growth(r, r.computed as u64 + n as u64);
-            if !kv.can_admit(need) {
-                kv.abandon(r);
+            if !try_admit(q, reqs, kv, |r| Some(r.computed as u64 + r.pending_tokens().min(budget) as u64)) {
                 break;
             }
-            q.waiting.pop_front();
-            kv.allocate(need);
-            r.blocks = need;
-            r.status = Status::Running;
-            q.running.push(idx);
+            let r = &reqs[idx as usize];
+            let n = r.pending_tokens().min(budget);
             batch.push(idx, r, n);
             budget -= n;
             chunks += 1;
@@ -154,30 +146,9 @@ impl BatchScheduler for ChunkedScheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::request::Status;
+    use crate::scheduler::testkit::{finish, setup};
     use crate::scheduler::Item;
-
-    fn setup(prompts: &[u32], output: u32) -> (Vec<Request>, Queues) {
-        let reqs: Vec<Request> = prompts.iter().map(|&p| { let mut r = Request::new(0, p, output); r.status = Status::Waiting; r }).collect();
-        let mut q = Queues::default();
-        q.waiting.extend(0..prompts.len() as u32);
-        (reqs, q)
-    }
-
-    fn finish(batch: &Batch, reqs: &mut [Request], q: &mut Queues, kv: &mut BlockManager) {
-        for it in &batch.items {
-            let r = &mut reqs[it.req as usize];
-            r.computed += it.tokens;
-            if r.computed == r.known_tokens() {
-                r.generated += 1;
-                if r.generated == r.output {
-                    kv.release(r.blocks);
-                    r.blocks = 0;
-                    r.status = Status::Finished;
-                }
-            }
-        }
-        q.running.retain(|&i| reqs[i as usize].status == Status::Running);
-    }
 
     #[test]
     fn sarathi_serve_chunks_prompts_under_the_budget_and_never_pauses_decodes() {

@@ -88,6 +88,33 @@ pub fn preempt_recompute(req: &mut Request, kv: &mut BlockManager) {
     req.status = Status::Waiting;
 }
 
+/// Tries to admit the request at the front of the waiting queue: attaches it to its cached prefix,
+/// asks `target` how many KV tokens it must hold now (None: the scheduler refuses it, e.g. over a
+/// token budget), and admits it if those blocks fit with the admission watermark. On success the
+/// request holds its blocks and is running; otherwise nothing changed and the caller stops admitting.
+pub fn try_admit(q: &mut Queues, reqs: &mut [Request], kv: &mut BlockManager, target: impl FnOnce(&Request) -> Option<u64>) -> bool {
+    let Some(&idx) = q.waiting.front() else { return false };
+    let r = &mut reqs[idx as usize];
+    kv.attach(r);
+    let need = match target(r) {
+        Some(tokens) => kv.growth(r, tokens),
+        None => {
+            kv.abandon(r);
+            return false;
+        }
+    };
+    if !kv.can_admit(need) {
+        kv.abandon(r);
+        return false;
+    }
+    q.waiting.pop_front();
+    kv.allocate(need);
+    r.blocks = need;
+    r.status = Status::Running;
+    q.running.push(idx);
+    true
+}
+
 /// Preempts `req` by swapping its KV blocks to host memory, if `host` has room; returns whether
 /// it did (the caller falls back to recompute otherwise).
 pub fn preempt_swap(req: &mut Request, kv: &mut BlockManager, host: &mut BlockManager) -> bool {
@@ -104,6 +131,39 @@ pub fn preempt_swap(req: &mut Request, kv: &mut BlockManager, host: &mut BlockMa
 }
 
 /// How a scheduler frees KV blocks when a running request needs one and none is free.
+#[cfg(test)]
+pub(crate) mod testkit {
+    //! Helpers shared by the schedulers' unit tests.
+    use super::{Batch, Queues};
+    use crate::kv::BlockManager;
+    use crate::request::{Request, Status};
+
+    /// Waiting requests with the given prompts, all `output` tokens long.
+    pub fn setup(prompts: &[u32], output: u32) -> (Vec<Request>, Queues) {
+        let reqs: Vec<Request> = prompts.iter().map(|&p| { let mut r = Request::new(0, p, output); r.status = Status::Waiting; r }).collect();
+        let mut q = Queues::default();
+        q.waiting.extend(0..prompts.len() as u32);
+        (reqs, q)
+    }
+
+    /// Applies an iteration's progress the way the instance does.
+    pub fn finish(batch: &Batch, reqs: &mut [Request], q: &mut Queues, kv: &mut BlockManager) {
+        for it in &batch.items {
+            let r = &mut reqs[it.req as usize];
+            r.computed += it.tokens;
+            if r.computed == r.known_tokens() {
+                r.generated += 1;
+                if r.generated == r.output {
+                    kv.release(r.blocks);
+                    r.blocks = 0;
+                    r.status = Status::Finished;
+                }
+            }
+        }
+        q.running.retain(|&i| reqs[i as usize].status == Status::Running);
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PreemptionMode {

@@ -6,9 +6,9 @@
 //! but fits fewer requests. `reserve_max_len` reserves the model's full context per request, as
 //! Orca does; otherwise the request's own prompt + output ("Orca oracle").
 
-use super::{Batch, BatchScheduler, Queues};
+use super::{try_admit, Batch, BatchScheduler, Queues};
 use crate::kv::BlockManager;
-use crate::request::{Request, Status};
+use crate::request::Request;
 
 /// Iteration-level batching with KV reserved per request at admission.
 #[derive(Debug, Clone)]
@@ -31,23 +31,11 @@ impl OrcaScheduler {
 
 impl BatchScheduler for OrcaScheduler {
     fn schedule(&mut self, q: &mut Queues, reqs: &mut [Request], kv: &mut BlockManager, batch: &mut Batch) {
-        while let Some(&idx) = q.waiting.front() {
-            if q.running.len() as u32 >= self.max_num_seqs {
+        while !q.waiting.is_empty() && (q.running.len() as u32) < self.max_num_seqs {
+            let reserve = self.reserve_tokens;
+            if !try_admit(q, reqs, kv, |r| Some(reserve.map_or(r.peak_kv_tokens(), |t| t as u64))) {
                 break;
             }
-            let reservation = self.reservation(&reqs[idx as usize]);
-            let r = &mut reqs[idx as usize];
-            kv.attach(r);
-            let need = kv.growth(r, reservation);
-            if !kv.can_admit(need) {
-                kv.abandon(r);
-                break;
-            }
-            q.waiting.pop_front();
-            kv.allocate(need);
-            r.blocks = need;
-            r.status = Status::Running;
-            q.running.push(idx);
         }
         for &idx in q.running.iter() {
             let r = &reqs[idx as usize];
@@ -79,6 +67,7 @@ impl BatchScheduler for OrcaScheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::request::Status;
     use crate::scheduler::Item;
 
     #[test]

@@ -10,7 +10,7 @@
 //! any request is swapped out no new prefill is admitted, and once an iteration preempts nothing,
 //! swapped requests come back in order (while blocks allow) and decode in that same iteration.
 
-use super::{preempt_recompute, preempt_swap, Batch, BatchScheduler, Queues};
+use super::{preempt_recompute, preempt_swap, try_admit, Batch, BatchScheduler, Queues};
 use crate::kv::BlockManager;
 use crate::request::{Request, Status};
 
@@ -82,20 +82,18 @@ impl VllmScheduler {
             if q.running.len() as u32 >= self.max_num_seqs {
                 break;
             }
-            let r = &mut reqs[idx as usize];
-            kv.attach(r);
-            let n = r.pending_tokens();
+            let budget = self.max_num_batched_tokens;
+            let first = batch.items.is_empty();
             // A recomputed request may exceed the budget; it then runs as the only prefill.
-            let need = kv.growth(r, r.computed as u64 + n as u64);
-            if (!batch.items.is_empty() && tokens + n > self.max_num_batched_tokens) || !kv.can_admit(need) {
-                kv.abandon(r);
+            let admitted = try_admit(q, reqs, kv, |r| {
+                let n = r.pending_tokens();
+                (first || tokens + n <= budget).then(|| r.computed as u64 + n as u64)
+            });
+            if !admitted {
                 break;
             }
-            q.waiting.pop_front();
-            kv.allocate(need);
-            r.blocks = need;
-            r.status = Status::Running;
-            q.running.push(idx);
+            let r = &reqs[idx as usize];
+            let n = r.pending_tokens();
             tokens += n;
             batch.push(idx, r, n);
         }
@@ -172,30 +170,7 @@ impl BatchScheduler for VllmScheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn setup(prompts: &[u32], output: u32) -> (Vec<Request>, Queues) {
-        let reqs: Vec<Request> = prompts.iter().map(|&p| { let mut r = Request::new(0, p, output); r.status = Status::Waiting; r }).collect();
-        let mut q = Queues::default();
-        q.waiting.extend(0..prompts.len() as u32);
-        (reqs, q)
-    }
-
-    /// Applies an iteration's progress the way the instance does.
-    fn finish(batch: &Batch, reqs: &mut [Request], q: &mut Queues, kv: &mut BlockManager) {
-        for it in &batch.items {
-            let r = &mut reqs[it.req as usize];
-            r.computed += it.tokens;
-            if r.computed == r.known_tokens() {
-                r.generated += 1;
-                if r.generated == r.output {
-                    kv.release(r.blocks);
-                    r.blocks = 0;
-                    r.status = Status::Finished;
-                }
-            }
-        }
-        q.running.retain(|&i| reqs[i as usize].status == Status::Running);
-    }
+    use crate::scheduler::testkit::{finish, setup};
 
     #[test]
     fn prefill_first_then_decodes() {
