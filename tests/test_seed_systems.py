@@ -231,3 +231,17 @@ def test_distserve_disaggregation_doubles_per_gpu_goodput_under_tight_tpot(tmp_p
     assert split["gpus"] == 2 and colo["gpus"] == 1
     # Colocated, long prefills stall decodes past the TPOT target; split, decodes never wait for them.
     assert split["goodput_per_gpu"] > 2.0 * colo["goodput_per_gpu"] > 0
+
+
+@pytest.mark.skipif(not ARXIV.exists(), reason=f"needs the arXiv-summarization length file at {ARXIV}")
+def test_splitwise_split_cluster_serves_more_than_colocated_at_equal_cost(tmp_path):
+    from fleetwise.sweep.goodput import search
+    from fleetwise.sweep.placement import price
+
+    scenario = str(REPO / "scenarios" / "distserve.yaml")
+    colocated = ["cluster.pools=[{name: colo, count: 2, gpu: h100-sxm, model: llama-3-8b}]"]
+    assert price(load_scenario(scenario, colocated))["dollars_per_hour"] == price(load_scenario(scenario))["dollars_per_hour"]
+    slos = {"ttft": 3.0, "tpot": 0.015}
+    split = search(scenario, [], tmp_path / "split", slos, 0.9, low=0.25, tolerance=0.04, jobs=1, quiet=True)
+    colo = search(scenario, colocated, tmp_path / "colo", slos, 0.9, low=0.25, tolerance=0.04, jobs=1, quiet=True)
+    assert split["goodput_rate"] > 1.5 * colo["goodput_rate"] > 0
