@@ -460,7 +460,7 @@ def test_vllm_bench_malformed(tmp_path, data, fragment):
 
 
 def test_file_lengths_formats_through_config(tmp_path):
-    path = write(tmp_path, "r.json", json.dumps({"input_lens": [10, 20], "output_lens": [3, 0]}))
+    write(tmp_path, "r.json", json.dumps({"input_lens": [10, 20], "output_lens": [3, 0]}))
     cfg = WorkloadConfig.model_validate(
         {
             "arrivals": {"kind": "poisson", "rate": 1.0},

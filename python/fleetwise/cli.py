@@ -202,7 +202,7 @@ def compare(
             "preemptions": s["preemptions"],
         }
         if slos:
-            col[f"SLO attainment"] = attainment(r.requests, slos)
+            col["SLO attainment"] = attainment(r.requests, slos)
         if with_goodput:
             g = search(str(scenario), [*set_, *overrides], out_dir / f"{safe}-goodput", slos, target, quiet=True)
             col["goodput (req/s)"] = g["goodput_rate"]

@@ -118,6 +118,20 @@ def read_text(path: Path) -> str:
         raise TraceError(f"{path}: cannot read file: {exc.strerror or exc}") from None
 
 
+def parse_json(path: Path, text: str):
+    """``text`` parsed as JSON; invalid JSON is a ``TraceError`` naming the file, line and column."""
+    import json
+
+    from fleetwise.errors import TraceError
+
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TraceError(
+            f"{path}: line {exc.lineno} column {exc.colno}: invalid JSON: {exc.msg}"
+        ) from None
+
+
 def nonblank_lines(text: str) -> pl.DataFrame:
     """The lines of ``text`` that are not blank, as a frame of ``line`` (int64, 1-based physical
     line number) and ``text`` (the line without its trailing carriage return)."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
 from fleetwise.workload._files import Problem, TextTable, first_true, read_table

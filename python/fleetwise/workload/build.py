@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -137,14 +138,7 @@ def _replay_trace(
         )
         if session_id is None:
             return workload
-        return Workload(
-            arrival_ns=workload.arrival_ns,
-            prompt_tokens=workload.prompt_tokens,
-            output_tokens=workload.output_tokens,
-            hash_ids=workload.hash_ids,
-            session_id=session_id,
-            hash_block_tokens=workload.hash_block_tokens,
-        )
+        return dataclasses.replace(workload, session_id=session_id)
     hash_ids: pl.Series | None = frame["hash_ids"] if "hash_ids" in frame.columns else None
     block = arrivals.hash_block_tokens or (MOONCAKE_BLOCK_TOKENS if arrivals.format == "mooncake" else None)
     return Workload(

@@ -117,9 +117,8 @@ def _lognormal(
     return np.clip(np.rint(samples), 1.0, upper).astype(np.int64)
 
 
-def _sample_file(
-    cfg: FileLengths, n: int, rng: np.random.Generator, base_dir: Path | None
-) -> tuple[np.ndarray, np.ndarray]:
+def _load_config_file(cfg: FileLengths | FitLengths, base_dir: Path | None) -> tuple[Path, pl.DataFrame]:
+    """The resolved path and the length table of the file ``cfg`` names."""
     path = resolve_path(cfg.path, base_dir)
     frame = load_lengths(
         path,
@@ -128,6 +127,13 @@ def _sample_file(
         output_column=cfg.output_column,
         chars_per_token=cfg.chars_per_token,
     )
+    return path, frame
+
+
+def _sample_file(
+    cfg: FileLengths, n: int, rng: np.random.Generator, base_dir: Path | None
+) -> tuple[np.ndarray, np.ndarray]:
+    path, frame = _load_config_file(cfg, base_dir)
     if cfg.max_total_tokens is not None:
         frame = frame.filter(
             pl.col("prompt_tokens") + pl.col("output_tokens") <= cfg.max_total_tokens
@@ -148,14 +154,7 @@ def _sample_file(
 def fit_file_lengths(cfg: FitLengths, base_dir: Path | None = None) -> LognormalLengths:
     """The log-normal length distribution ``cfg`` describes: ``fit_lognormal`` of the prompt and
     of the output lengths of its file, with ``cfg``'s clipping limits."""
-    path = resolve_path(cfg.path, base_dir)
-    frame = load_lengths(
-        path,
-        cfg.format,
-        prompt_column=cfg.prompt_column,
-        output_column=cfg.output_column,
-        chars_per_token=cfg.chars_per_token,
-    )
+    _, frame = _load_config_file(cfg, base_dir)
     prompt_median, prompt_sigma = fit_lognormal(frame["prompt_tokens"].to_numpy())
     output_median, output_sigma = fit_lognormal(frame["output_tokens"].to_numpy())
     return LognormalLengths(

@@ -13,13 +13,12 @@ growing context) and the reply is the output.
 from __future__ import annotations
 
 import io
-import json
 import math
 from pathlib import Path
 
 import polars as pl
 
-from fleetwise.workload._files import first_true, read_text
+from fleetwise.workload._files import parse_json, first_true, read_text
 
 PROMPT_ROLES = ("human", "user")
 """``from`` values of a prompt message."""
@@ -117,12 +116,7 @@ def _raise_first_problem(path: Path, text: str) -> None:
     return if there is none."""
     from fleetwise.errors import TraceError
 
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise TraceError(
-            f"{path}: line {exc.lineno} column {exc.colno}: invalid JSON: {exc.msg}"
-        ) from None
+    data = parse_json(path, text)
     if not isinstance(data, list):
         raise TraceError(f"{path}: expected a JSON list of conversation records")
     for index, record in enumerate(data):

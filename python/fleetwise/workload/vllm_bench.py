@@ -8,13 +8,12 @@ for a request that failed; such requests are dropped and counted.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from fleetwise.workload._files import read_text
+from fleetwise.workload._files import parse_json, read_text
 from fleetwise.workload.loaded import LoadedTable
 
 INPUT_KEY = "input_lens"
@@ -37,12 +36,7 @@ def read_vllm_bench(path: str | Path) -> LoadedTable:
 
     path = Path(path)
     text = read_text(path)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise TraceError(
-            f"{path}: line {exc.lineno} column {exc.colno}: invalid JSON: {exc.msg}"
-        ) from None
+    data = parse_json(path, text)
     if not isinstance(data, dict):
         raise TraceError(f"{path}: expected a JSON object (a vLLM benchmark result)")
     missing = [key for key in (INPUT_KEY, OUTPUT_KEY) if key not in data]

@@ -13,7 +13,7 @@
 //! blocks each chunk needs, and when a decode needs a block that is not there preempt the most
 //! recently admitted request by recompute, as vLLM does.
 
-use super::{preempt_recompute, try_admit, Batch, BatchScheduler, Queues};
+use super::{grow_for_decode, preempt_recompute, try_admit, Batch, BatchScheduler, Queues};
 use crate::kv::BlockManager;
 use crate::request::Request;
 
@@ -60,18 +60,12 @@ impl ChunkedScheduler {
                 i += 1;
                 continue;
             }
-            let mut self_preempted = false;
-            while !Self::grow(&mut reqs[idx as usize], 1, kv) {
-                let victim = q.running.pop().expect("running holds the current request");
-                preempt_recompute(&mut reqs[victim as usize], kv);
-                self.preempted.push(victim);
-                batch.preempted += 1;
-                if victim == idx {
-                    self_preempted = true;
-                    break;
-                }
-            }
-            if self_preempted {
+            let preempted = &mut self.preempted;
+            let grown = grow_for_decode(q, reqs, kv, batch, idx, |v, r, kv, _| {
+                preempt_recompute(r, kv);
+                preempted.push(v);
+            });
+            if !grown {
                 break;
             }
             batch.push(idx, &reqs[idx as usize], 1);

@@ -115,6 +115,31 @@ pub fn try_admit(q: &mut Queues, reqs: &mut [Request], kv: &mut BlockManager, ta
     true
 }
 
+/// Gives the running request `idx` the blocks for its next decode token, preempting the newest
+/// running requests (through `preempt`, which also records where they go) until they fit. Returns
+/// false when `idx` itself had to be preempted, which ends the decode pass.
+pub fn grow_for_decode(
+    q: &mut Queues,
+    reqs: &mut [Request],
+    kv: &mut BlockManager,
+    batch: &mut Batch,
+    idx: u32,
+    mut preempt: impl FnMut(u32, &mut Request, &mut BlockManager, &mut Batch),
+) -> bool {
+    let need = kv.growth(&reqs[idx as usize], reqs[idx as usize].computed as u64 + 1);
+    while !kv.can_grow(need) {
+        let victim = q.running.pop().expect("running holds the current request");
+        preempt(victim, &mut reqs[victim as usize], kv, batch);
+        batch.preempted += 1;
+        if victim == idx {
+            return false;
+        }
+    }
+    kv.allocate(need);
+    reqs[idx as usize].blocks += need;
+    true
+}
+
 /// Preempts `req` by swapping its KV blocks to host memory, if `host` has room; returns whether
 /// it did (the caller falls back to recompute otherwise).
 pub fn preempt_swap(req: &mut Request, kv: &mut BlockManager, host: &mut BlockManager) -> bool {

@@ -10,7 +10,7 @@
 //! any request is swapped out no new prefill is admitted, and once an iteration preempts nothing,
 //! swapped requests come back in order (while blocks allow) and decode in that same iteration.
 
-use super::{preempt_recompute, preempt_swap, try_admit, Batch, BatchScheduler, Queues};
+use super::{grow_for_decode, preempt_recompute, preempt_swap, try_admit, Batch, BatchScheduler, Queues};
 use crate::kv::BlockManager;
 use crate::request::{Request, Status};
 
@@ -105,28 +105,17 @@ impl VllmScheduler {
         let mut i = 0;
         while i < q.running.len() {
             let idx = q.running[i];
-            let need = kv.growth(&reqs[idx as usize], reqs[idx as usize].computed as u64 + 1);
-            let mut self_preempted = false;
-            while !kv.can_grow(need) {
-                let victim = q.running.pop().expect("running cannot be empty while it holds the current request");
-                if self.preempt(&mut reqs[victim as usize], kv, batch) {
-                    self.swapped_out.push(victim);
+            let grown = grow_for_decode(q, reqs, kv, batch, idx, |v, r, kv, b| {
+                if self.preempt(r, kv, b) {
+                    self.swapped_out.push(v);
                 } else {
-                    self.preempted.push(victim);
+                    self.preempted.push(v);
                 }
-                batch.preempted += 1;
-                if victim == idx {
-                    self_preempted = true;
-                    break;
-                }
-            }
-            if self_preempted {
+            });
+            if !grown {
                 break;
             }
-            kv.allocate(need);
-            let r = &mut reqs[idx as usize];
-            r.blocks += need;
-            batch.push(idx, r, 1);
+            batch.push(idx, &reqs[idx as usize], 1);
             i += 1;
         }
         // Victims were taken newest first; the front of the queue gets the oldest, and swapped
