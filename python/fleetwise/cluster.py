@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fleetwise.catalog import GpuSpec, ModelSpec, lookup
+from fleetwise.errors import ConfigError
 from fleetwise.config.scenario import PoolConfig, Scenario
 
 
@@ -29,6 +32,7 @@ def resolve_pool(scenario: Scenario, index: int, pool: PoolConfig) -> dict:
         "power_cap_watts": pool.power_cap_watts,
         "pim": None if pool.pim is None else lookup("pim", pool.pim, scenario.pims, f"{path}.pim").core_json(pool.pim),
         "offload": None if pool.offload is None else offload_json(pool.offload, f"{path}.offload"),
+        "experts": None if pool.experts is None else experts_json(pool.experts, model, pool.model, f"{path}.experts"),
         "prefix_caching": pool.prefix_caching,
         "role": pool.role,
         "kv_transfer": pool.kv_transfer,
@@ -51,6 +55,37 @@ def offload_json(o, path: str) -> dict:
         "read_chunk_bytes": int(o.read_chunk_kb * 1024),
         "capacity_bytes": int((o.capacity_gb or default_gb) * 1e9),
     }
+
+
+def experts_json(x, model: ModelSpec, name: str, path: str) -> dict:
+    """The core's view of an ``ExpertsConfig`` (the routing trace file travels separately)."""
+    if not model.num_experts:
+        raise ConfigError(f"{path}: expert settings need a mixture-of-experts model; {name} has no experts")
+    if x.routing.kind == "trace" and not x.routing.trace:
+        raise ConfigError(f"{path}.routing.trace: trace routing needs a routing trace file")
+    return {
+        "placement": x.placement,
+        "routing": {"kind": x.routing.kind, "zipf_exponent": x.routing.zipf_exponent, "locality": x.routing.locality, "max_sampled_tokens": x.routing.max_sampled_tokens},
+        "cache": x.cache.model_dump(),
+        "prefetch": None if x.prefetch is None else x.prefetch.model_dump(),
+        "grouping": None if x.grouping is None else x.grouping.model_dump(),
+        "staging_experts": x.staging_experts,
+        "flash": lookup("storage", x.storage, {}, f"{path}.storage").core_json(x.storage) if x.placement == "flash" else None,
+        "queue_depth": x.queue_depth,
+        "read_chunk_bytes": int(x.read_chunk_kb * 1024),
+        "capacity_bytes": int(x.capacity_gb * 1e9) if x.capacity_gb is not None else 2**64 - 1,
+    }
+
+
+def routing_trace_path(scenario: Scenario, base_dir: Path | None) -> Path | None:
+    """The one routing trace the scenario's pools replay, if any (resolved against ``base_dir``)."""
+    paths = {p.experts.routing.trace for p in scenario.cluster.pools if p.experts is not None and p.experts.routing.kind == "trace"}
+    if not paths:
+        return None
+    if len(paths) > 1:
+        raise ConfigError(f"cluster.pools: pools replay different routing traces ({', '.join(sorted(paths))}); a run replays one")
+    path = Path(paths.pop())
+    return path if path.is_absolute() or base_dir is None else base_dir / path
 
 
 def pool_prices(scenario: Scenario) -> dict[str, float]:

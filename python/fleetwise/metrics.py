@@ -68,6 +68,33 @@ def energy_and_cost(requests: pl.DataFrame, instances: pl.DataFrame, wall_second
     }
 
 
+def expert_summary(instances: pl.DataFrame) -> dict | None:
+    """Mixture-of-experts counters over all instances with expert settings (bytes are per GPU)."""
+    if "expert_lookups" not in instances.columns:
+        return None
+    x = instances.filter(pl.col("expert_iterations").is_not_null())
+    if x.height == 0:
+        return None
+
+    def total(col: str) -> float:
+        return float(x[col].sum())
+
+    looked, iters, tokens = total("expert_lookups"), total("expert_iterations"), total("expert_tokens")
+    fetched = total("expert_demand_bytes") + total("expert_prefetch_bytes")
+    return {
+        "hit_rate": (total("expert_hits") + total("expert_prefetch_hits")) / looked if looked else None,
+        "cache_hit_rate": total("expert_hits") / looked if looked else None,
+        "prefetch_hit_rate": total("expert_prefetch_hits") / looked if looked else None,
+        "fetched_bytes_per_token": fetched / tokens if tokens else 0.0,
+        "wasted_prefetch_bytes": total("expert_wasted_prefetch_bytes"),
+        "stall_ms_per_iteration": total("expert_stall_ns") / iters * 1e-6 if iters else 0.0,
+        "experts_activated_per_iteration": total("expert_activated") / iters if iters else 0.0,
+        "load_imbalance": total("expert_imbalance_sum") / total("expert_imbalance_layers") if total("expert_imbalance_layers") else None,
+        "hbm_expert_gib_per_gpu": float(x["expert_hbm_bytes"].mean()) / 2**30,
+        "hbm_saved_gib_per_gpu": float(x["expert_hbm_saved_bytes"].mean()) / 2**30,
+    }
+
+
 def summarize(requests: pl.DataFrame, itl: dict, slo=None, instances: pl.DataFrame | None = None, wall_seconds: float = 0.0) -> dict:
     """The run summary: counts, throughput, latency distributions, SLO attainment, energy, cost."""
     done = requests.filter(pl.col("status") == "finished")
@@ -98,6 +125,9 @@ def summarize(requests: pl.DataFrame, itl: dict, slo=None, instances: pl.DataFra
     if instances is not None and "prefix_lookup_tokens" in instances.columns and int(instances["prefix_lookup_tokens"].sum()) > 0:
         hits, looked = int(instances["prefix_hit_tokens"].sum()), int(instances["prefix_lookup_tokens"].sum())
         summary["prefix_cache"] = {"hit_tokens": hits, "lookup_tokens": looked, "hit_rate": hits / looked}
+    experts = expert_summary(instances) if instances is not None else None
+    if experts is not None:
+        summary["experts"] = experts
     slo_part = slo_attainment(requests, slo)
     if slo_part is not None:
         summary["slo"] = slo_part

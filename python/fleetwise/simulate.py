@@ -11,11 +11,12 @@ import polars as pl
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fleetwise import _core
-from fleetwise.cluster import core_config, pool_prices, uses_prefixes
+from fleetwise.cluster import core_config, pool_prices, routing_trace_path, uses_prefixes
 from fleetwise.config.load import as_scenario
 from fleetwise.config.scenario import Scenario
 from fleetwise.errors import CapacityError, ConfigError
 from fleetwise.metrics import summarize
+from fleetwise.moe import load_routing_trace
 from fleetwise.result import Result
 from fleetwise.workload import Workload, build_workload
 
@@ -59,10 +60,21 @@ def _requests_frame(workload: Workload, out: dict, pool_of: list[str]) -> pl.Dat
     ).with_columns(pl.col("tpot_s").fill_nan(None))
 
 
+def _expert_columns(stats: dict | None) -> dict:
+    """An instance's MoE counters as ``expert_*`` columns (with the rates derived from them)."""
+    if stats is None:
+        return {}
+    cols = {f"expert_{k}": v for k, v in stats.items()}
+    looked = stats["lookups"]
+    cols["expert_hit_rate"] = (stats["hits"] + stats["prefetch_hits"]) / looked if looked else None
+    return cols
+
+
 def _instances_frame(instances: list[dict]) -> pl.DataFrame:
     rows = []
     for i, inst in enumerate(instances):
-        mem, st = inst["memory"], inst["stats"]
+        mem, st = inst["memory"], dict(inst["stats"])
+        st.update(_expert_columns(st.pop("experts", None)))
         rows.append({"instance": i, "pool": inst["pool_name"], "gpus": inst["gpus"], "nodes": inst["nodes"], "energy_joules": inst["energy_joules"], "host_link_bytes": inst["host_link_bytes"], "host_link_utilisation": inst["host_link_utilisation"], "prefix_hit_tokens": inst["prefix_hit_tokens"], "prefix_lookup_tokens": inst["prefix_lookup_tokens"], **{f"kv_{k}" if k in ("block_size",) else k: v for k, v in mem.items()}, **st})
     return pl.DataFrame(rows)
 
@@ -123,11 +135,14 @@ def simulate(
     hashes = workload.hash_offsets_and_values() if uses_prefixes(sc) else None
     try:
         config = core_config(sc, record_iterations, workload.hash_block_tokens if hashes is not None else None)
+        trace_path = routing_trace_path(sc, base_dir)
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None
     try:
         arrays = tuple(np.ascontiguousarray(a, dtype=np.int64) for a in (workload.arrival_ns, workload.prompt_tokens, workload.output_tokens))
         extra = {} if hashes is None else {"hash_offsets": np.ascontiguousarray(hashes[0], dtype=np.int64), "hash_values": np.ascontiguousarray(hashes[1], dtype=np.int64)}
+        if trace_path is not None:
+            extra.update(load_routing_trace(trace_path).core_arrays())
         out = _run_core(json.dumps(config), arrays, progress, extra)
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None

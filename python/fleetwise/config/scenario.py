@@ -8,6 +8,7 @@ from pydantic import Field, PrivateAttr
 
 from fleetwise.catalog import CalibrationOverride, GpuSpec, ModelSpec, PimSpec
 from fleetwise.config.base import StrictModel
+from fleetwise.config.experts import ExpertsConfig
 from fleetwise.workload.config import WorkloadConfig
 
 
@@ -182,6 +183,9 @@ class PoolConfig(StrictModel):
     """A PIM device (catalogue or the scenario's ``pims``) attached to each GPU's memory."""
     offload: OffloadConfig | None = None
     """Weight offloading to host DRAM or flash."""
+    experts: ExpertsConfig | None = None
+    """Mixture-of-experts serving: expert placement (HBM, DRAM, flash), routing model, expert
+    cache, prefetching and token grouping (MoE models only; docs/moe.md)."""
     prefix_caching: bool = False
     """Keep prompt prefixes cached and share them (vLLM's automatic prefix caching, LRU eviction);
     needs prefix hashes in the workload (a Mooncake trace, ``prefixes`` or ``sessions``)."""

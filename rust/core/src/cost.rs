@@ -146,6 +146,7 @@ pub struct CostModel {
     gpus_per_node: u32,
     pim: Option<PimSpec>,
     offload: Option<OffloadSpec>,
+    expert_hbm_saved: u64,
 }
 
 /// One iteration's predicted duration and how much of it compute bounds.
@@ -207,6 +208,7 @@ impl CostModel {
             gpus_per_node: u32::MAX,
             pim: None,
             offload: None,
+            expert_hbm_saved: 0,
             power,
             slow_compute: 1.0,
             slow_memory: 1.0,
@@ -399,6 +401,32 @@ impl CostModel {
         self.ep
     }
 
+    /// Bytes of one routed expert's weights on one GPU (whole with expert parallelism, else a
+    /// tensor-parallel shard).
+    pub fn expert_bytes_per_gpu(&self) -> f64 {
+        3.0 * self.h * self.model.moe_intermediate_size as f64 * self.b / (self.tp as f64 / self.ep as f64)
+    }
+
+    /// Keeps `bytes` of routed-expert weights per GPU out of HBM (offloaded experts).
+    pub fn with_expert_hbm_saved(mut self, bytes: u64) -> Self {
+        self.expert_hbm_saved = bytes;
+        self
+    }
+
+    /// One MoE layer's routed experts on one GPU: a grouped GEMM over `pairs` token-expert pairs
+    /// that reads the `touched` experts' weights, on the GPU or, if faster, the PIM. Seconds.
+    pub fn expert_seconds(&self, pairs: f64, touched: f64) -> f64 {
+        let h = self.h;
+        let width = self.model.moe_intermediate_size as f64 / (self.tp as f64 / self.ep as f64);
+        let flops = 2.0 * pairs * 3.0 * h * width;
+        let bytes = (touched * 3.0 * h * width + pairs * (2.0 * h + 3.0 * width)) * self.b;
+        let gpu = self.roofline(flops, bytes, self.flops_gemm, self.bw).0;
+        match &self.pim {
+            Some(p) => gpu.min(p.seconds(flops, bytes)),
+            None => gpu,
+        }
+    }
+
     /// Expert all-to-all (dispatch or combine) of `pairs` token-expert pairs, seconds.
     fn all_to_all_seconds(&self, pairs: f64) -> f64 {
         let e = self.ep as f64;
@@ -421,7 +449,7 @@ impl CostModel {
     /// (first stage) and the LM head (last stage), divided by tp.
     pub fn weight_bytes_per_gpu(&self) -> u64 {
         if self.pp == 1 {
-            let resident = self.model.weight_bytes().div_ceil(self.tp as u64);
+            let resident = self.model.weight_bytes().div_ceil(self.tp as u64).saturating_sub(self.expert_hbm_saved);
             let Some(o) = &self.offload else { return resident };
             let away = self.offloaded_layers() as u64 * self.layer_weight_bytes_per_gpu();
             // Staging buffers for the streamed layers: two when the next layer streams during this one.
@@ -643,6 +671,20 @@ impl CostModel {
             }
         });
         c
+    }
+
+    /// Splits an iteration of `shape` for the expert timeline: (seconds of one MoE layer without
+    /// its routed experts, seconds outside the MoE layers: embedding, LM head, overheads, dense layers).
+    pub fn moe_layer_split(&self, shape: &BatchShape) -> (f64, f64) {
+        let (mut fixed, mut layered) = (0.0, 0.0);
+        self.for_each_op(shape, |c| match c.op {
+            Op::MoeExperts => {}
+            Op::Embedding | Op::LmHead | Op::Overhead | Op::WeightFetch | Op::PipelineSend => fixed += c.seconds,
+            _ => layered += c.seconds,
+        });
+        let per_layer = layered / self.model.num_layers as f64;
+        let dense = (self.model.num_layers - self.model.moe_layers()) as f64;
+        (per_layer, fixed + dense * per_layer)
     }
 
     /// The weights one iteration streams in from host DRAM or flash, if any layers are offloaded.

@@ -8,6 +8,8 @@ use crate::offload::OffloadSpec;
 use crate::kv::BlockManager;
 use crate::memory::{MemoryConfig, MemoryPlan};
 use crate::model::ModelSpec;
+use crate::moe::{ExpertConfig, ExpertResidency, ExpertRuntime, ExpertStats, RoutingTrace, TokenSpan};
+use std::sync::Arc;
 use crate::request::{Request, Status};
 use crate::router::InstanceLoad;
 use crate::scheduler::{Batch, BatchScheduler, Queues, SchedulerConfig};
@@ -75,6 +77,8 @@ pub struct InstanceStats {
     pub weight_stream_bytes: u64,
     /// Time iterations waited for offloaded weights beyond their compute.
     pub weight_stall_ns: u64,
+    /// Mixture-of-experts counters, for pools with expert settings.
+    pub experts: Option<ExpertStats>,
 }
 
 /// What the caller must do to run the iteration an instance has just formed.
@@ -107,8 +111,23 @@ pub struct Instance {
     handoffs: Vec<u32>,
     early_handoffs: Vec<u32>,
     layerwise: bool,
+    moe: Option<ExpertRuntime>,
     /// Counters.
     pub stats: InstanceStats,
+}
+
+/// What an instance needs to run its experts: the pool's settings, an optional recorded routing
+/// trace, and the seed and name of its random streams.
+#[derive(Debug, Clone)]
+pub struct ExpertSetup<'a> {
+    /// The pool's expert settings.
+    pub config: &'a ExpertConfig,
+    /// The recorded routing to replay, for trace routing.
+    pub trace: Option<Arc<RoutingTrace>>,
+    /// Run seed.
+    pub seed: u64,
+    /// Name of the instance's random streams.
+    pub stream: String,
 }
 
 /// One iteration as the optional iteration log records it.
@@ -133,8 +152,22 @@ pub struct IterationRecord {
 impl Instance {
     /// Builds an instance; fails if the model does not fit or a setting is invalid.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(pool: u32, model: &ModelSpec, gpu: &GpuSpec, par: Parallelism, eff: &Efficiency, memory: &MemoryConfig, scheduler: &SchedulerConfig, power_cap: Option<f64>, pim: Option<&PimSpec>, offload: Option<&OffloadSpec>) -> Result<Self> {
-        let cost = CostModel::new(model.clone(), gpu.clone(), eff.clone(), par.tp)?.with_pipeline(par.pp, par.microbatches)?.with_expert_parallel(par.ep)?.with_nodes(par.gpus_per_node)?.with_pim(pim.cloned())?.with_offload(offload.cloned())?.with_power_cap(power_cap)?;
+    pub fn new(pool: u32, model: &ModelSpec, gpu: &GpuSpec, par: Parallelism, eff: &Efficiency, memory: &MemoryConfig, scheduler: &SchedulerConfig, power_cap: Option<f64>, pim: Option<&PimSpec>, offload: Option<&OffloadSpec>, experts: Option<ExpertSetup>) -> Result<Self> {
+        let mut cost = CostModel::new(model.clone(), gpu.clone(), eff.clone(), par.tp)?.with_pipeline(par.pp, par.microbatches)?.with_expert_parallel(par.ep)?.with_nodes(par.gpus_per_node)?.with_pim(pim.cloned())?.with_offload(offload.cloned())?.with_power_cap(power_cap)?;
+        let moe = match experts {
+            Some(x) => {
+                if !model.is_moe() {
+                    return Err(crate::error::Error::config("experts", format!("expert settings need a mixture-of-experts model; {} is dense", model.name)));
+                }
+                if x.config.offloaded() && offload.is_some() {
+                    return Err(crate::error::Error::config("experts", "offloaded experts and offloaded layers (offload) cannot be combined"));
+                }
+                let rt = ExpertRuntime::new(x.config, &cost, x.trace, x.seed, &x.stream)?;
+                cost = cost.with_expert_hbm_saved(rt.stats.hbm_saved_bytes);
+                Some(rt)
+            }
+            None => None,
+        };
         let (max_tokens, max_seqs) = scheduler.limits();
         let plan = MemoryPlan::new(&cost, memory, max_tokens as u64, max_seqs as u64)?;
         if scheduler.preemption_mode() == crate::scheduler::PreemptionMode::Swap && gpu.host_link_bandwidth <= 0.0 {
@@ -143,7 +176,17 @@ impl Instance {
         let scheduler = scheduler.build(plan.kv_bytes_per_token * plan.block_size as u64)?;
         let watermark = (plan.num_blocks as f64 * 0.01) as u32;
         let kv = BlockManager::new(plan.num_blocks, plan.block_size, watermark);
-        Ok(Instance { pool, cost, plan, kv, scheduler, queues: Queues::default(), batch: Batch::default(), busy: false, wake_pending: false, outstanding_tokens: 0, record: None, role: Role::Mixed, handoffs: Vec::new(), early_handoffs: Vec::new(), layerwise: false, stats: InstanceStats::default() })
+        Ok(Instance { pool, cost, plan, kv, scheduler, queues: Queues::default(), batch: Batch::default(), busy: false, wake_pending: false, outstanding_tokens: 0, record: None, role: Role::Mixed, handoffs: Vec::new(), early_handoffs: Vec::new(), layerwise: false, moe, stats: InstanceStats::default() })
+    }
+
+    /// The instance's expert runtime, for pools with expert settings.
+    pub fn experts(&self) -> Option<&ExpertRuntime> {
+        self.moe.as_ref()
+    }
+
+    /// Where one GPU's experts live, for pools with expert settings.
+    pub fn expert_residency(&self) -> Option<&ExpertResidency> {
+        self.moe.as_ref().map(|m| m.residency())
     }
 
     /// Sets the instance's role; `layerwise` (prefill instances) sends KV while the prefill runs.
@@ -282,13 +325,29 @@ impl Instance {
     pub fn start_iteration(&mut self, now: Nanos, reqs: &mut [Request]) -> Option<IterationStart> {
         debug_assert!(!self.busy);
         self.batch.clear();
-        self.scheduler.schedule(&mut self.queues, reqs, &mut self.kv, &mut self.batch);
+        let parked = self.moe.as_ref().map(|m| m.park(&self.queues.running, reqs)).unwrap_or_default();
+        if parked.is_empty() {
+            self.scheduler.schedule(&mut self.queues, reqs, &mut self.kv, &mut self.batch);
+        } else {
+            self.schedule_without(&parked, reqs);
+        }
         if self.batch.items.is_empty() && self.batch.swap_out_blocks == 0 {
             return None;
         }
         let it = self.cost.iteration(&self.batch.shape);
-        let compute_ns = if self.batch.items.is_empty() { 0 } else { secs_to_ns(it.seconds - it.weight_stall_seconds) };
-        let stream = if self.batch.items.is_empty() { None } else { self.cost.weight_stream() };
+        let mut compute_ns = if self.batch.items.is_empty() { 0 } else { secs_to_ns(it.seconds - it.weight_stall_seconds) };
+        let mut stream = if self.batch.items.is_empty() { None } else { self.cost.weight_stream() };
+        if let (Some(m), false) = (self.moe.as_mut(), self.batch.items.is_empty()) {
+            let spans: Vec<TokenSpan> = self.batch.items.iter().map(|i| TokenSpan { req: i.req, start: reqs[i.req as usize].computed as u64, tokens: i.tokens }).collect();
+            let (base, fixed) = self.cost.moe_layer_split(&self.batch.shape);
+            let x = m.iteration(&spans, &self.cost, base, fixed);
+            compute_ns = secs_to_ns(x.seconds);
+            m.stats.stall_ns += secs_to_ns(x.stall_seconds);
+            if x.fetch_bytes > 0 {
+                let flash = m.config().placement == crate::moe::ExpertTier::Flash;
+                stream = Some(WeightStream { flash_bytes: if flash { x.fetch_bytes } else { 0 }, dram_bytes: if flash { 0 } else { x.fetch_bytes }, overlap: true });
+            }
+        }
         if let Some(ws) = stream {
             self.stats.weight_stream_bytes += ws.flash_bytes + ws.dram_bytes;
         }
@@ -326,6 +385,19 @@ impl Instance {
             }
         }
         Some(IterationStart { compute_ns, transfer_bytes, stream })
+    }
+
+    /// Schedules with the `parked` running requests set aside (token grouping), then puts them
+    /// back in their places.
+    fn schedule_without(&mut self, parked: &[u32], reqs: &mut [Request]) {
+        let order = self.queues.running.clone();
+        self.queues.running.retain(|r| !parked.contains(r));
+        self.scheduler.schedule(&mut self.queues, reqs, &mut self.kv, &mut self.batch);
+        let now_running: std::collections::HashSet<u32> = self.queues.running.iter().copied().chain(parked.iter().copied()).collect();
+        let mut merged: Vec<u32> = order.iter().copied().filter(|r| now_running.contains(r)).collect();
+        let known: std::collections::HashSet<u32> = order.into_iter().collect();
+        merged.extend(self.queues.running.iter().copied().filter(|r| !known.contains(r)));
+        self.queues.running = merged;
     }
 
     /// The record of the iteration ending at `end` (for the optional iteration log).
@@ -369,6 +441,9 @@ impl Instance {
                 self.kv.detach(r);
                 r.status = Status::Finished;
                 r.completion = now;
+                if let Some(m) = self.moe.as_mut() {
+                    m.forget(it.req);
+                }
                 self.outstanding_tokens -= r.prompt as u64 + r.generated as u64;
                 self.stats.finished += 1;
                 any_finished = true;

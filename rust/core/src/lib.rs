@@ -13,6 +13,7 @@ pub mod instance;
 pub mod kv;
 pub mod memory;
 pub mod model;
+pub mod moe;
 pub mod network;
 pub mod offload;
 pub mod prefix;

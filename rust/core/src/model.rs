@@ -88,6 +88,11 @@ impl ModelSpec {
             + self.num_shared_experts as u64 * 3 * h * self.shared_expert_intermediate_size as u64
     }
 
+    /// Decoder layers whose feed-forward block is a mixture of experts.
+    pub fn moe_layers(&self) -> u32 {
+        if self.is_moe() { self.num_layers } else { 0 }
+    }
+
     /// Expected distinct experts `tokens` tokens touch in one layer when each picks
     /// `experts_per_token` of `num_experts` uniformly: `E (1 - (1 - k/E)^T)`.
     pub fn expected_unique_experts(&self, tokens: f64) -> f64 {

@@ -16,12 +16,14 @@ use crate::error::{Error, Result};
 use crate::event::{Event, EventQueue};
 use crate::hardware::{GpuSpec, PimSpec};
 use crate::offload::{OffloadSpec, Tier};
-use crate::instance::{Instance, InstanceStats, IterationRecord, IterationStart, Parallelism, Role};
+use crate::instance::{ExpertSetup, Instance, InstanceStats, IterationRecord, IterationStart, Parallelism, Role};
 use crate::network::{FlowId, LinkId, LinkSpec, Network};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::memory::{MemoryConfig, MemoryPlan};
 use crate::model::ModelSpec;
+use crate::moe::{ExpertConfig, ExpertTier, RoutingTrace};
+use std::sync::Arc;
 use crate::request::{Request, Status};
 use crate::router::{InstanceLoad, RouterConfig};
 use crate::scheduler::SchedulerConfig;
@@ -73,6 +75,9 @@ pub struct PoolConfig {
     /// Keep prompt prefixes cached and share them between requests (needs hashes in the workload).
     #[serde(default)]
     pub prefix_caching: bool,
+    /// Mixture-of-experts settings: expert placement, routing, caches, prefetch, token grouping.
+    #[serde(default)]
+    pub experts: Option<ExpertConfig>,
     /// Role in a disaggregated cluster (mixed, prefill, decode).
     #[serde(default)]
     pub role: Role,
@@ -144,6 +149,8 @@ pub struct Workload {
     pub output: Vec<u32>,
     /// Prefix-block hashes per request (empty, or one list per request).
     pub hashes: Vec<Vec<u64>>,
+    /// A recorded expert routing trace, for pools whose experts replay it.
+    pub routing: Option<Arc<RoutingTrace>>,
 }
 
 /// One row per iteration, in columns.
@@ -226,9 +233,14 @@ impl Transfers {
             };
             host_link.push(if gpu.host_link_bandwidth > 0.0 { add(format!("instance{i}.host"), gpu.host_link_bandwidth, gpu.host_link_latency) } else { None });
             let flash = inst.cost().offload().filter(|o| o.tier == Tier::Flash);
-            flash_link.push(match flash {
-                Some(o) => add(format!("instance{i}.flash"), o.flash_throughput(), o.flash.as_ref().map_or(0.0, |f| f.latency)),
-                None => None,
+            let expert_flash = inst.experts().map(|m| m.config()).filter(|c| c.placement == ExpertTier::Flash);
+            flash_link.push(match (flash, expert_flash) {
+                (Some(o), _) => add(format!("instance{i}.flash"), o.flash_throughput(), o.flash.as_ref().map_or(0.0, |f| f.latency)),
+                (None, Some(c)) => {
+                    let f = c.flash.as_ref().expect("validated: flash experts have a drive");
+                    add(format!("instance{i}.flash"), crate::moe::runtime::drive_throughput(f, c.queue_depth, c.read_chunk_bytes), f.latency)
+                }
+                (None, None) => None,
             });
         }
         Ok(Transfers { network: Network::new(links)?, host_link, flash_link, kv_out, kv_in, owner: BTreeMap::new(), scheduled: None })
@@ -624,7 +636,8 @@ pub fn simulate_with(config: &SimConfig, workload: &Workload, control: &Control)
             None
         };
         for _ in 0..pool.count {
-            let inst = Instance::new(p as u32, &pool.model, &pool.gpu, Parallelism { tp: pool.tp, pp: pool.pp, microbatches: pool.microbatches, gpus_per_node: pool.gpus_per_node, ep: pool.ep }, &pool.calibration, &pool.memory, &pool.scheduler, pool.power_cap_watts, pool.pim.as_ref(), pool.offload.as_ref()).map_err(|e| prefix(&format!("cluster.pools.{p}"), e))?
+            let experts = pool.experts.as_ref().map(|c| ExpertSetup { config: c, trace: workload.routing.clone(), seed: config.seed, stream: format!("instance{}.experts", instances.len()) });
+            let inst = Instance::new(p as u32, &pool.model, &pool.gpu, Parallelism { tp: pool.tp, pp: pool.pp, microbatches: pool.microbatches, gpus_per_node: pool.gpus_per_node, ep: pool.ep }, &pool.calibration, &pool.memory, &pool.scheduler, pool.power_cap_watts, pool.pim.as_ref(), pool.offload.as_ref(), experts).map_err(|e| prefix(&format!("cluster.pools.{p}"), e))?
                 .with_prefix_cache(prefix_tokens)
                 .with_role(pool.role, pool.kv_transfer == KvTransfer::Layerwise);
             instances.push(inst);
@@ -744,7 +757,7 @@ pub fn simulate_with(config: &SimConfig, workload: &Workload, control: &Control)
             gpus: inst.cost().gpus(),
             nodes: inst.cost().nodes(),
             energy_joules: inst.energy_joules(now),
-            stats: inst.stats.clone(),
+            stats: InstanceStats { experts: inst.experts().map(|m| m.stats.clone()), ..inst.stats.clone() },
         })
         .collect();
     Ok(SimOutput { requests: reqs, rejections, itl, instances: reports, iterations: log, events, end_time: now })

@@ -17,6 +17,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<policies::PyRouter>()?;
     m.add_class::<policies::PyScheduler>()?;
     m.add_function(wrap_pyfunction!(simulate::simulate, m)?)?;
+    m.add_function(wrap_pyfunction!(simulate::expert_cache_hits, m)?)?;
     m.add_class::<simulate::PySimControl>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

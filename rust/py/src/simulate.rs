@@ -2,6 +2,7 @@
 
 use crate::errors::{from_json, to_py};
 use fleetwise_core::request::Status;
+use fleetwise_core::moe::{replay_hits, CachePolicy, RoutingTrace};
 use fleetwise_core::sim::{simulate_with as run, Control, SimConfig, Workload};
 use std::sync::Arc;
 use numpy::{IntoPyArray, PyReadonlyArray1};
@@ -50,7 +51,7 @@ impl PySimControl {
 /// sorted; prompt and output tokens) and returns a dict of result columns and facts. The GIL is
 /// released while it runs; `control` lets another thread follow and cancel it.
 #[pyfunction]
-#[pyo3(signature = (config_json, arrival_ns, prompt_tokens, output_tokens, control=None, hash_offsets=None, hash_values=None))]
+#[pyo3(signature = (config_json, arrival_ns, prompt_tokens, output_tokens, control=None, hash_offsets=None, hash_values=None, routing_offsets=None, routing_experts=None, routing_shape=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn simulate<'py>(
     py: Python<'py>,
@@ -61,6 +62,9 @@ pub fn simulate<'py>(
     control: Option<&PySimControl>,
     hash_offsets: Option<PyReadonlyArray1<'py, i64>>,
     hash_values: Option<PyReadonlyArray1<'py, i64>>,
+    routing_offsets: Option<PyReadonlyArray1<'py, i64>>,
+    routing_experts: Option<PyReadonlyArray1<'py, i64>>,
+    routing_shape: Option<(u32, u32)>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let config: SimConfig = from_json("scenario", config_json)?;
     let to_u32 = |name: &str, a: &PyReadonlyArray1<'py, i64>| -> PyResult<Vec<u32>> {
@@ -97,6 +101,16 @@ pub fn simulate<'py>(
                     .collect::<PyResult<Vec<Vec<u64>>>>()?
             }
             _ => Vec::new(),
+        },
+        routing: match (&routing_offsets, &routing_experts, routing_shape) {
+            (Some(o), Some(e), Some((layers, k))) => {
+                let bad = |what: &str| crate::errors::ConfigError::new_err(format!("routing trace: {what}"));
+                let offsets = o.as_array().iter().map(|&v| u64::try_from(v).map_err(|_| bad("negative offset"))).collect::<PyResult<Vec<u64>>>()?;
+                let experts = e.as_array().iter().map(|&v| u16::try_from(v).map_err(|_| bad("expert id out of range"))).collect::<PyResult<Vec<u16>>>()?;
+                Some(Arc::new(RoutingTrace { layers, k, offsets, experts }))
+            }
+            (None, None, None) => None,
+            _ => return Err(crate::errors::ConfigError::new_err("routing_offsets, routing_experts and routing_shape go together")),
         },
     };
     let control = control.map(|c| c.inner.clone()).unwrap_or_default();
@@ -156,4 +170,26 @@ pub fn simulate<'py>(
         d.set_item("iterations", it)?;
     }
     Ok(d)
+}
+
+/// Hits of one layer's expert cache of `capacity` of `num_experts` experts over `accesses` (expert
+/// ids in order) under `policy` (lru, lfu, static); a static cache holds the most `popularity`
+/// experts (default: the lowest ids).
+#[pyfunction]
+#[pyo3(signature = (policy, num_experts, capacity, accesses, popularity=None))]
+pub fn expert_cache_hits(policy: &str, num_experts: u32, capacity: u32, accesses: Vec<i64>, popularity: Option<Vec<f64>>) -> PyResult<u64> {
+    let policy: CachePolicy = from_json("policy", &format!("\"{policy}\""))?;
+    if num_experts == 0 || num_experts > u16::MAX as u32 {
+        return Err(crate::errors::ConfigError::new_err(format!("num_experts must be in 1..=65535, got {num_experts}")));
+    }
+    let ids = accesses
+        .iter()
+        .enumerate()
+        .map(|(i, &a)| if a >= 0 && (a as u64) < num_experts as u64 { Ok(a as u16) } else { Err(crate::errors::ConfigError::new_err(format!("accesses[{i}] = {a} is not an expert id in [0, {num_experts})"))) })
+        .collect::<PyResult<Vec<u16>>>()?;
+    let pop = popularity.unwrap_or_else(|| (0..num_experts).map(|e| (num_experts - e) as f64).collect());
+    if pop.len() != num_experts as usize {
+        return Err(crate::errors::ConfigError::new_err(format!("popularity needs {num_experts} entries, got {}", pop.len())));
+    }
+    Ok(replay_hits(policy, num_experts, capacity, &pop, &ids))
 }

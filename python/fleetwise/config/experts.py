@@ -1,0 +1,84 @@
+"""Mixture-of-experts settings of a pool: expert placement, routing, caches, prefetch, grouping."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from fleetwise.config.base import StrictModel
+
+
+class ExpertRoutingConfig(StrictModel):
+    """How tokens choose their experts."""
+
+    kind: Literal["uniform", "zipf", "trace"] = "uniform"
+    """``uniform``; ``zipf`` (skewed, with its own ranking of the experts in every layer); ``trace``
+    (replay a recorded routing trace, see docs/moe.md)."""
+    zipf_exponent: float = Field(default=1.0, ge=0)
+    """Zipf exponent s: the expert of rank r is chosen with weight 1 / r^s."""
+    locality: float = Field(default=0.0, ge=0, le=1)
+    """Temporal locality: probability that a token reuses, in each layer, the experts its request's
+    previous token chose there."""
+    trace: str | None = None
+    """A recorded routing trace (JSONL, docs/moe.md), for ``kind: trace``; relative paths are
+    relative to the scenario file."""
+    max_sampled_tokens: int = Field(default=256, ge=1)
+    """Tokens of one prefill chunk routed one by one; longer chunks route this many, weighted."""
+
+
+class ExpertCacheConfig(StrictModel):
+    """The HBM cache of offloaded experts, per MoE layer."""
+
+    policy: Literal["lru", "lfu", "static"] = "lru"
+    """Eviction: least recently used, least frequently used, or a static hot set (the most popular
+    experts of each layer, never evicted)."""
+    experts_per_layer: int = Field(default=0, ge=0)
+    """Experts of each layer kept in HBM (over the whole instance)."""
+
+
+class ExpertPrefetchConfig(StrictModel):
+    """Prefetching the experts a routing predictor names, some layers ahead."""
+
+    accuracy: float = Field(ge=0, le=1)
+    """Fraction of the experts a layer uses that the predictor names in time (its other guesses
+    are wrong experts, fetched for nothing)."""
+    lead_layers: int = Field(default=1, ge=1)
+    """Layers ahead the prediction is made: 1 is Pre-gated MoE's next-layer gate."""
+
+
+class TokenGroupingConfig(StrictModel):
+    """ExpertFlow-style token grouping: when more requests decode than one iteration takes, run
+    those whose experts overlap."""
+
+    batch: int = Field(ge=1)
+    """Decoding requests per iteration."""
+    affinity: bool = True
+    """Choose by expert affinity (else by waiting time alone: round robin)."""
+
+
+class ExpertsConfig(StrictModel):
+    """Where a MoE pool's routed experts live and how they are cached, fetched and routed."""
+
+    placement: Literal["hbm", "dram", "flash"] = "hbm"
+    """``hbm``: all experts resident; ``dram`` or ``flash``: experts live there and are fetched over
+    the GPU's host link (after the drive for flash) unless cached."""
+    routing: ExpertRoutingConfig = ExpertRoutingConfig()
+    """The routing model."""
+    cache: ExpertCacheConfig = ExpertCacheConfig()
+    """The HBM expert cache (offloaded placements)."""
+    prefetch: ExpertPrefetchConfig | None = None
+    """Prefetching from a routing predictor (offloaded placements)."""
+    grouping: TokenGroupingConfig | None = None
+    """Token grouping across requests."""
+    staging_experts: int | None = Field(default=None, ge=0)
+    """Expert buffers per GPU for fetched experts in flight (default: one layer's experts on the GPU,
+    times 1 + lead_layers with prefetch)."""
+    storage: str = "nvme-gen5"
+    """The flash drive (catalogue name), for ``placement: flash``."""
+    queue_depth: int = Field(default=32, ge=1)
+    """Flash reads in flight."""
+    read_chunk_kb: float = Field(default=1024.0, gt=0)
+    """Size of one flash read, KiB (experts are large contiguous tensors)."""
+    capacity_gb: float | None = Field(default=None, gt=0)
+    """Capacity of the DRAM or flash tier per GPU, GB (default: unlimited)."""
