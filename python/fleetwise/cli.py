@@ -356,7 +356,8 @@ def catalog(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -
         cm = _core.CostModel(_json.dumps(m.core_json(k)), _json.dumps(g.core_json("x")), g.calibration.model_dump_json(), 1)
         params = cm.weight_bytes() / m.dtype_bytes / 1e9
         ffn = f"{m.num_experts}x{m.moe_intermediate_size} top-{m.experts_per_token}" if m.num_experts else str(m.intermediate_size)
-        t.add_row(k, str(m.num_layers), str(m.hidden_size), f"{m.num_heads}/{m.num_kv_heads}", ffn, str(m.vocab_size), str(m.max_position_embeddings), f"{params:.2f}")
+        kv = f"MLA {m.mla.kv_lora_rank}" if m.mla else str(m.num_kv_heads)
+        t.add_row(k, str(m.num_layers), str(m.hidden_size), f"{m.num_heads}/{kv}", ffn, str(m.vocab_size), str(m.max_position_embeddings), f"{params:.2f}")
     out.print(t)
     t = Table(title="PIM devices (attached to each GPU's memory)")
     for c in ("name", "description", "TFLOP/s", "internal TB/s"):

@@ -118,8 +118,23 @@ class GpuSpec(StrictModel):
         }
 
 
+class MlaSpec(StrictModel):
+    """Multi-head latent attention (DeepSeek-V2/V3): the KV cache holds one latent per token."""
+
+    q_lora_rank: int | None = Field(default=None, ge=1)
+    """Rank of the query compression (``None``: a plain ``q_proj``)."""
+    kv_lora_rank: int = Field(ge=1)
+    """Width of the compressed key/value latent."""
+    qk_nope_head_dim: int = Field(ge=0)
+    """Per-head query/key size without rotary embedding."""
+    qk_rope_head_dim: int = Field(ge=0)
+    """Per-head query/key size with rotary embedding (the rotary key is shared by all heads)."""
+    v_head_dim: int = Field(ge=1)
+    """Per-head value size."""
+
+
 class ModelSpec(StrictModel):
-    """A dense decoder-only model's shape, as in its Hugging Face ``config.json``."""
+    """A decoder-only model's shape, as in its Hugging Face ``config.json``."""
 
     hf_id: str = ""
     """Hugging Face repository id, for reference."""
@@ -153,10 +168,16 @@ class ModelSpec(StrictModel):
     """Shared experts every token passes through."""
     shared_expert_intermediate_size: int = Field(default=0, ge=0)
     """Intermediate size of one shared expert."""
+    first_dense_layers: int = Field(default=0, ge=0)
+    """Leading layers of a MoE model with a dense MLP of ``intermediate_size`` (``first_k_dense_replace``)."""
+    mla: MlaSpec | None = None
+    """Multi-head latent attention, replacing GQA (``num_kv_heads`` and ``head_dim`` are then unused)."""
 
     def core_json(self, name: str) -> dict:
-        """The model as the Rust core reads it."""
-        d = self.model_dump(exclude={"hf_id"})
+        """The model as the Rust core reads it (MLA and dense-layer fields only where set)."""
+        d = self.model_dump(exclude={"hf_id"}, exclude_none=True)
+        if not d["first_dense_layers"]:
+            del d["first_dense_layers"]
         d["name"] = name
         return d
 

@@ -16,6 +16,38 @@ use crate::offload::OffloadSpec;
 use crate::model::ModelSpec;
 use serde::Serialize;
 
+/// Attention shapes on one GPU after tensor-parallel sharding of the query heads.
+#[derive(Debug, Clone, Copy)]
+enum Attention {
+    /// Grouped-query attention: query width (heads x head_dim / tp) and the width of K (or V) of
+    /// the GPU's KV heads.
+    Gqa { q: f64, kv: f64 },
+    /// Multi-head latent attention: `heads` query heads on the GPU, per-head sizes, the KV latent
+    /// width `lora` and the query latent width, if any.
+    Mla { heads: f64, nope: f64, rope: f64, v: f64, lora: f64, q_lora: Option<f64> },
+}
+
+/// One kernel of an operator: its FLOPs and bytes on one layer, and the share of the layers that
+/// run it (1 for every layer; a MoE model's leading dense layers run other FFN kernels).
+#[derive(Debug, Clone, Copy, Default)]
+struct Kernel {
+    flops: f64,
+    bytes: f64,
+    share: f64,
+}
+
+impl Kernel {
+    /// `(flops, bytes)` run by `share` of the layers.
+    fn on(share: f64, (flops, bytes): (f64, f64)) -> Self {
+        Kernel { flops, bytes, share }
+    }
+
+    /// `(flops, bytes)` run by every layer.
+    fn all(work: (f64, f64)) -> Self {
+        Self::on(1.0, work)
+    }
+}
+
 /// What one iteration computes, summarised so that its cost is O(1) to evaluate.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct BatchShape {
@@ -67,13 +99,14 @@ impl BatchShape {
 pub enum Op {
     /// Embedding lookup (once per iteration).
     Embedding,
-    /// Fused Q/K/V projection.
+    /// Fused Q/K/V projection (MLA: the query and latent projections, the expansion of prefill
+    /// chunks' latents to K and V, and the key up-projection absorbed into decode queries).
     QkvProj,
     /// Causal attention over prefill chunks.
     PrefillAttention,
     /// Attention of decodes over their KV cache.
     DecodeAttention,
-    /// Attention output projection.
+    /// Attention output projection (MLA: after the decodes' latent-to-value up-projection).
     OProj,
     /// MLP gate and up projections.
     MlpGateUp,
@@ -124,10 +157,14 @@ pub struct CostModel {
     eff: Efficiency,
     tp: u32,
     // Per-GPU shapes after tensor-parallel sharding.
-    q_width: f64,
-    kv_width: f64,
-    mlp_width: f64,
-    act_width: f64,
+    attn: Attention,
+    // Dense MLP width, the shared experts' combined width, and the activated FFN width of a MoE layer.
+    dense_width: f64,
+    shared_width: f64,
+    moe_act_width: f64,
+    // Shares of the layers with a dense MLP and with experts (they sum to 1).
+    dense_share: f64,
+    moe_share: f64,
     vocab_shard: f64,
     b: f64,
     h: f64,
@@ -180,11 +217,22 @@ impl CostModel {
                 format!("tp={tp} must be a positive divisor of {}'s {} attention heads", model.name, model.num_heads),
             ));
         }
-        if !model.is_moe() && !model.intermediate_size.is_multiple_of(tp) {
+        if model.first_dense_layers > model.num_layers {
+            return Err(Error::config(
+                "model.first_dense_layers",
+                format!("{} exceeds {}'s {} layers", model.first_dense_layers, model.name, model.num_layers),
+            ));
+        }
+        if model.dense_layers() > 0 && !model.intermediate_size.is_multiple_of(tp) {
             return Err(Error::config(
                 "parallelism.tp",
                 format!("tp={tp} must divide {}'s MLP size {}", model.name, model.intermediate_size),
             ));
+        }
+        if let Some(m) = &model.mla {
+            if m.kv_lora_rank == 0 || m.qk_head_dim() == 0 || m.v_head_dim == 0 || m.q_lora_rank == Some(0) {
+                return Err(Error::config("model.mla", format!("{}: kv_lora_rank, the query/key and value head sizes and q_lora_rank must be positive", model.name)));
+            }
         }
         let attention_memory = eff.attention_memory.unwrap_or(eff.memory);
         let elementwise_memory = eff.elementwise_memory.unwrap_or(eff.memory);
@@ -212,18 +260,22 @@ impl CostModel {
             power,
             slow_compute: 1.0,
             slow_memory: 1.0,
-            q_width: (model.num_heads * model.head_dim) as f64 / t,
-            kv_width: (model.kv_heads_per_gpu(tp) * model.head_dim) as f64,
-            mlp_width: if model.is_moe() {
-                (model.num_shared_experts * model.shared_expert_intermediate_size) as f64 / t
-            } else {
-                model.intermediate_size as f64 / t
+            attn: match &model.mla {
+                None => Attention::Gqa { q: (model.num_heads * model.head_dim) as f64 / t, kv: (model.kv_heads_per_gpu(tp) * model.head_dim) as f64 },
+                Some(m) => Attention::Mla {
+                    heads: model.num_heads as f64 / t,
+                    nope: m.qk_nope_head_dim as f64,
+                    rope: m.qk_rope_head_dim as f64,
+                    v: m.v_head_dim as f64,
+                    lora: m.kv_lora_rank as f64,
+                    q_lora: m.q_lora_rank.map(f64::from),
+                },
             },
-            act_width: if model.is_moe() {
-                (model.experts_per_token * model.moe_intermediate_size + model.num_shared_experts * model.shared_expert_intermediate_size) as f64 / t
-            } else {
-                model.intermediate_size as f64 / t
-            },
+            dense_width: model.intermediate_size as f64 / t,
+            shared_width: (model.num_shared_experts * model.shared_expert_intermediate_size) as f64 / t,
+            moe_act_width: (model.experts_per_token * model.moe_intermediate_size + model.num_shared_experts * model.shared_expert_intermediate_size) as f64 / t,
+            dense_share: model.dense_layers() as f64 / model.num_layers.max(1) as f64,
+            moe_share: model.moe_layers() as f64 / model.num_layers.max(1) as f64,
             ep: 1,
             vocab_shard: model.vocab_size as f64 / t,
             b: model.dtype_bytes as f64,
@@ -338,8 +390,24 @@ impl CostModel {
         self.offload.as_ref().map_or(0, |o| (o.layer_fraction * self.model.num_layers as f64).round() as u32)
     }
 
+    /// Parameters of one layer that every GPU of the tensor-parallel group holds whole (MLA's
+    /// latent down-projections); the rest is sharded.
+    fn replicated_layer_params(&self) -> u64 {
+        match &self.model.mla {
+            Some(m) if self.tp > 1 => m.replicated_params(self.model.hidden_size as u64),
+            _ => 0,
+        }
+    }
+
+    /// Bytes on one GPU of `params` parameters spanning `layers` decoder layers.
+    fn param_bytes_per_gpu(&self, params: u64, layers: u64) -> u64 {
+        let b = self.model.dtype_bytes as u64;
+        let replicated = layers * self.replicated_layer_params();
+        ((params - replicated) * b).div_ceil(self.tp as u64) + replicated * b
+    }
+
     fn layer_weight_bytes_per_gpu(&self) -> u64 {
-        (self.model.layer_params() * self.model.dtype_bytes as u64).div_ceil(self.tp as u64)
+        self.param_bytes_per_gpu(self.model.layer_params(), 1)
     }
 
     /// Bytes of one offloaded layer fetched per iteration on one GPU: its attention weights and the
@@ -347,11 +415,10 @@ impl CostModel {
     pub fn layer_fetch_bytes(&self) -> f64 {
         let Some(o) = &self.offload else { return 0.0 };
         let h = self.model.hidden_size as f64;
-        let q = (self.model.num_heads * self.model.head_dim) as f64;
-        let kv = (self.model.num_kv_heads * self.model.head_dim) as f64;
-        let attn = h * (q + 2.0 * kv) + q * h;
+        let replicated = self.replicated_layer_params() as f64;
+        let attn = self.model.attention_params() as f64 - replicated;
         let ffn = 3.0 * h * self.model.intermediate_size as f64;
-        (attn + ffn * o.ffn_load_fraction) * self.b / self.tp as f64
+        (attn + ffn * o.ffn_load_fraction) * self.b / self.tp as f64 + replicated * self.b
     }
 
     /// Nodes the instance spans.
@@ -446,26 +513,32 @@ impl CostModel {
     }
 
     /// Weight bytes on one GPU: the largest stage's layers, plus the larger of the embedding
-    /// (first stage) and the LM head (last stage), divided by tp.
+    /// (first stage) and the LM head (last stage), divided by tp (MLA's latent down-projections
+    /// are replicated, not divided).
     pub fn weight_bytes_per_gpu(&self) -> u64 {
+        let layers = self.model.num_layers;
         if self.pp == 1 {
-            let resident = self.model.weight_bytes().div_ceil(self.tp as u64).saturating_sub(self.expert_hbm_saved);
+            let resident = self.param_bytes_per_gpu(self.model.total_params(), layers as u64).saturating_sub(self.expert_hbm_saved);
             let Some(o) = &self.offload else { return resident };
             let away = self.offloaded_layers() as u64 * self.layer_weight_bytes_per_gpu();
             // Staging buffers for the streamed layers: two when the next layer streams during this one.
             let staging = if self.offloaded_layers() > 0 { (if o.overlap { 2.0 } else { 1.0 } * self.layer_fetch_bytes()).ceil() as u64 } else { 0 };
             return resident - away + staging;
         }
-        let stage_layers = self.model.num_layers.div_ceil(self.pp) as u64;
-        let embed = self.model.vocab_size as u64 * self.model.hidden_size as u64;
-        let params = stage_layers * self.model.layer_params() + embed + self.model.hidden_size as u64;
-        (params * self.model.dtype_bytes as u64).div_ceil(self.tp as u64)
+        let n = layers.div_ceil(self.pp);
+        let embed = self.model.vocab_size as u64 * self.model.hidden_size as u64 + self.model.hidden_size as u64;
+        (0..self.pp)
+            .map(|s| {
+                let (start, end) = (s * n, ((s + 1) * n).min(layers));
+                self.param_bytes_per_gpu(self.model.layers_params(start..end) + embed, end.saturating_sub(start) as u64)
+            })
+            .max()
+            .unwrap_or(0)
     }
 
     /// KV-cache bytes per token on one GPU (its stage's layers only).
     pub fn kv_bytes_per_token_per_gpu(&self) -> u64 {
-        let per_layer = self.model.kv_bytes_per_token(self.tp) / self.model.num_layers as u64;
-        per_layer * self.model.num_layers.div_ceil(self.pp) as u64
+        self.model.kv_bytes_per_token_per_layer(self.tp) * self.model.num_layers.div_ceil(self.pp) as u64
     }
 
     /// The power model of one GPU of this instance.
@@ -498,6 +571,12 @@ impl CostModel {
         (2.0 * tokens * k * n, (k * n + tokens * k + tokens * n) * self.b)
     }
 
+    /// A batched GEMM: one `tokens x k` by `k x n` product per head, each with its own weights.
+    fn heads_gemm(&self, heads: f64, tokens: f64, k: f64, n: f64) -> (f64, f64) {
+        let (flops, bytes) = self.gemm(tokens, k, n);
+        (heads * flops, heads * bytes)
+    }
+
     /// Ring all-reduce of `bytes` over the tensor-parallel group, seconds.
     fn all_reduce_seconds(&self, bytes: f64) -> f64 {
         if self.tp == 1 || bytes == 0.0 {
@@ -516,6 +595,10 @@ impl CostModel {
     /// layers of a stage followed by a send to the next stage; `pp - 1` of those slots are the
     /// pipeline bubble. An operator's seconds are its share of that critical path; its FLOPs and
     /// bytes are what one GPU of a stage does. Embedding and LM head run once on the whole batch.
+    ///
+    /// A MoE model's leading dense layers (`first_dense_layers` = d of L) are charged as shares of
+    /// every layer: the router and experts on (L - d) / L of them, the dense MLP on d / L (exact for
+    /// pp = 1; with pipelining, every stage gets the average mix).
     pub fn for_each_op(&self, shape: &BatchShape, mut sink: impl FnMut(OpCost)) {
         let emitted = std::cell::Cell::new(0.0);
         let mut f = |c: OpCost| {
@@ -533,21 +616,33 @@ impl CostModel {
         // layers x slots (for pp = 1: m = 1, slots = 1, so both are the layer count).
         let (work_n, time_n) = (stage_layers * m, stage_layers * slots);
         let mut prefill_attention = (0.0, false);
-        let mut emit = |op: Op, flops: f64, bytes: f64, peak: f64, per_layer: bool| {
+        // Each kernel gets its own roofline; an operator's time is the kernels' times weighted by
+        // the share of the layers that run them, and it is compute-bound when most of it is.
+        let mut emit = |op: Op, kernels: &[Kernel], peak: f64, per_layer: bool| {
             let bw = match op {
                 Op::PrefillAttention | Op::DecodeAttention => self.bw_attn,
                 Op::Elementwise | Op::Embedding => self.bw_elem,
                 _ => self.bw,
             };
-            let (mut secs, mut cb) = self.roofline(flops, bytes, peak, bw);
-            let mut on_pim = false;
-            if let (Some(p), true) = (&self.pim, per_layer) {
-                let t = p.seconds(flops, bytes);
-                if t < secs {
-                    on_pim = true;
-                    cb = flops / p.peak_flops >= bytes / p.internal_bandwidth;
-                    secs = t;
+            let (mut flops, mut bytes, mut secs, mut cb_secs, mut pim_secs, mut pim_cb_secs) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+            for k in kernels {
+                flops += k.share * k.flops;
+                bytes += k.share * k.bytes;
+                let (t, cb) = self.roofline(k.flops, k.bytes, peak, bw);
+                secs += k.share * t;
+                cb_secs += if cb { k.share * t } else { 0.0 };
+                if let Some(p) = &self.pim {
+                    let t = k.share * p.seconds(k.flops, k.bytes);
+                    pim_secs += t;
+                    pim_cb_secs += if k.flops / p.peak_flops >= k.bytes / p.internal_bandwidth { t } else { 0.0 };
                 }
+            }
+            let mut cb = 2.0 * cb_secs >= secs;
+            let mut on_pim = false;
+            if self.pim.is_some() && per_layer && pim_secs < secs {
+                on_pim = true;
+                cb = 2.0 * pim_cb_secs >= pim_secs;
+                secs = pim_secs;
             }
             if op == Op::PrefillAttention {
                 prefill_attention = (secs, on_pim);
@@ -559,28 +654,63 @@ impl CostModel {
             let (wn, tn) = if per_layer { (work_n, time_n) } else { (1.0, 1.0) };
             f(OpCost { op, flops: flops * wn, bytes: bytes * wn, seconds: secs * tn, compute_bound: cb, on_pim });
         };
-        emit(Op::Embedding, 0.0, 2.0 * t * h * b, self.flops_gemm, false);
-        let (fl, by) = self.gemm(mt, h, self.q_width + 2.0 * self.kv_width);
-        emit(Op::QkvProj, fl, by, self.flops_gemm, true);
-        if shape.prefill_tokens > 0 {
-            let pt = shape.prefill_tokens as f64 * micro;
-            let flops = 4.0 * self.q_width * shape.prefill_pairs * micro;
-            let bytes = (2.0 * pt * self.q_width + 2.0 * self.kv_width * shape.prefill_kv_tokens as f64 * micro) * b;
-            emit(Op::PrefillAttention, flops, bytes, self.flops_attn, true);
+        emit(Op::Embedding, &[Kernel::all((0.0, 2.0 * t * h * b))], self.flops_gemm, false);
+        let pt = shape.prefill_tokens as f64 * micro;
+        let pairs = shape.prefill_pairs * micro;
+        let pkv = shape.prefill_kv_tokens as f64 * micro;
+        let ds = shape.decode_seqs as f64 * micro;
+        let dkv = shape.decode_kv_tokens as f64 * micro;
+        // Elements per token of RoPE'd queries and keys, of the latent norm (MLA) and of the KV-cache write.
+        let (rope_width, latent_width, cache_width);
+        match self.attn {
+            Attention::Gqa { q, kv } => {
+                emit(Op::QkvProj, &[Kernel::all(self.gemm(mt, h, q + 2.0 * kv))], self.flops_gemm, true);
+                if shape.prefill_tokens > 0 {
+                    let work = (4.0 * q * pairs, (2.0 * pt * q + 2.0 * kv * pkv) * b);
+                    emit(Op::PrefillAttention, &[Kernel::all(work)], self.flops_attn, true);
+                }
+                if shape.decode_seqs > 0 {
+                    let work = (4.0 * q * dkv, (2.0 * ds * q + 2.0 * kv * dkv) * b);
+                    emit(Op::DecodeAttention, &[Kernel::all(work)], self.flops_attn, true);
+                }
+                emit(Op::OProj, &[Kernel::all(self.gemm(mt, q, h))], self.flops_gemm, true);
+                (rope_width, latent_width, cache_width) = (q + kv, 0.0, 2.0 * kv);
+            }
+            Attention::Mla { heads, nope, rope, v, lora, q_lora } => {
+                let qk = nope + rope;
+                let none = Kernel::default();
+                // Queries (through the query latent, if any) and the replicated KV down-projection on
+                // every token; prefill chunks expand their context's latents to per-head K and V
+                // (kv_b_proj); decodes absorb kv_b_proj's key half into their queries instead.
+                let (q_a, q_b) = match q_lora {
+                    Some(r) => (Kernel::all(self.gemm(mt, h, r)), Kernel::all(self.gemm(mt, r, heads * qk))),
+                    None => (Kernel::all(self.gemm(mt, h, heads * qk)), none),
+                };
+                let kv_a = Kernel::all(self.gemm(mt, h, lora + rope));
+                let expand = if pkv > 0.0 { Kernel::all(self.gemm(pkv, lora, heads * (nope + v))) } else { none };
+                let absorb_k = if ds > 0.0 { Kernel::all(self.heads_gemm(heads, ds, nope, lora)) } else { none };
+                emit(Op::QkvProj, &[q_a, q_b, kv_a, expand, absorb_k], self.flops_gemm, true);
+                if shape.prefill_tokens > 0 {
+                    // Expanded form: multi-head attention with qk-sized keys and v-sized values.
+                    let work = (2.0 * heads * (qk + v) * pairs, (pt + pkv) * heads * (qk + v) * b);
+                    emit(Op::PrefillAttention, &[Kernel::all(work)], self.flops_attn, true);
+                }
+                if shape.decode_seqs > 0 {
+                    // Absorbed form: every head attends over the cached latent + RoPE key (scores) and
+                    // the latent (values); reads the cache, the absorbed queries, writes latent outputs.
+                    let flops = 2.0 * heads * (lora + rope) * dkv + 2.0 * heads * lora * dkv;
+                    let bytes = (dkv * (lora + rope) + ds * heads * (lora + rope) + ds * heads * lora) * b;
+                    emit(Op::DecodeAttention, &[Kernel::all((flops, bytes))], self.flops_attn, true);
+                }
+                // Decodes project their latent outputs to values (kv_b_proj's value half), then o_proj.
+                let absorb_v = if ds > 0.0 { Kernel::all(self.heads_gemm(heads, ds, lora, v)) } else { none };
+                emit(Op::OProj, &[absorb_v, Kernel::all(self.gemm(mt, heads * v, h))], self.flops_gemm, true);
+                (rope_width, latent_width, cache_width) = (heads * rope + rope, lora, lora + rope);
+            }
         }
-        if shape.decode_seqs > 0 {
-            let ds = shape.decode_seqs as f64 * micro;
-            let kv = shape.decode_kv_tokens as f64 * micro;
-            let flops = 4.0 * self.q_width * kv;
-            let bytes = (2.0 * ds * self.q_width + 2.0 * self.kv_width * kv) * b;
-            emit(Op::DecodeAttention, flops, bytes, self.flops_attn, true);
-        }
-        let (fl, by) = self.gemm(mt, self.q_width, h);
-        emit(Op::OProj, fl, by, self.flops_gemm, true);
-        if self.model.is_moe() {
+        if self.moe_share > 0.0 {
             let experts = self.model.num_experts as f64;
-            let (fl, by) = self.gemm(mt, h, experts);
-            emit(Op::MoeRouter, fl, by, self.flops_gemm, true);
+            emit(Op::MoeRouter, &[Kernel::on(self.moe_share, self.gemm(mt, h, experts))], self.flops_gemm, true);
             // Each GPU holds experts/ep experts, each sharded over tp/ep GPUs; on average it gets
             // 1/ep of the token-expert pairs and of the experts the batch touches.
             let e = self.ep as f64;
@@ -589,32 +719,37 @@ impl CostModel {
             let touched = self.model.expected_unique_experts(mt) / e;
             let flops = 2.0 * pairs * 3.0 * h * width;
             let bytes = (touched * 3.0 * h * width + pairs * (2.0 * h + 3.0 * width)) * b;
-            emit(Op::MoeExperts, flops, bytes, self.flops_gemm, true);
+            emit(Op::MoeExperts, &[Kernel::on(self.moe_share, (flops, bytes))], self.flops_gemm, true);
         }
-        if self.mlp_width > 0.0 {
-            let (fl, by) = self.gemm(mt, h, 2.0 * self.mlp_width);
-            emit(Op::MlpGateUp, fl, by, self.flops_gemm, true);
-            let (fl, by) = self.gemm(mt, self.mlp_width, h);
-            emit(Op::MlpDown, fl, by, self.flops_gemm, true);
+        // Gated MLPs: the shared experts of MoE layers and the dense MLP of dense layers.
+        let shared_share = if self.shared_width > 0.0 { self.moe_share } else { 0.0 };
+        if shared_share > 0.0 || self.dense_share > 0.0 {
+            let mlp = |width: f64| [self.gemm(mt, h, 2.0 * width), self.gemm(mt, width, h)];
+            let (shared, dense) = (mlp(self.shared_width), mlp(self.dense_width));
+            for (i, op) in [Op::MlpGateUp, Op::MlpDown].into_iter().enumerate() {
+                emit(op, &[Kernel::on(shared_share, shared[i]), Kernel::on(self.dense_share, dense[i])], self.flops_gemm, true);
+            }
         }
         // Two RMSNorms (read+write), RoPE on q and k, two residual adds (2 reads + 1 write),
-        // SiLU-and-multiply (2 reads + 1 write), and writing the new K and V into the cache.
-        let elem_bytes = mt * b * (2.0 * h + 2.0 * (self.q_width + self.kv_width) + 2.0 * h + 6.0 * h + 3.0 * self.act_width + 2.0 * self.kv_width);
-        let elem_flops = mt * (10.0 * h + 6.0 * self.act_width);
-        emit(Op::Elementwise, elem_flops, elem_bytes, self.flops_gemm, true);
+        // SiLU-and-multiply (2 reads + 1 write) of the activated FFN width, MLA's latent norm,
+        // and writing the new K and V (or latent) into the cache.
+        let elem = |act: f64| (mt * (10.0 * h + 6.0 * act), mt * b * (10.0 * h + 2.0 * rope_width + 2.0 * latent_width + 3.0 * act + cache_width));
+        let kernels = [Kernel::on(self.moe_share, elem(self.moe_act_width)), Kernel::on(self.dense_share, elem(self.dense_width))];
+        emit(Op::Elementwise, &kernels, self.flops_gemm, true);
         if self.tp > 1 {
             // Two all-reduces per layer (attention and FFN outputs); with expert parallelism the
-            // FFN's is replaced by the all-to-alls.
+            // MoE layers' FFN all-reduce is replaced by the all-to-alls.
             let msg = mt * h * b;
             let p = self.tp as f64;
-            let n = if self.ep > 1 { 1.0 } else { 2.0 };
+            let n = 1.0 + self.dense_share + if self.ep > 1 { 0.0 } else { self.moe_share };
             f(OpCost { op: Op::AllReduce, flops: 0.0, bytes: n * work_n * 2.0 * (p - 1.0) / p * msg, seconds: n * self.all_reduce_seconds(msg) * time_n, compute_bound: false, on_pim: false });
         }
         if self.ep > 1 {
             let pairs = mt * self.model.experts_per_token as f64;
             let e = self.ep as f64;
             let bytes = 2.0 * pairs / e * h * b * (e - 1.0) / e;
-            f(OpCost { op: Op::AllToAll, flops: 0.0, bytes: bytes * work_n, seconds: 2.0 * self.all_to_all_seconds(pairs) * time_n, compute_bound: false, on_pim: false });
+            let n = self.moe_share;
+            f(OpCost { op: Op::AllToAll, flops: 0.0, bytes: bytes * work_n * n, seconds: 2.0 * self.all_to_all_seconds(pairs) * time_n * n, compute_bound: false, on_pim: false });
         }
         if self.pp > 1 {
             // Each slot ends with the micro-batch's activations sent to the next stage.
@@ -717,7 +852,9 @@ impl CostModel {
     /// tensors (input, residual, gate/up output, activation) and the fp32 logits of sampled tokens.
     pub fn activation_bytes(&self, tokens: u64, sampled: u64) -> u64 {
         let t = tokens as f64;
-        let mlp = t * (2.0 * self.h + 3.0 * self.act_width) * self.b;
+        let act = if self.moe_share > 0.0 { self.moe_act_width } else { 0.0 };
+        let act = if self.dense_share > 0.0 { act.max(self.dense_width) } else { act };
+        let mlp = t * (2.0 * self.h + 3.0 * act) * self.b;
         let logits = sampled as f64 * self.model.vocab_size as f64 * 4.0 + t * self.h * self.b;
         mlp.max(logits).ceil() as u64
     }
@@ -1153,6 +1290,143 @@ mod tests {
         assert!((be / bt - 1.0).abs() < 1e-3);
         assert!(CostModel::new(llama3_8b(), h100(), ideal(), 2).unwrap().with_expert_parallel(2).is_err());
         assert!(CostModel::new(mixtral_8x7b(), h100(), ideal(), 4).unwrap().with_expert_parallel(2).is_err());
+    }
+
+    /// The FLOPs and bytes of a GEMM as the cost model charges it (bf16).
+    fn gemm(t: f64, k: f64, n: f64) -> (f64, f64) {
+        (2.0 * t * k * n, (k * n + t * k + t * n) * 2.0)
+    }
+
+    #[test]
+    fn deepseek_v2_lite_h100_decode_reads_the_latent_cache() {
+        // 8 decodes at context 4096 on one H100: 32768 cached tokens, 16 heads, latent 512, RoPE key 64.
+        let cm = CostModel::new(deepseek_v2_lite(), h100(), ideal(), 1).unwrap();
+        let mut s = BatchShape::default();
+        for _ in 0..8 {
+            s.add_decode(4096);
+        }
+        let c = cm.breakdown(&s);
+        let (ds, kv) = (8.0, 32768.0);
+        // Absorbed attention reads the 576-wide cache once for all heads; besides it, the absorbed
+        // queries (16 heads x 576) are read and the latent outputs (16 heads x 512) written.
+        let att = op(&c, Op::DecodeAttention);
+        let cache = 27.0 * kv * 576.0 * 2.0;
+        let activations = 27.0 * (ds * 16.0 * 576.0 + ds * 16.0 * 512.0) * 2.0;
+        assert!(close(att.bytes, cache + activations));
+        assert!(close(att.flops, 27.0 * (2.0 * 16.0 * 576.0 * kv + 2.0 * 16.0 * 512.0 * kv)));
+        assert!(!att.compute_bound);
+        assert!(close(att.seconds, att.bytes / 3.35e12));
+        // QKV: q_proj 2048 x 3072 and kv_a_proj 2048 x 576 on the 8 tokens, and W_UK absorbed into the
+        // queries (16 heads x 128 x 512); no kv_b expansion without prefill. Each its own roofline.
+        let qkv = op(&c, Op::QkvProj);
+        let parts = [gemm(ds, 2048.0, 3072.0), gemm(ds, 2048.0, 576.0), (16.0 * gemm(ds, 128.0, 512.0).0, 16.0 * gemm(ds, 128.0, 512.0).1)];
+        assert!(close(qkv.bytes, 27.0 * parts.iter().map(|p| p.1).sum::<f64>()));
+        assert!(close(qkv.flops, 27.0 * parts.iter().map(|p| p.0).sum::<f64>()));
+        assert!(close(qkv.seconds, qkv.bytes / 3.35e12), "all memory-bound at 8 tokens");
+        // O: W_UV (16 heads x 512 x 128) then o_proj 2048 x 2048.
+        let o = op(&c, Op::OProj);
+        assert!(close(o.bytes, 27.0 * (16.0 * gemm(ds, 512.0, 128.0).1 + gemm(ds, 2048.0, 2048.0).1)));
+        // The KV-cache write in the elementwise op is the 576-wide latent, and RoPE touches the
+        // 16 x 64 query and one 64 key; layer 0 runs SiLU-mul over 10944, the MoE layers over 6 x 1408
+        // routed + 2 x 1408 shared.
+        let elem = |act: f64| ds * 2.0 * (10.0 * 2048.0 + 2.0 * (16.0 * 64.0 + 64.0) + 2.0 * 512.0 + 3.0 * act + 576.0);
+        assert!(close(op(&c, Op::Elementwise).bytes, 26.0 * elem(8.0 * 1408.0) + elem(10944.0)));
+    }
+
+    #[test]
+    fn deepseek_v2_lite_dense_first_layer_charges_one_dense_mlp() {
+        let ds = deepseek_v2_lite();
+        let mut all_moe = deepseek_v2_lite();
+        all_moe.first_dense_layers = 0;
+        let cm = CostModel::new(ds, h100(), ideal(), 1).unwrap();
+        let moe = CostModel::new(all_moe, h100(), ideal(), 1).unwrap();
+        let mut s = BatchShape::default();
+        for _ in 0..8 {
+            s.add_decode(1000);
+        }
+        let (c, m) = (cm.breakdown(&s), moe.breakdown(&s));
+        // MLP gate+up: the 2 x 1408 shared experts on 26 layers, the 10944-wide MLP on exactly one.
+        let shared = gemm(8.0, 2048.0, 2.0 * 2816.0);
+        let dense = gemm(8.0, 2048.0, 2.0 * 10944.0);
+        let gu = op(&c, Op::MlpGateUp);
+        assert!(close(gu.flops, 26.0 * shared.0 + dense.0));
+        assert!(close(gu.bytes, 26.0 * shared.1 + dense.1));
+        assert!(close(gu.seconds, (26.0 * shared.1 + dense.1) / 3.35e12));
+        assert!(close(gu.flops - op(&m, Op::MlpGateUp).flops, dense.0 - shared.0));
+        let down = op(&c, Op::MlpDown);
+        assert!(close(down.bytes, 26.0 * gemm(8.0, 2816.0, 2048.0).1 + gemm(8.0, 10944.0, 2048.0).1));
+        // Router and routed experts run on 26 of the 27 layers.
+        for which in [Op::MoeRouter, Op::MoeExperts] {
+            let (a, b) = (op(&c, which), op(&m, which));
+            assert!(close(a.flops, b.flops * 26.0 / 27.0) && close(a.bytes, b.bytes * 26.0 / 27.0) && close(a.seconds, b.seconds * 26.0 / 27.0));
+        }
+        assert!(close(op(&c, Op::MoeRouter).flops, 26.0 * gemm(8.0, 2048.0, 64.0).0));
+    }
+
+    #[test]
+    fn deepseek_v2_lite_prefill_expands_the_latent() {
+        // A 4096-token prompt: kv_b_proj expands the 4096 latents to 16 heads x (128 + 128) K/V,
+        // then attention runs with 192-wide queries/keys and 128-wide values.
+        let cm = CostModel::new(deepseek_v2_lite(), h100(), ideal(), 1).unwrap();
+        let mut s = BatchShape::default();
+        s.add_prefill(4096, 0, true);
+        let c = cm.breakdown(&s);
+        let pairs = 4096.0 * 4097.0 / 2.0;
+        let att = op(&c, Op::PrefillAttention);
+        assert!(close(att.flops, 27.0 * 2.0 * 16.0 * (192.0 + 128.0) * pairs));
+        assert!(close(att.bytes, 27.0 * (4096.0 + 4096.0) * 16.0 * 320.0 * 2.0));
+        // 1024 FLOP/B: compute-bound (a 1024-token prompt, at 256 FLOP/B, is not on an H100).
+        assert!(att.compute_bound);
+        let qkv = op(&c, Op::QkvProj);
+        assert!(close(qkv.flops, 27.0 * 2.0 * 4096.0 * (2048.0 * 3072.0 + 2048.0 * 576.0 + 512.0 * 4096.0)));
+        assert!(close(qkv.seconds, qkv.flops / 989.4e12));
+        assert!(close(op(&c, Op::OProj).flops, 27.0 * 2.0 * 4096.0 * 2048.0 * 2048.0));
+        assert!(c.iter().all(|x| x.op != Op::DecodeAttention));
+    }
+
+    #[test]
+    fn deepseek_v2_lite_memory_and_collectives() {
+        let m = deepseek_v2_lite();
+        // KV: the whole 576-wide latent on every GPU, whatever the tp.
+        let tp2 = CostModel::new(m.clone(), h100(), ideal(), 2).unwrap();
+        assert_eq!(tp2.kv_bytes_per_token_per_gpu(), 31_104);
+        // Weights: kv_a_proj_with_mqa (2048 x 576) and kv_a_layernorm (512) are replicated, the rest halved.
+        let rep = 27 * (2048 * 576 + 512);
+        assert_eq!(tp2.weight_bytes_per_gpu(), (m.total_params() - rep) * 2 / 2 + rep * 2);
+        assert_eq!(CostModel::new(m.clone(), h100(), ideal(), 1).unwrap().weight_bytes_per_gpu(), m.weight_bytes());
+        // Three stages of 9 layers: the first holds the dense layer, so a later stage is the largest.
+        let pp = CostModel::new(m.clone(), h100(), ideal(), 1).unwrap().with_pipeline(3, None).unwrap();
+        assert_eq!(pp.weight_bytes_per_gpu(), (9 * m.layer_params() + 102400 * 2048 + 2048) * 2);
+        assert_eq!(pp.kv_bytes_per_token_per_gpu(), 9 * 1152);
+        // TP2 + EP2, 64 decodes: attention's all-reduce on 27 layers, the dense MLP's on 1, and the
+        // expert all-to-alls (dispatch + combine) on 26.
+        let ep = CostModel::new(m.clone(), h100(), ideal(), 2).unwrap().with_expert_parallel(2).unwrap();
+        let mut s = BatchShape::default();
+        for _ in 0..64 {
+            s.add_decode(500);
+        }
+        let c = ep.breakdown(&s);
+        let msg = 64.0 * 2048.0 * 2.0;
+        let one = 2.0 * 2e-6 + msg / 450e9;
+        assert!(close(op(&c, Op::AllReduce).seconds, 28.0 * one));
+        let one_way = 2e-6 + 64.0 * 6.0 / 2.0 * 2048.0 * 2.0 / 2.0 / 450e9;
+        assert!(close(op(&c, Op::AllToAll).seconds, 26.0 * 2.0 * one_way));
+        let tp_only = tp2.breakdown(&s);
+        assert!(close(op(&tp_only, Op::AllReduce).seconds, 2.0 * 27.0 * one));
+    }
+
+    #[test]
+    fn bad_mla_or_dense_layer_configs_are_errors() {
+        let mut m = deepseek_v2_lite();
+        m.first_dense_layers = 28;
+        assert!(matches!(CostModel::new(m, h100(), ideal(), 1).unwrap_err(), Error::Config { .. }));
+        let mut m = deepseek_v2_lite();
+        m.intermediate_size = 10945;
+        let e = CostModel::new(m, h100(), ideal(), 2).unwrap_err();
+        assert!(e.to_string().contains("MLP size 10945"), "{e}");
+        let mut m = deepseek_v2_lite();
+        m.mla.as_mut().unwrap().kv_lora_rank = 0;
+        assert!(CostModel::new(m, h100(), ideal(), 1).is_err());
     }
 
     #[test]

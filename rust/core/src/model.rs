@@ -1,4 +1,6 @@
-//! Dense decoder-only transformer shapes (Llama-style: RMSNorm, RoPE, GQA, gated SiLU MLP).
+//! Decoder-only transformer shapes: Llama-style (RMSNorm, RoPE, GQA, gated SiLU MLP), with optional
+//! mixture-of-experts feed-forward blocks (some leading layers may stay dense) and optional
+//! DeepSeek-style multi-head latent attention (MLA).
 
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +47,52 @@ pub struct ModelSpec {
     /// Intermediate size of one shared expert.
     #[serde(default)]
     pub shared_expert_intermediate_size: u32,
+    /// Leading layers of a MoE model that keep a dense gated MLP of `intermediate_size` instead of
+    /// experts (DeepSeek's `first_k_dense_replace`); ignored by dense models.
+    #[serde(default)]
+    pub first_dense_layers: u32,
+    /// Multi-head latent attention, replacing GQA (`num_kv_heads` and `head_dim` are then unused).
+    #[serde(default)]
+    pub mla: Option<MlaSpec>,
+}
+
+/// Multi-head latent attention (DeepSeek-V2/V3): keys and values are compressed into one latent
+/// vector per token, which (with a shared RoPE key) is all the KV cache holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MlaSpec {
+    /// Rank of the query compression (`None`: a plain `q_proj` from the hidden state).
+    #[serde(default)]
+    pub q_lora_rank: Option<u32>,
+    /// Width of the compressed key/value latent.
+    pub kv_lora_rank: u32,
+    /// Per-head query/key size without rotary embedding.
+    pub qk_nope_head_dim: u32,
+    /// Per-head query/key size with rotary embedding (the rotary key is shared by all heads).
+    pub qk_rope_head_dim: u32,
+    /// Per-head value size.
+    pub v_head_dim: u32,
+}
+
+impl MlaSpec {
+    /// Query/key size of one head: the non-rotary and rotary parts.
+    pub fn qk_head_dim(&self) -> u32 {
+        self.qk_nope_head_dim + self.qk_rope_head_dim
+    }
+
+    /// Elements cached per token per layer: the latent and the rotary key.
+    pub fn cache_width(&self) -> u32 {
+        self.kv_lora_rank + self.qk_rope_head_dim
+    }
+
+    /// Parameters of the down-projections into the latents and their norms, which tensor
+    /// parallelism replicates on every GPU: `kv_a_proj_with_mqa`, `kv_a_layernorm` and, with a
+    /// query latent, `q_a_proj` and `q_a_layernorm`.
+    pub fn replicated_params(&self, hidden: u64) -> u64 {
+        let kv = hidden * self.cache_width() as u64 + self.kv_lora_rank as u64;
+        let q = self.q_lora_rank.map_or(0, |r| (hidden + 1) * r as u64);
+        kv + q
+    }
 }
 
 fn default_dtype_bytes() -> u32 {
@@ -57,27 +105,75 @@ impl ModelSpec {
         self.num_experts > 0
     }
 
-    /// Parameters of one decoder layer's feed-forward block: a gated MLP, or a router, the routed
-    /// experts and the shared experts.
+    /// Parameters of the feed-forward block of a layer past the first dense ones: a gated MLP, or
+    /// a router, the routed experts and the shared experts.
     pub fn ffn_params(&self) -> u64 {
         let h = self.hidden_size as u64;
         if !self.is_moe() {
-            return 3 * h * self.intermediate_size as u64;
+            return self.dense_ffn_params();
         }
         let routed = self.num_experts as u64 * 3 * h * self.moe_intermediate_size as u64;
         let shared = self.num_shared_experts as u64 * 3 * h * self.shared_expert_intermediate_size as u64;
         h * self.num_experts as u64 + routed + shared
     }
 
-    /// Parameters of one decoder layer (attention + feed-forward + two norms).
-    pub fn layer_params(&self) -> u64 {
-        let h = self.hidden_size as u64;
-        let q = (self.num_heads * self.head_dim) as u64;
-        let kv = (self.num_kv_heads * self.head_dim) as u64;
-        h * (q + 2 * kv) + q * h + self.ffn_params() + 2 * h
+    /// Parameters of a dense gated MLP of `intermediate_size` (gate, up and down projections).
+    pub fn dense_ffn_params(&self) -> u64 {
+        3 * self.hidden_size as u64 * self.intermediate_size as u64
     }
 
-    /// Parameters one token uses in a layer's feed-forward block (its k experts and the shared ones).
+    /// Layers whose feed-forward block is a dense MLP: all of a dense model's, the first
+    /// `first_dense_layers` of a MoE model's.
+    pub fn dense_layers(&self) -> u32 {
+        self.num_layers - self.moe_layers()
+    }
+
+    /// Layers whose feed-forward block is a mixture of experts.
+    pub fn moe_layers(&self) -> u32 {
+        if self.is_moe() {
+            self.num_layers.saturating_sub(self.first_dense_layers)
+        } else {
+            0
+        }
+    }
+
+    /// Parameters of one layer's attention block (projections, and MLA's latent norm).
+    pub fn attention_params(&self) -> u64 {
+        let h = self.hidden_size as u64;
+        let heads = self.num_heads as u64;
+        let Some(m) = &self.mla else {
+            let q = heads * self.head_dim as u64;
+            let kv = (self.num_kv_heads * self.head_dim) as u64;
+            return h * (q + 2 * kv) + q * h;
+        };
+        let q_out = heads * m.qk_head_dim() as u64;
+        let q_proj = m.q_lora_rank.map_or(h * q_out, |r| r as u64 * q_out);
+        let kv_b = m.kv_lora_rank as u64 * heads * (m.qk_nope_head_dim + m.v_head_dim) as u64;
+        let o = heads * m.v_head_dim as u64 * h;
+        m.replicated_params(h) + q_proj + kv_b + o
+    }
+
+    /// Parameters of one decoder layer past the first dense ones (attention + feed-forward + two
+    /// norms); every layer of a model without leading dense layers.
+    pub fn layer_params(&self) -> u64 {
+        self.attention_params() + self.ffn_params() + 2 * self.hidden_size as u64
+    }
+
+    /// Parameters of one decoder layer with a dense MLP.
+    pub fn dense_layer_params(&self) -> u64 {
+        self.attention_params() + self.dense_ffn_params() + 2 * self.hidden_size as u64
+    }
+
+    /// Parameters of decoder layers `layers` (0-based; the first `dense_layers()` are dense).
+    pub fn layers_params(&self, layers: std::ops::Range<u32>) -> u64 {
+        let end = layers.end.min(self.num_layers);
+        let start = layers.start.min(end);
+        let dense = self.dense_layers().clamp(start, end) - start;
+        dense as u64 * self.dense_layer_params() + (end - start - dense) as u64 * self.layer_params()
+    }
+
+    /// Parameters one token uses in a MoE layer's feed-forward block (its k experts and the shared
+    /// ones); the whole block in a dense layer.
     pub fn active_ffn_params(&self) -> u64 {
         let h = self.hidden_size as u64;
         if !self.is_moe() {
@@ -88,9 +184,9 @@ impl ModelSpec {
             + self.num_shared_experts as u64 * 3 * h * self.shared_expert_intermediate_size as u64
     }
 
-    /// Decoder layers whose feed-forward block is a mixture of experts.
-    pub fn moe_layers(&self) -> u32 {
-        if self.is_moe() { self.num_layers } else { 0 }
+    /// Parameters one token uses: all of them but the experts it is not routed to.
+    pub fn active_params(&self) -> u64 {
+        self.total_params() - self.moe_layers() as u64 * (self.ffn_params() - self.active_ffn_params())
     }
 
     /// Expected distinct experts `tokens` tokens touch in one layer when each picks
@@ -108,7 +204,7 @@ impl ModelSpec {
     pub fn total_params(&self) -> u64 {
         let embed = self.vocab_size as u64 * self.hidden_size as u64;
         let head = if self.tie_word_embeddings { 0 } else { embed };
-        self.num_layers as u64 * self.layer_params() + embed + head + self.hidden_size as u64
+        self.layers_params(0..self.num_layers) + embed + head + self.hidden_size as u64
     }
 
     /// Bytes of all weights.
@@ -121,9 +217,23 @@ impl ModelSpec {
         self.num_kv_heads.div_ceil(tp).max(1)
     }
 
+    /// KV-cache elements per token per layer on one GPU at tensor-parallel degree `tp`: K and V of
+    /// its KV heads, or (MLA) the whole latent and rotary key, which every GPU keeps.
+    pub fn kv_width_per_gpu(&self, tp: u32) -> u64 {
+        match &self.mla {
+            Some(m) => m.cache_width() as u64,
+            None => 2 * self.kv_heads_per_gpu(tp) as u64 * self.head_dim as u64,
+        }
+    }
+
+    /// KV-cache bytes per token per layer on one GPU at tensor-parallel degree `tp`.
+    pub fn kv_bytes_per_token_per_layer(&self, tp: u32) -> u64 {
+        self.kv_width_per_gpu(tp) * self.dtype_bytes as u64
+    }
+
     /// KV-cache bytes per token on one GPU at tensor-parallel degree `tp`.
     pub fn kv_bytes_per_token(&self, tp: u32) -> u64 {
-        2 * self.num_layers as u64 * self.kv_heads_per_gpu(tp) as u64 * self.head_dim as u64 * self.dtype_bytes as u64
+        self.num_layers as u64 * self.kv_bytes_per_token_per_layer(tp)
     }
 }
 
@@ -201,6 +311,31 @@ pub(crate) mod fixtures {
             ..Default::default()
         }
     }
+
+    /// DeepSeek-V2-Lite (`deepseek-ai/DeepSeek-V2-Lite` config.json): MLA without a query latent,
+    /// 64 routed experts top-6 plus 2 shared, and a dense first layer.
+    pub fn deepseek_v2_lite() -> ModelSpec {
+        ModelSpec {
+            name: "deepseek-v2-lite".into(),
+            num_layers: 27,
+            hidden_size: 2048,
+            num_heads: 16,
+            num_kv_heads: 16,
+            head_dim: 128,
+            intermediate_size: 10944,
+            vocab_size: 102400,
+            max_position_embeddings: 163840,
+            tie_word_embeddings: false,
+            dtype_bytes: 2,
+            num_experts: 64,
+            experts_per_token: 6,
+            moe_intermediate_size: 1408,
+            num_shared_experts: 2,
+            shared_expert_intermediate_size: 1408,
+            first_dense_layers: 1,
+            mla: Some(super::MlaSpec { q_lora_rank: None, kv_lora_rank: 512, qk_nope_head_dim: 128, qk_rope_head_dim: 64, v_head_dim: 128 }),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -220,8 +355,7 @@ mod tests {
         let m = mixtral_8x7b();
         // Published: 46.703 B total, 12.88 B active per token.
         assert!((m.total_params() as f64 / 1e9 - 46.703).abs() < 0.001);
-        let active = m.total_params() - m.num_layers as u64 * (m.ffn_params() - m.active_ffn_params());
-        assert!((active as f64 / 1e9 - 12.88).abs() < 0.01);
+        assert!((m.active_params() as f64 / 1e9 - 12.88).abs() < 0.01);
         assert_eq!(m.expected_unique_experts(1.0), 2.0);
         // 4 tokens: 8 (1 - (3/4)^4) = 5.47 experts.
         assert!((m.expected_unique_experts(4.0) - 8.0 * (1.0 - 0.75f64.powi(4))).abs() < 1e-12);
@@ -237,5 +371,53 @@ mod tests {
         assert_eq!(llama2_70b().kv_bytes_per_token(4), 81_920);
         // 8 KV heads over 16 GPUs: each GPU keeps one (replicated) head.
         assert_eq!(llama2_70b().kv_bytes_per_token(16), 40_960);
+    }
+
+    #[test]
+    fn deepseek_v2_lite_parameters_with_mla_and_a_dense_first_layer() {
+        let m = deepseek_v2_lite();
+        // MLA per layer: q_proj 2048 x 16*192, kv_a_proj_with_mqa 2048 x (512 + 64), kv_a_layernorm
+        // 512, kv_b_proj 512 x 16*(128 + 128), o_proj 16*128 x 2048.
+        let attn = 2048 * 3072 + 2048 * 576 + 512 + 512 * 4096 + 2048 * 2048;
+        assert_eq!(m.attention_params(), attn);
+        assert_eq!(m.attention_params(), 13_763_072);
+        // Layer 0: the 10944-wide gated MLP; layers 1..26: router + 64 routed + 2 shared experts.
+        assert_eq!((m.dense_layers(), m.moe_layers()), (1, 26));
+        assert_eq!(m.dense_layer_params(), attn + 3 * 2048 * 10944 + 2 * 2048);
+        assert_eq!(m.layer_params(), attn + 2048 * 64 + 66 * 3 * 2048 * 1408 + 2 * 2048);
+        assert_eq!(m.layers_params(0..1), m.dense_layer_params());
+        assert_eq!(m.layers_params(1..27), 26 * m.layer_params());
+        assert_eq!(m.layers_params(0..14) + m.layers_params(14..27), m.layers_params(0..27));
+        // Published: 15.7 B total, 2.4 B activated. The core counts 15.706 B, and 2.661 B per token
+        // including the embedding table and the LM head (0.210 B each).
+        assert_eq!(m.total_params(), 15_706_484_224);
+        assert!((m.total_params() as f64 / 1e9 - 15.706).abs() < 0.001);
+        assert!((m.active_params() as f64 / 1e9 - 2.661).abs() < 0.01);
+    }
+
+    #[test]
+    fn mla_kv_cache_holds_the_latent_and_rope_key_on_every_gpu() {
+        let m = deepseek_v2_lite();
+        // 27 layers x (512 + 64) x 2 bytes, not 2 x 16 heads x 128 x 2 per layer.
+        assert_eq!(m.kv_bytes_per_token(1), 31_104);
+        assert_eq!(m.kv_bytes_per_token(1), 27 * (512 + 64) * 2);
+        assert_eq!(m.kv_bytes_per_token_per_layer(8), 1_152);
+        assert_eq!(m.kv_bytes_per_token(16), 31_104, "the latent is not sharded by tensor parallelism");
+    }
+
+    #[test]
+    fn mla_spec_reads_from_json_and_defaults_keep_old_configs() {
+        let old = r#"{"name":"x","num_layers":2,"hidden_size":64,"num_heads":4,"num_kv_heads":4,"head_dim":16,"intermediate_size":128,"vocab_size":100,"max_position_embeddings":64}"#;
+        let m: super::ModelSpec = serde_json::from_str(old).unwrap();
+        assert_eq!((m.mla, m.first_dense_layers), (None, 0));
+        let json = serde_json::to_string(&deepseek_v2_lite()).unwrap();
+        assert_eq!(serde_json::from_str::<super::ModelSpec>(&json).unwrap(), deepseek_v2_lite());
+        let bad = old.replace("}", r#","mla":{"kv_lora_rank":8,"qk_nope_head_dim":8,"qk_rope_head_dim":4,"v_head_dim":8,"typo":1}}"#);
+        assert!(serde_json::from_str::<super::ModelSpec>(&bad).is_err());
+        // A query latent adds q_a_proj (h x r), its norm (r) and q_b_proj (r x heads * qk).
+        let mut q = deepseek_v2_lite();
+        q.mla.as_mut().unwrap().q_lora_rank = Some(1536);
+        let plain = deepseek_v2_lite().attention_params();
+        assert_eq!(q.attention_params(), plain - 2048 * 3072 + 2048 * 1536 + 1536 + 1536 * 3072);
     }
 }

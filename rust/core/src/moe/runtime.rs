@@ -288,7 +288,7 @@ impl ExpertRuntime {
             let router_t = t + base;
             let (mut end, mut ideal) = (router_t, router_t);
             let mut rank_pairs = Vec::with_capacity(self.ranks as usize);
-            for r in 0..self.ranks as usize {
+            for (r, free) in link_free.iter_mut().enumerate() {
                 let lo = l * e + r * per_gpu;
                 let counts = &self.counts[lo..lo + per_gpu];
                 let pairs: f64 = counts.iter().sum();
@@ -316,8 +316,8 @@ impl ExpertRuntime {
                             cache.admit(i as u16);
                         } else {
                             self.stats.misses += 1;
-                            link_free[r] = link_free[r].max(router_t) + fetch;
-                            ready = ready.max(link_free[r]);
+                            *free = free.max(router_t) + fetch;
+                            ready = ready.max(*free);
                             demand += eb;
                             cache.admit(i as u16);
                         }
@@ -354,7 +354,7 @@ impl ExpertRuntime {
     fn prefetch(&mut self, target: usize, now: f64, accuracy: f64, fetch: f64, link_free: &mut [f64]) -> f64 {
         let (e, per_gpu) = (self.experts as usize, self.residency.experts_per_gpu as usize);
         let mut bytes = 0.0;
-        for r in 0..self.ranks as usize {
+        for (r, free) in link_free.iter_mut().enumerate() {
             let lo = target * e + r * per_gpu;
             let mut named: Vec<usize> = Vec::new();
             for i in 0..per_gpu {
@@ -375,8 +375,8 @@ impl ExpertRuntime {
                 if cache.contains(i as u16) || self.staged[lo + i] >= 0.0 {
                     continue;
                 }
-                link_free[r] = link_free[r].max(now) + fetch;
-                self.staged[lo + i] = link_free[r];
+                *free = free.max(now) + fetch;
+                self.staged[lo + i] = *free;
                 bytes += self.residency.expert_bytes;
             }
         }

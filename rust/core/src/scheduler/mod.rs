@@ -155,7 +155,6 @@ pub fn preempt_swap(req: &mut Request, kv: &mut BlockManager, host: &mut BlockMa
     true
 }
 
-/// How a scheduler frees KV blocks when a running request needs one and none is free.
 #[cfg(test)]
 pub(crate) mod testkit {
     //! Helpers shared by the schedulers' unit tests.
@@ -189,6 +188,7 @@ pub(crate) mod testkit {
     }
 }
 
+/// How a scheduler frees KV blocks when a running request needs one and none is free.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PreemptionMode {
