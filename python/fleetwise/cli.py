@@ -60,6 +60,10 @@ def run(
     if "energy" in s and s["energy"]["joules"] > 0:
         e, c = s["energy"], s["cost"]
         out.print(f"energy: {e['joules'] / 3.6e6:.2f} kWh, {e['joules_per_output_token']:.2f} J/output token, {e['average_watts_per_gpu']:.0f} W/GPU; cost: ${c['dollars']:.2f} ({c['dollars_per_million_output_tokens']:.2f} $/M output tokens)")
+    if "experts" in s:
+        x = s["experts"]
+        hit = "n/a (all in HBM)" if x["hit_rate"] is None else f"{x['hit_rate']:.1%}"
+        out.print(f"experts: hit rate {hit}, {x['fetched_bytes_per_token'] / 1e6:.1f} MB fetched/token, stall {x['stall_ms_per_iteration']:.2f} ms/iteration, {x['experts_activated_per_iteration']:.1f} experts activated/iteration, HBM {x['hbm_expert_gib_per_gpu']:.1f} GiB/GPU ({x['hbm_saved_gib_per_gpu']:.1f} GiB saved)")
     if "slo" in s:
         out.print(f"SLO attainment {s['slo']['targets']}: {s['slo']['attainment']:.1%}")
     d = result.write(output or Path("runs") / sc.name)
@@ -201,6 +205,10 @@ def compare(
             "E2E p90 (s)": s["e2e_s"]["p90"],
             "preemptions": s["preemptions"],
         }
+        x = s.get("experts")
+        col["expert hit rate"] = x["hit_rate"] if x else None
+        col["expert stall/iter (ms)"] = x["stall_ms_per_iteration"] if x else None
+        col["expert HBM (GiB/GPU)"] = x["hbm_expert_gib_per_gpu"] if x else None
         if slos:
             col["SLO attainment"] = attainment(r.requests, slos)
         if with_goodput:
@@ -213,7 +221,9 @@ def compare(
     for label in columns:
         t.add_column(label, justify="right")
     for metric in next(iter(columns.values())):
-        t.add_row(metric, *(f"{c[metric]:.1%}" if metric == "SLO attainment" else f"{c[metric]:.4g}" for c in columns.values()))
+        if all(c[metric] is None for c in columns.values()):
+            continue
+        t.add_row(metric, *("-" if c[metric] is None else f"{c[metric]:.1%}" if metric in ("SLO attainment", "expert hit rate") else f"{c[metric]:.4g}" for c in columns.values()))
     out.print(t)
     out.print(f"runs in {out_dir}/ (fleetwise report {out_dir}/* -o compare.html)")
 

@@ -299,6 +299,14 @@ impl ExpertRuntime {
                 let mut ready = router_t;
                 if offloaded {
                     let cache = &mut self.caches[l * self.ranks as usize + r];
+                    // Cached experts are looked up first, so that admitting this layer's fetched
+                    // experts cannot evict one the layer still needs.
+                    let hit: Vec<bool> = counts.iter().enumerate().map(|(i, &c)| c > 0.0 && cache.contains(i as u16)).collect();
+                    for i in (0..per_gpu).filter(|&i| hit[i]) {
+                        self.stats.lookups += 1;
+                        self.stats.hits += 1;
+                        cache.access(i as u16);
+                    }
                     for (i, &c) in counts.iter().enumerate() {
                         let staged = self.staged[lo + i];
                         if c == 0.0 {
@@ -307,20 +315,21 @@ impl ExpertRuntime {
                             }
                             continue;
                         }
+                        if hit[i] {
+                            continue;
+                        }
                         self.stats.lookups += 1;
-                        if cache.access(i as u16) {
-                            self.stats.hits += 1;
-                        } else if staged >= 0.0 {
+                        cache.access(i as u16);
+                        if staged >= 0.0 {
                             self.stats.prefetch_hits += 1;
                             ready = ready.max(staged);
-                            cache.admit(i as u16);
                         } else {
                             self.stats.misses += 1;
                             *free = free.max(router_t) + fetch;
                             ready = ready.max(*free);
                             demand += eb;
-                            cache.admit(i as u16);
                         }
+                        cache.admit(i as u16);
                     }
                 }
                 end = end.max(ready + compute);
