@@ -91,4 +91,17 @@ def simulate(
     control: SimControl | None = None,
     hash_offsets: npt.NDArray[np.int64] | None = None,
     hash_values: npt.NDArray[np.int64] | None = None,
+    routing_offsets: npt.NDArray[np.int64] | None = None,
+    routing_experts: npt.NDArray[np.int64] | None = None,
+    routing_shape: tuple[int, int] | None = None,
 ) -> dict[str, Any]: ...
+
+def expert_cache_hits(
+    policy: str,
+    num_experts: int,
+    capacity: int,
+    accesses: list[int],
+    popularity: list[float] | None = None,
+) -> int:
+    """Hits of one layer's expert cache (lru, lfu, static) of ``capacity`` experts over ``accesses``."""
+    ...
