@@ -38,6 +38,22 @@ pub struct FlashSpec {
     pub iops: Option<f64>,
 }
 
+impl FlashSpec {
+    /// Bytes per second the drive delivers for reads of `chunk` bytes with `queue_depth` in flight:
+    /// `min(read_bandwidth, iops x chunk, queue_depth x chunk / latency)`.
+    pub fn throughput(&self, queue_depth: u32, chunk: u64) -> f64 {
+        let chunk = chunk as f64;
+        let mut bw = self.read_bandwidth;
+        if self.latency > 0.0 {
+            bw = bw.min(queue_depth as f64 * chunk / self.latency);
+        }
+        if let Some(iops) = self.iops {
+            bw = bw.min(iops * chunk);
+        }
+        bw
+    }
+}
+
 /// Which weights are offloaded and how they are streamed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -107,16 +123,7 @@ impl OffloadSpec {
 
     /// Bytes per second the drive delivers for reads of `read_chunk_bytes` at `queue_depth`.
     pub fn flash_throughput(&self) -> f64 {
-        let Some(f) = &self.flash else { return 0.0 };
-        let chunk = self.read_chunk_bytes as f64;
-        let mut bw = f.read_bandwidth;
-        if f.latency > 0.0 {
-            bw = bw.min(self.queue_depth as f64 * chunk / f.latency);
-        }
-        if let Some(iops) = f.iops {
-            bw = bw.min(iops * chunk);
-        }
-        bw
+        self.flash.as_ref().map_or(0.0, |f| f.throughput(self.queue_depth, self.read_chunk_bytes))
     }
 
     /// Seconds to bring `bytes` of one layer's weights to one GPU over a host link of

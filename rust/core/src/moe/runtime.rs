@@ -16,7 +16,6 @@ use super::config::{ExpertConfig, ExpertTier};
 use super::routing::{Router, RoutingTrace};
 use crate::cost::CostModel;
 use crate::error::{Error, Result};
-use crate::offload::FlashSpec;
 use crate::request::Request;
 use crate::rng::RngStream;
 use crate::time::Nanos;
@@ -146,18 +145,6 @@ pub struct ExpertRuntime {
     pub stats: ExpertStats,
 }
 
-/// Bytes per second a drive delivers for reads of `chunk` bytes with `queue_depth` in flight.
-pub fn drive_throughput(f: &FlashSpec, queue_depth: u32, chunk: u64) -> f64 {
-    let mut bw = f.read_bandwidth;
-    if f.latency > 0.0 {
-        bw = bw.min(queue_depth as f64 * chunk as f64 / f.latency);
-    }
-    if let Some(iops) = f.iops {
-        bw = bw.min(iops * chunk as f64);
-    }
-    bw
-}
-
 impl ExpertRuntime {
     /// The runtime of `cfg` on `cost`'s instance; `stream` names its random streams.
     pub fn new(cfg: &ExpertConfig, cost: &CostModel, trace: Option<Arc<RoutingTrace>>, seed: u64, stream: &str) -> Result<Self> {
@@ -187,7 +174,7 @@ impl ExpertRuntime {
         if cfg.placement == ExpertTier::Flash {
             let f = cfg.flash.as_ref().expect("validated: flash has a drive");
             // Drive reads and host-link copies pipeline: the slower stage sets the pace.
-            bw = bw.min(drive_throughput(f, cfg.queue_depth, cfg.read_chunk_bytes));
+            bw = bw.min(f.throughput(cfg.queue_depth, cfg.read_chunk_bytes));
             lat = lat.max(f.latency);
         }
         let mut stats = ExpertStats::default();
