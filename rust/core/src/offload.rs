@@ -38,6 +38,18 @@ pub struct FlashSpec {
     pub iops: Option<f64>,
 }
 
+/// Checks the drive of a flash tier configured under `section` (e.g. `offload`, `experts`).
+pub fn validate_drive(section: &str, flash: Option<&FlashSpec>, queue_depth: u32, read_chunk_bytes: u64) -> Result<()> {
+    let f = flash.ok_or_else(|| Error::config(format!("{section}.storage"), "the flash tier needs a drive"))?;
+    if !(f.read_bandwidth > 0.0 && f.latency >= 0.0) {
+        return Err(Error::config(format!("{section}.storage"), format!("{}: read_bandwidth must be positive", f.name)));
+    }
+    if queue_depth == 0 || read_chunk_bytes == 0 {
+        return Err(Error::config(format!("{section}.queue_depth"), "queue_depth and read_chunk_bytes must be positive"));
+    }
+    Ok(())
+}
+
 impl FlashSpec {
     /// Bytes per second the drive delivers for reads of `chunk` bytes with `queue_depth` in flight:
     /// `min(read_bandwidth, iops x chunk, queue_depth x chunk / latency)`.
@@ -110,13 +122,7 @@ impl OffloadSpec {
             }
         }
         if self.tier == Tier::Flash {
-            let f = self.flash.as_ref().ok_or_else(|| Error::config("offload.storage", "the flash tier needs a drive"))?;
-            if !(f.read_bandwidth > 0.0 && f.latency >= 0.0) {
-                return Err(Error::config("offload.storage", format!("{}: read_bandwidth must be positive", f.name)));
-            }
-            if self.queue_depth == 0 || self.read_chunk_bytes == 0 {
-                return Err(Error::config("offload.queue_depth", "queue_depth and read_chunk_bytes must be positive"));
-            }
+            validate_drive("offload", self.flash.as_ref(), self.queue_depth, self.read_chunk_bytes)?;
         }
         Ok(())
     }

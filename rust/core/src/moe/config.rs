@@ -225,13 +225,7 @@ impl ExpertConfig {
             return Err(Error::config("experts.placement", "an expert cache or prefetching needs offloaded experts: placement dram or flash"));
         }
         if self.placement == ExpertTier::Flash {
-            let f = self.flash.as_ref().ok_or_else(|| Error::config("experts.storage", "the flash tier needs a drive"))?;
-            if !(f.read_bandwidth > 0.0 && f.latency >= 0.0) {
-                return Err(Error::config("experts.storage", format!("{}: read_bandwidth must be positive", f.name)));
-            }
-            if self.queue_depth == 0 || self.read_chunk_bytes == 0 {
-                return Err(Error::config("experts.queue_depth", "queue_depth and read_chunk_bytes must be positive"));
-            }
+            crate::offload::validate_drive("experts", self.flash.as_ref(), self.queue_depth, self.read_chunk_bytes)?;
         }
         Ok(())
     }
