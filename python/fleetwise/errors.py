@@ -7,15 +7,17 @@ raised by Python code are the same type::
     ├── ConfigError      a scenario or configuration value is invalid
     ├── CapacityError    a model or request does not fit in memory
     ├── TraceError       a trace or workload file is malformed (the message names the line)
-    └── SimulationError  the simulation could not proceed
+    ├── SimulationError  the simulation could not proceed
+    └── PolicyError      a user's policy raised, or answered what the engine cannot apply
 """
 
 from fleetwise._core import (
     CapacityError,
     ConfigError,
     FleetwiseError,
+    PolicyError,
     SimulationError,
     TraceError,
 )
 
-__all__ = ["FleetwiseError", "ConfigError", "CapacityError", "TraceError", "SimulationError"]
+__all__ = ["FleetwiseError", "ConfigError", "CapacityError", "TraceError", "SimulationError", "PolicyError"]

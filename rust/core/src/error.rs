@@ -13,6 +13,8 @@ pub enum Error {
     Trace { source: String, line: usize, message: String },
     /// The simulation could not proceed (for example a request that can never be scheduled).
     Simulation { message: String },
+    /// A user's policy failed or answered something the engine cannot apply.
+    Policy { message: String },
     /// The simulation was cancelled before it finished.
     Interrupted,
 }
@@ -43,6 +45,7 @@ impl fmt::Display for Error {
             ),
             Error::Trace { source, line, message } => write!(f, "{source}, line {line}: {message}"),
             Error::Simulation { message } => write!(f, "simulation error: {message}"),
+            Error::Policy { message } => write!(f, "policy error: {message}"),
             Error::Interrupted => write!(f, "simulation interrupted"),
         }
     }

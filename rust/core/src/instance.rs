@@ -189,6 +189,17 @@ impl Instance {
         self.moe.as_ref().map(|m| m.residency())
     }
 
+    /// Replaces the configured batch scheduler (a user's policy plugged in from outside).
+    pub fn with_scheduler(mut self, scheduler: Box<dyn BatchScheduler>) -> Self {
+        self.scheduler = scheduler;
+        self
+    }
+
+    /// An error the scheduler met forming the last iteration, if any.
+    pub fn take_scheduler_error(&mut self) -> Option<crate::error::Error> {
+        self.scheduler.take_error()
+    }
+
     /// Sets the instance's role; `layerwise` (prefill instances) sends KV while the prefill runs.
     pub fn with_role(mut self, role: Role, layerwise: bool) -> Self {
         self.role = role;
@@ -278,7 +289,7 @@ impl Instance {
 
     /// What a router sees of this instance.
     pub fn load(&self) -> InstanceLoad {
-        InstanceLoad { outstanding_tokens: self.outstanding_tokens, waiting: self.queues.waiting.len() as u32, running: self.queues.running.len() as u32, cached_prefix_tokens: 0 }
+        InstanceLoad { outstanding_tokens: self.outstanding_tokens, waiting: self.queues.waiting.len() as u32, running: self.queues.running.len() as u32, cached_prefix_tokens: 0, kv_used_blocks: self.kv.used(), kv_total_blocks: self.kv.total() }
     }
 
     /// Why `req` can never run here, if so.

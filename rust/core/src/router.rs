@@ -17,12 +17,23 @@ pub struct InstanceLoad {
     pub running: u32,
     /// Prompt tokens of the arriving request already in its prefix cache (prefix-aware routers only).
     pub cached_prefix_tokens: u64,
+    /// KV blocks in use (own and prefix cache).
+    pub kv_used_blocks: u32,
+    /// KV blocks in all.
+    pub kv_total_blocks: u32,
 }
 
 /// The interface every router implements.
 pub trait Router: Send + Sync {
     /// The index of the instance that serves `req`, given every instance's load.
     fn route(&mut self, req: &Request, loads: &[InstanceLoad]) -> usize;
+
+    /// With prefill/decode disaggregation: the instance among `entry` (prefill and mixed instances)
+    /// that takes `req`, and optionally the decode instance (index into `decoders`) its KV should
+    /// go to; None leaves that choice to the cluster (fewest outstanding tokens with room).
+    fn route_pair(&mut self, req: &Request, entry: &[InstanceLoad], _decoders: &[InstanceLoad]) -> Result<(usize, Option<usize>)> {
+        Ok((self.route(req, entry), None))
+    }
 }
 
 /// Cycles through the instances in order.

@@ -25,8 +25,8 @@ use crate::model::ModelSpec;
 use crate::moe::{ExpertConfig, ExpertTier, RoutingTrace};
 use std::sync::Arc;
 use crate::request::{Request, Status};
-use crate::router::{InstanceLoad, RouterConfig};
-use crate::scheduler::SchedulerConfig;
+use crate::router::{InstanceLoad, Router, RouterConfig};
+use crate::scheduler::{PlanScheduler, Planner, SchedulerConfig};
 use crate::sketch::QuantileSketch;
 use crate::time::Nanos;
 use serde::{Deserialize, Serialize};
@@ -327,7 +327,11 @@ struct Iterations {
 impl Iterations {
     /// Starts `idx`'s next iteration at `now`, if it has work.
     fn begin(&mut self, inst: &mut Instance, idx: u32, now: Nanos, reqs: &mut [Request], queue: &mut EventQueue, net: &mut Transfers) -> Result<()> {
-        let Some(start) = inst.start_iteration(now, reqs) else { return Ok(()) };
+        let started = inst.start_iteration(now, reqs);
+        if let Some(e) = inst.take_scheduler_error() {
+            return Err(e);
+        }
+        let Some(start) = started else { return Ok(()) };
         let swapping = net.start(now, idx, start.transfer_bytes, false, queue)?;
         self.pending[idx as usize] = Some(Pending { start, since: now, swapping, flows_left: 0, compute_done: false });
         if !swapping {
@@ -404,6 +408,8 @@ struct Handoff {
 /// prefill and the flow are done. Requests no decode instance can take yet wait in order.
 struct Handoffs {
     decoders: Vec<u32>,
+    /// Decode instance a router chose per request, tried first.
+    preferred: BTreeMap<u32, u32>,
     state: BTreeMap<u32, Handoff>,
     waiting: std::collections::VecDeque<u32>,
 }
@@ -414,6 +420,10 @@ impl Handoffs {
     fn dispatch(&mut self, req: u32, prefill_done: bool, now: Nanos, instances: &mut [Instance], reqs: &mut [Request], net: &mut Transfers, queue: &mut EventQueue) -> Result<bool> {
         let mut order: Vec<u32> = self.decoders.clone();
         order.sort_by_key(|&d| (instances[d as usize].load().outstanding_tokens, d));
+        if let Some(p) = self.preferred.remove(&req) {
+            order.retain(|&d| d != p);
+            order.insert(0, p);
+        }
         let r = &reqs[req as usize];
         for d in order {
             if let Some(blocks) = instances[d as usize].reserve(r) {
@@ -597,6 +607,25 @@ pub fn simulate(config: &SimConfig, workload: &Workload) -> Result<SimOutput> {
 
 /// [`simulate`], reporting progress to and obeying cancellation from `control`.
 pub fn simulate_with(config: &SimConfig, workload: &Workload, control: &Control) -> Result<SimOutput> {
+    simulate_plugged(config, workload, control, Plugins::default())
+}
+
+/// Builds the planner of one instance (its index in the cluster) of a pool whose scheduler is a
+/// user's policy.
+pub type PlannerFactory = Box<dyn Fn(usize) -> Result<Box<dyn Planner>> + Send + Sync>;
+
+/// Policies supplied as objects rather than configuration (a user's own, e.g. from Python).
+#[derive(Default)]
+pub struct Plugins {
+    /// Replaces the configured router.
+    pub router: Option<Box<dyn Router>>,
+    /// Per pool index: planners for its instances, run by vLLM v1's scheduling loop within the
+    /// pool's configured limits.
+    pub planners: BTreeMap<usize, PlannerFactory>,
+}
+
+/// [`simulate_with`] with `plugins` in place of the configured policies they replace.
+pub fn simulate_plugged(config: &SimConfig, workload: &Workload, control: &Control, mut plugins: Plugins) -> Result<SimOutput> {
     let n = workload.arrival.len();
     if workload.prompt.len() != n || workload.output.len() != n {
         return Err(Error::Simulation { message: format!("workload columns differ in length: {n} arrivals, {} prompts, {} outputs", workload.prompt.len(), workload.output.len()) });
@@ -640,6 +669,13 @@ pub fn simulate_with(config: &SimConfig, workload: &Workload, control: &Control)
             let inst = Instance::new(p as u32, &pool.model, &pool.gpu, Parallelism { tp: pool.tp, pp: pool.pp, microbatches: pool.microbatches, gpus_per_node: pool.gpus_per_node, ep: pool.ep }, &pool.calibration, &pool.memory, &pool.scheduler, pool.power_cap_watts, pool.pim.as_ref(), pool.offload.as_ref(), experts).map_err(|e| prefix(&format!("cluster.pools.{p}"), e))?
                 .with_prefix_cache(prefix_tokens)
                 .with_role(pool.role, pool.kv_transfer == KvTransfer::Layerwise);
+            let inst = match plugins.planners.get(&p) {
+                Some(make) => {
+                    let (tokens, seqs) = pool.scheduler.limits();
+                    inst.with_scheduler(Box::new(PlanScheduler::new(make(instances.len())?, seqs, tokens)))
+                }
+                None => inst,
+            };
             instances.push(inst);
         }
     }
@@ -653,9 +689,13 @@ pub fn simulate_with(config: &SimConfig, workload: &Workload, control: &Control)
     if has_prefill && decoders.is_empty() {
         return Err(Error::config("cluster.pools", "a pool has role prefill but none has role decode"));
     }
-    let mut handoffs = Handoffs { decoders: decoders.clone(), state: BTreeMap::new(), waiting: Default::default() };
-    let mut router = config.router.build(config.seed, entry.len())?;
-    let wants_prefix = config.router.uses_prefixes();
+    let mut handoffs = Handoffs { decoders: decoders.clone(), preferred: BTreeMap::new(), state: BTreeMap::new(), waiting: Default::default() };
+    let wants_prefix = config.router.uses_prefixes() || plugins.router.is_some();
+    let mut router = match plugins.router.take() {
+        Some(r) => r,
+        None => config.router.build(config.seed, entry.len())?,
+    };
+    let mut decode_loads: Vec<InstanceLoad> = vec![InstanceLoad::default(); decoders.len()];
 
     let mut queue = EventQueue::new();
     let mut itl = QuantileSketch::new(0.005);
@@ -687,7 +727,17 @@ pub fn simulate_with(config: &SimConfig, workload: &Workload, control: &Control)
                     l.cached_prefix_tokens = instances[i].cached_prefix_tokens(&reqs[next_arrival - 1].hashes);
                 }
             }
-            let target = entry[router.route(&reqs[idx], &loads)];
+            for (l, &d) in decode_loads.iter_mut().zip(decoders.iter()) {
+                *l = instances[d as usize].load();
+            }
+            let (pick, decode_pick) = router.route_pair(&reqs[idx], &loads, &decode_loads)?;
+            if pick >= entry.len() || decode_pick.is_some_and(|d| d >= decoders.len()) {
+                return Err(Error::Policy { message: format!("router chose entry {pick} / decode {decode_pick:?} for request {idx}, out of {} entry and {} decode instances", entry.len(), decoders.len()) });
+            }
+            if let Some(d) = decode_pick {
+                handoffs.preferred.insert(idx as u32, decoders[d]);
+            }
+            let target = entry[pick];
             let fits_decode = instances[target].role != Role::Prefill || decoders.iter().any(|&d| instances[d as usize].could_hold(reqs[idx].peak_kv_tokens()));
             let inst = &mut instances[target];
             let req = &mut reqs[idx];

@@ -9,6 +9,7 @@ create_exception!(fleetwise._core, FleetwiseError, PyException, "Base class of e
 create_exception!(fleetwise._core, ConfigError, FleetwiseError, "A scenario or configuration value is invalid.");
 create_exception!(fleetwise._core, CapacityError, FleetwiseError, "A model, request or cache does not fit in the memory available.");
 create_exception!(fleetwise._core, TraceError, FleetwiseError, "A trace or workload file is malformed.");
+create_exception!(fleetwise._core, PolicyError, FleetwiseError, "A user's policy raised or answered something the engine cannot apply.");
 create_exception!(fleetwise._core, SimulationError, FleetwiseError, "The simulation could not proceed.");
 
 /// Converts a core error into the matching Python exception.
@@ -19,6 +20,7 @@ pub fn to_py(err: Error) -> PyErr {
         Error::Capacity { .. } => CapacityError::new_err(msg),
         Error::Trace { .. } => TraceError::new_err(msg),
         Error::Simulation { .. } => SimulationError::new_err(msg),
+        Error::Policy { .. } => PolicyError::new_err(msg),
         Error::Interrupted => pyo3::exceptions::PyKeyboardInterrupt::new_err(msg),
     }
 }
@@ -31,6 +33,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("CapacityError", py.get_type::<CapacityError>())?;
     m.add("TraceError", py.get_type::<TraceError>())?;
     m.add("SimulationError", py.get_type::<SimulationError>())?;
+    m.add("PolicyError", py.get_type::<PolicyError>())?;
     Ok(())
 }
 

@@ -5,6 +5,7 @@
 
 mod cost;
 mod errors;
+mod plugins;
 mod policies;
 mod simulate;
 

@@ -5,7 +5,8 @@ use crate::errors::{from_json, to_py};
 use fleetwise_core::kv::BlockManager;
 use fleetwise_core::request::{Request, Status};
 use fleetwise_core::router::{InstanceLoad, Router, RouterConfig};
-use fleetwise_core::scheduler::{Batch, BatchScheduler, Queues, SchedulerConfig};
+use fleetwise_core::scheduler::{Batch, BatchScheduler, PlanScheduler, Queues, SchedulerConfig};
+use crate::plugins::PyPlanner;
 use pyo3::prelude::*;
 
 /// A built-in router, configured by its scenario JSON (`{"kind": ...}`).
@@ -37,7 +38,7 @@ impl PyRouter {
         if waiting.len() != n || running.len() != n {
             return Err(pyo3::exceptions::PyValueError::new_err("outstanding_tokens, waiting and running must have equal lengths"));
         }
-        let loads: Vec<InstanceLoad> = (0..n).map(|i| InstanceLoad { outstanding_tokens: outstanding_tokens[i], waiting: waiting[i], running: running[i], cached_prefix_tokens: 0 }).collect();
+        let loads: Vec<InstanceLoad> = (0..n).map(|i| InstanceLoad { outstanding_tokens: outstanding_tokens[i], waiting: waiting[i], running: running[i], ..Default::default() }).collect();
         Ok(self.inner.route(&Request::new(0, prompt_tokens.max(1), 1), &loads))
     }
 }
@@ -58,16 +59,25 @@ pub struct PyScheduler {
 impl PyScheduler {
     /// A scheduler from its scenario JSON (`{"kind": "vllm", ...}`) over a KV cache of
     /// `num_blocks` blocks of `block_size` tokens, keeping `watermark` blocks free on admission;
-    /// `block_bytes` (one block's bytes on one GPU) sizes the swap space in blocks.
+    /// `block_bytes` (one block's bytes on one GPU) sizes the swap space in blocks. `planner`, a
+    /// Python scheduler bridge (`fleetwise.policy.bridge.SchedulerBridge`), plans each step within
+    /// the configuration's limits, exactly as in the simulator.
     #[new]
-    #[pyo3(signature = (config_json, num_blocks, block_size=16, watermark=None, block_bytes=2 << 20))]
-    fn new(config_json: &str, num_blocks: u32, block_size: u32, watermark: Option<u32>, block_bytes: u64) -> PyResult<Self> {
+    #[pyo3(signature = (config_json, num_blocks, block_size=16, watermark=None, block_bytes=2 << 20, planner=None))]
+    fn new(config_json: &str, num_blocks: u32, block_size: u32, watermark: Option<u32>, block_bytes: u64, planner: Option<Py<PyAny>>) -> PyResult<Self> {
         let cfg: SchedulerConfig = from_json("scheduler", config_json)?;
         if block_size == 0 {
             return Err(crate::errors::ConfigError::new_err("block_size must be at least 1"));
         }
         let watermark = watermark.unwrap_or((num_blocks as f64 * 0.01) as u32);
-        Ok(PyScheduler { inner: cfg.build(block_bytes).map_err(to_py)?, kv: BlockManager::new(num_blocks, block_size, watermark), queues: Queues::default(), reqs: Vec::new(), ids: Vec::new(), batch: Batch::default() })
+        let inner = match planner {
+            Some(bridge) => {
+                let (tokens, seqs) = cfg.limits();
+                Box::new(PlanScheduler::new(Box::new(PyPlanner::new(bridge, Default::default())), seqs, tokens)) as Box<dyn BatchScheduler>
+            }
+            None => cfg.build(block_bytes).map_err(to_py)?,
+        };
+        Ok(PyScheduler { inner, kv: BlockManager::new(num_blocks, block_size, watermark), queues: Queues::default(), reqs: Vec::new(), ids: Vec::new(), batch: Batch::default() })
     }
 
     /// Queues request `request_id` with `prompt` input tokens and `output` tokens to generate.
@@ -85,10 +95,13 @@ impl PyScheduler {
 
     /// Forms the next batch: a list of `(request_id, tokens)`; empty when there is nothing to run.
     /// Requests preempted while forming it are listed by `preempted()`.
-    fn schedule(&mut self) -> Vec<(u64, u32)> {
+    fn schedule(&mut self) -> PyResult<Vec<(u64, u32)>> {
         self.batch.clear();
         self.inner.schedule(&mut self.queues, &mut self.reqs, &mut self.kv, &mut self.batch);
-        self.batch.items.iter().map(|it| (self.ids[it.req as usize], it.tokens)).collect()
+        if let Some(e) = self.inner.take_error() {
+            return Err(to_py(e));
+        }
+        Ok(self.batch.items.iter().map(|it| (self.ids[it.req as usize], it.tokens)).collect())
     }
 
     /// Marks the last batch as run: advances tokens and returns `(request_id, finished)` for every

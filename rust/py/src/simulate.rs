@@ -3,7 +3,9 @@
 use crate::errors::{from_json, to_py};
 use fleetwise_core::request::Status;
 use fleetwise_core::moe::{replay_hits, CachePolicy, RoutingTrace};
-use fleetwise_core::sim::{simulate_with as run, Control, SimConfig, Workload};
+use fleetwise_core::sim::{simulate_plugged, Control, Plugins, SimConfig, Workload};
+use crate::plugins::{ErrorSlot, PyPlanner, PyRouterPlugin};
+use std::collections::HashMap;
 use std::sync::Arc;
 use numpy::{IntoPyArray, PyReadonlyArray1};
 use pyo3::prelude::*;
@@ -49,9 +51,11 @@ impl PySimControl {
 
 /// Runs the simulation described by `config_json` on the given columns (arrival times in ns,
 /// sorted; prompt and output tokens) and returns a dict of result columns and facts. The GIL is
-/// released while it runs; `control` lets another thread follow and cancel it.
+/// released while it runs (and taken back for each call into a Python policy); `control` lets
+/// another thread follow and cancel it. `router` is a Python router bridge replacing the configured
+/// router; `planners` maps a pool index to a factory `f(instance) -> scheduler bridge`.
 #[pyfunction]
-#[pyo3(signature = (config_json, arrival_ns, prompt_tokens, output_tokens, control=None, hash_offsets=None, hash_values=None, routing_offsets=None, routing_experts=None, routing_shape=None))]
+#[pyo3(signature = (config_json, arrival_ns, prompt_tokens, output_tokens, control=None, hash_offsets=None, hash_values=None, routing_offsets=None, routing_experts=None, routing_shape=None, router=None, planners=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn simulate<'py>(
     py: Python<'py>,
@@ -65,6 +69,8 @@ pub fn simulate<'py>(
     routing_offsets: Option<PyReadonlyArray1<'py, i64>>,
     routing_experts: Option<PyReadonlyArray1<'py, i64>>,
     routing_shape: Option<(u32, u32)>,
+    router: Option<Py<PyAny>>,
+    planners: Option<HashMap<usize, Py<PyAny>>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let config: SimConfig = from_json("scenario", config_json)?;
     let to_u32 = |name: &str, a: &PyReadonlyArray1<'py, i64>| -> PyResult<Vec<u32>> {
@@ -114,7 +120,30 @@ pub fn simulate<'py>(
         },
     };
     let control = control.map(|c| c.inner.clone()).unwrap_or_default();
-    let out = py.allow_threads(|| run(&config, &workload, &control)).map_err(to_py)?;
+    let slot: ErrorSlot = Default::default();
+    let mut plugins = Plugins { router: router.map(|r| Box::new(PyRouterPlugin::new(r, slot.clone())) as _), ..Plugins::default() };
+    for (pool, factory) in planners.unwrap_or_default() {
+        let slot = slot.clone();
+        plugins.planners.insert(
+            pool,
+            Box::new(move |instance| {
+                Python::with_gil(|py| factory.call1(py, (instance,)))
+                    .map(|bridge| Box::new(PyPlanner::new(bridge, slot.clone())) as _)
+                    .map_err(|e| fleetwise_core::error::Error::Policy { message: format!("creating the scheduler policy of instance {instance} raised {e}") })
+            }),
+        );
+    }
+    let result = py.allow_threads(|| simulate_plugged(&config, &workload, &control, plugins));
+    let out = match result {
+        Ok(out) => out,
+        Err(e) => {
+            let err = to_py(e);
+            if let Some(cause) = slot.lock().expect("error slot").take() {
+                err.set_cause(py, Some(cause));
+            }
+            return Err(err);
+        }
+    };
 
     let n = out.requests.len();
     let mut first = Vec::with_capacity(n);

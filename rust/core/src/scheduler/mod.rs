@@ -7,11 +7,13 @@
 mod batchllm;
 mod chunked;
 mod orca;
+mod plan;
 mod vllm;
 
 pub use batchllm::BatchLlmScheduler;
 pub use chunked::{ChunkPolicy, ChunkedScheduler};
 pub use orca::OrcaScheduler;
+pub use plan::{FcfsPlanner, PlanScheduler, Planner, StepPlan, StepState};
 pub use vllm::VllmScheduler;
 
 use crate::cost::BatchShape;
@@ -217,6 +219,12 @@ pub trait BatchScheduler: Send + Sync {
     fn kv_need_tokens(&self, req: &Request) -> u64 {
         req.peak_kv_tokens()
     }
+
+    /// An error met while scheduling (a user's policy failed or answered out of bounds); the
+    /// simulation stops with it.
+    fn take_error(&mut self) -> Option<Error> {
+        None
+    }
 }
 
 impl SchedulerConfig {
@@ -232,6 +240,7 @@ impl SchedulerConfig {
     pub fn limits(&self) -> (u32, u32) {
         match *self {
             SchedulerConfig::Vllm { max_num_seqs, max_num_batched_tokens, .. } => (max_num_batched_tokens, max_num_seqs),
+            SchedulerConfig::VllmV1 { max_num_seqs, max_num_batched_tokens, .. } => (max_num_batched_tokens, max_num_seqs),
             SchedulerConfig::SarathiServe { max_num_seqs, token_budget } => (token_budget, max_num_seqs),
             SchedulerConfig::Sarathi { max_num_seqs, chunk_size } => (chunk_size + max_num_seqs, max_num_seqs),
             SchedulerConfig::Orca { max_num_seqs, reserve_tokens } => (reserve_tokens.unwrap_or(8192), max_num_seqs),
@@ -257,6 +266,18 @@ pub enum SchedulerConfig {
         /// Host memory for swapped KV per GPU, bytes (vLLM's `swap_space`, 4 GiB by default).
         #[serde(default = "default_swap_space")]
         swap_space_bytes: u64,
+    },
+    /// vLLM v1's scheduler: running requests first (decodes and prompt chunks), then admissions,
+    /// chunked prefill within one token budget; a user's policy may plan each step.
+    #[serde(rename = "vllm-v1")]
+    VllmV1 {
+        /// Most sequences in one iteration.
+        max_num_seqs: u32,
+        /// Most tokens in one iteration.
+        max_num_batched_tokens: u32,
+        /// Most prompt tokens of one request per iteration (vLLM's `long_prefill_token_threshold`).
+        #[serde(default)]
+        max_prefill_chunk: Option<u32>,
     },
     /// Sarathi-Serve: decodes first, then prefill chunks filling a per-iteration token budget.
     #[serde(rename = "sarathi-serve")]
@@ -320,6 +341,14 @@ impl SchedulerConfig {
                     PreemptionMode::Swap => (swap_space_bytes / block_bytes.max(1)).min(u32::MAX as u64) as u32,
                 };
                 Ok(Box::new(VllmScheduler::new(max_num_seqs, max_num_batched_tokens).with_swap_space(host_blocks)))
+            }
+            SchedulerConfig::VllmV1 { max_num_seqs, max_num_batched_tokens, max_prefill_chunk } => {
+                positive("scheduler.max_num_seqs", max_num_seqs)?;
+                positive("scheduler.max_num_batched_tokens", max_num_batched_tokens)?;
+                if let Some(c) = max_prefill_chunk {
+                    positive("scheduler.max_prefill_chunk", c)?;
+                }
+                Ok(Box::new(PlanScheduler::new(Box::new(FcfsPlanner { max_num_seqs, max_num_batched_tokens, max_prefill_chunk }), max_num_seqs, max_num_batched_tokens)))
             }
             SchedulerConfig::SarathiServe { max_num_seqs, token_budget } => {
                 positive("scheduler.max_num_seqs", max_num_seqs)?;

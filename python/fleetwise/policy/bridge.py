@@ -1,0 +1,97 @@
+"""Bridges between the Rust core and Python policies: rows in, views to the policy, plain values out.
+
+The core calls these once per routing decision and once per scheduled iteration (the only Python
+on the per-event path, and only when a user's own policy is configured); their cost is measured
+by ``benchmarks/bench_python_policy.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from fleetwise.policy.decisions import RouteDecision, StepPlan
+from fleetwise.policy.views import EndpointView, RequestView, StepView
+
+
+class PolicyAnswerError(ValueError):
+    """A policy returned something that is not the decision its interface promises."""
+
+
+class RouterBridge:
+    """Calls a Router for the simulator. ``roles[i]`` and ``names[i]`` describe instance ``i``;
+    ``entry`` and ``decoders`` list the instances that take arrivals and that only decode."""
+
+    def __init__(self, policy, names: Sequence[str], roles: Sequence[str], block_tokens: int):
+        self.policy = policy
+        self.names, self.roles = list(names), list(roles)
+        self.entry = [i for i, r in enumerate(roles) if r != "decode"]
+        self.decoders = [i for i, r in enumerate(roles) if r == "decode"]
+        self.position = {inst: ("entry", k) for k, inst in enumerate(self.entry)}
+        self.position.update({inst: ("decode", k) for k, inst in enumerate(self.decoders)})
+        self.block_tokens = block_tokens
+        self.count = 0
+
+    def _endpoints(self, entry_rows, decode_rows) -> list[EndpointView]:
+        out = []
+        for inst, row in sorted(list(zip(self.entry, entry_rows)) + list(zip(self.decoders, decode_rows))):
+            outstanding, waiting, running, cached, used, total = row
+            out.append(EndpointView(index=inst, name=self.names[inst], role=self.roles[inst], outstanding_tokens=outstanding, waiting=waiting, running=running, kv_usage=used / total if total else 0.0, cached_prefix_tokens=cached))
+        return out
+
+    def route(self, row, hashes, entry_rows, decode_rows):
+        """Routes one request: returns (entry position, decode position or None) for the core."""
+        prompt, output, arrival = row
+        req = RequestView(id=self.count, prompt_tokens=prompt, max_output_tokens=output, arrival=arrival, prefix_hashes=tuple(hashes))
+        self.count += 1
+        d = self.policy.route(req, self._endpoints(entry_rows, decode_rows))
+        if not isinstance(d, RouteDecision):
+            raise PolicyAnswerError(f"route() must return a RouteDecision, got {d!r}")
+        kind, pos = self.position.get(d.instance, (None, None))
+        if d.prefill is None:
+            if kind != "entry":
+                raise PolicyAnswerError(f"route() sent request {req.id} to instance {d.instance} without a prefill instance; it must be one of the serving (mixed or prefill) instances {self.entry}")
+            return pos, None
+        pkind, ppos = self.position.get(d.prefill, (None, None))
+        if pkind != "entry" or self.roles[d.prefill] != "prefill":
+            raise PolicyAnswerError(f"route() chose prefill instance {d.prefill} for request {req.id}; prefill instances are {[i for i in self.entry if self.roles[i] == 'prefill']}")
+        if kind != "decode":
+            raise PolicyAnswerError(f"route() chose instance {d.instance} to decode request {req.id} after a separate prefill; decode instances are {self.decoders}")
+        return ppos, pos
+
+
+def _request(row) -> RequestView:
+    rid, prompt, output, computed, generated, arrival, preemptions, cached = row
+    return RequestView(id=rid, prompt_tokens=prompt, max_output_tokens=output, computed_tokens=computed, generated_tokens=generated, cached_tokens=cached, arrival=arrival, preemptions=preemptions)
+
+
+class SchedulerBridge:
+    """Calls a BatchScheduler for the core. ``ids`` maps the core's request indices to the ids the
+    policy sees (the simulator's own indices when None)."""
+
+    def __init__(self, policy, ids: Sequence | None = None):
+        self.policy = policy
+        self.ids = ids
+        self.back: dict | None = None
+
+    def plan(self, waiting_rows, running_rows, free, total, block_size, step):
+        """Plans one iteration: returns the plan as a tuple of plain values for the core."""
+        ids = self.ids
+        if ids is not None:
+            waiting_rows = [(ids[r[0]],) + tuple(r[1:]) for r in waiting_rows]
+            running_rows = [(ids[r[0]],) + tuple(r[1:]) for r in running_rows]
+            if self.back is None or len(self.back) != len(ids):
+                self.back = {v: i for i, v in enumerate(ids)}
+        view = StepView(waiting=tuple(map(_request, waiting_rows)), running=tuple(map(_request, running_rows)), free_blocks=free, total_blocks=total, block_size=block_size, step=step)
+        p = self.policy.plan(view)
+        if not isinstance(p, StepPlan):
+            raise PolicyAnswerError(f"plan() must return a StepPlan, got {p!r}")
+        return (p.token_budget, p.max_num_seqs, self._order(p.running_order, view), self._order(p.waiting_order, view), self._order(p.victim_order, view), p.max_prefill_chunk)
+
+    def _order(self, order, view: StepView):
+        if order is None:
+            return None
+        known = view.requests
+        unknown = [i for i in order if i not in known]
+        if unknown:
+            raise PolicyAnswerError(f"plan() names requests that are neither waiting nor running: {unknown[:5]}")
+        return [self.back[i] for i in order] if self.ids is not None else [int(i) for i in order]

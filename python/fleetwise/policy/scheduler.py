@@ -1,0 +1,71 @@
+"""Batch schedulers as plans: each step a policy answers with a :class:`StepPlan`.
+
+The engine runs vLLM v1's scheduling loop with the plan (see :class:`StepPlan`): the simulator's
+``vllm-v1`` scheduler in Rust, or vLLM itself through ``fleetwise.integrations.vllm_scheduler``.
+The policy decides the budget, the limits and the orders; the engine keeps its KV and prefix-cache
+invariants. Policies are plain Python objects with a ``plan`` method.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from fleetwise.policy.decisions import StepPlan
+from fleetwise.policy.views import StepView
+
+
+@runtime_checkable
+class BatchScheduler(Protocol):
+    """Plans each iteration of one engine instance."""
+
+    def plan(self, step: StepView) -> StepPlan:
+        """The plan for the next iteration, given the instance's queues and KV cache."""
+        ...
+
+
+class Fcfs:
+    """vLLM's default: first come, first served, fixed limits (the simulator's ``vllm-v1``)."""
+
+    def __init__(self, max_num_seqs: int = 256, max_num_batched_tokens: int = 8192, max_prefill_chunk: int | None = None):
+        self.limits = StepPlan(token_budget=max_num_batched_tokens, max_num_seqs=max_num_seqs, max_prefill_chunk=max_prefill_chunk)
+
+    def plan(self, step: StepView) -> StepPlan:
+        """The same plan every step."""
+        return self.limits
+
+
+class ShortestPromptFirst:
+    """Admits the waiting request with the fewest tokens left to prefill first (SJF on prompts),
+    and preempts the running request with the most tokens to recompute last."""
+
+    def __init__(self, max_num_seqs: int = 256, max_num_batched_tokens: int = 8192, max_prefill_chunk: int | None = None):
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_prefill_chunk = max_prefill_chunk
+
+    def plan(self, step: StepView) -> StepPlan:
+        """Waiting requests by prompt length (ties by arrival); victims with the least KV first."""
+        waiting = sorted(step.waiting, key=lambda r: (r.pending_tokens, r.arrival, str(r.id)))
+        victims = sorted(step.running, key=lambda r: (r.computed_tokens, -r.arrival, str(r.id)))
+        return StepPlan(
+            token_budget=self.max_num_batched_tokens,
+            max_num_seqs=self.max_num_seqs,
+            waiting_order=[r.id for r in waiting],
+            victim_order=[r.id for r in victims],
+            max_prefill_chunk=self.max_prefill_chunk,
+        )
+
+
+class DecodeBudget:
+    """Sarathi-Serve-style stall-free batching as a plan: a fixed token budget per step, decodes
+    first (running order puts decoding requests ahead of partial prefills), prompt chunks capped."""
+
+    def __init__(self, max_num_seqs: int = 256, token_budget: int = 512, max_prefill_chunk: int | None = None):
+        self.max_num_seqs = max_num_seqs
+        self.token_budget = token_budget
+        self.max_prefill_chunk = max_prefill_chunk
+
+    def plan(self, step: StepView) -> StepPlan:
+        """Decoding requests take budget before prompts still in prefill."""
+        running = sorted(step.running, key=lambda r: 0 if r.is_decoding else 1)
+        return StepPlan(token_budget=self.token_budget, max_num_seqs=self.max_num_seqs, running_order=[r.id for r in running], max_prefill_chunk=self.max_prefill_chunk)

@@ -1,0 +1,329 @@
+//! vLLM v1's scheduling loop, following a per-step plan.
+//!
+//! Each iteration a [`Planner`] answers with a [`StepPlan`]: the token budget, the sequence limit
+//! and the orders in which running requests take budget, waiting requests are admitted and
+//! running requests are preempted. [`PlanScheduler`] applies it the way vLLM v1's scheduler runs
+//! its loop, so a policy that plans here plans the same batches inside vLLM:
+//!
+//! 1. Running requests, in plan order, each take `min(pending tokens, budget left, chunk cap)`
+//!    tokens (1 for a decode). When their KV growth does not fit, running requests are preempted by
+//!    recompute in victim order (newest admission first by default) until it fits; if the request
+//!    itself is the victim, the running pass ends. Victims go to the front of the waiting queue.
+//! 2. If nothing was preempted, waiting requests are admitted in plan order while the sequence
+//!    limit and the budget allow; each takes `min(pending tokens, budget left, chunk cap)` tokens
+//!    (after its cached prefix) and the first whose KV does not fit ends admission.
+//!
+//! The KV invariants stay the block manager's: a plan only orders, it never over-allocates.
+
+use super::{preempt_recompute, Batch, BatchScheduler, Queues};
+use crate::error::{Error, Result};
+use crate::kv::BlockManager;
+use crate::request::{Request, Status};
+
+/// One iteration's plan. Orders list request indices; requests they omit follow in queue order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StepPlan {
+    /// Most tokens in the iteration.
+    pub token_budget: u32,
+    /// Most running requests after admission.
+    pub max_num_seqs: u32,
+    /// Order in which running requests take budget (None: admission order).
+    pub running_order: Option<Vec<u32>>,
+    /// Order in which waiting requests are admitted (None: queue order).
+    pub waiting_order: Option<Vec<u32>>,
+    /// Order in which running requests are preempted (None: newest admission first).
+    pub victim_order: Option<Vec<u32>>,
+    /// Most tokens of one request's prompt in one iteration (None: the budget).
+    pub max_prefill_chunk: Option<u32>,
+}
+
+/// What a planner sees: the instance's queues, requests and KV cache before the iteration.
+pub struct StepState<'a> {
+    /// Waiting and running queues.
+    pub queues: &'a Queues,
+    /// Every request of the simulation, indexed by the ids in the queues.
+    pub reqs: &'a [Request],
+    /// The instance's KV cache.
+    pub kv: &'a BlockManager,
+    /// Iterations planned before this one.
+    pub step: u64,
+}
+
+/// Something that plans iterations: the native FCFS planner, or a user's policy.
+pub trait Planner: Send + Sync {
+    /// The plan for the next iteration.
+    fn plan(&mut self, state: &StepState) -> Result<StepPlan>;
+}
+
+/// vLLM v1's default: first come, first served, with fixed limits.
+#[derive(Debug, Clone)]
+pub struct FcfsPlanner {
+    /// Most sequences per iteration.
+    pub max_num_seqs: u32,
+    /// Most tokens per iteration.
+    pub max_num_batched_tokens: u32,
+    /// vLLM's `long_prefill_token_threshold` (None: no cap below the budget).
+    pub max_prefill_chunk: Option<u32>,
+}
+
+impl Planner for FcfsPlanner {
+    fn plan(&mut self, _state: &StepState) -> Result<StepPlan> {
+        Ok(StepPlan { token_budget: self.max_num_batched_tokens, max_num_seqs: self.max_num_seqs, max_prefill_chunk: self.max_prefill_chunk, ..StepPlan::default() })
+    }
+}
+
+/// The scheduling loop driven by a planner.
+pub struct PlanScheduler {
+    planner: Box<dyn Planner>,
+    max_num_seqs: u32,
+    max_num_batched_tokens: u32,
+    step: u64,
+    error: Option<Error>,
+}
+
+/// `ids` with the entries of `preferred` that are in `ids` first (in its order), then the rest.
+fn ordered(ids: &[u32], preferred: Option<&Vec<u32>>) -> Vec<u32> {
+    let Some(pref) = preferred else { return ids.to_vec() };
+    let mut out = Vec::with_capacity(ids.len());
+    for &p in pref {
+        if ids.contains(&p) && !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    for &i in ids {
+        if !out.contains(&i) {
+            out.push(i);
+        }
+    }
+    out
+}
+
+impl PlanScheduler {
+    /// A scheduler following `planner`; the limits size the instance's activation memory, and a plan
+    /// may not exceed them.
+    pub fn new(planner: Box<dyn Planner>, max_num_seqs: u32, max_num_batched_tokens: u32) -> Self {
+        PlanScheduler { planner, max_num_seqs, max_num_batched_tokens, step: 0, error: None }
+    }
+
+    fn checked_plan(&mut self, q: &Queues, reqs: &[Request], kv: &BlockManager) -> Result<StepPlan> {
+        let plan = self.planner.plan(&StepState { queues: q, reqs, kv, step: self.step })?;
+        let bad = |field: &str, msg: String| Err(Error::Policy { message: format!("the scheduler's plan.{field} {msg}") });
+        if plan.token_budget == 0 || plan.token_budget > self.max_num_batched_tokens {
+            return bad("token_budget", format!("must be in 1..={} (the pool's max_num_batched_tokens), got {}", self.max_num_batched_tokens, plan.token_budget));
+        }
+        if plan.max_num_seqs == 0 || plan.max_num_seqs > self.max_num_seqs {
+            return bad("max_num_seqs", format!("must be in 1..={} (the pool's max_num_seqs), got {}", self.max_num_seqs, plan.max_num_seqs));
+        }
+        if plan.max_prefill_chunk == Some(0) {
+            return bad("max_prefill_chunk", "must be at least 1 or None".into());
+        }
+        Ok(plan)
+    }
+
+    /// Preempts the first running request of `victims`; returns it.
+    fn preempt_next(victims: &[u32], q: &mut Queues, reqs: &mut [Request], kv: &mut BlockManager) -> u32 {
+        let v = *victims.iter().find(|&&v| reqs[v as usize].status == Status::Running).expect("the request asking is still running");
+        preempt_recompute(&mut reqs[v as usize], kv);
+        q.running.retain(|&i| i != v);
+        v
+    }
+}
+
+impl BatchScheduler for PlanScheduler {
+    fn schedule(&mut self, q: &mut Queues, reqs: &mut [Request], kv: &mut BlockManager, batch: &mut Batch) {
+        if self.error.is_some() {
+            return;
+        }
+        let plan = match self.checked_plan(q, reqs, kv) {
+            Ok(p) => p,
+            Err(e) => {
+                self.error = Some(e);
+                return;
+            }
+        };
+        self.step += 1;
+        let cap = plan.max_prefill_chunk.unwrap_or(u32::MAX);
+        let mut budget = plan.token_budget;
+        let running = ordered(&q.running, plan.running_order.as_ref());
+        let newest_first: Vec<u32> = q.running.iter().rev().copied().collect();
+        let victims = ordered(&newest_first, plan.victim_order.as_ref());
+        let mut preempted = Vec::new();
+        let mut scheduled: Vec<(u32, u32)> = Vec::new();
+
+        'running: for &idx in &running {
+            if budget == 0 {
+                break;
+            }
+            if reqs[idx as usize].status != Status::Running {
+                continue;
+            }
+            let n = reqs[idx as usize].pending_tokens().min(budget).min(cap);
+            if n == 0 {
+                continue;
+            }
+            loop {
+                let need = kv.growth(&reqs[idx as usize], reqs[idx as usize].computed as u64 + n as u64);
+                if kv.can_grow(need) {
+                    kv.allocate(need);
+                    reqs[idx as usize].blocks += need;
+                    break;
+                }
+                let v = Self::preempt_next(&victims, q, reqs, kv);
+                preempted.push(v);
+                if let Some(pos) = scheduled.iter().position(|&(r, _)| r == v) {
+                    budget += scheduled.remove(pos).1;
+                }
+                if v == idx {
+                    break 'running;
+                }
+            }
+            scheduled.push((idx, n));
+            budget -= n;
+        }
+        batch.preempted += preempted.len() as u32;
+        for &v in &preempted {
+            q.waiting.push_front(v);
+        }
+
+        if preempted.is_empty() {
+            let waiting: Vec<u32> = q.waiting.iter().copied().collect();
+            for idx in ordered(&waiting, plan.waiting_order.as_ref()) {
+                if budget == 0 || q.running.len() as u32 >= plan.max_num_seqs {
+                    break;
+                }
+                let r = &mut reqs[idx as usize];
+                kv.attach(r);
+                let n = r.pending_tokens().min(budget).min(cap);
+                let need = kv.growth(r, r.computed as u64 + n as u64);
+                if !kv.can_admit(need) {
+                    kv.abandon(r);
+                    break;
+                }
+                kv.allocate(need);
+                r.blocks = need;
+                r.status = Status::Running;
+                q.waiting.retain(|&i| i != idx);
+                q.running.push(idx);
+                scheduled.push((idx, n));
+                budget -= n;
+            }
+        }
+        for (idx, n) in scheduled {
+            batch.push(idx, &reqs[idx as usize], n);
+        }
+    }
+
+    fn reject_reason(&self, _req: &Request) -> Option<String> {
+        None
+    }
+
+    fn max_batch_tokens(&self) -> u32 {
+        self.max_num_batched_tokens
+    }
+
+    fn max_batch_seqs(&self) -> u32 {
+        self.max_num_seqs
+    }
+
+    fn take_error(&mut self) -> Option<Error> {
+        self.error.take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::{finish, setup};
+    use super::*;
+
+    fn fcfs(seqs: u32, tokens: u32, chunk: Option<u32>) -> PlanScheduler {
+        PlanScheduler::new(Box::new(FcfsPlanner { max_num_seqs: seqs, max_num_batched_tokens: tokens, max_prefill_chunk: chunk }), seqs, tokens)
+    }
+
+    fn tokens(b: &Batch) -> Vec<(u32, u32)> {
+        b.items.iter().map(|i| (i.req, i.tokens)).collect()
+    }
+
+    #[test]
+    fn chunks_prompts_into_the_budget_and_runs_decodes_first() {
+        let (mut reqs, mut q) = setup(&[300, 100], 3);
+        let mut kv = BlockManager::new(1000, 16, 0);
+        let mut s = fcfs(8, 256, None);
+        let mut b = Batch::default();
+        s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
+        assert_eq!(tokens(&b), vec![(0, 256)]);
+        finish(&b, &mut reqs, &mut q, &mut kv);
+        b.clear();
+        s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
+        // The running prompt finishes its last 44 tokens, then request 1 takes the rest of the budget.
+        assert_eq!(tokens(&b), vec![(0, 44), (1, 100)]);
+        finish(&b, &mut reqs, &mut q, &mut kv);
+        b.clear();
+        s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
+        assert_eq!(tokens(&b), vec![(0, 1), (1, 1)]);
+    }
+
+    #[test]
+    fn chunk_cap_limits_each_prompt() {
+        let (mut reqs, mut q) = setup(&[300, 100], 3);
+        let mut kv = BlockManager::new(1000, 16, 0);
+        let mut s = fcfs(8, 256, Some(64));
+        let mut b = Batch::default();
+        s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
+        assert_eq!(tokens(&b), vec![(0, 64), (1, 64)]);
+    }
+
+    #[test]
+    fn preempts_newest_when_a_decode_does_not_fit_and_never_over_allocates() {
+        // 4 blocks of 16 tokens: two 32-token prompts fill the cache; the first decode needs a third
+        // block for request 0, so request 1 (newest) is preempted and returns to the front.
+        let (mut reqs, mut q) = setup(&[32, 32], 4);
+        let mut kv = BlockManager::new(4, 16, 0);
+        let mut s = fcfs(8, 256, None);
+        let mut b = Batch::default();
+        s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
+        assert_eq!(tokens(&b), vec![(0, 32), (1, 32)]);
+        finish(&b, &mut reqs, &mut q, &mut kv);
+        b.clear();
+        s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
+        assert_eq!(tokens(&b), vec![(0, 1)]);
+        assert_eq!(b.preempted, 1);
+        assert_eq!(q.waiting.front(), Some(&1));
+        assert!(kv.used() <= kv.total());
+    }
+
+    struct Reversed;
+    impl Planner for Reversed {
+        fn plan(&mut self, s: &StepState) -> Result<StepPlan> {
+            Ok(StepPlan { token_budget: 64, max_num_seqs: 8, waiting_order: Some(s.queues.waiting.iter().rev().copied().collect()), ..StepPlan::default() })
+        }
+    }
+
+    #[test]
+    fn waiting_order_decides_admission() {
+        let (mut reqs, mut q) = setup(&[40, 40], 2);
+        let mut kv = BlockManager::new(100, 16, 0);
+        let mut s = PlanScheduler::new(Box::new(Reversed), 8, 64);
+        let mut b = Batch::default();
+        s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
+        assert_eq!(tokens(&b), vec![(1, 40), (0, 24)]);
+    }
+
+    struct OverBudget;
+    impl Planner for OverBudget {
+        fn plan(&mut self, _s: &StepState) -> Result<StepPlan> {
+            Ok(StepPlan { token_budget: 10_000, max_num_seqs: 8, ..StepPlan::default() })
+        }
+    }
+
+    #[test]
+    fn a_plan_over_the_pool_limits_is_an_error() {
+        let (mut reqs, mut q) = setup(&[40], 2);
+        let mut kv = BlockManager::new(100, 16, 0);
+        let mut s = PlanScheduler::new(Box::new(OverBudget), 8, 64);
+        let mut b = Batch::default();
+        s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
+        assert!(b.items.is_empty());
+        let e = s.take_error().expect("an error");
+        assert!(e.to_string().contains("token_budget"), "{e}");
+    }
+}

@@ -1,0 +1,101 @@
+//! A user's Python router and scheduler policies plugged into the core: the core calls back into
+//! Python through bridge objects (`fleetwise.policy.bridge`) that turn rows into view objects and
+//! decisions back into plain values.
+
+use fleetwise_core::error::{Error, Result};
+use fleetwise_core::request::Request;
+use fleetwise_core::router::{InstanceLoad, Router};
+use fleetwise_core::scheduler::{Planner, StepPlan, StepState};
+use pyo3::prelude::*;
+use std::sync::{Arc, Mutex};
+
+/// The first Python exception a policy raised, kept to become the `__cause__` of the PolicyError.
+pub type ErrorSlot = Arc<Mutex<Option<PyErr>>>;
+
+fn failed(slot: &ErrorSlot, what: &str, err: PyErr) -> Error {
+    let message = format!("{what} raised {err}");
+    let mut s = slot.lock().expect("error slot");
+    if s.is_none() {
+        *s = Some(err);
+    }
+    Error::Policy { message }
+}
+
+/// (id, prompt, output, computed, generated, arrival seconds, preemptions, cached prompt tokens)
+type RequestRow = (u32, u32, u32, u32, u32, f64, u32, u32);
+/// (outstanding tokens, waiting, running, cached prefix tokens, KV blocks used, KV blocks in all)
+type LoadRow = (u64, u32, u32, u64, u32, u32);
+
+fn load_row(l: &InstanceLoad) -> LoadRow {
+    (l.outstanding_tokens, l.waiting, l.running, l.cached_prefix_tokens, l.kv_used_blocks, l.kv_total_blocks)
+}
+
+/// A Python router bridge: `bridge.route(request_row, hashes, entry_rows, decode_rows)` returns
+/// `(entry position, decode position or None)`.
+pub struct PyRouterPlugin {
+    bridge: Py<PyAny>,
+    slot: ErrorSlot,
+}
+
+impl PyRouterPlugin {
+    /// Wraps `bridge`; a Python exception it raises lands in `slot`.
+    pub fn new(bridge: Py<PyAny>, slot: ErrorSlot) -> Self {
+        PyRouterPlugin { bridge, slot }
+    }
+}
+
+impl Router for PyRouterPlugin {
+    fn route(&mut self, req: &Request, loads: &[InstanceLoad]) -> usize {
+        self.route_pair(req, loads, &[]).map(|p| p.0).unwrap_or(0)
+    }
+
+    fn route_pair(&mut self, req: &Request, entry: &[InstanceLoad], decoders: &[InstanceLoad]) -> Result<(usize, Option<usize>)> {
+        Python::with_gil(|py| {
+            let row = (req.prompt, req.output, req.arrival as f64 * 1e-9);
+            let e: Vec<LoadRow> = entry.iter().map(load_row).collect();
+            let d: Vec<LoadRow> = decoders.iter().map(load_row).collect();
+            self.bridge
+                .call_method1(py, "route", (row, req.hashes.clone(), e, d))
+                .and_then(|r| r.extract::<(usize, Option<usize>)>(py))
+                .map_err(|err| failed(&self.slot, "the router policy", err))
+        })
+    }
+}
+
+/// A Python scheduler bridge: `bridge.plan(waiting_rows, running_rows, free, total, block_size,
+/// step)` returns `(token_budget, max_num_seqs, running_order, waiting_order, victim_order,
+/// max_prefill_chunk)` with None for orders the engine keeps.
+pub struct PyPlanner {
+    bridge: Py<PyAny>,
+    slot: ErrorSlot,
+}
+
+impl PyPlanner {
+    /// Wraps `bridge`; a Python exception it raises lands in `slot`.
+    pub fn new(bridge: Py<PyAny>, slot: ErrorSlot) -> Self {
+        PyPlanner { bridge, slot }
+    }
+}
+
+type PlanTuple = (u32, u32, Option<Vec<u32>>, Option<Vec<u32>>, Option<Vec<u32>>, Option<u32>);
+
+impl Planner for PyPlanner {
+    fn plan(&mut self, s: &StepState) -> Result<StepPlan> {
+        let tpe = s.kv.prefix_cache().map_or(0, |c| c.tokens_per_entry());
+        let row = |&i: &u32| -> RequestRow {
+            let r = &s.reqs[i as usize];
+            (i, r.prompt, r.output, r.computed, r.generated, r.arrival as f64 * 1e-9, r.preemptions, r.cache_refs * tpe)
+        };
+        let waiting: Vec<RequestRow> = s.queues.waiting.iter().map(row).collect();
+        let running: Vec<RequestRow> = s.queues.running.iter().map(row).collect();
+        let (free, total, block) = (s.kv.free(), s.kv.total(), s.kv.block_size());
+        Python::with_gil(|py| {
+            let p: PlanTuple = self
+                .bridge
+                .call_method1(py, "plan", (waiting, running, free, total, block, s.step))
+                .and_then(|r| r.extract(py))
+                .map_err(|err| failed(&self.slot, "the scheduler policy", err))?;
+            Ok(StepPlan { token_budget: p.0, max_num_seqs: p.1, running_order: p.2, waiting_order: p.3, victim_order: p.4, max_prefill_chunk: p.5 })
+        })
+    }
+}
