@@ -60,7 +60,7 @@ def test_least_outstanding_tokens_beats_round_robin_on_alternating_lengths():
 
 
 def _sched(num_blocks, max_seqs=8, max_tokens=2048, block_size=16, watermark=0):
-    from fleetwise.policies import make_scheduler
+    from fleetwise.policy.builtin import make_scheduler
 
     return make_scheduler({"kind": "vllm", "max_num_seqs": max_seqs, "max_num_batched_tokens": max_tokens}, num_blocks, block_size, watermark)
 
@@ -103,7 +103,7 @@ def test_scheduler_object_reproduces_simulator_iterations():
     """Driving the Rust scheduler object by hand gives the simulator's batches, step for step."""
     import numpy as np
 
-    from fleetwise.policies import make_scheduler
+    from fleetwise.policy.builtin import make_scheduler
     from fleetwise.workload import Workload
 
     rng = np.random.default_rng(5)

@@ -211,7 +211,7 @@ def test_batchllm_beats_vllm_with_lru_prefix_caching_on_a_prefix_heavy_batch():
 
 
 def test_batchllm_fills_its_token_budget_with_prefill_chunks():
-    from fleetwise.policies import make_scheduler
+    from fleetwise.policy.builtin import make_scheduler
 
     # Without prefix caching there is nothing to share; the scheduler still batches by tokens.
     s = make_scheduler({"kind": "batchllm", "max_num_seqs": 8, "token_budget": 512}, num_blocks=1000)

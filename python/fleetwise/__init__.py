@@ -6,7 +6,7 @@ discrete-event core and returns a ``Result`` with a per-request polars DataFrame
 
 from fleetwise.config.load import load_scenario, scenario_from_dict
 from fleetwise.config.scenario import Scenario
-from fleetwise.errors import CapacityError, ConfigError, FleetwiseError, SimulationError, TraceError
+from fleetwise.errors import CapacityError, ConfigError, FleetwiseError, PolicyError, SimulationError, TraceError
 from fleetwise.result import Result
 from fleetwise.simulate import simulate
 
@@ -21,4 +21,5 @@ __all__ = [
     "CapacityError",
     "TraceError",
     "SimulationError",
+    "PolicyError",
 ]

@@ -1,4 +1,4 @@
-"""The ``fleetwise`` command line: run, compare, sweep, goodput, place, report, estimate, catalog, calibrate.
+"""The ``fleetwise`` command line: run, compare, sweep, goodput, place, report, estimate, catalog, calibrate, check-policy.
 
 User mistakes (bad scenario fields, unknown names, models that do not fit, malformed traces) end
 with a one-paragraph message on stderr and exit code 2, never a traceback.
@@ -409,6 +409,39 @@ def calibrate(
     out_file.write_text(yaml.safe_dump(cal.model_dump(), sort_keys=False))
     out.print(yaml.safe_dump(cal.model_dump(), sort_keys=False))
     out.print(f"forward passes: median error {s['median_abs_error']:.1%}, worst {s['max_abs_error']:.1%} over {s['points']} points; written to {out_file}")
+
+
+@app.command("check-policy")
+def check_policy(
+    kind: str = typer.Argument(..., help="router, scheduler or expert-cache."),
+    name: str = typer.Argument(..., help="A registered name or package.module:attr."),
+    param: List[str] = typer.Option([], "--param", "-p", help="Constructor argument key=value (value parsed as JSON when it can be)."),
+) -> None:
+    """Check a policy against its interface (fleetwise.policy.conformance); exit 1 when it fails."""
+    from fleetwise.errors import ConfigError
+    from fleetwise.policy import conformance, registry
+
+    params = {}
+    for p in param:
+        key, sep, value = p.partition("=")
+        if not sep:
+            raise ConfigError(f"--param {p!r}: expected key=value")
+        try:
+            params[key] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key] = value
+    if kind == "router":
+        report = conformance.check_router(registry.create(kind, name, **params))
+    elif kind == "scheduler":
+        report = conformance.check_scheduler(registry.create(kind, name, **params))
+    elif kind == "expert-cache":
+        factory = registry.resolve(kind, name)
+        report = conformance.check_expert_cache(lambda layers, experts, capacity: factory(layers, experts, capacity, **params))
+    else:
+        raise ConfigError(f"check-policy: unknown kind {kind!r}; allowed: router, scheduler, expert-cache")
+    out.print(str(report), highlight=False, markup=False)
+    if not report.passed:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -103,6 +103,9 @@ def scheduler_json(sched, model: ModelSpec) -> dict:
             "preemption_mode": sched.preemption_mode,
             "swap_space_bytes": int(sched.swap_space_gb * (1 << 30)),
         }
+    if sched.kind == "policy":
+        # The core runs vLLM v1's loop; the plan comes from the policy object, within these limits.
+        return {"kind": "vllm-v1", "max_num_seqs": sched.max_num_seqs, "max_num_batched_tokens": sched.max_num_batched_tokens}
     if sched.kind == "orca":
         reserve = model.max_position_embeddings if sched.reserve == "max-len" else None
         return {"kind": "orca", "max_num_seqs": sched.max_num_seqs, "reserve_tokens": reserve}
@@ -114,7 +117,8 @@ def core_config(scenario: Scenario, record_iterations: bool = False, hash_block_
     return {
         "seed": scenario.seed,
         "pools": [resolve_pool(scenario, i, p) for i, p in enumerate(scenario.cluster.pools)],
-        "router": scenario.cluster.router.model_dump(),
+        # A policy router replaces this one through the bindings; the core still needs a valid config.
+        "router": scenario.cluster.router.model_dump() if scenario.cluster.router.kind != "policy" else {"kind": "round-robin"},
         "record_iterations": record_iterations,
         "hash_block_tokens": hash_block_tokens,
     }
@@ -122,4 +126,4 @@ def core_config(scenario: Scenario, record_iterations: bool = False, hash_block_
 
 def uses_prefixes(scenario: Scenario) -> bool:
     """Whether the core needs the workload's prefix hashes (prefix caching or prefix-aware routing)."""
-    return any(p.prefix_caching for p in scenario.cluster.pools) or scenario.cluster.router.kind == "prefix-affinity"
+    return any(p.prefix_caching for p in scenario.cluster.pools) or scenario.cluster.router.kind in ("prefix-affinity", "policy")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
+from typing import Callable, Mapping
 
 import numpy as np
 import polars as pl
@@ -17,6 +18,7 @@ from fleetwise.config.scenario import Scenario
 from fleetwise.errors import CapacityError, ConfigError
 from fleetwise.metrics import summarize
 from fleetwise.moe import load_routing_trace
+from fleetwise.policy.plugging import core_plugins
 from fleetwise.result import Result
 from fleetwise.workload import Workload, build_workload
 
@@ -120,22 +122,29 @@ def simulate(
     workload: Workload | None = None,
     record_iterations: bool = False,
     progress: bool = False,
+    router=None,
+    schedulers: Mapping[str, Callable] | None = None,
 ) -> Result:
     """Simulates ``scenario`` (a Scenario, a dict, or a YAML path) and returns its Result.
 
     ``workload`` replaces the scenario's own requests (useful to replay one workload on several
     clusters); ``record_iterations`` keeps one row per iteration in ``Result.iterations``;
     ``progress`` shows a progress bar. Ctrl-C cancels the simulation (KeyboardInterrupt).
+    ``router`` (a ``fleetwise.policy.Router``) replaces the scenario's router; ``schedulers`` maps a
+    pool name to a zero-argument factory of ``fleetwise.policy.BatchScheduler`` objects (one per
+    instance) run in vLLM v1's loop within the pool's ``vllm-v1`` limits. A policy that raises
+    stops the simulation with a PolicyError whose ``__cause__`` is its exception.
     """
     sc = as_scenario(scenario)
     source = sc.source or "<scenario>"
     base_dir = Path(sc._base_dir) if sc._base_dir else None
     if workload is None:
         workload = build_workload(sc.workload, sc.seed, base_dir)
-    hashes = workload.hash_offsets_and_values() if uses_prefixes(sc) else None
+    hashes = workload.hash_offsets_and_values() if uses_prefixes(sc) or router is not None else None
     try:
         config = core_config(sc, record_iterations, workload.hash_block_tokens if hashes is not None else None)
         trace_path = routing_trace_path(sc, base_dir)
+        plugins = core_plugins(sc, router, schedulers)
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None
     try:
@@ -143,6 +152,7 @@ def simulate(
         extra = {} if hashes is None else {"hash_offsets": np.ascontiguousarray(hashes[0], dtype=np.int64), "hash_values": np.ascontiguousarray(hashes[1], dtype=np.int64)}
         if trace_path is not None:
             extra.update(load_routing_trace(trace_path).core_arrays())
+        extra.update(plugins)
         out = _run_core(json.dumps(config), arrays, progress, extra)
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None

@@ -72,7 +72,39 @@ class BatchLlmScheduler(StrictModel):
     """Most tokens (decodes and prefill chunks) in one iteration."""
 
 
-SchedulerConfig = Annotated[Union[VllmScheduler, SarathiServeScheduler, SarathiScheduler, OrcaScheduler, BatchLlmScheduler], Field(discriminator="kind")]
+class VllmV1Scheduler(StrictModel):
+    """vLLM v1's scheduler: running requests first (decodes and prompt chunks), then admissions,
+    chunked prefill within one token budget, recompute preemption of the newest admission."""
+
+    kind: Literal["vllm-v1"] = "vllm-v1"
+    """Selects this scheduler."""
+    max_num_seqs: int = Field(default=256, ge=1)
+    """Most sequences in one iteration."""
+    max_num_batched_tokens: int = Field(default=8192, ge=1)
+    """Most tokens in one iteration (vLLM v1's default for online serving)."""
+    max_prefill_chunk: int | None = Field(default=None, ge=1)
+    """Most prompt tokens of one request per iteration (vLLM's long_prefill_token_threshold)."""
+
+
+class PolicyScheduler(StrictModel):
+    """A batch scheduler policy object (``fleetwise.policy.BatchScheduler``), by registered name or
+    ``module:attr``, run by vLLM v1's scheduling loop within the limits given here."""
+
+    kind: Literal["policy"] = "policy"
+    """Selects a policy object."""
+    name: str
+    """Registered name (``fleetwise.policy.names("scheduler")``) or ``package.module:attr``."""
+    params: dict = Field(default_factory=dict)
+    """Keyword arguments for the policy's constructor."""
+    max_num_seqs: int = Field(default=256, ge=1)
+    """Most sequences a plan may allow in one iteration."""
+    max_num_batched_tokens: int = Field(default=8192, ge=1)
+    """Most tokens a plan may allow in one iteration (sizes the activation memory)."""
+
+
+SchedulerConfig = Annotated[
+    Union[VllmScheduler, VllmV1Scheduler, SarathiServeScheduler, SarathiScheduler, OrcaScheduler, BatchLlmScheduler, PolicyScheduler], Field(discriminator="kind")
+]
 """Any batch scheduler, selected by ``kind``."""
 
 
@@ -105,8 +137,20 @@ class RandomRouter(StrictModel):
     """Selects this router."""
 
 
+class PolicyRouter(StrictModel):
+    """A router policy object (``fleetwise.policy.Router``), by registered name or ``module:attr``;
+    it sees every instance, prefill and decode ones included, and may choose both of a pair."""
+
+    kind: Literal["policy"] = "policy"
+    """Selects a policy object."""
+    name: str
+    """Registered name (``fleetwise.policy.names("router")``) or ``package.module:attr``."""
+    params: dict = Field(default_factory=dict)
+    """Keyword arguments for the policy's constructor."""
+
+
 RouterConfig = Annotated[
-    Union[RoundRobinRouter, LeastOutstandingTokensRouter, RandomRouter, PrefixAffinityRouter], Field(discriminator="kind")
+    Union[RoundRobinRouter, LeastOutstandingTokensRouter, RandomRouter, PrefixAffinityRouter, PolicyRouter], Field(discriminator="kind")
 ]
 """Any router, selected by ``kind``."""
 

@@ -44,6 +44,58 @@ def make_router(config: dict, instances: int, seed: int = 0) -> _core.Router:
     return _core.Router(json.dumps(cfg.model_dump()), instances, seed)
 
 
+class PolicyStepper:
+    """vLLM v1's scheduling loop (the simulator's own) driven step by step with a Python
+    BatchScheduler planning each step; request ids may be any hashable values."""
+
+    def __init__(self, core: _core.Scheduler, ids: list):
+        self._core = core
+        self._ids = ids
+
+    def add(self, request_id, prompt: int, output: int) -> None:
+        """Queues a request with ``prompt`` input tokens and ``output`` tokens to generate."""
+        self._core.add(len(self._ids), prompt, output)
+        self._ids.append(request_id)
+
+    def schedule(self) -> list[tuple]:
+        """The next batch: ``(request_id, tokens)`` per request, in batch order."""
+        return [(self._ids[i], n) for i, n in self._core.schedule()]
+
+    def complete(self) -> list[tuple]:
+        """Marks the last batch as run: ``(request_id, finished)`` for each request that sampled."""
+        return [(self._ids[i], done) for i, done in self._core.complete()]
+
+    def waiting(self) -> list:
+        """Waiting request ids in queue order."""
+        return [self._ids[i] for i in self._core.waiting()]
+
+    def running(self) -> list:
+        """Running request ids in admission order."""
+        return [self._ids[i] for i in self._core.running()]
+
+    def preempted(self) -> int:
+        """Requests preempted while forming the last batch."""
+        return self._core.preempted()
+
+    def used_blocks(self) -> int:
+        """KV blocks in use."""
+        return self._core.used_blocks()
+
+    def free_blocks(self) -> int:
+        """KV blocks free."""
+        return self._core.free_blocks()
+
+
+def make_policy_scheduler(policy, num_blocks: int, block_size: int = 16, watermark: int = 0, max_num_seqs: int = 256, max_num_batched_tokens: int = 8192) -> PolicyStepper:
+    """``policy`` (a ``fleetwise.policy.BatchScheduler``) in vLLM v1's loop over ``num_blocks`` KV
+    blocks, within the given limits: exactly what a simulated instance runs, one step at a time."""
+    from fleetwise.policy.bridge import SchedulerBridge
+
+    ids: list = []
+    config = json.dumps({"kind": "vllm-v1", "max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens})
+    return PolicyStepper(_core.Scheduler(config, num_blocks, block_size, watermark, planner=SchedulerBridge(policy, ids)), ids)
+
+
 def make_scheduler(config: dict, num_blocks: int, block_size: int = 16, watermark: int | None = None) -> _core.Scheduler:
     """The built-in batch scheduler ``config`` describes, over a KV cache of ``num_blocks`` blocks.
 
@@ -56,6 +108,8 @@ def make_scheduler(config: dict, num_blocks: int, block_size: int = 16, watermar
     from fleetwise.cluster import scheduler_json
 
     cfg = _SCHEDULER.validate_python(config)
+    if cfg.kind == "policy":
+        raise ValueError("a policy scheduler steps through make_policy_scheduler(policy, ...)")
     # Defaults that depend on a model (vLLM's token limit, Orca's reservation) assume an 8K context.
     model = builtin_models()["llama-3-8b"]
     return _core.Scheduler(json.dumps(scheduler_json(cfg, model)), num_blocks, block_size, watermark)

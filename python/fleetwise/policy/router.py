@@ -177,11 +177,17 @@ class Profile:
 class ProfileRouter:
     """A router made of profiles: ``default`` alone, or ``prefill`` and ``decode`` for disaggregation."""
 
-    def __init__(self, profiles: dict[str, Profile], pd_threshold: int = 0):
+    def __init__(self, profiles: dict[str, Profile], pd_threshold: int = 0, decode_may_prefill: bool = False):
         if "default" not in profiles and not {"prefill", "decode"} <= profiles.keys():
             raise ValueError("profiles need a 'default' profile, or both 'prefill' and 'decode'")
         self.profiles = profiles
         self.pd_threshold = pd_threshold
+        self.decode_may_prefill = decode_may_prefill
+
+    @property
+    def disaggregated(self) -> bool:
+        """Whether it routes to prefill/decode pairs (has a decode profile)."""
+        return "decode" in self.profiles
 
     def route(self, request: RequestView, endpoints: Sequence[EndpointView]) -> RouteDecision:
         """Runs the profiles: the default one, or decode then (for long uncached prompts) prefill."""
@@ -190,7 +196,8 @@ class ProfileRouter:
             if decode is None:
                 raise LookupError("the decode profile's filters left no endpoint")
             uncached = request.prompt_tokens - decode.cached_prefix_tokens
-            if uncached > self.pd_threshold:
+            local_ok = decode.role == "mixed" or self.decode_may_prefill
+            if uncached > self.pd_threshold or not local_ok:
                 prefill = self.profiles["prefill"].run(request, endpoints)
                 if prefill is not None:
                     return RouteDecision(instance=decode.index, prefill=prefill.index)
@@ -220,7 +227,7 @@ def cache_aware(prefix_weight: float = 2.0, load_weight: float = 1.0) -> Profile
     return ProfileRouter({"default": Profile(filters=[RoleFilter("mixed")], scorers=[(PrefixScorer(), prefix_weight), (LoadScorer(), load_weight)])})
 
 
-def disaggregated(pd_threshold: int = 0) -> ProfileRouter:
+def disaggregated(pd_threshold: int = 0, decode_may_prefill: bool = False) -> ProfileRouter:
     """Prefill/decode disaggregation: least-loaded decode endpoint, least-loaded prefill endpoint for
     prompts whose uncached part exceeds ``pd_threshold`` tokens (shorter ones prefill where they decode)."""
     return ProfileRouter(
@@ -229,4 +236,5 @@ def disaggregated(pd_threshold: int = 0) -> ProfileRouter:
             "prefill": Profile(filters=[RoleFilter("prefill")], scorers=[(LoadScorer(), 1.0)]),
         },
         pd_threshold=pd_threshold,
+        decode_may_prefill=decode_may_prefill,
     )
