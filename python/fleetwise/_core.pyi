@@ -22,6 +22,9 @@ class TraceError(FleetwiseError):
 class SimulationError(FleetwiseError):
     """The simulation could not proceed."""
 
+class PolicyError(FleetwiseError):
+    """A user's policy raised or answered something the engine cannot apply."""
+
 Prefill = tuple[int, int, bool]
 
 class CostModel:
@@ -66,7 +69,7 @@ class Router:
 class Scheduler:
     """A built-in batch scheduler driven step by step."""
 
-    def __init__(self, config_json: str, num_blocks: int, block_size: int = 16, watermark: int | None = None, block_bytes: int = ...) -> None: ...
+    def __init__(self, config_json: str, num_blocks: int, block_size: int = 16, watermark: int | None = None, block_bytes: int = ..., planner: Any | None = None) -> None: ...
     def add(self, request_id: int, prompt: int, output: int) -> None: ...
     def schedule(self) -> list[tuple[int, int]]: ...
     def complete(self) -> list[tuple[int, bool]]: ...
@@ -94,6 +97,8 @@ def simulate(
     routing_offsets: npt.NDArray[np.int64] | None = None,
     routing_experts: npt.NDArray[np.int64] | None = None,
     routing_shape: tuple[int, int] | None = None,
+    router: Any | None = None,
+    planners: dict[int, Any] | None = None,
 ) -> dict[str, Any]: ...
 
 def expert_cache_hits(
