@@ -1,0 +1,1 @@
+"""Integrations of fleetwise policies with real serving and modelling stacks."""
