@@ -152,6 +152,8 @@ def test_builtin_policies_conform():
         assert conformance.check_router(P.create("router", name)).passed, name
     for name in P.names("scheduler"):
         assert conformance.check_scheduler(P.create("scheduler", name)).passed, name
+    for name in P.names("prefix-cache"):
+        assert conformance.check_prefix_cache(P.create("prefix-cache", name)).passed, name
     for name in ("lru", "lfu", "static"):
         assert conformance.check_expert_cache(lambda l, e, c, n=name: P.make_expert_cache(n, l, e, c)).passed, name
 
@@ -203,3 +205,33 @@ def test_python_expert_caches_equal_the_simulators(policy):
     from fleetwise.policy.expert_cache import replay
 
     assert replay(ours, 0, seq) == cache_hits(policy, 8, 3, seq)
+
+
+def _small_kv_prefix_scenario(*over):
+    import json
+
+    from conftest import tiny_gpu
+
+    # A 20 GB GPU leaves 524 KV blocks per instance: the Mooncake sample's prefixes get evicted.
+    return load_scenario(REPO / "scenarios" / "prefix-caching.yaml", [f"gpus={json.dumps(tiny_gpu(20))}", "cluster.pools.0.gpu=tiny", *over])
+
+
+def test_python_prefix_cache_policy_equals_native_lru_and_lfu_keeps_popular_prefixes():
+    sc = _small_kv_prefix_scenario()
+    native = fleetwise.simulate(sc)
+    lru = fleetwise.simulate(sc, prefix_caches={"main": P.LruPrefixCache})
+    assert lru.requests.equals(native.requests)
+    assert int(native.instances["peak_kv_blocks"].max()) == int(native.instances["num_blocks"].max())  # evictions happened
+    lfu = fleetwise.simulate(_small_kv_prefix_scenario("cluster.pools.0.prefix_cache_policy={name: lfu}"))
+    # Popular shared prefixes survive under LFU: more prompt tokens hit the cache.
+    assert int(lfu.instances["prefix_hit_tokens"].sum()) > 1.1 * int(native.instances["prefix_hit_tokens"].sum())
+
+
+class _EvictsNothingKnown:
+    def victim(self, idle):
+        return 12345
+
+
+def test_a_prefix_policy_naming_an_unknown_entry_is_a_policy_error():
+    with pytest.raises(fleetwise.PolicyError, match="12345"):
+        fleetwise.simulate(_small_kv_prefix_scenario(), prefix_caches={"main": _EvictsNothingKnown})

@@ -413,7 +413,7 @@ def calibrate(
 
 @app.command("check-policy")
 def check_policy(
-    kind: str = typer.Argument(..., help="router, scheduler or expert-cache."),
+    kind: str = typer.Argument(..., help="router, scheduler, prefix-cache or expert-cache."),
     name: str = typer.Argument(..., help="A registered name or package.module:attr."),
     param: List[str] = typer.Option([], "--param", "-p", help="Constructor argument key=value (value parsed as JSON when it can be)."),
 ) -> None:
@@ -434,11 +434,13 @@ def check_policy(
         report = conformance.check_router(registry.create(kind, name, **params))
     elif kind == "scheduler":
         report = conformance.check_scheduler(registry.create(kind, name, **params))
+    elif kind == "prefix-cache":
+        report = conformance.check_prefix_cache(registry.create(kind, name, **params))
     elif kind == "expert-cache":
         factory = registry.resolve(kind, name)
         report = conformance.check_expert_cache(lambda layers, experts, capacity: factory(layers, experts, capacity, **params))
     else:
-        raise ConfigError(f"check-policy: unknown kind {kind!r}; allowed: router, scheduler, expert-cache")
+        raise ConfigError(f"check-policy: unknown kind {kind!r}; allowed: router, scheduler, prefix-cache, expert-cache")
     out.print(str(report), highlight=False, markup=False)
     if not report.passed:
         raise typer.Exit(1)

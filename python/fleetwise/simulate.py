@@ -124,6 +124,7 @@ def simulate(
     progress: bool = False,
     router=None,
     schedulers: Mapping[str, Callable] | None = None,
+    prefix_caches: Mapping[str, Callable] | None = None,
 ) -> Result:
     """Simulates ``scenario`` (a Scenario, a dict, or a YAML path) and returns its Result.
 
@@ -132,7 +133,8 @@ def simulate(
     ``progress`` shows a progress bar. Ctrl-C cancels the simulation (KeyboardInterrupt).
     ``router`` (a ``fleetwise.policy.Router``) replaces the scenario's router; ``schedulers`` maps a
     pool name to a zero-argument factory of ``fleetwise.policy.BatchScheduler`` objects (one per
-    instance) run in vLLM v1's loop within the pool's ``vllm-v1`` limits. A policy that raises
+    instance) run in vLLM v1's loop within the pool's ``vllm-v1`` limits; ``prefix_caches`` maps a
+    pool name to a factory of ``fleetwise.policy.PrefixCachePolicy`` objects. A policy that raises
     stops the simulation with a PolicyError whose ``__cause__`` is its exception.
     """
     sc = as_scenario(scenario)
@@ -144,7 +146,7 @@ def simulate(
     try:
         config = core_config(sc, record_iterations, workload.hash_block_tokens if hashes is not None else None)
         trace_path = routing_trace_path(sc, base_dir)
-        plugins = core_plugins(sc, router, schedulers)
+        plugins = core_plugins(sc, router, schedulers, prefix_caches)
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None
     try:

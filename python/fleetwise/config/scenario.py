@@ -86,6 +86,15 @@ class VllmV1Scheduler(StrictModel):
     """Most prompt tokens of one request per iteration (vLLM's long_prefill_token_threshold)."""
 
 
+class PolicyRef(StrictModel):
+    """A policy object by registered name or ``package.module:attr``, with constructor parameters."""
+
+    name: str
+    """Registered name or ``package.module:attr``."""
+    params: dict = Field(default_factory=dict)
+    """Keyword arguments for its constructor."""
+
+
 class PolicyScheduler(StrictModel):
     """A batch scheduler policy object (``fleetwise.policy.BatchScheduler``), by registered name or
     ``module:attr``, run by vLLM v1's scheduling loop within the limits given here."""
@@ -231,6 +240,8 @@ class PoolConfig(StrictModel):
     """Mixture-of-experts serving: expert placement (HBM, DRAM, flash), routing model, expert
     cache, prefetching and token grouping (MoE models only; docs/moe.md)."""
     prefix_caching: bool = False
+    prefix_cache_policy: PolicyRef | None = None
+    """Eviction policy object for the prefix cache (default: the built-in LRU); needs prefix_caching."""
     """Keep prompt prefixes cached and share them (vLLM's automatic prefix caching, LRU eviction);
     needs prefix hashes in the workload (a Mooncake trace, ``prefixes`` or ``sessions``)."""
     role: Literal["mixed", "prefill", "decode"] = "mixed"

@@ -10,6 +10,7 @@ real serving stack (``fleetwise serve-router``, vLLM's ``scheduler_cls`` through
 
 from fleetwise.policy.decisions import RouteDecision, StepPlan
 from fleetwise.policy.expert_cache import ExpertCachePolicy, LfuExpertCache, LruExpertCache, StaticExpertCache, make_expert_cache
+from fleetwise.policy.prefix_cache import CachedPrefixView, LfuPrefixCache, LruPrefixCache, PrefixCachePolicy
 from fleetwise.policy.registry import create, names, register, resolve
 from fleetwise.policy.router import (
     Filter,
@@ -37,6 +38,7 @@ __all__ = [
     "RoleFilter", "QueueFilter", "LoadScorer", "QueueScorer", "KvUsageScorer", "PrefixScorer",
     "MaxScorePicker", "RandomPicker", "RoundRobinPicker",
     "BatchScheduler", "Fcfs", "ShortestPromptFirst", "DecodeBudget",
+    "PrefixCachePolicy", "CachedPrefixView", "LruPrefixCache", "LfuPrefixCache",
     "ExpertCachePolicy", "LruExpertCache", "LfuExpertCache", "StaticExpertCache", "make_expert_cache",
     "register", "create", "resolve", "names",
 ]

@@ -195,6 +195,34 @@ def _check_plan(report: ConformanceReport, t: int, p, view: StepView, max_num_se
             report.fail(f"trial {t}: {name} lists a request twice")
 
 
+def check_prefix_cache(policy, trials: int = 300, seed: int = 0) -> ConformanceReport:
+    """Checks a PrefixCachePolicy: it names one of the idle entries it was offered, every time, and
+    two copies agree."""
+    from fleetwise.policy.prefix_cache import CachedPrefixView
+
+    report = ConformanceReport("prefix-cache")
+    twin = _twin(policy, report)
+    rng = random.Random(seed)
+    for t in range(trials):
+        ticks = sorted(rng.sample(range(1, 100_000), rng.randrange(1, 40)))
+        idle = [CachedPrefixView(hash=rng.randrange(1 << 63), last_use=tick, hits=rng.randrange(0, 6)) for tick in ticks]
+        start = time.perf_counter()
+        try:
+            h = policy.victim(idle)
+        except Exception as e:
+            report.fail(f"trial {t}: victim() raised {type(e).__name__}: {e}")
+            continue
+        finally:
+            report.seconds += time.perf_counter() - start
+            report.calls += 1
+        if h not in {e.hash for e in idle}:
+            report.fail(f"trial {t}: victim() returned {h!r}, not the hash of an idle entry")
+        elif twin is not None and twin.victim(idle) != h:
+            report.fail(f"trial {t}: two copies of the policy chose differently (not deterministic)")
+            twin = None
+    return report
+
+
 def check_expert_cache(factory, num_layers: int = 4, num_experts: int = 8, capacity: int = 3, accesses: int = 2000, seed: int = 0) -> ConformanceReport:
     """Checks an ExpertCachePolicy built by ``factory(num_layers, num_experts, capacity)``: a hit
     exactly when the expert was resident, at most ``capacity`` residents per layer, evictions only

@@ -6,6 +6,7 @@ from typing import Callable, Mapping
 
 from fleetwise.errors import ConfigError
 from fleetwise.policy.bridge import RouterBridge, SchedulerBridge
+from fleetwise.policy.prefix_cache import PrefixCacheBridge
 from fleetwise.policy.registry import create
 
 
@@ -19,10 +20,11 @@ def instance_names_and_roles(scenario) -> tuple[list[str], list[str]]:
     return names, roles
 
 
-def core_plugins(scenario, router=None, schedulers: Mapping[str, Callable] | None = None) -> dict:
+def core_plugins(scenario, router=None, schedulers: Mapping[str, Callable] | None = None, prefix_caches: Mapping[str, Callable] | None = None) -> dict:
     """Keyword arguments for ``_core.simulate`` that plug in the policy objects: ``router`` (a
-    Router) and ``schedulers`` (pool name -> zero-argument factory of a BatchScheduler, one object
-    per instance), else those the scenario names with ``kind: policy``."""
+    Router), ``schedulers`` and ``prefix_caches`` (pool name -> zero-argument factory of a
+    BatchScheduler / PrefixCachePolicy, one object per instance), else those the scenario names
+    (``kind: policy`` routers and schedulers, a pool's ``prefix_cache_policy``)."""
     names, roles = instance_names_and_roles(scenario)
     extra: dict = {}
     rc = scenario.cluster.router
@@ -46,6 +48,21 @@ def core_plugins(scenario, router=None, schedulers: Mapping[str, Callable] | Non
         if p not in factories and sc.kind == "policy":
             create("scheduler", sc.name, **sc.params)  # fail early on a bad name or parameters
             factories[p] = lambda sc=sc: create("scheduler", sc.name, **sc.params)
+    evictors: dict[int, Callable] = {}
+    for name, factory in (prefix_caches or {}).items():
+        if name not in pool_names:
+            raise ConfigError(f"prefix_caches: no pool named {name!r}; pools are {', '.join(pool_names)}")
+        evictors[pool_names.index(name)] = factory
+    for p, pool in enumerate(scenario.cluster.pools):
+        pc = pool.prefix_cache_policy
+        if p not in evictors and pc is not None:
+            create("prefix-cache", pc.name, **pc.params)
+            evictors[p] = lambda pc=pc: create("prefix-cache", pc.name, **pc.params)
+    for p in evictors:
+        if not scenario.cluster.pools[p].prefix_caching:
+            raise ConfigError(f"cluster.pools.{p}.prefix_cache_policy: needs prefix_caching: true")
+    if evictors:
+        extra["evictors"] = {p: (lambda instance, f=f: PrefixCacheBridge(f())) for p, f in evictors.items()}
     if factories:
         extra["planners"] = {p: (lambda instance, f=f: SchedulerBridge(_checked_scheduler(f()))) for p, f in factories.items()}
     return extra

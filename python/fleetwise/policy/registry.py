@@ -12,7 +12,7 @@ from typing import Callable
 
 from fleetwise.errors import ConfigError
 
-KINDS = ("router", "scheduler", "expert-cache")
+KINDS = ("router", "scheduler", "prefix-cache", "expert-cache")
 _REGISTRY: dict[str, dict[str, Callable]] = {k: {} for k in KINDS}
 
 
@@ -61,7 +61,7 @@ def create(kind: str, name: str, **params):
 
 
 def _register_builtins() -> None:
-    from fleetwise.policy import expert_cache, router, scheduler
+    from fleetwise.policy import expert_cache, prefix_cache, router, scheduler
 
     register("router", "round-robin")(router.round_robin)
     register("router", "least-outstanding-tokens")(router.least_outstanding_tokens)
@@ -70,6 +70,8 @@ def _register_builtins() -> None:
     register("scheduler", "fcfs")(scheduler.Fcfs)
     register("scheduler", "shortest-prompt-first")(scheduler.ShortestPromptFirst)
     register("scheduler", "decode-budget")(scheduler.DecodeBudget)
+    register("prefix-cache", "lru")(prefix_cache.LruPrefixCache)
+    register("prefix-cache", "lfu")(prefix_cache.LfuPrefixCache)
     register("expert-cache", "lru")(expert_cache.LruExpertCache)
     register("expert-cache", "lfu")(expert_cache.LfuExpertCache)
     register("expert-cache", "static")(expert_cache.StaticExpertCache)

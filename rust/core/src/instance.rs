@@ -195,9 +195,17 @@ impl Instance {
         self
     }
 
-    /// An error the scheduler met forming the last iteration, if any.
-    pub fn take_scheduler_error(&mut self) -> Option<crate::error::Error> {
-        self.scheduler.take_error()
+    /// Evicts cached prefixes in the order `evictor` chooses (needs prefix caching on).
+    pub fn with_prefix_evictor(mut self, evictor: Box<dyn crate::prefix::PrefixEvictor>) -> Self {
+        if let Some(c) = self.kv.prefix_cache_mut() {
+            c.set_evictor(evictor);
+        }
+        self
+    }
+
+    /// An error a plugged-in policy (scheduler, prefix cache) met since the last call, if any.
+    pub fn take_policy_error(&mut self) -> Option<crate::error::Error> {
+        self.scheduler.take_error().or_else(|| self.kv.prefix_cache_mut().and_then(|c| c.take_error()))
     }
 
     /// Sets the instance's role; `layerwise` (prefill instances) sends KV while the prefill runs.

@@ -40,6 +40,11 @@ impl BlockManager {
         self.cache.as_ref()
     }
 
+    /// The prefix cache, mutably (to plug in an eviction policy or take its error).
+    pub fn prefix_cache_mut(&mut self) -> Option<&mut PrefixCache> {
+        self.cache.as_mut()
+    }
+
     /// Own blocks `req` still needs to hold KV for `tokens` tokens (its shared prefix blocks count).
     pub fn growth(&self, req: &Request, tokens: u64) -> u32 {
         self.blocks_for(tokens).saturating_sub(req.blocks + req.shared_blocks)

@@ -26,6 +26,7 @@ use crate::moe::{ExpertConfig, ExpertTier, RoutingTrace};
 use std::sync::Arc;
 use crate::request::{Request, Status};
 use crate::router::{InstanceLoad, Router, RouterConfig};
+use crate::prefix::PrefixEvictor;
 use crate::scheduler::{PlanScheduler, Planner, SchedulerConfig};
 use crate::sketch::QuantileSketch;
 use crate::time::Nanos;
@@ -328,7 +329,7 @@ impl Iterations {
     /// Starts `idx`'s next iteration at `now`, if it has work.
     fn begin(&mut self, inst: &mut Instance, idx: u32, now: Nanos, reqs: &mut [Request], queue: &mut EventQueue, net: &mut Transfers) -> Result<()> {
         let started = inst.start_iteration(now, reqs);
-        if let Some(e) = inst.take_scheduler_error() {
+        if let Some(e) = inst.take_policy_error() {
             return Err(e);
         }
         let Some(start) = started else { return Ok(()) };
@@ -614,6 +615,9 @@ pub fn simulate_with(config: &SimConfig, workload: &Workload, control: &Control)
 /// user's policy.
 pub type PlannerFactory = Box<dyn Fn(usize) -> Result<Box<dyn Planner>> + Send + Sync>;
 
+/// Builds the prefix-cache eviction policy of one instance (its index in the cluster).
+pub type EvictorFactory = Box<dyn Fn(usize) -> Result<Box<dyn PrefixEvictor>> + Send + Sync>;
+
 /// Policies supplied as objects rather than configuration (a user's own, e.g. from Python).
 #[derive(Default)]
 pub struct Plugins {
@@ -622,6 +626,8 @@ pub struct Plugins {
     /// Per pool index: planners for its instances, run by vLLM v1's scheduling loop within the
     /// pool's configured limits.
     pub planners: BTreeMap<usize, PlannerFactory>,
+    /// Per pool index: prefix-cache eviction policies for its instances (pools with prefix caching).
+    pub evictors: BTreeMap<usize, EvictorFactory>,
 }
 
 /// [`simulate_with`] with `plugins` in place of the configured policies they replace.
@@ -674,6 +680,11 @@ pub fn simulate_plugged(config: &SimConfig, workload: &Workload, control: &Contr
                     let (tokens, seqs) = pool.scheduler.limits();
                     inst.with_scheduler(Box::new(PlanScheduler::new(make(instances.len())?, seqs, tokens)))
                 }
+                None => inst,
+            };
+            let inst = match plugins.evictors.get(&p) {
+                Some(make) if prefix_tokens.is_some() => inst.with_prefix_evictor(make(instances.len())?),
+                Some(_) => return Err(Error::config(format!("cluster.pools.{p}.prefix_caching"), "a prefix cache policy needs prefix_caching: true and a workload with prefix hashes")),
                 None => inst,
             };
             instances.push(inst);
@@ -790,6 +801,11 @@ pub fn simulate_plugged(config: &SimConfig, workload: &Workload, control: &Contr
         }
     }
 
+    for inst in instances.iter_mut() {
+        if let Some(e) = inst.take_policy_error() {
+            return Err(e);
+        }
+    }
     if let Some((i, r)) = reqs.iter().enumerate().find(|(_, r)| !matches!(r.status, Status::Finished | Status::Rejected)) {
         return Err(Error::Simulation { message: format!("request {i} never finished (status {:?}, {} of {} tokens generated)", r.status, r.generated, r.output) });
     }

@@ -3,6 +3,7 @@
 //! decisions back into plain values.
 
 use fleetwise_core::error::{Error, Result};
+use fleetwise_core::prefix::{IdleEntry, PrefixEvictor};
 use fleetwise_core::request::Request;
 use fleetwise_core::router::{InstanceLoad, Router};
 use fleetwise_core::scheduler::{Planner, StepPlan, StepState};
@@ -97,5 +98,26 @@ impl Planner for PyPlanner {
                 .map_err(|err| failed(&self.slot, "the scheduler policy", err))?;
             Ok(StepPlan { token_budget: p.0, max_num_seqs: p.1, running_order: p.2, waiting_order: p.3, victim_order: p.4, max_prefill_chunk: p.5 })
         })
+    }
+}
+
+/// A Python prefix-cache bridge: `bridge.victim(idle_rows)` with rows `(hash, last_use, hits)`
+/// (least recently released first) returns the hash to evict.
+pub struct PyEvictor {
+    bridge: Py<PyAny>,
+    slot: ErrorSlot,
+}
+
+impl PyEvictor {
+    /// Wraps `bridge`; a Python exception it raises lands in `slot`.
+    pub fn new(bridge: Py<PyAny>, slot: ErrorSlot) -> Self {
+        PyEvictor { bridge, slot }
+    }
+}
+
+impl PrefixEvictor for PyEvictor {
+    fn victim(&mut self, idle: &[IdleEntry]) -> Result<u64> {
+        let rows: Vec<(u64, u64, u32)> = idle.iter().map(|e| (e.hash, e.last_use, e.hits)).collect();
+        Python::with_gil(|py| self.bridge.call_method1(py, "victim", (rows,)).and_then(|r| r.extract::<u64>(py)).map_err(|err| failed(&self.slot, "the prefix cache policy", err)))
     }
 }

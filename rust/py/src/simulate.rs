@@ -4,7 +4,7 @@ use crate::errors::{from_json, to_py};
 use fleetwise_core::request::Status;
 use fleetwise_core::moe::{replay_hits, CachePolicy, RoutingTrace};
 use fleetwise_core::sim::{simulate_plugged, Control, Plugins, SimConfig, Workload};
-use crate::plugins::{ErrorSlot, PyPlanner, PyRouterPlugin};
+use crate::plugins::{ErrorSlot, PyEvictor, PyPlanner, PyRouterPlugin};
 use std::collections::HashMap;
 use std::sync::Arc;
 use numpy::{IntoPyArray, PyReadonlyArray1};
@@ -53,9 +53,10 @@ impl PySimControl {
 /// sorted; prompt and output tokens) and returns a dict of result columns and facts. The GIL is
 /// released while it runs (and taken back for each call into a Python policy); `control` lets
 /// another thread follow and cancel it. `router` is a Python router bridge replacing the configured
-/// router; `planners` maps a pool index to a factory `f(instance) -> scheduler bridge`.
+/// router; `planners` maps a pool index to a factory `f(instance) -> scheduler bridge`, and
+/// `evictors` to a factory of prefix-cache bridges.
 #[pyfunction]
-#[pyo3(signature = (config_json, arrival_ns, prompt_tokens, output_tokens, control=None, hash_offsets=None, hash_values=None, routing_offsets=None, routing_experts=None, routing_shape=None, router=None, planners=None))]
+#[pyo3(signature = (config_json, arrival_ns, prompt_tokens, output_tokens, control=None, hash_offsets=None, hash_values=None, routing_offsets=None, routing_experts=None, routing_shape=None, router=None, planners=None, evictors=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn simulate<'py>(
     py: Python<'py>,
@@ -71,6 +72,7 @@ pub fn simulate<'py>(
     routing_shape: Option<(u32, u32)>,
     router: Option<Py<PyAny>>,
     planners: Option<HashMap<usize, Py<PyAny>>>,
+    evictors: Option<HashMap<usize, Py<PyAny>>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let config: SimConfig = from_json("scenario", config_json)?;
     let to_u32 = |name: &str, a: &PyReadonlyArray1<'py, i64>| -> PyResult<Vec<u32>> {
@@ -130,6 +132,17 @@ pub fn simulate<'py>(
                 Python::with_gil(|py| factory.call1(py, (instance,)))
                     .map(|bridge| Box::new(PyPlanner::new(bridge, slot.clone())) as _)
                     .map_err(|e| fleetwise_core::error::Error::Policy { message: format!("creating the scheduler policy of instance {instance} raised {e}") })
+            }),
+        );
+    }
+    for (pool, factory) in evictors.unwrap_or_default() {
+        let slot = slot.clone();
+        plugins.evictors.insert(
+            pool,
+            Box::new(move |instance| {
+                Python::with_gil(|py| factory.call1(py, (instance,)))
+                    .map(|bridge| Box::new(PyEvictor::new(bridge, slot.clone())) as _)
+                    .map_err(|e| fleetwise_core::error::Error::Policy { message: format!("creating the prefix cache policy of instance {instance} raised {e}") })
             }),
         );
     }

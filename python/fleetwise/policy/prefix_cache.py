@@ -1,0 +1,59 @@
+"""Prefix cache policies: which idle cached prompt prefix to evict when KV blocks are needed.
+
+The engine keeps the prefix cache itself (vLLM's automatic prefix caching; the simulator's
+block-hash cache): entries a running request references are never evicted, and the policy is asked
+only to choose among the idle ones. Each entry is one block hash of the prompt (chained, so equal
+hashes mean equal prefixes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence, runtime_checkable
+
+
+@dataclass(frozen=True, slots=True)
+class CachedPrefixView:
+    """An idle cached prefix entry."""
+
+    hash: int
+    last_use: int
+    """When it was last released, as a counter of cache events (larger is more recent)."""
+    hits: int
+    """Requests that found it cached."""
+
+
+@runtime_checkable
+class PrefixCachePolicy(Protocol):
+    """Chooses the idle prefix entry to evict."""
+
+    def victim(self, idle: Sequence[CachedPrefixView]) -> int:
+        """The hash of the entry to evict; ``idle`` is least recently released first, never empty."""
+        ...
+
+
+class LruPrefixCache:
+    """Least recently used first (vLLM's and the simulator's default)."""
+
+    def victim(self, idle):
+        """The least recently released entry."""
+        return min(idle, key=lambda e: e.last_use).hash
+
+
+class LfuPrefixCache:
+    """Fewest hits first, ties to the least recently used: keeps popular system prompts longer."""
+
+    def victim(self, idle):
+        """The entry with the fewest hits (then the oldest)."""
+        return min(idle, key=lambda e: (e.hits, e.last_use)).hash
+
+
+class PrefixCacheBridge:
+    """Calls a PrefixCachePolicy for the core."""
+
+    def __init__(self, policy):
+        self.policy = policy
+
+    def victim(self, rows: Sequence[tuple]) -> int:
+        """Rows ``(hash, last_use, hits)`` in, the hash to evict out."""
+        return int(self.policy.victim([CachedPrefixView(*r) for r in rows]))
