@@ -1,0 +1,1 @@
+"""Adapters that run fleetwise policies inside real serving engines (vLLM)."""
