@@ -1,1 +1,1 @@
-"""Integrations of fleetwise policies with real serving and modelling stacks."""
+"""Integrations of fleetwise policies with real engines and models: vLLM, Hugging Face transformers."""

@@ -1,0 +1,331 @@
+"""A vLLM v1 scheduler that follows a fleetwise batch scheduler (``fleetwise.policy.BatchScheduler``).
+
+:class:`FleetwiseScheduler` subclasses vLLM's own ``vllm.v1.core.sched.scheduler.Scheduler`` and
+plugs into vLLM's ``scheduler_cls`` hook. Before each of vLLM's scheduling steps it builds a
+:class:`~fleetwise.policy.views.StepView` from vLLM's queues and KV cache, asks the policy for a
+:class:`~fleetwise.policy.decisions.StepPlan` and applies it to vLLM's own loop:
+
+* ``token_budget`` becomes the step's ``max_num_scheduled_tokens``, ``max_num_seqs`` the step's
+  admission limit (``max_num_active_reqs``), ``max_prefill_chunk`` the step's
+  ``long_prefill_token_threshold``;
+* ``running_order`` reorders ``self.running`` (the order in which running requests take budget);
+* ``waiting_order`` reorders the waiting queue (the admission order);
+* ``victim_order`` is applied through vLLM's priority preemption path: running requests get
+  per-step priorities so that vLLM's "preempt the lowest priority" picks the plan's victims in order.
+
+vLLM then runs its own ``schedule()``: block allocation, preemption by recompute, prefix caching,
+chunking rules and every KV invariant stay vLLM's. After the step the running list is put back in
+admission order and the waiting queue in queue order, so the next view looks like the simulator's.
+The same policy object therefore plans the same batches here and in ``fleetwise.simulate`` (pool
+scheduler ``vllm-v1``); ``tests/integration/test_vllm_scheduler.py`` checks it token for token.
+
+Supplying the policy
+--------------------
+* ``LLM(..., scheduler_cls=make_scheduler_cls(policy))``: a subclass bound to ``policy``. The
+  scheduler runs in vLLM's engine-core process; with ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` that is
+  your process, and :func:`engine_scheduler` returns the live scheduler (to swap the policy with
+  :meth:`FleetwiseScheduler.set_policy` or read :attr:`FleetwiseScheduler.recorded`). With
+  multiprocessing on (vLLM's default) the class is handed to a forked engine process, which works on
+  Linux but leaves the scheduler out of reach.
+* ``vllm serve MODEL --scheduler-cls fleetwise.integrations.vllm_scheduler.FleetwiseScheduler`` with
+  ``FLEETWISE_VLLM_POLICY=package.module:name`` in the environment: ``name`` is a policy object, or a
+  class or factory called without arguments. Or put ``Scheduler = make_scheduler_cls(MyPolicy())`` in
+  a module of your own and pass ``--scheduler-cls mymodule.Scheduler``.
+* :func:`configure` sets a process-wide default policy (in-process engines only).
+* Without any of these the scheduler plans like vLLM itself (:class:`fleetwise.policy.Fcfs` with
+  vLLM's configured limits).
+
+Request ids in the views are vLLM's engine request ids (``request.request_id``: the id you passed
+plus vLLM's random suffix, unless ``VLLM_DISABLE_REQUEST_ID_RANDOMIZATION`` is set); ``arrival`` is
+``request.arrival_time``. A request's own ``priority`` is ignored: the plan's orders replace it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import time
+from copy import copy
+from typing import Any, Hashable
+
+from vllm.v1.core.sched.request_queue import FCFSRequestQueue, SchedulingPolicy
+from vllm.v1.core.sched.scheduler import Scheduler
+
+from fleetwise.policy.bridge import PolicyAnswerError
+from fleetwise.policy.decisions import StepPlan, ordered
+from fleetwise.policy.scheduler import Fcfs
+from fleetwise.policy.views import RequestView, StepView
+
+POLICY_ENV = "FLEETWISE_VLLM_POLICY"
+"""Environment variable naming the policy (``package.module:name``) for ``vllm serve --scheduler-cls``."""
+
+_default_policy: Any = None
+
+
+def configure(policy: Any) -> None:
+    """Sets the policy that :class:`FleetwiseScheduler` instances built afterwards in this process use
+    when their class has none (``None`` clears it)."""
+    global _default_policy
+    _default_policy = policy
+
+
+def _policy_from_env() -> Any:
+    spec = os.environ.get(POLICY_ENV)
+    if not spec:
+        return None
+    module, _, name = spec.partition(":")
+    if not name:
+        raise ValueError(f"{POLICY_ENV} must be 'package.module:name', got {spec!r}")
+    obj = importlib.import_module(module)
+    for part in name.split("."):
+        obj = getattr(obj, part)
+    if isinstance(obj, type) or not callable(getattr(obj, "plan", None)):
+        obj = obj()
+    return obj
+
+
+class FleetwiseScheduler(Scheduler):
+    """vLLM's scheduler, planned step by step by a fleetwise ``BatchScheduler``.
+
+    The policy is the class attribute ``fleetwise_policy`` (set by :func:`make_scheduler_cls`), else
+    the one given to :func:`configure`, else the one named by ``FLEETWISE_VLLM_POLICY``, else FCFS
+    with vLLM's configured limits. A plan may not exceed vLLM's configured ``max_num_seqs`` and
+    ``max_num_scheduled_tokens`` (they size the model runner): it may only tighten them.
+
+    When :attr:`record_steps` is true, each ``schedule()`` call appends to :attr:`recorded` a dict
+    with ``step``, ``scheduled`` (``[(request_id, tokens), ...]`` in vLLM's batch order) and
+    ``preempted`` (request ids in the order vLLM preempted them).
+    """
+
+    fleetwise_policy: Any = None
+    record_steps: bool = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The plan's chunk cap is applied through long_prefill_token_threshold each step: keep a
+        # private copy of the scheduler config so the engine's shared one is never changed.
+        self.scheduler_config = copy(self.scheduler_config)
+        self._config_budget = self.max_num_scheduled_tokens
+        self._config_active = self.max_num_active_reqs
+        self._config_threshold = self.scheduler_config.long_prefill_token_threshold
+        # Waiting queues stay first-come-first-served deques, which this class reorders per plan;
+        # vLLM's priority preemption path picks victims by per-step priorities (see _apply_plan).
+        if not isinstance(self.waiting, FCFSRequestQueue):
+            self.waiting = FCFSRequestQueue(sorted(self.waiting))
+        if not isinstance(self.kv_holding_waiting, FCFSRequestQueue):
+            self.kv_holding_waiting = FCFSRequestQueue(sorted(self.kv_holding_waiting))
+        self.policy = SchedulingPolicy.PRIORITY
+        self.recorded: list[dict] = []
+        self._admitted: dict[str, int] = {}
+        self._admissions = 0
+        self._steps = 0
+        self._step_preempted: list[str] = []
+        self._hashes: dict[str, tuple[int, tuple[int, ...]]] = {}
+        self._cached: dict[str, int] = {}
+        policy = type(self).fleetwise_policy
+        if policy is None:
+            policy = _default_policy
+        if policy is None:
+            policy = _policy_from_env()
+        if policy is None:
+            chunk = self._config_threshold or None
+            policy = Fcfs(max_num_seqs=self._config_active, max_num_batched_tokens=self._config_budget, max_prefill_chunk=chunk)
+        self.set_policy(policy)
+
+    # -- policy -----------------------------------------------------------------------------------
+
+    def set_policy(self, policy: Any) -> None:
+        """Replaces the policy (a ``BatchScheduler``); the view's step counter restarts at 0."""
+        if not callable(getattr(policy, "plan", None)):
+            raise TypeError(f"the policy must have a plan(step) method, got {policy!r}")
+        self.batch_scheduler = policy
+        self._steps = 0
+
+    # -- the view ---------------------------------------------------------------------------------
+
+    def _request_view(self, r: Any) -> RequestView:
+        rid = r.request_id
+        stats = r.prefill_stats
+        if stats is not None and stats.num_prompt_tokens:
+            self._cached[rid] = stats.num_cached_tokens
+        hashes: tuple[int, ...] = ()
+        if r.block_hashes:
+            full = min(len(r.block_hashes), r.num_prompt_tokens // self.block_size)
+            known = self._hashes.get(rid)
+            if known is None or known[0] != full:
+                known = (full, tuple(int.from_bytes(bytes(h)[:8], "big") for h in r.block_hashes[:full]))
+                self._hashes[rid] = known
+            hashes = known[1]
+        return RequestView(
+            id=rid,
+            prompt_tokens=r.num_prompt_tokens,
+            max_output_tokens=r.max_tokens,
+            computed_tokens=r.num_computed_tokens,
+            generated_tokens=r.num_output_tokens,
+            cached_tokens=self._cached.get(rid, 0),
+            arrival=r.arrival_time,
+            preemptions=r.num_preemptions,
+            prefix_hashes=hashes,
+        )
+
+    def _running_by_admission(self) -> list[Any]:
+        """``self.running`` in admission order (oldest first); numbers requests admitted since."""
+        for r in self.running:
+            if r.request_id not in self._admitted:
+                self._admitted[r.request_id] = self._admissions
+                self._admissions += 1
+        return sorted(self.running, key=lambda r: self._admitted[r.request_id])
+
+    def step_view(self) -> StepView:
+        """What the policy sees now: waiting requests in queue order (those holding KV first, as vLLM
+        drains them first), running ones in admission order, and the KV cache's free and usable
+        blocks (vLLM's null block excluded)."""
+        running = self._running_by_admission()
+        pool = self.kv_cache_manager.block_pool
+        return StepView(
+            waiting=tuple(self._request_view(r) for q in (self.kv_holding_waiting, self.waiting) for r in q),
+            running=tuple(self._request_view(r) for r in running),
+            free_blocks=pool.get_num_free_blocks(),
+            total_blocks=pool.num_gpu_blocks - 1,
+            block_size=self.block_size,
+            step=self._steps,
+            now=time.time(),
+        )
+
+    def plan_step(self) -> tuple[StepView, StepPlan]:
+        """The view and the policy's checked plan for the next step."""
+        view = self.step_view()
+        plan = self.batch_scheduler.plan(view)
+        if not isinstance(plan, StepPlan):
+            raise PolicyAnswerError(f"plan() must return a StepPlan, got {plan!r}")
+        if plan.token_budget > self._config_budget:
+            raise PolicyAnswerError(f"the scheduler's plan.token_budget must be in 1..={self._config_budget} (vLLM's max_num_scheduled_tokens), got {plan.token_budget}")
+        if plan.max_num_seqs > self._config_active:
+            raise PolicyAnswerError(f"the scheduler's plan.max_num_seqs must be in 1..={self._config_active} (vLLM's max_num_seqs), got {plan.max_num_seqs}")
+        for name in ("running_order", "waiting_order", "victim_order"):
+            order = getattr(plan, name)
+            unknown = [] if order is None else [i for i in order if i not in view.requests]
+            if unknown:
+                raise PolicyAnswerError(f"plan() names requests that are neither waiting nor running: {unknown[:5]}")
+        return view, plan
+
+    # -- scheduling -------------------------------------------------------------------------------
+
+    def _apply_plan(self, view: StepView, plan: StepPlan) -> dict[str, int]:
+        """Sets this step's limits and orders; returns the priorities to restore afterwards."""
+        by_id = {r.request_id: r for r in self.running}
+        running_ids = [r.id for r in view.running]
+        budget = plan.token_budget
+        threshold = 0
+        if plan.max_prefill_chunk is not None:
+            running, waiting = self.get_request_counts()
+            if running + waiting > 1:
+                threshold = plan.max_prefill_chunk
+            else:
+                # vLLM lifts long_prefill_token_threshold for a lone request; the plan's cap holds
+                # regardless, and for one request a smaller budget is the same cap.
+                budget = min(budget, plan.max_prefill_chunk)
+        self.max_num_scheduled_tokens = budget
+        self.max_num_active_reqs = plan.max_num_seqs
+        self.scheduler_config.long_prefill_token_threshold = threshold
+        self.adaptive_long_prefill_threshold = False
+
+        self.running[:] = [by_id[i] for i in ordered(running_ids, plan.running_order)]
+        if plan.waiting_order is not None and len(self.waiting) > 1:
+            by_wid = {r.request_id: r for r in self.waiting}
+            queue = ordered(list(by_wid), plan.waiting_order)
+            self.waiting.clear()
+            self.waiting.extend(by_wid[i] for i in queue)
+        # vLLM's priority path preempts max((priority, arrival_time)) first: give the first victim
+        # the largest priority.
+        victims = ordered(running_ids[::-1], plan.victim_order)
+        saved = {}
+        for rank, rid in enumerate(victims):
+            r = by_id[rid]
+            saved[rid] = r.priority
+            r.priority = len(victims) - rank
+        return saved
+
+    def _restore(self, waiting_before: list[str], saved: dict[str, int]) -> None:
+        for rid, priority in saved.items():
+            r = self.requests.get(rid)
+            if r is not None:
+                r.priority = priority
+        self.max_num_scheduled_tokens = self._config_budget
+        self.max_num_active_reqs = self._config_active
+        self.scheduler_config.long_prefill_token_threshold = self._config_threshold
+        for rid in self._step_preempted:
+            self._admitted.pop(rid, None)
+        self.running[:] = self._running_by_admission()
+        # Requests preempted this step sit at the front (vLLM prepends them); the rest go back to
+        # queue order.
+        if len(self.waiting) > 1:
+            position = {rid: k for k, rid in enumerate(waiting_before)}
+            fresh = [r for r in self.waiting if r.request_id not in position]
+            kept = sorted((r for r in self.waiting if r.request_id in position), key=lambda r: position[r.request_id])
+            self.waiting.clear()
+            self.waiting.extend(fresh + kept)
+
+    def _preempt_request(self, request: Any, *args: Any, **kwargs: Any) -> None:
+        self._step_preempted.append(request.request_id)
+        super()._preempt_request(request, *args, **kwargs)
+
+    def schedule(self, *args: Any, **kwargs: Any):
+        """Plans the step with the policy, then runs vLLM's own scheduling loop under that plan."""
+        self._forget_finished()
+        view, plan = self.plan_step()
+        self._steps += 1
+        waiting_before = [r.request_id for r in self.waiting]
+        self._step_preempted = []
+        saved = self._apply_plan(view, plan)
+        try:
+            out = super().schedule(*args, **kwargs)
+        finally:
+            self._restore(waiting_before, saved)
+        if self.record_steps:
+            self.recorded.append({"step": view.step, "scheduled": list(out.num_scheduled_tokens.items()), "preempted": list(self._step_preempted)})
+        return out
+
+    def _forget_finished(self) -> None:
+        if len(self._admitted) > len(self.running) or len(self._hashes) + len(self._cached) > 2 * len(self.requests):
+            live = self.requests
+            running = {r.request_id for r in self.running}
+            self._admitted = {k: v for k, v in self._admitted.items() if k in running}
+            self._hashes = {k: v for k, v in self._hashes.items() if k in live}
+            self._cached = {k: v for k, v in self._cached.items() if k in live}
+
+
+def make_scheduler_cls(policy: Any, base: type = FleetwiseScheduler, name: str | None = None) -> type:
+    """A :class:`FleetwiseScheduler` subclass bound to ``policy``, for ``LLM(scheduler_cls=...)``.
+
+    ``base`` may be another subclass of :class:`FleetwiseScheduler`. vLLM's async scheduling runs
+    only with its own ``AsyncScheduler``; a custom ``scheduler_cls`` like this one runs vLLM
+    synchronously.
+    """
+    if not (isinstance(base, type) and issubclass(base, FleetwiseScheduler)):
+        raise TypeError(f"base must be a FleetwiseScheduler subclass, got {base!r}")
+    if not callable(getattr(policy, "plan", None)):
+        raise TypeError(f"the policy must have a plan(step) method, got {policy!r}")
+    return type(name or f"FleetwiseScheduler_{type(policy).__name__}", (base,), {"fleetwise_policy": policy, "__module__": __name__})
+
+
+def engine_scheduler(llm: Any) -> FleetwiseScheduler:
+    """The scheduler of an in-process vLLM engine (``vllm.LLM`` or ``LLMEngine`` built with
+    ``VLLM_ENABLE_V1_MULTIPROCESSING=0``)."""
+    engine = getattr(llm, "llm_engine", llm)
+    client = getattr(engine, "engine_core", None)
+    core = getattr(client, "engine_core", None)
+    sched = getattr(core, "scheduler", None)
+    if sched is None:
+        raise RuntimeError("the vLLM engine core runs in another process; build the engine with VLLM_ENABLE_V1_MULTIPROCESSING=0 to reach its scheduler")
+    if not isinstance(sched, FleetwiseScheduler):
+        raise RuntimeError(f"the engine's scheduler is {type(sched).__name__}, not a FleetwiseScheduler: pass scheduler_cls=make_scheduler_cls(policy)")
+    return sched
+
+
+def scheduled_ids(steps: list[dict]) -> list[list[tuple[Hashable, int]]]:
+    """The ``scheduled`` lists of recorded steps, trailing empty steps dropped."""
+    out = [s["scheduled"] for s in steps]
+    while out and not out[-1]:
+        out.pop()
+    return out
