@@ -44,6 +44,12 @@ import torch.nn.functional as F
 DT = torch.bfloat16
 PREFILL_STEP = 64
 """Prefill graphs pad the packed prompt tokens of an iteration to a multiple of this."""
+PREFILL_SEQ_BUCKETS = (1, 2, 4, 8)
+"""Prefill graphs are captured for these numbers of prompts (and for ``max_num_seqs``); an
+iteration pads its prompts with empty ones up to the next bucket."""
+DECODE_SPLITS = 8
+"""Decode attention splits each sequence's keys into this many parts (flash-decoding), so that
+one long context does not hold up the whole batch; 0 leaves FlashAttention's heuristic."""
 
 
 @dataclass
@@ -86,6 +92,7 @@ class Model:
         self.k = [torch.zeros(rows, c.kv_heads, d, device=device, dtype=DT) for _ in range(c.layers)]
         self.v = [torch.zeros_like(k) for k in self.k]
         self.flash = False
+        self.splits = 0
 
     def rope(self, x, pos):
         c, s = self.cos[pos][:, None, :], self.sin[pos][:, None, :]
@@ -100,9 +107,10 @@ class Model:
     def attention(self, i: int, q, meta: dict):
         """Attention of packed queries ``q`` (tokens, heads, d) over layer ``i``'s cache."""
         if self.flash:
+            extra = {"num_splits": self.splits} if self.splits and not meta["causal"] else {}
             return torch.ops.aten._flash_attention_forward(
                 q, self.k[i], self.v[i], meta["cu_q"], meta["cu_k"], meta["max_q"], meta["max_k"],
-                0.0, meta["causal"], False, seqused_k=meta["used_k"])[0]
+                0.0, meta["causal"], False, seqused_k=meta["used_k"], **extra)[0]
         outs = []
         for (q0, q1), (k0, n) in zip(meta["q_ranges"], meta["k_ranges"]):
             qs = q[q0:q1].transpose(0, 1)[None]
@@ -198,7 +206,8 @@ class Engine:
         lens = [s.prompt for s in seqs]
         T = sum(lens)
         Tb = -(-T // PREFILL_STEP) * PREFILL_STEP
-        g = self.prefill_graphs.get(Tb)
+        S = next((b for b in PREFILL_SEQ_BUCKETS if b >= len(seqs)), self.model.cfg.max_num_seqs)
+        g = self.prefill_graphs.get((Tb, S))
         if g is None:
             pos = torch.cat([torch.arange(n) for n in lens])
             widx = torch.cat([torch.arange(n) + s.slot * L for s, n in zip(seqs, lens)])
@@ -209,7 +218,7 @@ class Engine:
             out = self.model.forward(ids.to(dev), pos.to(dev), widx.to(dev), sample, meta)
             self._landed()
             return out.tolist()
-        self._prefill_fill(seqs, Tb)
+        self._prefill_fill(seqs, Tb, S)
         self._launch()
         g.replay()
         self._landed()
@@ -231,13 +240,14 @@ class Engine:
         self.events[1].synchronize()
         return self.events[0].elapsed_time(self.events[1]) / 1e3
 
-    def _prefill_fill(self, seqs: list[Seq], Tb: int) -> None:
+    def _prefill_fill(self, seqs: list[Seq], Tb: int, S: int) -> None:
         """Fills the static prefill buffers: real tokens first, then padding tokens (position 0,
         K/V to the dummy row); padding sequences have no queries and no keys."""
         c, b = self.model.cfg, self.pbuf
         L, n = c.max_len, c.max_num_seqs
         lens = [s.prompt for s in seqs]
         T = sum(lens)
+        b = {k: v[: S + 1] if k in ("cu_q", "cu_k") else v[:S] if k in ("used_k", "sample") else v for k, v in b.items()}
         pos = torch.zeros(Tb, dtype=torch.long)
         widx = torch.full((Tb,), n * L, dtype=torch.long)
         cu_q, cu_k, used = [0], [], []
@@ -248,10 +258,10 @@ class Engine:
             used.append(m)
             cu_q.append(cu_q[-1] + m)
         end = cu_k[-1] + L
-        cu_k += [end] * (n + 1 - len(cu_k))
-        cu_q += [T] * (n + 1 - len(cu_q))
-        used += [0] * (n - len(used))
-        sample = [q - 1 for q in cu_q[1:len(seqs) + 1]] + [0] * (n - len(seqs))
+        cu_k += [end] * (S + 1 - len(cu_k))
+        cu_q += [T] * (S + 1 - len(cu_q))
+        used += [0] * (S - len(used))
+        sample = [q - 1 for q in cu_q[1:len(seqs) + 1]] + [0] * (S - len(seqs))
         b["ids"][:Tb].copy_(torch.randint(0, c.vocab, (Tb,)))
         b["pos"][:Tb].copy_(pos)
         b["widx"][:Tb].copy_(widx)
@@ -260,29 +270,30 @@ class Engine:
         b["used_k"].copy_(torch.tensor(used, dtype=torch.int32))
         b["sample"].copy_(torch.tensor(sample, dtype=torch.long))
 
-    def _prefill_static(self, Tb: int):
+    def _prefill_static(self, Tb: int, S: int):
         b = self.pbuf
-        meta = {"cu_q": b["cu_q"], "cu_k": b["cu_k"], "used_k": b["used_k"], "max_q": Tb, "max_k": Tb, "causal": True}
-        return self.model.forward(b["ids"][:Tb], b["pos"][:Tb], b["widx"][:Tb], b["sample"], meta)
+        meta = {"cu_q": b["cu_q"][:S + 1], "cu_k": b["cu_k"][:S + 1], "used_k": b["used_k"][:S], "max_q": Tb, "max_k": Tb, "causal": True}
+        return self.model.forward(b["ids"][:Tb], b["pos"][:Tb], b["widx"][:Tb], b["sample"][:S], meta)
 
     def capture_prefill_graphs(self) -> None:
         """Captures one prefill CUDA graph per padded token count (multiples of ``PREFILL_STEP``
-        up to ``max_num_batched_tokens``), largest first, into the decode graphs' memory pool."""
+        up to ``max_num_batched_tokens``) and prompt-count bucket, largest first, in one memory pool."""
         c = self.model.cfg
         dummy = [Seq(-1, 0, 1, 2, slot=0)]
         for Tb in range(c.max_num_batched_tokens // PREFILL_STEP * PREFILL_STEP, 0, -PREFILL_STEP):
-            dummy[0].prompt = Tb
-            self._prefill_fill(dummy, Tb)
-            s = torch.cuda.Stream()
-            s.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(s):
-                self._prefill_static(Tb)
-            torch.cuda.current_stream().wait_stream(s)
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g, pool=self.pool):
-                self.pbuf["out"].copy_(self._prefill_static(Tb))
-            self.pool = g.pool()
-            self.prefill_graphs[Tb] = g
+            for S in sorted({*PREFILL_SEQ_BUCKETS, c.max_num_seqs}, reverse=True):
+                dummy[0].prompt = Tb
+                self._prefill_fill(dummy, Tb, S)
+                s = torch.cuda.Stream()
+                s.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(s):
+                    self._prefill_static(Tb, S)
+                torch.cuda.current_stream().wait_stream(s)
+                g = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(g, pool=self.pool):
+                    self.pbuf["out"][:S].copy_(self._prefill_static(Tb, S))
+                self.pool = g.pool()
+                self.prefill_graphs[(Tb, S)] = g
         torch.cuda.synchronize()
 
     def _decode_fill(self, seqs: list[Seq]) -> None:
@@ -464,7 +475,25 @@ def enable_flash(model: Model) -> str:
         if max(results) > 2e-2:
             return f"sdpa per sequence (flash varlen disagrees: {results})"
         model.flash = True
-        return f"flash varlen (max abs diff vs sdpa {max(results):.1e})"
+        split_note = "FlashAttention's split heuristic for decode"
+        if DECODE_SPLITS:
+            try:
+                meta = eng._meta(seqs, [1, 1], lens, False)
+                model.splits = DECODE_SPLITS
+                a = model.attention(0, q[:2], meta)
+                model.flash, model.splits = False, 0
+                b = model.attention(0, q[:2], meta)
+                model.flash = True
+                err = (a.float() - b.float()).abs().max().item()
+                if err < 2e-2:
+                    model.splits = DECODE_SPLITS
+                    split_note = f"decode split into {DECODE_SPLITS} (max abs diff {err:.1e})"
+                else:
+                    split_note += f" (num_splits={DECODE_SPLITS} disagrees: {err})"
+            except Exception as e:  # noqa: BLE001 - older PyTorch: no num_splits argument
+                model.flash, model.splits = True, 0
+                split_note += f" (num_splits unavailable: {type(e).__name__}: {e})"
+        return f"flash varlen (max abs diff vs sdpa {max(results):.1e}); {split_note}"
     except Exception as e:  # noqa: BLE001 - any failure means: use the slow, correct path
         model.flash = False
         return f"sdpa per sequence (flash varlen failed: {type(e).__name__}: {e})"
@@ -515,6 +544,14 @@ def spot_timings(engine: Engine, reps: int = 5) -> dict:
             engine.prefill(seqs) if lens else engine.decode(seqs)
             times.append((time.perf_counter() - t) * 1e3)
         out[name] = round(sorted(times)[reps // 2], 3)
+    if c.max_num_seqs >= 32 and c.max_len > 2500:  # 32 decodes at contexts 100..2500 (mean 1300)
+        times = []
+        for _ in range(reps):
+            seqs = [Seq(-1, 0, 2, 2, slot=j, computed=100 + j * 2400 // 31) for j in range(32)]
+            t = time.perf_counter()
+            engine.decode(seqs)
+            times.append((time.perf_counter() - t) * 1e3)
+        out["decode 32 at 100..2500"] = round(sorted(times)[reps // 2], 3)
     return out
 
 
@@ -559,7 +596,7 @@ def main(argv: list[str] | None = None) -> None:
     bench = spot_timings(engine)
     print(f"spot timings (ms): {bench}", flush=True)
     info = {"device": torch.cuda.get_device_name(0) if dev == "cuda" else "cpu", "torch": torch.__version__,
-            "cuda": torch.version.cuda, "attention": attn, "decode_cuda_graphs": use_graphs, "prefill_cuda_graphs": bool(engine.prefill_graphs), "prefill_step": PREFILL_STEP, "config": cfg.__dict__,
+            "cuda": torch.version.cuda, "attention": attn, "decode_cuda_graphs": use_graphs, "prefill_cuda_graphs": bool(engine.prefill_graphs), "prefill_step": PREFILL_STEP, "prefill_seq_buckets": PREFILL_SEQ_BUCKETS, "decode_splits": model.splits, "config": cfg.__dict__,
             "time": time.strftime("%Y-%m-%d %H:%M:%S"), "spot_timings_ms": bench, "traces": {}}
     req_rows, it_rows = [], []
     for path in args.traces:

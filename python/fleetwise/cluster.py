@@ -105,7 +105,7 @@ def scheduler_json(sched, model: ModelSpec) -> dict:
         }
     if sched.kind == "policy":
         # The core runs vLLM v1's loop; the plan comes from the policy object, within these limits.
-        return {"kind": "vllm-v1", "max_num_seqs": sched.max_num_seqs, "max_num_batched_tokens": sched.max_num_batched_tokens}
+        return {"kind": "vllm-v1", "max_num_seqs": sched.max_num_seqs, "max_num_batched_tokens": sched.max_num_batched_tokens, "reserve_full_prompt": True}
     if sched.kind == "orca":
         reserve = model.max_position_embeddings if sched.reserve == "max-len" else None
         return {"kind": "orca", "max_num_seqs": sched.max_num_seqs, "reserve_tokens": reserve}

@@ -4,8 +4,8 @@ policy object schedules the same tokens per step, sees the same views and preemp
 
 One engine serves every test (start-up takes most of the time). The engine's KV cache is 32 blocks of
 32 tokens (31 usable: vLLM keeps a null block); the small traces fit it, the long one forces
-preemption. vLLM's ``scheduler_reserve_full_isl`` is off: the simulator admits on the first chunk's
-blocks, not the whole prompt's (see docs/vllm-adapter.md).
+preemption. Both sides admit a request only when its whole prompt's blocks are free (vLLM's default
+``scheduler_reserve_full_isl``, the simulator's ``reserve_full_prompt``), allocating its first chunk.
 """
 
 from __future__ import annotations
@@ -126,7 +126,6 @@ def _engine(tmp_path_factory):
         gpu_memory_utilization=0.1,
         enable_prefix_caching=False,
         async_scheduling=False,
-        scheduler_reserve_full_isl=False,
         scheduler_cls=vs.make_scheduler_cls(Fcfs(MAX_SEQS, MAX_TOKENS)),
     )
     sched = vs.engine_scheduler(engine)

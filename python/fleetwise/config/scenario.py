@@ -84,6 +84,8 @@ class VllmV1Scheduler(StrictModel):
     """Most tokens in one iteration (vLLM v1's default for online serving)."""
     max_prefill_chunk: int | None = Field(default=None, ge=1)
     """Most prompt tokens of one request per iteration (vLLM's long_prefill_token_threshold)."""
+    reserve_full_prompt: bool = True
+    """Admit a request only when its whole prompt's KV blocks are free (vLLM's scheduler_reserve_full_isl)."""
 
 
 class PolicyRef(StrictModel):

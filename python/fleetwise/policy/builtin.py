@@ -52,9 +52,10 @@ class PolicyStepper:
         self._core = core
         self._ids = ids
 
-    def add(self, request_id, prompt: int, output: int) -> None:
-        """Queues a request with ``prompt`` input tokens and ``output`` tokens to generate."""
-        self._core.add(len(self._ids), prompt, output)
+    def add(self, request_id, prompt: int, output: int, arrival: float = 0.0) -> None:
+        """Queues a request with ``prompt`` input tokens and ``output`` tokens to generate,
+        arriving at ``arrival`` seconds."""
+        self._core.add(len(self._ids), prompt, output, arrival)
         self._ids.append(request_id)
 
     def schedule(self) -> list[tuple]:
@@ -86,13 +87,13 @@ class PolicyStepper:
         return self._core.free_blocks()
 
 
-def make_policy_scheduler(policy, num_blocks: int, block_size: int = 16, watermark: int = 0, max_num_seqs: int = 256, max_num_batched_tokens: int = 8192) -> PolicyStepper:
+def make_policy_scheduler(policy, num_blocks: int, block_size: int = 16, watermark: int = 0, max_num_seqs: int = 256, max_num_batched_tokens: int = 8192, reserve_full_prompt: bool = True) -> PolicyStepper:
     """``policy`` (a ``fleetwise.policy.BatchScheduler``) in vLLM v1's loop over ``num_blocks`` KV
     blocks, within the given limits: exactly what a simulated instance runs, one step at a time."""
     from fleetwise.policy.bridge import SchedulerBridge
 
     ids: list = []
-    config = json.dumps({"kind": "vllm-v1", "max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens})
+    config = json.dumps({"kind": "vllm-v1", "max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens, "reserve_full_prompt": reserve_full_prompt})
     return PolicyStepper(_core.Scheduler(config, num_blocks, block_size, watermark, planner=SchedulerBridge(policy, ids)), ids)
 
 

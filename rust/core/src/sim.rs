@@ -27,7 +27,7 @@ use std::sync::Arc;
 use crate::request::{Request, Status};
 use crate::router::{InstanceLoad, Router, RouterConfig};
 use crate::prefix::PrefixEvictor;
-use crate::scheduler::{PlanScheduler, Planner, SchedulerConfig};
+use crate::scheduler::{Planner, SchedulerConfig};
 use crate::sketch::QuantileSketch;
 use crate::time::Nanos;
 use serde::{Deserialize, Serialize};
@@ -676,10 +676,7 @@ pub fn simulate_plugged(config: &SimConfig, workload: &Workload, control: &Contr
                 .with_prefix_cache(prefix_tokens)
                 .with_role(pool.role, pool.kv_transfer == KvTransfer::Layerwise);
             let inst = match plugins.planners.get(&p) {
-                Some(make) => {
-                    let (tokens, seqs) = pool.scheduler.limits();
-                    inst.with_scheduler(Box::new(PlanScheduler::new(make(instances.len())?, seqs, tokens)))
-                }
+                Some(make) => inst.with_scheduler(Box::new(pool.scheduler.plan_loop(make(instances.len())?))),
                 None => inst,
             };
             let inst = match plugins.evictors.get(&p) {

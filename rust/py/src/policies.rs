@@ -5,7 +5,7 @@ use crate::errors::{from_json, to_py};
 use fleetwise_core::kv::BlockManager;
 use fleetwise_core::request::{Request, Status};
 use fleetwise_core::router::{InstanceLoad, Router, RouterConfig};
-use fleetwise_core::scheduler::{Batch, BatchScheduler, PlanScheduler, Queues, SchedulerConfig};
+use fleetwise_core::scheduler::{Batch, BatchScheduler, Queues, SchedulerConfig};
 use crate::plugins::PyPlanner;
 use pyo3::prelude::*;
 
@@ -71,21 +71,23 @@ impl PyScheduler {
         }
         let watermark = watermark.unwrap_or((num_blocks as f64 * 0.01) as u32);
         let inner = match planner {
-            Some(bridge) => {
-                let (tokens, seqs) = cfg.limits();
-                Box::new(PlanScheduler::new(Box::new(PyPlanner::new(bridge, Default::default())), seqs, tokens)) as Box<dyn BatchScheduler>
-            }
+            Some(bridge) => Box::new(cfg.plan_loop(Box::new(PyPlanner::new(bridge, Default::default())))) as Box<dyn BatchScheduler>,
             None => cfg.build(block_bytes).map_err(to_py)?,
         };
         Ok(PyScheduler { inner, kv: BlockManager::new(num_blocks, block_size, watermark), queues: Queues::default(), reqs: Vec::new(), ids: Vec::new(), batch: Batch::default() })
     }
 
-    /// Queues request `request_id` with `prompt` input tokens and `output` tokens to generate.
-    fn add(&mut self, request_id: u64, prompt: u32, output: u32) -> PyResult<()> {
+    /// Queues request `request_id` with `prompt` input tokens and `output` tokens to generate,
+    /// arriving at `arrival` seconds (what a policy sees as its arrival).
+    #[pyo3(signature = (request_id, prompt, output, arrival=0.0))]
+    fn add(&mut self, request_id: u64, prompt: u32, output: u32, arrival: f64) -> PyResult<()> {
         if prompt == 0 || output == 0 {
             return Err(pyo3::exceptions::PyValueError::new_err("prompt and output must be at least 1"));
         }
-        let mut r = Request::new(0, prompt, output);
+        if !(arrival >= 0.0 && arrival.is_finite()) {
+            return Err(pyo3::exceptions::PyValueError::new_err("arrival must be a finite number of seconds >= 0"));
+        }
+        let mut r = Request::new((arrival * 1e9).round() as u64, prompt, output);
         r.status = Status::Waiting;
         self.queues.waiting.push_back(self.reqs.len() as u32);
         self.reqs.push(r);

@@ -278,6 +278,9 @@ pub enum SchedulerConfig {
         /// Most prompt tokens of one request per iteration (vLLM's `long_prefill_token_threshold`).
         #[serde(default)]
         max_prefill_chunk: Option<u32>,
+        /// Admit a request only when its whole prompt's blocks are free (vLLM's `scheduler_reserve_full_isl`).
+        #[serde(default = "yes")]
+        reserve_full_prompt: bool,
     },
     /// Sarathi-Serve: decodes first, then prefill chunks filling a per-iteration token budget.
     #[serde(rename = "sarathi-serve")]
@@ -314,6 +317,22 @@ pub enum SchedulerConfig {
     },
 }
 
+fn yes() -> bool {
+    true
+}
+
+impl SchedulerConfig {
+    /// The scheduling loop a plan-driven policy runs in, with this configuration's limits.
+    pub fn plan_loop(&self, planner: Box<dyn Planner>) -> PlanScheduler {
+        let (tokens, seqs) = self.limits();
+        let reserve = match *self {
+            SchedulerConfig::VllmV1 { reserve_full_prompt, .. } => reserve_full_prompt,
+            _ => true,
+        };
+        PlanScheduler::new(planner, seqs, tokens).reserving_full_prompt(reserve)
+    }
+}
+
 fn default_swap_space() -> u64 {
     4 << 30
 }
@@ -342,13 +361,13 @@ impl SchedulerConfig {
                 };
                 Ok(Box::new(VllmScheduler::new(max_num_seqs, max_num_batched_tokens).with_swap_space(host_blocks)))
             }
-            SchedulerConfig::VllmV1 { max_num_seqs, max_num_batched_tokens, max_prefill_chunk } => {
+            SchedulerConfig::VllmV1 { max_num_seqs, max_num_batched_tokens, max_prefill_chunk, .. } => {
                 positive("scheduler.max_num_seqs", max_num_seqs)?;
                 positive("scheduler.max_num_batched_tokens", max_num_batched_tokens)?;
                 if let Some(c) = max_prefill_chunk {
                     positive("scheduler.max_prefill_chunk", c)?;
                 }
-                Ok(Box::new(PlanScheduler::new(Box::new(FcfsPlanner { max_num_seqs, max_num_batched_tokens, max_prefill_chunk }), max_num_seqs, max_num_batched_tokens)))
+                Ok(Box::new(self.plan_loop(Box::new(FcfsPlanner { max_num_seqs, max_num_batched_tokens, max_prefill_chunk }))))
             }
             SchedulerConfig::SarathiServe { max_num_seqs, token_budget } => {
                 positive("scheduler.max_num_seqs", max_num_seqs)?;

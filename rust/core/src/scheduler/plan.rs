@@ -11,7 +11,9 @@
 //!    itself is the victim, the running pass ends. Victims go to the front of the waiting queue.
 //! 2. If nothing was preempted, waiting requests are admitted in plan order while the sequence
 //!    limit and the budget allow; each takes `min(pending tokens, budget left, chunk cap)` tokens
-//!    (after its cached prefix) and the first whose KV does not fit ends admission.
+//!    (after its cached prefix) and the first whose KV does not fit ends admission. As vLLM 0.32
+//!    does by default (`scheduler_reserve_full_isl`), a request is admitted only if the blocks for its
+//!    whole prompt are free, though only its first chunk's are allocated.
 //!
 //! The KV invariants stay the block manager's: a plan only orders, it never over-allocates.
 
@@ -77,6 +79,7 @@ pub struct PlanScheduler {
     planner: Box<dyn Planner>,
     max_num_seqs: u32,
     max_num_batched_tokens: u32,
+    reserve_full_prompt: bool,
     step: u64,
     error: Option<Error>,
 }
@@ -102,7 +105,13 @@ impl PlanScheduler {
     /// A scheduler following `planner`; the limits size the instance's activation memory, and a plan
     /// may not exceed them.
     pub fn new(planner: Box<dyn Planner>, max_num_seqs: u32, max_num_batched_tokens: u32) -> Self {
-        PlanScheduler { planner, max_num_seqs, max_num_batched_tokens, step: 0, error: None }
+        PlanScheduler { planner, max_num_seqs, max_num_batched_tokens, reserve_full_prompt: true, step: 0, error: None }
+    }
+
+    /// Whether admission needs room for the whole prompt (true, vLLM's default) or only the first chunk.
+    pub fn reserving_full_prompt(mut self, on: bool) -> Self {
+        self.reserve_full_prompt = on;
+        self
     }
 
     fn checked_plan(&mut self, q: &Queues, reqs: &[Request], kv: &BlockManager) -> Result<StepPlan> {
@@ -195,7 +204,8 @@ impl BatchScheduler for PlanScheduler {
                 kv.attach(r);
                 let n = r.pending_tokens().min(budget).min(cap);
                 let need = kv.growth(r, r.computed as u64 + n as u64);
-                if !kv.can_admit(need) {
+                let check = if self.reserve_full_prompt { kv.growth(r, r.known_tokens() as u64) } else { need };
+                if !kv.can_admit(check) {
                     kv.abandon(r);
                     break;
                 }
@@ -237,6 +247,20 @@ mod tests {
 
     fn fcfs(seqs: u32, tokens: u32, chunk: Option<u32>) -> PlanScheduler {
         PlanScheduler::new(Box::new(FcfsPlanner { max_num_seqs: seqs, max_num_batched_tokens: tokens, max_prefill_chunk: chunk }), seqs, tokens)
+    }
+
+    #[test]
+    fn admission_reserves_the_whole_prompt_unless_told_otherwise() {
+        // 4 free blocks of 16: a 100-token prompt needs 7, so vLLM's default holds it back even
+        // though its first 32-token chunk (2 blocks) would fit; without the reservation it starts.
+        for (reserve, expect) in [(true, vec![]), (false, vec![(0, 32)])] {
+            let (mut reqs, mut q) = setup(&[100], 2);
+            let mut kv = BlockManager::new(4, 16, 0);
+            let mut s = fcfs(8, 32, None).reserving_full_prompt(reserve);
+            let mut b = Batch::default();
+            s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
+            assert_eq!(tokens(&b), expect);
+        }
     }
 
     fn tokens(b: &Batch) -> Vec<(u32, u32)> {
