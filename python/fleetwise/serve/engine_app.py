@@ -13,16 +13,11 @@ import uuid
 from contextlib import asynccontextmanager
 
 from fleetwise.serve.emulator import EmulatedEngine
+from fleetwise.serve.openai_errors import error_response as _error, json_body
 from fleetwise.serve.text import approx_tokens, max_tokens, prompt_text
 
 DEFAULT_MAX_TOKENS = 16
 """Output limit of a request that gives none (the OpenAI completions default)."""
-
-
-def _error(status: int, message: str, kind: str = "BadRequestError"):
-    from fastapi.responses import JSONResponse
-
-    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": status}}, status_code=status)
 
 
 def create_engine_app(engine: EmulatedEngine):
@@ -65,12 +60,9 @@ def create_engine_app(engine: EmulatedEngine):
                 "predicted_busy_seconds": engine.predicted_seconds, "busy_seconds": engine.busy_seconds}
 
     async def serve(request: Request, chat: bool):
-        try:
-            body = await request.json()
-        except Exception:
-            return _error(400, "the request body is not JSON")
-        if not isinstance(body, dict):
-            return _error(400, "the request body must be a JSON object")
+        body, bad = await json_body(request)
+        if bad is not None:
+            return bad
         model = body.get("model")
         if model not in (None, engine.served_model_name, engine.model):
             return _error(404, f"The model `{model}` does not exist.", "NotFoundError")

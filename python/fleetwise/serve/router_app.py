@@ -38,6 +38,7 @@ from fleetwise.policy.decisions import RouteDecision
 from fleetwise.policy.views import EndpointView, RequestView
 from fleetwise.serve import prom
 from fleetwise.serve.prefix_index import PrefixIndex
+from fleetwise.serve.openai_errors import error_response as _error, json_body
 from fleetwise.serve.text import approx_tokens, max_tokens, prefix_hashes, prompt_text
 
 ROLES = ("mixed", "prefill", "decode")
@@ -225,12 +226,6 @@ class RouterState:
         return prom.render([self.m_requests, self.m_errors, self.m_in_flight, self.m_outstanding, self.m_waiting, self.m_running, self.m_kv, self.m_decision])
 
 
-def _error(status: int, message: str, kind: str = "BadRequestError", headers: dict | None = None):
-    from fastapi.responses import JSONResponse
-
-    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": status}}, status_code=status, headers=headers)
-
-
 def create_router_app(state: RouterState):
     """A FastAPI app routing with ``state``; it opens its HTTP client and starts scraping with the app."""
     import httpx
@@ -280,12 +275,9 @@ def create_router_app(state: RouterState):
         return _error(502, "no endpoint answered /v1/models", "BadGatewayError")
 
     async def proxy(request: Request, path: str):
-        try:
-            body = await request.json()
-        except Exception:
-            return _error(400, "the request body is not JSON")
-        if not isinstance(body, dict):
-            return _error(400, "the request body must be a JSON object")
+        body, bad = await json_body(request)
+        if bad is not None:
+            return bad
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         try:
             decision, req, _ = state.route(body, request_id)

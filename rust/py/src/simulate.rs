@@ -5,6 +5,8 @@ use fleetwise_core::request::Status;
 use fleetwise_core::moe::{replay_hits, CachePolicy, RoutingTrace};
 use fleetwise_core::sim::{simulate_plugged, Control, Plugins, SimConfig, Workload};
 use crate::plugins::{ErrorSlot, PyEvictor, PyPlanner, PyRouterPlugin};
+use fleetwise_core::prefix::PrefixEvictor;
+use fleetwise_core::scheduler::Planner;
 use std::collections::HashMap;
 use std::sync::Arc;
 use numpy::{IntoPyArray, PyReadonlyArray1};
@@ -125,26 +127,10 @@ pub fn simulate<'py>(
     let slot: ErrorSlot = Default::default();
     let mut plugins = Plugins { router: router.map(|r| Box::new(PyRouterPlugin::new(r, slot.clone())) as _), ..Plugins::default() };
     for (pool, factory) in planners.unwrap_or_default() {
-        let slot = slot.clone();
-        plugins.planners.insert(
-            pool,
-            Box::new(move |instance| {
-                Python::with_gil(|py| factory.call1(py, (instance,)))
-                    .map(|bridge| Box::new(PyPlanner::new(bridge, slot.clone())) as _)
-                    .map_err(|e| fleetwise_core::error::Error::Policy { message: format!("creating the scheduler policy of instance {instance} raised {e}") })
-            }),
-        );
+        plugins.planners.insert(pool, per_instance(factory, slot.clone(), "scheduler", |b, s| Box::new(PyPlanner::new(b, s)) as Box<dyn Planner>));
     }
     for (pool, factory) in evictors.unwrap_or_default() {
-        let slot = slot.clone();
-        plugins.evictors.insert(
-            pool,
-            Box::new(move |instance| {
-                Python::with_gil(|py| factory.call1(py, (instance,)))
-                    .map(|bridge| Box::new(PyEvictor::new(bridge, slot.clone())) as _)
-                    .map_err(|e| fleetwise_core::error::Error::Policy { message: format!("creating the prefix cache policy of instance {instance} raised {e}") })
-            }),
-        );
+        plugins.evictors.insert(pool, per_instance(factory, slot.clone(), "prefix cache", |b, s| Box::new(PyEvictor::new(b, s)) as Box<dyn PrefixEvictor>));
     }
     let result = py.allow_threads(|| simulate_plugged(&config, &workload, &control, plugins));
     let out = match result {
@@ -212,6 +198,16 @@ pub fn simulate<'py>(
         d.set_item("iterations", it)?;
     }
     Ok(d)
+}
+
+/// A core factory of one policy object per instance: calls the Python `factory(instance)` for a
+/// bridge and wraps it with `wrap`; an exception becomes a policy error naming `what`.
+fn per_instance<T: ?Sized + 'static>(factory: Py<PyAny>, slot: ErrorSlot, what: &'static str, wrap: fn(Py<PyAny>, ErrorSlot) -> Box<T>) -> Box<dyn Fn(usize) -> fleetwise_core::error::Result<Box<T>> + Send + Sync> {
+    Box::new(move |instance| {
+        Python::with_gil(|py| factory.call1(py, (instance,)))
+            .map(|bridge| wrap(bridge, slot.clone()))
+            .map_err(|e| fleetwise_core::error::Error::Policy { message: format!("creating the {what} policy of instance {instance} raised {e}") })
+    })
 }
 
 /// Hits of one layer's expert cache of `capacity` of `num_experts` experts over `accesses` (expert
