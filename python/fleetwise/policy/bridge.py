@@ -32,11 +32,16 @@ class RouterBridge:
         self.count = 0
 
     def _endpoints(self, entry_rows, decode_rows) -> list[EndpointView]:
-        out = []
-        for inst, row in sorted(list(zip(self.entry, entry_rows)) + list(zip(self.decoders, decode_rows))):
-            outstanding, waiting, running, cached, used, total = row
-            out.append(EndpointView(index=inst, name=self.names[inst], role=self.roles[inst], outstanding_tokens=outstanding, waiting=waiting, running=running, kv_usage=used / total if total else 0.0, cached_prefix_tokens=cached))
-        return out
+        rows = entry_rows + decode_rows if not self.decoders else [None] * len(self.roles)
+        if self.decoders:
+            for inst, row in zip(self.entry, entry_rows):
+                rows[inst] = row
+            for inst, row in zip(self.decoders, decode_rows):
+                rows[inst] = row
+        return [
+            EndpointView(inst, self.names[inst], self.roles[inst], outstanding, waiting, running, used / total if total else 0.0, cached)
+            for inst, (outstanding, waiting, running, cached, used, total) in enumerate(rows)
+        ]
 
     def route(self, row, hashes, entry_rows, decode_rows):
         """Routes one request: returns (entry position, decode position or None) for the core."""
@@ -60,8 +65,8 @@ class RouterBridge:
 
 
 def _request(row) -> RequestView:
-    rid, prompt, output, computed, generated, arrival, preemptions, cached = row
-    return RequestView(id=rid, prompt_tokens=prompt, max_output_tokens=output, computed_tokens=computed, generated_tokens=generated, cached_tokens=cached, arrival=arrival, preemptions=preemptions)
+    """A view from the core's row, which lists the fields in the view's order (no prefix hashes)."""
+    return RequestView(*row)
 
 
 class SchedulerBridge:
@@ -73,15 +78,14 @@ class SchedulerBridge:
         self.ids = ids
         self.back: dict | None = None
 
-    def plan(self, waiting_rows, running_rows, free, total, block_size, step):
+    def plan(self, waiting_rows, running_rows, free, total, block_size, step, now=0.0):
         """Plans one iteration: returns the plan as a tuple of plain values for the core."""
-        ids = self.ids
+        ids, make = self.ids, _request
         if ids is not None:
-            waiting_rows = [(ids[r[0]],) + tuple(r[1:]) for r in waiting_rows]
-            running_rows = [(ids[r[0]],) + tuple(r[1:]) for r in running_rows]
+            make = lambda r: _request((ids[r[0]],) + r[1:])  # noqa: E731
             if self.back is None or len(self.back) != len(ids):
                 self.back = {v: i for i, v in enumerate(ids)}
-        view = StepView(waiting=tuple(map(_request, waiting_rows)), running=tuple(map(_request, running_rows)), free_blocks=free, total_blocks=total, block_size=block_size, step=step)
+        view = StepView.from_rows(make, waiting_rows, running_rows, free, total, block_size, step, now)
         p = self.policy.plan(view)
         if not isinstance(p, StepPlan):
             raise PolicyAnswerError(f"plan() must return a StepPlan, got {p!r}")

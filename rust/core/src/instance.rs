@@ -344,6 +344,7 @@ impl Instance {
     pub fn start_iteration(&mut self, now: Nanos, reqs: &mut [Request]) -> Option<IterationStart> {
         debug_assert!(!self.busy);
         self.batch.clear();
+        self.scheduler.set_now(now);
         let parked = self.moe.as_ref().map(|m| m.park(&self.queues.running, reqs)).unwrap_or_default();
         if parked.is_empty() {
             self.scheduler.schedule(&mut self.queues, reqs, &mut self.kv, &mut self.batch);

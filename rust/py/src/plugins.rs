@@ -22,8 +22,9 @@ fn failed(slot: &ErrorSlot, what: &str, err: PyErr) -> Error {
     Error::Policy { message }
 }
 
-/// (id, prompt, output, computed, generated, arrival seconds, preemptions, cached prompt tokens)
-type RequestRow = (u32, u32, u32, u32, u32, f64, u32, u32);
+/// (id, prompt, output, computed, generated, cached prompt tokens, arrival seconds, preemptions):
+/// the fields of `fleetwise.policy.RequestView`, in its order.
+type RequestRow = (u32, u32, u32, u32, u32, u32, f64, u32);
 /// (outstanding tokens, waiting, running, cached prefix tokens, KV blocks used, KV blocks in all)
 type LoadRow = (u64, u32, u32, u64, u32, u32);
 
@@ -64,7 +65,7 @@ impl Router for PyRouterPlugin {
 }
 
 /// A Python scheduler bridge: `bridge.plan(waiting_rows, running_rows, free, total, block_size,
-/// step)` returns `(token_budget, max_num_seqs, running_order, waiting_order, victim_order,
+/// step, now)` returns `(token_budget, max_num_seqs, running_order, waiting_order, victim_order,
 /// max_prefill_chunk)` with None for orders the engine keeps.
 pub struct PyPlanner {
     bridge: Py<PyAny>,
@@ -85,7 +86,7 @@ impl Planner for PyPlanner {
         let tpe = s.kv.prefix_cache().map_or(0, |c| c.tokens_per_entry());
         let row = |&i: &u32| -> RequestRow {
             let r = &s.reqs[i as usize];
-            (i, r.prompt, r.output, r.computed, r.generated, r.arrival as f64 * 1e-9, r.preemptions, r.cache_refs * tpe)
+            (i, r.prompt, r.output, r.computed, r.generated, r.cache_refs * tpe, r.arrival as f64 * 1e-9, r.preemptions)
         };
         let waiting: Vec<RequestRow> = s.queues.waiting.iter().map(row).collect();
         let running: Vec<RequestRow> = s.queues.running.iter().map(row).collect();
@@ -93,7 +94,7 @@ impl Planner for PyPlanner {
         Python::with_gil(|py| {
             let p: PlanTuple = self
                 .bridge
-                .call_method1(py, "plan", (waiting, running, free, total, block, s.step))
+                .call_method1(py, "plan", (waiting, running, free, total, block, s.step, s.now as f64 * 1e-9))
                 .and_then(|r| r.extract(py))
                 .map_err(|err| failed(&self.slot, "the scheduler policy", err))?;
             Ok(StepPlan { token_budget: p.0, max_num_seqs: p.1, running_order: p.2, waiting_order: p.3, victim_order: p.4, max_prefill_chunk: p.5 })

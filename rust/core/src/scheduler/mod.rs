@@ -220,6 +220,9 @@ pub trait BatchScheduler: Send + Sync {
         req.peak_kv_tokens()
     }
 
+    /// Tells the scheduler the time of the iteration it is about to form (for policies that read it).
+    fn set_now(&mut self, _now: crate::time::Nanos) {}
+
     /// An error met while scheduling (a user's policy failed or answered out of bounds); the
     /// simulation stops with it.
     fn take_error(&mut self) -> Option<Error> {

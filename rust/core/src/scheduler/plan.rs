@@ -49,6 +49,8 @@ pub struct StepState<'a> {
     pub kv: &'a BlockManager,
     /// Iterations planned before this one.
     pub step: u64,
+    /// The time of the iteration being planned.
+    pub now: crate::time::Nanos,
 }
 
 /// Something that plans iterations: the native FCFS planner, or a user's policy.
@@ -81,6 +83,7 @@ pub struct PlanScheduler {
     max_num_batched_tokens: u32,
     reserve_full_prompt: bool,
     step: u64,
+    now: crate::time::Nanos,
     error: Option<Error>,
 }
 
@@ -105,7 +108,7 @@ impl PlanScheduler {
     /// A scheduler following `planner`; the limits size the instance's activation memory, and a plan
     /// may not exceed them.
     pub fn new(planner: Box<dyn Planner>, max_num_seqs: u32, max_num_batched_tokens: u32) -> Self {
-        PlanScheduler { planner, max_num_seqs, max_num_batched_tokens, reserve_full_prompt: true, step: 0, error: None }
+        PlanScheduler { planner, max_num_seqs, max_num_batched_tokens, reserve_full_prompt: true, step: 0, now: 0, error: None }
     }
 
     /// Whether admission needs room for the whole prompt (true, vLLM's default) or only the first chunk.
@@ -115,7 +118,7 @@ impl PlanScheduler {
     }
 
     fn checked_plan(&mut self, q: &Queues, reqs: &[Request], kv: &BlockManager) -> Result<StepPlan> {
-        let plan = self.planner.plan(&StepState { queues: q, reqs, kv, step: self.step })?;
+        let plan = self.planner.plan(&StepState { queues: q, reqs, kv, step: self.step, now: self.now })?;
         let bad = |field: &str, msg: String| Err(Error::Policy { message: format!("the scheduler's plan.{field} {msg}") });
         if plan.token_budget == 0 || plan.token_budget > self.max_num_batched_tokens {
             return bad("token_budget", format!("must be in 1..={} (the pool's max_num_batched_tokens), got {}", self.max_num_batched_tokens, plan.token_budget));
@@ -237,6 +240,10 @@ impl BatchScheduler for PlanScheduler {
 
     fn take_error(&mut self) -> Option<Error> {
         self.error.take()
+    }
+
+    fn set_now(&mut self, now: crate::time::Nanos) {
+        self.now = now;
     }
 }
 
