@@ -14,7 +14,11 @@ sampled tokens' copy back, bookkeeping):
 * ``elementwise_memory``: bandwidth of the unfused norms, RoPE, residual adds and activations;
 * ``iteration_overhead``: the fixed time per iteration (the engine's host work plus what the cost
   model misses), with ``layer_overhead`` kept at the operator fit's value (the two are one constant
-  for a fixed model).
+  for a fixed model). The grid runs the engine's device path and per-sequence bookkeeping but not
+  the rest of ``serve``'s loop (arrivals, admission, the iteration log), so the overhead gets the
+  difference of the median host time per iteration (period minus GPU time) between the
+  calibration trace's iterations and the grid's (``host_gap``): host time only, no latency and no
+  GPU time of any trace enters the fit, and the validation traces are not read.
 
 The GEMM factors (``gemm_compute``, ``memory``) are cuBLAS's and stay as fitted on operators
 (``calibration/h100/fitted.yaml``).
@@ -93,6 +97,16 @@ def fit(grid: pl.DataFrame, base: dict, factors: tuple[str, ...] = FITTED_FACTOR
     return cal
 
 
+def host_gap(grid: pl.DataFrame, iters: pl.DataFrame) -> dict:
+    """Median host seconds per iteration (start to next start, minus the GPU time) of the
+    calibration trace's iterations, of the grid's, and their difference."""
+    it = iters.filter(pl.col("trace") == fc.CALIBRATION_TRACE)
+    s, g = it["start_s"].to_numpy(), it["gpu_s"].to_numpy()
+    serve = float(np.median(s[1:] - s[:-1] - g[:-1]))
+    grid_host = float(np.median((grid["period_s"] - grid["gpu_s"]).to_numpy()))
+    return {"serve_host_s": serve, "grid_host_s": grid_host, "gap_s": serve - grid_host}
+
+
 def errors(grid: pl.DataFrame, calibration: dict) -> pl.DataFrame:
     """The grid with predicted seconds and the relative error against the measured period."""
     pred = predict(shapes(grid), calibration)
@@ -121,13 +135,18 @@ def main(argv: list[str] | None = None) -> None:
     grid = load_grid(args.grid)
     base = fc.fitted_calibration()
     cal = fit(grid, base)
-    res = {"calibration": cal, "fitted_on": summary(errors(grid, cal)), "operator_factors": summary(errors(grid, {**base, "iteration_overhead": _best_overhead(predict(shapes(grid), base), grid["period_s"].to_numpy())[0]}))}
+    gap = host_gap(grid, fc.load_run(args.grid.parent)[1])
+    grid_overhead = cal["iteration_overhead"]
+    cal["iteration_overhead"] = round(grid_overhead + gap["gap_s"], 7)
+    res = {"calibration": cal, "grid_overhead_s": grid_overhead, "host_gap": gap, "fitted_on": summary(errors(grid, {**cal, "iteration_overhead": grid_overhead})), "operator_factors": summary(errors(grid, {**base, "iteration_overhead": _best_overhead(predict(shapes(grid), base), grid["period_s"].to_numpy())[0]}))}
     print(json.dumps(res, indent=2))
     if args.write:
         dev = json.loads((args.grid.parent / "grid.json").read_text())
         head = (f"# Fitted by `python -m fleetwise.fidelity.serving_fit --write` on the serving engine's grid of\n"
                 f"# iterations beside this file ({dev['device']}, PyTorch {dev['torch']}, {dev['time']}); GEMM factors,\n"
-                f"# collective and layer_overhead from calibration/h100/fitted.yaml (operator fit).\n")
+                f"# collective and layer_overhead from calibration/h100/fitted.yaml (operator fit). iteration_overhead =\n"
+                f"# {grid_overhead * 1e3:.3f} ms fitted on the grid + {gap['gap_s'] * 1e3:.3f} ms of serve-loop host time the grid does not run\n"
+                f"# (median host time per iteration: calibration trace {gap['serve_host_s'] * 1e3:.3f} ms, grid {gap['grid_host_s'] * 1e3:.3f} ms).\n")
         SERVING_FITTED.write_text(head + yaml.safe_dump(cal, sort_keys=False))
 
 

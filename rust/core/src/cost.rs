@@ -1015,6 +1015,38 @@ mod tests {
     }
 
     #[test]
+    fn decode_attention_waits_for_the_longest_sequence_once_the_batch_fills_the_gpu() {
+        let mut half = ideal();
+        half.attention_memory = Some(0.5);
+        let plain = CostModel::new(llama3_8b(), h100(), half.clone(), 1).unwrap();
+        let cm = CostModel::new(llama3_8b(), h100(), Efficiency { attention_cta: Some(0.4), ..half }, 1).unwrap();
+        let attn = |cm: &CostModel, ctx: &[u64]| {
+            let mut s = BatchShape::default();
+            ctx.iter().for_each(|&c| s.add_decode(c));
+            op(&cm.breakdown(&s), Op::DecodeAttention)
+        };
+        // 32 sequences x 8 KV heads = 256 blocks >= 0.8 x 2 x 132 SMs: no split, one long sequence
+        // sets the time: 2 x 128 x 2500 x 2 bytes at 0.4 x 3.35 TB/s / 132, on each of 32 layers.
+        let mut ctx = vec![256; 31];
+        ctx.push(2500);
+        let tail = 32.0 * 2.0 * 128.0 * 2500.0 * 2.0 / (3.35e12 / 132.0 * 0.4);
+        let a = attn(&cm, &ctx);
+        assert!(close(a.seconds, tail) && !a.compute_bound);
+        assert!(attn(&plain, &ctx).seconds < 0.25 * tail, "without attention_cta, only the bytes count");
+        // The same bytes at one context: 256 blocks at 0.4 of an SM's share each outrun 0.5 of the
+        // bandwidth, so the kernel stays bandwidth-bound as before.
+        let uniform = vec![(31 * 256 + 2500) / 32; 32];
+        assert!(close(attn(&cm, &uniform).seconds, attn(&plain, &uniform).seconds));
+        // 16 sequences (128 blocks): FlashAttention splits the long one's keys, no tail.
+        let mut few = vec![256; 15];
+        few.push(2500);
+        assert!(close(attn(&cm, &few).seconds, attn(&plain, &few).seconds));
+        let mut bad = ideal();
+        bad.attention_cta = Some(0.0);
+        assert!(CostModel::new(llama3_8b(), h100(), bad, 1).is_err());
+    }
+
+    #[test]
     fn attention_memory_efficiency_applies_to_kv_reads_only() {
         let mut eff = ideal();
         eff.attention_memory = Some(0.5);
