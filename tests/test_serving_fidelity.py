@@ -1,7 +1,8 @@
 """fleetwise against a real serving engine on an H100 (docs/serving-fidelity.md).
 
-The measurements in calibration/h100/serving/ were taken by fleetwise/fidelity/torch_engine.py on
-an H100; these tests re-run the comparison on them, so a change to the cost model, the scheduler or
+The measurements in calibration/h100/serving/ were taken by fleetwise/fidelity/torch_engine.py (the
+traces) and fleetwise/fidelity/grid.py (the calibration grid) on an H100; these tests re-run the fit
+check and the comparison on them, so a change to the cost model, the scheduler or
 the metrics that moves the simulated latencies away from the measured ones fails here.
 """
 
@@ -21,35 +22,98 @@ def result() -> dict:
     return fc.compare(fc.DATA)
 
 
+@pytest.fixture(scope="module")
+def before() -> dict:
+    return fc.compare(fc.DATA, "operator")
+
+
 def errors(result: dict, trace: str, metric: str) -> list[float]:
     m = result["traces"][trace]["metrics"]
     return [m[f"{metric}_p{p}"]["error"] for p in (50, 90, 99)]
 
 
-def test_overhead_fitted_on_the_calibration_trace_only(result):
-    fit = result["fit"]
-    _, iters = fc.load_run(fc.DATA)
-    assert fit["iterations"] == len(iters.filter(pl.col("trace") == "calibration"))
-    # the engine's host work per iteration plus what the cost model misses: 1.33 ms measured
-    assert 1.0e-3 < fit["iteration_overhead"] < 1.7e-3
-    assert result["calibration"]["iteration_overhead"] == pytest.approx(fit["iteration_overhead"], abs=1e-7)
-    assert set(result["traces"]) == {"rate6", "rate12"}, "the calibration trace is not validated on"
+def test_serving_factors_fitted_on_the_grid_not_on_traces(result):
+    from fleetwise.fidelity import serving_fit as sf
+
+    committed = sf.serving_calibration()
+    assert result["calibration"] == committed
+    # GEMM factors and layer overhead are the operator fit's; the engine's own factors differ
+    base = fc.fitted_calibration()
+    assert all(committed[k] == base[k] for k in ("gemm_compute", "memory", "layer_overhead", "collective"))
+    assert committed["attention_cta"] > 0 and committed["attention_memory"] < base["attention_memory"]
+    # iteration_overhead = the grid's fitted overhead + the serve loop's host time the grid does not
+    # run, measured on the calibration trace (host time only): 0.724 + 0.125 ms
+    gap = sf.host_gap(sf.load_grid(), fc.load_run(fc.DATA)[1])
+    assert 0.05e-3 < gap["gap_s"] < 0.2e-3
+    assert committed["iteration_overhead"] == pytest.approx(0.724e-3 + gap["gap_s"], abs=2e-7)
+    # no trace is fitted on, so every trace is a validation
+    assert set(result["traces"]) == {"calibration", "rate6", "rate12"}
+
+
+def test_grid_fit_and_the_decode_tail():
+    from fleetwise.fidelity import serving_fit as sf
+
+    grid = sf.load_grid()
+    assert len(grid) == 430 and set(grid["kind"]) == {"decode", "prefill"}
+    cal = {**sf.serving_calibration(), "iteration_overhead": 0.724e-3}
+    s = sf.summary(sf.errors(grid, cal))
+    # measured: decode median 1.9%, p90 5.0%; prefill median 1.9%, p90 7.2%
+    assert s["decode"]["median_abs_error"] < 0.025 and s["decode"]["p90_abs_error"] < 0.06
+    assert s["prefill"]["median_abs_error"] < 0.025 and s["prefill"]["p90_abs_error"] < 0.08
+    # without the longest-sequence bound the decode errors grow (refitted without it: 3.1% / 8.3%)
+    no_tail = {**cal, "attention_cta": None, "attention_memory": 0.525, "attention_compute": 0.39, "iteration_overhead": 0.83e-3}
+    s0 = sf.summary(sf.errors(grid, no_tail))
+    assert s0["decode"]["median_abs_error"] > 0.028 and s0["decode"]["p90_abs_error"] > 0.075
+    # the effect itself: 31 sequences at 257 and one at 2501 take ~2 ms longer than 32 at 129
+    d = grid.filter(pl.col("kind") == "decode", pl.col("seqs") == 32)
+    long = d.filter(pl.col("pattern") == "256+long")["gpu_s"][0]
+    short = d.filter(pl.col("pattern") == "uniform128")["gpu_s"][0]
+    assert long - short > 1.5e-3
+
+
+def test_before_operator_factors_underpredict_rate12(before):
+    # the first comparison: operator factors + overhead fitted on the calibration trace (1.331 ms);
+    # TPOT and E2E at 12 req/s were 16-18% low
+    assert 1.0e-3 < before["fit"]["iteration_overhead"] < 1.7e-3
+    assert set(before["traces"]) == {"rate6", "rate12"}
+    for metric in ("tpot", "e2e"):
+        assert all(-0.20 < e < -0.13 for e in errors(before, "rate12", metric)), (metric, errors(before, "rate12", metric))
 
 
 def test_rate6_within_target(result):
-    # measured: TPOT and E2E within 2% at p50/p90/p99; TTFT -7.4% at p50, within 1% at p90/p99
+    # measured: TPOT/E2E within 3.5%; TTFT p50 -7.1% (small prefills), p90/p99 within 2.4%
     for metric in ("tpot", "e2e"):
-        assert all(abs(e) < 0.03 for e in errors(result, "rate6", metric)), (metric, errors(result, "rate6", metric))
+        assert all(abs(e) < 0.045 for e in errors(result, "rate6", metric)), (metric, errors(result, "rate6", metric))
     p50, p90, p99 = errors(result, "rate6", "ttft")
-    assert abs(p50) < 0.09 and abs(p90) < 0.02 and abs(p99) < 0.02
+    assert -0.085 < p50 < -0.05 and abs(p90) < 0.035 and abs(p99) < 0.025
 
 
-def test_rate12_ttft_within_target_tpot_underpredicted(result):
-    # measured: TTFT within 4%; TPOT and E2E 16-18% low (decode iterations of 24+ sequences run
-    # 1.7-2.9 ms longer than the cost model predicts: docs/serving-fidelity.md, caveats)
-    assert all(abs(e) < 0.05 for e in errors(result, "rate12", "ttft"))
+def test_rate12_within_target(result):
+    # measured: TTFT within 4.6%; TPOT p50 -2.9%, p90 -6.5%, p99 -8.0%; E2E p50 -5.6%, p90/p99 within 4.1%
+    assert all(abs(e) < 0.055 for e in errors(result, "rate12", "ttft")), errors(result, "rate12", "ttft")
+    p50, p90, p99 = errors(result, "rate12", "tpot")
+    assert abs(p50) < 0.04 and abs(p90) < 0.075 and abs(p99) < 0.09
+    p50, p90, p99 = errors(result, "rate12", "e2e")
+    assert abs(p50) < 0.065 and abs(p90) < 0.04 and abs(p99) < 0.05
+    # every p99 within the 10% target
+    assert all(abs(errors(result, t, m)[2]) < 0.10 for t in ("rate6", "rate12") for m in fc.METRICS)
+
+
+def test_calibration_trace_validated_too(result):
+    # not fitted on (only its host time enters iteration_overhead): TTFT p99 +8.1%, the rest within 5.2%
     for metric in ("tpot", "e2e"):
-        assert all(-0.20 < e < -0.13 for e in errors(result, "rate12", metric)), (metric, errors(result, "rate12", metric))
+        assert all(abs(e) < 0.045 for e in errors(result, "calibration", metric))
+    p50, p90, p99 = errors(result, "calibration", "ttft")
+    assert abs(p50) < 0.06 and abs(p90) < 0.03 and abs(p99) < 0.095
+
+
+def test_iteration_log_rebuilds_each_decodes_context():
+    reqs, iters = fc.load_run(fc.DATA)
+    for name in ("calibration", "rate6", "rate12"):
+        it = iters.filter(pl.col("trace") == name)
+        ctx = fc.decode_contexts(pl.read_csv(fc.DATA / f"{name}.csv"), it)
+        assert [len(c) for c in ctx] == it["decode_seqs"].to_list()
+        assert [sum(c) for c in ctx] == it["decode_kv_tokens"].to_list()
 
 
 def test_every_request_measured_and_simulated(result):
@@ -81,6 +145,20 @@ def test_iteration_shapes_follow_the_vllm_policy():
         assert sum(lens) == prefill
         assert len(lens) <= 1 or prefill <= fc.MAX_NUM_BATCHED_TOKENS
         assert decode <= fc.MAX_NUM_SEQS and int(r["running"]) <= fc.MAX_NUM_SEQS
+
+
+def test_grid_script_runs_on_cpu(tmp_path):
+    pytest.importorskip("torch")
+    from fleetwise.fidelity import grid
+
+    grid.main(["--out", str(tmp_path), "--tiny", "--reps", "1", "--warmup", "0", "--attn-calls", "1"])
+    rows = list(csv.DictReader((tmp_path / "grid.csv").open()))
+    assert {r["kind"] for r in rows} == {"decode", "prefill"}
+    for r in rows:
+        assert float(r["wall_s"]) > 0 and float(r["period_s"]) >= float(r["wall_s"])
+        if r["kind"] == "decode":
+            ctx = [int(c) for c in r["contexts"].split(";")]
+            assert len(ctx) == int(r["seqs"]) and sum(ctx) == int(r["decode_kv_tokens"])
 
 
 def test_engine_serves_a_tiny_trace_on_cpu(tmp_path):

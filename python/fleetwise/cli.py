@@ -407,7 +407,7 @@ def calibrate(
     cal = fit_calibration(m, spec, m_spec)
     s = error_summary(error_table(m.forward, predict_forward(m.forward, m_spec, spec, cal)))
     out_file = output or data / "fitted.yaml"
-    out_file.write_text(yaml.safe_dump(cal.model_dump(), sort_keys=False))
+    out_file.write_text(yaml.safe_dump(cal.model_dump(exclude_none=True), sort_keys=False))
     out.print(yaml.safe_dump(cal.model_dump(), sort_keys=False))
     out.print(f"forward passes: median error {s['median_abs_error']:.1%}, worst {s['max_abs_error']:.1%} over {s['points']} points; written to {out_file}")
 

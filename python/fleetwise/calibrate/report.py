@@ -62,7 +62,7 @@ def build(root: Path) -> tuple[dict, str]:
         fitted[short] = cal
         (d / "fitted.yaml").write_text(
             f"# Fitted by `python -m fleetwise.calibrate.report` from the measurements beside this file\n"
-            f"# ({m.device['name']}, PyTorch {m.device['torch']}, {m.device['time']}).\n" + yaml.safe_dump(cal.model_dump(), sort_keys=False)
+            f"# ({m.device['name']}, PyTorch {m.device['torch']}, {m.device['time']}).\n" + yaml.safe_dump(cal.model_dump(exclude_none=True), sort_keys=False)
         )
         t = error_table(m.forward, predict_forward(m.forward, model, gpus[name], cal))
         s = error_summary(t)
@@ -75,7 +75,7 @@ def build(root: Path) -> tuple[dict, str]:
         summary.append(f"| h200 | H100's calibration + H200 datasheet | {s['points']} | {s['median_abs_error'] * 100:.1f}% | {s['max_abs_error'] * 100:.1f}% |")
         sections += ["## h200 predicted from the H100's calibration and the H200 datasheet", "", *_markdown(t), ""]
     cal_rows = ["| factor | " + " | ".join(GPUS[k] for k in fitted) + " |", "|---|" + "---:|" * len(fitted)]
-    for f in fitted[next(iter(fitted))].model_dump():
+    for f in fitted[next(iter(fitted))].model_dump(exclude_none=True):
         cal_rows.append(f"| {f} | " + " | ".join(f"{getattr(c, f):.4g}" if getattr(c, f) is not None else "-" for c in fitted.values()) + " |")
     text = "\n".join([
         "# Fidelity of the cost model against real GPUs",

@@ -36,6 +36,9 @@ class Calibration(StrictModel):
     """Fixed cost of one iteration, seconds."""
     layer_overhead: float = Field(default=0.0, ge=0)
     """Fixed cost per decoder layer per iteration, seconds."""
+    attention_cta: float | None = Field(default=None, gt=0, le=4)
+    """Fraction of one SM's share of HBM bandwidth that one decode-attention thread block reaches:
+    bounds a large decode batch by its longest sequence (unset: no bound; needs the GPU's sm_count)."""
 
 
 class CalibrationOverride(StrictModel):
@@ -57,6 +60,8 @@ class CalibrationOverride(StrictModel):
     """Fixed cost of one iteration, seconds."""
     layer_overhead: float | None = Field(default=None, ge=0)
     """Fixed cost per decoder layer per iteration, seconds."""
+    attention_cta: float | None = Field(default=None, gt=0, le=4)
+    """Fraction of one SM's share of HBM bandwidth that one decode-attention thread block reaches."""
 
     def apply(self, base: Calibration) -> Calibration:
         """Returns ``base`` with the fields set here replaced."""
@@ -94,6 +99,8 @@ class GpuSpec(StrictModel):
     """Power drawn while idle, watts."""
     memory_bound_activity: float = Field(default=0.3, ge=0, le=1)
     """Share of the dynamic power (TDP - idle) drawn by memory-bound kernels."""
+    sm_count: int = Field(default=0, ge=0)
+    """Streaming multiprocessors (compute units), 0 if unknown; bounds decode attention's tail."""
     price_per_hour: float = Field(default=0.0, ge=0)
     """Price of one GPU per hour, USD (for cost per token)."""
     calibration: Calibration
@@ -115,6 +122,7 @@ class GpuSpec(StrictModel):
             "tdp_watts": self.tdp_watts,
             "idle_watts": self.idle_watts,
             "memory_bound_activity": self.memory_bound_activity,
+            "sm_count": self.sm_count,
         }
 
 

@@ -6,13 +6,17 @@ simulates the same requests with fleetwise (one ``vllm`` instance of llama-3-8b 
 engine's limits, the cost-model factors of ``calibration/h100/fitted.yaml``) and reports the error
 of the simulated TTFT, TPOT and E2E percentiles against the measured ones.
 
-The engine's per-iteration CPU time (scheduling, input preparation, sampling, the host copy of the
-sampled tokens) belongs to the engine, not the GPU; it enters the simulation as the pool's
-``calibration.iteration_overhead``, fitted on the iterations of a separate calibration trace
-(never on the traces it is then validated on).
+Two calibrations (``--calibration``):
+
+* ``serving`` (default): the factors of ``calibration/h100/serving/fitted.yaml``, fitted by
+  ``serving_fit.py`` on the engine's own iterations timed on a grid of shapes (``grid.py``), never on
+  a trace; every trace, the calibration trace included, is then a validation;
+* ``operator``: the operator-level factors of ``calibration/h100/fitted.yaml`` (the SDPA calibration
+  engine), with the engine's per-iteration overhead fitted on the calibration trace's iterations
+  (the first comparison; the calibration trace is then not validated on).
 
     python -m fleetwise.fidelity.compare traces --out calibration/h100/serving      # write the traces
-    python -m fleetwise.fidelity.compare --data calibration/h100/serving [--markdown]
+    python -m fleetwise.fidelity.compare --data calibration/h100/serving [--markdown] [--calibration operator]
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[3]
 DATA = ROOT / "calibration" / "h100" / "serving"
 FITTED = ROOT / "calibration" / "h100" / "fitted.yaml"
+SERVING_FITTED = DATA / "fitted.yaml"
 
 MODEL, GPU = "llama-3-8b", "h100-sxm"
 MAX_NUM_SEQS, MAX_NUM_BATCHED_TOKENS, MAX_LEN = 64, 4096, 2560
@@ -102,15 +107,45 @@ def cost_model(calibration: dict):
     return _core.CostModel(json.dumps(m.core_json(MODEL)), json.dumps(g.core_json(GPU)), cal.model_dump_json(), 1)
 
 
-def predict_iterations(iters: pl.DataFrame, calibration: dict) -> np.ndarray:
-    """Predicted seconds of each measured iteration (its exact prefill lengths; its decodes at the
-    batch's mean context, which charges the same KV bytes)."""
+def decode_contexts(trace: pl.DataFrame, iters: pl.DataFrame) -> list[list[int]]:
+    """Each iteration's decode contexts (including the new token; empty for a prefill), rebuilt by
+    replaying the engine's iteration log over the trace: a prefill admits the next requests in
+    arrival order, a decode advances every running request by one token."""
+    reqs = trace.sort("request_id")
+    prompts, outputs = reqs["prompt_tokens"].to_list(), reqs["output_tokens"].to_list()
+    nxt, running, out = 0, {}, []
+    for lens, b, kv in zip(iters["prefill_lens"], iters["decode_seqs"], iters["decode_kv_tokens"]):
+        ls = [int(n) for n in str(lens or "").split(";") if n]
+        if ls:
+            new = list(range(nxt, nxt + len(ls)))
+            assert sorted(prompts[i] for i in new) == sorted(ls), "iteration log does not follow the trace"
+            nxt += len(ls)
+            running.update({i: [prompts[i], 1] for i in new if outputs[i] > 1})
+            out.append([])
+            continue
+        ctx = [c + 1 for c, _ in running.values()]
+        assert len(ctx) == b and sum(ctx) == kv, "iteration log does not follow the trace"
+        out.append(ctx)
+        for i in list(running):
+            running[i][0] += 1
+            running[i][1] += 1
+            if running[i][1] == outputs[i]:
+                del running[i]
+    return out
+
+
+def predict_iterations(iters: pl.DataFrame, calibration: dict, contexts: list[list[int]] | None = None) -> np.ndarray:
+    """Predicted seconds of each measured iteration: its exact prefill lengths; its decodes at their
+    own ``contexts`` if given (``decode_contexts``), else at the batch's mean context (the same KV
+    bytes, but no longest sequence)."""
     cost = cost_model(calibration)
     out = np.empty(len(iters))
     for i, (lens, b, kv) in enumerate(zip(iters["prefill_lens"], iters["decode_seqs"], iters["decode_kv_tokens"])):
         prefills = [(int(n), 0, True) for n in str(lens or "").split(";") if n]
         decodes = []
-        if b:
+        if contexts is not None:
+            decodes = contexts[i]
+        elif b:
             q, r = divmod(int(kv), int(b))
             decodes = [q + 1] * r + [q] * (int(b) - r)
         out[i] = cost.iteration_seconds(prefills, decodes)
@@ -167,22 +202,27 @@ def simulated_metrics(reqs: pl.DataFrame) -> dict[str, np.ndarray]:
     return {m: reqs[f"{m}_s"].to_numpy() for m in METRICS}
 
 
-def compare(data: Path = DATA) -> dict:
-    """Fits the iteration overhead on the calibration trace, simulates every other trace and
-    returns the measured and simulated percentiles and their relative errors."""
+def compare(data: Path = DATA, calibration: str = "serving") -> dict:
+    """Simulates the traces with the ``serving`` calibration (fitted on the engine's grid; every
+    trace is validated) or the ``operator`` one (overhead fitted on the calibration trace, which is
+    then left out) and returns the measured and simulated percentiles and their relative errors."""
     reqs, iters = load_run(data)
     base = fitted_calibration()
     fit = fit_iteration_overhead(iters, base)
-    cal = {**base, "iteration_overhead": round(fit["iteration_overhead"], 7)}
-    out = {"fit": fit, "calibration": cal, "traces": {}}
+    if calibration == "operator":
+        cal = {**base, "iteration_overhead": round(fit["iteration_overhead"], 7)}
+    else:
+        cal = fitted_calibration(data / "fitted.yaml")
+    out = {"method": calibration, "fit": fit, "calibration": cal, "traces": {}}
     present = set(reqs["trace"])
-    for name in [t for t in TRACES if t in present and t != CALIBRATION_TRACE] + sorted(present - set(TRACES)):
+    skip = {CALIBRATION_TRACE} if calibration == "operator" else set()
+    for name in [t for t in TRACES if t in present and t not in skip] + sorted(present - set(TRACES)):
         measured = reqs.filter(pl.col("trace") == name).sort("request_id")
         trace = pl.read_csv(data / f"{name}.csv").sort("request_id")
         sim = simulate_trace(trace, cal)
         mm, sm = measured_metrics(measured), simulated_metrics(sim)
         it = iters.filter(pl.col("trace") == name)
-        it_err = predict_iterations(it, cal) / (it["end_s"] - it["start_s"]).to_numpy() - 1
+        it_err = predict_iterations(it, cal, decode_contexts(trace, it)) / (it["end_s"] - it["start_s"]).to_numpy() - 1
         rows = {}
         for m in METRICS:
             for q in QUANTILES:
@@ -198,9 +238,12 @@ def compare(data: Path = DATA) -> dict:
 
 def markdown(result: dict) -> str:
     """The comparison as Markdown tables (one row per metric and percentile)."""
-    lines = [f"iteration_overhead fitted on the calibration trace: {result['fit']['iteration_overhead'] * 1e3:.3f} ms "
-             f"(prefill iterations {result['fit']['prefill_median'] * 1e3:.3f} ms, decode {result['fit']['decode_median'] * 1e3:.3f} ms; "
-             f"{result['fit']['iterations']} iterations)", ""]
+    if result.get("method") == "operator":
+        lines = [f"iteration_overhead fitted on the calibration trace: {result['fit']['iteration_overhead'] * 1e3:.3f} ms "
+                 f"(prefill iterations {result['fit']['prefill_median'] * 1e3:.3f} ms, decode {result['fit']['decode_median'] * 1e3:.3f} ms; "
+                 f"{result['fit']['iterations']} iterations)", ""]
+    else:
+        lines = ["calibration: " + ", ".join(f"{k} {v}" for k, v in result["calibration"].items()) + " (fitted on the engine's grid)", ""]
     for name, t in result["traces"].items():
         lines += [f"**{name}** ({t['requests']} requests, {t['iterations']} iterations; per-iteration error median "
                   f"{t['iteration_error_median'] * 100:+.1f}%, median absolute {t['iteration_abs_error_median'] * 100:.1f}%)", "",
@@ -221,12 +264,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", type=Path, default=DATA, help="directory with the traces and the engine's outputs")
     ap.add_argument("--out", type=Path, help="traces: where to write them (default: --data)")
     ap.add_argument("--markdown", action="store_true", help="print Markdown tables instead of JSON")
+    ap.add_argument("--calibration", choices=["serving", "operator"], default="serving",
+                    help="serving: factors fitted on the engine's grid; operator: operator factors + overhead fitted on the calibration trace")
     args = ap.parse_args(argv)
     if args.command == "traces":
         for p in write_traces(args.out or args.data):
             print(p)
         return
-    result = compare(args.data)
+    result = compare(args.data, args.calibration)
     print(markdown(result) if args.markdown else json.dumps(result, indent=2))
 
 

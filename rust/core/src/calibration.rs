@@ -30,10 +30,17 @@ pub struct Efficiency {
     pub iteration_overhead: f64,
     /// Fixed cost per decoder layer per iteration (kernel launch gaps), seconds.
     pub layer_overhead: f64,
+    /// Fraction of one SM's share of HBM bandwidth (`memory_bandwidth / sm_count`) that one decode
+    /// attention thread block reaches on its own. FlashAttention gives each (sequence, KV head) one
+    /// thread block and stops splitting a sequence's keys once the batch fills the GPU, so a decode
+    /// batch then lasts at least as long as its longest sequence's block takes to read that
+    /// sequence's keys and values. Unset (or a GPU without `sm_count`): no such bound.
+    #[serde(default)]
+    pub attention_cta: Option<f64>,
 }
 
 impl Default for Efficiency {
     fn default() -> Self {
-        Efficiency { gemm_compute: 0.7, attention_compute: 0.5, memory: 0.8, attention_memory: None, elementwise_memory: None, collective: 0.7, iteration_overhead: 1.0e-3, layer_overhead: 0.0 }
+        Efficiency { gemm_compute: 0.7, attention_compute: 0.5, memory: 0.8, attention_memory: None, elementwise_memory: None, collective: 0.7, iteration_overhead: 1.0e-3, layer_overhead: 0.0, attention_cta: None }
     }
 }

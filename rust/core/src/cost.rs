@@ -34,12 +34,14 @@ struct Kernel {
     flops: f64,
     bytes: f64,
     share: f64,
+    /// A lower bound on the kernel's time, seconds (the decode-attention tail), 0 for none.
+    floor: f64,
 }
 
 impl Kernel {
     /// `(flops, bytes)` run by `share` of the layers.
     fn on(share: f64, (flops, bytes): (f64, f64)) -> Self {
-        Kernel { flops, bytes, share }
+        Kernel { flops, bytes, share, floor: 0.0 }
     }
 
     /// `(flops, bytes)` run by every layer.
@@ -62,6 +64,8 @@ pub struct BatchShape {
     pub decode_seqs: u64,
     /// Keys the decodes read: sum of their context lengths including the new token.
     pub decode_kv_tokens: u64,
+    /// The longest decode context, including the new token.
+    pub decode_max_context: u64,
     /// Sequences that sample a token at the end of the iteration (decodes and finished prefills).
     pub sampled: u64,
 }
@@ -79,6 +83,7 @@ impl BatchShape {
     pub fn add_decode(&mut self, context: u64) {
         self.decode_seqs += 1;
         self.decode_kv_tokens += context;
+        self.decode_max_context = self.decode_max_context.max(context);
         self.sampled += 1;
     }
 
@@ -246,6 +251,11 @@ impl CostModel {
         ] {
             if !(v > 0.0 && v <= 1.0) {
                 return Err(Error::config(format!("calibration.{name}"), format!("must be in (0, 1], got {v}")));
+            }
+        }
+        if let Some(v) = eff.attention_cta {
+            if !(v > 0.0 && v <= 4.0) {
+                return Err(Error::config("calibration.attention_cta", format!("must be in (0, 4], got {v}")));
             }
         }
         let t = tp as f64;
@@ -577,6 +587,23 @@ impl CostModel {
         (heads * flops, heads * bytes)
     }
 
+    /// The least time of one layer's decode attention over `seqs` sequences whose longest context
+    /// is `max_context` tokens (GQA): FlashAttention runs one thread block per (sequence, KV head)
+    /// and splits a sequence's keys over several blocks only while those blocks fill less than
+    /// 80% of the GPU's resident-block slots (two per SM), so beyond that the kernel waits for the
+    /// longest sequence's block, which reads its `2 * head_dim * max_context` cached elements at
+    /// `attention_cta` of one SM's share of the HBM bandwidth. 0 without `attention_cta` or
+    /// `sm_count`, or with MLA (its kernels split differently).
+    fn decode_attention_tail(&self, seqs: f64, max_context: f64) -> f64 {
+        let (Some(f), Attention::Gqa { kv, .. }) = (self.eff.attention_cta, self.attn) else { return 0.0 };
+        let sms = self.gpu.sm_count as f64;
+        let head = self.model.head_dim as f64;
+        if sms == 0.0 || seqs * (kv / head) < 0.8 * 2.0 * sms {
+            return 0.0;
+        }
+        2.0 * head * max_context * self.b / (self.gpu.memory_bandwidth / sms * f) * self.slow_memory
+    }
+
     /// Ring all-reduce of `bytes` over the tensor-parallel group, seconds.
     fn all_reduce_seconds(&self, bytes: f64) -> f64 {
         if self.tp == 1 || bytes == 0.0 {
@@ -629,6 +656,7 @@ impl CostModel {
                 flops += k.share * k.flops;
                 bytes += k.share * k.bytes;
                 let (t, cb) = self.roofline(k.flops, k.bytes, peak, bw);
+                let (t, cb) = if k.floor > t { (k.floor, false) } else { (t, cb) };
                 secs += k.share * t;
                 cb_secs += if cb { k.share * t } else { 0.0 };
                 if let Some(p) = &self.pim {
@@ -671,7 +699,8 @@ impl CostModel {
                 }
                 if shape.decode_seqs > 0 {
                     let work = (4.0 * q * dkv, (2.0 * ds * q + 2.0 * kv * dkv) * b);
-                    emit(Op::DecodeAttention, &[Kernel::all(work)], self.flops_attn, true);
+                    let floor = self.decode_attention_tail(ds, shape.decode_max_context as f64);
+                    emit(Op::DecodeAttention, &[Kernel { floor, ..Kernel::all(work) }], self.flops_attn, true);
                 }
                 emit(Op::OProj, &[Kernel::all(self.gemm(mt, q, h))], self.flops_gemm, true);
                 (rope_width, latent_width, cache_width) = (q + kv, 0.0, 2.0 * kv);
@@ -866,16 +895,16 @@ mod tests {
     use crate::model::fixtures::*;
 
     fn h100() -> GpuSpec {
-        GpuSpec { name: "h100-sxm".into(), peak_flops: 989.4e12, memory_bytes: 80_000_000_000, memory_bandwidth: 3.35e12, link_bandwidth: 450e9, link_latency: 2e-6, nic_bandwidth: 50e9, nic_latency: 5e-6, host_link_bandwidth: 64e9, host_link_latency: 5e-6, tdp_watts: 700.0, idle_watts: 70.0, memory_bound_activity: 0.3 }
+        GpuSpec { name: "h100-sxm".into(), peak_flops: 989.4e12, memory_bytes: 80_000_000_000, memory_bandwidth: 3.35e12, link_bandwidth: 450e9, link_latency: 2e-6, nic_bandwidth: 50e9, nic_latency: 5e-6, host_link_bandwidth: 64e9, host_link_latency: 5e-6, tdp_watts: 700.0, idle_watts: 70.0, memory_bound_activity: 0.3, sm_count: 132 }
     }
 
     fn a100() -> GpuSpec {
-        GpuSpec { name: "a100-80gb-sxm".into(), peak_flops: 312e12, memory_bytes: 80_000_000_000, memory_bandwidth: 2.039e12, link_bandwidth: 300e9, link_latency: 2e-6, nic_bandwidth: 50e9, nic_latency: 5e-6, host_link_bandwidth: 64e9, host_link_latency: 5e-6, tdp_watts: 400.0, idle_watts: 50.0, memory_bound_activity: 0.3 }
+        GpuSpec { name: "a100-80gb-sxm".into(), peak_flops: 312e12, memory_bytes: 80_000_000_000, memory_bandwidth: 2.039e12, link_bandwidth: 300e9, link_latency: 2e-6, nic_bandwidth: 50e9, nic_latency: 5e-6, host_link_bandwidth: 64e9, host_link_latency: 5e-6, tdp_watts: 400.0, idle_watts: 50.0, memory_bound_activity: 0.3, sm_count: 108 }
     }
 
     /// Peak rates, no overheads: the cost is the pure roofline, easy to compute by hand.
     fn ideal() -> Efficiency {
-        Efficiency { gemm_compute: 1.0, attention_compute: 1.0, memory: 1.0, attention_memory: None, elementwise_memory: None, collective: 1.0, iteration_overhead: 0.0, layer_overhead: 0.0 }
+        Efficiency { gemm_compute: 1.0, attention_compute: 1.0, memory: 1.0, attention_memory: None, elementwise_memory: None, collective: 1.0, iteration_overhead: 0.0, layer_overhead: 0.0, attention_cta: None }
     }
 
     fn op(costs: &[OpCost], which: Op) -> OpCost {
@@ -983,6 +1012,38 @@ mod tests {
         let t1 = slow.iteration_seconds(&s);
         // Every operator of a single decode is memory-bound, so halving bandwidth doubles it.
         assert!(close(t1, 2.0 * t0 + 1e-3));
+    }
+
+    #[test]
+    fn decode_attention_waits_for_the_longest_sequence_once_the_batch_fills_the_gpu() {
+        let mut half = ideal();
+        half.attention_memory = Some(0.5);
+        let plain = CostModel::new(llama3_8b(), h100(), half.clone(), 1).unwrap();
+        let cm = CostModel::new(llama3_8b(), h100(), Efficiency { attention_cta: Some(0.4), ..half }, 1).unwrap();
+        let attn = |cm: &CostModel, ctx: &[u64]| {
+            let mut s = BatchShape::default();
+            ctx.iter().for_each(|&c| s.add_decode(c));
+            op(&cm.breakdown(&s), Op::DecodeAttention)
+        };
+        // 32 sequences x 8 KV heads = 256 blocks >= 0.8 x 2 x 132 SMs: no split, one long sequence
+        // sets the time: 2 x 128 x 2500 x 2 bytes at 0.4 x 3.35 TB/s / 132, on each of 32 layers.
+        let mut ctx = vec![256; 31];
+        ctx.push(2500);
+        let tail = 32.0 * 2.0 * 128.0 * 2500.0 * 2.0 / (3.35e12 / 132.0 * 0.4);
+        let a = attn(&cm, &ctx);
+        assert!(close(a.seconds, tail) && !a.compute_bound);
+        assert!(attn(&plain, &ctx).seconds < 0.25 * tail, "without attention_cta, only the bytes count");
+        // The same bytes at one context: 256 blocks at 0.4 of an SM's share each outrun 0.5 of the
+        // bandwidth, so the kernel stays bandwidth-bound as before.
+        let uniform = vec![(31 * 256 + 2500) / 32; 32];
+        assert!(close(attn(&cm, &uniform).seconds, attn(&plain, &uniform).seconds));
+        // 16 sequences (128 blocks): FlashAttention splits the long one's keys, no tail.
+        let mut few = vec![256; 15];
+        few.push(2500);
+        assert!(close(attn(&cm, &few).seconds, attn(&plain, &few).seconds));
+        let mut bad = ideal();
+        bad.attention_cta = Some(0.0);
+        assert!(CostModel::new(llama3_8b(), h100(), bad, 1).is_err());
     }
 
     #[test]

@@ -42,6 +42,9 @@ pub struct GpuSpec {
     /// kernels draw all of it.
     #[serde(default = "default_memory_bound_activity")]
     pub memory_bound_activity: f64,
+    /// Streaming multiprocessors (or compute units); 0 when unknown.
+    #[serde(default)]
+    pub sm_count: u32,
 }
 
 fn default_host_latency() -> f64 {
