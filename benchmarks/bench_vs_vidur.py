@@ -140,6 +140,7 @@ def child(spec: dict) -> None:
 
     class _Core:
         simulate = staticmethod(timed("rust_core", sim_mod._core.simulate))
+        SimControl = sim_mod._core.SimControl
 
     sim_mod._core = _Core
     sim_mod.core_config = timed("core_config", sim_mod.core_config)
