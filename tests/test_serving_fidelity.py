@@ -41,11 +41,14 @@ def test_serving_factors_fitted_on_the_grid_not_on_traces(result):
     base = fc.fitted_calibration()
     assert all(committed[k] == base[k] for k in ("gemm_compute", "memory", "layer_overhead", "collective"))
     assert committed["attention_cta"] > 0 and committed["attention_memory"] < base["attention_memory"]
+    # the GEMMs' ridge blend is fitted (4.3); the padding is the engine's prefill graph step, not fitted
+    assert 2.0 < committed["gemm_ridge_exponent"] < 10.0 and "gemm_ridge_exponent" not in base
+    assert committed["prefill_pad_tokens"] == 64 == sf.engine_parameters(fc.DATA)["prefill_pad_tokens"]
     # iteration_overhead = the grid's fitted overhead + the serve loop's host time the grid does not
-    # run, measured on the calibration trace (host time only): 0.724 + 0.125 ms
+    # run, measured on the calibration trace (host time only): 0.698 + 0.125 ms
     gap = sf.host_gap(sf.load_grid(), fc.load_run(fc.DATA)[1])
     assert 0.05e-3 < gap["gap_s"] < 0.2e-3
-    assert committed["iteration_overhead"] == pytest.approx(0.724e-3 + gap["gap_s"], abs=2e-7)
+    assert committed["iteration_overhead"] == pytest.approx(0.698e-3 + gap["gap_s"], abs=2e-7)
     # no trace is fitted on, so every trace is a validation
     assert set(result["traces"]) == {"calibration", "rate6", "rate12"}
 
@@ -55,11 +58,16 @@ def test_grid_fit_and_the_decode_tail():
 
     grid = sf.load_grid()
     assert len(grid) == 430 and set(grid["kind"]) == {"decode", "prefill"}
-    cal = {**sf.serving_calibration(), "iteration_overhead": 0.724e-3}
+    cal = {**sf.serving_calibration(), "iteration_overhead": 0.698e-3}
     s = sf.summary(sf.errors(grid, cal))
-    # measured: decode median 1.9%, p90 5.0%; prefill median 1.9%, p90 7.2%
+    # measured: decode median 1.9%, p90 5.1%; prefill median 1.7%, p90 6.0%, worst 7.0%
     assert s["decode"]["median_abs_error"] < 0.025 and s["decode"]["p90_abs_error"] < 0.06
-    assert s["prefill"]["median_abs_error"] < 0.025 and s["prefill"]["p90_abs_error"] < 0.08
+    assert s["prefill"]["median_abs_error"] < 0.025 and s["prefill"]["p90_abs_error"] < 0.07
+    assert s["prefill"]["max_abs_error"] < 0.08
+    # without the ridge blend (refitted with the padding alone) the worst prefill is 11.3% off
+    no_ridge = {**cal, "gemm_ridge_exponent": None, "attention_compute": 0.36, "attention_memory": 0.585,
+                "elementwise_memory": 0.185, "attention_cta": 0.405, "iteration_overhead": 0.720e-3}
+    assert sf.summary(sf.errors(grid, no_ridge))["prefill"]["max_abs_error"] > 0.10
     # without the longest-sequence bound the decode errors grow (refitted without it: 3.1% / 8.3%)
     no_tail = {**cal, "attention_cta": None, "attention_memory": 0.525, "attention_compute": 0.39, "iteration_overhead": 0.83e-3}
     s0 = sf.summary(sf.errors(grid, no_tail))
@@ -81,30 +89,31 @@ def test_before_operator_factors_underpredict_rate12(before):
 
 
 def test_rate6_within_target(result):
-    # measured: TPOT/E2E within 3.5%; TTFT p50 -7.1% (small prefills), p90/p99 within 2.4%
+    # measured: TPOT/E2E within 3.1%; TTFT p50 -2.1%, p90 +2.6%, p99 -3.3%
     for metric in ("tpot", "e2e"):
-        assert all(abs(e) < 0.045 for e in errors(result, "rate6", metric)), (metric, errors(result, "rate6", metric))
+        assert all(abs(e) < 0.04 for e in errors(result, "rate6", metric)), (metric, errors(result, "rate6", metric))
     p50, p90, p99 = errors(result, "rate6", "ttft")
-    assert -0.085 < p50 < -0.05 and abs(p90) < 0.035 and abs(p99) < 0.025
+    assert abs(p50) < 0.035 and abs(p90) < 0.035 and abs(p99) < 0.045
 
 
 def test_rate12_within_target(result):
-    # measured: TTFT within 4.6%; TPOT p50 -2.9%, p90 -6.5%, p99 -8.0%; E2E p50 -5.6%, p90/p99 within 4.1%
-    assert all(abs(e) < 0.055 for e in errors(result, "rate12", "ttft")), errors(result, "rate12", "ttft")
+    # measured: TTFT within 0.3%; TPOT p50 -1.2%, p90 -4.9%, p99 -6.5%; E2E p50 -4.1%, p90 -0.7%, p99 -2.9%
+    assert all(abs(e) < 0.02 for e in errors(result, "rate12", "ttft")), errors(result, "rate12", "ttft")
     p50, p90, p99 = errors(result, "rate12", "tpot")
-    assert abs(p50) < 0.04 and abs(p90) < 0.075 and abs(p99) < 0.09
+    assert abs(p50) < 0.025 and abs(p90) < 0.06 and abs(p99) < 0.075
     p50, p90, p99 = errors(result, "rate12", "e2e")
-    assert abs(p50) < 0.065 and abs(p90) < 0.04 and abs(p99) < 0.05
+    assert abs(p50) < 0.05 and abs(p90) < 0.02 and abs(p99) < 0.04
     # every p99 within the 10% target
     assert all(abs(errors(result, t, m)[2]) < 0.10 for t in ("rate6", "rate12") for m in fc.METRICS)
 
 
 def test_calibration_trace_validated_too(result):
-    # not fitted on (only its host time enters iteration_overhead): TTFT p99 +8.1%, the rest within 5.2%
+    # not fitted on (only its host time enters iteration_overhead): TTFT -4.1% / +3.8% / +3.6%,
+    # TPOT and E2E within 3.4%
     for metric in ("tpot", "e2e"):
         assert all(abs(e) < 0.045 for e in errors(result, "calibration", metric))
     p50, p90, p99 = errors(result, "calibration", "ttft")
-    assert abs(p50) < 0.06 and abs(p90) < 0.03 and abs(p99) < 0.095
+    assert abs(p50) < 0.05 and abs(p90) < 0.05 and abs(p99) < 0.05
 
 
 def test_iteration_log_rebuilds_each_decodes_context():

@@ -39,6 +39,12 @@ class Calibration(StrictModel):
     attention_cta: float | None = Field(default=None, gt=0, le=4)
     """Fraction of one SM's share of HBM bandwidth that one decode-attention thread block reaches:
     bounds a large decode batch by its longest sequence (unset: no bound; needs the GPU's sm_count)."""
+    gemm_ridge_exponent: float | None = Field(default=None, ge=1)
+    """Exponent p of the GEMMs' blend of compute and memory time, (c^p + m^p)^(1/p): GEMMs near the
+    roofline's ridge reach neither peak (unset: the roofline's max(c, m))."""
+    prefill_pad_tokens: int | None = Field(default=None, ge=1)
+    """The engine pads an iteration's prefill tokens to a multiple of this for the GEMMs, norms and
+    activations (CUDA graphs at those sizes); attention runs on the real prompts (unset: no padding)."""
 
 
 class CalibrationOverride(StrictModel):
@@ -62,6 +68,10 @@ class CalibrationOverride(StrictModel):
     """Fixed cost per decoder layer per iteration, seconds."""
     attention_cta: float | None = Field(default=None, gt=0, le=4)
     """Fraction of one SM's share of HBM bandwidth that one decode-attention thread block reaches."""
+    gemm_ridge_exponent: float | None = Field(default=None, ge=1)
+    """Exponent p of the GEMMs' blend of compute and memory time, (c^p + m^p)^(1/p)."""
+    prefill_pad_tokens: int | None = Field(default=None, ge=1)
+    """The engine pads an iteration's prefill tokens to a multiple of this for the GEMMs."""
 
     def apply(self, base: Calibration) -> Calibration:
         """Returns ``base`` with the fields set here replaced."""

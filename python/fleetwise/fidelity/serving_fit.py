@@ -12,6 +12,9 @@ sampled tokens' copy back, bookkeeping):
   fraction of one SM's share; it bounds a batch that fills the GPU by its longest sequence;
 * ``attention_compute``: prefill attention's share of peak FLOP/s;
 * ``elementwise_memory``: bandwidth of the unfused norms, RoPE, residual adds and activations;
+* ``gemm_ridge_exponent``: the exponent p of the GEMMs' blend of compute and memory time,
+  ``(c^p + m^p)^(1/p)``: cuBLAS's GEMMs of a few hundred rows, near the roofline's ridge, reach
+  neither their FLOP rate nor the weights' bandwidth;
 * ``iteration_overhead``: the fixed time per iteration (the engine's host work plus what the cost
   model misses), with ``layer_overhead`` kept at the operator fit's value (the two are one constant
   for a fixed model). The grid runs the engine's device path and per-sequence bookkeeping but not
@@ -21,7 +24,9 @@ sampled tokens' copy back, bookkeeping):
   GPU time of any trace enters the fit, and the validation traces are not read.
 
 The GEMM factors (``gemm_compute``, ``memory``) are cuBLAS's and stay as fitted on operators
-(``calibration/h100/fitted.yaml``).
+(``calibration/h100/fitted.yaml``). ``prefill_pad_tokens`` is not fitted: it is the engine's prefill
+CUDA-graph step (``prefill_step`` of the run's ``device.json``, 64), so a prefill's GEMMs are charged
+at its padded token count.
 
     python -m fleetwise.fidelity.serving_fit [--write]     # prints (and writes) serving/fitted.yaml
 """
@@ -40,12 +45,13 @@ from fleetwise.fidelity import compare as fc
 
 GRID_CSV = fc.DATA / "grid.csv"
 SERVING_FITTED = fc.DATA / "fitted.yaml"
-FITTED_FACTORS = ("attention_memory", "attention_cta", "attention_compute", "elementwise_memory")
+FITTED_FACTORS = ("attention_memory", "attention_cta", "attention_compute", "elementwise_memory", "gemm_ridge_exponent")
 SEARCH = {
     "attention_memory": np.round(np.arange(0.30, 1.0001, 0.005), 4),
     "attention_cta": np.round(np.arange(0.10, 1.5001, 0.005), 4),
     "attention_compute": np.round(np.arange(0.10, 1.0001, 0.005), 4),
     "elementwise_memory": np.round(np.arange(0.05, 1.0001, 0.005), 4),
+    "gemm_ridge_exponent": np.round(np.arange(1.5, 16.0001, 0.1), 4),
 }
 OVERHEADS = np.arange(0.0, 3e-3, 2e-6)
 
@@ -84,7 +90,8 @@ def fit(grid: pl.DataFrame, base: dict, factors: tuple[str, ...] = FITTED_FACTOR
     sh = shapes(grid)
     cal = {**base, "iteration_overhead": 0.0}
     for f in factors:
-        cal.setdefault(f, 0.5) if cal.get(f) is None else None
+        if cal.get(f) is None:
+            cal[f] = float(SEARCH[f][len(SEARCH[f]) // 2])
     for _ in range(sweeps):
         for f in factors:
             best = None
@@ -122,6 +129,14 @@ def summary(table: pl.DataFrame) -> dict:
     return out
 
 
+def engine_parameters(data: Path = fc.DATA) -> dict:
+    """The engine's own parameters that the cost model charges (not fitted): the prefill CUDA
+    graphs' token step, from the run's ``device.json``."""
+    dev = json.loads((data / "device.json").read_text())
+    step = int(dev.get("prefill_step", 0)) if dev.get("prefill_cuda_graphs") else 0
+    return {"prefill_pad_tokens": step} if step > 1 else {}
+
+
 def serving_calibration(path: Path = SERVING_FITTED) -> dict:
     """The committed serving-engine factors (``calibration/h100/serving/fitted.yaml``)."""
     return yaml.safe_load(path.read_text())
@@ -133,18 +148,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--write", action="store_true", help=f"write {SERVING_FITTED.relative_to(fc.ROOT)}")
     args = ap.parse_args(argv)
     grid = load_grid(args.grid)
-    base = fc.fitted_calibration()
+    base = {**fc.fitted_calibration(), **engine_parameters(args.grid.parent)}
     cal = fit(grid, base)
     gap = host_gap(grid, fc.load_run(args.grid.parent)[1])
     grid_overhead = cal["iteration_overhead"]
+    op = fc.fitted_calibration()
     cal["iteration_overhead"] = round(grid_overhead + gap["gap_s"], 7)
-    res = {"calibration": cal, "grid_overhead_s": grid_overhead, "host_gap": gap, "fitted_on": summary(errors(grid, {**cal, "iteration_overhead": grid_overhead})), "operator_factors": summary(errors(grid, {**base, "iteration_overhead": _best_overhead(predict(shapes(grid), base), grid["period_s"].to_numpy())[0]}))}
+    res = {"calibration": cal, "grid_overhead_s": grid_overhead, "host_gap": gap, "fitted_on": summary(errors(grid, {**cal, "iteration_overhead": grid_overhead})), "operator_factors": summary(errors(grid, {**op, "iteration_overhead": _best_overhead(predict(shapes(grid), op), grid["period_s"].to_numpy())[0]}))}
     print(json.dumps(res, indent=2))
     if args.write:
         dev = json.loads((args.grid.parent / "grid.json").read_text())
         head = (f"# Fitted by `python -m fleetwise.fidelity.serving_fit --write` on the serving engine's grid of\n"
                 f"# iterations beside this file ({dev['device']}, PyTorch {dev['torch']}, {dev['time']}); GEMM factors,\n"
-                f"# collective and layer_overhead from calibration/h100/fitted.yaml (operator fit). iteration_overhead =\n"
+                f"# collective and layer_overhead from calibration/h100/fitted.yaml (operator fit); prefill_pad_tokens is the\n"
+                f"# engine's prefill CUDA-graph step (device.json). iteration_overhead =\n"
                 f"# {grid_overhead * 1e3:.3f} ms fitted on the grid + {gap['gap_s'] * 1e3:.3f} ms of serve-loop host time the grid does not run\n"
                 f"# (median host time per iteration: calibration trace {gap['serve_host_s'] * 1e3:.3f} ms, grid {gap['grid_host_s'] * 1e3:.3f} ms).\n")
         SERVING_FITTED.write_text(head + yaml.safe_dump(cal, sort_keys=False))

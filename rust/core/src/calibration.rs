@@ -37,10 +37,21 @@ pub struct Efficiency {
     /// sequence's keys and values. Unset (or a GPU without `sm_count`): no such bound.
     #[serde(default)]
     pub attention_cta: Option<f64>,
+    /// Exponent `p` of the GEMMs' blend of compute and memory time, `(c^p + m^p)^(1/p)`: near the
+    /// roofline's ridge (compute time close to memory time) real GEMMs reach neither their
+    /// FLOP rate nor their bandwidth, so a finite `p` adds time there and almost none far from it.
+    /// Unset (or infinite): the roofline's `max(c, m)`.
+    #[serde(default)]
+    pub gemm_ridge_exponent: Option<f64>,
+    /// The engine pads an iteration's prefill tokens up to a multiple of this (CUDA graphs
+    /// captured at those sizes): the GEMMs, norms and activations run on the padded count, the
+    /// attention on the real prompts only. Unset (or 0/1): no padding.
+    #[serde(default)]
+    pub prefill_pad_tokens: Option<u32>,
 }
 
 impl Default for Efficiency {
     fn default() -> Self {
-        Efficiency { gemm_compute: 0.7, attention_compute: 0.5, memory: 0.8, attention_memory: None, elementwise_memory: None, collective: 0.7, iteration_overhead: 1.0e-3, layer_overhead: 0.0, attention_cta: None }
+        Efficiency { gemm_compute: 0.7, attention_compute: 0.5, memory: 0.8, attention_memory: None, elementwise_memory: None, collective: 0.7, iteration_overhead: 1.0e-3, layer_overhead: 0.0, attention_cta: None, gemm_ridge_exponent: None, prefill_pad_tokens: None }
     }
 }

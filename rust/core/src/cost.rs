@@ -258,6 +258,11 @@ impl CostModel {
                 return Err(Error::config("calibration.attention_cta", format!("must be in (0, 4], got {v}")));
             }
         }
+        if let Some(v) = eff.gemm_ridge_exponent {
+            if v.is_nan() || v < 1.0 {
+                return Err(Error::config("calibration.gemm_ridge_exponent", format!("must be at least 1, got {v}")));
+            }
+        }
         let t = tp as f64;
         let power = PowerModel::new(&gpu, None);
         Ok(CostModel {
@@ -497,7 +502,7 @@ impl CostModel {
         let width = self.model.moe_intermediate_size as f64 / (self.tp as f64 / self.ep as f64);
         let flops = 2.0 * pairs * 3.0 * h * width;
         let bytes = (touched * 3.0 * h * width + pairs * (2.0 * h + 3.0 * width)) * self.b;
-        let gpu = self.roofline(flops, bytes, self.flops_gemm, self.bw).0;
+        let gpu = self.gemm_roofline(flops, bytes, self.flops_gemm, self.bw).0;
         match &self.pim {
             Some(p) => gpu.min(p.seconds(flops, bytes)),
             None => gpu,
@@ -577,6 +582,35 @@ impl CostModel {
         (tc.max(tm), tc >= tm)
     }
 
+    /// A GEMM's roofline: `max(c, m)`, or with `gemm_ridge_exponent` = p the blend
+    /// `(c^p + m^p)^(1/p)` (computed as `max * (1 + (min / max)^p)^(1/p)`), which is 2^(1/p) times
+    /// the max at the ridge and tends to the max away from it.
+    fn gemm_roofline(&self, flops: f64, bytes: f64, peak: f64, bw: f64) -> (f64, bool) {
+        let (t, cb) = self.roofline(flops, bytes, peak, bw);
+        match self.eff.gemm_ridge_exponent {
+            Some(p) if p.is_finite() && t > 0.0 => {
+                let tc = flops / peak * self.slow_compute;
+                let tm = bytes / bw * self.slow_memory;
+                let r = tc.min(tm) / t;
+                (t * (1.0 + r.powf(p)).powf(1.0 / p), cb)
+            }
+            _ => (t, cb),
+        }
+    }
+
+    /// Tokens the per-token operators (GEMMs, norms, activations) run on: the prefill part padded
+    /// up to a multiple of `prefill_pad_tokens`, if set.
+    fn padded_tokens(&self, shape: &BatchShape) -> u64 {
+        let t = shape.tokens();
+        match self.eff.prefill_pad_tokens {
+            Some(step) if step > 1 && shape.prefill_tokens > 0 => {
+                let p = shape.prefill_tokens;
+                t - p + p.div_ceil(step as u64) * step as u64
+            }
+            _ => t,
+        }
+    }
+
     fn gemm(&self, tokens: f64, k: f64, n: f64) -> (f64, f64) {
         (2.0 * tokens * k * n, (k * n + tokens * k + tokens * n) * self.b)
     }
@@ -632,7 +666,7 @@ impl CostModel {
             emitted.set(emitted.get() + c.seconds);
             sink(c)
         };
-        let t = shape.tokens() as f64;
+        let t = self.padded_tokens(shape) as f64;
         let (h, b) = (self.h, self.b);
         let m = self.microbatches as f64;
         let micro = 1.0 / m;
@@ -651,11 +685,12 @@ impl CostModel {
                 Op::Elementwise | Op::Embedding => self.bw_elem,
                 _ => self.bw,
             };
+            let gemm_op = matches!(op, Op::QkvProj | Op::OProj | Op::MlpGateUp | Op::MlpDown | Op::MoeRouter | Op::MoeExperts);
             let (mut flops, mut bytes, mut secs, mut cb_secs, mut pim_secs, mut pim_cb_secs) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
             for k in kernels {
                 flops += k.share * k.flops;
                 bytes += k.share * k.bytes;
-                let (t, cb) = self.roofline(k.flops, k.bytes, peak, bw);
+                let (t, cb) = if gemm_op { self.gemm_roofline(k.flops, k.bytes, peak, bw) } else { self.roofline(k.flops, k.bytes, peak, bw) };
                 let (t, cb) = if k.floor > t { (k.floor, false) } else { (t, cb) };
                 secs += k.share * t;
                 cb_secs += if cb { k.share * t } else { 0.0 };
@@ -792,7 +827,7 @@ impl CostModel {
             let (fl, by) = self.gemm(s, h, self.vocab_shard);
             let norm_bytes = 2.0 * t * h * b;
             let logits_bytes = s * self.vocab_shard * 4.0;
-            let (secs, cb) = self.roofline(fl, by + norm_bytes + logits_bytes, self.flops_gemm, self.bw);
+            let (secs, cb) = self.gemm_roofline(fl, by + norm_bytes + logits_bytes, self.flops_gemm, self.bw);
             let gather = if self.tp > 1 {
                 let p = self.tp as f64;
                 let (bw, lat) = self.tp_link();
@@ -904,7 +939,7 @@ mod tests {
 
     /// Peak rates, no overheads: the cost is the pure roofline, easy to compute by hand.
     fn ideal() -> Efficiency {
-        Efficiency { gemm_compute: 1.0, attention_compute: 1.0, memory: 1.0, attention_memory: None, elementwise_memory: None, collective: 1.0, iteration_overhead: 0.0, layer_overhead: 0.0, attention_cta: None }
+        Efficiency { gemm_compute: 1.0, attention_compute: 1.0, memory: 1.0, attention_memory: None, elementwise_memory: None, collective: 1.0, iteration_overhead: 0.0, layer_overhead: 0.0, attention_cta: None, gemm_ridge_exponent: None, prefill_pad_tokens: None }
     }
 
     fn op(costs: &[OpCost], which: Op) -> OpCost {
@@ -1044,6 +1079,56 @@ mod tests {
         let mut bad = ideal();
         bad.attention_cta = Some(0.0);
         assert!(CostModel::new(llama3_8b(), h100(), bad, 1).is_err());
+    }
+
+    #[test]
+    fn gemm_ridge_exponent_blends_compute_and_memory_time() {
+        let plain = CostModel::new(llama3_8b(), h100(), ideal(), 1).unwrap();
+        let cm = CostModel::new(llama3_8b(), h100(), Efficiency { gemm_ridge_exponent: Some(2.0), ..ideal() }, 1).unwrap();
+        let mut s = BatchShape::default();
+        s.add_prefill(256, 0, true);
+        // O projection of 256 tokens (4096 x 4096, bf16), per layer: compute 2 x 256 x 4096^2 /
+        // 989.4e12 = 8.682 us, memory (4096^2 + 2 x 256 x 4096) x 2 B / 3.35e12 = 11.268 us; the
+        // roofline takes 11.268 us, p = 2 gives sqrt(8.682^2 + 11.268^2) = 14.225 us; 32 layers.
+        let c: f64 = 2.0 * 256.0 * 4096.0 * 4096.0 / 989.4e12;
+        let m: f64 = (4096.0 * 4096.0 + 2.0 * 256.0 * 4096.0) * 2.0 / 3.35e12;
+        assert!((c - 8.682e-6).abs() < 1e-9 && (m - 11.268e-6).abs() < 1e-9);
+        assert!(close(op(&plain.breakdown(&s), Op::OProj).seconds, 32.0 * m));
+        let o = op(&cm.breakdown(&s), Op::OProj);
+        assert!(close(o.seconds, 32.0 * (c * c + m * m).sqrt()) && (o.seconds - 32.0 * 14.225e-6).abs() < 32.0 * 1e-9);
+        assert!(!o.compute_bound);
+        // Non-GEMM operators keep the max.
+        for which in [Op::PrefillAttention, Op::Elementwise] {
+            assert!(close(op(&cm.breakdown(&s), which).seconds, op(&plain.breakdown(&s), which).seconds));
+        }
+        // Far from the ridge the blend is the max (p = 2: 1 + (m/c)^2 / 2 of it).
+        let mut big = BatchShape::default();
+        big.add_prefill(8192, 0, true);
+        let (a, b) = (op(&cm.breakdown(&big), Op::MlpGateUp).seconds, op(&plain.breakdown(&big), Op::MlpGateUp).seconds);
+        assert!(a > b && a < 1.01 * b);
+        // A large exponent is the max.
+        let sharp = CostModel::new(llama3_8b(), h100(), Efficiency { gemm_ridge_exponent: Some(1e3), ..ideal() }, 1).unwrap();
+        assert!((op(&sharp.breakdown(&s), Op::OProj).seconds / (32.0 * m) - 1.0).abs() < 1e-6);
+        assert!(CostModel::new(llama3_8b(), h100(), Efficiency { gemm_ridge_exponent: Some(0.5), ..ideal() }, 1).is_err());
+    }
+
+    #[test]
+    fn prefill_padding_charges_the_padded_tokens_to_gemms_only() {
+        let padded = CostModel::new(llama3_8b(), h100(), Efficiency { prefill_pad_tokens: Some(64), ..ideal() }, 1).unwrap();
+        let plain = CostModel::new(llama3_8b(), h100(), ideal(), 1).unwrap();
+        let shape = |n: u64| {
+            let mut s = BatchShape::default();
+            s.add_prefill(n, 0, true);
+            s
+        };
+        // 132 tokens run the GEMMs and norms of 192; attention and sampling stay those of 132.
+        let (a, b) = (padded.breakdown(&shape(132)), plain.breakdown(&shape(192)));
+        for which in [Op::QkvProj, Op::OProj, Op::MlpGateUp, Op::MlpDown, Op::Elementwise] {
+            assert!(close(op(&a, which).seconds, op(&b, which).seconds));
+        }
+        let c = plain.breakdown(&shape(132));
+        assert!(close(op(&a, Op::PrefillAttention).seconds, op(&c, Op::PrefillAttention).seconds));
+        assert!(close(padded.iteration_seconds(&shape(128)), plain.iteration_seconds(&shape(128))));
     }
 
     #[test]
