@@ -4,8 +4,6 @@ recorded routing, and a full simulation replaying that routing reports the same 
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 
