@@ -102,18 +102,7 @@ def capture_prefill(engine: te.Engine, keys: set[tuple[int, int]]) -> None:
     ``Engine.capture_prefill_graphs`` does for all of them."""
     dummy = [te.Seq(-1, 0, 1, 2, slot=0)]
     for Tb, S in sorted(keys, reverse=True):
-        dummy[0].prompt = Tb
-        engine._prefill_fill(dummy, Tb, S)
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            engine._prefill_static(Tb, S)
-        torch.cuda.current_stream().wait_stream(s)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g, pool=engine.pool):
-            engine.pbuf["out"][:S].copy_(engine._prefill_static(Tb, S))
-        engine.pool = g.pool()
-        engine.prefill_graphs[(Tb, S)] = g
+        engine.capture_prefill_graph(Tb, S, dummy)
     torch.cuda.synchronize()
 
 

@@ -284,19 +284,24 @@ class Engine:
         dummy = [Seq(-1, 0, 1, 2, slot=0)]
         for Tb in range(c.max_num_batched_tokens // PREFILL_STEP * PREFILL_STEP, 0, -PREFILL_STEP):
             for S in sorted({*PREFILL_SEQ_BUCKETS, c.max_num_seqs}, reverse=True):
-                dummy[0].prompt = Tb
-                self._prefill_fill(dummy, Tb, S)
-                s = torch.cuda.Stream()
-                s.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(s):
-                    self._prefill_static(Tb, S)
-                torch.cuda.current_stream().wait_stream(s)
-                g = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(g, pool=self.pool):
-                    self.pbuf["out"][:S].copy_(self._prefill_static(Tb, S))
-                self.pool = g.pool()
-                self.prefill_graphs[(Tb, S)] = g
+                self.capture_prefill_graph(Tb, S, dummy)
         torch.cuda.synchronize()
+
+    def capture_prefill_graph(self, Tb: int, S: int, dummy: list) -> None:
+        """Captures the prefill graph of ``Tb`` padded tokens for up to ``S`` prompts (after one
+        warm-up run on a side stream), sharing the engine's graph memory pool."""
+        dummy[0].prompt = Tb
+        self._prefill_fill(dummy, Tb, S)
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            self._prefill_static(Tb, S)
+        torch.cuda.current_stream().wait_stream(s)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g, pool=self.pool):
+            self.pbuf["out"][:S].copy_(self._prefill_static(Tb, S))
+        self.pool = g.pool()
+        self.prefill_graphs[(Tb, S)] = g
 
     def _decode_fill(self, seqs: list[Seq]) -> None:
         L = self.model.cfg.max_len

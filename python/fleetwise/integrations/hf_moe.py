@@ -169,7 +169,7 @@ class ExpertOffload:
         for b in self._blocks:
             ex = b.experts
             if not getattr(ex, "has_gate", True) or getattr(ex, "is_transposed", False) or getattr(ex, "has_bias", False):
-                raise NotImplementedError(f"{type(ex).__name__}: only gated experts with (out, in) weights and no biases are supported")
+                raise ValueError(f"{type(ex).__name__}: unsupported experts layout; ExpertOffload supports gated experts with (out, in) weights and no biases")
             if ex.num_experts != first.num_experts:
                 raise ValueError("all MoE layers must have the same number of experts")
         self.num_layers = len(self._blocks)

@@ -48,6 +48,23 @@ class ConformanceReport:
         return "\n".join([head] + [f"  - {f}" for f in self.failures])
 
 
+_RAISED = object()
+
+
+def _call(report: ConformanceReport, trial: int, name: str, fn, *args):
+    """Calls the policy's ``name`` method ``fn``, timing it; an exception is a recorded failure and
+    returns ``_RAISED``."""
+    start = time.perf_counter()
+    try:
+        return fn(*args)
+    except Exception as e:  # a conformance failure, reported rather than raised
+        report.fail(f"trial {trial}: {name}() raised {type(e).__name__}: {e}")
+        return _RAISED
+    finally:
+        report.seconds += time.perf_counter() - start
+        report.calls += 1
+
+
 def _endpoints(rng: random.Random, roles: list[str], prompt: int) -> list[EndpointView]:
     return [
         EndpointView(index=i, name=f"e{i}", role=r, outstanding_tokens=rng.randrange(0, 50_000), waiting=rng.randrange(0, 20), running=rng.randrange(0, 64), kv_usage=rng.random(), cached_prefix_tokens=rng.choice([0, 0, rng.randrange(0, prompt + 1)]))
@@ -70,15 +87,9 @@ def check_router(policy, trials: int = 300, seed: int = 0, disaggregated: bool |
         prompt = rng.randrange(1, 8192)
         req = RequestView(id=t, prompt_tokens=prompt, max_output_tokens=rng.randrange(1, 1024), arrival=t * 0.01, prefix_hashes=tuple(rng.randrange(1 << 60) for _ in range(prompt // 512)))
         eps = _endpoints(rng, roles, prompt)
-        start = time.perf_counter()
-        try:
-            d = policy.route(req, eps)
-        except Exception as e:  # a conformance failure, reported rather than raised
-            report.fail(f"trial {t}: route() raised {type(e).__name__}: {e}")
+        d = _call(report, t, "route", policy.route, req, eps)
+        if d is _RAISED:
             continue
-        finally:
-            report.seconds += time.perf_counter() - start
-            report.calls += 1
         if not isinstance(d, RouteDecision):
             report.fail(f"trial {t}: route() returned {type(d).__name__}, not RouteDecision")
             continue
@@ -130,15 +141,9 @@ def check_scheduler(policy, max_num_seqs: int = 256, max_num_batched_tokens: int
             computed = prompt + gen - 1 if running and gen else (rng.randrange(0, prompt) if running else 0)
             return RequestView(id=f"r{t}-{i}", prompt_tokens=prompt, max_output_tokens=gen + rng.randrange(1, 64), computed_tokens=computed, generated_tokens=gen, arrival=rng.random())
         view = StepView(waiting=tuple(req(i, False) for i in range(rng.randrange(0, 10))), running=tuple(req(100 + i, True) for i in range(rng.randrange(0, 10))), free_blocks=rng.randrange(0, 200), total_blocks=200, block_size=16, step=t)
-        start = time.perf_counter()
-        try:
-            p = policy.plan(view)
-        except Exception as e:
-            report.fail(f"trial {t}: plan() raised {type(e).__name__}: {e}")
+        p = _call(report, t, "plan", policy.plan, view)
+        if p is _RAISED:
             continue
-        finally:
-            report.seconds += time.perf_counter() - start
-            report.calls += 1
         _check_plan(report, t, p, view, max_num_seqs, max_num_batched_tokens)
         if twin is not None and twin.plan(view) != p:
             report.fail(f"trial {t}: two copies of the policy planned differently (not deterministic)")
@@ -206,15 +211,9 @@ def check_prefix_cache(policy, trials: int = 300, seed: int = 0) -> ConformanceR
     for t in range(trials):
         ticks = sorted(rng.sample(range(1, 100_000), rng.randrange(1, 40)))
         idle = [CachedPrefixView(hash=rng.randrange(1 << 63), last_use=tick, hits=rng.randrange(0, 6)) for tick in ticks]
-        start = time.perf_counter()
-        try:
-            h = policy.victim(idle)
-        except Exception as e:
-            report.fail(f"trial {t}: victim() raised {type(e).__name__}: {e}")
+        h = _call(report, t, "victim", policy.victim, idle)
+        if h is _RAISED:
             continue
-        finally:
-            report.seconds += time.perf_counter() - start
-            report.calls += 1
         if h not in {e.hash for e in idle}:
             report.fail(f"trial {t}: victim() returned {h!r}, not the hash of an idle entry")
         elif twin is not None and twin.victim(idle) != h:
