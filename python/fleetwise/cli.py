@@ -22,8 +22,17 @@ out = Console(width=120)
 err = Console(stderr=True, soft_wrap=True)
 
 
-def _ms(x: float) -> str:
-    return "-" if x != x else f"{x * 1e3:.1f}"
+def _ms(x: float | None) -> str:
+    return "-" if x is None or x != x else f"{x * 1e3:.1f}"
+
+
+def _num(x: float | None, fmt: str) -> str:
+    """``x`` formatted, or "-" when the summary has no value for it."""
+    return "-" if x is None else format(x, fmt)
+
+
+def _scaled(x: float | None, k: float) -> float | None:
+    return None if x is None else x * k
 
 
 def _summary_table(summary: dict) -> Table:
@@ -60,15 +69,21 @@ def run(
     out.print(f"throughput: {tp['requests_per_s']:.2f} req/s, {tp['output_tokens_per_s']:.0f} output tok/s; preemptions: {s['preemptions']}; rejected: {s['rejected']}")
     if "energy" in s and s["energy"]["joules"] > 0:
         e, c = s["energy"], s["cost"]
-        out.print(f"energy: {e['joules'] / 3.6e6:.2f} kWh, {e['joules_per_output_token']:.2f} J/output token, {e['average_watts_per_gpu']:.0f} W/GPU; cost: ${c['dollars']:.2f} ({c['dollars_per_million_output_tokens']:.2f} $/M output tokens)")
+        out.print(f"energy: {e['joules'] / 3.6e6:.2f} kWh, {_num(e['joules_per_output_token'], '.2f')} J/output token, {_num(e['average_watts_per_gpu'], '.0f')} W/GPU; cost: ${c['dollars']:.2f} ({_num(c['dollars_per_million_output_tokens'], '.2f')} $/M output tokens)")
     if "experts" in s:
         x = s["experts"]
         hit = "n/a (all in HBM)" if x["hit_rate"] is None else f"{x['hit_rate']:.1%}"
         out.print(f"experts: hit rate {hit}, {x['fetched_bytes_per_token'] / 1e6:.1f} MB fetched/token, stall {x['stall_ms_per_iteration']:.2f} ms/iteration, {x['experts_activated_per_iteration']:.1f} experts activated/iteration, HBM {x['hbm_expert_gib_per_gpu']:.1f} GiB/GPU ({x['hbm_saved_gib_per_gpu']:.1f} GiB saved)")
-    if "slo" in s:
+    if "slo" in s and s["slo"]["attainment"] is not None:
         out.print(f"SLO attainment {s['slo']['targets']}: {s['slo']['attainment']:.1%}")
+    for r in s.get("rejections", []):
+        out.print(f"rejected {r['count']} request(s), e.g.: {r['reason']}", highlight=False)
     d = result.write(output or Path("runs") / sc.name)
     out.print(f"results written to {d}/")
+    if s["finished"] == 0:
+        why = f"; most often: {s['rejections'][0]['reason']}" if s.get("rejections") else ""
+        err.print(f"[bold red]error:[/] no request finished ({s['rejected']} of {s['requests']} rejected{why}): there is no latency to report", highlight=False)
+        sys.exit(2)
 
 
 @app.command()
@@ -200,9 +215,9 @@ def compare(
         col = {
             "requests/s": s["throughput"]["requests_per_s"],
             "output tok/s": s["throughput"]["output_tokens_per_s"],
-            **{f"TTFT {q} (ms)": s["ttft_s"][q] * 1e3 for q in ("p50", "p90", "p99")},
-            **{f"TPOT {q} (ms)": s["tpot_s"][q] * 1e3 for q in ("p50", "p90", "p99")},
-            "ITL p99 (ms)": s["itl_s"]["p99"] * 1e3,
+            **{f"TTFT {q} (ms)": _scaled(s["ttft_s"][q], 1e3) for q in ("p50", "p90", "p99")},
+            **{f"TPOT {q} (ms)": _scaled(s["tpot_s"][q], 1e3) for q in ("p50", "p90", "p99")},
+            "ITL p99 (ms)": _scaled(s["itl_s"]["p99"], 1e3),
             "E2E p90 (s)": s["e2e_s"]["p90"],
             "preemptions": s["preemptions"],
         }

@@ -3,9 +3,15 @@
 TTFT = first token - arrival; E2E = last token - arrival; TPOT = (E2E - TTFT) / (output - 1) for
 requests with more than one output token; ITL = gaps between consecutive tokens of a request
 (percentiles from the core's streaming sketch, relative error 0.5%).
+
+A metric that has no value (no request finished, no token generated) is ``None`` in the summary,
+``null`` in summary.json: never NaN, which is not JSON.
 """
 
 from __future__ import annotations
+
+import math
+import re
 
 import numpy as np
 import polars as pl
@@ -13,16 +19,17 @@ import polars as pl
 PERCENTILES = (50, 90, 99)
 
 
-def distribution(values: np.ndarray) -> dict[str, float]:
-    """Mean and p50/p90/p99 of ``values`` (NaN when empty)."""
+def distribution(values: np.ndarray) -> dict[str, float | None]:
+    """Mean and p50/p90/p99 of ``values`` (None when empty)."""
     if len(values) == 0:
-        return {"mean": float("nan"), **{f"p{p}": float("nan") for p in PERCENTILES}}
+        return {"mean": None, **{f"p{p}": None for p in PERCENTILES}}
     qs = np.percentile(values, PERCENTILES)
     return {"mean": float(np.mean(values)), **{f"p{p}": float(q) for p, q in zip(PERCENTILES, qs)}}
 
 
 def slo_attainment(requests: pl.DataFrame, slo) -> dict | None:
-    """Fraction of finished requests meeting every target of ``slo`` (None when no SLO)."""
+    """Fraction of all requests that finished meeting every target of ``slo`` (rejected ones miss
+    it); None when there is no SLO, attainment None when it has no target or there are no requests."""
     if slo is None:
         return None
     done = requests.filter(pl.col("status") == "finished")
@@ -33,8 +40,10 @@ def slo_attainment(requests: pl.DataFrame, slo) -> dict | None:
         if limit is not None:
             targets[name] = limit
             ok = ok & (pl.col(col).fill_null(0.0) <= limit)
-    if not targets or done.height == 0:
-        return {"targets": targets, "attainment": float("nan")}
+    if not targets or requests.height == 0:
+        return {"targets": targets, "attainment": None}
+    if done.height == 0:
+        return {"targets": targets, "attainment": 0.0}
     met = done.select(ok.alias("ok"))["ok"].sum()
     return {"targets": targets, "attainment": met / requests.height}
 
@@ -52,7 +61,7 @@ def energy_and_cost(requests: pl.DataFrame, instances: pl.DataFrame, wall_second
     gpus = int(instances["gpus"].sum())
     gpu_hours = gpus * wall_seconds / 3600.0
     dollars = float((instances["gpus"] * instances["price_per_hour"]).sum()) * wall_seconds / 3600.0
-    per = lambda x, n: x / n if n else float("nan")
+    per = lambda x, n: x / n if n else None
     return {
         "energy": {
             "joules": joules,
@@ -95,6 +104,30 @@ def expert_summary(instances: pl.DataFrame) -> dict | None:
     }
 
 
+def rejection_reasons(reasons: list[str | None], limit: int = 5) -> list[dict]:
+    """The most common reasons requests were rejected: ``[{"reason", "count"}]``, most frequent
+    first (reasons differing only in their numbers count together; the first one seen is shown)."""
+    groups: dict[str, list] = {}
+    for r in reasons:
+        if r is None:
+            continue
+        g = groups.setdefault(re.sub(r"\d+", "N", r), [r, 0])
+        g[1] += 1
+    ranked = sorted(groups.values(), key=lambda g: -g[1])
+    return [{"reason": r, "count": n} for r, n in ranked[:limit]]
+
+
+def _json_safe(x):
+    """``x`` with every non-finite float replaced by None (summary.json is strict JSON)."""
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
 def summarize(requests: pl.DataFrame, itl: dict, slo=None, instances: pl.DataFrame | None = None, wall_seconds: float = 0.0) -> dict:
     """The run summary: counts, throughput, latency distributions, SLO attainment, energy, cost."""
     done = requests.filter(pl.col("status") == "finished")
@@ -107,7 +140,7 @@ def summarize(requests: pl.DataFrame, itl: dict, slo=None, instances: pl.DataFra
     summary = {
         "requests": requests.height,
         "finished": n_done,
-        "rejected": requests.height - n_done,
+        "rejected": int((requests["status"] == "rejected").sum()),
         "duration_s": span,
         "throughput": {
             "requests_per_s": n_done / span if span else 0.0,
@@ -131,4 +164,6 @@ def summarize(requests: pl.DataFrame, itl: dict, slo=None, instances: pl.DataFra
     slo_part = slo_attainment(requests, slo)
     if slo_part is not None:
         summary["slo"] = slo_part
-    return summary
+    if "reject_reason" in requests.columns and summary["rejected"]:
+        summary["rejections"] = rejection_reasons(requests["reject_reason"].to_list())
+    return _json_safe(summary)

@@ -31,5 +31,5 @@ class Result:
         self.instances.write_parquet(d / "instances.parquet")
         if self.iterations is not None:
             self.iterations.write_parquet(d / "iterations.parquet")
-        (d / "summary.json").write_text(json.dumps(self.summary, indent=2, sort_keys=True) + "\n")
+        (d / "summary.json").write_text(json.dumps(self.summary, indent=2, sort_keys=True, allow_nan=False) + "\n")
         return d

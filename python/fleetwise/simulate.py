@@ -37,6 +37,9 @@ def _requests_frame(workload: Workload, out: dict, pool_of: list[str]) -> pl.Dat
     with np.errstate(invalid="ignore", divide="ignore"):
         tpot = np.where(finished & (out_tok > 1), (e2e - ttft) / (out_tok - 1), np.nan)
     inst = out["instance"]
+    reasons: list[str | None] = [None] * len(workload)
+    for idx, reason in out.get("rejections", ()):
+        reasons[idx] = reason
     return pl.DataFrame(
         {
             "request_id": np.arange(len(workload), dtype=np.int64),
@@ -52,6 +55,7 @@ def _requests_frame(workload: Workload, out: dict, pool_of: list[str]) -> pl.Dat
             "kv_transfer_ns": out["kv_transfer_ns"],
             "preemptions": out["preemptions"],
             "status": [_STATUS.get(int(s), "unfinished") for s in out["status"]],
+            "reject_reason": pl.Series(reasons, dtype=pl.String),
             "ttft_s": ttft,
             "tpot_s": tpot,
             "e2e_s": e2e,

@@ -213,6 +213,14 @@ pub struct WeightStream {
     pub overlap: bool,
 }
 
+/// The lowest efficiency factor accepted: a kernel reaching under 1% of a peak describes no real
+/// engine, and such values make simulated iterations absurdly long.
+pub const MIN_EFFICIENCY: f64 = 0.01;
+/// The largest fixed cost of one iteration accepted, seconds.
+pub const MAX_ITERATION_OVERHEAD: f64 = 10.0;
+/// The largest fixed cost per layer per iteration accepted, seconds.
+pub const MAX_LAYER_OVERHEAD: f64 = 1.0;
+
 impl CostModel {
     /// A cost model; fails when `tp` does not divide the attention heads or the MLP.
     pub fn new(model: ModelSpec, gpu: GpuSpec, eff: Efficiency, tp: u32) -> Result<Self> {
@@ -249,18 +257,24 @@ impl CostModel {
             ("elementwise_memory", elementwise_memory),
             ("collective", eff.collective),
         ] {
-            if !(v > 0.0 && v <= 1.0) {
-                return Err(Error::config(format!("calibration.{name}"), format!("must be in (0, 1], got {v}")));
+            if !(MIN_EFFICIENCY..=1.0).contains(&v) {
+                return Err(Error::config(format!("calibration.{name}"), format!("must be a fraction of peak in [{MIN_EFFICIENCY}, 1], got {v:?}")));
             }
         }
+        for (name, v, max) in [("iteration_overhead", eff.iteration_overhead, MAX_ITERATION_OVERHEAD), ("layer_overhead", eff.layer_overhead, MAX_LAYER_OVERHEAD)] {
+            if !(0.0..=max).contains(&v) {
+                return Err(Error::config(format!("calibration.{name}"), format!("must be between 0 and {max} seconds, got {v:?}")));
+            }
+        }
+        gpu.validate()?;
         if let Some(v) = eff.attention_cta {
             if !(v > 0.0 && v <= 4.0) {
-                return Err(Error::config("calibration.attention_cta", format!("must be in (0, 4], got {v}")));
+                return Err(Error::config("calibration.attention_cta", format!("must be in (0, 4], got {v:?}")));
             }
         }
         if let Some(v) = eff.gemm_ridge_exponent {
             if v.is_nan() || v < 1.0 {
-                return Err(Error::config("calibration.gemm_ridge_exponent", format!("must be at least 1, got {v}")));
+                return Err(Error::config("calibration.gemm_ridge_exponent", format!("must be at least 1, got {v:?}")));
             }
         }
         let t = tp as f64;
@@ -312,10 +326,13 @@ impl CostModel {
     pub fn with_power_cap(mut self, watts: Option<f64>) -> Result<Self> {
         if let Some(w) = watts {
             if w.is_nan() || w <= 0.0 {
-                return Err(Error::config("power_cap_watts", format!("must be positive, got {w}")));
+                return Err(Error::config("power_cap_watts", format!("must be positive, got {w:?}")));
             }
             if self.gpu.tdp_watts <= 0.0 {
                 return Err(Error::config("power_cap_watts", format!("{} has no tdp_watts, so it cannot be capped", self.gpu.name)));
+            }
+            if !w.is_finite() || w <= self.gpu.idle_watts {
+                return Err(Error::config("power_cap_watts", format!("must be above {}'s idle power of {} W (a GPU cannot run below idle), got {w:?}", self.gpu.name, self.gpu.idle_watts)));
             }
         }
         self.power = PowerModel::new(&self.gpu, watts);

@@ -47,6 +47,52 @@ pub struct GpuSpec {
     pub sm_count: u32,
 }
 
+/// The slowest compute peak accepted, FLOP/s (a 1990s workstation reached this).
+pub const MIN_PEAK_FLOPS: f64 = 1e9;
+/// The slowest memory or link bandwidth accepted where one is required, bytes/s.
+pub const MIN_BANDWIDTH: f64 = 1e6;
+/// The longest link latency accepted, seconds.
+pub const MAX_LATENCY: f64 = 1.0;
+
+impl GpuSpec {
+    /// Checks that the datasheet figures are finite and physically meaningful: peaks and required
+    /// bandwidths not absurdly low (they would make one iteration last years), optional ones 0 or
+    /// at least [`MIN_BANDWIDTH`], latencies at most [`MAX_LATENCY`], idle power below the TDP.
+    pub fn validate(&self) -> crate::error::Result<()> {
+        let bad = |field: &str, message: String| Err(crate::error::Error::config(format!("gpu.{field}"), format!("{}: {message}", self.name)));
+        if !(self.peak_flops.is_finite() && self.peak_flops >= MIN_PEAK_FLOPS) {
+            return bad("peak_flops", format!("must be a finite FLOP/s figure of at least {MIN_PEAK_FLOPS:e}, got {:?}", self.peak_flops));
+        }
+        for (field, v, required) in [
+            ("memory_bandwidth", self.memory_bandwidth, true),
+            ("link_bandwidth", self.link_bandwidth, true),
+            ("nic_bandwidth", self.nic_bandwidth, false),
+            ("host_link_bandwidth", self.host_link_bandwidth, false),
+        ] {
+            let ok = v.is_finite() && (v >= MIN_BANDWIDTH || (!required && v == 0.0));
+            if !ok {
+                let allowed = if required { format!("at least {MIN_BANDWIDTH:e}") } else { format!("0 (none) or at least {MIN_BANDWIDTH:e}") };
+                return bad(field, format!("must be a finite bandwidth in bytes/s, {allowed}; got {v:?}"));
+            }
+        }
+        for (field, v) in [("link_latency", self.link_latency), ("nic_latency", self.nic_latency), ("host_link_latency", self.host_link_latency)] {
+            if !(0.0..=MAX_LATENCY).contains(&v) {
+                return bad(field, format!("must be between 0 and {MAX_LATENCY} s, got {v:?}"));
+            }
+        }
+        if !(self.tdp_watts.is_finite() && self.tdp_watts >= 0.0 && self.idle_watts.is_finite() && self.idle_watts >= 0.0) {
+            return bad("tdp_watts", format!("tdp_watts and idle_watts must be finite and non-negative, got {:?} and {:?}", self.tdp_watts, self.idle_watts));
+        }
+        if self.tdp_watts > 0.0 && self.idle_watts >= self.tdp_watts {
+            return bad("idle_watts", format!("must be below tdp_watts ({} W), got {}", self.tdp_watts, self.idle_watts));
+        }
+        if !(0.0..=1.0).contains(&self.memory_bound_activity) {
+            return bad("memory_bound_activity", format!("must be in [0, 1], got {:?}", self.memory_bound_activity));
+        }
+        Ok(())
+    }
+}
+
 fn default_host_latency() -> f64 {
     5e-6
 }

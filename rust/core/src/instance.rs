@@ -1,7 +1,7 @@
 //! One model replica: its cost model, KV cache, queues and batch scheduler.
 
 use crate::calibration::Efficiency;
-use crate::cost::{CostModel, WeightStream};
+use crate::cost::{BatchShape, CostModel, WeightStream};
 use crate::error::Result;
 use crate::hardware::{GpuSpec, PimSpec};
 use crate::offload::OffloadSpec;
@@ -149,6 +149,37 @@ pub struct IterationRecord {
     pub running: u32,
 }
 
+/// The longest simulated iteration accepted, seconds: a one-token decode or a full prefill chunk
+/// lasting over an hour comes from absurd GPU figures, calibration or power cap, not a real engine.
+pub const MAX_ITERATION_SECONDS: f64 = 3600.0;
+
+/// Refuses an instance whose smallest decode or largest prefill iteration would last longer than
+/// [`MAX_ITERATION_SECONDS`] (or whose cost is not finite), naming the times and what sets them.
+fn check_iteration_time(cost: &CostModel, max_tokens: u64, power_cap: Option<f64>) -> Result<()> {
+    let prefill = max_tokens.clamp(1, (cost.model().max_position_embeddings as u64).max(1));
+    let mut decode_shape = BatchShape::default();
+    decode_shape.add_decode(1);
+    let mut prefill_shape = BatchShape::default();
+    prefill_shape.add_prefill(prefill, 0, true);
+    for (what, shape) in [("a one-token decode", decode_shape), (&*format!("a {prefill}-token prefill"), prefill_shape)] {
+        let secs = cost.iteration(&shape).seconds;
+        if !(secs.is_finite() && secs <= MAX_ITERATION_SECONDS) {
+            let cap = power_cap.map(|w| format!(", power_cap_watts {w}")).unwrap_or_default();
+            return Err(crate::error::Error::config(
+                "calibration",
+                format!(
+                    "{what} of {} on {} would take {secs:.3e} s, over the {MAX_ITERATION_SECONDS} s allowed for one iteration: the GPU figures (peak_flops {:e}, memory_bandwidth {:e}) and the calibration{cap} are absurdly slow together",
+                    cost.model().name,
+                    cost.gpu().name,
+                    cost.gpu().peak_flops,
+                    cost.gpu().memory_bandwidth
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl Instance {
     /// Builds an instance; fails if the model does not fit or a setting is invalid.
     #[allow(clippy::too_many_arguments)]
@@ -169,6 +200,7 @@ impl Instance {
             None => None,
         };
         let (max_tokens, max_seqs) = scheduler.limits();
+        check_iteration_time(&cost, max_tokens as u64, power_cap)?;
         let plan = MemoryPlan::new(&cost, memory, max_tokens as u64, max_seqs as u64)?;
         if scheduler.preemption_mode() == crate::scheduler::PreemptionMode::Swap && gpu.host_link_bandwidth <= 0.0 {
             return Err(crate::error::Error::config("scheduler.preemption_mode", format!("swap needs the GPU's host_link_bandwidth, which {} does not set", gpu.name)));
@@ -362,7 +394,7 @@ impl Instance {
             let (base, fixed) = self.cost.moe_layer_split(&self.batch.shape);
             let x = m.iteration(&spans, &self.cost, base, fixed);
             compute_ns = secs_to_ns(x.seconds);
-            m.stats.stall_ns += secs_to_ns(x.stall_seconds);
+            m.stats.stall_ns = m.stats.stall_ns.saturating_add(secs_to_ns(x.stall_seconds));
             if x.fetch_bytes > 0 {
                 let flash = m.config().placement == crate::moe::ExpertTier::Flash;
                 stream = Some(WeightStream { flash_bytes: if flash { x.fetch_bytes } else { 0 }, dram_bytes: if flash { 0 } else { x.fetch_bytes }, overlap: true });
@@ -373,7 +405,7 @@ impl Instance {
         }
         self.busy = true;
         self.stats.iterations += 1;
-        self.stats.busy_ns += compute_ns;
+        self.stats.busy_ns = self.stats.busy_ns.saturating_add(compute_ns);
         if it.seconds > 0.0 && compute_ns > 0 {
             let watts = self.cost.power().busy_watts(it.compute_bound_seconds / it.seconds);
             self.stats.busy_energy_joules += watts * it.seconds * self.cost.gpus() as f64;

@@ -29,7 +29,7 @@ use crate::router::{InstanceLoad, Router, RouterConfig};
 use crate::prefix::PrefixEvictor;
 use crate::scheduler::{Planner, SchedulerConfig};
 use crate::sketch::QuantileSketch;
-use crate::time::Nanos;
+use crate::time::{at, ns_to_secs, Nanos, MAX_TIME_NS};
 use serde::{Deserialize, Serialize};
 
 /// A group of identical instances.
@@ -320,6 +320,19 @@ struct Pending {
     compute_done: bool,
 }
 
+/// When an iteration's compute of `compute_ns` started at `now` ends; an error instead of a clock
+/// that overflows (an iteration lasting centuries comes from absurd GPU figures or calibration).
+fn compute_end(now: Nanos, compute_ns: Nanos, instance: u32) -> Result<Nanos> {
+    at(now, compute_ns).ok_or_else(|| Error::Simulation {
+        message: format!(
+            "simulated time overflow: an iteration of instance {instance} starting at {:.3} s would last {} and end past the {:.0}-year limit of the clock; the pool's GPU figures (peak_flops, memory_bandwidth), calibration or power cap make iterations absurdly long",
+            ns_to_secs(now),
+            if compute_ns == Nanos::MAX { "forever (its cost is not finite)".to_string() } else { format!("{:.3e} s", ns_to_secs(compute_ns)) },
+            ns_to_secs(MAX_TIME_NS) / (365.25 * 86400.0)
+        ),
+    })
+}
+
 /// Drives every instance's iteration through its phases.
 struct Iterations {
     pending: Vec<Option<Pending>>,
@@ -351,7 +364,7 @@ impl Iterations {
             p.flows_left = net.start(now, idx, ws.flash_bytes, true, queue)? as u32 + net.start(now, idx, ws.dram_bytes, false, queue)? as u32;
         }
         if overlap || p.flows_left == 0 {
-            queue.push(now + p.start.compute_ns, Event::IterationEnd { instance: idx });
+            queue.push(compute_end(now, p.start.compute_ns, idx)?, Event::IterationEnd { instance: idx });
         }
         Ok(())
     }
@@ -372,7 +385,7 @@ impl Iterations {
         let overlap = p.start.stream.is_some_and(|s| s.overlap);
         if !overlap {
             inst.stats.weight_stall_ns += now - p.since;
-            queue.push(now + p.start.compute_ns, Event::IterationEnd { instance: idx });
+            queue.push(compute_end(now, p.start.compute_ns, idx)?, Event::IterationEnd { instance: idx });
             return Ok(false);
         }
         if p.compute_done {
@@ -641,6 +654,9 @@ pub fn simulate_plugged(config: &SimConfig, workload: &Workload, control: &Contr
         if i > 0 && workload.arrival[i] < workload.arrival[i - 1] {
             return Err(Error::Simulation { message: format!("arrivals must be sorted: request {i} arrives before request {}", i - 1) });
         }
+        if workload.arrival[i] > MAX_TIME_NS {
+            return Err(Error::Simulation { message: format!("request {i} arrives at {} ns, past the clock's limit of {MAX_TIME_NS} ns", workload.arrival[i]) });
+        }
         if workload.prompt[i] == 0 || workload.output[i] == 0 {
             return Err(Error::Simulation { message: format!("request {i} has zero prompt or output tokens") });
         }
@@ -766,6 +782,9 @@ pub fn simulate_plugged(config: &SimConfig, workload: &Workload, control: &Contr
             events -= 1;
             break;
         };
+        if t > MAX_TIME_NS {
+            return Err(Error::Simulation { message: format!("simulated time overflow: a transfer would end past the {:.0}-year limit of the clock (at {:.3} s its rate is too low); check the links' bandwidths", ns_to_secs(MAX_TIME_NS) / (365.25 * 86400.0), ns_to_secs(now)) });
+        }
         now = t;
         match ev {
             Event::Wake { instance } => {

@@ -1,0 +1,146 @@
+//! Hostile configuration and workloads: every case is a clear error naming the field, never a
+//! wrapped clock or a silently wrong result.
+
+use fleetwise_core::calibration::Efficiency;
+use fleetwise_core::error::Error;
+use fleetwise_core::hardware::GpuSpec;
+use fleetwise_core::memory::MemoryConfig;
+use fleetwise_core::model::ModelSpec;
+use fleetwise_core::request::Status;
+use fleetwise_core::router::RouterConfig;
+use fleetwise_core::scheduler::SchedulerConfig;
+use fleetwise_core::sim::{simulate, PoolConfig, SimConfig, SimOutput, Workload};
+use fleetwise_core::time::MAX_TIME_NS;
+
+fn model() -> ModelSpec {
+    ModelSpec { name: "llama-3-8b".into(), num_layers: 32, hidden_size: 4096, num_heads: 32, num_kv_heads: 8, head_dim: 128, intermediate_size: 14336, vocab_size: 128256, max_position_embeddings: 8192, tie_word_embeddings: false, dtype_bytes: 2, ..Default::default() }
+}
+
+fn gpu() -> GpuSpec {
+    GpuSpec { name: "h100".into(), peak_flops: 989.4e12, memory_bytes: 80_000_000_000, memory_bandwidth: 3.35e12, link_bandwidth: 450e9, link_latency: 2e-6, nic_bandwidth: 50e9, nic_latency: 5e-6, host_link_bandwidth: 64e9, host_link_latency: 5e-6, tdp_watts: 700.0, idle_watts: 70.0, memory_bound_activity: 0.3, sm_count: 132 }
+}
+
+fn config(gpu: GpuSpec, calibration: Efficiency, power_cap_watts: Option<f64>) -> SimConfig {
+    SimConfig {
+        seed: 1,
+        pools: vec![PoolConfig {
+            name: "main".into(),
+            count: 1,
+            gpu,
+            model: model(),
+            tp: 1,
+            pp: 1,
+            microbatches: None,
+            gpus_per_node: 8,
+            ep: 1,
+            calibration,
+            memory: MemoryConfig::default(),
+            scheduler: SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192, preemption_mode: Default::default(), swap_space_bytes: 4 << 30 },
+            power_cap_watts,
+            prefix_caching: false,
+            role: Default::default(),
+            kv_transfer: Default::default(),
+            kv_link: Default::default(),
+            pim: None,
+            offload: None,
+            experts: None,
+        }],
+        router: RouterConfig::RoundRobin,
+        record_iterations: false,
+        hash_block_tokens: None,
+    }
+}
+
+fn workload(arrival: Vec<u64>) -> Workload {
+    let n = arrival.len();
+    Workload { arrival, prompt: vec![500; n], output: vec![20; n], hashes: vec![], routing: None }
+}
+
+fn run(cfg: &SimConfig) -> Result<SimOutput, Error> {
+    simulate(cfg, &workload(vec![0, 1_000_000, 2_000_000]))
+}
+
+fn config_path(r: Result<SimOutput, Error>) -> (String, String) {
+    match r.err().expect("expected an error") {
+        Error::Config { path, message } => (path, message),
+        other => panic!("expected a config error, got {other:?}"),
+    }
+}
+
+#[test]
+fn efficiency_factors_far_below_any_real_kernel_are_refused() {
+    for (field, eff) in [
+        ("gemm_compute", Efficiency { gemm_compute: 1e-300, ..Efficiency::default() }),
+        ("memory", Efficiency { memory: 1e-3, ..Efficiency::default() }),
+        ("collective", Efficiency { collective: f64::NAN, ..Efficiency::default() }),
+    ] {
+        let (path, message) = config_path(run(&config(gpu(), eff, None)));
+        assert_eq!(path, format!("cluster.pools.0.calibration.{field}"));
+        assert!(message.contains("[0.01, 1]"), "{message}");
+    }
+}
+
+#[test]
+fn overheads_of_more_than_seconds_are_refused() {
+    let eff = Efficiency { iteration_overhead: 1e9, ..Efficiency::default() };
+    let (path, message) = config_path(run(&config(gpu(), eff, None)));
+    assert_eq!(path, "cluster.pools.0.calibration.iteration_overhead");
+    assert!(message.contains("between 0 and 10 seconds") && message.contains("1000000000.0"), "{message}");
+    let eff = Efficiency { layer_overhead: f64::INFINITY, ..Efficiency::default() };
+    assert_eq!(config_path(run(&config(gpu(), eff, None))).0, "cluster.pools.0.calibration.layer_overhead");
+}
+
+#[test]
+fn a_power_cap_at_or_below_idle_is_refused() {
+    for cap in [1e-9, 70.0, f64::INFINITY] {
+        let (path, message) = config_path(run(&config(gpu(), Efficiency::default(), Some(cap))));
+        assert_eq!(path, "cluster.pools.0.power_cap_watts");
+        assert!(message.contains("idle power of 70 W"), "{message}");
+    }
+    // Just above idle is legal: compute crawls but the run is correct.
+    assert!(run(&config(gpu(), Efficiency::default(), Some(100.0))).is_ok());
+}
+
+#[test]
+fn datasheet_figures_must_be_finite_and_physical() {
+    let cases: [(&str, GpuSpec); 4] = [
+        ("peak_flops", GpuSpec { peak_flops: 1e-300, ..gpu() }),
+        ("memory_bandwidth", GpuSpec { memory_bandwidth: f64::INFINITY, ..gpu() }),
+        ("host_link_bandwidth", GpuSpec { host_link_bandwidth: 5.0, ..gpu() }),
+        ("idle_watts", GpuSpec { idle_watts: 800.0, ..gpu() }),
+    ];
+    for (field, g) in cases {
+        let (path, message) = config_path(run(&config(g, Efficiency::default(), None)));
+        assert_eq!(path, format!("cluster.pools.0.gpu.{field}"), "{message}");
+        assert!(message.starts_with("h100: "), "{message}");
+    }
+}
+
+#[test]
+fn legal_figures_that_make_an_iteration_last_hours_are_refused_with_the_time() {
+    // Each figure is legal on its own, together a one-token decode streams 16 GB of weights at
+    // 10 MB/s x 1%: 160,000 s.
+    let g = GpuSpec { peak_flops: 1e9, memory_bandwidth: 1e7, ..gpu() };
+    let eff = Efficiency { memory: 0.01, ..Efficiency::default() };
+    let (path, message) = config_path(run(&config(g, eff, None)));
+    assert_eq!(path, "cluster.pools.0.calibration");
+    assert!(message.contains("a one-token decode of llama-3-8b on h100 would take 1.50") && message.contains("3600 s"), "{message}");
+}
+
+#[test]
+fn the_clock_never_wraps_it_reports_the_overflow() {
+    // Arrivals near the end of representable time: the first iteration would end past it.
+    let cfg = config(gpu(), Efficiency::default(), None);
+    let e = simulate(&cfg, &workload(vec![MAX_TIME_NS - 1_000])).err().expect("an overflow error");
+    match e {
+        Error::Simulation { message } => assert!(message.contains("simulated time overflow") && message.contains("instance 0"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    let e = simulate(&cfg, &workload(vec![MAX_TIME_NS + 1])).err().expect("an arrival error");
+    assert!(matches!(e, Error::Simulation { ref message } if message.contains("past the clock's limit")), "{e:?}");
+    // Well within the limit, times stay ordered.
+    let Ok(out) = simulate(&cfg, &workload(vec![MAX_TIME_NS / 2])) else { panic!("a run far from the limit succeeds") };
+    let r = &out.requests[0];
+    assert_eq!(r.status, Status::Finished);
+    assert!(r.arrival < r.first_token && r.first_token < r.completion && r.completion <= MAX_TIME_NS);
+}
