@@ -220,6 +220,7 @@ def compare(
             "ITL p99 (ms)": _scaled(s["itl_s"]["p99"], 1e3),
             "E2E p90 (s)": s["e2e_s"]["p90"],
             "preemptions": s["preemptions"],
+            "rejected": s["rejected"],
         }
         x = s.get("experts")
         col["expert hit rate"] = x["hit_rate"] if x else None
