@@ -89,3 +89,19 @@ def test_some_rejected_are_counted_by_reason():
     assert sum(x["count"] for x in s["rejections"]) == rejected.height
     assert "exceeds the model's 8192-token context" in s["rejections"][0]["reason"]
     assert res.requests.filter(pl.col("status") == "finished")["reject_reason"].null_count() == s["finished"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--decode-batch", "99999999999999999999", "--context", "10"), "--decode-batch"),
+        (("--decode-batch", "4", "--context", "99999999999999999999"), "--context"),
+        (("--prefill", "100000"), "100000 tokens, over llama-3-8b's 8192-token context"),
+        (("--decode-batch", "4", "--context", "8192"), "over llama-3-8b's 8192-token context"),
+        (("--prefill", "100", "--power-cap", "1e-9"), "--power-cap"),
+    ],
+)
+def test_estimate_refuses_what_the_model_or_gpu_cannot_run(args, message):
+    r = run_cli("estimate", "--model", "llama-3-8b", "--gpu", "h100-sxm", *args)
+    assert r.returncode == 2, r.stdout
+    assert message in r.stdout + r.stderr and "Traceback" not in r.stderr

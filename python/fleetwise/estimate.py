@@ -40,6 +40,11 @@ def estimate_iteration(
         raise ConfigError("estimate: --prefill-context needs --prefill")
     g = lookup("gpu", gpu, {}, "--gpu")
     m = lookup("model", model, {}, "--model")
+    limit = m.max_position_embeddings
+    if prefill + prefill_context > limit:
+        raise ConfigError(f"estimate: --prefill {prefill} after --prefill-context {prefill_context} is {prefill + prefill_context} tokens, over {model}'s {limit}-token context")
+    if decode_batch > 0 and context + 1 > limit:
+        raise ConfigError(f"estimate: --context {context} (plus the token being decoded) is over {model}'s {limit}-token context")
     pim_json = None if pim is None else json.dumps(lookup("pim", pim, {}, "--pim").core_json(pim))
     off_json = None
     if offload is not None:
