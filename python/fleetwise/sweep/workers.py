@@ -172,7 +172,6 @@ class WorkerPool:
             if proc.is_alive():
                 proc.kill()
                 proc.join(timeout=TERMINATE_GRACE_S)
-        self._workers = []
 
 
 def _is_fleetwise_error(e: BaseException) -> bool:
