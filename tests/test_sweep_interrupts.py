@@ -5,6 +5,7 @@ named (report) or recomputed (sweep), and the worker pool never hangs on a dead 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -229,6 +230,25 @@ def test_a_corrupt_row_is_recomputed_and_a_corrupt_points_file_is_named_by_repor
     assert not (out / "rows" / ".abc.123.deadbeef.tmp").exists()
     assert pl.read_parquet(out / "points.parquet").height == 3
     assert run_cli("report", str(out), "-o", str(html)).returncode == 0
+    # A point whose run directory is gone is missing too.
+    shutil.rmtree(out / "points" / row.stem)
+    r = run_cli(*args)
+    assert r.returncode == 0 and "1 points computed, 2 resumed" in r.stdout
+    assert (out / "points" / row.stem / "summary.json").exists()
+
+
+def test_goodput_recomputes_a_point_whose_request_table_is_damaged(tmp_path, capsys):
+    from fleetwise.sweep.goodput import _measure, _rate_point
+
+    sc = _scenario(tmp_path, requests=200)
+    with SweepStore(tmp_path / "gp") as store:
+        first = _measure(str(sc), [], store, [4.0], {"ttft": 0.5}, 1, True, "goodput")
+        req = store.dir / "points" / _rate_point(4.0).id / "requests.parquet"
+        req.write_bytes(req.read_bytes()[:64])
+        again = _measure(str(sc), [], store, [4.0], {"ttft": 0.5}, 1, True, "goodput")
+    assert again == first
+    assert "unreadable (truncated or corrupt): recomputing point" in capsys.readouterr().err
+    assert pl.read_parquet(req).height == 200
 
 
 def test_report_names_a_damaged_run_file(tmp_path):

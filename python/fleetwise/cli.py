@@ -548,3 +548,6 @@ def main() -> None:
     except FleetwiseError as e:
         err.print(f"[bold red]error:[/] {type(e).__name__}: {e}", highlight=False, markup=True)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C outside a command's own handling (e.g. while starting up)
+        err.print("interrupted")
+        sys.exit(130)

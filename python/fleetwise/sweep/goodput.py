@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -61,11 +62,24 @@ def _rate_point(rate: float) -> Point:
 
 def _measure(scenario: str, overrides: list[str], store: SweepStore, rates: list[float], slos: dict, jobs: int, quiet: bool, description: str) -> dict[float, float]:
     points = [_rate_point(r) for r in rates]
-    run_points(scenario, overrides, points, store, [RATE_PATH], jobs=jobs, quiet=quiet, description=description)
-    out = {}
-    for p in points:
-        req = pl.read_parquet(store.dir / "points" / p.id / "requests.parquet")
-        out[p.rate] = attainment(req, slos)
+    out: dict[float, float] = {}
+    for attempt in range(2):
+        run_points(scenario, overrides, points, store, [RATE_PATH], jobs=jobs, quiet=quiet, description=description)
+        damaged = []
+        for p in points:
+            path = store.dir / "points" / p.id / "requests.parquet"
+            try:
+                out[p.rate] = attainment(pl.read_parquet(path), slos)
+            except Exception as e:  # truncated or corrupt (polars raises several kinds), or missing
+                if attempt:
+                    from fleetwise.errors import SimulationError
+
+                    raise SimulationError(f"{path}: unreadable after recomputing its point ({e})") from None
+                sys.stderr.write(f"{path}: unreadable (truncated or corrupt): recomputing point {p.id}\n")
+                store.forget(p.id)
+                damaged.append(p)
+        if not damaged:
+            break
     return out
 
 

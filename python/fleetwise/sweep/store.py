@@ -184,8 +184,13 @@ class SweepStore:
         return good, bad
 
     def done(self) -> set[str]:
-        """Ids of the points already finished (with a readable row file)."""
-        return set(self._read_rows()[0])
+        """Ids of the points already finished: a readable row file and the point's run directory."""
+        return {k for k in self._read_rows()[0] if (self.dir / "points" / k / "summary.json").exists()}
+
+    def forget(self, point_id: str) -> None:
+        """Makes a point count as missing (its row file goes), so that the next run recomputes it."""
+        (self.rows / f"{point_id}.parquet").unlink(missing_ok=True)
+        self._cache.pop(f"{point_id}.parquet", None)
 
     def discard_corrupt(self) -> list[str]:
         """Deletes unreadable row files (their points count as missing, so they are recomputed); returns their ids."""

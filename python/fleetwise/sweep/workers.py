@@ -73,6 +73,8 @@ def _worker_main(conn, fn: Callable, parent_pid: int) -> None:
     """A worker's loop: receive ``(index, args)``, run ``fn(*args)``, send the outcome back."""
     _die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):  # started with SIGINT blocked (see _start_worker): now ignored
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     while True:
         try:
             task = conn.recv()
@@ -117,7 +119,16 @@ class WorkerPool:
     def _start_worker(self):
         parent_end, child_end = self._ctx.Pipe(duplex=True)
         proc = self._ctx.Process(target=_worker_main, args=(child_end, self.fn, os.getpid()), name="fleetwise-worker", daemon=True)
-        proc.start()
+        # The child starts with SIGINT blocked (the mask survives fork and exec) until it ignores it, so
+        # a Ctrl-C while it imports cannot print its traceback; here the signal waits and then arrives.
+        blocked = hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
+        if blocked:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            proc.start()
+        finally:
+            if blocked:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         child_end.close()  # so that a dead worker reads as end-of-file here
         self._workers.append((proc, parent_end))
         return proc, parent_end
@@ -132,11 +143,17 @@ class WorkerPool:
 
         todo = deque(enumerate(tasks))
         busy: dict = {}  # connection -> (process, index)
+        def send(proc, conn, index: int, args) -> None:
+            try:
+                conn.send((index, args))
+            except OSError:
+                proc.join(timeout=1.0)
+                raise SimulationError(f"{describe(index)}: its worker process died (exit code {proc.exitcode}); finished work is kept") from None
+            busy[conn] = (proc, index)
+
         for _ in range(min(self.jobs, len(todo))):
             proc, conn = self._start_worker()
-            index, args = todo.popleft()
-            conn.send((index, args))
-            busy[conn] = (proc, index)
+            send(proc, conn, *todo.popleft())
         while busy:
             for conn in wait(list(busy)):
                 proc, index = busy.pop(conn)
@@ -150,11 +167,12 @@ class WorkerPool:
                         value.add_note(f"in worker process {proc.pid}:\n{remote_tb}")
                     raise value
                 if todo:
-                    nxt, args = todo.popleft()
-                    conn.send((nxt, args))
-                    busy[conn] = (proc, nxt)
+                    send(proc, conn, *todo.popleft())
                 else:
-                    conn.send(None)
+                    try:
+                        conn.send(None)
+                    except OSError:
+                        pass
                 yield index, value
 
     def close(self) -> None:
