@@ -190,6 +190,7 @@ def compare(
     """Run one scenario under several policies and print them side by side."""
     from fleetwise.config.load import load_scenario
     from fleetwise.errors import ConfigError
+    from fleetwise.result import check_output_dir
     from fleetwise.simulate import simulate
     from fleetwise.sweep.goodput import attainment, parse_slos, search
 
@@ -200,8 +201,6 @@ def compare(
     if with_goodput and not slos:
         raise ConfigError("--goodput needs at least one --slo")
     target = implied or 0.9
-    from fleetwise.result import check_output_dir
-
     base = load_scenario(scenario, set_)
     out_dir = check_output_dir(output or _default_dir("compare", base.name))
     columns = {}
@@ -256,7 +255,6 @@ def report(
     """Write one self-contained HTML report (plotly, works offline) of runs or a sweep."""
     from fleetwise.errors import ConfigError
     from fleetwise.report import write_report
-
     from fleetwise.result import check_output_dir
 
     if output.is_dir():
