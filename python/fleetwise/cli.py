@@ -46,6 +46,15 @@ def _summary_table(summary: dict) -> Table:
     return t
 
 
+def _default_dir(base: str, name: str) -> Path:
+    """``base/name``, the default output directory of a scenario named ``name``; it never leaves ``base``."""
+    from fleetwise.errors import ConfigError
+
+    if name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise ConfigError(f"scenario name {name!r} cannot name a directory under {base}/ (no / or \\, not . or ..); rename it or give -o")
+    return Path(base) / name
+
+
 @app.command()
 def run(
     scenario: Path = typer.Argument(..., help="Scenario YAML file."),
@@ -55,9 +64,11 @@ def run(
 ) -> None:
     """Simulate SCENARIO, print a summary table and write the results."""
     from fleetwise.config.load import load_scenario
+    from fleetwise.result import check_output_dir
     from fleetwise.simulate import simulate
 
     sc = load_scenario(scenario, set_)
+    out_dir = check_output_dir(output or _default_dir("runs", sc.name))  # a bad -o fails before simulating
     try:
         result = simulate(sc, record_iterations=iterations, progress=True)
     except KeyboardInterrupt:
@@ -78,7 +89,7 @@ def run(
         out.print(f"SLO attainment {s['slo']['targets']}: {s['slo']['attainment']:.1%}")
     for r in s.get("rejections", []):
         out.print(f"rejected {r['count']} request(s), e.g.: {r['reason']}", highlight=False)
-    d = result.write(output or Path("runs") / sc.name)
+    d = result.write(out_dir)
     out.print(f"results written to {d}/")
     if s["finished"] == 0:
         why = f"; most often: {s['rejections'][0]['reason']}" if s.get("rejections") else ""
@@ -108,24 +119,29 @@ def sweep(
     for p in points:  # validate every point before running any
         load_scenario(scenario, [*set_, *p.overrides()])
     name = load_scenario(scenario, set_).name
-    store = SweepStore(output or Path("sweeps") / name)
-    store.write_manifest({"scenario": name, "scenario_file": str(scenario), "overrides": list(set_), "grid": {k: v for k, v in g}})
-    done_before = len(store.done() & {p.id for p in points})
-    try:
-        run_points(str(scenario), list(set_), points, store, [k for k, _ in g], jobs=jobs, ray_address=ray, write_requests=not no_requests, record_iterations=iterations)
-    except KeyboardInterrupt:
-        store.merge()  # an interrupt can land between saving a point's row and merging it
-        n = len(store.done() & {p.id for p in points})
-        err.print(f"interrupted: {n} of {len(points)} points saved in {store.dir}/; run the same command again to resume")
-        sys.exit(130)
-    frame = store.merge()
+    ids = {p.id for p in points}
+    with SweepStore(output or _default_dir("sweeps", name)) as store:  # refuses a directory another sweep is writing
+        store.write_manifest({"scenario": name, "scenario_file": str(scenario), "overrides": list(set_), "grid": {k: v for k, v in g}})
+        for bad in sorted(set(store.discard_corrupt()) & ids):
+            err.print(f"{store.rows}/{bad}.parquet was unreadable (truncated or corrupt): recomputing point {bad}", highlight=False, markup=False)
+        done_before = len(store.done() & ids)
+        try:
+            new_rows = run_points(str(scenario), list(set_), points, store, [k for k, _ in g], jobs=jobs, ray_address=ray, write_requests=not no_requests, record_iterations=iterations)
+        except KeyboardInterrupt:
+            n = len(store.done() & ids)  # what is on disk: workers save each point as it finishes
+            store.merge()
+            err.print(f"interrupted: {n} of {len(points)} points saved in {store.dir}/ ({n - done_before} new); run the same command again to resume", highlight=False, markup=False)
+            sys.exit(130)
+        frame = store.merge()
+    computed = len(new_rows)
     t = Table(title=f"{name}: {len(points)} points ({done_before} resumed) in {store.dir}/")
     cols = [k for k, _ in g] + ["requests_per_s", "ttft_p90", "tpot_p90", "e2e_p90", "slo_attainment"]
     for c in cols:
         t.add_column(c)
-    for row in frame.sort([k for k, _ in g]).iter_rows(named=True):
+    for row in (frame.sort([k for k, _ in g]).iter_rows(named=True) if frame.height else []):
         t.add_row(*(("-" if row.get(c) is None else f"{row[c]:.4g}" if isinstance(row.get(c), float) else str(row[c])) for c in cols))
     out.print(t)
+    out.print(f"{computed} points computed, {done_before} resumed; results in {store.dir}/", soft_wrap=True, highlight=False, markup=False)
 
 
 @app.command()
@@ -147,7 +163,7 @@ def goodput(
     slos, implied = parse_slos(slo)
     target = attainment if attainment is not None else (implied if implied is not None else 0.9)
     name = load_scenario(scenario, set_).name
-    out_dir = output or Path("sweeps") / f"{name}-goodput"
+    out_dir = output or _default_dir("sweeps", f"{name}-goodput")
     try:
         r = search(str(scenario), list(set_), out_dir, slos, target, low, high, tolerance, jobs)
     except KeyboardInterrupt:
@@ -189,6 +205,7 @@ def compare(
     """Run one scenario under several policies and print them side by side."""
     from fleetwise.config.load import load_scenario
     from fleetwise.errors import ConfigError
+    from fleetwise.result import check_output_dir
     from fleetwise.simulate import simulate
     from fleetwise.sweep.goodput import attainment, parse_slos, search
 
@@ -200,7 +217,7 @@ def compare(
         raise ConfigError("--goodput needs at least one --slo")
     target = implied or 0.9
     base = load_scenario(scenario, set_)
-    out_dir = output or Path("compare") / base.name
+    out_dir = check_output_dir(output or _default_dir("compare", base.name))
     columns = {}
     for label, overrides in variants:
         sc = load_scenario(scenario, [*set_, *overrides])
@@ -254,11 +271,20 @@ def report(
     """Write one self-contained HTML report (plotly, works offline) of runs or a sweep."""
     from fleetwise.errors import ConfigError
     from fleetwise.report import write_report
+    from fleetwise.result import check_output_dir
 
+    if output.is_dir():
+        raise ConfigError(f"-o {output}: is a directory; give the HTML file to write, e.g. {output / 'report.html'}")
+    try:
+        check_output_dir(output.parent)
+    except ConfigError as e:
+        raise ConfigError(f"-o {output}: cannot write the report there: {e}") from None
     try:
         path = write_report(list(inputs), output, title=title)
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(str(e)) from None
+    except OSError as e:  # the output's directory cannot be created or written
+        raise ConfigError(f"{e.filename or output}: cannot write the report: {e.strerror or e}") from None
     out.print(f"report written to {path} ({path.stat().st_size / 2**20:.1f} MiB)")
 
 
@@ -287,7 +313,7 @@ def place(
     for p in points:
         load_scenario(scenario, [*set_, *p.overrides()])
     name = load_scenario(scenario, set_).name
-    out_dir = output or Path("sweeps") / f"{name}-placement"
+    out_dir = output or _default_dir("sweeps", f"{name}-placement")
     try:
         rows = run_place(str(scenario), list(set_), points, out_dir, slos, target, objective, budget_dollars, budget_watts, jobs=jobs)
     except KeyboardInterrupt:
@@ -536,3 +562,6 @@ def main() -> None:
     except FleetwiseError as e:
         err.print(f"[bold red]error:[/] {type(e).__name__}: {e}", highlight=False, markup=True)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C outside a command's own handling (e.g. while starting up)
+        err.print("interrupted")
+        sys.exit(130)

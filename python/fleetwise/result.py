@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,11 +26,55 @@ class Result:
 
     def write(self, directory: str | Path) -> Path:
         """Writes requests.parquet, instances.parquet, summary.json (and iterations.parquet)."""
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        self.requests.write_parquet(d / "requests.parquet")
-        self.instances.write_parquet(d / "instances.parquet")
-        if self.iterations is not None:
-            self.iterations.write_parquet(d / "iterations.parquet")
-        (d / "summary.json").write_text(json.dumps(self.summary, indent=2, sort_keys=True, allow_nan=False) + "\n")
+        d = ensure_output_dir(directory)
+        try:
+            self.requests.write_parquet(d / "requests.parquet")
+            self.instances.write_parquet(d / "instances.parquet")
+            if self.iterations is not None:
+                self.iterations.write_parquet(d / "iterations.parquet")
+            (d / "summary.json").write_text(json.dumps(self.summary, indent=2, sort_keys=True, allow_nan=False) + "\n")
+        except OSError as e:
+            from fleetwise.errors import ConfigError
+
+            raise ConfigError(f"{d}: cannot write the results: {e.strerror or e}") from None
         return d
+
+
+def check_output_dir(path: str | Path) -> Path:
+    """Checks, without creating anything, that ``path`` is or can become a writable directory.
+
+    Raises ConfigError naming the path when it exists and is not a directory (``-o /dev/null``),
+    when a file is in the way of creating it, or when its nearest existing directory is not writable.
+    """
+    from fleetwise.errors import ConfigError
+
+    d = Path(path)
+    if d.exists() and not d.is_dir():
+        raise ConfigError(f"output path {d} exists and is not a directory; give a directory (or a new path) with -o")
+    parent = d
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"output path {d}: {parent} is in the way (it exists and is not a directory); give another -o")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"output path {d}: {parent} is not writable; give another -o")
+    return d
+
+
+def ensure_output_dir(path: str | Path) -> Path:
+    """Creates the output directory ``path`` (and its parents) after ``check_output_dir``; returns it.
+
+    Raises ConfigError naming the path when it is not, or cannot become, a writable directory.
+    """
+    from fleetwise.errors import ConfigError
+
+    d = check_output_dir(path)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"output path {d} exists and is not a directory; give a directory (or a new path) with -o") from None
+    except OSError as e:
+        raise ConfigError(f"output path {d}: cannot create the directory: {e.strerror or e}") from None
+    if not os.access(d, os.W_OK | os.X_OK):
+        raise ConfigError(f"output directory {d} is not writable; give another -o")
+    return d

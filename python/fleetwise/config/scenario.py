@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import Field, PrivateAttr
+from pydantic import Field, PrivateAttr, field_validator
 
 from fleetwise.catalog import CalibrationOverride, GpuSpec, ModelSpec, PimSpec
 from fleetwise.config.base import StrictModel
@@ -279,7 +279,7 @@ class Scenario(StrictModel):
     """A complete simulation: what runs, on what, under which load."""
 
     name: str = "scenario"
-    """Scenario name."""
+    """Scenario name; it names the default output directory (runs/<name>, sweeps/<name>), so it is one plain file name."""
     seed: int = Field(default=0, ge=0)
     """Seed of every random stream."""
     gpus: dict[str, GpuSpec] = {}
@@ -294,6 +294,15 @@ class Scenario(StrictModel):
     """The requests."""
     slo: SloConfig | None = None
     """Latency targets for SLO attainment."""
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_file_name(cls, v: str) -> str:
+        """Refuses names that would leave runs/ or sweeps/ as a default output directory."""
+        if v in ("", ".", "..") or "/" in v or "\\" in v or not v.isprintable() or len(v.encode()) > 200:
+            raise ValueError("must be a plain file name (it names the default output directory runs/<name>): "
+                             "no / or \\, not . or .., no control characters, at most 200 bytes")
+        return v
 
     _source: str | None = PrivateAttr(default=None)
     _base_dir: str | None = PrivateAttr(default=None)

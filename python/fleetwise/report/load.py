@@ -69,12 +69,29 @@ class ReportData:
 
 
 def _read_parquet(path: Path) -> pl.DataFrame | None:
-    return pl.read_parquet(path) if path.exists() else None
+    """The table in ``path`` (None when absent); a damaged file is a ValueError naming it."""
+    if not path.exists():
+        return None
+    try:
+        return pl.read_parquet(path)
+    except BaseException as e:  # polars raises ComputeError, OSError, even a PanicException for a damaged file
+        if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
+            raise
+        hint = " (a sweep rebuilds it from rows/ when you run the same sweep command again)" if path.name == "points.parquet" else ""
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path}: not a readable parquet file, truncated or corrupt ({reason[:200]}){hint}") from None
 
 
 def _read_json(path: Path) -> dict:
+    """The JSON object in ``path``; an unreadable or malformed file is a ValueError naming it."""
     # summary.json may hold NaN (json.dumps writes it); json.loads reads it back.
-    return json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable JSON file, truncated or corrupt ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def load_run(path: Path, label: str, note: str = "") -> RunData:

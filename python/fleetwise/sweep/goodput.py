@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 from pathlib import Path
 
 import polars as pl
 
 from fleetwise.sweep.grid import RATE_PATH, Point
 from fleetwise.sweep.runner import run_points
-from fleetwise.sweep.store import SweepStore
+from fleetwise.sweep.store import SweepStore, temp_name
 
 METRICS = {"ttft": "ttft_s", "tpot": "tpot_s", "e2e": "e2e_s"}
 
@@ -60,11 +62,24 @@ def _rate_point(rate: float) -> Point:
 
 def _measure(scenario: str, overrides: list[str], store: SweepStore, rates: list[float], slos: dict, jobs: int, quiet: bool, description: str) -> dict[float, float]:
     points = [_rate_point(r) for r in rates]
-    run_points(scenario, overrides, points, store, [RATE_PATH], jobs=jobs, quiet=quiet, description=description)
-    out = {}
-    for p in points:
-        req = pl.read_parquet(store.dir / "points" / p.id / "requests.parquet")
-        out[p.rate] = attainment(req, slos)
+    out: dict[float, float] = {}
+    for attempt in range(2):
+        run_points(scenario, overrides, points, store, [RATE_PATH], jobs=jobs, quiet=quiet, description=description)
+        damaged = []
+        for p in points:
+            path = store.dir / "points" / p.id / "requests.parquet"
+            try:
+                out[p.rate] = attainment(pl.read_parquet(path), slos)
+            except Exception as e:  # truncated or corrupt (polars raises several kinds), or missing
+                if attempt:
+                    from fleetwise.errors import SimulationError
+
+                    raise SimulationError(f"{path}: unreadable after recomputing its point ({e})") from None
+                sys.stderr.write(f"{path}: unreadable (truncated or corrupt): recomputing point {p.id}\n")
+                store.forget(p.id)
+                damaged.append(p)
+        if not damaged:
+            break
     return out
 
 
@@ -94,43 +109,49 @@ def search(
         raise ConfigError(f"{scenario}: goodput search varies workload.arrivals.rate; {sc.workload.arrivals.kind} arrivals have no rate (use poisson, gamma or onoff)")
     gpus = sum(p.count * p.parallelism.tp * p.parallelism.pp for p in sc.cluster.pools)
     instances = sum(p.count for p in sc.cluster.pools)
-    store = SweepStore(out_dir)
-    store.write_manifest({"scenario": sc.name, "scenario_file": str(scenario), "overrides": overrides, "grid": {RATE_PATH: "goodput search"}, "slo": slos, "attainment_target": target})
-    measured: dict[float, float] = {}
+    store = SweepStore(out_dir)  # holds the directory's lock until the search ends
+    try:
+        store.write_manifest({"scenario": sc.name, "scenario_file": str(scenario), "overrides": overrides, "grid": {RATE_PATH: "goodput search"}, "slo": slos, "attainment_target": target})
+        measured: dict[float, float] = {}
 
-    def att(rate: float) -> float:
-        if rate not in measured:
-            measured.update(_measure(scenario, overrides, store, [rate], slos, 1, True, "goodput"))
-        return measured[_rate_point(rate).rate]
+        def att(rate: float) -> float:
+            if rate not in measured:
+                measured.update(_measure(scenario, overrides, store, [rate], slos, 1, True, "goodput"))
+            return measured[_rate_point(rate).rate]
 
-    if att(low) < target:
-        goodput = 0.0
-    else:
-        hi = high if high is not None else low * 2
-        while att(hi) >= target:
-            low, hi = hi, hi * 2
-            if hi > 1e6:
-                raise ConfigError(f"{scenario}: attainment stays above {target} beyond 1e6 req/s; check the SLOs")
-        while (hi - low) / hi > tolerance:
-            mid = math.sqrt(low * hi)
-            if att(mid) >= target:
-                low = mid
-            else:
-                hi = mid
-        goodput = low
-    curve_rates = [goodput * f for f in (0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5)] if goodput > 0 else [low * f for f in (0.25, 0.5, 1.0)]
-    measured.update(_measure(scenario, overrides, store, curve_rates, slos, jobs, quiet, "attainment curve"))
-    store.merge()
-    result = {
-        "scenario": sc.name,
-        "slo": slos,
-        "attainment_target": target,
-        "goodput_rate": goodput,
-        "goodput_per_instance": goodput / instances,
-        "goodput_per_gpu": goodput / gpus,
-        "gpus": gpus,
-        "instances": instances,
-        "curve": [{"rate": r, "attainment": a} for r, a in sorted(measured.items())],
-    }
-    (Path(out_dir) / "goodput.json").write_text(json.dumps(result, indent=2) + "\n")
-    return result
+        if att(low) < target:
+            goodput = 0.0
+        else:
+            hi = high if high is not None else low * 2
+            while att(hi) >= target:
+                low, hi = hi, hi * 2
+                if hi > 1e6:
+                    raise ConfigError(f"{scenario}: attainment stays above {target} beyond 1e6 req/s; check the SLOs")
+            while (hi - low) / hi > tolerance:
+                mid = math.sqrt(low * hi)
+                if att(mid) >= target:
+                    low = mid
+                else:
+                    hi = mid
+            goodput = low
+        curve_rates = [goodput * f for f in (0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5)] if goodput > 0 else [low * f for f in (0.25, 0.5, 1.0)]
+        measured.update(_measure(scenario, overrides, store, curve_rates, slos, jobs, quiet, "attainment curve"))
+        store.merge()
+        result = {
+            "scenario": sc.name,
+            "slo": slos,
+            "attainment_target": target,
+            "goodput_rate": goodput,
+            "goodput_per_instance": goodput / instances,
+            "goodput_per_gpu": goodput / gpus,
+            "gpus": gpus,
+            "instances": instances,
+            "curve": [{"rate": r, "attainment": a} for r, a in sorted(measured.items())],
+        }
+        final = Path(out_dir) / "goodput.json"
+        tmp = temp_name(final)
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        os.replace(tmp, final)
+        return result
+    finally:
+        store.close()

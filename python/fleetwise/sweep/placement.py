@@ -11,11 +11,10 @@ many prompt and token machines for a cost or power budget) and DistServe's place
 from __future__ import annotations
 
 import json
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from fleetwise.sweep.grid import Point
+from fleetwise.sweep.workers import WorkerPool
 
 OBJECTIVES = ("goodput", "goodput_per_gpu", "goodput_per_dollar")
 
@@ -60,9 +59,11 @@ def place(
     ranked by ``objective`` (best first; skipped layouts last). Writes ``placement.json``."""
     from fleetwise.config.load import load_scenario
     from fleetwise.errors import ConfigError
+    from fleetwise.result import ensure_output_dir
 
     if objective not in OBJECTIVES:
         raise ConfigError(f"objective {objective!r}: allowed {', '.join(OBJECTIVES)}")
+    ensure_output_dir(out_dir)  # a bad -o fails before any search
     rows, todo = [], []
     for p in points:
         cost = price(load_scenario(scenario_path, [*overrides, *p.overrides()]))
@@ -76,14 +77,15 @@ def place(
             todo.append((p, row))
     args = [(scenario_path, overrides, p, str(out_dir), slos, target, low, tolerance) for p, _ in todo]
     if jobs > 1 and len(args) > 1:
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            results = list(pool.map(_evaluate, *zip(*args)))
+        with WorkerPool(_evaluate, jobs) as pool:  # workers die with this process; Ctrl-C stops them at once
+            by_index = dict(pool.imap_unordered(args, describe=lambda i: f"layout {todo[i][1]['layout']}"))
+        results = [by_index[i] for i in range(len(args))]
     else:
         results = [_evaluate(*a) for a in args]
     for (_, row), res in zip(todo, results):
         row.update(res)
         row["goodput_per_dollar"] = res["goodput"] / row["dollars_per_hour"] if row["dollars_per_hour"] else None
     rows.sort(key=lambda r: (not r["within_budget"], -(r.get(objective) or 0.0), r["gpus"]))
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    ensure_output_dir(out_dir)
     (Path(out_dir) / "placement.json").write_text(json.dumps({"objective": objective, "slo": slos, "attainment_target": target, "budget_dollars_per_hour": budget_dollars_per_hour, "budget_watts": budget_watts, "layouts": rows}, indent=2) + "\n")
     return rows

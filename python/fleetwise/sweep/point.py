@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from fleetwise.sweep.grid import Point
@@ -32,20 +33,33 @@ def summary_row(point: Point, summary: dict, grid_paths: list[str]) -> dict:
 
 
 def run_point(scenario_path: str, base_overrides: list[str], point: Point, out_dir: str, grid_paths: list[str], write_requests: bool = True, record_iterations: bool = False) -> dict:
-    """Simulates one point and writes its run directory; returns its summary row.
+    """Simulates one point, saves its run directory and its row durably; returns its summary row.
 
-    Runs in a worker process (or a Ray task): everything it needs comes in its arguments.
+    Runs in a worker process (or a Ray task): everything it needs comes in its arguments. The run
+    directory is written under a temporary name and renamed to ``points/<id>``; the row file
+    (``rows/<id>.parquet``, what resuming keys on) comes last, so a point counts as finished only
+    once all of it is on disk, whenever the process is interrupted.
     """
     from fleetwise.config.load import load_scenario
     from fleetwise.simulate import simulate
+    from fleetwise.sweep.store import publish_dir, temp_name, write_row
 
     sc = load_scenario(scenario_path, [*base_overrides, *point.overrides()])
     result = simulate(sc, record_iterations=record_iterations)
-    d = Path(out_dir) / "points" / point.id
-    d.mkdir(parents=True, exist_ok=True)
-    if write_requests:
-        result.write(d)
-    else:
-        (d / "summary.json").write_text(json.dumps(result.summary, indent=2, sort_keys=True) + "\n")
-    (d / "point.json").write_text(json.dumps({"id": point.id, "assignments": point.assignments}, default=str) + "\n")
-    return summary_row(point, result.summary, grid_paths)
+    final = Path(out_dir) / "points" / point.id
+    final.parent.mkdir(parents=True, exist_ok=True)
+    d = temp_name(final)
+    try:
+        if write_requests:
+            result.write(d)
+        else:
+            d.mkdir()
+            (d / "summary.json").write_text(json.dumps(result.summary, indent=2, sort_keys=True) + "\n")
+        (d / "point.json").write_text(json.dumps({"id": point.id, "assignments": point.assignments}, default=str) + "\n")
+        publish_dir(d, final)
+    finally:
+        if d.exists():
+            shutil.rmtree(d, ignore_errors=True)
+    row = summary_row(point, result.summary, grid_paths)
+    write_row(Path(out_dir), row)
+    return row

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import multiprocessing
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from fleetwise.sweep.grid import Point
 from fleetwise.sweep.point import run_point
 from fleetwise.sweep.store import SweepStore
+from fleetwise.sweep.workers import WorkerPool
 
 
 def _progress(quiet: bool) -> Progress:
@@ -29,10 +27,12 @@ def run_points(
     description: str = "sweep",
     record_iterations: bool = False,
 ) -> list[dict]:
-    """Runs the points not yet in ``store`` and saves each row as it finishes; returns the new rows.
+    """Runs the points not yet in ``store`` and saves each as it finishes; returns the new rows.
 
-    An interrupt (Ctrl-C) stops scheduling, cancels what has not started and re-raises; finished
-    points stay saved, so running the same command again resumes.
+    Each point's row is saved durably by whoever ran it (see ``run_point``), so a point that
+    finished survives any interruption. Local workers (``jobs`` > 1) die with this process. An
+    exception here (Ctrl-C included) stops at once: running points are abandoned and their workers
+    terminated; running the same command again resumes.
     """
     todo = [p for p in points if p.id not in store.done()]
     args = [(scenario_path, base_overrides, p, str(store.dir), grid_paths, write_requests, record_iterations) for p in todo]
@@ -44,29 +44,18 @@ def run_points(
                 store.add(row)
                 rows.append(row)
                 bar.advance(task)
-        elif jobs <= 1:
+        elif jobs <= 1 or len(args) <= 1:
             for a in args:
                 row = run_point(*a)
                 store.add(row)
                 rows.append(row)
                 bar.advance(task)
         else:
-            ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-                pending = {pool.submit(run_point, *a) for a in args}
-                try:
-                    while pending:
-                        finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                        for f in finished:
-                            row = f.result()
-                            store.add(row)
-                            rows.append(row)
-                            bar.advance(task)
-                except BaseException:
-                    for f in pending:
-                        f.cancel()
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    raise
+            with WorkerPool(run_point, jobs) as pool:
+                for _, row in pool.imap_unordered(args, describe=lambda i: f"point {todo[i].id} ({todo[i].label}, rate {todo[i].rate})"):
+                    store.add(row)
+                    rows.append(row)
+                    bar.advance(task)
     return rows
 
 

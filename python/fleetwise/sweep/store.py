@@ -1,25 +1,147 @@
 """The sweep's results on disk: one row file per finished point, merged into ``points.parquet``.
 
-Every finished point's row is written atomically (to a temporary name, then renamed) as soon as the
-point finishes, so an interrupted sweep keeps everything that finished and a rerun skips it.
+Every finished point is durable as soon as it finishes: its run directory is written under a
+temporary name and renamed into place, then its row is written to a unique temporary file, flushed
+to disk (fsync) and renamed to ``rows/<id>.parquet``. A row file therefore only exists for a point
+whose results are complete, so an interrupted sweep (Ctrl-C, ``kill -9``, a crash) keeps everything
+that finished and a rerun computes only the points without a (readable) row file.
+
+One sweep at a time writes a directory: the store holds an exclusive lock (``flock``) on
+``sweep.lock`` while it is open; a second sweep into the same directory is refused with the pid
+of the one holding it. The kernel drops the lock when its holder dies, however it dies.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import uuid
 from pathlib import Path
 
 import polars as pl
 
+LOCK_FILE = "sweep.lock"
+"""The file a running sweep holds locked (and writes its pid into)."""
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def temp_name(final: Path) -> Path:
+    """A temporary name next to ``final`` that no other process or sweep uses."""
+    return final.with_name(f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def write_row(directory: Path, row: dict) -> Path:
+    """Saves one finished point's row durably as ``directory/rows/<id>.parquet`` (temp, fsync, rename)."""
+    rows = Path(directory) / "rows"
+    rows.mkdir(parents=True, exist_ok=True)
+    final = rows / f"{row['point']}.parquet"
+    tmp = temp_name(final)
+    try:
+        pl.DataFrame([row]).write_parquet(tmp)
+        _fsync_file(tmp)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(rows)
+    return final
+
+
+def publish_dir(tmp: Path, final: Path) -> None:
+    """Flushes every file of the finished directory ``tmp`` and renames it to ``final`` (replacing a stale one)."""
+    for f in tmp.iterdir():
+        if f.is_file():
+            _fsync_file(f)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+
 
 class SweepStore:
-    """Reads and writes a sweep directory."""
+    """Reads and writes a sweep directory; holds the directory's lock until ``close()``.
+
+    Use it as a context manager, or call ``close()``; a second store on the same directory (from
+    any process) while this one is open raises ConfigError naming the holder's pid.
+    """
 
     def __init__(self, directory: Path):
-        self.dir = Path(directory)
+        from fleetwise.result import ensure_output_dir
+
+        self.dir = ensure_output_dir(directory)
         self.rows = self.dir / "rows"
-        self.rows.mkdir(parents=True, exist_ok=True)
+        self._cache: dict[str, tuple[tuple[int, int], pl.DataFrame]] = {}
+        self._lock = self._acquire_lock()
+        try:
+            self.rows.mkdir(exist_ok=True)
+        except OSError as e:
+            self.close()
+            from fleetwise.errors import ConfigError
+
+            raise ConfigError(f"{self.rows}: cannot create the sweep's rows directory: {e.strerror or e}") from None
+        self._remove_leftovers()
+
+    def _acquire_lock(self):
+        import fcntl
+
+        from fleetwise.errors import ConfigError
+
+        path = self.dir / LOCK_FILE
+        try:
+            f = open(path, "a+")
+        except OSError as e:
+            raise ConfigError(f"{self.dir}: cannot open {LOCK_FILE} in the sweep directory: {e.strerror or e}") from None
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            f.close()
+            raise ConfigError(
+                f"{self.dir}: another sweep (pid {holder}) is writing to this directory; wait for it to finish "
+                "(then run this command again to add or resume points) or choose another -o directory"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        return f
+
+    def close(self) -> None:
+        """Releases the directory's lock (the kernel also releases it when the process ends)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def __enter__(self) -> "SweepStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _remove_leftovers(self) -> None:
+        """Deletes temporary files and directories that an interrupted sweep left behind."""
+        for parent in (self.dir, self.rows, self.dir / "points"):
+            if parent.is_dir():
+                for p in parent.glob(".*.tmp"):
+                    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
     def write_manifest(self, manifest: dict) -> None:
         """Writes ``sweep.json`` (scenario, grid, overrides); refuses to mix two different sweeps."""
@@ -27,29 +149,73 @@ class SweepStore:
 
         path = self.dir / "sweep.json"
         if path.exists():
-            old = json.loads(path.read_text())
+            try:
+                old = json.loads(path.read_text())
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"{path}: unreadable ({e}); delete it or choose another -o directory") from None
             if {k: old.get(k) for k in ("grid", "overrides", "scenario_file")} != {k: manifest.get(k) for k in ("grid", "overrides", "scenario_file")}:
                 raise ConfigError(f"{self.dir}: holds a different sweep (see its sweep.json); choose another -o directory")
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
-        os.replace(tmp, path)
+        tmp = temp_name(path)
+        try:
+            tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _read_rows(self) -> tuple[dict[str, pl.DataFrame], list[Path]]:
+        """Readable row files by point id, and the paths of unreadable (truncated, corrupt) ones."""
+        good: dict[str, pl.DataFrame] = {}
+        bad: list[Path] = []
+        for f in sorted(self.rows.glob("*.parquet")):
+            try:
+                st = f.stat()
+                key = (st.st_mtime_ns, st.st_size)
+                cached = self._cache.get(f.name)
+                if cached is None or cached[0] != key:
+                    cached = (key, pl.read_parquet(f))
+                    self._cache[f.name] = cached
+                good[f.stem] = cached[1]
+            except FileNotFoundError:
+                continue
+            except BaseException as e:  # polars raises several kinds for a damaged file, even a PanicException
+                if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
+                    raise
+                bad.append(f)
+        return good, bad
 
     def done(self) -> set[str]:
-        """Ids of the points already finished."""
-        return {p.stem for p in self.rows.glob("*.parquet")}
+        """Ids of the points already finished: a readable row file and the point's run directory."""
+        return {k for k in self._read_rows()[0] if (self.dir / "points" / k / "summary.json").exists()}
+
+    def forget(self, point_id: str) -> None:
+        """Makes a point count as missing (its row file goes), so that the next run recomputes it."""
+        (self.rows / f"{point_id}.parquet").unlink(missing_ok=True)
+        self._cache.pop(f"{point_id}.parquet", None)
+
+    def discard_corrupt(self) -> list[str]:
+        """Deletes unreadable row files (their points count as missing, so they are recomputed); returns their ids."""
+        _, bad = self._read_rows()
+        for f in bad:
+            f.unlink(missing_ok=True)
+            self._cache.pop(f.name, None)
+        return [f.stem for f in bad]
 
     def add(self, row: dict) -> None:
-        """Saves one finished point's row and refreshes ``points.parquet``."""
-        tmp = self.rows / f".{row['point']}.tmp"
-        pl.DataFrame([row]).write_parquet(tmp)
-        os.replace(tmp, self.rows / f"{row['point']}.parquet")
+        """Saves one finished point's row (unless its worker already did) and refreshes ``points.parquet``."""
+        if not (self.rows / f"{row['point']}.parquet").exists():
+            write_row(self.dir, row)
         self.merge()
 
     def merge(self) -> pl.DataFrame:
-        """Rewrites ``points.parquet`` from the row files (atomically) and returns it."""
-        files = sorted(self.rows.glob("*.parquet"))
-        frame = pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed") if files else pl.DataFrame()
-        tmp = self.dir / ".points.tmp"
-        frame.write_parquet(tmp)
-        os.replace(tmp, self.dir / "points.parquet")
+        """Rewrites ``points.parquet`` from the readable row files (atomically) and returns it."""
+        good, _ = self._read_rows()
+        frames = [good[k] for k in sorted(good)]
+        frame = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+        final = self.dir / "points.parquet"
+        tmp = temp_name(final)
+        try:
+            frame.write_parquet(tmp)
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
         return frame
