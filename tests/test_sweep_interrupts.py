@@ -160,6 +160,7 @@ def test_ctrl_c_stops_workers_reports_the_true_count_and_the_rerun_computes_only
         _, err = proc.communicate(timeout=HANG_GUARD_S)
         assert proc.returncode == 130, err
         assert "Traceback" not in err
+        # Workers are reaped before the sweep exits; multiprocessing's resource tracker follows them.
         _wait_until(lambda: not any(_alive(w) for w in workers), "every worker to end with the sweep", timeout=30)
     finally:
         _kill_survivors(workers)

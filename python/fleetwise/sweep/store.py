@@ -110,7 +110,7 @@ class SweepStore:
             raise ConfigError(f"{self.dir}: cannot open {LOCK_FILE} in the sweep directory: {e.strerror or e}") from None
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:
             f.seek(0)
             holder = f.read().strip() or "unknown"
             f.close()
@@ -118,6 +118,8 @@ class SweepStore:
                 f"{self.dir}: another sweep (pid {holder}) is writing to this directory; wait for it to finish "
                 "(then run this command again to add or resume points) or choose another -o directory"
             ) from None
+        except OSError:  # a file system without locks: temporary names stay unique, but nothing is refused
+            pass
         f.seek(0)
         f.truncate()
         f.write(f"{os.getpid()}\n")
