@@ -37,6 +37,27 @@ def _summary_table(summary: dict) -> Table:
     return t
 
 
+def _check_positive(option: str, value: float | None) -> None:
+    """``ConfigError`` unless ``value`` (an option's number) is unset or finite and > 0."""
+    import math
+
+    from fleetwise.errors import ConfigError
+
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{option} {value:g}: must be a finite number > 0")
+
+
+def _check_slos(slos: dict[str, float]) -> None:
+    """``ConfigError`` for an SLO threshold that is not a finite number of seconds > 0."""
+    import math
+
+    from fleetwise.errors import ConfigError
+
+    for name, seconds in slos.items():
+        if not (math.isfinite(seconds) and seconds > 0):
+            raise ConfigError(f"--slo {name}={seconds:g}: the threshold must be a finite number of seconds > 0")
+
+
 @app.command()
 def run(
     scenario: Path = typer.Argument(..., help="Scenario YAML file."),
@@ -130,6 +151,9 @@ def goodput(
     from fleetwise.sweep.goodput import parse_slos, search
 
     slos, implied = parse_slos(slo)
+    _check_slos(slos)
+    _check_positive("--low", low)
+    _check_positive("--high", high)
     target = attainment if attainment is not None else (implied if implied is not None else 0.9)
     name = load_scenario(scenario, set_).name
     out_dir = output or Path("sweeps") / f"{name}-goodput"
@@ -266,6 +290,9 @@ def place(
     from fleetwise.sweep.placement import place as run_place
 
     slos, implied = parse_slos(slo)
+    _check_slos(slos)
+    _check_positive("--budget-dollars-per-hour", budget_dollars)
+    _check_positive("--budget-watts", budget_watts)
     target = attainment if attainment is not None else (implied or 0.9)
     points = expand(parse_grid(grid))
     for p in points:

@@ -94,7 +94,8 @@ def format_validation_error(err: ValidationError, source: str) -> str:
             expected = e.get("ctx", {}).get("expected_tags")
             if expected:
                 msg = f"unknown kind {short_repr(e['input'].get('kind'))}; allowed: {expected}" if isinstance(e.get("input"), dict) else msg
-        elif "input" in e and e["type"] not in ("missing",):
+        elif "input" in e and e["type"] not in ("missing", "value_error", "assertion_error"):
+            # A validator's own message names the values it checked; others get the input quoted.
             msg += f" (got {short_repr(e['input'])})"
         lines.append(f"{source}: {path}: {msg}")
     return "\n".join(lines)
