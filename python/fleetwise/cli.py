@@ -58,6 +58,13 @@ def _check_slos(slos: dict[str, float]) -> None:
             raise ConfigError(f"--slo {name}={seconds:g}: the threshold must be a finite number of seconds > 0")
 
 
+def _trace_rows_line(rows: dict[str, int]) -> str:
+    """``trace: N rows read, M replayed; left out on purpose: reason count, ...``."""
+    left = ", ".join(f"{k} {v}" for k, v in rows.items() if k not in ("rows_read", "replayed") and v)
+    line = f"trace: {rows.get('rows_read', 0)} rows read, {rows.get('replayed', 0)} replayed"
+    return line + (f"; left out on purpose: {left}" if left else "")
+
+
 @app.command()
 def run(
     scenario: Path = typer.Argument(..., help="Scenario YAML file."),
@@ -77,6 +84,8 @@ def run(
         sys.exit(130)
     s = result.summary
     out.print(_summary_table(s))
+    if "trace_rows" in s:
+        out.print(_trace_rows_line(s["trace_rows"]))
     tp = s["throughput"]
     out.print(f"throughput: {tp['requests_per_s']:.2f} req/s, {tp['output_tokens_per_s']:.0f} output tok/s; preemptions: {s['preemptions']}; rejected: {s['rejected']}")
     if "energy" in s and s["energy"]["joules"] > 0:

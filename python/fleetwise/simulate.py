@@ -171,5 +171,7 @@ def simulate(
     summary["scenario"] = sc.name
     summary["seed"] = sc.seed
     summary["events"] = out["events"]
+    if workload.selection is not None:
+        summary["trace_rows"] = dict(workload.selection)
     iterations = pl.DataFrame(out["iterations"]) if "iterations" in out else None
     return Result(requests=requests, instances=inst_frame, summary=summary, iterations=iterations)

@@ -41,5 +41,9 @@ MAX_YAML_BYTES = 16 * 2**20
 MAX_TEXT_TRACE_BYTES = 4 * 2**30
 """Largest text trace (CSV, JSON Lines, JSON) read into memory, bytes."""
 
+MAX_TIME_NS = 2**62
+"""Longest span of arrival times, nanoseconds (about 146 years): a trace or generated workload
+spanning more is in the wrong unit or has a bad row, and would overflow the simulator's clock."""
+
 MAX_REPR_CHARS = 200
 """Most characters of an offending input value quoted in an error message."""

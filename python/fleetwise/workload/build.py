@@ -144,7 +144,8 @@ def _replay_trace(
     context_tokens: int | None = None,
 ) -> Workload:
     path = resolve_path(arrivals.path, base_dir)
-    frame = replay_frame(arrivals, path, cfg.requests)
+    selection: dict[str, int] = {}
+    frame = replay_frame(arrivals, path, cfg.requests, selection)
     arrival = frame["arrival_ns"].to_numpy()
     prompt = frame["prompt_tokens"].to_numpy()
     output = frame["output_tokens"].to_numpy()
@@ -160,9 +161,11 @@ def _replay_trace(
             cfg, seed, arrival, np.ones(len(arrival), dtype=np.int64), prompt, output, False,
             context_tokens,
         )
-        if session_id is None:
-            return workload
-        return dataclasses.replace(workload, session_id=session_id)
+        return dataclasses.replace(
+            workload,
+            session_id=session_id if session_id is not None else workload.session_id,
+            selection=selection,
+        )
     hash_ids: pl.Series | None = frame["hash_ids"] if "hash_ids" in frame.columns else None
     block = arrivals.hash_block_tokens or (MOONCAKE_BLOCK_TOKENS if arrivals.format == "mooncake" else None)
     return Workload(
@@ -172,4 +175,5 @@ def _replay_trace(
         hash_ids=hash_ids,
         session_id=session_id,
         hash_block_tokens=block if hash_ids is not None else None,
+        selection=selection,
     )
