@@ -156,7 +156,11 @@ def read_text(path: Path) -> str:
                 f"{path}: {size:,} bytes; a text trace may have at most {MAX_TEXT_TRACE_BYTES:,} "
                 "(convert it to the parquet format)"
             )
-        data = path.read_bytes()
+        with path.open("rb") as file:
+            # A binary file is refused on its first block, before the rest is read.
+            data = file.read(1 << 16)
+            if b"\0" not in data:
+                data += file.read()
     except FileNotFoundError:
         raise TraceError(f"{path}: file not found") from None
     except IsADirectoryError:

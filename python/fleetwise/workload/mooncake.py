@@ -178,6 +178,8 @@ def _record_problem(text: str) -> str | None:
             return f"{key} must be an integer, got {clip(value)}"
         if value < 1:
             return f"{key} must be >= 1, got {value}"
+        if value > MAX_TOKENS:
+            return f"{key} must be <= {MAX_TOKENS:,} tokens, got {clip(value)}"
     hashes = record.get("hash_ids")
     if hashes is not None:
         if not isinstance(hashes, list):
