@@ -142,7 +142,10 @@ def simulate(
     source = sc.source or "<scenario>"
     base_dir = Path(sc._base_dir) if sc._base_dir else None
     if workload is None:
-        workload = build_workload(sc.workload, sc.seed, base_dir, context_tokens=longest_context(sc))
+        try:
+            workload = build_workload(sc.workload, sc.seed, base_dir, context_tokens=longest_context(sc))
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}") from None
     hashes = workload.hash_offsets_and_values() if uses_prefixes(sc) or router is not None else None
     try:
         config = core_config(sc, record_iterations, workload.hash_block_tokens if hashes is not None else None)
