@@ -84,7 +84,7 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
         loc = tuple(e["loc"])
-        path = ".".join(str(p) for p in loc) or "(top level)"
+        path = ".".join(str(p) if len(str(p)) <= 80 else str(p)[:80] + "..." for p in loc) or "(top level)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             owner = _model_at(Scenario, loc[:-1])
