@@ -24,9 +24,10 @@ MAX_COUNT = 1_000_000
 """Most instances in a pool, GPUs per instance dimension, sequences per iteration and similar
 counts."""
 
-MAX_HASH_ENTRIES = 200_000_000
+MAX_HASH_ENTRIES = 50_000_000
 """Most prefix-block hashes (``hash_ids`` entries) a generated workload may hold, over all requests
-(1.6 GB): sessions and shared prefixes beyond it are refused before anything is allocated."""
+(400 MB per copy; building them takes a few copies): sessions and shared prefixes beyond it are
+refused before anything is allocated."""
 
 MAX_YAML_DEPTH = 100
 """Deepest nesting of mappings and lists in a scenario (real ones nest fewer than ten levels)."""
