@@ -98,3 +98,29 @@ def test_api_raises_config_error_subclass():
     with pytest.raises(ConfigError, match="seed") as info:
         fleetwise.simulate(sc)
     assert isinstance(info.value, fleetwise.FleetwiseError)
+
+
+def test_huge_seed_names_the_field_and_range(write_yaml):
+    sc = small_scenario()
+    sc["seed"] = 10**23
+    p = write_yaml(sc)
+    err = _cli_error(p)
+    assert f"{p}: seed: Input should be less than or equal to 18446744073709551615" in err
+    assert "u64" not in err
+
+
+def test_infinite_swap_space_names_the_field(write_yaml):
+    p = write_yaml(small_scenario())
+    r = run_cli("run", str(p), "--set", "cluster.pools.0.scheduler.swap_space_gb=.inf")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "cluster.pools.0.scheduler.vllm.swap_space_gb: Input should be a finite number" in r.stderr
+
+
+def test_alias_bomb_exits_2_without_hanging(tmp_path):
+    lines = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, 10):
+        lines.append(f"{chr(97 + i)}: &{chr(97 + i)} [" + ", ".join([f"*{chr(96 + i)}"] * 9) + "]")
+    p = tmp_path / "bomb.yaml"
+    p.write_text("\n".join(lines) + "\n")
+    err = _cli_error(p)  # run_cli's timeout guards against a hang
+    assert f"{p}: " in err and "aliases are expanded" in err

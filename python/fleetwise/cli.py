@@ -55,6 +55,34 @@ def _default_dir(base: str, name: str) -> Path:
     return Path(base) / name
 
 
+def _check_positive(option: str, value: float | None) -> None:
+    """``ConfigError`` unless ``value`` (an option's number) is unset or finite and > 0."""
+    import math
+
+    from fleetwise.errors import ConfigError
+
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{option} {value:g}: must be a finite number > 0")
+
+
+def _check_slos(slos: dict[str, float]) -> None:
+    """``ConfigError`` for an SLO threshold that is not a finite number of seconds > 0."""
+    import math
+
+    from fleetwise.errors import ConfigError
+
+    for name, seconds in slos.items():
+        if not (math.isfinite(seconds) and seconds > 0):
+            raise ConfigError(f"--slo {name}={seconds:g}: the threshold must be a finite number of seconds > 0")
+
+
+def _trace_rows_line(rows: dict[str, int]) -> str:
+    """``trace: N rows read, M replayed; left out on purpose: reason count, ...``."""
+    left = ", ".join(f"{k} {v}" for k, v in rows.items() if k not in ("rows_read", "replayed") and v)
+    line = f"trace: {rows.get('rows_read', 0)} rows read, {rows.get('replayed', 0)} replayed"
+    return line + (f"; left out on purpose: {left}" if left else "")
+
+
 @app.command()
 def run(
     scenario: Path = typer.Argument(..., help="Scenario YAML file."),
@@ -76,6 +104,8 @@ def run(
         sys.exit(130)
     s = result.summary
     out.print(_summary_table(s))
+    if "trace_rows" in s:
+        out.print(_trace_rows_line(s["trace_rows"]))
     tp = s["throughput"]
     out.print(f"throughput: {tp['requests_per_s']:.2f} req/s, {tp['output_tokens_per_s']:.0f} output tok/s; preemptions: {s['preemptions']}; rejected: {s['rejected']}")
     if "energy" in s and s["energy"]["joules"] > 0:
@@ -161,6 +191,9 @@ def goodput(
     from fleetwise.sweep.goodput import parse_slos, search
 
     slos, implied = parse_slos(slo)
+    _check_slos(slos)
+    _check_positive("--low", low)
+    _check_positive("--high", high)
     target = attainment if attainment is not None else (implied if implied is not None else 0.9)
     name = load_scenario(scenario, set_).name
     out_dir = output or _default_dir("sweeps", f"{name}-goodput")
@@ -308,6 +341,9 @@ def place(
     from fleetwise.sweep.placement import place as run_place
 
     slos, implied = parse_slos(slo)
+    _check_slos(slos)
+    _check_positive("--budget-dollars-per-hour", budget_dollars)
+    _check_positive("--budget-watts", budget_watts)
     target = attainment if attainment is not None else (implied or 0.9)
     points = expand(parse_grid(grid))
     for p in points:

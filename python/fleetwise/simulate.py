@@ -15,6 +15,7 @@ from fleetwise import _core
 from fleetwise.cluster import core_config, pool_prices, routing_trace_path, uses_prefixes
 from fleetwise.config.load import as_scenario
 from fleetwise.config.scenario import Scenario
+from fleetwise.config.workload_fit import longest_context
 from fleetwise.errors import CapacityError, ConfigError
 from fleetwise.metrics import summarize
 from fleetwise.moe import load_routing_trace
@@ -145,7 +146,10 @@ def simulate(
     source = sc.source or "<scenario>"
     base_dir = Path(sc._base_dir) if sc._base_dir else None
     if workload is None:
-        workload = build_workload(sc.workload, sc.seed, base_dir)
+        try:
+            workload = build_workload(sc.workload, sc.seed, base_dir, context_tokens=longest_context(sc))
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}") from None
     hashes = workload.hash_offsets_and_values() if uses_prefixes(sc) or router is not None else None
     try:
         config = core_config(sc, record_iterations, workload.hash_block_tokens if hashes is not None else None)
@@ -174,5 +178,7 @@ def simulate(
     summary["scenario"] = sc.name
     summary["seed"] = sc.seed
     summary["events"] = out["events"]
+    if workload.selection is not None:
+        summary["trace_rows"] = dict(workload.selection)
     iterations = pl.DataFrame(out["iterations"]) if "iterations" in out else None
     return Result(requests=requests, instances=inst_frame, summary=summary, iterations=iterations)

@@ -10,9 +10,10 @@ from functools import lru_cache
 from pathlib import Path
 
 import yaml
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from fleetwise.config.base import StrictModel
+from fleetwise.config.limits import MAX_COUNT, MAX_TOKENS
 
 _HERE = Path(__file__).parent
 
@@ -85,8 +86,8 @@ class GpuSpec(StrictModel):
     """Human-readable name."""
     peak_flops: float = Field(gt=0)
     """Peak dense 16-bit tensor throughput, FLOP/s."""
-    memory_bytes: float = Field(gt=0)
-    """Device memory capacity, bytes."""
+    memory_bytes: float = Field(gt=0, le=1e18)
+    """Device memory capacity, bytes (at most 1e18)."""
     memory_bandwidth: float = Field(gt=0)
     """Device memory bandwidth, bytes/s."""
     link: str = "nvlink"
@@ -109,7 +110,7 @@ class GpuSpec(StrictModel):
     """Power drawn while idle, watts."""
     memory_bound_activity: float = Field(default=0.3, ge=0, le=1)
     """Share of the dynamic power (TDP - idle) drawn by memory-bound kernels."""
-    sm_count: int = Field(default=0, ge=0)
+    sm_count: int = Field(default=0, ge=0, le=MAX_COUNT)
     """Streaming multiprocessors (compute units), 0 if unknown; bounds decode attention's tail."""
     price_per_hour: float = Field(default=0.0, ge=0)
     """Price of one GPU per hour, USD (for cost per token)."""
@@ -147,7 +148,7 @@ class MlaSpec(StrictModel):
     """Per-head query/key size without rotary embedding."""
     qk_rope_head_dim: int = Field(ge=0)
     """Per-head query/key size with rotary embedding (the rotary key is shared by all heads)."""
-    v_head_dim: int = Field(ge=1)
+    v_head_dim: int = Field(ge=1, le=100_000)
     """Per-head value size."""
 
 
@@ -156,40 +157,58 @@ class ModelSpec(StrictModel):
 
     hf_id: str = ""
     """Hugging Face repository id, for reference."""
-    num_layers: int = Field(ge=1)
+    num_layers: int = Field(ge=1, le=10_000)
     """Decoder layers (``num_hidden_layers``)."""
-    hidden_size: int = Field(ge=1)
+    hidden_size: int = Field(ge=1, le=1_000_000)
     """Model width."""
-    num_heads: int = Field(ge=1)
+    num_heads: int = Field(ge=1, le=100_000)
     """Query heads (``num_attention_heads``)."""
-    num_kv_heads: int = Field(ge=1)
-    """Key/value heads (``num_key_value_heads``)."""
-    head_dim: int = Field(ge=1)
+    num_kv_heads: int = Field(ge=1, le=100_000)
+    """Key/value heads (``num_key_value_heads``); must divide ``num_heads`` (grouped-query
+    attention shares each key/value head among equally many query heads)."""
+    head_dim: int = Field(ge=1, le=100_000)
     """Size of one attention head."""
-    intermediate_size: int = Field(ge=1)
+    intermediate_size: int = Field(ge=1, le=10_000_000)
     """MLP intermediate size."""
-    vocab_size: int = Field(ge=1)
+    vocab_size: int = Field(ge=1, le=100_000_000)
     """Vocabulary size."""
-    max_position_embeddings: int = Field(ge=1)
+    max_position_embeddings: int = Field(ge=1, le=MAX_TOKENS)
     """Longest supported context, tokens."""
     tie_word_embeddings: bool = False
     """Whether the LM head shares the embedding matrix."""
     dtype_bytes: int = Field(default=2, ge=1, le=8)
     """Bytes per weight/activation element."""
-    num_experts: int = Field(default=0, ge=0)
+    num_experts: int = Field(default=0, ge=0, le=65_535)
     """Routed experts per MoE layer (0: dense)."""
-    experts_per_token: int = Field(default=0, ge=0)
-    """Experts each token is routed to (top-k)."""
-    moe_intermediate_size: int = Field(default=0, ge=0)
+    experts_per_token: int = Field(default=0, ge=0, le=65_535)
+    """Experts each token is routed to (top-k), at most ``num_experts``."""
+    moe_intermediate_size: int = Field(default=0, ge=0, le=10_000_000)
     """Intermediate size of one routed expert."""
-    num_shared_experts: int = Field(default=0, ge=0)
+    num_shared_experts: int = Field(default=0, ge=0, le=65_535)
     """Shared experts every token passes through."""
-    shared_expert_intermediate_size: int = Field(default=0, ge=0)
+    shared_expert_intermediate_size: int = Field(default=0, ge=0, le=10_000_000)
     """Intermediate size of one shared expert."""
-    first_dense_layers: int = Field(default=0, ge=0)
+    first_dense_layers: int = Field(default=0, ge=0, le=10_000)
     """Leading layers of a MoE model with a dense MLP of ``intermediate_size`` (``first_k_dense_replace``)."""
     mla: MlaSpec | None = None
     """Multi-head latent attention, replacing GQA (``num_kv_heads`` and ``head_dim`` are then unused)."""
+
+    @model_validator(mode="after")
+    def _check_shape(self) -> ModelSpec:
+        if self.mla is None and self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_kv_heads ({self.num_kv_heads}) must divide num_heads ({self.num_heads}): "
+                "each key/value head serves equally many query heads"
+            )
+        if self.experts_per_token > self.num_experts:
+            raise ValueError(
+                f"experts_per_token ({self.experts_per_token}) must be <= num_experts ({self.num_experts})"
+            )
+        if self.first_dense_layers > self.num_layers:
+            raise ValueError(
+                f"first_dense_layers ({self.first_dense_layers}) must be <= num_layers ({self.num_layers})"
+            )
+        return self
 
     def core_json(self, name: str) -> dict:
         """The model as the Rust core reads it (MLA and dense-layer fields only where set)."""

@@ -7,7 +7,7 @@ class StrictModel(BaseModel):
     """A frozen pydantic model that rejects unknown fields.
 
     Every scenario section derives from it so that a misspelt key is an error naming the field path,
-    never a silently ignored value.
+    never a silently ignored value, and a float field given NaN or infinity is an error too.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True, allow_inf_nan=False)

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from fleetwise.config.base import StrictModel
+from fleetwise.config.limits import MAX_COUNT, MAX_TOKENS
 
 
 class ExpertRoutingConfig(StrictModel):
@@ -15,7 +16,7 @@ class ExpertRoutingConfig(StrictModel):
     kind: Literal["uniform", "zipf", "trace"] = "uniform"
     """``uniform``; ``zipf`` (skewed, with its own ranking of the experts in every layer); ``trace``
     (replay a recorded routing trace, see docs/moe.md)."""
-    zipf_exponent: float = Field(default=1.0, ge=0)
+    zipf_exponent: float = Field(default=1.0, ge=0, le=100)
     """Zipf exponent s: the expert of rank r is chosen with weight 1 / r^s."""
     locality: float = Field(default=0.0, ge=0, le=1)
     """Temporal locality: probability that a token reuses, in each layer, the experts its request's
@@ -23,7 +24,7 @@ class ExpertRoutingConfig(StrictModel):
     trace: str | None = None
     """A recorded routing trace (JSONL, docs/moe.md), for ``kind: trace``; relative paths are
     relative to the scenario file."""
-    max_sampled_tokens: int = Field(default=256, ge=1)
+    max_sampled_tokens: int = Field(default=256, ge=1, le=MAX_TOKENS)
     """Tokens of one prefill chunk routed one by one; longer chunks route this many, weighted."""
 
 
@@ -33,7 +34,7 @@ class ExpertCacheConfig(StrictModel):
     policy: Literal["lru", "lfu", "static"] = "lru"
     """Eviction: least recently used, least frequently used, or a static hot set (the most popular
     experts of each layer, never evicted)."""
-    experts_per_layer: int = Field(default=0, ge=0)
+    experts_per_layer: int = Field(default=0, ge=0, le=MAX_COUNT)
     """Experts of each layer kept in HBM (over the whole instance)."""
 
 
@@ -43,7 +44,7 @@ class ExpertPrefetchConfig(StrictModel):
     accuracy: float = Field(ge=0, le=1)
     """Fraction of the experts a layer uses that the predictor names in time (its other guesses
     are wrong experts, fetched for nothing)."""
-    lead_layers: int = Field(default=1, ge=1)
+    lead_layers: int = Field(default=1, ge=1, le=MAX_COUNT)
     """Layers ahead the prediction is made: 1 is Pre-gated MoE's next-layer gate."""
 
 
@@ -51,7 +52,7 @@ class TokenGroupingConfig(StrictModel):
     """ExpertFlow-style token grouping: when more requests decode than one iteration takes, run
     those whose experts overlap."""
 
-    batch: int = Field(ge=1)
+    batch: int = Field(ge=1, le=MAX_COUNT)
     """Decoding requests per iteration."""
     affinity: bool = True
     """Choose by expert affinity (else by waiting time alone: round robin)."""
@@ -71,14 +72,14 @@ class ExpertsConfig(StrictModel):
     """Prefetching from a routing predictor (offloaded placements)."""
     grouping: TokenGroupingConfig | None = None
     """Token grouping across requests."""
-    staging_experts: int | None = Field(default=None, ge=0)
+    staging_experts: int | None = Field(default=None, ge=0, le=MAX_COUNT)
     """Expert buffers per GPU for fetched experts in flight (default: one layer's experts on the GPU,
     times 1 + lead_layers with prefetch)."""
     storage: str = "nvme-gen5"
     """The flash drive (catalogue name), for ``placement: flash``."""
-    queue_depth: int = Field(default=32, ge=1)
+    queue_depth: int = Field(default=32, ge=1, le=MAX_COUNT)
     """Flash reads in flight."""
-    read_chunk_kb: float = Field(default=1024.0, gt=0)
+    read_chunk_kb: float = Field(default=1024.0, gt=0, le=1e9)
     """Size of one flash read, KiB (experts are large contiguous tensors)."""
-    capacity_gb: float | None = Field(default=None, gt=0)
+    capacity_gb: float | None = Field(default=None, gt=0, le=1e9)
     """Capacity of the DRAM or flash tier per GPU, GB (default: unlimited)."""

@@ -9,6 +9,9 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from fleetwise.config.scenario import Scenario
+from fleetwise.config.limits import MAX_YAML_BYTES
+from fleetwise.config.workload_fit import check_workload_fits
+from fleetwise.config.yaml_input import check_shape, decode_text, load_yaml, parse_yaml, short_repr
 
 
 def _fail(msg: str):
@@ -24,7 +27,7 @@ def apply_override(data: dict, assignment: str, source: str) -> None:
     path, raw = assignment.split("=", 1)
     keys = path.strip().split(".")
     try:
-        value = yaml.safe_load(raw)
+        value = load_yaml(raw, f"--set {path}")
     except yaml.YAMLError:
         value = raw
     node: Any = data
@@ -81,7 +84,7 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
         loc = tuple(e["loc"])
-        path = ".".join(str(p) for p in loc) or "(top level)"
+        path = ".".join(str(p) if len(str(p)) <= 80 else str(p)[:80] + "..." for p in loc) or "(top level)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             owner = _model_at(Scenario, loc[:-1])
@@ -90,9 +93,10 @@ def format_validation_error(err: ValidationError, source: str) -> str:
         elif e["type"] == "union_tag_invalid":
             expected = e.get("ctx", {}).get("expected_tags")
             if expected:
-                msg = f"unknown kind {e['input'].get('kind')!r}; allowed: {expected}" if isinstance(e.get("input"), dict) else msg
-        elif "input" in e and e["type"] not in ("missing",):
-            msg += f" (got {e['input']!r})"
+                msg = f"unknown kind {short_repr(e['input'].get('kind'))}; allowed: {expected}" if isinstance(e.get("input"), dict) else msg
+        elif "input" in e and e["type"] not in ("missing", "value_error", "assertion_error"):
+            # A validator's own message names the values it checked; others get the input quoted.
+            msg += f" (got {short_repr(e['input'])})"
         lines.append(f"{source}: {path}: {msg}")
     return "\n".join(lines)
 
@@ -101,26 +105,32 @@ def scenario_from_dict(data: dict, source: str = "<scenario>", base_dir: Path | 
     """Validates a scenario given as a dict; errors name ``source`` and the field path."""
     if not isinstance(data, dict):
         _fail(f"{source}: the scenario must be a mapping, got {type(data).__name__}")
+    check_shape(data, source)
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as err:
         _fail(format_validation_error(err, source))
     scenario._source = source
     scenario._base_dir = str(base_dir) if base_dir is not None else None
+    check_workload_fits(scenario)
     return scenario
 
 
 def load_scenario(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Scenario:
     """Reads a YAML scenario, applies ``path=value`` overrides and validates it."""
     p = Path(path)
+    if p.is_dir():
+        _fail(f"{p}: is a directory, not a scenario file")
     if not p.is_file():
         _fail(f"{p}: scenario file not found")
     try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f", line {mark.line + 1}" if mark is not None else ""
-        _fail(f"{p}{where}: invalid YAML: {getattr(err, 'problem', err)}")
+        size = p.stat().st_size
+        if size > MAX_YAML_BYTES:
+            _fail(f"{p}: {size} bytes; a scenario file may have at most {MAX_YAML_BYTES}")
+        raw = p.read_bytes()
+    except OSError as exc:
+        _fail(f"{p}: cannot read the scenario file: {exc.strerror or exc}")
+    data = parse_yaml(decode_text(raw, str(p)), str(p))
     if data is None:
         data = {}
     for assignment in overrides:

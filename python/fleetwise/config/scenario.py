@@ -9,6 +9,7 @@ from pydantic import Field, PrivateAttr, field_validator
 from fleetwise.catalog import CalibrationOverride, GpuSpec, ModelSpec, PimSpec
 from fleetwise.config.base import StrictModel
 from fleetwise.config.experts import ExpertsConfig
+from fleetwise.config.limits import MAX_COUNT, MAX_NAME_LENGTH, MAX_SEED, MAX_TOKENS
 from fleetwise.workload.config import WorkloadConfig
 
 
@@ -17,13 +18,13 @@ class VllmScheduler(StrictModel):
 
     kind: Literal["vllm"] = "vllm"
     """Selects this scheduler."""
-    max_num_seqs: int = Field(default=256, ge=1)
+    max_num_seqs: int = Field(default=256, ge=1, le=MAX_COUNT)
     """Most sequences in one iteration."""
-    max_num_batched_tokens: int | None = Field(default=None, ge=1)
+    max_num_batched_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
     """Most tokens in one iteration; default max(model context, 2048), as vLLM without chunked prefill."""
     preemption_mode: Literal["recompute", "swap"] = "recompute"
     """How to free KV when it runs out: drop and recompute, or swap to host memory over PCIe."""
-    swap_space_gb: float = Field(default=4.0, ge=0)
+    swap_space_gb: float = Field(default=4.0, ge=0, le=1e6)
     """Host memory for swapped KV per GPU, GiB (vLLM's swap_space)."""
 
 
@@ -32,9 +33,9 @@ class SarathiServeScheduler(StrictModel):
 
     kind: Literal["sarathi-serve"] = "sarathi-serve"
     """Selects this scheduler."""
-    max_num_seqs: int = Field(default=256, ge=1)
+    max_num_seqs: int = Field(default=256, ge=1, le=MAX_COUNT)
     """Most sequences in one iteration."""
-    token_budget: int = Field(default=512, ge=1)
+    token_budget: int = Field(default=512, ge=1, le=MAX_TOKENS)
     """Most tokens (decodes and prefill chunks) in one iteration."""
 
 
@@ -43,9 +44,9 @@ class SarathiScheduler(StrictModel):
 
     kind: Literal["sarathi"] = "sarathi"
     """Selects this scheduler."""
-    max_num_seqs: int = Field(default=256, ge=1)
+    max_num_seqs: int = Field(default=256, ge=1, le=MAX_COUNT)
     """Most sequences in one iteration."""
-    chunk_size: int = Field(default=512, ge=1)
+    chunk_size: int = Field(default=512, ge=1, le=MAX_TOKENS)
     """Prefill chunk size, tokens."""
 
 
@@ -54,7 +55,7 @@ class OrcaScheduler(StrictModel):
 
     kind: Literal["orca"] = "orca"
     """Selects this scheduler."""
-    max_num_seqs: int = Field(default=256, ge=1)
+    max_num_seqs: int = Field(default=256, ge=1, le=MAX_COUNT)
     """Most sequences in one iteration."""
     reserve: Literal["max-len", "oracle"] = "max-len"
     """KV reserved per request: the model's whole context (as Orca does) or its own prompt + output."""
@@ -66,9 +67,9 @@ class BatchLlmScheduler(StrictModel):
 
     kind: Literal["batchllm"] = "batchllm"
     """Selects this scheduler."""
-    max_num_seqs: int = Field(default=512, ge=1)
+    max_num_seqs: int = Field(default=512, ge=1, le=MAX_COUNT)
     """Most sequences in one iteration."""
-    token_budget: int = Field(default=2048, ge=1)
+    token_budget: int = Field(default=2048, ge=1, le=MAX_TOKENS)
     """Most tokens (decodes and prefill chunks) in one iteration."""
 
 
@@ -78,11 +79,11 @@ class VllmV1Scheduler(StrictModel):
 
     kind: Literal["vllm-v1"] = "vllm-v1"
     """Selects this scheduler."""
-    max_num_seqs: int = Field(default=256, ge=1)
+    max_num_seqs: int = Field(default=256, ge=1, le=MAX_COUNT)
     """Most sequences in one iteration."""
-    max_num_batched_tokens: int = Field(default=8192, ge=1)
+    max_num_batched_tokens: int = Field(default=8192, ge=1, le=MAX_TOKENS)
     """Most tokens in one iteration (vLLM v1's default for online serving)."""
-    max_prefill_chunk: int | None = Field(default=None, ge=1)
+    max_prefill_chunk: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
     """Most prompt tokens of one request per iteration (vLLM's long_prefill_token_threshold)."""
     reserve_full_prompt: bool = True
     """Admit a request only when its whole prompt's KV blocks are free (vLLM's scheduler_reserve_full_isl)."""
@@ -107,9 +108,9 @@ class PolicyScheduler(StrictModel):
     """Registered name (``fleetwise.policy.names("scheduler")``) or ``package.module:attr``."""
     params: dict = Field(default_factory=dict)
     """Keyword arguments for the policy's constructor."""
-    max_num_seqs: int = Field(default=256, ge=1)
+    max_num_seqs: int = Field(default=256, ge=1, le=MAX_COUNT)
     """Most sequences a plan may allow in one iteration."""
-    max_num_batched_tokens: int = Field(default=8192, ge=1)
+    max_num_batched_tokens: int = Field(default=8192, ge=1, le=MAX_TOKENS)
     """Most tokens a plan may allow in one iteration (sizes the activation memory)."""
 
 
@@ -169,15 +170,15 @@ RouterConfig = Annotated[
 class Parallelism(StrictModel):
     """How one instance spreads the model over GPUs."""
 
-    tp: int = Field(default=1, ge=1)
+    tp: int = Field(default=1, ge=1, le=MAX_COUNT)
     """Tensor-parallel degree."""
-    pp: int = Field(default=1, ge=1)
+    pp: int = Field(default=1, ge=1, le=MAX_COUNT)
     """Pipeline-parallel stages; an instance has tp x pp GPUs."""
-    microbatches: int | None = Field(default=None, ge=1)
+    microbatches: int | None = Field(default=None, ge=1, le=MAX_COUNT)
     """Micro-batches per iteration with pipelining (default: pp)."""
-    gpus_per_node: int = Field(default=8, ge=1)
+    gpus_per_node: int = Field(default=8, ge=1, le=MAX_COUNT)
     """GPUs per node (NVLink domain); an instance of more GPUs spans nodes over their NICs."""
-    ep: int = Field(default=1, ge=1)
+    ep: int = Field(default=1, ge=1, le=MAX_COUNT)
     """Expert parallelism for MoE models: 1 (experts sharded by tp) or tp (whole experts per GPU)."""
 
 
@@ -186,7 +187,7 @@ class MemorySettings(StrictModel):
 
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
     """Fraction of each GPU's memory the engine may use (vLLM's setting of the same name)."""
-    block_size: int = Field(default=16, ge=1)
+    block_size: int = Field(default=16, ge=1, le=MAX_TOKENS)
     """Tokens per KV-cache block."""
 
 
@@ -205,20 +206,20 @@ class OffloadConfig(StrictModel):
     """Stream the next layer's weights while the current layer computes."""
     storage: str = "nvme-gen4"
     """The flash drive (catalogue name), for the flash tier."""
-    queue_depth: int = Field(default=32, ge=1)
+    queue_depth: int = Field(default=32, ge=1, le=MAX_COUNT)
     """Flash reads in flight."""
-    read_chunk_kb: float = Field(default=64.0, gt=0)
+    read_chunk_kb: float = Field(default=64.0, gt=0, le=1e9)
     """Size of one flash read, KiB (larger reads: higher throughput, as "LLM in a flash" bundles rows and columns)."""
-    capacity_gb: float | None = Field(default=None, gt=0)
+    capacity_gb: float | None = Field(default=None, gt=0, le=1e9)
     """Capacity of the tier per GPU, GB (default: 256 for DRAM, 3840 for flash, as on a DGX H100)."""
 
 
 class PoolConfig(StrictModel):
     """A group of identical instances."""
 
-    name: str = "main"
-    """Pool name, shown in results."""
-    count: int = Field(default=1, ge=1)
+    name: str = Field(default="main", min_length=1, max_length=MAX_NAME_LENGTH)
+    """Pool name, shown in results (1 to 128 characters)."""
+    count: int = Field(default=1, ge=1, le=MAX_COUNT)
     """Number of instances."""
     gpu: str
     """GPU name from the catalogue or the scenario's ``gpus``."""
@@ -280,8 +281,8 @@ class Scenario(StrictModel):
 
     name: str = "scenario"
     """Scenario name; it names the default output directory (runs/<name>, sweeps/<name>), so it is one plain file name."""
-    seed: int = Field(default=0, ge=0)
-    """Seed of every random stream."""
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
+    """Seed of every random stream (0 to 2**64 - 1)."""
     gpus: dict[str, GpuSpec] = {}
     """User-defined GPUs (added to, or replacing, the catalogue's)."""
     models: dict[str, ModelSpec] = {}

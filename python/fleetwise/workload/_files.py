@@ -12,6 +12,13 @@ from typing import NoReturn
 
 import numpy as np
 import polars as pl
+from polars.exceptions import PanicException
+
+from fleetwise.config.limits import MAX_TEXT_TRACE_BYTES, MAX_TIME_NS, MAX_TOKENS
+
+POLARS_ERRORS = (Exception, PanicException)
+"""What a polars reader raises on a malformed file: its errors, and a Rust panic (a
+``BaseException``, which ``except Exception`` would let through)."""
 
 
 def resolve_path(raw: str, base_dir: Path | None) -> Path:
@@ -33,6 +40,9 @@ def resolve_path(raw: str, base_dir: Path | None) -> Path:
             return candidate
     from fleetwise.errors import ConfigError
 
+    for candidate in candidates:
+        if candidate.is_dir():
+            raise ConfigError(f"workload file {raw!r}: {candidate} is a directory, not a file")
     tried = ", ".join(str(c) for c in candidates)
     raise ConfigError(f"workload file {raw!r} not found (tried {tried})")
 
@@ -73,17 +83,21 @@ class TextTable:
             row, message = min(found)
             self.fail(row, message)
 
-    def int_values(self, name: str, minimum: int) -> tuple[pl.Series, Problem | None]:
+    def int_values(
+        self, name: str, minimum: int, maximum: int = MAX_TOKENS
+    ) -> tuple[pl.Series, Problem | None]:
         """Column ``name`` as int64 (null where invalid), and the first value that is not an
-        integer or is below ``minimum``, if any."""
+        integer or is outside ``minimum .. maximum``, if any."""
         raw = self.rows[name]
         values = raw.cast(pl.Int64, strict=False)
-        row = first_true(values.is_null() | (values < minimum))
+        row = first_true(values.is_null() | (values < minimum) | (values > maximum))
         if row is None:
             return values, None
         if values[row] is None:
-            return values, (row, f"{name} is not an integer: {raw[row]!r}")
-        return values, (row, f"{name} must be >= {minimum}, got {values[row]}")
+            return values, (row, f"{name} is not an integer: {clip(raw[row])}")
+        if values[row] < minimum:
+            return values, (row, f"{name} must be >= {minimum}, got {values[row]}")
+        return values, (row, f"{name} must be <= {maximum:,} tokens, got {values[row]}")
 
     def int_column(self, name: str, minimum: int) -> np.ndarray:
         """Column ``name`` as int64; ``TraceError`` at the first value that is not an integer or is
@@ -99,23 +113,75 @@ def first_true(mask: pl.Series) -> int | None:
     return None if hits.len() == 0 else int(hits[0])
 
 
+SPAN_YEARS = MAX_TIME_NS / 1e9 / 86400 / 365.25
+"""``MAX_TIME_NS`` in years, for messages."""
+
+
+def first_past_span(ns: pl.Series) -> int | None:
+    """The first entry of non-decreasing int64 nanoseconds ``ns`` more than ``MAX_TIME_NS`` after
+    ``ns[0]`` (computed without overflow), or ``None``."""
+    limit = int(ns[0]) + MAX_TIME_NS
+    if limit >= 2**63:
+        return None
+    return first_true(ns > limit)
+
+
+def first_backwards(values: pl.Series) -> int | None:
+    """The first entry smaller than the one before it (compared, never subtracted, so that huge
+    values cannot overflow into a false report), or ``None``."""
+    return first_true(values < values.shift(1))
+
+
+def clip(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to about ``limit`` characters, for quoting a bad value in a message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def read_text(path: Path) -> str:
     """The contents of ``path`` decoded as UTF-8 (a leading byte-order mark is dropped).
 
-    Raises ``TraceError`` naming the file when it is missing, unreadable or not UTF-8.
+    Raises ``TraceError`` naming the file when it is missing, a directory, unreadable, larger than
+    ``MAX_TEXT_TRACE_BYTES``, not UTF-8 (naming the line and byte offset) or binary (a NUL byte,
+    naming its line and byte offset).
     """
     from fleetwise.errors import TraceError
 
     try:
-        return path.read_bytes().decode("utf-8-sig")
+        if path.is_dir():
+            raise IsADirectoryError
+        size = path.stat().st_size
+        if size > MAX_TEXT_TRACE_BYTES:
+            raise TraceError(
+                f"{path}: {size:,} bytes; a text trace may have at most {MAX_TEXT_TRACE_BYTES:,} "
+                "(convert it to the parquet format)"
+            )
+        with path.open("rb") as file:
+            # A binary file is refused on its first block, before the rest is read.
+            data = file.read(1 << 16)
+            if b"\0" not in data:
+                data += file.read()
     except FileNotFoundError:
         raise TraceError(f"{path}: file not found") from None
     except IsADirectoryError:
         raise TraceError(f"{path}: is a directory, not a file") from None
-    except UnicodeDecodeError as exc:
-        raise TraceError(f"{path}: not UTF-8 text (invalid byte at offset {exc.start})") from None
     except OSError as exc:
         raise TraceError(f"{path}: cannot read file: {exc.strerror or exc}") from None
+    nul = data.find(b"\0")
+    if nul >= 0:
+        line = data.count(b"\n", 0, nul) + 1
+        raise TraceError(
+            f"{path}: line {line}: binary data (NUL byte at byte offset {nul}); expected a text "
+            "file (CSV, JSON Lines or JSON)"
+        )
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise TraceError(
+            f"{path}: line {line}: not UTF-8 text (invalid byte 0x{data[exc.start]:02x} at byte "
+            f"offset {exc.start})"
+        ) from None
 
 
 def parse_json(path: Path, text: str):
@@ -130,6 +196,8 @@ def parse_json(path: Path, text: str):
         raise TraceError(
             f"{path}: line {exc.lineno} column {exc.colno}: invalid JSON: {exc.msg}"
         ) from None
+    except RecursionError:
+        raise TraceError(f"{path}: JSON nested too deeply") from None
 
 
 def nonblank_lines(text: str) -> pl.DataFrame:
@@ -162,13 +230,15 @@ def read_table(path: Path, required: tuple[str, ...]) -> TextTable:
     duplicates = sorted({name for name in header if header.count(name) > 1})
     if duplicates:
         raise TraceError(
-            f"{path}: line {header_line}: duplicate column name(s) {', '.join(duplicates)}"
+            f"{path}: line {header_line}: duplicate column name(s) "
+            f"{', '.join(clip(name, 40) for name in duplicates[:10])}"
         )
     missing = [name for name in required if name not in header]
     if missing:
+        present = ", ".join(clip(name, 40)[1:-1] for name in header[:30])
         raise TraceError(
             f"{path}: line {header_line}: missing column(s) {', '.join(missing)}; expected "
-            f"{', '.join(required)}; columns present: {', '.join(header)}"
+            f"{', '.join(required)}; columns present: {present}"
         )
     body = frame.slice(1)
     table_lines = body["line"].to_numpy()

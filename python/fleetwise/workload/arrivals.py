@@ -18,6 +18,7 @@ import math
 
 import numpy as np
 
+from fleetwise.config.limits import MAX_TIME_NS
 from fleetwise.workload.config import (
     DiurnalArrivals,
     GammaArrivals,
@@ -38,6 +39,17 @@ def _check(n: int, **positive: float) -> None:
 
 
 def _to_ns(times_ns: np.ndarray) -> np.ndarray:
+    """Float nanoseconds rounded to int64; ``ConfigError`` when they are not finite or pass
+    ``MAX_TIME_NS`` (a rate far too low for the number of requests), instead of wrapping around."""
+    if times_ns.size and not (np.isfinite(times_ns).all() and times_ns.max() <= MAX_TIME_NS):
+        from fleetwise.errors import ConfigError
+
+        last = float(np.nanmax(times_ns)) / _NS
+        raise ConfigError(
+            f"workload.arrivals: the generated arrival times reach {last:.3g} s, past the "
+            f"{MAX_TIME_NS / _NS:.3g} s the simulator's clock allows: the rate is far too low for "
+            f"{times_ns.size} requests"
+        )
     return np.rint(times_ns).astype(np.int64)
 
 

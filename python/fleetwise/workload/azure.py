@@ -14,7 +14,16 @@ from pathlib import Path
 
 import polars as pl
 
-from fleetwise.workload._files import Problem, TextTable, first_true, read_table
+from fleetwise.workload._files import (
+    SPAN_YEARS,
+    Problem,
+    TextTable,
+    clip,
+    first_backwards,
+    first_past_span,
+    first_true,
+    read_table,
+)
 
 TIMESTAMP = "TIMESTAMP"
 """Header of the wall-clock arrival time column."""
@@ -33,6 +42,8 @@ _TIMESTAMP_PATTERN = (
 )
 _NS_PER_SECOND = 1_000_000_000
 _NS_PER_DAY = 86_400 * _NS_PER_SECOND
+# Days since 1970 whose nanoseconds fit in int64 with room for the time of day (1680 to 2260).
+_MIN_DAYS, _MAX_DAYS = -106_000, 106_000
 
 
 def load_azure_csv(path: str | Path) -> pl.DataFrame:
@@ -54,6 +65,14 @@ def load_azure_csv(path: str | Path) -> pl.DataFrame:
     prompt, bad_prompt = table.int_values(CONTEXT_TOKENS, minimum=1)
     output, bad_output = table.int_values(GENERATED_TOKENS, minimum=1)
     table.fail_first(bad_timestamp, bad_prompt, bad_output, _first_backwards(table, timestamps))
+    row = first_past_span(timestamps)
+    if row is not None:
+        raw = table.rows[TIMESTAMP]
+        table.fail(
+            row,
+            f"timestamp {clip(raw[row])} is more than {SPAN_YEARS:.0f} years after the first "
+            f"row's {clip(raw[0])} (line {table.line_of(0)})",
+        )
     return pl.DataFrame(
         {"arrival_ns": timestamps - timestamps[0], "prompt_tokens": prompt, "output_tokens": output}
     )
@@ -61,12 +80,12 @@ def load_azure_csv(path: str | Path) -> pl.DataFrame:
 
 def _first_backwards(table: TextTable, timestamps: pl.Series) -> Problem | None:
     """The first row whose timestamp is earlier than the previous row's, if any."""
-    row = first_true(timestamps.diff() < 0)
+    row = first_backwards(timestamps)
     if row is None:
         return None
     raw = table.rows[TIMESTAMP]
     return row, (
-        f"timestamp {raw[row]!r} is earlier than the previous row's {raw[row - 1]!r} "
+        f"timestamp {clip(raw[row])} is earlier than the previous row's {clip(raw[row - 1])} "
         f"(line {table.line_of(row - 1)}); rows must be in time order"
     )
 
@@ -80,7 +99,7 @@ def _parse_timestamps(table: TextTable) -> tuple[pl.Series, Problem | None]:
     off_hour, off_minute = (pl.col(name).cast(pl.Int64) for name in ("off_hour", "off_minute"))
     sign = pl.when(pl.col("sign") == "-").then(-1).otherwise(1)
     valid = (
-        pl.col("days").is_not_null()
+        pl.col("days").is_between(_MIN_DAYS, _MAX_DAYS)
         & (hour <= 23)
         & (minute <= 59)
         & (second <= 59)
@@ -105,7 +124,8 @@ def _parse_timestamps(table: TextTable) -> tuple[pl.Series, Problem | None]:
         return parsed, None
     return parsed, (
         row,
-        f"bad TIMESTAMP {raw[row]!r}; expected 'YYYY-MM-DD HH:MM:SS.fffffff', optionally with a "
+        f"bad TIMESTAMP {clip(raw[row])}; expected 'YYYY-MM-DD HH:MM:SS.fffffff' (years 1680 to "
+        "2260), optionally with a "
         "'+HH:MM' offset (e.g. '2023-11-16 18:17:03.9799600' or "
         "'2024-05-10 00:00:00.010000+00:00')",
     )

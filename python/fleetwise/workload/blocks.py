@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fleetwise.config.limits import MAX_HASH_ENTRIES
+
 
 @dataclass(frozen=True)
 class ComposedPrompts:
@@ -40,6 +42,7 @@ def compose_prompts(
     groups: np.ndarray | None = None,
     prefix_tokens: int = 0,
     group_count: int = 0,
+    max_blocks: int | None = None,
 ) -> ComposedPrompts:
     """Compose the prompts of sessions of requests.
 
@@ -54,6 +57,11 @@ def compose_prompts(
     ceil(prefix_tokens / block_tokens)`` entries are ``g * P, ..., g * P + P - 1`` (shared by the
     group); every other entry is a hash used by no other session (numbered from
     ``group_count * P`` up).
+
+    ``max_blocks`` (when given) caps every request's ``hash_ids`` at that many entries: the hashes
+    of the tokens past it are not built (a caller passes the longest context any model serves, in
+    blocks, as a longer request can never run). Raises ``ConfigError`` before allocating them when
+    all requests together would need more than ``MAX_HASH_ENTRIES`` hashes.
     """
     turns = np.asarray(turns, dtype=np.int64)
     new_tokens = np.asarray(new_tokens, dtype=np.int64)
@@ -83,7 +91,11 @@ def compose_prompts(
     prompt = total - (total[first] - increment[first])[session]
 
     blocks = -(-prompt // block_tokens)
+    if max_blocks is not None:
+        blocks = np.minimum(blocks, max_blocks)
+        shared_blocks = np.minimum(shared_blocks, max_blocks)
     session_blocks = blocks[last]
+    _check_hash_budget(int(blocks.sum()), int(session_blocks.sum()), block_tokens)
     unique_blocks = session_blocks - shared_blocks
     unique_base = group_count * prefix_block_count + np.cumsum(unique_blocks) - unique_blocks
     session_offset = np.cumsum(session_blocks) - session_blocks
@@ -101,4 +113,19 @@ def compose_prompts(
         session_hashes=session_hashes,
         hash_start=session_offset[session],
         hash_count=blocks,
+    )
+
+
+def _check_hash_budget(request_hashes: int, session_hashes: int, block_tokens: int) -> None:
+    """``ConfigError`` when the hash lists would hold more than ``MAX_HASH_ENTRIES`` entries."""
+    need = max(request_hashes, session_hashes)
+    if need <= MAX_HASH_ENTRIES:
+        return
+    from fleetwise.errors import ConfigError
+
+    raise ConfigError(
+        f"workload: the prompts' prefix-block hashes (hash_ids, one per {block_tokens} tokens of "
+        f"every prompt) would need {need:,} entries ({need * 8 / 2**30:.1f} GiB); at most "
+        f"{MAX_HASH_ENTRIES:,} are allowed: lower workload.requests, the prompt lengths, "
+        "prefixes.prefix_tokens or sessions.turns_mean, or raise block_tokens"
     )

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from fleetwise.config.limits import MAX_TOKENS
 from fleetwise.workload._files import resolve_path
 from fleetwise.workload.mooncake import MOONCAKE_BLOCK_TOKENS
 from fleetwise.workload.arrivals import generate_arrivals
@@ -40,7 +41,9 @@ def _rng(seed: int, key: int) -> np.random.Generator:
     return np.random.default_rng([seed, key])
 
 
-def build_workload(cfg: WorkloadConfig, seed: int, base_dir: Path | None = None) -> Workload:
+def build_workload(
+    cfg: WorkloadConfig, seed: int, base_dir: Path | None = None, context_tokens: int | None = None
+) -> Workload:
     """Generate (synthetic arrivals) or load (trace arrivals) the requests ``cfg`` describes.
 
     ``seed`` makes the result deterministic; each purpose draws from its own stream
@@ -53,10 +56,15 @@ def build_workload(cfg: WorkloadConfig, seed: int, base_dir: Path | None = None)
     sorted by arrival (stable), so a session's turns are interleaved with other sessions'.
     ``hash_ids`` are set when the trace has them or ``prefixes`` / ``sessions`` is given;
     ``session_id`` when the trace has it or ``sessions`` is given.
+
+    ``context_tokens`` (the longest context any model of the cluster serves) bounds the work and
+    memory spent on prompt structure: a request's generated ``hash_ids`` cover at most its first
+    ``context_tokens`` tokens, since a longer request can never run. Whatever it is, generated
+    hashes beyond ``MAX_HASH_ENTRIES`` in all raise ``ConfigError`` before they are allocated.
     """
     arrivals = cfg.arrivals
     if isinstance(arrivals, TraceArrivals):
-        return _replay_trace(cfg, arrivals, seed, base_dir)
+        return _replay_trace(cfg, arrivals, seed, base_dir, context_tokens)
     if not isinstance(arrivals, GeneratedArrivals):
         raise TypeError(f"unknown arrival process {type(arrivals).__name__}")
     assert cfg.lengths is not None and cfg.requests is not None  # enforced by WorkloadConfig
@@ -77,7 +85,7 @@ def build_workload(cfg: WorkloadConfig, seed: int, base_dir: Path | None = None)
     else:
         arrival = starts
     with_sessions = cfg.sessions is not None
-    return _compose(cfg, seed, arrival, turns, new_tokens, output, with_sessions)
+    return _compose(cfg, seed, arrival, turns, new_tokens, output, with_sessions, context_tokens)
 
 
 def _compose(
@@ -88,6 +96,7 @@ def _compose(
     new_tokens: np.ndarray,
     output: np.ndarray,
     with_sessions: bool,
+    context_tokens: int | None = None,
 ) -> Workload:
     """Build prompts and hashes for requests given session by session, then sort by arrival."""
     prefixes = cfg.prefixes
@@ -103,7 +112,17 @@ def _compose(
         groups=groups,
         prefix_tokens=prefixes.prefix_tokens if prefixes else 0,
         group_count=prefixes.groups if prefixes else 0,
+        max_blocks=None if context_tokens is None else -(-context_tokens // block_tokens),
     )
+    longest = int(composed.prompt_tokens.max()) if len(composed.prompt_tokens) else 0
+    if longest > MAX_TOKENS:
+        from fleetwise.errors import ConfigError
+
+        grows = "sessions (each turn resends the conversation so far)" if with_sessions else "prefixes"
+        raise ConfigError(
+            f"workload: with {grows} a prompt reaches {longest:,} tokens; at most {MAX_TOKENS:,} "
+            "are allowed: lower sessions.turns_mean, the lengths or prefixes.prefix_tokens"
+        )
     order = np.argsort(arrival, kind="stable")
     offsets, values = composed.hash_lists(order)
     session = np.repeat(np.arange(len(turns), dtype=np.int64), turns)
@@ -118,10 +137,15 @@ def _compose(
 
 
 def _replay_trace(
-    cfg: WorkloadConfig, arrivals: TraceArrivals, seed: int, base_dir: Path | None
+    cfg: WorkloadConfig,
+    arrivals: TraceArrivals,
+    seed: int,
+    base_dir: Path | None,
+    context_tokens: int | None = None,
 ) -> Workload:
     path = resolve_path(arrivals.path, base_dir)
-    frame = replay_frame(arrivals, path, cfg.requests)
+    selection: dict[str, int] = {}
+    frame = replay_frame(arrivals, path, cfg.requests, selection)
     arrival = frame["arrival_ns"].to_numpy()
     prompt = frame["prompt_tokens"].to_numpy()
     output = frame["output_tokens"].to_numpy()
@@ -134,11 +158,14 @@ def _replay_trace(
                 f"prefixes cannot be added to the trace {path}: it has its own hash_ids"
             )
         workload = _compose(
-            cfg, seed, arrival, np.ones(len(arrival), dtype=np.int64), prompt, output, False
+            cfg, seed, arrival, np.ones(len(arrival), dtype=np.int64), prompt, output, False,
+            context_tokens,
         )
-        if session_id is None:
-            return workload
-        return dataclasses.replace(workload, session_id=session_id)
+        return dataclasses.replace(
+            workload,
+            session_id=session_id if session_id is not None else workload.session_id,
+            selection=selection,
+        )
     hash_ids: pl.Series | None = frame["hash_ids"] if "hash_ids" in frame.columns else None
     block = arrivals.hash_block_tokens or (MOONCAKE_BLOCK_TOKENS if arrivals.format == "mooncake" else None)
     return Workload(
@@ -148,4 +175,5 @@ def _replay_trace(
         hash_ids=hash_ids,
         session_id=session_id,
         hash_block_tokens=block if hash_ids is not None else None,
+        selection=selection,
     )

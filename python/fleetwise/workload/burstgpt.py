@@ -8,12 +8,14 @@ is 0 are requests that failed (the BurstGPT README says so); they are dropped an
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from fleetwise.workload._files import first_true, read_table
+from fleetwise.config.limits import MAX_TIME_NS
+from fleetwise.workload._files import SPAN_YEARS, clip, first_true, read_table
 from fleetwise.workload.loaded import LoadedTable
 
 TIMESTAMP = "Timestamp"
@@ -60,18 +62,17 @@ def read_burstgpt(
         raise TraceError(f"{table.path}: has a header but no requests")
     raw_time = table.rows[TIMESTAMP]
     seconds = raw_time.cast(pl.Float64, strict=False)
-    bad_time = first_true(seconds.is_null() | ~seconds.is_finite())
+    bad_time = first_true(seconds.is_null() | ~seconds.is_finite() | (seconds < 0))
     prompt, bad_prompt = table.int_values(REQUEST_TOKENS, minimum=0)
     output, bad_output = table.int_values(RESPONSE_TOKENS, minimum=0)
     time_problem = None
     if bad_time is not None:
-        time_problem = (
-            bad_time,
-            f"{TIMESTAMP} is not a number of seconds: {raw_time[bad_time]!r}",
-        )
+        what = "is not a number of seconds" if seconds[bad_time] is None or not math.isfinite(seconds[bad_time]) else "must be >= 0 (seconds since the trace start), got"
+        time_problem = (bad_time, f"{TIMESTAMP} {what}: {clip(raw_time[bad_time])}")
     table.fail_first(time_problem, bad_prompt, bad_output)
 
     columns = {
+        "line": table.lines,
         "seconds": seconds,
         "model": table.rows[MODEL],
         "prompt_tokens": prompt,
@@ -103,7 +104,16 @@ def read_burstgpt(
 
     frame = frame.sort("seconds", maintain_order=True)
     seconds_kept = frame["seconds"].to_numpy()
-    arrival_ns = np.rint((seconds_kept - seconds_kept[0]) * 1e9).astype(np.int64)
+    relative_ns = (seconds_kept - seconds_kept[0]) * 1e9
+    beyond = np.flatnonzero(relative_ns > MAX_TIME_NS)
+    if beyond.size:
+        row = int(beyond[0])
+        raise TraceError(
+            f"{table.path}: line {frame['line'][row]}: {TIMESTAMP} {seconds_kept[row]:g} s is more "
+            f"than {SPAN_YEARS:.0f} years after the earliest kept row's {seconds_kept[0]:g} s "
+            f"(line {frame['line'][0]}); timestamps are seconds since the trace start"
+        )
+    arrival_ns = np.rint(relative_ns).astype(np.int64)
     result = pl.DataFrame(
         {
             "arrival_ns": arrival_ns,

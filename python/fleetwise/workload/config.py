@@ -8,6 +8,10 @@ from typing import Annotated, Literal, Union
 from pydantic import Field, model_validator
 
 from fleetwise.config.base import StrictModel
+from fleetwise.config.limits import MAX_REQUESTS, MAX_TIME_NS, MAX_TOKENS
+
+MAX_TIME_S = MAX_TIME_NS / 1e9
+"""Longest time a window or offset may span, seconds (``MAX_TIME_NS``)."""
 
 TraceFormat = Literal["azure", "mooncake", "burstgpt", "parquet"]
 """The trace formats (files with arrival times and token counts) fleetwise reads."""
@@ -54,9 +58,9 @@ class OnOffArrivals(StrictModel):
     rate: float = Field(gt=0, allow_inf_nan=False)
     """Arrival rate during on periods, requests per second (the long-run mean is
     ``rate * on_s / (on_s + off_s)``)."""
-    on_s: float = Field(gt=0, allow_inf_nan=False)
+    on_s: float = Field(gt=0, le=MAX_TIME_S, allow_inf_nan=False)
     """Length of each on period, seconds."""
-    off_s: float = Field(ge=0, allow_inf_nan=False)
+    off_s: float = Field(ge=0, le=MAX_TIME_S, allow_inf_nan=False)
     """Length of each off period, seconds (0: plain Poisson)."""
 
 
@@ -72,9 +76,9 @@ class DiurnalArrivals(StrictModel):
     amplitude: float = Field(ge=0, le=1, allow_inf_nan=False)
     """Relative swing of the rate: the peak is ``mean_rate * (1 + amplitude)`` and the trough
     ``mean_rate * (1 - amplitude)``."""
-    period_s: float = Field(gt=0, allow_inf_nan=False)
+    period_s: float = Field(gt=0, le=MAX_TIME_S, allow_inf_nan=False)
     """Period of the rate, seconds (86400 for a daily cycle)."""
-    phase_s: float = Field(default=0.0, allow_inf_nan=False)
+    phase_s: float = Field(default=0.0, ge=-MAX_TIME_S, le=MAX_TIME_S, allow_inf_nan=False)
     """Shift of the cycle, seconds: the rate at time ``t`` is the unshifted rate at
     ``t + phase_s`` (``period_s / 4`` starts at the peak)."""
 
@@ -89,7 +93,7 @@ class RampArrivals(StrictModel):
     """Rate at time 0, requests per second."""
     end_rate: float = Field(gt=0, allow_inf_nan=False)
     """Rate from ``duration_s`` on, requests per second."""
-    duration_s: float = Field(gt=0, allow_inf_nan=False)
+    duration_s: float = Field(gt=0, le=MAX_TIME_S, allow_inf_nan=False)
     """Length of the ramp, seconds."""
 
 
@@ -112,22 +116,22 @@ class TraceArrivals(StrictModel):
     """The trace format: ``azure`` (Azure LLM inference 2023/2024 CSV), ``mooncake`` (Mooncake
     JSONL with ``hash_ids``), ``burstgpt`` (BurstGPT CSV) or ``parquet`` (fleetwise's native
     Parquet). See ``traces/README.md``."""
-    hash_block_tokens: int | None = Field(default=None, ge=1)
+    hash_block_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
     """Tokens each prefix-block hash of the trace covers, for prefix caching (Mooncake: 512 by default)."""
-    rate_scale: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    rate_scale: float = Field(default=1.0, ge=1e-6, le=1e9, allow_inf_nan=False)
     """Multiplies the arrival rate by dividing every arrival offset (2.0 replays twice as fast)."""
-    start_s: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    start_s: float = Field(default=0.0, ge=0, le=MAX_TIME_S, allow_inf_nan=False)
     """Start of the replayed window, seconds after the trace's first request."""
-    duration_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    duration_s: float | None = Field(default=None, gt=0, le=MAX_TIME_S, allow_inf_nan=False)
     """Length of the replayed window, seconds: requests arriving in ``[start_s, start_s +
     duration_s)`` are kept. ``None``: to the end of the trace."""
-    min_prompt_tokens: int | None = Field(default=None, ge=1)
+    min_prompt_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
     """Drop requests with fewer prompt tokens (applied after the time window). ``None``: no
     limit."""
-    max_prompt_tokens: int | None = Field(default=None, ge=1)
+    max_prompt_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
     """Drop requests with more prompt tokens (applied after the time window). ``None``: no
     limit."""
-    max_output_tokens: int | None = Field(default=None, ge=1)
+    max_output_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
     """Drop requests with more output tokens (applied after the time window). ``None``: no
     limit."""
     model: str | None = None
@@ -178,9 +182,9 @@ class ConstantLengths(StrictModel):
 
     kind: Literal["constant"] = "constant"
     """Selects this length distribution."""
-    prompt: int = Field(ge=1)
+    prompt: int = Field(ge=1, le=MAX_TOKENS)
     """Prompt (prefill) tokens per request."""
-    output: int = Field(ge=1)
+    output: int = Field(ge=1, le=MAX_TOKENS)
     """Output (decode) tokens per request."""
 
 
@@ -189,13 +193,13 @@ class UniformLengths(StrictModel):
 
     kind: Literal["uniform"] = "uniform"
     """Selects this length distribution."""
-    prompt_min: int = Field(ge=1)
+    prompt_min: int = Field(ge=1, le=MAX_TOKENS)
     """Smallest prompt length (inclusive)."""
-    prompt_max: int = Field(ge=1)
+    prompt_max: int = Field(ge=1, le=MAX_TOKENS)
     """Largest prompt length (inclusive)."""
-    output_min: int = Field(ge=1)
+    output_min: int = Field(ge=1, le=MAX_TOKENS)
     """Smallest output length (inclusive)."""
-    output_max: int = Field(ge=1)
+    output_max: int = Field(ge=1, le=MAX_TOKENS)
     """Largest output length (inclusive)."""
 
     @model_validator(mode="after")
@@ -217,17 +221,17 @@ class LognormalLengths(StrictModel):
 
     kind: Literal["lognormal"] = "lognormal"
     """Selects this length distribution."""
-    prompt_median: float = Field(gt=0, allow_inf_nan=False)
+    prompt_median: float = Field(gt=0, le=MAX_TOKENS, allow_inf_nan=False)
     """Median prompt length in tokens (``exp(mu)`` of the underlying normal)."""
-    prompt_sigma: float = Field(ge=0, allow_inf_nan=False)
+    prompt_sigma: float = Field(ge=0, le=20, allow_inf_nan=False)
     """Standard deviation of the log of the prompt length."""
-    output_median: float = Field(gt=0, allow_inf_nan=False)
+    output_median: float = Field(gt=0, le=MAX_TOKENS, allow_inf_nan=False)
     """Median output length in tokens."""
-    output_sigma: float = Field(ge=0, allow_inf_nan=False)
+    output_sigma: float = Field(ge=0, le=20, allow_inf_nan=False)
     """Standard deviation of the log of the output length."""
-    prompt_max: int | None = Field(default=None, ge=1)
+    prompt_max: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
     """Largest prompt length; longer samples are clipped to it. ``None``: no limit."""
-    output_max: int | None = Field(default=None, ge=1)
+    output_max: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
     """Largest output length; longer samples are clipped to it. ``None``: no limit."""
 
 
@@ -260,10 +264,10 @@ class FileLengths(StrictModel):
     """``csv`` only: the column holding prompt (prefill) token counts."""
     output_column: str = "num_decode_tokens"
     """``csv`` only: the column holding output (decode) token counts."""
-    chars_per_token: float = Field(default=4.0, gt=0, allow_inf_nan=False)
+    chars_per_token: float = Field(default=4.0, ge=0.01, le=1e6, allow_inf_nan=False)
     """``sharegpt`` only: a message of ``c`` characters counts as ``ceil(c / chars_per_token)``
     tokens (at least 1)."""
-    max_total_tokens: int | None = Field(default=None, ge=2)
+    max_total_tokens: int | None = Field(default=None, ge=2, le=2 * MAX_TOKENS)
     """Rows whose prompt + output exceeds this are dropped before sampling. ``None``: keep all."""
 
     @model_validator(mode="after")
@@ -290,11 +294,11 @@ class FitLengths(StrictModel):
     """``csv`` only: the column holding prompt (prefill) token counts."""
     output_column: str = "num_decode_tokens"
     """``csv`` only: the column holding output (decode) token counts."""
-    chars_per_token: float = Field(default=4.0, gt=0, allow_inf_nan=False)
+    chars_per_token: float = Field(default=4.0, ge=0.01, le=1e6, allow_inf_nan=False)
     """``sharegpt`` only: characters per estimated token."""
-    prompt_max: int | None = Field(default=None, ge=1)
+    prompt_max: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
     """Largest prompt length; longer samples are clipped to it. ``None``: no limit."""
-    output_max: int | None = Field(default=None, ge=1)
+    output_max: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
     """Largest output length; longer samples are clipped to it. ``None``: no limit."""
 
     @model_validator(mode="after")
@@ -324,13 +328,13 @@ class PrefixGroups(StrictModel):
     multiple for exact block accounting. All other blocks get hashes no other request has.
     """
 
-    groups: int = Field(ge=1)
+    groups: int = Field(ge=1, le=MAX_REQUESTS)
     """Number of distinct shared prefixes; each member picks one uniformly at random."""
-    prefix_tokens: int = Field(ge=1)
+    prefix_tokens: int = Field(ge=1, le=MAX_TOKENS)
     """Length of every shared prefix, tokens."""
     fraction: float = Field(ge=0, le=1, allow_inf_nan=False)
     """Probability that a request (a session, with ``sessions``) gets a shared prefix."""
-    block_tokens: int = Field(default=16, ge=1)
+    block_tokens: int = Field(default=16, ge=1, le=MAX_TOKENS)
     """Tokens per KV block, the unit ``hash_ids`` are counted in."""
 
 
@@ -349,11 +353,11 @@ class Sessions(StrictModel):
     keep ``turns_mean`` small when the model's context is short.
     """
 
-    turns_mean: float = Field(ge=1, allow_inf_nan=False)
+    turns_mean: float = Field(ge=1, le=MAX_REQUESTS, allow_inf_nan=False)
     """Mean number of turns per session (1: every session is a single request)."""
-    think_time_s: float = Field(ge=0, allow_inf_nan=False)
+    think_time_s: float = Field(ge=0, le=MAX_TIME_S, allow_inf_nan=False)
     """Mean gap between the arrivals of consecutive turns of a session, seconds (exponential)."""
-    block_tokens: int = Field(default=16, ge=1)
+    block_tokens: int = Field(default=16, ge=1, le=MAX_TOKENS)
     """Tokens per KV block, the unit ``hash_ids`` are counted in."""
 
 
@@ -371,7 +375,7 @@ class WorkloadConfig(StrictModel):
     """Prompt and output lengths (``kind``: ``constant``, ``uniform``, ``lognormal``, ``file`` or
     ``fit``). Required with generated arrivals; not allowed with a trace, which carries its own
     lengths."""
-    requests: int | None = Field(default=None, ge=1)
+    requests: int | None = Field(default=None, ge=1, le=MAX_REQUESTS)
     """Number of requests. Required with generated arrivals; with a trace, only the first
     ``requests`` rows (after the trace's window and filters) are replayed (``None``: all of
     them)."""

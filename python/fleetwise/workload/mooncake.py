@@ -21,7 +21,16 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from fleetwise.workload._files import first_true, nonblank_lines, read_text
+from fleetwise.config.limits import MAX_TIME_NS, MAX_TOKENS
+from fleetwise.workload._files import (
+    POLARS_ERRORS,
+    SPAN_YEARS,
+    clip,
+    first_backwards,
+    first_true,
+    nonblank_lines,
+    read_text,
+)
 
 MOONCAKE_BLOCK_TOKENS = 512
 """Tokens per ``hash_ids`` block in the released Mooncake traces."""
@@ -60,9 +69,9 @@ def load_mooncake(path: str | Path) -> pl.DataFrame:
     body = "\n".join(lines["text"].to_list()).encode("utf-8")
     try:
         frame = pl.read_ndjson(io.BytesIO(body), schema=_SCHEMA)
-    except Exception as exc:  # noqa: BLE001 - polars raises several types; find the culprit
+    except POLARS_ERRORS as exc:  # polars raises several types, or panics; find the culprit
         _raise_first_bad_line(path, lines)
-        raise TraceError(f"{path}: cannot parse as JSON Lines: {exc}") from None
+        raise TraceError(f"{path}: cannot parse as JSON Lines: {clip(str(exc), 200)}") from None
     if frame.height != lines.height:
         _raise_first_bad_line(path, lines)
         raise TraceError(
@@ -90,11 +99,17 @@ def load_mooncake(path: str | Path) -> pl.DataFrame:
         row = first_true(frame[key] < 1)
         if row is not None:
             fail(row, f"{key} must be >= 1, got {frame[key][row]}")
+        row = first_true(frame[key] > MAX_TOKENS)
+        if row is not None:
+            fail(row, f"{key} must be <= {MAX_TOKENS:,} tokens, got {frame[key][row]}")
     timestamps = frame["timestamp"]
     row = first_true(~timestamps.is_finite())
     if row is not None:
         fail(row, f"timestamp must be a finite number, got {timestamps[row]}")
-    row = first_true(timestamps.diff() < 0)
+    row = first_true(timestamps < 0)
+    if row is not None:
+        fail(row, f"timestamp must be >= 0 (milliseconds since the trace start), got {timestamps[row]:g}")
+    row = first_backwards(timestamps)
     if row is not None:
         fail(
             row,
@@ -103,7 +118,17 @@ def load_mooncake(path: str | Path) -> pl.DataFrame:
         )
 
     ms = timestamps.to_numpy()
-    arrival_ns = np.rint((ms - ms[0]) * 1e6).astype(np.int64)
+    relative_ns = (ms - ms[0]) * 1e6
+    beyond = np.flatnonzero(relative_ns > MAX_TIME_NS)
+    if beyond.size:
+        row = int(beyond[0])
+        fail(
+            row,
+            f"timestamp {timestamps[row]:g} ms is more than {SPAN_YEARS:.0f} years after the first "
+            f"line's {timestamps[0]:g} (line {int(numbers[0])}); timestamps are milliseconds "
+            "since the trace start (is this trace in another unit, such as nanoseconds?)",
+        )
+    arrival_ns = np.rint(relative_ns).astype(np.int64)
     columns = [
         pl.Series("arrival_ns", arrival_ns),
         frame["input_length"].alias("prompt_tokens"),
@@ -135,6 +160,8 @@ def _record_problem(text: str) -> str | None:
         record = json.loads(text)
     except json.JSONDecodeError as exc:
         return f"invalid JSON at column {exc.colno}: {exc.msg}"
+    except RecursionError:
+        return "JSON nested too deeply"
     if not isinstance(record, dict):
         return f"expected a JSON object, got {type(record).__name__}"
     for key in _REQUIRED:
@@ -142,20 +169,22 @@ def _record_problem(text: str) -> str | None:
             return f"missing or null key {key!r}"
     timestamp = record["timestamp"]
     if isinstance(timestamp, bool) or not isinstance(timestamp, (int, float)):
-        return f"timestamp must be a number (milliseconds), got {timestamp!r}"
+        return f"timestamp must be a number (milliseconds), got {clip(timestamp)}"
     if not math.isfinite(timestamp):
         return f"timestamp must be a finite number, got {timestamp!r}"
     for key in ("input_length", "output_length"):
         value = record[key]
         if not _is_int(value):
-            return f"{key} must be an integer, got {value!r}"
+            return f"{key} must be an integer, got {clip(value)}"
         if value < 1:
             return f"{key} must be >= 1, got {value}"
+        if value > MAX_TOKENS:
+            return f"{key} must be <= {MAX_TOKENS:,} tokens, got {clip(value)}"
     hashes = record.get("hash_ids")
     if hashes is not None:
         if not isinstance(hashes, list):
             return f"hash_ids must be a list of integers, got {hashes!r}"[:200]
         for index, value in enumerate(hashes):
             if not _is_int(value) or not -_INT64_MAX - 1 <= value <= _INT64_MAX:
-                return f"hash_ids[{index}] must be a 64-bit integer, got {value!r}"
+                return f"hash_ids[{index}] must be a 64-bit integer, got {clip(value)}"
     return None

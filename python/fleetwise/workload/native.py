@@ -12,7 +12,14 @@ from pathlib import Path
 
 import polars as pl
 
-from fleetwise.workload._files import first_true
+from fleetwise.config.limits import MAX_TOKENS
+from fleetwise.workload._files import (
+    POLARS_ERRORS,
+    SPAN_YEARS,
+    first_backwards,
+    first_past_span,
+    first_true,
+)
 
 REQUIRED_COLUMNS = ("arrival_ns", "prompt_tokens", "output_tokens")
 """The columns a native trace must have."""
@@ -36,11 +43,13 @@ def load_parquet(path: str | Path) -> pl.DataFrame:
     from fleetwise.errors import TraceError
 
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise TraceError(f"{path}: file not found")
+    if path.is_dir():
+        raise TraceError(f"{path}: is a directory, not a file")
     try:
         frame = pl.read_parquet(path)
-    except Exception as exc:  # noqa: BLE001 - polars/arrow raise several types
+    except POLARS_ERRORS as exc:  # polars/arrow raise several types, or panic
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise TraceError(f"{path}: not a readable Parquet file: {message}") from None
 
@@ -77,7 +86,7 @@ def load_parquet(path: str | Path) -> pl.DataFrame:
         target = pl.List(pl.Int64) if name == "hash_ids" else pl.Int64
         try:
             casts[name] = frame[name].cast(target)
-        except Exception:  # noqa: BLE001 - overflow of an unsigned or wide value
+        except POLARS_ERRORS:  # overflow of an unsigned or wide value
             if name == "hash_ids":
                 rows = pl.Series(range(frame.height)).to_frame("row").with_columns(frame[name])
                 flat = rows.explode(name)
@@ -96,12 +105,22 @@ def load_parquet(path: str | Path) -> pl.DataFrame:
         row = first_true(frame[name] < 1)
         if row is not None:
             fail(f"{name} must be >= 1, got {frame[name][row]}", row)
+        row = first_true(frame[name] > MAX_TOKENS)
+        if row is not None:
+            fail(f"{name} must be <= {MAX_TOKENS:,} tokens, got {frame[name][row]}", row)
     arrival = frame["arrival_ns"]
-    row = first_true(arrival.diff() < 0)
+    row = first_backwards(arrival)
     if row is not None:
         fail(
             f"arrival_ns {arrival[row]} is smaller than the previous row's {arrival[row - 1]}; "
             "rows must be in arrival order",
+            row,
+        )
+    row = first_past_span(arrival)
+    if row is not None:
+        fail(
+            f"arrival_ns {arrival[row]} is more than {SPAN_YEARS:.0f} years after the first row's "
+            f"{arrival[0]}",
             row,
         )
     if "session_id" in frame.columns:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +37,10 @@ class Workload:
     hash_block_tokens: int | None = None
     """Tokens each entry of ``hash_ids`` covers (512 in Mooncake traces; the generators'
     ``block_tokens``). ``None``: unknown, which prefix caching refuses."""
+    selection: Mapping[str, int] | None = None
+    """For a replayed trace: ``rows_read`` and how many rows each filter left out on purpose
+    (``outside_window``, ``max_prompt_tokens``, ..., ``beyond_requests``, BurstGPT's ``failed``)
+    and ``replayed``. ``None``: not a trace."""
 
     def __post_init__(self) -> None:
         for name in ("arrival_ns", "prompt_tokens", "output_tokens"):

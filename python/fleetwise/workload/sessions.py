@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 
+from fleetwise.config.limits import MAX_TIME_NS
+
 
 def session_turns(n: int, turns_mean: float, rng: np.random.Generator) -> np.ndarray:
     """The number of turns of each session, for ``n`` requests in all (int64, sums to ``n``).
@@ -61,4 +63,11 @@ def session_arrivals(
     elapsed = np.cumsum(think_ns)
     # Segmented cumulative sum: subtract what had elapsed before the session's first turn.
     since_start = elapsed - elapsed[first[session]]
+    if n and not (starts_ns[session] + since_start <= MAX_TIME_NS).all():
+        from fleetwise.errors import ConfigError
+
+        raise ConfigError(
+            f"workload.sessions.think_time_s: turns {think_time_s:g} s apart arrive past the "
+            f"{MAX_TIME_NS / 1e9:.3g} s the simulator's clock allows; lower think_time_s or turns_mean"
+        )
     return starts_ns[session] + np.rint(since_start).astype(np.int64)

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import polars as pl
 
-from fleetwise.workload._files import parse_json, first_true, read_text
+from fleetwise.config.limits import MAX_TOKENS
+from fleetwise.workload._files import POLARS_ERRORS, clip, first_true, parse_json, read_text
 
 PROMPT_ROLES = ("human", "user")
 """``from`` values of a prompt message."""
@@ -51,9 +52,9 @@ def load_sharegpt(path: str | Path, chars_per_token: float = 4.0) -> pl.DataFram
         raise TraceError(f"{path}: expected a JSON list of conversation records")
     try:
         records = pl.read_json(io.BytesIO(text.encode("utf-8")), schema=_SCHEMA)
-    except Exception as exc:  # noqa: BLE001 - polars raises several types; find the culprit
+    except POLARS_ERRORS as exc:  # polars raises several types, or panics; find the culprit
         _raise_first_problem(path, text)
-        raise TraceError(f"{path}: cannot parse as ShareGPT JSON: {exc}") from None
+        raise TraceError(f"{path}: cannot parse as ShareGPT JSON: {clip(str(exc), 200)}") from None
 
     row = first_true(records["conversations"].is_null())
     if row is not None:
@@ -105,6 +106,12 @@ def load_sharegpt(path: str | Path, chars_per_token: float = 4.0) -> pl.DataFram
         raise TraceError(
             f"{path}: no request: no {'/'.join(PROMPT_ROLES)} message is followed by a "
             f"{'/'.join(REPLY_ROLES)} message"
+        )
+    too_long = first_true((pairs["tokens"] > MAX_TOKENS) | (pairs["next_tokens"] > MAX_TOKENS))
+    if too_long is not None:
+        raise TraceError(
+            f"{path}: record {int(pairs['record'][too_long])} (0-based): a message of more than "
+            f"{MAX_TOKENS:,} tokens (at {chars_per_token:g} characters per token)"
         )
     return pairs.select(
         pl.col("tokens").alias("prompt_tokens"), pl.col("next_tokens").alias("output_tokens")

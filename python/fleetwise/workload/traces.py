@@ -11,7 +11,8 @@ import numpy as np
 import polars as pl
 
 from fleetwise.workload.azure import load_azure_csv
-from fleetwise.workload.burstgpt import load_burstgpt
+from fleetwise.config.limits import MAX_TIME_NS
+from fleetwise.workload.burstgpt import load_burstgpt, read_burstgpt
 from fleetwise.workload.config import TraceArrivals, TraceFormat
 from fleetwise.workload.mooncake import load_mooncake
 from fleetwise.workload.native import load_parquet
@@ -52,6 +53,7 @@ def select_requests(
     requests: int | None = None,
     rate_scale: float = 1.0,
     source: str = "the trace",
+    counts: dict[str, int] | None = None,
 ) -> pl.DataFrame:
     """Select requests of a loaded trace, in this order:
 
@@ -65,8 +67,13 @@ def select_requests(
     5. divide every arrival by ``rate_scale`` (rounded to the nearest nanosecond).
 
     Other columns (``hash_ids``, ``session_id``) follow their rows. Raises ``ConfigError`` (naming
-    ``source``) when nothing is left or fewer than ``requests`` rows are.
+    ``source``) when nothing is left or fewer than ``requests`` rows are, or when ``rate_scale``
+    stretches the arrivals past ``MAX_TIME_NS``. When ``counts`` is given, the rows each step
+    leaves out are added to it: ``outside_window``, ``min_prompt_tokens``, ``max_prompt_tokens``,
+    ``max_output_tokens`` (a row failing several length filters counts under the first),
+    ``beyond_requests``, and ``replayed``.
     """
+    tally: dict[str, int] = {}
     from fleetwise.errors import ConfigError
 
     arrival = pl.col("arrival_ns")
@@ -75,6 +82,7 @@ def select_requests(
     if duration_s is not None:
         window = window & (arrival < start_ns + round(duration_s * 1e9))
     selected = frame.filter(window)
+    tally["outside_window"] = frame.height - selected.height
     if selected.height == 0:
         end = "the end" if duration_s is None else f"{start_s + duration_s:g} s"
         raise ConfigError(
@@ -83,14 +91,17 @@ def select_requests(
         )
     conditions = []
     if min_prompt_tokens is not None:
-        conditions.append(pl.col("prompt_tokens") >= min_prompt_tokens)
+        conditions.append(("min_prompt_tokens", pl.col("prompt_tokens") >= min_prompt_tokens))
     if max_prompt_tokens is not None:
-        conditions.append(pl.col("prompt_tokens") <= max_prompt_tokens)
+        conditions.append(("max_prompt_tokens", pl.col("prompt_tokens") <= max_prompt_tokens))
     if max_output_tokens is not None:
-        conditions.append(pl.col("output_tokens") <= max_output_tokens)
+        conditions.append(("max_output_tokens", pl.col("output_tokens") <= max_output_tokens))
     if conditions:
         windowed = selected.height
-        selected = selected.filter(pl.all_horizontal(conditions))
+        for name, condition in conditions:
+            before = selected.height
+            selected = selected.filter(condition)
+            tally[name] = before - selected.height
         if selected.height == 0:
             raise ConfigError(
                 f"{source}: none of the {windowed} requests in the time window passes the "
@@ -105,20 +116,45 @@ def select_requests(
             raise ConfigError(
                 f"requests is {requests} but {source} has only {selected.height} rows{after}"
             )
+        tally["beyond_requests"] = selected.height - requests
         selected = selected.head(requests)
     if rate_scale != 1.0:
-        scaled = np.rint(selected["arrival_ns"].to_numpy() / rate_scale).astype(np.int64)
-        selected = selected.with_columns(pl.Series("arrival_ns", scaled))
+        scaled = selected["arrival_ns"].to_numpy() / rate_scale
+        if scaled[-1] > MAX_TIME_NS:
+            raise ConfigError(
+                f"{source}: rate_scale {rate_scale:g} stretches the replayed arrivals to "
+                f"{scaled[-1] / 1e9:.3g} s, past the {MAX_TIME_NS / 1e9:.3g} s the simulator's "
+                "clock allows; raise rate_scale or shorten the window (duration_s, requests)"
+            )
+        selected = selected.with_columns(pl.Series("arrival_ns", np.rint(scaled).astype(np.int64)))
+    tally["replayed"] = selected.height
+    if counts is not None:
+        for name, value in tally.items():
+            counts[name] = counts.get(name, 0) + value
     return selected
 
 
-def replay_frame(arrivals: TraceArrivals, path: Path, requests: int | None) -> pl.DataFrame:
+def replay_frame(
+    arrivals: TraceArrivals,
+    path: Path,
+    requests: int | None,
+    counts: dict[str, int] | None = None,
+) -> pl.DataFrame:
     """Load the trace ``arrivals`` names (already resolved to ``path``) and select the requests it
-    and the workload's ``requests`` ask for (see ``select_requests``)."""
-    options: dict[str, object] = {}
+    and the workload's ``requests`` ask for (see ``select_requests``). When ``counts`` is given it
+    receives ``rows_read``, the rows the reader left out on purpose (BurstGPT's ``failed``,
+    ``empty_prompt``, ``other_model``, ``other_log_type``) and ``select_requests``'s counts."""
+    tally: dict[str, int] = {}
     if arrivals.format == "burstgpt":
-        options = {"model": arrivals.model, "log_type": arrivals.log_type}
-    frame = load_trace(path, arrivals.format, **options)
+        loaded = read_burstgpt(path, model=arrivals.model, log_type=arrivals.log_type)
+        frame = loaded.frame
+        tally["rows_read"] = loaded.rows_read
+        tally.update(loaded.dropped)
+    else:
+        frame = load_trace(path, arrivals.format)
+        tally["rows_read"] = frame.height
+    if counts is not None:
+        counts.update(tally)
     return select_requests(
         frame,
         start_s=arrivals.start_s,
@@ -129,4 +165,5 @@ def replay_frame(arrivals: TraceArrivals, path: Path, requests: int | None) -> p
         requests=requests,
         rate_scale=arrivals.rate_scale,
         source=f"the trace {path}",
+        counts=counts,
     )

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from fleetwise.workload._files import parse_json, read_text
+from fleetwise.config.limits import MAX_TOKENS
+from fleetwise.workload._files import clip, parse_json, read_text
 from fleetwise.workload.loaded import LoadedTable
 
 INPUT_KEY = "input_lens"
@@ -41,7 +42,7 @@ def read_vllm_bench(path: str | Path) -> LoadedTable:
         raise TraceError(f"{path}: expected a JSON object (a vLLM benchmark result)")
     missing = [key for key in (INPUT_KEY, OUTPUT_KEY) if key not in data]
     if missing:
-        present = ", ".join(list(data)[:30]) or "none"
+        present = ", ".join(clip(key, 40) for key in list(data)[:30]) or "none"
         raise TraceError(
             f"{path}: missing key(s) {', '.join(missing)} (written by vllm bench serve "
             f"--save-result); keys present: {present}"
@@ -81,12 +82,16 @@ def _int_list(path: Path, data: dict, key: str, minimum: int) -> np.ndarray:
         # Some entry is not an integer: find the first, for the message.
         for index, value in enumerate(values):
             if isinstance(value, bool) or not isinstance(value, int):
-                raise TraceError(f"{path}: {key}[{index}] must be an integer, got {value!r}")
+                raise TraceError(f"{path}: {key}[{index}] must be an integer, got {clip(value)}")
         array = np.array(values, dtype=object)
     too_small = np.flatnonzero(array < minimum)
     if too_small.size:
         index = int(too_small[0])
         raise TraceError(f"{path}: {key}[{index}] must be >= {minimum}, got {values[index]}")
+    too_big = np.flatnonzero(array > MAX_TOKENS)
+    if too_big.size:
+        index = int(too_big[0])
+        raise TraceError(f"{path}: {key}[{index}] must be <= {MAX_TOKENS:,} tokens, got {values[index]}")
     try:
         return array.astype(np.int64)
     except OverflowError:
