@@ -176,6 +176,9 @@ def test_prefill_and_decode_roles_exchange_kv_transfer_params():
         assert kv["do_remote_prefill"] is True and kv["remote_engine_id"] == prefill.engine_id and len(kv["remote_block_ids"]) == 5000 // 16 + 1
         # The decode engine skips the prompt: its first token costs one token after 4,999 cached ones.
         first, payloads = timed_stream(d.url + "/v1/completions", {"prompt": prompt, "max_tokens": 2, "stream": True, "kv_transfer_params": kv})
-    assert first < prefill.predict_ttft(5000) / 2
-    assert first >= decode.cost.iteration_seconds([(1, 4999, True)], []) * 0.9
+    # The engine's own account of its work (the cost model's predictions, not the wall clock, which a
+    # loaded machine stretches): the decode engine prefilled one token, not the 5,000-token prompt.
+    one_token = decode.cost.iteration_seconds([(1, 4999, True)], [])
+    assert decode.iterations == 2 and one_token <= decode.predicted_seconds < prefill.predict_ttft(5000) / 2
+    assert first >= one_token * 0.9
     assert httpx.Response(200).status_code == 200 and payloads[-1] == "[DONE]"
