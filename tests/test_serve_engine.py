@@ -72,10 +72,11 @@ def test_ttft_follows_the_cost_model(engine):
         server.append(ttft_metric() - before)
     # The engine's own TTFT (vllm:time_to_first_token_seconds, from admission to the token) is the
     # predicted prefill plus the event loop's wake-up latency (uvloop's timers have 1 ms granularity).
-    assert predicted * 0.99 - 0.002 <= min(server) <= predicted * 1.1 + 0.01, (server, predicted)
-    # The client also sees HTTP and request parsing: milliseconds on an idle machine, up to ~0.1 s
-    # when the cores are shared with busy neighbours.
-    assert predicted * 0.98 <= min(client) <= predicted * 1.1 + 0.15, (client, predicted)
+    # Lower bounds are exact (the engine never answers before its prediction); upper bounds only guard
+    # against a broken sleep, since a loaded machine delays wake-ups by an unbounded amount.
+    assert predicted * 0.99 - 0.002 <= min(server) <= predicted * 1.1 + 1.0, (server, predicted)
+    # The client also sees HTTP and request parsing.
+    assert predicted * 0.98 <= min(client) <= predicted * 1.1 + 1.0, (client, predicted)
 
 
 def test_iterations_sleep_as_predicted(engine):
