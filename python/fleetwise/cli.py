@@ -43,17 +43,30 @@ def run(
     set_: List[str] = typer.Option([], "--set", help="Override a value: PATH=VALUE (e.g. cluster.pools.0.count=8). Repeatable."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Directory for requests.parquet and summary.json (default runs/<name>)."),
     iterations: bool = typer.Option(False, "--iterations", help="Also write one row per iteration (iterations.parquet)."),
+    policy_timeout: float = typer.Option(60.0, "--policy-timeout", min=0.001, help="Most seconds one call into a Python policy may take; a longer call stops the run (exit 2)."),
 ) -> None:
     """Simulate SCENARIO, print a summary table and write the results."""
     from fleetwise.config.load import load_scenario
+    from rich.markup import escape
+
+    from fleetwise.errors import FleetwiseError
+    from fleetwise.result import write_stopped
     from fleetwise.simulate import simulate
 
     sc = load_scenario(scenario, set_)
     try:
-        result = simulate(sc, record_iterations=iterations, progress=True)
+        result = simulate(sc, record_iterations=iterations, progress=True, policy_timeout=policy_timeout)
     except KeyboardInterrupt:
         err.print("interrupted: the simulation was cancelled; nothing was written")
         sys.exit(130)
+    except FleetwiseError as e:
+        kept = getattr(e, "requests", None)
+        if kept is None:
+            raise
+        d = write_stopped(output or Path("runs") / sc.name, kept, sc.name, f"{type(e).__name__}: {e}")
+        err.print(f"[bold red]error:[/] {escape(f'{type(e).__name__}: {e}')}", highlight=False, markup=True)
+        err.print(f"the run stopped: {int((kept['status'] == 'finished').sum())} of {kept.height} requests had finished; they are written to {d}/ (the rest have status 'unfinished')", highlight=False, markup=False)
+        sys.exit(2)
     s = result.summary
     out.print(_summary_table(s))
     tp = s["throughput"]
@@ -417,8 +430,9 @@ def check_policy(
     kind: str = typer.Argument(..., help="router, scheduler, prefix-cache or expert-cache."),
     name: str = typer.Argument(..., help="A registered name or package.module:attr."),
     param: List[str] = typer.Option([], "--param", "-p", help="Constructor argument key=value (value parsed as JSON when it can be)."),
+    timeout: float = typer.Option(10.0, "--timeout", min=0.001, help="Most seconds one policy call may take; a longer call fails the check."),
 ) -> None:
-    """Check a policy against its interface (fleetwise.policy.conformance); exit 1 when it fails."""
+    """Check a policy against its interface (fleetwise.policy.conformance); exit 1 when it fails, 2 when it cannot be built."""
     from fleetwise.errors import ConfigError
     from fleetwise.policy import conformance, registry
 
@@ -432,16 +446,17 @@ def check_policy(
         except json.JSONDecodeError:
             params[key] = value
     if kind == "router":
-        report = conformance.check_router(registry.create(kind, name, **params))
+        report = conformance.check_router(registry.create(kind, name, **params), timeout=timeout)
     elif kind == "scheduler":
-        report = conformance.check_scheduler(registry.create(kind, name, **params))
+        report = conformance.check_scheduler(registry.create(kind, name, **params), timeout=timeout)
     elif kind == "prefix-cache":
-        report = conformance.check_prefix_cache(registry.create(kind, name, **params))
+        report = conformance.check_prefix_cache(registry.create(kind, name, **params), timeout=timeout)
     elif kind == "expert-cache":
         factory = registry.resolve(kind, name)
-        report = conformance.check_expert_cache(lambda layers, experts, capacity: factory(layers, experts, capacity, **params))
+        report = conformance.check_expert_cache(lambda layers, experts, capacity: registry.build(kind, name, factory, layers, experts, capacity, **params), timeout=timeout)
     else:
         raise ConfigError(f"check-policy: unknown kind {kind!r}; allowed: router, scheduler, prefix-cache, expert-cache")
+    report.policy = name
     out.print(str(report), highlight=False, markup=False)
     if not report.passed:
         raise typer.Exit(1)

@@ -33,3 +33,17 @@ class Result:
             self.iterations.write_parquet(d / "iterations.parquet")
         (d / "summary.json").write_text(json.dumps(self.summary, indent=2, sort_keys=True) + "\n")
         return d
+
+
+def write_stopped(directory: str | Path, requests: pl.DataFrame, scenario: str, reason: str) -> Path:
+    """Writes what a run that stopped part way kept: requests.parquet (finished requests with their
+    times; the others with status ``unfinished`` or ``rejected``) and a summary.json that says why it
+    stopped and counts the requests, with no metrics (they would describe a cut-off run)."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    requests.write_parquet(d / "requests.parquet")
+    counts = requests["status"].value_counts()
+    by_status = dict(zip(counts["status"].to_list(), counts["count"].to_list()))
+    summary = {"scenario": scenario, "stopped": reason, "requests": requests.height, "finished": by_status.get("finished", 0), "rejected": by_status.get("rejected", 0), "unfinished": by_status.get("unfinished", 0)}
+    (d / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    return d

@@ -7,22 +7,41 @@ by ``benchmarks/bench_python_policy.py``.
 
 from __future__ import annotations
 
+import numbers
 from typing import Sequence
 
 from fleetwise.policy.decisions import RouteDecision, StepPlan
 from fleetwise.policy.views import EndpointView, RequestView, StepView
+from fleetwise.policy.watchdog import CallClock
+
+_U32 = 2**32 - 1
 
 
 class PolicyAnswerError(ValueError):
     """A policy returned something that is not the decision its interface promises."""
 
 
+def _count(value, what: str, low: int = 1, allow_none: bool = False):
+    """``value`` as an int in ``low..=u32 max`` (None passes when allowed), else PolicyAnswerError."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise PolicyAnswerError(f"{what} must be an int{' or None' if allow_none else ''}, got {_short(value)}")
+    value = int(value)
+    if not low <= value <= _U32:
+        raise PolicyAnswerError(f"{what} must be in {low}..={_U32}, got {value}")
+    return value
+
+
 class RouterBridge:
     """Calls a Router for the simulator. ``roles[i]`` and ``names[i]`` describe instance ``i``;
     ``entry`` and ``decoders`` list the instances that take arrivals and that only decode."""
 
-    def __init__(self, policy, names: Sequence[str], roles: Sequence[str], block_tokens: int):
+    def __init__(self, policy, names: Sequence[str], roles: Sequence[str], block_tokens: int, label: str = "the router policy", clock: CallClock | None = None):
         self.policy = policy
+        self.label = label
+        self.clock = clock or CallClock()
+        self._what = f"{label}: route()"
         self.names, self.roles = list(names), list(roles)
         self.entry = [i for i, r in enumerate(roles) if r != "decode"]
         self.decoders = [i for i, r in enumerate(roles) if r == "decode"]
@@ -48,20 +67,42 @@ class RouterBridge:
         prompt, output, arrival = row
         req = RequestView(id=self.count, prompt_tokens=prompt, max_output_tokens=output, arrival=arrival, prefix_hashes=tuple(hashes))
         self.count += 1
-        d = self.policy.route(req, self._endpoints(entry_rows, decode_rows))
+        endpoints = self._endpoints(entry_rows, decode_rows)
+        clock = self.clock
+        clock.calls += 1
+        clock.busy = self._what
+        try:
+            d = self.policy.route(req, endpoints)
+        finally:
+            clock.busy = None
         if not isinstance(d, RouteDecision):
-            raise PolicyAnswerError(f"route() must return a RouteDecision, got {d!r}")
+            raise PolicyAnswerError(f"must return a RouteDecision, got {_short(d)}")
+        _count(d.instance, f"request {req.id}: RouteDecision.instance", low=0)
+        _count(d.prefill, f"request {req.id}: RouteDecision.prefill", low=0, allow_none=True)
         kind, pos = self.position.get(d.instance, (None, None))
         if d.prefill is None:
             if kind != "entry":
-                raise PolicyAnswerError(f"route() sent request {req.id} to instance {d.instance} without a prefill instance; it must be one of the serving (mixed or prefill) instances {self.entry}")
+                raise PolicyAnswerError(f"sent request {req.id} to instance {d.instance} without a prefill instance; it must be one of the serving (mixed or prefill) instances {self.entry}")
             return pos, None
         pkind, ppos = self.position.get(d.prefill, (None, None))
         if pkind != "entry" or self.roles[d.prefill] != "prefill":
-            raise PolicyAnswerError(f"route() chose prefill instance {d.prefill} for request {req.id}; prefill instances are {[i for i in self.entry if self.roles[i] == 'prefill']}")
+            raise PolicyAnswerError(f"chose prefill instance {d.prefill} for request {req.id}; prefill instances are {[i for i in self.entry if self.roles[i] == 'prefill']}")
         if kind != "decode":
-            raise PolicyAnswerError(f"route() chose instance {d.instance} to decode request {req.id} after a separate prefill; decode instances are {self.decoders}")
+            raise PolicyAnswerError(f"chose instance {d.instance} to decode request {req.id} after a separate prefill; decode instances are {self.decoders}")
         return ppos, pos
+
+
+def _short(value) -> str:
+    """``repr(value)``, cut to a readable length."""
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _known(request_id, known: dict) -> bool:
+    try:
+        return request_id in known
+    except TypeError:  # an unhashable id names no request
+        return False
 
 
 def _request(row) -> RequestView:
@@ -73,10 +114,13 @@ class SchedulerBridge:
     """Calls a BatchScheduler for the core. ``ids`` maps the core's request indices to the ids the
     policy sees (the simulator's own indices when None)."""
 
-    def __init__(self, policy, ids: Sequence | None = None):
+    def __init__(self, policy, ids: Sequence | None = None, label: str = "the scheduler policy", clock: CallClock | None = None):
         self.policy = policy
         self.ids = ids
         self.back: dict | None = None
+        self.label = label
+        self.clock = clock or CallClock()
+        self._what = f"{label}: plan()"
 
     def plan(self, waiting_rows, running_rows, free, total, block_size, step, now=0.0):
         """Plans one iteration: returns the plan as a tuple of plain values for the core."""
@@ -86,16 +130,35 @@ class SchedulerBridge:
             if self.back is None or len(self.back) != len(ids):
                 self.back = {v: i for i, v in enumerate(ids)}
         view = StepView.from_rows(make, waiting_rows, running_rows, free, total, block_size, step, now)
-        p = self.policy.plan(view)
+        clock = self.clock
+        clock.calls += 1
+        clock.busy = self._what
+        try:
+            p = self.policy.plan(view)
+        finally:
+            clock.busy = None
         if not isinstance(p, StepPlan):
-            raise PolicyAnswerError(f"plan() must return a StepPlan, got {p!r}")
-        return (p.token_budget, p.max_num_seqs, self._order(p.running_order, view), self._order(p.waiting_order, view), self._order(p.victim_order, view), p.max_prefill_chunk)
+            raise PolicyAnswerError(f"must return a StepPlan, got {_short(p)}")
+        known: dict = {}
+        if p.running_order is not None or p.waiting_order is not None or p.victim_order is not None:
+            # The ids the engine knows, from its own rows: a policy may have changed the view.
+            ids = self.ids
+            known = {(r[0] if ids is None else ids[r[0]]): None for rows in (waiting_rows, running_rows) for r in rows}
+        return (
+            _count(p.token_budget, "token_budget"),
+            _count(p.max_num_seqs, "max_num_seqs"),
+            self._order(p.running_order, known, "running_order"),
+            self._order(p.waiting_order, known, "waiting_order"),
+            self._order(p.victim_order, known, "victim_order"),
+            _count(p.max_prefill_chunk, "max_prefill_chunk", allow_none=True),
+        )
 
-    def _order(self, order, view: StepView):
+    def _order(self, order, known: dict, name: str):
         if order is None:
             return None
-        known = view.requests
-        unknown = [i for i in order if i not in known]
+        if not isinstance(order, (list, tuple, range)):
+            raise PolicyAnswerError(f"{name} must be a list or tuple of request ids (or None), got {_short(order)}")
+        unknown = [i for i in order if not _known(i, known)]
         if unknown:
-            raise PolicyAnswerError(f"plan() names requests that are neither waiting nor running: {unknown[:5]}")
+            raise PolicyAnswerError(f"{name} names requests that are neither waiting nor running: {_short(unknown[:5])}")
         return [self.back[i] for i in order] if self.ids is not None else [int(i) for i in order]
