@@ -177,3 +177,23 @@ def test_check_policy_library_calls_report_instead_of_raising():
     assert not conformance.check_prefix_cache(object()).passed
     r = conformance.check_expert_cache(lambda layers, experts, capacity: None)
     assert not r.passed and "resident is not a method" in r.failures[0]
+
+
+def test_plans_that_preempt_one_request_forever_are_a_policy_error(monkeypatch):
+    # Victims with the most KV first: under memory pressure the longest prompt is preempted each
+    # time it grows. Past the bound (lowered here) that is a livelock, named with its request.
+    from fleetwise.config.load import load_scenario
+    from fleetwise.policy import bridge
+
+    from conftest import REPO
+
+    class MostKvFirst:
+        def plan(self, step):
+            victims = sorted(step.running, key=lambda r: -r.computed_tokens)
+            return P.StepPlan(8192, 256, victim_order=[r.id for r in victims])
+
+    monkeypatch.setattr(bridge, "MAX_PREEMPTIONS", 3)
+    sc = load_scenario(REPO / "scenarios" / "quickstart.yaml", ["workload.requests=300", "workload.arrivals.rate=200", "cluster.pools.0.memory.gpu_memory_utilization=0.24", "cluster.pools.0.scheduler={kind: vllm-v1}"])
+    with pytest.raises(fleetwise.PolicyError, match=r"request \d+ has been preempted 3 times: the plans livelock") as info:
+        fleetwise.simulate(sc, schedulers={"main": MostKvFirst})
+    assert "scheduler policy 'test_plans_that_preempt_one_request_forever_are_a_policy_error.<locals>.MostKvFirst' of instance main/" in str(info.value)

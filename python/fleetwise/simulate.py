@@ -195,7 +195,7 @@ def simulate(
         raise CapacityError(f"{source}: {err}") from None
     except FleetwiseError as err:
         partial = getattr(err, "partial", None)
-        if partial is not None:  # the run stopped part way: keep what finished
+        if partial is not None and len(partial["status"]) == len(workload):  # the run stopped part way: keep what finished
             names, _ = instance_names_and_roles(sc)
             partial["instance"] = np.where(partial["instance"] < len(names), partial["instance"], -1)  # -1: not routed yet
             err.requests = _requests_frame(workload, partial, [n.rpartition("/")[0] for n in names])

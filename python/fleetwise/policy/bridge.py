@@ -16,6 +16,9 @@ from fleetwise.policy.watchdog import CallClock
 
 _U32 = 2**32 - 1
 
+MAX_PREEMPTIONS = 1000
+"""Preemptions of one request after which a scheduler policy's plans are taken to livelock."""
+
 
 class PolicyAnswerError(ValueError):
     """A policy returned something that is not the decision its interface promises."""
@@ -124,6 +127,9 @@ class SchedulerBridge:
 
     def plan(self, waiting_rows, running_rows, free, total, block_size, step, now=0.0):
         """Plans one iteration: returns the plan as a tuple of plain values for the core."""
+        for row in waiting_rows[:4]:  # the requests preempted last wait at the front
+            if row[7] >= MAX_PREEMPTIONS:
+                raise PolicyAnswerError(f"request {row[0] if self.ids is None else self.ids[row[0]]} has been preempted {row[7]} times: the plans livelock (its victim_order keeps preempting the same requests) and it would never finish")
         ids, make = self.ids, _request
         if ids is not None:
             make = lambda r: _request((ids[r[0]],) + r[1:])  # noqa: E731
