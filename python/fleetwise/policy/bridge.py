@@ -127,7 +127,7 @@ class SchedulerBridge:
 
     def plan(self, waiting_rows, running_rows, free, total, block_size, step, now=0.0):
         """Plans one iteration: returns the plan as a tuple of plain values for the core."""
-        for row in waiting_rows[:4]:  # the requests preempted last wait at the front
+        for row in waiting_rows[:4] if waiting_rows else ():  # the requests preempted last wait at the front
             if row[7] >= MAX_PREEMPTIONS:
                 raise PolicyAnswerError(f"request {row[0] if self.ids is None else self.ids[row[0]]} has been preempted {row[7]} times: the plans livelock (its victim_order keeps preempting the same requests) and it would never finish")
         ids, make = self.ids, _request
@@ -145,19 +145,15 @@ class SchedulerBridge:
             clock.busy = None
         if not isinstance(p, StepPlan):
             raise PolicyAnswerError(f"must return a StepPlan, got {_short(p)}")
-        known: dict = {}
-        if p.running_order is not None or p.waiting_order is not None or p.victim_order is not None:
-            # The ids the engine knows, from its own rows: a policy may have changed the view.
-            ids = self.ids
-            known = {(r[0] if ids is None else ids[r[0]]): None for rows in (waiting_rows, running_rows) for r in rows}
-        return (
-            _count(p.token_budget, "token_budget"),
-            _count(p.max_num_seqs, "max_num_seqs"),
-            self._order(p.running_order, known, "running_order"),
-            self._order(p.waiting_order, known, "waiting_order"),
-            self._order(p.victim_order, known, "victim_order"),
-            _count(p.max_prefill_chunk, "max_prefill_chunk", allow_none=True),
-        )
+        budget, seqs, chunk = p.token_budget, p.max_num_seqs, p.max_prefill_chunk
+        if not (type(budget) is int and type(seqs) is int and 0 < budget <= _U32 and 0 < seqs <= _U32 and (chunk is None or (type(chunk) is int and 0 < chunk <= _U32))):
+            budget, seqs, chunk = _count(budget, "token_budget"), _count(seqs, "max_num_seqs"), _count(chunk, "max_prefill_chunk", allow_none=True)
+        if p.running_order is None and p.waiting_order is None and p.victim_order is None:
+            return (budget, seqs, None, None, None, chunk)
+        # The ids the engine knows, from its own rows: a policy may have changed the view.
+        ids = self.ids
+        known = {(r[0] if ids is None else ids[r[0]]): None for rows in (waiting_rows, running_rows) for r in rows}
+        return (budget, seqs, self._order(p.running_order, known, "running_order"), self._order(p.waiting_order, known, "waiting_order"), self._order(p.victim_order, known, "victim_order"), chunk)
 
     def _order(self, order, known: dict, name: str):
         if order is None:
