@@ -80,8 +80,9 @@ class RouterBridge:
             clock.busy = None
         if not isinstance(d, RouteDecision):
             raise PolicyAnswerError(f"must return a RouteDecision, got {_short(d)}")
-        _count(d.instance, f"request {req.id}: RouteDecision.instance", low=0)
-        _count(d.prefill, f"request {req.id}: RouteDecision.prefill", low=0, allow_none=True)
+        if type(d.instance) is not int or not (d.prefill is None or type(d.prefill) is int):
+            _count(d.instance, f"request {req.id}: RouteDecision.instance", low=0)
+            _count(d.prefill, f"request {req.id}: RouteDecision.prefill", low=0, allow_none=True)
         kind, pos = self.position.get(d.instance, (None, None))
         if d.prefill is None:
             if kind != "entry":
