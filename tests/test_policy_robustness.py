@@ -197,3 +197,9 @@ def test_plans_that_preempt_one_request_forever_are_a_policy_error(monkeypatch):
     with pytest.raises(fleetwise.PolicyError, match=r"request \d+ has been preempted 3 times: the plans livelock") as info:
         fleetwise.simulate(sc, schedulers={"main": MostKvFirst})
     assert "scheduler policy 'test_plans_that_preempt_one_request_forever_are_a_policy_error.<locals>.MostKvFirst' of instance main/" in str(info.value)
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), "60"])
+def test_a_policy_timeout_must_be_a_positive_number(bad):
+    with pytest.raises(fleetwise.ConfigError, match="policy_timeout must be a positive number"):
+        fleetwise.simulate(_scenario("scheduler", "fcfs"), policy_timeout=bad)

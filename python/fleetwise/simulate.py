@@ -169,6 +169,8 @@ def simulate(
     some requests finished, the error's ``requests`` attribute holds the per-request table of what
     finished (the others have status ``unfinished``).
     """
+    if policy_timeout is not None and not (isinstance(policy_timeout, (int, float)) and policy_timeout > 0):
+        raise ConfigError(f"policy_timeout must be a positive number of seconds or None, got {policy_timeout!r}")
     sc = as_scenario(scenario)
     source = sc.source or "<scenario>"
     base_dir = Path(sc._base_dir) if sc._base_dir else None

@@ -141,7 +141,7 @@ def check_router(policy, trials: int = 300, seed: int = 0, disaggregated: bool |
 
 def _check_router(report: ConformanceReport, policy, trials: int, seed: int, disaggregated: bool | None) -> None:
     if disaggregated is None:
-        disaggregated = getattr(policy, "disaggregated", False) is True
+        disaggregated = bool(getattr(policy, "disaggregated", False))
     route = _method(policy, "route")
     twin = _twin(policy, report)
     rng = random.Random(seed)
