@@ -203,3 +203,12 @@ def test_plans_that_preempt_one_request_forever_are_a_policy_error(monkeypatch):
 def test_a_policy_timeout_must_be_a_positive_number(bad):
     with pytest.raises(fleetwise.ConfigError, match="policy_timeout must be a positive number"):
         fleetwise.simulate(_scenario("scheduler", "fcfs"), policy_timeout=bad)
+
+
+def test_a_policy_that_sleeps_while_it_is_built_is_stopped(tmp_path):
+    (tmp_path / "slow_init.py").write_text("import time\nfrom fleetwise.policy import StepPlan\nclass P:\n    def __init__(self):\n        time.sleep(1000)\n    def plan(self, step):\n        return StepPlan(512, 8)\n")
+    r = run_cli("check-policy", "scheduler", "slow_init:P", "--timeout", "1", cwd=tmp_path)
+    assert r.returncode == 2 and "importing or creating it did not return within 1 s" in r.stderr and "Traceback" not in r.stderr
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(_scenario("scheduler", "slow_init:P")))
+    r = run_cli("run", "s.yaml", "-o", "out", "--policy-timeout", "1", cwd=tmp_path)
+    assert r.returncode == 2 and "scheduler policy 'slow_init:P': creating it did not return within 1 s" in r.stderr and "Traceback" not in r.stderr

@@ -181,7 +181,7 @@ def simulate(
         config = core_config(sc, record_iterations, workload.hash_block_tokens if hashes is not None else None)
         trace_path = routing_trace_path(sc, base_dir)
         clock = CallClock()
-        plugins = core_plugins(sc, router, schedulers, prefix_caches, clock)
+        plugins = core_plugins(sc, router, schedulers, prefix_caches, clock, policy_timeout)
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None
     try:

@@ -8,7 +8,7 @@ from fleetwise.errors import ConfigError, PolicyError
 from fleetwise.policy.bridge import RouterBridge, SchedulerBridge
 from fleetwise.policy.prefix_cache import PrefixCacheBridge
 from fleetwise.policy.registry import create
-from fleetwise.policy.watchdog import CallClock
+from fleetwise.policy.watchdog import CallClock, PolicyTimeout, deadline
 
 
 def instance_names_and_roles(scenario) -> tuple[list[str], list[str]]:
@@ -34,21 +34,22 @@ def _checked(kind: str, label: str, policy, method: str):
     return policy
 
 
-def core_plugins(scenario, router=None, schedulers: Mapping[str, Callable] | None = None, prefix_caches: Mapping[str, Callable] | None = None, clock: CallClock | None = None) -> dict:
+def core_plugins(scenario, router=None, schedulers: Mapping[str, Callable] | None = None, prefix_caches: Mapping[str, Callable] | None = None, clock: CallClock | None = None, timeout: float | None = None) -> dict:
     """Keyword arguments for ``_core.simulate`` that plug in the policy objects: ``router`` (a
     Router), ``schedulers`` and ``prefix_caches`` (pool name -> zero-argument factory of a
     BatchScheduler / PrefixCachePolicy, one object per instance), else those the scenario names
     (``kind: policy`` routers and schedulers, a pool's ``prefix_cache_policy``). Every policy call
     is noted on ``clock`` (for the per-call time limit). A policy object that is not one (no such
-    method, a factory returning None) is a PolicyError before anything runs."""
+    method, a factory returning None) is a PolicyError before anything runs, and so is importing or
+    building one that takes longer than ``timeout`` seconds."""
     names, roles = instance_names_and_roles(scenario)
     clock = clock or CallClock()
     extra: dict = {}
     rc = scenario.cluster.router
     label = "the router policy"
     if router is None and rc.kind == "policy":
-        router = create("router", rc.name, **rc.params)
         label = f"router policy {rc.name!r}"
+        router = _built(lambda: create("router", rc.name, **rc.params), label, timeout)
     elif router is not None:
         label = f"router policy {_name(router)!r}"
     if router is not None:
@@ -81,9 +82,9 @@ def core_plugins(scenario, router=None, schedulers: Mapping[str, Callable] | Non
     # Fail early, before anything runs, on a bad name, parameters, a raising constructor, or an
     # object that is not a policy.
     for p, (f, label) in factories.items():
-        _checked("scheduler", f"{label} of pool {pool_names[p]!r}", _built(f, label), "plan(step)")
+        _checked("scheduler", f"{label} of pool {pool_names[p]!r}", _built(f, label, timeout), "plan(step)")
     for p, (f, label) in evictors.items():
-        _checked("prefix cache", f"{label} of pool {pool_names[p]!r}", _built(f, label), "victim(idle)")
+        _checked("prefix cache", f"{label} of pool {pool_names[p]!r}", _built(f, label, timeout), "victim(idle)")
     if evictors:
         extra["evictors"] = {p: (lambda instance, f=f, label=label: PrefixCacheBridge(_checked("prefix cache", label, _built(f, label), "victim(idle)"), label=f"{label} of instance {names[instance]}", clock=clock)) for p, (f, label) in evictors.items()}
     if factories:
@@ -91,10 +92,14 @@ def core_plugins(scenario, router=None, schedulers: Mapping[str, Callable] | Non
     return extra
 
 
-def _built(factory: Callable, label: str):
-    """A new policy object from ``factory``; its own exception becomes a PolicyError naming it."""
+def _built(factory: Callable, label: str, timeout: float | None = None):
+    """A new policy object from ``factory`` within ``timeout`` seconds (on the main thread); its
+    own exception becomes a PolicyError naming it."""
     try:
-        return factory()
+        with deadline(timeout, f"{label}: creating it"):
+            return factory()
+    except PolicyTimeout:
+        raise PolicyError(f"{label}: creating it did not return within {timeout:g} s") from None
     except (ConfigError, PolicyError):
         raise
     except (Exception, SystemExit) as e:
