@@ -6,7 +6,6 @@ policies are live: every request finishes."""
 from __future__ import annotations
 
 import json
-import textwrap
 
 import polars as pl
 import pytest

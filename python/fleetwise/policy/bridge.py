@@ -24,7 +24,7 @@ class PolicyAnswerError(ValueError):
     """A policy returned something that is not the decision its interface promises."""
 
 
-def _count(value, what: str, low: int = 1, allow_none: bool = False):
+def checked_count(value, what: str, low: int = 1, allow_none: bool = False):
     """``value`` as an int in ``low..=u32 max`` (None passes when allowed), else PolicyAnswerError."""
     if value is None and allow_none:
         return None
@@ -81,8 +81,8 @@ class RouterBridge:
         if not isinstance(d, RouteDecision):
             raise PolicyAnswerError(f"must return a RouteDecision, got {_short(d)}")
         if type(d.instance) is not int or not (d.prefill is None or type(d.prefill) is int):
-            _count(d.instance, f"request {req.id}: RouteDecision.instance", low=0)
-            _count(d.prefill, f"request {req.id}: RouteDecision.prefill", low=0, allow_none=True)
+            checked_count(d.instance, f"request {req.id}: RouteDecision.instance", low=0)
+            checked_count(d.prefill, f"request {req.id}: RouteDecision.prefill", low=0, allow_none=True)
         kind, pos = self.position.get(d.instance, (None, None))
         if d.prefill is None:
             if kind != "entry":
@@ -102,7 +102,8 @@ def _short(value) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-def _known(request_id, known: dict) -> bool:
+def is_known_id(request_id, known: dict) -> bool:
+    """Whether ``request_id`` is a key of ``known``; an unhashable id is not."""
     try:
         return request_id in known
     except TypeError:  # an unhashable id names no request
@@ -148,7 +149,7 @@ class SchedulerBridge:
             raise PolicyAnswerError(f"must return a StepPlan, got {_short(p)}")
         budget, seqs, chunk = p.token_budget, p.max_num_seqs, p.max_prefill_chunk
         if not (type(budget) is int and type(seqs) is int and 0 < budget <= _U32 and 0 < seqs <= _U32 and (chunk is None or (type(chunk) is int and 0 < chunk <= _U32))):
-            budget, seqs, chunk = _count(budget, "token_budget"), _count(seqs, "max_num_seqs"), _count(chunk, "max_prefill_chunk", allow_none=True)
+            budget, seqs, chunk = checked_count(budget, "token_budget"), checked_count(seqs, "max_num_seqs"), checked_count(chunk, "max_prefill_chunk", allow_none=True)
         if p.running_order is None and p.waiting_order is None and p.victim_order is None:
             return (budget, seqs, None, None, None, chunk)
         # The ids the engine knows, from its own rows: a policy may have changed the view.
@@ -161,7 +162,7 @@ class SchedulerBridge:
             return None
         if not isinstance(order, (list, tuple, range)):
             raise PolicyAnswerError(f"{name} must be a list or tuple of request ids (or None), got {_short(order)}")
-        unknown = [i for i in order if not _known(i, known)]
+        unknown = [i for i in order if not is_known_id(i, known)]
         if unknown:
             raise PolicyAnswerError(f"{name} names requests that are neither waiting nor running: {_short(unknown[:5])}")
         return [self.back[i] for i in order] if self.ids is not None else [int(i) for i in order]

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 from fleetwise.errors import FleetwiseError
-from fleetwise.policy.bridge import PolicyAnswerError, _count, _known
+from fleetwise.policy.bridge import PolicyAnswerError, checked_count, is_known_id
 from fleetwise.policy.decisions import RouteDecision, StepPlan
 from fleetwise.policy.views import EndpointView, RequestView, StepView
 from fleetwise.policy.watchdog import PolicyTimeout, deadline
@@ -161,8 +161,8 @@ def _check_router(report: ConformanceReport, policy, trials: int, seed: int, dis
             report.fail(f"trial {t}: route() returned {type(d).__name__}, not RouteDecision")
             continue
         try:
-            _count(d.instance, "RouteDecision.instance", low=0)
-            _count(d.prefill, "RouteDecision.prefill", low=0, allow_none=True)
+            checked_count(d.instance, "RouteDecision.instance", low=0)
+            checked_count(d.prefill, "RouteDecision.prefill", low=0, allow_none=True)
         except PolicyAnswerError as e:
             report.fail(f"trial {t}: {e}")
             continue
@@ -291,9 +291,9 @@ def _check_plan(report: ConformanceReport, t: int, p, view: StepView, max_num_se
         report.fail(f"trial {t}: plan() returned {type(p).__name__}, not StepPlan")
         return
     try:
-        _count(p.token_budget, "StepPlan.token_budget")
-        _count(p.max_num_seqs, "StepPlan.max_num_seqs")
-        _count(p.max_prefill_chunk, "StepPlan.max_prefill_chunk", allow_none=True)
+        checked_count(p.token_budget, "StepPlan.token_budget")
+        checked_count(p.max_num_seqs, "StepPlan.max_num_seqs")
+        checked_count(p.max_prefill_chunk, "StepPlan.max_prefill_chunk", allow_none=True)
     except PolicyAnswerError as e:
         report.fail(f"trial {t}: {e}")
         return
@@ -308,7 +308,7 @@ def _check_plan(report: ConformanceReport, t: int, p, view: StepView, max_num_se
             report.fail(f"trial {t}: {name} must be a list or tuple of request ids (or None), not {type(order).__name__}")
             continue
         ids = {r.id: None for r in pool}
-        stray = [i for i in order if not _known(i, ids)]
+        stray = [i for i in order if not is_known_id(i, ids)]
         if stray:
             report.fail(f"trial {t}: {name} names requests not in its queue: {stray[:3]}")
         elif len(set(order)) != len(order):
@@ -338,7 +338,7 @@ def _check_prefix_cache(report: ConformanceReport, policy, trials: int, seed: in
             if not callable(victim):
                 return
             continue
-        if isinstance(h, bool) or not _known(h, {e.hash: None for e in idle}):
+        if isinstance(h, bool) or not is_known_id(h, {e.hash: None for e in idle}):
             report.fail(f"trial {t}: victim() returned {repr(h)[:80]}, not the hash of an idle entry")
         elif twin is not None:
             h2 = _call(report, f"trial {t} (a deep copy)", "victim", _method(twin, "victim"), list(idle))
