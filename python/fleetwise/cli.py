@@ -89,19 +89,31 @@ def run(
     set_: List[str] = typer.Option([], "--set", help="Override a value: PATH=VALUE (e.g. cluster.pools.0.count=8). Repeatable."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Directory for requests.parquet and summary.json (default runs/<name>)."),
     iterations: bool = typer.Option(False, "--iterations", help="Also write one row per iteration (iterations.parquet)."),
+    policy_timeout: float = typer.Option(60.0, "--policy-timeout", min=0.001, help="Most seconds one call into a Python policy may take; a longer call stops the run (exit 2)."),
 ) -> None:
     """Simulate SCENARIO, print a summary table and write the results."""
     from fleetwise.config.load import load_scenario
-    from fleetwise.result import check_output_dir
+    from rich.markup import escape
+
+    from fleetwise.errors import FleetwiseError
+    from fleetwise.result import check_output_dir, write_stopped
     from fleetwise.simulate import simulate
 
     sc = load_scenario(scenario, set_)
     out_dir = check_output_dir(output or _default_dir("runs", sc.name))  # a bad -o fails before simulating
     try:
-        result = simulate(sc, record_iterations=iterations, progress=True)
+        result = simulate(sc, record_iterations=iterations, progress=True, policy_timeout=policy_timeout)
     except KeyboardInterrupt:
         err.print("interrupted: the simulation was cancelled; nothing was written")
         sys.exit(130)
+    except FleetwiseError as e:
+        kept = getattr(e, "requests", None)
+        if kept is None:
+            raise
+        d = write_stopped(out_dir, kept, sc.name, f"{type(e).__name__}: {e}")
+        err.print(f"[bold red]error:[/] {escape(f'{type(e).__name__}: {e}')}", highlight=False, markup=True)
+        err.print(f"the run stopped: {int((kept['status'] == 'finished').sum())} of {kept.height} requests had finished; they are written to {d}/ (the rest have status 'unfinished')", highlight=False, markup=False)
+        sys.exit(2)
     s = result.summary
     out.print(_summary_table(s))
     if "trace_rows" in s:
@@ -495,10 +507,12 @@ def check_policy(
     kind: str = typer.Argument(..., help="router, scheduler, prefix-cache or expert-cache."),
     name: str = typer.Argument(..., help="A registered name or package.module:attr."),
     param: List[str] = typer.Option([], "--param", "-p", help="Constructor argument key=value (value parsed as JSON when it can be)."),
+    timeout: float = typer.Option(10.0, "--timeout", min=0.001, help="Most seconds one policy call may take; a longer call fails the check."),
 ) -> None:
-    """Check a policy against its interface (fleetwise.policy.conformance); exit 1 when it fails."""
-    from fleetwise.errors import ConfigError
+    """Check a policy against its interface (fleetwise.policy.conformance); exit 1 when it fails, 2 when it cannot be built."""
+    from fleetwise.errors import ConfigError, PolicyError
     from fleetwise.policy import conformance, registry
+    from fleetwise.policy.watchdog import PolicyTimeout, deadline
 
     params = {}
     for p in param:
@@ -509,17 +523,28 @@ def check_policy(
             params[key] = json.loads(value)
         except json.JSONDecodeError:
             params[key] = value
+    def within(what: str, fn):
+        try:
+            with deadline(timeout, what):
+                return fn()
+        except PolicyTimeout:
+            raise PolicyError(f"{kind} policy {name!r}: {what} did not return within {timeout:g} s") from None
+
+    def create():
+        return within("importing or creating it", lambda: registry.create(kind, name, **params))
+
     if kind == "router":
-        report = conformance.check_router(registry.create(kind, name, **params))
+        report = conformance.check_router(create(), timeout=timeout)
     elif kind == "scheduler":
-        report = conformance.check_scheduler(registry.create(kind, name, **params))
+        report = conformance.check_scheduler(create(), timeout=timeout)
     elif kind == "prefix-cache":
-        report = conformance.check_prefix_cache(registry.create(kind, name, **params))
+        report = conformance.check_prefix_cache(create(), timeout=timeout)
     elif kind == "expert-cache":
-        factory = registry.resolve(kind, name)
-        report = conformance.check_expert_cache(lambda layers, experts, capacity: factory(layers, experts, capacity, **params))
+        factory = within("importing it", lambda: registry.resolve(kind, name))
+        report = conformance.check_expert_cache(lambda layers, experts, capacity: registry.build(kind, name, factory, layers, experts, capacity, **params), timeout=timeout)
     else:
         raise ConfigError(f"check-policy: unknown kind {kind!r}; allowed: router, scheduler, prefix-cache, expert-cache")
+    report.policy = name
     out.print(str(report), highlight=False, markup=False)
     if not report.passed:
         raise typer.Exit(1)

@@ -78,3 +78,16 @@ def ensure_output_dir(path: str | Path) -> Path:
     if not os.access(d, os.W_OK | os.X_OK):
         raise ConfigError(f"output directory {d} is not writable; give another -o")
     return d
+
+
+def write_stopped(directory: str | Path, requests: pl.DataFrame, scenario: str, reason: str) -> Path:
+    """Writes what a run that stopped part way kept: requests.parquet (finished requests with their
+    times; the others with status ``unfinished`` or ``rejected``) and a summary.json that says why it
+    stopped and counts the requests, with no metrics (they would describe a cut-off run)."""
+    d = ensure_output_dir(directory)
+    requests.write_parquet(d / "requests.parquet")
+    counts = requests["status"].value_counts()
+    by_status = dict(zip(counts["status"].to_list(), counts["count"].to_list()))
+    summary = {"scenario": scenario, "stopped": reason, "requests": requests.height, "finished": by_status.get("finished", 0), "rejected": by_status.get("rejected", 0), "unfinished": by_status.get("unfinished", 0)}
+    (d / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    return d

@@ -16,10 +16,11 @@ from fleetwise.cluster import core_config, pool_prices, routing_trace_path, uses
 from fleetwise.config.load import as_scenario
 from fleetwise.config.scenario import Scenario
 from fleetwise.config.workload_fit import longest_context
-from fleetwise.errors import CapacityError, ConfigError
+from fleetwise.errors import CapacityError, ConfigError, FleetwiseError, PolicyError
 from fleetwise.metrics import summarize
 from fleetwise.moe import load_routing_trace
-from fleetwise.policy.plugging import core_plugins
+from fleetwise.policy.plugging import core_plugins, instance_names_and_roles
+from fleetwise.policy.watchdog import CallClock, Watchdog
 from fleetwise.result import Result
 from fleetwise.workload import Workload, build_workload
 
@@ -51,7 +52,7 @@ def _requests_frame(workload: Workload, out: dict, pool_of: list[str]) -> pl.Dat
             "output_tokens": out_tok,
             "generated_tokens": out["generated_tokens"],
             "instance": inst,
-            "pool": [pool_of[i] for i in inst],
+            "pool": [pool_of[i] if i >= 0 else None for i in inst],
             "prefill_instance": out["prefill_instance"],
             "kv_transfer_ns": out["kv_transfer_ns"],
             "preemptions": out["preemptions"],
@@ -86,9 +87,29 @@ def _instances_frame(instances: list[dict]) -> pl.DataFrame:
     return pl.DataFrame(rows)
 
 
-def _run_core(config_json: str, arrays: tuple, show_progress: bool, extra: dict | None = None) -> dict:
+POLICY_TIMEOUT_S = 60.0
+"""Default time limit of one call into a Python policy during a simulation, seconds."""
+
+_TIMEOUT_GRACE_S = 2.0
+
+
+def _timed_out(what: str, limit: float, worker: threading.Thread, done: threading.Event, box: dict) -> PolicyError:
+    """The error for a policy call that ran past ``limit``: the simulation was cancelled and the
+    call interrupted; what finished is kept when the worker stopped in time."""
+    stopped = done.wait(_TIMEOUT_GRACE_S)
+    err = PolicyError(f"{what} did not return within {limit:g} s (the per-call policy time limit; fleetwise run --policy-timeout)"
+                      + ("" if stopped else "; it is blocked outside Python and was abandoned, so nothing of the run could be kept"))
+    partial = getattr(box.get("err"), "partial", None)
+    if partial is not None:
+        err.partial = partial
+    return err
+
+
+def _run_core(config_json: str, arrays: tuple, show_progress: bool, extra: dict | None = None, clock: CallClock | None = None, policy_timeout: float | None = None) -> dict:
     """Runs the core in a worker thread so that Ctrl-C reaches the main thread, which then cancels
-    the simulation; shows a progress bar over arriving requests when asked."""
+    the simulation; shows a progress bar over arriving requests when asked. A policy call noted on
+    ``clock`` that runs longer than ``policy_timeout`` seconds is interrupted and ends the run with
+    a PolicyError naming it."""
     control = _core.SimControl()
     box: dict = {}
     done = threading.Event()
@@ -102,6 +123,7 @@ def _run_core(config_json: str, arrays: tuple, show_progress: bool, extra: dict 
             done.set()
 
     worker = threading.Thread(target=target, name="fleetwise-simulate", daemon=True)
+    watchdog = Watchdog(clock or CallClock(), policy_timeout, worker)
     worker.start()
     total = len(arrays[0])
     try:
@@ -109,6 +131,11 @@ def _run_core(config_json: str, arrays: tuple, show_progress: bool, extra: dict 
             task = bar.add_task("simulating", total=total)
             while not done.wait(0.1):
                 bar.update(task, completed=control.arrived())
+                what = watchdog.overdue()
+                if what is not None:
+                    control.cancel()
+                    watchdog.interrupt()
+                    raise _timed_out(what, policy_timeout, worker, done, box)
     except KeyboardInterrupt:
         # The core checks the flag every few thousand events. Wait on the event, not join():
         # an interrupted join() can return early and let the interpreter exit under the worker.
@@ -130,6 +157,7 @@ def simulate(
     router=None,
     schedulers: Mapping[str, Callable] | None = None,
     prefix_caches: Mapping[str, Callable] | None = None,
+    policy_timeout: float | None = POLICY_TIMEOUT_S,
 ) -> Result:
     """Simulates ``scenario`` (a Scenario, a dict, or a YAML path) and returns its Result.
 
@@ -140,8 +168,14 @@ def simulate(
     pool name to a zero-argument factory of ``fleetwise.policy.BatchScheduler`` objects (one per
     instance) run in vLLM v1's loop within the pool's ``vllm-v1`` limits; ``prefix_caches`` maps a
     pool name to a factory of ``fleetwise.policy.PrefixCachePolicy`` objects. A policy that raises
-    stops the simulation with a PolicyError whose ``__cause__`` is its exception.
+    stops the simulation with a PolicyError whose ``__cause__`` is its exception; so does one call
+    into a Python policy running longer than ``policy_timeout`` seconds (None: no limit), and a
+    scheduler policy that leaves an idle instance with waiting requests. When the run stopped after
+    some requests finished, the error's ``requests`` attribute holds the per-request table of what
+    finished (the others have status ``unfinished``).
     """
+    if policy_timeout is not None and not (isinstance(policy_timeout, (int, float)) and policy_timeout > 0):
+        raise ConfigError(f"policy_timeout must be a positive number of seconds or None, got {policy_timeout!r}")
     sc = as_scenario(scenario)
     source = sc.source or "<scenario>"
     base_dir = Path(sc._base_dir) if sc._base_dir else None
@@ -154,7 +188,8 @@ def simulate(
     try:
         config = core_config(sc, record_iterations, workload.hash_block_tokens if hashes is not None else None)
         trace_path = routing_trace_path(sc, base_dir)
-        plugins = core_plugins(sc, router, schedulers, prefix_caches)
+        clock = CallClock()
+        plugins = core_plugins(sc, router, schedulers, prefix_caches, clock, policy_timeout)
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None
     try:
@@ -163,11 +198,18 @@ def simulate(
         if trace_path is not None:
             extra.update(load_routing_trace(trace_path).core_arrays())
         extra.update(plugins)
-        out = _run_core(json.dumps(config), arrays, progress, extra)
+        out = _run_core(json.dumps(config), arrays, progress, extra, clock, policy_timeout)
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None
     except CapacityError as err:
         raise CapacityError(f"{source}: {err}") from None
+    except FleetwiseError as err:
+        partial = getattr(err, "partial", None)
+        if partial is not None and len(partial["status"]) == len(workload):  # the run stopped part way: keep what finished
+            names, _ = instance_names_and_roles(sc)
+            partial["instance"] = np.where(partial["instance"] < len(names), partial["instance"], -1)  # -1: not routed yet
+            err.requests = _requests_frame(workload, partial, [n.rpartition("/")[0] for n in names])
+        raise
     instances = json.loads(out["instances_json"])
     pool_of = [inst["pool_name"] for inst in instances]
     requests = _requests_frame(workload, out, pool_of)

@@ -7,22 +7,44 @@ by ``benchmarks/bench_python_policy.py``.
 
 from __future__ import annotations
 
+import numbers
 from typing import Sequence
 
 from fleetwise.policy.decisions import RouteDecision, StepPlan
 from fleetwise.policy.views import EndpointView, RequestView, StepView
+from fleetwise.policy.watchdog import CallClock
+
+_U32 = 2**32 - 1
+
+MAX_PREEMPTIONS = 1000
+"""Preemptions of one request after which a scheduler policy's plans are taken to livelock."""
 
 
 class PolicyAnswerError(ValueError):
     """A policy returned something that is not the decision its interface promises."""
 
 
+def checked_count(value, what: str, low: int = 1, allow_none: bool = False):
+    """``value`` as an int in ``low..=u32 max`` (None passes when allowed), else PolicyAnswerError."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise PolicyAnswerError(f"{what} must be an int{' or None' if allow_none else ''}, got {_short(value)}")
+    value = int(value)
+    if not low <= value <= _U32:
+        raise PolicyAnswerError(f"{what} must be in {low}..={_U32}, got {value}")
+    return value
+
+
 class RouterBridge:
     """Calls a Router for the simulator. ``roles[i]`` and ``names[i]`` describe instance ``i``;
     ``entry`` and ``decoders`` list the instances that take arrivals and that only decode."""
 
-    def __init__(self, policy, names: Sequence[str], roles: Sequence[str], block_tokens: int):
+    def __init__(self, policy, names: Sequence[str], roles: Sequence[str], block_tokens: int, label: str = "the router policy", clock: CallClock | None = None):
         self.policy = policy
+        self.label = label
+        self.clock = clock or CallClock()
+        self._what = f"{label}: route()"
         self.names, self.roles = list(names), list(roles)
         self.entry = [i for i, r in enumerate(roles) if r != "decode"]
         self.decoders = [i for i, r in enumerate(roles) if r == "decode"]
@@ -48,20 +70,44 @@ class RouterBridge:
         prompt, output, arrival = row
         req = RequestView(id=self.count, prompt_tokens=prompt, max_output_tokens=output, arrival=arrival, prefix_hashes=tuple(hashes))
         self.count += 1
-        d = self.policy.route(req, self._endpoints(entry_rows, decode_rows))
+        endpoints = self._endpoints(entry_rows, decode_rows)
+        clock = self.clock
+        clock.calls += 1
+        clock.busy = self._what
+        try:
+            d = self.policy.route(req, endpoints)
+        finally:
+            clock.busy = None
         if not isinstance(d, RouteDecision):
-            raise PolicyAnswerError(f"route() must return a RouteDecision, got {d!r}")
+            raise PolicyAnswerError(f"must return a RouteDecision, got {_short(d)}")
+        if type(d.instance) is not int or not (d.prefill is None or type(d.prefill) is int):
+            checked_count(d.instance, f"request {req.id}: RouteDecision.instance", low=0)
+            checked_count(d.prefill, f"request {req.id}: RouteDecision.prefill", low=0, allow_none=True)
         kind, pos = self.position.get(d.instance, (None, None))
         if d.prefill is None:
             if kind != "entry":
-                raise PolicyAnswerError(f"route() sent request {req.id} to instance {d.instance} without a prefill instance; it must be one of the serving (mixed or prefill) instances {self.entry}")
+                raise PolicyAnswerError(f"sent request {req.id} to instance {d.instance} without a prefill instance; it must be one of the serving (mixed or prefill) instances {self.entry}")
             return pos, None
         pkind, ppos = self.position.get(d.prefill, (None, None))
         if pkind != "entry" or self.roles[d.prefill] != "prefill":
-            raise PolicyAnswerError(f"route() chose prefill instance {d.prefill} for request {req.id}; prefill instances are {[i for i in self.entry if self.roles[i] == 'prefill']}")
+            raise PolicyAnswerError(f"chose prefill instance {d.prefill} for request {req.id}; prefill instances are {[i for i in self.entry if self.roles[i] == 'prefill']}")
         if kind != "decode":
-            raise PolicyAnswerError(f"route() chose instance {d.instance} to decode request {req.id} after a separate prefill; decode instances are {self.decoders}")
+            raise PolicyAnswerError(f"chose instance {d.instance} to decode request {req.id} after a separate prefill; decode instances are {self.decoders}")
         return ppos, pos
+
+
+def _short(value) -> str:
+    """``repr(value)``, cut to a readable length."""
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def is_known_id(request_id, known: dict) -> bool:
+    """Whether ``request_id`` is a key of ``known``; an unhashable id is not."""
+    try:
+        return request_id in known
+    except TypeError:  # an unhashable id names no request
+        return False
 
 
 def _request(row) -> RequestView:
@@ -73,29 +119,50 @@ class SchedulerBridge:
     """Calls a BatchScheduler for the core. ``ids`` maps the core's request indices to the ids the
     policy sees (the simulator's own indices when None)."""
 
-    def __init__(self, policy, ids: Sequence | None = None):
+    def __init__(self, policy, ids: Sequence | None = None, label: str = "the scheduler policy", clock: CallClock | None = None):
         self.policy = policy
         self.ids = ids
         self.back: dict | None = None
+        self.label = label
+        self.clock = clock or CallClock()
+        self._what = f"{label}: plan()"
 
     def plan(self, waiting_rows, running_rows, free, total, block_size, step, now=0.0):
         """Plans one iteration: returns the plan as a tuple of plain values for the core."""
+        for row in waiting_rows[:4] if waiting_rows else ():  # the requests preempted last wait at the front
+            if row[7] >= MAX_PREEMPTIONS:
+                raise PolicyAnswerError(f"request {row[0] if self.ids is None else self.ids[row[0]]} has been preempted {row[7]} times: the plans livelock (its victim_order keeps preempting the same requests) and it would never finish")
         ids, make = self.ids, _request
         if ids is not None:
             make = lambda r: _request((ids[r[0]],) + r[1:])  # noqa: E731
             if self.back is None or len(self.back) != len(ids):
                 self.back = {v: i for i, v in enumerate(ids)}
         view = StepView.from_rows(make, waiting_rows, running_rows, free, total, block_size, step, now)
-        p = self.policy.plan(view)
+        clock = self.clock
+        clock.calls += 1
+        clock.busy = self._what
+        try:
+            p = self.policy.plan(view)
+        finally:
+            clock.busy = None
         if not isinstance(p, StepPlan):
-            raise PolicyAnswerError(f"plan() must return a StepPlan, got {p!r}")
-        return (p.token_budget, p.max_num_seqs, self._order(p.running_order, view), self._order(p.waiting_order, view), self._order(p.victim_order, view), p.max_prefill_chunk)
+            raise PolicyAnswerError(f"must return a StepPlan, got {_short(p)}")
+        budget, seqs, chunk = p.token_budget, p.max_num_seqs, p.max_prefill_chunk
+        if not (type(budget) is int and type(seqs) is int and 0 < budget <= _U32 and 0 < seqs <= _U32 and (chunk is None or (type(chunk) is int and 0 < chunk <= _U32))):
+            budget, seqs, chunk = checked_count(budget, "token_budget"), checked_count(seqs, "max_num_seqs"), checked_count(chunk, "max_prefill_chunk", allow_none=True)
+        if p.running_order is None and p.waiting_order is None and p.victim_order is None:
+            return (budget, seqs, None, None, None, chunk)
+        # The ids the engine knows, from its own rows: a policy may have changed the view.
+        ids = self.ids
+        known = {(r[0] if ids is None else ids[r[0]]): None for rows in (waiting_rows, running_rows) for r in rows}
+        return (budget, seqs, self._order(p.running_order, known, "running_order"), self._order(p.waiting_order, known, "waiting_order"), self._order(p.victim_order, known, "victim_order"), chunk)
 
-    def _order(self, order, view: StepView):
+    def _order(self, order, known: dict, name: str):
         if order is None:
             return None
-        known = view.requests
-        unknown = [i for i in order if i not in known]
+        if not isinstance(order, (list, tuple, range)):
+            raise PolicyAnswerError(f"{name} must be a list or tuple of request ids (or None), got {_short(order)}")
+        unknown = [i for i in order if not is_known_id(i, known)]
         if unknown:
-            raise PolicyAnswerError(f"plan() names requests that are neither waiting nor running: {unknown[:5]}")
+            raise PolicyAnswerError(f"{name} names requests that are neither waiting nor running: {_short(unknown[:5])}")
         return [self.back[i] for i in order] if self.ids is not None else [int(i) for i in order]

@@ -9,14 +9,21 @@ over-fills, every step with work makes progress). ``fleetwise check-policy`` run
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import random
 import time
 from dataclasses import dataclass, field
 
+from fleetwise.errors import FleetwiseError
+from fleetwise.policy.bridge import PolicyAnswerError, checked_count, is_known_id
 from fleetwise.policy.decisions import RouteDecision, StepPlan
 from fleetwise.policy.views import EndpointView, RequestView, StepView
+from fleetwise.policy.watchdog import PolicyTimeout, deadline
+
+DEFAULT_TIMEOUT_S = 10.0
+"""Default time limit of one policy call in a check, seconds."""
 
 
 @dataclass
@@ -27,6 +34,10 @@ class ConformanceReport:
     calls: int = 0
     seconds: float = 0.0
     failures: list[str] = field(default_factory=list)
+    timeout: float | None = field(default=DEFAULT_TIMEOUT_S, repr=False)
+    """Most seconds one policy call may take (None: no limit); a longer call fails the check and ends it."""
+    policy: str = ""
+    """The policy's name, shown in the report (the CLI sets it)."""
 
     @property
     def passed(self) -> bool:
@@ -44,25 +55,71 @@ class ConformanceReport:
             self.failures.append(message)
 
     def __str__(self) -> str:
-        head = f"{self.interface}: {'PASS' if self.passed else 'FAIL'} ({self.calls} calls, {self.microseconds_per_call:.1f} us/call)"
+        head = f"{self.interface}{' ' + self.policy if self.policy else ''}: {'PASS' if self.passed else 'FAIL'} ({self.calls} calls, {self.microseconds_per_call:.1f} us/call)"
         return "\n".join([head] + [f"  - {f}" for f in self.failures])
 
 
 _RAISED = object()
 
 
-def _call(report: ConformanceReport, trial: int, name: str, fn, *args):
-    """Calls the policy's ``name`` method ``fn``, timing it; an exception is a recorded failure and
-    returns ``_RAISED``."""
-    start = time.perf_counter()
+class _Stop(Exception):
+    """The check cannot go on (a call ran past its time limit); its failure is recorded."""
+
+
+def _call(report: ConformanceReport, trial: int | str, name: str, fn, *args):
+    """Calls the policy's ``name`` method ``fn`` within the report's time limit, timing it. An
+    exception — any, ``SystemExit`` included, but Ctrl-C — is a recorded failure and returns
+    ``_RAISED``; a call past the time limit is a failure that ends the check (``_Stop``)."""
+    where = f"trial {trial}: " if isinstance(trial, int) else f"{trial}: "
     try:
-        return fn(*args)
-    except Exception as e:  # a conformance failure, reported rather than raised
-        report.fail(f"trial {trial}: {name}() raised {type(e).__name__}: {e}")
+        if not callable(fn):
+            raise TypeError(f"{name} is not a method (the object is not this kind of policy)")
+        with deadline(report.timeout, f"{name}()"):
+            start = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                report.seconds += time.perf_counter() - start
+                report.calls += 1
+    except PolicyTimeout:
+        report.fail(f"{where}{name}() did not return within {report.timeout:g} s (the per-call time limit, --timeout); the check stopped there")
+        raise _Stop from None
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:  # a conformance failure, reported rather than raised
+        report.fail(f"{where}{name}() raised {type(e).__name__}: {e}")
         return _RAISED
-    finally:
-        report.seconds += time.perf_counter() - start
-        report.calls += 1
+
+
+@contextlib.contextmanager
+def _checking(report: ConformanceReport):
+    """Runs a check's body: a stop (a call past its time limit) ends it with its failure recorded,
+    and anything unexpected the policy caused becomes a failure rather than a traceback."""
+    try:
+        yield
+    except (_Stop, PolicyTimeout):
+        if report.passed:
+            report.fail(f"a policy call did not return within {report.timeout:g} s (the per-call time limit)")
+    except (FleetwiseError, KeyboardInterrupt):
+        raise
+    except BaseException as e:
+        report.fail(f"the check stopped: {type(e).__name__}: {e}")
+
+
+def _method(policy, name: str):
+    """``policy.name`` or None when it has no such attribute (reported by :func:`_call`)."""
+    try:
+        return getattr(policy, name, None)
+    except Exception:
+        return None
+
+
+def _same(a, b) -> bool:
+    """Whether two answers are equal; answers that cannot be compared are not."""
+    try:
+        return bool(a == b)
+    except Exception:
+        return False
 
 
 def _endpoints(rng: random.Random, roles: list[str], prompt: int) -> list[EndpointView]:
@@ -72,12 +129,20 @@ def _endpoints(rng: random.Random, roles: list[str], prompt: int) -> list[Endpoi
     ]
 
 
-def check_router(policy, trials: int = 300, seed: int = 0, disaggregated: bool | None = None) -> ConformanceReport:
+def check_router(policy, trials: int = 300, seed: int = 0, disaggregated: bool | None = None, timeout: float | None = DEFAULT_TIMEOUT_S) -> ConformanceReport:
     """Checks a Router on colocated endpoint sets, or on prefill/decode sets when ``disaggregated``
-    (default: the policy's own ``disaggregated`` attribute, False when it has none)."""
-    report = ConformanceReport("router")
+    (default: the policy's own ``disaggregated`` attribute, False when it has none). Each call may
+    take ``timeout`` seconds."""
+    report = ConformanceReport("router", timeout=timeout)
+    with _checking(report):
+        _check_router(report, policy, trials, seed, disaggregated)
+    return report
+
+
+def _check_router(report: ConformanceReport, policy, trials: int, seed: int, disaggregated: bool | None) -> None:
     if disaggregated is None:
         disaggregated = bool(getattr(policy, "disaggregated", False))
+    route = _method(policy, "route")
     twin = _twin(policy, report)
     rng = random.Random(seed)
     for t in range(trials):
@@ -87,11 +152,19 @@ def check_router(policy, trials: int = 300, seed: int = 0, disaggregated: bool |
         prompt = rng.randrange(1, 8192)
         req = RequestView(id=t, prompt_tokens=prompt, max_output_tokens=rng.randrange(1, 1024), arrival=t * 0.01, prefix_hashes=tuple(rng.randrange(1 << 60) for _ in range(prompt // 512)))
         eps = _endpoints(rng, roles, prompt)
-        d = _call(report, t, "route", policy.route, req, eps)
+        d = _call(report, t, "route", route, req, list(eps))
         if d is _RAISED:
+            if not callable(route):
+                return
             continue
         if not isinstance(d, RouteDecision):
             report.fail(f"trial {t}: route() returned {type(d).__name__}, not RouteDecision")
+            continue
+        try:
+            checked_count(d.instance, "RouteDecision.instance", low=0)
+            checked_count(d.prefill, "RouteDecision.prefill", low=0, allow_none=True)
+        except PolicyAnswerError as e:
+            report.fail(f"trial {t}: {e}")
             continue
         if not 0 <= d.instance < len(eps):
             report.fail(f"trial {t}: instance {d.instance} is not an index of the {len(eps)} endpoints")
@@ -106,32 +179,37 @@ def check_router(policy, trials: int = 300, seed: int = 0, disaggregated: bool |
             if eps[d.instance].role != "decode":
                 report.fail(f"trial {t}: after a separate prefill, instance {d.instance} must be a decode endpoint, is {eps[d.instance].role}")
         if twin is not None:
-            try:
-                if twin.route(req, eps) != d:
+            d2 = _call(report, f"trial {t} (a deep copy)", "route", _method(twin, "route"), req, list(eps))
+            if d2 is _RAISED or not _same(d2, d):
+                if d2 is not _RAISED:
                     report.fail(f"trial {t}: two copies of the policy disagree on the same input (not deterministic)")
-                    twin = None
-            except Exception as e:
-                report.fail(f"trial {t}: copy raised {e!r}")
                 twin = None
-    return report
 
 
 def _twin(policy, report: ConformanceReport):
-    try:
-        return copy.deepcopy(policy)
-    except Exception as e:
-        report.fail(f"the policy cannot be deep-copied ({e!r}); determinism not checked")
+    """A deep copy of the policy for the determinism check, or None (a failure) when it cannot be made."""
+    twin = _call(report, "deep-copying the policy", "copy.deepcopy", copy.deepcopy, policy)
+    if twin is _RAISED:
+        report.fail("determinism not checked: the policy cannot be deep-copied")
         return None
+    return twin
 
 
-def check_scheduler(policy, max_num_seqs: int = 256, max_num_batched_tokens: int = 8192, trials: int = 200, seed: int = 0, requests: int = 40, num_blocks: int = 96, block_size: int = 16) -> ConformanceReport:
+def check_scheduler(policy, max_num_seqs: int = 256, max_num_batched_tokens: int = 8192, trials: int = 200, seed: int = 0, requests: int = 40, num_blocks: int = 96, block_size: int = 16, timeout: float | None = DEFAULT_TIMEOUT_S) -> ConformanceReport:
     """Checks a BatchScheduler's plans on random step views, then runs ``requests`` random
     requests to completion through vLLM v1's loop (the simulator's own) with a small KV cache of
-    ``num_blocks`` blocks, so preemption happens."""
+    ``num_blocks`` blocks, so preemption happens. Each call may take ``timeout`` seconds."""
+    report = ConformanceReport("scheduler", timeout=timeout)
+    with _checking(report):
+        _check_scheduler(report, policy, max_num_seqs, max_num_batched_tokens, trials, seed, requests, num_blocks, block_size)
+    return report
+
+
+def _check_scheduler(report: ConformanceReport, policy, max_num_seqs: int, max_num_batched_tokens: int, trials: int, seed: int, requests: int, num_blocks: int, block_size: int) -> None:
     from fleetwise import _core
     from fleetwise.policy.bridge import SchedulerBridge
 
-    report = ConformanceReport("scheduler")
+    plan = _method(policy, "plan")
     twin = _twin(policy, report)
     rng = random.Random(seed)
     for t in range(trials):
@@ -140,21 +218,29 @@ def check_scheduler(policy, max_num_seqs: int = 256, max_num_batched_tokens: int
             gen = rng.randrange(1, 64) if running else 0
             computed = prompt + gen - 1 if running and gen else (rng.randrange(0, prompt) if running else 0)
             return RequestView(id=f"r{t}-{i}", prompt_tokens=prompt, max_output_tokens=gen + rng.randrange(1, 64), computed_tokens=computed, generated_tokens=gen, arrival=rng.random())
-        view = StepView(waiting=tuple(req(i, False) for i in range(rng.randrange(0, 10))), running=tuple(req(100 + i, True) for i in range(rng.randrange(0, 10))), free_blocks=rng.randrange(0, 200), total_blocks=200, block_size=16, step=t)
-        p = _call(report, t, "plan", policy.plan, view)
+        waiting, running = tuple(req(i, False) for i in range(rng.randrange(0, 10))), tuple(req(100 + i, True) for i in range(rng.randrange(0, 10)))
+        shape = dict(free_blocks=rng.randrange(0, 200), total_blocks=200, block_size=16, step=t)
+        p = _call(report, t, "plan", plan, StepView(waiting, running, **shape))  # a view of its own: a policy may change it
         if p is _RAISED:
+            if not callable(plan):
+                return
             continue
-        _check_plan(report, t, p, view, max_num_seqs, max_num_batched_tokens)
-        if twin is not None and twin.plan(view) != p:
-            report.fail(f"trial {t}: two copies of the policy planned differently (not deterministic)")
-            twin = None
+        _check_plan(report, t, p, StepView(waiting, running, **shape), max_num_seqs, max_num_batched_tokens)
+        if twin is not None:
+            p2 = _call(report, f"trial {t} (a deep copy)", "plan", _method(twin, "plan"), StepView(waiting, running, **shape))
+            if p2 is _RAISED or not _same(p2, p):
+                if p2 is not _RAISED:
+                    report.fail(f"trial {t}: two copies of the policy planned differently (not deterministic)")
+                twin = None
     if report.failures:
-        return report
+        return
 
     # A whole workload through the engine's loop.
     config = json.dumps({"kind": "vllm-v1", "max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens})
     ids: list = []
-    sched = _core.Scheduler(config, num_blocks, block_size, 0, planner=SchedulerBridge(policy, ids))
+    bridge = SchedulerBridge(policy, ids, label="the policy")
+    bridge.plan = _timed_plan(report, bridge.plan)
+    sched = _core.Scheduler(config, num_blocks, block_size, 0, planner=bridge)
     outputs = {}
     for i in range(requests):
         ids.append(f"q{i}")
@@ -167,23 +253,49 @@ def check_scheduler(policy, max_num_seqs: int = 256, max_num_batched_tokens: int
             break
         try:
             batch = sched.schedule()
+        except _Stop:
+            raise
         except Exception as e:
-            report.fail(f"workload step {step}: {type(e).__name__}: {e}")
-            return report
+            if bridge.plan.stopped:  # the time limit, already recorded
+                raise _Stop from None
+            report.fail(f"workload step {step}: {e}")
+            return
         if sched.used_blocks() > num_blocks:
             report.fail(f"workload step {step}: {sched.used_blocks()} KV blocks used of {num_blocks}")
         if not batch:
             report.fail(f"workload step {step}: an empty batch with {len(sched.waiting())} waiting and {len(sched.running())} running requests (no progress)")
-            return report
+            return
         finished.extend(r for r, done in sched.complete() if done)
     if sorted(finished) != list(range(requests)):
         report.fail(f"workload: {len(set(finished))} of {requests} requests finished ({len(finished)} completions)")
-    return report
+
+
+def _timed_plan(report: ConformanceReport, plan):
+    """The bridge's ``plan`` under the report's per-call time limit (a timeout stops the check)."""
+
+    def timed(*args):
+        try:
+            with deadline(report.timeout, "plan()"):
+                return plan(*args)
+        except PolicyTimeout:
+            timed.stopped = True
+            report.fail(f"workload: plan() did not return within {report.timeout:g} s (the per-call time limit, --timeout); the check stopped there")
+            raise _Stop from None
+
+    timed.stopped = False
+    return timed
 
 
 def _check_plan(report: ConformanceReport, t: int, p, view: StepView, max_num_seqs: int, max_tokens: int) -> None:
     if not isinstance(p, StepPlan):
         report.fail(f"trial {t}: plan() returned {type(p).__name__}, not StepPlan")
+        return
+    try:
+        checked_count(p.token_budget, "StepPlan.token_budget")
+        checked_count(p.max_num_seqs, "StepPlan.max_num_seqs")
+        checked_count(p.max_prefill_chunk, "StepPlan.max_prefill_chunk", allow_none=True)
+    except PolicyAnswerError as e:
+        report.fail(f"trial {t}: {e}")
         return
     if p.token_budget > max_tokens:
         report.fail(f"trial {t}: token_budget {p.token_budget} exceeds the limit {max_tokens}")
@@ -192,61 +304,91 @@ def _check_plan(report: ConformanceReport, t: int, p, view: StepView, max_num_se
     for name, order, pool in (("running_order", p.running_order, view.running), ("waiting_order", p.waiting_order, view.waiting), ("victim_order", p.victim_order, view.running)):
         if order is None:
             continue
-        ids = {r.id for r in pool}
-        stray = [i for i in order if i not in ids]
+        if not isinstance(order, (list, tuple, range)):
+            report.fail(f"trial {t}: {name} must be a list or tuple of request ids (or None), not {type(order).__name__}")
+            continue
+        ids = {r.id: None for r in pool}
+        stray = [i for i in order if not is_known_id(i, ids)]
         if stray:
             report.fail(f"trial {t}: {name} names requests not in its queue: {stray[:3]}")
-        if len(set(order)) != len(list(order)):
+        elif len(set(order)) != len(order):
             report.fail(f"trial {t}: {name} lists a request twice")
 
 
-def check_prefix_cache(policy, trials: int = 300, seed: int = 0) -> ConformanceReport:
+def check_prefix_cache(policy, trials: int = 300, seed: int = 0, timeout: float | None = DEFAULT_TIMEOUT_S) -> ConformanceReport:
     """Checks a PrefixCachePolicy: it names one of the idle entries it was offered, every time, and
-    two copies agree."""
+    two copies agree. Each call may take ``timeout`` seconds."""
+    report = ConformanceReport("prefix-cache", timeout=timeout)
+    with _checking(report):
+        _check_prefix_cache(report, policy, trials, seed)
+    return report
+
+
+def _check_prefix_cache(report: ConformanceReport, policy, trials: int, seed: int) -> None:
     from fleetwise.policy.prefix_cache import CachedPrefixView
 
-    report = ConformanceReport("prefix-cache")
+    victim = _method(policy, "victim")
     twin = _twin(policy, report)
     rng = random.Random(seed)
     for t in range(trials):
         ticks = sorted(rng.sample(range(1, 100_000), rng.randrange(1, 40)))
         idle = [CachedPrefixView(hash=rng.randrange(1 << 63), last_use=tick, hits=rng.randrange(0, 6)) for tick in ticks]
-        h = _call(report, t, "victim", policy.victim, idle)
+        h = _call(report, t, "victim", victim, list(idle))
         if h is _RAISED:
+            if not callable(victim):
+                return
             continue
-        if h not in {e.hash for e in idle}:
-            report.fail(f"trial {t}: victim() returned {h!r}, not the hash of an idle entry")
-        elif twin is not None and twin.victim(idle) != h:
-            report.fail(f"trial {t}: two copies of the policy chose differently (not deterministic)")
-            twin = None
+        if isinstance(h, bool) or not is_known_id(h, {e.hash: None for e in idle}):
+            report.fail(f"trial {t}: victim() returned {repr(h)[:80]}, not the hash of an idle entry")
+        elif twin is not None:
+            h2 = _call(report, f"trial {t} (a deep copy)", "victim", _method(twin, "victim"), list(idle))
+            if h2 is _RAISED or not _same(h2, h):
+                if h2 is not _RAISED:
+                    report.fail(f"trial {t}: two copies of the policy chose differently (not deterministic)")
+                twin = None
+
+
+def check_expert_cache(factory, num_layers: int = 4, num_experts: int = 8, capacity: int = 3, accesses: int = 2000, seed: int = 0, timeout: float | None = DEFAULT_TIMEOUT_S) -> ConformanceReport:
+    """Checks an ExpertCachePolicy built by ``factory(num_layers, num_experts, capacity)``: a hit
+    exactly when the expert was resident, at most ``capacity`` residents per layer, evictions only
+    of residents, and the same answers from two fresh objects. Each call may take ``timeout`` seconds."""
+    report = ConformanceReport("expert-cache", timeout=timeout)
+    with _checking(report):
+        _check_expert_cache(report, factory, num_layers, num_experts, capacity, accesses, seed)
     return report
 
 
-def check_expert_cache(factory, num_layers: int = 4, num_experts: int = 8, capacity: int = 3, accesses: int = 2000, seed: int = 0) -> ConformanceReport:
-    """Checks an ExpertCachePolicy built by ``factory(num_layers, num_experts, capacity)``: a hit
-    exactly when the expert was resident, at most ``capacity`` residents per layer, evictions only
-    of residents, and the same answers from two fresh objects."""
-    report = ConformanceReport("expert-cache")
+def _check_expert_cache(report: ConformanceReport, factory, num_layers: int, num_experts: int, capacity: int, accesses: int, seed: int) -> None:
     rng = random.Random(seed)
-    a, b = factory(num_layers, num_experts, capacity), factory(num_layers, num_experts, capacity)
+    with deadline(report.timeout, "creating the policy"):
+        a, b = factory(num_layers, num_experts, capacity), factory(num_layers, num_experts, capacity)
     for t in range(accesses):
         layer, expert = rng.randrange(num_layers), min(int(rng.expovariate(0.5)), num_experts - 1)
-        before = a.resident(layer)
-        start = time.perf_counter()
-        hit = a.access(layer, expert)
-        evicted = None if hit else a.admit(layer, expert)
-        report.seconds += time.perf_counter() - start
-        report.calls += 1
+        before = _call(report, t, "resident", _method(a, "resident"), layer)
+        hit = _call(report, t, "access", _method(a, "access"), layer, expert) if before is not _RAISED else _RAISED
+        evicted = None if hit is True or hit is _RAISED else _call(report, t, "admit", _method(a, "admit"), layer, expert)
+        if _RAISED in (before, hit, evicted):
+            return
+        try:
+            before = set(before)
+        except TypeError:
+            report.fail(f"access {t}: resident() returned {type(before).__name__}, not a collection of expert ids")
+            return
+        if not isinstance(hit, bool):
+            report.fail(f"access {t}: access() returned {repr(hit)[:80]}, not True or False")
+            return
+        after = _call(report, t, "resident", _method(a, "resident"), layer)
+        if after is _RAISED:
+            return
         if hit != (expert in before):
             report.fail(f"access {t}: access() said {'hit' if hit else 'miss'} for expert {expert} of layer {layer}, resident were {sorted(before)}")
         if evicted is not None and evicted not in before:
             report.fail(f"access {t}: evicted expert {evicted}, which was not resident")
-        if len(a.resident(layer)) > capacity:
-            report.fail(f"access {t}: {len(a.resident(layer))} experts resident in layer {layer}, capacity {capacity}")
-        hit_b = b.access(layer, expert)
-        evicted_b = None if hit_b else b.admit(layer, expert)
-        if (hit_b, evicted_b) != (hit, evicted):
-            report.fail(f"access {t}: two fresh policies answered differently (not deterministic)")
-            b = None
+        if len(after) > capacity:
+            report.fail(f"access {t}: {len(after)} experts resident in layer {layer}, capacity {capacity}")
+        hit_b = _call(report, f"access {t} (a second object)", "access", _method(b, "access"), layer, expert)
+        evicted_b = None if hit_b is True or hit_b is _RAISED else _call(report, f"access {t} (a second object)", "admit", _method(b, "admit"), layer, expert)
+        if not _same((hit_b, evicted_b), (hit, evicted)):
+            if _RAISED not in (hit_b, evicted_b):
+                report.fail(f"access {t}: two fresh policies answered differently (not deterministic)")
             break
-    return report

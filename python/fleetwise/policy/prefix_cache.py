@@ -8,6 +8,7 @@ hashes mean equal prefixes).
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Protocol, Sequence, runtime_checkable
 
@@ -49,11 +50,28 @@ class LfuPrefixCache:
 
 
 class PrefixCacheBridge:
-    """Calls a PrefixCachePolicy for the core."""
+    """Calls a PrefixCachePolicy for the core; ``label`` names it in messages, ``clock`` notes
+    each call (for the per-call time limit)."""
 
-    def __init__(self, policy):
+    def __init__(self, policy, label: str = "the prefix cache policy", clock=None):
+        from fleetwise.policy.watchdog import CallClock
+
         self.policy = policy
+        self.label = label
+        self.clock = clock or CallClock()
+        self._what = f"{label}: victim()"
 
     def victim(self, rows: Sequence[tuple]) -> int:
         """Rows ``(hash, last_use, hits)`` in, the hash to evict out."""
-        return int(self.policy.victim([CachedPrefixView(*r) for r in rows]))
+        from fleetwise.policy.bridge import PolicyAnswerError
+
+        clock = self.clock
+        clock.calls += 1
+        clock.busy = self._what
+        try:
+            h = self.policy.victim([CachedPrefixView(*r) for r in rows])
+        finally:
+            clock.busy = None
+        if isinstance(h, bool) or not isinstance(h, numbers.Integral) or not 0 <= int(h) < 2**64:
+            raise PolicyAnswerError(f"must return the hash (an int) of one of the idle entries, got {h!r}"[:300])
+        return int(h)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Callable
 
-from fleetwise.errors import ConfigError
+from fleetwise.errors import ConfigError, PolicyError
 
 KINDS = ("router", "scheduler", "prefix-cache", "expert-cache")
 _REGISTRY: dict[str, dict[str, Callable]] = {k: {} for k in KINDS}
@@ -47,17 +47,29 @@ def resolve(kind: str, name: str) -> Callable:
                 obj = getattr(obj, part)
         except (ImportError, AttributeError) as e:
             raise ConfigError(f"policy {name!r}: cannot import it ({e})") from None
+        except (Exception, SystemExit) as e:  # the module itself fails: a syntax error, an exception at import
+            detail = f"{type(e).__name__} in {e.filename}, line {e.lineno}: {e.msg}" if isinstance(e, SyntaxError) else f"{type(e).__name__}: {e}"
+            raise ConfigError(f"policy {name!r}: importing module {module!r} failed ({detail})") from None
+        if not callable(obj):
+            raise ConfigError(f"{kind} policy {name!r} is a {type(obj).__name__}, not a class or factory")
         return obj
     raise ConfigError(f"unknown {kind} policy {name!r}; registered: {', '.join(names(kind)) or 'none'}, or give module:attr")
 
 
 def create(kind: str, name: str, **params):
     """A new policy object: ``name`` resolved for ``kind`` and called with ``params``."""
-    factory = resolve(kind, name)
+    return build(kind, name, resolve(kind, name), **params)
+
+
+def build(kind: str, name: str, factory: Callable, *args, **params):
+    """``factory(*args, **params)``: wrong parameters are a ConfigError, anything else the
+    constructor raises a PolicyError naming the policy (its ``__cause__`` the exception)."""
     try:
-        return factory(**params)
+        return factory(*args, **params)
     except TypeError as e:
         raise ConfigError(f"{kind} policy {name!r}: bad parameters {sorted(params)} ({e})") from None
+    except (Exception, SystemExit) as e:  # the constructor itself fails: the user's code, not ours
+        raise PolicyError(f"{kind} policy {name!r}: creating it with parameters {params} raised {type(e).__name__}: {e}") from e
 
 
 def _register_builtins() -> None:

@@ -36,17 +36,27 @@ class Fcfs:
 
 class ShortestPromptFirst:
     """Admits the waiting request with the fewest tokens left to prefill first (SJF on prompts),
-    and preempts the running request with the most tokens to recompute last."""
+    and preempts the running request with the most tokens to recompute last.
 
-    def __init__(self, max_num_seqs: int = 256, max_num_batched_tokens: int = 8192, max_prefill_chunk: int | None = None):
+    Live under any load: a request that has waited ``max_wait_s`` seconds since it arrived is
+    *aged* — aged requests are admitted before every other, oldest first, and preempted only after
+    every other — so a long prompt is never overtaken forever by a stream of shorter ones.
+    """
+
+    def __init__(self, max_num_seqs: int = 256, max_num_batched_tokens: int = 8192, max_prefill_chunk: int | None = None, max_wait_s: float = 60.0):
+        if not max_wait_s > 0:
+            raise ValueError(f"max_wait_s must be a positive number of seconds, got {max_wait_s!r}")
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_prefill_chunk = max_prefill_chunk
+        self.max_wait_s = max_wait_s
 
     def plan(self, step: StepView) -> StepPlan:
-        """Waiting requests by prompt length (ties by arrival); victims with the least KV first."""
-        waiting = sorted(step.waiting, key=lambda r: (r.pending_tokens, r.arrival, str(r.id)))
-        victims = sorted(step.running, key=lambda r: (r.computed_tokens, -r.arrival, str(r.id)))
+        """Aged requests first (oldest first), then the rest by prompt length (ties by arrival);
+        victims with the least KV first, aged ones last."""
+        aged_before = step.now - self.max_wait_s
+        waiting = sorted(step.waiting, key=lambda r: (0, r.arrival, 0, str(r.id)) if r.arrival <= aged_before else (1, r.pending_tokens, r.arrival, str(r.id)))
+        victims = sorted(step.running, key=lambda r: (r.arrival <= aged_before, r.computed_tokens, -r.arrival, str(r.id)))
         return StepPlan(
             token_budget=self.max_num_batched_tokens,
             max_num_seqs=self.max_num_seqs,

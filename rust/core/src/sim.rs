@@ -644,12 +644,19 @@ pub struct Plugins {
 }
 
 /// [`simulate_with`] with `plugins` in place of the configured policies they replace.
-pub fn simulate_plugged(config: &SimConfig, workload: &Workload, control: &Control, mut plugins: Plugins) -> Result<SimOutput> {
+pub fn simulate_plugged(config: &SimConfig, workload: &Workload, control: &Control, plugins: Plugins) -> Result<SimOutput> {
+    simulate_keeping(config, workload, control, plugins, &mut Vec::new())
+}
+
+/// [`simulate_plugged`] that leaves every request's state in `reqs` when the run stops with an
+/// error (a policy's failure, a request that never finished), so what finished is kept.
+pub fn simulate_keeping(config: &SimConfig, workload: &Workload, control: &Control, mut plugins: Plugins, mut reqs: &mut Vec<Request>) -> Result<SimOutput> {
     let n = workload.arrival.len();
     if workload.prompt.len() != n || workload.output.len() != n {
         return Err(Error::Simulation { message: format!("workload columns differ in length: {n} arrivals, {} prompts, {} outputs", workload.prompt.len(), workload.output.len()) });
     }
-    let mut reqs = Vec::with_capacity(n);
+    reqs.clear();
+    reqs.reserve(n);
     for i in 0..n {
         if i > 0 && workload.arrival[i] < workload.arrival[i - 1] {
             return Err(Error::Simulation { message: format!("arrivals must be sorted: request {i} arrives before request {}", i - 1) });
@@ -842,5 +849,5 @@ pub fn simulate_plugged(config: &SimConfig, workload: &Workload, control: &Contr
             stats: InstanceStats { experts: inst.experts().map(|m| m.stats.clone()), ..inst.stats.clone() },
         })
         .collect();
-    Ok(SimOutput { requests: reqs, rejections, itl, instances: reports, iterations: log, events, end_time: now })
+    Ok(SimOutput { requests: std::mem::take(reqs), rejections, itl, instances: reports, iterations: log, events, end_time: now })
 }

@@ -14,12 +14,22 @@ use std::sync::{Arc, Mutex};
 pub type ErrorSlot = Arc<Mutex<Option<PyErr>>>;
 
 fn failed(slot: &ErrorSlot, what: &str, err: PyErr) -> Error {
-    let message = format!("{what} raised {err}");
+    let text = err.to_string();
+    let message = match text.strip_prefix("PolicyAnswerError: ") {
+        // The bridge's own check of the answer (fleetwise.policy.bridge): it says what was wrong.
+        Some(rest) => format!("{what}: {rest}"),
+        None => format!("{what} raised {text}"),
+    };
     let mut s = slot.lock().expect("error slot");
     if s.is_none() {
         *s = Some(err);
     }
     Error::Policy { message }
+}
+
+/// What a bridge calls its policy in messages (its `label` attribute), else `default`.
+fn label_of(bridge: &Py<PyAny>, default: &str) -> String {
+    Python::with_gil(|py| bridge.getattr(py, "label").and_then(|l| l.extract::<String>(py)).unwrap_or_else(|_| default.to_string()))
 }
 
 /// (id, prompt, output, computed, generated, cached prompt tokens, arrival seconds, preemptions):
@@ -37,12 +47,14 @@ fn load_row(l: &InstanceLoad) -> LoadRow {
 pub struct PyRouterPlugin {
     bridge: Py<PyAny>,
     slot: ErrorSlot,
+    label: String,
 }
 
 impl PyRouterPlugin {
     /// Wraps `bridge`; a Python exception it raises lands in `slot`.
     pub fn new(bridge: Py<PyAny>, slot: ErrorSlot) -> Self {
-        PyRouterPlugin { bridge, slot }
+        let label = label_of(&bridge, "the router policy");
+        PyRouterPlugin { bridge, slot, label }
     }
 }
 
@@ -59,7 +71,7 @@ impl Router for PyRouterPlugin {
             self.bridge
                 .call_method1(py, "route", (row, req.hashes.clone(), e, d))
                 .and_then(|r| r.extract::<(usize, Option<usize>)>(py))
-                .map_err(|err| failed(&self.slot, "the router policy", err))
+                .map_err(|err| failed(&self.slot, &format!("{}: route()", self.label), err))
         })
     }
 }
@@ -70,12 +82,14 @@ impl Router for PyRouterPlugin {
 pub struct PyPlanner {
     bridge: Py<PyAny>,
     slot: ErrorSlot,
+    label: String,
 }
 
 impl PyPlanner {
     /// Wraps `bridge`; a Python exception it raises lands in `slot`.
     pub fn new(bridge: Py<PyAny>, slot: ErrorSlot) -> Self {
-        PyPlanner { bridge, slot }
+        let label = label_of(&bridge, "the scheduler policy");
+        PyPlanner { bridge, slot, label }
     }
 }
 
@@ -96,9 +110,13 @@ impl Planner for PyPlanner {
                 .bridge
                 .call_method1(py, "plan", (waiting, running, free, total, block, s.step, s.now as f64 * 1e-9))
                 .and_then(|r| r.extract(py))
-                .map_err(|err| failed(&self.slot, "the scheduler policy", err))?;
+                .map_err(|err| failed(&self.slot, &format!("{}: plan()", self.label), err))?;
             Ok(StepPlan { token_budget: p.0, max_num_seqs: p.1, running_order: p.2, waiting_order: p.3, victim_order: p.4, max_prefill_chunk: p.5 })
         })
+    }
+
+    fn describe(&self) -> String {
+        self.label.clone()
     }
 }
 
@@ -107,18 +125,20 @@ impl Planner for PyPlanner {
 pub struct PyEvictor {
     bridge: Py<PyAny>,
     slot: ErrorSlot,
+    label: String,
 }
 
 impl PyEvictor {
     /// Wraps `bridge`; a Python exception it raises lands in `slot`.
     pub fn new(bridge: Py<PyAny>, slot: ErrorSlot) -> Self {
-        PyEvictor { bridge, slot }
+        let label = label_of(&bridge, "the prefix cache policy");
+        PyEvictor { bridge, slot, label }
     }
 }
 
 impl PrefixEvictor for PyEvictor {
     fn victim(&mut self, idle: &[IdleEntry]) -> Result<u64> {
         let rows: Vec<(u64, u64, u32)> = idle.iter().map(|e| (e.hash, e.last_use, e.hits)).collect();
-        Python::with_gil(|py| self.bridge.call_method1(py, "victim", (rows,)).and_then(|r| r.extract::<u64>(py)).map_err(|err| failed(&self.slot, "the prefix cache policy", err)))
+        Python::with_gil(|py| self.bridge.call_method1(py, "victim", (rows,)).and_then(|r| r.extract::<u64>(py)).map_err(|err| failed(&self.slot, &format!("{}: victim()", self.label), err)))
     }
 }

@@ -3,7 +3,8 @@
 use crate::errors::{from_json, to_py};
 use fleetwise_core::request::Status;
 use fleetwise_core::moe::{replay_hits, CachePolicy, RoutingTrace};
-use fleetwise_core::sim::{simulate_plugged, Control, Plugins, SimConfig, Workload};
+use fleetwise_core::request::Request;
+use fleetwise_core::sim::{simulate_keeping, Control, Plugins, SimConfig, Workload};
 use crate::plugins::{ErrorSlot, PyEvictor, PyPlanner, PyRouterPlugin};
 use fleetwise_core::prefix::PrefixEvictor;
 use fleetwise_core::scheduler::Planner;
@@ -132,47 +133,27 @@ pub fn simulate<'py>(
     for (pool, factory) in evictors.unwrap_or_default() {
         plugins.evictors.insert(pool, per_instance(factory, slot.clone(), "prefix cache", |b, s| Box::new(PyEvictor::new(b, s)) as Box<dyn PrefixEvictor>));
     }
-    let result = py.allow_threads(|| simulate_plugged(&config, &workload, &control, plugins));
+    let mut kept: Vec<Request> = Vec::new();
+    let result = py.allow_threads(|| simulate_keeping(&config, &workload, &control, plugins, &mut kept));
     let out = match result {
         Ok(out) => out,
         Err(e) => {
+            let stopped = matches!(e, fleetwise_core::error::Error::Policy { .. } | fleetwise_core::error::Error::Simulation { .. });
             let err = to_py(e);
             if let Some(cause) = slot.lock().expect("error slot").take() {
                 err.set_cause(py, Some(cause));
             }
+            if stopped && !kept.is_empty() {
+                // What finished before the run stopped: the request columns, as in a result.
+                let partial = PyDict::new(py);
+                request_columns(&kept, &partial)?;
+                err.value(py).setattr("partial", partial)?;
+            }
             return Err(err);
         }
     };
-
-    let n = out.requests.len();
-    let mut first = Vec::with_capacity(n);
-    let mut done = Vec::with_capacity(n);
-    let mut inst = Vec::with_capacity(n);
-    let mut pre = Vec::with_capacity(n);
-    let mut status = Vec::with_capacity(n);
-    let mut generated = Vec::with_capacity(n);
-    let mut prefill_inst = Vec::with_capacity(n);
-    let mut transfer_ns = Vec::with_capacity(n);
-    for r in &out.requests {
-        first.push(if r.first_token == u64::MAX { -1 } else { r.first_token as i64 });
-        done.push(if r.completion == u64::MAX { -1 } else { r.completion as i64 });
-        inst.push(r.instance as i64);
-        pre.push(r.preemptions as i64);
-        status.push(status_code(r.status));
-        generated.push(r.generated as i64);
-        prefill_inst.push(if r.prefill_instance == u32::MAX { -1 } else { r.prefill_instance as i64 });
-        // Time after the first token spent waiting for the KV to reach the decode instance.
-        transfer_ns.push(if r.transfer.1 > 0 && r.first_token != u64::MAX { r.transfer.1.saturating_sub(r.first_token) as i64 } else { 0 });
-    }
     let d = PyDict::new(py);
-    d.set_item("first_token_ns", first.into_pyarray(py))?;
-    d.set_item("completion_ns", done.into_pyarray(py))?;
-    d.set_item("instance", inst.into_pyarray(py))?;
-    d.set_item("preemptions", pre.into_pyarray(py))?;
-    d.set_item("status", status.into_pyarray(py))?;
-    d.set_item("generated_tokens", generated.into_pyarray(py))?;
-    d.set_item("prefill_instance", prefill_inst.into_pyarray(py))?;
-    d.set_item("kv_transfer_ns", transfer_ns.into_pyarray(py))?;
+    request_columns(&out.requests, &d)?;
     d.set_item("rejections", out.rejections)?;
     let itl = PyDict::new(py);
     itl.set_item("count", out.itl.count())?;
@@ -198,6 +179,40 @@ pub fn simulate<'py>(
         d.set_item("iterations", it)?;
     }
     Ok(d)
+}
+
+/// The per-request result columns of `reqs` (numpy arrays) into `d`.
+fn request_columns(reqs: &[Request], d: &Bound<'_, PyDict>) -> PyResult<()> {
+    let py = d.py();
+    let n = reqs.len();
+    let mut first = Vec::with_capacity(n);
+    let mut done = Vec::with_capacity(n);
+    let mut inst = Vec::with_capacity(n);
+    let mut pre = Vec::with_capacity(n);
+    let mut status = Vec::with_capacity(n);
+    let mut generated = Vec::with_capacity(n);
+    let mut prefill_inst = Vec::with_capacity(n);
+    let mut transfer_ns = Vec::with_capacity(n);
+    for r in reqs {
+        first.push(if r.first_token == u64::MAX { -1 } else { r.first_token as i64 });
+        done.push(if r.completion == u64::MAX { -1 } else { r.completion as i64 });
+        inst.push(r.instance as i64);
+        pre.push(r.preemptions as i64);
+        status.push(status_code(r.status));
+        generated.push(r.generated as i64);
+        prefill_inst.push(if r.prefill_instance == u32::MAX { -1 } else { r.prefill_instance as i64 });
+        // Time after the first token spent waiting for the KV to reach the decode instance.
+        transfer_ns.push(if r.transfer.1 > 0 && r.first_token != u64::MAX { r.transfer.1.saturating_sub(r.first_token) as i64 } else { 0 });
+    }
+    d.set_item("first_token_ns", first.into_pyarray(py))?;
+    d.set_item("completion_ns", done.into_pyarray(py))?;
+    d.set_item("instance", inst.into_pyarray(py))?;
+    d.set_item("preemptions", pre.into_pyarray(py))?;
+    d.set_item("status", status.into_pyarray(py))?;
+    d.set_item("generated_tokens", generated.into_pyarray(py))?;
+    d.set_item("prefill_instance", prefill_inst.into_pyarray(py))?;
+    d.set_item("kv_transfer_ns", transfer_ns.into_pyarray(py))?;
+    Ok(())
 }
 
 /// A core factory of one policy object per instance: calls the Python `factory(instance)` for a

@@ -57,6 +57,11 @@ pub struct StepState<'a> {
 pub trait Planner: Send + Sync {
     /// The plan for the next iteration.
     fn plan(&mut self, state: &StepState) -> Result<StepPlan>;
+
+    /// Who plans, for error messages (a user's policy names itself and its instance).
+    fn describe(&self) -> String {
+        "the vllm-v1 scheduler".to_string()
+    }
 }
 
 /// vLLM v1's default: first come, first served, with fixed limits.
@@ -119,7 +124,8 @@ impl PlanScheduler {
 
     fn checked_plan(&mut self, q: &Queues, reqs: &[Request], kv: &BlockManager) -> Result<StepPlan> {
         let plan = self.planner.plan(&StepState { queues: q, reqs, kv, step: self.step, now: self.now })?;
-        let bad = |field: &str, msg: String| Err(Error::Policy { message: format!("the scheduler's plan.{field} {msg}") });
+        let who = self.planner.describe();
+        let bad = |field: &str, msg: String| Err(Error::Policy { message: format!("{who}: plan.{field} {msg}") });
         if plan.token_budget == 0 || plan.token_budget > self.max_num_batched_tokens {
             return bad("token_budget", format!("must be in 1..={} (the pool's max_num_batched_tokens), got {}", self.max_num_batched_tokens, plan.token_budget));
         }
@@ -139,20 +145,28 @@ impl PlanScheduler {
         q.running.retain(|&i| i != v);
         v
     }
-}
 
-impl BatchScheduler for PlanScheduler {
-    fn schedule(&mut self, q: &mut Queues, reqs: &mut [Request], kv: &mut BlockManager, batch: &mut Batch) {
-        if self.error.is_some() {
-            return;
+    /// The error for an idle instance (nothing running, its whole KV cache free) whose plan
+    /// admitted none of its waiting requests: nothing would ever wake it again.
+    fn stall(&self, q: &Queues, reqs: &[Request], kv: &BlockManager) -> Error {
+        let head = *q.waiting.front().expect("requests are waiting");
+        let r = &reqs[head as usize];
+        Error::Policy {
+            message: format!(
+                "{} stalled at step {}: the instance is idle (nothing running, all {} KV blocks free) but its plan admitted none of the {} waiting requests, so request {head} ({} prompt tokens, arrived at {:.3} s) would never finish",
+                self.planner.describe(),
+                self.step,
+                kv.total(),
+                q.waiting.len(),
+                r.prompt,
+                r.arrival as f64 * 1e-9
+            ),
         }
-        let plan = match self.checked_plan(q, reqs, kv) {
-            Ok(p) => p,
-            Err(e) => {
-                self.error = Some(e);
-                return;
-            }
-        };
+    }
+
+    /// One pass of vLLM v1's loop with a fresh plan; returns whether it preempted anything.
+    fn pass(&mut self, q: &mut Queues, reqs: &mut [Request], kv: &mut BlockManager, batch: &mut Batch) -> Result<bool> {
+        let plan = self.checked_plan(q, reqs, kv)?;
         self.step += 1;
         let cap = plan.max_prefill_chunk.unwrap_or(u32::MAX);
         let mut budget = plan.token_budget;
@@ -223,6 +237,32 @@ impl BatchScheduler for PlanScheduler {
         }
         for (idx, n) in scheduled {
             batch.push(idx, &reqs[idx as usize], n);
+        }
+        Ok(!preempted.is_empty())
+    }
+}
+
+impl BatchScheduler for PlanScheduler {
+    fn schedule(&mut self, q: &mut Queues, reqs: &mut [Request], kv: &mut BlockManager, batch: &mut Batch) {
+        if self.error.is_some() {
+            return;
+        }
+        // A pass that preempts (possibly every running request, the one asking included) and
+        // schedules nothing would leave the instance idle with nothing to wake it: plan again at
+        // once, as vLLM's engine loop does on its next step. Such a pass removes at least one
+        // running request, so at most `running + 1` passes run.
+        for _ in 0..=q.running.len() {
+            match self.pass(q, reqs, kv, batch) {
+                Ok(true) if batch.items.is_empty() => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    self.error = Some(e);
+                    return;
+                }
+            }
+        }
+        if batch.items.is_empty() && q.running.is_empty() && !q.waiting.is_empty() && kv.free() == kv.total() {
+            self.error = Some(self.stall(q, reqs, kv));
         }
     }
 
@@ -356,5 +396,47 @@ mod tests {
         assert!(b.items.is_empty());
         let e = s.take_error().expect("an error");
         assert!(e.to_string().contains("token_budget"), "{e}");
+    }
+
+    /// Chunks of 32 on the first step, then whole prompts with the asking request itself as the
+    /// first victim.
+    struct SelfVictim;
+    impl Planner for SelfVictim {
+        fn plan(&mut self, s: &StepState) -> Result<StepPlan> {
+            let first = s.step == 0;
+            Ok(StepPlan { token_budget: 64, max_num_seqs: 8, max_prefill_chunk: first.then_some(32), victim_order: (!first).then(|| vec![0]), ..StepPlan::default() })
+        }
+    }
+
+    #[test]
+    fn a_pass_that_only_preempts_is_planned_again_at_once() {
+        // Step 2: request 0 needs 3 more blocks, 2 are free, and the plan makes it its own victim:
+        // the pass schedules nothing. Request 1 still runs, so the loop plans again at once instead
+        // of leaving the instance idle with nothing to wake it.
+        let (mut reqs, mut q) = setup(&[80, 16], 4);
+        let mut kv = BlockManager::new(5, 16, 0);
+        let mut s = PlanScheduler::new(Box::new(SelfVictim), 8, 64).reserving_full_prompt(false);
+        let mut b = Batch::default();
+        s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
+        assert_eq!(tokens(&b), vec![(0, 32), (1, 16)]);
+        finish(&b, &mut reqs, &mut q, &mut kv);
+        b.clear();
+        s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
+        assert_eq!(tokens(&b), vec![(1, 1)]);
+        assert_eq!(b.preempted, 1);
+        assert!(s.take_error().is_none());
+    }
+
+    #[test]
+    fn an_idle_instance_whose_plan_admits_nothing_is_a_stall() {
+        // A 100-token prompt reserved whole on 4 blocks of 16 never fits (the simulator rejects such
+        // a request on arrival; here nothing does): nothing runs, the cache is free, nothing is admitted.
+        let (mut reqs, mut q) = setup(&[100], 2);
+        let mut kv = BlockManager::new(4, 16, 0);
+        let mut s = fcfs(8, 32, None);
+        let mut b = Batch::default();
+        s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
+        let e = s.take_error().expect("a stall").to_string();
+        assert!(e.contains("stalled") && e.contains("request 0") && e.contains("vllm-v1"), "{e}");
     }
 }
