@@ -36,7 +36,7 @@ def signature(outcome: dict) -> str | None:
     kind = outcome["outcome"]
     if "exit_code" in outcome:
         text = outcome["stdout"] + outcome["stderr"]
-        if kind == "ok" and outcome["exit_code"] in (0, 2) and "Traceback" not in text and not outcome["violations"]:
+        if kind == "ok" and outcome["exit_code"] in (0, 1, 2) and "Traceback" not in text and not outcome["violations"]:
             return None
     elif kind == "error" or (kind == "ok" and not outcome["violations"]):
         return None
@@ -82,7 +82,8 @@ def explore(strategy, make_request, n: int) -> None:
 
 
 def main() -> None:
-    """``explore.py KIND N``: KIND is scenarios, overrides, traces or policies."""
+    """``explore.py KIND N``: KIND is scenarios, overrides, traces, readers, policies, estimate,
+    check-policy or compare-sweep."""
     kind, n = sys.argv[1], int(sys.argv[2])
     if kind == "scenarios":
         from fuzz_scenarios import scenarios
@@ -104,6 +105,11 @@ def main() -> None:
         from fuzz_policy_cases import policy_cases, policy_request
 
         explore(policy_cases(), policy_request, n)
+    elif kind in ("estimate", "check-policy", "compare-sweep"):
+        import test_fuzz_cli as c
+
+        strategy = {"estimate": c.estimate_args, "check-policy": c.check_policy_args, "compare-sweep": c.compare_and_sweep_args}[kind]()
+        explore(strategy, lambda args: {"op": "cli", "args": args, "cwd": str(c._SCRATCH)}, n)
     else:
         raise SystemExit(f"unknown kind {kind!r}")
 

@@ -158,7 +158,7 @@ def lengths() -> st.SearchStrategy:
     sigma = float_field(0.0, 2.0)
     return st.one_of(
         st.fixed_dictionaries({"kind": st.just("constant"), "prompt": tok, "output": out}),
-        st.fixed_dictionaries({"kind": st.just("uniform"), "prompt_min": tok, "prompt_max": tok, "output_min": out, "output_max": out}),
+        st.tuples(tok, st.integers(0, 2000), out, st.integers(0, 100)).map(lambda t: {"kind": "uniform", "prompt_min": t[0], "prompt_max": t[0] + t[1], "output_min": t[2], "output_max": t[2] + t[3]}),
         st.fixed_dictionaries({"kind": st.just("lognormal"), "prompt_median": median, "prompt_sigma": sigma, "output_median": float_field(1.0, 200.0), "output_sigma": sigma}, optional={"prompt_max": tok, "output_max": out}),
     )
 
@@ -168,7 +168,7 @@ def workload() -> st.SearchStrategy:
     return st.fixed_dictionaries(
         {"arrivals": arrivals(), "lengths": lengths(), "requests": int_field(1, 40)},
         optional={
-            "prefixes": st.fixed_dictionaries({"groups": int_field(1, 4), "prefix_tokens": int_field(1, 2048), "fraction": float_field(0.0, 1.0), "block_tokens": int_field(1, 64)}),
+            "prefixes": st.fixed_dictionaries({"groups": int_field(1, 4), "prefix_tokens": int_field(1, 2048), "fraction": float_field(0.0, 1.0), "block_tokens": st.sampled_from([16, 16, 16, 1, 7, 64])}),
             "sessions": st.fixed_dictionaries({"turns_mean": float_field(1.0, 4.0), "think_time_s": float_field(0.0, 10.0), "block_tokens": st.just(16)}),
         },
     )

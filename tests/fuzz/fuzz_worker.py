@@ -317,14 +317,15 @@ def assert_clean(outcome: dict, case: object = "") -> None:
     assert kind == "ok" and not outcome["violations"], f"{case}: {describe(outcome)}"
 
 
-def assert_clean_cli(outcome: dict, case: object = "") -> None:
-    """Asserts a CLI outcome is exit 2 with a message and no traceback, or exit 0 with every invariant."""
+def assert_clean_cli(outcome: dict, case: object = "", also_allowed: tuple[int, ...] = ()) -> None:
+    """Asserts a CLI outcome is exit 2 with a message and no traceback, or exit 0 with every
+    invariant (or an exit code of ``also_allowed``, e.g. check-policy's 1 for a failed check)."""
     text = outcome["stdout"] + outcome["stderr"]
     code = outcome["exit_code"]
     assert outcome["outcome"] != "crash", f"{case}: exit {code}, {describe(outcome)}"
     assert outcome["outcome"] in ("ok",), f"{case}: {describe(outcome)}"
     assert "Traceback" not in text, f"{case}: exit {code} with a traceback:\n{text[-2000:]}"
-    assert code in (0, 2), f"{case}: exit code {code}:\n{text[-2000:]}"
+    assert code in (0, 2, *also_allowed), f"{case}: exit code {code}:\n{text[-2000:]}"
     if code == 2:
         assert outcome["stderr"].strip(), f"{case}: exit 2 with no message"
     else:

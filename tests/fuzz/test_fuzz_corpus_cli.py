@@ -112,6 +112,13 @@ def test_output_to_dev_null_is_clean(worker, scratch):
     assert_clean_cli(cli(worker, scratch, "run", "tiny.yaml", "-o", "/dev/null"), "-o /dev/null")
 
 
+@pytest.mark.parametrize("offload", [["--offload", "tape"], ["--offload", "flash", "--offload-set", "storage=1e9"]])
+def test_estimate_bad_offload_is_refused(worker, scratch, offload):
+    """``estimate --offload tape`` (or a non-catalogue storage) exits 2 (was a pydantic ValidationError traceback)."""
+    outcome = cli(worker, scratch, "estimate", "--model", "llama-3-8b", "--gpu", "h100-sxm", "--prefill", "16", *offload)
+    assert_refused(outcome, " ".join(offload), "offload", "storage", "tier")
+
+
 # --- a handful as real processes: the console entry point, exit codes and stderr ------------------
 
 PROCESS_CASES = {
