@@ -106,6 +106,40 @@ def router() -> st.SearchStrategy:
     )
 
 
+def offload() -> st.SearchStrategy:
+    """Weight offloading to DRAM or flash."""
+    return st.fixed_dictionaries(
+        {"tier": st.sampled_from(["dram", "flash"])},
+        optional={
+            "layer_fraction": float_field(0.0, 1.0),
+            "ffn_load_fraction": float_field(0.0, 1.0),
+            "dram_cache_fraction": float_field(0.0, 1.0),
+            "overlap": st.booleans(),
+            "queue_depth": int_field(1, 128),
+            "read_chunk_kb": float_field(1.0, 4096.0),
+            "capacity_gb": float_field(1.0, 4000.0),
+        },
+    )
+
+
+def experts() -> st.SearchStrategy:
+    """Mixture-of-experts settings (placement, routing, cache, prefetch, grouping)."""
+    return st.fixed_dictionaries(
+        {},
+        optional={
+            "placement": st.sampled_from(["hbm", "dram", "flash"]),
+            "routing": st.fixed_dictionaries({"kind": st.sampled_from(["uniform", "zipf"])}, optional={"zipf_exponent": float_field(0.0, 4.0), "locality": float_field(0.0, 1.0), "max_sampled_tokens": int_field(1, 512)}),
+            "cache": st.fixed_dictionaries({}, optional={"policy": st.sampled_from(["lru", "lfu", "static"]), "experts_per_layer": int_field(0, 64)}),
+            "prefetch": st.fixed_dictionaries({"accuracy": float_field(0.0, 1.0)}, optional={"lead_layers": int_field(1, 4)}),
+            "grouping": st.fixed_dictionaries({"batch": int_field(1, 64)}, optional={"affinity": st.booleans()}),
+            "staging_experts": int_field(0, 64),
+            "queue_depth": int_field(1, 128),
+            "read_chunk_kb": float_field(1.0, 4096.0),
+            "capacity_gb": float_field(1.0, 1000.0),
+        },
+    )
+
+
 def pool(name: str, role: str) -> st.SearchStrategy:
     """One pool of at most 3 instances."""
     return st.fixed_dictionaries(
@@ -113,7 +147,7 @@ def pool(name: str, role: str) -> st.SearchStrategy:
             "name": st.just(name),
             "count": int_field(1, 3),
             "gpu": st.sampled_from(CATALOGUE_GPUS + [USER_GPU, USER_GPU]),
-            "model": st.sampled_from(CATALOGUE_MODELS + [USER_MODEL, USER_MODEL]),
+            "model": st.sampled_from(CATALOGUE_MODELS + [USER_MODEL, USER_MODEL, "qwen3-30b-a3b"]),
             "role": st.just(role),
         },
         optional={
@@ -125,6 +159,9 @@ def pool(name: str, role: str) -> st.SearchStrategy:
             "prefix_caching": st.booleans(),
             "kv_transfer": st.sampled_from(["serialized", "layerwise"]),
             "kv_link": st.sampled_from(["nic", "nvlink"]),
+            "pim": st.sampled_from(["attacc-hbm3-pim", "logic-pim"]),
+            "offload": offload(),
+            "experts": experts(),
         },
     )
 

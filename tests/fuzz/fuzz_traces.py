@@ -1,7 +1,8 @@
 """Hypothesis strategies for trace and length files of every format fleetwise reads, with hostile
 rows and hostile bytes.
 
-A case is a dict ``{"format", "data" (bytes), "rows", "all_kept"}``: ``all_kept`` says that every
+A case is a dict ``{"format", "data" (bytes), "rows", "all_kept", "use"}`` (``use``: replay the
+file, or fit a log-normal length distribution to it): ``all_kept`` says that every
 row is well formed and must be replayed (or the file refused with an error), so that a silently
 dropped row is caught. ``trace_request`` writes the file and returns the worker request that
 simulates a tiny scenario on it; ``read_request`` the one that calls the reader directly.
@@ -193,7 +194,8 @@ def trace_cases(draw, formats=FORMATS) -> dict:
     if fmt != "parquet":
         data, untouched = draw(_mangle(data))
         ok = ok and untouched
-    return {"format": fmt, "data": data, "rows": n, "all_kept": ok}
+    use = draw(st.sampled_from(["replay", "replay", "fit"]))
+    return {"format": fmt, "data": data, "rows": n, "all_kept": ok, "use": use}
 
 
 def write_case(case: dict) -> Path:
@@ -209,13 +211,15 @@ def trace_request(case: dict) -> dict:
     path = str(write_case(case))
     fmt = case["format"]
     pools = [{"name": "main", "count": 2, "gpu": "h100-sxm", "model": "mistral-7b"}]
-    if fmt in TRACE_FORMATS:
+    if case.get("use") == "fit":
+        workload = {"arrivals": {"kind": "poisson", "rate": 10.0}, "lengths": {"kind": "fit", "format": fmt, "path": path, "prompt_max": 8000, "output_max": 500}, "requests": 20}
+    elif fmt in TRACE_FORMATS:
         workload = {"arrivals": {"kind": "trace", "format": fmt, "path": path}}
     else:
         workload = {"arrivals": {"kind": "poisson", "rate": 10.0}, "lengths": {"kind": "file", "format": fmt, "path": path}, "requests": 20}
     sc = {"name": "fuzz-trace", "seed": 1, "cluster": {"pools": pools}, "workload": workload}
     req = {"op": "simulate", "scenario": sc}
-    if case["all_kept"] and fmt in TRACE_FORMATS:
+    if case["all_kept"] and fmt in TRACE_FORMATS and case.get("use") != "fit":
         req["expect_requests"] = case["rows"]
     return req
 

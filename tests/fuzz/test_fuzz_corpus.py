@@ -112,6 +112,18 @@ def test_trace_timestamps_beyond_int64_ns_are_replayed_whole_or_refused(worker, 
     assert_clean_naming(worker.call({"op": "simulate", "scenario": sc, "expect_requests": rows}, timeout=30), name, "line")
 
 
+@pytest.mark.parametrize("use", ["read", "file", "fit"])
+def test_vllm_bench_length_beyond_int64_is_a_trace_error(worker, use):
+    """``input_lens: [2**63]`` in a vLLM bench result: a TraceError naming the entry (it wrapped to
+    -2**63, then failed with ValueError in the workload or in the fit)."""
+    path = write("int64-overflow.vllm-bench.json", b'{"input_lens": [9223372036854775808], "output_lens": [84]}')
+    if use == "read":
+        request = {"op": "read", "format": "vllm-bench", "path": path}
+    else:
+        request = {"op": "simulate", "scenario": tiny(workload={"arrivals": {"kind": "poisson", "rate": 10.0}, "lengths": {"kind": use, "format": "vllm-bench", "path": path}, "requests": 5})}
+    assert_clean_naming(worker.call(request, timeout=20), f"vllm-bench 2**63 ({use})", "input_lens")
+
+
 @pytest.mark.parametrize("fmt", ["azure", "mooncake", "burstgpt", "csv", "sharegpt", "vllm-bench", "parquet"])
 def test_all_nul_file_is_a_trace_error(worker, fmt):
     """A file of NUL bytes (the issue's 2 GB one, here 64 KiB) is refused, not a panic or a hang."""

@@ -112,11 +112,17 @@ def test_output_to_dev_null_is_clean(worker, scratch):
     assert_clean_cli(cli(worker, scratch, "run", "tiny.yaml", "-o", "/dev/null"), "-o /dev/null")
 
 
-@pytest.mark.parametrize("offload", [["--offload", "tape"], ["--offload", "flash", "--offload-set", "storage=1e9"]])
+@pytest.mark.parametrize("offload", [["--offload", "tape"], ["--offload", "flash", "--offload-set", "storage=1e9"], ["--offload", "dram", "--offload-set", "layer_fraction=2"], ["--offload", "dram", "--offload-set", "read_chunk_kb=inf"]])
 def test_estimate_bad_offload_is_refused(worker, scratch, offload):
     """``estimate --offload tape`` (or a non-catalogue storage) exits 2 (was a pydantic ValidationError traceback)."""
     outcome = cli(worker, scratch, "estimate", "--model", "llama-3-8b", "--gpu", "h100-sxm", "--prefill", "16", *offload)
-    assert_refused(outcome, " ".join(offload), "offload", "storage", "tier")
+    assert_refused(outcome, " ".join(offload), "offload", "storage", "tier", "layer_fraction", "read_chunk_kb")
+
+
+def test_estimate_tp_beyond_int64_is_refused(worker, scratch):
+    """``estimate --tp 2**63`` exits 2 naming --tp (was OverflowError: Python int too large to convert to C long)."""
+    outcome = cli(worker, scratch, "estimate", "--model", "llama-3-8b", "--gpu", "h100-sxm", "--prefill", "16", "--tp", "9223372036854775808")
+    assert_refused(outcome, "--tp 2**63", "tp")
 
 
 # --- a handful as real processes: the console entry point, exit codes and stderr ------------------
