@@ -58,9 +58,6 @@ class ScriptedRouter:
         return _literal(action[1])
 
 
-_ORDERS = ("none", "reversed", "unknown", "duplicates", "strings", "shortest", "empty", "generator")
-
-
 def _order(kind: str, requests, rng: random.Random):
     ids = [r.id for r in requests]
     if kind == "none":
@@ -91,7 +88,7 @@ class _DuckPlan:
 class ScriptedScheduler:
     """A batch scheduler whose plans follow ``script``: ``["plan", budget, seqs, waiting, victims,
     chunk]`` (orders by name: none, reversed, unknown, duplicates, strings, shortest, empty,
-    generator), ``["duck", budget, seqs]`` (a look-alike object), ``["raise", kind]`` or
+    generator; the running order is of the waiting order's kind), ``["duck", budget, seqs]`` (a look-alike object), ``["raise", kind]`` or
     ``["return", kind]``."""
 
     def __init__(self, script: list, seed: int = 0):
@@ -107,7 +104,7 @@ class ScriptedScheduler:
         kind = action[0]
         if kind == "plan":
             _, budget, seqs, waiting, victims, chunk = action
-            return StepPlan(token_budget=budget, max_num_seqs=seqs, waiting_order=_order(waiting, step.waiting, self.rng), victim_order=_order(victims, step.running, self.rng), running_order=_order(self.rng.choice(_ORDERS), step.running, self.rng), max_prefill_chunk=chunk)
+            return StepPlan(token_budget=budget, max_num_seqs=seqs, waiting_order=_order(waiting, step.waiting, self.rng), victim_order=_order(victims, step.running, self.rng), running_order=_order(waiting, step.running, self.rng), max_prefill_chunk=chunk)
         if kind == "duck":
             return _DuckPlan(action[1], action[2])
         if kind == "raise":

@@ -241,3 +241,12 @@ def test_shortest_prompt_first_finishes_every_request_under_memory_pressure(work
     outcome = worker.call(request, timeout=45)
     assert outcome["outcome"] == "ok", f"shortest-prompt-first starvation: {outcome}"
     assert_clean(outcome, "shortest-prompt-first starvation")
+
+
+@pytest.mark.parametrize("field, action", [("token_budget", ["plan", 2**63 - 1, 16, "none", "none", None]), ("max_num_seqs", ["plan", 512, 2**63 - 1, "none", "none", None]), ("max_prefill_chunk", ["plan", 512, 16, "none", "none", 2**40])])
+def test_plan_values_beyond_u32_name_the_field(worker, field, action):
+    """A plan whose budget, sequence limit or chunk is beyond 32 bits is a PolicyError naming the
+    field and its range (it was 'raised OverflowError: out of range integral type conversion')."""
+    scheduler = {"kind": "policy", "name": "fuzz_policies:ScriptedScheduler", "params": {"script": [action]}, "max_num_seqs": 64, "max_num_batched_tokens": 4096}
+    sc = tiny(cluster={"pools": [{"name": "main", "gpu": "h100-sxm", "model": "llama-3-8b", "scheduler": scheduler}]})
+    assert_clean_naming(worker.call({"op": "simulate", "scenario": sc}, timeout=20), f"plan {field} beyond u32", field)
