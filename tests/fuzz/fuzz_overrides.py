@@ -58,6 +58,11 @@ SANE = {
     "workload.requests": ["1", "10", "40"],
     "workload.prefixes": ["{groups: 2, prefix_tokens: 512, fraction: 0.5}", "{groups: 1, prefix_tokens: 100, fraction: 1.0}"],
     "workload.sessions": ["{turns_mean: 3, think_time_s: 1}"],
+    "cluster.pools.0.pim": ["attacc-hbm3-pim", "logic-pim"],
+    "cluster.pools.0.offload": ["{tier: dram}", "{tier: flash, layer_fraction: 0.5}", "{tier: dram, read_chunk_kb: 1}"],
+    "cluster.pools.0.offload.read_chunk_kb": ["64", "0.001"],
+    "cluster.pools.0.experts": ["{placement: dram}", "{placement: flash, cache: {policy: lfu, experts_per_layer: 8}}", "{prefetch: {accuracy: 0.9}}"],
+    "cluster.pools.0.parallelism.ep": ["1", "2"],
     "slo.ttft": ["0.1", "2"],
     "slo": ["{e2e: 5}", "null"],
 }

@@ -192,6 +192,9 @@ REFUSED = {
     "pool count 2**32": (quickstart("cluster.pools.0.count=4294967296"), ("count",)),
     "pool count 2**64": (quickstart("cluster.pools.0.count=18446744073709551616"), ("count",)),
     "lognormal output_sigma 1e19 with sessions": (quickstart("workload.lengths={kind: lognormal, prompt_median: 500, prompt_sigma: 1, output_median: 50, output_sigma: 1e19}", "workload.sessions={turns_mean: 2, think_time_s: 1}"), ("output_sigma", "sigma")),
+    "constant output 10**30": (quickstart("workload.lengths={kind: constant, prompt: 100, output: 1000000000000000000000000000000}"), ("output",)),
+    "constant prompt 2**63": (quickstart("workload.lengths={kind: constant, prompt: 9223372036854775808, output: 5}"), ("prompt",)),
+    "uniform prompt_max 2**64": (quickstart("workload.lengths={kind: uniform, prompt_min: 1, prompt_max: 18446744073709551616, output_min: 1, output_max: 5}"), ("prompt_max",)),
     "router policy named ':'": (quickstart("cluster.router={kind: policy, name: ':'}"), ("':'", "name")),
     "scheduler policy named ':'": (quickstart("cluster.pools.0.scheduler={kind: policy, name: ':'}"), ("':'", "name")),
 }
