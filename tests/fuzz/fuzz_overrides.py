@@ -9,6 +9,8 @@ aliases, YAML 1.1 oddities such as ``1:30``).
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -86,6 +88,7 @@ HOSTILE_VALUES = [
 """YAML value texts: non-finite, huge, wrong types, unparsable, recursive, YAML 1.1 oddities."""
 
 _SCRATCH = Path(tempfile.mkdtemp(prefix="fleetwise-fuzz-set-"))
+atexit.register(shutil.rmtree, _SCRATCH, ignore_errors=True)
 BASE_PATH = _SCRATCH / "base.yaml"
 BASE_PATH.write_text(yaml.safe_dump(BASE_SCENARIO, sort_keys=False))
 

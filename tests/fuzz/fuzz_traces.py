@@ -10,10 +10,12 @@ simulates a tiny scenario on it; ``read_request`` the one that calls the reader 
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import io
 import json
 import math
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -38,6 +40,7 @@ LARGE_MONOTONE_STARTS = [1e12, 9.3e12, 1.7e15, 1.7e18, 1e300]
 whole or refused with an error, never cut silently."""
 
 _SCRATCH = Path(tempfile.mkdtemp(prefix="fleetwise-fuzz-traces-"))
+atexit.register(shutil.rmtree, _SCRATCH, ignore_errors=True)
 
 
 def _csv(header: str, rows: list[list]) -> bytes:

@@ -5,7 +5,9 @@ no NaN or negative number)."""
 
 from __future__ import annotations
 
+import atexit
 import math
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from fuzz_settings import fuzz_settings
 from fuzz_worker import assert_clean_cli
 
 _SCRATCH = Path(tempfile.mkdtemp(prefix="fleetwise-fuzz-cli-args-"))
+atexit.register(shutil.rmtree, _SCRATCH, ignore_errors=True)
 (_SCRATCH / "tiny.yaml").write_text(yaml.safe_dump({
     "name": "tiny", "seed": 1,
     "cluster": {"pools": [{"name": "main", "count": 1, "gpu": "h100-sxm", "model": "llama-3-8b"}]},

@@ -5,7 +5,9 @@ or a result whose invariants all hold. (CLI-only cases are in ``test_fuzz_corpus
 
 from __future__ import annotations
 
+import atexit
 import math
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from fuzz_worker import REPO, assert_clean
 CORPUS = Path(__file__).resolve().parent / "corpus"
 QUICKSTART = REPO / "scenarios" / "quickstart.yaml"
 _SCRATCH = Path(tempfile.mkdtemp(prefix="fleetwise-fuzz-corpus-"))
+atexit.register(shutil.rmtree, _SCRATCH, ignore_errors=True)
 
 
 def assert_clean_naming(outcome: dict, case: object, *words: str) -> None:
