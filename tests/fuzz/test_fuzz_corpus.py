@@ -207,7 +207,7 @@ REFUSED = {
 def test_hostile_values_are_refused_naming_the_field(worker, case):
     """Non-finite, overflowing or inconsistent values end in an error naming the field (or run correctly)."""
     request, words = REFUSED[case]
-    assert_clean_naming(worker.call(request, timeout=30), case, *words)
+    assert_clean_naming(worker.call(request, timeout=15), case, *words)
 
 
 def test_set_path_with_a_non_ascii_digit_index_is_a_config_error(worker):
