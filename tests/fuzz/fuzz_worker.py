@@ -240,8 +240,12 @@ class SandboxWorker:
         with open(self._stderr.name, "rb") as f:
             return _tail(f.read().decode("utf-8", "replace"), 3000)
 
-    def call(self, request: dict, timeout: float = 20.0) -> dict:
-        """Runs one request in the child; a hang or a death of the child is an outcome too."""
+    def call(self, request: dict, timeout: float = 20.0, fresh: bool = False) -> dict:
+        """Runs one request in the child; a hang or a death of the child is an outcome too.
+        ``fresh`` starts a new child first: a memory-hazard case then gets the whole address-space
+        limit, not what earlier cases left mapped."""
+        if fresh:
+            self.close()
         if self.proc is None or self.proc.poll() is not None:
             self.close()
             self._start()
