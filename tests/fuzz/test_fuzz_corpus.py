@@ -58,6 +58,12 @@ def on_user_gpu(**fields) -> dict:
     return tiny(gpus=user_gpu(**fields), cluster={"pools": [{"name": "main", "count": 1, "gpu": "fuzz-gpu", "model": "llama-3-8b"}]})
 
 
+def _offloaded(sc: dict) -> dict:
+    """``sc`` with its first pool's weights offloaded to host DRAM."""
+    sc["cluster"]["pools"][0]["offload"] = {"tier": "dram"}
+    return sc
+
+
 def write(name: str, data: bytes) -> str:
     """Writes a generated corpus file into the scratch directory."""
     path = _SCRATCH / name
@@ -73,6 +79,7 @@ CLOCK_CASES = {
     "gemm_compute 1e-300": (quickstart("cluster.pools.0.calibration={gemm_compute: 1e-300}"), ("gemm_compute",)),
     "user GPU peak_flops 1e-300": ({"op": "simulate", "scenario": on_user_gpu(peak_flops=1e-300)}, ("peak_flops",)),
     "user GPU tdp_watts 1e-300 below idle_watts": ({"op": "simulate", "scenario": on_user_gpu(tdp_watts=1e-300, idle_watts=96.8)}, ("tdp_watts", "idle_watts")),
+    "DRAM offload over a 1.5 B/s host link": ({"op": "simulate", "scenario": _offloaded(on_user_gpu(host_link_bandwidth=1.5))}, ("host_link_bandwidth",)),
 }
 
 
