@@ -1,7 +1,7 @@
 //! One model replica: its cost model, KV cache, queues and batch scheduler.
 
 use crate::calibration::Efficiency;
-use crate::cost::{BatchShape, CostModel, WeightStream};
+use crate::cost::{BatchShape, CostModel, InstanceSpec, WeightStream};
 use crate::error::Result;
 use crate::hardware::{GpuSpec, PimSpec};
 use crate::offload::OffloadSpec;
@@ -184,7 +184,7 @@ impl Instance {
     /// Builds an instance; fails if the model does not fit or a setting is invalid.
     #[allow(clippy::too_many_arguments)]
     pub fn new(pool: u32, model: &ModelSpec, gpu: &GpuSpec, par: Parallelism, eff: &Efficiency, memory: &MemoryConfig, scheduler: &SchedulerConfig, power_cap: Option<f64>, pim: Option<&PimSpec>, offload: Option<&OffloadSpec>, experts: Option<ExpertSetup>) -> Result<Self> {
-        let mut cost = CostModel::new(model.clone(), gpu.clone(), eff.clone(), par.tp)?.with_pipeline(par.pp, par.microbatches)?.with_expert_parallel(par.ep)?.with_nodes(par.gpus_per_node)?.with_pim(pim.cloned())?.with_offload(offload.cloned())?.with_power_cap(power_cap)?;
+        let mut cost = CostModel::build(&InstanceSpec { model: model.clone(), gpu: gpu.clone(), efficiency: eff.clone(), tp: par.tp, pp: par.pp, microbatches: par.microbatches, ep: par.ep, gpus_per_node: par.gpus_per_node, pim: pim.cloned(), offload: offload.cloned(), power_cap_watts: power_cap })?;
         let moe = match experts {
             Some(x) => {
                 if !model.is_moe() {

@@ -1,7 +1,7 @@
 //! Whole-simulation properties of the core, without Python.
 
 use fleetwise_core::calibration::Efficiency;
-use fleetwise_core::cost::{BatchShape, CostModel};
+use fleetwise_core::cost::{BatchShape, CostModel, InstanceSpec};
 use fleetwise_core::hardware::GpuSpec;
 use fleetwise_core::memory::MemoryConfig;
 use fleetwise_core::model::ModelSpec;
@@ -109,7 +109,7 @@ fn simultaneous_arrivals_share_the_first_iteration() {
     let cfg = config(1, 80_000_000_000, RouterConfig::RoundRobin);
     let w = Workload { arrival: vec![1_000, 1_000, 1_000], prompt: vec![100, 200, 300], output: vec![2, 2, 2], hashes: vec![], routing: None };
     let out = simulate(&cfg, &w).unwrap();
-    let cm = CostModel::new(model(), gpu(80_000_000_000), Efficiency::default(), 1).unwrap();
+    let cm = CostModel::build(&InstanceSpec::new(model(), gpu(80_000_000_000), Efficiency::default(), 1)).unwrap();
     let mut s = BatchShape::default();
     for p in [100, 200, 300] {
         s.add_prefill(p, 0, true);
@@ -132,7 +132,7 @@ fn arrival_at_an_iteration_end_joins_the_next_iteration() {
     // Request 1 arrives exactly when request 0's prefill ends: arrivals at an instant run before
     // the iteration end, so the next iteration (prefill-first) prefills request 1.
     let cfg = config(1, 80_000_000_000, RouterConfig::RoundRobin);
-    let cm = CostModel::new(model(), gpu(80_000_000_000), Efficiency::default(), 1).unwrap();
+    let cm = CostModel::build(&InstanceSpec::new(model(), gpu(80_000_000_000), Efficiency::default(), 1)).unwrap();
     let mut s = BatchShape::default();
     s.add_prefill(100, 0, true);
     let t0 = secs_to_ns(cm.iteration_seconds(&s));

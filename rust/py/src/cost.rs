@@ -2,7 +2,7 @@
 
 use crate::errors::{from_json, to_py};
 use fleetwise_core::calibration::Efficiency;
-use fleetwise_core::cost::{BatchShape, CostModel};
+use fleetwise_core::cost::{BatchShape, CostModel, InstanceSpec};
 use fleetwise_core::hardware::{GpuSpec, PimSpec};
 use fleetwise_core::offload::OffloadSpec;
 use fleetwise_core::memory::{MemoryConfig, MemoryPlan};
@@ -45,7 +45,8 @@ impl PyCostModel {
         let model: ModelSpec = from_json("model", model_json)?;
         let gpu: GpuSpec = from_json("gpu", gpu_json)?;
         let eff: Efficiency = from_json("calibration", calibration_json)?;
-        let cm = CostModel::new(model, gpu, eff, tp).and_then(|c| c.with_pipeline(pp, microbatches)).and_then(|c| c.with_expert_parallel(ep)).and_then(|c| c.with_nodes(gpus_per_node)).and_then(|c| c.with_pim(pim)).and_then(|c| c.with_offload(offload)).and_then(|c| c.with_power_cap(power_cap_watts)).map_err(to_py)?;
+        let spec = InstanceSpec { model, gpu, efficiency: eff, tp, pp, microbatches, ep, gpus_per_node, pim, offload, power_cap_watts };
+        let cm = CostModel::build(&spec).map_err(to_py)?;
         Ok(PyCostModel { inner: cm })
     }
 

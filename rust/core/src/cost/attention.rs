@@ -1,0 +1,243 @@
+//! Attention: the Q/K/V and output projections and the attention kernels of prefill chunks and
+//! decodes, for grouped-query (GQA) and multi-head latent (MLA) attention, and the decode-attention
+//! tail.
+
+use super::iteration::IterationPass;
+use super::roofline::Kernel;
+use super::{CostModel, Op, OpCost};
+
+/// Attention shapes on one GPU after tensor-parallel sharding of the query heads.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Attention {
+    /// Grouped-query attention: query width (heads x head_dim / tp) and the width of K (or V) of
+    /// the GPU's KV heads.
+    Gqa { q: f64, kv: f64 },
+    /// Multi-head latent attention: `heads` query heads on the GPU, per-head sizes, the KV latent
+    /// width `lora` and the query latent width, if any.
+    Mla { heads: f64, nope: f64, rope: f64, v: f64, lora: f64, q_lora: Option<f64> },
+}
+
+/// Elements per token that the elementwise operator touches besides the hidden state, set by the
+/// attention kind.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct AttentionWidths {
+    /// RoPE'd queries and keys.
+    pub(super) rope: f64,
+    /// The latent norm (MLA; 0 for GQA).
+    pub(super) latent: f64,
+    /// The KV-cache write.
+    pub(super) cache: f64,
+}
+
+impl CostModel {
+    /// The least time of one layer's decode attention over `seqs` sequences whose longest context
+    /// is `max_context` tokens (GQA): FlashAttention runs one thread block per (sequence, KV head)
+    /// and splits a sequence's keys over several blocks only while those blocks fill less than
+    /// 80% of the GPU's resident-block slots (two per SM), so beyond that the kernel waits for the
+    /// longest sequence's block, which reads its `2 * head_dim * max_context` cached elements at
+    /// `attention_cta` of one SM's share of the HBM bandwidth. 0 without `attention_cta` or
+    /// `sm_count`, or with MLA (its kernels split differently).
+    fn decode_attention_tail(&self, seqs: f64, max_context: f64) -> f64 {
+        let (Some(f), Attention::Gqa { kv, .. }) = (self.eff.attention_cta, self.attn) else { return 0.0 };
+        let sms = self.gpu.sm_count as f64;
+        let head = self.model.head_dim as f64;
+        if sms == 0.0 || seqs * (kv / head) < 0.8 * 2.0 * sms {
+            return 0.0;
+        }
+        2.0 * head * max_context * self.b / (self.gpu.memory_bandwidth / sms * f) * self.slow_memory
+    }
+}
+
+impl<F: FnMut(OpCost)> IterationPass<'_, F> {
+    /// Charges the Q/K/V projection, prefill and decode attention and the output projection.
+    pub(super) fn attention(&mut self) -> AttentionWidths {
+        match self.cm.attn {
+            Attention::Gqa { q, kv } => self.gqa(q, kv),
+            Attention::Mla { heads, nope, rope, v, lora, q_lora } => self.mla(heads, nope, rope, v, lora, q_lora),
+        }
+    }
+
+    /// Grouped-query attention with query width `q` and K (or V) width `kv` on one GPU.
+    fn gqa(&mut self, q: f64, kv: f64) -> AttentionWidths {
+        let (cm, shape) = (self.cm, self.shape);
+        let (h, b, mt) = (cm.h, cm.b, self.mt);
+        let (pt, pairs, pkv, ds, dkv) = (self.pt, self.pairs, self.pkv, self.ds, self.dkv);
+        self.emit(Op::QkvProj, &[Kernel::all(cm.gemm(mt, h, q + 2.0 * kv))], cm.flops_gemm, true);
+        if shape.prefill_tokens > 0 {
+            let work = (4.0 * q * pairs, (2.0 * pt * q + 2.0 * kv * pkv) * b);
+            self.emit(Op::PrefillAttention, &[Kernel::all(work)], cm.flops_attn, true);
+        }
+        if shape.decode_seqs > 0 {
+            let work = (4.0 * q * dkv, (2.0 * ds * q + 2.0 * kv * dkv) * b);
+            let floor = cm.decode_attention_tail(ds, shape.decode_max_context as f64);
+            self.emit(Op::DecodeAttention, &[Kernel { floor, ..Kernel::all(work) }], cm.flops_attn, true);
+        }
+        self.emit(Op::OProj, &[Kernel::all(cm.gemm(mt, q, h))], cm.flops_gemm, true);
+        AttentionWidths { rope: q + kv, latent: 0.0, cache: 2.0 * kv }
+    }
+
+    /// Multi-head latent attention: `heads` query heads on the GPU, per-head sizes, the KV latent
+    /// width `lora` and the query latent width, if any.
+    fn mla(&mut self, heads: f64, nope: f64, rope: f64, v: f64, lora: f64, q_lora: Option<f64>) -> AttentionWidths {
+        let (cm, shape) = (self.cm, self.shape);
+        let (h, b, mt) = (cm.h, cm.b, self.mt);
+        let (pt, pairs, pkv, ds, dkv) = (self.pt, self.pairs, self.pkv, self.ds, self.dkv);
+        let qk = nope + rope;
+        let none = Kernel::default();
+        // Queries (through the query latent, if any) and the replicated KV down-projection on
+        // every token; prefill chunks expand their context's latents to per-head K and V
+        // (kv_b_proj); decodes absorb kv_b_proj's key half into their queries instead.
+        let (q_a, q_b) = match q_lora {
+            Some(r) => (Kernel::all(cm.gemm(mt, h, r)), Kernel::all(cm.gemm(mt, r, heads * qk))),
+            None => (Kernel::all(cm.gemm(mt, h, heads * qk)), none),
+        };
+        let kv_a = Kernel::all(cm.gemm(mt, h, lora + rope));
+        let expand = if pkv > 0.0 { Kernel::all(cm.gemm(pkv, lora, heads * (nope + v))) } else { none };
+        let absorb_k = if ds > 0.0 { Kernel::all(cm.heads_gemm(heads, ds, nope, lora)) } else { none };
+        self.emit(Op::QkvProj, &[q_a, q_b, kv_a, expand, absorb_k], cm.flops_gemm, true);
+        if shape.prefill_tokens > 0 {
+            // Expanded form: multi-head attention with qk-sized keys and v-sized values.
+            let work = (2.0 * heads * (qk + v) * pairs, (pt + pkv) * heads * (qk + v) * b);
+            self.emit(Op::PrefillAttention, &[Kernel::all(work)], cm.flops_attn, true);
+        }
+        if shape.decode_seqs > 0 {
+            // Absorbed form: every head attends over the cached latent + RoPE key (scores) and
+            // the latent (values); reads the cache, the absorbed queries, writes latent outputs.
+            let flops = 2.0 * heads * (lora + rope) * dkv + 2.0 * heads * lora * dkv;
+            let bytes = (dkv * (lora + rope) + ds * heads * (lora + rope) + ds * heads * lora) * b;
+            self.emit(Op::DecodeAttention, &[Kernel::all((flops, bytes))], cm.flops_attn, true);
+        }
+        // Decodes project their latent outputs to values (kv_b_proj's value half), then o_proj.
+        let absorb_v = if ds > 0.0 { Kernel::all(cm.heads_gemm(heads, ds, lora, v)) } else { none };
+        self.emit(Op::OProj, &[absorb_v, Kernel::all(cm.gemm(mt, heads * v, h))], cm.flops_gemm, true);
+        AttentionWidths { rope: heads * rope + rope, latent: lora, cache: lora + rope }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::cost::fixtures::*;
+    use crate::cost::*;
+    use crate::model::fixtures::*;
+
+    #[test]
+    fn llama2_7b_a100_chunk_after_cache() {
+        // A 512-token chunk after 1536 cached tokens: pairs = 512 * (1536 + 256.5).
+        let cm = CostModel::new(llama2_7b(), a100(), ideal(), 1).unwrap();
+        let mut s = BatchShape::default();
+        s.add_prefill(512, 1536, false);
+        assert_eq!(s.sampled, 0);
+        let c = cm.breakdown(&s);
+        assert!(c.iter().all(|x| x.op != Op::LmHead), "no token sampled, no LM head");
+        let att = op(&c, Op::PrefillAttention);
+        assert!(close(att.flops, 32.0 * 4.0 * 4096.0 * 512.0 * (1536.0 + 256.5)));
+        let mlp = op(&c, Op::MlpGateUp);
+        assert!(close(mlp.seconds, 32.0 * 2.0 * 512.0 * 4096.0 * 22016.0 / 312e12));
+        assert!(mlp.compute_bound);
+    }
+
+    #[test]
+    fn decode_attention_waits_for_the_longest_sequence_once_the_batch_fills_the_gpu() {
+        let mut half = ideal();
+        half.attention_memory = Some(0.5);
+        let plain = CostModel::new(llama3_8b(), h100(), half.clone(), 1).unwrap();
+        let cm = CostModel::new(llama3_8b(), h100(), Efficiency { attention_cta: Some(0.4), ..half }, 1).unwrap();
+        let attn = |cm: &CostModel, ctx: &[u64]| {
+            let mut s = BatchShape::default();
+            ctx.iter().for_each(|&c| s.add_decode(c));
+            op(&cm.breakdown(&s), Op::DecodeAttention)
+        };
+        // 32 sequences x 8 KV heads = 256 blocks >= 0.8 x 2 x 132 SMs: no split, one long sequence
+        // sets the time: 2 x 128 x 2500 x 2 bytes at 0.4 x 3.35 TB/s / 132, on each of 32 layers.
+        let mut ctx = vec![256; 31];
+        ctx.push(2500);
+        let tail = 32.0 * 2.0 * 128.0 * 2500.0 * 2.0 / (3.35e12 / 132.0 * 0.4);
+        let a = attn(&cm, &ctx);
+        assert!(close(a.seconds, tail) && !a.compute_bound);
+        assert!(attn(&plain, &ctx).seconds < 0.25 * tail, "without attention_cta, only the bytes count");
+        // The same bytes at one context: 256 blocks at 0.4 of an SM's share each outrun 0.5 of the
+        // bandwidth, so the kernel stays bandwidth-bound as before.
+        let uniform = vec![(31 * 256 + 2500) / 32; 32];
+        assert!(close(attn(&cm, &uniform).seconds, attn(&plain, &uniform).seconds));
+        // 16 sequences (128 blocks): FlashAttention splits the long one's keys, no tail.
+        let mut few = vec![256; 15];
+        few.push(2500);
+        assert!(close(attn(&cm, &few).seconds, attn(&plain, &few).seconds));
+        let mut bad = ideal();
+        bad.attention_cta = Some(0.0);
+        assert!(CostModel::new(llama3_8b(), h100(), bad, 1).is_err());
+    }
+
+    #[test]
+    fn attention_memory_efficiency_applies_to_kv_reads_only() {
+        let mut eff = ideal();
+        eff.attention_memory = Some(0.5);
+        let cm = CostModel::new(llama3_8b(), h100(), eff, 1).unwrap();
+        let mut s = BatchShape::default();
+        for _ in 0..8 {
+            s.add_decode(4096);
+        }
+        let c = cm.breakdown(&s);
+        let att = op(&c, Op::DecodeAttention);
+        assert!(close(att.seconds, att.bytes / (0.5 * 3.35e12)));
+        let qkv = op(&c, Op::QkvProj);
+        assert!(close(qkv.seconds, qkv.bytes / 3.35e12));
+    }
+
+    #[test]
+    fn deepseek_v2_lite_h100_decode_reads_the_latent_cache() {
+        // 8 decodes at context 4096 on one H100: 32768 cached tokens, 16 heads, latent 512, RoPE key 64.
+        let cm = CostModel::new(deepseek_v2_lite(), h100(), ideal(), 1).unwrap();
+        let mut s = BatchShape::default();
+        for _ in 0..8 {
+            s.add_decode(4096);
+        }
+        let c = cm.breakdown(&s);
+        let (ds, kv) = (8.0, 32768.0);
+        // Absorbed attention reads the 576-wide cache once for all heads; besides it, the absorbed
+        // queries (16 heads x 576) are read and the latent outputs (16 heads x 512) written.
+        let att = op(&c, Op::DecodeAttention);
+        let cache = 27.0 * kv * 576.0 * 2.0;
+        let activations = 27.0 * (ds * 16.0 * 576.0 + ds * 16.0 * 512.0) * 2.0;
+        assert!(close(att.bytes, cache + activations));
+        assert!(close(att.flops, 27.0 * (2.0 * 16.0 * 576.0 * kv + 2.0 * 16.0 * 512.0 * kv)));
+        assert!(!att.compute_bound);
+        assert!(close(att.seconds, att.bytes / 3.35e12));
+        // QKV: q_proj 2048 x 3072 and kv_a_proj 2048 x 576 on the 8 tokens, and W_UK absorbed into the
+        // queries (16 heads x 128 x 512); no kv_b expansion without prefill. Each its own roofline.
+        let qkv = op(&c, Op::QkvProj);
+        let parts = [gemm(ds, 2048.0, 3072.0), gemm(ds, 2048.0, 576.0), (16.0 * gemm(ds, 128.0, 512.0).0, 16.0 * gemm(ds, 128.0, 512.0).1)];
+        assert!(close(qkv.bytes, 27.0 * parts.iter().map(|p| p.1).sum::<f64>()));
+        assert!(close(qkv.flops, 27.0 * parts.iter().map(|p| p.0).sum::<f64>()));
+        assert!(close(qkv.seconds, qkv.bytes / 3.35e12), "all memory-bound at 8 tokens");
+        // O: W_UV (16 heads x 512 x 128) then o_proj 2048 x 2048.
+        let o = op(&c, Op::OProj);
+        assert!(close(o.bytes, 27.0 * (16.0 * gemm(ds, 512.0, 128.0).1 + gemm(ds, 2048.0, 2048.0).1)));
+        // The KV-cache write in the elementwise op is the 576-wide latent, and RoPE touches the
+        // 16 x 64 query and one 64 key; layer 0 runs SiLU-mul over 10944, the MoE layers over 6 x 1408
+        // routed + 2 x 1408 shared.
+        let elem = |act: f64| ds * 2.0 * (10.0 * 2048.0 + 2.0 * (16.0 * 64.0 + 64.0) + 2.0 * 512.0 + 3.0 * act + 576.0);
+        assert!(close(op(&c, Op::Elementwise).bytes, 26.0 * elem(8.0 * 1408.0) + elem(10944.0)));
+    }
+
+    #[test]
+    fn deepseek_v2_lite_prefill_expands_the_latent() {
+        // A 4096-token prompt: kv_b_proj expands the 4096 latents to 16 heads x (128 + 128) K/V,
+        // then attention runs with 192-wide queries/keys and 128-wide values.
+        let cm = CostModel::new(deepseek_v2_lite(), h100(), ideal(), 1).unwrap();
+        let mut s = BatchShape::default();
+        s.add_prefill(4096, 0, true);
+        let c = cm.breakdown(&s);
+        let pairs = 4096.0 * 4097.0 / 2.0;
+        let att = op(&c, Op::PrefillAttention);
+        assert!(close(att.flops, 27.0 * 2.0 * 16.0 * (192.0 + 128.0) * pairs));
+        assert!(close(att.bytes, 27.0 * (4096.0 + 4096.0) * 16.0 * 320.0 * 2.0));
+        // 1024 FLOP/B: compute-bound (a 1024-token prompt, at 256 FLOP/B, is not on an H100).
+        assert!(att.compute_bound);
+        let qkv = op(&c, Op::QkvProj);
+        assert!(close(qkv.flops, 27.0 * 2.0 * 4096.0 * (2048.0 * 3072.0 + 2048.0 * 576.0 + 512.0 * 4096.0)));
+        assert!(close(qkv.seconds, qkv.flops / 989.4e12));
+        assert!(close(op(&c, Op::OProj).flops, 27.0 * 2.0 * 4096.0 * 2048.0 * 2048.0));
+        assert!(c.iter().all(|x| x.op != Op::DecodeAttention));
+    }
+}

@@ -1,0 +1,59 @@
+//! Gated MLPs: the dense MLP of dense layers and the shared experts of MoE layers.
+
+use super::iteration::IterationPass;
+use super::roofline::Kernel;
+use super::{Op, OpCost};
+
+impl<F: FnMut(OpCost)> IterationPass<'_, F> {
+    /// Charges the MLP gate/up and down projections: the shared experts on the MoE layers' share,
+    /// the dense MLP on the dense layers' share.
+    pub(super) fn mlp(&mut self) {
+        let cm = self.cm;
+        let (h, mt) = (cm.h, self.mt);
+        let shared_share = if cm.shared_width > 0.0 { cm.moe_share } else { 0.0 };
+        if shared_share > 0.0 || cm.dense_share > 0.0 {
+            let mlp = |width: f64| [cm.gemm(mt, h, 2.0 * width), cm.gemm(mt, width, h)];
+            let (shared, dense) = (mlp(cm.shared_width), mlp(cm.dense_width));
+            for (i, op) in [Op::MlpGateUp, Op::MlpDown].into_iter().enumerate() {
+                self.emit(op, &[Kernel::on(shared_share, shared[i]), Kernel::on(cm.dense_share, dense[i])], cm.flops_gemm, true);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::cost::fixtures::*;
+    use crate::cost::*;
+    use crate::model::fixtures::*;
+
+    #[test]
+    fn deepseek_v2_lite_dense_first_layer_charges_one_dense_mlp() {
+        let ds = deepseek_v2_lite();
+        let mut all_moe = deepseek_v2_lite();
+        all_moe.first_dense_layers = 0;
+        let cm = CostModel::new(ds, h100(), ideal(), 1).unwrap();
+        let moe = CostModel::new(all_moe, h100(), ideal(), 1).unwrap();
+        let mut s = BatchShape::default();
+        for _ in 0..8 {
+            s.add_decode(1000);
+        }
+        let (c, m) = (cm.breakdown(&s), moe.breakdown(&s));
+        // MLP gate+up: the 2 x 1408 shared experts on 26 layers, the 10944-wide MLP on exactly one.
+        let shared = gemm(8.0, 2048.0, 2.0 * 2816.0);
+        let dense = gemm(8.0, 2048.0, 2.0 * 10944.0);
+        let gu = op(&c, Op::MlpGateUp);
+        assert!(close(gu.flops, 26.0 * shared.0 + dense.0));
+        assert!(close(gu.bytes, 26.0 * shared.1 + dense.1));
+        assert!(close(gu.seconds, (26.0 * shared.1 + dense.1) / 3.35e12));
+        assert!(close(gu.flops - op(&m, Op::MlpGateUp).flops, dense.0 - shared.0));
+        let down = op(&c, Op::MlpDown);
+        assert!(close(down.bytes, 26.0 * gemm(8.0, 2816.0, 2048.0).1 + gemm(8.0, 10944.0, 2048.0).1));
+        // Router and routed experts run on 26 of the 27 layers.
+        for which in [Op::MoeRouter, Op::MoeExperts] {
+            let (a, b) = (op(&c, which), op(&m, which));
+            assert!(close(a.flops, b.flops * 26.0 / 27.0) && close(a.bytes, b.bytes * 26.0 / 27.0) && close(a.seconds, b.seconds * 26.0 / 27.0));
+        }
+        assert!(close(op(&c, Op::MoeRouter).flops, 26.0 * gemm(8.0, 2048.0, 64.0).0));
+    }
+}

@@ -1,0 +1,122 @@
+//! Memory on one GPU: weight bytes (tensor-parallel shards, pipeline stages, offloaded layers
+//! and experts kept out of HBM), KV-cache bytes per token and peak activation bytes.
+
+use super::CostModel;
+
+impl CostModel {
+    /// Parameters of one layer that every GPU of the tensor-parallel group holds whole (MLA's
+    /// latent down-projections); the rest is sharded.
+    pub(super) fn replicated_layer_params(&self) -> u64 {
+        match &self.model.mla {
+            Some(m) if self.tp > 1 => m.replicated_params(self.model.hidden_size as u64),
+            _ => 0,
+        }
+    }
+
+    /// Bytes on one GPU of `params` parameters spanning `layers` decoder layers.
+    fn param_bytes_per_gpu(&self, params: u64, layers: u64) -> u64 {
+        let b = self.model.dtype_bytes as u64;
+        let replicated = layers * self.replicated_layer_params();
+        ((params - replicated) * b).div_ceil(self.tp as u64) + replicated * b
+    }
+
+    /// Weight bytes of one decoder layer on one GPU.
+    pub(super) fn layer_weight_bytes_per_gpu(&self) -> u64 {
+        self.param_bytes_per_gpu(self.model.layer_params(), 1)
+    }
+
+    /// Keeps `bytes` of routed-expert weights per GPU out of HBM (offloaded experts).
+    pub fn with_expert_hbm_saved(mut self, bytes: u64) -> Self {
+        self.expert_hbm_saved = bytes;
+        self
+    }
+
+    /// Weight bytes on one GPU: the largest stage's layers, plus the larger of the embedding
+    /// (first stage) and the LM head (last stage), divided by tp (MLA's latent down-projections
+    /// are replicated, not divided).
+    pub fn weight_bytes_per_gpu(&self) -> u64 {
+        let layers = self.model.num_layers;
+        if self.pp == 1 {
+            let resident = self.param_bytes_per_gpu(self.model.total_params(), layers as u64).saturating_sub(self.expert_hbm_saved);
+            let Some(o) = &self.offload else { return resident };
+            let away = self.offloaded_layers() as u64 * self.layer_weight_bytes_per_gpu();
+            // Staging buffers for the streamed layers: two when the next layer streams during this one.
+            let staging = if self.offloaded_layers() > 0 { (if o.overlap { 2.0 } else { 1.0 } * self.layer_fetch_bytes()).ceil() as u64 } else { 0 };
+            return resident - away + staging;
+        }
+        let n = layers.div_ceil(self.pp);
+        let embed = self.model.vocab_size as u64 * self.model.hidden_size as u64 + self.model.hidden_size as u64;
+        (0..self.pp)
+            .map(|s| {
+                let (start, end) = (s * n, ((s + 1) * n).min(layers));
+                self.param_bytes_per_gpu(self.model.layers_params(start..end) + embed, end.saturating_sub(start) as u64)
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// KV-cache bytes per token on one GPU (its stage's layers only).
+    pub fn kv_bytes_per_token_per_gpu(&self) -> u64 {
+        self.model.kv_bytes_per_token_per_layer(self.tp) * self.model.num_layers.div_ceil(self.pp) as u64
+    }
+
+    /// Peak activation memory of one iteration on one GPU, bytes: the larger of the MLP's live
+    /// tensors (input, residual, gate/up output, activation) and the fp32 logits of sampled tokens.
+    pub fn activation_bytes(&self, tokens: u64, sampled: u64) -> u64 {
+        let t = tokens as f64;
+        let act = if self.moe_share > 0.0 { self.moe_act_width } else { 0.0 };
+        let act = if self.dense_share > 0.0 { act.max(self.dense_width) } else { act };
+        let mlp = t * (2.0 * self.h + 3.0 * act) * self.b;
+        let logits = sampled as f64 * self.model.vocab_size as f64 * 4.0 + t * self.h * self.b;
+        mlp.max(logits).ceil() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::cost::fixtures::*;
+    use crate::cost::*;
+    use crate::model::fixtures::*;
+
+    #[test]
+    fn pipeline_memory_is_split_by_stage() {
+        let pp = CostModel::new(llama2_70b(), a100(), ideal(), 2).unwrap().with_pipeline(4, None).unwrap();
+        // 20 of 80 layers per stage, plus the 32000 x 8192 embedding, over tp = 2.
+        let m = llama2_70b();
+        let expected = ((20 * m.layer_params() + 32000 * 8192 + 8192) * 2).div_ceil(2);
+        assert_eq!(pp.weight_bytes_per_gpu(), expected);
+        assert_eq!(pp.kv_bytes_per_token_per_gpu(), 2 * 20 * 4 * 128 * 2);
+        assert!(CostModel::new(llama2_70b(), a100(), ideal(), 1).unwrap().with_pipeline(0, None).is_err());
+    }
+
+    #[test]
+    fn deepseek_v2_lite_memory_and_collectives() {
+        let m = deepseek_v2_lite();
+        // KV: the whole 576-wide latent on every GPU, whatever the tp.
+        let tp2 = CostModel::new(m.clone(), h100(), ideal(), 2).unwrap();
+        assert_eq!(tp2.kv_bytes_per_token_per_gpu(), 31_104);
+        // Weights: kv_a_proj_with_mqa (2048 x 576) and kv_a_layernorm (512) are replicated, the rest halved.
+        let rep = 27 * (2048 * 576 + 512);
+        assert_eq!(tp2.weight_bytes_per_gpu(), (m.total_params() - rep) * 2 / 2 + rep * 2);
+        assert_eq!(CostModel::new(m.clone(), h100(), ideal(), 1).unwrap().weight_bytes_per_gpu(), m.weight_bytes());
+        // Three stages of 9 layers: the first holds the dense layer, so a later stage is the largest.
+        let pp = CostModel::new(m.clone(), h100(), ideal(), 1).unwrap().with_pipeline(3, None).unwrap();
+        assert_eq!(pp.weight_bytes_per_gpu(), (9 * m.layer_params() + 102400 * 2048 + 2048) * 2);
+        assert_eq!(pp.kv_bytes_per_token_per_gpu(), 9 * 1152);
+        // TP2 + EP2, 64 decodes: attention's all-reduce on 27 layers, the dense MLP's on 1, and the
+        // expert all-to-alls (dispatch + combine) on 26.
+        let ep = CostModel::new(m.clone(), h100(), ideal(), 2).unwrap().with_expert_parallel(2).unwrap();
+        let mut s = BatchShape::default();
+        for _ in 0..64 {
+            s.add_decode(500);
+        }
+        let c = ep.breakdown(&s);
+        let msg = 64.0 * 2048.0 * 2.0;
+        let one = 2.0 * 2e-6 + msg / 450e9;
+        assert!(close(op(&c, Op::AllReduce).seconds, 28.0 * one));
+        let one_way = 2e-6 + 64.0 * 6.0 / 2.0 * 2048.0 * 2.0 / 2.0 / 450e9;
+        assert!(close(op(&c, Op::AllToAll).seconds, 26.0 * 2.0 * one_way));
+        let tp_only = tp2.breakdown(&s);
+        assert!(close(op(&tp_only, Op::AllReduce).seconds, 2.0 * 27.0 * one));
+    }
+}

@@ -1,0 +1,123 @@
+//! The per-iteration roofline cost model.
+//!
+//! One iteration of an instance runs every layer once over all tokens of the batch. Each operator
+//! costs `max(flops / (peak * eff_compute), bytes / (bandwidth * eff_memory))`; a layer is the sum
+//! of its operators, the iteration is layers x layer + embedding + LM head + overheads. Tensor
+//! parallelism divides heads and the MLP across GPUs and adds two all-reduces per layer.
+//!
+//! Attention is charged on the batch aggregate, as one variable-length kernel per layer (as
+//! FlashAttention's varlen kernels and vLLM's paged attention run it), so the cost is O(1) per
+//! iteration whatever the batch size: the scheduler accumulates a [`BatchShape`].
+//!
+//! Layout, one concept per file:
+//! - `setup.rs`: the [`InstanceSpec`] and [`CostModel::build`], which validates it;
+//! - `batch.rs`: the [`BatchShape`] an iteration is costed on; `ops.rs`: the operators and their costs;
+//! - `roofline.rs`: kernel times (GEMM ridge blend, memory time, the power-cap stretch, padding);
+//! - `attention.rs`: Q/K/V and output projections, prefill and decode attention (GQA, MLA, the
+//!   decode-attention tail); `ffn.rs`: dense MLPs and shared experts; `experts.rs`: routed experts
+//!   (MoE); `elementwise.rs`: norms, RoPE, residuals, activations, cache writes;
+//! - `collectives.rs`: tensor-parallel all-reduce, expert all-to-all, pipeline sends, node links;
+//! - `memory.rs`: weight, KV and activation bytes per GPU; `weight_fetch.rs`: offloaded weights
+//!   streamed in; `pim.rs`: processing-in-memory queries;
+//! - `iteration.rs`: one iteration assembled from the operator families, and its summaries.
+
+mod attention;
+mod batch;
+mod collectives;
+mod elementwise;
+mod experts;
+mod ffn;
+#[cfg(test)]
+mod fixtures;
+mod iteration;
+mod memory;
+mod ops;
+mod pim;
+mod roofline;
+mod setup;
+mod weight_fetch;
+
+pub use batch::BatchShape;
+pub use ops::{IterationCost, Op, OpCost};
+pub use setup::{InstanceSpec, MAX_ITERATION_OVERHEAD, MAX_LAYER_OVERHEAD, MIN_EFFICIENCY};
+pub use weight_fetch::WeightStream;
+
+use crate::calibration::Efficiency;
+use crate::hardware::{GpuSpec, PimSpec, PowerModel};
+use crate::model::ModelSpec;
+use crate::offload::OffloadSpec;
+use attention::Attention;
+
+/// A roofline cost model for one instance: a model on `tp` GPUs of one kind.
+#[derive(Debug, Clone)]
+pub struct CostModel {
+    model: ModelSpec,
+    gpu: GpuSpec,
+    eff: Efficiency,
+    tp: u32,
+    // Per-GPU shapes after tensor-parallel sharding.
+    attn: Attention,
+    // Dense MLP width, the shared experts' combined width, and the activated FFN width of a MoE layer.
+    dense_width: f64,
+    shared_width: f64,
+    moe_act_width: f64,
+    // Shares of the layers with a dense MLP and with experts (they sum to 1).
+    dense_share: f64,
+    moe_share: f64,
+    vocab_shard: f64,
+    b: f64,
+    h: f64,
+    layers: f64,
+    flops_gemm: f64,
+    flops_attn: f64,
+    bw: f64,
+    bw_attn: f64,
+    bw_elem: f64,
+    power: PowerModel,
+    slow_compute: f64,
+    slow_memory: f64,
+    pp: u32,
+    ep: u32,
+    microbatches: u32,
+    gpus_per_node: u32,
+    pim: Option<PimSpec>,
+    offload: Option<OffloadSpec>,
+    expert_hbm_saved: u64,
+}
+
+impl CostModel {
+    /// The power model of one GPU of this instance.
+    pub fn power(&self) -> &PowerModel {
+        &self.power
+    }
+
+    /// The model this cost model describes.
+    pub fn model(&self) -> &ModelSpec {
+        &self.model
+    }
+
+    /// The GPU this cost model describes.
+    pub fn gpu(&self) -> &GpuSpec {
+        &self.gpu
+    }
+
+    /// Tensor-parallel degree.
+    pub fn tp(&self) -> u32 {
+        self.tp
+    }
+
+    /// Pipeline stages.
+    pub fn pp(&self) -> u32 {
+        self.pp
+    }
+
+    /// Expert-parallel degree.
+    pub fn ep(&self) -> u32 {
+        self.ep
+    }
+
+    /// GPUs of the instance (tp x pp).
+    pub fn gpus(&self) -> u32 {
+        self.tp * self.pp
+    }
+}

@@ -1,0 +1,322 @@
+//! One instance's description and the validated construction of its cost model.
+
+use super::attention::Attention;
+use super::CostModel;
+use crate::calibration::Efficiency;
+use crate::error::{Error, Result};
+use crate::hardware::{GpuSpec, PimSpec, PowerModel};
+use crate::model::ModelSpec;
+use crate::offload::OffloadSpec;
+
+/// Everything that fixes one instance's iteration cost: the model, the GPU kind and its
+/// calibration, how the model is laid out over the GPUs, and what is attached to them.
+#[derive(Debug, Clone)]
+pub struct InstanceSpec {
+    /// The model served.
+    pub model: ModelSpec,
+    /// The GPU kind of every GPU of the instance.
+    pub gpu: GpuSpec,
+    /// Calibration: fractions of peak reached, overheads.
+    pub efficiency: Efficiency,
+    /// Tensor-parallel degree.
+    pub tp: u32,
+    /// Pipeline stages.
+    pub pp: u32,
+    /// Micro-batches per iteration with pipelining (`None`: one per stage).
+    pub microbatches: Option<u32>,
+    /// Expert-parallel degree (1, or tp) for MoE models.
+    pub ep: u32,
+    /// GPUs per node: a larger instance crosses nodes over the NICs (`u32::MAX`: one node).
+    pub gpus_per_node: u32,
+    /// A processing-in-memory device attached to every GPU, if any.
+    pub pim: Option<PimSpec>,
+    /// Layers whose weights live in host DRAM or on flash, if any.
+    pub offload: Option<OffloadSpec>,
+    /// The power cap of every GPU, watts, if any.
+    pub power_cap_watts: Option<f64>,
+}
+
+impl InstanceSpec {
+    /// `model` on `tp` GPUs of one node: no pipelining, no expert parallelism, nothing attached, uncapped.
+    pub fn new(model: ModelSpec, gpu: GpuSpec, efficiency: Efficiency, tp: u32) -> Self {
+        InstanceSpec { model, gpu, efficiency, tp, pp: 1, microbatches: None, ep: 1, gpus_per_node: u32::MAX, pim: None, offload: None, power_cap_watts: None }
+    }
+}
+
+/// The lowest efficiency factor accepted: a kernel reaching under 1% of a peak describes no real
+/// engine, and such values make simulated iterations absurdly long.
+pub const MIN_EFFICIENCY: f64 = 0.01;
+/// The largest fixed cost of one iteration accepted, seconds.
+pub const MAX_ITERATION_OVERHEAD: f64 = 10.0;
+/// The largest fixed cost per layer per iteration accepted, seconds.
+pub const MAX_LAYER_OVERHEAD: f64 = 1.0;
+
+impl CostModel {
+
+    /// The cost model of the instance `spec` describes; fails on a setting that is out of range or
+    /// that the model, the GPU or the parallelism cannot take (in that order: the model's sharding
+    /// and the calibration, pipelining, expert parallelism, nodes, PIM, offloading, power cap).
+    pub fn build(spec: &InstanceSpec) -> Result<Self> {
+        Self::new(spec.model.clone(), spec.gpu.clone(), spec.efficiency.clone(), spec.tp)?
+            .with_pipeline(spec.pp, spec.microbatches)?
+            .with_expert_parallel(spec.ep)?
+            .with_nodes(spec.gpus_per_node)?
+            .with_pim(spec.pim.clone())?
+            .with_offload(spec.offload.clone())?
+            .with_power_cap(spec.power_cap_watts)
+    }
+
+    /// A cost model of `model` on `tp` GPUs of one node, the first step of [`CostModel::build`];
+    /// fails when `tp` does not divide the attention heads or the MLP.
+    pub(super) fn new(model: ModelSpec, gpu: GpuSpec, eff: Efficiency, tp: u32) -> Result<Self> {
+        if tp == 0 || !model.num_heads.is_multiple_of(tp) {
+            return Err(Error::config(
+                "parallelism.tp",
+                format!("tp={tp} must be a positive divisor of {}'s {} attention heads", model.name, model.num_heads),
+            ));
+        }
+        if model.first_dense_layers > model.num_layers {
+            return Err(Error::config(
+                "model.first_dense_layers",
+                format!("{} exceeds {}'s {} layers", model.first_dense_layers, model.name, model.num_layers),
+            ));
+        }
+        if model.dense_layers() > 0 && !model.intermediate_size.is_multiple_of(tp) {
+            return Err(Error::config(
+                "parallelism.tp",
+                format!("tp={tp} must divide {}'s MLP size {}", model.name, model.intermediate_size),
+            ));
+        }
+        if let Some(m) = &model.mla {
+            if m.kv_lora_rank == 0 || m.qk_head_dim() == 0 || m.v_head_dim == 0 || m.q_lora_rank == Some(0) {
+                return Err(Error::config("model.mla", format!("{}: kv_lora_rank, the query/key and value head sizes and q_lora_rank must be positive", model.name)));
+            }
+        }
+        let attention_memory = eff.attention_memory.unwrap_or(eff.memory);
+        let elementwise_memory = eff.elementwise_memory.unwrap_or(eff.memory);
+        for (name, v) in [
+            ("gemm_compute", eff.gemm_compute),
+            ("attention_compute", eff.attention_compute),
+            ("memory", eff.memory),
+            ("attention_memory", attention_memory),
+            ("elementwise_memory", elementwise_memory),
+            ("collective", eff.collective),
+        ] {
+            if !(MIN_EFFICIENCY..=1.0).contains(&v) {
+                return Err(Error::config(format!("calibration.{name}"), format!("must be a fraction of peak in [{MIN_EFFICIENCY}, 1], got {v:?}")));
+            }
+        }
+        for (name, v, max) in [("iteration_overhead", eff.iteration_overhead, MAX_ITERATION_OVERHEAD), ("layer_overhead", eff.layer_overhead, MAX_LAYER_OVERHEAD)] {
+            if !(0.0..=max).contains(&v) {
+                return Err(Error::config(format!("calibration.{name}"), format!("must be between 0 and {max} seconds, got {v:?}")));
+            }
+        }
+        gpu.validate()?;
+        if let Some(v) = eff.attention_cta {
+            if !(v > 0.0 && v <= 4.0) {
+                return Err(Error::config("calibration.attention_cta", format!("must be in (0, 4], got {v:?}")));
+            }
+        }
+        if let Some(v) = eff.gemm_ridge_exponent {
+            if v.is_nan() || v < 1.0 {
+                return Err(Error::config("calibration.gemm_ridge_exponent", format!("must be at least 1, got {v:?}")));
+            }
+        }
+        let t = tp as f64;
+        let power = PowerModel::new(&gpu, None);
+        Ok(CostModel {
+            pp: 1,
+            microbatches: 1,
+            gpus_per_node: u32::MAX,
+            pim: None,
+            offload: None,
+            expert_hbm_saved: 0,
+            power,
+            slow_compute: 1.0,
+            slow_memory: 1.0,
+            attn: match &model.mla {
+                None => Attention::Gqa { q: (model.num_heads * model.head_dim) as f64 / t, kv: (model.kv_heads_per_gpu(tp) * model.head_dim) as f64 },
+                Some(m) => Attention::Mla {
+                    heads: model.num_heads as f64 / t,
+                    nope: m.qk_nope_head_dim as f64,
+                    rope: m.qk_rope_head_dim as f64,
+                    v: m.v_head_dim as f64,
+                    lora: m.kv_lora_rank as f64,
+                    q_lora: m.q_lora_rank.map(f64::from),
+                },
+            },
+            dense_width: model.intermediate_size as f64 / t,
+            shared_width: (model.num_shared_experts * model.shared_expert_intermediate_size) as f64 / t,
+            moe_act_width: (model.experts_per_token * model.moe_intermediate_size + model.num_shared_experts * model.shared_expert_intermediate_size) as f64 / t,
+            dense_share: model.dense_layers() as f64 / model.num_layers.max(1) as f64,
+            moe_share: model.moe_layers() as f64 / model.num_layers.max(1) as f64,
+            ep: 1,
+            vocab_shard: model.vocab_size as f64 / t,
+            b: model.dtype_bytes as f64,
+            h: model.hidden_size as f64,
+            layers: model.num_layers as f64,
+            flops_gemm: gpu.peak_flops * eff.gemm_compute,
+            flops_attn: gpu.peak_flops * eff.attention_compute,
+            bw: gpu.memory_bandwidth * eff.memory,
+            bw_attn: gpu.memory_bandwidth * eff.attention_memory.unwrap_or(eff.memory),
+            bw_elem: gpu.memory_bandwidth * eff.elementwise_memory.unwrap_or(eff.memory),
+            model,
+            gpu,
+            eff,
+            tp,
+        })
+    }
+
+    /// Caps each GPU's power at `watts`: kernels whose draw would exceed it run longer.
+    pub(super) fn with_power_cap(mut self, watts: Option<f64>) -> Result<Self> {
+        if let Some(w) = watts {
+            if w.is_nan() || w <= 0.0 {
+                return Err(Error::config("power_cap_watts", format!("must be positive, got {w:?}")));
+            }
+            if self.gpu.tdp_watts <= 0.0 {
+                return Err(Error::config("power_cap_watts", format!("{} has no tdp_watts, so it cannot be capped", self.gpu.name)));
+            }
+            if !w.is_finite() || w <= self.gpu.idle_watts {
+                return Err(Error::config("power_cap_watts", format!("must be above {}'s idle power of {} W (a GPU cannot run below idle), got {w:?}", self.gpu.name, self.gpu.idle_watts)));
+            }
+        }
+        self.power = PowerModel::new(&self.gpu, watts);
+        self.slow_compute = self.power.compute_slowdown();
+        self.slow_memory = self.power.memory_slowdown();
+        Ok(self)
+    }
+
+    /// Splits the layers over `pp` pipeline stages, each iteration's batch into `microbatches`
+    /// micro-batches (vLLM-style: one per stage when `None`).
+    pub(super) fn with_pipeline(mut self, pp: u32, microbatches: Option<u32>) -> Result<Self> {
+        if pp == 0 || pp > self.model.num_layers {
+            return Err(Error::config("parallelism.pp", format!("pp={pp} must be between 1 and {}'s {} layers", self.model.name, self.model.num_layers)));
+        }
+        let m = microbatches.unwrap_or(pp);
+        if m == 0 {
+            return Err(Error::config("parallelism.microbatches", "must be at least 1"));
+        }
+        self.pp = pp;
+        self.microbatches = if pp == 1 { 1 } else { m };
+        Ok(self)
+    }
+
+    /// Places the instance on nodes of `gpus_per_node` GPUs: a tensor-parallel group larger than a
+    /// node runs its collectives over the NICs, and pipeline stages on different nodes send over them.
+    pub(super) fn with_nodes(mut self, gpus_per_node: u32) -> Result<Self> {
+        if gpus_per_node == 0 {
+            return Err(Error::config("gpus_per_node", "must be at least 1"));
+        }
+        self.gpus_per_node = gpus_per_node;
+        if self.gpus() > gpus_per_node && self.gpu.nic_bandwidth <= 0.0 {
+            return Err(Error::config(
+                "parallelism",
+                format!("tp x pp = {} GPUs spans nodes of {gpus_per_node}, but {} has no nic_bandwidth", self.gpus(), self.gpu.name),
+            ));
+        }
+        Ok(self)
+    }
+
+    /// Attaches a PIM device to every GPU: each layer operator runs on the device that finishes
+    /// it sooner (so low-Op/B work such as decode attention moves to the PIM), and decode attention
+    /// on the PIM overlaps prefill attention on the GPU.
+    pub(super) fn with_pim(mut self, pim: Option<PimSpec>) -> Result<Self> {
+        if let Some(p) = &pim {
+            if !(p.peak_flops > 0.0 && p.internal_bandwidth > 0.0 && p.efficiency > 0.0 && p.efficiency <= 1.0) {
+                return Err(Error::config("pim", format!("{}: peak_flops and internal_bandwidth must be positive, efficiency in (0, 1]", p.name)));
+            }
+        }
+        self.pim = pim;
+        Ok(self)
+    }
+
+    /// Keeps some layers' weights in host DRAM or on flash and streams them in (see [`crate::offload`]).
+    pub(super) fn with_offload(mut self, offload: Option<OffloadSpec>) -> Result<Self> {
+        if let Some(o) = &offload {
+            o.validate()?;
+            if self.pp > 1 {
+                return Err(Error::config("offload", "weight offloading with pipeline parallelism is not modelled yet; use pp = 1"));
+            }
+            if self.gpu.host_link_bandwidth <= 0.0 {
+                return Err(Error::config("offload", format!("offloading needs the GPU's host_link_bandwidth, which {} does not set", self.gpu.name)));
+            }
+        }
+        self.offload = offload;
+        if let Some(o) = &self.offload {
+            let stored = self.offloaded_layers() as u64 * self.layer_weight_bytes_per_gpu();
+            if stored > o.capacity_bytes {
+                return Err(Error::Capacity { what: format!("{} weights offloaded to {:?} per GPU", self.model.name, o.tier), needed_bytes: stored, available_bytes: o.capacity_bytes });
+            }
+        }
+        Ok(self)
+    }
+
+    /// Spreads each MoE layer's experts over the `ep` GPUs of the tensor-parallel group (whole
+    /// experts per GPU) instead of sharding every expert; tokens reach their experts' GPUs by an
+    /// all-to-all and come back by another. `ep` must be 1 or equal `tp`.
+    pub(super) fn with_expert_parallel(mut self, ep: u32) -> Result<Self> {
+        if ep > 1 {
+            if !self.model.is_moe() {
+                return Err(Error::config("parallelism.ep", format!("ep={ep} needs a mixture-of-experts model; {} is dense", self.model.name)));
+            }
+            if ep != self.tp {
+                return Err(Error::config("parallelism.ep", format!("ep={ep} must equal tp={} (experts spread over the tensor-parallel GPUs)", self.tp)));
+            }
+            if !self.model.num_experts.is_multiple_of(ep) {
+                return Err(Error::config("parallelism.ep", format!("ep={ep} must divide {}'s {} experts", self.model.name, self.model.num_experts)));
+            }
+        }
+        self.ep = ep.max(1);
+        Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::cost::fixtures::*;
+    use crate::cost::*;
+    use crate::model::fixtures::*;
+    use crate::error::Error;
+
+    #[test]
+    fn bad_mla_or_dense_layer_configs_are_errors() {
+        let mut m = deepseek_v2_lite();
+        m.first_dense_layers = 28;
+        assert!(matches!(CostModel::new(m, h100(), ideal(), 1).unwrap_err(), Error::Config { .. }));
+        let mut m = deepseek_v2_lite();
+        m.intermediate_size = 10945;
+        let e = CostModel::new(m, h100(), ideal(), 2).unwrap_err();
+        assert!(e.to_string().contains("MLP size 10945"), "{e}");
+        let mut m = deepseek_v2_lite();
+        m.mla.as_mut().unwrap().kv_lora_rank = 0;
+        assert!(CostModel::new(m, h100(), ideal(), 1).is_err());
+    }
+
+    #[test]
+    fn bad_tp_is_a_config_error() {
+        let e = CostModel::new(llama3_8b(), h100(), ideal(), 3).unwrap_err();
+        assert!(matches!(e, Error::Config { .. }));
+        assert!(e.to_string().contains("tp=3"));
+    }
+
+    #[test]
+    fn build_runs_every_step_of_the_description() {
+        let spec = InstanceSpec { pp: 2, microbatches: Some(4), gpus_per_node: 2, power_cap_watts: Some(500.0), ..InstanceSpec::new(llama2_70b(), h100(), ideal(), 2) };
+        let built = CostModel::build(&spec).unwrap();
+        let chained = CostModel::new(llama2_70b(), h100(), ideal(), 2).unwrap().with_pipeline(2, Some(4)).unwrap().with_nodes(2).unwrap().with_power_cap(Some(500.0)).unwrap();
+        let mut s = BatchShape::default();
+        s.add_prefill(512, 0, true);
+        for _ in 0..16 {
+            s.add_decode(1000);
+        }
+        assert_eq!(built.breakdown(&s), chained.breakdown(&s));
+        assert_eq!((built.tp(), built.pp(), built.nodes()), (2, 2, 2));
+        // Every step validates its part of the description.
+        assert!(CostModel::build(&InstanceSpec { pp: 0, ..spec.clone() }).is_err());
+        assert!(CostModel::build(&InstanceSpec { ep: 2, ..spec.clone() }).is_err(), "a dense model has no experts to spread");
+        assert!(CostModel::build(&InstanceSpec { gpus_per_node: 0, ..spec.clone() }).is_err());
+        assert!(CostModel::build(&InstanceSpec { power_cap_watts: Some(10.0), ..spec.clone() }).is_err());
+        let pim = PimSpec { name: "p".into(), peak_flops: 1e12, internal_bandwidth: 1e12, efficiency: 0.0 };
+        assert!(CostModel::build(&InstanceSpec { pim: Some(pim), ..spec }).is_err());
+    }
+}
