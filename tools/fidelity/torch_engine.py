@@ -20,7 +20,7 @@ CPU, to test the logic) attention falls back to one SDPA call per sequence and g
 
 Runs with PyTorch only (it does not import fleetwise), so it can be copied to any GPU machine::
 
-    python3 python/fleetwise/fidelity/torch_engine.py --out OUT TRACE.csv [TRACE.csv ...]
+    python3 tools/fidelity/torch_engine.py --out OUT TRACE.csv [TRACE.csv ...]
 
 A trace CSV has ``request_id, arrival_s, prompt_tokens, output_tokens``; its name (file stem) labels
 its rows in the outputs: ``requests.csv`` (per request: arrival, first and last token times in

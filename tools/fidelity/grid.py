@@ -17,7 +17,7 @@ Points run in a shuffled order so that clock drift does not line up with any one
 
 Runs with PyTorch only, beside ``torch_engine.py``::
 
-    python3 python/fleetwise/fidelity/grid.py --out OUT        # OUT/grid.csv, OUT/grid.json
+    python3 tools/fidelity/grid.py --out OUT        # OUT/grid.csv, OUT/grid.json
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ times run in push order), reached here through SimPy's own tie-breaking.
 
 Disaggregated clusters (pools with role ``prefill`` and ``decode``) are modelled for the ``vllm``
 scheduler with serialized KV transfer (``ReferenceHandoffs``); the KV flows cross a re-implemented
-max-min fair network (``fleetwise.reference.network``) whose wake-ups are SimPy timeouts created
+max-min fair network (``reference.network``) whose wake-ups are SimPy timeouts created
 exactly when the core pushes its ``Network`` events, so ties keep the core's order. Layer-wise
 transfer and other schedulers in disaggregated pools raise ValueError.
 """
@@ -48,7 +48,7 @@ from fleetwise import _core
 from fleetwise.cluster import core_config
 from fleetwise.config.load import as_scenario
 from fleetwise.config.scenario import Scenario
-from fleetwise.reference.network import ReferenceNetwork
+from reference.network import ReferenceNetwork
 from fleetwise.workload import Workload, build_workload
 
 # vLLM keeps 1% of the KV blocks free when admitting a request, so that running requests can grow.
