@@ -22,7 +22,7 @@ import fleetwise
 from fleetwise import _core
 from fleetwise.cluster import core_config
 from reference import simulate_reference
-from reference.simpy_model import memory_limits
+from reference.schedulers import memory_limits
 from fleetwise.workload import Workload, build_workload
 
 COLUMNS = ["request_id", "instance", "status", "first_token_ns", "completion_ns", "preemptions"]
