@@ -2,8 +2,8 @@
 
 * ``operator_fit``: fits each measured GPU's calibration (``calibration/<gpu>/``) and writes it to
   ``calibration/<gpu>/fitted.yaml``, the catalogue and ``docs/fidelity.md``;
-* ``torch_engine``: a small PyTorch continuous-batching engine that replays traces on a GPU
-  (PyTorch only, copied to the GPU machine);
+* ``torch_engine``: a small PyTorch continuous-batching engine that replays traces on a GPU, serving
+  the Llama of ``torch_model`` (both PyTorch only, copied to the GPU machine);
 * ``grid``: times that engine's iterations on a grid of shapes (PyTorch only);
 * ``serving_fit``: fits the engine's factors on the grid (``calibration/h100/serving/fitted.yaml``);
 * ``compare``: simulates the traces with fleetwise and compares with the engine's measurements
