@@ -87,11 +87,17 @@ def test_h100_fidelity_meets_targets_on_recorded_measurements():
     assert s["max_abs_error"] < 0.15
 
 
-def test_fidelity_doc_matches_measurements():
-    from fleetwise.calibrate.report import build
+def test_fidelity_doc_and_catalogue_match_measurements():
+    """One fit (tools/fidelity/operator_fit.py) writes docs/fidelity.md and the catalogue's
+    calibration of every measured GPU: both are what it writes today, so neither is edited by hand."""
+    from tools.fidelity.operator_fit import CATALOGUE, build, catalogue_text
 
-    _, text = build(REPO)
+    fitted, text = build(REPO)
     assert (REPO / "docs" / "fidelity.md").read_text().strip() == text.strip()
+    catalogue = (REPO / CATALOGUE).read_text()
+    assert catalogue_text(catalogue, fitted) == catalogue
+    changed = {k: c.model_copy(update={"memory": 0.5}) for k, c in fitted.items()}
+    assert catalogue_text(catalogue, changed).count("memory: 0.5,") == len(fitted)
 
 
 def test_collective_fit_recovers_known_efficiency():

@@ -21,8 +21,8 @@ import pytest
 import fleetwise
 from fleetwise import _core
 from fleetwise.cluster import core_config
-from fleetwise.reference import simulate_reference
-from fleetwise.reference.simpy_model import memory_limits
+from reference import simulate_reference
+from reference.schedulers import memory_limits
 from fleetwise.workload import Workload, build_workload
 
 COLUMNS = ["request_id", "instance", "status", "first_token_ns", "completion_ns", "preemptions"]

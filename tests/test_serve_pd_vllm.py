@@ -34,11 +34,11 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
-from fleetwise.integrations.tiny import build_tiny_model, tiny_llama_config  # noqa: E402
 from fleetwise.policy import create  # noqa: E402
 from fleetwise.serve import prom  # noqa: E402
 from fleetwise.serve.background import BackgroundServer  # noqa: E402
 from fleetwise.serve.router_app import Endpoint, RouterState, create_router_app  # noqa: E402
+from harness.tiny_models import build_tiny_model, tiny_llama_config  # noqa: E402
 
 PROMPT_TOKENS = 300
 BLOCK = 128
@@ -69,7 +69,7 @@ class PD:
 def pd_engines(tmp_path_factory):
     if reason := skip_reason():
         pytest.skip(reason)
-    from fleetwise.integrations.vllm_servers import VllmStartError, vllm_servers
+    from harness.vllm_servers import VllmStartError, vllm_servers
 
     model = build_tiny_model(tmp_path_factory.mktemp("tiny-llama-w"), tiny_llama_config(initializer_range=0.2), weights=True)
     storage, logs = tmp_path_factory.mktemp("kv-shared"), tmp_path_factory.mktemp("vllm-pd-logs")

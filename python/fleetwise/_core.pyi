@@ -99,6 +99,7 @@ def simulate(
     routing_shape: tuple[int, int] | None = None,
     router: Any | None = None,
     planners: dict[int, Any] | None = None,
+    evictors: dict[int, Any] | None = None,
 ) -> dict[str, Any]: ...
 
 def expert_cache_hits(

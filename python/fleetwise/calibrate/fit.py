@@ -36,16 +36,6 @@ def _log_loss(pred: np.ndarray, measured: np.ndarray) -> np.ndarray:
     return np.mean((np.log(pred) - np.log(measured)) ** 2, axis=-1)
 
 
-def fit_roofline(flops: np.ndarray, nbytes: np.ndarray, seconds: np.ndarray, peak: float, bandwidth: float) -> tuple[float, float]:
-    """The (compute, memory) efficiencies whose roofline best predicts ``seconds``."""
-    ec = GRID[:, None, None]
-    em = GRID[None, :, None]
-    pred = np.maximum(flops / (peak * ec), nbytes / (bandwidth * em))
-    loss = _log_loss(pred, seconds)
-    i, j = np.unravel_index(np.argmin(loss), loss.shape)
-    return float(GRID[i]), float(GRID[j])
-
-
 def fit_one(work: np.ndarray, seconds: np.ndarray, rate: float) -> float:
     """The efficiency ``e`` for which ``work / (rate * e)`` best predicts ``seconds``."""
     pred = work[None, :] / (rate * GRID[:, None])

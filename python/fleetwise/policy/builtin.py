@@ -19,7 +19,6 @@ from pydantic import TypeAdapter
 from fleetwise import _core
 from fleetwise.config.scenario import RouterConfig, SchedulerConfig
 
-_ROUTER = TypeAdapter(RouterConfig)
 _SCHEDULER = TypeAdapter(SchedulerConfig)
 
 
@@ -32,16 +31,6 @@ ROUTER_KINDS = _kinds(RouterConfig)
 """Names of the built-in routers."""
 SCHEDULER_KINDS = _kinds(SchedulerConfig)
 """Names of the built-in batch schedulers."""
-
-
-def make_router(config: dict, instances: int, seed: int = 0) -> _core.Router:
-    """The built-in router ``config`` (``{"kind": ...}``) describes, for ``instances`` instances.
-
-    ``router.route(prompt_tokens, outstanding_tokens, waiting=None, running=None)`` returns the
-    index of the chosen instance given per-instance loads.
-    """
-    cfg = _ROUTER.validate_python(config)
-    return _core.Router(json.dumps(cfg.model_dump()), instances, seed)
 
 
 class PolicyStepper:

@@ -28,7 +28,11 @@ The GEMM factors (``gemm_compute``, ``memory``) are cuBLAS's and stay as fitted 
 CUDA-graph step (``prefill_step`` of the run's ``device.json``, 64), so a prefill's GEMMs are charged
 at its padded token count.
 
-    python -m fleetwise.fidelity.serving_fit [--write]     # prints (and writes) serving/fitted.yaml
+Lab tooling, not part of the fleetwise package; run from the repository root::
+
+    python -m tools.fidelity.serving_fit [--write]     # prints (and writes) serving/fitted.yaml
+
+``compare.py`` reads the written file as it is (nothing is copied into the catalogue).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ import numpy as np
 import polars as pl
 import yaml
 
-from fleetwise.fidelity import compare as fc
+from tools.fidelity import compare as fc
 
 GRID_CSV = fc.DATA / "grid.csv"
 SERVING_FITTED = fc.DATA / "fitted.yaml"
@@ -158,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps(res, indent=2))
     if args.write:
         dev = json.loads((args.grid.parent / "grid.json").read_text())
-        head = (f"# Fitted by `python -m fleetwise.fidelity.serving_fit --write` on the serving engine's grid of\n"
+        head = (f"# Fitted by `python -m tools.fidelity.serving_fit --write` on the serving engine's grid of\n"
                 f"# iterations beside this file ({dev['device']}, PyTorch {dev['torch']}, {dev['time']}); GEMM factors,\n"
                 f"# collective and layer_overhead from calibration/h100/fitted.yaml (operator fit); prefill_pad_tokens is the\n"
                 f"# engine's prefill CUDA-graph step (device.json). iteration_overhead =\n"

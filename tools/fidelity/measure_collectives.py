@@ -2,11 +2,11 @@
 
 Runs with PyTorch only (no fleetwise import), one process per GPU:
 
-    torchrun --nproc-per-node=2 python/fleetwise/calibrate/measure_collectives.py --out calibration/h200x2
+    torchrun --nproc-per-node=2 tools/fidelity/measure_collectives.py --out calibration/h200x2
 
 Writes (rank 0) ``allreduce.csv`` (world_size, bytes, seconds) and ``sendrecv.csv`` (bytes, seconds):
-medians of CUDA-event timings of bf16 tensors, and ``device.json``. ``fleetwise.calibrate.fit``
-fits the cost model's ``collective`` efficiency and link latency to them.
+medians of CUDA-event timings of bf16 tensors, and ``device.json``. ``operator_fit.py`` fits the
+cost model's ``collective`` efficiency to them (``fleetwise.calibrate.fit.fit_collective``).
 """
 
 from __future__ import annotations

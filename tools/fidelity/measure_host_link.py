@@ -1,6 +1,6 @@
 """Measures host-to-GPU copy bandwidth (pinned host DRAM -> HBM), the path offloaded experts take.
 
-Run on a GPU machine: ``python -m fleetwise.calibrate.measure_host_link OUT_DIR``. Writes
+Runs with PyTorch only, on a GPU machine: ``python3 tools/fidelity/measure_host_link.py OUT_DIR``. Writes
 ``host_link.csv`` (bytes, seconds, GB/s per copy size; median of repeated copies) to OUT_DIR.
 """
 

@@ -7,6 +7,6 @@ with the Rust core, so the differential test in ``tests/test_reference.py`` chec
 loop, router and schedulers against a second implementation written from their documented rules.
 """
 
-from fleetwise.reference.simpy_model import simulate_reference
+from reference.simpy_model import simulate_reference
 
 __all__ = ["simulate_reference"]

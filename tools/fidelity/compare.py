@@ -15,8 +15,10 @@ Two calibrations (``--calibration``):
   engine), with the engine's per-iteration overhead fitted on the calibration trace's iterations
   (the first comparison; the calibration trace is then not validated on).
 
-    python -m fleetwise.fidelity.compare traces --out calibration/h100/serving      # write the traces
-    python -m fleetwise.fidelity.compare --data calibration/h100/serving [--markdown] [--calibration operator]
+Lab tooling, not part of the fleetwise package; run from the repository root::
+
+    python -m tools.fidelity.compare traces --out calibration/h100/serving      # write the traces
+    python -m tools.fidelity.compare --data calibration/h100/serving [--markdown] [--calibration operator]
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ import numpy as np
 import polars as pl
 import yaml
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
+"""The repository this script lives in (tools/fidelity/ -> the root), whose calibration/ it reads."""
 DATA = ROOT / "calibration" / "h100" / "serving"
 FITTED = ROOT / "calibration" / "h100" / "fitted.yaml"
 SERVING_FITTED = DATA / "fitted.yaml"

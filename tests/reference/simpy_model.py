@@ -1,0 +1,151 @@
+"""A SimPy model of a serving cluster, written from the core's documented rules.
+
+Every instance is a SimPy process that sleeps until woken, then runs iterations back to back until
+it has nothing to run; every request is a process that sleeps until its arrival and hands itself to
+the router. Only the iteration cost (``CostModel.iteration_ns``) and the KV block count
+(``CostModel.memory_plan``) come from the Rust core; queues, admission, KV accounting, preemption,
+token accounting and routing are re-implemented here, for the ``vllm``, ``sarathi-serve``,
+``sarathi`` and ``orca`` batch schedulers (``VllmPolicy``, ``ChunkedPolicy``, ``OrcaPolicy``).
+
+Time is integer nanoseconds (``simpy.Environment(initial_time=0)`` and integer delays only).
+
+How simultaneous events are ordered. SimPy processes events by ``(time, priority, eid)``, where
+``eid`` counts the events scheduled so far, and every event here has NORMAL priority except the
+processes' start-up events. All processes are created before the run: instances first, then
+requests in request order, so at time 0 their URGENT start-up events run first and every request
+schedules its arrival timeout before any other timed event exists. Hence at any instant:
+
+* arrivals run before every wake and iteration end of that instant (their eids are the lowest),
+  and among themselves in request order;
+* an arrival that finds its instance idle schedules a wake (``Event.succeed``) at the same instant;
+  it gets a fresh eid, so it runs after every other arrival of that instant, and simultaneous
+  arrivals share the instance's first iteration;
+* an iteration that ends exactly when a request arrives sees that request already queued (and a
+  router choosing at that instant sees the loads from before the iteration's tokens are applied);
+* the next iteration starts in the same callback that ends the previous one.
+
+This is the core's rule (arrivals at time t precede its heap events at t; heap events at equal
+times run in push order), reached here through SimPy's own tie-breaking.
+
+Disaggregated clusters (pools with role ``prefill`` and ``decode``) are modelled for the ``vllm``
+scheduler with serialized KV transfer (``ReferenceHandoffs``); the KV flows cross a re-implemented
+max-min fair network (``reference.network``) whose wake-ups are SimPy timeouts created
+exactly when the core pushes its ``Network`` events, so ties keep the core's order. Layer-wise
+transfer and other schedulers in disaggregated pools raise ValueError.
+
+Layout: ``requests`` (a request's state, the KV cache), ``schedulers`` (the batch schedulers),
+``instance`` (a replica's SimPy process), ``routing``, ``handoffs`` and ``network``
+(disaggregation); this module wires them into one run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import simpy
+
+from fleetwise import _core
+from fleetwise.cluster import core_config
+from fleetwise.config.load import as_scenario
+from fleetwise.config.scenario import Scenario
+from fleetwise.workload import Workload, build_workload
+from reference.handoffs import ReferenceHandoffs
+from reference.instance import ReferenceInstance
+from reference.requests import ReferenceRequest
+from reference.routing import ReferenceRouter
+
+
+def _arrival(env: simpy.Environment, router: ReferenceRouter, req: ReferenceRequest, decoders: list[ReferenceInstance]):
+    """The life of a request up to its admission: wait for the arrival, route, queue or reject
+    (a prefill instance also rejects a request that no decode instance could ever hold)."""
+    yield env.timeout(req.arrival)
+    inst = router.route(req)
+    req.instance = inst.index
+    if inst.rejects(req) or (
+        inst.role == "prefill" and not any(d.could_hold(req.prompt + req.output - 1) for d in decoders)
+    ):
+        req.status = "rejected"
+    else:
+        inst.enqueue(req)
+
+
+
+def simulate_reference(
+    scenario: Scenario | dict | str | Path, workload: Workload | None = None, details: bool = False
+) -> pl.DataFrame:
+    """Replays ``workload`` (default: the scenario's own) on ``scenario``'s cluster in SimPy.
+
+    Returns one row per request, in request order: ``request_id``, ``instance`` (the instance it
+    was routed to, also for rejected requests; the decode instance for a handed-off request), ``status`` (``finished`` or ``rejected``),
+    ``first_token_ns``, ``completion_ns`` and ``preemptions`` (the last three null for rejected
+    requests). With ``details``, more columns count, per request, its prefill chunks that did
+    not end its prefill (``split_chunks``) and the Orca admissions that stopped at it because its
+    reservation's blocks were not free (``reservation_waits``), and, for disaggregated clusters,
+    whether its handoff first found no decode room and waited (``handoff_waits``, 0 or 1) and when
+    its KV flow started and ended (``transfer_start_ns``, ``transfer_end_ns``; null if never handed
+    off). Raises ValueError for a router other than ``round-robin`` and ``least-outstanding-tokens``, an unknown scheduler or prefix
+    caching, and RuntimeError if a request never finishes.
+    """
+    sc = as_scenario(scenario)
+    if workload is None:
+        workload = build_workload(sc.workload, sc.seed, Path(sc._base_dir) if sc._base_dir else None)
+    config = core_config(sc)
+
+    env = simpy.Environment(initial_time=0)
+    instances: list[ReferenceInstance] = []
+    for pool in config["pools"]:
+        for _ in range(pool["count"]):
+            instances.append(ReferenceInstance(env, len(instances), pool))
+    entry = [inst for inst in instances if inst.role != "decode"]
+    decoders = [inst for inst in instances if inst.role == "decode"]
+    if not entry:
+        raise ValueError("every pool has role decode")
+    if any(inst.role == "prefill" for inst in instances):
+        if not decoders:
+            raise ValueError("a pool has role prefill but none has role decode")
+        for inst in instances:
+            pool = inst.pool
+            inst.kv_bytes_per_token = _core.CostModel(
+                json.dumps(pool["model"]), json.dumps(pool["gpu"]), json.dumps(pool["calibration"]), 1
+            ).kv_bytes_per_token()
+        ReferenceHandoffs(env, instances)
+    router = ReferenceRouter(config["router"]["kind"], entry)
+    requests = [
+        ReferenceRequest(i, int(a), int(p), int(o))
+        for i, (a, p, o) in enumerate(zip(workload.arrival_ns, workload.prompt_tokens, workload.output_tokens))
+    ]
+    for req in requests:
+        env.process(_arrival(env, router, req, decoders))
+    env.run()
+
+    stuck = [r for r in requests if r.status not in ("finished", "rejected")]
+    if stuck:
+        r = stuck[0]
+        raise RuntimeError(f"request {r.index} never finished ({r.status}, {r.generated} of {r.output} tokens)")
+    served = [r.status == "finished" for r in requests]
+    frame = pl.DataFrame(
+        {
+            "request_id": np.arange(len(requests), dtype=np.int64),
+            "instance": [r.instance for r in requests],
+            "status": [r.status for r in requests],
+            "first_token_ns": [r.first_token for r in requests],
+            "completion_ns": [r.completion for r in requests],
+            "preemptions": [r.preemptions if ok else None for r, ok in zip(requests, served)],
+        },
+        schema={
+            "request_id": pl.Int64, "instance": pl.Int64, "status": pl.String,
+            "first_token_ns": pl.Int64, "completion_ns": pl.Int64, "preemptions": pl.Int64,
+        },
+    )
+    if details:
+        frame = frame.with_columns(
+            pl.Series("split_chunks", [r.split_chunks for r in requests], dtype=pl.Int64),
+            pl.Series("reservation_waits", [r.reservation_waits for r in requests], dtype=pl.Int64),
+            pl.Series("handoff_waits", [r.handoff_waits for r in requests], dtype=pl.Int64),
+            pl.Series("transfer_start_ns", [r.transfer_start for r in requests], dtype=pl.Int64),
+            pl.Series("transfer_end_ns", [r.transfer_end for r in requests], dtype=pl.Int64),
+        )
+    return frame
