@@ -51,7 +51,15 @@ def estimate_iteration(
         from fleetwise.cluster import offload_json
         from fleetwise.config.scenario import OffloadConfig
 
-        off_json = json.dumps(offload_json(OffloadConfig.model_validate(offload), "--offload"))
+        from pydantic import ValidationError
+
+        from fleetwise.config.load import format_validation_error
+
+        try:
+            spec = OffloadConfig.model_validate(offload)
+        except ValidationError as err:
+            raise ConfigError(format_validation_error(err, "--offload/--offload-set", OffloadConfig)) from None
+        off_json = json.dumps(offload_json(spec, "--offload"))
     cost = _core.CostModel(json.dumps(m.core_json(model)), json.dumps(g.core_json(gpu)), g.calibration.model_dump_json(), tp, pp, microbatches, power_cap_watts, 8, pim_json, off_json, ep)
     prefills = [(prefill, prefill_context, True)] if prefill > 0 else []
     # A decode at context C reads C cached tokens plus the one it processes.

@@ -35,7 +35,7 @@ def apply_override(data: dict, assignment: str, source: str) -> None:
         last = depth == len(keys) - 1
         where = ".".join(keys[: depth + 1])
         if isinstance(node, list):
-            if not key.isdigit() or int(key) >= len(node):
+            if not (key.isascii() and key.isdigit()) or int(key) >= len(node):
                 _fail(f"--set {path}: {where}: index {key!r} out of range (list has {len(node)} items) in {source}")
             key = int(key)
         elif not isinstance(node, dict):
@@ -79,15 +79,16 @@ def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
-    """One line per problem: ``file: field.path: message (allowed: ...)``."""
+def format_validation_error(err: ValidationError, source: str, root: type[BaseModel] = Scenario) -> str:
+    """One line per problem: ``file: field.path: message (allowed: ...)``; ``root`` is the model
+    that was validated (it lists the allowed fields of a misspelt key)."""
     lines = []
     for e in err.errors():
         loc = tuple(e["loc"])
         path = ".".join(str(p) if len(str(p)) <= 80 else str(p)[:80] + "..." for p in loc) or "(top level)"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            owner = _model_at(Scenario, loc[:-1])
+            owner = _model_at(root, loc[:-1])
             if owner is not None:
                 msg += f"; allowed fields: {', '.join(owner.model_fields)}"
         elif e["type"] == "union_tag_invalid":
