@@ -211,3 +211,11 @@ def test_a_policy_that_sleeps_while_it_is_built_is_stopped(tmp_path):
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(_scenario("scheduler", "slow_init:P")))
     r = run_cli("run", "s.yaml", "-o", "out", "--policy-timeout", "1", cwd=tmp_path)
     assert r.returncode == 2 and "scheduler policy 'slow_init:P': creating it did not return within 1 s" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_decode_may_prefill_is_refused_where_decode_instances_cannot_prefill(tmp_path):
+    from conftest import REPO, run_cli
+
+    r = run_cli("run", str(REPO / "scenarios" / "splitwise.yaml"), "--set", "workload.requests=20", "--set", "cluster.router={kind: policy, name: disaggregated, params: {decode_may_prefill: true, pd_threshold: 1000}}", "-o", str(tmp_path / "o"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "cluster.router" in r.stderr and "decode_may_prefill" in r.stderr and "allowed in simulations: decode_may_prefill false" in r.stderr

@@ -52,6 +52,10 @@ def core_plugins(scenario, router=None, schedulers: Mapping[str, Callable] | Non
         router = _built(lambda: create("router", rc.name, **rc.params), label, timeout)
     elif router is not None:
         label = f"router policy {_name(router)!r}"
+    if router is not None and getattr(router, "decode_may_prefill", False) and "decode" in roles:
+        from fleetwise.errors import ConfigError
+
+        raise ConfigError(f"cluster.router: {label} sets decode_may_prefill, which the simulator cannot apply: its decode-role instances only receive prefilled requests (allowed in simulations: decode_may_prefill false)")
     if router is not None:
         extra["router"] = RouterBridge(_checked("router", label, router, "route(request, endpoints)"), names, roles, 0, label=label, clock=clock)
 
