@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from fuzz_invariants import check_summary, strict_json_loads
 from fuzz_settings import fuzz_settings
 from fuzz_worker import assert_clean_cli
+from fuzz_fixtures import worker  # noqa: F401  (the module's sandboxed worker fixture)
 
 _SCRATCH = Path(tempfile.mkdtemp(prefix="fleetwise-fuzz-cli-args-"))
 atexit.register(shutil.rmtree, _SCRATCH, ignore_errors=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from fuzz_worker import REPO, assert_clean
+from fuzz_fixtures import worker  # noqa: F401  (the module's sandboxed worker fixture)
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 QUICKSTART = REPO / "scenarios" / "quickstart.yaml"

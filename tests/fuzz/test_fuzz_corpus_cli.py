@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from fuzz_worker import REPO, assert_clean_cli, run_cli_process
+from fuzz_fixtures import worker  # noqa: F401  (the module's sandboxed worker fixture)
 
 QUICKSTART = str(REPO / "scenarios" / "quickstart.yaml")
 TINY = {

@@ -9,6 +9,7 @@ from hypothesis import given
 from fuzz_policy_cases import policy_cases, policy_request
 from fuzz_settings import fuzz_settings
 from fuzz_worker import assert_clean
+from fuzz_fixtures import worker  # noqa: F401  (the module's sandboxed worker fixture)
 
 
 @fuzz_settings(max_examples=60)

@@ -8,6 +8,7 @@ from hypothesis import given
 from fuzz_scenarios import scenarios
 from fuzz_settings import fuzz_settings
 from fuzz_worker import assert_clean
+from fuzz_fixtures import worker  # noqa: F401  (the module's sandboxed worker fixture)
 
 
 @fuzz_settings(max_examples=120)

@@ -9,6 +9,7 @@ from hypothesis import given
 from fuzz_settings import fuzz_settings
 from fuzz_traces import read_request, trace_cases, trace_request
 from fuzz_worker import assert_clean
+from fuzz_fixtures import worker  # noqa: F401  (the module's sandboxed worker fixture)
 
 
 @fuzz_settings(max_examples=70)

@@ -1,4 +1,5 @@
-"""Fixtures of the fuzz suite: one sandboxed worker process per test module."""
+"""The fuzz suite's fixture: one sandboxed worker process per test module (imported by each test
+module: a second conftest.py would shadow tests/conftest.py, which the other tests import by name)."""
 
 from __future__ import annotations
 
