@@ -5,15 +5,15 @@
 //! batch needs, so a batch it returns always fits.
 
 mod batchllm;
-mod chunked;
+mod sarathi;
 mod orca;
 mod plan;
 mod vllm;
 
 pub use batchllm::BatchLlmScheduler;
-pub use chunked::{ChunkPolicy, ChunkedScheduler};
+pub use sarathi::{SarathiScheduler, SarathiVariant};
 pub use orca::OrcaScheduler;
-pub use plan::{FcfsPlanner, PlanScheduler, Planner, StepPlan, StepState};
+pub use plan::{PlanScheduler, Planner, StepPlan, StepState, VllmV1Fcfs};
 pub use vllm::VllmScheduler;
 
 use crate::cost::BatchShape;
@@ -370,17 +370,17 @@ impl SchedulerConfig {
                 if let Some(c) = max_prefill_chunk {
                     positive("scheduler.max_prefill_chunk", c)?;
                 }
-                Ok(Box::new(self.plan_loop(Box::new(FcfsPlanner { max_num_seqs, max_num_batched_tokens, max_prefill_chunk }))))
+                Ok(Box::new(self.plan_loop(Box::new(VllmV1Fcfs { max_num_seqs, max_num_batched_tokens, max_prefill_chunk }))))
             }
             SchedulerConfig::SarathiServe { max_num_seqs, token_budget } => {
                 positive("scheduler.max_num_seqs", max_num_seqs)?;
                 positive("scheduler.token_budget", token_budget)?;
-                Ok(Box::new(ChunkedScheduler::new(ChunkPolicy::TokenBudget(token_budget), max_num_seqs)))
+                Ok(Box::new(SarathiScheduler::new(SarathiVariant::SarathiServe(token_budget), max_num_seqs)))
             }
             SchedulerConfig::Sarathi { max_num_seqs, chunk_size } => {
                 positive("scheduler.max_num_seqs", max_num_seqs)?;
                 positive("scheduler.chunk_size", chunk_size)?;
-                Ok(Box::new(ChunkedScheduler::new(ChunkPolicy::OneChunk(chunk_size), max_num_seqs)))
+                Ok(Box::new(SarathiScheduler::new(SarathiVariant::Sarathi(chunk_size), max_num_seqs)))
             }
             SchedulerConfig::BatchLlm { max_num_seqs, token_budget } => {
                 positive("scheduler.max_num_seqs", max_num_seqs)?;

@@ -66,7 +66,7 @@ pub trait Planner: Send + Sync {
 
 /// vLLM v1's default: first come, first served, with fixed limits.
 #[derive(Debug, Clone)]
-pub struct FcfsPlanner {
+pub struct VllmV1Fcfs {
     /// Most sequences per iteration.
     pub max_num_seqs: u32,
     /// Most tokens per iteration.
@@ -75,7 +75,7 @@ pub struct FcfsPlanner {
     pub max_prefill_chunk: Option<u32>,
 }
 
-impl Planner for FcfsPlanner {
+impl Planner for VllmV1Fcfs {
     fn plan(&mut self, _state: &StepState) -> Result<StepPlan> {
         Ok(StepPlan { token_budget: self.max_num_batched_tokens, max_num_seqs: self.max_num_seqs, max_prefill_chunk: self.max_prefill_chunk, ..StepPlan::default() })
     }
@@ -293,7 +293,7 @@ mod tests {
     use super::*;
 
     fn fcfs(seqs: u32, tokens: u32, chunk: Option<u32>) -> PlanScheduler {
-        PlanScheduler::new(Box::new(FcfsPlanner { max_num_seqs: seqs, max_num_batched_tokens: tokens, max_prefill_chunk: chunk }), seqs, tokens)
+        PlanScheduler::new(Box::new(VllmV1Fcfs { max_num_seqs: seqs, max_num_batched_tokens: tokens, max_prefill_chunk: chunk }), seqs, tokens)
     }
 
     #[test]
