@@ -22,11 +22,20 @@ use super::Role;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
     /// An idle instance has work and should start an iteration.
-    Wake { instance: u32 },
+    Wake {
+        /// The instance.
+        instance: u32,
+    },
     /// The iteration running on an instance finishes its compute.
-    IterationEnd { instance: u32 },
+    IterationEnd {
+        /// The instance.
+        instance: u32,
+    },
     /// The network's next internal event is due (stale unless `version` is still current).
-    Network { version: u64 },
+    Network {
+        /// The network's version when the event was scheduled.
+        version: u64,
+    },
 }
 
 /// The event queue of a cluster.
