@@ -1,4 +1,4 @@
-//! One model replica: its cost model, KV cache, queues and batch scheduler.
+//! One model replica: its cost model, KV cache, queues and scheduler.
 //!
 //! Layout: `setup` builds an instance from one [`InstanceSetup`]; `iteration` forms, times and
 //! applies its iterations; `stats` counts them (and the energy). This file holds the instance's
@@ -21,7 +21,7 @@ use crate::memory::MemoryPlan;
 use crate::moe::{ExpertResidency, ExpertRuntime};
 use crate::request::{Request, Status};
 use crate::router::InstanceLoad;
-use crate::scheduler::{Batch, BatchScheduler, Queues};
+use crate::scheduler::{Batch, Scheduler, Queues};
 
 /// A model replica serving requests.
 pub struct Instance {
@@ -30,7 +30,7 @@ pub struct Instance {
     cost: CostModel,
     plan: MemoryPlan,
     kv: BlockManager,
-    scheduler: Box<dyn BatchScheduler>,
+    scheduler: Box<dyn Scheduler>,
     queues: Queues,
     batch: Batch,
     busy: bool,
@@ -56,8 +56,8 @@ impl Instance {
         self.moe.as_ref().map(|m| m.residency())
     }
 
-    /// Replaces the configured batch scheduler (a user's policy plugged in from outside).
-    pub fn with_scheduler(mut self, scheduler: Box<dyn BatchScheduler>) -> Self {
+    /// Replaces the configured scheduler (a user's policy plugged in from outside).
+    pub fn with_scheduler(mut self, scheduler: Box<dyn Scheduler>) -> Self {
         self.scheduler = scheduler;
         self
     }

@@ -1,5 +1,5 @@
 //! Building an instance from one description: its cost model, experts, memory plan, KV cache
-//! and batch scheduler, with the checks that refuse a setup that cannot run.
+//! and scheduler, with the checks that refuse a setup that cannot run.
 
 use crate::cost::{BatchShape, CostModel, InstanceSpec};
 use crate::error::{Error, Result};

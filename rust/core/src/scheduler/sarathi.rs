@@ -13,7 +13,7 @@
 //! blocks each chunk needs, and when a decode needs a block that is not there preempt the most
 //! recently admitted request by recompute, as vLLM does.
 
-use super::{grow_for_decode, preempt_recompute, try_admit, Batch, BatchScheduler, Queues};
+use super::{grow_for_decode, preempt_recompute, try_admit, Batch, Scheduler, Queues};
 use crate::kv::BlockManager;
 use crate::request::Request;
 
@@ -107,7 +107,7 @@ impl SarathiScheduler {
     }
 }
 
-impl BatchScheduler for SarathiScheduler {
+impl Scheduler for SarathiScheduler {
     fn schedule(&mut self, q: &mut Queues, reqs: &mut [Request], kv: &mut BlockManager, batch: &mut Batch) {
         self.preempted.clear();
         self.schedule_decodes(q, reqs, kv, batch);

@@ -111,8 +111,8 @@ impl<'a> Cluster<'a> {
                 let experts = pool.experts.as_ref().map(|c| ExpertSetup { config: c, trace: workload.routing.clone(), seed: config.seed, stream: format!("instance{}.experts", instances.len()) });
                 let setup = InstanceSetup { pool: p as u32, spec, memory: &pool.memory, scheduler: &pool.scheduler, experts };
                 let inst = Instance::new(setup).map_err(|e| prefix(&format!("cluster.pools.{p}"), e))?.with_prefix_cache(prefix_tokens).with_role(pool.role);
-                let inst = match plugins.planners.get(&p) {
-                    Some(make) => inst.with_scheduler(Box::new(pool.scheduler.plan_loop(make(instances.len())?))),
+                let inst = match plugins.batch_schedulers.get(&p) {
+                    Some(make) => inst.with_scheduler(Box::new(pool.scheduler.vllm_v1_loop(make(instances.len())?))),
                     None => inst,
                 };
                 let inst = match plugins.evictors.get(&p) {

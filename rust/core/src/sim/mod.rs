@@ -30,7 +30,7 @@ pub use cluster::Event;
 pub use config::{KvLink, KvTransfer, PoolConfig, SimConfig, Workload};
 pub use control::Control;
 pub use disaggregation::Role;
-pub use plugins::{EvictorFactory, PlannerFactory, Plugins};
+pub use plugins::{EvictorFactory, BatchSchedulerFactory, Plugins};
 pub use report::{InstanceReport, IterationLog, SimOutput};
 
 use crate::error::{Error, Result};

@@ -3,12 +3,12 @@
 use crate::error::Result;
 use crate::prefix::PrefixEvictor;
 use crate::router::Router;
-use crate::scheduler::Planner;
+use crate::scheduler::BatchScheduler;
 use std::collections::BTreeMap;
 
-/// Builds the planner of one instance (its index in the cluster) of a pool whose scheduler is a
+/// Builds the batch scheduler (the per-step plan of vLLM v1's loop) of one instance (its index in the cluster) of a pool whose scheduler is a
 /// user's policy.
-pub type PlannerFactory = Box<dyn Fn(usize) -> Result<Box<dyn Planner>> + Send + Sync>;
+pub type BatchSchedulerFactory = Box<dyn Fn(usize) -> Result<Box<dyn BatchScheduler>> + Send + Sync>;
 
 /// Builds the prefix-cache eviction policy of one instance (its index in the cluster).
 pub type EvictorFactory = Box<dyn Fn(usize) -> Result<Box<dyn PrefixEvictor>> + Send + Sync>;
@@ -18,9 +18,9 @@ pub type EvictorFactory = Box<dyn Fn(usize) -> Result<Box<dyn PrefixEvictor>> + 
 pub struct Plugins {
     /// Replaces the configured router.
     pub router: Option<Box<dyn Router>>,
-    /// Per pool index: planners for its instances, run by vLLM v1's scheduling loop within the
+    /// Per pool index: batch schedulers for its instances, run by vLLM v1's scheduling loop within the
     /// pool's configured limits.
-    pub planners: BTreeMap<usize, PlannerFactory>,
+    pub batch_schedulers: BTreeMap<usize, BatchSchedulerFactory>,
     /// Per pool index: prefix-cache eviction policies for its instances (pools with prefix caching).
     pub evictors: BTreeMap<usize, EvictorFactory>,
 }
