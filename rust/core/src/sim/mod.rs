@@ -7,7 +7,7 @@
 //! other arrival of that instant, so simultaneous arrivals share the first iteration. When an
 //! iteration ends its tokens are applied and the next iteration starts at the same instant.
 //! An iteration that swaps KV first moves the bytes as a flow over the instance's host link (in
-//! the shared [`Network`]); its compute starts when the flow completes. Offloaded weights stream in
+//! the shared [`Network`](crate::network::Network)); its compute starts when the flow completes. Offloaded weights stream in
 //! as flows too (flash drive then host link, or host link alone), concurrently with the compute
 //! when overlap is on, before it otherwise; the iteration ends when compute and streams are done.
 //!
