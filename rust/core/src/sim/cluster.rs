@@ -11,7 +11,7 @@ use crate::time::Nanos;
 
 use super::arrivals::Arrivals;
 use super::config::{KvTransfer, SimConfig, Workload};
-use super::disaggregation::Handoffs;
+use super::disaggregation::{FewestOutstandingTokens, Handoffs};
 use super::iterations::Iterations;
 use super::plugins::Plugins;
 use super::report::IterationLog;
@@ -134,7 +134,8 @@ impl<'a> Cluster<'a> {
         if has_prefill && decoders.is_empty() {
             return Err(Error::config("cluster.pools", "a pool has role prefill but none has role decode"));
         }
-        let handoffs = Handoffs::new(decoders.clone(), layerwise);
+        let choice = plugins.decode_choice.take().unwrap_or_else(|| Box::new(FewestOutstandingTokens));
+        let handoffs = Handoffs::new(decoders.clone(), choice, layerwise);
         let wants_prefix = config.router.uses_prefixes() || plugins.router.is_some();
         let router = match plugins.router.take() {
             Some(r) => r,

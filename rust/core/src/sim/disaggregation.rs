@@ -3,6 +3,8 @@
 //! after the prefill (serialized) or layer by layer while it runs (layer-wise).
 
 use crate::error::Result;
+use crate::request::Request;
+use crate::router::InstanceLoad;
 use crate::time::Nanos;
 use std::collections::{BTreeMap, VecDeque};
 
@@ -21,6 +23,32 @@ pub enum Role {
     Decode,
 }
 
+/// Chooses where a prefilled request's KV goes: the decode instances to try, best first (the
+/// first that can reserve the request's blocks takes it).
+pub trait DecodeChoice: Send + Sync {
+    /// The decode instances (cluster indices from `decoders`, whose loads are `loads`) to try for
+    /// `req`, best first; `preferred` is the one the router chose, if it did.
+    fn candidates(&mut self, req: &Request, decoders: &[u32], loads: &[InstanceLoad], preferred: Option<u32>) -> Vec<u32>;
+}
+
+/// The default choice: the router's pick first, then the fewest outstanding tokens (lowest index
+/// on ties).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FewestOutstandingTokens;
+
+impl DecodeChoice for FewestOutstandingTokens {
+    fn candidates(&mut self, _req: &Request, decoders: &[u32], loads: &[InstanceLoad], preferred: Option<u32>) -> Vec<u32> {
+        let mut order: Vec<(u64, u32)> = decoders.iter().zip(loads).map(|(&d, l)| (l.outstanding_tokens, d)).collect();
+        order.sort();
+        let mut order: Vec<u32> = order.into_iter().map(|(_, d)| d).collect();
+        if let Some(p) = preferred {
+            order.retain(|&d| d != p);
+            order.insert(0, p);
+        }
+        order
+    }
+}
+
 /// A request on its way from a prefill instance to a decode instance.
 #[derive(Debug, Clone, Copy)]
 struct Handoff {
@@ -36,6 +64,8 @@ struct Handoff {
 pub(super) struct Handoffs {
     /// Decode instances.
     decoders: Vec<u32>,
+    /// Which decode instances a request tries, in order.
+    choice: Box<dyn DecodeChoice>,
     /// Per instance: whether it sends KV layer by layer while the prefill runs.
     layerwise: Vec<bool>,
     /// Decode instance a router chose per request, tried first.
@@ -45,9 +75,9 @@ pub(super) struct Handoffs {
 }
 
 impl Handoffs {
-    /// Handoffs to the `decoders` instances; `layerwise` per instance.
-    pub(super) fn new(decoders: Vec<u32>, layerwise: Vec<bool>) -> Self {
-        Handoffs { decoders, layerwise, preferred: BTreeMap::new(), state: BTreeMap::new(), waiting: VecDeque::new() }
+    /// Handoffs to the `decoders` instances in the order `choice` gives; `layerwise` per instance.
+    pub(super) fn new(decoders: Vec<u32>, choice: Box<dyn DecodeChoice>, layerwise: Vec<bool>) -> Self {
+        Handoffs { decoders, choice, layerwise, preferred: BTreeMap::new(), state: BTreeMap::new(), waiting: VecDeque::new() }
     }
 
     /// Records the decode instance a router chose for `req`, tried first at its handoff.
@@ -61,13 +91,9 @@ impl Cluster<'_> {
     fn dispatch_handoff(&mut self, req: u32, prefill_done: bool, now: Nanos, queue: &mut Queue) -> Result<bool> {
         let instances = &mut self.instances;
         let h = &mut self.handoffs;
-        let mut order: Vec<u32> = h.decoders.clone();
-        order.sort_by_key(|&d| (instances[d as usize].load().outstanding_tokens, d));
-        if let Some(p) = h.preferred.remove(&req) {
-            order.retain(|&d| d != p);
-            order.insert(0, p);
-        }
         let r = &self.reqs[req as usize];
+        let loads: Vec<InstanceLoad> = h.decoders.iter().map(|&d| instances[d as usize].load()).collect();
+        let order = h.choice.candidates(r, &h.decoders, &loads, h.preferred.remove(&req));
         for d in order {
             if let Some(blocks) = instances[d as usize].reserve(r) {
                 let from = r.instance;
@@ -153,5 +179,22 @@ impl Cluster<'_> {
             self.handoffs.waiting.pop_front();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loads(tokens: &[u64]) -> Vec<InstanceLoad> {
+        tokens.iter().map(|&t| InstanceLoad { outstanding_tokens: t, ..Default::default() }).collect()
+    }
+
+    #[test]
+    fn fewest_outstanding_tokens_first_ties_to_the_lower_index_router_pick_before_all() {
+        let req = Request::new(0, 10, 10);
+        let mut c = FewestOutstandingTokens;
+        assert_eq!(c.candidates(&req, &[4, 5, 6, 7], &loads(&[30, 10, 30, 20]), None), vec![5, 7, 4, 6]);
+        assert_eq!(c.candidates(&req, &[4, 5, 6, 7], &loads(&[30, 10, 30, 20]), Some(6)), vec![6, 5, 7, 4]);
     }
 }

@@ -29,7 +29,7 @@ mod transfers;
 pub use cluster::Event;
 pub use config::{KvLink, KvTransfer, PoolConfig, SimConfig, Workload};
 pub use control::Control;
-pub use disaggregation::Role;
+pub use disaggregation::{DecodeChoice, FewestOutstandingTokens, Role};
 pub use plugins::{EvictorFactory, BatchSchedulerFactory, Plugins};
 pub use report::{InstanceReport, IterationLog, SimOutput};
 

@@ -6,8 +6,10 @@ use crate::router::Router;
 use crate::scheduler::BatchScheduler;
 use std::collections::BTreeMap;
 
-/// Builds the batch scheduler (the per-step plan of vLLM v1's loop) of one instance (its index in the cluster) of a pool whose scheduler is a
-/// user's policy.
+use super::DecodeChoice;
+
+/// Builds the batch scheduler (the per-step plan of vLLM v1's loop) of one instance (its index in
+/// the cluster) of a pool whose scheduler is a user's policy.
 pub type BatchSchedulerFactory = Box<dyn Fn(usize) -> Result<Box<dyn BatchScheduler>> + Send + Sync>;
 
 /// Builds the prefix-cache eviction policy of one instance (its index in the cluster).
@@ -18,9 +20,11 @@ pub type EvictorFactory = Box<dyn Fn(usize) -> Result<Box<dyn PrefixEvictor>> + 
 pub struct Plugins {
     /// Replaces the configured router.
     pub router: Option<Box<dyn Router>>,
-    /// Per pool index: batch schedulers for its instances, run by vLLM v1's scheduling loop within the
-    /// pool's configured limits.
+    /// Per pool index: batch schedulers for its instances, run by vLLM v1's scheduling loop within
+    /// the pool's configured limits.
     pub batch_schedulers: BTreeMap<usize, BatchSchedulerFactory>,
+    /// Replaces the default choice of decode instance for prefilled requests (disaggregated pools).
+    pub decode_choice: Option<Box<dyn DecodeChoice>>,
     /// Per pool index: prefix-cache eviction policies for its instances (pools with prefix caching).
     pub evictors: BTreeMap<usize, EvictorFactory>,
 }
