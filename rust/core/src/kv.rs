@@ -196,3 +196,96 @@ impl BlockManager {
         self.used -= blocks;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_for_rounds_tokens_up_to_whole_blocks() {
+        let kv = BlockManager::new(100, 16, 1);
+        assert_eq!([0, 1, 15, 16, 17, 32, 33].map(|t| kv.blocks_for(t)), [0, 1, 1, 1, 2, 2, 3]);
+        assert_eq!(kv.block_size(), 16);
+    }
+
+    #[test]
+    fn admissions_leave_the_watermark_free_growth_may_use_it() {
+        let mut kv = BlockManager::new(100, 16, 1);
+        assert_eq!(kv.free(), 100);
+        assert!(kv.can_admit(99));
+        assert!(!kv.can_admit(100), "100 blocks + 1 watermark > 100 free");
+        assert!(kv.can_grow(100));
+        kv.allocate(90);
+        assert!(kv.can_admit(9) && !kv.can_admit(10));
+        assert!(kv.can_grow(10) && !kv.can_grow(11));
+    }
+
+    #[test]
+    fn allocation_and_release_conserve_blocks() {
+        let mut kv = BlockManager::new(100, 16, 1);
+        kv.allocate(30);
+        kv.allocate(20);
+        assert_eq!((kv.used(), kv.free(), kv.peak()), (50, 50, 50));
+        kv.release(30);
+        assert_eq!((kv.used(), kv.free(), kv.peak()), (20, 80, 50), "the peak stays");
+        kv.allocate(70);
+        assert_eq!((kv.used(), kv.free(), kv.peak()), (90, 10, 90));
+        kv.release(90);
+        assert_eq!((kv.used(), kv.free(), kv.own_blocks(), kv.total()), (0, 100, 0, 100));
+    }
+
+    #[test]
+    #[should_panic(expected = "KV allocation beyond capacity")]
+    fn allocating_more_than_is_free_panics() {
+        let mut kv = BlockManager::new(10, 16, 0);
+        kv.allocate(11);
+    }
+
+    #[test]
+    #[should_panic(expected = "releasing 3 blocks with only 2 in use")]
+    fn releasing_more_than_is_used_panics() {
+        let mut kv = BlockManager::new(10, 16, 0);
+        kv.allocate(2);
+        kv.release(3);
+    }
+
+    #[test]
+    fn growth_counts_only_blocks_the_request_lacks() {
+        let kv = BlockManager::new(100, 16, 1);
+        let mut r = Request::new(0, 40, 10);
+        r.blocks = 2;
+        assert_eq!(kv.growth(&r, 32), 0);
+        assert_eq!(kv.growth(&r, 33), 1);
+        r.shared_blocks = 1;
+        assert_eq!(kv.growth(&r, 64), 1, "4 blocks for 64 tokens, 3 held (2 own, 1 shared)");
+    }
+
+    #[test]
+    fn published_prefixes_move_to_the_cache_and_are_evicted_only_when_needed() {
+        // 32-token entries of 2 blocks each.
+        let mut kv = BlockManager::new(100, 16, 0).with_prefix_cache(32);
+        let mut r = Request::new(0, 64, 4);
+        r.hashes = vec![7, 8];
+        kv.allocate(4);
+        r.blocks = 4;
+        r.computed = 64;
+        kv.publish(&mut r);
+        // The request's 4 blocks now belong to the cache, which it references.
+        assert_eq!((r.blocks, r.shared_blocks, r.cache_refs), (0, 4, 2));
+        assert_eq!((kv.own_blocks(), kv.used(), kv.free()), (0, 4, 96));
+        // Released by the request: idle cached blocks count as free but stay cached.
+        kv.detach(&mut r);
+        assert_eq!((kv.used(), kv.free()), (4, 100));
+        assert_eq!(kv.prefix_cache().unwrap().leading_hits(&[7, 8]), 2);
+        // A second request with the same prompt finds both entries.
+        let mut s = Request::new(0, 64, 4);
+        s.hashes = vec![7, 8];
+        kv.attach(&mut s);
+        assert_eq!((s.cache_refs, s.shared_blocks, s.computed), (1, 2, 32), "at least one token is computed: the last entry is not used");
+        kv.detach(&mut s);
+        // Allocating everything evicts both idle entries.
+        kv.allocate(100);
+        assert_eq!((kv.used(), kv.free(), kv.peak()), (100, 0, 100));
+        assert_eq!(kv.prefix_cache().unwrap().leading_hits(&[7, 8]), 0);
+    }
+}

@@ -25,14 +25,15 @@ pub struct InstanceLoad {
 
 /// The interface every router implements.
 pub trait Router: Send + Sync {
-    /// The index of the instance that serves `req`, given every instance's load.
-    fn route(&mut self, req: &Request, loads: &[InstanceLoad]) -> usize;
+    /// The index of the instance that serves `req`, given every instance's load; an error when
+    /// the policy fails (a user's policy raising, say), never a silent default.
+    fn route(&mut self, req: &Request, loads: &[InstanceLoad]) -> Result<usize>;
 
     /// With prefill/decode disaggregation: the instance among `entry` (prefill and mixed instances)
     /// that takes `req`, and optionally the decode instance (index into `decoders`) its KV should
     /// go to; None leaves that choice to the cluster (fewest outstanding tokens with room).
     fn route_pair(&mut self, req: &Request, entry: &[InstanceLoad], _decoders: &[InstanceLoad]) -> Result<(usize, Option<usize>)> {
-        Ok((self.route(req, entry), None))
+        Ok((self.route(req, entry)?, None))
     }
 }
 
@@ -43,10 +44,10 @@ pub struct RoundRobin {
 }
 
 impl Router for RoundRobin {
-    fn route(&mut self, _req: &Request, loads: &[InstanceLoad]) -> usize {
+    fn route(&mut self, _req: &Request, loads: &[InstanceLoad]) -> Result<usize> {
         let i = self.next % loads.len();
         self.next = (i + 1) % loads.len();
-        i
+        Ok(i)
     }
 }
 
@@ -55,14 +56,14 @@ impl Router for RoundRobin {
 pub struct LeastOutstandingTokens;
 
 impl Router for LeastOutstandingTokens {
-    fn route(&mut self, _req: &Request, loads: &[InstanceLoad]) -> usize {
+    fn route(&mut self, _req: &Request, loads: &[InstanceLoad]) -> Result<usize> {
         let mut best = 0;
         for (i, l) in loads.iter().enumerate().skip(1) {
             if l.outstanding_tokens < loads[best].outstanding_tokens {
                 best = i;
             }
         }
-        best
+        Ok(best)
     }
 }
 
@@ -74,7 +75,7 @@ impl Router for LeastOutstandingTokens {
 pub struct PrefixAffinity;
 
 impl Router for PrefixAffinity {
-    fn route(&mut self, _req: &Request, loads: &[InstanceLoad]) -> usize {
+    fn route(&mut self, _req: &Request, loads: &[InstanceLoad]) -> Result<usize> {
         let mut best = 0;
         for (i, l) in loads.iter().enumerate().skip(1) {
             let b = &loads[best];
@@ -82,7 +83,7 @@ impl Router for PrefixAffinity {
                 best = i;
             }
         }
-        best
+        Ok(best)
     }
 }
 
@@ -93,8 +94,8 @@ pub struct Random {
 }
 
 impl Router for Random {
-    fn route(&mut self, _req: &Request, loads: &[InstanceLoad]) -> usize {
-        self.rng.below(loads.len() as u64) as usize
+    fn route(&mut self, _req: &Request, loads: &[InstanceLoad]) -> Result<usize> {
+        Ok(self.rng.below(loads.len() as u64) as usize)
     }
 }
 
@@ -149,7 +150,7 @@ mod tests {
         let mut r = RoundRobin::default();
         let req = Request::new(0, 1, 1);
         let l = loads(&[0, 0, 0]);
-        let picks: Vec<_> = (0..7).map(|_| r.route(&req, &l)).collect();
+        let picks: Vec<_> = (0..7).map(|_| r.route(&req, &l).unwrap()).collect();
         assert_eq!(picks, vec![0, 1, 2, 0, 1, 2, 0]);
     }
 
@@ -157,9 +158,9 @@ mod tests {
     fn least_outstanding_tokens_picks_minimum_lowest_index() {
         let mut r = LeastOutstandingTokens;
         let req = Request::new(0, 1, 1);
-        assert_eq!(r.route(&req, &loads(&[50, 20, 30])), 1);
-        assert_eq!(r.route(&req, &loads(&[20, 20, 30])), 0);
-        assert_eq!(r.route(&req, &loads(&[9, 20, 3])), 2);
+        assert_eq!(r.route(&req, &loads(&[50, 20, 30])).unwrap(), 1);
+        assert_eq!(r.route(&req, &loads(&[20, 20, 30])).unwrap(), 0);
+        assert_eq!(r.route(&req, &loads(&[9, 20, 3])).unwrap(), 2);
     }
 
     #[test]
@@ -167,11 +168,11 @@ mod tests {
         let mut r = PrefixAffinity;
         let req = Request::new(0, 1, 1);
         let mut l = loads(&[100, 50, 300]);
-        assert_eq!(r.route(&req, &l), 1, "no hits: least loaded");
+        assert_eq!(r.route(&req, &l).unwrap(), 1, "no hits: least loaded");
         l[2].cached_prefix_tokens = 1024;
-        assert_eq!(r.route(&req, &l), 2, "the longest cached prefix wins");
+        assert_eq!(r.route(&req, &l).unwrap(), 2, "the longest cached prefix wins");
         l[0].cached_prefix_tokens = 1024;
-        assert_eq!(r.route(&req, &l), 0, "equal prefixes: least loaded of them");
+        assert_eq!(r.route(&req, &l).unwrap(), 0, "equal prefixes: least loaded of them");
     }
 
     #[test]
@@ -181,8 +182,8 @@ mod tests {
         let l = loads(&[0; 5]);
         let mut a = cfg.build(3, 5).unwrap();
         let mut b = cfg.build(3, 5).unwrap();
-        let pa: Vec<_> = (0..50).map(|_| a.route(&req, &l)).collect();
-        let pb: Vec<_> = (0..50).map(|_| b.route(&req, &l)).collect();
+        let pa: Vec<_> = (0..50).map(|_| a.route(&req, &l).unwrap()).collect();
+        let pb: Vec<_> = (0..50).map(|_| b.route(&req, &l).unwrap()).collect();
         assert_eq!(pa, pb);
         assert!(pa.iter().all(|&i| i < 5));
     }

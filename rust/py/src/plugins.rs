@@ -6,7 +6,7 @@ use fleetwise_core::error::{Error, Result};
 use fleetwise_core::prefix::{IdleEntry, PrefixEvictor};
 use fleetwise_core::request::Request;
 use fleetwise_core::router::{InstanceLoad, Router};
-use fleetwise_core::scheduler::{Planner, StepPlan, StepState};
+use fleetwise_core::scheduler::{BatchScheduler, StepPlan, StepState};
 use pyo3::prelude::*;
 use std::sync::{Arc, Mutex};
 
@@ -59,8 +59,8 @@ impl PyRouterPlugin {
 }
 
 impl Router for PyRouterPlugin {
-    fn route(&mut self, req: &Request, loads: &[InstanceLoad]) -> usize {
-        self.route_pair(req, loads, &[]).map(|p| p.0).unwrap_or(0)
+    fn route(&mut self, req: &Request, loads: &[InstanceLoad]) -> Result<usize> {
+        self.route_pair(req, loads, &[]).map(|p| p.0)
     }
 
     fn route_pair(&mut self, req: &Request, entry: &[InstanceLoad], decoders: &[InstanceLoad]) -> Result<(usize, Option<usize>)> {
@@ -79,23 +79,23 @@ impl Router for PyRouterPlugin {
 /// A Python scheduler bridge: `bridge.plan(waiting_rows, running_rows, free, total, block_size,
 /// step, now)` returns `(token_budget, max_num_seqs, running_order, waiting_order, victim_order,
 /// max_prefill_chunk)` with None for orders the engine keeps.
-pub struct PyPlanner {
+pub struct PyBatchScheduler {
     bridge: Py<PyAny>,
     slot: ErrorSlot,
     label: String,
 }
 
-impl PyPlanner {
+impl PyBatchScheduler {
     /// Wraps `bridge`; a Python exception it raises lands in `slot`.
     pub fn new(bridge: Py<PyAny>, slot: ErrorSlot) -> Self {
         let label = label_of(&bridge, "the scheduler policy");
-        PyPlanner { bridge, slot, label }
+        PyBatchScheduler { bridge, slot, label }
     }
 }
 
 type PlanTuple = (u32, u32, Option<Vec<u32>>, Option<Vec<u32>>, Option<Vec<u32>>, Option<u32>);
 
-impl Planner for PyPlanner {
+impl BatchScheduler for PyBatchScheduler {
     fn plan(&mut self, s: &StepState) -> Result<StepPlan> {
         let tpe = s.kv.prefix_cache().map_or(0, |c| c.tokens_per_entry());
         let row = |&i: &u32| -> RequestRow {

@@ -1,12 +1,12 @@
-//! Built-in routers and batch schedulers as Python classes: the same Rust objects the simulator
+//! Built-in routers and schedulers as Python classes: the same Rust objects the simulator
 //! calls natively.
 
 use crate::errors::{from_json, to_py};
 use fleetwise_core::kv::BlockManager;
 use fleetwise_core::request::{Request, Status};
 use fleetwise_core::router::{InstanceLoad, Router, RouterConfig};
-use fleetwise_core::scheduler::{Batch, BatchScheduler, Queues, SchedulerConfig};
-use crate::plugins::PyPlanner;
+use fleetwise_core::scheduler::{Batch, Scheduler, Queues, SchedulerConfig};
+use crate::plugins::PyBatchScheduler;
 use pyo3::prelude::*;
 
 /// A built-in router, configured by its scenario JSON (`{"kind": ...}`).
@@ -39,15 +39,15 @@ impl PyRouter {
             return Err(pyo3::exceptions::PyValueError::new_err("outstanding_tokens, waiting and running must have equal lengths"));
         }
         let loads: Vec<InstanceLoad> = (0..n).map(|i| InstanceLoad { outstanding_tokens: outstanding_tokens[i], waiting: waiting[i], running: running[i], ..Default::default() }).collect();
-        Ok(self.inner.route(&Request::new(0, prompt_tokens.max(1), 1), &loads))
+        self.inner.route(&Request::new(0, prompt_tokens.max(1), 1), &loads).map_err(to_py)
     }
 }
 
-/// A built-in batch scheduler driven step by step from Python, exactly as an instance drives it
+/// A built-in scheduler driven step by step from Python, exactly as an instance drives it
 /// in the simulator: add requests, ask for the next batch, report it done.
 #[pyclass(name = "Scheduler", module = "fleetwise._core")]
 pub struct PyScheduler {
-    inner: Box<dyn BatchScheduler>,
+    inner: Box<dyn Scheduler>,
     kv: BlockManager,
     queues: Queues,
     reqs: Vec<Request>,
@@ -71,7 +71,7 @@ impl PyScheduler {
         }
         let watermark = watermark.unwrap_or((num_blocks as f64 * 0.01) as u32);
         let inner = match planner {
-            Some(bridge) => Box::new(cfg.plan_loop(Box::new(PyPlanner::new(bridge, Default::default())))) as Box<dyn BatchScheduler>,
+            Some(bridge) => Box::new(cfg.vllm_v1_loop(Box::new(PyBatchScheduler::new(bridge, Default::default())))) as Box<dyn Scheduler>,
             None => cfg.build(block_bytes).map_err(to_py)?,
         };
         Ok(PyScheduler { inner, kv: BlockManager::new(num_blocks, block_size, watermark), queues: Queues::default(), reqs: Vec::new(), ids: Vec::new(), batch: Batch::default() })

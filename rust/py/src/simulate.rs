@@ -5,9 +5,9 @@ use fleetwise_core::request::Status;
 use fleetwise_core::moe::{replay_hits, CachePolicy, RoutingTrace};
 use fleetwise_core::request::Request;
 use fleetwise_core::sim::{simulate_keeping, Control, Plugins, SimConfig, Workload};
-use crate::plugins::{ErrorSlot, PyEvictor, PyPlanner, PyRouterPlugin};
+use crate::plugins::{ErrorSlot, PyEvictor, PyBatchScheduler, PyRouterPlugin};
 use fleetwise_core::prefix::PrefixEvictor;
-use fleetwise_core::scheduler::Planner;
+use fleetwise_core::scheduler::BatchScheduler;
 use std::collections::HashMap;
 use std::sync::Arc;
 use numpy::{IntoPyArray, PyReadonlyArray1};
@@ -128,7 +128,7 @@ pub fn simulate<'py>(
     let slot: ErrorSlot = Default::default();
     let mut plugins = Plugins { router: router.map(|r| Box::new(PyRouterPlugin::new(r, slot.clone())) as _), ..Plugins::default() };
     for (pool, factory) in planners.unwrap_or_default() {
-        plugins.planners.insert(pool, per_instance(factory, slot.clone(), "scheduler", |b, s| Box::new(PyPlanner::new(b, s)) as Box<dyn Planner>));
+        plugins.batch_schedulers.insert(pool, per_instance(factory, slot.clone(), "scheduler", |b, s| Box::new(PyBatchScheduler::new(b, s)) as Box<dyn BatchScheduler>));
     }
     for (pool, factory) in evictors.unwrap_or_default() {
         plugins.evictors.insert(pool, per_instance(factory, slot.clone(), "prefix cache", |b, s| Box::new(PyEvictor::new(b, s)) as Box<dyn PrefixEvictor>));

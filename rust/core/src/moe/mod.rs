@@ -9,5 +9,5 @@ pub mod runtime;
 
 pub use cache::{replay_hits, ExpertCache};
 pub use config::{CachePolicy, CacheSpec, ExpertConfig, ExpertTier, GroupingSpec, PrefetchSpec, RoutingKind, RoutingSpec};
-pub use routing::{Router, RoutingTrace};
+pub use routing::{ExpertRouter, RoutingTrace};
 pub use runtime::{ExpertIteration, ExpertResidency, ExpertRuntime, ExpertStats, TokenSpan};

@@ -66,9 +66,10 @@ impl RoutingTrace {
     }
 }
 
-/// Draws routing decisions for one instance.
+/// Draws which experts each token goes to (the MoE gate), for one instance; not to be confused
+/// with [`crate::router::Router`], which places requests on instances.
 #[derive(Debug, Clone)]
-pub struct Router {
+pub struct ExpertRouter {
     kind: RoutingKind,
     experts: u32,
     k: u32,
@@ -82,7 +83,7 @@ pub struct Router {
     pub max_sampled: u32,
 }
 
-impl Router {
+impl ExpertRouter {
     /// A router for `layers` MoE layers of `experts` experts, top-`k`, seeded from `seed` and named
     /// by `stream` (one independent stream per instance).
     pub fn new(spec: &RoutingSpec, experts: u32, k: u32, layers: u32, trace: Option<Arc<RoutingTrace>>, seed: u64, stream: &str) -> Result<Self> {
@@ -111,7 +112,7 @@ impl Router {
                 }).collect());
             }
         }
-        Ok(Router { kind: spec.kind, experts, k, layers, locality: spec.locality, cdf, trace: if spec.kind == RoutingKind::Trace { trace } else { None }, rng: RngStream::new(seed, stream), max_sampled: spec.max_sampled_tokens })
+        Ok(ExpertRouter { kind: spec.kind, experts, k, layers, locality: spec.locality, cdf, trace: if spec.kind == RoutingKind::Trace { trace } else { None }, rng: RngStream::new(seed, stream), max_sampled: spec.max_sampled_tokens })
     }
 
     /// MoE layers.
@@ -183,7 +184,7 @@ mod tests {
     #[test]
     fn draws_k_distinct_experts_in_range() {
         for kind in [RoutingKind::Uniform, RoutingKind::Zipf] {
-            let mut r = Router::new(&spec(kind, 0.0), 8, 2, 4, None, 7, "t").unwrap();
+            let mut r = ExpertRouter::new(&spec(kind, 0.0), 8, 2, 4, None, 7, "t").unwrap();
             let mut out = [0u16; 2];
             for i in 0..1000 {
                 r.route(0, i, (i % 4) as u32, None, &mut out);
@@ -197,7 +198,7 @@ mod tests {
         // Top-1 of 8 experts with s = 1.2: the most popular expert's share is 1 / H where
         // H = sum_r r^-1.2 over r = 1..8.
         let s = RoutingSpec { kind: RoutingKind::Zipf, zipf_exponent: 1.2, locality: 0.0, max_sampled_tokens: 1 };
-        let mut r = Router::new(&s, 8, 1, 1, None, 3, "t").unwrap();
+        let mut r = ExpertRouter::new(&s, 8, 1, 1, None, 3, "t").unwrap();
         let h: f64 = (1..=8).map(|x| (x as f64).powf(-1.2)).sum();
         let pop = r.popularity(0);
         let top = (0..8).max_by(|&a, &b| pop[a].partial_cmp(&pop[b]).unwrap()).unwrap();
@@ -213,7 +214,7 @@ mod tests {
 
     #[test]
     fn locality_reuses_the_previous_tokens_experts() {
-        let mut r = Router::new(&spec(RoutingKind::Uniform, 0.75), 64, 2, 1, None, 11, "t").unwrap();
+        let mut r = ExpertRouter::new(&spec(RoutingKind::Uniform, 0.75), 64, 2, 1, None, 11, "t").unwrap();
         let prev = [5u16, 9u16];
         let mut out = [0u16; 2];
         let n = 100_000;
@@ -237,10 +238,10 @@ mod tests {
         assert_eq!(t.lookup(2, 1, 1), &[3]); // request 2 replays request 0
         assert!(t.validate(4, 2, 1).is_err()); // expert 5 out of range
         assert!(t.validate(8, 3, 1).is_err());
-        let mut r = Router::new(&RoutingSpec { kind: RoutingKind::Trace, ..spec(RoutingKind::Trace, 0.0) }, 8, 1, 2, Some(t), 1, "t").unwrap();
+        let mut r = ExpertRouter::new(&RoutingSpec { kind: RoutingKind::Trace, ..spec(RoutingKind::Trace, 0.0) }, 8, 1, 2, Some(t), 1, "t").unwrap();
         let mut out = [0u16; 1];
         r.route(1, 0, 0, None, &mut out);
         assert_eq!(out, [4]);
-        assert!(Router::new(&spec(RoutingKind::Trace, 0.0), 8, 1, 2, None, 1, "t").is_err());
+        assert!(ExpertRouter::new(&spec(RoutingKind::Trace, 0.0), 8, 1, 2, None, 1, "t").is_err());
     }
 }

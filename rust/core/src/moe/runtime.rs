@@ -13,7 +13,7 @@
 
 use super::cache::ExpertCache;
 use super::config::{ExpertConfig, ExpertTier};
-use super::routing::{Router, RoutingTrace};
+use super::routing::{ExpertRouter, RoutingTrace};
 use crate::cost::CostModel;
 use crate::error::{Error, Result};
 use crate::request::Request;
@@ -131,7 +131,7 @@ pub struct ExpertRuntime {
     k: u32,
     layers: u32,
     ranks: u32,
-    router: Router,
+    router: ExpertRouter,
     predictor: RngStream,
     caches: Vec<ExpertCache>,
     last: HashMap<u32, Vec<u16>>,
@@ -157,7 +157,7 @@ impl ExpertRuntime {
             return Err(Error::config("experts.placement", format!("offloaded experts need the GPU's host_link_bandwidth, which {} does not set", cost.gpu().name)));
         }
         let layers = m.moe_layers();
-        let router = Router::new(&cfg.routing, m.num_experts, m.experts_per_token, layers, trace, seed, &format!("{stream}.routing"))?;
+        let router = ExpertRouter::new(&cfg.routing, m.num_experts, m.experts_per_token, layers, trace, seed, &format!("{stream}.routing"))?;
         let residency = ExpertResidency::new(cfg, cost);
         let ranks = cost.ep();
         let per_gpu = residency.experts_per_gpu as usize;

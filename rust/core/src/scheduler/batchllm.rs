@@ -10,7 +10,7 @@
 //! prefix group read their shared prefix's keys and values once per iteration (a Hydragen-style
 //! shared-prefix attention kernel), which the batch's cost reflects.
 
-use super::{try_admit, Batch, BatchScheduler, Queues};
+use super::{try_admit, Batch, Scheduler, Queues};
 use crate::kv::BlockManager;
 use crate::request::Request;
 use std::collections::BTreeMap;
@@ -71,7 +71,7 @@ impl BatchLlmScheduler {
     }
 }
 
-impl BatchScheduler for BatchLlmScheduler {
+impl Scheduler for BatchLlmScheduler {
     fn schedule(&mut self, q: &mut Queues, reqs: &mut [Request], kv: &mut BlockManager, batch: &mut Batch) {
         if q.waiting.len() != self.sorted_len {
             self.reorder(q, reqs);

@@ -1,20 +1,21 @@
-//! Batch schedulers: what the next iteration of an instance runs.
+//! Schedulers: what the next iteration of an instance runs ([`Scheduler`]), and the per-step
+//! policies of vLLM v1's loop ([`BatchScheduler`], as Python names them too).
 //!
 //! A scheduler reads the instance's queues and KV block manager, admits, preempts and picks the
 //! tokens of each request for one iteration, and fills a [`Batch`]. It allocates the KV blocks the
 //! batch needs, so a batch it returns always fits.
 
 mod batchllm;
-mod chunked;
 mod orca;
-mod plan;
+mod sarathi;
 mod vllm;
+mod vllm_v1;
 
 pub use batchllm::BatchLlmScheduler;
-pub use chunked::{ChunkPolicy, ChunkedScheduler};
 pub use orca::OrcaScheduler;
-pub use plan::{FcfsPlanner, PlanScheduler, Planner, StepPlan, StepState};
+pub use sarathi::{SarathiScheduler, SarathiVariant};
 pub use vllm::VllmScheduler;
+pub use vllm_v1::{BatchScheduler, StepPlan, StepState, VllmV1Fcfs, VllmV1Scheduler};
 
 use crate::cost::BatchShape;
 use crate::error::{Error, Result};
@@ -201,8 +202,9 @@ pub enum PreemptionMode {
     Swap,
 }
 
-/// The interface every batch scheduler implements.
-pub trait BatchScheduler: Send + Sync {
+/// The interface every scheduler implements (vLLM v0, vLLM v1, Sarathi, Orca, BatchLLM): it forms
+/// each iteration's batch. A [`BatchScheduler`] is the per-step policy inside vLLM v1's loop.
+pub trait Scheduler: Send + Sync {
     /// Forms the next iteration into `batch` (cleared by the caller).
     fn schedule(&mut self, queues: &mut Queues, reqs: &mut [Request], kv: &mut BlockManager, batch: &mut Batch);
 
@@ -326,13 +328,13 @@ fn yes() -> bool {
 
 impl SchedulerConfig {
     /// The scheduling loop a plan-driven policy runs in, with this configuration's limits.
-    pub fn plan_loop(&self, planner: Box<dyn Planner>) -> PlanScheduler {
+    pub fn vllm_v1_loop(&self, batch_scheduler: Box<dyn BatchScheduler>) -> VllmV1Scheduler {
         let (tokens, seqs) = self.limits();
         let reserve = match *self {
             SchedulerConfig::VllmV1 { reserve_full_prompt, .. } => reserve_full_prompt,
             _ => true,
         };
-        PlanScheduler::new(planner, seqs, tokens).reserving_full_prompt(reserve)
+        VllmV1Scheduler::new(batch_scheduler, seqs, tokens).reserving_full_prompt(reserve)
     }
 }
 
@@ -349,7 +351,7 @@ fn positive(path: &str, v: u32) -> Result<()> {
 
 impl SchedulerConfig {
     /// Builds the scheduler; `block_bytes` is one KV block's size on one GPU (sizes the swap space).
-    pub fn build(&self, block_bytes: u64) -> Result<Box<dyn BatchScheduler>> {
+    pub fn build(&self, block_bytes: u64) -> Result<Box<dyn Scheduler>> {
         match *self {
             SchedulerConfig::Vllm { max_num_seqs, max_num_batched_tokens, preemption_mode, swap_space_bytes } => {
                 if max_num_seqs == 0 {
@@ -370,17 +372,17 @@ impl SchedulerConfig {
                 if let Some(c) = max_prefill_chunk {
                     positive("scheduler.max_prefill_chunk", c)?;
                 }
-                Ok(Box::new(self.plan_loop(Box::new(FcfsPlanner { max_num_seqs, max_num_batched_tokens, max_prefill_chunk }))))
+                Ok(Box::new(self.vllm_v1_loop(Box::new(VllmV1Fcfs { max_num_seqs, max_num_batched_tokens, max_prefill_chunk }))))
             }
             SchedulerConfig::SarathiServe { max_num_seqs, token_budget } => {
                 positive("scheduler.max_num_seqs", max_num_seqs)?;
                 positive("scheduler.token_budget", token_budget)?;
-                Ok(Box::new(ChunkedScheduler::new(ChunkPolicy::TokenBudget(token_budget), max_num_seqs)))
+                Ok(Box::new(SarathiScheduler::new(SarathiVariant::SarathiServe(token_budget), max_num_seqs)))
             }
             SchedulerConfig::Sarathi { max_num_seqs, chunk_size } => {
                 positive("scheduler.max_num_seqs", max_num_seqs)?;
                 positive("scheduler.chunk_size", chunk_size)?;
-                Ok(Box::new(ChunkedScheduler::new(ChunkPolicy::OneChunk(chunk_size), max_num_seqs)))
+                Ok(Box::new(SarathiScheduler::new(SarathiVariant::Sarathi(chunk_size), max_num_seqs)))
             }
             SchedulerConfig::BatchLlm { max_num_seqs, token_budget } => {
                 positive("scheduler.max_num_seqs", max_num_seqs)?;

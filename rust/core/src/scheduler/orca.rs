@@ -6,7 +6,7 @@
 //! but fits fewer requests. `reserve_max_len` reserves the model's full context per request, as
 //! Orca does; otherwise the request's own prompt + output ("Orca oracle").
 
-use super::{try_admit, Batch, BatchScheduler, Queues};
+use super::{try_admit, Batch, Scheduler, Queues};
 use crate::kv::BlockManager;
 use crate::request::Request;
 
@@ -29,7 +29,7 @@ impl OrcaScheduler {
     }
 }
 
-impl BatchScheduler for OrcaScheduler {
+impl Scheduler for OrcaScheduler {
     fn schedule(&mut self, q: &mut Queues, reqs: &mut [Request], kv: &mut BlockManager, batch: &mut Batch) {
         while !q.waiting.is_empty() && (q.running.len() as u32) < self.max_num_seqs {
             let reserve = self.reserve_tokens;

@@ -10,7 +10,7 @@
 //! any request is swapped out no new prefill is admitted, and once an iteration preempts nothing,
 //! swapped requests come back in order (while blocks allow) and decode in that same iteration.
 
-use super::{grow_for_decode, preempt_recompute, preempt_swap, try_admit, Batch, BatchScheduler, Queues};
+use super::{grow_for_decode, preempt_recompute, preempt_swap, try_admit, Batch, Scheduler, Queues};
 use crate::kv::BlockManager;
 use crate::request::{Request, Status};
 
@@ -127,7 +127,7 @@ impl VllmScheduler {
     }
 }
 
-impl BatchScheduler for VllmScheduler {
+impl Scheduler for VllmScheduler {
     fn schedule(&mut self, q: &mut Queues, reqs: &mut [Request], kv: &mut BlockManager, batch: &mut Batch) {
         if q.swapped.is_empty() {
             self.schedule_prefills(q, reqs, kv, batch);

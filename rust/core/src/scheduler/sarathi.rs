@@ -13,31 +13,31 @@
 //! blocks each chunk needs, and when a decode needs a block that is not there preempt the most
 //! recently admitted request by recompute, as vLLM does.
 
-use super::{grow_for_decode, preempt_recompute, try_admit, Batch, BatchScheduler, Queues};
+use super::{grow_for_decode, preempt_recompute, try_admit, Batch, Scheduler, Queues};
 use crate::kv::BlockManager;
 use crate::request::Request;
 
-/// How prefill chunks are chosen each iteration.
+/// Which of the two schedulers, i.e. how prefill chunks are chosen each iteration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChunkPolicy {
-    /// Fill the token budget left after the decodes with as many chunks as fit.
-    TokenBudget(u32),
-    /// One chunk of at most this many tokens, whatever the decodes.
-    OneChunk(u32),
+pub enum SarathiVariant {
+    /// Sarathi-Serve: fill the token budget left after the decodes with as many chunks as fit.
+    SarathiServe(u32),
+    /// Sarathi: one chunk of at most this many tokens, whatever the decodes.
+    Sarathi(u32),
 }
 
-/// Chunked prefill with decodes first.
+/// Sarathi and Sarathi-Serve: chunked prefill with decodes first.
 #[derive(Debug, Clone)]
-pub struct ChunkedScheduler {
-    policy: ChunkPolicy,
+pub struct SarathiScheduler {
+    policy: SarathiVariant,
     max_num_seqs: u32,
     preempted: Vec<u32>,
 }
 
-impl ChunkedScheduler {
+impl SarathiScheduler {
     /// A scheduler with the given chunk policy and sequence limit.
-    pub fn new(policy: ChunkPolicy, max_num_seqs: u32) -> Self {
-        ChunkedScheduler { policy, max_num_seqs, preempted: Vec::new() }
+    pub fn new(policy: SarathiVariant, max_num_seqs: u32) -> Self {
+        SarathiScheduler { policy, max_num_seqs, preempted: Vec::new() }
     }
 
     /// Gives `tokens` more tokens of `req` their KV blocks; false when the cache lacks them.
@@ -107,7 +107,7 @@ impl ChunkedScheduler {
     }
 }
 
-impl BatchScheduler for ChunkedScheduler {
+impl Scheduler for SarathiScheduler {
     fn schedule(&mut self, q: &mut Queues, reqs: &mut [Request], kv: &mut BlockManager, batch: &mut Batch) {
         self.preempted.clear();
         self.schedule_decodes(q, reqs, kv, batch);
@@ -116,8 +116,8 @@ impl BatchScheduler for ChunkedScheduler {
         }
         let decodes = batch.items.len() as u32;
         match self.policy {
-            ChunkPolicy::TokenBudget(b) => self.schedule_chunks(q, reqs, kv, batch, b.saturating_sub(decodes), u32::MAX),
-            ChunkPolicy::OneChunk(c) => self.schedule_chunks(q, reqs, kv, batch, c, 1),
+            SarathiVariant::SarathiServe(b) => self.schedule_chunks(q, reqs, kv, batch, b.saturating_sub(decodes), u32::MAX),
+            SarathiVariant::Sarathi(c) => self.schedule_chunks(q, reqs, kv, batch, c, 1),
         }
     }
 
@@ -127,8 +127,8 @@ impl BatchScheduler for ChunkedScheduler {
 
     fn max_batch_tokens(&self) -> u32 {
         match self.policy {
-            ChunkPolicy::TokenBudget(b) => b,
-            ChunkPolicy::OneChunk(c) => c + self.max_num_seqs,
+            SarathiVariant::SarathiServe(b) => b,
+            SarathiVariant::Sarathi(c) => c + self.max_num_seqs,
         }
     }
 
@@ -150,7 +150,7 @@ mod tests {
         // decode once it has one), and a second prompt shares the leftover budget.
         let (mut reqs, mut q) = setup(&[1000, 300], 5);
         let mut kv = BlockManager::new(1000, 16, 0);
-        let mut s = ChunkedScheduler::new(ChunkPolicy::TokenBudget(512), 64);
+        let mut s = SarathiScheduler::new(SarathiVariant::SarathiServe(512), 64);
         let mut b = Batch::default();
         s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
         assert_eq!(b.items, vec![Item { req: 0, tokens: 512 }]);
@@ -173,7 +173,7 @@ mod tests {
     fn sarathi_takes_one_chunk_and_all_decodes() {
         let (mut reqs, mut q) = setup(&[100, 100, 700], 50);
         let mut kv = BlockManager::new(1000, 16, 0);
-        let mut s = ChunkedScheduler::new(ChunkPolicy::OneChunk(256), 64);
+        let mut s = SarathiScheduler::new(SarathiVariant::Sarathi(256), 64);
         let mut b = Batch::default();
         for _ in 0..2 {
             s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
@@ -190,7 +190,7 @@ mod tests {
         // Each request fits alone (16 + 10 - 1 tokens: 2 blocks); together they need 4 of 3.
         let (mut reqs, mut q) = setup(&[16, 16], 10);
         let mut kv = BlockManager::new(3, 16, 0);
-        let mut s = ChunkedScheduler::new(ChunkPolicy::TokenBudget(64), 8);
+        let mut s = SarathiScheduler::new(SarathiVariant::SarathiServe(64), 8);
         let mut b = Batch::default();
         let mut preempted = 0;
         for _ in 0..300 {

@@ -1,8 +1,8 @@
 //! vLLM v1's scheduling loop, following a per-step plan.
 //!
-//! Each iteration a [`Planner`] answers with a [`StepPlan`]: the token budget, the sequence limit
+//! Each iteration a [`BatchScheduler`] answers with a [`StepPlan`]: the token budget, the sequence limit
 //! and the orders in which running requests take budget, waiting requests are admitted and
-//! running requests are preempted. [`PlanScheduler`] applies it the way vLLM v1's scheduler runs
+//! running requests are preempted. [`VllmV1Scheduler`] applies it the way vLLM v1's scheduler runs
 //! its loop, so a policy that plans here plans the same batches inside vLLM:
 //!
 //! 1. Running requests, in plan order, each take `min(pending tokens, budget left, chunk cap)`
@@ -17,7 +17,7 @@
 //!
 //! The KV invariants stay the block manager's: a plan only orders, it never over-allocates.
 
-use super::{preempt_recompute, Batch, BatchScheduler, Queues};
+use super::{preempt_recompute, Batch, Queues, Scheduler};
 use crate::error::{Error, Result};
 use crate::kv::BlockManager;
 use crate::request::{Request, Status};
@@ -39,7 +39,7 @@ pub struct StepPlan {
     pub max_prefill_chunk: Option<u32>,
 }
 
-/// What a planner sees: the instance's queues, requests and KV cache before the iteration.
+/// What a batch scheduler sees: the instance's queues, requests and KV cache before the iteration.
 pub struct StepState<'a> {
     /// Waiting and running queues.
     pub queues: &'a Queues,
@@ -53,8 +53,9 @@ pub struct StepState<'a> {
     pub now: crate::time::Nanos,
 }
 
-/// Something that plans iterations: the native FCFS planner, or a user's policy.
-pub trait Planner: Send + Sync {
+/// Plans each iteration of vLLM v1's loop (what Python calls a `BatchScheduler` too): the native
+/// [`VllmV1Fcfs`], or a user's policy.
+pub trait BatchScheduler: Send + Sync {
     /// The plan for the next iteration.
     fn plan(&mut self, state: &StepState) -> Result<StepPlan>;
 
@@ -66,7 +67,7 @@ pub trait Planner: Send + Sync {
 
 /// vLLM v1's default: first come, first served, with fixed limits.
 #[derive(Debug, Clone)]
-pub struct FcfsPlanner {
+pub struct VllmV1Fcfs {
     /// Most sequences per iteration.
     pub max_num_seqs: u32,
     /// Most tokens per iteration.
@@ -75,15 +76,15 @@ pub struct FcfsPlanner {
     pub max_prefill_chunk: Option<u32>,
 }
 
-impl Planner for FcfsPlanner {
+impl BatchScheduler for VllmV1Fcfs {
     fn plan(&mut self, _state: &StepState) -> Result<StepPlan> {
         Ok(StepPlan { token_budget: self.max_num_batched_tokens, max_num_seqs: self.max_num_seqs, max_prefill_chunk: self.max_prefill_chunk, ..StepPlan::default() })
     }
 }
 
-/// The scheduling loop driven by a planner.
-pub struct PlanScheduler {
-    planner: Box<dyn Planner>,
+/// vLLM v1's scheduling loop, driven each step by a [`BatchScheduler`]'s plan.
+pub struct VllmV1Scheduler {
+    batch_scheduler: Box<dyn BatchScheduler>,
     max_num_seqs: u32,
     max_num_batched_tokens: u32,
     reserve_full_prompt: bool,
@@ -109,11 +110,11 @@ fn ordered(ids: &[u32], preferred: Option<&Vec<u32>>) -> Vec<u32> {
     out
 }
 
-impl PlanScheduler {
-    /// A scheduler following `planner`; the limits size the instance's activation memory, and a plan
+impl VllmV1Scheduler {
+    /// A scheduler following `batch_scheduler`'s plans; the limits size the instance's activation memory, and a plan
     /// may not exceed them.
-    pub fn new(planner: Box<dyn Planner>, max_num_seqs: u32, max_num_batched_tokens: u32) -> Self {
-        PlanScheduler { planner, max_num_seqs, max_num_batched_tokens, reserve_full_prompt: true, step: 0, now: 0, error: None }
+    pub fn new(batch_scheduler: Box<dyn BatchScheduler>, max_num_seqs: u32, max_num_batched_tokens: u32) -> Self {
+        VllmV1Scheduler { batch_scheduler, max_num_seqs, max_num_batched_tokens, reserve_full_prompt: true, step: 0, now: 0, error: None }
     }
 
     /// Whether admission needs room for the whole prompt (true, vLLM's default) or only the first chunk.
@@ -123,8 +124,8 @@ impl PlanScheduler {
     }
 
     fn checked_plan(&mut self, q: &Queues, reqs: &[Request], kv: &BlockManager) -> Result<StepPlan> {
-        let plan = self.planner.plan(&StepState { queues: q, reqs, kv, step: self.step, now: self.now })?;
-        let who = self.planner.describe();
+        let plan = self.batch_scheduler.plan(&StepState { queues: q, reqs, kv, step: self.step, now: self.now })?;
+        let who = self.batch_scheduler.describe();
         let bad = |field: &str, msg: String| Err(Error::Policy { message: format!("{who}: plan.{field} {msg}") });
         if plan.token_budget == 0 || plan.token_budget > self.max_num_batched_tokens {
             return bad("token_budget", format!("must be in 1..={} (the pool's max_num_batched_tokens), got {}", self.max_num_batched_tokens, plan.token_budget));
@@ -154,7 +155,7 @@ impl PlanScheduler {
         Error::Policy {
             message: format!(
                 "{} stalled at step {}: the instance is idle (nothing running, all {} KV blocks free) but its plan admitted none of the {} waiting requests, so request {head} ({} prompt tokens, arrived at {:.3} s) would never finish",
-                self.planner.describe(),
+                self.batch_scheduler.describe(),
                 self.step,
                 kv.total(),
                 q.waiting.len(),
@@ -242,7 +243,7 @@ impl PlanScheduler {
     }
 }
 
-impl BatchScheduler for PlanScheduler {
+impl Scheduler for VllmV1Scheduler {
     fn schedule(&mut self, q: &mut Queues, reqs: &mut [Request], kv: &mut BlockManager, batch: &mut Batch) {
         if self.error.is_some() {
             return;
@@ -292,8 +293,8 @@ mod tests {
     use super::super::testkit::{finish, setup};
     use super::*;
 
-    fn fcfs(seqs: u32, tokens: u32, chunk: Option<u32>) -> PlanScheduler {
-        PlanScheduler::new(Box::new(FcfsPlanner { max_num_seqs: seqs, max_num_batched_tokens: tokens, max_prefill_chunk: chunk }), seqs, tokens)
+    fn fcfs(seqs: u32, tokens: u32, chunk: Option<u32>) -> VllmV1Scheduler {
+        VllmV1Scheduler::new(Box::new(VllmV1Fcfs { max_num_seqs: seqs, max_num_batched_tokens: tokens, max_prefill_chunk: chunk }), seqs, tokens)
     }
 
     #[test]
@@ -363,7 +364,7 @@ mod tests {
     }
 
     struct Reversed;
-    impl Planner for Reversed {
+    impl BatchScheduler for Reversed {
         fn plan(&mut self, s: &StepState) -> Result<StepPlan> {
             Ok(StepPlan { token_budget: 64, max_num_seqs: 8, waiting_order: Some(s.queues.waiting.iter().rev().copied().collect()), ..StepPlan::default() })
         }
@@ -373,14 +374,14 @@ mod tests {
     fn waiting_order_decides_admission() {
         let (mut reqs, mut q) = setup(&[40, 40], 2);
         let mut kv = BlockManager::new(100, 16, 0);
-        let mut s = PlanScheduler::new(Box::new(Reversed), 8, 64);
+        let mut s = VllmV1Scheduler::new(Box::new(Reversed), 8, 64);
         let mut b = Batch::default();
         s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
         assert_eq!(tokens(&b), vec![(1, 40), (0, 24)]);
     }
 
     struct OverBudget;
-    impl Planner for OverBudget {
+    impl BatchScheduler for OverBudget {
         fn plan(&mut self, _s: &StepState) -> Result<StepPlan> {
             Ok(StepPlan { token_budget: 10_000, max_num_seqs: 8, ..StepPlan::default() })
         }
@@ -390,7 +391,7 @@ mod tests {
     fn a_plan_over_the_pool_limits_is_an_error() {
         let (mut reqs, mut q) = setup(&[40], 2);
         let mut kv = BlockManager::new(100, 16, 0);
-        let mut s = PlanScheduler::new(Box::new(OverBudget), 8, 64);
+        let mut s = VllmV1Scheduler::new(Box::new(OverBudget), 8, 64);
         let mut b = Batch::default();
         s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
         assert!(b.items.is_empty());
@@ -401,7 +402,7 @@ mod tests {
     /// Chunks of 32 on the first step, then whole prompts with the asking request itself as the
     /// first victim.
     struct SelfVictim;
-    impl Planner for SelfVictim {
+    impl BatchScheduler for SelfVictim {
         fn plan(&mut self, s: &StepState) -> Result<StepPlan> {
             let first = s.step == 0;
             Ok(StepPlan { token_budget: 64, max_num_seqs: 8, max_prefill_chunk: first.then_some(32), victim_order: (!first).then(|| vec![0]), ..StepPlan::default() })
@@ -415,7 +416,7 @@ mod tests {
         // of leaving the instance idle with nothing to wake it.
         let (mut reqs, mut q) = setup(&[80, 16], 4);
         let mut kv = BlockManager::new(5, 16, 0);
-        let mut s = PlanScheduler::new(Box::new(SelfVictim), 8, 64).reserving_full_prompt(false);
+        let mut s = VllmV1Scheduler::new(Box::new(SelfVictim), 8, 64).reserving_full_prompt(false);
         let mut b = Batch::default();
         s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
         assert_eq!(tokens(&b), vec![(0, 32), (1, 16)]);

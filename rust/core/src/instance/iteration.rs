@@ -1,0 +1,150 @@
+//! An instance's iteration: form the batch, time it (cost model, experts, weight streaming),
+//! count it, and later apply its tokens.
+
+use crate::cost::{IterationCost, WeightStream};
+use crate::moe::{ExpertTier, TokenSpan};
+use crate::request::{Request, Status};
+use crate::time::{secs_to_ns, Nanos};
+
+use super::{Instance, IterationRecord, Role};
+
+/// What the caller must do to run the iteration an instance has just formed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct IterationStart {
+    /// Compute time of the iteration (without waiting for offloaded weights).
+    pub compute_ns: Nanos,
+    /// Bytes (per GPU) to swap over the host link before computing; 0 for none.
+    pub transfer_bytes: u64,
+    /// Offloaded weights to stream in during (or, without overlap, before) the compute.
+    pub stream: Option<WeightStream>,
+}
+
+impl Instance {
+    /// Forms the next iteration at `now`; None when there is nothing to run. The instance is busy
+    /// from here until `finish_iteration`; the caller runs the swap transfer, the compute and the
+    /// weight stream that [`IterationStart`] describes.
+    pub fn start_iteration(&mut self, now: Nanos, reqs: &mut [Request]) -> Option<IterationStart> {
+        debug_assert!(!self.busy);
+        if !self.form_batch(now, reqs) {
+            return None;
+        }
+        let it = self.cost.iteration(&self.batch.shape);
+        let (compute_ns, stream) = self.compute_time(&it, reqs);
+        self.busy = true;
+        let transfer_bytes = self.count_iteration(&it, compute_ns, stream);
+        self.record = Some(IterationRecord {
+            start: now,
+            end: now,
+            prefill_tokens: self.batch.shape.prefill_tokens,
+            decode_seqs: self.batch.shape.decode_seqs,
+            kv_blocks: self.kv.used(),
+            waiting: self.queues.waiting.len() as u32,
+            running: self.queues.running.len() as u32,
+        });
+        Some(IterationStart { compute_ns, transfer_bytes, stream })
+    }
+
+    /// Scheduling: the scheduler fills the batch at `now` (with token grouping, the experts'
+    /// parked requests set aside); false when there is nothing to run, not even a swap.
+    fn form_batch(&mut self, now: Nanos, reqs: &mut [Request]) -> bool {
+        self.batch.clear();
+        self.scheduler.set_now(now);
+        let parked = self.moe.as_ref().map(|m| m.park(&self.queues.running, reqs)).unwrap_or_default();
+        if parked.is_empty() {
+            self.scheduler.schedule(&mut self.queues, reqs, &mut self.kv, &mut self.batch);
+        } else {
+            self.schedule_without(&parked, reqs);
+        }
+        !(self.batch.items.is_empty() && self.batch.swap_out_blocks == 0)
+    }
+
+    /// The batch's compute time and the weights to stream in for it: the cost model's, or with
+    /// expert settings the expert runtime's (its fetches become the stream). A swap-only batch
+    /// computes nothing.
+    fn compute_time(&mut self, it: &IterationCost, reqs: &[Request]) -> (Nanos, Option<WeightStream>) {
+        if self.batch.items.is_empty() {
+            return (0, None);
+        }
+        let mut compute_ns = secs_to_ns(it.seconds - it.weight_stall_seconds);
+        let mut stream = self.cost.weight_stream();
+        if let Some(m) = self.moe.as_mut() {
+            let spans: Vec<TokenSpan> = self.batch.items.iter().map(|i| TokenSpan { req: i.req, start: reqs[i.req as usize].computed as u64, tokens: i.tokens }).collect();
+            let (base, fixed) = self.cost.moe_layer_split(&self.batch.shape);
+            let x = m.iteration(&spans, &self.cost, base, fixed);
+            compute_ns = secs_to_ns(x.seconds);
+            m.stats.stall_ns = m.stats.stall_ns.saturating_add(secs_to_ns(x.stall_seconds));
+            if x.fetch_bytes > 0 {
+                let flash = m.config().placement == ExpertTier::Flash;
+                stream = Some(WeightStream { flash_bytes: if flash { x.fetch_bytes } else { 0 }, dram_bytes: if flash { 0 } else { x.fetch_bytes }, overlap: true });
+            }
+        }
+        (compute_ns, stream)
+    }
+
+    /// Schedules with the `parked` running requests set aside (token grouping), then puts them
+    /// back in their places.
+    fn schedule_without(&mut self, parked: &[u32], reqs: &mut [Request]) {
+        let order = self.queues.running.clone();
+        self.queues.running.retain(|r| !parked.contains(r));
+        self.scheduler.schedule(&mut self.queues, reqs, &mut self.kv, &mut self.batch);
+        let now_running: std::collections::HashSet<u32> = self.queues.running.iter().copied().chain(parked.iter().copied()).collect();
+        let mut merged: Vec<u32> = order.iter().copied().filter(|r| now_running.contains(r)).collect();
+        let known: std::collections::HashSet<u32> = order.into_iter().collect();
+        merged.extend(self.queues.running.iter().copied().filter(|r| !known.contains(r)));
+        self.queues.running = merged;
+    }
+
+    /// The record of the iteration ending at `end` (for the optional iteration log).
+    pub fn take_record(&mut self, end: Nanos) -> Option<IterationRecord> {
+        self.record.take().map(|r| IterationRecord { end, ..r })
+    }
+
+    /// Applies the finished iteration at `now`: advances tokens, samples, finishes requests.
+    /// Calls `on_token(request, previous_token_time)` for every token after a request's first.
+    pub fn finish_iteration(&mut self, now: Nanos, reqs: &mut [Request], mut on_token: impl FnMut(Nanos, Nanos)) {
+        self.busy = false;
+        let mut any_finished = false;
+        for it in &self.batch.items {
+            let r = &mut reqs[it.req as usize];
+            r.computed += it.tokens;
+            if !r.hashes.is_empty() && r.computed >= r.prompt {
+                self.kv.publish(r);
+            }
+            if r.computed != r.known_tokens() {
+                continue;
+            }
+            r.generated += 1;
+            self.outstanding_tokens += 1;
+            if r.generated == 1 {
+                r.first_token = now;
+            } else {
+                on_token(now, r.last_token);
+            }
+            r.last_token = now;
+            if r.generated == 1 && self.role == Role::Prefill && r.output > 1 {
+                r.status = Status::Handoff;
+                r.prefill_instance = r.instance;
+                self.outstanding_tokens -= r.prompt as u64 + r.generated as u64;
+                self.handoffs.push(it.req);
+                any_finished = true;
+                continue;
+            }
+            if r.generated == r.output {
+                self.kv.release(r.blocks);
+                r.blocks = 0;
+                self.kv.detach(r);
+                r.status = Status::Finished;
+                r.completion = now;
+                if let Some(m) = self.moe.as_mut() {
+                    m.forget(it.req);
+                }
+                self.outstanding_tokens -= r.prompt as u64 + r.generated as u64;
+                self.stats.finished += 1;
+                any_finished = true;
+            }
+        }
+        if any_finished {
+            self.queues.running.retain(|&i| reqs[i as usize].status == Status::Running);
+        }
+    }
+}

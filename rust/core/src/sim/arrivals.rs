@@ -1,0 +1,119 @@
+//! Arrivals: the workload's requests enter the cluster in time order and the router places each
+//! on an entry (prefill or mixed) instance, and optionally picks its decode instance.
+
+use crate::error::{Error, Result};
+use crate::request::{Request, Status};
+use crate::router::{InstanceLoad, Router};
+use crate::time::{Nanos, MAX_TIME_NS};
+
+use super::cluster::{Cluster, Event, Queue};
+use super::config::Workload;
+use super::Role;
+
+/// Fills `reqs` with the requests of `workload`, checking its columns (equal lengths, sorted
+/// arrivals within the clock's range, no empty prompt or output).
+pub(super) fn load_requests(workload: &Workload, reqs: &mut Vec<Request>) -> Result<()> {
+    let n = workload.arrival.len();
+    if workload.prompt.len() != n || workload.output.len() != n {
+        return Err(Error::Simulation { message: format!("workload columns differ in length: {n} arrivals, {} prompts, {} outputs", workload.prompt.len(), workload.output.len()) });
+    }
+    reqs.clear();
+    reqs.reserve(n);
+    for i in 0..n {
+        if i > 0 && workload.arrival[i] < workload.arrival[i - 1] {
+            return Err(Error::Simulation { message: format!("arrivals must be sorted: request {i} arrives before request {}", i - 1) });
+        }
+        if workload.arrival[i] > MAX_TIME_NS {
+            return Err(Error::Simulation { message: format!("request {i} arrives at {} ns, past the clock's limit of {MAX_TIME_NS} ns", workload.arrival[i]) });
+        }
+        if workload.prompt[i] == 0 || workload.output[i] == 0 {
+            return Err(Error::Simulation { message: format!("request {i} has zero prompt or output tokens") });
+        }
+        let mut r = Request::new(workload.arrival[i], workload.prompt[i], workload.output[i]);
+        if let Some(h) = workload.hashes.get(i) {
+            r.hashes = h.clone();
+        }
+        reqs.push(r);
+    }
+    if !workload.hashes.is_empty() && workload.hashes.len() != n {
+        return Err(Error::Simulation { message: format!("{} hash lists for {n} requests", workload.hashes.len()) });
+    }
+    Ok(())
+}
+
+/// The arrivals still to come and what routing them needs.
+pub(super) struct Arrivals<'a> {
+    /// Arrival times, sorted.
+    times: &'a [Nanos],
+    /// Index of the next request to arrive.
+    next: usize,
+    router: Box<dyn Router>,
+    /// Whether the router looks at cached prefixes (computing them costs a lookup per instance).
+    wants_prefix: bool,
+    /// Instances that take arrivals (prefill and mixed), as the router numbers them.
+    entry: Vec<usize>,
+    /// Decode instances, as the router numbers them.
+    decoders: Vec<u32>,
+    loads: Vec<InstanceLoad>,
+    decode_loads: Vec<InstanceLoad>,
+}
+
+impl<'a> Arrivals<'a> {
+    /// Arrivals at `times` placed by `router` over the `entry` and `decoders` instances.
+    pub(super) fn new(times: &'a [Nanos], router: Box<dyn Router>, wants_prefix: bool, entry: Vec<usize>, decoders: Vec<u32>) -> Self {
+        let loads = vec![InstanceLoad::default(); entry.len()];
+        let decode_loads = vec![InstanceLoad::default(); decoders.len()];
+        Arrivals { times, next: 0, router, wants_prefix, entry, decoders, loads, decode_loads }
+    }
+
+    /// When the next request arrives, if any is left.
+    pub(super) fn next_time(&self) -> Option<Nanos> {
+        self.times.get(self.next).copied()
+    }
+
+    /// Requests that have arrived so far.
+    pub(super) fn arrived(&self) -> usize {
+        self.next
+    }
+}
+
+impl Cluster<'_> {
+    /// The next request arrives at `now`: routed, then rejected or queued (waking its instance).
+    pub(super) fn arrive(&mut self, now: Nanos, queue: &mut Queue) -> Result<()> {
+        let a = &mut self.arrivals;
+        let idx = a.next;
+        a.next += 1;
+        for (l, &i) in a.loads.iter_mut().zip(a.entry.iter()) {
+            *l = self.instances[i].load();
+            if a.wants_prefix {
+                l.cached_prefix_tokens = self.instances[i].cached_prefix_tokens(&self.reqs[idx].hashes);
+            }
+        }
+        for (l, &d) in a.decode_loads.iter_mut().zip(a.decoders.iter()) {
+            *l = self.instances[d as usize].load();
+        }
+        let (pick, decode_pick) = a.router.route_pair(&self.reqs[idx], &a.loads, &a.decode_loads)?;
+        if pick >= a.entry.len() || decode_pick.is_some_and(|d| d >= a.decoders.len()) {
+            return Err(Error::Policy { message: format!("router chose entry {pick} / decode {decode_pick:?} for request {idx}, out of {} entry and {} decode instances", a.entry.len(), a.decoders.len()) });
+        }
+        if let Some(d) = decode_pick {
+            self.handoffs.prefer(idx as u32, a.decoders[d]);
+        }
+        let target = a.entry[pick];
+        let fits_decode = self.instances[target].role != Role::Prefill || a.decoders.iter().any(|&d| self.instances[d as usize].could_hold(self.reqs[idx].peak_kv_tokens()));
+        let inst = &mut self.instances[target];
+        let req = &mut self.reqs[idx];
+        req.instance = target as u32;
+        let reason = inst.reject_reason(req).or_else(|| (!fits_decode).then(|| "no decode instance can ever hold its KV cache".to_string()));
+        if let Some(reason) = reason {
+            req.status = Status::Rejected;
+            inst.stats.rejected += 1;
+            self.rejections.push((idx as u32, reason));
+            return Ok(());
+        }
+        if inst.enqueue(idx as u32, req) {
+            queue.push(now, Event::Wake { instance: target as u32 });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,194 @@
+//! The state of a running simulation — instances, requests, transfers, handoffs, router, log —
+//! and how each kind of event changes it.
+
+use crate::error::{Error, Result};
+use crate::event::{EventQueue, Process};
+use crate::instance::{ExpertSetup, Instance, InstanceSetup};
+use crate::cost::InstanceSpec;
+use crate::request::Request;
+use crate::sketch::QuantileSketch;
+use crate::time::Nanos;
+
+use super::arrivals::Arrivals;
+use super::config::{KvTransfer, SimConfig, Workload};
+use super::disaggregation::{FewestOutstandingTokens, Handoffs};
+use super::iterations::Iterations;
+use super::plugins::Plugins;
+use super::report::IterationLog;
+use super::transfers::{Owner, Transfers};
+use super::Role;
+
+/// What happens at an instant. Indices refer to the cluster's instance table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// An idle instance has work and should start an iteration.
+    Wake {
+        /// The instance.
+        instance: u32,
+    },
+    /// The iteration running on an instance finishes its compute.
+    IterationEnd {
+        /// The instance.
+        instance: u32,
+    },
+    /// The network's next internal event is due (stale unless `version` is still current).
+    Network {
+        /// The network's version when the event was scheduled.
+        version: u64,
+    },
+}
+
+/// The event queue of a cluster.
+pub(super) type Queue = EventQueue<Event>;
+
+/// Everything a run changes as it goes.
+pub(super) struct Cluster<'a> {
+    /// Every request of the workload, in input order.
+    pub(super) reqs: &'a mut Vec<Request>,
+    /// Every instance, pool by pool.
+    pub(super) instances: Vec<Instance>,
+    /// Name of each pool.
+    pub(super) pool_names: Vec<String>,
+    /// Arrivals still to come and the router that places them.
+    pub(super) arrivals: Arrivals<'a>,
+    /// Where each instance's iteration is.
+    pub(super) iterations: Iterations,
+    /// Requests moving from prefill to decode instances.
+    pub(super) handoffs: Handoffs,
+    /// The network: host links, flash drives, KV links.
+    pub(super) transfers: Transfers,
+    /// One row per iteration, when asked for.
+    pub(super) log: Option<IterationLog>,
+    /// Inter-token latencies, seconds.
+    pub(super) itl: QuantileSketch,
+    /// Rejection reason per rejected request index.
+    pub(super) rejections: Vec<(u32, String)>,
+}
+
+/// Puts `path_prefix.` before the path of a configuration error.
+fn prefix(path_prefix: &str, e: Error) -> Error {
+    match e {
+        Error::Config { path, message } => Error::Config { path: format!("{path_prefix}.{path}"), message },
+        other => other,
+    }
+}
+
+impl<'a> Cluster<'a> {
+    /// Builds every instance `config` describes (with `plugins` in place of the policies they
+    /// replace) for the requests of `workload`, already in `reqs`.
+    pub(super) fn new(config: &SimConfig, workload: &'a Workload, mut plugins: Plugins, reqs: &'a mut Vec<Request>) -> Result<Self> {
+        let mut instances = Vec::new();
+        let mut pool_names = Vec::new();
+        let mut layerwise = Vec::new();
+        for (p, pool) in config.pools.iter().enumerate() {
+            pool_names.push(pool.name.clone());
+            if pool.count == 0 {
+                return Err(Error::config(format!("cluster.pools.{p}.count"), "must be at least 1"));
+            }
+            let prefix_tokens = if pool.prefix_caching {
+                let tpe = config.hash_block_tokens.ok_or_else(|| Error::config(format!("cluster.pools.{p}.prefix_caching"), "needs a workload with prefix hashes (hash_ids), e.g. a Mooncake trace or prefix groups"))?;
+                if tpe == 0 || tpe % pool.memory.block_size != 0 {
+                    return Err(Error::config(format!("cluster.pools.{p}.memory.block_size"), format!("must divide the workload's {tpe}-token hash blocks for prefix caching")));
+                }
+                Some(tpe)
+            } else {
+                None
+            };
+            for _ in 0..pool.count {
+                let spec = InstanceSpec {
+                    model: pool.model.clone(),
+                    gpu: pool.gpu.clone(),
+                    efficiency: pool.calibration.clone(),
+                    tp: pool.tp,
+                    pp: pool.pp,
+                    microbatches: pool.microbatches,
+                    ep: pool.ep,
+                    gpus_per_node: pool.gpus_per_node,
+                    pim: pool.pim.clone(),
+                    offload: pool.offload.clone(),
+                    power_cap_watts: pool.power_cap_watts,
+                };
+                let experts = pool.experts.as_ref().map(|c| ExpertSetup { config: c, trace: workload.routing.clone(), seed: config.seed, stream: format!("instance{}.experts", instances.len()) });
+                let setup = InstanceSetup { pool: p as u32, spec, memory: &pool.memory, scheduler: &pool.scheduler, experts };
+                let inst = Instance::new(setup).map_err(|e| prefix(&format!("cluster.pools.{p}"), e))?.with_prefix_cache(prefix_tokens).with_role(pool.role);
+                let inst = match plugins.batch_schedulers.get(&p) {
+                    Some(make) => inst.with_scheduler(Box::new(pool.scheduler.vllm_v1_loop(make(instances.len())?))),
+                    None => inst,
+                };
+                let inst = match plugins.evictors.get(&p) {
+                    Some(make) if prefix_tokens.is_some() => inst.with_prefix_evictor(make(instances.len())?),
+                    Some(_) => return Err(Error::config(format!("cluster.pools.{p}.prefix_caching"), "a prefix cache policy needs prefix_caching: true and a workload with prefix hashes")),
+                    None => inst,
+                };
+                layerwise.push(pool.kv_transfer == KvTransfer::Layerwise && pool.role == Role::Prefill);
+                instances.push(inst);
+            }
+        }
+        // Arrivals go to prefill and mixed instances; decode instances only receive handoffs.
+        let entry: Vec<usize> = (0..instances.len()).filter(|&i| instances[i].role != Role::Decode).collect();
+        let decoders: Vec<u32> = (0..instances.len() as u32).filter(|&i| instances[i as usize].role == Role::Decode).collect();
+        let has_prefill = instances.iter().any(|i| i.role == Role::Prefill);
+        if entry.is_empty() {
+            return Err(Error::config("cluster.pools", "every pool has role decode: some pool must take arrivals (role prefill or mixed)"));
+        }
+        if has_prefill && decoders.is_empty() {
+            return Err(Error::config("cluster.pools", "a pool has role prefill but none has role decode"));
+        }
+        let choice = plugins.decode_choice.take().unwrap_or_else(|| Box::new(FewestOutstandingTokens));
+        let handoffs = Handoffs::new(decoders.clone(), choice, layerwise);
+        let wants_prefix = config.router.uses_prefixes() || plugins.router.is_some();
+        let router = match plugins.router.take() {
+            Some(r) => r,
+            None => config.router.build(config.seed, entry.len())?,
+        };
+        let arrivals = Arrivals::new(&workload.arrival, router, wants_prefix, entry, decoders);
+        let log = if config.record_iterations { Some(IterationLog::default()) } else { None };
+        let transfers = Transfers::new(&instances, &config.pools)?;
+        let iterations = Iterations::new(instances.len());
+        Ok(Cluster { reqs, instances, pool_names, arrivals, iterations, handoffs, transfers, log, itl: QuantileSketch::new(0.005), rejections: Vec::new() })
+    }
+
+    /// An idle instance was told it has work: it starts an iteration if it is not running one.
+    fn wake(&mut self, instance: u32, now: Nanos, queue: &mut Queue) -> Result<()> {
+        self.instances[instance as usize].woken();
+        if !self.instances[instance as usize].is_busy() {
+            self.begin_iteration(instance, now, queue)?;
+        }
+        Ok(())
+    }
+}
+
+impl Process<Event> for Cluster<'_> {
+    fn next_external(&self) -> Option<Nanos> {
+        self.arrivals.next_time()
+    }
+
+    fn external(&mut self, now: Nanos, queue: &mut Queue) -> Result<()> {
+        self.arrive(now, queue)
+    }
+
+    fn handle(&mut self, now: Nanos, event: Event, queue: &mut Queue) -> Result<()> {
+        match event {
+            Event::Wake { instance } => self.wake(instance, now, queue),
+            Event::IterationEnd { instance } => {
+                if self.iterations.compute_done(instance) {
+                    self.end_iteration(instance, now, queue)?;
+                }
+                Ok(())
+            }
+            Event::Network { version } => {
+                for owner in self.transfers.due(now, version, queue)? {
+                    match owner {
+                        Owner::Instance(instance) => {
+                            if self.iteration_flow_done(instance, now, queue)? {
+                                self.end_iteration(instance, now, queue)?;
+                            }
+                        }
+                        Owner::Handoff(req) => self.handoff_flow_done(req, now, queue),
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}

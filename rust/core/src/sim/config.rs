@@ -1,0 +1,138 @@
+//! The run's configuration as the core reads it (Python sends it as JSON): pools, router,
+//! seed, and the workload to replay.
+
+use crate::calibration::Efficiency;
+use crate::hardware::{GpuSpec, PimSpec};
+use crate::memory::MemoryConfig;
+use crate::model::ModelSpec;
+use crate::moe::{ExpertConfig, RoutingTrace};
+use crate::offload::OffloadSpec;
+use crate::router::RouterConfig;
+use crate::scheduler::SchedulerConfig;
+use crate::time::Nanos;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+use super::Role;
+
+/// A group of identical instances.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Pool name.
+    pub name: String,
+    /// Number of instances.
+    pub count: u32,
+    /// GPU of every instance.
+    pub gpu: GpuSpec,
+    /// Model served.
+    pub model: ModelSpec,
+    /// Tensor-parallel degree.
+    pub tp: u32,
+    /// Pipeline-parallel stages (GPUs per instance = tp x pp).
+    #[serde(default = "one")]
+    pub pp: u32,
+    /// Micro-batches per iteration with pipeline parallelism (default: pp).
+    #[serde(default)]
+    pub microbatches: Option<u32>,
+    /// GPUs per node (NVLink domain); instances larger than a node use the NICs between nodes.
+    #[serde(default = "eight")]
+    pub gpus_per_node: u32,
+    /// Expert-parallel degree for MoE models (1, or equal to tp).
+    #[serde(default = "one")]
+    pub ep: u32,
+    /// Cost-model efficiency factors for this GPU.
+    pub calibration: Efficiency,
+    /// Memory settings.
+    pub memory: MemoryConfig,
+    /// Batch scheduler.
+    pub scheduler: SchedulerConfig,
+    /// Power cap per GPU, watts (none: the GPU's TDP).
+    #[serde(default)]
+    pub power_cap_watts: Option<f64>,
+    /// A PIM device attached to each GPU's memory.
+    #[serde(default)]
+    pub pim: Option<PimSpec>,
+    /// Weights kept in host DRAM or flash and streamed in.
+    #[serde(default)]
+    pub offload: Option<OffloadSpec>,
+    /// Keep prompt prefixes cached and share them between requests (needs hashes in the workload).
+    #[serde(default)]
+    pub prefix_caching: bool,
+    /// Mixture-of-experts settings: expert placement, routing, caches, prefetch, token grouping.
+    #[serde(default)]
+    pub experts: Option<ExpertConfig>,
+    /// Role in a disaggregated cluster (mixed, prefill, decode).
+    #[serde(default)]
+    pub role: Role,
+    /// Prefill instances: send KV after the prefill (`serialized`) or layer by layer during it (`layerwise`).
+    #[serde(default)]
+    pub kv_transfer: KvTransfer,
+    /// Link KV transfers leave and enter this pool's instances by: the NICs, or NVLink when
+    /// prefill and decode instances share nodes (DistServe's high node affinity).
+    #[serde(default)]
+    pub kv_link: KvLink,
+}
+
+/// When a prefill instance sends a request's KV cache to its decode instance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KvTransfer {
+    /// After the prefill iteration ends.
+    #[default]
+    Serialized,
+    /// From the start of the prefill iteration that completes the prompt, overlapping it (Splitwise).
+    Layerwise,
+}
+
+/// Which links carry an instance's KV transfers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KvLink {
+    /// The GPUs' NICs (instances on different nodes).
+    #[default]
+    Nic,
+    /// NVLink (prefill and decode instances on the same node).
+    Nvlink,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn eight() -> u32 {
+    8
+}
+
+/// Everything the core needs to run: pools, router, seed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimConfig {
+    /// Seed of every random stream.
+    pub seed: u64,
+    /// Instance pools.
+    pub pools: Vec<PoolConfig>,
+    /// Router across all instances.
+    pub router: RouterConfig,
+    /// Keep one row per iteration (for plots and tests; off for large runs).
+    #[serde(default)]
+    pub record_iterations: bool,
+    /// Tokens each prefix-block hash of the workload covers (e.g. 512 in Mooncake traces).
+    #[serde(default)]
+    pub hash_block_tokens: Option<u32>,
+}
+
+/// The requests to replay: arrival times (sorted), prompt and output tokens.
+#[derive(Debug, Clone, Default)]
+pub struct Workload {
+    /// Arrival times, non-decreasing.
+    pub arrival: Vec<Nanos>,
+    /// Prompt tokens per request.
+    pub prompt: Vec<u32>,
+    /// Output tokens per request.
+    pub output: Vec<u32>,
+    /// Prefix-block hashes per request (empty, or one list per request).
+    pub hashes: Vec<Vec<u64>>,
+    /// A recorded expert routing trace, for pools whose experts replay it.
+    pub routing: Option<Arc<RoutingTrace>>,
+}

@@ -1,0 +1,200 @@
+//! Disaggregated serving (Splitwise, DistServe): instance roles, and the handoff of prefilled
+//! requests — their KV cache moves over the network — from prefill to decode instances, either
+//! after the prefill (serialized) or layer by layer while it runs (layer-wise).
+
+use crate::error::Result;
+use crate::request::Request;
+use crate::router::InstanceLoad;
+use crate::time::Nanos;
+use std::collections::{BTreeMap, VecDeque};
+
+use super::cluster::{Cluster, Event, Queue};
+
+/// What an instance does in a disaggregated cluster (Splitwise, DistServe).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Prefills and decodes its requests (a colocated instance, or Splitwise's mixed pool).
+    #[default]
+    Mixed,
+    /// Prefills only: after the first token the request's KV moves to a decode instance.
+    Prefill,
+    /// Decodes requests prefilled elsewhere; receives no arrivals.
+    Decode,
+}
+
+/// Chooses where a prefilled request's KV goes: the decode instances to try, best first (the
+/// first that can reserve the request's blocks takes it).
+pub trait DecodeChoice: Send + Sync {
+    /// The decode instances (cluster indices from `decoders`, whose loads are `loads`) to try for
+    /// `req`, best first; `preferred` is the one the router chose, if it did.
+    fn candidates(&mut self, req: &Request, decoders: &[u32], loads: &[InstanceLoad], preferred: Option<u32>) -> Vec<u32>;
+}
+
+/// The default choice: the router's pick first, then the fewest outstanding tokens (lowest index
+/// on ties).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FewestOutstandingTokens;
+
+impl DecodeChoice for FewestOutstandingTokens {
+    fn candidates(&mut self, _req: &Request, decoders: &[u32], loads: &[InstanceLoad], preferred: Option<u32>) -> Vec<u32> {
+        let mut order: Vec<(u64, u32)> = decoders.iter().zip(loads).map(|(&d, l)| (l.outstanding_tokens, d)).collect();
+        order.sort();
+        let mut order: Vec<u32> = order.into_iter().map(|(_, d)| d).collect();
+        if let Some(p) = preferred {
+            order.retain(|&d| d != p);
+            order.insert(0, p);
+        }
+        order
+    }
+}
+
+/// A request on its way from a prefill instance to a decode instance.
+#[derive(Debug, Clone, Copy)]
+struct Handoff {
+    decode: u32,
+    blocks: u32,
+    prefill_done: bool,
+    flow_done: bool,
+}
+
+/// The handoffs of a run: picks the least-loaded decode instance that can reserve the request's
+/// KV blocks, starts the KV flow, and hands the request over when both the prefill and the flow
+/// are done. Requests no decode instance can take yet wait in order.
+pub(super) struct Handoffs {
+    /// Decode instances.
+    decoders: Vec<u32>,
+    /// Which decode instances a request tries, in order.
+    choice: Box<dyn DecodeChoice>,
+    /// Per instance: whether it sends KV layer by layer while the prefill runs.
+    layerwise: Vec<bool>,
+    /// Decode instance a router chose per request, tried first.
+    preferred: BTreeMap<u32, u32>,
+    state: BTreeMap<u32, Handoff>,
+    waiting: VecDeque<u32>,
+}
+
+impl Handoffs {
+    /// Handoffs to the `decoders` instances in the order `choice` gives; `layerwise` per instance.
+    pub(super) fn new(decoders: Vec<u32>, choice: Box<dyn DecodeChoice>, layerwise: Vec<bool>) -> Self {
+        Handoffs { decoders, choice, layerwise, preferred: BTreeMap::new(), state: BTreeMap::new(), waiting: VecDeque::new() }
+    }
+
+    /// Records the decode instance a router chose for `req`, tried first at its handoff.
+    pub(super) fn prefer(&mut self, req: u32, decode: u32) {
+        self.preferred.insert(req, decode);
+    }
+}
+
+impl Cluster<'_> {
+    /// Reserves a decode instance for `req` and starts its KV flow; false when none has room.
+    fn dispatch_handoff(&mut self, req: u32, prefill_done: bool, now: Nanos, queue: &mut Queue) -> Result<bool> {
+        let instances = &mut self.instances;
+        let h = &mut self.handoffs;
+        let r = &self.reqs[req as usize];
+        let loads: Vec<InstanceLoad> = h.decoders.iter().map(|&d| instances[d as usize].load()).collect();
+        let order = h.choice.candidates(r, &h.decoders, &loads, h.preferred.remove(&req));
+        for d in order {
+            if let Some(blocks) = instances[d as usize].reserve(r) {
+                let from = r.instance;
+                let bytes = r.prompt as u64 * instances[from as usize].cost().model().kv_bytes_per_token(1);
+                self.transfers.start_handoff(now, req, from, d, bytes, queue)?;
+                self.reqs[req as usize].transfer.0 = now;
+                h.state.insert(req, Handoff { decode: d, blocks, prefill_done, flow_done: false });
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Layer-wise transfer: the iteration `idx` just started completes some prefills, whose KV
+    /// starts moving now, overlapping the iteration.
+    pub(super) fn start_layerwise_handoffs(&mut self, idx: u32, now: Nanos, queue: &mut Queue) -> Result<()> {
+        if !self.handoffs.layerwise[idx as usize] {
+            return Ok(());
+        }
+        let reqs = &self.reqs;
+        let early: Vec<u32> = self.instances[idx as usize]
+            .batch()
+            .items
+            .iter()
+            .filter(|it| {
+                let r = &reqs[it.req as usize];
+                r.generated == 0 && r.computed + it.tokens == r.known_tokens() && r.output > 1
+            })
+            .map(|it| it.req)
+            .collect();
+        for req in early {
+            // No decode instance has room yet: the handoff is retried when the prefill ends.
+            self.dispatch_handoff(req, false, now, queue)?;
+        }
+        Ok(())
+    }
+
+    /// The prefill of `req` produced its first token: start (or keep) its transfer.
+    pub(super) fn prefilled(&mut self, req: u32, now: Nanos, queue: &mut Queue) -> Result<()> {
+        if let Some(h) = self.handoffs.state.get_mut(&req) {
+            h.prefill_done = true;
+            if h.flow_done {
+                self.complete_handoff(req, now, queue);
+            }
+            return Ok(());
+        }
+        if !self.dispatch_handoff(req, true, now, queue)? {
+            self.handoffs.waiting.push_back(req);
+        }
+        Ok(())
+    }
+
+    /// The KV flow of `req` finished.
+    pub(super) fn handoff_flow_done(&mut self, req: u32, now: Nanos, queue: &mut Queue) {
+        let h = self.handoffs.state.get_mut(&req).expect("a handoff flow has a handoff");
+        h.flow_done = true;
+        if h.prefill_done {
+            self.complete_handoff(req, now, queue);
+        }
+    }
+
+    /// Moves `req` to its decode instance: frees its KV on the prefill instance and runs it there.
+    fn complete_handoff(&mut self, req: u32, now: Nanos, queue: &mut Queue) {
+        let h = self.handoffs.state.remove(&req).expect("completing a known handoff");
+        let r = &mut self.reqs[req as usize];
+        r.transfer.1 = now;
+        let from = r.instance;
+        if self.instances[from as usize].release_handoff(r) {
+            queue.push(now, Event::Wake { instance: from });
+        }
+        r.instance = h.decode;
+        if self.instances[h.decode as usize].accept(req, r, h.blocks) {
+            queue.push(now, Event::Wake { instance: h.decode });
+        }
+    }
+
+    /// Retries waiting handoffs in order while decode instances have room.
+    pub(super) fn retry_handoffs(&mut self, now: Nanos, queue: &mut Queue) -> Result<()> {
+        while let Some(&req) = self.handoffs.waiting.front() {
+            if !self.dispatch_handoff(req, true, now, queue)? {
+                break;
+            }
+            self.handoffs.waiting.pop_front();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loads(tokens: &[u64]) -> Vec<InstanceLoad> {
+        tokens.iter().map(|&t| InstanceLoad { outstanding_tokens: t, ..Default::default() }).collect()
+    }
+
+    #[test]
+    fn fewest_outstanding_tokens_first_ties_to_the_lower_index_router_pick_before_all() {
+        let req = Request::new(0, 10, 10);
+        let mut c = FewestOutstandingTokens;
+        assert_eq!(c.candidates(&req, &[4, 5, 6, 7], &loads(&[30, 10, 30, 20]), None), vec![5, 7, 4, 6]);
+        assert_eq!(c.candidates(&req, &[4, 5, 6, 7], &loads(&[30, 10, 30, 20]), Some(6)), vec![6, 5, 7, 4]);
+    }
+}

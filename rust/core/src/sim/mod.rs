@@ -1,0 +1,77 @@
+//! The discrete-event simulation of a cluster: arrivals, routing, iterations, completions.
+//!
+//! Arrivals come from a time-sorted table and are merged with the event heap; at equal times an
+//! arrival runs before any heap event, exactly as if every arrival had been pushed onto the heap
+//! before the run (so with the lowest sequence numbers). An arrival is routed at once; an idle
+//! instance that receives work gets a `Wake` event at the same instant, which runs after every
+//! other arrival of that instant, so simultaneous arrivals share the first iteration. When an
+//! iteration ends its tokens are applied and the next iteration starts at the same instant.
+//! An iteration that swaps KV first moves the bytes as a flow over the instance's host link (in
+//! the shared [`Network`](crate::network::Network)); its compute starts when the flow completes. Offloaded weights stream in
+//! as flows too (flash drive then host link, or host link alone), concurrently with the compute
+//! when overlap is on, before it otherwise; the iteration ends when compute and streams are done.
+//!
+//! Layout: [`config`] (what Python sends), `cluster` (the run's state and its event handlers),
+//! `arrivals`, `iterations` (an iteration's phases), `transfers` (the network wiring),
+//! [`disaggregation`] (roles and KV handoffs), [`plugins`], [`control`], [`report`]; the
+//! domain-free event loop is [`crate::event`].
+
+mod arrivals;
+mod cluster;
+pub mod config;
+pub mod control;
+pub mod disaggregation;
+mod iterations;
+pub mod plugins;
+pub mod report;
+mod transfers;
+
+pub use cluster::Event;
+pub use config::{KvLink, KvTransfer, PoolConfig, SimConfig, Workload};
+pub use control::Control;
+pub use disaggregation::{DecodeChoice, FewestOutstandingTokens, Role};
+pub use plugins::{EvictorFactory, BatchSchedulerFactory, Plugins};
+pub use report::{InstanceReport, IterationLog, SimOutput};
+
+use crate::error::{Error, Result};
+use crate::event::EventLoop;
+use crate::request::Request;
+use std::sync::atomic::Ordering;
+
+/// Runs the simulation of `workload` on the cluster `config` describes.
+pub fn simulate(config: &SimConfig, workload: &Workload) -> Result<SimOutput> {
+    simulate_with(config, workload, &Control::new())
+}
+
+/// [`simulate`], reporting progress to and obeying cancellation from `control`.
+pub fn simulate_with(config: &SimConfig, workload: &Workload, control: &Control) -> Result<SimOutput> {
+    simulate_plugged(config, workload, control, Plugins::default())
+}
+
+/// [`simulate_with`] with `plugins` in place of the configured policies they replace.
+pub fn simulate_plugged(config: &SimConfig, workload: &Workload, control: &Control, plugins: Plugins) -> Result<SimOutput> {
+    simulate_keeping(config, workload, control, plugins, &mut Vec::new())
+}
+
+/// [`simulate_plugged`] that leaves every request's state in `reqs` when the run stops with an
+/// error (a policy's failure, a request that never finished), so what finished is kept.
+pub fn simulate_keeping(config: &SimConfig, workload: &Workload, control: &Control, plugins: Plugins, reqs: &mut Vec<Request>) -> Result<SimOutput> {
+    arrivals::load_requests(workload, reqs)?;
+    let mut cluster = cluster::Cluster::new(config, workload, plugins, reqs)?;
+    let mut clock = EventLoop::new();
+    let mut events = 0u64;
+    loop {
+        events += 1;
+        if events.is_multiple_of(4096) {
+            control.arrived.store(cluster.arrivals.arrived() as u64, Ordering::Relaxed);
+            if control.cancel.load(Ordering::Relaxed) {
+                return Err(Error::Interrupted);
+            }
+        }
+        if !clock.step(&mut cluster)? {
+            events -= 1;
+            break;
+        }
+    }
+    cluster.into_output(clock.now(), events)
+}
