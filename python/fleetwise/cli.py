@@ -448,13 +448,11 @@ def catalog(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -
     t = Table(title="Models")
     for c in ("name", "layers", "hidden", "heads/kv", "MLP / experts", "vocab", "context", "params (B)"):
         t.add_column(c)
-    import json as _json
-
-    from fleetwise import _core
+    from fleetwise.cost import cost_model
 
     for k, m in models.items():
         g = next(iter(gpus.values()))
-        cm = _core.CostModel(_json.dumps(m.core_json(k)), _json.dumps(g.core_json("x")), g.calibration.model_dump_json(), 1)
+        cm = cost_model(m, g, model_name=k, gpu_name="x")
         params = cm.weight_bytes() / m.dtype_bytes / 1e9
         ffn = f"{m.num_experts}x{m.moe_intermediate_size} top-{m.experts_per_token}" if m.num_experts else str(m.intermediate_size)
         kv = f"MLA {m.mla.kv_lora_rank}" if m.mla else str(m.num_kv_heads)

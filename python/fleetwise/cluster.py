@@ -6,7 +6,7 @@ from pathlib import Path
 
 from fleetwise.catalog import GpuSpec, ModelSpec, lookup
 from fleetwise.errors import ConfigError
-from fleetwise.config.scenario import PoolConfig, Scenario
+from fleetwise.config.scenario import PoolConfig, Scenario, VllmV1Scheduler
 
 
 def resolve_pool(scenario: Scenario, index: int, pool: PoolConfig) -> dict:
@@ -99,13 +99,13 @@ def scheduler_json(sched, model: ModelSpec) -> dict:
         return {
             "kind": "vllm",
             "max_num_seqs": sched.max_num_seqs,
-            "max_num_batched_tokens": sched.max_num_batched_tokens or max(model.max_position_embeddings, 2048),
+            "max_num_batched_tokens": sched.batched_tokens(model.max_position_embeddings),
             "preemption_mode": sched.preemption_mode,
             "swap_space_bytes": int(sched.swap_space_gb * (1 << 30)),
         }
     if sched.kind == "policy":
         # The core runs vLLM v1's loop; the plan comes from the policy object, within these limits.
-        return {"kind": "vllm-v1", "max_num_seqs": sched.max_num_seqs, "max_num_batched_tokens": sched.max_num_batched_tokens, "reserve_full_prompt": True}
+        return VllmV1Scheduler(max_num_seqs=sched.max_num_seqs, max_num_batched_tokens=sched.max_num_batched_tokens, reserve_full_prompt=True).model_dump()
     if sched.kind == "orca":
         reserve = model.max_position_embeddings if sched.reserve == "max-len" else None
         return {"kind": "orca", "max_num_seqs": sched.max_num_seqs, "reserve_tokens": reserve}

@@ -13,6 +13,12 @@ from fleetwise.config.limits import MAX_COUNT, MAX_NAME_LENGTH, MAX_SEED, MAX_TO
 from fleetwise.workload.config import WorkloadConfig
 
 
+def vllm_default_batched_tokens(context_tokens: int) -> int:
+    """vLLM's default ``max_num_batched_tokens`` without chunked prefill: the model's context, at
+    least 2048 (the one place this default lives)."""
+    return max(context_tokens, 2048)
+
+
 class VllmScheduler(StrictModel):
     """vLLM-style continuous batching: prefill first, decodes otherwise, recompute preemption."""
 
@@ -21,11 +27,16 @@ class VllmScheduler(StrictModel):
     max_num_seqs: int = Field(default=256, ge=1, le=MAX_COUNT)
     """Most sequences in one iteration."""
     max_num_batched_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
-    """Most tokens in one iteration; default max(model context, 2048), as vLLM without chunked prefill."""
+    """Most tokens in one iteration; default max(model context, 2048), as vLLM without chunked prefill
+    (``vllm_default_batched_tokens``)."""
     preemption_mode: Literal["recompute", "swap"] = "recompute"
     """How to free KV when it runs out: drop and recompute, or swap to host memory over PCIe."""
     swap_space_gb: float = Field(default=4.0, ge=0, le=1e6)
     """Host memory for swapped KV per GPU, GiB (vLLM's swap_space)."""
+
+    def batched_tokens(self, context_tokens: int) -> int:
+        """``max_num_batched_tokens``, or its default for a model of ``context_tokens``."""
+        return self.max_num_batched_tokens or vllm_default_batched_tokens(context_tokens)
 
 
 class SarathiServeScheduler(StrictModel):
