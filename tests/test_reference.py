@@ -19,8 +19,8 @@ import polars as pl
 import pytest
 
 import fleetwise
-from fleetwise.cost import cost_model
 from fleetwise.cluster import core_config
+from fleetwise.cost import cost_model
 from reference import simulate_reference
 from reference.schedulers import memory_limits
 from fleetwise.workload import Workload, build_workload

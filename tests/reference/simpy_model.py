@@ -46,10 +46,10 @@ import numpy as np
 import polars as pl
 import simpy
 
-from fleetwise.cost import cost_model
 from fleetwise.cluster import core_config
 from fleetwise.config.load import as_scenario
 from fleetwise.config.scenario import Scenario
+from fleetwise.cost import cost_model
 from fleetwise.workload import Workload, build_workload
 from reference.handoffs import ReferenceHandoffs
 from reference.instance import ReferenceInstance

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from fleetwise.cost import cost_model
 from fleetwise.catalog import Calibration, GpuSpec, ModelSpec
+from fleetwise.cost import cost_model
 
 BF16 = 2
 GRID = np.arange(0.02, 1.0001, 0.0025)

@@ -24,9 +24,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from fleetwise.cost import cost_model
 from fleetwise.catalog import lookup
 from fleetwise.config.scenario import vllm_default_batched_tokens
+from fleetwise.cost import cost_model
 from fleetwise.errors import ConfigError
 from fleetwise.serve import prom
 
