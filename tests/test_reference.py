@@ -19,8 +19,8 @@ import polars as pl
 import pytest
 
 import fleetwise
-from fleetwise import _core
 from fleetwise.cluster import core_config
+from fleetwise.cost import cost_model
 from reference import simulate_reference
 from reference.schedulers import memory_limits
 from fleetwise.workload import Workload, build_workload
@@ -56,8 +56,7 @@ H100_LIKE = {
 
 def gpu_memory_for_blocks(model: dict, pool: dict, blocks: int) -> int:
     """GPU memory (at utilisation 1.0) that leaves exactly ``blocks`` KV blocks for ``pool``."""
-    cost = _core.CostModel(json.dumps({**model, "name": "m"}), json.dumps({**pool["gpu"], "memory_bytes": 10**12}),
-                           json.dumps(pool["calibration"]), pool["tp"])
+    cost = cost_model({**model, "name": "m"}, {**pool["gpu"], "memory_bytes": 10**12}, calibration=pool["calibration"], tp=pool["tp"])
     tokens, seqs = memory_limits(pool["scheduler"])
     weights = -(-cost.weight_bytes() // pool["tp"])
     block_bytes = cost.kv_bytes_per_token() * pool["memory"]["block_size"]
@@ -346,8 +345,7 @@ def test_tiny_gpu_has_a_few_hundred_blocks():
         if not facts["tiny_kv"]:
             continue
         for pool in core_config(fleetwise.scenario_from_dict(scenario))["pools"]:
-            cost = _core.CostModel(json.dumps(pool["model"]), json.dumps(pool["gpu"]),
-                                   json.dumps(pool["calibration"]), pool["tp"])
+            cost = cost_model(pool["model"], pool["gpu"], calibration=pool["calibration"], tp=pool["tp"])
             tokens, seqs = memory_limits(pool["scheduler"])
             plan = cost.memory_plan(json.dumps(pool["memory"]), tokens, seqs)
             assert 20 <= plan["num_blocks"] <= 450, (label, plan)

@@ -111,3 +111,8 @@ def expert_cache_hits(
 ) -> int:
     """Hits of one layer's expert cache (lru, lfu, static) of ``capacity`` experts over ``accesses``."""
     ...
+
+def resolve_config(config_json: str) -> str:
+    """The scenario JSON as the core reads it: deserialised into the core's config and serialised
+    back, with serde's defaults filled in (ConfigError on an unknown or invalid field)."""
+    ...

@@ -238,6 +238,22 @@ def _parse_variant(text: str) -> tuple[str, list[str]]:
     return label.strip(), overrides
 
 
+_COMPARE_ROWS = (
+    ("requests/s", "requests_per_s", None),
+    ("output tok/s", "output_tokens_per_s", None),
+    *((f"TTFT {q} (ms)", f"ttft_{q}", 1e3) for q in ("p50", "p90", "p99")),
+    *((f"TPOT {q} (ms)", f"tpot_{q}", 1e3) for q in ("p50", "p90", "p99")),
+    ("ITL p99 (ms)", "itl_p99", 1e3),
+    ("E2E p90 (s)", "e2e_p90", None),
+    ("preemptions", "preemptions", None),
+    ("rejected", "rejected", None),
+    ("expert hit rate", "expert_hit_rate", None),
+    ("expert stall/iter (ms)", "expert_stall_ms_per_iteration", None),
+    ("expert HBM (GiB/GPU)", "expert_hbm_gib_per_gpu", None),
+)
+"""``compare``'s rows: label, flattened summary column (``flatten_summary``), scale (None: as is)."""
+
+
 @app.command()
 def compare(
     scenario: Path = typer.Argument(..., help="Scenario YAML file."),
@@ -252,7 +268,8 @@ def compare(
     from fleetwise.errors import ConfigError
     from fleetwise.result import check_output_dir
     from fleetwise.simulate import simulate
-    from fleetwise.sweep.goodput import attainment, parse_slos, search
+    from fleetwise.metrics import attainment, flatten_summary
+    from fleetwise.sweep.goodput import parse_slos, search
 
     variants = [_parse_variant(v) for v in variant]
     if len({l for l, _ in variants}) != len(variants):
@@ -273,21 +290,8 @@ def compare(
             sys.exit(130)
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
         r.write(out_dir / safe)
-        s = r.summary
-        col = {
-            "requests/s": s["throughput"]["requests_per_s"],
-            "output tok/s": s["throughput"]["output_tokens_per_s"],
-            **{f"TTFT {q} (ms)": _scaled(s["ttft_s"][q], 1e3) for q in ("p50", "p90", "p99")},
-            **{f"TPOT {q} (ms)": _scaled(s["tpot_s"][q], 1e3) for q in ("p50", "p90", "p99")},
-            "ITL p99 (ms)": _scaled(s["itl_s"]["p99"], 1e3),
-            "E2E p90 (s)": s["e2e_s"]["p90"],
-            "preemptions": s["preemptions"],
-            "rejected": s["rejected"],
-        }
-        x = s.get("experts")
-        col["expert hit rate"] = x["hit_rate"] if x else None
-        col["expert stall/iter (ms)"] = x["stall_ms_per_iteration"] if x else None
-        col["expert HBM (GiB/GPU)"] = x["hbm_expert_gib_per_gpu"] if x else None
+        flat = flatten_summary(r.summary)
+        col = {label: flat[name] if scale is None else _scaled(flat[name], scale) for label, name, scale in _COMPARE_ROWS}
         if slos:
             col["SLO attainment"] = attainment(r.requests, slos)
         if with_goodput:
@@ -448,13 +452,11 @@ def catalog(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -
     t = Table(title="Models")
     for c in ("name", "layers", "hidden", "heads/kv", "MLP / experts", "vocab", "context", "params (B)"):
         t.add_column(c)
-    import json as _json
-
-    from fleetwise import _core
+    from fleetwise.cost import cost_model
 
     for k, m in models.items():
         g = next(iter(gpus.values()))
-        cm = _core.CostModel(_json.dumps(m.core_json(k)), _json.dumps(g.core_json("x")), g.calibration.model_dump_json(), 1)
+        cm = cost_model(m, g, model_name=k, gpu_name="x")
         params = cm.weight_bytes() / m.dtype_bytes / 1e9
         ffn = f"{m.num_experts}x{m.moe_intermediate_size} top-{m.experts_per_token}" if m.num_experts else str(m.intermediate_size)
         kv = f"MLA {m.mla.kv_lora_rank}" if m.mla else str(m.num_kv_heads)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
-
-from fleetwise import _core
 from fleetwise.catalog import lookup
+from fleetwise.cost import cost_model
 
 
 def estimate_iteration(
@@ -45,8 +43,8 @@ def estimate_iteration(
         raise ConfigError(f"estimate: --prefill {prefill} after --prefill-context {prefill_context} is {prefill + prefill_context} tokens, over {model}'s {limit}-token context")
     if decode_batch > 0 and context + 1 > limit:
         raise ConfigError(f"estimate: --context {context} (plus the token being decoded) is over {model}'s {limit}-token context")
-    pim_json = None if pim is None else json.dumps(lookup("pim", pim, {}, "--pim").core_json(pim))
-    off_json = None
+    pim_spec = None if pim is None else lookup("pim", pim, {}, "--pim").core_json(pim)
+    off_spec = None
     if offload is not None:
         from fleetwise.cluster import offload_json
         from fleetwise.config.scenario import OffloadConfig
@@ -59,8 +57,8 @@ def estimate_iteration(
             spec = OffloadConfig.model_validate(offload)
         except ValidationError as err:
             raise ConfigError(format_validation_error(err, "--offload/--offload-set", OffloadConfig)) from None
-        off_json = json.dumps(offload_json(spec, "--offload"))
-    cost = _core.CostModel(json.dumps(m.core_json(model)), json.dumps(g.core_json(gpu)), g.calibration.model_dump_json(), tp, pp, microbatches, power_cap_watts, 8, pim_json, off_json, ep)
+        off_spec = offload_json(spec, "--offload")
+    cost = cost_model(m, g, tp=tp, pp=pp, microbatches=microbatches, power_cap_watts=power_cap_watts, pim=pim_spec, offload=off_spec, ep=ep, model_name=model, gpu_name=gpu)
     prefills = [(prefill, prefill_context, True)] if prefill > 0 else []
     # A decode at context C reads C cached tokens plus the one it processes.
     decodes = [context + 1] * decode_batch

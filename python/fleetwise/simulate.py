@@ -17,7 +17,7 @@ from fleetwise.config.load import as_scenario
 from fleetwise.config.scenario import Scenario
 from fleetwise.config.workload_fit import longest_context
 from fleetwise.errors import CapacityError, ConfigError, FleetwiseError, PolicyError
-from fleetwise.metrics import summarize
+from fleetwise.metrics import expert_columns, request_latencies, summarize
 from fleetwise.moe import load_routing_trace
 from fleetwise.policy.plugging import core_plugins, instance_names_and_roles
 from fleetwise.policy.watchdog import CallClock, Watchdog
@@ -32,12 +32,8 @@ def _requests_frame(workload: Workload, out: dict, pool_of: list[str]) -> pl.Dat
     arrival = workload.arrival_ns
     first = out["first_token_ns"]
     done = out["completion_ns"]
-    finished = out["status"] == 0
     out_tok = workload.output_tokens
-    ttft = np.where(finished, (first - arrival) * 1e-9, np.nan)
-    e2e = np.where(finished, (done - arrival) * 1e-9, np.nan)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        tpot = np.where(finished & (out_tok > 1), (e2e - ttft) / (out_tok - 1), np.nan)
+    ttft, tpot, e2e = request_latencies(arrival, first, done, out["status"] == 0, out_tok)
     inst = out["instance"]
     reasons: list[str | None] = [None] * len(workload)
     for idx, reason in out.get("rejections", ()):
@@ -68,21 +64,11 @@ def _requests_frame(workload: Workload, out: dict, pool_of: list[str]) -> pl.Dat
     ).with_columns(pl.col("tpot_s").fill_nan(None))
 
 
-def _expert_columns(stats: dict | None) -> dict:
-    """An instance's MoE counters as ``expert_*`` columns (with the rates derived from them)."""
-    if stats is None:
-        return {}
-    cols = {f"expert_{k}": v for k, v in stats.items()}
-    looked = stats["lookups"]
-    cols["expert_hit_rate"] = (stats["hits"] + stats["prefetch_hits"]) / looked if looked else None
-    return cols
-
-
 def _instances_frame(instances: list[dict]) -> pl.DataFrame:
     rows = []
     for i, inst in enumerate(instances):
         mem, st = inst["memory"], dict(inst["stats"])
-        st.update(_expert_columns(st.pop("experts", None)))
+        st.update(expert_columns(st.pop("experts", None)))
         rows.append({"instance": i, "pool": inst["pool_name"], "gpus": inst["gpus"], "nodes": inst["nodes"], "energy_joules": inst["energy_joules"], "host_link_bytes": inst["host_link_bytes"], "host_link_utilisation": inst["host_link_utilisation"], "prefix_hit_tokens": inst["prefix_hit_tokens"], "prefix_lookup_tokens": inst["prefix_lookup_tokens"], **{f"kv_{k}" if k in ("block_size",) else k: v for k, v in mem.items()}, **st})
     return pl.DataFrame(rows)
 

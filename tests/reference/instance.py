@@ -8,7 +8,7 @@ from collections import deque
 
 import simpy
 
-from fleetwise import _core
+from fleetwise.cost import cost_model
 from reference.requests import Item, KvCache, ReferenceRequest
 from reference.schedulers import make_policy, memory_limits
 
@@ -25,9 +25,7 @@ class ReferenceInstance:
         """Builds instance ``index`` of ``pool`` (one pool entry of ``core_config``) and starts it."""
         self.env = env
         self.index = index
-        self.cost = _core.CostModel(
-            json.dumps(pool["model"]), json.dumps(pool["gpu"]), json.dumps(pool["calibration"]), pool["tp"]
-        )
+        self.cost = cost_model(pool["model"], pool["gpu"], calibration=pool["calibration"], tp=pool["tp"])
         if pool.get("prefix_caching"):
             raise ValueError("the reference model does not model prefix caching")
         sched = pool["scheduler"]

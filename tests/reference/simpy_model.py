@@ -40,17 +40,16 @@ Layout: ``requests`` (a request's state, the KV cache), ``schedulers`` (the batc
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import simpy
 
-from fleetwise import _core
 from fleetwise.cluster import core_config
 from fleetwise.config.load import as_scenario
 from fleetwise.config.scenario import Scenario
+from fleetwise.cost import cost_model
 from fleetwise.workload import Workload, build_workload
 from reference.handoffs import ReferenceHandoffs
 from reference.instance import ReferenceInstance
@@ -108,9 +107,7 @@ def simulate_reference(
             raise ValueError("a pool has role prefill but none has role decode")
         for inst in instances:
             pool = inst.pool
-            inst.kv_bytes_per_token = _core.CostModel(
-                json.dumps(pool["model"]), json.dumps(pool["gpu"]), json.dumps(pool["calibration"]), 1
-            ).kv_bytes_per_token()
+            inst.kv_bytes_per_token = cost_model(pool["model"], pool["gpu"], calibration=pool["calibration"]).kv_bytes_per_token()
         ReferenceHandoffs(env, instances)
     router = ReferenceRouter(config["router"]["kind"], entry)
     requests = [

@@ -101,13 +101,13 @@ def fitted_calibration(path: Path = FITTED) -> dict:
 
 def cost_model(calibration: dict):
     """fleetwise's cost model of llama-3-8b on one h100-sxm with ``calibration``."""
-    from fleetwise import _core
+    from fleetwise.cost import cost_model
     from fleetwise.catalog import Calibration, lookup
 
     g = lookup("gpu", GPU, {}, "gpu")
     m = lookup("model", MODEL, {}, "model")
     cal = Calibration.model_validate({**g.calibration.model_dump(), **calibration})
-    return _core.CostModel(json.dumps(m.core_json(MODEL)), json.dumps(g.core_json(GPU)), cal.model_dump_json(), 1)
+    return cost_model(m, g, calibration=cal, model_name=MODEL, gpu_name=GPU)
 
 
 def decode_contexts(trace: pl.DataFrame, iters: pl.DataFrame) -> list[list[int]]:

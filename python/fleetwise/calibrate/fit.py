@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from fleetwise import _core
 from fleetwise.catalog import Calibration, GpuSpec, ModelSpec
+from fleetwise.cost import cost_model
 
 BF16 = 2
 GRID = np.arange(0.02, 1.0001, 0.0025)
@@ -91,13 +91,13 @@ def forward_shape(row: dict) -> tuple[list, list]:
 
 def predict_forward(forward: pl.DataFrame, model: ModelSpec, gpu: GpuSpec, cal: Calibration, model_name: str = "model") -> np.ndarray:
     """Predicted seconds of each forward pass in ``forward`` (tp = 1)."""
-    cm = _core.CostModel(json.dumps(model.core_json(model_name)), json.dumps(gpu.core_json("gpu")), cal.model_dump_json(), 1)
+    cm = cost_model(model, gpu, calibration=cal, model_name=model_name)
     return np.array([cm.iteration_seconds(*forward_shape(r)) for r in forward.iter_rows(named=True)])
 
 
 def _split_elementwise(forward: pl.DataFrame, model: ModelSpec, gpu: GpuSpec, cal: Calibration) -> tuple[np.ndarray, np.ndarray]:
     """Predicted seconds of each forward pass, split into (elementwise, everything else)."""
-    cm = _core.CostModel(json.dumps(model.core_json("model")), json.dumps(gpu.core_json("gpu")), cal.model_dump_json(), 1)
+    cm = cost_model(model, gpu, calibration=cal)
     elem, rest = [], []
     for r in forward.iter_rows(named=True):
         ops = cm.breakdown(*forward_shape(r))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
 import yaml
 from pydantic import Field, model_validator
@@ -18,32 +19,45 @@ from fleetwise.config.limits import MAX_COUNT, MAX_TOKENS
 _HERE = Path(__file__).parent
 
 
+_Fraction = Annotated[float, Field(gt=0, le=1)]
+"""A calibration efficiency: a fraction of a peak, in (0, 1]."""
+_Seconds = Annotated[float, Field(ge=0)]
+"""A calibration overhead, seconds (at least 0)."""
+_CtaFraction = Annotated[float, Field(gt=0, le=4)]
+"""``attention_cta``'s range, (0, 4]."""
+_RidgeExponent = Annotated[float, Field(ge=1)]
+"""``gemm_ridge_exponent``'s range, at least 1."""
+_PadTokens = Annotated[int, Field(ge=1)]
+"""``prefill_pad_tokens``' range, at least 1 token."""
+# The ranges of the calibration factors, written once for Calibration and CalibrationOverride.
+
+
 class Calibration(StrictModel):
     """Efficiency factors of the roofline cost model for one GPU (see docs/cost-model.md)."""
 
-    gemm_compute: float = Field(gt=0, le=1)
+    gemm_compute: _Fraction
     """Fraction of peak FLOP/s reached by dense GEMMs."""
-    attention_compute: float = Field(gt=0, le=1)
+    attention_compute: _Fraction
     """Fraction of peak FLOP/s reached by attention kernels."""
-    memory: float = Field(gt=0, le=1)
+    memory: _Fraction
     """Fraction of peak HBM bandwidth reached by streaming kernels."""
-    attention_memory: float | None = Field(default=None, gt=0, le=1)
+    attention_memory: _Fraction | None = None
     """Fraction of peak HBM bandwidth reached by attention reading the KV cache (default: memory)."""
-    elementwise_memory: float | None = Field(default=None, gt=0, le=1)
+    elementwise_memory: _Fraction | None = None
     """Fraction of peak HBM bandwidth reached by norms, RoPE, residuals, activations (default: memory)."""
-    collective: float = Field(gt=0, le=1)
+    collective: _Fraction
     """Fraction of link bandwidth reached by collectives."""
-    iteration_overhead: float = Field(ge=0)
+    iteration_overhead: _Seconds
     """Fixed cost of one iteration, seconds."""
-    layer_overhead: float = Field(default=0.0, ge=0)
+    layer_overhead: _Seconds = 0.0
     """Fixed cost per decoder layer per iteration, seconds."""
-    attention_cta: float | None = Field(default=None, gt=0, le=4)
+    attention_cta: _CtaFraction | None = None
     """Fraction of one SM's share of HBM bandwidth that one decode-attention thread block reaches:
     bounds a large decode batch by its longest sequence (unset: no bound; needs the GPU's sm_count)."""
-    gemm_ridge_exponent: float | None = Field(default=None, ge=1)
+    gemm_ridge_exponent: _RidgeExponent | None = None
     """Exponent p of the GEMMs' blend of compute and memory time, (c^p + m^p)^(1/p): GEMMs near the
     roofline's ridge reach neither peak (unset: the roofline's max(c, m))."""
-    prefill_pad_tokens: int | None = Field(default=None, ge=1)
+    prefill_pad_tokens: _PadTokens | None = None
     """The engine pads an iteration's prefill tokens to a multiple of this for the GEMMs, norms and
     activations (CUDA graphs at those sizes); attention runs on the real prompts (unset: no padding)."""
 
@@ -51,27 +65,27 @@ class Calibration(StrictModel):
 class CalibrationOverride(StrictModel):
     """Changes to some of a GPU's calibration factors (unset fields keep the GPU's values)."""
 
-    gemm_compute: float | None = Field(default=None, gt=0, le=1)
+    gemm_compute: _Fraction | None = None
     """Fraction of peak FLOP/s reached by dense GEMMs."""
-    attention_compute: float | None = Field(default=None, gt=0, le=1)
+    attention_compute: _Fraction | None = None
     """Fraction of peak FLOP/s reached by attention kernels."""
-    memory: float | None = Field(default=None, gt=0, le=1)
+    memory: _Fraction | None = None
     """Fraction of peak HBM bandwidth reached by streaming kernels."""
-    attention_memory: float | None = Field(default=None, gt=0, le=1)
+    attention_memory: _Fraction | None = None
     """Fraction of peak HBM bandwidth reached by attention reading the KV cache."""
-    elementwise_memory: float | None = Field(default=None, gt=0, le=1)
+    elementwise_memory: _Fraction | None = None
     """Fraction of peak HBM bandwidth reached by norms, RoPE, residuals and activations."""
-    collective: float | None = Field(default=None, gt=0, le=1)
+    collective: _Fraction | None = None
     """Fraction of link bandwidth reached by collectives."""
-    iteration_overhead: float | None = Field(default=None, ge=0)
+    iteration_overhead: _Seconds | None = None
     """Fixed cost of one iteration, seconds."""
-    layer_overhead: float | None = Field(default=None, ge=0)
+    layer_overhead: _Seconds | None = None
     """Fixed cost per decoder layer per iteration, seconds."""
-    attention_cta: float | None = Field(default=None, gt=0, le=4)
+    attention_cta: _CtaFraction | None = None
     """Fraction of one SM's share of HBM bandwidth that one decode-attention thread block reaches."""
-    gemm_ridge_exponent: float | None = Field(default=None, ge=1)
+    gemm_ridge_exponent: _RidgeExponent | None = None
     """Exponent p of the GEMMs' blend of compute and memory time, (c^p + m^p)^(1/p)."""
-    prefill_pad_tokens: int | None = Field(default=None, ge=1)
+    prefill_pad_tokens: _PadTokens | None = None
     """The engine pads an iteration's prefill tokens to a multiple of this for the GEMMs."""
 
     def apply(self, base: Calibration) -> Calibration:
@@ -211,10 +225,8 @@ class ModelSpec(StrictModel):
         return self
 
     def core_json(self, name: str) -> dict:
-        """The model as the Rust core reads it (MLA and dense-layer fields only where set)."""
-        d = self.model_dump(exclude={"hf_id"}, exclude_none=True)
-        if not d["first_dense_layers"]:
-            del d["first_dense_layers"]
+        """The model as the Rust core reads it: every field but ``hf_id``, named ``name``."""
+        d = self.model_dump(exclude={"hf_id"})
         d["name"] = name
         return d
 

@@ -83,3 +83,22 @@ class ExpertsConfig(StrictModel):
     """Size of one flash read, KiB (experts are large contiguous tensors)."""
     capacity_gb: float | None = Field(default=None, gt=0, le=1e9)
     """Capacity of the DRAM or flash tier per GPU, GB (default: unlimited)."""
+
+    def core_json(self, model, model_name: str, path: str) -> dict:
+        """The core's view (its ``ExpertConfig``): these fields with the flash drive looked up and
+        sizes in bytes; ``model`` (a ``ModelSpec`` named ``model_name``) must be a mixture of experts.
+        The routing trace file travels separately."""
+        from fleetwise.catalog import lookup
+        from fleetwise.errors import ConfigError
+
+        if not model.num_experts:
+            raise ConfigError(f"{path}: expert settings need a mixture-of-experts model; {model_name} has no experts")
+        if self.routing.kind == "trace" and not self.routing.trace:
+            raise ConfigError(f"{path}.routing.trace: trace routing needs a routing trace file")
+        return {
+            **self.model_dump(include={"placement", "cache", "prefetch", "grouping", "staging_experts", "queue_depth"}),
+            "routing": self.routing.model_dump(exclude={"trace"}),
+            "flash": lookup("storage", self.storage, {}, f"{path}.storage").core_json(self.storage) if self.placement == "flash" else None,
+            "read_chunk_bytes": int(self.read_chunk_kb * 1024),
+            "capacity_bytes": int(self.capacity_gb * 1e9) if self.capacity_gb is not None else 2**64 - 1,
+        }

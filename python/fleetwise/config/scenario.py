@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, ClassVar, Literal, Union
 
 from pydantic import Field, PrivateAttr, field_validator
 
-from fleetwise.catalog import CalibrationOverride, GpuSpec, ModelSpec, PimSpec
+from fleetwise.catalog import CalibrationOverride, GpuSpec, ModelSpec, PimSpec, lookup
 from fleetwise.config.base import StrictModel
 from fleetwise.config.experts import ExpertsConfig
 from fleetwise.config.limits import MAX_COUNT, MAX_NAME_LENGTH, MAX_SEED, MAX_TOKENS
 from fleetwise.workload.config import WorkloadConfig
+
+
+def vllm_default_batched_tokens(context_tokens: int) -> int:
+    """vLLM's default ``max_num_batched_tokens`` without chunked prefill: the model's context, at
+    least 2048 (the one place this default lives)."""
+    return max(context_tokens, 2048)
+
+
+class _SchedulerAsIs(StrictModel):
+    """A scheduler config the core reads exactly as it is written."""
+
+    def core_json(self, model: ModelSpec) -> dict:
+        """The core's view of this scheduler (its ``SchedulerConfig``): this config as it is."""
+        return self.model_dump()
 
 
 class VllmScheduler(StrictModel):
@@ -21,14 +35,27 @@ class VllmScheduler(StrictModel):
     max_num_seqs: int = Field(default=256, ge=1, le=MAX_COUNT)
     """Most sequences in one iteration."""
     max_num_batched_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
-    """Most tokens in one iteration; default max(model context, 2048), as vLLM without chunked prefill."""
+    """Most tokens in one iteration; default max(model context, 2048), as vLLM without chunked prefill
+    (``vllm_default_batched_tokens``)."""
     preemption_mode: Literal["recompute", "swap"] = "recompute"
     """How to free KV when it runs out: drop and recompute, or swap to host memory over PCIe."""
     swap_space_gb: float = Field(default=4.0, ge=0, le=1e6)
     """Host memory for swapped KV per GPU, GiB (vLLM's swap_space)."""
 
+    def batched_tokens(self, context_tokens: int) -> int:
+        """``max_num_batched_tokens``, or its default for a model of ``context_tokens``."""
+        return self.max_num_batched_tokens or vllm_default_batched_tokens(context_tokens)
 
-class SarathiServeScheduler(StrictModel):
+    def core_json(self, model: ModelSpec) -> dict:
+        """The core's view: the token limit resolved against ``model``, swap space in bytes."""
+        return {
+            **self.model_dump(include={"kind", "max_num_seqs", "preemption_mode"}),
+            "max_num_batched_tokens": self.batched_tokens(model.max_position_embeddings),
+            "swap_space_bytes": int(self.swap_space_gb * (1 << 30)),
+        }
+
+
+class SarathiServeScheduler(_SchedulerAsIs):
     """Sarathi-Serve stall-free batching: decodes first, then prefill chunks up to a token budget."""
 
     kind: Literal["sarathi-serve"] = "sarathi-serve"
@@ -39,7 +66,7 @@ class SarathiServeScheduler(StrictModel):
     """Most tokens (decodes and prefill chunks) in one iteration."""
 
 
-class SarathiScheduler(StrictModel):
+class SarathiScheduler(_SchedulerAsIs):
     """Sarathi decode-maximal batching: all decodes plus one prefill chunk per iteration."""
 
     kind: Literal["sarathi"] = "sarathi"
@@ -60,8 +87,12 @@ class OrcaScheduler(StrictModel):
     reserve: Literal["max-len", "oracle"] = "max-len"
     """KV reserved per request: the model's whole context (as Orca does) or its own prompt + output."""
 
+    def core_json(self, model: ModelSpec) -> dict:
+        """The core's view: the reservation in tokens (``model``'s context, or None for its own length)."""
+        return {**self.model_dump(include={"kind", "max_num_seqs"}), "reserve_tokens": model.max_position_embeddings if self.reserve == "max-len" else None}
 
-class BatchLlmScheduler(StrictModel):
+
+class BatchLlmScheduler(_SchedulerAsIs):
     """BatchLLM offline batching: global prefix grouping, decode-ratio order, memory-centric admission,
     shared-prefix attention read once per batch (use with ``prefix_caching``)."""
 
@@ -73,7 +104,7 @@ class BatchLlmScheduler(StrictModel):
     """Most tokens (decodes and prefill chunks) in one iteration."""
 
 
-class VllmV1Scheduler(StrictModel):
+class VllmV1Scheduler(_SchedulerAsIs):
     """vLLM v1's scheduler: running requests first (decodes and prompt chunks), then admissions,
     chunked prefill within one token budget, recompute preemption of the newest admission."""
 
@@ -112,6 +143,10 @@ class PolicyScheduler(StrictModel):
     """Most sequences a plan may allow in one iteration."""
     max_num_batched_tokens: int = Field(default=8192, ge=1, le=MAX_TOKENS)
     """Most tokens a plan may allow in one iteration (sizes the activation memory)."""
+
+    def core_json(self, model: ModelSpec) -> dict:
+        """The core's view: vLLM v1's loop within these limits (the plan comes from the policy object)."""
+        return VllmV1Scheduler(max_num_seqs=self.max_num_seqs, max_num_batched_tokens=self.max_num_batched_tokens, reserve_full_prompt=True).core_json(model)
 
 
 SchedulerConfig = Annotated[
@@ -212,6 +247,18 @@ class OffloadConfig(StrictModel):
     """Size of one flash read, KiB (larger reads: higher throughput, as "LLM in a flash" bundles rows and columns)."""
     capacity_gb: float | None = Field(default=None, gt=0, le=1e9)
     """Capacity of the tier per GPU, GB (default: 256 for DRAM, 3840 for flash, as on a DGX H100)."""
+
+    DEFAULT_CAPACITY_GB: ClassVar[dict[str, float]] = {"dram": 256.0, "flash": 3840.0}
+    """Default capacity of each tier per GPU, GB (a DGX H100's)."""
+
+    def core_json(self, path: str) -> dict:
+        """The core's view (its ``OffloadSpec``): these fields with the flash drive looked up and sizes in bytes."""
+        return {
+            **self.model_dump(include={"tier", "layer_fraction", "ffn_load_fraction", "dram_cache_fraction", "overlap", "queue_depth"}),
+            "flash": lookup("storage", self.storage, {}, f"{path}.storage").core_json(self.storage) if self.tier == "flash" else None,
+            "read_chunk_bytes": int(self.read_chunk_kb * 1024),
+            "capacity_bytes": int((self.capacity_gb or self.DEFAULT_CAPACITY_GB[self.tier]) * 1e9),
+        }
 
 
 class PoolConfig(StrictModel):

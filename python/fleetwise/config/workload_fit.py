@@ -45,7 +45,7 @@ def pool_contexts(scenario: Scenario) -> list[PoolContext]:
         prompt = context
         sched = pool.scheduler
         if sched.kind == "vllm":
-            prompt = min(context, sched.max_num_batched_tokens or max(context, 2048))
+            prompt = min(context, sched.batched_tokens(context))
         found.append(PoolContext(f"cluster.pools.{index} ({pool.model})", context, prompt))
     return found
 

@@ -6,6 +6,7 @@ import math
 from html import escape
 
 
+from fleetwise.metrics.flatten import flatten_summary
 from fleetwise.report.load import RunData, SweepData, attainment_target
 from fleetwise.report.slo import slo_text
 
@@ -22,31 +23,34 @@ def _num(x, fmt: str = "{:.3g}", scale: float = 1.0) -> str:
     return escape(str(x))
 
 
-def _get(d: dict, *keys):
-    for k in keys:
-        if not isinstance(d, dict) or k not in d:
-            return None
-        d = d[k]
-    return d
-
-
 def swatch(color: str) -> str:
     return f'<span class="swatch" style="background:{color}"></span>'
 
 
+def _requests_cell(summary: dict):
+    """"N (finished / rejected)" as summary.json holds them, or None without a request count."""
+    if "requests" not in summary:
+        return None
+    return f"{summary['requests']} ({summary.get('finished', '–')} / {summary.get('rejected', '–')})"
+
+
+_REQUESTS = "requests (finished / rejected)"
+
 _RUN_ROWS = (
-    ("scenario", lambda s: s.get("scenario"), "{}"),
-    ("requests (finished / rejected)", lambda s: None if "requests" not in s else f"{s['requests']} ({s.get('finished', '–')} / {s.get('rejected', '–')})", "{}"),
-    ("duration (s)", lambda s: s.get("duration_s"), "{:.2f}"),
-    ("throughput (req/s)", lambda s: _get(s, "throughput", "requests_per_s"), "{:.3g}"),
-    ("output tokens/s", lambda s: _get(s, "throughput", "output_tokens_per_s"), "{:,.0f}"),
-    *[(f"{m.upper()} {q} (ms)", (lambda m, q: lambda s: _get(s, f"{m}_s", q))(m, q), "{:.1f}") for m in ("ttft", "tpot", "itl") for q in ("p50", "p90", "p99")],
-    *[(f"E2E {q} (s)", (lambda q: lambda s: _get(s, "e2e_s", q))(q), "{:.3g}") for q in ("p50", "p90", "p99")],
-    ("preemptions", lambda s: s.get("preemptions"), "{:,.0f}"),
-    ("energy (J / output token)", lambda s: _get(s, "energy", "joules_per_output_token"), "{:.3g}"),
-    ("cost ($ / M output tokens)", lambda s: _get(s, "cost", "dollars_per_million_output_tokens"), "{:.3g}"),
-    ("SLO attainment", lambda s: _get(s, "slo", "attainment"), "{:.1%}"),
+    ("scenario", "scenario", "{}"),
+    (_REQUESTS, None, "{}"),
+    ("duration (s)", "duration_s", "{:.2f}"),
+    ("throughput (req/s)", "requests_per_s", "{:.3g}"),
+    ("output tokens/s", "output_tokens_per_s", "{:,.0f}"),
+    *[(f"{m.upper()} {q} (ms)", f"{m}_{q}", "{:.1f}") for m in ("ttft", "tpot", "itl") for q in ("p50", "p90", "p99")],
+    *[(f"E2E {q} (s)", f"e2e_{q}", "{:.3g}") for q in ("p50", "p90", "p99")],
+    ("preemptions", "preemptions", "{:,.0f}"),
+    ("energy (J / output token)", "energy_joules_per_output_token", "{:.3g}"),
+    ("cost ($ / M output tokens)", "dollars_per_million_output_tokens", "{:.3g}"),
+    ("SLO attainment", "slo_attainment", "{:.1%}"),
 )
+"""The runs table's rows: label, column of the flattened summary (``flatten_summary``; None: the
+requests cell), format."""
 _MS = {f"{m.upper()} {q} (ms)" for m in ("ttft", "tpot", "itl") for q in ("p50", "p90", "p99")}
 
 
@@ -56,13 +60,14 @@ def runs_table(runs: list[RunData], colors: dict[str, str]) -> str:
         return ""
     head = "".join(f"<th>{swatch(colors[r.label])}{escape(r.label)}</th>" for r in runs)
     body = ["<tr><th>directory</th>" + "".join(f"<td><code>{escape(str(r.path))}</code>{'<br>' + escape(r.note) if r.note else ''}</td>" for r in runs) + "</tr>"]
-    for name, get, fmt in _RUN_ROWS:
-        vals = [get(r.summary) for r in runs]
+    flats = [flatten_summary(r.summary) for r in runs]
+    for name, column, fmt in _RUN_ROWS:
+        vals = [_requests_cell(r.summary) if column is None else f[column] for f, r in zip(flats, runs)]
         if all(v is None for v in vals):
             continue
         scale = 1e3 if name in _MS else 1.0
         body.append(f"<tr><th>{escape(name)}</th>" + "".join(f"<td>{_num(v, fmt, scale)}</td>" for v in vals) + "</tr>")
-    targets = [_get(r.summary, "slo", "targets") for r in runs]
+    targets = [f["slo_targets"] for f in flats]
     if any(targets):
         body.append("<tr><th>SLO targets</th>" + "".join(f"<td>{escape(slo_text(t, None)) if t else '–'}</td>" for t in targets) + "</tr>")
     return f'<table class="summary runs"><thead><tr><th></th>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'

@@ -24,8 +24,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from fleetwise import _core
 from fleetwise.catalog import lookup
+from fleetwise.config.scenario import vllm_default_batched_tokens
+from fleetwise.cost import cost_model
 from fleetwise.errors import ConfigError
 from fleetwise.serve import prom
 
@@ -83,11 +84,11 @@ class EmulatedEngine:
         self.served_model_name = served_model_name or model
         self.engine_id = engine_id or uuid.uuid4().hex
         self.max_model_len = int(m.max_position_embeddings)
-        self.cost = _core.CostModel(json.dumps(m.core_json(model)), json.dumps(g.core_json(gpu)), g.calibration.model_dump_json(), tp)
+        self.cost = cost_model(m, g, tp=tp, model_name=model, gpu_name=gpu)
         sched = dict(scheduler or {"kind": "vllm"})
         self.scheduler_config = sched
         seqs = int(sched.get("max_num_seqs", 256))
-        tokens = int(sched.get("max_num_batched_tokens") or max(self.max_model_len, 2048))
+        tokens = int(sched.get("max_num_batched_tokens") or vllm_default_batched_tokens(self.max_model_len))
         plan = self.cost.memory_plan(json.dumps({"gpu_memory_utilization": gpu_memory_utilization, "block_size": block_size}), tokens, seqs)
         self.num_blocks, self.block_size = int(plan["num_blocks"]), int(plan["block_size"])
         self.scheduler = make_scheduler(sched, num_blocks=self.num_blocks, block_size=self.block_size)
@@ -173,7 +174,7 @@ class EmulatedEngine:
 
     def predict_ttft(self, prompt_tokens: int) -> float:
         """Predicted seconds to the first token of a lone request on an idle engine (after speedup)."""
-        budget = int(self.scheduler_config.get("max_num_batched_tokens") or max(self.max_model_len, 2048))
+        budget = int(self.scheduler_config.get("max_num_batched_tokens") or vllm_default_batched_tokens(self.max_model_len))
         t, done = 0.0, 0
         while done < prompt_tokens:
             n = min(budget, prompt_tokens - done)

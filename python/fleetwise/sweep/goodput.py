@@ -15,11 +15,13 @@ from pathlib import Path
 
 import polars as pl
 
+from fleetwise.metrics.slo import SLO_COLUMNS as METRICS
+from fleetwise.metrics.slo import attainment
 from fleetwise.sweep.grid import RATE_PATH, Point
 from fleetwise.sweep.runner import run_points
 from fleetwise.sweep.store import SweepStore, temp_name
 
-METRICS = {"ttft": "ttft_s", "tpot": "tpot_s", "e2e": "e2e_s"}
+__all__ = ["METRICS", "attainment", "parse_slos", "search"]
 
 
 def parse_slos(options: list[str]) -> tuple[dict[str, float], float | None]:
@@ -46,14 +48,6 @@ def parse_slos(options: list[str]) -> tuple[dict[str, float], float | None]:
     if len(implied) > 1:
         raise ConfigError(f"--slo percentiles disagree ({sorted(implied)}); give --attainment instead")
     return slos, (implied.pop() if implied else None)
-
-
-def attainment(requests: pl.DataFrame, slos: dict[str, float]) -> float:
-    """Fraction of all requests that finished and met every threshold."""
-    ok = pl.col("status") == "finished"
-    for name, limit in slos.items():
-        ok = ok & (pl.col(METRICS[name]).fill_null(0.0) <= limit)
-    return float(requests.select(ok.alias("ok"))["ok"].sum()) / max(requests.height, 1)
 
 
 def _rate_point(rate: float) -> Point:

@@ -8,7 +8,15 @@ from pathlib import Path
 
 from fleetwise.sweep.grid import Point
 
+from fleetwise.metrics.flatten import flatten_summary
+
 SUMMARY_COLUMNS = ("ttft", "tpot", "e2e")
+"""The latencies whose p50/p90/p99 a point's row holds."""
+
+ROW_METRICS = ("finished", "rejected", "requests_per_s", "output_tokens_per_s",
+               *(f"{m}_{q}" for m in SUMMARY_COLUMNS for q in ("p50", "p90", "p99")),
+               "slo_attainment", "energy_joules_per_output_token", "dollars_per_million_output_tokens")
+"""The flattened summary columns of a point's row, in order."""
 
 
 def summary_row(point: Point, summary: dict, grid_paths: list[str]) -> dict:
@@ -19,16 +27,8 @@ def summary_row(point: Point, summary: dict, grid_paths: list[str]) -> dict:
         v = values.get(path)
         # Numbers stay numbers (so rates sort numerically); anything else is text.
         row[path] = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
-    row["finished"] = summary["finished"]
-    row["rejected"] = summary["rejected"]
-    row["requests_per_s"] = summary["throughput"]["requests_per_s"]
-    row["output_tokens_per_s"] = summary["throughput"]["output_tokens_per_s"]
-    for m in SUMMARY_COLUMNS:
-        for q in ("p50", "p90", "p99"):
-            row[f"{m}_{q}"] = summary[f"{m}_s"][q]
-    row["slo_attainment"] = summary.get("slo", {}).get("attainment")
-    row["energy_joules_per_output_token"] = summary.get("energy", {}).get("joules_per_output_token")
-    row["dollars_per_million_output_tokens"] = summary.get("cost", {}).get("dollars_per_million_output_tokens")
+    flat = flatten_summary(summary)
+    row.update((name, flat[name]) for name in ROW_METRICS)
     return row
 
 

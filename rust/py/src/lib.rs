@@ -7,6 +7,7 @@ mod cost;
 mod errors;
 mod plugins;
 mod policies;
+mod schema;
 mod simulate;
 
 use pyo3::prelude::*;
@@ -20,6 +21,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(simulate::simulate, m)?)?;
     m.add_function(wrap_pyfunction!(simulate::expert_cache_hits, m)?)?;
     m.add_class::<simulate::PySimControl>()?;
+    m.add_function(wrap_pyfunction!(schema::resolve_config, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -1,0 +1,27 @@
+"""``Distribution``: the mean and percentiles a summary reports for one latency."""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+import numpy as np
+
+PERCENTILES = (50, 90, 99)
+"""The percentiles every distribution reports."""
+
+
+class Distribution(TypedDict):
+    """Mean and percentiles of one metric; None when it has no values."""
+
+    mean: float | None
+    p50: float | None
+    p90: float | None
+    p99: float | None
+
+
+def distribution(values: np.ndarray) -> Distribution:
+    """Mean and p50/p90/p99 of ``values`` (None when empty)."""
+    if len(values) == 0:
+        return {"mean": None, **{f"p{p}": None for p in PERCENTILES}}
+    qs = np.percentile(values, PERCENTILES)
+    return {"mean": float(np.mean(values)), **{f"p{p}": float(q) for p, q in zip(PERCENTILES, qs)}}

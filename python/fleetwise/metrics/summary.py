@@ -1,0 +1,110 @@
+"""The run summary (summary.json): counts, throughput, latency distributions, SLO attainment,
+energy, cost, prefix-cache and expert metrics, rejection reasons.
+
+A metric that has no value (no request finished, no token generated) is ``None`` in the summary,
+``null`` in summary.json: never NaN, which is not JSON.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TypedDict
+
+import polars as pl
+
+from fleetwise.metrics.distribution import Distribution, distribution
+from fleetwise.metrics.energy import CostSummary, EnergySummary, energy_and_cost
+from fleetwise.metrics.experts import ExpertSummary, expert_summary
+from fleetwise.metrics.latency import itl_distribution
+from fleetwise.metrics.prefix import PrefixCacheSummary, prefix_cache_summary
+from fleetwise.metrics.rejections import RejectionCount, rejection_reasons
+from fleetwise.metrics.slo import SloSummary, slo_attainment
+
+
+class Throughput(TypedDict):
+    """The summary's ``throughput`` entry, over the span from the first arrival to the last completion."""
+
+    requests_per_s: float
+    output_tokens_per_s: float
+    total_tokens_per_s: float
+
+
+class _SummaryRequired(TypedDict):
+    requests: int
+    finished: int
+    rejected: int
+    duration_s: float
+    throughput: Throughput
+    ttft_s: Distribution
+    tpot_s: Distribution
+    itl_s: Distribution
+    e2e_s: Distribution
+    preemptions: int
+
+
+class Summary(_SummaryRequired, total=False):
+    """A run's summary as summary.json holds it; the optional entries appear when they apply
+    (``simulate`` adds scenario, seed, events and, for a trace selection, trace_rows)."""
+
+    energy: EnergySummary
+    cost: CostSummary
+    prefix_cache: PrefixCacheSummary
+    experts: ExpertSummary
+    slo: SloSummary
+    rejections: list[RejectionCount]
+    scenario: str
+    seed: int
+    events: int
+    trace_rows: dict
+
+
+def _json_safe(x):
+    """``x`` with every non-finite float replaced by None (summary.json is strict JSON)."""
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def summarize(requests: pl.DataFrame, itl: dict, slo=None, instances: pl.DataFrame | None = None, wall_seconds: float = 0.0) -> Summary:
+    """The run summary: counts, throughput, latency distributions, SLO attainment, energy, cost."""
+    done = requests.filter(pl.col("status") == "finished")
+    n_done = done.height
+    first_arrival = requests["arrival_ns"].min() if requests.height else 0
+    last_done = done["completion_ns"].max() if n_done else first_arrival
+    span = max((last_done - first_arrival) * 1e-9, 1e-12) if n_done else 0.0
+    out_tokens = int(done["output_tokens"].sum()) if n_done else 0
+    in_tokens = int(done["prompt_tokens"].sum()) if n_done else 0
+    summary: Summary = {
+        "requests": requests.height,
+        "finished": n_done,
+        "rejected": int((requests["status"] == "rejected").sum()),
+        "duration_s": span,
+        "throughput": {
+            "requests_per_s": n_done / span if span else 0.0,
+            "output_tokens_per_s": out_tokens / span if span else 0.0,
+            "total_tokens_per_s": (in_tokens + out_tokens) / span if span else 0.0,
+        },
+        "ttft_s": distribution(done["ttft_s"].to_numpy()),
+        "tpot_s": distribution(done["tpot_s"].drop_nulls().to_numpy()),
+        "itl_s": itl_distribution(itl),
+        "e2e_s": distribution(done["e2e_s"].to_numpy()),
+        "preemptions": int(requests["preemptions"].sum()),
+    }
+    if instances is not None and wall_seconds > 0:
+        summary.update(energy_and_cost(requests, instances, wall_seconds))
+    prefix = prefix_cache_summary(instances) if instances is not None else None
+    if prefix is not None:
+        summary["prefix_cache"] = prefix
+    experts = expert_summary(instances) if instances is not None else None
+    if experts is not None:
+        summary["experts"] = experts
+    slo_part = slo_attainment(requests, slo)
+    if slo_part is not None:
+        summary["slo"] = slo_part
+    if "reject_reason" in requests.columns and summary["rejected"]:
+        summary["rejections"] = rejection_reasons(requests["reject_reason"].to_list())
+    return _json_safe(summary)

@@ -1,0 +1,98 @@
+"""Python's schema and the core's serde structs agree field for field: the JSON ``core_config``
+builds for a scenario equals what the core reads from it and writes back (``_core.resolve_config``),
+so no field is dropped, renamed, or defaulted on the Rust side behind Python's back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import fleetwise
+from fleetwise import _core
+from fleetwise.cluster import core_config
+
+SCENARIOS = sorted((Path(__file__).resolve().parents[1] / "scenarios").glob("*.yaml"))
+
+_WORKLOAD = {"requests": 10, "arrivals": {"kind": "poisson", "rate": 1.0}, "lengths": {"kind": "lognormal", "prompt_median": 64, "prompt_sigma": 0.5, "prompt_max": 512, "output_median": 8, "output_sigma": 0.5, "output_max": 64}}
+
+
+def _scenario(*pools: dict, router: dict | None = None) -> dict:
+    cluster: dict = {"pools": [{"gpu": "h100-sxm", "model": "llama-3-8b", **p} for p in pools]}
+    if router is not None:
+        cluster["router"] = router
+    return {"cluster": cluster, "workload": _WORKLOAD}
+
+
+_MOE = {"model": "mixtral-8x7b", "parallelism": {"tp": 2}}
+
+CASES = {
+    **{f"scheduler-{s['kind']}": _scenario({"scheduler": s}) for s in (
+        {"kind": "vllm"},
+        {"kind": "vllm", "max_num_batched_tokens": 4096, "preemption_mode": "swap", "swap_space_gb": 2.5},
+        {"kind": "vllm-v1", "max_prefill_chunk": 256, "reserve_full_prompt": False},
+        {"kind": "sarathi-serve", "token_budget": 256},
+        {"kind": "sarathi", "chunk_size": 128},
+        {"kind": "orca"},
+        {"kind": "batchllm"},
+        {"kind": "policy", "name": "fcfs"},
+    )},
+    "scheduler-orca-oracle": _scenario({"scheduler": {"kind": "orca", "reserve": "oracle"}}),
+    **{f"router-{r}": _scenario({"count": 2}, router={"kind": r}) for r in ("round-robin", "least-outstanding-tokens", "prefix-affinity", "random")},
+    "router-policy": _scenario({"count": 2}, router={"kind": "policy", "name": "round-robin"}),
+    "roles-layerwise-nvlink": _scenario({"name": "p", "role": "prefill", "kv_transfer": "layerwise", "kv_link": "nvlink"}, {"name": "d", "role": "decode"}),
+    "parallelism": _scenario({"parallelism": {"tp": 2, "pp": 2, "microbatches": 3, "gpus_per_node": 4}}),
+    "memory-calibration-power": _scenario({"memory": {"gpu_memory_utilization": 0.8, "block_size": 32}, "calibration": {"gemm_compute": 0.6, "attention_cta": 0.5, "prefill_pad_tokens": 64}, "power_cap_watts": 500}),
+    "prefix-caching": _scenario({"prefix_caching": True}),
+    "offload-dram": _scenario({"offload": {"tier": "dram", "layer_fraction": 0.5}}),
+    "offload-flash": _scenario({"offload": {"tier": "flash", "dram_cache_fraction": 0.2, "capacity_gb": 100, "overlap": False}}),
+    "pim": _scenario({"pim": "attacc-hbm3-pim"}),
+    "experts-hbm": _scenario({**_MOE, "parallelism": {"tp": 2, "ep": 2}, "experts": {}}),
+    "experts-dram": _scenario({**_MOE, "experts": {"placement": "dram", "routing": {"kind": "zipf", "zipf_exponent": 1.2, "locality": 0.3}, "cache": {"policy": "lfu", "experts_per_layer": 4},
+                                                   "prefetch": {"accuracy": 0.8, "lead_layers": 2}, "grouping": {"batch": 8}, "staging_experts": 2}}),
+    "experts-flash": _scenario({**_MOE, "experts": {"placement": "flash", "capacity_gb": 50, "storage": "nvme-gen4"}}),
+    "mla-dense-layers": _scenario({"model": "deepseek-v2-lite", "experts": {}}),
+}
+
+
+def _differences(ours, core, path: str = "") -> list[str]:
+    """Where ``ours`` (Python's JSON) and ``core`` (serde's round trip) differ, one line each."""
+    if isinstance(ours, dict) and isinstance(core, dict):
+        out = []
+        for k in sorted(set(ours) | set(core)):
+            if k not in ours:
+                out.append(f"{path}.{k}: filled in by the core ({core[k]!r})")
+            elif k not in core:
+                out.append(f"{path}.{k}: dropped by the core")
+            else:
+                out += _differences(ours[k], core[k], f"{path}.{k}")
+        return out
+    if isinstance(ours, list) and isinstance(core, list) and len(ours) == len(core):
+        return [d for i, (a, b) in enumerate(zip(ours, core)) for d in _differences(a, b, f"{path}.{i}")]
+    return [] if ours == core else [f"{path}: {ours!r} != {core!r}"]
+
+
+def _assert_round_trips(config: dict) -> None:
+    text = json.dumps(config)
+    assert _differences(json.loads(text), json.loads(_core.resolve_config(text))) == []
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=lambda p: p.name)
+def test_shipped_scenarios_round_trip(path: Path) -> None:
+    """Every scenario in scenarios/ resolves to exactly the JSON the core reads."""
+    _assert_round_trips(core_config(fleetwise.load_scenario(path)))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_representative_scenarios_round_trip(name: str) -> None:
+    """Every scheduler, router, role, offload tier, PIM, expert setting and power cap round-trips."""
+    _assert_round_trips(core_config(fleetwise.scenario_from_dict(CASES[name]), record_iterations=True, hash_block_tokens=16))
+
+
+def test_resolve_config_refuses_unknown_fields() -> None:
+    """A field the core does not know is an error, not silently dropped."""
+    config = core_config(fleetwise.scenario_from_dict(CASES["scheduler-vllm"]))
+    config["pools"][0]["not_a_field"] = 1
+    with pytest.raises(fleetwise.ConfigError):
+        _core.resolve_config(json.dumps(config))
