@@ -69,7 +69,7 @@ impl PyScheduler {
         if block_size == 0 {
             return Err(crate::errors::ConfigError::new_err("block_size must be at least 1"));
         }
-        let watermark = watermark.unwrap_or((num_blocks as f64 * 0.01) as u32);
+        let watermark = watermark.unwrap_or_else(|| fleetwise_core::instance::kv_watermark(num_blocks));
         let inner = match planner {
             Some(bridge) => Box::new(cfg.vllm_v1_loop(Box::new(PyBatchScheduler::new(bridge, Default::default())))) as Box<dyn Scheduler>,
             None => cfg.build(block_bytes).map_err(to_py)?,
