@@ -1,0 +1,99 @@
+"""``fleetwise compare``: variants of one scenario side by side."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from fleetwise.cli.app import app, out, err
+from fleetwise.cli.format import _scaled, _default_dir
+
+
+def _parse_variant(text: str) -> tuple[str, list[str]]:
+    """``'label: path=value; path=value'`` -> (label, overrides); the label defaults to the overrides."""
+    from fleetwise.errors import ConfigError
+
+    label, sep, rest = text.partition(": ")
+    if not sep:
+        label, rest = text, text
+    overrides = [o.strip() for o in rest.split(";") if o.strip()]
+    if not overrides or any("=" not in o for o in overrides):
+        raise ConfigError(f"--variant {text!r}: expected 'LABEL: PATH=VALUE; PATH=VALUE'")
+    return label.strip(), overrides
+
+
+_COMPARE_ROWS = (
+    ("requests/s", "requests_per_s", None),
+    ("output tok/s", "output_tokens_per_s", None),
+    *((f"TTFT {q} (ms)", f"ttft_{q}", 1e3) for q in ("p50", "p90", "p99")),
+    *((f"TPOT {q} (ms)", f"tpot_{q}", 1e3) for q in ("p50", "p90", "p99")),
+    ("ITL p99 (ms)", "itl_p99", 1e3),
+    ("E2E p90 (s)", "e2e_p90", None),
+    ("preemptions", "preemptions", None),
+    ("rejected", "rejected", None),
+    ("expert hit rate", "expert_hit_rate", None),
+    ("expert stall/iter (ms)", "expert_stall_ms_per_iteration", None),
+    ("expert HBM (GiB/GPU)", "expert_hbm_gib_per_gpu", None),
+)
+"""``compare``'s rows: label, flattened summary column (``flatten_summary``), scale (None: as is)."""
+
+
+@app.command()
+def compare(
+    scenario: Path = typer.Argument(..., help="Scenario YAML file."),
+    variant: List[str] = typer.Option(..., "--variant", help="'LABEL: PATH=VALUE; PATH=VALUE' (repeatable), e.g. 'vllm: cluster.pools.0.scheduler={kind: vllm}'."),
+    set_: List[str] = typer.Option([], "--set", help="Override for every variant: PATH=VALUE. Repeatable."),
+    slo: List[str] = typer.Option([], "--slo", help="METRIC_pNN=SECONDS (repeatable): adds SLO attainment, and goodput with --goodput."),
+    with_goodput: bool = typer.Option(False, "--goodput", help="Also search each variant's goodput (needs --slo)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Directory for one run directory per variant (default compare/<name>)."),
+) -> None:
+    """Run one scenario under several policies and print them side by side."""
+    from fleetwise.config.load import load_scenario
+    from fleetwise.errors import ConfigError
+    from fleetwise.result import check_output_dir
+    from fleetwise.simulate import simulate
+    from fleetwise.metrics import attainment, flatten_summary
+    from fleetwise.sweep.goodput import parse_slos, search
+
+    variants = [_parse_variant(v) for v in variant]
+    if len({l for l, _ in variants}) != len(variants):
+        raise ConfigError("--variant labels must differ")
+    slos, implied = parse_slos(slo) if slo else ({}, None)
+    if with_goodput and not slos:
+        raise ConfigError("--goodput needs at least one --slo")
+    target = implied or 0.9
+    base = load_scenario(scenario, set_)
+    out_dir = check_output_dir(output or _default_dir("compare", base.name))
+    columns = {}
+    for label, overrides in variants:
+        sc = load_scenario(scenario, [*set_, *overrides])
+        try:
+            r = simulate(sc, progress=True)
+        except KeyboardInterrupt:
+            err.print(f"interrupted: finished variants are in {out_dir}/")
+            sys.exit(130)
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
+        r.write(out_dir / safe)
+        flat = flatten_summary(r.summary)
+        col = {label: flat[name] if scale is None else _scaled(flat[name], scale) for label, name, scale in _COMPARE_ROWS}
+        if slos:
+            col["SLO attainment"] = attainment(r.requests, slos)
+        if with_goodput:
+            g = search(str(scenario), [*set_, *overrides], out_dir / f"{safe}-goodput", slos, target, quiet=True)
+            col["goodput (req/s)"] = g["goodput_rate"]
+            col["goodput per GPU"] = g["goodput_per_gpu"]
+        columns[label] = col
+    t = Table(title=f"{base.name}: {len(variants)} variants" + (f", SLO {slos} for {target:.0%}" if slos else ""))
+    t.add_column("metric")
+    for label in columns:
+        t.add_column(label, justify="right")
+    for metric in next(iter(columns.values())):
+        if all(c[metric] is None for c in columns.values()):
+            continue
+        t.add_row(metric, *("-" if c[metric] is None else f"{c[metric]:.1%}" if metric in ("SLO attainment", "expert hit rate") else f"{c[metric]:.4g}" for c in columns.values()))
+    out.print(t)
+    out.print(f"runs in {out_dir}/ (fleetwise report {out_dir}/* -o compare.html)")

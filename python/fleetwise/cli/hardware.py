@@ -1,0 +1,135 @@
+"""``fleetwise estimate``, ``catalog`` and ``calibrate``: one iteration, the catalogue, the cost model's fit."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from fleetwise.cli.app import app, out
+
+
+@app.command()
+def estimate(
+    model: str = typer.Option(..., "--model", help="Model name (see `fleetwise catalog`)."),
+    gpu: str = typer.Option(..., "--gpu", help="GPU name (see `fleetwise catalog`)."),
+    tp: int = typer.Option(1, "--tp", min=1, max=4096, help="Tensor-parallel degree."),
+    pp: int = typer.Option(1, "--pp", min=1, max=4096, help="Pipeline-parallel stages."),
+    ep: int = typer.Option(1, "--ep", min=1, max=4096, help="Expert parallelism for MoE models (1 or tp)."),
+    microbatches: Optional[int] = typer.Option(None, "--microbatches", min=1, max=4096, help="Micro-batches with --pp (default: pp)."),
+    power_cap: Optional[float] = typer.Option(None, "--power-cap", min=1, max=1e6, help="Power cap per GPU, watts."),
+    pim: Optional[str] = typer.Option(None, "--pim", help="Attach a PIM device to each GPU (see `fleetwise catalog`)."),
+    offload: Optional[str] = typer.Option(None, "--offload", help="Offload weights: dram or flash."),
+    offload_set: List[str] = typer.Option([], "--offload-set", help="Offload setting KEY=VALUE (layer_fraction, ffn_load_fraction, dram_cache_fraction, overlap, storage, queue_depth, read_chunk_kb). Repeatable."),
+    prefill: int = typer.Option(0, "--prefill", min=0, max=2**31 - 1, help="Prefill chunk size, tokens."),
+    prefill_context: int = typer.Option(0, "--prefill-context", min=0, max=2**31 - 1, help="Tokens already cached before the chunk."),
+    decode_batch: int = typer.Option(0, "--decode-batch", min=0, max=10**7, help="Number of decoding sequences."),
+    context: int = typer.Option(0, "--context", min=0, max=2**31 - 1, help="Tokens in each decoding sequence's KV cache."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Predict the time and memory of one iteration (prefill, decode, or both mixed)."""
+    from fleetwise.errors import CapacityError
+    from fleetwise.estimate import estimate_iteration
+
+    off = None
+    if offload is not None:
+        import yaml
+
+        off = {"tier": offload}
+        for kv in offload_set:
+            k, _, v = kv.partition("=")
+            off[k.strip()] = yaml.safe_load(v)
+    r = estimate_iteration(model, gpu, tp, prefill, prefill_context, decode_batch, context, pp=pp, microbatches=microbatches, power_cap_watts=power_cap, pim=pim, offload=off, ep=ep)
+    if as_json:
+        out.print_json(json.dumps(r))
+    else:
+        layout = f"x{tp}" + (f" x pp{pp}" if pp > 1 else "")
+        t = Table(title=f"{model} on {gpu} {layout}: {r['seconds'] * 1e3:.3f} ms per iteration, {r['power_watts_per_gpu']:.0f} W per GPU")
+        for c in ("operator", "ms", "TFLOP", "GB", "bound"):
+            t.add_column(c, justify="left" if c in ("operator", "bound") else "right")
+        for o in r["ops"]:
+            bound = "-" if o["op"] == "overhead" else ("compute" if o["compute_bound"] else ("link" if o["op"] in ("all_reduce", "all_to_all", "pipeline_send", "weight_fetch") else "memory"))
+            if o.get("on_pim"):
+                bound += " (PIM)"
+            t.add_row(o["op"], f"{o['seconds'] * 1e3:.3f}", f"{o['flops'] / 1e12:.3f}", f"{o['bytes'] / 1e9:.3f}", bound)
+        out.print(t)
+        m = r["memory"]
+        gib = 1 << 30
+        out.print(f"memory per GPU: {r['memory_bytes'] / gib:.2f} GiB (weights {m['weights'] / gib:.2f} + KV {m['kv_cache'] / gib:.2f} + activations {m['activations'] / gib:.2f}) of {m['available'] / gib:.2f} GiB usable")
+    if not r["memory"]["fits"]:
+        m = r["memory"]
+        raise CapacityError(f"{model} on {gpu} x{tp}: this iteration needs {r['memory_bytes'] / (1 << 30):.2f} GiB per GPU, {m['available'] / (1 << 30):.2f} GiB available")
+
+
+@app.command()
+def catalog(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """List the built-in GPUs and models."""
+    from fleetwise.catalog import builtin_gpus, builtin_models, builtin_pims
+
+    gpus, models, pims = builtin_gpus(), builtin_models(), builtin_pims()
+    if as_json:
+        out.print_json(json.dumps({"gpus": {k: v.model_dump() for k, v in gpus.items()}, "models": {k: v.model_dump() for k, v in models.items()}, "pims": {k: v.model_dump() for k, v in pims.items()}}))
+        return
+    t = Table(title="GPUs")
+    for c in ("name", "description", "BF16 TFLOP/s", "memory GB", "HBM TB/s", "link GB/s/dir"):
+        t.add_column(c)
+    for k, g in gpus.items():
+        t.add_row(k, g.description, f"{g.peak_flops / 1e12:.0f}", f"{g.memory_bytes / 1e9:.0f}", f"{g.memory_bandwidth / 1e12:.2f}", f"{g.link_bandwidth / 1e9:.0f} ({g.link})")
+    out.print(t)
+    t = Table(title="Models")
+    for c in ("name", "layers", "hidden", "heads/kv", "MLP / experts", "vocab", "context", "params (B)"):
+        t.add_column(c)
+    from fleetwise.cost import cost_model
+
+    for k, m in models.items():
+        g = next(iter(gpus.values()))
+        cm = cost_model(m, g, model_name=k, gpu_name="x")
+        params = cm.weight_bytes() / m.dtype_bytes / 1e9
+        ffn = f"{m.num_experts}x{m.moe_intermediate_size} top-{m.experts_per_token}" if m.num_experts else str(m.intermediate_size)
+        kv = f"MLA {m.mla.kv_lora_rank}" if m.mla else str(m.num_kv_heads)
+        t.add_row(k, str(m.num_layers), str(m.hidden_size), f"{m.num_heads}/{kv}", ffn, str(m.vocab_size), str(m.max_position_embeddings), f"{params:.2f}")
+    out.print(t)
+    t = Table(title="PIM devices (attached to each GPU's memory)")
+    for c in ("name", "description", "TFLOP/s", "internal TB/s"):
+        t.add_column(c)
+    for k, p in pims.items():
+        t.add_row(k, p.description, f"{p.peak_flops / 1e12:.1f}", f"{p.internal_bandwidth / 1e12:.1f}")
+    out.print(t)
+
+
+@app.command()
+def calibrate(
+    data: Path = typer.Option(..., "--data", help="Directory of measurements (written by --measure, or copied from a GPU machine)."),
+    gpu: str = typer.Option(..., "--gpu", help="Catalogue GPU whose datasheet peaks the factors are relative to."),
+    measure: bool = typer.Option(False, "--measure", help="First measure on this machine's GPU (needs PyTorch and CUDA)."),
+    model: str = typer.Option("llama-3-8b", "--model", help="Model of the measured forward passes."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Where to write the fitted calibration (default DATA/fitted.yaml)."),
+) -> None:
+    """Fit the cost model's efficiency factors to measurements taken on a real GPU."""
+    import subprocess
+
+    import yaml
+
+    from fleetwise.calibrate.fit import Measurements, error_summary, error_table, fit_calibration, predict_forward
+    from fleetwise.catalog import lookup
+    from fleetwise.errors import ConfigError
+
+    if measure:
+        script = Path(__file__).parent / "calibrate" / "measure_gpu.py"
+        subprocess.run([sys.executable, str(script), "--out", str(data)], check=True)
+    missing = [f for f in ("gemm.csv", "attn_prefill.csv", "attn_decode.csv", "forward.csv", "device.json") if not (data / f).exists()]
+    if missing:
+        raise ConfigError(f"--data {data}: missing {', '.join(missing)}; run with --measure on a GPU machine, or copy a measure_gpu.py output directory")
+    spec = lookup("gpu", gpu, {}, "--gpu")
+    m_spec = lookup("model", model, {}, "--model")
+    m = Measurements.load(data)
+    cal = fit_calibration(m, spec, m_spec)
+    s = error_summary(error_table(m.forward, predict_forward(m.forward, m_spec, spec, cal)))
+    out_file = output or data / "fitted.yaml"
+    out_file.write_text(yaml.safe_dump(cal.model_dump(exclude_none=True), sort_keys=False))
+    out.print(yaml.safe_dump(cal.model_dump(), sort_keys=False))
+    out.print(f"forward passes: median error {s['median_abs_error']:.1%}, worst {s['max_abs_error']:.1%} over {s['points']} points; written to {out_file}")

@@ -1,0 +1,68 @@
+"""``fleetwise run``: simulate one scenario, print its summary, write its results."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from fleetwise.cli.app import app, out, err
+from fleetwise.cli.format import _num, _summary_table, _default_dir, _trace_rows_line
+
+
+@app.command()
+def run(
+    scenario: Path = typer.Argument(..., help="Scenario YAML file."),
+    set_: List[str] = typer.Option([], "--set", help="Override a value: PATH=VALUE (e.g. cluster.pools.0.count=8). Repeatable."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Directory for requests.parquet and summary.json (default runs/<name>)."),
+    iterations: bool = typer.Option(False, "--iterations", help="Also write one row per iteration (iterations.parquet)."),
+    policy_timeout: float = typer.Option(60.0, "--policy-timeout", min=0.001, help="Most seconds one call into a Python policy may take; a longer call stops the run (exit 2)."),
+) -> None:
+    """Simulate SCENARIO, print a summary table and write the results."""
+    from fleetwise.config.load import load_scenario
+    from rich.markup import escape
+
+    from fleetwise.errors import FleetwiseError
+    from fleetwise.result import check_output_dir, write_stopped
+    from fleetwise.simulate import simulate
+
+    sc = load_scenario(scenario, set_)
+    out_dir = check_output_dir(output or _default_dir("runs", sc.name))  # a bad -o fails before simulating
+    try:
+        result = simulate(sc, record_iterations=iterations, progress=True, policy_timeout=policy_timeout)
+    except KeyboardInterrupt:
+        err.print("interrupted: the simulation was cancelled; nothing was written")
+        sys.exit(130)
+    except FleetwiseError as e:
+        kept = getattr(e, "requests", None)
+        if kept is None:
+            raise
+        d = write_stopped(out_dir, kept, sc.name, f"{type(e).__name__}: {e}")
+        err.print(f"[bold red]error:[/] {escape(f'{type(e).__name__}: {e}')}", highlight=False, markup=True)
+        err.print(f"the run stopped: {int((kept['status'] == 'finished').sum())} of {kept.height} requests had finished; they are written to {d}/ (the rest have status 'unfinished')", highlight=False, markup=False)
+        sys.exit(2)
+    s = result.summary
+    out.print(_summary_table(s))
+    if "trace_rows" in s:
+        out.print(_trace_rows_line(s["trace_rows"]))
+    tp = s["throughput"]
+    out.print(f"throughput: {tp['requests_per_s']:.2f} req/s, {tp['output_tokens_per_s']:.0f} output tok/s; preemptions: {s['preemptions']}; rejected: {s['rejected']}")
+    if "energy" in s and s["energy"]["joules"] > 0:
+        e, c = s["energy"], s["cost"]
+        out.print(f"energy: {e['joules'] / 3.6e6:.2f} kWh, {_num(e['joules_per_output_token'], '.2f')} J/output token, {_num(e['average_watts_per_gpu'], '.0f')} W/GPU; cost: ${c['dollars']:.2f} ({_num(c['dollars_per_million_output_tokens'], '.2f')} $/M output tokens)")
+    if "experts" in s:
+        x = s["experts"]
+        hit = "n/a (all in HBM)" if x["hit_rate"] is None else f"{x['hit_rate']:.1%}"
+        out.print(f"experts: hit rate {hit}, {x['fetched_bytes_per_token'] / 1e6:.1f} MB fetched/token, stall {x['stall_ms_per_iteration']:.2f} ms/iteration, {x['experts_activated_per_iteration']:.1f} experts activated/iteration, HBM {x['hbm_expert_gib_per_gpu']:.1f} GiB/GPU ({x['hbm_saved_gib_per_gpu']:.1f} GiB saved)")
+    if "slo" in s and s["slo"]["attainment"] is not None:
+        out.print(f"SLO attainment {s['slo']['targets']}: {s['slo']['attainment']:.1%}")
+    for r in s.get("rejections", []):
+        out.print(f"rejected {r['count']} request(s), e.g.: {r['reason']}", highlight=False)
+    d = result.write(out_dir)
+    out.print(f"results written to {d}/")
+    if s["finished"] == 0:
+        why = f"; most often: {s['rejections'][0]['reason']}" if s.get("rejections") else ""
+        err.print(f"[bold red]error:[/] no request finished ({s['rejected']} of {s['requests']} rejected{why}): there is no latency to report", highlight=False)
+        sys.exit(2)

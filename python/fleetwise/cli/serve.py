@@ -1,0 +1,74 @@
+"""``fleetwise serve-engine`` and ``serve-router``: the emulated engine and the OpenAI-compatible router."""
+
+from __future__ import annotations
+
+import sys
+from typing import List, Optional
+
+import typer
+
+from fleetwise.cli.app import app, err
+
+
+def _serve_extra():
+    try:
+        import fastapi  # noqa: F401
+        import httpx  # noqa: F401
+        import uvicorn
+    except ImportError as e:
+        err.print(f"[bold red]error:[/] the serve commands need the serve extra (pip install 'fleetwise[serve]'): {e}")
+        sys.exit(2)
+    return uvicorn
+
+
+@app.command("serve-engine")
+def serve_engine(
+    model: str = typer.Option("llama-3-8b", "--model", help="Model to emulate (see `fleetwise catalog`)."),
+    gpu: str = typer.Option("h100-sxm", "--gpu", help="GPU to emulate (see `fleetwise catalog`)."),
+    tp: int = typer.Option(1, "--tp", min=1, max=4096, help="Tensor-parallel degree."),
+    role: str = typer.Option("mixed", "--role", help="mixed, prefill or decode (disaggregation)."),
+    speedup: float = typer.Option(1.0, "--speedup", help="Run this many times faster than real time."),
+    max_num_seqs: int = typer.Option(256, "--max-num-seqs", min=1, max=10**6, help="Most sequences per iteration."),
+    max_num_batched_tokens: Optional[int] = typer.Option(None, "--max-num-batched-tokens", min=1, max=2**31 - 1, help="Most tokens per iteration (default max(context, 2048))."),
+    served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help="Model name in the API (default --model)."),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8000, "--port", min=1, max=65535),
+) -> None:
+    """Serve the OpenAI API and vLLM's /metrics with latencies from fleetwise's cost model, in real time."""
+    uvicorn = _serve_extra()
+    from fleetwise.serve.emulator import EmulatedEngine
+    from fleetwise.serve.engine_app import create_engine_app
+
+    sched = {"kind": "vllm", "max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens}
+    engine = EmulatedEngine(model, gpu, tp=tp, role=role, speedup=speedup, scheduler=sched, served_model_name=served_model_name)
+    err.print(f"emulating {model} on {gpu} x{tp} ({role}, {engine.num_blocks} KV blocks, speedup {speedup:g}) at http://{host}:{port}")
+    uvicorn.run(create_engine_app(engine), host=host, port=port, log_level="warning")
+
+
+@app.command("serve-router")
+def serve_router(
+    endpoint: List[str] = typer.Option(..., "--endpoint", help="Engine URL[,ROLE] (ROLE mixed, prefill or decode). Repeatable."),
+    policy: str = typer.Option("round-robin", "--policy", help="Router policy: a registered name (round-robin, least-outstanding-tokens, cache-aware, disaggregated) or module:attr."),
+    param: List[str] = typer.Option([], "--param", help="Policy parameter KEY=VALUE (VALUE read as YAML). Repeatable."),
+    scrape_interval: float = typer.Option(1.0, "--scrape-interval", min=0, help="Seconds between /metrics scrapes of the engines (0: never)."),
+    block_chars: int = typer.Option(64, "--block-chars", min=1, help="Prompt characters per block in the prefix index."),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8080, "--port", min=1, max=65535),
+) -> None:
+    """Serve an OpenAI-compatible router in front of ENDPOINTs, routing with a fleetwise Router policy."""
+    uvicorn = _serve_extra()
+    import yaml
+
+    from fleetwise.errors import ConfigError
+    from fleetwise.policy import create
+    from fleetwise.serve.router_app import RouterState, create_router_app, parse_endpoint
+
+    params = {}
+    for kv in param:
+        k, sep, v = kv.partition("=")
+        if not sep or not k.strip():
+            raise ConfigError(f"--param {kv!r}: expected KEY=VALUE")
+        params[k.strip()] = yaml.safe_load(v)
+    state = RouterState([parse_endpoint(e) for e in endpoint], create("router", policy, **params), block_chars=block_chars, scrape_interval=scrape_interval)
+    err.print(f"routing with {policy} over {', '.join(f'{e.name} ({e.role})' for e in state.endpoints)} at http://{host}:{port}")
+    uvicorn.run(create_router_app(state), host=host, port=port, log_level="warning")

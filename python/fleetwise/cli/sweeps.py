@@ -1,0 +1,145 @@
+"""``fleetwise sweep``, ``goodput`` and ``place``: many simulations of one scenario, resumable."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from fleetwise.cli.app import app, out, err
+from fleetwise.cli.format import _default_dir, _check_positive, _check_slos
+
+
+@app.command()
+def sweep(
+    scenario: Path = typer.Argument(..., help="Scenario YAML file."),
+    grid: List[str] = typer.Option(..., "--grid", help="PATH=V1,V2,... (repeatable): every combination is a point."),
+    set_: List[str] = typer.Option([], "--set", help="Override for every point: PATH=VALUE. Repeatable."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Sweep directory (default sweeps/<name>); rerunning resumes."),
+    jobs: int = typer.Option(max(1, (os.cpu_count() or 1)), "-j", "--jobs", min=1, help="Local worker processes."),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Run on Ray: a cluster address, or 'local' to start one."),
+    no_requests: bool = typer.Option(False, "--no-requests", help="Keep only each point's summary, not its per-request table."),
+    iterations: bool = typer.Option(False, "--iterations", help="Also keep each point's per-iteration table (for the report's time series)."),
+) -> None:
+    """Run SCENARIO at every point of a parameter grid, in parallel, saving each point as it finishes."""
+    from fleetwise.config.load import load_scenario
+    from fleetwise.sweep.grid import expand, parse_grid
+    from fleetwise.sweep.runner import run_points
+    from fleetwise.sweep.store import SweepStore
+
+    g = parse_grid(grid)
+    points = expand(g)
+    for p in points:  # validate every point before running any
+        load_scenario(scenario, [*set_, *p.overrides()])
+    name = load_scenario(scenario, set_).name
+    ids = {p.id for p in points}
+    with SweepStore(output or _default_dir("sweeps", name)) as store:  # refuses a directory another sweep is writing
+        store.write_manifest({"scenario": name, "scenario_file": str(scenario), "overrides": list(set_), "grid": {k: v for k, v in g}})
+        for bad in sorted(set(store.discard_corrupt()) & ids):
+            err.print(f"{store.rows}/{bad}.parquet was unreadable (truncated or corrupt): recomputing point {bad}", highlight=False, markup=False)
+        done_before = len(store.done() & ids)
+        try:
+            new_rows = run_points(str(scenario), list(set_), points, store, [k for k, _ in g], jobs=jobs, ray_address=ray, write_requests=not no_requests, record_iterations=iterations)
+        except KeyboardInterrupt:
+            n = len(store.done() & ids)  # what is on disk: workers save each point as it finishes
+            store.merge()
+            err.print(f"interrupted: {n} of {len(points)} points saved in {store.dir}/ ({n - done_before} new); run the same command again to resume", highlight=False, markup=False)
+            sys.exit(130)
+        frame = store.merge()
+    computed = len(new_rows)
+    t = Table(title=f"{name}: {len(points)} points ({done_before} resumed) in {store.dir}/")
+    cols = [k for k, _ in g] + ["requests_per_s", "ttft_p90", "tpot_p90", "e2e_p90", "slo_attainment"]
+    for c in cols:
+        t.add_column(c)
+    for row in (frame.sort([k for k, _ in g]).iter_rows(named=True) if frame.height else []):
+        t.add_row(*(("-" if row.get(c) is None else f"{row[c]:.4g}" if isinstance(row.get(c), float) else str(row[c])) for c in cols))
+    out.print(t)
+    out.print(f"{computed} points computed, {done_before} resumed; results in {store.dir}/", soft_wrap=True, highlight=False, markup=False)
+
+
+@app.command()
+def goodput(
+    scenario: Path = typer.Argument(..., help="Scenario YAML file (arrivals with a rate: poisson, gamma, onoff)."),
+    slo: List[str] = typer.Option(..., "--slo", help="METRIC_pNN=SECONDS, METRIC in ttft, tpot, e2e (repeatable)."),
+    attainment: Optional[float] = typer.Option(None, "--attainment", min=0.0, max=1.0, help="Fraction of requests that must meet every SLO (default from the _pNN suffix, else 0.9)."),
+    set_: List[str] = typer.Option([], "--set", help="Override: PATH=VALUE. Repeatable."),
+    low: float = typer.Option(0.5, "--low", min=1e-6, help="Lowest rate tried, requests/s."),
+    high: Optional[float] = typer.Option(None, "--high", help="Upper bracket, requests/s (default: doubling from --low)."),
+    tolerance: float = typer.Option(0.05, "--tolerance", min=0.001, max=0.5, help="Relative width at which bisection stops."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Directory for the evaluated points and goodput.json."),
+    jobs: int = typer.Option(max(1, (os.cpu_count() or 1)), "-j", "--jobs", min=1, help="Worker processes for the attainment curve."),
+) -> None:
+    """Find the highest request rate meeting the SLOs (DistServe's goodput), per instance and per GPU."""
+    from fleetwise.config.load import load_scenario
+    from fleetwise.sweep.goodput import parse_slos, search
+
+    slos, implied = parse_slos(slo)
+    _check_slos(slos)
+    _check_positive("--low", low)
+    _check_positive("--high", high)
+    target = attainment if attainment is not None else (implied if implied is not None else 0.9)
+    name = load_scenario(scenario, set_).name
+    out_dir = output or _default_dir("sweeps", f"{name}-goodput")
+    try:
+        r = search(str(scenario), list(set_), out_dir, slos, target, low, high, tolerance, jobs)
+    except KeyboardInterrupt:
+        err.print(f"interrupted: evaluated points are saved in {out_dir}/; run the same command again to resume")
+        sys.exit(130)
+    out.print(f"goodput of {name} at {target:.0%} attainment of {slos}: {r['goodput_rate']:.3g} req/s "
+              f"({r['goodput_per_instance']:.3g} per instance, {r['goodput_per_gpu']:.3g} per GPU, {r['gpus']} GPUs)")
+    t = Table(title="SLO attainment around the goodput")
+    t.add_column("rate (req/s)", justify="right")
+    t.add_column("attainment", justify="right")
+    for c in r["curve"]:
+        t.add_row(f"{c['rate']:.3g}", f"{c['attainment']:.1%}")
+    out.print(t)
+    out.print(f"results in {out_dir}/")
+
+
+@app.command()
+def place(
+    scenario: Path = typer.Argument(..., help="Scenario YAML file (arrivals with a rate)."),
+    grid: List[str] = typer.Option(..., "--grid", help="Layout dimension PATH=V1,V2,... (repeatable), e.g. cluster.pools.0.count=1,2,3."),
+    slo: List[str] = typer.Option(..., "--slo", help="METRIC_pNN=SECONDS (repeatable)."),
+    attainment: Optional[float] = typer.Option(None, "--attainment", min=0.0, max=1.0, help="Fraction that must meet every SLO (default from _pNN, else 0.9)."),
+    objective: str = typer.Option("goodput_per_gpu", "--objective", help="goodput, goodput_per_gpu or goodput_per_dollar."),
+    budget_dollars: Optional[float] = typer.Option(None, "--budget-dollars-per-hour", help="Skip layouts costing more per hour."),
+    budget_watts: Optional[float] = typer.Option(None, "--budget-watts", help="Skip layouts drawing more (TDP, or power caps)."),
+    set_: List[str] = typer.Option([], "--set", help="Override for every layout: PATH=VALUE. Repeatable."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Directory for the searches and placement.json."),
+    jobs: int = typer.Option(max(1, (os.cpu_count() or 1)), "-j", "--jobs", min=1, help="Layouts searched in parallel."),
+) -> None:
+    """Find the cluster layout with the best goodput (per GPU, per dollar) within a cost or power budget."""
+    from fleetwise.config.load import load_scenario
+    from fleetwise.sweep.goodput import parse_slos
+    from fleetwise.sweep.grid import expand, parse_grid
+    from fleetwise.sweep.placement import place as run_place
+
+    slos, implied = parse_slos(slo)
+    _check_slos(slos)
+    _check_positive("--budget-dollars-per-hour", budget_dollars)
+    _check_positive("--budget-watts", budget_watts)
+    target = attainment if attainment is not None else (implied or 0.9)
+    points = expand(parse_grid(grid))
+    for p in points:
+        load_scenario(scenario, [*set_, *p.overrides()])
+    name = load_scenario(scenario, set_).name
+    out_dir = output or _default_dir("sweeps", f"{name}-placement")
+    try:
+        rows = run_place(str(scenario), list(set_), points, out_dir, slos, target, objective, budget_dollars, budget_watts, jobs=jobs)
+    except KeyboardInterrupt:
+        err.print(f"interrupted: finished searches are in {out_dir}/points/; run the same command again to resume them")
+        sys.exit(130)
+    t = Table(title=f"{name}: {len(rows)} layouts ranked by {objective} at {target:.0%} of {slos}")
+    for c in ("layout", "GPUs", "$/h", "kW", "goodput", "per GPU", "per $/h"):
+        t.add_column(c, justify="left" if c == "layout" else "right")
+    fmt = lambda v: "-" if v is None else f"{v:.3g}"
+    for r in rows:
+        t.add_row(r["layout"] + ("" if r["within_budget"] else " (over budget)"), str(r["gpus"]), f"{r['dollars_per_hour']:.2f}", f"{r['watts'] / 1e3:.2f}", fmt(r.get("goodput")), fmt(r.get("goodput_per_gpu")), fmt(r.get("goodput_per_dollar")))
+    out.print(t)
+    best = next((r for r in rows if r["within_budget"]), None)
+    out.print(f"best: {best['layout']}" if best else "no layout is within the budget")
