@@ -103,10 +103,8 @@ def test_ctrl_c_cancels_a_long_run_cleanly(tmp_path):
     p.write_text(yaml.safe_dump(sc))
     proc = subprocess.Popen([sys.executable, "-m", "fleetwise", "run", str(p), "-o", str(tmp_path / "out")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     time.sleep(4.0)
-    t0 = time.time()
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert time.time() - t0 < 60, "the core stops (within a few thousand events), never hangs"
+    _, err = proc.communicate(timeout=60)  # a hang guard only: the core stops within a few thousand events
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
