@@ -7,7 +7,7 @@ What makes it "efficient", item by item (what ``torch_model.py``, the unfused en
   and replays it), so no kernel launch gaps;
 * FlashAttention's variable-length kernel for every attention (prefill, chunked prefill with a
   cached prefix, decode and mixed batches in one call);
-* mixture-of-experts as fused-MoE engines do it: tokens sorted by expert, then one grouped GEMM
+* mixture-of-experts as fused-MoE engines do it (routing made uniformly random per token): tokens sorted by expert, then one grouped GEMM
   per projection over all experts (``torch._grouped_mm``), weighted scatter-add back;
 * the LM head only on the rows that are sampled (the last token of each sequence).
 
@@ -109,6 +109,7 @@ class FusedModel:
                  "o": gen(s.num_heads * s.head_dim, s.hidden_size), "ln2": torch.ones(s.hidden_size, device=device, dtype=DT)}
             if s.num_experts:
                 w["router"] = gen(s.hidden_size, s.num_experts)
+                w["route_noise"] = torch.randn(max_pos, s.num_experts, device=device) * 8.0
                 w["w1"] = gen(s.num_experts, s.hidden_size, 2 * s.moe_intermediate_size)
                 w["w2"] = gen(s.num_experts, s.moe_intermediate_size, s.hidden_size)
             else:
@@ -159,7 +160,10 @@ class FusedModel:
         """Top-k routed experts, fused-MoE style: sort token slots by expert, two grouped GEMMs."""
         s = self.s
         t, k, e = h.shape[0], s.experts_per_token, s.num_experts
-        probs = (h @ w["router"]).float().softmax(-1)
+        # Random weights route every token to nearly the same experts (attention outputs look
+        # alike); a fixed per-row noise term makes routing uniformly random per token, as the
+        # simulator's default routing assumes, while the router GEMM is still paid.
+        probs = ((h @ w["router"]).float() + w["route_noise"][:t]).softmax(-1)
         top_w, top_i = probs.topk(k, dim=-1)
         top_w = (top_w / top_w.sum(-1, keepdim=True)).to(DT)
         flat = top_i.flatten()
