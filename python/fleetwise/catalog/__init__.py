@@ -60,6 +60,17 @@ class Calibration(StrictModel):
     prefill_pad_tokens: _PadTokens | None = None
     """The engine pads an iteration's prefill tokens to a multiple of this for the GEMMs, norms and
     activations (CUDA graphs at those sizes); attention runs on the real prompts (unset: no padding)."""
+    seq_overhead: _Seconds | None = None
+    """The engine's CPU time per scheduled sequence per step, seconds (unset: 0)."""
+    token_overhead: _Seconds | None = None
+    """The engine's CPU time per batched token per step, seconds (unset: 0)."""
+    mixed_query_tile: _PadTokens | None = None
+    """Query rows the attention kernel computes per decode in an iteration with prefill tokens
+    (a variable-length kernel's query tile; unset: one row)."""
+    expert_compute: _Fraction | None = None
+    """Fraction of peak FLOP/s reached by the routed experts' grouped GEMMs (default: gemm_compute)."""
+    expert_memory: _Fraction | None = None
+    """Fraction of peak memory bandwidth reached by the routed experts' grouped GEMMs (default: memory)."""
 
 
 class CalibrationOverride(StrictModel):
@@ -87,6 +98,17 @@ class CalibrationOverride(StrictModel):
     """Exponent p of the GEMMs' blend of compute and memory time, (c^p + m^p)^(1/p)."""
     prefill_pad_tokens: _PadTokens | None = None
     """The engine pads an iteration's prefill tokens to a multiple of this for the GEMMs."""
+    seq_overhead: _Seconds | None = None
+    """The engine's CPU time per scheduled sequence per step, seconds (unset: 0)."""
+    token_overhead: _Seconds | None = None
+    """The engine's CPU time per batched token per step, seconds (unset: 0)."""
+    mixed_query_tile: _PadTokens | None = None
+    """Query rows the attention kernel computes per decode in an iteration with prefill tokens
+    (a variable-length kernel's query tile; unset: one row)."""
+    expert_compute: _Fraction | None = None
+    """Fraction of peak FLOP/s reached by the routed experts' grouped GEMMs (default: gemm_compute)."""
+    expert_memory: _Fraction | None = None
+    """Fraction of peak memory bandwidth reached by the routed experts' grouped GEMMs (default: memory)."""
 
     def apply(self, base: Calibration) -> Calibration:
         """Returns ``base`` with the fields set here replaced."""

@@ -48,10 +48,33 @@ pub struct Efficiency {
     /// attention on the real prompts only. Unset (or 0/1): no padding.
     #[serde(default)]
     pub prefill_pad_tokens: Option<u32>,
+    /// The serving engine's CPU time per scheduled sequence per step (scheduler, input
+    /// preparation, sampling and detokenisation bookkeeping), seconds; added to
+    /// `iteration_overhead`. Unset: 0.
+    #[serde(default)]
+    pub seq_overhead: Option<f64>,
+    /// The serving engine's CPU time per batched token per step (input preparation), seconds.
+    /// Unset: 0.
+    #[serde(default)]
+    pub token_overhead: Option<f64>,
+    /// Query rows the attention kernel computes for each decode of an iteration that also runs
+    /// prefill tokens: a variable-length (prefill-style) kernel gives every sequence at least one
+    /// query tile, so a decode beside a prompt costs `tile` query rows of FLOPs over its keys.
+    /// Unset (or 0/1): a decode costs its one query row.
+    #[serde(default)]
+    pub mixed_query_tile: Option<u32>,
+    /// Fraction of peak FLOP/s reached by the routed experts' grouped GEMMs (defaults to
+    /// `gemm_compute`; fused-MoE kernels over many small experts reach less than dense GEMMs).
+    #[serde(default)]
+    pub expert_compute: Option<f64>,
+    /// Fraction of peak memory bandwidth reached by the routed experts' grouped GEMMs reading
+    /// expert weights (defaults to `memory`).
+    #[serde(default)]
+    pub expert_memory: Option<f64>,
 }
 
 impl Default for Efficiency {
     fn default() -> Self {
-        Efficiency { gemm_compute: 0.7, attention_compute: 0.5, memory: 0.8, attention_memory: None, elementwise_memory: None, collective: 0.7, iteration_overhead: 1.0e-3, layer_overhead: 0.0, attention_cta: None, gemm_ridge_exponent: None, prefill_pad_tokens: None }
+        Efficiency { gemm_compute: 0.7, attention_compute: 0.5, memory: 0.8, attention_memory: None, elementwise_memory: None, collective: 0.7, iteration_overhead: 1.0e-3, layer_overhead: 0.0, attention_cta: None, gemm_ridge_exponent: None, prefill_pad_tokens: None, seq_overhead: None, token_overhead: None, mixed_query_tile: None, expert_compute: None, expert_memory: None }
     }
 }

@@ -10,6 +10,8 @@ pub struct BatchShape {
     pub prefill_pairs: f64,
     /// Keys (and values) the prefill chunks read: sum of c + q.
     pub prefill_kv_tokens: u64,
+    /// Prefill chunks (one per sequence that prefills in this iteration).
+    pub prefill_seqs: u64,
     /// Sequences decoding one token.
     pub decode_seqs: u64,
     /// Keys the decodes read: sum of their context lengths including the new token.
@@ -24,6 +26,7 @@ impl BatchShape {
     /// Adds a prefill chunk of `q` tokens after `cached` tokens; `samples` when it ends the prompt.
     pub fn add_prefill(&mut self, q: u64, cached: u64, samples: bool) {
         self.prefill_tokens += q;
+        self.prefill_seqs += 1;
         self.prefill_pairs += q as f64 * (cached as f64 + (q as f64 + 1.0) / 2.0);
         self.prefill_kv_tokens += cached + q;
         self.sampled += samples as u64;

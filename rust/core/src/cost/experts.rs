@@ -27,7 +27,7 @@ impl CostModel {
     /// that reads the `touched` experts' weights, on the GPU or, if faster, the PIM. Seconds.
     pub fn expert_seconds(&self, pairs: f64, touched: f64) -> f64 {
         let (flops, bytes) = self.expert_work(pairs, touched);
-        let gpu = self.gemm_roofline(flops, bytes, self.flops_gemm, self.bw).0;
+        let gpu = self.gemm_roofline(flops, bytes, self.flops_expert, self.bw_expert).0;
         match &self.pim {
             Some(p) => gpu.min(p.seconds(flops, bytes)),
             None => gpu,
@@ -47,7 +47,7 @@ impl<F: FnMut(OpCost)> IterationPass<'_, F> {
             let e = cm.ep as f64;
             let pairs = mt * cm.model.experts_per_token as f64 / e;
             let touched = cm.model.expected_unique_experts(mt) / e;
-            self.emit(Op::MoeExperts, &[Kernel::on(cm.moe_share, cm.expert_work(pairs, touched))], cm.flops_gemm, true);
+            self.emit(Op::MoeExperts, &[Kernel::on(cm.moe_share, cm.expert_work(pairs, touched))], cm.flops_expert, true);
         }
     }
 }
@@ -81,5 +81,24 @@ mod tests {
         let t1 = cm.iteration_seconds(&one);
         let dense_equiv = CostModel::new(llama3_8b(), h100(), ideal(), 1).unwrap();
         assert!(t1 > dense_equiv.iteration_seconds(&one) && t1 < 2.0 * dense_equiv.iteration_seconds(&one));
+    }
+
+    #[test]
+    fn expert_kernel_fractions_apply_to_routed_experts_only() {
+        let slow = Efficiency { expert_memory: Some(0.5), expert_compute: Some(0.25), ..ideal() };
+        let cm = CostModel::new(mixtral_8x7b(), h100(), slow, 1).unwrap();
+        let base = CostModel::new(mixtral_8x7b(), h100(), ideal(), 1).unwrap();
+        let mut one = BatchShape::default();
+        one.add_decode(100);
+        // Weight-bound: half the bandwidth, twice the time; the router and attention unchanged.
+        let (e, e0) = (op(&cm.breakdown(&one), Op::MoeExperts), op(&base.breakdown(&one), Op::MoeExperts));
+        assert!(close(e.seconds, 2.0 * e0.seconds));
+        assert!(close(op(&cm.breakdown(&one), Op::QkvProj).seconds, op(&base.breakdown(&one), Op::QkvProj).seconds));
+        // Compute-bound prefill: a quarter of the FLOP rate, four times the time.
+        let mut big = BatchShape::default();
+        big.add_prefill(8192, 0, true);
+        let (p, p0) = (op(&cm.breakdown(&big), Op::MoeExperts), op(&base.breakdown(&big), Op::MoeExperts));
+        assert!(close(p.seconds, 4.0 * p0.seconds));
+        assert!(CostModel::new(mixtral_8x7b(), h100(), Efficiency { expert_memory: Some(0.0), ..ideal() }, 1).is_err());
     }
 }

@@ -16,7 +16,7 @@ pub(super) fn a100() -> GpuSpec {
 
 /// Peak rates, no overheads: the cost is the pure roofline, easy to compute by hand.
 pub(super) fn ideal() -> Efficiency {
-    Efficiency { gemm_compute: 1.0, attention_compute: 1.0, memory: 1.0, attention_memory: None, elementwise_memory: None, collective: 1.0, iteration_overhead: 0.0, layer_overhead: 0.0, attention_cta: None, gemm_ridge_exponent: None, prefill_pad_tokens: None }
+    Efficiency { gemm_compute: 1.0, attention_compute: 1.0, memory: 1.0, attention_memory: None, elementwise_memory: None, collective: 1.0, iteration_overhead: 0.0, layer_overhead: 0.0, attention_cta: None, gemm_ridge_exponent: None, prefill_pad_tokens: None, ..Default::default() }
 }
 
 /// The cost of `which` in a breakdown that has it.

@@ -73,6 +73,7 @@ impl<'a, F: FnMut(OpCost)> IterationPass<'a, F> {
         let bw = match op {
             Op::PrefillAttention | Op::DecodeAttention => cm.bw_attn,
             Op::Elementwise | Op::Embedding => cm.bw_elem,
+            Op::MoeExperts => cm.bw_expert,
             _ => cm.bw,
         };
         let gemm_op = matches!(op, Op::QkvProj | Op::OProj | Op::MlpGateUp | Op::MlpDown | Op::MoeRouter | Op::MoeExperts);
@@ -130,9 +131,12 @@ impl<'a, F: FnMut(OpCost)> IterationPass<'a, F> {
         }
     }
 
-    /// The fixed per-iteration and per-layer overheads.
+    /// The engine's per-step CPU time (fixed, per sequence, per token) and per-layer overheads.
     fn overhead(&mut self) {
-        let overhead = self.cm.eff.iteration_overhead + self.cm.eff.layer_overhead * self.time_n;
+        let (eff, shape) = (&self.cm.eff, self.shape);
+        let seqs = (shape.prefill_seqs + shape.decode_seqs) as f64;
+        let cpu = eff.iteration_overhead + eff.seq_overhead.unwrap_or(0.0) * seqs + eff.token_overhead.unwrap_or(0.0) * shape.tokens() as f64;
+        let overhead = cpu + eff.layer_overhead * self.time_n;
         self.push(OpCost { op: Op::Overhead, flops: 0.0, bytes: 0.0, seconds: overhead, compute_bound: false, on_pim: false });
     }
 
@@ -283,5 +287,43 @@ mod tests {
         let ar = op(&c, Op::AllReduce);
         let one = 6.0 * 2e-6 + 6.0 / 4.0 * (64.0 * 8192.0 * 2.0) / 300e9;
         assert!(close(ar.seconds, 2.0 * 80.0 * one));
+    }
+
+    #[test]
+    fn engine_cpu_step_is_fixed_plus_per_sequence_plus_per_token() {
+        // 2 prompts of 100 tokens and 3 decodes: 5 sequences, 203 tokens.
+        let eff = Efficiency { iteration_overhead: 1e-3, seq_overhead: Some(20e-6), token_overhead: Some(1e-6), layer_overhead: 1e-6, ..ideal() };
+        let cm = CostModel::new(llama3_8b(), h100(), eff, 1).unwrap();
+        let mut s = BatchShape::default();
+        s.add_prefill(100, 0, true);
+        s.add_prefill(100, 50, true);
+        for _ in 0..3 {
+            s.add_decode(500);
+        }
+        let o = op(&cm.breakdown(&s), Op::Overhead);
+        assert!(close(o.seconds, 1e-3 + 5.0 * 20e-6 + 203.0 * 1e-6 + 32.0 * 1e-6), "{}", o.seconds);
+        let plain = CostModel::new(llama3_8b(), h100(), ideal(), 1).unwrap();
+        assert_eq!(op(&plain.breakdown(&s), Op::Overhead).seconds, 0.0);
+    }
+
+    #[test]
+    fn decodes_beside_a_prefill_pay_the_query_tile() {
+        let tiled = CostModel::new(llama3_8b(), h100(), Efficiency { mixed_query_tile: Some(64), ..ideal() }, 1).unwrap();
+        let plain = CostModel::new(llama3_8b(), h100(), ideal(), 1).unwrap();
+        let mut mixed = BatchShape::default();
+        mixed.add_prefill(256, 0, true);
+        for _ in 0..8 {
+            mixed.add_decode(1000);
+        }
+        // 8 decodes over 8000 keys: 4 * 4096 * 8000 FLOPs per layer for one query row, x 64 rows.
+        let d = op(&tiled.breakdown(&mixed), Op::DecodeAttention);
+        assert!(close(d.flops, 32.0 * 4.0 * 4096.0 * 8000.0 * 64.0));
+        assert!(close(op(&plain.breakdown(&mixed), Op::DecodeAttention).flops, 32.0 * 4.0 * 4096.0 * 8000.0));
+        // Decode-only iterations use the decode kernel: no tile.
+        let mut only = BatchShape::default();
+        for _ in 0..8 {
+            only.add_decode(1000);
+        }
+        assert_eq!(tiled.iteration_seconds(&only), plain.iteration_seconds(&only));
     }
 }

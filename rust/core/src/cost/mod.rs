@@ -73,6 +73,9 @@ pub struct CostModel {
     bw: f64,
     bw_attn: f64,
     bw_elem: f64,
+    /// Routed experts' grouped-GEMM FLOP/s and bytes/s.
+    flops_expert: f64,
+    bw_expert: f64,
     power: PowerModel,
     slow_compute: f64,
     slow_memory: f64,

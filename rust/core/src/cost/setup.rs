@@ -101,12 +101,19 @@ impl CostModel {
             ("attention_memory", attention_memory),
             ("elementwise_memory", elementwise_memory),
             ("collective", eff.collective),
+            ("expert_compute", eff.expert_compute.unwrap_or(eff.gemm_compute)),
+            ("expert_memory", eff.expert_memory.unwrap_or(eff.memory)),
         ] {
             if !(MIN_EFFICIENCY..=1.0).contains(&v) {
                 return Err(Error::config(format!("calibration.{name}"), format!("must be a fraction of peak in [{MIN_EFFICIENCY}, 1], got {v:?}")));
             }
         }
-        for (name, v, max) in [("iteration_overhead", eff.iteration_overhead, MAX_ITERATION_OVERHEAD), ("layer_overhead", eff.layer_overhead, MAX_LAYER_OVERHEAD)] {
+        for (name, v, max) in [
+            ("iteration_overhead", eff.iteration_overhead, MAX_ITERATION_OVERHEAD),
+            ("layer_overhead", eff.layer_overhead, MAX_LAYER_OVERHEAD),
+            ("seq_overhead", eff.seq_overhead.unwrap_or(0.0), MAX_LAYER_OVERHEAD),
+            ("token_overhead", eff.token_overhead.unwrap_or(0.0), MAX_LAYER_OVERHEAD),
+        ] {
             if !(0.0..=max).contains(&v) {
                 return Err(Error::config(format!("calibration.{name}"), format!("must be between 0 and {max} seconds, got {v:?}")));
             }
@@ -160,6 +167,8 @@ impl CostModel {
             bw: gpu.memory_bandwidth * eff.memory,
             bw_attn: gpu.memory_bandwidth * eff.attention_memory.unwrap_or(eff.memory),
             bw_elem: gpu.memory_bandwidth * eff.elementwise_memory.unwrap_or(eff.memory),
+            flops_expert: gpu.peak_flops * eff.expert_compute.unwrap_or(eff.gemm_compute),
+            bw_expert: gpu.memory_bandwidth * eff.expert_memory.unwrap_or(eff.memory),
             model,
             gpu,
             eff,
