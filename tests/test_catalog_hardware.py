@@ -207,3 +207,16 @@ def test_malformed_priors_file_names_the_file_and_field(tmp_path, monkeypatch):
 def test_gpu_spec_validates_without_a_scenario():
     gpu = GpuSpec.model_validate(_datasheet_gpu(architecture="blackwell", memory_type="hbm"))
     assert hardware_fractions(gpu) == prior_for("blackwell", "hbm").fractions()
+
+
+def test_docs_datasheet_example_validates_and_gets_the_ada_prior():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "catalog.md").read_text()
+    section = text[text.index("## Defining a GPU from its datasheet"):]
+    block = section[section.index("```yaml") + len("```yaml"):]
+    gpus = yaml.safe_load(block[: block.index("```")])["gpus"]
+    sc = scenario_from_dict(small_scenario(gpus=gpus), "docs/catalog.md")
+    (name, gpu), = sc.gpus.items()
+    assert gpu.calibration is None and gpu.architecture == "ada"
+    assert hardware_fractions(gpu, f"gpus.{name}") == prior_for("ada", "gddr").fractions()
