@@ -13,6 +13,7 @@ from typing import Annotated
 import yaml
 from pydantic import Field, model_validator
 
+from fleetwise.catalog.hardware import ARCHITECTURES, MEMORY_TYPES, Architecture, HardwareFractions, MemoryType, architecture_priors, prior_for, prior_key
 from fleetwise.config.base import StrictModel
 from fleetwise.config.limits import MAX_COUNT, MAX_TOKENS
 
@@ -116,10 +117,21 @@ class CalibrationOverride(StrictModel):
 
 
 class GpuSpec(StrictModel):
-    """An accelerator: dense 16-bit peak, memory, link to its peers, and its calibration."""
+    """An accelerator: its datasheet (dense 16-bit peak, memory, links, power), its architecture and
+    memory type, and optionally what its hardware was measured to reach (``hardware``) or a legacy
+    ``calibration``.
+
+    A GPU defined from its datasheet alone gives ``architecture`` and ``memory_type``; its hardware
+    fractions then default from the family's prior (``fleetwise.catalog.hardware``).
+    """
 
     description: str = ""
     """Human-readable name."""
+    architecture: Architecture | None = None
+    """Architecture family: ampere, ada, hopper, blackwell or cdna3 (required in the catalogue, and for
+    a GPU without ``hardware`` or ``calibration``)."""
+    memory_type: MemoryType | None = None
+    """Device memory technology: hbm or gddr (required with ``architecture``)."""
     peak_flops: float = Field(gt=0)
     """Peak dense 16-bit tensor throughput, FLOP/s."""
     memory_bytes: float = Field(gt=0, le=1e18)
@@ -150,8 +162,30 @@ class GpuSpec(StrictModel):
     """Streaming multiprocessors (compute units), 0 if unknown; bounds decode attention's tail."""
     price_per_hour: float = Field(default=0.0, ge=0)
     """Price of one GPU per hour, USD (for cost per token)."""
-    calibration: Calibration
-    """Cost-model efficiency factors for this GPU."""
+    hardware: HardwareFractions | None = None
+    """Fractions of its peaks the hardware reaches, where measured (unset: the architecture prior)."""
+    calibration: Calibration | None = None
+    """Legacy absolute cost-model efficiency factors (hardware and engine together), where fitted."""
+
+    @model_validator(mode="after")
+    def _check_efficiency_source(self) -> GpuSpec:
+        if (self.architecture is None) != (self.memory_type is None):
+            raise ValueError(
+                "architecture and memory_type go together: give both (architecture one of "
+                f"{', '.join(ARCHITECTURES)}; memory_type one of {', '.join(MEMORY_TYPES)})"
+            )
+        if self.architecture is None and self.hardware is None and self.calibration is None:
+            raise ValueError(
+                "a GPU needs architecture (one of " + ", ".join(ARCHITECTURES) + ") and memory_type (one of "
+                + ", ".join(MEMORY_TYPES) + ") so that its hardware efficiencies default from the family's prior, "
+                "or an explicit hardware: {gemm_compute, memory, collective} block, or a calibration: block"
+            )
+        if self.architecture is not None and self.hardware is None and prior_for(self.architecture, self.memory_type) is None:
+            raise ValueError(
+                f"no architecture prior for {prior_key(self.architecture, self.memory_type)} "
+                f"(priors: {', '.join(sorted(architecture_priors()))}); give a hardware: {{gemm_compute, memory, collective}} block"
+            )
+        return self
 
     def core_json(self, name: str) -> dict:
         """The GPU as the Rust core reads it."""
@@ -294,8 +328,17 @@ def _load(file: str, cls):
 
 @lru_cache(maxsize=1)
 def builtin_gpus() -> dict[str, GpuSpec]:
-    """The built-in GPUs by name."""
-    return _load("gpus.yaml", GpuSpec)
+    """The built-in GPUs by name; every one names its architecture and memory type."""
+    from fleetwise.errors import ConfigError
+
+    gpus = _load("gpus.yaml", GpuSpec)
+    for name, gpu in gpus.items():
+        if gpu.architecture is None:
+            raise ConfigError(
+                f"{_HERE / 'gpus.yaml'}: {name}.architecture: a catalogue GPU needs architecture (one of "
+                f"{', '.join(ARCHITECTURES)}) and memory_type (one of {', '.join(MEMORY_TYPES)})"
+            )
+    return gpus
 
 
 @lru_cache(maxsize=1)
