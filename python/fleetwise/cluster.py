@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fleetwise.catalog import GpuSpec, ModelSpec, lookup
+from fleetwise.catalog.engine import resolve_calibration
 from fleetwise.errors import ConfigError
 from fleetwise.config.scenario import PoolConfig, Scenario
 
@@ -18,7 +19,8 @@ def resolve_pool(scenario: Scenario, index: int, pool: PoolConfig) -> dict:
     path = f"cluster.pools.{index}"
     gpu: GpuSpec = lookup("gpu", pool.gpu, scenario.gpus, f"{path}.gpu")
     model: ModelSpec = lookup("model", pool.model, scenario.models, f"{path}.model")
-    calibration = gpu.calibration if pool.calibration is None else pool.calibration.apply(gpu.calibration)
+    base_dir = Path(scenario._base_dir) if scenario._base_dir else None
+    calibration = resolve_calibration(pool.gpu, gpu, pool.engine, pool.calibration, base_dir)
     return {
         **pool.model_dump(include=_POOL_AS_IS),
         **pool.parallelism.model_dump(),

@@ -33,20 +33,24 @@ def cost_model(
     calibration=None,
     model_name: str | None = None,
     gpu_name: str | None = None,
+    engine: str = "vllm",
 ) -> _core.CostModel:
     """The core's cost model of ``model`` on ``tp`` x ``pp`` GPUs of kind ``gpu``.
 
     ``model``, ``gpu`` and ``pim`` are catalogue names, spec objects (``ModelSpec``, ``GpuSpec``,
     ``PimSpec``) or their core JSON dicts (a pool of ``fleetwise.cluster.core_config``);
-    ``calibration`` is a ``Calibration`` or its dict (default: the GPU's own, which needs ``gpu`` as
-    a name or a ``GpuSpec``); ``offload`` is an ``OffloadConfig`` or its core JSON dict. A spec
+    ``calibration`` is a ``Calibration`` or its dict (default: ``engine``'s profile on the GPU's
+    hardware, which needs ``gpu`` as a name or a ``GpuSpec``); ``offload`` is an ``OffloadConfig`` or its core JSON dict. A spec
     object is named ``model_name``/``gpu_name`` in the core (default: its catalogue name, else
     ``"model"``/``"gpu"``).
     """
     from fleetwise.catalog import lookup
 
     if calibration is None:
-        calibration = (lookup("gpu", gpu, {}, "gpu") if isinstance(gpu, str) else gpu).calibration
+        from fleetwise.catalog.engine import resolve_calibration
+
+        spec = lookup("gpu", gpu, {}, "gpu") if isinstance(gpu, str) else gpu
+        calibration = resolve_calibration(gpu if isinstance(gpu, str) else (gpu_name or "gpu"), spec, engine)
     cal_json = json.dumps(calibration) if isinstance(calibration, dict) else calibration.model_dump_json()
     pim_json = None if pim is None else json.dumps(_spec_json("pim", pim, None))
     off_json = None

@@ -278,8 +278,11 @@ class PoolConfig(StrictModel):
     """Batch scheduler of each instance."""
     memory: MemorySettings = MemorySettings()
     """Memory settings of each instance."""
+    engine: str = Field(default="vllm", min_length=1, max_length=4096)
+    """The serving engine's profile: a built-in name (``vllm``, the default; ``fleetwise-torch``) or a
+    profile file (a path ending in .yaml, relative to the scenario file); see docs/engines.md."""
     calibration: CalibrationOverride | None = None
-    """Overrides of the GPU's cost-model calibration for this pool."""
+    """Overrides of the resolved cost-model factors (GPU hardware x engine profile) for this pool."""
     power_cap_watts: float | None = Field(default=None, gt=0)
     """Power cap per GPU, watts: compute-bound work slows when its draw would exceed it."""
     pim: str | None = None

@@ -1,0 +1,203 @@
+"""Engine profiles: what the serving software adds on top of the hardware.
+
+A GPU entry says what the hardware reaches (``HardwareFractions``: large GEMMs, weight streaming,
+collectives). An engine profile says what a serving engine makes of it: how well its attention
+kernels, fused elementwise kernels and MoE kernels do *relative to* those hardware fractions, its
+launch overheads, and its CPU time per scheduler step. ``resolve_calibration`` combines the two
+into the absolute factors the core's cost model reads (``Calibration``).
+
+Built-in profiles live in ``engines/<name>.yaml`` beside this file (``vllm``, the default, and
+``fleetwise-torch``); a scenario may name a profile file instead. A profile can pin exact absolute
+factors for the GPUs it was measured on (``per_gpu``) and start from another (``based_on``).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import yaml
+from pydantic import Field, ValidationError
+
+from fleetwise.config.base import StrictModel
+from fleetwise.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fleetwise.catalog import Calibration, CalibrationOverride, GpuSpec
+
+ENGINES_DIR = Path(__file__).parent / "engines"
+"""The built-in engine profiles, shipped with the package."""
+DEFAULT_ENGINE = "vllm"
+"""The engine a pool runs when it names none."""
+
+_Relative = Annotated[float, Field(gt=0, le=4)]
+"""A multiplier of a hardware fraction (the product is capped at 1)."""
+_Seconds = Annotated[float, Field(ge=0, le=1)]
+
+
+class EngineFactors(StrictModel):
+    """An engine's efficiencies relative to the hardware's fractions, and its fixed GPU-side costs."""
+
+    gemm_compute: _Relative = 1.0
+    """Multiplier of the hardware's GEMM fraction for the dense projections."""
+    memory: _Relative = 1.0
+    """Multiplier of the hardware's weight-streaming fraction."""
+    attention_compute: _Relative
+    """Attention kernels' FLOP rate as a multiple of the hardware's GEMM fraction."""
+    attention_memory: _Relative
+    """Attention's KV-cache reads as a multiple of the hardware's memory fraction."""
+    elementwise_memory: _Relative
+    """Norms, RoPE, residuals and activations as a multiple of the hardware's memory fraction
+    (low for unfused engines, near 1 with fused kernels)."""
+    expert_compute: _Relative | None = None
+    """Routed experts' grouped GEMMs as a multiple of the hardware's GEMM fraction (unset: as dense GEMMs)."""
+    expert_memory: _Relative | None = None
+    """Routed experts' weight reads as a multiple of the hardware's memory fraction (unset: as dense GEMMs)."""
+    collective: _Relative = 1.0
+    """Multiplier of the hardware's collective fraction."""
+    layer_overhead: _Seconds = 0.0
+    """Launch gaps per decoder layer per iteration, seconds (near 0 with CUDA graphs)."""
+    attention_cta: Annotated[float, Field(gt=0, le=4)] | None = None
+    """Decode attention's per-thread-block bandwidth share (see ``Calibration.attention_cta``)."""
+    gemm_ridge_exponent: Annotated[float, Field(ge=1)] | None = None
+    """The GEMMs' blend exponent near the roofline's ridge (see ``Calibration``)."""
+    prefill_pad_tokens: Annotated[int, Field(ge=1)] | None = None
+    """Prefill tokens padded to a multiple of this (CUDA-graph sizes)."""
+    mixed_query_tile: Annotated[int, Field(ge=1)] | None = None
+    """Query rows charged per decode in an iteration with prefill tokens (the attention kernel's tile)."""
+
+
+class CpuStep(StrictModel):
+    """The engine's CPU time per scheduler step: ``base + per_seq * sequences + per_token * tokens``."""
+
+    base: _Seconds = 0.0
+    """Fixed seconds per step (scheduling, launching the step, sampling bookkeeping)."""
+    per_seq: _Seconds = 0.0
+    """Seconds per sequence in the step (scheduler, input preparation, output processing)."""
+    per_token: _Seconds = 0.0
+    """Seconds per batched token (input preparation)."""
+
+
+class EngineProfile(StrictModel):
+    """A serving engine's profile (one ``engines/<name>.yaml`` or a user's file)."""
+
+    description: str = ""
+    """What engine, version and settings the profile describes."""
+    measured_on: str = ""
+    """The GPU(s), date and command of the measurements it was fitted to."""
+    based_on: str | None = None
+    """Another profile (name or file) whose fields this one starts from."""
+    factors: EngineFactors | None = None
+    """Relative efficiencies and GPU-side overheads (required unless ``based_on`` gives them)."""
+    cpu_step: CpuStep | None = None
+    """CPU time per scheduler step (unset: the based-on profile's, else none)."""
+    per_gpu: dict[str, dict[str, Any]] = {}
+    """Exact absolute factors (``Calibration`` fields) for GPUs the profile was measured on."""
+    residuals: dict[str, Any] = {}
+    """What the fit left: relative errors per metric (iteration time, or TTFT/TPOT/ITL/E2E statistics)."""
+    fitted_from: dict[str, Any] = {}
+    """How the profile was fitted (files, command, errors before and after)."""
+
+
+def _profile_path(engine: str, base_dir: Path | None) -> Path:
+    builtin = ENGINES_DIR / f"{engine}.yaml"
+    if "/" not in engine and "\\" not in engine and not engine.endswith((".yaml", ".yml")):
+        if builtin.exists():
+            return builtin
+        names = sorted(p.stem for p in ENGINES_DIR.glob("*.yaml"))
+        raise ConfigError(f"unknown engine {engine!r}: built-in engines are {', '.join(names)}, or give a profile file (path ending in .yaml)")
+    path = Path(engine)
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    return path
+
+
+@lru_cache(maxsize=64)
+def _load_file(path: str) -> EngineProfile:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the engine profile: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: an engine profile is a mapping (description, factors, cpu_step, per_gpu, based_on)")
+    try:
+        return EngineProfile.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        raise ConfigError(f"{path}: {loc}: {err['msg']}") from None
+
+
+def load_engine(engine: str, base_dir: Path | None = None) -> EngineProfile:
+    """The profile ``engine`` names (a built-in name or a file), with ``based_on`` chains merged:
+    a field set here replaces the based-on profile's; ``per_gpu`` entries merge field by field."""
+    seen: list[str] = []
+    chain: list[EngineProfile] = []
+    name, where = engine, base_dir
+    while name is not None:
+        path = _profile_path(name, where)
+        key = str(path.resolve()) if path.exists() else str(path)
+        if key in seen:
+            raise ConfigError(f"{engine}: based_on forms a cycle ({' -> '.join(seen + [key])})")
+        seen.append(key)
+        prof = _load_file(key)
+        chain.append(prof)
+        name, where = prof.based_on, path.parent
+    merged = chain[-1]
+    for prof in reversed(chain[:-1]):
+        per_gpu = {g: dict(v) for g, v in merged.per_gpu.items()}
+        for g, v in prof.per_gpu.items():
+            per_gpu.setdefault(g, {}).update(v)
+        merged = EngineProfile(
+            description=prof.description or merged.description, measured_on=prof.measured_on or merged.measured_on,
+            factors=prof.factors or merged.factors, cpu_step=prof.cpu_step or merged.cpu_step, per_gpu=per_gpu,
+            residuals=prof.residuals or merged.residuals, fitted_from=prof.fitted_from or merged.fitted_from)
+    if merged.factors is None:
+        raise ConfigError(f"{engine}: the profile has no factors (give factors: or based_on: a profile that has them)")
+    return merged
+
+
+def resolve_calibration(gpu_name: str, gpu: GpuSpec, engine: str = DEFAULT_ENGINE, override: CalibrationOverride | None = None,
+                        base_dir: Path | None = None) -> Calibration:
+    """The absolute cost-model factors of ``engine`` running on ``gpu``.
+
+    Order, each step overriding the last: the hardware's fractions (its ``hardware:`` block or the
+    architecture prior) times the profile's relative factors, plus the profile's overheads and CPU
+    step; the profile's exact ``per_gpu`` factors for this GPU; the pool's ``calibration:`` override.
+    A GPU entry with a (legacy) ``calibration:`` block keeps exactly those factors, whatever the engine.
+    """
+    from fleetwise.catalog import Calibration
+    from fleetwise.catalog.hardware import hardware_fractions
+
+    prof = load_engine(engine, base_dir)
+    if gpu.calibration is not None:
+        return gpu.calibration if override is None else override.apply(gpu.calibration)
+    f, cpu = prof.factors, prof.cpu_step or CpuStep()
+    hw = hardware_fractions(gpu)
+    hw_gemm, hw_mem, hw_coll = hw.gemm_compute, hw.memory, hw.collective
+    frac = lambda hw, rel: round(min(1.0, max(0.01, hw * rel)), 6)  # noqa: E731
+    values: dict[str, Any] = {
+        "gemm_compute": frac(hw_gemm, f.gemm_compute), "memory": frac(hw_mem, f.memory), "collective": frac(hw_coll, f.collective),
+        "attention_compute": frac(hw_gemm, f.attention_compute), "attention_memory": frac(hw_mem, f.attention_memory),
+        "elementwise_memory": frac(hw_mem, f.elementwise_memory),
+        "expert_compute": None if f.expert_compute is None else frac(hw_gemm, f.expert_compute),
+        "expert_memory": None if f.expert_memory is None else frac(hw_mem, f.expert_memory),
+        "layer_overhead": f.layer_overhead, "attention_cta": f.attention_cta, "gemm_ridge_exponent": f.gemm_ridge_exponent,
+        "prefill_pad_tokens": f.prefill_pad_tokens, "mixed_query_tile": f.mixed_query_tile,
+        "iteration_overhead": cpu.base, "seq_overhead": cpu.per_seq or None, "token_overhead": cpu.per_token or None,
+    }
+    values.update(prof.per_gpu.get(gpu_name, {}))
+    try:
+        cal = Calibration.model_validate(values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise ConfigError(f"engine {engine} on {gpu_name}: per_gpu.{gpu_name}.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+    return cal if override is None else override.apply(cal)
+
+
+def engine_residual(engine: str, base_dir: Path | None = None) -> dict[str, Any]:
+    """The residuals the profile's fit left (empty when it records none)."""
+    return load_engine(engine, base_dir).residuals
