@@ -11,6 +11,7 @@ import yaml
 
 from fleetwise.calibrate.fit import Measurements, error_summary, error_table, fit_calibration, predict_forward
 from fleetwise.catalog import Calibration, builtin_gpus, builtin_models
+from fleetwise.catalog.engine import load_engine, resolve_calibration
 
 from conftest import REPO, run_cli
 
@@ -72,16 +73,20 @@ def test_cli_calibrate_writes_fitted_file(tmp_path):
 
 
 @pytest.mark.parametrize("short,name", [("h100", "h100-sxm"), ("h200", "h200")])
-def test_catalogue_defaults_are_the_fitted_calibrations(short, name):
+def test_torch_engine_profile_holds_the_fitted_calibrations(short, name):
+    """The fleetwise-torch profile's exact factors for a measured GPU are the operator fit's."""
     fitted = yaml.safe_load((REPO / "calibration" / short / "fitted.yaml").read_text())
-    assert builtin_gpus()[name].calibration.model_dump(exclude_none=True) == fitted
+    cal = resolve_calibration(name, builtin_gpus()[name], "fleetwise-torch")
+    assert cal.model_dump(exclude_none=True) == fitted
+    assert load_engine("fleetwise-torch").per_gpu[name] == fitted
 
 
 def test_h100_fidelity_meets_targets_on_recorded_measurements():
     """The recorded H100 forward passes: median error under 5%, worst under 15%."""
     m = Measurements.load(REPO / "calibration" / "h100")
     gpu, model = builtin_gpus()["h100-sxm"], builtin_models()["llama-3-8b"]
-    s = error_summary(error_table(m.forward, predict_forward(m.forward, model, gpu, gpu.calibration)))
+    cal = resolve_calibration("h100-sxm", gpu, "fleetwise-torch")
+    s = error_summary(error_table(m.forward, predict_forward(m.forward, model, gpu, cal)))
     assert s["points"] >= 20
     assert s["median_abs_error"] < 0.05
     assert s["max_abs_error"] < 0.15
@@ -114,5 +119,6 @@ def test_measured_allreduce_bandwidth_is_what_the_catalogue_uses():
     big = ar.filter(pl.col("bytes") >= 256 << 20)
     gpu = builtin_gpus()["h200"]
     busbw = big["bytes"] / big["seconds"]  # 2(p-1)/p = 1 for two GPUs
-    assert float(busbw.max()) == pytest.approx(gpu.link_bandwidth * gpu.calibration.collective, rel=0.35)
-    assert builtin_gpus()["h100-sxm"].calibration.collective == gpu.calibration.collective
+    assert float(busbw.max()) == pytest.approx(gpu.link_bandwidth * gpu.hardware.collective, rel=0.35)
+    assert builtin_gpus()["h100-sxm"].hardware.collective == gpu.hardware.collective
+    assert resolve_calibration("h200", gpu, "vllm").collective == gpu.hardware.collective

@@ -28,21 +28,25 @@ from fleetwise.catalog.engine import ENGINES_DIR, EngineFactors, EngineProfile, 
 from fleetwise.cost import cost_model
 
 ROOT = Path(__file__).resolve().parents[2]
-START = {"gemm_compute": 1.0, "memory": 1.0, "attention_compute": 0.6, "attention_memory": 1.2, "elementwise_memory": 0.8,
-         "expert_compute": 0.8, "expert_memory": 0.8, "layer_overhead": 2e-6}
+START = {"gemm_compute": 1.0, "memory": 1.3, "attention_compute": 0.6, "attention_memory": 1.2, "elementwise_memory": 1.0,
+         "expert_compute": 1.0, "expert_memory": 0.7, "layer_overhead": 20e-6, "moe_layer_overhead": 50e-6,
+         "mixed_query_tile": 64, "decode_query_rows": 8, "gemm_ridge_exponent": 4.0}
 """The fitted relative factors and where the search starts."""
-TILES = (1, 16, 32, 64, 128)
-LIMITS = {"layer_overhead": 100e-6, "memory": 1.64}
+FLOORS = {"gemm_ridge_exponent": 1.0}
+"""Lower bounds (the ridge blend's exponent is at least 1)."""
+INTEGER = ("mixed_query_tile", "decode_query_rows")
+"""Factors the core takes as whole numbers (query rows); searched as reals, rounded when used."""
+LIMITS = {"layer_overhead": 100e-6, "moe_layer_overhead": 500e-6, "memory": 1.64, "gemm_compute": 1.11, "mixed_query_tile": 256, "decode_query_rows": 128, "gemm_ridge_exponent": 64.0}
 """Upper bounds that keep the fit physical: weight streaming stays near a plain copy's 0.89 of
 peak (1.64 x the H200's 0.61), and a layer's fixed cost (the ramp and tail of its ~9 kernels, which
 CUDA graphs do not remove) stays under 100 us."""
 """Candidate query tiles of decodes beside a prefill."""
 
 
-def predict(data: pl.DataFrame, gpu_name: str, factors: dict, tile: int) -> np.ndarray:
+def predict(data: pl.DataFrame, gpu_name: str, factors: dict) -> np.ndarray:
     """Predicted seconds of every measured iteration under ``factors`` (no CPU step: GPU time)."""
     gpu = lookup("gpu", gpu_name, {}, "gpu")
-    prof = EngineProfile(factors=EngineFactors(**factors, mixed_query_tile=tile))
+    prof = EngineProfile(factors=EngineFactors(**{k: max(1, round(v)) if k in INTEGER else v for k, v in factors.items()}))
     from fleetwise.catalog import engine as eng
 
     cal = _resolve(eng, prof, gpu_name, gpu)
@@ -75,32 +79,28 @@ def loss(pred: np.ndarray, meas: np.ndarray) -> float:
     return float(np.mean(e**2) + 0.05 * np.max(np.abs(e)) ** 2)
 
 
-def fit(data: pl.DataFrame, gpu_name: str) -> tuple[dict, int, np.ndarray]:
-    """Coordinate search over the relative factors (multiplicative steps, shrinking), each tile."""
+def fit(data: pl.DataFrame, gpu_name: str) -> tuple[dict, np.ndarray]:
+    """Coordinate search over the relative factors (multiplicative steps, shrinking)."""
     meas = data["gpu_seconds"].to_numpy()
-    best = None
-    for tile in TILES:
-        x = dict(START)
-        cur = loss(predict(data, gpu_name, x, tile), meas)
-        step = 0.3
-        while step > 0.004:
-            improved = False
-            for k in list(x):
-                for f in (1 + step, 1 / (1 + step)):
-                    y = dict(x)
-                    y[k] = min(x[k] * f, LIMITS.get(k, 4.0))
-                    try:
-                        v = loss(predict(data, gpu_name, y, tile), meas)
-                    except Exception:  # noqa: BLE001 - a factor out of its range: not a candidate
-                        continue
-                    if v < cur - 1e-12:
-                        x, cur, improved = y, v, True
-            if not improved:
-                step /= 2
-        if best is None or cur < best[0]:
-            best = (cur, x, tile)
-    _, x, tile = best
-    return x, tile, predict(data, gpu_name, x, tile)
+    x = dict(START)
+    cur = loss(predict(data, gpu_name, x), meas)
+    step = 0.5
+    while step > 0.004:
+        improved = False
+        for k in list(x):
+            for f in (1 + step, 1 / (1 + step)):
+                y = dict(x)
+                y[k] = max(min(x[k] * f, LIMITS.get(k, 4.0)), FLOORS.get(k, 0.0))
+                try:
+                    v = loss(predict(data, gpu_name, y), meas)
+                except Exception:  # noqa: BLE001 - a factor out of its range: not a candidate
+                    continue
+                if v < cur - 1e-12:
+                    x, cur, improved = y, v, True
+        if not improved:
+            step /= 2
+    x = {k: max(1, round(v)) if k in INTEGER else v for k, v in x.items()}
+    return x, predict(data, gpu_name, x)
 
 
 def main() -> None:
@@ -112,14 +112,14 @@ def main() -> None:
     args = ap.parse_args()
     data = ordered(pl.read_csv(ROOT / args.data / "iterations.csv"))
     device = json.loads((ROOT / args.data / "device.json").read_text())
-    x, tile, pred = fit(data, args.gpu)
+    x, pred = fit(data, args.gpu)
     err = pred / data["gpu_seconds"].to_numpy() - 1
     table = data.select("model", "layers_run", "label", "gpu_seconds").with_columns(pl.Series("predicted_seconds", pred), pl.Series("error", err))
     table.write_csv(ROOT / args.data / "fit.csv")
     cpu_path = ROOT / args.cpu_step
     cpu = yaml.safe_load(cpu_path.read_text()) if cpu_path.exists() else {}
     cpu_step = {k: float(cpu.get(k, 0.0)) for k in ("base", "per_seq", "per_token")}
-    factors = {k: (float(f"{v:.4g}")) for k, v in x.items()} | {"mixed_query_tile": tile}
+    factors = {k: v if k in INTEGER else float(f"{v:.4g}") for k, v in x.items()}
     by_model = {m: float(f"{np.median(np.abs(g['error'].to_numpy())):.4f}") for (m,), g in table.group_by(["model"], maintain_order=True)}
     profile = {
         "description": "vllm — an efficient serving engine as vLLM runs it: fused add+RMSNorm, RoPE and SiLU-and-mul, "

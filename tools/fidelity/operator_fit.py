@@ -8,7 +8,7 @@ repository root::
 
 It fits each GPU's calibration from its measurements in ``calibration/<gpu>/`` and writes, from that
 one fit, the fitted factors to ``calibration/<gpu>/fitted.yaml``, the same factors into the GPU's
-``calibration:`` entry of the catalogue (``python/fleetwise/catalog/gpus.yaml``) and the error tables
+``per_gpu`` line of the ``fleetwise-torch`` engine profile (``python/fleetwise/catalog/engines/``) and the error tables
 to ``docs/fidelity.md``; it also predicts the H200 from its datasheet and the H100's calibration, to
 show how far a calibration carries to a GPU it was not measured on. ``tests/test_calibration.py``
 re-runs the fit and fails if any of the three files differs from what it would write.
@@ -31,8 +31,8 @@ GPUS = {"h100": "h100-sxm", "h200": "h200"}
 MODEL = "llama-3-8b"
 ROOT = Path(__file__).resolve().parents[2]
 """The repository this script lives in (tools/fidelity/ -> the root)."""
-CATALOGUE = Path("python") / "fleetwise" / "catalog" / "gpus.yaml"
-"""The GPU catalogue, relative to the repository root."""
+CATALOGUE = Path("python") / "fleetwise" / "catalog" / "engines" / "fleetwise-torch.yaml"
+"""The engine profile these fits belong to (the unfused PyTorch engine), relative to the repository root."""
 
 
 def _describe(row: dict) -> str:
@@ -128,14 +128,14 @@ def build(root: Path) -> tuple[dict, str]:
 
 
 def catalogue_text(text: str, fitted: dict) -> str:
-    """The catalogue ``text`` with the ``calibration:`` line of each GPU in ``fitted`` (keys of
-    ``GPUS``) replaced by its fitted factors, in the catalogue's one-line flow style."""
+    """The ``fleetwise-torch`` profile ``text`` with the ``per_gpu`` line of each GPU in ``fitted``
+    (keys of ``GPUS``) replaced by its fitted factors, in the profile's one-line flow style."""
     for short, cal in fitted.items():
-        line = "  calibration: " + yaml.safe_dump(cal.model_dump(exclude_none=True), default_flow_style=True, sort_keys=False, width=10**9).strip()
-        entry = re.compile(rf"^({re.escape(GPUS[short])}:\n(?:  .*\n|#.*\n)*?)  calibration: .*$", re.MULTILINE)
-        text, n = entry.subn(lambda m: m.group(1) + line, text, count=1)
+        flow = yaml.safe_dump(cal.model_dump(exclude_none=True), default_flow_style=True, sort_keys=False, width=10**9).strip()
+        entry = re.compile(rf"^  {re.escape(GPUS[short])}: \{{.*\}}$", re.MULTILINE)
+        text, n = entry.subn(lambda _m: f"  {GPUS[short]}: {flow}", text, count=1)
         if n != 1:
-            raise ValueError(f"the catalogue has no calibration line for {GPUS[short]}")
+            raise ValueError(f"the fleetwise-torch profile has no per_gpu line for {GPUS[short]}")
     return text
 
 

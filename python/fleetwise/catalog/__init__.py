@@ -68,6 +68,10 @@ class Calibration(StrictModel):
     mixed_query_tile: _PadTokens | None = None
     """Query rows the attention kernel computes per decode in an iteration with prefill tokens
     (a variable-length kernel's query tile; unset: one row)."""
+    decode_query_rows: _PadTokens | None = None
+    """Query rows the attention kernel computes per decode in a decode-only iteration (unset: one row)."""
+    moe_layer_overhead: _Seconds | None = None
+    """Fixed cost per MoE layer per iteration (routing, token sort, grouped-GEMM launches), seconds."""
     expert_compute: _Fraction | None = None
     """Fraction of peak FLOP/s reached by the routed experts' grouped GEMMs (default: gemm_compute)."""
     expert_memory: _Fraction | None = None
@@ -106,6 +110,10 @@ class CalibrationOverride(StrictModel):
     mixed_query_tile: _PadTokens | None = None
     """Query rows the attention kernel computes per decode in an iteration with prefill tokens
     (a variable-length kernel's query tile; unset: one row)."""
+    decode_query_rows: _PadTokens | None = None
+    """Query rows the attention kernel computes per decode in a decode-only iteration (unset: one row)."""
+    moe_layer_overhead: _Seconds | None = None
+    """Fixed cost per MoE layer per iteration (routing, token sort, grouped-GEMM launches), seconds."""
     expert_compute: _Fraction | None = None
     """Fraction of peak FLOP/s reached by the routed experts' grouped GEMMs (default: gemm_compute)."""
     expert_memory: _Fraction | None = None

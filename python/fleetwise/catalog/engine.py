@@ -66,6 +66,10 @@ class EngineFactors(StrictModel):
     """Prefill tokens padded to a multiple of this (CUDA-graph sizes)."""
     mixed_query_tile: Annotated[int, Field(ge=1)] | None = None
     """Query rows charged per decode in an iteration with prefill tokens (the attention kernel's tile)."""
+    decode_query_rows: Annotated[int, Field(ge=1)] | None = None
+    """Query rows charged per decode in a decode-only iteration (packed-GQA tiles)."""
+    moe_layer_overhead: _Seconds | None = None
+    """Fixed seconds per MoE layer per iteration (routing, token sort, grouped-GEMM launches)."""
 
 
 class CpuStep(StrictModel):
@@ -187,6 +191,7 @@ def resolve_calibration(gpu_name: str, gpu: GpuSpec, engine: str = DEFAULT_ENGIN
         "expert_memory": None if f.expert_memory is None else frac(hw_mem, f.expert_memory),
         "layer_overhead": f.layer_overhead, "attention_cta": f.attention_cta, "gemm_ridge_exponent": f.gemm_ridge_exponent,
         "prefill_pad_tokens": f.prefill_pad_tokens, "mixed_query_tile": f.mixed_query_tile,
+        "decode_query_rows": f.decode_query_rows, "moe_layer_overhead": f.moe_layer_overhead,
         "iteration_overhead": cpu.base, "seq_overhead": cpu.per_seq or None, "token_overhead": cpu.per_token or None,
     }
     values.update(prof.per_gpu.get(gpu_name, {}))

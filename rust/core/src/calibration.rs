@@ -63,6 +63,15 @@ pub struct Efficiency {
     /// Unset (or 0/1): a decode costs its one query row.
     #[serde(default)]
     pub mixed_query_tile: Option<u32>,
+    /// Query rows the attention kernel computes per decode in a decode-only iteration (a kernel
+    /// that packs a KV head's query heads into one tile computes `tile / group` rows per query
+    /// head). Unset (or 0/1): one row.
+    #[serde(default)]
+    pub decode_query_rows: Option<u32>,
+    /// Fixed cost per MoE layer per iteration, seconds: the fused-MoE path's routing, top-k,
+    /// token sort and grouped-GEMM launches, paid even for one token. Unset: 0.
+    #[serde(default)]
+    pub moe_layer_overhead: Option<f64>,
     /// Fraction of peak FLOP/s reached by the routed experts' grouped GEMMs (defaults to
     /// `gemm_compute`; fused-MoE kernels over many small experts reach less than dense GEMMs).
     #[serde(default)]
@@ -75,6 +84,6 @@ pub struct Efficiency {
 
 impl Default for Efficiency {
     fn default() -> Self {
-        Efficiency { gemm_compute: 0.7, attention_compute: 0.5, memory: 0.8, attention_memory: None, elementwise_memory: None, collective: 0.7, iteration_overhead: 1.0e-3, layer_overhead: 0.0, attention_cta: None, gemm_ridge_exponent: None, prefill_pad_tokens: None, seq_overhead: None, token_overhead: None, mixed_query_tile: None, expert_compute: None, expert_memory: None }
+        Efficiency { gemm_compute: 0.7, attention_compute: 0.5, memory: 0.8, attention_memory: None, elementwise_memory: None, collective: 0.7, iteration_overhead: 1.0e-3, layer_overhead: 0.0, attention_cta: None, gemm_ridge_exponent: None, prefill_pad_tokens: None, seq_overhead: None, token_overhead: None, mixed_query_tile: None, decode_query_rows: None, moe_layer_overhead: None, expert_compute: None, expert_memory: None }
     }
 }

@@ -69,7 +69,8 @@ impl<F: FnMut(OpCost)> IterationPass<'_, F> {
         }
         if shape.decode_seqs > 0 {
             // Beside prefill chunks, decodes go through the variable-length kernel's query tiles.
-            let rows = if shape.prefill_tokens > 0 { cm.eff.mixed_query_tile.unwrap_or(1).max(1) as f64 } else { 1.0 };
+            let rows = if shape.prefill_tokens > 0 { cm.eff.mixed_query_tile } else { cm.eff.decode_query_rows };
+            let rows = rows.unwrap_or(1).max(1) as f64;
             let work = (4.0 * q * dkv * rows, (2.0 * ds * q + 2.0 * kv * dkv) * b);
             let floor = cm.decode_attention_tail(ds, shape.decode_max_context as f64);
             self.emit(Op::DecodeAttention, &[Kernel { floor, ..Kernel::all(work) }], cm.flops_attn, true);

@@ -136,7 +136,8 @@ impl<'a, F: FnMut(OpCost)> IterationPass<'a, F> {
         let (eff, shape) = (&self.cm.eff, self.shape);
         let seqs = (shape.prefill_seqs + shape.decode_seqs) as f64;
         let cpu = eff.iteration_overhead + eff.seq_overhead.unwrap_or(0.0) * seqs + eff.token_overhead.unwrap_or(0.0) * shape.tokens() as f64;
-        let overhead = cpu + eff.layer_overhead * self.time_n;
+        let moe = eff.moe_layer_overhead.unwrap_or(0.0) * self.cm.moe_share;
+        let overhead = cpu + (eff.layer_overhead + moe) * self.time_n;
         self.push(OpCost { op: Op::Overhead, flops: 0.0, bytes: 0.0, seconds: overhead, compute_bound: false, on_pim: false });
     }
 
@@ -302,6 +303,11 @@ mod tests {
         }
         let o = op(&cm.breakdown(&s), Op::Overhead);
         assert!(close(o.seconds, 1e-3 + 5.0 * 20e-6 + 203.0 * 1e-6 + 32.0 * 1e-6), "{}", o.seconds);
+        // A MoE layer's fixed cost on Mixtral's 32 MoE layers; none on a dense model.
+        let moe = CostModel::new(mixtral_8x7b(), h100(), Efficiency { moe_layer_overhead: Some(50e-6), ..ideal() }, 1).unwrap();
+        assert!(close(op(&moe.breakdown(&s), Op::Overhead).seconds, 32.0 * 50e-6));
+        let dense = CostModel::new(llama3_8b(), h100(), Efficiency { moe_layer_overhead: Some(50e-6), ..ideal() }, 1).unwrap();
+        assert_eq!(op(&dense.breakdown(&s), Op::Overhead).seconds, 0.0);
         let plain = CostModel::new(llama3_8b(), h100(), ideal(), 1).unwrap();
         assert_eq!(op(&plain.breakdown(&s), Op::Overhead).seconds, 0.0);
     }
@@ -319,11 +325,13 @@ mod tests {
         let d = op(&tiled.breakdown(&mixed), Op::DecodeAttention);
         assert!(close(d.flops, 32.0 * 4.0 * 4096.0 * 8000.0 * 64.0));
         assert!(close(op(&plain.breakdown(&mixed), Op::DecodeAttention).flops, 32.0 * 4.0 * 4096.0 * 8000.0));
-        // Decode-only iterations use the decode kernel: no tile.
+        // Decode-only iterations use the decode kernel: no tile, unless decode_query_rows says so.
         let mut only = BatchShape::default();
         for _ in 0..8 {
             only.add_decode(1000);
         }
         assert_eq!(tiled.iteration_seconds(&only), plain.iteration_seconds(&only));
+        let rows = CostModel::new(llama3_8b(), h100(), Efficiency { decode_query_rows: Some(16), ..ideal() }, 1).unwrap();
+        assert!(close(op(&rows.breakdown(&only), Op::DecodeAttention).flops, 32.0 * 4.0 * 4096.0 * 8000.0 * 16.0));
     }
 }

@@ -113,6 +113,7 @@ impl CostModel {
             ("layer_overhead", eff.layer_overhead, MAX_LAYER_OVERHEAD),
             ("seq_overhead", eff.seq_overhead.unwrap_or(0.0), MAX_LAYER_OVERHEAD),
             ("token_overhead", eff.token_overhead.unwrap_or(0.0), MAX_LAYER_OVERHEAD),
+            ("moe_layer_overhead", eff.moe_layer_overhead.unwrap_or(0.0), MAX_LAYER_OVERHEAD),
         ] {
             if !(0.0..=max).contains(&v) {
                 return Err(Error::config(format!("calibration.{name}"), format!("must be between 0 and {max} seconds, got {v:?}")));

@@ -1,0 +1,119 @@
+"""Engine profiles: hardware fractions x engine factors, per-GPU fits, files, errors, and the
+default profile's fidelity to the efficient engine measured on an H200."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+
+from fleetwise.catalog import CalibrationOverride, builtin_gpus, lookup
+from fleetwise.catalog.engine import load_engine, resolve_calibration
+from fleetwise.catalog.hardware import hardware_fractions
+from fleetwise.cost import cost_model
+from fleetwise.errors import ConfigError
+
+from conftest import REPO, run_cli
+
+
+def test_vllm_factors_multiply_the_hardware_fractions():
+    """On a GPU the profile was not fitted on, each factor is hardware fraction x relative factor."""
+    gpu = builtin_gpus()["a100-80gb-sxm"]
+    hw, f = hardware_fractions(gpu), load_engine("vllm").factors
+    cal = resolve_calibration("a100-80gb-sxm", gpu, "vllm")
+    assert cal.attention_compute == pytest.approx(min(1.0, hw.gemm_compute * f.attention_compute), abs=1e-6)
+    assert cal.elementwise_memory == pytest.approx(min(1.0, hw.memory * f.elementwise_memory), abs=1e-6)
+    assert cal.memory == pytest.approx(min(1.0, hw.memory * f.memory), abs=1e-6)
+    assert cal.layer_overhead == f.layer_overhead and cal.mixed_query_tile == f.mixed_query_tile
+    cpu = load_engine("vllm").cpu_step
+    assert (cal.iteration_overhead, cal.seq_overhead or 0.0, cal.token_overhead or 0.0) == (cpu.base, cpu.per_seq, cpu.per_token)
+
+
+def test_per_gpu_fit_then_pool_override_win():
+    gpu = builtin_gpus()["h100-sxm"]
+    torch_cal = resolve_calibration("h100-sxm", gpu, "fleetwise-torch")
+    assert torch_cal.elementwise_memory == 0.1925 and torch_cal.layer_overhead == 7.39e-05
+    over = resolve_calibration("h100-sxm", gpu, "fleetwise-torch", CalibrationOverride(layer_overhead=1e-5))
+    assert over.layer_overhead == 1e-5 and over.elementwise_memory == 0.1925
+
+
+def test_a_gpu_from_its_datasheet_alone_runs_under_both_engines(tmp_path):
+    """A user GPU with no calibration: hardware from the architecture prior, engine from the profile;
+    the unfused engine is slower than vllm on the same decode."""
+    gpu = {"peak_flops": 362e12, "memory_bytes": 48e9, "memory_bandwidth": 864e9, "link_bandwidth": 32e9,
+           "architecture": "ada", "memory_type": "gddr", "sm_count": 142}
+    from fleetwise.catalog import GpuSpec
+
+    spec = GpuSpec.model_validate(gpu)
+    fast = cost_model("llama-3-8b", spec, gpu_name="my-l40s", engine="vllm")
+    slow = cost_model("llama-3-8b", spec, gpu_name="my-l40s", engine="fleetwise-torch")
+    assert slow.iteration_seconds([], [1000] * 8) > 1.1 * fast.iteration_seconds([], [1000] * 8) > 0
+
+
+def test_cpu_step_is_added_per_sequence_and_token():
+    gpu = builtin_gpus()["h200"]
+    cpu = load_engine("vllm").cpu_step
+    with_cpu = cost_model("llama-3-8b", gpu, engine="vllm")
+    cal = resolve_calibration("h200", gpu, "vllm").model_copy(update={"iteration_overhead": 0.0, "seq_overhead": None, "token_overhead": None})
+    without = cost_model("llama-3-8b", gpu, calibration=cal)
+    for decodes in (1, 64, 256):
+        diff = with_cpu.iteration_seconds([], [600] * decodes) - without.iteration_seconds([], [600] * decodes)
+        assert diff == pytest.approx(cpu.base + decodes * (cpu.per_seq + cpu.per_token), rel=1e-6, abs=1e-12)
+
+
+def test_profile_file_based_on_a_builtin_relative_to_the_scenario(tmp_path):
+    (tmp_path / "engines").mkdir()
+    (tmp_path / "engines" / "mine.yaml").write_text("based_on: vllm\ncpu_step: {base: 0.004, per_seq: 0.0, per_token: 0.0}\n")
+    sc = (REPO / "scenarios" / "quickstart.yaml").read_text()
+    (tmp_path / "s.yaml").write_text(sc)
+    out_a, out_b = tmp_path / "a", tmp_path / "b"
+    assert run_cli("run", str(tmp_path / "s.yaml"), "-o", str(out_a), "--set", "workload.requests=200").returncode == 0
+    r = run_cli("run", str(tmp_path / "s.yaml"), "-o", str(out_b), "--set", "workload.requests=200", "--set", "cluster.pools.0.engine=engines/mine.yaml")
+    assert r.returncode == 0, r.stderr
+    a = json.loads((out_a / "summary.json").read_text())
+    b = json.loads((out_b / "summary.json").read_text())
+    assert b["tpot_s"]["p50"] > a["tpot_s"]["p50"] + 0.002
+
+
+def test_bad_engines_are_refused_with_the_field(tmp_path):
+    r = run_cli("run", str(REPO / "scenarios" / "quickstart.yaml"), "-o", str(tmp_path / "o"), "--set", "cluster.pools.0.engine=vlm")
+    assert r.returncode == 2 and "unknown engine 'vlm'" in r.stderr and "fleetwise-torch" in r.stderr and "vllm" in r.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("based_on: vllm\nfactors: {attention_compute: -1, attention_memory: 1, elementwise_memory: 1}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: factors.attention_compute"):
+        load_engine(str(bad))
+    loop = tmp_path / "loop.yaml"
+    loop.write_text(f"based_on: {loop}\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_engine(str(loop))
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_engine(str(tmp_path / "missing.yaml"))
+
+
+def test_a_legacy_gpu_calibration_pins_every_factor():
+    from fleetwise.catalog import Calibration, GpuSpec
+
+    cal = Calibration(gemm_compute=0.5, attention_compute=0.4, memory=0.6, collective=0.7, iteration_overhead=1e-3)
+    spec = GpuSpec(peak_flops=1e15, memory_bytes=80e9, memory_bandwidth=3e12, link_bandwidth=1e11, calibration=cal)
+    assert resolve_calibration("old", spec, "vllm") == cal == resolve_calibration("old", spec, "fleetwise-torch")
+
+
+def test_default_profile_predicts_the_measured_efficient_engine():
+    """The shipped vllm profile against the efficient engine's 156 iterations measured on the H200
+    it was fitted on (tools/fidelity/fused_grid.py): median and worst error as the profile records."""
+    data = pl.read_csv(REPO / "calibration" / "h200-vllm-like" / "iterations.csv")
+    gpu = lookup("gpu", "h200", {}, "gpu")
+    cal = resolve_calibration("h200", gpu, "vllm").model_copy(update={"iteration_overhead": 0.0, "seq_overhead": None, "token_overhead": None})
+    errs = []
+    for (name, layers), g in data.group_by(["model", "layers_run"], maintain_order=True):
+        cm = cost_model(lookup("model", name, {}, "m").model_copy(update={"num_layers": layers}), gpu, calibration=cal, model_name=name)
+        for r in g.iter_rows(named=True):
+            p = cm.iteration_seconds([(q, c, True) for q, c in json.loads(r["prefills"])], json.loads(r["decode_kv"]))
+            errs.append(p / r["gpu_seconds"] - 1)
+    errs = np.abs(np.array(errs))
+    rec = load_engine("vllm").residuals["iteration_seconds"]
+    assert len(errs) == rec["points"] == 156
+    assert np.median(errs) == pytest.approx(rec["median_abs"], abs=1e-3) and np.median(errs) < 0.05
+    assert errs.max() == pytest.approx(rec["max_abs"], abs=1e-3) and errs.max() < 0.25
