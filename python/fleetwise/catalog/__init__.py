@@ -72,6 +72,8 @@ class Calibration(StrictModel):
     """Query rows the attention kernel computes per decode in a decode-only iteration (unset: one row)."""
     moe_layer_overhead: _Seconds | None = None
     """Fixed cost per MoE layer per iteration (routing, token sort, grouped-GEMM launches), seconds."""
+    time_scale: Annotated[float, Field(ge=0.1, le=10)] | None = None
+    """Multiplies every operator's time (the error-bar runs use 1 - r and 1 + r; unset: 1)."""
     expert_compute: _Fraction | None = None
     """Fraction of peak FLOP/s reached by the routed experts' grouped GEMMs (default: gemm_compute)."""
     expert_memory: _Fraction | None = None
@@ -114,6 +116,8 @@ class CalibrationOverride(StrictModel):
     """Query rows the attention kernel computes per decode in a decode-only iteration (unset: one row)."""
     moe_layer_overhead: _Seconds | None = None
     """Fixed cost per MoE layer per iteration (routing, token sort, grouped-GEMM launches), seconds."""
+    time_scale: Annotated[float, Field(ge=0.1, le=10)] | None = None
+    """Multiplies every operator's time (the error-bar runs use 1 - r and 1 + r; unset: 1)."""
     expert_compute: _Fraction | None = None
     """Fraction of peak FLOP/s reached by the routed experts' grouped GEMMs (default: gemm_compute)."""
     expert_memory: _Fraction | None = None

@@ -12,6 +12,19 @@ from fleetwise.cli.app import app, out, err
 from fleetwise.cli.format import _num, _summary_table, _default_dir, _trace_rows_line
 
 
+def _error_bars_line(bars: dict | None) -> str:
+    """One line with each latency's p50 and p90 range within the profile's calibration error."""
+    if bars is None:
+        return "error bars: the engine profile records no calibration residuals; no band"
+    ms = lambda v: f"{v * 1e3:.1f}"  # noqa: E731
+    parts = [f"{m[:-2].upper()} p50 [{ms(bars[m]['p50'][0])}, {ms(bars[m]['p50'][1])}] p90 [{ms(bars[m]['p90'][0])}, {ms(bars[m]['p90'][1])}] ms"
+             for m in ("ttft_s", "tpot_s", "e2e_s") if bars.get(m) and bars[m]["p50"] is not None]
+    if "slo_attainment" in bars:
+        lo, hi = bars["slo_attainment"]
+        parts.append(f"SLO attainment [{lo:.1%}, {hi:.1%}]")
+    return f"error bars (iteration times within ±{bars['relative_error']:.1%}, the profile's calibration error): " + "; ".join(parts)
+
+
 @app.command()
 def run(
     scenario: Path = typer.Argument(..., help="Scenario YAML file."),
@@ -19,6 +32,7 @@ def run(
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Directory for requests.parquet and summary.json (default runs/<name>)."),
     iterations: bool = typer.Option(False, "--iterations", help="Also write one row per iteration (iterations.parquet)."),
     policy_timeout: float = typer.Option(60.0, "--policy-timeout", min=0.001, help="Most seconds one call into a Python policy may take; a longer call stops the run (exit 2)."),
+    error_bars: bool = typer.Option(False, "--error-bars", help="Also run with iteration times x (1 -/+ r), r the engine profile's calibration error, and report each latency's range (docs/engines.md)."),
 ) -> None:
     """Simulate SCENARIO, print a summary table and write the results."""
     from fleetwise.config.load import load_scenario
@@ -30,8 +44,16 @@ def run(
 
     sc = load_scenario(scenario, set_)
     out_dir = check_output_dir(output or _default_dir("runs", sc.name))  # a bad -o fails before simulating
+    bars = None
     try:
-        result = simulate(sc, record_iterations=iterations, progress=True, policy_timeout=policy_timeout)
+        if error_bars:
+            from fleetwise.error_bars import with_error_bars
+
+            result, bars = with_error_bars(sc, lambda s: simulate(s, record_iterations=iterations, progress=True, policy_timeout=policy_timeout))
+            if bars is not None:
+                result.summary["error_bars"] = bars
+        else:
+            result = simulate(sc, record_iterations=iterations, progress=True, policy_timeout=policy_timeout)
     except KeyboardInterrupt:
         err.print("interrupted: the simulation was cancelled; nothing was written")
         sys.exit(130)
@@ -45,6 +67,9 @@ def run(
         sys.exit(2)
     s = result.summary
     out.print(_summary_table(s))
+    out.print("engine: " + ", ".join(f"{pool} {eng}" for pool, eng in s["engines"].items()) + " (docs/engines.md says what each profile was measured on)", highlight=False)
+    if error_bars:
+        out.print(_error_bars_line(bars), highlight=False)
     if "trace_rows" in s:
         out.print(_trace_rows_line(s["trace_rows"]))
     tp = s["throughput"]

@@ -56,6 +56,8 @@ class Summary(_SummaryRequired, total=False):
     seed: int
     events: int
     trace_rows: dict
+    engines: dict
+    error_bars: dict
 
 
 def _json_safe(x):

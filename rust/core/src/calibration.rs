@@ -72,6 +72,10 @@ pub struct Efficiency {
     /// token sort and grouped-GEMM launches, paid even for one token. Unset: 0.
     #[serde(default)]
     pub moe_layer_overhead: Option<f64>,
+    /// Multiplies every operator's time: the error-bar runs set it to `1 ± r`, `r` the engine
+    /// profile's calibration residual. Unset: 1.
+    #[serde(default)]
+    pub time_scale: Option<f64>,
     /// Fraction of peak FLOP/s reached by the routed experts' grouped GEMMs (defaults to
     /// `gemm_compute`; fused-MoE kernels over many small experts reach less than dense GEMMs).
     #[serde(default)]
@@ -84,6 +88,6 @@ pub struct Efficiency {
 
 impl Default for Efficiency {
     fn default() -> Self {
-        Efficiency { gemm_compute: 0.7, attention_compute: 0.5, memory: 0.8, attention_memory: None, elementwise_memory: None, collective: 0.7, iteration_overhead: 1.0e-3, layer_overhead: 0.0, attention_cta: None, gemm_ridge_exponent: None, prefill_pad_tokens: None, seq_overhead: None, token_overhead: None, mixed_query_tile: None, decode_query_rows: None, moe_layer_overhead: None, expert_compute: None, expert_memory: None }
+        Efficiency { gemm_compute: 0.7, attention_compute: 0.5, memory: 0.8, attention_memory: None, elementwise_memory: None, collective: 0.7, iteration_overhead: 1.0e-3, layer_overhead: 0.0, attention_cta: None, gemm_ridge_exponent: None, prefill_pad_tokens: None, seq_overhead: None, token_overhead: None, mixed_query_tile: None, decode_query_rows: None, moe_layer_overhead: None, time_scale: None, expert_compute: None, expert_memory: None }
     }
 }

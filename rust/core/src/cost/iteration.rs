@@ -60,6 +60,10 @@ impl<'a, F: FnMut(OpCost)> IterationPass<'a, F> {
 
     /// Hands one operator's cost to the sink.
     pub(super) fn push(&mut self, c: OpCost) {
+        let c = match self.cm.eff.time_scale {
+            Some(k) => OpCost { seconds: c.seconds * k, ..c },
+            None => c,
+        };
         self.emitted += c.seconds;
         (self.sink)(c)
     }
@@ -310,6 +314,17 @@ mod tests {
         assert_eq!(op(&dense.breakdown(&s), Op::Overhead).seconds, 0.0);
         let plain = CostModel::new(llama3_8b(), h100(), ideal(), 1).unwrap();
         assert_eq!(op(&plain.breakdown(&s), Op::Overhead).seconds, 0.0);
+    }
+
+    #[test]
+    fn time_scale_multiplies_every_operator() {
+        let base = CostModel::new(llama3_8b(), h100(), ideal(), 1).unwrap();
+        let scaled = CostModel::new(llama3_8b(), h100(), Efficiency { time_scale: Some(1.25), ..ideal() }, 1).unwrap();
+        let mut s = BatchShape::default();
+        s.add_prefill(300, 0, true);
+        s.add_decode(700);
+        assert!(close(scaled.iteration_seconds(&s), 1.25 * base.iteration_seconds(&s)));
+        assert!(CostModel::new(llama3_8b(), h100(), Efficiency { time_scale: Some(0.0), ..ideal() }, 1).is_err());
     }
 
     #[test]

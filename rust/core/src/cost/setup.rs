@@ -120,6 +120,11 @@ impl CostModel {
             }
         }
         gpu.validate()?;
+        if let Some(v) = eff.time_scale {
+            if !(0.1..=10.0).contains(&v) {
+                return Err(Error::config("calibration.time_scale", format!("must be in [0.1, 10], got {v:?}")));
+            }
+        }
         if let Some(v) = eff.attention_cta {
             if !(v > 0.0 && v <= 4.0) {
                 return Err(Error::config("calibration.attention_cta", format!("must be in (0, 4], got {v:?}")));
