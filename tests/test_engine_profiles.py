@@ -117,3 +117,39 @@ def test_default_profile_predicts_the_measured_efficient_engine():
     assert len(errs) == rec["points"] == 156
     assert np.median(errs) == pytest.approx(rec["median_abs"], abs=1e-3) and np.median(errs) < 0.05
     assert errs.max() == pytest.approx(rec["max_abs"], abs=1e-3) and errs.max() < 0.25
+
+
+def GpuSpecFrom(specs_path):
+    """The first GPU of a specs file."""
+    from fleetwise.config.specs import load_specs
+
+    return next(iter(load_specs(specs_path).gpus.values()))
+
+
+def test_estimate_takes_user_models_gpus_and_engines(tmp_path):
+    specs = tmp_path / "specs.yaml"
+    specs.write_text(
+        "gpus:\n  my-gpu: {peak_flops: 362e12, memory_bytes: 48e9, memory_bandwidth: 864e9, link_bandwidth: 32e9, architecture: ada, memory_type: gddr}\n"
+        "models:\n  tiny: {num_layers: 8, hidden_size: 2048, num_heads: 16, num_kv_heads: 4, head_dim: 128, intermediate_size: 5632, vocab_size: 32000, max_position_embeddings: 4096}\n")
+    args = ["estimate", "--model", "tiny", "--gpu", "my-gpu", "--specs", str(specs), "--decode-batch", "8", "--context", "1000", "--json"]
+    fast, slow = run_cli(*args), run_cli(*args, "--engine", "fleetwise-torch")
+    assert fast.returncode == 0 and slow.returncode == 0, fast.stderr + slow.stderr
+    a, b = json.loads(fast.stdout), json.loads(slow.stdout)
+    assert a["engine"] == "vllm" and b["engine"] == "fleetwise-torch" and b["seconds"] != a["seconds"]
+    # The unfused engine's GPU work is slower; vllm adds its CPU step (the overhead operator).
+    gpu_time = lambda r: sum(o["seconds"] for o in r["ops"] if o["op"] != "overhead")  # noqa: E731
+    assert gpu_time(b) > 1.1 * gpu_time(a) > 0
+    cpu = load_engine("vllm").cpu_step
+    overhead = next(o["seconds"] for o in a["ops"] if o["op"] == "overhead")
+    layer = resolve_calibration("my-gpu", GpuSpecFrom(specs), "vllm").layer_overhead * 8
+    assert overhead == pytest.approx(cpu.base + 8 * (cpu.per_seq + cpu.per_token) + layer, rel=1e-9)
+    # The same GPU through the Python API gives the same number.
+    from fleetwise.catalog import GpuSpec, ModelSpec
+
+    gpu = GpuSpec(peak_flops=362e12, memory_bytes=48e9, memory_bandwidth=864e9, link_bandwidth=32e9, architecture="ada", memory_type="gddr")
+    model = ModelSpec(num_layers=8, hidden_size=2048, num_heads=16, num_kv_heads=4, head_dim=128, intermediate_size=5632, vocab_size=32000, max_position_embeddings=4096)
+    assert cost_model(model, gpu, gpu_name="my-gpu").iteration_seconds([], [1001] * 8) == pytest.approx(a["seconds"], rel=1e-9)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("gpus:\n  g: {peak_flops: 1e15, architecture: volta}\n")
+    r = run_cli("estimate", "--model", "llama-3-8b", "--gpu", "g", "--specs", str(bad), "--decode-batch", "1", "--context", "10")
+    assert r.returncode == 2 and "bad.yaml: gpus.g.architecture" in r.stderr and "hopper" in r.stderr

@@ -21,12 +21,16 @@ def estimate_iteration(
     pim: str | None = None,
     offload: dict | None = None,
     ep: int = 1,
+    specs=None,
+    engine: str = "vllm",
 ) -> dict:
     """Predicts one iteration: a prefill chunk of ``prefill`` tokens after ``prefill_context``
     cached tokens, ``decode_batch`` decodes at context ``context``, or both as one mixed batch.
 
     Returns seconds, the operator breakdown, and the memory the iteration needs on one GPU
     (weights + KV of every sequence in the batch + activations) next to what the GPU has.
+    ``specs`` (a ``fleetwise.config.specs.Specs``) adds user-defined GPUs, models and PIMs to the
+    catalogue's; ``engine`` is the serving engine's profile (a built-in name or a file).
     """
     from fleetwise.errors import ConfigError
 
@@ -36,14 +40,15 @@ def estimate_iteration(
         raise ConfigError("estimate: --decode-batch needs --context C (tokens already in each sequence's KV cache)")
     if prefill_context and prefill <= 0:
         raise ConfigError("estimate: --prefill-context needs --prefill")
-    g = lookup("gpu", gpu, {}, "--gpu")
-    m = lookup("model", model, {}, "--model")
+    user_gpus, user_models, user_pims = (specs.gpus, specs.models, specs.pims) if specs is not None else ({}, {}, {})
+    g = lookup("gpu", gpu, user_gpus, "--gpu")
+    m = lookup("model", model, user_models, "--model")
     limit = m.max_position_embeddings
     if prefill + prefill_context > limit:
         raise ConfigError(f"estimate: --prefill {prefill} after --prefill-context {prefill_context} is {prefill + prefill_context} tokens, over {model}'s {limit}-token context")
     if decode_batch > 0 and context + 1 > limit:
         raise ConfigError(f"estimate: --context {context} (plus the token being decoded) is over {model}'s {limit}-token context")
-    pim_spec = None if pim is None else lookup("pim", pim, {}, "--pim").core_json(pim)
+    pim_spec = None if pim is None else lookup("pim", pim, user_pims, "--pim").core_json(pim)
     off_spec = None
     if offload is not None:
         from fleetwise.cluster import offload_json
@@ -58,7 +63,7 @@ def estimate_iteration(
         except ValidationError as err:
             raise ConfigError(format_validation_error(err, "--offload/--offload-set", OffloadConfig)) from None
         off_spec = offload_json(spec, "--offload")
-    cost = cost_model(m, g, tp=tp, pp=pp, microbatches=microbatches, power_cap_watts=power_cap_watts, pim=pim_spec, offload=off_spec, ep=ep, model_name=model, gpu_name=gpu)
+    cost = cost_model(m, g, tp=tp, pp=pp, microbatches=microbatches, power_cap_watts=power_cap_watts, pim=pim_spec, offload=off_spec, ep=ep, model_name=model, gpu_name=gpu, engine=engine)
     prefills = [(prefill, prefill_context, True)] if prefill > 0 else []
     # A decode at context C reads C cached tokens plus the one it processes.
     decodes = [context + 1] * decode_batch
@@ -74,6 +79,7 @@ def estimate_iteration(
     return {
         "model": model,
         "gpu": gpu,
+        "engine": engine,
         "tp": tp,
         "pp": pp,
         "batch": {"prefill_tokens": prefill, "prefill_context": prefill_context, "decode_batch": decode_batch, "context": context},

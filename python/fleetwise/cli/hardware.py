@@ -15,8 +15,10 @@ from fleetwise.cli.app import app, out
 
 @app.command()
 def estimate(
-    model: str = typer.Option(..., "--model", help="Model name (see `fleetwise catalog`)."),
-    gpu: str = typer.Option(..., "--gpu", help="GPU name (see `fleetwise catalog`)."),
+    model: str = typer.Option(..., "--model", help="Model name (see `fleetwise catalog`, or one in --specs)."),
+    gpu: str = typer.Option(..., "--gpu", help="GPU name (see `fleetwise catalog`, or one in --specs)."),
+    specs: Optional[Path] = typer.Option(None, "--specs", help="A YAML file with gpus:, models: and/or pims: (a scenario file works too): user-defined entries."),
+    engine: str = typer.Option("vllm", "--engine", help="Serving engine profile: vllm, fleetwise-torch, or a profile file (docs/engines.md)."),
     tp: int = typer.Option(1, "--tp", min=1, max=4096, help="Tensor-parallel degree."),
     pp: int = typer.Option(1, "--pp", min=1, max=4096, help="Pipeline-parallel stages."),
     ep: int = typer.Option(1, "--ep", min=1, max=4096, help="Expert parallelism for MoE models (1 or tp)."),
@@ -43,12 +45,17 @@ def estimate(
         for kv in offload_set:
             k, _, v = kv.partition("=")
             off[k.strip()] = yaml.safe_load(v)
-    r = estimate_iteration(model, gpu, tp, prefill, prefill_context, decode_batch, context, pp=pp, microbatches=microbatches, power_cap_watts=power_cap, pim=pim, offload=off, ep=ep)
+    user = None
+    if specs is not None:
+        from fleetwise.config.specs import load_specs
+
+        user = load_specs(specs)
+    r = estimate_iteration(model, gpu, tp, prefill, prefill_context, decode_batch, context, pp=pp, microbatches=microbatches, power_cap_watts=power_cap, pim=pim, offload=off, ep=ep, specs=user, engine=engine)
     if as_json:
         out.print_json(json.dumps(r))
     else:
         layout = f"x{tp}" + (f" x pp{pp}" if pp > 1 else "")
-        t = Table(title=f"{model} on {gpu} {layout}: {r['seconds'] * 1e3:.3f} ms per iteration, {r['power_watts_per_gpu']:.0f} W per GPU")
+        t = Table(title=f"{model} on {gpu} {layout} ({engine} engine): {r['seconds'] * 1e3:.3f} ms per iteration, {r['power_watts_per_gpu']:.0f} W per GPU")
         for c in ("operator", "ms", "TFLOP", "GB", "bound"):
             t.add_column(c, justify="left" if c in ("operator", "bound") else "right")
         for o in r["ops"]:
