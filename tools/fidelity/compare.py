@@ -103,10 +103,12 @@ def cost_model(calibration: dict):
     """fleetwise's cost model of llama-3-8b on one h100-sxm with ``calibration``."""
     from fleetwise.cost import cost_model
     from fleetwise.catalog import Calibration, lookup
+    from fleetwise.catalog.engine import resolve_calibration
 
     g = lookup("gpu", GPU, {}, "gpu")
     m = lookup("model", MODEL, {}, "model")
-    cal = Calibration.model_validate({**g.calibration.model_dump(), **calibration})
+    base = resolve_calibration(GPU, g, "fleetwise-torch")  # the engine these measurements describe
+    cal = Calibration.model_validate({**base.model_dump(), **calibration})
     return cost_model(m, g, calibration=cal, model_name=MODEL, gpu_name=GPU)
 
 
