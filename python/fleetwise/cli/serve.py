@@ -31,6 +31,7 @@ def serve_engine(
     max_num_seqs: int = typer.Option(256, "--max-num-seqs", min=1, max=10**6, help="Most sequences per iteration."),
     max_num_batched_tokens: Optional[int] = typer.Option(None, "--max-num-batched-tokens", min=1, max=2**31 - 1, help="Most tokens per iteration (default max(context, 2048))."),
     served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help="Model name in the API (default --model)."),
+    engine_profile: str = typer.Option("vllm", "--engine", help="Engine profile whose latencies to emulate: vllm, fleetwise-torch or a profile file (docs/engines.md)."),
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8000, "--port", min=1, max=65535),
 ) -> None:
@@ -40,8 +41,8 @@ def serve_engine(
     from fleetwise.serve.engine_app import create_engine_app
 
     sched = {"kind": "vllm", "max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens}
-    engine = EmulatedEngine(model, gpu, tp=tp, role=role, speedup=speedup, scheduler=sched, served_model_name=served_model_name)
-    err.print(f"emulating {model} on {gpu} x{tp} ({role}, {engine.num_blocks} KV blocks, speedup {speedup:g}) at http://{host}:{port}")
+    engine = EmulatedEngine(model, gpu, tp=tp, role=role, speedup=speedup, scheduler=sched, served_model_name=served_model_name, engine=engine_profile)
+    err.print(f"emulating {model} on {gpu} x{tp} with the {engine_profile} engine profile ({role}, {engine.num_blocks} KV blocks, speedup {speedup:g}) at http://{host}:{port}")
     uvicorn.run(create_engine_app(engine), host=host, port=port, log_level="warning")
 
 

@@ -71,7 +71,7 @@ class EmulatedEngine:
 
     def __init__(self, model: str = "llama-3-8b", gpu: str = "h100-sxm", tp: int = 1, role: str = "mixed", speedup: float = 1.0,
                  scheduler: dict | None = None, gpu_memory_utilization: float = 0.9, block_size: int = 16, served_model_name: str | None = None,
-                 engine_id: str | None = None):
+                 engine_id: str | None = None, engine: str = "vllm"):
         from fleetwise.policy.builtin import make_scheduler
 
         if role not in ("mixed", "prefill", "decode"):
@@ -84,7 +84,8 @@ class EmulatedEngine:
         self.served_model_name = served_model_name or model
         self.engine_id = engine_id or uuid.uuid4().hex
         self.max_model_len = int(m.max_position_embeddings)
-        self.cost = cost_model(m, g, tp=tp, model_name=model, gpu_name=gpu)
+        self.cost = cost_model(m, g, tp=tp, model_name=model, gpu_name=gpu, engine=engine)
+        self.engine_profile = engine
         sched = dict(scheduler or {"kind": "vllm"})
         self.scheduler_config = sched
         seqs = int(sched.get("max_num_seqs", 256))
