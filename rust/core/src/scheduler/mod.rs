@@ -268,9 +268,9 @@ pub enum SchedulerConfig {
         /// Recompute (default) or swap.
         #[serde(default)]
         preemption_mode: PreemptionMode,
-        /// Host memory for swapped KV per GPU, bytes (vLLM's `swap_space`, 4 GiB by default).
-        #[serde(default = "default_swap_space")]
-        swap_space_bytes: u64,
+        /// Host memory for swapped KV per GPU, GiB (vLLM's `swap_space`, 4 by default).
+        #[serde(default = "default_swap_space_gb")]
+        swap_space_gb: f64,
     },
     /// vLLM v1's scheduler: running requests first (decodes and prompt chunks), then admissions,
     /// chunked prefill within one token budget; a user's policy may plan each step.
@@ -338,8 +338,13 @@ impl SchedulerConfig {
     }
 }
 
-fn default_swap_space() -> u64 {
-    4 << 30
+fn default_swap_space_gb() -> f64 {
+    4.0
+}
+
+/// Bytes in `gib` GiB, truncated to whole bytes.
+fn gib_to_bytes(gib: f64) -> u64 {
+    (gib * (1u64 << 30) as f64) as u64
 }
 
 fn positive(path: &str, v: u32) -> Result<()> {
@@ -353,16 +358,19 @@ impl SchedulerConfig {
     /// Builds the scheduler; `block_bytes` is one KV block's size on one GPU (sizes the swap space).
     pub fn build(&self, block_bytes: u64) -> Result<Box<dyn Scheduler>> {
         match *self {
-            SchedulerConfig::Vllm { max_num_seqs, max_num_batched_tokens, preemption_mode, swap_space_bytes } => {
+            SchedulerConfig::Vllm { max_num_seqs, max_num_batched_tokens, preemption_mode, swap_space_gb } => {
                 if max_num_seqs == 0 {
                     return Err(Error::config("scheduler.max_num_seqs", "must be at least 1"));
                 }
                 if max_num_batched_tokens == 0 {
                     return Err(Error::config("scheduler.max_num_batched_tokens", "must be at least 1"));
                 }
+                if !(swap_space_gb.is_finite() && swap_space_gb >= 0.0) {
+                    return Err(Error::config("scheduler.swap_space_gb", format!("must be a finite number of GiB >= 0, got {swap_space_gb}")));
+                }
                 let host_blocks = match preemption_mode {
                     PreemptionMode::Recompute => 0,
-                    PreemptionMode::Swap => (swap_space_bytes / block_bytes.max(1)).min(u32::MAX as u64) as u32,
+                    PreemptionMode::Swap => (gib_to_bytes(swap_space_gb) / block_bytes.max(1)).min(u32::MAX as u64) as u32,
                 };
                 Ok(Box::new(VllmScheduler::new(max_num_seqs, max_num_batched_tokens).with_swap_space(host_blocks)))
             }

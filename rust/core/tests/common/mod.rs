@@ -35,7 +35,7 @@ pub fn pool(count: u32, gpu: GpuSpec) -> PoolConfig {
         ep: 1,
         calibration: Efficiency::default(),
         memory: MemoryConfig::default(),
-        scheduler: SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192, preemption_mode: Default::default(), swap_space_bytes: 4 << 30 },
+        scheduler: SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192, preemption_mode: Default::default(), swap_space_gb: 4.0 },
         power_cap_watts: None,
         prefix_caching: false,
         role: Default::default(),
