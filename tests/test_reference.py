@@ -56,9 +56,9 @@ H100_LIKE = {
 
 def gpu_memory_for_blocks(model: dict, pool: dict, blocks: int) -> int:
     """GPU memory (at utilisation 1.0) that leaves exactly ``blocks`` KV blocks for ``pool``."""
-    cost = cost_model({**model, "name": "m"}, {**pool["gpu"], "memory_bytes": 10**12}, calibration=pool["calibration"], tp=pool["tp"])
+    cost = cost_model({**model, "name": "m"}, {**pool["gpu"], "memory_bytes": 10**12}, calibration=pool["calibration"], tp=pool["parallelism"]["tp"])
     tokens, seqs = memory_limits(pool["scheduler"])
-    weights = -(-cost.weight_bytes() // pool["tp"])
+    weights = -(-cost.weight_bytes() // pool["parallelism"]["tp"])
     block_bytes = cost.kv_bytes_per_token() * pool["memory"]["block_size"]
     return weights + cost.activation_bytes(tokens, min(seqs, tokens)) + blocks * block_bytes + block_bytes // 2
 
@@ -345,7 +345,7 @@ def test_tiny_gpu_has_a_few_hundred_blocks():
         if not facts["tiny_kv"]:
             continue
         for pool in core_config(fleetwise.scenario_from_dict(scenario))["pools"]:
-            cost = cost_model(pool["model"], pool["gpu"], calibration=pool["calibration"], tp=pool["tp"])
+            cost = cost_model(pool["model"], pool["gpu"], calibration=pool["calibration"], tp=pool["parallelism"]["tp"])
             tokens, seqs = memory_limits(pool["scheduler"])
             plan = cost.memory_plan(json.dumps(pool["memory"]), tokens, seqs)
             assert 20 <= plan["num_blocks"] <= 450, (label, plan)

@@ -99,7 +99,6 @@ def test_resolve_config_refuses_unknown_fields() -> None:
 
 
 _NOT_ONE_TO_ONE = {
-    ("pool", "parallelism"): "flattened: the core's PoolConfig has tp, pp, microbatches, gpus_per_node, ep at the pool's level",
     ("pool", "prefix_cache_policy"): "a Python policy object, handed to the bindings rather than the core's config",
     ("offload", "storage"): "a catalogue name, sent looked up as `flash` (the drive's FlashSpec)",
     ("experts", "storage"): "a catalogue name, sent looked up as `flash` (the drive's FlashSpec)",

@@ -7,7 +7,7 @@ use fleetwise_core::memory::MemoryConfig;
 use fleetwise_core::model::ModelSpec;
 use fleetwise_core::router::RouterConfig;
 use fleetwise_core::scheduler::SchedulerConfig;
-use fleetwise_core::sim::{PoolConfig, SimConfig};
+use fleetwise_core::sim::{Parallelism, PoolConfig, SimConfig};
 
 /// Llama-3-8B in bf16, as the catalogue describes it.
 pub fn model() -> ModelSpec {
@@ -28,11 +28,7 @@ pub fn pool(count: u32, gpu: GpuSpec) -> PoolConfig {
         count,
         gpu,
         model: model(),
-        tp: 1,
-        pp: 1,
-        microbatches: None,
-        gpus_per_node: 8,
-        ep: 1,
+        parallelism: Parallelism::default(),
         calibration: Efficiency::default(),
         memory: MemoryConfig::default(),
         scheduler: SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192, preemption_mode: Default::default(), swap_space_gb: 4.0 },
