@@ -102,13 +102,14 @@ _NOT_ONE_TO_ONE = {
     ("pool", "prefix_cache_policy"): "a Python policy object, handed to the bindings rather than the core's config",
     ("offload", "storage"): "a catalogue name, sent looked up as `flash` (the drive's FlashSpec)",
     ("experts", "storage"): "a catalogue name, sent looked up as `flash` (the drive's FlashSpec)",
-    ("orca", "reserve"): "`max-len` or `oracle`, sent as `reserve_tokens` (the model's context, or none)",
     ("policy", "kind"): "a Python policy object: the core runs vLLM v1's loop (kind `vllm-v1`) within its limits",
     ("policy", "name"): "a Python policy object, found by name in Python",
     ("policy", "params"): "a Python policy object's constructor arguments",
 }
 """The scenario fields that do not cross into serde under their own name, and why (what is left of
-the renaming between the two schemas)."""
+the renaming between the two schemas). Besides these, Python still resolves two defaults against
+the model before the JSON leaves: vLLM's ``max_num_batched_tokens`` (``vllm_default_batched_tokens``,
+which the emulated engine shares) and a pool's calibration (the GPU's, with the pool's overrides)."""
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -38,9 +38,9 @@ class ReferenceInstance:
         self.pool = pool
         self.handoffs: list[ReferenceRequest] = []
         self.on_iteration_end = None  # the cluster's hook after every iteration's tokens are applied
-        self.policy = make_policy(sched)
         self.max_context = int(pool["model"]["max_position_embeddings"])
-        tokens, seqs = memory_limits(sched)
+        self.policy = make_policy(sched, self.max_context)
+        tokens, seqs = memory_limits(sched, self.max_context)
         plan = self.cost.memory_plan(json.dumps(pool["memory"]), tokens, seqs)
         self.kv = KvCache(int(plan["num_blocks"]), int(plan["block_size"]))
         self.waiting: deque[ReferenceRequest] = deque()

@@ -73,7 +73,7 @@ class SarathiScheduler(_SchedulerAsIs):
     """Prefill chunk size, tokens."""
 
 
-class OrcaScheduler(StrictModel):
+class OrcaScheduler(_SchedulerAsIs):
     """Orca iteration-level batching: whole prompts and decodes in one iteration, KV reserved at admission."""
 
     kind: Literal["orca"] = "orca"
@@ -82,10 +82,6 @@ class OrcaScheduler(StrictModel):
     """Most sequences in one iteration."""
     reserve: Literal["max-len", "oracle"] = "max-len"
     """KV reserved per request: the model's whole context (as Orca does) or its own prompt + output."""
-
-    def core_json(self, model: ModelSpec) -> dict:
-        """The core's view: the reservation in tokens (``model``'s context, or None for its own length)."""
-        return {**self.model_dump(include={"kind", "max_num_seqs"}), "reserve_tokens": model.max_position_embeddings if self.reserve == "max-len" else None}
 
 
 class BatchLlmScheduler(_SchedulerAsIs):

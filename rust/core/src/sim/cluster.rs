@@ -112,7 +112,7 @@ impl<'a> Cluster<'a> {
                 let setup = InstanceSetup { pool: p as u32, spec, memory: &pool.memory, scheduler: &pool.scheduler, experts };
                 let inst = Instance::new(setup).map_err(|e| prefix(&format!("cluster.pools.{p}"), e))?.with_prefix_cache(prefix_tokens).with_role(pool.role);
                 let inst = match plugins.batch_schedulers.get(&p) {
-                    Some(make) => inst.with_scheduler(Box::new(pool.scheduler.vllm_v1_loop(make(instances.len())?))),
+                    Some(make) => inst.with_scheduler(Box::new(pool.scheduler.vllm_v1_loop(make(instances.len())?, pool.model.max_position_embeddings))),
                     None => inst,
                 };
                 let inst = match plugins.evictors.get(&p) {
