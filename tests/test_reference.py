@@ -22,7 +22,7 @@ import fleetwise
 from fleetwise.cluster import core_config
 from fleetwise.cost import cost_model
 from reference import simulate_reference
-from reference.schedulers import memory_limits
+from reference.schedulers import memory_limits, orca_reserve_tokens
 from fleetwise.workload import Workload, build_workload
 
 COLUMNS = ["request_id", "instance", "status", "first_token_ns", "completion_ns", "preemptions"]
@@ -56,9 +56,9 @@ H100_LIKE = {
 
 def gpu_memory_for_blocks(model: dict, pool: dict, blocks: int) -> int:
     """GPU memory (at utilisation 1.0) that leaves exactly ``blocks`` KV blocks for ``pool``."""
-    cost = cost_model({**model, "name": "m"}, {**pool["gpu"], "memory_bytes": 10**12}, calibration=pool["calibration"], tp=pool["tp"])
-    tokens, seqs = memory_limits(pool["scheduler"])
-    weights = -(-cost.weight_bytes() // pool["tp"])
+    cost = cost_model({**model, "name": "m"}, {**pool["gpu"], "memory_bytes": 10**12}, calibration=pool["calibration"], tp=pool["parallelism"]["tp"])
+    tokens, seqs = memory_limits(pool["scheduler"], pool["model"]["max_position_embeddings"])
+    weights = -(-cost.weight_bytes() // pool["parallelism"]["tp"])
     block_bytes = cost.kv_bytes_per_token() * pool["memory"]["block_size"]
     return weights + cost.activation_bytes(tokens, min(seqs, tokens)) + blocks * block_bytes + block_bytes // 2
 
@@ -345,11 +345,11 @@ def test_tiny_gpu_has_a_few_hundred_blocks():
         if not facts["tiny_kv"]:
             continue
         for pool in core_config(fleetwise.scenario_from_dict(scenario))["pools"]:
-            cost = cost_model(pool["model"], pool["gpu"], calibration=pool["calibration"], tp=pool["tp"])
-            tokens, seqs = memory_limits(pool["scheduler"])
+            cost = cost_model(pool["model"], pool["gpu"], calibration=pool["calibration"], tp=pool["parallelism"]["tp"])
+            tokens, seqs = memory_limits(pool["scheduler"], pool["model"]["max_position_embeddings"])
             plan = cost.memory_plan(json.dumps(pool["memory"]), tokens, seqs)
             assert 20 <= plan["num_blocks"] <= 450, (label, plan)
-            reserve = pool["scheduler"].get("reserve_tokens")
+            reserve = orca_reserve_tokens(pool["scheduler"], pool["model"]["max_position_embeddings"]) if pool["scheduler"]["kind"] == "orca" else None
             if reserve is not None:
                 blocks = -(-reserve // plan["block_size"])
                 assert blocks + int(plan["num_blocks"] * 0.01) <= plan["num_blocks"], (label, plan)

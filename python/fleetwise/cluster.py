@@ -10,7 +10,7 @@ from fleetwise.errors import ConfigError
 from fleetwise.config.scenario import PoolConfig, Scenario
 
 
-_POOL_AS_IS = {"name", "count", "power_cap_watts", "prefix_caching", "role", "kv_transfer", "kv_link"}
+_POOL_AS_IS = {"name", "count", "parallelism", "power_cap_watts", "prefix_caching", "role", "kv_transfer", "kv_link"}
 """The pool fields the core reads exactly as they are written."""
 
 
@@ -23,7 +23,6 @@ def resolve_pool(scenario: Scenario, index: int, pool: PoolConfig) -> dict:
     calibration = resolve_calibration(pool.gpu, gpu, pool.engine, pool.calibration, base_dir)
     return {
         **pool.model_dump(include=_POOL_AS_IS),
-        **pool.parallelism.model_dump(),
         "gpu": gpu.core_json(pool.gpu),
         "model": model.core_json(pool.model),
         "calibration": calibration.model_dump(),

@@ -34,7 +34,7 @@ class ReferenceHandoffs:
         links: list[tuple[float, float]] = []
         for inst in instances:
             pool, gpu = inst.pool, inst.pool["gpu"]
-            gpus = int(pool["tp"]) * int(pool.get("pp") or 1)
+            gpus = int(pool["parallelism"]["tp"]) * int(pool["parallelism"].get("pp") or 1)
             if pool.get("kv_link", "nic") == "nvlink":
                 bw, lat = gpu["link_bandwidth"], gpu["link_latency"]
             elif gpu.get("nic_bandwidth", 0.0) > 0.0:

@@ -25,7 +25,7 @@ class ReferenceInstance:
         """Builds instance ``index`` of ``pool`` (one pool entry of ``core_config``) and starts it."""
         self.env = env
         self.index = index
-        self.cost = cost_model(pool["model"], pool["gpu"], calibration=pool["calibration"], tp=pool["tp"])
+        self.cost = cost_model(pool["model"], pool["gpu"], calibration=pool["calibration"], tp=pool["parallelism"]["tp"])
         if pool.get("prefix_caching"):
             raise ValueError("the reference model does not model prefix caching")
         sched = pool["scheduler"]
@@ -38,9 +38,9 @@ class ReferenceInstance:
         self.pool = pool
         self.handoffs: list[ReferenceRequest] = []
         self.on_iteration_end = None  # the cluster's hook after every iteration's tokens are applied
-        self.policy = make_policy(sched)
         self.max_context = int(pool["model"]["max_position_embeddings"])
-        tokens, seqs = memory_limits(sched)
+        self.policy = make_policy(sched, self.max_context)
+        tokens, seqs = memory_limits(sched, self.max_context)
         plan = self.cost.memory_plan(json.dumps(pool["memory"]), tokens, seqs)
         self.kv = KvCache(int(plan["num_blocks"]), int(plan["block_size"]))
         self.waiting: deque[ReferenceRequest] = deque()

@@ -12,9 +12,17 @@ if TYPE_CHECKING:
     from reference.instance import ReferenceInstance
 
 
-def memory_limits(sched: dict) -> tuple[int, int]:
+def orca_reserve_tokens(sched: dict, context_tokens: int) -> int | None:
+    """Tokens an Orca scheduler config ``sched`` reserves per request for a model of
+    ``context_tokens``: the whole context for ``reserve: max-len`` (the default), None (each
+    request's own length) for ``oracle``."""
+    return context_tokens if sched.get("reserve", "max-len") == "max-len" else None
+
+
+def memory_limits(sched: dict, context_tokens: int) -> tuple[int, int]:
     """The ``(tokens, sequences)`` one iteration may hold under scheduler config ``sched`` (the
-    core's JSON form), which size the activation reserve of the memory plan.
+    core's JSON form) for a model of ``context_tokens``, which size the activation reserve of the
+    memory plan.
 
     vllm: its token budget; sarathi-serve: its token budget; sarathi: one chunk plus one decode per
     sequence; orca: the tokens it reserves per request (8192 when it reserves each request's own
@@ -29,7 +37,7 @@ def memory_limits(sched: dict) -> tuple[int, int]:
     if kind == "sarathi":
         return int(sched["chunk_size"]) + seqs, seqs
     if kind == "orca":
-        reserve = sched.get("reserve_tokens")
+        reserve = orca_reserve_tokens(sched, context_tokens)
         return (8192 if reserve is None else int(reserve)), seqs
     raise ValueError(f"the reference model does not know the {kind!r} scheduler")
 
@@ -40,8 +48,8 @@ def is_decoding(req: ReferenceRequest) -> bool:
     return req.generated > 0 and req.pending == 1
 
 
-def make_policy(sched: dict):
-    """The scheduler of the core's JSON config ``sched``."""
+def make_policy(sched: dict, context_tokens: int):
+    """The scheduler of the core's JSON config ``sched``, for a model of ``context_tokens``."""
     kind = sched["kind"]
     if kind == "vllm":
         return VllmPolicy(int(sched["max_num_seqs"]), int(sched["max_num_batched_tokens"]))
@@ -50,7 +58,7 @@ def make_policy(sched: dict):
     if kind == "sarathi":
         return ChunkedPolicy(int(sched["max_num_seqs"]), budget=None, chunk=int(sched["chunk_size"]))
     if kind == "orca":
-        reserve = sched.get("reserve_tokens")
+        reserve = orca_reserve_tokens(sched, context_tokens)
         return OrcaPolicy(int(sched["max_num_seqs"]), None if reserve is None else int(reserve))
     raise ValueError(f"the reference model does not know the {kind!r} scheduler")
 

@@ -15,7 +15,7 @@ graph replay, the sampled tokens' copy to the host), of its host time before the
 GPU time (CUDA events around the graph), and the mean time of one layer's attention kernel alone.
 Points run in a shuffled order so that clock drift does not line up with any one parameter.
 
-Runs with PyTorch only, beside ``torch_engine.py`` and ``torch_model.py``::
+Runs with PyTorch only, beside ``torch_engine.py`` and its sibling ``torch_*.py`` files::
 
     python3 tools/fidelity/grid.py --out OUT        # OUT/grid.csv, OUT/grid.json
 """

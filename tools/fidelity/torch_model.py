@@ -1,7 +1,8 @@
 """The model the serving engine (``torch_engine.py``) serves: Llama on random bf16 weights over a
 slot-contiguous KV cache, with FlashAttention's variable-length kernel or per-sequence SDPA.
 
-PyTorch only (it does not import fleetwise), copied to the GPU machine with ``torch_engine.py``.
+PyTorch only (it does not import fleetwise), copied to the GPU machine with ``torch_engine.py`` and
+its sibling ``torch_*.py`` files.
 """
 
 from __future__ import annotations

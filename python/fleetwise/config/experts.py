@@ -85,8 +85,8 @@ class ExpertsConfig(StrictModel):
     """Capacity of the DRAM or flash tier per GPU, GB (default: unlimited)."""
 
     def core_json(self, model, model_name: str, path: str) -> dict:
-        """The core's view (its ``ExpertConfig``): these fields with the flash drive looked up and
-        sizes in bytes; ``model`` (a ``ModelSpec`` named ``model_name``) must be a mixture of experts.
+        """The core's view (its ``ExpertConfig``): these fields with the flash drive looked up;
+        ``model`` (a ``ModelSpec`` named ``model_name``) must be a mixture of experts.
         The routing trace file travels separately."""
         from fleetwise.catalog import lookup
         from fleetwise.errors import ConfigError
@@ -96,9 +96,7 @@ class ExpertsConfig(StrictModel):
         if self.routing.kind == "trace" and not self.routing.trace:
             raise ConfigError(f"{path}.routing.trace: trace routing needs a routing trace file")
         return {
-            **self.model_dump(include={"placement", "cache", "prefetch", "grouping", "staging_experts", "queue_depth"}),
+            **self.model_dump(exclude={"routing", "storage"}),
             "routing": self.routing.model_dump(exclude={"trace"}),
             "flash": lookup("storage", self.storage, {}, f"{path}.storage").core_json(self.storage) if self.placement == "flash" else None,
-            "read_chunk_bytes": int(self.read_chunk_kb * 1024),
-            "capacity_bytes": int(self.capacity_gb * 1e9) if self.capacity_gb is not None else 2**64 - 1,
         }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal, Union
+from typing import Annotated, Literal, Union
 
 from pydantic import Field, PrivateAttr, field_validator
 
@@ -47,12 +47,8 @@ class VllmScheduler(StrictModel):
         return self.max_num_batched_tokens or vllm_default_batched_tokens(context_tokens)
 
     def core_json(self, model: ModelSpec) -> dict:
-        """The core's view: the token limit resolved against ``model``, swap space in bytes."""
-        return {
-            **self.model_dump(include={"kind", "max_num_seqs", "preemption_mode"}),
-            "max_num_batched_tokens": self.batched_tokens(model.max_position_embeddings),
-            "swap_space_bytes": int(self.swap_space_gb * (1 << 30)),
-        }
+        """The core's view: this config with the token limit resolved against ``model``."""
+        return {**self.model_dump(), "max_num_batched_tokens": self.batched_tokens(model.max_position_embeddings)}
 
 
 class SarathiServeScheduler(_SchedulerAsIs):
@@ -77,7 +73,7 @@ class SarathiScheduler(_SchedulerAsIs):
     """Prefill chunk size, tokens."""
 
 
-class OrcaScheduler(StrictModel):
+class OrcaScheduler(_SchedulerAsIs):
     """Orca iteration-level batching: whole prompts and decodes in one iteration, KV reserved at admission."""
 
     kind: Literal["orca"] = "orca"
@@ -86,10 +82,6 @@ class OrcaScheduler(StrictModel):
     """Most sequences in one iteration."""
     reserve: Literal["max-len", "oracle"] = "max-len"
     """KV reserved per request: the model's whole context (as Orca does) or its own prompt + output."""
-
-    def core_json(self, model: ModelSpec) -> dict:
-        """The core's view: the reservation in tokens (``model``'s context, or None for its own length)."""
-        return {**self.model_dump(include={"kind", "max_num_seqs"}), "reserve_tokens": model.max_position_embeddings if self.reserve == "max-len" else None}
 
 
 class BatchLlmScheduler(_SchedulerAsIs):
@@ -246,18 +238,13 @@ class OffloadConfig(StrictModel):
     read_chunk_kb: float = Field(default=64.0, gt=0, le=1e9)
     """Size of one flash read, KiB (larger reads: higher throughput, as "LLM in a flash" bundles rows and columns)."""
     capacity_gb: float | None = Field(default=None, gt=0, le=1e9)
-    """Capacity of the tier per GPU, GB (default: 256 for DRAM, 3840 for flash, as on a DGX H100)."""
-
-    DEFAULT_CAPACITY_GB: ClassVar[dict[str, float]] = {"dram": 256.0, "flash": 3840.0}
-    """Default capacity of each tier per GPU, GB (a DGX H100's)."""
+    """Capacity of the tier per GPU, GB (default, in the core: 256 for DRAM, 3840 for flash, as on a DGX H100)."""
 
     def core_json(self, path: str) -> dict:
-        """The core's view (its ``OffloadSpec``): these fields with the flash drive looked up and sizes in bytes."""
+        """The core's view (its ``OffloadSpec``): these fields with the flash drive looked up."""
         return {
-            **self.model_dump(include={"tier", "layer_fraction", "ffn_load_fraction", "dram_cache_fraction", "overlap", "queue_depth"}),
+            **self.model_dump(exclude={"storage"}),
             "flash": lookup("storage", self.storage, {}, f"{path}.storage").core_json(self.storage) if self.tier == "flash" else None,
-            "read_chunk_bytes": int(self.read_chunk_kb * 1024),
-            "capacity_bytes": int((self.capacity_gb or self.DEFAULT_CAPACITY_GB[self.tier]) * 1e9),
         }
 
 

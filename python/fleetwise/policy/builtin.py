@@ -102,4 +102,4 @@ def make_scheduler(config: dict, num_blocks: int, block_size: int = 16, watermar
         raise ValueError("a policy scheduler steps through make_policy_scheduler(policy, ...)")
     # Defaults that depend on a model (vLLM's token limit, Orca's reservation) assume an 8K context.
     model = builtin_models()["llama-3-8b"]
-    return _core.Scheduler(json.dumps(scheduler_json(cfg, model)), num_blocks, block_size, watermark)
+    return _core.Scheduler(json.dumps(scheduler_json(cfg, model)), num_blocks, block_size, watermark, context_tokens=model.max_position_embeddings)

@@ -5,7 +5,7 @@
 //! and a fraction of its FFN weights (the neurons a sparsity predictor selects) are copied to the
 //! GPU, through the host link (PCIe) and, from flash, first through the drive. A DRAM cache can hold
 //! part of the flash-resident weights. Flash throughput depends on the read size: with `queue_depth`
-//! reads of `read_chunk_bytes` in flight, a drive delivers `min(bandwidth, iops x chunk,
+//! reads of `read_chunk_kb` in flight, a drive delivers `min(bandwidth, iops x chunk,
 //! queue_depth x chunk / latency)`, which is why bundling rows and columns into larger reads pays.
 //! When `overlap` is on, the next layer streams while the current one computes, so only the part of
 //! the fetch that outlasts a layer's compute stalls the iteration.
@@ -45,9 +45,38 @@ pub fn validate_drive(section: &str, flash: Option<&FlashSpec>, queue_depth: u32
         return Err(Error::config(format!("{section}.storage"), format!("{}: read_bandwidth must be positive", f.name)));
     }
     if queue_depth == 0 || read_chunk_bytes == 0 {
-        return Err(Error::config(format!("{section}.queue_depth"), "queue_depth and read_chunk_bytes must be positive"));
+        return Err(Error::config(format!("{section}.queue_depth"), "queue_depth and read_chunk_kb must be positive"));
     }
     Ok(())
+}
+
+/// Bytes in `kib` KiB, truncated to whole bytes (a scenario's `read_chunk_kb`).
+pub fn kib_to_bytes(kib: f64) -> u64 {
+    (kib * 1024.0) as u64
+}
+
+/// Bytes in `gb` decimal GB, truncated to whole bytes (a scenario's `capacity_gb`).
+pub fn gb_to_bytes(gb: f64) -> u64 {
+    (gb * 1e9) as u64
+}
+
+/// Checks an optional `capacity_gb` configured under `section`: positive and finite when set.
+pub fn validate_capacity(section: &str, capacity_gb: Option<f64>) -> Result<()> {
+    match capacity_gb {
+        Some(gb) if !(gb.is_finite() && gb > 0.0) => Err(Error::config(format!("{section}.capacity_gb"), format!("must be a positive number of GB, got {gb}"))),
+        _ => Ok(()),
+    }
+}
+
+impl Tier {
+    /// This tier's capacity per GPU when the scenario sets none, GB (a DGX H100's): 256 of DRAM,
+    /// 3840 of flash.
+    pub fn default_capacity_gb(self) -> f64 {
+        match self {
+            Tier::Dram => 256.0,
+            Tier::Flash => 3840.0,
+        }
+    }
 }
 
 impl FlashSpec {
@@ -90,11 +119,13 @@ pub struct OffloadSpec {
     /// Reads in flight on the drive.
     #[serde(default = "default_queue_depth")]
     pub queue_depth: u32,
-    /// Size of one read from flash, bytes.
-    #[serde(default = "default_chunk")]
-    pub read_chunk_bytes: u64,
-    /// Capacity of the tier available to one GPU, bytes.
-    pub capacity_bytes: u64,
+    /// Size of one read from flash, KiB.
+    #[serde(default = "default_chunk_kb")]
+    pub read_chunk_kb: f64,
+    /// Capacity of the tier available to one GPU, GB (none: the tier's
+    /// [`default_capacity_gb`](Tier::default_capacity_gb)).
+    #[serde(default)]
+    pub capacity_gb: Option<f64>,
 }
 
 fn one() -> f64 {
@@ -109,8 +140,8 @@ fn default_queue_depth() -> u32 {
     32
 }
 
-fn default_chunk() -> u64 {
-    64 << 10
+fn default_chunk_kb() -> f64 {
+    64.0
 }
 
 impl OffloadSpec {
@@ -121,15 +152,26 @@ impl OffloadSpec {
                 return Err(Error::config(format!("offload.{name}"), format!("must be in [0, 1], got {v}")));
             }
         }
+        validate_capacity("offload", self.capacity_gb)?;
         if self.tier == Tier::Flash {
-            validate_drive("offload", self.flash.as_ref(), self.queue_depth, self.read_chunk_bytes)?;
+            validate_drive("offload", self.flash.as_ref(), self.queue_depth, self.read_chunk_bytes())?;
         }
         Ok(())
     }
 
-    /// Bytes per second the drive delivers for reads of `read_chunk_bytes` at `queue_depth`.
+    /// Size of one read from flash, bytes.
+    pub fn read_chunk_bytes(&self) -> u64 {
+        kib_to_bytes(self.read_chunk_kb)
+    }
+
+    /// Capacity of the tier available to one GPU, bytes.
+    pub fn capacity_bytes(&self) -> u64 {
+        gb_to_bytes(self.capacity_gb.unwrap_or(self.tier.default_capacity_gb()))
+    }
+
+    /// Bytes per second the drive delivers for reads of `read_chunk_kb` at `queue_depth`.
     pub fn flash_throughput(&self) -> f64 {
-        self.flash.as_ref().map_or(0.0, |f| f.throughput(self.queue_depth, self.read_chunk_bytes))
+        self.flash.as_ref().map_or(0.0, |f| f.throughput(self.queue_depth, self.read_chunk_bytes()))
     }
 
     /// Seconds to bring `bytes` of one layer's weights to one GPU over a host link of
@@ -162,8 +204,8 @@ mod tests {
             overlap: false,
             flash: Some(FlashSpec { name: "nvme".into(), read_bandwidth: 7e9, latency: 80e-6, iops: None }),
             queue_depth: 32,
-            read_chunk_bytes: 64 << 10,
-            capacity_bytes: 1 << 40,
+            read_chunk_kb: 64.0,
+            capacity_gb: Some(1e4),
         }
     }
 
@@ -171,10 +213,10 @@ mod tests {
     fn larger_reads_raise_flash_throughput_up_to_the_drive() {
         let mut s = spec(Tier::Flash);
         // 32 reads of 4 KiB every 80 us: 1.64 GB/s.
-        s.read_chunk_bytes = 4096;
+        s.read_chunk_kb = 4.0;
         assert!((s.flash_throughput() - 32.0 * 4096.0 / 80e-6).abs() < 1.0);
         // 64 KiB reads would give 26 GB/s: the drive's 7 GB/s caps it.
-        s.read_chunk_bytes = 64 << 10;
+        s.read_chunk_kb = 64.0;
         assert_eq!(s.flash_throughput(), 7e9);
         s.flash.as_mut().unwrap().iops = Some(50_000.0);
         assert!((s.flash_throughput() - 50_000.0 * 65536.0).abs() < 1.0);

@@ -1,54 +1,27 @@
 //! Hostile configuration and workloads: every case is a clear error naming the field, never a
 //! wrapped clock or a silently wrong result.
 
+mod common;
+
 use fleetwise_core::calibration::Efficiency;
 use fleetwise_core::error::Error;
 use fleetwise_core::hardware::GpuSpec;
-use fleetwise_core::memory::MemoryConfig;
-use fleetwise_core::model::ModelSpec;
 use fleetwise_core::request::Status;
 use fleetwise_core::router::RouterConfig;
-use fleetwise_core::scheduler::SchedulerConfig;
-use fleetwise_core::sim::{simulate, PoolConfig, SimConfig, SimOutput, Workload};
+use fleetwise_core::sim::{simulate, SimConfig, SimOutput, Workload};
 use fleetwise_core::time::MAX_TIME_NS;
 
-fn model() -> ModelSpec {
-    ModelSpec { name: "llama-3-8b".into(), num_layers: 32, hidden_size: 4096, num_heads: 32, num_kv_heads: 8, head_dim: 128, intermediate_size: 14336, vocab_size: 128256, max_position_embeddings: 8192, tie_word_embeddings: false, dtype_bytes: 2, ..Default::default() }
-}
-
-fn gpu() -> GpuSpec {
-    GpuSpec { name: "h100".into(), peak_flops: 989.4e12, memory_bytes: 80_000_000_000, memory_bandwidth: 3.35e12, link_bandwidth: 450e9, link_latency: 2e-6, nic_bandwidth: 50e9, nic_latency: 5e-6, host_link_bandwidth: 64e9, host_link_latency: 5e-6, tdp_watts: 700.0, idle_watts: 70.0, memory_bound_activity: 0.3, sm_count: 132 }
-}
-
+/// The shared pool on `gpu` with this `calibration` and power cap, alone behind a round-robin router.
 fn config(gpu: GpuSpec, calibration: Efficiency, power_cap_watts: Option<f64>) -> SimConfig {
-    SimConfig {
-        seed: 1,
-        pools: vec![PoolConfig {
-            name: "main".into(),
-            count: 1,
-            gpu,
-            model: model(),
-            tp: 1,
-            pp: 1,
-            microbatches: None,
-            gpus_per_node: 8,
-            ep: 1,
-            calibration,
-            memory: MemoryConfig::default(),
-            scheduler: SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192, preemption_mode: Default::default(), swap_space_bytes: 4 << 30 },
-            power_cap_watts,
-            prefix_caching: false,
-            role: Default::default(),
-            kv_transfer: Default::default(),
-            kv_link: Default::default(),
-            pim: None,
-            offload: None,
-            experts: None,
-        }],
-        router: RouterConfig::RoundRobin,
-        record_iterations: false,
-        hash_block_tokens: None,
-    }
+    let mut pool = common::pool(1, gpu);
+    pool.calibration = calibration;
+    pool.power_cap_watts = power_cap_watts;
+    common::sim_config(vec![pool], RouterConfig::RoundRobin, false)
+}
+
+/// The real H100: 80 GB of HBM.
+fn gpu() -> GpuSpec {
+    common::gpu(80_000_000_000)
 }
 
 fn workload(arrival: Vec<u64>) -> Workload {

@@ -1,53 +1,19 @@
 //! Whole-simulation properties of the core, without Python.
 
+mod common;
+
+use common::{gpu, model};
 use fleetwise_core::calibration::Efficiency;
 use fleetwise_core::cost::{BatchShape, CostModel, InstanceSpec};
-use fleetwise_core::hardware::GpuSpec;
-use fleetwise_core::memory::MemoryConfig;
-use fleetwise_core::model::ModelSpec;
 use fleetwise_core::request::Status;
 use fleetwise_core::router::RouterConfig;
 use fleetwise_core::scheduler::SchedulerConfig;
-use fleetwise_core::sim::{simulate, PoolConfig, SimConfig, Workload};
+use fleetwise_core::sim::{simulate, SimConfig, Workload};
 use fleetwise_core::time::secs_to_ns;
 
-fn model() -> ModelSpec {
-    ModelSpec { name: "llama-3-8b".into(), num_layers: 32, hidden_size: 4096, num_heads: 32, num_kv_heads: 8, head_dim: 128, intermediate_size: 14336, vocab_size: 128256, max_position_embeddings: 8192, tie_word_embeddings: false, dtype_bytes: 2, ..Default::default() }
-}
-
-fn gpu(memory_bytes: u64) -> GpuSpec {
-    GpuSpec { name: "h100".into(), peak_flops: 989.4e12, memory_bytes, memory_bandwidth: 3.35e12, link_bandwidth: 450e9, link_latency: 2e-6, nic_bandwidth: 50e9, nic_latency: 5e-6, host_link_bandwidth: 64e9, host_link_latency: 5e-6, tdp_watts: 700.0, idle_watts: 70.0, memory_bound_activity: 0.3, sm_count: 132 }
-}
-
+/// The shared pool with `count` instances of `memory_bytes` each behind `router`, recording iterations.
 fn config(count: u32, memory_bytes: u64, router: RouterConfig) -> SimConfig {
-    SimConfig {
-        seed: 1,
-        pools: vec![PoolConfig {
-            name: "main".into(),
-            count,
-            gpu: gpu(memory_bytes),
-            model: model(),
-            tp: 1,
-            pp: 1,
-            microbatches: None,
-            gpus_per_node: 8,
-            ep: 1,
-            calibration: Efficiency::default(),
-            memory: MemoryConfig::default(),
-            scheduler: SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192, preemption_mode: Default::default(), swap_space_bytes: 4 << 30 },
-            power_cap_watts: None,
-            prefix_caching: false,
-            role: Default::default(),
-            kv_transfer: Default::default(),
-            kv_link: Default::default(),
-            pim: None,
-            offload: None,
-            experts: None,
-        }],
-        router,
-        record_iterations: true,
-        hash_block_tokens: None,
-    }
+    common::sim_config(vec![common::pool(count, gpu(memory_bytes))], router, true)
 }
 
 /// A deterministic pseudo-random workload (LCG), so the test needs no RNG crate.

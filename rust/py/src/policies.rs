@@ -61,18 +61,19 @@ impl PyScheduler {
     /// `num_blocks` blocks of `block_size` tokens, keeping `watermark` blocks free on admission;
     /// `block_bytes` (one block's bytes on one GPU) sizes the swap space in blocks. `planner`, a
     /// Python scheduler bridge (`fleetwise.policy.bridge.SchedulerBridge`), plans each step within
-    /// the configuration's limits, exactly as in the simulator.
+    /// the configuration's limits, exactly as in the simulator. `context_tokens` is the model's
+    /// context (its `max_position_embeddings`), which Orca's `max-len` reservation reserves.
     #[new]
-    #[pyo3(signature = (config_json, num_blocks, block_size=16, watermark=None, block_bytes=2 << 20, planner=None))]
-    fn new(config_json: &str, num_blocks: u32, block_size: u32, watermark: Option<u32>, block_bytes: u64, planner: Option<Py<PyAny>>) -> PyResult<Self> {
+    #[pyo3(signature = (config_json, num_blocks, block_size=16, watermark=None, block_bytes=2 << 20, planner=None, context_tokens=8192))]
+    fn new(config_json: &str, num_blocks: u32, block_size: u32, watermark: Option<u32>, block_bytes: u64, planner: Option<Py<PyAny>>, context_tokens: u32) -> PyResult<Self> {
         let cfg: SchedulerConfig = from_json("scheduler", config_json)?;
         if block_size == 0 {
             return Err(crate::errors::ConfigError::new_err("block_size must be at least 1"));
         }
         let watermark = watermark.unwrap_or_else(|| fleetwise_core::instance::kv_watermark(num_blocks));
         let inner = match planner {
-            Some(bridge) => Box::new(cfg.vllm_v1_loop(Box::new(PyBatchScheduler::new(bridge, Default::default())))) as Box<dyn Scheduler>,
-            None => cfg.build(block_bytes).map_err(to_py)?,
+            Some(bridge) => Box::new(cfg.vllm_v1_loop(Box::new(PyBatchScheduler::new(bridge, Default::default())), context_tokens)) as Box<dyn Scheduler>,
+            None => cfg.build(block_bytes, context_tokens).map_err(to_py)?,
         };
         Ok(PyScheduler { inner, kv: BlockManager::new(num_blocks, block_size, watermark), queues: Queues::default(), reqs: Vec::new(), ids: Vec::new(), batch: Batch::default() })
     }

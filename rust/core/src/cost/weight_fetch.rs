@@ -87,8 +87,8 @@ mod tests {
             overlap,
             flash: Some(crate::offload::FlashSpec { name: "nvme".into(), read_bandwidth: 7e9, latency: 80e-6, iops: None }),
             queue_depth: 32,
-            read_chunk_bytes: 64 << 10,
-            capacity_bytes: 1 << 40,
+            read_chunk_kb: 64.0,
+            capacity_gb: Some(1e4),
         }
     }
 
@@ -134,7 +134,7 @@ mod tests {
     #[test]
     fn offloaded_weights_must_fit_their_tier() {
         let mut o = offload(crate::offload::Tier::Dram, true);
-        o.capacity_bytes = 1 << 30;
+        o.capacity_gb = Some(1.0);
         let e = CostModel::new(llama2_7b(), h100(), ideal(), 1).unwrap().with_offload(Some(o)).unwrap_err();
         assert!(matches!(e, Error::Capacity { .. }));
     }

@@ -99,13 +99,14 @@ impl Instance {
             }
             None => None,
         };
-        let (max_tokens, max_seqs) = scheduler.limits();
+        let context_tokens = spec.model.max_position_embeddings;
+        let (max_tokens, max_seqs) = scheduler.limits(context_tokens);
         check_iteration_time(&cost, max_tokens as u64, spec.power_cap_watts)?;
         let plan = MemoryPlan::new(&cost, memory, max_tokens as u64, max_seqs as u64)?;
         if scheduler.preemption_mode() == PreemptionMode::Swap && spec.gpu.host_link_bandwidth <= 0.0 {
             return Err(Error::config("scheduler.preemption_mode", format!("swap needs the GPU's host_link_bandwidth, which {} does not set", spec.gpu.name)));
         }
-        let scheduler = scheduler.build(plan.kv_bytes_per_token * plan.block_size as u64)?;
+        let scheduler = scheduler.build(plan.kv_bytes_per_token * plan.block_size as u64, context_tokens)?;
         let kv = BlockManager::new(plan.num_blocks, plan.block_size, kv_watermark(plan.num_blocks));
         Ok(Instance { pool, cost, plan, kv, scheduler, queues: Queues::default(), batch: Batch::default(), busy: false, wake_pending: false, outstanding_tokens: 0, record: None, role: Role::Mixed, handoffs: Vec::new(), moe, stats: InstanceStats::default() })
     }

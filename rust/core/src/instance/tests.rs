@@ -14,7 +14,7 @@ fn gpu() -> GpuSpec {
 }
 
 fn vllm() -> SchedulerConfig {
-    SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192, preemption_mode: Default::default(), swap_space_bytes: 4 << 30 }
+    SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192, preemption_mode: Default::default(), swap_space_gb: 4.0 }
 }
 
 fn instance(scheduler: &SchedulerConfig) -> Instance {
@@ -42,7 +42,7 @@ fn a_setup_that_cannot_run_is_refused() {
     let mut tiny = InstanceSpec::new(llama3_8b(), gpu(), Efficiency::default(), 1);
     tiny.gpu.memory_bytes = 1 << 30;
     assert!(matches!(Instance::new(InstanceSetup { pool: 0, spec: tiny, memory: &memory, scheduler: &vllm(), experts: None }), Err(crate::error::Error::Capacity { .. })));
-    let swap = SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192, preemption_mode: crate::scheduler::PreemptionMode::Swap, swap_space_bytes: 4 << 30 };
+    let swap = SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192, preemption_mode: crate::scheduler::PreemptionMode::Swap, swap_space_gb: 4.0 };
     let mut no_host_link = InstanceSpec::new(llama3_8b(), gpu(), Efficiency::default(), 1);
     no_host_link.gpu.host_link_bandwidth = 0.0;
     match Instance::new(InstanceSetup { pool: 0, spec: no_host_link, memory: &memory, scheduler: &swap, experts: None }) {

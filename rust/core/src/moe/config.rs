@@ -134,12 +134,12 @@ pub struct ExpertConfig {
     /// Reads in flight on the drive.
     #[serde(default = "default_queue_depth")]
     pub queue_depth: u32,
-    /// Size of one read from flash, bytes.
-    #[serde(default = "default_chunk")]
-    pub read_chunk_bytes: u64,
-    /// Capacity of the DRAM or flash tier available to one GPU, bytes.
-    #[serde(default = "unlimited")]
-    pub capacity_bytes: u64,
+    /// Size of one read from flash, KiB.
+    #[serde(default = "default_chunk_kb")]
+    pub read_chunk_kb: f64,
+    /// Capacity of the DRAM or flash tier available to one GPU, GB (none: unlimited).
+    #[serde(default)]
+    pub capacity_gb: Option<f64>,
 }
 
 fn one() -> f64 {
@@ -162,12 +162,8 @@ fn default_queue_depth() -> u32 {
     32
 }
 
-fn default_chunk() -> u64 {
-    1 << 20
-}
-
-fn unlimited() -> u64 {
-    u64::MAX
+fn default_chunk_kb() -> f64 {
+    1024.0
 }
 
 impl ExpertConfig {
@@ -182,8 +178,8 @@ impl ExpertConfig {
             staging_experts: None,
             flash: None,
             queue_depth: default_queue_depth(),
-            read_chunk_bytes: default_chunk(),
-            capacity_bytes: unlimited(),
+            read_chunk_kb: default_chunk_kb(),
+            capacity_gb: None,
         }
     }
 
@@ -224,10 +220,21 @@ impl ExpertConfig {
         if self.placement == ExpertTier::Hbm && (self.prefetch.is_some() || self.cache.experts_per_layer > 0) {
             return Err(Error::config("experts.placement", "an expert cache or prefetching needs offloaded experts: placement dram or flash"));
         }
+        crate::offload::validate_capacity("experts", self.capacity_gb)?;
         if self.placement == ExpertTier::Flash {
-            crate::offload::validate_drive("experts", self.flash.as_ref(), self.queue_depth, self.read_chunk_bytes)?;
+            crate::offload::validate_drive("experts", self.flash.as_ref(), self.queue_depth, self.read_chunk_bytes())?;
         }
         Ok(())
+    }
+
+    /// Size of one read from flash, bytes.
+    pub fn read_chunk_bytes(&self) -> u64 {
+        crate::offload::kib_to_bytes(self.read_chunk_kb)
+    }
+
+    /// Capacity of the DRAM or flash tier available to one GPU, bytes (`u64::MAX`: unlimited).
+    pub fn capacity_bytes(&self) -> u64 {
+        self.capacity_gb.map_or(u64::MAX, crate::offload::gb_to_bytes)
     }
 
     /// Whether experts are fetched from outside HBM.

@@ -241,14 +241,15 @@ impl SchedulerConfig {
         }
     }
 
-    /// Most tokens and sequences per iteration, known before the memory plan exists.
-    pub fn limits(&self) -> (u32, u32) {
+    /// Most tokens and sequences per iteration, known before the memory plan exists, for a model
+    /// of `context_tokens` (its `max_position_embeddings`).
+    pub fn limits(&self, context_tokens: u32) -> (u32, u32) {
         match *self {
             SchedulerConfig::Vllm { max_num_seqs, max_num_batched_tokens, .. } => (max_num_batched_tokens, max_num_seqs),
             SchedulerConfig::VllmV1 { max_num_seqs, max_num_batched_tokens, .. } => (max_num_batched_tokens, max_num_seqs),
             SchedulerConfig::SarathiServe { max_num_seqs, token_budget } => (token_budget, max_num_seqs),
             SchedulerConfig::Sarathi { max_num_seqs, chunk_size } => (chunk_size + max_num_seqs, max_num_seqs),
-            SchedulerConfig::Orca { max_num_seqs, reserve_tokens } => (reserve_tokens.unwrap_or(8192), max_num_seqs),
+            SchedulerConfig::Orca { max_num_seqs, reserve } => (reserve.tokens(context_tokens).unwrap_or(8192), max_num_seqs),
             SchedulerConfig::BatchLlm { max_num_seqs, token_budget } => (token_budget, max_num_seqs),
         }
     }
@@ -268,9 +269,9 @@ pub enum SchedulerConfig {
         /// Recompute (default) or swap.
         #[serde(default)]
         preemption_mode: PreemptionMode,
-        /// Host memory for swapped KV per GPU, bytes (vLLM's `swap_space`, 4 GiB by default).
-        #[serde(default = "default_swap_space")]
-        swap_space_bytes: u64,
+        /// Host memory for swapped KV per GPU, GiB (vLLM's `swap_space`, 4 by default).
+        #[serde(default = "default_swap_space_gb")]
+        swap_space_gb: f64,
     },
     /// vLLM v1's scheduler: running requests first (decodes and prompt chunks), then admissions,
     /// chunked prefill within one token budget; a user's policy may plan each step.
@@ -316,10 +317,31 @@ pub enum SchedulerConfig {
     Orca {
         /// Most sequences in one iteration.
         max_num_seqs: u32,
-        /// Tokens of KV reserved per request (None: its own prompt + output).
+        /// KV reserved per request at admission: the model's whole context or its own length.
         #[serde(default)]
-        reserve_tokens: Option<u32>,
+        reserve: OrcaReserve,
     },
+}
+
+/// How much KV cache Orca reserves for a request when it admits it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OrcaReserve {
+    /// The model's whole context, as Orca does.
+    #[default]
+    MaxLen,
+    /// The request's own prompt + output (an oracle that knows the output length).
+    Oracle,
+}
+
+impl OrcaReserve {
+    /// Tokens reserved per request for a model of `context_tokens`; `None`: each request's own length.
+    pub fn tokens(self, context_tokens: u32) -> Option<u32> {
+        match self {
+            OrcaReserve::MaxLen => Some(context_tokens),
+            OrcaReserve::Oracle => None,
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -327,9 +349,10 @@ fn yes() -> bool {
 }
 
 impl SchedulerConfig {
-    /// The scheduling loop a plan-driven policy runs in, with this configuration's limits.
-    pub fn vllm_v1_loop(&self, batch_scheduler: Box<dyn BatchScheduler>) -> VllmV1Scheduler {
-        let (tokens, seqs) = self.limits();
+    /// The scheduling loop a plan-driven policy runs in, with this configuration's limits for a
+    /// model of `context_tokens`.
+    pub fn vllm_v1_loop(&self, batch_scheduler: Box<dyn BatchScheduler>, context_tokens: u32) -> VllmV1Scheduler {
+        let (tokens, seqs) = self.limits(context_tokens);
         let reserve = match *self {
             SchedulerConfig::VllmV1 { reserve_full_prompt, .. } => reserve_full_prompt,
             _ => true,
@@ -338,8 +361,13 @@ impl SchedulerConfig {
     }
 }
 
-fn default_swap_space() -> u64 {
-    4 << 30
+fn default_swap_space_gb() -> f64 {
+    4.0
+}
+
+/// Bytes in `gib` GiB, truncated to whole bytes.
+fn gib_to_bytes(gib: f64) -> u64 {
+    (gib * (1u64 << 30) as f64) as u64
 }
 
 fn positive(path: &str, v: u32) -> Result<()> {
@@ -350,19 +378,23 @@ fn positive(path: &str, v: u32) -> Result<()> {
 }
 
 impl SchedulerConfig {
-    /// Builds the scheduler; `block_bytes` is one KV block's size on one GPU (sizes the swap space).
-    pub fn build(&self, block_bytes: u64) -> Result<Box<dyn Scheduler>> {
+    /// Builds the scheduler; `block_bytes` is one KV block's size on one GPU (sizes the swap space),
+    /// `context_tokens` the model's context (`max_position_embeddings`, what Orca's `max-len` reserves).
+    pub fn build(&self, block_bytes: u64, context_tokens: u32) -> Result<Box<dyn Scheduler>> {
         match *self {
-            SchedulerConfig::Vllm { max_num_seqs, max_num_batched_tokens, preemption_mode, swap_space_bytes } => {
+            SchedulerConfig::Vllm { max_num_seqs, max_num_batched_tokens, preemption_mode, swap_space_gb } => {
                 if max_num_seqs == 0 {
                     return Err(Error::config("scheduler.max_num_seqs", "must be at least 1"));
                 }
                 if max_num_batched_tokens == 0 {
                     return Err(Error::config("scheduler.max_num_batched_tokens", "must be at least 1"));
                 }
+                if !(swap_space_gb.is_finite() && swap_space_gb >= 0.0) {
+                    return Err(Error::config("scheduler.swap_space_gb", format!("must be a finite number of GiB >= 0, got {swap_space_gb}")));
+                }
                 let host_blocks = match preemption_mode {
                     PreemptionMode::Recompute => 0,
-                    PreemptionMode::Swap => (swap_space_bytes / block_bytes.max(1)).min(u32::MAX as u64) as u32,
+                    PreemptionMode::Swap => (gib_to_bytes(swap_space_gb) / block_bytes.max(1)).min(u32::MAX as u64) as u32,
                 };
                 Ok(Box::new(VllmScheduler::new(max_num_seqs, max_num_batched_tokens).with_swap_space(host_blocks)))
             }
@@ -372,7 +404,7 @@ impl SchedulerConfig {
                 if let Some(c) = max_prefill_chunk {
                     positive("scheduler.max_prefill_chunk", c)?;
                 }
-                Ok(Box::new(self.vllm_v1_loop(Box::new(VllmV1Fcfs { max_num_seqs, max_num_batched_tokens, max_prefill_chunk }))))
+                Ok(Box::new(self.vllm_v1_loop(Box::new(VllmV1Fcfs { max_num_seqs, max_num_batched_tokens, max_prefill_chunk }), context_tokens)))
             }
             SchedulerConfig::SarathiServe { max_num_seqs, token_budget } => {
                 positive("scheduler.max_num_seqs", max_num_seqs)?;
@@ -389,10 +421,11 @@ impl SchedulerConfig {
                 positive("scheduler.token_budget", token_budget)?;
                 Ok(Box::new(BatchLlmScheduler::new(token_budget, max_num_seqs)))
             }
-            SchedulerConfig::Orca { max_num_seqs, reserve_tokens } => {
+            SchedulerConfig::Orca { max_num_seqs, reserve } => {
                 positive("scheduler.max_num_seqs", max_num_seqs)?;
+                let reserve_tokens = reserve.tokens(context_tokens);
                 if let Some(t) = reserve_tokens {
-                    positive("scheduler.reserve_tokens", t)?;
+                    positive("scheduler.reserve", t)?;
                 }
                 Ok(Box::new(OrcaScheduler::new(max_num_seqs, reserve_tokens)))
             }

@@ -99,11 +99,11 @@ impl<'a> Cluster<'a> {
                     model: pool.model.clone(),
                     gpu: pool.gpu.clone(),
                     efficiency: pool.calibration.clone(),
-                    tp: pool.tp,
-                    pp: pool.pp,
-                    microbatches: pool.microbatches,
-                    ep: pool.ep,
-                    gpus_per_node: pool.gpus_per_node,
+                    tp: pool.parallelism.tp,
+                    pp: pool.parallelism.pp,
+                    microbatches: pool.parallelism.microbatches,
+                    ep: pool.parallelism.ep,
+                    gpus_per_node: pool.parallelism.gpus_per_node,
                     pim: pool.pim.clone(),
                     offload: pool.offload.clone(),
                     power_cap_watts: pool.power_cap_watts,
@@ -112,7 +112,7 @@ impl<'a> Cluster<'a> {
                 let setup = InstanceSetup { pool: p as u32, spec, memory: &pool.memory, scheduler: &pool.scheduler, experts };
                 let inst = Instance::new(setup).map_err(|e| prefix(&format!("cluster.pools.{p}"), e))?.with_prefix_cache(prefix_tokens).with_role(pool.role);
                 let inst = match plugins.batch_schedulers.get(&p) {
-                    Some(make) => inst.with_scheduler(Box::new(pool.scheduler.vllm_v1_loop(make(instances.len())?))),
+                    Some(make) => inst.with_scheduler(Box::new(pool.scheduler.vllm_v1_loop(make(instances.len())?, pool.model.max_position_embeddings))),
                     None => inst,
                 };
                 let inst = match plugins.evictors.get(&p) {

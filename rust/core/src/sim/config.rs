@@ -27,20 +27,8 @@ pub struct PoolConfig {
     pub gpu: GpuSpec,
     /// Model served.
     pub model: ModelSpec,
-    /// Tensor-parallel degree.
-    pub tp: u32,
-    /// Pipeline-parallel stages (GPUs per instance = tp x pp).
-    #[serde(default = "one")]
-    pub pp: u32,
-    /// Micro-batches per iteration with pipeline parallelism (default: pp).
-    #[serde(default)]
-    pub microbatches: Option<u32>,
-    /// GPUs per node (NVLink domain); instances larger than a node use the NICs between nodes.
-    #[serde(default = "eight")]
-    pub gpus_per_node: u32,
-    /// Expert-parallel degree for MoE models (1, or equal to tp).
-    #[serde(default = "one")]
-    pub ep: u32,
+    /// How each instance spreads the model over GPUs.
+    pub parallelism: Parallelism,
     /// Cost-model efficiency factors for this GPU.
     pub calibration: Efficiency,
     /// Memory settings.
@@ -72,6 +60,33 @@ pub struct PoolConfig {
     /// prefill and decode instances share nodes (DistServe's high node affinity).
     #[serde(default)]
     pub kv_link: KvLink,
+}
+
+/// How one instance spreads the model over GPUs (a pool's `parallelism` in the scenario).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Parallelism {
+    /// Tensor-parallel degree.
+    pub tp: u32,
+    /// Pipeline-parallel stages (GPUs per instance = tp x pp).
+    #[serde(default = "one")]
+    pub pp: u32,
+    /// Micro-batches per iteration with pipeline parallelism (default: pp).
+    #[serde(default)]
+    pub microbatches: Option<u32>,
+    /// GPUs per node (NVLink domain); instances larger than a node use the NICs between nodes.
+    #[serde(default = "eight")]
+    pub gpus_per_node: u32,
+    /// Expert-parallel degree for MoE models (1, or equal to tp).
+    #[serde(default = "one")]
+    pub ep: u32,
+}
+
+impl Default for Parallelism {
+    /// One GPU per instance, nodes of eight.
+    fn default() -> Self {
+        Parallelism { tp: 1, pp: 1, microbatches: None, gpus_per_node: 8, ep: 1 }
+    }
 }
 
 /// When a prefill instance sends a request's KV cache to its decode instance.

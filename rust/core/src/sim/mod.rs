@@ -27,7 +27,7 @@ pub mod report;
 mod transfers;
 
 pub use cluster::Event;
-pub use config::{KvLink, KvTransfer, PoolConfig, SimConfig, Workload};
+pub use config::{KvLink, KvTransfer, Parallelism, PoolConfig, SimConfig, Workload};
 pub use control::Control;
 pub use disaggregation::{DecodeChoice, FewestOutstandingTokens, Role};
 pub use plugins::{EvictorFactory, BatchSchedulerFactory, Plugins};

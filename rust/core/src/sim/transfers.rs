@@ -66,7 +66,7 @@ impl Transfers {
                 (Some(o), _) => add(format!("instance{i}.flash"), o.flash_throughput(), o.flash.as_ref().map_or(0.0, |f| f.latency)),
                 (None, Some(c)) => {
                     let f = c.flash.as_ref().expect("validated: flash experts have a drive");
-                    add(format!("instance{i}.flash"), f.throughput(c.queue_depth, c.read_chunk_bytes), f.latency)
+                    add(format!("instance{i}.flash"), f.throughput(c.queue_depth, c.read_chunk_bytes()), f.latency)
                 }
                 (None, None) => None,
             });
