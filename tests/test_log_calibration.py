@@ -141,3 +141,21 @@ def test_real_vllm_cpu_log_validates_and_calibrates():
     fit = fit_log(sc, log, parameters=PARAMETERS[:1])
     assert 0.002 < fit.fitted["iteration_overhead"] < 0.02
     assert fit.loss_after < fit.loss_before / 2
+
+
+def test_fit_on_one_real_trace_predicts_the_others():
+    # from the catalogue's H100 factors (no serving calibration): fit on the 9 req/s trace, then the
+    # held-out 6 and 12 req/s traces (docs/calibration.md): rate6 TPOT/E2E -14% -> within 4%, rate12
+    # TPOT -29% -> -10% (its larger decode batches are not in the fitted trace)
+    sc = load_replay_scenario(GPU_SCENARIO, ["cluster.pools.0.calibration=null"])
+    logs = {t: read_request_log(GPU_LOG, select={"trace": t}) for t in ("calibration", "rate6", "rate12")}
+    fit = fit_log(sc, logs["calibration"])
+    assert fit.loss_before > 0.12 and fit.loss_after < 0.03
+    assert fit.fitted["iteration_overhead"] == pytest.approx(0.665e-3, rel=0.05)
+    before = {t: compare(logs[t], replay(sc, logs[t])) for t in ("rate6", "rate12")}
+    after = {t: compare(logs[t], replay(fit.scenario, logs[t])) for t in ("rate6", "rate12")}
+    stats = ("p50", "p90", "p99")
+    assert all(before["rate6"].error(m, s) < -0.11 for m in ("tpot", "e2e") for s in stats)
+    assert all(abs(after["rate6"].error(m, s)) < 0.05 for m in ("ttft", "tpot", "e2e") for s in stats)
+    assert all(before["rate12"].error("tpot", s) < -0.28 for s in stats)
+    assert all(-0.12 < after["rate12"].error(m, s) < -0.08 for m in ("tpot", "e2e") for s in stats)

@@ -26,11 +26,13 @@ def residuals(comparison: LogComparison) -> dict[str, dict[str, float | None]]:
     return out
 
 
-def engine_profile(fit: LogFit, log: RequestLog, scenario_path: str | Path) -> dict:
+def engine_profile(fit: LogFit, log: RequestLog, scenario_path: str | Path, select: dict[str, str] | None = None,
+                   overrides: list[str] | tuple[str, ...] = ()) -> dict:
     """The profile as a dict: ``based_on`` (the pool's engine; ``vllm`` when the scenario names
     none), ``per_gpu: {gpu: factors}`` (the fitted values plus the factors the pool's own
     ``calibration:`` sets, so that the profile reproduces what was fitted), ``fitted_from`` and
-    ``residuals`` (relative errors per metric after the fit)."""
+    ``residuals`` (relative errors per metric after the fit). ``select`` (the log's row selection)
+    and ``overrides`` (the scenario's ``--set`` values) are recorded when given."""
     pool = fit.scenario.cluster.pools[[p.name for p in fit.scenario.cluster.pools].index(fit.pool)]
     engine = getattr(pool, "engine", None) or "vllm"
     factors = pool.calibration.model_dump(exclude_none=True) if pool.calibration is not None else {}
@@ -41,7 +43,9 @@ def engine_profile(fit: LogFit, log: RequestLog, scenario_path: str | Path) -> d
         "fitted_from": {
             "log": str(log.path),
             "log_format": log.format,
+            **({"select": dict(select)} if select else {}),
             "scenario": str(scenario_path),
+            **({"scenario_overrides": list(overrides)} if overrides else {}),
             "pool": fit.pool,
             "n_requests": len(log),
             "parameters": list(fit.fitted),
@@ -63,8 +67,10 @@ def write_profile(profile: dict, path: str | Path) -> Path:
 
     path = Path(path)
     src = profile["fitted_from"]
+    options = "".join(f" --select {k}={v}" for k, v in src.get("select", {}).items())
+    options += "".join(f" --set {o}" for o in src.get("scenario_overrides", ()))
     header = (f"# Engine profile fitted by `fleetwise calibrate --requests {src['log']} --scenario {src['scenario']}"
-              f" --pool {src['pool']}`\n# on {src['n_requests']} requests; residuals: relative errors "
+              f" --pool {src['pool']}{options}`\n# on {src['n_requests']} requests; residuals: relative errors "
               "(simulated / measured - 1) after the fit.\n")
     try:
         path.write_text(header + yaml.safe_dump(profile, sort_keys=False))

@@ -161,7 +161,7 @@ def _calibrate_from_log(requests: Path, scenario: Path, pool: str | None, names:
         errors.add_row(b.metric.upper(), b.statistic, _ms(b.measured_s), _pct(b.error), _pct(a.error))
     out.print(errors)
     out.print(_log_line(log), highlight=False)
-    path = write_profile(engine_profile(fit, log, scenario), output)
+    path = write_profile(engine_profile(fit, log, scenario, select, overrides), output)
     out.print(f"engine profile written to {path}")
 
 
