@@ -124,6 +124,19 @@ def test_table_aliases_units_and_encodings_agree(tmp_path):
     assert read_request_log(csv).frame["source_row"].to_list() == [2, 4]  # the blank line 3 is skipped
 
 
+def test_table_parquet_timestamps_and_durations(tmp_path):
+    import datetime as dt
+
+    t0 = dt.datetime(2026, 1, 1, 12, 0, 0)
+    path = tmp_path / "ts.parquet"
+    pl.DataFrame({"start_time": [t0, t0 + dt.timedelta(milliseconds=500)],
+                  "ttft": [dt.timedelta(milliseconds=20), dt.timedelta(milliseconds=30)],
+                  "latency": [0.12, 0.07], "prompt_tokens": [5, 6], "output_tokens": [3, 2]}).write_parquet(path)
+    f = read_request_log(path).frame
+    assert f["arrival_s"].to_list() == pytest.approx([0.0, 0.5])
+    assert f["first_token_s"].to_list() == pytest.approx([0.02, 0.53]) and f["last_token_s"].to_list() == pytest.approx([0.12, 0.57])
+
+
 def test_table_bad_rows_name_their_line(tmp_path):
     csv = tmp_path / "bad.csv"
     csv.write_text("arrival_s,first_token_s,last_token_s,prompt_tokens,output_tokens\n0,0.1,0.5,10,4\n\n0.2,0.1,0.5,10,4\n")

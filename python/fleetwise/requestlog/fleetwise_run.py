@@ -47,7 +47,7 @@ def read_fleetwise_log(path: str | Path) -> RequestLog:
             raise TraceError(f"{path}: column {name} must be integers, got {frame[name].dtype}")
     status = frame["status"].cast(pl.String)
     counts = status.value_counts()
-    dropped = {s: int(n) for s, n in zip(counts["status"].to_list(), counts["count"].to_list()) if s != "finished"}
+    dropped = {str(s): int(n) for s, n in zip(counts["status"].to_list(), counts["count"].to_list()) if s != "finished"}
     done = frame.filter(status == "finished")
     raw = done.select(
         "source_row",

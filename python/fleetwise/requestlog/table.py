@@ -19,7 +19,8 @@ ITL (optional)      ``itl``, ``itls``, ``inter_token_latencies``: a list of gaps
 
 So ``arrival_s, first_token_s, last_token_s, prompt_tokens, output_tokens`` is the documented
 spelling. Times are on any common clock (epoch seconds work); TTFT and E2E are relative to the
-arrival. Token counts are integers. Other columns are ignored, except for selecting rows
+arrival. Parquet timestamp and duration columns are read in their own unit. Token counts are
+integers. Other columns are ignored, except for selecting rows
 (``select={"trace": "rate6"}`` keeps the rows whose ``trace`` column is ``rate6``). Errors name the
 1-based line (CSV, JSON Lines) or the 0-based row (Parquet).
 """
@@ -90,9 +91,19 @@ def read_table_log(path: str | Path, select: dict[str, str] | None = None) -> Re
     def fail(row: int, message: str) -> None:
         raise TraceError(f"{path}: {label} {int(frame['source_row'][row])}: {message}")
 
-    def seconds(column: str) -> pl.Series:
+    def seconds(column: tuple[str, float]) -> pl.Series:
         name, scale = column
-        values = frame[name].cast(pl.Float64, strict=False) if frame[name].dtype != pl.String else frame[name].str.strip_chars().cast(pl.Float64, strict=False)
+        raw = frame[name]
+        if isinstance(raw.dtype, pl.Datetime):  # a timestamp: its own unit, not the name's
+            values, scale = raw.dt.epoch("ns").cast(pl.Float64), 1e-9
+        elif isinstance(raw.dtype, pl.Duration):
+            values, scale = raw.dt.total_nanoseconds().cast(pl.Float64), 1e-9
+        elif raw.dtype == pl.String:
+            values = raw.str.strip_chars().cast(pl.Float64, strict=False)
+        elif raw.dtype.is_numeric():
+            values = raw.cast(pl.Float64)
+        else:
+            fail(0, f"{name} must be numbers (seconds), timestamps or durations, got a column of {raw.dtype}")
         row = first_true(values.is_null())
         if row is not None:
             fail(row, f"{name} must be a number, got {clip(frame[name][row])}")
