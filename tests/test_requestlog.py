@@ -148,6 +148,9 @@ def test_table_bad_rows_name_their_line(tmp_path):
     csv.write_text("arrival_s,first_token_s,last_token_s,prompt_tokens,output_tokens\n0,0.1,0.5,10,0\n")
     with pytest.raises(TraceError, match="line 2: output_tokens must be an integer from 1"):
         read_request_log(csv)
+    csv.write_text("arrival_s,first_token_s,last_token_s,prompt_tokens,output_tokens\n0,0.1,0.5,10,4\n0,0.1,1e300,10,4\n")
+    with pytest.raises(TraceError, match="line 3: last token 1e\\+300 s after the arrival, more than the simulator's clock allows"):
+        read_request_log(csv)
     jsonl = tmp_path / "bad.jsonl"
     jsonl.write_text('{"arrival_s": 0, "ttft_s": 0.1, "e2e_s": 0.2, "prompt_tokens": 5, "output_tokens": 2}\n{"arrival_s": 1, "ttft_s": \n')
     with pytest.raises(TraceError, match="bad.jsonl: line 2 column .*: invalid JSON"):

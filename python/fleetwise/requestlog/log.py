@@ -115,7 +115,8 @@ def finish_log(
     ``raw`` has ``source_row``, the three time columns (Float64 seconds on any common clock), the
     two token columns (Int64) and optionally ``itl_s`` (List(Float64)). Raises ``TraceError``
     ``"<path>: <row_label> <N>: <problem>"`` for the first row (in file order) with a null or
-    non-finite time, a first token before the arrival or a last token before the first, a token
+    non-finite time, a first token before the arrival, a last token before the first or further from
+    the arrival than the simulator's clock reaches, a token
     count outside 1 .. MAX_TOKENS, or a negative or non-finite gap; and naming the file when no
     row is left or the arrivals span more than the simulator's clock.
     """
@@ -142,6 +143,10 @@ def finish_log(
         row = first_true(late)
         if row is not None:
             problems.append((row, f"last token ({raw['last_token_s'][row]:.9g} s) is before the first token ({raw['first_token_s'][row]:.9g} s)"))
+        longest = MAX_TIME_NS / 1e9
+        row = first_true(raw["last_token_s"] - raw["arrival_s"] > longest)
+        if row is not None:
+            problems.append((row, f"last token {raw['last_token_s'][row] - raw['arrival_s'][row]:.3g} s after the arrival, more than the simulator's clock allows ({longest:.3g} s)"))
     for name in TOKEN_COLUMNS:
         col = raw[name]
         row = first_true(col.is_null() | (col < 1) | (col > MAX_TOKENS))

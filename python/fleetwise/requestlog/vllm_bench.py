@@ -76,6 +76,7 @@ def read_vllm_bench_log(path: str | Path) -> RequestLog:
             "re-run vllm bench serve with --save-detailed on a vLLM that writes start_times, or give "
             "a per-request table (arrival_s, first_token_s, last_token_s, prompt_tokens, output_tokens)"
         )
+    start = start - start.min() if n else start  # re-based before the latencies are added: no precision lost
     prompt = _integers(path, data, "input_lens")
     output = _integers(path, data, "output_lens")
     ttft = _numbers(path, data, "ttfts")
