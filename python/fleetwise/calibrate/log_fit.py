@@ -51,7 +51,7 @@ PARAMETERS: tuple[FitParameter, ...] = (
 UNSET_MEANS = {"elementwise_memory": "memory", "attention_memory": "memory"}
 """Factors that, left unset, take another factor's value (``Calibration``): a fit starts there."""
 FIT_METRICS = ("ttft", "tpot", "itl")
-"""Metrics the loss compares (ITL only when the log has it)."""
+"""Metrics the loss compares by default (ITL only when the log has it)."""
 FIT_STATISTICS = ("p50", "p90", "p99")
 """Statistics of each metric the loss compares."""
 GRID_POINTS = 7
@@ -66,12 +66,12 @@ TOLERANCE = 1e-3
 """A sweep improving the loss by less than this ends the search."""
 
 
-def loss(comparison: LogComparison) -> float:
-    """The fit's loss: RMS of ``log(simulated / measured)`` over ``FIT_METRICS`` x ``FIT_STATISTICS``
+def loss(comparison: LogComparison, metrics: Sequence[str] = FIT_METRICS) -> float:
+    """The fit's loss: RMS of ``log(simulated / measured)`` over ``metrics`` x ``FIT_STATISTICS``
     (those the log has); infinite when a compared value is missing (nothing finished)."""
     terms = []
     for row in comparison.rows:
-        if row.metric in FIT_METRICS and row.statistic in FIT_STATISTICS:
+        if row.metric in metrics and row.statistic in FIT_STATISTICS:
             if row.error is None or row.error <= -1:
                 return math.inf
             terms.append(math.log1p(row.error) ** 2)
@@ -100,14 +100,25 @@ class LogFit:
     """``loss(after)``."""
     evaluations: int
     """Replays run."""
+    metrics: tuple[str, ...]
+    """The metrics the loss compared."""
     scenario: Scenario = field(repr=False)
     """The scenario with the fitted values in the pool's ``calibration:``."""
 
 
-def fit_log(scenario: Scenario, log: RequestLog, pool: str | None = None, parameters: Sequence[FitParameter] = PARAMETERS) -> LogFit:
+def fit_log(scenario: Scenario, log: RequestLog, pool: str | None = None, parameters: Sequence[FitParameter] = PARAMETERS,
+            metrics: Sequence[str] = FIT_METRICS) -> LogFit:
     """Fit ``parameters`` of pool ``pool`` (``None``: the only pool) so that replaying ``log`` on
-    ``scenario`` matches its measured percentiles (module docstring). Deterministic: the same
-    inputs give the same values."""
+    ``scenario`` matches its measured percentiles of ``metrics`` (module docstring; e.g. only
+    ``("tpot", "itl")`` when the measured TTFT includes front-end time the model does not have).
+    Deterministic: the same inputs give the same values. Raises ``ConfigError`` for an unknown
+    metric."""
+    from fleetwise.calibrate.comparison import METRICS
+    from fleetwise.errors import ConfigError
+
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown or not metrics:
+        raise ConfigError(f"fit metrics {', '.join(unknown) or '(none)'}: allowed: {', '.join(METRICS)}")
     index = pool_index(scenario, pool)
     base = resolved_calibration(scenario, index)
     start = {p.name: float(_effective(base, p.name)) for p in parameters}
@@ -117,7 +128,7 @@ def fit_log(scenario: Scenario, log: RequestLog, pool: str | None = None, parame
         key = tuple(round(values[p.name], 15) for p in parameters)
         if key not in cache:
             comparison = compare(log, replay(with_calibration(scenario, index, values), log))
-            cache[key] = (loss(comparison), comparison)
+            cache[key] = (loss(comparison, metrics), comparison)
         return cache[key][0]
 
     current = dict(start)
@@ -134,7 +145,7 @@ def fit_log(scenario: Scenario, log: RequestLog, pool: str | None = None, parame
     after_loss, after = cache[tuple(round(current[p.name], 15) for p in parameters)]
     gpu = scenario.cluster.pools[index].gpu
     return LogFit(pool=scenario.cluster.pools[index].name, gpu=gpu, start=start, fitted=current, before=before,
-                  after=after, loss_before=before_loss, loss_after=after_loss, evaluations=len(cache),
+                  after=after, loss_before=before_loss, loss_after=after_loss, evaluations=len(cache), metrics=tuple(metrics),
                   scenario=with_calibration(scenario, index, current))
 
 

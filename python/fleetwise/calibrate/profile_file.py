@@ -49,6 +49,7 @@ def engine_profile(fit: LogFit, log: RequestLog, scenario_path: str | Path, sele
             "pool": fit.pool,
             "n_requests": len(log),
             "parameters": list(fit.fitted),
+            "metrics": list(fit.metrics),
             "start": {k: _rounded(v, 6) for k, v in fit.start.items()},
             "loss_before": _rounded(fit.loss_before),
             "loss_after": _rounded(fit.loss_after),

@@ -107,6 +107,7 @@ def calibrate(
     scenario: Optional[Path] = typer.Option(None, "--scenario", help="With --requests: the scenario the log's deployment is (cluster, pools, policies)."),
     pool: Optional[str] = typer.Option(None, "--pool", help="With --requests: the pool to fit (default: the only one)."),
     param: List[str] = typer.Option([], "--param", help="With --requests: fit only this parameter (iteration_overhead, elementwise_memory, attention_compute, layer_overhead, attention_memory). Repeatable."),
+    metric: List[str] = typer.Option([], "--metric", help="With --requests: fit to this metric's p50/p90/p99 only (ttft, tpot, itl, e2e; default ttft, tpot, itl). Repeatable."),
     log_format: Optional[str] = typer.Option(None, "--format", help=_FORMAT_HELP),
     select: List[str] = typer.Option([], "--select", help=_SELECT_HELP),
     set_: List[str] = typer.Option([], "--set", help="With --requests: override a scenario value: PATH=VALUE. Repeatable."),
@@ -124,17 +125,17 @@ def calibrate(
             raise ConfigError("calibrate: give either --requests (fit to a request log) or --data (fit to GPU measurements), not both")
         if scenario is None:
             raise ConfigError("calibrate --requests: --scenario is required (the cluster the log was measured on)")
-        _calibrate_from_log(requests, scenario, pool, param, log_format, _select(select), set_, output or Path("profile.yaml"))
+        _calibrate_from_log(requests, scenario, pool, param, metric, log_format, _select(select), set_, output or Path("profile.yaml"))
         return
     if data is None or gpu is None:
         raise ConfigError("calibrate: give --requests LOG --scenario S (fit to a request log), or --data DIR --gpu NAME (fit to GPU measurements)")
     _calibrate_from_measurements(data, gpu, measure, model, output)
 
 
-def _calibrate_from_log(requests: Path, scenario: Path, pool: str | None, names: List[str], log_format: str | None,
+def _calibrate_from_log(requests: Path, scenario: Path, pool: str | None, names: List[str], metrics: List[str], log_format: str | None,
                         select: dict[str, str], overrides: List[str], output: Path) -> None:
     """``calibrate --requests``: fit, print before/after, write the profile."""
-    from fleetwise.calibrate.log_fit import PARAMETERS, fit_log
+    from fleetwise.calibrate.log_fit import FIT_METRICS, PARAMETERS, fit_log
     from fleetwise.calibrate.profile_file import engine_profile, write_profile
     from fleetwise.calibrate.replay import load_replay_scenario
     from fleetwise.errors import ConfigError
@@ -147,14 +148,14 @@ def _calibrate_from_log(requests: Path, scenario: Path, pool: str | None, names:
     parameters = [known[n] for n in dict.fromkeys(names)] if names else list(PARAMETERS)
     log = read_request_log(requests, log_format, select)
     sc = load_replay_scenario(scenario, overrides)
-    fit = fit_log(sc, log, pool, parameters)
+    fit = fit_log(sc, log, pool, parameters, tuple(dict.fromkeys(metrics)) or FIT_METRICS)
     t = Table(title=f"pool {fit.pool} ({fit.gpu}): {len(parameters)} parameter(s) fitted to {len(log)} requests in {fit.evaluations} replays")
     for c in ("parameter", "before", "fitted"):
         t.add_column(c, justify="left" if c == "parameter" else "right")
     for name, value in fit.fitted.items():
         t.add_row(name, f"{fit.start[name]:.4g}", f"{value:.4g}")
     out.print(t)
-    errors = Table(title=f"relative error of the simulated percentiles (loss {fit.loss_before:.4f} -> {fit.loss_after:.4f})")
+    errors = Table(title=f"relative error of the simulated percentiles (loss over {', '.join(fit.metrics)}: {fit.loss_before:.4f} -> {fit.loss_after:.4f})")
     for c in ("metric", "stat", "measured (ms)", "before", "after"):
         errors.add_column(c, justify="left" if c in ("metric", "stat") else "right")
     for b, a in zip(fit.before.rows, fit.after.rows):
