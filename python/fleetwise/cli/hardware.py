@@ -1,10 +1,8 @@
-"""``fleetwise estimate``, ``catalog`` and ``calibrate``: one iteration, the catalogue, the cost model's fit."""
+"""``fleetwise estimate`` and ``catalog``: one iteration, the catalogue (``calibrate`` is in ``calibration.py``)."""
 
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 from typing import List, Optional
 
 import typer
@@ -106,37 +104,3 @@ def catalog(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -
     for k, p in pims.items():
         t.add_row(k, p.description, f"{p.peak_flops / 1e12:.1f}", f"{p.internal_bandwidth / 1e12:.1f}")
     out.print(t)
-
-
-@app.command()
-def calibrate(
-    data: Path = typer.Option(..., "--data", help="Directory of measurements (written by --measure, or copied from a GPU machine)."),
-    gpu: str = typer.Option(..., "--gpu", help="Catalogue GPU whose datasheet peaks the factors are relative to."),
-    measure: bool = typer.Option(False, "--measure", help="First measure on this machine's GPU (needs PyTorch and CUDA)."),
-    model: str = typer.Option("llama-3-8b", "--model", help="Model of the measured forward passes."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Where to write the fitted calibration (default DATA/fitted.yaml)."),
-) -> None:
-    """Fit the cost model's efficiency factors to measurements taken on a real GPU."""
-    import subprocess
-
-    import yaml
-
-    from fleetwise.calibrate.fit import Measurements, error_summary, error_table, fit_calibration, predict_forward
-    from fleetwise.catalog import lookup
-    from fleetwise.errors import ConfigError
-
-    if measure:
-        script = Path(__file__).parent / "calibrate" / "measure_gpu.py"
-        subprocess.run([sys.executable, str(script), "--out", str(data)], check=True)
-    missing = [f for f in ("gemm.csv", "attn_prefill.csv", "attn_decode.csv", "forward.csv", "device.json") if not (data / f).exists()]
-    if missing:
-        raise ConfigError(f"--data {data}: missing {', '.join(missing)}; run with --measure on a GPU machine, or copy a measure_gpu.py output directory")
-    spec = lookup("gpu", gpu, {}, "--gpu")
-    m_spec = lookup("model", model, {}, "--model")
-    m = Measurements.load(data)
-    cal = fit_calibration(m, spec, m_spec)
-    s = error_summary(error_table(m.forward, predict_forward(m.forward, m_spec, spec, cal)))
-    out_file = output or data / "fitted.yaml"
-    out_file.write_text(yaml.safe_dump(cal.model_dump(exclude_none=True), sort_keys=False))
-    out.print(yaml.safe_dump(cal.model_dump(), sort_keys=False))
-    out.print(f"forward passes: median error {s['median_abs_error']:.1%}, worst {s['max_abs_error']:.1%} over {s['points']} points; written to {out_file}")

@@ -1,0 +1,193 @@
+"""``fleetwise validate`` and ``fleetwise calibrate``: replay a deployment's request log and compare,
+fit the cost model to a log (``--requests``) or to GPU measurements (``--data``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from fleetwise.cli.app import app, err, out
+
+_FORMAT_HELP = "Log format: vllm-bench, table or fleetwise (default: by the file; docs/calibration.md)."
+_SELECT_HELP = "Keep only a table's rows whose COLUMN equals VALUE (e.g. trace=rate6). Repeatable."
+
+
+def _select(pairs: List[str]) -> dict[str, str]:
+    """``COLUMN=VALUE`` pairs as a dict; ``ConfigError`` for one without ``=``."""
+    from fleetwise.errors import ConfigError
+
+    chosen = {}
+    for pair in pairs:
+        column, eq, value = pair.partition("=")
+        if not eq or not column.strip():
+            raise ConfigError(f"--select {pair!r}: expected COLUMN=VALUE, e.g. trace=rate6")
+        chosen[column.strip()] = value.strip()
+    return chosen
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:+.1%}"
+
+
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{x * 1e3:.2f}"
+
+
+def _comparison_table(title: str, comparison) -> Table:
+    """Measured vs simulated ms and the relative error, one row per metric and statistic."""
+    t = Table(title=title)
+    for c in ("metric", "stat", "measured (ms)", "simulated (ms)", "error"):
+        t.add_column(c, justify="left" if c in ("metric", "stat") else "right")
+    for r in comparison.rows:
+        t.add_row(r.metric.upper(), r.statistic, _ms(r.measured_s), _ms(r.simulated_s), _pct(r.error))
+    return t
+
+
+def _log_line(log) -> str:
+    dropped = ", ".join(f"{n} {k}" for k, n in log.dropped.items() if n)
+    notes = "; ".join(log.notes)
+    return (f"log {log.path} ({log.format}): {len(log)} of {log.rows_read} requests replayed"
+            + (f" (left out: {dropped})" if dropped else "") + ("; ITL recorded" if log.has_itl else "; no ITL in the log")
+            + (f"; {notes}" if notes else ""))
+
+
+def _write_json(path: Path, data: dict) -> None:
+    from fleetwise.errors import ConfigError
+
+    try:
+        path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot write the JSON: {e.strerror or e}") from None
+
+
+@app.command()
+def validate(
+    scenario: Path = typer.Argument(..., help="Scenario YAML: the cluster, pools and policies (its workload is replaced by the log)."),
+    requests: Path = typer.Option(..., "--requests", help="The deployment's per-request log (vllm bench serve --save-detailed JSON, a CSV/JSONL/Parquet table, or a fleetwise requests.parquet)."),
+    log_format: Optional[str] = typer.Option(None, "--format", help=_FORMAT_HELP),
+    select: List[str] = typer.Option([], "--select", help=_SELECT_HELP),
+    set_: List[str] = typer.Option([], "--set", help="Override a scenario value: PATH=VALUE. Repeatable."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the comparison as JSON to this file (-: print it on stdout, the table going to stderr)."),
+) -> None:
+    """Replay exactly the log's requests on SCENARIO and print simulated vs measured TTFT, TPOT, ITL and E2E."""
+    from fleetwise.calibrate.comparison import compare
+    from fleetwise.calibrate.replay import load_replay_scenario, replay
+    from fleetwise.requestlog import read_request_log
+
+    log = read_request_log(requests, log_format, _select(select))
+    sc = load_replay_scenario(scenario, set_)
+    comparison = compare(log, replay(sc, log))
+    to_stdout = json_out is not None and str(json_out) == "-"
+    show = err if to_stdout else out  # with --json -, stdout holds the JSON alone
+    show.print(_comparison_table(f"{sc.name}: {comparison.finished}/{comparison.requests} replayed requests finished (simulated vs measured)", comparison))
+    show.print(_log_line(log), highlight=False)
+    if comparison.rejected:
+        show.print(f"the simulated cluster rejected {comparison.rejected} of the log's requests; their latencies are left out", highlight=False)
+    data = {"scenario": str(scenario), "log": str(log.path), "log_format": log.format, "rows_read": log.rows_read,
+            "dropped": dict(log.dropped), "notes": list(log.notes), **comparison.to_json()}
+    if to_stdout:
+        print(json.dumps(data, indent=2, allow_nan=False))
+    elif json_out is not None:
+        _write_json(json_out, data)
+        out.print(f"comparison written to {json_out}")
+    if comparison.finished == 0:
+        from fleetwise.errors import SimulationError
+
+        raise SimulationError(f"{scenario}: no replayed request finished on the simulated cluster; nothing to compare")
+
+
+@app.command()
+def calibrate(
+    requests: Optional[Path] = typer.Option(None, "--requests", help="Fit to a deployment's per-request log (with --scenario): writes an engine profile."),
+    scenario: Optional[Path] = typer.Option(None, "--scenario", help="With --requests: the scenario the log's deployment is (cluster, pools, policies)."),
+    pool: Optional[str] = typer.Option(None, "--pool", help="With --requests: the pool to fit (default: the only one)."),
+    param: List[str] = typer.Option([], "--param", help="With --requests: fit only this parameter (iteration_overhead, elementwise_memory, attention_compute, layer_overhead, attention_memory). Repeatable."),
+    metric: List[str] = typer.Option([], "--metric", help="With --requests: fit to this metric's p50/p90/p99 only (ttft, tpot, itl, e2e; default ttft, tpot, itl). Repeatable."),
+    log_format: Optional[str] = typer.Option(None, "--format", help=_FORMAT_HELP),
+    select: List[str] = typer.Option([], "--select", help=_SELECT_HELP),
+    set_: List[str] = typer.Option([], "--set", help="With --requests: override a scenario value: PATH=VALUE. Repeatable."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Directory of GPU measurements (written by --measure, or copied from a GPU machine)."),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help="With --data: catalogue GPU whose datasheet peaks the factors are relative to."),
+    measure: bool = typer.Option(False, "--measure", help="With --data: first measure on this machine's GPU (needs PyTorch and CUDA)."),
+    model: str = typer.Option("llama-3-8b", "--model", help="With --data: model of the measured forward passes."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Where to write the result (--requests: the engine profile, default profile.yaml; --data: default DATA/fitted.yaml)."),
+) -> None:
+    """Fit the cost model: to a deployment's request log (--requests LOG --scenario S), or to measurements taken on a real GPU (--data DIR --gpu NAME)."""
+    from fleetwise.errors import ConfigError
+
+    if requests is not None:
+        if data is not None or measure:
+            raise ConfigError("calibrate: give either --requests (fit to a request log) or --data (fit to GPU measurements), not both")
+        if scenario is None:
+            raise ConfigError("calibrate --requests: --scenario is required (the cluster the log was measured on)")
+        _calibrate_from_log(requests, scenario, pool, param, metric, log_format, _select(select), set_, output or Path("profile.yaml"))
+        return
+    if data is None or gpu is None:
+        raise ConfigError("calibrate: give --requests LOG --scenario S (fit to a request log), or --data DIR --gpu NAME (fit to GPU measurements)")
+    _calibrate_from_measurements(data, gpu, measure, model, output)
+
+
+def _calibrate_from_log(requests: Path, scenario: Path, pool: str | None, names: List[str], metrics: List[str], log_format: str | None,
+                        select: dict[str, str], overrides: List[str], output: Path) -> None:
+    """``calibrate --requests``: fit, print before/after, write the profile."""
+    from fleetwise.calibrate.log_fit import FIT_METRICS, PARAMETERS, fit_log
+    from fleetwise.calibrate.profile_file import engine_profile, write_profile
+    from fleetwise.calibrate.replay import load_replay_scenario
+    from fleetwise.errors import ConfigError
+    from fleetwise.requestlog import read_request_log
+
+    known = {p.name: p for p in PARAMETERS}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ConfigError(f"--param {', '.join(unknown)}: not a fitted parameter; allowed: {', '.join(known)}")
+    parameters = [known[n] for n in dict.fromkeys(names)] if names else list(PARAMETERS)
+    log = read_request_log(requests, log_format, select)
+    sc = load_replay_scenario(scenario, overrides)
+    fit = fit_log(sc, log, pool, parameters, tuple(dict.fromkeys(metrics)) or FIT_METRICS)
+    t = Table(title=f"pool {fit.pool} ({fit.gpu}): {len(parameters)} parameter(s) fitted to {len(log)} requests in {fit.evaluations} replays")
+    for c in ("parameter", "before", "fitted"):
+        t.add_column(c, justify="left" if c == "parameter" else "right")
+    for name, value in fit.fitted.items():
+        t.add_row(name, f"{fit.start[name]:.4g}", f"{value:.4g}")
+    out.print(t)
+    errors = Table(title=f"relative error of the simulated percentiles (loss over {', '.join(fit.metrics)}: {fit.loss_before:.4f} -> {fit.loss_after:.4f})")
+    for c in ("metric", "stat", "measured (ms)", "before", "after"):
+        errors.add_column(c, justify="left" if c in ("metric", "stat") else "right")
+    for b, a in zip(fit.before.rows, fit.after.rows):
+        errors.add_row(b.metric.upper(), b.statistic, _ms(b.measured_s), _pct(b.error), _pct(a.error))
+    out.print(errors)
+    out.print(_log_line(log), highlight=False)
+    path = write_profile(engine_profile(fit, log, scenario, select, overrides), output)
+    out.print(f"engine profile written to {path}")
+
+
+def _calibrate_from_measurements(data: Path, gpu: str, measure: bool, model: str, output: Path | None) -> None:
+    """``calibrate --data``: fit the efficiency factors to operator measurements of a GPU."""
+    import subprocess
+
+    import yaml
+
+    from fleetwise.calibrate.fit import Measurements, error_summary, error_table, fit_calibration, predict_forward
+    from fleetwise.catalog import lookup
+    from fleetwise.errors import ConfigError
+
+    if measure:
+        script = Path(__file__).resolve().parent.parent / "calibrate" / "measure_gpu.py"
+        subprocess.run([sys.executable, str(script), "--out", str(data)], check=True)
+    missing = [f for f in ("gemm.csv", "attn_prefill.csv", "attn_decode.csv", "forward.csv", "device.json") if not (data / f).exists()]
+    if missing:
+        raise ConfigError(f"--data {data}: missing {', '.join(missing)}; run with --measure on a GPU machine, or copy a measure_gpu.py output directory")
+    spec = lookup("gpu", gpu, {}, "--gpu")
+    m_spec = lookup("model", model, {}, "--model")
+    m = Measurements.load(data)
+    cal = fit_calibration(m, spec, m_spec)
+    s = error_summary(error_table(m.forward, predict_forward(m.forward, m_spec, spec, cal)))
+    out_file = output or data / "fitted.yaml"
+    out_file.write_text(yaml.safe_dump(cal.model_dump(exclude_none=True), sort_keys=False))
+    out.print(yaml.safe_dump(cal.model_dump(), sort_keys=False))
+    out.print(f"forward passes: median error {s['median_abs_error']:.1%}, worst {s['max_abs_error']:.1%} over {s['points']} points; written to {out_file}")

@@ -1,0 +1,1 @@
+"""Lab scripts that produce real per-request logs for ``fleetwise validate`` / ``calibrate --requests``."""
