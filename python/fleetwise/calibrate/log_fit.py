@@ -48,6 +48,12 @@ PARAMETERS: tuple[FitParameter, ...] = (
     FitParameter("attention_memory", 0.05, 1.0),  # attention backend: bandwidth fraction of decode KV reads
 )
 """The parameters fitted by default, in search order."""
+OPTIONAL_PARAMETERS: tuple[FitParameter, ...] = (
+    FitParameter("seq_overhead", 1e-7, 1e-3),  # per-sequence CPU time per step (vLLM's scheduler and output path), s
+    FitParameter("token_overhead", 1e-9, 1e-4),  # per-token CPU time per step (input preparation), s
+    FitParameter("moe_layer_overhead", 1e-7, 1e-3),  # fused-MoE layer's fixed cost, s
+)
+"""Parameters fitted only when named with ``--param`` (engine-profile terms, docs/engines.md)."""
 UNSET_MEANS = {"elementwise_memory": "memory", "attention_memory": "memory"}
 """Factors that, left unset, take another factor's value (``Calibration``): a fit starts there."""
 FIT_METRICS = ("ttft", "tpot", "itl")

@@ -106,7 +106,7 @@ def calibrate(
     requests: Optional[Path] = typer.Option(None, "--requests", help="Fit to a deployment's per-request log (with --scenario): writes an engine profile."),
     scenario: Optional[Path] = typer.Option(None, "--scenario", help="With --requests: the scenario the log's deployment is (cluster, pools, policies)."),
     pool: Optional[str] = typer.Option(None, "--pool", help="With --requests: the pool to fit (default: the only one)."),
-    param: List[str] = typer.Option([], "--param", help="With --requests: fit only this parameter (iteration_overhead, elementwise_memory, attention_compute, layer_overhead, attention_memory). Repeatable."),
+    param: List[str] = typer.Option([], "--param", help="With --requests: fit only this parameter (default: iteration_overhead, elementwise_memory, attention_compute, layer_overhead, attention_memory; also seq_overhead, token_overhead, moe_layer_overhead). Repeatable."),
     metric: List[str] = typer.Option([], "--metric", help="With --requests: fit to this metric's p50/p90/p99 only (ttft, tpot, itl, e2e; default ttft, tpot, itl). Repeatable."),
     log_format: Optional[str] = typer.Option(None, "--format", help=_FORMAT_HELP),
     select: List[str] = typer.Option([], "--select", help=_SELECT_HELP),
@@ -135,13 +135,13 @@ def calibrate(
 def _calibrate_from_log(requests: Path, scenario: Path, pool: str | None, names: List[str], metrics: List[str], log_format: str | None,
                         select: dict[str, str], overrides: List[str], output: Path) -> None:
     """``calibrate --requests``: fit, print before/after, write the profile."""
-    from fleetwise.calibrate.log_fit import FIT_METRICS, PARAMETERS, fit_log
+    from fleetwise.calibrate.log_fit import FIT_METRICS, OPTIONAL_PARAMETERS, PARAMETERS, fit_log
     from fleetwise.calibrate.profile_file import engine_profile, write_profile
     from fleetwise.calibrate.replay import load_replay_scenario
     from fleetwise.errors import ConfigError
     from fleetwise.requestlog import read_request_log
 
-    known = {p.name: p for p in PARAMETERS}
+    known = {p.name: p for p in (*PARAMETERS, *OPTIONAL_PARAMETERS)}
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ConfigError(f"--param {', '.join(unknown)}: not a fitted parameter; allowed: {', '.join(known)}")
