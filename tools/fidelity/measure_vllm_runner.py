@@ -23,7 +23,8 @@ Caveats, stated in the output: on a GPU the host-to-device copies are asynchrono
 
     python tools/fidelity/measure_vllm_runner.py --out calibration/vllm-cpu
 
-Writes ``runner.csv`` (median/p90 per (num_seqs, num_batched_tokens) point and part).
+Writes ``runner.csv`` (median/p90 per (num_seqs, num_batched_tokens) point and part, and of each
+input-preparation method on its own).
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ def parts_of(r: dict) -> dict[str, float]:
     sample, book = r.get("_sample", 0), r.get("_bookkeeping_sync", 0)
     rest = r.get("sample_tokens", 0) - sample - book
     return {
+        **{m.strip("_"): r.get(m, 0) / 1e3 for m in INPUT_PREP},
         "host": (prep + book + rest) / 1e3,
         "input_prep": prep / 1e3, "forward": fwd / 1e3, "execute_rest": (r.get("execute_model", 0) - prep - fwd) / 1e3,
         "sample": sample / 1e3, "bookkeeping": book / 1e3, "sample_rest": rest / 1e3,
@@ -129,11 +131,12 @@ def main(argv: list[str] | None = None) -> int:
         if "execute_model" in r and "sample_tokens" in r:
             groups[(r["num_seqs"], r["num_tokens"])].append(parts_of(r))
     keep = {k: v for k, v in groups.items() if len(v) >= 3}
-    header = ["num_seqs", "num_batched_tokens", "samples"] + [f"{p}_{s}_us" for p in PARTS for s in ("median", "p90")]
+    columns = PARTS + tuple(m.strip("_") for m in INPUT_PREP)
+    header = ["num_seqs", "num_batched_tokens", "samples"] + [f"{p}_{s}_us" for p in columns for s in ("median", "p90")]
     lines = [",".join(header)]
     for (n, t), rows in sorted(keep.items()):
         cells = [str(n), str(t), str(len(rows))]
-        for p in PARTS:
+        for p in columns:
             xs = sorted(x[p] for x in rows)
             cells += [f"{statistics.median(xs):.2f}", f"{xs[int(0.9 * (len(xs) - 1))]:.2f}"]
         lines.append(",".join(cells))
