@@ -4,10 +4,19 @@
 
 pub mod cache;
 pub mod config;
+mod grouping;
+pub mod residency;
 pub mod routing;
 pub mod runtime;
+pub mod stats;
+mod timeline;
+
+#[cfg(test)]
+mod tests;
 
 pub use cache::{replay_hits, ExpertCache};
 pub use config::{CachePolicy, CacheSpec, ExpertConfig, ExpertTier, GroupingSpec, PrefetchSpec, RoutingKind, RoutingSpec};
+pub use residency::ExpertResidency;
 pub use routing::{ExpertRouter, RoutingTrace};
-pub use runtime::{ExpertIteration, ExpertResidency, ExpertRuntime, ExpertStats, TokenSpan};
+pub use runtime::{ExpertRuntime, TokenSpan};
+pub use stats::{ExpertIteration, ExpertStats};
