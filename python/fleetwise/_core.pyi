@@ -100,6 +100,7 @@ def simulate(
     router: Any | None = None,
     planners: dict[int, Any] | None = None,
     evictors: dict[int, Any] | None = None,
+    expert_caches: dict[int, Any] | None = None,
 ) -> dict[str, Any]: ...
 
 def expert_cache_hits(

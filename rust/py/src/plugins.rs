@@ -1,8 +1,9 @@
-//! A user's Python router and scheduler policies plugged into the core: the core calls back into
+//! A user's Python policies (router, scheduler, prefix cache, expert cache) plugged into the core: the core calls back into
 //! Python through bridge objects (`fleetwise.policy.bridge`) that turn rows into view objects and
 //! decisions back into plain values.
 
 use fleetwise_core::error::{Error, Result};
+use fleetwise_core::moe::ExpertCachePolicy;
 use fleetwise_core::prefix::{IdleEntry, PrefixEvictor};
 use fleetwise_core::request::Request;
 use fleetwise_core::router::{InstanceLoad, Router};
@@ -140,5 +141,64 @@ impl PrefixEvictor for PyEvictor {
     fn victim(&mut self, idle: &[IdleEntry]) -> Result<u64> {
         let rows: Vec<(u64, u64, u32)> = idle.iter().map(|e| (e.hash, e.last_use, e.hits)).collect();
         Python::with_gil(|py| self.bridge.call_method1(py, "victim", (rows,)).and_then(|r| r.extract::<u64>(py)).map_err(|err| failed(&self.slot, &format!("{}: victim()", self.label), err)))
+    }
+}
+
+/// A Python expert cache bridge of one GPU (`fleetwise.policy.expert_cache.ExpertCacheBridge`):
+/// `bridge.resident_all()` lists each layer's resident experts at the start, and
+/// `bridge.lookup(layer, hits, misses)` applies one layer's lookups to the policy and returns the
+/// layer's resident experts after them. The core reads residency from that mirror, so asking
+/// whether an expert is cached costs no call into Python.
+pub struct PyExpertCache {
+    bridge: Py<PyAny>,
+    slot: ErrorSlot,
+    label: String,
+    resident: Vec<Vec<bool>>,
+}
+
+impl PyExpertCache {
+    /// Wraps `bridge` for the `layers` layers of `experts` experts of one GPU; a Python exception
+    /// it raises lands in `slot`.
+    pub fn new(bridge: Py<PyAny>, slot: ErrorSlot, layers: u32, experts: u32) -> Result<Self> {
+        let label = label_of(&bridge, "the expert cache policy");
+        let rows: Vec<Vec<u32>> = Python::with_gil(|py| bridge.call_method0(py, "resident_all").and_then(|r| r.extract(py))).map_err(|err| failed(&slot, &format!("{label}: resident()"), err))?;
+        if rows.len() != layers as usize {
+            return Err(Error::Policy { message: format!("{label}: resident_all() gave {} layers, not {layers}", rows.len()) });
+        }
+        let mut cache = PyExpertCache { bridge, slot, label, resident: vec![vec![false; experts as usize]; layers as usize] };
+        for (layer, row) in rows.into_iter().enumerate() {
+            cache.mirror(layer, row)?;
+        }
+        Ok(cache)
+    }
+
+    /// Makes `experts` the resident set of `layer`.
+    fn mirror(&mut self, layer: usize, experts: Vec<u32>) -> Result<()> {
+        let n = self.resident[layer].len();
+        let set = &mut self.resident[layer];
+        set.iter_mut().for_each(|r| *r = false);
+        for e in experts {
+            match set.get_mut(e as usize) {
+                Some(r) => *r = true,
+                None => return Err(Error::Policy { message: format!("{}: layer {layer} lists expert {e} resident; this GPU's experts are 0..{n}", self.label) }),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ExpertCachePolicy for PyExpertCache {
+    fn contains(&self, layer: u32, expert: u16) -> bool {
+        self.resident[layer as usize][expert as usize]
+    }
+
+    fn lookup(&mut self, layer: u32, hits: &[u16], misses: &[u16]) -> Result<()> {
+        let row: Vec<u32> = Python::with_gil(|py| self.bridge.call_method1(py, "lookup", (layer, hits.to_vec(), misses.to_vec())).and_then(|r| r.extract(py)))
+            .map_err(|err| failed(&self.slot, &format!("{}: lookup of layer {layer}", self.label), err))?;
+        self.mirror(layer as usize, row)
+    }
+
+    fn describe(&self) -> String {
+        self.label.clone()
     }
 }

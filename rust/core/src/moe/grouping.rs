@@ -66,6 +66,6 @@ impl ExpertRuntime {
         }
         let per_gpu = self.residency.experts_per_gpu as usize;
         let (r, i) = (expert as usize / per_gpu, expert as usize % per_gpu);
-        self.caches[layer * self.ranks as usize + r].contains(i as u16)
+        self.caches[r].contains(layer as u32, i as u16)
     }
 }

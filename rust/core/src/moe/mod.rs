@@ -3,6 +3,7 @@
 //! ExpertFlow), token grouping, and the per-layer timeline that turns misses into stalls.
 
 pub mod cache;
+pub mod cache_policy;
 pub mod config;
 mod grouping;
 pub mod residency;
@@ -15,8 +16,9 @@ mod timeline;
 mod tests;
 
 pub use cache::{replay_hits, ExpertCache};
+pub use cache_policy::{BuiltinExpertCaches, ExpertCacheFactory, ExpertCachePolicy, ExpertCacheSite};
 pub use config::{CachePolicy, CacheSpec, ExpertConfig, ExpertTier, GroupingSpec, PrefetchSpec, RoutingKind, RoutingSpec};
 pub use residency::ExpertResidency;
 pub use routing::{ExpertRouter, RoutingTrace};
-pub use runtime::{ExpertRuntime, TokenSpan};
+pub use runtime::{ExpertRuntime, PluggedCaches, TokenSpan};
 pub use stats::{ExpertIteration, ExpertStats};

@@ -4,8 +4,8 @@
 //! The per-layer timeline that turns misses into stalls is in `timeline.rs`, token grouping in
 //! `grouping.rs`.
 
-use super::cache::ExpertCache;
-use super::config::{ExpertConfig, ExpertTier};
+use super::cache_policy::{BuiltinExpertCaches, ExpertCachePolicy, ExpertCacheSite};
+use super::config::{CachePolicy, ExpertConfig, ExpertTier};
 use super::residency::ExpertResidency;
 use super::routing::{ExpertRouter, RoutingTrace};
 use super::stats::ExpertStats;
@@ -42,8 +42,8 @@ pub struct ExpertRuntime {
     pub(super) router: ExpertRouter,
     /// The prefetch predictor's random stream.
     pub(super) predictor: RngStream,
-    /// Per MoE layer, then per GPU: the HBM expert cache.
-    pub(super) caches: Vec<ExpertCache>,
+    /// Per GPU: the HBM expert caches of every layer (none when the experts are all in HBM).
+    pub(super) caches: Vec<Box<dyn ExpertCachePolicy>>,
     /// Per request: the experts its last token chose, layer by layer.
     pub(super) last: HashMap<u32, Vec<u16>>,
     /// Where one GPU's experts live.
@@ -60,11 +60,19 @@ pub struct ExpertRuntime {
     pub(super) scratch: Vec<u16>,
     /// Counters.
     pub stats: ExpertStats,
+    /// The first error an expert cache policy met.
+    pub(super) error: Option<Error>,
 }
 
+/// Builds the expert cache policy of one GPU of the instance (a user's own, in place of the
+/// configured built-in one).
+pub type PluggedCaches<'a> = dyn Fn(ExpertCacheSite) -> Result<Box<dyn ExpertCachePolicy>> + 'a;
+
 impl ExpertRuntime {
-    /// The runtime of `cfg` on `cost`'s instance; `stream` names its random streams.
-    pub fn new(cfg: &ExpertConfig, cost: &CostModel, trace: Option<Arc<RoutingTrace>>, seed: u64, stream: &str) -> Result<Self> {
+    /// The runtime of `cfg` on `cost`'s instance; `stream` names its random streams. With offloaded
+    /// experts, `plugged` (when given) builds each GPU's expert cache policy in place of the
+    /// configured built-in one.
+    pub fn new(cfg: &ExpertConfig, cost: &CostModel, trace: Option<Arc<RoutingTrace>>, seed: u64, stream: &str, plugged: Option<&PluggedCaches>) -> Result<Self> {
         let m = cost.model();
         cfg.validate(m.num_experts, m.experts_per_token)?;
         if cfg.offloaded() && cost.pp() > 1 {
@@ -77,15 +85,7 @@ impl ExpertRuntime {
         let router = ExpertRouter::new(&cfg.routing, m.num_experts, m.experts_per_token, layers, trace, seed, &format!("{stream}.routing"))?;
         let residency = ExpertResidency::new(cfg, cost);
         let ranks = cost.ep();
-        let per_gpu = residency.experts_per_gpu as usize;
-        let mut caches = Vec::with_capacity((layers * ranks) as usize);
-        for l in 0..layers {
-            let pop = router.popularity(l);
-            for r in 0..ranks as usize {
-                let local = &pop[r * per_gpu..(r + 1) * per_gpu];
-                caches.push(ExpertCache::new(cfg.cache.policy, residency.experts_per_gpu, residency.cached_per_gpu, local));
-            }
-        }
+        let caches = if cfg.offloaded() { Self::caches(cfg, &residency, ranks, layers, &router, plugged)? } else { Vec::new() };
         let gpu = cost.gpu();
         let (mut bw, mut lat) = (gpu.host_link_bandwidth, gpu.host_link_latency);
         if cfg.placement == ExpertTier::Flash {
@@ -121,8 +121,32 @@ impl ExpertRuntime {
             staged: vec![-1.0; (layers * m.num_experts) as usize],
             scratch: vec![0; (layers * m.experts_per_token) as usize],
             stats,
+            error: None,
             cfg: cfg.clone(),
         })
+    }
+
+    /// The expert caches of each GPU: built by `plugged`, else the configured built-in policy.
+    fn caches(cfg: &ExpertConfig, residency: &ExpertResidency, ranks: u32, layers: u32, router: &ExpertRouter, plugged: Option<&PluggedCaches>) -> Result<Vec<Box<dyn ExpertCachePolicy>>> {
+        let per_gpu = residency.experts_per_gpu as usize;
+        (0..ranks)
+            .map(|rank| {
+                let site = ExpertCacheSite { rank, layers, experts: residency.experts_per_gpu, capacity: residency.cached_per_gpu };
+                match (plugged, cfg.cache.policy) {
+                    (Some(make), _) => make(site),
+                    (None, CachePolicy::Policy) => Err(Error::config("experts.cache.policy", "names a policy object (a Python ExpertCachePolicy), which fleetwise's Python front plugs in; none was given")),
+                    (None, policy) => {
+                        let r = rank as usize;
+                        Ok(Box::new(BuiltinExpertCaches::new(policy, site, |l| router.popularity(l)[r * per_gpu..(r + 1) * per_gpu].to_vec())) as Box<dyn ExpertCachePolicy>)
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// The first error an expert cache policy met (the simulation stops on it).
+    pub fn take_error(&mut self) -> Option<Error> {
+        self.error.take()
     }
 
     /// The settings.

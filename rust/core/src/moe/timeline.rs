@@ -43,15 +43,14 @@ impl ExpertRuntime {
                 let compute = if touched > 0 { cost.expert_seconds(pairs, touched as f64) } else { 0.0 };
                 let mut ready = router_t;
                 if offloaded {
-                    let cache = &mut self.caches[l * self.ranks as usize + r];
+                    let cache = &mut self.caches[r];
                     // Cached experts are looked up first, so that admitting this layer's fetched
                     // experts cannot evict one the layer still needs.
-                    let hit: Vec<bool> = counts.iter().enumerate().map(|(i, &c)| c > 0.0 && cache.contains(i as u16)).collect();
-                    for i in (0..per_gpu).filter(|&i| hit[i]) {
-                        self.stats.lookups += 1;
-                        self.stats.hits += 1;
-                        cache.access(i as u16);
-                    }
+                    let hit: Vec<bool> = counts.iter().enumerate().map(|(i, &c)| c > 0.0 && cache.contains(l as u32, i as u16)).collect();
+                    let hits: Vec<u16> = (0..per_gpu).filter(|&i| hit[i]).map(|i| i as u16).collect();
+                    self.stats.lookups += hits.len() as u64;
+                    self.stats.hits += hits.len() as u64;
+                    let mut misses: Vec<u16> = Vec::new();
                     for (i, &c) in counts.iter().enumerate() {
                         let staged = self.staged[lo + i];
                         if c == 0.0 {
@@ -64,7 +63,7 @@ impl ExpertRuntime {
                             continue;
                         }
                         self.stats.lookups += 1;
-                        cache.access(i as u16);
+                        misses.push(i as u16);
                         if staged >= 0.0 {
                             self.stats.prefetch_hits += 1;
                             ready = ready.max(staged);
@@ -74,7 +73,9 @@ impl ExpertRuntime {
                             ready = ready.max(*free);
                             demand += eb;
                         }
-                        cache.admit(i as u16);
+                    }
+                    if let Err(err) = cache.lookup(l as u32, &hits, &misses) {
+                        self.error.get_or_insert(err);
                     }
                 }
                 end = end.max(ready + compute);
@@ -124,9 +125,9 @@ impl ExpertRuntime {
                     named.push(wrong[self.predictor.below(wrong.len() as u64) as usize]);
                 }
             }
-            let cache = &self.caches[target * self.ranks as usize + r];
+            let cache = &self.caches[r];
             for i in named {
-                if cache.contains(i as u16) || self.staged[lo + i] >= 0.0 {
+                if cache.contains(target as u32, i as u16) || self.staged[lo + i] >= 0.0 {
                     continue;
                 }
                 *free = free.max(now) + fetch;
