@@ -101,6 +101,7 @@ def simulate(
     planners: dict[int, Any] | None = None,
     evictors: dict[int, Any] | None = None,
     expert_caches: dict[int, Any] | None = None,
+    decode_choice: Any | None = None,
 ) -> dict[str, Any]: ...
 
 def expert_cache_hits(

@@ -301,6 +301,10 @@ class ClusterConfig(StrictModel):
     """Instance pools."""
     router: RouterConfig = LeastOutstandingTokensRouter()
     """Router across all instances."""
+    decode_choice: PolicyRef | None = None
+    """Disaggregated clusters: a policy object (``fleetwise.policy.DecodeChoice``, registered name or
+    ``package.module:attr``) choosing the decode instance of each prefilled request (default: the
+    router's pick, else the fewest outstanding tokens)."""
 
 
 class SloConfig(StrictModel):

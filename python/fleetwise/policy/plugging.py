@@ -35,13 +35,14 @@ def _checked(kind: str, label: str, policy, method: str):
     return policy
 
 
-def core_plugins(scenario, router=None, schedulers: Mapping[str, Callable] | None = None, prefix_caches: Mapping[str, Callable] | None = None, clock: CallClock | None = None, timeout: float | None = None, expert_caches: Mapping[str, Callable] | None = None) -> dict:
+def core_plugins(scenario, router=None, schedulers: Mapping[str, Callable] | None = None, prefix_caches: Mapping[str, Callable] | None = None, clock: CallClock | None = None, timeout: float | None = None, expert_caches: Mapping[str, Callable] | None = None, decode_choice=None) -> dict:
     """Keyword arguments for ``_core.simulate`` that plug in the policy objects: ``router`` (a
     Router), ``schedulers`` and ``prefix_caches`` (pool name -> zero-argument factory of a
     BatchScheduler / PrefixCachePolicy, one object per instance), ``expert_caches`` (pool name ->
     factory ``f(num_layers, num_experts, capacity)`` of an ExpertCachePolicy, one object per GPU),
-    else those the scenario names (``kind: policy`` routers and schedulers, a pool's
-    ``prefix_cache_policy``, ``experts.cache.policy: {name: ...}``). Every policy call
+    ``decode_choice`` (a DecodeChoice), else those the scenario names (``kind: policy`` routers and
+    schedulers, a pool's ``prefix_cache_policy``, ``experts.cache.policy: {name: ...}``,
+    ``cluster.decode_choice``). Every policy call
     is noted on ``clock`` (for the per-call time limit). A policy object that is not one (no such
     method, a factory returning None) is a PolicyError before anything runs, and so is importing or
     building one that takes longer than ``timeout`` seconds."""
@@ -95,6 +96,7 @@ def core_plugins(scenario, router=None, schedulers: Mapping[str, Callable] | Non
     if evictors:
         extra["evictors"] = {p: (lambda instance, f=f, label=label: PrefixCacheBridge(_checked("prefix cache", label, _built(f, label), "victim(idle)"), label=f"{label} of instance {names[instance]}", clock=clock)) for p, (f, label) in evictors.items()}
     extra.update(_expert_cache_plugins(scenario, expert_caches, names, clock, timeout))
+    extra.update(_decode_choice_plugin(scenario, decode_choice, names, roles, clock, timeout))
     if factories:
         extra["planners"] = {p: (lambda instance, f=f, label=label: SchedulerBridge(_checked("scheduler", label, _built(f, label), "plan(step)"), label=f"{label} of instance {names[instance]}", clock=clock)) for p, (f, label) in factories.items()}
     return extra
@@ -151,6 +153,23 @@ def _expert_cache_plugins(scenario, expert_caches: Mapping[str, Callable] | None
             checked(_built(lambda: f(layers, experts, capacity), label), label), layers, experts, capacity,
             label=f"{label} of instance {names[instance]} GPU {rank}", clock=clock))
         for p, (f, label) in chosen.items()}}
+
+
+def _decode_choice_plugin(scenario, choice, names: list[str], roles: list[str], clock: CallClock, timeout: float | None) -> dict:
+    """``{"decode_choice": bridge}`` for ``choice`` or the scenario's ``cluster.decode_choice``."""
+    from fleetwise.policy.decode_choice import DecodeChoiceBridge
+
+    ref = scenario.cluster.decode_choice
+    if choice is None and ref is None:
+        return {}
+    if choice is None:
+        label = f"decode choice policy {ref.name!r}"
+        choice = _built(lambda: create("decode-choice", ref.name, **ref.params), label, timeout)
+    else:
+        label = f"decode choice policy {_name(choice)!r}"
+    if "decode" not in roles:
+        raise ConfigError("cluster.decode_choice: a decode choice needs a pool with role decode (a disaggregated cluster)")
+    return {"decode_choice": DecodeChoiceBridge(_checked("decode choice", label, choice, "choose(request, decoders, preferred)"), names, roles, label=label, clock=clock)}
 
 
 def _built(factory: Callable, label: str, timeout: float | None = None):

@@ -1,4 +1,5 @@
-//! A user's Python policies (router, scheduler, prefix cache, expert cache) plugged into the core: the core calls back into
+//! A user's Python policies (router, scheduler, prefix cache, expert cache, decode choice) plugged
+//! into the core: the core calls back into
 //! Python through bridge objects (`fleetwise.policy.bridge`) that turn rows into view objects and
 //! decisions back into plain values.
 
@@ -8,6 +9,7 @@ use fleetwise_core::prefix::{IdleEntry, PrefixEvictor};
 use fleetwise_core::request::Request;
 use fleetwise_core::router::{InstanceLoad, Router};
 use fleetwise_core::scheduler::{BatchScheduler, StepPlan, StepState};
+use fleetwise_core::sim::DecodeChoice;
 use pyo3::prelude::*;
 use std::sync::{Arc, Mutex};
 
@@ -200,5 +202,37 @@ impl ExpertCachePolicy for PyExpertCache {
 
     fn describe(&self) -> String {
         self.label.clone()
+    }
+}
+
+/// A Python decode choice bridge (`fleetwise.policy.decode_choice.DecodeChoiceBridge`):
+/// `bridge.choose(request_row, hashes, decoders, load_rows, preferred)` returns the decode
+/// instances (cluster indices) to try for a prefilled request, best first.
+pub struct PyDecodeChoice {
+    bridge: Py<PyAny>,
+    slot: ErrorSlot,
+    label: String,
+}
+
+impl PyDecodeChoice {
+    /// Wraps `bridge`; a Python exception it raises lands in `slot`.
+    pub fn new(bridge: Py<PyAny>, slot: ErrorSlot) -> Self {
+        let label = label_of(&bridge, "the decode choice policy");
+        PyDecodeChoice { bridge, slot, label }
+    }
+}
+
+impl DecodeChoice for PyDecodeChoice {
+    fn candidates(&mut self, index: u32, req: &Request, decoders: &[u32], loads: &[InstanceLoad], preferred: Option<u32>) -> Result<Vec<u32>> {
+        // The request has just been prefilled on a prefill instance; cached prompt tokens are that
+        // instance's business and not shown.
+        let row: RequestRow = (index, req.prompt, req.output, req.computed, req.generated, 0, req.arrival as f64 * 1e-9, req.preemptions);
+        let rows: Vec<LoadRow> = loads.iter().map(load_row).collect();
+        Python::with_gil(|py| {
+            self.bridge
+                .call_method1(py, "choose", (row, req.hashes.clone(), decoders.to_vec(), rows, preferred))
+                .and_then(|r| r.extract::<Vec<u32>>(py))
+                .map_err(|err| failed(&self.slot, &format!("{}: choose()", self.label), err))
+        })
     }
 }

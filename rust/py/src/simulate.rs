@@ -5,7 +5,7 @@ use fleetwise_core::request::Status;
 use fleetwise_core::moe::{replay_hits, CachePolicy, ExpertCacheFactory, ExpertCachePolicy, RoutingTrace};
 use fleetwise_core::request::Request;
 use fleetwise_core::sim::{simulate_keeping, Control, Plugins, SimConfig, Workload};
-use crate::plugins::{ErrorSlot, PyBatchScheduler, PyEvictor, PyExpertCache, PyRouterPlugin};
+use crate::plugins::{ErrorSlot, PyBatchScheduler, PyDecodeChoice, PyEvictor, PyExpertCache, PyRouterPlugin};
 use fleetwise_core::prefix::PrefixEvictor;
 use fleetwise_core::scheduler::BatchScheduler;
 use std::collections::HashMap;
@@ -58,9 +58,10 @@ impl PySimControl {
 /// another thread follow and cancel it. `router` is a Python router bridge replacing the configured
 /// router; `planners` maps a pool index to a factory `f(instance) -> scheduler bridge`, and
 /// `evictors` to a factory of prefix-cache bridges, `expert_caches` to a factory
-/// `f(instance, rank, layers, experts, capacity) -> expert cache bridge` of one GPU's caches.
+/// `f(instance, rank, layers, experts, capacity) -> expert cache bridge` of one GPU's caches;
+/// `decode_choice`, a Python decode choice bridge, picks the decode instance of each handoff.
 #[pyfunction]
-#[pyo3(signature = (config_json, arrival_ns, prompt_tokens, output_tokens, control=None, hash_offsets=None, hash_values=None, routing_offsets=None, routing_experts=None, routing_shape=None, router=None, planners=None, evictors=None, expert_caches=None))]
+#[pyo3(signature = (config_json, arrival_ns, prompt_tokens, output_tokens, control=None, hash_offsets=None, hash_values=None, routing_offsets=None, routing_experts=None, routing_shape=None, router=None, planners=None, evictors=None, expert_caches=None, decode_choice=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn simulate<'py>(
     py: Python<'py>,
@@ -78,6 +79,7 @@ pub fn simulate<'py>(
     planners: Option<HashMap<usize, Py<PyAny>>>,
     evictors: Option<HashMap<usize, Py<PyAny>>>,
     expert_caches: Option<HashMap<usize, Py<PyAny>>>,
+    decode_choice: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let config: SimConfig = from_json("scenario", config_json)?;
     let to_u32 = |name: &str, a: &PyReadonlyArray1<'py, i64>| -> PyResult<Vec<u32>> {
@@ -128,7 +130,11 @@ pub fn simulate<'py>(
     };
     let control = control.map(|c| c.inner.clone()).unwrap_or_default();
     let slot: ErrorSlot = Default::default();
-    let mut plugins = Plugins { router: router.map(|r| Box::new(PyRouterPlugin::new(r, slot.clone())) as _), ..Plugins::default() };
+    let mut plugins = Plugins {
+        router: router.map(|r| Box::new(PyRouterPlugin::new(r, slot.clone())) as _),
+        decode_choice: decode_choice.map(|c| Box::new(PyDecodeChoice::new(c, slot.clone())) as _),
+        ..Plugins::default()
+    };
     for (pool, factory) in planners.unwrap_or_default() {
         plugins.batch_schedulers.insert(pool, per_instance(factory, slot.clone(), "scheduler", |b, s| Box::new(PyBatchScheduler::new(b, s)) as Box<dyn BatchScheduler>));
     }
