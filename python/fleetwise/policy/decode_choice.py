@@ -53,16 +53,13 @@ class DecodeChoiceBridge:
         self.clock = clock or CallClock()
         self._what = f"{label}: choose()"
 
-    def choose(self, row, hashes, decoders: Sequence[int], load_rows, preferred: int | None) -> list[int]:
-        """One handoff: the core's request row, its prefix hashes, the decode instances and their
-        load rows; returns the instances to try."""
-        from fleetwise.policy.bridge import PolicyAnswerError
+    def choose(self, row, decoders: Sequence[int], loads, preferred: int | None) -> list[int]:
+        """One handoff: the core's ``RequestRow``, the decode instances and their ``LoadRow``s, the
+        router's pick; returns the instances to try."""
+        from fleetwise.policy.bridge import PolicyAnswerError, endpoint_view, request_view
 
-        req = RequestView(*row[:8], prefix_hashes=tuple(hashes))
-        views = [
-            EndpointView(inst, self.names[inst], self.roles[inst], outstanding, waiting, running, used / total if total else 0.0, cached)
-            for inst, (outstanding, waiting, running, cached, used, total) in zip(decoders, load_rows)
-        ]
+        req = request_view(row, with_hashes=True)
+        views = [endpoint_view(inst, self.names[inst], self.roles[inst], load) for inst, load in zip(decoders, loads)]
         clock = self.clock
         clock.calls += 1
         clock.busy = self._what
