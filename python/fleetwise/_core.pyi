@@ -79,6 +79,36 @@ class Scheduler:
     def used_blocks(self) -> int: ...
     def free_blocks(self) -> int: ...
 
+class RequestRow:
+    """A request as the core hands it to a policy bridge (the fields of ``fleetwise.policy.RequestView``)."""
+
+    id: int
+    prompt_tokens: int
+    max_output_tokens: int
+    computed_tokens: int
+    generated_tokens: int
+    cached_tokens: int
+    arrival: float
+    preemptions: int
+    prefix_hashes: list[int]
+
+class LoadRow:
+    """An instance's load as the core hands it to a policy bridge."""
+
+    outstanding_tokens: int
+    waiting: int
+    running: int
+    cached_prefix_tokens: int
+    kv_used_blocks: int
+    kv_total_blocks: int
+
+class IdlePrefixRow:
+    """An idle prefix-cache entry as the core offers it to a prefix cache bridge."""
+
+    hash: int
+    last_use: int
+    hits: int
+
 class SimControl:
     """Follows and cancels a running simulate call from another thread."""
 
@@ -100,6 +130,8 @@ def simulate(
     router: Any | None = None,
     planners: dict[int, Any] | None = None,
     evictors: dict[int, Any] | None = None,
+    expert_caches: dict[int, Any] | None = None,
+    decode_choice: Any | None = None,
 ) -> dict[str, Any]: ...
 
 def expert_cache_hits(

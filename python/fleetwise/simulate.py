@@ -143,6 +143,8 @@ def simulate(
     router=None,
     schedulers: Mapping[str, Callable] | None = None,
     prefix_caches: Mapping[str, Callable] | None = None,
+    expert_caches: Mapping[str, Callable] | None = None,
+    decode_choice=None,
     policy_timeout: float | None = POLICY_TIMEOUT_S,
 ) -> Result:
     """Simulates ``scenario`` (a Scenario, a dict, or a YAML path) and returns its Result.
@@ -153,7 +155,11 @@ def simulate(
     ``router`` (a ``fleetwise.policy.Router``) replaces the scenario's router; ``schedulers`` maps a
     pool name to a zero-argument factory of ``fleetwise.policy.BatchScheduler`` objects (one per
     instance) run in vLLM v1's loop within the pool's ``vllm-v1`` limits; ``prefix_caches`` maps a
-    pool name to a factory of ``fleetwise.policy.PrefixCachePolicy`` objects. A policy that raises
+    pool name to a factory of ``fleetwise.policy.PrefixCachePolicy`` objects; ``expert_caches`` maps a
+    pool with offloaded experts to a factory ``f(num_layers, num_experts, capacity)`` of
+    ``fleetwise.policy.ExpertCachePolicy`` objects (one per GPU); ``decode_choice`` (a
+    ``fleetwise.policy.DecodeChoice``) picks the decode instance of each prefilled request in a
+    disaggregated cluster. A policy that raises
     stops the simulation with a PolicyError whose ``__cause__`` is its exception; so does one call
     into a Python policy running longer than ``policy_timeout`` seconds (None: no limit), and a
     scheduler policy that leaves an idle instance with waiting requests. When the run stopped after
@@ -175,7 +181,7 @@ def simulate(
         config = core_config(sc, record_iterations, workload.hash_block_tokens if hashes is not None else None)
         trace_path = routing_trace_path(sc, base_dir)
         clock = CallClock()
-        plugins = core_plugins(sc, router, schedulers, prefix_caches, clock, policy_timeout)
+        plugins = core_plugins(sc, router, schedulers, prefix_caches, clock, policy_timeout, expert_caches=expert_caches, decode_choice=decode_choice)
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None
     try:

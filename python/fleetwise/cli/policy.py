@@ -12,7 +12,7 @@ from fleetwise.cli.app import app, out
 
 @app.command("check-policy")
 def check_policy(
-    kind: str = typer.Argument(..., help="router, scheduler, prefix-cache or expert-cache."),
+    kind: str = typer.Argument(..., help="router, scheduler, prefix-cache, expert-cache or decode-choice."),
     name: str = typer.Argument(..., help="A registered name or package.module:attr."),
     param: List[str] = typer.Option([], "--param", "-p", help="Constructor argument key=value (value parsed as JSON when it can be)."),
     timeout: float = typer.Option(10.0, "--timeout", min=0.001, help="Most seconds one policy call may take; a longer call fails the check."),
@@ -50,8 +50,10 @@ def check_policy(
     elif kind == "expert-cache":
         factory = within("importing it", lambda: registry.resolve(kind, name))
         report = conformance.check_expert_cache(lambda layers, experts, capacity: registry.build(kind, name, factory, layers, experts, capacity, **params), timeout=timeout)
+    elif kind == "decode-choice":
+        report = conformance.check_decode_choice(create(), timeout=timeout)
     else:
-        raise ConfigError(f"check-policy: unknown kind {kind!r}; allowed: router, scheduler, prefix-cache, expert-cache")
+        raise ConfigError(f"check-policy: unknown kind {kind!r}; allowed: router, scheduler, prefix-cache, expert-cache, decode-choice")
     report.policy = name
     out.print(str(report), highlight=False, markup=False)
     if not report.passed:

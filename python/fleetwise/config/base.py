@@ -1,6 +1,6 @@
 """The base class every configuration model derives from."""
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class StrictModel(BaseModel):
@@ -11,3 +11,12 @@ class StrictModel(BaseModel):
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True, allow_inf_nan=False)
+
+
+class PolicyRef(StrictModel):
+    """A policy object by registered name or ``package.module:attr``, with constructor parameters."""
+
+    name: str
+    """Registered name or ``package.module:attr``."""
+    params: dict = Field(default_factory=dict)
+    """Keyword arguments for its constructor."""

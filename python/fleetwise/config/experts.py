@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from fleetwise.config.base import StrictModel
+from fleetwise.config.base import PolicyRef, StrictModel
 from fleetwise.config.limits import MAX_COUNT, MAX_TOKENS
 
 
@@ -31,9 +31,12 @@ class ExpertRoutingConfig(StrictModel):
 class ExpertCacheConfig(StrictModel):
     """The HBM cache of offloaded experts, per MoE layer."""
 
-    policy: Literal["lru", "lfu", "static"] = "lru"
-    """Eviction: least recently used, least frequently used, or a static hot set (the most popular
-    experts of each layer, never evicted)."""
+    policy: Literal["lru", "lfu", "static"] | PolicyRef = "lru"
+    """Eviction: least recently used, least frequently used, a static hot set (the most popular
+    experts of each layer, never evicted), or ``{name, params}``: a policy object
+    (``fleetwise.policy.ExpertCachePolicy``, registered name or ``package.module:attr``), one per
+    GPU, built as ``factory(num_layers, num_experts, capacity, **params)`` with the GPU's MoE
+    layers, experts per layer and cached experts per layer."""
     experts_per_layer: int = Field(default=0, ge=0, le=MAX_COUNT)
     """Experts of each layer kept in HBM (over the whole instance)."""
 
@@ -95,8 +98,13 @@ class ExpertsConfig(StrictModel):
             raise ConfigError(f"{path}: expert settings need a mixture-of-experts model; {model_name} has no experts")
         if self.routing.kind == "trace" and not self.routing.trace:
             raise ConfigError(f"{path}.routing.trace: trace routing needs a routing trace file")
+        if isinstance(self.cache.policy, PolicyRef) and self.placement == "hbm":
+            raise ConfigError(f"{path}.cache.policy: an expert cache policy object needs offloaded experts (placement dram or flash); with placement hbm nothing is cached")
+        own = self.model_dump(exclude={"routing", "storage"})
+        if isinstance(self.cache.policy, PolicyRef):
+            own["cache"]["policy"] = "policy"  # the object is plugged in through the bindings; the core expects one
         return {
-            **self.model_dump(exclude={"routing", "storage"}),
+            **own,
             "routing": self.routing.model_dump(exclude={"trace"}),
             "flash": lookup("storage", self.storage, {}, f"{path}.storage").core_json(self.storage) if self.placement == "flash" else None,
         }

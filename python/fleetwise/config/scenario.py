@@ -7,7 +7,7 @@ from typing import Annotated, Literal, Union
 from pydantic import Field, PrivateAttr, field_validator
 
 from fleetwise.catalog import CalibrationOverride, GpuSpec, ModelSpec, PimSpec, lookup
-from fleetwise.config.base import StrictModel
+from fleetwise.config.base import PolicyRef, StrictModel
 from fleetwise.config.experts import ExpertsConfig
 from fleetwise.config.limits import MAX_COUNT, MAX_NAME_LENGTH, MAX_SEED, MAX_TOKENS
 from fleetwise.workload.config import WorkloadConfig
@@ -110,15 +110,6 @@ class VllmV1Scheduler(_SchedulerAsIs):
     """Most prompt tokens of one request per iteration (vLLM's long_prefill_token_threshold)."""
     reserve_full_prompt: bool = True
     """Admit a request only when its whole prompt's KV blocks are free (vLLM's scheduler_reserve_full_isl)."""
-
-
-class PolicyRef(StrictModel):
-    """A policy object by registered name or ``package.module:attr``, with constructor parameters."""
-
-    name: str
-    """Registered name or ``package.module:attr``."""
-    params: dict = Field(default_factory=dict)
-    """Keyword arguments for its constructor."""
 
 
 class PolicyScheduler(StrictModel):
@@ -300,6 +291,10 @@ class ClusterConfig(StrictModel):
     """Instance pools."""
     router: RouterConfig = LeastOutstandingTokensRouter()
     """Router across all instances."""
+    decode_choice: PolicyRef | None = None
+    """Disaggregated clusters: a policy object (``fleetwise.policy.DecodeChoice``, registered name or
+    ``package.module:attr``) choosing the decode instance of each prefilled request (default: the
+    router's pick, else the fewest outstanding tokens)."""
 
 
 class SloConfig(StrictModel):

@@ -9,6 +9,7 @@ real serving stack (``fleetwise serve-router``, vLLM's ``scheduler_cls`` through
 """
 
 from fleetwise.policy.decisions import RouteDecision, StepPlan
+from fleetwise.policy.decode_choice import DecodeChoice, FewestOutstandingTokens
 from fleetwise.policy.expert_cache import ExpertCachePolicy, LfuExpertCache, LruExpertCache, StaticExpertCache, make_expert_cache
 from fleetwise.policy.prefix_cache import CachedPrefixView, LfuPrefixCache, LruPrefixCache, PrefixCachePolicy
 from fleetwise.policy.registry import create, names, register, resolve
@@ -40,5 +41,6 @@ __all__ = [
     "BatchScheduler", "Fcfs", "ShortestPromptFirst", "DecodeBudget",
     "PrefixCachePolicy", "CachedPrefixView", "LruPrefixCache", "LfuPrefixCache",
     "ExpertCachePolicy", "LruExpertCache", "LfuExpertCache", "StaticExpertCache", "make_expert_cache",
+    "DecodeChoice", "FewestOutstandingTokens",
     "register", "create", "resolve", "names",
 ]

@@ -1,4 +1,5 @@
-"""Bridges between the Rust core and Python policies: rows in, views to the policy, plain values out.
+"""Bridges between the Rust core and Python policies: the core's rows (``_core.RequestRow``,
+``_core.LoadRow``: named fields) in, views to the policy, answers by name out.
 
 The core calls these once per routing decision and once per scheduled iteration (the only Python
 on the per-event path, and only when a user's own policy is configured); their cost is measured
@@ -8,6 +9,7 @@ by ``benchmarks/bench_python_policy.py``.
 from __future__ import annotations
 
 import numbers
+from operator import attrgetter
 from typing import Sequence
 
 from fleetwise.policy.decisions import RouteDecision, StepPlan
@@ -53,24 +55,21 @@ class RouterBridge:
         self.block_tokens = block_tokens
         self.count = 0
 
-    def _endpoints(self, entry_rows, decode_rows) -> list[EndpointView]:
-        rows = entry_rows + decode_rows if not self.decoders else [None] * len(self.roles)
+    def _endpoints(self, entry_loads, decode_loads) -> list[EndpointView]:
+        loads = entry_loads + decode_loads if not self.decoders else [None] * len(self.roles)
         if self.decoders:
-            for inst, row in zip(self.entry, entry_rows):
-                rows[inst] = row
-            for inst, row in zip(self.decoders, decode_rows):
-                rows[inst] = row
-        return [
-            EndpointView(inst, self.names[inst], self.roles[inst], outstanding, waiting, running, used / total if total else 0.0, cached)
-            for inst, (outstanding, waiting, running, cached, used, total) in enumerate(rows)
-        ]
+            for inst, load in zip(self.entry, entry_loads):
+                loads[inst] = load
+            for inst, load in zip(self.decoders, decode_loads):
+                loads[inst] = load
+        return [endpoint_view(inst, self.names[inst], self.roles[inst], load) for inst, load in enumerate(loads)]
 
-    def route(self, row, hashes, entry_rows, decode_rows):
-        """Routes one request: returns (entry position, decode position or None) for the core."""
-        prompt, output, arrival = row
-        req = RequestView(id=self.count, prompt_tokens=prompt, max_output_tokens=output, arrival=arrival, prefix_hashes=tuple(hashes))
+    def route(self, row, entry_loads, decode_loads) -> dict:
+        """Routes one request (the core's ``RequestRow`` and ``LoadRow``s of the entry and decode
+        instances): returns ``{"entry": position, "decode": position or None}`` for the core."""
+        req = RequestView(id=self.count, prompt_tokens=row.prompt_tokens, max_output_tokens=row.max_output_tokens, arrival=row.arrival, prefix_hashes=tuple(row.prefix_hashes))
         self.count += 1
-        endpoints = self._endpoints(entry_rows, decode_rows)
+        endpoints = self._endpoints(entry_loads, decode_loads)
         clock = self.clock
         clock.calls += 1
         clock.busy = self._what
@@ -87,13 +86,19 @@ class RouterBridge:
         if d.prefill is None:
             if kind != "entry":
                 raise PolicyAnswerError(f"sent request {req.id} to instance {d.instance} without a prefill instance; it must be one of the serving (mixed or prefill) instances {self.entry}")
-            return pos, None
+            return {"entry": pos, "decode": None}
         pkind, ppos = self.position.get(d.prefill, (None, None))
         if pkind != "entry" or self.roles[d.prefill] != "prefill":
             raise PolicyAnswerError(f"chose prefill instance {d.prefill} for request {req.id}; prefill instances are {[i for i in self.entry if self.roles[i] == 'prefill']}")
         if kind != "decode":
             raise PolicyAnswerError(f"chose instance {d.instance} to decode request {req.id} after a separate prefill; decode instances are {self.decoders}")
-        return ppos, pos
+        return {"entry": ppos, "decode": pos}
+
+
+def endpoint_view(index: int, name: str, role: str, load) -> EndpointView:
+    """The view of instance ``index`` from the core's ``LoadRow``."""
+    total = load.kv_total_blocks
+    return EndpointView(index, name, role, load.outstanding_tokens, load.waiting, load.running, load.kv_used_blocks / total if total else 0.0, load.cached_prefix_tokens)
 
 
 def _short(value) -> str:
@@ -110,9 +115,22 @@ def is_known_id(request_id, known: dict) -> bool:
         return False
 
 
-def _request(row) -> RequestView:
-    """A view from the core's row, which lists the fields in the view's order (no prefix hashes)."""
-    return RequestView(*row)
+_REQUEST_FIELDS = attrgetter("id", "prompt_tokens", "max_output_tokens", "computed_tokens", "generated_tokens", "cached_tokens", "arrival", "preemptions")
+"""A ``RequestRow``'s fields in ``RequestView``'s order, read in one call (a step may build hundreds)."""
+
+
+def request_view(row, id=None, with_hashes: bool = False) -> RequestView:
+    """A view from the core's ``RequestRow`` (``id`` in place of the core's index when given; its
+    prefix hashes only when asked for: the scheduler's rows have none)."""
+    fields = _REQUEST_FIELDS(row)
+    if id is not None:
+        fields = (id,) + fields[1:]
+    return RequestView(*fields, tuple(row.prefix_hashes)) if with_hashes else RequestView(*fields)
+
+
+def _scheduler_view(row) -> RequestView:
+    """A scheduler's view of a ``RequestRow``: the core's own index as its id, no prefix hashes."""
+    return RequestView(*_REQUEST_FIELDS(row))
 
 
 class SchedulerBridge:
@@ -127,14 +145,15 @@ class SchedulerBridge:
         self.clock = clock or CallClock()
         self._what = f"{label}: plan()"
 
-    def plan(self, waiting_rows, running_rows, free, total, block_size, step, now=0.0):
-        """Plans one iteration: returns the plan as a tuple of plain values for the core."""
+    def plan(self, waiting_rows, running_rows, free, total, block_size, step, now=0.0) -> dict:
+        """Plans one iteration from the core's ``RequestRow``s and KV counts: returns the plan's
+        fields by name for the core, orders as core request indices."""
         for row in waiting_rows[:4] if waiting_rows else ():  # the requests preempted last wait at the front
-            if row[7] >= MAX_PREEMPTIONS:
-                raise PolicyAnswerError(f"request {row[0] if self.ids is None else self.ids[row[0]]} has been preempted {row[7]} times: the plans livelock (its victim_order keeps preempting the same requests) and it would never finish")
-        ids, make = self.ids, _request
+            if row.preemptions >= MAX_PREEMPTIONS:
+                raise PolicyAnswerError(f"request {row.id if self.ids is None else self.ids[row.id]} has been preempted {row.preemptions} times: the plans livelock (its victim_order keeps preempting the same requests) and it would never finish")
+        ids, make = self.ids, _scheduler_view
         if ids is not None:
-            make = lambda r: _request((ids[r[0]],) + r[1:])  # noqa: E731
+            make = lambda r: request_view(r, ids[r.id])  # noqa: E731
             if self.back is None or len(self.back) != len(ids):
                 self.back = {v: i for i, v in enumerate(ids)}
         view = StepView.from_rows(make, waiting_rows, running_rows, free, total, block_size, step, now)
@@ -150,12 +169,16 @@ class SchedulerBridge:
         budget, seqs, chunk = p.token_budget, p.max_num_seqs, p.max_prefill_chunk
         if not (type(budget) is int and type(seqs) is int and 0 < budget <= _U32 and 0 < seqs <= _U32 and (chunk is None or (type(chunk) is int and 0 < chunk <= _U32))):
             budget, seqs, chunk = checked_count(budget, "token_budget"), checked_count(seqs, "max_num_seqs"), checked_count(chunk, "max_prefill_chunk", allow_none=True)
+        answer = {"token_budget": budget, "max_num_seqs": seqs, "running_order": None, "waiting_order": None, "victim_order": None, "max_prefill_chunk": chunk}
         if p.running_order is None and p.waiting_order is None and p.victim_order is None:
-            return (budget, seqs, None, None, None, chunk)
+            return answer
         # The ids the engine knows, from its own rows: a policy may have changed the view.
         ids = self.ids
-        known = {(r[0] if ids is None else ids[r[0]]): None for rows in (waiting_rows, running_rows) for r in rows}
-        return (budget, seqs, self._order(p.running_order, known, "running_order"), self._order(p.waiting_order, known, "waiting_order"), self._order(p.victim_order, known, "victim_order"), chunk)
+        known = {(r.id if ids is None else ids[r.id]): None for rows in (waiting_rows, running_rows) for r in rows}
+        answer["running_order"] = self._order(p.running_order, known, "running_order")
+        answer["waiting_order"] = self._order(p.waiting_order, known, "waiting_order")
+        answer["victim_order"] = self._order(p.victim_order, known, "victim_order")
+        return answer
 
     def _order(self, order, known: dict, name: str):
         if order is None:

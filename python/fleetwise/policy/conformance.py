@@ -392,3 +392,46 @@ def _check_expert_cache(report: ConformanceReport, factory, num_layers: int, num
             if _RAISED not in (hit_b, evicted_b):
                 report.fail(f"access {t}: two fresh policies answered differently (not deterministic)")
             break
+
+
+def check_decode_choice(policy, trials: int = 300, seed: int = 0, timeout: float | None = DEFAULT_TIMEOUT_S) -> ConformanceReport:
+    """Checks a DecodeChoice on random sets of decode endpoints: it names one or more of them (an
+    index or a list of indices), never another endpoint, none twice, and a deep copy answers the
+    same. Each call may take ``timeout`` seconds."""
+    report = ConformanceReport("decode-choice", timeout=timeout)
+    with _checking(report):
+        _check_decode_choice(report, policy, trials, seed)
+    return report
+
+
+def _check_decode_choice(report: ConformanceReport, policy, trials: int, seed: int) -> None:
+    choose = _method(policy, "choose")
+    twin = _twin(policy, report)
+    rng = random.Random(seed)
+    for t in range(trials):
+        prefill = rng.randrange(1, 4)
+        eps = _endpoints(rng, ["prefill"] * prefill + ["decode"] * rng.randrange(1, 6), 1)[prefill:]
+        prompt = rng.randrange(1, 8192)
+        req = RequestView(id=t, prompt_tokens=prompt, max_output_tokens=rng.randrange(2, 1024), computed_tokens=prompt, generated_tokens=1, arrival=t * 0.01)
+        preferred = rng.choice([None, rng.choice(eps).index])
+        answer = _call(report, t, "choose", choose, req, list(eps), preferred)
+        if answer is _RAISED:
+            if not callable(choose):
+                return
+            continue
+        order = [answer] if isinstance(answer, int) and not isinstance(answer, bool) else answer
+        if not isinstance(order, (list, tuple, range)) or not order:
+            report.fail(f"trial {t}: choose() returned {repr(answer)[:80]}, not a decode endpoint index or a non-empty list of them")
+            continue
+        indices = {e.index for e in eps}
+        bad = [i for i in order if isinstance(i, bool) or not isinstance(i, int) or i not in indices]
+        if bad:
+            report.fail(f"trial {t}: choose() named {repr(bad[:5])[:80]}, not among the decode endpoints {sorted(indices)}")
+        elif len(set(order)) != len(order):
+            report.fail(f"trial {t}: choose() named a decode endpoint twice: {list(order)}")
+        if twin is not None:
+            again = _call(report, f"trial {t} (a deep copy)", "choose", _method(twin, "choose"), req, list(eps), preferred)
+            if again is _RAISED or not _same(again, answer):
+                if again is not _RAISED:
+                    report.fail(f"trial {t}: two copies of the policy chose differently (not deterministic)")
+                twin = None

@@ -6,10 +6,15 @@ an :meth:`ExpertCachePolicy.access` (a hit when resident); a miss is fetched and
 admitted the same way before their layer runs. The built-ins below make the same decisions as the
 simulator's Rust caches (``fleetwise.moe.cache_hits``), so a real model driven by one of them
 (``fleetwise.integrations.hf_moe``) reports the simulator's hit rate on the same routing.
+
+A policy also runs inside the simulator (``experts: {cache: {policy: {name: ...}}}`` in a pool, or
+``fleetwise.simulate(..., expert_caches=...)``): one object per GPU of each instance, called through
+:class:`ExpertCacheBridge`.
 """
 
 from __future__ import annotations
 
+import numbers
 from typing import Protocol, Sequence, runtime_checkable
 
 
@@ -135,3 +140,81 @@ def replay(policy: ExpertCachePolicy, layer: int, accesses: Sequence[int]) -> in
         else:
             policy.admit(layer, int(e))
     return hits
+
+
+class ExpertCacheBridge:
+    """Calls the ExpertCachePolicy of one GPU for the core: ``num_layers`` layers of ``num_experts``
+    experts (the GPU's local ids), ``capacity`` of them cached per layer. ``label`` names it in
+    messages; ``clock`` notes each call (for the per-call time limit)."""
+
+    def __init__(self, policy, num_layers: int, num_experts: int, capacity: int, label: str = "the expert cache policy", clock=None):
+        from fleetwise.policy.watchdog import CallClock
+
+        self.policy = policy
+        self.num_layers, self.num_experts, self.capacity = num_layers, num_experts, capacity
+        self.label = label
+        self.clock = clock or CallClock()
+        self._resident: list[frozenset[int]] = []
+
+    def resident_all(self) -> list[list[int]]:
+        """Each layer's resident experts at the start, for the core's mirror."""
+        self._resident = [self._ask_resident(layer) for layer in range(self.num_layers)]
+        return [sorted(r) for r in self._resident]
+
+    def lookup(self, layer: int, hits: Sequence[int], misses: Sequence[int]) -> list[int]:
+        """One layer's lookups, as the core makes them: each of ``hits`` (resident when the layer
+        ran) is accessed, then each of ``misses`` is accessed and, fetched, offered to ``admit``.
+        Returns the layer's resident experts after them. An answer that contradicts what
+        ``resident`` listed is a PolicyAnswerError."""
+        from fleetwise.policy.bridge import PolicyAnswerError
+
+        policy, clock = self.policy, self.clock
+        resident = set(self._resident[layer])
+        access, admit = f"{self.label}: access()", f"{self.label}: admit()"
+        try:
+            for e in hits:
+                clock.calls += 1
+                clock.busy = access
+                if not policy.access(layer, e):
+                    raise PolicyAnswerError(f"access({layer}, {e}) answered a miss, but resident({layer}) listed expert {e}")
+            for e in misses:
+                clock.calls += 1
+                clock.busy = access
+                if policy.access(layer, e):
+                    raise PolicyAnswerError(f"access({layer}, {e}) answered a hit, but resident({layer}) did not list expert {e}")
+                clock.calls += 1
+                clock.busy = admit
+                evicted = policy.admit(layer, e)
+                if evicted is not None:
+                    if isinstance(evicted, bool) or not isinstance(evicted, numbers.Integral) or int(evicted) not in resident:
+                        raise PolicyAnswerError(f"admit({layer}, {e}) evicted {evicted!r}, which is not a resident expert of layer {layer} ({sorted(resident)})"[:300])
+                    resident.discard(int(evicted))
+                resident.add(e)
+        finally:
+            clock.busy = None
+        now = self._ask_resident(layer)
+        if not now <= resident:
+            raise PolicyAnswerError(f"resident({layer}) lists experts {sorted(now - resident)} that were neither resident nor admitted")
+        self._resident[layer] = now
+        return sorted(now)
+
+    def _ask_resident(self, layer: int) -> frozenset[int]:
+        """``policy.resident(layer)``, checked: expert ids of this GPU, at most ``capacity``."""
+        from fleetwise.policy.bridge import PolicyAnswerError
+
+        self.clock.calls += 1
+        self.clock.busy = f"{self.label}: resident()"
+        try:
+            got = self.policy.resident(layer)
+        finally:
+            self.clock.busy = None
+        try:
+            experts = frozenset(got)
+        except TypeError:
+            raise PolicyAnswerError(f"resident({layer}) must return a set of expert ids, got {got!r}"[:300]) from None
+        bad = [e for e in experts if isinstance(e, bool) or not isinstance(e, numbers.Integral) or not 0 <= e < self.num_experts]
+        if bad:
+            raise PolicyAnswerError(f"resident({layer}) lists {bad[:5]!r}, which are not expert ids in 0..{self.num_experts}"[:300])
+        if len(experts) > self.capacity:
+            raise PolicyAnswerError(f"resident({layer}) lists {len(experts)} experts, over the capacity of {self.capacity}")
+        return frozenset(int(e) for e in experts)

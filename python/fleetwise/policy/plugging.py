@@ -30,15 +30,19 @@ def _checked(kind: str, label: str, policy, method: str):
     """``policy`` when it has a callable ``method``, else a PolicyError saying what it is."""
     if not callable(getattr(policy, method.partition("(")[0], None)):
         what = "None" if policy is None else f"a {type(policy).__qualname__}"
-        raise PolicyError(f"{label}: {what} is not a {kind} policy (it has no {method} method)")
+        article = "an" if kind[0] in "aeiou" else "a"
+        raise PolicyError(f"{label}: {what} is not {article} {kind} policy (it has no {method} method)")
     return policy
 
 
-def core_plugins(scenario, router=None, schedulers: Mapping[str, Callable] | None = None, prefix_caches: Mapping[str, Callable] | None = None, clock: CallClock | None = None, timeout: float | None = None) -> dict:
+def core_plugins(scenario, router=None, schedulers: Mapping[str, Callable] | None = None, prefix_caches: Mapping[str, Callable] | None = None, clock: CallClock | None = None, timeout: float | None = None, expert_caches: Mapping[str, Callable] | None = None, decode_choice=None) -> dict:
     """Keyword arguments for ``_core.simulate`` that plug in the policy objects: ``router`` (a
     Router), ``schedulers`` and ``prefix_caches`` (pool name -> zero-argument factory of a
-    BatchScheduler / PrefixCachePolicy, one object per instance), else those the scenario names
-    (``kind: policy`` routers and schedulers, a pool's ``prefix_cache_policy``). Every policy call
+    BatchScheduler / PrefixCachePolicy, one object per instance), ``expert_caches`` (pool name ->
+    factory ``f(num_layers, num_experts, capacity)`` of an ExpertCachePolicy, one object per GPU),
+    ``decode_choice`` (a DecodeChoice), else those the scenario names (``kind: policy`` routers and
+    schedulers, a pool's ``prefix_cache_policy``, ``experts.cache.policy: {name: ...}``,
+    ``cluster.decode_choice``). Every policy call
     is noted on ``clock`` (for the per-call time limit). A policy object that is not one (no such
     method, a factory returning None) is a PolicyError before anything runs, and so is importing or
     building one that takes longer than ``timeout`` seconds."""
@@ -91,9 +95,81 @@ def core_plugins(scenario, router=None, schedulers: Mapping[str, Callable] | Non
         _checked("prefix cache", f"{label} of pool {pool_names[p]!r}", _built(f, label, timeout), "victim(idle)")
     if evictors:
         extra["evictors"] = {p: (lambda instance, f=f, label=label: PrefixCacheBridge(_checked("prefix cache", label, _built(f, label), "victim(idle)"), label=f"{label} of instance {names[instance]}", clock=clock)) for p, (f, label) in evictors.items()}
+    extra.update(_expert_cache_plugins(scenario, expert_caches, names, clock, timeout))
+    extra.update(_decode_choice_plugin(scenario, decode_choice, names, roles, clock, timeout))
     if factories:
         extra["planners"] = {p: (lambda instance, f=f, label=label: SchedulerBridge(_checked("scheduler", label, _built(f, label), "plan(step)"), label=f"{label} of instance {names[instance]}", clock=clock)) for p, (f, label) in factories.items()}
     return extra
+
+
+def expert_cache_sizes(scenario, pool_index: int) -> tuple[int, int, int]:
+    """(MoE layers, experts per GPU, cached experts per layer per GPU) of a pool with experts: the
+    sizes the core gives each GPU's expert cache policy."""
+    from fleetwise.catalog import lookup
+
+    pool = scenario.cluster.pools[pool_index]
+    model = lookup("model", pool.model, scenario.models, f"cluster.pools.{pool_index}.model")
+    ep = pool.parallelism.ep
+    per_gpu = model.num_experts // ep
+    return model.num_layers - model.first_dense_layers, per_gpu, min(-(-pool.experts.cache.experts_per_layer // ep), per_gpu)
+
+
+def _expert_cache_plugins(scenario, expert_caches: Mapping[str, Callable] | None, names: list[str], clock: CallClock, timeout: float | None) -> dict:
+    """``{"expert_caches": {pool index: f(instance, rank, layers, experts, capacity) -> bridge}}``
+    for the pools given a factory in ``expert_caches`` or naming a policy object in
+    ``experts.cache.policy``; one policy is built first, to fail before anything runs."""
+    from fleetwise.config.base import PolicyRef
+    from fleetwise.policy.expert_cache import ExpertCacheBridge
+    from fleetwise.policy.registry import build, resolve
+
+    pools = scenario.cluster.pools
+    pool_names = [p.name for p in pools]
+    chosen: dict[int, tuple[Callable, str]] = {}
+    for name, factory in (expert_caches or {}).items():
+        if name not in pool_names:
+            raise ConfigError(f"expert_caches: no pool named {name!r}; pools are {', '.join(pool_names)}")
+        chosen[pool_names.index(name)] = (factory, f"expert cache policy {_name(factory)!r}")
+    for p, pool in enumerate(pools):
+        ref = pool.experts.cache.policy if pool.experts is not None else None
+        if p not in chosen and isinstance(ref, PolicyRef):
+            chosen[p] = (lambda layers, experts, capacity, ref=ref, f=resolve("expert-cache", ref.name): build("expert-cache", ref.name, f, layers, experts, capacity, **ref.params), f"expert cache policy {ref.name!r}")
+    for p in chosen:
+        if pools[p].experts is None or pools[p].experts.placement == "hbm":
+            raise ConfigError(f"cluster.pools.{p}.experts.cache.policy: an expert cache policy object needs offloaded experts (experts.placement dram or flash)")
+    methods = ("access(layer, expert)", "admit(layer, expert)", "resident(layer)")
+
+    def checked(policy, label: str):
+        for m in methods:
+            _checked("expert cache", label, policy, m)
+        return policy
+
+    for p, (f, label) in chosen.items():
+        sizes = expert_cache_sizes(scenario, p)
+        checked(_built(lambda f=f, sizes=sizes: f(*sizes), label, timeout), f"{label} of pool {pool_names[p]!r}")
+    if not chosen:
+        return {}
+    return {"expert_caches": {
+        p: (lambda instance, rank, layers, experts, capacity, f=f, label=label: ExpertCacheBridge(
+            checked(_built(lambda: f(layers, experts, capacity), label), label), layers, experts, capacity,
+            label=f"{label} of instance {names[instance]} GPU {rank}", clock=clock))
+        for p, (f, label) in chosen.items()}}
+
+
+def _decode_choice_plugin(scenario, choice, names: list[str], roles: list[str], clock: CallClock, timeout: float | None) -> dict:
+    """``{"decode_choice": bridge}`` for ``choice`` or the scenario's ``cluster.decode_choice``."""
+    from fleetwise.policy.decode_choice import DecodeChoiceBridge
+
+    ref = scenario.cluster.decode_choice
+    if choice is None and ref is None:
+        return {}
+    if choice is None:
+        label = f"decode choice policy {ref.name!r}"
+        choice = _built(lambda: create("decode-choice", ref.name, **ref.params), label, timeout)
+    else:
+        label = f"decode choice policy {_name(choice)!r}"
+    if "decode" not in roles:
+        raise ConfigError("cluster.decode_choice: a decode choice needs a pool with role decode (a disaggregated cluster)")
+    return {"decode_choice": DecodeChoiceBridge(_checked("decode choice", label, choice, "choose(request, decoders, preferred)"), names, roles, label=label, clock=clock)}
 
 
 def _built(factory: Callable, label: str, timeout: float | None = None):

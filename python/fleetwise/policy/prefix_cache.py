@@ -61,15 +61,15 @@ class PrefixCacheBridge:
         self.clock = clock or CallClock()
         self._what = f"{label}: victim()"
 
-    def victim(self, rows: Sequence[tuple]) -> int:
-        """Rows ``(hash, last_use, hits)`` in, the hash to evict out."""
+    def victim(self, rows: Sequence) -> int:
+        """The core's ``IdlePrefixRow``s (hash, last_use, hits) in, the hash to evict out."""
         from fleetwise.policy.bridge import PolicyAnswerError
 
         clock = self.clock
         clock.calls += 1
         clock.busy = self._what
         try:
-            h = self.policy.victim([CachedPrefixView(*r) for r in rows])
+            h = self.policy.victim([CachedPrefixView(r.hash, r.last_use, r.hits) for r in rows])
         finally:
             clock.busy = None
         if isinstance(h, bool) or not isinstance(h, numbers.Integral) or not 0 <= int(h) < 2**64:

@@ -12,7 +12,7 @@ from typing import Callable
 
 from fleetwise.errors import ConfigError, PolicyError
 
-KINDS = ("router", "scheduler", "prefix-cache", "expert-cache")
+KINDS = ("router", "scheduler", "prefix-cache", "expert-cache", "decode-choice")
 _REGISTRY: dict[str, dict[str, Callable]] = {k: {} for k in KINDS}
 
 
@@ -73,7 +73,7 @@ def build(kind: str, name: str, factory: Callable, *args, **params):
 
 
 def _register_builtins() -> None:
-    from fleetwise.policy import expert_cache, prefix_cache, router, scheduler
+    from fleetwise.policy import decode_choice, expert_cache, prefix_cache, router, scheduler
 
     register("router", "round-robin")(router.round_robin)
     register("router", "least-outstanding-tokens")(router.least_outstanding_tokens)
@@ -87,6 +87,7 @@ def _register_builtins() -> None:
     register("expert-cache", "lru")(expert_cache.LruExpertCache)
     register("expert-cache", "lfu")(expert_cache.LfuExpertCache)
     register("expert-cache", "static")(expert_cache.StaticExpertCache)
+    register("decode-choice", "fewest-outstanding-tokens")(decode_choice.FewestOutstandingTokens)
 
 
 _register_builtins()

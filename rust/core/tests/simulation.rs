@@ -234,3 +234,44 @@ fn disaggregated_prefill_and_decode_hand_every_request_over() {
         assert!(p.decode_tokens == 0 && d.decode_tokens > 0);
     }
 }
+
+#[test]
+fn a_plugged_decode_choice_places_every_handoff_and_is_checked() {
+    use fleetwise_core::error::Result;
+    use fleetwise_core::instance::Role;
+    use fleetwise_core::request::Request;
+    use fleetwise_core::router::InstanceLoad;
+    use fleetwise_core::sim::{simulate_plugged, Control, DecodeChoice, Plugins};
+
+    /// Always the same instance.
+    struct Fixed(u32);
+    impl DecodeChoice for Fixed {
+        fn candidates(&mut self, _index: u32, _req: &Request, _decoders: &[u32], _loads: &[InstanceLoad], _preferred: Option<u32>) -> Result<Vec<u32>> {
+            Ok(vec![self.0])
+        }
+    }
+    // One prefill instance (0) and three decode instances (1, 2, 3).
+    let mut cfg = config(1, 80_000_000_000, RouterConfig::LeastOutstandingTokens);
+    let mut decode = cfg.pools[0].clone();
+    cfg.pools[0].role = Role::Prefill;
+    decode.count = 3;
+    decode.role = Role::Decode;
+    decode.name = "decode".into();
+    cfg.pools.push(decode);
+    let w = workload(60);
+    let native = simulate(&cfg, &w).unwrap();
+    let spread: std::collections::BTreeSet<u32> = native.requests.iter().filter(|r| r.generated > 1).map(|r| r.instance).collect();
+    assert!(spread.len() > 1, "the built-in choice spreads decodes: {spread:?}");
+    let plugged = |c: Box<dyn DecodeChoice>| Plugins { decode_choice: Some(c), ..Plugins::default() };
+    let out = simulate_plugged(&cfg, &w, &Control::default(), plugged(Box::new(Fixed(2)))).unwrap();
+    for (i, r) in out.requests.iter().enumerate() {
+        assert_eq!(r.status, Status::Finished, "request {i}");
+        if w.output[i] > 1 {
+            assert_eq!(r.instance, 2, "request {i}");
+        }
+    }
+    assert_eq!(out.instances[1].stats.decode_tokens + out.instances[3].stats.decode_tokens, 0);
+    // Naming the prefill instance is an error that stops the run.
+    let err = simulate_plugged(&cfg, &w, &Control::default(), plugged(Box::new(Fixed(0)))).err().expect("refused");
+    assert!(err.to_string().contains("named instance 0 for request 0; the decode instances are [1, 2, 3]"), "{err}");
+}

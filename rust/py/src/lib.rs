@@ -7,6 +7,7 @@ mod cost;
 mod errors;
 mod plugins;
 mod policies;
+mod rows;
 mod schema;
 mod simulate;
 
@@ -21,6 +22,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(simulate::simulate, m)?)?;
     m.add_function(wrap_pyfunction!(simulate::expert_cache_hits, m)?)?;
     m.add_class::<simulate::PySimControl>()?;
+    m.add_class::<rows::RequestRow>()?;
+    m.add_class::<rows::LoadRow>()?;
+    m.add_class::<rows::IdlePrefixRow>()?;
     m.add_function(wrap_pyfunction!(schema::resolve_config, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -1,12 +1,16 @@
-//! A user's Python router and scheduler policies plugged into the core: the core calls back into
-//! Python through bridge objects (`fleetwise.policy.bridge`) that turn rows into view objects and
-//! decisions back into plain values.
+//! A user's Python policies (router, scheduler, prefix cache, expert cache, decode choice) plugged
+//! into the core: the core calls back into Python through bridge objects (`fleetwise.policy.bridge`
+//! and friends) that turn the rows of `rows.rs` into view objects and decisions back into named
+//! answers.
 
 use fleetwise_core::error::{Error, Result};
+use fleetwise_core::moe::ExpertCachePolicy;
 use fleetwise_core::prefix::{IdleEntry, PrefixEvictor};
 use fleetwise_core::request::Request;
 use fleetwise_core::router::{InstanceLoad, Router};
 use fleetwise_core::scheduler::{BatchScheduler, StepPlan, StepState};
+use fleetwise_core::sim::DecodeChoice;
+use crate::rows::{IdlePrefixRow, LoadRow, PlanAnswer, RequestRow, RouteAnswer};
 use pyo3::prelude::*;
 use std::sync::{Arc, Mutex};
 
@@ -32,18 +36,27 @@ fn label_of(bridge: &Py<PyAny>, default: &str) -> String {
     Python::with_gil(|py| bridge.getattr(py, "label").and_then(|l| l.extract::<String>(py)).unwrap_or_else(|_| default.to_string()))
 }
 
-/// (id, prompt, output, computed, generated, cached prompt tokens, arrival seconds, preemptions):
-/// the fields of `fleetwise.policy.RequestView`, in its order.
-type RequestRow = (u32, u32, u32, u32, u32, u32, f64, u32);
-/// (outstanding tokens, waiting, running, cached prefix tokens, KV blocks used, KV blocks in all)
-type LoadRow = (u64, u32, u32, u64, u32, u32);
-
-fn load_row(l: &InstanceLoad) -> LoadRow {
-    (l.outstanding_tokens, l.waiting, l.running, l.cached_prefix_tokens, l.kv_used_blocks, l.kv_total_blocks)
+/// The row of request `index` (`req`) with `cached_tokens` of its prompt cached and `hashes`.
+fn request_row(index: u32, req: &Request, cached_tokens: u32, hashes: Vec<u64>) -> RequestRow {
+    RequestRow {
+        id: index,
+        prompt_tokens: req.prompt,
+        max_output_tokens: req.output,
+        computed_tokens: req.computed,
+        generated_tokens: req.generated,
+        cached_tokens,
+        arrival: req.arrival as f64 * 1e-9,
+        preemptions: req.preemptions,
+        prefix_hashes: hashes,
+    }
 }
 
-/// A Python router bridge: `bridge.route(request_row, hashes, entry_rows, decode_rows)` returns
-/// `(entry position, decode position or None)`.
+fn load_rows(loads: &[InstanceLoad]) -> Vec<LoadRow> {
+    loads.iter().map(LoadRow::from).collect()
+}
+
+/// A Python router bridge: `bridge.route(request, entry_loads, decode_loads)` (a `RequestRow`
+/// whose `id` the bridge numbers itself, and `LoadRow`s) returns a `RouteAnswer`.
 pub struct PyRouterPlugin {
     bridge: Py<PyAny>,
     slot: ErrorSlot,
@@ -64,21 +77,19 @@ impl Router for PyRouterPlugin {
     }
 
     fn route_pair(&mut self, req: &Request, entry: &[InstanceLoad], decoders: &[InstanceLoad]) -> Result<(usize, Option<usize>)> {
+        let row = request_row(0, req, 0, req.hashes.clone());
         Python::with_gil(|py| {
-            let row = (req.prompt, req.output, req.arrival as f64 * 1e-9);
-            let e: Vec<LoadRow> = entry.iter().map(load_row).collect();
-            let d: Vec<LoadRow> = decoders.iter().map(load_row).collect();
             self.bridge
-                .call_method1(py, "route", (row, req.hashes.clone(), e, d))
-                .and_then(|r| r.extract::<(usize, Option<usize>)>(py))
+                .call_method1(py, "route", (row, load_rows(entry), load_rows(decoders)))
+                .and_then(|r| r.extract::<RouteAnswer>(py))
+                .map(|a| (a.entry, a.decode))
                 .map_err(|err| failed(&self.slot, &format!("{}: route()", self.label), err))
         })
     }
 }
 
-/// A Python scheduler bridge: `bridge.plan(waiting_rows, running_rows, free, total, block_size,
-/// step, now)` returns `(token_budget, max_num_seqs, running_order, waiting_order, victim_order,
-/// max_prefill_chunk)` with None for orders the engine keeps.
+/// A Python scheduler bridge: `bridge.plan(waiting, running, free, total, block_size, step, now)`
+/// (`RequestRow`s, KV block counts, the step and the clock) returns a `PlanAnswer`.
 pub struct PyBatchScheduler {
     bridge: Py<PyAny>,
     slot: ErrorSlot,
@@ -93,25 +104,23 @@ impl PyBatchScheduler {
     }
 }
 
-type PlanTuple = (u32, u32, Option<Vec<u32>>, Option<Vec<u32>>, Option<Vec<u32>>, Option<u32>);
-
 impl BatchScheduler for PyBatchScheduler {
     fn plan(&mut self, s: &StepState) -> Result<StepPlan> {
         let tpe = s.kv.prefix_cache().map_or(0, |c| c.tokens_per_entry());
         let row = |&i: &u32| -> RequestRow {
             let r = &s.reqs[i as usize];
-            (i, r.prompt, r.output, r.computed, r.generated, r.cache_refs * tpe, r.arrival as f64 * 1e-9, r.preemptions)
+            request_row(i, r, r.cache_refs * tpe, Vec::new())
         };
         let waiting: Vec<RequestRow> = s.queues.waiting.iter().map(row).collect();
         let running: Vec<RequestRow> = s.queues.running.iter().map(row).collect();
         let (free, total, block) = (s.kv.free(), s.kv.total(), s.kv.block_size());
         Python::with_gil(|py| {
-            let p: PlanTuple = self
+            let p: PlanAnswer = self
                 .bridge
                 .call_method1(py, "plan", (waiting, running, free, total, block, s.step, s.now as f64 * 1e-9))
                 .and_then(|r| r.extract(py))
                 .map_err(|err| failed(&self.slot, &format!("{}: plan()", self.label), err))?;
-            Ok(StepPlan { token_budget: p.0, max_num_seqs: p.1, running_order: p.2, waiting_order: p.3, victim_order: p.4, max_prefill_chunk: p.5 })
+            Ok(StepPlan { token_budget: p.token_budget, max_num_seqs: p.max_num_seqs, running_order: p.running_order, waiting_order: p.waiting_order, victim_order: p.victim_order, max_prefill_chunk: p.max_prefill_chunk })
         })
     }
 
@@ -120,8 +129,8 @@ impl BatchScheduler for PyBatchScheduler {
     }
 }
 
-/// A Python prefix-cache bridge: `bridge.victim(idle_rows)` with rows `(hash, last_use, hits)`
-/// (least recently released first) returns the hash to evict.
+/// A Python prefix-cache bridge: `bridge.victim(idle)` with `IdlePrefixRow`s (least recently
+/// released first) returns the hash to evict.
 pub struct PyEvictor {
     bridge: Py<PyAny>,
     slot: ErrorSlot,
@@ -138,7 +147,98 @@ impl PyEvictor {
 
 impl PrefixEvictor for PyEvictor {
     fn victim(&mut self, idle: &[IdleEntry]) -> Result<u64> {
-        let rows: Vec<(u64, u64, u32)> = idle.iter().map(|e| (e.hash, e.last_use, e.hits)).collect();
+        let rows: Vec<IdlePrefixRow> = idle.iter().map(|e| IdlePrefixRow { hash: e.hash, last_use: e.last_use, hits: e.hits }).collect();
         Python::with_gil(|py| self.bridge.call_method1(py, "victim", (rows,)).and_then(|r| r.extract::<u64>(py)).map_err(|err| failed(&self.slot, &format!("{}: victim()", self.label), err)))
+    }
+}
+
+/// A Python expert cache bridge of one GPU (`fleetwise.policy.expert_cache.ExpertCacheBridge`):
+/// `bridge.resident_all()` lists each layer's resident experts at the start, and
+/// `bridge.lookup(layer, hits, misses)` applies one layer's lookups to the policy and returns the
+/// layer's resident experts after them. The core reads residency from that mirror, so asking
+/// whether an expert is cached costs no call into Python.
+pub struct PyExpertCache {
+    bridge: Py<PyAny>,
+    slot: ErrorSlot,
+    label: String,
+    resident: Vec<Vec<bool>>,
+}
+
+impl PyExpertCache {
+    /// Wraps `bridge` for the `layers` layers of `experts` experts of one GPU; a Python exception
+    /// it raises lands in `slot`.
+    pub fn new(bridge: Py<PyAny>, slot: ErrorSlot, layers: u32, experts: u32) -> Result<Self> {
+        let label = label_of(&bridge, "the expert cache policy");
+        let rows: Vec<Vec<u32>> = Python::with_gil(|py| bridge.call_method0(py, "resident_all").and_then(|r| r.extract(py))).map_err(|err| failed(&slot, &format!("{label}: resident()"), err))?;
+        if rows.len() != layers as usize {
+            return Err(Error::Policy { message: format!("{label}: resident_all() gave {} layers, not {layers}", rows.len()) });
+        }
+        let mut cache = PyExpertCache { bridge, slot, label, resident: vec![vec![false; experts as usize]; layers as usize] };
+        for (layer, row) in rows.into_iter().enumerate() {
+            cache.mirror(layer, row)?;
+        }
+        Ok(cache)
+    }
+
+    /// Makes `experts` the resident set of `layer`.
+    fn mirror(&mut self, layer: usize, experts: Vec<u32>) -> Result<()> {
+        let n = self.resident[layer].len();
+        let set = &mut self.resident[layer];
+        set.iter_mut().for_each(|r| *r = false);
+        for e in experts {
+            match set.get_mut(e as usize) {
+                Some(r) => *r = true,
+                None => return Err(Error::Policy { message: format!("{}: layer {layer} lists expert {e} resident; this GPU's experts are 0..{n}", self.label) }),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ExpertCachePolicy for PyExpertCache {
+    fn contains(&self, layer: u32, expert: u16) -> bool {
+        self.resident[layer as usize][expert as usize]
+    }
+
+    fn lookup(&mut self, layer: u32, hits: &[u16], misses: &[u16]) -> Result<()> {
+        let row: Vec<u32> = Python::with_gil(|py| self.bridge.call_method1(py, "lookup", (layer, hits.to_vec(), misses.to_vec())).and_then(|r| r.extract(py)))
+            .map_err(|err| failed(&self.slot, &format!("{}: lookup of layer {layer}", self.label), err))?;
+        self.mirror(layer as usize, row)
+    }
+
+    fn describe(&self) -> String {
+        self.label.clone()
+    }
+}
+
+/// A Python decode choice bridge (`fleetwise.policy.decode_choice.DecodeChoiceBridge`):
+/// `bridge.choose(request, decoders, loads, preferred)` (a `RequestRow`, the decode instances'
+/// cluster indices and `LoadRow`s, the router's pick) returns the decode instances to try for the
+/// prefilled request, best first.
+pub struct PyDecodeChoice {
+    bridge: Py<PyAny>,
+    slot: ErrorSlot,
+    label: String,
+}
+
+impl PyDecodeChoice {
+    /// Wraps `bridge`; a Python exception it raises lands in `slot`.
+    pub fn new(bridge: Py<PyAny>, slot: ErrorSlot) -> Self {
+        let label = label_of(&bridge, "the decode choice policy");
+        PyDecodeChoice { bridge, slot, label }
+    }
+}
+
+impl DecodeChoice for PyDecodeChoice {
+    fn candidates(&mut self, index: u32, req: &Request, decoders: &[u32], loads: &[InstanceLoad], preferred: Option<u32>) -> Result<Vec<u32>> {
+        // The request has just been prefilled on a prefill instance; cached prompt tokens are that
+        // instance's business and not shown.
+        let row = request_row(index, req, 0, req.hashes.clone());
+        Python::with_gil(|py| {
+            self.bridge
+                .call_method1(py, "choose", (row, decoders.to_vec(), load_rows(loads), preferred))
+                .and_then(|r| r.extract::<Vec<u32>>(py))
+                .map_err(|err| failed(&self.slot, &format!("{}: choose()", self.label), err))
+        })
     }
 }

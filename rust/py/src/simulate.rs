@@ -2,10 +2,10 @@
 
 use crate::errors::{from_json, to_py};
 use fleetwise_core::request::Status;
-use fleetwise_core::moe::{replay_hits, CachePolicy, RoutingTrace};
+use fleetwise_core::moe::{replay_hits, CachePolicy, ExpertCacheFactory, ExpertCachePolicy, RoutingTrace};
 use fleetwise_core::request::Request;
 use fleetwise_core::sim::{simulate_keeping, Control, Plugins, SimConfig, Workload};
-use crate::plugins::{ErrorSlot, PyEvictor, PyBatchScheduler, PyRouterPlugin};
+use crate::plugins::{ErrorSlot, PyBatchScheduler, PyDecodeChoice, PyEvictor, PyExpertCache, PyRouterPlugin};
 use fleetwise_core::prefix::PrefixEvictor;
 use fleetwise_core::scheduler::BatchScheduler;
 use std::collections::HashMap;
@@ -57,9 +57,11 @@ impl PySimControl {
 /// released while it runs (and taken back for each call into a Python policy); `control` lets
 /// another thread follow and cancel it. `router` is a Python router bridge replacing the configured
 /// router; `planners` maps a pool index to a factory `f(instance) -> scheduler bridge`, and
-/// `evictors` to a factory of prefix-cache bridges.
+/// `evictors` to a factory of prefix-cache bridges, `expert_caches` to a factory
+/// `f(instance, rank, layers, experts, capacity) -> expert cache bridge` of one GPU's caches;
+/// `decode_choice`, a Python decode choice bridge, picks the decode instance of each handoff.
 #[pyfunction]
-#[pyo3(signature = (config_json, arrival_ns, prompt_tokens, output_tokens, control=None, hash_offsets=None, hash_values=None, routing_offsets=None, routing_experts=None, routing_shape=None, router=None, planners=None, evictors=None))]
+#[pyo3(signature = (config_json, arrival_ns, prompt_tokens, output_tokens, control=None, hash_offsets=None, hash_values=None, routing_offsets=None, routing_experts=None, routing_shape=None, router=None, planners=None, evictors=None, expert_caches=None, decode_choice=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn simulate<'py>(
     py: Python<'py>,
@@ -76,6 +78,8 @@ pub fn simulate<'py>(
     router: Option<Py<PyAny>>,
     planners: Option<HashMap<usize, Py<PyAny>>>,
     evictors: Option<HashMap<usize, Py<PyAny>>>,
+    expert_caches: Option<HashMap<usize, Py<PyAny>>>,
+    decode_choice: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let config: SimConfig = from_json("scenario", config_json)?;
     let to_u32 = |name: &str, a: &PyReadonlyArray1<'py, i64>| -> PyResult<Vec<u32>> {
@@ -126,12 +130,19 @@ pub fn simulate<'py>(
     };
     let control = control.map(|c| c.inner.clone()).unwrap_or_default();
     let slot: ErrorSlot = Default::default();
-    let mut plugins = Plugins { router: router.map(|r| Box::new(PyRouterPlugin::new(r, slot.clone())) as _), ..Plugins::default() };
+    let mut plugins = Plugins {
+        router: router.map(|r| Box::new(PyRouterPlugin::new(r, slot.clone())) as _),
+        decode_choice: decode_choice.map(|c| Box::new(PyDecodeChoice::new(c, slot.clone())) as _),
+        ..Plugins::default()
+    };
     for (pool, factory) in planners.unwrap_or_default() {
         plugins.batch_schedulers.insert(pool, per_instance(factory, slot.clone(), "scheduler", |b, s| Box::new(PyBatchScheduler::new(b, s)) as Box<dyn BatchScheduler>));
     }
     for (pool, factory) in evictors.unwrap_or_default() {
         plugins.evictors.insert(pool, per_instance(factory, slot.clone(), "prefix cache", |b, s| Box::new(PyEvictor::new(b, s)) as Box<dyn PrefixEvictor>));
+    }
+    for (pool, factory) in expert_caches.unwrap_or_default() {
+        plugins.expert_caches.insert(pool, per_gpu_expert_cache(factory, slot.clone()));
     }
     let mut kept: Vec<Request> = Vec::new();
     let result = py.allow_threads(|| simulate_keeping(&config, &workload, &control, plugins, &mut kept));
@@ -225,13 +236,26 @@ fn per_instance<T: ?Sized + 'static>(factory: Py<PyAny>, slot: ErrorSlot, what: 
     })
 }
 
+/// A core factory of one GPU's expert cache policy: calls the Python `factory(instance, rank,
+/// layers, experts, capacity)` for a bridge; an exception becomes a policy error.
+fn per_gpu_expert_cache(factory: Py<PyAny>, slot: ErrorSlot) -> ExpertCacheFactory {
+    Box::new(move |instance, site| {
+        let bridge = Python::with_gil(|py| factory.call1(py, (instance, site.rank, site.layers, site.experts, site.capacity)))
+            .map_err(|e| fleetwise_core::error::Error::Policy { message: format!("creating the expert cache policy of instance {instance} raised {e}") })?;
+        Ok(Box::new(PyExpertCache::new(bridge, slot.clone(), site.layers, site.experts)?) as Box<dyn ExpertCachePolicy>)
+    })
+}
+
 /// Hits of one layer's expert cache of `capacity` of `num_experts` experts over `accesses` (expert
 /// ids in order) under `policy` (lru, lfu, static); a static cache holds the most `popularity`
 /// experts (default: the lowest ids).
 #[pyfunction]
 #[pyo3(signature = (policy, num_experts, capacity, accesses, popularity=None))]
 pub fn expert_cache_hits(policy: &str, num_experts: u32, capacity: u32, accesses: Vec<i64>, popularity: Option<Vec<f64>>) -> PyResult<u64> {
-    let policy: CachePolicy = from_json("policy", &format!("\"{policy}\""))?;
+    let policy: CachePolicy = match from_json("policy", &format!("\"{policy}\""))? {
+        CachePolicy::Policy => return Err(crate::errors::ConfigError::new_err("policy: a built-in expert cache (lru, lfu, static); replay a policy object with fleetwise.policy.expert_cache.replay")),
+        p => p,
+    };
     if num_experts == 0 || num_experts > u16::MAX as u32 {
         return Err(crate::errors::ConfigError::new_err(format!("num_experts must be in 1..=65535, got {num_experts}")));
     }

@@ -70,9 +70,10 @@ impl Instance {
         self
     }
 
-    /// An error a plugged-in policy (scheduler, prefix cache) met since the last call, if any.
+    /// An error a plugged-in policy (scheduler, prefix cache, expert cache) met since the last
+    /// call, if any.
     pub fn take_policy_error(&mut self) -> Option<crate::error::Error> {
-        self.scheduler.take_error().or_else(|| self.kv.prefix_cache_mut().and_then(|c| c.take_error()))
+        self.scheduler.take_error().or_else(|| self.kv.prefix_cache_mut().and_then(|c| c.take_error())).or_else(|| self.moe.as_mut().and_then(|m| m.take_error()))
     }
 
     /// Sets the instance's role in a disaggregated cluster.

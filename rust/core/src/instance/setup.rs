@@ -5,7 +5,7 @@ use crate::cost::{BatchShape, CostModel, InstanceSpec};
 use crate::error::{Error, Result};
 use crate::kv::BlockManager;
 use crate::memory::{MemoryConfig, MemoryPlan};
-use crate::moe::{ExpertConfig, ExpertRuntime, RoutingTrace};
+use crate::moe::{ExpertConfig, ExpertRuntime, PluggedCaches, RoutingTrace};
 use crate::scheduler::{Batch, PreemptionMode, Queues, SchedulerConfig};
 use std::sync::Arc;
 
@@ -27,8 +27,8 @@ pub struct InstanceSetup<'a> {
 }
 
 /// What an instance needs to run its experts: the pool's settings, an optional recorded routing
-/// trace, and the seed and name of its random streams.
-#[derive(Debug, Clone)]
+/// trace, the seed and name of its random streams, and a user's expert cache policy if plugged in.
+#[derive(Clone)]
 pub struct ExpertSetup<'a> {
     /// The pool's expert settings.
     pub config: &'a ExpertConfig,
@@ -38,6 +38,14 @@ pub struct ExpertSetup<'a> {
     pub seed: u64,
     /// Name of the instance's random streams.
     pub stream: String,
+    /// Builds each GPU's expert cache policy in place of the configured built-in one.
+    pub caches: Option<&'a PluggedCaches<'a>>,
+}
+
+impl std::fmt::Debug for ExpertSetup<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExpertSetup").field("config", self.config).field("trace", &self.trace.is_some()).field("seed", &self.seed).field("stream", &self.stream).field("caches", &self.caches.is_some()).finish()
+    }
 }
 
 /// The longest simulated iteration accepted, seconds: a one-token decode or a full prefill chunk
@@ -93,7 +101,7 @@ impl Instance {
                 if x.config.offloaded() && spec.offload.is_some() {
                     return Err(Error::config("experts", "offloaded experts and offloaded layers (offload) cannot be combined"));
                 }
-                let rt = ExpertRuntime::new(x.config, &cost, x.trace, x.seed, &x.stream)?;
+                let rt = ExpertRuntime::new(x.config, &cost, x.trace, x.seed, &x.stream, x.caches)?;
                 cost = cost.with_expert_hbm_saved(rt.stats.hbm_saved_bytes);
                 Some(rt)
             }

@@ -67,6 +67,8 @@ pub enum CachePolicy {
     Lfu,
     /// A fixed hot set: the most popular experts of each layer, never evicted.
     Static,
+    /// A policy object plugged in by the caller (a Python `ExpertCachePolicy`); refused without one.
+    Policy,
 }
 
 /// The HBM expert cache of each MoE layer.

@@ -3,11 +3,22 @@
 //! ExpertFlow), token grouping, and the per-layer timeline that turns misses into stalls.
 
 pub mod cache;
+pub mod cache_policy;
 pub mod config;
+mod grouping;
+pub mod residency;
 pub mod routing;
 pub mod runtime;
+pub mod stats;
+mod timeline;
+
+#[cfg(test)]
+mod tests;
 
 pub use cache::{replay_hits, ExpertCache};
+pub use cache_policy::{BuiltinExpertCaches, ExpertCacheFactory, ExpertCachePolicy, ExpertCacheSite};
 pub use config::{CachePolicy, CacheSpec, ExpertConfig, ExpertTier, GroupingSpec, PrefetchSpec, RoutingKind, RoutingSpec};
+pub use residency::ExpertResidency;
 pub use routing::{ExpertRouter, RoutingTrace};
-pub use runtime::{ExpertIteration, ExpertResidency, ExpertRuntime, ExpertStats, TokenSpan};
+pub use runtime::{ExpertRuntime, PluggedCaches, TokenSpan};
+pub use stats::{ExpertIteration, ExpertStats};

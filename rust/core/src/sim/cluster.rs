@@ -5,6 +5,7 @@ use crate::error::{Error, Result};
 use crate::event::{EventQueue, Process};
 use crate::instance::{ExpertSetup, Instance, InstanceSetup};
 use crate::cost::InstanceSpec;
+use crate::moe::PluggedCaches;
 use crate::request::Request;
 use crate::sketch::QuantileSketch;
 use crate::time::Nanos;
@@ -108,7 +109,10 @@ impl<'a> Cluster<'a> {
                     offload: pool.offload.clone(),
                     power_cap_watts: pool.power_cap_watts,
                 };
-                let experts = pool.experts.as_ref().map(|c| ExpertSetup { config: c, trace: workload.routing.clone(), seed: config.seed, stream: format!("instance{}.experts", instances.len()) });
+                let index = instances.len();
+                let plugged_caches = plugins.expert_caches.get(&p).map(|make| move |site| make(index, site));
+                let caches = plugged_caches.as_ref().map(|f| f as &PluggedCaches);
+                let experts = pool.experts.as_ref().map(|c| ExpertSetup { config: c, trace: workload.routing.clone(), seed: config.seed, stream: format!("instance{index}.experts"), caches });
                 let setup = InstanceSetup { pool: p as u32, spec, memory: &pool.memory, scheduler: &pool.scheduler, experts };
                 let inst = Instance::new(setup).map_err(|e| prefix(&format!("cluster.pools.{p}"), e))?.with_prefix_cache(prefix_tokens).with_role(pool.role);
                 let inst = match plugins.batch_schedulers.get(&p) {

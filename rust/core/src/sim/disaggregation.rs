@@ -2,7 +2,7 @@
 //! requests — their KV cache moves over the network — from prefill to decode instances, either
 //! after the prefill (serialized) or layer by layer while it runs (layer-wise).
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::request::Request;
 use crate::router::InstanceLoad;
 use crate::time::Nanos;
@@ -24,11 +24,14 @@ pub enum Role {
 }
 
 /// Chooses where a prefilled request's KV goes: the decode instances to try, best first (the
-/// first that can reserve the request's blocks takes it).
+/// first that can reserve the request's blocks takes it; when none can, the request waits and is
+/// offered again when a decode instance frees room). The built-in is [`FewestOutstandingTokens`];
+/// a user's own (a Python policy) is plugged in through `Plugins::decode_choice`.
 pub trait DecodeChoice: Send + Sync {
     /// The decode instances (cluster indices from `decoders`, whose loads are `loads`) to try for
-    /// `req`, best first; `preferred` is the one the router chose, if it did.
-    fn candidates(&mut self, req: &Request, decoders: &[u32], loads: &[InstanceLoad], preferred: Option<u32>) -> Vec<u32>;
+    /// request `index` (`req`), best first; `preferred` is the one the router chose, if it did.
+    /// Every instance named must be one of `decoders`; an error stops the simulation.
+    fn candidates(&mut self, index: u32, req: &Request, decoders: &[u32], loads: &[InstanceLoad], preferred: Option<u32>) -> Result<Vec<u32>>;
 }
 
 /// The default choice: the router's pick first, then the fewest outstanding tokens (lowest index
@@ -37,7 +40,7 @@ pub trait DecodeChoice: Send + Sync {
 pub struct FewestOutstandingTokens;
 
 impl DecodeChoice for FewestOutstandingTokens {
-    fn candidates(&mut self, _req: &Request, decoders: &[u32], loads: &[InstanceLoad], preferred: Option<u32>) -> Vec<u32> {
+    fn candidates(&mut self, _index: u32, _req: &Request, decoders: &[u32], loads: &[InstanceLoad], preferred: Option<u32>) -> Result<Vec<u32>> {
         let mut order: Vec<(u64, u32)> = decoders.iter().zip(loads).map(|(&d, l)| (l.outstanding_tokens, d)).collect();
         order.sort();
         let mut order: Vec<u32> = order.into_iter().map(|(_, d)| d).collect();
@@ -45,7 +48,7 @@ impl DecodeChoice for FewestOutstandingTokens {
             order.retain(|&d| d != p);
             order.insert(0, p);
         }
-        order
+        Ok(order)
     }
 }
 
@@ -93,7 +96,10 @@ impl Cluster<'_> {
         let h = &mut self.handoffs;
         let r = &self.reqs[req as usize];
         let loads: Vec<InstanceLoad> = h.decoders.iter().map(|&d| instances[d as usize].load()).collect();
-        let order = h.choice.candidates(r, &h.decoders, &loads, h.preferred.remove(&req));
+        let order = h.choice.candidates(req, r, &h.decoders, &loads, h.preferred.remove(&req))?;
+        if let Some(bad) = order.iter().find(|d| !h.decoders.contains(d)) {
+            return Err(Error::Policy { message: format!("the decode choice named instance {bad} for request {req}; the decode instances are {:?}", h.decoders) });
+        }
         for d in order {
             if let Some(blocks) = instances[d as usize].reserve(r) {
                 let from = r.instance;
@@ -194,7 +200,7 @@ mod tests {
     fn fewest_outstanding_tokens_first_ties_to_the_lower_index_router_pick_before_all() {
         let req = Request::new(0, 10, 10);
         let mut c = FewestOutstandingTokens;
-        assert_eq!(c.candidates(&req, &[4, 5, 6, 7], &loads(&[30, 10, 30, 20]), None), vec![5, 7, 4, 6]);
-        assert_eq!(c.candidates(&req, &[4, 5, 6, 7], &loads(&[30, 10, 30, 20]), Some(6)), vec![6, 5, 7, 4]);
+        assert_eq!(c.candidates(0, &req, &[4, 5, 6, 7], &loads(&[30, 10, 30, 20]), None).unwrap(), vec![5, 7, 4, 6]);
+        assert_eq!(c.candidates(0, &req, &[4, 5, 6, 7], &loads(&[30, 10, 30, 20]), Some(6)).unwrap(), vec![6, 5, 7, 4]);
     }
 }

@@ -30,7 +30,8 @@ pub use cluster::Event;
 pub use config::{KvLink, KvTransfer, Parallelism, PoolConfig, SimConfig, Workload};
 pub use control::Control;
 pub use disaggregation::{DecodeChoice, FewestOutstandingTokens, Role};
-pub use plugins::{EvictorFactory, BatchSchedulerFactory, Plugins};
+pub use plugins::{BatchSchedulerFactory, EvictorFactory, Plugins};
+pub use crate::moe::ExpertCacheFactory;
 pub use report::{InstanceReport, IterationLog, SimOutput};
 
 use crate::error::{Error, Result};

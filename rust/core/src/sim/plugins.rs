@@ -1,6 +1,7 @@
 //! Policies supplied as objects rather than configuration (a user's own, e.g. from Python).
 
 use crate::error::Result;
+use crate::moe::ExpertCacheFactory;
 use crate::prefix::PrefixEvictor;
 use crate::router::Router;
 use crate::scheduler::BatchScheduler;
@@ -27,4 +28,7 @@ pub struct Plugins {
     pub decode_choice: Option<Box<dyn DecodeChoice>>,
     /// Per pool index: prefix-cache eviction policies for its instances (pools with prefix caching).
     pub evictors: BTreeMap<usize, EvictorFactory>,
+    /// Per pool index: expert cache policies for each GPU of its instances (pools with offloaded
+    /// experts), in place of the configured built-in cache.
+    pub expert_caches: BTreeMap<usize, ExpertCacheFactory>,
 }

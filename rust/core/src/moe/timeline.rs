@@ -1,0 +1,140 @@
+//! The per-layer timeline of one iteration: expert caches, on-demand fetches and prefetches.
+//!
+//! An iteration runs the MoE layers in order. Each layer first runs its non-expert operators
+//! (attention, projections, router), then its experts as one fused grouped GEMM, which needs every
+//! expert the layer's tokens chose on the GPU. A needed expert is a hit if cached in HBM, a
+//! prefetch hit if a prefetch brought it, and a miss otherwise: the miss is fetched over the GPU's
+//! link (host link, after the drive for flash) once the router has run, and the layer's experts
+//! start when the last of them arrives. Fetches queue first-come first-served on the link.
+//! With prefetching, when layer `l`'s router runs the predictor names the experts of layer
+//! `l + lead` and the ones not cached are fetched behind `l`'s own misses, overlapping compute.
+//! The layer's stall is how much later its experts finish than they would with every expert in HBM.
+
+use super::runtime::{ExpertRuntime, TokenSpan};
+use super::stats::ExpertIteration;
+use crate::cost::CostModel;
+
+impl ExpertRuntime {
+    /// Runs one iteration over `spans`: `fixed` seconds of non-layer work plus, per MoE layer,
+    /// `base` seconds of non-expert work and the experts `cost` charges for the routed tokens.
+    pub fn iteration(&mut self, spans: &[TokenSpan], cost: &CostModel, base: f64, fixed: f64) -> ExpertIteration {
+        self.route(spans);
+        self.stats.iterations += 1;
+        let (e, per_gpu) = (self.experts as usize, self.residency.experts_per_gpu as usize);
+        let offloaded = self.cfg.offloaded();
+        let fetch = self.fetch_seconds();
+        let eb = self.residency.expert_bytes;
+        let lead = self.cfg.prefetch.as_ref().map(|p| (p.lead_layers, p.accuracy));
+        let mut link_free = vec![0.0f64; self.ranks as usize];
+        let (mut t, mut stall) = (0.0f64, 0.0f64);
+        let (mut demand, mut prefetched, mut wasted) = (0.0f64, 0.0f64, 0.0f64);
+        self.staged.iter_mut().for_each(|s| *s = -1.0);
+        for l in 0..self.layers as usize {
+            let router_t = t + base;
+            let (mut end, mut ideal) = (router_t, router_t);
+            let mut rank_pairs = Vec::with_capacity(self.ranks as usize);
+            for (r, free) in link_free.iter_mut().enumerate() {
+                let lo = l * e + r * per_gpu;
+                let counts = &self.counts[lo..lo + per_gpu];
+                let pairs: f64 = counts.iter().sum();
+                let touched = counts.iter().filter(|&&c| c > 0.0).count();
+                rank_pairs.push(pairs);
+                self.stats.activated += touched as u64;
+                let compute = if touched > 0 { cost.expert_seconds(pairs, touched as f64) } else { 0.0 };
+                let mut ready = router_t;
+                if offloaded {
+                    let cache = &mut self.caches[r];
+                    // Cached experts are looked up first, so that admitting this layer's fetched
+                    // experts cannot evict one the layer still needs.
+                    let hit: Vec<bool> = counts.iter().enumerate().map(|(i, &c)| c > 0.0 && cache.contains(l as u32, i as u16)).collect();
+                    let hits: Vec<u16> = (0..per_gpu).filter(|&i| hit[i]).map(|i| i as u16).collect();
+                    self.stats.lookups += hits.len() as u64;
+                    self.stats.hits += hits.len() as u64;
+                    let mut misses: Vec<u16> = Vec::new();
+                    for (i, &c) in counts.iter().enumerate() {
+                        let staged = self.staged[lo + i];
+                        if c == 0.0 {
+                            if staged >= 0.0 {
+                                wasted += eb;
+                            }
+                            continue;
+                        }
+                        if hit[i] {
+                            continue;
+                        }
+                        self.stats.lookups += 1;
+                        misses.push(i as u16);
+                        if staged >= 0.0 {
+                            self.stats.prefetch_hits += 1;
+                            ready = ready.max(staged);
+                        } else {
+                            self.stats.misses += 1;
+                            *free = free.max(router_t) + fetch;
+                            ready = ready.max(*free);
+                            demand += eb;
+                        }
+                    }
+                    if let Err(err) = cache.lookup(l as u32, &hits, &misses) {
+                        self.error.get_or_insert(err);
+                    }
+                }
+                end = end.max(ready + compute);
+                ideal = ideal.max(router_t + compute);
+            }
+            if self.ranks > 1 {
+                let mean = rank_pairs.iter().sum::<f64>() / self.ranks as f64;
+                if mean > 0.0 {
+                    self.stats.imbalance_sum += rank_pairs.iter().cloned().fold(0.0, f64::max) / mean;
+                    self.stats.imbalance_layers += 1;
+                }
+            }
+            if let (true, Some((d, accuracy))) = (offloaded, lead) {
+                let target = l + d as usize;
+                if target < self.layers as usize {
+                    prefetched += self.prefetch(target, router_t, accuracy, fetch, &mut link_free);
+                }
+            }
+            stall += end - ideal;
+            t = end;
+        }
+        let bytes = demand + prefetched;
+        self.stats.demand_bytes += demand.round() as u64;
+        self.stats.prefetch_bytes += prefetched.round() as u64;
+        self.stats.wasted_prefetch_bytes += wasted.round() as u64;
+        ExpertIteration { seconds: fixed + t, stall_seconds: stall, fetch_bytes: bytes.round() as u64 }
+    }
+
+    /// Issues at `now` the prefetches of layer `target`: the predictor names each expert the layer
+    /// will use with probability `accuracy`, otherwise a wrong one of the same GPU. Returns bytes.
+    fn prefetch(&mut self, target: usize, now: f64, accuracy: f64, fetch: f64, link_free: &mut [f64]) -> f64 {
+        let (e, per_gpu) = (self.experts as usize, self.residency.experts_per_gpu as usize);
+        let mut bytes = 0.0;
+        for (r, free) in link_free.iter_mut().enumerate() {
+            let lo = target * e + r * per_gpu;
+            let mut named: Vec<usize> = Vec::new();
+            for i in 0..per_gpu {
+                if self.counts[lo + i] == 0.0 {
+                    continue;
+                }
+                if self.predictor.next_f64() < accuracy {
+                    named.push(i);
+                    continue;
+                }
+                let wrong: Vec<usize> = (0..per_gpu).filter(|&j| self.counts[lo + j] == 0.0 && !named.contains(&j)).collect();
+                if !wrong.is_empty() {
+                    named.push(wrong[self.predictor.below(wrong.len() as u64) as usize]);
+                }
+            }
+            let cache = &self.caches[r];
+            for i in named {
+                if cache.contains(target as u32, i as u16) || self.staged[lo + i] >= 0.0 {
+                    continue;
+                }
+                *free = free.max(now) + fetch;
+                self.staged[lo + i] = *free;
+                bytes += self.residency.expert_bytes;
+            }
+        }
+        bytes
+    }
+}
