@@ -52,15 +52,20 @@ def test_a_gpu_from_its_datasheet_alone_runs_under_both_engines(tmp_path):
     assert slow.iteration_seconds([], [1000] * 8) > 1.1 * fast.iteration_seconds([], [1000] * 8) > 0
 
 
-def test_cpu_step_is_added_per_sequence_and_token():
+def test_cpu_step_overlaps_the_gpu_as_vllm_async_scheduling_does():
+    """vllm's CPU step (base + per sequence + per token) runs beside the GPU's work: an iteration
+    lasts max(GPU time, CPU time); without overlap the two add up."""
     gpu = builtin_gpus()["h200"]
     cpu = load_engine("vllm").cpu_step
-    with_cpu = cost_model("llama-3-8b", gpu, engine="vllm")
-    cal = resolve_calibration("h200", gpu, "vllm").model_copy(update={"iteration_overhead": 0.0, "seq_overhead": None, "token_overhead": None})
-    without = cost_model("llama-3-8b", gpu, calibration=cal)
-    for decodes in (1, 64, 256):
-        diff = with_cpu.iteration_seconds([], [600] * decodes) - without.iteration_seconds([], [600] * decodes)
-        assert diff == pytest.approx(cpu.base + decodes * (cpu.per_seq + cpu.per_token), rel=1e-6, abs=1e-12)
+    assert cpu.overlap and cpu.per_seq > 0
+    cal = resolve_calibration("h200", gpu, "vllm")
+    gpu_only = cost_model("qwen3-30b-a3b", gpu, calibration=cal.model_copy(update={"iteration_overhead": 0.0, "seq_overhead": None, "token_overhead": None}))
+    overlapped = cost_model("qwen3-30b-a3b", gpu, engine="vllm")
+    serial = cost_model("qwen3-30b-a3b", gpu, calibration=cal.model_copy(update={"cpu_overlap": None}))
+    for decodes in (1, 64, 512):
+        g, c = gpu_only.iteration_seconds([], [600] * decodes), cpu.base + decodes * (cpu.per_seq + cpu.per_token)
+        assert overlapped.iteration_seconds([], [600] * decodes) == pytest.approx(max(g, c), rel=1e-9)
+        assert serial.iteration_seconds([], [600] * decodes) == pytest.approx(g + c, rel=1e-9)
 
 
 def test_profile_file_based_on_a_builtin_relative_to_the_scenario(tmp_path):
@@ -142,7 +147,8 @@ def test_estimate_takes_user_models_gpus_and_engines(tmp_path):
     cpu = load_engine("vllm").cpu_step
     overhead = next(o["seconds"] for o in a["ops"] if o["op"] == "overhead")
     layer = resolve_calibration("my-gpu", GpuSpecFrom(specs), "vllm").layer_overhead * 8
-    assert overhead == pytest.approx(cpu.base + 8 * (cpu.per_seq + cpu.per_token) + layer, rel=1e-9)
+    c = cpu.base + 8 * (cpu.per_seq + cpu.per_token)
+    assert overhead == pytest.approx(max(0.0, c - gpu_time(a) - layer) + layer, rel=1e-9)
     # The same GPU through the Python API gives the same number.
     from fleetwise.catalog import GpuSpec, ModelSpec
 

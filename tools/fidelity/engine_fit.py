@@ -119,7 +119,7 @@ def main() -> None:
     cpu_path = ROOT / args.cpu_step
     cpu = yaml.safe_load(cpu_path.read_text()) if cpu_path.exists() else {}
     cpu = cpu.get("cpu_step", cpu)
-    cpu_step = {k: float(cpu.get(k, 0.0)) for k in ("base", "per_seq", "per_token")}
+    cpu_step = {k: float(cpu.get(k, 0.0)) for k in ("base", "per_seq", "per_token")} | {"overlap": True}
     factors = {k: v if k in INTEGER else float(f"{v:.4g}") for k, v in x.items()}
     by_model = {m: float(f"{np.median(np.abs(g['error'].to_numpy())):.4f}") for (m,), g in table.group_by(["model"], maintain_order=True)}
     profile = {

@@ -74,6 +74,8 @@ class Calibration(StrictModel):
     """Fixed cost per MoE layer per iteration (routing, token sort, grouped-GEMM launches), seconds."""
     time_scale: Annotated[float, Field(ge=0.1, le=10)] | None = None
     """Multiplies every operator's time (the error-bar runs use 1 - r and 1 + r; unset: 1)."""
+    cpu_overlap: bool | None = None
+    """The CPU step overlaps the GPU's work (asynchronous scheduling): only its excess adds time."""
     expert_compute: _Fraction | None = None
     """Fraction of peak FLOP/s reached by the routed experts' grouped GEMMs (default: gemm_compute)."""
     expert_memory: _Fraction | None = None
@@ -118,6 +120,8 @@ class CalibrationOverride(StrictModel):
     """Fixed cost per MoE layer per iteration (routing, token sort, grouped-GEMM launches), seconds."""
     time_scale: Annotated[float, Field(ge=0.1, le=10)] | None = None
     """Multiplies every operator's time (the error-bar runs use 1 - r and 1 + r; unset: 1)."""
+    cpu_overlap: bool | None = None
+    """The CPU step overlaps the GPU's work (asynchronous scheduling): only its excess adds time."""
     expert_compute: _Fraction | None = None
     """Fraction of peak FLOP/s reached by the routed experts' grouped GEMMs (default: gemm_compute)."""
     expert_memory: _Fraction | None = None

@@ -81,6 +81,9 @@ class CpuStep(StrictModel):
     """Seconds per sequence in the step (scheduler, input preparation, output processing)."""
     per_token: _Seconds = 0.0
     """Seconds per batched token (input preparation)."""
+    overlap: bool = False
+    """The engine schedules the next step while the GPU runs this one (vLLM's asynchronous
+    scheduling, its default on GPUs): the CPU step lengthens an iteration only beyond the GPU time."""
 
 
 class EngineProfile(StrictModel):
@@ -193,6 +196,7 @@ def resolve_calibration(gpu_name: str, gpu: GpuSpec, engine: str = DEFAULT_ENGIN
         "prefill_pad_tokens": f.prefill_pad_tokens, "mixed_query_tile": f.mixed_query_tile,
         "decode_query_rows": f.decode_query_rows, "moe_layer_overhead": f.moe_layer_overhead,
         "iteration_overhead": cpu.base, "seq_overhead": cpu.per_seq or None, "token_overhead": cpu.per_token or None,
+        "cpu_overlap": cpu.overlap or None,
     }
     values.update(prof.per_gpu.get(gpu_name, {}))
     try:

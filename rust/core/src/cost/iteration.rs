@@ -141,7 +141,11 @@ impl<'a, F: FnMut(OpCost)> IterationPass<'a, F> {
         let seqs = (shape.prefill_seqs + shape.decode_seqs) as f64;
         let cpu = eff.iteration_overhead + eff.seq_overhead.unwrap_or(0.0) * seqs + eff.token_overhead.unwrap_or(0.0) * shape.tokens() as f64;
         let moe = eff.moe_layer_overhead.unwrap_or(0.0) * self.cm.moe_share;
-        let overhead = cpu + (eff.layer_overhead + moe) * self.time_n;
+        let gpu_fixed = (eff.layer_overhead + moe) * self.time_n;
+        let scale = eff.time_scale.unwrap_or(1.0);
+        // With asynchronous scheduling only the CPU time beyond the GPU's (so far, unscaled) shows.
+        let cpu = if eff.cpu_overlap == Some(true) { (cpu - self.emitted / scale - gpu_fixed).max(0.0) } else { cpu };
+        let overhead = cpu + gpu_fixed;
         self.push(OpCost { op: Op::Overhead, flops: 0.0, bytes: 0.0, seconds: overhead, compute_bound: false, on_pim: false });
     }
 
@@ -314,6 +318,32 @@ mod tests {
         assert_eq!(op(&dense.breakdown(&s), Op::Overhead).seconds, 0.0);
         let plain = CostModel::new(llama3_8b(), h100(), ideal(), 1).unwrap();
         assert_eq!(op(&plain.breakdown(&s), Op::Overhead).seconds, 0.0);
+    }
+
+    #[test]
+    fn overlapped_cpu_step_shows_only_beyond_the_gpu_time() {
+        let cpu = |overlap| Efficiency { iteration_overhead: 2e-3, seq_overhead: Some(50e-6), cpu_overlap: Some(overlap), ..ideal() };
+        let serial = CostModel::new(llama3_8b(), h100(), cpu(false), 1).unwrap();
+        let overlapped = CostModel::new(llama3_8b(), h100(), cpu(true), 1).unwrap();
+        let gpu_only = CostModel::new(llama3_8b(), h100(), ideal(), 1).unwrap();
+        for n in [1u64, 8, 200] {
+            let mut s = BatchShape::default();
+            for _ in 0..n {
+                s.add_decode(1000);
+            }
+            let (g, c) = (gpu_only.iteration_seconds(&s), 2e-3 + 50e-6 * n as f64);
+            assert!(close(serial.iteration_seconds(&s), g + c));
+            // A decode of Llama-3-8B streams 15 GB: ~4.5 ms of GPU time hides the CPU step until
+            // the batch's CPU time (2 ms + 50 us per sequence) exceeds it.
+            assert!(close(overlapped.iteration_seconds(&s), g.max(c)), "n={n}");
+        }
+        let scaled = CostModel::new(llama3_8b(), h100(), Efficiency { time_scale: Some(2.0), ..cpu(true) }, 1).unwrap();
+        let mut s = BatchShape::default();
+        for _ in 0..200 {
+            s.add_decode(1000);
+        }
+        let (g, c) = (gpu_only.iteration_seconds(&s), 2e-3 + 50e-6 * 200.0);
+        assert!(close(scaled.iteration_seconds(&s), 2.0 * g.max(c)));
     }
 
     #[test]

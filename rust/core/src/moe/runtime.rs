@@ -91,14 +91,14 @@ impl ExpertRuntime {
         if cfg.placement == ExpertTier::Flash {
             let f = cfg.flash.as_ref().expect("validated: flash has a drive");
             // Drive reads and host-link copies pipeline: the slower stage sets the pace.
-            bw = bw.min(f.throughput(cfg.queue_depth, cfg.read_chunk_bytes));
+            bw = bw.min(f.throughput(cfg.queue_depth, cfg.read_chunk_bytes()));
             lat = lat.max(f.latency);
         }
         let mut stats = ExpertStats::default();
         if cfg.offloaded() {
             let stored = residency.all_bytes();
-            if stored > cfg.capacity_bytes {
-                return Err(Error::Capacity { what: format!("{} experts offloaded to {:?} per GPU", m.name, cfg.placement), needed_bytes: stored, available_bytes: cfg.capacity_bytes });
+            if stored > cfg.capacity_bytes() {
+                return Err(Error::Capacity { what: format!("{} experts offloaded to {:?} per GPU", m.name, cfg.placement), needed_bytes: stored, available_bytes: cfg.capacity_bytes() });
             }
             stats.hbm_bytes = residency.resident_bytes();
             stats.hbm_saved_bytes = stored - stats.hbm_bytes;
