@@ -7,6 +7,8 @@ naming the field path and the allowed values.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -55,13 +57,14 @@ def test_every_catalogue_gpu_names_a_known_architecture_and_memory_type_with_a_p
     assert kinds["rtx-pro-6000-blackwell"] == ("blackwell", "gddr") and kinds["a10g"] == ("ampere", "gddr")
 
 
-def test_existing_catalogue_gpus_keep_their_calibration_and_new_ones_have_none():
+def test_no_catalogue_gpu_carries_engine_factors():
+    """Engine factors live in engine profiles: no catalogue GPU has a calibration block; only the
+    measured GPUs have a hardware block, the new ones neither."""
     gpus = builtin_gpus()
-    for name in ("h100-sxm", "h200", "gh200", "a100-80gb-sxm", "b200", "l40s", "h100-pcie", "a100-40gb-sxm", "mi300x"):
-        assert gpus[name].calibration is not None, name
-    assert gpus["h100-sxm"].calibration.layer_overhead == pytest.approx(7.39e-05)
+    assert all(g.calibration is None for g in gpus.values())
+    assert gpus["h100-sxm"].hardware is not None and gpus["h200"].hardware is not None
     for name in NEW_GPUS:
-        assert gpus[name].calibration is None and gpus[name].hardware is None, name
+        assert gpus[name].hardware is None, name
 
 
 def test_new_gpus_carry_their_datasheet_numbers():
@@ -80,8 +83,9 @@ def test_measured_gpus_use_their_hardware_block_and_others_their_prior():
     gpus = builtin_gpus()
     h200 = hardware_fractions(gpus["h200"])
     assert (h200.gemm_compute, h200.memory, h200.collective) == (0.705, 0.61, 0.5425)
-    # The hardware block repeats the fitted calibration's hardware factors.
-    assert h200.memory == gpus["h200"].calibration.memory
+    # The hardware block repeats the operator fit's hardware factors (calibration/h200/fitted.yaml).
+    fitted = yaml.safe_load((Path(__file__).parents[1] / "calibration" / "h200" / "fitted.yaml").read_text())
+    assert (h200.gemm_compute, h200.memory) == (fitted["gemm_compute"], fitted["memory"])
     assert hardware_fractions(gpus["h100-nvl"]) == HardwareFractions(gemm_compute=0.70, memory=0.65, collective=0.54)
     assert hardware_fractions(gpus["mi325x"]) == prior_for("cdna3", "hbm").fractions()
     assert hardware_fractions(gpus["mi325x"]).gemm_compute == pytest.approx(0.50)
@@ -120,7 +124,7 @@ def test_explicit_hardware_block_wins_over_the_prior():
 
 
 def test_legacy_gpu_with_only_a_calibration_still_validates_and_reads_its_hardware_factors():
-    cal = builtin_gpus()["h100-sxm"].calibration.model_dump()
+    cal = {"gemm_compute": 0.7025, "attention_compute": 0.43, "memory": 0.6975, "collective": 0.5425, "iteration_overhead": 0.0}
     sc = scenario_from_dict(small_scenario(gpus={"old": {"peak_flops": 1e15, "memory_bytes": 80e9, "memory_bandwidth": 3e12, "link_bandwidth": 4e11, "calibration": cal}}), "sc.yaml")
     hw = hardware_fractions(sc.gpus["old"])
     assert (hw.gemm_compute, hw.memory, hw.collective) == (0.7025, 0.6975, 0.5425)
@@ -173,12 +177,13 @@ def test_catalogue_entry_without_architecture_is_rejected(tmp_path, monkeypatch)
 
     raw = yaml.safe_load((catalog._HERE / "gpus.yaml").read_text())
     entry = dict(raw["l40s"])
+    entry.pop("calibration", None)
     del entry["architecture"], entry["memory_type"]
     (tmp_path / "gpus.yaml").write_text(yaml.safe_dump({"l40s": entry}))
     monkeypatch.setattr(catalog, "_HERE", tmp_path)
     catalog.builtin_gpus.cache_clear()
     try:
-        with pytest.raises(ConfigError, match=r"gpus\.yaml: l40s\.architecture: a catalogue GPU needs architecture"):
+        with pytest.raises(ConfigError, match=r"gpus\.yaml: l40s: .*needs architecture"):
             catalog.builtin_gpus()
     finally:
         monkeypatch.undo()

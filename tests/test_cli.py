@@ -49,7 +49,7 @@ def test_estimate_json_has_seconds_and_memory():
 
 def test_estimate_mixed_batch_costs_more_than_either_part_and_less_than_both():
     def secs(*args):
-        r = run_cli("estimate", "--model", "llama-3-8b", "--gpu", "h100-sxm", *args, "--json")
+        r = run_cli("estimate", "--model", "llama-3-8b", "--gpu", "h100-sxm", "--engine", "fleetwise-torch", *args, "--json")
         assert r.returncode == 0, r.stderr
         return json.loads(r.stdout)["seconds"]
 

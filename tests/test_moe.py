@@ -12,7 +12,7 @@ from conftest import run_cli, small_scenario
 
 
 def _est(model, *args):
-    r = run_cli("estimate", "--model", model, "--gpu", "h100-sxm", *args, "--json")
+    r = run_cli("estimate", "--model", model, "--gpu", "h100-sxm", "--engine", "fleetwise-torch", *args, "--json")
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     return d, {o["op"]: o for o in d["ops"]}

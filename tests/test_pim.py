@@ -14,7 +14,7 @@ from conftest import run_cli, small_scenario
 
 
 def _ops(*args):
-    r = run_cli("estimate", "--model", "llama-3-8b", "--gpu", "h100-sxm", *args, "--json")
+    r = run_cli("estimate", "--model", "llama-3-8b", "--gpu", "h100-sxm", "--engine", "fleetwise-torch", *args, "--json")
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     return d, {o["op"]: o for o in d["ops"]}
@@ -54,7 +54,7 @@ def test_pim_speeds_up_long_context_decoding_in_simulation():
 
     def run(pim):
         sc = small_scenario()
-        sc["cluster"]["pools"][0].update(count=1, pim=pim)
+        sc["cluster"]["pools"][0].update(count=1, pim=pim, engine="fleetwise-torch")
         return fleetwise.simulate(sc, workload=wl)
 
     plain, pim = run(None), run("attacc-hbm3-pim")

@@ -66,7 +66,7 @@ def test_cost_per_token_is_price_times_gpu_hours():
 
 
 def test_power_cap_on_a_gpu_without_tdp_is_refused():
-    sc = small_scenario(gpus={"nopower": {"peak_flops": 1e15, "memory_bytes": 80e9, "memory_bandwidth": 3e12, "link_bandwidth": 1e11, "calibration": builtin_gpus()["h100-sxm"].calibration.model_dump()}})
+    sc = small_scenario(gpus={"nopower": {"peak_flops": 1e15, "memory_bytes": 80e9, "memory_bandwidth": 3e12, "link_bandwidth": 1e11, "architecture": "hopper", "memory_type": "hbm"}})
     sc["cluster"]["pools"][0].update(gpu="nopower", power_cap_watts=300)
     with pytest.raises(fleetwise.ConfigError, match="cluster.pools.0.power_cap_watts"):
         fleetwise.simulate(sc)

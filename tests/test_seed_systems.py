@@ -36,7 +36,7 @@ def test_sarathi_serve_capacity_beats_vllm_beats_orca_under_strict_tbt_slo():
 
 def test_decodes_piggybacked_on_a_prefill_chunk_cost_far_less_than_alone():
     def secs(*args):
-        r = run_cli("estimate", "--model", "mistral-7b", "--gpu", "a100-80gb-sxm", *args, "--json")
+        r = run_cli("estimate", "--model", "mistral-7b", "--gpu", "a100-80gb-sxm", "--engine", "fleetwise-torch", *args, "--json")
         assert r.returncode == 0, r.stderr
         return json.loads(r.stdout)["seconds"]
 

@@ -20,7 +20,7 @@ def resolve_pool(scenario: Scenario, index: int, pool: PoolConfig) -> dict:
     gpu: GpuSpec = lookup("gpu", pool.gpu, scenario.gpus, f"{path}.gpu")
     model: ModelSpec = lookup("model", pool.model, scenario.models, f"{path}.model")
     base_dir = Path(scenario._base_dir) if scenario._base_dir else None
-    calibration = resolve_calibration(pool.gpu, gpu, pool.engine, pool.calibration, base_dir)
+    calibration = resolve_calibration(pool.gpu, gpu, scenario.cluster.engine_of(pool), pool.calibration, base_dir)
     return {
         **pool.model_dump(include=_POOL_AS_IS),
         "gpu": gpu.core_json(pool.gpu),

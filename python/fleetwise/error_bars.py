@@ -51,7 +51,7 @@ def profile_error(scenario: Scenario) -> float | None:
     base_dir = Path(scenario._base_dir) if scenario._base_dir else None
     errors = []
     for pool in scenario.cluster.pools:
-        res = load_engine(pool.engine, base_dir).residuals
+        res = load_engine(scenario.cluster.engine_of(pool), base_dir).residuals
         it = res.get("iteration_seconds", {}) if isinstance(res, dict) else {}
         r = it.get("median_abs") if isinstance(it, dict) else None
         if r is None:

@@ -212,7 +212,7 @@ def simulate(
     summary["scenario"] = sc.name
     summary["seed"] = sc.seed
     summary["events"] = out["events"]
-    summary["engines"] = {p.name: p.engine for p in sc.cluster.pools}
+    summary["engines"] = {p.name: sc.cluster.engine_of(p) for p in sc.cluster.pools}
     if workload.selection is not None:
         summary["trace_rows"] = dict(workload.selection)
     iterations = pl.DataFrame(out["iterations"]) if "iterations" in out else None

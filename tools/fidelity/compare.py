@@ -186,7 +186,7 @@ def simulate_trace(trace: pl.DataFrame, calibration: dict) -> pl.DataFrame:
         ).write_parquet(path)
         scenario = {
             "name": "serving-fidelity", "seed": 0,
-            "cluster": {"pools": [{"name": "engine", "count": 1, "gpu": GPU, "model": MODEL,
+            "cluster": {"engine": "fleetwise-torch", "pools": [{"name": "engine", "count": 1, "gpu": GPU, "model": MODEL,
                                    "scheduler": {"kind": "vllm", "max_num_seqs": MAX_NUM_SEQS, "max_num_batched_tokens": MAX_NUM_BATCHED_TOKENS},
                                    "calibration": calibration}]},
             "workload": {"arrivals": {"kind": "trace", "path": str(path), "format": "parquet"}},

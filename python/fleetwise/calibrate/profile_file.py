@@ -34,7 +34,7 @@ def engine_profile(fit: LogFit, log: RequestLog, scenario_path: str | Path, sele
     ``residuals`` (relative errors per metric after the fit). ``select`` (the log's row selection)
     and ``overrides`` (the scenario's ``--set`` values) are recorded when given."""
     pool = fit.scenario.cluster.pools[[p.name for p in fit.scenario.cluster.pools].index(fit.pool)]
-    engine = getattr(pool, "engine", None) or "vllm"
+    engine = fit.scenario.cluster.engine_of(pool)
     factors = pool.calibration.model_dump(exclude_none=True) if pool.calibration is not None else {}
     factors.update({k: _rounded(v, 6) for k, v in fit.fitted.items()})
     return {

@@ -338,8 +338,22 @@ class StorageSpec(StrictModel):
 
 
 def _load(file: str, cls):
+    """The entries of catalogue ``file`` validated as ``cls``; a ConfigError names the file, the
+    entry and the field of a bad one (a catalogue edited by hand, or a broken install)."""
+    from pydantic import ValidationError
+
+    from fleetwise.errors import ConfigError
+
     raw = yaml.safe_load((_HERE / file).read_text())
-    return {name: cls.model_validate(spec) for name, spec in raw.items()}
+    out = {}
+    for name, spec in raw.items():
+        try:
+            out[name] = cls.model_validate(spec)
+        except ValidationError as e:
+            err = e.errors()[0]
+            loc = ".".join(str(x) for x in (name, *err["loc"]))
+            raise ConfigError(f"{_HERE / file}: {loc}: {err['msg']}") from None
+    return out
 
 
 @lru_cache(maxsize=1)

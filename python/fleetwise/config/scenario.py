@@ -256,9 +256,10 @@ class PoolConfig(StrictModel):
     """Batch scheduler of each instance."""
     memory: MemorySettings = MemorySettings()
     """Memory settings of each instance."""
-    engine: str = Field(default="vllm", min_length=1, max_length=4096)
-    """The serving engine's profile: a built-in name (``vllm``, the default; ``fleetwise-torch``) or a
-    profile file (a path ending in .yaml, relative to the scenario file); see docs/engines.md."""
+    engine: str | None = Field(default=None, min_length=1, max_length=4096)
+    """The serving engine's profile: a built-in name (``vllm``; ``fleetwise-torch``) or a profile
+    file (a path ending in .yaml, relative to the scenario file); unset: the cluster's ``engine``
+    (default ``vllm``). See docs/engines.md."""
     calibration: CalibrationOverride | None = None
     """Overrides of the resolved cost-model factors (GPU hardware x engine profile) for this pool."""
     power_cap_watts: float | None = Field(default=None, gt=0)
@@ -287,10 +288,16 @@ class PoolConfig(StrictModel):
 class ClusterConfig(StrictModel):
     """Instances and the router in front of them."""
 
+    def engine_of(self, pool: PoolConfig) -> str:
+        """The engine profile ``pool`` runs: its own ``engine``, else the cluster's."""
+        return pool.engine or self.engine
+
     pools: list[PoolConfig] = Field(min_length=1)
     """Instance pools."""
     router: RouterConfig = LeastOutstandingTokensRouter()
     """Router across all instances."""
+    engine: str = Field(default="vllm", min_length=1, max_length=4096)
+    """The engine profile of every pool that names none (``vllm``, ``fleetwise-torch`` or a profile file)."""
     decode_choice: PolicyRef | None = None
     """Disaggregated clusters: a policy object (``fleetwise.policy.DecodeChoice``, registered name or
     ``package.module:attr``) choosing the decode instance of each prefilled request (default: the
