@@ -29,7 +29,7 @@ KNOWN_OVERHEAD = 0.003
 def _scenario(overhead: float) -> dict:
     return {
         "name": "known", "seed": 3,
-        "cluster": {"pools": [{"name": "engine", "gpu": "h100-sxm", "model": "llama-3-8b",
+        "cluster": {"engine": "fleetwise-torch", "pools": [{"name": "engine", "gpu": "h100-sxm", "model": "llama-3-8b",
                                "scheduler": {"kind": "vllm", "max_num_seqs": 64, "max_num_batched_tokens": 4096},
                                "calibration": {"iteration_overhead": overhead}}]},
         "workload": {"arrivals": {"kind": "poisson", "rate": 8.0}, "requests": 300,
@@ -103,7 +103,7 @@ def test_cli_calibrate_writes_an_engine_profile(known_log, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "iteration_overhead" in r.stdout and f"engine profile written to {profile}" in r.stdout
     p = yaml.safe_load(profile.read_text())
-    assert p["based_on"] == "vllm"
+    assert p["based_on"] == "fleetwise-torch"  # the scenario's cluster engine
     assert p["per_gpu"]["h100-sxm"]["iteration_overhead"] == pytest.approx(KNOWN_OVERHEAD, rel=0.03)
     src = p["fitted_from"]
     assert src["pool"] == "engine" and src["n_requests"] == 300 and src["parameters"] == ["iteration_overhead"]
@@ -115,6 +115,11 @@ def test_cli_calibrate_writes_an_engine_profile(known_log, tmp_path):
     log = read_request_log(requests)
     c = compare(log, replay(with_calibration(sc, 0, p["per_gpu"]["h100-sxm"]), log))
     assert c.error("tpot", "p50") == pytest.approx(p["residuals"]["tpot"]["p50"], abs=1e-3)
+    # and a scenario can name the profile file as its engine (no pool override): same residuals
+    pool = sc.cluster.pools[0].model_copy(update={"calibration": None, "engine": str(profile)})
+    named = sc.model_copy(update={"cluster": sc.cluster.model_copy(update={"pools": [pool]})})
+    c2 = compare(log, replay(named, log))
+    assert c2.error("tpot", "p50") == pytest.approx(p["residuals"]["tpot"]["p50"], abs=1e-3)
 
 
 def test_cli_calibrate_modes_and_mistakes(tmp_path, known_log):

@@ -8,6 +8,8 @@ the metrics that moves the simulated latencies away from the measured ones fails
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import csv
 import math
 
@@ -188,3 +190,21 @@ def test_engine_serves_a_tiny_trace_on_cpu(tmp_path):
     assert emitted == sum(t["output_tokens"] for t in trace)
     assert iters[0]["prefill_lens"] == "40"
     assert all(i["prefill_tokens"] <= 64 and i["running"] <= 3 for i in iters)
+
+
+def test_h100_serving_fit_transfers_to_the_h200_through_its_hardware_fractions():
+    """The test engine replayed rate6 on an H200 (calibration/h200/serving/). The H100 serving
+    fit with the H200's measured GEMM and streaming fractions, nothing fitted on the H200 run:
+    TPOT and E2E within 3% at p50 and p90, TTFT within 12%."""
+    from fleetwise.calibrate.comparison import compare
+    from fleetwise.calibrate.replay import load_replay_scenario, replay
+    from fleetwise.requestlog import read_request_log
+
+    d = Path(__file__).resolve().parents[1] / "calibration" / "h200" / "serving"
+    log = read_request_log(d / "requests.csv")
+    c = compare(log, replay(load_replay_scenario(d / "scenario.yaml"), log))
+    assert c.requests == c.finished == 500
+    for m in ("tpot", "e2e"):
+        for s in ("p50", "p90"):
+            assert abs(c.error(m, s)) < 0.03, (m, s, c.error(m, s))
+    assert all(abs(c.error("ttft", s)) < 0.12 for s in ("mean", "p50", "p90"))
