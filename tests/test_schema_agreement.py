@@ -101,6 +101,7 @@ def test_resolve_config_refuses_unknown_fields() -> None:
 
 _NOT_ONE_TO_ONE = {
     ("pool", "prefix_cache_policy"): "a Python policy object, handed to the bindings rather than the core's config",
+    ("pool", "engine"): "an engine profile (name or file), resolved with the GPU's hardware fractions into the pool's `calibration`",
     ("offload", "storage"): "a catalogue name, sent looked up as `flash` (the drive's FlashSpec)",
     ("experts", "storage"): "a catalogue name, sent looked up as `flash` (the drive's FlashSpec)",
     ("policy", "kind"): "a Python policy object: the core runs vLLM v1's loop (kind `vllm-v1`) within its limits",
@@ -110,7 +111,7 @@ _NOT_ONE_TO_ONE = {
 """The scenario fields that do not cross into serde under their own name, and why (what is left of
 the renaming between the two schemas). Besides these, Python still resolves two defaults against
 the model before the JSON leaves: vLLM's ``max_num_batched_tokens`` (``vllm_default_batched_tokens``,
-which the emulated engine shares) and a pool's calibration (the GPU's, with the pool's overrides)."""
+which the emulated engine shares) and a pool's calibration (the GPU's hardware fractions x the engine profile, with the pool's overrides)."""
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
