@@ -1,63 +1,27 @@
-"""Tests for the trace and length-file readers (Azure 2024, Mooncake, BurstGPT, native Parquet,
-ShareGPT, vLLM bench results) and for trace selection (time window, length filters, first N, rate
-scaling)."""
+"""Tests for the arrival-timed trace readers: the format registry, Azure 2024, Mooncake, BurstGPT
+and native Parquet."""
 
 from __future__ import annotations
-
-import json
-import math
-import os
-from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
 from pydantic import ValidationError
+from trace_helpers import SAMPLE_TRACES, shared_trace, trace_config, write
 
 from fleetwise.errors import ConfigError, TraceError
 from fleetwise.workload import (
     Workload,
-    WorkloadConfig,
     build_workload,
     load_azure_csv,
     load_burstgpt,
-    load_lengths,
     load_mooncake,
     load_parquet,
-    load_sharegpt,
     load_trace,
-    load_vllm_bench,
     read_burstgpt,
-    read_vllm_bench,
 )
 from fleetwise.workload.config import TraceFormat
-from fleetwise.workload.traces import TRACE_LOADERS, select_requests
-
-REPO = Path(__file__).resolve().parents[1]
-SAMPLE_TRACES = REPO / "traces"
-
-
-def shared_trace(name: str) -> Path:
-    """A real trace file from $FLEETWISE_SHARED_TRACES or ../shared/traces; skip when absent."""
-    override = os.environ.get("FLEETWISE_SHARED_TRACES")
-    path = (Path(override) if override else REPO.parent / "shared" / "traces") / name
-    if not path.is_file():
-        pytest.skip(f"real trace {path} not available (set FLEETWISE_SHARED_TRACES)")
-    return path
-
-
-def write(tmp_path: Path, name: str, text: str) -> Path:
-    """Write ``text`` to ``tmp_path / name`` and return the path."""
-    path = tmp_path / name
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-def trace_config(path: Path | str, fmt: str, **options) -> WorkloadConfig:
-    """A trace-replay workload config."""
-    arrivals = {"kind": "trace", "path": str(path), "format": fmt, **options}
-    requests = arrivals.pop("requests", None)
-    return WorkloadConfig.model_validate({"arrivals": arrivals, "requests": requests})
+from fleetwise.workload.traces import TRACE_LOADERS
 
 
 def test_every_trace_format_has_a_loader():
@@ -361,238 +325,3 @@ def test_parquet_missing_column_and_unreadable(tmp_path):
         load_parquet(junk)
     with pytest.raises(TraceError, match="not found"):
         load_parquet(tmp_path / "none.parquet")
-
-
-# --- ShareGPT -------------------------------------------------------------------------------------
-
-SHAREGPT = [
-    {
-        "id": "a",
-        "conversations": [
-            {"from": "human", "value": "Hello there"},  # 11 chars -> 3 tokens
-            {"from": "gpt", "value": "Hi! How can I help you today?"},  # 29 -> 8
-            {"from": "human", "value": "x"},  # 1 -> 1
-            {"from": "gpt", "value": ""},  # 0 -> 1 (at least one token)
-        ],
-    },
-    {"id": "b", "conversations": []},
-    {
-        "id": "c",
-        "conversations": [
-            {"from": "system", "value": "be nice"},
-            {"from": "gpt", "value": "abc"},  # not preceded by a human turn: no pair
-            {"from": "human", "value": "12345678"},  # last message: no reply, no pair
-        ],
-    },
-    {"id": "d", "conversations": [{"from": "human", "value": "ééééé"}, {"from": "gpt", "value": "abcdefghi"}]},
-]
-
-
-def test_sharegpt_pairs_and_token_estimate(tmp_path):
-    path = write(tmp_path, "sg.json", json.dumps(SHAREGPT, ensure_ascii=False))
-    frame = load_sharegpt(path)
-    assert frame.rows() == [(3, 8), (1, 1), (2, 3)]
-    assert load_sharegpt(path, chars_per_token=1).rows() == [(11, 29), (1, 1), (5, 9)]
-    via_config = load_lengths(path, "sharegpt", chars_per_token=2.0)
-    assert via_config.rows() == [(6, 15), (1, 1), (3, 5)]
-
-
-@pytest.mark.parametrize(
-    ("data", "fragment"),
-    [
-        ([{"conversations": []}, {"id": "x"}], "record 1 (0-based): missing or null 'conversations'"),
-        ([{"conversations": [{"from": "human"}]}], "record 0 (0-based), message 0: a message needs"),
-        ([{"conversations": "hi"}], "record 0 (0-based): 'conversations' must be a list"),
-        ([7], "record 0 (0-based): expected an object"),
-        ({"conversations": []}, "expected a JSON list"),
-        ([{"conversations": [{"from": "human", "value": "a"}]}], "no request"),
-    ],
-)
-def test_sharegpt_malformed(tmp_path, data, fragment):
-    path = write(tmp_path, "sg.json", json.dumps(data))
-    with pytest.raises(TraceError) as info:
-        load_sharegpt(path)
-    assert "sg.json" in str(info.value) and fragment in str(info.value)
-
-
-def test_sharegpt_invalid_json_names_line_and_column(tmp_path):
-    path = write(tmp_path, "sg.json", '[\n{"conversations": []},\n{"conversations": [}\n]')
-    with pytest.raises(TraceError, match=r"sg.json: line 3 column 20: invalid JSON"):
-        load_sharegpt(path)
-
-
-# --- vLLM bench results ---------------------------------------------------------------------------
-
-
-def test_vllm_bench_result_drops_failed_requests(tmp_path):
-    result = {
-        "backend": "vllm",
-        "completed": 3,
-        "input_lens": [128, 256, 512, 1024],
-        "output_lens": [64, 0, 32, 16],
-        "ttfts": [0.1, 0.0, 0.2, 0.3],
-        "errors": ["", "timeout", "", ""],
-    }
-    path = write(tmp_path, "vllm-result.json", json.dumps(result))
-    loaded = read_vllm_bench(path)
-    assert loaded.dropped == {"failed": 1} and loaded.rows_read == 4
-    assert loaded.frame.rows() == [(128, 64), (512, 32), (1024, 16)]
-    assert load_vllm_bench(path).equals(loaded.frame)
-
-
-@pytest.mark.parametrize(
-    ("data", "fragment"),
-    [
-        ({"input_lens": [1]}, "missing key(s) output_lens"),
-        ({"input_lens": [1, 2], "output_lens": [1]}, "input_lens has 2 entries but output_lens has 1"),
-        ({"input_lens": [1, 2.5], "output_lens": [1, 1]}, "input_lens[1] must be an integer, got 2.5"),
-        ({"input_lens": [1, 0], "output_lens": [1, 1]}, "input_lens[1] must be >= 1, got 0"),
-        ({"input_lens": [1, 1], "output_lens": [-1, 1]}, "output_lens[0] must be >= 0"),
-        ({"input_lens": [1], "output_lens": [0]}, "no successful request"),
-        ([1, 2], "expected a JSON object"),
-    ],
-)
-def test_vllm_bench_malformed(tmp_path, data, fragment):
-    path = write(tmp_path, "r.json", json.dumps(data))
-    with pytest.raises(TraceError) as info:
-        load_vllm_bench(path)
-    assert "r.json" in str(info.value) and fragment in str(info.value)
-
-
-def test_file_lengths_formats_through_config(tmp_path):
-    write(tmp_path, "r.json", json.dumps({"input_lens": [10, 20], "output_lens": [3, 0]}))
-    cfg = WorkloadConfig.model_validate(
-        {
-            "arrivals": {"kind": "poisson", "rate": 1.0},
-            "lengths": {"kind": "file", "path": "r.json", "format": "vllm-bench"},
-            "requests": 50,
-        }
-    )
-    workload = build_workload(cfg, 0, tmp_path)
-    assert set(zip(workload.prompt_tokens.tolist(), workload.output_tokens.tolist())) == {(10, 3)}
-    with pytest.raises(ValidationError, match="prompt_column applies only to format csv"):
-        WorkloadConfig.model_validate(
-            {
-                "arrivals": {"kind": "poisson", "rate": 1.0},
-                "lengths": {"kind": "file", "path": "r.json", "format": "sharegpt", "prompt_column": "a"},
-                "requests": 5,
-            }
-        )
-
-
-# --- selection: window, filters, first N, rate scale ----------------------------------------------
-
-
-def frame_of(arrival_s: list[float], prompt: list[int], output: list[int]) -> pl.DataFrame:
-    """A loaded-trace frame."""
-    return pl.DataFrame(
-        {
-            "arrival_ns": np.rint(np.array(arrival_s) * 1e9).astype(np.int64),
-            "prompt_tokens": prompt,
-            "output_tokens": output,
-        }
-    )
-
-
-def test_window_keeps_half_open_interval_and_rebases():
-    frame = frame_of([0, 1, 2, 3, 4, 5], [10, 20, 30, 40, 50, 60], [1, 2, 3, 4, 5, 6])
-    out = select_requests(frame, start_s=1.5, duration_s=2.5)  # [1.5, 4.0): t = 2, 3
-    assert out["prompt_tokens"].to_list() == [30, 40]
-    assert out["arrival_ns"].to_list() == [0, 1_000_000_000]
-    out = select_requests(frame, start_s=2)  # to the end, 2 inclusive
-    assert out["prompt_tokens"].to_list() == [30, 40, 50, 60]
-
-
-def test_filters_apply_after_the_window():
-    frame = frame_of([0, 1, 2, 3, 4, 5, 6], [5, 500, 50, 700, 60, 70, 80], [9, 1, 200, 1, 2, 3, 4])
-    out = select_requests(
-        frame,
-        start_s=1,
-        duration_s=5,  # t = 1..5: prompts 500, 50, 700, 60, 70
-        min_prompt_tokens=55,
-        max_prompt_tokens=600,  # drops 50 and 700
-        max_output_tokens=2,
-    )
-    # Kept: t=1 (500, 1) and t=4 (60, 2); 70 has output 3 > 2. Re-based to the first kept.
-    assert out.rows() == [(0, 500, 1), (3_000_000_000, 60, 2)]
-    # Filtering first would have kept the same window [1, 6): the window is in trace time.
-    out = select_requests(frame, start_s=1, duration_s=5, min_prompt_tokens=600)
-    assert out.rows() == [(0, 700, 1)]
-
-
-def test_requests_and_rate_scale_after_selection():
-    frame = frame_of([0, 1, 2, 3, 4, 5], [10, 20, 30, 40, 50, 60], [1] * 6)
-    out = select_requests(frame, start_s=1, requests=3, rate_scale=4.0)
-    assert out["prompt_tokens"].to_list() == [20, 30, 40]
-    assert out["arrival_ns"].to_list() == [0, 250_000_000, 500_000_000]
-    with pytest.raises(ConfigError, match="requests is 6 but the trace has only 5 rows after"):
-        select_requests(frame, start_s=1, requests=6)
-
-
-def test_empty_selection_is_config_error():
-    frame = frame_of([0, 1, 2], [10, 20, 30], [1, 1, 1])
-    with pytest.raises(ConfigError, match="no request arrives between 5 s and 6 s"):
-        select_requests(frame, start_s=5, duration_s=1)
-    with pytest.raises(ConfigError, match="none of the 3 requests"):
-        select_requests(frame, max_prompt_tokens=5)
-
-
-def test_trace_options_on_a_real_trace():
-    path = shared_trace("azure_llm_2023_conv.csv")
-    full = load_azure_csv(path)
-    cfg = trace_config(path, "azure", start_s=600, duration_s=300, max_prompt_tokens=2000, rate_scale=2.0)
-    workload = build_workload(cfg, 0)
-    t = full["arrival_ns"].to_numpy()
-    keep = (t >= 600e9) & (t < 900e9) & (full["prompt_tokens"].to_numpy() <= 2000)
-    assert len(workload) == keep.sum()
-    expected = t[keep] - t[keep][0]
-    assert np.all(np.abs(workload.arrival_ns - expected / 2) <= 0.5)
-    assert workload.arrival_ns[-1] <= 150e9
-    np.testing.assert_array_equal(workload.prompt_tokens, full["prompt_tokens"].to_numpy()[keep])
-
-
-def test_trace_option_validation():
-    with pytest.raises(ValidationError, match="min_prompt_tokens"):
-        trace_config("t.csv", "azure", min_prompt_tokens=10, max_prompt_tokens=5)
-    with pytest.raises(ValidationError, match="duration_s"):
-        trace_config("t.csv", "azure", duration_s=0)
-    with pytest.raises(ValidationError, match="format"):
-        trace_config("t.csv", "sharegpt")
-
-
-def test_length_formats_for_fit_include_traces():
-    frame = load_lengths(SAMPLE_TRACES / "sample-mooncake.jsonl", "mooncake")
-    assert frame.columns == ["prompt_tokens", "output_tokens"] and frame.height == 300
-    with pytest.raises(ValueError, match="unknown length file format"):
-        load_lengths(SAMPLE_TRACES / "chat-lengths.csv", "tsv")
-
-
-def test_ceil_tokens_helper_consistent_with_docs():
-    # The documented estimate: ceil(characters / chars_per_token), at least 1.
-    assert [max(1, math.ceil(c / 4)) for c in (0, 1, 4, 5, 11)] == [1, 1, 1, 2, 3]
-
-
-def test_readme_yaml_examples_are_valid_configs():
-    import re
-
-    import yaml
-
-    text = (SAMPLE_TRACES / "README.md").read_text(encoding="utf-8")
-    blocks = re.findall(r"```yaml\n(.*?)```", text, flags=re.S)
-    workloads = [b for b in blocks if b.startswith("workload:")]
-    assert len(workloads) >= 4
-    for block in workloads:
-        WorkloadConfig.model_validate(yaml.safe_load(block)["workload"])
-    lengths = [line for b in blocks if b.startswith("lengths:") for line in b.splitlines()]
-    assert len(lengths) >= 3
-    for line in lengths:
-        spec = yaml.safe_load(line)["lengths"]
-        WorkloadConfig.model_validate(
-            {"arrivals": {"kind": "poisson", "rate": 1.0}, "lengths": spec, "requests": 1}
-        )
-    # The commented-out alternative arrival processes are valid too.
-    for line in re.findall(r"# (arrivals: \{kind: .*\})", text):
-        arrivals = yaml.safe_load(line)["arrivals"]
-        WorkloadConfig.model_validate(
-            {"arrivals": arrivals, "lengths": {"kind": "constant", "prompt": 1, "output": 1}, "requests": 1}
-        )
