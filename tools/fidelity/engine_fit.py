@@ -30,15 +30,18 @@ from fleetwise.cost import cost_model
 ROOT = Path(__file__).resolve().parents[2]
 START = {"gemm_compute": 1.0, "memory": 1.3, "attention_compute": 0.6, "attention_memory": 1.2, "elementwise_memory": 1.0,
          "expert_compute": 1.0, "expert_memory": 0.7, "layer_overhead": 20e-6, "moe_layer_overhead": 50e-6,
-         "mixed_query_tile": 64, "decode_query_rows": 8, "gemm_ridge_exponent": 4.0, "attention_cta": 0.4}
+         "mixed_query_tile": 64, "decode_query_rows": 8, "gemm_ridge_exponent": 4.0, "attention_cta": 0.4,
+         "attention_memory_split": 1.4}
 """The fitted relative factors and where the search starts."""
 FLOORS = {"gemm_ridge_exponent": 1.0}
 """Lower bounds (the ridge blend's exponent is at least 1)."""
 INTEGER = ("mixed_query_tile", "decode_query_rows")
 """Factors the core takes as whole numbers (query rows); searched as reals, rounded when used."""
-LIMITS = {"layer_overhead": 100e-6, "moe_layer_overhead": 500e-6, "memory": 1.64, "gemm_compute": 1.11, "mixed_query_tile": 256, "decode_query_rows": 128, "gemm_ridge_exponent": 64.0}
+LIMITS = {"layer_overhead": 100e-6, "moe_layer_overhead": 500e-6, "memory": 1.64, "gemm_compute": 1.11, "mixed_query_tile": 256, "decode_query_rows": 128, "gemm_ridge_exponent": 64.0,
+          "attention_memory_split": 1.46}
 """Upper bounds that keep the fit physical: weight streaming stays near a plain copy's 0.89 of
-peak (1.64 x the H200's 0.61), and a layer's fixed cost (the ramp and tail of its ~9 kernels, which
+peak (1.64 x the H200's 0.61), decode attention while keys are split stays below
+the same copy rate (1.46 x 0.61), and a layer's fixed cost (the ramp and tail of its ~9 kernels, which
 CUDA graphs do not remove) stays under 100 us."""
 """Candidate query tiles of decodes beside a prefill."""
 

@@ -76,6 +76,9 @@ class Calibration(StrictModel):
     """Multiplies every operator's time (the error-bar runs use 1 - r and 1 + r; unset: 1)."""
     cpu_overlap: bool | None = None
     """The CPU step overlaps the GPU's work (asynchronous scheduling): only its excess adds time."""
+    attention_memory_split: _Fraction | None = None
+    """Fraction of peak memory bandwidth decode attention reaches while the batch leaves room to
+    split each sequence's keys (FlashAttention's split-KV; unset: attention_memory)."""
     expert_compute: _Fraction | None = None
     """Fraction of peak FLOP/s reached by the routed experts' grouped GEMMs (default: gemm_compute)."""
     expert_memory: _Fraction | None = None
@@ -122,6 +125,9 @@ class CalibrationOverride(StrictModel):
     """Multiplies every operator's time (the error-bar runs use 1 - r and 1 + r; unset: 1)."""
     cpu_overlap: bool | None = None
     """The CPU step overlaps the GPU's work (asynchronous scheduling): only its excess adds time."""
+    attention_memory_split: _Fraction | None = None
+    """Fraction of peak memory bandwidth decode attention reaches while the batch leaves room to
+    split each sequence's keys (FlashAttention's split-KV; unset: attention_memory)."""
     expert_compute: _Fraction | None = None
     """Fraction of peak FLOP/s reached by the routed experts' grouped GEMMs (default: gemm_compute)."""
     expert_memory: _Fraction | None = None

@@ -50,6 +50,9 @@ class EngineFactors(StrictModel):
     elementwise_memory: _Relative
     """Norms, RoPE, residuals and activations as a multiple of the hardware's memory fraction
     (low for unfused engines, near 1 with fused kernels)."""
+    attention_memory_split: _Relative | None = None
+    """Decode attention's bandwidth while FlashAttention splits keys, as a multiple of the hardware's
+    memory fraction (unset: as ``attention_memory``)."""
     expert_compute: _Relative | None = None
     """Routed experts' grouped GEMMs as a multiple of the hardware's GEMM fraction (unset: as dense GEMMs)."""
     expert_memory: _Relative | None = None
@@ -192,6 +195,7 @@ def resolve_calibration(gpu_name: str, gpu: GpuSpec, engine: str = DEFAULT_ENGIN
         "elementwise_memory": frac(hw_mem, f.elementwise_memory),
         "expert_compute": None if f.expert_compute is None else frac(hw_gemm, f.expert_compute),
         "expert_memory": None if f.expert_memory is None else frac(hw_mem, f.expert_memory),
+        "attention_memory_split": None if f.attention_memory_split is None else frac(hw_mem, f.attention_memory_split),
         "layer_overhead": f.layer_overhead, "attention_cta": f.attention_cta, "gemm_ridge_exponent": f.gemm_ridge_exponent,
         "prefill_pad_tokens": f.prefill_pad_tokens, "mixed_query_tile": f.mixed_query_tile,
         "decode_query_rows": f.decode_query_rows, "moe_layer_overhead": f.moe_layer_overhead,

@@ -82,6 +82,12 @@ pub struct Efficiency {
     /// the CPU time adds to the GPU time.
     #[serde(default)]
     pub cpu_overlap: Option<bool>,
+    /// Fraction of peak memory bandwidth decode attention reaches while the batch leaves the GPU
+    /// room to split each sequence's keys over several thread blocks (FlashAttention's split-KV);
+    /// past that point `attention_memory` and the longest-sequence tail apply. Unset: always
+    /// `attention_memory`.
+    #[serde(default)]
+    pub attention_memory_split: Option<f64>,
     /// Fraction of peak FLOP/s reached by the routed experts' grouped GEMMs (defaults to
     /// `gemm_compute`; fused-MoE kernels over many small experts reach less than dense GEMMs).
     #[serde(default)]
@@ -94,6 +100,6 @@ pub struct Efficiency {
 
 impl Default for Efficiency {
     fn default() -> Self {
-        Efficiency { gemm_compute: 0.7, attention_compute: 0.5, memory: 0.8, attention_memory: None, elementwise_memory: None, collective: 0.7, iteration_overhead: 1.0e-3, layer_overhead: 0.0, attention_cta: None, gemm_ridge_exponent: None, prefill_pad_tokens: None, seq_overhead: None, token_overhead: None, mixed_query_tile: None, decode_query_rows: None, moe_layer_overhead: None, time_scale: None, cpu_overlap: None, expert_compute: None, expert_memory: None }
+        Efficiency { gemm_compute: 0.7, attention_compute: 0.5, memory: 0.8, attention_memory: None, elementwise_memory: None, collective: 0.7, iteration_overhead: 1.0e-3, layer_overhead: 0.0, attention_cta: None, gemm_ridge_exponent: None, prefill_pad_tokens: None, seq_overhead: None, token_overhead: None, mixed_query_tile: None, decode_query_rows: None, moe_layer_overhead: None, time_scale: None, cpu_overlap: None, attention_memory_split: None, expert_compute: None, expert_memory: None }
     }
 }

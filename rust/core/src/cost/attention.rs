@@ -48,6 +48,19 @@ impl CostModel {
     }
 }
 
+impl CostModel {
+    /// The bandwidth decode attention reaches over `seqs` sequences while FlashAttention still
+    /// splits each sequence's keys over several thread blocks (the batch's (sequence, KV head)
+    /// blocks fill less than 80% of the GPU's two resident blocks per SM): `attention_memory_split`
+    /// of peak. None when unset, without `sm_count`, with MLA, or once the batch fills the GPU.
+    fn decode_split_bandwidth(&self, seqs: f64) -> Option<f64> {
+        let (Some(f), Attention::Gqa { kv, .. }) = (self.eff.attention_memory_split, self.attn) else { return None };
+        let sms = self.gpu.sm_count as f64;
+        let head = self.model.head_dim as f64;
+        (sms > 0.0 && seqs * (kv / head) < 0.8 * 2.0 * sms).then(|| self.gpu.memory_bandwidth * f)
+    }
+}
+
 impl<F: FnMut(OpCost)> IterationPass<'_, F> {
     /// Charges the Q/K/V projection, prefill and decode attention and the output projection.
     pub(super) fn attention(&mut self) -> AttentionWidths {
@@ -73,7 +86,8 @@ impl<F: FnMut(OpCost)> IterationPass<'_, F> {
             let rows = rows.unwrap_or(1).max(1) as f64;
             let work = (4.0 * q * dkv * rows, (2.0 * ds * q + 2.0 * kv * dkv) * b);
             let floor = cm.decode_attention_tail(ds, shape.decode_max_context as f64);
-            self.emit(Op::DecodeAttention, &[Kernel { floor, ..Kernel::all(work) }], cm.flops_attn, true);
+            let bw = cm.decode_split_bandwidth(ds);
+            self.emit(Op::DecodeAttention, &[Kernel { floor, bw, ..Kernel::all(work) }], cm.flops_attn, true);
         }
         self.emit(Op::OProj, &[Kernel::all(cm.gemm(mt, q, h))], cm.flops_gemm, true);
         AttentionWidths { rope: q + kv, latent: 0.0, cache: 2.0 * kv }
@@ -242,5 +256,21 @@ mod tests {
         assert!(close(qkv.seconds, qkv.flops / 989.4e12));
         assert!(close(op(&c, Op::OProj).flops, 27.0 * 2.0 * 4096.0 * 2048.0 * 2048.0));
         assert!(c.iter().all(|x| x.op != Op::DecodeAttention));
+    }
+
+    #[test]
+    fn decode_attention_reads_faster_while_the_batch_leaves_room_to_split_keys() {
+        // H100: 132 SMs, threshold 0.8 x 2 x 132 = 211.2 (sequence, KV head) blocks; Llama-3-8B has 8 KV heads.
+        let split = CostModel::new(llama3_8b(), h100(), Efficiency { attention_memory_split: Some(0.9), attention_memory: Some(0.5), ..ideal() }, 1).unwrap();
+        let at = |n: usize| {
+            let mut s = BatchShape::default();
+            for _ in 0..n {
+                s.add_decode(8192);
+            }
+            op(&split.breakdown(&s), Op::DecodeAttention)
+        };
+        let (a16, a32) = (at(16), at(32));
+        assert!(close(a16.seconds, a16.bytes / (0.9 * 3.35e12)), "16 x 8 = 128 blocks: split");
+        assert!(close(a32.seconds, a32.bytes / (0.5 * 3.35e12)), "32 x 8 = 256 blocks: no split");
     }
 }

@@ -85,7 +85,8 @@ impl<'a, F: FnMut(OpCost)> IterationPass<'a, F> {
         for k in kernels {
             flops += k.share * k.flops;
             bytes += k.share * k.bytes;
-            let (t, cb) = if gemm_op { cm.gemm_roofline(k.flops, k.bytes, peak, bw) } else { cm.roofline(k.flops, k.bytes, peak, bw) };
+            let kbw = k.bw.unwrap_or(bw);
+            let (t, cb) = if gemm_op { cm.gemm_roofline(k.flops, k.bytes, peak, kbw) } else { cm.roofline(k.flops, k.bytes, peak, kbw) };
             let (t, cb) = if k.floor > t { (k.floor, false) } else { (t, cb) };
             secs += k.share * t;
             cb_secs += if cb { k.share * t } else { 0.0 };

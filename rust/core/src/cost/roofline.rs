@@ -15,12 +15,15 @@ pub(super) struct Kernel {
     pub(super) share: f64,
     /// A lower bound on the kernel's time, seconds (the decode-attention tail), 0 for none.
     pub(super) floor: f64,
+    /// The bandwidth this kernel reaches, bytes/s, where it differs from its operator's (decode
+    /// attention while FlashAttention splits keys); None: the operator's.
+    pub(super) bw: Option<f64>,
 }
 
 impl Kernel {
     /// `(flops, bytes)` run by `share` of the layers.
     pub(super) fn on(share: f64, (flops, bytes): (f64, f64)) -> Self {
-        Kernel { flops, bytes, share, floor: 0.0 }
+        Kernel { flops, bytes, share, floor: 0.0, bw: None }
     }
 
     /// `(flops, bytes)` run by every layer.

@@ -103,6 +103,7 @@ impl CostModel {
             ("collective", eff.collective),
             ("expert_compute", eff.expert_compute.unwrap_or(eff.gemm_compute)),
             ("expert_memory", eff.expert_memory.unwrap_or(eff.memory)),
+            ("attention_memory_split", eff.attention_memory_split.unwrap_or(attention_memory)),
         ] {
             if !(MIN_EFFICIENCY..=1.0).contains(&v) {
                 return Err(Error::config(format!("calibration.{name}"), format!("must be a fraction of peak in [{MIN_EFFICIENCY}, 1], got {v:?}")));
