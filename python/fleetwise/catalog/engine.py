@@ -179,10 +179,15 @@ def resolve_calibration(gpu_name: str, gpu: GpuSpec, engine: str = DEFAULT_ENGIN
     step; the profile's exact ``per_gpu`` factors for this GPU; the pool's ``calibration:`` override.
     A GPU entry with a (legacy) ``calibration:`` block keeps exactly those factors, whatever the engine.
     """
+    return profile_calibration(gpu_name, gpu, load_engine(engine, base_dir), override, engine)
+
+
+def profile_calibration(gpu_name: str, gpu: GpuSpec, prof: EngineProfile, override: CalibrationOverride | None = None,
+                        label: str = "profile") -> Calibration:
+    """``resolve_calibration`` for a profile already loaded (``label`` names it in errors)."""
     from fleetwise.catalog import Calibration
     from fleetwise.catalog.hardware import hardware_fractions
 
-    prof = load_engine(engine, base_dir)
     if gpu.calibration is not None:
         return gpu.calibration if override is None else override.apply(gpu.calibration)
     f, cpu = prof.factors, prof.cpu_step or CpuStep()
@@ -207,7 +212,7 @@ def resolve_calibration(gpu_name: str, gpu: GpuSpec, engine: str = DEFAULT_ENGIN
         cal = Calibration.model_validate(values)
     except ValidationError as e:
         err = e.errors()[0]
-        raise ConfigError(f"engine {engine} on {gpu_name}: per_gpu.{gpu_name}.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+        raise ConfigError(f"engine {label} on {gpu_name}: per_gpu.{gpu_name}.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
     return cal if override is None else override.apply(cal)
 
 
