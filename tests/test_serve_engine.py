@@ -145,25 +145,64 @@ def test_metrics_use_vllm_names(engine):
     assert all(labels["model_name"] == "llama-3-8b" for labels, _ in s["vllm:num_requests_running"])
 
 
-def test_running_waiting_and_kv_usage_under_load():
-    eng = EmulatedEngine("llama-3-8b", "h100-sxm", scheduler={"kind": "vllm", "max_num_seqs": 2})
-    with BackgroundServer(create_engine_app(eng)) as srv:
-        import threading
+def _streaming_clients(url: str, n: int, body: dict):
+    """``n`` threads each streaming ``body`` from ``url`` until ``stop`` is set; leaving the stream
+    closes the connection (a client going away)."""
+    import threading
 
-        threads = [threading.Thread(target=httpx.post, args=(srv.url + "/v1/completions",), kwargs={"json": {"prompt": "abcd" * 500, "max_tokens": 300}, "timeout": 60}) for _ in range(5)]
-        for t in threads:
-            t.start()
-        deadline = time.monotonic() + 2.0
-        while True:  # until all five have arrived
-            s = prom.parse(httpx.get(srv.url + "/metrics").text)
-            if prom.total(s, "vllm:num_requests_running") + prom.total(s, "vllm:num_requests_waiting") == 5 or time.monotonic() > deadline:
-                break
-            time.sleep(0.01)
+    stop = threading.Event()
+
+    def client():
+        with httpx.Client(timeout=60) as c, c.stream("POST", url + "/v1/completions", json={**body, "stream": True}) as r:
+            for _ in r.iter_lines():
+                if stop.is_set():
+                    return
+
+    threads = [threading.Thread(target=client) for _ in range(n)]
+    for t in threads:
+        t.start()
+    return stop, threads
+
+
+def _poll_metrics(url: str, until, timeout: float = 60.0) -> dict:
+    s = prom.parse(httpx.get(url + "/metrics").text)
+    deadline = time.monotonic() + timeout  # a hang guard only: the condition is about engine state
+    while not until(s) and time.monotonic() < deadline:
+        time.sleep(0.02)
+        s = prom.parse(httpx.get(url + "/metrics").text)
+    return s
+
+
+def test_running_waiting_and_kv_usage_under_load_then_abort_on_disconnect():
+    # Twenty times slower than real time, so no request finishes while the test looks (each
+    # decode step of 300 takes ~0.1 s): the gauges show the scheduler's state, not a race.
+    eng = EmulatedEngine("llama-3-8b", "h100-sxm", scheduler={"kind": "vllm", "max_num_seqs": 2}, speedup=0.05)
+    with BackgroundServer(create_engine_app(eng)) as srv:
+        stop, threads = _streaming_clients(srv.url, 5, {"prompt": "abcd" * 500, "max_tokens": 300})
+        running = lambda s: prom.total(s, "vllm:num_requests_running")
+        waiting = lambda s: prom.total(s, "vllm:num_requests_waiting")
+        loaded = _poll_metrics(srv.url, lambda s: running(s) == 2 and waiting(s) == 3)
+        stop.set()
         for t in threads:
             t.join()
-    assert prom.total(s, "vllm:num_requests_running") == 2
-    assert prom.total(s, "vllm:num_requests_waiting") == 3
-    assert 0 < prom.total(s, "vllm:kv_cache_usage_perc") < 0.01
+        # Every client left: vLLM aborts their requests and frees their KV at once.
+        idle = _poll_metrics(srv.url, lambda s: prom.total(s, "fleetwise:aborted_requests_total") == 5)
+    assert (running(loaded), waiting(loaded)) == (2, 3)
+    assert 0 < prom.total(loaded, "vllm:kv_cache_usage_perc") < 0.01
+    assert prom.total(idle, "fleetwise:aborted_requests_total") == 5
+    assert (running(idle), waiting(idle), prom.total(idle, "vllm:kv_cache_usage_perc")) == (0, 0, 0)
+    assert not idle.get("vllm:request_success_total")  # none finished: no success sample at all
+    assert eng.scheduler.used_blocks() == 0 and not eng.requests
+
+
+def test_non_streaming_request_aborted_when_its_client_times_out():
+    eng = EmulatedEngine("llama-3-8b", "h100-sxm", speedup=0.01)
+    with BackgroundServer(create_engine_app(eng)) as srv:
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(srv.url + "/v1/completions", json={"prompt": "abcd" * 100, "max_tokens": 500}, timeout=1.0)
+        idle = _poll_metrics(srv.url, lambda s: prom.total(s, "fleetwise:aborted_requests_total") == 1)
+    assert prom.total(idle, "fleetwise:aborted_requests_total") == 1
+    assert prom.total(idle, "vllm:num_requests_running") == 0 and eng.scheduler.used_blocks() == 0
 
 
 def test_prefill_and_decode_roles_exchange_kv_transfer_params():

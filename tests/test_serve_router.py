@@ -117,16 +117,41 @@ def test_scraped_engine_metrics_reach_the_policy():
             seen.append([(e.waiting, e.running) for e in endpoints])
             return RouteDecision(instance=0)
 
-    engines = [BackgroundServer(create_engine_app(EmulatedEngine(scheduler={"kind": "vllm", "max_num_seqs": 1}))).start()]
+    # Twenty times slower than real time: nothing finishes while the test looks.
+    engines = [BackgroundServer(create_engine_app(EmulatedEngine(scheduler={"kind": "vllm", "max_num_seqs": 1}, speedup=0.05))).start()]
     state = RouterState([Endpoint(engines[0].url)], Spy(), scrape_interval=0.05)
+    stop = threading.Event()
+
+    def client(url):
+        with httpx.Client(timeout=60) as c, c.stream("POST", url + "/v1/completions", json={"prompt": "x", "max_tokens": 200, "stream": True}) as resp:
+            for _ in resp.iter_lines():
+                if stop.is_set():
+                    return
+
     with BackgroundServer(create_router_app(state)) as r:
-        threads = [threading.Thread(target=httpx.post, args=(r.url + "/v1/completions",), kwargs={"json": {"prompt": "x", "max_tokens": 200}, "timeout": 60}) for _ in range(3)]
-        for t in threads:
-            t.start()
-            time.sleep(0.3)
+        threads = []
+        for i in range(3):
+            threads.append(threading.Thread(target=client, args=(r.url,)))
+            threads[-1].start()
+            deadline = time.monotonic() + 60  # a hang guard: wait until a scrape has seen this request
+            while time.monotonic() < deadline:
+                e = httpx.get(r.url + "/fleetwise/endpoints").json()["endpoints"][0]
+                if (e["running"], e["waiting"]) == (1, i):
+                    break
+                time.sleep(0.02)
+        stop.set()
         for t in threads:
             t.join()
+        # The clients left; the router closed its upstream streams, so the engine aborted them.
+        def aborted():
+            return prom.total(prom.parse(httpx.get(engines[0].url + "/metrics").text), "fleetwise:aborted_requests_total")
+
+        deadline = time.monotonic() + 60
+        while aborted() < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        n_aborted = aborted()
     engines[0].stop()
+    assert n_aborted == 3
     assert seen[2] == [(1, 1)]  # the third request saw one running and one waiting
 
 

@@ -55,6 +55,15 @@ class PolicyStepper:
         """Marks the last batch as run: ``(request_id, finished)`` for each request that sampled."""
         return [(self._ids[i], done) for i, done in self._core.complete()]
 
+    def abort(self, request_id) -> bool:
+        """Aborts ``request_id`` (its client went away): its KV is freed and it never samples
+        again; False if it had already finished or is unknown."""
+        try:
+            i = self._ids.index(request_id)
+        except ValueError:
+            return False
+        return self._core.abort(i)
+
     def waiting(self) -> list:
         """Waiting request ids in queue order."""
         return [self._ids[i] for i in self._core.waiting()]
@@ -90,7 +99,7 @@ def make_scheduler(config: dict, num_blocks: int, block_size: int = 16, watermar
     """The built-in batch scheduler ``config`` describes, over a KV cache of ``num_blocks`` blocks.
 
     Methods: ``add(request_id, prompt, output)``, ``schedule() -> [(request_id, tokens)]``,
-    ``complete() -> [(request_id, finished)]``, ``waiting()``, ``running()``, ``preempted()``,
+    ``complete() -> [(request_id, finished)]``, ``abort(request_id) -> bool``, ``waiting()``, ``running()``, ``preempted()``,
     ``used_blocks()``, ``free_blocks()``. Model-dependent defaults (vLLM's ``max_num_batched_tokens``,
     Orca's ``max-len`` reservation) assume an 8,192-token context.
     """

@@ -109,6 +109,7 @@ class EmulatedEngine:
         self.m_gen = prom.Counter("vllm:generation_tokens", "Number of generation tokens processed.")
         self.m_success = prom.Counter("vllm:request_success", "Count of successfully processed requests.")
         self.m_preempt = prom.Counter("vllm:num_preemptions", "Cumulative number of preemption from the engine.")
+        self.m_aborted = prom.Counter("fleetwise:aborted_requests", "Requests aborted because their client disconnected.")
         self.m_iter_tokens = prom.Histogram("vllm:iteration_tokens_total", "Histogram of number of tokens per engine_step.", [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384])
         self.m_ttft = prom.Histogram("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", TTFT_BUCKETS)
         self.m_itl = prom.Histogram("vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", ITL_BUCKETS)
@@ -120,7 +121,7 @@ class EmulatedEngine:
         self.m_pred = prom.Counter("fleetwise:predicted_busy_seconds", "Sum of the cost model's predicted iteration times (before speedup).")
         for g_ in (self.m_running, self.m_waiting, self.m_kv):
             g_.set(0, **labels)
-        for c in (self.m_prompt, self.m_gen, self.m_preempt, self.m_pred):
+        for c in (self.m_prompt, self.m_gen, self.m_preempt, self.m_pred, self.m_aborted):
             c.inc(0, **labels)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -163,6 +164,19 @@ class EmulatedEngine:
         self._wake.set()
         self._update_gauges()
         return r
+
+    def abort(self, r: EngineRequest) -> bool:
+        """Aborts ``r`` because its client went away, as vLLM does: it leaves the batch and its KV
+        blocks are freed at once. Returns False if it had already finished."""
+        if r.finished:
+            return False
+        r.finished = True
+        self.requests.pop(r.id, None)
+        self.scheduler.abort(r.id)
+        self.m_aborted.inc(1, **self.labels)
+        r.tokens.put_nowait(None)
+        self._update_gauges()
+        return True
 
     def kv_transfer_params(self, r: EngineRequest) -> dict | None:
         """What a prefill answers for a ``do_remote_decode`` request (vLLM NixlConnector's fields)."""
@@ -249,7 +263,8 @@ class EmulatedEngine:
             self.busy_seconds += loop.time() - start
             now = time.monotonic()
             for rid, finished in self.scheduler.complete():
-                self._emit(self.requests[rid], now, finished)
+                if rid in self.requests:  # not aborted while the iteration ran
+                    self._emit(self.requests[rid], now, finished)
             self._update_gauges()
 
     def _emit(self, r: EngineRequest, now: float, finished: bool) -> None:
@@ -280,4 +295,4 @@ class EmulatedEngine:
         """The Prometheus exposition of the engine's metrics (vLLM's names)."""
         self._update_gauges()
         return prom.render([self.m_running, self.m_waiting, self.m_kv, self.m_prompt, self.m_gen, self.m_success, self.m_preempt, self.m_iter_tokens,
-                            self.m_ttft, self.m_itl, self.m_tpot, self.m_e2e, self.m_queue, self.m_prompt_len, self.m_gen_len, self.m_pred])
+                            self.m_ttft, self.m_itl, self.m_tpot, self.m_e2e, self.m_queue, self.m_prompt_len, self.m_gen_len, self.m_pred, self.m_aborted])

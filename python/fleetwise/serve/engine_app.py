@@ -7,6 +7,7 @@ sends it; ``kv_transfer_params`` in and out), ``GET /v1/models``, ``GET /health`
 """
 
 
+import asyncio
 import json
 import time
 import uuid
@@ -18,6 +19,8 @@ from fleetwise.serve.text import approx_tokens, max_tokens, prompt_text
 
 DEFAULT_MAX_TOKENS = 16
 """Output limit of a request that gives none (the OpenAI completions default)."""
+DISCONNECT_POLL_S = 0.25
+"""How often a non-streaming request checks whether its client is still connected."""
 
 
 def create_engine_app(engine: EmulatedEngine):
@@ -95,6 +98,13 @@ def create_engine_app(engine: EmulatedEngine):
                 return b"data: " + json.dumps(d).encode() + b"\n\n"
 
             async def events():
+                try:
+                    async for part in stream_events():
+                        yield part
+                finally:  # the client disconnected (the server cancels this generator): abort, as vLLM does
+                    engine.abort(req)
+
+            async def stream_events():
                 if chat:
                     yield chunk({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None})
                 n = 0
@@ -119,11 +129,19 @@ def create_engine_app(engine: EmulatedEngine):
             return StreamingResponse(events(), media_type="text/event-stream")
 
         text = []
-        while True:
-            item = await req.tokens.get()
-            if item is None:
-                break
-            text.append(item[1])
+        try:
+            while True:
+                try:
+                    item = await asyncio.wait_for(req.tokens.get(), DISCONNECT_POLL_S)
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        return _error(499, "client disconnected")
+                    continue
+                if item is None:
+                    break
+                text.append(item[1])
+        finally:
+            engine.abort(req)  # a no-op once finished; frees the KV of a request whose client left
         content = "".join(text)
         if chat:
             choice = {"index": 0, "message": {"role": "assistant", "content": content, "tool_calls": []}, "logprobs": None, "finish_reason": "length", "stop_reason": None}

@@ -113,6 +113,9 @@ impl PyScheduler {
         let mut sampled = Vec::new();
         for it in &self.batch.items {
             let r = &mut self.reqs[it.req as usize];
+            if r.status == Status::Finished {
+                continue; // aborted while its batch ran
+            }
             r.computed += it.tokens;
             if r.computed != r.known_tokens() {
                 continue;
@@ -130,6 +133,14 @@ impl PyScheduler {
         self.queues.running.retain(|&i| reqs[i as usize].status == Status::Running);
         self.batch.clear();
         sampled
+    }
+
+    /// Aborts request `request_id` (its client went away), as vLLM does: it leaves its queue, its
+    /// KV blocks are freed and it never samples again, even from a batch already formed. Returns
+    /// False if it had already finished or was never added.
+    fn abort(&mut self, request_id: u64) -> bool {
+        let Some(idx) = self.ids.iter().rposition(|&id| id == request_id) else { return false };
+        fleetwise_core::scheduler::abort(idx as u32, &mut self.queues, &mut self.reqs, &mut self.kv, self.inner.as_mut())
     }
 
     /// Request ids waiting for admission, in service order.

@@ -158,6 +158,29 @@ pub fn preempt_swap(req: &mut Request, kv: &mut BlockManager, host: &mut BlockMa
     true
 }
 
+/// Aborts request `idx` (a client went away): it leaves whichever queue holds it, its KV blocks
+/// (and any swapped-out host blocks, through `sched`) are freed, and it is marked finished, so a
+/// batch formed before the abort skips it when completed. Returns false if it had already finished.
+pub fn abort(idx: u32, q: &mut Queues, reqs: &mut [Request], kv: &mut BlockManager, sched: &mut dyn Scheduler) -> bool {
+    let r = &mut reqs[idx as usize];
+    match r.status {
+        Status::Finished => return false,
+        Status::Swapped => {
+            q.swapped.retain(|&i| i != idx);
+            sched.release_host(r);
+        }
+        _ => {
+            q.waiting.retain(|&i| i != idx);
+            q.running.retain(|&i| i != idx);
+            kv.release(r.blocks);
+            r.blocks = 0;
+            kv.detach(r);
+        }
+    }
+    r.status = Status::Finished;
+    true
+}
+
 #[cfg(test)]
 pub(crate) mod testkit {
     //! Helpers shared by the schedulers' unit tests.
@@ -220,6 +243,11 @@ pub trait Scheduler: Send + Sync {
     /// KV tokens the scheduler will hold for `req` at most (what must fit the cache for it to run).
     fn kv_need_tokens(&self, req: &Request) -> u64 {
         req.peak_kv_tokens()
+    }
+
+    /// Frees the host-memory blocks a swapped-out `req` holds (when it is aborted).
+    fn release_host(&mut self, req: &mut Request) {
+        req.host_blocks = 0;
     }
 
     /// Tells the scheduler the time of the iteration it is about to form (for policies that read it).

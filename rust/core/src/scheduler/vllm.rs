@@ -128,6 +128,13 @@ impl VllmScheduler {
 }
 
 impl Scheduler for VllmScheduler {
+    fn release_host(&mut self, req: &mut Request) {
+        if let Some(host) = self.host.as_mut() {
+            host.release(req.host_blocks);
+        }
+        req.host_blocks = 0;
+    }
+
     fn schedule(&mut self, q: &mut Queues, reqs: &mut [Request], kv: &mut BlockManager, batch: &mut Batch) {
         if q.swapped.is_empty() {
             self.schedule_prefills(q, reqs, kv, batch);
@@ -291,6 +298,41 @@ mod tests {
         assert_eq!(swapped_in, 1);
         assert!(reqs.iter().all(|r| r.status == Status::Finished && r.generated == 10));
         assert_eq!((kv.used(), s.host_blocks_used()), (0, 0));
+    }
+
+    #[test]
+    fn abort_frees_device_and_host_blocks_from_every_queue() {
+        // Requests 1 and 2 are swapped out (1 host block each), request 0 runs (2 blocks), and a
+        // request 3 arriving now waits.
+        let (mut reqs, mut q) = setup(&[16, 16, 16], 10);
+        let mut kv = BlockManager::new(3, 16, 0);
+        let mut s = VllmScheduler::new(8, 1000).with_swap_space(10);
+        let mut b = Batch::default();
+        s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
+        finish(&b, &mut reqs, &mut q, &mut kv);
+        b.clear();
+        s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
+        let mut late = Request::new(0, 16, 10);
+        late.status = Status::Waiting;
+        reqs.push(late);
+        q.waiting.push_back(3);
+        assert_eq!(reqs.iter().map(|r| r.status).collect::<Vec<_>>(), vec![Status::Running, Status::Swapped, Status::Swapped, Status::Waiting]);
+        assert_eq!((kv.used(), s.host_blocks_used()), (2, 2));
+        assert!(crate::scheduler::abort(1, &mut q, &mut reqs, &mut kv, &mut s));
+        assert_eq!((s.host_blocks_used(), reqs[1].host_blocks), (1, 0));
+        assert_eq!(q.swapped, [2]);
+        assert!(crate::scheduler::abort(0, &mut q, &mut reqs, &mut kv, &mut s));
+        assert_eq!(kv.used(), 0);
+        assert!(q.running.is_empty());
+        assert!(crate::scheduler::abort(3, &mut q, &mut reqs, &mut kv, &mut s));
+        assert!(q.waiting.is_empty());
+        assert!(crate::scheduler::abort(2, &mut q, &mut reqs, &mut kv, &mut s));
+        assert_eq!((kv.used(), s.host_blocks_used()), (0, 0));
+        assert!(reqs.iter().all(|r| r.status == Status::Finished));
+        assert!(!crate::scheduler::abort(2, &mut q, &mut reqs, &mut kv, &mut s), "a second abort is a no-op");
+        b.clear();
+        s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
+        assert!(b.items.is_empty());
     }
 
     #[test]
