@@ -10,6 +10,11 @@ measured by ``measure_vllm_step.py``). Writes the profile that the catalogue rea
 (``calibration/<dir>/fit.csv``)::
 
     python -m tools.fidelity.engine_fit [--data calibration/h200-vllm-like] [--gpu h200]
+    python -m tools.fidelity.engine_fit --hold-out    # leave one model out: fit on the others, predict it
+
+``--hold-out`` writes ``calibration/<dir>/holdout.csv`` (every point, predicted by the fit that
+never saw its model) and leaves the profile alone: how the profile transfers to a model it was not
+fitted on.
 """
 
 from __future__ import annotations
@@ -105,14 +110,35 @@ def fit(data: pl.DataFrame, gpu_name: str) -> tuple[dict, np.ndarray]:
     return x, predict(data, gpu_name, x)
 
 
+def hold_out(data: pl.DataFrame, gpu_name: str) -> pl.DataFrame:
+    """Each model's points predicted by the factors fitted on the other models only."""
+    parts = []
+    for (name,), g in data.group_by(["model"], maintain_order=True):
+        x, _ = fit(data.filter(pl.col("model") != name), gpu_name)
+        pred = predict(g, gpu_name, x)
+        parts.append(g.select("model", "layers_run", "label", "gpu_seconds").with_columns(
+            pl.Series("predicted_seconds", pred), pl.Series("error", pred / g["gpu_seconds"].to_numpy() - 1)))
+    return pl.concat(parts)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default="calibration/h200-vllm-like")
     ap.add_argument("--gpu", default="h200")
     ap.add_argument("--cpu-step", default="calibration/vllm-cpu/cpu_step.yaml")
     ap.add_argument("--out", default=str(ENGINES_DIR / "vllm.yaml"))
+    ap.add_argument("--hold-out", action="store_true", help="leave each model out in turn; write holdout.csv, not the profile")
     args = ap.parse_args()
     data = ordered(pl.read_csv(ROOT / args.data / "iterations.csv"))
+    if args.hold_out:
+        table = hold_out(data, args.gpu)
+        table.write_csv(ROOT / args.data / "holdout.csv")
+        for (m,), g in table.group_by(["model"], maintain_order=True):
+            e = np.abs(g["error"].to_numpy())
+            print(f"{m} (held out): median |error| {np.median(e):.3f}, worst {e.max():.3f}, within 15% {np.mean(e <= 0.15):.0%}")
+        e = np.abs(table["error"].to_numpy())
+        print(f"all held-out points: median |error| {np.median(e):.3f}, worst {e.max():.3f}, within 15% {np.mean(e <= 0.15):.0%}")
+        return
     device = json.loads((ROOT / args.data / "device.json").read_text())
     x, pred = fit(data, args.gpu)
     err = pred / data["gpu_seconds"].to_numpy() - 1

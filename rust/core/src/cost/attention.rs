@@ -232,9 +232,10 @@ mod tests {
         assert!(close(o.bytes, 27.0 * (16.0 * gemm(ds, 512.0, 128.0).1 + gemm(ds, 2048.0, 2048.0).1)));
         // The KV-cache write in the elementwise op is the 576-wide latent, and RoPE touches the
         // 16 x 64 query and one 64 key; layer 0 runs SiLU-mul over 10944, the MoE layers over 6 x 1408
-        // routed + 2 x 1408 shared.
+        // routed + 2 x 1408 shared, and move their 6 token-expert pairs ((2 x 6 + 2) x 2048).
         let elem = |act: f64| ds * 2.0 * (10.0 * 2048.0 + 2.0 * (16.0 * 64.0 + 64.0) + 2.0 * 512.0 + 3.0 * act + 576.0);
-        assert!(close(op(&c, Op::Elementwise).bytes, 26.0 * elem(8.0 * 1408.0) + elem(10944.0)));
+        let dispatch = ds * 2.0 * 14.0 * 2048.0;
+        assert!(close(op(&c, Op::Elementwise).bytes, 26.0 * (elem(8.0 * 1408.0) + dispatch) + elem(10944.0)));
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The elementwise operator: RMSNorms, RoPE, residual adds, SiLU-and-multiply, MLA's latent norm
-//! and the KV-cache write.
+//! The elementwise operator: RMSNorms, RoPE, residual adds, SiLU-and-multiply, MLA's latent norm,
+//! the KV-cache write and a MoE layer's dispatch and combine of its token-expert pairs.
 
 use super::attention::AttentionWidths;
 use super::iteration::IterationPass;
@@ -17,7 +17,13 @@ impl<F: FnMut(OpCost)> IterationPass<'_, F> {
         // SiLU-and-multiply (2 reads + 1 write) of the activated FFN width, MLA's latent norm,
         // and writing the new K and V (or latent) into the cache.
         let elem = |act: f64| (mt * (10.0 * h + 6.0 * act), mt * b * (10.0 * h + 2.0 * rope_width + 2.0 * latent_width + 3.0 * act + cache_width));
-        let kernels = [Kernel::on(cm.moe_share, elem(cm.moe_act_width)), Kernel::on(cm.dense_share, elem(cm.dense_width))];
+        // A MoE layer also moves every token-expert pair's hidden vector twice: dispatch (read the
+        // token, write one copy per expert it goes to, in expert order) and combine (read the
+        // experts' outputs, write the weighted sum): (2k + 2) h per token for k pairs on this GPU.
+        let k = cm.model.experts_per_token as f64 / cm.ep as f64;
+        let (f, by) = elem(cm.moe_act_width);
+        let moe = (f + mt * 2.0 * k * h, by + mt * b * (2.0 * k + 2.0) * h);
+        let kernels = [Kernel::on(cm.moe_share, moe), Kernel::on(cm.dense_share, elem(cm.dense_width))];
         self.emit(Op::Elementwise, &kernels, cm.flops_gemm, true);
     }
 }
@@ -42,5 +48,18 @@ mod tests {
         assert!(close(el.seconds, el.bytes / (0.25 * 3.35e12)));
         let mlp = op(&c, Op::MlpDown);
         assert!(close(mlp.seconds, mlp.flops / 989.4e12));
+    }
+
+    #[test]
+    fn moe_layers_add_dispatch_and_combine_traffic() {
+        // Mixtral (k = 2, h = 4096, activated width 2 x 14336): the dense terms of the test above
+        // plus (2k + 2) h = 6h per token for moving the token-expert pairs.
+        let cm = CostModel::new(mixtral_8x7b(), h100(), ideal(), 1).unwrap();
+        let mut s = BatchShape::default();
+        s.add_prefill(1000, 0, true);
+        let el = op(&cm.breakdown(&s), Op::Elementwise);
+        let (h, act, kv) = (4096.0, 2.0 * 14336.0, 1024.0);
+        let per_token = 10.0 * h + 2.0 * (h + kv) + 3.0 * act + 2.0 * kv + 6.0 * h;
+        assert!(close(el.bytes, 32.0 * 1000.0 * 2.0 * per_token), "{}", el.bytes);
     }
 }
