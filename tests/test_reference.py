@@ -4,7 +4,7 @@ Randomized small clusters (1-3 instances, round-robin and least-outstanding-toke
 ``max_num_seqs`` and token budgets, some with a KV cache of only a few hundred blocks) replay
 workloads with duplicate timestamps, requests placed exactly at iteration end times, and requests
 that must be rejected; every request's instance, status, first-token time, completion time and
-preemption count must agree exactly. Each batch scheduler has its own cases: ``vllm``,
+preemption count must agree exactly, and so must the time an iteration first included it (the scheduling delay). Each batch scheduler has its own cases: ``vllm``,
 ``sarathi-serve`` (token budgets 32-512), ``sarathi`` (chunk sizes 32-512) and ``orca`` (both
 reservation modes, a few sequences at most). Disaggregated ``vllm`` cases (one prefill and one or
 two decode instances, serialized KV transfer over slow, shared links) check handoffs too.
@@ -25,7 +25,7 @@ from reference import simulate_reference
 from reference.schedulers import memory_limits, orca_reserve_tokens
 from fleetwise.workload import Workload, build_workload
 
-COLUMNS = ["request_id", "instance", "status", "first_token_ns", "completion_ns", "preemptions"]
+COLUMNS = ["request_id", "instance", "status", "first_scheduled_ns", "first_token_ns", "completion_ns", "preemptions"]
 SEEDS = range(16)
 BATCH_SEEDS = range(24)  # cases per chunked scheduler (sarathi-serve, sarathi) and Orca mode
 

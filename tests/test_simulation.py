@@ -92,6 +92,28 @@ def test_metric_definitions_match_vllm_bench():
     assert s["throughput"]["requests_per_s"] == pytest.approx(q.height / span)
 
 
+def test_scheduling_delay_is_arrival_to_first_iteration():
+    # One instance running one request at a time: a request is first scheduled by the iteration
+    # that starts when it arrives at an idle instance, or when the request before it finishes.
+    sc = small_scenario(seed=5)
+    sc["cluster"]["pools"][0].update(count=1, scheduler={"kind": "vllm", "max_num_seqs": 1})
+    sc["workload"].update(requests=40, lengths={"kind": "constant", "prompt": 200, "output": 20})
+    sc["workload"]["arrivals"]["rate"] = 8.0
+    sc["slo"] = {"scheduling_delay": 0.5}
+    r = fleetwise.simulate(sc)
+    q = r.requests.sort("arrival_ns")
+    arrival, start, done = (q[c].to_numpy() for c in ("arrival_ns", "first_scheduled_ns", "completion_ns"))
+    expected = np.maximum(arrival, np.concatenate([[0], done[:-1]]))
+    np.testing.assert_array_equal(start, expected)
+    delay = q["scheduling_delay_s"].to_numpy()
+    np.testing.assert_allclose(delay, (start - arrival) * 1e-9)
+    assert (delay <= q["ttft_s"].to_numpy()).all()
+    assert delay[0] == 0 and delay.max() > 0.2, "a queue builds at 8 req/s"
+    s = r.summary
+    assert s["scheduling_delay_s"]["p50"] == pytest.approx(np.percentile(delay, 50))
+    assert s["slo"]["attainment"] == pytest.approx(np.mean(delay <= 0.5))
+
+
 def test_requests_that_can_never_fit_are_rejected_not_lost():
     sc = small_scenario()
     sc["workload"]["lengths"] = {"kind": "uniform", "prompt_min": 100, "prompt_max": 9000, "output_min": 10, "output_max": 50}

@@ -34,6 +34,8 @@ def _requests_frame(workload: Workload, out: dict, pool_of: list[str]) -> pl.Dat
     done = out["completion_ns"]
     out_tok = workload.output_tokens
     ttft, tpot, e2e = request_latencies(arrival, first, done, out["status"] == 0, out_tok)
+    scheduled = out["first_scheduled_ns"]
+    delay = np.where(scheduled >= 0, (scheduled - arrival) * 1e-9, np.nan)
     inst = out["instance"]
     reasons: list[str | None] = [None] * len(workload)
     for idx, reason in out.get("rejections", ()):
@@ -42,6 +44,7 @@ def _requests_frame(workload: Workload, out: dict, pool_of: list[str]) -> pl.Dat
         {
             "request_id": np.arange(len(workload), dtype=np.int64),
             "arrival_ns": arrival,
+            "first_scheduled_ns": scheduled,
             "first_token_ns": first,
             "completion_ns": done,
             "prompt_tokens": workload.prompt_tokens,
@@ -54,6 +57,7 @@ def _requests_frame(workload: Workload, out: dict, pool_of: list[str]) -> pl.Dat
             "preemptions": out["preemptions"],
             "status": [_STATUS.get(int(s), "unfinished") for s in out["status"]],
             "reject_reason": pl.Series(reasons, dtype=pl.String),
+            "scheduling_delay_s": delay,
             "ttft_s": ttft,
             "tpot_s": tpot,
             "e2e_s": e2e,
@@ -61,7 +65,8 @@ def _requests_frame(workload: Workload, out: dict, pool_of: list[str]) -> pl.Dat
     ).with_columns(
         pl.when(pl.col("status") == "finished").then(pl.col(c)).otherwise(None).alias(c)
         for c in ("first_token_ns", "completion_ns", "ttft_s", "tpot_s", "e2e_s")
-    ).with_columns(pl.col("tpot_s").fill_nan(None))
+    ).with_columns(pl.col("tpot_s").fill_nan(None), pl.col("scheduling_delay_s").fill_nan(None),
+                   pl.when(pl.col("first_scheduled_ns") >= 0).then(pl.col("first_scheduled_ns")).otherwise(None).alias("first_scheduled_ns"))
 
 
 def _instances_frame(instances: list[dict]) -> pl.DataFrame:

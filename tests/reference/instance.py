@@ -118,6 +118,9 @@ class ReferenceInstance:
             items = self.policy.form(self)
             while items:
                 self.busy = True
+                for req, _, _ in items:
+                    if req.first_scheduled is None:
+                        req.first_scheduled = self.env.now
                 yield self.env.timeout(self._duration(items))
                 self.busy = False
                 self._apply(items)

@@ -16,7 +16,7 @@ class ReferenceRequest:
 
     __slots__ = (
         "index", "arrival", "prompt", "output", "computed", "generated", "blocks",
-        "instance", "status", "first_token", "completion", "preemptions", "split_chunks",
+        "instance", "status", "first_scheduled", "first_token", "completion", "preemptions", "split_chunks",
         "reservation_waits", "handoff_waits", "transfer_start", "transfer_end",
     )
 
@@ -31,6 +31,7 @@ class ReferenceRequest:
         self.blocks = 0
         self.instance: int | None = None
         self.status = "pending"
+        self.first_scheduled: int | None = None  # when an iteration first included it
         self.first_token: int | None = None
         self.completion: int | None = None
         self.preemptions = 0

@@ -128,13 +128,14 @@ def simulate_reference(
             "request_id": np.arange(len(requests), dtype=np.int64),
             "instance": [r.instance for r in requests],
             "status": [r.status for r in requests],
+            "first_scheduled_ns": [r.first_scheduled for r in requests],
             "first_token_ns": [r.first_token for r in requests],
             "completion_ns": [r.completion for r in requests],
             "preemptions": [r.preemptions if ok else None for r, ok in zip(requests, served)],
         },
         schema={
             "request_id": pl.Int64, "instance": pl.Int64, "status": pl.String,
-            "first_token_ns": pl.Int64, "completion_ns": pl.Int64, "preemptions": pl.Int64,
+            "first_scheduled_ns": pl.Int64, "first_token_ns": pl.Int64, "completion_ns": pl.Int64, "preemptions": pl.Int64,
         },
     )
     if details:

@@ -25,8 +25,10 @@ def _summary_table(summary: dict) -> Table:
     t.add_column("metric")
     for c in ("mean", "p50", "p90", "p99"):
         t.add_column(f"{c} (ms)", justify="right")
-    for key, label in (("ttft_s", "TTFT"), ("tpot_s", "TPOT"), ("itl_s", "ITL"), ("e2e_s", "E2E")):
-        d = summary[key]
+    for key, label in (("ttft_s", "TTFT"), ("tpot_s", "TPOT"), ("itl_s", "ITL"), ("e2e_s", "E2E"), ("scheduling_delay_s", "Sched. delay")):
+        d = summary.get(key)
+        if d is None:
+            continue
         t.add_row(label, *(_ms(d[c]) for c in ("mean", "p50", "p90", "p99")))
     return t
 

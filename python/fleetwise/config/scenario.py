@@ -313,6 +313,8 @@ class SloConfig(StrictModel):
     """Time per output token target, seconds."""
     e2e: float | None = Field(default=None, gt=0)
     """End-to-end latency target, seconds."""
+    scheduling_delay: float | None = Field(default=None, gt=0)
+    """Scheduling delay target (arrival to the first iteration that includes the request), seconds."""
 
 
 class Scenario(StrictModel):

@@ -7,7 +7,7 @@ from typing import TypedDict
 
 import polars as pl
 
-SLO_COLUMNS = {"ttft": "ttft_s", "tpot": "tpot_s", "e2e": "e2e_s"}
+SLO_COLUMNS = {"ttft": "ttft_s", "tpot": "tpot_s", "e2e": "e2e_s", "scheduling_delay": "scheduling_delay_s"}
 """Each SLO target's name and the per-request column it bounds."""
 
 

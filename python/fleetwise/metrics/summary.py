@@ -58,6 +58,7 @@ class Summary(_SummaryRequired, total=False):
     trace_rows: dict
     engines: dict
     error_bars: dict
+    scheduling_delay_s: Distribution
 
 
 def _json_safe(x):
@@ -96,6 +97,9 @@ def summarize(requests: pl.DataFrame, itl: dict, slo=None, instances: pl.DataFra
         "e2e_s": distribution(done["e2e_s"].to_numpy()),
         "preemptions": int(requests["preemptions"].sum()),
     }
+    if "scheduling_delay_s" in requests.columns:
+        # Arrival to the first iteration that includes it (vLLM's queue time), finished requests.
+        summary["scheduling_delay_s"] = distribution(done["scheduling_delay_s"].drop_nulls().to_numpy())
     if instances is not None and wall_seconds > 0:
         summary.update(energy_and_cost(requests, instances, wall_seconds))
     prefix = prefix_cache_summary(instances) if instances is not None else None

@@ -53,6 +53,9 @@ pub struct Request {
     pub prefill_instance: u32,
     /// When its KV transfer to the decode instance started and ended (0 when none).
     pub transfer: (Nanos, Nanos),
+    /// When an iteration first included it (`Nanos::MAX` until then): arrival to this is its
+    /// scheduling delay (vLLM's queue time).
+    pub first_scheduled: Nanos,
     /// Time of the first output token (`Nanos::MAX` until then).
     pub first_token: Nanos,
     /// Time of the latest output token.
@@ -68,7 +71,7 @@ pub struct Request {
 impl Request {
     /// A request arriving at `arrival` with `prompt` input and `output` output tokens.
     pub fn new(arrival: Nanos, prompt: u32, output: u32) -> Self {
-        Request { arrival, prompt, output, computed: 0, generated: 0, blocks: 0, host_blocks: 0, hashes: Vec::new(), cache_refs: 0, shared_blocks: 0, instance: u32::MAX, prefill_instance: u32::MAX, transfer: (0, 0), first_token: Nanos::MAX, last_token: 0, completion: Nanos::MAX, preemptions: 0, status: Status::Pending }
+        Request { arrival, prompt, output, computed: 0, generated: 0, blocks: 0, host_blocks: 0, hashes: Vec::new(), cache_refs: 0, shared_blocks: 0, instance: u32::MAX, prefill_instance: u32::MAX, transfer: (0, 0), first_scheduled: Nanos::MAX, first_token: Nanos::MAX, last_token: 0, completion: Nanos::MAX, preemptions: 0, status: Status::Pending }
     }
 
     /// Tokens known so far (prompt plus generated output).

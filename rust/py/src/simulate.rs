@@ -197,6 +197,7 @@ fn request_columns(reqs: &[Request], d: &Bound<'_, PyDict>) -> PyResult<()> {
     let py = d.py();
     let n = reqs.len();
     let mut first = Vec::with_capacity(n);
+    let mut scheduled = Vec::with_capacity(n);
     let mut done = Vec::with_capacity(n);
     let mut inst = Vec::with_capacity(n);
     let mut pre = Vec::with_capacity(n);
@@ -206,6 +207,7 @@ fn request_columns(reqs: &[Request], d: &Bound<'_, PyDict>) -> PyResult<()> {
     let mut transfer_ns = Vec::with_capacity(n);
     for r in reqs {
         first.push(if r.first_token == u64::MAX { -1 } else { r.first_token as i64 });
+        scheduled.push(if r.first_scheduled == u64::MAX { -1 } else { r.first_scheduled as i64 });
         done.push(if r.completion == u64::MAX { -1 } else { r.completion as i64 });
         inst.push(r.instance as i64);
         pre.push(r.preemptions as i64);
@@ -216,6 +218,7 @@ fn request_columns(reqs: &[Request], d: &Bound<'_, PyDict>) -> PyResult<()> {
         transfer_ns.push(if r.transfer.1 > 0 && r.first_token != u64::MAX { r.transfer.1.saturating_sub(r.first_token) as i64 } else { 0 });
     }
     d.set_item("first_token_ns", first.into_pyarray(py))?;
+    d.set_item("first_scheduled_ns", scheduled.into_pyarray(py))?;
     d.set_item("completion_ns", done.into_pyarray(py))?;
     d.set_item("instance", inst.into_pyarray(py))?;
     d.set_item("preemptions", pre.into_pyarray(py))?;

@@ -55,6 +55,10 @@ impl Instance {
         } else {
             self.schedule_without(&parked, reqs);
         }
+        for it in &self.batch.items {
+            let r = &mut reqs[it.req as usize];
+            r.first_scheduled = r.first_scheduled.min(now);
+        }
         !(self.batch.items.is_empty() && self.batch.swap_out_blocks == 0)
     }
 

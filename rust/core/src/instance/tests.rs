@@ -95,6 +95,7 @@ fn one_request_prefills_then_decodes_then_frees_its_blocks() {
     inst.finish_iteration(end, &mut reqs, |t, prev| gaps.push((t, prev)));
     assert!(!inst.is_busy());
     assert_eq!((reqs[0].generated, reqs[0].first_token, reqs[0].status), (1, end, Status::Running));
+    assert_eq!(reqs[0].first_scheduled, 1_000, "scheduled when its first iteration started");
     assert!(gaps.is_empty(), "the first token has no gap before it");
     assert_eq!(inst.load().outstanding_tokens, 101);
     let record = inst.take_record(end).unwrap();
@@ -106,6 +107,7 @@ fn one_request_prefills_then_decodes_then_frees_its_blocks() {
     let done = end + decode.compute_ns;
     inst.finish_iteration(done, &mut reqs, |t, prev| gaps.push((t, prev)));
     assert_eq!(gaps, vec![(done, end)]);
+    assert_eq!(reqs[0].first_scheduled, 1_000, "later iterations keep the first");
     assert_eq!((reqs[0].status, reqs[0].completion, reqs[0].blocks), (Status::Finished, done, 0));
     assert_eq!(inst.kv_usage().0, 0);
     assert_eq!(inst.load().outstanding_tokens, 0);
