@@ -89,3 +89,25 @@ def estimate_iteration(
         "power_watts_per_gpu": cost.busy_watts(prefills, decodes),
         "ops": cost.breakdown(prefills, decodes),
     }
+
+
+def estimate_request(model: str, gpu: str, prompt: int, output: int, engine: str = "vllm", specs=None) -> dict:
+    """A request's idealized runtime (``fleetwise.metrics.idealized``): ``prompt`` then ``output``
+    tokens alone on ``gpu`` under ``engine``, on the fewest GPUs that hold the model and it, and
+    the cost-aware variant (x those GPUs)."""
+    import numpy as np
+
+    from fleetwise.errors import ConfigError
+    from fleetwise.metrics.idealized import IdealizedRuntime
+
+    if prompt < 1 or output < 1:
+        raise ConfigError("estimate: --prompt and --output must both be at least 1")
+    user_gpus, user_models = (specs.gpus, specs.models) if specs is not None else ({}, {})
+    limit = lookup("model", model, user_models, "--model").max_position_embeddings
+    if prompt + output > limit:
+        raise ConfigError(f"estimate: --prompt {prompt} + --output {output} is over {model}'s {limit}-token context")
+    rt = IdealizedRuntime.build(model, gpu, engine, prompt + output, user_models, user_gpus)
+    secs = float(rt.seconds(np.array([prompt]), np.array([output]))[0])
+    prefill = float(rt.seconds(np.array([prompt]), np.array([1]))[0])
+    return {"model": model, "gpu": gpu, "engine": engine, "prompt_tokens": prompt, "output_tokens": output, "gpus": rt.gpus,
+            "prefill_s": prefill, "idealized_runtime_s": secs, "idealized_gpu_seconds": secs * rt.gpus}

@@ -18,6 +18,7 @@ from fleetwise.config.scenario import Scenario
 from fleetwise.config.workload_fit import longest_context
 from fleetwise.errors import CapacityError, ConfigError, FleetwiseError, PolicyError
 from fleetwise.metrics import expert_columns, request_latencies, summarize
+from fleetwise.metrics.idealized import IdealizedRuntime, idealized_summary
 from fleetwise.moe import load_routing_trace
 from fleetwise.policy.plugging import core_plugins, instance_names_and_roles
 from fleetwise.policy.watchdog import CallClock, Watchdog
@@ -67,6 +68,37 @@ def _requests_frame(workload: Workload, out: dict, pool_of: list[str]) -> pl.Dat
         for c in ("first_token_ns", "completion_ns", "ttft_s", "tpot_s", "e2e_s")
     ).with_columns(pl.col("tpot_s").fill_nan(None), pl.col("scheduling_delay_s").fill_nan(None),
                    pl.when(pl.col("first_scheduled_ns") >= 0).then(pl.col("first_scheduled_ns")).otherwise(None).alias("first_scheduled_ns"))
+
+
+def _idealized_runtimes(sc: Scenario, longest: int) -> dict[str, IdealizedRuntime]:
+    """Each pool's model's idealized runtime on the scenario's reference GPU and engine, tabulated
+    up to ``longest`` tokens (the longest request)."""
+    by_model: dict[str, IdealizedRuntime] = {}
+    for p in sc.cluster.pools:
+        if p.model not in by_model:
+            by_model[p.model] = IdealizedRuntime.build(p.model, sc.idealized.gpu, sc.idealized.engine, longest, sc.models, sc.gpus)
+    return {p.name: by_model[p.model] for p in sc.cluster.pools}
+
+
+def _with_idealized_runtime(requests: pl.DataFrame, sc: Scenario, source: str) -> tuple[pl.DataFrame, dict[str, int]]:
+    """Adds ``idealized_runtime_s`` and ``idealized_gpu_seconds`` (docs/semantics.md): the request
+    alone on the reference GPU and engine, by its pool's model (the first pool's before routing).
+    Also returns the GPUs each model needs on the reference GPU."""
+    prompt, output = requests["prompt_tokens"].to_numpy(), requests["output_tokens"].to_numpy()
+    longest = int((prompt + output).max()) if requests.height else 1
+    try:
+        runtimes = _idealized_runtimes(sc, longest)
+    except (ConfigError, CapacityError) as err:
+        raise type(err)(f"{source}: {err}") from None
+    pools = requests["pool"].fill_null(sc.cluster.pools[0].name).to_numpy()
+    secs, gpu_secs = np.zeros(requests.height), np.zeros(requests.height)
+    for name, rt in runtimes.items():
+        mask = pools == name
+        if mask.any():
+            secs[mask] = rt.seconds(prompt[mask], output[mask])
+            gpu_secs[mask] = secs[mask] * rt.gpus
+    gpus = {rt.model: rt.gpus for rt in runtimes.values()}
+    return requests.with_columns(pl.Series("idealized_runtime_s", secs), pl.Series("idealized_gpu_seconds", gpu_secs)), gpus
 
 
 def _instances_frame(instances: list[dict]) -> pl.DataFrame:
@@ -209,7 +241,7 @@ def simulate(
         raise
     instances = json.loads(out["instances_json"])
     pool_of = [inst["pool_name"] for inst in instances]
-    requests = _requests_frame(workload, out, pool_of)
+    requests, idealized_gpus = _with_idealized_runtime(_requests_frame(workload, out, pool_of), sc, source)
     inst_frame = _instances_frame(instances)
     prices = pool_prices(sc)
     inst_frame = inst_frame.with_columns(price_per_hour=pl.col("pool").replace_strict(prices, return_dtype=pl.Float64))
@@ -218,6 +250,7 @@ def simulate(
     summary["seed"] = sc.seed
     summary["events"] = out["events"]
     summary["engines"] = {p.name: sc.cluster.engine_of(p) for p in sc.cluster.pools}
+    summary["idealized"] = idealized_summary(requests, sc, idealized_gpus)
     if workload.selection is not None:
         summary["trace_rows"] = dict(workload.selection)
     iterations = pl.DataFrame(out["iterations"]) if "iterations" in out else None

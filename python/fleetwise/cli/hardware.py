@@ -30,9 +30,12 @@ def estimate(
     prefill_context: int = typer.Option(0, "--prefill-context", min=0, max=2**31 - 1, help="Tokens already cached before the chunk."),
     decode_batch: int = typer.Option(0, "--decode-batch", min=0, max=10**7, help="Number of decoding sequences."),
     context: int = typer.Option(0, "--context", min=0, max=2**31 - 1, help="Tokens in each decoding sequence's KV cache."),
+    prompt: int = typer.Option(0, "--prompt", min=0, max=2**31 - 1, help="With --output: a whole request's idealized runtime instead of one iteration."),
+    output: int = typer.Option(0, "--output", min=0, max=2**31 - 1, help="Output tokens of the --prompt request."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Predict the time and memory of one iteration (prefill, decode, or both mixed)."""
+    """Predict the time and memory of one iteration (prefill, decode, or both mixed), or with
+    --prompt/--output a request's idealized runtime: alone on the GPU, on as few GPUs as hold it."""
     from fleetwise.errors import CapacityError
     from fleetwise.estimate import estimate_iteration
 
@@ -49,6 +52,17 @@ def estimate(
         from fleetwise.config.specs import load_specs
 
         user = load_specs(specs)
+    if prompt or output:
+        from fleetwise.estimate import estimate_request
+
+        r = estimate_request(model, gpu, prompt, output, engine=engine, specs=user)
+        if as_json:
+            out.print_json(json.dumps(r))
+        else:
+            out.print(f"{model} on {gpu} ({engine} engine), {prompt} prompt + {output} output tokens alone: idealized runtime "
+                      f"{r['idealized_runtime_s']:.4f} s on {r['gpus']} GPU(s) = {r['idealized_gpu_seconds']:.4f} GPU-seconds "
+                      f"(prefill {r['prefill_s'] * 1e3:.2f} ms, then {output - 1} decodes)")
+        return
     r = estimate_iteration(model, gpu, tp, prefill, prefill_context, decode_batch, context, pp=pp, microbatches=microbatches, power_cap_watts=power_cap, pim=pim, offload=off, ep=ep, specs=user, engine=engine)
     if as_json:
         out.print_json(json.dumps(r))

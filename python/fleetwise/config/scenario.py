@@ -317,6 +317,16 @@ class SloConfig(StrictModel):
     """Scheduling delay target (arrival to the first iteration that includes the request), seconds."""
 
 
+class IdealizedConfig(StrictModel):
+    """The reference of the idealized runtime (docs/semantics.md): every request's runtime as if
+    served alone on this GPU under this engine profile."""
+
+    gpu: str = Field(default="a100-80gb-sxm", min_length=1, max_length=MAX_NAME_LENGTH)
+    """Reference GPU: a catalogue name or one of the scenario's ``gpus`` (default the paper's A100-80GB)."""
+    engine: str = Field(default="vllm", min_length=1)
+    """Reference engine profile: a built-in name or a profile file."""
+
+
 class Scenario(StrictModel):
     """A complete simulation: what runs, on what, under which load."""
 
@@ -336,6 +346,8 @@ class Scenario(StrictModel):
     """The requests."""
     slo: SloConfig | None = None
     """Latency targets for SLO attainment."""
+    idealized: IdealizedConfig = IdealizedConfig()
+    """Reference GPU and engine of the requests' idealized runtime."""
 
     @field_validator("name")
     @classmethod

@@ -1,0 +1,104 @@
+"""Idealized runtime: each request's runtime as if served alone on a reference GPU and engine.
+
+Narayanan et al., "Cheaply Evaluating Inference Efficiency Metrics for Autoregressive Transformer
+APIs" (NeurIPS 2023), compare models by the time a request would take on fixed reference hardware
+and software with nothing else running, so that a model's cost does not depend on the serving
+stack or on contention. Here that is the cost model of the request's model on the reference GPU
+(default an A100-80GB, as the paper's) under the reference engine profile (default ``vllm``): the
+whole prompt in one prefill pass, then one decode per further output token, alone::
+
+    runtime = prefill(prompt) + sum over c = prompt+1 .. prompt+output-1 of decode(c)
+
+where ``decode(c)`` decodes one sequence whose KV holds ``c`` tokens including the new one. The
+cost-aware variant multiplies it by the GPUs the model needs on the reference GPU: the smallest
+power-of-two tensor-parallel degree whose weights, one longest request's KV cache and its
+activations fit 90% of each GPU's memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+GPU_MEMORY_UTILIZATION = 0.9
+"""The fraction of a GPU's memory the model, KV cache and activations may take (vLLM's default)."""
+MAX_GPUS = 64
+"""The largest tensor-parallel degree tried before a model is declared too large for the GPU."""
+
+
+@dataclass
+class IdealizedRuntime:
+    """The idealized runtime of requests of one model on one reference GPU and engine."""
+
+    model: str
+    """The model's name."""
+    gpu: str
+    """The reference GPU's name."""
+    engine: str
+    """The reference engine profile."""
+    gpus: int
+    """GPUs (tensor-parallel degree) the model needs on the reference GPU."""
+    _cost: object
+    _decode_cumsum: np.ndarray
+
+    @classmethod
+    def build(cls, model: str, gpu: str, engine: str = "vllm", max_tokens: int | None = None, user_models: dict | None = None,
+              user_gpus: dict | None = None) -> "IdealizedRuntime":
+        """Finds the GPUs ``model`` needs on ``gpu`` for a request of ``max_tokens`` (default: the
+        model's context) and tabulates its solo decode times up to that length. A model that does
+        not fit on ``MAX_GPUS`` GPUs is a ``CapacityError``."""
+        from fleetwise.catalog import lookup
+        from fleetwise.cost import cost_model
+        from fleetwise.errors import CapacityError, ConfigError
+
+        m = lookup("model", model, user_models or {}, "idealized.model")
+        g = lookup("gpu", gpu, user_gpus or {}, "idealized.gpu")
+        longest = int(max_tokens or m.max_position_embeddings)
+        usable = g.memory_bytes * GPU_MEMORY_UTILIZATION
+        tp, cost = 1, None
+        while tp <= MAX_GPUS:
+            try:
+                c = cost_model(m, g, tp=tp, model_name=model, gpu_name=gpu, engine=engine)
+            except ConfigError:  # heads not divisible by this degree: try the next
+                tp *= 2
+                continue
+            need = c.weight_bytes_per_gpu() + longest * c.kv_bytes_per_token() + c.activation_bytes(longest, 1)
+            if need <= usable:
+                cost = c
+                break
+            tp *= 2
+        if cost is None:
+            raise CapacityError(f"idealized runtime: {model} with a {longest}-token request does not fit {MAX_GPUS} x {gpu}")
+        decode = np.array([cost.iteration_seconds([], [c]) for c in range(1, longest + 1)])
+        return cls(model, gpu, engine, tp, cost, np.concatenate([[0.0], np.cumsum(decode)]))
+
+    def seconds(self, prompt: np.ndarray, output: np.ndarray) -> np.ndarray:
+        """Idealized runtime of each (prompt, output) request, seconds."""
+        prompt = np.asarray(prompt, dtype=np.int64)
+        output = np.asarray(output, dtype=np.int64)
+        last = prompt + output - 1
+        if len(last) and last.max() >= len(self._decode_cumsum):
+            raise ValueError(f"a request of {int(last.max()) + 1} tokens is longer than the {len(self._decode_cumsum) - 1} tabulated")
+        unique, inverse = np.unique(prompt, return_inverse=True)
+        prefill = np.array([self._cost.iteration_seconds([(int(p), 0, True)], []) for p in unique])[inverse]
+        # Decodes at contexts prompt+1 .. prompt+output-1: cumsum[c] holds decode(1) + ... + decode(c).
+        return prefill + self._decode_cumsum[last] - self._decode_cumsum[prompt]
+
+    def gpu_seconds(self, prompt: np.ndarray, output: np.ndarray) -> np.ndarray:
+        """The cost-aware variant: idealized runtime x the GPUs the model needs, GPU-seconds."""
+        return self.seconds(prompt, output) * self.gpus
+
+
+def idealized_summary(requests, scenario, gpus: dict[str, int]) -> dict:
+    """The summary's ``idealized`` entry: the reference, each model's GPUs on it (``gpus``), and
+    the distribution and total of the finished requests' idealized runtime and GPU-seconds."""
+    import polars as pl
+
+    from fleetwise.metrics.distribution import distribution
+
+    done = requests.filter(pl.col("status") == "finished")
+    return {"gpu": scenario.idealized.gpu, "engine": scenario.idealized.engine, "gpus": dict(gpus),
+            "runtime_s": distribution(done["idealized_runtime_s"].to_numpy()),
+            "total_runtime_s": float(done["idealized_runtime_s"].sum()),
+            "total_gpu_seconds": float(done["idealized_gpu_seconds"].sum())}

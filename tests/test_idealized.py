@@ -1,0 +1,61 @@
+"""Idealized runtime (Narayanan et al. 2023): each request alone on a reference GPU and engine."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fleetwise
+from conftest import small_scenario
+from fleetwise.cost import cost_model
+from fleetwise.errors import ConfigError
+from fleetwise.estimate import estimate_request
+from fleetwise.metrics.idealized import IdealizedRuntime
+
+
+def test_runtime_is_one_prefill_then_one_decode_per_further_token():
+    rt = IdealizedRuntime.build("llama-3-8b", "a100-80gb-sxm", "vllm", max_tokens=2000)
+    cm = cost_model("llama-3-8b", "a100-80gb-sxm", engine="vllm")
+    by_hand = cm.iteration_seconds([(700, 0, True)], []) + sum(cm.iteration_seconds([], [c]) for c in range(701, 700 + 40))
+    got = rt.seconds(np.array([700, 700, 1]), np.array([40, 1, 1]))
+    assert got[0] == pytest.approx(by_hand, rel=1e-12)
+    assert got[1] == pytest.approx(cm.iteration_seconds([(700, 0, True)], []), rel=1e-12), "one output token: the prefill alone"
+    assert rt.gpus == 1 and (rt.gpu_seconds(np.array([700]), np.array([40])) == got[0]).all()
+
+
+def test_cost_aware_variant_counts_the_gpus_that_hold_the_model():
+    # Llama-3-70B's 141 GB of weights need two 80 GB A100s (90% usable), so a request costs
+    # twice its runtime in GPU-seconds; on H200s (141 GB) one GPU is not enough either.
+    r = estimate_request("llama-3-70b", "a100-80gb-sxm", 1000, 200)
+    assert r["gpus"] == 2 and r["idealized_gpu_seconds"] == pytest.approx(2 * r["idealized_runtime_s"])
+    assert estimate_request("llama-3-8b", "a100-80gb-sxm", 1000, 200)["gpus"] == 1
+    assert r["prefill_s"] < r["idealized_runtime_s"]
+    with pytest.raises(ConfigError, match="context"):
+        estimate_request("llama-3-8b", "a100-80gb-sxm", 8000, 500)
+
+
+def test_independent_of_the_serving_cluster_and_load():
+    base = small_scenario(seed=9)
+    base["workload"]["requests"] = 200
+    busy = small_scenario(seed=9)
+    busy["workload"]["requests"] = 200
+    busy["workload"]["arrivals"]["rate"] = 80.0
+    busy["cluster"]["pools"][0].update(count=1, gpu="l40s")
+    a, b = fleetwise.simulate(base), fleetwise.simulate(busy)
+    assert (a.requests["prompt_tokens"] == b.requests["prompt_tokens"]).all()
+    np.testing.assert_array_equal(a.requests["idealized_runtime_s"].to_numpy(), b.requests["idealized_runtime_s"].to_numpy())
+    assert a.summary["idealized"]["gpus"] == {"llama-3-8b": 1} and a.summary["idealized"]["gpu"] == "a100-80gb-sxm"
+    # On its own GPU and engine, a request served beside others is never faster than alone.
+    own = small_scenario(seed=9)
+    own["workload"]["requests"] = 200
+    own["idealized"] = {"gpu": "h100-sxm"}
+    r = fleetwise.simulate(own).requests
+    assert (r["e2e_s"].to_numpy() >= r["idealized_runtime_s"].to_numpy() * (1 - 1e-9)).all()
+    assert np.median(r["e2e_s"].to_numpy() / r["idealized_runtime_s"].to_numpy()) > 1.05
+
+
+def test_bad_reference_gpu_is_a_clear_error():
+    sc = small_scenario()
+    sc["idealized"] = {"gpu": "no-such-gpu"}
+    with pytest.raises(ConfigError, match="idealized"):
+        fleetwise.simulate(sc)
