@@ -65,6 +65,36 @@ def test_offloading_trades_decode_speed_for_kv_capacity_in_simulation():
     assert half.summary["finished"] == n
 
 
+def test_a_scenario_defines_its_own_drive():
+    n = 8
+    wl = Workload(arrival_ns=np.zeros(n, dtype=np.int64), prompt_tokens=np.full(n, 200, dtype=np.int64), output_tokens=np.full(n, 20, dtype=np.int64))
+
+    def run(storage, drives):
+        sc = small_scenario(storage=drives)
+        sc["cluster"]["pools"][0].update(count=1, model="llama-2-7b", offload={"tier": "flash", "storage": storage, "overlap": False})
+        return fleetwise.simulate(sc, workload=wl)
+
+    # A drive at a tenth of the catalogue's Gen4 NVMe bandwidth streams the weights ten times slower.
+    gen4 = run("nvme-gen4", {})
+    slow = run("usb-ssd", {"usb-ssd": {"description": "a USB SSD", "read_bandwidth": 0.69e9, "latency": 80e-6}})
+    g, s = (float(r.instances["weight_stall_ns"][0]) for r in (gen4, slow))
+    assert s / g == pytest.approx(10.0, rel=0.05)
+    with pytest.raises(fleetwise.ConfigError, match=r"storage.*usb-ssd"):
+        run("floppy", {"usb-ssd": {"read_bandwidth": 0.69e9}})
+
+
+def test_sparse_ffn_decode_batches_load_the_union_of_their_neurons():
+    one, o = _decode("flash", "ffn_load_fraction=0.05")
+    args = ["estimate", "--model", "llama-2-7b", "--gpu", "h100-sxm", "--decode-batch", "8", "--context", "100", "--json",
+            "--offload", "flash", "--offload-set", "ffn_load_fraction=0.05"]
+    r = run_cli(*args)
+    eight = {x["op"]: x for x in json.loads(r.stdout)["ops"]}
+    attn, ffn = 4 * 4096 * 4096 * 2, 3 * 4096 * 11008 * 2
+    assert o["weight_fetch"]["bytes"] == pytest.approx(32 * (attn + 0.05 * ffn))
+    assert eight["weight_fetch"]["bytes"] == pytest.approx(32 * (attn + (1 - 0.95**8) * ffn))
+    assert eight["mlp_gate_up"]["flops"] == pytest.approx(8 * o["mlp_gate_up"]["flops"] * (1 - 0.95**8) / 0.05)
+
+
 def test_offload_errors_are_config_or_capacity_errors():
     sc = small_scenario()
     sc["cluster"]["pools"][0]["offload"] = {"tier": "flash", "storage": "floppy"}

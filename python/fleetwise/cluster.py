@@ -29,14 +29,15 @@ def resolve_pool(scenario: Scenario, index: int, pool: PoolConfig) -> dict:
         "memory": pool.memory.model_dump(),
         "scheduler": pool.scheduler.core_json(model),
         "pim": None if pool.pim is None else lookup("pim", pool.pim, scenario.pims, f"{path}.pim").core_json(pool.pim),
-        "offload": None if pool.offload is None else pool.offload.core_json(f"{path}.offload"),
-        "experts": None if pool.experts is None else pool.experts.core_json(model, pool.model, f"{path}.experts"),
+        "offload": None if pool.offload is None else pool.offload.core_json(f"{path}.offload", scenario.storage),
+        "experts": None if pool.experts is None else pool.experts.core_json(model, pool.model, f"{path}.experts", scenario.storage),
     }
 
 
-def offload_json(o, path: str) -> dict:
-    """The core's view of an ``OffloadConfig`` (``OffloadConfig.core_json``)."""
-    return o.core_json(path)
+def offload_json(o, path: str, user_storage: dict | None = None) -> dict:
+    """The core's view of an ``OffloadConfig`` (``OffloadConfig.core_json``); ``user_storage``
+    holds user-defined drives beside the catalogue's."""
+    return o.core_json(path, user_storage)
 
 
 def routing_trace_path(scenario: Scenario, base_dir: Path | None) -> Path | None:

@@ -87,8 +87,9 @@ class ExpertsConfig(StrictModel):
     capacity_gb: float | None = Field(default=None, gt=0, le=1e9)
     """Capacity of the DRAM or flash tier per GPU, GB (default: unlimited)."""
 
-    def core_json(self, model, model_name: str, path: str) -> dict:
-        """The core's view (its ``ExpertConfig``): these fields with the flash drive looked up;
+    def core_json(self, model, model_name: str, path: str, user_storage: dict | None = None) -> dict:
+        """The core's view (its ``ExpertConfig``): these fields with the flash drive looked up
+        (``user_storage``: a scenario's own drives beside the catalogue's);
         ``model`` (a ``ModelSpec`` named ``model_name``) must be a mixture of experts.
         The routing trace file travels separately."""
         from fleetwise.catalog import lookup
@@ -106,5 +107,5 @@ class ExpertsConfig(StrictModel):
         return {
             **own,
             "routing": self.routing.model_dump(exclude={"trace"}),
-            "flash": lookup("storage", self.storage, {}, f"{path}.storage").core_json(self.storage) if self.placement == "flash" else None,
+            "flash": lookup("storage", self.storage, user_storage or {}, f"{path}.storage").core_json(self.storage) if self.placement == "flash" else None,
         }

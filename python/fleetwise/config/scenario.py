@@ -6,7 +6,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, PrivateAttr, field_validator
 
-from fleetwise.catalog import CalibrationOverride, GpuSpec, ModelSpec, PimSpec, lookup
+from fleetwise.catalog import CalibrationOverride, GpuSpec, ModelSpec, PimSpec, StorageSpec, lookup
 from fleetwise.config.base import PolicyRef, StrictModel
 from fleetwise.config.experts import ExpertsConfig
 from fleetwise.config.limits import MAX_COUNT, MAX_NAME_LENGTH, MAX_SEED, MAX_TOKENS
@@ -231,11 +231,12 @@ class OffloadConfig(StrictModel):
     capacity_gb: float | None = Field(default=None, gt=0, le=1e9)
     """Capacity of the tier per GPU, GB (default, in the core: 256 for DRAM, 3840 for flash, as on a DGX H100)."""
 
-    def core_json(self, path: str) -> dict:
-        """The core's view (its ``OffloadSpec``): these fields with the flash drive looked up."""
+    def core_json(self, path: str, user_storage: dict | None = None) -> dict:
+        """The core's view (its ``OffloadSpec``): these fields with the flash drive looked up
+        (``user_storage``: a scenario's own ``storage:`` drives, beside the catalogue's)."""
         return {
             **self.model_dump(exclude={"storage"}),
-            "flash": lookup("storage", self.storage, {}, f"{path}.storage").core_json(self.storage) if self.tier == "flash" else None,
+            "flash": lookup("storage", self.storage, user_storage or {}, f"{path}.storage").core_json(self.storage) if self.tier == "flash" else None,
         }
 
 
@@ -340,6 +341,8 @@ class Scenario(StrictModel):
     """User-defined models (added to, or replacing, the catalogue's)."""
     pims: dict[str, PimSpec] = {}
     """User-defined PIM devices (added to, or replacing, the catalogue's)."""
+    storage: dict[str, StorageSpec] = {}
+    """User-defined flash drives (added to, or replacing, the catalogue's), for offloaded weights and experts."""
     cluster: ClusterConfig
     """The cluster."""
     workload: WorkloadConfig

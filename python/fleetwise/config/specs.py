@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from fleetwise.catalog import GpuSpec, ModelSpec, PimSpec
+from fleetwise.catalog import GpuSpec, ModelSpec, PimSpec, StorageSpec
 from fleetwise.config.base import StrictModel
 from fleetwise.config.limits import MAX_YAML_BYTES
 from fleetwise.config.yaml_input import decode_text, parse_yaml
@@ -24,6 +24,8 @@ class Specs(StrictModel):
     """Models by name (a scenario's ``models:`` schema)."""
     pims: dict[str, PimSpec] = {}
     """PIM devices by name (a scenario's ``pims:`` schema)."""
+    storage: dict[str, StorageSpec] = {}
+    """Flash drives by name (a scenario's ``storage:`` schema)."""
 
 
 def load_specs(path: str | Path) -> Specs:

@@ -6,16 +6,20 @@ use super::{Op, OpCost};
 
 impl<F: FnMut(OpCost)> IterationPass<'_, F> {
     /// Charges the MLP gate/up and down projections: the shared experts on the MoE layers' share,
-    /// the dense MLP on the dense layers' share.
+    /// the dense MLP on the dense layers' share. Offloaded layers of a dense model with a sparse
+    /// FFN (`ffn_load_fraction` < 1) compute only the neurons the batch's tokens activate.
     pub(super) fn mlp(&mut self) {
         let cm = self.cm;
         let (h, mt) = (cm.h, self.mt);
         let shared_share = if cm.shared_width > 0.0 { cm.moe_share } else { 0.0 };
+        let sparse_share = if cm.moe_share == 0.0 { cm.sparse_ffn_share().min(cm.dense_share) } else { 0.0 };
         if shared_share > 0.0 || cm.dense_share > 0.0 {
             let mlp = |width: f64| [cm.gemm(mt, h, 2.0 * width), cm.gemm(mt, width, h)];
             let (shared, dense) = (mlp(cm.shared_width), mlp(cm.dense_width));
+            let sparse = mlp(cm.dense_width * cm.ffn_active_fraction(mt));
             for (i, op) in [Op::MlpGateUp, Op::MlpDown].into_iter().enumerate() {
-                self.emit(op, &[Kernel::on(shared_share, shared[i]), Kernel::on(cm.dense_share, dense[i])], cm.flops_gemm, true);
+                let kernels = [Kernel::on(shared_share, shared[i]), Kernel::on(cm.dense_share - sparse_share, dense[i]), Kernel::on(sparse_share, sparse[i])];
+                self.emit(op, &kernels, cm.flops_gemm, true);
             }
         }
     }

@@ -40,8 +40,9 @@ impl CostModel {
             let resident = self.param_bytes_per_gpu(self.model.total_params(), layers as u64).saturating_sub(self.expert_hbm_saved);
             let Some(o) = &self.offload else { return resident };
             let away = self.offloaded_layers() as u64 * self.layer_weight_bytes_per_gpu();
-            // Staging buffers for the streamed layers: two when the next layer streams during this one.
-            let staging = if self.offloaded_layers() > 0 { (if o.overlap { 2.0 } else { 1.0 } * self.layer_fetch_bytes()).ceil() as u64 } else { 0 };
+            // Staging buffers for the streamed layers: two when the next layer streams during this one,
+            // sized for one token's neurons (a prefill's larger fetch passes through them in pieces).
+            let staging = if self.offloaded_layers() > 0 { (if o.overlap { 2.0 } else { 1.0 } * self.layer_fetch_bytes(1.0)).ceil() as u64 } else { 0 };
             return resident - away + staging;
         }
         let n = layers.div_ceil(self.pp);

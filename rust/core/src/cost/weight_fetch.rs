@@ -22,21 +22,46 @@ impl CostModel {
         self.offload.as_ref().map_or(0, |o| (o.layer_fraction * self.model.num_layers as f64).round() as u32)
     }
 
-    /// Bytes of one offloaded layer fetched per iteration on one GPU: its attention weights and the
-    /// loaded fraction of its FFN weights.
-    pub fn layer_fetch_bytes(&self) -> f64 {
-        let Some(o) = &self.offload else { return 0.0 };
+    /// The fraction of an offloaded layer's FFN neurons an iteration of `tokens` tokens needs: each
+    /// token activates `ffn_load_fraction` of them independently, and a neuron is loaded (and
+    /// computed) when any token needs it: `1 - (1 - f)^tokens`. One decode: `f`; a long prefill:
+    /// nearly all.
+    pub fn ffn_active_fraction(&self, tokens: f64) -> f64 {
+        let Some(o) = &self.offload else { return 1.0 };
+        if o.ffn_load_fraction >= 1.0 {
+            return 1.0;
+        }
+        1.0 - (1.0 - o.ffn_load_fraction).powf(tokens.max(1.0))
+    }
+
+    /// Bytes of one offloaded layer fetched per iteration of `tokens` tokens on one GPU: its
+    /// attention weights and the FFN neurons those tokens activate ([`Self::ffn_active_fraction`]).
+    pub fn layer_fetch_bytes(&self, tokens: f64) -> f64 {
+        if self.offload.is_none() {
+            return 0.0;
+        }
         let h = self.model.hidden_size as f64;
         let replicated = self.replicated_layer_params() as f64;
         let attn = self.model.attention_params() as f64 - replicated;
         let ffn = 3.0 * h * self.model.intermediate_size as f64;
-        (attn + ffn * o.ffn_load_fraction) * self.b / self.tp as f64 + replicated * self.b
+        (attn + ffn * self.ffn_active_fraction(tokens)) * self.b / self.tp as f64 + replicated * self.b
     }
 
-    /// The weights one iteration streams in from host DRAM or flash, if any layers are offloaded.
-    pub fn weight_stream(&self) -> Option<WeightStream> {
+    /// Share of all decoder layers that are offloaded with a sparse FFN (`ffn_load_fraction` < 1):
+    /// those layers compute only the FFN neurons their tokens activate, as "LLM in a flash"'s
+    /// predictor-driven sparse FFN does.
+    pub(super) fn sparse_ffn_share(&self) -> f64 {
+        match &self.offload {
+            Some(o) if o.ffn_load_fraction < 1.0 => self.offloaded_layers() as f64 / self.model.num_layers as f64,
+            _ => 0.0,
+        }
+    }
+
+    /// The weights an iteration of `tokens` tokens streams in from host DRAM or flash, if any layers
+    /// are offloaded.
+    pub fn weight_stream(&self, tokens: f64) -> Option<WeightStream> {
         let o = self.offload.as_ref()?;
-        let total = (self.layer_fetch_bytes() * self.offloaded_layers() as f64).round() as u64;
+        let total = (self.layer_fetch_bytes(tokens) * self.offloaded_layers() as f64).round() as u64;
         if total == 0 {
             return None;
         }
@@ -62,7 +87,7 @@ impl<F: FnMut(OpCost)> IterationPass<'_, F> {
         if let Some(o) = &cm.offload {
             let n = cm.offloaded_layers() as f64;
             if n > 0.0 {
-                let bytes = cm.layer_fetch_bytes() * n;
+                let bytes = cm.layer_fetch_bytes(self.mt) * n;
                 let fetch = o.fetch_seconds(bytes, cm.gpu.host_link_bandwidth, cm.gpu.host_link_latency);
                 let stall = if o.overlap { (fetch - self.emitted()).max(0.0) } else { fetch };
                 self.push(OpCost { op: Op::WeightFetch, flops: 0.0, bytes, seconds: stall, compute_bound: false, on_pim: false });
@@ -101,34 +126,61 @@ mod tests {
         // All 32 layers of Llama-2-7B in DRAM, no overlap: each layer's 404 MB cross 64 GB/s PCIe.
         let dram = CostModel::new(llama2_7b(), h100(), ideal(), 1).unwrap().with_offload(Some(offload(Tier::Dram, false))).unwrap();
         let wf = op(&dram.breakdown(&one), Op::WeightFetch);
-        assert!((layer_bytes - 2.0 * 4096.0 * 2.0 - dram.layer_fetch_bytes()).abs() < 1.0, "the two norm vectors are not fetched");
-        assert!(close(wf.seconds, 5e-6 + 32.0 * dram.layer_fetch_bytes() / 64e9));
+        assert!((layer_bytes - 2.0 * 4096.0 * 2.0 - dram.layer_fetch_bytes(1.0)).abs() < 1.0, "the two norm vectors are not fetched");
+        assert!(close(wf.seconds, 5e-6 + 32.0 * dram.layer_fetch_bytes(1.0) / 64e9));
         // From flash at 7 GB/s (64 KiB reads at depth 32 saturate the drive): flash paces the stream.
         let flash = CostModel::new(llama2_7b(), h100(), ideal(), 1).unwrap().with_offload(Some(offload(Tier::Flash, false))).unwrap();
         let ff = op(&flash.breakdown(&one), Op::WeightFetch);
-        assert!(close(ff.seconds, 80e-6 + 32.0 * flash.layer_fetch_bytes() / 7e9));
+        assert!(close(ff.seconds, 80e-6 + 32.0 * flash.layer_fetch_bytes(1.0) / 7e9));
         // LLM in a flash: load 10% of the FFN; only attention + 10% FFN are read.
         let mut sparse = offload(Tier::Flash, false);
         sparse.ffn_load_fraction = 0.1;
         let sp = CostModel::new(llama2_7b(), h100(), ideal(), 1).unwrap().with_offload(Some(sparse)).unwrap();
         let attn = (4096.0 * (4096.0 * 3.0) + 4096.0 * 4096.0) * 2.0;
         let ffn = 3.0 * 4096.0 * 11008.0 * 2.0;
-        assert!(close(sp.layer_fetch_bytes(), attn + 0.1 * ffn));
+        assert!(close(sp.layer_fetch_bytes(1.0), attn + 0.1 * ffn));
         assert!(sp.iteration_seconds(&one) < 0.5 * flash.iteration_seconds(&one));
         // Overlap hides the fetch behind compute up to each layer's compute time.
         let ov = CostModel::new(llama2_7b(), h100(), ideal(), 1).unwrap().with_offload(Some(offload(Tier::Dram, true))).unwrap();
         let plain = CostModel::new(llama2_7b(), h100(), ideal(), 1).unwrap();
         let layer_compute: f64 = plain.breakdown(&one).iter().filter(|c| !matches!(c.op, Op::Embedding | Op::LmHead | Op::Overhead)).map(|c| c.seconds).sum::<f64>() / 32.0;
-        let fetch = 5e-6 + 32.0 * ov.layer_fetch_bytes() / 64e9;
+        let fetch = 5e-6 + 32.0 * ov.layer_fetch_bytes(1.0) / 64e9;
         let compute: f64 = ov.breakdown(&one).iter().filter(|c| c.op != Op::WeightFetch).map(|c| c.seconds).sum();
         assert!(close(compute, plain.iteration_seconds(&one)));
         assert!(close(op(&ov.breakdown(&one), Op::WeightFetch).seconds, (fetch - compute).max(0.0)));
         assert!(layer_compute > 0.0);
-        let stream = ov.weight_stream().unwrap();
+        let stream = ov.weight_stream(1.0).unwrap();
         assert_eq!((stream.flash_bytes, stream.overlap), (0, true));
-        assert_eq!(stream.dram_bytes, (32.0 * ov.layer_fetch_bytes()).round() as u64);
+        assert_eq!(stream.dram_bytes, (32.0 * ov.layer_fetch_bytes(1.0)).round() as u64);
         // HBM holds only two staging layers of the 32.
         assert!(ov.weight_bytes_per_gpu() < plain.weight_bytes_per_gpu() / 4);
+    }
+
+    #[test]
+    fn a_sparse_ffn_loads_and_computes_the_neurons_its_tokens_activate() {
+        use crate::offload::Tier;
+        let mut sparse = offload(Tier::Flash, false);
+        sparse.ffn_load_fraction = 0.1;
+        let sp = CostModel::new(llama2_7b(), h100(), ideal(), 1).unwrap().with_offload(Some(sparse)).unwrap();
+        let dense = CostModel::new(llama2_7b(), h100(), ideal(), 1).unwrap().with_offload(Some(offload(Tier::Flash, false))).unwrap();
+        // One token: 10% of the neurons; 4 tokens: 1 - 0.9^4 = 34.39%; a 1000-token prefill: all.
+        assert!(close(sp.ffn_active_fraction(1.0), 0.1));
+        assert!(close(sp.ffn_active_fraction(4.0), 1.0 - 0.9f64.powi(4)));
+        assert!(sp.ffn_active_fraction(1000.0) > 0.999999);
+        let attn = (4096.0 * (4096.0 * 3.0) + 4096.0 * 4096.0) * 2.0;
+        let ffn = 3.0 * 4096.0 * 11008.0 * 2.0;
+        assert!(close(sp.layer_fetch_bytes(4.0), attn + (1.0 - 0.9f64.powi(4)) * ffn));
+        // The FFN computes 10% of its 11008 neurons for one decode: a tenth of the FLOPs.
+        let mut one = BatchShape::default();
+        one.add_decode(100);
+        let (s_gu, d_gu) = (op(&sp.breakdown(&one), Op::MlpGateUp), op(&dense.breakdown(&one), Op::MlpGateUp));
+        assert!(close(s_gu.flops, 32.0 * gemm(1.0, 4096.0, 2.0 * 1100.8).0));
+        assert!(close(d_gu.flops, 32.0 * gemm(1.0, 4096.0, 2.0 * 11008.0).0));
+        // A long prefill needs every neuron: as dense.
+        let mut long = BatchShape::default();
+        long.add_prefill(1000, 0, true);
+        assert!(close(op(&sp.breakdown(&long), Op::MlpDown).flops, op(&dense.breakdown(&long), Op::MlpDown).flops));
+        assert!(close(op(&sp.breakdown(&long), Op::WeightFetch).bytes, op(&dense.breakdown(&long), Op::WeightFetch).bytes));
     }
 
     #[test]

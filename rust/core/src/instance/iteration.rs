@@ -70,7 +70,7 @@ impl Instance {
             return (0, None);
         }
         let mut compute_ns = secs_to_ns(it.seconds - it.weight_stall_seconds);
-        let mut stream = self.cost.weight_stream();
+        let mut stream = self.cost.weight_stream(self.batch.shape.tokens() as f64);
         if let Some(m) = self.moe.as_mut() {
             let spans: Vec<TokenSpan> = self.batch.items.iter().map(|i| TokenSpan { req: i.req, start: reqs[i.req as usize].computed as u64, tokens: i.tokens }).collect();
             let (base, fixed) = self.cost.moe_layer_split(&self.batch.shape);
