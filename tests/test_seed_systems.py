@@ -245,3 +245,14 @@ def test_splitwise_split_cluster_serves_more_than_colocated_at_equal_cost(tmp_pa
     split = search(scenario, [], tmp_path / "split", slos, 0.9, low=0.25, tolerance=0.04, jobs=1, quiet=True)
     colo = search(scenario, colocated, tmp_path / "colo", slos, 0.9, low=0.25, tolerance=0.04, jobs=1, quiet=True)
     assert split["goodput_rate"] > 1.5 * colo["goodput_rate"] > 0
+
+
+@pytest.mark.parametrize("name", ["distserve", "sarathi-serve"])
+def test_paper_scenarios_run_without_the_shared_traces(name):
+    # The override their headers print for a machine without the arXiv length file.
+    lognormal = "workload.lengths={kind: lognormal, prompt_median: 2245, prompt_sigma: 0.75, prompt_max: 4054, output_median: 179, output_sigma: 0.8, output_max: 4056}"
+    r = fleetwise.simulate(load_scenario(REPO / "scenarios" / f"{name}.yaml", [lognormal, "workload.requests=150"]))
+    assert r.summary["finished"] == 150
+    missing = [f"workload.lengths.path={REPO}/no-such-dir/arxiv.csv"]
+    with pytest.raises(fleetwise.ConfigError, match="traces/README.md"):
+        fleetwise.simulate(load_scenario(REPO / "scenarios" / f"{name}.yaml", missing))

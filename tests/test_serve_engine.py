@@ -221,4 +221,4 @@ def test_prefill_and_decode_roles_exchange_kv_transfer_params():
     one_token = decode.cost.iteration_seconds([(1, 4999, True)], [])
     assert decode.iterations == 2 and one_token <= decode.predicted_seconds < prefill.predict_ttft(5000) / 2
     assert first >= one_token * 0.9
-    assert httpx.Response(200).status_code == 200 and payloads[-1] == "[DONE]"
+    assert payloads[-1] == "[DONE]"

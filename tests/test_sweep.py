@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -99,7 +100,7 @@ def test_ctrl_c_keeps_finished_points_and_resumes(tmp_path):
     assert pl.read_parquet(out / "points.parquet").height == 10
 
 
-def test_ray_local_matches_local_processes(tmp_path):
+def test_ray_local_matches_local_processes(tmp_path, monkeypatch):
     pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'fleetwise[ray]'")
     import ray
 
@@ -107,13 +108,19 @@ def test_ray_local_matches_local_processes(tmp_path):
     pts = expand(parse_grid(["workload.arrivals.rate=5,10,20"]))
     local = SweepStore(tmp_path / "local")
     run_points(str(sc), [], pts, local, ["workload.arrivals.rate"], jobs=1, quiet=True)
+    # Relative paths, as a user gives them: the driver resolves the scenario and ships it whole;
+    # the tasks send their files back and the driver writes them (Ray workers run elsewhere).
+    monkeypatch.chdir(tmp_path)
     try:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-        remote = SweepStore(tmp_path / "ray")
-        run_points(str(sc), [], pts, remote, ["workload.arrivals.rate"], ray_address="local", quiet=True)
+        # A private local cluster ("local"), never one that happens to run on this machine.
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        remote = SweepStore(Path("ray"))
+        run_points(sc.name, [], pts, remote, ["workload.arrivals.rate"], ray_address="local", quiet=True)
     finally:
         ray.shutdown()
     assert local.merge().sort("point").equals(remote.merge().sort("point"))
+    for p in pts:
+        assert (tmp_path / "ray" / "points" / p.id / "requests.parquet").read_bytes() == (tmp_path / "local" / "points" / p.id / "requests.parquet").read_bytes()
 
 
 def test_goodput_search_brackets_the_target(tmp_path):

@@ -21,7 +21,7 @@ def sweep(
     set_: List[str] = typer.Option([], "--set", help="Override for every point: PATH=VALUE. Repeatable."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Sweep directory (default sweeps/<name>); rerunning resumes."),
     jobs: int = typer.Option(max(1, (os.cpu_count() or 1)), "-j", "--jobs", min=1, help="Local worker processes."),
-    ray: Optional[str] = typer.Option(None, "--ray", help="Run on Ray: a cluster address, or 'local' to start one."),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Run on Ray: a cluster address, or 'local' to start a private one."),
     no_requests: bool = typer.Option(False, "--no-requests", help="Keep only each point's summary, not its per-request table."),
     iterations: bool = typer.Option(False, "--iterations", help="Also keep each point's per-iteration table (for the report's time series)."),
 ) -> None:
@@ -72,6 +72,7 @@ def goodput(
     tolerance: float = typer.Option(0.05, "--tolerance", min=0.001, max=0.5, help="Relative width at which bisection stops."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Directory for the evaluated points and goodput.json."),
     jobs: int = typer.Option(max(1, (os.cpu_count() or 1)), "-j", "--jobs", min=1, help="Worker processes for the attainment curve."),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Run the attainment curve on Ray: a cluster address, or 'local' to start a private one."),
 ) -> None:
     """Find the highest request rate meeting the SLOs (DistServe's goodput), per instance and per GPU."""
     from fleetwise.config.load import load_scenario
@@ -85,7 +86,7 @@ def goodput(
     name = load_scenario(scenario, set_).name
     out_dir = output or _default_dir("sweeps", f"{name}-goodput")
     try:
-        r = search(str(scenario), list(set_), out_dir, slos, target, low, high, tolerance, jobs)
+        r = search(str(scenario), list(set_), out_dir, slos, target, low, high, tolerance, jobs, ray_address=ray)
     except KeyboardInterrupt:
         err.print(f"interrupted: evaluated points are saved in {out_dir}/; run the same command again to resume")
         sys.exit(130)

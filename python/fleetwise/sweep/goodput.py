@@ -54,11 +54,12 @@ def _rate_point(rate: float) -> Point:
     return Point(((RATE_PATH, round(rate, 6)),))
 
 
-def _measure(scenario: str, overrides: list[str], store: SweepStore, rates: list[float], slos: dict, jobs: int, quiet: bool, description: str) -> dict[float, float]:
+def _measure(scenario: str, overrides: list[str], store: SweepStore, rates: list[float], slos: dict, jobs: int, quiet: bool, description: str,
+             ray_address: str | None = None) -> dict[float, float]:
     points = [_rate_point(r) for r in rates]
     out: dict[float, float] = {}
     for attempt in range(2):
-        run_points(scenario, overrides, points, store, [RATE_PATH], jobs=jobs, quiet=quiet, description=description)
+        run_points(scenario, overrides, points, store, [RATE_PATH], jobs=jobs, quiet=quiet, description=description, ray_address=ray_address)
         damaged = []
         for p in points:
             path = store.dir / "points" / p.id / "requests.parquet"
@@ -88,12 +89,14 @@ def search(
     tolerance: float = 0.05,
     jobs: int = 1,
     quiet: bool = False,
+    ray_address: str | None = None,
 ) -> dict:
     """Finds the goodput of a scenario by bisection on ``workload.arrivals.rate`` (Poisson, gamma or on/off arrivals).
 
     Starts from ``[low, high]`` (high doubles until attainment falls below ``target``), stops when
     the bracket is within ``tolerance`` (relative), then measures the attainment curve at 0.5x to
-    1.5x the goodput. Every evaluated rate is a saved sweep point (so a rerun resumes).
+    1.5x the goodput. Every evaluated rate is a saved sweep point (so a rerun resumes). With
+    ``ray_address`` the attainment curve's points run as Ray tasks (the bisection is sequential).
     """
     from fleetwise.config.load import load_scenario
     from fleetwise.errors import ConfigError
@@ -129,7 +132,7 @@ def search(
                     hi = mid
             goodput = low
         curve_rates = [goodput * f for f in (0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5)] if goodput > 0 else [low * f for f in (0.25, 0.5, 1.0)]
-        measured.update(_measure(scenario, overrides, store, curve_rates, slos, jobs, quiet, "attainment curve"))
+        measured.update(_measure(scenario, overrides, store, curve_rates, slos, jobs, quiet, "attainment curve", ray_address))
         store.merge()
         result = {
             "scenario": sc.name,

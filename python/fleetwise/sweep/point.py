@@ -35,31 +35,55 @@ def summary_row(point: Point, summary: dict, grid_paths: list[str]) -> dict:
 def run_point(scenario_path: str, base_overrides: list[str], point: Point, out_dir: str, grid_paths: list[str], write_requests: bool = True, record_iterations: bool = False) -> dict:
     """Simulates one point, saves its run directory and its row durably; returns its summary row.
 
-    Runs in a worker process (or a Ray task): everything it needs comes in its arguments. The run
-    directory is written under a temporary name and renamed to ``points/<id>``; the row file
+    Runs in a worker process: everything it needs comes in its arguments. The run directory is
+    written under a temporary name and renamed to ``points/<id>``; the row file
     (``rows/<id>.parquet``, what resuming keys on) comes last, so a point counts as finished only
     once all of it is on disk, whenever the process is interrupted.
     """
     from fleetwise.config.load import load_scenario
-    from fleetwise.simulate import simulate
-    from fleetwise.sweep.store import publish_dir, temp_name, write_row
 
     sc = load_scenario(scenario_path, [*base_overrides, *point.overrides()])
-    result = simulate(sc, record_iterations=record_iterations)
-    final = Path(out_dir) / "points" / point.id
-    final.parent.mkdir(parents=True, exist_ok=True)
-    d = temp_name(final)
-    try:
+    files, summary = simulate_point_files(sc, point, write_requests, record_iterations)
+    return save_point(Path(out_dir), point, files, summary, grid_paths)
+
+
+def simulate_point_files(scenario, point: Point, write_requests: bool = True, record_iterations: bool = False) -> tuple[dict[str, bytes], dict]:
+    """Simulates ``scenario`` (a loaded Scenario: it travels whole, so a remote worker needs none of
+    the driver's files or working directory) and returns the point's run-directory files as bytes
+    and its summary: what a Ray task sends back to the driver."""
+    import tempfile
+
+    from fleetwise.simulate import simulate
+
+    result = simulate(scenario, record_iterations=record_iterations)
+    with tempfile.TemporaryDirectory(prefix="fleetwise-point-") as tmp:
+        d = Path(tmp) / "run"
         if write_requests:
             result.write(d)
         else:
             d.mkdir()
             (d / "summary.json").write_text(json.dumps(result.summary, indent=2, sort_keys=True) + "\n")
         (d / "point.json").write_text(json.dumps({"id": point.id, "assignments": point.assignments}, default=str) + "\n")
+        files = {f.name: f.read_bytes() for f in sorted(d.iterdir()) if f.is_file()}
+    return files, result.summary
+
+
+def save_point(out_dir: Path, point: Point, files: dict[str, bytes], summary: dict, grid_paths: list[str]) -> dict:
+    """Writes a finished point's files to ``out_dir/points/<id>`` (temporary name, then rename) and
+    then its row; returns the row."""
+    from fleetwise.sweep.store import publish_dir, temp_name, write_row
+
+    final = out_dir / "points" / point.id
+    final.parent.mkdir(parents=True, exist_ok=True)
+    d = temp_name(final)
+    try:
+        d.mkdir()
+        for name, data in files.items():
+            (d / name).write_bytes(data)
         publish_dir(d, final)
     finally:
         if d.exists():
             shutil.rmtree(d, ignore_errors=True)
-    row = summary_row(point, result.summary, grid_paths)
-    write_row(Path(out_dir), row)
+    row = summary_row(point, summary, grid_paths)
+    write_row(out_dir, row)
     return row

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from fleetwise.sweep.grid import Point
-from fleetwise.sweep.point import run_point
+from fleetwise.sweep.point import run_point, save_point, simulate_point_files
 from fleetwise.sweep.store import SweepStore
 from fleetwise.sweep.workers import WorkerPool
 
@@ -40,7 +40,7 @@ def run_points(
     with _progress(quiet) as bar:
         task = bar.add_task(description, total=len(points), completed=len(points) - len(todo))
         if ray_address is not None:
-            for row in _ray_rows(args, ray_address):
+            for row in _ray_rows(scenario_path, base_overrides, todo, store, grid_paths, write_requests, record_iterations, ray_address):
                 store.add(row)
                 rows.append(row)
                 bar.advance(task)
@@ -59,26 +59,45 @@ def run_points(
     return rows
 
 
-def _ray_rows(args: list[tuple], address: str):
-    """Runs the points as Ray tasks (``address`` "local" starts a local Ray) and yields rows as they finish."""
+def _ray_init(address: str) -> None:
+    """Connects to the Ray cluster at ``address``, or starts a private one for "local" (never
+    joining a cluster that happens to run on this machine)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    ray.init(address="local" if address == "local" else address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+
+
+def _ray_rows(scenario_path: str, base_overrides: list[str], todo: list[Point], store: SweepStore, grid_paths: list[str],
+              write_requests: bool, record_iterations: bool, address: str):
+    """Runs the points as Ray tasks and yields their rows as they finish.
+
+    The driver loads each point's scenario (so relative paths resolve here, not in a worker's
+    directory) and ships it whole; each task sends its run files back, and the driver writes them
+    under the sweep directory — on a cluster of several machines every point's data lands here.
+    Trace files a scenario names are read where the task runs: on several machines they must be on
+    a shared path.
+    """
     try:
         import ray
     except ImportError:
         from fleetwise.errors import ConfigError
 
         raise ConfigError("--ray needs Ray: pip install 'ray[default]'") from None
-    if not ray.is_initialized():
-        if address == "local":
-            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
-        else:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    remote = ray.remote(run_point)
-    refs = [remote.remote(*a) for a in args]
+    from fleetwise.config.load import load_scenario
+
+    scenarios = [load_scenario(scenario_path, [*base_overrides, *p.overrides()]) for p in todo]
+    _ray_init(address)
+    remote = ray.remote(simulate_point_files)
+    refs = {remote.remote(sc, p, write_requests, record_iterations): p for sc, p in zip(scenarios, todo)}
+    pending = list(refs)
     try:
-        while refs:
-            ready, refs = ray.wait(refs, num_returns=1)
-            yield ray.get(ready[0])
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            files, summary = ray.get(ready[0])
+            yield save_point(store.dir, refs[ready[0]], files, summary, grid_paths)
     except BaseException:
-        for r in refs:
+        for r in pending:
             ray.cancel(r, force=True)
         raise

@@ -44,7 +44,8 @@ def resolve_path(raw: str, base_dir: Path | None) -> Path:
         if candidate.is_dir():
             raise ConfigError(f"workload file {raw!r}: {candidate} is a directory, not a file")
     tried = ", ".join(str(c) for c in candidates)
-    raise ConfigError(f"workload file {raw!r} not found (tried {tried})")
+    raise ConfigError(f"workload file {raw!r} not found (tried {tried}); public traces are not shipped with fleetwise: "
+                      "traces/README.md says where to download each one")
 
 
 Problem = tuple[int, str]
