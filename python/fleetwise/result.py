@@ -24,8 +24,12 @@ class Result:
     summary: dict
     iterations: pl.DataFrame | None = None
 
-    def write(self, directory: str | Path) -> Path:
-        """Writes requests.parquet, instances.parquet, summary.json (and iterations.parquet)."""
+    def write(self, directory: str | Path, vllm_bench_detailed: bool = False) -> Path:
+        """Writes requests.parquet, instances.parquet, summary.json, vllm-bench.json (the summary in
+        ``vllm bench serve``'s result format, ``fleetwise.metrics.vllm_bench``; with
+        ``vllm_bench_detailed`` also its per-request lists) and iterations.parquet if recorded."""
+        from fleetwise.metrics.vllm_bench import vllm_bench_result
+
         d = ensure_output_dir(directory)
         try:
             self.requests.write_parquet(d / "requests.parquet")
@@ -33,6 +37,8 @@ class Result:
             if self.iterations is not None:
                 self.iterations.write_parquet(d / "iterations.parquet")
             (d / "summary.json").write_text(json.dumps(self.summary, indent=2, sort_keys=True, allow_nan=False) + "\n")
+            bench = vllm_bench_result(self.requests, self.summary, detailed=vllm_bench_detailed)
+            (d / "vllm-bench.json").write_text(json.dumps(bench, indent=2, allow_nan=False) + "\n")
         except OSError as e:
             from fleetwise.errors import ConfigError
 

@@ -33,8 +33,10 @@ def run(
     iterations: bool = typer.Option(False, "--iterations", help="Also write one row per iteration (iterations.parquet)."),
     policy_timeout: float = typer.Option(60.0, "--policy-timeout", min=0.001, help="Most seconds one call into a Python policy may take; a longer call stops the run (exit 2)."),
     error_bars: bool = typer.Option(False, "--error-bars", help="Also run with iteration times x (1 -/+ r), r the engine profile's calibration error, and report each latency's range (docs/engines.md)."),
+    vllm_bench_detailed: bool = typer.Option(False, "--vllm-bench-detailed", help="Add vllm bench serve's --save-detailed per-request lists to vllm-bench.json."),
 ) -> None:
-    """Simulate SCENARIO, print a summary table and write the results."""
+    """Simulate SCENARIO, print a summary table and write the results (vllm-bench.json: the same in
+    vllm bench serve's result format)."""
     from fleetwise.config.load import load_scenario
     from rich.markup import escape
 
@@ -85,7 +87,7 @@ def run(
         out.print(f"SLO attainment {s['slo']['targets']}: {s['slo']['attainment']:.1%}")
     for r in s.get("rejections", []):
         out.print(f"rejected {r['count']} request(s), e.g.: {r['reason']}", highlight=False)
-    d = result.write(out_dir)
+    d = result.write(out_dir, vllm_bench_detailed=vllm_bench_detailed)
     out.print(f"results written to {d}/")
     if s["finished"] == 0:
         why = f"; most often: {s['rejections'][0]['reason']}" if s.get("rejections") else ""

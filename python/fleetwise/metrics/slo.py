@@ -16,6 +16,8 @@ class SloSummary(TypedDict):
 
     targets: dict[str, float]
     attainment: float | None
+    request_goodput: float | None
+    """vLLM's request goodput: requests per second that met every target, at the run's load."""
 
 
 def attainment(requests: pl.DataFrame, targets: dict[str, float]) -> float:

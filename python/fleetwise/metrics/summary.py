@@ -110,6 +110,10 @@ def summarize(requests: pl.DataFrame, itl: dict, slo=None, instances: pl.DataFra
         summary["experts"] = experts
     slo_part = slo_attainment(requests, slo)
     if slo_part is not None:
+        # vLLM's request goodput at this run's load: requests per second that met every target
+        # (DistServe's goodput, the highest rate meeting an attainment target, is `fleetwise goodput`).
+        att = slo_part["attainment"]
+        slo_part["request_goodput"] = None if att is None or not span else att * requests.height / span
         summary["slo"] = slo_part
     if "reject_reason" in requests.columns and summary["rejected"]:
         summary["rejections"] = rejection_reasons(requests["reject_reason"].to_list())

@@ -249,7 +249,7 @@ def _check_format_options(model: StrictModel, fmt: str) -> None:
 class FileLengths(StrictModel):
     """(prompt, output) pairs drawn uniformly, with replacement, from the requests of a length
     file: a CSV such as ShareGPT's ``sharegpt_8k_lengths_llama2tok.csv``, a ShareGPT conversation
-    JSON, or a ``vllm bench serve --save-result`` JSON."""
+    JSON, or a ``vllm bench serve --save-result --save-detailed`` JSON."""
 
     kind: Literal["file"] = "file"
     """Selects this length distribution."""

@@ -1,5 +1,5 @@
-"""Reader for the result JSON that ``vllm bench serve --save-result`` (formerly
-``benchmarks/benchmark_serving.py --save-result``) writes.
+"""Reader for the result JSON that ``vllm bench serve --save-result --save-detailed`` (formerly
+``benchmarks/benchmark_serving.py``) writes; the per-request lists need ``--save-detailed``.
 
 Of its many keys, two are used: ``input_lens`` and ``output_lens``, equal-length lists with one
 entry per benchmark request (prompt tokens, and generated tokens). vLLM writes an output length of 0
@@ -44,8 +44,8 @@ def read_vllm_bench(path: str | Path) -> LoadedTable:
     if missing:
         present = ", ".join(clip(key, 40) for key in list(data)[:30]) or "none"
         raise TraceError(
-            f"{path}: missing key(s) {', '.join(missing)} (written by vllm bench serve "
-            f"--save-result); keys present: {present}"
+            f"{path}: missing key(s) {', '.join(missing)} (per-request lists are written by vllm bench serve "
+            f"--save-result --save-detailed); keys present: {present}"
         )
     inputs = _int_list(path, data, INPUT_KEY, minimum=1)
     outputs = _int_list(path, data, OUTPUT_KEY, minimum=0)

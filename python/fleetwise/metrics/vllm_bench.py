@@ -1,0 +1,96 @@
+"""A run's results in ``vllm bench serve``'s result format, so that a simulated run and a measured
+one compare with the same script.
+
+The flat keys are vLLM's (milliseconds): ``mean_/median_/std_/p{N}_{ttft,tpot,itl,e2el}_ms``, with
+``duration``, ``completed``, ``failed``, ``total_input_tokens``, ``total_output_tokens``,
+``request_throughput``, ``output_throughput``, ``total_token_throughput`` and ``request_goodput``.
+``request_goodput`` has vLLM's meaning: completed requests per second that met every SLO given
+(``--goodput ttft:MS tpot:MS e2el:MS``; a request with one output token counts a TPOT of 0), at
+this run's load — not DistServe's goodput, the highest rate at which a target fraction meets the
+SLOs (``fleetwise goodput``). ``detailed`` adds vLLM's ``--save-detailed`` per-request lists
+(``input_lens``, ``output_lens``, ``ttfts``, ``latencies``, ``start_times``, ``errors``); the
+simulator keeps no per-token times, so ``itls`` is absent and the ITL figures come from its
+streaming sketch (mean exact, percentiles within 0.5%, no standard deviation: ``std_itl_ms`` is
+None).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+DEFAULT_PERCENTILES = (99.0,)
+"""vLLM's default ``--metric-percentiles``."""
+
+
+def _stats(name: str, values: np.ndarray, percentiles) -> dict:
+    """vLLM's mean/median/std/pN keys of ``values`` (seconds) in ms; zeros when empty, as vLLM."""
+    v = values if len(values) else np.zeros(1)
+    out = {f"mean_{name}_ms": float(np.mean(v)) * 1e3, f"median_{name}_ms": float(np.median(v)) * 1e3, f"std_{name}_ms": float(np.std(v)) * 1e3}
+    for p in percentiles:
+        out[f"p{_word(p)}_{name}_ms"] = float(np.percentile(v, p)) * 1e3
+    return out
+
+
+def _word(p: float) -> str:
+    return str(int(p)) if int(p) == p else str(p)
+
+
+def vllm_bench_result(requests: pl.DataFrame, summary: dict, percentiles=DEFAULT_PERCENTILES, goodput_ms: dict | None = None,
+                      detailed: bool = False) -> dict:
+    """The run as ``vllm bench serve --save-result`` writes it: ``requests`` and ``summary`` of a
+    ``Result``; ``goodput_ms`` maps ``ttft``/``tpot``/``e2el`` to SLOs in ms (None: the scenario's
+    SLO, if any, else no goodput)."""
+    done = requests.filter(pl.col("status") == "finished")
+    ttft = done["ttft_s"].to_numpy()
+    e2e = done["e2e_s"].to_numpy()
+    out_tok = done["output_tokens"].to_numpy()
+    tpot_all = np.where(out_tok > 1, np.nan_to_num(done["tpot_s"].fill_null(0.0).to_numpy()), 0.0)
+    tpot = tpot_all[out_tok > 1]
+    duration = float(summary["duration_s"])
+    if goodput_ms is None and summary.get("slo"):
+        targets = summary["slo"]["targets"]
+        goodput_ms = {k2: targets[k1] * 1e3 for k1, k2 in (("ttft", "ttft"), ("tpot", "tpot"), ("e2e", "e2el")) if k1 in targets}
+    good = None
+    if goodput_ms:
+        ok = np.ones(len(ttft), dtype=bool)
+        for key, values in (("ttft", ttft), ("tpot", tpot_all), ("e2el", e2e)):
+            if key in goodput_ms:
+                ok &= values <= goodput_ms[key] / 1e3
+        good = int(ok.sum()) / duration if duration else 0.0
+    total_in, total_out = int(done["prompt_tokens"].sum()), int(out_tok.sum())
+    result = {
+        "duration": duration,
+        "completed": done.height,
+        "failed": requests.height - done.height,
+        "total_input_tokens": total_in,
+        "total_output_tokens": total_out,
+        "request_throughput": done.height / duration if duration else 0.0,
+        "request_goodput": good,
+        "output_throughput": total_out / duration if duration else 0.0,
+        "total_token_throughput": (total_in + total_out) / duration if duration else 0.0,
+    }
+    result.update(_stats("ttft", ttft, percentiles))
+    result.update(_stats("tpot", tpot, percentiles))
+    itl = summary["itl_s"]
+    result.update({"mean_itl_ms": _ms(itl.get("mean")), "median_itl_ms": _ms(itl.get("p50")), "std_itl_ms": None})
+    for p in percentiles:
+        key = f"p{_word(p)}"
+        result[f"{key}_itl_ms"] = _ms(itl.get(key))
+    result.update(_stats("e2el", e2e, percentiles))
+    if detailed:
+        first = requests["arrival_ns"].min() if requests.height else 0
+        fin = requests["status"] == "finished"
+        result.update({
+            "input_lens": requests["prompt_tokens"].to_list(),
+            "output_lens": requests["generated_tokens"].to_list(),
+            "ttfts": requests["ttft_s"].fill_null(0.0).to_list(),
+            "latencies": requests["e2e_s"].fill_null(0.0).to_list(),
+            "start_times": ((requests["arrival_ns"] - first) * 1e-9).to_list(),
+            "errors": ["" if f else str(s) for f, s in zip(fin.to_list(), requests["status"].to_list())],
+        })
+    return result
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1e3
