@@ -220,9 +220,16 @@ def test_prefill_chunk_cap_holds_for_a_lone_request(llm):
 
 
 def test_shortest_prompt_first(llm):
+    sched = _adapter().engine_scheduler(llm)
+    before = dict(sched.decisions)
     got, _ = compare(llm, ShortestPromptFirst(max_num_seqs=4, max_num_batched_tokens=96), SMALL)
     first = got[0]["scheduled"]
     assert [t for _, t in first][:2] == [5, 9]  # the two shortest prompts went first
+    # The adapter counts what the policy changed: every step planned, budget and seqs below vLLM's
+    # 256 tokens and 16 sequences, and the waiting queue reordered at least once.
+    d = {k: sched.decisions[k] - before[k] for k in before}
+    assert d["steps"] >= len(got) and d["budget_tightened"] == d["steps"] == d["seqs_tightened"]
+    assert d["waiting_reordered"] >= 1
 
 
 def test_decode_budget(llm):

@@ -25,8 +25,9 @@ Supplying the policy
   scheduler runs in vLLM's engine-core process; with ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` that is
   your process, and :func:`engine_scheduler` returns the live scheduler (to swap the policy with
   :meth:`FleetwiseScheduler.set_policy` or read :attr:`FleetwiseScheduler.recorded`). With
-  multiprocessing on (vLLM's default) the class is handed to a forked engine process, which works on
-  Linux but leaves the scheduler out of reach.
+  multiprocessing on (vLLM's default) the class goes to the engine-core process by name, forked or
+  spawned (vLLM on CPU spawns): this module exports it under its generated name and the policy
+  travels pickled in ``FLEETWISE_VLLM_POLICIES`` (so the policy must be picklable).
 * ``vllm serve MODEL --scheduler-cls fleetwise.integrations.vllm_scheduler.FleetwiseScheduler`` with
   ``FLEETWISE_VLLM_POLICY=package.module:name`` in the environment: ``name`` is a policy object, or a
   class or factory called without arguments. Or put ``Scheduler = make_scheduler_cls(MyPolicy())`` in
@@ -42,11 +43,18 @@ plus vLLM's random suffix, unless ``VLLM_DISABLE_REQUEST_ID_RANDOMIZATION`` is s
 
 from __future__ import annotations
 
+import base64
 import importlib
+import logging
 import os
+import pickle
+import re
 import time
+import warnings
 from copy import copy
 from typing import Any, Hashable
+
+import vllm
 
 from vllm.v1.core.sched.request_queue import FCFSRequestQueue, SchedulingPolicy
 from vllm.v1.core.sched.scheduler import Scheduler
@@ -58,6 +66,27 @@ from fleetwise.policy.views import RequestView, StepView
 
 POLICY_ENV = "FLEETWISE_VLLM_POLICY"
 """Environment variable naming the policy (``package.module:name``) for ``vllm serve --scheduler-cls``."""
+BOUND_POLICIES_ENV = "FLEETWISE_VLLM_POLICIES"
+"""Environment variable carrying the policies of :func:`make_scheduler_cls` classes (pickled, base64)
+to vLLM's engine-core process, which rebuilds the classes by name."""
+TESTED_VLLM = ("0.32",)
+"""vLLM versions (major.minor) this adapter is tested against; it reaches into the scheduler's
+internals, so other versions get a warning."""
+
+log = logging.getLogger("fleetwise.vllm")
+
+
+def check_vllm_version(version: str = vllm.__version__) -> bool:
+    """Whether ``version`` is one this adapter was tested with; warns (once per call) if not."""
+    major_minor = ".".join(re.split(r"[.+]", version)[:2])
+    if major_minor in TESTED_VLLM:
+        return True
+    warnings.warn(f"fleetwise's vLLM scheduler adapter is tested with vLLM {', '.join(TESTED_VLLM)}; this is vLLM {version}: "
+                  "it relies on the scheduler's internals, so check a run (record_steps) before trusting it", stacklevel=2)
+    return False
+
+
+check_vllm_version()
 
 _default_policy: Any = None
 
@@ -116,6 +145,8 @@ class FleetwiseScheduler(Scheduler):
             self.kv_holding_waiting = FCFSRequestQueue(sorted(self.kv_holding_waiting))
         self.policy = SchedulingPolicy.PRIORITY
         self.recorded: list[dict] = []
+        self.decisions = {"steps": 0, "budget_tightened": 0, "seqs_tightened": 0, "chunk_capped": 0, "running_reordered": 0, "waiting_reordered": 0, "victims_chosen": 0}
+        """How often the policy's plans changed what vLLM would have done on its own, by kind."""
         self._admitted: dict[str, int] = {}
         self._admissions = 0
         self._steps = 0
@@ -211,8 +242,21 @@ class FleetwiseScheduler(Scheduler):
 
     # -- scheduling -------------------------------------------------------------------------------
 
+    def _count(self, view: StepView, plan: StepPlan) -> None:
+        d = self.decisions
+        d["steps"] += 1
+        d["budget_tightened"] += plan.token_budget < self._config_budget
+        d["seqs_tightened"] += plan.max_num_seqs < self._config_active
+        d["chunk_capped"] += plan.max_prefill_chunk is not None
+        d["running_reordered"] += plan.running_order is not None and list(ordered([r.id for r in view.running], plan.running_order)) != [r.id for r in view.running]
+        d["waiting_reordered"] += plan.waiting_order is not None and list(ordered([r.id for r in view.waiting], plan.waiting_order)) != [r.id for r in view.waiting]
+        d["victims_chosen"] += plan.victim_order is not None
+        log.debug("step %d: budget %d, max_num_seqs %d, chunk %s, %d running, %d waiting", view.step, plan.token_budget, plan.max_num_seqs,
+                  plan.max_prefill_chunk, len(view.running), len(view.waiting))
+
     def _apply_plan(self, view: StepView, plan: StepPlan) -> dict[str, int]:
         """Sets this step's limits and orders; returns the priorities to restore afterwards."""
+        self._count(view, plan)
         by_id = {r.request_id: r for r in self.running}
         running_ids = [r.id for r in view.running]
         budget = plan.token_budget
@@ -300,13 +344,53 @@ def make_scheduler_cls(policy: Any, base: type = FleetwiseScheduler, name: str |
 
     ``base`` may be another subclass of :class:`FleetwiseScheduler`. vLLM's async scheduling runs
     only with its own ``AsyncScheduler``; a custom ``scheduler_cls`` like this one runs vLLM
-    synchronously.
+    synchronously. The class is importable by name from this module, and the policy travels to
+    child processes in ``FLEETWISE_VLLM_POLICIES``, so vLLM may fork or spawn its engine core.
     """
     if not (isinstance(base, type) and issubclass(base, FleetwiseScheduler)):
         raise TypeError(f"base must be a FleetwiseScheduler subclass, got {base!r}")
     if not callable(getattr(policy, "plan", None)):
         raise TypeError(f"the policy must have a plan(step) method, got {policy!r}")
-    return type(name or f"FleetwiseScheduler_{type(policy).__name__}", (base,), {"fleetwise_policy": policy, "__module__": __name__})
+    bound = _bound_policies()
+    name = name or f"FleetwiseScheduler_{type(policy).__name__}_{len(bound) + 1}"
+    if not name.isidentifier():
+        raise ValueError(f"name must be a Python identifier, got {name!r}")
+    cls = _bind(name, policy, base)
+    try:
+        bound[name] = (policy, base)
+        os.environ[BOUND_POLICIES_ENV] = base64.b64encode(pickle.dumps(bound)).decode()
+    except Exception as e:  # noqa: BLE001 - an unpicklable policy still works in this process
+        log.warning("policy %r cannot be pickled (%s): the scheduler class works in this process and forked ones, not in a spawned engine core", policy, e)
+    return cls
+
+
+def _bind(name: str, policy: Any, base: type) -> type:
+    cls = type(name, (base,), {"fleetwise_policy": policy, "__module__": __name__, "__qualname__": name})
+    globals()[name] = cls
+    return cls
+
+
+def _bound_policies() -> dict:
+    raw = os.environ.get(BOUND_POLICIES_ENV)
+    return pickle.loads(base64.b64decode(raw)) if raw else {}
+
+
+def __getattr__(name: str) -> type:
+    """Rebuilds a :func:`make_scheduler_cls` class by name in a process that did not make it (vLLM's
+    spawned engine core unpickling ``scheduler_cls``), from ``FLEETWISE_VLLM_POLICIES``."""
+    if name.startswith("FleetwiseScheduler_") or name in _bound_names():
+        bound = _bound_policies()
+        if name in bound:
+            policy, base = bound[name]
+            return _bind(name, policy, base)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _bound_names() -> set[str]:
+    try:
+        return set(_bound_policies())
+    except Exception:  # noqa: BLE001 - a damaged variable: nothing to rebuild
+        return set()
 
 
 def engine_scheduler(llm: Any) -> FleetwiseScheduler:
