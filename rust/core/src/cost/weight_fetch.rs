@@ -26,10 +26,9 @@ impl CostModel {
     /// loaded fraction of its FFN weights.
     pub fn layer_fetch_bytes(&self) -> f64 {
         let Some(o) = &self.offload else { return 0.0 };
-        let h = self.model.hidden_size as f64;
         let replicated = self.replicated_layer_params() as f64;
         let attn = self.model.attention_params() as f64 - replicated;
-        let ffn = 3.0 * h * self.model.intermediate_size as f64;
+        let ffn = self.model.dense_ffn_params() as f64;
         (attn + ffn * o.ffn_load_fraction) * self.b / self.tp as f64 + replicated * self.b
     }
 
