@@ -158,4 +158,8 @@ fn a_sliding_window_model_counts_attention_within_its_window() {
     inst.batch.clear();
     assert_eq!(inst.batch().shape.attention_window, Some(4096), "clearing the batch keeps the window");
     assert_eq!(instance(&vllm()).batch().shape.attention_window, None);
+    // KV: a request holds at most 4096 / 16 + 1 blocks, so even ten times the cache's tokens fit.
+    let beyond = 10 * inst.plan().num_blocks as u64 * 16;
+    assert!(inst.could_hold(beyond));
+    assert!(!instance(&vllm()).could_hold(beyond));
 }
