@@ -110,3 +110,15 @@ def test_interleaved_moe_counts_experts_on_every_other_layer():
     # 16 MoE layers and 16 dense (14336-wide gated MLP) layers: 26.972 B parameters, 2 bytes each.
     cm = cost_model(half, "h100-sxm", model_name="mixtral-half")
     assert cm.weight_bytes_per_gpu() == 2 * 26_972_262_400
+
+
+def test_estimate_holds_and_reads_only_the_window():
+    def estimate(context: int) -> dict:
+        r = run_cli("estimate", "--model", "mistral-7b", "--gpu", "h100-sxm", "--decode-batch", "64", "--context", str(context), "--json")
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    long, window = estimate(16_000), estimate(4095)
+    # 64 sequences x 4096 tokens x 131072 bytes (32 layers x 2 x 8 heads x 128 x 2 bytes).
+    assert long["memory"]["kv_cache"] == window["memory"]["kv_cache"] == 64 * 4096 * 131_072
+    assert long["seconds"] == window["seconds"]
