@@ -70,7 +70,11 @@ def estimate_iteration(
     seconds = cost.iteration_seconds(prefills, decodes)
     tokens = max(prefill, 0) + decode_batch
     sampled = (1 if prefill > 0 else 0) + decode_batch
-    kv_tokens = (prefill + prefill_context if prefill > 0 else 0) + decode_batch * (context + 1)
+    # KV held: each sequence's context, or with a sliding window W only the keys its queries
+    # still attend to (a chunk of q after c: min(c + q, W - 1 + q); a decode: min(C + 1, W)).
+    w = m.sliding_window
+    held_prefill = 0 if prefill <= 0 else (prefill + prefill_context if w is None else min(prefill + prefill_context, w - 1 + prefill))
+    kv_tokens = held_prefill + decode_batch * (context + 1 if w is None else min(context + 1, w))
     weights = cost.weight_bytes_per_gpu()
     kv = kv_tokens * cost.kv_bytes_per_token()
     act = cost.activation_bytes(tokens, sampled)

@@ -42,7 +42,7 @@ class ReferenceInstance:
         self.policy = make_policy(sched, self.max_context)
         tokens, seqs = memory_limits(sched, self.max_context)
         plan = self.cost.memory_plan(json.dumps(pool["memory"]), tokens, seqs)
-        self.kv = KvCache(int(plan["num_blocks"]), int(plan["block_size"]))
+        self.kv = KvCache(int(plan["num_blocks"]), int(plan["block_size"]), pool["model"].get("sliding_window"))
         self.waiting: deque[ReferenceRequest] = deque()
         self.running: list[ReferenceRequest] = []
         self.outstanding_tokens = 0

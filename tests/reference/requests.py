@@ -55,16 +55,19 @@ class ReferenceRequest:
 class KvCache:
     """Counts the paged KV blocks of one instance (blocks are interchangeable)."""
 
-    def __init__(self, total: int, block_size: int) -> None:
-        """A cache of ``total`` blocks of ``block_size`` tokens, keeping 1% free on admission."""
+    def __init__(self, total: int, block_size: int, window: int | None = None) -> None:
+        """A cache of ``total`` blocks of ``block_size`` tokens, keeping 1% free on admission; a
+        request of a model with a sliding attention ``window`` holds at most the window's blocks."""
         self.total = total
         self.block_size = block_size
         self.watermark = int(total * _WATERMARK_FRACTION)
         self.used = 0
+        self.window_blocks = None if window is None else -(-window // block_size) + 1
 
     def blocks_for(self, tokens: int) -> int:
-        """Blocks that hold ``tokens`` tokens."""
-        return -(-tokens // self.block_size)
+        """Blocks that hold ``tokens`` tokens (at most the window's ceil(window / block) + 1)."""
+        blocks = -(-tokens // self.block_size)
+        return blocks if self.window_blocks is None else min(blocks, self.window_blocks)
 
     @property
     def free(self) -> int:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import yaml
-from pydantic import Field, create_model, model_validator
+from pydantic import Field, ValidationInfo, create_model, model_validator
 
 from fleetwise.catalog.hardware import ARCHITECTURES, MEMORY_TYPES, Architecture, HardwareFractions, MemoryType, architecture_priors, prior_for, prior_key
 from fleetwise.config.base import StrictModel
@@ -210,10 +210,14 @@ class MlaSpec(StrictModel):
 
 
 class ModelSpec(StrictModel):
-    """A decoder-only model's shape, as in its Hugging Face ``config.json``."""
+    """A decoder-only model's shape, as in its Hugging Face ``config.json``; or ``hf_config:`` the
+    path of that file (relative to the scenario's folder), read by ``catalog/hf_config.py``, with
+    any field given beside it overriding the file's."""
 
     hf_id: str = ""
     """Hugging Face repository id, for reference."""
+    hf_config: str | None = None
+    """The ``config.json`` the shape was read from (resolved to an absolute path), if any."""
     num_layers: int = Field(ge=1, le=10_000)
     """Decoder layers (``num_hidden_layers``)."""
     hidden_size: int = Field(ge=1, le=1_000_000)
@@ -249,6 +253,43 @@ class ModelSpec(StrictModel):
     """Leading layers of a MoE model with a dense MLP of ``intermediate_size`` (``first_k_dense_replace``)."""
     mla: MlaSpec | None = None
     """Multi-head latent attention, replacing GQA (``num_kv_heads`` and ``head_dim`` are then unused)."""
+    mlp: Literal["gated", "plain"] = "gated"
+    """Feed-forward blocks (dense MLPs and experts alike): ``gated`` (gate and up projections,
+    SiLU-and-multiply, down: Llama, Mistral, Qwen) or ``plain`` (up, GELU/ReLU, down: OPT, BLOOM,
+    Falcon, GPT-2)."""
+    parallel_attention: bool = False
+    """Attention and the MLP read the same normed input and share one residual add (Falcon, GPT-J,
+    GPT-NeoX): fewer elementwise passes, one tensor-parallel all-reduce per layer."""
+    sliding_window: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
+    """Sliding-window attention: each token attends to at most this many tokens, itself included
+    (Mistral-7B v0.1: 4096). Bounds attention's FLOPs and KV reads; the KV cache still holds the
+    whole context (docs/cost-model.md)."""
+    moe_layer_interval: int = Field(default=1, ge=1, le=10_000)
+    """Past ``first_dense_layers``, every n-th layer has experts and the others the dense MLP
+    (Switch/GLaM: 2; Qwen-MoE's ``decoder_sparse_step``); 1: every layer."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_hf_config(cls, data, info: ValidationInfo):
+        """Replaces ``hf_config: path`` by the fields read from that file (fields given beside it win)."""
+        if not isinstance(data, dict) or data.get("hf_config") is None:
+            return data
+        from fleetwise.catalog.hf_config import hf_model_fields
+
+        path = data["hf_config"]
+        if not isinstance(path, str) or not path:
+            raise ValueError(f"hf_config must be the path of a config.json, got {path!r}")
+        base = (info.context or {}).get("base_dir") if info is not None else None
+        read = hf_model_fields(path, base, dtype_given="dtype_bytes" in data)
+        given = {k: v for k, v in data.items() if k != "hf_config"}
+        return {**read, **given}
+
+    @property
+    def moe_layers(self) -> int:
+        """Layers with experts (0 for a dense model), as the core counts them."""
+        if not self.num_experts:
+            return 0
+        return max(self.num_layers - self.first_dense_layers, 0) // self.moe_layer_interval
 
     @model_validator(mode="after")
     def _check_shape(self) -> ModelSpec:
@@ -268,8 +309,8 @@ class ModelSpec(StrictModel):
         return self
 
     def core_json(self, name: str) -> dict:
-        """The model as the Rust core reads it: every field but ``hf_id``, named ``name``."""
-        d = self.model_dump(exclude={"hf_id"})
+        """The model as the Rust core reads it: every field but ``hf_id`` and ``hf_config``, named ``name``."""
+        d = self.model_dump(exclude={"hf_id", "hf_config"})
         d["name"] = name
         return d
 

@@ -110,8 +110,11 @@ def catalog(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -
         cm = cost_model(m, g, model_name=k, gpu_name="x")
         params = cm.weight_bytes() / m.dtype_bytes / 1e9
         ffn = f"{m.num_experts}x{m.moe_intermediate_size} top-{m.experts_per_token}" if m.num_experts else str(m.intermediate_size)
+        ffn += " plain" if m.mlp == "plain" else ""
+        ffn += " parallel" if m.parallel_attention else ""
         kv = f"MLA {m.mla.kv_lora_rank}" if m.mla else str(m.num_kv_heads)
-        t.add_row(k, str(m.num_layers), str(m.hidden_size), f"{m.num_heads}/{kv}", ffn, str(m.vocab_size), str(m.max_position_embeddings), f"{params:.2f}")
+        context = str(m.max_position_embeddings) + (f" (window {m.sliding_window})" if m.sliding_window else "")
+        t.add_row(k, str(m.num_layers), str(m.hidden_size), f"{m.num_heads}/{kv}", ffn, str(m.vocab_size), context, f"{params:.2f}")
     out.print(t)
     t = Table(title="PIM devices (attached to each GPU's memory)")
     for c in ("name", "description", "TFLOP/s", "internal TB/s"):

@@ -108,7 +108,7 @@ def scenario_from_dict(data: dict, source: str = "<scenario>", base_dir: Path | 
         _fail(f"{source}: the scenario must be a mapping, got {type(data).__name__}")
     check_shape(data, source)
     try:
-        scenario = Scenario.model_validate(data)
+        scenario = Scenario.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as err:
         _fail(format_validation_error(err, source))
     scenario._source = source

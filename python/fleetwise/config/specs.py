@@ -50,6 +50,6 @@ def load_specs(path: str | Path) -> Specs:
     if not picked:
         raise ConfigError(f"{p}: no gpus:, models: or pims: section to read")
     try:
-        return Specs.model_validate(picked)
+        return Specs.model_validate(picked, context={"base_dir": p.resolve().parent})
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, str(p), Specs)) from None

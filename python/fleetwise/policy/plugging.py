@@ -111,7 +111,7 @@ def expert_cache_sizes(scenario, pool_index: int) -> tuple[int, int, int]:
     model = lookup("model", pool.model, scenario.models, f"cluster.pools.{pool_index}.model")
     ep = pool.parallelism.ep
     per_gpu = model.num_experts // ep
-    return model.num_layers - model.first_dense_layers, per_gpu, min(-(-pool.experts.cache.experts_per_layer // ep), per_gpu)
+    return model.moe_layers, per_gpu, min(-(-pool.experts.cache.experts_per_layer // ep), per_gpu)
 
 
 def _expert_cache_plugins(scenario, expert_caches: Mapping[str, Callable] | None, names: list[str], clock: CallClock, timeout: float | None) -> dict:

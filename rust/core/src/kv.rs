@@ -4,7 +4,9 @@
 //! kept on the request. Capacity is never exceeded: every allocation is checked. With a prefix
 //! cache ([`crate::prefix`]), blocks of cached prefixes belong to the cache; those no request
 //! references count as free and are evicted (least recently used first) only when an allocation
-//! needs them.
+//! needs them. A sliding-window model's request holds at most the blocks its window spans (as
+//! vLLM's block manager reuses them cyclically), unless prefixes are cached (then every block is
+//! kept, the cache needing them whole).
 
 use crate::prefix::PrefixCache;
 use crate::request::Request;
@@ -20,13 +22,22 @@ pub struct BlockManager {
     cache: Option<PrefixCache>,
     cache_blocks: u32,
     reclaimable: u32,
+    window_blocks: Option<u32>,
 }
 
 impl BlockManager {
     /// A manager of `total` blocks of `block_size` tokens; admissions keep `watermark` blocks free
     /// (vLLM keeps 1% free so that running requests can still grow).
     pub fn new(total: u32, block_size: u32, watermark: u32) -> Self {
-        BlockManager { block_size, total, used: 0, peak: 0, watermark, cache: None, cache_blocks: 0, reclaimable: 0 }
+        BlockManager { block_size, total, used: 0, peak: 0, watermark, cache: None, cache_blocks: 0, reclaimable: 0, window_blocks: None }
+    }
+
+    /// Bounds a request's blocks to those a sliding attention window of `window` tokens spans:
+    /// ceil(window / block_size) + 1, the window not being aligned to blocks (vLLM's
+    /// `max_block_sliding_window`). `None`: the whole context.
+    pub fn with_attention_window(mut self, window: Option<u32>) -> Self {
+        self.window_blocks = window.map(|w| w.div_ceil(self.block_size) + 1);
+        self
     }
 
     /// Keeps prompt prefixes of `tokens_per_entry` tokens (a multiple of the block size) cached.
@@ -125,9 +136,14 @@ impl BlockManager {
         }
     }
 
-    /// Blocks needed to hold `tokens` tokens.
+    /// Blocks needed to hold the KV of a request of `tokens` tokens: all of them, or (sliding
+    /// window, no prefix cache) at most the window's blocks.
     pub fn blocks_for(&self, tokens: u64) -> u32 {
-        tokens.div_ceil(self.block_size as u64) as u32
+        let all = tokens.div_ceil(self.block_size as u64) as u32;
+        match self.window_blocks {
+            Some(w) if self.cache.is_none() => all.min(w),
+            _ => all,
+        }
     }
 
     /// Free blocks (idle cached prefixes included: they are evicted when needed).
@@ -287,5 +303,15 @@ mod tests {
         kv.allocate(100);
         assert_eq!((kv.used(), kv.free(), kv.peak()), (100, 0, 100));
         assert_eq!(kv.prefix_cache().unwrap().leading_hits(&[7, 8]), 0);
+    }
+
+    #[test]
+    fn a_sliding_window_bounds_the_blocks_a_request_holds_unless_prefixes_are_cached() {
+        // Window 4096 in 16-token blocks: 256 blocks + 1 for an unaligned window.
+        let kv = BlockManager::new(1000, 16, 0).with_attention_window(Some(4096));
+        assert_eq!([1, 4096, 4112, 4113, 100_000].map(|t| kv.blocks_for(t)), [1, 256, 257, 257, 257]);
+        assert_eq!(BlockManager::new(1000, 16, 0).blocks_for(100_000), 6250);
+        assert_eq!(kv.clone().with_attention_window(None).blocks_for(100_000), 6250);
+        assert_eq!(kv.with_prefix_cache(16).blocks_for(100_000), 6250, "cached prefixes keep every block");
     }
 }

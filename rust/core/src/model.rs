@@ -1,6 +1,8 @@
-//! Decoder-only transformer shapes: Llama-style (RMSNorm, RoPE, GQA, gated SiLU MLP), with optional
-//! mixture-of-experts feed-forward blocks (some leading layers may stay dense) and optional
-//! DeepSeek-style multi-head latent attention (MLA).
+//! Decoder-only transformer shapes: Llama-style (RMSNorm, RoPE, GQA, gated SiLU MLP) by default;
+//! plain two-matrix MLPs (OPT, BLOOM, Falcon, GPT-2), parallel attention + MLP blocks (Falcon,
+//! GPT-J), sliding-window attention (Mistral-7B v0.1), optional mixture-of-experts feed-forward
+//! blocks (some leading layers may stay dense, and MoE layers may be interleaved with dense ones)
+//! and optional DeepSeek-style multi-head latent attention (MLA).
 
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +56,45 @@ pub struct ModelSpec {
     /// Multi-head latent attention, replacing GQA (`num_kv_heads` and `head_dim` are then unused).
     #[serde(default)]
     pub mla: Option<MlaSpec>,
+    /// The feed-forward blocks' kind (dense MLPs and experts alike): gated (three matrices) or
+    /// plain (two).
+    #[serde(default)]
+    pub mlp: MlpKind,
+    /// Whether attention and the MLP read the same normed input and share one residual add
+    /// (Falcon, GPT-J), instead of running one after the other.
+    #[serde(default)]
+    pub parallel_attention: bool,
+    /// Sliding-window attention: each token attends to at most this many tokens, itself included
+    /// (Mistral-7B v0.1: 4096); `None`: the whole context.
+    #[serde(default)]
+    pub sliding_window: Option<u32>,
+    /// Past the `first_dense_layers`, every `moe_layer_interval`-th layer is a MoE layer and the
+    /// others keep the dense MLP (Switch/GLaM: 2; Qwen2-MoE's `decoder_sparse_step`); 0 or 1: every
+    /// layer. Ignored by dense models.
+    #[serde(default)]
+    pub moe_layer_interval: u32,
+}
+
+/// The kind of a feed-forward block.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MlpKind {
+    /// Gate and up projections, SiLU(gate) x up, down projection (Llama, Mistral, Qwen).
+    #[default]
+    Gated,
+    /// Up projection, GELU or ReLU, down projection (OPT, BLOOM, Falcon, GPT-2).
+    Plain,
+}
+
+impl MlpKind {
+    /// Weight matrices of one MLP of this kind (3 gated, 2 plain); also the MLP-width tensors an
+    /// activation pass and the MLP's live activations touch.
+    pub fn matrices(self) -> u64 {
+        match self {
+            MlpKind::Gated => 3,
+            MlpKind::Plain => 2,
+        }
+    }
 }
 
 /// Multi-head latent attention (DeepSeek-V2/V3): keys and values are compressed into one latent
@@ -112,29 +153,46 @@ impl ModelSpec {
         if !self.is_moe() {
             return self.dense_ffn_params();
         }
-        let routed = self.num_experts as u64 * 3 * h * self.moe_intermediate_size as u64;
-        let shared = self.num_shared_experts as u64 * 3 * h * self.shared_expert_intermediate_size as u64;
+        let mats = self.mlp.matrices();
+        let routed = self.num_experts as u64 * mats * h * self.moe_intermediate_size as u64;
+        let shared = self.num_shared_experts as u64 * mats * h * self.shared_expert_intermediate_size as u64;
         h * self.num_experts as u64 + routed + shared
     }
 
-    /// Parameters of a dense gated MLP of `intermediate_size` (gate, up and down projections).
+    /// Parameters of a dense MLP of `intermediate_size`: gate, up and down projections (gated),
+    /// or up and down (plain).
     pub fn dense_ffn_params(&self) -> u64 {
-        3 * self.hidden_size as u64 * self.intermediate_size as u64
+        self.mlp.matrices() * self.hidden_size as u64 * self.intermediate_size as u64
     }
 
-    /// Layers whose feed-forward block is a dense MLP: all of a dense model's, the first
-    /// `first_dense_layers` of a MoE model's.
+    /// Layers whose feed-forward block is a dense MLP: all of a dense model's; of a MoE model's,
+    /// the first `first_dense_layers` and those between interleaved MoE layers.
     pub fn dense_layers(&self) -> u32 {
         self.num_layers - self.moe_layers()
     }
 
     /// Layers whose feed-forward block is a mixture of experts.
     pub fn moe_layers(&self) -> u32 {
-        if self.is_moe() {
-            self.num_layers.saturating_sub(self.first_dense_layers)
-        } else {
-            0
+        self.moe_layers_below(self.num_layers)
+    }
+
+    /// MoE layers every how many layers past the first dense ones (at least 1).
+    pub fn moe_interval(&self) -> u32 {
+        self.moe_layer_interval.max(1)
+    }
+
+    /// Whether decoder layer `layer` (0-based) has experts: a MoE model's layers from
+    /// `first_dense_layers` on whose offset from there + 1 is a multiple of the interval.
+    pub fn is_moe_layer(&self, layer: u32) -> bool {
+        self.is_moe() && layer >= self.first_dense_layers && (layer - self.first_dense_layers + 1).is_multiple_of(self.moe_interval())
+    }
+
+    /// MoE layers among the first `n` layers.
+    fn moe_layers_below(&self, n: u32) -> u32 {
+        if !self.is_moe() {
+            return 0;
         }
+        n.min(self.num_layers).saturating_sub(self.first_dense_layers) / self.moe_interval()
     }
 
     /// Parameters of one layer's attention block (projections, and MLA's latent norm).
@@ -153,8 +211,8 @@ impl ModelSpec {
         m.replicated_params(h) + q_proj + kv_b + o
     }
 
-    /// Parameters of one decoder layer past the first dense ones (attention + feed-forward + two
-    /// norms); every layer of a model without leading dense layers.
+    /// Parameters of one MoE decoder layer (attention + feed-forward + two norms); of any layer of
+    /// a dense model.
     pub fn layer_params(&self) -> u64 {
         self.attention_params() + self.ffn_params() + 2 * self.hidden_size as u64
     }
@@ -164,12 +222,12 @@ impl ModelSpec {
         self.attention_params() + self.dense_ffn_params() + 2 * self.hidden_size as u64
     }
 
-    /// Parameters of decoder layers `layers` (0-based; the first `dense_layers()` are dense).
+    /// Parameters of decoder layers `layers` (0-based; which are MoE layers: [`Self::is_moe_layer`]).
     pub fn layers_params(&self, layers: std::ops::Range<u32>) -> u64 {
         let end = layers.end.min(self.num_layers);
         let start = layers.start.min(end);
-        let dense = self.dense_layers().clamp(start, end) - start;
-        dense as u64 * self.dense_layer_params() + (end - start - dense) as u64 * self.layer_params()
+        let moe = self.moe_layers_below(end) - self.moe_layers_below(start);
+        (end - start - moe) as u64 * self.dense_layer_params() + moe as u64 * self.layer_params()
     }
 
     /// Parameters one token uses in a MoE layer's feed-forward block (its k experts and the shared
@@ -179,9 +237,10 @@ impl ModelSpec {
         if !self.is_moe() {
             return self.ffn_params();
         }
+        let mats = self.mlp.matrices();
         h * self.num_experts as u64
-            + self.experts_per_token as u64 * 3 * h * self.moe_intermediate_size as u64
-            + self.num_shared_experts as u64 * 3 * h * self.shared_expert_intermediate_size as u64
+            + self.experts_per_token as u64 * mats * h * self.moe_intermediate_size as u64
+            + self.num_shared_experts as u64 * mats * h * self.shared_expert_intermediate_size as u64
     }
 
     /// Parameters one token uses: all of them but the experts it is not routed to.
@@ -231,6 +290,13 @@ impl ModelSpec {
         self.kv_width_per_gpu(tp) * self.dtype_bytes as u64
     }
 
+    /// Keys one query at absolute position `position` (0-based) attends to: `position + 1`, at
+    /// most the sliding window.
+    pub fn attended_keys(&self, position: u64) -> u64 {
+        let keys = position + 1;
+        self.sliding_window.map_or(keys, |w| keys.min(w as u64))
+    }
+
     /// KV-cache bytes per token on one GPU at tensor-parallel degree `tp`.
     pub fn kv_bytes_per_token(&self, tp: u32) -> u64 {
         self.num_layers as u64 * self.kv_bytes_per_token_per_layer(tp)
@@ -238,105 +304,7 @@ impl ModelSpec {
 }
 
 #[cfg(test)]
-pub(crate) mod fixtures {
-    use super::ModelSpec;
-
-    pub fn llama3_8b() -> ModelSpec {
-        ModelSpec {
-            name: "llama-3-8b".into(),
-            num_layers: 32,
-            hidden_size: 4096,
-            num_heads: 32,
-            num_kv_heads: 8,
-            head_dim: 128,
-            intermediate_size: 14336,
-            vocab_size: 128256,
-            max_position_embeddings: 8192,
-            tie_word_embeddings: false,
-            dtype_bytes: 2,
-            ..Default::default()
-        }
-    }
-
-    pub fn mixtral_8x7b() -> ModelSpec {
-        ModelSpec {
-            name: "mixtral-8x7b".into(),
-            num_layers: 32,
-            hidden_size: 4096,
-            num_heads: 32,
-            num_kv_heads: 8,
-            head_dim: 128,
-            intermediate_size: 14336,
-            vocab_size: 32000,
-            max_position_embeddings: 32768,
-            tie_word_embeddings: false,
-            dtype_bytes: 2,
-            num_experts: 8,
-            experts_per_token: 2,
-            moe_intermediate_size: 14336,
-            ..Default::default()
-        }
-    }
-
-    pub fn llama2_70b() -> ModelSpec {
-        ModelSpec {
-            name: "llama-2-70b".into(),
-            num_layers: 80,
-            hidden_size: 8192,
-            num_heads: 64,
-            num_kv_heads: 8,
-            head_dim: 128,
-            intermediate_size: 28672,
-            vocab_size: 32000,
-            max_position_embeddings: 4096,
-            tie_word_embeddings: false,
-            dtype_bytes: 2,
-            ..Default::default()
-        }
-    }
-
-    pub fn llama2_7b() -> ModelSpec {
-        ModelSpec {
-            name: "llama-2-7b".into(),
-            num_layers: 32,
-            hidden_size: 4096,
-            num_heads: 32,
-            num_kv_heads: 32,
-            head_dim: 128,
-            intermediate_size: 11008,
-            vocab_size: 32000,
-            max_position_embeddings: 4096,
-            tie_word_embeddings: false,
-            dtype_bytes: 2,
-            ..Default::default()
-        }
-    }
-
-    /// DeepSeek-V2-Lite (`deepseek-ai/DeepSeek-V2-Lite` config.json): MLA without a query latent,
-    /// 64 routed experts top-6 plus 2 shared, and a dense first layer.
-    pub fn deepseek_v2_lite() -> ModelSpec {
-        ModelSpec {
-            name: "deepseek-v2-lite".into(),
-            num_layers: 27,
-            hidden_size: 2048,
-            num_heads: 16,
-            num_kv_heads: 16,
-            head_dim: 128,
-            intermediate_size: 10944,
-            vocab_size: 102400,
-            max_position_embeddings: 163840,
-            tie_word_embeddings: false,
-            dtype_bytes: 2,
-            num_experts: 64,
-            experts_per_token: 6,
-            moe_intermediate_size: 1408,
-            num_shared_experts: 2,
-            shared_expert_intermediate_size: 1408,
-            first_dense_layers: 1,
-            mla: Some(super::MlaSpec { q_lora_rank: None, kv_lora_rank: 512, qk_nope_head_dim: 128, qk_rope_head_dim: 64, v_head_dim: 128 }),
-        }
-    }
-}
+pub(crate) mod fixtures;
 
 #[cfg(test)]
 mod tests {
@@ -361,6 +329,50 @@ mod tests {
         assert!((m.expected_unique_experts(4.0) - 8.0 * (1.0 - 0.75f64.powi(4))).abs() < 1e-12);
         assert!(m.expected_unique_experts(256.0) > 7.999);
         assert!(!llama3_8b().is_moe());
+    }
+
+    #[test]
+    fn plain_mlp_has_two_matrices() {
+        let m = opt_66b();
+        // Per layer: q, k, v, o of 9216 x 9216, up and down of 9216 x 36864, two norms.
+        let layer = 4 * 9216 * 9216 + 2 * 9216 * 36864 + 2 * 9216;
+        assert_eq!(m.layer_params(), layer);
+        assert_eq!(m.layer_params(), 1_019_234_304);
+        // 64 layers + the tied 50272 x 9216 embedding + the final norm: 65.69 B (published: 66 B,
+        // which adds biases and the learned position embeddings).
+        assert_eq!(m.total_params(), 65_694_311_424);
+        let gated = super::ModelSpec { mlp: super::MlpKind::Gated, ..opt_66b() };
+        assert_eq!(gated.layer_params() - m.layer_params(), 9216 * 36864);
+        let json = serde_json::to_string(&m).unwrap();
+        assert!(json.contains(r#""mlp":"plain""#), "{json}");
+        assert_eq!(serde_json::from_str::<super::ModelSpec>(&json).unwrap(), m);
+    }
+
+    #[test]
+    fn interleaved_moe_layers_alternate_with_dense_ones() {
+        let m = super::ModelSpec { moe_layer_interval: 2, ..mixtral_8x7b() };
+        // Layers 1, 3, ..., 31 have experts; 0, 2, ..., 30 the 14336-wide gated MLP.
+        assert_eq!((m.moe_layers(), m.dense_layers()), (16, 16));
+        assert!(!m.is_moe_layer(0) && m.is_moe_layer(1) && !m.is_moe_layer(30) && m.is_moe_layer(31));
+        let attn = 4096 * (4096 + 2 * 1024) + 4096 * 4096;
+        let moe = attn + 4096 * 8 + 8 * 3 * 4096 * 14336 + 2 * 4096;
+        let dense = attn + 3 * 4096 * 14336 + 2 * 4096;
+        assert_eq!((m.layer_params(), m.dense_layer_params()), (moe, dense));
+        assert_eq!(m.layers_params(0..1), dense);
+        assert_eq!(m.layers_params(0..3), 2 * dense + moe);
+        assert_eq!(m.layers_params(1..4), dense + 2 * moe);
+        // 16 x (1 451 270 144 + 218 112 000) + embedding and LM head (2 x 32000 x 4096) + final norm.
+        assert_eq!(m.total_params(), 26_972_262_400);
+        assert_eq!(m.weight_bytes(), 2 * 26_972_262_400);
+        // Active: the dense layers whole, 2 of 8 experts on the MoE layers.
+        assert_eq!(m.total_params() - m.active_params(), 16 * 6 * 3 * 4096 * 14336);
+        // With one leading dense layer, the interval counts from it: layers 2, 4, ..., 30.
+        let d = super::ModelSpec { first_dense_layers: 1, ..m.clone() };
+        assert_eq!(d.moe_layers(), 15);
+        assert!(!d.is_moe_layer(1) && d.is_moe_layer(2) && !d.is_moe_layer(31));
+        assert_eq!(d.layers_params(0..32), 17 * dense + 15 * moe);
+        // 0 and 1 both mean every layer.
+        assert_eq!(super::ModelSpec { moe_layer_interval: 1, ..mixtral_8x7b() }.total_params(), mixtral_8x7b().total_params());
     }
 
     #[test]

@@ -21,8 +21,9 @@ pub struct PyCostModel {
     inner: CostModel,
 }
 
-fn shape(prefills: Vec<(u64, u64, bool)>, decodes: Vec<u64>) -> BatchShape {
-    let mut s = BatchShape::default();
+/// The batch of `prefills` and `decodes` as `cost` sees it (attention within its model's window).
+fn shape(cost: &CostModel, prefills: Vec<(u64, u64, bool)>, decodes: Vec<u64>) -> BatchShape {
+    let mut s = cost.empty_shape();
     for (q, c, samples) in prefills {
         s.add_prefill(q, c, samples);
     }
@@ -53,20 +54,20 @@ impl PyCostModel {
     /// Predicted duration of one iteration, seconds.
     #[pyo3(signature = (prefills=vec![], decodes=vec![]))]
     fn iteration_seconds(&self, prefills: Vec<(u64, u64, bool)>, decodes: Vec<u64>) -> f64 {
-        self.inner.iteration_seconds(&shape(prefills, decodes))
+        self.inner.iteration_seconds(&shape(&self.inner, prefills, decodes))
     }
 
     /// Predicted duration of one iteration in integer nanoseconds, rounded exactly as the simulator does.
     #[pyo3(signature = (prefills=vec![], decodes=vec![]))]
     fn iteration_ns(&self, prefills: Vec<(u64, u64, bool)>, decodes: Vec<u64>) -> u64 {
-        secs_to_ns(self.inner.iteration_seconds(&shape(prefills, decodes)))
+        secs_to_ns(self.inner.iteration_seconds(&shape(&self.inner, prefills, decodes)))
     }
 
     /// Per-operator breakdown: a list of dicts with op, flops, bytes, seconds, compute_bound.
     #[pyo3(signature = (prefills=vec![], decodes=vec![]))]
     fn breakdown<'py>(&self, py: Python<'py>, prefills: Vec<(u64, u64, bool)>, decodes: Vec<u64>) -> PyResult<Vec<Bound<'py, PyDict>>> {
         self.inner
-            .breakdown(&shape(prefills, decodes))
+            .breakdown(&shape(&self.inner, prefills, decodes))
             .into_iter()
             .map(|c| {
                 let d = PyDict::new(py);
@@ -119,7 +120,7 @@ impl PyCostModel {
     /// Busy power of one GPU, watts, for an iteration of the given batch.
     #[pyo3(signature = (prefills=vec![], decodes=vec![]))]
     fn busy_watts(&self, prefills: Vec<(u64, u64, bool)>, decodes: Vec<u64>) -> f64 {
-        let it = self.inner.iteration(&shape(prefills, decodes));
+        let it = self.inner.iteration(&shape(&self.inner, prefills, decodes));
         if it.seconds > 0.0 { self.inner.power().busy_watts(it.compute_bound_seconds / it.seconds) } else { self.inner.power().idle }
     }
 }

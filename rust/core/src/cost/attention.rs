@@ -136,6 +136,7 @@ mod tests {
     use crate::cost::fixtures::*;
     use crate::cost::*;
     use crate::model::fixtures::*;
+    use crate::model::ModelSpec;
 
     #[test]
     fn llama2_7b_a100_chunk_after_cache() {
@@ -273,5 +274,37 @@ mod tests {
         let (a16, a32) = (at(16), at(32));
         assert!(close(a16.seconds, a16.bytes / (0.9 * 3.35e12)), "16 x 8 = 128 blocks: split");
         assert!(close(a32.seconds, a32.bytes / (0.5 * 3.35e12)), "32 x 8 = 256 blocks: no split");
+    }
+
+    #[test]
+    fn sliding_window_decode_reads_at_most_the_window() {
+        // Mistral-7B (window 4096): 8 decodes at context 10000 read 4096 keys each, exactly as 8
+        // decodes at context 4096 do; Llama-3-8B's shapes without the window read all 10000.
+        let cm = CostModel::new(mistral_7b(), h100(), ideal(), 1).unwrap();
+        let at = |ctx: u64| {
+            let mut s = cm.empty_shape();
+            for _ in 0..8 {
+                s.add_decode(ctx);
+            }
+            op(&cm.breakdown(&s), Op::DecodeAttention)
+        };
+        let (long, window) = (at(10_000), at(4096));
+        // Per layer: queries in and outputs out (2 x 8 x 4096) and K, V of 8 KV heads x 128 over 8 x 4096 keys.
+        let bytes = 32.0 * (2.0 * 8.0 * 4096.0 + 2.0 * 1024.0 * 8.0 * 4096.0) * 2.0;
+        assert!(close(long.bytes, bytes) && close(window.bytes, bytes));
+        assert!(close(long.flops, 32.0 * 4.0 * 4096.0 * 8.0 * 4096.0));
+        assert!(at(1000).bytes < bytes, "shorter than the window: the whole context");
+        let unbounded = CostModel::new(ModelSpec { sliding_window: None, ..mistral_7b() }, h100(), ideal(), 1).unwrap();
+        let mut s = unbounded.empty_shape();
+        for _ in 0..8 {
+            s.add_decode(10_000);
+        }
+        assert!(close(op(&unbounded.breakdown(&s), Op::DecodeAttention).bytes, 32.0 * (2.0 * 8.0 * 4096.0 + 2.0 * 1024.0 * 80_000.0) * 2.0));
+        // Prefill of 10000 tokens attends within the window: 4096 x 4097 / 2 + 5904 x 4096 pairs.
+        let mut p = cm.empty_shape();
+        p.add_prefill(10_000, 0, true);
+        let pairs = 4096.0 * 4097.0 / 2.0 + 5904.0 * 4096.0;
+        assert!(close(op(&cm.breakdown(&p), Op::PrefillAttention).flops, 32.0 * 4.0 * 4096.0 * pairs));
+        assert!(CostModel::new(ModelSpec { sliding_window: Some(0), ..mistral_7b() }, h100(), ideal(), 1).is_err());
     }
 }

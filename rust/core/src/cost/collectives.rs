@@ -62,7 +62,8 @@ impl CostModel {
 }
 
 impl<F: FnMut(OpCost)> IterationPass<'_, F> {
-    /// Charges the tensor-parallel all-reduces: two per layer (attention and FFN outputs); with
+    /// Charges the tensor-parallel all-reduces: two per layer (attention and FFN outputs), one
+    /// for parallel attention + MLP blocks (their partial sums add before one reduction); with
     /// expert parallelism the MoE layers' FFN all-reduce is replaced by the all-to-alls.
     pub(super) fn all_reduce(&mut self) {
         let cm = self.cm;
@@ -70,7 +71,7 @@ impl<F: FnMut(OpCost)> IterationPass<'_, F> {
         if cm.tp > 1 {
             let msg = mt * h * b;
             let p = cm.tp as f64;
-            let n = 1.0 + cm.dense_share + if cm.ep > 1 { 0.0 } else { cm.moe_share };
+            let n = if cm.model.parallel_attention { 1.0 } else { 1.0 + cm.dense_share + if cm.ep > 1 { 0.0 } else { cm.moe_share } };
             self.push(OpCost { op: Op::AllReduce, flops: 0.0, bytes: n * work_n * 2.0 * (p - 1.0) / p * msg, seconds: n * cm.all_reduce_seconds(msg) * time_n, compute_bound: false, on_pim: false });
         }
     }
@@ -190,5 +191,20 @@ mod tests {
         let pp16 = CostModel::new(llama2_70b(), a100(), ideal(), 1).unwrap().with_pipeline(4, Some(16)).unwrap();
         assert!(pp16.iteration_seconds(&s64) > 0.0);
         assert_eq!(pp.gpus(), 4);
+    }
+
+    #[test]
+    fn parallel_blocks_all_reduce_once_per_layer() {
+        let seq = CostModel::new(opt_66b(), h100(), ideal(), 8).unwrap();
+        let par = CostModel::new(crate::model::ModelSpec { parallel_attention: true, ..opt_66b() }, h100(), ideal(), 8).unwrap();
+        let mut s = BatchShape::default();
+        for _ in 0..32 {
+            s.add_decode(1000);
+        }
+        let (a, b) = (op(&seq.breakdown(&s), Op::AllReduce), op(&par.breakdown(&s), Op::AllReduce));
+        assert!(close(b.seconds, 0.5 * a.seconds) && close(b.bytes, 0.5 * a.bytes));
+        // One ring all-reduce of 32 x 9216 x 2 bytes over 8 GPUs per layer, 64 layers.
+        let msg = 32.0 * 9216.0 * 2.0;
+        assert!(close(b.bytes, 64.0 * 2.0 * 7.0 / 8.0 * msg));
     }
 }

@@ -1,5 +1,6 @@
-//! The elementwise operator: RMSNorms, RoPE, residual adds, SiLU-and-multiply, MLA's latent norm,
-//! the KV-cache write and a MoE layer's dispatch and combine of its token-expert pairs.
+//! The elementwise operator: norms, RoPE, residual adds, the MLP activation (SiLU-and-multiply or
+//! GELU/ReLU), MLA's latent norm, the KV-cache write and a MoE layer's dispatch and combine of its
+//! token-expert pairs.
 
 use super::attention::AttentionWidths;
 use super::iteration::IterationPass;
@@ -13,10 +14,15 @@ impl<F: FnMut(OpCost)> IterationPass<'_, F> {
         let cm = self.cm;
         let (h, b, mt) = (cm.h, cm.b, self.mt);
         let AttentionWidths { rope: rope_width, latent: latent_width, cache: cache_width } = widths;
-        // Two RMSNorms (read+write), RoPE on q and k, two residual adds (2 reads + 1 write),
-        // SiLU-and-multiply (2 reads + 1 write) of the activated FFN width, MLA's latent norm,
-        // and writing the new K and V (or latent) into the cache.
-        let elem = |act: f64| (mt * (10.0 * h + 6.0 * act), mt * b * (10.0 * h + 2.0 * rope_width + 2.0 * latent_width + 3.0 * act + cache_width));
+        // Hidden-state passes: two norms (read + write) and two residual adds (2 reads + 1 write)
+        // = 10 h; a parallel block has one norm and one add of three tensors (3 reads + 1 write)
+        // = 6 h. The activation reads the gate and up outputs and writes one (3 x its width), or
+        // (plain) reads the up output and writes one (2x). Also RoPE on q and k, MLA's latent
+        // norm and writing the new K and V (or latent) into the cache. One FLOP per element of the
+        // hidden passes, two per element of the activation's.
+        let hidden = if cm.model.parallel_attention { 6.0 * h } else { 10.0 * h };
+        let act_passes = cm.model.mlp.matrices() as f64;
+        let elem = |act: f64| (mt * (hidden + 2.0 * act_passes * act), mt * b * (hidden + 2.0 * rope_width + 2.0 * latent_width + act_passes * act + cache_width));
         // A MoE layer also moves every token-expert pair's hidden vector twice: dispatch (read the
         // token, write one copy per expert it goes to, in expert order) and combine (read the
         // experts' outputs, write the weighted sum): (2k + 2) h per token for k pairs on this GPU.
@@ -33,6 +39,7 @@ mod tests {
     use crate::cost::fixtures::*;
     use crate::cost::*;
     use crate::model::fixtures::*;
+    use crate::model::{MlpKind, ModelSpec};
 
     #[test]
     fn elementwise_memory_efficiency_applies_to_elementwise_only() {
@@ -61,5 +68,27 @@ mod tests {
         let (h, act, kv) = (4096.0, 2.0 * 14336.0, 1024.0);
         let per_token = 10.0 * h + 2.0 * (h + kv) + 3.0 * act + 2.0 * kv + 6.0 * h;
         assert!(close(el.bytes, 32.0 * 1000.0 * 2.0 * per_token), "{}", el.bytes);
+    }
+
+    #[test]
+    fn parallel_blocks_and_plain_activations_pass_over_fewer_tensors() {
+        // OPT-66B shapes (multi-head: q = k = v = 9216 wide, MLP 36864), a 1000-token prompt.
+        let mut s = BatchShape::default();
+        s.add_prefill(1000, 0, true);
+        let bytes = |m: ModelSpec| op(&CostModel::new(m, h100(), ideal(), 1).unwrap().breakdown(&s), Op::Elementwise).bytes;
+        let rope_cache = 2.0 * (9216.0 + 9216.0) + 2.0 * 9216.0;
+        // Sequential, plain: two norms and two residual adds (10 h), GELU reads and writes 36864.
+        let plain = 64.0 * 1000.0 * 2.0 * (10.0 * 9216.0 + rope_cache + 2.0 * 36864.0);
+        assert!(close(bytes(opt_66b()), plain));
+        // Parallel (Falcon): one norm (2 h), one add of x, attention and MLP outputs (4 h).
+        let parallel = 64.0 * 1000.0 * 2.0 * (6.0 * 9216.0 + rope_cache + 2.0 * 36864.0);
+        assert!(close(bytes(ModelSpec { parallel_attention: true, ..opt_66b() }), parallel));
+        assert!(close(plain - parallel, 64.0 * 1000.0 * 2.0 * 4.0 * 9216.0));
+        // Gated: SiLU-and-multiply reads two tensors.
+        let gated = 64.0 * 1000.0 * 2.0 * (10.0 * 9216.0 + rope_cache + 3.0 * 36864.0);
+        assert!(close(bytes(ModelSpec { mlp: MlpKind::Gated, ..opt_66b() }), gated));
+        // FLOPs: one per hidden-pass element, two per activation element.
+        let fl = op(&CostModel::new(ModelSpec { parallel_attention: true, ..opt_66b() }, h100(), ideal(), 1).unwrap().breakdown(&s), Op::Elementwise).flops;
+        assert!(close(fl, 64.0 * 1000.0 * (6.0 * 9216.0 + 4.0 * 36864.0)));
     }
 }

@@ -9,7 +9,7 @@ impl CostModel {
     /// Bytes of one routed expert's weights on one GPU (whole with expert parallelism, else a
     /// tensor-parallel shard).
     pub fn expert_bytes_per_gpu(&self) -> f64 {
-        3.0 * self.h * self.model.moe_intermediate_size as f64 * self.b / (self.tp as f64 / self.ep as f64)
+        self.model.mlp.matrices() as f64 * self.h * self.model.moe_intermediate_size as f64 * self.b / (self.tp as f64 / self.ep as f64)
     }
 
     /// The FLOPs and bytes of one MoE layer's routed experts on one GPU: a grouped GEMM over
@@ -18,8 +18,9 @@ impl CostModel {
     fn expert_work(&self, pairs: f64, touched: f64) -> (f64, f64) {
         let h = self.h;
         let width = self.model.moe_intermediate_size as f64 / (self.tp as f64 / self.ep as f64);
-        let flops = 2.0 * pairs * 3.0 * h * width;
-        let bytes = (touched * 3.0 * h * width + pairs * (2.0 * h + 3.0 * width)) * self.b;
+        let mats = self.model.mlp.matrices() as f64;
+        let flops = 2.0 * pairs * mats * h * width;
+        let bytes = (touched * mats * h * width + pairs * (2.0 * h + mats * width)) * self.b;
         (flops, bytes)
     }
 
@@ -57,6 +58,7 @@ mod tests {
     use crate::cost::fixtures::*;
     use crate::cost::*;
     use crate::model::fixtures::*;
+    use crate::model::ModelSpec;
 
     #[test]
     fn moe_experts_are_charged_by_tokens_and_unique_experts() {
@@ -100,5 +102,29 @@ mod tests {
         let (p, p0) = (op(&cm.breakdown(&big), Op::MoeExperts), op(&base.breakdown(&big), Op::MoeExperts));
         assert!(close(p.seconds, 4.0 * p0.seconds));
         assert!(CostModel::new(mixtral_8x7b(), h100(), Efficiency { expert_memory: Some(0.0), ..ideal() }, 1).is_err());
+    }
+
+    #[test]
+    fn interleaved_moe_layers_charge_experts_on_half_the_layers() {
+        let every = CostModel::new(mixtral_8x7b(), h100(), ideal(), 2).unwrap();
+        let half = CostModel::new(ModelSpec { moe_layer_interval: 2, ..mixtral_8x7b() }, h100(), ideal(), 2).unwrap();
+        let mut s = BatchShape::default();
+        for _ in 0..16 {
+            s.add_decode(500);
+        }
+        let (a, b) = (every.breakdown(&s), half.breakdown(&s));
+        for which in [Op::MoeRouter, Op::MoeExperts] {
+            assert!(close(op(&b, which).flops, 0.5 * op(&a, which).flops) && close(op(&b, which).bytes, 0.5 * op(&a, which).bytes));
+        }
+        // The 16 dense layers run the 14336-wide MLP (7168 per GPU at tp = 2).
+        assert!(close(op(&b, Op::MlpGateUp).bytes, 16.0 * gemm(16.0, 4096.0, 2.0 * 7168.0).1));
+        assert!(a.iter().all(|c| c.op != Op::MlpGateUp));
+        // Weights per GPU: 16 MoE layers and 16 dense layers, halved by tp = 2.
+        let m = ModelSpec { moe_layer_interval: 2, ..mixtral_8x7b() };
+        assert_eq!(half.weight_bytes_per_gpu(), 26_972_262_400 * 2 / 2);
+        assert_eq!(half.weight_bytes_per_gpu(), m.weight_bytes() / 2);
+        // Plain experts (Switch-style) hold two matrices each.
+        let plain = CostModel::new(ModelSpec { mlp: crate::model::MlpKind::Plain, ..mixtral_8x7b() }, h100(), ideal(), 1).unwrap();
+        assert!(close(plain.expert_bytes_per_gpu(), 2.0 * 4096.0 * 14336.0 * 2.0));
     }
 }

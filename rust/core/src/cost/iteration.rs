@@ -165,9 +165,10 @@ impl CostModel {
     /// pipeline bubble. An operator's seconds are its share of that critical path; its FLOPs and
     /// bytes are what one GPU of a stage does. Embedding and LM head run once on the whole batch.
     ///
-    /// A MoE model's leading dense layers (`first_dense_layers` = d of L) are charged as shares of
-    /// every layer: the router and experts on (L - d) / L of them, the dense MLP on d / L (exact for
-    /// pp = 1; with pipelining, every stage gets the average mix).
+    /// A MoE model's dense layers (the `first_dense_layers` and those between interleaved MoE
+    /// layers, d of L) are charged as shares of every layer: the router and experts on (L - d) / L
+    /// of them, the dense MLP on d / L (exact for pp = 1; with pipelining, every stage gets the
+    /// average mix).
     pub fn for_each_op(&self, shape: &BatchShape, sink: impl FnMut(OpCost)) {
         let mut pass = IterationPass::new(self, shape, sink);
         pass.embedding();

@@ -62,12 +62,13 @@ impl CostModel {
     }
 
     /// Peak activation memory of one iteration on one GPU, bytes: the larger of the MLP's live
-    /// tensors (input, residual, gate/up output, activation) and the fp32 logits of sampled tokens.
+    /// tensors (input, residual, gate/up output and activation; plain MLPs: up output and
+    /// activation) and the fp32 logits of sampled tokens.
     pub fn activation_bytes(&self, tokens: u64, sampled: u64) -> u64 {
         let t = tokens as f64;
         let act = if self.moe_share > 0.0 { self.moe_act_width } else { 0.0 };
         let act = if self.dense_share > 0.0 { act.max(self.dense_width) } else { act };
-        let mlp = t * (2.0 * self.h + 3.0 * act) * self.b;
+        let mlp = t * (2.0 * self.h + self.model.mlp.matrices() as f64 * act) * self.b;
         let logits = sampled as f64 * self.model.vocab_size as f64 * 4.0 + t * self.h * self.b;
         mlp.max(logits).ceil() as u64
     }

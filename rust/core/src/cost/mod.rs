@@ -123,4 +123,9 @@ impl CostModel {
     pub fn gpus(&self) -> u32 {
         self.tp * self.pp
     }
+
+    /// An empty batch shape that counts attention within the model's sliding window, if any.
+    pub fn empty_shape(&self) -> BatchShape {
+        BatchShape::windowed(self.model.sliding_window)
+    }
 }

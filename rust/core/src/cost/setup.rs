@@ -87,6 +87,9 @@ impl CostModel {
                 format!("tp={tp} must divide {}'s MLP size {}", model.name, model.intermediate_size),
             ));
         }
+        if model.sliding_window == Some(0) {
+            return Err(Error::config("model.sliding_window", format!("{}: the attention window must be at least 1 token", model.name)));
+        }
         if let Some(m) = &model.mla {
             if m.kv_lora_rank == 0 || m.qk_head_dim() == 0 || m.v_head_dim == 0 || m.q_lora_rank == Some(0) {
                 return Err(Error::config("model.mla", format!("{}: kv_lora_rank, the query/key and value head sizes and q_lora_rank must be positive", model.name)));

@@ -40,10 +40,9 @@ impl CostModel {
         if self.offload.is_none() {
             return 0.0;
         }
-        let h = self.model.hidden_size as f64;
         let replicated = self.replicated_layer_params() as f64;
         let attn = self.model.attention_params() as f64 - replicated;
-        let ffn = 3.0 * h * self.model.intermediate_size as f64;
+        let ffn = self.model.dense_ffn_params() as f64;
         (attn + ffn * self.ffn_active_fraction(tokens)) * self.b / self.tp as f64 + replicated * self.b
     }
 

@@ -1,7 +1,7 @@
 //! Building an instance from one description: its cost model, experts, memory plan, KV cache
 //! and scheduler, with the checks that refuse a setup that cannot run.
 
-use crate::cost::{BatchShape, CostModel, InstanceSpec};
+use crate::cost::{CostModel, InstanceSpec};
 use crate::error::{Error, Result};
 use crate::kv::BlockManager;
 use crate::memory::{MemoryConfig, MemoryPlan};
@@ -56,9 +56,9 @@ pub const MAX_ITERATION_SECONDS: f64 = 3600.0;
 /// [`MAX_ITERATION_SECONDS`] (or whose cost is not finite), naming the times and what sets them.
 fn check_iteration_time(cost: &CostModel, max_tokens: u64, power_cap: Option<f64>) -> Result<()> {
     let prefill = max_tokens.clamp(1, (cost.model().max_position_embeddings as u64).max(1));
-    let mut decode_shape = BatchShape::default();
+    let mut decode_shape = cost.empty_shape();
     decode_shape.add_decode(1);
-    let mut prefill_shape = BatchShape::default();
+    let mut prefill_shape = cost.empty_shape();
     prefill_shape.add_prefill(prefill, 0, true);
     for (what, shape) in [("a one-token decode", decode_shape), (&*format!("a {prefill}-token prefill"), prefill_shape)] {
         let secs = cost.iteration(&shape).seconds;
@@ -115,7 +115,8 @@ impl Instance {
             return Err(Error::config("scheduler.preemption_mode", format!("swap needs the GPU's host_link_bandwidth, which {} does not set", spec.gpu.name)));
         }
         let scheduler = scheduler.build(plan.kv_bytes_per_token * plan.block_size as u64, context_tokens)?;
-        let kv = BlockManager::new(plan.num_blocks, plan.block_size, kv_watermark(plan.num_blocks));
-        Ok(Instance { pool, cost, plan, kv, scheduler, queues: Queues::default(), batch: Batch::default(), busy: false, wake_pending: false, outstanding_tokens: 0, record: None, role: Role::Mixed, handoffs: Vec::new(), moe, stats: InstanceStats::default() })
+        let kv = BlockManager::new(plan.num_blocks, plan.block_size, kv_watermark(plan.num_blocks)).with_attention_window(spec.model.sliding_window);
+        let batch = Batch::windowed(cost.model().sliding_window);
+        Ok(Instance { pool, cost, plan, kv, scheduler, queues: Queues::default(), batch, busy: false, wake_pending: false, outstanding_tokens: 0, record: None, role: Role::Mixed, handoffs: Vec::new(), moe, stats: InstanceStats::default() })
     }
 }

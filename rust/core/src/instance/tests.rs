@@ -150,3 +150,18 @@ fn a_decode_instance_reserves_and_accepts_prefilled_requests() {
     assert_eq!((r.status, r.blocks), (Status::Running, 7));
     assert_eq!(inst.load().outstanding_tokens, 101);
 }
+
+#[test]
+fn a_sliding_window_model_counts_attention_within_its_window() {
+    let memory = MemoryConfig::default();
+    let spec = InstanceSpec::new(crate::model::fixtures::mistral_7b(), gpu(), Efficiency::default(), 1);
+    let mut inst = Instance::new(InstanceSetup { pool: 0, spec, memory: &memory, scheduler: &vllm(), experts: None }).unwrap();
+    assert_eq!(inst.batch().shape.attention_window, Some(4096));
+    inst.batch.clear();
+    assert_eq!(inst.batch().shape.attention_window, Some(4096), "clearing the batch keeps the window");
+    assert_eq!(instance(&vllm()).batch().shape.attention_window, None);
+    // KV: a request holds at most 4096 / 16 + 1 blocks, so even ten times the cache's tokens fit.
+    let beyond = 10 * inst.plan().num_blocks as u64 * 16;
+    assert!(inst.could_hold(beyond));
+    assert!(!instance(&vllm()).could_hold(beyond));
+}

@@ -49,10 +49,15 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// Empties the batch for reuse.
+    /// An empty batch whose shape counts attention within `window` tokens, if any.
+    pub fn windowed(window: Option<u32>) -> Self {
+        Batch { shape: BatchShape::windowed(window), ..Default::default() }
+    }
+
+    /// Empties the batch for reuse (keeping its attention window).
     pub fn clear(&mut self) {
         self.items.clear();
-        self.shape = BatchShape::default();
+        self.shape = BatchShape { attention_window: self.shape.attention_window, ..Default::default() };
         self.preempted = 0;
         self.swap_out_blocks = 0;
         self.swap_in_blocks = 0;

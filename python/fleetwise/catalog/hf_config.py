@@ -1,0 +1,229 @@
+"""A model's shape read from its Hugging Face ``config.json``: a scenario's
+``models: {name: {hf_config: path/to/config.json}}``.
+
+The common decoder families are mapped onto ``ModelSpec``'s fields: Llama, Mistral (with its
+``sliding_window``), Mixtral, Qwen2/Qwen3 and their MoE variants (gated MLPs, grouped-query
+attention), and OPT, BLOOM, Falcon, GPT-2 and GPT-NeoX (plain two-matrix MLPs; Falcon and GPT-NeoX
+with parallel attention + MLP blocks). A missing or mistyped field, an unknown family or a feature
+the cost model does not represent is a ``ValueError`` naming the file and the field.
+
+What is not read: biases, learned position embeddings (OPT, GPT-2: under 0.1% of the weights) and
+the norm kind; weights and KV are 16-bit (``dtype_bytes: 2``, as vLLM's ``dtype: auto`` serves
+float32 checkpoints in float16) unless the scenario gives ``dtype_bytes`` beside ``hf_config``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+MAX_CONFIG_BYTES = 1 << 20
+"""Largest ``config.json`` read: real ones are a few kilobytes."""
+
+_BY_ARCHITECTURE = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "mistral",
+    "MixtralForCausalLM": "mixtral",
+    "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
+    "Qwen2MoeForCausalLM": "qwen2_moe",
+    "Qwen3MoeForCausalLM": "qwen3_moe",
+    "OPTForCausalLM": "opt",
+    "BloomForCausalLM": "bloom",
+    "FalconForCausalLM": "falcon",
+    "RWForCausalLM": "falcon",
+    "GPT2LMHeadModel": "gpt2",
+    "GPTNeoXForCausalLM": "gpt_neox",
+}
+"""The family of each supported ``architectures`` entry."""
+
+_ALIASES = {"RefinedWeb": "falcon", "RefinedWebModel": "falcon"}
+"""Old ``model_type`` names of a supported family."""
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "opt", "bloom", "falcon", "gpt2", "gpt_neox")
+"""The ``model_type`` values read."""
+
+_TIED_BY_DEFAULT = {"opt", "bloom", "falcon", "gpt2"}
+"""Families whose LM head shares the embedding unless the config says otherwise (their
+transformers config classes default ``tie_word_embeddings`` to true)."""
+
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "model_max_length", "max_sequence_length", "max_seq_length", "seq_len")
+"""Where a config gives its context length, in the order vLLM looks (none: 2048, as vLLM)."""
+
+_SIXTEEN_BIT = {None, "float16", "bfloat16", "float32"}
+"""``torch_dtype`` values served in 16 bits."""
+
+
+class _Config:
+    """One parsed ``config.json``, with typed getters whose errors name the file and the field."""
+
+    def __init__(self, path: Path, data: dict):
+        self.path, self.data = path, data
+
+    def fail(self, field: str, what: str) -> ValueError:
+        """The error for ``field`` of this file."""
+        return ValueError(f"{self.path}: {field}: {what}")
+
+    def whole(self, *names: str, default: int | None = None, minimum: int = 1) -> int:
+        """The first of ``names`` present and not null, a whole number >= ``minimum``; ``default``
+        when none is (an error when there is no default)."""
+        for name in names:
+            value = self.data.get(name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise self.fail(name, f"must be a whole number >= {minimum}, got {value!r}")
+            return value
+        if default is None:
+            raise self.fail(" or ".join(names), f"missing; a {self.data.get('model_type')} config needs it")
+        return default
+
+    def flag(self, name: str, default: bool) -> bool:
+        """``name`` as true/false, ``default`` when absent or null."""
+        value = self.data.get(name)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise self.fail(name, f"must be true or false, got {value!r}")
+        return value
+
+
+def _read(path: Path) -> dict:
+    """The JSON object in ``path``."""
+    if not path.is_file():
+        raise ValueError(f"{path}: hf_config file not found")
+    try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ValueError(f"{path}: over {MAX_CONFIG_BYTES} bytes; not a model config.json")
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config.json is a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _family(cfg: _Config) -> str:
+    """The supported family ``cfg`` belongs to, by ``model_type`` or else ``architectures``."""
+    kind = cfg.data.get("model_type")
+    kind = _ALIASES.get(kind, kind) if isinstance(kind, str) else None
+    if kind is None:
+        archs = cfg.data.get("architectures")
+        known = [_BY_ARCHITECTURE[a] for a in archs if isinstance(a, str) and a in _BY_ARCHITECTURE] if isinstance(archs, list) else []
+        if not known:
+            raise cfg.fail("model_type", f"missing, and architectures {archs!r} names no supported model; supported: {', '.join(_BY_ARCHITECTURE)}")
+        kind = known[0]
+    if kind not in SUPPORTED_MODEL_TYPES:
+        raise cfg.fail("model_type", f"{kind!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+    return kind
+
+
+def _head_dim(cfg: _Config, hidden: int, heads: int) -> int:
+    """``head_dim`` if given, else hidden / heads (which must divide)."""
+    if cfg.data.get("head_dim") is not None:
+        return cfg.whole("head_dim")
+    if hidden % heads:
+        raise cfg.fail("num_attention_heads", f"{heads} does not divide hidden_size {hidden}, and no head_dim is given")
+    return hidden // heads
+
+
+def _gated(cfg: _Config, kind: str) -> dict[str, Any]:
+    """Llama, Mistral, Mixtral and Qwen: gated MLPs and grouped-query attention."""
+    hidden, heads = cfg.whole("hidden_size"), cfg.whole("num_attention_heads")
+    out: dict[str, Any] = {
+        "num_layers": cfg.whole("num_hidden_layers"),
+        "hidden_size": hidden,
+        "num_heads": heads,
+        "num_kv_heads": cfg.whole("num_key_value_heads", default=heads),
+        "head_dim": _head_dim(cfg, hidden, heads),
+        "intermediate_size": cfg.whole("intermediate_size"),
+    }
+    if kind in ("mistral", "mixtral") and cfg.data.get("sliding_window") is not None:
+        out["sliding_window"] = cfg.whole("sliding_window")
+    if kind.startswith("qwen") and cfg.flag("use_sliding_window", False):
+        raise cfg.fail("use_sliding_window", "Qwen's per-layer sliding windows (max_window_layers) are not modelled; set it false")
+    if kind == "mixtral":
+        out |= {"num_experts": cfg.whole("num_local_experts"), "experts_per_token": cfg.whole("num_experts_per_tok"), "moe_intermediate_size": out["intermediate_size"]}
+    if kind in ("qwen2_moe", "qwen3_moe"):
+        if cfg.data.get("mlp_only_layers"):
+            raise cfg.fail("mlp_only_layers", f"dense layers at chosen indices ({cfg.data['mlp_only_layers']!r}) are not modelled; only decoder_sparse_step")
+        out |= {
+            "num_experts": cfg.whole("num_experts"),
+            "experts_per_token": cfg.whole("num_experts_per_tok"),
+            "moe_intermediate_size": cfg.whole("moe_intermediate_size"),
+            "moe_layer_interval": cfg.whole("decoder_sparse_step", default=1),
+        }
+        shared = cfg.whole("shared_expert_intermediate_size", default=0, minimum=0) if kind == "qwen2_moe" else 0
+        if shared:
+            out |= {"num_shared_experts": 1, "shared_expert_intermediate_size": shared}
+    return out
+
+
+def _plain(cfg: _Config, kind: str) -> dict[str, Any]:
+    """OPT, BLOOM, Falcon, GPT-2 and GPT-NeoX: plain MLPs, multi-head (Falcon: multi-query or
+    grouped) attention."""
+    if kind == "gpt2":
+        hidden, heads, layers = cfg.whole("n_embd"), cfg.whole("n_head"), cfg.whole("n_layer")
+    else:
+        hidden = cfg.whole("hidden_size", "n_embed")
+        heads = cfg.whole("num_attention_heads", "n_head")
+        layers = cfg.whole("num_hidden_layers", "n_layer")
+    kv = heads
+    if kind == "falcon":
+        if cfg.flag("new_decoder_architecture", False):
+            kv = cfg.whole("num_kv_heads")
+        elif cfg.flag("multi_query", True):
+            kv = 1
+    if kind == "opt" and cfg.whole("word_embed_proj_dim", default=hidden) != hidden:
+        raise cfg.fail("word_embed_proj_dim", f"{cfg.data['word_embed_proj_dim']} differs from hidden_size {hidden}: OPT's embedding projections are not modelled")
+    width = {
+        "opt": lambda: cfg.whole("ffn_dim"),
+        "bloom": lambda: 4 * hidden,
+        "falcon": lambda: cfg.whole("ffn_hidden_size", default=4 * hidden),
+        "gpt2": lambda: cfg.whole("n_inner", default=4 * hidden),
+        "gpt_neox": lambda: cfg.whole("intermediate_size"),
+    }[kind]()
+    parallel = {"falcon": lambda: cfg.flag("parallel_attn", True) or cfg.flag("new_decoder_architecture", False), "gpt_neox": lambda: cfg.flag("use_parallel_residual", True)}
+    return {
+        "num_layers": layers,
+        "hidden_size": hidden,
+        "num_heads": heads,
+        "num_kv_heads": kv,
+        "head_dim": _head_dim(cfg, hidden, heads),
+        "intermediate_size": width,
+        "mlp": "plain",
+        "parallel_attention": parallel[kind]() if kind in parallel else False,
+    }
+
+
+def hf_model_fields(path: str, base_dir: str | Path | None = None, dtype_given: bool = False) -> dict[str, Any]:
+    """The ``ModelSpec`` fields of the Hugging Face ``config.json`` at ``path`` (relative to
+    ``base_dir``, the scenario's folder, when given); ``hf_config`` is the resolved path.
+    ``dtype_given``: the scenario sets ``dtype_bytes`` itself, so ``torch_dtype`` is not read."""
+    p = Path(path).expanduser()
+    if not p.is_absolute() and base_dir is not None:
+        p = Path(base_dir) / p
+    p = p.resolve()
+    cfg = _Config(p, _read(p))
+    if cfg.data.get("quantization_config") is not None and not dtype_given:
+        raise cfg.fail("quantization_config", "quantized weights are not read; give dtype_bytes beside hf_config")
+    dtype = cfg.data.get("torch_dtype", cfg.data.get("dtype"))
+    if dtype not in _SIXTEEN_BIT and not dtype_given:
+        raise cfg.fail("torch_dtype", f"{dtype!r} is not read (float16, bfloat16 or float32); give dtype_bytes beside hf_config")
+    kind = _family(cfg)
+    out = _gated(cfg, kind) if kind in ("llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe") else _plain(cfg, kind)
+    context = next((k for k in _CONTEXT_KEYS if cfg.data.get(k) is not None), None)
+    name = cfg.data.get("_name_or_path")
+    return {
+        "hf_id": name if isinstance(name, str) else "",
+        "hf_config": str(p),
+        **out,
+        "vocab_size": cfg.whole("vocab_size"),
+        "max_position_embeddings": cfg.whole(context) if context else 2048,
+        "tie_word_embeddings": cfg.flag("tie_word_embeddings", kind in _TIED_BY_DEFAULT),
+    }
