@@ -27,7 +27,8 @@ class ReferenceHandoffs:
     """
 
     def __init__(self, env: simpy.Environment, instances: list[ReferenceInstance]) -> None:
-        """Builds each instance's KV links (``kv_out`` with latency, ``kv_in`` without)."""
+        """Builds each instance's KV links (``kv_out`` with the link's latency plus the pool's
+        ``kv_transfer_latency``, ``kv_in`` without)."""
         self.env = env
         self.instances = instances
         self.decoders = [inst for inst in instances if inst.role == "decode"]
@@ -41,7 +42,8 @@ class ReferenceHandoffs:
                 bw, lat = gpu["nic_bandwidth"], gpu["nic_latency"]
             else:
                 bw, lat = max(gpu.get("host_link_bandwidth", 0.0), gpu["link_bandwidth"]), gpu["host_link_latency"]
-            links.append((bw * gpus, lat))  # kv_out: link 2 * index
+            # kv_out: link 2 * index; its latency includes the transfer's setup/synchronisation.
+            links.append((bw * gpus, lat + pool.get("kv_transfer_latency", 4e-3)))
             links.append((bw * gpus, 0.0))  # kv_in: link 2 * index + 1
         self.net = ReferenceNetwork(links)
         self.scheduled: int | None = None
