@@ -7,7 +7,7 @@ that must be rejected; every request's instance, status, first-token time, compl
 preemption count must agree exactly. Each batch scheduler has its own cases: ``vllm``,
 ``sarathi-serve`` (token budgets 32-512), ``sarathi`` (chunk sizes 32-512) and ``orca`` (both
 reservation modes, a few sequences at most). Disaggregated ``vllm`` cases (one prefill and one or
-two decode instances, serialized KV transfer over slow, shared links) check handoffs too.
+two decode instances, serialized or layer-wise KV transfer over slow, shared links) check handoffs too.
 """
 
 from __future__ import annotations
