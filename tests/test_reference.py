@@ -7,7 +7,7 @@ that must be rejected; every request's instance, status, first-token time, compl
 preemption count must agree exactly, and so must the time an iteration first included it (the scheduling delay). Each batch scheduler has its own cases: ``vllm``,
 ``sarathi-serve`` (token budgets 32-512), ``sarathi`` (chunk sizes 32-512) and ``orca`` (both
 reservation modes, a few sequences at most). Disaggregated ``vllm`` cases (one prefill and one or
-two decode instances, serialized KV transfer over slow, shared links) check handoffs too.
+two decode instances, serialized or layer-wise KV transfer over slow, shared links) check handoffs too.
 """
 
 from __future__ import annotations
@@ -470,13 +470,30 @@ def test_disaggregated_vllm_matches_simpy_reference():
     assert_exercised(totals, len(DISAGG_SEEDS))
 
 
+def test_layerwise_disaggregation_matches_reference():
+    """Layer-wise KV transfer on the same random cases: all layers but the last flow during the
+    prefill that completes the prompt, the last layer once the prefill and that flow are done;
+    setup latencies of 0, 0.1 ms and 4 ms. The cases hit transfers started during the prefill,
+    ones that waited for decode room (sent whole after it) and slow links whose overlapped flow
+    outlasts the prefill."""
+    totals: dict = {"early": 0, "after_prefill": 0, "uncovered": 0}
+    for seed in DISAGG_SEEDS:
+        scenario, workload = make_disagg_scenario(seed)
+        latency = (0.0, 1e-4, 4e-3)[seed % 3]
+        scenario["cluster"]["pools"][0].update(kv_transfer="layerwise", kv_transfer_latency=latency)
+        ref, _ = assert_agreement(f"layer-wise seed {seed}", scenario, workload, totals)
+        moved = ref.filter(pl.col("transfer_start_ns").is_not_null())
+        early = moved.filter(pl.col("transfer_start_ns") < pl.col("first_token_ns"))
+        totals["early"] += early.height
+        totals["after_prefill"] += moved.height - early.height
+        # Much more than the setup latency and one layer left after the prompt: the link was slower.
+        totals["uncovered"] += early.filter(pl.col("transfer_end_ns") - pl.col("first_token_ns") > int(2 * latency * 1e9) + 1_000_000).height
+    assert all(totals[k] > 0 for k in ("early", "after_prefill", "uncovered")), totals
+
+
 def test_reference_refuses_other_disaggregated_modes():
-    """Layer-wise KV transfer and non-vllm schedulers in disaggregated pools are not modelled."""
+    """Non-vllm schedulers in disaggregated pools are not modelled."""
     scenario, workload = make_disagg_scenario(0)
-    layerwise = json.loads(json.dumps(scenario))
-    layerwise["cluster"]["pools"][0]["kv_transfer"] = "layerwise"
-    with pytest.raises(ValueError, match="layerwise"):
-        simulate_reference(layerwise, workload)
     chunked = json.loads(json.dumps(scenario))
     for pool in chunked["cluster"]["pools"]:
         pool["scheduler"] = {"kind": "sarathi-serve", "max_num_seqs": 8, "token_budget": 256}

@@ -43,7 +43,7 @@ CASES = {
     "router-policy": _scenario({"count": 2}, router={"kind": "policy", "name": "round-robin"}),
     "roles-layerwise-nvlink": _scenario({"name": "p", "role": "prefill", "kv_transfer": "layerwise", "kv_link": "nvlink"}, {"name": "d", "role": "decode"}),
     "parallelism": _scenario({"parallelism": {"tp": 2, "pp": 2, "microbatches": 3, "gpus_per_node": 4}}),
-    "memory-calibration-power": _scenario({"memory": {"gpu_memory_utilization": 0.8, "block_size": 32}, "calibration": {"gemm_compute": 0.6, "attention_cta": 0.5, "prefill_pad_tokens": 64}, "power_cap_watts": 500}),
+    "memory-calibration-power": _scenario({"memory": {"gpu_memory_utilization": 0.8, "block_size": 32}, "calibration": {"gemm_compute": 0.6, "attention_cta": 0.5, "prefill_pad_tokens": 64}, "power_cap_watts": 500, "dvfs_exponent": 2.5, "kv_transfer_latency": 2e-3}),
     "prefix-caching": _scenario({"prefix_caching": True}),
     "offload-dram": _scenario({"offload": {"tier": "dram", "layer_fraction": 0.5}}),
     "offload-flash": _scenario({"offload": {"tier": "flash", "dram_cache_fraction": 0.2, "capacity_gb": 100, "overlap": False}}),
@@ -102,6 +102,7 @@ def test_resolve_config_refuses_unknown_fields() -> None:
 _NOT_ONE_TO_ONE = {
     ("pool", "prefix_cache_policy"): "a Python policy object, handed to the bindings rather than the core's config",
     ("pool", "engine"): "an engine profile (name or file), resolved with the GPU's hardware fractions into the pool's `calibration`",
+    ("pool", "dvfs_exponent"): "an override of the GPU's `dvfs_exponent`, sent inside the pool's `gpu`",
     ("offload", "storage"): "a catalogue name, sent looked up as `flash` (the drive's FlashSpec)",
     ("experts", "storage"): "a catalogue name, sent looked up as `flash` (the drive's FlashSpec)",
     ("policy", "kind"): "a Python policy object: the core runs vLLM v1's loop (kind `vllm-v1`) within its limits",

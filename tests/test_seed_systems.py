@@ -142,9 +142,10 @@ def test_disaggregation_removes_prefill_decode_interference_at_small_transfer_co
     # The KV transfer (1.5K-token prompts: ~200 MB over 2 x 50 GB/s NICs) is a small part of latency.
     share = (q["kv_transfer_ns"] * 1e-9 / q["e2e_s"]).median()
     assert 0 < share < 0.02
-    # Layer-wise transfer hides most of it behind the prefill.
+    # Layer-wise transfer hides all but the last layer behind the prefill; the 4 ms setup latency
+    # of a transfer shows in both (about 4.1 ms left against 8.2 ms serialized).
     lw = _split("cluster.pools.0.kv_transfer=layerwise").requests
-    assert lw["kv_transfer_ns"].median() < 0.5 * q["kv_transfer_ns"].median()
+    assert lw["kv_transfer_ns"].median() < 0.6 * q["kv_transfer_ns"].median()
 
 
 def test_h100_speeds_up_prompts_much_more_than_tokens():

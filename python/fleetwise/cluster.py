@@ -10,7 +10,7 @@ from fleetwise.errors import ConfigError
 from fleetwise.config.scenario import PoolConfig, Scenario
 
 
-_POOL_AS_IS = {"name", "count", "parallelism", "power_cap_watts", "prefix_caching", "role", "kv_transfer", "kv_link"}
+_POOL_AS_IS = {"name", "count", "parallelism", "power_cap_watts", "prefix_caching", "role", "kv_transfer", "kv_link", "kv_transfer_latency"}
 """The pool fields the core reads exactly as they are written."""
 
 
@@ -21,9 +21,12 @@ def resolve_pool(scenario: Scenario, index: int, pool: PoolConfig) -> dict:
     model: ModelSpec = lookup("model", pool.model, scenario.models, f"{path}.model")
     base_dir = Path(scenario._base_dir) if scenario._base_dir else None
     calibration = resolve_calibration(pool.gpu, gpu, scenario.cluster.engine_of(pool), pool.calibration, base_dir)
+    gpu_json = gpu.core_json(pool.gpu)
+    if pool.dvfs_exponent is not None:
+        gpu_json["dvfs_exponent"] = pool.dvfs_exponent
     return {
         **pool.model_dump(include=_POOL_AS_IS),
-        "gpu": gpu.core_json(pool.gpu),
+        "gpu": gpu_json,
         "model": model.core_json(pool.model),
         "calibration": calibration.model_dump(),
         "memory": pool.memory.model_dump(),

@@ -12,8 +12,16 @@ from reference.network import ReferenceNetwork
 from reference.requests import ReferenceRequest
 
 
+class _Handoff:
+    """A request on its way to decode instance ``dec`` (``blocks`` reserved there)."""
+
+    def __init__(self, dec: ReferenceInstance, blocks: int, prefill_done: bool, tail: int) -> None:
+        self.dec, self.blocks, self.prefill_done, self.flow_done = dec, blocks, prefill_done, False
+        self.tail = tail  # bytes of a layer-wise transfer's last layer, still to send (0: none)
+
+
 class ReferenceHandoffs:
-    """Moves requests prefilled on prefill instances to decode instances (serialized KV transfer).
+    """Moves requests prefilled on prefill instances to decode instances.
 
     After a prefill instance's iteration ends, each request it handed off, in order, goes to the
     decode instance with the fewest outstanding tokens (lowest index on ties) that can reserve its
@@ -22,12 +30,17 @@ class ReferenceHandoffs:
     instance frees the blocks and the decode instance takes the request as a running decode.
     Handoffs that found no room wait in order and are retried after every decode iteration.
 
+    Layer-wise pools dispatch, when an iteration starts, the requests whose prefill it completes:
+    all layers but the last flow from then; once the prefill and that flow are both done the last
+    layer's bytes (``bytes // num_layers``) flow, and only then is the request handed over.
+
     Network wake-ups are SimPy timeouts created when the core pushes its ``Network`` event, so
     their eids follow the core's push order; a wake-up whose version is stale does nothing.
     """
 
     def __init__(self, env: simpy.Environment, instances: list[ReferenceInstance]) -> None:
-        """Builds each instance's KV links (``kv_out`` with latency, ``kv_in`` without)."""
+        """Builds each instance's KV links (``kv_out`` with the link's latency plus the pool's
+        ``kv_transfer_latency``, ``kv_in`` without)."""
         self.env = env
         self.instances = instances
         self.decoders = [inst for inst in instances if inst.role == "decode"]
@@ -41,40 +54,76 @@ class ReferenceHandoffs:
                 bw, lat = gpu["nic_bandwidth"], gpu["nic_latency"]
             else:
                 bw, lat = max(gpu.get("host_link_bandwidth", 0.0), gpu["link_bandwidth"]), gpu["host_link_latency"]
-            links.append((bw * gpus, lat))  # kv_out: link 2 * index
+            # kv_out: link 2 * index; its latency includes the transfer's setup/synchronisation.
+            links.append((bw * gpus, lat + pool.get("kv_transfer_latency", 4e-3)))
             links.append((bw * gpus, 0.0))  # kv_in: link 2 * index + 1
         self.net = ReferenceNetwork(links)
         self.scheduled: int | None = None
-        self.owner: dict[int, tuple[ReferenceRequest, ReferenceInstance, int]] = {}
+        self.owner: dict[int, ReferenceRequest] = {}
+        self.state: dict[int, _Handoff] = {}
         self.waiting: deque[ReferenceRequest] = deque()
         for inst in instances:
             inst.on_iteration_end = self.end_iteration
+            if inst.role == "prefill" and inst.pool.get("kv_transfer", "serialized") == "layerwise":
+                inst.on_iteration_start = self.start_iteration
+
+    def start_iteration(self, inst: ReferenceInstance, items: list) -> None:
+        """Layer-wise: starts the KV flows of the prefills the iteration just started completes
+        (those no decode instance has room for yet are dispatched when their prefill ends)."""
+        for req, n, decode in items:
+            if not decode and req.generated == 0 and req.computed + n == req.known and req.output > 1:
+                self.dispatch(req, prefill_done=False)
 
     def end_iteration(self, inst: ReferenceInstance) -> None:
         """Dispatches the requests ``inst`` just handed off; retries waiting ones after a decode."""
         handed, inst.handoffs = inst.handoffs, []
         for req in handed:
-            if not self.dispatch(req):
+            h = self.state.get(req.index)
+            if h is not None:
+                h.prefill_done = True
+                if h.flow_done:
+                    self._finish_or_send_tail(req, h)
+                continue
+            if not self.dispatch(req, prefill_done=True):
                 req.handoff_waits += 1
                 self.waiting.append(req)
         if inst.role == "decode":
-            while self.waiting and self.dispatch(self.waiting[0]):
+            while self.waiting and self.dispatch(self.waiting[0], prefill_done=True):
                 self.waiting.popleft()
 
-    def dispatch(self, req: ReferenceRequest) -> bool:
-        """Reserves a decode instance for ``req`` and starts its KV flow; False when none has room."""
+    def dispatch(self, req: ReferenceRequest, prefill_done: bool) -> bool:
+        """Reserves a decode instance for ``req`` and starts its KV flow (all but the last layer
+        when the prefill is still running); False when none has room."""
         for dec in sorted(self.decoders, key=lambda d: (d.outstanding_tokens, d.index)):
             blocks = dec.reserve(req)
             if blocks is None:
                 continue
             src = self.instances[req.instance]
             nbytes = req.prompt * src.kv_bytes_per_token
-            fid = self.net.start_flow(self.env.now, [2 * src.index, 2 * dec.index + 1], max(nbytes, 1))
-            self.owner[fid] = (req, dec, blocks)
+            layers = int(src.pool["model"]["num_layers"])
+            last = 0 if prefill_done or layers < 2 else nbytes // layers
+            self._flow(req, src, dec, nbytes - last)
+            self.state[req.index] = _Handoff(dec, blocks, prefill_done, last)
             req.transfer_start = self.env.now
-            self._reschedule()
             return True
         return False
+
+    def _flow(self, req: ReferenceRequest, src: ReferenceInstance, dec: ReferenceInstance, nbytes: int) -> None:
+        fid = self.net.start_flow(self.env.now, [2 * src.index, 2 * dec.index + 1], max(nbytes, 1))
+        self.owner[fid] = req
+        self._reschedule()
+
+    def _finish_or_send_tail(self, req: ReferenceRequest, h: _Handoff) -> None:
+        """Prefill and flow done: send a layer-wise transfer's last layer, else hand over."""
+        if h.tail:
+            nbytes, h.tail, h.flow_done = h.tail, 0, False
+            self._flow(req, self.instances[req.instance], h.dec, nbytes)
+            return
+        del self.state[req.index]
+        req.transfer_end = self.env.now
+        self.instances[req.instance].release_handoff(req)
+        req.instance = h.dec.index
+        h.dec.accept(req, h.blocks)
 
     def _reschedule(self) -> None:
         version = self.net.version
@@ -96,8 +145,8 @@ class ReferenceHandoffs:
         self.scheduled = None
         self._reschedule()
         for fid, _end in done:
-            req, dec, blocks = self.owner.pop(fid)
-            req.transfer_end = now
-            self.instances[req.instance].release_handoff(req)
-            req.instance = dec.index
-            dec.accept(req, blocks)
+            req = self.owner.pop(fid)
+            h = self.state[req.index]
+            h.flow_done = True
+            if h.prefill_done:
+                self._finish_or_send_tail(req, h)

@@ -33,11 +33,10 @@ class ReferenceInstance:
         if self.role != "mixed":
             if sched["kind"] != "vllm":
                 raise ValueError(f"the reference model disaggregates only the vllm scheduler, not {sched['kind']!r}")
-            if pool.get("kv_transfer", "serialized") != "serialized":
-                raise ValueError("the reference model does not model layerwise KV transfer")
         self.pool = pool
         self.handoffs: list[ReferenceRequest] = []
         self.on_iteration_end = None  # the cluster's hook after every iteration's tokens are applied
+        self.on_iteration_start = None  # the cluster's hook once an iteration is under way (layer-wise KV)
         self.max_context = int(pool["model"]["max_position_embeddings"])
         self.policy = make_policy(sched, self.max_context)
         tokens, seqs = memory_limits(sched, self.max_context)
@@ -121,7 +120,10 @@ class ReferenceInstance:
                 for req, _, _ in items:
                     if req.first_scheduled is None:
                         req.first_scheduled = self.env.now
-                yield self.env.timeout(self._duration(items))
+                end = self.env.timeout(self._duration(items))
+                if self.on_iteration_start is not None:
+                    self.on_iteration_start(self, items)
+                yield end
                 self.busy = False
                 self._apply(items)
                 if self.on_iteration_end is not None:

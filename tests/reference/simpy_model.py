@@ -28,10 +28,10 @@ This is the core's rule (arrivals at time t precede its heap events at t; heap e
 times run in push order), reached here through SimPy's own tie-breaking.
 
 Disaggregated clusters (pools with role ``prefill`` and ``decode``) are modelled for the ``vllm``
-scheduler with serialized KV transfer (``ReferenceHandoffs``); the KV flows cross a re-implemented
-max-min fair network (``reference.network``) whose wake-ups are SimPy timeouts created
-exactly when the core pushes its ``Network`` events, so ties keep the core's order. Layer-wise
-transfer and other schedulers in disaggregated pools raise ValueError.
+scheduler with serialized or layer-wise KV transfer (``ReferenceHandoffs``); the KV flows cross a
+re-implemented max-min fair network (``reference.network``) whose wake-ups are SimPy timeouts created
+exactly when the core pushes its ``Network`` events, so ties keep the core's order. Other schedulers
+in disaggregated pools raise ValueError.
 
 Layout: ``requests`` (a request's state, the KV cache), ``schedulers`` (the batch schedulers),
 ``instance`` (a replica's SimPy process), ``routing``, ``handoffs`` and ``network``

@@ -145,6 +145,10 @@ class GpuSpec(StrictModel):
     """Power drawn while idle, watts."""
     memory_bound_activity: float = Field(default=0.3, ge=0, le=1)
     """Share of the dynamic power (TDP - idle) drawn by memory-bound kernels."""
+    dvfs_exponent: float = Field(default=1.6, ge=1, le=3)
+    """How steeply SM power falls with the SM clock a power cap forces (``~ f^dvfs_exponent``): 3
+    when voltage scales with the clock, 1 at the voltage floor; 1.6 reproduces Splitwise's
+    power-capped H100 (docs/power-and-cost.md)."""
     sm_count: int = Field(default=0, ge=0, le=MAX_COUNT)
     """Streaming multiprocessors (compute units), 0 if unknown; bounds decode attention's tail."""
     price_per_hour: float = Field(default=0.0, ge=0)
@@ -190,6 +194,7 @@ class GpuSpec(StrictModel):
             "tdp_watts": self.tdp_watts,
             "idle_watts": self.idle_watts,
             "memory_bound_activity": self.memory_bound_activity,
+            "dvfs_exponent": self.dvfs_exponent,
             "sm_count": self.sm_count,
         }
 

@@ -264,7 +264,12 @@ class PoolConfig(StrictModel):
     calibration: CalibrationOverride | None = None
     """Overrides of the resolved cost-model factors (GPU hardware x engine profile) for this pool."""
     power_cap_watts: float | None = Field(default=None, gt=0)
-    """Power cap per GPU, watts: compute-bound work slows when its draw would exceed it."""
+    """Power cap per GPU, watts: the GPU lowers its SM clock until each kernel's draw fits, which
+    slows compute-bound work; memory-bound work is unchanged while the cap is above its draw
+    (docs/power-and-cost.md)."""
+    dvfs_exponent: float | None = Field(default=None, ge=1, le=3)
+    """Overrides the GPU's ``dvfs_exponent`` for this pool (SM power ``~ clock^dvfs_exponent``
+    under a power cap; 3: voltage proportional to the clock, 1: voltage at its floor)."""
     pim: str | None = None
     """A PIM device (catalogue or the scenario's ``pims``) attached to each GPU's memory."""
     offload: OffloadConfig | None = None
@@ -284,6 +289,10 @@ class PoolConfig(StrictModel):
     """Prefill pools: send the KV after the prefill, or layer by layer while it runs (Splitwise)."""
     kv_link: Literal["nic", "nvlink"] = "nic"
     """Links KV transfers use: the NICs (other nodes) or NVLink (prefill and decode on one node)."""
+    kv_transfer_latency: float = Field(default=4e-3, ge=0, le=1)
+    """Prefill pools: setup and synchronisation latency of each KV transfer, seconds (paid before
+    its bytes flow; a layer-wise transfer pays it again for its last layer, after the prompt).
+    The default, 4 ms, fits Splitwise's ~5 ms of non-hidden layer-wise transfer on DGX-H100."""
 
 
 class ClusterConfig(StrictModel):

@@ -42,6 +42,11 @@ pub struct GpuSpec {
     /// kernels draw all of it.
     #[serde(default = "default_memory_bound_activity")]
     pub memory_bound_activity: f64,
+    /// How steeply the SM power falls with the SM clock under a power cap: SM dynamic power goes
+    /// as `f^dvfs_exponent` (3 when voltage scales with the clock, 1 at the voltage floor); see
+    /// [`PowerModel`].
+    #[serde(default = "default_dvfs_exponent")]
+    pub dvfs_exponent: f64,
     /// Streaming multiprocessors (or compute units); 0 when unknown.
     #[serde(default)]
     pub sm_count: u32,
@@ -89,6 +94,9 @@ impl GpuSpec {
         if !(0.0..=1.0).contains(&self.memory_bound_activity) {
             return bad("memory_bound_activity", format!("must be in [0, 1], got {:?}", self.memory_bound_activity));
         }
+        if !(1.0..=3.0).contains(&self.dvfs_exponent) {
+            return bad("dvfs_exponent", format!("must be in [1, 3] (1: voltage at its floor, 3: voltage proportional to the clock), got {:?}", self.dvfs_exponent));
+        }
         Ok(())
     }
 }
@@ -101,13 +109,28 @@ fn default_memory_bound_activity() -> f64 {
     0.3
 }
 
-/// How a power cap stretches kernels: a kernel whose uncapped draw `p` exceeds the cap `c` runs
-/// `(p / c)^POWER_CAP_EXPONENT` times longer (clocks drop, and power falls faster than clocks).
-/// 0.74 reproduces Splitwise's power-capped H100 profile (prompt phase 1.3x slower at a cap of
-/// 70% of TDP, token phase unchanged) and the 10-15% slowdown reported for an H100 capped at 600 W.
-pub const POWER_CAP_EXPONENT: f64 = 0.74;
+fn default_dvfs_exponent() -> f64 {
+    DEFAULT_DVFS_EXPONENT
+}
 
-/// The power model of one GPU, optionally capped.
+/// The default DVFS exponent: SM dynamic power `~ f^1.6` in the capped range. Dynamic power is
+/// `C V^2 f`; with the voltage `V = V0 + k f` the local exponent is `1 + 2 k f / V`: 3 if `V ~ f`,
+/// 1 at the voltage floor. 1.6 (about 30% of the voltage tracking the clock near the top of the
+/// range) reproduces Splitwise's DGX-H100 profile: at a 70% cap compute-bound kernels run
+/// 1/0.75 = 1.33x slower (prompt phase ~1.3x), memory-bound ones (token phase) unchanged.
+pub const DEFAULT_DVFS_EXPONENT: f64 = 1.6;
+
+/// The power model of one GPU, optionally capped, and the clock a cap forces (DVFS).
+///
+/// Uncapped, a compute-bound kernel draws the TDP and a memory-bound one
+/// `idle + m (TDP - idle)` (`m` = `memory_bound_activity`: HBM, links and uncore, on clocks a
+/// power cap does not touch). Under a cap the GPU lowers the SM clock to `f` (a fraction of its
+/// maximum) until the kernel fits. A compute-bound kernel at clock `f` draws
+/// `idle + (TDP - idle) (m f + (1 - m) f^a)`: its memory traffic follows its progress (`~ f`),
+/// its SM power follows `f V^2` (`~ f^a`, `a` = `dvfs_exponent`). Compute peak scales with `f`, so
+/// compute-bound time stretches by `1/f`; memory bandwidth (HBM clock) is unchanged, so
+/// memory-bound kernels stretch only when the cap is below their own draw, then in proportion
+/// (`m (TDP - idle) / (cap - idle)`: the memory system is throttled).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PowerModel {
     /// Rated power, watts.
@@ -116,6 +139,8 @@ pub struct PowerModel {
     pub idle: f64,
     /// Share of dynamic power drawn by memory-bound work.
     pub memory_activity: f64,
+    /// Exponent of SM dynamic power in the SM clock.
+    pub dvfs_exponent: f64,
     /// The cap, watts (the TDP when uncapped).
     pub cap: f64,
 }
@@ -124,7 +149,7 @@ impl PowerModel {
     /// The power model of `gpu` under an optional cap (watts per GPU).
     pub fn new(gpu: &GpuSpec, cap: Option<f64>) -> Self {
         let cap = cap.unwrap_or(gpu.tdp_watts);
-        PowerModel { tdp: gpu.tdp_watts, idle: gpu.idle_watts, memory_activity: gpu.memory_bound_activity, cap }
+        PowerModel { tdp: gpu.tdp_watts, idle: gpu.idle_watts, memory_activity: gpu.memory_bound_activity, dvfs_exponent: gpu.dvfs_exponent, cap }
     }
 
     /// Whether power is modelled at all.
@@ -137,21 +162,48 @@ impl PowerModel {
         self.idle + (self.tdp - self.idle) * activity
     }
 
-    /// Time stretch of compute-bound kernels under the cap.
-    pub fn compute_slowdown(&self) -> f64 {
-        self.stretch(self.draw(1.0))
-    }
-
-    /// Time stretch of memory-bound kernels under the cap.
-    pub fn memory_slowdown(&self) -> f64 {
-        self.stretch(self.draw(self.memory_activity))
-    }
-
-    fn stretch(&self, draw: f64) -> f64 {
-        if !self.enabled() || draw <= self.cap || self.cap <= 0.0 {
+    /// The share of the dynamic range the cap leaves, `(cap - idle) / (TDP - idle)`; 1 uncapped.
+    fn headroom(&self) -> f64 {
+        if !self.enabled() || self.cap >= self.tdp {
             1.0
         } else {
-            (draw / self.cap).powf(POWER_CAP_EXPONENT)
+            ((self.cap - self.idle) / (self.tdp - self.idle)).max(f64::MIN_POSITIVE)
+        }
+    }
+
+    /// The SM clock (fraction of its maximum) at which a compute-bound kernel fits under the cap:
+    /// the root of `m f + (1 - m) f^a = headroom` in (0, 1] (bisection; the left side increases).
+    pub fn compute_clock(&self) -> f64 {
+        let x = self.headroom();
+        if x >= 1.0 {
+            return 1.0;
+        }
+        let (m, a) = (self.memory_activity, self.dvfs_exponent);
+        let (mut lo, mut hi) = (0.0f64, 1.0f64);
+        for _ in 0..64 {
+            let f = 0.5 * (lo + hi);
+            if m * f + (1.0 - m) * f.powf(a) > x {
+                hi = f;
+            } else {
+                lo = f;
+            }
+        }
+        lo.max(f64::MIN_POSITIVE)
+    }
+
+    /// Time stretch of compute-bound kernels under the cap: 1 / the SM clock that fits.
+    pub fn compute_slowdown(&self) -> f64 {
+        1.0 / self.compute_clock()
+    }
+
+    /// Time stretch of memory-bound kernels under the cap: 1 while the cap is above their draw,
+    /// else the ratio of their dynamic draw to what the cap leaves.
+    pub fn memory_slowdown(&self) -> f64 {
+        let x = self.headroom();
+        if x >= self.memory_activity {
+            1.0
+        } else {
+            self.memory_activity / x
         }
     }
 
@@ -194,5 +246,54 @@ impl PimSpec {
     /// Seconds the PIM needs for an operator.
     pub fn seconds(&self, flops: f64, bytes: f64) -> f64 {
         (flops / self.peak_flops).max(bytes / self.internal_bandwidth) / self.efficiency
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h100(dvfs_exponent: f64) -> GpuSpec {
+        GpuSpec { name: "h100".into(), peak_flops: 989.4e12, memory_bytes: 80_000_000_000, memory_bandwidth: 3.35e12, link_bandwidth: 450e9, link_latency: 2e-6, nic_bandwidth: 50e9, nic_latency: 5e-6, host_link_bandwidth: 64e9, host_link_latency: 5e-6, tdp_watts: 700.0, idle_watts: 70.0, memory_bound_activity: 0.3, dvfs_exponent, sm_count: 132 }
+    }
+
+    #[test]
+    fn a_cap_lowers_the_clock_of_compute_bound_kernels_until_they_fit() {
+        // 70% of 700 W: headroom (490 - 70) / 630 = 2/3; 0.3 f + 0.7 f^1.6 = 2/3 at f = 0.74992
+        // (0.3 x 0.75 + 0.7 x 0.75^1.6 = 0.225 + 0.44178 = 0.66678), so compute-bound kernels
+        // run 1.3335x slower; memory-bound ones draw 70 + 0.3 x 630 = 259 W < 490 W: unchanged.
+        let pm = PowerModel::new(&h100(DEFAULT_DVFS_EXPONENT), Some(490.0));
+        assert!((pm.compute_clock() - 0.74992).abs() < 1e-5, "{}", pm.compute_clock());
+        assert!((pm.compute_slowdown() - 1.33348).abs() < 1e-4);
+        assert_eq!(pm.memory_slowdown(), 1.0);
+        // 600 W: headroom 530/630 = 0.84127, f = 0.88504: 13% slower (10-15% reported).
+        let pm = PowerModel::new(&h100(DEFAULT_DVFS_EXPONENT), Some(600.0));
+        assert!((pm.compute_slowdown() - 1.12989).abs() < 1e-4);
+        // The textbook V ~ f (exponent 3): 0.3 f + 0.7 f^3 = 2/3 at f = 0.83987, 1.19x slower;
+        // at the voltage floor (exponent 1) power follows the clock: f = 2/3, 1.5x slower.
+        assert!((PowerModel::new(&h100(3.0), Some(490.0)).compute_slowdown() - 1.19066).abs() < 1e-4);
+        assert!((PowerModel::new(&h100(1.0), Some(490.0)).compute_slowdown() - 1.5).abs() < 1e-9);
+        // Uncapped, or capped at TDP: full clock.
+        assert_eq!(PowerModel::new(&h100(DEFAULT_DVFS_EXPONENT), None).compute_slowdown(), 1.0);
+        assert_eq!(PowerModel::new(&h100(DEFAULT_DVFS_EXPONENT), Some(700.0)).compute_slowdown(), 1.0);
+    }
+
+    #[test]
+    fn a_cap_below_the_memory_bound_draw_throttles_memory_in_proportion() {
+        // 200 W: headroom 130/630 = 0.20635 < 0.3: memory-bound kernels stretch 0.3 / 0.20635 =
+        // 1.45385x; compute-bound ones run at f = 0.31685 (3.156x), never faster than memory ones.
+        let pm = PowerModel::new(&h100(DEFAULT_DVFS_EXPONENT), Some(200.0));
+        assert!((pm.memory_slowdown() - 1.45385).abs() < 1e-4);
+        assert!((pm.compute_slowdown() - 3.15604).abs() < 1e-3);
+        assert!(pm.compute_slowdown() >= pm.memory_slowdown());
+    }
+
+    #[test]
+    fn dvfs_exponent_outside_one_to_three_is_refused() {
+        for bad in [0.5, 3.5, f64::NAN] {
+            let err = h100(bad).validate().unwrap_err().to_string();
+            assert!(err.contains("gpu.dvfs_exponent") && err.contains("[1, 3]"), "{err}");
+        }
+        assert!(h100(1.0).validate().is_ok() && h100(3.0).validate().is_ok());
     }
 }

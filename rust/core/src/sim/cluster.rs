@@ -11,7 +11,7 @@ use crate::sketch::QuantileSketch;
 use crate::time::Nanos;
 
 use super::arrivals::Arrivals;
-use super::config::{KvTransfer, SimConfig, Workload};
+use super::config::{KvTransfer, SimConfig, Workload, MAX_KV_TRANSFER_LATENCY};
 use super::disaggregation::{FewestOutstandingTokens, Handoffs};
 use super::iterations::Iterations;
 use super::plugins::Plugins;
@@ -85,6 +85,9 @@ impl<'a> Cluster<'a> {
             pool_names.push(pool.name.clone());
             if pool.count == 0 {
                 return Err(Error::config(format!("cluster.pools.{p}.count"), "must be at least 1"));
+            }
+            if !(0.0..=MAX_KV_TRANSFER_LATENCY).contains(&pool.kv_transfer_latency) {
+                return Err(Error::config(format!("cluster.pools.{p}.kv_transfer_latency"), format!("must be between 0 and {MAX_KV_TRANSFER_LATENCY} s, got {:?}", pool.kv_transfer_latency)));
             }
             let prefix_tokens = if pool.prefix_caching {
                 let tpe = config.hash_block_tokens.ok_or_else(|| Error::config(format!("cluster.pools.{p}.prefix_caching"), "needs a workload with prefix hashes (hash_ids), e.g. a Mooncake trace or prefix groups"))?;
@@ -188,7 +191,7 @@ impl Process<Event> for Cluster<'_> {
                                 self.end_iteration(instance, now, queue)?;
                             }
                         }
-                        Owner::Handoff(req) => self.handoff_flow_done(req, now, queue),
+                        Owner::Handoff(req) => self.handoff_flow_done(req, now, queue)?,
                     }
                 }
                 Ok(())

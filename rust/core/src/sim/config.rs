@@ -60,6 +60,23 @@ pub struct PoolConfig {
     /// prefill and decode instances share nodes (DistServe's high node affinity).
     #[serde(default)]
     pub kv_link: KvLink,
+    /// Setup and synchronisation latency of one KV transfer out of this pool's instances, seconds
+    /// (registration, the completion signal the receiver waits on); a latency phase of every KV
+    /// flow on top of the link's own. Default [`DEFAULT_KV_TRANSFER_LATENCY`].
+    #[serde(default = "default_kv_transfer_latency")]
+    pub kv_transfer_latency: f64,
+}
+
+/// The default setup/synchronisation latency of a KV transfer, seconds: Splitwise measured ~5 ms
+/// of layer-wise transfer left after the prompt on DGX-H100 for BLOOM-176B, of which the last
+/// layer's KV over 8 x 400 Gb/s takes 0.2-1 ms at its prompt sizes; the rest, ~4 ms, is this.
+pub const DEFAULT_KV_TRANSFER_LATENCY: f64 = 4e-3;
+
+/// The longest KV transfer latency accepted, seconds.
+pub const MAX_KV_TRANSFER_LATENCY: f64 = 1.0;
+
+fn default_kv_transfer_latency() -> f64 {
+    DEFAULT_KV_TRANSFER_LATENCY
 }
 
 /// How one instance spreads the model over GPUs (a pool's `parallelism` in the scenario).
@@ -96,7 +113,9 @@ pub enum KvTransfer {
     /// After the prefill iteration ends.
     #[default]
     Serialized,
-    /// From the start of the prefill iteration that completes the prompt, overlapping it (Splitwise).
+    /// Layer by layer while the prefill iteration that completes the prompt runs (Splitwise):
+    /// all but the last layer's KV from the iteration's start, overlapping it; the last layer's
+    /// once the prefill and that flow are both done (the non-hidden tail).
     Layerwise,
 }
 

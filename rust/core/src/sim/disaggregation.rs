@@ -1,6 +1,14 @@
 //! Disaggregated serving (Splitwise, DistServe): instance roles, and the handoff of prefilled
 //! requests — their KV cache moves over the network — from prefill to decode instances, either
 //! after the prefill (serialized) or layer by layer while it runs (layer-wise).
+//!
+//! A layer-wise transfer is two flows: all layers but the last from the start of the prefill
+//! iteration that completes the prompt (overlapping it), then the last layer's KV once both the
+//! prefill and that first flow are done. What shows after the prompt is thus the last layer over
+//! the link, every flow's setup/synchronisation latency (`kv_transfer_latency`, a latency phase
+//! of the KV link), and whatever of the first flow the prefill did not cover (a link slower than
+//! the prefill). Approximation: the first flow may run ahead of the layers the prefill has
+//! produced (at most the first layer's compute time, which is not charged).
 
 use crate::error::{Error, Result};
 use crate::request::Request;
@@ -59,6 +67,8 @@ struct Handoff {
     blocks: u32,
     prefill_done: bool,
     flow_done: bool,
+    /// Where the last layer's KV of a layer-wise transfer still has to go: the route and bytes.
+    tail: Option<(u32, u32, u64)>,
 }
 
 /// The handoffs of a run: picks the least-loaded decode instance that can reserve the request's
@@ -103,10 +113,14 @@ impl Cluster<'_> {
         for d in order {
             if let Some(blocks) = instances[d as usize].reserve(r) {
                 let from = r.instance;
-                let bytes = r.prompt as u64 * instances[from as usize].cost().model().kv_bytes_per_token(1);
-                self.transfers.start_handoff(now, req, from, d, bytes, queue)?;
+                let model = instances[from as usize].cost().model();
+                let bytes = r.prompt as u64 * model.kv_bytes_per_token(1);
+                // Layer-wise (started before the prefill ends): the last layer's share waits.
+                let last = if prefill_done || model.num_layers < 2 { 0 } else { bytes / model.num_layers as u64 };
+                self.transfers.start_handoff(now, req, from, d, bytes - last, queue)?;
                 self.reqs[req as usize].transfer.0 = now;
-                h.state.insert(req, Handoff { decode: d, blocks, prefill_done, flow_done: false });
+                let tail = (last > 0).then_some((from, d, last));
+                h.state.insert(req, Handoff { decode: d, blocks, prefill_done, flow_done: false, tail });
                 return Ok(true);
             }
         }
@@ -142,7 +156,7 @@ impl Cluster<'_> {
         if let Some(h) = self.handoffs.state.get_mut(&req) {
             h.prefill_done = true;
             if h.flow_done {
-                self.complete_handoff(req, now, queue);
+                self.finish_or_send_tail(req, now, queue)?;
             }
             return Ok(());
         }
@@ -152,12 +166,29 @@ impl Cluster<'_> {
         Ok(())
     }
 
-    /// The KV flow of `req` finished.
-    pub(super) fn handoff_flow_done(&mut self, req: u32, now: Nanos, queue: &mut Queue) {
+    /// A KV flow of `req` finished.
+    pub(super) fn handoff_flow_done(&mut self, req: u32, now: Nanos, queue: &mut Queue) -> Result<()> {
         let h = self.handoffs.state.get_mut(&req).expect("a handoff flow has a handoff");
         h.flow_done = true;
         if h.prefill_done {
-            self.complete_handoff(req, now, queue);
+            self.finish_or_send_tail(req, now, queue)?;
+        }
+        Ok(())
+    }
+
+    /// The prefill of `req` and its KV flow are both done: send the last layer's KV of a
+    /// layer-wise transfer (it exists only now), or, with nothing left, hand the request over.
+    fn finish_or_send_tail(&mut self, req: u32, now: Nanos, queue: &mut Queue) -> Result<()> {
+        let h = self.handoffs.state.get_mut(&req).expect("finishing a known handoff");
+        match h.tail.take() {
+            Some((from, to, bytes)) => {
+                h.flow_done = false;
+                self.transfers.start_handoff(now, req, from, to, bytes, queue)
+            }
+            None => {
+                self.complete_handoff(req, now, queue);
+                Ok(())
+            }
         }
     }
 

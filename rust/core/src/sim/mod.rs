@@ -27,7 +27,7 @@ pub mod report;
 mod transfers;
 
 pub use cluster::Event;
-pub use config::{KvLink, KvTransfer, Parallelism, PoolConfig, SimConfig, Workload};
+pub use config::{KvLink, KvTransfer, Parallelism, PoolConfig, SimConfig, Workload, DEFAULT_KV_TRANSFER_LATENCY};
 pub use control::Control;
 pub use disaggregation::{DecodeChoice, FewestOutstandingTokens, Role};
 pub use plugins::{BatchSchedulerFactory, EvictorFactory, Plugins};

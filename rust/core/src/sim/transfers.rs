@@ -51,7 +51,8 @@ impl Transfers {
                 KvLink::Nic => (gpu.host_link_bandwidth.max(gpu.link_bandwidth), gpu.host_link_latency),
             };
             // Every GPU of the instance sends (or receives) its shard in parallel.
-            links.push(LinkSpec { name: format!("instance{i}.kv_out"), bandwidth: bw * gpus, latency: lat });
+            // A KV flow leaving it pays the link's latency and the transfer's setup/synchronisation.
+            links.push(LinkSpec { name: format!("instance{i}.kv_out"), bandwidth: bw * gpus, latency: lat + pool.kv_transfer_latency });
             kv_out.push((links.len() - 1) as LinkId);
             links.push(LinkSpec { name: format!("instance{i}.kv_in"), bandwidth: bw * gpus, latency: 0.0 });
             kv_in.push((links.len() - 1) as LinkId);
