@@ -10,6 +10,10 @@ pub struct GpuSpec {
     pub name: String,
     /// Peak dense 16-bit tensor throughput, FLOP/s.
     pub peak_flops: f64,
+    /// Peak dense FP8 tensor throughput (FP32 accumulate, no sparsity), FLOP/s; 0 when the GPU has
+    /// no FP8 tensor cores (then it cannot run FP8 activations).
+    #[serde(default)]
+    pub fp8_peak_flops: f64,
     /// HBM (device memory) capacity in bytes.
     pub memory_bytes: u64,
     /// HBM bandwidth in bytes/s.
@@ -62,6 +66,9 @@ impl GpuSpec {
         let bad = |field: &str, message: String| Err(crate::error::Error::config(format!("gpu.{field}"), format!("{}: {message}", self.name)));
         if !(self.peak_flops.is_finite() && self.peak_flops >= MIN_PEAK_FLOPS) {
             return bad("peak_flops", format!("must be a finite FLOP/s figure of at least {MIN_PEAK_FLOPS:e}, got {:?}", self.peak_flops));
+        }
+        if !(self.fp8_peak_flops == 0.0 || (self.fp8_peak_flops.is_finite() && self.fp8_peak_flops >= MIN_PEAK_FLOPS)) {
+            return bad("fp8_peak_flops", format!("must be 0 (no FP8 tensor cores) or a finite FLOP/s figure of at least {MIN_PEAK_FLOPS:e}, got {:?}", self.fp8_peak_flops));
         }
         for (field, v, required) in [
             ("memory_bandwidth", self.memory_bandwidth, true),

@@ -16,7 +16,7 @@ impl<F: FnMut(OpCost)> IterationPass<'_, F> {
         // Two RMSNorms (read+write), RoPE on q and k, two residual adds (2 reads + 1 write),
         // SiLU-and-multiply (2 reads + 1 write) of the activated FFN width, MLA's latent norm,
         // and writing the new K and V (or latent) into the cache.
-        let elem = |act: f64| (mt * (10.0 * h + 6.0 * act), mt * b * (10.0 * h + 2.0 * rope_width + 2.0 * latent_width + 3.0 * act + cache_width));
+        let elem = |act: f64| (mt * (10.0 * h + 6.0 * act), mt * b * (10.0 * h + 2.0 * rope_width + 2.0 * latent_width + 3.0 * act + cache_width * cm.kv_ratio()));
         // A MoE layer also moves every token-expert pair's hidden vector twice: dispatch (read the
         // token, write one copy per expert it goes to, in expert order) and combine (read the
         // experts' outputs, write the weighted sum): (2k + 2) h per token for k pairs on this GPU.
@@ -24,7 +24,7 @@ impl<F: FnMut(OpCost)> IterationPass<'_, F> {
         let (f, by) = elem(cm.moe_act_width);
         let moe = (f + mt * 2.0 * k * h, by + mt * b * (2.0 * k + 2.0) * h);
         let kernels = [Kernel::on(cm.moe_share, moe), Kernel::on(cm.dense_share, elem(cm.dense_width))];
-        self.emit(Op::Elementwise, &kernels, cm.flops_gemm, true);
+        self.emit(Op::Elementwise, &kernels, cm.flops_16bit, true);
     }
 }
 

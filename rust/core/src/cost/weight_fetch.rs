@@ -30,7 +30,7 @@ impl CostModel {
         let replicated = self.replicated_layer_params() as f64;
         let attn = self.model.attention_params() as f64 - replicated;
         let ffn = 3.0 * h * self.model.intermediate_size as f64;
-        (attn + ffn * o.ffn_load_fraction) * self.b / self.tp as f64 + replicated * self.b
+        (attn + ffn * o.ffn_load_fraction) * self.wb / self.tp as f64 + replicated * self.wb
     }
 
     /// The weights one iteration streams in from host DRAM or flash, if any layers are offloaded.

@@ -103,7 +103,7 @@ impl Cluster<'_> {
         for d in order {
             if let Some(blocks) = instances[d as usize].reserve(r) {
                 let from = r.instance;
-                let bytes = r.prompt as u64 * instances[from as usize].cost().model().kv_bytes_per_token(1);
+                let bytes = r.prompt as u64 * instances[from as usize].cost().kv_bytes_per_token_whole_model();
                 self.transfers.start_handoff(now, req, from, d, bytes, queue)?;
                 self.reqs[req as usize].transfer.0 = now;
                 h.state.insert(req, Handoff { decode: d, blocks, prefill_done, flow_done: false });
