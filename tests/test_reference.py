@@ -8,6 +8,7 @@ preemption count must agree exactly, and so must the time an iteration first inc
 ``sarathi-serve`` (token budgets 32-512), ``sarathi`` (chunk sizes 32-512) and ``orca`` (both
 reservation modes, a few sequences at most). Disaggregated ``vllm`` cases (one prefill and one or
 two decode instances, serialized or layer-wise KV transfer over slow, shared links) check handoffs too.
+Some vllm and disaggregated cases quantize (FP8 W8A8 with an FP8 KV cache; INT4 weights with an FP8 cache).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ TINY_MODEL = {
 }
 H100_LIKE = {
     "peak_flops": 989.4e12,
+    "fp8_peak_flops": 1979e12,
     "memory_bandwidth": 3.35e12,
     "link_bandwidth": 450.0e9,
     "calibration": {
@@ -54,9 +56,17 @@ H100_LIKE = {
 }
 
 
+QUANTIZED = {
+    2: {"quantization": {"weights": "fp8", "activations": "fp8", "kv_cache": "fp8"}},
+    3: {"quantization": {"weights": "int4", "group_size": 64, "kv_cache": "fp8"}},
+}
+"""Pool settings of the quantized cases, by case kind (vllm cases: seed % 4)."""
+
+
 def gpu_memory_for_blocks(model: dict, pool: dict, blocks: int) -> int:
     """GPU memory (at utilisation 1.0) that leaves exactly ``blocks`` KV blocks for ``pool``."""
-    cost = cost_model({**model, "name": "m"}, {**pool["gpu"], "memory_bytes": 10**12}, calibration=pool["calibration"], tp=pool["parallelism"]["tp"])
+    cost = cost_model({**model, "name": "m"}, {**pool["gpu"], "memory_bytes": 10**12}, calibration=pool["calibration"], tp=pool["parallelism"]["tp"],
+                      quantization=pool.get("quantization"))
     tokens, seqs = memory_limits(pool["scheduler"], pool["model"]["max_position_embeddings"])
     weights = -(-cost.weight_bytes() // pool["parallelism"]["tp"])
     block_bytes = cost.kv_bytes_per_token() * pool["memory"]["block_size"]
@@ -82,6 +92,7 @@ def make_scenario(seed: int) -> tuple[dict, Workload, dict]:
             "scheduler": {"kind": "vllm", "max_num_seqs": int(rng.integers(2, 17)),
                           "max_num_batched_tokens": max_tokens if p == 0 else max_tokens * 2},
             "memory": {"gpu_memory_utilization": 1.0 if tiny_kv else 0.9, "block_size": block_size},
+            **QUANTIZED.get(seed % 4, {}),
         })
     scenario = {
         "name": f"reference-{seed}",
@@ -359,7 +370,7 @@ def test_tiny_gpu_has_a_few_hundred_blocks():
         if not facts["tiny_kv"]:
             continue
         for pool in core_config(fleetwise.scenario_from_dict(scenario))["pools"]:
-            cost = cost_model(pool["model"], pool["gpu"], calibration=pool["calibration"], tp=pool["parallelism"]["tp"])
+            cost = cost_model(pool["model"], pool["gpu"], calibration=pool["calibration"], tp=pool["parallelism"]["tp"], quantization=pool["quantization"])
             tokens, seqs = memory_limits(pool["scheduler"], pool["model"]["max_position_embeddings"])
             plan = cost.memory_plan(json.dumps(pool["memory"]), tokens, seqs)
             assert 20 <= plan["num_blocks"] <= 450, (label, plan)
@@ -403,6 +414,7 @@ def make_disagg_scenario(seed: int) -> tuple[dict, Workload]:
             "kv_link": "nvlink" if (seed % 6 == 5 and role == "prefill") else "nic",
             "scheduler": {"kind": "vllm", "max_num_seqs": int(rng.integers(2, 17)), "max_num_batched_tokens": max_tokens},
             "memory": {"gpu_memory_utilization": 1.0, "block_size": block_size},
+            **QUANTIZED.get(3 if seed % 3 == 1 else -1, {}),
         })
     scenario = {
         "name": f"reference-disagg-{seed}",

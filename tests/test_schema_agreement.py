@@ -54,6 +54,8 @@ CASES = {
     "experts-cache-policy-object": _scenario({**_MOE, "experts": {"placement": "dram", "cache": {"policy": {"name": "lru"}, "experts_per_layer": 2}}}),
     "experts-flash": _scenario({**_MOE, "experts": {"placement": "flash", "capacity_gb": 50, "storage": "nvme-gen4"}}),
     "mla-dense-layers": _scenario({"model": "deepseek-v2-lite", "experts": {}}),
+    "quantization-int4-kv-fp8": _scenario({"quantization": {"weights": "int4", "group_size": 64, "kv_cache": "fp8"}}),
+    "quantization-w8a8": _scenario({"quantization": {"weights": "fp8", "activations": "fp8"}}),
 }
 
 

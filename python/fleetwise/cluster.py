@@ -33,6 +33,7 @@ def resolve_pool(scenario: Scenario, index: int, pool: PoolConfig) -> dict:
         "scheduler": pool.scheduler.core_json(model),
         "pim": None if pool.pim is None else lookup("pim", pool.pim, scenario.pims, f"{path}.pim").core_json(pool.pim),
         "offload": None if pool.offload is None else pool.offload.core_json(f"{path}.offload", scenario.storage),
+        "quantization": pool.quantization.core_json(),
         "experts": None if pool.experts is None else pool.experts.core_json(model, pool.model, f"{path}.experts", scenario.storage),
     }
 

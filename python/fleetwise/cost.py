@@ -34,6 +34,7 @@ def cost_model(
     model_name: str | None = None,
     gpu_name: str | None = None,
     engine: str = "vllm",
+    quantization=None,
 ) -> _core.CostModel:
     """The core's cost model of ``model`` on ``tp`` x ``pp`` GPUs of kind ``gpu``.
 
@@ -42,7 +43,8 @@ def cost_model(
     ``calibration`` is a ``Calibration`` or its dict (default: ``engine``'s profile on the GPU's
     hardware, which needs ``gpu`` as a name or a ``GpuSpec``); ``offload`` is an ``OffloadConfig`` or its core JSON dict. A spec
     object is named ``model_name``/``gpu_name`` in the core (default: its catalogue name, else
-    ``"model"``/``"gpu"``).
+    ``"model"``/``"gpu"``). ``quantization`` is a ``QuantizationConfig``, its dict, or the core JSON
+    dict of a pool (default: none).
     """
     from fleetwise.catalog import lookup
 
@@ -60,5 +62,11 @@ def cost_model(
 
             offload = offload_json(offload, "offload")
         off_json = json.dumps(offload)
+    quant_json = None
+    if quantization is not None:
+        from fleetwise.config.quantization import QuantizationConfig
+
+        q = quantization if isinstance(quantization, QuantizationConfig) else None
+        quant_json = json.dumps(q.core_json() if q is not None else quantization)
     return _core.CostModel(json.dumps(_spec_json("model", model, model_name)), json.dumps(_spec_json("gpu", gpu, gpu_name)), cal_json,
-                           tp, pp, microbatches, power_cap_watts, gpus_per_node, pim_json, off_json, ep)
+                           tp, pp, microbatches, power_cap_watts, gpus_per_node, pim_json, off_json, ep, quant_json)

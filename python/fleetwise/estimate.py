@@ -23,6 +23,7 @@ def estimate_iteration(
     ep: int = 1,
     specs=None,
     engine: str = "vllm",
+    quantization: dict | None = None,
 ) -> dict:
     """Predicts one iteration: a prefill chunk of ``prefill`` tokens after ``prefill_context``
     cached tokens, ``decode_batch`` decodes at context ``context``, or both as one mixed batch.
@@ -30,7 +31,8 @@ def estimate_iteration(
     Returns seconds, the operator breakdown, and the memory the iteration needs on one GPU
     (weights + KV of every sequence in the batch + activations) next to what the GPU has.
     ``specs`` (a ``fleetwise.config.specs.Specs``) adds user-defined GPUs, models and PIMs to the
-    catalogue's; ``engine`` is the serving engine's profile (a built-in name or a file).
+    catalogue's; ``engine`` is the serving engine's profile (a built-in name or a file);
+    ``quantization`` a pool's ``quantization`` as a dict (``QuantizationConfig``; default none).
     """
     from fleetwise.errors import ConfigError
 
@@ -63,7 +65,9 @@ def estimate_iteration(
         except ValidationError as err:
             raise ConfigError(format_validation_error(err, "--offload/--offload-set", OffloadConfig)) from None
         off_spec = offload_json(spec, "--offload", specs.storage if specs is not None else None)
-    cost = cost_model(m, g, tp=tp, pp=pp, microbatches=microbatches, power_cap_watts=power_cap_watts, pim=pim_spec, offload=off_spec, ep=ep, model_name=model, gpu_name=gpu, engine=engine)
+    quant = _quantization(quantization)
+    cost = cost_model(m, g, tp=tp, pp=pp, microbatches=microbatches, power_cap_watts=power_cap_watts, pim=pim_spec, offload=off_spec, ep=ep, model_name=model, gpu_name=gpu, engine=engine,
+                      quantization=quant)
     prefills = [(prefill, prefill_context, True)] if prefill > 0 else []
     # A decode at context C reads C cached tokens plus the one it processes.
     decodes = [context + 1] * decode_batch
@@ -86,6 +90,7 @@ def estimate_iteration(
         "engine": engine,
         "tp": tp,
         "pp": pp,
+        "quantization": quant.model_dump(),
         "batch": {"prefill_tokens": prefill, "prefill_context": prefill_context, "decode_batch": decode_batch, "context": context},
         "seconds": seconds,
         "memory_bytes": need,
@@ -93,6 +98,20 @@ def estimate_iteration(
         "power_watts_per_gpu": cost.busy_watts(prefills, decodes),
         "ops": cost.breakdown(prefills, decodes),
     }
+
+
+def _quantization(given: dict | None):
+    """``given`` validated as a ``QuantizationConfig`` (errors name ``--quantization``)."""
+    from pydantic import ValidationError
+
+    from fleetwise.config.load import format_validation_error
+    from fleetwise.config.quantization import QuantizationConfig
+    from fleetwise.errors import ConfigError
+
+    try:
+        return QuantizationConfig.model_validate(given or {})
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, "--quantization", QuantizationConfig)) from None
 
 
 def estimate_request(model: str, gpu: str, prompt: int, output: int, engine: str = "vllm", specs=None) -> dict:

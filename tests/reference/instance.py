@@ -25,7 +25,7 @@ class ReferenceInstance:
         """Builds instance ``index`` of ``pool`` (one pool entry of ``core_config``) and starts it."""
         self.env = env
         self.index = index
-        self.cost = cost_model(pool["model"], pool["gpu"], calibration=pool["calibration"], tp=pool["parallelism"]["tp"])
+        self.cost = cost_model(pool["model"], pool["gpu"], calibration=pool["calibration"], tp=pool["parallelism"]["tp"], quantization=pool.get("quantization"))
         if pool.get("prefix_caching"):
             raise ValueError("the reference model does not model prefix caching")
         sched = pool["scheduler"]

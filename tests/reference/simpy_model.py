@@ -107,7 +107,7 @@ def simulate_reference(
             raise ValueError("a pool has role prefill but none has role decode")
         for inst in instances:
             pool = inst.pool
-            inst.kv_bytes_per_token = cost_model(pool["model"], pool["gpu"], calibration=pool["calibration"]).kv_bytes_per_token()
+            inst.kv_bytes_per_token = cost_model(pool["model"], pool["gpu"], calibration=pool["calibration"], quantization=pool.get("quantization")).kv_bytes_per_token()
         ReferenceHandoffs(env, instances)
     router = ReferenceRouter(config["router"]["kind"], entry)
     requests = [

@@ -121,6 +121,9 @@ class GpuSpec(StrictModel):
     """Device memory technology: hbm or gddr (required with ``architecture``)."""
     peak_flops: float = Field(gt=0)
     """Peak dense 16-bit tensor throughput, FLOP/s."""
+    fp8_peak_flops: float = Field(default=0.0, ge=0)
+    """Peak dense FP8 tensor throughput (FP32 accumulate, no sparsity), FLOP/s; 0: no FP8 tensor cores
+    (then ``quantization.activations: fp8`` is refused)."""
     memory_bytes: float = Field(gt=0, le=1e18)
     """Device memory capacity, bytes (at most 1e18)."""
     memory_bandwidth: float = Field(gt=0)
@@ -183,6 +186,7 @@ class GpuSpec(StrictModel):
         return {
             "name": name,
             "peak_flops": self.peak_flops,
+            "fp8_peak_flops": self.fp8_peak_flops,
             "memory_bytes": int(self.memory_bytes),
             "memory_bandwidth": self.memory_bandwidth,
             "link_bandwidth": self.link_bandwidth,

@@ -25,6 +25,7 @@ def estimate(
     power_cap: Optional[float] = typer.Option(None, "--power-cap", min=1, max=1e6, help="Power cap per GPU, watts."),
     pim: Optional[str] = typer.Option(None, "--pim", help="Attach a PIM device to each GPU (see `fleetwise catalog`)."),
     offload: Optional[str] = typer.Option(None, "--offload", help="Offload weights: dram or flash."),
+    quantization: Optional[str] = typer.Option(None, "--quantization", help="Quantization KEY=VALUE,... : weights=bf16|fp8|int8|int4, activations=bf16|fp8, kv_cache=bf16|fp8, group_size=N (int4), e.g. weights=fp8,kv_cache=fp8 (docs/quantization.md)."),
     offload_set: List[str] = typer.Option([], "--offload-set", help="Offload setting KEY=VALUE (layer_fraction, ffn_load_fraction, dram_cache_fraction, overlap, storage, queue_depth, read_chunk_kb). Repeatable."),
     prefill: int = typer.Option(0, "--prefill", min=0, max=2**31 - 1, help="Prefill chunk size, tokens."),
     prefill_context: int = typer.Option(0, "--prefill-context", min=0, max=2**31 - 1, help="Tokens already cached before the chunk."),
@@ -63,11 +64,20 @@ def estimate(
                       f"{r['idealized_runtime_s']:.4f} s on {r['gpus']} GPU(s) = {r['idealized_gpu_seconds']:.4f} GPU-seconds "
                       f"(prefill {r['prefill_s'] * 1e3:.2f} ms, then {output - 1} decodes)")
         return
-    r = estimate_iteration(model, gpu, tp, prefill, prefill_context, decode_batch, context, pp=pp, microbatches=microbatches, power_cap_watts=power_cap, pim=pim, offload=off, ep=ep, specs=user, engine=engine)
+    quant = None
+    if quantization is not None:
+        from fleetwise.config.quantization import parse_quantization
+
+        quant = parse_quantization(quantization)
+    r = estimate_iteration(model, gpu, tp, prefill, prefill_context, decode_batch, context, pp=pp, microbatches=microbatches, power_cap_watts=power_cap, pim=pim, offload=off, ep=ep, specs=user, engine=engine,
+                           quantization=quant)
     if as_json:
         out.print_json(json.dumps(r))
     else:
         layout = f"x{tp}" + (f" x pp{pp}" if pp > 1 else "")
+        q = {k: v for k, v in r["quantization"].items() if v not in ("bf16", None)}
+        if q:
+            layout += " " + ",".join(f"{k}={v}" for k, v in q.items())
         t = Table(title=f"{model} on {gpu} {layout} ({engine} engine): {r['seconds'] * 1e3:.3f} ms per iteration, {r['power_watts_per_gpu']:.0f} W per GPU")
         for c in ("operator", "ms", "TFLOP", "GB", "bound"):
             t.add_column(c, justify="left" if c in ("operator", "bound") else "right")
@@ -95,10 +105,10 @@ def catalog(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -
         out.print_json(json.dumps({"gpus": {k: v.model_dump() for k, v in gpus.items()}, "models": {k: v.model_dump() for k, v in models.items()}, "pims": {k: v.model_dump() for k, v in pims.items()}}))
         return
     t = Table(title="GPUs")
-    for c in ("name", "description", "BF16 TFLOP/s", "memory GB", "HBM TB/s", "link GB/s/dir"):
+    for c in ("name", "description", "BF16 TFLOP/s", "FP8 TFLOP/s", "memory GB", "HBM TB/s", "link GB/s/dir"):
         t.add_column(c)
     for k, g in gpus.items():
-        t.add_row(k, g.description, f"{g.peak_flops / 1e12:.0f}", f"{g.memory_bytes / 1e9:.0f}", f"{g.memory_bandwidth / 1e12:.2f}", f"{g.link_bandwidth / 1e9:.0f} ({g.link})")
+        t.add_row(k, g.description, f"{g.peak_flops / 1e12:.0f}", f"{g.fp8_peak_flops / 1e12:.0f}" if g.fp8_peak_flops else "-", f"{g.memory_bytes / 1e9:.0f}", f"{g.memory_bandwidth / 1e12:.2f}", f"{g.link_bandwidth / 1e9:.0f} ({g.link})")
     out.print(t)
     t = Table(title="Models")
     for c in ("name", "layers", "hidden", "heads/kv", "MLP / experts", "vocab", "context", "params (B)"):

@@ -10,6 +10,7 @@ from fleetwise.catalog import CalibrationOverride, GpuSpec, ModelSpec, PimSpec, 
 from fleetwise.config.base import PolicyRef, StrictModel
 from fleetwise.config.experts import ExpertsConfig
 from fleetwise.config.limits import MAX_COUNT, MAX_NAME_LENGTH, MAX_SEED, MAX_TOKENS
+from fleetwise.config.quantization import QuantizationConfig
 from fleetwise.workload.config import WorkloadConfig
 
 
@@ -274,6 +275,9 @@ class PoolConfig(StrictModel):
     """A PIM device (catalogue or the scenario's ``pims``) attached to each GPU's memory."""
     offload: OffloadConfig | None = None
     """Weight offloading to host DRAM or flash."""
+    quantization: QuantizationConfig = QuantizationConfig()
+    """Weights (bf16, fp8, int8, int4 with group_size), GEMM activations (bf16, fp8) and KV cache
+    (bf16, fp8) formats, as vLLM offers them (docs/quantization.md); default none."""
     experts: ExpertsConfig | None = None
     """Mixture-of-experts serving: expert placement (HBM, DRAM, flash), routing model, expert
     cache, prefetching and token grouping (MoE models only; docs/moe.md)."""

@@ -10,6 +10,10 @@ pub struct GpuSpec {
     pub name: String,
     /// Peak dense 16-bit tensor throughput, FLOP/s.
     pub peak_flops: f64,
+    /// Peak dense FP8 tensor throughput (FP32 accumulate, no sparsity), FLOP/s; 0 when the GPU has
+    /// no FP8 tensor cores (then it cannot run FP8 activations).
+    #[serde(default)]
+    pub fp8_peak_flops: f64,
     /// HBM (device memory) capacity in bytes.
     pub memory_bytes: u64,
     /// HBM bandwidth in bytes/s.
@@ -67,6 +71,9 @@ impl GpuSpec {
         let bad = |field: &str, message: String| Err(crate::error::Error::config(format!("gpu.{field}"), format!("{}: {message}", self.name)));
         if !(self.peak_flops.is_finite() && self.peak_flops >= MIN_PEAK_FLOPS) {
             return bad("peak_flops", format!("must be a finite FLOP/s figure of at least {MIN_PEAK_FLOPS:e}, got {:?}", self.peak_flops));
+        }
+        if !(self.fp8_peak_flops == 0.0 || (self.fp8_peak_flops.is_finite() && self.fp8_peak_flops >= MIN_PEAK_FLOPS)) {
+            return bad("fp8_peak_flops", format!("must be 0 (no FP8 tensor cores) or a finite FLOP/s figure of at least {MIN_PEAK_FLOPS:e}, got {:?}", self.fp8_peak_flops));
         }
         for (field, v, required) in [
             ("memory_bandwidth", self.memory_bandwidth, true),
@@ -254,7 +261,7 @@ mod tests {
     use super::*;
 
     fn h100(dvfs_exponent: f64) -> GpuSpec {
-        GpuSpec { name: "h100".into(), peak_flops: 989.4e12, memory_bytes: 80_000_000_000, memory_bandwidth: 3.35e12, link_bandwidth: 450e9, link_latency: 2e-6, nic_bandwidth: 50e9, nic_latency: 5e-6, host_link_bandwidth: 64e9, host_link_latency: 5e-6, tdp_watts: 700.0, idle_watts: 70.0, memory_bound_activity: 0.3, dvfs_exponent, sm_count: 132 }
+        GpuSpec { name: "h100".into(), peak_flops: 989.4e12, fp8_peak_flops: 1979e12, memory_bytes: 80_000_000_000, memory_bandwidth: 3.35e12, link_bandwidth: 450e9, link_latency: 2e-6, nic_bandwidth: 50e9, nic_latency: 5e-6, host_link_bandwidth: 64e9, host_link_latency: 5e-6, tdp_watts: 700.0, idle_watts: 70.0, memory_bound_activity: 0.3, dvfs_exponent, sm_count: 132 }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use crate::errors::{from_json, to_py};
 use fleetwise_core::calibration::Efficiency;
-use fleetwise_core::cost::{BatchShape, CostModel, InstanceSpec};
+use fleetwise_core::cost::{BatchShape, CostModel, InstanceSpec, Quantization};
 use fleetwise_core::hardware::{GpuSpec, PimSpec};
 use fleetwise_core::offload::OffloadSpec;
 use fleetwise_core::memory::{MemoryConfig, MemoryPlan};
@@ -36,17 +36,19 @@ fn shape(cost: &CostModel, prefills: Vec<(u64, u64, bool)>, decodes: Vec<u64>) -
 #[pymethods]
 impl PyCostModel {
     /// Builds a cost model from JSON specs of the model, GPU and calibration, on `tp` x `pp`
-    /// GPUs (`microbatches` per iteration with pipelining; default pp), optionally power-capped.
+    /// GPUs (`microbatches` per iteration with pipelining; default pp), optionally power-capped,
+    /// optionally quantized (`quantization_json`: the core's `Quantization`; default none).
     #[new]
-    #[pyo3(signature = (model_json, gpu_json, calibration_json, tp, pp=1, microbatches=None, power_cap_watts=None, gpus_per_node=8, pim_json=None, offload_json=None, ep=1))]
+    #[pyo3(signature = (model_json, gpu_json, calibration_json, tp, pp=1, microbatches=None, power_cap_watts=None, gpus_per_node=8, pim_json=None, offload_json=None, ep=1, quantization_json=None))]
     #[allow(clippy::too_many_arguments)]
-    fn new(model_json: &str, gpu_json: &str, calibration_json: &str, tp: u32, pp: u32, microbatches: Option<u32>, power_cap_watts: Option<f64>, gpus_per_node: u32, pim_json: Option<&str>, offload_json: Option<&str>, ep: u32) -> PyResult<Self> {
+    fn new(model_json: &str, gpu_json: &str, calibration_json: &str, tp: u32, pp: u32, microbatches: Option<u32>, power_cap_watts: Option<f64>, gpus_per_node: u32, pim_json: Option<&str>, offload_json: Option<&str>, ep: u32, quantization_json: Option<&str>) -> PyResult<Self> {
+        let quantization: Quantization = quantization_json.map(|j| from_json("quantization", j)).transpose()?.unwrap_or_default();
         let pim: Option<PimSpec> = pim_json.map(|j| from_json("pim", j)).transpose()?;
         let offload: Option<OffloadSpec> = offload_json.map(|j| from_json("offload", j)).transpose()?;
         let model: ModelSpec = from_json("model", model_json)?;
         let gpu: GpuSpec = from_json("gpu", gpu_json)?;
         let eff: Efficiency = from_json("calibration", calibration_json)?;
-        let spec = InstanceSpec { model, gpu, efficiency: eff, tp, pp, microbatches, ep, gpus_per_node, pim, offload, power_cap_watts };
+        let spec = InstanceSpec { model, gpu, efficiency: eff, tp, pp, microbatches, ep, gpus_per_node, pim, offload, power_cap_watts, quantization };
         let cm = CostModel::build(&spec).map_err(to_py)?;
         Ok(PyCostModel { inner: cm })
     }
@@ -102,9 +104,9 @@ impl PyCostModel {
         Ok(d)
     }
 
-    /// Weight bytes of the whole model (all GPUs).
+    /// Weight bytes of the whole model (all GPUs), quantized layers at their quantized width.
     fn weight_bytes(&self) -> u64 {
-        self.inner.model().weight_bytes()
+        self.inner.model_weight_bytes()
     }
 
     /// Weight bytes on one GPU (its pipeline stage, its tensor-parallel shard).

@@ -44,7 +44,7 @@ impl CostModel {
         if sms == 0.0 || seqs * (kv / head) < 0.8 * 2.0 * sms {
             return 0.0;
         }
-        2.0 * head * max_context * self.b / (self.gpu.memory_bandwidth / sms * f) * self.slow_memory
+        2.0 * head * max_context * self.kvb / (self.gpu.memory_bandwidth / sms * f) * self.slow_memory
     }
 }
 
@@ -77,14 +77,14 @@ impl<F: FnMut(OpCost)> IterationPass<'_, F> {
         let (pt, pairs, pkv, ds, dkv) = (self.pt, self.pairs, self.pkv, self.ds, self.dkv);
         self.emit(Op::QkvProj, &[Kernel::all(cm.gemm(mt, h, q + 2.0 * kv))], cm.flops_gemm, true);
         if shape.prefill_tokens > 0 {
-            let work = (4.0 * q * pairs, (2.0 * pt * q + 2.0 * kv * pkv) * b);
+            let work = (4.0 * q * pairs, (2.0 * pt * q + 2.0 * kv * pkv * cm.kv_ratio()) * b);
             self.emit(Op::PrefillAttention, &[Kernel::all(work)], cm.flops_attn, true);
         }
         if shape.decode_seqs > 0 {
             // Beside prefill chunks, decodes go through the variable-length kernel's query tiles.
             let rows = if shape.prefill_tokens > 0 { cm.eff.mixed_query_tile } else { cm.eff.decode_query_rows };
             let rows = rows.unwrap_or(1).max(1) as f64;
-            let work = (4.0 * q * dkv * rows, (2.0 * ds * q + 2.0 * kv * dkv) * b);
+            let work = (4.0 * q * dkv * rows, (2.0 * ds * q + 2.0 * kv * dkv * cm.kv_ratio()) * b);
             let floor = cm.decode_attention_tail(ds, shape.decode_max_context as f64);
             let bw = cm.decode_split_bandwidth(ds);
             self.emit(Op::DecodeAttention, &[Kernel { floor, bw, ..Kernel::all(work) }], cm.flops_attn, true);
@@ -121,7 +121,7 @@ impl<F: FnMut(OpCost)> IterationPass<'_, F> {
             // Absorbed form: every head attends over the cached latent + RoPE key (scores) and
             // the latent (values); reads the cache, the absorbed queries, writes latent outputs.
             let flops = 2.0 * heads * (lora + rope) * dkv + 2.0 * heads * lora * dkv;
-            let bytes = (dkv * (lora + rope) + ds * heads * (lora + rope) + ds * heads * lora) * b;
+            let bytes = (dkv * (lora + rope) * cm.kv_ratio() + ds * heads * (lora + rope) + ds * heads * lora) * b;
             self.emit(Op::DecodeAttention, &[Kernel::all((flops, bytes))], cm.flops_attn, true);
         }
         // Decodes project their latent outputs to values (kv_b_proj's value half), then o_proj.

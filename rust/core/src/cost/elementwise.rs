@@ -22,7 +22,7 @@ impl<F: FnMut(OpCost)> IterationPass<'_, F> {
         // hidden passes, two per element of the activation's.
         let hidden = if cm.model.parallel_attention { 6.0 * h } else { 10.0 * h };
         let act_passes = cm.model.mlp.matrices() as f64;
-        let elem = |act: f64| (mt * (hidden + 2.0 * act_passes * act), mt * b * (hidden + 2.0 * rope_width + 2.0 * latent_width + act_passes * act + cache_width));
+        let elem = |act: f64| (mt * (hidden + 2.0 * act_passes * act), mt * b * (hidden + 2.0 * rope_width + 2.0 * latent_width + act_passes * act + cache_width * cm.kv_ratio()));
         // A MoE layer also moves every token-expert pair's hidden vector twice: dispatch (read the
         // token, write one copy per expert it goes to, in expert order) and combine (read the
         // experts' outputs, write the weighted sum): (2k + 2) h per token for k pairs on this GPU.
@@ -30,7 +30,7 @@ impl<F: FnMut(OpCost)> IterationPass<'_, F> {
         let (f, by) = elem(cm.moe_act_width);
         let moe = (f + mt * 2.0 * k * h, by + mt * b * (2.0 * k + 2.0) * h);
         let kernels = [Kernel::on(cm.moe_share, moe), Kernel::on(cm.dense_share, elem(cm.dense_width))];
-        self.emit(Op::Elementwise, &kernels, cm.flops_gemm, true);
+        self.emit(Op::Elementwise, &kernels, cm.flops_16bit, true);
     }
 }
 

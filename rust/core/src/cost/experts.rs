@@ -9,7 +9,7 @@ impl CostModel {
     /// Bytes of one routed expert's weights on one GPU (whole with expert parallelism, else a
     /// tensor-parallel shard).
     pub fn expert_bytes_per_gpu(&self) -> f64 {
-        self.model.mlp.matrices() as f64 * self.h * self.model.moe_intermediate_size as f64 * self.b / (self.tp as f64 / self.ep as f64)
+        self.model.mlp.matrices() as f64 * self.h * self.model.moe_intermediate_size as f64 * self.wb / (self.tp as f64 / self.ep as f64)
     }
 
     /// The FLOPs and bytes of one MoE layer's routed experts on one GPU: a grouped GEMM over
@@ -20,7 +20,10 @@ impl CostModel {
         let width = self.model.moe_intermediate_size as f64 / (self.tp as f64 / self.ep as f64);
         let mats = self.model.mlp.matrices() as f64;
         let flops = 2.0 * pairs * mats * h * width;
-        let bytes = (touched * mats * h * width + pairs * (2.0 * h + mats * width)) * self.b;
+        // Weights at the quantized width; each pair reads its first and second GEMM's inputs
+        // (h + width, FP8 with FP8 activations) and writes their 16-bit outputs.
+        let inputs_saved = (h + width) * (1.0 - self.xb / self.b);
+        let bytes = (touched * mats * h * width * (self.wb / self.b) + pairs * (2.0 * h + mats * width - inputs_saved)) * self.b;
         (flops, bytes)
     }
 
@@ -43,7 +46,8 @@ impl<F: FnMut(OpCost)> IterationPass<'_, F> {
         let (h, mt) = (cm.h, self.mt);
         if cm.moe_share > 0.0 {
             let experts = cm.model.num_experts as f64;
-            self.emit(Op::MoeRouter, &[Kernel::on(cm.moe_share, cm.gemm(mt, h, experts))], cm.flops_gemm, true);
+            // The router's gate stays 16-bit under quantization, as in vLLM.
+            self.emit(Op::MoeRouter, &[Kernel::on(cm.moe_share, cm.gemm_16bit(mt, h, experts))], cm.flops_16bit, true);
             // On average each GPU gets 1/ep of the token-expert pairs and of the experts the batch touches.
             let e = cm.ep as f64;
             let pairs = mt * cm.model.experts_per_token as f64 / e;

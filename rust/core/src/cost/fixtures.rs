@@ -6,12 +6,12 @@ use crate::hardware::{GpuSpec, DEFAULT_DVFS_EXPONENT};
 
 /// An H100 SXM.
 pub(super) fn h100() -> GpuSpec {
-    GpuSpec { name: "h100-sxm".into(), peak_flops: 989.4e12, memory_bytes: 80_000_000_000, memory_bandwidth: 3.35e12, link_bandwidth: 450e9, link_latency: 2e-6, nic_bandwidth: 50e9, nic_latency: 5e-6, host_link_bandwidth: 64e9, host_link_latency: 5e-6, tdp_watts: 700.0, idle_watts: 70.0, memory_bound_activity: 0.3, dvfs_exponent: DEFAULT_DVFS_EXPONENT, sm_count: 132 }
+    GpuSpec { name: "h100-sxm".into(), peak_flops: 989.4e12, fp8_peak_flops: 1979e12, memory_bytes: 80_000_000_000, memory_bandwidth: 3.35e12, link_bandwidth: 450e9, link_latency: 2e-6, nic_bandwidth: 50e9, nic_latency: 5e-6, host_link_bandwidth: 64e9, host_link_latency: 5e-6, tdp_watts: 700.0, idle_watts: 70.0, memory_bound_activity: 0.3, dvfs_exponent: DEFAULT_DVFS_EXPONENT, sm_count: 132 }
 }
 
 /// An A100 80GB SXM.
 pub(super) fn a100() -> GpuSpec {
-    GpuSpec { name: "a100-80gb-sxm".into(), peak_flops: 312e12, memory_bytes: 80_000_000_000, memory_bandwidth: 2.039e12, link_bandwidth: 300e9, link_latency: 2e-6, nic_bandwidth: 50e9, nic_latency: 5e-6, host_link_bandwidth: 64e9, host_link_latency: 5e-6, tdp_watts: 400.0, idle_watts: 50.0, memory_bound_activity: 0.3, dvfs_exponent: DEFAULT_DVFS_EXPONENT, sm_count: 108 }
+    GpuSpec { name: "a100-80gb-sxm".into(), peak_flops: 312e12, fp8_peak_flops: 0.0, memory_bytes: 80_000_000_000, memory_bandwidth: 2.039e12, link_bandwidth: 300e9, link_latency: 2e-6, nic_bandwidth: 50e9, nic_latency: 5e-6, host_link_bandwidth: 64e9, host_link_latency: 5e-6, tdp_watts: 400.0, idle_watts: 50.0, memory_bound_activity: 0.3, dvfs_exponent: DEFAULT_DVFS_EXPONENT, sm_count: 108 }
 }
 
 /// Peak rates, no overheads: the cost is the pure roofline, easy to compute by hand.

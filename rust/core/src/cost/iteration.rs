@@ -127,10 +127,11 @@ impl<'a, F: FnMut(OpCost)> IterationPass<'a, F> {
         let (t, h, b) = (self.t, cm.h, cm.b);
         let s = self.shape.sampled as f64;
         if s > 0.0 {
-            let (fl, by) = cm.gemm(s, h, cm.vocab_shard);
+            // The LM head stays 16-bit under quantization, as in vLLM.
+            let (fl, by) = cm.gemm_16bit(s, h, cm.vocab_shard);
             let norm_bytes = 2.0 * t * h * b;
             let logits_bytes = s * cm.vocab_shard * 4.0;
-            let (secs, cb) = cm.gemm_roofline(fl, by + norm_bytes + logits_bytes, cm.flops_gemm, cm.bw);
+            let (secs, cb) = cm.gemm_roofline(fl, by + norm_bytes + logits_bytes, cm.flops_16bit, cm.bw);
             let gather = cm.logits_gather_seconds(s);
             self.push(OpCost { op: Op::LmHead, flops: fl, bytes: by + norm_bytes + logits_bytes, seconds: secs + gather, compute_bound: cb, on_pim: false });
         }

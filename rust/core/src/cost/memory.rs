@@ -1,5 +1,6 @@
 //! Memory on one GPU: weight bytes (tensor-parallel shards, pipeline stages, offloaded layers
-//! and experts kept out of HBM), KV-cache bytes per token and peak activation bytes.
+//! and experts kept out of HBM; decoder layers at the quantized width, the embedding and LM head
+//! 16-bit), KV-cache bytes per token and peak activation bytes.
 
 use super::CostModel;
 
@@ -13,16 +14,26 @@ impl CostModel {
         }
     }
 
-    /// Bytes on one GPU of `params` parameters spanning `layers` decoder layers.
-    fn param_bytes_per_gpu(&self, params: u64, layers: u64) -> u64 {
-        let b = self.model.dtype_bytes as u64;
+    /// Bytes on one GPU of `params` decoder-layer parameters spanning `layers` layers (at the
+    /// quantized width, rounded up to whole bytes) and `unquantized` 16-bit parameters (embedding,
+    /// final norm, LM head), all sharded over tp but MLA's replicated latent projections.
+    fn param_bytes_per_gpu(&self, params: u64, layers: u64, unquantized: u64) -> u64 {
+        let bytes = |n: u64| (n as f64 * self.wb).ceil() as u64;
         let replicated = layers * self.replicated_layer_params();
-        ((params - replicated) * b).div_ceil(self.tp as u64) + replicated * b
+        (bytes(params - replicated) + unquantized * self.model.dtype_bytes as u64).div_ceil(self.tp as u64) + bytes(replicated)
     }
 
     /// Weight bytes of one decoder layer on one GPU.
     pub(super) fn layer_weight_bytes_per_gpu(&self) -> u64 {
-        self.param_bytes_per_gpu(self.model.layer_params(), 1)
+        self.param_bytes_per_gpu(self.model.layer_params(), 1, 0)
+    }
+
+    /// Weight bytes of the whole model on all GPUs together: the decoder layers at the quantized
+    /// width, the embedding, final norm and LM head 16-bit.
+    pub fn model_weight_bytes(&self) -> u64 {
+        let layers = self.model.layers_params(0..self.model.num_layers);
+        let other = self.model.total_params() - layers;
+        (layers as f64 * self.wb).ceil() as u64 + other * self.model.dtype_bytes as u64
     }
 
     /// Keeps `bytes` of routed-expert weights per GPU out of HBM (offloaded experts).
@@ -37,7 +48,8 @@ impl CostModel {
     pub fn weight_bytes_per_gpu(&self) -> u64 {
         let layers = self.model.num_layers;
         if self.pp == 1 {
-            let resident = self.param_bytes_per_gpu(self.model.total_params(), layers as u64).saturating_sub(self.expert_hbm_saved);
+            let decoder = self.model.layers_params(0..layers);
+            let resident = self.param_bytes_per_gpu(decoder, layers as u64, self.model.total_params() - decoder).saturating_sub(self.expert_hbm_saved);
             let Some(o) = &self.offload else { return resident };
             let away = self.offloaded_layers() as u64 * self.layer_weight_bytes_per_gpu();
             // Staging buffers for the streamed layers: two when the next layer streams during this one,
@@ -50,15 +62,26 @@ impl CostModel {
         (0..self.pp)
             .map(|s| {
                 let (start, end) = (s * n, ((s + 1) * n).min(layers));
-                self.param_bytes_per_gpu(self.model.layers_params(start..end) + embed, end.saturating_sub(start) as u64)
+                self.param_bytes_per_gpu(self.model.layers_params(start..end), end.saturating_sub(start) as u64, embed)
             })
             .max()
             .unwrap_or(0)
     }
 
-    /// KV-cache bytes per token on one GPU (its stage's layers only).
+    /// KV-cache bytes per token on one GPU (its stage's layers only), at the cache's element width.
     pub fn kv_bytes_per_token_per_gpu(&self) -> u64 {
-        self.model.kv_bytes_per_token_per_layer(self.tp) * self.model.num_layers.div_ceil(self.pp) as u64
+        self.kv_bytes_per_token_per_layer(self.tp) * self.model.num_layers.div_ceil(self.pp) as u64
+    }
+
+    /// KV-cache bytes of one token over all layers and KV heads (what a disaggregated prefill
+    /// instance sends per prompt token), at the cache's element width.
+    pub fn kv_bytes_per_token_whole_model(&self) -> u64 {
+        self.kv_bytes_per_token_per_layer(1) * self.model.num_layers as u64
+    }
+
+    /// KV-cache bytes per token per layer on one GPU at tensor-parallel degree `tp`.
+    fn kv_bytes_per_token_per_layer(&self, tp: u32) -> u64 {
+        (self.model.kv_width_per_gpu(tp) as f64 * self.kvb).ceil() as u64
     }
 
     /// Peak activation memory of one iteration on one GPU, bytes: the larger of the MLP's live

@@ -17,6 +17,7 @@
 //!   decode-attention tail); `ffn.rs`: dense MLPs and shared experts; `experts.rs`: routed experts
 //!   (MoE); `elementwise.rs`: norms, RoPE, residuals, activations, cache writes;
 //! - `collectives.rs`: tensor-parallel all-reduce, expert all-to-all, pipeline sends, node links;
+//! - `quantization.rs`: the [`Quantization`] of weights, GEMM activations and the KV cache;
 //! - `memory.rs`: weight, KV and activation bytes per GPU; `weight_fetch.rs`: offloaded weights
 //!   streamed in; `pim.rs`: processing-in-memory queries;
 //! - `iteration.rs`: one iteration assembled from the operator families, and its summaries.
@@ -33,12 +34,14 @@ mod iteration;
 mod memory;
 mod ops;
 mod pim;
+mod quantization;
 mod roofline;
 mod setup;
 mod weight_fetch;
 
 pub use batch::BatchShape;
 pub use ops::{IterationCost, Op, OpCost};
+pub use quantization::{ActivationFormat, KvCacheFormat, Quantization, WeightFormat, DEFAULT_GROUP_SIZE};
 pub use setup::{InstanceSpec, MAX_ITERATION_OVERHEAD, MAX_LAYER_OVERHEAD, MIN_EFFICIENCY};
 pub use weight_fetch::WeightStream;
 
@@ -65,10 +68,21 @@ pub struct CostModel {
     dense_share: f64,
     moe_share: f64,
     vocab_shard: f64,
+    quant: Quantization,
+    /// Bytes per element of 16-bit activations (and of the embedding and LM head weights).
     b: f64,
+    /// Bytes per decoder-layer weight (quantized).
+    wb: f64,
+    /// Bytes per element of a quantized GEMM's input activations.
+    xb: f64,
+    /// Bytes per cached key or value element.
+    kvb: f64,
     h: f64,
     layers: f64,
+    /// FLOP/s of the decoder layers' (quantized) linear layers.
     flops_gemm: f64,
+    /// FLOP/s of 16-bit GEMMs (the LM head, the MoE router) and elementwise kernels.
+    flops_16bit: f64,
     flops_attn: f64,
     bw: f64,
     bw_attn: f64,
@@ -102,6 +116,11 @@ impl CostModel {
     /// The GPU this cost model describes.
     pub fn gpu(&self) -> &GpuSpec {
         &self.gpu
+    }
+
+    /// The quantization of weights, GEMM activations and the KV cache.
+    pub fn quantization(&self) -> &Quantization {
+        &self.quant
     }
 
     /// Tensor-parallel degree.

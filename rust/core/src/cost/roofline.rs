@@ -70,8 +70,21 @@ impl CostModel {
         }
     }
 
-    /// The FLOPs and bytes of a `tokens x k` by `k x n` GEMM (weights, input and output read or written once).
+    /// The FLOPs and bytes of a decoder layer's `tokens x k` by `k x n` GEMM (weights, input and
+    /// output read or written once): weights at the quantized width, the input at the GEMM input
+    /// width (FP8 with FP8 activations), the output 16-bit.
     pub(super) fn gemm(&self, tokens: f64, k: f64, n: f64) -> (f64, f64) {
+        (2.0 * tokens * k * n, (k * n * (self.wb / self.b) + tokens * k * (self.xb / self.b) + tokens * n) * self.b)
+    }
+
+    /// KV-cache bytes per element over 16-bit activation bytes (0.5 with an FP8 cache, else 1).
+    pub(super) fn kv_ratio(&self) -> f64 {
+        self.kvb / self.b
+    }
+
+    /// The FLOPs and bytes of a 16-bit `tokens x k` by `k x n` GEMM, which quantization leaves
+    /// alone (the LM head, the MoE router).
+    pub(super) fn gemm_16bit(&self, tokens: f64, k: f64, n: f64) -> (f64, f64) {
         (2.0 * tokens * k * n, (k * n + tokens * k + tokens * n) * self.b)
     }
 

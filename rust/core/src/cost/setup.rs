@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::hardware::{GpuSpec, PimSpec, PowerModel};
 use crate::model::ModelSpec;
 use crate::offload::OffloadSpec;
+use super::Quantization;
 
 /// Everything that fixes one instance's iteration cost: the model, the GPU kind and its
 /// calibration, how the model is laid out over the GPUs, and what is attached to them.
@@ -34,12 +35,14 @@ pub struct InstanceSpec {
     pub offload: Option<OffloadSpec>,
     /// The power cap of every GPU, watts, if any.
     pub power_cap_watts: Option<f64>,
+    /// Quantization of weights, GEMM activations and the KV cache (default none).
+    pub quantization: Quantization,
 }
 
 impl InstanceSpec {
     /// `model` on `tp` GPUs of one node: no pipelining, no expert parallelism, nothing attached, uncapped.
     pub fn new(model: ModelSpec, gpu: GpuSpec, efficiency: Efficiency, tp: u32) -> Self {
-        InstanceSpec { model, gpu, efficiency, tp, pp: 1, microbatches: None, ep: 1, gpus_per_node: u32::MAX, pim: None, offload: None, power_cap_watts: None }
+        InstanceSpec { model, gpu, efficiency, tp, pp: 1, microbatches: None, ep: 1, gpus_per_node: u32::MAX, pim: None, offload: None, power_cap_watts: None, quantization: Quantization::default() }
     }
 }
 
@@ -55,9 +58,11 @@ impl CostModel {
 
     /// The cost model of the instance `spec` describes; fails on a setting that is out of range or
     /// that the model, the GPU or the parallelism cannot take (in that order: the model's sharding
-    /// and the calibration, pipelining, expert parallelism, nodes, PIM, offloading, power cap).
+    /// and the calibration, quantization, pipelining, expert parallelism, nodes, PIM, offloading,
+    /// power cap).
     pub fn build(spec: &InstanceSpec) -> Result<Self> {
         Self::new(spec.model.clone(), spec.gpu.clone(), spec.efficiency.clone(), spec.tp)?
+            .with_quantization(spec.quantization)?
             .with_pipeline(spec.pp, spec.microbatches)?
             .with_expert_parallel(spec.ep)?
             .with_nodes(spec.gpus_per_node)?
@@ -74,6 +79,9 @@ impl CostModel {
                 "parallelism.tp",
                 format!("tp={tp} must be a positive divisor of {}'s {} attention heads", model.name, model.num_heads),
             ));
+        }
+        if !(1..=8).contains(&model.dtype_bytes) {
+            return Err(Error::config("model.dtype_bytes", format!("{}: must be between 1 and 8 bytes per element, got {}", model.name, model.dtype_bytes)));
         }
         if model.first_dense_layers > model.num_layers {
             return Err(Error::config(
@@ -169,10 +177,15 @@ impl CostModel {
             moe_share: model.moe_layers() as f64 / model.num_layers.max(1) as f64,
             ep: 1,
             vocab_shard: model.vocab_size as f64 / t,
+            quant: Quantization::default(),
             b: model.dtype_bytes as f64,
+            wb: model.dtype_bytes as f64,
+            xb: model.dtype_bytes as f64,
+            kvb: model.dtype_bytes as f64,
             h: model.hidden_size as f64,
             layers: model.num_layers as f64,
             flops_gemm: gpu.peak_flops * eff.gemm_compute,
+            flops_16bit: gpu.peak_flops * eff.gemm_compute,
             flops_attn: gpu.peak_flops * eff.attention_compute,
             bw: gpu.memory_bandwidth * eff.memory,
             bw_attn: gpu.memory_bandwidth * eff.attention_memory.unwrap_or(eff.memory),
@@ -184,6 +197,21 @@ impl CostModel {
             eff,
             tp,
         })
+    }
+
+    /// Quantizes the decoder layers' weights, the GEMMs' input activations and the KV cache (see
+    /// [`Quantization`]); fails when the combination or the GPU cannot run it.
+    pub(super) fn with_quantization(mut self, q: Quantization) -> Result<Self> {
+        q.validate(&self.gpu)?;
+        let native = self.model.dtype_bytes as f64;
+        self.quant = q;
+        self.wb = q.weight_bytes_per_param(native);
+        self.xb = q.gemm_input_bytes(native);
+        self.kvb = q.kv_bytes_per_element(native);
+        let peak = q.linear_peak_flops(&self.gpu);
+        self.flops_gemm = peak * self.eff.gemm_compute;
+        self.flops_expert = peak * self.eff.expert_compute.unwrap_or(self.eff.gemm_compute);
+        Ok(self)
     }
 
     /// Caps each GPU's power at `watts`: kernels whose draw would exceed it run longer.

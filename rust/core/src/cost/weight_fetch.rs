@@ -43,7 +43,7 @@ impl CostModel {
         let replicated = self.replicated_layer_params() as f64;
         let attn = self.model.attention_params() as f64 - replicated;
         let ffn = self.model.dense_ffn_params() as f64;
-        (attn + ffn * self.ffn_active_fraction(tokens)) * self.b / self.tp as f64 + replicated * self.b
+        (attn + ffn * self.ffn_active_fraction(tokens)) * self.wb / self.tp as f64 + replicated * self.wb
     }
 
     /// Share of all decoder layers that are offloaded with a sparse FFN (`ffn_load_fraction` < 1):

@@ -35,7 +35,7 @@ fn model() -> ModelSpec {
 /// A GPU whose host link moves one expert in `fetch` seconds.
 fn cost(fetch: f64) -> CostModel {
     let eb = 3.0 * 1024.0 * 2048.0 * 2.0;
-    let gpu = GpuSpec { name: "g".into(), peak_flops: 1e15, memory_bytes: 80_000_000_000, memory_bandwidth: 2e12, link_bandwidth: 1e11, link_latency: 0.0, nic_bandwidth: 0.0, nic_latency: 0.0, host_link_bandwidth: eb / fetch, host_link_latency: 0.0, tdp_watts: 0.0, idle_watts: 0.0, memory_bound_activity: 0.3, dvfs_exponent: DEFAULT_DVFS_EXPONENT, sm_count: 0 };
+    let gpu = GpuSpec { name: "g".into(), peak_flops: 1e15, fp8_peak_flops: 0.0, memory_bytes: 80_000_000_000, memory_bandwidth: 2e12, link_bandwidth: 1e11, link_latency: 0.0, nic_bandwidth: 0.0, nic_latency: 0.0, host_link_bandwidth: eb / fetch, host_link_latency: 0.0, tdp_watts: 0.0, idle_watts: 0.0, memory_bound_activity: 0.3, dvfs_exponent: DEFAULT_DVFS_EXPONENT, sm_count: 0 };
     let eff = Efficiency { gemm_compute: 1.0, attention_compute: 1.0, memory: 1.0, attention_memory: None, elementwise_memory: None, collective: 1.0, iteration_overhead: 0.0, layer_overhead: 0.0, attention_cta: None, gemm_ridge_exponent: None, prefill_pad_tokens: None, ..Default::default() };
     CostModel::build(&crate::cost::InstanceSpec::new(model(), gpu, eff, 1)).unwrap()
 }

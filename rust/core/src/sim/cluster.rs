@@ -111,6 +111,7 @@ impl<'a> Cluster<'a> {
                     pim: pool.pim.clone(),
                     offload: pool.offload.clone(),
                     power_cap_watts: pool.power_cap_watts,
+                    quantization: pool.quantization,
                 };
                 let index = instances.len();
                 let plugged_caches = plugins.expert_caches.get(&p).map(|make| move |site| make(index, site));

@@ -2,6 +2,7 @@
 //! seed, and the workload to replay.
 
 use crate::calibration::Efficiency;
+use crate::cost::Quantization;
 use crate::hardware::{GpuSpec, PimSpec};
 use crate::memory::MemoryConfig;
 use crate::model::ModelSpec;
@@ -44,6 +45,9 @@ pub struct PoolConfig {
     /// Weights kept in host DRAM or flash and streamed in.
     #[serde(default)]
     pub offload: Option<OffloadSpec>,
+    /// Quantization of weights, GEMM activations and the KV cache (default none).
+    #[serde(default)]
+    pub quantization: Quantization,
     /// Keep prompt prefixes cached and share them between requests (needs hashes in the workload).
     #[serde(default)]
     pub prefix_caching: bool,

@@ -114,7 +114,7 @@ impl Cluster<'_> {
             if let Some(blocks) = instances[d as usize].reserve(r) {
                 let from = r.instance;
                 let model = instances[from as usize].cost().model();
-                let bytes = r.prompt as u64 * model.kv_bytes_per_token(1);
+                let bytes = r.prompt as u64 * instances[from as usize].cost().kv_bytes_per_token_whole_model();
                 // Layer-wise (started before the prefill ends): the last layer's share waits.
                 let last = if prefill_done || model.num_layers < 2 { 0 } else { bytes / model.num_layers as u64 };
                 self.transfers.start_handoff(now, req, from, d, bytes - last, queue)?;

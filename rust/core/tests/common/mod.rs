@@ -16,7 +16,7 @@ pub fn model() -> ModelSpec {
 
 /// An H100 SXM datasheet with `memory_bytes` of HBM (80 GB on the real part).
 pub fn gpu(memory_bytes: u64) -> GpuSpec {
-    GpuSpec { name: "h100".into(), peak_flops: 989.4e12, memory_bytes, memory_bandwidth: 3.35e12, link_bandwidth: 450e9, link_latency: 2e-6, nic_bandwidth: 50e9, nic_latency: 5e-6, host_link_bandwidth: 64e9, host_link_latency: 5e-6, tdp_watts: 700.0, idle_watts: 70.0, memory_bound_activity: 0.3, dvfs_exponent: DEFAULT_DVFS_EXPONENT, sm_count: 132 }
+    GpuSpec { name: "h100".into(), peak_flops: 989.4e12, fp8_peak_flops: 1979e12, memory_bytes, memory_bandwidth: 3.35e12, link_bandwidth: 450e9, link_latency: 2e-6, nic_bandwidth: 50e9, nic_latency: 5e-6, host_link_bandwidth: 64e9, host_link_latency: 5e-6, tdp_watts: 700.0, idle_watts: 70.0, memory_bound_activity: 0.3, dvfs_exponent: DEFAULT_DVFS_EXPONENT, sm_count: 132 }
 }
 
 /// A pool named `main` of `count` single-GPU instances of [`model`] on `gpu`: default calibration
@@ -40,6 +40,7 @@ pub fn pool(count: u32, gpu: GpuSpec) -> PoolConfig {
         kv_transfer_latency: fleetwise_core::sim::DEFAULT_KV_TRANSFER_LATENCY,
         pim: None,
         offload: None,
+        quantization: Default::default(),
         experts: None,
     }
 }
