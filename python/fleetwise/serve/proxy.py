@@ -91,6 +91,8 @@ async def forward(state, request, path: str) -> Response:
             if not tried:
                 return _error(503, f"no endpoint can serve this request: {e}", "ServiceUnavailableError")
             break
+        if tried:
+            state.health.m_retries.inc(endpoint=state.endpoints[next(reversed(tried))].name)
         headers = {"x-fleetwise-endpoint": state.endpoints[decision.instance].name, "x-request-id": request_id, "x-fleetwise-retries": str(len(tried))}
         track = TrackedLoad(state)
         try:
@@ -100,7 +102,6 @@ async def forward(state, request, path: str) -> Response:
             state.health.failed(u.index, "connect", repr(u.error))
             if len(tried) > state.failover.retries:
                 break
-            state.health.m_retries.inc(endpoint=state.endpoints[u.index].name)
         finally:
             if not track.handed_off:
                 track.release_all()
