@@ -232,6 +232,8 @@ class StreamRelay:
                     d.pop("usage", None)
                     yield b"data: " + json.dumps(d).encode() + b"\n\n"
         except (httpx.HTTPError, SSEError) as exc:
+            if done:  # the answer was complete; only the connection's end went wrong
+                return
             status, kind, message = _failure(self.state, self.index, exc)
             yield error_event(status, f"the stream broke off after {generated} tokens: {message}", kind)
             yield DONE
