@@ -14,6 +14,8 @@ def _serve_extra():
     try:
         import fastapi  # noqa: F401
         import httpx  # noqa: F401
+        import httpx_sse  # noqa: F401
+        import prometheus_client  # noqa: F401
         import uvicorn
     except ImportError as e:
         err.print(f"[bold red]error:[/] the serve commands need the serve extra (pip install 'fleetwise[serve]'): {e}")
@@ -53,15 +55,25 @@ def serve_router(
     param: List[str] = typer.Option([], "--param", help="Policy parameter KEY=VALUE (VALUE read as YAML). Repeatable."),
     scrape_interval: float = typer.Option(1.0, "--scrape-interval", min=0, help="Seconds between /metrics scrapes of the engines (0: never)."),
     block_chars: int = typer.Option(64, "--block-chars", min=1, help="Prompt characters per block in the prefix index."),
+    connect_timeout: float = typer.Option(5.0, "--connect-timeout", help="Seconds to connect to an engine; a request that cannot connect is retried on another."),
+    read_timeout: float = typer.Option(300.0, "--read-timeout", help="Seconds an engine may send nothing (the whole answer when not streamed) before the client gets a 504."),
+    health_interval: float = typer.Option(1.0, "--health-interval", help="Seconds between GET /health probes of every engine; an ejected engine that passes one is re-admitted (0: never probe)."),
+    health_timeout: float = typer.Option(2.0, "--health-timeout", help="Seconds a health probe or /metrics scrape may take before it counts as failed."),
+    eject_after: int = typer.Option(1, "--eject-after", help="Failed checks in a row (connects, read timeouts, probes, scrapes) that eject an engine."),
+    retries: int = typer.Option(2, "--retries", help="Times a request whose connection failed is routed again to another engine."),
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8080, "--port", min=1, max=65535),
 ) -> None:
-    """Serve an OpenAI-compatible router in front of ENDPOINTs, routing with a fleetwise Router policy."""
+    """Serve an OpenAI-compatible router in front of ENDPOINTs, routing with a fleetwise Router policy.
+
+    Engines that fail checks are ejected (the policy no longer sees them) until a health probe
+    passes again; see docs/serving.md."""
     uvicorn = _serve_extra()
     import yaml
 
     from fleetwise.errors import ConfigError
     from fleetwise.policy import create
+    from fleetwise.serve.failover import FailoverSettings
     from fleetwise.serve.router_app import RouterState, create_router_app, parse_endpoint
 
     params = {}
@@ -70,6 +82,9 @@ def serve_router(
         if not sep or not k.strip():
             raise ConfigError(f"--param {kv!r}: expected KEY=VALUE")
         params[k.strip()] = yaml.safe_load(v)
-    state = RouterState([parse_endpoint(e) for e in endpoint], create("router", policy, **params), block_chars=block_chars, scrape_interval=scrape_interval)
+    failover = FailoverSettings(connect_timeout=connect_timeout, read_timeout=read_timeout, health_interval=health_interval, health_timeout=health_timeout,
+                                eject_after=eject_after, retries=retries)
+    state = RouterState([parse_endpoint(e) for e in endpoint], create("router", policy, **params), block_chars=block_chars, scrape_interval=scrape_interval,
+                        failover=failover)
     err.print(f"routing with {policy} over {', '.join(f'{e.name} ({e.role})' for e in state.endpoints)} at http://{host}:{port}")
     uvicorn.run(create_router_app(state), host=host, port=port, log_level="warning")

@@ -2,7 +2,7 @@
 (``fleetwise serve-router``) and an emulated engine whose latencies come from fleetwise's cost
 model (``fleetwise serve-engine``). See docs/serving.md.
 
-Needs the ``serve`` extra (fastapi, uvicorn, httpx): ``pip install 'fleetwise[serve]'``.
+Needs the ``serve`` extra (fastapi, uvicorn, httpx, httpx-sse, prometheus-client): ``pip install 'fleetwise[serve]'``.
 """
 
 from fleetwise.serve.emulator import EmulatedEngine

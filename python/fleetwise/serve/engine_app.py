@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 
 from fleetwise.serve.emulator import EmulatedEngine
 from fleetwise.serve.openai_errors import error_response as _error, json_body
-from fleetwise.serve.text import approx_tokens, max_tokens, prompt_text
+from fleetwise.serve.text import approx_tokens, max_tokens, prompt_text, stream_settings
 
 DEFAULT_MAX_TOKENS = 16
 """Output limit of a request that gives none (the OpenAI completions default)."""
@@ -73,8 +73,9 @@ def create_engine_app(engine: EmulatedEngine):
             prompt = prompt_text(body)
             n_prompt = approx_tokens(prompt)
             limit = max_tokens(body, DEFAULT_MAX_TOKENS)
-            if int(body.get("n", 1) or 1) != 1:
-                raise ValueError("the emulated engine serves n=1 only")
+            stream, include_usage = stream_settings(body)
+            if body.get("n") not in (None, 1):
+                raise ValueError(f"n: the emulated engine serves n=1 only, got {body.get('n')!r}")
             req = engine.submit(n_prompt, limit, request.headers.get("x-request-id"), body.get("kv_transfer_params"))
             app.state.received.append({"request_id": req.request_id, "user": body.get("user"), "prompt_tokens": n_prompt, "max_tokens": limit,
                                        "kv_transfer_params": body.get("kv_transfer_params"), "at": time.time()})
@@ -87,8 +88,7 @@ def create_engine_app(engine: EmulatedEngine):
         def usage(completion: int) -> dict:
             return {"prompt_tokens": n_prompt, "total_tokens": n_prompt + completion, "completion_tokens": completion, "prompt_tokens_details": None}
 
-        if body.get("stream"):
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        if stream:
             obj = "chat.completion.chunk" if chat else "text_completion"
 
             def chunk(choice: dict, u=None) -> bytes:

@@ -1,22 +1,27 @@
 """A minimal Prometheus text exposition (counters, gauges, histograms) and a parser for scraping.
 
-Hand-written so that the servers need no Prometheus client library; the output follows the text
-format vLLM's ``/metrics`` uses (``# HELP``/``# TYPE`` lines, ``_total`` counters, ``_bucket``
-/``_sum``/``_count`` histograms).
+The exposition is hand-written (each server keeps its own small registry instead of
+prometheus_client's process-global one); it follows the text format vLLM's ``/metrics`` uses
+(``# HELP``/``# TYPE`` lines, ``_total`` counters, ``_bucket``/``_sum``/``_count`` histograms).
+Parsing a scraped exposition uses prometheus_client's text parser, which reads every escape and
+quoting the format allows (``}``, ``"``, ``\\`` and newlines inside label values).
 """
 
 from __future__ import annotations
 
 import bisect
 import math
-import re
 from typing import Iterable
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
 def _labels(labels: dict[str, str]) -> str:
     if not labels:
         return ""
-    inner = ",".join(f'{k}="{str(v)}"' for k, v in labels.items())
+    inner = ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels.items())
     return "{" + inner + "}"
 
 
@@ -103,25 +108,16 @@ def render(metrics: Iterable[Metric]) -> str:
     return "\n".join(line for m in metrics for line in m.render()) + "\n"
 
 
-_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
-
-
 def parse(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
-    """Samples of an exposition text by metric name: ``{name: [(labels, value), ...]}``."""
+    """Samples of an exposition text by sample name (``NAME_total``, ``NAME_bucket``, ... as
+    written): ``{name: [(labels, value), ...]}``. Raises ValueError when the text is not a valid
+    Prometheus exposition."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     out: dict[str, list] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        m = _LINE.match(line)
-        if not m:
-            continue
-        name, raw, value = m.groups()
-        labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', raw or ""))
-        try:
-            v = float(value)
-        except ValueError:
-            continue
-        out.setdefault(name, []).append((labels, v))
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out.setdefault(sample.name, []).append((dict(sample.labels), float(sample.value)))
     return out
 
 

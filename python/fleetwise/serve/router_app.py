@@ -12,21 +12,22 @@ one :class:`~fleetwise.policy.EndpointView` per endpoint from three sources:
 * its approximate prefix index (:class:`~fleetwise.serve.prefix_index.PrefixIndex`):
   ``cached_prefix_tokens`` is how much of this prompt's prefix it sent there before.
 
-It then asks the policy for a :class:`~fleetwise.policy.RouteDecision` and proxies the request:
-streamed responses pass through chunk by chunk (the router always asks the engine for usage in the
-last chunk and drops that chunk again when the client did not ask for it); with a ``prefill``
-endpoint in the decision it runs vLLM's disaggregated-prefill handshake (see :func:`prefill_request`).
-Every response carries ``x-fleetwise-endpoint`` (and ``x-fleetwise-prefill-endpoint``), and
-``GET /fleetwise/decisions`` lists the decisions made.
+The policy sees only the healthy endpoints (each view keeps its index in the full list; see
+:mod:`fleetwise.serve.failover` for ejection, re-admission, retries and timeouts). It then asks
+the policy for a :class:`~fleetwise.policy.RouteDecision` and proxies the request
+(:mod:`fleetwise.serve.proxy`): streamed responses pass through event by event (the router always
+asks the engine for usage in the last chunk and drops that chunk again when the client did not ask
+for it); with a ``prefill`` endpoint in the decision it runs vLLM's disaggregated-prefill handshake
+(see :func:`prefill_request`). Every response carries ``x-fleetwise-endpoint`` (and
+``x-fleetwise-prefill-endpoint``), and ``GET /fleetwise/decisions`` lists the decisions made.
 """
 
 
 import asyncio
 import copy
 import itertools
-import json
+import math
 import time
-import uuid
 from collections import deque
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -37,8 +38,9 @@ from fleetwise.errors import ConfigError
 from fleetwise.policy.decisions import RouteDecision
 from fleetwise.policy.views import EndpointView, RequestView
 from fleetwise.serve import prom
+from fleetwise.serve.failover import EndpointHealth, FailoverSettings
 from fleetwise.serve.prefix_index import PrefixIndex
-from fleetwise.serve.openai_errors import error_response as _error, json_body
+from fleetwise.serve.openai_errors import error_response as _error
 from fleetwise.serve.text import approx_tokens, max_tokens, prefix_hashes, prompt_text
 
 ROLES = ("mixed", "prefill", "decode")
@@ -58,6 +60,12 @@ class Endpoint:
     kv_usage: float = 0.0
     scraped_at: float | None = None
     """When its /metrics was last read successfully (``time.monotonic()``), None if never."""
+    healthy: bool = True
+    """False while it is ejected (the policy does not see it)."""
+    failures: int = 0
+    """Failed checks in a row (connects, read timeouts, health probes, scrapes)."""
+    last_error: str | None = None
+    """The last failed check and its error."""
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -95,13 +103,17 @@ def prefill_request(body: dict[str, Any]) -> dict[str, Any]:
 
 
 @dataclass
-class _Tracked:
-    """One in-flight request's contribution to its endpoints' outstanding tokens."""
+class TrackedLoad:
+    """One in-flight request's contribution to its endpoints' in-flight count and outstanding
+    tokens; whoever adds to it releases it when the request ends, however it ends."""
 
     state: "RouterState"
     parts: dict[int, int] = field(default_factory=dict)
+    handed_off: bool = False
+    """Set once a streamed response owns the release (it releases when the stream ends)."""
 
     def add(self, ep: int, tokens: int) -> None:
+        """Counts ``tokens`` more on endpoint ``ep`` (and the request in flight there, once)."""
         e = self.state.endpoints[ep]
         if ep not in self.parts:
             e.in_flight += 1
@@ -110,12 +122,14 @@ class _Tracked:
         self.parts[ep] += tokens
 
     def release(self, ep: int) -> None:
+        """Takes back everything counted on ``ep``."""
         if ep in self.parts:
             e = self.state.endpoints[ep]
             e.outstanding_tokens -= self.parts.pop(ep)
             e.in_flight -= 1
 
     def release_all(self) -> None:
+        """Releases every endpoint's share (idempotent)."""
         for ep in list(self.parts):
             self.release(ep)
 
@@ -127,7 +141,8 @@ class BadRequest(ValueError):
 class RouterState:
     """The router's endpoints, policy, prefix index, decision log and counters."""
 
-    def __init__(self, endpoints: Sequence[Endpoint], policy, block_chars: int = 64, scrape_interval: float = 1.0, log_size: int = 100_000):
+    def __init__(self, endpoints: Sequence[Endpoint], policy, block_chars: int = 64, scrape_interval: float = 1.0, log_size: int = 100_000,
+                 failover: FailoverSettings | None = None):
         if not endpoints:
             raise ConfigError("serve-router needs at least one --endpoint")
         names = [e.name for e in endpoints]
@@ -139,11 +154,13 @@ class RouterState:
         self.policy = policy
         self.prefixes = PrefixIndex(len(endpoints), block_chars)
         self.scrape_interval = scrape_interval
+        self.failover = failover or FailoverSettings()
+        self.health = EndpointHealth(self.endpoints, self.failover)
         self.decisions: deque = deque(maxlen=log_size)
         self.count = itertools.count()
         self.client = None
-        self.m_requests = prom.Counter("fleetwise_router_requests", "Requests sent to each endpoint, by leg (serve: whole request, prefill, decode).")
-        self.m_errors = prom.Counter("fleetwise_router_errors", "Requests that failed, by endpoint.")
+        self.m_requests = prom.Counter("fleetwise_router_requests", "Requests sent (or tried: see retries) to each endpoint, by leg (serve: whole request, prefill, decode).")
+        self.m_errors = prom.Counter("fleetwise_router_errors", "Requests that failed, by endpoint: error answers, timeouts, broken streams, connect failures not retried.")
         self.m_in_flight = prom.Gauge("fleetwise_router_in_flight", "Requests the router has in flight per endpoint.")
         self.m_outstanding = prom.Gauge("fleetwise_router_outstanding_tokens", "Prompt plus streamed output tokens of in-flight requests per endpoint.")
         self.m_waiting = prom.Gauge("fleetwise_router_endpoint_waiting", "vllm:num_requests_waiting as last scraped.")
@@ -154,26 +171,34 @@ class RouterState:
     # -- engine metrics ------------------------------------------------------------------------
 
     async def scrape_once(self) -> None:
-        """Reads every endpoint's ``/metrics`` once and updates waiting, running and KV usage."""
+        """Reads every endpoint's ``/metrics`` once and updates waiting, running and KV usage. A
+        scrape that gets no answer (connect error, timeout) is a failed health check; an answer
+        that is not a Prometheus exposition leaves the values as they were."""
 
-        async def one(e: Endpoint) -> None:
+        async def one(i: int, e: Endpoint) -> None:
             try:
-                r = await self.client.get(e.url + "/metrics", timeout=2.0)
-                r.raise_for_status()
-            except Exception:
+                r = await self.client.get(e.url + "/metrics", timeout=self.failover.health_timeout)
+            except Exception as exc:  # no answer: transport errors and timeouts alike
+                self.health.failed(i, "scrape", repr(exc))
                 return
-            s = prom.parse(r.text)
+            self.health.succeeded(i)
+            if r.status_code != 200:
+                return
+            try:
+                s = prom.parse(r.text)
+            except ValueError:
+                return
             w, run = prom.total(s, "vllm:num_requests_waiting"), prom.total(s, "vllm:num_requests_running")
             kv = s.get("vllm:kv_cache_usage_perc") or s.get("vllm:gpu_cache_usage_perc")
-            if w is not None:
+            if w is not None and math.isfinite(w):
                 e.waiting = int(w)
-            if run is not None:
+            if run is not None and math.isfinite(run):
                 e.running = int(run)
-            if kv:
-                e.kv_usage = max(v for _, v in kv)
+            if kv and math.isfinite(top := max(v for _, v in kv)):
+                e.kv_usage = top
             e.scraped_at = time.monotonic()
 
-        await asyncio.gather(*(one(e) for e in self.endpoints))
+        await asyncio.gather(*(one(i, e) for i, e in enumerate(self.endpoints)))
 
     async def scrape_forever(self) -> None:
         """Scrapes every ``scrape_interval`` seconds until cancelled."""
@@ -183,36 +208,44 @@ class RouterState:
 
     # -- routing -------------------------------------------------------------------------------
 
-    def views(self, hashes: Sequence[int]) -> list[EndpointView]:
-        """The endpoints as the policy sees them for a prompt with ``hashes``."""
+    def views(self, hashes: Sequence[int], indices: Sequence[int] | None = None) -> list[EndpointView]:
+        """The endpoints at ``indices`` (default all) as the policy sees them for a prompt with
+        ``hashes``; each view's ``index`` is the endpoint's position in :attr:`endpoints`."""
+        chosen = range(len(self.endpoints)) if indices is None else indices
         return [EndpointView(index=i, name=e.name, role=e.role, outstanding_tokens=e.outstanding_tokens, waiting=e.waiting, running=e.running,
-                             kv_usage=e.kv_usage, cached_prefix_tokens=self.prefixes.cached_tokens(i, hashes)) for i, e in enumerate(self.endpoints)]
+                             kv_usage=e.kv_usage, cached_prefix_tokens=self.prefixes.cached_tokens(i, hashes)) for i in chosen for e in [self.endpoints[i]]]
 
-    def route(self, body: dict[str, Any], request_id: str) -> tuple[RouteDecision, RequestView, list[EndpointView]]:
-        """Asks the policy where ``body`` goes. Raises BadRequest for a request it cannot read,
-        LookupError when the policy finds no endpoint and ValueError on a bad answer."""
+    def route(self, body: dict[str, Any], request_id: str, exclude: frozenset[int] | set[int] = frozenset(),
+              attempt: int = 0) -> tuple[RouteDecision, RequestView, list[EndpointView]]:
+        """Asks the policy where ``body`` goes, among the routable endpoints (healthy, not in
+        ``exclude``: those a retried request already failed to reach). Raises BadRequest for a
+        request it cannot read, LookupError when no endpoint is left or the policy finds none, and
+        ValueError on a bad answer."""
         try:
             prompt = prompt_text(body)
             limit = max_tokens(body, 16)
         except (ValueError, TypeError) as e:
             raise BadRequest(str(e)) from None
+        indices = self.health.routable(exclude)
+        if not indices:
+            raise LookupError("every endpoint was tried")
         hashes = prefix_hashes(prompt, self.prefixes.block_chars)
         req = RequestView(id=request_id, prompt_tokens=approx_tokens(prompt), max_output_tokens=limit, arrival=time.time(), prefix_hashes=hashes)
-        views = self.views(hashes)
+        views = self.views(hashes, indices)
         t = time.perf_counter()
         d = self.policy.route(req, views)
         self.m_decision.observe(time.perf_counter() - t)
         if not isinstance(d, RouteDecision):
             raise ValueError(f"the policy's route() must return a RouteDecision, got {d!r}")
-        n = len(self.endpoints)
-        if not 0 <= d.instance < n or (d.prefill is not None and not 0 <= d.prefill < n):
-            raise ValueError(f"the policy chose endpoint {d} outside 0..{n - 1}")
+        if d.instance not in indices or (d.prefill is not None and d.prefill not in indices):
+            raise ValueError(f"the policy chose {d}, not among the endpoint indices it was offered {indices}")
         for i in {d.instance, d.prefill} - {None}:
             self.prefixes.insert(i, hashes)
         self.decisions.append({"seq": next(self.count), "request_id": request_id, "endpoint": self.endpoints[d.instance].name, "index": d.instance,
                                "prefill": None if d.prefill is None else self.endpoints[d.prefill].name, "prefill_index": d.prefill,
                                "prompt_tokens": req.prompt_tokens, "cached_prefix_tokens": [v.cached_prefix_tokens for v in views],
-                               "outstanding_tokens": [v.outstanding_tokens for v in views], "user": body.get("user"), "at": req.arrival})
+                               "outstanding_tokens": [v.outstanding_tokens for v in views], "offered": indices, "attempt": attempt,
+                               "user": body.get("user"), "at": req.arrival})
         return d, req, views
 
     def metrics_text(self) -> str:
@@ -223,24 +256,36 @@ class RouterState:
             self.m_waiting.set(e.waiting, endpoint=e.name)
             self.m_running.set(e.running, endpoint=e.name)
             self.m_kv.set(e.kv_usage, endpoint=e.name)
-        return prom.render([self.m_requests, self.m_errors, self.m_in_flight, self.m_outstanding, self.m_waiting, self.m_running, self.m_kv, self.m_decision])
+        return prom.render([self.m_requests, self.m_errors, self.m_in_flight, self.m_outstanding, self.m_waiting, self.m_running, self.m_kv, self.m_decision,
+                            *self.health.metrics()])
 
 
 def create_router_app(state: RouterState):
-    """A FastAPI app routing with ``state``; it opens its HTTP client and starts scraping with the app."""
+    """A FastAPI app routing with ``state``; it opens its HTTP client (with the connect and read
+    timeouts of ``state.failover``) and starts scraping and health probing with the app."""
     import httpx
     from fastapi import FastAPI, Request
-    from fastapi.responses import PlainTextResponse, Response, StreamingResponse
+    from fastapi.responses import PlainTextResponse, Response
+
+    from fleetwise.serve.proxy import forward
 
     @asynccontextmanager
     async def lifespan(app):
-        state.client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=10.0), limits=httpx.Limits(max_connections=4096, max_keepalive_connections=512))
-        task = asyncio.get_running_loop().create_task(state.scrape_forever()) if state.scrape_interval > 0 else None
+        f = state.failover
+        timeout = httpx.Timeout(connect=f.connect_timeout, read=f.read_timeout, write=f.read_timeout, pool=None)
+        state.client = httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=4096, max_keepalive_connections=512))
+        loop = asyncio.get_running_loop()
+        tasks = []
+        if state.scrape_interval > 0:
+            tasks.append(loop.create_task(state.scrape_forever()))
+        if f.health_interval > 0:
+            tasks.append(loop.create_task(state.health.probe_forever(state.client)))
         try:
             yield
         finally:
-            if task:
+            for task in tasks:
                 task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await state.client.aclose()
 
     app = FastAPI(title="fleetwise router", lifespan=lifespan)
@@ -260,142 +305,27 @@ def create_router_app(state: RouterState):
 
     @app.get("/fleetwise/endpoints")
     async def endpoints():
-        return {"endpoints": [{"name": e.name, "url": e.url, "role": e.role, "in_flight": e.in_flight, "outstanding_tokens": e.outstanding_tokens,
+        return {"endpoints": [{"name": e.name, "url": e.url, "role": e.role, "healthy": e.healthy, "failures": e.failures, "last_error": e.last_error,
+                               "in_flight": e.in_flight, "outstanding_tokens": e.outstanding_tokens,
                                "waiting": e.waiting, "running": e.running, "kv_usage": e.kv_usage} for e in state.endpoints]}
 
     @app.get("/v1/models")
     async def models():
-        order = sorted(state.endpoints, key=lambda e: e.role == "prefill")
+        order = sorted(state.endpoints, key=lambda e: (not e.healthy, e.role == "prefill"))
         for e in order:
             try:
-                r = await state.client.get(e.url + "/v1/models", timeout=5.0)
+                r = await state.client.get(e.url + "/v1/models", timeout=state.failover.health_timeout)
                 return Response(r.content, status_code=r.status_code, media_type="application/json")
             except httpx.HTTPError:
                 continue
         return _error(502, "no endpoint answered /v1/models", "BadGatewayError")
 
-    async def proxy(request: Request, path: str):
-        body, bad = await json_body(request)
-        if bad is not None:
-            return bad
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        try:
-            decision, req, _ = state.route(body, request_id)
-        except BadRequest as e:
-            return _error(400, str(e))
-        except ValueError as e:
-            return _error(500, str(e), "InternalServerError")
-        except LookupError as e:
-            return _error(503, f"no endpoint can serve this request: {e}", "ServiceUnavailableError")
-        target = state.endpoints[decision.instance]
-        headers = {"x-fleetwise-endpoint": target.name, "x-request-id": request_id}
-        fwd_headers = {"x-request-id": request_id}
-        if auth := request.headers.get("authorization"):
-            fwd_headers["authorization"] = auth
-        track = _Tracked(state)
-        upstream = dict(body)
-        if decision.prefill is not None:
-            p = state.endpoints[decision.prefill]
-            headers["x-fleetwise-prefill-endpoint"] = p.name
-            track.add(decision.prefill, req.prompt_tokens)
-            state.m_requests.inc(endpoint=p.name, leg="prefill")
-            try:
-                r = await state.client.post(p.url + path, json=prefill_request(body), headers=fwd_headers)
-            except httpx.HTTPError as e:
-                track.release_all()
-                state.m_errors.inc(endpoint=p.name)
-                return _error(502, f"prefill endpoint {p.name}: {e!r}", "BadGatewayError", headers)
-            finally:
-                track.release(decision.prefill)
-            if r.status_code != 200:
-                state.m_errors.inc(endpoint=p.name)
-                return Response(r.content, status_code=r.status_code, media_type=r.headers.get("content-type"), headers=headers)
-            kv = r.json().get("kv_transfer_params")
-            if kv is not None:
-                upstream["kv_transfer_params"] = kv
-        leg = "serve" if decision.prefill is None else "decode"
-        state.m_requests.inc(endpoint=target.name, leg=leg)
-        track.add(decision.instance, req.prompt_tokens)
-        if not body.get("stream"):
-            try:
-                r = await state.client.post(target.url + path, json=upstream, headers=fwd_headers)
-            except httpx.HTTPError as e:
-                state.m_errors.inc(endpoint=target.name)
-                return _error(502, f"endpoint {target.name}: {e!r}", "BadGatewayError", headers)
-            finally:
-                track.release_all()
-            if r.status_code != 200:
-                state.m_errors.inc(endpoint=target.name)
-            return Response(r.content, status_code=r.status_code, media_type=r.headers.get("content-type"), headers=headers)
-
-        wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        upstream["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-        try:
-            resp = await state.client.send(state.client.build_request("POST", target.url + path, json=upstream, headers=fwd_headers), stream=True)
-        except httpx.HTTPError as e:
-            track.release_all()
-            state.m_errors.inc(endpoint=target.name)
-            return _error(502, f"endpoint {target.name}: {e!r}", "BadGatewayError", headers)
-        if resp.status_code != 200:
-            content = await resp.aread()
-            await resp.aclose()
-            track.release_all()
-            state.m_errors.inc(endpoint=target.name)
-            return Response(content, status_code=resp.status_code, media_type=resp.headers.get("content-type"), headers=headers)
-
-        async def events():
-            seen_usage, generated, last_id, last_model, obj = False, 0, None, None, None
-            buf = b""
-            try:
-                async for data in resp.aiter_bytes():
-                    buf += data.replace(b"\r\n", b"\n")
-                    while b"\n\n" in buf:
-                        event, buf = buf.split(b"\n\n", 1)
-                        payload = b"\n".join(line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:"))
-                        if not payload:
-                            yield event + b"\n\n"
-                            continue
-                        if payload.strip() == b"[DONE]":
-                            if wants_usage and not seen_usage and last_id is not None:
-                                u = {"prompt_tokens": req.prompt_tokens, "completion_tokens": generated, "total_tokens": req.prompt_tokens + generated}
-                                yield b"data: " + json.dumps({"id": last_id, "object": obj, "created": int(time.time()), "model": last_model, "choices": [], "usage": u}).encode() + b"\n\n"
-                            yield b"data: [DONE]\n\n"
-                            continue
-                        try:
-                            d = json.loads(payload)
-                        except ValueError:
-                            yield event + b"\n\n"
-                            continue
-                        last_id, last_model, obj = d.get("id", last_id), d.get("model", last_model), d.get("object", obj)
-                        choices = d.get("choices") or []
-                        tokens = sum(1 for c in choices if c.get("text") or (c.get("delta") or {}).get("content"))
-                        if tokens:
-                            generated += tokens
-                            track.add(decision.instance, tokens)
-                        if d.get("usage"):
-                            seen_usage = True
-                        if wants_usage:
-                            yield event + b"\n\n"
-                        elif choices:
-                            d.pop("usage", None)
-                            yield b"data: " + json.dumps(d).encode() + b"\n\n"
-                if buf.strip():
-                    yield buf + b"\n\n"
-            except httpx.HTTPError:
-                state.m_errors.inc(endpoint=target.name)
-                raise
-            finally:
-                await resp.aclose()
-                track.release_all()
-
-        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
-
     @app.post("/v1/completions")
     async def completions(request: Request):
-        return await proxy(request, "/v1/completions")
+        return await forward(state, request, "/v1/completions")
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        return await proxy(request, "/v1/chat/completions")
+        return await forward(state, request, "/v1/chat/completions")
 
     return app

@@ -18,27 +18,63 @@ CHARS_PER_TOKEN = 4
 _WORDS = ("the", " quick", " brown", " fox", " jumps", " over", " a", " lazy", " dog", ".")
 
 
+def _show(value: Any, limit: int = 40) -> str:
+    r = repr(value)
+    return r if len(r) <= limit else r[:limit] + "..."
+
+
+def _prompt_ids(ids: list, where: str) -> list[int]:
+    if not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+        raise ValueError(f"{where} must be text or a list of integer token ids")
+    return list(ids)
+
+
 def prompt_text(body: dict[str, Any]) -> str | list[int]:
     """The prompt of an OpenAI completions or chat request: the ``prompt`` (text or token ids), or
-    the chat messages flattened to ``role: content`` lines."""
+    the chat messages flattened to ``role: content`` lines.
+
+    Raises ValueError naming the field when the prompt or messages have a shape the API does not
+    allow (``messages`` not a list of objects, content neither text nor a list of parts, a
+    ``prompt`` that is neither text nor token ids, or more than one prompt)."""
     if "messages" in body:
+        messages = body.get("messages")
+        if not isinstance(messages, list):
+            raise ValueError(f"messages must be a list of message objects, got {_show(messages)}")
         parts = []
-        for m in body.get("messages") or []:
-            content = m.get("content", "")
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict):
+                raise ValueError(f"messages[{i}] must be an object with role and content, got {_show(m)}")
+            role, content = m.get("role", "user"), m.get("content", "")
+            if not isinstance(role, str):
+                raise ValueError(f"messages[{i}].role must be text, got {_show(role)}")
             if isinstance(content, list):  # content parts: keep the text ones
-                content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-            parts.append(f"{m.get('role', 'user')}: {content or ''}\n")
+                texts = []
+                for j, p in enumerate(content):
+                    if not isinstance(p, dict):
+                        raise ValueError(f"messages[{i}].content[{j}] must be a content-part object, got {_show(p)}")
+                    t = p.get("text", "")
+                    if not isinstance(t, str):
+                        raise ValueError(f"messages[{i}].content[{j}].text must be text, got {_show(t)}")
+                    texts.append(t)
+                content = "".join(texts)
+            elif content is not None and not isinstance(content, str):
+                raise ValueError(f"messages[{i}].content must be text, a list of content parts or null, got {_show(content)}")
+            parts.append(f"{role}: {content or ''}\n")
         return "".join(parts)
     prompt = body.get("prompt", "")
+    if prompt is None:
+        return ""
     if isinstance(prompt, list):
-        if prompt and all(isinstance(t, int) for t in prompt):
+        if prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
             return list(prompt)
         if len(prompt) == 1 and isinstance(prompt[0], str):
             return prompt[0]
         if len(prompt) == 1 and isinstance(prompt[0], list):
-            return list(prompt[0])
-        raise ValueError("only one prompt per request is supported")
-    return str(prompt)
+            return _prompt_ids(prompt[0], "prompt[0]")
+        raise ValueError("only one prompt per request is supported: prompt must be text, a list of token ids, or a list holding one of those")
+    if not isinstance(prompt, str):
+        raise ValueError(f"prompt must be text or a list of integer token ids, got {_show(prompt)}")
+    return prompt
 
 
 def approx_tokens(prompt: str | list[int]) -> int:
@@ -70,9 +106,35 @@ def dummy_token(i: int) -> str:
 
 
 def max_tokens(body: dict[str, Any], default: int) -> int:
-    """The request's output limit: ``max_completion_tokens`` or ``max_tokens``, else ``default``."""
+    """The request's output limit: ``max_completion_tokens`` or ``max_tokens``, else ``default``.
+
+    Raises ValueError unless the value is a whole number of at least 0 (``16.0`` is read as 16;
+    engines reject 0 themselves where they need at least one token)."""
     for key in ("max_completion_tokens", "max_tokens"):
         v = body.get(key)
-        if v is not None:
-            return int(v)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (isinstance(v, float) and not v.is_integer()):
+            raise ValueError(f"{key} must be a whole number of tokens, got {_show(v)}")
+        if v < 0:
+            raise ValueError(f"{key} must be at least 0, got {_show(v)}")
+        return int(v)
     return default
+
+
+def stream_settings(body: dict[str, Any]) -> tuple[bool, bool]:
+    """``(stream, include_usage)`` of a request: ``stream`` must be a boolean (or absent/null),
+    ``stream_options`` an object (or absent/null) whose ``include_usage`` is a boolean. Raises
+    ValueError naming the field otherwise."""
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise ValueError(f"stream must be true or false, got {_show(stream)}")
+    options = body.get("stream_options")
+    if options is None:
+        return bool(stream), False
+    if not isinstance(options, dict):
+        raise ValueError(f"stream_options must be an object such as {{\"include_usage\": true}}, got {_show(options)}")
+    usage = options.get("include_usage")
+    if usage is not None and not isinstance(usage, bool):
+        raise ValueError(f"stream_options.include_usage must be true or false, got {_show(usage)}")
+    return bool(stream), bool(usage)
