@@ -58,7 +58,7 @@ def serve_router(
     connect_timeout: float = typer.Option(5.0, "--connect-timeout", help="Seconds to connect to an engine; a request that cannot connect is retried on another."),
     read_timeout: float = typer.Option(300.0, "--read-timeout", help="Seconds an engine may send nothing (the whole answer when not streamed) before the client gets a 504."),
     health_interval: float = typer.Option(1.0, "--health-interval", help="Seconds between GET /health probes of every engine; an ejected engine that passes one is re-admitted (0: never probe)."),
-    health_timeout: float = typer.Option(2.0, "--health-timeout", help="Seconds a health probe or /metrics scrape may take before it counts as failed."),
+    health_timeout: float = typer.Option(5.0, "--health-timeout", help="Seconds a health probe or /metrics scrape may take before it counts as failed."),
     eject_after: int = typer.Option(1, "--eject-after", help="Failed checks in a row (connects, read timeouts, probes, scrapes) that eject an engine."),
     retries: int = typer.Option(2, "--retries", help="Times a request whose connection failed is routed again to another engine."),
     host: str = typer.Option("127.0.0.1", "--host"),

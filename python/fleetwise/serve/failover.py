@@ -37,7 +37,7 @@ class FailoverSettings:
     health_interval: float = 1.0
     """Seconds between ``GET /health`` probes of every endpoint (0: never probe; ejected
     endpoints then stay out)."""
-    health_timeout: float = 2.0
+    health_timeout: float = 5.0
     """Seconds a health probe or a ``/metrics`` scrape may take before it counts as failed."""
     eject_after: int = 1
     """Failures in a row that eject an endpoint."""
