@@ -19,10 +19,12 @@ impl<F: FnMut(OpCost)> IterationPass<'_, F> {
             let outputs = cm.model.mlp.matrices() as f64 - 1.0;
             let mlp = |width: f64| [cm.gemm(mt, h, outputs * width), cm.gemm(mt, width, h)];
             let (shared, dense) = (mlp(cm.shared_width), mlp(cm.dense_width));
-            let sparse = mlp(cm.dense_width * cm.ffn_active_fraction(mt));
+            // Only offloaded sparse layers need their own (narrower) GEMMs; most iterations have none.
+            let sparse = if sparse_share > 0.0 { mlp(cm.dense_width * cm.ffn_active_fraction(mt)) } else { dense };
             for (i, op) in [Op::MlpGateUp, Op::MlpDown].into_iter().enumerate() {
                 let kernels = [Kernel::on(shared_share, shared[i]), Kernel::on(cm.dense_share - sparse_share, dense[i]), Kernel::on(sparse_share, sparse[i])];
-                self.emit(op, &kernels, cm.flops_gemm, true);
+                let used = if sparse_share > 0.0 { 3 } else { 2 };
+                self.emit(op, &kernels[..used], cm.flops_gemm, true);
             }
         }
     }
