@@ -26,7 +26,7 @@ def estimate(
     pim: Optional[str] = typer.Option(None, "--pim", help="Attach a PIM device to each GPU (see `fleetwise catalog`)."),
     offload: Optional[str] = typer.Option(None, "--offload", help="Offload weights: dram or flash."),
     quantization: Optional[str] = typer.Option(None, "--quantization", help="Quantization KEY=VALUE,... : weights=bf16|fp8|int8|int4, activations=bf16|fp8, kv_cache=bf16|fp8, group_size=N (int4), e.g. weights=fp8,kv_cache=fp8 (docs/quantization.md)."),
-    offload_set: List[str] = typer.Option([], "--offload-set", help="Offload setting KEY=VALUE (layer_fraction, ffn_load_fraction, dram_cache_fraction, overlap, storage, queue_depth, read_chunk_kb). Repeatable."),
+    offload_set: List[str] = typer.Option([], "--offload-set", help="Offload setting KEY=VALUE (layer_fraction, ffn_load_fraction, dram_cache_fraction, resident_attention, overlap, storage, queue_depth, read_chunk_kb). Repeatable."),
     prefill: int = typer.Option(0, "--prefill", min=0, max=2**31 - 1, help="Prefill chunk size, tokens."),
     prefill_context: int = typer.Option(0, "--prefill-context", min=0, max=2**31 - 1, help="Tokens already cached before the chunk."),
     decode_batch: int = typer.Option(0, "--decode-batch", min=0, max=10**7, help="Number of decoding sequences."),

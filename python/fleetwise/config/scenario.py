@@ -221,6 +221,8 @@ class OffloadConfig(StrictModel):
     """Fraction of an offloaded layer's FFN weights fetched per iteration (predicted-active neurons)."""
     dram_cache_fraction: float = Field(default=0.0, ge=0, le=1)
     """With flash: fraction of the offloaded weights served from a DRAM cache."""
+    resident_attention: bool = False
+    """Keep the offloaded layers' attention weights in HBM and stream only FFN neurons ("LLM in a flash")."""
     overlap: bool = True
     """Stream the next layer's weights while the current layer computes."""
     storage: str = "nvme-gen4"

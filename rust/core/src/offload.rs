@@ -110,6 +110,10 @@ pub struct OffloadSpec {
     /// With flash, the fraction of offloaded weights served from a DRAM cache instead.
     #[serde(default)]
     pub dram_cache_fraction: f64,
+    /// Keep the offloaded layers' attention weights in HBM and stream only their FFN neurons, as
+    /// "LLM in a flash" keeps attention in memory (about a third of a dense model's weights).
+    #[serde(default)]
+    pub resident_attention: bool,
     /// Stream the next layer's weights while the current layer computes.
     #[serde(default = "yes")]
     pub overlap: bool,
@@ -201,6 +205,7 @@ mod tests {
             layer_fraction: 1.0,
             ffn_load_fraction: 1.0,
             dram_cache_fraction: 0.0,
+            resident_attention: false,
             overlap: false,
             flash: Some(FlashSpec { name: "nvme".into(), read_bandwidth: 7e9, latency: 80e-6, iops: None }),
             queue_depth: 32,

@@ -28,6 +28,16 @@ impl CostModel {
         self.param_bytes_per_gpu(self.model.layer_params(), 1, 0)
     }
 
+    /// Weight bytes of one offloaded decoder layer that leave HBM, per GPU: the whole layer, or only
+    /// its FFN when the offload keeps attention resident.
+    pub(super) fn offloaded_layer_bytes_per_gpu(&self) -> u64 {
+        let layer = self.layer_weight_bytes_per_gpu();
+        match &self.offload {
+            Some(o) if o.resident_attention => layer - self.param_bytes_per_gpu(self.model.attention_params(), 1, 0),
+            _ => layer,
+        }
+    }
+
     /// Weight bytes of the whole model on all GPUs together: the decoder layers at the quantized
     /// width, the embedding, final norm and LM head 16-bit.
     pub fn model_weight_bytes(&self) -> u64 {
@@ -51,7 +61,7 @@ impl CostModel {
             let decoder = self.model.layers_params(0..layers);
             let resident = self.param_bytes_per_gpu(decoder, layers as u64, self.model.total_params() - decoder).saturating_sub(self.expert_hbm_saved);
             let Some(o) = &self.offload else { return resident };
-            let away = self.offloaded_layers() as u64 * self.layer_weight_bytes_per_gpu();
+            let away = self.offloaded_layers() as u64 * self.offloaded_layer_bytes_per_gpu();
             // Staging buffers for the streamed layers: two when the next layer streams during this one,
             // sized for one token's neurons (a prefill's larger fetch passes through them in pieces).
             let staging = if self.offloaded_layers() > 0 { (if o.overlap { 2.0 } else { 1.0 } * self.layer_fetch_bytes(1.0)).ceil() as u64 } else { 0 };

@@ -290,7 +290,7 @@ impl CostModel {
         }
         self.offload = offload;
         if let Some(o) = &self.offload {
-            let stored = self.offloaded_layers() as u64 * self.layer_weight_bytes_per_gpu();
+            let stored = self.offloaded_layers() as u64 * self.offloaded_layer_bytes_per_gpu();
             if stored > o.capacity_bytes() {
                 return Err(Error::Capacity { what: format!("{} weights offloaded to {:?} per GPU", self.model.name, o.tier), needed_bytes: stored, available_bytes: o.capacity_bytes() });
             }

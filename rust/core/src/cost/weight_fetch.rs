@@ -35,15 +35,17 @@ impl CostModel {
     }
 
     /// Bytes of one offloaded layer fetched per iteration of `tokens` tokens on one GPU: its
-    /// attention weights and the FFN neurons those tokens activate ([`Self::ffn_active_fraction`]).
+    /// attention weights (unless they stay resident) and the FFN neurons those tokens activate
+    /// ([`Self::ffn_active_fraction`]).
     pub fn layer_fetch_bytes(&self, tokens: f64) -> f64 {
-        if self.offload.is_none() {
-            return 0.0;
+        let Some(o) = &self.offload else { return 0.0 };
+        let ffn = self.model.dense_ffn_params() as f64 * self.ffn_active_fraction(tokens) * self.wb / self.tp as f64;
+        if o.resident_attention {
+            return ffn;
         }
         let replicated = self.replicated_layer_params() as f64;
         let attn = self.model.attention_params() as f64 - replicated;
-        let ffn = self.model.dense_ffn_params() as f64;
-        (attn + ffn * self.ffn_active_fraction(tokens)) * self.wb / self.tp as f64 + replicated * self.wb
+        attn * self.wb / self.tp as f64 + ffn + replicated * self.wb
     }
 
     /// Share of all decoder layers that are offloaded with a sparse FFN (`ffn_load_fraction` < 1):
@@ -108,6 +110,7 @@ mod tests {
             layer_fraction: 1.0,
             ffn_load_fraction: 1.0,
             dram_cache_fraction: 0.0,
+            resident_attention: false,
             overlap,
             flash: Some(crate::offload::FlashSpec { name: "nvme".into(), read_bandwidth: 7e9, latency: 80e-6, iops: None }),
             queue_depth: 32,
@@ -180,6 +183,25 @@ mod tests {
         long.add_prefill(1000, 0, true);
         assert!(close(op(&sp.breakdown(&long), Op::MlpDown).flops, op(&dense.breakdown(&long), Op::MlpDown).flops));
         assert!(close(op(&sp.breakdown(&long), Op::WeightFetch).bytes, op(&dense.breakdown(&long), Op::WeightFetch).bytes));
+    }
+
+    #[test]
+    fn resident_attention_streams_only_the_ffn_and_keeps_attention_in_hbm() {
+        use crate::offload::Tier;
+        let mut resident = offload(Tier::Flash, false);
+        resident.ffn_load_fraction = 0.1;
+        resident.resident_attention = true;
+        let rs = CostModel::new(llama2_7b(), h100(), ideal(), 1).unwrap().with_offload(Some(resident)).unwrap();
+        let all = CostModel::new(llama2_7b(), h100(), ideal(), 1).unwrap().with_offload(Some(offload(Tier::Flash, false))).unwrap();
+        let attn = (4096.0 * (4096.0 * 3.0) + 4096.0 * 4096.0) * 2.0;
+        let ffn = 3.0 * 4096.0 * 11008.0 * 2.0;
+        // One decode fetches 10% of the FFN only: 27.05 MB per layer, against 404 MB fully offloaded.
+        assert!(close(rs.layer_fetch_bytes(1.0), 0.1 * ffn));
+        let mut one = BatchShape::default();
+        one.add_decode(100);
+        assert!(close(op(&rs.breakdown(&one), Op::WeightFetch).seconds, 80e-6 + 32.0 * 0.1 * ffn / 7e9));
+        // HBM keeps the 32 layers' attention (134 MB each) plus one staging buffer for 10% of an FFN.
+        assert_eq!(rs.weight_bytes_per_gpu() - all.weight_bytes_per_gpu(), (32.0 * attn) as u64 + (0.1 * ffn).ceil() as u64 - all.layer_fetch_bytes(1.0).ceil() as u64);
     }
 
     #[test]
