@@ -130,7 +130,7 @@ impl Cluster<'_> {
     /// Layer-wise transfer: the iteration `idx` just started completes some prefills, whose KV
     /// starts moving now, overlapping the iteration.
     pub(super) fn start_layerwise_handoffs(&mut self, idx: u32, now: Nanos, queue: &mut Queue) -> Result<()> {
-        if !self.handoffs.layerwise[idx as usize] {
+        if !self.handoffs.layerwise[idx as usize] || self.token_pool_overloaded() {
             return Ok(());
         }
         let reqs = &self.reqs;
@@ -158,6 +158,9 @@ impl Cluster<'_> {
             if h.flow_done {
                 self.finish_or_send_tail(req, now, queue)?;
             }
+            return Ok(());
+        }
+        if self.mixed_pool_keeps_decode(req, now, queue) {
             return Ok(());
         }
         if !self.dispatch_handoff(req, true, now, queue)? {
