@@ -22,7 +22,8 @@ use super::cluster::{Cluster, Event, Queue};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
-    /// Prefills and decodes its requests (a colocated instance, or Splitwise's mixed pool).
+    /// Prefills and decodes its requests (a colocated instance; Splitwise's mixed pool, machines
+    /// lent between prefill and decode pools under overload, is `SimConfig::mixed_pool`).
     #[default]
     Mixed,
     /// Prefills only: after the first token the request's KV moves to a decode instance.
