@@ -74,6 +74,7 @@ def core_config(scenario: Scenario, record_iterations: bool = False, hash_block_
         "router": scenario.cluster.router.model_dump() if scenario.cluster.router.kind != "policy" else {"kind": "round-robin"},
         "record_iterations": record_iterations,
         "hash_block_tokens": hash_block_tokens,
+        "mixed_pool": None if scenario.cluster.mixed_pool is None else scenario.cluster.mixed_pool.model_dump(),
     }
 
 

@@ -19,6 +19,7 @@ from fleetwise.config.workload_fit import longest_context
 from fleetwise.errors import CapacityError, ConfigError, FleetwiseError, PolicyError
 from fleetwise.metrics import expert_columns, request_latencies, summarize
 from fleetwise.metrics.idealized import IdealizedRuntime, idealized_summary
+from fleetwise.metrics.mixed_pool import instance_columns as mixed_pool_columns
 from fleetwise.moe import load_routing_trace
 from fleetwise.policy.plugging import core_plugins, instance_names_and_roles
 from fleetwise.policy.watchdog import CallClock, Watchdog
@@ -58,6 +59,7 @@ def _requests_frame(workload: Workload, out: dict, pool_of: list[str]) -> pl.Dat
             "preemptions": out["preemptions"],
             "status": [_STATUS.get(int(s), "unfinished") for s in out["status"]],
             "reject_reason": pl.Series(reasons, dtype=pl.String),
+            **({"mixed_pool": pl.Series(out["mixed_pool"], dtype=pl.String)} if "mixed_pool" in out else {}),
             "scheduling_delay_s": delay,
             "ttft_s": ttft,
             "tpot_s": tpot,
@@ -106,6 +108,7 @@ def _instances_frame(instances: list[dict]) -> pl.DataFrame:
     for i, inst in enumerate(instances):
         mem, st = inst["memory"], dict(inst["stats"])
         st.update(expert_columns(st.pop("experts", None)))
+        st.update(mixed_pool_columns(inst.get("mixed_pool")))
         rows.append({"instance": i, "pool": inst["pool_name"], "gpus": inst["gpus"], "nodes": inst["nodes"], "energy_joules": inst["energy_joules"], "host_link_bytes": inst["host_link_bytes"], "host_link_utilisation": inst["host_link_utilisation"], "prefix_hit_tokens": inst["prefix_hit_tokens"], "prefix_lookup_tokens": inst["prefix_lookup_tokens"], **{f"kv_{k}" if k in ("block_size",) else k: v for k, v in mem.items()}, **st})
     return pl.DataFrame(rows)
 

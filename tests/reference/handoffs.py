@@ -8,6 +8,7 @@ from collections import deque
 import simpy
 
 from reference.instance import ReferenceInstance
+from reference.mixed_pool import ReferenceMixedPool
 from reference.network import ReferenceNetwork
 from reference.requests import ReferenceRequest
 
@@ -38,10 +39,11 @@ class ReferenceHandoffs:
     their eids follow the core's push order; a wake-up whose version is stale does nothing.
     """
 
-    def __init__(self, env: simpy.Environment, instances: list[ReferenceInstance]) -> None:
+    def __init__(self, env: simpy.Environment, instances: list[ReferenceInstance], mixed: ReferenceMixedPool | None = None) -> None:
         """Builds each instance's KV links (``kv_out`` with the link's latency plus the pool's
-        ``kv_transfer_latency``, ``kv_in`` without)."""
+        ``kv_transfer_latency``, ``kv_in`` without); ``mixed`` is Splitwise's mixed pool, if any."""
         self.env = env
+        self.mixed = mixed
         self.instances = instances
         self.decoders = [inst for inst in instances if inst.role == "decode"]
         links: list[tuple[float, float]] = []
@@ -69,13 +71,17 @@ class ReferenceHandoffs:
 
     def start_iteration(self, inst: ReferenceInstance, items: list) -> None:
         """Layer-wise: starts the KV flows of the prefills the iteration just started completes
-        (those no decode instance has room for yet are dispatched when their prefill ends)."""
+        (those no decode instance has room for yet are dispatched when their prefill ends);
+        none while the mixed pool finds the token pool overloaded."""
+        if self.mixed is not None and self.mixed.token_overloaded():
+            return
         for req, n, decode in items:
             if not decode and req.generated == 0 and req.computed + n == req.known and req.output > 1:
                 self.dispatch(req, prefill_done=False)
 
     def end_iteration(self, inst: ReferenceInstance) -> None:
-        """Dispatches the requests ``inst`` just handed off; retries waiting ones after a decode."""
+        """Dispatches the requests ``inst`` just handed off (or the mixed pool keeps them there);
+        retries waiting ones after a decode; then the mixed pool's bookkeeping."""
         handed, inst.handoffs = inst.handoffs, []
         for req in handed:
             h = self.state.get(req.index)
@@ -84,12 +90,16 @@ class ReferenceHandoffs:
                 if h.flow_done:
                     self._finish_or_send_tail(req, h)
                 continue
+            if self.mixed is not None and self.mixed.keeps_decode(req):
+                continue
             if not self.dispatch(req, prefill_done=True):
                 req.handoff_waits += 1
                 self.waiting.append(req)
         if inst.role == "decode":
             while self.waiting and self.dispatch(self.waiting[0], prefill_done=True):
                 self.waiting.popleft()
+        if self.mixed is not None:
+            self.mixed.iteration_ended(inst)
 
     def dispatch(self, req: ReferenceRequest, prefill_done: bool) -> bool:
         """Reserves a decode instance for ``req`` and starts its KV flow (all but the last layer

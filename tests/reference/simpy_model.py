@@ -34,8 +34,8 @@ exactly when the core pushes its ``Network`` events, so ties keep the core's ord
 in disaggregated pools raise ValueError.
 
 Layout: ``requests`` (a request's state, the KV cache), ``schedulers`` (the batch schedulers),
-``instance`` (a replica's SimPy process), ``routing``, ``handoffs`` and ``network``
-(disaggregation); this module wires them into one run.
+``instance`` (a replica's SimPy process), ``routing``, ``handoffs``, ``network`` and ``mixed_pool``
+(disaggregation, Splitwise's mixed pool); this module wires them into one run.
 """
 
 from __future__ import annotations
@@ -53,15 +53,18 @@ from fleetwise.cost import cost_model
 from fleetwise.workload import Workload, build_workload
 from reference.handoffs import ReferenceHandoffs
 from reference.instance import ReferenceInstance
+from reference.mixed_pool import ReferenceMixedPool
 from reference.requests import ReferenceRequest
 from reference.routing import ReferenceRouter
 
 
-def _arrival(env: simpy.Environment, router: ReferenceRouter, req: ReferenceRequest, decoders: list[ReferenceInstance]):
-    """The life of a request up to its admission: wait for the arrival, route, queue or reject
-    (a prefill instance also rejects a request that no decode instance could ever hold)."""
+def _arrival(env: simpy.Environment, router: ReferenceRouter, req: ReferenceRequest, decoders: list[ReferenceInstance], mixed: ReferenceMixedPool | None):
+    """The life of a request up to its admission: wait for the arrival, route (an overloaded
+    prompt pool's mixed pool may take it instead), queue or reject (a prefill instance also
+    rejects a request that no decode instance could ever hold)."""
     yield env.timeout(req.arrival)
     inst = router.route(req)
+    inst = (mixed.prompt_target(req) if mixed is not None else None) or inst
     req.instance = inst.index
     if inst.rejects(req) or (
         inst.role == "prefill" and not any(d.could_hold(req.prompt + req.output - 1) for d in decoders)
@@ -73,7 +76,8 @@ def _arrival(env: simpy.Environment, router: ReferenceRouter, req: ReferenceRequ
 
 
 def simulate_reference(
-    scenario: Scenario | dict | str | Path, workload: Workload | None = None, details: bool = False
+    scenario: Scenario | dict | str | Path, workload: Workload | None = None, details: bool = False,
+    mixed_pool_stats: dict | None = None,
 ) -> pl.DataFrame:
     """Replays ``workload`` (default: the scenario's own) on ``scenario``'s cluster in SimPy.
 
@@ -85,7 +89,10 @@ def simulate_reference(
     reservation's blocks were not free (``reservation_waits``), and, for disaggregated clusters,
     whether its handoff first found no decode room and waited (``handoff_waits``, 0 or 1) and when
     its KV flow started and ended (``transfer_start_ns``, ``transfer_end_ns``; null if never handed
-    off). Raises ValueError for a router other than ``round-robin`` and ``least-outstanding-tokens``, an unknown scheduler or prefix
+    off). With Splitwise's mixed pool (``cluster.mixed_pool``) a ``mixed_pool`` column says how it
+    served each request (``none``, ``prompt_on_token_instance``, ``decode_on_prompt_instance``)
+    and ``mixed_pool_stats``, if given, receives each instance's ``(role_switches, mixed_ns)``.
+    Raises ValueError for a router other than ``round-robin`` and ``least-outstanding-tokens``, an unknown scheduler or prefix
     caching, and RuntimeError if a request never finishes.
     """
     sc = as_scenario(scenario)
@@ -108,14 +115,19 @@ def simulate_reference(
         for inst in instances:
             pool = inst.pool
             inst.kv_bytes_per_token = cost_model(pool["model"], pool["gpu"], calibration=pool["calibration"], quantization=pool.get("quantization")).kv_bytes_per_token()
-        ReferenceHandoffs(env, instances)
+        mixed = ReferenceMixedPool(config["mixed_pool"], instances) if config.get("mixed_pool") else None
+        ReferenceHandoffs(env, instances, mixed)
+    elif config.get("mixed_pool"):
+        raise ValueError("a mixed pool needs prefill and decode pools")
+    else:
+        mixed = None
     router = ReferenceRouter(config["router"]["kind"], entry)
     requests = [
         ReferenceRequest(i, int(a), int(p), int(o))
         for i, (a, p, o) in enumerate(zip(workload.arrival_ns, workload.prompt_tokens, workload.output_tokens))
     ]
     for req in requests:
-        env.process(_arrival(env, router, req, decoders))
+        env.process(_arrival(env, router, req, decoders, mixed))
     env.run()
 
     stuck = [r for r in requests if r.status not in ("finished", "rejected")]
@@ -138,6 +150,10 @@ def simulate_reference(
             "first_scheduled_ns": pl.Int64, "first_token_ns": pl.Int64, "completion_ns": pl.Int64, "preemptions": pl.Int64,
         },
     )
+    if mixed is not None:
+        frame = frame.with_columns(pl.Series("mixed_pool", [mixed.service.get(r.index, "none") for r in requests], dtype=pl.String))
+        if mixed_pool_stats is not None:
+            mixed_pool_stats.update({i.index: (mixed.role_switches[i.index], mixed.mixed_ns[i.index]) for i in instances})
     if details:
         frame = frame.with_columns(
             pl.Series("split_chunks", [r.split_chunks for r in requests], dtype=pl.Int64),

@@ -83,6 +83,9 @@ def run(
         x = s["experts"]
         hit = "n/a (all in HBM)" if x["hit_rate"] is None else f"{x['hit_rate']:.1%}"
         out.print(f"experts: hit rate {hit}, {x['fetched_bytes_per_token'] / 1e6:.1f} MB fetched/token, stall {x['stall_ms_per_iteration']:.2f} ms/iteration, {x['experts_activated_per_iteration']:.1f} experts activated/iteration, HBM {x['hbm_expert_gib_per_gpu']:.1f} GiB/GPU ({x['hbm_saved_gib_per_gpu']:.1f} GiB saved)")
+    if "mixed_pool" in s:
+        m = s["mixed_pool"]
+        out.print(f"mixed pool: {m['prompts_on_token_instances']} prompts on token instances, {m['decodes_on_prompt_instances']} decodes on prompt instances, {m['role_switches']} role switches, " + ", ".join(f"{pool} {sec:.1f} instance-s mixed" for pool, sec in m["mixed_instance_seconds"].items()), highlight=False)
     if "slo" in s and s["slo"]["attainment"] is not None:
         out.print(f"SLO attainment {s['slo']['targets']}: {s['slo']['attainment']:.1%}")
     for r in s.get("rejections", []):

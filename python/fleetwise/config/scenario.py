@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import Field, PrivateAttr, field_validator
+from pydantic import Field, PrivateAttr, ValidationInfo, field_validator
 
 from fleetwise.catalog import CalibrationOverride, GpuSpec, ModelSpec, PimSpec, StorageSpec, lookup
 from fleetwise.config.base import PolicyRef, StrictModel
 from fleetwise.config.experts import ExpertsConfig
 from fleetwise.config.limits import MAX_COUNT, MAX_NAME_LENGTH, MAX_SEED, MAX_TOKENS
+from fleetwise.config.mixed_pool import MixedPoolConfig
 from fleetwise.config.quantization import QuantizationConfig
 from fleetwise.workload.config import WorkloadConfig
 
@@ -318,6 +319,18 @@ class ClusterConfig(StrictModel):
     """Disaggregated clusters: a policy object (``fleetwise.policy.DecodeChoice``, registered name or
     ``package.module:attr``) choosing the decode instance of each prefilled request (default: the
     router's pick, else the fewest outstanding tokens)."""
+    mixed_pool: MixedPoolConfig | None = None
+    """Splitwise's mixed pool (clusters with prefill and decode pools): when an overloaded prompt
+    or token pool lends work to machines of the other pool (docs/seed-systems.md)."""
+
+    @field_validator("mixed_pool")
+    @classmethod
+    def _mixed_pool_needs_prompt_and_token_pools(cls, v: MixedPoolConfig | None, info: ValidationInfo) -> MixedPoolConfig | None:
+        """A mixed pool moves machines between a prefill and a decode pool, so both must exist."""
+        roles = {p.role for p in info.data.get("pools") or ()}
+        if v is not None and not {"prefill", "decode"} <= roles:
+            raise ValueError("needs a pool with role prefill and a pool with role decode (Splitwise's prompt and token pools)")
+        return v
 
 
 class SloConfig(StrictModel):

@@ -177,6 +177,9 @@ pub fn simulate<'py>(
     d.set_item("instances_json", serde_json::to_string(&out.instances).unwrap_or_default())?;
     d.set_item("events", out.events)?;
     d.set_item("end_time_ns", out.end_time)?;
+    if let Some(services) = &out.mixed_pool {
+        d.set_item("mixed_pool", services.iter().map(|s| s.name()).collect::<Vec<&str>>())?;
+    }
     if let Some(log) = out.iterations {
         let it = PyDict::new(py);
         it.set_item("instance", log.instance.into_pyarray(py))?;

@@ -96,11 +96,17 @@ impl Cluster<'_> {
         if pick >= a.entry.len() || decode_pick.is_some_and(|d| d >= a.decoders.len()) {
             return Err(Error::Policy { message: format!("router chose entry {pick} / decode {decode_pick:?} for request {idx}, out of {} entry and {} decode instances", a.entry.len(), a.decoders.len()) });
         }
-        if let Some(d) = decode_pick {
-            self.handoffs.prefer(idx as u32, a.decoders[d]);
-        }
-        let target = a.entry[pick];
-        let fits_decode = self.instances[target].role != Role::Prefill || a.decoders.iter().any(|&d| self.instances[d as usize].could_hold(self.reqs[idx].peak_kv_tokens()));
+        let (routed, preferred) = (a.entry[pick], decode_pick.map(|d| a.decoders[d]));
+        let target = match self.mixed_pool_prompt_target(idx as u32, now) {
+            Some(t) => t as usize,
+            None => {
+                if let Some(d) = preferred {
+                    self.handoffs.prefer(idx as u32, d);
+                }
+                routed
+            }
+        };
+        let fits_decode = self.instances[target].role != Role::Prefill || self.arrivals.decoders.iter().any(|&d| self.instances[d as usize].could_hold(self.reqs[idx].peak_kv_tokens()));
         let inst = &mut self.instances[target];
         let req = &mut self.reqs[idx];
         req.instance = target as u32;

@@ -14,6 +14,7 @@ use super::arrivals::Arrivals;
 use super::config::{KvTransfer, SimConfig, Workload, MAX_KV_TRANSFER_LATENCY};
 use super::disaggregation::{FewestOutstandingTokens, Handoffs};
 use super::iterations::Iterations;
+use super::mixed_pool::MixedPool;
 use super::plugins::Plugins;
 use super::report::IterationLog;
 use super::transfers::{Owner, Transfers};
@@ -64,6 +65,8 @@ pub(super) struct Cluster<'a> {
     pub(super) itl: QuantileSketch,
     /// Rejection reason per rejected request index.
     pub(super) rejections: Vec<(u32, String)>,
+    /// Splitwise's mixed pool, when configured.
+    pub(super) mixed_pool: Option<MixedPool>,
 }
 
 /// Puts `path_prefix.` before the path of a configuration error.
@@ -153,7 +156,9 @@ impl<'a> Cluster<'a> {
         let log = if config.record_iterations { Some(IterationLog::default()) } else { None };
         let transfers = Transfers::new(&instances, &config.pools)?;
         let iterations = Iterations::new(instances.len());
-        Ok(Cluster { reqs, instances, pool_names, arrivals, iterations, handoffs, transfers, log, itl: QuantileSketch::new(0.005), rejections: Vec::new() })
+        let roles: Vec<Role> = instances.iter().map(|i| i.role).collect();
+        let mixed_pool = config.mixed_pool.as_ref().map(|m| MixedPool::new(m, &roles, workload.arrival.len())).transpose()?;
+        Ok(Cluster { reqs, instances, pool_names, arrivals, iterations, handoffs, transfers, log, itl: QuantileSketch::new(0.005), rejections: Vec::new(), mixed_pool })
     }
 
     /// An idle instance was told it has work: it starts an iteration if it is not running one.

@@ -14,6 +14,7 @@ use crate::time::Nanos;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
+use super::mixed_pool::MixedPoolConfig;
 use super::Role;
 
 /// A group of identical instances.
@@ -158,6 +159,9 @@ pub struct SimConfig {
     /// Tokens each prefix-block hash of the workload covers (e.g. 512 in Mooncake traces).
     #[serde(default)]
     pub hash_block_tokens: Option<u32>,
+    /// Splitwise's mixed pool: when prompt and token machines take work of the other kind.
+    #[serde(default)]
+    pub mixed_pool: Option<MixedPoolConfig>,
 }
 
 /// The requests to replay: arrival times (sorted), prompt and output tokens.

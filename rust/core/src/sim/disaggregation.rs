@@ -22,7 +22,8 @@ use super::cluster::{Cluster, Event, Queue};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
-    /// Prefills and decodes its requests (a colocated instance, or Splitwise's mixed pool).
+    /// Prefills and decodes its requests (a colocated instance; Splitwise's mixed pool, machines
+    /// lent between prefill and decode pools under overload, is `SimConfig::mixed_pool`).
     #[default]
     Mixed,
     /// Prefills only: after the first token the request's KV moves to a decode instance.
@@ -130,7 +131,7 @@ impl Cluster<'_> {
     /// Layer-wise transfer: the iteration `idx` just started completes some prefills, whose KV
     /// starts moving now, overlapping the iteration.
     pub(super) fn start_layerwise_handoffs(&mut self, idx: u32, now: Nanos, queue: &mut Queue) -> Result<()> {
-        if !self.handoffs.layerwise[idx as usize] {
+        if !self.handoffs.layerwise[idx as usize] || self.token_pool_overloaded() {
             return Ok(());
         }
         let reqs = &self.reqs;
@@ -158,6 +159,9 @@ impl Cluster<'_> {
             if h.flow_done {
                 self.finish_or_send_tail(req, now, queue)?;
             }
+            return Ok(());
+        }
+        if self.mixed_pool_keeps_decode(req, now, queue) {
             return Ok(());
         }
         if !self.dispatch_handoff(req, true, now, queue)? {

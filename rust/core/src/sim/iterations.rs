@@ -132,6 +132,7 @@ impl Cluster<'_> {
         if self.instances[idx as usize].role == Role::Decode {
             self.retry_handoffs(now, queue)?;
         }
+        self.mixed_pool_iteration_ended(idx, now);
         self.begin_iteration(idx, now, queue)
     }
 

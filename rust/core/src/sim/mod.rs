@@ -13,7 +13,7 @@
 //!
 //! Layout: [`config`] (what Python sends), `cluster` (the run's state and its event handlers),
 //! `arrivals`, `iterations` (an iteration's phases), `transfers` (the network wiring),
-//! [`disaggregation`] (roles and KV handoffs), [`plugins`], [`control`], [`report`]; the
+//! [`disaggregation`] (roles and KV handoffs), [`mixed_pool`] (Splitwise's mixed pool), [`plugins`], [`control`], [`report`]; the
 //! domain-free event loop is [`crate::event`].
 
 mod arrivals;
@@ -22,6 +22,7 @@ pub mod config;
 pub mod control;
 pub mod disaggregation;
 mod iterations;
+pub mod mixed_pool;
 pub mod plugins;
 pub mod report;
 mod transfers;
@@ -30,6 +31,7 @@ pub use cluster::Event;
 pub use config::{KvLink, KvTransfer, Parallelism, PoolConfig, SimConfig, Workload, DEFAULT_KV_TRANSFER_LATENCY};
 pub use control::Control;
 pub use disaggregation::{DecodeChoice, FewestOutstandingTokens, Role};
+pub use mixed_pool::{MixedPoolConfig, MixedPoolStats, MixedService};
 pub use plugins::{BatchSchedulerFactory, EvictorFactory, Plugins};
 pub use crate::moe::ExpertCacheFactory;
 pub use report::{InstanceReport, IterationLog, SimOutput};

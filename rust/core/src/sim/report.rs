@@ -10,6 +10,7 @@ use crate::time::Nanos;
 use serde::Serialize;
 
 use super::cluster::Cluster;
+use super::mixed_pool::{MixedPoolStats, MixedService};
 
 /// One row per iteration, in columns.
 #[derive(Debug, Clone, Default)]
@@ -71,6 +72,9 @@ pub struct InstanceReport {
     pub host_link_utilisation: f64,
     /// Counters.
     pub stats: InstanceStats,
+    /// Its time in Splitwise's mixed pool, when the cluster has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mixed_pool: Option<MixedPoolStats>,
 }
 
 /// Everything a run produces.
@@ -89,6 +93,8 @@ pub struct SimOutput {
     pub events: u64,
     /// Time of the last event.
     pub end_time: Nanos,
+    /// How Splitwise's mixed pool served each request, when the cluster has one.
+    pub mixed_pool: Option<Vec<MixedService>>,
 }
 
 impl Cluster<'_> {
@@ -121,8 +127,10 @@ impl Cluster<'_> {
                 nodes: inst.cost().nodes(),
                 energy_joules: inst.energy_joules(end),
                 stats: InstanceStats { experts: inst.experts().map(|m| m.stats.clone()), ..inst.stats.clone() },
+                mixed_pool: self.mixed_pool.as_ref().map(|m| m.instance_stats(i, end)),
             })
             .collect();
-        Ok(SimOutput { requests: std::mem::take(self.reqs), rejections: self.rejections, itl: self.itl, instances: reports, iterations: self.log, events, end_time: end })
+        let mixed_pool = self.mixed_pool.as_ref().map(|m| m.services());
+        Ok(SimOutput { requests: std::mem::take(self.reqs), rejections: self.rejections, itl: self.itl, instances: reports, iterations: self.log, events, end_time: end, mixed_pool })
     }
 }

@@ -47,5 +47,5 @@ pub fn pool(count: u32, gpu: GpuSpec) -> PoolConfig {
 
 /// A run of `pools` behind `router`, seed 1, recording the iteration log if `record_iterations`.
 pub fn sim_config(pools: Vec<PoolConfig>, router: RouterConfig, record_iterations: bool) -> SimConfig {
-    SimConfig { seed: 1, pools, router, record_iterations, hash_block_tokens: None }
+    SimConfig { seed: 1, pools, router, record_iterations, hash_block_tokens: None, mixed_pool: None }
 }
