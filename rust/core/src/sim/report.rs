@@ -120,7 +120,7 @@ impl Cluster<'_> {
                 gpus: inst.cost().gpus(),
                 nodes: inst.cost().nodes(),
                 energy_joules: inst.energy_joules(end),
-                stats: InstanceStats { experts: inst.experts().map(|m| m.stats.clone()), ..inst.stats.clone() },
+                stats: InstanceStats { experts: inst.experts().map(|m| m.stats.clone()), speculative: inst.speculation().map(|s| s.stats.clone()), ..inst.stats.clone() },
             })
             .collect();
         Ok(SimOutput { requests: std::mem::take(self.reqs), rejections: self.rejections, itl: self.itl, instances: reports, iterations: self.log, events, end_time: end })
