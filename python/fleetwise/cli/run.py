@@ -83,6 +83,10 @@ def run(
         x = s["experts"]
         hit = "n/a (all in HBM)" if x["hit_rate"] is None else f"{x['hit_rate']:.1%}"
         out.print(f"experts: hit rate {hit}, {x['fetched_bytes_per_token'] / 1e6:.1f} MB fetched/token, stall {x['stall_ms_per_iteration']:.2f} ms/iteration, {x['experts_activated_per_iteration']:.1f} experts activated/iteration, HBM {x['hbm_expert_gib_per_gpu']:.1f} GiB/GPU ({x['hbm_saved_gib_per_gpu']:.1f} GiB saved)")
+    if "speculative" in s:
+        x = s["speculative"]
+        per = ", ".join(_num(a, ".2f") for a in x["per_position_acceptance_rate"])
+        out.print(f"speculative decoding: acceptance rate {_num(x['acceptance_rate'], '.1%')}, mean acceptance length {_num(x['mean_acceptance_length'], '.2f')} tokens/step, per position [{per}], {x['num_drafts']} drafts")
     if "slo" in s and s["slo"]["attainment"] is not None:
         out.print(f"SLO attainment {s['slo']['targets']}: {s['slo']['attainment']:.1%}")
     for r in s.get("rejections", []):
