@@ -133,6 +133,21 @@ impl PyCostModel {
         Ok((sp.step(&self.inner, &rest, &seqs).seconds, verify, expected_tokens_per_step(sp.rates())))
     }
 
+    /// One speculative step in integer nanoseconds, rounded as the simulator does: `prefills` and
+    /// `decodes` run plainly beside `speculating` sequences, each `(cached tokens, draft tokens)`
+    /// (with none speculating, the plain iteration's time).
+    #[pyo3(signature = (speculative_json, prefills=vec![], decodes=vec![], speculating=vec![]))]
+    fn speculative_step_ns(&self, speculative_json: &str, prefills: Vec<(u64, u64, bool)>, decodes: Vec<u64>, speculating: Vec<(u64, u32)>) -> PyResult<u64> {
+        let cfg: SpeculativeConfig = from_json("speculative", speculative_json)?;
+        let sp = Speculator::build(&cfg, &self.spec).map_err(to_py)?;
+        let rest = shape(&self.inner, prefills, decodes);
+        if speculating.is_empty() {
+            return Ok(secs_to_ns(self.inner.iteration_seconds(&rest)));
+        }
+        let seqs: Vec<SpecSeq> = speculating.into_iter().map(|(cached, k)| SpecSeq { cached, k }).collect();
+        Ok(secs_to_ns(sp.step(&self.inner, &rest, &seqs).seconds))
+    }
+
     /// Busy power of one GPU, watts, for an iteration of the given batch.
     #[pyo3(signature = (prefills=vec![], decodes=vec![]))]
     fn busy_watts(&self, prefills: Vec<(u64, u64, bool)>, decodes: Vec<u64>) -> f64 {
