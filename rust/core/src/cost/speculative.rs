@@ -29,6 +29,17 @@ pub enum SpecMethod {
     Mtp,
 }
 
+impl SpecMethod {
+    /// The method's name as a scenario writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            SpecMethod::Draft => "draft",
+            SpecMethod::Eagle => "eagle",
+            SpecMethod::Mtp => "mtp",
+        }
+    }
+}
+
 /// The probability that a draft token is accepted given that every one before it was.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -155,7 +166,7 @@ impl Speculator {
             _ => {
                 // One layer of the target's shape (a MoE layer for a MoE target: MTP's), plus the
                 // target's embedding and LM head, which the head shares (not counted again).
-                let layers = |n: u32| ModelSpec { num_layers: n, first_dense_layers: 0, moe_layer_interval: 0, name: format!("{} {:?} head", target.name, cfg.method).to_lowercase(), ..target.clone() };
+                let layers = |n: u32| ModelSpec { num_layers: n, first_dense_layers: 0, moe_layer_interval: 0, name: format!("{} {} head", target.name, cfg.method.name()), ..target.clone() };
                 let one = CostModel::build(&on_gpus(layers(1), spec.quantization))?;
                 let two = CostModel::build(&on_gpus(layers(2), spec.quantization))?;
                 // EAGLE's and MTP's input projection: [hidden; embedding] (2h) to h, per GPU.

@@ -110,8 +110,10 @@ impl Instance {
         let block_bytes = per_token * plan.block_size as u64;
         let needed = weights + plan.activation_bytes + block_bytes;
         if needed > plan.usable_bytes {
+            let proposer = cfg.draft_model.as_ref().map_or_else(|| format!("{} head", cfg.method.name()), |d| format!("draft model {}", d.name));
+            let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
             return Err(Error::Capacity {
-                what: format!("{} with its {:?} proposer on {} x{} (weights {:.2} GiB + proposer {:.2} GiB + one KV block, per GPU)", self.cost.model().name, cfg.method, self.cost.gpu().name, self.cost.tp(), plan.weight_bytes as f64 / (1u64 << 30) as f64, sp.weight_bytes_per_gpu as f64 / (1u64 << 30) as f64),
+                what: format!("{} with its speculative {proposer} on {} x{} (weights {:.2} GiB + {proposer} {:.2} GiB + activations {:.2} GiB + one KV block, per GPU)", self.cost.model().name, self.cost.gpu().name, self.cost.tp(), gib(plan.weight_bytes), gib(sp.weight_bytes_per_gpu), gib(plan.activation_bytes)),
                 needed_bytes: needed,
                 available_bytes: plan.usable_bytes,
             });

@@ -109,3 +109,21 @@ fn the_proposer_takes_its_memory_out_of_the_kv_cache() {
     assert_eq!(e.num_blocks as u64, e.kv_bytes / (e.kv_bytes_per_token * 16));
     assert!(e.num_blocks < p.num_blocks);
 }
+
+#[test]
+fn a_proposer_that_does_not_fit_is_a_capacity_error_naming_it() {
+    let memory = MemoryConfig::default();
+    let sched = SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192, preemption_mode: Default::default(), swap_space_gb: 4.0 };
+    let spec = InstanceSpec::new(llama3_8b(), gpu(), Efficiency::default(), 1);
+    // A 70B-shaped draft (Llama-2-70B's layers, Llama-3's vocabulary) on one 80 GB GPU.
+    let big = crate::model::ModelSpec { vocab_size: 128256, ..crate::model::fixtures::llama2_70b() };
+    let cfg = SpeculativeConfig { method: SpecMethod::Draft, draft_model: Some(big), num_speculative_tokens: 2, acceptance_rate: AcceptanceRate::Constant(0.5) };
+    let inst = Instance::new(InstanceSetup { pool: 0, spec: spec.clone(), memory: &memory, scheduler: &sched, experts: None }).unwrap();
+    match inst.with_speculation(Some(&cfg), &spec, 1, "s") {
+        Err(Error::Capacity { what, needed_bytes, available_bytes }) => {
+            assert!(what.contains("speculative draft model llama-2-70b") && needed_bytes > available_bytes && available_bytes == 72_000_000_000, "{what}");
+        }
+        Err(other) => panic!("{other:?}"),
+        Ok(_) => panic!("a 70B draft beside an 8B target fits 72 GB"),
+    }
+}
