@@ -1,8 +1,9 @@
 //! One model replica: its cost model, KV cache, queues and scheduler.
 //!
 //! Layout: `setup` builds an instance from one [`InstanceSetup`]; `iteration` forms, times and
-//! applies its iterations; `speculative` its speculative decoding; `stats` counts them (and the energy). This file holds the instance's
-//! queues and what a router and the disaggregation code ask of it.
+//! applies its iterations; `speculative` its speculative decoding; `stats` counts them (and the
+//! energy). This file holds the instance's queues and what a router and the disaggregation code
+//! ask of it.
 
 mod iteration;
 mod setup;
@@ -43,6 +44,7 @@ pub struct Instance {
     pub role: Role,
     handoffs: Vec<u32>,
     moe: Option<ExpertRuntime>,
+    /// Speculative decoding, for speculating pools.
     spec: Option<Box<SpecRuntime>>,
     /// Counters.
     pub stats: InstanceStats,
