@@ -59,6 +59,8 @@ CASES = {
     "mla-dense-layers": _scenario({"model": "deepseek-v2-lite", "experts": {}}),
     "quantization-int4-kv-fp8": _scenario({"quantization": {"weights": "int4", "group_size": 64, "kv_cache": "fp8"}}),
     "quantization-w8a8": _scenario({"quantization": {"weights": "fp8", "activations": "fp8"}}),
+    "speculative-draft": _scenario({"model": "llama-3-70b", "parallelism": {"tp": 4}, "speculative": {"method": "draft", "draft_model": "llama-3-8b", "num_speculative_tokens": 4, "acceptance_rate": 0.8}}),
+    "speculative-eagle-per-position": _scenario({"speculative": {"method": "eagle", "num_speculative_tokens": 3, "acceptance_rate": [0.9, 0.7, 0.5]}}),
 }
 
 

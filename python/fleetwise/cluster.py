@@ -34,8 +34,20 @@ def resolve_pool(scenario: Scenario, index: int, pool: PoolConfig) -> dict:
         "pim": None if pool.pim is None else lookup("pim", pool.pim, scenario.pims, f"{path}.pim").core_json(pool.pim),
         "offload": None if pool.offload is None else pool.offload.core_json(f"{path}.offload", scenario.storage),
         "quantization": pool.quantization.core_json(),
+        "speculative": None if pool.speculative is None else _speculative_json(scenario, path, pool, model, gpu, calibration),
         "experts": None if pool.experts is None else pool.experts.core_json(model, pool.model, f"{path}.experts", scenario.storage),
     }
+
+
+def _speculative_json(scenario: Scenario, path: str, pool: PoolConfig, model: ModelSpec, gpu: GpuSpec, calibration) -> dict:
+    """The core's view of pool ``path``'s ``speculative``: the draft model resolved and checked."""
+    from fleetwise.config.speculative import resolve_speculative
+    from fleetwise.cost import cost_model
+
+    def weight_bytes(m: ModelSpec, name: str) -> int:
+        return cost_model(m, gpu, calibration=calibration, model_name=name, gpu_name=pool.gpu).weight_bytes()
+
+    return resolve_speculative(pool.speculative, f"{path}.speculative", model, pool.model, scenario.models, weight_bytes)
 
 
 def offload_json(o, path: str, user_storage: dict | None = None) -> dict:

@@ -24,6 +24,7 @@ def estimate_iteration(
     specs=None,
     engine: str = "vllm",
     quantization: dict | None = None,
+    speculative: dict | None = None,
 ) -> dict:
     """Predicts one iteration: a prefill chunk of ``prefill`` tokens after ``prefill_context``
     cached tokens, ``decode_batch`` decodes at context ``context``, or both as one mixed batch.
@@ -32,7 +33,10 @@ def estimate_iteration(
     (weights + KV of every sequence in the batch + activations) next to what the GPU has.
     ``specs`` (a ``fleetwise.config.specs.Specs``) adds user-defined GPUs, models and PIMs to the
     catalogue's; ``engine`` is the serving engine's profile (a built-in name or a file);
-    ``quantization`` a pool's ``quantization`` as a dict (``QuantizationConfig``; default none).
+    ``quantization`` a pool's ``quantization`` as a dict (``QuantizationConfig``; default none);
+    ``speculative`` a pool's ``speculative`` as a dict (``SpeculativeConfig``): with decodes, the
+    result's ``speculative`` entry prices one speculative step of the same decodes against this
+    plain one and gives the decode speedup (see ``speculative_speedup``).
     """
     from fleetwise.errors import ConfigError
 
@@ -84,7 +88,7 @@ def estimate_iteration(
     act = cost.activation_bytes(tokens, sampled)
     available = int(g.memory_bytes * gpu_memory_utilization)
     need = weights + kv + act
-    return {
+    result = {
         "model": model,
         "gpu": gpu,
         "engine": engine,
@@ -98,6 +102,35 @@ def estimate_iteration(
         "power_watts_per_gpu": cost.busy_watts(prefills, decodes),
         "ops": cost.breakdown(prefills, decodes),
     }
+    if speculative is not None:
+        if prefill > 0 or decode_batch <= 0:
+            raise ConfigError("estimate: --speculative prices decode steps: give --decode-batch B and --context C without --prefill")
+        result["speculative"] = speculative_speedup(cost, speculative, decodes, seconds, m, model, user_models, lambda spec, name: cost_model(
+            spec, g, tp=tp, model_name=name, gpu_name=gpu, engine=engine).weight_bytes())
+    return result
+
+
+def speculative_speedup(cost, given: dict, decodes: list[int], plain_seconds: float, target, target_name: str, user_models: dict, weight_bytes) -> dict:
+    """One speculative step of ``decodes`` (contexts) on ``cost`` with ``given`` (a ``SpeculativeConfig``
+    dict; errors name ``--speculative``) against a plain decode step of ``plain_seconds``: the step's
+    and its verify pass's seconds, the expected tokens per sequence per step, seconds per token
+    and the decode speedup (plain seconds per token / speculative seconds per token)."""
+    import json
+
+    from pydantic import ValidationError
+
+    from fleetwise.config.load import format_validation_error
+    from fleetwise.config.speculative import SpeculativeConfig, resolve_speculative
+    from fleetwise.errors import ConfigError
+
+    try:
+        spec = SpeculativeConfig.model_validate(given)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, "--speculative", SpeculativeConfig)) from None
+    core = resolve_speculative(spec, "--speculative", target, target_name, user_models, weight_bytes)
+    step, verify, tokens = cost.speculative_step(json.dumps(core), decodes)
+    return {**spec.model_dump(), "step_seconds": step, "verify_seconds": verify, "proposer_seconds": step - verify, "tokens_per_step": tokens,
+            "seconds_per_token": step / tokens, "plain_seconds_per_token": plain_seconds, "speedup": plain_seconds * tokens / step}
 
 
 def _quantization(given: dict | None):

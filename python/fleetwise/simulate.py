@@ -17,7 +17,7 @@ from fleetwise.config.load import as_scenario
 from fleetwise.config.scenario import Scenario
 from fleetwise.config.workload_fit import longest_context
 from fleetwise.errors import CapacityError, ConfigError, FleetwiseError, PolicyError
-from fleetwise.metrics import expert_columns, request_latencies, summarize
+from fleetwise.metrics import expert_columns, request_latencies, speculative_columns, summarize
 from fleetwise.metrics.idealized import IdealizedRuntime, idealized_summary
 from fleetwise.metrics.mixed_pool import instance_columns as mixed_pool_columns
 from fleetwise.moe import load_routing_trace
@@ -109,6 +109,7 @@ def _instances_frame(instances: list[dict]) -> pl.DataFrame:
         mem, st = inst["memory"], dict(inst["stats"])
         st.update(expert_columns(st.pop("experts", None)))
         st.update(mixed_pool_columns(inst.get("mixed_pool")))
+        st.update(speculative_columns(st.pop("speculative", None)))
         rows.append({"instance": i, "pool": inst["pool_name"], "gpus": inst["gpus"], "nodes": inst["nodes"], "energy_joules": inst["energy_joules"], "host_link_bytes": inst["host_link_bytes"], "host_link_utilisation": inst["host_link_utilisation"], "prefix_hit_tokens": inst["prefix_hit_tokens"], "prefix_lookup_tokens": inst["prefix_lookup_tokens"], **{f"kv_{k}" if k in ("block_size",) else k: v for k, v in mem.items()}, **st})
     return pl.DataFrame(rows)
 

@@ -140,6 +140,17 @@ def experts() -> st.SearchStrategy:
     )
 
 
+def speculative() -> st.SearchStrategy:
+    """Speculative decoding: a catalogue draft (often of another tokenizer, or larger than the
+    target) or an EAGLE / MTP head, a constant or per-position acceptance rate."""
+    rate = float_field(0.0, 1.0)
+    return st.integers(1, 6).flatmap(lambda k: st.one_of(
+        st.fixed_dictionaries({"method": st.just("draft"), "draft_model": st.sampled_from(CATALOGUE_MODELS), "num_speculative_tokens": st.just(k), "acceptance_rate": rate}),
+        st.fixed_dictionaries({"method": st.sampled_from(["eagle", "mtp"]), "num_speculative_tokens": st.just(k),
+                               "acceptance_rate": st.one_of(rate, st.lists(rate, min_size=k, max_size=k))}),
+    ))
+
+
 def pool(name: str, role: str) -> st.SearchStrategy:
     """One pool of at most 3 instances."""
     return st.fixed_dictionaries(
@@ -162,6 +173,7 @@ def pool(name: str, role: str) -> st.SearchStrategy:
             "pim": st.sampled_from(["attacc-hbm3-pim", "logic-pim"]),
             "offload": offload(),
             "experts": experts(),
+            "speculative": speculative(),
         },
     )
 

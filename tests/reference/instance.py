@@ -11,6 +11,7 @@ import simpy
 from fleetwise.cost import cost_model
 from reference.requests import Item, KvCache, ReferenceRequest
 from reference.schedulers import make_policy, memory_limits
+from reference.speculative import ReferenceSpeculation
 
 
 class ReferenceInstance:
@@ -41,6 +42,10 @@ class ReferenceInstance:
         self.policy = make_policy(sched, self.max_context)
         tokens, seqs = memory_limits(sched, self.max_context)
         plan = self.cost.memory_plan(json.dumps(pool["memory"]), tokens, seqs)
+        self.speculation = None if pool.get("speculative") is None else ReferenceSpeculation(pool)
+        if self.speculation is not None:
+            plan["num_blocks"] = self.speculation.num_blocks(plan)
+        self.accepted: list[int] = []
         self.kv = KvCache(int(plan["num_blocks"]), int(plan["block_size"]), pool["model"].get("sliding_window"))
         self.waiting: deque[ReferenceRequest] = deque()
         self.running: list[ReferenceRequest] = []
@@ -120,7 +125,11 @@ class ReferenceInstance:
                 for req, _, _ in items:
                     if req.first_scheduled is None:
                         req.first_scheduled = self.env.now
-                end = self.env.timeout(self._duration(items))
+                if self.speculation is not None:
+                    self.accepted = self.speculation.plan(self, items)
+                    end = self.env.timeout(self.speculation.duration(self.cost, items))
+                else:
+                    end = self.env.timeout(self._duration(items))
                 if self.on_iteration_start is not None:
                     self.on_iteration_start(self, items)
                 yield end
@@ -183,13 +192,15 @@ class ReferenceInstance:
     def _apply(self, items: list[Item]) -> None:
         """Applies a finished iteration: computed tokens, samples, first tokens and completions."""
         now = self.env.now
-        for req, n, _ in items:
+        for i, (req, n, _) in enumerate(items):
             req.computed += n
             if req.computed != req.known:
                 req.split_chunks += 1
                 continue
-            req.generated += 1
-            self.outstanding_tokens += 1
+            extra = self.accepted[i] if self.speculation is not None else 0  # accepted draft tokens
+            req.computed += extra
+            req.generated += 1 + extra
+            self.outstanding_tokens += 1 + extra
             if req.generated == 1:
                 req.first_token = now
             if req.generated == 1 and self.role == "prefill" and req.output > 1:

@@ -26,6 +26,7 @@ def estimate(
     pim: Optional[str] = typer.Option(None, "--pim", help="Attach a PIM device to each GPU (see `fleetwise catalog`)."),
     offload: Optional[str] = typer.Option(None, "--offload", help="Offload weights: dram or flash."),
     quantization: Optional[str] = typer.Option(None, "--quantization", help="Quantization KEY=VALUE,... : weights=bf16|fp8|int8|int4, activations=bf16|fp8, kv_cache=bf16|fp8, group_size=N (int4), e.g. weights=fp8,kv_cache=fp8 (docs/quantization.md)."),
+    speculative: Optional[str] = typer.Option(None, "--speculative", help="Speculative decoding KEY=VALUE,... : method=draft|eagle|mtp, draft_model=NAME (draft), num_speculative_tokens=K, acceptance_rate=A or A1/A2/... per position; with --decode-batch/--context prints the decode speedup (docs/speculative-decoding.md)."),
     offload_set: List[str] = typer.Option([], "--offload-set", help="Offload setting KEY=VALUE (layer_fraction, ffn_load_fraction, dram_cache_fraction, resident_attention, overlap, storage, queue_depth, read_chunk_kb). Repeatable."),
     prefill: int = typer.Option(0, "--prefill", min=0, max=2**31 - 1, help="Prefill chunk size, tokens."),
     prefill_context: int = typer.Option(0, "--prefill-context", min=0, max=2**31 - 1, help="Tokens already cached before the chunk."),
@@ -69,8 +70,13 @@ def estimate(
         from fleetwise.config.quantization import parse_quantization
 
         quant = parse_quantization(quantization)
+    spec = None
+    if speculative is not None:
+        from fleetwise.config.speculative import parse_speculative
+
+        spec = parse_speculative(speculative)
     r = estimate_iteration(model, gpu, tp, prefill, prefill_context, decode_batch, context, pp=pp, microbatches=microbatches, power_cap_watts=power_cap, pim=pim, offload=off, ep=ep, specs=user, engine=engine,
-                           quantization=quant)
+                           quantization=quant, speculative=spec)
     if as_json:
         out.print_json(json.dumps(r))
     else:
@@ -90,6 +96,12 @@ def estimate(
         m = r["memory"]
         gib = 1 << 30
         out.print(f"memory per GPU: {r['memory_bytes'] / gib:.2f} GiB (weights {m['weights'] / gib:.2f} + KV {m['kv_cache'] / gib:.2f} + activations {m['activations'] / gib:.2f}) of {m['available'] / gib:.2f} GiB usable")
+        if "speculative" in r:
+            s = r["speculative"]
+            by = f"{s['method']} {s['draft_model']}" if s["draft_model"] else s["method"]
+            out.print(f"speculative ({by}, k={s['num_speculative_tokens']}, acceptance {s['acceptance_rate']}): step {s['step_seconds'] * 1e3:.3f} ms "
+                      f"(proposer {s['proposer_seconds'] * 1e3:.3f} + verify {s['verify_seconds'] * 1e3:.3f}) for {s['tokens_per_step']:.3f} tokens per sequence = "
+                      f"{s['seconds_per_token'] * 1e3:.3f} ms per token vs {s['plain_seconds_per_token'] * 1e3:.3f} plain: speedup {s['speedup']:.2f}x")
     if not r["memory"]["fits"]:
         m = r["memory"]
         raise CapacityError(f"{model} on {gpu} x{tp}: this iteration needs {r['memory_bytes'] / (1 << 30):.2f} GiB per GPU, {m['available'] / (1 << 30):.2f} GiB available")

@@ -86,6 +86,10 @@ def run(
     if "mixed_pool" in s:
         m = s["mixed_pool"]
         out.print(f"mixed pool: {m['prompts_on_token_instances']} prompts on token instances, {m['decodes_on_prompt_instances']} decodes on prompt instances, {m['role_switches']} role switches, " + ", ".join(f"{pool} {sec:.1f} instance-s mixed" for pool, sec in m["mixed_instance_seconds"].items()), highlight=False)
+    if "speculative" in s:
+        x = s["speculative"]
+        per = ", ".join(_num(a, ".2f") for a in x["per_position_acceptance_rate"])
+        out.print(f"speculative decoding: acceptance rate {_num(x['acceptance_rate'], '.1%')}, mean acceptance length {_num(x['mean_acceptance_length'], '.2f')} tokens/step, per position [{per}], {x['num_drafts']} drafts")
     if "slo" in s and s["slo"]["attainment"] is not None:
         out.print(f"SLO attainment {s['slo']['targets']}: {s['slo']['attainment']:.1%}")
     for r in s.get("rejections", []):

@@ -12,6 +12,7 @@ from fleetwise.config.experts import ExpertsConfig
 from fleetwise.config.limits import MAX_COUNT, MAX_NAME_LENGTH, MAX_SEED, MAX_TOKENS
 from fleetwise.config.mixed_pool import MixedPoolConfig
 from fleetwise.config.quantization import QuantizationConfig
+from fleetwise.config.speculative import SpeculativeConfig
 from fleetwise.workload.config import WorkloadConfig
 
 
@@ -281,6 +282,10 @@ class PoolConfig(StrictModel):
     quantization: QuantizationConfig = QuantizationConfig()
     """Weights (bf16, fp8, int8, int4 with group_size), GEMM activations (bf16, fp8) and KV cache
     (bf16, fp8) formats, as vLLM offers them (docs/quantization.md); default none."""
+    speculative: SpeculativeConfig | None = None
+    """Speculative decoding (vLLM's ``--speculative-config``): a draft model or an EAGLE / MTP head
+    proposes ``num_speculative_tokens`` tokens per decode step, accepted at ``acceptance_rate``
+    (docs/speculative-decoding.md); default none."""
     experts: ExpertsConfig | None = None
     """Mixture-of-experts serving: expert placement (HBM, DRAM, flash), routing model, expert
     cache, prefetching and token grouping (MoE models only; docs/moe.md)."""

@@ -1,6 +1,6 @@
 """Metrics of a run, one concept per module: per-request latencies (``latency``), distributions
 (``distribution``), SLO attainment (``slo``), energy and cost (``energy``), expert and prefix-cache
-hit rates (``experts``, ``prefix``), rejection reasons (``rejections``), the typed run summary
+hit rates (``experts``, ``prefix``), speculative decoding (``speculative``), rejection reasons (``rejections``), the typed run summary
 (``summary``) and its flattening into table rows (``flatten``)."""
 
 from fleetwise.metrics.distribution import PERCENTILES, Distribution, distribution
@@ -11,6 +11,7 @@ from fleetwise.metrics.latency import itl_distribution, request_latencies
 from fleetwise.metrics.prefix import prefix_cache_summary
 from fleetwise.metrics.rejections import rejection_reasons
 from fleetwise.metrics.slo import SLO_COLUMNS, attainment, slo_attainment
+from fleetwise.metrics.speculative import speculative_columns, speculative_summary
 from fleetwise.metrics.summary import Summary, _json_safe, summarize
 
 __all__ = [
@@ -29,6 +30,8 @@ __all__ = [
     "rejection_reasons",
     "request_latencies",
     "slo_attainment",
+    "speculative_columns",
+    "speculative_summary",
     "SLO_COLUMNS",
     "summarize",
 ]

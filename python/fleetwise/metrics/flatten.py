@@ -27,6 +27,8 @@ _PATHS: dict[str, tuple[str, ...]] = {
     "expert_stall_ms_per_iteration": ("experts", "stall_ms_per_iteration"),
     "expert_hbm_gib_per_gpu": ("experts", "hbm_expert_gib_per_gpu"),
     "prefix_hit_rate": ("prefix_cache", "hit_rate"),
+    "spec_acceptance_rate": ("speculative", "acceptance_rate"),
+    "spec_mean_acceptance_length": ("speculative", "mean_acceptance_length"),
 }
 """Each flat column and where it lives in a summary."""
 

@@ -1,5 +1,5 @@
 """The run summary (summary.json): counts, throughput, latency distributions, SLO attainment,
-energy, cost, prefix-cache, expert and mixed-pool metrics, rejection reasons.
+energy, cost, prefix-cache, expert, mixed-pool and speculative decoding metrics, rejection reasons.
 
 A metric that has no value (no request finished, no token generated) is ``None`` in the summary,
 ``null`` in summary.json: never NaN, which is not JSON.
@@ -20,6 +20,7 @@ from fleetwise.metrics.mixed_pool import MixedPoolSummary, mixed_pool_summary
 from fleetwise.metrics.prefix import PrefixCacheSummary, prefix_cache_summary
 from fleetwise.metrics.rejections import RejectionCount, rejection_reasons
 from fleetwise.metrics.slo import SloSummary, slo_attainment
+from fleetwise.metrics.speculative import SpeculativeSummary, speculative_summary
 
 
 class Throughput(TypedDict):
@@ -52,6 +53,7 @@ class Summary(_SummaryRequired, total=False):
     prefix_cache: PrefixCacheSummary
     experts: ExpertSummary
     mixed_pool: MixedPoolSummary
+    speculative: SpeculativeSummary
     slo: SloSummary
     rejections: list[RejectionCount]
     scenario: str
@@ -113,6 +115,9 @@ def summarize(requests: pl.DataFrame, itl: dict, slo=None, instances: pl.DataFra
     mixed = mixed_pool_summary(requests, instances) if instances is not None else None
     if mixed is not None:
         summary["mixed_pool"] = mixed
+    speculative = speculative_summary(instances) if instances is not None else None
+    if speculative is not None:
+        summary["speculative"] = speculative
     slo_part = slo_attainment(requests, slo)
     if slo_part is not None:
         # vLLM's request goodput at this run's load: requests per second that met every target

@@ -2,7 +2,7 @@
 
 use crate::errors::{from_json, to_py};
 use fleetwise_core::calibration::Efficiency;
-use fleetwise_core::cost::{BatchShape, CostModel, InstanceSpec, Quantization};
+use fleetwise_core::cost::{expected_tokens_per_step, BatchShape, CostModel, InstanceSpec, Quantization, SpecSeq, SpeculativeConfig, Speculator};
 use fleetwise_core::hardware::{GpuSpec, PimSpec};
 use fleetwise_core::offload::OffloadSpec;
 use fleetwise_core::memory::{MemoryConfig, MemoryPlan};
@@ -19,6 +19,7 @@ use pyo3::types::PyDict;
 #[pyclass(name = "CostModel", module = "fleetwise._core", frozen)]
 pub struct PyCostModel {
     inner: CostModel,
+    spec: InstanceSpec,
 }
 
 /// The batch of `prefills` and `decodes` as `cost` sees it (attention within its model's window).
@@ -50,7 +51,7 @@ impl PyCostModel {
         let eff: Efficiency = from_json("calibration", calibration_json)?;
         let spec = InstanceSpec { model, gpu, efficiency: eff, tp, pp, microbatches, ep, gpus_per_node, pim, offload, power_cap_watts, quantization };
         let cm = CostModel::build(&spec).map_err(to_py)?;
-        Ok(PyCostModel { inner: cm })
+        Ok(PyCostModel { inner: cm, spec })
     }
 
     /// Predicted duration of one iteration, seconds.
@@ -117,6 +118,34 @@ impl PyCostModel {
     /// KV-cache bytes per token on one GPU.
     fn kv_bytes_per_token(&self) -> u64 {
         self.inner.kv_bytes_per_token_per_gpu()
+    }
+
+    /// One speculative decoding step (`speculative_json`: the core's `SpeculativeConfig`) of
+    /// `decodes` sequences, each at the given context (including the token being processed) and
+    /// proposing k tokens: (step seconds, the verify pass's seconds, expected tokens per sequence
+    /// per step).
+    fn speculative_step(&self, speculative_json: &str, decodes: Vec<u64>) -> PyResult<(f64, f64, f64)> {
+        let cfg: SpeculativeConfig = from_json("speculative", speculative_json)?;
+        let sp = Speculator::build(&cfg, &self.spec).map_err(to_py)?;
+        let seqs: Vec<SpecSeq> = decodes.iter().map(|&c| SpecSeq { cached: c.saturating_sub(1), k: sp.k() }).collect();
+        let rest = self.inner.empty_shape();
+        let verify = self.inner.iteration_seconds(&Speculator::verify_shape(&rest, &seqs));
+        Ok((sp.step(&self.inner, &rest, &seqs).seconds, verify, expected_tokens_per_step(sp.rates())))
+    }
+
+    /// One speculative step in integer nanoseconds, rounded as the simulator does: `prefills` and
+    /// `decodes` run plainly beside `speculating` sequences, each `(cached tokens, draft tokens)`
+    /// (with none speculating, the plain iteration's time).
+    #[pyo3(signature = (speculative_json, prefills=vec![], decodes=vec![], speculating=vec![]))]
+    fn speculative_step_ns(&self, speculative_json: &str, prefills: Vec<(u64, u64, bool)>, decodes: Vec<u64>, speculating: Vec<(u64, u32)>) -> PyResult<u64> {
+        let cfg: SpeculativeConfig = from_json("speculative", speculative_json)?;
+        let sp = Speculator::build(&cfg, &self.spec).map_err(to_py)?;
+        let rest = shape(&self.inner, prefills, decodes);
+        if speculating.is_empty() {
+            return Ok(secs_to_ns(self.inner.iteration_seconds(&rest)));
+        }
+        let seqs: Vec<SpecSeq> = speculating.into_iter().map(|(cached, k)| SpecSeq { cached, k }).collect();
+        Ok(secs_to_ns(sp.step(&self.inner, &rest, &seqs).seconds))
     }
 
     /// Busy power of one GPU, watts, for an iteration of the given batch.

@@ -37,11 +37,13 @@ mod pim;
 mod quantization;
 mod roofline;
 mod setup;
+mod speculative;
 mod weight_fetch;
 
 pub use batch::BatchShape;
 pub use ops::{IterationCost, Op, OpCost};
 pub use quantization::{ActivationFormat, KvCacheFormat, Quantization, WeightFormat, DEFAULT_GROUP_SIZE};
+pub use speculative::{expected_tokens_per_step, AcceptanceRate, SpecMethod, SpecSeq, SpeculativeConfig, Speculator, MAX_SPECULATIVE_TOKENS};
 pub use setup::{InstanceSpec, MAX_ITERATION_OVERHEAD, MAX_LAYER_OVERHEAD, MIN_EFFICIENCY};
 pub use weight_fetch::WeightStream;
 

@@ -28,7 +28,7 @@ impl Instance {
         if !self.form_batch(now, reqs) {
             return None;
         }
-        let it = self.cost.iteration(&self.batch.shape);
+        let it = self.batch_cost(reqs);
         let (compute_ns, stream) = self.compute_time(&it, reqs);
         self.busy = true;
         let transfer_bytes = self.count_iteration(&it, compute_ns, stream);
@@ -108,7 +108,7 @@ impl Instance {
     pub fn finish_iteration(&mut self, now: Nanos, reqs: &mut [Request], mut on_token: impl FnMut(Nanos, Nanos)) {
         self.busy = false;
         let mut any_finished = false;
-        for it in &self.batch.items {
+        for (i, it) in self.batch.items.iter().enumerate() {
             let r = &mut reqs[it.req as usize];
             r.computed += it.tokens;
             if !r.hashes.is_empty() && r.computed >= r.prompt {
@@ -117,8 +117,12 @@ impl Instance {
             if r.computed != r.known_tokens() {
                 continue;
             }
-            r.generated += 1;
-            self.outstanding_tokens += 1;
+            // Speculation: the accepted draft tokens come with the target's own, in one chunk.
+            let accepted = self.spec.as_ref().map_or(0, |s| s.accepted(i));
+            r.computed += accepted;
+            r.generated += 1 + accepted;
+            self.stats.decode_tokens += accepted as u64;
+            self.outstanding_tokens += 1 + accepted as u64;
             if r.generated == 1 {
                 r.first_token = now;
             } else {

@@ -1,11 +1,13 @@
 //! One model replica: its cost model, KV cache, queues and scheduler.
 //!
 //! Layout: `setup` builds an instance from one [`InstanceSetup`]; `iteration` forms, times and
-//! applies its iterations; `stats` counts them (and the energy). This file holds the instance's
-//! queues and what a router and the disaggregation code ask of it.
+//! applies its iterations; `speculative` its speculative decoding; `stats` counts them (and the
+//! energy). This file holds the instance's queues and what a router and the disaggregation code
+//! ask of it.
 
 mod iteration;
 mod setup;
+mod speculative;
 mod stats;
 #[cfg(test)]
 mod tests;
@@ -13,6 +15,7 @@ mod tests;
 pub use crate::sim::Role;
 pub use iteration::IterationStart;
 pub use setup::{kv_watermark, ExpertSetup, InstanceSetup, KV_WATERMARK_FRACTION, MAX_ITERATION_SECONDS};
+pub use speculative::{SpecRuntime, SpecStats};
 pub use stats::{InstanceStats, IterationRecord};
 
 use crate::cost::CostModel;
@@ -41,6 +44,8 @@ pub struct Instance {
     pub role: Role,
     handoffs: Vec<u32>,
     moe: Option<ExpertRuntime>,
+    /// Speculative decoding, for speculating pools.
+    spec: Option<Box<SpecRuntime>>,
     /// Counters.
     pub stats: InstanceStats,
 }

@@ -42,6 +42,8 @@ pub struct InstanceStats {
     pub weight_stall_ns: u64,
     /// Mixture-of-experts counters, for pools with expert settings.
     pub experts: Option<ExpertStats>,
+    /// Speculative decoding counters, for speculating pools.
+    pub speculative: Option<super::SpecStats>,
 }
 
 /// One iteration as the optional iteration log records it.

@@ -120,8 +120,12 @@ impl<'a> Cluster<'a> {
                 let plugged_caches = plugins.expert_caches.get(&p).map(|make| move |site| make(index, site));
                 let caches = plugged_caches.as_ref().map(|f| f as &PluggedCaches);
                 let experts = pool.experts.as_ref().map(|c| ExpertSetup { config: c, trace: workload.routing.clone(), seed: config.seed, stream: format!("instance{index}.experts"), caches });
-                let setup = InstanceSetup { pool: p as u32, spec, memory: &pool.memory, scheduler: &pool.scheduler, experts };
-                let inst = Instance::new(setup).map_err(|e| prefix(&format!("cluster.pools.{p}"), e))?.with_prefix_cache(prefix_tokens).with_role(pool.role);
+                let spec_stream = format!("instance{index}.speculative");
+                let setup = InstanceSetup { pool: p as u32, spec: spec.clone(), memory: &pool.memory, scheduler: &pool.scheduler, experts };
+                let inst = Instance::new(setup)
+                    .and_then(|i| i.with_speculation(pool.speculative.as_ref(), &spec, config.seed, &spec_stream))
+                    .map_err(|e| prefix(&format!("cluster.pools.{p}"), e))?
+                    .with_prefix_cache(prefix_tokens).with_role(pool.role);
                 let inst = match plugins.batch_schedulers.get(&p) {
                     Some(make) => inst.with_scheduler(Box::new(pool.scheduler.vllm_v1_loop(make(instances.len())?, pool.model.max_position_embeddings))),
                     None => inst,

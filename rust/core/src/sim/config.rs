@@ -2,7 +2,7 @@
 //! seed, and the workload to replay.
 
 use crate::calibration::Efficiency;
-use crate::cost::Quantization;
+use crate::cost::{Quantization, SpeculativeConfig};
 use crate::hardware::{GpuSpec, PimSpec};
 use crate::memory::MemoryConfig;
 use crate::model::ModelSpec;
@@ -49,6 +49,9 @@ pub struct PoolConfig {
     /// Quantization of weights, GEMM activations and the KV cache (default none).
     #[serde(default)]
     pub quantization: Quantization,
+    /// Speculative decoding: a draft model or an EAGLE / MTP head proposes tokens the model verifies.
+    #[serde(default)]
+    pub speculative: Option<SpeculativeConfig>,
     /// Keep prompt prefixes cached and share them between requests (needs hashes in the workload).
     #[serde(default)]
     pub prefix_caching: bool,

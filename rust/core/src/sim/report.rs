@@ -126,7 +126,7 @@ impl Cluster<'_> {
                 gpus: inst.cost().gpus(),
                 nodes: inst.cost().nodes(),
                 energy_joules: inst.energy_joules(end),
-                stats: InstanceStats { experts: inst.experts().map(|m| m.stats.clone()), ..inst.stats.clone() },
+                stats: InstanceStats { experts: inst.experts().map(|m| m.stats.clone()), speculative: inst.speculation().map(|s| s.stats.clone()), ..inst.stats.clone() },
                 mixed_pool: self.mixed_pool.as_ref().map(|m| m.instance_stats(i, end)),
             })
             .collect();

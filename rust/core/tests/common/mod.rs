@@ -41,6 +41,7 @@ pub fn pool(count: u32, gpu: GpuSpec) -> PoolConfig {
         pim: None,
         offload: None,
         quantization: Default::default(),
+        speculative: None,
         experts: None,
     }
 }

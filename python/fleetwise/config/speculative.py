@@ -1,0 +1,114 @@
+"""A pool's ``speculative``: speculative decoding as vLLM's ``--speculative-config`` sets it
+(docs/speculative-decoding.md)."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from fleetwise.config.base import StrictModel
+
+MAX_SPECULATIVE_TOKENS = 16
+"""The largest ``num_speculative_tokens`` accepted (the core's ``MAX_SPECULATIVE_TOKENS``)."""
+
+
+class SpeculativeConfig(StrictModel):
+    """Speculative decoding: each decode step a proposer drafts ``num_speculative_tokens`` (k)
+    tokens one after another, then the model verifies them all in one pass and keeps the accepted
+    prefix plus its own next token.
+
+    ``method: draft`` runs a smaller ``draft_model`` (catalogue or the scenario's ``models``; it
+    must share the target's tokenizer) on the same GPUs; ``eagle`` and ``mtp`` run a head of one
+    target-shaped decoder layer and the target's LM head per draft step. ``acceptance_rate`` is
+    the probability that a draft token is accepted given every earlier one was: one number for
+    every position, or a list of k (vLLM reports it per position).
+    """
+
+    method: Literal["draft", "eagle", "mtp"]
+    """Proposer: a draft model, an EAGLE head, or the model's multi-token-prediction layers."""
+    draft_model: str | None = Field(default=None, min_length=1)
+    """The draft model (method ``draft`` only)."""
+    num_speculative_tokens: int = Field(ge=1, le=MAX_SPECULATIVE_TOKENS)
+    """Draft tokens proposed per step, k (1 to 16)."""
+    acceptance_rate: float | list[float]
+    """Acceptance probability of each draft position given the earlier ones were accepted, in
+    [0, 1]: one number, or a list of ``num_speculative_tokens`` numbers."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SpeculativeConfig:
+        """Refuses rates outside [0, 1], a per-position list of the wrong length, and a draft
+        model with the wrong method (or none with ``draft``)."""
+        rates = self.acceptance_rate if isinstance(self.acceptance_rate, list) else [self.acceptance_rate]
+        for i, a in enumerate(rates):
+            if not 0.0 <= a <= 1.0:
+                where = f"acceptance_rate[{i}]" if isinstance(self.acceptance_rate, list) else "acceptance_rate"
+                raise ValueError(f"{where} must be a probability in [0, 1], got {a}")
+        if isinstance(self.acceptance_rate, list) and len(rates) != self.num_speculative_tokens:
+            raise ValueError(f"acceptance_rate: a per-position list needs num_speculative_tokens = {self.num_speculative_tokens} rates, got {len(rates)}")
+        if self.method == "draft" and self.draft_model is None:
+            raise ValueError("method draft needs draft_model (a catalogue model sharing the target's tokenizer, e.g. llama-3-8b for llama-3-70b)")
+        if self.method != "draft" and self.draft_model is not None:
+            raise ValueError(f"draft_model applies to method draft only; {self.method} heads are one layer of the target's shape")
+        return self
+
+    def rates(self) -> list[float]:
+        """The acceptance rate of each of the k positions."""
+        a = self.acceptance_rate
+        return list(a) if isinstance(a, list) else [a] * self.num_speculative_tokens
+
+    def expected_tokens_per_step(self) -> float:
+        """Tokens one step emits per sequence on average: 1 + sum of a_1 ... a_i over i (for a
+        constant rate a, (1 - a^(k+1)) / (1 - a))."""
+        p, total = 1.0, 1.0
+        for a in self.rates():
+            p *= a
+            total += p
+        return total
+
+    def core_json(self, draft_model_json: dict | None) -> dict:
+        """The core's view (its ``SpeculativeConfig``): these fields, the draft model resolved to
+        its core JSON (``draft_model_json``)."""
+        return {**self.model_dump(), "draft_model": draft_model_json}
+
+
+def parse_speculative(text: str, where: str = "--speculative") -> dict:
+    """Reads ``method=draft,draft_model=llama-3-8b,num_speculative_tokens=4,acceptance_rate=0.8``
+    (comma-separated KEY=VALUE; per-position rates separated by ``/``: ``acceptance_rate=0.9/0.7``)
+    into a ``SpeculativeConfig`` dict; raises ``ConfigError`` naming ``where`` on a malformed item."""
+    from fleetwise.errors import ConfigError
+
+    out: dict = {}
+    for item in (p.strip() for p in text.split(",")):
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value:
+            raise ConfigError(f"{where}: expected KEY=VALUE items separated by commas (keys: method, draft_model, num_speculative_tokens, acceptance_rate), got {item!r}")
+        if key == "acceptance_rate" and "/" in value:
+            out[key] = [v.strip() for v in value.split("/")]
+        else:
+            out[key] = value
+    return out
+
+
+def resolve_speculative(spec: SpeculativeConfig, path: str, target, target_name: str, user_models: dict, weight_bytes) -> dict:
+    """The core JSON of pool ``path``'s ``speculative``: the draft model looked up (errors name
+    ``{path}.draft_model``), checked against the target's tokenizer, and a warning when the draft
+    holds at least as many weights as the target (``weight_bytes(model, name)``), which makes
+    speculation slower than plain decoding."""
+    from fleetwise.catalog import lookup
+    from fleetwise.errors import ConfigError
+
+    if spec.draft_model is None:
+        return spec.core_json(None)
+    draft = lookup("model", spec.draft_model, user_models, f"{path}.draft_model")
+    if draft.vocab_size != target.vocab_size:
+        raise ConfigError(f"{path}.draft_model: {spec.draft_model}'s vocabulary ({draft.vocab_size} tokens) differs from {target_name}'s ({target.vocab_size}): "
+                          "a draft model must share the target's tokenizer")
+    if weight_bytes(draft, spec.draft_model) >= weight_bytes(target, target_name):
+        warnings.warn(f"{path}.draft_model: {spec.draft_model} is not smaller than {target_name}; each draft step costs at least a target decode, "
+                      "so speculation will slow decoding down", UserWarning, stacklevel=2)
+    return spec.core_json(draft.core_json(spec.draft_model))

@@ -1,0 +1,65 @@
+"""Speculative decoding metrics, as vLLM's ``spec_decode`` counters report them: drafts, draft and
+accepted tokens, the acceptance rate, the mean acceptance length and the per-position rates."""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+import polars as pl
+
+
+class SpeculativeSummary(TypedDict):
+    """The summary's ``speculative`` entry, over every speculating instance."""
+
+    num_drafts: int
+    """Sequence-steps that proposed draft tokens (vLLM's ``num_drafts``)."""
+    num_draft_tokens: int
+    """Draft tokens proposed."""
+    num_accepted_tokens: int
+    """Draft tokens accepted."""
+    acceptance_rate: float | None
+    """Accepted / proposed draft tokens."""
+    mean_acceptance_length: float | None
+    """Tokens a sequence-step emits on average: 1 + accepted / drafts (vLLM's mean acceptance length)."""
+    per_position_acceptance_rate: list[float | None]
+    """Accepted / proposed draft tokens at each position (position 1 first)."""
+    lookahead_denied: int
+    """Decodes that proposed fewer tokens than they could because their KV lookahead did not fit."""
+
+
+def speculative_columns(stats: dict | None) -> dict:
+    """An instance's speculative decoding counters as ``spec_*`` columns (per-position ones as lists)."""
+    if stats is None:
+        return {}
+    return {f"spec_{k}": v for k, v in stats.items()}
+
+
+def speculative_summary(instances: pl.DataFrame) -> SpeculativeSummary | None:
+    """Speculative decoding counters summed over the speculating instances; None without any."""
+    if "spec_drafts" not in instances.columns:
+        return None
+    x = instances.filter(pl.col("spec_drafts").is_not_null())
+    if x.height == 0:
+        return None
+    drafts, proposed, accepted = (int(x[c].sum()) for c in ("spec_drafts", "spec_draft_tokens", "spec_accepted_tokens"))
+    per_proposed = _sum_lists(x["spec_draft_tokens_per_position"].to_list())
+    per_accepted = _sum_lists(x["spec_accepted_per_position"].to_list())
+    return {
+        "num_drafts": drafts,
+        "num_draft_tokens": proposed,
+        "num_accepted_tokens": accepted,
+        "acceptance_rate": accepted / proposed if proposed else None,
+        "mean_acceptance_length": 1.0 + accepted / drafts if drafts else None,
+        "per_position_acceptance_rate": [a / p if p else None for a, p in zip(per_accepted, per_proposed)],
+        "lookahead_denied": int(x["spec_lookahead_denied"].sum()),
+    }
+
+
+def _sum_lists(rows: list[list[int]]) -> list[int]:
+    """Element-wise sums of per-position counters (pools may speculate different lengths)."""
+    out: list[int] = []
+    for row in rows:
+        out += [0] * (len(row) - len(out))
+        for i, v in enumerate(row):
+            out[i] += v
+    return out

@@ -1,0 +1,256 @@
+//! Speculative decoding's cost: the proposer's k sequential steps and the target's verify pass.
+//!
+//! A speculating sequence, each step: the proposer (a small draft model, or an EAGLE / MTP head:
+//! one decoder layer of the target's shape plus the shared LM head) runs k sequential decode
+//! steps over the speculating sequences, then the target verifies k + 1 tokens per sequence in
+//! one pass, priced like a prefill chunk of k + 1 tokens attending its cached context (the
+//! target's weights are read once for the whole batch, its FLOPs grow k + 1 times). At batch 1
+//! the verify pass costs about what one decode costs (weight-bandwidth bound) and emits several
+//! tokens; at large batches it turns compute-bound and speculation stops paying.
+
+use super::{BatchShape, CostModel, InstanceSpec, IterationCost, Quantization};
+use crate::error::{Error, Result};
+use crate::model::ModelSpec;
+use serde::{Deserialize, Serialize};
+
+/// The largest `num_speculative_tokens` accepted (vLLM's EAGLE trees and n-gram proposers rarely
+/// exceed 8; beyond 16 the acceptance of the last positions is negligible).
+pub const MAX_SPECULATIVE_TOKENS: u32 = 16;
+
+/// How draft tokens are proposed (vLLM's `speculative_config.method`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpecMethod {
+    /// A separate, smaller model sharing the target's tokenizer.
+    Draft,
+    /// An EAGLE head: one decoder layer over the target's hidden states, the target's LM head.
+    Eagle,
+    /// Multi-token prediction layers shipped with the model (DeepSeek-V3, Qwen3-Next, MiMo).
+    Mtp,
+}
+
+impl SpecMethod {
+    /// The method's name as a scenario writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            SpecMethod::Draft => "draft",
+            SpecMethod::Eagle => "eagle",
+            SpecMethod::Mtp => "mtp",
+        }
+    }
+}
+
+/// The probability that a draft token is accepted given that every one before it was.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum AcceptanceRate {
+    /// The same rate at every position.
+    Constant(f64),
+    /// One rate per draft position, `num_speculative_tokens` of them.
+    PerPosition(Vec<f64>),
+}
+
+/// A pool's speculative decoding settings (vLLM's `--speculative-config`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpeculativeConfig {
+    /// Proposer kind.
+    pub method: SpecMethod,
+    /// The draft model (method `draft` only).
+    #[serde(default)]
+    pub draft_model: Option<ModelSpec>,
+    /// Draft tokens proposed per step, k.
+    pub num_speculative_tokens: u32,
+    /// Acceptance probability of each draft position given the earlier ones were accepted.
+    pub acceptance_rate: AcceptanceRate,
+}
+
+impl SpeculativeConfig {
+    /// The acceptance rate of each of the k positions; fails (naming the field) on k out of
+    /// range, a rate outside [0, 1], a per-position list of the wrong length, or a draft model
+    /// given to (or missing from) the wrong method.
+    pub fn rates(&self) -> Result<Vec<f64>> {
+        let k = self.num_speculative_tokens;
+        if !(1..=MAX_SPECULATIVE_TOKENS).contains(&k) {
+            return Err(Error::config("speculative.num_speculative_tokens", format!("must be between 1 and {MAX_SPECULATIVE_TOKENS}, got {k}")));
+        }
+        let rates = match &self.acceptance_rate {
+            AcceptanceRate::Constant(a) => vec![*a; k as usize],
+            AcceptanceRate::PerPosition(v) if v.len() == k as usize => v.clone(),
+            AcceptanceRate::PerPosition(v) => {
+                return Err(Error::config("speculative.acceptance_rate", format!("a per-position list needs num_speculative_tokens = {k} rates, got {}", v.len())));
+            }
+        };
+        if let Some((i, a)) = rates.iter().enumerate().find(|(_, a)| !(0.0..=1.0).contains(*a)) {
+            return Err(Error::config(format!("speculative.acceptance_rate.{i}"), format!("must be a probability in [0, 1], got {a:?}")));
+        }
+        match (self.method, &self.draft_model) {
+            (SpecMethod::Draft, None) => Err(Error::config("speculative.draft_model", "method draft needs a draft model")),
+            (SpecMethod::Eagle | SpecMethod::Mtp, Some(_)) => Err(Error::config("speculative.draft_model", "only method draft takes a draft model (eagle and mtp heads are one layer of the target's shape)")),
+            _ => Ok(rates),
+        }
+    }
+}
+
+/// The expected tokens one step emits per sequence: 1 + sum over i of a_1 ... a_i (accepted
+/// draft tokens plus the target's own next token); for a constant rate a, (1 - a^(k+1)) / (1 - a).
+pub fn expected_tokens_per_step(rates: &[f64]) -> f64 {
+    let mut p = 1.0;
+    let mut sum = 1.0;
+    for a in rates {
+        p *= a;
+        sum += p;
+    }
+    sum
+}
+
+/// One speculating sequence of a step: its cached tokens before the step and its draft length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpecSeq {
+    /// Tokens whose KV is cached before the step (the last sampled token is not yet among them).
+    pub cached: u64,
+    /// Draft tokens it proposes this step (1..=k).
+    pub k: u32,
+}
+
+/// The proposer of one instance and what it adds to the instance's memory.
+#[derive(Debug, Clone)]
+pub struct Speculator {
+    method: SpecMethod,
+    rates: Vec<f64>,
+    proposer: CostModel,
+    /// Weight bytes the proposer adds on each GPU.
+    pub weight_bytes_per_gpu: u64,
+    /// KV bytes per token the proposer adds on each GPU.
+    pub kv_bytes_per_token_per_gpu: u64,
+}
+
+impl Speculator {
+    /// The proposer of `cfg` for the instance `spec` describes (its target): a draft model on
+    /// the same GPUs and tensor parallelism (bf16), or an EAGLE / MTP head shaped like one target
+    /// layer (the target's quantization). Its per-step CPU overheads are zero: the k draft steps
+    /// run inside the engine step, whose overhead the verify pass already pays.
+    pub fn build(cfg: &SpeculativeConfig, spec: &InstanceSpec) -> Result<Self> {
+        let rates = cfg.rates()?;
+        if spec.pp > 1 {
+            return Err(Error::config("speculative", format!("speculative decoding with pipeline parallelism (pp = {}) is not modelled", spec.pp)));
+        }
+        let mut eff = spec.efficiency.clone();
+        eff.iteration_overhead = 0.0;
+        eff.seq_overhead = None;
+        eff.token_overhead = None;
+        let on_gpus = |model: ModelSpec, quantization: Quantization| InstanceSpec {
+            model,
+            gpu: spec.gpu.clone(),
+            efficiency: eff.clone(),
+            tp: spec.tp,
+            pp: 1,
+            microbatches: None,
+            ep: 1,
+            gpus_per_node: spec.gpus_per_node,
+            pim: None,
+            offload: None,
+            power_cap_watts: spec.power_cap_watts,
+            quantization,
+        };
+        let target = &spec.model;
+        let (proposer, weight, kv) = match (cfg.method, &cfg.draft_model) {
+            (SpecMethod::Draft, Some(draft)) => {
+                if draft.vocab_size != target.vocab_size {
+                    return Err(Error::config("speculative.draft_model", format!("{}'s vocabulary ({} tokens) differs from {}'s ({}): a draft model must share the target's tokenizer", draft.name, draft.vocab_size, target.name, target.vocab_size)));
+                }
+                let cm = CostModel::build(&on_gpus(draft.clone(), Quantization::default())).map_err(|e| in_draft(&draft.name, e))?;
+                let (w, kv) = (cm.weight_bytes_per_gpu(), cm.kv_bytes_per_token_per_gpu());
+                (cm, w, kv)
+            }
+            _ => {
+                // One layer of the target's shape (a MoE layer for a MoE target: MTP's), plus the
+                // target's embedding and LM head, which the head shares (not counted again).
+                let layers = |n: u32| ModelSpec { num_layers: n, first_dense_layers: 0, moe_layer_interval: 0, name: format!("{} {} head", target.name, cfg.method.name()), ..target.clone() };
+                let one = CostModel::build(&on_gpus(layers(1), spec.quantization))?;
+                let two = CostModel::build(&on_gpus(layers(2), spec.quantization))?;
+                // EAGLE's and MTP's input projection: [hidden; embedding] (2h) to h, per GPU.
+                let fc = 2 * (target.hidden_size as u64).pow(2) * target.dtype_bytes as u64 / spec.tp as u64;
+                let w = two.weight_bytes_per_gpu().saturating_sub(one.weight_bytes_per_gpu()) + fc;
+                let kv = one.kv_bytes_per_token_per_gpu();
+                (one, w, kv)
+            }
+        };
+        Ok(Speculator { method: cfg.method, rates, proposer, weight_bytes_per_gpu: weight, kv_bytes_per_token_per_gpu: kv })
+    }
+
+    /// Draft tokens per step, k.
+    pub fn k(&self) -> u32 {
+        self.rates.len() as u32
+    }
+
+    /// Acceptance rate of each draft position given the earlier ones were accepted.
+    pub fn rates(&self) -> &[f64] {
+        &self.rates
+    }
+
+    /// The proposer kind.
+    pub fn method(&self) -> SpecMethod {
+        self.method
+    }
+
+    /// The proposer's cost model (the draft model, or the one-layer head).
+    pub fn proposer(&self) -> &CostModel {
+        &self.proposer
+    }
+
+    /// The target's verify shape: `rest` (the batch's prefill chunks and plain decodes) plus a
+    /// (k + 1)-token chunk after its cached tokens for each speculating sequence, all k + 1
+    /// positions sampled (the target scores every draft token and the bonus one).
+    pub fn verify_shape(rest: &BatchShape, seqs: &[SpecSeq]) -> BatchShape {
+        let mut v = *rest;
+        for s in seqs {
+            v.add_prefill(s.k as u64 + 1, s.cached, true);
+            v.sampled += s.k as u64;
+        }
+        v
+    }
+
+    /// The proposer's shape at draft step `j` (1-based): every sequence still drafting decodes
+    /// at its context plus `j`; the first step also runs `rest`'s prefill chunks (the proposer
+    /// keeps its own KV of every prompt).
+    pub fn proposal_shape(&self, rest: &BatchShape, seqs: &[SpecSeq], j: u32) -> BatchShape {
+        let mut s = self.proposer.empty_shape();
+        if j == 1 {
+            s.prefill_tokens = rest.prefill_tokens;
+            s.prefill_pairs = rest.prefill_pairs;
+            s.prefill_kv_tokens = rest.prefill_kv_tokens;
+            s.prefill_seqs = rest.prefill_seqs;
+            s.sampled = rest.sampled.saturating_sub(rest.decode_seqs);
+        }
+        for q in seqs.iter().filter(|q| q.k >= j) {
+            s.add_decode(q.cached + j as u64);
+        }
+        s
+    }
+
+    /// One speculative step on `target`: the proposer's `max k` sequential steps, then the verify
+    /// pass. Its seconds are their sum; the weight stall is the verify pass's.
+    pub fn step(&self, target: &CostModel, rest: &BatchShape, seqs: &[SpecSeq]) -> IterationCost {
+        let mut c = target.iteration(&Self::verify_shape(rest, seqs));
+        let steps = seqs.iter().map(|s| s.k).max().unwrap_or(0);
+        for j in 1..=steps {
+            let p = self.proposer.iteration(&self.proposal_shape(rest, seqs, j));
+            c.seconds += p.seconds;
+            c.compute_bound_seconds += p.compute_bound_seconds;
+        }
+        c
+    }
+}
+
+/// A draft model's cost-model error, its path moved under `speculative.draft_model`.
+fn in_draft(name: &str, e: Error) -> Error {
+    match e {
+        Error::Config { path, message } => Error::config("speculative.draft_model", format!("{name}: {path}: {message}")),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+#[path = "speculative_tests.rs"]
+mod tests;

@@ -1,0 +1,141 @@
+//! Unit tests of speculative decoding's cost: the expected accepted length, the settings'
+//! checks, the verify pass's batch effect and the proposers' memory.
+
+use super::*;
+use crate::cost::fixtures::*;
+use crate::model::fixtures::{llama2_70b, llama2_7b, llama3_8b};
+
+fn cfg(method: SpecMethod, draft: Option<ModelSpec>, k: u32, a: AcceptanceRate) -> SpeculativeConfig {
+    SpeculativeConfig { method, draft_model: draft, num_speculative_tokens: k, acceptance_rate: a }
+}
+
+/// Llama-2-70B on 4 H100s at peak rates.
+fn target() -> InstanceSpec {
+    InstanceSpec::new(llama2_70b(), h100(), ideal(), 4)
+}
+
+/// Decode speedup of `batch` sequences at context 1024 with a Llama-2-7B draft at rate 0.8,
+/// k = 4: (one plain decode step x tokens per speculative step) / one speculative step.
+fn draft_speedup(batch: u32) -> f64 {
+    let spec = target();
+    let cm = CostModel::build(&spec).unwrap();
+    let sp = Speculator::build(&cfg(SpecMethod::Draft, Some(llama2_7b()), 4, AcceptanceRate::Constant(0.8)), &spec).unwrap();
+    let mut plain = cm.empty_shape();
+    let seqs: Vec<SpecSeq> = (0..batch).map(|_| SpecSeq { cached: 1023, k: 4 }).collect();
+    (0..batch).for_each(|_| plain.add_decode(1024));
+    let step = sp.step(&cm, &cm.empty_shape(), &seqs).seconds;
+    cm.iteration_seconds(&plain) * expected_tokens_per_step(sp.rates()) / step
+}
+
+#[test]
+fn the_expected_tokens_per_step_are_one_plus_the_accepted_prefix() {
+    // (1 - a^(k+1)) / (1 - a) for a = 0.8, k = 4: 1 + 0.8 + 0.64 + 0.512 + 0.4096 = 3.3616.
+    assert!(close(expected_tokens_per_step(&[0.8; 4]), 3.3616));
+    assert!(close(expected_tokens_per_step(&[0.8; 4]), (1.0 - 0.8f64.powi(5)) / 0.2));
+    assert_eq!(expected_tokens_per_step(&[0.0; 3]), 1.0);
+    assert_eq!(expected_tokens_per_step(&[1.0, 1.0, 0.0, 1.0]), 3.0, "nothing after a certain rejection");
+    assert!(close(expected_tokens_per_step(&[0.9, 0.5]), 1.0 + 0.9 + 0.45));
+}
+
+#[test]
+fn bad_settings_name_their_field() {
+    let path = |c: SpeculativeConfig| match c.rates() {
+        Err(Error::Config { path, .. }) => path,
+        other => panic!("{other:?}"),
+    };
+    let eagle = |k, a| cfg(SpecMethod::Eagle, None, k, a);
+    assert_eq!(path(eagle(0, AcceptanceRate::Constant(0.5))), "speculative.num_speculative_tokens");
+    assert_eq!(path(eagle(MAX_SPECULATIVE_TOKENS + 1, AcceptanceRate::Constant(0.5))), "speculative.num_speculative_tokens");
+    assert_eq!(path(eagle(3, AcceptanceRate::PerPosition(vec![0.9, 0.8, 1.5]))), "speculative.acceptance_rate.2");
+    assert_eq!(path(eagle(3, AcceptanceRate::Constant(-0.1))), "speculative.acceptance_rate.0");
+    assert_eq!(path(eagle(3, AcceptanceRate::PerPosition(vec![0.9, 0.8]))), "speculative.acceptance_rate");
+    assert_eq!(path(cfg(SpecMethod::Draft, None, 3, AcceptanceRate::Constant(0.5))), "speculative.draft_model");
+    assert_eq!(path(cfg(SpecMethod::Mtp, Some(llama2_7b()), 3, AcceptanceRate::Constant(0.5))), "speculative.draft_model");
+    assert_eq!(eagle(2, AcceptanceRate::PerPosition(vec![0.9, 0.7])).rates().unwrap(), vec![0.9, 0.7]);
+    // A draft with another tokenizer: Llama-3-8B (128256 tokens) for Llama-2-70B (32000).
+    match Speculator::build(&cfg(SpecMethod::Draft, Some(llama3_8b()), 3, AcceptanceRate::Constant(0.5)), &target()) {
+        Err(Error::Config { path, message }) => assert!(path == "speculative.draft_model" && message.contains("128256") && message.contains("32000"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    // A draft tp cannot shard: 4-way tp of a 30-head draft.
+    let odd = ModelSpec { num_heads: 30, num_kv_heads: 30, ..llama2_7b() };
+    match Speculator::build(&cfg(SpecMethod::Draft, Some(odd), 3, AcceptanceRate::Constant(0.5)), &target()) {
+        Err(Error::Config { path, message }) => assert!(path == "speculative.draft_model" && message.contains("parallelism.tp"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn the_verify_pass_is_a_k_plus_one_token_chunk_after_the_context() {
+    let mut rest = BatchShape::default();
+    rest.add_prefill(100, 0, true);
+    let v = Speculator::verify_shape(&rest, &[SpecSeq { cached: 500, k: 3 }, SpecSeq { cached: 10, k: 1 }]);
+    assert_eq!((v.prefill_tokens, v.prefill_seqs, v.decode_seqs), (100 + 4 + 2, 3, 0));
+    // Pairs: 100 * 50.5 for the prompt, 4 * (500 + 2.5) and 2 * (10 + 1.5) for the verify chunks.
+    assert!(close(v.prefill_pairs, 5050.0 + 2010.0 + 23.0));
+    assert_eq!(v.sampled, 1 + 4 + 2, "the prompt's last token and every verified position");
+}
+
+#[test]
+fn at_batch_one_the_verify_pass_costs_about_one_decode() {
+    let spec = target();
+    let cm = CostModel::build(&spec).unwrap();
+    let mut one = cm.empty_shape();
+    one.add_decode(1024);
+    let verify = Speculator::verify_shape(&cm.empty_shape(), &[SpecSeq { cached: 1023, k: 4 }]);
+    let ratio = cm.iteration_seconds(&verify) / cm.iteration_seconds(&one);
+    assert!((1.0..1.05).contains(&ratio), "verify / decode = {ratio}");
+}
+
+#[test]
+fn speculation_pays_at_batch_one_and_turns_into_a_slowdown_at_large_batches() {
+    let s: Vec<f64> = [1, 16, 64, 256].iter().map(|&b| draft_speedup(b)).collect();
+    // Batch 1: 3.36 tokens per step for one 70B decode plus four 7B decodes (~1.3x a decode).
+    assert!(s[0] > 2.0 && s[0] < 3.0, "{s:?}");
+    assert!(s.windows(2).all(|w| w[1] < w[0]), "the speedup shrinks as the batch grows: {s:?}");
+    assert!(s[3] < 1.0, "at batch 256 the compute-bound verify pass makes it a slowdown: {s:?}");
+}
+
+#[test]
+fn a_zero_acceptance_rate_costs_more_than_plain_decoding() {
+    let spec = target();
+    let cm = CostModel::build(&spec).unwrap();
+    let sp = Speculator::build(&cfg(SpecMethod::Eagle, None, 2, AcceptanceRate::Constant(0.0)), &spec).unwrap();
+    let mut one = cm.empty_shape();
+    one.add_decode(100);
+    let step = sp.step(&cm, &cm.empty_shape(), &[SpecSeq { cached: 99, k: 2 }]).seconds;
+    // One token per step either way, and the step does more.
+    assert_eq!(expected_tokens_per_step(sp.rates()), 1.0);
+    assert!(step > cm.iteration_seconds(&one) * 1.01, "{step}");
+}
+
+#[test]
+fn an_eagle_head_is_one_target_layer_and_its_input_projection() {
+    let spec = target();
+    let sp = Speculator::build(&cfg(SpecMethod::Eagle, None, 3, AcceptanceRate::Constant(0.7)), &spec).unwrap();
+    let cm = CostModel::build(&spec).unwrap();
+    // Llama-2-70B layer per GPU (tp 4): attention 8192 x (8192 + 2 x 1024) + 8192 x 8192, MLP 3 x 8192 x 28672,
+    // two norms of 8192; the projection 2 x 8192 x 8192; all bf16, split 4 ways.
+    let layer = (8192 * (8192 + 2048) + 8192 * 8192 + 3 * 8192 * 28672 + 2 * 8192) / 4;
+    let fc = 2 * 8192 * 8192 / 4;
+    assert_eq!(sp.weight_bytes_per_gpu, 2 * (layer + fc) as u64);
+    assert_eq!(sp.kv_bytes_per_token_per_gpu * 80, cm.kv_bytes_per_token_per_gpu(), "one layer's KV of 80");
+    // A draft model brings all its weights and KV.
+    let d = Speculator::build(&cfg(SpecMethod::Draft, Some(llama2_7b()), 3, AcceptanceRate::Constant(0.7)), &spec).unwrap();
+    assert_eq!(d.kv_bytes_per_token_per_gpu, 2 * 32 * 8 * 128 * 2, "32 heads over 4 GPUs, 32 layers");
+    assert!(d.weight_bytes_per_gpu > 6_700_000_000 / 4 * 2 / 2 && d.weight_bytes_per_gpu < 7_000_000_000 / 4 * 2, "{}", d.weight_bytes_per_gpu);
+}
+
+#[test]
+fn the_proposer_drafts_only_while_a_sequence_has_positions_left() {
+    let spec = target();
+    let sp = Speculator::build(&cfg(SpecMethod::Eagle, None, 4, AcceptanceRate::Constant(0.7)), &spec).unwrap();
+    let mut rest = BatchShape::default();
+    rest.add_prefill(64, 0, true);
+    rest.add_decode(300);
+    let seqs = [SpecSeq { cached: 99, k: 4 }, SpecSeq { cached: 9, k: 2 }];
+    let first = sp.proposal_shape(&rest, &seqs, 1);
+    assert_eq!((first.prefill_tokens, first.decode_seqs, first.decode_kv_tokens, first.sampled), (64, 2, 100 + 10, 1 + 2));
+    let third = sp.proposal_shape(&rest, &seqs, 3);
+    assert_eq!((third.prefill_tokens, third.decode_seqs, third.decode_kv_tokens), (0, 1, 102));
+}

@@ -1,0 +1,129 @@
+//! Unit tests of speculative decoding on an instance: accepted lengths against the formula,
+//! determinism, every request emitting exactly its output, the KV lookahead.
+
+use super::*;
+use crate::calibration::Efficiency;
+use crate::cost::{expected_tokens_per_step, AcceptanceRate, SpecMethod};
+use crate::hardware::{GpuSpec, DEFAULT_DVFS_EXPONENT};
+use crate::instance::InstanceSetup;
+use crate::memory::MemoryConfig;
+use crate::model::fixtures::llama3_8b;
+use crate::request::Status;
+use crate::scheduler::SchedulerConfig;
+use crate::time::Nanos;
+
+fn gpu() -> GpuSpec {
+    GpuSpec { name: "h100".into(), peak_flops: 989.4e12, fp8_peak_flops: 1979e12, memory_bytes: 80_000_000_000, memory_bandwidth: 3.35e12, link_bandwidth: 450e9, link_latency: 2e-6, nic_bandwidth: 50e9, nic_latency: 5e-6, host_link_bandwidth: 64e9, host_link_latency: 5e-6, tdp_watts: 700.0, idle_watts: 70.0, memory_bound_activity: 0.3, dvfs_exponent: DEFAULT_DVFS_EXPONENT, sm_count: 132 }
+}
+
+/// Llama-3-8B on one H100 with an EAGLE head proposing `k` at `rates` (None: no speculation).
+fn instance(k: u32, rates: Option<AcceptanceRate>, seed: u64) -> Instance {
+    let memory = MemoryConfig::default();
+    let sched = SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192, preemption_mode: Default::default(), swap_space_gb: 4.0 };
+    let spec = InstanceSpec::new(llama3_8b(), gpu(), Efficiency::default(), 1);
+    let cfg = rates.map(|a| SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: k, acceptance_rate: a });
+    Instance::new(InstanceSetup { pool: 0, spec: spec.clone(), memory: &memory, scheduler: &sched, experts: None }).unwrap().with_speculation(cfg.as_ref(), &spec, seed, "instance0.speculative").unwrap()
+}
+
+/// Runs `reqs` (all arriving at 0) to the end; returns the decode iterations, the end time and
+/// the number of inter-token gaps reported.
+fn run(inst: &mut Instance, reqs: &mut [Request]) -> (u64, Nanos, u64) {
+    for i in 0..reqs.len() {
+        inst.enqueue(i as u32, &mut reqs[i]);
+    }
+    let (mut now, mut decodes, mut gaps) = (0, 0, 0);
+    while let Some(s) = inst.start_iteration(now, reqs) {
+        decodes += (inst.batch().shape.decode_seqs > 0) as u64;
+        now += s.compute_ns;
+        inst.finish_iteration(now, reqs, |_, _| gaps += 1);
+        assert!(reqs.iter().all(|r| r.generated <= r.output), "never beyond the output length");
+    }
+    (decodes, now, gaps)
+}
+
+#[test]
+fn the_mean_accepted_length_matches_the_formula() {
+    for (rates, k) in [(AcceptanceRate::Constant(0.8), 4), (AcceptanceRate::Constant(0.5), 3), (AcceptanceRate::PerPosition(vec![0.9, 0.7, 0.5]), 3)] {
+        let mut inst = instance(k, Some(rates.clone()), 7);
+        let mut reqs = vec![Request::new(0, 100, 4000)];
+        let (decodes, _, gaps) = run(&mut inst, &mut reqs);
+        let expected = expected_tokens_per_step(inst.speculation().unwrap().speculator().rates());
+        let s = &inst.speculation().unwrap().stats;
+        let mean = 1.0 + s.accepted_tokens as f64 / s.drafts as f64;
+        assert!((mean - expected).abs() < 0.05 * expected, "{rates:?}: mean {mean}, expected {expected}");
+        // Every step but the prefill's emits accepted + 1 tokens in one chunk: one gap each.
+        assert_eq!(gaps, decodes);
+        assert!(((3999.0 / decodes as f64) - expected).abs() < 0.05 * expected, "{rates:?}: {decodes} steps");
+        // Position i's acceptance given the earlier ones: its configured rate.
+        let want = inst.speculation().unwrap().speculator().rates().to_vec();
+        for (i, a) in want.iter().enumerate() {
+            let got = s.accepted_per_position[i] as f64 / s.draft_tokens_per_position[i] as f64;
+            let given = if i == 0 { 1.0 } else { s.accepted_per_position[i - 1] as f64 / s.draft_tokens_per_position[i - 1] as f64 };
+            assert!((got / given - a).abs() < 0.05, "position {i}: {got} / {given} vs {a}");
+        }
+        assert_eq!(inst.stats.decode_tokens, 3999, "decoded tokens count the accepted ones");
+    }
+}
+
+#[test]
+fn every_request_emits_exactly_its_output_and_frees_its_kv() {
+    let outputs = [1, 2, 3, 4, 5, 7, 50, 333];
+    let mut inst = instance(4, Some(AcceptanceRate::Constant(0.9)), 3);
+    let mut reqs: Vec<Request> = outputs.iter().map(|&o| Request::new(0, 200, o)).collect();
+    run(&mut inst, &mut reqs);
+    for (r, &o) in reqs.iter().zip(&outputs) {
+        assert_eq!((r.status, r.generated, r.blocks), (Status::Finished, o, 0));
+    }
+    assert_eq!(inst.kv_usage().0, 0);
+    let s = &inst.speculation().unwrap().stats;
+    assert_eq!(s.draft_tokens, s.draft_tokens_per_position.iter().sum::<u64>());
+    assert_eq!(s.lookahead_denied, 0);
+}
+
+#[test]
+fn speculation_is_deterministic_by_seed_and_faster_at_batch_one() {
+    let go = |seed, rates: Option<AcceptanceRate>| {
+        let mut inst = instance(4, rates, seed);
+        let mut reqs = vec![Request::new(0, 500, 300)];
+        let (_, end, _) = run(&mut inst, &mut reqs);
+        (end, inst.speculation().map(|s| s.stats.clone()))
+    };
+    let a = go(1, Some(AcceptanceRate::Constant(0.8)));
+    assert_eq!(a, go(1, Some(AcceptanceRate::Constant(0.8))));
+    assert_ne!(a.1, go(2, Some(AcceptanceRate::Constant(0.8))).1, "another seed draws other acceptances");
+    let (plain, _) = go(1, None);
+    assert!((plain as f64 / a.0 as f64) > 1.5, "plain {plain} ns vs speculative {} ns", a.0);
+    // Nothing accepted: one token per step at a higher price.
+    let (zero, _) = go(1, Some(AcceptanceRate::Constant(0.0)));
+    assert!(zero > plain, "a = 0: {zero} ns vs plain {plain} ns");
+}
+
+#[test]
+fn the_proposer_takes_its_memory_out_of_the_kv_cache() {
+    let plain = instance(4, None, 1);
+    let eagle = instance(4, Some(AcceptanceRate::Constant(0.5)), 1);
+    let (p, e) = (plain.plan(), eagle.plan());
+    let sp = eagle.speculation().unwrap().speculator();
+    assert_eq!(e.weight_bytes, p.weight_bytes + sp.weight_bytes_per_gpu);
+    assert_eq!(e.kv_bytes_per_token, p.kv_bytes_per_token * 33 / 32, "one more layer's KV");
+    assert_eq!(e.num_blocks as u64, e.kv_bytes / (e.kv_bytes_per_token * 16));
+    assert!(e.num_blocks < p.num_blocks);
+}
+
+#[test]
+fn a_proposer_that_does_not_fit_is_a_capacity_error_naming_it() {
+    let memory = MemoryConfig::default();
+    let sched = SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192, preemption_mode: Default::default(), swap_space_gb: 4.0 };
+    let spec = InstanceSpec::new(llama3_8b(), gpu(), Efficiency::default(), 1);
+    // A 70B-shaped draft (Llama-2-70B's layers, Llama-3's vocabulary) on one 80 GB GPU.
+    let big = crate::model::ModelSpec { vocab_size: 128256, ..crate::model::fixtures::llama2_70b() };
+    let cfg = SpeculativeConfig { method: SpecMethod::Draft, draft_model: Some(big), num_speculative_tokens: 2, acceptance_rate: AcceptanceRate::Constant(0.5) };
+    let inst = Instance::new(InstanceSetup { pool: 0, spec: spec.clone(), memory: &memory, scheduler: &sched, experts: None }).unwrap();
+    match inst.with_speculation(Some(&cfg), &spec, 1, "s") {
+        Err(Error::Capacity { what, needed_bytes, available_bytes }) => {
+            assert!(what.contains("speculative draft model llama-2-70b") && needed_bytes > available_bytes && available_bytes == 72_000_000_000, "{what}");
+        }
+        Err(other) => panic!("{other:?}"),
+        Ok(_) => panic!("a 70B draft beside an 8B target fits 72 GB"),
+    }
+}

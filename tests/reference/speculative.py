@@ -1,0 +1,63 @@
+"""Speculative decoding in the reference model, for acceptance rates of 0 or 1 only (so that the
+accepted count needs no random draw): which decodes speculate, their KV lookahead, the step's
+time, the accepted tokens and the proposer's share of the memory."""
+
+from __future__ import annotations
+
+import json
+
+from fleetwise.cost import cost_model
+
+
+class ReferenceSpeculation:
+    """A speculating pool's proposer as the reference applies it (docs/speculative-decoding.md):
+    each decode proposes min(k, output left - 1) tokens, shortened until its lookahead blocks are
+    free; position i is accepted iff rates[0..=i] are all 1."""
+
+    def __init__(self, pool: dict) -> None:
+        """The ``speculative`` section of ``pool`` (core JSON); refuses rates other than 0 and 1."""
+        spec = pool["speculative"]
+        self.json = json.dumps(spec)
+        k = spec["num_speculative_tokens"]
+        a = spec["acceptance_rate"]
+        self.rates = list(a) if isinstance(a, list) else [a] * k
+        if any(r not in (0.0, 1.0) for r in self.rates) or spec["method"] != "draft":
+            raise ValueError("the reference model speculates with a draft model and acceptance rates of 0 or 1 only")
+        draft = cost_model(spec["draft_model"], pool["gpu"], calibration=pool["calibration"], tp=pool["parallelism"]["tp"])
+        self.draft_weight_bytes = draft.weight_bytes_per_gpu()
+        self.draft_kv_bytes_per_token = draft.kv_bytes_per_token()
+
+    def num_blocks(self, plan: dict) -> int:
+        """The KV blocks left once the draft's weights and its KV per token share the cache."""
+        weights = plan["weight_bytes"] + self.draft_weight_bytes
+        block_bytes = (plan["kv_bytes_per_token"] + self.draft_kv_bytes_per_token) * plan["block_size"]
+        return (plan["usable_bytes"] - weights - plan["activation_bytes"]) // block_bytes
+
+    def plan(self, inst, items) -> list[int]:
+        """Reserves each decode's lookahead (in batch order, no watermark) and returns the accepted
+        draft tokens of every item (0 for prefill chunks and decodes proposing nothing); sets the
+        draft lengths the step's time needs in ``self.drafts``."""
+        self.drafts = []
+        accepted = []
+        for req, n, _ in items:
+            k = 0
+            if n == 1 and req.generated > 0 and req.pending == 1:
+                for ki in range(min(len(self.rates), req.output - req.generated - 1), 0, -1):
+                    if inst.grow(req, 1 + ki):
+                        k = ki
+                        break
+            self.drafts.append(k)
+            ones = next((i for i, r in enumerate(self.rates[:k]) if r != 1.0), k)
+            accepted.append(ones)
+        return accepted
+
+    def duration(self, cost, items) -> int:
+        """The step's integer ns from the core's cost model: plain items as they are, speculating
+        decodes as (cached tokens, draft tokens)."""
+        plain = [(it, k) for it, k in zip(items, self.drafts) if k == 0]
+        return cost.speculative_step_ns(
+            self.json,
+            prefills=[(n, r.computed, r.computed + n == r.known) for (r, n, decode), _ in plain if not decode],
+            decodes=[r.computed + 1 for (r, _, decode), _ in plain if decode],
+            speculating=[(r.computed, k) for (r, _, _), k in zip(items, self.drafts) if k > 0],
+        )

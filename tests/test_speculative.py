@@ -1,0 +1,151 @@
+"""A pool's ``speculative`` (docs/speculative-decoding.md): the simulated acceptance matches the
+hand-computed expectation, speculation speeds batch-1 decoding of Llama-3-70B with a Llama-3-8B
+draft by over 1.5x and stops paying as the batch grows, a zero acceptance rate is a slowdown, runs
+are deterministic by seed, every request emits exactly its output, the proposer's memory comes out
+of the KV cache, ``fleetwise estimate --speculative`` prices one step, and bad settings are
+configuration errors naming the field."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+import fleetwise
+from conftest import run_cli
+from fleetwise.cluster import core_config
+from fleetwise.cost import cost_model
+from fleetwise.errors import ConfigError
+
+SCENARIO = Path(__file__).resolve().parents[1] / "scenarios" / "speculative-decoding.yaml"
+DRAFT = {"method": "draft", "draft_model": "llama-3-8b", "num_speculative_tokens": 4, "acceptance_rate": 0.8}
+
+
+def _scenario(speculative: dict | None = DRAFT, requests: int = 1, prompt: int = 500, output: int = 400, seed: int = 11) -> dict:
+    """Llama-3-70B on 4 H100s, ``requests`` identical requests arriving together (a batch of that size)."""
+    pool = {"name": "main", "gpu": "h100-sxm", "model": "llama-3-70b", "parallelism": {"tp": 4}, "scheduler": {"kind": "vllm", "max_num_seqs": 256}}
+    if speculative is not None:
+        pool["speculative"] = speculative
+    return {"name": "spec", "seed": seed, "cluster": {"pools": [pool]},
+            "workload": {"arrivals": {"kind": "poisson", "rate": 1000.0}, "lengths": {"kind": "constant", "prompt": prompt, "output": output}, "requests": requests}}
+
+
+def _tpot(speculative: dict | None, requests: int) -> float:
+    return fleetwise.simulate(_scenario(speculative, requests)).summary["tpot_s"]["mean"]
+
+
+@pytest.mark.parametrize("rates", [0.8, [0.9, 0.7, 0.5, 0.3]])
+def test_the_simulated_acceptance_matches_the_formula(rates):
+    spec = {**DRAFT, "acceptance_rate": rates}
+    s = fleetwise.simulate(_scenario(spec, requests=8, output=1500)).summary["speculative"]
+    a = rates if isinstance(rates, list) else [rates] * 4
+    # 1 + a1 + a1 a2 + ...: (1 - 0.8^5) / (1 - 0.8) = 3.3616 for the constant rate; 1 + 0.9 + 0.63 + 0.315 + 0.0945 = 2.9395.
+    expected = 1.0 + sum(math.prod(a[: i + 1]) for i in range(4))
+    assert expected == pytest.approx(3.3616 if not isinstance(rates, list) else 2.9395)
+    assert s["mean_acceptance_length"] == pytest.approx(expected, rel=0.03)
+    assert s["acceptance_rate"] == pytest.approx((expected - 1) / 4, rel=0.04)
+    # vLLM's per-position rate: accepted at position i over drafts, a1 ... ai.
+    for i, got in enumerate(s["per_position_acceptance_rate"]):
+        assert got == pytest.approx(math.prod(a[: i + 1]), abs=0.03), i
+    # Only the last steps of a request propose fewer than 4 (never past its output).
+    assert 0.99 * 4 * s["num_drafts"] < s["num_draft_tokens"] <= 4 * s["num_drafts"]
+
+
+def test_speculation_pays_at_batch_one_and_turns_into_a_slowdown_at_large_batches():
+    speedup = {b: _tpot(None, b) / _tpot(DRAFT, b) for b in (1, 32, 128, 256)}
+    # Batch 1: a 4-token draft step of Llama-3-8B (tp 4) costs ~0.9 of a 70B decode; 3.36 tokens per step.
+    assert 1.5 < speedup[1] < 2.2, speedup
+    assert speedup[1] > speedup[32] > speedup[128] > speedup[256], speedup
+    # 256 sequences: the verify pass (1280 tokens through the 70B) is compute-bound.
+    assert speedup[256] < 0.95, speedup
+
+
+def test_a_zero_acceptance_rate_is_a_slowdown():
+    zero, plain = _tpot({**DRAFT, "acceptance_rate": 0.0}, 1), _tpot(None, 1)
+    assert zero > 1.5 * plain, (zero, plain)
+
+
+def test_runs_are_deterministic_by_seed_and_every_request_emits_its_output():
+    sc = _scenario(DRAFT, requests=40)
+    sc["workload"]["lengths"] = {"kind": "lognormal", "prompt_median": 300, "prompt_sigma": 0.5, "prompt_max": 2000, "output_median": 60, "output_sigma": 1.0, "output_max": 800}
+    sc["workload"]["arrivals"]["rate"] = 4.0
+    a, b = fleetwise.simulate(sc), fleetwise.simulate(sc)
+    assert a.requests.equals(b.requests) and a.summary["speculative"] == b.summary["speculative"]
+    other = fleetwise.simulate({**sc, "seed": 12})
+    assert other.summary["speculative"]["num_accepted_tokens"] != a.summary["speculative"]["num_accepted_tokens"]
+    # Conservation: every request finished; each emitted its first token from its prefill and the
+    # rest from decode steps (accepted drafts included), so decoded tokens = outputs - requests.
+    r, inst = a.requests, a.instances
+    assert (r["status"] == "finished").all() and int(r["preemptions"].sum()) == 0
+    assert int(inst["decode_tokens"].sum()) == int(r["output_tokens"].sum()) - r.height
+
+
+def test_the_proposer_takes_its_memory_out_of_the_kv_cache():
+    spec, plain = fleetwise.simulate(_scenario(DRAFT)).instances, fleetwise.simulate(_scenario(None)).instances
+    draft_weights = cost_model("llama-3-8b", "h100-sxm", tp=4).weight_bytes_per_gpu()
+    # KV per token per GPU: Llama-3-70B 2 x 80 layers x 2 heads x 128 x 2 bytes = 81920, the draft 2 x 32 x 2 x 128 x 2 = 32768.
+    assert (plain["kv_bytes_per_token"][0], spec["kv_bytes_per_token"][0]) == (81920, 81920 + 32768)
+    assert spec["kv_bytes"][0] == plain["kv_bytes"][0] - draft_weights
+    assert spec["num_blocks"][0] == spec["kv_bytes"][0] // (16 * 114688)
+    eagle = fleetwise.simulate(_scenario({"method": "eagle", "num_speculative_tokens": 3, "acceptance_rate": [0.8, 0.6, 0.4]})).instances
+    assert eagle["kv_bytes_per_token"][0] == 81920 + 1024, "one more layer's KV"
+
+
+def test_the_scenario_resolves_the_draft_model_for_the_core():
+    core = core_config(fleetwise.load_scenario(SCENARIO))["pools"][0]["speculative"]
+    assert core["method"] == "draft" and core["num_speculative_tokens"] == 4 and core["acceptance_rate"] == 0.8
+    assert core["draft_model"]["name"] == "llama-3-8b" and core["draft_model"]["num_layers"] == 32
+
+
+@pytest.mark.parametrize("speculative, field, says", [
+    ({**DRAFT, "num_speculative_tokens": 0}, "speculative.num_speculative_tokens", "greater than or equal to 1"),
+    ({**DRAFT, "num_speculative_tokens": 17}, "speculative.num_speculative_tokens", "less than or equal to 16"),
+    ({**DRAFT, "acceptance_rate": 1.2}, "speculative", "acceptance_rate must be a probability in [0, 1], got 1.2"),
+    ({**DRAFT, "acceptance_rate": [0.9, 0.8]}, "speculative", "needs num_speculative_tokens = 4 rates, got 2"),
+    ({**DRAFT, "acceptance_rate": [0.9, 0.8, -0.1, 0.5]}, "speculative", "acceptance_rate[2] must be a probability"),
+    ({"method": "draft", "num_speculative_tokens": 2, "acceptance_rate": 0.5}, "speculative", "method draft needs draft_model"),
+    ({"method": "eagle", "draft_model": "llama-3-8b", "num_speculative_tokens": 2, "acceptance_rate": 0.5}, "speculative", "draft_model applies to method draft only"),
+    ({**DRAFT, "method": "medusa"}, "speculative.method", "'draft', 'eagle' or 'mtp'"),
+])
+def test_bad_settings_name_the_file_and_field(write_yaml, speculative, field, says):
+    path = write_yaml(_scenario(speculative))
+    with pytest.raises(ConfigError, match=f"cluster.pools.0.{field}") as err:
+        fleetwise.load_scenario(path)
+    assert says in str(err.value) and str(path) in str(err.value)
+
+
+def test_draft_models_are_looked_up_and_checked_against_the_target(write_yaml):
+    with pytest.raises(ConfigError, match=r"cluster\.pools\.0\.speculative\.draft_model: unknown model 'llama-3-1b'; known: .*llama-3-8b"):
+        fleetwise.simulate(_scenario({**DRAFT, "draft_model": "llama-3-1b"}))
+    with pytest.raises(ConfigError, match=r"cluster\.pools\.0\.speculative\.draft_model: llama-2-7b's vocabulary \(32000 tokens\) differs from llama-3-70b's \(128256\)"):
+        fleetwise.simulate(_scenario({**DRAFT, "draft_model": "llama-2-7b"}))
+    r = run_cli("run", str(write_yaml(_scenario({**DRAFT, "draft_model": "llama-2-7b"}))))
+    assert r.returncode == 2 and "speculative.draft_model" in r.stderr and "Traceback" not in r.stderr
+    # A draft as large as the target is allowed, with a warning, and is a heavy slowdown.
+    sc = _scenario({**DRAFT, "draft_model": "llama-3-70b"})
+    with pytest.warns(UserWarning, match="llama-3-70b is not smaller than llama-3-70b"):
+        slow = fleetwise.simulate(sc).summary["tpot_s"]["mean"]
+    assert slow > 1.5 * _tpot(None, 1)
+
+
+def test_estimate_prints_the_speedup_of_one_request():
+    def run(batch: int, spec: str) -> dict:
+        r = run_cli("estimate", "--model", "llama-3-70b", "--gpu", "h100-sxm", "--tp", "4", "--decode-batch", str(batch), "--context", "1024", "--speculative", spec, "--json")
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)["speculative"]
+
+    one = run(1, "method=draft,draft_model=llama-3-8b,num_speculative_tokens=4,acceptance_rate=0.8")
+    assert one["tokens_per_step"] == pytest.approx(3.3616)
+    assert one["step_seconds"] == pytest.approx(one["verify_seconds"] + one["proposer_seconds"])
+    assert one["speedup"] == pytest.approx(one["plain_seconds_per_token"] * 3.3616 / one["step_seconds"])
+    assert one["speedup"] > 1.5
+    assert run(256, "method=draft,draft_model=llama-3-8b,num_speculative_tokens=4,acceptance_rate=0.8")["speedup"] < 1.0
+    eagle = run(1, "method=eagle,num_speculative_tokens=3,acceptance_rate=0.8/0.6/0.45")
+    assert eagle["acceptance_rate"] == [0.8, 0.6, 0.45] and eagle["tokens_per_step"] == pytest.approx(1 + 0.8 + 0.48 + 0.216)
+    assert eagle["proposer_seconds"] < 0.1 * eagle["verify_seconds"], "one layer per draft step"
+    r = run_cli("estimate", "--model", "llama-3-70b", "--gpu", "h100-sxm", "--tp", "4", "--decode-batch", "1", "--context", "10", "--speculative", "method=eagle,num_speculative_tokens=0,acceptance_rate=0.5")
+    assert r.returncode == 2 and "--speculative" in r.stderr and "num_speculative_tokens" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("estimate", "--model", "llama-3-70b", "--gpu", "h100-sxm", "--tp", "4", "--decode-batch", "1", "--context", "10", "--speculative", "method=eagle,num_speculative_tokens=2,acceptance_rate=0.5")
+    assert r.returncode == 0 and "speedup" in r.stdout
