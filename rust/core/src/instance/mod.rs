@@ -1,10 +1,12 @@
 //! One model replica: its cost model, KV cache, queues and scheduler.
 //!
 //! Layout: `setup` builds an instance from one [`InstanceSetup`]; `iteration` forms, times and
-//! applies its iterations; `stats` counts them (and the energy). This file holds the instance's
+//! applies its iterations; `pipeline` keeps several batches in flight through asynchronous
+//! pipeline stages; `stats` counts them (and the energy). This file holds the instance's
 //! queues and what a router and the disaggregation code ask of it.
 
 mod iteration;
+mod pipeline;
 mod setup;
 mod stats;
 #[cfg(test)]
@@ -12,6 +14,7 @@ mod tests;
 
 pub use crate::sim::Role;
 pub use iteration::IterationStart;
+pub use pipeline::{pipeline_mode, BatchTimes, FlowShop, PipelineMode};
 pub use setup::{kv_watermark, ExpertSetup, InstanceSetup, KV_WATERMARK_FRACTION, MAX_ITERATION_SECONDS};
 pub use stats::{InstanceStats, IterationRecord};
 
@@ -41,6 +44,7 @@ pub struct Instance {
     pub role: Role,
     handoffs: Vec<u32>,
     moe: Option<ExpertRuntime>,
+    pipeline: Option<pipeline::Pipeline>,
     /// Counters.
     pub stats: InstanceStats,
 }
