@@ -13,8 +13,12 @@
 //! batch) and batch done (apply its tokens). Bubbles appear by themselves when there are fewer
 //! ready batches than stages. The requests not in flight are spread over the free batch slots: a
 //! batch takes the first `ceil(ready / (pp - in_flight))` of them in running order (the rest wait
-//! for a later slot), so that a steady decode load splits into `pp` equal batches; waiting requests
-//! are admitted by the scheduler into whichever batch forms next. The KV cache is one block manager
+//! for a later slot), so that a steady decode load splits into `pp` equal batches — unless that
+//! share cannot run (its KV cannot grow), when the batch is formed from every ready request;
+//! waiting requests are admitted by the scheduler into whichever batch forms next. If nothing is
+//! in flight and still nothing can run (running requests hold the whole cache and none can grow,
+//! e.g. chunked prefills that several batches took in turn), the newest running request is
+//! preempted by recompute until a batch forms, as vLLM does when the cache cannot hold a step. The KV cache is one block manager
 //! shared by all batches (vLLM v0 splits it between virtual engines instead): every block a batch
 //! needs is taken when it forms, so the cache never exceeds its capacity.
 
@@ -23,7 +27,7 @@ use std::collections::{HashSet, VecDeque};
 
 use crate::error::{Error, Result};
 use crate::request::Request;
-use crate::scheduler::Batch;
+use crate::scheduler::{preempt_recompute, Batch};
 use crate::time::{at, ns_to_secs, secs_to_ns, Nanos};
 
 use super::{Instance, IterationRecord};
@@ -154,13 +158,24 @@ impl Instance {
         if p.blocked() {
             return Ok(None);
         }
-        let parked = self.parked_for_batch();
-        self.batch.clear();
-        self.scheduler.set_now(now);
-        if parked.is_empty() {
-            self.scheduler.schedule(&mut self.queues, reqs, &mut self.kv, &mut self.batch);
-        } else {
-            self.schedule_without(&parked, reqs);
+        let (flying, beyond_share) = self.parked_for_batch();
+        self.form_without([flying.as_slice(), beyond_share.as_slice()].concat(), now, reqs);
+        if self.batch.items.is_empty() && !beyond_share.is_empty() {
+            // The share alone cannot run (its KV cannot grow): the batch may take every ready request.
+            let preempted = self.batch.preempted;
+            self.form_without(flying, now, reqs);
+            self.batch.preempted += preempted;
+        }
+        while self.batch.items.is_empty() && self.batches_in_flight() == 0 && !self.queues.running.is_empty() {
+            // Nothing in flight and nothing can run: the running requests hold the cache and none
+            // can grow (chunked prefills that batches in flight took in turn). As vLLM does when
+            // the cache cannot hold the next step, the newest is preempted by recompute.
+            let preempted = self.batch.preempted + 1;
+            let victim = self.queues.running.pop().expect("running is not empty");
+            preempt_recompute(&mut reqs[victim as usize], &mut self.kv);
+            self.queues.waiting.push_front(victim);
+            self.form_without(Vec::new(), now, reqs);
+            self.batch.preempted += preempted;
         }
         debug_assert_eq!(self.batch.swap_out_blocks + self.batch.swap_in_blocks, 0, "asynchronous pipelining never swaps");
         if self.batch.items.is_empty() {
@@ -216,17 +231,27 @@ impl Instance {
         IterationRecord { end: now, ..done.record }
     }
 
-    /// The running requests the next batch must leave out: those in flight, and those beyond its
-    /// share (`ceil(ready / free slots)` of the ready ones, in running order).
-    fn parked_for_batch(&self) -> Vec<u32> {
+    /// The running requests the next batch must leave out: (those in flight, the ready ones beyond
+    /// its share of `ceil(ready / free slots)` in running order).
+    fn parked_for_batch(&self) -> (Vec<u32>, Vec<u32>) {
         let p = self.pipeline.as_ref().expect("pipelined");
         let flying: HashSet<u32> = p.in_flight.iter().flat_map(|f| f.batch.items.iter().map(|i| i.req)).collect();
         let ready: Vec<u32> = self.queues.running.iter().copied().filter(|r| !flying.contains(r)).collect();
         let slots = p.shop.stage_free.len() - p.in_flight.len();
         let share = ready.len().div_ceil(slots);
-        let mut parked: Vec<u32> = self.queues.running.iter().copied().filter(|r| flying.contains(r)).collect();
-        parked.extend_from_slice(&ready[share..]);
-        parked
+        let in_flight: Vec<u32> = self.queues.running.iter().copied().filter(|r| flying.contains(r)).collect();
+        (in_flight, ready[share..].to_vec())
+    }
+
+    /// The scheduler's batch at `now` with the `parked` running requests set aside.
+    fn form_without(&mut self, parked: Vec<u32>, now: Nanos, reqs: &mut [Request]) {
+        self.batch.clear();
+        self.scheduler.set_now(now);
+        if parked.is_empty() {
+            self.scheduler.schedule(&mut self.queues, reqs, &mut self.kv, &mut self.batch);
+        } else {
+            self.schedule_without(&parked, reqs);
+        }
     }
 }
 
