@@ -43,6 +43,8 @@ CASES = {
     "router-policy": _scenario({"count": 2}, router={"kind": "policy", "name": "round-robin"}),
     "roles-layerwise-nvlink": _scenario({"name": "p", "role": "prefill", "kv_transfer": "layerwise", "kv_link": "nvlink"}, {"name": "d", "role": "decode"}),
     "parallelism": _scenario({"parallelism": {"tp": 2, "pp": 2, "microbatches": 3, "gpus_per_node": 4}}),
+    "parallelism-async-pipeline": _scenario({"parallelism": {"tp": 2, "pp": 2, "pipeline": "async"}}),
+    "parallelism-sync-pipeline": _scenario({"parallelism": {"tp": 1, "pp": 2, "pipeline": "sync"}}),
     "memory-calibration-power": _scenario({"memory": {"gpu_memory_utilization": 0.8, "block_size": 32}, "calibration": {"gemm_compute": 0.6, "attention_cta": 0.5, "prefill_pad_tokens": 64}, "power_cap_watts": 500, "dvfs_exponent": 2.5, "kv_transfer_latency": 2e-3}),
     "prefix-caching": _scenario({"prefix_caching": True}),
     "offload-dram": _scenario({"offload": {"tier": "dram", "layer_fraction": 0.5}}),
