@@ -284,6 +284,71 @@ mod tests {
         assert_eq!(done, [20, 30, 40, 50]);
     }
 
+    fn pipelined_instance() -> Instance {
+        use crate::calibration::Efficiency;
+        use crate::cost::InstanceSpec;
+        use crate::hardware::{GpuSpec, DEFAULT_DVFS_EXPONENT};
+        use crate::instance::InstanceSetup;
+        use crate::memory::MemoryConfig;
+        use crate::scheduler::SchedulerConfig;
+        let gpu = GpuSpec { name: "h100".into(), peak_flops: 989.4e12, fp8_peak_flops: 1979e12, memory_bytes: 80_000_000_000, memory_bandwidth: 3.35e12, link_bandwidth: 450e9, link_latency: 2e-6, nic_bandwidth: 50e9, nic_latency: 5e-6, host_link_bandwidth: 64e9, host_link_latency: 5e-6, tdp_watts: 700.0, idle_watts: 70.0, memory_bound_activity: 0.3, dvfs_exponent: DEFAULT_DVFS_EXPONENT, sm_count: 132 };
+        let sched = SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192, preemption_mode: Default::default(), swap_space_gb: 4.0 };
+        let spec = InstanceSpec { pp: 2, ..InstanceSpec::new(crate::model::fixtures::llama3_8b(), gpu, Efficiency { iteration_overhead: 1e-3, ..Efficiency::default() }, 1) };
+        Instance::new(InstanceSetup { pool: 0, spec, memory: &MemoryConfig::default(), scheduler: &sched, experts: None }).unwrap().with_pipelining(PipelineMode::Async)
+    }
+
+    /// The stage times, in ns, of the batch the instance formed last.
+    fn stage_ns(inst: &Instance) -> Vec<Nanos> {
+        inst.cost().stage_costs(&inst.batch().shape).seconds.iter().map(|&s| secs_to_ns(s)).collect()
+    }
+
+    #[test]
+    fn an_instance_keeps_two_batches_in_flight_and_splits_the_ready_requests() {
+        let mut inst = pipelined_instance();
+        assert!(inst.is_pipelined());
+        let mut reqs: Vec<Request> = (0..4).map(|_| Request::new(0, 100, 3)).collect();
+        for (i, r) in reqs.iter_mut().enumerate() {
+            inst.enqueue(i as u32, r);
+        }
+        inst.woken();
+        // Batch A: the four prompts. Stage 1 (with the 1 ms CPU step) is the longer stage.
+        let a = inst.start_batch(0, &mut reqs).unwrap().unwrap();
+        let sa = stage_ns(&inst);
+        assert_eq!(inst.batch().items.len(), 4);
+        assert!(sa[0] > sa[1]);
+        assert_eq!(a, BatchTimes { stage1_free: sa[0], done: sa[0] + sa[1] });
+        assert!(inst.is_busy() && inst.start_batch(0, &mut reqs).unwrap().is_none(), "stage 1 is busy");
+        // Stage 1 frees: every running request is in flight, nothing to form; the instance may be woken.
+        inst.stage1_freed();
+        assert!(inst.start_batch(a.stage1_free, &mut reqs).unwrap().is_none());
+        assert!(!inst.is_busy());
+        let record = inst.finish_batch(a.done, &mut reqs, |_, _| {});
+        assert_eq!((record.start, record.end, record.prefill_tokens), (0, a.done, 400));
+        assert!(reqs.iter().all(|r| r.generated == 1 && r.first_token == a.done));
+        // Batch B: the first two of the four ready decodes (ceil(4 / 2)); C, formed when B frees
+        // stage 1, the other two. C's stage 2 starts once its stage 1 and B's stage 2 are both done.
+        let b = inst.start_batch(a.done, &mut reqs).unwrap().unwrap();
+        let sb = stage_ns(&inst);
+        assert_eq!(inst.batch().items.iter().map(|i| i.req).collect::<Vec<_>>(), [0, 1]);
+        assert_eq!(b, BatchTimes { stage1_free: a.done + sb[0], done: a.done + sb[0] + sb[1] });
+        inst.stage1_freed();
+        let c = inst.start_batch(b.stage1_free, &mut reqs).unwrap().unwrap();
+        let sc = stage_ns(&inst);
+        assert_eq!(inst.batch().items.iter().map(|i| i.req).collect::<Vec<_>>(), [2, 3]);
+        let c1 = b.stage1_free + sc[0];
+        assert_eq!(c, BatchTimes { stage1_free: c1, done: c1.max(b.done) + sc[1] });
+        assert_eq!(inst.batches_in_flight(), 2);
+        // Two batches in flight (= pp): blocked even once stage 1 frees, until B is done.
+        inst.stage1_freed();
+        assert!(inst.is_busy() && inst.start_batch(c.stage1_free, &mut reqs).unwrap().is_none());
+        inst.finish_batch(b.done, &mut reqs, |_, _| {});
+        assert_eq!(reqs.iter().map(|r| r.generated).collect::<Vec<_>>(), [2, 2, 1, 1]);
+        assert!(!inst.is_busy());
+        let (used, total) = inst.kv_usage();
+        assert!(used <= total);
+        assert_eq!(inst.stats.iterations, 3);
+    }
+
     #[test]
     fn the_mode_defaults_to_async_for_pipelines_and_refuses_what_needs_sync() {
         assert_eq!(pipeline_mode(None, 2, None, &[]).unwrap(), PipelineMode::Async);
