@@ -146,3 +146,15 @@ def test_sarathi_serve_capacity_beats_vllm_beats_orca_on_llama2_70b_tp4_pp2():
                 caps[kind] = rate
     assert caps["sarathi-serve"] > caps["vllm"] > caps["orca"] > 0, caps
     assert caps["sarathi-serve"] >= 3 * caps["vllm"], caps
+
+
+def test_estimate_reports_the_asynchronous_stage_times():
+    from fleetwise.estimate import estimate_iteration
+
+    r = estimate_iteration("llama-2-70b", "h100-sxm", 2, 0, 0, 64, 1000, pp=2)
+    stage = cost_model("llama-2-70b", "h100-sxm", tp=2, pp=2).stage_ns(decodes=[1001] * 64)
+    assert r["pipeline_stage_seconds"] == [ns * 1e-9 for ns in stage]
+    # Two stages of 40 layers each: each about half of one pass, and less than the synchronous
+    # iteration of two micro-batches (three stage-slots, weights read per micro-batch).
+    assert max(r["pipeline_stage_seconds"]) < 0.6 * sum(r["pipeline_stage_seconds"]) < r["seconds"]
+    assert estimate_iteration("llama-2-70b", "h100-sxm", 4, 0, 0, 64, 1000)["pipeline_stage_seconds"] is None
