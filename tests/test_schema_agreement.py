@@ -46,6 +46,8 @@ CASES = {
                    "cluster": {**_scenario({"name": "p", "role": "prefill"}, {"name": "d", "role": "decode", "count": 2})["cluster"],
                                "mixed_pool": {"prompt_overload_tokens": 8192, "token_overload_tokens": 100000}}},
     "parallelism": _scenario({"parallelism": {"tp": 2, "pp": 2, "microbatches": 3, "gpus_per_node": 4}}),
+    "parallelism-async-pipeline": _scenario({"parallelism": {"tp": 2, "pp": 2, "pipeline": "async"}}),
+    "parallelism-sync-pipeline": _scenario({"parallelism": {"tp": 1, "pp": 2, "pipeline": "sync"}}),
     "memory-calibration-power": _scenario({"memory": {"gpu_memory_utilization": 0.8, "block_size": 32}, "calibration": {"gemm_compute": 0.6, "attention_cta": 0.5, "prefill_pad_tokens": 64}, "power_cap_watts": 500, "dvfs_exponent": 2.5, "kv_transfer_latency": 2e-3}),
     "prefix-caching": _scenario({"prefix_caching": True}),
     "offload-dram": _scenario({"offload": {"tier": "dram", "layer_fraction": 0.5}}),

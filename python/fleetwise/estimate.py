@@ -88,12 +88,16 @@ def estimate_iteration(
     act = cost.activation_bytes(tokens, sampled)
     available = int(g.memory_bytes * gpu_memory_utilization)
     need = weights + kv + act
+    # With stages: the batch as one micro-batch through an asynchronous pipeline (the simulator's
+    # default for pp > 1; docs/pipeline-parallelism.md), stage 1 first.
+    stages = [ns * 1e-9 for ns in cost.stage_ns(prefills, decodes)] if pp > 1 else None
     result = {
         "model": model,
         "gpu": gpu,
         "engine": engine,
         "tp": tp,
         "pp": pp,
+        "pipeline_stage_seconds": stages,
         "quantization": quant.model_dump(),
         "batch": {"prefill_tokens": prefill, "prefill_context": prefill_context, "decode_batch": decode_batch, "context": context},
         "seconds": seconds,

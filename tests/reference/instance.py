@@ -9,6 +9,7 @@ from collections import deque
 import simpy
 
 from fleetwise.cost import cost_model
+from reference.pipeline import ReferencePipeline, pipeline_mode
 from reference.requests import Item, KvCache, ReferenceRequest
 from reference.schedulers import make_policy, memory_limits
 from reference.speculative import ReferenceSpeculation
@@ -26,7 +27,10 @@ class ReferenceInstance:
         """Builds instance ``index`` of ``pool`` (one pool entry of ``core_config``) and starts it."""
         self.env = env
         self.index = index
-        self.cost = cost_model(pool["model"], pool["gpu"], calibration=pool["calibration"], tp=pool["parallelism"]["tp"], quantization=pool.get("quantization"))
+        par = pool["parallelism"]
+        self.cost = cost_model(pool["model"], pool["gpu"], calibration=pool["calibration"], tp=par["tp"], pp=par.get("pp", 1),
+                               microbatches=par.get("microbatches"), gpus_per_node=par.get("gpus_per_node", 8), quantization=pool.get("quantization"))
+        self.pipeline = ReferencePipeline(self, par["pp"]) if pipeline_mode(par, pool) == "async" else None
         if pool.get("prefix_caching"):
             raise ValueError("the reference model does not model prefix caching")
         sched = pool["scheduler"]
@@ -114,11 +118,15 @@ class ReferenceInstance:
     # --- the serving process ---------------------------------------------------------------------
 
     def _serve(self):
-        """Sleeps until woken, then runs iterations back to back while there is work."""
+        """Sleeps until woken, then runs iterations back to back while there is work (with an
+        asynchronous pipeline: forms a batch; the pipeline's callbacks form the next ones)."""
         while True:
             yield self._wake
             self._wake = self.env.event()
             self.wake_pending = False
+            if self.pipeline is not None:
+                self.pipeline.try_form()
+                continue
             items = self.policy.form(self)
             while items:
                 self.busy = True

@@ -93,6 +93,11 @@ def estimate(
                 bound += " (PIM)"
             t.add_row(o["op"], f"{o['seconds'] * 1e3:.3f}", f"{o['flops'] / 1e12:.3f}", f"{o['bytes'] / 1e9:.3f}", bound)
         out.print(t)
+        if r["pipeline_stage_seconds"]:
+            st = r["pipeline_stage_seconds"]
+            out.print(f"asynchronous pipeline (the simulator's default for pp > 1): stages {', '.join(f'{s * 1e3:.3f}' for s in st)} ms; "
+                      f"one batch passes in {sum(st) * 1e3:.3f} ms, a new one enters every {max(st) * 1e3:.3f} ms with {len(st)} in flight "
+                      f"(the table above: one synchronous iteration of micro-batches)")
         m = r["memory"]
         gib = 1 << 30
         out.print(f"memory per GPU: {r['memory_bytes'] / gib:.2f} GiB (weights {m['weights'] / gib:.2f} + KV {m['kv_cache'] / gib:.2f} + activations {m['activations'] / gib:.2f}) of {m['available'] / gib:.2f} GiB usable")

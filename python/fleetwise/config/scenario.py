@@ -201,6 +201,11 @@ class Parallelism(StrictModel):
     """GPUs per node (NVLink domain); an instance of more GPUs spans nodes over their NICs."""
     ep: int = Field(default=1, ge=1, le=MAX_COUNT)
     """Expert parallelism for MoE models: 1 (experts sharded by tp) or tp (whole experts per GPU)."""
+    pipeline: Literal["async", "sync"] | None = None
+    """How pp > 1 stages run batches: ``async`` keeps up to pp batches in flight (vLLM's virtual
+    engines), ``sync`` runs one iteration of ``microbatches`` at a time. Default: async, or sync
+    when ``microbatches``, ``offload``, ``experts`` or swap preemption is set
+    (docs/pipeline-parallelism.md)."""
 
 
 class MemorySettings(StrictModel):

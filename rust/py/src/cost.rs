@@ -66,6 +66,13 @@ impl PyCostModel {
         secs_to_ns(self.inner.iteration_seconds(&shape(&self.inner, prefills, decodes)))
     }
 
+    /// Per-stage times of a batch through an asynchronous pipeline, integer ns (rounded as the
+    /// simulator does), stage 1 first; one stage without pipelining.
+    #[pyo3(signature = (prefills=vec![], decodes=vec![]))]
+    fn stage_ns(&self, prefills: Vec<(u64, u64, bool)>, decodes: Vec<u64>) -> Vec<u64> {
+        self.inner.stage_costs(&shape(&self.inner, prefills, decodes)).seconds.iter().map(|&s| secs_to_ns(s)).collect()
+    }
+
     /// Per-operator breakdown: a list of dicts with op, flops, bytes, seconds, compute_bound.
     #[pyo3(signature = (prefills=vec![], decodes=vec![]))]
     fn breakdown<'py>(&self, py: Python<'py>, prefills: Vec<(u64, u64, bool)>, decodes: Vec<u64>) -> PyResult<Vec<Bound<'py, PyDict>>> {

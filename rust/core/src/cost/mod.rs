@@ -20,7 +20,8 @@
 //! - `quantization.rs`: the [`Quantization`] of weights, GEMM activations and the KV cache;
 //! - `memory.rs`: weight, KV and activation bytes per GPU; `weight_fetch.rs`: offloaded weights
 //!   streamed in; `pim.rs`: processing-in-memory queries;
-//! - `iteration.rs`: one iteration assembled from the operator families, and its summaries.
+//! - `iteration.rs`: one iteration assembled from the operator families, and its summaries;
+//!   `pipeline.rs`: the per-stage times of a batch through an asynchronous pipeline.
 
 mod attention;
 mod batch;
@@ -34,6 +35,7 @@ mod iteration;
 mod memory;
 mod ops;
 mod pim;
+mod pipeline;
 mod quantization;
 mod roofline;
 mod setup;
@@ -42,6 +44,7 @@ mod weight_fetch;
 
 pub use batch::BatchShape;
 pub use ops::{IterationCost, Op, OpCost};
+pub use pipeline::StageCosts;
 pub use quantization::{ActivationFormat, KvCacheFormat, Quantization, WeightFormat, DEFAULT_GROUP_SIZE};
 pub use speculative::{expected_tokens_per_step, AcceptanceRate, SpecMethod, SpecSeq, SpeculativeConfig, Speculator, MAX_SPECULATIVE_TOKENS};
 pub use setup::{InstanceSpec, MAX_ITERATION_OVERHEAD, MAX_LAYER_OVERHEAD, MIN_EFFICIENCY};

@@ -87,7 +87,7 @@ impl Instance {
 
     /// Schedules with the `parked` running requests set aside (token grouping), then puts them
     /// back in their places.
-    fn schedule_without(&mut self, parked: &[u32], reqs: &mut [Request]) {
+    pub(super) fn schedule_without(&mut self, parked: &[u32], reqs: &mut [Request]) {
         let order = self.queues.running.clone();
         self.queues.running.retain(|r| !parked.contains(r));
         self.scheduler.schedule(&mut self.queues, reqs, &mut self.kv, &mut self.batch);

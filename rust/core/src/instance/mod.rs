@@ -1,11 +1,13 @@
 //! One model replica: its cost model, KV cache, queues and scheduler.
 //!
 //! Layout: `setup` builds an instance from one [`InstanceSetup`]; `iteration` forms, times and
-//! applies its iterations; `speculative` its speculative decoding; `stats` counts them (and the
+//! applies its iterations; `pipeline` keeps several batches in flight through asynchronous
+//! pipeline stages; `speculative` its speculative decoding; `stats` counts them (and the
 //! energy). This file holds the instance's queues and what a router and the disaggregation code
 //! ask of it.
 
 mod iteration;
+mod pipeline;
 mod setup;
 mod speculative;
 mod stats;
@@ -14,6 +16,7 @@ mod tests;
 
 pub use crate::sim::Role;
 pub use iteration::IterationStart;
+pub use pipeline::{pipeline_mode, BatchTimes, FlowShop, PipelineMode};
 pub use setup::{kv_watermark, ExpertSetup, InstanceSetup, KV_WATERMARK_FRACTION, MAX_ITERATION_SECONDS};
 pub use speculative::{SpecRuntime, SpecStats};
 pub use stats::{InstanceStats, IterationRecord};
@@ -46,6 +49,7 @@ pub struct Instance {
     moe: Option<ExpertRuntime>,
     /// Speculative decoding, for speculating pools.
     spec: Option<Box<SpecRuntime>>,
+    pipeline: Option<pipeline::Pipeline>,
     /// Counters.
     pub stats: InstanceStats,
 }

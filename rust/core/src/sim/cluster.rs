@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::event::{EventQueue, Process};
-use crate::instance::{ExpertSetup, Instance, InstanceSetup};
+use crate::instance::{pipeline_mode, ExpertSetup, Instance, InstanceSetup};
 use crate::cost::InstanceSpec;
 use crate::moe::PluggedCaches;
 use crate::request::Request;
@@ -30,6 +30,16 @@ pub enum Event {
     },
     /// The iteration running on an instance finishes its compute.
     IterationEnd {
+        /// The instance.
+        instance: u32,
+    },
+    /// Stage 1 of an asynchronously pipelined instance is free for its next batch.
+    StageFree {
+        /// The instance.
+        instance: u32,
+    },
+    /// The oldest batch in flight on an asynchronously pipelined instance leaves its last stage.
+    BatchDone {
         /// The instance.
         instance: u32,
     },
@@ -122,10 +132,11 @@ impl<'a> Cluster<'a> {
                 let experts = pool.experts.as_ref().map(|c| ExpertSetup { config: c, trace: workload.routing.clone(), seed: config.seed, stream: format!("instance{index}.experts"), caches });
                 let spec_stream = format!("instance{index}.speculative");
                 let setup = InstanceSetup { pool: p as u32, spec: spec.clone(), memory: &pool.memory, scheduler: &pool.scheduler, experts };
+                let mode = pipeline_mode(pool.parallelism.pipeline, pool.parallelism.pp, pool.parallelism.microbatches, &pool.needs_sync_pipeline()).map_err(|e| prefix(&format!("cluster.pools.{p}"), e))?;
                 let inst = Instance::new(setup)
                     .and_then(|i| i.with_speculation(pool.speculative.as_ref(), &spec, config.seed, &spec_stream))
                     .map_err(|e| prefix(&format!("cluster.pools.{p}"), e))?
-                    .with_prefix_cache(prefix_tokens).with_role(pool.role);
+                    .with_prefix_cache(prefix_tokens).with_role(pool.role).with_pipelining(mode);
                 let inst = match plugins.batch_schedulers.get(&p) {
                     Some(make) => inst.with_scheduler(Box::new(pool.scheduler.vllm_v1_loop(make(instances.len())?, pool.model.max_position_embeddings))),
                     None => inst,
@@ -193,6 +204,8 @@ impl Process<Event> for Cluster<'_> {
                 }
                 Ok(())
             }
+            Event::StageFree { instance } => self.stage1_free(instance, now, queue),
+            Event::BatchDone { instance } => self.batch_done(instance, now, queue),
             Event::Network { version } => {
                 for owner in self.transfers.due(now, version, queue)? {
                     match owner {

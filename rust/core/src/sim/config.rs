@@ -4,6 +4,7 @@
 use crate::calibration::Efficiency;
 use crate::cost::{Quantization, SpeculativeConfig};
 use crate::hardware::{GpuSpec, PimSpec};
+use crate::instance::PipelineMode;
 use crate::memory::MemoryConfig;
 use crate::model::ModelSpec;
 use crate::moe::{ExpertConfig, RoutingTrace};
@@ -105,12 +106,16 @@ pub struct Parallelism {
     /// Expert-parallel degree for MoE models (1, or equal to tp).
     #[serde(default = "one")]
     pub ep: u32,
+    /// How a pipeline runs its batches (default: asynchronous for pp > 1, unless `microbatches` or
+    /// a setting that needs the synchronous iteration is given; see `instance::pipeline_mode`).
+    #[serde(default)]
+    pub pipeline: Option<PipelineMode>,
 }
 
 impl Default for Parallelism {
     /// One GPU per instance, nodes of eight.
     fn default() -> Self {
-        Parallelism { tp: 1, pp: 1, microbatches: None, gpus_per_node: 8, ep: 1 }
+        Parallelism { tp: 1, pp: 1, microbatches: None, gpus_per_node: 8, ep: 1, pipeline: None }
     }
 }
 

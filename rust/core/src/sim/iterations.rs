@@ -103,6 +103,9 @@ impl Cluster<'_> {
     /// Starts `idx`'s next iteration at `now`, if it has work: its swap first, else its compute
     /// and weight streams; then the layer-wise KV transfers of the prefills it completes.
     pub(super) fn begin_iteration(&mut self, idx: u32, now: Nanos, queue: &mut Queue) -> Result<()> {
+        if self.instances[idx as usize].is_pipelined() {
+            return self.begin_batch(idx, now, queue);
+        }
         let inst = &mut self.instances[idx as usize];
         let started = inst.start_iteration(now, self.reqs);
         if let Some(e) = inst.take_policy_error() {

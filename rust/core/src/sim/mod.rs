@@ -12,7 +12,8 @@
 //! when overlap is on, before it otherwise; the iteration ends when compute and streams are done.
 //!
 //! Layout: [`config`] (what Python sends), `cluster` (the run's state and its event handlers),
-//! `arrivals`, `iterations` (an iteration's phases), `transfers` (the network wiring),
+//! `arrivals`, `iterations` (an iteration's phases), `pipeline` (batches in flight through
+//! asynchronous pipeline stages), `transfers` (the network wiring),
 //! [`disaggregation`] (roles and KV handoffs), [`mixed_pool`] (Splitwise's mixed pool), [`plugins`], [`control`], [`report`]; the
 //! domain-free event loop is [`crate::event`].
 
@@ -23,6 +24,7 @@ pub mod control;
 pub mod disaggregation;
 mod iterations;
 pub mod mixed_pool;
+mod pipeline;
 pub mod plugins;
 pub mod report;
 mod transfers;

@@ -1,0 +1,120 @@
+//! The stages of an asynchronous pipeline: how long each stage holds one batch.
+//!
+//! With asynchronous pipelining (vLLM's virtual engines) a batch is not split into micro-batches:
+//! the whole batch goes through the `pp` stages one after the other, and the next batch enters
+//! stage 1 as soon as stage 1 is free. Each stage runs its `ceil(L / pp)` layers on the batch
+//! (reading its weights once per batch) and sends the activations on; stage 1 also runs the
+//! embedding and the engine's CPU step, the last stage the LM head and sampling.
+
+use super::{BatchShape, CostModel, IterationCost, Op};
+
+/// How long each pipeline stage holds one batch, and the batch's average over the stages.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageCosts {
+    /// Seconds each stage is busy with the batch, stage 1 first.
+    pub seconds: Vec<f64>,
+    /// The batch's cost averaged over the stages (the sum of the stage times / pp), for busy time
+    /// and energy: every GPU of the instance counted for its own stage's time.
+    pub average: IterationCost,
+}
+
+impl CostModel {
+    /// This cost model running every batch as a single micro-batch (what asynchronous pipelining
+    /// does: the batches in flight take the micro-batches' place).
+    pub fn single_microbatch(&self) -> CostModel {
+        CostModel { microbatches: 1, ..self.clone() }
+    }
+
+    /// The per-stage times of a batch of `shape` through the pipeline, run as one micro-batch.
+    ///
+    /// The decoder layers' operators (and their per-layer overheads and stage-to-stage sends) are
+    /// shared equally by the stages; the embedding and the CPU step go to stage 1, the LM head to
+    /// the last stage. The stage times add up to the single-micro-batch iteration time. With
+    /// pp = 1 there is one stage lasting the whole iteration.
+    pub fn stage_costs(&self, shape: &BatchShape) -> StageCosts {
+        if self.microbatches != 1 {
+            return self.single_microbatch().stage_costs(shape);
+        }
+        let pp = self.pp as usize;
+        let stage_layers = (self.layers / self.pp as f64).ceil();
+        let scale = self.eff.time_scale.unwrap_or(1.0);
+        // The GPU part of the overhead op: per-layer fixed costs on all stages' layers.
+        let gpu_fixed = (self.eff.layer_overhead + self.eff.moe_layer_overhead.unwrap_or(0.0) * self.moe_share) * stage_layers * self.pp as f64 * scale;
+        let (mut first, mut last, mut layered, mut total, mut cb) = (0.0, 0.0, 0.0, 0.0, 0.0);
+        self.for_each_op(shape, |c| {
+            total += c.seconds;
+            if c.compute_bound {
+                cb += c.seconds;
+            }
+            match c.op {
+                Op::Embedding => first += c.seconds,
+                Op::LmHead => last += c.seconds,
+                Op::Overhead => {
+                    let gpu = gpu_fixed.min(c.seconds);
+                    layered += gpu;
+                    first += c.seconds - gpu;
+                }
+                _ => layered += c.seconds,
+            }
+        });
+        let mut seconds = vec![layered / pp as f64; pp];
+        seconds[0] += first;
+        seconds[pp - 1] += last;
+        StageCosts { seconds, average: IterationCost { seconds: total / pp as f64, compute_bound_seconds: cb / pp as f64, weight_stall_seconds: 0.0 } }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::calibration::Efficiency;
+    use crate::cost::fixtures::*;
+    use crate::cost::*;
+    use crate::model::fixtures::*;
+
+    fn decodes(n: u64) -> BatchShape {
+        let mut s = BatchShape::default();
+        for _ in 0..n {
+            s.add_decode(1000);
+        }
+        s
+    }
+
+    #[test]
+    fn stages_share_the_layers_and_add_up_to_one_pass() {
+        // Llama-2-70B on 2 stages of TP2: each stage runs 40 layers of the whole 32-decode batch.
+        let eff = Efficiency { iteration_overhead: 1e-3, layer_overhead: 5e-6, ..ideal() };
+        let pp = CostModel::new(llama2_70b(), h100(), eff.clone(), 2).unwrap().with_pipeline(2, None).unwrap();
+        let s = decodes(32);
+        let st = pp.stage_costs(&s);
+        assert_eq!(st.seconds.len(), 2);
+        let one = pp.single_microbatch().breakdown(&s);
+        let total: f64 = one.iter().map(|c| c.seconds).sum();
+        assert!(close(st.seconds.iter().sum::<f64>(), total));
+        assert!(close(st.average.seconds, total / 2.0));
+        // Stage 1 = half the layers + embedding + the 1 ms CPU step; stage 2 = half + LM head.
+        let emb = op(&one, Op::Embedding).seconds;
+        let lm = op(&one, Op::LmHead).seconds;
+        let ov = op(&one, Op::Overhead).seconds;
+        assert!(close(ov, 1e-3 + 80.0 * 5e-6));
+        let layers = total - emb - lm - 1e-3;
+        assert!(close(st.seconds[0], layers / 2.0 + emb + 1e-3), "{:?}", st.seconds);
+        assert!(close(st.seconds[1], layers / 2.0 + lm));
+        // One stage's layers of the whole batch: 40 layers, as a pp = 1 model would charge for half
+        // its 80 layers (weights read once per batch per stage), plus one activation send.
+        let full = CostModel::new(llama2_70b(), h100(), ideal(), 2).unwrap();
+        let layer_ops = |b: &[OpCost]| -> f64 { b.iter().filter(|c| !matches!(c.op, Op::Embedding | Op::LmHead | Op::Overhead | Op::PipelineSend)).map(|c| c.seconds).sum() };
+        let ideal_pp = CostModel::new(llama2_70b(), h100(), ideal(), 2).unwrap().with_pipeline(2, None).unwrap();
+        let ist = ideal_pp.stage_costs(&s);
+        let send = 2e-6 + 32.0 * 8192.0 * 2.0 / 450e9;
+        assert!(close(ist.seconds[1] - op(&full.breakdown(&s), Op::LmHead).seconds, layer_ops(&full.breakdown(&s)) / 2.0 + send));
+    }
+
+    #[test]
+    fn one_stage_is_the_whole_iteration() {
+        let cm = CostModel::new(llama3_8b(), h100(), Efficiency { iteration_overhead: 2e-3, ..ideal() }, 1).unwrap();
+        let s = decodes(8);
+        let st = cm.stage_costs(&s);
+        assert_eq!(st.seconds.len(), 1);
+        assert!(close(st.seconds[0], cm.iteration_seconds(&s)));
+    }
+}
