@@ -14,8 +14,10 @@ measured by ``measure_vllm_step.py``). Writes the profile that the catalogue rea
 
 The routed experts' grouped GEMMs are fitted first, on their own: ``calibration/<dir>/grouped_gemm.csv``
 (``grouped_gemm.py`` on the same GPU: both projections of Mixtral-8x7B's and Qwen3-30B-A3B's experts
-over 1-4096 tokens per expert, random top-k routing) sets ``expert_compute``, ``expert_memory``,
-``expert_pad_rows`` and ``expert_ridge_exponent`` (the cost model's shape-dependent expert curve;
+over 1-4096 tokens per expert, random top-k routing) sets ``expert_compute``, ``expert_memory`` and
+``expert_ridge_exponent`` (the cost model's shape-dependent expert curve; ``expert_pad_rows``, the
+core's tile-padding term, stays unset: fitted with the blend it goes to its floor on this sweep, and
+the two trade against each other when one expert shape pins them;
 per-point errors in ``grouped_gemm_fit.csv``); the iteration fit then holds them and fits the rest.
 
 ``--hold-out`` writes ``calibration/<dir>/holdout.csv`` (every point, predicted by the fit that
@@ -44,15 +46,15 @@ START = {"gemm_compute": 1.0, "memory": 1.3, "attention_compute": 0.6, "attentio
          "mixed_query_tile": 64, "decode_query_rows": 8, "gemm_ridge_exponent": 4.0, "attention_cta": 0.4,
          "attention_memory_split": 1.4}
 """The fitted relative factors and where the search starts."""
-EXPERT_START = {"expert_compute": 1.0, "expert_memory": 0.9, "expert_pad_rows": 64.0, "expert_ridge_exponent": 4.0}
+EXPERT_START = {"expert_compute": 1.0, "expert_memory": 0.9, "expert_ridge_exponent": 4.0}
 """The expert-GEMM factors the kernel sweep fits (and where its search starts); held in the iteration fit."""
-EXPERT_STARTS = ({}, {"expert_pad_rows": 8.0, "expert_ridge_exponent": 2.0}, {"expert_pad_rows": 128.0, "expert_ridge_exponent": 16.0})
-"""Changes to ``EXPERT_START`` the kernel search also starts from (padding and the blend trade off)."""
-FLOORS = {"gemm_ridge_exponent": 1.0, "expert_ridge_exponent": 1.0, "expert_pad_rows": 1.0}
-"""Lower bounds (a ridge blend's exponent is at least 1; the expert padding, searched by multiplicative steps, at least 1 row)."""
+EXPERT_STARTS = ({}, {"expert_ridge_exponent": 2.0}, {"expert_ridge_exponent": 16.0})
+"""Changes to ``EXPERT_START`` the kernel search also starts from."""
+FLOORS = {"gemm_ridge_exponent": 1.0, "expert_ridge_exponent": 1.0}
+"""Lower bounds (a ridge blend's exponent is at least 1)."""
 INTEGER = ("mixed_query_tile", "decode_query_rows")
 """Factors the core takes as whole numbers (query rows); searched as reals, rounded when used."""
-LIMITS = {"expert_pad_rows": 512.0, "expert_ridge_exponent": 64.0, "layer_overhead": 100e-6, "moe_layer_overhead": 500e-6, "memory": 1.64, "gemm_compute": 1.11, "mixed_query_tile": 256, "decode_query_rows": 128, "gemm_ridge_exponent": 64.0,
+LIMITS = {"expert_ridge_exponent": 64.0, "layer_overhead": 100e-6, "moe_layer_overhead": 500e-6, "memory": 1.64, "gemm_compute": 1.11, "mixed_query_tile": 256, "decode_query_rows": 128, "gemm_ridge_exponent": 64.0,
           "attention_memory_split": 1.46}
 """Upper bounds that keep the fit physical: weight streaming stays near a plain copy's 0.89 of
 peak (1.64 x the H200's 0.61), decode attention while keys are split stays below
