@@ -83,6 +83,11 @@ class Calibration(StrictModel):
     """Fraction of peak FLOP/s reached by the routed experts' grouped GEMMs (default: gemm_compute)."""
     expert_memory: _Fraction | None = None
     """Fraction of peak memory bandwidth reached by the routed experts' grouped GEMMs (default: memory)."""
+    expert_pad_rows: Annotated[float, Field(ge=0, le=4096)] | None = None
+    """Rows of padding the experts' grouped GEMM computes per touched expert (row tiles): m rows per
+    expert reach m / (m + pad) of expert_compute (unset: 0)."""
+    expert_ridge_exponent: _RidgeExponent | None = None
+    """The experts' blend exponent near the roofline's ridge (unset: gemm_ridge_exponent)."""
 
 
 def _all_optional(model: type[StrictModel], name: str) -> type[StrictModel]:

@@ -57,6 +57,11 @@ class EngineFactors(StrictModel):
     """Routed experts' grouped GEMMs as a multiple of the hardware's GEMM fraction (unset: as dense GEMMs)."""
     expert_memory: _Relative | None = None
     """Routed experts' weight reads as a multiple of the hardware's memory fraction (unset: as dense GEMMs)."""
+    expert_pad_rows: Annotated[float, Field(ge=0, le=4096)] | None = None
+    """Rows the experts' grouped GEMM pads each touched expert to (row tiles): ``m`` rows per expert
+    reach ``m / (m + pad)`` of the expert FLOP rate (unset: no padding)."""
+    expert_ridge_exponent: Annotated[float, Field(ge=1)] | None = None
+    """The experts' blend exponent near the roofline's ridge (unset: ``gemm_ridge_exponent``)."""
     collective: _Relative = 1.0
     """Multiplier of the hardware's collective fraction."""
     layer_overhead: _Seconds = 0.0
@@ -204,6 +209,7 @@ def profile_calibration(gpu_name: str, gpu: GpuSpec, prof: EngineProfile, overri
         "layer_overhead": f.layer_overhead, "attention_cta": f.attention_cta, "gemm_ridge_exponent": f.gemm_ridge_exponent,
         "prefill_pad_tokens": f.prefill_pad_tokens, "mixed_query_tile": f.mixed_query_tile,
         "decode_query_rows": f.decode_query_rows, "moe_layer_overhead": f.moe_layer_overhead,
+        "expert_pad_rows": f.expert_pad_rows, "expert_ridge_exponent": f.expert_ridge_exponent,
         "iteration_overhead": cpu.base, "seq_overhead": cpu.per_seq or None, "token_overhead": cpu.per_token or None,
         "cpu_overlap": cpu.overlap or None,
     }

@@ -96,10 +96,20 @@ pub struct Efficiency {
     /// expert weights (defaults to `memory`).
     #[serde(default)]
     pub expert_memory: Option<f64>,
+    /// Rows of padding the routed experts' grouped GEMM computes per expert the batch touches:
+    /// each expert's rows round up to whole row tiles, so an expert with `m` rows runs at
+    /// `m / (m + pad)` of `expert_compute` (a saturating curve in tokens per expert; about half
+    /// the kernel's row tile when the rows per expert spread over several tiles). Unset: 0.
+    #[serde(default)]
+    pub expert_pad_rows: Option<f64>,
+    /// Exponent of the routed experts' blend of compute and memory time near the ridge (as
+    /// `gemm_ridge_exponent`, which it defaults to).
+    #[serde(default)]
+    pub expert_ridge_exponent: Option<f64>,
 }
 
 impl Default for Efficiency {
     fn default() -> Self {
-        Efficiency { gemm_compute: 0.7, attention_compute: 0.5, memory: 0.8, attention_memory: None, elementwise_memory: None, collective: 0.7, iteration_overhead: 1.0e-3, layer_overhead: 0.0, attention_cta: None, gemm_ridge_exponent: None, prefill_pad_tokens: None, seq_overhead: None, token_overhead: None, mixed_query_tile: None, decode_query_rows: None, moe_layer_overhead: None, time_scale: None, cpu_overlap: None, attention_memory_split: None, expert_compute: None, expert_memory: None }
+        Efficiency { gemm_compute: 0.7, attention_compute: 0.5, memory: 0.8, attention_memory: None, elementwise_memory: None, collective: 0.7, iteration_overhead: 1.0e-3, layer_overhead: 0.0, attention_cta: None, gemm_ridge_exponent: None, prefill_pad_tokens: None, seq_overhead: None, token_overhead: None, mixed_query_tile: None, decode_query_rows: None, moe_layer_overhead: None, time_scale: None, cpu_overlap: None, attention_memory_split: None, expert_compute: None, expert_memory: None, expert_pad_rows: None, expert_ridge_exponent: None }
     }
 }

@@ -1,5 +1,12 @@
 //! Mixture-of-experts layers: the router GEMM and the routed experts, a grouped GEMM over the
 //! token-expert pairs that reads the experts the batch touches (on the GPU, or the PIM if faster).
+//!
+//! The grouped GEMM's achieved FLOP rate depends on its shape: each touched expert's rows round up
+//! to whole row tiles, so with `m` rows per expert it computes about `m + pad` rows
+//! (`expert_pad_rows`) and reaches `m / (m + pad)` of `expert_compute` — a curve that saturates
+//! in tokens per expert (Qwen3-30B-A3B's 128 small experts at 8 of 128 per token see few rows each;
+//! Mixtral's 8 see many). Its compute and memory times blend near the ridge with
+//! `expert_ridge_exponent` (default: `gemm_ridge_exponent`).
 
 use super::iteration::IterationPass;
 use super::roofline::Kernel;
@@ -31,13 +38,39 @@ impl CostModel {
     /// that reads the `touched` experts' weights, on the GPU or, if faster, the PIM. Seconds.
     pub fn expert_seconds(&self, pairs: f64, touched: f64) -> f64 {
         let (flops, bytes) = self.expert_work(pairs, touched);
-        let gpu = self.gemm_roofline(flops, bytes, self.flops_expert, self.bw_expert).0;
+        let gpu = self.expert_roofline(flops, bytes, self.expert_flops_rate(pairs, touched), self.bw_expert).0;
         match &self.pim {
             Some(p) => gpu.min(p.seconds(flops, bytes)),
             None => gpu,
         }
     }
+
+    /// Fraction of `expert_compute` the grouped GEMM reaches over `pairs` token-expert pairs on
+    /// `touched` experts: `m / (m + pad)` with `m = pairs / touched` rows per expert and `pad` =
+    /// `expert_pad_rows` (1 when unset or nothing is routed).
+    pub fn expert_row_efficiency(&self, pairs: f64, touched: f64) -> f64 {
+        let pad = self.eff.expert_pad_rows.unwrap_or(0.0);
+        if pad <= 0.0 || pairs <= 0.0 || touched <= 0.0 {
+            return 1.0;
+        }
+        pairs / (pairs + touched * pad)
+    }
+
+    /// The grouped GEMM's achieved FLOP/s over `pairs` pairs on `touched` experts.
+    fn expert_flops_rate(&self, pairs: f64, touched: f64) -> f64 {
+        self.flops_expert * self.expert_row_efficiency(pairs, touched)
+    }
+
+    /// The routed experts' kernel time at FLOP rate `peak` and bandwidth `bw`: the roofline
+    /// blended with `expert_ridge_exponent` (default `gemm_ridge_exponent`), and whether compute
+    /// bounds it.
+    pub(super) fn expert_roofline(&self, flops: f64, bytes: f64, peak: f64, bw: f64) -> (f64, bool) {
+        self.blended_roofline(flops, bytes, peak, bw, self.eff.expert_ridge_exponent.or(self.eff.gemm_ridge_exponent))
+    }
 }
+
+/// The largest `expert_pad_rows` accepted (a row tile is at most a few hundred rows).
+pub(super) const MAX_EXPERT_PAD_ROWS: f64 = 4096.0;
 
 impl<F: FnMut(OpCost)> IterationPass<'_, F> {
     /// Charges the router and the routed experts on the MoE layers' share of the layers.
@@ -52,7 +85,7 @@ impl<F: FnMut(OpCost)> IterationPass<'_, F> {
             let e = cm.ep as f64;
             let pairs = mt * cm.model.experts_per_token as f64 / e;
             let touched = cm.model.expected_unique_experts(mt) / e;
-            self.emit(Op::MoeExperts, &[Kernel::on(cm.moe_share, cm.expert_work(pairs, touched))], cm.flops_expert, true);
+            self.emit(Op::MoeExperts, &[Kernel::on(cm.moe_share, cm.expert_work(pairs, touched))], cm.expert_flops_rate(pairs, touched), true);
         }
     }
 }
@@ -106,6 +139,65 @@ mod tests {
         let (p, p0) = (op(&cm.breakdown(&big), Op::MoeExperts), op(&base.breakdown(&big), Op::MoeExperts));
         assert!(close(p.seconds, 4.0 * p0.seconds));
         assert!(CostModel::new(mixtral_8x7b(), h100(), Efficiency { expert_memory: Some(0.0), ..ideal() }, 1).is_err());
+    }
+
+    #[test]
+    fn expert_rows_pad_to_tiles_so_the_flop_rate_saturates_in_tokens_per_expert() {
+        let padded = CostModel::new(mixtral_8x7b(), h100(), Efficiency { expert_pad_rows: Some(128.0), ..ideal() }, 1).unwrap();
+        let base = CostModel::new(mixtral_8x7b(), h100(), ideal(), 1).unwrap();
+        // m rows per touched expert reach m / (m + 128) of the expert FLOP rate.
+        assert!(close(padded.expert_row_efficiency(2.0, 2.0), 1.0 / 129.0));
+        assert!(close(padded.expert_row_efficiency(2048.0, 8.0), 2.0 / 3.0));
+        assert!(close(padded.expert_row_efficiency(0.0, 0.0), 1.0) && close(base.expert_row_efficiency(2.0, 2.0), 1.0));
+        // A prefill of 8192 tokens: 16384 pairs on all 8 experts, 2048 rows each: 2048 / 2176 =
+        // 16/17 of peak. Per layer 2 x 16384 x 3 x 4096 x 14336 = 5.772e12 FLOPs at
+        // 16/17 x 989.4 TFLOP/s (931.2), 6.199 ms, against 4.50 GB of weights and activations in 1.34 ms.
+        let mut big = BatchShape::default();
+        big.add_prefill(8192, 0, true);
+        let flops: f64 = 2.0 * 16384.0 * 3.0 * 4096.0 * 14336.0;
+        assert!((flops - 5.772e12).abs() < 1e9);
+        let p = op(&padded.breakdown(&big), Op::MoeExperts);
+        assert!(p.compute_bound && close(p.seconds, 32.0 * flops / (989.4e12 * 16.0 / 17.0)));
+        assert!((p.seconds / 32.0 - 6.199e-3).abs() < 1e-6, "{}", p.seconds / 32.0);
+        assert!(close(p.seconds, 17.0 / 16.0 * op(&base.breakdown(&big), Op::MoeExperts).seconds));
+        assert!(close(p.flops, op(&base.breakdown(&big), Op::MoeExperts).flops), "padding costs time, not FLOPs");
+        // One decode: 2 rows on 2 experts compute at 1/129 of peak (91.9 us) but read 2 experts'
+        // weights (210.4 us at 3.35 TB/s): still weight-bound, unchanged.
+        let mut one = BatchShape::default();
+        one.add_decode(100);
+        let c: f64 = 2.0 * 2.0 * 3.0 * 4096.0 * 14336.0 * 129.0 / 989.4e12;
+        assert!((c - 91.9e-6).abs() < 0.1e-6);
+        let d = op(&padded.breakdown(&one), Op::MoeExperts);
+        assert!(!d.compute_bound && close(d.seconds, op(&base.breakdown(&one), Op::MoeExperts).seconds));
+        assert!(close(padded.expert_seconds(2.0, 2.0), base.expert_seconds(2.0, 2.0)));
+        assert!(close(padded.expert_seconds(16384.0, 8.0), p.seconds / 32.0));
+        for bad in [-1.0, f64::NAN, 1e5] {
+            assert!(CostModel::new(mixtral_8x7b(), h100(), Efficiency { expert_pad_rows: Some(bad), ..ideal() }, 1).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn expert_ridge_exponent_blends_the_experts_alone_and_defaults_to_the_gemms() {
+        let base = CostModel::new(mixtral_8x7b(), h100(), ideal(), 1).unwrap();
+        let blended = CostModel::new(mixtral_8x7b(), h100(), Efficiency { expert_ridge_exponent: Some(2.0), ..ideal() }, 1).unwrap();
+        // A prefill of 256 tokens: 512 pairs on all 8 experts. Per layer compute
+        // 2 x 512 x 3 x 4096 x 14336 / 989.4e12 = 182.3 us, memory (8 x 3 x 4096 x 14336 +
+        // 512 x (2 x 4096 + 3 x 14336)) x 2 / 3.35e12 = 857.1 us; p = 2: sqrt(c^2 + m^2) = 876.2 us.
+        let mut s = BatchShape::default();
+        s.add_prefill(256, 0, true);
+        let c: f64 = 2.0 * 512.0 * 3.0 * 4096.0 * 14336.0 / 989.4e12;
+        let m: f64 = (8.0 * 3.0 * 4096.0 * 14336.0 + 512.0 * (2.0 * 4096.0 + 3.0 * 14336.0)) * 2.0 / 3.35e12;
+        assert!((c - 182.3e-6).abs() < 0.1e-6 && (m - 857.1e-6).abs() < 0.1e-6, "{c} {m}");
+        let e = op(&blended.breakdown(&s), Op::MoeExperts);
+        assert!(close(e.seconds, 32.0 * (c * c + m * m).sqrt()) && (e.seconds / 32.0 - 876.2e-6).abs() < 0.1e-6, "{} {}", e.seconds / 32.0, op(&base.breakdown(&s), Op::MoeExperts).seconds / 32.0);
+        assert!(close(op(&base.breakdown(&s), Op::MoeExperts).seconds, 32.0 * m));
+        // The dense GEMMs keep their max; unset, the experts take gemm_ridge_exponent.
+        assert!(close(op(&blended.breakdown(&s), Op::QkvProj).seconds, op(&base.breakdown(&s), Op::QkvProj).seconds));
+        let shared = CostModel::new(mixtral_8x7b(), h100(), Efficiency { gemm_ridge_exponent: Some(2.0), ..ideal() }, 1).unwrap();
+        assert!(close(op(&shared.breakdown(&s), Op::MoeExperts).seconds, e.seconds));
+        let own = CostModel::new(mixtral_8x7b(), h100(), Efficiency { gemm_ridge_exponent: Some(2.0), expert_ridge_exponent: Some(1e3), ..ideal() }, 1).unwrap();
+        assert!((op(&own.breakdown(&s), Op::MoeExperts).seconds / (32.0 * m) - 1.0).abs() < 1e-6);
+        assert!(CostModel::new(mixtral_8x7b(), h100(), Efficiency { expert_ridge_exponent: Some(0.5), ..ideal() }, 1).is_err());
     }
 
     #[test]

@@ -86,7 +86,7 @@ impl<'a, F: FnMut(OpCost)> IterationPass<'a, F> {
             flops += k.share * k.flops;
             bytes += k.share * k.bytes;
             let kbw = k.bw.unwrap_or(bw);
-            let (t, cb) = if gemm_op { cm.gemm_roofline(k.flops, k.bytes, peak, kbw) } else { cm.roofline(k.flops, k.bytes, peak, kbw) };
+            let (t, cb) = if op == Op::MoeExperts { cm.expert_roofline(k.flops, k.bytes, peak, kbw) } else if gemm_op { cm.gemm_roofline(k.flops, k.bytes, peak, kbw) } else { cm.roofline(k.flops, k.bytes, peak, kbw) };
             let (t, cb) = if k.floor > t { (k.floor, false) } else { (t, cb) };
             secs += k.share * t;
             cb_secs += if cb { k.share * t } else { 0.0 };

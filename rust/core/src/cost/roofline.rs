@@ -45,8 +45,13 @@ impl CostModel {
     /// `(c^p + m^p)^(1/p)` (computed as `max * (1 + (min / max)^p)^(1/p)`), which is 2^(1/p) times
     /// the max at the ridge and tends to the max away from it.
     pub(super) fn gemm_roofline(&self, flops: f64, bytes: f64, peak: f64, bw: f64) -> (f64, bool) {
+        self.blended_roofline(flops, bytes, peak, bw, self.eff.gemm_ridge_exponent)
+    }
+
+    /// `gemm_roofline` with the blend exponent `exponent` (None or infinite: the max).
+    pub(super) fn blended_roofline(&self, flops: f64, bytes: f64, peak: f64, bw: f64, exponent: Option<f64>) -> (f64, bool) {
         let (t, cb) = self.roofline(flops, bytes, peak, bw);
-        match self.eff.gemm_ridge_exponent {
+        match exponent {
             Some(p) if p.is_finite() && t > 0.0 => {
                 let tc = flops / peak * self.slow_compute;
                 let tm = bytes / bw * self.slow_memory;

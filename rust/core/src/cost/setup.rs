@@ -1,6 +1,7 @@
 //! One instance's description and the validated construction of its cost model.
 
 use super::attention::Attention;
+use super::experts::MAX_EXPERT_PAD_ROWS;
 use super::CostModel;
 use crate::calibration::Efficiency;
 use crate::error::{Error, Result};
@@ -142,9 +143,16 @@ impl CostModel {
                 return Err(Error::config("calibration.attention_cta", format!("must be in (0, 4], got {v:?}")));
             }
         }
-        if let Some(v) = eff.gemm_ridge_exponent {
-            if v.is_nan() || v < 1.0 {
-                return Err(Error::config("calibration.gemm_ridge_exponent", format!("must be at least 1, got {v:?}")));
+        for (name, v) in [("gemm_ridge_exponent", eff.gemm_ridge_exponent), ("expert_ridge_exponent", eff.expert_ridge_exponent)] {
+            if let Some(v) = v {
+                if v.is_nan() || v < 1.0 {
+                    return Err(Error::config(format!("calibration.{name}"), format!("must be at least 1, got {v:?}")));
+                }
+            }
+        }
+        if let Some(v) = eff.expert_pad_rows {
+            if !(0.0..=MAX_EXPERT_PAD_ROWS).contains(&v) {
+                return Err(Error::config("calibration.expert_pad_rows", format!("must be between 0 and {MAX_EXPERT_PAD_ROWS} rows, got {v:?}")));
             }
         }
         let t = tp as f64;
