@@ -43,7 +43,10 @@ def test_decoding_is_bound_by_reading_the_kv_cache():
     kv_bytes = 16 * LONG * cm.kv_bytes_per_token()
     assert kv_bytes > 2.5 * cm.weight_bytes_per_gpu(), "16 users' KV is far more than the weights each step reads"
     long, short = cm.iteration_seconds([], [LONG] * 16), cm.iteration_seconds([], [SHORT] * 16)
-    assert long / short > 2.5
+    # The bytes a step reads grow 3.1x from 4K to 50K contexts; the step's fixed costs (launches,
+    # the CPU step) dilute that, but most of a 50K step is reading the KV cache.
+    assert long / short > 2.0
+    assert (long - cm.iteration_seconds([], [1] * 16)) / long > 0.6
     # Each step streams the KV at about HBM speed: at least bytes / peak bandwidth.
     assert long - cm.iteration_seconds([], [1] * 16) >= (16 * (LONG - 1) * cm.kv_bytes_per_token()) / 2.039e12
 

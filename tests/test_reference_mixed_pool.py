@@ -17,7 +17,7 @@ import pytest
 
 import fleetwise
 from reference import simulate_reference
-from test_reference import COLUMNS, make_disagg_scenario
+from reference_cases import COLUMNS, make_disagg_scenario
 
 MIXED_SEEDS = range(12)
 

@@ -17,7 +17,7 @@ import fleetwise
 from fleetwise.cluster import core_config
 from fleetwise.cost import cost_model
 from reference.schedulers import memory_limits
-from test_reference import assert_agreement, make_batch_scenario, make_disagg_scenario, make_scenario
+from reference_cases import assert_agreement, make_batch_scenario, make_disagg_scenario, make_scenario
 
 SEEDS = range(10)
 

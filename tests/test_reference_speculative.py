@@ -12,7 +12,7 @@ import numpy as np
 import fleetwise
 from fleetwise.cluster import core_config
 from fleetwise.cost import cost_model
-from test_reference import assert_agreement, assert_exercised, make_scenario, pin_to_iteration_ends
+from reference_cases import assert_agreement, assert_exercised, make_scenario, pin_to_iteration_ends
 
 DRAFT_MODEL = {"num_layers": 2, "hidden_size": 256, "num_heads": 4, "num_kv_heads": 4, "head_dim": 64,
                "intermediate_size": 704, "vocab_size": 32000, "max_position_embeddings": 4096}
