@@ -72,7 +72,7 @@ def goodput(
     tolerance: float = typer.Option(0.05, "--tolerance", min=0.001, max=0.5, help="Relative width at which bisection stops."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Directory for the evaluated points and goodput.json."),
     jobs: int = typer.Option(max(1, (os.cpu_count() or 1)), "-j", "--jobs", min=1, help="Worker processes for the attainment curve."),
-    ray: Optional[str] = typer.Option(None, "--ray", help="Run the attainment curve on Ray: a cluster address, or 'local' to start a private one."),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Run the simulations on Ray: a cluster address, or 'local' to start a private one."),
 ) -> None:
     """Find the highest request rate meeting the SLOs (DistServe's goodput), per instance and per GPU."""
     from fleetwise.config.load import load_scenario
@@ -113,6 +113,7 @@ def place(
     set_: List[str] = typer.Option([], "--set", help="Override for every layout: PATH=VALUE. Repeatable."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Directory for the searches and placement.json."),
     jobs: int = typer.Option(max(1, (os.cpu_count() or 1)), "-j", "--jobs", min=1, help="Layouts searched in parallel."),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Search every layout at once on Ray: a cluster address, or 'local' to start a private one."),
 ) -> None:
     """Find the cluster layout with the best goodput (per GPU, per dollar) within a cost or power budget."""
     from fleetwise.config.load import load_scenario
@@ -131,7 +132,7 @@ def place(
     name = load_scenario(scenario, set_).name
     out_dir = output or _default_dir("sweeps", f"{name}-placement")
     try:
-        rows = run_place(str(scenario), list(set_), points, out_dir, slos, target, objective, budget_dollars, budget_watts, jobs=jobs)
+        rows = run_place(str(scenario), list(set_), points, out_dir, slos, target, objective, budget_dollars, budget_watts, jobs=jobs, ray_address=ray)
     except KeyboardInterrupt:
         err.print(f"interrupted: finished searches are in {out_dir}/points/; run the same command again to resume them")
         sys.exit(130)
