@@ -85,5 +85,31 @@ def _ray_rows(scenario_path: str, base_overrides: list[str], todo: list[Point], 
     with contextlib.ExitStack() as stack:
         pool = pool_for(ray, stack)
         results = stack.enter_context(contextlib.closing(pool.imap_unordered(simulate_point_files, tasks(), describe=lambda i: f"point {todo[i].id} ({todo[i].label}, rate {todo[i].rate})")))
-        for i, (files, summary) in results:
-            yield save_point(store.dir, todo[i], files, summary, grid_paths)
+        yield from save_points(store, ((todo[i], files, summary) for i, (files, summary) in results), grid_paths)
+
+
+SAVE_THREADS = 8
+"""Points the driver saves at once (writing a point waits mostly on fsync, which threads overlap)."""
+
+
+def save_points(store: SweepStore, finished, grid_paths: list[str]):
+    """Saves each ``(point, files, summary)`` of ``finished`` (``save_point``) in a few threads, so
+    that the driver of a large Ray cluster keeps up with its tasks; yields each row once its point is
+    on disk. On an exception the points being written are finished (each is written atomically),
+    those not started are dropped."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    savers = ThreadPoolExecutor(SAVE_THREADS, thread_name_prefix="fleetwise-save")
+    saving: set = set()
+    try:
+        for point, files, summary in finished:
+            saving.add(savers.submit(save_point, store.dir, point, files, summary, grid_paths))
+            done, saving = wait(saving, timeout=0, return_when=FIRST_COMPLETED) if len(saving) < 2 * SAVE_THREADS else wait(saving, return_when=FIRST_COMPLETED)
+            for f in done:
+                yield f.result()
+        while saving:
+            done, saving = wait(saving, return_when=FIRST_COMPLETED)
+            for f in done:
+                yield f.result()
+    finally:
+        savers.shutdown(wait=True, cancel_futures=True)
