@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, small_scenario
+from conftest import REPO, run_cli, small_scenario
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="follows processes through /proc (Linux)")
 
@@ -178,3 +178,11 @@ def test_ctrl_c_of_place_on_ray_keeps_finished_points_and_the_rerun_resumes_them
     fresh = place(str(sc), [], points, tmp_path / "fresh", SLOS, 0.9, "goodput_per_gpu", jobs=1)
     assert rows == fresh
     assert json.loads((out / "placement.json").read_text()) == json.loads((tmp_path / "fresh" / "placement.json").read_text())
+
+
+def test_a_bad_ray_address_is_a_clear_error_not_a_traceback(tmp_path):
+    pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'fleetwise[ray]'")
+    sc = _scenario(tmp_path)
+    r = run_cli("place", str(sc), "--grid", GRID[0], "--slo", "ttft_p90=1", "--ray", "no-such-address", "-o", str(tmp_path / "pl"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "--ray no-such-address: cannot start or join Ray" in r.stderr and "'local'" in r.stderr

@@ -49,7 +49,13 @@ def ray_init(address: str) -> None:
     ray = _need_ray()
     if ray.is_initialized():
         return
-    ray.init(address="local" if address == "local" else address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        ray.init(address="local" if address == "local" else address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    except (ConnectionError, ValueError, RuntimeError, TimeoutError) as e:  # no cluster there, or a malformed address
+        from fleetwise.errors import ConfigError
+
+        raise ConfigError(f"--ray {address}: cannot start or join Ray there ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else e!r}); "
+                          "give 'local' for a private cluster, or the address of a running one (ray start --head prints it)") from None
 
 
 class RayPool:
