@@ -51,7 +51,7 @@ def ray_init(address: str) -> None:
         return
     try:
         ray.init(address="local" if address == "local" else address, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    except (ConnectionError, ValueError, RuntimeError, TimeoutError) as e:  # no cluster there, or a malformed address
+    except Exception as e:  # a malformed address, no cluster there, or a private one that failed to start (a loaded machine)
         from fleetwise.errors import ConfigError
 
         raise ConfigError(f"--ray {address}: cannot start or join Ray there ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else e!r}); "
