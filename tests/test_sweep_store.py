@@ -122,3 +122,22 @@ def test_an_interrupted_sweep_resumes_to_the_table_of_an_uninterrupted_one(tmp_p
         assert {p: (cut.rows / f"{p}.parquet").stat().st_mtime_ns for p in recorded} == stamps
         cut.merge()
     assert (tmp_path / "cut" / "points.parquet").read_bytes() == (tmp_path / "whole" / "points.parquet").read_bytes()
+
+
+def test_the_sweep_prints_at_most_its_table_limit_and_says_where_the_rest_is(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import fleetwise.cli.sweeps as sweeps
+    from fleetwise.cli import app
+
+    sc = small_scenario()
+    sc["workload"]["requests"] = 50
+    path = tmp_path / "sc.yaml"
+    path.write_text(yaml.safe_dump(sc))
+    monkeypatch.setattr(sweeps, "SWEEP_TABLE_ROWS", 2)
+    r = CliRunner().invoke(app, ["sweep", str(path), "--grid", "workload.arrivals.rate=3,5,7", "-o", str(tmp_path / "sw"), "-j", "1"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    assert "the first 2 of 3 points; all of them in" in r.output and "points.parquet" in r.output
+    printed = [line for line in r.output.splitlines() if line.startswith("│")]
+    assert [line.split("│")[1].strip() for line in printed] == ["3", "5"]
+    assert pl.read_parquet(tmp_path / "sw" / "points.parquet").height == 3

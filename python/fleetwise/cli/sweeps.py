@@ -13,6 +13,9 @@ from rich.table import Table
 from fleetwise.cli.app import app, out, err
 from fleetwise.cli.format import _default_dir, _check_positive, _check_slos
 
+SWEEP_TABLE_ROWS = 100
+"""The most points ``sweep`` prints (a terminal table of 10,000 rows takes seconds and helps no one)."""
+
 
 @app.command()
 def sweep(
@@ -55,7 +58,9 @@ def sweep(
     cols = [k for k, _ in g] + ["requests_per_s", "ttft_p90", "tpot_p90", "e2e_p90", "slo_attainment"]
     for c in cols:
         t.add_column(c)
-    for row in (frame.sort([k for k, _ in g]).iter_rows(named=True) if frame.height else []):
+    if frame.height > SWEEP_TABLE_ROWS:
+        t.caption = f"the first {SWEEP_TABLE_ROWS} of {frame.height} points; all of them in {store.dir}/points.parquet"
+    for row in (frame.sort([k for k, _ in g]).head(SWEEP_TABLE_ROWS).iter_rows(named=True) if frame.height else []):
         t.add_row(*(("-" if row.get(c) is None else f"{row[c]:.4g}" if isinstance(row.get(c), float) else str(row[c])) for c in cols))
     out.print(t)
     out.print(f"{computed} points computed, {done_before} resumed; results in {store.dir}/", soft_wrap=True, highlight=False, markup=False)
