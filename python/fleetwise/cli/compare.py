@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -50,14 +51,15 @@ def compare(
     slo: List[str] = typer.Option([], "--slo", help="METRIC_pNN=SECONDS (repeatable): adds SLO attainment, and goodput with --goodput."),
     with_goodput: bool = typer.Option(False, "--goodput", help="Also search each variant's goodput (needs --slo)."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Directory for one run directory per variant (default compare/<name>)."),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Run the variants (and goodput searches) on Ray, all at once: a cluster address, or 'local' to start a private one."),
 ) -> None:
     """Run one scenario under several policies and print them side by side."""
     from fleetwise.config.load import load_scenario
     from fleetwise.errors import ConfigError
     from fleetwise.result import check_output_dir
-    from fleetwise.simulate import simulate
-    from fleetwise.metrics import attainment, flatten_summary
+    from fleetwise.metrics import flatten_summary
     from fleetwise.sweep.goodput import parse_slos, search
+    from fleetwise.sweep.ray_pool import pool_for
 
     variants = [_parse_variant(v) for v in variant]
     if len({l for l, _ in variants}) != len(variants):
@@ -68,25 +70,29 @@ def compare(
     target = implied or 0.9
     base = load_scenario(scenario, set_)
     out_dir = check_output_dir(output or _default_dir("compare", base.name))
-    columns = {}
-    for label, overrides in variants:
-        sc = load_scenario(scenario, [*set_, *overrides])
-        try:
-            r = simulate(sc, progress=True)
-        except KeyboardInterrupt:
-            err.print(f"interrupted: finished variants are in {out_dir}/")
-            sys.exit(130)
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
-        r.write(out_dir / safe)
-        flat = flatten_summary(r.summary)
-        col = {label: flat[name] if scale is None else _scaled(flat[name], scale) for label, name, scale in _COMPARE_ROWS}
-        if slos:
-            col["SLO attainment"] = attainment(r.requests, slos)
-        if with_goodput:
-            g = search(str(scenario), [*set_, *overrides], out_dir / f"{safe}-goodput", slos, target, quiet=True)
-            col["goodput (req/s)"] = g["goodput_rate"]
-            col["goodput per GPU"] = g["goodput_per_gpu"]
-        columns[label] = col
+    scenarios = [load_scenario(scenario, [*set_, *overrides]) for _, overrides in variants]
+    safe = ["".join(c if c.isalnum() or c in "-_." else "_" for c in label) for label, _ in variants]
+    try:
+        with contextlib.ExitStack() as stack:
+            pool = pool_for(ray, stack)
+            if pool is None:
+                runs = _run_locally(scenarios, out_dir, safe, slos)
+            else:
+                runs = _run_on_ray(pool, scenarios, out_dir, safe, slos, [label for label, _ in variants])
+            columns = {}
+            for (label, overrides), dirname, (summary, met) in zip(variants, safe, runs):
+                flat = flatten_summary(summary)
+                col = {row: flat[name] if scale is None else _scaled(flat[name], scale) for row, name, scale in _COMPARE_ROWS}
+                if slos:
+                    col["SLO attainment"] = met
+                if with_goodput:
+                    g = search(str(scenario), [*set_, *overrides], out_dir / f"{dirname}-goodput", slos, target, quiet=True, ray_address=pool)
+                    col["goodput (req/s)"] = g["goodput_rate"]
+                    col["goodput per GPU"] = g["goodput_per_gpu"]
+                columns[label] = col
+    except KeyboardInterrupt:
+        err.print(f"interrupted: finished variants are in {out_dir}/")
+        sys.exit(130)
     t = Table(title=f"{base.name}: {len(variants)} variants" + (f", SLO {slos} for {target:.0%}" if slos else ""))
     t.add_column("metric")
     for label in columns:
@@ -97,3 +103,39 @@ def compare(
         t.add_row(metric, *("-" if c[metric] is None else f"{c[metric]:.1%}" if metric in ("SLO attainment", "expert hit rate") else f"{c[metric]:.4g}" for c in columns.values()))
     out.print(t)
     out.print(f"runs in {out_dir}/ (fleetwise report {out_dir}/* -o compare.html)")
+
+
+def _run_locally(scenarios: list, out_dir: Path, names: list[str], slos: dict) -> list[tuple[dict, float | None]]:
+    """Simulates the variants one after another here, each writing ``out_dir/<name>`` as it
+    finishes; returns each one's summary and SLO attainment (None without SLOs)."""
+    from fleetwise.metrics import attainment
+    from fleetwise.simulate import simulate
+
+    runs = []
+    for sc, name in zip(scenarios, names):
+        r = simulate(sc, progress=True)
+        r.write(out_dir / name)
+        runs.append((r.summary, attainment(r.requests, slos) if slos else None))
+    return runs
+
+
+def _run_on_ray(pool, scenarios: list, out_dir: Path, names: list[str], slos: dict, labels: list[str]) -> list[tuple[dict, float | None]]:
+    """Simulates every variant at once as Ray tasks (the loaded scenarios travel whole); the driver
+    writes each one's files to ``out_dir/<name>`` as it finishes — the same bytes a local run
+    writes; returns each one's summary and SLO attainment, in the variants' order."""
+    import io
+
+    import polars as pl
+
+    from fleetwise.metrics import attainment
+    from fleetwise.result import ensure_output_dir
+    from fleetwise.sweep.point import simulate_run_files, write_run_dir
+
+    ensure_output_dir(out_dir)
+    runs: dict[int, tuple[dict, float | None]] = {}
+    results = pool.imap_unordered(simulate_run_files, ((sc,) for sc in scenarios), describe=lambda i: f"variant {labels[i]!r}")
+    with contextlib.closing(results):
+        for i, (files, summary) in results:
+            write_run_dir(out_dir / names[i], files)
+            runs[i] = (summary, attainment(pl.read_parquet(io.BytesIO(files["requests.parquet"])), slos) if slos else None)
+    return [runs[i] for i in range(len(scenarios))]

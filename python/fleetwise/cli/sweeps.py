@@ -13,6 +13,9 @@ from rich.table import Table
 from fleetwise.cli.app import app, out, err
 from fleetwise.cli.format import _default_dir, _check_positive, _check_slos
 
+SWEEP_TABLE_ROWS = 100
+"""The most points ``sweep`` prints (a terminal table of 10,000 rows takes seconds and helps no one)."""
+
 
 @app.command()
 def sweep(
@@ -55,7 +58,9 @@ def sweep(
     cols = [k for k, _ in g] + ["requests_per_s", "ttft_p90", "tpot_p90", "e2e_p90", "slo_attainment"]
     for c in cols:
         t.add_column(c)
-    for row in (frame.sort([k for k, _ in g]).iter_rows(named=True) if frame.height else []):
+    if frame.height > SWEEP_TABLE_ROWS:
+        t.caption = f"the first {SWEEP_TABLE_ROWS} of {frame.height} points; all of them in {store.dir}/points.parquet"
+    for row in (frame.sort([k for k, _ in g]).head(SWEEP_TABLE_ROWS).iter_rows(named=True) if frame.height else []):
         t.add_row(*(("-" if row.get(c) is None else f"{row[c]:.4g}" if isinstance(row.get(c), float) else str(row[c])) for c in cols))
     out.print(t)
     out.print(f"{computed} points computed, {done_before} resumed; results in {store.dir}/", soft_wrap=True, highlight=False, markup=False)
@@ -72,7 +77,7 @@ def goodput(
     tolerance: float = typer.Option(0.05, "--tolerance", min=0.001, max=0.5, help="Relative width at which bisection stops."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Directory for the evaluated points and goodput.json."),
     jobs: int = typer.Option(max(1, (os.cpu_count() or 1)), "-j", "--jobs", min=1, help="Worker processes for the attainment curve."),
-    ray: Optional[str] = typer.Option(None, "--ray", help="Run the attainment curve on Ray: a cluster address, or 'local' to start a private one."),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Run the simulations on Ray: a cluster address, or 'local' to start a private one."),
 ) -> None:
     """Find the highest request rate meeting the SLOs (DistServe's goodput), per instance and per GPU."""
     from fleetwise.config.load import load_scenario
@@ -113,6 +118,7 @@ def place(
     set_: List[str] = typer.Option([], "--set", help="Override for every layout: PATH=VALUE. Repeatable."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Directory for the searches and placement.json."),
     jobs: int = typer.Option(max(1, (os.cpu_count() or 1)), "-j", "--jobs", min=1, help="Layouts searched in parallel."),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Search every layout at once on Ray: a cluster address, or 'local' to start a private one."),
 ) -> None:
     """Find the cluster layout with the best goodput (per GPU, per dollar) within a cost or power budget."""
     from fleetwise.config.load import load_scenario
@@ -131,7 +137,7 @@ def place(
     name = load_scenario(scenario, set_).name
     out_dir = output or _default_dir("sweeps", f"{name}-placement")
     try:
-        rows = run_place(str(scenario), list(set_), points, out_dir, slos, target, objective, budget_dollars, budget_watts, jobs=jobs)
+        rows = run_place(str(scenario), list(set_), points, out_dir, slos, target, objective, budget_dollars, budget_watts, jobs=jobs, ray_address=ray)
     except KeyboardInterrupt:
         err.print(f"interrupted: finished searches are in {out_dir}/points/; run the same command again to resume them")
         sys.exit(130)

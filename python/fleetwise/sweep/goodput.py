@@ -7,6 +7,7 @@ threshold given, and a rejected request never does. Attainment = requests meetin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -18,6 +19,7 @@ import polars as pl
 from fleetwise.metrics.slo import SLO_COLUMNS as METRICS
 from fleetwise.metrics.slo import attainment
 from fleetwise.sweep.grid import RATE_PATH, Point
+from fleetwise.sweep.ray_pool import RayPool, pool_for
 from fleetwise.sweep.runner import run_points
 from fleetwise.sweep.store import SweepStore, temp_name
 
@@ -55,7 +57,7 @@ def _rate_point(rate: float) -> Point:
 
 
 def _measure(scenario: str, overrides: list[str], store: SweepStore, rates: list[float], slos: dict, jobs: int, quiet: bool, description: str,
-             ray_address: str | None = None) -> dict[float, float]:
+             ray_address: "str | RayPool | None" = None) -> dict[float, float]:
     points = [_rate_point(r) for r in rates]
     out: dict[float, float] = {}
     for attempt in range(2):
@@ -89,14 +91,16 @@ def search(
     tolerance: float = 0.05,
     jobs: int = 1,
     quiet: bool = False,
-    ray_address: str | None = None,
+    ray_address: "str | RayPool | None" = None,
 ) -> dict:
     """Finds the goodput of a scenario by bisection on ``workload.arrivals.rate`` (Poisson, gamma or on/off arrivals).
 
     Starts from ``[low, high]`` (high doubles until attainment falls below ``target``), stops when
     the bracket is within ``tolerance`` (relative), then measures the attainment curve at 0.5x to
     1.5x the goodput. Every evaluated rate is a saved sweep point (so a rerun resumes). With
-    ``ray_address`` the attainment curve's points run as Ray tasks (the bisection is sequential).
+    ``ray_address`` (an address, ``"local"``, or a ``RayPool`` shared with other searches) every
+    simulation runs as a Ray task and the driver saves its files: the bisection's one at a time,
+    the attainment curve's in parallel.
     """
     from fleetwise.config.load import load_scenario
     from fleetwise.errors import ConfigError
@@ -107,13 +111,15 @@ def search(
     gpus = sum(p.count * p.parallelism.tp * p.parallelism.pp for p in sc.cluster.pools)
     instances = sum(p.count for p in sc.cluster.pools)
     store = SweepStore(out_dir)  # holds the directory's lock until the search ends
+    stack = contextlib.ExitStack()
     try:
+        ray_address = pool_for(ray_address, stack)  # one pool for the whole search
         store.write_manifest({"scenario": sc.name, "scenario_file": str(scenario), "overrides": overrides, "grid": {RATE_PATH: "goodput search"}, "slo": slos, "attainment_target": target})
         measured: dict[float, float] = {}
 
         def att(rate: float) -> float:
             if rate not in measured:
-                measured.update(_measure(scenario, overrides, store, [rate], slos, 1, True, "goodput"))
+                measured.update(_measure(scenario, overrides, store, [rate], slos, 1, True, "goodput", ray_address))
             return measured[_rate_point(rate).rate]
 
         if att(low) < target:
@@ -151,4 +157,5 @@ def search(
         os.replace(tmp, final)
         return result
     finally:
+        stack.close()
         store.close()

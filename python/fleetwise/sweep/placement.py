@@ -33,12 +33,44 @@ def price(scenario) -> dict:
     return {"gpus": int(gpus), "dollars_per_hour": dollars, "watts": watts}
 
 
-def _evaluate(scenario_path: str, overrides: list[str], point: Point, out_dir: str, slos: dict, target: float, low: float, tolerance: float) -> dict:
-    """Goodput search of one layout (runs in a worker process)."""
+MAX_CONCURRENT_SEARCHES = 256
+"""On Ray, the most layouts searched at once (one driver thread each; their simulations are Ray tasks)."""
+
+
+def _evaluate(scenario_path: str, overrides: list[str], point: Point, out_dir: str, slos: dict, target: float, low: float, tolerance: float, ray=None) -> dict:
+    """Goodput search of one layout (in a worker process; or in a driver thread whose simulations
+    run on the shared ``RayPool`` ``ray``)."""
     from fleetwise.sweep.goodput import search
 
-    r = search(scenario_path, [*overrides, *point.overrides()], Path(out_dir) / "points" / point.id, slos, target, low=low, tolerance=tolerance, jobs=1, quiet=True)
+    r = search(scenario_path, [*overrides, *point.overrides()], Path(out_dir) / "points" / point.id, slos, target, low=low, tolerance=tolerance, jobs=1, quiet=True, ray_address=ray)
     return {"goodput": r["goodput_rate"], "goodput_per_gpu": r["goodput_per_gpu"]}
+
+
+def _evaluate_on_ray(args: list[tuple], address: str) -> list[dict]:
+    """Searches every layout at once, each in a driver thread, all sharing one ``RayPool``: the
+    bisections of different layouts overlap, so the cluster's cores stay busy although each
+    bisection is sequential. The driver saves every point as it finishes (a rerun resumes from them).
+    Any exception (Ctrl-C included) closes the pool: every running task is cancelled and every
+    thread stops at its next wait, before the exception goes on."""
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+    from fleetwise.sweep.ray_pool import WAIT_S, RayPool
+
+    with RayPool(address) as pool, ThreadPoolExecutor(max_workers=min(len(args), MAX_CONCURRENT_SEARCHES), thread_name_prefix="fleetwise-place") as threads:
+        futures = [threads.submit(_evaluate, *a, ray=pool) for a in args]
+        try:
+            pending = futures
+            while pending:
+                done, pending = wait(pending, timeout=WAIT_S, return_when=FIRST_EXCEPTION)
+                for f in done:
+                    if f.exception() is not None:
+                        raise f.exception()
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            pool.close()
+            raise
+        return [f.result() for f in futures]
 
 
 def place(
@@ -54,9 +86,14 @@ def place(
     low: float = 0.25,
     tolerance: float = 0.05,
     jobs: int = 1,
+    ray_address: str | None = None,
 ) -> list[dict]:
     """Prices every layout, searches the goodput of those within budget, and returns all rows
-    ranked by ``objective`` (best first; skipped layouts last). Writes ``placement.json``."""
+    ranked by ``objective`` (best first; skipped layouts last). Writes ``placement.json``.
+
+    The searches run in ``jobs`` local worker processes, or with ``ray_address`` (a cluster
+    address, or ``"local"`` for a private one) all at once with their simulations on Ray; the
+    results are the same either way."""
     from fleetwise.config.load import load_scenario
     from fleetwise.errors import ConfigError
     from fleetwise.result import ensure_output_dir
@@ -76,7 +113,9 @@ def place(
         if not over:
             todo.append((p, row))
     args = [(scenario_path, overrides, p, str(out_dir), slos, target, low, tolerance) for p, _ in todo]
-    if jobs > 1 and len(args) > 1:
+    if ray_address is not None and args:
+        results = _evaluate_on_ray(args, ray_address)
+    elif jobs > 1 and len(args) > 1:
         with WorkerPool(_evaluate, jobs) as pool:  # workers die with this process; Ctrl-C stops them at once
             by_index = dict(pool.imap_unordered(args, describe=lambda i: f"layout {todo[i][1]['layout']}"))
         results = [by_index[i] for i in range(len(args))]

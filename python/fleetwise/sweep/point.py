@@ -47,33 +47,39 @@ def run_point(scenario_path: str, base_overrides: list[str], point: Point, out_d
     return save_point(Path(out_dir), point, files, summary, grid_paths)
 
 
-def simulate_point_files(scenario, point: Point, write_requests: bool = True, record_iterations: bool = False) -> tuple[dict[str, bytes], dict]:
+def simulate_run_files(scenario, write_requests: bool = True, record_iterations: bool = False) -> tuple[dict[str, bytes], dict]:
     """Simulates ``scenario`` (a loaded Scenario: it travels whole, so a remote worker needs none of
-    the driver's files or working directory) and returns the point's run-directory files as bytes
-    and its summary: what a Ray task sends back to the driver."""
+    the driver's files or working directory) and returns its run directory's files as bytes
+    (exactly what ``Result.write`` writes; only ``summary.json`` without ``write_requests``) and
+    its summary: what a Ray task sends back to the driver."""
     import tempfile
 
     from fleetwise.simulate import simulate
 
     result = simulate(scenario, record_iterations=record_iterations)
-    with tempfile.TemporaryDirectory(prefix="fleetwise-point-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="fleetwise-run-") as tmp:
         d = Path(tmp) / "run"
         if write_requests:
             result.write(d)
         else:
             d.mkdir()
             (d / "summary.json").write_text(json.dumps(result.summary, indent=2, sort_keys=True) + "\n")
-        (d / "point.json").write_text(json.dumps({"id": point.id, "assignments": point.assignments}, default=str) + "\n")
         files = {f.name: f.read_bytes() for f in sorted(d.iterdir()) if f.is_file()}
     return files, result.summary
 
 
-def save_point(out_dir: Path, point: Point, files: dict[str, bytes], summary: dict, grid_paths: list[str]) -> dict:
-    """Writes a finished point's files to ``out_dir/points/<id>`` (temporary name, then rename) and
-    then its row; returns the row."""
-    from fleetwise.sweep.store import publish_dir, temp_name, write_row
+def simulate_point_files(scenario, point: Point, write_requests: bool = True, record_iterations: bool = False) -> tuple[dict[str, bytes], dict]:
+    """``simulate_run_files`` of a sweep point, with its ``point.json`` (id and assignments) added."""
+    files, summary = simulate_run_files(scenario, write_requests, record_iterations)
+    files["point.json"] = (json.dumps({"id": point.id, "assignments": point.assignments}, default=str) + "\n").encode()
+    return dict(sorted(files.items())), summary
 
-    final = out_dir / "points" / point.id
+
+def write_run_dir(final: Path, files: dict[str, bytes]) -> None:
+    """Writes a run directory's files under a temporary name, flushes them and renames the
+    directory to ``final`` (replacing a stale one), so ``final`` is never seen half written."""
+    from fleetwise.sweep.store import publish_dir, temp_name
+
     final.parent.mkdir(parents=True, exist_ok=True)
     d = temp_name(final)
     try:
@@ -84,6 +90,14 @@ def save_point(out_dir: Path, point: Point, files: dict[str, bytes], summary: di
     finally:
         if d.exists():
             shutil.rmtree(d, ignore_errors=True)
+
+
+def save_point(out_dir: Path, point: Point, files: dict[str, bytes], summary: dict, grid_paths: list[str]) -> dict:
+    """Writes a finished point's files to ``out_dir/points/<id>`` (temporary name, then rename) and
+    then its row; returns the row."""
+    from fleetwise.sweep.store import write_row
+
+    write_run_dir(out_dir / "points" / point.id, files)
     row = summary_row(point, summary, grid_paths)
     write_row(out_dir, row)
     return row

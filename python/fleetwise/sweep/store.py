@@ -1,5 +1,10 @@
 """The sweep's results on disk: one row file per finished point, merged into ``points.parquet``.
 
+The store only ever adds files while a sweep runs: recording a finished point costs the same at the
+ten-thousandth point as at the first (nothing already saved is read or rewritten), and the table of
+all points, ``points.parquet``, is built once, when the sweep ends or is interrupted (``merge``),
+from the row files in point-id order — so it does not depend on the order points finished in.
+
 Every finished point is durable as soon as it finishes: its run directory is written under a
 temporary name and renamed into place, then its row is written to a unique temporary file, flushed
 to disk (fsync) and renamed to ``rows/<id>.parquet``. A row file therefore only exists for a point
@@ -203,10 +208,11 @@ class SweepStore:
         return [f.stem for f in bad]
 
     def add(self, row: dict) -> None:
-        """Saves one finished point's row (unless its worker already did) and refreshes ``points.parquet``."""
+        """Records one finished point: saves its row unless its worker already did. O(1): it reads
+        no other point's file and leaves ``points.parquet`` to ``merge()``, which the sweep calls
+        once at its end (and on Ctrl-C); a rerun rebuilds it after any other interruption."""
         if not (self.rows / f"{row['point']}.parquet").exists():
             write_row(self.dir, row)
-        self.merge()
 
     def merge(self) -> pl.DataFrame:
         """Rewrites ``points.parquet`` from the readable row files (atomically) and returns it."""
