@@ -102,9 +102,9 @@ CASES = {
     "scale4": lambda: _quick(4, 20_000),
     "scale1024": lambda: _quick(1024, 60_000),
     "lot1024": lambda: _quick(1024, 60_000, "least-outstanding-tokens"),
-    "colo1024": lambda: _colo(1024, 60_000),
+    "colo1024": lambda: _colo(1024, 30_000),
     "split128": lambda: _split(128, 128, 20_000),
-    "split512": lambda: _split(512, 512, 60_000),
+    "split512": lambda: _split(512, 512, 30_000),
     "moe-dense": lambda: _moe(False, 600),
     "moe-offload": lambda: _moe(True, 600),
 }

@@ -96,6 +96,8 @@ pub struct Network {
     next_id: FlowId,
     now: Nanos,
     version: u64,
+    /// Working arrays of the rate computation.
+    scratch: rate_sharing::RateScratch,
 }
 
 impl Network {
@@ -104,7 +106,8 @@ impl Network {
     pub fn new(links: Vec<LinkSpec>) -> Result<Self> {
         link::validate_links(&links)?;
         let carried = vec![0; links.len()];
-        Ok(Network { links, carried, flows: BTreeMap::new(), finished: Vec::new(), next_id: 0, now: 0, version: 0 })
+        let scratch = rate_sharing::RateScratch::new(links.len());
+        Ok(Network { links, carried, flows: BTreeMap::new(), finished: Vec::new(), next_id: 0, now: 0, version: 0, scratch })
     }
 
     /// The links, indexed by [`LinkId`].

@@ -1,52 +1,83 @@
-//! Max-min fair sharing of link bandwidth among transferring flows, by progressive filling: all
-//! rates grow together until a link saturates, the flows through it freeze, the others keep growing.
+//! Max-min fair rate sharing among the transferring flows (progressive filling).
 
 use super::flow::{transfer_ns, FlowId};
 use super::Network;
-use std::collections::BTreeMap;
+
+/// Per-link working arrays of [`Network::recompute_rates`], kept between calls so that a
+/// recomputation costs in the links its flows cross, not in the network's size. Between calls
+/// every count is zero and every saturation flag false.
+#[derive(Debug, Clone, Default)]
+pub(super) struct RateScratch {
+    residual: Vec<f64>,
+    count: Vec<usize>,
+    saturated: Vec<bool>,
+    /// Links crossed by at least one transferring flow, each once.
+    active: Vec<usize>,
+}
+
+impl RateScratch {
+    /// Working arrays for `links` links.
+    pub(super) fn new(links: usize) -> Self {
+        RateScratch { residual: vec![0.0; links], count: vec![0; links], saturated: vec![false; links], active: Vec::new() }
+    }
+}
 
 impl Network {
     /// Max-min fair rates by progressive filling; a flow whose rate is unchanged keeps its
     /// completion time, the others get a new one from the clock.
+    ///
+    /// Each round visits only the links some transferring flow crosses (a link without flows
+    /// neither bounds the fill nor changes), so the arithmetic, and with it every rate, is the
+    /// same as filling over all links.
     pub(super) fn recompute_rates(&mut self) {
-        let mut residual: Vec<f64> = self.links.iter().map(|l| l.bandwidth).collect();
-        let mut count = vec![0usize; self.links.len()];
-        let mut unfrozen: Vec<FlowId> = Vec::new();
+        let mut s = std::mem::take(&mut self.scratch);
+        s.active.clear();
+        let mut unfrozen: Vec<(FlowId, &[u32])> = Vec::new();
         for (&id, flow) in self.flows.iter().filter(|(_, f)| f.transferring) {
-            unfrozen.push(id);
+            unfrozen.push((id, &flow.path));
             for &link in &flow.path {
-                count[link as usize] += 1;
+                let l = link as usize;
+                if s.count[l] == 0 {
+                    s.active.push(l);
+                    s.residual[l] = self.links[l].bandwidth;
+                }
+                s.count[l] += 1;
             }
         }
-        let mut rates: BTreeMap<FlowId, f64> = BTreeMap::new();
+        let mut rates: Vec<(FlowId, f64)> = Vec::with_capacity(unfrozen.len());
         let mut level = 0.0;
+        let mut newly_saturated: Vec<usize> = Vec::new();
         while !unfrozen.is_empty() {
             // Every unfrozen flow grows by the fair share of the tightest link.
-            let delta = (0..residual.len())
-                .filter(|&l| count[l] > 0)
-                .map(|l| residual[l] / count[l] as f64)
-                .fold(f64::INFINITY, f64::min);
+            let delta = s.active.iter().filter(|&&l| s.count[l] > 0).map(|&l| s.residual[l] / s.count[l] as f64).fold(f64::INFINITY, f64::min);
             level += delta;
-            let tight = |l: usize| count[l] > 0 && residual[l] / count[l] as f64 <= delta * (1.0 + 1e-12);
-            let saturated: Vec<bool> = (0..residual.len()).map(tight).collect();
-            for l in 0..residual.len() {
-                if count[l] > 0 {
-                    residual[l] = if saturated[l] { 0.0 } else { residual[l] - delta * count[l] as f64 };
+            newly_saturated.clear();
+            for &l in &s.active {
+                if s.count[l] > 0 {
+                    if s.residual[l] / s.count[l] as f64 <= delta * (1.0 + 1e-12) {
+                        s.saturated[l] = true;
+                        newly_saturated.push(l);
+                        s.residual[l] = 0.0;
+                    } else {
+                        s.residual[l] -= delta * s.count[l] as f64;
+                    }
                 }
             }
             let mut still = Vec::with_capacity(unfrozen.len());
-            for id in unfrozen {
-                let path = &self.flows[&id].path;
-                if path.iter().any(|&l| saturated[l as usize]) {
-                    rates.insert(id, level);
+            for (id, path) in unfrozen {
+                if path.iter().any(|&l| s.saturated[l as usize]) {
+                    rates.push((id, level));
                     for &l in path {
-                        count[l as usize] -= 1;
+                        s.count[l as usize] -= 1;
                     }
                 } else {
-                    still.push(id);
+                    still.push((id, path));
                 }
             }
             unfrozen = still;
+            for &l in &newly_saturated {
+                s.saturated[l] = false;
+            }
         }
         let now = self.now;
         for (id, rate) in rates {
@@ -57,5 +88,6 @@ impl Network {
                 }
             }
         }
+        self.scratch = s;
     }
 }
