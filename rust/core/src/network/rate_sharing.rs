@@ -1,44 +1,106 @@
-//! Max-min fair rate sharing among the transferring flows (progressive filling).
+//! Max-min fair rate sharing among the transferring flows (progressive filling), recomputed only
+//! over the links and flows connected to the links an event touched.
 
 use super::flow::{transfer_ns, FlowId};
+use super::link::LinkId;
 use super::Network;
 
-/// Per-link working arrays of [`Network::recompute_rates`], kept between calls so that a
-/// recomputation costs in the links its flows cross, not in the network's size. Between calls
-/// every count is zero and every saturation flag false.
+/// The transferring flows (their ids and paths, in reusable slots), which of them cross each
+/// link, and the per-link working arrays of [`Network::recompute_rates`], kept between calls so
+/// that a recomputation costs in the part of the network it touches, not in the network's size.
+/// Between calls every count is zero and every flag false.
 #[derive(Debug, Clone, Default)]
-pub(super) struct RateScratch {
+pub(super) struct Sharing {
+    /// Transferring flows by slot: id and path (None: a free slot).
+    slots: Vec<Option<(FlowId, Vec<LinkId>)>>,
+    free: Vec<usize>,
+    /// The slots of the transferring flows crossing each link.
+    link_flows: Vec<Vec<usize>>,
     residual: Vec<f64>,
     count: Vec<usize>,
     saturated: Vec<bool>,
-    /// Links crossed by at least one transferring flow, each once.
-    active: Vec<usize>,
+    seen: Vec<bool>,
+    seen_slot: Vec<bool>,
 }
 
-impl RateScratch {
-    /// Working arrays for `links` links.
+impl Sharing {
+    /// No flows over `links` links.
     pub(super) fn new(links: usize) -> Self {
-        RateScratch { residual: vec![0.0; links], count: vec![0; links], saturated: vec![false; links], active: Vec::new() }
+        Sharing { link_flows: vec![Vec::new(); links], residual: vec![0.0; links], count: vec![0; links], saturated: vec![false; links], seen: vec![false; links], ..Default::default() }
+    }
+
+    /// Flow `id` starts taking bandwidth on `path`; returns its slot.
+    pub(super) fn attach(&mut self, id: FlowId, path: &[LinkId]) -> usize {
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            self.seen_slot.push(false);
+            self.slots.len() - 1
+        });
+        self.slots[slot] = Some((id, path.to_vec()));
+        for &l in path {
+            self.link_flows[l as usize].push(slot);
+        }
+        slot
+    }
+
+    /// The flow in `slot` no longer takes bandwidth.
+    pub(super) fn detach(&mut self, slot: usize) {
+        let (_, path) = self.slots[slot].take().expect("detaching an attached flow");
+        for &l in &path {
+            self.link_flows[l as usize].retain(|&f| f != slot);
+        }
+        self.free.push(slot);
     }
 }
 
 impl Network {
-    /// Max-min fair rates by progressive filling; a flow whose rate is unchanged keeps its
+    /// Max-min fair rates by progressive filling over the connected component (links joined by
+    /// the flows crossing them) of the `seeds` links; a flow whose rate is unchanged keeps its
     /// completion time, the others get a new one from the clock.
     ///
-    /// Each round visits only the links some transferring flow crosses (a link without flows
-    /// neither bounds the fill nor changes), so the arithmetic, and with it every rate, is the
-    /// same as filling over all links.
-    pub(super) fn recompute_rates(&mut self) {
-        let mut s = std::mem::take(&mut self.scratch);
-        s.active.clear();
-        let mut unfrozen: Vec<(FlowId, &[u32])> = Vec::new();
-        for (&id, flow) in self.flows.iter().filter(|(_, f)| f.transferring) {
-            unfrozen.push((id, &flow.path));
-            for &link in &flow.path {
+    /// Flows of other components keep their rates: max-min sharing separates by component, and a
+    /// component's rates are computed from its flows alone, so they do not depend on unrelated
+    /// traffic, not even in the last bit (the order flows are visited in does not enter the
+    /// arithmetic: each round's share is a minimum over links).
+    pub(super) fn recompute_rates(&mut self, seeds: &[LinkId]) {
+        let mut s = std::mem::take(&mut self.sharing);
+        // The component: links reachable from the seeds through transferring flows.
+        let mut links: Vec<usize> = Vec::new();
+        let mut stack: Vec<usize> = Vec::new();
+        for &l in seeds {
+            if !s.seen[l as usize] {
+                s.seen[l as usize] = true;
+                stack.push(l as usize);
+            }
+        }
+        let mut slots: Vec<usize> = Vec::new();
+        while let Some(l) = stack.pop() {
+            links.push(l);
+            for &slot in &s.link_flows[l] {
+                if s.seen_slot[slot] {
+                    continue;
+                }
+                s.seen_slot[slot] = true;
+                slots.push(slot);
+                for &m in &s.slots[slot].as_ref().expect("an attached flow").1 {
+                    if !s.seen[m as usize] {
+                        s.seen[m as usize] = true;
+                        stack.push(m as usize);
+                    }
+                }
+            }
+        }
+        for &l in &links {
+            s.seen[l] = false;
+        }
+        let mut unfrozen: Vec<(FlowId, &[LinkId])> = Vec::with_capacity(slots.len());
+        for &slot in &slots {
+            s.seen_slot[slot] = false;
+            let (id, path) = s.slots[slot].as_ref().expect("an attached flow");
+            unfrozen.push((*id, path));
+            for &link in path {
                 let l = link as usize;
                 if s.count[l] == 0 {
-                    s.active.push(l);
                     s.residual[l] = self.links[l].bandwidth;
                 }
                 s.count[l] += 1;
@@ -49,10 +111,10 @@ impl Network {
         let mut newly_saturated: Vec<usize> = Vec::new();
         while !unfrozen.is_empty() {
             // Every unfrozen flow grows by the fair share of the tightest link.
-            let delta = s.active.iter().filter(|&&l| s.count[l] > 0).map(|&l| s.residual[l] / s.count[l] as f64).fold(f64::INFINITY, f64::min);
+            let delta = links.iter().filter(|&&l| s.count[l] > 0).map(|&l| s.residual[l] / s.count[l] as f64).fold(f64::INFINITY, f64::min);
             level += delta;
             newly_saturated.clear();
-            for &l in &s.active {
+            for &l in &links {
                 if s.count[l] > 0 {
                     if s.residual[l] / s.count[l] as f64 <= delta * (1.0 + 1e-12) {
                         s.saturated[l] = true;
@@ -78,6 +140,7 @@ impl Network {
             for &l in &newly_saturated {
                 s.saturated[l] = false;
             }
+            links.retain(|&l| s.count[l] > 0);
         }
         let now = self.now;
         for (id, rate) in rates {
@@ -88,6 +151,6 @@ impl Network {
                 }
             }
         }
-        self.scratch = s;
+        self.sharing = s;
     }
 }
