@@ -131,7 +131,10 @@ def child(name: str) -> None:
         SimControl = sim_mod._core.SimControl
 
     sim_mod._core = _Core
-    sc = fleetwise.scenario_from_dict(CASES[name]())
+    d = CASES[name]()
+    if os.environ.get("BENCH_CORE_REQUESTS"):
+        d["workload"]["requests"] = int(os.environ["BENCH_CORE_REQUESTS"])
+    sc = fleetwise.scenario_from_dict(d)
     wl = build_workload(sc.workload, sc.seed, None)
     res = fleetwise.simulate(sc, workload=wl)
     print("@@" + json.dumps({"core_s": spent[0], "requests": len(wl), "events": res.summary.get("events"),
@@ -157,7 +160,10 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--against", help="another tree's python/ directory to alternate with")
     ap.add_argument("--no-pin", action="store_true")
+    ap.add_argument("--requests", type=int, help="override every case's request count")
     a = ap.parse_args()
+    if a.requests:
+        os.environ["BENCH_CORE_REQUESTS"] = str(a.requests)
     if a.child:
         child(a.child)
         return 0
