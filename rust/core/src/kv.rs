@@ -195,7 +195,19 @@ impl BlockManager {
 
     /// Takes `blocks` blocks, evicting idle cached prefixes if needed; the caller has checked
     /// they are free.
+    #[inline]
     pub fn allocate(&mut self, blocks: u32) {
+        if blocks == 0 {
+            // Most decode steps stay inside their last block: only the peak can move (cached
+            // prefixes may have grown since).
+            self.peak = self.peak.max(self.used + self.cache_blocks);
+            return;
+        }
+        self.allocate_blocks(blocks);
+    }
+
+    /// [`allocate`](Self::allocate) of at least one block.
+    fn allocate_blocks(&mut self, blocks: u32) {
         assert!(blocks <= self.free(), "KV allocation beyond capacity: {blocks} > {} free", self.free());
         while self.total - self.used - self.cache_blocks < blocks {
             let c = self.cache.as_mut().expect("only cached prefixes can be reclaimed");
