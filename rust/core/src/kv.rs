@@ -139,7 +139,9 @@ impl BlockManager {
     /// Blocks needed to hold the KV of a request of `tokens` tokens: all of them, or (sliding
     /// window, no prefix cache) at most the window's blocks.
     pub fn blocks_for(&self, tokens: u64) -> u32 {
-        let all = tokens.div_ceil(self.block_size as u64) as u32;
+        // Block sizes are powers of two in practice: a shift instead of a division per decode.
+        let bs = self.block_size as u64;
+        let all = if bs.is_power_of_two() { (tokens.saturating_add(bs - 1) >> bs.trailing_zeros()) as u32 } else { tokens.div_ceil(bs) as u32 };
         match self.window_blocks {
             Some(w) if self.cache.is_none() => all.min(w),
             _ => all,
@@ -193,7 +195,19 @@ impl BlockManager {
 
     /// Takes `blocks` blocks, evicting idle cached prefixes if needed; the caller has checked
     /// they are free.
+    #[inline]
     pub fn allocate(&mut self, blocks: u32) {
+        if blocks == 0 {
+            // Most decode steps stay inside their last block: only the peak can move (cached
+            // prefixes may have grown since).
+            self.peak = self.peak.max(self.used + self.cache_blocks);
+            return;
+        }
+        self.allocate_blocks(blocks);
+    }
+
+    /// [`allocate`](Self::allocate) of at least one block.
+    fn allocate_blocks(&mut self, blocks: u32) {
         assert!(blocks <= self.free(), "KV allocation beyond capacity: {blocks} > {} free", self.free());
         while self.total - self.used - self.cache_blocks < blocks {
             let c = self.cache.as_mut().expect("only cached prefixes can be reclaimed");

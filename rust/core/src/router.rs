@@ -29,6 +29,12 @@ pub trait Router: Send + Sync {
     /// the policy fails (a user's policy raising, say), never a silent default.
     fn route(&mut self, req: &Request, loads: &[InstanceLoad]) -> Result<usize>;
 
+    /// Whether `route` / `route_pair` read the loads; false lets the cluster skip gathering every
+    /// instance's load per arrival (the slices then keep their length but not current values).
+    fn needs_loads(&self) -> bool {
+        true
+    }
+
     /// With prefill/decode disaggregation: the instance among `entry` (prefill and mixed instances)
     /// that takes `req`, and optionally the decode instance (index into `decoders`) its KV should
     /// go to; None leaves that choice to the cluster (fewest outstanding tokens with room).
@@ -44,6 +50,10 @@ pub struct RoundRobin {
 }
 
 impl Router for RoundRobin {
+    fn needs_loads(&self) -> bool {
+        false
+    }
+
     fn route(&mut self, _req: &Request, loads: &[InstanceLoad]) -> Result<usize> {
         let i = self.next % loads.len();
         self.next = (i + 1) % loads.len();
@@ -94,6 +104,10 @@ pub struct Random {
 }
 
 impl Router for Random {
+    fn needs_loads(&self) -> bool {
+        false
+    }
+
     fn route(&mut self, _req: &Request, loads: &[InstanceLoad]) -> Result<usize> {
         Ok(self.rng.below(loads.len() as u64) as usize)
     }
@@ -143,6 +157,14 @@ mod tests {
 
     fn loads(tokens: &[u64]) -> Vec<InstanceLoad> {
         tokens.iter().map(|&t| InstanceLoad { outstanding_tokens: t, ..Default::default() }).collect()
+    }
+
+    #[test]
+    fn only_load_aware_routers_ask_for_loads() {
+        assert!(!RoundRobin::default().needs_loads());
+        assert!(!RouterConfig::Random.build(0, 2).unwrap().needs_loads());
+        assert!(RouterConfig::LeastOutstandingTokens.build(0, 2).unwrap().needs_loads());
+        assert!(RouterConfig::PrefixAffinity.build(0, 2).unwrap().needs_loads());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! sides, GEMMs optionally blended at the ridge), GEMM work, and the padded token count.
 
 use super::{BatchShape, CostModel};
+use std::cell::Cell;
 
 /// One kernel of an operator: its FLOPs and bytes on one layer, and the share of the layers that
 /// run it (1 for every layer; a MoE model's leading dense layers run other FFN kernels).
@@ -32,6 +33,32 @@ impl Kernel {
     }
 }
 
+const RIDGE_SLOTS: usize = 1024;
+
+thread_local! {
+    /// Direct-mapped memo of [`ridge_blend`] (room for the GEMMs of every batch size up to a few hundred) by the bits of `(r, p)`; an empty slot holds 0.0,
+    /// which no blend (always >= 1) equals.
+    static RIDGE_MEMO: [Cell<(u64, u64, f64)>; RIDGE_SLOTS] = const { [const { Cell::new((0, 0, 0.0)) }; RIDGE_SLOTS] };
+}
+
+/// The GEMM ridge blend `(1 + r^p)^(1/p)`. Iterations repeat few GEMM shapes (decode batches of
+/// the same size), so a per-thread memo of the last pair per slot skips most `powf`s; a hit
+/// returns the value computed before for the same bits of `r` and `p`, so results are unchanged.
+fn ridge_blend(r: f64, p: f64) -> f64 {
+    let (rb, pb) = (r.to_bits(), p.to_bits());
+    let h = (rb ^ pb.rotate_left(17)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 54;
+    RIDGE_MEMO.with(|memo| {
+        let slot = &memo[h as usize % RIDGE_SLOTS];
+        let (kr, kp, v) = slot.get();
+        if kr == rb && kp == pb && v != 0.0 {
+            return v;
+        }
+        let v = (1.0 + r.powf(p)).powf(1.0 / p);
+        slot.set((rb, pb, v));
+        v
+    })
+}
+
 impl CostModel {
     /// A kernel's time on the GPU, `max(compute, memory)` with both stretched by the power cap,
     /// and whether compute bounds it.
@@ -56,7 +83,7 @@ impl CostModel {
                 let tc = flops / peak * self.slow_compute;
                 let tm = bytes / bw * self.slow_memory;
                 let r = tc.min(tm) / t;
-                (t * (1.0 + r.powf(p)).powf(1.0 / p), cb)
+                (t * ridge_blend(r, p), cb)
             }
             _ => (t, cb),
         }

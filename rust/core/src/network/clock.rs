@@ -2,6 +2,7 @@
 //! handling activations and completions as they fall due.
 
 use super::flow::{FlowId, FlowRecord, NetEvent};
+use super::link::LinkId;
 use super::Network;
 use crate::error::{Error, Result};
 use crate::time::{Nanos, NS_PER_SEC};
@@ -52,25 +53,31 @@ impl Network {
     }
 
     /// Activates or completes every flow whose event is due by `t` (the clock, already there),
-    /// then recomputes rates if anything happened.
+    /// then recomputes the rates of the flows connected to the links they cross.
     pub(super) fn process_due(&mut self, t: Nanos) {
         let due: Vec<FlowId> =
             self.flows.iter().filter(|(&id, f)| f.next_event(id).0 <= t).map(|(&id, _)| id).collect();
         if due.is_empty() {
             return;
         }
+        let mut touched: Vec<LinkId> = Vec::new();
         for id in due {
             let Some(flow) = self.flows.get_mut(&id) else { continue };
+            touched.extend_from_slice(&flow.path);
             if !flow.transferring && flow.bytes > 0 {
                 flow.transferring = true;
+                flow.slot = self.sharing.attach(id, &flow.path);
             } else if let Some(flow) = self.flows.remove(&id) {
+                if flow.transferring {
+                    self.sharing.detach(flow.slot);
+                }
                 for &link in &flow.path {
                     self.carried[link as usize] += flow.bytes;
                 }
                 self.finished.push(FlowRecord { id, start: flow.start, end: t, bytes: flow.bytes, path: flow.path });
             }
         }
-        self.recompute_rates();
+        self.recompute_rates(&touched);
         self.version += 1;
     }
 }

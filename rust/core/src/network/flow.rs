@@ -50,6 +50,8 @@ pub(super) struct Flow {
     pub(super) rate: f64,
     /// Completion time under the current rate (meaningful while transferring).
     pub(super) finish_at: Nanos,
+    /// Its slot in the rate sharing while transferring.
+    pub(super) slot: usize,
 }
 
 impl Flow {

@@ -96,6 +96,8 @@ pub struct Network {
     next_id: FlowId,
     now: Nanos,
     version: u64,
+    /// Which flows cross each link, and the rate computation's working arrays.
+    sharing: rate_sharing::Sharing,
 }
 
 impl Network {
@@ -104,7 +106,8 @@ impl Network {
     pub fn new(links: Vec<LinkSpec>) -> Result<Self> {
         link::validate_links(&links)?;
         let carried = vec![0; links.len()];
-        Ok(Network { links, carried, flows: BTreeMap::new(), finished: Vec::new(), next_id: 0, now: 0, version: 0 })
+        let sharing = rate_sharing::Sharing::new(links.len());
+        Ok(Network { links, carried, flows: BTreeMap::new(), finished: Vec::new(), next_id: 0, now: 0, version: 0, sharing })
     }
 
     /// The links, indexed by [`LinkId`].
@@ -144,6 +147,7 @@ impl Network {
             remaining: bytes as f64,
             rate: 0.0,
             finish_at: active_at,
+            slot: usize::MAX,
         };
         self.flows.insert(id, flow);
         // A path without latency activates (or, empty, completes) at once.

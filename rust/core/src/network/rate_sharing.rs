@@ -1,52 +1,146 @@
-//! Max-min fair sharing of link bandwidth among transferring flows, by progressive filling: all
-//! rates grow together until a link saturates, the flows through it freeze, the others keep growing.
+//! Max-min fair rate sharing among the transferring flows (progressive filling), recomputed only
+//! over the links and flows connected to the links an event touched.
 
 use super::flow::{transfer_ns, FlowId};
+use super::link::LinkId;
 use super::Network;
-use std::collections::BTreeMap;
+
+/// The transferring flows (their ids and paths, in reusable slots), which of them cross each
+/// link, and the per-link working arrays of [`Network::recompute_rates`], kept between calls so
+/// that a recomputation costs in the part of the network it touches, not in the network's size.
+/// Between calls every count is zero and every flag false.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Sharing {
+    /// Transferring flows by slot: id and path (None: a free slot).
+    slots: Vec<Option<(FlowId, Vec<LinkId>)>>,
+    free: Vec<usize>,
+    /// The slots of the transferring flows crossing each link.
+    link_flows: Vec<Vec<usize>>,
+    residual: Vec<f64>,
+    count: Vec<usize>,
+    saturated: Vec<bool>,
+    seen: Vec<bool>,
+    seen_slot: Vec<bool>,
+}
+
+impl Sharing {
+    /// No flows over `links` links.
+    pub(super) fn new(links: usize) -> Self {
+        Sharing { link_flows: vec![Vec::new(); links], residual: vec![0.0; links], count: vec![0; links], saturated: vec![false; links], seen: vec![false; links], ..Default::default() }
+    }
+
+    /// Flow `id` starts taking bandwidth on `path`; returns its slot.
+    pub(super) fn attach(&mut self, id: FlowId, path: &[LinkId]) -> usize {
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            self.seen_slot.push(false);
+            self.slots.len() - 1
+        });
+        self.slots[slot] = Some((id, path.to_vec()));
+        for &l in path {
+            self.link_flows[l as usize].push(slot);
+        }
+        slot
+    }
+
+    /// The flow in `slot` no longer takes bandwidth.
+    pub(super) fn detach(&mut self, slot: usize) {
+        let (_, path) = self.slots[slot].take().expect("detaching an attached flow");
+        for &l in &path {
+            self.link_flows[l as usize].retain(|&f| f != slot);
+        }
+        self.free.push(slot);
+    }
+}
 
 impl Network {
-    /// Max-min fair rates by progressive filling; a flow whose rate is unchanged keeps its
+    /// Max-min fair rates by progressive filling over the connected component (links joined by
+    /// the flows crossing them) of the `seeds` links; a flow whose rate is unchanged keeps its
     /// completion time, the others get a new one from the clock.
-    pub(super) fn recompute_rates(&mut self) {
-        let mut residual: Vec<f64> = self.links.iter().map(|l| l.bandwidth).collect();
-        let mut count = vec![0usize; self.links.len()];
-        let mut unfrozen: Vec<FlowId> = Vec::new();
-        for (&id, flow) in self.flows.iter().filter(|(_, f)| f.transferring) {
-            unfrozen.push(id);
-            for &link in &flow.path {
-                count[link as usize] += 1;
+    ///
+    /// Flows of other components keep their rates: max-min sharing separates by component, and a
+    /// component's rates are computed from its flows alone, so they do not depend on unrelated
+    /// traffic, not even in the last bit (the order flows are visited in does not enter the
+    /// arithmetic: each round's share is a minimum over links).
+    pub(super) fn recompute_rates(&mut self, seeds: &[LinkId]) {
+        let mut s = std::mem::take(&mut self.sharing);
+        // The component: links reachable from the seeds through transferring flows.
+        let mut links: Vec<usize> = Vec::new();
+        let mut stack: Vec<usize> = Vec::new();
+        for &l in seeds {
+            if !s.seen[l as usize] {
+                s.seen[l as usize] = true;
+                stack.push(l as usize);
             }
         }
-        let mut rates: BTreeMap<FlowId, f64> = BTreeMap::new();
+        let mut slots: Vec<usize> = Vec::new();
+        while let Some(l) = stack.pop() {
+            links.push(l);
+            for &slot in &s.link_flows[l] {
+                if s.seen_slot[slot] {
+                    continue;
+                }
+                s.seen_slot[slot] = true;
+                slots.push(slot);
+                for &m in &s.slots[slot].as_ref().expect("an attached flow").1 {
+                    if !s.seen[m as usize] {
+                        s.seen[m as usize] = true;
+                        stack.push(m as usize);
+                    }
+                }
+            }
+        }
+        for &l in &links {
+            s.seen[l] = false;
+        }
+        let mut unfrozen: Vec<(FlowId, &[LinkId])> = Vec::with_capacity(slots.len());
+        for &slot in &slots {
+            s.seen_slot[slot] = false;
+            let (id, path) = s.slots[slot].as_ref().expect("an attached flow");
+            unfrozen.push((*id, path));
+            for &link in path {
+                let l = link as usize;
+                if s.count[l] == 0 {
+                    s.residual[l] = self.links[l].bandwidth;
+                }
+                s.count[l] += 1;
+            }
+        }
+        let mut rates: Vec<(FlowId, f64)> = Vec::with_capacity(unfrozen.len());
         let mut level = 0.0;
+        let mut newly_saturated: Vec<usize> = Vec::new();
         while !unfrozen.is_empty() {
             // Every unfrozen flow grows by the fair share of the tightest link.
-            let delta = (0..residual.len())
-                .filter(|&l| count[l] > 0)
-                .map(|l| residual[l] / count[l] as f64)
-                .fold(f64::INFINITY, f64::min);
+            let delta = links.iter().filter(|&&l| s.count[l] > 0).map(|&l| s.residual[l] / s.count[l] as f64).fold(f64::INFINITY, f64::min);
             level += delta;
-            let tight = |l: usize| count[l] > 0 && residual[l] / count[l] as f64 <= delta * (1.0 + 1e-12);
-            let saturated: Vec<bool> = (0..residual.len()).map(tight).collect();
-            for l in 0..residual.len() {
-                if count[l] > 0 {
-                    residual[l] = if saturated[l] { 0.0 } else { residual[l] - delta * count[l] as f64 };
+            newly_saturated.clear();
+            for &l in &links {
+                if s.count[l] > 0 {
+                    if s.residual[l] / s.count[l] as f64 <= delta * (1.0 + 1e-12) {
+                        s.saturated[l] = true;
+                        newly_saturated.push(l);
+                        s.residual[l] = 0.0;
+                    } else {
+                        s.residual[l] -= delta * s.count[l] as f64;
+                    }
                 }
             }
             let mut still = Vec::with_capacity(unfrozen.len());
-            for id in unfrozen {
-                let path = &self.flows[&id].path;
-                if path.iter().any(|&l| saturated[l as usize]) {
-                    rates.insert(id, level);
+            for (id, path) in unfrozen {
+                if path.iter().any(|&l| s.saturated[l as usize]) {
+                    rates.push((id, level));
                     for &l in path {
-                        count[l as usize] -= 1;
+                        s.count[l as usize] -= 1;
                     }
                 } else {
-                    still.push(id);
+                    still.push((id, path));
                 }
             }
             unfrozen = still;
+            for &l in &newly_saturated {
+                s.saturated[l] = false;
+            }
+            links.retain(|&l| s.count[l] > 0);
         }
         let now = self.now;
         for (id, rate) in rates {
@@ -57,5 +151,6 @@ impl Network {
                 }
             }
         }
+        self.sharing = s;
     }
 }

@@ -281,3 +281,27 @@ fn link_spec_rejects_unknown_fields() {
     assert_eq!(ok, link("nic", 50.0, 2e-6));
     assert!(serde_json::from_str::<LinkSpec>(r#"{"name": "nic", "bandwidth": 1, "latency": 0, "x": 1}"#).is_err());
 }
+
+#[test]
+fn flows_of_other_components_keep_their_rates_and_completion_times() {
+    // Links 0-1 joined by a two-link flow; link 2 on its own. Starting and finishing flows on
+    // link 2 must not touch the others' rates or completion times, and vice versa.
+    let mut net = Network::new(vec![link("a", 30.0, 0.0), link("b", 70.0, 0.0), link("c", 45.0, 0.0)]).unwrap();
+    let ab = net.start_flow(0, &[0, 1], 3_000_000_000).unwrap();
+    let b = net.start_flow(0, &[1], 7_000_000_000).unwrap();
+    let before = (net.rate(ab).unwrap(), net.rate(b).unwrap(), net.next_event());
+    assert_eq!(before.0, 30e9);
+    assert_eq!(before.1, 40e9);
+    let c1 = net.start_flow(0, &[2], 1_000_000).unwrap();
+    let c2 = net.start_flow(0, &[2], 2_000_000).unwrap();
+    assert_eq!(net.rate(c1), Some(22.5e9));
+    assert_eq!(net.rate(c2), Some(22.5e9));
+    assert_eq!((net.rate(ab).unwrap(), net.rate(b).unwrap()), (before.0, before.1));
+    let done = net.advance(200_000).unwrap();
+    assert_eq!(done.iter().map(|r| r.id).collect::<Vec<_>>(), vec![c1, c2]);
+    assert_eq!((net.rate(ab).unwrap(), net.rate(b).unwrap(), net.next_event()), before);
+    // The joined component still shares as max-min says: ab ends at 100 ms, then b alone.
+    let (done, _) = run_to_end(&mut net);
+    assert_eq!((done[0].id, done[0].end), (ab, 100_000_000));
+    assert_eq!(done[1].id, b);
+}

@@ -83,14 +83,16 @@ impl Cluster<'_> {
         let a = &mut self.arrivals;
         let idx = a.next;
         a.next += 1;
-        for (l, &i) in a.loads.iter_mut().zip(a.entry.iter()) {
-            *l = self.instances[i].load();
-            if a.wants_prefix {
-                l.cached_prefix_tokens = self.instances[i].cached_prefix_tokens(&self.reqs[idx].hashes);
+        if a.router.needs_loads() {
+            for (l, &i) in a.loads.iter_mut().zip(a.entry.iter()) {
+                *l = self.instances[i].load();
+                if a.wants_prefix {
+                    l.cached_prefix_tokens = self.instances[i].cached_prefix_tokens(&self.reqs[idx].hashes);
+                }
             }
-        }
-        for (l, &d) in a.decode_loads.iter_mut().zip(a.decoders.iter()) {
-            *l = self.instances[d as usize].load();
+            for (l, &d) in a.decode_loads.iter_mut().zip(a.decoders.iter()) {
+                *l = self.instances[d as usize].load();
+            }
         }
         let (pick, decode_pick) = a.router.route_pair(&self.reqs[idx], &a.loads, &a.decode_loads)?;
         if pick >= a.entry.len() || decode_pick.is_some_and(|d| d >= a.decoders.len()) {

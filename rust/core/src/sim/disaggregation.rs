@@ -51,7 +51,7 @@ pub struct FewestOutstandingTokens;
 impl DecodeChoice for FewestOutstandingTokens {
     fn candidates(&mut self, _index: u32, _req: &Request, decoders: &[u32], loads: &[InstanceLoad], preferred: Option<u32>) -> Result<Vec<u32>> {
         let mut order: Vec<(u64, u32)> = decoders.iter().zip(loads).map(|(&d, l)| (l.outstanding_tokens, d)).collect();
-        order.sort();
+        order.sort_unstable();
         let mut order: Vec<u32> = order.into_iter().map(|(_, d)| d).collect();
         if let Some(p) = preferred {
             order.retain(|&d| d != p);
@@ -108,7 +108,7 @@ impl Cluster<'_> {
         let r = &self.reqs[req as usize];
         let loads: Vec<InstanceLoad> = h.decoders.iter().map(|&d| instances[d as usize].load()).collect();
         let order = h.choice.candidates(req, r, &h.decoders, &loads, h.preferred.remove(&req))?;
-        if let Some(bad) = order.iter().find(|d| !h.decoders.contains(d)) {
+        if let Some(bad) = order.iter().find(|&&d| instances.get(d as usize).is_none_or(|i| i.role != Role::Decode)) {
             return Err(Error::Policy { message: format!("the decode choice named instance {bad} for request {req}; the decode instances are {:?}", h.decoders) });
         }
         for d in order {
