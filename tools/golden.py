@@ -90,6 +90,12 @@ def _resolve_paths(node) -> None:
 def _digest_frame(df) -> str:
     if df is None:
         return "none"
+    import polars as pl
+
+    # Nested columns (lists, such as speculation's per-position rates) as JSON text: CSV has none.
+    nested = [c for c, t in df.schema.items() if isinstance(t, (pl.List, pl.Array, pl.Struct))]
+    if nested:
+        df = df.with_columns(pl.col(c).map_elements(lambda v: json.dumps(v.to_list() if hasattr(v, "to_list") else v), return_dtype=pl.String) for c in nested)
     return hashlib.sha256(df.write_csv(float_precision=None).encode()).hexdigest()[:16]
 
 
