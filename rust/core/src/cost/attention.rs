@@ -57,7 +57,7 @@ impl CostModel {
         let (Some(f), Attention::Gqa { kv, .. }) = (self.eff.attention_memory_split, self.attn) else { return None };
         let sms = self.gpu.sm_count as f64;
         let head = self.model.head_dim as f64;
-        (sms > 0.0 && seqs * (kv / head) < 0.8 * 2.0 * sms).then(|| self.gpu.memory_bandwidth * f)
+        (sms > 0.0 && seqs * (kv / head) < 0.8 * 2.0 * sms).then_some(self.gpu.memory_bandwidth * f)
     }
 }
 
