@@ -386,5 +386,8 @@ def test_same_choices_as_vllm_router_on_vllm(vllm_engines, policy):
         assert OUTCOMES[policy].get("prefix_hit", 0) > 0  # vllm-router really matched prefixes
         assert ours[:6] == [ours[0]] * 3 + [1 - ours[0]] * 3  # each burst stays on one engine
         # Past the prefix hits both balance on their live in-flight counts, which depend on when
-        # each engine finishes its answers: on a loaded machine the two replays drift (66%-100% seen).
-        assert rate >= 0.6
+        # each engine finishes its answers, so request-by-request agreement is timing (66%-100% on
+        # an idle machine, 14% seen when a loaded machine shifted the alternation by one request):
+        # what both must do is share the rest evenly between the two engines.
+        for tail in (theirs[6:], ours[6:]):
+            assert 0.3 <= tail.count(0) / len(tail) <= 0.7, tail
