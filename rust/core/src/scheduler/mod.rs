@@ -83,7 +83,7 @@ impl Batch {
     }
 
     /// Adds `tokens` of `req` to the batch and to its shape.
-    #[inline]
+    #[inline(always)]
     pub fn push(&mut self, req_idx: u32, req: &Request, tokens: u32) {
         let samples = req.computed + tokens == req.known_tokens();
         if req.is_decoding() {
