@@ -94,7 +94,18 @@ impl Instance {
         let [set_aside, now_running, known] = &mut self.id_sets;
         set_aside.fill_from(parked);
         self.queues.running.retain(|&r| !set_aside.contains(r));
+        let before = self.queues.running.clone();
         self.scheduler.schedule(&mut self.queues, reqs, &mut self.kv, &mut self.batch);
+        let after = &self.queues.running;
+        if after.len() >= before.len() && after[..before.len()] == before[..] {
+            // Nothing left the running list, only admissions were appended (requests from the
+            // waiting or swapped queues, never in `order`): the merge below keeps `order` whole
+            // and appends them.
+            let mut merged = order;
+            merged.extend_from_slice(&after[before.len()..]);
+            self.queues.running = merged;
+            return;
+        }
         now_running.reset(parked.len() + self.queues.running.len());
         for &r in parked.iter().chain(&self.queues.running) {
             now_running.insert(r);
