@@ -160,12 +160,12 @@ impl Instance {
         if p.blocked() {
             return Ok(None);
         }
-        let (flying, beyond_share) = self.parked_for_batch();
-        self.form_without([flying.as_slice(), beyond_share.as_slice()].concat(), now, reqs);
-        if self.batch.items.is_empty() && !beyond_share.is_empty() {
+        let (parked, flying) = self.parked_for_batch();
+        self.form_without(&parked, now, reqs);
+        if self.batch.items.is_empty() && parked.len() > flying {
             // The share alone cannot run (its KV cannot grow): the batch may take every ready request.
             let preempted = self.batch.preempted;
-            self.form_without(flying, now, reqs);
+            self.form_without(&parked[..flying], now, reqs);
             self.batch.preempted += preempted;
         }
         while self.batch.items.is_empty() && self.batches_in_flight() == 0 && !self.queues.running.is_empty() {
@@ -176,7 +176,7 @@ impl Instance {
             let victim = self.queues.running.pop().expect("running is not empty");
             preempt_recompute(&mut reqs[victim as usize], &mut self.kv);
             self.queues.waiting.push_front(victim);
-            self.form_without(Vec::new(), now, reqs);
+            self.form_without(&[], now, reqs);
             self.batch.preempted += preempted;
         }
         debug_assert_eq!(self.batch.swap_out_blocks + self.batch.swap_in_blocks, 0, "asynchronous pipelining never swaps");
@@ -244,29 +244,35 @@ impl Instance {
         IterationRecord { end: now, ..done.record }
     }
 
-    /// The running requests the next batch must leave out: (those in flight, the ready ones beyond
-    /// its share of `ceil(ready / free slots)` in running order).
-    fn parked_for_batch(&mut self) -> (Vec<u32>, Vec<u32>) {
+    /// The running requests the next batch must leave out, and how many of them lead the list
+    /// because they are in flight (in running order); the rest are the ready ones beyond the
+    /// batch's share of `ceil(ready / free slots)`, in running order.
+    fn parked_for_batch(&mut self) -> (Vec<u32>, usize) {
         let p = self.pipeline.as_ref().expect("pipelined");
         let flying = &mut self.id_sets[0];
         flying.reset(p.in_flight.iter().map(|f| f.batch.items.len()).sum());
         for it in p.in_flight.iter().flat_map(|f| f.batch.items.iter()) {
             flying.insert(it.req);
         }
-        let (in_flight, ready): (Vec<u32>, Vec<u32>) = self.queues.running.iter().partition(|&&r| flying.contains(r));
+        let running = &self.queues.running;
+        let ready = running.iter().filter(|&&r| !flying.contains(r)).count();
         let slots = p.shop.stage_free.len() - p.in_flight.len();
-        let share = ready.len().div_ceil(slots);
-        (in_flight, ready[share..].to_vec())
+        let share = ready.div_ceil(slots);
+        let mut parked = Vec::with_capacity(running.len() - share);
+        parked.extend(running.iter().copied().filter(|&r| flying.contains(r)));
+        let in_flight = parked.len();
+        parked.extend(running.iter().copied().filter(|&r| !flying.contains(r)).skip(share));
+        (parked, in_flight)
     }
 
     /// The scheduler's batch at `now` with the `parked` running requests set aside.
-    fn form_without(&mut self, parked: Vec<u32>, now: Nanos, reqs: &mut [Request]) {
+    fn form_without(&mut self, parked: &[u32], now: Nanos, reqs: &mut [Request]) {
         self.batch.clear();
         self.scheduler.set_now(now);
         if parked.is_empty() {
             self.scheduler.schedule(&mut self.queues, reqs, &mut self.kv, &mut self.batch);
         } else {
-            self.schedule_without(&parked, reqs);
+            self.schedule_without(parked, reqs);
         }
     }
 }
