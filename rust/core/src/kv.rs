@@ -61,6 +61,14 @@ impl BlockManager {
         self.blocks_for(tokens).saturating_sub(req.blocks + req.shared_blocks)
     }
 
+    /// Whether one more decode token of `req` (its KV at `computed + 1` tokens) fits in the blocks
+    /// it already holds (own and shared), i.e. `growth(req, computed + 1)` is 0 without computing
+    /// it: the decode does not cross a block boundary.
+    #[inline]
+    pub fn decode_fits(&self, req: &Request) -> bool {
+        (req.computed as u64) < (req.blocks as u64 + req.shared_blocks as u64) * self.block_size as u64
+    }
+
     /// Points a request about to start its prefill at the longest cached prefix of its prompt:
     /// it references those entries and skips computing their tokens. At least one token is always
     /// computed.

@@ -57,6 +57,7 @@ impl BatchShape {
 
     /// Adds one decode whose context, including the token being processed, is `context` tokens
     /// (it reads at most the window's keys).
+    #[inline]
     pub fn add_decode(&mut self, context: u64) {
         let keys = self.attention_window.map_or(context, |w| context.min(w));
         self.decode_seqs += 1;

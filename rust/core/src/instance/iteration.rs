@@ -88,13 +88,31 @@ impl Instance {
     /// Schedules with the `parked` running requests set aside (token grouping), then puts them
     /// back in their places.
     pub(super) fn schedule_without(&mut self, parked: &[u32], reqs: &mut [Request]) {
+        // Membership through reusable id sets (no per-item scan of `parked`, no allocation once
+        // grown): this runs for every batch of an asynchronous pipeline.
         let order = self.queues.running.clone();
-        self.queues.running.retain(|r| !parked.contains(r));
+        let [set_aside, now_running, known] = &mut self.id_sets;
+        set_aside.fill_from(parked);
+        self.queues.running.retain(|&r| !set_aside.contains(r));
+        let before = self.queues.running.clone();
         self.scheduler.schedule(&mut self.queues, reqs, &mut self.kv, &mut self.batch);
-        let now_running: std::collections::HashSet<u32> = self.queues.running.iter().copied().chain(parked.iter().copied()).collect();
-        let mut merged: Vec<u32> = order.iter().copied().filter(|r| now_running.contains(r)).collect();
-        let known: std::collections::HashSet<u32> = order.into_iter().collect();
-        merged.extend(self.queues.running.iter().copied().filter(|r| !known.contains(r)));
+        let after = &self.queues.running;
+        if after.len() >= before.len() && after[..before.len()] == before[..] {
+            // Nothing left the running list, only admissions were appended (requests from the
+            // waiting or swapped queues, never in `order`): the merge below keeps `order` whole
+            // and appends them.
+            let mut merged = order;
+            merged.extend_from_slice(&after[before.len()..]);
+            self.queues.running = merged;
+            return;
+        }
+        now_running.reset(parked.len() + self.queues.running.len());
+        for &r in parked.iter().chain(&self.queues.running) {
+            now_running.insert(r);
+        }
+        known.fill_from(&order);
+        let mut merged: Vec<u32> = order.into_iter().filter(|&r| now_running.contains(r)).collect();
+        merged.extend(self.queues.running.iter().copied().filter(|&r| !known.contains(r)));
         self.queues.running = merged;
     }
 

@@ -6,6 +6,7 @@
 //! energy). This file holds the instance's queues and what a router and the disaggregation code
 //! ask of it.
 
+mod id_set;
 mod iteration;
 mod pipeline;
 mod setup;
@@ -50,6 +51,8 @@ pub struct Instance {
     /// Speculative decoding, for speculating pools.
     spec: Option<Box<SpecRuntime>>,
     pipeline: Option<pipeline::Pipeline>,
+    /// Scratch id sets for the membership tests of scheduling with requests set aside.
+    id_sets: [id_set::IdSet; 3],
     /// Counters.
     pub stats: InstanceStats,
 }

@@ -23,7 +23,7 @@
 //! needs is taken when it forms, so the cache never exceeds its capacity.
 
 use serde::{Deserialize, Serialize};
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 
 use crate::error::{Error, Result};
 use crate::request::Request;
@@ -106,12 +106,14 @@ pub(super) struct Pipeline {
     shop: FlowShop,
     in_flight: VecDeque<InFlight>,
     stage1_busy: bool,
+    /// Batches already applied, kept to be reused by the next ones in flight.
+    spare: Vec<Batch>,
 }
 
 impl Pipeline {
     /// A pipeline of `stages` idle stages.
     pub(super) fn new(stages: usize) -> Self {
-        Pipeline { shop: FlowShop::new(stages), in_flight: VecDeque::new(), stage1_busy: false }
+        Pipeline { shop: FlowShop::new(stages), in_flight: VecDeque::new(), stage1_busy: false, spare: Vec::new() }
     }
 
     /// Whether no batch can be formed until an event already due (stage 1 free, a batch done).
@@ -158,12 +160,12 @@ impl Instance {
         if p.blocked() {
             return Ok(None);
         }
-        let (flying, beyond_share) = self.parked_for_batch();
-        self.form_without([flying.as_slice(), beyond_share.as_slice()].concat(), now, reqs);
-        if self.batch.items.is_empty() && !beyond_share.is_empty() {
+        let (parked, flying) = self.parked_for_batch();
+        self.form_without(&parked, now, reqs);
+        if self.batch.items.is_empty() && parked.len() > flying {
             // The share alone cannot run (its KV cannot grow): the batch may take every ready request.
             let preempted = self.batch.preempted;
-            self.form_without(flying, now, reqs);
+            self.form_without(&parked[..flying], now, reqs);
             self.batch.preempted += preempted;
         }
         while self.batch.items.is_empty() && self.batches_in_flight() == 0 && !self.queues.running.is_empty() {
@@ -174,7 +176,7 @@ impl Instance {
             let victim = self.queues.running.pop().expect("running is not empty");
             preempt_recompute(&mut reqs[victim as usize], &mut self.kv);
             self.queues.waiting.push_front(victim);
-            self.form_without(Vec::new(), now, reqs);
+            self.form_without(&[], now, reqs);
             self.batch.preempted += preempted;
         }
         debug_assert_eq!(self.batch.swap_out_blocks + self.batch.swap_in_blocks, 0, "asynchronous pipelining never swaps");
@@ -205,7 +207,15 @@ impl Instance {
                 st.seconds
             ),
         })?;
-        p.in_flight.push_back(InFlight { batch: self.batch.clone(), record });
+        // A batch done earlier is reused for the copy (its item list keeps its allocation).
+        let batch = match p.spare.pop() {
+            Some(mut b) => {
+                b.clone_from(&self.batch);
+                b
+            }
+            None => self.batch.clone(),
+        };
+        p.in_flight.push_back(InFlight { batch, record });
         p.stage1_busy = true;
         self.busy = true;
         Ok(Some(BatchTimes { stage1_free, done }))
@@ -226,31 +236,43 @@ impl Instance {
         let done = p.in_flight.pop_front().expect("a batch is in flight");
         let latest = std::mem::replace(&mut self.batch, done.batch);
         self.finish_iteration(now, reqs, on_token);
-        self.batch = latest;
+        let finished = std::mem::replace(&mut self.batch, latest);
+        if let Some(p) = self.pipeline.as_mut() {
+            p.spare.push(finished);
+        }
         self.busy = self.pipeline.as_ref().is_some_and(|p| p.blocked());
         IterationRecord { end: now, ..done.record }
     }
 
-    /// The running requests the next batch must leave out: (those in flight, the ready ones beyond
-    /// its share of `ceil(ready / free slots)` in running order).
-    fn parked_for_batch(&self) -> (Vec<u32>, Vec<u32>) {
+    /// The running requests the next batch must leave out, and how many of them lead the list
+    /// because they are in flight (in running order); the rest are the ready ones beyond the
+    /// batch's share of `ceil(ready / free slots)`, in running order.
+    fn parked_for_batch(&mut self) -> (Vec<u32>, usize) {
         let p = self.pipeline.as_ref().expect("pipelined");
-        let flying: HashSet<u32> = p.in_flight.iter().flat_map(|f| f.batch.items.iter().map(|i| i.req)).collect();
-        let ready: Vec<u32> = self.queues.running.iter().copied().filter(|r| !flying.contains(r)).collect();
+        let flying = &mut self.id_sets[0];
+        flying.reset(p.in_flight.iter().map(|f| f.batch.items.len()).sum());
+        for it in p.in_flight.iter().flat_map(|f| f.batch.items.iter()) {
+            flying.insert(it.req);
+        }
+        let running = &self.queues.running;
+        let ready = running.iter().filter(|&&r| !flying.contains(r)).count();
         let slots = p.shop.stage_free.len() - p.in_flight.len();
-        let share = ready.len().div_ceil(slots);
-        let in_flight: Vec<u32> = self.queues.running.iter().copied().filter(|r| flying.contains(r)).collect();
-        (in_flight, ready[share..].to_vec())
+        let share = ready.div_ceil(slots);
+        let mut parked = Vec::with_capacity(running.len() - share);
+        parked.extend(running.iter().copied().filter(|&r| flying.contains(r)));
+        let in_flight = parked.len();
+        parked.extend(running.iter().copied().filter(|&r| !flying.contains(r)).skip(share));
+        (parked, in_flight)
     }
 
     /// The scheduler's batch at `now` with the `parked` running requests set aside.
-    fn form_without(&mut self, parked: Vec<u32>, now: Nanos, reqs: &mut [Request]) {
+    fn form_without(&mut self, parked: &[u32], now: Nanos, reqs: &mut [Request]) {
         self.batch.clear();
         self.scheduler.set_now(now);
         if parked.is_empty() {
             self.scheduler.schedule(&mut self.queues, reqs, &mut self.kv, &mut self.batch);
         } else {
-            self.schedule_without(&parked, reqs);
+            self.schedule_without(parked, reqs);
         }
     }
 }

@@ -34,7 +34,7 @@ pub struct Item {
 }
 
 /// What one iteration runs.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Batch {
     /// Requests and their tokens.
     pub items: Vec<Item>,
@@ -46,6 +46,25 @@ pub struct Batch {
     pub swap_out_blocks: u32,
     /// KV blocks moved from host to GPU memory before the iteration.
     pub swap_in_blocks: u32,
+}
+
+impl Clone for Batch {
+    fn clone(&self) -> Self {
+        let mut b = Batch { items: Vec::new(), shape: self.shape, preempted: 0, swap_out_blocks: 0, swap_in_blocks: 0 };
+        b.clone_from(self);
+        b
+    }
+
+    /// Copies `src` into this batch, reusing its item list's allocation (the asynchronous
+    /// pipeline copies every batch it sends in flight).
+    fn clone_from(&mut self, src: &Self) {
+        let Batch { items, shape, preempted, swap_out_blocks, swap_in_blocks } = src;
+        self.items.clone_from(items);
+        self.shape = *shape;
+        self.preempted = *preempted;
+        self.swap_out_blocks = *swap_out_blocks;
+        self.swap_in_blocks = *swap_in_blocks;
+    }
 }
 
 impl Batch {
@@ -64,6 +83,7 @@ impl Batch {
     }
 
     /// Adds `tokens` of `req` to the batch and to its shape.
+    #[inline(always)]
     pub fn push(&mut self, req_idx: u32, req: &Request, tokens: u32) {
         let samples = req.computed + tokens == req.known_tokens();
         if req.is_decoding() {
@@ -134,7 +154,14 @@ pub fn grow_for_decode(
     idx: u32,
     mut preempt: impl FnMut(u32, &mut Request, &mut BlockManager, &mut Batch),
 ) -> bool {
-    let need = kv.growth(&reqs[idx as usize], reqs[idx as usize].computed as u64 + 1);
+    let r = &reqs[idx as usize];
+    if kv.decode_fits(r) {
+        // Block-boundary check: most decodes stay inside the blocks the request holds and need
+        // no growth, no free-block check and no preemption; only the peak is kept up to date.
+        kv.allocate(0);
+        return true;
+    }
+    let need = kv.growth(r, r.computed as u64 + 1);
     while !kv.can_grow(need) {
         let victim = q.running.pop().expect("running holds the current request");
         preempt(victim, &mut reqs[victim as usize], kv, batch);
