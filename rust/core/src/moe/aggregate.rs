@@ -9,7 +9,8 @@
 //! tokens, `e` stays unused with probability `(1 - pi_e)^n`. The aggregate draws each expert's
 //! "activated" flag with exactly that probability, independently across experts, conditioned on at
 //! least `k` being activated (as one token alone activates `k`), and gives the activated experts
-//! the iteration's `n * k` token-expert pairs in proportion to `pi_e`. What it preserves: the total
+//! the iteration's `n * k` token-expert pairs in proportion to `pi_e` (whole pairs, at least one
+//! each, by cumulative rounding). What it preserves: the total
 //! pairs (exact), each expert's probability of being activated (exact up to the conditioning), so
 //! the expected activated experts per layer, and each activated expert's expected share of the load.
 //! What it drops: the negative correlation between experts of one token (an expert taken leaves
@@ -100,8 +101,22 @@ impl IterationRouting {
                 }
             }
             if activated >= self.k && mass > 0.0 {
-                let scale = (tokens * self.k as u64) as f64 / mass;
-                out.iter_mut().for_each(|o| *o *= scale);
+                // Whole pairs: one per activated expert, the rest by cumulative rounding of the
+                // shares, so every layer's total is exactly n * k (and the kernel time repeats).
+                let rest = tokens * self.k as u64 - activated as u64;
+                let share = rest as f64 / mass;
+                let (mut cum, mut given, mut last) = (0.0, 0u64, 0);
+                for (i, o) in out.iter_mut().enumerate() {
+                    if *o > 0.0 {
+                        cum += *o * share;
+                        // Rounded to nearest (cum >= 0), without a libm call.
+                        let upto = ((cum + 0.5) as u64).clamp(given, rest);
+                        *o = (1 + upto - given) as f64;
+                        given = upto;
+                        last = i;
+                    }
+                }
+                out[last] += (rest - given) as f64;
                 return;
             }
         }
@@ -249,7 +264,8 @@ mod tests {
         for _ in 0..runs {
             out.iter_mut().for_each(|o| *o = 0.0);
             agg.draw(1, n, &mut out);
-            assert!((out.iter().sum::<f64>() - 12.0).abs() < 1e-9);
+            assert_eq!(out.iter().sum::<f64>(), 12.0);
+            assert!(out.iter().all(|&c| c == c.round()));
             assert!(out.iter().filter(|&&c| c > 0.0).count() >= 2);
             for (s, &c) in seen.iter_mut().zip(&out) {
                 if c > 0.0 {
