@@ -141,7 +141,10 @@ impl ExpertRouter {
         if self.kind == RoutingKind::Zipf {
             let c = &self.cdf[layer as usize];
             let u = self.rng.next_f64();
-            return c.partition_point(|&x| x <= u).min(c.len() - 1) as u16;
+            // The cdf is nondecreasing, so the entries <= u are a prefix: counting them is the
+            // binary search's answer, without its unpredictable branches (few experts).
+            let below = if c.len() <= 64 { c.iter().map(|&x| (x <= u) as usize).sum() } else { c.partition_point(|&x| x <= u) };
+            return below.min(c.len() - 1) as u16;
         }
         self.rng.below(self.experts as u64) as u16
     }
