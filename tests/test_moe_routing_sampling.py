@@ -26,13 +26,14 @@ def _scenario(sampling: str, kind: str = "zipf", max_num_seqs: int = 64, request
                          "requests": requests}}
 
 
-@pytest.mark.parametrize(("kind", "max_num_seqs"), [("zipf", 64), ("zipf", 4), ("uniform", 4)])
+@pytest.mark.parametrize(("kind", "max_num_seqs"), [("zipf", 64), ("zipf", 8), ("uniform", 8), ("zipf", 4)])
 def test_per_iteration_matches_per_token_statistics(kind, max_num_seqs):
     per_token = fleetwise.simulate(_scenario("per_token", kind, max_num_seqs)).summary
     per_iter = fleetwise.simulate(_scenario("per_iteration", kind, max_num_seqs)).summary
     a, b = per_token["experts"], per_iter["experts"]
-    # Small batches (4 decoding requests: 4 tokens x top-2 = all 8 experts at most) exercise the
-    # activation probabilities; prefills saturate every expert either way.
+    # Decode batches of 5-8 tokens (max_num_seqs 8) leave experts unused with the probabilities the
+    # aggregate draws; 4 tokens x top-2 <= 8 experts are drawn token by token; prefills and batches
+    # of 64 saturate every expert either way.
     assert b["experts_activated_per_iteration"] == pytest.approx(a["experts_activated_per_iteration"], rel=0.02)
     assert b["hit_rate"] == pytest.approx(a["hit_rate"], abs=0.01)
     assert b["cache_hit_rate"] == pytest.approx(a["cache_hit_rate"], abs=0.02)

@@ -41,11 +41,13 @@ impl ExpertCache {
     }
 
     /// Whether `expert` is resident.
+    #[inline]
     pub fn contains(&self, expert: u16) -> bool {
         self.resident[expert as usize]
     }
 
     /// Records an access to `expert`; returns whether it hit.
+    #[inline]
     pub fn access(&mut self, expert: u16) -> bool {
         let e = expert as usize;
         self.clock += 1;
@@ -55,6 +57,7 @@ impl ExpertCache {
     }
 
     /// Admits a fetched `expert`, evicting one if full; returns the evicted expert.
+    #[inline]
     pub fn admit(&mut self, expert: u16) -> Option<u16> {
         let e = expert as usize;
         if self.resident[e] || self.capacity == 0 || self.policy == CachePolicy::Static {
