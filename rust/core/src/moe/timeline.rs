@@ -81,8 +81,7 @@ impl ExpertRuntime {
                     // Cached experts are looked up first, so that admitting this layer's fetched
                     // experts cannot evict one the layer still needs.
                     let (hit, hits, misses) = (&mut self.work.hit, &mut self.work.hits, &mut self.work.misses);
-                    hit.clear();
-                    hit.extend(counts.iter().enumerate().map(|(i, &c)| c > 0.0 && cache.contains(l as u32, i as u16)));
+                    cache.used_and_resident(l as u32, counts, hit);
                     hits.clear();
                     hits.extend((0..per_gpu).filter(|&i| hit[i]).map(|i| i as u16));
                     self.stats.lookups += hits.len() as u64;
