@@ -68,8 +68,11 @@ def _colo(count: int, requests: int) -> dict:
     return sc
 
 
-def _moe(offload: bool, requests: int) -> dict:
-    experts = ({"placement": "dram", "routing": {"kind": "zipf", "zipf_exponent": 0.8, "locality": 0.3},
+def _moe(offload: bool, requests: int, sampling: str | None = None) -> dict:
+    routing = {"kind": "zipf", "zipf_exponent": 0.8, "locality": 0.3}
+    if sampling is not None:  # per-iteration routing keeps no per-request memory: no locality
+        routing = {"kind": "zipf", "zipf_exponent": 0.8, "sampling": sampling}
+    experts = ({"placement": "dram", "routing": routing,
                 "cache": {"policy": "lru", "experts_per_layer": 2}, "prefetch": {"accuracy": 0.9, "lead_layers": 1}}
                if offload else None)
     pool = {"name": "main", "count": 1, "gpu": "gh200", "model": "mixtral-8x7b",
@@ -107,6 +110,8 @@ CASES = {
     "split512": lambda: _split(512, 512, 30_000),
     "moe-dense": lambda: _moe(False, 600),
     "moe-offload": lambda: _moe(True, 600),
+    "moe-offload-l0": lambda: _moe(True, 600, "per_token"),
+    "moe-offload-agg": lambda: _moe(True, 600, "per_iteration"),
 }
 
 

@@ -56,6 +56,7 @@ CASES = {
     "experts-hbm": _scenario({**_MOE, "parallelism": {"tp": 2, "ep": 2}, "experts": {}}),
     "experts-dram": _scenario({**_MOE, "experts": {"placement": "dram", "routing": {"kind": "zipf", "zipf_exponent": 1.2, "locality": 0.3}, "cache": {"policy": "lfu", "experts_per_layer": 4},
                                                    "prefetch": {"accuracy": 0.8, "lead_layers": 2}, "grouping": {"batch": 8}, "staging_experts": 2}}),
+    "experts-per-iteration": _scenario({**_MOE, "experts": {"placement": "dram", "routing": {"kind": "zipf", "sampling": "per_iteration"}, "cache": {"experts_per_layer": 2}}}),
     "experts-cache-policy-object": _scenario({**_MOE, "experts": {"placement": "dram", "cache": {"policy": {"name": "lru"}, "experts_per_layer": 2}}}),
     "experts-flash": _scenario({**_MOE, "experts": {"placement": "flash", "capacity_gb": 50, "storage": "nvme-gen4"}}),
     "mla-dense-layers": _scenario({"model": "deepseek-v2-lite", "experts": {}}),

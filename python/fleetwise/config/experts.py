@@ -26,6 +26,10 @@ class ExpertRoutingConfig(StrictModel):
     relative to the scenario file."""
     max_sampled_tokens: int = Field(default=256, ge=1, le=MAX_TOKENS)
     """Tokens of one prefill chunk routed one by one; longer chunks route this many, weighted."""
+    sampling: Literal["per_token", "per_iteration"] = "per_token"
+    """``per_token``: every token's experts drawn layer by layer; ``per_iteration``: per layer and
+    iteration, the activated experts and their expected load drawn at once (much cheaper; uniform
+    or zipf routing without locality; see docs/moe.md)."""
 
 
 class ExpertCacheConfig(StrictModel):

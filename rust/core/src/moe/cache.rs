@@ -17,6 +17,8 @@ pub struct ExpertCache {
     uses: Vec<u64>,
     clock: u64,
     count: usize,
+    /// The resident experts (any order), so that finding a victim scans the cache, not the layer.
+    members: Vec<u16>,
 }
 
 impl ExpertCache {
@@ -25,12 +27,13 @@ impl ExpertCache {
     pub fn new(policy: CachePolicy, experts: u32, capacity: u32, popular: &[f64]) -> Self {
         let n = experts as usize;
         let capacity = (capacity as usize).min(n);
-        let mut c = ExpertCache { policy, capacity, resident: vec![false; n], last_use: vec![0; n], uses: vec![0; n], clock: 0, count: 0 };
+        let mut c = ExpertCache { policy, capacity, resident: vec![false; n], last_use: vec![0; n], uses: vec![0; n], clock: 0, count: 0, members: Vec::with_capacity(capacity) };
         if policy == CachePolicy::Static {
             let mut order: Vec<usize> = (0..n).collect();
             order.sort_by(|&a, &b| popular[b].partial_cmp(&popular[a]).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b)));
             for &e in order.iter().take(capacity) {
                 c.resident[e] = true;
+                c.members.push(e as u16);
             }
             c.count = capacity;
         }
@@ -38,11 +41,13 @@ impl ExpertCache {
     }
 
     /// Whether `expert` is resident.
+    #[inline]
     pub fn contains(&self, expert: u16) -> bool {
         self.resident[expert as usize]
     }
 
     /// Records an access to `expert`; returns whether it hit.
+    #[inline]
     pub fn access(&mut self, expert: u16) -> bool {
         let e = expert as usize;
         self.clock += 1;
@@ -52,6 +57,7 @@ impl ExpertCache {
     }
 
     /// Admits a fetched `expert`, evicting one if full; returns the evicted expert.
+    #[inline]
     pub fn admit(&mut self, expert: u16) -> Option<u16> {
         let e = expert as usize;
         if self.resident[e] || self.capacity == 0 || self.policy == CachePolicy::Static {
@@ -59,18 +65,23 @@ impl ExpertCache {
         }
         let mut evicted = None;
         if self.count == self.capacity {
-            let victim = (0..self.resident.len())
-                .filter(|&i| self.resident[i] && i != e)
-                .min_by_key(|&i| match self.policy {
-                    CachePolicy::Lfu => (self.uses[i], self.last_use[i]),
-                    _ => (0, self.last_use[i]),
-                })
+            // The least recently (LFU: least frequently, then least recently) used resident; ties
+            // to the lowest id, as a scan over all experts in id order would pick.
+            let key = |i: usize| match self.policy {
+                CachePolicy::Lfu => (self.uses[i], self.last_use[i], i),
+                _ => (0, self.last_use[i], i),
+            };
+            let slot = (0..self.members.len())
+                .filter(|&s| self.members[s] as usize != e)
+                .min_by_key(|&s| key(self.members[s] as usize))
                 .expect("a full cache has a resident expert");
+            let victim = self.members.swap_remove(slot) as usize;
             self.resident[victim] = false;
             self.count -= 1;
             evicted = Some(victim as u16);
         }
         self.resident[e] = true;
+        self.members.push(expert);
         self.count += 1;
         evicted
     }

@@ -32,6 +32,13 @@ pub trait ExpertCachePolicy: Send + Sync {
 
     /// The policy's name in messages.
     fn describe(&self) -> String;
+
+    /// Writes into `hit`, for each expert `i` of `layer` (local ids, in order), whether it is used
+    /// (`used[i] > 0`) and resident: by default [`Self::contains`] on each used expert in order.
+    fn used_and_resident(&self, layer: u32, used: &[f64], hit: &mut Vec<bool>) {
+        hit.clear();
+        hit.extend(used.iter().enumerate().map(|(i, &c)| c > 0.0 && self.contains(layer, i as u16)));
+    }
 }
 
 /// Builds the expert cache policy of one GPU (`site`) of an instance (its index in the cluster).
@@ -73,6 +80,12 @@ impl ExpertCachePolicy for BuiltinExpertCaches {
 
     fn describe(&self) -> String {
         format!("the built-in {:?} expert cache", self.policy).to_lowercase()
+    }
+
+    fn used_and_resident(&self, layer: u32, used: &[f64], hit: &mut Vec<bool>) {
+        let cache = &self.layers[layer as usize];
+        hit.clear();
+        hit.extend(used.iter().enumerate().map(|(i, &c)| c > 0.0 && cache.contains(i as u16)));
     }
 }
 

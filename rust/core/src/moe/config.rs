@@ -31,6 +31,18 @@ pub enum RoutingKind {
     Trace,
 }
 
+/// How an iteration's routing is drawn.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoutingSampling {
+    /// Every token's experts, layer by layer (prefill chunks sampled up to `max_sampled_tokens`).
+    #[default]
+    PerToken,
+    /// Per layer and iteration, which experts the iteration's tokens activate and their expected
+    /// load, drawn at once (uniform or Zipf routing without locality; see `aggregate.rs`).
+    PerIteration,
+}
+
 /// The routing model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -48,11 +60,14 @@ pub struct RoutingSpec {
     /// Tokens of a prefill chunk drawn one by one; longer chunks draw this many and weight them.
     #[serde(default = "default_sampled")]
     pub max_sampled_tokens: u32,
+    /// Per-token draws, or per-iteration aggregates.
+    #[serde(default)]
+    pub sampling: RoutingSampling,
 }
 
 impl Default for RoutingSpec {
     fn default() -> Self {
-        RoutingSpec { kind: RoutingKind::Uniform, zipf_exponent: 1.0, locality: 0.0, max_sampled_tokens: default_sampled() }
+        RoutingSpec { kind: RoutingKind::Uniform, zipf_exponent: 1.0, locality: 0.0, max_sampled_tokens: default_sampled(), sampling: RoutingSampling::PerToken }
     }
 }
 
@@ -199,6 +214,17 @@ impl ExpertConfig {
         }
         if r.max_sampled_tokens == 0 {
             return Err(Error::config("experts.routing.max_sampled_tokens", "must be at least 1"));
+        }
+        if r.sampling == RoutingSampling::PerIteration {
+            if r.kind == RoutingKind::Trace {
+                return Err(Error::config("experts.routing.sampling", "per_iteration draws from the uniform or zipf routing model; trace routing replays each token's recorded experts, use per_token"));
+            }
+            if r.locality > 0.0 {
+                return Err(Error::config("experts.routing.sampling", format!("per_iteration keeps no per-request memory, so it cannot model locality ({}); set locality to 0 or use per_token", r.locality)));
+            }
+            if self.grouping.as_ref().is_some_and(|g| g.affinity) {
+                return Err(Error::config("experts.routing.sampling", "per_iteration keeps no per-request experts, which token grouping by affinity compares; use grouping.affinity false or per_token"));
+            }
         }
         if k == 0 || k > experts {
             return Err(Error::config("experts", format!("experts_per_token {k} must be between 1 and the {experts} experts")));

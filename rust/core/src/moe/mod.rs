@@ -2,6 +2,7 @@
 //! expert caches (LRU, LFU, static), prefetching from a routing predictor (Pre-gated MoE,
 //! ExpertFlow), token grouping, and the per-layer timeline that turns misses into stalls.
 
+mod aggregate;
 pub mod cache;
 pub mod cache_policy;
 pub mod config;
@@ -17,7 +18,7 @@ mod tests;
 
 pub use cache::{replay_hits, ExpertCache};
 pub use cache_policy::{BuiltinExpertCaches, ExpertCacheFactory, ExpertCachePolicy, ExpertCacheSite};
-pub use config::{CachePolicy, CacheSpec, ExpertConfig, ExpertTier, GroupingSpec, PrefetchSpec, RoutingKind, RoutingSpec};
+pub use config::{CachePolicy, CacheSpec, ExpertConfig, ExpertTier, GroupingSpec, PrefetchSpec, RoutingKind, RoutingSampling, RoutingSpec};
 pub use residency::ExpertResidency;
 pub use routing::{ExpertRouter, RoutingTrace};
 pub use runtime::{ExpertRuntime, PluggedCaches, TokenSpan};

@@ -141,7 +141,10 @@ impl ExpertRouter {
         if self.kind == RoutingKind::Zipf {
             let c = &self.cdf[layer as usize];
             let u = self.rng.next_f64();
-            return c.partition_point(|&x| x <= u).min(c.len() - 1) as u16;
+            // The cdf is nondecreasing, so the entries <= u are a prefix: counting them is the
+            // binary search's answer, without its unpredictable branches (few experts).
+            let below = if c.len() <= 64 { c.iter().map(|&x| (x <= u) as usize).sum() } else { c.partition_point(|&x| x <= u) };
+            return below.min(c.len() - 1) as u16;
         }
         self.rng.below(self.experts as u64) as u16
     }
@@ -178,7 +181,7 @@ mod tests {
     use super::*;
 
     fn spec(kind: RoutingKind, locality: f64) -> RoutingSpec {
-        RoutingSpec { kind, zipf_exponent: 1.2, locality, max_sampled_tokens: 256 }
+        RoutingSpec { kind, zipf_exponent: 1.2, locality, max_sampled_tokens: 256, ..RoutingSpec::default() }
     }
 
     #[test]
@@ -197,7 +200,7 @@ mod tests {
     fn zipf_frequencies_follow_the_law() {
         // Top-1 of 8 experts with s = 1.2: the most popular expert's share is 1 / H where
         // H = sum_r r^-1.2 over r = 1..8.
-        let s = RoutingSpec { kind: RoutingKind::Zipf, zipf_exponent: 1.2, locality: 0.0, max_sampled_tokens: 1 };
+        let s = RoutingSpec { kind: RoutingKind::Zipf, zipf_exponent: 1.2, locality: 0.0, max_sampled_tokens: 1, ..RoutingSpec::default() };
         let mut r = ExpertRouter::new(&s, 8, 1, 1, None, 3, "t").unwrap();
         let h: f64 = (1..=8).map(|x| (x as f64).powf(-1.2)).sum();
         let pop = r.popularity(0);

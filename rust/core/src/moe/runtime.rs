@@ -4,15 +4,18 @@
 //! The per-layer timeline that turns misses into stalls is in `timeline.rs`, token grouping in
 //! `grouping.rs`.
 
+use super::aggregate::IterationRouting;
 use super::cache_policy::{BuiltinExpertCaches, ExpertCachePolicy, ExpertCacheSite};
-use super::config::{CachePolicy, ExpertConfig, ExpertTier};
+use super::config::{CachePolicy, ExpertConfig, ExpertTier, RoutingSampling};
 use super::residency::ExpertResidency;
 use super::routing::{ExpertRouter, RoutingTrace};
 use super::stats::ExpertStats;
+use super::timeline::TimelineScratch;
 use crate::cost::CostModel;
 use crate::error::{Error, Result};
 use crate::rng::RngStream;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 /// One iteration's share of a request: `tokens` tokens from position `start`.
@@ -25,6 +28,30 @@ pub struct TokenSpan {
     /// Tokens.
     pub tokens: u32,
 }
+
+/// Hashes a request index by one multiplication (the per-token routing memory is looked up per
+/// token; SipHash cost more than the routing draw itself).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RequestHasher(u64);
+
+impl Hasher for RequestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u32(&mut self, x: u32) {
+        self.0 = (x as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// Per request: the experts its last token chose, layer by layer.
+pub(super) type RoutingMemory = HashMap<u32, Vec<u16>, BuildHasherDefault<RequestHasher>>;
 
 /// An instance's experts at run time.
 pub struct ExpertRuntime {
@@ -45,7 +72,9 @@ pub struct ExpertRuntime {
     /// Per GPU: the HBM expert caches of every layer (none when the experts are all in HBM).
     pub(super) caches: Vec<Box<dyn ExpertCachePolicy>>,
     /// Per request: the experts its last token chose, layer by layer.
-    pub(super) last: HashMap<u32, Vec<u16>>,
+    pub(super) last: RoutingMemory,
+    /// Per-iteration routing (`sampling: per_iteration`).
+    pub(super) aggregate: Option<IterationRouting>,
     /// Where one GPU's experts live.
     pub(super) residency: ExpertResidency,
     /// Bytes per second of one GPU's fetch path (host link, or the drive if slower).
@@ -58,6 +87,8 @@ pub struct ExpertRuntime {
     pub(super) staged: Vec<f64>,
     /// One token's experts, layer by layer.
     pub(super) scratch: Vec<u16>,
+    /// Working buffers of the per-layer timeline, kept across iterations.
+    pub(super) work: TimelineScratch,
     /// Counters.
     pub stats: ExpertStats,
     /// The first error an expert cache policy met.
@@ -83,6 +114,7 @@ impl ExpertRuntime {
         }
         let layers = m.moe_layers();
         let router = ExpertRouter::new(&cfg.routing, m.num_experts, m.experts_per_token, layers, trace, seed, &format!("{stream}.routing"))?;
+        let aggregate = (cfg.routing.sampling == RoutingSampling::PerIteration).then(|| IterationRouting::new(&router, m.num_experts, seed, &format!("{stream}.routing.aggregate")));
         let residency = ExpertResidency::new(cfg, cost);
         let ranks = cost.ep();
         let caches = if cfg.offloaded() { Self::caches(cfg, &residency, ranks, layers, &router, plugged)? } else { Vec::new() };
@@ -113,13 +145,15 @@ impl ExpertRuntime {
             router,
             predictor: RngStream::new(seed, &format!("{stream}.predictor")),
             caches,
-            last: HashMap::new(),
+            last: RoutingMemory::default(),
+            aggregate,
             residency,
             link_bandwidth: bw,
             link_latency: lat,
             counts: vec![0.0; (layers * m.num_experts) as usize],
             staged: vec![-1.0; (layers * m.num_experts) as usize],
             scratch: vec![0; (layers * m.experts_per_token) as usize],
+            work: TimelineScratch::default(),
             stats,
             error: None,
             cfg: cfg.clone(),
@@ -171,28 +205,38 @@ impl ExpertRuntime {
 
     /// Draws the routing of every token of `spans` into the per-layer expert counts.
     pub(super) fn route(&mut self, spans: &[TokenSpan]) {
+        if self.aggregate.is_some() {
+            return self.route_aggregate(spans);
+        }
         self.counts.iter_mut().for_each(|c| *c = 0.0);
         let (e, k, layers) = (self.experts as usize, self.k as usize, self.layers);
+        let ExpertRuntime { router, last, scratch, counts, stats, .. } = self;
         for s in spans {
-            let n = s.tokens.min(self.router.max_sampled);
+            let n = s.tokens.min(router.max_sampled);
+            stats.tokens += s.tokens as u64;
+            if n == 0 {
+                continue;
+            }
             let weight = s.tokens as f64 / n as f64;
-            self.stats.tokens += s.tokens as u64;
+            // One lookup per span: its tokens are one request's; an empty memory is a request
+            // without a routed token yet (filled by its first token below).
+            let mem = last.entry(s.req).or_default();
             for i in 0..n {
                 let pos = s.start + i as u64 * s.tokens as u64 / n as u64;
-                let prev = self.last.get(&s.req);
+                let has_prev = !mem.is_empty();
                 for l in 0..layers {
                     let lo = l as usize * k;
-                    let p = prev.map(|v| &v[lo..lo + k]);
-                    self.router.route(s.req, pos, l, p, &mut self.scratch[lo..lo + k]);
-                    for &x in &self.scratch[lo..lo + k] {
-                        self.counts[l as usize * e + x as usize] += weight;
+                    let p = if has_prev { Some(&mem[lo..lo + k]) } else { None };
+                    router.route(s.req, pos, l, p, &mut scratch[lo..lo + k]);
+                    let row = &mut counts[l as usize * e..(l as usize + 1) * e];
+                    for &x in &scratch[lo..lo + k] {
+                        row[x as usize] += weight;
                     }
                 }
-                match self.last.get_mut(&s.req) {
-                    Some(v) => v.copy_from_slice(&self.scratch),
-                    None => {
-                        self.last.insert(s.req, self.scratch.clone());
-                    }
+                if has_prev {
+                    mem.copy_from_slice(scratch);
+                } else {
+                    mem.extend_from_slice(scratch);
                 }
             }
         }

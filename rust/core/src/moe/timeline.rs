@@ -14,6 +14,25 @@ use super::runtime::{ExpertRuntime, TokenSpan};
 use super::stats::ExpertIteration;
 use crate::cost::CostModel;
 
+/// The timeline's working buffers, reused from iteration to iteration (no allocation per layer).
+#[derive(Debug, Clone, Default)]
+pub struct TimelineScratch {
+    /// Per GPU: when its fetch link is next free.
+    link_free: Vec<f64>,
+    /// Per GPU: this layer's token-expert pairs.
+    rank_pairs: Vec<f64>,
+    /// Per expert of one GPU: whether it was cached when the layer looked.
+    hit: Vec<bool>,
+    /// This layer's cached experts on one GPU.
+    hits: Vec<u16>,
+    /// This layer's fetched experts on one GPU.
+    misses: Vec<u16>,
+    /// The experts the predictor names.
+    named: Vec<usize>,
+    /// The last expert kernel timed: (pairs, touched) and its seconds (layers often repeat it).
+    last_kernel: Option<((u64, usize), f64)>,
+}
+
 impl ExpertRuntime {
     /// Runs one iteration over `spans`: `fixed` seconds of non-layer work plus, per MoE layer,
     /// `base` seconds of non-expert work and the experts `cost` charges for the routed tokens.
@@ -25,14 +44,18 @@ impl ExpertRuntime {
         let fetch = self.fetch_seconds();
         let eb = self.residency.expert_bytes;
         let lead = self.cfg.prefetch.as_ref().map(|p| (p.lead_layers, p.accuracy));
-        let mut link_free = vec![0.0f64; self.ranks as usize];
+        let mut link_free = std::mem::take(&mut self.work.link_free);
+        link_free.clear();
+        link_free.resize(self.ranks as usize, 0.0);
+        let mut rank_pairs = std::mem::take(&mut self.work.rank_pairs);
         let (mut t, mut stall) = (0.0f64, 0.0f64);
         let (mut demand, mut prefetched, mut wasted) = (0.0f64, 0.0f64, 0.0f64);
         self.staged.iter_mut().for_each(|s| *s = -1.0);
+        self.work.last_kernel = None; // the cost model is only fixed within one iteration
         for l in 0..self.layers as usize {
             let router_t = t + base;
             let (mut end, mut ideal) = (router_t, router_t);
-            let mut rank_pairs = Vec::with_capacity(self.ranks as usize);
+            rank_pairs.clear();
             for (r, free) in link_free.iter_mut().enumerate() {
                 let lo = l * e + r * per_gpu;
                 let counts = &self.counts[lo..lo + per_gpu];
@@ -40,17 +63,30 @@ impl ExpertRuntime {
                 let touched = counts.iter().filter(|&&c| c > 0.0).count();
                 rank_pairs.push(pairs);
                 self.stats.activated += touched as u64;
-                let compute = if touched > 0 { cost.expert_seconds(pairs, touched as f64) } else { 0.0 };
+                let compute = if touched == 0 {
+                    0.0
+                } else {
+                    match self.work.last_kernel {
+                        Some((key, secs)) if key == (pairs.to_bits(), touched) => secs,
+                        _ => {
+                            let secs = cost.expert_seconds(pairs, touched as f64);
+                            self.work.last_kernel = Some(((pairs.to_bits(), touched), secs));
+                            secs
+                        }
+                    }
+                };
                 let mut ready = router_t;
                 if offloaded {
                     let cache = &mut self.caches[r];
                     // Cached experts are looked up first, so that admitting this layer's fetched
                     // experts cannot evict one the layer still needs.
-                    let hit: Vec<bool> = counts.iter().enumerate().map(|(i, &c)| c > 0.0 && cache.contains(l as u32, i as u16)).collect();
-                    let hits: Vec<u16> = (0..per_gpu).filter(|&i| hit[i]).map(|i| i as u16).collect();
+                    let (hit, hits, misses) = (&mut self.work.hit, &mut self.work.hits, &mut self.work.misses);
+                    cache.used_and_resident(l as u32, counts, hit);
+                    hits.clear();
+                    hits.extend((0..per_gpu).filter(|&i| hit[i]).map(|i| i as u16));
                     self.stats.lookups += hits.len() as u64;
                     self.stats.hits += hits.len() as u64;
-                    let mut misses: Vec<u16> = Vec::new();
+                    misses.clear();
                     for (i, &c) in counts.iter().enumerate() {
                         let staged = self.staged[lo + i];
                         if c == 0.0 {
@@ -74,7 +110,7 @@ impl ExpertRuntime {
                             demand += eb;
                         }
                     }
-                    if let Err(err) = cache.lookup(l as u32, &hits, &misses) {
+                    if let Err(err) = cache.lookup(l as u32, hits, misses) {
                         self.error.get_or_insert(err);
                     }
                 }
@@ -97,6 +133,8 @@ impl ExpertRuntime {
             stall += end - ideal;
             t = end;
         }
+        self.work.link_free = link_free;
+        self.work.rank_pairs = rank_pairs;
         let bytes = demand + prefetched;
         self.stats.demand_bytes += demand.round() as u64;
         self.stats.prefetch_bytes += prefetched.round() as u64;
@@ -109,24 +147,30 @@ impl ExpertRuntime {
     fn prefetch(&mut self, target: usize, now: f64, accuracy: f64, fetch: f64, link_free: &mut [f64]) -> f64 {
         let (e, per_gpu) = (self.experts as usize, self.residency.experts_per_gpu as usize);
         let mut bytes = 0.0;
+        let mut named = std::mem::take(&mut self.work.named);
         for (r, free) in link_free.iter_mut().enumerate() {
             let lo = target * e + r * per_gpu;
-            let mut named: Vec<usize> = Vec::new();
+            let counts = &self.counts[lo..lo + per_gpu];
+            named.clear();
             for i in 0..per_gpu {
-                if self.counts[lo + i] == 0.0 {
+                if counts[i] == 0.0 {
                     continue;
                 }
                 if self.predictor.next_f64() < accuracy {
                     named.push(i);
                     continue;
                 }
-                let wrong: Vec<usize> = (0..per_gpu).filter(|&j| self.counts[lo + j] == 0.0 && !named.contains(&j)).collect();
-                if !wrong.is_empty() {
-                    named.push(wrong[self.predictor.below(wrong.len() as u64) as usize]);
+                // A wrong guess: uniformly one of the unused experts not named yet.
+                let is_wrong = |j: &usize| counts[*j] == 0.0 && !named.contains(j);
+                let wrong = (0..per_gpu).filter(is_wrong).count();
+                if wrong > 0 {
+                    let pick = self.predictor.below(wrong as u64) as usize;
+                    let j = (0..per_gpu).filter(is_wrong).nth(pick).expect("pick < wrong");
+                    named.push(j);
                 }
             }
             let cache = &self.caches[r];
-            for i in named {
+            for &i in &named {
                 if cache.contains(target as u32, i as u16) || self.staged[lo + i] >= 0.0 {
                     continue;
                 }
@@ -135,6 +179,7 @@ impl ExpertRuntime {
                 bytes += self.residency.expert_bytes;
             }
         }
+        self.work.named = named;
         bytes
     }
 }

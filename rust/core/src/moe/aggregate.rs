@@ -1,0 +1,281 @@
+//! Per-iteration routing (`experts.routing.sampling: per_iteration`): per MoE layer and iteration,
+//! which experts the iteration's tokens activate and how much load each gets, drawn at once instead
+//! of token by token.
+//!
+//! Each token picks `k` distinct experts by successive draws from the layer's popularity `w`
+//! (uniform or Zipf), so expert `e` is in one token's set with its inclusion probability `pi_e`
+//! (computed once, exactly by enumerating ordered k-tuples when there are at most a million of
+//! them, else by a seeded Monte Carlo estimate; `k / E` for uniform routing). Over `n` independent
+//! tokens, `e` stays unused with probability `(1 - pi_e)^n`. The aggregate draws each expert's
+//! "activated" flag with exactly that probability, independently across experts, conditioned on at
+//! least `k` being activated (as one token alone activates `k`), and gives the activated experts
+//! the iteration's `n * k` token-expert pairs in proportion to `pi_e` (whole pairs, at least one
+//! each, by cumulative rounding). What it preserves: the total
+//! pairs (exact), each expert's probability of being activated (exact up to the conditioning), so
+//! the expected activated experts per layer, and each activated expert's expected share of the load.
+//! What it drops: the negative correlation between experts of one token (an expert taken leaves
+//! fewer slots for others), the sampling noise of each expert's load (with expert parallelism the
+//! load imbalance reflects the popularity skew and the activated set only), and per-request memory
+//! (hence no locality and no affinity grouping). With `n * k <= E` (a few tokens) the tokens are
+//! drawn one by one instead, exactly as per-token routing does (without locality): that costs no
+//! more than the aggregate and keeps small decode batches exact.
+
+use super::routing::ExpertRouter;
+use super::runtime::{ExpertRuntime, TokenSpan};
+use crate::rng::RngStream;
+
+/// Ordered k-tuples up to which inclusion probabilities are enumerated exactly.
+const ENUMERATE_LIMIT: f64 = 1e6;
+/// Tokens of the Monte Carlo estimate of inclusion probabilities beyond that.
+const MONTE_CARLO_TOKENS: u64 = 200_000;
+
+/// The per-iteration routing state of one instance.
+#[derive(Debug, Clone)]
+pub struct IterationRouting {
+    experts: usize,
+    k: usize,
+    /// Inclusion probability of the expert of each popularity rank (rank 0: most popular).
+    inclusion: Vec<f64>,
+    /// `ln(1 - inclusion)` by rank.
+    ln_unused: Vec<f64>,
+    /// Per layer and expert, the expert's popularity rank in its layer.
+    rank: Vec<u32>,
+    /// The token count `unused` was computed for.
+    unused_tokens: u64,
+    /// Per rank, the probability that `unused_tokens` tokens all miss the expert.
+    unused: Vec<f64>,
+    rng: RngStream,
+}
+
+impl IterationRouting {
+    /// The aggregate of `router`'s routing model, drawing from the stream `stream` seeded by `seed`.
+    pub fn new(router: &ExpertRouter, experts: u32, seed: u64, stream: &str) -> Self {
+        let (e, k, layers) = (experts as usize, router.k() as usize, router.layers());
+        let mut rank = Vec::with_capacity(layers as usize * e);
+        let mut sorted_w = Vec::new();
+        for l in 0..layers {
+            let w = router.popularity(l);
+            let mut order: Vec<usize> = (0..e).collect();
+            order.sort_by(|&a, &b| w[b].partial_cmp(&w[a]).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b)));
+            let mut r = vec![0u32; e];
+            for (pos, &x) in order.iter().enumerate() {
+                r[x] = pos as u32;
+            }
+            rank.extend(r);
+            if l == 0 {
+                let total: f64 = w.iter().sum();
+                sorted_w = order.iter().map(|&x| w[x] / total).collect();
+            }
+        }
+        let inclusion = if sorted_w.iter().all(|&x| x == sorted_w[0]) { vec![k as f64 / e as f64; e] } else { inclusion_probabilities(&sorted_w, k, seed, stream) };
+        let ln_unused = inclusion.iter().map(|&p| (1.0 - p).max(0.0).ln()).collect();
+        IterationRouting { experts: e, k, inclusion, ln_unused, rank, unused_tokens: 0, unused: vec![1.0; e], rng: RngStream::new(seed, stream) }
+    }
+
+    /// Inclusion probability of each expert of `layer` (sums to `k`).
+    #[cfg(test)]
+    pub fn inclusion(&self, layer: u32) -> Vec<f64> {
+        let lo = layer as usize * self.experts;
+        self.rank[lo..lo + self.experts].iter().map(|&r| self.inclusion[r as usize]).collect()
+    }
+
+    /// Writes into `out` (one layer's experts, zeroed) the token-expert pairs of `tokens` tokens
+    /// (more than `E / k` of them) in `layer`: activated experts get their expected share.
+    fn draw(&mut self, layer: u32, tokens: u64, out: &mut [f64]) {
+        if tokens != self.unused_tokens {
+            for (u, &ln) in self.unused.iter_mut().zip(&self.ln_unused) {
+                *u = (tokens as f64 * ln).exp();
+            }
+            self.unused_tokens = tokens;
+        }
+        let lo = layer as usize * self.experts;
+        let ranks = &self.rank[lo..lo + self.experts];
+        loop {
+            let (mut mass, mut activated) = (0.0, 0);
+            for (o, &r) in out.iter_mut().zip(ranks) {
+                let used = self.rng.next_f64() >= self.unused[r as usize];
+                *o = if used { self.inclusion[r as usize] } else { 0.0 };
+                if used {
+                    mass += *o;
+                    activated += 1;
+                }
+            }
+            if activated >= self.k && mass > 0.0 {
+                // Whole pairs: one per activated expert, the rest by cumulative rounding of the
+                // shares, so every layer's total is exactly n * k (and the kernel time repeats).
+                let rest = tokens * self.k as u64 - activated as u64;
+                let share = rest as f64 / mass;
+                let (mut cum, mut given, mut last) = (0.0, 0u64, 0);
+                for (i, o) in out.iter_mut().enumerate() {
+                    if *o > 0.0 {
+                        cum += *o * share;
+                        // Rounded to nearest (cum >= 0), without a libm call.
+                        let upto = ((cum + 0.5) as u64).clamp(given, rest);
+                        *o = (1 + upto - given) as f64;
+                        given = upto;
+                        last = i;
+                    }
+                }
+                out[last] += (rest - given) as f64;
+                return;
+            }
+        }
+    }
+}
+
+/// Inclusion probability of each expert (by rank, `w` normalised and sorted) in one token's `k`
+/// distinct experts drawn by successive sampling (each draw from `w`, repeats redrawn).
+fn inclusion_probabilities(w: &[f64], k: usize, seed: u64, stream: &str) -> Vec<f64> {
+    let e = w.len();
+    let tuples: f64 = (0..k).map(|i| (e - i) as f64).product();
+    let mut pi = vec![0.0; e];
+    if tuples <= ENUMERATE_LIMIT {
+        let mut chosen = Vec::with_capacity(k);
+        enumerate(w, k, 1.0, 0.0, &mut chosen, &mut pi);
+        return pi;
+    }
+    let mut rng = RngStream::new(seed, &format!("{stream}.inclusion"));
+    let mut cdf = Vec::with_capacity(e);
+    let mut acc = 0.0;
+    for &x in w {
+        acc += x;
+        cdf.push(acc);
+    }
+    let mut taken = vec![false; e];
+    let mut set = Vec::with_capacity(k);
+    for _ in 0..MONTE_CARLO_TOKENS {
+        set.clear();
+        while set.len() < k {
+            let u = rng.next_f64() * acc;
+            let x = cdf.partition_point(|&c| c <= u).min(e - 1);
+            if !taken[x] {
+                taken[x] = true;
+                set.push(x);
+            }
+        }
+        for &x in &set {
+            pi[x] += 1.0;
+            taken[x] = false;
+        }
+    }
+    pi.iter_mut().for_each(|p| *p /= MONTE_CARLO_TOKENS as f64);
+    pi
+}
+
+/// Adds to `pi`, for every ordered continuation of `chosen` to `k` experts, its probability
+/// (`p` so far; `used` the weight already taken) to each expert in it.
+fn enumerate(w: &[f64], k: usize, p: f64, used: f64, chosen: &mut Vec<usize>, pi: &mut [f64]) {
+    if chosen.len() == k {
+        for &x in chosen.iter() {
+            pi[x] += p;
+        }
+        return;
+    }
+    for x in 0..w.len() {
+        if w[x] <= 0.0 || chosen.contains(&x) {
+            continue;
+        }
+        chosen.push(x);
+        enumerate(w, k, p * w[x] / (1.0 - used), used + w[x], chosen, pi);
+        chosen.pop();
+    }
+}
+
+impl ExpertRuntime {
+    /// Per-iteration routing of `spans` into the per-layer expert counts: every token of the
+    /// iteration counts (no prefill sampling); a few tokens are drawn one by one.
+    pub(super) fn route_aggregate(&mut self, spans: &[TokenSpan]) {
+        self.counts.iter_mut().for_each(|c| *c = 0.0);
+        let tokens: u64 = spans.iter().map(|s| s.tokens as u64).sum();
+        self.stats.tokens += tokens;
+        if tokens == 0 {
+            return;
+        }
+        let (e, k) = (self.experts as usize, self.k as usize);
+        let agg = self.aggregate.as_mut().expect("per-iteration routing has its aggregate");
+        for l in 0..self.layers {
+            let out = &mut self.counts[l as usize * e..(l as usize + 1) * e];
+            if tokens * k as u64 <= e as u64 {
+                let scratch = &mut self.scratch[..k];
+                for t in 0..tokens {
+                    self.router.route(0, t, l, None, scratch);
+                    for &x in scratch.iter() {
+                        out[x as usize] += 1.0;
+                    }
+                }
+            } else {
+                agg.draw(l, tokens, out);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enumerated_inclusion_matches_monte_carlo_and_sums_to_k() {
+        let w: Vec<f64> = (1..=8).map(|r| 1.0 / (r as f64).powf(0.8)).collect();
+        let total: f64 = w.iter().sum();
+        let w: Vec<f64> = w.iter().map(|x| x / total).collect();
+        let mut exact = vec![0.0; 8];
+        enumerate(&w, 2, 1.0, 0.0, &mut Vec::new(), &mut exact);
+        assert!((exact.iter().sum::<f64>() - 2.0).abs() < 1e-12);
+        // Top-1: inclusion is the weight itself.
+        let mut top1 = vec![0.0; 8];
+        enumerate(&w, 1, 1.0, 0.0, &mut Vec::new(), &mut top1);
+        assert!(top1.iter().zip(&w).all(|(a, b)| (a - b).abs() < 1e-12));
+        // The sampling law of the rejection draws: pi_0 = w0 + sum_{j != 0} w_j w0 / (1 - w_j).
+        let pi0 = w[0] + (1..8).map(|j| w[j] * w[0] / (1.0 - w[j])).sum::<f64>();
+        assert!((exact[0] - pi0).abs() < 1e-12);
+        let mut rng = RngStream::new(1, "t");
+        let mut mc = vec![0.0; 8];
+        let n = 200_000;
+        for _ in 0..n {
+            let mut set: Vec<usize> = Vec::new();
+            while set.len() < 2 {
+                let u = rng.next_f64();
+                let mut acc = 0.0;
+                let x = w.iter().position(|&p| {
+                    acc += p;
+                    u < acc
+                }).unwrap_or(7);
+                if !set.contains(&x) {
+                    set.push(x);
+                }
+            }
+            set.iter().for_each(|&x| mc[x] += 1.0 / n as f64);
+        }
+        assert!(exact.iter().zip(&mc).all(|(a, b)| (a - b).abs() < 0.005), "{exact:?} {mc:?}");
+    }
+
+    #[test]
+    fn draw_keeps_pairs_and_activation_probability() {
+        use crate::moe::config::{RoutingKind, RoutingSampling, RoutingSpec};
+        let spec = RoutingSpec { kind: RoutingKind::Zipf, zipf_exponent: 0.8, sampling: RoutingSampling::PerIteration, ..RoutingSpec::default() };
+        let router = ExpertRouter::new(&spec, 8, 2, 2, None, 5, "t").unwrap();
+        let mut agg = IterationRouting::new(&router, 8, 5, "t.agg");
+        let pi = agg.inclusion(1);
+        assert!((pi.iter().sum::<f64>() - 2.0).abs() < 1e-12);
+        let (n, runs) = (6u64, 50_000);
+        let mut seen = [0.0; 8];
+        let mut out = [0.0; 8];
+        for _ in 0..runs {
+            out.iter_mut().for_each(|o| *o = 0.0);
+            agg.draw(1, n, &mut out);
+            assert_eq!(out.iter().sum::<f64>(), 12.0);
+            assert!(out.iter().all(|&c| c == c.round()));
+            assert!(out.iter().filter(|&&c| c > 0.0).count() >= 2);
+            for (s, &c) in seen.iter_mut().zip(&out) {
+                if c > 0.0 {
+                    *s += 1.0 / runs as f64;
+                }
+            }
+        }
+        for (s, p) in seen.iter().zip(&pi) {
+            let want = 1.0 - (1.0 - p).powi(n as i32);
+            assert!((s - want).abs() < 0.01, "activated {s} want {want}");
+        }
+    }
+}
