@@ -273,7 +273,11 @@ def create_router_app(state: RouterState):
     async def lifespan(app):
         f = state.failover
         timeout = httpx.Timeout(connect=f.connect_timeout, read=f.read_timeout, write=f.read_timeout, pool=None)
-        state.client = httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=4096, max_keepalive_connections=512))
+        # Idle upstream connections are dropped after 2 s, before the engines' own keep-alive timeout
+        # (uvicorn's, vLLM's server: 5 s) closes them: reusing a connection the engine is closing at
+        # that moment fails the request with a ReadError and no response (seen on a loaded machine).
+        limits = httpx.Limits(max_connections=4096, max_keepalive_connections=512, keepalive_expiry=2.0)
+        state.client = httpx.AsyncClient(timeout=timeout, limits=limits)
         loop = asyncio.get_running_loop()
         tasks = []
         if state.scrape_interval > 0:
