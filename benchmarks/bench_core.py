@@ -25,7 +25,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-SHAREGPT = REPO.parent / "shared" / "traces" / "sharegpt_8k_lengths_llama2tok.csv"
+sys.path.insert(0, str(HERE))
+from vs_vidur import scenario as bench_scenario  # noqa: E402
 
 _QUICK = {
     "name": "quick", "seed": 7,
@@ -87,16 +88,8 @@ def _moe(offload: bool, requests: int, sampling: str | None = None) -> dict:
 
 
 def _vidur(requests: int) -> dict:
-    return {
-        "name": "bench-vs-vidur", "seed": 0,
-        "cluster": {"pools": [{"name": "main", "count": 4, "gpu": "a100-80gb-sxm", "model": "llama-2-70b",
-                               "parallelism": {"tp": 2, "pp": 2},
-                               "scheduler": {"kind": "vllm", "max_num_seqs": 128, "max_num_batched_tokens": 4096}}],
-                    "router": {"kind": "round-robin"}},
-        "workload": {"arrivals": {"kind": "poisson", "rate": 4.0},
-                     "lengths": {"kind": "file", "path": str(SHAREGPT), "max_total_tokens": 4096},
-                     "requests": requests},
-    }
+    """bench_vs_vidur.py's scenario (benchmarks/vs_vidur/scenario.py): 4 Llama-2-70B TP2 x PP2 replicas, ShareGPT lengths."""
+    return bench_scenario.scenario_dict(requests, 4, 4.0, 0, "round-robin", bench_scenario.sharegpt_lengths())
 
 
 CASES = {

@@ -26,7 +26,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SCENARIOS = REPO / "scenarios"
-SHAREGPT = REPO.parent / "shared" / "traces" / "sharegpt_8k_lengths_llama2tok.csv"
+sys.path.insert(0, str(REPO / "benchmarks"))
+from vs_vidur import scenario as bench_scenario  # noqa: E402
 
 
 def _variants() -> dict[str, dict]:
@@ -46,17 +47,8 @@ def _variants() -> dict[str, dict]:
     lw = copy.deepcopy(big)
     lw["cluster"]["pools"][0]["kv_transfer"] = "layerwise"
     out["splitwise-8p8d-layerwise"] = lw
-    if SHAREGPT.exists():
-        out["vs-vidur"] = {
-            "name": "bench-vs-vidur", "seed": 0,
-            "cluster": {"pools": [{"name": "main", "count": 4, "gpu": "a100-80gb-sxm", "model": "llama-2-70b",
-                                   "parallelism": {"tp": 2, "pp": 2},
-                                   "scheduler": {"kind": "vllm", "max_num_seqs": 128, "max_num_batched_tokens": 4096}}],
-                        "router": {"kind": "round-robin"}},
-            "workload": {"arrivals": {"kind": "poisson", "rate": 4.0},
-                         "lengths": {"kind": "file", "path": str(SHAREGPT), "max_total_tokens": 4096},
-                         "requests": 3000},
-        }
+    if bench_scenario.SHAREGPT.exists():
+        out["vs-vidur"] = bench_scenario.scenario_dict(3000, 4, 4.0, 0, "round-robin", bench_scenario.sharegpt_lengths())
     return out
 
 

@@ -32,15 +32,7 @@ impl Instance {
         let (compute_ns, stream) = self.compute_time(&it, reqs);
         self.busy = true;
         let transfer_bytes = self.count_iteration(&it, compute_ns, stream);
-        self.record = Some(IterationRecord {
-            start: now,
-            end: now,
-            prefill_tokens: self.batch.shape.prefill_tokens,
-            decode_seqs: self.batch.shape.decode_seqs,
-            kv_blocks: self.kv.used(),
-            waiting: self.queues.waiting.len() as u32,
-            running: self.queues.running.len() as u32,
-        });
+        self.record = Some(self.batch_record(now));
         Some(IterationStart { compute_ns, transfer_bytes, stream })
     }
 
@@ -171,6 +163,21 @@ impl Instance {
         }
         if any_finished {
             self.queues.running.retain(|&i| reqs[i as usize].status == Status::Running);
+        }
+    }
+}
+
+impl Instance {
+    /// The iteration-log row of the batch just formed, starting (and, until it ends, ending) at `now`.
+    pub(super) fn batch_record(&self, now: Nanos) -> IterationRecord {
+        IterationRecord {
+            start: now,
+            end: now,
+            prefill_tokens: self.batch.shape.prefill_tokens,
+            decode_seqs: self.batch.shape.decode_seqs,
+            kv_blocks: self.kv.used(),
+            waiting: self.queues.waiting.len() as u32,
+            running: self.queues.running.len() as u32,
         }
     }
 }

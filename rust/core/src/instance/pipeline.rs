@@ -190,15 +190,7 @@ impl Instance {
         let st = self.cost.stage_costs(&self.batch.shape);
         let stage_ns: Vec<Nanos> = st.seconds.iter().map(|&s| secs_to_ns(s)).collect();
         self.count_iteration(&st.average, secs_to_ns(st.average.seconds), None);
-        let record = IterationRecord {
-            start: now,
-            end: now,
-            prefill_tokens: self.batch.shape.prefill_tokens,
-            decode_seqs: self.batch.shape.decode_seqs,
-            kv_blocks: self.kv.used(),
-            waiting: self.queues.waiting.len() as u32,
-            running: self.queues.running.len() as u32,
-        };
+        let record = self.batch_record(now);
         let p = self.pipeline.as_mut().expect("pipelined");
         let (stage1_free, done) = p.shop.enter(now, &stage_ns).ok_or_else(|| Error::Simulation {
             message: format!(
