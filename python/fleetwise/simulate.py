@@ -26,7 +26,16 @@ from fleetwise.policy.watchdog import CallClock, Watchdog
 from fleetwise.result import Result
 from fleetwise.workload import Workload, build_workload
 
-_STATUS = {0: "finished", 1: "rejected"}
+_STATUS_LABELS = ["finished", "rejected"]
+"""The core's status codes (0 finished, 1 rejected) as labels; any other code is ``unfinished``."""
+
+
+def _labels(codes: np.ndarray, labels: list[str], missing: str | None) -> pl.Series:
+    """``labels[code]`` for each code, ``missing`` where the code is outside ``labels`` (a String
+    column built in polars, not a Python loop over the rows)."""
+    codes = np.asarray(codes, dtype=np.int64)
+    idx = np.where((codes >= 0) & (codes < len(labels)), codes, len(labels))
+    return pl.Series([*labels, missing], dtype=pl.String).gather(idx)
 
 
 
@@ -39,9 +48,11 @@ def _requests_frame(workload: Workload, out: dict, pool_of: list[str]) -> pl.Dat
     scheduled = out["first_scheduled_ns"]
     delay = np.where(scheduled >= 0, (scheduled - arrival) * 1e-9, np.nan)
     inst = out["instance"]
-    reasons: list[str | None] = [None] * len(workload)
-    for idx, reason in out.get("rejections", ()):
-        reasons[idx] = reason
+    rejections = out.get("rejections", ())
+    reason_codes = np.full(len(workload), -1, dtype=np.int64)
+    reason_names: dict[str, int] = {}
+    for idx, reason in rejections:
+        reason_codes[idx] = reason_names.setdefault(reason, len(reason_names))
     return pl.DataFrame(
         {
             "request_id": np.arange(len(workload), dtype=np.int64),
@@ -53,12 +64,12 @@ def _requests_frame(workload: Workload, out: dict, pool_of: list[str]) -> pl.Dat
             "output_tokens": out_tok,
             "generated_tokens": out["generated_tokens"],
             "instance": inst,
-            "pool": [pool_of[i] if i >= 0 else None for i in inst],
+            "pool": _labels(inst, pool_of, None),
             "prefill_instance": out["prefill_instance"],
             "kv_transfer_ns": out["kv_transfer_ns"],
             "preemptions": out["preemptions"],
-            "status": [_STATUS.get(int(s), "unfinished") for s in out["status"]],
-            "reject_reason": pl.Series(reasons, dtype=pl.String),
+            "status": _labels(out["status"], _STATUS_LABELS, "unfinished"),
+            "reject_reason": _labels(reason_codes, list(reason_names), None),
             **({"mixed_pool": pl.Series(out["mixed_pool"], dtype=pl.String)} if "mixed_pool" in out else {}),
             "scheduling_delay_s": delay,
             "ttft_s": ttft,

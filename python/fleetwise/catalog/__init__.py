@@ -16,6 +16,7 @@ from pydantic import Field, ValidationInfo, create_model, model_validator
 from fleetwise.catalog.hardware import ARCHITECTURES, MEMORY_TYPES, Architecture, HardwareFractions, MemoryType, architecture_priors, prior_for, prior_key
 from fleetwise.config.base import StrictModel
 from fleetwise.config.limits import MAX_COUNT, MAX_TOKENS
+from fleetwise.config.yaml_input import FAST_SAFE_LOADER
 
 _HERE = Path(__file__).parent
 
@@ -370,7 +371,7 @@ def _load(file: str, cls):
 
     from fleetwise.errors import ConfigError
 
-    raw = yaml.safe_load((_HERE / file).read_text())
+    raw = yaml.load((_HERE / file).read_text(), Loader=FAST_SAFE_LOADER)
     out = {}
     for name, spec in raw.items():
         try:

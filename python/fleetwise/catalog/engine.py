@@ -21,6 +21,7 @@ import yaml
 from pydantic import Field, ValidationError
 
 from fleetwise.config.base import StrictModel
+from fleetwise.config.yaml_input import FAST_SAFE_LOADER
 from fleetwise.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -131,7 +132,7 @@ def _profile_path(engine: str, base_dir: Path | None) -> Path:
 @lru_cache(maxsize=64)
 def _load_file(path: str) -> EngineProfile:
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = yaml.load(Path(path).read_text(), Loader=FAST_SAFE_LOADER)
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the engine profile: {e.strerror or e}") from None
     except yaml.YAMLError as e:

@@ -17,6 +17,7 @@ import yaml
 from pydantic import Field, ValidationError
 
 from fleetwise.config.base import StrictModel
+from fleetwise.config.yaml_input import FAST_SAFE_LOADER
 
 if TYPE_CHECKING:
     from fleetwise.catalog import GpuSpec
@@ -98,7 +99,7 @@ def architecture_priors() -> dict[str, ArchitecturePrior]:
     from fleetwise.config.load import format_validation_error
     from fleetwise.errors import ConfigError
 
-    raw = yaml.safe_load(PRIORS_FILE.read_text())
+    raw = yaml.load(PRIORS_FILE.read_text(), Loader=FAST_SAFE_LOADER)
     priors = raw.get("priors") if isinstance(raw, dict) else None
     if not isinstance(priors, dict):
         raise ConfigError(f"{PRIORS_FILE}: expected a top-level 'priors:' mapping of architecture/memory_type keys")
