@@ -187,7 +187,11 @@ def test_h100_speeds_up_prompts_much_more_than_tokens():
 
     prompt = secs("a100-80gb-sxm", "--prefill", "2048") / secs("h100-sxm", "--prefill", "2048")
     token = secs("a100-80gb-sxm", "--decode-batch", "16", "--context", "2048") / secs("h100-sxm", "--decode-batch", "16", "--context", "2048")
-    assert prompt > 2.0 and token < 1.8 and prompt > 1.4 * token
+    # Splitwise (ISCA'24, DGX-A100 vs DGX-H100): prompts ~2.1x faster, tokens ~1.4x; fleetwise's
+    # vllm profile gives 2.40x and 1.42x (the A100's Ampere prior vs the H100's measured fractions).
+    assert 2.1 * 0.85 <= prompt <= 2.1 * 1.2
+    assert 1.4 * 0.9 <= token <= 1.4 * 1.1
+    assert prompt > 1.4 * token
 
 
 def test_disaggregation_config_errors():
