@@ -107,6 +107,12 @@ class LoadRow:
     kv_used_blocks: int
     kv_total_blocks: int
 
+class LoadTable:
+    """Several instances' loads as one read-only sequence of ``LoadRow`` (made when indexed)."""
+
+    def __len__(self) -> int: ...
+    def __getitem__(self, index: int) -> LoadRow: ...
+
 class IdlePrefixRow:
     """An idle prefix-cache entry as the core offers it to a prefix cache bridge."""
 

@@ -9,8 +9,8 @@ by ``benchmarks/bench_python_policy.py``.
 from __future__ import annotations
 
 import numbers
-from operator import attrgetter
-from typing import Sequence
+from collections.abc import Sequence
+from operator import attrgetter, index as as_index
 
 from fleetwise.policy.decisions import RouteDecision, StepPlan
 from fleetwise.policy.views import EndpointView, RequestView, StepView
@@ -55,17 +55,11 @@ class RouterBridge:
         self.block_tokens = block_tokens
         self.count = 0
 
-    def _endpoints(self, entry_loads, decode_loads) -> list[EndpointView]:
-        loads = entry_loads + decode_loads if not self.decoders else [None] * len(self.roles)
-        if self.decoders:
-            for inst, load in zip(self.entry, entry_loads):
-                loads[inst] = load
-            for inst, load in zip(self.decoders, decode_loads):
-                loads[inst] = load
-        return [endpoint_view(inst, self.names[inst], self.roles[inst], load) for inst, load in enumerate(loads)]
+    def _endpoints(self, entry_loads, decode_loads) -> "Endpoints":
+        return Endpoints(self, entry_loads, decode_loads)
 
     def route(self, row, entry_loads, decode_loads) -> dict:
-        """Routes one request (the core's ``RequestRow`` and ``LoadRow``s of the entry and decode
+        """Routes one request (the core's ``RequestRow`` and ``LoadTable``s of the entry and decode
         instances): returns ``{"entry": position, "decode": position or None}`` for the core."""
         req = RequestView(id=self.count, prompt_tokens=row.prompt_tokens, max_output_tokens=row.max_output_tokens, arrival=row.arrival, prefix_hashes=tuple(row.prefix_hashes))
         self.count += 1
@@ -93,6 +87,68 @@ class RouterBridge:
         if kind != "decode":
             raise PolicyAnswerError(f"chose instance {d.instance} to decode request {req.id} after a separate prefill; decode instances are {self.decoders}")
         return {"entry": ppos, "decode": pos}
+
+
+class Endpoints(Sequence):
+    """The endpoints a router sees, instance by instance, as a read-only sequence whose views are
+    built when read: a call costs the same on 4 instances or 1,024 unless the policy reads them all
+    (iterating builds every view at once, as a list would)."""
+
+    __slots__ = ("_bridge", "_entry", "_decode", "_views", "_all")
+
+    def __init__(self, bridge: RouterBridge, entry_loads, decode_loads):
+        self._bridge, self._entry, self._decode = bridge, entry_loads, decode_loads
+        self._views: dict[int, EndpointView] = {}
+        self._all: list[EndpointView] | None = None
+
+    def __len__(self) -> int:
+        return len(self._bridge.roles)
+
+    def _view(self, i: int) -> EndpointView:
+        if self._all is not None:
+            return self._all[i]
+        view = self._views.get(i)
+        if view is None:
+            b = self._bridge
+            kind, pos = b.position[i]
+            load = (self._entry if kind == "entry" else self._decode)[pos]
+            view = self._views[i] = endpoint_view(i, b.names[i], b.roles[i], load)
+        return view
+
+    def _every(self) -> list[EndpointView]:
+        if self._all is None:
+            b = self._bridge
+            if b.decoders:
+                loads = [None] * len(b.roles)
+                for inst, load in zip(b.entry, self._entry):
+                    loads[inst] = load
+                for inst, load in zip(b.decoders, self._decode):
+                    loads[inst] = load
+            else:
+                loads = self._entry
+            names, roles = b.names, b.roles
+            every = [endpoint_view(i, names[i], roles[i], load) for i, load in enumerate(loads)]
+            for i, view in self._views.items():  # the views already handed out stay the same objects
+                every[i] = view
+            self._all = every
+        return self._all
+
+    def __getitem__(self, index):
+        n = len(self._bridge.roles)
+        if isinstance(index, slice):
+            return self._every()[index]
+        i = as_index(index)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"endpoint {index} of {n}")
+        return self._view(i)
+
+    def __iter__(self):
+        return iter(self._every())
+
+    def __repr__(self) -> str:
+        return f"Endpoints({self._every()!r})"
 
 
 def endpoint_view(index: int, name: str, role: str, load) -> EndpointView:

@@ -24,6 +24,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<simulate::PySimControl>()?;
     m.add_class::<rows::RequestRow>()?;
     m.add_class::<rows::LoadRow>()?;
+    m.add_class::<rows::LoadTable>()?;
     m.add_class::<rows::IdlePrefixRow>()?;
     m.add_function(wrap_pyfunction!(schema::resolve_config, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -10,7 +10,7 @@ use fleetwise_core::request::Request;
 use fleetwise_core::router::{InstanceLoad, Router};
 use fleetwise_core::scheduler::{BatchScheduler, StepPlan, StepState};
 use fleetwise_core::sim::DecodeChoice;
-use crate::rows::{IdlePrefixRow, LoadRow, PlanAnswer, RequestRow, RouteAnswer};
+use crate::rows::{IdlePrefixRow, LoadRow, LoadTable, PlanAnswer, RequestRow, RouteAnswer};
 use pyo3::prelude::*;
 use std::sync::{Arc, Mutex};
 
@@ -56,7 +56,7 @@ fn load_rows(loads: &[InstanceLoad]) -> Vec<LoadRow> {
 }
 
 /// A Python router bridge: `bridge.route(request, entry_loads, decode_loads)` (a `RequestRow`
-/// whose `id` the bridge numbers itself, and `LoadRow`s) returns a `RouteAnswer`.
+/// whose `id` the bridge numbers itself, and two `LoadTable`s) returns a `RouteAnswer`.
 pub struct PyRouterPlugin {
     bridge: Py<PyAny>,
     slot: ErrorSlot,
@@ -80,7 +80,7 @@ impl Router for PyRouterPlugin {
         let row = request_row(0, req, 0, req.hashes.clone());
         Python::with_gil(|py| {
             self.bridge
-                .call_method1(py, "route", (row, load_rows(entry), load_rows(decoders)))
+                .call_method1(py, "route", (row, LoadTable::from(entry), LoadTable::from(decoders)))
                 .and_then(|r| r.extract::<RouteAnswer>(py))
                 .map(|a| (a.entry, a.decode))
                 .map_err(|err| failed(&self.slot, &format!("{}: route()", self.label), err))

@@ -67,6 +67,40 @@ impl LoadRow {
     }
 }
 
+/// The loads of several instances handed to a policy bridge as one object: a row is made only when
+/// indexed, so a call's cost does not grow with the instance count unless the policy reads them all.
+#[pyclass(name = "LoadTable", module = "fleetwise._core", frozen, sequence)]
+#[derive(Debug, Clone)]
+pub struct LoadTable {
+    loads: Vec<InstanceLoad>,
+}
+
+impl From<&[InstanceLoad]> for LoadTable {
+    fn from(loads: &[InstanceLoad]) -> Self {
+        LoadTable { loads: loads.to_vec() }
+    }
+}
+
+#[pymethods]
+impl LoadTable {
+    fn __len__(&self) -> usize {
+        self.loads.len()
+    }
+
+    fn __getitem__(&self, index: isize) -> PyResult<LoadRow> {
+        let n = self.loads.len() as isize;
+        let i = if index < 0 { index + n } else { index };
+        if !(0..n).contains(&i) {
+            return Err(pyo3::exceptions::PyIndexError::new_err(format!("load row {index} of {n}")));
+        }
+        Ok(LoadRow::from(&self.loads[i as usize]))
+    }
+
+    fn __repr__(&self) -> String {
+        format!("LoadTable({} instances)", self.loads.len())
+    }
+}
+
 /// An idle prefix-cache entry as the core offers it to a prefix cache bridge.
 #[pyclass(name = "IdlePrefixRow", module = "fleetwise._core", frozen, get_all)]
 #[derive(Debug, Clone)]
