@@ -2,9 +2,10 @@
 //! KV lookahead, the step's cost, and how many draft tokens each one accepts.
 //!
 //! Each decode of a speculating pool proposes k_i = min(k, output tokens left - 1) draft tokens
-//! (never more than it can still emit), holding KV room for them (vLLM's lookahead slots: they
-//! stay allocated, so the next step reuses them; a decode whose room does not fit proposes
-//! fewer, or none). When the step ends, draft position i is accepted with probability a_i given
+//! (never more than it can still emit), fewer when the scheduler's token budget runs out (the
+//! verify pass's 1 + k_i tokens count against it), holding KV room for them (vLLM's lookahead
+//! slots: they stay allocated, so the next step reuses them; a decode whose room does not fit
+//! proposes fewer, or none). The scheduler grants them (`scheduler::lookahead`). When the step ends, draft position i is accepted with probability a_i given
 //! every earlier one was, drawn from the instance's seeded stream; the sequence emits its
 //! accepted tokens plus the target's own next token, in one streamed chunk.
 
@@ -79,21 +80,6 @@ impl SpecRuntime {
     }
 }
 
-/// Draft tokens a decode of `r` proposes: up to `k`, at most its output tokens left but one,
-/// and as many as its KV lookahead room allows (allocated here).
-fn reserve_lookahead(r: &mut Request, k: u32, kv: &mut BlockManager) -> u32 {
-    let want = k.min(r.output.saturating_sub(r.generated + 1));
-    for ki in (1..=want).rev() {
-        let need = kv.growth(r, r.computed as u64 + 1 + ki as u64);
-        if kv.can_grow(need) {
-            kv.allocate(need);
-            r.blocks += need;
-            return ki;
-        }
-    }
-    0
-}
-
 impl Instance {
     /// Speculates with `cfg`'s proposer, if given: its weights and KV come out of the KV cache
     /// (fails when not one block is left); `seed` and `stream` name its acceptance draws. Call
@@ -123,6 +109,7 @@ impl Instance {
         plan.kv_bytes_per_token = per_token;
         plan.num_blocks = (plan.kv_bytes / block_bytes).min(u32::MAX as u64) as u32;
         self.kv = BlockManager::new(plan.num_blocks, plan.block_size, super::kv_watermark(plan.num_blocks)).with_attention_window(self.cost.model().sliding_window);
+        self.scheduler.set_draft_tokens(sp.k());
         let k = sp.k() as usize;
         let stats = SpecStats { draft_tokens_per_position: vec![0; k], accepted_per_position: vec![0; k], ..Default::default() };
         self.spec = Some(Box::new(SpecRuntime { spec: sp, rng: RngStream::new(seed, stream), accepted: Vec::new(), stats }));
@@ -135,33 +122,29 @@ impl Instance {
     }
 
     /// The cost of the batch just formed: the cost model's, or for a speculating pool the
-    /// proposer's steps and the verify pass, after reserving each decode's lookahead and drawing
-    /// its accepted tokens.
-    pub(super) fn batch_cost(&mut self, reqs: &mut [Request]) -> IterationCost {
+    /// proposer's steps and the verify pass of the draft tokens the scheduler granted each decode
+    /// (with their lookahead), after drawing how many of them each one accepts.
+    pub(super) fn batch_cost(&mut self, reqs: &[Request]) -> IterationCost {
         let Some(rt) = self.spec.as_deref_mut() else { return self.cost.iteration(&self.batch.shape) };
         rt.accepted.clear();
+        rt.stats.lookahead_denied += self.batch.lookahead_denied as u64;
         let mut rest = BatchShape::windowed(self.cost.model().sliding_window);
         let mut seqs = Vec::new();
         for it in &self.batch.items {
-            let r = &mut reqs[it.req as usize];
-            let decoding = it.tokens == 1 && r.is_decoding();
-            let k = if decoding { reserve_lookahead(r, rt.spec.k(), &mut self.kv) } else { 0 };
-            if decoding && k < rt.spec.k().min(r.output.saturating_sub(r.generated + 1)) {
-                rt.stats.lookahead_denied += 1;
-            }
-            if k == 0 {
+            let r = &reqs[it.req as usize];
+            if it.draft == 0 {
                 rt.accepted.push(0);
-                if decoding {
+                if it.tokens == 1 && r.is_decoding() {
                     rest.add_decode(r.computed as u64 + 1);
                 } else {
                     rest.add_prefill(it.tokens as u64, r.computed as u64, r.computed + it.tokens == r.known_tokens());
                 }
                 continue;
             }
-            let n = rt.sample(k);
-            rt.count(k, n);
+            let n = rt.sample(it.draft);
+            rt.count(it.draft, n);
             rt.accepted.push(n);
-            seqs.push(SpecSeq { cached: r.computed as u64, k });
+            seqs.push(SpecSeq { cached: r.computed as u64, k: it.draft });
         }
         if seqs.is_empty() {
             return self.cost.iteration(&self.batch.shape);
