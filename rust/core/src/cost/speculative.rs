@@ -232,14 +232,22 @@ impl Speculator {
     /// One speculative step on `target`: the proposer's `max k` sequential steps, then the verify
     /// pass. Its seconds are their sum; the weight stall is the verify pass's.
     pub fn step(&self, target: &CostModel, rest: &BatchShape, seqs: &[SpecSeq]) -> IterationCost {
+        self.step_parts(target, rest, seqs).0
+    }
+
+    /// [`Speculator::step`] and, apart, the proposer's seconds (what an expert runtime, which
+    /// times the verify pass itself, adds to it).
+    pub fn step_parts(&self, target: &CostModel, rest: &BatchShape, seqs: &[SpecSeq]) -> (IterationCost, f64) {
         let mut c = target.iteration(&Self::verify_shape(rest, seqs));
+        let mut proposer = 0.0;
         let steps = seqs.iter().map(|s| s.k).max().unwrap_or(0);
         for j in 1..=steps {
             let p = self.proposer.iteration(&self.proposal_shape(rest, seqs, j));
             c.seconds += p.seconds;
             c.compute_bound_seconds += p.compute_bound_seconds;
+            proposer += p.seconds;
         }
-        c
+        (c, proposer)
     }
 }
 

@@ -42,6 +42,8 @@ pub struct SpecRuntime {
     rng: RngStream,
     /// Accepted draft tokens of each item of the running batch (0: not speculating).
     accepted: Vec<u32>,
+    /// The running batch's verify shape and proposer seconds, when some decode speculates.
+    verify: Option<(BatchShape, f64)>,
     /// Counters.
     pub stats: SpecStats,
 }
@@ -50,6 +52,12 @@ impl SpecRuntime {
     /// The proposer.
     pub fn speculator(&self) -> &Speculator {
         &self.spec
+    }
+
+    /// The running batch's verify pass (the target's shape) and its proposer's seconds, when
+    /// some decode of it speculates: an expert runtime times that verify pass itself.
+    pub(super) fn verify(&self) -> Option<&(BatchShape, f64)> {
+        self.verify.as_ref()
     }
 
     /// Accepted draft tokens of item `i` of the running batch.
@@ -86,9 +94,6 @@ impl Instance {
     /// before any request arrives (and before [`Instance::with_prefix_cache`]).
     pub fn with_speculation(mut self, cfg: Option<&SpeculativeConfig>, spec: &InstanceSpec, seed: u64, stream: &str) -> Result<Self> {
         let Some(cfg) = cfg else { return Ok(self) };
-        if self.moe.is_some() {
-            return Err(Error::config("speculative", "speculative decoding with expert settings (experts:) is not modelled"));
-        }
         let sp = Speculator::build(cfg, spec)?;
         let plan = &mut self.plan;
         let weights = plan.weight_bytes + sp.weight_bytes_per_gpu;
@@ -112,7 +117,7 @@ impl Instance {
         self.scheduler.set_draft_tokens(sp.k());
         let k = sp.k() as usize;
         let stats = SpecStats { draft_tokens_per_position: vec![0; k], accepted_per_position: vec![0; k], ..Default::default() };
-        self.spec = Some(Box::new(SpecRuntime { spec: sp, rng: RngStream::new(seed, stream), accepted: Vec::new(), stats }));
+        self.spec = Some(Box::new(SpecRuntime { spec: sp, rng: RngStream::new(seed, stream), accepted: Vec::new(), verify: None, stats }));
         Ok(self)
     }
 
@@ -127,6 +132,7 @@ impl Instance {
     pub(super) fn batch_cost(&mut self, reqs: &[Request]) -> IterationCost {
         let Some(rt) = self.spec.as_deref_mut() else { return self.cost.iteration(&self.batch.shape) };
         rt.accepted.clear();
+        rt.verify = None;
         rt.stats.lookahead_denied += self.batch.lookahead_denied as u64;
         let mut rest = BatchShape::windowed(self.cost.model().sliding_window);
         let mut seqs = Vec::new();
@@ -149,7 +155,11 @@ impl Instance {
         if seqs.is_empty() {
             return self.cost.iteration(&self.batch.shape);
         }
-        rt.spec.step(&self.cost, &rest, &seqs)
+        let (cost, proposer) = rt.spec.step_parts(&self.cost, &rest, &seqs);
+        if self.moe.is_some() {
+            rt.verify = Some((Speculator::verify_shape(&rest, &seqs), proposer));
+        }
+        cost
     }
 }
 

@@ -127,3 +127,40 @@ fn a_proposer_that_does_not_fit_is_a_capacity_error_naming_it() {
         Ok(_) => panic!("a 70B draft beside an 8B target fits 72 GB"),
     }
 }
+
+/// Mixtral-8x7B on two H100s (tp 2) with its experts run by the expert runtime (all in HBM,
+/// uniform routing), speculating with an MTP head of k = 3 at `rate` (None: no speculation).
+fn moe_instance(rate: Option<f64>) -> Instance {
+    let memory = MemoryConfig::default();
+    let sched = SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192, preemption_mode: Default::default(), swap_space_gb: 4.0 };
+    let spec = InstanceSpec::new(crate::model::fixtures::mixtral_8x7b(), gpu(), Efficiency::default(), 2);
+    let experts = crate::moe::ExpertConfig::resident();
+    let setup = crate::instance::ExpertSetup { config: &experts, trace: None, seed: 5, stream: "instance0.experts".into(), caches: None };
+    let cfg = rate.map(|a| SpeculativeConfig { method: SpecMethod::Mtp, draft_model: None, num_speculative_tokens: 3, acceptance_rate: AcceptanceRate::Constant(a) });
+    Instance::new(InstanceSetup { pool: 0, spec: spec.clone(), memory: &memory, scheduler: &sched, experts: Some(setup) }).unwrap().with_speculation(cfg.as_ref(), &spec, 5, "instance0.speculative").unwrap()
+}
+
+#[test]
+fn a_moe_verify_pass_routes_the_draft_tokens_through_the_expert_runtime() {
+    // One request of 100 + 9 tokens. Plain: 100 prompt tokens, then 8 decodes of 1 token each
+    // through the experts. Nothing accepted (a = 0): each of the 8 steps verifies
+    // min(3, 8 - generated) + 1 tokens: 4, 4, 4, 4, 4, 3, 2, 1 = 26.
+    let tokens = |rate| {
+        let mut inst = moe_instance(rate);
+        let mut reqs = vec![Request::new(0, 100, 9)];
+        let (decodes, end, _) = run(&mut inst, &mut reqs);
+        assert_eq!((reqs[0].status, reqs[0].generated), (Status::Finished, 9));
+        let x = &inst.experts().unwrap().stats;
+        (x.tokens, decodes, end, x.activated)
+    };
+    let (plain, plain_steps, plain_end, plain_activated) = tokens(None);
+    assert_eq!((plain, plain_steps), (108, 8));
+    let (zero, zero_steps, zero_end, zero_activated) = tokens(Some(0.0));
+    assert_eq!((zero, zero_steps), (100 + 26, 8));
+    // More tokens touch more experts per layer, and the k draft steps of the MoE head come on top.
+    assert!(zero_activated > plain_activated && zero_end > plain_end, "{zero_activated} vs {plain_activated}, {zero_end} vs {plain_end}");
+    // All accepted: 4 tokens per step, as many routed as emitted: 100 + 8 in 2 steps (4 + 4).
+    let (all, all_steps, all_end, _) = tokens(Some(1.0));
+    assert_eq!((all, all_steps), (108, 2));
+    assert!(all_end < plain_end, "{all_end} vs {plain_end}");
+}
