@@ -9,12 +9,13 @@
 //! every earlier one was, drawn from the instance's seeded stream; the sequence emits its
 //! accepted tokens plus the target's own next token, in one streamed chunk.
 
-use crate::cost::{BatchShape, InstanceSpec, IterationCost, SpecSeq, SpeculativeConfig, Speculator};
+use crate::cost::{BatchShape, InstanceSpec, IterationCost, SpecSeq, SpeculativeConfig, Speculator, StageCosts};
 use crate::error::{Error, Result};
 use crate::kv::BlockManager;
 use crate::request::Request;
 use crate::rng::RngStream;
 use serde::Serialize;
+use std::collections::VecDeque;
 
 use super::Instance;
 
@@ -44,6 +45,8 @@ pub struct SpecRuntime {
     accepted: Vec<u32>,
     /// The running batch's verify shape and proposer seconds, when some decode speculates.
     verify: Option<(BatchShape, f64)>,
+    /// Accepted draft tokens of each batch in flight on an asynchronous pipeline, oldest first.
+    in_flight: VecDeque<Vec<u32>>,
     /// Counters.
     pub stats: SpecStats,
 }
@@ -117,7 +120,7 @@ impl Instance {
         self.scheduler.set_draft_tokens(sp.k());
         let k = sp.k() as usize;
         let stats = SpecStats { draft_tokens_per_position: vec![0; k], accepted_per_position: vec![0; k], ..Default::default() };
-        self.spec = Some(Box::new(SpecRuntime { spec: sp, rng: RngStream::new(seed, stream), accepted: Vec::new(), verify: None, stats }));
+        self.spec = Some(Box::new(SpecRuntime { spec: sp, rng: RngStream::new(seed, stream), accepted: Vec::new(), verify: None, in_flight: VecDeque::new(), stats }));
         Ok(self)
     }
 
@@ -126,11 +129,11 @@ impl Instance {
         self.spec.as_deref()
     }
 
-    /// The cost of the batch just formed: the cost model's, or for a speculating pool the
-    /// proposer's steps and the verify pass of the draft tokens the scheduler granted each decode
-    /// (with their lookahead), after drawing how many of them each one accepts.
-    pub(super) fn batch_cost(&mut self, reqs: &[Request]) -> IterationCost {
-        let Some(rt) = self.spec.as_deref_mut() else { return self.cost.iteration(&self.batch.shape) };
+    /// Draws how many draft tokens each speculating decode of the batch just formed accepts (in
+    /// batch order) and counts them; returns the batch's other items as a shape and its
+    /// speculating decodes (None for a pool that does not speculate).
+    fn draw_batch(&mut self, reqs: &[Request]) -> Option<(BatchShape, Vec<SpecSeq>)> {
+        let rt = self.spec.as_deref_mut()?;
         rt.accepted.clear();
         rt.verify = None;
         rt.stats.lookahead_denied += self.batch.lookahead_denied as u64;
@@ -152,14 +155,49 @@ impl Instance {
             rt.accepted.push(n);
             seqs.push(SpecSeq { cached: r.computed as u64, k: it.draft });
         }
-        if seqs.is_empty() {
-            return self.cost.iteration(&self.batch.shape);
-        }
+        Some((rest, seqs))
+    }
+
+    /// The cost of the batch just formed: the cost model's, or for a speculating pool the
+    /// proposer's steps and the verify pass of the draft tokens the scheduler granted each decode
+    /// (with their lookahead), after drawing how many of them each one accepts. With
+    /// synchronous pipeline stages the verify pass is the pipelined iteration and the proposer
+    /// runs after it drains.
+    pub(super) fn batch_cost(&mut self, reqs: &[Request]) -> IterationCost {
+        let Some((rest, seqs)) = self.draw_batch(reqs).filter(|(_, seqs)| !seqs.is_empty()) else { return self.cost.iteration(&self.batch.shape) };
+        let rt = self.spec.as_deref_mut().expect("a speculating pool");
         let (cost, proposer) = rt.spec.step_parts(&self.cost, &rest, &seqs);
         if self.moe.is_some() {
             rt.verify = Some((Speculator::verify_shape(&rest, &seqs), proposer));
         }
         cost
+    }
+
+    /// The stage times of the batch just formed on an asynchronous pipeline: for a speculating
+    /// pool, the verify pass goes through the stages as any batch does (k_i + 1 query tokens per
+    /// speculating decode) and the proposer's steps follow it on the last stage. Keeps the
+    /// batch's accepted counts until it is applied ([`Instance::apply_speculation`]).
+    pub(super) fn batch_stage_costs(&mut self, reqs: &[Request]) -> StageCosts {
+        let Some((rest, seqs)) = self.draw_batch(reqs) else { return self.cost.stage_costs(&self.batch.shape) };
+        let rt = self.spec.as_deref_mut().expect("a speculating pool");
+        rt.in_flight.push_back(std::mem::take(&mut rt.accepted));
+        if seqs.is_empty() {
+            return self.cost.stage_costs(&self.batch.shape);
+        }
+        let mut st = self.cost.stage_costs(&Speculator::verify_shape(&rest, &seqs));
+        let proposer = rt.spec.proposal_cost(&rest, &seqs);
+        let pp = st.seconds.len() as f64;
+        *st.seconds.last_mut().expect("one stage at least") += proposer.seconds;
+        st.average.seconds += proposer.seconds / pp;
+        st.average.compute_bound_seconds += proposer.compute_bound_seconds / pp;
+        st
+    }
+
+    /// Makes the oldest batch in flight's accepted counts the ones its application reads.
+    pub(super) fn apply_speculation(&mut self) {
+        if let Some(rt) = self.spec.as_deref_mut() {
+            rt.accepted = rt.in_flight.pop_front().unwrap_or_default();
+        }
     }
 }
 
