@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 
 import pytest
+import yaml
 
 import fleetwise
 from conftest import run_cli
@@ -157,8 +158,6 @@ def test_a_moe_verify_pass_routes_every_draft_token_through_the_offloaded_expert
     experts. With nothing accepted every step emits 1 token, so the experts see exactly the
     prompts, the output tokens and every draft token; with drafts accepted, fewer steps fetch
     the offloaded experts and TPOT falls."""
-    import yaml
-
     scenario = yaml.safe_load((SCENARIO.parent / "moe-offload.yaml").read_text())
     scenario["workload"].update(requests=40, arrivals={"kind": "poisson", "rate": 0.5},
                                 lengths={"kind": "lognormal", "prompt_median": 1000, "prompt_sigma": 0.4, "prompt_max": 4000,
