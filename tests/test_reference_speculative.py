@@ -1,9 +1,10 @@
 """Differential test of speculative decoding: the Rust core against the SimPy reference model on
-the randomized small vllm clusters of ``test_reference.py``, each pool speculating with a small
-draft model at acceptance rates of 0 or 1 (so the accepted count is fixed: the leading ones), some
-of them in KV caches of a few hundred blocks where the lookahead does not always fit. Every
-request's instance, status, first-scheduled, first-token and completion times and preemptions
-must agree exactly."""
+the randomized small vllm, Sarathi-Serve, Sarathi and Orca clusters of ``test_reference.py``,
+each pool speculating with a small draft model at acceptance rates of 0 or 1 (so the accepted
+count is fixed: the leading ones), some of them in KV caches of a few hundred blocks where the
+lookahead does not always fit, and under token budgets that the verify passes' 1 + k tokens per
+decode fill. Every request's instance, status, first-scheduled, first-token and completion times
+and preemptions must agree exactly."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 import fleetwise
 from fleetwise.cluster import core_config
 from fleetwise.cost import cost_model
-from reference_cases import assert_agreement, assert_exercised, make_scenario, pin_to_iteration_ends
+from reference_cases import assert_agreement, assert_exercised, make_batch_scenario, make_scenario, pin_to_iteration_ends
 
 DRAFT_MODEL = {"num_layers": 2, "hidden_size": 256, "num_heads": 4, "num_kv_heads": 4, "head_dim": 64,
                "intermediate_size": 704, "vocab_size": 32000, "max_position_embeddings": 4096}
@@ -22,11 +23,10 @@ RATES = [[1.0, 1.0, 0.0], [1.0, 1.0], [0.0, 0.0], [1.0, 1.0, 1.0, 1.0]]
 """Per-position acceptance of the cases (by seed): a fixed accepted count of 2, 2, 0 and 4."""
 
 
-def make_speculative_scenario(seed: int):
-    """``make_scenario(seed)`` with every pool speculating at ``RATES[seed % 4]``; a tiny GPU gets
-    the draft's weights and its KV of 3000 tokens on top, and three requests arrive exactly when
+def speculating(seed: int, scenario: dict, workload, facts: dict):
+    """``scenario`` with every pool speculating at ``RATES[seed % 4]``; a tiny GPU gets the
+    draft's weights and its KV of 3000 tokens on top, and three requests arrive exactly when
     iterations of the speculating core end."""
-    scenario, workload, facts = make_scenario(seed)
     rates = RATES[seed % len(RATES)]
     scenario["models"]["tiny-draft"] = DRAFT_MODEL
     for pool in scenario["cluster"]["pools"]:
@@ -40,15 +40,36 @@ def make_speculative_scenario(seed: int):
     return scenario, workload
 
 
+def make_speculative_scenario(seed: int):
+    """``make_scenario(seed)`` (vllm pools), speculating (see ``speculating``)."""
+    return speculating(seed, *make_scenario(seed))
+
+
+def check(cases, totals: dict) -> None:
+    """Asserts agreement on every ``(label, scenario, workload)`` of ``cases``; adds the core's
+    accepted draft tokens and denied lookaheads to ``totals``."""
+    for label, scenario, workload in cases:
+        assert_agreement(label, scenario, workload, totals)
+        spec = fleetwise.simulate(scenario, workload=workload).summary["speculative"]
+        totals["accepted"] = totals.get("accepted", 0) + spec["num_accepted_tokens"]
+        totals["lookahead_denied"] = totals.get("lookahead_denied", 0) + spec["lookahead_denied"]
+
+
 def test_speculating_vllm_pools_match_simpy_reference():
     """Every case agrees exactly; the cases accept drafts, deny some lookaheads, preempt, reject."""
-    totals: dict = {"accepted": 0, "lookahead_denied": 0}
+    totals: dict = {}
     seeds = range(12)
-    for seed in seeds:
-        scenario, workload = make_speculative_scenario(seed)
-        assert_agreement(f"speculative seed {seed}", scenario, workload, totals)
-        spec = fleetwise.simulate(scenario, workload=workload).summary["speculative"]
-        totals["accepted"] += spec["num_accepted_tokens"]
-        totals["lookahead_denied"] += spec["lookahead_denied"]
+    check(((f"speculative seed {s}", *make_speculative_scenario(s)) for s in seeds), totals)
     assert totals["accepted"] > 0 and totals["lookahead_denied"] > 0 and totals["preemptions"] > 0, totals
     assert_exercised(totals, len(seeds))
+
+
+def test_speculating_chunked_and_orca_pools_match_simpy_reference():
+    """Sarathi-Serve (whose token budget counts each decode's 1 + k verified tokens), Sarathi and
+    Orca pools speculating agree exactly with the reference, with drafts accepted, lookaheads
+    denied and preemptions."""
+    totals: dict = {}
+    cases = [("sarathi-serve", s) for s in range(8)] + [("sarathi", s) for s in range(4)] + [("orca-oracle", s) for s in range(3)]
+    check(((f"speculative {kind} seed {s}", *speculating(s, *make_batch_scenario(kind, s))) for kind, s in cases), totals)
+    assert totals["accepted"] > 0 and totals["lookahead_denied"] > 0 and totals["preemptions"] > 0, totals
+    assert_exercised(totals, len(cases))

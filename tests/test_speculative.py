@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 
 import pytest
+import yaml
 
 import fleetwise
 from conftest import run_cli
@@ -149,3 +150,46 @@ def test_estimate_prints_the_speedup_of_one_request():
     assert r.returncode == 2 and "--speculative" in r.stderr and "num_speculative_tokens" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("estimate", "--model", "llama-3-70b", "--gpu", "h100-sxm", "--tp", "4", "--decode-batch", "1", "--context", "10", "--speculative", "method=eagle,num_speculative_tokens=2,acceptance_rate=0.5")
     assert r.returncode == 0 and "speedup" in r.stdout
+
+
+def test_a_moe_verify_pass_routes_every_draft_token_through_the_offloaded_experts():
+    """Mixtral-8x7B with its experts in the GH200's DRAM (scenarios/moe-offload.yaml) and an MTP
+    head proposing 2: the verify passes route 1 + k tokens per speculating decode through the
+    experts. With nothing accepted every step emits 1 token, so the experts see exactly the
+    prompts, the output tokens and every draft token; with drafts accepted, fewer steps fetch
+    the offloaded experts and TPOT falls."""
+    scenario = yaml.safe_load((SCENARIO.parent / "moe-offload.yaml").read_text())
+    scenario["workload"].update(requests=40, arrivals={"kind": "poisson", "rate": 0.5},
+                                lengths={"kind": "lognormal", "prompt_median": 1000, "prompt_sigma": 0.4, "prompt_max": 4000,
+                                         "output_median": 200, "output_sigma": 0.3, "output_max": 800})
+
+    def run(speculative):
+        scenario["cluster"]["pools"][0]["speculative"] = speculative
+        res = fleetwise.simulate(scenario)
+        return res.instances.row(0, named=True), res.summary
+
+    plain, plain_summary = run(None)
+    assert plain["expert_tokens"] == plain["prefill_tokens"] + plain["decode_tokens"]
+    zero, _ = run({"method": "mtp", "num_speculative_tokens": 2, "acceptance_rate": 0.0})
+    assert zero["spec_draft_tokens"] > 0
+    assert zero["expert_tokens"] == zero["prefill_tokens"] + zero["decode_tokens"] + zero["spec_draft_tokens"]
+    assert zero["expert_activated"] > plain["expert_activated"]
+    good, good_summary = run({"method": "mtp", "num_speculative_tokens": 2, "acceptance_rate": [0.8, 0.6]})
+    assert good["decode_tokens"] == plain["decode_tokens"]
+    assert good["expert_demand_bytes"] + good["expert_prefetch_bytes"] < plain["expert_demand_bytes"] + plain["expert_prefetch_bytes"]
+    assert good_summary["tpot_s"]["mean"] < 0.6 * plain_summary["tpot_s"]["mean"]
+
+
+@pytest.mark.parametrize("pipeline", ["async", "sync"])
+def test_pipeline_stages_speculate_and_every_request_emits_its_output(pipeline):
+    """Llama-3-70B on 2 stages of TP2 (the verify pass pipelined like any batch, the draft on the
+    last stage): 8 requests decode faster with the draft than without, and emit their outputs."""
+    def run(speculative):
+        sc = _scenario(speculative, requests=8, output=300)
+        sc["cluster"]["pools"][0]["parallelism"] = {"tp": 2, "pp": 2, "pipeline": pipeline}
+        return fleetwise.simulate(sc)
+
+    plain, spec = run(None), run(DRAFT)
+    assert (spec.requests["status"] == "finished").all() and spec.instances["decode_tokens"][0] == 8 * 299
+    assert spec.summary["speculative"]["num_accepted_tokens"] > 0
+    assert spec.summary["tpot_s"]["mean"] < plain.summary["tpot_s"]["mean"] / 1.3

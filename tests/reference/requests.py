@@ -17,7 +17,7 @@ class ReferenceRequest:
     __slots__ = (
         "index", "arrival", "prompt", "output", "computed", "generated", "blocks",
         "instance", "status", "first_scheduled", "first_token", "completion", "preemptions", "split_chunks",
-        "reservation_waits", "handoff_waits", "transfer_start", "transfer_end",
+        "reservation_waits", "handoff_waits", "transfer_start", "transfer_end", "draft",
     )
 
     def __init__(self, index: int, arrival: int, prompt: int, output: int) -> None:
@@ -40,6 +40,7 @@ class ReferenceRequest:
         self.handoff_waits = 0  # 1 if its handoff found no decode instance with room and waited
         self.transfer_start: int | None = None  # its KV flow to a decode instance
         self.transfer_end: int | None = None
+        self.draft = 0  # draft tokens its decode proposes this step (speculative decoding)
 
     @property
     def known(self) -> int:

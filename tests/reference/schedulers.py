@@ -86,7 +86,10 @@ class VllmPolicy:
         prefills = self._admit(inst)
         if prefills:
             return prefills
-        return self._grow(inst)
+        decodes = self._grow(inst)
+        if inst.speculation is not None:  # drafts within the budget left after the decodes
+            inst.speculation.grant(inst, decodes, self.max_num_batched_tokens - len(decodes))
+        return decodes
 
     def _admit(self, inst: ReferenceInstance) -> list[Item]:
         """Admits waiting requests from the front for a prefill iteration."""
@@ -153,8 +156,12 @@ class ChunkedPolicy:
     def form(self, inst: ReferenceInstance) -> list[Item]:
         """The next iteration; empty when there is nothing to run."""
         items = self._decodes(inst)
+        # Speculating decodes verify 1 + their draft tokens: Sarathi-Serve's budget counts them.
+        drafts = 0
+        if inst.speculation is not None:
+            drafts = inst.speculation.grant(inst, items, None if self.budget is None else max(0, self.budget - len(items)))
         if self.budget is not None:
-            tokens_left, chunks_left = max(0, self.budget - len(items)), None
+            tokens_left, chunks_left = max(0, self.budget - len(items) - drafts), None
         else:
             tokens_left, chunks_left = self.chunk, 1
         items += self._chunks(inst, tokens_left, chunks_left)
@@ -238,4 +245,7 @@ class OrcaPolicy:
                 req.reservation_waits += 1
                 break
             inst.admit(req, blocks)
-        return [(req, req.pending, req.generated > 0) for req in inst.running]
+        items = [(req, req.pending, req.generated > 0) for req in inst.running]
+        if inst.speculation is not None:
+            inst.speculation.grant(inst, items, None)
+        return items

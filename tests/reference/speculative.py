@@ -11,8 +11,9 @@ from fleetwise.cost import cost_model
 
 class ReferenceSpeculation:
     """A speculating pool's proposer as the reference applies it (docs/speculative-decoding.md):
-    each decode proposes min(k, output left - 1) tokens, shortened until its lookahead blocks are
-    free; position i is accepted iff rates[0..=i] are all 1."""
+    each decode proposes min(k, output left - 1, token budget left) tokens, shortened until its
+    lookahead blocks are free, and its 1 + k tokens count against the scheduler's token budget;
+    position i is accepted iff rates[0..=i] are all 1."""
 
     def __init__(self, pool: dict) -> None:
         """The ``speculative`` section of ``pool`` (core JSON); refuses rates other than 0 and 1."""
@@ -33,23 +34,32 @@ class ReferenceSpeculation:
         block_bytes = (plan["kv_bytes_per_token"] + self.draft_kv_bytes_per_token) * plan["block_size"]
         return (plan["usable_bytes"] - weights - plan["activation_bytes"]) // block_bytes
 
+    def grant(self, inst, items, budget: int | None) -> int:
+        """Grants draft tokens to the decodes among ``items``, in order, as the schedulers do
+        before any prefill chunk: each proposes min(k, output left - 1, budget left) tokens,
+        shortened until its lookahead blocks are free (no watermark); ``budget`` (None: no
+        budget) counts the draft tokens beside the decodes' own. Returns the draft tokens granted."""
+        used = 0
+        for req, n, decode in items:
+            if not (decode and n == 1):
+                continue
+            want = min(len(self.rates), req.output - req.generated - 1)
+            if budget is not None:
+                want = min(want, budget - used)
+            req.draft = 0
+            for ki in range(want, 0, -1):
+                if inst.grow(req, 1 + ki):
+                    req.draft = ki
+                    break
+            used += req.draft
+        return used
+
     def plan(self, inst, items) -> list[int]:
-        """Reserves each decode's lookahead (in batch order, no watermark) and returns the accepted
-        draft tokens of every item (0 for prefill chunks and decodes proposing nothing); sets the
-        draft lengths the step's time needs in ``self.drafts``."""
-        self.drafts = []
-        accepted = []
-        for req, n, _ in items:
-            k = 0
-            if n == 1 and req.generated > 0 and req.pending == 1:
-                for ki in range(min(len(self.rates), req.output - req.generated - 1), 0, -1):
-                    if inst.grow(req, 1 + ki):
-                        k = ki
-                        break
-            self.drafts.append(k)
-            ones = next((i for i, r in enumerate(self.rates[:k]) if r != 1.0), k)
-            accepted.append(ones)
-        return accepted
+        """The accepted draft tokens of every item (0 for prefill chunks and decodes proposing
+        nothing), from the drafts the scheduler granted; sets the draft lengths the step's time
+        needs in ``self.drafts``."""
+        self.drafts = [req.draft if decode and n == 1 else 0 for req, n, decode in items]
+        return [next((i for i, r in enumerate(self.rates[:k]) if r != 1.0), k) for k in self.drafts]
 
     def duration(self, cost, items) -> int:
         """The step's integer ns from the core's cost model: plain items as they are, speculating

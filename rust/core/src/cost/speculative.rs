@@ -128,13 +128,11 @@ pub struct Speculator {
 impl Speculator {
     /// The proposer of `cfg` for the instance `spec` describes (its target): a draft model on
     /// the same GPUs and tensor parallelism (bf16), or an EAGLE / MTP head shaped like one target
-    /// layer (the target's quantization). Its per-step CPU overheads are zero: the k draft steps
+    /// layer (the target's quantization). With pipeline stages it runs whole on one stage's
+    /// `tp` GPUs (the last: vLLM runs the proposer on the last stage's rank). Its per-step CPU overheads are zero: the k draft steps
     /// run inside the engine step, whose overhead the verify pass already pays.
     pub fn build(cfg: &SpeculativeConfig, spec: &InstanceSpec) -> Result<Self> {
         let rates = cfg.rates()?;
-        if spec.pp > 1 {
-            return Err(Error::config("speculative", format!("speculative decoding with pipeline parallelism (pp = {}) is not modelled", spec.pp)));
-        }
         let mut eff = spec.efficiency.clone();
         eff.iteration_overhead = 0.0;
         eff.seq_overhead = None;
@@ -229,17 +227,37 @@ impl Speculator {
         s
     }
 
-    /// One speculative step on `target`: the proposer's `max k` sequential steps, then the verify
-    /// pass. Its seconds are their sum; the weight stall is the verify pass's.
-    pub fn step(&self, target: &CostModel, rest: &BatchShape, seqs: &[SpecSeq]) -> IterationCost {
-        let mut c = target.iteration(&Self::verify_shape(rest, seqs));
-        let steps = seqs.iter().map(|s| s.k).max().unwrap_or(0);
-        for j in 1..=steps {
+    /// The proposer's `max k` sequential steps alone (seconds and compute-bound seconds summed):
+    /// what a pipeline's last stage, where the proposer runs, adds to its share of the verify pass.
+    pub fn proposal_cost(&self, rest: &BatchShape, seqs: &[SpecSeq]) -> IterationCost {
+        let mut c = IterationCost { seconds: 0.0, compute_bound_seconds: 0.0, weight_stall_seconds: 0.0 };
+        for j in 1..=seqs.iter().map(|s| s.k).max().unwrap_or(0) {
             let p = self.proposer.iteration(&self.proposal_shape(rest, seqs, j));
             c.seconds += p.seconds;
             c.compute_bound_seconds += p.compute_bound_seconds;
         }
         c
+    }
+
+    /// One speculative step on `target`: the proposer's `max k` sequential steps, then the verify
+    /// pass. Its seconds are their sum; the weight stall is the verify pass's.
+    pub fn step(&self, target: &CostModel, rest: &BatchShape, seqs: &[SpecSeq]) -> IterationCost {
+        self.step_parts(target, rest, seqs).0
+    }
+
+    /// [`Speculator::step`] and, apart, the proposer's seconds (what an expert runtime, which
+    /// times the verify pass itself, adds to it).
+    pub fn step_parts(&self, target: &CostModel, rest: &BatchShape, seqs: &[SpecSeq]) -> (IterationCost, f64) {
+        let mut c = target.iteration(&Self::verify_shape(rest, seqs));
+        let mut proposer = 0.0;
+        let steps = seqs.iter().map(|s| s.k).max().unwrap_or(0);
+        for j in 1..=steps {
+            let p = self.proposer.iteration(&self.proposal_shape(rest, seqs, j));
+            c.seconds += p.seconds;
+            c.compute_bound_seconds += p.compute_bound_seconds;
+            proposer += p.seconds;
+        }
+        (c, proposer)
     }
 }
 

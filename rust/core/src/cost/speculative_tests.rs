@@ -3,7 +3,8 @@
 
 use super::*;
 use crate::cost::fixtures::*;
-use crate::model::fixtures::{llama2_70b, llama2_7b, llama3_8b};
+use crate::cost::Op;
+use crate::model::fixtures::{llama2_70b, llama2_7b, llama3_8b, mixtral_8x7b};
 
 fn cfg(method: SpecMethod, draft: Option<ModelSpec>, k: u32, a: AcceptanceRate) -> SpeculativeConfig {
     SpeculativeConfig { method, draft_model: draft, num_speculative_tokens: k, acceptance_rate: a }
@@ -138,4 +139,29 @@ fn the_proposer_drafts_only_while_a_sequence_has_positions_left() {
     assert_eq!((first.prefill_tokens, first.decode_seqs, first.decode_kv_tokens, first.sampled), (64, 2, 100 + 10, 1 + 2));
     let third = sp.proposal_shape(&rest, &seqs, 3);
     assert_eq!((third.prefill_tokens, third.decode_seqs, third.decode_kv_tokens), (0, 1, 102));
+}
+
+#[test]
+fn the_verify_pass_of_a_moe_model_routes_every_draft_token_through_the_experts() {
+    // Mixtral-8x7B (8 experts of 3 x 4096 x 14336, top-2) on one H100 at batch 1, an MTP head
+    // proposing 3: the verify pass routes 4 tokens, 8 token-expert pairs per layer (4x a
+    // decode's expert FLOPs) over 8 (1 - (6/8)^4) = 5.47 distinct experts (a decode reads 2).
+    let spec = InstanceSpec::new(mixtral_8x7b(), h100(), ideal(), 1);
+    let cm = CostModel::build(&spec).unwrap();
+    let expert = 3.0 * 4096.0 * 14336.0;
+    let per_pair = 2.0 * 4096.0 + 3.0 * 14336.0;
+    let mut plain = cm.empty_shape();
+    plain.add_decode(1024);
+    let verify = Speculator::verify_shape(&cm.empty_shape(), &[SpecSeq { cached: 1023, k: 3 }]);
+    let (d, v) = (op(&cm.breakdown(&plain), Op::MoeExperts), op(&cm.breakdown(&verify), Op::MoeExperts));
+    assert!(close(d.flops, 32.0 * 2.0 * 2.0 * expert) && close(d.bytes, 32.0 * (2.0 * expert + 2.0 * per_pair) * 2.0));
+    let touched = 8.0 * (1.0 - 0.75f64.powi(4));
+    assert!(close(v.flops, 32.0 * 2.0 * 8.0 * expert), "{}", v.flops);
+    assert!(close(v.bytes, 32.0 * (touched * expert + 8.0 * per_pair) * 2.0), "{}", v.bytes);
+    // Both read-bound: the verify pass's experts take 5.47 / 2 = 2.7x a decode's.
+    assert!(v.seconds > 2.7 * d.seconds && v.seconds < 2.8 * d.seconds, "{} vs {}", v.seconds, d.seconds);
+    // The MTP head is one MoE layer: each draft step routes the decode's token through 2 of its experts.
+    let sp = Speculator::build(&cfg(SpecMethod::Mtp, None, 3, AcceptanceRate::Constant(0.7)), &spec).unwrap();
+    let head = op(&sp.proposer().breakdown(&sp.proposal_shape(&cm.empty_shape(), &[SpecSeq { cached: 1023, k: 3 }], 1)), Op::MoeExperts);
+    assert!(close(head.flops, 2.0 * 2.0 * expert) && close(head.bytes, (2.0 * expert + 2.0 * per_pair) * 2.0));
 }

@@ -64,10 +64,16 @@ impl Instance {
         let mut compute_ns = secs_to_ns(it.seconds - it.weight_stall_seconds);
         let mut stream = self.cost.weight_stream(self.batch.shape.tokens() as f64);
         if let Some(m) = self.moe.as_mut() {
-            let spans: Vec<TokenSpan> = self.batch.items.iter().map(|i| TokenSpan { req: i.req, start: reqs[i.req as usize].computed as u64, tokens: i.tokens }).collect();
-            let (base, fixed) = self.cost.moe_layer_split(&self.batch.shape);
+            // A speculating decode's verify pass routes its draft tokens too (k + 1 per decode),
+            // and its proposer runs before it.
+            let verify = self.spec.as_ref().and_then(|s| s.verify());
+            let spans: Vec<TokenSpan> = self.batch.items.iter().map(|i| TokenSpan { req: i.req, start: reqs[i.req as usize].computed as u64, tokens: i.tokens + i.draft }).collect();
+            let (base, fixed) = self.cost.moe_layer_split(verify.map_or(&self.batch.shape, |v| &v.0));
             let x = m.iteration(&spans, &self.cost, base, fixed);
-            compute_ns = secs_to_ns(x.seconds);
+            compute_ns = secs_to_ns(match verify {
+                Some(&(_, proposer)) => x.seconds + proposer,
+                None => x.seconds,
+            });
             m.stats.stall_ns = m.stats.stall_ns.saturating_add(secs_to_ns(x.stall_seconds));
             if x.fetch_bytes > 0 {
                 let flash = m.config().placement == ExpertTier::Flash;

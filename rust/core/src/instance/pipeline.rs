@@ -187,7 +187,7 @@ impl Instance {
             let r = &mut reqs[it.req as usize];
             r.first_scheduled = r.first_scheduled.min(now);
         }
-        let st = self.cost.stage_costs(&self.batch.shape);
+        let st = self.batch_stage_costs(reqs);
         let stage_ns: Vec<Nanos> = st.seconds.iter().map(|&s| secs_to_ns(s)).collect();
         self.count_iteration(&st.average, secs_to_ns(st.average.seconds), None);
         let record = self.batch_record(now);
@@ -227,6 +227,7 @@ impl Instance {
         let p = self.pipeline.as_mut().expect("finish_batch on a pipelined instance");
         let done = p.in_flight.pop_front().expect("a batch is in flight");
         let latest = std::mem::replace(&mut self.batch, done.batch);
+        self.apply_speculation();
         self.finish_iteration(now, reqs, on_token);
         let finished = std::mem::replace(&mut self.batch, latest);
         if let Some(p) = self.pipeline.as_mut() {

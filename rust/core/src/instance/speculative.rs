@@ -2,18 +2,20 @@
 //! KV lookahead, the step's cost, and how many draft tokens each one accepts.
 //!
 //! Each decode of a speculating pool proposes k_i = min(k, output tokens left - 1) draft tokens
-//! (never more than it can still emit), holding KV room for them (vLLM's lookahead slots: they
-//! stay allocated, so the next step reuses them; a decode whose room does not fit proposes
-//! fewer, or none). When the step ends, draft position i is accepted with probability a_i given
+//! (never more than it can still emit), fewer when the scheduler's token budget runs out (the
+//! verify pass's 1 + k_i tokens count against it), holding KV room for them (vLLM's lookahead
+//! slots: they stay allocated, so the next step reuses them; a decode whose room does not fit
+//! proposes fewer, or none). The scheduler grants them (`scheduler::lookahead`). When the step ends, draft position i is accepted with probability a_i given
 //! every earlier one was, drawn from the instance's seeded stream; the sequence emits its
 //! accepted tokens plus the target's own next token, in one streamed chunk.
 
-use crate::cost::{BatchShape, InstanceSpec, IterationCost, SpecSeq, SpeculativeConfig, Speculator};
+use crate::cost::{BatchShape, InstanceSpec, IterationCost, SpecSeq, SpeculativeConfig, Speculator, StageCosts};
 use crate::error::{Error, Result};
 use crate::kv::BlockManager;
 use crate::request::Request;
 use crate::rng::RngStream;
 use serde::Serialize;
+use std::collections::VecDeque;
 
 use super::Instance;
 
@@ -41,6 +43,10 @@ pub struct SpecRuntime {
     rng: RngStream,
     /// Accepted draft tokens of each item of the running batch (0: not speculating).
     accepted: Vec<u32>,
+    /// The running batch's verify shape and proposer seconds, when some decode speculates.
+    verify: Option<(BatchShape, f64)>,
+    /// Accepted draft tokens of each batch in flight on an asynchronous pipeline, oldest first.
+    in_flight: VecDeque<Vec<u32>>,
     /// Counters.
     pub stats: SpecStats,
 }
@@ -49,6 +55,12 @@ impl SpecRuntime {
     /// The proposer.
     pub fn speculator(&self) -> &Speculator {
         &self.spec
+    }
+
+    /// The running batch's verify pass (the target's shape) and its proposer's seconds, when
+    /// some decode of it speculates: an expert runtime times that verify pass itself.
+    pub(super) fn verify(&self) -> Option<&(BatchShape, f64)> {
+        self.verify.as_ref()
     }
 
     /// Accepted draft tokens of item `i` of the running batch.
@@ -79,30 +91,12 @@ impl SpecRuntime {
     }
 }
 
-/// Draft tokens a decode of `r` proposes: up to `k`, at most its output tokens left but one,
-/// and as many as its KV lookahead room allows (allocated here).
-fn reserve_lookahead(r: &mut Request, k: u32, kv: &mut BlockManager) -> u32 {
-    let want = k.min(r.output.saturating_sub(r.generated + 1));
-    for ki in (1..=want).rev() {
-        let need = kv.growth(r, r.computed as u64 + 1 + ki as u64);
-        if kv.can_grow(need) {
-            kv.allocate(need);
-            r.blocks += need;
-            return ki;
-        }
-    }
-    0
-}
-
 impl Instance {
     /// Speculates with `cfg`'s proposer, if given: its weights and KV come out of the KV cache
     /// (fails when not one block is left); `seed` and `stream` name its acceptance draws. Call
     /// before any request arrives (and before [`Instance::with_prefix_cache`]).
     pub fn with_speculation(mut self, cfg: Option<&SpeculativeConfig>, spec: &InstanceSpec, seed: u64, stream: &str) -> Result<Self> {
         let Some(cfg) = cfg else { return Ok(self) };
-        if self.moe.is_some() {
-            return Err(Error::config("speculative", "speculative decoding with expert settings (experts:) is not modelled"));
-        }
         let sp = Speculator::build(cfg, spec)?;
         let plan = &mut self.plan;
         let weights = plan.weight_bytes + sp.weight_bytes_per_gpu;
@@ -123,9 +117,10 @@ impl Instance {
         plan.kv_bytes_per_token = per_token;
         plan.num_blocks = (plan.kv_bytes / block_bytes).min(u32::MAX as u64) as u32;
         self.kv = BlockManager::new(plan.num_blocks, plan.block_size, super::kv_watermark(plan.num_blocks)).with_attention_window(self.cost.model().sliding_window);
+        self.scheduler.set_draft_tokens(sp.k());
         let k = sp.k() as usize;
         let stats = SpecStats { draft_tokens_per_position: vec![0; k], accepted_per_position: vec![0; k], ..Default::default() };
-        self.spec = Some(Box::new(SpecRuntime { spec: sp, rng: RngStream::new(seed, stream), accepted: Vec::new(), stats }));
+        self.spec = Some(Box::new(SpecRuntime { spec: sp, rng: RngStream::new(seed, stream), accepted: Vec::new(), verify: None, in_flight: VecDeque::new(), stats }));
         Ok(self)
     }
 
@@ -134,39 +129,75 @@ impl Instance {
         self.spec.as_deref()
     }
 
-    /// The cost of the batch just formed: the cost model's, or for a speculating pool the
-    /// proposer's steps and the verify pass, after reserving each decode's lookahead and drawing
-    /// its accepted tokens.
-    pub(super) fn batch_cost(&mut self, reqs: &mut [Request]) -> IterationCost {
-        let Some(rt) = self.spec.as_deref_mut() else { return self.cost.iteration(&self.batch.shape) };
+    /// Draws how many draft tokens each speculating decode of the batch just formed accepts (in
+    /// batch order) and counts them; returns the batch's other items as a shape and its
+    /// speculating decodes (None for a pool that does not speculate).
+    fn draw_batch(&mut self, reqs: &[Request]) -> Option<(BatchShape, Vec<SpecSeq>)> {
+        let rt = self.spec.as_deref_mut()?;
         rt.accepted.clear();
+        rt.verify = None;
+        rt.stats.lookahead_denied += self.batch.lookahead_denied as u64;
         let mut rest = BatchShape::windowed(self.cost.model().sliding_window);
         let mut seqs = Vec::new();
         for it in &self.batch.items {
-            let r = &mut reqs[it.req as usize];
-            let decoding = it.tokens == 1 && r.is_decoding();
-            let k = if decoding { reserve_lookahead(r, rt.spec.k(), &mut self.kv) } else { 0 };
-            if decoding && k < rt.spec.k().min(r.output.saturating_sub(r.generated + 1)) {
-                rt.stats.lookahead_denied += 1;
-            }
-            if k == 0 {
+            let r = &reqs[it.req as usize];
+            if it.draft == 0 {
                 rt.accepted.push(0);
-                if decoding {
+                if it.tokens == 1 && r.is_decoding() {
                     rest.add_decode(r.computed as u64 + 1);
                 } else {
                     rest.add_prefill(it.tokens as u64, r.computed as u64, r.computed + it.tokens == r.known_tokens());
                 }
                 continue;
             }
-            let n = rt.sample(k);
-            rt.count(k, n);
+            let n = rt.sample(it.draft);
+            rt.count(it.draft, n);
             rt.accepted.push(n);
-            seqs.push(SpecSeq { cached: r.computed as u64, k });
+            seqs.push(SpecSeq { cached: r.computed as u64, k: it.draft });
         }
+        Some((rest, seqs))
+    }
+
+    /// The cost of the batch just formed: the cost model's, or for a speculating pool the
+    /// proposer's steps and the verify pass of the draft tokens the scheduler granted each decode
+    /// (with their lookahead), after drawing how many of them each one accepts. With
+    /// synchronous pipeline stages the verify pass is the pipelined iteration and the proposer
+    /// runs after it drains.
+    pub(super) fn batch_cost(&mut self, reqs: &[Request]) -> IterationCost {
+        let Some((rest, seqs)) = self.draw_batch(reqs).filter(|(_, seqs)| !seqs.is_empty()) else { return self.cost.iteration(&self.batch.shape) };
+        let rt = self.spec.as_deref_mut().expect("a speculating pool");
+        let (cost, proposer) = rt.spec.step_parts(&self.cost, &rest, &seqs);
+        if self.moe.is_some() {
+            rt.verify = Some((Speculator::verify_shape(&rest, &seqs), proposer));
+        }
+        cost
+    }
+
+    /// The stage times of the batch just formed on an asynchronous pipeline: for a speculating
+    /// pool, the verify pass goes through the stages as any batch does (k_i + 1 query tokens per
+    /// speculating decode) and the proposer's steps follow it on the last stage. Keeps the
+    /// batch's accepted counts until it is applied ([`Instance::apply_speculation`]).
+    pub(super) fn batch_stage_costs(&mut self, reqs: &[Request]) -> StageCosts {
+        let Some((rest, seqs)) = self.draw_batch(reqs) else { return self.cost.stage_costs(&self.batch.shape) };
+        let rt = self.spec.as_deref_mut().expect("a speculating pool");
+        rt.in_flight.push_back(std::mem::take(&mut rt.accepted));
         if seqs.is_empty() {
-            return self.cost.iteration(&self.batch.shape);
+            return self.cost.stage_costs(&self.batch.shape);
         }
-        rt.spec.step(&self.cost, &rest, &seqs)
+        let mut st = self.cost.stage_costs(&Speculator::verify_shape(&rest, &seqs));
+        let proposer = rt.spec.proposal_cost(&rest, &seqs);
+        let pp = st.seconds.len() as f64;
+        *st.seconds.last_mut().expect("one stage at least") += proposer.seconds;
+        st.average.seconds += proposer.seconds / pp;
+        st.average.compute_bound_seconds += proposer.compute_bound_seconds / pp;
+        st
+    }
+
+    /// Makes the oldest batch in flight's accepted counts the ones its application reads.
+    pub(super) fn apply_speculation(&mut self) {
+        if let Some(rt) = self.spec.as_deref_mut() {
+            rt.accepted = rt.in_flight.pop_front().unwrap_or_default();
+        }
     }
 }
 

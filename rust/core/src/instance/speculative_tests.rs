@@ -127,3 +127,128 @@ fn a_proposer_that_does_not_fit_is_a_capacity_error_naming_it() {
         Ok(_) => panic!("a 70B draft beside an 8B target fits 72 GB"),
     }
 }
+
+/// Mixtral-8x7B on two H100s (tp 2) with its experts run by the expert runtime (all in HBM,
+/// uniform routing), speculating with an MTP head of k = 3 at `rate` (None: no speculation).
+fn moe_instance(rate: Option<f64>) -> Instance {
+    let memory = MemoryConfig::default();
+    let sched = SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192, preemption_mode: Default::default(), swap_space_gb: 4.0 };
+    let spec = InstanceSpec::new(crate::model::fixtures::mixtral_8x7b(), gpu(), Efficiency::default(), 2);
+    let experts = crate::moe::ExpertConfig::resident();
+    let setup = crate::instance::ExpertSetup { config: &experts, trace: None, seed: 5, stream: "instance0.experts".into(), caches: None };
+    let cfg = rate.map(|a| SpeculativeConfig { method: SpecMethod::Mtp, draft_model: None, num_speculative_tokens: 3, acceptance_rate: AcceptanceRate::Constant(a) });
+    Instance::new(InstanceSetup { pool: 0, spec: spec.clone(), memory: &memory, scheduler: &sched, experts: Some(setup) }).unwrap().with_speculation(cfg.as_ref(), &spec, 5, "instance0.speculative").unwrap()
+}
+
+#[test]
+fn a_moe_verify_pass_routes_the_draft_tokens_through_the_expert_runtime() {
+    // One request of 100 + 9 tokens. Plain: 100 prompt tokens, then 8 decodes of 1 token each
+    // through the experts. Nothing accepted (a = 0): each of the 8 steps verifies
+    // min(3, 8 - generated) + 1 tokens: 4, 4, 4, 4, 4, 3, 2, 1 = 26.
+    let tokens = |rate| {
+        let mut inst = moe_instance(rate);
+        let mut reqs = vec![Request::new(0, 100, 9)];
+        let (decodes, end, _) = run(&mut inst, &mut reqs);
+        assert_eq!((reqs[0].status, reqs[0].generated), (Status::Finished, 9));
+        let x = &inst.experts().unwrap().stats;
+        (x.tokens, decodes, end, x.activated)
+    };
+    let (plain, plain_steps, plain_end, plain_activated) = tokens(None);
+    assert_eq!((plain, plain_steps), (108, 8));
+    let (zero, zero_steps, zero_end, zero_activated) = tokens(Some(0.0));
+    assert_eq!((zero, zero_steps), (100 + 26, 8));
+    // More tokens touch more experts per layer, and the k draft steps of the MoE head come on top.
+    assert!(zero_activated > plain_activated && zero_end > plain_end, "{zero_activated} vs {plain_activated}, {zero_end} vs {plain_end}");
+    // All accepted: 4 tokens per step, as many routed as emitted: 100 + 8 in 2 steps (4 + 4).
+    let (all, all_steps, all_end, _) = tokens(Some(1.0));
+    assert_eq!((all, all_steps), (108, 2));
+    assert!(all_end < plain_end, "{all_end} vs {plain_end}");
+}
+
+/// Llama-3-8B on two pipeline stages of one H100 each, batches in flight asynchronously, with an
+/// EAGLE head of k = 3 at `rate`.
+fn pipelined_instance(rate: f64, seed: u64) -> Instance {
+    let memory = MemoryConfig::default();
+    let sched = SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192, preemption_mode: Default::default(), swap_space_gb: 4.0 };
+    let spec = InstanceSpec { pp: 2, ..InstanceSpec::new(llama3_8b(), gpu(), Efficiency::default(), 1) };
+    let cfg = SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: 3, acceptance_rate: AcceptanceRate::Constant(rate) };
+    Instance::new(InstanceSetup { pool: 0, spec: spec.clone(), memory: &memory, scheduler: &sched, experts: None })
+        .unwrap()
+        .with_speculation(Some(&cfg), &spec, seed, "instance0.speculative")
+        .unwrap()
+        .with_pipelining(crate::instance::PipelineMode::Async)
+}
+
+/// Runs `reqs` (all arriving at 0) through a pipelined instance to the end, as the simulator's
+/// events do; returns the end time and the inter-token gaps (one per decode step of a request).
+fn run_pipelined(inst: &mut Instance, reqs: &mut [Request]) -> (Nanos, u64) {
+    use std::cmp::Reverse;
+    for (i, r) in reqs.iter_mut().enumerate() {
+        inst.enqueue(i as u32, r);
+    }
+    inst.woken();
+    // (time, 0: a batch done | 1: stage 1 free); batches are done in the order they entered.
+    let mut events = std::collections::BinaryHeap::new();
+    let (mut now, mut gaps) = (0, 0);
+    loop {
+        if let Some(t) = inst.start_batch(now, reqs).unwrap() {
+            events.push(Reverse((t.stage1_free, 1)));
+            events.push(Reverse((t.done, 0)));
+        }
+        let Some(Reverse((t, kind))) = events.pop() else { return (now, gaps) };
+        now = t;
+        if kind == 1 {
+            inst.stage1_freed();
+        } else {
+            inst.finish_batch(now, reqs, |_, _| gaps += 1);
+            assert!(reqs.iter().all(|r| r.generated <= r.output), "never beyond the output length");
+        }
+    }
+}
+
+#[test]
+fn a_pipelined_verify_pass_goes_through_the_stages_and_the_proposer_runs_on_the_last() {
+    let mut inst = pipelined_instance(1.0, 1);
+    let mut reqs = vec![Request::new(0, 100, 9)];
+    inst.enqueue(0, &mut reqs[0]);
+    inst.woken();
+    let a = inst.start_batch(0, &mut reqs).unwrap().unwrap();
+    inst.stage1_freed();
+    inst.finish_batch(a.done, &mut reqs, |_, _| {});
+    // The decode proposes 3 (all accepted): stage 1 runs its half of the verify pass of 4 query
+    // tokens after 100 cached, stage 2 its half, the LM head and the head's 3 draft steps.
+    let b = inst.start_batch(a.done, &mut reqs).unwrap().unwrap();
+    let sp = inst.speculation().unwrap().speculator();
+    let seqs = [SpecSeq { cached: 100, k: 3 }];
+    let rest = inst.cost().empty_shape();
+    let verify = inst.cost().stage_costs(&Speculator::verify_shape(&rest, &seqs)).seconds;
+    let proposer = sp.proposal_cost(&rest, &seqs).seconds;
+    assert!(proposer > 0.0);
+    let (s1, s2) = (crate::time::secs_to_ns(verify[0]), crate::time::secs_to_ns(verify[1] + proposer));
+    assert_eq!((b.stage1_free, b.done), (a.done + s1, a.done + s1 + s2));
+    inst.stage1_freed();
+    inst.finish_batch(b.done, &mut reqs, |_, _| {});
+    assert_eq!(reqs[0].generated, 5, "the first token, 3 accepted and the target's own");
+}
+
+#[test]
+fn pipelined_batches_in_flight_apply_their_own_accepted_tokens() {
+    // Batches of different requests in flight at once, each drawing its own acceptances: every
+    // request still emits exactly its output, and runs repeat by seed.
+    let outputs = [1, 2, 3, 5, 9, 40, 77, 200];
+    let go = |seed| {
+        let mut inst = pipelined_instance(0.7, seed);
+        let mut reqs: Vec<Request> = outputs.iter().map(|&o| Request::new(0, 150, o)).collect();
+        let (end, steps) = run_pipelined(&mut inst, &mut reqs);
+        for (r, &o) in reqs.iter().zip(&outputs) {
+            assert_eq!((r.status, r.generated, r.blocks), (Status::Finished, o, 0));
+        }
+        assert_eq!(inst.kv_usage().0, 0);
+        (end, steps, inst.speculation().unwrap().stats.clone())
+    };
+    let (end, steps, stats) = go(3);
+    assert!(stats.drafts > 0 && stats.accepted_tokens > 0 && stats.accepted_tokens < stats.draft_tokens, "{stats:?}");
+    // Each decode step emits 1 + the tokens its own batch accepted: 336 output tokens after the first.
+    assert_eq!(steps + stats.accepted_tokens, outputs.iter().map(|&o| o as u64 - 1).sum::<u64>());
+    assert_eq!((end, steps, stats), go(3));
+}

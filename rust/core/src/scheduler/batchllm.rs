@@ -10,7 +10,7 @@
 //! prefix group read their shared prefix's keys and values once per iteration (a Hydragen-style
 //! shared-prefix attention kernel), which the batch's cost reflects.
 
-use super::{try_admit, Batch, Scheduler, Queues};
+use super::{grant_drafts, try_admit, Batch, Scheduler, Queues};
 use crate::kv::BlockManager;
 use crate::request::Request;
 use std::collections::BTreeMap;
@@ -20,13 +20,14 @@ use std::collections::BTreeMap;
 pub struct BatchLlmScheduler {
     token_budget: u32,
     max_num_seqs: u32,
+    draft_tokens: u32,
     sorted_len: usize,
 }
 
 impl BatchLlmScheduler {
     /// A scheduler with a per-iteration token budget and a sequence limit.
     pub fn new(token_budget: u32, max_num_seqs: u32) -> Self {
-        BatchLlmScheduler { token_budget, max_num_seqs, sorted_len: usize::MAX }
+        BatchLlmScheduler { token_budget, max_num_seqs, draft_tokens: 0, sorted_len: usize::MAX }
     }
 
     fn ratio(r: &Request) -> f64 {
@@ -82,7 +83,11 @@ impl Scheduler for BatchLlmScheduler {
                 batch.push(idx, r, 1);
             }
         }
-        let mut budget = self.token_budget.saturating_sub(batch.items.len() as u32);
+        let decodes = batch.items.len() as u32;
+        // Speculating decodes verify 1 + their draft tokens, all within the token budget (their
+        // lookahead lies inside the whole-lifetime reservation).
+        let drafts = grant_drafts(batch, 0, reqs, kv, self.draft_tokens, self.token_budget.saturating_sub(decodes));
+        let mut budget = self.token_budget.saturating_sub(decodes + drafts);
         for &idx in &q.running {
             let r = &reqs[idx as usize];
             if budget > 0 && !r.is_decoding() && r.pending_tokens() > 0 {
@@ -114,6 +119,10 @@ impl Scheduler for BatchLlmScheduler {
             let saved = Self::shared_reads(batch, reqs, c.tokens_per_entry());
             batch.shape.decode_kv_tokens -= saved.min(batch.shape.decode_kv_tokens);
         }
+    }
+
+    fn set_draft_tokens(&mut self, k: u32) {
+        self.draft_tokens = k;
     }
 
     fn reject_reason(&self, _req: &Request) -> Option<String> {

@@ -6,12 +6,14 @@
 //! batch needs, so a batch it returns always fits.
 
 mod batchllm;
+mod lookahead;
 mod orca;
 mod sarathi;
 mod vllm;
 mod vllm_v1;
 
 pub use batchllm::BatchLlmScheduler;
+pub use lookahead::{grant_draft, grant_drafts};
 pub use orca::OrcaScheduler;
 pub use sarathi::{SarathiScheduler, SarathiVariant};
 pub use vllm::VllmScheduler;
@@ -31,6 +33,8 @@ pub struct Item {
     pub req: u32,
     /// Tokens it computes in this iteration (1 for a decode).
     pub tokens: u32,
+    /// Draft tokens a speculating decode proposes and verifies beside its token (0: none).
+    pub draft: u32,
 }
 
 /// What one iteration runs.
@@ -46,11 +50,13 @@ pub struct Batch {
     pub swap_out_blocks: u32,
     /// KV blocks moved from host to GPU memory before the iteration.
     pub swap_in_blocks: u32,
+    /// Speculating decodes that proposed fewer draft tokens than they could: no KV lookahead room.
+    pub lookahead_denied: u32,
 }
 
 impl Clone for Batch {
     fn clone(&self) -> Self {
-        let mut b = Batch { items: Vec::new(), shape: self.shape, preempted: 0, swap_out_blocks: 0, swap_in_blocks: 0 };
+        let mut b = Batch { items: Vec::new(), shape: self.shape, preempted: 0, swap_out_blocks: 0, swap_in_blocks: 0, lookahead_denied: 0 };
         b.clone_from(self);
         b
     }
@@ -58,12 +64,13 @@ impl Clone for Batch {
     /// Copies `src` into this batch, reusing its item list's allocation (the asynchronous
     /// pipeline copies every batch it sends in flight).
     fn clone_from(&mut self, src: &Self) {
-        let Batch { items, shape, preempted, swap_out_blocks, swap_in_blocks } = src;
+        let Batch { items, shape, preempted, swap_out_blocks, swap_in_blocks, lookahead_denied } = src;
         self.items.clone_from(items);
         self.shape = *shape;
         self.preempted = *preempted;
         self.swap_out_blocks = *swap_out_blocks;
         self.swap_in_blocks = *swap_in_blocks;
+        self.lookahead_denied = *lookahead_denied;
     }
 }
 
@@ -80,6 +87,7 @@ impl Batch {
         self.preempted = 0;
         self.swap_out_blocks = 0;
         self.swap_in_blocks = 0;
+        self.lookahead_denied = 0;
     }
 
     /// Adds `tokens` of `req` to the batch and to its shape.
@@ -91,7 +99,7 @@ impl Batch {
         } else {
             self.shape.add_prefill(tokens as u64, req.computed as u64, samples);
         }
-        self.items.push(Item { req: req_idx, tokens });
+        self.items.push(Item { req: req_idx, tokens, draft: 0 });
     }
 }
 
@@ -276,6 +284,11 @@ pub trait Scheduler: Send + Sync {
     fn kv_need_tokens(&self, req: &Request) -> u64 {
         req.peak_kv_tokens()
     }
+
+    /// Tells the scheduler that each decode may propose up to `k` draft tokens (speculative
+    /// decoding): it grants them, KV lookahead and token budget permitting, and counts each
+    /// granted draft token against its budget beside the decode's own token.
+    fn set_draft_tokens(&mut self, k: u32);
 
     /// Frees the host-memory blocks a swapped-out `req` holds (when it is aborted).
     fn release_host(&mut self, req: &mut Request) {

@@ -6,7 +6,7 @@
 //! but fits fewer requests. `reserve_max_len` reserves the model's full context per request, as
 //! Orca does; otherwise the request's own prompt + output ("Orca oracle").
 
-use super::{try_admit, Batch, Scheduler, Queues};
+use super::{grant_drafts, try_admit, Batch, Scheduler, Queues};
 use crate::kv::BlockManager;
 use crate::request::Request;
 
@@ -15,13 +15,14 @@ use crate::request::Request;
 pub struct OrcaScheduler {
     max_num_seqs: u32,
     reserve_tokens: Option<u32>,
+    draft_tokens: u32,
 }
 
 impl OrcaScheduler {
     /// A scheduler admitting up to `max_num_seqs` requests, reserving `reserve_tokens` each
     /// (None: each request's own prompt + output).
     pub fn new(max_num_seqs: u32, reserve_tokens: Option<u32>) -> Self {
-        OrcaScheduler { max_num_seqs, reserve_tokens }
+        OrcaScheduler { max_num_seqs, reserve_tokens, draft_tokens: 0 }
     }
 
     fn reservation(&self, r: &Request) -> u64 {
@@ -41,6 +42,12 @@ impl Scheduler for OrcaScheduler {
             let r = &reqs[idx as usize];
             batch.push(idx, r, r.pending_tokens());
         }
+        // No token budget: a speculating decode's draft is bounded by k and its reservation only.
+        grant_drafts(batch, 0, reqs, kv, self.draft_tokens, u32::MAX);
+    }
+
+    fn set_draft_tokens(&mut self, k: u32) {
+        self.draft_tokens = k;
     }
 
     fn reject_reason(&self, req: &Request) -> Option<String> {
@@ -80,7 +87,7 @@ mod tests {
         let mut s = OrcaScheduler::new(8, Some(2048));
         let mut b = Batch::default();
         s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
-        assert_eq!(b.items, vec![Item { req: 0, tokens: 100 }, Item { req: 1, tokens: 100 }]);
+        assert_eq!(b.items, vec![Item { req: 0, tokens: 100, draft: 0 }, Item { req: 1, tokens: 100, draft: 0 }]);
         assert_eq!(kv.used(), 256);
         for it in &b.items {
             let r = &mut reqs[it.req as usize];

@@ -13,7 +13,7 @@
 //! blocks each chunk needs, and when a decode needs a block that is not there preempt the most
 //! recently admitted request by recompute, as vLLM does.
 
-use super::{grow_for_decode, preempt_recompute, try_admit, Batch, Scheduler, Queues};
+use super::{grant_drafts, grow_for_decode, preempt_recompute, try_admit, Batch, Scheduler, Queues};
 use crate::kv::BlockManager;
 use crate::request::Request;
 
@@ -31,13 +31,14 @@ pub enum SarathiVariant {
 pub struct SarathiScheduler {
     policy: SarathiVariant,
     max_num_seqs: u32,
+    draft_tokens: u32,
     preempted: Vec<u32>,
 }
 
 impl SarathiScheduler {
     /// A scheduler with the given chunk policy and sequence limit.
     pub fn new(policy: SarathiVariant, max_num_seqs: u32) -> Self {
-        SarathiScheduler { policy, max_num_seqs, preempted: Vec::new() }
+        SarathiScheduler { policy, max_num_seqs, draft_tokens: 0, preempted: Vec::new() }
     }
 
     /// Gives `tokens` more tokens of `req` their KV blocks; false when the cache lacks them.
@@ -114,11 +115,23 @@ impl Scheduler for SarathiScheduler {
         for &v in self.preempted.iter() {
             q.waiting.push_front(v);
         }
+        // Speculating decodes verify 1 + their draft tokens: Sarathi-Serve's budget counts them
+        // all; Sarathi's chunk does not count decodes at all.
         let decodes = batch.items.len() as u32;
         match self.policy {
-            SarathiVariant::SarathiServe(b) => self.schedule_chunks(q, reqs, kv, batch, b.saturating_sub(decodes), u32::MAX),
-            SarathiVariant::Sarathi(c) => self.schedule_chunks(q, reqs, kv, batch, c, 1),
+            SarathiVariant::SarathiServe(b) => {
+                let drafts = grant_drafts(batch, 0, reqs, kv, self.draft_tokens, b.saturating_sub(decodes));
+                self.schedule_chunks(q, reqs, kv, batch, b.saturating_sub(decodes + drafts), u32::MAX)
+            }
+            SarathiVariant::Sarathi(c) => {
+                grant_drafts(batch, 0, reqs, kv, self.draft_tokens, u32::MAX);
+                self.schedule_chunks(q, reqs, kv, batch, c, 1)
+            }
         }
+    }
+
+    fn set_draft_tokens(&mut self, k: u32) {
+        self.draft_tokens = k;
     }
 
     fn reject_reason(&self, _req: &Request) -> Option<String> {
@@ -153,18 +166,18 @@ mod tests {
         let mut s = SarathiScheduler::new(SarathiVariant::SarathiServe(512), 64);
         let mut b = Batch::default();
         s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
-        assert_eq!(b.items, vec![Item { req: 0, tokens: 512 }]);
+        assert_eq!(b.items, vec![Item { req: 0, tokens: 512, draft: 0 }]);
         assert_eq!(b.shape.sampled, 0, "a partial prefill samples nothing");
         finish(&b, &mut reqs, &mut q, &mut kv);
         b.clear();
         s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
-        assert_eq!(b.items, vec![Item { req: 0, tokens: 488 }, Item { req: 1, tokens: 24 }]);
+        assert_eq!(b.items, vec![Item { req: 0, tokens: 488, draft: 0 }, Item { req: 1, tokens: 24, draft: 0 }]);
         assert_eq!(b.shape.prefill_pairs, 488.0 * (512.0 + 489.0 / 2.0) + 24.0 * (12.5));
         finish(&b, &mut reqs, &mut q, &mut kv);
         b.clear();
         s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
         // Request 0 decodes first; request 1's prefill continues in the 511 tokens left.
-        assert_eq!(b.items, vec![Item { req: 0, tokens: 1 }, Item { req: 1, tokens: 276 }]);
+        assert_eq!(b.items, vec![Item { req: 0, tokens: 1, draft: 0 }, Item { req: 1, tokens: 276, draft: 0 }]);
         assert_eq!(b.shape.decode_seqs, 1);
         assert!(b.shape.tokens() <= 512);
     }
@@ -182,7 +195,7 @@ mod tests {
         }
         s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
         // Two decodes, then one 256-token chunk of the long prompt.
-        assert_eq!(b.items, vec![Item { req: 0, tokens: 1 }, Item { req: 1, tokens: 1 }, Item { req: 2, tokens: 256 }]);
+        assert_eq!(b.items, vec![Item { req: 0, tokens: 1, draft: 0 }, Item { req: 1, tokens: 1, draft: 0 }, Item { req: 2, tokens: 256, draft: 0 }]);
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! any request is swapped out no new prefill is admitted, and once an iteration preempts nothing,
 //! swapped requests come back in order (while blocks allow) and decode in that same iteration.
 
-use super::{grow_for_decode, preempt_recompute, preempt_swap, try_admit, Batch, Scheduler, Queues};
+use super::{grant_drafts, grow_for_decode, preempt_recompute, preempt_swap, try_admit, Batch, Scheduler, Queues};
 use crate::kv::BlockManager;
 use crate::request::{Request, Status};
 
@@ -19,6 +19,7 @@ use crate::request::{Request, Status};
 pub struct VllmScheduler {
     max_num_seqs: u32,
     max_num_batched_tokens: u32,
+    draft_tokens: u32,
     preempted: Vec<u32>,
     swapped_out: Vec<u32>,
     host: Option<BlockManager>,
@@ -27,7 +28,7 @@ pub struct VllmScheduler {
 impl VllmScheduler {
     /// A scheduler with the given limits.
     pub fn new(max_num_seqs: u32, max_num_batched_tokens: u32) -> Self {
-        VllmScheduler { max_num_seqs, max_num_batched_tokens, preempted: Vec::new(), swapped_out: Vec::new(), host: None }
+        VllmScheduler { max_num_seqs, max_num_batched_tokens, draft_tokens: 0, preempted: Vec::new(), swapped_out: Vec::new(), host: None }
     }
 
     /// Preempts by swapping to `host_blocks` blocks of host memory (0 keeps recompute).
@@ -144,7 +145,14 @@ impl Scheduler for VllmScheduler {
             if batch.preempted == 0 {
                 self.schedule_swapped(q, reqs, kv, batch);
             }
+            // Speculating decodes verify 1 + their draft tokens, all within the token budget.
+            let decodes = batch.items.len() as u32;
+            grant_drafts(batch, 0, reqs, kv, self.draft_tokens, self.max_num_batched_tokens.saturating_sub(decodes));
         }
+    }
+
+    fn set_draft_tokens(&mut self, k: u32) {
+        self.draft_tokens = k;
     }
 
     fn reject_reason(&self, req: &Request) -> Option<String> {
@@ -183,7 +191,7 @@ mod tests {
         b.clear();
         s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
         // The waiting request is prefilled before the running ones decode.
-        assert_eq!(b.items, vec![super::super::Item { req: 2, tokens: 300 }]);
+        assert_eq!(b.items, vec![super::super::Item { req: 2, tokens: 300, draft: 0 }]);
         finish(&b, &mut reqs, &mut q, &mut kv);
         b.clear();
         s.schedule(&mut q, &mut reqs, &mut kv, &mut b);

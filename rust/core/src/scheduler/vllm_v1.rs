@@ -17,7 +17,7 @@
 //!
 //! The KV invariants stay the block manager's: a plan only orders, it never over-allocates.
 
-use super::{preempt_recompute, Batch, Queues, Scheduler};
+use super::{grant_draft, preempt_recompute, Batch, Queues, Scheduler};
 use crate::error::{Error, Result};
 use crate::kv::BlockManager;
 use crate::request::{Request, Status};
@@ -88,6 +88,7 @@ pub struct VllmV1Scheduler {
     max_num_seqs: u32,
     max_num_batched_tokens: u32,
     reserve_full_prompt: bool,
+    draft_tokens: u32,
     step: u64,
     now: crate::time::Nanos,
     error: Option<Error>,
@@ -114,7 +115,7 @@ impl VllmV1Scheduler {
     /// A scheduler following `batch_scheduler`'s plans; the limits size the instance's activation memory, and a plan
     /// may not exceed them.
     pub fn new(batch_scheduler: Box<dyn BatchScheduler>, max_num_seqs: u32, max_num_batched_tokens: u32) -> Self {
-        VllmV1Scheduler { batch_scheduler, max_num_seqs, max_num_batched_tokens, reserve_full_prompt: true, step: 0, now: 0, error: None }
+        VllmV1Scheduler { batch_scheduler, max_num_seqs, max_num_batched_tokens, reserve_full_prompt: true, draft_tokens: 0, step: 0, now: 0, error: None }
     }
 
     /// Whether admission needs room for the whole prompt (true, vLLM's default) or only the first chunk.
@@ -175,7 +176,8 @@ impl VllmV1Scheduler {
         let newest_first: Vec<u32> = q.running.iter().rev().copied().collect();
         let victims = ordered(&newest_first, plan.victim_order.as_ref());
         let mut preempted = Vec::new();
-        let mut scheduled: Vec<(u32, u32)> = Vec::new();
+        // (request, tokens, draft tokens): a speculating decode takes 1 + its draft of the budget.
+        let mut scheduled: Vec<(u32, u32, u32)> = Vec::new();
 
         'running: for &idx in &running {
             if budget == 0 {
@@ -197,15 +199,18 @@ impl VllmV1Scheduler {
                 }
                 let v = Self::preempt_next(&victims, q, reqs, kv);
                 preempted.push(v);
-                if let Some(pos) = scheduled.iter().position(|&(r, _)| r == v) {
-                    budget += scheduled.remove(pos).1;
+                if let Some(pos) = scheduled.iter().position(|&(r, _, _)| r == v) {
+                    let (_, n, draft) = scheduled.remove(pos);
+                    budget += n + draft;
                 }
                 if v == idx {
                     break 'running;
                 }
             }
-            scheduled.push((idx, n));
-            budget -= n;
+            let r = &mut reqs[idx as usize];
+            let draft = if n == 1 && r.is_decoding() { grant_draft(r, self.draft_tokens, budget - 1, kv, &mut batch.lookahead_denied) } else { 0 };
+            scheduled.push((idx, n, draft));
+            budget -= n + draft;
         }
         batch.preempted += preempted.len() as u32;
         for &v in &preempted {
@@ -232,12 +237,12 @@ impl VllmV1Scheduler {
                 r.status = Status::Running;
                 q.waiting.retain(|&i| i != idx);
                 q.running.push(idx);
-                scheduled.push((idx, n));
+                scheduled.push((idx, n, 0));
                 budget -= n;
             }
         }
-        for (idx, n) in scheduled {
-            batch.push(idx, &reqs[idx as usize], n);
+        for (idx, n, draft) in scheduled {
+            batch.push_with_draft(idx, &reqs[idx as usize], n, draft);
         }
         Ok(!preempted.is_empty())
     }
@@ -285,6 +290,10 @@ impl Scheduler for VllmV1Scheduler {
 
     fn set_now(&mut self, now: crate::time::Nanos) {
         self.now = now;
+    }
+
+    fn set_draft_tokens(&mut self, k: u32) {
+        self.draft_tokens = k;
     }
 }
 
