@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, ValidationInfo, field_validator
 
 from fleetwise.config.base import StrictModel
 from fleetwise.config.limits import MAX_YAML_BYTES
@@ -56,14 +56,14 @@ class DesignStudy(StrictModel):
     """Latency targets, seconds, that a request must all meet (DistServe's goodput definition)."""
     attainment: float = Field(default=0.9, gt=0, le=1)
     """Fraction of requests that must meet every target at the design's throughput."""
+    designs: dict[str, DesignConfig] = Field(min_length=1)
+    """The designs, by name (letters, digits, ``.``, ``_``, ``-``; they name output directories)."""
     reference: str
     """The design whose watts and dollars per hour are the iso-power and iso-cost budgets."""
     low: float = Field(default=1.0, gt=0, le=1e6)
     """Lowest arrival rate the throughput search tries, requests per second."""
     tolerance: float = Field(default=0.03, ge=0.001, le=0.5)
     """Relative width at which the throughput search's bisection stops."""
-    designs: dict[str, DesignConfig] = Field(min_length=1)
-    """The designs, by name (letters, digits, ``.``, ``_``, ``-``; they name output directories)."""
 
     _source: str = PrivateAttr(default="<study>")
     _base_dir: Path = PrivateAttr(default=Path("."))
@@ -85,15 +85,23 @@ class DesignStudy(StrictModel):
             raise ValueError("must be letters, digits, '.', '_' or '-' (at most 64), starting with a letter or digit")
         return v
 
-    @model_validator(mode="after")
-    def _reference_and_names(self) -> "DesignStudy":
-        """The reference is one of the designs; design names are plain file names."""
-        for name in self.designs:
+    @field_validator("designs")
+    @classmethod
+    def _design_names_are_plain(cls, v: dict[str, DesignConfig]) -> dict[str, DesignConfig]:
+        """Design names name output directories, so each is one plain file name."""
+        for name in v:
             if not _NAME.match(name):
-                raise ValueError(f"designs: {name!r}: a design name must be letters, digits, '.', '_' or '-' (at most 64), starting with a letter or digit")
-        if self.reference not in self.designs:
-            raise ValueError(f"reference: {self.reference!r} is not a design; allowed: {', '.join(self.designs)}")
-        return self
+                raise ValueError(f"{name!r}: a design name must be letters, digits, '.', '_' or '-' (at most 64), starting with a letter or digit")
+        return v
+
+    @field_validator("reference")
+    @classmethod
+    def _reference_is_a_design(cls, v: str, info: ValidationInfo) -> str:
+        """The reference names one of the designs (checked when the designs themselves are valid)."""
+        designs = info.data.get("designs")
+        if designs is not None and v not in designs:
+            raise ValueError(f"{v!r} is not a design; allowed: {', '.join(designs)}")
+        return v
 
     @property
     def source(self) -> str:
