@@ -183,3 +183,28 @@ def test_a_bad_study_is_a_config_error_naming_file_and_field(tmp_path):
     assert "study.yaml" in msg and "designs.a.set" in msg and "count" in msg
     msg = load({**study, "designs": {"a": {"provisioning": ["iso-watts"]}}})
     assert "designs.a.provisioning.0" in msg and "iso-power" in msg
+
+
+def test_splitwise_ha_hands_kv_from_h100_prompt_to_a100_token_machines():
+    """Splitwise-HA's KV crosses GPU kinds: every request prefills on an H100 prompt machine and
+    decodes on an A100 token machine, and waits after its first token only the layer-wise residue
+    (setup plus the last layer; the paper: about 5 ms on DGX-H100, 8 ms on DGX-A100), a little
+    longer than Splitwise-HH's because the A100s' NICs take the KV at half the H100s' rate."""
+    import fleetwise
+    from fleetwise.config.load import load_scenario
+
+    study = load_design_study(STUDY)
+    light = ["workload.requests=300", "workload.arrivals.rate=5"]
+    waits = {}
+    for name in ("Splitwise-HA-iso-power", "Splitwise-HH"):
+        sc = load_scenario(study.scenario_path, [*study.designs[name].overrides(), *light])
+        r = fleetwise.simulate(sc)
+        gpu_of_pool = {p.name: p.gpu for p in sc.cluster.pools}
+        gpu_of = {i: gpu_of_pool[pool] for i, pool in enumerate(r.instances["pool"].to_list())}
+        req = r.requests
+        assert (req["status"] == "finished").all() and (req["mixed_pool"] == "none").all()
+        assert {gpu_of[i] for i in req["prefill_instance"].to_list()} == {"h100-sxm"}
+        assert {gpu_of[i] for i in req["instance"].to_list()} == ({"a100-80gb-sxm"} if name.startswith("Splitwise-HA") else {"h100-sxm"})
+        assert (req["prefill_instance"] != req["instance"]).all()
+        waits[name] = float(req["kv_transfer_ns"].median()) / 1e6
+    assert 4.0 <= waits["Splitwise-HH"] < waits["Splitwise-HA-iso-power"] <= 8.0
