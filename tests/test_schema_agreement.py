@@ -113,6 +113,7 @@ _NOT_ONE_TO_ONE = {
     ("pool", "prefix_cache_policy"): "a Python policy object, handed to the bindings rather than the core's config",
     ("pool", "engine"): "an engine profile (name or file), resolved with the GPU's hardware fractions into the pool's `calibration`",
     ("pool", "dvfs_exponent"): "an override of the GPU's `dvfs_exponent`, sent inside the pool's `gpu`",
+    ("pool", "price_per_hour"): "a price, read in Python only (the run's cost, `place` and `designs` budgets); the core prices nothing",
     ("offload", "storage"): "a catalogue name, sent looked up as `flash` (the drive's FlashSpec)",
     ("experts", "storage"): "a catalogue name, sent looked up as `flash` (the drive's FlashSpec)",
     ("policy", "kind"): "a Python policy object: the core runs vLLM v1's loop (kind `vllm-v1`) within its limits",

@@ -68,8 +68,15 @@ def routing_trace_path(scenario: Scenario, base_dir: Path | None) -> Path | None
 
 
 def pool_prices(scenario: Scenario) -> dict[str, float]:
-    """Price per GPU-hour of each pool's GPU, by pool name."""
-    return {p.name: lookup("gpu", p.gpu, scenario.gpus, "").price_per_hour for p in scenario.cluster.pools}
+    """Price per GPU-hour of each pool's GPUs, by pool name: the pool's ``price_per_hour``, else its GPU's."""
+    return {p.name: pool_price(scenario, p) for p in scenario.cluster.pools}
+
+
+def pool_price(scenario: Scenario, pool: PoolConfig, path: str = "") -> float:
+    """Price of one of ``pool``'s GPUs per hour: the pool's own ``price_per_hour``, else the GPU's."""
+    if pool.price_per_hour is not None:
+        return pool.price_per_hour
+    return lookup("gpu", pool.gpu, scenario.gpus, path).price_per_hour
 
 
 def scheduler_json(sched, model: ModelSpec) -> dict:

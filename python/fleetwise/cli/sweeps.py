@@ -150,3 +150,33 @@ def place(
     out.print(t)
     best = next((r for r in rows if r["within_budget"]), None)
     out.print(f"best: {best['layout']}" if best else "no layout is within the budget")
+
+
+@app.command()
+def designs(
+    study: Path = typer.Argument(..., help="Design-study YAML file (base scenario, SLOs, reference, designs)."),
+    design: List[str] = typer.Option([], "--design", help="Only this design (repeatable; the reference is searched too). Default: all."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Directory for the searches and designs.json (default sweeps/<study name>)."),
+    jobs: int = typer.Option(1, "-j", "--jobs", min=1, help="Designs searched in parallel."),
+) -> None:
+    """Compare cluster designs provisioned iso-power / iso-cost: each design's machines, watts, $/h and throughput under the SLOs."""
+    from fleetwise.config.design_study import load_design_study
+    from fleetwise.sweep.designs import run_study
+
+    s = load_design_study(study)
+    out_dir = output or _default_dir("sweeps", s.name)
+    try:
+        rows = run_study(s, out_dir, list(design), jobs=jobs)
+    except KeyboardInterrupt:
+        err.print(f"interrupted: finished searches are in {out_dir}/designs/; run the same command again to resume them")
+        sys.exit(130)
+    slos = ", ".join(f"{k} <= {v:g} s" for k, v in s.slo.items())
+    t = Table(title=f"{s.name}: throughput at {s.attainment:.0%} of requests within {slos}; ratios against {s.reference}")
+    for c in ("design", "provisioning", "machines", "kW", "$/h", "req/s", "x req/s", "x kW", "x $/h"):
+        t.add_column(c, justify="left" if c in ("design", "provisioning", "machines") else "right")
+    fmt = lambda v: "-" if v is None else f"{v:.3g}"
+    for r in rows:
+        t.add_row(r["design"], ", ".join(r["provisioning"]), r["machines"], f"{r['watts'] / 1e3:.1f}", f"{r['dollars_per_hour']:.1f}",
+                  fmt(r["goodput"]), fmt(r["goodput_ratio"]), fmt(r["watts_ratio"]), fmt(r["cost_ratio"]))
+    out.print(t)
+    out.print(f"results in {out_dir}/designs.json", soft_wrap=True, highlight=False, markup=False)

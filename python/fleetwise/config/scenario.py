@@ -277,6 +277,10 @@ class PoolConfig(StrictModel):
     """Power cap per GPU, watts: the GPU lowers its SM clock until each kernel's draw fits, which
     slows compute-bound work; memory-bound work is unchanged while the cap is above its draw
     (docs/power-and-cost.md)."""
+    price_per_hour: float | None = Field(default=None, ge=0, le=1e6)
+    """Price of one of this pool's GPUs per hour, USD, replacing the GPU's catalogue
+    ``price_per_hour`` for this pool (a study's own prices, e.g. Splitwise's DGX machine prices;
+    docs/splitwise-designs.md). It prices the run's cost and ``fleetwise place`` / ``designs`` budgets."""
     dvfs_exponent: float | None = Field(default=None, ge=1, le=3)
     """Overrides the GPU's ``dvfs_exponent`` for this pool (SM power ``~ clock^dvfs_exponent``
     under a power cap; 3: voltage proportional to the clock, 1: voltage at its floor)."""

@@ -92,12 +92,13 @@ def search(
     jobs: int = 1,
     quiet: bool = False,
     ray_address: "str | RayPool | None" = None,
+    curve: bool = True,
 ) -> dict:
     """Finds the goodput of a scenario by bisection on ``workload.arrivals.rate`` (Poisson, gamma or on/off arrivals).
 
     Starts from ``[low, high]`` (high doubles until attainment falls below ``target``), stops when
-    the bracket is within ``tolerance`` (relative), then measures the attainment curve at 0.5x to
-    1.5x the goodput. Every evaluated rate is a saved sweep point (so a rerun resumes). With
+    the bracket is within ``tolerance`` (relative), then (unless ``curve`` is false: the bisection's
+    rates only) measures the attainment curve at 0.5x to 1.5x the goodput. Every evaluated rate is a saved sweep point (so a rerun resumes). With
     ``ray_address`` (an address, ``"local"``, or a ``RayPool`` shared with other searches) every
     simulation runs as a Ray task and the driver saves its files: the bisection's one at a time,
     the attainment curve's in parallel.
@@ -138,7 +139,8 @@ def search(
                     hi = mid
             goodput = low
         curve_rates = [goodput * f for f in (0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5)] if goodput > 0 else [low * f for f in (0.25, 0.5, 1.0)]
-        measured.update(_measure(scenario, overrides, store, curve_rates, slos, jobs, quiet, "attainment curve", ray_address))
+        if curve:
+            measured.update(_measure(scenario, overrides, store, curve_rates, slos, jobs, quiet, "attainment curve", ray_address))
         store.merge()
         result = {
             "scenario": sc.name,

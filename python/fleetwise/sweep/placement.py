@@ -20,15 +20,17 @@ OBJECTIVES = ("goodput", "goodput_per_gpu", "goodput_per_dollar")
 
 
 def price(scenario) -> dict:
-    """GPUs, dollars per hour and watts (at TDP, or at the power cap) of a scenario's cluster."""
+    """GPUs, dollars per hour (each pool's ``price_per_hour``, else its GPU's) and watts (at TDP,
+    or at the power cap) of a scenario's cluster."""
     from fleetwise.catalog import lookup
+    from fleetwise.cluster import pool_price
 
     gpus = dollars = watts = 0.0
     for i, p in enumerate(scenario.cluster.pools):
         g = lookup("gpu", p.gpu, scenario.gpus, f"cluster.pools.{i}.gpu")
         n = p.count * p.parallelism.tp * p.parallelism.pp
         gpus += n
-        dollars += n * g.price_per_hour
+        dollars += n * pool_price(scenario, p, f"cluster.pools.{i}.gpu")
         watts += n * (p.power_cap_watts or g.tdp_watts)
     return {"gpus": int(gpus), "dollars_per_hour": dollars, "watts": watts}
 
