@@ -1,0 +1,93 @@
+"""DistServe's chatbot comparison (Zhong et al., OSDI 2024, Fig. 8) against its own published
+OPT-13B request logs (calibration/a100-distserve/) and on OPT-66B (docs/pipeline-parallelism.md):
+fleetwise-torch decodes faster than both measured engines, the profiles fitted to the logs
+reproduce them, and with those engines colocated vLLM loses its SLO attainment on TPOT (prefills
+stalling the decodes of short-output requests) while the disaggregated placement keeps both
+SLOs. The paper's 2.0-4.6x per-GPU goodput gain is not reached: both sides end at the same KV
+capacity; the ratio is pinned here so that a change to it is noticed and the doc updated."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import fleetwise
+from fleetwise.calibrate.comparison import compare
+from fleetwise.calibrate.replay import load_replay_scenario, replay
+from fleetwise.config.load import load_scenario
+from fleetwise.requestlog import read_request_log
+
+from conftest import REPO
+
+LOGS = REPO / "calibration" / "a100-distserve"
+SCENARIO = REPO / "scenarios" / "distserve-opt66b.yaml"
+SLOS = {"ttft": 2.5, "tpot": 0.15}
+# DistServe's vLLM baseline (its evaluation/2-benchmark-serving/2-start-api-server.py): TP4,
+# max_num_seqs 1024, max_num_batched_tokens 65536, gpu_memory_utilization 0.92; engine as measured.
+COLOCATED = ("cluster.pools=[{name: vllm, count: 1, gpu: a100-80gb-sxm, model: opt-66b, engine: ../calibration/a100-distserve/vllm_profile.yaml, "
+             "parallelism: {tp: 4}, scheduler: {kind: vllm, max_num_seqs: 1024, max_num_batched_tokens: 65536}, memory: {gpu_memory_utilization: 0.92}}]")
+
+
+def _errors(scenario: str, log: str, overrides: list[str] = ()) -> dict[str, float]:
+    """Relative errors (simulated / measured - 1) of replaying ``log`` on ``scenario``."""
+    sc = load_replay_scenario(LOGS / scenario, list(overrides))
+    req_log = read_request_log(LOGS / log)
+    return compare(req_log, replay(sc, req_log)).errors()
+
+
+def test_fleetwise_torch_decodes_faster_than_distserve_s_measured_engines():
+    uncalibrated = ["cluster.pools.0.engine=fleetwise-torch"]
+    low = _errors("vllm_scenario.yaml", "vllm_requests_rate1.csv", uncalibrated)
+    high = _errors("vllm_scenario.yaml", "vllm_requests_rate2.csv", uncalibrated)
+    # vLLM of 2023 slows down with load more than the model does: TPOT -25% at 1 req/s, -49% at 2.
+    assert -0.35 < low["tpot_mean"] < -0.15 and abs(low["ttft_p50"]) < 0.1
+    assert high["tpot_mean"] < -0.4 and high["ttft_p50"] < -0.2
+    # DistServe's decode instance: TPOT -30%, while its prefill instance's TTFTs are within 12%.
+    ds = _errors("distserve_scenario.yaml", "distserve_requests_rate3.csv", ["cluster.pools.1.engine=fleetwise-torch"])
+    assert ds["tpot_mean"] < -0.25 and abs(ds["ttft_p50"]) < 0.12 and abs(ds["ttft_p90"]) < 0.05
+
+
+def test_profiles_fitted_to_the_logs_reproduce_them():
+    vllm_fit = ["cluster.pools.0.engine=vllm_profile.yaml"]
+    fitted = _errors("vllm_scenario.yaml", "vllm_requests_rate2.csv", vllm_fit)
+    held_out = _errors("vllm_scenario.yaml", "vllm_requests_rate1.csv", vllm_fit)
+    for errs in (fitted, held_out):
+        assert all(abs(errs[f"tpot_{s}"]) < 0.15 for s in ("mean", "p50", "p90"))
+        assert abs(errs["tpot_p99"]) < 0.25  # the p99 of 100-200 requests is one or two of them
+    assert all(abs(held_out[f"ttft_{s}"]) < 0.1 for s in ("mean", "p50", "p90", "p99"))
+    ds = _errors("distserve_scenario.yaml", "distserve_requests_rate3.csv", ["cluster.pools.1.engine=distserve_decode_profile.yaml"])
+    assert all(abs(ds[f"tpot_{s}"]) < 0.05 for s in ("mean", "p50", "p90", "p99"))
+
+
+def _attainment(overrides: list[str], rate: float) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """TTFT and TPOT attainment at ``rate``, and the output lengths of the TPOT misses and of all requests."""
+    req = fleetwise.simulate(load_scenario(SCENARIO, [*overrides, f"workload.arrivals.rate={rate}"])).requests
+    ttft = req["ttft_s"].to_numpy()
+    tpot = np.nan_to_num(req["tpot_s"].to_numpy())  # one-token outputs have no TPOT: met
+    out = req["output_tokens"].to_numpy()
+    return float((ttft <= SLOS["ttft"]).mean()), float((tpot <= SLOS["tpot"]).mean()), out[tpot > SLOS["tpot"]], out
+
+
+def test_colocated_vllm_is_tpot_bound_and_disaggregation_is_not(tmp_path):
+    from fleetwise.sweep.goodput import search
+
+    dis = search(str(SCENARIO), [], tmp_path / "dis", SLOS, 0.9, low=0.5, tolerance=0.03, jobs=1, quiet=True)
+    colo = search(str(SCENARIO), [COLOCATED], tmp_path / "colo", SLOS, 0.9, low=0.5, tolerance=0.03, jobs=1, quiet=True)
+    assert (dis["gpus"], colo["gpus"]) == (8, 4)
+
+    # At its goodput colocated vLLM meets nearly every TTFT; what it misses is TPOT, most often for
+    # short outputs, whose few decode steps a single prefill of another request can double
+    # (measured: 59% of the misses have at most 32 output tokens, against 35% of all requests).
+    ttft_ok, tpot_ok, missed, out = _attainment([COLOCATED], colo["goodput_rate"])
+    assert ttft_ok >= 0.98
+    assert 0.85 <= tpot_ok < 0.95
+    assert (missed <= 32).mean() > 1.4 * (out <= 32).mean()
+    # Disaggregated, every TTFT is met; the TPOT misses there are requests waiting for room in the
+    # decode instance's full KV cache, not prefill interference.
+    ttft_ok, tpot_ok, _, _ = _attainment([], dis["goodput_rate"])
+    assert ttft_ok >= 0.98 and tpot_ok >= 0.9
+
+    # The split cluster serves twice the rate on twice the GPUs (measured 0.522 vs 0.479 req/s
+    # per GPU): both decode sides fill the same ~68k-token KV cache, so the paper's >= 2x per GPU
+    # is not reached (docs/pipeline-parallelism.md).
+    assert dis["goodput_rate"] > 1.8 * colo["goodput_rate"]
+    assert 0.9 < dis["goodput_per_gpu"] / colo["goodput_per_gpu"] < 1.3
