@@ -86,7 +86,7 @@ def test_colocated_vllm_is_tpot_bound_and_disaggregation_is_not(tmp_path):
     ttft_ok, tpot_ok, _, _ = _attainment([], dis["goodput_rate"])
     assert ttft_ok >= 0.98 and tpot_ok >= 0.9
 
-    # The split cluster serves twice the rate on twice the GPUs (measured 0.522 vs 0.479 req/s
+    # The split cluster serves twice the rate on twice the GPUs (measured 0.500 vs 0.479 req/s
     # per GPU): both decode sides fill the same ~68k-token KV cache, so the paper's >= 2x per GPU
     # is not reached (docs/pipeline-parallelism.md).
     assert dis["goodput_rate"] > 1.8 * colo["goodput_rate"]
