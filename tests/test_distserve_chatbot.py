@@ -1,10 +1,11 @@
 """DistServe's chatbot comparison (Zhong et al., OSDI 2024, Fig. 8) against its own published
 OPT-13B request logs (calibration/a100-distserve/) and on OPT-66B (docs/pipeline-parallelism.md):
-fleetwise-torch decodes faster than both measured engines, the profiles fitted to the logs
-reproduce them, and with those engines colocated vLLM loses its SLO attainment on TPOT (prefills
-stalling the decodes of short-output requests) while the disaggregated placement keeps both
-SLOs. The paper's 2.0-4.6x per-GPU goodput gain is not reached: both sides end at the same KV
-capacity; the ratio is pinned here so that a change to it is noticed and the doc updated."""
+fleetwise-torch decodes faster than both measured engines, and the profiles fitted to the logs
+reproduce them. On OPT-13B, with those engines, the replayed SLO attainment matches the measured
+one and DistServe's per-GPU goodput gain over vLLM falls in the paper's 2.0-4.6x. On OPT-66B
+colocated vLLM loses its attainment on TPOT as the paper says, but the gain is not reached: both
+sides end at the same KV capacity; that ratio is pinned so that a change to it is noticed and the
+doc updated."""
 
 from __future__ import annotations
 
@@ -91,3 +92,46 @@ def test_colocated_vllm_is_tpot_bound_and_disaggregation_is_not(tmp_path):
     # is not reached (docs/pipeline-parallelism.md).
     assert dis["goodput_rate"] > 1.8 * colo["goodput_rate"]
     assert 0.9 < dis["goodput_per_gpu"] / colo["goodput_per_gpu"] < 1.3
+
+
+
+def _attainment_measured_and_replayed(scenario: str, log: str, overrides: list[str], ttft: float, tpot: float) -> tuple[float, float]:
+    """Fraction of the log's requests meeting both SLOs, as measured and as replayed on ``scenario``
+    (TPOT = (last - first token) / (output - 1); one-token outputs meet it)."""
+    req_log = read_request_log(LOGS / log)
+    f = req_log.frame
+    out = f["output_tokens"].to_numpy()
+    first = f["first_token_s"].to_numpy()
+    ttft_m = first - f["arrival_s"].to_numpy()
+    tpot_m = np.where(out > 1, (f["last_token_s"].to_numpy() - first) / np.maximum(out - 1, 1), 0.0)
+    sim = replay(load_replay_scenario(LOGS / scenario, overrides), req_log).requests
+    met_m = (ttft_m <= ttft) & (tpot_m <= tpot)
+    met_s = (sim["ttft_s"].to_numpy() <= ttft) & (np.nan_to_num(sim["tpot_s"].to_numpy()) <= tpot)
+    return float(met_m.mean()), float(met_s.mean())
+
+
+VLLM_13B = ["cluster.pools.0.engine=vllm_profile.yaml"]
+DISTSERVE_13B = ["cluster.pools.1.engine=distserve_decode_profile.yaml"]
+
+
+def test_opt13b_gain_is_reproduced_and_matches_the_measured_attainment(tmp_path):
+    from fleetwise.sweep.goodput import search
+
+    # The paper's OPT-13B SLOs (TTFT 0.25 s, TPOT 0.1 s) on the three published runs: attainment as
+    # measured and as replayed with the fitted engines (measured 0.86 / 0.665 / 0.983).
+    for scenario, log, overrides, tol in [("vllm_scenario.yaml", "vllm_requests_rate1.csv", VLLM_13B, 0.02),
+                                          ("vllm_scenario.yaml", "vllm_requests_rate2.csv", VLLM_13B, 0.12),
+                                          ("distserve_scenario.yaml", "distserve_requests_rate3.csv", DISTSERVE_13B, 0.02)]:
+        measured, replayed = _attainment_measured_and_replayed(scenario, log, overrides, 0.25, 0.1)
+        assert abs(replayed - measured) <= tol, (log, measured, replayed)
+
+    # Goodput per GPU: DistServe (prefill TP2 + decode TP1, 3 GPUs) against vLLM on one GPU, within
+    # the paper's 2.0-4.6x (measured 1.52 against 0.545 req/s per GPU: 2.8x). vLLM's misses are
+    # TTFTs: one GPU prefills a long prompt in about the 0.25 s the SLO allows, DistServe two.
+    slos = {"ttft": 0.25, "tpot": 0.1}
+    dis = search(str(LOGS / "distserve_scenario.yaml"), DISTSERVE_13B, tmp_path / "dis13", slos, 0.9, low=0.25, tolerance=0.03, jobs=1, quiet=True)
+    colo = search(str(LOGS / "vllm_scenario.yaml"), VLLM_13B, tmp_path / "vllm13", slos, 0.9, low=0.25, tolerance=0.03, jobs=1, quiet=True)
+    assert (dis["gpus"], colo["gpus"]) == (3, 1)
+    assert 2.0 <= dis["goodput_per_gpu"] / colo["goodput_per_gpu"] <= 4.6
+    req = fleetwise.simulate(load_scenario(LOGS / "vllm_scenario.yaml", [*VLLM_13B, f"workload.arrivals.rate={colo['goodput_rate']}"])).requests
+    assert (req["ttft_s"].to_numpy() <= 0.25).mean() < (np.nan_to_num(req["tpot_s"].to_numpy()) <= 0.1).mean()
