@@ -135,3 +135,17 @@ def test_opt13b_gain_is_reproduced_and_matches_the_measured_attainment(tmp_path)
     assert 2.0 <= dis["goodput_per_gpu"] / colo["goodput_per_gpu"] <= 4.6
     req = fleetwise.simulate(load_scenario(LOGS / "vllm_scenario.yaml", [*VLLM_13B, f"workload.arrivals.rate={colo['goodput_rate']}"])).requests
     assert (req["ttft_s"].to_numpy() <= 0.25).mean() < (np.nan_to_num(req["tpot_s"].to_numpy()) <= 0.1).mean()
+
+
+def test_distserve_pipelined_decode_is_slower_than_the_flow_shop_predicts():
+    # DistServe's TP1 x PP2 decode (its c21d12 run, 4 req/s): with the engine fitted on its TP1
+    # decode, fleetwise's asynchronous pipeline predicts TPOT 26% below the measured 42.6 ms; the
+    # profile fitted on this log reproduces it but overshoots the TP1 log, so the gap is structural
+    # (calibration/a100-distserve/README.md). A model change that closes it should update this test.
+    pp2 = ["cluster.pools.1.parallelism.pp=2"]
+    tp1_fit = _errors("distserve_scenario.yaml", "distserve_pp2_requests_rate4.csv", [*pp2, "cluster.pools.1.engine=distserve_decode_profile.yaml"])
+    assert -0.35 < tp1_fit["tpot_mean"] < -0.15 and -0.35 < tp1_fit["tpot_p50"] < -0.15
+    pp2_fit = _errors("distserve_scenario.yaml", "distserve_pp2_requests_rate4.csv", [*pp2, "cluster.pools.1.engine=distserve_pp2_decode_profile.yaml"])
+    assert all(abs(pp2_fit[f"tpot_{s}"]) < 0.1 for s in ("mean", "p50", "p90"))
+    crossed = _errors("distserve_scenario.yaml", "distserve_requests_rate3.csv", ["cluster.pools.1.engine=distserve_pp2_decode_profile.yaml"])
+    assert crossed["tpot_mean"] > 0.3
