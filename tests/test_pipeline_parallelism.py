@@ -15,7 +15,6 @@ from fleetwise.workload import Workload
 
 from conftest import REPO, SHARED_TRACES
 
-SHAREGPT = SHARED_TRACES / "sharegpt_8k_lengths_llama2tok.csv"
 PROMPT, OUTPUT = 128, 128
 
 
@@ -106,7 +105,6 @@ def test_async_with_what_needs_the_sync_iteration_is_a_config_error(extra, field
         fleetwise.simulate(bad)
 
 
-@pytest.mark.skipif(not SHAREGPT.exists(), reason=f"needs the ShareGPT length file at {SHAREGPT}")
 def test_distserve_pipelined_decode_serves_more_asynchronously(tmp_path):
     # DistServe's OPT-66B chatbot placement (prefill TP4, decode TP2 x PP2) under its SLOs: the
     # decode instance with two batches in flight has a higher per-GPU goodput than the same

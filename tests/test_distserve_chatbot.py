@@ -1,0 +1,151 @@
+"""DistServe's chatbot comparison (Zhong et al., OSDI 2024, Fig. 8) against its own published
+OPT-13B request logs (calibration/a100-distserve/) and on OPT-66B (docs/pipeline-parallelism.md):
+fleetwise-torch decodes faster than both measured engines, and the profiles fitted to the logs
+reproduce them. On OPT-13B, with those engines, the replayed SLO attainment matches the measured
+one and DistServe's per-GPU goodput gain over vLLM falls in the paper's 2.0-4.6x. On OPT-66B
+colocated vLLM loses its attainment on TPOT as the paper says, but the gain is not reached: both
+sides end at the same KV capacity; that ratio is pinned so that a change to it is noticed and the
+doc updated."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import fleetwise
+from fleetwise.calibrate.comparison import compare
+from fleetwise.calibrate.replay import load_replay_scenario, replay
+from fleetwise.config.load import load_scenario
+from fleetwise.requestlog import read_request_log
+
+from conftest import REPO
+
+LOGS = REPO / "calibration" / "a100-distserve"
+SCENARIO = REPO / "scenarios" / "distserve-opt66b.yaml"
+SLOS = {"ttft": 2.5, "tpot": 0.15}
+# DistServe's vLLM baseline (its evaluation/2-benchmark-serving/2-start-api-server.py): TP4,
+# max_num_seqs 1024, max_num_batched_tokens 65536, gpu_memory_utilization 0.92; engine as measured.
+COLOCATED = ("cluster.pools=[{name: vllm, count: 1, gpu: a100-80gb-sxm, model: opt-66b, engine: ../calibration/a100-distserve/vllm_profile.yaml, "
+             "parallelism: {tp: 4}, scheduler: {kind: vllm, max_num_seqs: 1024, max_num_batched_tokens: 65536}, memory: {gpu_memory_utilization: 0.92}}]")
+
+
+def _errors(scenario: str, log: str, overrides: list[str] = ()) -> dict[str, float]:
+    """Relative errors (simulated / measured - 1) of replaying ``log`` on ``scenario``."""
+    sc = load_replay_scenario(LOGS / scenario, list(overrides))
+    req_log = read_request_log(LOGS / log)
+    return compare(req_log, replay(sc, req_log)).errors()
+
+
+def test_fleetwise_torch_decodes_faster_than_distserve_s_measured_engines():
+    uncalibrated = ["cluster.pools.0.engine=fleetwise-torch"]
+    low = _errors("vllm_scenario.yaml", "vllm_requests_rate1.csv", uncalibrated)
+    high = _errors("vllm_scenario.yaml", "vllm_requests_rate2.csv", uncalibrated)
+    # vLLM of 2023 slows down with load more than the model does: TPOT -25% at 1 req/s, -49% at 2.
+    assert -0.35 < low["tpot_mean"] < -0.15 and abs(low["ttft_p50"]) < 0.1
+    assert high["tpot_mean"] < -0.4 and high["ttft_p50"] < -0.2
+    # DistServe's decode instance: TPOT -30%, while its prefill instance's TTFTs are within 12%.
+    ds = _errors("distserve_scenario.yaml", "distserve_requests_rate3.csv", ["cluster.pools.1.engine=fleetwise-torch"])
+    assert ds["tpot_mean"] < -0.25 and abs(ds["ttft_p50"]) < 0.12 and abs(ds["ttft_p90"]) < 0.05
+
+
+def test_profiles_fitted_to_the_logs_reproduce_them():
+    vllm_fit = ["cluster.pools.0.engine=vllm_profile.yaml"]
+    fitted = _errors("vllm_scenario.yaml", "vllm_requests_rate2.csv", vllm_fit)
+    held_out = _errors("vllm_scenario.yaml", "vllm_requests_rate1.csv", vllm_fit)
+    for errs in (fitted, held_out):
+        assert all(abs(errs[f"tpot_{s}"]) < 0.15 for s in ("mean", "p50", "p90"))
+        assert abs(errs["tpot_p99"]) < 0.25  # the p99 of 100-200 requests is one or two of them
+    assert all(abs(held_out[f"ttft_{s}"]) < 0.1 for s in ("mean", "p50", "p90", "p99"))
+    ds = _errors("distserve_scenario.yaml", "distserve_requests_rate3.csv", ["cluster.pools.1.engine=distserve_decode_profile.yaml"])
+    assert all(abs(ds[f"tpot_{s}"]) < 0.05 for s in ("mean", "p50", "p90", "p99"))
+
+
+def _attainment(overrides: list[str], rate: float) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """TTFT and TPOT attainment at ``rate``, and the output lengths of the TPOT misses and of all requests."""
+    req = fleetwise.simulate(load_scenario(SCENARIO, [*overrides, f"workload.arrivals.rate={rate}"])).requests
+    ttft = req["ttft_s"].to_numpy()
+    tpot = np.nan_to_num(req["tpot_s"].to_numpy())  # one-token outputs have no TPOT: met
+    out = req["output_tokens"].to_numpy()
+    return float((ttft <= SLOS["ttft"]).mean()), float((tpot <= SLOS["tpot"]).mean()), out[tpot > SLOS["tpot"]], out
+
+
+def test_colocated_vllm_is_tpot_bound_and_disaggregation_is_not(tmp_path):
+    from fleetwise.sweep.goodput import search
+
+    dis = search(str(SCENARIO), [], tmp_path / "dis", SLOS, 0.9, low=0.5, tolerance=0.03, jobs=1, quiet=True)
+    colo = search(str(SCENARIO), [COLOCATED], tmp_path / "colo", SLOS, 0.9, low=0.5, tolerance=0.03, jobs=1, quiet=True)
+    assert (dis["gpus"], colo["gpus"]) == (8, 4)
+
+    # At its goodput colocated vLLM meets nearly every TTFT; what it misses is TPOT, most often for
+    # short outputs, whose few decode steps a single prefill of another request can double
+    # (measured: 59% of the misses have at most 32 output tokens, against 35% of all requests).
+    ttft_ok, tpot_ok, missed, out = _attainment([COLOCATED], colo["goodput_rate"])
+    assert ttft_ok >= 0.98
+    assert 0.85 <= tpot_ok < 0.95
+    assert (missed <= 32).mean() > 1.4 * (out <= 32).mean()
+    # Disaggregated, every TTFT is met; the TPOT misses there are requests waiting for room in the
+    # decode instance's full KV cache, not prefill interference.
+    ttft_ok, tpot_ok, _, _ = _attainment([], dis["goodput_rate"])
+    assert ttft_ok >= 0.98 and tpot_ok >= 0.9
+
+    # The split cluster serves twice the rate on twice the GPUs (measured 0.500 vs 0.479 req/s
+    # per GPU): both decode sides fill the same ~68k-token KV cache, so the paper's >= 2x per GPU
+    # is not reached (docs/pipeline-parallelism.md).
+    assert dis["goodput_rate"] > 1.8 * colo["goodput_rate"]
+    assert 0.9 < dis["goodput_per_gpu"] / colo["goodput_per_gpu"] < 1.3
+
+
+
+def _attainment_measured_and_replayed(scenario: str, log: str, overrides: list[str], ttft: float, tpot: float) -> tuple[float, float]:
+    """Fraction of the log's requests meeting both SLOs, as measured and as replayed on ``scenario``
+    (TPOT = (last - first token) / (output - 1); one-token outputs meet it)."""
+    req_log = read_request_log(LOGS / log)
+    f = req_log.frame
+    out = f["output_tokens"].to_numpy()
+    first = f["first_token_s"].to_numpy()
+    ttft_m = first - f["arrival_s"].to_numpy()
+    tpot_m = np.where(out > 1, (f["last_token_s"].to_numpy() - first) / np.maximum(out - 1, 1), 0.0)
+    sim = replay(load_replay_scenario(LOGS / scenario, overrides), req_log).requests
+    met_m = (ttft_m <= ttft) & (tpot_m <= tpot)
+    met_s = (sim["ttft_s"].to_numpy() <= ttft) & (np.nan_to_num(sim["tpot_s"].to_numpy()) <= tpot)
+    return float(met_m.mean()), float(met_s.mean())
+
+
+VLLM_13B = ["cluster.pools.0.engine=vllm_profile.yaml"]
+DISTSERVE_13B = ["cluster.pools.1.engine=distserve_decode_profile.yaml"]
+
+
+def test_opt13b_gain_is_reproduced_and_matches_the_measured_attainment(tmp_path):
+    from fleetwise.sweep.goodput import search
+
+    # The paper's OPT-13B SLOs (TTFT 0.25 s, TPOT 0.1 s) on the three published runs: attainment as
+    # measured and as replayed with the fitted engines (measured 0.86 / 0.665 / 0.983).
+    for scenario, log, overrides, tol in [("vllm_scenario.yaml", "vllm_requests_rate1.csv", VLLM_13B, 0.02),
+                                          ("vllm_scenario.yaml", "vllm_requests_rate2.csv", VLLM_13B, 0.12),
+                                          ("distserve_scenario.yaml", "distserve_requests_rate3.csv", DISTSERVE_13B, 0.02)]:
+        measured, replayed = _attainment_measured_and_replayed(scenario, log, overrides, 0.25, 0.1)
+        assert abs(replayed - measured) <= tol, (log, measured, replayed)
+
+    # Goodput per GPU: DistServe (prefill TP2 + decode TP1, 3 GPUs) against vLLM on one GPU, within
+    # the paper's 2.0-4.6x (measured 1.52 against 0.545 req/s per GPU: 2.8x). vLLM's misses are
+    # TTFTs: one GPU prefills a long prompt in about the 0.25 s the SLO allows, DistServe two.
+    slos = {"ttft": 0.25, "tpot": 0.1}
+    dis = search(str(LOGS / "distserve_scenario.yaml"), DISTSERVE_13B, tmp_path / "dis13", slos, 0.9, low=0.25, tolerance=0.03, jobs=1, quiet=True)
+    colo = search(str(LOGS / "vllm_scenario.yaml"), VLLM_13B, tmp_path / "vllm13", slos, 0.9, low=0.25, tolerance=0.03, jobs=1, quiet=True)
+    assert (dis["gpus"], colo["gpus"]) == (3, 1)
+    assert 2.0 <= dis["goodput_per_gpu"] / colo["goodput_per_gpu"] <= 4.6
+    req = fleetwise.simulate(load_scenario(LOGS / "vllm_scenario.yaml", [*VLLM_13B, f"workload.arrivals.rate={colo['goodput_rate']}"])).requests
+    assert (req["ttft_s"].to_numpy() <= 0.25).mean() < (np.nan_to_num(req["tpot_s"].to_numpy()) <= 0.1).mean()
+
+
+def test_distserve_pipelined_decode_is_slower_than_the_flow_shop_predicts():
+    # DistServe's TP1 x PP2 decode (its c21d12 run, 4 req/s): with the engine fitted on its TP1
+    # decode, fleetwise's asynchronous pipeline predicts TPOT 26% below the measured 42.6 ms; the
+    # profile fitted on this log reproduces it but overshoots the TP1 log, so the gap is structural
+    # (calibration/a100-distserve/README.md). A model change that closes it should update this test.
+    pp2 = ["cluster.pools.1.parallelism.pp=2"]
+    tp1_fit = _errors("distserve_scenario.yaml", "distserve_pp2_requests_rate4.csv", [*pp2, "cluster.pools.1.engine=distserve_decode_profile.yaml"])
+    assert -0.35 < tp1_fit["tpot_mean"] < -0.15 and -0.35 < tp1_fit["tpot_p50"] < -0.15
+    pp2_fit = _errors("distserve_scenario.yaml", "distserve_pp2_requests_rate4.csv", [*pp2, "cluster.pools.1.engine=distserve_pp2_decode_profile.yaml"])
+    assert all(abs(pp2_fit[f"tpot_{s}"]) < 0.1 for s in ("mean", "p50", "p90"))
+    crossed = _errors("distserve_scenario.yaml", "distserve_requests_rate3.csv", ["cluster.pools.1.engine=distserve_pp2_decode_profile.yaml"])
+    assert crossed["tpot_mean"] > 0.3
