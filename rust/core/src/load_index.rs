@@ -49,7 +49,8 @@ impl LeastLoadedIndex {
     }
 
     /// Sets the load of `slot`, replaying the matches on its path to the root (nothing when the
-    /// load is unchanged).
+    /// load is unchanged). The replay stops at the first match whose winner stays another slot:
+    /// nothing above it changed.
     pub fn set(&mut self, slot: usize, load: u64) {
         if self.loads[slot] == load {
             return;
@@ -57,7 +58,12 @@ impl LeastLoadedIndex {
         self.loads[slot] = load;
         let mut node = (self.leaves + slot) / 2;
         while node >= 1 {
-            self.winners[node] = self.better(self.winners[2 * node], self.winners[2 * node + 1]);
+            let was = self.winners[node];
+            let now = self.better(self.winners[2 * node], self.winners[2 * node + 1]);
+            if now == was && was != slot as u32 {
+                return;
+            }
+            self.winners[node] = now;
             node /= 2;
         }
     }
