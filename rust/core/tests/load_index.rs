@@ -40,8 +40,11 @@ fn workload(n: usize) -> Workload {
     w
 }
 
-/// The routes (instance per request) and completions of `cfg` under the index and under the scan.
-fn both(cfg: &SimConfig, w: &Workload) -> (Vec<(u32, u64)>, Vec<(u32, u64)>) {
+/// Per request: the instance it ended on and its completion time.
+type Outcome = Vec<(u32, u64)>;
+
+/// The outcomes of `cfg` routed from the index and by the scan.
+fn both(cfg: &SimConfig, w: &Workload) -> (Outcome, Outcome) {
     let key = |o: fleetwise_core::sim::SimOutput| {
         assert!(o.requests.iter().all(|r| r.status == Status::Finished));
         o.requests.iter().map(|r| (r.instance, r.completion)).collect::<Vec<_>>()
