@@ -4,11 +4,16 @@ with another build of the core (this machine is shared and noisy: compare ratios
     python benchmarks/bench_core.py                          # every case, this checkout's core
     python benchmarks/bench_core.py --cases scale4 scale1024 --repeat 3
     python benchmarks/bench_core.py --against /tmp/base/python   # alternate runs with another tree
+    python benchmarks/bench_core.py --cases scale4 scale1024 --marginal 4   # steady-state cost per request
+    python benchmarks/bench_core.py --cases scale4 scale1024 --interleave   # cases in rounds, to compare them
 
 Each measurement is a fresh Python process (pinned to core 0 when ``taskset`` exists) that builds
 the case's workload, then times ``fleetwise._core.simulate`` (the core only: no Python
 post-processing). Reported: the median of ``--repeat`` runs, in microseconds per request and per
-iteration-free request count, and with ``--against`` the ratio other/this.
+iteration-free request count, and with ``--against`` the ratio other/this. ``--marginal F`` also
+runs each case with F times its requests and reports the marginal cost per request, (t(F n) -
+t(n)) / ((F - 1) n): the run's ramp-up and drain (few requests per instance in a large cluster,
+small batches while the last requests finish) cancel out, leaving the steady-state cost.
 """
 
 from __future__ import annotations
@@ -139,12 +144,15 @@ def child(name: str) -> None:
                              "finished": res.summary["finished"], "core": fleetwise._core.__file__}))
 
 
-def measure(name: str, pythonpath: str, pin: bool) -> dict:
-    """One fresh-process run of case ``name`` with ``pythonpath`` first on the path."""
+def measure(name: str, pythonpath: str, pin: bool, requests: int | None = None) -> dict:
+    """One fresh-process run of case ``name`` with ``pythonpath`` first on the path (``requests``
+    in place of the case's request count, if given)."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name]
     if pin and shutil.which("taskset"):
         cmd = ["taskset", "-c", "0", *cmd]
     env = dict(os.environ, PYTHONPATH=pythonpath)
+    if requests is not None:
+        env["BENCH_CORE_REQUESTS"] = str(requests)
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
     if p.returncode != 0:
         raise SystemExit(f"{name} failed:\n{p.stderr[-3000:]}")
@@ -159,6 +167,8 @@ def main() -> int:
     ap.add_argument("--against", help="another tree's python/ directory to alternate with")
     ap.add_argument("--no-pin", action="store_true")
     ap.add_argument("--requests", type=int, help="override every case's request count")
+    ap.add_argument("--interleave", action="store_true", help="run the cases in rounds (every case once per repeat) rather than case by case")
+    ap.add_argument("--marginal", type=int, metavar="F", help="also run F times the requests; report the marginal us/request")
     a = ap.parse_args()
     if a.requests:
         os.environ["BENCH_CORE_REQUESTS"] = str(a.requests)
@@ -167,21 +177,43 @@ def main() -> int:
         return 0
     this = str(REPO / "python")
     trees = [("this", this)] + ([("other", a.against)] if a.against else [])
+    sizes: dict[str, list[int]] = {}
     for name in a.cases:
-        runs: dict[str, list[dict]] = {t: [] for t, _ in trees}
+        base_n = a.requests or CASES[name]()["workload"]["requests"]
+        sizes[name] = [base_n] + ([base_n * a.marginal] if a.marginal and a.marginal > 1 else [])
+    runs: dict[tuple[str, int, str], list[dict]] = {}
+
+    def one(name: str, n: int) -> None:
+        for t, path in trees:
+            runs.setdefault((name, n, t), []).append(measure(name, path, not a.no_pin, n))
+
+    if a.interleave:  # every case once per round: a load change on the machine hits them all
         for _ in range(a.repeat):
-            for t, path in trees:
-                runs[t].append(measure(name, path, not a.no_pin))
-        line = f"{name:16s}"
-        med = {}
-        for t, _ in trees:
-            rs = sorted(runs[t], key=lambda r: r["core_s"])
-            m = rs[len(rs) // 2]
-            med[t] = m["core_s"]
-            line += f"  {t}: {m['core_s']:7.3f} s {m['core_s'] / m['requests'] * 1e6:8.2f} us/req"
-        if a.against:
-            line += f"  other/this {med['other'] / med['this']:5.2f}x"
-        print(line, flush=True)
+            for name in a.cases:
+                for n in sizes[name]:
+                    one(name, n)
+    for name in a.cases:
+        med: dict[tuple[str, int], dict] = {}
+        for n in sizes[name]:
+            if not a.interleave:
+                for _ in range(a.repeat):
+                    one(name, n)
+            line = f"{name:16s}" + (f" x{n // sizes[name][0]}" if len(sizes[name]) > 1 else "")
+            for t, _ in trees:
+                rs = sorted(runs[name, n, t], key=lambda r: r["core_s"])
+                m = med[t, n] = rs[len(rs) // 2]
+                events = m["events"] or 0
+                line += f"  {t}: {m['core_s']:7.3f} s {m['core_s'] / m['requests'] * 1e6:8.2f} us/req {events / m['requests']:5.1f} events/req"
+                line += f" {m['core_s'] / events * 1e6:5.2f} us/event" if events else ""
+            if a.against:
+                line += f"  other/this {med['other', n]['core_s'] / med['this', n]['core_s']:5.2f}x"
+            print(line, flush=True)
+        if len(sizes[name]) > 1:
+            line = f"{name:16s} marginal"
+            for t, _ in trees:
+                lo, hi = med[t, sizes[name][0]], med[t, sizes[name][1]]
+                line += f"  {t}: {(hi['core_s'] - lo['core_s']) / (hi['requests'] - lo['requests']) * 1e6:8.2f} us/req"
+            print(line, flush=True)
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import polars as pl
 import pytest
 import yaml
@@ -13,6 +14,7 @@ import fleetwise
 import fleetwise.policy as P
 from fleetwise.errors import ConfigError, PolicyError
 from fleetwise.policy import conformance
+from fleetwise.workload import Workload
 
 from conftest import REPO, run_cli
 
@@ -47,6 +49,33 @@ class Fixed:
 
     def choose(self, request, decoders, preferred):
         return self.instance
+
+
+class _Recording(MirrorOfTheBuiltin):
+    """The mirror, noting the decode instances' outstanding tokens it was shown at each call."""
+
+    def __init__(self):
+        self.seen = []
+
+    def choose(self, request, decoders, preferred):
+        self.seen.append([d.outstanding_tokens for d in decoders])
+        return super().choose(request, decoders, preferred)
+
+
+def test_kv_in_flight_counts_on_its_decode_instance():
+    # One prefill instance (0), three decode instances (1-3); six 1,000-token prompts arrive
+    # together and prefill in one batch, so their six handoffs start at the same instant.
+    sc = _splitwise(requests=6)
+    sc["cluster"]["pools"][0]["count"] = 1
+    wl = Workload(arrival_ns=np.zeros(6, np.int64), prompt_tokens=np.full(6, 1000, np.int64), output_tokens=np.full(6, 50, np.int64))
+    rec = _Recording()
+    recorded = fleetwise.simulate(sc, workload=wl, decode_choice=rec)
+    # Each dispatched handoff's 1,001 tokens (prompt and first token) count at once on its decode
+    # instance; without them every call would see [0, 0, 0] and all six would go to instance 1.
+    assert rec.seen == [[0, 0, 0], [1001, 0, 0], [1001, 1001, 0], [1001, 1001, 1001], [2002, 1001, 1001], [2002, 2002, 1001]]
+    native = fleetwise.simulate(sc, workload=wl)
+    assert native.requests["instance"].to_list() == [1, 2, 3, 1, 2, 3]
+    _same_results(native, recorded)
 
 
 @pytest.mark.parametrize("router", [None, {"kind": "policy", "name": "disaggregated"}])

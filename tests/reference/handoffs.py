@@ -14,10 +14,11 @@ from reference.requests import ReferenceRequest
 
 
 class _Handoff:
-    """A request on its way to decode instance ``dec`` (``blocks`` reserved there)."""
+    """A request on its way to decode instance ``dec`` (``blocks`` reserved there, ``tokens``
+    counted in its in-flight load until the request runs there)."""
 
-    def __init__(self, dec: ReferenceInstance, blocks: int, prefill_done: bool, tail: int) -> None:
-        self.dec, self.blocks, self.prefill_done, self.flow_done = dec, blocks, prefill_done, False
+    def __init__(self, dec: ReferenceInstance, blocks: int, tokens: int, prefill_done: bool, tail: int) -> None:
+        self.dec, self.blocks, self.tokens, self.prefill_done, self.flow_done = dec, blocks, tokens, prefill_done, False
         self.tail = tail  # bytes of a layer-wise transfer's last layer, still to send (0: none)
 
 
@@ -26,7 +27,8 @@ class ReferenceHandoffs:
 
     After a prefill instance's iteration ends, each request it handed off, in order, goes to the
     decode instance with the fewest outstanding tokens (lowest index on ties) that can reserve its
-    blocks; its KV (``prompt`` tokens at the tp=1 KV size) then flows over the prefill instance's
+    blocks, where a decode instance's outstanding tokens include the known tokens (prompt and
+    generated) of every handoff in flight to it, from its dispatch until the request runs there; its KV (``prompt`` tokens at the tp=1 KV size) then flows over the prefill instance's
     ``kv_out`` link and the decode instance's ``kv_in`` link. When the flow completes the prefill
     instance frees the blocks and the decode instance takes the request as a running decode.
     Handoffs that found no room wait in order and are retried after every decode iteration.
@@ -64,6 +66,7 @@ class ReferenceHandoffs:
         self.owner: dict[int, ReferenceRequest] = {}
         self.state: dict[int, _Handoff] = {}
         self.waiting: deque[ReferenceRequest] = deque()
+        self.in_flight_tokens = [0] * len(instances)  # per instance: tokens of handoffs on their way to it
         for inst in instances:
             inst.on_iteration_end = self.end_iteration
             if inst.role == "prefill" and inst.pool.get("kv_transfer", "serialized") == "layerwise":
@@ -104,7 +107,7 @@ class ReferenceHandoffs:
     def dispatch(self, req: ReferenceRequest, prefill_done: bool) -> bool:
         """Reserves a decode instance for ``req`` and starts its KV flow (all but the last layer
         when the prefill is still running); False when none has room."""
-        for dec in sorted(self.decoders, key=lambda d: (d.outstanding_tokens, d.index)):
+        for dec in sorted(self.decoders, key=lambda d: (d.outstanding_tokens + self.in_flight_tokens[d.index], d.index)):
             blocks = dec.reserve(req)
             if blocks is None:
                 continue
@@ -113,7 +116,9 @@ class ReferenceHandoffs:
             layers = int(src.pool["model"]["num_layers"])
             last = 0 if prefill_done or layers < 2 else nbytes // layers
             self._flow(req, src, dec, nbytes - last)
-            self.state[req.index] = _Handoff(dec, blocks, prefill_done, last)
+            tokens = req.prompt + req.generated
+            self.in_flight_tokens[dec.index] += tokens
+            self.state[req.index] = _Handoff(dec, blocks, tokens, prefill_done, last)
             req.transfer_start = self.env.now
             return True
         return False
@@ -130,6 +135,7 @@ class ReferenceHandoffs:
             self._flow(req, self.instances[req.instance], h.dec, nbytes)
             return
         del self.state[req.index]
+        self.in_flight_tokens[h.dec.index] -= h.tokens
         req.transfer_end = self.env.now
         self.instances[req.instance].release_handoff(req)
         req.instance = h.dec.index

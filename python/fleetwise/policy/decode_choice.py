@@ -22,7 +22,8 @@ class DecodeChoice(Protocol):
 
     def choose(self, request: RequestView, decoders: Sequence[EndpointView], preferred: int | None) -> Sequence[int] | int:
         """The ``index`` of each decode endpoint to try for ``request``, best first (an int: that
-        one only). ``decoders`` lists every decode instance, lowest index first."""
+        one only). ``decoders`` lists every decode instance, lowest index first; their
+        ``outstanding_tokens`` include the tokens of handoffs already in flight to them."""
         ...
 
 

@@ -11,6 +11,7 @@ pub mod event;
 pub mod hardware;
 pub mod instance;
 pub mod kv;
+pub mod load_index;
 pub mod memory;
 pub mod model;
 pub mod moe;

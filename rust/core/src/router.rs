@@ -1,6 +1,7 @@
 //! Routers: which instance gets an arriving request.
 
 use crate::error::{Error, Result};
+use crate::load_index::LeastLoadedIndex;
 use crate::request::Request;
 use crate::rng::RngStream;
 use serde::{Deserialize, Serialize};
@@ -35,6 +36,20 @@ pub trait Router: Send + Sync {
         true
     }
 
+    /// Whether the router routes from the cluster's load index alone ([`Router::route_indexed`]):
+    /// the cluster then keeps the entry instances' outstanding tokens in a [`LeastLoadedIndex`],
+    /// updated on the events that change them, and gathers no loads per arrival.
+    fn uses_load_index(&self) -> bool {
+        false
+    }
+
+    /// The entry instance that serves `req`, read from `index` (slot = entry instance, load =
+    /// its outstanding tokens); called instead of `route_pair` when `uses_load_index` is true.
+    /// The default: the least-loaded entry instance, lowest index on ties.
+    fn route_indexed(&mut self, _req: &Request, index: &LeastLoadedIndex) -> Result<usize> {
+        index.least().ok_or_else(|| Error::Simulation { message: "routing with an empty load index".into() })
+    }
+
     /// With prefill/decode disaggregation: the instance among `entry` (prefill and mixed instances)
     /// that takes `req`, and optionally the decode instance (index into `decoders`) its KV should
     /// go to; None leaves that choice to the cluster (fewest outstanding tokens with room).
@@ -66,6 +81,10 @@ impl Router for RoundRobin {
 pub struct LeastOutstandingTokens;
 
 impl Router for LeastOutstandingTokens {
+    fn uses_load_index(&self) -> bool {
+        true
+    }
+
     fn route(&mut self, _req: &Request, loads: &[InstanceLoad]) -> Result<usize> {
         let mut best = 0;
         for (i, l) in loads.iter().enumerate().skip(1) {
@@ -165,6 +184,20 @@ mod tests {
         assert!(!RouterConfig::Random.build(0, 2).unwrap().needs_loads());
         assert!(RouterConfig::LeastOutstandingTokens.build(0, 2).unwrap().needs_loads());
         assert!(RouterConfig::PrefixAffinity.build(0, 2).unwrap().needs_loads());
+    }
+
+    #[test]
+    fn least_outstanding_tokens_routes_from_the_index_as_from_the_loads() {
+        let mut r = LeastOutstandingTokens;
+        assert!(r.uses_load_index() && !RoundRobin::default().uses_load_index() && !PrefixAffinity.uses_load_index());
+        let req = Request::new(0, 1, 1);
+        let tokens = [50, 20, 30, 20];
+        let mut index = LeastLoadedIndex::new(tokens.len());
+        for (i, &t) in tokens.iter().enumerate() {
+            index.set(i, t);
+        }
+        assert_eq!(r.route_indexed(&req, &index).unwrap(), 1);
+        assert_eq!(r.route_indexed(&req, &index).unwrap(), r.route(&req, &loads(&tokens)).unwrap());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! on an entry (prefill or mixed) instance, and optionally picks its decode instance.
 
 use crate::error::{Error, Result};
+use crate::load_index::LeastLoadedIndex;
 use crate::request::{Request, Status};
 use crate::router::{InstanceLoad, Router};
 use crate::time::{Nanos, MAX_TIME_NS};
@@ -56,14 +57,25 @@ pub(super) struct Arrivals<'a> {
     decoders: Vec<u32>,
     loads: Vec<InstanceLoad>,
     decode_loads: Vec<InstanceLoad>,
+    /// The entry instances' outstanding tokens, kept current event by event, when the router
+    /// routes from it (`Router::uses_load_index`).
+    index: Option<LeastLoadedIndex>,
+    /// Per cluster instance: its slot in `index` (its position in `entry`), if it is an entry instance.
+    slot: Vec<Option<u32>>,
 }
 
 impl<'a> Arrivals<'a> {
     /// Arrivals at `times` placed by `router` over the `entry` and `decoders` instances.
-    pub(super) fn new(times: &'a [Nanos], router: Box<dyn Router>, wants_prefix: bool, entry: Vec<usize>, decoders: Vec<u32>) -> Self {
+    /// `instances` is the cluster's instance count; every instance starts with no load.
+    pub(super) fn new(times: &'a [Nanos], router: Box<dyn Router>, wants_prefix: bool, entry: Vec<usize>, decoders: Vec<u32>, instances: usize) -> Self {
         let loads = vec![InstanceLoad::default(); entry.len()];
         let decode_loads = vec![InstanceLoad::default(); decoders.len()];
-        Arrivals { times, next: 0, router, wants_prefix, entry, decoders, loads, decode_loads }
+        let index = router.uses_load_index().then(|| LeastLoadedIndex::new(entry.len()));
+        let mut slot = vec![None; instances];
+        for (s, &i) in entry.iter().enumerate() {
+            slot[i] = Some(s as u32);
+        }
+        Arrivals { times, next: 0, router, wants_prefix, entry, decoders, loads, decode_loads, index, slot }
     }
 
     /// When the next request arrives, if any is left.
@@ -78,11 +90,25 @@ impl<'a> Arrivals<'a> {
 }
 
 impl Cluster<'_> {
-    /// The next request arrives at `now`: routed, then rejected or queued (waking its instance).
-    pub(super) fn arrive(&mut self, now: Nanos, queue: &mut Queue) -> Result<()> {
+    /// Brings `instance`'s outstanding tokens up to date in the routers' load index, if the router
+    /// routes from one (called after every event that may change an instance's load).
+    pub(super) fn note_load(&mut self, instance: u32) {
         let a = &mut self.arrivals;
-        let idx = a.next;
-        a.next += 1;
+        if let (Some(index), Some(Some(slot))) = (a.index.as_mut(), a.slot.get(instance as usize)) {
+            index.set(*slot as usize, self.instances[instance as usize].load().outstanding_tokens);
+        }
+    }
+
+    /// The router's pick among the entry instances and its decode pick, for request `idx`.
+    fn route(&mut self, idx: usize) -> Result<(usize, Option<usize>)> {
+        let a = &mut self.arrivals;
+        if let Some(index) = a.index.as_ref() {
+            #[cfg(debug_assertions)]
+            for (s, &i) in a.entry.iter().enumerate() {
+                debug_assert_eq!(index.load(s), self.instances[i].load().outstanding_tokens, "load index stale for instance {i}");
+            }
+            return Ok((a.router.route_indexed(&self.reqs[idx], index)?, None));
+        }
         if a.router.needs_loads() {
             for (l, &i) in a.loads.iter_mut().zip(a.entry.iter()) {
                 *l = self.instances[i].load();
@@ -94,7 +120,15 @@ impl Cluster<'_> {
                 *l = self.instances[d as usize].load();
             }
         }
-        let (pick, decode_pick) = a.router.route_pair(&self.reqs[idx], &a.loads, &a.decode_loads)?;
+        a.router.route_pair(&self.reqs[idx], &a.loads, &a.decode_loads)
+    }
+
+    /// The next request arrives at `now`: routed, then rejected or queued (waking its instance).
+    pub(super) fn arrive(&mut self, now: Nanos, queue: &mut Queue) -> Result<()> {
+        let idx = self.arrivals.next;
+        self.arrivals.next += 1;
+        let (pick, decode_pick) = self.route(idx)?;
+        let a = &self.arrivals;
         if pick >= a.entry.len() || decode_pick.is_some_and(|d| d >= a.decoders.len()) {
             return Err(Error::Policy { message: format!("router chose entry {pick} / decode {decode_pick:?} for request {idx}, out of {} entry and {} decode instances", a.entry.len(), a.decoders.len()) });
         }
@@ -119,7 +153,9 @@ impl Cluster<'_> {
             self.rejections.push((idx as u32, reason));
             return Ok(());
         }
-        if inst.enqueue(idx as u32, req) {
+        let wake = inst.enqueue(idx as u32, req);
+        self.note_load(target as u32);
+        if wake {
             queue.push(now, Event::Wake { instance: target as u32 });
         }
         Ok(())

@@ -167,7 +167,7 @@ impl<'a> Cluster<'a> {
             Some(r) => r,
             None => config.router.build(config.seed, entry.len())?,
         };
-        let arrivals = Arrivals::new(&workload.arrival, router, wants_prefix, entry, decoders);
+        let arrivals = Arrivals::new(&workload.arrival, router, wants_prefix, entry, decoders, instances.len());
         let log = if config.record_iterations { Some(IterationLog::default()) } else { None };
         let transfers = Transfers::new(&instances, &config.pools)?;
         let iterations = Iterations::new(instances.len());
@@ -195,30 +195,46 @@ impl Process<Event> for Cluster<'_> {
         self.arrive(now, queue)
     }
 
+    /// Handles `event`, then refreshes the routers' load index for the instance it concerns (an
+    /// instance's outstanding tokens change only in its own events, its arrivals and the handoffs
+    /// it receives; debug builds check the whole index against the instances at every arrival).
     fn handle(&mut self, now: Nanos, event: Event, queue: &mut Queue) -> Result<()> {
         match event {
-            Event::Wake { instance } => self.wake(instance, now, queue),
+            Event::Wake { instance } => {
+                self.wake(instance, now, queue)?;
+                self.note_load(instance);
+            }
             Event::IterationEnd { instance } => {
                 if self.iterations.compute_done(instance) {
                     self.end_iteration(instance, now, queue)?;
+                    self.note_load(instance);
                 }
-                Ok(())
             }
-            Event::StageFree { instance } => self.stage1_free(instance, now, queue),
-            Event::BatchDone { instance } => self.batch_done(instance, now, queue),
+            Event::StageFree { instance } => {
+                self.stage1_free(instance, now, queue)?;
+                self.note_load(instance);
+            }
+            Event::BatchDone { instance } => {
+                self.batch_done(instance, now, queue)?;
+                self.note_load(instance);
+            }
             Event::Network { version } => {
                 for owner in self.transfers.due(now, version, queue)? {
                     match owner {
                         Owner::Instance(instance) => {
                             if self.iteration_flow_done(instance, now, queue)? {
                                 self.end_iteration(instance, now, queue)?;
+                                self.note_load(instance);
                             }
                         }
-                        Owner::Handoff(req) => self.handoff_flow_done(req, now, queue)?,
+                        Owner::Handoff(req) => {
+                            self.handoff_flow_done(req, now, queue)?;
+                            self.note_load(self.reqs[req as usize].instance);
+                        }
                     }
                 }
-                Ok(())
             }
         }
+        Ok(())
     }
 }

@@ -39,12 +39,16 @@ pub enum Role {
 pub trait DecodeChoice: Send + Sync {
     /// The decode instances (cluster indices from `decoders`, whose loads are `loads`) to try for
     /// request `index` (`req`), best first; `preferred` is the one the router chose, if it did.
+    /// A decode instance's `outstanding_tokens` here include the KV tokens of handoffs already in
+    /// flight to it (reserved there when their transfer started, not yet running there).
     /// Every instance named must be one of `decoders`; an error stops the simulation.
     fn candidates(&mut self, index: u32, req: &Request, decoders: &[u32], loads: &[InstanceLoad], preferred: Option<u32>) -> Result<Vec<u32>>;
 }
 
 /// The default choice: the router's pick first, then the fewest outstanding tokens (lowest index
-/// on ties).
+/// on ties), counting the KV of transfers in flight to each decode instance (the decode side
+/// reserves it when the transfer starts, as in Splitwise, DistServe and llm-d), so simultaneous
+/// handoffs spread over the decode instances instead of all picking the same least-loaded one.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FewestOutstandingTokens;
 
@@ -66,6 +70,8 @@ impl DecodeChoice for FewestOutstandingTokens {
 struct Handoff {
     decode: u32,
     blocks: u32,
+    /// KV tokens counted in the decode instance's in-flight load until the handoff completes.
+    tokens: u64,
     prefill_done: bool,
     flow_done: bool,
     /// Where the last layer's KV of a layer-wise transfer still has to go: the route and bytes.
@@ -86,12 +92,15 @@ pub(super) struct Handoffs {
     preferred: BTreeMap<u32, u32>,
     state: BTreeMap<u32, Handoff>,
     waiting: VecDeque<u32>,
+    /// Per instance: KV tokens of the handoffs in flight to it (reserved, not yet accepted).
+    in_flight_tokens: Vec<u64>,
 }
 
 impl Handoffs {
     /// Handoffs to the `decoders` instances in the order `choice` gives; `layerwise` per instance.
     pub(super) fn new(decoders: Vec<u32>, choice: Box<dyn DecodeChoice>, layerwise: Vec<bool>) -> Self {
-        Handoffs { decoders, choice, layerwise, preferred: BTreeMap::new(), state: BTreeMap::new(), waiting: VecDeque::new() }
+        let in_flight_tokens = vec![0; layerwise.len()];
+        Handoffs { decoders, choice, layerwise, preferred: BTreeMap::new(), state: BTreeMap::new(), waiting: VecDeque::new(), in_flight_tokens }
     }
 
     /// Records the decode instance a router chose for `req`, tried first at its handoff.
@@ -106,7 +115,16 @@ impl Cluster<'_> {
         let instances = &mut self.instances;
         let h = &mut self.handoffs;
         let r = &self.reqs[req as usize];
-        let loads: Vec<InstanceLoad> = h.decoders.iter().map(|&d| instances[d as usize].load()).collect();
+        // A decode instance's load counts the KV already on its way to it.
+        let loads: Vec<InstanceLoad> = h
+            .decoders
+            .iter()
+            .map(|&d| {
+                let mut l = instances[d as usize].load();
+                l.outstanding_tokens += h.in_flight_tokens[d as usize];
+                l
+            })
+            .collect();
         let order = h.choice.candidates(req, r, &h.decoders, &loads, h.preferred.remove(&req))?;
         if let Some(bad) = order.iter().find(|&&d| instances.get(d as usize).is_none_or(|i| i.role != Role::Decode)) {
             return Err(Error::Policy { message: format!("the decode choice named instance {bad} for request {req}; the decode instances are {:?}", h.decoders) });
@@ -116,12 +134,14 @@ impl Cluster<'_> {
                 let from = r.instance;
                 let model = instances[from as usize].cost().model();
                 let bytes = r.prompt as u64 * instances[from as usize].cost().kv_bytes_per_token_whole_model();
+                let tokens = r.known_tokens() as u64;
                 // Layer-wise (started before the prefill ends): the last layer's share waits.
                 let last = if prefill_done || model.num_layers < 2 { 0 } else { bytes / model.num_layers as u64 };
                 self.transfers.start_handoff(now, req, from, d, bytes - last, queue)?;
                 self.reqs[req as usize].transfer.0 = now;
                 let tail = (last > 0).then_some((from, d, last));
-                h.state.insert(req, Handoff { decode: d, blocks, prefill_done, flow_done: false, tail });
+                h.in_flight_tokens[d as usize] += tokens;
+                h.state.insert(req, Handoff { decode: d, blocks, tokens, prefill_done, flow_done: false, tail });
                 return Ok(true);
             }
         }
@@ -199,6 +219,7 @@ impl Cluster<'_> {
     /// Moves `req` to its decode instance: frees its KV on the prefill instance and runs it there.
     fn complete_handoff(&mut self, req: u32, now: Nanos, queue: &mut Queue) {
         let h = self.handoffs.state.remove(&req).expect("completing a known handoff");
+        self.handoffs.in_flight_tokens[h.decode as usize] -= h.tokens;
         let r = &mut self.reqs[req as usize];
         r.transfer.1 = now;
         let from = r.instance;
