@@ -100,7 +100,7 @@ def digests(max_requests: int, only: list[str] | None) -> dict[str, dict[str, st
         if only and name not in only:
             continue
         t = time.perf_counter()
-        res = fleetwise.simulate(fleetwise.scenario_from_dict(sc), record_iterations=True)
+        res = fleetwise.simulate(fleetwise.scenario_from_dict(sc, base_dir=SCENARIOS), record_iterations=True)
         out[name] = {
             "requests": _digest_frame(res.requests),
             "instances": _digest_frame(res.instances),
