@@ -22,7 +22,7 @@ pub use setup::{kv_watermark, ExpertSetup, InstanceSetup, KV_WATERMARK_FRACTION,
 pub use speculative::{SpecRuntime, SpecStats};
 pub use stats::{InstanceStats, IterationRecord};
 
-use crate::cost::CostModel;
+use crate::cost::{CostModel, DecodeOpsMemo};
 use crate::kv::BlockManager;
 use crate::memory::MemoryPlan;
 use crate::moe::{ExpertResidency, ExpertRuntime};
@@ -35,6 +35,8 @@ pub struct Instance {
     /// Index of the pool it belongs to.
     pub pool: u32,
     cost: CostModel,
+    /// Decode-only iterations' operator costs by batch size (all but decode attention).
+    decode_memo: DecodeOpsMemo,
     plan: MemoryPlan,
     kv: BlockManager,
     scheduler: Box<dyn Scheduler>,

@@ -25,6 +25,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 
+use crate::cost::DecodeOpsMemo;
 use crate::error::{Error, Result};
 use crate::request::Request;
 use crate::scheduler::{preempt_recompute, Batch};
@@ -137,6 +138,7 @@ impl Instance {
     pub fn with_pipelining(mut self, mode: PipelineMode) -> Self {
         if mode == PipelineMode::Async && self.cost.pp() > 1 {
             self.cost = self.cost.single_microbatch();
+            self.decode_memo = DecodeOpsMemo::default();
             self.pipeline = Some(Pipeline::new(self.cost.pp() as usize));
         }
         self

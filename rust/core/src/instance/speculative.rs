@@ -138,7 +138,7 @@ impl Instance {
     /// proposer's steps and the verify pass, after reserving each decode's lookahead and drawing
     /// its accepted tokens.
     pub(super) fn batch_cost(&mut self, reqs: &mut [Request]) -> IterationCost {
-        let Some(rt) = self.spec.as_deref_mut() else { return self.cost.iteration(&self.batch.shape) };
+        let Some(rt) = self.spec.as_deref_mut() else { return self.cost.iteration_memo(&self.batch.shape, &mut self.decode_memo) };
         rt.accepted.clear();
         let mut rest = BatchShape::windowed(self.cost.model().sliding_window);
         let mut seqs = Vec::new();
@@ -164,7 +164,7 @@ impl Instance {
             seqs.push(SpecSeq { cached: r.computed as u64, k });
         }
         if seqs.is_empty() {
-            return self.cost.iteration(&self.batch.shape);
+            return self.cost.iteration_memo(&self.batch.shape, &mut self.decode_memo);
         }
         rt.spec.step(&self.cost, &rest, &seqs)
     }
