@@ -6,6 +6,7 @@
 //! energy). This file holds the instance's queues and what a router and the disaggregation code
 //! ask of it.
 
+mod decode_stretch;
 mod id_set;
 mod iteration;
 mod pipeline;
@@ -55,6 +56,10 @@ pub struct Instance {
     pipeline: Option<pipeline::Pipeline>,
     /// Scratch id sets for the membership tests of scheduling with requests set aside.
     id_sets: [id_set::IdSet; 3],
+    /// Running requests decoding in closed form.
+    stretch: decode_stretch::DecodeStretch,
+    /// Whether decodes may run in closed form (off only to compare against the per-request passes).
+    closed_form: bool,
     /// Counters.
     pub stats: InstanceStats,
 }
