@@ -7,10 +7,12 @@
 //! `computed` and `generated` counters are kept as of the pass at which they joined (`since`)
 //! and the instance counts its passes; a member's true counters are those plus the passes since.
 //! The batch's decode shape is summed from aggregates (the members' context sum and maximum), the
-//! members' inter-token gaps are one run (they all decoded in the previous pass), and a calendar
-//! keyed by pass says when a member crosses a block boundary (it takes one block then) and when
-//! it produces its last token (it finishes then, its fields written out). Requests admitted since
-//! the last pass (the rest of the running list) decode the ordinary way once, then join.
+//! members' inter-token gaps are one run (they all decoded in the previous pass). A member crosses
+//! a block boundary (and takes one block) every `block_size` passes, so the members are kept in
+//! `block_size` crossing slots, by pass modulo the block size, and each pass visits one slot; a
+//! calendar keyed by pass says when a member produces its last token (it finishes then, its
+//! fields written out). Requests admitted since the last pass (the rest of the running list)
+//! decode the ordinary way once, then join.
 //!
 //! Exactness: a pass whose block needs (the crossings and the newcomers' growth) exceed the free
 //! blocks would preempt; the members are then written out (`settle`) and the scheduler forms that
@@ -27,22 +29,20 @@ use super::{Instance, Role};
 use crate::request::{Request, Status};
 use crate::time::Nanos;
 
-/// What happens to a member at a pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Happening {
-    /// Its decode in this pass crosses into a new KV block.
-    Crosses,
-    /// This pass produces its last output token.
-    Finishes,
-}
-
-/// A calendar entry: at decode pass `pass`, `what` happens to request `req`, a member since `since`.
+/// A calendar entry: decode pass `pass` produces the last token of request `req`, a member since `since`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Due {
     pass: u64,
-    what: Happening,
     req: u32,
     since: u64,
+}
+
+/// A member in its crossing slot: its decodes cross block boundaries at the slot's passes from
+/// `from` on.
+#[derive(Debug, Clone, Copy)]
+struct Crosser {
+    req: u32,
+    from: u64,
 }
 
 /// An instance's closed-form decode state (see the module documentation).
@@ -58,10 +58,12 @@ pub(super) struct DecodeStretch {
     offset_max: i64,
     /// End of the last decode pass: every member's latest token time.
     last_token: Nanos,
-    /// What happens to members, by pass.
+    /// The members' last tokens, by pass.
     due: BinaryHeap<Reverse<Due>>,
+    /// Members by the pass (modulo the block size) at which they cross block boundaries.
+    slots: Vec<Vec<Crosser>>,
     /// The pass being formed: its crossings and finishes (scratch).
-    crossing: Vec<Due>,
+    crossing: Vec<u32>,
     finishing: Vec<Due>,
     /// Whether the batch being formed (or run) is a closed-form decode pass.
     forming: bool,
@@ -109,15 +111,21 @@ impl Instance {
                 break;
             }
             st.due.pop();
-            // A member that finished earlier leaves its later crossings behind.
-            if reqs[d.req as usize].status != Status::Running {
-                continue;
-            }
-            match d.what {
-                Happening::Crosses => st.crossing.push(d),
-                Happening::Finishes => st.finishing.push(d),
-            }
+            st.finishing.push(d);
         }
+        let bs = self.kv.block_size() as u64;
+        if st.slots.len() != bs as usize {
+            st.slots.resize_with(bs as usize, Vec::new);
+        }
+        // This pass's slot; members that finished since leave it.
+        let crossing = &mut st.crossing;
+        st.slots[(next % bs) as usize].retain(|c| {
+            let running = reqs[c.req as usize].status == Status::Running;
+            if running && c.from <= next {
+                crossing.push(c.req);
+            }
+            running
+        });
         let members = st.since.len();
         let mut need = st.crossing.len() as u64;
         for &idx in &self.queues.running[members..] {
@@ -132,11 +140,9 @@ impl Instance {
         if need > self.kv.free() as u64 {
             return false;
         }
-        let bs = self.kv.block_size() as u64;
-        for &d in &st.crossing {
-            reqs[d.req as usize].blocks += 1;
+        for &req in &st.crossing {
+            reqs[req as usize].blocks += 1;
             self.kv.allocate(1);
-            st.due.push(Reverse(Due { pass: next + bs, ..d }));
         }
         if members > 0 {
             let m = members as i64;
@@ -211,9 +217,12 @@ impl Instance {
             st.offset_max = if st.since.is_empty() { offset } else { st.offset_max.max(offset) };
             st.offset_sum += offset;
             st.since.push(st.pass);
+            // Its decode at pass p processes token computed + (p - 1 - pass): the first past its
+            // blocks at p = pass + room + 1, then every block size passes.
             let room = r.blocks as u64 * bs - r.computed as u64;
-            st.due.push(Reverse(Due { pass: st.pass + room + 1, what: Happening::Crosses, req: idx, since: st.pass }));
-            st.due.push(Reverse(Due { pass: st.pass + (r.output - r.generated) as u64, what: Happening::Finishes, req: idx, since: st.pass }));
+            let from = st.pass + room + 1;
+            st.slots[(from % bs) as usize].push(Crosser { req: idx, from });
+            st.due.push(Reverse(Due { pass: st.pass + (r.output - r.generated) as u64, req: idx, since: st.pass }));
         }
     }
 
@@ -258,6 +267,9 @@ impl Instance {
         }
         st.since.clear();
         st.due.clear();
+        for slot in st.slots.iter_mut() {
+            slot.clear();
+        }
         st.offset_sum = 0;
         st.forming = false;
     }
