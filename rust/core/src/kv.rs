@@ -196,6 +196,12 @@ impl BlockManager {
         self.free() as u64 >= blocks as u64 + self.watermark as u64
     }
 
+    /// Whether every decode crossing a block boundary takes exactly one more block: no prefix
+    /// cache (shared blocks, evictions) and no sliding window (no growth past it).
+    pub fn grows_by_block(&self) -> bool {
+        self.cache.is_none() && self.window_blocks.is_none()
+    }
+
     /// Whether `blocks` more can be handed to a running request.
     pub fn can_grow(&self, blocks: u32) -> bool {
         self.free() >= blocks

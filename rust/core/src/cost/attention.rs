@@ -74,20 +74,14 @@ impl<F: FnMut(OpCost)> IterationPass<'_, F> {
     fn gqa(&mut self, q: f64, kv: f64) -> AttentionWidths {
         let (cm, shape) = (self.cm, self.shape);
         let (h, b, mt) = (cm.h, cm.b, self.mt);
-        let (pt, pairs, pkv, ds, dkv) = (self.pt, self.pairs, self.pkv, self.ds, self.dkv);
+        let (pt, pairs, pkv) = (self.pt, self.pairs, self.pkv);
         self.emit(Op::QkvProj, &[Kernel::all(cm.gemm(mt, h, q + 2.0 * kv))], cm.flops_gemm, true);
         if shape.prefill_tokens > 0 {
             let work = (4.0 * q * pairs, (2.0 * pt * q + 2.0 * kv * pkv * cm.kv_ratio()) * b);
             self.emit(Op::PrefillAttention, &[Kernel::all(work)], cm.flops_attn, true);
         }
         if shape.decode_seqs > 0 {
-            // Beside prefill chunks, decodes go through the variable-length kernel's query tiles.
-            let rows = if shape.prefill_tokens > 0 { cm.eff.mixed_query_tile } else { cm.eff.decode_query_rows };
-            let rows = rows.unwrap_or(1).max(1) as f64;
-            let work = (4.0 * q * dkv * rows, (2.0 * ds * q + 2.0 * kv * dkv * cm.kv_ratio()) * b);
-            let floor = cm.decode_attention_tail(ds, shape.decode_max_context as f64);
-            let bw = cm.decode_split_bandwidth(ds);
-            self.emit(Op::DecodeAttention, &[Kernel { floor, bw, ..Kernel::all(work) }], cm.flops_attn, true);
+            self.gqa_decode(q, kv);
         }
         self.emit(Op::OProj, &[Kernel::all(cm.gemm(mt, q, h))], cm.flops_gemm, true);
         AttentionWidths { rope: q + kv, latent: 0.0, cache: 2.0 * kv }
@@ -98,7 +92,7 @@ impl<F: FnMut(OpCost)> IterationPass<'_, F> {
     fn mla(&mut self, heads: f64, nope: f64, rope: f64, v: f64, lora: f64, q_lora: Option<f64>) -> AttentionWidths {
         let (cm, shape) = (self.cm, self.shape);
         let (h, b, mt) = (cm.h, cm.b, self.mt);
-        let (pt, pairs, pkv, ds, dkv) = (self.pt, self.pairs, self.pkv, self.ds, self.dkv);
+        let (pt, pairs, pkv, ds) = (self.pt, self.pairs, self.pkv, self.ds);
         let qk = nope + rope;
         let none = Kernel::default();
         // Queries (through the query latent, if any) and the replicated KV down-projection on
@@ -118,16 +112,48 @@ impl<F: FnMut(OpCost)> IterationPass<'_, F> {
             self.emit(Op::PrefillAttention, &[Kernel::all(work)], cm.flops_attn, true);
         }
         if shape.decode_seqs > 0 {
-            // Absorbed form: every head attends over the cached latent + RoPE key (scores) and
-            // the latent (values); reads the cache, the absorbed queries, writes latent outputs.
-            let flops = 2.0 * heads * (lora + rope) * dkv + 2.0 * heads * lora * dkv;
-            let bytes = (dkv * (lora + rope) * cm.kv_ratio() + ds * heads * (lora + rope) + ds * heads * lora) * b;
-            self.emit(Op::DecodeAttention, &[Kernel::all((flops, bytes))], cm.flops_attn, true);
+            self.mla_decode(heads, rope, lora);
         }
         // Decodes project their latent outputs to values (kv_b_proj's value half), then o_proj.
         let absorb_v = if ds > 0.0 { Kernel::all(cm.heads_gemm(heads, ds, lora, v)) } else { none };
         self.emit(Op::OProj, &[absorb_v, Kernel::all(cm.gemm(mt, heads * v, h))], cm.flops_gemm, true);
         AttentionWidths { rope: heads * rope + rope, latent: lora, cache: lora + rope }
+    }
+}
+
+impl<F: FnMut(OpCost)> IterationPass<'_, F> {
+    /// Charges decode attention alone (the batch has decodes): what a decode-only iteration's
+    /// cost depends on beyond its sequence count (see `decode_memo.rs`).
+    pub(super) fn decode_attention(&mut self) {
+        match self.cm.attn {
+            Attention::Gqa { q, kv } => self.gqa_decode(q, kv),
+            Attention::Mla { heads, rope, lora, .. } => self.mla_decode(heads, rope, lora),
+        }
+    }
+
+    /// GQA decode attention over the batch's cached keys, with query width `q` and K (or V) width `kv`.
+    fn gqa_decode(&mut self, q: f64, kv: f64) {
+        let (cm, shape) = (self.cm, self.shape);
+        let (b, ds, dkv) = (cm.b, self.ds, self.dkv);
+        // Beside prefill chunks, decodes go through the variable-length kernel's query tiles.
+        let rows = if shape.prefill_tokens > 0 { cm.eff.mixed_query_tile } else { cm.eff.decode_query_rows };
+        let rows = rows.unwrap_or(1).max(1) as f64;
+        let work = (4.0 * q * dkv * rows, (2.0 * ds * q + 2.0 * kv * dkv * cm.kv_ratio()) * b);
+        let floor = cm.decode_attention_tail(ds, shape.decode_max_context as f64);
+        let bw = cm.decode_split_bandwidth(ds);
+        self.emit(Op::DecodeAttention, &[Kernel { floor, bw, ..Kernel::all(work) }], cm.flops_attn, true);
+    }
+
+    /// MLA decode attention (absorbed form) with `heads` query heads, the RoPE key width `rope`
+    /// and the KV latent width `lora`.
+    fn mla_decode(&mut self, heads: f64, rope: f64, lora: f64) {
+        let cm = self.cm;
+        let (b, ds, dkv) = (cm.b, self.ds, self.dkv);
+        // Absorbed form: every head attends over the cached latent + RoPE key (scores) and
+        // the latent (values); reads the cache, the absorbed queries, writes latent outputs.
+        let flops = 2.0 * heads * (lora + rope) * dkv + 2.0 * heads * lora * dkv;
+        let bytes = (dkv * (lora + rope) * cm.kv_ratio() + ds * heads * (lora + rope) + ds * heads * lora) * b;
+        self.emit(Op::DecodeAttention, &[Kernel::all((flops, bytes))], cm.flops_attn, true);
     }
 }
 

@@ -66,6 +66,17 @@ impl BatchShape {
         self.sampled += 1;
     }
 
+    /// Adds `count` decodes whose contexts (each including its token being processed) sum to
+    /// `context_sum`, the longest `max_context`; for models without an attention window (each
+    /// context would be clipped to it).
+    pub fn add_decodes(&mut self, count: u64, context_sum: u64, max_context: u64) {
+        debug_assert!(self.attention_window.is_none());
+        self.decode_seqs += count;
+        self.decode_kv_tokens += context_sum;
+        self.decode_max_context = self.decode_max_context.max(max_context);
+        self.sampled += count;
+    }
+
     /// All tokens that pass through the linear layers.
     pub fn tokens(&self) -> u64 {
         self.prefill_tokens + self.decode_seqs

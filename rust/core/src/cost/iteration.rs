@@ -40,7 +40,8 @@ pub(super) struct IterationPass<'a, F: FnMut(OpCost)> {
 }
 
 impl<'a, F: FnMut(OpCost)> IterationPass<'a, F> {
-    fn new(cm: &'a CostModel, shape: &'a BatchShape, sink: F) -> Self {
+    /// A pass over `shape` handing every operator's cost to `sink`.
+    pub(super) fn new(cm: &'a CostModel, shape: &'a BatchShape, sink: F) -> Self {
         let t = cm.padded_tokens(shape) as f64;
         let m = cm.microbatches as f64;
         let micro = 1.0 / m;
@@ -60,10 +61,7 @@ impl<'a, F: FnMut(OpCost)> IterationPass<'a, F> {
 
     /// Hands one operator's cost to the sink.
     pub(super) fn push(&mut self, c: OpCost) {
-        let c = match self.cm.eff.time_scale {
-            Some(k) => OpCost { seconds: c.seconds * k, ..c },
-            None => c,
-        };
+        let c = self.cm.scaled(c);
         self.emitted += c.seconds;
         (self.sink)(c)
     }
@@ -139,21 +137,38 @@ impl<'a, F: FnMut(OpCost)> IterationPass<'a, F> {
 
     /// The engine's per-step CPU time (fixed, per sequence, per token) and per-layer overheads.
     fn overhead(&mut self) {
-        let (eff, shape) = (&self.cm.eff, self.shape);
-        let seqs = (shape.prefill_seqs + shape.decode_seqs) as f64;
-        let cpu = eff.iteration_overhead + eff.seq_overhead.unwrap_or(0.0) * seqs + eff.token_overhead.unwrap_or(0.0) * shape.tokens() as f64;
-        let moe = eff.moe_layer_overhead.unwrap_or(0.0) * self.cm.moe_share;
-        let gpu_fixed = (eff.layer_overhead + moe) * self.time_n;
-        let scale = eff.time_scale.unwrap_or(1.0);
-        // With asynchronous scheduling only the CPU time beyond the GPU's (so far, unscaled) shows.
-        let cpu = if eff.cpu_overlap == Some(true) { (cpu - self.emitted / scale - gpu_fixed).max(0.0) } else { cpu };
-        let overhead = cpu + gpu_fixed;
-        self.push(OpCost { op: Op::Overhead, flops: 0.0, bytes: 0.0, seconds: overhead, compute_bound: false, on_pim: false });
+        let c = self.cm.overhead_cost(self.shape, self.time_n, self.emitted);
+        self.push(c);
     }
 
     /// Seconds charged so far.
     pub(super) fn emitted(&self) -> f64 {
         self.emitted
+    }
+}
+
+impl CostModel {
+    /// The engine's per-step overheads of an iteration of `shape` (before `time_scale`), after
+    /// operators of `emitted` seconds (scaled) were charged; `time_n` is the per-layer time multiplier.
+    pub(super) fn overhead_cost(&self, shape: &BatchShape, time_n: f64, emitted: f64) -> OpCost {
+        let eff = &self.eff;
+        let seqs = (shape.prefill_seqs + shape.decode_seqs) as f64;
+        let cpu = eff.iteration_overhead + eff.seq_overhead.unwrap_or(0.0) * seqs + eff.token_overhead.unwrap_or(0.0) * shape.tokens() as f64;
+        let moe = eff.moe_layer_overhead.unwrap_or(0.0) * self.moe_share;
+        let gpu_fixed = (eff.layer_overhead + moe) * time_n;
+        let scale = eff.time_scale.unwrap_or(1.0);
+        // With asynchronous scheduling only the CPU time beyond the GPU's (so far, unscaled) shows.
+        let cpu = if eff.cpu_overlap == Some(true) { (cpu - emitted / scale - gpu_fixed).max(0.0) } else { cpu };
+        let overhead = cpu + gpu_fixed;
+        OpCost { op: Op::Overhead, flops: 0.0, bytes: 0.0, seconds: overhead, compute_bound: false, on_pim: false }
+    }
+
+    /// `c` as [`IterationPass::push`] hands it on: its seconds multiplied by `time_scale`, if set.
+    pub(super) fn scaled(&self, c: OpCost) -> OpCost {
+        match self.eff.time_scale {
+            Some(k) => OpCost { seconds: c.seconds * k, ..c },
+            None => c,
+        }
     }
 }
 
@@ -193,15 +208,7 @@ impl CostModel {
     /// Predicted duration of one iteration and its compute-bound share.
     pub fn iteration(&self, shape: &BatchShape) -> IterationCost {
         let mut c = IterationCost::default();
-        self.for_each_op(shape, |op| {
-            c.seconds += op.seconds;
-            if op.compute_bound {
-                c.compute_bound_seconds += op.seconds;
-            }
-            if op.op == Op::WeightFetch {
-                c.weight_stall_seconds += op.seconds;
-            }
-        });
+        self.for_each_op(shape, |op| c.charge(&op));
         c
     }
 

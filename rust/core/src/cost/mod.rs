@@ -21,11 +21,13 @@
 //! - `memory.rs`: weight, KV and activation bytes per GPU; `weight_fetch.rs`: offloaded weights
 //!   streamed in; `pim.rs`: processing-in-memory queries;
 //! - `iteration.rs`: one iteration assembled from the operator families, and its summaries;
+//!   `decode_memo.rs`: decode-only iterations' operators other than attention, remembered per batch size;
 //!   `pipeline.rs`: the per-stage times of a batch through an asynchronous pipeline.
 
 mod attention;
 mod batch;
 mod collectives;
+mod decode_memo;
 mod elementwise;
 mod experts;
 mod ffn;
@@ -43,6 +45,7 @@ mod speculative;
 mod weight_fetch;
 
 pub use batch::BatchShape;
+pub use decode_memo::DecodeOpsMemo;
 pub use ops::{IterationCost, Op, OpCost};
 pub use pipeline::StageCosts;
 pub use quantization::{ActivationFormat, KvCacheFormat, Quantization, WeightFormat, DEFAULT_GROUP_SIZE};

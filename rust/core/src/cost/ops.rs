@@ -68,3 +68,17 @@ pub struct IterationCost {
     /// Seconds of `seconds` that are offloaded weights stalling the iteration (without contention).
     pub weight_stall_seconds: f64,
 }
+
+impl IterationCost {
+    /// Adds one operator's cost (operators are charged in execution order; the sums depend on it).
+    #[inline]
+    pub fn charge(&mut self, op: &OpCost) {
+        self.seconds += op.seconds;
+        if op.compute_bound {
+            self.compute_bound_seconds += op.seconds;
+        }
+        if op.op == Op::WeightFetch {
+            self.weight_stall_seconds += op.seconds;
+        }
+    }
+}

@@ -33,10 +33,11 @@ impl Kernel {
     }
 }
 
-const RIDGE_SLOTS: usize = 1024;
+const RIDGE_SLOTS: usize = 16384;
 
 thread_local! {
-    /// Direct-mapped memo of [`ridge_blend`] (room for the GEMMs of every batch size up to a few hundred) by the bits of `(r, p)`; an empty slot holds 0.0,
+    /// Direct-mapped memo of [`ridge_blend`] (room for the GEMMs of every decode batch size and of
+    /// the prefills of a few thousand prompt lengths) by the bits of `(r, p)`; an empty slot holds 0.0,
     /// which no blend (always >= 1) equals.
     static RIDGE_MEMO: [Cell<(u64, u64, f64)>; RIDGE_SLOTS] = const { [const { Cell::new((0, 0, 0.0)) }; RIDGE_SLOTS] };
 }
@@ -46,7 +47,7 @@ thread_local! {
 /// returns the value computed before for the same bits of `r` and `p`, so results are unchanged.
 fn ridge_blend(r: f64, p: f64) -> f64 {
     let (rb, pb) = (r.to_bits(), p.to_bits());
-    let h = (rb ^ pb.rotate_left(17)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 54;
+    let h = (rb ^ pb.rotate_left(17)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - RIDGE_SLOTS.trailing_zeros());
     RIDGE_MEMO.with(|memo| {
         let slot = &memo[h as usize % RIDGE_SLOTS];
         let (kr, kp, v) = slot.get();

@@ -41,24 +41,28 @@ impl Instance {
     fn form_batch(&mut self, now: Nanos, reqs: &mut [Request]) -> bool {
         self.batch.clear();
         self.scheduler.set_now(now);
-        let parked = self.moe.as_ref().map(|m| m.park(&self.queues.running, reqs)).unwrap_or_default();
-        if parked.is_empty() {
-            self.scheduler.schedule(&mut self.queues, reqs, &mut self.kv, &mut self.batch);
-        } else {
-            self.schedule_without(&parked, reqs);
+        if !self.form_in_closed_form(reqs) {
+            self.settle_decodes(reqs);
+            let parked = self.moe.as_ref().map(|m| m.park(&self.queues.running, reqs)).unwrap_or_default();
+            if parked.is_empty() {
+                self.scheduler.schedule(&mut self.queues, reqs, &mut self.kv, &mut self.batch);
+            } else {
+                self.schedule_without(&parked, reqs);
+            }
         }
+        // Closed-form members were scheduled before; only the batch's items can be new.
         for it in &self.batch.items {
             let r = &mut reqs[it.req as usize];
             r.first_scheduled = r.first_scheduled.min(now);
         }
-        !(self.batch.items.is_empty() && self.batch.swap_out_blocks == 0)
+        !(self.batch.items.is_empty() && !self.stretch.forming() && self.batch.swap_out_blocks == 0)
     }
 
     /// The batch's compute time and the weights to stream in for it: the cost model's, or with
     /// expert settings the expert runtime's (its fetches become the stream). A swap-only batch
     /// computes nothing.
     fn compute_time(&mut self, it: &IterationCost, reqs: &[Request]) -> (Nanos, Option<WeightStream>) {
-        if self.batch.items.is_empty() {
+        if self.batch.items.is_empty() && !self.stretch.forming() {
             return (0, None);
         }
         let mut compute_ns = secs_to_ns(it.seconds - it.weight_stall_seconds);
@@ -120,10 +124,12 @@ impl Instance {
     }
 
     /// Applies the finished iteration at `now`: advances tokens, samples, finishes requests.
-    /// Calls `on_token(request, previous_token_time)` for every token after a request's first.
-    pub fn finish_iteration(&mut self, now: Nanos, reqs: &mut [Request], mut on_token: impl FnMut(Nanos, Nanos)) {
+    /// Calls `on_token(time, previous_token_time, n)` for every `n` tokens (after requests' first)
+    /// that share both times, in batch order.
+    pub fn finish_iteration(&mut self, now: Nanos, reqs: &mut [Request], mut on_token: impl FnMut(Nanos, Nanos, u64)) {
         self.busy = false;
-        let mut any_finished = false;
+        let closed_form = self.stretch.forming();
+        let mut any_finished = closed_form && self.finish_members(now, reqs, &mut on_token);
         for (i, it) in self.batch.items.iter().enumerate() {
             let r = &mut reqs[it.req as usize];
             r.computed += it.tokens;
@@ -142,7 +148,7 @@ impl Instance {
             if r.generated == 1 {
                 r.first_token = now;
             } else {
-                on_token(now, r.last_token);
+                on_token(now, r.last_token, 1);
             }
             r.last_token = now;
             if r.generated == 1 && self.role == Role::Prefill && r.output > 1 {
@@ -168,7 +174,10 @@ impl Instance {
             }
         }
         if any_finished {
-            self.queues.running.retain(|&i| reqs[i as usize].status == Status::Running);
+            self.retain_running(reqs);
+        }
+        if closed_form {
+            self.join_members(now, reqs);
         }
     }
 }

@@ -6,6 +6,7 @@
 //! energy). This file holds the instance's queues and what a router and the disaggregation code
 //! ask of it.
 
+mod decode_stretch;
 mod id_set;
 mod iteration;
 mod pipeline;
@@ -22,7 +23,7 @@ pub use setup::{kv_watermark, ExpertSetup, InstanceSetup, KV_WATERMARK_FRACTION,
 pub use speculative::{SpecRuntime, SpecStats};
 pub use stats::{InstanceStats, IterationRecord};
 
-use crate::cost::CostModel;
+use crate::cost::{CostModel, DecodeOpsMemo};
 use crate::kv::BlockManager;
 use crate::memory::MemoryPlan;
 use crate::moe::{ExpertResidency, ExpertRuntime};
@@ -35,6 +36,8 @@ pub struct Instance {
     /// Index of the pool it belongs to.
     pub pool: u32,
     cost: CostModel,
+    /// Decode-only iterations' operator costs by batch size (all but decode attention).
+    decode_memo: DecodeOpsMemo,
     plan: MemoryPlan,
     kv: BlockManager,
     scheduler: Box<dyn Scheduler>,
@@ -53,6 +56,10 @@ pub struct Instance {
     pipeline: Option<pipeline::Pipeline>,
     /// Scratch id sets for the membership tests of scheduling with requests set aside.
     id_sets: [id_set::IdSet; 3],
+    /// Running requests decoding in closed form.
+    stretch: decode_stretch::DecodeStretch,
+    /// Whether decodes may run in closed form (off only to compare against the per-request passes).
+    closed_form: bool,
     /// Counters.
     pub stats: InstanceStats,
 }

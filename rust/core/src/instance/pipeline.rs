@@ -25,6 +25,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 
+use crate::cost::DecodeOpsMemo;
 use crate::error::{Error, Result};
 use crate::request::Request;
 use crate::scheduler::{preempt_recompute, Batch};
@@ -137,6 +138,7 @@ impl Instance {
     pub fn with_pipelining(mut self, mode: PipelineMode) -> Self {
         if mode == PipelineMode::Async && self.cost.pp() > 1 {
             self.cost = self.cost.single_microbatch();
+            self.decode_memo = DecodeOpsMemo::default();
             self.pipeline = Some(Pipeline::new(self.cost.pp() as usize));
         }
         self
@@ -223,7 +225,7 @@ impl Instance {
 
     /// Applies the oldest batch in flight, done at `now` (as `finish_iteration` does for an
     /// iteration); returns its record.
-    pub fn finish_batch(&mut self, now: Nanos, reqs: &mut [Request], on_token: impl FnMut(Nanos, Nanos)) -> IterationRecord {
+    pub fn finish_batch(&mut self, now: Nanos, reqs: &mut [Request], on_token: impl FnMut(Nanos, Nanos, u64)) -> IterationRecord {
         let p = self.pipeline.as_mut().expect("finish_batch on a pipelined instance");
         let done = p.in_flight.pop_front().expect("a batch is in flight");
         let latest = std::mem::replace(&mut self.batch, done.batch);
@@ -337,7 +339,7 @@ mod tests {
         inst.stage1_freed();
         assert!(inst.start_batch(a.stage1_free, &mut reqs).unwrap().is_none());
         assert!(!inst.is_busy());
-        let record = inst.finish_batch(a.done, &mut reqs, |_, _| {});
+        let record = inst.finish_batch(a.done, &mut reqs, |_, _, _| {});
         assert_eq!((record.start, record.end, record.prefill_tokens), (0, a.done, 400));
         assert!(reqs.iter().all(|r| r.generated == 1 && r.first_token == a.done));
         // Batch B: the first two of the four ready decodes (ceil(4 / 2)); C, formed when B frees
@@ -356,7 +358,7 @@ mod tests {
         // Two batches in flight (= pp): blocked even once stage 1 frees, until B is done.
         inst.stage1_freed();
         assert!(inst.is_busy() && inst.start_batch(c.stage1_free, &mut reqs).unwrap().is_none());
-        inst.finish_batch(b.done, &mut reqs, |_, _| {});
+        inst.finish_batch(b.done, &mut reqs, |_, _, _| {});
         assert_eq!(reqs.iter().map(|r| r.generated).collect::<Vec<_>>(), [2, 2, 1, 1]);
         assert!(!inst.is_busy());
         let (used, total) = inst.kv_usage();

@@ -35,7 +35,7 @@ fn run(inst: &mut Instance, reqs: &mut [Request]) -> (u64, Nanos, u64) {
     while let Some(s) = inst.start_iteration(now, reqs) {
         decodes += (inst.batch().shape.decode_seqs > 0) as u64;
         now += s.compute_ns;
-        inst.finish_iteration(now, reqs, |_, _| gaps += 1);
+        inst.finish_iteration(now, reqs, |_, _, n| gaps += n);
         assert!(reqs.iter().all(|r| r.generated <= r.output), "never beyond the output length");
     }
     (decodes, now, gaps)

@@ -92,7 +92,7 @@ fn one_request_prefills_then_decodes_then_frees_its_blocks() {
     assert_eq!(inst.kv_usage().0, 7);
     let end = 1_000 + start.compute_ns;
     let mut gaps = Vec::new();
-    inst.finish_iteration(end, &mut reqs, |t, prev| gaps.push((t, prev)));
+    inst.finish_iteration(end, &mut reqs, |t, prev, _| gaps.push((t, prev)));
     assert!(!inst.is_busy());
     assert_eq!((reqs[0].generated, reqs[0].first_token, reqs[0].status), (1, end, Status::Running));
     assert_eq!(reqs[0].first_scheduled, 1_000, "scheduled when its first iteration started");
@@ -105,7 +105,7 @@ fn one_request_prefills_then_decodes_then_frees_its_blocks() {
     let decode = inst.start_iteration(end, &mut reqs).unwrap();
     assert_eq!((inst.batch().shape.prefill_tokens, inst.batch().shape.decode_seqs), (0, 1));
     let done = end + decode.compute_ns;
-    inst.finish_iteration(done, &mut reqs, |t, prev| gaps.push((t, prev)));
+    inst.finish_iteration(done, &mut reqs, |t, prev, _| gaps.push((t, prev)));
     assert_eq!(gaps, vec![(done, end)]);
     assert_eq!(reqs[0].first_scheduled, 1_000, "later iterations keep the first");
     assert_eq!((reqs[0].status, reqs[0].completion, reqs[0].blocks), (Status::Finished, done, 0));
@@ -129,7 +129,7 @@ fn a_prefill_instance_hands_requests_off_after_the_first_token() {
     inst.enqueue(0, &mut reqs[0]);
     inst.enqueue(1, &mut reqs[1]);
     let s = inst.start_iteration(0, &mut reqs).unwrap();
-    inst.finish_iteration(s.compute_ns, &mut reqs, |_, _| {});
+    inst.finish_iteration(s.compute_ns, &mut reqs, |_, _, _| {});
     assert_eq!(inst.take_handoffs(), vec![0], "a one-token request finishes here instead");
     assert_eq!((reqs[0].status, reqs[0].prefill_instance), (Status::Handoff, reqs[0].instance));
     assert_eq!(reqs[1].status, Status::Finished);

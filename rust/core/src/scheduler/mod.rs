@@ -298,6 +298,15 @@ pub trait Scheduler: Send + Sync {
     /// Tells the scheduler the time of the iteration it is about to form (for policies that read it).
     fn set_now(&mut self, _now: crate::time::Nanos) {}
 
+    /// For schedulers whose decode pass is vLLM v0's (with no request swapped out, an iteration
+    /// admits prefills or else decodes every running request one token in order, taking blocks
+    /// as needed and preempting the newest when none is free): forms `schedule`'s admissions
+    /// alone and returns true, so that the instance may run the decode pass in closed form
+    /// (`instance/decode_stretch.rs`). Others return false and leave everything untouched.
+    fn schedule_admissions(&mut self, _queues: &mut Queues, _reqs: &mut [Request], _kv: &mut BlockManager, _batch: &mut Batch) -> bool {
+        false
+    }
+
     /// An error met while scheduling (a user's policy failed or answered out of bounds); the
     /// simulation stops with it.
     fn take_error(&mut self) -> Option<Error> {

@@ -155,6 +155,13 @@ impl Scheduler for VllmScheduler {
         self.draft_tokens = k;
     }
 
+    fn schedule_admissions(&mut self, q: &mut Queues, reqs: &mut [Request], kv: &mut BlockManager, batch: &mut Batch) -> bool {
+        if q.swapped.is_empty() {
+            self.schedule_prefills(q, reqs, kv, batch);
+        }
+        true
+    }
+
     fn reject_reason(&self, req: &Request) -> Option<String> {
         if req.prompt > self.max_num_batched_tokens {
             return Some(format!("prompt of {} tokens exceeds max_num_batched_tokens={}", req.prompt, self.max_num_batched_tokens));

@@ -149,14 +149,14 @@ impl Cluster<'_> {
         // (in order, so the sketch ends bit-identical to one add per token).
         let itl = &mut self.itl;
         let mut run: (Nanos, u64) = (0, 0);
-        inst.finish_iteration(now, self.reqs, |t, prev| {
+        inst.finish_iteration(now, self.reqs, |t, prev, n| {
             let gap = t - prev;
             if run.1 > 0 && gap != run.0 {
                 itl.add_repeated(run.0 as f64 * 1e-9, run.1);
                 run.1 = 0;
             }
             run.0 = gap;
-            run.1 += 1;
+            run.1 += n;
         });
         itl.add_repeated(run.0 as f64 * 1e-9, run.1);
     }

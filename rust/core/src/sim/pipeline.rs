@@ -33,7 +33,7 @@ impl Cluster<'_> {
     /// prefilled requests on, and forms the next batch if stage 1 is free.
     pub(super) fn batch_done(&mut self, idx: u32, now: Nanos, queue: &mut Queue) -> Result<()> {
         let itl = &mut self.itl;
-        let record = self.instances[idx as usize].finish_batch(now, self.reqs, |t, prev| itl.add((t - prev) as f64 * 1e-9));
+        let record = self.instances[idx as usize].finish_batch(now, self.reqs, |t, prev, n| itl.add_repeated((t - prev) as f64 * 1e-9, n));
         if let Some(l) = self.log.as_mut() {
             l.push(idx, &record);
         }

@@ -105,6 +105,7 @@ impl Cluster<'_> {
             if let Some(e) = inst.take_policy_error() {
                 return Err(e);
             }
+            inst.settle_decodes(self.reqs);
         }
         if let Some((i, r)) = self.reqs.iter().enumerate().find(|(_, r)| !matches!(r.status, Status::Finished | Status::Rejected)) {
             return Err(Error::Simulation { message: format!("request {i} never finished (status {:?}, {} of {} tokens generated)", r.status, r.generated, r.output) });

@@ -1,0 +1,160 @@
+//! A per-instance memo of decode-only iterations' operator costs.
+//!
+//! In an iteration with no prefill chunk, every operator but decode attention depends on the
+//! batch's sequence count alone (the GEMMs, norms, collectives, LM head and per-step overheads
+//! see `decode_seqs` tokens and `sampled` samples); decode attention also depends on the cached
+//! keys the decodes read, which grow every iteration. Consecutive decode iterations mostly have
+//! the same sequence count, so the operators' costs are kept per count and only decode attention
+//! is recomputed; the iteration's sums are then taken over the same operators in the same order,
+//! so the result is bit-identical to [`CostModel::iteration`].
+//!
+//! With an overlapped CPU step (`cpu_overlap`) the per-step overhead shows only beyond the time
+//! charged before it, so it is recomputed too, from the running sum (the same additions in the
+//! same order as the full pass's). Not memoised (computed in full): batches with prefill chunks,
+//! and cost models with offloaded weights (their fetch stalls only beyond the time before it).
+
+use super::iteration::IterationPass;
+use super::{BatchShape, CostModel, IterationCost, Op, OpCost};
+
+/// Direct-mapped slots, by sequence count: batch sizes within a range of this many share none.
+const SLOTS: usize = 64;
+
+/// One decode-only iteration's operators, in execution order, and the counts they were costed for.
+#[derive(Debug, Clone, Default)]
+struct Entry {
+    decode_seqs: u64,
+    sampled: u64,
+    ops: Vec<OpCost>,
+}
+
+/// The operator costs of recent decode-only iterations of one instance, by sequence count.
+#[derive(Debug, Clone, Default)]
+pub struct DecodeOpsMemo {
+    slots: Vec<Entry>,
+}
+
+impl CostModel {
+    /// Whether a decode-only iteration's operators other than decode attention and the per-step
+    /// overhead depend on its sequence and sample counts alone: not when an offloaded weight
+    /// fetch charges only what outlasts the operators before it.
+    fn decode_ops_memoizable(&self) -> bool {
+        self.offload.is_none()
+    }
+
+    /// [`CostModel::iteration`] of `shape`, with the operators of decode-only iterations other
+    /// than decode attention taken from `memo` when it holds them for this sequence count (and
+    /// stored there otherwise). Bit-identical to `iteration(shape)`.
+    pub fn iteration_memo(&self, shape: &BatchShape, memo: &mut DecodeOpsMemo) -> IterationCost {
+        let decode_only = shape.prefill_tokens == 0 && shape.prefill_seqs == 0 && shape.decode_seqs > 0;
+        if !decode_only || !self.decode_ops_memoizable() {
+            return self.iteration(shape);
+        }
+        if memo.slots.is_empty() {
+            memo.slots.resize_with(SLOTS, Entry::default);
+        }
+        let e = &mut memo.slots[(shape.decode_seqs % SLOTS as u64) as usize];
+        let mut c = IterationCost::default();
+        if e.ops.is_empty() || e.decode_seqs != shape.decode_seqs || e.sampled != shape.sampled {
+            e.ops.clear();
+            self.for_each_op(shape, |op| e.ops.push(op));
+            (e.decode_seqs, e.sampled) = (shape.decode_seqs, shape.sampled);
+            for op in &e.ops {
+                c.charge(op);
+            }
+            return c;
+        }
+        let mut attention = None;
+        let mut pass = IterationPass::new(self, shape, |op| attention = Some(op));
+        pass.decode_attention();
+        let time_n = pass.time_n;
+        let overlap = self.eff.cpu_overlap == Some(true);
+        for op in &e.ops {
+            match (op.op, &attention) {
+                (Op::DecodeAttention, Some(a)) => c.charge(a),
+                // The full pass's running sum before the overhead is `c.seconds` here, bit for bit.
+                (Op::Overhead, _) if overlap => c.charge(&self.scaled(self.overhead_cost(shape, time_n, c.seconds))),
+                _ => c.charge(op),
+            }
+        }
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DecodeOpsMemo;
+    use crate::calibration::Efficiency;
+    use crate::cost::fixtures::*;
+    use crate::cost::*;
+    use crate::model::fixtures::*;
+
+    /// Decode-only shapes of `n` sequences at contexts starting from `first`, as a decode stretch
+    /// produces them (contexts growing by one per iteration).
+    fn decodes(n: u64, first: u64) -> BatchShape {
+        let mut s = BatchShape::default();
+        for i in 0..n {
+            s.add_decode(first + 37 * i);
+        }
+        s
+    }
+
+    #[test]
+    fn memoised_cost_is_bit_identical_to_the_full_pass() {
+        let tuned = Efficiency { iteration_overhead: 1e-3, seq_overhead: Some(20e-6), attention_cta: Some(0.5), gemm_ridge_exponent: Some(4.0), time_scale: Some(1.3), ..ideal() };
+        for (cm, name) in [
+            (CostModel::new(llama3_8b(), h100(), ideal(), 1).unwrap(), "llama3-8b"),
+            (CostModel::new(llama3_8b(), h100(), tuned, 1).unwrap(), "llama3-8b tuned"),
+            (CostModel::new(llama2_70b(), a100(), ideal(), 4).unwrap(), "llama2-70b tp4"),
+            (CostModel::new(deepseek_v2_lite(), h100(), ideal(), 1).unwrap(), "deepseek-v2-lite (MLA)"),
+            (CostModel::new(mixtral_8x7b(), h100(), ideal(), 1).unwrap(), "mixtral (MoE)"),
+        ] {
+            let mut memo = DecodeOpsMemo::default();
+            let mut hits = 0;
+            for step in 0..40u64 {
+                // Sequence counts repeat (hits) and collide in a slot (1 and 65): both must match.
+                for n in [1u64, 7, 65, 200] {
+                    let s = decodes(n, 100 + step);
+                    let full = cm.iteration(&s);
+                    let memo_cost = cm.iteration_memo(&s, &mut memo);
+                    assert_eq!(memo_cost.seconds.to_bits(), full.seconds.to_bits(), "{name}: n={n} step={step}");
+                    assert_eq!(memo_cost.compute_bound_seconds.to_bits(), full.compute_bound_seconds.to_bits(), "{name}");
+                    hits += (step > 0 && n != 1 && n != 65) as u32;
+                }
+            }
+            assert_eq!(hits, 78, "{name}");
+            // A prefill batch is costed in full and leaves the memo alone.
+            let mut p = decodes(7, 500);
+            p.add_prefill(300, 0, true);
+            assert_eq!(cm.iteration_memo(&p, &mut memo), cm.iteration(&p), "{name}");
+        }
+    }
+
+    #[test]
+    fn the_decode_attention_term_follows_the_contexts() {
+        let cm = CostModel::new(llama3_8b(), h100(), ideal(), 1).unwrap();
+        let mut memo = DecodeOpsMemo::default();
+        let short = cm.iteration_memo(&decodes(64, 100), &mut memo).seconds;
+        let long = cm.iteration_memo(&decodes(64, 4000), &mut memo).seconds;
+        // 64 x 3900 more keys: 32 layers x 2 x 1024 x 2 bytes each, at 3.35 TB/s.
+        let extra = 32.0 * 64.0 * 3900.0 * 2.0 * 1024.0 * 2.0 / 3.35e12;
+        assert!((long - short - extra).abs() < 1e-9 * long, "{short} {long} {extra}");
+    }
+
+    #[test]
+    fn overlapped_cpu_step_follows_the_gpu_time_before_it() {
+        // 6 ms of CPU per step hides under a short context's GPU time only partly, under a long
+        // one's entirely: the overhead differs between iterations of the same batch size.
+        for scale in [None, Some(1.7)] {
+            let cm = CostModel::new(llama3_8b(), h100(), Efficiency { iteration_overhead: 6e-3, seq_overhead: Some(10e-6), cpu_overlap: Some(true), time_scale: scale, ..ideal() }, 1).unwrap();
+            let mut memo = DecodeOpsMemo::default();
+            let mut overheads = Vec::new();
+            for first in [100, 30000, 100, 2000] {
+                let s = decodes(32, first);
+                let (m, full) = (cm.iteration_memo(&s, &mut memo), cm.iteration(&s));
+                assert_eq!((m.seconds.to_bits(), m.compute_bound_seconds.to_bits()), (full.seconds.to_bits(), full.compute_bound_seconds.to_bits()), "first={first}");
+                overheads.push(op(&cm.breakdown(&s), Op::Overhead).seconds);
+            }
+            assert!(overheads[0] > 0.0 && overheads[1] == 0.0, "{overheads:?}");
+        }
+    }
+}

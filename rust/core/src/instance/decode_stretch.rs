@@ -1,0 +1,386 @@
+//! Decodes in closed form: on a colocated instance whose scheduler runs vLLM v0's decode pass
+//! (every running request decodes one token, in order, taking a KV block when it crosses a block
+//! boundary), a running request is touched only when something happens to it.
+//!
+//! The requests that took part in the last decode pass are the stretch's *members*: the leading
+//! entries of the running list. Every decode pass advances each member by one token, so their
+//! `computed` and `generated` counters are kept as of the pass at which they joined (`since`)
+//! and the instance counts its passes; a member's true counters are those plus the passes since.
+//! The batch's decode shape is summed from aggregates (the members' context sum and maximum), the
+//! members' inter-token gaps are one run (they all decoded in the previous pass). A member crosses
+//! a block boundary (and takes one block) every `block_size` passes, so the members are kept in
+//! `block_size` crossing slots, by pass modulo the block size, and each pass visits one slot; a
+//! calendar keyed by pass says when a member produces its last token (it finishes then, its
+//! fields written out). Requests admitted since the last pass (the rest of the running list)
+//! decode the ordinary way once, then join.
+//!
+//! Exactness: a pass whose block needs (the crossings and the newcomers' growth) exceed the free
+//! blocks would preempt; the members are then written out (`settle`) and the scheduler forms that
+//! pass itself, as it does whenever the closed form does not apply (swapped requests, prefix
+//! caching, sliding windows, experts, speculation, pipelines, disaggregated roles, plugged-in
+//! schedulers). Allocation order within a pass does not change the block counts or the peak, and
+//! the members precede the newcomers in the running list, so requests, instances, iteration logs
+//! and the inter-token sketch come out bit-identical to the per-request passes.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use super::{Instance, Role};
+use crate::request::{Request, Status};
+use crate::time::Nanos;
+
+/// A calendar entry: decode pass `pass` produces the last token of request `req`, a member since `since`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Due {
+    pass: u64,
+    req: u32,
+    since: u64,
+}
+
+/// A member in its crossing slot: its decodes cross block boundaries at the slot's passes from
+/// `from` on.
+#[derive(Debug, Clone, Copy)]
+struct Crosser {
+    req: u32,
+    from: u64,
+}
+
+/// An instance's closed-form decode state (see the module documentation).
+#[derive(Debug, Clone, Default)]
+pub(super) struct DecodeStretch {
+    /// Decode passes applied so far (the members' clock).
+    pass: u64,
+    /// Per member (the first `since.len()` running requests): the pass its fields were written at.
+    since: Vec<u64>,
+    /// Sum over members of `computed - since`: their context sum is this plus members x `pass`.
+    offset_sum: i64,
+    /// Largest `computed - since` over members (meaningless without members).
+    offset_max: i64,
+    /// End of the last decode pass: every member's latest token time.
+    last_token: Nanos,
+    /// The members' last tokens, by pass.
+    due: BinaryHeap<Reverse<Due>>,
+    /// Members by the pass (modulo the block size) at which they cross block boundaries.
+    slots: Vec<Vec<Crosser>>,
+    /// The pass being formed: its crossings and finishes (scratch).
+    crossing: Vec<u32>,
+    finishing: Vec<Due>,
+    /// Whether the batch being formed (or run) is a closed-form decode pass.
+    forming: bool,
+}
+
+impl DecodeStretch {
+    /// Whether the batch being formed or run is a closed-form decode pass.
+    pub(super) fn forming(&self) -> bool {
+        self.forming
+    }
+}
+
+impl Instance {
+    /// Whether decodes may run in closed form on this instance now (see the module documentation).
+    fn closed_form_applies(&self) -> bool {
+        self.closed_form && self.role == Role::Mixed && self.moe.is_none() && self.spec.is_none() && self.pipeline.is_none() && self.kv.grows_by_block() && self.batch.shape.attention_window.is_none() && self.queues.swapped.is_empty()
+    }
+
+    /// Forms the batch with the members in closed form, if that applies: the scheduler's
+    /// admissions first, then (when it admitted none) a closed-form decode pass. False when the
+    /// scheduler must form the batch itself (the caller settles the members first; the
+    /// scheduler's admissions, having admitted nothing, admit nothing again).
+    pub(super) fn form_in_closed_form(&mut self, reqs: &mut [Request]) -> bool {
+        self.stretch.forming = false;
+        if !self.closed_form_applies() || !self.scheduler.schedule_admissions(&mut self.queues, reqs, &mut self.kv, &mut self.batch) {
+            return false;
+        }
+        if !self.batch.items.is_empty() || self.queues.running.is_empty() {
+            return true;
+        }
+        self.decode_pass(reqs)
+    }
+
+    /// Forms a decode pass of every running request: members in closed form, newcomers one by
+    /// one. False (nothing changed but the calendar, which settling clears) when the pass needs
+    /// more blocks than are free or a newcomer is not decoding.
+    fn decode_pass(&mut self, reqs: &mut [Request]) -> bool {
+        let st = &mut self.stretch;
+        let next = st.pass + 1;
+        st.crossing.clear();
+        st.finishing.clear();
+        while let Some(&Reverse(d)) = st.due.peek() {
+            if d.pass != next {
+                debug_assert!(d.pass > next, "a calendar entry was missed");
+                break;
+            }
+            st.due.pop();
+            st.finishing.push(d);
+        }
+        let bs = self.kv.block_size() as u64;
+        if st.slots.len() != bs as usize {
+            st.slots.resize_with(bs as usize, Vec::new);
+        }
+        // This pass's slot; members that finished since leave it.
+        let crossing = &mut st.crossing;
+        st.slots[(next % bs) as usize].retain(|c| {
+            let running = reqs[c.req as usize].status == Status::Running;
+            if running && c.from <= next {
+                crossing.push(c.req);
+            }
+            running
+        });
+        let members = st.since.len();
+        let mut need = st.crossing.len() as u64;
+        for &idx in &self.queues.running[members..] {
+            let r = &reqs[idx as usize];
+            if !r.is_decoding() {
+                return false;
+            }
+            if !self.kv.decode_fits(r) {
+                need += self.kv.growth(r, r.computed as u64 + 1) as u64;
+            }
+        }
+        if need > self.kv.free() as u64 {
+            return false;
+        }
+        for &req in &st.crossing {
+            reqs[req as usize].blocks += 1;
+            self.kv.allocate(1);
+        }
+        if members > 0 {
+            let m = members as i64;
+            let context_sum = st.offset_sum + m * st.pass as i64 + m;
+            self.batch.shape.add_decodes(members as u64, context_sum as u64, (st.offset_max + st.pass as i64 + 1) as u64);
+        }
+        for &idx in &self.queues.running[members..] {
+            let r = &mut reqs[idx as usize];
+            let grow = if self.kv.decode_fits(r) { 0 } else { self.kv.growth(r, r.computed as u64 + 1) };
+            self.kv.allocate(grow);
+            r.blocks += grow;
+            self.batch.push(idx, r, 1);
+        }
+        st.forming = true;
+        true
+    }
+
+    /// Applies a closed-form pass's members at `now` (before the newcomers, in `batch.items`, are
+    /// applied the ordinary way): one token each, one run of equal gaps through `on_token`, and
+    /// the finishes the calendar holds. Returns whether any member finished.
+    pub(super) fn finish_members(&mut self, now: Nanos, reqs: &mut [Request], on_token: &mut impl FnMut(Nanos, Nanos, u64)) -> bool {
+        let st = &mut self.stretch;
+        st.pass += 1;
+        let members = st.since.len() as u64;
+        if members == 0 {
+            return false;
+        }
+        on_token(now, st.last_token, members);
+        self.outstanding_tokens += members;
+        let mut max_left = false;
+        for &d in &st.finishing {
+            let r = &mut reqs[d.req as usize];
+            let offset = r.computed as i64 - d.since as i64;
+            let passes = (st.pass - d.since) as u32;
+            r.computed += passes;
+            r.generated += passes;
+            debug_assert_eq!(r.generated, r.output, "a member finishes at its last token");
+            r.last_token = now;
+            self.kv.release(r.blocks);
+            r.blocks = 0;
+            self.kv.detach(r);
+            r.status = Status::Finished;
+            r.completion = now;
+            self.outstanding_tokens -= r.prompt as u64 + r.generated as u64;
+            self.stats.finished += 1;
+            st.offset_sum -= offset;
+            max_left |= offset == st.offset_max;
+        }
+        if max_left {
+            st.offset_max = i64::MIN;
+            for (i, &since) in st.since.iter().enumerate() {
+                let r = &reqs[self.queues.running[i] as usize];
+                if r.status == Status::Running {
+                    st.offset_max = st.offset_max.max(r.computed as i64 - since as i64);
+                }
+            }
+        }
+        !st.finishing.is_empty()
+    }
+
+    /// After a closed-form pass ended at `now` (finished requests already out of the running
+    /// list): the newcomers, which decoded the ordinary way, join the members.
+    pub(super) fn join_members(&mut self, now: Nanos, reqs: &[Request]) {
+        let st = &mut self.stretch;
+        st.forming = false;
+        st.last_token = now;
+        let bs = self.kv.block_size() as u64;
+        for &idx in &self.queues.running[st.since.len()..] {
+            let r = &reqs[idx as usize];
+            debug_assert!(r.status == Status::Running && r.is_decoding() && r.generated < r.output);
+            let offset = r.computed as i64 - st.pass as i64;
+            st.offset_max = if st.since.is_empty() { offset } else { st.offset_max.max(offset) };
+            st.offset_sum += offset;
+            st.since.push(st.pass);
+            // Its decode at pass p processes token computed + (p - 1 - pass): the first past its
+            // blocks at p = pass + room + 1, then every block size passes.
+            let room = r.blocks as u64 * bs - r.computed as u64;
+            let from = st.pass + room + 1;
+            st.slots[(from % bs) as usize].push(Crosser { req: idx, from });
+            st.due.push(Reverse(Due { pass: st.pass + (r.output - r.generated) as u64, req: idx, since: st.pass }));
+        }
+    }
+
+    /// Drops the finished requests from the running list, keeping the members' entries aligned.
+    pub(super) fn retain_running(&mut self, reqs: &[Request]) {
+        let st = &mut self.stretch;
+        if st.since.is_empty() {
+            self.queues.running.retain(|&i| reqs[i as usize].status == Status::Running);
+            return;
+        }
+        let members = st.since.len();
+        let (mut kept, mut kept_members) = (0, 0);
+        for i in 0..self.queues.running.len() {
+            let idx = self.queues.running[i];
+            if reqs[idx as usize].status != Status::Running {
+                continue;
+            }
+            self.queues.running[kept] = idx;
+            if i < members {
+                st.since[kept_members] = st.since[i];
+                kept_members += 1;
+            }
+            kept += 1;
+        }
+        self.queues.running.truncate(kept);
+        st.since.truncate(kept_members);
+    }
+
+    /// Writes the members' counters and latest token time out to their requests and ends the
+    /// stretch (the next decode pass starts it again): before the scheduler forms a batch itself,
+    /// and before the run's results are read.
+    pub fn settle_decodes(&mut self, reqs: &mut [Request]) {
+        let st = &mut self.stretch;
+        for (i, &since) in st.since.iter().enumerate() {
+            let r = &mut reqs[self.queues.running[i] as usize];
+            let passes = (st.pass - since) as u32;
+            if passes > 0 {
+                r.computed += passes;
+                r.generated += passes;
+                r.last_token = st.last_token;
+            }
+        }
+        st.since.clear();
+        st.due.clear();
+        for slot in st.slots.iter_mut() {
+            slot.clear();
+        }
+        st.offset_sum = 0;
+        st.forming = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::*;
+    use crate::calibration::Efficiency;
+    use crate::cost::InstanceSpec;
+    use crate::hardware::{GpuSpec, DEFAULT_DVFS_EXPONENT};
+    use crate::memory::MemoryConfig;
+    use crate::model::fixtures::llama3_8b;
+    use crate::request::{Request, Status};
+    use crate::scheduler::{PreemptionMode, SchedulerConfig};
+    use crate::time::Nanos;
+
+    /// An H100 with `gib` GiB of memory: Llama-3-8B's 16 GB of weights leave little for KV.
+    fn instance(gib: f64, mode: PreemptionMode, closed_form: bool) -> Instance {
+        let gpu = GpuSpec { name: "h100".into(), peak_flops: 989.4e12, fp8_peak_flops: 1979e12, memory_bytes: (gib * (1u64 << 30) as f64) as u64, memory_bandwidth: 3.35e12, link_bandwidth: 450e9, link_latency: 2e-6, nic_bandwidth: 50e9, nic_latency: 5e-6, host_link_bandwidth: 64e9, host_link_latency: 5e-6, tdp_watts: 700.0, idle_watts: 70.0, memory_bound_activity: 0.3, dvfs_exponent: DEFAULT_DVFS_EXPONENT, sm_count: 132 };
+        let scheduler = SchedulerConfig::Vllm { max_num_seqs: 48, max_num_batched_tokens: 4096, preemption_mode: mode, swap_space_gb: 0.05 };
+        let memory = MemoryConfig { gpu_memory_utilization: 0.95, block_size: 16 };
+        let mut inst = Instance::new(InstanceSetup { pool: 0, spec: InstanceSpec::new(llama3_8b(), gpu, Efficiency::default(), 1), memory: &memory, scheduler: &scheduler, experts: None }).unwrap();
+        inst.closed_form = closed_form;
+        inst
+    }
+
+    /// Everything a run leaves: per iteration the batch shape, blocks, load and record; every
+    /// inter-token gap (one entry per token); and the requests at the end.
+    type Trace = (Vec<(crate::cost::BatchShape, u32, u64, u32, u64)>, Vec<(Nanos, Nanos)>, Vec<Request>, u64);
+
+    /// Runs `n` requests (lengths from a fixed sequence, arriving in bursts) through `inst`.
+    fn run(mut inst: Instance, n: usize) -> Trace {
+        let mut reqs: Vec<Request> = (0..n).map(|i| Request::new(0, 40 + (i * 97 % 700) as u32, 2 + (i * 53 % 260) as u32)).collect();
+        let (mut now, mut next, mut iters, mut gaps) = (0, 0, Vec::new(), Vec::new());
+        while reqs.iter().any(|r| !matches!(r.status, Status::Finished)) {
+            // A burst of arrivals every 7 iterations.
+            if iters.len() % 7 == 0 {
+                for _ in 0..5.min(n - next) {
+                    let r = &mut reqs[next];
+                    r.arrival = now;
+                    inst.enqueue(next as u32, r);
+                    next += 1;
+                }
+                inst.woken();
+            }
+            let Some(start) = inst.start_iteration(now, &mut reqs) else {
+                assert!(next < n, "idle with requests left");
+                iters.push(Default::default());
+                continue;
+            };
+            let shape = inst.batch().shape;
+            now += start.compute_ns.max(1) + start.transfer_bytes / 1000;
+            inst.finish_iteration(now, &mut reqs, |t, prev, k| gaps.extend(std::iter::repeat_n((t, prev), k as usize)));
+            let rec = inst.take_record(now).unwrap();
+            iters.push((shape, inst.kv_usage().0, inst.load().outstanding_tokens, rec.running, inst.stats.finished));
+        }
+        inst.settle_decodes(&mut reqs);
+        (iters, gaps, reqs, inst.stats.preemptions)
+    }
+
+    fn assert_same(a: Trace, b: Trace) {
+        assert_eq!(a.0.len(), b.0.len(), "iteration count");
+        for (i, (x, y)) in a.0.iter().zip(&b.0).enumerate() {
+            assert_eq!(x, y, "iteration {i}");
+        }
+        assert_eq!(a.1, b.1, "inter-token gaps");
+        for (i, (x, y)) in a.2.iter().zip(&b.2).enumerate() {
+            let key = |r: &Request| (r.computed, r.generated, r.blocks, r.first_scheduled, r.first_token, r.last_token, r.completion, r.preemptions, r.status);
+            assert_eq!(key(x), key(y), "request {i}");
+        }
+        assert_eq!(a.3, b.3, "preemptions");
+    }
+
+    #[test]
+    fn closed_form_decodes_match_the_per_request_passes() {
+        // Roomy (no preemption), then tight enough for recompute and swap preemptions.
+        for (gib, mode, preempts) in [(40.0, PreemptionMode::Recompute, false), (16.8, PreemptionMode::Recompute, true), (16.8, PreemptionMode::Swap, true)] {
+            let closed = run(instance(gib, mode, true), 120);
+            let plain = run(instance(gib, mode, false), 120);
+            assert_eq!(closed.3 > 0, preempts, "{gib} GiB {mode:?}: {} preemptions", closed.3);
+            assert!(closed.2.iter().all(|r| r.status == Status::Finished && r.generated == r.output));
+            assert!(closed.1.len() > 10_000, "{} gaps", closed.1.len());
+            assert_same(closed, plain);
+        }
+    }
+
+    #[test]
+    fn members_are_settled_mid_stretch_with_their_true_counters() {
+        let mut a = instance(40.0, PreemptionMode::Recompute, true);
+        let mut b = instance(40.0, PreemptionMode::Recompute, false);
+        let mk = || (0..6).map(|i| Request::new(0, 100 + 30 * i, 50)).collect::<Vec<_>>();
+        let (mut ra, mut rb) = (mk(), mk());
+        for i in 0..6 {
+            a.enqueue(i, &mut ra[i as usize]);
+            b.enqueue(i, &mut rb[i as usize]);
+        }
+        let mut now = 0;
+        for _ in 0..20 {
+            let s = a.start_iteration(now, &mut ra).unwrap();
+            b.start_iteration(now, &mut rb).unwrap();
+            now += s.compute_ns;
+            a.finish_iteration(now, &mut ra, |_, _, _| {});
+            b.finish_iteration(now, &mut rb, |_, _, _| {});
+        }
+        assert!(a.stretch.since.len() == 6 && a.stretch.pass >= 18, "all six decode in closed form");
+        assert_eq!(ra[0].generated, 2, "a member's own counters wait");
+        a.settle_decodes(&mut ra);
+        for (x, y) in ra.iter().zip(&rb) {
+            assert_eq!((x.computed, x.generated, x.blocks, x.last_token), (y.computed, y.generated, y.blocks, y.last_token));
+        }
+        assert_eq!(ra[0].generated, 20, "one prefill then 19 decodes");
+    }
+}
