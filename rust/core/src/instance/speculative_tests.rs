@@ -200,7 +200,7 @@ fn run_pipelined(inst: &mut Instance, reqs: &mut [Request]) -> (Nanos, u64) {
         if kind == 1 {
             inst.stage1_freed();
         } else {
-            inst.finish_batch(now, reqs, |_, _| gaps += 1);
+            inst.finish_batch(now, reqs, |_, _, n| gaps += n);
             assert!(reqs.iter().all(|r| r.generated <= r.output), "never beyond the output length");
         }
     }
@@ -214,7 +214,7 @@ fn a_pipelined_verify_pass_goes_through_the_stages_and_the_proposer_runs_on_the_
     inst.woken();
     let a = inst.start_batch(0, &mut reqs).unwrap().unwrap();
     inst.stage1_freed();
-    inst.finish_batch(a.done, &mut reqs, |_, _| {});
+    inst.finish_batch(a.done, &mut reqs, |_, _, _| {});
     // The decode proposes 3 (all accepted): stage 1 runs its half of the verify pass of 4 query
     // tokens after 100 cached, stage 2 its half, the LM head and the head's 3 draft steps.
     let b = inst.start_batch(a.done, &mut reqs).unwrap().unwrap();
@@ -227,7 +227,7 @@ fn a_pipelined_verify_pass_goes_through_the_stages_and_the_proposer_runs_on_the_
     let (s1, s2) = (crate::time::secs_to_ns(verify[0]), crate::time::secs_to_ns(verify[1] + proposer));
     assert_eq!((b.stage1_free, b.done), (a.done + s1, a.done + s1 + s2));
     inst.stage1_freed();
-    inst.finish_batch(b.done, &mut reqs, |_, _| {});
+    inst.finish_batch(b.done, &mut reqs, |_, _, _| {});
     assert_eq!(reqs[0].generated, 5, "the first token, 3 accepted and the target's own");
 }
 
