@@ -28,8 +28,8 @@ fn instance(k: u32, rates: Option<AcceptanceRate>, seed: u64) -> Instance {
 /// Runs `reqs` (all arriving at 0) to the end; returns the decode iterations, the end time and
 /// the number of inter-token gaps reported.
 fn run(inst: &mut Instance, reqs: &mut [Request]) -> (u64, Nanos, u64) {
-    for i in 0..reqs.len() {
-        inst.enqueue(i as u32, &mut reqs[i]);
+    for (i, r) in reqs.iter_mut().enumerate() {
+        inst.enqueue(i as u32, r);
     }
     let (mut now, mut decodes, mut gaps) = (0, 0, 0);
     while let Some(s) = inst.start_iteration(now, reqs) {
