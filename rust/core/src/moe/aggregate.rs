@@ -79,7 +79,7 @@ impl IterationRouting {
         self.rank[lo..lo + self.experts].iter().map(|&r| self.inclusion[r as usize]).collect()
     }
 
-    /// Writes into `out` (one layer's experts, zeroed) the token-expert pairs of `tokens` tokens
+    /// Writes into `out` (one layer's experts, every entry overwritten) the token-expert pairs of `tokens` tokens
     /// (more than `E / k` of them) in `layer`: activated experts get their expected share.
     fn draw(&mut self, layer: u32, tokens: u64, out: &mut [f64]) {
         if tokens != self.unused_tokens {
@@ -185,10 +185,10 @@ impl ExpertRuntime {
     /// Per-iteration routing of `spans` into the per-layer expert counts: every token of the
     /// iteration counts (no prefill sampling); a few tokens are drawn one by one.
     pub(super) fn route_aggregate(&mut self, spans: &[TokenSpan]) {
-        self.counts.iter_mut().for_each(|c| *c = 0.0);
         let tokens: u64 = spans.iter().map(|s| s.tokens as u64).sum();
         self.stats.tokens += tokens;
         if tokens == 0 {
+            self.counts.iter_mut().for_each(|c| *c = 0.0);
             return;
         }
         let (e, k) = (self.experts as usize, self.k as usize);
@@ -196,6 +196,7 @@ impl ExpertRuntime {
         for l in 0..self.layers {
             let out = &mut self.counts[l as usize * e..(l as usize + 1) * e];
             if tokens * k as u64 <= e as u64 {
+                out.iter_mut().for_each(|c| *c = 0.0);
                 let scratch = &mut self.scratch[..k];
                 for t in 0..tokens {
                     self.router.route(0, t, l, None, scratch);

@@ -67,14 +67,12 @@ impl ExpertCache {
         if self.count == self.capacity {
             // The least recently (LFU: least frequently, then least recently) used resident; ties
             // to the lowest id, as a scan over all experts in id order would pick.
-            let key = |i: usize| match self.policy {
-                CachePolicy::Lfu => (self.uses[i], self.last_use[i], i),
-                _ => (0, self.last_use[i], i),
+            // (`e` is not resident, so it is not among the members.) One scan with the policy
+            // chosen outside it; the first minimum wins, as `min_by_key` picks.
+            let slot = match self.policy {
+                CachePolicy::Lfu => self.victim_slot(|i| (self.uses[i], self.last_use[i], i)),
+                _ => self.victim_slot(|i| (0, self.last_use[i], i)),
             };
-            let slot = (0..self.members.len())
-                .filter(|&s| self.members[s] as usize != e)
-                .min_by_key(|&s| key(self.members[s] as usize))
-                .expect("a full cache has a resident expert");
             let victim = self.members.swap_remove(slot) as usize;
             self.resident[victim] = false;
             self.count -= 1;
@@ -84,6 +82,19 @@ impl ExpertCache {
         self.members.push(expert);
         self.count += 1;
         evicted
+    }
+
+    /// The member slot whose expert has the smallest `key` (a full cache is never empty).
+    #[inline]
+    fn victim_slot(&self, key: impl Fn(usize) -> (u64, u64, usize)) -> usize {
+        let mut best = (0, key(self.members[0] as usize));
+        for (s, &m) in self.members.iter().enumerate().skip(1) {
+            let k = key(m as usize);
+            if k < best.1 {
+                best = (s, k);
+            }
+        }
+        best.0
     }
 
     /// Experts resident now.

@@ -29,8 +29,11 @@ pub struct TimelineScratch {
     misses: Vec<u16>,
     /// The experts the predictor names.
     named: Vec<usize>,
-    /// The last expert kernel timed: (pairs, touched) and its seconds (layers often repeat it).
-    last_kernel: Option<((u64, usize), f64)>,
+    /// Per touched-expert count: the token-expert pairs (bits) and seconds of the expert kernel
+    /// timed this iteration (layers mostly repeat a few); `u64::MAX`: none yet.
+    kernel: Vec<(u64, f64)>,
+    /// Indices into `staged` that this iteration's prefetches set (reset at the next iteration).
+    staged_set: Vec<u32>,
 }
 
 impl ExpertRuntime {
@@ -50,8 +53,15 @@ impl ExpertRuntime {
         let mut rank_pairs = std::mem::take(&mut self.work.rank_pairs);
         let (mut t, mut stall) = (0.0f64, 0.0f64);
         let (mut demand, mut prefetched, mut wasted) = (0.0f64, 0.0f64, 0.0f64);
-        self.staged.iter_mut().for_each(|s| *s = -1.0);
-        self.work.last_kernel = None; // the cost model is only fixed within one iteration
+        // Counters kept in locals through the layer loop, added to the stats once.
+        let (mut activated, mut lookups, mut hit_count, mut miss_count, mut prefetch_hits) = (0u64, 0u64, 0u64, 0u64, 0u64);
+        for &i in &self.work.staged_set {
+            self.staged[i as usize] = -1.0;
+        }
+        self.work.staged_set.clear();
+        // The cost model is only fixed within one iteration: kernel times are kept for this one.
+        self.work.kernel.clear();
+        self.work.kernel.resize(per_gpu + 1, (u64::MAX, 0.0));
         for l in 0..self.layers as usize {
             let router_t = t + base;
             let (mut end, mut ideal) = (router_t, router_t);
@@ -59,21 +69,21 @@ impl ExpertRuntime {
             for (r, free) in link_free.iter_mut().enumerate() {
                 let lo = l * e + r * per_gpu;
                 let counts = &self.counts[lo..lo + per_gpu];
-                let pairs: f64 = counts.iter().sum();
-                let touched = counts.iter().filter(|&&c| c > 0.0).count();
+                let (mut pairs, mut touched) = (0.0f64, 0usize);
+                for &c in counts {
+                    pairs += c;
+                    touched += (c > 0.0) as usize;
+                }
                 rank_pairs.push(pairs);
-                self.stats.activated += touched as u64;
+                activated += touched as u64;
                 let compute = if touched == 0 {
                     0.0
                 } else {
-                    match self.work.last_kernel {
-                        Some((key, secs)) if key == (pairs.to_bits(), touched) => secs,
-                        _ => {
-                            let secs = cost.expert_seconds(pairs, touched as f64);
-                            self.work.last_kernel = Some(((pairs.to_bits(), touched), secs));
-                            secs
-                        }
+                    let slot = &mut self.work.kernel[touched];
+                    if slot.0 != pairs.to_bits() {
+                        *slot = (pairs.to_bits(), cost.expert_seconds(pairs, touched as f64));
                     }
+                    slot.1
                 };
                 let mut ready = router_t;
                 if offloaded {
@@ -83,12 +93,9 @@ impl ExpertRuntime {
                     let (hit, hits, misses) = (&mut self.work.hit, &mut self.work.hits, &mut self.work.misses);
                     cache.used_and_resident(l as u32, counts, hit);
                     hits.clear();
-                    hits.extend((0..per_gpu).filter(|&i| hit[i]).map(|i| i as u16));
-                    self.stats.lookups += hits.len() as u64;
-                    self.stats.hits += hits.len() as u64;
                     misses.clear();
-                    for (i, &c) in counts.iter().enumerate() {
-                        let staged = self.staged[lo + i];
+                    let staged_row = &self.staged[lo..lo + per_gpu];
+                    for (i, (&c, &staged)) in counts.iter().zip(staged_row).enumerate() {
                         if c == 0.0 {
                             if staged >= 0.0 {
                                 wasted += eb;
@@ -96,20 +103,22 @@ impl ExpertRuntime {
                             continue;
                         }
                         if hit[i] {
+                            hits.push(i as u16);
                             continue;
                         }
-                        self.stats.lookups += 1;
                         misses.push(i as u16);
                         if staged >= 0.0 {
-                            self.stats.prefetch_hits += 1;
+                            prefetch_hits += 1;
                             ready = ready.max(staged);
                         } else {
-                            self.stats.misses += 1;
+                            miss_count += 1;
                             *free = free.max(router_t) + fetch;
                             ready = ready.max(*free);
                             demand += eb;
                         }
                     }
+                    lookups += (hits.len() + misses.len()) as u64;
+                    hit_count += hits.len() as u64;
                     if let Err(err) = cache.lookup(l as u32, hits, misses) {
                         self.error.get_or_insert(err);
                     }
@@ -133,6 +142,11 @@ impl ExpertRuntime {
             stall += end - ideal;
             t = end;
         }
+        self.stats.activated += activated;
+        self.stats.lookups += lookups;
+        self.stats.hits += hit_count;
+        self.stats.misses += miss_count;
+        self.stats.prefetch_hits += prefetch_hits;
         self.work.link_free = link_free;
         self.work.rank_pairs = rank_pairs;
         let bytes = demand + prefetched;
@@ -176,6 +190,7 @@ impl ExpertRuntime {
                 }
                 *free = free.max(now) + fetch;
                 self.staged[lo + i] = *free;
+                self.work.staged_set.push((lo + i) as u32);
                 bytes += self.residency.expert_bytes;
             }
         }
