@@ -91,14 +91,14 @@ impl IterationRouting {
         let lo = layer as usize * self.experts;
         let ranks = &self.rank[lo..lo + self.experts];
         loop {
+            // Branch-free (the flags are random): an unused expert adds +0.0, which leaves the
+            // sums as they were.
             let (mut mass, mut activated) = (0.0, 0);
             for (o, &r) in out.iter_mut().zip(ranks) {
                 let used = self.rng.next_f64() >= self.unused[r as usize];
                 *o = if used { self.inclusion[r as usize] } else { 0.0 };
-                if used {
-                    mass += *o;
-                    activated += 1;
-                }
+                mass += *o;
+                activated += used as usize;
             }
             if activated >= self.k && mass > 0.0 {
                 // Whole pairs: one per activated expert, the rest by cumulative rounding of the
@@ -106,15 +106,17 @@ impl IterationRouting {
                 let rest = tokens * self.k as u64 - activated as u64;
                 let share = rest as f64 / mass;
                 let (mut cum, mut given, mut last) = (0.0, 0u64, 0);
+                // Branch-free too: an unused expert leaves `cum` as it is (it adds 0 * share), so
+                // its `upto` is `given` again and it keeps 0. Through i64 (exact below 2^63), as
+                // the unsigned conversions branch.
                 for (i, o) in out.iter_mut().enumerate() {
-                    if *o > 0.0 {
-                        cum += *o * share;
-                        // Rounded to nearest (cum >= 0), without a libm call.
-                        let upto = ((cum + 0.5) as u64).clamp(given, rest);
-                        *o = (1 + upto - given) as f64;
-                        given = upto;
-                        last = i;
-                    }
+                    let on = *o > 0.0;
+                    cum += *o * share;
+                    // Rounded to nearest (cum >= 0), without a libm call.
+                    let upto = ((cum + 0.5) as i64 as u64).clamp(given, rest);
+                    *o = if on { (1 + upto - given) as i64 as f64 } else { 0.0 };
+                    given = upto;
+                    last = if on { i } else { last };
                 }
                 out[last] += (rest - given) as f64;
                 return;

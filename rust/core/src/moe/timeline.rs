@@ -92,21 +92,26 @@ impl ExpertRuntime {
                     // experts cannot evict one the layer still needs.
                     let (hit, hits, misses) = (&mut self.work.hit, &mut self.work.hits, &mut self.work.misses);
                     cache.used_and_resident(l as u32, counts, hit);
-                    hits.clear();
-                    misses.clear();
+                    assert_eq!(hit.len(), per_gpu, "an expert cache policy answers for every expert of its GPU");
+                    // Hits and misses are written at their counts' places and the counts advance
+                    // by flag (no branch on the random used/cached flags); a slot is written
+                    // before it can be past an expert, so `per_gpu` slots suffice.
+                    hits.resize(per_gpu, 0);
+                    misses.resize(per_gpu, 0);
+                    let (mut nh, mut nm) = (0, 0);
                     let staged_row = &self.staged[lo..lo + per_gpu];
-                    for (i, (&c, &staged)) in counts.iter().zip(staged_row).enumerate() {
-                        if c == 0.0 {
-                            if staged >= 0.0 {
-                                wasted += eb;
-                            }
+                    for (i, ((&c, &staged), &cached)) in counts.iter().zip(staged_row).zip(hit.iter()).enumerate() {
+                        let used = c != 0.0;
+                        // Adding +0.0 leaves `wasted` as it is.
+                        wasted += if !used && staged >= 0.0 { eb } else { 0.0 };
+                        hits[nh] = i as u16;
+                        nh += (used && cached) as usize;
+                        let missed = used && !cached;
+                        misses[nm] = i as u16;
+                        nm += missed as usize;
+                        if !missed {
                             continue;
                         }
-                        if hit[i] {
-                            hits.push(i as u16);
-                            continue;
-                        }
-                        misses.push(i as u16);
                         if staged >= 0.0 {
                             prefetch_hits += 1;
                             ready = ready.max(staged);
@@ -117,9 +122,9 @@ impl ExpertRuntime {
                             demand += eb;
                         }
                     }
-                    lookups += (hits.len() + misses.len()) as u64;
-                    hit_count += hits.len() as u64;
-                    if let Err(err) = cache.lookup(l as u32, hits, misses) {
+                    lookups += (nh + nm) as u64;
+                    hit_count += nh as u64;
+                    if let Err(err) = cache.lookup(l as u32, &hits[..nh], &misses[..nm]) {
                         self.error.get_or_insert(err);
                     }
                 }
