@@ -23,11 +23,14 @@
 use super::routing::ExpertRouter;
 use super::runtime::{ExpertRuntime, TokenSpan};
 use crate::rng::RngStream;
+use std::collections::HashMap;
 
 /// Ordered k-tuples up to which inclusion probabilities are enumerated exactly.
 const ENUMERATE_LIMIT: f64 = 1e6;
 /// Tokens of the Monte Carlo estimate of inclusion probabilities beyond that.
 const MONTE_CARLO_TOKENS: u64 = 200_000;
+/// 2^53: a uniform draw's resolution (`RngStream::next_f64` is a multiple of 1 / 2^53).
+const UNIT: f64 = (1u64 << 53) as f64;
 
 /// The per-iteration routing state of one instance.
 #[derive(Debug, Clone)]
@@ -42,8 +45,12 @@ pub struct IterationRouting {
     rank: Vec<u32>,
     /// The token count `unused` was computed for.
     unused_tokens: u64,
-    /// Per rank, the probability that `unused_tokens` tokens all miss the expert.
-    unused: Vec<f64>,
+    /// Per rank, the activation threshold for `unused_tokens` tokens: with `q` the probability
+    /// that they all miss the expert, `ceil(q * 2^53)`, so that a draw's 53 random bits `m` are at
+    /// least it exactly when the draw `m / 2^53` is at least `q` (both exact in binary).
+    unused: Vec<u64>,
+    /// The thresholds of every token count met so far (they depend on the count only).
+    unused_by_tokens: HashMap<u64, Box<[u64]>>,
     rng: RngStream,
 }
 
@@ -69,7 +76,7 @@ impl IterationRouting {
         }
         let inclusion = if sorted_w.iter().all(|&x| x == sorted_w[0]) { vec![k as f64 / e as f64; e] } else { inclusion_probabilities(&sorted_w, k, seed, stream) };
         let ln_unused = inclusion.iter().map(|&p| (1.0 - p).max(0.0).ln()).collect();
-        IterationRouting { experts: e, k, inclusion, ln_unused, rank, unused_tokens: 0, unused: vec![1.0; e], rng: RngStream::new(seed, stream) }
+        IterationRouting { experts: e, k, inclusion, ln_unused, rank, unused_tokens: 0, unused: vec![1 << 53; e], unused_by_tokens: HashMap::new(), rng: RngStream::new(seed, stream) }
     }
 
     /// Inclusion probability of each expert of `layer` (sums to `k`).
@@ -83,9 +90,9 @@ impl IterationRouting {
     /// (more than `E / k` of them) in `layer`: activated experts get their expected share.
     fn draw(&mut self, layer: u32, tokens: u64, out: &mut [f64]) {
         if tokens != self.unused_tokens {
-            for (u, &ln) in self.unused.iter_mut().zip(&self.ln_unused) {
-                *u = (tokens as f64 * ln).exp();
-            }
+            let ln_unused = &self.ln_unused;
+            let t = self.unused_by_tokens.entry(tokens).or_insert_with(|| ln_unused.iter().map(|&ln| ((tokens as f64 * ln).exp() * UNIT).ceil() as u64).collect());
+            self.unused.copy_from_slice(t);
             self.unused_tokens = tokens;
         }
         let lo = layer as usize * self.experts;
@@ -95,7 +102,8 @@ impl IterationRouting {
             // sums as they were.
             let (mut mass, mut activated) = (0.0, 0);
             for (o, &r) in out.iter_mut().zip(ranks) {
-                let used = self.rng.next_f64() >= self.unused[r as usize];
+                // `next_f64() >= q`, on the integer draw (`next_f64` is `(next_u64() >> 11) / 2^53`).
+                let used = self.rng.next_u64() >> 11 >= self.unused[r as usize];
                 *o = if used { self.inclusion[r as usize] } else { 0.0 };
                 mass += *o;
                 activated += used as usize;

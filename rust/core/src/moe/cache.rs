@@ -57,13 +57,12 @@ impl ExpertCache {
     }
 
     /// Admits a fetched `expert`, evicting one if full; returns the evicted expert.
-    #[inline]
+    #[inline(always)]
     pub fn admit(&mut self, expert: u16) -> Option<u16> {
         let e = expert as usize;
         if self.resident[e] || self.capacity == 0 || self.policy == CachePolicy::Static {
             return None;
         }
-        let mut evicted = None;
         if self.count == self.capacity {
             // The least recently (LFU: least frequently, then least recently) used resident; ties
             // to the lowest id, as a scan over all experts in id order would pick.
@@ -73,15 +72,18 @@ impl ExpertCache {
                 CachePolicy::Lfu => self.victim_slot(|i| (self.uses[i], self.last_use[i], i)),
                 _ => self.victim_slot(|i| (0, self.last_use[i], i)),
             };
-            let victim = self.members.swap_remove(slot) as usize;
+            // The fetched expert takes the victim's slot (the members' order never decides: the
+            // victim's key ends with its id, so it is unique).
+            let victim = self.members[slot] as usize;
+            self.members[slot] = expert;
             self.resident[victim] = false;
-            self.count -= 1;
-            evicted = Some(victim as u16);
+            self.resident[e] = true;
+            return Some(victim as u16);
         }
         self.resident[e] = true;
         self.members.push(expert);
         self.count += 1;
-        evicted
+        None
     }
 
     /// The member slot whose expert has the smallest `key` (a full cache is never empty).

@@ -112,6 +112,15 @@ impl GpuExpertCaches {
         }
     }
 
+    /// `layer`'s built-in cache, read flag by flag without a call (`None` for a plugged policy).
+    #[inline]
+    pub fn builtin_layer(&self, layer: u32) -> Option<&ExpertCache> {
+        match self {
+            GpuExpertCaches::Builtin(b) => Some(&b.layers[layer as usize]),
+            GpuExpertCaches::Plugged(_) => None,
+        }
+    }
+
     /// See [`ExpertCachePolicy::used_and_resident`].
     #[inline]
     pub fn used_and_resident(&self, layer: u32, used: &[f64], hit: &mut Vec<bool>) {

@@ -91,17 +91,32 @@ impl ExpertRuntime {
                     // Cached experts are looked up first, so that admitting this layer's fetched
                     // experts cannot evict one the layer still needs.
                     let (hit, hits, misses) = (&mut self.work.hit, &mut self.work.hits, &mut self.work.misses);
-                    cache.used_and_resident(l as u32, counts, hit);
-                    assert_eq!(hit.len(), per_gpu, "an expert cache policy answers for every expert of its GPU");
+                    // A built-in cache's flags are read in the loop below; a plugged policy is
+                    // asked once for the layer's used-and-resident experts.
+                    let builtin = cache.builtin_layer(l as u32);
+                    if builtin.is_none() {
+                        cache.used_and_resident(l as u32, counts, hit);
+                        assert_eq!(hit.len(), per_gpu, "an expert cache policy answers for every expert of its GPU");
+                    }
                     // Hits and misses are written at their counts' places and the counts advance
                     // by flag (no branch on the random used/cached flags); a slot is written
                     // before it can be past an expert, so `per_gpu` slots suffice.
                     hits.resize(per_gpu, 0);
                     misses.resize(per_gpu, 0);
                     let (mut nh, mut nm) = (0, 0);
+                    // The link's clock through this layer's fetches: the first starts at
+                    // max(free, router), each later one when the previous ends (which is past the
+                    // router already), so after the first max the clock only adds `fetch`.
+                    let mut link = free.max(router_t);
+                    let mut fetches = 0u64;
+                    let mut staged_ready = ready;
                     let staged_row = &self.staged[lo..lo + per_gpu];
-                    for (i, ((&c, &staged), &cached)) in counts.iter().zip(staged_row).zip(hit.iter()).enumerate() {
+                    for (i, (&c, &staged)) in counts.iter().zip(staged_row).enumerate() {
                         let used = c != 0.0;
+                        let cached = match builtin {
+                            Some(b) => b.contains(i as u16),
+                            None => hit[i],
+                        };
                         // Adding +0.0 leaves `wasted` as it is.
                         wasted += if !used && staged >= 0.0 { eb } else { 0.0 };
                         hits[nh] = i as u16;
@@ -109,19 +124,25 @@ impl ExpertRuntime {
                         let missed = used && !cached;
                         misses[nm] = i as u16;
                         nm += missed as usize;
-                        if !missed {
-                            continue;
-                        }
-                        if staged >= 0.0 {
-                            prefetch_hits += 1;
-                            ready = ready.max(staged);
-                        } else {
-                            miss_count += 1;
-                            *free = free.max(router_t) + fetch;
-                            ready = ready.max(*free);
-                            demand += eb;
-                        }
+                        // A miss waits for its prefetch if one was staged, else is fetched now:
+                        // selected, not branched on (adding +0.0 or taking `ready` again changes
+                        // nothing).
+                        let prefetch_hit = missed && staged >= 0.0;
+                        let fetched = missed && staged < 0.0;
+                        prefetch_hits += prefetch_hit as u64;
+                        fetches += fetched as u64;
+                        link = if fetched { link + fetch } else { link };
+                        staged_ready = later(staged_ready, if prefetch_hit { staged } else { staged_ready });
+                        demand += if fetched { eb } else { 0.0 };
                     }
+                    // The layer waits for its last fetch (the link clock only grows) and its
+                    // staged prefetches: max is exact, so the order it is taken in is free.
+                    ready = staged_ready;
+                    if fetches > 0 {
+                        *free = link;
+                        ready = later(ready, link);
+                    }
+                    miss_count += fetches;
                     lookups += (nh + nm) as u64;
                     hit_count += nh as u64;
                     if let Err(err) = cache.lookup(l as u32, &hits[..nh], &misses[..nm]) {
@@ -167,6 +188,13 @@ impl ExpertRuntime {
         let (e, per_gpu) = (self.experts as usize, self.residency.experts_per_gpu as usize);
         let mut bytes = 0.0;
         let mut named = std::mem::take(&mut self.work.named);
+        // The predictor's stream in a local (kept in registers, not stored back per draw).
+        let mut predictor = self.predictor.clone();
+        // A draw `m / 2^53` (`m` its 53 random bits, both exact in binary) is below `accuracy`
+        // exactly when `m` is below `ceil(accuracy * 2^53)`.
+        let accuracy_bits = (accuracy * (1u64 << 53) as f64).ceil() as u64;
+        let mut staged_set = std::mem::take(&mut self.work.staged_set);
+        let eb = self.residency.expert_bytes;
         for (r, free) in link_free.iter_mut().enumerate() {
             let lo = target * e + r * per_gpu;
             let counts = &self.counts[lo..lo + per_gpu];
@@ -175,7 +203,8 @@ impl ExpertRuntime {
                 if counts[i] == 0.0 {
                     continue;
                 }
-                if self.predictor.next_f64() < accuracy {
+                // `next_f64() < accuracy` on the integer draw (see `accuracy_bits`).
+                if predictor.next_u64() >> 11 < accuracy_bits {
                     named.push(i);
                     continue;
                 }
@@ -183,23 +212,42 @@ impl ExpertRuntime {
                 let is_wrong = |j: &usize| counts[*j] == 0.0 && !named.contains(j);
                 let wrong = (0..per_gpu).filter(is_wrong).count();
                 if wrong > 0 {
-                    let pick = self.predictor.below(wrong as u64) as usize;
+                    let pick = predictor.below(wrong as u64) as usize;
                     let j = (0..per_gpu).filter(is_wrong).nth(pick).expect("pick < wrong");
                     named.push(j);
                 }
             }
             let cache = &self.caches[r];
+            // As for demand fetches: after the first max the link clock only adds `fetch`.
+            let mut link = free.max(now);
+            let mut fetched = false;
             for &i in &named {
                 if cache.contains(target as u32, i as u16) || self.staged[lo + i] >= 0.0 {
                     continue;
                 }
-                *free = free.max(now) + fetch;
-                self.staged[lo + i] = *free;
-                self.work.staged_set.push((lo + i) as u32);
-                bytes += self.residency.expert_bytes;
+                link += fetch;
+                fetched = true;
+                self.staged[lo + i] = link;
+                staged_set.push((lo + i) as u32);
+                bytes += eb;
+            }
+            if fetched {
+                *free = link;
             }
         }
+        self.predictor = predictor;
+        self.work.staged_set = staged_set;
         self.work.named = named;
         bytes
+    }
+}
+
+/// The later of two instants (`f64::max` without its NaN handling, which the times never need).
+#[inline(always)]
+fn later(a: f64, b: f64) -> f64 {
+    if b > a {
+        b
+    } else {
+        a
     }
 }
