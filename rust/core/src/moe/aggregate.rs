@@ -97,13 +97,15 @@ impl IterationRouting {
         }
         let lo = layer as usize * self.experts;
         let ranks = &self.rank[lo..lo + self.experts];
+        // The stream in a local (kept in registers, not stored back per draw).
+        let mut rng = self.rng.clone();
         loop {
             // Branch-free (the flags are random): an unused expert adds +0.0, which leaves the
             // sums as they were.
             let (mut mass, mut activated) = (0.0, 0);
             for (o, &r) in out.iter_mut().zip(ranks) {
                 // `next_f64() >= q`, on the integer draw (`next_f64` is `(next_u64() >> 11) / 2^53`).
-                let used = self.rng.next_u64() >> 11 >= self.unused[r as usize];
+                let used = rng.next_u64() >> 11 >= self.unused[r as usize];
                 *o = if used { self.inclusion[r as usize] } else { 0.0 };
                 mass += *o;
                 activated += used as usize;
@@ -127,6 +129,7 @@ impl IterationRouting {
                     last = if on { i } else { last };
                 }
                 out[last] += (rest - given) as f64;
+                self.rng = rng;
                 return;
             }
         }

@@ -195,46 +195,59 @@ impl ExpertRuntime {
         let accuracy_bits = (accuracy * (1u64 << 53) as f64).ceil() as u64;
         let mut staged_set = std::mem::take(&mut self.work.staged_set);
         let eb = self.residency.expert_bytes;
+        let mut staged = std::mem::take(&mut self.staged);
         for (r, free) in link_free.iter_mut().enumerate() {
             let lo = target * e + r * per_gpu;
             let counts = &self.counts[lo..lo + per_gpu];
             named.clear();
+            let cache = &self.caches[r];
+            let builtin = cache.builtin_layer(target as u32);
+            // As for demand fetches: after the first max the link clock only adds `fetch`.
+            let mut link = free.max(now);
+            let mut fetched = false;
+            // Unused experts not named yet, counted at the first wrong guess: a wrong guess names
+            // one of them, a right one a used expert, so each wrong guess takes one off.
+            let mut unnamed_unused: Option<usize> = None;
             for i in 0..per_gpu {
                 if counts[i] == 0.0 {
                     continue;
                 }
                 // `next_f64() < accuracy` on the integer draw (see `accuracy_bits`).
-                if predictor.next_u64() >> 11 < accuracy_bits {
-                    named.push(i);
-                    continue;
-                }
-                // A wrong guess: uniformly one of the unused experts not named yet.
-                let is_wrong = |j: &usize| counts[*j] == 0.0 && !named.contains(j);
-                let wrong = (0..per_gpu).filter(is_wrong).count();
-                if wrong > 0 {
+                let j = if predictor.next_u64() >> 11 < accuracy_bits {
+                    i
+                } else {
+                    // A wrong guess: uniformly one of the unused experts not named yet.
+                    let is_wrong = |j: &usize| counts[*j] == 0.0 && !named.contains(j);
+                    let wrong = *unnamed_unused.get_or_insert_with(|| (0..per_gpu).filter(is_wrong).count());
+                    if wrong == 0 {
+                        continue;
+                    }
+                    unnamed_unused = Some(wrong - 1);
                     let pick = predictor.below(wrong as u64) as usize;
-                    let j = (0..per_gpu).filter(is_wrong).nth(pick).expect("pick < wrong");
-                    named.push(j);
-                }
-            }
-            let cache = &self.caches[r];
-            // As for demand fetches: after the first max the link clock only adds `fetch`.
-            let mut link = free.max(now);
-            let mut fetched = false;
-            for &i in &named {
-                if cache.contains(target as u32, i as u16) || self.staged[lo + i] >= 0.0 {
+                    (0..per_gpu).filter(is_wrong).nth(pick).expect("pick < wrong")
+                };
+                named.push(j);
+                // Each named expert is staged as soon as it is named (the naming reads only the
+                // counts and the names, so this is the order and the clock of staging them all
+                // after naming).
+                let cached = match builtin {
+                    Some(b) => b.contains(j as u16),
+                    None => cache.contains(target as u32, j as u16),
+                };
+                if cached || staged[lo + j] >= 0.0 {
                     continue;
                 }
                 link += fetch;
                 fetched = true;
-                self.staged[lo + i] = link;
-                staged_set.push((lo + i) as u32);
+                staged[lo + j] = link;
+                staged_set.push((lo + j) as u32);
                 bytes += eb;
             }
             if fetched {
                 *free = link;
             }
         }
+        self.staged = staged;
         self.predictor = predictor;
         self.work.staged_set = staged_set;
         self.work.named = named;
