@@ -265,6 +265,27 @@ mod tests {
     }
 
     #[test]
+    fn integer_thresholds_decide_as_the_float_draws() {
+        // `next_f64() >= q` and `(next_u64() >> 11) >= ceil(q * 2^53)` on the same bits, for
+        // probabilities of every scale (exp underflows to subnormals and 0 for many tokens) and
+        // draws right at the threshold.
+        let ln: Vec<f64> = [1e-12, 1e-6, 0.05, 0.3, 0.75, 0.999_999, 1.0].iter().map(|&p: &f64| (1.0 - p).max(0.0).ln()).collect();
+        let mut rng = RngStream::new(9, "t");
+        for n in [1u64, 2, 7, 64, 1000, 40_000, 1 << 20] {
+            for &l in &ln {
+                let q = (n as f64 * l).exp();
+                let t = (q * UNIT).ceil() as u64;
+                let mut bits: Vec<u64> = (0..2000).map(|_| rng.next_u64() >> 11).collect();
+                bits.extend([t.saturating_sub(1), t, t + 1, 0, (1 << 53) - 1].into_iter().filter(|&m| m < 1 << 53));
+                for m in bits {
+                    let f = m as f64 * (1.0 / (1u64 << 53) as f64);
+                    assert_eq!(f >= q, m >= t, "n {n} q {q} m {m}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn draw_keeps_pairs_and_activation_probability() {
         use crate::moe::config::{RoutingKind, RoutingSampling, RoutingSpec};
         let spec = RoutingSpec { kind: RoutingKind::Zipf, zipf_exponent: 0.8, sampling: RoutingSampling::PerIteration, ..RoutingSpec::default() };
