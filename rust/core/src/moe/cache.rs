@@ -56,6 +56,29 @@ impl ExpertCache {
         self.resident[e]
     }
 
+    /// One layer's lookups of one iteration: each of `hits` accessed, then each of `misses`
+    /// accessed and admitted, in order (the hits' clock kept in a register).
+    #[inline]
+    pub fn lookup(&mut self, hits: &[u16], misses: &[u16]) {
+        let mut clock = self.clock;
+        for &e in hits {
+            clock += 1;
+            self.last_use[e as usize] = clock;
+            self.uses[e as usize] += 1;
+        }
+        self.clock = clock;
+        for &e in misses {
+            self.access(e);
+            self.admit(e);
+        }
+    }
+
+    /// The resident flags, by expert.
+    #[inline]
+    pub fn resident(&self) -> &[bool] {
+        &self.resident
+    }
+
     /// Admits a fetched `expert`, evicting one if full; returns the evicted expert.
     #[inline(always)]
     pub fn admit(&mut self, expert: u16) -> Option<u16> {

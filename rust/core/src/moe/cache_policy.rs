@@ -69,14 +69,7 @@ impl ExpertCachePolicy for BuiltinExpertCaches {
 
     #[inline]
     fn lookup(&mut self, layer: u32, hits: &[u16], misses: &[u16]) -> Result<()> {
-        let cache = &mut self.layers[layer as usize];
-        for &e in hits {
-            cache.access(e);
-        }
-        for &e in misses {
-            cache.access(e);
-            cache.admit(e);
-        }
+        self.layers[layer as usize].lookup(hits, misses);
         Ok(())
     }
 

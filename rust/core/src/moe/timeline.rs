@@ -44,6 +44,8 @@ impl ExpertRuntime {
         self.stats.iterations += 1;
         let (e, per_gpu) = (self.experts as usize, self.residency.experts_per_gpu as usize);
         let offloaded = self.cfg.offloaded();
+        // Per-iteration routing counts whole pairs: their sums are exact in any order.
+        let whole_counts = self.aggregate.is_some();
         let fetch = self.fetch_seconds();
         let eb = self.residency.expert_bytes;
         let lead = self.cfg.prefetch.as_ref().map(|p| (p.lead_layers, p.accuracy));
@@ -69,11 +71,7 @@ impl ExpertRuntime {
             for (r, free) in link_free.iter_mut().enumerate() {
                 let lo = l * e + r * per_gpu;
                 let counts = &self.counts[lo..lo + per_gpu];
-                let (mut pairs, mut touched) = (0.0f64, 0usize);
-                for &c in counts {
-                    pairs += c;
-                    touched += (c > 0.0) as usize;
-                }
+                let (pairs, touched) = if whole_counts { whole_sum(counts) } else { in_order_sum(counts) };
                 rank_pairs.push(pairs);
                 activated += touched as u64;
                 let compute = if touched == 0 {
@@ -93,7 +91,7 @@ impl ExpertRuntime {
                     let (hit, hits, misses) = (&mut self.work.hit, &mut self.work.hits, &mut self.work.misses);
                     // A built-in cache's flags are read in the loop below; a plugged policy is
                     // asked once for the layer's used-and-resident experts.
-                    let builtin = cache.builtin_layer(l as u32);
+                    let builtin = cache.builtin_layer(l as u32).map(|b| b.resident());
                     if builtin.is_none() {
                         cache.used_and_resident(l as u32, counts, hit);
                         assert_eq!(hit.len(), per_gpu, "an expert cache policy answers for every expert of its GPU");
@@ -103,6 +101,7 @@ impl ExpertRuntime {
                     // before it can be past an expert, so `per_gpu` slots suffice.
                     hits.resize(per_gpu, 0);
                     misses.resize(per_gpu, 0);
+                    let (hits, misses) = (&mut hits[..per_gpu], &mut misses[..per_gpu]);
                     let (mut nh, mut nm) = (0, 0);
                     // The link's clock through this layer's fetches: the first starts at
                     // max(free, router), each later one when the previous ends (which is past the
@@ -114,7 +113,7 @@ impl ExpertRuntime {
                     for (i, (&c, &staged)) in counts.iter().zip(staged_row).enumerate() {
                         let used = c != 0.0;
                         let cached = match builtin {
-                            Some(b) => b.contains(i as u16),
+                            Some(resident) => resident[i],
                             None => hit[i],
                         };
                         // Adding +0.0 leaves `wasted` as it is.
@@ -263,4 +262,34 @@ fn later(a: f64, b: f64) -> f64 {
     } else {
         a
     }
+}
+
+/// The pairs (summed in order, as weighted counts need) and the touched experts of `counts`.
+#[inline]
+fn in_order_sum(counts: &[f64]) -> (f64, usize) {
+    let (mut pairs, mut touched) = (0.0f64, 0usize);
+    for &c in counts {
+        pairs += c;
+        touched += (c > 0.0) as usize;
+    }
+    (pairs, touched)
+}
+
+/// [`in_order_sum`] for whole-number counts (below 2^53 in all): every partial sum is exact, so
+/// four running sums give the same total without one long chain of dependent additions.
+#[inline]
+fn whole_sum(counts: &[f64]) -> (f64, usize) {
+    let (mut lanes, mut touched) = ([0.0f64; 4], 0usize);
+    let mut chunks = counts.chunks_exact(4);
+    for c in &mut chunks {
+        for j in 0..4 {
+            lanes[j] += c[j];
+            touched += (c[j] > 0.0) as usize;
+        }
+    }
+    for &c in chunks.remainder() {
+        lanes[0] += c;
+        touched += (c > 0.0) as usize;
+    }
+    ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]), touched)
 }
