@@ -23,11 +23,14 @@
 use super::routing::ExpertRouter;
 use super::runtime::{ExpertRuntime, TokenSpan};
 use crate::rng::RngStream;
+use std::collections::HashMap;
 
 /// Ordered k-tuples up to which inclusion probabilities are enumerated exactly.
 const ENUMERATE_LIMIT: f64 = 1e6;
 /// Tokens of the Monte Carlo estimate of inclusion probabilities beyond that.
 const MONTE_CARLO_TOKENS: u64 = 200_000;
+/// 2^53: a uniform draw's resolution (`RngStream::next_f64` is a multiple of 1 / 2^53).
+const UNIT: f64 = (1u64 << 53) as f64;
 
 /// The per-iteration routing state of one instance.
 #[derive(Debug, Clone)]
@@ -42,8 +45,12 @@ pub struct IterationRouting {
     rank: Vec<u32>,
     /// The token count `unused` was computed for.
     unused_tokens: u64,
-    /// Per rank, the probability that `unused_tokens` tokens all miss the expert.
-    unused: Vec<f64>,
+    /// Per rank, the activation threshold for `unused_tokens` tokens: with `q` the probability
+    /// that they all miss the expert, `ceil(q * 2^53)`, so that a draw's 53 random bits `m` are at
+    /// least it exactly when the draw `m / 2^53` is at least `q` (both exact in binary).
+    unused: Vec<u64>,
+    /// The thresholds of every token count met so far (they depend on the count only).
+    unused_by_tokens: HashMap<u64, Box<[u64]>>,
     rng: RngStream,
 }
 
@@ -69,7 +76,7 @@ impl IterationRouting {
         }
         let inclusion = if sorted_w.iter().all(|&x| x == sorted_w[0]) { vec![k as f64 / e as f64; e] } else { inclusion_probabilities(&sorted_w, k, seed, stream) };
         let ln_unused = inclusion.iter().map(|&p| (1.0 - p).max(0.0).ln()).collect();
-        IterationRouting { experts: e, k, inclusion, ln_unused, rank, unused_tokens: 0, unused: vec![1.0; e], rng: RngStream::new(seed, stream) }
+        IterationRouting { experts: e, k, inclusion, ln_unused, rank, unused_tokens: 0, unused: vec![1 << 53; e], unused_by_tokens: HashMap::new(), rng: RngStream::new(seed, stream) }
     }
 
     /// Inclusion probability of each expert of `layer` (sums to `k`).
@@ -79,26 +86,29 @@ impl IterationRouting {
         self.rank[lo..lo + self.experts].iter().map(|&r| self.inclusion[r as usize]).collect()
     }
 
-    /// Writes into `out` (one layer's experts, zeroed) the token-expert pairs of `tokens` tokens
+    /// Writes into `out` (one layer's experts, every entry overwritten) the token-expert pairs of `tokens` tokens
     /// (more than `E / k` of them) in `layer`: activated experts get their expected share.
     fn draw(&mut self, layer: u32, tokens: u64, out: &mut [f64]) {
         if tokens != self.unused_tokens {
-            for (u, &ln) in self.unused.iter_mut().zip(&self.ln_unused) {
-                *u = (tokens as f64 * ln).exp();
-            }
+            let ln_unused = &self.ln_unused;
+            let t = self.unused_by_tokens.entry(tokens).or_insert_with(|| ln_unused.iter().map(|&ln| ((tokens as f64 * ln).exp() * UNIT).ceil() as u64).collect());
+            self.unused.copy_from_slice(t);
             self.unused_tokens = tokens;
         }
         let lo = layer as usize * self.experts;
         let ranks = &self.rank[lo..lo + self.experts];
+        // The stream in a local (kept in registers, not stored back per draw).
+        let mut rng = self.rng.clone();
         loop {
+            // Branch-free (the flags are random): an unused expert adds +0.0, which leaves the
+            // sums as they were.
             let (mut mass, mut activated) = (0.0, 0);
             for (o, &r) in out.iter_mut().zip(ranks) {
-                let used = self.rng.next_f64() >= self.unused[r as usize];
+                // `next_f64() >= q`, on the integer draw (`next_f64` is `(next_u64() >> 11) / 2^53`).
+                let used = rng.next_u64() >> 11 >= self.unused[r as usize];
                 *o = if used { self.inclusion[r as usize] } else { 0.0 };
-                if used {
-                    mass += *o;
-                    activated += 1;
-                }
+                mass += *o;
+                activated += used as usize;
             }
             if activated >= self.k && mass > 0.0 {
                 // Whole pairs: one per activated expert, the rest by cumulative rounding of the
@@ -106,17 +116,20 @@ impl IterationRouting {
                 let rest = tokens * self.k as u64 - activated as u64;
                 let share = rest as f64 / mass;
                 let (mut cum, mut given, mut last) = (0.0, 0u64, 0);
+                // Branch-free too: an unused expert leaves `cum` as it is (it adds 0 * share), so
+                // its `upto` is `given` again and it keeps 0. Through i64 (exact below 2^63), as
+                // the unsigned conversions branch.
                 for (i, o) in out.iter_mut().enumerate() {
-                    if *o > 0.0 {
-                        cum += *o * share;
-                        // Rounded to nearest (cum >= 0), without a libm call.
-                        let upto = ((cum + 0.5) as u64).clamp(given, rest);
-                        *o = (1 + upto - given) as f64;
-                        given = upto;
-                        last = i;
-                    }
+                    let on = *o > 0.0;
+                    cum += *o * share;
+                    // Rounded to nearest (cum >= 0), without a libm call.
+                    let upto = ((cum + 0.5) as i64 as u64).clamp(given, rest);
+                    *o = if on { (1 + upto - given) as i64 as f64 } else { 0.0 };
+                    given = upto;
+                    last = if on { i } else { last };
                 }
                 out[last] += (rest - given) as f64;
+                self.rng = rng;
                 return;
             }
         }
@@ -185,10 +198,10 @@ impl ExpertRuntime {
     /// Per-iteration routing of `spans` into the per-layer expert counts: every token of the
     /// iteration counts (no prefill sampling); a few tokens are drawn one by one.
     pub(super) fn route_aggregate(&mut self, spans: &[TokenSpan]) {
-        self.counts.iter_mut().for_each(|c| *c = 0.0);
         let tokens: u64 = spans.iter().map(|s| s.tokens as u64).sum();
         self.stats.tokens += tokens;
         if tokens == 0 {
+            self.counts.iter_mut().for_each(|c| *c = 0.0);
             return;
         }
         let (e, k) = (self.experts as usize, self.k as usize);
@@ -196,6 +209,7 @@ impl ExpertRuntime {
         for l in 0..self.layers {
             let out = &mut self.counts[l as usize * e..(l as usize + 1) * e];
             if tokens * k as u64 <= e as u64 {
+                out.iter_mut().for_each(|c| *c = 0.0);
                 let scratch = &mut self.scratch[..k];
                 for t in 0..tokens {
                     self.router.route(0, t, l, None, scratch);
@@ -248,6 +262,27 @@ mod tests {
             set.iter().for_each(|&x| mc[x] += 1.0 / n as f64);
         }
         assert!(exact.iter().zip(&mc).all(|(a, b)| (a - b).abs() < 0.005), "{exact:?} {mc:?}");
+    }
+
+    #[test]
+    fn integer_thresholds_decide_as_the_float_draws() {
+        // `next_f64() >= q` and `(next_u64() >> 11) >= ceil(q * 2^53)` on the same bits, for
+        // probabilities of every scale (exp underflows to subnormals and 0 for many tokens) and
+        // draws right at the threshold.
+        let ln: Vec<f64> = [1e-12, 1e-6, 0.05, 0.3, 0.75, 0.999_999, 1.0].iter().map(|&p: &f64| (1.0 - p).max(0.0).ln()).collect();
+        let mut rng = RngStream::new(9, "t");
+        for n in [1u64, 2, 7, 64, 1000, 40_000, 1 << 20] {
+            for &l in &ln {
+                let q = (n as f64 * l).exp();
+                let t = (q * UNIT).ceil() as u64;
+                let mut bits: Vec<u64> = (0..2000).map(|_| rng.next_u64() >> 11).collect();
+                bits.extend([t.saturating_sub(1), t, t + 1, 0, (1 << 53) - 1].into_iter().filter(|&m| m < 1 << 53));
+                for m in bits {
+                    let f = m as f64 * (1.0 / (1u64 << 53) as f64);
+                    assert_eq!(f >= q, m >= t, "n {n} q {q} m {m}");
+                }
+            }
+        }
     }
 
     #[test]

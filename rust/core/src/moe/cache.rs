@@ -56,34 +56,70 @@ impl ExpertCache {
         self.resident[e]
     }
 
-    /// Admits a fetched `expert`, evicting one if full; returns the evicted expert.
+    /// One layer's lookups of one iteration: each of `hits` accessed, then each of `misses`
+    /// accessed and admitted, in order (the hits' clock kept in a register).
     #[inline]
+    pub fn lookup(&mut self, hits: &[u16], misses: &[u16]) {
+        let mut clock = self.clock;
+        for &e in hits {
+            clock += 1;
+            self.last_use[e as usize] = clock;
+            self.uses[e as usize] += 1;
+        }
+        self.clock = clock;
+        for &e in misses {
+            self.access(e);
+            self.admit(e);
+        }
+    }
+
+    /// The resident flags, by expert.
+    #[inline]
+    pub fn resident(&self) -> &[bool] {
+        &self.resident
+    }
+
+    /// Admits a fetched `expert`, evicting one if full; returns the evicted expert.
+    #[inline(always)]
     pub fn admit(&mut self, expert: u16) -> Option<u16> {
         let e = expert as usize;
         if self.resident[e] || self.capacity == 0 || self.policy == CachePolicy::Static {
             return None;
         }
-        let mut evicted = None;
         if self.count == self.capacity {
             // The least recently (LFU: least frequently, then least recently) used resident; ties
             // to the lowest id, as a scan over all experts in id order would pick.
-            let key = |i: usize| match self.policy {
-                CachePolicy::Lfu => (self.uses[i], self.last_use[i], i),
-                _ => (0, self.last_use[i], i),
+            // (`e` is not resident, so it is not among the members.) One scan with the policy
+            // chosen outside it; the first minimum wins, as `min_by_key` picks.
+            let slot = match self.policy {
+                CachePolicy::Lfu => self.victim_slot(|i| (self.uses[i], self.last_use[i], i)),
+                _ => self.victim_slot(|i| (0, self.last_use[i], i)),
             };
-            let slot = (0..self.members.len())
-                .filter(|&s| self.members[s] as usize != e)
-                .min_by_key(|&s| key(self.members[s] as usize))
-                .expect("a full cache has a resident expert");
-            let victim = self.members.swap_remove(slot) as usize;
+            // The fetched expert takes the victim's slot (the members' order never decides: the
+            // victim's key ends with its id, so it is unique).
+            let victim = self.members[slot] as usize;
+            self.members[slot] = expert;
             self.resident[victim] = false;
-            self.count -= 1;
-            evicted = Some(victim as u16);
+            self.resident[e] = true;
+            return Some(victim as u16);
         }
         self.resident[e] = true;
         self.members.push(expert);
         self.count += 1;
-        evicted
+        None
+    }
+
+    /// The member slot whose expert has the smallest `key` (a full cache is never empty).
+    #[inline]
+    fn victim_slot(&self, key: impl Fn(usize) -> (u64, u64, usize)) -> usize {
+        let mut best = (0, key(self.members[0] as usize));
+        for (s, &m) in self.members.iter().enumerate().skip(1) {
+            let k = key(m as usize);
+            if k < best.1 {
+                best = (s, k);
+            }
+        }
+        best.0
     }
 
     /// Experts resident now.

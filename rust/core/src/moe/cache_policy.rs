@@ -62,19 +62,14 @@ impl BuiltinExpertCaches {
 }
 
 impl ExpertCachePolicy for BuiltinExpertCaches {
+    #[inline]
     fn contains(&self, layer: u32, expert: u16) -> bool {
         self.layers[layer as usize].contains(expert)
     }
 
+    #[inline]
     fn lookup(&mut self, layer: u32, hits: &[u16], misses: &[u16]) -> Result<()> {
-        let cache = &mut self.layers[layer as usize];
-        for &e in hits {
-            cache.access(e);
-        }
-        for &e in misses {
-            cache.access(e);
-            cache.admit(e);
-        }
+        self.layers[layer as usize].lookup(hits, misses);
         Ok(())
     }
 
@@ -82,10 +77,59 @@ impl ExpertCachePolicy for BuiltinExpertCaches {
         format!("the built-in {:?} expert cache", self.policy).to_lowercase()
     }
 
+    #[inline]
     fn used_and_resident(&self, layer: u32, used: &[f64], hit: &mut Vec<bool>) {
         let cache = &self.layers[layer as usize];
         hit.clear();
-        hit.extend(used.iter().enumerate().map(|(i, &c)| c > 0.0 && cache.contains(i as u16)));
+        // `&`, not `&&`: both flags are cheap, and random enough to defeat branch prediction.
+        hit.extend(used.iter().enumerate().map(|(i, &c)| (c > 0.0) & cache.contains(i as u16)));
+    }
+}
+
+/// One GPU's expert caches as the runtime holds them: the built-in ones called directly (no dynamic
+/// dispatch per layer and expert), or a plugged-in policy behind the trait.
+pub enum GpuExpertCaches {
+    /// The built-in LRU, LFU or static caches.
+    Builtin(BuiltinExpertCaches),
+    /// A user's own policy (a Python `ExpertCachePolicy`).
+    Plugged(Box<dyn ExpertCachePolicy>),
+}
+
+impl GpuExpertCaches {
+    /// Whether `expert` (a local id) is resident in `layer`'s cache.
+    #[inline]
+    pub fn contains(&self, layer: u32, expert: u16) -> bool {
+        match self {
+            GpuExpertCaches::Builtin(b) => b.layers[layer as usize].contains(expert),
+            GpuExpertCaches::Plugged(p) => p.contains(layer, expert),
+        }
+    }
+
+    /// `layer`'s built-in cache, read flag by flag without a call (`None` for a plugged policy).
+    #[inline]
+    pub fn builtin_layer(&self, layer: u32) -> Option<&ExpertCache> {
+        match self {
+            GpuExpertCaches::Builtin(b) => Some(&b.layers[layer as usize]),
+            GpuExpertCaches::Plugged(_) => None,
+        }
+    }
+
+    /// See [`ExpertCachePolicy::used_and_resident`].
+    #[inline]
+    pub fn used_and_resident(&self, layer: u32, used: &[f64], hit: &mut Vec<bool>) {
+        match self {
+            GpuExpertCaches::Builtin(b) => b.used_and_resident(layer, used, hit),
+            GpuExpertCaches::Plugged(p) => p.used_and_resident(layer, used, hit),
+        }
+    }
+
+    /// See [`ExpertCachePolicy::lookup`].
+    #[inline]
+    pub fn lookup(&mut self, layer: u32, hits: &[u16], misses: &[u16]) -> Result<()> {
+        match self {
+            GpuExpertCaches::Builtin(b) => b.lookup(layer, hits, misses),
+            GpuExpertCaches::Plugged(p) => p.lookup(layer, hits, misses),
+        }
     }
 }
 

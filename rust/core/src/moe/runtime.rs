@@ -5,7 +5,7 @@
 //! `grouping.rs`.
 
 use super::aggregate::IterationRouting;
-use super::cache_policy::{BuiltinExpertCaches, ExpertCachePolicy, ExpertCacheSite};
+use super::cache_policy::{BuiltinExpertCaches, ExpertCachePolicy, ExpertCacheSite, GpuExpertCaches};
 use super::config::{CachePolicy, ExpertConfig, ExpertTier, RoutingSampling};
 use super::residency::ExpertResidency;
 use super::routing::{ExpertRouter, RoutingTrace};
@@ -70,7 +70,7 @@ pub struct ExpertRuntime {
     /// The prefetch predictor's random stream.
     pub(super) predictor: RngStream,
     /// Per GPU: the HBM expert caches of every layer (none when the experts are all in HBM).
-    pub(super) caches: Vec<Box<dyn ExpertCachePolicy>>,
+    pub(super) caches: Vec<GpuExpertCaches>,
     /// Per request: the experts its last token chose, layer by layer.
     pub(super) last: RoutingMemory,
     /// Per-iteration routing (`sampling: per_iteration`).
@@ -161,17 +161,17 @@ impl ExpertRuntime {
     }
 
     /// The expert caches of each GPU: built by `plugged`, else the configured built-in policy.
-    fn caches(cfg: &ExpertConfig, residency: &ExpertResidency, ranks: u32, layers: u32, router: &ExpertRouter, plugged: Option<&PluggedCaches>) -> Result<Vec<Box<dyn ExpertCachePolicy>>> {
+    fn caches(cfg: &ExpertConfig, residency: &ExpertResidency, ranks: u32, layers: u32, router: &ExpertRouter, plugged: Option<&PluggedCaches>) -> Result<Vec<GpuExpertCaches>> {
         let per_gpu = residency.experts_per_gpu as usize;
         (0..ranks)
             .map(|rank| {
                 let site = ExpertCacheSite { rank, layers, experts: residency.experts_per_gpu, capacity: residency.cached_per_gpu };
                 match (plugged, cfg.cache.policy) {
-                    (Some(make), _) => make(site),
+                    (Some(make), _) => make(site).map(GpuExpertCaches::Plugged),
                     (None, CachePolicy::Policy) => Err(Error::config("experts.cache.policy", "names a policy object (a Python ExpertCachePolicy), which fleetwise's Python front plugs in; none was given")),
                     (None, policy) => {
                         let r = rank as usize;
-                        Ok(Box::new(BuiltinExpertCaches::new(policy, site, |l| router.popularity(l)[r * per_gpu..(r + 1) * per_gpu].to_vec())) as Box<dyn ExpertCachePolicy>)
+                        Ok(GpuExpertCaches::Builtin(BuiltinExpertCaches::new(policy, site, |l| router.popularity(l)[r * per_gpu..(r + 1) * per_gpu].to_vec())))
                     }
                 }
             })
