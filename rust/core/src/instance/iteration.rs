@@ -96,15 +96,17 @@ impl Instance {
         let [set_aside, now_running, known] = &mut self.id_sets;
         set_aside.fill_from(parked);
         self.queues.running.retain(|&r| !set_aside.contains(r));
-        let before = self.queues.running.clone();
+        let kept = self.queues.running.len();
         self.scheduler.schedule(&mut self.queues, reqs, &mut self.kv, &mut self.batch);
         let after = &self.queues.running;
-        if after.len() >= before.len() && after[..before.len()] == before[..] {
+        // The running list the scheduler saw is `order` without the set-aside requests: compared
+        // in place rather than copied for every batch.
+        if after.len() >= kept && after[..kept].iter().eq(order.iter().filter(|&&r| !set_aside.contains(r))) {
             // Nothing left the running list, only admissions were appended (requests from the
             // waiting or swapped queues, never in `order`): the merge below keeps `order` whole
             // and appends them.
             let mut merged = order;
-            merged.extend_from_slice(&after[before.len()..]);
+            merged.extend_from_slice(&after[kept..]);
             self.queues.running = merged;
             return;
         }
