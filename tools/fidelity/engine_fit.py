@@ -153,11 +153,15 @@ def _search(pred, x: dict, meas: np.ndarray, loss=loss) -> tuple[float, dict]:
     return cur, x
 
 
-def fit(data: pl.DataFrame, gpu_name: str, experts: dict) -> tuple[dict, np.ndarray]:
-    """The best of the coordinate searches from each start, the expert-GEMM factors ``experts`` held."""
+def fit(data: pl.DataFrame, gpu_name: str, experts: dict, held: dict | None = None) -> tuple[dict, np.ndarray]:
+    """The best of the coordinate searches from each start, the expert-GEMM factors ``experts`` and
+    any ``held`` factors fixed."""
     meas = data["gpu_seconds"].to_numpy()
-    pred = lambda x: predict(data, gpu_name, {**x, **experts})  # noqa: E731
-    _, x = min((_search(pred, {**START, **s}, meas) for s in STARTS), key=lambda r: r[0])
+    held = held or {}
+    pred = lambda x: predict(data, gpu_name, {**x, **experts, **held})  # noqa: E731
+    free = lambda d: {k: v for k, v in d.items() if k not in held}  # noqa: E731
+    _, x = min((_search(pred, free({**START, **s}), meas) for s in STARTS), key=lambda r: r[0])
+    x = x | held
     x = {k: max(1, round(v)) if k in INTEGER else v for k, v in x.items()} | experts
     return x, predict(data, gpu_name, x)
 
@@ -181,6 +185,7 @@ def main() -> None:
     ap.add_argument("--gpu", default="h200")
     ap.add_argument("--cpu-step", default="calibration/vllm-cpu/cpu_step.yaml")
     ap.add_argument("--out", default=str(ENGINES_DIR / "vllm.yaml"))
+    ap.add_argument("--hold", action="append", default=[], metavar="FACTOR=VALUE", help="keep a factor fixed (repeatable)")
     ap.add_argument("--hold-out", action="store_true", help="leave each model out in turn; write holdout.csv, not the profile")
     args = ap.parse_args()
     data = ordered(pl.read_csv(ROOT / args.data / "iterations.csv"))
@@ -198,7 +203,8 @@ def main() -> None:
     experts, kpred = fit_kernels(kernels, args.gpu)
     kerr = kpred / kernels["seconds"].to_numpy() - 1
     kernels.with_columns(pl.Series("predicted_seconds", kpred), pl.Series("error", kerr)).write_csv(ROOT / args.data / "grouped_gemm_fit.csv")
-    x, pred = fit(data, args.gpu, experts)
+    held = {k: float(v) for k, v in (h.split("=", 1) for h in args.hold)}
+    x, pred = fit(data, args.gpu, experts, held)
     err = pred / data["gpu_seconds"].to_numpy() - 1
     table = data.select("model", "layers_run", "label", "gpu_seconds").with_columns(pl.Series("predicted_seconds", pred), pl.Series("error", err))
     table.write_csv(ROOT / args.data / "fit.csv")

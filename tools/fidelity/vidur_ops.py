@@ -1,0 +1,137 @@
+"""The cost model's per-layer operator times against Vidur's public DGX-H100 operator profiles.
+
+Vidur (Agrawal et al., MLSys 2024) publishes per-operator CUDA timings of vLLM-style kernels on
+H100 SXM for Llama-2-7B and Llama-2-70B at tensor parallelism 1, 2, 4 and 8 (its
+``data/profiling/compute/h100/<model>/mlp.csv``) and NCCL all-reduces on a DGX-H100
+(``data/profiling/network/h100_dgx/all_reduce.csv``). Those are measurements of real kernels at
+every tensor-parallel degree, which this project's own GPU runs (one H200, two at most) cannot
+make. This tool groups them the way the cost model charges an iteration, per transformer layer:
+
+* ``gemm``: ``attn_pre_proj`` (QKV) + ``attn_post_proj`` (O) + ``mlp_up_proj`` + ``mlp_down_proj``;
+* ``elementwise``: two RMSNorms, RoPE, SiLU-and-multiply and two residual adds (Vidur times one);
+* ``all_reduce``: two all-reduces of the layer's hidden states (``tokens x hidden x 2`` bytes) over
+  the tensor-parallel group, NVSwitch within one DGX (none at TP1);
+
+and sets them beside the cost model's ``qkv_proj + o_proj + mlp_gate_up + mlp_down``,
+``elementwise`` and ``all_reduce`` operators divided by the model's layer count, for any engine
+profile. Attention, embedding, LM head and fixed per-layer costs are not in Vidur's MLP file and are
+left out on both sides.
+
+    python -m tools.fidelity.vidur_ops --profiles ../shared/reference/profiling \\
+        --out calibration/h100-vidur/ops.csv          # writes the measured and predicted columns
+    python -m tools.fidelity.vidur_ops --measured calibration/h100-vidur/ops.csv   # re-predict only
+
+``--measured`` re-reads the measured columns from a CSV this tool wrote (the raw profiles are not
+in the repository), so the comparison reruns from a fresh clone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+MODELS = {"llama-2-7b": "vidur_h100_Llama-2-7b-hf_mlp.csv", "llama-2-70b": "vidur_h100_Llama-2-70b-hf_mlp.csv"}
+"""fleetwise catalogue name -> Vidur's H100 MLP profile file (as copied to shared/reference/profiling)."""
+ALL_REDUCE = "vidur_h100_dgx_all_reduce.csv"
+"""Vidur's NCCL all-reduce timings on a DGX-H100 (2, 4 and 8 GPUs of one node)."""
+TOKENS = (16, 64, 256, 512, 1024, 1504, 2048, 4096)
+"""Tokens per iteration compared: decode-sized batches to long prompts."""
+TPS = (1, 2, 4, 8)
+"""Tensor-parallel degrees Vidur profiled."""
+CLASSES = ("gemm", "elementwise", "all_reduce")
+"""The operator classes compared, per layer."""
+GEMM_OPS = ("qkv_proj", "o_proj", "mlp_gate_up", "mlp_down")
+"""The cost model's operators that make up a dense layer's projections."""
+HIDDEN = {"llama-2-7b": 4096, "llama-2-70b": 8192}
+"""Hidden sizes: an all-reduce moves tokens x hidden x 2 bytes."""
+
+
+def measured(profiles: Path) -> pl.DataFrame:
+    """Vidur's medians grouped per layer: one row per (model, tp, tokens), milliseconds."""
+    ar = pl.read_csv(profiles / ALL_REDUCE).filter(pl.col("devices_per_node") == pl.col("num_workers"))
+    rows = []
+    for model, name in MODELS.items():
+        mlp = pl.read_csv(profiles / name)
+        for tp in TPS:
+            for tokens in TOKENS:
+                hit = mlp.filter((pl.col("num_tensor_parallel_workers") == tp) & (pl.col("num_tokens") == tokens))
+                if hit.height == 0:
+                    continue
+                r = hit.row(0, named=True)
+                med = lambda op: r[f"time_stats.{op}.median"]  # noqa: E731
+                gemm = med("attn_pre_proj") + med("attn_post_proj") + med("mlp_up_proj") + med("mlp_down_proj")
+                elem = med("input_layernorm") + med("post_attention_layernorm") + med("attn_rope") + med("mlp_act") + 2 * med("add")
+                reduce = 0.0
+                if tp > 1:
+                    size = tokens * HIDDEN[model] * 2
+                    group = ar.filter(pl.col("num_workers") == tp).group_by("size").agg(pl.col("time_stats.all_reduce.median").median()).sort("size")
+                    # Vidur times sizes on a grid (2 KiB + k x 8 KiB, then coarser): interpolate between neighbours.
+                    reduce = 2 * float(np.interp(size, group["size"].to_numpy(), group["time_stats.all_reduce.median"].to_numpy()))
+                rows.append({"model": model, "tp": tp, "tokens": tokens, "gemm_ms": gemm, "elementwise_ms": elem, "all_reduce_ms": reduce})
+    return pl.DataFrame(rows)
+
+
+def predicted(model: str, tp: int, tokens: int, engine: str) -> dict[str, float]:
+    """The cost model's per-layer milliseconds of each class for a ``tokens``-token prefill."""
+    from fleetwise.catalog import lookup
+    from fleetwise.estimate import estimate_iteration
+
+    layers = lookup("model", model, {}, "model").num_layers
+    ops = {o["op"]: o["seconds"] for o in estimate_iteration(model, "h100-sxm", tp=tp, prefill=tokens, engine=engine)["ops"]}
+    per = lambda s: 1e3 * s / layers  # noqa: E731
+    return {"gemm": per(sum(ops[o] for o in GEMM_OPS)), "elementwise": per(ops["elementwise"]), "all_reduce": per(ops.get("all_reduce", 0.0))}
+
+
+def compare(meas: pl.DataFrame, engines: tuple[str, ...] = ("vllm",)) -> pl.DataFrame:
+    """``meas`` with each engine's predicted per-layer milliseconds (``<class>_ms_<engine>``) beside it."""
+    out = meas
+    for engine in engines:
+        preds = [predicted(r["model"], r["tp"], r["tokens"], engine) for r in meas.iter_rows(named=True)]
+        out = out.with_columns([pl.Series(f"{c}_ms_{engine}", [p[c] for p in preds]) for c in CLASSES])
+    return out
+
+
+def summary(table: pl.DataFrame, engine: str = "vllm") -> pl.DataFrame:
+    """Per (model, tp): the predicted / measured ratio of each class and of their sum, over prompts of
+    at least 1024 tokens (compute-bound projections) and over batches of at most 64 tokens."""
+    t = table.with_columns(
+        (pl.col("gemm_ms") + pl.col("elementwise_ms") + pl.col("all_reduce_ms")).alias("sum_ms"),
+        (pl.col(f"gemm_ms_{engine}") + pl.col(f"elementwise_ms_{engine}") + pl.col(f"all_reduce_ms_{engine}")).alias(f"sum_ms_{engine}"),
+        pl.when(pl.col("tokens") >= 1024).then(pl.lit("prompt")).when(pl.col("tokens") <= 64).then(pl.lit("decode")).otherwise(None).alias("regime"),
+    ).filter(pl.col("regime").is_not_null())
+    aggs = []
+    for c in (*CLASSES, "sum"):
+        ratio = pl.col(f"{c}_ms_{engine}").sum() / pl.col(f"{c}_ms").sum()
+        aggs.append(pl.when(pl.col(f"{c}_ms").sum() > 0).then(ratio).otherwise(None).round(2).alias(c))
+    aggs.append((pl.col("gemm_ms").sum() / pl.col("sum_ms").sum()).round(2).alias("measured_gemm_share"))
+    aggs.append((pl.col(f"gemm_ms_{engine}").sum() / pl.col(f"sum_ms_{engine}").sum()).round(2).alias("predicted_gemm_share"))
+    return t.group_by(["model", "regime", "tp"], maintain_order=True).agg(aggs).sort(["model", "regime", "tp"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Writes or re-predicts the comparison and prints the per-(model, TP) summary."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--profiles", type=Path, help="directory with Vidur's H100 CSVs (shared/reference/profiling)")
+    src.add_argument("--measured", type=Path, help="a CSV this tool wrote: reuse its measured columns")
+    ap.add_argument("--engines", nargs="+", default=["vllm", "fleetwise-torch"])
+    ap.add_argument("--out", type=Path, help="write the table here (CSV)")
+    args = ap.parse_args(argv)
+    meas = measured(args.profiles) if args.profiles else pl.read_csv(args.measured).select(["model", "tp", "tokens", "gemm_ms", "elementwise_ms", "all_reduce_ms"])
+    table = compare(meas, tuple(args.engines))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        table.with_columns(pl.selectors.float().round(5)).write_csv(args.out)
+    with pl.Config(tbl_rows=100, tbl_cols=20, tbl_hide_dataframe_shape=True):
+        for engine in args.engines:
+            print(f"predicted / measured per layer, engine {engine} (measured: Vidur's DGX-H100 profiles)")
+            print(summary(table, engine))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
