@@ -64,3 +64,36 @@ def test_vllm_profile_overcharges_tp8_prompts_against_the_measured_kernels():
     assert all(2.0 < s[tp]["elementwise"] < 2.6 for tp in (1, 2, 4, 8))
     assert s[8]["sum"] == pytest.approx(1.32, abs=0.05) and s[8]["all_reduce"] > s[2]["all_reduce"]
     assert s[8]["measured_gemm_share"] > s[8]["predicted_gemm_share"] + 0.1
+
+
+DGX_PROFILE = "calibration/h100-vidur/vllm_dgx_h100.yaml"
+
+
+def test_profile_fitted_to_the_measured_kernels_reproduces_them():
+    # tools/fidelity/vidur_ops.py --fit-profile: the three groups' prompt times match Vidur's sums.
+    from tools.fidelity.vidur_ops import compare, summary
+
+    meas = pl.read_csv(OPS).select(["model", "tp", "tokens", "gemm_ms", "elementwise_ms", "all_reduce_ms"])
+    path = str(REPO / DGX_PROFILE)
+    s = {(r["model"], r["tp"]): r for r in summary(compare(meas.filter(pl.col("tokens") >= 1024), (path,)), path).iter_rows(named=True)}
+    assert s[("llama-2-70b", 8)]["all_reduce"] == pytest.approx(1.0, abs=0.05)
+    for key in s:
+        assert s[key]["gemm"] == pytest.approx(1.0, abs=0.15) and s[key]["elementwise"] == pytest.approx(1.0, abs=0.25)
+    assert s[("llama-2-70b", 8)]["sum"] == pytest.approx(1.0, abs=0.05)
+
+
+@pytest.mark.parametrize("model, tokens, low, high", [("bloom-176b", 1500, 1.19, 1.22), ("llama-2-70b", 2048, 1.15, 1.18)])
+def test_a_70_percent_cap_under_the_measured_kernel_shares_is_within_splitwises_tolerance(model, tokens, low, high):
+    # Splitwise (ISCA'24, DGX-H100): prompts ~1.3x slower at 490 W, tokens unchanged. With the DGX-H100
+    # kernel shares, BLOOM-176B's whole prompt is within 10% of 1.3x and Llama-2-70B's within 20%.
+    from fleetwise.estimate import estimate_iteration
+
+    def ratio(**kw):
+        free = estimate_iteration(model, "h100-sxm", tp=8, engine=str(REPO / DGX_PROFILE), **kw)["seconds"]
+        return estimate_iteration(model, "h100-sxm", tp=8, engine=str(REPO / DGX_PROFILE), power_cap_watts=490, **kw)["seconds"] / free
+
+    prompt = ratio(prefill=tokens)
+    assert low < prompt < high and prompt > 0.8 * 1.3
+    assert ratio(decode_batch=32, context=1500) == pytest.approx(1.0, abs=0.005)
+    if model == "bloom-176b":
+        assert prompt > 0.9 * 1.3

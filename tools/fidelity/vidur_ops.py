@@ -23,12 +23,20 @@ left out on both sides.
 
 ``--measured`` re-reads the measured columns from a CSV this tool wrote (the raw profiles are not
 in the repository), so the comparison reruns from a fresh clone.
+
+    python -m tools.fidelity.vidur_ops --measured calibration/h100-vidur/ops.csv \
+        --fit-profile calibration/h100-vidur/vllm_dgx_h100.yaml
+
+fits an engine profile (``based_on: vllm``) whose H100 projections, elementwise kernels and
+8-GPU all-reduces take what Vidur measured for prompts (>= 1024 tokens): the three absolute factors
+``gemm_compute``, ``elementwise_memory`` (both over every model and TP) and ``collective`` (TP8).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +120,52 @@ def summary(table: pl.DataFrame, engine: str = "vllm") -> pl.DataFrame:
     return t.group_by(["model", "regime", "tp"], maintain_order=True).agg(aggs).sort(["model", "regime", "tp"])
 
 
+FIT_CLASSES = {"gemm": "gemm_compute", "elementwise": "elementwise_memory", "all_reduce": "collective"}
+"""Each operator group and the absolute factor (``per_gpu``) its time scales inversely with."""
+
+
+def _profile_text(values: dict[str, float], residual: dict[str, float] | None = None) -> str:
+    import yaml
+
+    body = {
+        "description": "vllm on a DGX-H100 as Vidur measured its kernels: the vllm profile with the H100's projections, "
+                       "elementwise kernels and 8-GPU all-reduces fitted to Vidur's public operator profiles",
+        "measured_on": "H100 SXM, DGX-H100 (Vidur's public profiles, microsoft/vidur data/profiling; calibration/h100-vidur/ops.csv)",
+        "based_on": "vllm",
+        "per_gpu": {"h100-sxm": {k: float(f"{v:.4g}") for k, v in values.items()}},
+    }
+    if residual:
+        body["residuals"] = {"per_layer_prompt_ratio": residual}
+    body["fitted_from"] = {"command": "python -m tools.fidelity.vidur_ops --measured calibration/h100-vidur/ops.csv --fit-profile <file>",
+                           "data": "calibration/h100-vidur/ops.csv", "regime": "prefills of 1024-4096 tokens; collective on TP8"}
+    return "# Written by `python -m tools.fidelity.vidur_ops --fit-profile` (do not edit by hand).\n" + yaml.safe_dump(body, sort_keys=False, width=120)
+
+
+def fit_profile(meas: pl.DataFrame, rounds: int = 6) -> tuple[str, dict[str, float]]:
+    """An engine profile (YAML text) fitted to ``meas``'s prompts, and the predicted / measured
+    ratio of each group it leaves. Each round scales a factor by its group's summed predicted /
+    measured time (the time of a compute- or memory-bound kernel is inverse in its factor; the
+    rounds absorb the roofline blend)."""
+    from fleetwise.catalog import builtin_gpus
+    from fleetwise.catalog.engine import resolve_calibration
+
+    base = resolve_calibration("h100-sxm", builtin_gpus()["h100-sxm"], "vllm")
+    values = {f: float(getattr(base, f)) for f in FIT_CLASSES.values()}
+    prompts = meas.filter(pl.col("tokens") >= 1024)
+    ratio: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(rounds + 1):
+            path = Path(tmp) / f"round{i}.yaml"
+            path.write_text(_profile_text(values))
+            t = compare(prompts, (str(path),))
+            for cls, factor in FIT_CLASSES.items():
+                rows = t.filter(pl.col("tp") == 8) if cls == "all_reduce" else t
+                ratio[cls] = float(rows[f"{cls}_ms_{path}"].sum() / rows[f"{cls}_ms"].sum())
+            if i < rounds:
+                values = {f: min(1.0, values[f] * ratio[c]) for c, f in FIT_CLASSES.items()}
+    return _profile_text(values, {c: round(r, 3) for c, r in ratio.items()}), ratio
+
+
 def main(argv: list[str] | None = None) -> int:
     """Writes or re-predicts the comparison and prints the per-(model, TP) summary."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -120,8 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--measured", type=Path, help="a CSV this tool wrote: reuse its measured columns")
     ap.add_argument("--engines", nargs="+", default=["vllm", "fleetwise-torch"])
     ap.add_argument("--out", type=Path, help="write the table here (CSV)")
+    ap.add_argument("--fit-profile", type=Path, help="fit an engine profile to the measured prompts and write it here")
     args = ap.parse_args(argv)
     meas = measured(args.profiles) if args.profiles else pl.read_csv(args.measured).select(["model", "tp", "tokens", "gemm_ms", "elementwise_ms", "all_reduce_ms"])
+    if args.fit_profile:
+        text, ratio = fit_profile(meas)
+        args.fit_profile.write_text(text)
+        print(f"wrote {args.fit_profile}; predicted / measured per group after the fit: {ratio}")
+        return 0
     table = compare(meas, tuple(args.engines))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
