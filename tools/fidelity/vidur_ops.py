@@ -46,6 +46,10 @@ MODELS = {"llama-2-7b": "vidur_h100_Llama-2-7b-hf_mlp.csv", "llama-2-70b": "vidu
 """fleetwise catalogue name -> Vidur's H100 MLP profile file (as copied to shared/reference/profiling)."""
 ALL_REDUCE = "vidur_h100_dgx_all_reduce.csv"
 """Vidur's NCCL all-reduce timings on a DGX-H100 (2, 4 and 8 GPUs of one node)."""
+TREE_MODELS = {"llama-2-7b": "Llama-2-7b-hf", "llama-2-70b": "Llama-2-70b-hf", "llama-3-8b": "Meta-Llama-3-8B"}
+"""fleetwise catalogue name -> Vidur's model directory (``compute/<gpu>/meta-llama/<dir>/mlp.csv``)."""
+TREE_GPUS = {"a100": "a100-80gb-sxm", "h100": "h100-sxm"}
+"""Vidur's GPU directory -> fleetwise catalogue GPU (``network/<gpu>_dgx/all_reduce.csv`` for its DGX)."""
 TOKENS = (16, 64, 256, 512, 1024, 1504, 2048, 4096)
 """Tokens per iteration compared: decode-sized batches to long prompts."""
 TPS = (1, 2, 4, 8)
@@ -54,16 +58,24 @@ CLASSES = ("gemm", "elementwise", "all_reduce")
 """The operator classes compared, per layer."""
 GEMM_OPS = ("qkv_proj", "o_proj", "mlp_gate_up", "mlp_down")
 """The cost model's operators that make up a dense layer's projections."""
-HIDDEN = {"llama-2-7b": 4096, "llama-2-70b": 8192}
+HIDDEN = {"llama-2-7b": 4096, "llama-2-70b": 8192, "llama-3-8b": 4096}
 """Hidden sizes: an all-reduce moves tokens x hidden x 2 bytes."""
 
 
-def measured(profiles: Path) -> pl.DataFrame:
-    """Vidur's medians grouped per layer: one row per (model, tp, tokens), milliseconds."""
-    ar = pl.read_csv(profiles / ALL_REDUCE).filter(pl.col("devices_per_node") == pl.col("num_workers"))
+def measured(profiles: Path, tree_gpu: str | None = None) -> pl.DataFrame:
+    """Vidur's medians grouped per layer: one row per (gpu, model, tp, tokens), milliseconds. From
+    ``shared/reference/profiling`` (H100 files), or with ``tree_gpu`` (``a100``, ``h100``) from a
+    copy of Vidur's own ``data/profiling`` tree."""
+    if tree_gpu is None:
+        gpu, files, ar_path = "h100-sxm", {m: profiles / f for m, f in MODELS.items()}, profiles / ALL_REDUCE
+    else:
+        gpu, ar_path = TREE_GPUS[tree_gpu], profiles / "network" / f"{tree_gpu}_dgx" / "all_reduce.csv"
+        files = {m: profiles / "compute" / tree_gpu / "meta-llama" / d / "mlp.csv" for m, d in TREE_MODELS.items()}
+        files = {m: f for m, f in files.items() if f.exists()}
+    ar = pl.read_csv(ar_path).filter(pl.col("devices_per_node") == pl.col("num_workers"))
     rows = []
-    for model, name in MODELS.items():
-        mlp = pl.read_csv(profiles / name)
+    for model, path in files.items():
+        mlp = pl.read_csv(path)
         for tp in TPS:
             for tokens in TOKENS:
                 hit = mlp.filter((pl.col("num_tensor_parallel_workers") == tp) & (pl.col("num_tokens") == tokens))
@@ -79,17 +91,17 @@ def measured(profiles: Path) -> pl.DataFrame:
                     group = ar.filter(pl.col("num_workers") == tp).group_by("size").agg(pl.col("time_stats.all_reduce.median").median()).sort("size")
                     # Vidur times sizes on a grid (2 KiB + k x 8 KiB, then coarser): interpolate between neighbours.
                     reduce = 2 * float(np.interp(size, group["size"].to_numpy(), group["time_stats.all_reduce.median"].to_numpy()))
-                rows.append({"model": model, "tp": tp, "tokens": tokens, "gemm_ms": gemm, "elementwise_ms": elem, "all_reduce_ms": reduce})
+                rows.append({"gpu": gpu, "model": model, "tp": tp, "tokens": tokens, "gemm_ms": gemm, "elementwise_ms": elem, "all_reduce_ms": reduce})
     return pl.DataFrame(rows)
 
 
-def predicted(model: str, tp: int, tokens: int, engine: str) -> dict[str, float]:
-    """The cost model's per-layer milliseconds of each class for a ``tokens``-token prefill."""
+def predicted(model: str, tp: int, tokens: int, engine: str, gpu: str = "h100-sxm") -> dict[str, float]:
+    """The cost model's per-layer milliseconds of each class for a ``tokens``-token prefill on ``gpu``."""
     from fleetwise.catalog import lookup
     from fleetwise.estimate import estimate_iteration
 
     layers = lookup("model", model, {}, "model").num_layers
-    ops = {o["op"]: o["seconds"] for o in estimate_iteration(model, "h100-sxm", tp=tp, prefill=tokens, engine=engine)["ops"]}
+    ops = {o["op"]: o["seconds"] for o in estimate_iteration(model, gpu, tp=tp, prefill=tokens, engine=engine)["ops"]}
     per = lambda s: 1e3 * s / layers  # noqa: E731
     return {"gemm": per(sum(ops[o] for o in GEMM_OPS)), "elementwise": per(ops["elementwise"]), "all_reduce": per(ops.get("all_reduce", 0.0))}
 
@@ -98,7 +110,7 @@ def compare(meas: pl.DataFrame, engines: tuple[str, ...] = ("vllm",)) -> pl.Data
     """``meas`` with each engine's predicted per-layer milliseconds (``<class>_ms_<engine>``) beside it."""
     out = meas
     for engine in engines:
-        preds = [predicted(r["model"], r["tp"], r["tokens"], engine) for r in meas.iter_rows(named=True)]
+        preds = [predicted(r["model"], r["tp"], r["tokens"], engine, r.get("gpu", "h100-sxm")) for r in meas.iter_rows(named=True)]
         out = out.with_columns([pl.Series(f"{c}_ms_{engine}", [p[c] for p in preds]) for c in CLASSES])
     return out
 
@@ -117,7 +129,8 @@ def summary(table: pl.DataFrame, engine: str = "vllm") -> pl.DataFrame:
         aggs.append(pl.when(pl.col(f"{c}_ms").sum() > 0).then(ratio).otherwise(None).round(2).alias(c))
     aggs.append((pl.col("gemm_ms").sum() / pl.col("sum_ms").sum()).round(2).alias("measured_gemm_share"))
     aggs.append((pl.col(f"gemm_ms_{engine}").sum() / pl.col(f"sum_ms_{engine}").sum()).round(2).alias("predicted_gemm_share"))
-    return t.group_by(["model", "regime", "tp"], maintain_order=True).agg(aggs).sort(["model", "regime", "tp"])
+    keys = [k for k in ("gpu", "model", "regime", "tp") if k in t.columns]
+    return t.group_by(keys, maintain_order=True).agg(aggs).sort(keys)
 
 
 FIT_CLASSES = {"gemm": "gemm_compute", "elementwise": "elementwise_memory", "all_reduce": "collective"}
@@ -172,11 +185,17 @@ def main(argv: list[str] | None = None) -> int:
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--profiles", type=Path, help="directory with Vidur's H100 CSVs (shared/reference/profiling)")
     src.add_argument("--measured", type=Path, help="a CSV this tool wrote: reuse its measured columns")
+    src.add_argument("--vidur-tree", type=Path, help="a copy of Vidur's data/profiling tree (with --gpu)")
+    ap.add_argument("--gpu", choices=sorted(TREE_GPUS), default="a100", help="which GPU of --vidur-tree")
     ap.add_argument("--engines", nargs="+", default=["vllm", "fleetwise-torch"])
     ap.add_argument("--out", type=Path, help="write the table here (CSV)")
     ap.add_argument("--fit-profile", type=Path, help="fit an engine profile to the measured prompts and write it here")
     args = ap.parse_args(argv)
-    meas = measured(args.profiles) if args.profiles else pl.read_csv(args.measured).select(["model", "tp", "tokens", "gemm_ms", "elementwise_ms", "all_reduce_ms"])
+    if args.measured:
+        meas = pl.read_csv(args.measured)
+        meas = meas.select([c for c in ("gpu", "model", "tp", "tokens", "gemm_ms", "elementwise_ms", "all_reduce_ms") if c in meas.columns])
+    else:
+        meas = measured(args.profiles, None) if args.profiles else measured(args.vidur_tree, args.gpu)
     if args.fit_profile:
         text, ratio = fit_profile(meas)
         args.fit_profile.write_text(text)
