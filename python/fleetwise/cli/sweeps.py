@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -24,6 +26,30 @@ def keeps_request_tables(requests: Optional[bool], points: int) -> bool:
     """Whether a sweep of ``points`` points keeps per-request tables: ``--requests`` / ``--no-requests``
     when given, else only up to ``REQUEST_TABLES_MAX_POINTS`` points."""
     return requests if requests is not None else points <= REQUEST_TABLES_MAX_POINTS
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread by ``sigterm_interrupts``: the sweep stops as on Ctrl-C."""
+
+
+@contextlib.contextmanager
+def sigterm_interrupts():
+    """Within the block, SIGTERM (``kill PID``, a batch system's time limit) raises ``Terminated`` in
+    the main thread, so that the sweep stops as on Ctrl-C: workers terminated, ``points.parquet``
+    rebuilt from the points saved; a second SIGTERM after the block ends the process at once."""
+    try:
+        old = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread: leave SIGTERM alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
 
 
 @app.command()
@@ -60,12 +86,13 @@ def sweep(
             err.print(f"{store.rows}/{bad}.parquet was unreadable (truncated or corrupt): recomputing point {bad}", highlight=False, markup=False)
         done_before = len(store.done() & ids)
         try:
-            new_rows = run_points(str(scenario), list(set_), points, store, [k for k, _ in g], jobs=jobs, ray_address=ray, write_requests=write_requests, record_iterations=iterations)
-        except KeyboardInterrupt:
+            with sigterm_interrupts():
+                new_rows = run_points(str(scenario), list(set_), points, store, [k for k, _ in g], jobs=jobs, ray_address=ray, write_requests=write_requests, record_iterations=iterations)
+        except KeyboardInterrupt as e:
             n = len(store.done() & ids)  # what is on disk: workers save each point as it finishes
             store.merge()
             err.print(f"interrupted: {n} of {len(points)} points saved in {store.dir}/ ({n - done_before} new); run the same command again to resume", highlight=False, markup=False)
-            sys.exit(130)
+            sys.exit(143 if isinstance(e, Terminated) else 130)
         frame = store.merge()
     computed = len(new_rows)
     t = Table(title=f"{name}: {len(points)} points ({done_before} resumed) in {store.dir}/")
