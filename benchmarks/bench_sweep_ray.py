@@ -8,7 +8,8 @@ processes. ``fleetwise sweep --ray ADDRESS`` runs in a separate process as the c
 What it shows:
 
 * the multi-node path: every point ran on a worker node (the head has no CPU), and the processes
-  seen running the task (``ray::simulate_point_files``, sampled from ``ps``) are counted per node;
+  seen running the task (``ray::simulate_point_files``: children of a node's raylet, sampled from
+  /proc) are counted per node with their CPU time;
 * nothing is read from a shared file system: the driver ships each point's validated scenario and
   writes the files each task sends back; the scenario file (a copy in a temporary directory) is
   deleted once the first point is saved, and the sweep still finishes;
@@ -48,6 +49,28 @@ def _ray_pids() -> dict[int, tuple[int, str]]:
     return procs
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _title(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _cpu_s(pid: int) -> float:
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return 0.0
+
+
 def run_on_cluster(worker_nodes: int, seeds: int, requests: int, extra: tuple[str, ...] = ()) -> dict:
     """Starts a head (0 CPUs) and ``worker_nodes`` nodes of 1 CPU, runs the sweep on it, stops it."""
     from ray.cluster_utils import Cluster
@@ -75,12 +98,16 @@ def run_on_cluster(worker_nodes: int, seeds: int, requests: int, extra: tuple[st
         proc = subprocess.Popen(cmd, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         seen: dict[int, str] = {}
         busy: dict[str, int] = {}
+        cpu: dict[int, float] = {}
         first_saved = None
         while proc.poll() is None:
-            for pid, (ppid, args) in _ray_pids().items():
-                if args.startswith(TASK_TITLE):
-                    seen[pid] = raylet_of.get(ppid, f"parent {ppid}")
-                    busy[seen[pid]] = busy.get(seen[pid], 0) + 1
+            for raylet, node in raylet_of.items():  # a node's worker processes are its raylet's children
+                for pid in _children(raylet):
+                    if _title(pid).startswith(TASK_TITLE):
+                        seen[pid] = node
+                        busy[node] = busy.get(node, 0) + 1
+                    if pid in seen:
+                        cpu[pid] = max(cpu.get(pid, 0.0), _cpu_s(pid))
             if first_saved is None and (out / "rows").is_dir() and any((out / "rows").glob("*.parquet")):
                 first_saved = time.perf_counter() - t0
                 scenario.unlink()  # from here on nothing may read it
@@ -102,7 +129,8 @@ def run_on_cluster(worker_nodes: int, seeds: int, requests: int, extra: tuple[st
         by_node[where] = by_node.get(where, 0) + 1
     return {"worker_nodes": worker_nodes, "worker_cpus": worker_nodes, "points": n, "wall_seconds": wall, "points_per_minute": n / wall * 60,
             "rows_in_points_parquet": pts.height, "points_with_request_tables": kept, "scenario_deleted_after_s": first_saved,
-            "task_processes_seen_by_node": by_node, "busy_samples_by_node": busy, "ray_processes_left": left, "stdout_tail": stdout.strip().splitlines()[-1]}
+            "task_processes_seen_by_node": by_node, "busy_samples_by_node": busy,
+            "task_process_cpu_s_by_node": {node: sum(c for p, c in cpu.items() if seen[p] == node) for node in set(seen.values())}, "ray_processes_left": left, "stdout_tail": stdout.strip().splitlines()[-1]}
 
 
 def ray_cluster(seeds: int, requests: int) -> dict:
@@ -127,10 +155,11 @@ def ray_md(res: dict) -> str:
              "0 CPUs, so that no task can run on it, and one-CPU worker nodes, each with its own raylet and worker processes. The "
              "scenario file was deleted once the first point was saved (the driver ships each point's validated scenario; tasks "
              "send their files back and the driver writes them), and every sweep still finished.\n",
-             "| worker nodes x 1 CPU | keeps | wall time | points per minute | rows in points.parquet | worker processes seen running points, by node (ps samples, every 0.2 s) | Ray processes left after shutdown |",
+             "| worker nodes x 1 CPU | keeps | wall time | points per minute | rows in points.parquet | worker processes seen running points, by node (sampled every 0.2 s from /proc) | Ray processes left after shutdown |",
              "|---:|---|---:|---:|---:|---|---:|"]
     for r in res["runs"]:
-        seen = ", ".join(f"{k}: {v} ({r['busy_samples_by_node'].get(k, 0)} samples)" for k, v in sorted(r["task_processes_seen_by_node"].items())) or "-"
+        seen = ", ".join(f"{k}: {v} process(es), busy in {r['busy_samples_by_node'].get(k, 0)} samples, {r['task_process_cpu_s_by_node'].get(k, 0):.0f} s CPU"
+                         for k, v in sorted(r["task_processes_seen_by_node"].items())) or "-"
         keeps = "per-request tables" if r["points_with_request_tables"] else "summaries"
         lines.append(f"| {r['worker_nodes']} | {keeps} | {r['wall_seconds']:.1f} s | {r['points_per_minute']:.0f} | {r['rows_in_points_parquet']} | {seen} | {len(r['ray_processes_left'])} |")
     lines += ["", f"Two worker CPUs against one: {res['speedup_2_vs_1']:.2f}x the points per minute, on a machine of 2 cores that also "
