@@ -1,7 +1,7 @@
 """Sweep throughput, and the sweep store's bookkeeping per point as a sweep grows.
 
     python benchmarks/bench_sweep.py [--rates 16] [--requests 20000] [-j 2] [--sizes 100,1000,5000] [--overhead-points 1000]
-        [--seeds 250] [--interrupt-seeds 26] [--ray-seeds 5] [--only throughput|bookkeeping|driver|overhead|large|interrupt|ray]
+        [--seeds 250] [--interrupt-seeds 26] [--ray-seeds 5] [--only throughput|point|bookkeeping|driver|overhead|large|interrupt|ray]
 
 Throughput: runs ``fleetwise sweep`` on the quickstart scenario (Llama-3-8B on H100s) over 16
 arrival rates x 4 instance counts = 64 points, each 20,000 requests, in a fresh directory, and
@@ -16,6 +16,9 @@ ships, writing the files the task sends back), against the task's own CPU time.
 
 Overhead: one ``fleetwise sweep`` of 1,000 points of 10 requests each (so the time is per-point
 overhead, not simulation), with this checkout's code and with ``main``'s.
+
+Point (``bench_sweep_point.py``): one point's CPU time, the core's simulation against the rest, with
+this checkout's Python and ``main``'s.
 
 Large, interrupt (``bench_sweep_large.py``): 10,000 points of 20,000 requests in one command; the
 same grid, smaller, interrupted by SIGTERM and SIGINT and resumed.
@@ -140,6 +143,7 @@ def overhead_md(res: dict) -> str:
 
 def main() -> None:
     from bench_sweep_large import interrupt, interrupt_md, large, large_md
+    from bench_sweep_point import per_point, per_point_md
     from bench_sweep_ray import ray_cluster, ray_md
     from bench_sweep_store import bookkeeping, bookkeeping_md, driver_cost, projection
 
@@ -152,7 +156,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=250, help="seeds of the large sweep (x 10 rates x 4 counts: 250 gives 10,000 points)")
     ap.add_argument("--interrupt-seeds", type=int, default=26, help="seeds of the interrupted sweep")
     ap.add_argument("--ray-seeds", type=int, default=5, help="seeds of the Ray cluster sweep (x 40 points)")
-    ap.add_argument("--only", choices=("throughput", "bookkeeping", "driver", "overhead", "large", "interrupt", "ray"), help="run one part; the others keep their last results")
+    ap.add_argument("--only", choices=("throughput", "point", "bookkeeping", "driver", "overhead", "large", "interrupt", "ray"), help="run one part; the others keep their last results")
     ap.add_argument("--out", default=str(HERE / "results" / "sweep"))
     a = ap.parse_args()
     out = Path(a.out)
@@ -165,6 +169,8 @@ def main() -> None:
     res = dict(last)
     if a.only in (None, "throughput"):
         res["throughput"] = throughput(a)
+    if a.only in (None, "point"):
+        res["point"] = per_point(a.requests)
     if a.only in (None, "bookkeeping"):
         res["bookkeeping"] = bookkeeping([int(n) for n in a.sizes.split(",")])
     if a.only in (None, "bookkeeping", "driver") and "bookkeeping" in res:
@@ -180,7 +186,7 @@ def main() -> None:
         res["ray"] = ray_cluster(a.ray_seeds, a.requests)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
-    parts = [throughput_md(res["throughput"]) if "throughput" in res else "", bookkeeping_md(res["bookkeeping"]) if "bookkeeping" in res else "",
+    parts = [throughput_md(res["throughput"]) if "throughput" in res else "", per_point_md(res["point"]) if "point" in res else "", bookkeeping_md(res["bookkeeping"]) if "bookkeeping" in res else "",
              overhead_md(res["overhead"]) if "overhead" in res else "", large_md(res["large"]) if "large" in res else "",
              interrupt_md(res["interrupt"]) if "interrupt" in res else "", ray_md(res["ray"]) if "ray" in res else ""]
     out.with_suffix(".md").write_text("\n".join(p for p in parts if p))
