@@ -26,7 +26,7 @@ same grid, smaller, interrupted by SIGTERM and SIGINT and resumed.
 Ray (``bench_sweep_ray.py``): the grid, smaller, on a local Ray cluster of several nodes, with one
 and with two worker CPUs.
 
-Writes benchmarks/results/sweep.json and .md (every part; a part not run keeps its last result).
+Writes benchmarks/results/sweep.json and .md (its summary on top from sweep.json's ``notes``, kept by hand) (every part; a part not run keeps its last result).
 """
 
 from __future__ import annotations
@@ -141,6 +141,11 @@ def overhead_md(res: dict) -> str:
     )
 
 
+def notes_md(notes: list[str]) -> str:
+    """The summary at the top of sweep.md: ``notes`` in sweep.json, written by hand from the parts below."""
+    return "# Where the sweep targets stand\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+
+
 def main() -> None:
     from bench_sweep_large import interrupt, interrupt_md, large, large_md
     from bench_sweep_point import per_point, per_point_md
@@ -186,7 +191,7 @@ def main() -> None:
         res["ray"] = ray_cluster(a.ray_seeds, a.requests)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
-    parts = [throughput_md(res["throughput"]) if "throughput" in res else "", per_point_md(res["point"]) if "point" in res else "", bookkeeping_md(res["bookkeeping"]) if "bookkeeping" in res else "",
+    parts = [notes_md(res["notes"]) if res.get("notes") else "", throughput_md(res["throughput"]) if "throughput" in res else "", per_point_md(res["point"]) if "point" in res else "", bookkeeping_md(res["bookkeeping"]) if "bookkeeping" in res else "",
              overhead_md(res["overhead"]) if "overhead" in res else "", large_md(res["large"]) if "large" in res else "",
              interrupt_md(res["interrupt"]) if "interrupt" in res else "", ray_md(res["ray"]) if "ray" in res else ""]
     out.with_suffix(".md").write_text("\n".join(p for p in parts if p))

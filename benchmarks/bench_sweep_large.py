@@ -171,13 +171,26 @@ def interrupt(seeds: int, requests: int, jobs: int, after_s: float = 20.0) -> di
             "computed_in_total": sum(r["saved_after"] - r["saved_before"] for r in runs)}
 
 
+def _short(command: str) -> str:
+    """``command`` with a long ``--grid`` list of consecutive integers written as ``1,2,...,N``."""
+    import re
+
+    def fold(m: re.Match) -> str:
+        values = m.group(2).split(",")
+        if len(values) > 12 and values == [str(i) for i in range(1, len(values) + 1)]:
+            return f"{m.group(1)}=1,2,...,{len(values)}"
+        return m.group(0)
+
+    return re.sub(r"(\S+)=([\d,]+)", fold, command)
+
+
 def large_md(res: dict) -> str:
     """The large-sweep part of sweep.md."""
     return (
         f"# A {res['points']:,}-point sweep in one command\n\n"
         f"Measured {res['date']} on {res['machine']} (shared: load average {res['load_average_before']:.1f} when it started, "
         f"{res['load_average_mean_during']:.1f} on average while it ran), `python benchmarks/bench_sweep.py --only large --seeds {res['seeds']}`:\n\n"
-        f"```bash\n{res['command']}\n```\n\n"
+        f"```bash\n{_short(res['command'])}\n```\n\n"
         f"10 arrival rates (4 to 40 requests/s) x 4 instance counts (1 to 4) x {res['seeds']} seeds of the quickstart scenario, "
         f"{res['requests_per_point']:,} requests per point. Above 1,000 points `sweep` keeps each point's summary, not its "
         f"per-request table, unless given `--requests` (it said so: \"{res['stderr'].splitlines()[0] if res['stderr'] else ''}\").\n\n"
