@@ -1,6 +1,7 @@
 """Sweep throughput, and the sweep store's bookkeeping per point as a sweep grows.
 
-    python benchmarks/bench_sweep.py [--rates 16] [--requests 20000] [-j 2] [--sizes 100,1000,5000] [--overhead-points 1000] [--only throughput|bookkeeping|driver|overhead]
+    python benchmarks/bench_sweep.py [--rates 16] [--requests 20000] [-j 2] [--sizes 100,1000,5000] [--overhead-points 1000]
+        [--seeds 250] [--interrupt-seeds 26] [--ray-seeds 5] [--only throughput|point|bookkeeping|driver|overhead|large|interrupt|ray]
 
 Throughput: runs ``fleetwise sweep`` on the quickstart scenario (Llama-3-8B on H100s) over 16
 arrival rates x 4 instance counts = 64 points, each 20,000 requests, in a fresh directory, and
@@ -16,7 +17,16 @@ ships, writing the files the task sends back), against the task's own CPU time.
 Overhead: one ``fleetwise sweep`` of 1,000 points of 10 requests each (so the time is per-point
 overhead, not simulation), with this checkout's code and with ``main``'s.
 
-Writes benchmarks/results/sweep.json and .md (every part; a part not run keeps its last result).
+Point (``bench_sweep_point.py``): one point's CPU time, the core's simulation against the rest, with
+this checkout's Python and ``main``'s.
+
+Large, interrupt (``bench_sweep_large.py``): 10,000 points of 20,000 requests in one command; the
+same grid, smaller, interrupted by SIGTERM and SIGINT and resumed.
+
+Ray (``bench_sweep_ray.py``): the grid, smaller, on a local Ray cluster of several nodes, with one
+and with two worker CPUs.
+
+Writes benchmarks/results/sweep.json and .md (its summary on top from sweep.json's ``notes``, kept by hand) (every part; a part not run keeps its last result).
 """
 
 from __future__ import annotations
@@ -131,7 +141,15 @@ def overhead_md(res: dict) -> str:
     )
 
 
+def notes_md(notes: list[str]) -> str:
+    """The summary at the top of sweep.md: ``notes`` in sweep.json, written by hand from the parts below."""
+    return "# Where the sweep targets stand\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+
+
 def main() -> None:
+    from bench_sweep_large import interrupt, interrupt_md, large, large_md
+    from bench_sweep_point import per_point, per_point_md
+    from bench_sweep_ray import ray_cluster, ray_md
     from bench_sweep_store import bookkeeping, bookkeeping_md, driver_cost, projection
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -140,7 +158,10 @@ def main() -> None:
     ap.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--sizes", default="100,1000,5000", help="sweep sizes (points already saved) at which one add is timed")
     ap.add_argument("--overhead-points", type=int, default=1000, help="tiny points of the whole-command overhead run")
-    ap.add_argument("--only", choices=("throughput", "bookkeeping", "driver", "overhead"), help="run one part; the others keep their last results")
+    ap.add_argument("--seeds", type=int, default=250, help="seeds of the large sweep (x 10 rates x 4 counts: 250 gives 10,000 points)")
+    ap.add_argument("--interrupt-seeds", type=int, default=26, help="seeds of the interrupted sweep")
+    ap.add_argument("--ray-seeds", type=int, default=5, help="seeds of the Ray cluster sweep (x 40 points)")
+    ap.add_argument("--only", choices=("throughput", "point", "bookkeeping", "driver", "overhead", "large", "interrupt", "ray"), help="run one part; the others keep their last results")
     ap.add_argument("--out", default=str(HERE / "results" / "sweep"))
     a = ap.parse_args()
     out = Path(a.out)
@@ -153,6 +174,8 @@ def main() -> None:
     res = dict(last)
     if a.only in (None, "throughput"):
         res["throughput"] = throughput(a)
+    if a.only in (None, "point"):
+        res["point"] = per_point(a.requests)
     if a.only in (None, "bookkeeping"):
         res["bookkeeping"] = bookkeeping([int(n) for n in a.sizes.split(",")])
     if a.only in (None, "bookkeeping", "driver") and "bookkeeping" in res:
@@ -160,10 +183,17 @@ def main() -> None:
         res["bookkeeping"]["projected_10000_points_s"] = projection(res["bookkeeping"])
     if a.only in (None, "overhead"):
         res["overhead"] = overhead(a.overhead_points, a.jobs)
+    if a.only in (None, "large"):
+        res["large"] = large(a.seeds, a.requests, a.jobs)
+    if a.only in (None, "interrupt"):
+        res["interrupt"] = interrupt(a.interrupt_seeds, a.requests, a.jobs)
+    if a.only in (None, "ray"):
+        res["ray"] = ray_cluster(a.ray_seeds, a.requests)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
-    parts = [throughput_md(res["throughput"]) if "throughput" in res else "", bookkeeping_md(res["bookkeeping"]) if "bookkeeping" in res else "",
-             overhead_md(res["overhead"]) if "overhead" in res else ""]
+    parts = [notes_md(res["notes"]) if res.get("notes") else "", throughput_md(res["throughput"]) if "throughput" in res else "", per_point_md(res["point"]) if "point" in res else "", bookkeeping_md(res["bookkeeping"]) if "bookkeeping" in res else "",
+             overhead_md(res["overhead"]) if "overhead" in res else "", large_md(res["large"]) if "large" in res else "",
+             interrupt_md(res["interrupt"]) if "interrupt" in res else "", ray_md(res["ray"]) if "ray" in res else ""]
     out.with_suffix(".md").write_text("\n".join(p for p in parts if p))
     print(json.dumps(res, indent=2))
 

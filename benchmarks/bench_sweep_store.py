@@ -115,16 +115,15 @@ def driver_cost(points: int = 100) -> dict:
     """What the driver spends per point on Ray, where it loads each point's scenario and writes the
     files its task sends back: one quickstart point of 20,000 requests is simulated once here, then
     its files are saved under ``points`` different ids (load, save, record: ``runner.save_points``), timed."""
-    from fleetwise.config.load import load_scenario
     from fleetwise.sweep.grid import Point
     from fleetwise.sweep.point import simulate_point_files
     from fleetwise.sweep.runner import save_points
+    from fleetwise.sweep.scenarios import BaseScenario
     from fleetwise.sweep.store import SweepStore
-    scenario = str(REPO / "scenarios" / "quickstart.yaml")
-    base = ["workload.requests=20000"]
+    base = BaseScenario(REPO / "scenarios" / "quickstart.yaml", ["workload.requests=20000"])
     p0 = Point((("workload.arrivals.rate", 10.0),))
     t0 = time.process_time()
-    files, summary = simulate_point_files(load_scenario(scenario, [*base, *p0.overrides()]), p0)
+    files, summary = simulate_point_files(base.load(p0.overrides()), p0)
     task_cpu = time.process_time() - t0
     work = Path(tempfile.mkdtemp(prefix="fleetwise-driver-bench-"))
     try:
@@ -132,7 +131,7 @@ def driver_cost(points: int = 100) -> dict:
             def finished():
                 for i in range(points):
                     p = Point((("workload.arrivals.rate", 10.0 + i),))
-                    load_scenario(scenario, [*base, *p.overrides()])  # the driver loads what it ships
+                    base.load(p.overrides())  # the driver loads what it ships
                     yield p, files, summary
 
             t0 = time.perf_counter()

@@ -59,3 +59,24 @@ def test_bad_reference_gpu_is_a_clear_error():
     sc["idealized"] = {"gpu": "no-such-gpu"}
     with pytest.raises(ConfigError, match="idealized"):
         fleetwise.simulate(sc)
+
+
+def test_a_process_reuses_a_runtime_only_for_the_same_model_gpu_engine_length_and_specs():
+    from fleetwise.catalog import lookup
+    from fleetwise.metrics.idealized import idealized_runtime
+
+    a = idealized_runtime("llama-3-8b", "a100-80gb-sxm", "vllm", 3000)
+    assert idealized_runtime("llama-3-8b", "a100-80gb-sxm", "vllm", 3000) is a
+    assert idealized_runtime("llama-3-8b", "a100-80gb-sxm", "vllm", 3001) is not a
+    assert idealized_runtime("llama-3-8b", "h100-sxm", "vllm", 3000) is not a
+    # A scenario's own spec under a catalogue name is part of the key: half the bandwidth, slower decodes.
+    spec = lookup("gpu", "a100-80gb-sxm", {}, "gpu")
+    slow = spec.model_copy(update={"memory_bandwidth": spec.memory_bandwidth / 2})
+    b = idealized_runtime("llama-3-8b", "a100-80gb-sxm", "vllm", 3000, user_gpus={"a100-80gb-sxm": slow})
+    assert b is not a
+    prompt, output = np.array([700, 20, 700]), np.array([300, 5, 300])
+    assert (b.seconds(prompt, output) > a.seconds(prompt, output)).all()
+    # Memoised prefills give what a fresh table gives, the second time too.
+    fresh = IdealizedRuntime.build("llama-3-8b", "a100-80gb-sxm", "vllm", 3000)
+    for _ in range(2):
+        np.testing.assert_array_equal(a.seconds(prompt, output), fresh.seconds(prompt, output))

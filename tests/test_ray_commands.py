@@ -186,3 +186,55 @@ def test_a_bad_ray_address_is_a_clear_error_not_a_traceback(tmp_path):
     r = run_cli("place", str(sc), "--grid", GRID[0], "--slo", "ttft_p90=1", "--ray", "no-such-address", "-o", str(tmp_path / "pl"))
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "--ray no-such-address: cannot start or join Ray" in r.stderr and "'local'" in r.stderr
+
+
+def test_sweep_on_a_multi_node_cluster_runs_on_the_worker_node_and_writes_what_local_workers_do(tmp_path):
+    """A head node with no CPUs and one worker node (its own raylet): every point must run on the
+    worker node; the driver (a separate ``fleetwise sweep --ray ADDRESS`` process) ships each point's
+    scenario and writes what the tasks send back, so the scenario file can go once the first point is
+    saved; the files equal a local sweep's; every process of the cluster ends with it."""
+    pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'fleetwise[ray]'")
+    from ray.cluster_utils import Cluster
+
+    sc = _scenario(tmp_path, requests=3000)  # points long enough to be seen running
+    grid = ["--grid", "workload.arrivals.rate=4,8,16", "--grid", "cluster.pools.0.count=1,2"]
+    local = run_cli("sweep", str(sc), *grid, "-o", str(tmp_path / "local"), "-j", "1")
+    assert local.returncode == 0, local.stderr
+    before = _descendants(os.getpid())
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0}, shutdown_at_exit=False)
+    try:
+        worker = cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        raylets = {i.process.pid: name for name, node in (("head", cluster.head_node), ("worker", worker)) for i in node.all_processes["raylet"]}
+        cmd = [sys.executable, "-m", "fleetwise", "sweep", str(sc), *grid, "-o", str(tmp_path / "ray"), "--ray", cluster.address]
+        proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, COLUMNS="200"))
+        ran_on: set[str] = set()
+        deadline = time.monotonic() + HANG_GUARD_S
+        while proc.poll() is None and time.monotonic() < deadline:
+            for raylet, name in raylets.items():  # the raylet starts its node's worker processes
+                try:
+                    workers = Path(f"/proc/{raylet}/task/{raylet}/children").read_text().split()
+                except OSError:
+                    continue
+                for pid in workers:
+                    try:
+                        title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+                    except OSError:
+                        continue
+                    if title.startswith("ray::simulate_point_files"):
+                        ran_on.add(name)
+            if sc.exists() and list((tmp_path / "ray" / "rows").glob("*.parquet")):
+                sc.unlink()  # nothing may read the scenario file from here on
+            time.sleep(0.02)
+        out, err = proc.communicate(timeout=HANG_GUARD_S)
+        assert proc.returncode == 0, err
+        assert "6 points computed" in out
+        assert not sc.exists(), "the file was deleted while points were still running"
+        assert ran_on == {"worker"}, f"points seen running on {ran_on or 'no node'}"
+    finally:
+        cluster.shutdown()
+        _end(_descendants(os.getpid()) - before, "Cluster.shutdown()")
+    assert (tmp_path / "ray" / "points.parquet").read_bytes() == (tmp_path / "local" / "points.parquet").read_bytes()
+    for d in (tmp_path / "local" / "points").iterdir():
+        for f in d.iterdir():
+            assert (tmp_path / "ray" / "points" / d.name / f.name).read_bytes() == f.read_bytes(), f

@@ -144,7 +144,8 @@ def test_pool_workers_die_with_a_killed_parent_even_mid_task(tmp_path):
         _stop(proc)
 
 
-def test_ctrl_c_stops_workers_reports_the_true_count_and_the_rerun_computes_only_the_rest(tmp_path):
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_stops_workers_reports_the_true_count_and_the_rerun_computes_only_the_rest(tmp_path, sig, code):
     sc = _scenario(tmp_path, requests=20000)
     out = tmp_path / "sw"
     cmd = _sweep_cmd(sc, out, "2,3,4,5,6,7,8,9", jobs=2)
@@ -156,9 +157,9 @@ def test_ctrl_c_stops_workers_reports_the_true_count_and_the_rerun_computes_only
             return _rows(out) >= 1
 
         _wait_until(one_saved, "the first saved point")
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=HANG_GUARD_S)
-        assert proc.returncode == 130, err
+        assert proc.returncode == code, err
         assert "Traceback" not in err
         # Workers are reaped before the sweep exits; multiprocessing's resource tracker follows them.
         _wait_until(lambda: not any(_alive(w) for w in workers), "every worker to end with the sweep", timeout=30)
@@ -169,10 +170,12 @@ def test_ctrl_c_stops_workers_reports_the_true_count_and_the_rerun_computes_only
     assert 1 <= saved < 8
     assert f"interrupted: {saved} of 8 points saved" in err
     assert pl.read_parquet(out / "points.parquet").height == saved
+    before = {f.name: f.stat().st_mtime_ns for f in (out / "rows").glob("*.parquet")}
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300, env=dict(os.environ, COLUMNS="200"))
     assert r.returncode == 0, r.stderr
     assert f"{8 - saved} points computed, {saved} resumed" in r.stdout
     assert pl.read_parquet(out / "points.parquet").height == 8
+    assert {n: (out / "rows" / n).stat().st_mtime_ns for n in before} == before, "no saved point was computed again"
     assert not list(out.rglob(".*.tmp")), "no temporary files remain"
 
 

@@ -18,7 +18,7 @@ from fleetwise.config.scenario import Scenario
 from fleetwise.config.workload_fit import longest_context
 from fleetwise.errors import CapacityError, ConfigError, FleetwiseError, PolicyError
 from fleetwise.metrics import expert_columns, request_latencies, speculative_columns, summarize
-from fleetwise.metrics.idealized import IdealizedRuntime, idealized_summary
+from fleetwise.metrics.idealized import IdealizedRuntime, idealized_runtime, idealized_summary
 from fleetwise.metrics.mixed_pool import instance_columns as mixed_pool_columns
 from fleetwise.moe import load_routing_trace
 from fleetwise.policy.plugging import core_plugins, instance_names_and_roles
@@ -89,7 +89,7 @@ def _idealized_runtimes(sc: Scenario, longest: int) -> dict[str, IdealizedRuntim
     by_model: dict[str, IdealizedRuntime] = {}
     for p in sc.cluster.pools:
         if p.model not in by_model:
-            by_model[p.model] = IdealizedRuntime.build(p.model, sc.idealized.gpu, sc.idealized.engine, longest, sc.models, sc.gpus)
+            by_model[p.model] = idealized_runtime(p.model, sc.idealized.gpu, sc.idealized.engine, longest, sc.models, sc.gpus)
     return {p.name: by_model[p.model] for p in sc.cluster.pools}
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -15,6 +17,39 @@ from fleetwise.cli.format import _default_dir, _check_positive, _check_slos
 
 SWEEP_TABLE_ROWS = 100
 """The most points ``sweep`` prints (a terminal table of 10,000 rows takes seconds and helps no one)."""
+REQUEST_TABLES_MAX_POINTS = 1000
+"""The most points whose per-request tables ``sweep`` keeps unless told (``--requests``): 1.3 MiB per
+20,000-request point, so 1.3 GB at this size and 13 GB for 10,000 points, which few want by default."""
+
+
+def keeps_request_tables(requests: Optional[bool], points: int) -> bool:
+    """Whether a sweep of ``points`` points keeps per-request tables: ``--requests`` / ``--no-requests``
+    when given, else only up to ``REQUEST_TABLES_MAX_POINTS`` points."""
+    return requests if requests is not None else points <= REQUEST_TABLES_MAX_POINTS
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread by ``sigterm_interrupts``: the sweep stops as on Ctrl-C."""
+
+
+@contextlib.contextmanager
+def sigterm_interrupts():
+    """Within the block, SIGTERM (``kill PID``, a batch system's time limit) raises ``Terminated`` in
+    the main thread, so that the sweep stops as on Ctrl-C: workers terminated, ``points.parquet``
+    rebuilt from the points saved; a second SIGTERM after the block ends the process at once."""
+    try:
+        old = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread: leave SIGTERM alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
 
 
 @app.command()
@@ -25,20 +60,25 @@ def sweep(
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Sweep directory (default sweeps/<name>); rerunning resumes."),
     jobs: int = typer.Option(max(1, (os.cpu_count() or 1)), "-j", "--jobs", min=1, help="Local worker processes."),
     ray: Optional[str] = typer.Option(None, "--ray", help="Run on Ray: a cluster address, or 'local' to start a private one."),
-    no_requests: bool = typer.Option(False, "--no-requests", help="Keep only each point's summary, not its per-request table."),
+    requests: Optional[bool] = typer.Option(None, "--requests/--no-requests", help=f"Keep each point's per-request table (and instances, vllm-bench.json), or only its summary. Default: kept for sweeps of up to {REQUEST_TABLES_MAX_POINTS:,} points, summaries only above (1.3 MiB per 20,000-request point)."),
     iterations: bool = typer.Option(False, "--iterations", help="Also keep each point's per-iteration table (for the report's time series)."),
 ) -> None:
     """Run SCENARIO at every point of a parameter grid, in parallel, saving each point as it finishes."""
-    from fleetwise.config.load import load_scenario
     from fleetwise.sweep.grid import expand, parse_grid
     from fleetwise.sweep.runner import run_points
+    from fleetwise.sweep.scenarios import BaseScenario
     from fleetwise.sweep.store import SweepStore
 
     g = parse_grid(grid)
     points = expand(g)
+    base = BaseScenario(scenario, set_)  # the file parsed once, not once per point
     for p in points:  # validate every point before running any
-        load_scenario(scenario, [*set_, *p.overrides()])
-    name = load_scenario(scenario, set_).name
+        base.load(p.overrides())
+    name = base.load().name
+    write_requests = keeps_request_tables(requests, len(points))
+    if requests is None and not write_requests:
+        err.print(f"{len(points):,} points: keeping each point's summary only, not its per-request table "
+                  f"(default above {REQUEST_TABLES_MAX_POINTS:,} points); add --requests to keep them", highlight=False, markup=False)
     ids = {p.id for p in points}
     with SweepStore(output or _default_dir("sweeps", name)) as store:  # refuses a directory another sweep is writing
         store.write_manifest({"scenario": name, "scenario_file": str(scenario), "overrides": list(set_), "grid": {k: v for k, v in g}})
@@ -46,12 +86,13 @@ def sweep(
             err.print(f"{store.rows}/{bad}.parquet was unreadable (truncated or corrupt): recomputing point {bad}", highlight=False, markup=False)
         done_before = len(store.done() & ids)
         try:
-            new_rows = run_points(str(scenario), list(set_), points, store, [k for k, _ in g], jobs=jobs, ray_address=ray, write_requests=not no_requests, record_iterations=iterations)
-        except KeyboardInterrupt:
+            with sigterm_interrupts():
+                new_rows = run_points(str(scenario), list(set_), points, store, [k for k, _ in g], jobs=jobs, ray_address=ray, write_requests=write_requests, record_iterations=iterations)
+        except KeyboardInterrupt as e:
             n = len(store.done() & ids)  # what is on disk: workers save each point as it finishes
             store.merge()
             err.print(f"interrupted: {n} of {len(points)} points saved in {store.dir}/ ({n - done_before} new); run the same command again to resume", highlight=False, markup=False)
-            sys.exit(130)
+            sys.exit(143 if isinstance(e, Terminated) else 130)
         frame = store.merge()
     computed = len(new_rows)
     t = Table(title=f"{name}: {len(points)} points ({done_before} resumed) in {store.dir}/")

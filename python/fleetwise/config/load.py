@@ -119,6 +119,15 @@ def scenario_from_dict(data: dict, source: str = "<scenario>", base_dir: Path | 
 
 def load_scenario(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Scenario:
     """Reads a YAML scenario, applies ``path=value`` overrides and validates it."""
+    data, source, base_dir = read_scenario_file(path)
+    for assignment in overrides:
+        apply_override(data, assignment, source)
+    return scenario_from_dict(data, source, base_dir)
+
+
+def read_scenario_file(path: str | Path) -> tuple[dict, str, Path]:
+    """A scenario file's parsed YAML (not yet validated), the name errors give it, and the
+    directory its relative paths resolve against; ConfigError naming the file when it cannot be read."""
     p = Path(path)
     if p.is_dir():
         _fail(f"{p}: is a directory, not a scenario file")
@@ -134,9 +143,7 @@ def load_scenario(path: str | Path, overrides: list[str] | tuple[str, ...] = ())
     data = parse_yaml(decode_text(raw, str(p)), str(p))
     if data is None:
         data = {}
-    for assignment in overrides:
-        apply_override(data, assignment, str(p))
-    return scenario_from_dict(data, str(p), p.resolve().parent)
+    return data, str(p), p.resolve().parent
 
 
 def as_scenario(scenario) -> Scenario:

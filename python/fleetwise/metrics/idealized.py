@@ -17,7 +17,11 @@ activations fit 90% of each GPU's memory.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -41,6 +45,8 @@ class IdealizedRuntime:
     """GPUs (tensor-parallel degree) the model needs on the reference GPU."""
     _cost: object
     _decode_cumsum: np.ndarray
+    _prefill: dict = field(default_factory=dict, repr=False)
+    """Solo prefill seconds by prompt length, as computed (a runtime reused across runs reuses them)."""
 
     @classmethod
     def build(cls, model: str, gpu: str, engine: str = "vllm", max_tokens: int | None = None, user_models: dict | None = None,
@@ -81,13 +87,50 @@ class IdealizedRuntime:
         if len(last) and last.max() >= len(self._decode_cumsum):
             raise ValueError(f"a request of {int(last.max()) + 1} tokens is longer than the {len(self._decode_cumsum) - 1} tabulated")
         unique, inverse = np.unique(prompt, return_inverse=True)
-        prefill = np.array([self._cost.iteration_seconds([(int(p), 0, True)], []) for p in unique])[inverse]
+        known = self._prefill
+        for p in unique.tolist():
+            if p not in known:
+                known[p] = self._cost.iteration_seconds([(p, 0, True)], [])
+        prefill = np.array([known[p] for p in unique.tolist()], dtype=np.float64)[inverse]
         # Decodes at contexts prompt+1 .. prompt+output-1: cumsum[c] holds decode(1) + ... + decode(c).
         return prefill + self._decode_cumsum[last] - self._decode_cumsum[prompt]
 
     def gpu_seconds(self, prompt: np.ndarray, output: np.ndarray) -> np.ndarray:
         """The cost-aware variant: idealized runtime x the GPUs the model needs, GPU-seconds."""
         return self.seconds(prompt, output) * self.gpus
+
+
+RUNTIMES_KEPT = 8
+"""Idealized runtimes ``idealized_runtime`` keeps per process (a sweep's points share a few)."""
+_RUNTIMES: "OrderedDict[tuple, IdealizedRuntime]" = OrderedDict()
+_RUNTIMES_LOCK = threading.Lock()
+
+
+def _specs_key(specs: dict | None) -> str:
+    """A scenario's own model or GPU specs as canonical JSON (part of a cache key)."""
+    return json.dumps({k: v.model_dump(mode="json") if hasattr(v, "model_dump") else v for k, v in (specs or {}).items()}, sort_keys=True, default=str)
+
+
+def idealized_runtime(model: str, gpu: str, engine: str, max_tokens: int, user_models: dict | None = None,
+                      user_gpus: dict | None = None) -> IdealizedRuntime:
+    """``IdealizedRuntime.build`` of these arguments, reused while the process keeps it (the last
+    ``RUNTIMES_KEPT`` built): a sweep's points, run one after another in a worker, tabulate each
+    model's solo decodes and prefills once instead of once per point. The key holds the scenario's
+    own model and GPU specs by value (a point that redefines one builds its own) and, for an engine
+    profile given as a file, the directory it resolves from."""
+    is_file = "/" in engine or "\\" in engine or engine.endswith((".yaml", ".yml"))
+    key = (model, gpu, engine, os.getcwd() if is_file else "", int(max_tokens), _specs_key(user_models), _specs_key(user_gpus))
+    with _RUNTIMES_LOCK:
+        rt = _RUNTIMES.get(key)
+        if rt is not None:
+            _RUNTIMES.move_to_end(key)
+            return rt
+    rt = IdealizedRuntime.build(model, gpu, engine, max_tokens, user_models, user_gpus)
+    with _RUNTIMES_LOCK:
+        _RUNTIMES[key] = rt
+        while len(_RUNTIMES) > RUNTIMES_KEPT:
+            _RUNTIMES.popitem(last=False)
+    return rt
 
 
 def idealized_summary(requests, scenario, gpus: dict[str, int]) -> dict:

@@ -6,9 +6,9 @@ import json
 import shutil
 from pathlib import Path
 
-from fleetwise.sweep.grid import Point
-
 from fleetwise.metrics.flatten import flatten_summary
+from fleetwise.sweep.grid import Point
+from fleetwise.sweep.scenarios import BaseScenario
 
 SUMMARY_COLUMNS = ("ttft", "tpot", "e2e")
 """The latencies whose p50/p90/p99 a point's row holds."""
@@ -32,26 +32,53 @@ def summary_row(point: Point, summary: dict, grid_paths: list[str]) -> dict:
     return row
 
 
-def run_point(scenario_path: str, base_overrides: list[str], point: Point, out_dir: str, grid_paths: list[str], write_requests: bool = True, record_iterations: bool = False) -> dict:
+def run_point(base: BaseScenario, point: Point, out_dir: str, grid_paths: list[str], write_requests: bool = True, record_iterations: bool = False) -> dict:
     """Simulates one point, saves its run directory and its row durably; returns its summary row.
 
-    Runs in a worker process: everything it needs comes in its arguments. The run directory is
-    written under a temporary name and renamed to ``points/<id>``; the row file
-    (``rows/<id>.parquet``, what resuming keys on) comes last, so a point counts as finished only
-    once all of it is on disk, whenever the process is interrupted.
+    Runs in a worker process: everything it needs comes in its arguments (``base``, the sweep's
+    parsed scenario, builds the point's). The run directory is written straight under a temporary
+    name and renamed to ``points/<id>``; the row file (``rows/<id>.parquet``, what resuming keys on)
+    comes last, so a point counts as finished only once all of it is on disk, whenever the process is
+    interrupted.
     """
-    from fleetwise.config.load import load_scenario
+    from fleetwise.simulate import simulate
+    from fleetwise.sweep.store import publish_dir, temp_name, write_row
 
-    sc = load_scenario(scenario_path, [*base_overrides, *point.overrides()])
-    files, summary = simulate_point_files(sc, point, write_requests, record_iterations)
-    return save_point(Path(out_dir), point, files, summary, grid_paths)
+    result = simulate(base.load(point.overrides()), record_iterations=record_iterations)
+    final = Path(out_dir) / "points" / point.id
+    final.parent.mkdir(parents=True, exist_ok=True)
+    d = temp_name(final)
+    try:
+        write_run_files(result, d, write_requests)
+        (d / "point.json").write_bytes(point_json(point))
+        publish_dir(d, final)
+    finally:
+        if d.exists():
+            shutil.rmtree(d, ignore_errors=True)
+    row = summary_row(point, result.summary, grid_paths)
+    write_row(Path(out_dir), row)
+    return row
+
+
+def write_run_files(result, d: Path, write_requests: bool = True) -> None:
+    """Writes a run directory's files into ``d`` (created): all that ``Result.write`` writes, or only
+    ``summary.json`` without ``write_requests``."""
+    if write_requests:
+        result.write(d)
+    else:
+        d.mkdir()
+        (d / "summary.json").write_text(json.dumps(result.summary, indent=2, sort_keys=True) + "\n")
+
+
+def point_json(point: Point) -> bytes:
+    """The bytes of a point's ``point.json``: its id and assignments."""
+    return (json.dumps({"id": point.id, "assignments": point.assignments}, default=str) + "\n").encode()
 
 
 def simulate_run_files(scenario, write_requests: bool = True, record_iterations: bool = False) -> tuple[dict[str, bytes], dict]:
     """Simulates ``scenario`` (a loaded Scenario: it travels whole, so a remote worker needs none of
     the driver's files or working directory) and returns its run directory's files as bytes
-    (exactly what ``Result.write`` writes; only ``summary.json`` without ``write_requests``) and
-    its summary: what a Ray task sends back to the driver."""
+    (``write_run_files``) and its summary: what a Ray task sends back to the driver."""
     import tempfile
 
     from fleetwise.simulate import simulate
@@ -59,11 +86,7 @@ def simulate_run_files(scenario, write_requests: bool = True, record_iterations:
     result = simulate(scenario, record_iterations=record_iterations)
     with tempfile.TemporaryDirectory(prefix="fleetwise-run-") as tmp:
         d = Path(tmp) / "run"
-        if write_requests:
-            result.write(d)
-        else:
-            d.mkdir()
-            (d / "summary.json").write_text(json.dumps(result.summary, indent=2, sort_keys=True) + "\n")
+        write_run_files(result, d, write_requests)
         files = {f.name: f.read_bytes() for f in sorted(d.iterdir()) if f.is_file()}
     return files, result.summary
 
@@ -71,7 +94,7 @@ def simulate_run_files(scenario, write_requests: bool = True, record_iterations:
 def simulate_point_files(scenario, point: Point, write_requests: bool = True, record_iterations: bool = False) -> tuple[dict[str, bytes], dict]:
     """``simulate_run_files`` of a sweep point, with its ``point.json`` (id and assignments) added."""
     files, summary = simulate_run_files(scenario, write_requests, record_iterations)
-    files["point.json"] = (json.dumps({"id": point.id, "assignments": point.assignments}, default=str) + "\n").encode()
+    files["point.json"] = point_json(point)
     return dict(sorted(files.items())), summary
 
 

@@ -9,6 +9,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from fleetwise.sweep.grid import Point
 from fleetwise.sweep.point import run_point, save_point, simulate_point_files
 from fleetwise.sweep.ray_pool import RayPool, pool_for
+from fleetwise.sweep.scenarios import BaseScenario
 from fleetwise.sweep.store import SweepStore
 from fleetwise.sweep.workers import WorkerPool
 
@@ -40,12 +41,13 @@ def run_points(
     """
     done = store.done()  # once: it looks at every row file
     todo = [p for p in points if p.id not in done]
-    args = [(scenario_path, base_overrides, p, str(store.dir), grid_paths, write_requests, record_iterations) for p in todo]
+    base = BaseScenario(scenario_path, base_overrides)  # parsed once; every point's scenario is a copy with its overrides
+    args = [(base, p, str(store.dir), grid_paths, write_requests, record_iterations) for p in todo]
     rows: list[dict] = []
     with _progress(quiet) as bar:
         task = bar.add_task(description, total=len(points), completed=len(points) - len(todo))
         if ray_address is not None and todo:
-            ray_rows = _ray_rows(scenario_path, base_overrides, todo, store, grid_paths, write_requests, record_iterations, ray_address)
+            ray_rows = _ray_rows(base, todo, store, grid_paths, write_requests, record_iterations, ray_address)
             with contextlib.closing(ray_rows):  # an exception here cancels the tasks still running at once
                 for row in ray_rows:
                     store.add(row)
@@ -66,7 +68,7 @@ def run_points(
     return rows
 
 
-def _ray_rows(scenario_path: str, base_overrides: list[str], todo: list[Point], store: SweepStore, grid_paths: list[str],
+def _ray_rows(base: BaseScenario, todo: list[Point], store: SweepStore, grid_paths: list[str],
               write_requests: bool, record_iterations: bool, ray: "str | RayPool"):
     """Runs the points as Ray tasks and yields their rows as they finish.
 
@@ -76,11 +78,9 @@ def _ray_rows(scenario_path: str, base_overrides: list[str], todo: list[Point], 
     Trace files a scenario names are read where the task runs: on several machines they must be on
     a shared path. ``ray`` is a cluster address (a pool for this call) or a pool shared with others.
     """
-    from fleetwise.config.load import load_scenario
-
     def tasks():
         for p in todo:  # loaded as the window reaches them, not all at once
-            yield load_scenario(scenario_path, [*base_overrides, *p.overrides()]), p, write_requests, record_iterations
+            yield base.load(p.overrides()), p, write_requests, record_iterations
 
     with contextlib.ExitStack() as stack:
         pool = pool_for(ray, stack)

@@ -1,0 +1,167 @@
+"""The large sweep's grid, smaller, on a local Ray cluster of several nodes: one and two worker CPUs.
+
+Used by ``bench_sweep.py`` (``--only ray``). For each size it starts a cluster with
+``ray.cluster_utils.Cluster``: a head node with no CPUs (it runs Ray's services; no task can be
+placed on it) and 1 or 2 worker nodes of one CPU each, each its own raylet with its own worker
+processes. ``fleetwise sweep --ray ADDRESS`` runs in a separate process as the cluster's driver.
+
+What it shows:
+
+* the multi-node path: every point ran on a worker node (the head has no CPU), and the processes
+  seen running the task (``ray::simulate_point_files``: children of a node's raylet, sampled from
+  /proc) are counted per node with their CPU time;
+* nothing is read from a shared file system: the driver ships each point's validated scenario and
+  writes the files each task sends back; the scenario file (a copy in a temporary directory) is
+  deleted once the first point is saved, and the sweep still finishes;
+* throughput with one and with two worker CPUs (on a 2-core machine that also runs the driver and
+  Ray's services, so at best 2x).
+
+Every Ray process started here is stopped (``Cluster.shutdown``), and ``ps`` is checked for leftovers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import polars as pl
+
+from bench_sweep_large import COUNTS, RATES, REPO
+
+TASK_TITLE = "ray::simulate_point_files"
+"""The process title of a Ray worker running a sweep point."""
+
+
+def _ray_pids() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) of every process whose command line mentions ray."""
+    out = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True).stdout
+    procs = {}
+    for line in out.splitlines():
+        pid, ppid, args = line.strip().split(None, 2) + [""] * (3 - len(line.strip().split(None, 2)))
+        if "ray" in args and ("ray::" in args or "/ray/" in args or "raylet" in args or "gcs_server" in args):
+            procs[int(pid)] = (int(ppid), args)
+    return procs
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _title(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _cpu_s(pid: int) -> float:
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return 0.0
+
+
+def run_on_cluster(worker_nodes: int, seeds: int, requests: int, extra: tuple[str, ...] = ()) -> dict:
+    """Starts a head (0 CPUs) and ``worker_nodes`` nodes of 1 CPU, runs the sweep on it, stops it."""
+    from ray.cluster_utils import Cluster
+
+    work = Path(tempfile.mkdtemp(prefix="fleetwise-sweep-ray-"))
+    scenario = work / "quickstart.yaml"
+    shutil.copy(REPO / "scenarios" / "quickstart.yaml", scenario)
+    out = work / "sw"
+    before = set(_ray_pids())
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0}, shutdown_at_exit=True)
+    try:
+        nodes = [cluster.add_node(num_cpus=1) for _ in range(worker_nodes)]
+        cluster.wait_for_nodes()
+        raylet_of = {}
+        for i, node in enumerate(nodes):
+            for info in node.all_processes.get("raylet", []):
+                raylet_of[info.process.pid] = f"worker node {i + 1}"
+        for info in cluster.head_node.all_processes.get("raylet", []):
+            raylet_of[info.process.pid] = "head"
+        cmd = [sys.executable, "-m", "fleetwise", "sweep", str(scenario),
+               "--grid", "workload.arrivals.rate=" + ",".join(map(str, RATES)), "--grid", "cluster.pools.0.count=" + ",".join(map(str, COUNTS)),
+               "--grid", "seed=" + ",".join(str(s) for s in range(1, seeds + 1)), "--set", f"workload.requests={requests}",
+               "-o", str(out), "--ray", cluster.address, *extra]
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        seen: dict[int, str] = {}
+        busy: dict[str, int] = {}
+        cpu: dict[int, float] = {}
+        first_saved = None
+        while proc.poll() is None:
+            for raylet, node in raylet_of.items():  # a node's worker processes are its raylet's children
+                for pid in _children(raylet):
+                    if _title(pid).startswith(TASK_TITLE):
+                        seen[pid] = node
+                        busy[node] = busy.get(node, 0) + 1
+                    if pid in seen:
+                        cpu[pid] = max(cpu.get(pid, 0.0), _cpu_s(pid))
+            if first_saved is None and (out / "rows").is_dir() and any((out / "rows").glob("*.parquet")):
+                first_saved = time.perf_counter() - t0
+                scenario.unlink()  # from here on nothing may read it
+            time.sleep(0.2)
+        stdout, stderr = proc.communicate()
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise RuntimeError(f"sweep on Ray failed ({proc.returncode}): {stderr[-3000:]}")
+        pts = pl.read_parquet(out / "points.parquet")
+        kept = sum(1 for _ in (out / "points").glob("*/requests.parquet"))
+    finally:
+        cluster.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
+    time.sleep(2)
+    left = {pid: args for pid, (_, args) in _ray_pids().items() if pid not in before}
+    n = len(RATES) * len(COUNTS) * seeds
+    by_node: dict[str, int] = {}
+    for where in seen.values():
+        by_node[where] = by_node.get(where, 0) + 1
+    return {"worker_nodes": worker_nodes, "worker_cpus": worker_nodes, "points": n, "wall_seconds": wall, "points_per_minute": n / wall * 60,
+            "rows_in_points_parquet": pts.height, "points_with_request_tables": kept, "scenario_deleted_after_s": first_saved,
+            "task_processes_seen_by_node": by_node, "busy_samples_by_node": busy,
+            "task_process_cpu_s_by_node": {node: sum(c for p, c in cpu.items() if seen[p] == node) for node in set(seen.values())}, "ray_processes_left": left, "stdout_tail": stdout.strip().splitlines()[-1]}
+
+
+def ray_cluster(seeds: int, requests: int) -> dict:
+    """The sweep on 1 and on 2 one-CPU worker nodes; ``speedup`` is the ratio of their wall times."""
+    import ray
+
+    res = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "ray": ray.__version__, "seeds": seeds,
+           "requests_per_point": requests, "load_average_before": os.getloadavg()[0], "runs": []}
+    for nodes in (1, 2):
+        res["runs"].append(run_on_cluster(nodes, seeds, requests, ("--no-requests",)))
+    res["runs"].append(run_on_cluster(2, seeds, requests, ("--requests",)))
+    res["speedup_2_vs_1"] = res["runs"][0]["wall_seconds"] / res["runs"][1]["wall_seconds"]
+    return res
+
+
+def ray_md(res: dict) -> str:
+    """The Ray part of sweep.md."""
+    lines = [f"# The sweep on a Ray cluster of several nodes\n\nMeasured {res['date']} (Ray {res['ray']}; load average "
+             f"{res['load_average_before']:.1f} when it started), `python benchmarks/bench_sweep.py --only ray --ray-seeds {res['seeds']}`: "
+             f"the large sweep's grid with {res['seeds']} seeds ({res['runs'][0]['points']} points of {res['requests_per_point']:,} requests) "
+             "run by `fleetwise sweep --ray ADDRESS` on a local multi-node cluster (`ray.cluster_utils.Cluster`): a head node with "
+             "0 CPUs, so that no task can run on it, and one-CPU worker nodes, each with its own raylet and worker processes. The "
+             "scenario file was deleted once the first point was saved (the driver ships each point's validated scenario; tasks "
+             "send their files back and the driver writes them), and every sweep still finished.\n",
+             "| worker nodes x 1 CPU | keeps | wall time | points per minute | rows in points.parquet | worker processes seen running points, by node (sampled every 0.2 s from /proc) | Ray processes left after shutdown |",
+             "|---:|---|---:|---:|---:|---|---:|"]
+    for r in res["runs"]:
+        seen = ", ".join(f"{k}: {v} process(es), busy in {r['busy_samples_by_node'].get(k, 0)} samples, {r['task_process_cpu_s_by_node'].get(k, 0):.0f} s CPU"
+                         for k, v in sorted(r["task_processes_seen_by_node"].items())) or "-"
+        keeps = "per-request tables" if r["points_with_request_tables"] else "summaries"
+        lines.append(f"| {r['worker_nodes']} | {keeps} | {r['wall_seconds']:.1f} s | {r['points_per_minute']:.0f} | {r['rows_in_points_parquet']} | {seen} | {len(r['ray_processes_left'])} |")
+    lines += ["", f"Two worker CPUs against one: {res['speedup_2_vs_1']:.2f}x the points per minute, on a machine of 2 cores that also "
+              "runs the driver, Ray's head services and two raylets (and other users' work).\n"]
+    return "\n".join(lines)
