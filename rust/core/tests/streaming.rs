@@ -61,7 +61,7 @@ fn streaming_equals_keeping_every_request() {
     let w = workload(500);
     let mut plain = common::sim_config(vec![common::pool(4, gpu(20_000_000_000))], RouterConfig::LeastOutstandingTokens, true);
     let c = assert_same(&plain, &w, "colocated, preempting");
-    assert!(c.preemptions.iter().sum::<i64>() > 0, "the small GPUs preempt");
+    assert!(c.preemptions.iter().sum::<u32>() > 0, "the small GPUs preempt");
 
     plain.pools[0].scheduler = SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192, preemption_mode: PreemptionMode::Swap, swap_space_gb: 16.0 };
     assert_same(&plain, &w, "swapping");
@@ -76,7 +76,7 @@ fn streaming_equals_keeping_every_request() {
     decode.name = "decode".into();
     decode.role = Role::Decode;
     let c = assert_same(&common::sim_config(vec![prefill, decode], RouterConfig::LeastOutstandingTokens, false), &w, "disaggregated");
-    assert!(c.prefill_instance.iter().filter(|&&p| p >= 0).count() > 400 && c.kv_transfer_ns.iter().any(|&t| t > 0), "requests were handed off");
+    assert!(c.prefill_instance.iter().filter(|&&p| p != u32::MAX).count() > 400 && c.kv_transfer_ns.iter().any(|&t| t > 0), "requests were handed off");
 }
 
 #[test]

@@ -186,7 +186,9 @@ pub fn simulate<'py>(
     Ok(d)
 }
 
-/// The per-request result columns (numpy arrays, moved from the columns without a copy) into `d`.
+/// The per-request result columns (numpy arrays, moved from the columns without a copy) into `d`:
+/// times int64 (-1: never), `instance` and `prefill_instance` uint32 (`u32::MAX`: none),
+/// `preemptions` and `generated_tokens` uint32, `status` uint8 (`Status::code`).
 fn request_columns(c: RequestColumns, d: &Bound<'_, PyDict>) -> PyResult<()> {
     let py = d.py();
     let RequestColumns { first_token_ns: first, first_scheduled_ns: scheduled, completion_ns: done, instance: inst, preemptions: pre, status, generated_tokens: generated, prefill_instance: prefill_inst, kv_transfer_ns: transfer_ns } = c;
