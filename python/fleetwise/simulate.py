@@ -118,13 +118,18 @@ def _with_idealized_runtime(requests: pl.DataFrame, sc: Scenario, source: str) -
         runtimes = _idealized_runtimes(sc, longest)
     except (ConfigError, CapacityError) as err:
         raise type(err)(f"{source}: {err}") from None
-    pools = requests["pool"].fill_null(sc.cluster.pools[0].name).to_numpy()
-    secs, gpu_secs = np.zeros(requests.height), np.zeros(requests.height)
-    for name, rt in runtimes.items():
-        mask = pools == name
-        if mask.any():
-            secs[mask] = rt.seconds(prompt[mask], output[mask])
-            gpu_secs[mask] = secs[mask] * rt.gpus
+    pools = requests["pool"].fill_null(sc.cluster.pools[0].name)
+    if len(runtimes) == 1:  # one pool: every request at once, without masks
+        rt = next(iter(runtimes.values()))
+        secs = rt.seconds(prompt, output)
+        gpu_secs = secs * rt.gpus
+    else:
+        secs, gpu_secs = np.zeros(requests.height), np.zeros(requests.height)
+        for name, rt in runtimes.items():
+            mask = (pools == name).to_numpy()
+            if mask.any():
+                secs[mask] = rt.seconds(prompt[mask], output[mask])
+                gpu_secs[mask] = secs[mask] * rt.gpus
     gpus = {rt.model: rt.gpus for rt in runtimes.values()}
     return requests.with_columns(pl.Series("idealized_runtime_s", secs), pl.Series("idealized_gpu_seconds", gpu_secs)), gpus
 

@@ -80,10 +80,18 @@ class IdealizedRuntime:
         last = prompt + output - 1
         if len(last) and last.max() >= len(self._decode_cumsum):
             raise ValueError(f"a request of {int(last.max()) + 1} tokens is longer than the {len(self._decode_cumsum) - 1} tabulated")
-        unique, inverse = np.unique(prompt, return_inverse=True)
-        prefill = np.array([self._cost.iteration_seconds([(int(p), 0, True)], []) for p in unique])[inverse]
+        # One prefill cost per distinct prompt length, looked up per request (a table over the
+        # lengths, not a sort of the requests: a few bytes a request of temporaries).
+        lengths = np.flatnonzero(np.bincount(prompt)) if len(prompt) else prompt
+        table = np.zeros(int(lengths.max()) + 1 if len(lengths) else 0)
+        table[lengths] = [self._cost.iteration_seconds([(int(p), 0, True)], []) for p in lengths]
         # Decodes at contexts prompt+1 .. prompt+output-1: cumsum[c] holds decode(1) + ... + decode(c).
-        return prefill + self._decode_cumsum[last] - self._decode_cumsum[prompt]
+        # prefill + cumsum[last] - cumsum[prompt], evaluated in that order, in place.
+        runtime = table[prompt]
+        runtime += self._decode_cumsum[last]
+        del last
+        runtime -= self._decode_cumsum[prompt]
+        return runtime
 
     def gpu_seconds(self, prompt: np.ndarray, output: np.ndarray) -> np.ndarray:
         """The cost-aware variant: idealized runtime x the GPUs the model needs, GPU-seconds."""
