@@ -74,7 +74,7 @@ impl<'a> Retirement<'a> {
 fn release_vacant_pages(reqs: &mut [Request], from: usize, end: usize) {
     #[cfg(unix)]
     {
-        debug_assert!(reqs[..end].iter().all(|r| r.status == Status::Pending && r.hashes.is_empty()));
+        debug_assert!(reqs[from..end].iter().all(|r| r.status == Status::Pending && r.hashes.is_empty()));
         const PAGE: usize = 4096;
         let size = std::mem::size_of::<Request>();
         let base = reqs.as_mut_ptr() as usize;
