@@ -143,7 +143,16 @@ def simulate(
     evictors: dict[int, Any] | None = None,
     expert_caches: dict[int, Any] | None = None,
     decode_choice: Any | None = None,
-) -> dict[str, Any]: ...
+) -> dict[str, Any]:
+    """Runs the simulation; per-request result columns (numpy, one entry per request): the times
+    ``first_token_ns``, ``first_scheduled_ns``, ``completion_ns``, ``kv_transfer_ns`` as int64 (-1:
+    never), ``instance`` and ``prefill_instance`` as uint32 (2**32 - 1: none),
+    ``preemptions`` and ``generated_tokens`` as uint32, ``status`` as uint8 (0 finished,
+    1 rejected, 2 pending, 3 waiting, 4 running, 5 swapped, 6 handoff); plus ``rejections``,
+    ``itl``, ``instances_json``, ``events``, ``end_time_ns`` and optionally ``mixed_pool`` and
+    ``iterations``. A run that stops on a policy's or the simulation's error raises with the
+    request columns so far in the exception's ``partial`` attribute."""
+    ...
 
 def expert_cache_hits(
     policy: str,

@@ -39,6 +39,21 @@ def _labels(codes: np.ndarray, labels: list[str], missing: str | None) -> pl.Ser
 
 
 
+_NO_INSTANCE = 2**32 - 1
+"""The core's ``prefill_instance`` for a request without a separate prefill instance."""
+
+
+def _widened(out: dict) -> dict:
+    """``out`` with the core's narrow request columns (uint32 instances and counts) as the request
+    table's int64 columns, ``prefill_instance`` -1 where there is none (in place; returns ``out``)."""
+    for key in ("instance", "preemptions", "generated_tokens"):
+        out[key] = out[key].astype(np.int64)
+    prefill = out["prefill_instance"].astype(np.int64)
+    prefill[prefill == _NO_INSTANCE] = -1
+    out["prefill_instance"] = prefill
+    return out
+
+
 def _requests_frame(workload: Workload, out: dict, pool_of: list[str]) -> pl.DataFrame:
     arrival = workload.arrival_ns
     first = out["first_token_ns"]
@@ -103,13 +118,18 @@ def _with_idealized_runtime(requests: pl.DataFrame, sc: Scenario, source: str) -
         runtimes = _idealized_runtimes(sc, longest)
     except (ConfigError, CapacityError) as err:
         raise type(err)(f"{source}: {err}") from None
-    pools = requests["pool"].fill_null(sc.cluster.pools[0].name).to_numpy()
-    secs, gpu_secs = np.zeros(requests.height), np.zeros(requests.height)
-    for name, rt in runtimes.items():
-        mask = pools == name
-        if mask.any():
-            secs[mask] = rt.seconds(prompt[mask], output[mask])
-            gpu_secs[mask] = secs[mask] * rt.gpus
+    pools = requests["pool"].fill_null(sc.cluster.pools[0].name)
+    if len(runtimes) == 1:  # one pool: every request at once, without masks
+        rt = next(iter(runtimes.values()))
+        secs = rt.seconds(prompt, output)
+        gpu_secs = secs * rt.gpus
+    else:
+        secs, gpu_secs = np.zeros(requests.height), np.zeros(requests.height)
+        for name, rt in runtimes.items():
+            mask = (pools == name).to_numpy()
+            if mask.any():
+                secs[mask] = rt.seconds(prompt[mask], output[mask])
+                gpu_secs[mask] = secs[mask] * rt.gpus
     gpus = {rt.model: rt.gpus for rt in runtimes.values()}
     return requests.with_columns(pl.Series("idealized_runtime_s", secs), pl.Series("idealized_gpu_seconds", gpu_secs)), gpus
 
@@ -250,10 +270,12 @@ def simulate(
     except FleetwiseError as err:
         partial = getattr(err, "partial", None)
         if partial is not None and len(partial["status"]) == len(workload):  # the run stopped part way: keep what finished
+            partial = _widened(partial)
             names, _ = instance_names_and_roles(sc)
             partial["instance"] = np.where(partial["instance"] < len(names), partial["instance"], -1)  # -1: not routed yet
             err.requests = _requests_frame(workload, partial, [n.rpartition("/")[0] for n in names])
         raise
+    _widened(out)
     instances = json.loads(out["instances_json"])
     pool_of = [inst["pool_name"] for inst in instances]
     requests, idealized_gpus = _with_idealized_runtime(_requests_frame(workload, out, pool_of), sc, source)

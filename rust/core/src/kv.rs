@@ -309,7 +309,7 @@ mod tests {
         // 32-token entries of 2 blocks each.
         let mut kv = BlockManager::new(100, 16, 0).with_prefix_cache(32);
         let mut r = Request::new(0, 64, 4);
-        r.hashes = vec![7, 8];
+        r.hashes = vec![7, 8].into();
         kv.allocate(4);
         r.blocks = 4;
         r.computed = 64;
@@ -323,7 +323,7 @@ mod tests {
         assert_eq!(kv.prefix_cache().unwrap().leading_hits(&[7, 8]), 2);
         // A second request with the same prompt finds both entries.
         let mut s = Request::new(0, 64, 4);
-        s.hashes = vec![7, 8];
+        s.hashes = vec![7, 8].into();
         kv.attach(&mut s);
         assert_eq!((s.cache_refs, s.shared_blocks, s.computed), (1, 2, 32), "at least one token is computed: the last entry is not used");
         kv.detach(&mut s);

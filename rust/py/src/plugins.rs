@@ -77,7 +77,7 @@ impl Router for PyRouterPlugin {
     }
 
     fn route_pair(&mut self, req: &Request, entry: &[InstanceLoad], decoders: &[InstanceLoad]) -> Result<(usize, Option<usize>)> {
-        let row = request_row(0, req, 0, req.hashes.clone());
+        let row = request_row(0, req, 0, req.hashes.to_vec());
         Python::with_gil(|py| {
             self.bridge
                 .call_method1(py, "route", (row, LoadTable::from(entry), LoadTable::from(decoders)))
@@ -233,7 +233,7 @@ impl DecodeChoice for PyDecodeChoice {
     fn candidates(&mut self, index: u32, req: &Request, decoders: &[u32], loads: &[InstanceLoad], preferred: Option<u32>) -> Result<Vec<u32>> {
         // The request has just been prefilled on a prefill instance; cached prompt tokens are that
         // instance's business and not shown.
-        let row = request_row(index, req, 0, req.hashes.clone());
+        let row = request_row(index, req, 0, req.hashes.to_vec());
         Python::with_gil(|py| {
             self.bridge
                 .call_method1(py, "choose", (row, decoders.to_vec(), load_rows(loads), preferred))

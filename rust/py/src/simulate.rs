@@ -1,10 +1,10 @@
 //! `simulate`: one call runs the whole simulation; columns come back as numpy arrays.
 
 use crate::errors::{from_json, to_py};
-use fleetwise_core::request::Status;
 use fleetwise_core::moe::{replay_hits, CachePolicy, ExpertCacheFactory, ExpertCachePolicy, RoutingTrace};
 use fleetwise_core::request::Request;
-use fleetwise_core::sim::{simulate_keeping, Control, Plugins, SimConfig, Workload};
+use fleetwise_core::request_columns::RequestColumns;
+use fleetwise_core::sim::{simulate_streaming, Control, Plugins, SimConfig, Workload};
 use crate::plugins::{ErrorSlot, PyBatchScheduler, PyDecodeChoice, PyEvictor, PyExpertCache, PyRouterPlugin};
 use fleetwise_core::prefix::PrefixEvictor;
 use fleetwise_core::scheduler::BatchScheduler;
@@ -13,18 +13,6 @@ use std::sync::Arc;
 use numpy::{IntoPyArray, PyReadonlyArray1};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
-
-fn status_code(s: Status) -> u8 {
-    match s {
-        Status::Finished => 0,
-        Status::Rejected => 1,
-        Status::Pending => 2,
-        Status::Waiting => 3,
-        Status::Running => 4,
-        Status::Swapped => 5,
-        Status::Handoff => 6,
-    }
-}
 
 /// Follows and cancels a running `simulate` call from another thread.
 #[pyclass(name = "SimControl", module = "fleetwise._core", frozen)]
@@ -144,8 +132,10 @@ pub fn simulate<'py>(
     for (pool, factory) in expert_caches.unwrap_or_default() {
         plugins.expert_caches.insert(pool, per_gpu_expert_cache(factory, slot.clone()));
     }
-    let mut kept: Vec<Request> = Vec::new();
-    let result = py.allow_threads(|| simulate_keeping(&config, &workload, &control, plugins, &mut kept));
+    let mut slots: Vec<Request> = Vec::new();
+    let mut columns = RequestColumns::default();
+    let result = py.allow_threads(|| simulate_streaming(&config, &workload, &control, plugins, &mut slots, &mut columns));
+    drop(workload);
     let out = match result {
         Ok(out) => out,
         Err(e) => {
@@ -154,17 +144,18 @@ pub fn simulate<'py>(
             if let Some(cause) = slot.lock().expect("error slot").take() {
                 err.set_cause(py, Some(cause));
             }
-            if stopped && !kept.is_empty() {
+            if stopped && !columns.is_empty() {
                 // What finished before the run stopped: the request columns, as in a result.
                 let partial = PyDict::new(py);
-                request_columns(&kept, &partial)?;
+                request_columns(columns, &partial)?;
                 err.value(py).setattr("partial", partial)?;
             }
             return Err(err);
         }
     };
     let d = PyDict::new(py);
-    request_columns(&out.requests, &d)?;
+    drop(slots);
+    request_columns(columns, &d)?;
     d.set_item("rejections", out.rejections)?;
     let itl = PyDict::new(py);
     itl.set_item("count", out.itl.count())?;
@@ -195,31 +186,12 @@ pub fn simulate<'py>(
     Ok(d)
 }
 
-/// The per-request result columns of `reqs` (numpy arrays) into `d`.
-fn request_columns(reqs: &[Request], d: &Bound<'_, PyDict>) -> PyResult<()> {
+/// The per-request result columns (numpy arrays, moved from the columns without a copy) into `d`:
+/// times int64 (-1: never), `instance` and `prefill_instance` uint32 (`u32::MAX`: none),
+/// `preemptions` and `generated_tokens` uint32, `status` uint8 (`Status::code`).
+fn request_columns(c: RequestColumns, d: &Bound<'_, PyDict>) -> PyResult<()> {
     let py = d.py();
-    let n = reqs.len();
-    let mut first = Vec::with_capacity(n);
-    let mut scheduled = Vec::with_capacity(n);
-    let mut done = Vec::with_capacity(n);
-    let mut inst = Vec::with_capacity(n);
-    let mut pre = Vec::with_capacity(n);
-    let mut status = Vec::with_capacity(n);
-    let mut generated = Vec::with_capacity(n);
-    let mut prefill_inst = Vec::with_capacity(n);
-    let mut transfer_ns = Vec::with_capacity(n);
-    for r in reqs {
-        first.push(if r.first_token == u64::MAX { -1 } else { r.first_token as i64 });
-        scheduled.push(if r.first_scheduled == u64::MAX { -1 } else { r.first_scheduled as i64 });
-        done.push(if r.completion == u64::MAX { -1 } else { r.completion as i64 });
-        inst.push(r.instance as i64);
-        pre.push(r.preemptions as i64);
-        status.push(status_code(r.status));
-        generated.push(r.generated as i64);
-        prefill_inst.push(if r.prefill_instance == u32::MAX { -1 } else { r.prefill_instance as i64 });
-        // Time after the first token spent waiting for the KV to reach the decode instance.
-        transfer_ns.push(if r.transfer.1 > 0 && r.first_token != u64::MAX { r.transfer.1.saturating_sub(r.first_token) as i64 } else { 0 });
-    }
+    let RequestColumns { first_token_ns: first, first_scheduled_ns: scheduled, completion_ns: done, instance: inst, preemptions: pre, status, generated_tokens: generated, prefill_instance: prefill_inst, kv_transfer_ns: transfer_ns } = c;
     d.set_item("first_token_ns", first.into_pyarray(py))?;
     d.set_item("first_scheduled_ns", scheduled.into_pyarray(py))?;
     d.set_item("completion_ns", done.into_pyarray(py))?;

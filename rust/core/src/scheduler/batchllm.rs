@@ -151,7 +151,7 @@ mod tests {
         let mut batch = Batch::default();
         for (i, h) in [7u64, 7, 7, 9].iter().enumerate() {
             let mut r = Request::new(0, 100, 10);
-            r.hashes = vec![*h, 100 + i as u64];
+            r.hashes = vec![*h, 100 + i as u64].into();
             r.cache_refs = 4;
             r.computed = 100;
             r.generated = 1;
@@ -168,7 +168,7 @@ mod tests {
             .iter()
             .map(|&(p, o, h)| {
                 let mut r = Request::new(0, p, o);
-                r.hashes = vec![h, h * 10];
+                r.hashes = vec![h, h * 10].into();
                 r.status = Status::Waiting;
                 r
             })

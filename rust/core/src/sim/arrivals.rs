@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::load_index::LeastLoadedIndex;
-use crate::request::{Request, Status};
+use crate::request::{vacant_requests, Request, Status};
 use crate::router::{InstanceLoad, Router};
 use crate::time::{Nanos, MAX_TIME_NS};
 
@@ -11,15 +11,14 @@ use super::cluster::{Cluster, Event, Queue};
 use super::config::Workload;
 use super::Role;
 
-/// Fills `reqs` with the requests of `workload`, checking its columns (equal lengths, sorted
-/// arrivals within the clock's range, no empty prompt or output).
-pub(super) fn load_requests(workload: &Workload, reqs: &mut Vec<Request>) -> Result<()> {
+/// Checks `workload`'s columns (equal lengths, sorted arrivals within the clock's range, no empty
+/// prompt or output) and fills `reqs` with its requests; with `streaming`, with vacant slots (each
+/// request is written into its slot when it arrives, [`request_at`]).
+pub(super) fn load_requests(workload: &Workload, reqs: &mut Vec<Request>, streaming: bool) -> Result<()> {
     let n = workload.arrival.len();
     if workload.prompt.len() != n || workload.output.len() != n {
         return Err(Error::Simulation { message: format!("workload columns differ in length: {n} arrivals, {} prompts, {} outputs", workload.prompt.len(), workload.output.len()) });
     }
-    reqs.clear();
-    reqs.reserve(n);
     for i in 0..n {
         if i > 0 && workload.arrival[i] < workload.arrival[i - 1] {
             return Err(Error::Simulation { message: format!("arrivals must be sorted: request {i} arrives before request {}", i - 1) });
@@ -30,16 +29,27 @@ pub(super) fn load_requests(workload: &Workload, reqs: &mut Vec<Request>) -> Res
         if workload.prompt[i] == 0 || workload.output[i] == 0 {
             return Err(Error::Simulation { message: format!("request {i} has zero prompt or output tokens") });
         }
-        let mut r = Request::new(workload.arrival[i], workload.prompt[i], workload.output[i]);
-        if let Some(h) = workload.hashes.get(i) {
-            r.hashes = h.clone();
-        }
-        reqs.push(r);
     }
     if !workload.hashes.is_empty() && workload.hashes.len() != n {
         return Err(Error::Simulation { message: format!("{} hash lists for {n} requests", workload.hashes.len()) });
     }
+    if streaming {
+        *reqs = vacant_requests(n);
+    } else {
+        reqs.clear();
+        reqs.reserve(n);
+        reqs.extend((0..n).map(|i| request_at(workload, i)));
+    }
     Ok(())
+}
+
+/// Request `i` of `workload` as it arrives.
+fn request_at(workload: &Workload, i: usize) -> Request {
+    let mut r = Request::new(workload.arrival[i], workload.prompt[i], workload.output[i]);
+    if let Some(h) = workload.hashes.get(i) {
+        r.hashes = h.as_slice().into();
+    }
+    r
 }
 
 /// The arrivals still to come and what routing them needs.
@@ -127,6 +137,9 @@ impl Cluster<'_> {
     pub(super) fn arrive(&mut self, now: Nanos, queue: &mut Queue) -> Result<()> {
         let idx = self.arrivals.next;
         self.arrivals.next += 1;
+        if self.retirement.is_some() {
+            self.reqs[idx] = request_at(self.workload, idx);
+        }
         let (pick, decode_pick) = self.route(idx)?;
         let a = &self.arrivals;
         if pick >= a.entry.len() || decode_pick.is_some_and(|d| d >= a.decoders.len()) {

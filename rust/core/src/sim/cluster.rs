@@ -17,6 +17,7 @@ use super::iterations::Iterations;
 use super::mixed_pool::MixedPool;
 use super::plugins::Plugins;
 use super::report::IterationLog;
+use super::retire::Retirement;
 use super::transfers::{Owner, Transfers};
 use super::Role;
 
@@ -77,6 +78,11 @@ pub(super) struct Cluster<'a> {
     pub(super) rejections: Vec<(u32, String)>,
     /// Splitwise's mixed pool, when configured.
     pub(super) mixed_pool: Option<MixedPool>,
+    /// The workload (a streaming run writes each request into its slot when it arrives).
+    pub(super) workload: &'a Workload,
+    /// A streaming run's retirement of finished requests into result columns (`None`: every
+    /// request is written before the run and kept).
+    pub(super) retirement: Option<Retirement<'a>>,
 }
 
 /// Puts `path_prefix.` before the path of a configuration error.
@@ -173,7 +179,22 @@ impl<'a> Cluster<'a> {
         let iterations = Iterations::new(instances.len());
         let roles: Vec<Role> = instances.iter().map(|i| i.role).collect();
         let mixed_pool = config.mixed_pool.as_ref().map(|m| MixedPool::new(m, &roles, workload.arrival.len())).transpose()?;
-        Ok(Cluster { reqs, instances, pool_names, arrivals, iterations, handoffs, transfers, log, itl: QuantileSketch::new(0.005), rejections: Vec::new(), mixed_pool })
+        Ok(Cluster { reqs, instances, pool_names, arrivals, iterations, handoffs, transfers, log, itl: QuantileSketch::new(0.005), rejections: Vec::new(), mixed_pool, workload, retirement: None })
+    }
+
+    /// In a streaming run, retires the leading finished requests (after every event).
+    pub(super) fn retire_finished(&mut self) {
+        if let Some(r) = self.retirement.as_mut() {
+            r.retire(self.reqs, self.arrivals.arrived());
+        }
+    }
+
+    /// The run stops with `e`: for a policy's or the simulation's error, a streaming run writes
+    /// every request's state into its columns (what finished is kept).
+    pub(super) fn stopped_by(&mut self, e: &Error) {
+        if let (Some(r), Error::Policy { .. } | Error::Simulation { .. }) = (self.retirement.as_mut(), e) {
+            r.stop(self.reqs, self.arrivals.arrived());
+        }
     }
 
     /// An idle instance was told it has work: it starts an iteration if it is not running one.

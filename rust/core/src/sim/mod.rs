@@ -14,7 +14,7 @@
 //! Layout: [`config`] (what Python sends), `cluster` (the run's state and its event handlers),
 //! `arrivals`, `iterations` (an iteration's phases), `pipeline` (batches in flight through
 //! asynchronous pipeline stages), `transfers` (the network wiring),
-//! [`disaggregation`] (roles and KV handoffs), [`mixed_pool`] (Splitwise's mixed pool), [`plugins`], [`control`], [`report`]; the
+//! [`disaggregation`] (roles and KV handoffs), [`mixed_pool`] (Splitwise's mixed pool), [`plugins`], [`control`], [`report`], `retire` (streaming runs); the
 //! domain-free event loop is [`crate::event`].
 
 mod arrivals;
@@ -27,6 +27,7 @@ pub mod mixed_pool;
 mod pipeline;
 pub mod plugins;
 pub mod report;
+mod retire;
 mod transfers;
 
 pub use cluster::Event;
@@ -41,6 +42,7 @@ pub use report::{InstanceReport, IterationLog, SimOutput};
 use crate::error::{Error, Result};
 use crate::event::EventLoop;
 use crate::request::Request;
+use crate::request_columns::RequestColumns;
 use std::sync::atomic::Ordering;
 
 /// Runs the simulation of `workload` on the cluster `config` describes.
@@ -61,8 +63,29 @@ pub fn simulate_plugged(config: &SimConfig, workload: &Workload, control: &Contr
 /// [`simulate_plugged`] that leaves every request's state in `reqs` when the run stops with an
 /// error (a policy's failure, a request that never finished), so what finished is kept.
 pub fn simulate_keeping(config: &SimConfig, workload: &Workload, control: &Control, plugins: Plugins, reqs: &mut Vec<Request>) -> Result<SimOutput> {
-    arrivals::load_requests(workload, reqs)?;
+    run(config, workload, control, plugins, reqs, None)
+}
+
+/// [`simulate_keeping`] that streams the requests' results into `columns` instead of keeping every
+/// request's record: each request is written into `reqs` when it arrives and retired into
+/// `columns` once it and every earlier request are done (see `retire`), so memory follows the
+/// requests in flight, not the workload's size. On success `columns` holds every request and the
+/// output's `requests` is empty. When the run stops with a policy's or the simulation's error,
+/// `columns` holds every request as it stood (those that never arrived as pending); `reqs` is
+/// then of no use (its retired and unarrived slots are vacant).
+pub fn simulate_streaming(config: &SimConfig, workload: &Workload, control: &Control, plugins: Plugins, reqs: &mut Vec<Request>, columns: &mut RequestColumns) -> Result<SimOutput> {
+    run(config, workload, control, plugins, reqs, Some(columns))
+}
+
+/// The event loop of every entry point above.
+fn run(config: &SimConfig, workload: &Workload, control: &Control, plugins: Plugins, reqs: &mut Vec<Request>, columns: Option<&mut RequestColumns>) -> Result<SimOutput> {
+    let streaming = columns.is_some();
+    arrivals::load_requests(workload, reqs, streaming)?;
     let mut cluster = cluster::Cluster::new(config, workload, plugins, reqs)?;
+    cluster.retirement = columns.map(|c| {
+        *c = RequestColumns::with_capacity(workload.arrival.len());
+        retire::Retirement::new(c)
+    });
     let mut clock = EventLoop::new();
     let mut events = 0u64;
     loop {
@@ -73,9 +96,16 @@ pub fn simulate_keeping(config: &SimConfig, workload: &Workload, control: &Contr
                 return Err(Error::Interrupted);
             }
         }
-        if !clock.step(&mut cluster)? {
-            events -= 1;
-            break;
+        match clock.step(&mut cluster) {
+            Ok(true) => cluster.retire_finished(),
+            Ok(false) => {
+                events -= 1;
+                break;
+            }
+            Err(e) => {
+                cluster.stopped_by(&e);
+                return Err(e);
+            }
         }
     }
     cluster.into_output(clock.now(), events)

@@ -79,7 +79,8 @@ pub struct InstanceReport {
 
 /// Everything a run produces.
 pub struct SimOutput {
-    /// Final state of every request, in input order.
+    /// Final state of every request, in input order (empty from a streaming run, whose results
+    /// are in its `RequestColumns`).
     pub requests: Vec<Request>,
     /// Rejection reason per rejected request index.
     pub rejections: Vec<(u32, String)>,
@@ -103,12 +104,16 @@ impl Cluster<'_> {
     pub(super) fn into_output(mut self, end: Nanos, events: u64) -> Result<SimOutput> {
         for inst in self.instances.iter_mut() {
             if let Some(e) = inst.take_policy_error() {
+                self.stopped_by(&e);
                 return Err(e);
             }
             inst.settle_decodes(self.reqs);
         }
-        if let Some((i, r)) = self.reqs.iter().enumerate().find(|(_, r)| !matches!(r.status, Status::Finished | Status::Rejected)) {
-            return Err(Error::Simulation { message: format!("request {i} never finished (status {:?}, {} of {} tokens generated)", r.status, r.generated, r.output) });
+        let retired = self.retirement.as_ref().map_or(0, |r| r.retired());
+        if let Some((i, r)) = self.reqs.iter().enumerate().skip(retired).find(|(_, r)| !matches!(r.status, Status::Finished | Status::Rejected)) {
+            let e = Error::Simulation { message: format!("request {i} never finished (status {:?}, {} of {} tokens generated)", r.status, r.generated, r.output) };
+            self.stopped_by(&e);
+            return Err(e);
         }
         let transfers = &self.transfers;
         let pool_names = &self.pool_names;
@@ -132,6 +137,14 @@ impl Cluster<'_> {
             })
             .collect();
         let mixed_pool = self.mixed_pool.as_ref().map(|m| m.services());
-        Ok(SimOutput { requests: std::mem::take(self.reqs), rejections: self.rejections, itl: self.itl, instances: reports, iterations: self.log, events, end_time: end, mixed_pool })
+        let requests = match self.retirement.as_mut() {
+            Some(r) => {
+                r.finish(self.reqs);
+                *self.reqs = Vec::new();
+                Vec::new()
+            }
+            None => std::mem::take(self.reqs),
+        };
+        Ok(SimOutput { requests, rejections: self.rejections, itl: self.itl, instances: reports, iterations: self.log, events, end_time: end, mixed_pool })
     }
 }
