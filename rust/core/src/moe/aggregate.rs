@@ -104,8 +104,9 @@ impl IterationRouting {
     }
 
     /// Writes into `out` (one layer's experts, every entry overwritten) the token-expert pairs of `tokens` tokens
-    /// (more than `E / k` of them) in `layer`: activated experts get their expected share.
-    fn draw(&mut self, layer: u32, tokens: u64, out: &mut [f64]) {
+    /// (more than `E / k` of them) in `layer`: activated experts get their expected share. Returns
+    /// the activated experts as bits (expert `i` at bit `i`; 0 past 64 experts).
+    fn draw(&mut self, layer: u32, tokens: u64, out: &mut [f64]) -> u64 {
         if tokens != self.unused_tokens {
             self.switch_table(tokens);
         }
@@ -115,37 +116,47 @@ impl IterationRouting {
         // The stream in a local (kept in registers, not stored back per draw).
         let mut rng = self.rng.clone();
         loop {
+            // The activated experts as bits first (at most 64 experts; else flag by flag).
+            let mut mask = 0u64;
+            if self.experts <= 64 {
+                for (i, &r) in ranks.iter().enumerate() {
+                    // `next_f64() >= q`, on the integer draw (`next_f64` is `(next_u64() >> 11) / 2^53`).
+                    mask |= ((rng.next_u64() >> 11 >= unused[r as usize]) as u64) << i;
+                }
+                // Every expert activated: the layer's shares for this token count, as computed
+                // the first time (the same operations on the same values).
+                if mask.count_ones() as usize == self.experts {
+                    if let Some(full) = self.table.full.get(lo..lo + self.experts).filter(|f| !f[0].is_nan()) {
+                        out.copy_from_slice(full);
+                        self.rng = rng;
+                        return mask;
+                    }
+                }
+            }
             // Branch-free (the flags are random): an unused expert adds +0.0, which leaves the
             // sums as they were.
             let (mut mass, mut activated) = (0.0, 0);
-            for (o, &r) in out.iter_mut().zip(ranks) {
-                // `next_f64() >= q`, on the integer draw (`next_f64` is `(next_u64() >> 11) / 2^53`).
-                let used = rng.next_u64() >> 11 >= unused[r as usize];
+            for (i, (o, &r)) in out.iter_mut().zip(ranks).enumerate() {
+                let used = if self.experts <= 64 { mask >> i & 1 != 0 } else { rng.next_u64() >> 11 >= unused[r as usize] };
                 *o = if used { self.inclusion[r as usize] } else { 0.0 };
                 mass += *o;
                 activated += used as usize;
             }
             if activated >= self.k && mass > 0.0 {
                 self.rng = rng;
-                // Every expert activated: the layer's shares for this token count, as computed
-                // the first time (the same operations on the same values).
                 if activated != self.experts {
                     self.shares(tokens, activated, mass, out);
-                    return;
+                    return mask;
                 }
                 if self.table.full.is_empty() && self.full_kept + self.rank.len() <= FULL_SHARES_KEPT {
                     self.table.full = vec![f64::NAN; self.rank.len()];
                     self.full_kept += self.rank.len();
                 }
-                match self.table.full.get(lo..lo + self.experts) {
-                    Some(full) if !full[0].is_nan() => out.copy_from_slice(full),
-                    Some(_) => {
-                        self.shares(tokens, activated, mass, out);
-                        self.table.full[lo..lo + self.experts].copy_from_slice(out);
-                    }
-                    None => self.shares(tokens, activated, mass, out),
+                self.shares(tokens, activated, mass, out);
+                if let Some(full) = self.table.full.get_mut(lo..lo + self.experts) {
+                    full.copy_from_slice(out);
                 }
-                return;
+                return mask;
             }
         }
     }
@@ -245,14 +256,20 @@ fn enumerate(w: &[f64], k: usize, p: f64, used: f64, chosen: &mut Vec<usize>, pi
 impl ExpertRuntime {
     /// Per-iteration routing of `spans` into the per-layer expert counts: every token of the
     /// iteration counts (no prefill sampling); a few tokens are drawn one by one.
+    /// With at most 64 experts it also keeps, for the bitmask timeline, each layer's used experts
+    /// as bits and the pairs every layer has (`tokens k`, whole).
     pub(super) fn route_aggregate(&mut self, spans: &[TokenSpan]) {
         let tokens: u64 = spans.iter().map(|s| s.tokens as u64).sum();
         self.stats.tokens += tokens;
+        let (e, k) = (self.experts as usize, self.k as usize);
+        let masks = &mut self.work.route_masks;
+        masks.clear();
+        self.work.route_pairs = (tokens * k as u64) as f64;
         if tokens == 0 {
             self.counts.iter_mut().for_each(|c| *c = 0.0);
+            masks.resize(self.layers as usize, 0);
             return;
         }
-        let (e, k) = (self.experts as usize, self.k as usize);
         let agg = self.aggregate.as_mut().expect("per-iteration routing has its aggregate");
         for l in 0..self.layers {
             let out = &mut self.counts[l as usize * e..(l as usize + 1) * e];
@@ -265,8 +282,9 @@ impl ExpertRuntime {
                         out[x as usize] += 1.0;
                     }
                 }
+                masks.push(out.iter().enumerate().fold(0u64, |m, (i, &c)| m | ((c != 0.0) as u64).checked_shl(i as u32).unwrap_or(0)));
             } else {
-                agg.draw(l, tokens, out);
+                masks.push(agg.draw(l, tokens, out));
             }
         }
     }

@@ -90,7 +90,7 @@ impl ExpertCache {
 
     /// [`Self::lookup`] with the hits and misses as bits (expert `i` at bit `i`, up to 64
     /// experts), each set taken in increasing id order as the slices would list them.
-    #[inline]
+    #[inline(always)]
     pub fn lookup_masks(&mut self, hits: u64, misses: u64) {
         let mut clock = self.clock;
         let mut h = hits;
@@ -118,6 +118,7 @@ impl ExpertCache {
     /// increasing id order: each is used and admitted, evicting the least recently used. Each
     /// admitted expert is the most recent when admitted, so the cache ends with the last
     /// `capacity` of them whatever it held: those are set directly, without a victim search.
+    #[inline(always)]
     fn admit_recent(&mut self, misses: u64) {
         let mut m = misses;
         while m != 0 {

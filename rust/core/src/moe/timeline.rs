@@ -38,6 +38,10 @@ pub struct TimelineScratch {
     pub(super) used_masks: Vec<u64>,
     /// Per layer and GPU: the experts this iteration's prefetches staged, as bits.
     pub(super) staged_masks: Vec<u64>,
+    /// Per layer: the used experts as bits, from per-iteration routing (with at most 64 experts).
+    pub(super) route_masks: Vec<u64>,
+    /// The token-expert pairs of every layer, from per-iteration routing (whole).
+    pub(super) route_pairs: f64,
 }
 
 impl ExpertRuntime {
