@@ -208,6 +208,15 @@ impl ExpertRuntime {
             let (mut order, mut n) = ([0u8; 64], 0usize);
             let mut wrong_guesses = false;
             let mut todo = used;
+            if unused == 0 {
+                // Every expert used: a wrong guess has nothing to name and draws nothing more,
+                // so the names are the rightly guessed experts, without a branch per guess.
+                while todo != 0 {
+                    let i = todo.trailing_zeros();
+                    todo &= todo - 1;
+                    named |= ((predictor.next_u64() >> 11 < accuracy_bits) as u64) << i;
+                }
+            }
             while todo != 0 {
                 let i = todo.trailing_zeros() as usize;
                 todo &= todo - 1;
