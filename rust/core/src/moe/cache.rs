@@ -120,12 +120,18 @@ impl ExpertCache {
     /// `capacity` of them whatever it held: those are set directly, without a victim search.
     #[inline(always)]
     fn admit_recent(&mut self, misses: u64) {
+        // The clock and each expert's last use, as `access` sets them (the use counts only
+        // decide LFU victims; they are kept as well).
+        let mut clock = self.clock;
         let mut m = misses;
         while m != 0 {
-            let e = m.trailing_zeros() as u16;
+            let e = m.trailing_zeros() as usize;
             m &= m - 1;
-            self.access(e);
+            clock += 1;
+            self.last_use[e] = clock;
+            self.uses[e] += 1;
         }
+        self.clock = clock;
         for &old in &self.members {
             self.resident[old as usize] = false;
         }

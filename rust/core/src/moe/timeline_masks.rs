@@ -105,7 +105,9 @@ impl ExpertRuntime {
                 } else {
                     in_order_sum(counts)
                 };
-                rank_pairs.push(pairs);
+                if ranks > 1 {
+                    rank_pairs.push(pairs);
+                }
                 activated += touched as u64;
                 let compute = if touched == 0 {
                     0.0
