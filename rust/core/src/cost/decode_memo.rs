@@ -48,8 +48,33 @@ impl CostModel {
         if !self.memo_applies(shape) {
             return self.iteration(shape);
         }
+        if memo.slots.is_empty() {
+            memo.slots.resize_with(SLOTS, Entry::default);
+        }
+        let e = &mut memo.slots[(shape.decode_seqs % SLOTS as u64) as usize];
         let mut c = IterationCost::default();
-        self.memo_ops(shape, memo, |op| c.charge(op));
+        if e.ops.is_empty() || e.decode_seqs != shape.decode_seqs || e.sampled != shape.sampled {
+            e.ops.clear();
+            self.for_each_op(shape, |op| e.ops.push(op));
+            (e.decode_seqs, e.sampled) = (shape.decode_seqs, shape.sampled);
+            for op in &e.ops {
+                c.charge(op);
+            }
+            return c;
+        }
+        let mut attention = None;
+        let mut pass = IterationPass::new(self, shape, |op| attention = Some(op));
+        pass.decode_attention();
+        let time_n = pass.time_n;
+        let overlap = self.eff.cpu_overlap == Some(true);
+        for op in &e.ops {
+            match (op.op, &attention) {
+                (Op::DecodeAttention, Some(a)) => c.charge(a),
+                // The full pass's running sum before the overhead is `c.seconds` here, bit for bit.
+                (Op::Overhead, _) if overlap => c.charge(&self.scaled(self.overhead_cost(shape, time_n, c.seconds))),
+                _ => c.charge(op),
+            }
+        }
         c
     }
 
@@ -74,7 +99,8 @@ impl CostModel {
     /// Calls `f` on each operator of the decode-only `shape` in execution order, as
     /// [`CostModel::for_each_op`] costs them: from `memo` when it holds this sequence count's
     /// (decode attention and, with an overlapped CPU step, the overhead recomputed), else costed
-    /// in full and stored there.
+    /// in full and stored there. ([`Self::iteration_memo`] spells the same walk out with its sums
+    /// inline: it runs for every decode iteration.)
     fn memo_ops(&self, shape: &BatchShape, memo: &mut DecodeOpsMemo, mut f: impl FnMut(&OpCost)) {
         if memo.slots.is_empty() {
             memo.slots.resize_with(SLOTS, Entry::default);
@@ -92,7 +118,7 @@ impl CostModel {
         pass.decode_attention();
         let time_n = pass.time_n;
         let overlap = self.eff.cpu_overlap == Some(true);
-        // The running sum the full pass charges the overhead against.
+        // The running sum the full pass charges the overhead against (kept only when needed).
         let mut c = IterationCost::default();
         for op in &e.ops {
             let overhead;
@@ -105,7 +131,9 @@ impl CostModel {
                 }
                 _ => op,
             };
-            c.charge(op);
+            if overlap {
+                c.charge(op);
+            }
             f(op);
         }
     }
