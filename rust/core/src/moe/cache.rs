@@ -132,18 +132,18 @@ impl ExpertCache {
             self.uses[e] += 1;
         }
         self.clock = clock;
-        for &old in &self.members {
-            self.resident[old as usize] = false;
-        }
-        self.members.clear();
+        // A full cache has `capacity` members: each slot takes one of the kept experts.
         let mut keep = misses;
         let mut mask = 0u64;
-        for _ in 0..self.capacity {
+        for slot in self.members.iter_mut() {
+            self.resident[*slot as usize] = false;
             let e = 63 - keep.leading_zeros() as usize;
             keep &= !(1u64 << e);
             mask |= 1u64 << e;
-            self.resident[e] = true;
-            self.members.push(e as u16);
+            *slot = e as u16;
+        }
+        for slot in &self.members {
+            self.resident[*slot as usize] = true;
         }
         self.mask = mask;
     }

@@ -65,7 +65,9 @@ impl ExpertRuntime {
         let all = if per_gpu == 64 { u64::MAX } else { (1u64 << per_gpu) - 1 };
         // Per-iteration routing drew them as bits already (whole counts, at most 64 experts).
         let routed = whole_counts && e <= 64 && self.work.route_masks.len() == layers;
-        if routed {
+        if routed && ranks == 1 {
+            used_masks.extend_from_slice(&self.work.route_masks);
+        } else if routed {
             for &m in &self.work.route_masks {
                 used_masks.extend((0..ranks).map(|r| (m >> (r * per_gpu)) & all));
             }
