@@ -13,7 +13,7 @@
 //! same order as the full pass's). Not memoised (computed in full): batches with prefill chunks,
 //! and cost models with offloaded weights (their fetch stalls only beyond the time before it).
 
-use super::iteration::IterationPass;
+use super::iteration::{IterationPass, MoeLayerSplit};
 use super::{BatchShape, CostModel, IterationCost, Op, OpCost};
 
 /// Direct-mapped slots, by sequence count: batch sizes within a range of this many share none.
@@ -45,8 +45,7 @@ impl CostModel {
     /// than decode attention taken from `memo` when it holds them for this sequence count (and
     /// stored there otherwise). Bit-identical to `iteration(shape)`.
     pub fn iteration_memo(&self, shape: &BatchShape, memo: &mut DecodeOpsMemo) -> IterationCost {
-        let decode_only = shape.prefill_tokens == 0 && shape.prefill_seqs == 0 && shape.decode_seqs > 0;
-        if !decode_only || !self.decode_ops_memoizable() {
+        if !self.memo_applies(shape) {
             return self.iteration(shape);
         }
         if memo.slots.is_empty() {
@@ -77,6 +76,66 @@ impl CostModel {
             }
         }
         c
+    }
+
+    /// [`CostModel::moe_layer_split`] of `shape`, with its operators taken as
+    /// [`Self::iteration_memo`] takes them (right after it, on the same shape, the memo holds
+    /// them). Bit-identical to `moe_layer_split(shape)`.
+    pub fn moe_layer_split_memo(&self, shape: &BatchShape, memo: &mut DecodeOpsMemo) -> (f64, f64) {
+        if !self.memo_applies(shape) {
+            return self.moe_layer_split(shape);
+        }
+        let mut split = MoeLayerSplit::default();
+        self.memo_ops(shape, memo, |op| split.add(op));
+        split.finish(self)
+    }
+
+    /// Whether `shape`'s operators can come from the memo: a decode-only batch, on a cost model
+    /// whose decode operators are memoizable.
+    fn memo_applies(&self, shape: &BatchShape) -> bool {
+        shape.prefill_tokens == 0 && shape.prefill_seqs == 0 && shape.decode_seqs > 0 && self.decode_ops_memoizable()
+    }
+
+    /// Calls `f` on each operator of the decode-only `shape` in execution order, as
+    /// [`CostModel::for_each_op`] costs them: from `memo` when it holds this sequence count's
+    /// (decode attention and, with an overlapped CPU step, the overhead recomputed), else costed
+    /// in full and stored there. ([`Self::iteration_memo`] spells the same walk out with its sums
+    /// inline: it runs for every decode iteration.)
+    fn memo_ops(&self, shape: &BatchShape, memo: &mut DecodeOpsMemo, mut f: impl FnMut(&OpCost)) {
+        if memo.slots.is_empty() {
+            memo.slots.resize_with(SLOTS, Entry::default);
+        }
+        let e = &mut memo.slots[(shape.decode_seqs % SLOTS as u64) as usize];
+        if e.ops.is_empty() || e.decode_seqs != shape.decode_seqs || e.sampled != shape.sampled {
+            e.ops.clear();
+            self.for_each_op(shape, |op| e.ops.push(op));
+            (e.decode_seqs, e.sampled) = (shape.decode_seqs, shape.sampled);
+            e.ops.iter().for_each(f);
+            return;
+        }
+        let mut attention = None;
+        let mut pass = IterationPass::new(self, shape, |op| attention = Some(op));
+        pass.decode_attention();
+        let time_n = pass.time_n;
+        let overlap = self.eff.cpu_overlap == Some(true);
+        // The running sum the full pass charges the overhead against (kept only when needed).
+        let mut c = IterationCost::default();
+        for op in &e.ops {
+            let overhead;
+            let op = match (op.op, &attention) {
+                (Op::DecodeAttention, Some(a)) => a,
+                // The full pass's running sum before the overhead is `c.seconds` here, bit for bit.
+                (Op::Overhead, _) if overlap => {
+                    overhead = self.scaled(self.overhead_cost(shape, time_n, c.seconds));
+                    &overhead
+                }
+                _ => op,
+            };
+            if overlap {
+                c.charge(op);
+            }
+            f(op);
+        }
     }
 }
 
@@ -155,6 +214,30 @@ mod tests {
                 overheads.push(op(&cm.breakdown(&s), Op::Overhead).seconds);
             }
             assert!(overheads[0] > 0.0 && overheads[1] == 0.0, "{overheads:?}");
+        }
+    }
+
+    #[test]
+    fn memoised_moe_split_is_bit_identical_to_the_full_pass() {
+        // Mixtral's split into one MoE layer's non-expert time and the rest, through the memo
+        // right after the iteration's cost (as an instance takes them), with and without an
+        // overlapped CPU step: bit for bit the full pass's, hits and misses alike.
+        for eff in [ideal(), Efficiency { iteration_overhead: 6e-3, seq_overhead: Some(10e-6), cpu_overlap: Some(true), ..ideal() }] {
+            let cm = CostModel::new(mixtral_8x7b(), h100(), eff, 1).unwrap();
+            let mut memo = DecodeOpsMemo::default();
+            for step in 0..30u64 {
+                for n in [3u64, 64, 67] {
+                    let s = decodes(n, 200 + 500 * step);
+                    cm.iteration_memo(&s, &mut memo);
+                    let (base, fixed) = cm.moe_layer_split_memo(&s, &mut memo);
+                    let (b, f) = cm.moe_layer_split(&s);
+                    assert_eq!((base.to_bits(), fixed.to_bits()), (b.to_bits(), f.to_bits()), "n={n} step={step}");
+                    assert!(base > 0.0 && fixed > 0.0);
+                }
+            }
+            let mut p = decodes(5, 300);
+            p.add_prefill(200, 0, true);
+            assert_eq!(cm.moe_layer_split_memo(&p, &mut memo), cm.moe_layer_split(&p));
         }
     }
 }

@@ -215,15 +215,9 @@ impl CostModel {
     /// Splits an iteration of `shape` for the expert timeline: (seconds of one MoE layer without
     /// its routed experts, seconds outside the MoE layers: embedding, LM head, overheads, dense layers).
     pub fn moe_layer_split(&self, shape: &BatchShape) -> (f64, f64) {
-        let (mut fixed, mut layered) = (0.0, 0.0);
-        self.for_each_op(shape, |c| match c.op {
-            Op::MoeExperts => {}
-            Op::Embedding | Op::LmHead | Op::Overhead | Op::WeightFetch | Op::PipelineSend => fixed += c.seconds,
-            _ => layered += c.seconds,
-        });
-        let per_layer = layered / self.model.num_layers as f64;
-        let dense = (self.model.num_layers - self.model.moe_layers()) as f64;
-        (per_layer, fixed + dense * per_layer)
+        let mut split = MoeLayerSplit::default();
+        self.for_each_op(shape, |c| split.add(&c));
+        split.finish(self)
     }
 
     /// The per-operator breakdown of one iteration.
@@ -231,6 +225,33 @@ impl CostModel {
         let mut v = Vec::with_capacity(11);
         self.for_each_op(shape, |c| v.push(c));
         v
+    }
+}
+
+/// The sums of [`CostModel::moe_layer_split`], operator by operator in execution order.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct MoeLayerSplit {
+    fixed: f64,
+    layered: f64,
+}
+
+impl MoeLayerSplit {
+    /// Adds one operator: the routed experts to neither sum, the embedding, LM head, overheads,
+    /// weight fetch and pipeline sends to the fixed part, the rest to the layers.
+    #[inline]
+    pub(super) fn add(&mut self, c: &OpCost) {
+        match c.op {
+            Op::MoeExperts => {}
+            Op::Embedding | Op::LmHead | Op::Overhead | Op::WeightFetch | Op::PipelineSend => self.fixed += c.seconds,
+            _ => self.layered += c.seconds,
+        }
+    }
+
+    /// (seconds of one MoE layer without its routed experts, seconds outside the MoE layers).
+    pub(super) fn finish(self, cost: &CostModel) -> (f64, f64) {
+        let per_layer = self.layered / cost.model.num_layers as f64;
+        let dense = (cost.model.num_layers - cost.model.moe_layers()) as f64;
+        (per_layer, self.fixed + dense * per_layer)
     }
 }
 

@@ -72,7 +72,11 @@ impl Instance {
             // and its proposer runs before it.
             let verify = self.spec.as_ref().and_then(|s| s.verify());
             let spans: Vec<TokenSpan> = self.batch.items.iter().map(|i| TokenSpan { req: i.req, start: reqs[i.req as usize].computed as u64, tokens: i.tokens + i.draft }).collect();
-            let (base, fixed) = self.cost.moe_layer_split(verify.map_or(&self.batch.shape, |v| &v.0));
+            // The batch's own shape was just costed through the decode memo: its operators are there.
+            let (base, fixed) = match verify {
+                Some(v) => self.cost.moe_layer_split(&v.0),
+                None => self.cost.moe_layer_split_memo(&self.batch.shape, &mut self.decode_memo),
+            };
             let x = m.iteration(&spans, &self.cost, base, fixed);
             compute_ns = secs_to_ns(match verify {
                 Some(&(_, proposer)) => x.seconds + proposer,

@@ -43,16 +43,32 @@ pub struct IterationRouting {
     ln_unused: Vec<f64>,
     /// Per layer and expert, the expert's popularity rank in its layer.
     rank: Vec<u32>,
-    /// The token count `unused` was computed for.
+    /// The token count `table` is for.
     unused_tokens: u64,
-    /// Per rank, the activation threshold for `unused_tokens` tokens: with `q` the probability
-    /// that they all miss the expert, `ceil(q * 2^53)`, so that a draw's 53 random bits `m` are at
-    /// least it exactly when the draw `m / 2^53` is at least `q` (both exact in binary).
-    unused: Vec<u64>,
-    /// The thresholds of every token count met so far (they depend on the count only).
-    unused_by_tokens: HashMap<u64, Box<[u64]>>,
+    /// What depends on the token count alone, for `unused_tokens` tokens.
+    table: TokenTable,
+    /// The tables of the other token counts met so far.
+    tables: HashMap<u64, TokenTable>,
+    /// Pairs kept in the tables' `full` shares.
+    full_kept: usize,
     rng: RngStream,
 }
+
+/// What a layer's draw for one token count reuses.
+#[derive(Debug, Clone)]
+struct TokenTable {
+    /// Per rank, the activation threshold: with `q` the probability that the tokens all miss the
+    /// expert, `ceil(q * 2^53)`, so that a draw's 53 random bits `m` are at least it exactly when
+    /// the draw `m / 2^53` is at least `q` (both exact in binary).
+    unused: Box<[u64]>,
+    /// Per layer and expert, the pairs when every expert of the layer is activated (the shares
+    /// then depend on the layer and the token count only); NaN at a layer's first expert until
+    /// computed. Empty until first needed, and left empty once [`FULL_SHARES_KEPT`] are kept.
+    full: Vec<f64>,
+}
+
+/// Pairs (8 bytes each) kept for fully activated layers over all token counts: 16 MiB.
+const FULL_SHARES_KEPT: usize = 1 << 21;
 
 impl IterationRouting {
     /// The aggregate of `router`'s routing model, drawing from the stream `stream` seeded by `seed`.
@@ -76,7 +92,8 @@ impl IterationRouting {
         }
         let inclusion = if sorted_w.iter().all(|&x| x == sorted_w[0]) { vec![k as f64 / e as f64; e] } else { inclusion_probabilities(&sorted_w, k, seed, stream) };
         let ln_unused = inclusion.iter().map(|&p| (1.0 - p).max(0.0).ln()).collect();
-        IterationRouting { experts: e, k, inclusion, ln_unused, rank, unused_tokens: 0, unused: vec![1 << 53; e], unused_by_tokens: HashMap::new(), rng: RngStream::new(seed, stream) }
+        let table = TokenTable { unused: vec![1 << 53; e].into(), full: Vec::new() };
+        IterationRouting { experts: e, k, inclusion, ln_unused, rank, unused_tokens: 0, table, tables: HashMap::new(), full_kept: 0, rng: RngStream::new(seed, stream) }
     }
 
     /// Inclusion probability of each expert of `layer` (sums to `k`).
@@ -87,52 +104,94 @@ impl IterationRouting {
     }
 
     /// Writes into `out` (one layer's experts, every entry overwritten) the token-expert pairs of `tokens` tokens
-    /// (more than `E / k` of them) in `layer`: activated experts get their expected share.
-    fn draw(&mut self, layer: u32, tokens: u64, out: &mut [f64]) {
+    /// (more than `E / k` of them) in `layer`: activated experts get their expected share. Returns
+    /// the activated experts as bits (expert `i` at bit `i`; 0 past 64 experts).
+    fn draw(&mut self, layer: u32, tokens: u64, out: &mut [f64]) -> u64 {
         if tokens != self.unused_tokens {
-            let ln_unused = &self.ln_unused;
-            let t = self.unused_by_tokens.entry(tokens).or_insert_with(|| ln_unused.iter().map(|&ln| ((tokens as f64 * ln).exp() * UNIT).ceil() as u64).collect());
-            self.unused.copy_from_slice(t);
-            self.unused_tokens = tokens;
+            self.switch_table(tokens);
         }
         let lo = layer as usize * self.experts;
         let ranks = &self.rank[lo..lo + self.experts];
+        let unused = &self.table.unused;
         // The stream in a local (kept in registers, not stored back per draw).
         let mut rng = self.rng.clone();
         loop {
+            // The activated experts as bits first (at most 64 experts; else flag by flag).
+            let mut mask = 0u64;
+            if self.experts <= 64 {
+                for (i, &r) in ranks.iter().enumerate() {
+                    // `next_f64() >= q`, on the integer draw (`next_f64` is `(next_u64() >> 11) / 2^53`).
+                    mask |= ((rng.next_u64() >> 11 >= unused[r as usize]) as u64) << i;
+                }
+                // Every expert activated: the layer's shares for this token count, as computed
+                // the first time (the same operations on the same values).
+                if mask.count_ones() as usize == self.experts {
+                    if let Some(full) = self.table.full.get(lo..lo + self.experts).filter(|f| !f[0].is_nan()) {
+                        out.copy_from_slice(full);
+                        self.rng = rng;
+                        return mask;
+                    }
+                }
+            }
             // Branch-free (the flags are random): an unused expert adds +0.0, which leaves the
             // sums as they were.
             let (mut mass, mut activated) = (0.0, 0);
-            for (o, &r) in out.iter_mut().zip(ranks) {
-                // `next_f64() >= q`, on the integer draw (`next_f64` is `(next_u64() >> 11) / 2^53`).
-                let used = rng.next_u64() >> 11 >= self.unused[r as usize];
+            for (i, (o, &r)) in out.iter_mut().zip(ranks).enumerate() {
+                let used = if self.experts <= 64 { mask >> i & 1 != 0 } else { rng.next_u64() >> 11 >= unused[r as usize] };
                 *o = if used { self.inclusion[r as usize] } else { 0.0 };
                 mass += *o;
                 activated += used as usize;
             }
             if activated >= self.k && mass > 0.0 {
-                // Whole pairs: one per activated expert, the rest by cumulative rounding of the
-                // shares, so every layer's total is exactly n * k (and the kernel time repeats).
-                let rest = tokens * self.k as u64 - activated as u64;
-                let share = rest as f64 / mass;
-                let (mut cum, mut given, mut last) = (0.0, 0u64, 0);
-                // Branch-free too: an unused expert leaves `cum` as it is (it adds 0 * share), so
-                // its `upto` is `given` again and it keeps 0. Through i64 (exact below 2^63), as
-                // the unsigned conversions branch.
-                for (i, o) in out.iter_mut().enumerate() {
-                    let on = *o > 0.0;
-                    cum += *o * share;
-                    // Rounded to nearest (cum >= 0), without a libm call.
-                    let upto = ((cum + 0.5) as i64 as u64).clamp(given, rest);
-                    *o = if on { (1 + upto - given) as i64 as f64 } else { 0.0 };
-                    given = upto;
-                    last = if on { i } else { last };
-                }
-                out[last] += (rest - given) as f64;
                 self.rng = rng;
-                return;
+                if activated != self.experts {
+                    self.shares(tokens, activated, mass, out);
+                    return mask;
+                }
+                if self.table.full.is_empty() && self.full_kept + self.rank.len() <= FULL_SHARES_KEPT {
+                    self.table.full = vec![f64::NAN; self.rank.len()];
+                    self.full_kept += self.rank.len();
+                }
+                self.shares(tokens, activated, mass, out);
+                if let Some(full) = self.table.full.get_mut(lo..lo + self.experts) {
+                    full.copy_from_slice(out);
+                }
+                return mask;
             }
         }
+    }
+
+    /// Makes `tokens`' table the current one (kept with the others met so far).
+    fn switch_table(&mut self, tokens: u64) {
+        let next = self.tables.remove(&tokens).unwrap_or_else(|| TokenTable {
+            unused: self.ln_unused.iter().map(|&ln| ((tokens as f64 * ln).exp() * UNIT).ceil() as u64).collect(),
+            full: Vec::new(),
+        });
+        let previous = std::mem::replace(&mut self.table, next);
+        self.tables.insert(self.unused_tokens, previous);
+        self.unused_tokens = tokens;
+    }
+
+    /// Turns the activated experts' inclusion probabilities in `out` (0 for the others; `mass`
+    /// their sum) into whole pairs: one per activated expert, the rest by cumulative rounding of
+    /// the shares, so every layer's total is exactly `tokens * k` (and the kernel time repeats).
+    fn shares(&self, tokens: u64, activated: usize, mass: f64, out: &mut [f64]) {
+        let rest = tokens * self.k as u64 - activated as u64;
+        let share = rest as f64 / mass;
+        let (mut cum, mut given, mut last) = (0.0, 0u64, 0);
+        // Branch-free too: an unused expert leaves `cum` as it is (it adds 0 * share), so
+        // its `upto` is `given` again and it keeps 0. Through i64 (exact below 2^63), as
+        // the unsigned conversions branch.
+        for (i, o) in out.iter_mut().enumerate() {
+            let on = *o > 0.0;
+            cum += *o * share;
+            // Rounded to nearest (cum >= 0), without a libm call.
+            let upto = ((cum + 0.5) as i64 as u64).clamp(given, rest);
+            *o = if on { (1 + upto - given) as i64 as f64 } else { 0.0 };
+            given = upto;
+            last = if on { i } else { last };
+        }
+        out[last] += (rest - given) as f64;
     }
 }
 
@@ -197,14 +256,20 @@ fn enumerate(w: &[f64], k: usize, p: f64, used: f64, chosen: &mut Vec<usize>, pi
 impl ExpertRuntime {
     /// Per-iteration routing of `spans` into the per-layer expert counts: every token of the
     /// iteration counts (no prefill sampling); a few tokens are drawn one by one.
+    /// With at most 64 experts it also keeps, for the bitmask timeline, each layer's used experts
+    /// as bits and the pairs every layer has (`tokens k`, whole).
     pub(super) fn route_aggregate(&mut self, spans: &[TokenSpan]) {
         let tokens: u64 = spans.iter().map(|s| s.tokens as u64).sum();
         self.stats.tokens += tokens;
+        let (e, k) = (self.experts as usize, self.k as usize);
+        let masks = &mut self.work.route_masks;
+        masks.clear();
+        self.work.route_pairs = (tokens * k as u64) as f64;
         if tokens == 0 {
             self.counts.iter_mut().for_each(|c| *c = 0.0);
+            masks.resize(self.layers as usize, 0);
             return;
         }
-        let (e, k) = (self.experts as usize, self.k as usize);
         let agg = self.aggregate.as_mut().expect("per-iteration routing has its aggregate");
         for l in 0..self.layers {
             let out = &mut self.counts[l as usize * e..(l as usize + 1) * e];
@@ -217,8 +282,9 @@ impl ExpertRuntime {
                         out[x as usize] += 1.0;
                     }
                 }
+                masks.push(out.iter().enumerate().fold(0u64, |m, (i, &c)| m | ((c != 0.0) as u64).checked_shl(i as u32).unwrap_or(0)));
             } else {
-                agg.draw(l, tokens, out);
+                masks.push(agg.draw(l, tokens, out));
             }
         }
     }

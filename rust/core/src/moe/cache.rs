@@ -19,6 +19,8 @@ pub struct ExpertCache {
     count: usize,
     /// The resident experts (any order), so that finding a victim scans the cache, not the layer.
     members: Vec<u16>,
+    /// The resident flags as bits (expert `i` at bit `i`; only for up to 64 experts).
+    mask: u64,
 }
 
 impl ExpertCache {
@@ -27,13 +29,14 @@ impl ExpertCache {
     pub fn new(policy: CachePolicy, experts: u32, capacity: u32, popular: &[f64]) -> Self {
         let n = experts as usize;
         let capacity = (capacity as usize).min(n);
-        let mut c = ExpertCache { policy, capacity, resident: vec![false; n], last_use: vec![0; n], uses: vec![0; n], clock: 0, count: 0, members: Vec::with_capacity(capacity) };
+        let mut c = ExpertCache { policy, capacity, resident: vec![false; n], last_use: vec![0; n], uses: vec![0; n], clock: 0, count: 0, members: Vec::with_capacity(capacity), mask: 0 };
         if policy == CachePolicy::Static {
             let mut order: Vec<usize> = (0..n).collect();
             order.sort_by(|&a, &b| popular[b].partial_cmp(&popular[a]).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(&b)));
             for &e in order.iter().take(capacity) {
                 c.resident[e] = true;
                 c.members.push(e as u16);
+                c.mask |= bit(e);
             }
             c.count = capacity;
         }
@@ -79,6 +82,72 @@ impl ExpertCache {
         &self.resident
     }
 
+    /// The resident experts as bits (expert `i` at bit `i`): exact for caches of up to 64 experts.
+    #[inline]
+    pub fn resident_mask(&self) -> u64 {
+        self.mask
+    }
+
+    /// [`Self::lookup`] with the hits and misses as bits (expert `i` at bit `i`, up to 64
+    /// experts), each set taken in increasing id order as the slices would list them.
+    #[inline(always)]
+    pub fn lookup_masks(&mut self, hits: u64, misses: u64) {
+        let mut clock = self.clock;
+        let mut h = hits;
+        while h != 0 {
+            let e = h.trailing_zeros() as usize;
+            h &= h - 1;
+            clock += 1;
+            self.last_use[e] = clock;
+            self.uses[e] += 1;
+        }
+        self.clock = clock;
+        if self.policy == CachePolicy::Lru && self.capacity > 0 && self.count == self.capacity && misses.count_ones() as usize >= self.capacity {
+            return self.admit_recent(misses);
+        }
+        let mut m = misses;
+        while m != 0 {
+            let e = m.trailing_zeros() as u16;
+            m &= m - 1;
+            self.access(e);
+            self.admit(e);
+        }
+    }
+
+    /// A full LRU cache's lookups of `misses` (at least `capacity` of them, none resident) in
+    /// increasing id order: each is used and admitted, evicting the least recently used. Each
+    /// admitted expert is the most recent when admitted, so the cache ends with the last
+    /// `capacity` of them whatever it held: those are set directly, without a victim search.
+    #[inline(always)]
+    fn admit_recent(&mut self, misses: u64) {
+        // The clock and each expert's last use, as `access` sets them (the use counts only
+        // decide LFU victims; they are kept as well).
+        let mut clock = self.clock;
+        let mut m = misses;
+        while m != 0 {
+            let e = m.trailing_zeros() as usize;
+            m &= m - 1;
+            clock += 1;
+            self.last_use[e] = clock;
+            self.uses[e] += 1;
+        }
+        self.clock = clock;
+        // A full cache has `capacity` members: each slot takes one of the kept experts.
+        let mut keep = misses;
+        let mut mask = 0u64;
+        for slot in self.members.iter_mut() {
+            self.resident[*slot as usize] = false;
+            let e = 63 - keep.leading_zeros() as usize;
+            keep &= !(1u64 << e);
+            mask |= 1u64 << e;
+            *slot = e as u16;
+        }
+        for slot in &self.members {
+            self.resident[*slot as usize] = true;
+        }
+        self.mask = mask;
+    }
+
     /// Admits a fetched `expert`, evicting one if full; returns the evicted expert.
     #[inline(always)]
     pub fn admit(&mut self, expert: u16) -> Option<u16> {
@@ -101,9 +170,11 @@ impl ExpertCache {
             self.members[slot] = expert;
             self.resident[victim] = false;
             self.resident[e] = true;
+            self.mask = (self.mask & !bit(victim)) | bit(e);
             return Some(victim as u16);
         }
         self.resident[e] = true;
+        self.mask |= bit(e);
         self.members.push(expert);
         self.count += 1;
         None
@@ -131,6 +202,12 @@ impl ExpertCache {
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }
+}
+
+/// Expert `e`'s bit in a resident mask (none past 64 experts, where the mask is not used).
+#[inline(always)]
+fn bit(e: usize) -> u64 {
+    1u64.checked_shl(e as u32).unwrap_or(0)
 }
 
 /// Replays `accesses` (one layer's expert ids in order) through a fresh cache; returns the hits.

@@ -114,6 +114,21 @@ impl GpuExpertCaches {
         }
     }
 
+    /// `layer`'s built-in cache, to update (`None` for a plugged policy).
+    #[inline]
+    pub fn builtin_layer_mut(&mut self, layer: u32) -> Option<&mut ExpertCache> {
+        match self {
+            GpuExpertCaches::Builtin(b) => Some(&mut b.layers[layer as usize]),
+            GpuExpertCaches::Plugged(_) => None,
+        }
+    }
+
+    /// Whether the caches are the built-in ones.
+    #[inline]
+    pub fn is_builtin(&self) -> bool {
+        matches!(self, GpuExpertCaches::Builtin(_))
+    }
+
     /// See [`ExpertCachePolicy::used_and_resident`].
     #[inline]
     pub fn used_and_resident(&self, layer: u32, used: &[f64], hit: &mut Vec<bool>) {

@@ -12,6 +12,7 @@ pub mod routing;
 pub mod runtime;
 pub mod stats;
 mod timeline;
+mod timeline_masks;
 
 #[cfg(test)]
 mod tests;

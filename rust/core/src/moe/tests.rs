@@ -259,3 +259,40 @@ fn a_plugged_cache_error_is_kept_for_the_instance() {
     let err = ExpertRuntime::new(&cfg, &cm, Some(trace(2)), 1, "t", None).err().expect("refused");
     assert!(err.to_string().contains("experts.cache.policy"), "{err}");
 }
+
+#[test]
+fn the_bitmask_timeline_matches_the_flag_by_flag_one() {
+    // The built-in caches take the bitmask timeline (`timeline_masks.rs`); the same caches plugged
+    // in take the flag-by-flag one. Both must give the same iterations and counters, bit for bit,
+    // with Zipf routing per token and per iteration, LRU and LFU, wrong prefetch guesses and
+    // prefetching 1 or 2 layers ahead.
+    use super::cache_policy::BuiltinExpertCaches;
+    use super::config::RoutingSampling;
+    use crate::rng::RngStream;
+    let cm = cost(0.7e-3);
+    for (sampling, policy, cache, prefetch, lead) in [
+        (RoutingSampling::PerIteration, CachePolicy::Lru, 2, Some(0.6), 1),
+        (RoutingSampling::PerIteration, CachePolicy::Lru, 1, Some(0.9), 2),
+        (RoutingSampling::PerIteration, CachePolicy::Lfu, 2, Some(0.5), 1),
+        (RoutingSampling::PerIteration, CachePolicy::Lru, 3, None, 1),
+        (RoutingSampling::PerToken, CachePolicy::Lru, 2, Some(0.7), 1),
+        (RoutingSampling::PerToken, CachePolicy::Lfu, 1, Some(0.8), 2),
+    ] {
+        let mut cfg = config(cache, None);
+        cfg.routing = RoutingSpec { kind: RoutingKind::Zipf, zipf_exponent: 0.9, sampling, ..RoutingSpec::default() };
+        cfg.cache.policy = policy;
+        cfg.prefetch = prefetch.map(|accuracy| PrefetchSpec { accuracy, lead_layers: lead });
+        let make = |site: ExpertCacheSite| -> crate::error::Result<Box<dyn ExpertCachePolicy>> { Ok(Box::new(BuiltinExpertCaches::new(policy, site, |_| vec![1.0; 4]))) };
+        let mut masks = ExpertRuntime::new(&cfg, &cm, None, 5, "t", None).unwrap();
+        let mut flags = ExpertRuntime::new(&cfg, &cm, None, 5, "t", Some(&make)).unwrap();
+        assert!(masks.masks_apply() && !flags.masks_apply());
+        let mut rng = RngStream::new(3, "spans");
+        for i in 0..400u64 {
+            let spans: Vec<TokenSpan> = (0..1 + rng.below(5) as u32).map(|r| TokenSpan { req: r, start: i, tokens: 1 + rng.below(if i % 7 == 0 { 40 } else { 2 }) as u32 }).collect();
+            let base = 1e-4 * (1 + rng.below(20)) as f64;
+            assert_eq!(masks.iteration(&spans, &cm, base, 1e-3), flags.iteration(&spans, &cm, base, 1e-3), "iteration {i} of {sampling:?} {policy:?}");
+        }
+        assert_eq!(masks.stats, flags.stats);
+        assert!(masks.stats.prefetch_hits > 0 || prefetch.is_none());
+    }
+}

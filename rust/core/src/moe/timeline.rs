@@ -18,9 +18,9 @@ use crate::cost::CostModel;
 #[derive(Debug, Clone, Default)]
 pub struct TimelineScratch {
     /// Per GPU: when its fetch link is next free.
-    link_free: Vec<f64>,
+    pub(super) link_free: Vec<f64>,
     /// Per GPU: this layer's token-expert pairs.
-    rank_pairs: Vec<f64>,
+    pub(super) rank_pairs: Vec<f64>,
     /// Per expert of one GPU: whether it was cached when the layer looked.
     hit: Vec<bool>,
     /// This layer's cached experts on one GPU.
@@ -31,9 +31,17 @@ pub struct TimelineScratch {
     named: Vec<usize>,
     /// Per touched-expert count: the token-expert pairs (bits) and seconds of the expert kernel
     /// timed this iteration (layers mostly repeat a few); `u64::MAX`: none yet.
-    kernel: Vec<(u64, f64)>,
+    pub(super) kernel: Vec<(u64, f64)>,
     /// Indices into `staged` that this iteration's prefetches set (reset at the next iteration).
-    staged_set: Vec<u32>,
+    pub(super) staged_set: Vec<u32>,
+    /// Per layer and GPU: the used experts as bits (the bitmask timeline, `timeline_masks.rs`).
+    pub(super) used_masks: Vec<u64>,
+    /// Per layer and GPU: the experts this iteration's prefetches staged, as bits.
+    pub(super) staged_masks: Vec<u64>,
+    /// Per layer: the used experts as bits, from per-iteration routing (with at most 64 experts).
+    pub(super) route_masks: Vec<u64>,
+    /// The token-expert pairs of every layer, from per-iteration routing (whole).
+    pub(super) route_pairs: f64,
 }
 
 impl ExpertRuntime {
@@ -41,6 +49,9 @@ impl ExpertRuntime {
     /// `base` seconds of non-expert work and the experts `cost` charges for the routed tokens.
     pub fn iteration(&mut self, spans: &[TokenSpan], cost: &CostModel, base: f64, fixed: f64) -> ExpertIteration {
         self.route(spans);
+        if self.masks_apply() {
+            return self.iteration_masked(cost, base, fixed);
+        }
         self.stats.iterations += 1;
         let (e, per_gpu) = (self.experts as usize, self.residency.experts_per_gpu as usize);
         let offloaded = self.cfg.offloaded();
@@ -256,7 +267,7 @@ impl ExpertRuntime {
 
 /// The later of two instants (`f64::max` without its NaN handling, which the times never need).
 #[inline(always)]
-fn later(a: f64, b: f64) -> f64 {
+pub(super) fn later(a: f64, b: f64) -> f64 {
     if b > a {
         b
     } else {
@@ -266,7 +277,7 @@ fn later(a: f64, b: f64) -> f64 {
 
 /// The pairs (summed in order, as weighted counts need) and the touched experts of `counts`.
 #[inline]
-fn in_order_sum(counts: &[f64]) -> (f64, usize) {
+pub(super) fn in_order_sum(counts: &[f64]) -> (f64, usize) {
     let (mut pairs, mut touched) = (0.0f64, 0usize);
     for &c in counts {
         pairs += c;
@@ -278,7 +289,7 @@ fn in_order_sum(counts: &[f64]) -> (f64, usize) {
 /// [`in_order_sum`] for whole-number counts (below 2^53 in all): every partial sum is exact, so
 /// four running sums give the same total without one long chain of dependent additions.
 #[inline]
-fn whole_sum(counts: &[f64]) -> (f64, usize) {
+pub(super) fn whole_sum(counts: &[f64]) -> (f64, usize) {
     let (mut lanes, mut touched) = ([0.0f64; 4], 0usize);
     let mut chunks = counts.chunks_exact(4);
     for c in &mut chunks {

@@ -1,8 +1,7 @@
 //! The network's clock: finding the next internal event, moving flows forward in time, and
 //! handling activations and completions as they fall due.
 
-use super::flow::{FlowId, FlowRecord, NetEvent};
-use super::link::LinkId;
+use super::flow::{FlowRecord, NetEvent};
 use super::Network;
 use crate::error::{Error, Result};
 use crate::time::{Nanos, NS_PER_SEC};
@@ -55,13 +54,13 @@ impl Network {
     /// Activates or completes every flow whose event is due by `t` (the clock, already there),
     /// then recomputes the rates of the flows connected to the links they cross.
     pub(super) fn process_due(&mut self, t: Nanos) {
-        let due: Vec<FlowId> =
-            self.flows.iter().filter(|(&id, f)| f.next_event(id).0 <= t).map(|(&id, _)| id).collect();
+        let (mut due, mut touched) = std::mem::take(&mut self.due_work);
+        due.extend(self.flows.iter().filter(|(&id, f)| f.next_event(id).0 <= t).map(|(&id, _)| id));
         if due.is_empty() {
+            self.due_work = (due, touched);
             return;
         }
-        let mut touched: Vec<LinkId> = Vec::new();
-        for id in due {
+        for &id in &due {
             let Some(flow) = self.flows.get_mut(&id) else { continue };
             touched.extend_from_slice(&flow.path);
             if !flow.transferring && flow.bytes > 0 {
@@ -79,5 +78,8 @@ impl Network {
         }
         self.recompute_rates(&touched);
         self.version += 1;
+        due.clear();
+        touched.clear();
+        self.due_work = (due, touched);
     }
 }

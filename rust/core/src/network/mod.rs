@@ -98,6 +98,9 @@ pub struct Network {
     version: u64,
     /// Which flows cross each link, and the rate computation's working arrays.
     sharing: rate_sharing::Sharing,
+    /// [`Network::process_due`]'s lists (the due flows, the links they cross), kept empty
+    /// between calls so that it allocates nothing.
+    due_work: (Vec<FlowId>, Vec<LinkId>),
 }
 
 impl Network {
@@ -107,7 +110,7 @@ impl Network {
         link::validate_links(&links)?;
         let carried = vec![0; links.len()];
         let sharing = rate_sharing::Sharing::new(links.len());
-        Ok(Network { links, carried, flows: BTreeMap::new(), finished: Vec::new(), next_id: 0, now: 0, version: 0, sharing })
+        Ok(Network { links, carried, flows: BTreeMap::new(), finished: Vec::new(), next_id: 0, now: 0, version: 0, sharing, due_work: Default::default() })
     }
 
     /// The links, indexed by [`LinkId`].

@@ -21,6 +21,20 @@ pub(super) struct Sharing {
     saturated: Vec<bool>,
     seen: Vec<bool>,
     seen_slot: Vec<bool>,
+    /// The recomputation's lists, kept (empty) between calls so that it allocates nothing.
+    work: Work,
+}
+
+/// [`Network::recompute_rates`]'s lists: the component's links, the search stack, the
+/// component's flows (slots), the flows still growing (slots), and the rates found.
+#[derive(Debug, Clone, Default)]
+struct Work {
+    links: Vec<usize>,
+    stack: Vec<usize>,
+    slots: Vec<usize>,
+    unfrozen: Vec<usize>,
+    newly_saturated: Vec<usize>,
+    rates: Vec<(FlowId, f64)>,
 }
 
 impl Sharing {
@@ -64,16 +78,15 @@ impl Network {
     /// arithmetic: each round's share is a minimum over links).
     pub(super) fn recompute_rates(&mut self, seeds: &[LinkId]) {
         let mut s = std::mem::take(&mut self.sharing);
+        let mut w = std::mem::take(&mut s.work);
+        let Work { links, stack, slots, unfrozen, newly_saturated, rates } = &mut w;
         // The component: links reachable from the seeds through transferring flows.
-        let mut links: Vec<usize> = Vec::new();
-        let mut stack: Vec<usize> = Vec::new();
         for &l in seeds {
             if !s.seen[l as usize] {
                 s.seen[l as usize] = true;
                 stack.push(l as usize);
             }
         }
-        let mut slots: Vec<usize> = Vec::new();
         while let Some(l) = stack.pop() {
             links.push(l);
             for &slot in &s.link_flows[l] {
@@ -90,14 +103,13 @@ impl Network {
                 }
             }
         }
-        for &l in &links {
+        for &l in links.iter() {
             s.seen[l] = false;
         }
-        let mut unfrozen: Vec<(FlowId, &[LinkId])> = Vec::with_capacity(slots.len());
-        for &slot in &slots {
+        for &slot in slots.iter() {
             s.seen_slot[slot] = false;
-            let (id, path) = s.slots[slot].as_ref().expect("an attached flow");
-            unfrozen.push((*id, path));
+            unfrozen.push(slot);
+            let (_, path) = s.slots[slot].as_ref().expect("an attached flow");
             for &link in path {
                 let l = link as usize;
                 if s.count[l] == 0 {
@@ -106,15 +118,13 @@ impl Network {
                 s.count[l] += 1;
             }
         }
-        let mut rates: Vec<(FlowId, f64)> = Vec::with_capacity(unfrozen.len());
         let mut level = 0.0;
-        let mut newly_saturated: Vec<usize> = Vec::new();
         while !unfrozen.is_empty() {
             // Every unfrozen flow grows by the fair share of the tightest link.
             let delta = links.iter().filter(|&&l| s.count[l] > 0).map(|&l| s.residual[l] / s.count[l] as f64).fold(f64::INFINITY, f64::min);
             level += delta;
             newly_saturated.clear();
-            for &l in &links {
+            for &l in links.iter() {
                 if s.count[l] > 0 {
                     if s.residual[l] / s.count[l] as f64 <= delta * (1.0 + 1e-12) {
                         s.saturated[l] = true;
@@ -125,25 +135,26 @@ impl Network {
                     }
                 }
             }
-            let mut still = Vec::with_capacity(unfrozen.len());
-            for (id, path) in unfrozen {
-                if path.iter().any(|&l| s.saturated[l as usize]) {
-                    rates.push((id, level));
-                    for &l in path {
-                        s.count[l as usize] -= 1;
-                    }
-                } else {
-                    still.push((id, path));
+            // The flows crossing a saturated link freeze at this level (in the list's order).
+            let (flows, count, saturated) = (&s.slots, &mut s.count, &s.saturated);
+            unfrozen.retain(|&slot| {
+                let (id, path) = flows[slot].as_ref().expect("an attached flow");
+                if !path.iter().any(|&l| saturated[l as usize]) {
+                    return true;
                 }
-            }
-            unfrozen = still;
-            for &l in &newly_saturated {
+                rates.push((*id, level));
+                for &l in path {
+                    count[l as usize] -= 1;
+                }
+                false
+            });
+            for &l in newly_saturated.iter() {
                 s.saturated[l] = false;
             }
             links.retain(|&l| s.count[l] > 0);
         }
         let now = self.now;
-        for (id, rate) in rates {
+        for &(id, rate) in rates.iter() {
             if let Some(flow) = self.flows.get_mut(&id) {
                 if flow.rate != rate {
                     flow.rate = rate;
@@ -151,6 +162,11 @@ impl Network {
                 }
             }
         }
+        links.clear();
+        slots.clear();
+        newly_saturated.clear();
+        rates.clear();
+        s.work = w;
         self.sharing = s;
     }
 }

@@ -87,13 +87,16 @@ impl Transfers {
             return Ok(false);
         }
         let host = self.host(instance)?;
-        let path = if from_flash {
+        let (flash_host, host_only);
+        let path: &[LinkId] = if from_flash {
             let flash = self.flash_link[instance as usize].ok_or_else(|| Error::Simulation { message: format!("instance {instance} reads flash but has no drive") })?;
-            vec![flash, host]
+            flash_host = [flash, host];
+            &flash_host
         } else {
-            vec![host]
+            host_only = [host];
+            &host_only
         };
-        let id = self.network.start_flow(now, &path, bytes)?;
+        let id = self.network.start_flow(now, path, bytes)?;
         self.owner.insert(id, Owner::Instance(instance));
         self.reschedule(queue);
         Ok(true)
