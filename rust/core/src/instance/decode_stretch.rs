@@ -5,7 +5,10 @@
 //! The requests that took part in the last decode pass are the stretch's *members*: the leading
 //! entries of the running list. Every decode pass advances each member by one token, so their
 //! `computed` and `generated` counters are kept as of the pass at which they joined (`since`)
-//! and the instance counts its passes; a member's true counters are those plus the passes since.
+//! and the instance counts its passes; a member's true counters are those plus the passes since,
+//! and its true KV blocks those it held when it joined plus the block boundaries it crossed since
+//! (one every `block_size` passes from its first crossing), so a pass reads and writes no member's
+//! request (on a large cluster each would be a cache miss).
 //! The batch's decode shape is summed from aggregates (the members' context sum and maximum), the
 //! members' inter-token gaps are one run (they all decoded in the previous pass). A member crosses
 //! a block boundary (and takes one block) every `block_size` passes, so the members are kept in
@@ -29,21 +32,38 @@ use super::{Instance, Role};
 use crate::request::{Request, Status};
 use crate::time::Nanos;
 
-/// A calendar entry: decode pass `pass` produces the last token of request `req`, a member since `since`.
+/// A calendar entry: decode pass `pass` produces the last token of request `req`, a member since
+/// `since` whose first block crossing is at pass `from`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Due {
     pass: u64,
     req: u32,
     since: u64,
+    from: u64,
 }
 
 /// A member in its crossing slot: its decodes cross block boundaries at the slot's passes from
-/// `from` on.
+/// `from` on, up to its last pass `last` (after which it has finished and leaves the slot).
 #[derive(Debug, Clone, Copy)]
 struct Crosser {
     req: u32,
     from: u64,
+    last: u64,
 }
+
+/// Block boundaries crossed by the passes up to `pass` of a member whose first crossing is at
+/// pass `from`: one every `block_size` passes.
+fn crossings(from: u64, pass: u64, block_size: u64) -> u32 {
+    if pass < from {
+        0
+    } else {
+        ((pass - from) / block_size + 1) as u32
+    }
+}
+
+/// Up to this many requests leaving the running list at once are found by a scan of their ids;
+/// more are sorted and searched.
+const GONE_SCAN: usize = 8;
 
 /// An instance's closed-form decode state (see the module documentation).
 #[derive(Debug, Clone, Default)]
@@ -52,6 +72,8 @@ pub(super) struct DecodeStretch {
     pass: u64,
     /// Per member (the first `since.len()` running requests): the pass its fields were written at.
     since: Vec<u64>,
+    /// Per member: its `computed - since` (fixed while it is a member).
+    offsets: Vec<i64>,
     /// Sum over members of `computed - since`: their context sum is this plus members x `pass`.
     offset_sum: i64,
     /// Largest `computed - since` over members (meaningless without members).
@@ -62,9 +84,11 @@ pub(super) struct DecodeStretch {
     due: BinaryHeap<Reverse<Due>>,
     /// Members by the pass (modulo the block size) at which they cross block boundaries.
     slots: Vec<Vec<Crosser>>,
-    /// The pass being formed: its crossings and finishes (scratch).
-    crossing: Vec<u32>,
+    /// The pass being formed: its finishes (scratch).
     finishing: Vec<Due>,
+    /// Requests that left the running list (finished, handed off) in the iteration being applied
+    /// (scratch for `retain_running`).
+    pub(super) gone: Vec<u32>,
     /// Whether the batch being formed (or run) is a closed-form decode pass.
     forming: bool,
 }
@@ -103,7 +127,6 @@ impl Instance {
     fn decode_pass(&mut self, reqs: &mut [Request]) -> bool {
         let st = &mut self.stretch;
         let next = st.pass + 1;
-        st.crossing.clear();
         st.finishing.clear();
         while let Some(&Reverse(d)) = st.due.peek() {
             if d.pass != next {
@@ -117,17 +140,16 @@ impl Instance {
         if st.slots.len() != bs as usize {
             st.slots.resize_with(bs as usize, Vec::new);
         }
-        // This pass's slot; members that finished since leave it.
-        let crossing = &mut st.crossing;
+        // This pass's slot; members that finished since (their last pass is behind) leave it.
+        let mut crossing = 0u32;
         st.slots[(next % bs) as usize].retain(|c| {
-            let running = reqs[c.req as usize].status == Status::Running;
-            if running && c.from <= next {
-                crossing.push(c.req);
-            }
+            let running = c.last >= next;
+            debug_assert_eq!(running, reqs[c.req as usize].status == Status::Running, "request {}", c.req);
+            crossing += (running && c.from <= next) as u32;
             running
         });
         let members = st.since.len();
-        let mut need = st.crossing.len() as u64;
+        let mut need = crossing as u64;
         for &idx in &self.queues.running[members..] {
             let r = &reqs[idx as usize];
             if !r.is_decoding() {
@@ -140,9 +162,10 @@ impl Instance {
         if need > self.kv.free() as u64 {
             return false;
         }
-        for &req in &st.crossing {
-            reqs[req as usize].blocks += 1;
-            self.kv.allocate(1);
+        // The crossing members' blocks are taken here and counted on their requests when they
+        // are written out (settle, finish).
+        if crossing > 0 {
+            self.kv.allocate(crossing);
         }
         if members > 0 {
             let m = members as i64;
@@ -173,12 +196,14 @@ impl Instance {
         on_token(now, st.last_token, members);
         self.outstanding_tokens += members;
         let mut max_left = false;
+        let bs = self.kv.block_size() as u64;
         for &d in &st.finishing {
             let r = &mut reqs[d.req as usize];
             let offset = r.computed as i64 - d.since as i64;
             let passes = (st.pass - d.since) as u32;
             r.computed += passes;
             r.generated += passes;
+            r.blocks += crossings(d.from, st.pass, bs);
             debug_assert_eq!(r.generated, r.output, "a member finishes at its last token");
             r.last_token = now;
             self.kv.release(r.blocks);
@@ -190,13 +215,17 @@ impl Instance {
             self.stats.finished += 1;
             st.offset_sum -= offset;
             max_left |= offset == st.offset_max;
+            st.gone.push(d.req);
         }
         if max_left {
+            // The members still running are those not finishing now (earlier finishes have left
+            // the running list): their offsets, not their requests, are read.
             st.offset_max = i64::MIN;
-            for (i, &since) in st.since.iter().enumerate() {
-                let r = &reqs[self.queues.running[i] as usize];
-                if r.status == Status::Running {
-                    st.offset_max = st.offset_max.max(r.computed as i64 - since as i64);
+            for (&idx, &offset) in self.queues.running.iter().zip(&st.offsets) {
+                let finishing = st.finishing.iter().any(|d| d.req == idx);
+                debug_assert_eq!(finishing, reqs[idx as usize].status != Status::Running, "request {idx}");
+                if !finishing {
+                    st.offset_max = st.offset_max.max(offset);
                 }
             }
         }
@@ -217,38 +246,55 @@ impl Instance {
             st.offset_max = if st.since.is_empty() { offset } else { st.offset_max.max(offset) };
             st.offset_sum += offset;
             st.since.push(st.pass);
+            st.offsets.push(offset);
             // Its decode at pass p processes token computed + (p - 1 - pass): the first past its
             // blocks at p = pass + room + 1, then every block size passes.
             let room = r.blocks as u64 * bs - r.computed as u64;
             let from = st.pass + room + 1;
-            st.slots[(from % bs) as usize].push(Crosser { req: idx, from });
-            st.due.push(Reverse(Due { pass: st.pass + (r.output - r.generated) as u64, req: idx, since: st.pass }));
+            let last = st.pass + (r.output - r.generated) as u64;
+            st.slots[(from % bs) as usize].push(Crosser { req: idx, from, last });
+            st.due.push(Reverse(Due { pass: last, req: idx, since: st.pass, from }));
         }
     }
 
-    /// Drops the finished requests from the running list, keeping the members' entries aligned.
+    /// Drops the requests that left in the iteration just applied (`stretch.gone`: finished or
+    /// handed off) from the running list, keeping the members' entries aligned. The leavers are
+    /// found by id, so the running requests themselves are not read.
     pub(super) fn retain_running(&mut self, reqs: &[Request]) {
         let st = &mut self.stretch;
+        let mut gone = std::mem::take(&mut st.gone);
+        if gone.len() > GONE_SCAN {
+            gone.sort_unstable();
+        }
+        let left = |idx: u32| {
+            let left = if gone.len() > GONE_SCAN { gone.binary_search(&idx).is_ok() } else { gone.contains(&idx) };
+            debug_assert_eq!(left, reqs[idx as usize].status != Status::Running, "request {idx}");
+            left
+        };
         if st.since.is_empty() {
-            self.queues.running.retain(|&i| reqs[i as usize].status == Status::Running);
-            return;
-        }
-        let members = st.since.len();
-        let (mut kept, mut kept_members) = (0, 0);
-        for i in 0..self.queues.running.len() {
-            let idx = self.queues.running[i];
-            if reqs[idx as usize].status != Status::Running {
-                continue;
+            self.queues.running.retain(|&i| !left(i));
+        } else {
+            let members = st.since.len();
+            let (mut kept, mut kept_members) = (0, 0);
+            for i in 0..self.queues.running.len() {
+                let idx = self.queues.running[i];
+                if left(idx) {
+                    continue;
+                }
+                self.queues.running[kept] = idx;
+                if i < members {
+                    st.since[kept_members] = st.since[i];
+                    st.offsets[kept_members] = st.offsets[i];
+                    kept_members += 1;
+                }
+                kept += 1;
             }
-            self.queues.running[kept] = idx;
-            if i < members {
-                st.since[kept_members] = st.since[i];
-                kept_members += 1;
-            }
-            kept += 1;
+            self.queues.running.truncate(kept);
+            st.since.truncate(kept_members);
+            st.offsets.truncate(kept_members);
         }
-        self.queues.running.truncate(kept);
-        st.since.truncate(kept_members);
+        gone.clear();
+        st.gone = gone;
     }
 
     /// Writes the members' counters and latest token time out to their requests and ends the
@@ -256,6 +302,13 @@ impl Instance {
     /// and before the run's results are read.
     pub fn settle_decodes(&mut self, reqs: &mut [Request]) {
         let st = &mut self.stretch;
+        let bs = st.slots.len() as u64;
+        for slot in &st.slots {
+            // Members still running (past its last pass a member has finished, its blocks counted).
+            for c in slot.iter().filter(|c| c.last > st.pass) {
+                reqs[c.req as usize].blocks += crossings(c.from, st.pass, bs);
+            }
+        }
         for (i, &since) in st.since.iter().enumerate() {
             let r = &mut reqs[self.queues.running[i] as usize];
             let passes = (st.pass - since) as u32;
@@ -266,6 +319,7 @@ impl Instance {
             }
         }
         st.since.clear();
+        st.offsets.clear();
         st.due.clear();
         for slot in st.slots.iter_mut() {
             slot.clear();
@@ -382,5 +436,32 @@ mod tests {
             assert_eq!((x.computed, x.generated, x.blocks, x.last_token), (y.computed, y.generated, y.blocks, y.last_token));
         }
         assert_eq!(ra[0].generated, 20, "one prefill then 19 decodes");
+    }
+
+    #[test]
+    fn many_members_finishing_in_one_pass_leave_together() {
+        // Twelve members reach their last token in the same pass (more than a scan of ids
+        // handles), three run on past block boundaries: the same as the per-request passes.
+        let mk = || (0..15u32).map(|i| Request::new(0, 100 + 7 * i, if i < 12 { 30 } else { 70 })).collect::<Vec<_>>();
+        let (mut a, mut b) = (instance(40.0, PreemptionMode::Recompute, true), instance(40.0, PreemptionMode::Recompute, false));
+        let (mut ra, mut rb) = (mk(), mk());
+        for i in 0..15u32 {
+            a.enqueue(i, &mut ra[i as usize]);
+            b.enqueue(i, &mut rb[i as usize]);
+        }
+        let (mut now, mut left) = (0, Vec::new());
+        while let Some(s) = a.start_iteration(now, &mut ra) {
+            let t = b.start_iteration(now, &mut rb).expect("the same iterations");
+            assert_eq!((s.compute_ns, a.kv_usage()), (t.compute_ns, b.kv_usage()));
+            now += s.compute_ns;
+            a.finish_iteration(now, &mut ra, |_, _, _| {});
+            b.finish_iteration(now, &mut rb, |_, _, _| {});
+            assert_eq!(a.load().running, b.load().running);
+            left.push(15 - a.load().running);
+        }
+        assert!(left.windows(2).any(|w| w[1] - w[0] == 12), "twelve leave at once: {left:?}");
+        for (x, y) in ra.iter().zip(&rb) {
+            assert_eq!((x.status, x.generated, x.completion, x.blocks), (y.status, y.generated, y.completion, y.blocks));
+        }
     }
 }
