@@ -55,7 +55,9 @@ pub struct Instance {
     /// Role in a disaggregated cluster.
     pub role: Role,
     handoffs: Vec<u32>,
-    moe: Option<ExpertRuntime>,
+    /// Expert runtime, for pools with expert settings (boxed: it is large, and the instance's
+    /// hot fields stay together without it).
+    moe: Option<Box<ExpertRuntime>>,
     /// Speculative decoding, for speculating pools.
     spec: Option<Box<SpecRuntime>>,
     pipeline: Option<pipeline::Pipeline>,
@@ -72,7 +74,7 @@ pub struct Instance {
 impl Instance {
     /// The instance's expert runtime, for pools with expert settings.
     pub fn experts(&self) -> Option<&ExpertRuntime> {
-        self.moe.as_ref()
+        self.moe.as_deref()
     }
 
     /// Where one GPU's experts live, for pools with expert settings.

@@ -104,7 +104,7 @@ impl Instance {
                 }
                 let rt = ExpertRuntime::new(x.config, &cost, x.trace, x.seed, &x.stream, x.caches)?;
                 cost = cost.with_expert_hbm_saved(rt.stats.hbm_saved_bytes);
-                Some(rt)
+                Some(Box::new(rt))
             }
             None => None,
         };
