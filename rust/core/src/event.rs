@@ -1,4 +1,4 @@
-//! The event loop: a 4-ary heap of events keyed by (time, sequence), and a clock that steps
+//! The event loop: a binary heap of events keyed by (time, sequence), and a clock that steps
 //! through them. It knows nothing of what the events mean.
 //!
 //! Two events at the same time run in the order they were pushed, so a run is fully determined by
@@ -9,11 +9,8 @@
 
 use crate::error::{Error, Result};
 use crate::time::{ns_to_secs, Nanos, MAX_TIME_NS};
-
-/// Children per node of the heap. A 4-ary heap is half as deep as a binary one and a node's
-/// children sit side by side (two cache lines), so a pop from the queue of a large cluster (one
-/// pending event per instance) takes half the dependent, hard-to-predict steps.
-const ARITY: usize = 4;
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
 
 #[derive(Debug, Clone, Copy)]
 struct Entry<E> {
@@ -22,31 +19,41 @@ struct Entry<E> {
     event: E,
 }
 
-impl<E> Entry<E> {
-    /// Whether this entry runs before `other`: earlier, or as early and pushed first. Sequence
-    /// numbers are unique, so this is a total order and the pop order does not depend on the
-    /// heap's layout.
-    #[inline]
-    fn before(&self, other: &Self) -> bool {
-        (self.time, self.seq) < (other.time, other.seq)
+impl<E> PartialEq for Entry<E> {
+    fn eq(&self, other: &Self) -> bool {
+        (self.time, self.seq) == (other.time, other.seq)
+    }
+}
+
+impl<E> Eq for Entry<E> {}
+
+impl<E> Ord for Entry<E> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // BinaryHeap is a max-heap: reverse so the earliest (time, seq) pops first.
+        (other.time, other.seq).cmp(&(self.time, self.seq))
+    }
+}
+
+impl<E> PartialOrd for Entry<E> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
     }
 }
 
 /// A deterministic priority queue of timed events.
 #[derive(Debug)]
 pub struct EventQueue<E> {
-    /// A 4-ary min-heap by (time, seq): the children of entry `i` are `4i + 1 ..= 4i + 4`.
-    heap: Vec<Entry<E>>,
+    heap: BinaryHeap<Entry<E>>,
     next_seq: u64,
 }
 
 impl<E> Default for EventQueue<E> {
     fn default() -> Self {
-        EventQueue { heap: Vec::new(), next_seq: 0 }
+        EventQueue { heap: BinaryHeap::new(), next_seq: 0 }
     }
 }
 
-impl<E: Copy> EventQueue<E> {
+impl<E> EventQueue<E> {
     /// An empty queue.
     pub fn new() -> Self {
         Self::default()
@@ -56,54 +63,17 @@ impl<E: Copy> EventQueue<E> {
     pub fn push(&mut self, time: Nanos, event: E) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let entry = Entry { time, seq, event };
-        // Sift up: parents later than the new entry move down into the hole.
-        let mut i = self.heap.len();
-        self.heap.push(entry);
-        while i > 0 {
-            let parent = (i - 1) / ARITY;
-            if !entry.before(&self.heap[parent]) {
-                break;
-            }
-            self.heap[i] = self.heap[parent];
-            i = parent;
-        }
-        self.heap[i] = entry;
+        self.heap.push(Entry { time, seq, event });
     }
 
     /// Removes and returns the earliest event.
     pub fn pop(&mut self) -> Option<(Nanos, E)> {
-        let last = self.heap.pop()?;
-        let Some(&top) = self.heap.first() else {
-            return Some((last.time, last.event));
-        };
-        // Sift the last entry down from the root: the earliest child moves up into the hole.
-        let n = self.heap.len();
-        let mut i = 0;
-        loop {
-            let first = ARITY * i + 1;
-            if first >= n {
-                break;
-            }
-            let mut m = first;
-            for c in first + 1..(first + ARITY).min(n) {
-                if self.heap[c].before(&self.heap[m]) {
-                    m = c;
-                }
-            }
-            if !self.heap[m].before(&last) {
-                break;
-            }
-            self.heap[i] = self.heap[m];
-            i = m;
-        }
-        self.heap[i] = last;
-        Some((top.time, top.event))
+        self.heap.pop().map(|e| (e.time, e.event))
     }
 
     /// The time of the earliest event, if any.
     pub fn peek_time(&self) -> Option<Nanos> {
-        self.heap.first().map(|e| e.time)
+        self.heap.peek().map(|e| e.time)
     }
 
     /// Number of queued events.
@@ -145,11 +115,11 @@ pub struct EventLoop<E> {
 
 impl<E> Default for EventLoop<E> {
     fn default() -> Self {
-        EventLoop { queue: EventQueue::default(), now: 0 }
+        EventLoop { queue: EventQueue::new(), now: 0 }
     }
 }
 
-impl<E: Copy> EventLoop<E> {
+impl<E> EventLoop<E> {
     /// A loop at time 0 with nothing queued.
     pub fn new() -> Self {
         Self::default()
