@@ -193,6 +193,36 @@ mod tests {
     }
 
     #[test]
+    fn pops_in_the_order_of_a_sorted_reference_under_random_pushes_and_pops() {
+        // Times from a small range (many ties), pushes and pops interleaved, the queue growing to
+        // a thousand entries and draining: the same order as (time, push order) sorting.
+        let mut q = EventQueue::new();
+        let mut reference = std::collections::BinaryHeap::new();
+        let (mut x, mut tag, mut popped) = (12345u64, 0u32, 0);
+        for round in 0..20_000u32 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let grow = round < 12_000;
+            if (x >> 60) < if grow { 10 } else { 5 } {
+                let t = (x >> 33) % 500 + round as u64 / 4;
+                q.push(t, Ev::Wake(tag));
+                reference.push(std::cmp::Reverse((t, tag)));
+                tag += 1;
+            } else if let Some(std::cmp::Reverse((t, want))) = reference.pop() {
+                assert_eq!(q.pop(), Some((t, Ev::Wake(want))), "round {round}");
+                popped += 1;
+            } else {
+                assert_eq!(q.pop(), None);
+            }
+            assert_eq!(q.len(), reference.len());
+        }
+        while let Some(std::cmp::Reverse((t, want))) = reference.pop() {
+            assert_eq!(q.peek_time(), Some(t));
+            assert_eq!(q.pop(), Some((t, Ev::Wake(want))));
+        }
+        assert!(q.is_empty() && popped > 5_000 && tag > 9_000, "{popped} {tag}");
+    }
+
+    #[test]
     fn interleaved_push_pop_keeps_order() {
         let mut q = EventQueue::new();
         q.push(10, Ev::Wake(0));

@@ -7,7 +7,7 @@ use super::roofline::Kernel;
 use super::{CostModel, Op, OpCost};
 
 /// Attention shapes on one GPU after tensor-parallel sharding of the query heads.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) enum Attention {
     /// Grouped-query attention: query width (heads x head_dim / tp) and the width of K (or V) of
     /// the GPU's KV heads.

@@ -1,4 +1,5 @@
-//! A per-instance memo of decode-only iterations' operator costs.
+//! A memo of decode-only iterations' operator costs, one per cost model (the instances of a pool
+//! share theirs: its entries depend on the model and the batch's counts alone).
 //!
 //! In an iteration with no prefill chunk, every operator but decode attention depends on the
 //! batch's sequence count alone (the GEMMs, norms, collectives, LM head and per-step overheads
@@ -27,7 +28,8 @@ struct Entry {
     ops: Vec<OpCost>,
 }
 
-/// The operator costs of recent decode-only iterations of one instance, by sequence count.
+/// The operator costs of recent decode-only iterations of one cost model (its instances), by
+/// sequence count.
 #[derive(Debug, Clone, Default)]
 pub struct DecodeOpsMemo {
     slots: Vec<Entry>,

@@ -59,8 +59,9 @@ use crate::model::ModelSpec;
 use crate::offload::OffloadSpec;
 use attention::Attention;
 
-/// A roofline cost model for one instance: a model on `tp` GPUs of one kind.
-#[derive(Debug, Clone)]
+/// A roofline cost model for one instance: a model on `tp` GPUs of one kind. Equal models (every
+/// field equal) predict the same times, so the identical instances of a pool may share one.
+#[derive(Debug, Clone, PartialEq)]
 pub struct CostModel {
     model: ModelSpec,
     gpu: GpuSpec,

@@ -5,13 +5,18 @@
 //! The requests that took part in the last decode pass are the stretch's *members*: the leading
 //! entries of the running list. Every decode pass advances each member by one token, so their
 //! `computed` and `generated` counters are kept as of the pass at which they joined (`since`)
-//! and the instance counts its passes; a member's true counters are those plus the passes since.
+//! and the instance counts its passes; a member's true counters are those plus the passes since,
+//! and its true KV blocks those it held when it joined plus the block boundaries it crossed since
+//! (one every `block_size` passes from its first crossing), so a pass reads and writes no member's
+//! request (on a large cluster each would be a cache miss).
 //! The batch's decode shape is summed from aggregates (the members' context sum and maximum), the
 //! members' inter-token gaps are one run (they all decoded in the previous pass). A member crosses
-//! a block boundary (and takes one block) every `block_size` passes, so the members are kept in
-//! `block_size` crossing slots, by pass modulo the block size, and each pass visits one slot; a
-//! calendar keyed by pass says when a member produces its last token (it finishes then, its
-//! fields written out). Requests admitted since the last pass (the rest of the running list)
+//! a block boundary (and takes one block) every `block_size` passes, so the members are counted in
+//! `block_size` crossing slots, by pass modulo the block size, and each pass takes one slot's
+//! count of blocks (a member joins with less than a block of room, so its slot's first pass after
+//! it joined is its first crossing; one with more waits in a short list until then); a calendar
+//! keyed by pass says when a member produces its last token (it finishes then, its fields written
+//! out, and leaves its slot's count). Requests admitted since the last pass (the rest of the running list)
 //! decode the ordinary way once, then join.
 //!
 //! Exactness: a pass whose block needs (the crossings and the newcomers' growth) exceed the free
@@ -29,29 +34,54 @@ use super::{Instance, Role};
 use crate::request::{Request, Status};
 use crate::time::Nanos;
 
-/// A calendar entry: decode pass `pass` produces the last token of request `req`, a member since `since`.
+/// A calendar entry: decode pass `pass` produces the last token of request `req`, a member since
+/// `since` whose first block crossing is at pass `from`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Due {
     pass: u64,
     req: u32,
     since: u64,
-}
-
-/// A member in its crossing slot: its decodes cross block boundaries at the slot's passes from
-/// `from` on.
-#[derive(Debug, Clone, Copy)]
-struct Crosser {
-    req: u32,
     from: u64,
 }
 
+/// A member of the stretch: the pass its fields were written at, its `computed - since` (fixed
+/// while it is a member) and the pass of its first block crossing.
+#[derive(Debug, Clone, Copy)]
+struct Member {
+    since: u64,
+    offset: i64,
+    from: u64,
+}
+
+/// A member that joined with a block or more of room: it joins its slot's count at its first
+/// crossing `from`, unless its last pass `last` comes before.
+#[derive(Debug, Clone, Copy)]
+struct Late {
+    from: u64,
+    last: u64,
+}
+
+/// Block boundaries crossed by the passes up to `pass` of a member whose first crossing is at
+/// pass `from`: one every `block_size` passes.
+fn crossings(from: u64, pass: u64, block_size: u64) -> u32 {
+    if pass < from {
+        0
+    } else {
+        ((pass - from) / block_size + 1) as u32
+    }
+}
+
+/// Up to this many requests leaving the running list at once are found by a scan of their ids;
+/// more are sorted and searched.
+const GONE_SCAN: usize = 8;
+
 /// An instance's closed-form decode state (see the module documentation).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(super) struct DecodeStretch {
     /// Decode passes applied so far (the members' clock).
     pass: u64,
-    /// Per member (the first `since.len()` running requests): the pass its fields were written at.
-    since: Vec<u64>,
+    /// The members (the first `members.len()` running requests).
+    members: Vec<Member>,
     /// Sum over members of `computed - since`: their context sum is this plus members x `pass`.
     offset_sum: i64,
     /// Largest `computed - since` over members (meaningless without members).
@@ -60,13 +90,26 @@ pub(super) struct DecodeStretch {
     last_token: Nanos,
     /// The members' last tokens, by pass.
     due: BinaryHeap<Reverse<Due>>,
-    /// Members by the pass (modulo the block size) at which they cross block boundaries.
-    slots: Vec<Vec<Crosser>>,
-    /// The pass being formed: its crossings and finishes (scratch).
-    crossing: Vec<u32>,
+    /// The earliest pass in `due` (`u64::MAX` when empty): most passes finish no member, and
+    /// this answers without reading the calendar.
+    next_due: u64,
+    /// Per pass modulo the block size: the members that cross a block boundary at such passes.
+    slot_counts: Vec<u32>,
+    /// Members that joined with a block or more of room, until their first crossing.
+    late: Vec<Late>,
+    /// The pass being formed: its finishes (scratch).
     finishing: Vec<Due>,
+    /// Requests that left the running list (finished, handed off) in the iteration being applied
+    /// (scratch for `retain_running`).
+    pub(super) gone: Vec<u32>,
     /// Whether the batch being formed (or run) is a closed-form decode pass.
     forming: bool,
+}
+
+impl Default for DecodeStretch {
+    fn default() -> Self {
+        DecodeStretch { pass: 0, members: Vec::new(), offset_sum: 0, offset_max: 0, last_token: 0, due: BinaryHeap::new(), next_due: u64::MAX, slot_counts: Vec::new(), late: Vec::new(), finishing: Vec::new(), gone: Vec::new(), forming: false }
+    }
 }
 
 impl DecodeStretch {
@@ -103,31 +146,36 @@ impl Instance {
     fn decode_pass(&mut self, reqs: &mut [Request]) -> bool {
         let st = &mut self.stretch;
         let next = st.pass + 1;
-        st.crossing.clear();
         st.finishing.clear();
-        while let Some(&Reverse(d)) = st.due.peek() {
-            if d.pass != next {
-                debug_assert!(d.pass > next, "a calendar entry was missed");
-                break;
+        debug_assert!(st.next_due >= next, "a calendar entry was missed");
+        if st.next_due == next {
+            while let Some(&Reverse(d)) = st.due.peek() {
+                if d.pass != next {
+                    debug_assert!(d.pass > next, "a calendar entry was missed");
+                    break;
+                }
+                st.due.pop();
+                st.finishing.push(d);
             }
-            st.due.pop();
-            st.finishing.push(d);
+            st.next_due = st.due.peek().map_or(u64::MAX, |Reverse(d)| d.pass);
         }
         let bs = self.kv.block_size() as u64;
-        if st.slots.len() != bs as usize {
-            st.slots.resize_with(bs as usize, Vec::new);
+        let slot = (next % bs) as usize;
+        if !st.late.is_empty() {
+            // Late members reaching their first crossing join their slot's count; those that
+            // finished before it leave.
+            let counts = &mut st.slot_counts;
+            st.late.retain(|l| {
+                if l.from == next && l.last >= next {
+                    counts[slot] += 1;
+                }
+                l.from > next && l.last >= next
+            });
         }
-        // This pass's slot; members that finished since leave it.
-        let crossing = &mut st.crossing;
-        st.slots[(next % bs) as usize].retain(|c| {
-            let running = reqs[c.req as usize].status == Status::Running;
-            if running && c.from <= next {
-                crossing.push(c.req);
-            }
-            running
-        });
-        let members = st.since.len();
-        let mut need = st.crossing.len() as u64;
+        let crossing = st.slot_counts.get(slot).copied().unwrap_or(0);
+        debug_assert_eq!(crossing as usize, st.members.iter().filter(|m| m.from <= next && m.from % bs == next % bs).count(), "crossings at pass {next}");
+        let members = st.members.len();
+        let mut need = crossing as u64;
         for &idx in &self.queues.running[members..] {
             let r = &reqs[idx as usize];
             if !r.is_decoding() {
@@ -140,9 +188,10 @@ impl Instance {
         if need > self.kv.free() as u64 {
             return false;
         }
-        for &req in &st.crossing {
-            reqs[req as usize].blocks += 1;
-            self.kv.allocate(1);
+        // The crossing members' blocks are taken here and counted on their requests when they
+        // are written out (settle, finish).
+        if crossing > 0 {
+            self.kv.allocate(crossing);
         }
         if members > 0 {
             let m = members as i64;
@@ -166,19 +215,26 @@ impl Instance {
     pub(super) fn finish_members(&mut self, now: Nanos, reqs: &mut [Request], on_token: &mut impl FnMut(Nanos, Nanos, u64)) -> bool {
         let st = &mut self.stretch;
         st.pass += 1;
-        let members = st.since.len() as u64;
+        let members = st.members.len() as u64;
         if members == 0 {
             return false;
         }
         on_token(now, st.last_token, members);
         self.outstanding_tokens += members;
         let mut max_left = false;
+        let bs = self.kv.block_size() as u64;
         for &d in &st.finishing {
             let r = &mut reqs[d.req as usize];
             let offset = r.computed as i64 - d.since as i64;
             let passes = (st.pass - d.since) as u32;
             r.computed += passes;
             r.generated += passes;
+            r.blocks += crossings(d.from, st.pass, bs);
+            // It leaves its slot's count (a late member not yet in it stays in the late list,
+            // which drops it at its slot's next pass).
+            if d.from <= d.since + bs || d.from <= st.pass {
+                st.slot_counts[(d.from % bs) as usize] -= 1;
+            }
             debug_assert_eq!(r.generated, r.output, "a member finishes at its last token");
             r.last_token = now;
             self.kv.release(r.blocks);
@@ -190,13 +246,17 @@ impl Instance {
             self.stats.finished += 1;
             st.offset_sum -= offset;
             max_left |= offset == st.offset_max;
+            st.gone.push(d.req);
         }
         if max_left {
+            // The members still running are those not finishing now (earlier finishes have left
+            // the running list): their offsets, not their requests, are read.
             st.offset_max = i64::MIN;
-            for (i, &since) in st.since.iter().enumerate() {
-                let r = &reqs[self.queues.running[i] as usize];
-                if r.status == Status::Running {
-                    st.offset_max = st.offset_max.max(r.computed as i64 - since as i64);
+            for (&idx, m) in self.queues.running.iter().zip(&st.members) {
+                let finishing = st.finishing.iter().any(|d| d.req == idx);
+                debug_assert_eq!(finishing, reqs[idx as usize].status != Status::Running, "request {idx}");
+                if !finishing {
+                    st.offset_max = st.offset_max.max(m.offset);
                 }
             }
         }
@@ -210,45 +270,68 @@ impl Instance {
         st.forming = false;
         st.last_token = now;
         let bs = self.kv.block_size() as u64;
-        for &idx in &self.queues.running[st.since.len()..] {
+        if st.slot_counts.len() != bs as usize {
+            st.slot_counts = vec![0; bs as usize];
+        }
+        for &idx in &self.queues.running[st.members.len()..] {
             let r = &reqs[idx as usize];
             debug_assert!(r.status == Status::Running && r.is_decoding() && r.generated < r.output);
             let offset = r.computed as i64 - st.pass as i64;
-            st.offset_max = if st.since.is_empty() { offset } else { st.offset_max.max(offset) };
+            st.offset_max = if st.members.is_empty() { offset } else { st.offset_max.max(offset) };
             st.offset_sum += offset;
-            st.since.push(st.pass);
             // Its decode at pass p processes token computed + (p - 1 - pass): the first past its
             // blocks at p = pass + room + 1, then every block size passes.
             let room = r.blocks as u64 * bs - r.computed as u64;
             let from = st.pass + room + 1;
-            st.slots[(from % bs) as usize].push(Crosser { req: idx, from });
-            st.due.push(Reverse(Due { pass: st.pass + (r.output - r.generated) as u64, req: idx, since: st.pass }));
+            let last = st.pass + (r.output - r.generated) as u64;
+            st.members.push(Member { since: st.pass, offset, from });
+            if room < bs {
+                // Its slot's first pass from now is its first crossing.
+                st.slot_counts[(from % bs) as usize] += 1;
+            } else {
+                st.late.push(Late { from, last });
+            }
+            st.due.push(Reverse(Due { pass: last, req: idx, since: st.pass, from }));
+            st.next_due = st.next_due.min(last);
         }
     }
 
-    /// Drops the finished requests from the running list, keeping the members' entries aligned.
+    /// Drops the requests that left in the iteration just applied (`stretch.gone`: finished or
+    /// handed off) from the running list, keeping the members' entries aligned. The leavers are
+    /// found by id, so the running requests themselves are not read.
     pub(super) fn retain_running(&mut self, reqs: &[Request]) {
         let st = &mut self.stretch;
-        if st.since.is_empty() {
-            self.queues.running.retain(|&i| reqs[i as usize].status == Status::Running);
-            return;
+        let mut gone = std::mem::take(&mut st.gone);
+        if gone.len() > GONE_SCAN {
+            gone.sort_unstable();
         }
-        let members = st.since.len();
-        let (mut kept, mut kept_members) = (0, 0);
-        for i in 0..self.queues.running.len() {
-            let idx = self.queues.running[i];
-            if reqs[idx as usize].status != Status::Running {
-                continue;
+        let left = |idx: u32| {
+            let left = if gone.len() > GONE_SCAN { gone.binary_search(&idx).is_ok() } else { gone.contains(&idx) };
+            debug_assert_eq!(left, reqs[idx as usize].status != Status::Running, "request {idx}");
+            left
+        };
+        if st.members.is_empty() {
+            self.queues.running.retain(|&i| !left(i));
+        } else {
+            let members = st.members.len();
+            let (mut kept, mut kept_members) = (0, 0);
+            for i in 0..self.queues.running.len() {
+                let idx = self.queues.running[i];
+                if left(idx) {
+                    continue;
+                }
+                self.queues.running[kept] = idx;
+                if i < members {
+                    st.members[kept_members] = st.members[i];
+                    kept_members += 1;
+                }
+                kept += 1;
             }
-            self.queues.running[kept] = idx;
-            if i < members {
-                st.since[kept_members] = st.since[i];
-                kept_members += 1;
-            }
-            kept += 1;
+            self.queues.running.truncate(kept);
+            st.members.truncate(kept_members);
         }
-        self.queues.running.truncate(kept);
-        st.since.truncate(kept_members);
+        gone.clear();
+        st.gone = gone;
     }
 
     /// Writes the members' counters and latest token time out to their requests and ends the
@@ -256,20 +339,22 @@ impl Instance {
     /// and before the run's results are read.
     pub fn settle_decodes(&mut self, reqs: &mut [Request]) {
         let st = &mut self.stretch;
-        for (i, &since) in st.since.iter().enumerate() {
+        let bs = st.slot_counts.len() as u64;
+        for (i, m) in st.members.iter().enumerate() {
             let r = &mut reqs[self.queues.running[i] as usize];
-            let passes = (st.pass - since) as u32;
+            let passes = (st.pass - m.since) as u32;
             if passes > 0 {
                 r.computed += passes;
                 r.generated += passes;
+                r.blocks += crossings(m.from, st.pass, bs);
                 r.last_token = st.last_token;
             }
         }
-        st.since.clear();
+        st.members.clear();
         st.due.clear();
-        for slot in st.slots.iter_mut() {
-            slot.clear();
-        }
+        st.next_due = u64::MAX;
+        st.slot_counts.fill(0);
+        st.late.clear();
         st.offset_sum = 0;
         st.forming = false;
     }
@@ -375,12 +460,77 @@ mod tests {
             a.finish_iteration(now, &mut ra, |_, _, _| {});
             b.finish_iteration(now, &mut rb, |_, _, _| {});
         }
-        assert!(a.stretch.since.len() == 6 && a.stretch.pass >= 18, "all six decode in closed form");
+        assert!(a.stretch.members.len() == 6 && a.stretch.pass >= 18, "all six decode in closed form");
         assert_eq!(ra[0].generated, 2, "a member's own counters wait");
         a.settle_decodes(&mut ra);
         for (x, y) in ra.iter().zip(&rb) {
             assert_eq!((x.computed, x.generated, x.blocks, x.last_token), (y.computed, y.generated, y.blocks, y.last_token));
         }
         assert_eq!(ra[0].generated, 20, "one prefill then 19 decodes");
+    }
+
+    #[test]
+    fn many_members_finishing_in_one_pass_leave_together() {
+        // Twelve members reach their last token in the same pass (more than a scan of ids
+        // handles), three run on past block boundaries: the same as the per-request passes.
+        let mk = || (0..15u32).map(|i| Request::new(0, 100 + 7 * i, if i < 12 { 30 } else { 70 })).collect::<Vec<_>>();
+        let (mut a, mut b) = (instance(40.0, PreemptionMode::Recompute, true), instance(40.0, PreemptionMode::Recompute, false));
+        let (mut ra, mut rb) = (mk(), mk());
+        for i in 0..15u32 {
+            a.enqueue(i, &mut ra[i as usize]);
+            b.enqueue(i, &mut rb[i as usize]);
+        }
+        let (mut now, mut left) = (0, Vec::new());
+        while let Some(s) = a.start_iteration(now, &mut ra) {
+            let t = b.start_iteration(now, &mut rb).expect("the same iterations");
+            assert_eq!((s.compute_ns, a.kv_usage()), (t.compute_ns, b.kv_usage()));
+            now += s.compute_ns;
+            a.finish_iteration(now, &mut ra, |_, _, _| {});
+            b.finish_iteration(now, &mut rb, |_, _, _| {});
+            assert_eq!(a.load().running, b.load().running);
+            left.push(15 - a.load().running);
+        }
+        assert!(left.windows(2).any(|w| w[1] - w[0] == 12), "twelve leave at once: {left:?}");
+        for (x, y) in ra.iter().zip(&rb) {
+            assert_eq!((x.status, x.generated, x.completion, x.blocks), (y.status, y.generated, y.completion, y.blocks));
+        }
+    }
+
+    #[test]
+    fn a_member_joining_with_more_than_a_block_of_room_crosses_when_it_runs_out() {
+        // Requests holding blocks beyond their next token (given two spare blocks after their
+        // prefill) first cross a boundary more than a block size of passes after joining; one of
+        // them finishes before it does. Same blocks, loads and requests as the per-request passes.
+        let mk = || (0..6u32).map(|i| Request::new(0, 100 + 9 * i, [60, 70, 20, 45, 90, 33][i as usize])).collect::<Vec<_>>();
+        let (mut a, mut b) = (instance(40.0, PreemptionMode::Recompute, true), instance(40.0, PreemptionMode::Recompute, false));
+        let (mut ra, mut rb) = (mk(), mk());
+        for i in 0..6u32 {
+            a.enqueue(i, &mut ra[i as usize]);
+            b.enqueue(i, &mut rb[i as usize]);
+        }
+        let mut now = 0;
+        let mut iteration = 0;
+        while let Some(s) = a.start_iteration(now, &mut ra) {
+            let t = b.start_iteration(now, &mut rb).expect("the same iterations");
+            assert_eq!((s.compute_ns, a.kv_usage()), (t.compute_ns, b.kv_usage()), "iteration {iteration}");
+            now += s.compute_ns;
+            a.finish_iteration(now, &mut ra, |_, _, _| {});
+            b.finish_iteration(now, &mut rb, |_, _, _| {});
+            if iteration == 0 {
+                for i in [0usize, 2, 4] {
+                    for (inst, reqs) in [(&mut a, &mut ra), (&mut b, &mut rb)] {
+                        reqs[i].blocks += 2;
+                        inst.kv.allocate(2);
+                    }
+                }
+            }
+            assert_eq!(a.load(), b.load(), "iteration {iteration}");
+            iteration += 1;
+        }
+        assert!(iteration > 80, "{iteration}");
+        for (x, y) in ra.iter().zip(&rb) {
+            assert_eq!((x.status, x.generated, x.completion, x.last_token), (y.status, y.generated, y.completion, y.last_token));
+        }
+        assert_eq!(a.kv_usage(), (0, b.kv_usage().1));
     }
 }

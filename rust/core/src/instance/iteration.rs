@@ -162,6 +162,7 @@ impl Instance {
                 r.prefill_instance = r.instance;
                 self.outstanding_tokens -= r.prompt as u64 + r.generated as u64;
                 self.handoffs.push(it.req);
+                self.stretch.gone.push(it.req);
                 any_finished = true;
                 continue;
             }
@@ -176,6 +177,7 @@ impl Instance {
                 }
                 self.outstanding_tokens -= r.prompt as u64 + r.generated as u64;
                 self.stats.finished += 1;
+                self.stretch.gone.push(it.req);
                 any_finished = true;
             }
         }

@@ -30,14 +30,19 @@ use crate::moe::{ExpertResidency, ExpertRuntime};
 use crate::request::{Request, Status};
 use crate::router::InstanceLoad;
 use crate::scheduler::{Batch, Scheduler, Queues};
+use std::cell::RefCell;
+use std::rc::Rc;
 
 /// A model replica serving requests.
 pub struct Instance {
     /// Index of the pool it belongs to.
     pub pool: u32,
-    cost: CostModel,
-    /// Decode-only iterations' operator costs by batch size (all but decode attention).
-    decode_memo: DecodeOpsMemo,
+    /// The cost model: shared by the instances of a pool whose models are equal (see
+    /// [`Instance::share_cost_of`]), so a large pool keeps one copy hot in the cache.
+    cost: Rc<CostModel>,
+    /// Decode-only iterations' operator costs by batch size (all but decode attention), shared
+    /// with `cost`: they depend on the cost model and the batch's counts alone.
+    decode_memo: Rc<RefCell<DecodeOpsMemo>>,
     plan: MemoryPlan,
     kv: BlockManager,
     scheduler: Box<dyn Scheduler>,
@@ -50,7 +55,9 @@ pub struct Instance {
     /// Role in a disaggregated cluster.
     pub role: Role,
     handoffs: Vec<u32>,
-    moe: Option<ExpertRuntime>,
+    /// Expert runtime, for pools with expert settings (boxed: it is large, and the instance's
+    /// hot fields stay together without it).
+    moe: Option<Box<ExpertRuntime>>,
     /// Speculative decoding, for speculating pools.
     spec: Option<Box<SpecRuntime>>,
     pipeline: Option<pipeline::Pipeline>,
@@ -67,7 +74,7 @@ pub struct Instance {
 impl Instance {
     /// The instance's expert runtime, for pools with expert settings.
     pub fn experts(&self) -> Option<&ExpertRuntime> {
-        self.moe.as_ref()
+        self.moe.as_deref()
     }
 
     /// Where one GPU's experts live, for pools with expert settings.
@@ -179,6 +186,20 @@ impl Instance {
     /// The cost model.
     pub fn cost(&self) -> &CostModel {
         &self.cost
+    }
+
+    /// Shares `other`'s cost model and decode-ops memo when its cost model equals this one's (the
+    /// instances of a pool are built alike): the memo's entries are then valid for both, and one
+    /// copy serves the whole pool. Returns whether it shares them.
+    pub fn share_cost_of(&mut self, other: &Instance) -> bool {
+        if !Rc::ptr_eq(&self.cost, &other.cost) {
+            if *self.cost != *other.cost {
+                return false;
+            }
+            self.cost = Rc::clone(&other.cost);
+            self.decode_memo = Rc::clone(&other.decode_memo);
+        }
+        true
     }
 
     /// What a router sees of this instance.

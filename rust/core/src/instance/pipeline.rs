@@ -25,7 +25,6 @@
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 
-use crate::cost::DecodeOpsMemo;
 use crate::error::{Error, Result};
 use crate::request::Request;
 use crate::scheduler::{preempt_recompute, Batch};
@@ -137,8 +136,8 @@ impl Instance {
     /// batch as one micro-batch going through the stages.
     pub fn with_pipelining(mut self, mode: PipelineMode) -> Self {
         if mode == PipelineMode::Async && self.cost.pp() > 1 {
-            self.cost = self.cost.single_microbatch();
-            self.decode_memo = DecodeOpsMemo::default();
+            self.cost = std::rc::Rc::new(self.cost.single_microbatch());
+            self.decode_memo = Default::default();
             self.pipeline = Some(Pipeline::new(self.cost.pp() as usize));
         }
         self

@@ -1,12 +1,13 @@
 //! Building an instance from one description: its cost model, experts, memory plan, KV cache
 //! and scheduler, with the checks that refuse a setup that cannot run.
 
-use crate::cost::{CostModel, DecodeOpsMemo, InstanceSpec};
+use crate::cost::{CostModel, InstanceSpec};
 use crate::error::{Error, Result};
 use crate::kv::BlockManager;
 use crate::memory::{MemoryConfig, MemoryPlan};
 use crate::moe::{ExpertConfig, ExpertRuntime, PluggedCaches, RoutingTrace};
 use crate::scheduler::{Batch, PreemptionMode, Queues, SchedulerConfig};
+use std::rc::Rc;
 use std::sync::Arc;
 
 use super::{Instance, InstanceStats, Role};
@@ -103,7 +104,7 @@ impl Instance {
                 }
                 let rt = ExpertRuntime::new(x.config, &cost, x.trace, x.seed, &x.stream, x.caches)?;
                 cost = cost.with_expert_hbm_saved(rt.stats.hbm_saved_bytes);
-                Some(rt)
+                Some(Box::new(rt))
             }
             None => None,
         };
@@ -117,6 +118,6 @@ impl Instance {
         let scheduler = scheduler.build(plan.kv_bytes_per_token * plan.block_size as u64, context_tokens)?;
         let kv = BlockManager::new(plan.num_blocks, plan.block_size, kv_watermark(plan.num_blocks)).with_attention_window(spec.model.sliding_window);
         let batch = Batch::windowed(cost.model().sliding_window);
-        Ok(Instance { pool, cost, decode_memo: DecodeOpsMemo::default(), plan, kv, scheduler, queues: Queues::default(), batch, busy: false, wake_pending: false, outstanding_tokens: 0, record: None, role: Role::Mixed, handoffs: Vec::new(), moe, spec: None, pipeline: None, id_sets: Default::default(), stretch: Default::default(), closed_form: true, stats: InstanceStats::default() })
+        Ok(Instance { pool, cost: Rc::new(cost), decode_memo: Rc::default(), plan, kv, scheduler, queues: Queues::default(), batch, busy: false, wake_pending: false, outstanding_tokens: 0, record: None, role: Role::Mixed, handoffs: Vec::new(), moe, spec: None, pipeline: None, id_sets: Default::default(), stretch: Default::default(), closed_form: true, stats: InstanceStats::default() })
     }
 }

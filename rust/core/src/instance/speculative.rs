@@ -164,7 +164,7 @@ impl Instance {
     /// synchronous pipeline stages the verify pass is the pipelined iteration and the proposer
     /// runs after it drains.
     pub(super) fn batch_cost(&mut self, reqs: &[Request]) -> IterationCost {
-        let Some((rest, seqs)) = self.draw_batch(reqs).filter(|(_, seqs)| !seqs.is_empty()) else { return self.cost.iteration_memo(&self.batch.shape, &mut self.decode_memo) };
+        let Some((rest, seqs)) = self.draw_batch(reqs).filter(|(_, seqs)| !seqs.is_empty()) else { return self.cost.iteration_memo(&self.batch.shape, &mut self.decode_memo.borrow_mut()) };
         let rt = self.spec.as_deref_mut().expect("a speculating pool");
         let (cost, proposer) = rt.spec.step_parts(&self.cost, &rest, &seqs);
         if self.moe.is_some() {

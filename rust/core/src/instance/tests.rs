@@ -165,3 +165,36 @@ fn a_sliding_window_model_counts_attention_within_its_window() {
     assert!(inst.could_hold(beyond));
     assert!(!instance(&vllm()).could_hold(beyond));
 }
+
+#[test]
+fn instances_with_equal_cost_models_share_one_and_time_alike() {
+    // Two instances run the same requests, one on its own cost model and memo, the other on a
+    // third instance's (shared): every iteration takes the same time to the nanosecond.
+    let sched = vllm();
+    let (mut own, mut shared, donor) = (instance(&sched), instance(&sched), instance(&sched));
+    assert!(shared.share_cost_of(&donor));
+    assert!(std::ptr::eq(shared.cost(), donor.cost()) && !std::ptr::eq(own.cost(), donor.cost()));
+    let mk = || (0..40).map(|i| Request::new(0, 50 + 31 * i, 3 + (i * 7) % 40)).collect::<Vec<_>>();
+    let (mut ra, mut rb) = (mk(), mk());
+    for i in 0..40u32 {
+        own.enqueue(i, &mut ra[i as usize]);
+        shared.enqueue(i, &mut rb[i as usize]);
+    }
+    let (mut now, mut iterations) = (0, 0);
+    while let Some(a) = own.start_iteration(now, &mut ra) {
+        let b = shared.start_iteration(now, &mut rb).expect("the same batches");
+        assert_eq!(a.compute_ns, b.compute_ns, "iteration {iterations}");
+        now += a.compute_ns;
+        own.finish_iteration(now, &mut ra, |_, _, _| {});
+        shared.finish_iteration(now, &mut rb, |_, _, _| {});
+        iterations += 1;
+    }
+    assert!(iterations > 40 && ra.iter().all(|r| r.status == crate::request::Status::Finished), "{iterations}");
+    // A different model (here another GPU) is not shared.
+    let memory = MemoryConfig::default();
+    let mut other_gpu = gpu();
+    other_gpu.memory_bandwidth = 2.0e12;
+    let mut slower = Instance::new(InstanceSetup { pool: 3, spec: InstanceSpec::new(llama3_8b(), other_gpu, Efficiency::default(), 1), memory: &memory, scheduler: &sched, experts: None }).unwrap();
+    assert!(!slower.share_cost_of(&donor));
+    assert!(!std::ptr::eq(slower.cost(), donor.cost()));
+}

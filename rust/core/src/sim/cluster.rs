@@ -117,6 +117,7 @@ impl<'a> Cluster<'a> {
             } else {
                 None
             };
+            let first_of_pool = instances.len();
             for _ in 0..pool.count {
                 let spec = InstanceSpec {
                     model: pool.model.clone(),
@@ -152,6 +153,11 @@ impl<'a> Cluster<'a> {
                     Some(_) => return Err(Error::config(format!("cluster.pools.{p}.prefix_caching"), "a prefix cache policy needs prefix_caching: true and a workload with prefix hashes")),
                     None => inst,
                 };
+                let mut inst = inst;
+                if let Some(first) = instances.get(first_of_pool) {
+                    // One cost model and decode memo for the pool: a large pool keeps them hot.
+                    inst.share_cost_of(first);
+                }
                 layerwise.push(pool.kv_transfer == KvTransfer::Layerwise && pool.role == Role::Prefill);
                 instances.push(inst);
             }
