@@ -45,38 +45,54 @@ impl CostModel {
     /// than decode attention taken from `memo` when it holds them for this sequence count (and
     /// stored there otherwise). Bit-identical to `iteration(shape)`.
     pub fn iteration_memo(&self, shape: &BatchShape, memo: &mut DecodeOpsMemo) -> IterationCost {
+        let mut c = IterationCost::default();
+        self.for_each_op_memo(shape, memo, |op| c.charge(op));
+        c
+    }
+
+    /// [`CostModel::for_each_op`] of `shape` through `memo`: the same operators with the same
+    /// costs in the same order, those of decode-only iterations other than decode attention (and
+    /// an overlapped per-step overhead) taken from `memo` when it holds them for this sequence
+    /// count (and stored there otherwise).
+    pub fn for_each_op_memo(&self, shape: &BatchShape, memo: &mut DecodeOpsMemo, mut sink: impl FnMut(&OpCost)) {
         let decode_only = shape.prefill_tokens == 0 && shape.prefill_seqs == 0 && shape.decode_seqs > 0;
         if !decode_only || !self.decode_ops_memoizable() {
-            return self.iteration(shape);
+            return self.for_each_op(shape, |op| sink(&op));
         }
         if memo.slots.is_empty() {
             memo.slots.resize_with(SLOTS, Entry::default);
         }
         let e = &mut memo.slots[(shape.decode_seqs % SLOTS as u64) as usize];
-        let mut c = IterationCost::default();
         if e.ops.is_empty() || e.decode_seqs != shape.decode_seqs || e.sampled != shape.sampled {
             e.ops.clear();
             self.for_each_op(shape, |op| e.ops.push(op));
             (e.decode_seqs, e.sampled) = (shape.decode_seqs, shape.sampled);
             for op in &e.ops {
-                c.charge(op);
+                sink(op);
             }
-            return c;
+            return;
         }
         let mut attention = None;
         let mut pass = IterationPass::new(self, shape, |op| attention = Some(op));
         pass.decode_attention();
         let time_n = pass.time_n;
         let overlap = self.eff.cpu_overlap == Some(true);
+        // The running sum of the seconds before each operator, as the full pass keeps it.
+        let mut before = IterationCost::default();
         for op in &e.ops {
-            match (op.op, &attention) {
-                (Op::DecodeAttention, Some(a)) => c.charge(a),
-                // The full pass's running sum before the overhead is `c.seconds` here, bit for bit.
-                (Op::Overhead, _) if overlap => c.charge(&self.scaled(self.overhead_cost(shape, time_n, c.seconds))),
-                _ => c.charge(op),
-            }
+            let overhead;
+            let op = match (op.op, &attention) {
+                (Op::DecodeAttention, Some(a)) => a,
+                (Op::Overhead, _) if overlap => {
+                    // The full pass's running sum before the overhead is `before.seconds` here, bit for bit.
+                    overhead = self.scaled(self.overhead_cost(shape, time_n, before.seconds));
+                    &overhead
+                }
+                _ => op,
+            };
+            before.charge(op);
+            sink(op);
         }
-        c
     }
 }
 
@@ -126,6 +142,29 @@ mod tests {
             let mut p = decodes(7, 500);
             p.add_prefill(300, 0, true);
             assert_eq!(cm.iteration_memo(&p, &mut memo), cm.iteration(&p), "{name}");
+        }
+    }
+
+    #[test]
+    fn memoised_stage_costs_are_bit_identical_to_the_full_split() {
+        // Llama-2-70B as TP2 x PP2, run as one micro-batch (asynchronous pipelining), with and
+        // without an overlapped CPU step.
+        for overlap in [None, Some(true)] {
+            let eff = Efficiency { iteration_overhead: 2e-3, layer_overhead: 5e-6, seq_overhead: Some(10e-6), cpu_overlap: overlap, ..ideal() };
+            let cm = CostModel::new(llama2_70b(), a100(), eff, 2).unwrap().with_pipeline(2, None).unwrap().single_microbatch();
+            let mut memo = DecodeOpsMemo::default();
+            for step in 0..30u64 {
+                for n in [1u64, 18, 19, 82] {
+                    let s = decodes(n, 200 + 50 * step);
+                    let (full, m) = (cm.stage_costs(&s), cm.stage_costs_memo(&s, &mut memo));
+                    let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&m.seconds), bits(&full.seconds), "n={n} step={step} overlap={overlap:?}");
+                    assert_eq!((m.average.seconds.to_bits(), m.average.compute_bound_seconds.to_bits()), (full.average.seconds.to_bits(), full.average.compute_bound_seconds.to_bits()));
+                }
+            }
+            let mut p = decodes(18, 500);
+            p.add_prefill(300, 0, true);
+            assert_eq!(cm.stage_costs_memo(&p, &mut memo), cm.stage_costs(&p));
         }
     }
 

@@ -93,7 +93,7 @@ impl Instance {
         // Membership through reusable id sets (no per-item scan of `parked`, no allocation once
         // grown): this runs for every batch of an asynchronous pipeline.
         let order = self.queues.running.clone();
-        let [set_aside, now_running, known] = &mut self.id_sets;
+        let set_aside = &mut self.id_sets[0];
         set_aside.fill_from(parked);
         self.queues.running.retain(|&r| !set_aside.contains(r));
         let kept = self.queues.running.len();
@@ -110,6 +110,14 @@ impl Instance {
             self.queues.running = merged;
             return;
         }
+        self.merge_set_aside(order, parked);
+    }
+
+    /// After scheduling with the `parked` requests of `order` (the running list before) set
+    /// aside: puts them back in their places among the requests the scheduler left running, in
+    /// `order`'s order, the scheduler's admissions after them.
+    pub(super) fn merge_set_aside(&mut self, order: Vec<u32>, parked: &[u32]) {
+        let [_, now_running, known] = &mut self.id_sets;
         now_running.reset(parked.len() + self.queues.running.len());
         for &r in parked.iter().chain(&self.queues.running) {
             now_running.insert(r);

@@ -162,12 +162,18 @@ impl Instance {
         if p.blocked() {
             return Ok(None);
         }
-        let (parked, flying) = self.parked_for_batch();
-        self.form_without(&parked, now, reqs);
-        if self.batch.items.is_empty() && parked.len() > flying {
+        let (flying, ready, share) = self.split_for_batch();
+        self.batch.clear();
+        self.scheduler.set_now(now);
+        if flying.is_empty() && share == ready.len() {
+            self.scheduler.schedule(&mut self.queues, reqs, &mut self.kv, &mut self.batch);
+        } else {
+            self.schedule_share(&ready[..share], reqs);
+        }
+        if self.batch.items.is_empty() && share < ready.len() {
             // The share alone cannot run (its KV cannot grow): the batch may take every ready request.
             let preempted = self.batch.preempted;
-            self.form_without(&parked[..flying], now, reqs);
+            self.form_without(&flying, now, reqs);
             self.batch.preempted += preempted;
         }
         while self.batch.items.is_empty() && self.batches_in_flight() == 0 && !self.queues.running.is_empty() {
@@ -239,25 +245,46 @@ impl Instance {
         IterationRecord { end: now, ..done.record }
     }
 
-    /// The running requests the next batch must leave out, and how many of them lead the list
-    /// because they are in flight (in running order); the rest are the ready ones beyond the
-    /// batch's share of `ceil(ready / free slots)`, in running order.
-    fn parked_for_batch(&mut self) -> (Vec<u32>, usize) {
+    /// The running requests in flight and the ready ones (the others), both in running order,
+    /// and how many of the ready ones lead the next batch's share: `ceil(ready / free slots)`.
+    fn split_for_batch(&mut self) -> (Vec<u32>, Vec<u32>, usize) {
         let p = self.pipeline.as_ref().expect("pipelined");
-        let flying = &mut self.id_sets[0];
-        flying.reset(p.in_flight.iter().map(|f| f.batch.items.len()).sum());
+        let in_flight = &mut self.id_sets[0];
+        in_flight.reset(p.in_flight.iter().map(|f| f.batch.items.len()).sum());
         for it in p.in_flight.iter().flat_map(|f| f.batch.items.iter()) {
-            flying.insert(it.req);
+            in_flight.insert(it.req);
         }
         let running = &self.queues.running;
-        let ready = running.iter().filter(|&&r| !flying.contains(r)).count();
-        let slots = p.shop.stage_free.len() - p.in_flight.len();
-        let share = ready.div_ceil(slots);
-        let mut parked = Vec::with_capacity(running.len() - share);
-        parked.extend(running.iter().copied().filter(|&r| flying.contains(r)));
-        let in_flight = parked.len();
-        parked.extend(running.iter().copied().filter(|&r| !flying.contains(r)).skip(share));
-        (parked, in_flight)
+        let (mut flying, mut ready) = (Vec::new(), Vec::with_capacity(running.len()));
+        for &r in running {
+            if in_flight.contains(r) {
+                flying.push(r);
+            } else {
+                ready.push(r);
+            }
+        }
+        let share = ready.len().div_ceil(p.shop.stage_free.len() - p.in_flight.len());
+        (flying, ready, share)
+    }
+
+    /// Schedules with the running list cut to `share` (a part of it, in its order), then puts
+    /// the others back in their places: what [`Instance::schedule_without`] does with the others
+    /// set aside, without testing every running request against them.
+    fn schedule_share(&mut self, share: &[u32], reqs: &mut [Request]) {
+        let order = std::mem::replace(&mut self.queues.running, share.to_vec());
+        self.scheduler.schedule(&mut self.queues, reqs, &mut self.kv, &mut self.batch);
+        let after = &self.queues.running;
+        if after.len() >= share.len() && after[..share.len()] == *share {
+            // Nothing left the running list, only admissions were appended: `order` stays whole.
+            let mut merged = order;
+            merged.extend_from_slice(&after[share.len()..]);
+            self.queues.running = merged;
+            return;
+        }
+        let in_share = &mut self.id_sets[0];
+        in_share.fill_from(share);
+        let parked: Vec<u32> = order.iter().copied().filter(|&r| !in_share.contains(r)).collect();
+        self.merge_set_aside(order, &parked);
     }
 
     /// The scheduler's batch at `now` with the `parked` running requests set aside.
