@@ -28,7 +28,7 @@ use std::collections::VecDeque;
 use crate::cost::DecodeOpsMemo;
 use crate::error::{Error, Result};
 use crate::request::Request;
-use crate::scheduler::{preempt_recompute, Batch};
+use crate::scheduler::{preempt_recompute, Batch, Item};
 use crate::time::{at, ns_to_secs, secs_to_ns, Nanos};
 
 use super::{Instance, IterationRecord};
@@ -109,12 +109,15 @@ pub(super) struct Pipeline {
     stage1_busy: bool,
     /// Batches already applied, kept to be reused by the next ones in flight.
     spare: Vec<Batch>,
+    /// Reused lists of request ids: in flight, ready, the running list put aside while the
+    /// scheduler sees a batch's share (so that forming a batch allocates nothing once grown).
+    scratch: [Vec<u32>; 3],
 }
 
 impl Pipeline {
     /// A pipeline of `stages` idle stages.
     pub(super) fn new(stages: usize) -> Self {
-        Pipeline { shop: FlowShop::new(stages), in_flight: VecDeque::new(), stage1_busy: false, spare: Vec::new() }
+        Pipeline { shop: FlowShop::new(stages), in_flight: VecDeque::new(), stage1_busy: false, spare: Vec::new(), scratch: Default::default() }
     }
 
     /// Whether no batch can be formed until an event already due (stage 1 free, a batch done).
@@ -176,6 +179,8 @@ impl Instance {
             self.form_without(&flying, now, reqs);
             self.batch.preempted += preempted;
         }
+        let p = self.pipeline.as_mut().expect("pipelined");
+        (p.scratch[0], p.scratch[1]) = (flying, ready);
         while self.batch.items.is_empty() && self.batches_in_flight() == 0 && !self.queues.running.is_empty() {
             // Nothing in flight and nothing can run: the running requests hold the cache and none
             // can grow (chunked prefills that batches in flight took in turn). As vLLM does when
@@ -248,19 +253,31 @@ impl Instance {
     /// The running requests in flight and the ready ones (the others), both in running order,
     /// and how many of the ready ones lead the next batch's share: `ceil(ready / free slots)`.
     fn split_for_batch(&mut self) -> (Vec<u32>, Vec<u32>, usize) {
-        let p = self.pipeline.as_ref().expect("pipelined");
-        let in_flight = &mut self.id_sets[0];
-        in_flight.reset(p.in_flight.iter().map(|f| f.batch.items.len()).sum());
-        for it in p.in_flight.iter().flat_map(|f| f.batch.items.iter()) {
-            in_flight.insert(it.req);
-        }
+        let p = self.pipeline.as_mut().expect("pipelined");
+        let (mut flying, mut ready) = (std::mem::take(&mut p.scratch[0]), std::mem::take(&mut p.scratch[1]));
+        (flying.clear(), ready.clear());
         let running = &self.queues.running;
-        let (mut flying, mut ready) = (Vec::new(), Vec::with_capacity(running.len()));
-        for &r in running {
-            if in_flight.contains(r) {
-                flying.push(r);
-            } else {
-                ready.push(r);
+        match p.in_flight.len() {
+            0 => ready.extend_from_slice(running),
+            // One batch in flight took its requests in running order (the scheduler appends its
+            // admissions to the list): a cursor along its items meets them all, in order, and
+            // then no other running request can be one of them. If it does not (the list was
+            // reordered), the set below decides.
+            1 if split_along(running, &p.in_flight[0].batch.items, &mut flying, &mut ready) => {}
+            _ => {
+                (flying.clear(), ready.clear());
+                let in_flight = &mut self.id_sets[0];
+                in_flight.reset(p.in_flight.iter().map(|f| f.batch.items.len()).sum());
+                for it in p.in_flight.iter().flat_map(|f| f.batch.items.iter()) {
+                    in_flight.insert(it.req);
+                }
+                for &r in running {
+                    if in_flight.contains(r) {
+                        flying.push(r);
+                    } else {
+                        ready.push(r);
+                    }
+                }
             }
         }
         let share = ready.len().div_ceil(p.shop.stage_free.len() - p.in_flight.len());
@@ -271,14 +288,19 @@ impl Instance {
     /// the others back in their places: what [`Instance::schedule_without`] does with the others
     /// set aside, without testing every running request against them.
     fn schedule_share(&mut self, share: &[u32], reqs: &mut [Request]) {
-        let order = std::mem::replace(&mut self.queues.running, share.to_vec());
+        let p = self.pipeline.as_mut().expect("pipelined");
+        let mut cut = std::mem::take(&mut p.scratch[2]);
+        cut.clear();
+        cut.extend_from_slice(share);
+        let order = std::mem::replace(&mut self.queues.running, cut);
         self.scheduler.schedule(&mut self.queues, reqs, &mut self.kv, &mut self.batch);
         let after = &self.queues.running;
         if after.len() >= share.len() && after[..share.len()] == *share {
             // Nothing left the running list, only admissions were appended: `order` stays whole.
             let mut merged = order;
             merged.extend_from_slice(&after[share.len()..]);
-            self.queues.running = merged;
+            let cut = std::mem::replace(&mut self.queues.running, merged);
+            self.pipeline.as_mut().expect("pipelined").scratch[2] = cut;
             return;
         }
         let in_share = &mut self.id_sets[0];
@@ -299,6 +321,22 @@ impl Instance {
     }
 }
 
+/// Splits `running` into the requests of `items` (a batch in flight) and the others, both in
+/// running order, if `items` appear in `running` in their own order; false (the lists then hold
+/// no meaning) if not.
+fn split_along(running: &[u32], items: &[Item], flying: &mut Vec<u32>, ready: &mut Vec<u32>) -> bool {
+    let mut next = items.iter().map(|it| it.req).peekable();
+    for &r in running {
+        if next.peek() == Some(&r) {
+            next.next();
+            flying.push(r);
+        } else {
+            ready.push(r);
+        }
+    }
+    next.peek().is_none()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,6 +355,19 @@ mod tests {
         // A batch formed late, after everything drained: no waiting, 20 + 3 + 5 + 2.
         assert_eq!(shop.enter(20, &[3, 5, 2]), Some((23, 30)));
         assert_eq!(shop.enter(Nanos::MAX - 1, &[3, 5, 2]), None);
+    }
+
+    #[test]
+    fn a_batch_in_flight_is_found_along_the_running_list() {
+        let items = |ids: &[u32]| ids.iter().map(|&req| Item { req, tokens: 1, draft: 0 }).collect::<Vec<_>>();
+        let (mut flying, mut ready) = (Vec::new(), Vec::new());
+        assert!(split_along(&[5, 9, 2, 7, 4], &items(&[9, 7]), &mut flying, &mut ready));
+        assert_eq!((flying.as_slice(), ready.as_slice()), (&[9, 7][..], &[5, 2, 4][..]));
+        // Out of running order, or not all running: not split (the caller falls back to a set).
+        for batch in [&[7, 9][..], &[9, 8][..]] {
+            (flying.clear(), ready.clear());
+            assert!(!split_along(&[5, 9, 2, 7, 4], &items(batch), &mut flying, &mut ready), "{batch:?}");
+        }
     }
 
     #[test]
