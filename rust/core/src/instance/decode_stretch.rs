@@ -272,6 +272,7 @@ impl Instance {
         }
         st.offset_sum = 0;
         st.forming = false;
+        self.settle_groups(reqs);
     }
 }
 

@@ -10,6 +10,7 @@ mod decode_stretch;
 mod id_set;
 mod iteration;
 mod pipeline;
+mod pipeline_groups;
 mod setup;
 mod speculative;
 mod stats;
@@ -58,6 +59,8 @@ pub struct Instance {
     id_sets: [id_set::IdSet; 3],
     /// Running requests decoding in closed form.
     stretch: decode_stretch::DecodeStretch,
+    /// A pipelined instance's micro-batches decoding in closed form.
+    groups: pipeline_groups::Groups,
     /// Whether decodes may run in closed form (off only to compare against the per-request passes).
     closed_form: bool,
     /// Counters.

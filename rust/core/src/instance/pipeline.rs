@@ -98,6 +98,8 @@ impl FlowShop {
 struct InFlight {
     batch: Batch,
     record: IterationRecord,
+    /// The group whose closed-form pass the batch is (its members are not in `batch.items`).
+    group: Option<usize>,
 }
 
 /// An instance's asynchronous pipeline: its stages and the batches in flight, oldest first
@@ -123,6 +125,25 @@ impl Pipeline {
     /// Whether no batch can be formed until an event already due (stage 1 free, a batch done).
     fn blocked(&self) -> bool {
         self.stage1_busy || self.in_flight.len() >= self.shop.stage_free.len()
+    }
+
+    /// Whether exactly one more batch may be in flight (the next batch's share is then every
+    /// ready request).
+    pub(super) fn one_slot_free(&self) -> bool {
+        self.in_flight.len() + 1 == self.shop.stage_free.len()
+    }
+
+    /// The requests the batches in flight list as items (a group's members are not listed).
+    pub(super) fn items_in_flight(&self) -> usize {
+        self.in_flight.iter().map(|f| f.batch.items.len()).sum()
+    }
+
+    /// The batch in flight carrying group `group`'s pass, now an ordinary batch (its caller gives
+    /// it the members as items).
+    pub(super) fn group_batch(&mut self, group: usize) -> Option<&mut Batch> {
+        let f = self.in_flight.iter_mut().find(|f| f.group == Some(group))?;
+        f.group = None;
+        Some(&mut f.batch)
     }
 }
 
@@ -165,6 +186,49 @@ impl Instance {
         if p.blocked() {
             return Ok(None);
         }
+        let group = self.form_group_batch(now, reqs);
+        if group.is_none() {
+            self.settle_groups(reqs);
+            self.form_ordinary_batch(now, reqs);
+        }
+        let group = group.flatten();
+        debug_assert_eq!(self.batch.swap_out_blocks + self.batch.swap_in_blocks, 0, "asynchronous pipelining never swaps");
+        if self.batch.items.is_empty() && group.is_none() {
+            return Ok(None);
+        }
+        for it in &self.batch.items {
+            let r = &mut reqs[it.req as usize];
+            r.first_scheduled = r.first_scheduled.min(now);
+        }
+        let st = self.batch_stage_costs(reqs);
+        let stage_ns: Vec<Nanos> = st.seconds.iter().map(|&s| secs_to_ns(s)).collect();
+        self.count_iteration(&st.average, secs_to_ns(st.average.seconds), None);
+        let record = self.batch_record(now);
+        let p = self.pipeline.as_mut().expect("pipelined");
+        let (stage1_free, done) = p.shop.enter(now, &stage_ns).ok_or_else(|| Error::Simulation {
+            message: format!(
+                "simulated time overflow: a pipelined batch starting at {:.3} s with stage times {:?} s would end past the clock's limit; the pool's GPU figures or calibration make iterations absurdly long",
+                ns_to_secs(now),
+                st.seconds
+            ),
+        })?;
+        // A batch done earlier is reused for the copy (its item list keeps its allocation).
+        let batch = match p.spare.pop() {
+            Some(mut b) => {
+                b.clone_from(&self.batch);
+                b
+            }
+            None => self.batch.clone(),
+        };
+        p.in_flight.push_back(InFlight { batch, record, group });
+        p.stage1_busy = true;
+        self.busy = true;
+        Ok(Some(BatchTimes { stage1_free, done }))
+    }
+
+    /// The scheduler's batch at `now` from the requests not in flight (the share of the ready
+    /// ones first, then every ready one, then preempting while nothing can run).
+    fn form_ordinary_batch(&mut self, now: Nanos, reqs: &mut [Request]) {
         let (flying, ready, share) = self.split_for_batch();
         self.batch.clear();
         self.scheduler.set_now(now);
@@ -192,38 +256,6 @@ impl Instance {
             self.form_without(&[], now, reqs);
             self.batch.preempted += preempted;
         }
-        debug_assert_eq!(self.batch.swap_out_blocks + self.batch.swap_in_blocks, 0, "asynchronous pipelining never swaps");
-        if self.batch.items.is_empty() {
-            return Ok(None);
-        }
-        for it in &self.batch.items {
-            let r = &mut reqs[it.req as usize];
-            r.first_scheduled = r.first_scheduled.min(now);
-        }
-        let st = self.batch_stage_costs(reqs);
-        let stage_ns: Vec<Nanos> = st.seconds.iter().map(|&s| secs_to_ns(s)).collect();
-        self.count_iteration(&st.average, secs_to_ns(st.average.seconds), None);
-        let record = self.batch_record(now);
-        let p = self.pipeline.as_mut().expect("pipelined");
-        let (stage1_free, done) = p.shop.enter(now, &stage_ns).ok_or_else(|| Error::Simulation {
-            message: format!(
-                "simulated time overflow: a pipelined batch starting at {:.3} s with stage times {:?} s would end past the clock's limit; the pool's GPU figures or calibration make iterations absurdly long",
-                ns_to_secs(now),
-                st.seconds
-            ),
-        })?;
-        // A batch done earlier is reused for the copy (its item list keeps its allocation).
-        let batch = match p.spare.pop() {
-            Some(mut b) => {
-                b.clone_from(&self.batch);
-                b
-            }
-            None => self.batch.clone(),
-        };
-        p.in_flight.push_back(InFlight { batch, record });
-        p.stage1_busy = true;
-        self.busy = true;
-        Ok(Some(BatchTimes { stage1_free, done }))
     }
 
     /// Stage 1 finished its batch: a new one may be formed.
@@ -241,7 +273,14 @@ impl Instance {
         let done = p.in_flight.pop_front().expect("a batch is in flight");
         let latest = std::mem::replace(&mut self.batch, done.batch);
         self.apply_speculation();
-        self.finish_iteration(now, reqs, on_token);
+        let mut on_token = on_token;
+        if let Some(g) = done.group {
+            self.finish_group(g, now, reqs, &mut on_token);
+        }
+        self.finish_iteration(now, reqs, &mut on_token);
+        if done.group.is_none() {
+            self.join_group(now, reqs);
+        }
         let finished = std::mem::replace(&mut self.batch, latest);
         if let Some(p) = self.pipeline.as_mut() {
             p.spare.push(finished);
