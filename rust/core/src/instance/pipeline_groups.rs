@@ -72,6 +72,22 @@ struct Group {
 pub(super) struct Groups {
     slots: Vec<Option<Group>>,
     crossing: Vec<u32>,
+    /// Ended groups, emptied, kept for their allocations.
+    spare: Vec<Group>,
+    /// The running list cut to a group (scratch).
+    cut: Vec<u32>,
+}
+
+impl Group {
+    /// Empties the group (keeping its allocations) for a new one starting at `now`.
+    fn reset(&mut self, now: Nanos, block_size: usize) {
+        (self.members.clear(), self.since.clear(), self.due.clear(), self.finishing.clear());
+        for slot in self.slots.iter_mut() {
+            slot.clear();
+        }
+        self.slots.resize_with(block_size, Vec::new);
+        (self.pass, self.offset_sum, self.offset_max, self.last_token, self.in_flight) = (0, 0, 0, now, false);
+    }
 }
 
 impl Groups {
@@ -115,16 +131,25 @@ impl Instance {
         }
         self.batch.clear();
         self.scheduler.set_now(now);
-        // The admissions with the running list cut to the group, as `schedule_share` would.
-        let members = &self.groups.slots[gi].as_ref().expect("a live group").members;
-        let cut = members.clone();
-        let order = std::mem::replace(&mut self.queues.running, cut);
-        let admits = self.scheduler.schedule_admissions(&mut self.queues, reqs, &mut self.kv, &mut self.batch);
-        let n = members.len();
-        debug_assert_eq!(&self.queues.running[..n], &members[..]);
-        let mut merged = order;
-        merged.extend_from_slice(&self.queues.running[n..]);
-        self.queues.running = merged;
+        let admits = if self.queues.waiting.is_empty() {
+            // Admissions come from the waiting queue: with none waiting there are none, whatever
+            // the running list (the scheduler is still asked, and may decline the closed form).
+            self.scheduler.schedule_admissions(&mut self.queues, reqs, &mut self.kv, &mut self.batch)
+        } else {
+            // The admissions with the running list cut to the group, as `schedule_share` would.
+            let members = &self.groups.slots[gi].as_ref().expect("a live group").members;
+            let mut cut = std::mem::take(&mut self.groups.cut);
+            cut.clear();
+            cut.extend_from_slice(members);
+            let order = std::mem::replace(&mut self.queues.running, cut);
+            let admits = self.scheduler.schedule_admissions(&mut self.queues, reqs, &mut self.kv, &mut self.batch);
+            let n = members.len();
+            debug_assert_eq!(&self.queues.running[..n], &members[..]);
+            let mut merged = order;
+            merged.extend_from_slice(&self.queues.running[n..]);
+            self.groups.cut = std::mem::replace(&mut self.queues.running, merged);
+            admits
+        };
         if !admits {
             return None;
         }
@@ -222,7 +247,8 @@ impl Instance {
             g.offset_max = g.members.iter().zip(&g.since).map(|(&r, &s)| reqs[r as usize].computed as i64 - s as i64).max().unwrap_or(i64::MIN);
         }
         if g.members.is_empty() {
-            self.groups.slots[gi] = None;
+            let g = self.groups.slots[gi].take().expect("a live group");
+            self.groups.spare.push(g);
         }
         self.retain_running(reqs);
     }
@@ -233,15 +259,16 @@ impl Instance {
         if !self.groups_apply() {
             return;
         }
-        let mut g = Group { last_token: now, ..Group::default() };
         let bs = self.kv.block_size() as u64;
-        g.slots.resize_with(bs as usize, Vec::new);
+        let mut g = self.groups.spare.pop().unwrap_or_default();
+        g.reset(now, bs as usize);
         for it in &self.batch.items {
             let r = &reqs[it.req as usize];
             if r.status != Status::Running {
                 continue;
             }
             if !r.is_decoding() || r.last_token != now {
+                self.groups.spare.push(g);
                 return;
             }
             let offset = r.computed as i64;
@@ -255,6 +282,7 @@ impl Instance {
             g.due.push(Reverse(Due { pass: (r.output - r.generated) as u64, req: it.req, since: 0 }));
         }
         if g.members.is_empty() {
+            self.groups.spare.push(g);
             return;
         }
         match self.groups.slots.iter().position(Option::is_none) {
@@ -269,8 +297,8 @@ impl Instance {
         if self.groups.slots.is_empty() {
             return;
         }
-        for (gi, g) in self.groups.slots.iter_mut().enumerate() {
-            let Some(g) = g.take() else { continue };
+        for (gi, slot) in self.groups.slots.iter_mut().enumerate() {
+            let Some(g) = slot.take() else { continue };
             for (&idx, &since) in g.members.iter().zip(&g.since) {
                 let r = &mut reqs[idx as usize];
                 let passes = (g.pass - since) as u32;
@@ -285,6 +313,7 @@ impl Instance {
                 f.items.clear();
                 f.items.extend(g.members.iter().map(|&req| Item { req, tokens: 1, draft: 0 }));
             }
+            self.groups.spare.push(g);
         }
         self.groups.slots.clear();
     }
