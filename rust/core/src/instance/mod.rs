@@ -1,8 +1,9 @@
 //! One model replica: its cost model, KV cache, queues and scheduler.
 //!
 //! Layout: `setup` builds an instance from one [`InstanceSetup`]; `iteration` forms, times and
-//! applies its iterations; `pipeline` keeps several batches in flight through asynchronous
-//! pipeline stages; `speculative` its speculative decoding; `stats` counts them (and the
+//! applies its iterations; `decode_stretch` runs decodes in closed form; `pipeline` keeps several
+//! batches in flight through asynchronous pipeline stages, whose micro-batches `pipeline_groups`
+//! decodes in closed form; `speculative` its speculative decoding; `stats` counts them (and the
 //! energy). This file holds the instance's queues and what a router and the disaggregation code
 //! ask of it.
 

@@ -18,7 +18,8 @@
 //! waiting requests are admitted by the scheduler into whichever batch forms next. If nothing is
 //! in flight and still nothing can run (running requests hold the whole cache and none can grow,
 //! e.g. chunked prefills that several batches took in turn), the newest running request is
-//! preempted by recompute until a batch forms, as vLLM does when the cache cannot hold a step. The KV cache is one block manager
+//! preempted by recompute until a batch forms, as vLLM does when the cache cannot hold a step. Decodes of a
+//! batch's requests run in closed form where they can (`pipeline_groups.rs`). The KV cache is one block manager
 //! shared by all batches (vLLM v0 splits it between virtual engines instead): every block a batch
 //! needs is taken when it forms, so the cache never exceeds its capacity.
 
