@@ -65,6 +65,39 @@ struct Group {
     finishing: Vec<Due>,
     /// Whether a batch of this group is in flight.
     in_flight: bool,
+    /// Members from this index on joined at the current pass from another group, whose previous
+    /// token came at `tail_token` (until the pass is applied): (index, time).
+    tail: Option<(usize, Nanos)>,
+}
+
+impl Group {
+    /// Adds running request `idx` as a member at the current pass (its fields written out).
+    fn add_member(&mut self, idx: u32, r: &Request, block_size: u64) {
+        let offset = r.computed as i64 - self.pass as i64;
+        self.offset_max = if self.members.is_empty() { offset } else { self.offset_max.max(offset) };
+        self.offset_sum += offset;
+        self.members.push(idx);
+        self.since.push(self.pass);
+        // Its decode at pass q processes token computed + (q - 1 - pass): the first past its
+        // blocks at q = pass + room + 1, then every block size passes.
+        let room = r.blocks as u64 * block_size - r.computed as u64;
+        let from = self.pass + room + 1;
+        self.slots[(from % block_size) as usize].push(Crosser { req: idx, from });
+        self.due.push(Reverse(Due { pass: self.pass + (r.output - r.generated) as u64, req: idx, since: self.pass }));
+    }
+
+    /// Writes the members' counters and latest token time out to their requests.
+    fn write_out(&self, reqs: &mut [Request]) {
+        for (&idx, &since) in self.members.iter().zip(&self.since) {
+            let r = &mut reqs[idx as usize];
+            let passes = (self.pass - since) as u32;
+            if passes > 0 {
+                r.computed += passes;
+                r.generated += passes;
+                r.last_token = self.last_token;
+            }
+        }
+    }
 }
 
 /// A pipelined instance's groups, by a stable index (the batches in flight refer to them).
@@ -86,7 +119,7 @@ impl Group {
             slot.clear();
         }
         self.slots.resize_with(block_size, Vec::new);
-        (self.pass, self.offset_sum, self.offset_max, self.last_token, self.in_flight) = (0, 0, 0, now, false);
+        (self.pass, self.offset_sum, self.offset_max, self.last_token, self.in_flight, self.tail) = (0, 0, 0, now, false, None);
     }
 }
 
@@ -115,19 +148,33 @@ impl Instance {
         if !p.one_slot_free() {
             return None;
         }
-        let mut ready = None;
+        // The ready groups (not in flight): one, or two where one's members all precede the
+        // other's in the running list (a prefill batch's requests, admitted last, joined).
+        let (mut first, mut second) = (None, None);
         for (i, g) in self.groups.slots.iter().enumerate() {
             if let Some(g) = g.as_ref().filter(|g| !g.in_flight) {
-                if ready.is_some() || g.members.is_empty() {
+                if second.is_some() || g.members.is_empty() || g.tail.is_some() {
                     return None;
                 }
-                ready = Some(i);
+                if first.is_none() {
+                    first = Some(i);
+                } else {
+                    second = Some(i);
+                }
             }
         }
-        let gi = ready?;
+        let mut gi = first?;
         let held = self.groups.members() + p.items_in_flight();
         if held != self.queues.running.len() {
             return None;
+        }
+        if let Some(other) = second {
+            let member = |i: usize| &self.groups.slots[i].as_ref().expect("a live group").members;
+            if precedes(&self.queues.running, member(other), member(gi)) {
+                (gi, second) = (other, Some(gi));
+            } else if !precedes(&self.queues.running, member(gi), member(other)) {
+                return None;
+            }
         }
         self.batch.clear();
         self.scheduler.set_now(now);
@@ -137,14 +184,14 @@ impl Instance {
             self.scheduler.schedule_admissions(&mut self.queues, reqs, &mut self.kv, &mut self.batch)
         } else {
             // The admissions with the running list cut to the group, as `schedule_share` would.
-            let members = &self.groups.slots[gi].as_ref().expect("a live group").members;
             let mut cut = std::mem::take(&mut self.groups.cut);
             cut.clear();
-            cut.extend_from_slice(members);
+            for i in std::iter::once(gi).chain(second) {
+                cut.extend_from_slice(&self.groups.slots[i].as_ref().expect("a live group").members);
+            }
+            let n = cut.len();
             let order = std::mem::replace(&mut self.queues.running, cut);
             let admits = self.scheduler.schedule_admissions(&mut self.queues, reqs, &mut self.kv, &mut self.batch);
-            let n = members.len();
-            debug_assert_eq!(&self.queues.running[..n], &members[..]);
             let mut merged = order;
             merged.extend_from_slice(&self.queues.running[n..]);
             self.groups.cut = std::mem::replace(&mut self.queues.running, merged);
@@ -155,6 +202,19 @@ impl Instance {
         }
         if !self.batch.items.is_empty() {
             return Some(None);
+        }
+        if let Some(other) = second {
+            // The later group's members join the earlier one at its pass, their previous token
+            // time kept as the pass's tail.
+            let s = self.groups.slots[other].take().expect("a live group");
+            s.write_out(reqs);
+            let bs = self.kv.block_size() as u64;
+            let g = self.groups.slots[gi].as_mut().expect("a live group");
+            g.tail = Some((g.members.len(), s.last_token));
+            for &idx in &s.members {
+                g.add_member(idx, &reqs[idx as usize], bs);
+            }
+            self.groups.spare.push(s);
         }
         self.group_decode_pass(gi, reqs).then_some(Some(gi))
     }
@@ -208,7 +268,13 @@ impl Instance {
         g.pass += 1;
         g.in_flight = false;
         let members = g.members.len() as u64;
-        on_token(now, g.last_token, members);
+        match g.tail.take() {
+            Some((from, token)) => {
+                on_token(now, g.last_token, from as u64);
+                on_token(now, token, members - from as u64);
+            }
+            None => on_token(now, g.last_token, members),
+        }
         g.last_token = now;
         self.outstanding_tokens += members;
         if g.finishing.is_empty() {
@@ -271,15 +337,7 @@ impl Instance {
                 self.groups.spare.push(g);
                 return;
             }
-            let offset = r.computed as i64;
-            g.offset_max = if g.members.is_empty() { offset } else { g.offset_max.max(offset) };
-            g.offset_sum += offset;
-            g.members.push(it.req);
-            g.since.push(0);
-            let room = r.blocks as u64 * bs - r.computed as u64;
-            let from = room + 1;
-            g.slots[(from % bs) as usize].push(Crosser { req: it.req, from });
-            g.due.push(Reverse(Due { pass: (r.output - r.generated) as u64, req: it.req, since: 0 }));
+            g.add_member(it.req, r, bs);
         }
         if g.members.is_empty() {
             self.groups.spare.push(g);
@@ -299,15 +357,7 @@ impl Instance {
         }
         for (gi, slot) in self.groups.slots.iter_mut().enumerate() {
             let Some(g) = slot.take() else { continue };
-            for (&idx, &since) in g.members.iter().zip(&g.since) {
-                let r = &mut reqs[idx as usize];
-                let passes = (g.pass - since) as u32;
-                if passes > 0 {
-                    r.computed += passes;
-                    r.generated += passes;
-                    r.last_token = g.last_token;
-                }
-            }
+            g.write_out(reqs);
             if g.in_flight {
                 let f = self.pipeline.as_mut().expect("pipelined").group_batch(gi).expect("a group in flight has its batch");
                 f.items.clear();
@@ -317,6 +367,17 @@ impl Instance {
         }
         self.groups.slots.clear();
     }
+}
+
+/// Whether `a` then `b` appear in `running` in that order (each a part of it in its order).
+fn precedes(running: &[u32], a: &[u32], b: &[u32]) -> bool {
+    let mut next = a.iter().chain(b).peekable();
+    for r in running {
+        if next.peek() == Some(&r) {
+            next.next();
+        }
+    }
+    next.peek().is_none()
 }
 
 #[cfg(test)]
