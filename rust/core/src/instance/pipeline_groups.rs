@@ -6,7 +6,9 @@
 //! the next batch's share is every ready request, so when the ready requests are exactly one group
 //! (every other running request in a batch in flight) that batch is the scheduler's admissions
 //! with the running list cut to the group (a prefill batch, the group waiting), or else one decode
-//! of each member. As in `decode_stretch.rs`, a group keeps its members' counters as of the pass
+//! of each member. Two ready groups, one's members all before the other's in the running list (a
+//! prefill batch's requests, admitted last, after the group that waited), fold into one: the
+//! later group's members join the earlier at its pass, their previous token time kept for it. As in `decode_stretch.rs`, a group keeps its members' counters as of the pass
 //! they joined (`since`) and counts its passes; the decode shape is summed from the offsets'
 //! sum and maximum, block crossings come from `block_size` slots by pass, a calendar says when a
 //! member produces its last token, and the members' inter-token gaps are one run (they all got
@@ -14,8 +16,8 @@
 //!
 //! Everything else goes through the scheduler after the groups are *settled* (their members'
 //! counters written out; a group in flight hands its members to its batch as ordinary items, in
-//! running order, which is what the scheduler would have given it): two ready groups (a prefill
-//! batch's requests joined), a pass needing more blocks than are free, no batch in flight, a
+//! running order, which is what the scheduler would have given it): more ready groups, or two
+//! interleaved, a pass needing more blocks than are free, no batch in flight, a
 //! scheduler without `schedule_admissions`, and every setting the colocated closed form excludes.
 //! Members stay in running order (the running list only loses requests and gains admissions at
 //! its end while groups live), so requests, instances, iteration logs and the inter-token sketch
