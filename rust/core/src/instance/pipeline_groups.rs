@@ -111,6 +111,9 @@ pub(super) struct Groups {
     spare: Vec<Group>,
     /// The running list cut to a group (scratch).
     cut: Vec<u32>,
+    /// Whether the scheduler declined to form admissions alone (no closed form with it: batches
+    /// no longer join groups).
+    declined: bool,
 }
 
 impl Group {
@@ -200,6 +203,7 @@ impl Instance {
             admits
         };
         if !admits {
+            self.groups.declined = true;
             return None;
         }
         if !self.batch.items.is_empty() {
@@ -324,7 +328,7 @@ impl Instance {
     /// After an ordinary batch was applied at `now`: its requests still running become a group,
     /// if all of them are decoding and the closed form applies.
     pub(super) fn join_group(&mut self, now: Nanos, reqs: &[Request]) {
-        if !self.groups_apply() {
+        if self.groups.declined || !self.groups_apply() {
             return;
         }
         let bs = self.kv.block_size() as u64;
