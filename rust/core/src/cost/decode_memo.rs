@@ -92,6 +92,17 @@ impl CostModel {
         split.finish(self)
     }
 
+    /// [`CostModel::for_each_op`] of `shape` through `memo`: the same operators with the same
+    /// costs in the same order, those of decode-only iterations other than decode attention (and
+    /// an overlapped per-step overhead) taken from `memo` when it holds them for this sequence
+    /// count (and stored there otherwise).
+    pub fn for_each_op_memo(&self, shape: &BatchShape, memo: &mut DecodeOpsMemo, mut sink: impl FnMut(&OpCost)) {
+        if !self.memo_applies(shape) {
+            return self.for_each_op(shape, |op| sink(&op));
+        }
+        self.memo_ops(shape, memo, sink)
+    }
+
     /// Whether `shape`'s operators can come from the memo: a decode-only batch, on a cost model
     /// whose decode operators are memoizable.
     fn memo_applies(&self, shape: &BatchShape) -> bool {
@@ -187,6 +198,29 @@ mod tests {
             let mut p = decodes(7, 500);
             p.add_prefill(300, 0, true);
             assert_eq!(cm.iteration_memo(&p, &mut memo), cm.iteration(&p), "{name}");
+        }
+    }
+
+    #[test]
+    fn memoised_stage_costs_are_bit_identical_to_the_full_split() {
+        // Llama-2-70B as TP2 x PP2, run as one micro-batch (asynchronous pipelining), with and
+        // without an overlapped CPU step.
+        for overlap in [None, Some(true)] {
+            let eff = Efficiency { iteration_overhead: 2e-3, layer_overhead: 5e-6, seq_overhead: Some(10e-6), cpu_overlap: overlap, ..ideal() };
+            let cm = CostModel::new(llama2_70b(), a100(), eff, 2).unwrap().with_pipeline(2, None).unwrap().single_microbatch();
+            let mut memo = DecodeOpsMemo::default();
+            for step in 0..30u64 {
+                for n in [1u64, 18, 19, 82] {
+                    let s = decodes(n, 200 + 50 * step);
+                    let (full, m) = (cm.stage_costs(&s), cm.stage_costs_memo(&s, &mut memo));
+                    let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&m.seconds), bits(&full.seconds), "n={n} step={step} overlap={overlap:?}");
+                    assert_eq!((m.average.seconds.to_bits(), m.average.compute_bound_seconds.to_bits()), (full.average.seconds.to_bits(), full.average.compute_bound_seconds.to_bits()));
+                }
+            }
+            let mut p = decodes(18, 500);
+            p.add_prefill(300, 0, true);
+            assert_eq!(cm.stage_costs_memo(&p, &mut memo), cm.stage_costs(&p));
         }
     }
 

@@ -6,7 +6,7 @@
 //! (reading its weights once per batch) and sends the activations on; stage 1 also runs the
 //! embedding and the engine's CPU step, the last stage the LM head and sampling.
 
-use super::{BatchShape, CostModel, IterationCost, Op};
+use super::{BatchShape, CostModel, DecodeOpsMemo, IterationCost, Op, OpCost};
 
 /// How long each pipeline stage holds one batch, and the batch's average over the stages.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,7 +32,19 @@ impl CostModel {
     /// the last stage. The stage times add up to the single-micro-batch iteration time. With
     /// pp = 1 there is one stage lasting the whole iteration.
     pub fn stage_costs(&self, shape: &BatchShape) -> StageCosts {
+        self.stage_costs_with(shape, None)
+    }
+
+    /// [`CostModel::stage_costs`] of `shape`, bit-identical, with the operators of decode-only
+    /// batches other than decode attention taken from `memo` (see `decode_memo.rs`).
+    pub fn stage_costs_memo(&self, shape: &BatchShape, memo: &mut DecodeOpsMemo) -> StageCosts {
+        self.stage_costs_with(shape, Some(memo))
+    }
+
+    /// The stage times of `shape`, its operators visited through `memo` if given.
+    fn stage_costs_with(&self, shape: &BatchShape, memo: Option<&mut DecodeOpsMemo>) -> StageCosts {
         if self.microbatches != 1 {
+            // The memo holds this model's operators, not the single micro-batch's.
             return self.single_microbatch().stage_costs(shape);
         }
         let pp = self.pp as usize;
@@ -41,7 +53,7 @@ impl CostModel {
         // The GPU part of the overhead op: per-layer fixed costs on all stages' layers.
         let gpu_fixed = (self.eff.layer_overhead + self.eff.moe_layer_overhead.unwrap_or(0.0) * self.moe_share) * stage_layers * self.pp as f64 * scale;
         let (mut first, mut last, mut layered, mut total, mut cb) = (0.0, 0.0, 0.0, 0.0, 0.0);
-        self.for_each_op(shape, |c| {
+        let mut visit = |c: &OpCost| {
             total += c.seconds;
             if c.compute_bound {
                 cb += c.seconds;
@@ -56,7 +68,11 @@ impl CostModel {
                 }
                 _ => layered += c.seconds,
             }
-        });
+        };
+        match memo {
+            Some(m) => self.for_each_op_memo(shape, m, visit),
+            None => self.for_each_op(shape, |c| visit(&c)),
+        }
         let mut seconds = vec![layered / pp as f64; pp];
         seconds[0] += first;
         seconds[pp - 1] += last;

@@ -357,6 +357,7 @@ impl Instance {
         st.late.clear();
         st.offset_sum = 0;
         st.forming = false;
+        self.settle_groups(reqs);
     }
 }
 

@@ -75,7 +75,7 @@ impl Instance {
             // The batch's own shape was just costed through the decode memo: its operators are there.
             let (base, fixed) = match verify {
                 Some(v) => self.cost.moe_layer_split(&v.0),
-                None => self.cost.moe_layer_split_memo(&self.batch.shape, &mut self.decode_memo),
+                None => self.cost.moe_layer_split_memo(&self.batch.shape, &mut self.decode_memo.borrow_mut()),
             };
             let x = m.iteration(&spans, &self.cost, base, fixed);
             compute_ns = secs_to_ns(match verify {
@@ -97,7 +97,7 @@ impl Instance {
         // Membership through reusable id sets (no per-item scan of `parked`, no allocation once
         // grown): this runs for every batch of an asynchronous pipeline.
         let order = self.queues.running.clone();
-        let [set_aside, now_running, known] = &mut self.id_sets;
+        let set_aside = &mut self.id_sets[0];
         set_aside.fill_from(parked);
         self.queues.running.retain(|&r| !set_aside.contains(r));
         let kept = self.queues.running.len();
@@ -114,6 +114,14 @@ impl Instance {
             self.queues.running = merged;
             return;
         }
+        self.merge_set_aside(order, parked);
+    }
+
+    /// After scheduling with the `parked` requests of `order` (the running list before) set
+    /// aside: puts them back in their places among the requests the scheduler left running, in
+    /// `order`'s order, the scheduler's admissions after them.
+    pub(super) fn merge_set_aside(&mut self, order: Vec<u32>, parked: &[u32]) {
+        let [_, now_running, known] = &mut self.id_sets;
         now_running.reset(parked.len() + self.queues.running.len());
         for &r in parked.iter().chain(&self.queues.running) {
             now_running.insert(r);

@@ -1,8 +1,9 @@
 //! One model replica: its cost model, KV cache, queues and scheduler.
 //!
 //! Layout: `setup` builds an instance from one [`InstanceSetup`]; `iteration` forms, times and
-//! applies its iterations; `pipeline` keeps several batches in flight through asynchronous
-//! pipeline stages; `speculative` its speculative decoding; `stats` counts them (and the
+//! applies its iterations; `decode_stretch` runs decodes in closed form; `pipeline` keeps several
+//! batches in flight through asynchronous pipeline stages, whose micro-batches `pipeline_groups`
+//! decodes in closed form; `speculative` its speculative decoding; `stats` counts them (and the
 //! energy). This file holds the instance's queues and what a router and the disaggregation code
 //! ask of it.
 
@@ -10,6 +11,7 @@ mod decode_stretch;
 mod id_set;
 mod iteration;
 mod pipeline;
+mod pipeline_groups;
 mod setup;
 mod speculative;
 mod stats;
@@ -65,6 +67,8 @@ pub struct Instance {
     id_sets: [id_set::IdSet; 3],
     /// Running requests decoding in closed form.
     stretch: decode_stretch::DecodeStretch,
+    /// A pipelined instance's micro-batches decoding in closed form.
+    groups: pipeline_groups::Groups,
     /// Whether decodes may run in closed form (off only to compare against the per-request passes).
     closed_form: bool,
     /// Counters.

@@ -18,7 +18,8 @@
 //! waiting requests are admitted by the scheduler into whichever batch forms next. If nothing is
 //! in flight and still nothing can run (running requests hold the whole cache and none can grow,
 //! e.g. chunked prefills that several batches took in turn), the newest running request is
-//! preempted by recompute until a batch forms, as vLLM does when the cache cannot hold a step. The KV cache is one block manager
+//! preempted by recompute until a batch forms, as vLLM does when the cache cannot hold a step. Decodes of a
+//! batch's requests run in closed form where they can (`pipeline_groups.rs`). The KV cache is one block manager
 //! shared by all batches (vLLM v0 splits it between virtual engines instead): every block a batch
 //! needs is taken when it forms, so the cache never exceeds its capacity.
 
@@ -27,7 +28,7 @@ use std::collections::VecDeque;
 
 use crate::error::{Error, Result};
 use crate::request::Request;
-use crate::scheduler::{preempt_recompute, Batch};
+use crate::scheduler::{preempt_recompute, Batch, Item};
 use crate::time::{at, ns_to_secs, secs_to_ns, Nanos};
 
 use super::{Instance, IterationRecord};
@@ -97,6 +98,8 @@ impl FlowShop {
 struct InFlight {
     batch: Batch,
     record: IterationRecord,
+    /// The group whose closed-form pass the batch is (its members are not in `batch.items`).
+    group: Option<usize>,
 }
 
 /// An instance's asynchronous pipeline: its stages and the batches in flight, oldest first
@@ -108,17 +111,39 @@ pub(super) struct Pipeline {
     stage1_busy: bool,
     /// Batches already applied, kept to be reused by the next ones in flight.
     spare: Vec<Batch>,
+    /// Reused lists of request ids: in flight, ready, the running list put aside while the
+    /// scheduler sees a batch's share (so that forming a batch allocates nothing once grown).
+    scratch: [Vec<u32>; 3],
 }
 
 impl Pipeline {
     /// A pipeline of `stages` idle stages.
     pub(super) fn new(stages: usize) -> Self {
-        Pipeline { shop: FlowShop::new(stages), in_flight: VecDeque::new(), stage1_busy: false, spare: Vec::new() }
+        Pipeline { shop: FlowShop::new(stages), in_flight: VecDeque::new(), stage1_busy: false, spare: Vec::new(), scratch: Default::default() }
     }
 
     /// Whether no batch can be formed until an event already due (stage 1 free, a batch done).
     fn blocked(&self) -> bool {
         self.stage1_busy || self.in_flight.len() >= self.shop.stage_free.len()
+    }
+
+    /// Whether exactly one more batch may be in flight (the next batch's share is then every
+    /// ready request).
+    pub(super) fn one_slot_free(&self) -> bool {
+        self.in_flight.len() + 1 == self.shop.stage_free.len()
+    }
+
+    /// The requests the batches in flight list as items (a group's members are not listed).
+    pub(super) fn items_in_flight(&self) -> usize {
+        self.in_flight.iter().map(|f| f.batch.items.len()).sum()
+    }
+
+    /// The batch in flight carrying group `group`'s pass, now an ordinary batch (its caller gives
+    /// it the members as items).
+    pub(super) fn group_batch(&mut self, group: usize) -> Option<&mut Batch> {
+        let f = self.in_flight.iter_mut().find(|f| f.group == Some(group))?;
+        f.group = None;
+        Some(&mut f.batch)
     }
 }
 
@@ -161,27 +186,14 @@ impl Instance {
         if p.blocked() {
             return Ok(None);
         }
-        let (parked, flying) = self.parked_for_batch();
-        self.form_without(&parked, now, reqs);
-        if self.batch.items.is_empty() && parked.len() > flying {
-            // The share alone cannot run (its KV cannot grow): the batch may take every ready request.
-            let preempted = self.batch.preempted;
-            self.form_without(&parked[..flying], now, reqs);
-            self.batch.preempted += preempted;
+        let group = self.form_group_batch(now, reqs);
+        if group.is_none() {
+            self.settle_groups(reqs);
+            self.form_ordinary_batch(now, reqs);
         }
-        while self.batch.items.is_empty() && self.batches_in_flight() == 0 && !self.queues.running.is_empty() {
-            // Nothing in flight and nothing can run: the running requests hold the cache and none
-            // can grow (chunked prefills that batches in flight took in turn). As vLLM does when
-            // the cache cannot hold the next step, the newest is preempted by recompute.
-            let preempted = self.batch.preempted + 1;
-            let victim = self.queues.running.pop().expect("running is not empty");
-            preempt_recompute(&mut reqs[victim as usize], &mut self.kv);
-            self.queues.waiting.push_front(victim);
-            self.form_without(&[], now, reqs);
-            self.batch.preempted += preempted;
-        }
+        let group = group.flatten();
         debug_assert_eq!(self.batch.swap_out_blocks + self.batch.swap_in_blocks, 0, "asynchronous pipelining never swaps");
-        if self.batch.items.is_empty() {
+        if self.batch.items.is_empty() && group.is_none() {
             return Ok(None);
         }
         for it in &self.batch.items {
@@ -208,10 +220,42 @@ impl Instance {
             }
             None => self.batch.clone(),
         };
-        p.in_flight.push_back(InFlight { batch, record });
+        p.in_flight.push_back(InFlight { batch, record, group });
         p.stage1_busy = true;
         self.busy = true;
         Ok(Some(BatchTimes { stage1_free, done }))
+    }
+
+    /// The scheduler's batch at `now` from the requests not in flight (the share of the ready
+    /// ones first, then every ready one, then preempting while nothing can run).
+    fn form_ordinary_batch(&mut self, now: Nanos, reqs: &mut [Request]) {
+        let (flying, ready, share) = self.split_for_batch();
+        self.batch.clear();
+        self.scheduler.set_now(now);
+        if flying.is_empty() && share == ready.len() {
+            self.scheduler.schedule(&mut self.queues, reqs, &mut self.kv, &mut self.batch);
+        } else {
+            self.schedule_share(&ready[..share], reqs);
+        }
+        if self.batch.items.is_empty() && share < ready.len() {
+            // The share alone cannot run (its KV cannot grow): the batch may take every ready request.
+            let preempted = self.batch.preempted;
+            self.form_without(&flying, now, reqs);
+            self.batch.preempted += preempted;
+        }
+        let p = self.pipeline.as_mut().expect("pipelined");
+        (p.scratch[0], p.scratch[1]) = (flying, ready);
+        while self.batch.items.is_empty() && self.batches_in_flight() == 0 && !self.queues.running.is_empty() {
+            // Nothing in flight and nothing can run: the running requests hold the cache and none
+            // can grow (chunked prefills that batches in flight took in turn). As vLLM does when
+            // the cache cannot hold the next step, the newest is preempted by recompute.
+            let preempted = self.batch.preempted + 1;
+            let victim = self.queues.running.pop().expect("running is not empty");
+            preempt_recompute(&mut reqs[victim as usize], &mut self.kv);
+            self.queues.waiting.push_front(victim);
+            self.form_without(&[], now, reqs);
+            self.batch.preempted += preempted;
+        }
     }
 
     /// Stage 1 finished its batch: a new one may be formed.
@@ -229,7 +273,14 @@ impl Instance {
         let done = p.in_flight.pop_front().expect("a batch is in flight");
         let latest = std::mem::replace(&mut self.batch, done.batch);
         self.apply_speculation();
-        self.finish_iteration(now, reqs, on_token);
+        let mut on_token = on_token;
+        if let Some(g) = done.group {
+            self.finish_group(g, now, reqs, &mut on_token);
+        }
+        self.finish_iteration(now, reqs, &mut on_token);
+        if done.group.is_none() {
+            self.join_group(now, reqs);
+        }
         let finished = std::mem::replace(&mut self.batch, latest);
         if let Some(p) = self.pipeline.as_mut() {
             p.spare.push(finished);
@@ -238,25 +289,63 @@ impl Instance {
         IterationRecord { end: now, ..done.record }
     }
 
-    /// The running requests the next batch must leave out, and how many of them lead the list
-    /// because they are in flight (in running order); the rest are the ready ones beyond the
-    /// batch's share of `ceil(ready / free slots)`, in running order.
-    fn parked_for_batch(&mut self) -> (Vec<u32>, usize) {
-        let p = self.pipeline.as_ref().expect("pipelined");
-        let flying = &mut self.id_sets[0];
-        flying.reset(p.in_flight.iter().map(|f| f.batch.items.len()).sum());
-        for it in p.in_flight.iter().flat_map(|f| f.batch.items.iter()) {
-            flying.insert(it.req);
-        }
+    /// The running requests in flight and the ready ones (the others), both in running order,
+    /// and how many of the ready ones lead the next batch's share: `ceil(ready / free slots)`.
+    fn split_for_batch(&mut self) -> (Vec<u32>, Vec<u32>, usize) {
+        let p = self.pipeline.as_mut().expect("pipelined");
+        let (mut flying, mut ready) = (std::mem::take(&mut p.scratch[0]), std::mem::take(&mut p.scratch[1]));
+        (flying.clear(), ready.clear());
         let running = &self.queues.running;
-        let ready = running.iter().filter(|&&r| !flying.contains(r)).count();
-        let slots = p.shop.stage_free.len() - p.in_flight.len();
-        let share = ready.div_ceil(slots);
-        let mut parked = Vec::with_capacity(running.len() - share);
-        parked.extend(running.iter().copied().filter(|&r| flying.contains(r)));
-        let in_flight = parked.len();
-        parked.extend(running.iter().copied().filter(|&r| !flying.contains(r)).skip(share));
-        (parked, in_flight)
+        match p.in_flight.len() {
+            0 => ready.extend_from_slice(running),
+            // One batch in flight took its requests in running order (the scheduler appends its
+            // admissions to the list): a cursor along its items meets them all, in order, and
+            // then no other running request can be one of them. If it does not (the list was
+            // reordered), the set below decides.
+            1 if split_along(running, &p.in_flight[0].batch.items, &mut flying, &mut ready) => {}
+            _ => {
+                (flying.clear(), ready.clear());
+                let in_flight = &mut self.id_sets[0];
+                in_flight.reset(p.in_flight.iter().map(|f| f.batch.items.len()).sum());
+                for it in p.in_flight.iter().flat_map(|f| f.batch.items.iter()) {
+                    in_flight.insert(it.req);
+                }
+                for &r in running {
+                    if in_flight.contains(r) {
+                        flying.push(r);
+                    } else {
+                        ready.push(r);
+                    }
+                }
+            }
+        }
+        let share = ready.len().div_ceil(p.shop.stage_free.len() - p.in_flight.len());
+        (flying, ready, share)
+    }
+
+    /// Schedules with the running list cut to `share` (a part of it, in its order), then puts
+    /// the others back in their places: what [`Instance::schedule_without`] does with the others
+    /// set aside, without testing every running request against them.
+    fn schedule_share(&mut self, share: &[u32], reqs: &mut [Request]) {
+        let p = self.pipeline.as_mut().expect("pipelined");
+        let mut cut = std::mem::take(&mut p.scratch[2]);
+        cut.clear();
+        cut.extend_from_slice(share);
+        let order = std::mem::replace(&mut self.queues.running, cut);
+        self.scheduler.schedule(&mut self.queues, reqs, &mut self.kv, &mut self.batch);
+        let after = &self.queues.running;
+        if after.len() >= share.len() && after[..share.len()] == *share {
+            // Nothing left the running list, only admissions were appended: `order` stays whole.
+            let mut merged = order;
+            merged.extend_from_slice(&after[share.len()..]);
+            let cut = std::mem::replace(&mut self.queues.running, merged);
+            self.pipeline.as_mut().expect("pipelined").scratch[2] = cut;
+            return;
+        }
+        let in_share = &mut self.id_sets[0];
+        in_share.fill_from(share);
+        let parked: Vec<u32> = order.iter().copied().filter(|&r| !in_share.contains(r)).collect();
+        self.merge_set_aside(order, &parked);
     }
 
     /// The scheduler's batch at `now` with the `parked` running requests set aside.
@@ -269,6 +358,22 @@ impl Instance {
             self.schedule_without(parked, reqs);
         }
     }
+}
+
+/// Splits `running` into the requests of `items` (a batch in flight) and the others, both in
+/// running order, if `items` appear in `running` in their own order; false (the lists then hold
+/// no meaning) if not.
+fn split_along(running: &[u32], items: &[Item], flying: &mut Vec<u32>, ready: &mut Vec<u32>) -> bool {
+    let mut next = items.iter().map(|it| it.req).peekable();
+    for &r in running {
+        if next.peek() == Some(&r) {
+            next.next();
+            flying.push(r);
+        } else {
+            ready.push(r);
+        }
+    }
+    next.peek().is_none()
 }
 
 #[cfg(test)]
@@ -289,6 +394,19 @@ mod tests {
         // A batch formed late, after everything drained: no waiting, 20 + 3 + 5 + 2.
         assert_eq!(shop.enter(20, &[3, 5, 2]), Some((23, 30)));
         assert_eq!(shop.enter(Nanos::MAX - 1, &[3, 5, 2]), None);
+    }
+
+    #[test]
+    fn a_batch_in_flight_is_found_along_the_running_list() {
+        let items = |ids: &[u32]| ids.iter().map(|&req| Item { req, tokens: 1, draft: 0 }).collect::<Vec<_>>();
+        let (mut flying, mut ready) = (Vec::new(), Vec::new());
+        assert!(split_along(&[5, 9, 2, 7, 4], &items(&[9, 7]), &mut flying, &mut ready));
+        assert_eq!((flying.as_slice(), ready.as_slice()), (&[9, 7][..], &[5, 2, 4][..]));
+        // Out of running order, or not all running: not split (the caller falls back to a set).
+        for batch in [&[7, 9][..], &[9, 8][..]] {
+            (flying.clear(), ready.clear());
+            assert!(!split_along(&[5, 9, 2, 7, 4], &items(batch), &mut flying, &mut ready), "{batch:?}");
+        }
     }
 
     #[test]

@@ -178,7 +178,7 @@ impl Instance {
     /// speculating decode) and the proposer's steps follow it on the last stage. Keeps the
     /// batch's accepted counts until it is applied ([`Instance::apply_speculation`]).
     pub(super) fn batch_stage_costs(&mut self, reqs: &[Request]) -> StageCosts {
-        let Some((rest, seqs)) = self.draw_batch(reqs) else { return self.cost.stage_costs(&self.batch.shape) };
+        let Some((rest, seqs)) = self.draw_batch(reqs) else { return self.cost.stage_costs_memo(&self.batch.shape, &mut self.decode_memo.borrow_mut()) };
         let rt = self.spec.as_deref_mut().expect("a speculating pool");
         rt.in_flight.push_back(std::mem::take(&mut rt.accepted));
         if seqs.is_empty() {
