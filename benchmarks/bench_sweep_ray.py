@@ -32,7 +32,7 @@ from pathlib import Path
 
 import polars as pl
 
-from bench_sweep_large import COUNTS, RATES, REPO
+from bench_sweep_large import COUNTS, RATES, REPO, _cpu_s
 
 TASK_TITLE = "ray::simulate_point_files"
 """The process title of a Ray worker running a sweep point."""
@@ -61,14 +61,6 @@ def _title(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
     except OSError:
         return ""
-
-
-def _cpu_s(pid: int) -> float:
-    try:
-        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-    except OSError:
-        return 0.0
 
 
 def run_on_cluster(worker_nodes: int, seeds: int, requests: int, extra: tuple[str, ...] = ()) -> dict:

@@ -122,7 +122,11 @@ def main() -> int:
     if a.mode == "record":
         a.file.write_text(json.dumps({"max_requests": a.max_requests, "digests": got}, indent=1, sort_keys=True) + "\n")
         return 0
-    want = json.loads(a.file.read_text())["digests"]
+    return report(got, json.loads(a.file.read_text())["digests"])
+
+
+def report(got: dict[str, dict[str, str]], want: dict[str, dict[str, str]]) -> int:
+    """Prints each table whose digest differs from ``want`` and a count; 1 if any differs."""
     bad = [(c, t) for c, tables in got.items() for t, d in tables.items() if want.get(c, {}).get(t) != d]
     for c, t in bad:
         print(f"DIFFERS: {c} {t}")

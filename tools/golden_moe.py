@@ -85,12 +85,7 @@ def main() -> int:
     if mode == "record":
         path.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
         return 0
-    want = json.loads(path.read_text())
-    bad = [(c, t) for c, tables in got.items() for t, d in tables.items() if want.get(c, {}).get(t) != d]
-    for c, t in bad:
-        print(f"DIFFERS: {c} {t}")
-    print(f"{len(got)} cases, {len(bad)} tables differ")
-    return 1 if bad else 0
+    return golden.report(got, json.loads(path.read_text()))
 
 
 if __name__ == "__main__":

@@ -22,22 +22,9 @@ impl Router for Scan {
     }
 }
 
-/// A deterministic bursty workload (LCG): `n` requests, some arriving together.
+/// The bursty LCG workload (`common::bursty_workload`) these tests run.
 fn workload(n: usize) -> Workload {
-    let mut x: u64 = 99;
-    let mut next = |m: u64| {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (x >> 33) % m
-    };
-    let mut w = Workload::default();
-    let mut t = 0;
-    for _ in 0..n {
-        t += next(4) * next(20_000_000);
-        w.arrival.push(t);
-        w.prompt.push(20 + next(3000) as u32);
-        w.output.push(1 + next(300) as u32);
-    }
-    w
+    common::bursty_workload(n, 99)
 }
 
 /// Per request: the instance it ended on and its completion time.

@@ -30,6 +30,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
+use super::iteration::complete;
 use super::{Instance, Role};
 use crate::request::{Request, Status};
 use crate::time::Nanos;
@@ -237,12 +238,7 @@ impl Instance {
             }
             debug_assert_eq!(r.generated, r.output, "a member finishes at its last token");
             r.last_token = now;
-            self.kv.release(r.blocks);
-            r.blocks = 0;
-            self.kv.detach(r);
-            r.status = Status::Finished;
-            r.completion = now;
-            self.outstanding_tokens -= r.prompt as u64 + r.generated as u64;
+            self.outstanding_tokens -= complete(&mut self.kv, r, now);
             self.stats.finished += 1;
             st.offset_sum -= offset;
             max_left |= offset == st.offset_max;

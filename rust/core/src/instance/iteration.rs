@@ -3,6 +3,7 @@
 
 use crate::cost::{IterationCost, WeightStream};
 use crate::moe::{ExpertTier, TokenSpan};
+use crate::kv::BlockManager;
 use crate::request::{Request, Status};
 use crate::time::{secs_to_ns, Nanos};
 
@@ -175,15 +176,10 @@ impl Instance {
                 continue;
             }
             if r.generated == r.output {
-                self.kv.release(r.blocks);
-                r.blocks = 0;
-                self.kv.detach(r);
-                r.status = Status::Finished;
-                r.completion = now;
+                self.outstanding_tokens -= complete(&mut self.kv, r, now);
                 if let Some(m) = self.moe.as_mut() {
                     m.forget(it.req);
                 }
-                self.outstanding_tokens -= r.prompt as u64 + r.generated as u64;
                 self.stats.finished += 1;
                 self.stretch.gone.push(it.req);
                 any_finished = true;
@@ -211,4 +207,15 @@ impl Instance {
             running: self.queues.running.len() as u32,
         }
     }
+}
+
+/// Ends `r` at `now`, after its last token: frees its KV blocks (and its share of cached prefix
+/// blocks) and marks it finished. Returns the tokens it held in its instance's outstanding count.
+pub(super) fn complete(kv: &mut BlockManager, r: &mut Request, now: Nanos) -> u64 {
+    kv.release(r.blocks);
+    r.blocks = 0;
+    kv.detach(r);
+    r.status = Status::Finished;
+    r.completion = now;
+    r.prompt as u64 + r.generated as u64
 }

@@ -26,6 +26,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
+use super::iteration::complete;
 use super::{Instance, Role};
 use crate::request::{Request, Status};
 use crate::scheduler::Item;
@@ -295,12 +296,7 @@ impl Instance {
             r.generated += passes;
             debug_assert_eq!(r.generated, r.output, "a member finishes at its last token");
             r.last_token = now;
-            self.kv.release(r.blocks);
-            r.blocks = 0;
-            self.kv.detach(r);
-            r.status = Status::Finished;
-            r.completion = now;
-            self.outstanding_tokens -= r.prompt as u64 + r.generated as u64;
+            self.outstanding_tokens -= complete(&mut self.kv, r, now);
             self.stats.finished += 1;
             self.stretch.gone.push(d.req);
             g.offset_sum -= offset;

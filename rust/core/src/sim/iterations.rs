@@ -4,6 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::instance::{InstanceStats, IterationStart};
+use crate::sketch::QuantileSketch;
 use crate::time::{at, ns_to_secs, Nanos, MAX_TIME_NS};
 
 use super::cluster::{Cluster, Event, Queue};
@@ -145,19 +146,40 @@ impl Cluster<'_> {
         if let (Some(l), Some(r)) = (self.log.as_mut(), inst.take_record(now)) {
             l.push(idx, &r);
         }
-        // Consecutive tokens of a batch mostly share one gap: add each run of equal gaps at once
-        // (in order, so the sketch ends bit-identical to one add per token).
-        let itl = &mut self.itl;
-        let mut run: (Nanos, u64) = (0, 0);
-        inst.finish_iteration(now, self.reqs, |t, prev, n| {
-            let gap = t - prev;
-            if run.1 > 0 && gap != run.0 {
-                itl.add_repeated(run.0 as f64 * 1e-9, run.1);
-                run.1 = 0;
-            }
-            run.0 = gap;
-            run.1 += n;
-        });
-        itl.add_repeated(run.0 as f64 * 1e-9, run.1);
+        let mut gaps = GapRuns::new(&mut self.itl);
+        inst.finish_iteration(now, self.reqs, |t, prev, n| gaps.push(t, prev, n));
+        gaps.finish();
+    }
+}
+
+/// Feeds an iteration's inter-token gaps to the run's sketch: consecutive tokens of a batch mostly
+/// share one gap, so each run of equal gaps is added at once (in order, so the sketch ends
+/// bit-identical to one add per token).
+pub(super) struct GapRuns<'a> {
+    itl: &'a mut QuantileSketch,
+    gap: Nanos,
+    count: u64,
+}
+
+impl<'a> GapRuns<'a> {
+    /// An empty run over `itl`.
+    pub(super) fn new(itl: &'a mut QuantileSketch) -> Self {
+        GapRuns { itl, gap: 0, count: 0 }
+    }
+
+    /// `n` tokens at time `t` whose previous tokens came at `prev`.
+    pub(super) fn push(&mut self, t: Nanos, prev: Nanos, n: u64) {
+        let gap = t - prev;
+        if self.count > 0 && gap != self.gap {
+            self.itl.add_repeated(self.gap as f64 * 1e-9, self.count);
+            self.count = 0;
+        }
+        self.gap = gap;
+        self.count += n;
+    }
+
+    /// Adds the last run.
+    pub(super) fn finish(self) {
+        self.itl.add_repeated(self.gap as f64 * 1e-9, self.count);
     }
 }

@@ -6,6 +6,7 @@ use crate::error::Result;
 use crate::time::Nanos;
 
 use super::cluster::{Cluster, Event, Queue};
+use super::iterations::GapRuns;
 use super::Role;
 
 impl Cluster<'_> {
@@ -32,20 +33,9 @@ impl Cluster<'_> {
     /// The oldest batch of `idx` left the last stage at `now`: applies its tokens, moves its
     /// prefilled requests on, and forms the next batch if stage 1 is free.
     pub(super) fn batch_done(&mut self, idx: u32, now: Nanos, queue: &mut Queue) -> Result<()> {
-        // Runs of equal gaps are added at once, in order (as `apply_iteration` does): the sketch
-        // ends bit-identical to one add per token.
-        let itl = &mut self.itl;
-        let mut run: (Nanos, u64) = (0, 0);
-        let record = self.instances[idx as usize].finish_batch(now, self.reqs, |t, prev, n| {
-            let gap = t - prev;
-            if run.1 > 0 && gap != run.0 {
-                itl.add_repeated(run.0 as f64 * 1e-9, run.1);
-                run.1 = 0;
-            }
-            run.0 = gap;
-            run.1 += n;
-        });
-        itl.add_repeated(run.0 as f64 * 1e-9, run.1);
+        let mut gaps = GapRuns::new(&mut self.itl);
+        let record = self.instances[idx as usize].finish_batch(now, self.reqs, |t, prev, n| gaps.push(t, prev, n));
+        gaps.finish();
         if let Some(l) = self.log.as_mut() {
             l.push(idx, &record);
         }

@@ -7,7 +7,7 @@ use fleetwise_core::memory::MemoryConfig;
 use fleetwise_core::model::ModelSpec;
 use fleetwise_core::router::RouterConfig;
 use fleetwise_core::scheduler::SchedulerConfig;
-use fleetwise_core::sim::{Parallelism, PoolConfig, SimConfig};
+use fleetwise_core::sim::{Parallelism, PoolConfig, SimConfig, Workload};
 
 /// Llama-3-8B in bf16, as the catalogue describes it.
 pub fn model() -> ModelSpec {
@@ -49,4 +49,24 @@ pub fn pool(count: u32, gpu: GpuSpec) -> PoolConfig {
 /// A run of `pools` behind `router`, seed 1, recording the iteration log if `record_iterations`.
 pub fn sim_config(pools: Vec<PoolConfig>, router: RouterConfig, record_iterations: bool) -> SimConfig {
     SimConfig { seed: 1, pools, router, record_iterations, hash_block_tokens: None, mixed_pool: None }
+}
+
+/// A deterministic bursty workload from an LCG seeded with `seed`: `n` requests, some arriving
+/// together (gaps of 0-3 x up to 20 ms), prompts of 20-3019 tokens, outputs of 1-300.
+#[allow(dead_code)] // not every test file uses it
+pub fn bursty_workload(n: usize, seed: u64) -> Workload {
+    let mut x = seed;
+    let mut next = |m: u64| {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (x >> 33) % m
+    };
+    let mut w = Workload::default();
+    let mut t = 0;
+    for _ in 0..n {
+        t += next(4) * next(20_000_000);
+        w.arrival.push(t);
+        w.prompt.push(20 + next(3000) as u32);
+        w.output.push(1 + next(300) as u32);
+    }
+    w
 }
