@@ -385,7 +385,9 @@ def test_same_choices_as_vllm_router_on_vllm(vllm_engines, policy):
     else:
         assert OUTCOMES[policy].get("prefix_hit", 0) > 0  # vllm-router really matched prefixes
         assert ours[:6] == [ours[0]] * 3 + [1 - ours[0]] * 3  # each burst stays on one engine
-        assert theirs[:6] == [theirs[0]] * 3 + [1 - theirs[0]] * 3  # so does vllm-router
+        # vllm-router keeps each burst on one engine too; which engine its second burst takes follows
+        # its load view at that moment (timing), so only the grouping is asserted for it.
+        assert len(set(theirs[:3])) == 1 and len(set(theirs[3:6])) == 1
         # Past the two bursts both routers weigh the prefix they hold against live in-flight counts,
         # which depend on when each CPU engine finishes its answers: on an idle machine they
         # alternate (66%-100% agreement), on a loaded one either may keep a run of prompts sharing
