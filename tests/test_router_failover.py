@@ -342,3 +342,88 @@ def test_scraped_metrics_parse_label_values_with_braces_and_quotes():
     g = prom.Gauge("fleetwise_x", "help")
     g.set(1, endpoint='we{ird}"\\name')
     assert prom.parse(prom.render([g]))["fleetwise_x"] == [({"endpoint": 'we{ird}"\\name'}, 1.0)]
+
+
+# -- an engine drops a connection before answering -------------------------------------------------
+
+class DroppingEngine:
+    """A raw HTTP/1.1 engine on 127.0.0.1 that reads each request and resets the connection without
+    answering for the first ``drops`` requests (what a request sent on a keep-alive connection the
+    engine is closing meets), then answers a two-event stream or a JSON completion."""
+
+    def __init__(self, drops: int):
+        import socket
+
+        self.drops, self.requests = drops, 0
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        import socket
+        import struct
+
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                head, body = data.split(b"\r\n\r\n", 1)
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+                while len(body) < length:
+                    body += conn.recv(65536)
+                self.requests += 1
+                if self.requests <= self.drops:
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
+                    continue
+                if json.loads(body).get("stream"):
+                    events = [{"id": "c", "object": "text_completion", "created": 0, "model": "m", "choices": [{"index": 0, "text": "ok", "finish_reason": None}]},
+                              {"id": "c", "object": "text_completion", "created": 0, "model": "m", "choices": [], "usage": {"prompt_tokens": 2, "completion_tokens": 1, "total_tokens": 3}}]
+                    payload = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+                    kind = b"text/event-stream"
+                else:
+                    payload, kind = json.dumps({"id": "c", "object": "text_completion", "choices": [{"index": 0, "text": "ok"}]}).encode(), b"application/json"
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: " + kind + b"\r\ncontent-length: " + str(len(payload)).encode() + b"\r\nconnection: close\r\n\r\n" + payload)
+
+    def stop(self) -> None:
+        self.sock.close()
+        self.thread.join(GUARD)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_connection_dropped_before_the_answer_is_sent_once_more(stream):
+    eng = DroppingEngine(drops=1)
+    r, _ = start_router([eng.url], "round-robin", health_interval=0)
+    try:
+        resp = complete(r, 0, stream=stream)
+        assert resp.status_code == 200, resp.text
+        assert eng.requests == 2  # dropped once, answered on the second connection
+        if stream:
+            assert [e["choices"][0]["text"] for e in sse(resp.text)[:1]] == ["ok"] and sse(resp.text)[-1] == "[DONE]"
+        else:
+            assert resp.json()["choices"][0]["text"] == "ok"
+        assert_no_load_left(r)
+    finally:
+        r.stop()
+        eng.stop()
+
+
+def test_an_engine_that_drops_every_connection_gets_a_502_after_one_more_try():
+    eng = DroppingEngine(drops=10)
+    r, _ = start_router([eng.url], "round-robin", health_interval=0)
+    try:
+        resp = complete(r, 0, stream=True)
+        assert resp.status_code == 502 and resp.json()["error"]["type"] == "BadGatewayError", resp.text
+        assert eng.requests == 2
+        assert value(metrics(r), "fleetwise_router_errors_total", endpoint=name(eng)) == 1
+        assert_no_load_left(r)
+    finally:
+        r.stop()
+        eng.stop()

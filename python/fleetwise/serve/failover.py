@@ -9,7 +9,9 @@ again (Envoy's "panic" routing): better to try than to refuse everything.
 
 A request whose connection to the chosen engine failed (the engine never got a byte of it) is safe
 to send elsewhere: the router ejects-or-counts the failure and routes it again among the endpoints
-it has not tried, at most ``retries`` times. A request that reached an engine is never retried.
+it has not tried, at most ``retries`` times. A request that reached an engine is never sent to another
+one; only a connection the engine closed before answering anything is tried once more, on the same
+engine (``proxy.DROPPED_ERRORS``).
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 :func:`forward` validates the body (malformed ones get an OpenAI-style 400), asks the router state
 for a decision, and sends the request (and, for a disaggregated decision, its prefill leg first).
 A connection that fails before any byte reached the engine is retried on another endpoint (see
-:mod:`fleetwise.serve.failover`); every other failure is answered: a read timeout with 504, other
+:mod:`fleetwise.serve.failover`); a connection the engine closed before answering anything (the
+keep-alive race: an idle pooled connection the engine is closing just as the request goes out) is
+sent once more to the same engine on a new connection; every other failure is answered: a read timeout with 504, other
 transport errors with 502. A streamed answer is relayed event by event with httpx-sse; when the
 engine fails midway the client gets an error event (``data: {"error": {...}}``, then
 ``data: [DONE]``, as vLLM ends a failed stream), never a made-up usage chunk. Whatever a request
@@ -27,6 +29,10 @@ from fleetwise.serve.text import stream_settings
 
 CONNECT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout)
 """Failures that happen before the engine got any byte of the request: safe to retry elsewhere."""
+DROPPED_ERRORS = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
+"""Failures of a connection that the engine closed or reset before its answer arrived (a streamed
+answer: before its status line): sent once more on a new connection (the engine answered nothing, and vLLM aborts a request whose connection
+closed, so nothing is lost or answered twice)."""
 DONE = b"data: [DONE]\n\n"
 
 
@@ -36,6 +42,14 @@ class Unreached(Exception):
     def __init__(self, index: int, error: Exception):
         super().__init__(f"endpoint {index}: {error!r}")
         self.index, self.error = index, error
+
+
+async def _send(client, request_fn):
+    """``await request_fn()``, once more if the connection was dropped before any answer arrived."""
+    try:
+        return await request_fn()
+    except DROPPED_ERRORS:
+        return await request_fn()
 
 
 def _failure(state, i: int, exc: Exception) -> tuple[int, str, str]:
@@ -122,7 +136,7 @@ async def _attempt(state, path: str, body: dict[str, Any], decision, req, track,
         track.add(decision.prefill, req.prompt_tokens)
         state.m_requests.inc(endpoint=p.name, leg="prefill")
         try:
-            r = await client.post(p.url + path, json=prefill_request(body), headers=fwd_headers)
+            r = await _send(client, lambda: client.post(p.url + path, json=prefill_request(body), headers=fwd_headers))
         except CONNECT_ERRORS as e:
             raise Unreached(decision.prefill, e) from None
         except httpx.HTTPError as e:
@@ -144,7 +158,7 @@ async def _attempt(state, path: str, body: dict[str, Any], decision, req, track,
     track.add(decision.instance, req.prompt_tokens)
     if not stream:
         try:
-            r = await client.post(target.url + path, json=upstream, headers=fwd_headers)
+            r = await _send(client, lambda: client.post(target.url + path, json=upstream, headers=fwd_headers))
         except CONNECT_ERRORS as e:
             raise Unreached(decision.instance, e) from None
         except httpx.HTTPError as e:
@@ -156,7 +170,8 @@ async def _attempt(state, path: str, body: dict[str, Any], decision, req, track,
 
     upstream["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
     try:
-        resp = await client.send(client.build_request("POST", target.url + path, json=upstream, headers={**fwd_headers, "accept": "text/event-stream"}), stream=True)
+        resp = await _send(client, lambda: client.send(client.build_request("POST", target.url + path, json=upstream, headers={**fwd_headers, "accept": "text/event-stream"}),
+                                                   stream=True))
     except CONNECT_ERRORS as e:
         raise Unreached(decision.instance, e) from None
     except httpx.HTTPError as e:
