@@ -11,6 +11,7 @@ measured by ``measure_vllm_step.py``). Writes the profile that the catalogue rea
 
     python -m tools.fidelity.engine_fit [--data calibration/h200-vllm-like] [--gpu h200]
     python -m tools.fidelity.engine_fit --hold-out    # leave one model out: fit on the others, predict it
+    python -m tools.fidelity.engine_fit --check calibration/h100-vllm-like --gpu h100-sxm   # another GPU's iterations
 
 The routed experts' grouped GEMMs are fitted first, on their own: ``calibration/<dir>/grouped_gemm.csv``
 (``grouped_gemm.py`` on the same GPU: both projections of Mixtral-8x7B's and Qwen3-30B-A3B's experts
@@ -19,6 +20,18 @@ over 1-4096 tokens per expert, random top-k routing) sets ``expert_compute``, ``
 core's tile-padding term, stays unset: fitted with the blend it goes to its floor on this sweep, and
 the two trade against each other when one expert shape pins them;
 per-point errors in ``grouped_gemm_fit.csv``); the iteration fit then holds them and fits the rest.
+
+The elementwise kernels' rate is not fitted on whole iterations either, where it trades against the
+projections and the test engine's own unfused copies: ``elementwise_memory`` is set so that the cost
+model's elementwise operator takes what the fused kernels took alone (``--kernels``:
+``layer_kernels.py``'s ``kernels.csv``, prompts of 2048 tokens and more, beyond the L2 cache), and a MoE
+layer's dispatch and combine get a factor of their own (``moe_dispatch_memory``, fitted). Weight
+streaming (``memory``) is held at the largest device-to-device copy rate the same run measured
+(``hardware.csv``): with it free, a fit without the 70B model trades it against ``layer_overhead``.
+
+``--check DIR`` predicts another measurement set (``DIR/iterations.csv``, e.g. a GPU the profile was
+not fitted on) with the profile as shipped (or ``--profile FILE``), writes ``DIR/check.csv`` and prints
+the errors per model; it fits nothing.
 
 ``--hold-out`` writes ``calibration/<dir>/holdout.csv`` (every point, predicted by the fit that
 never saw its model: its iterations and its experts' kernel sweep) and leaves the profile alone: how
@@ -41,7 +54,7 @@ from fleetwise.catalog.engine import ENGINES_DIR, EngineFactors, EngineProfile, 
 from fleetwise.cost import cost_model
 
 ROOT = Path(__file__).resolve().parents[2]
-START = {"gemm_compute": 1.0, "memory": 1.3, "attention_compute": 0.6, "attention_memory": 1.2, "elementwise_memory": 1.0,
+START = {"gemm_compute": 1.0, "memory": 1.3, "attention_compute": 0.6, "attention_memory": 1.2, "elementwise_memory": 1.0, "moe_dispatch_memory": 0.5,
          "layer_overhead": 20e-6, "moe_layer_overhead": 50e-6,
          "mixed_query_tile": 64, "decode_query_rows": 8, "gemm_ridge_exponent": 4.0, "attention_cta": 0.4,
          "attention_memory_split": 1.4}
@@ -153,6 +166,32 @@ def _search(pred, x: dict, meas: np.ndarray, loss=loss) -> tuple[float, dict]:
     return cur, x
 
 
+def elementwise_from_kernels(path: Path) -> float:
+    """The relative ``elementwise_memory`` at which the cost model's elementwise operator takes, summed
+    over ``path``'s dense prompts of 2048+ tokens at every TP, what the fused kernels took alone there."""
+    from tools.fidelity.vidur_ops import measured_kernels
+
+    meas = measured_kernels(path).filter(pl.col("tokens") >= 2048)
+    gpu_name = meas["gpu"][0]
+    gpu = lookup("gpu", gpu_name, {}, "gpu")
+    cal = profile_calibration(gpu_name, gpu, EngineProfile(factors=EngineFactors(**{**START, "elementwise_memory": 1.0})), label="kernels")
+    pred = 0.0
+    for r in meas.iter_rows(named=True):
+        m = lookup("model", r["model"], {}, "model").model_copy(update={"num_layers": 1})
+        cm = cost_model(m, gpu, tp=r["tp"], calibration=cal, model_name=r["model"])
+        pred += next(c["seconds"] for c in cm.breakdown([(r["tokens"], 0, True)], []) if c["op"] == "elementwise")
+    return float(f"{pred / (meas['elementwise_ms'].sum() / 1e3):.4g}")
+
+
+def memory_from_copy(hardware_csv: Path, gpu_name: str) -> float:
+    """The relative ``memory`` factor at which weights stream at the fastest copy rate in ``hardware_csv``."""
+    from fleetwise.catalog.hardware import hardware_fractions
+
+    gpu = lookup("gpu", gpu_name, {}, "gpu")
+    copy = pl.read_csv(hardware_csv).filter(pl.col("kind") == "copy")["rate"].max()
+    return float(f"{copy / gpu.memory_bandwidth / hardware_fractions(gpu).memory:.4g}")
+
+
 def fit(data: pl.DataFrame, gpu_name: str, experts: dict, held: dict | None = None) -> tuple[dict, np.ndarray]:
     """The best of the coordinate searches from each start, the expert-GEMM factors ``experts`` and
     any ``held`` factors fixed."""
@@ -166,17 +205,32 @@ def fit(data: pl.DataFrame, gpu_name: str, experts: dict, held: dict | None = No
     return x, predict(data, gpu_name, x)
 
 
-def hold_out(data: pl.DataFrame, kernels: pl.DataFrame, gpu_name: str) -> pl.DataFrame:
+def hold_out(data: pl.DataFrame, kernels: pl.DataFrame, gpu_name: str, held: dict) -> pl.DataFrame:
     """Each model's points predicted by the factors fitted on the other models only (their
     iterations and their experts' kernel sweep)."""
     parts = []
     for (name,), g in data.group_by(["model"], maintain_order=True):
         experts, _ = fit_kernels(kernels.filter(pl.col("model") != name), gpu_name)
-        x, _ = fit(data.filter(pl.col("model") != name), gpu_name, experts)
+        x, _ = fit(data.filter(pl.col("model") != name), gpu_name, experts, held)
         pred = predict(g, gpu_name, x)
         parts.append(g.select("model", "layers_run", "label", "gpu_seconds").with_columns(
             pl.Series("predicted_seconds", pred), pl.Series("error", pred / g["gpu_seconds"].to_numpy() - 1)))
     return pl.concat(parts)
+
+
+def check(data_dir: Path, gpu_name: str, profile: Path) -> None:
+    """Writes ``data_dir/check.csv``: every iteration there predicted by ``profile``'s factors on ``gpu_name``."""
+    factors = yaml.safe_load(profile.read_text())["factors"]
+    data = ordered(pl.read_csv(data_dir / "iterations.csv"))
+    pred = predict(data, gpu_name, factors)
+    table = data.select("model", "layers_run", "label", "gpu_seconds").with_columns(
+        pl.Series("predicted_seconds", pred), pl.Series("error", pred / data["gpu_seconds"].to_numpy() - 1))
+    table.write_csv(data_dir / "check.csv")
+    for (m,), g in table.group_by(["model"], maintain_order=True):
+        e = g["error"].to_numpy()
+        print(f"{m}: median |error| {np.median(np.abs(e)):.3f}, median error {np.median(e):+.3f}, worst {np.max(np.abs(e)):.3f}")
+    e = np.abs(table["error"].to_numpy())
+    print(f"all {len(e)} points ({profile.name} on {gpu_name}): median |error| {np.median(e):.3f}, p90 {np.quantile(e, 0.9):.3f}, worst {e.max():.3f}")
 
 
 def main() -> None:
@@ -186,12 +240,21 @@ def main() -> None:
     ap.add_argument("--cpu-step", default="calibration/vllm-cpu/cpu_step.yaml")
     ap.add_argument("--out", default=str(ENGINES_DIR / "vllm.yaml"))
     ap.add_argument("--hold", action="append", default=[], metavar="FACTOR=VALUE", help="keep a factor fixed (repeatable)")
+    ap.add_argument("--kernels", default="calibration/h100-vllm-like/kernels.csv", help="layer kernels timed alone: sets elementwise_memory ('' to fit it)")
     ap.add_argument("--hold-out", action="store_true", help="leave each model out in turn; write holdout.csv, not the profile")
+    ap.add_argument("--check", type=Path, metavar="DIR", help="predict DIR/iterations.csv with --profile on --gpu; fit nothing")
+    ap.add_argument("--profile", type=Path, default=ENGINES_DIR / "vllm.yaml", help="the profile --check predicts with")
     args = ap.parse_args()
+    if args.check:
+        check(ROOT / args.check, args.gpu, args.profile)
+        return
     data = ordered(pl.read_csv(ROOT / args.data / "iterations.csv"))
     kernels = kernel_points(pl.read_csv(ROOT / args.data / "grouped_gemm.csv"))
+    held = {"memory": memory_from_copy(ROOT / args.data / "hardware.csv", args.gpu)}
+    held |= {"elementwise_memory": elementwise_from_kernels(ROOT / args.kernels)} if args.kernels else {}
+    held |= {k: float(v) for k, v in (h.split("=", 1) for h in args.hold)}
     if args.hold_out:
-        table = hold_out(data, kernels, args.gpu)
+        table = hold_out(data, kernels, args.gpu, held)
         table.write_csv(ROOT / args.data / "holdout.csv")
         for (m,), g in table.group_by(["model"], maintain_order=True):
             e = np.abs(g["error"].to_numpy())
@@ -203,7 +266,6 @@ def main() -> None:
     experts, kpred = fit_kernels(kernels, args.gpu)
     kerr = kpred / kernels["seconds"].to_numpy() - 1
     kernels.with_columns(pl.Series("predicted_seconds", kpred), pl.Series("error", kerr)).write_csv(ROOT / args.data / "grouped_gemm_fit.csv")
-    held = {k: float(v) for k, v in (h.split("=", 1) for h in args.hold)}
     x, pred = fit(data, args.gpu, experts, held)
     err = pred / data["gpu_seconds"].to_numpy() - 1
     table = data.select("model", "layers_run", "label", "gpu_seconds").with_columns(pl.Series("predicted_seconds", pred), pl.Series("error", err))
@@ -228,7 +290,9 @@ def main() -> None:
                       "expert_gemm_seconds": {"median_abs": float(f"{np.median(np.abs(kerr)):.4f}"), "max_abs": float(f"{np.max(np.abs(kerr)):.4f}"),
                                               "points": len(kerr)}},
         "fitted_from": {"command": "python -m tools.fidelity.engine_fit", "data": args.data, "gpu": args.gpu,
-                        "expert_gemms": f"{args.data}/grouped_gemm.csv (tools/fidelity/grouped_gemm.py)"},
+                        "expert_gemms": f"{args.data}/grouped_gemm.csv (tools/fidelity/grouped_gemm.py)",
+                        "elementwise_kernels": f"{args.kernels} (tools/fidelity/layer_kernels.py)" if args.kernels else "fitted on the iterations",
+                        "held": held},
     }
     header = ("# Written by `python -m tools.fidelity.engine_fit` (do not edit by hand): the default engine profile.\n"
               "# Relative factors multiply a GPU's hardware fractions (catalog/gpus.yaml hardware:, or its architecture prior).\n")

@@ -95,6 +95,24 @@ def measured(profiles: Path, tree_gpu: str | None = None) -> pl.DataFrame:
     return pl.DataFrame(rows)
 
 
+KERNEL_GROUPS = {"gemm": ("qkv_proj", "o_proj", "mlp_gate_up", "mlp_down"), "elementwise": ("add_rms", "add_rms", "rope", "silu_mul", "kv_write")}
+"""How ``layer_kernels.py``'s kernels make up a layer: two fused add+RMSNorms, and the KV-cache write
+(which the cost model's elementwise operator charges too; Vidur times it with attention)."""
+
+
+def measured_kernels(path: Path) -> pl.DataFrame:
+    """This project's own kernel timings (``tools/fidelity/layer_kernels.py``, one GPU: no
+    all-reduce) grouped per layer like :func:`measured`, for the dense models the cost model knows."""
+    k = pl.read_csv(path).filter(pl.col("model").is_in(list(HIDDEN)) & pl.col("tokens").is_in(TOKENS))
+    gpu = "h100-sxm" if "H100" in k["gpu"][0] else "h200" if "H200" in k["gpu"][0] else k["gpu"][0]
+    rows = []
+    for (model, tp, tokens), g in k.group_by(["model", "tp", "tokens"], maintain_order=True):
+        t = dict(zip(g["op"], g["seconds"]))
+        ms = {c: 1e3 * sum(t[o] for o in ops) for c, ops in KERNEL_GROUPS.items()}
+        rows.append({"gpu": gpu, "model": model, "tp": tp, "tokens": tokens, "gemm_ms": ms["gemm"], "elementwise_ms": ms["elementwise"], "all_reduce_ms": 0.0})
+    return pl.DataFrame(rows)
+
+
 def predicted(model: str, tp: int, tokens: int, engine: str, gpu: str = "h100-sxm") -> dict[str, float]:
     """The cost model's per-layer milliseconds of each class for a ``tokens``-token prefill on ``gpu``."""
     from fleetwise.catalog import lookup
@@ -112,6 +130,9 @@ def compare(meas: pl.DataFrame, engines: tuple[str, ...] = ("vllm",)) -> pl.Data
     for engine in engines:
         preds = [predicted(r["model"], r["tp"], r["tokens"], engine, r.get("gpu", "h100-sxm")) for r in meas.iter_rows(named=True)]
         out = out.with_columns([pl.Series(f"{c}_ms_{engine}", [p[c] for p in preds]) for c in CLASSES])
+        # One GPU's kernel timings (``--kernels``) have no all-reduce to set beside the prediction.
+        single = (pl.col("tp") > 1) & (pl.col("all_reduce_ms") == 0)
+        out = out.with_columns(pl.when(single).then(0.0).otherwise(pl.col(f"all_reduce_ms_{engine}")).alias(f"all_reduce_ms_{engine}"))
     return out
 
 
@@ -186,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--profiles", type=Path, help="directory with Vidur's H100 CSVs (shared/reference/profiling)")
     src.add_argument("--measured", type=Path, help="a CSV this tool wrote: reuse its measured columns")
     src.add_argument("--vidur-tree", type=Path, help="a copy of Vidur's data/profiling tree (with --gpu)")
+    src.add_argument("--kernels", type=Path, help="kernels.csv of tools/fidelity/layer_kernels.py (this project's own timings)")
     ap.add_argument("--gpu", choices=sorted(TREE_GPUS), default="a100", help="which GPU of --vidur-tree")
     ap.add_argument("--engines", nargs="+", default=["vllm", "fleetwise-torch"])
     ap.add_argument("--out", type=Path, help="write the table here (CSV)")
@@ -194,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.measured:
         meas = pl.read_csv(args.measured)
         meas = meas.select([c for c in ("gpu", "model", "tp", "tokens", "gemm_ms", "elementwise_ms", "all_reduce_ms") if c in meas.columns])
+    elif args.kernels:
+        meas = measured_kernels(args.kernels)
     else:
         meas = measured(args.profiles, None) if args.profiles else measured(args.vidur_tree, args.gpu)
     if args.fit_profile:
@@ -207,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         table.with_columns(pl.selectors.float().round(5)).write_csv(args.out)
     with pl.Config(tbl_rows=100, tbl_cols=20, tbl_hide_dataframe_shape=True):
         for engine in args.engines:
-            print(f"predicted / measured per layer, engine {engine} (measured: Vidur's DGX-H100 profiles)")
+            source = f"layer_kernels.py on {args.kernels}" if args.kernels else "Vidur's profiles"
+            print(f"predicted / measured per layer, engine {engine} (measured: {source})")
             print(summary(table, engine))
     return 0
 

@@ -52,9 +52,10 @@ OPTIONAL_PARAMETERS: tuple[FitParameter, ...] = (
     FitParameter("seq_overhead", 1e-7, 1e-3),  # per-sequence CPU time per step (vLLM's scheduler and output path), s
     FitParameter("token_overhead", 1e-9, 1e-4),  # per-token CPU time per step (input preparation), s
     FitParameter("moe_layer_overhead", 1e-7, 1e-3),  # fused-MoE layer's fixed cost, s
+    FitParameter("moe_dispatch_memory", 0.02, 1.0),  # MoE dispatch and combine: bandwidth fraction of moving token-expert pairs
 )
 """Parameters fitted only when named with ``--param`` (engine-profile terms, docs/engines.md)."""
-UNSET_MEANS = {"elementwise_memory": "memory", "attention_memory": "memory"}
+UNSET_MEANS = {"elementwise_memory": "memory", "attention_memory": "memory", "moe_dispatch_memory": "elementwise_memory"}
 """Factors that, left unset, take another factor's value (``Calibration``): a fit starts there."""
 FIT_METRICS = ("ttft", "tpot", "itl")
 """Metrics the loss compares by default (ITL only when the log has it)."""
@@ -158,8 +159,9 @@ def fit_log(scenario: Scenario, log: RequestLog, pool: str | None = None, parame
 def _effective(calibration: dict, name: str) -> float:
     """The value factor ``name`` has in ``calibration`` (an unset one's stand-in, or 0)."""
     value = calibration.get(name)
-    if value is None and name in UNSET_MEANS:
-        value = calibration.get(UNSET_MEANS[name])
+    while value is None and name in UNSET_MEANS:
+        name = UNSET_MEANS[name]
+        value = calibration.get(name)
     return value or 0.0
 
 

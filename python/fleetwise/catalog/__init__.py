@@ -47,6 +47,9 @@ class Calibration(StrictModel):
     """Fraction of peak HBM bandwidth reached by attention reading the KV cache (default: memory)."""
     elementwise_memory: _Fraction | None = None
     """Fraction of peak HBM bandwidth reached by norms, RoPE, residuals, activations (default: memory)."""
+    moe_dispatch_memory: _Fraction | None = None
+    """Fraction of peak HBM bandwidth reached by a MoE layer's dispatch and combine of its token-expert
+    pairs (default: elementwise_memory)."""
     collective: _Fraction
     """Fraction of link bandwidth reached by collectives."""
     iteration_overhead: _Seconds

@@ -51,6 +51,9 @@ class EngineFactors(StrictModel):
     elementwise_memory: _Relative
     """Norms, RoPE, residuals and activations as a multiple of the hardware's memory fraction
     (low for unfused engines, near 1 with fused kernels)."""
+    moe_dispatch_memory: _Relative | None = None
+    """A MoE layer's dispatch and combine of its token-expert pairs (sort, gather, scatter-add) as a
+    multiple of the hardware's memory fraction (unset: as ``elementwise_memory``)."""
     attention_memory_split: _Relative | None = None
     """Decode attention's bandwidth while FlashAttention splits keys, as a multiple of the hardware's
     memory fraction (unset: as ``attention_memory``)."""
@@ -204,6 +207,7 @@ def profile_calibration(gpu_name: str, gpu: GpuSpec, prof: EngineProfile, overri
         "gemm_compute": frac(hw_gemm, f.gemm_compute), "memory": frac(hw_mem, f.memory), "collective": frac(hw_coll, f.collective),
         "attention_compute": frac(hw_gemm, f.attention_compute), "attention_memory": frac(hw_mem, f.attention_memory),
         "elementwise_memory": frac(hw_mem, f.elementwise_memory),
+        "moe_dispatch_memory": None if f.moe_dispatch_memory is None else frac(hw_mem, f.moe_dispatch_memory),
         "expert_compute": None if f.expert_compute is None else frac(hw_gemm, f.expert_compute),
         "expert_memory": None if f.expert_memory is None else frac(hw_mem, f.expert_memory),
         "attention_memory_split": None if f.attention_memory_split is None else frac(hw_mem, f.attention_memory_split),

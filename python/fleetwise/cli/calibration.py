@@ -106,7 +106,7 @@ def calibrate(
     requests: Optional[Path] = typer.Option(None, "--requests", help="Fit to a deployment's per-request log (with --scenario): writes an engine profile."),
     scenario: Optional[Path] = typer.Option(None, "--scenario", help="With --requests: the scenario the log's deployment is (cluster, pools, policies)."),
     pool: Optional[str] = typer.Option(None, "--pool", help="With --requests: the pool to fit (default: the only one)."),
-    param: List[str] = typer.Option([], "--param", help="With --requests: fit only this parameter (default: iteration_overhead, elementwise_memory, attention_compute, layer_overhead, attention_memory; also seq_overhead, token_overhead, moe_layer_overhead). Repeatable."),
+    param: List[str] = typer.Option([], "--param", help="With --requests: fit only this parameter (default: iteration_overhead, elementwise_memory, attention_compute, layer_overhead, attention_memory; also seq_overhead, token_overhead, moe_layer_overhead, moe_dispatch_memory). Repeatable."),
     metric: List[str] = typer.Option([], "--metric", help="With --requests: fit to this metric's p50/p90/p99 only (ttft, tpot, itl, e2e; default ttft, tpot, itl). Repeatable."),
     log_format: Optional[str] = typer.Option(None, "--format", help=_FORMAT_HELP),
     select: List[str] = typer.Option([], "--select", help=_SELECT_HELP),

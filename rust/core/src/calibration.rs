@@ -24,6 +24,11 @@ pub struct Efficiency {
     /// (defaults to `memory`; unfused engines reach far less than GEMMs streaming weights).
     #[serde(default)]
     pub elementwise_memory: Option<f64>,
+    /// Fraction of peak HBM bandwidth reached by a MoE layer's dispatch and combine of its
+    /// token-expert pairs (sorting them by expert, gathering and scatter-adding their hidden vectors;
+    /// defaults to `elementwise_memory`: gathers and atomic scatters reach far less than fused norms).
+    #[serde(default)]
+    pub moe_dispatch_memory: Option<f64>,
     /// Fraction of link bandwidth reached by collectives.
     pub collective: f64,
     /// Fixed cost of one iteration (scheduling, sampling, launch), seconds.
@@ -110,6 +115,6 @@ pub struct Efficiency {
 
 impl Default for Efficiency {
     fn default() -> Self {
-        Efficiency { gemm_compute: 0.7, attention_compute: 0.5, memory: 0.8, attention_memory: None, elementwise_memory: None, collective: 0.7, iteration_overhead: 1.0e-3, layer_overhead: 0.0, attention_cta: None, gemm_ridge_exponent: None, prefill_pad_tokens: None, seq_overhead: None, token_overhead: None, mixed_query_tile: None, decode_query_rows: None, moe_layer_overhead: None, time_scale: None, cpu_overlap: None, attention_memory_split: None, expert_compute: None, expert_memory: None, expert_pad_rows: None, expert_ridge_exponent: None }
+        Efficiency { gemm_compute: 0.7, attention_compute: 0.5, memory: 0.8, attention_memory: None, elementwise_memory: None, moe_dispatch_memory: None, collective: 0.7, iteration_overhead: 1.0e-3, layer_overhead: 0.0, attention_cta: None, gemm_ridge_exponent: None, prefill_pad_tokens: None, seq_overhead: None, token_overhead: None, mixed_query_tile: None, decode_query_rows: None, moe_layer_overhead: None, time_scale: None, cpu_overlap: None, attention_memory_split: None, expert_compute: None, expert_memory: None, expert_pad_rows: None, expert_ridge_exponent: None }
     }
 }

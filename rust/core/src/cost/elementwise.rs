@@ -26,11 +26,18 @@ impl<F: FnMut(OpCost)> IterationPass<'_, F> {
         // A MoE layer also moves every token-expert pair's hidden vector twice: dispatch (read the
         // token, write one copy per expert it goes to, in expert order) and combine (read the
         // experts' outputs, write the weighted sum): (2k + 2) h per token for k pairs on this GPU.
+        // With its own bandwidth (`moe_dispatch_memory`) that traffic is a kernel of its own.
         let k = cm.model.experts_per_token as f64 / cm.ep as f64;
         let (f, by) = elem(cm.moe_act_width);
-        let moe = (f + mt * 2.0 * k * h, by + mt * b * (2.0 * k + 2.0) * h);
-        let kernels = [Kernel::on(cm.moe_share, moe), Kernel::on(cm.dense_share, elem(cm.dense_width))];
-        self.emit(Op::Elementwise, &kernels, cm.flops_16bit, true);
+        let dispatch = (mt * 2.0 * k * h, mt * b * (2.0 * k + 2.0) * h);
+        let dense = Kernel::on(cm.dense_share, elem(cm.dense_width));
+        if let Some(bw) = cm.bw_dispatch {
+            let apart = Kernel { bw: Some(bw), ..Kernel::on(cm.moe_share, dispatch) };
+            self.emit(Op::Elementwise, &[Kernel::on(cm.moe_share, (f, by)), apart, dense], cm.flops_16bit, true);
+        } else {
+            let moe = (f + dispatch.0, by + dispatch.1);
+            self.emit(Op::Elementwise, &[Kernel::on(cm.moe_share, moe), dense], cm.flops_16bit, true);
+        }
     }
 }
 
@@ -68,6 +75,26 @@ mod tests {
         let (h, act, kv) = (4096.0, 2.0 * 14336.0, 1024.0);
         let per_token = 10.0 * h + 2.0 * (h + kv) + 3.0 * act + 2.0 * kv + 6.0 * h;
         assert!(close(el.bytes, 32.0 * 1000.0 * 2.0 * per_token), "{}", el.bytes);
+    }
+
+    #[test]
+    fn moe_dispatch_memory_times_the_dispatch_traffic_apart() {
+        // Mixtral again, the elementwise kernels at full bandwidth and the 6h per token of moving
+        // token-expert pairs at a quarter of it: 1000 tokens x 2 bytes x 32 layers each.
+        let (h, act, kv) = (4096.0, 2.0 * 14336.0, 1024.0);
+        let dense = 10.0 * h + 2.0 * (h + kv) + 3.0 * act + 2.0 * kv;
+        let mut eff = ideal();
+        eff.moe_dispatch_memory = Some(0.25);
+        let cm = CostModel::new(mixtral_8x7b(), h100(), eff, 1).unwrap();
+        let mut s = BatchShape::default();
+        s.add_prefill(1000, 0, true);
+        let el = op(&cm.breakdown(&s), Op::Elementwise);
+        let per_layer = 1000.0 * 2.0 * (dense / 3.35e12 + 6.0 * h / (0.25 * 3.35e12));
+        assert!(close(el.seconds, 32.0 * per_layer), "{} vs {}", el.seconds, 32.0 * per_layer);
+        assert!(close(el.bytes, 32.0 * 1000.0 * 2.0 * (dense + 6.0 * h)));
+        // Unset, the traffic moves at the elementwise bandwidth (the test above).
+        let same = CostModel::new(mixtral_8x7b(), h100(), ideal(), 1).unwrap();
+        assert!(close(op(&same.breakdown(&s), Op::Elementwise).seconds, 32.0 * 1000.0 * 2.0 * (dense + 6.0 * h) / 3.35e12));
     }
 
     #[test]

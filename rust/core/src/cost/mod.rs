@@ -96,6 +96,9 @@ pub struct CostModel {
     bw: f64,
     bw_attn: f64,
     bw_elem: f64,
+    /// Bandwidth of a MoE layer's dispatch and combine, where the engine sets one apart from the
+    /// elementwise kernels' (`Efficiency::moe_dispatch_memory`).
+    bw_dispatch: Option<f64>,
     /// Routed experts' grouped-GEMM FLOP/s and bytes/s.
     flops_expert: f64,
     bw_expert: f64,
