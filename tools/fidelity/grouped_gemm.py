@@ -22,10 +22,14 @@ import argparse
 import csv
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from graph_timing import replay_times  # noqa: E402
 
 DT = torch.bfloat16
 SHAPES = {"mixtral-8x7b": (8, 2, 4096, 14336), "qwen3-30b-a3b": (128, 8, 2048, 768)}
@@ -57,29 +61,7 @@ def counts_for(routing: str, experts: int, k: int, per_expert: int, gen: torch.G
 
 def time_point(a: torch.Tensor, w: torch.Tensor, offs: torch.Tensor, calls: int, reps: int) -> list[float]:
     """Seconds per grouped GEMM of each replay of a graph of ``calls`` launches."""
-    out = torch._grouped_mm(a, w, offs=offs)
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(2):
-            out = torch._grouped_mm(a, w, offs=offs)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            out = torch._grouped_mm(a, w, offs=offs)
-    graph.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        graph.replay()
-        e.record()
-        e.synchronize()
-        times.append(s.elapsed_time(e) / 1e3 / calls)
-    del graph, out
-    return times
+    return replay_times(lambda: torch._grouped_mm(a, w, offs=offs), calls, reps)
 
 
 def main() -> None:

@@ -36,6 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fused_grid import hardware  # noqa: E402
 from fused_kernels import Fused  # noqa: E402
+from graph_timing import replay_times  # noqa: E402
 
 DT = torch.bfloat16
 DENSE = {  # hidden, heads, kv heads, head dim, intermediate
@@ -55,25 +56,7 @@ TPS = (1, 2, 4, 8)
 
 def graph_time(fn, reps: int) -> float:
     """Seconds of one call of ``fn``: ``reps`` calls captured in a CUDA graph, median of 7 replays."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(reps):
-            fn()
-    g.replay()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(7):
-        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        e0.record()
-        g.replay()
-        e1.record()
-        e1.synchronize()
-        ts.append(e0.elapsed_time(e1) / 1e3 / reps)
-    del g
-    return statistics.median(ts)
+    return statistics.median(replay_times(fn, reps, 7))
 
 
 def dense_layer(model: str, tp: int, tokens: int, reps: int, fused: Fused, dev: str) -> list[dict]:
