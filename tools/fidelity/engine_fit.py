@@ -205,6 +205,12 @@ def fit(data: pl.DataFrame, gpu_name: str, experts: dict, held: dict | None = No
     return x, predict(data, gpu_name, x)
 
 
+def errors(data: pl.DataFrame, pred: np.ndarray) -> pl.DataFrame:
+    """``data``'s points with their predicted seconds and relative error."""
+    return data.select("model", "layers_run", "label", "gpu_seconds").with_columns(
+        pl.Series("predicted_seconds", pred), pl.Series("error", pred / data["gpu_seconds"].to_numpy() - 1))
+
+
 def hold_out(data: pl.DataFrame, kernels: pl.DataFrame, gpu_name: str, held: dict) -> pl.DataFrame:
     """Each model's points predicted by the factors fitted on the other models only (their
     iterations and their experts' kernel sweep)."""
@@ -213,8 +219,7 @@ def hold_out(data: pl.DataFrame, kernels: pl.DataFrame, gpu_name: str, held: dic
         experts, _ = fit_kernels(kernels.filter(pl.col("model") != name), gpu_name)
         x, _ = fit(data.filter(pl.col("model") != name), gpu_name, experts, held)
         pred = predict(g, gpu_name, x)
-        parts.append(g.select("model", "layers_run", "label", "gpu_seconds").with_columns(
-            pl.Series("predicted_seconds", pred), pl.Series("error", pred / g["gpu_seconds"].to_numpy() - 1)))
+        parts.append(errors(g, pred))
     return pl.concat(parts)
 
 
@@ -223,8 +228,7 @@ def check(data_dir: Path, gpu_name: str, profile: Path) -> None:
     factors = yaml.safe_load(profile.read_text())["factors"]
     data = ordered(pl.read_csv(data_dir / "iterations.csv"))
     pred = predict(data, gpu_name, factors)
-    table = data.select("model", "layers_run", "label", "gpu_seconds").with_columns(
-        pl.Series("predicted_seconds", pred), pl.Series("error", pred / data["gpu_seconds"].to_numpy() - 1))
+    table = errors(data, pred)
     table.write_csv(data_dir / "check.csv")
     for (m,), g in table.group_by(["model"], maintain_order=True):
         e = g["error"].to_numpy()
@@ -268,7 +272,7 @@ def main() -> None:
     kernels.with_columns(pl.Series("predicted_seconds", kpred), pl.Series("error", kerr)).write_csv(ROOT / args.data / "grouped_gemm_fit.csv")
     x, pred = fit(data, args.gpu, experts, held)
     err = pred / data["gpu_seconds"].to_numpy() - 1
-    table = data.select("model", "layers_run", "label", "gpu_seconds").with_columns(pl.Series("predicted_seconds", pred), pl.Series("error", err))
+    table = errors(data, pred)
     table.write_csv(ROOT / args.data / "fit.csv")
     cpu_path = ROOT / args.cpu_step
     cpu = yaml.safe_load(cpu_path.read_text()) if cpu_path.exists() else {}

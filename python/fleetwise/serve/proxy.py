@@ -44,7 +44,7 @@ class Unreached(Exception):
         self.index, self.error = index, error
 
 
-async def _send(client, request_fn):
+async def _send(request_fn):
     """``await request_fn()``, once more if the connection was dropped before any answer arrived."""
     try:
         return await request_fn()
@@ -136,7 +136,7 @@ async def _attempt(state, path: str, body: dict[str, Any], decision, req, track,
         track.add(decision.prefill, req.prompt_tokens)
         state.m_requests.inc(endpoint=p.name, leg="prefill")
         try:
-            r = await _send(client, lambda: client.post(p.url + path, json=prefill_request(body), headers=fwd_headers))
+            r = await _send(lambda: client.post(p.url + path, json=prefill_request(body), headers=fwd_headers))
         except CONNECT_ERRORS as e:
             raise Unreached(decision.prefill, e) from None
         except httpx.HTTPError as e:
@@ -158,7 +158,7 @@ async def _attempt(state, path: str, body: dict[str, Any], decision, req, track,
     track.add(decision.instance, req.prompt_tokens)
     if not stream:
         try:
-            r = await _send(client, lambda: client.post(target.url + path, json=upstream, headers=fwd_headers))
+            r = await _send(lambda: client.post(target.url + path, json=upstream, headers=fwd_headers))
         except CONNECT_ERRORS as e:
             raise Unreached(decision.instance, e) from None
         except httpx.HTTPError as e:
@@ -170,7 +170,7 @@ async def _attempt(state, path: str, body: dict[str, Any], decision, req, track,
 
     upstream["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
     try:
-        resp = await _send(client, lambda: client.send(client.build_request("POST", target.url + path, json=upstream, headers={**fwd_headers, "accept": "text/event-stream"}),
+        resp = await _send(lambda: client.send(client.build_request("POST", target.url + path, json=upstream, headers={**fwd_headers, "accept": "text/event-stream"}),
                                                    stream=True))
     except CONNECT_ERRORS as e:
         raise Unreached(decision.instance, e) from None
