@@ -149,3 +149,7 @@ def test_distserve_pipelined_decode_is_slower_than_the_flow_shop_predicts():
     assert all(abs(pp2_fit[f"tpot_{s}"]) < 0.1 for s in ("mean", "p50", "p90"))
     crossed = _errors("distserve_scenario.yaml", "distserve_requests_rate3.csv", ["cluster.pools.1.engine=distserve_pp2_decode_profile.yaml"])
     assert crossed["tpot_mean"] > 0.3
+    # The measured run sits between the asynchronous and the synchronous (draining) pipeline.
+    drained = _errors("distserve_scenario.yaml", "distserve_pp2_requests_rate4.csv",
+                      [*pp2, "cluster.pools.1.parallelism.pipeline=sync", "cluster.pools.1.engine=distserve_decode_profile.yaml"])
+    assert 0.15 < drained["tpot_mean"] < 0.35 and 0.15 < drained["tpot_p50"] < 0.35
