@@ -46,6 +46,18 @@ def tiny_gpu(memory_gb: float = 17.5) -> dict:
     }
 
 
+def docs_table_row(page: str, first_cell: str, where=lambda cells: True) -> list[str]:
+    """The stripped cells of the first table row of ``docs/<page>`` whose first cell is
+    ``first_cell`` (and for which ``where(cells)`` holds): for tests that recompute a page's numbers."""
+    for line in (REPO / "docs" / page).read_text().splitlines():
+        if not line.startswith("|"):
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells[0] == first_cell and where(cells):
+            return cells
+    raise AssertionError(f"no table row {first_cell!r} in docs/{page}")
+
+
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Runs ``python -m fleetwise ARGS`` and returns the completed process (text mode)."""
     env = dict(os.environ, COLUMNS="200")

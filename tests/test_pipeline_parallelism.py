@@ -13,7 +13,7 @@ from fleetwise.cluster import core_config
 from fleetwise.cost import cost_model
 from fleetwise.workload import Workload
 
-from conftest import REPO, SHARED_TRACES
+from conftest import REPO, SHARED_TRACES, docs_table_row
 
 PROMPT, OUTPUT = 128, 128
 
@@ -88,6 +88,18 @@ def test_the_sync_pipeline_keeps_the_micro_batched_iteration():
     # microbatches alone selects it too.
     same = _run({"tp": 2, "pp": 2, "microbatches": 2}, 1)
     assert same.requests["completion_ns"].to_list() == res.requests["completion_ns"].to_list()
+
+
+@pytest.mark.parametrize("n", [1, 2, 64, 512])
+def test_docs_table_is_what_the_simulator_gives(n):
+    # docs/pipeline-parallelism.md's "What it changes" table, recomputed under the shipped profile.
+    cells = docs_table_row("pipeline-parallelism.md", str(n))
+    tp4 = _throughput(_run({"tp": 4}, n))
+    asyn = _throughput(_run({"tp": 2, "pp": 2}, n))
+    sync = _throughput(_run({"tp": 2, "pp": 2, "pipeline": "sync"}, n))
+    assert [c.split(" ")[0] for c in cells[1:]] == [f"{round(tp4)}", f"{round(asyn)}", f"{round(sync)}"]
+    if n == 512:
+        assert cells[2].endswith(f"({asyn / tp4:.2f} × TP4)") and cells[3].endswith(f"({sync / tp4:.2f} × TP4)")
 
 
 @pytest.mark.parametrize("extra, field", [

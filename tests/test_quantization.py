@@ -9,7 +9,8 @@ import json
 import pytest
 
 import fleetwise
-from conftest import run_cli, small_scenario
+from conftest import docs_table_row, run_cli, small_scenario
+from fleetwise.estimate import estimate_iteration
 from fleetwise.catalog import builtin_gpus
 from fleetwise.cluster import core_config
 from fleetwise.cost import cost_model
@@ -116,3 +117,22 @@ def test_catalogue_fp8_peaks_are_twice_the_16_bit_peaks_where_present():
     for name, g in gpus.items():
         if g.fp8_peak_flops:
             assert g.fp8_peak_flops / g.peak_flops == pytest.approx(2.0, rel=0.02), name
+
+
+@pytest.mark.parametrize(("label", "quantization"), [
+    ("none", None),
+    ("`kv_cache: fp8`", {"kv_cache": "fp8"}),
+    ("`weights: fp8, kv_cache: fp8`", {"weights": "fp8", "kv_cache": "fp8"}),
+    ("`weights: int4, kv_cache: fp8`", {"weights": "int4", "kv_cache": "fp8"}),
+    ("`weights: fp8, activations: fp8`", {"weights": "fp8", "activations": "fp8"}),
+])
+def test_docs_numbers_table_is_what_estimate_prints(label, quantization):
+    # The page's table must be what its command prints under the shipped `vllm` profile.
+    cells = docs_table_row("quantization.md", label, lambda c: c[1].endswith(" GB"))
+    one = estimate_iteration("llama-3-8b", "h100-sxm", decode_batch=1, context=1000, quantization=quantization)
+    batch = estimate_iteration("llama-3-8b", "h100-sxm", decode_batch=64, context=2000, quantization=quantization)
+    prefill = estimate_iteration("llama-3-8b", "h100-sxm", prefill=4096, quantization=quantization)
+    assert cells[1] == f"{one['memory']['weights'] / 1e9:.2f} GB"
+    assert cells[3] == f"{one['seconds'] * 1e3:.2f} ms"
+    assert cells[4] == f"{batch['seconds'] * 1e3:.2f} ms"
+    assert cells[5] == f"{prefill['seconds'] * 1e3:.1f} ms"
