@@ -124,3 +124,53 @@ def test_alias_bomb_exits_2_without_hanging(tmp_path):
     p.write_text("\n".join(lines) + "\n")
     err = _cli_error(p)  # run_cli's timeout guards against a hang
     assert f"{p}: " in err and "aliases are expanded" in err
+
+
+@pytest.mark.parametrize(("path", "value", "expected"), [
+    (("workload", "requests"), True, "workload.requests: Input should be a valid integer (got true, a boolean)"),
+    (("workload", "arrivals", "rate"), True, "workload.arrivals.poisson.rate: Input should be a valid number (got true, a boolean)"),
+    (("cluster", "pools", 0, "count"), False, "cluster.pools.0.count: Input should be a valid integer (got false, a boolean)"),
+    (("seed",), True, "seed: Input should be a valid integer (got true, a boolean)"),
+    (("slo",), {"ttft": True}, "slo.ttft: Input should be a valid number (got true, a boolean)"),
+])
+def test_a_boolean_where_a_number_is_expected_is_an_error_not_one_or_zero(path, value, expected):
+    # pydantic's lax mode would read `requests: yes` as 1 request and simulate it with exit 0.
+    sc = small_scenario()
+    node = sc
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(ConfigError) as info:
+        fleetwise.scenario_from_dict(sc, "bools.yaml")
+    assert f"bools.yaml: {expected}" in str(info.value)
+
+
+def test_a_boolean_field_still_takes_booleans():
+    sc = small_scenario()
+    sc["cluster"]["pools"][0]["prefix_caching"] = True
+    assert fleetwise.scenario_from_dict(sc).cluster.pools[0].prefix_caching is True
+
+
+@pytest.mark.parametrize("cv", [1e-200, 1e300])
+def test_gamma_cv_out_of_its_range_is_an_error_not_a_traceback(write_yaml, cv):
+    sc = small_scenario()
+    sc["workload"]["arrivals"] = {"kind": "gamma", "rate": 10.0, "cv": cv}
+    err = _cli_error(write_yaml(sc))
+    assert "workload.arrivals.gamma.cv: Input should be" in err and ("0.001" in err or "1000" in err)
+
+
+@pytest.mark.parametrize(("section", "allowed"), [
+    (("workload", "arrivals"), "'poisson', 'gamma'"),
+    (("cluster", "router"), "'round-robin', 'least-outstanding-tokens'"),
+    (("cluster", "pools", 0, "scheduler"), "'vllm', 'vllm-v1', 'sarathi-serve'"),
+])
+def test_a_section_without_its_kind_lists_the_kinds(section, allowed):
+    sc = small_scenario()
+    node = sc
+    for key in section[:-1]:
+        node = node[key]
+    node[section[-1]] = {"max_num_seqs": 4} if section[-1] == "scheduler" else {}
+    with pytest.raises(ConfigError) as info:
+        fleetwise.scenario_from_dict(sc, "nokind.yaml")
+    where = ".".join(str(k) for k in section)
+    assert f"nokind.yaml: {where}: a 'kind' is required; allowed: {allowed}" in str(info.value)

@@ -179,3 +179,26 @@ def test_expert_curve_fits_the_grouped_gemm_sweep_and_transfers_between_expert_s
     big = points.filter(pl.col("model") == "mixtral-8x7b", pl.col("tokens_per_expert") >= 512)
     transfer = np.abs(predict_kernels(big, "h200", qwen) / big["seconds"].to_numpy() - 1)
     assert len(transfer) == 7 and transfer.max() < 0.10 and np.median(transfer) < 0.06, transfer
+
+
+def test_a_based_on_profile_s_factors_replace_only_the_ones_it_names(tmp_path):
+    # `factors: {memory: 1.2}` on top of vllm keeps every other vllm factor (it used to demand
+    # the required ones, and with them given, silently reset the rest to their defaults).
+    (tmp_path / "part.yaml").write_text("based_on: vllm\nfactors: {memory: 1.2}\n")
+    vllm, part = load_engine("vllm").factors, load_engine(str(tmp_path / "part.yaml")).factors
+    assert part.memory == 1.2 and vllm.memory != 1.2
+    assert part.model_dump(exclude={"memory"}) == vllm.model_dump(exclude={"memory"})
+    (tmp_path / "typo.yaml").write_text("based_on: vllm\nfactors: {memori: 1.2}\n")
+    with pytest.raises(ConfigError, match=r"typo.yaml: factors.memori: Extra inputs are not permitted"):
+        load_engine(str(tmp_path / "typo.yaml"))
+    (tmp_path / "range.yaml").write_text("based_on: vllm\nfactors: {memory: -1}\n")
+    with pytest.raises(ConfigError, match=r"range.yaml: factors.memory: Input should be greater than"):
+        load_engine(str(tmp_path / "range.yaml"))
+
+
+def test_an_engine_profile_that_is_not_utf8_is_an_error_naming_the_line(tmp_path):
+    bad = tmp_path / "bad8.yaml"
+    bad.write_bytes(b"based_on: vllm\ndescription: caf\xe9\n")
+    r = run_cli("estimate", "--model", "llama-3-8b", "--gpu", "h100-sxm", "--decode-batch", "8", "--context", "500", "--engine", str(bad))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"{bad}: line 2: not UTF-8 text" in r.stderr

@@ -228,3 +228,22 @@ def test_deepseek_v2_lite_kv_cache_is_the_mla_latent():
     assert r.summary["finished"] == 20
     # 64 experts, top-6: a 20-token decode batch activates far fewer than all 64 per layer.
     assert 0 < r.summary["experts"]["experts_activated_per_iteration"] < 26 * 64
+
+
+def test_gpus_waiting_for_offloaded_experts_draw_at_least_their_idle_power():
+    # Mixtral with experts in DRAM and a 2-expert cache stalls ~1 s per iteration: that time is busy
+    # (not idle), so it used to get no energy at all and the average fell to 20 W per H100.
+    from fleetwise.catalog import builtin_gpus
+
+    sc = {"name": "stalls", "seed": 1,
+          "cluster": {"pools": [{"name": "main", "count": 1, "gpu": "h100-sxm", "model": "mixtral-8x7b",
+                                 "experts": {"placement": "dram", "routing": {"kind": "zipf", "zipf_exponent": 0.8, "locality": 0.3},
+                                             "cache": {"policy": "lru", "experts_per_layer": 2}, "prefetch": {"accuracy": 0.9, "lead_layers": 1}}}]},
+          "workload": {"arrivals": {"kind": "poisson", "rate": 2.0}, "lengths": {"kind": "constant", "prompt": 500, "output": 30}, "requests": 20}}
+    res = fleetwise.simulate(sc)
+    inst = res.instances.row(0, named=True)
+    idle = builtin_gpus()["h100-sxm"].idle_watts
+    assert inst["expert_stall_ns"] > 0.5 * inst["busy_ns"]  # mostly waiting
+    assert res.summary["energy"]["average_watts_per_gpu"] >= idle
+    # The stalls are charged at least the idle power on top of the computing energy.
+    assert inst["busy_energy_joules"] >= idle * inst["expert_stall_ns"] * 1e-9 * inst["gpus"]

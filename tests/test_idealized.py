@@ -11,6 +11,7 @@ from fleetwise.cost import cost_model
 from fleetwise.errors import ConfigError
 from fleetwise.estimate import estimate_request
 from fleetwise.metrics.idealized import IdealizedRuntime
+from fleetwise.workload import Workload
 
 
 def test_runtime_is_one_prefill_then_one_decode_per_further_token():
@@ -80,3 +81,17 @@ def test_a_process_reuses_a_runtime_only_for_the_same_model_gpu_engine_length_an
     fresh = IdealizedRuntime.build("llama-3-8b", "a100-80gb-sxm", "vllm", 3000)
     for _ in range(2):
         np.testing.assert_array_equal(a.seconds(prompt, output), fresh.seconds(prompt, output))
+
+
+def test_a_rejected_request_too_long_for_the_reference_leaves_the_run_intact():
+    # One request longer than any reference could hold (it is rejected for the model's context):
+    # the reference is sized for the others, and the rejected one has no idealized runtime.
+    sc = small_scenario()
+    sc["cluster"]["pools"][0]["count"] = 1
+    wl = Workload(arrival_ns=np.array([0, 10**8, 2 * 10**8]), prompt_tokens=np.array([791, 30_000_000, 300]),
+                            output_tokens=np.array([87, 10, 10]))
+    res = fleetwise.simulate(sc, workload=wl)
+    assert res.requests["status"].to_list() == ["finished", "rejected", "finished"]
+    ideal = res.requests["idealized_runtime_s"].to_list()
+    assert ideal[1] is None and ideal[0] > 0 and ideal[2] > 0
+    assert res.summary["idealized"]["total_runtime_s"] == pytest.approx(ideal[0] + ideal[2])

@@ -173,3 +173,21 @@ def test_fit_on_one_real_trace_predicts_the_others():
     assert all(abs(after["rate6"].error(m, s)) < 0.05 for m in ("ttft", "tpot", "e2e") for s in stats)
     assert all(before["rate12"].error("tpot", s) < -0.28 for s in stats)
     assert all(-0.12 < after["rate12"].error(m, s) < -0.08 for m in ("tpot", "e2e") for s in stats)
+
+
+def test_a_log_that_cannot_determine_the_fit_is_refused(tmp_path):
+    # Two requests of one output token: no TPOT or ITL, and fewer requests than the five default
+    # parameters. The fit used to run and write a profile whose TTFT error stayed at -89%.
+    head = "arrival_s,first_token_s,last_token_s,prompt_tokens,output_tokens\n"
+    two = tmp_path / "two.csv"
+    two.write_text(head + "0,0.5,0.5,100,1\n1,1.5,1.5,100,1\n")
+    out = tmp_path / "p.yaml"
+    r = run_cli("calibrate", "--requests", str(two), "--scenario", str(CPU_SCENARIO), "-o", str(out))
+    assert r.returncode == 2 and "2 request(s) cannot determine 5 parameters" in r.stderr and not out.exists()
+    many = tmp_path / "many.csv"
+    many.write_text(head + "".join(f"{i},{i + 0.5},{i + 0.5},100,1\n" for i in range(8)))
+    r = run_cli("calibrate", "--requests", str(many), "--scenario", str(CPU_SCENARIO), "-o", str(out))
+    assert r.returncode == 2 and "no request generated two or more tokens" in r.stderr and not out.exists()
+    # Fitting TTFT alone from such a log is allowed.
+    sc, log = load_replay_scenario(CPU_SCENARIO), read_request_log(many)
+    assert fit_log(sc, log, parameters=PARAMETERS[:1], metrics=("ttft",)).loss_after <= fit_log(sc, log, parameters=PARAMETERS[:1], metrics=("ttft",)).loss_before

@@ -74,3 +74,26 @@ def test_an_ordinary_name_still_names_the_default_directory(scenario, tmp_path):
     r = run_cli("run", str(scenario), "--set", "name=my run-1.2", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "runs" / "my run-1.2" / "summary.json").exists()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc, where no directory can be made")
+def test_a_directory_that_cannot_be_made_is_refused_before_simulating(scenario):
+    # access() says yes to root in /proc; the check makes (and removes) a directory there first.
+    r = run_cli("run", str(scenario), "-o", "/proc/fleetwise-out")
+    _clean_exit_2(r, "output path /proc/fleetwise-out: cannot create a directory in /proc")
+    assert "requests finished" not in r.stdout  # nothing was simulated
+
+
+def test_validate_and_calibrate_check_their_output_file_first(tmp_path):
+    from conftest import REPO
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    log = REPO / "tests" / "data" / "vllm_bench_cpu_tiny_rate3.json"
+    sc = REPO / "tests" / "data" / "vllm_cpu_tiny.yaml"
+    r = run_cli("validate", str(sc), "--requests", str(log), "--json", str(blocker / "x.json"))
+    _clean_exit_2(r, str(blocker), "with --json")
+    assert "replayed requests finished" not in r.stdout
+    r = run_cli("calibrate", "--requests", str(log), "--scenario", str(sc), "-o", str(tmp_path))
+    _clean_exit_2(r, f"output file {tmp_path} is a directory")
+    assert list(tmp_path.iterdir()) == [blocker]  # the checks left nothing behind

@@ -196,3 +196,26 @@ def test_cli_bad_log_exits_2_naming_the_file(tmp_path):
     r = run_cli("validate", str(REPO / "calibration/h100/serving/scenario.yaml"), "--requests", str(csv))
     assert r.returncode == 2, r.stderr
     assert "bad.csv: line 2: last token" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_itl_lists_that_the_tokens_cannot_hold_are_refused(tmp_path):
+    head = "arrival_s,first_token_s,last_token_s,prompt_tokens,output_tokens,itl_s\n"
+    csv = tmp_path / "itl.csv"
+    # 4 output tokens have 3 gaps at most; 7 given (they also add up to more than 0.4 s).
+    csv.write_text(head + "0,0.1,0.5,100,4,0.05;0.05;0.05;0.05;0.05;0.05;0.05\n")
+    with pytest.raises(TraceError, match=r"itl.csv: line 2: itl_s holds 7 gaps; 4 output tokens have at most 3"):
+        read_request_log(csv)
+    csv.write_text(head + "0,0.1,0.5,100,4,0.2;0.2;0.2\n")
+    with pytest.raises(TraceError, match=r"line 2: itl_s gaps add up to 0.6 s, more than the 0.4 s from the first token to the last"):
+        read_request_log(csv)
+    # Rounded times and gaps (within 1% + 1 ms) and fewer gaps than tokens (streamed chunks) pass.
+    csv.write_text(head + "0,0.1,0.5,100,4,0.1335;0.1335;0.1335\n0,0.1,0.5,100,4,0.2;0.2\n")
+    assert len(read_request_log(csv)) == 2
+
+
+def test_a_message_with_brackets_is_printed_whole(tmp_path):
+    # The CLI prints errors through rich: "[nan, inf, 0.1]" must not be taken for markup and dropped.
+    csv = tmp_path / "nan.csv"
+    csv.write_text("arrival_s,first_token_s,last_token_s,prompt_tokens,output_tokens,itl_s\n0,0.1,0.5,100,4,nan;inf;0.1\n")
+    r = run_cli("validate", str(REPO / "calibration/h100/serving/scenario.yaml"), "--requests", str(csv))
+    assert r.returncode == 2 and "itl_s must be finite gaps >= 0 seconds, got [nan, inf, 0.1]" in r.stderr

@@ -239,6 +239,13 @@ def test_a_corrupt_row_is_recomputed_and_a_corrupt_points_file_is_named_by_repor
     r = run_cli(*args)
     assert r.returncode == 0 and "1 points computed, 2 resumed" in r.stdout
     assert (out / "points" / row.stem / "summary.json").exists()
+    # So is one whose summary.json was truncated (report could not read it).
+    summary = out / "points" / row.stem / "summary.json"
+    summary.write_bytes(summary.read_bytes()[:30])
+    r = run_cli(*args)
+    assert r.returncode == 0 and "1 points computed, 2 resumed" in r.stdout
+    assert f"{summary} was unreadable" in r.stderr
+    assert run_cli("report", str(out), "-o", str(html)).returncode == 0
 
 
 def test_goodput_recomputes_a_point_whose_request_table_is_damaged(tmp_path, capsys):

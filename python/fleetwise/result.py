@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,8 +47,8 @@ class Result:
         return d
 
 
-def check_output_dir(path: str | Path) -> Path:
-    """Checks, without creating anything, that ``path`` is or can become a writable directory.
+def check_output_dir(path: str | Path, option: str = "-o") -> Path:
+    """Checks, leaving nothing behind, that ``path`` is or can become a writable directory.
 
     Raises ConfigError naming the path when it exists and is not a directory (``-o /dev/null``),
     when a file is in the way of creating it, or when its nearest existing directory is not writable.
@@ -56,15 +57,32 @@ def check_output_dir(path: str | Path) -> Path:
 
     d = Path(path)
     if d.exists() and not d.is_dir():
-        raise ConfigError(f"output path {d} exists and is not a directory; give a directory (or a new path) with -o")
+        raise ConfigError(f"output path {d} exists and is not a directory; give a directory (or a new path) with {option}")
     parent = d
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
-        raise ConfigError(f"output path {d}: {parent} is in the way (it exists and is not a directory); give another -o")
+        raise ConfigError(f"output path {d}: {parent} is in the way (it exists and is not a directory); give another {option}")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"output path {d}: {parent} is not writable; give another -o")
+        raise ConfigError(f"output path {d}: {parent} is not writable; give another {option}")
+    try:  # access() says yes to root everywhere: try a directory there, removed at once
+        os.rmdir(tempfile.mkdtemp(prefix=".fleetwise-check-", dir=parent))
+    except OSError as e:
+        raise ConfigError(f"output path {d}: cannot create a directory in {parent}: {e.strerror or e}; give another {option}") from None
     return d
+
+
+def check_output_file(path: str | Path, option: str = "-o") -> Path:
+    """Checks, leaving nothing behind, that a file can be written at ``path`` (it is not a
+    directory, and its directory is or can become a writable one); ConfigError naming it and the
+    command's ``option`` if not."""
+    from fleetwise.errors import ConfigError
+
+    f = Path(path)
+    if f.is_dir():
+        raise ConfigError(f"output file {f} is a directory; give a file path")
+    check_output_dir(f.parent, option)
+    return f
 
 
 def ensure_output_dir(path: str | Path) -> Path:

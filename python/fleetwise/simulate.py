@@ -113,25 +113,32 @@ def _with_idealized_runtime(requests: pl.DataFrame, sc: Scenario, source: str) -
     alone on the reference GPU and engine, by its pool's model (the first pool's before routing).
     Also returns the GPUs each model needs on the reference GPU."""
     prompt, output = requests["prompt_tokens"].to_numpy(), requests["output_tokens"].to_numpy()
-    longest = int((prompt + output).max()) if requests.height else 1
+    total = prompt + output
+    # The reference is sized for the longest request that was not rejected: a rejected one (e.g.
+    # longer than the model's context) has no idealized runtime (null) and cannot fail the run.
+    rejected = (requests["status"] == "rejected").to_numpy()
+    served = ~rejected
+    longest = int(total[served].max()) if served.any() else 1
     try:
         runtimes = _idealized_runtimes(sc, longest)
     except (ConfigError, CapacityError) as err:
         raise type(err)(f"{source}: {err}") from None
     pools = requests["pool"].fill_null(sc.cluster.pools[0].name)
-    if len(runtimes) == 1:  # one pool: every request at once, without masks
+    unsized = rejected & (total > longest)
+    if len(runtimes) == 1 and not unsized.any():  # one pool: every request at once, without masks
         rt = next(iter(runtimes.values()))
         secs = rt.seconds(prompt, output)
         gpu_secs = secs * rt.gpus
     else:
-        secs, gpu_secs = np.zeros(requests.height), np.zeros(requests.height)
+        secs, gpu_secs = np.full(requests.height, np.nan), np.full(requests.height, np.nan)
         for name, rt in runtimes.items():
-            mask = (pools == name).to_numpy()
+            mask = (pools == name).to_numpy() & ~unsized
             if mask.any():
                 secs[mask] = rt.seconds(prompt[mask], output[mask])
                 gpu_secs[mask] = secs[mask] * rt.gpus
     gpus = {rt.model: rt.gpus for rt in runtimes.values()}
-    return requests.with_columns(pl.Series("idealized_runtime_s", secs), pl.Series("idealized_gpu_seconds", gpu_secs)), gpus
+    return requests.with_columns(pl.Series("idealized_runtime_s", secs, nan_to_null=True),
+                                 pl.Series("idealized_gpu_seconds", gpu_secs, nan_to_null=True)), gpus
 
 
 def _instances_frame(instances: list[dict]) -> pl.DataFrame:

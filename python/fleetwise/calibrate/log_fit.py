@@ -119,13 +119,21 @@ def fit_log(scenario: Scenario, log: RequestLog, pool: str | None = None, parame
     ``scenario`` matches its measured percentiles of ``metrics`` (module docstring; e.g. only
     ``("tpot", "itl")`` when the measured TTFT includes front-end time the model does not have).
     Deterministic: the same inputs give the same values. Raises ``ConfigError`` for an unknown
-    metric."""
+    metric, and for a log that cannot determine the fit (fewer requests than parameters; no output
+    of two or more tokens when TPOT or ITL is fitted)."""
     from fleetwise.calibrate.comparison import METRICS
     from fleetwise.errors import ConfigError
 
     unknown = [m for m in metrics if m not in METRICS]
     if unknown or not metrics:
         raise ConfigError(f"fit metrics {', '.join(unknown) or '(none)'}: allowed: {', '.join(METRICS)}")
+    n, names = log.frame.height, ", ".join(p.name for p in parameters)
+    if n < len(parameters):
+        raise ConfigError(f"{log.path}: {n} request(s) cannot determine {len(parameters)} parameters ({names}); "
+                          "a log needs at least one request per parameter (hundreds to fit well)")
+    if set(metrics) - {"ttft"} and int(log.frame["output_tokens"].max()) < 2:
+        raise ConfigError(f"{log.path}: no request generated two or more tokens, so the log has no TPOT or ITL to fit; "
+                          "use a log with longer outputs, or fit TTFT alone (--metric ttft) with the parameters it depends on")
     index = pool_index(scenario, pool)
     base = resolved_calibration(scenario, index)
     start = {p.name: float(_effective(base, p.name)) for p in parameters}

@@ -17,11 +17,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import yaml
 from pydantic import Field, ValidationError
 
 from fleetwise.config.base import StrictModel
-from fleetwise.config.yaml_input import FAST_SAFE_LOADER
+from fleetwise.config.yaml_input import decode_text, parse_yaml
 from fleetwise.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -132,27 +131,39 @@ def _profile_path(engine: str, base_dir: Path | None) -> Path:
     return path
 
 
+_REQUIRED_FACTORS = {name: 1.0 for name, f in EngineFactors.model_fields.items() if f.is_required()}
+"""Placeholders for the factors a complete ``factors:`` block must give, to check a partial one."""
+
+
 @lru_cache(maxsize=64)
-def _load_file(path: str) -> EngineProfile:
+def _load_file(path: str) -> tuple[EngineProfile, dict | None]:
+    """The profile in ``path``, and for a ``based_on`` profile the factors its ``factors:`` block
+    gives (they replace only those of the profile it is based on; None when it has no block)."""
     try:
-        data = yaml.load(Path(path).read_text(), Loader=FAST_SAFE_LOADER)
+        data = parse_yaml(decode_text(Path(path).read_bytes(), path), path)
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the engine profile: {e.strerror or e}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: an engine profile is a mapping (description, factors, cpu_step, per_gpu, based_on)")
+    partial = None
+    if data.get("based_on") is not None and isinstance(data.get("factors"), dict):
+        data = dict(data)
+        partial = data.pop("factors")
     try:
-        return EngineProfile.model_validate(data)
+        if partial is not None:
+            EngineFactors.model_validate({**_REQUIRED_FACTORS, **partial})
+        return EngineProfile.model_validate(data), partial
     except ValidationError as e:
         err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"])
+        where = ("factors", *err["loc"]) if partial is not None and e.title == "EngineFactors" else err["loc"]
+        loc = ".".join(str(x) for x in where)
         raise ConfigError(f"{path}: {loc}: {err['msg']}") from None
 
 
 def load_engine(engine: str, base_dir: Path | None = None) -> EngineProfile:
     """The profile ``engine`` names (a built-in name or a file), with ``based_on`` chains merged:
-    a field set here replaces the based-on profile's; ``per_gpu`` entries merge field by field."""
+    a field set here replaces the based-on profile's; ``factors`` and ``per_gpu`` entries merge
+    factor by factor."""
     seen: list[str] = []
     chain: list[EngineProfile] = []
     name, where = engine, base_dir
@@ -162,17 +173,22 @@ def load_engine(engine: str, base_dir: Path | None = None) -> EngineProfile:
         if key in seen:
             raise ConfigError(f"{engine}: based_on forms a cycle ({' -> '.join(seen + [key])})")
         seen.append(key)
-        prof = _load_file(key)
-        chain.append(prof)
+        prof, partial = _load_file(key)
+        chain.append((prof, partial))
         name, where = prof.based_on, path.parent
-    merged = chain[-1]
-    for prof in reversed(chain[:-1]):
+    merged = chain[-1][0]
+    for prof, partial in reversed(chain[:-1]):
         per_gpu = {g: dict(v) for g, v in merged.per_gpu.items()}
         for g, v in prof.per_gpu.items():
             per_gpu.setdefault(g, {}).update(v)
+        factors = prof.factors or merged.factors
+        if partial is not None:
+            if merged.factors is None:
+                raise ConfigError(f"{engine}: factors: the profile it is based on has no factors to complete these; give every required one ({', '.join(_REQUIRED_FACTORS)})")
+            factors = EngineFactors.model_validate({**merged.factors.model_dump(), **partial})
         merged = EngineProfile(
             description=prof.description or merged.description, measured_on=prof.measured_on or merged.measured_on,
-            factors=prof.factors or merged.factors, cpu_step=prof.cpu_step or merged.cpu_step, per_gpu=per_gpu,
+            factors=factors, cpu_step=prof.cpu_step or merged.cpu_step, per_gpu=per_gpu,
             residuals=prof.residuals or merged.residuals, fitted_from=prof.fitted_from or merged.fitted_from)
     if merged.factors is None:
         raise ConfigError(f"{engine}: the profile has no factors (give factors: or based_on: a profile that has them)")

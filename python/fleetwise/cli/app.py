@@ -6,6 +6,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Simulate and schedule LLM serving clusters.")
 
@@ -23,7 +24,7 @@ def main() -> None:
     try:
         app()
     except FleetwiseError as e:
-        err.print(f"[bold red]error:[/] {type(e).__name__}: {e}", highlight=False, markup=True)
+        err.print(f"[bold red]error:[/] {escape(f'{type(e).__name__}: {e}')}", highlight=False, markup=True)
         sys.exit(2)
     except KeyboardInterrupt:  # Ctrl-C outside a command's own handling (e.g. while starting up)
         err.print("interrupted")

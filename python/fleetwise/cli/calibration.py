@@ -79,6 +79,10 @@ def validate(
     from fleetwise.calibrate.replay import load_replay_scenario, replay
     from fleetwise.requestlog import read_request_log
 
+    from fleetwise.result import check_output_file
+
+    if json_out is not None and str(json_out) != "-":
+        check_output_file(json_out, "--json")  # a bad --json fails before the replay
     log = read_request_log(requests, log_format, _select(select))
     sc = load_replay_scenario(scenario, set_)
     comparison = compare(log, replay(sc, log))
@@ -140,12 +144,14 @@ def _calibrate_from_log(requests: Path, scenario: Path, pool: str | None, names:
     from fleetwise.calibrate.replay import load_replay_scenario
     from fleetwise.errors import ConfigError
     from fleetwise.requestlog import read_request_log
+    from fleetwise.result import check_output_file
 
     known = {p.name: p for p in (*PARAMETERS, *OPTIONAL_PARAMETERS)}
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ConfigError(f"--param {', '.join(unknown)}: not a fitted parameter; allowed: {', '.join(known)}")
     parameters = [known[n] for n in dict.fromkeys(names)] if names else list(PARAMETERS)
+    check_output_file(output)  # a bad -o fails before the fit
     log = read_request_log(requests, log_format, select)
     sc = load_replay_scenario(scenario, overrides)
     fit = fit_log(sc, log, pool, parameters, tuple(dict.fromkeys(metrics)) or FIT_METRICS)

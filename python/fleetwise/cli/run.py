@@ -93,10 +93,11 @@ def run(
     if "slo" in s and s["slo"]["attainment"] is not None:
         out.print(f"SLO attainment {s['slo']['targets']}: {s['slo']['attainment']:.1%}")
     for r in s.get("rejections", []):
-        out.print(f"rejected {r['count']} request(s), e.g.: {r['reason']}", highlight=False)
+        out.print(f"rejected {r['count']} request(s), e.g.: {escape(r['reason'])}", highlight=False)
     d = result.write(out_dir, vllm_bench_detailed=vllm_bench_detailed)
     out.print(f"results written to {d}/")
     if s["finished"] == 0:
         why = f"; most often: {s['rejections'][0]['reason']}" if s.get("rejections") else ""
-        err.print(f"[bold red]error:[/] no request finished ({s['rejected']} of {s['requests']} rejected{why}): there is no latency to report", highlight=False)
+        message = f"no request finished ({s['rejected']} of {s['requests']} rejected{why}): there is no latency to report"
+        err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
         sys.exit(2)

@@ -7,6 +7,8 @@ from typing import List, Optional
 
 import typer
 
+from rich.markup import escape
+
 from fleetwise.cli.app import app, err
 
 
@@ -18,7 +20,7 @@ def _serve_extra():
         import prometheus_client  # noqa: F401
         import uvicorn
     except ImportError as e:
-        err.print(f"[bold red]error:[/] the serve commands need the serve extra (pip install 'fleetwise[serve]'): {e}")
+        err.print(f"[bold red]error:[/] {escape(f'the serve commands need the serve extra (pip install fleetwise[serve]): {e}')}")
         sys.exit(2)
     return uvicorn
 

@@ -82,8 +82,9 @@ def sweep(
     ids = {p.id for p in points}
     with SweepStore(output or _default_dir("sweeps", name)) as store:  # refuses a directory another sweep is writing
         store.write_manifest({"scenario": name, "scenario_file": str(scenario), "overrides": list(set_), "grid": {k: v for k, v in g}})
-        for bad in sorted(set(store.discard_corrupt()) & ids):
-            err.print(f"{store.rows}/{bad}.parquet was unreadable (truncated or corrupt): recomputing point {bad}", highlight=False, markup=False)
+        corrupt = store.discard_corrupt()
+        for bad in sorted(set(corrupt) & ids):
+            err.print(f"{corrupt[bad]} was unreadable (truncated or corrupt): recomputing point {bad}", highlight=False, markup=False)
         done_before = len(store.done() & ids)
         try:
             with sigterm_interrupts():

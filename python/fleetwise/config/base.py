@@ -1,6 +1,38 @@
 """The base class every configuration model derives from."""
 
-from pydantic import BaseModel, ConfigDict, Field
+import types
+import typing
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+def _refuses_bool(annotation) -> bool:
+    """Whether a field of ``annotation`` takes numbers but not booleans (pydantic's lax mode would
+    read ``true`` as 1 there)."""
+    leaves, todo = set(), [annotation]
+    while todo:
+        a = todo.pop()
+        origin = typing.get_origin(a)
+        if origin is typing.Annotated:
+            todo.append(typing.get_args(a)[0])
+        elif origin in (typing.Union, types.UnionType):
+            todo.extend(typing.get_args(a))
+        elif origin is typing.Literal:
+            leaves.update(type(v) for v in typing.get_args(a))
+        else:
+            leaves.add(a)
+    return bool(leaves & {int, float}) and not (leaves & {bool, typing.Any, object})
+
+
+class GivenBoolean:
+    """A ``true``/``false`` given where a number is expected: no number validates it, so the error
+    names the field and quotes what was written."""
+
+    def __init__(self, value: bool):
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"{str(self.value).lower()}, a boolean"
 
 
 class StrictModel(BaseModel):
@@ -11,6 +43,19 @@ class StrictModel(BaseModel):
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, data):
+        """``true``/``false`` where a number is expected is an error, not 1 or 0."""
+        if isinstance(data, dict):
+            refusing = cls.__dict__.get("_bool_refusing_fields")
+            if refusing is None:
+                refusing = frozenset(n for n, f in cls.model_fields.items() if _refuses_bool(f.annotation))
+                setattr(cls, "_bool_refusing_fields", refusing)
+            if any(isinstance(data.get(n), bool) for n in refusing):
+                data = {k: GivenBoolean(v) if k in refusing and isinstance(v, bool) else v for k, v in data.items()}
+        return data
 
 
 class PolicyRef(StrictModel):

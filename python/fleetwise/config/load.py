@@ -79,6 +79,25 @@ def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
 
+def _kinds_at(root: type[BaseModel], loc: tuple) -> list[str]:
+    """The ``kind`` values the discriminated union at ``loc`` allows (best effort; [] if unknown)."""
+    import typing
+
+    names = [p for p in loc if not isinstance(p, int)]
+    owner = _model_at(root, tuple(loc[: max(i for i, p in enumerate(loc) if not isinstance(p, int))])) if names else None
+    field = owner.model_fields.get(names[-1]) if owner is not None else None
+    kinds, todo = [], [field.annotation] if field is not None else []
+    while todo:
+        a = todo.pop(0)
+        if isinstance(a, type) and issubclass(a, BaseModel):
+            kind = a.model_fields.get("kind")
+            if kind is not None and typing.get_origin(kind.annotation) is typing.Literal:
+                kinds.extend(str(v) for v in typing.get_args(kind.annotation))
+        else:
+            todo.extend(typing.get_args(a))
+    return kinds
+
+
 def format_validation_error(err: ValidationError, source: str, root: type[BaseModel] = Scenario) -> str:
     """One line per problem: ``file: field.path: message (allowed: ...)``; ``root`` is the model
     that was validated (it lists the allowed fields of a misspelt key)."""
@@ -91,6 +110,9 @@ def format_validation_error(err: ValidationError, source: str, root: type[BaseMo
             owner = _model_at(root, loc[:-1])
             if owner is not None:
                 msg += f"; allowed fields: {', '.join(owner.model_fields)}"
+        elif e["type"] == "union_tag_not_found":
+            kinds = _kinds_at(root, loc)
+            msg = "a 'kind' is required" + (f"; allowed: {', '.join(repr(k) for k in kinds)}" if kinds else "") + f" (got {short_repr(e.get('input'))})"
         elif e["type"] == "union_tag_invalid":
             expected = e.get("ctx", {}).get("expected_tags")
             if expected:

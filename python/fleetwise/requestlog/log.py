@@ -43,6 +43,9 @@ ITL_COLUMN = "itl_s"
 
 _TOLERANCE_S = 1e-9
 """How far a time may run backwards (float rounding) before a row is refused."""
+_ITL_SLACK, _ITL_SLACK_S = 0.01, 1e-3
+"""How much a row's inter-token gaps may add up to beyond its first-to-last-token time (1% and
+1 ms: logs round their times and gaps separately)."""
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,16 @@ def finish_log(
         row = first_true(bad)
         if row is not None:
             problems.append((row, f"{ITL_COLUMN} must be finite gaps >= 0 seconds, got {gaps[row].to_list()[:10]}"))
+        elif not problems:  # the times and counts these are checked against are valid
+            count = gaps.list.len().fill_null(0)
+            row = first_true(count > raw["output_tokens"] - 1)
+            if row is not None:
+                problems.append((row, f"{ITL_COLUMN} holds {count[row]} gaps; {raw['output_tokens'][row]} output tokens have at most {raw['output_tokens'][row] - 1}"))
+            span = raw["last_token_s"] - raw["first_token_s"]
+            total = gaps.list.sum().fill_null(0.0)
+            row = first_true(total > span * (1 + _ITL_SLACK) + _ITL_SLACK_S)
+            if row is not None:
+                problems.append((row, f"{ITL_COLUMN} gaps add up to {total[row]:.6g} s, more than the {span[row]:.6g} s from the first token to the last"))
     if problems:
         fail(*min(problems))
     frame = (

@@ -191,21 +191,35 @@ class SweepStore:
         return good, bad
 
     def done(self) -> set[str]:
-        """Ids of the points already finished: a readable row file and the point's run directory."""
-        return {k for k in self._read_rows()[0] if (self.dir / "points" / k / "summary.json").exists()}
+        """Ids of the points already finished: a readable row file and the point's run directory
+        with a readable ``summary.json``."""
+        return {k for k in self._read_rows()[0] if self._summary_readable(k)}
+
+    def _summary_readable(self, point_id: str) -> bool:
+        """Whether ``points/<id>/summary.json`` exists and holds a JSON object (not truncated)."""
+        try:
+            return isinstance(json.loads((self.dir / "points" / point_id / "summary.json").read_bytes()), dict)
+        except (OSError, ValueError):
+            return False
 
     def forget(self, point_id: str) -> None:
         """Makes a point count as missing (its row file goes), so that the next run recomputes it."""
         (self.rows / f"{point_id}.parquet").unlink(missing_ok=True)
         self._cache.pop(f"{point_id}.parquet", None)
 
-    def discard_corrupt(self) -> list[str]:
-        """Deletes unreadable row files (their points count as missing, so they are recomputed); returns their ids."""
-        _, bad = self._read_rows()
+    def discard_corrupt(self) -> dict[str, Path]:
+        """Deletes unreadable row files, and the row files of points whose ``summary.json`` is
+        unreadable (their points count as missing, so they are recomputed); returns the unreadable
+        file of each such point, by id."""
+        good, bad = self._read_rows()
         for f in bad:
             f.unlink(missing_ok=True)
             self._cache.pop(f.name, None)
-        return [f.stem for f in bad]
+        damaged = {k: self.dir / "points" / k / "summary.json" for k in good
+                   if (self.dir / "points" / k).exists() and not self._summary_readable(k)}
+        for k in damaged:
+            self.forget(k)
+        return {**{f.stem: f for f in bad}, **damaged}
 
     def add(self, row: dict) -> None:
         """Records one finished point: saves its row unless its worker already did. O(1): it reads

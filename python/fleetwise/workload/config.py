@@ -44,9 +44,9 @@ class GammaArrivals(StrictModel):
     """Selects this arrival process."""
     rate: float = Field(gt=0, allow_inf_nan=False)
     """Mean arrival rate in requests per second (the gaps have mean ``1 / rate``)."""
-    cv: float = Field(gt=0, allow_inf_nan=False)
-    """Coefficient of variation (standard deviation / mean) of the gaps; the Gamma shape is
-    ``1 / cv**2``."""
+    cv: float = Field(ge=0.001, le=1000, allow_inf_nan=False)
+    """Coefficient of variation (standard deviation / mean) of the gaps, 0.001 to 1000 (measured
+    traces sit between about 0.5 and 10); the Gamma shape is ``1 / cv**2``."""
 
 
 class OnOffArrivals(StrictModel):

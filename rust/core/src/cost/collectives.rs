@@ -191,6 +191,16 @@ mod tests {
         let pp16 = CostModel::new(llama2_70b(), a100(), ideal(), 1).unwrap().with_pipeline(4, Some(16)).unwrap();
         assert!(pp16.iteration_seconds(&s64) > 0.0);
         assert_eq!(pp.gpus(), 4);
+        // No more micro-batches than sequences: one decode passes once through the 4 stages
+        // (4 slots of all 80 layers' worth, 20 each), two decodes under 16 micro-batches run as 2
+        // (5 slots of one decode through 20 layers), not as fractions of a sequence.
+        let mut s1 = BatchShape::default();
+        s1.add_decode(1000);
+        assert!(close(layer_ops(&pp16, &s1), layer_ops(&full, &s1)));
+        assert!(close(op(&pp16.breakdown(&s1), Op::PipelineSend).seconds, 4.0 * (2e-6 + 8192.0 * 2.0 / 300e9)));
+        let mut s2 = s1;
+        s2.add_decode(1000);
+        assert!(close(layer_ops(&pp16, &s2), 5.0 * layer_ops(&full, &s1) * 20.0 / 80.0));
     }
 
     #[test]

@@ -30,9 +30,9 @@ impl Instance {
             return None;
         }
         let it = self.batch_cost(reqs);
-        let (compute_ns, stream) = self.compute_time(&it, reqs);
+        let (compute_ns, stream, stall_ns) = self.compute_time(&it, reqs);
         self.busy = true;
-        let transfer_bytes = self.count_iteration(&it, compute_ns, stream);
+        let transfer_bytes = self.count_iteration(&it, compute_ns, stream, stall_ns);
         self.record = Some(self.batch_record(now));
         Some(IterationStart { compute_ns, transfer_bytes, stream })
     }
@@ -62,10 +62,11 @@ impl Instance {
     /// The batch's compute time and the weights to stream in for it: the cost model's, or with
     /// expert settings the expert runtime's (its fetches become the stream). A swap-only batch
     /// computes nothing.
-    fn compute_time(&mut self, it: &IterationCost, reqs: &[Request]) -> (Nanos, Option<WeightStream>) {
+    fn compute_time(&mut self, it: &IterationCost, reqs: &[Request]) -> (Nanos, Option<WeightStream>, Nanos) {
         if self.batch.items.is_empty() && !self.stretch.forming() {
-            return (0, None);
+            return (0, None, 0);
         }
+        let mut stall_ns = 0;
         let mut compute_ns = secs_to_ns(it.seconds - it.weight_stall_seconds);
         let mut stream = self.cost.weight_stream(self.batch.shape.tokens() as f64);
         if let Some(m) = self.moe.as_mut() {
@@ -83,13 +84,14 @@ impl Instance {
                 Some(&(_, proposer)) => x.seconds + proposer,
                 None => x.seconds,
             });
-            m.stats.stall_ns = m.stats.stall_ns.saturating_add(secs_to_ns(x.stall_seconds));
+            stall_ns = secs_to_ns(x.stall_seconds);
+            m.stats.stall_ns = m.stats.stall_ns.saturating_add(stall_ns);
             if x.fetch_bytes > 0 {
                 let flash = m.config().placement == ExpertTier::Flash;
                 stream = Some(WeightStream { flash_bytes: if flash { x.fetch_bytes } else { 0 }, dram_bytes: if flash { 0 } else { x.fetch_bytes }, overlap: true });
             }
         }
-        (compute_ns, stream)
+        (compute_ns, stream, stall_ns)
     }
 
     /// Schedules with the `parked` running requests set aside (token grouping), then puts them

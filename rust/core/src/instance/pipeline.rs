@@ -202,7 +202,7 @@ impl Instance {
         }
         let st = self.batch_stage_costs(reqs);
         let stage_ns: Vec<Nanos> = st.seconds.iter().map(|&s| secs_to_ns(s)).collect();
-        self.count_iteration(&st.average, secs_to_ns(st.average.seconds), None);
+        self.count_iteration(&st.average, secs_to_ns(st.average.seconds), None, 0);
         let record = self.batch_record(now);
         let p = self.pipeline.as_mut().expect("pipelined");
         let (stage1_free, done) = p.shop.enter(now, &stage_ns).ok_or_else(|| Error::Simulation {

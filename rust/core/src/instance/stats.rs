@@ -67,9 +67,10 @@ pub struct IterationRecord {
 
 impl Instance {
     /// Counts the iteration just formed, which computes for `compute_ns` (the cost model's
-    /// `it`) and streams `stream`: iterations, busy time and energy, tokens, preemptions, swaps.
-    /// Returns the bytes (per GPU) to swap before it computes.
-    pub(super) fn count_iteration(&mut self, it: &IterationCost, compute_ns: Nanos, stream: Option<WeightStream>) -> u64 {
+    /// `it`), of which `stall_ns` waiting for offloaded experts, and streams `stream`: iterations,
+    /// busy time and energy, tokens, preemptions, swaps. Returns the bytes (per GPU) to swap before
+    /// it computes.
+    pub(super) fn count_iteration(&mut self, it: &IterationCost, compute_ns: Nanos, stream: Option<WeightStream>, stall_ns: Nanos) -> u64 {
         if let Some(ws) = stream {
             self.stats.weight_stream_bytes += ws.flash_bytes + ws.dram_bytes;
         }
@@ -77,6 +78,11 @@ impl Instance {
         self.stats.busy_ns = self.stats.busy_ns.saturating_add(compute_ns);
         if it.seconds > 0.0 && compute_ns > 0 {
             self.stats.busy_energy_joules += busy_energy_joules(&self.cost, it);
+        }
+        if stall_ns > 0 {
+            // Waiting for experts counts as busy time, so the idle energy leaves it out: the GPUs
+            // draw (at least) their idle power through it.
+            self.stats.busy_energy_joules += self.cost.power().idle * stall_ns as f64 * 1e-9 * self.cost.gpus() as f64;
         }
         self.stats.preemptions += self.batch.preempted as u64;
         self.stats.prefill_tokens += self.batch.shape.prefill_tokens;
