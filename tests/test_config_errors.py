@@ -174,3 +174,13 @@ def test_a_section_without_its_kind_lists_the_kinds(section, allowed):
         fleetwise.scenario_from_dict(sc, "nokind.yaml")
     where = ".".join(str(k) for k in section)
     assert f"nokind.yaml: {where}: a 'kind' is required; allowed: {allowed}" in str(info.value)
+
+
+def test_small_cli_mistakes_are_named(write_yaml, tmp_path):
+    p = write_yaml(small_scenario())
+    r = run_cli("run", str(p), "--set", "=5")
+    assert r.returncode == 2 and "--set '=5': the path '' has an empty part" in r.stderr
+    r = run_cli("estimate", "--model", "llama-3-8b", "--gpu", "h100-sxm", "--specs", str(tmp_path), "--decode-batch", "1", "--context", "5")
+    assert r.returncode == 2 and f"{tmp_path}: is a directory; --specs takes a YAML file" in r.stderr
+    r = run_cli("sweep", str(p), "--grid", "workload.arrivals.rate=2,2.0", "-o", str(tmp_path / "sw"))
+    assert r.returncode == 2 and "the value 2.0 is given twice" in r.stderr

@@ -202,3 +202,19 @@ def test_an_engine_profile_that_is_not_utf8_is_an_error_naming_the_line(tmp_path
     r = run_cli("estimate", "--model", "llama-3-8b", "--gpu", "h100-sxm", "--decode-batch", "8", "--context", "500", "--engine", str(bad))
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert f"{bad}: line 2: not UTF-8 text" in r.stderr
+
+
+def test_an_unknown_based_on_names_the_profile_file(tmp_path):
+    (tmp_path / "none.yaml").write_text("based_on: nonexist\n")
+    with pytest.raises(ConfigError, match=r"none.yaml: based_on: unknown engine 'nonexist'"):
+        load_engine(str(tmp_path / "none.yaml"))
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--quantization", "kv_cache=fp8,kv_cache=bf16", "--decode-batch", "2", "--context", "10"], "--quantization: kv_cache given twice"),
+    (["--speculative", "method=eagle,method=mtp", "--decode-batch", "2", "--context", "10"], "--speculative: method given twice"),
+    (["--prompt", "100", "--output", "10", "--decode-batch", "5", "--tp", "2"], "not with --decode-batch, --tp"),
+])
+def test_estimate_refuses_options_it_would_ignore(args, message):
+    r = run_cli("estimate", "--model", "llama-3-8b", "--gpu", "h100-sxm", *args)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and message in r.stderr, r.stderr

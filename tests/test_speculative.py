@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 import fleetwise
-from conftest import run_cli
+from conftest import run_cli, small_scenario
 from fleetwise.cluster import core_config
 from fleetwise.cost import cost_model
 from fleetwise.errors import ConfigError
@@ -193,3 +193,17 @@ def test_pipeline_stages_speculate_and_every_request_emits_its_output(pipeline):
     assert (spec.requests["status"] == "finished").all() and spec.instances["decode_tokens"][0] == 8 * 299
     assert spec.summary["speculative"]["num_accepted_tokens"] > 0
     assert spec.summary["tpot_s"]["mean"] < plain.summary["tpot_s"]["mean"] / 1.3
+
+
+def test_a_speculative_block_on_a_prefill_pool_is_refused():
+    # It never decodes: the block used to be ignored silently.
+    from fleetwise.errors import ConfigError
+
+    sc = small_scenario()
+    sc["cluster"]["pools"] = [
+        {"name": "p", "count": 1, "gpu": "h100-sxm", "model": "llama-3-8b", "role": "prefill",
+         "speculative": {"method": "eagle", "num_speculative_tokens": 3, "acceptance_rate": 0.7}},
+        {"name": "d", "count": 1, "gpu": "h100-sxm", "model": "llama-3-8b", "role": "decode"},
+    ]
+    with pytest.raises(ConfigError, match=r"cluster.pools.0.role: .*prefill pool never decodes, so its speculative block would do nothing"):
+        fleetwise.scenario_from_dict(sc)

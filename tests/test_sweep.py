@@ -143,6 +143,18 @@ def test_goodput_search_brackets_the_target(tmp_path):
     assert attainment(req, slos) == pytest.approx(at(g))
 
 
+def test_a_goodput_below_the_lowest_rate_is_reported_as_such(tmp_path):
+    # An SLO no rate can meet used to print "goodput ... 0 req/s" as if measured.
+    sc = _scenario(tmp_path, requests=100)
+    out = tmp_path / "gp"
+    r = run_cli("goodput", str(sc), "--slo", "ttft_p90=0.000001", "--low", "2", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "no rate tried meets 90% attainment" in r.stdout and "below the lowest rate, 2 req/s" in r.stdout
+    saved = json.loads((out / "goodput.json").read_text())
+    assert saved["goodput_rate"] == 0.0 and saved["below_rate"] == 2.0
+    assert saved["curve"] and all(c["attainment"] < 0.9 for c in saved["curve"])
+
+
 def test_goodput_cli_errors(tmp_path):
     sc = _scenario(tmp_path)
     r = run_cli("goodput", str(sc), "--slo", "latency=1")

@@ -168,7 +168,12 @@ def load_engine(engine: str, base_dir: Path | None = None) -> EngineProfile:
     chain: list[EngineProfile] = []
     name, where = engine, base_dir
     while name is not None:
-        path = _profile_path(name, where)
+        try:
+            path = _profile_path(name, where)
+        except ConfigError as e:
+            if not seen:
+                raise
+            raise ConfigError(f"{seen[-1]}: based_on: {e}") from None
         key = str(path.resolve()) if path.exists() else str(path)
         if key in seen:
             raise ConfigError(f"{engine}: based_on forms a cycle ({' -> '.join(seen + [key])})")

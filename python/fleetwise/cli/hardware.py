@@ -55,7 +55,16 @@ def estimate(
 
         user = load_specs(specs)
     if prompt or output:
+        from fleetwise.errors import ConfigError
         from fleetwise.estimate import estimate_request
+
+        ignored = [flag for flag, given in (("--prefill", prefill), ("--prefill-context", prefill_context), ("--decode-batch", decode_batch),
+                                            ("--context", context), ("--tp", tp != 1), ("--pp", pp != 1), ("--ep", ep != 1),
+                                            ("--microbatches", microbatches), ("--power-cap", power_cap), ("--pim", pim), ("--offload", offload),
+                                            ("--quantization", quantization), ("--speculative", speculative)) if given]
+        if ignored:
+            raise ConfigError(f"estimate --prompt/--output: the idealized runtime is the request alone on --gpu under --engine, on as few "
+                              f"GPUs as hold the model; not with {', '.join(ignored)} (drop them, or drop --prompt/--output to cost one iteration)")
 
         r = estimate_request(model, gpu, prompt, output, engine=engine, specs=user)
         if as_json:

@@ -137,8 +137,13 @@ def goodput(
     except KeyboardInterrupt:
         err.print(f"interrupted: evaluated points are saved in {out_dir}/; run the same command again to resume")
         sys.exit(130)
-    out.print(f"goodput of {name} at {target:.0%} attainment of {slos}: {r['goodput_rate']:.3g} req/s "
-              f"({r['goodput_per_instance']:.3g} per instance, {r['goodput_per_gpu']:.3g} per GPU, {r['gpus']} GPUs)")
+    if r["below_rate"] is not None:
+        out.print(f"no rate tried meets {target:.0%} attainment of {slos}: the goodput of {name} is below the lowest rate, "
+                  f"{r['below_rate']:.3g} req/s (attainment there: {dict((c['rate'], c['attainment']) for c in r['curve']).get(r['below_rate'], 0.0):.1%}); "
+                  "lower --low to find it", highlight=False, markup=False)
+    else:
+        out.print(f"goodput of {name} at {target:.0%} attainment of {slos}: {r['goodput_rate']:.3g} req/s "
+                  f"({r['goodput_per_instance']:.3g} per instance, {r['goodput_per_gpu']:.3g} per GPU, {r['gpus']} GPUs)")
     t = Table(title="SLO attainment around the goodput")
     t.add_column("rate (req/s)", justify="right")
     t.add_column("attainment", justify="right")

@@ -26,6 +26,8 @@ def apply_override(data: dict, assignment: str, source: str) -> None:
         _fail(f"--set {assignment!r}: expected PATH=VALUE, e.g. cluster.pools.0.count=8")
     path, raw = assignment.split("=", 1)
     keys = path.strip().split(".")
+    if not all(k.strip() for k in keys):
+        _fail(f"--set {assignment!r}: the path {path.strip()!r} has an empty part; expected PATH=VALUE, e.g. cluster.pools.0.count=8")
     try:
         value = load_yaml(raw, f"--set {path}")
     except yaml.YAMLError:

@@ -60,5 +60,7 @@ def parse_quantization(text: str, where: str = "--quantization") -> dict:
         if not sep or not key.strip() or not value.strip():
             raise ConfigError(f"{where}: expected KEY=VALUE items separated by commas (keys: weights, activations, kv_cache, group_size), got {item!r}")
         key, value = key.strip(), value.strip()
+        if key in out:
+            raise ConfigError(f"{where}: {key} given twice")
         out[key] = int(value) if key == "group_size" and value.isdigit() else value
     return out

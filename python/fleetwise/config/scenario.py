@@ -299,13 +299,21 @@ class PoolConfig(StrictModel):
     """Mixture-of-experts serving: expert placement (HBM, DRAM, flash), routing model, expert
     cache, prefetching and token grouping (MoE models only; docs/moe.md)."""
     prefix_caching: bool = False
-    prefix_cache_policy: PolicyRef | None = None
-    """Eviction policy object for the prefix cache (default: the built-in LRU); needs prefix_caching."""
     """Keep prompt prefixes cached and share them (vLLM's automatic prefix caching, LRU eviction);
     needs prefix hashes in the workload (a Mooncake trace, ``prefixes`` or ``sessions``)."""
+    prefix_cache_policy: PolicyRef | None = None
+    """Eviction policy object for the prefix cache (default: the built-in LRU); needs prefix_caching."""
     role: Literal["mixed", "prefill", "decode"] = "mixed"
     """Disaggregation (Splitwise, DistServe): prefill instances hand each request's KV to a decode
     instance after the first token; mixed instances do both."""
+
+    @field_validator("role")
+    @classmethod
+    def _prefill_pools_do_not_speculate(cls, v: str, info: ValidationInfo) -> str:
+        """A ``speculative`` block on a prefill pool would be ignored: it never decodes."""
+        if v == "prefill" and info.data.get("speculative") is not None:
+            raise ValueError("a prefill pool never decodes, so its speculative block would do nothing; put it on the decode pool")
+        return v
     kv_transfer: Literal["serialized", "layerwise"] = "serialized"
     """Prefill pools: send the KV after the prefill, or layer by layer while it runs (Splitwise)."""
     kv_link: Literal["nic", "nvlink"] = "nic"

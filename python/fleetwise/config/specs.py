@@ -34,6 +34,8 @@ def load_specs(path: str | Path) -> Specs:
     from fleetwise.config.load import format_validation_error
 
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{p}: is a directory; --specs takes a YAML file")
     if not p.is_file():
         raise ConfigError(f"{p}: specs file not found")
     try:

@@ -87,6 +87,8 @@ def parse_speculative(text: str, where: str = "--speculative") -> dict:
         key, value = key.strip(), value.strip()
         if not sep or not key or not value:
             raise ConfigError(f"{where}: expected KEY=VALUE items separated by commas (keys: method, draft_model, num_speculative_tokens, acceptance_rate), got {item!r}")
+        if key in out:
+            raise ConfigError(f"{where}: {key} given twice")
         if key == "acceptance_rate" and "/" in value:
             out[key] = [v.strip() for v in value.split("/")]
         else:

@@ -96,6 +96,8 @@ def search(
 ) -> dict:
     """Finds the goodput of a scenario by bisection on ``workload.arrivals.rate`` (Poisson, gamma or on/off arrivals).
 
+    When even ``low`` misses the target the goodput is reported as 0 with ``below_rate`` = ``low``
+    (it lies below the range searched); otherwise ``below_rate`` is None.
     Starts from ``[low, high]`` (high doubles until attainment falls below ``target``), stops when
     the bracket is within ``tolerance`` (relative), then (unless ``curve`` is false: the bisection's
     rates only) measures the attainment curve at 0.5x to 1.5x the goodput. Every evaluated rate is a saved sweep point (so a rerun resumes). With
@@ -123,8 +125,9 @@ def search(
                 measured.update(_measure(scenario, overrides, store, [rate], slos, 1, True, "goodput", ray_address))
             return measured[_rate_point(rate).rate]
 
+        lowest = low
         if att(low) < target:
-            goodput = 0.0
+            goodput = 0.0  # below the lowest rate tried: `below_rate` says so
         else:
             hi = high if high is not None else low * 2
             while att(hi) >= target:
@@ -147,6 +150,7 @@ def search(
             "slo": slos,
             "attainment_target": target,
             "goodput_rate": goodput,
+            "below_rate": lowest if goodput == 0.0 else None,
             "goodput_per_instance": goodput / instances,
             "goodput_per_gpu": goodput / gpus,
             "gpus": gpus,

@@ -58,6 +58,9 @@ def parse_grid(options: list[str]) -> list[tuple[str, list]]:
             raise ConfigError(f"--grid {opt!r}: no values")
         if any(p == path.strip() for p, _ in grid):
             raise ConfigError(f"--grid {path.strip()} given twice")
+        for i, v in enumerate(values):
+            if any(v == w and isinstance(v, bool) == isinstance(w, bool) for w in values[:i]):
+                raise ConfigError(f"--grid {path.strip()}: the value {v!r} is given twice (the same point twice)")
         grid.append((path.strip(), values))
     return grid
 
