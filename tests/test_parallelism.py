@@ -31,10 +31,16 @@ def test_more_microbatches_shrink_the_bubble_for_compute_bound_batches():
     m4 = _estimate("--pp", "4", "--microbatches", "4", "--prefill", "4096", "--tp", "1")
     m16 = _estimate("--pp", "4", "--microbatches", "16", "--prefill", "4096", "--tp", "1")
     assert m16["seconds"] < m4["seconds"]
-    # For a single decode (memory-bound) micro-batching only adds bubble slots.
-    d1 = _estimate("--pp", "4", "--microbatches", "1", "--decode-batch", "1", "--context", "100", "--tp", "1")
-    d4 = _estimate("--pp", "4", "--microbatches", "4", "--decode-batch", "1", "--context", "100", "--tp", "1")
+    # For decodes (memory-bound) micro-batching only adds bubble slots and weight reads.
+    d1 = _estimate("--pp", "4", "--microbatches", "1", "--decode-batch", "2", "--context", "100", "--tp", "1")
+    d4 = _estimate("--pp", "4", "--microbatches", "4", "--decode-batch", "2", "--context", "100", "--tp", "1")
     assert d4["seconds"] > d1["seconds"]
+    # A batch has at most one micro-batch per token: one decode under 4 or 4,096 micro-batches is one
+    # decode through the 4 stages, as with 1 (it was charged as 4,096 fractions: 1,900x slower).
+    one = [_estimate("--pp", "4", "--microbatches", str(m), "--decode-batch", "1", "--context", "100", "--tp", "1")["seconds"] for m in (1, 4, 4096)]
+    assert one[0] == one[1] == one[2]
+    two = [_estimate("--pp", "4", "--microbatches", str(m), "--decode-batch", "2", "--context", "100", "--tp", "1")["seconds"] for m in (2, 4096)]
+    assert two[0] == two[1] == d4["seconds"]
 
 
 def test_pipeline_instance_simulates_and_counts_its_gpus():

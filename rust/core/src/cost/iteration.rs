@@ -43,9 +43,10 @@ impl<'a, F: FnMut(OpCost)> IterationPass<'a, F> {
     /// A pass over `shape` handing every operator's cost to `sink`.
     pub(super) fn new(cm: &'a CostModel, shape: &'a BatchShape, sink: F) -> Self {
         let t = cm.padded_tokens(shape) as f64;
-        // A batch splits into at most one micro-batch per sequence: fewer sequences than
-        // `microbatches` run as that many micro-batches (one sequence: once through every stage).
-        let m = u64::from(cm.microbatches).min((shape.prefill_seqs + shape.decode_seqs).max(1)) as f64;
+        // A batch splits into at most one micro-batch per token (a prompt may be split by tokens,
+        // a decode's one token cannot): a batch of fewer tokens than `microbatches` runs as that
+        // many micro-batches (a single decode passes once through every stage).
+        let m = u64::from(cm.microbatches).min((shape.prefill_tokens + shape.decode_seqs).max(1)) as f64;
         let micro = 1.0 / m;
         let mt = t * micro;
         let stage_layers = (cm.layers / cm.pp as f64).ceil();
