@@ -218,3 +218,20 @@ def test_an_unknown_based_on_names_the_profile_file(tmp_path):
 def test_estimate_refuses_options_it_would_ignore(args, message):
     r = run_cli("estimate", "--model", "llama-3-8b", "--gpu", "h100-sxm", *args)
     assert r.returncode == 2 and "Traceback" not in r.stderr and message in r.stderr, r.stderr
+
+
+def test_the_shipped_profile_predicts_the_h100_it_was_not_fitted_on():
+    # calibration/h100-vllm-like/iterations.csv: 156 iterations of the efficient engine on a lent
+    # H100 (four models; the profile was fitted on an H200). `engine_fit --check` reports the same.
+    import yaml
+
+    from tools.fidelity.engine_fit import errors, ordered, predict
+
+    data = ordered(pl.read_csv(REPO / "calibration" / "h100-vllm-like" / "iterations.csv"))
+    factors = yaml.safe_load((REPO / "python" / "fleetwise" / "catalog" / "engines" / "vllm.yaml").read_text())["factors"]
+    table = errors(data, predict(data, "h100-sxm", factors))
+    assert set(table["model"]) == {"llama-3-8b", "llama-3-70b", "mixtral-8x7b", "qwen3-30b-a3b"} and table.height == 156
+    err = np.abs(table["error"].to_numpy())
+    assert np.median(err) < 0.09 and np.quantile(err, 0.9) < 0.2
+    for model, g in table.group_by("model"):
+        assert np.median(np.abs(g["error"].to_numpy())) < 0.12, model
