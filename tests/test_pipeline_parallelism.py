@@ -79,8 +79,8 @@ def test_too_few_batches_leave_bubbles():
 
 
 def test_the_sync_pipeline_keeps_the_micro_batched_iteration():
-    # One request on the synchronous pipeline: every token is one micro-batched iteration
-    # (m = pp = 2: three stage-slots, the bubble included), as before asynchronous pipelining.
+    # One request on the synchronous pipeline: every token is one synchronous iteration (a single
+    # decode is one micro-batch, m = pp = 2 notwithstanding: both stages in turn).
     res = _run({"tp": 2, "pp": 2, "pipeline": "sync"}, 1)
     cm = _cost({"tp": 2, "pp": 2})
     r = res.requests.row(0, named=True)
