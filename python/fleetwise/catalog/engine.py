@@ -165,7 +165,7 @@ def load_engine(engine: str, base_dir: Path | None = None) -> EngineProfile:
     a field set here replaces the based-on profile's; ``factors`` and ``per_gpu`` entries merge
     factor by factor."""
     seen: list[str] = []
-    chain: list[EngineProfile] = []
+    chain: list[tuple[EngineProfile, dict | None]] = []
     name, where = engine, base_dir
     while name is not None:
         try:
