@@ -184,3 +184,32 @@ def test_small_cli_mistakes_are_named(write_yaml, tmp_path):
     assert r.returncode == 2 and f"{tmp_path}: is a directory; --specs takes a YAML file" in r.stderr
     r = run_cli("sweep", str(p), "--grid", "workload.arrivals.rate=2,2.0", "-o", str(tmp_path / "sw"))
     assert r.returncode == 2 and "the value 2.0 is given twice" in r.stderr
+
+
+@pytest.mark.parametrize(("field", "value"), [("experts_per_token", 0), ("moe_intermediate_size", 0)])
+def test_a_moe_model_without_routed_experts_is_refused(field, value):
+    # With k = 0 (or experts of width 0) it used to run as a cheaper dense model, exit 0.
+    sc = small_scenario()
+    model = {"num_layers": 32, "hidden_size": 4096, "num_heads": 32, "num_kv_heads": 8, "head_dim": 128, "intermediate_size": 14336,
+             "vocab_size": 32000, "max_position_embeddings": 8192, "num_experts": 6, "experts_per_token": 2, "moe_intermediate_size": 14336}
+    model[field] = value
+    sc["models"] = {"x": model}
+    sc["cluster"]["pools"][0]["model"] = "x"
+    with pytest.raises(ConfigError, match=r"models.x: .*a MoE model \(num_experts 6\) needs experts_per_token >= 1 and moe_intermediate_size >= 1"):
+        fleetwise.scenario_from_dict(sc)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["compare", "--variant", "..: cluster.router.kind=round-robin"], "the label '..' cannot name the variant's directory"),
+    (["compare", "--variant", ": cluster.router.kind=round-robin"], "the label '' cannot name the variant's directory"),
+    (["run", "--policy-timeout", "inf"], "--policy-timeout"),
+])
+def test_compare_labels_and_policy_time_limits_are_checked(write_yaml, args, message):
+    cmd, *rest = args
+    r = run_cli(cmd, str(write_yaml(small_scenario())), *rest)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and message in r.stderr, r.stderr
+
+
+def test_simulate_refuses_an_infinite_policy_timeout():
+    with pytest.raises(ConfigError, match="policy_timeout must be a positive number of seconds up to 86400"):
+        fleetwise.simulate(small_scenario(), policy_timeout=float("inf"))

@@ -10,6 +10,7 @@ when vLLM is not installed (``scripts/install-engines.sh``), and the comparisons
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -205,7 +206,10 @@ sys.modules["tests_policy_module"] = sys.modules[__name__]
     (["serve-router", "--endpoint", "http://a:1", "--policy", "nope"], "unknown router policy"),
     (["serve-router", "--endpoint", "http://a:1", "--param", "oops"], "expected KEY=VALUE"),
     (["serve-engine", "--gpu", "nope"], "unknown gpu"),
-    (["serve-engine", "--speedup", "0"], "speedup must be positive"),
+    (["serve-engine", "--speedup", "0"], "--speedup"),
+    (["serve-engine", "--speedup", "1e-300"], "--speedup"),
+    (["serve-router", "--endpoint", "http://127.0.0.1:99999"], "the port must be a number from 1 to 65535"),
+    (["serve-router", "--endpoint", "http://127.0.0.1:0"], "the port must be a number from 1 to 65535"),
 ])
 def test_cli_rejects_bad_input(args, message):
     r = subprocess.run([sys.executable, "-m", "fleetwise", *args], capture_output=True, text=True, timeout=60)
@@ -393,3 +397,38 @@ def test_same_choices_as_vllm_router_on_vllm(vllm_engines, policy):
         # alternate (66%-100% agreement), on a loaded one either may keep a run of prompts sharing
         # earlier prefixes on one engine (seen: 30 of 38 for vllm-router at load 23, 27 of 38 for
         # fleetwise at load 15). That part is timing, so only the printed agreement shows it.
+
+
+def test_a_route_call_past_its_limit_fails_its_request_and_leaves_the_router_serving(tmp_path):
+    # serve-router runs the policy on its event loop: a route() that sleeps must not hold every
+    # client (it used to: /health took 28 s behind one request).
+    (tmp_path / "slow_policy.py").write_text(
+        "import time\nfrom fleetwise.policy import RouteDecision\n"
+        "class Slow:\n    def route(self, request, endpoints):\n        time.sleep(30)\n        return RouteDecision(instance=endpoints[0].index)\n")
+    engine_port, router_port = free_port(), free_port()
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    cli = [sys.executable, "-m", "fleetwise"]
+    procs = [subprocess.Popen([*cli, "serve-engine", "--port", str(engine_port), "--speedup", "100"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+             subprocess.Popen([*cli, "serve-router", "--endpoint", f"http://127.0.0.1:{engine_port}", "--policy", "slow_policy:Slow",
+                               "--policy-timeout", "0.5", "--port", str(router_port), "--health-interval", "0", "--scrape-interval", "0"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)]
+    try:
+        base = f"http://127.0.0.1:{router_port}"
+        for _ in range(600):  # up to 60 s for both servers to start
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        r = httpx.post(f"{base}/v1/completions", json={"prompt": "hello", "max_tokens": 2}, timeout=20)
+        assert r.status_code == 500 and "did not return within 0.5 s" in r.text
+        assert httpx.get(f"{base}/health", timeout=20).status_code == 200  # not held behind the slow call
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)  # a hang guard, not a timing
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()

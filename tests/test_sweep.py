@@ -174,3 +174,14 @@ def test_sweep_then_report_from_the_cli(tmp_path):
     assert 'id="fig-percentiles"' in text and 'id="fig-utilisation"' in text
     r = run_cli("report", str(tmp_path / "missing"), "-o", str(html))
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_place_does_not_crown_a_layout_that_meets_nothing(tmp_path):
+    sc = _scenario(tmp_path, requests=100)
+    out = tmp_path / "pl"
+    r = run_cli("place", str(sc), "--grid", "cluster.pools.0.count=1,2", "--slo", "ttft_p90=0.000001", "-o", str(out), "-j", "1")
+    assert r.returncode == 0, r.stderr
+    assert "best:" not in r.stdout and "no layout within the budget meets the SLOs, even at the lowest rate searched (0.25 req/s)" in r.stdout
+    assert "< 0.25" in r.stdout
+    layouts = json.loads((out / "placement.json").read_text())["layouts"]
+    assert [row["below_rate"] for row in layouts] == [0.25, 0.25] and all(row["goodput"] == 0.0 for row in layouts)

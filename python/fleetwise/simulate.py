@@ -26,6 +26,9 @@ from fleetwise.policy.watchdog import CallClock, Watchdog
 from fleetwise.result import Result
 from fleetwise.workload import Workload, build_workload
 
+MAX_POLICY_TIMEOUT_S = 86400.0
+"""The longest per-call limit on a Python policy (None, not a number, means no limit)."""
+
 _STATUS_LABELS = ["finished", "rejected"]
 """The core's status codes (0 finished, 1 rejected) as labels; any other code is ``unfinished``."""
 
@@ -245,8 +248,8 @@ def simulate(
     some requests finished, the error's ``requests`` attribute holds the per-request table of what
     finished (the others have status ``unfinished``).
     """
-    if policy_timeout is not None and not (isinstance(policy_timeout, (int, float)) and policy_timeout > 0):
-        raise ConfigError(f"policy_timeout must be a positive number of seconds or None, got {policy_timeout!r}")
+    if policy_timeout is not None and not (isinstance(policy_timeout, (int, float)) and 0 < policy_timeout <= MAX_POLICY_TIMEOUT_S):
+        raise ConfigError(f"policy_timeout must be a positive number of seconds up to {MAX_POLICY_TIMEOUT_S:g} (a day), or None for no limit, got {policy_timeout!r}")
     sc = as_scenario(scenario)
     source = sc.source or "<scenario>"
     base_dir = Path(sc._base_dir) if sc._base_dir else None

@@ -320,6 +320,11 @@ class ModelSpec(StrictModel):
             raise ValueError(
                 f"experts_per_token ({self.experts_per_token}) must be <= num_experts ({self.num_experts})"
             )
+        if self.num_experts and not (self.experts_per_token and self.moe_intermediate_size):
+            raise ValueError(
+                f"a MoE model (num_experts {self.num_experts}) needs experts_per_token >= 1 and moe_intermediate_size >= 1 "
+                f"(got {self.experts_per_token} and {self.moe_intermediate_size}); num_experts: 0 for a dense model"
+            )
         if self.first_dense_layers > self.num_layers:
             raise ValueError(
                 f"first_dense_layers ({self.first_dense_layers}) must be <= num_layers ({self.num_layers})"

@@ -24,6 +24,8 @@ def _parse_variant(text: str) -> tuple[str, list[str]]:
     overrides = [o.strip() for o in rest.split(";") if o.strip()]
     if not overrides or any("=" not in o for o in overrides):
         raise ConfigError(f"--variant {text!r}: expected 'LABEL: PATH=VALUE; PATH=VALUE'")
+    if label.strip() in ("", ".", ".."):
+        raise ConfigError(f"--variant {text!r}: the label {label.strip()!r} cannot name the variant's directory; give a name")
     return label.strip(), overrides
 
 

@@ -31,7 +31,7 @@ def run(
     set_: List[str] = typer.Option([], "--set", help="Override a value: PATH=VALUE (e.g. cluster.pools.0.count=8). Repeatable."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Directory for requests.parquet and summary.json (default runs/<name>)."),
     iterations: bool = typer.Option(False, "--iterations", help="Also write one row per iteration (iterations.parquet)."),
-    policy_timeout: float = typer.Option(60.0, "--policy-timeout", min=0.001, help="Most seconds one call into a Python policy may take; a longer call stops the run (exit 2)."),
+    policy_timeout: float = typer.Option(60.0, "--policy-timeout", min=0.001, max=86400.0, help="Most seconds one call into a Python policy may take (up to a day); a longer call stops the run (exit 2)."),
     error_bars: bool = typer.Option(False, "--error-bars", help="Also run with iteration times x (1 -/+ r), r the engine profile's calibration error, and report each latency's range (docs/engines.md)."),
     vllm_bench_detailed: bool = typer.Option(False, "--vllm-bench-detailed", help="Add vllm bench serve's --save-detailed per-request lists to vllm-bench.json."),
 ) -> None:

@@ -31,7 +31,7 @@ def serve_engine(
     gpu: str = typer.Option("h100-sxm", "--gpu", help="GPU to emulate (see `fleetwise catalog`)."),
     tp: int = typer.Option(1, "--tp", min=1, max=4096, help="Tensor-parallel degree."),
     role: str = typer.Option("mixed", "--role", help="mixed, prefill or decode (disaggregation)."),
-    speedup: float = typer.Option(1.0, "--speedup", help="Run this many times faster than real time."),
+    speedup: float = typer.Option(1.0, "--speedup", min=1e-3, max=1e6, help="Run this many times faster than real time (0.001 to 1e6)."),
     max_num_seqs: int = typer.Option(256, "--max-num-seqs", min=1, max=10**6, help="Most sequences per iteration."),
     max_num_batched_tokens: Optional[int] = typer.Option(None, "--max-num-batched-tokens", min=1, max=2**31 - 1, help="Most tokens per iteration (default max(context, 2048))."),
     served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help="Model name in the API (default --model)."),
@@ -63,6 +63,7 @@ def serve_router(
     health_timeout: float = typer.Option(5.0, "--health-timeout", help="Seconds a health probe or /metrics scrape may take before it counts as failed."),
     eject_after: int = typer.Option(1, "--eject-after", help="Failed checks in a row (connects, read timeouts, probes, scrapes) that eject an engine."),
     retries: int = typer.Option(2, "--retries", help="Times a request whose connection failed is routed again to another engine."),
+    policy_timeout: float = typer.Option(5.0, "--policy-timeout", min=0.001, max=3600.0, help="Most seconds one route() call may take; a longer one fails its request (500) and leaves the router serving."),
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8080, "--port", min=1, max=65535),
 ) -> None:
@@ -87,6 +88,6 @@ def serve_router(
     failover = FailoverSettings(connect_timeout=connect_timeout, read_timeout=read_timeout, health_interval=health_interval, health_timeout=health_timeout,
                                 eject_after=eject_after, retries=retries)
     state = RouterState([parse_endpoint(e) for e in endpoint], create("router", policy, **params), block_chars=block_chars, scrape_interval=scrape_interval,
-                        failover=failover)
+                        failover=failover, policy_timeout=policy_timeout)
     err.print(f"routing with {policy} over {', '.join(f'{e.name} ({e.role})' for e in state.endpoints)} at http://{host}:{port}")
     uvicorn.run(create_router_app(state), host=host, port=port, log_level="warning")

@@ -192,11 +192,19 @@ def place(
     for c in ("layout", "GPUs", "$/h", "kW", "goodput", "per GPU", "per $/h"):
         t.add_column(c, justify="left" if c == "layout" else "right")
     fmt = lambda v: "-" if v is None else f"{v:.3g}"
+    below = lambda r, v: f"< {r['below_rate']:.3g}" if r.get("below_rate") is not None and v is not None else fmt(v)  # noqa: E731
     for r in rows:
-        t.add_row(r["layout"] + ("" if r["within_budget"] else " (over budget)"), str(r["gpus"]), f"{r['dollars_per_hour']:.2f}", f"{r['watts'] / 1e3:.2f}", fmt(r.get("goodput")), fmt(r.get("goodput_per_gpu")), fmt(r.get("goodput_per_dollar")))
+        t.add_row(r["layout"] + ("" if r["within_budget"] else " (over budget)"), str(r["gpus"]), f"{r['dollars_per_hour']:.2f}", f"{r['watts'] / 1e3:.2f}",
+                  below(r, r.get("goodput")), *(("-", "-") if r.get("below_rate") is not None else (fmt(r.get("goodput_per_gpu")), fmt(r.get("goodput_per_dollar")))))
     out.print(t)
-    best = next((r for r in rows if r["within_budget"]), None)
-    out.print(f"best: {best['layout']}" if best else "no layout is within the budget")
+    best = next((r for r in rows if r["within_budget"] and (r.get("goodput") or 0.0) > 0), None)
+    if best is not None:
+        out.print(f"best: {best['layout']}")
+    elif any(r["within_budget"] for r in rows):
+        lowest = min((r["below_rate"] for r in rows if r.get("below_rate") is not None), default=None)
+        out.print(f"no layout within the budget meets the SLOs, even at the lowest rate searched ({lowest:g} req/s)", highlight=False, markup=False)
+    else:
+        out.print("no layout is within the budget")
 
 
 @app.command()
@@ -223,7 +231,10 @@ def designs(
         t.add_column(c, justify="left" if c in ("design", "provisioning", "machines") else "right")
     fmt = lambda v: "-" if v is None else f"{v:.3g}"
     for r in rows:
+        goodput = f"< {r['below_rate']:.3g}" if r.get("below_rate") is not None else fmt(r["goodput"])
         t.add_row(r["design"], ", ".join(r["provisioning"]), r["machines"], f"{r['watts'] / 1e3:.1f}", f"{r['dollars_per_hour']:.1f}",
-                  fmt(r["goodput"]), fmt(r["goodput_ratio"]), fmt(r["watts_ratio"]), fmt(r["cost_ratio"]))
+                  goodput, fmt(r["goodput_ratio"]), fmt(r["watts_ratio"]), fmt(r["cost_ratio"]))
     out.print(t)
+    if any(r.get("below_rate") is not None for r in rows):
+        out.print("< X: no rate searched meets the SLOs; the throughput is below X req/s (the study's low)", highlight=False, markup=False)
     out.print(f"results in {out_dir}/designs.json", soft_wrap=True, highlight=False, markup=False)

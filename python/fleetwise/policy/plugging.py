@@ -94,11 +94,11 @@ def core_plugins(scenario, router=None, schedulers: Mapping[str, Callable] | Non
     for p, (f, label) in evictors.items():
         _checked("prefix cache", f"{label} of pool {pool_names[p]!r}", _built(f, label, timeout), "victim(idle)")
     if evictors:
-        extra["evictors"] = {p: (lambda instance, f=f, label=label: PrefixCacheBridge(_checked("prefix cache", label, _built(f, label), "victim(idle)"), label=f"{label} of instance {names[instance]}", clock=clock)) for p, (f, label) in evictors.items()}
+        extra["evictors"] = {p: (lambda instance, f=f, label=label: PrefixCacheBridge(_checked("prefix cache", label, _built_during_run(clock, f, label), "victim(idle)"), label=f"{label} of instance {names[instance]}", clock=clock)) for p, (f, label) in evictors.items()}
     extra.update(_expert_cache_plugins(scenario, expert_caches, names, clock, timeout))
     extra.update(_decode_choice_plugin(scenario, decode_choice, names, roles, clock, timeout))
     if factories:
-        extra["planners"] = {p: (lambda instance, f=f, label=label: SchedulerBridge(_checked("scheduler", label, _built(f, label), "plan(step)"), label=f"{label} of instance {names[instance]}", clock=clock)) for p, (f, label) in factories.items()}
+        extra["planners"] = {p: (lambda instance, f=f, label=label: SchedulerBridge(_checked("scheduler", label, _built_during_run(clock, f, label), "plan(step)"), label=f"{label} of instance {names[instance]}", clock=clock)) for p, (f, label) in factories.items()}
     return extra
 
 
@@ -150,7 +150,7 @@ def _expert_cache_plugins(scenario, expert_caches: Mapping[str, Callable] | None
         return {}
     return {"expert_caches": {
         p: (lambda instance, rank, layers, experts, capacity, f=f, label=label: ExpertCacheBridge(
-            checked(_built(lambda: f(layers, experts, capacity), label), label), layers, experts, capacity,
+            checked(_built_during_run(clock, lambda: f(layers, experts, capacity), label), label), layers, experts, capacity,
             label=f"{label} of instance {names[instance]} GPU {rank}", clock=clock))
         for p, (f, label) in chosen.items()}}
 
@@ -170,6 +170,18 @@ def _decode_choice_plugin(scenario, choice, names: list[str], roles: list[str], 
     if "decode" not in roles:
         raise ConfigError("cluster.decode_choice: a decode choice needs a pool with role decode (a disaggregated cluster)")
     return {"decode_choice": DecodeChoiceBridge(_checked("decode choice", label, choice, "choose(request, decoders, preferred)"), names, roles, label=label, clock=clock)}
+
+
+def _built_during_run(clock: CallClock, factory: Callable, label: str):
+    """``_built`` for an instance's own policy object, made by the core in the simulation's worker
+    thread: noted on ``clock`` so that the run's watchdog holds its creation to the per-call limit
+    (a constructor that never returns stops the run with a PolicyError, as a call would)."""
+    clock.calls += 1
+    clock.busy = f"{label}: creating it"
+    try:
+        return _built(factory, label)
+    finally:
+        clock.busy = None
 
 
 def _built(factory: Callable, label: str, timeout: float | None = None):

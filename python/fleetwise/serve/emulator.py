@@ -76,8 +76,8 @@ class EmulatedEngine:
 
         if role not in ("mixed", "prefill", "decode"):
             raise ConfigError(f"role must be mixed, prefill or decode, not {role!r}")
-        if not speedup > 0:
-            raise ConfigError(f"speedup must be positive, got {speedup}")
+        if not 1e-3 <= speedup <= 1e6:
+            raise ConfigError(f"speedup must be from 0.001 to 1e6, got {speedup}")
         g = lookup("gpu", gpu, {}, "--gpu")
         m = lookup("model", model, {}, "--model")
         self.model, self.gpu, self.tp, self.role, self.speedup = model, gpu, tp, role, speedup

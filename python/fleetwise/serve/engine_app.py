@@ -76,6 +76,8 @@ def create_engine_app(engine: EmulatedEngine):
             stream, include_usage = stream_settings(body)
             if body.get("n") not in (None, 1):
                 raise ValueError(f"n: the emulated engine serves n=1 only, got {body.get('n')!r}")
+            if not isinstance(body.get("kv_transfer_params"), (dict, type(None))):
+                raise ValueError(f"kv_transfer_params must be an object, got {body.get('kv_transfer_params')!r}")
             req = engine.submit(n_prompt, limit, request.headers.get("x-request-id"), body.get("kv_transfer_params"))
             app.state.received.append({"request_id": req.request_id, "user": body.get("user"), "prompt_tokens": n_prompt, "max_tokens": limit,
                                        "kv_transfer_params": body.get("kv_transfer_params"), "at": time.time()})

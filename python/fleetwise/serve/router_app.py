@@ -37,6 +37,7 @@ from urllib.parse import urlparse
 from fleetwise.errors import ConfigError
 from fleetwise.policy.decisions import RouteDecision
 from fleetwise.policy.views import EndpointView, RequestView
+from fleetwise.policy.watchdog import PolicyTimeout, deadline
 from fleetwise.serve import prom
 from fleetwise.serve.failover import EndpointHealth, FailoverSettings
 from fleetwise.serve.prefix_index import PrefixIndex
@@ -73,6 +74,13 @@ class Endpoint:
         u = urlparse(self.url)
         if u.scheme not in ("http", "https") or not u.netloc:
             raise ConfigError(f"endpoint {self.url!r} is not an http(s) URL")
+        given = ":" in u.netloc.rsplit("@", 1)[-1].rsplit("]", 1)[-1]  # a port after the host (IPv6 in brackets)
+        try:
+            port = u.port  # raises for a port above 65535 or not a number
+        except ValueError:
+            port = None
+        if given and not port:
+            raise ConfigError(f"endpoint {self.url!r}: the port must be a number from 1 to 65535")
         self.url = self.url.rstrip("/")
         self.name = self.name or u.netloc
 
@@ -142,7 +150,7 @@ class RouterState:
     """The router's endpoints, policy, prefix index, decision log and counters."""
 
     def __init__(self, endpoints: Sequence[Endpoint], policy, block_chars: int = 64, scrape_interval: float = 1.0, log_size: int = 100_000,
-                 failover: FailoverSettings | None = None):
+                 failover: FailoverSettings | None = None, policy_timeout: float | None = 5.0):
         if not endpoints:
             raise ConfigError("serve-router needs at least one --endpoint")
         names = [e.name for e in endpoints]
@@ -152,6 +160,10 @@ class RouterState:
             raise ConfigError(f"the policy {policy!r} has no route(request, endpoints) method")
         self.endpoints = list(endpoints)
         self.policy = policy
+        self.policy_timeout = policy_timeout
+        """Most seconds one route() call may take (None: no limit); a longer one fails its request
+        with a 500 instead of holding the event loop (enforced where the loop runs on the main
+        thread, as under ``fleetwise serve-router``)."""
         self.prefixes = PrefixIndex(len(endpoints), block_chars)
         self.scrape_interval = scrape_interval
         self.failover = failover or FailoverSettings()
@@ -233,7 +245,11 @@ class RouterState:
         req = RequestView(id=request_id, prompt_tokens=approx_tokens(prompt), max_output_tokens=limit, arrival=time.time(), prefix_hashes=hashes)
         views = self.views(hashes, indices)
         t = time.perf_counter()
-        d = self.policy.route(req, views)
+        try:
+            with deadline(self.policy_timeout, "route()"):
+                d = self.policy.route(req, views)
+        except PolicyTimeout:
+            raise ValueError(f"the policy's route() did not return within {self.policy_timeout:g} s (--policy-timeout)") from None
         self.m_decision.observe(time.perf_counter() - t)
         if not isinstance(d, RouteDecision):
             raise ValueError(f"the policy's route() must return a RouteDecision, got {d!r}")

@@ -32,7 +32,7 @@ def _search(scenario_path: str, overrides: list[str], out_dir: str, slos: dict, 
     from fleetwise.sweep.goodput import search
 
     r = search(scenario_path, overrides, Path(out_dir), slos, target, low=low, tolerance=tolerance, jobs=1, quiet=True, curve=False)
-    return {"goodput": r["goodput_rate"], "goodput_per_gpu": r["goodput_per_gpu"]}
+    return {"goodput": r["goodput_rate"], "goodput_per_gpu": r["goodput_per_gpu"], "below_rate": r["below_rate"]}
 
 
 def run_study(study: DesignStudy, out_dir: Path, names: list[str] | None = None, jobs: int = 1) -> list[dict]:

@@ -45,7 +45,7 @@ def _evaluate(scenario_path: str, overrides: list[str], point: Point, out_dir: s
     from fleetwise.sweep.goodput import search
 
     r = search(scenario_path, [*overrides, *point.overrides()], Path(out_dir) / "points" / point.id, slos, target, low=low, tolerance=tolerance, jobs=1, quiet=True, ray_address=ray)
-    return {"goodput": r["goodput_rate"], "goodput_per_gpu": r["goodput_per_gpu"]}
+    return {"goodput": r["goodput_rate"], "goodput_per_gpu": r["goodput_per_gpu"], "below_rate": r["below_rate"]}
 
 
 def _evaluate_on_ray(args: list[tuple], address: str) -> list[dict]:
