@@ -84,6 +84,7 @@ def test_a_broken_policy_is_reported_cleanly_by_check_policy_and_run(tmp_path, c
 def test_a_missing_module_and_wrong_parameter_names_are_exit_2(tmp_path):
     r = run_cli("check-policy", "scheduler", "no_such_module_xyz:P", cwd=tmp_path)
     assert r.returncode == 2 and "cannot import it" in r.stderr and "Traceback" not in r.stderr
+    assert "put no_such_module_xyz.py (or the package no_such_module_xyz/) in a folder on PYTHONPATH" in r.stderr
     r = run_cli("check-policy", "scheduler", "shortest-prompt-first", "-p", "max_seqs=4", cwd=tmp_path)
     assert r.returncode == 2 and "bad parameters ['max_seqs']" in r.stderr and "Traceback" not in r.stderr
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(_scenario("scheduler", "shortest-prompt-first", {"max_seqs": 4})))
@@ -219,3 +220,26 @@ def test_decode_may_prefill_is_refused_where_decode_instances_cannot_prefill(tmp
     r = run_cli("run", str(REPO / "scenarios" / "splitwise.yaml"), "--set", "workload.requests=20", "--set", "cluster.router={kind: policy, name: disaggregated, params: {decode_may_prefill: true, pd_threshold: 1000}}", "-o", str(tmp_path / "o"))
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "cluster.router" in r.stderr and "decode_may_prefill" in r.stderr and "allowed in simulations: decode_may_prefill false" in r.stderr
+
+
+def test_compare_names_the_variant_whose_policy_failed_and_keeps_what_it_finished(tmp_path):
+    (tmp_path / "late_router.py").write_text(
+        "from fleetwise.policy import RouteDecision\n"
+        "class Late:\n    def __init__(self):\n        self.n = 0\n"
+        "    def route(self, request, endpoints):\n        self.n += 1\n"
+        "        if self.n > 30:\n            raise RuntimeError('late failure')\n"
+        "        return RouteDecision(instance=endpoints[0].index)\n")
+    sc = small_scenario()
+    sc["workload"]["requests"] = 60
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(sc))
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    r = subprocess.run([sys.executable, "-m", "fleetwise", "compare", "s.yaml", "--variant", "ok: cluster.router.kind=round-robin",
+                        "--variant", "late: cluster.router={kind: policy, name: late_router:Late}", "-o", "cmp"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "variant 'late' (what finished is in" in r.stderr and "late failure" in r.stderr
+    assert json.loads((tmp_path / "cmp" / "late" / "summary.json").read_text())["stopped"]

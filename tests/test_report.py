@@ -234,3 +234,30 @@ def test_report_renders_in_headless_chromium(sweep_report, tmp_path):
     png = tmp_path / "report.png"
     subprocess.run([*flags, f"--screenshot={png}", "--window-size=1400,3000", url], capture_output=True, timeout=120)
     assert png.exists() and png.stat().st_size > 20_000
+
+
+def test_a_run_that_stopped_part_way_says_so_in_its_report(tmp_path):
+    # A router that fails at request 40 of 60: `fleetwise run` writes what finished and exits 2;
+    # the report of that directory used to look like a complete run.
+    class Late:
+        def __init__(self):
+            self.n = 0
+
+        def route(self, request, endpoints):
+            from fleetwise.policy import RouteDecision
+
+            self.n += 1
+            if self.n > 40:
+                raise RuntimeError("late failure")
+            return RouteDecision(instance=endpoints[0].index)
+
+    from fleetwise.errors import PolicyError
+    from fleetwise.result import write_stopped
+
+    sc = small_scenario()
+    sc["workload"]["requests"] = 60
+    with pytest.raises(PolicyError) as info:
+        fleetwise.simulate(sc, router=Late())
+    run = write_stopped(tmp_path / "stopped", info.value.requests, "small", f"PolicyError: {info.value}")
+    html = write_report([run], tmp_path / "r.html").read_text()
+    assert "this run stopped part way (PolicyError: " in html and "late failure" in html

@@ -113,9 +113,17 @@ def _run_locally(scenarios: list, out_dir: Path, names: list[str], slos: dict) -
     from fleetwise.metrics import attainment
     from fleetwise.simulate import simulate
 
+    from fleetwise.errors import FleetwiseError
+    from fleetwise.result import write_stopped
+
     runs = []
     for sc, name in zip(scenarios, names):
-        r = simulate(sc, progress=True)
+        try:
+            r = simulate(sc, progress=True)
+        except FleetwiseError as e:
+            kept = getattr(e, "requests", None)
+            where = f" (what finished is in {write_stopped(out_dir / name, kept, sc.name, f'{type(e).__name__}: {e}')}/)" if kept is not None else ""
+            raise type(e)(f"variant {name!r}{where}: {e}") from None
         r.write(out_dir / name)
         runs.append((r.summary, attainment(r.requests, slos) if slos else None))
     return runs

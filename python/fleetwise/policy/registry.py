@@ -45,6 +45,11 @@ def resolve(kind: str, name: str) -> Callable:
             obj = importlib.import_module(module)
             for part in attr.split("."):
                 obj = getattr(obj, part)
+        except ModuleNotFoundError as e:
+            top = module.split(".")[0]
+            hint = (f"; a module:attr policy is imported from Python's path: put {top}.py (or the package {top}/) in a folder on PYTHONPATH"
+                    if e.name == top else "")
+            raise ConfigError(f"policy {name!r}: cannot import it ({e}){hint}") from None
         except (ImportError, AttributeError) as e:
             raise ConfigError(f"policy {name!r}: cannot import it ({e})") from None
         except (Exception, SystemExit) as e:  # the module itself fails: a syntax error, an exception at import

@@ -292,6 +292,10 @@ def load_inputs(inputs: list[Path]) -> ReportData:
     sweep_dirs = [d for k, d in kinds if k == "sweep"]
     notes: list[str] = []
     runs = [load_run(d, lab) for d, lab in zip(run_dirs, _run_labels(run_dirs))]
+    for r in runs:
+        if r.summary.get("stopped"):
+            notes.append(f"{r.path}: this run stopped part way ({r.summary['stopped']}); its figures show what happened before it stopped, "
+                         "and requests it never finished are 'unfinished' in requests.parquet")
     sweep_names = _unique_names(sweep_dirs)
     several = len(sweep_dirs) > 1 or bool(run_dirs)
     sweeps = []
