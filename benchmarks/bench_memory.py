@@ -4,10 +4,12 @@ of the per-request results so runs of two trees can be compared for identity.
 
     PYTHONPATH=python /usr/bin/time -v python benchmarks/bench_memory.py --requests 10000000 --mode core
     PYTHONPATH=python /usr/bin/time -v python benchmarks/bench_memory.py --requests 2000000 --mode simulate
+    PYTHONPATH=python /usr/bin/time -v python benchmarks/bench_memory.py --requests 10000000 --mode write
 
 ``--mode core`` runs ``fleetwise._core.simulate`` alone (the arrays it takes, the columns it
 returns); ``--mode simulate`` runs ``fleetwise.simulate`` end to end (the Result's frames and
-summary). The digest is taken after the peak is printed; it allocates, so read the process peak
+summary); ``--mode write`` also writes the Result (``Result.write``, what ``fleetwise run -o``
+does: requests.parquet streamed from the compact columns) and reads the digest from the file. The digest is taken after the peak is printed; it allocates, so read the process peak
 of a ``core`` run from the ``run`` line, not from ``/usr/bin/time``.
 """
 
@@ -56,7 +58,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--case", default="quickstart100k", choices=sorted(CASES))
     ap.add_argument("--requests", type=int, required=True)
-    ap.add_argument("--mode", choices=["core", "simulate"], default="core")
+    ap.add_argument("--mode", choices=["core", "simulate", "write"], default="core")
     a = ap.parse_args()
     import numpy as np
 
@@ -79,7 +81,19 @@ def main() -> int:
     else:
         res = fleetwise.simulate(sc, workload=wl)
         print(f"run       {memory()}  ({time.perf_counter() - t:.1f} s)", flush=True)
-        print(f"digest    {res.requests.hash_rows().sum()} {res.summary['events']}")
+        if a.mode == "write":
+            import tempfile
+
+            import polars as pl
+
+            with tempfile.TemporaryDirectory() as d:
+                t = time.perf_counter()
+                res.write(d)
+                print(f"write     {memory()}  ({time.perf_counter() - t:.1f} s)", flush=True)
+                del res
+                print(f"digest    {pl.read_parquet(Path(d) / 'requests.parquet').hash_rows().sum()}")
+        else:
+            print(f"digest    {res.requests.hash_rows().sum()} {res.summary['events']}")
     return 0
 
 

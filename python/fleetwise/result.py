@@ -5,25 +5,44 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
 
-@dataclass(frozen=True)
 class Result:
     """What ``fleetwise.simulate`` returns.
 
     ``requests`` has one row per request: times in integer ns (exact) and derived latencies in
     seconds; ``instances`` one row per instance; ``iterations`` one row per iteration when asked
     for; ``summary`` the metrics of ``fleetwise.metrics.summarize``.
+
+    The request table is built when first read (about 190 bytes a request; a 10M-request run
+    holds only its compact columns until then): ``scan_requests()`` queries it without building
+    it, and ``write`` streams it to Parquet.
     """
 
-    requests: pl.DataFrame
-    instances: pl.DataFrame
-    summary: dict
-    iterations: pl.DataFrame | None = None
+    __slots__ = ("_requests", "instances", "summary", "iterations")
+
+    def __init__(self, requests: pl.DataFrame | pl.LazyFrame, instances: pl.DataFrame, summary: dict, iterations: pl.DataFrame | None = None):
+        self._requests = requests
+        self.instances = instances
+        """One row per instance."""
+        self.summary = summary
+        """The run's metrics (summary.json)."""
+        self.iterations = iterations
+        """One row per iteration when the run recorded them, else None."""
+
+    @property
+    def requests(self) -> pl.DataFrame:
+        """The per-request table (docs/semantics.md), built on first read and kept."""
+        if isinstance(self._requests, pl.LazyFrame):
+            self._requests = self._requests.collect()
+        return self._requests
+
+    def scan_requests(self) -> pl.LazyFrame:
+        """The per-request table as a LazyFrame: a query computes only the columns it reads."""
+        return self._requests.lazy()
 
     def write(self, directory: str | Path, vllm_bench_detailed: bool = False) -> Path:
         """Writes requests.parquet, instances.parquet, summary.json, vllm-bench.json (the summary in
@@ -33,12 +52,15 @@ class Result:
 
         d = ensure_output_dir(directory)
         try:
-            self.requests.write_parquet(d / "requests.parquet")
+            if isinstance(self._requests, pl.LazyFrame):  # streamed: never the whole table in memory
+                self._requests.sink_parquet(d / "requests.parquet")
+            else:
+                self._requests.write_parquet(d / "requests.parquet")
             self.instances.write_parquet(d / "instances.parquet")
             if self.iterations is not None:
                 self.iterations.write_parquet(d / "iterations.parquet")
             (d / "summary.json").write_text(json.dumps(self.summary, indent=2, sort_keys=True, allow_nan=False) + "\n")
-            bench = vllm_bench_result(self.requests, self.summary, detailed=vllm_bench_detailed)
+            bench = vllm_bench_result(self._requests, self.summary, detailed=vllm_bench_detailed)
             (d / "vllm-bench.json").write_text(json.dumps(bench, indent=2, allow_nan=False) + "\n")
         except OSError as e:
             from fleetwise.errors import ConfigError

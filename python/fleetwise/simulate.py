@@ -17,89 +17,18 @@ from fleetwise.config.load import as_scenario
 from fleetwise.config.scenario import Scenario
 from fleetwise.config.workload_fit import longest_context
 from fleetwise.errors import CapacityError, ConfigError, FleetwiseError, PolicyError
-from fleetwise.metrics import expert_columns, request_latencies, speculative_columns, summarize
+from fleetwise.metrics import expert_columns, speculative_columns, summarize
 from fleetwise.metrics.idealized import IdealizedRuntime, idealized_runtime, idealized_summary
 from fleetwise.metrics.mixed_pool import instance_columns as mixed_pool_columns
 from fleetwise.moe import load_routing_trace
 from fleetwise.policy.plugging import core_plugins, instance_names_and_roles
 from fleetwise.policy.watchdog import CallClock, Watchdog
+from fleetwise.request_table import compact_requests, request_table
 from fleetwise.result import Result
 from fleetwise.workload import Workload, build_workload
 
 MAX_POLICY_TIMEOUT_S = 86400.0
 """The longest per-call limit on a Python policy (None, not a number, means no limit)."""
-
-_STATUS_LABELS = ["finished", "rejected"]
-"""The core's status codes (0 finished, 1 rejected) as labels; any other code is ``unfinished``."""
-
-
-def _labels(codes: np.ndarray, labels: list[str], missing: str | None) -> pl.Series:
-    """``labels[code]`` for each code, ``missing`` where the code is outside ``labels`` (a String
-    column built in polars, not a Python loop over the rows)."""
-    codes = np.asarray(codes, dtype=np.int64)
-    idx = np.where((codes >= 0) & (codes < len(labels)), codes, len(labels))
-    return pl.Series([*labels, missing], dtype=pl.String).gather(idx)
-
-
-
-_NO_INSTANCE = 2**32 - 1
-"""The core's ``prefill_instance`` for a request without a separate prefill instance."""
-
-
-def _widened(out: dict) -> dict:
-    """``out`` with the core's narrow request columns (uint32 instances and counts) as the request
-    table's int64 columns, ``prefill_instance`` -1 where there is none (in place; returns ``out``)."""
-    for key in ("instance", "preemptions", "generated_tokens"):
-        out[key] = out[key].astype(np.int64)
-    prefill = out["prefill_instance"].astype(np.int64)
-    prefill[prefill == _NO_INSTANCE] = -1
-    out["prefill_instance"] = prefill
-    return out
-
-
-def _requests_frame(workload: Workload, out: dict, pool_of: list[str]) -> pl.DataFrame:
-    arrival = workload.arrival_ns
-    first = out["first_token_ns"]
-    done = out["completion_ns"]
-    out_tok = workload.output_tokens
-    ttft, tpot, e2e = request_latencies(arrival, first, done, out["status"] == 0, out_tok)
-    scheduled = out["first_scheduled_ns"]
-    delay = np.where(scheduled >= 0, (scheduled - arrival) * 1e-9, np.nan)
-    inst = out["instance"]
-    rejections = out.get("rejections", ())
-    reason_codes = np.full(len(workload), -1, dtype=np.int64)
-    reason_names: dict[str, int] = {}
-    for idx, reason in rejections:
-        reason_codes[idx] = reason_names.setdefault(reason, len(reason_names))
-    return pl.DataFrame(
-        {
-            "request_id": np.arange(len(workload), dtype=np.int64),
-            "arrival_ns": arrival,
-            "first_scheduled_ns": scheduled,
-            "first_token_ns": first,
-            "completion_ns": done,
-            "prompt_tokens": workload.prompt_tokens,
-            "output_tokens": out_tok,
-            "generated_tokens": out["generated_tokens"],
-            "instance": inst,
-            "pool": _labels(inst, pool_of, None),
-            "prefill_instance": out["prefill_instance"],
-            "kv_transfer_ns": out["kv_transfer_ns"],
-            "preemptions": out["preemptions"],
-            "status": _labels(out["status"], _STATUS_LABELS, "unfinished"),
-            "reject_reason": _labels(reason_codes, list(reason_names), None),
-            **({"mixed_pool": pl.Series(out["mixed_pool"], dtype=pl.String)} if "mixed_pool" in out else {}),
-            "scheduling_delay_s": delay,
-            "ttft_s": ttft,
-            "tpot_s": tpot,
-            "e2e_s": e2e,
-        }
-    ).with_columns(
-        pl.when(pl.col("status") == "finished").then(pl.col(c)).otherwise(None).alias(c)
-        for c in ("first_token_ns", "completion_ns", "ttft_s", "tpot_s", "e2e_s")
-    ).with_columns(pl.col("tpot_s").fill_nan(None), pl.col("scheduling_delay_s").fill_nan(None),
-                   pl.when(pl.col("first_scheduled_ns") >= 0).then(pl.col("first_scheduled_ns")).otherwise(None).alias("first_scheduled_ns"))
-
 
 def _idealized_runtimes(sc: Scenario, longest: int) -> dict[str, IdealizedRuntime]:
     """Each pool's model's idealized runtime on the scenario's reference GPU and engine, tabulated
@@ -111,37 +40,31 @@ def _idealized_runtimes(sc: Scenario, longest: int) -> dict[str, IdealizedRuntim
     return {p.name: by_model[p.model] for p in sc.cluster.pools}
 
 
-def _with_idealized_runtime(requests: pl.DataFrame, sc: Scenario, source: str) -> tuple[pl.DataFrame, dict[str, int]]:
-    """Adds ``idealized_runtime_s`` and ``idealized_gpu_seconds`` (docs/semantics.md): the request
-    alone on the reference GPU and engine, by its pool's model (the first pool's before routing).
-    Also returns the GPUs each model needs on the reference GPU."""
-    prompt, output = requests["prompt_tokens"].to_numpy(), requests["output_tokens"].to_numpy()
-    total = prompt + output
+def _idealized_runtime_expr(compact: pl.DataFrame, sc: Scenario, source: str) -> tuple[pl.Expr, dict[str, IdealizedRuntime]]:
+    """Each request's idealized runtime (docs/semantics.md), seconds, as an expression over the
+    compact request table: the request alone on the reference GPU and engine, by its pool's model
+    (the first pool's before routing); null for a rejected request longer than every served one.
+    Also each pool's idealized runtime."""
+    total = pl.col("prompt_tokens") + pl.col("output_tokens")
+    rejected = pl.col("status") == "rejected"
     # The reference is sized for the longest request that was not rejected: a rejected one (e.g.
     # longer than the model's context) has no idealized runtime (null) and cannot fail the run.
-    rejected = (requests["status"] == "rejected").to_numpy()
-    served = ~rejected
-    longest = int(total[served].max()) if served.any() else 1
+    longest = compact.lazy().select(total.filter(~rejected).max()).collect().item()
+    longest = 1 if longest is None else int(longest)
     try:
         runtimes = _idealized_runtimes(sc, longest)
     except (ConfigError, CapacityError) as err:
         raise type(err)(f"{source}: {err}") from None
-    pools = requests["pool"].fill_null(sc.cluster.pools[0].name)
-    unsized = rejected & (total > longest)
-    if len(runtimes) == 1 and not unsized.any():  # one pool: every request at once, without masks
-        rt = next(iter(runtimes.values()))
-        secs = rt.seconds(prompt, output)
-        gpu_secs = secs * rt.gpus
-    else:
-        secs, gpu_secs = np.full(requests.height, np.nan), np.full(requests.height, np.nan)
-        for name, rt in runtimes.items():
-            mask = (pools == name).to_numpy() & ~unsized
-            if mask.any():
-                secs[mask] = rt.seconds(prompt[mask], output[mask])
-                gpu_secs[mask] = secs[mask] * rt.gpus
-    gpus = {rt.model: rt.gpus for rt in runtimes.values()}
-    return requests.with_columns(pl.Series("idealized_runtime_s", secs, nan_to_null=True),
-                                 pl.Series("idealized_gpu_seconds", gpu_secs, nan_to_null=True)), gpus
+    lengths = compact.lazy().select(pl.col("prompt_tokens").filter(pl.col("prompt_tokens") <= longest).unique()).collect().to_series().to_numpy()
+    prompt, output = pl.col("prompt_tokens"), pl.col("output_tokens")
+    first = sc.cluster.pools[0].name
+    by_model: dict[int, pl.Expr] = {}
+    secs: pl.Expr = pl.lit(None, dtype=pl.Float64)
+    for name, rt in reversed(list(runtimes.items())):
+        expr = by_model.setdefault(id(rt), rt.seconds_expr(lengths, prompt, output))
+        in_pool = (pl.col("pool") == name) if name != first else (pl.col("pool").is_null() | (pl.col("pool") == name))
+        secs = expr if len(set(map(id, runtimes.values()))) == 1 else pl.when(in_pool).then(expr).otherwise(secs)
+    return pl.when(rejected & (total > longest)).then(None).otherwise(secs), runtimes
 
 
 def _instances_frame(instances: list[dict]) -> pl.DataFrame:
@@ -280,15 +203,18 @@ def simulate(
     except FleetwiseError as err:
         partial = getattr(err, "partial", None)
         if partial is not None and len(partial["status"]) == len(workload):  # the run stopped part way: keep what finished
-            partial = _widened(partial)
             names, _ = instance_names_and_roles(sc)
-            partial["instance"] = np.where(partial["instance"] < len(names), partial["instance"], -1)  # -1: not routed yet
-            err.requests = _requests_frame(workload, partial, [n.rpartition("/")[0] for n in names])
+            compact = compact_requests(workload, partial, [n.rpartition("/")[0] for n in names])
+            err.requests = request_table(compact, unrouted=len(names)).collect()
         raise
-    _widened(out)
     instances = json.loads(out["instances_json"])
     pool_of = [inst["pool_name"] for inst in instances]
-    requests, idealized_gpus = _with_idealized_runtime(_requests_frame(workload, out, pool_of), sc, source)
+    compact = compact_requests(workload, out, pool_of, [p.name for p in sc.cluster.pools])
+    for column in ("first_scheduled_ns", "first_token_ns", "completion_ns", "generated_tokens", "instance", "prefill_instance", "kv_transfer_ns", "preemptions", "status"):
+        del out[column]  # kept by the compact table where needed: a column it leaves out is freed now
+    seconds, runtimes = _idealized_runtime_expr(compact, sc, source)
+    requests = request_table(compact, idealized=seconds, idealized_gpus={name: rt.gpus for name, rt in runtimes.items()}, first_pool=sc.cluster.pools[0].name)
+    idealized_gpus = {rt.model: rt.gpus for rt in runtimes.values()}
     inst_frame = _instances_frame(instances)
     prices = pool_prices(sc)
     inst_frame = inst_frame.with_columns(price_per_hour=pl.col("pool").replace_strict(prices, return_dtype=pl.Float64))

@@ -125,7 +125,7 @@ def _run_locally(scenarios: list, out_dir: Path, names: list[str], slos: dict) -
             where = f" (what finished is in {write_stopped(out_dir / name, kept, sc.name, f'{type(e).__name__}: {e}')}/)" if kept is not None else ""
             raise type(e)(f"variant {name!r}{where}: {e}") from None
         r.write(out_dir / name)
-        runs.append((r.summary, attainment(r.requests, slos) if slos else None))
+        runs.append((r.summary, attainment(r.scan_requests(), slos) if slos else None))
     return runs
 
 

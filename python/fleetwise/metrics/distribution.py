@@ -19,9 +19,11 @@ class Distribution(TypedDict):
     p99: float | None
 
 
-def distribution(values: np.ndarray) -> Distribution:
-    """Mean and p50/p90/p99 of ``values`` (None when empty)."""
+def distribution(values: np.ndarray, reorder: bool = False) -> Distribution:
+    """Mean and p50/p90/p99 of ``values`` (None when empty). With ``reorder`` the percentiles
+    partition ``values`` in place (the caller's array of its own) instead of a copy."""
     if len(values) == 0:
         return {"mean": None, **{f"p{p}": None for p in PERCENTILES}}
-    qs = np.percentile(values, PERCENTILES)
-    return {"mean": float(np.mean(values)), **{f"p{p}": float(q) for p, q in zip(PERCENTILES, qs)}}
+    mean = float(np.mean(values))
+    qs = np.percentile(values, PERCENTILES, overwrite_input=reorder)
+    return {"mean": mean, **{f"p{p}": float(q) for p, q in zip(PERCENTILES, qs)}}

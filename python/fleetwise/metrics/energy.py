@@ -6,6 +6,8 @@ from typing import TypedDict
 
 import polars as pl
 
+from fleetwise.metrics.table_reads import FINISHED, Table, aggregates
+
 
 class EnergySummary(TypedDict):
     """The summary's ``energy`` entry."""
@@ -24,16 +26,16 @@ class CostSummary(TypedDict):
     dollars_per_million_tokens: float | None
 
 
-def energy_and_cost(requests: pl.DataFrame, instances: pl.DataFrame, wall_seconds: float) -> dict:
+def energy_and_cost(requests: Table, instances: pl.DataFrame, wall_seconds: float) -> dict:
     """``{"energy": EnergySummary, "cost": CostSummary}``: energy (all GPUs, busy and idle, over the
     run) and rental cost, per token.
 
     ``instances`` needs columns gpus, energy_joules and price_per_hour; ``wall_seconds`` is the
     length of the run (GPUs are paid for the whole of it).
     """
-    done = requests.filter(pl.col("status") == "finished")
-    out_tok = int(done["output_tokens"].sum()) if done.height else 0
-    all_tok = out_tok + (int(done["prompt_tokens"].sum()) if done.height else 0)
+    sums = aggregates(requests, out=pl.col("output_tokens").filter(FINISHED).sum(), prompt=pl.col("prompt_tokens").filter(FINISHED).sum())
+    out_tok = int(sums["out"] or 0)
+    all_tok = out_tok + int(sums["prompt"] or 0)
     joules = float(instances["energy_joules"].sum())
     gpus = int(instances["gpus"].sum())
     gpu_hours = gpus * wall_seconds / 3600.0

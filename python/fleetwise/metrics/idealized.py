@@ -103,6 +103,27 @@ class IdealizedRuntime:
         runtime -= self._decode_cumsum[prompt]
         return runtime
 
+    def seconds_expr(self, prompt_lengths: np.ndarray, prompt: "pl.Expr", output: "pl.Expr") -> "pl.Expr":
+        """``seconds`` as a polars expression over requests whose prompt lengths are among
+        ``prompt_lengths`` (distinct lengths) and whose ``prompt + output`` is at most the
+        tabulated length: the same tables, looked up the same way, so each value is bit-identical
+        to ``seconds``; no per-request array is made. Other requests get a meaningless value."""
+        import polars as pl
+
+        lengths = np.unique(np.asarray(prompt_lengths, dtype=np.int64))
+        known = self._prefill
+        for p in lengths.tolist():
+            if p not in known:
+                known[p] = self._cost.iteration_seconds([(p, 0, True)], [])
+        table = np.zeros(int(lengths.max()) + 1 if len(lengths) else 1)
+        table[lengths] = [known[p] for p in lengths.tolist()]
+        prefill, cumsum = pl.lit(pl.Series(table)), pl.lit(pl.Series(self._decode_cumsum))
+        # Indices are clipped into the tables: a request outside them gets a meaningless value
+        # (the caller masks it) instead of failing the whole column.
+        top = len(self._decode_cumsum) - 1
+        return ((prefill.gather(prompt.clip(0, len(table) - 1)) + cumsum.gather((prompt + output - 1).clip(0, top)))
+                - cumsum.gather(prompt.clip(0, top)))
+
     def gpu_seconds(self, prompt: np.ndarray, output: np.ndarray) -> np.ndarray:
         """The cost-aware variant: idealized runtime x the GPUs the model needs, GPU-seconds."""
         return self.seconds(prompt, output) * self.gpus
@@ -148,8 +169,13 @@ def idealized_summary(requests, scenario, gpus: dict[str, int]) -> dict:
 
     from fleetwise.metrics.distribution import distribution
 
-    done = requests.filter(pl.col("status") == "finished")
-    return {"gpu": scenario.idealized.gpu, "engine": scenario.idealized.engine, "gpus": dict(gpus),
-            "runtime_s": distribution(done["idealized_runtime_s"].to_numpy()),
-            "total_runtime_s": float(done["idealized_runtime_s"].sum()),
-            "total_gpu_seconds": float(done["idealized_gpu_seconds"].sum())}
+    from fleetwise.metrics.table_reads import finished_column
+
+    # Totals as polars sums them (one contiguous column), before the percentiles reorder it.
+    runtime = finished_column(requests, "idealized_runtime_s")
+    total = float(pl.Series(runtime).sum())
+    summary = {"gpu": scenario.idealized.gpu, "engine": scenario.idealized.engine, "gpus": dict(gpus),
+               "runtime_s": distribution(runtime, reorder=True), "total_runtime_s": total}
+    del runtime
+    summary["total_gpu_seconds"] = float(pl.Series(finished_column(requests, "idealized_gpu_seconds")).sum())
+    return summary

@@ -21,6 +21,7 @@ from fleetwise.metrics.prefix import PrefixCacheSummary, prefix_cache_summary
 from fleetwise.metrics.rejections import RejectionCount, rejection_reasons
 from fleetwise.metrics.slo import SloSummary, slo_attainment
 from fleetwise.metrics.speculative import SpeculativeSummary, speculative_summary
+from fleetwise.metrics.table_reads import FINISHED, Table, aggregates, column_names, finished_column
 
 
 class Throughput(TypedDict):
@@ -76,34 +77,38 @@ def _json_safe(x):
     return x
 
 
-def summarize(requests: pl.DataFrame, itl: dict, slo=None, instances: pl.DataFrame | None = None, wall_seconds: float = 0.0) -> Summary:
+def summarize(requests: Table, itl: dict, slo=None, instances: pl.DataFrame | None = None, wall_seconds: float = 0.0) -> Summary:
     """The run summary: counts, throughput, latency distributions, SLO attainment, energy, cost."""
-    done = requests.filter(pl.col("status") == "finished")
-    n_done = done.height
-    first_arrival = requests["arrival_ns"].min() if requests.height else 0
-    last_done = done["completion_ns"].max() if n_done else first_arrival
+    agg = aggregates(requests, requests=pl.len(), finished=FINISHED.sum(), rejected=(pl.col("status") == "rejected").sum(),
+                     first_arrival=pl.col("arrival_ns").min(), last_done=pl.col("completion_ns").filter(FINISHED).max(),
+                     out_tokens=pl.col("output_tokens").filter(FINISHED).sum(), in_tokens=pl.col("prompt_tokens").filter(FINISHED).sum(),
+                     preemptions=pl.col("preemptions").sum())
+    n_done = int(agg["finished"])
+    first_arrival = agg["first_arrival"] if agg["requests"] else 0
+    last_done = agg["last_done"] if n_done else first_arrival
     span = max((last_done - first_arrival) * 1e-9, 1e-12) if n_done else 0.0
-    out_tokens = int(done["output_tokens"].sum()) if n_done else 0
-    in_tokens = int(done["prompt_tokens"].sum()) if n_done else 0
+    out_tokens = int(agg["out_tokens"]) if n_done else 0
+    in_tokens = int(agg["in_tokens"]) if n_done else 0
     summary: Summary = {
-        "requests": requests.height,
+        "requests": int(agg["requests"]),
         "finished": n_done,
-        "rejected": int((requests["status"] == "rejected").sum()),
+        "rejected": int(agg["rejected"]),
         "duration_s": span,
         "throughput": {
             "requests_per_s": n_done / span if span else 0.0,
             "output_tokens_per_s": out_tokens / span if span else 0.0,
             "total_tokens_per_s": (in_tokens + out_tokens) / span if span else 0.0,
         },
-        "ttft_s": distribution(done["ttft_s"].to_numpy()),
-        "tpot_s": distribution(done["tpot_s"].drop_nulls().to_numpy()),
+        "ttft_s": distribution(finished_column(requests, "ttft_s"), reorder=True),
+        "tpot_s": distribution(finished_column(requests, "tpot_s", drop_nulls=True), reorder=True),
         "itl_s": itl_distribution(itl),
-        "e2e_s": distribution(done["e2e_s"].to_numpy()),
-        "preemptions": int(requests["preemptions"].sum()),
+        "e2e_s": distribution(finished_column(requests, "e2e_s"), reorder=True),
+        "preemptions": int(agg["preemptions"] or 0),
     }
-    if "scheduling_delay_s" in requests.columns:
+    names = column_names(requests)
+    if "scheduling_delay_s" in names:
         # Arrival to the first iteration that includes it (vLLM's queue time), finished requests.
-        summary["scheduling_delay_s"] = distribution(done["scheduling_delay_s"].drop_nulls().to_numpy())
+        summary["scheduling_delay_s"] = distribution(finished_column(requests, "scheduling_delay_s", drop_nulls=True), reorder=True)
     if instances is not None and wall_seconds > 0:
         summary.update(energy_and_cost(requests, instances, wall_seconds))
     prefix = prefix_cache_summary(instances) if instances is not None else None
@@ -123,8 +128,8 @@ def summarize(requests: pl.DataFrame, itl: dict, slo=None, instances: pl.DataFra
         # vLLM's request goodput at this run's load: requests per second that met every target
         # (DistServe's goodput, the highest rate meeting an attainment target, is `fleetwise goodput`).
         att = slo_part["attainment"]
-        slo_part["request_goodput"] = None if att is None or not span else att * requests.height / span
+        slo_part["request_goodput"] = None if att is None or not span else att * summary["requests"] / span
         summary["slo"] = slo_part
-    if "reject_reason" in requests.columns and summary["rejected"]:
-        summary["rejections"] = rejection_reasons(requests["reject_reason"].to_list())
+    if "reject_reason" in names and summary["rejected"]:
+        summary["rejections"] = rejection_reasons(requests.lazy().select(pl.col("reject_reason").drop_nulls()).collect().to_series().to_list())
     return _json_safe(summary)

@@ -19,6 +19,8 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from fleetwise.metrics.table_reads import FINISHED, Table, aggregates, finished_column
+
 DEFAULT_PERCENTILES = (99.0,)
 """vLLM's default ``--metric-percentiles``."""
 
@@ -36,49 +38,57 @@ def _word(p: float) -> str:
     return str(int(p)) if int(p) == p else str(p)
 
 
-def vllm_bench_result(requests: pl.DataFrame, summary: dict, percentiles=DEFAULT_PERCENTILES, goodput_ms: dict | None = None,
+def vllm_bench_result(requests: Table, summary: dict, percentiles=DEFAULT_PERCENTILES, goodput_ms: dict | None = None,
                       detailed: bool = False) -> dict:
     """The run as ``vllm bench serve --save-result`` writes it: ``requests`` and ``summary`` of a
     ``Result``; ``goodput_ms`` maps ``ttft``/``tpot``/``e2el`` to SLOs in ms (None: the scenario's
     SLO, if any, else no goodput)."""
-    done = requests.filter(pl.col("status") == "finished")
-    ttft = done["ttft_s"].to_numpy()
-    e2e = done["e2e_s"].to_numpy()
-    out_tok = done["output_tokens"].to_numpy()
-    tpot_all = np.where(out_tok > 1, np.nan_to_num(done["tpot_s"].fill_null(0.0).to_numpy()), 0.0)
-    tpot = tpot_all[out_tok > 1]
     duration = float(summary["duration_s"])
     if goodput_ms is None and summary.get("slo"):
         targets = summary["slo"]["targets"]
         goodput_ms = {k2: targets[k1] * 1e3 for k1, k2 in (("ttft", "ttft"), ("tpot", "tpot"), ("e2e", "e2el")) if k1 in targets}
-    good = None
-    if goodput_ms:
-        ok = np.ones(len(ttft), dtype=bool)
-        for key, values in (("ttft", ttft), ("tpot", tpot_all), ("e2el", e2e)):
-            if key in goodput_ms:
-                ok &= values <= goodput_ms[key] / 1e3
-        good = int(ok.sum()) / duration if duration else 0.0
-    total_in, total_out = int(done["prompt_tokens"].sum()), int(out_tok.sum())
+    counts = aggregates(requests, n=pl.len(), done=FINISHED.sum(), prompt=pl.col("prompt_tokens").filter(FINISHED).sum(),
+                        output=pl.col("output_tokens").filter(FINISHED).sum())
+    n_done = int(counts["done"])
+    # One latency at a time (a 10M-request run holds one column, not four).
+    ok = np.ones(n_done, dtype=bool) if goodput_ms else None
+    stats: dict[str, dict] = {}
+    for key, column in (("ttft", "ttft_s"), ("tpot", "tpot_s"), ("e2el", "e2e_s")):
+        if key == "tpot":  # per request with more than one output token; 0 for the others (vLLM)
+            several = finished_column(requests, "output_tokens") > 1
+        values = finished_column(requests, column)
+        if key == "tpot":
+            np.nan_to_num(values, copy=False)
+            values[~several] = 0.0
+        if ok is not None and key in goodput_ms:
+            ok &= values <= goodput_ms[key] / 1e3
+        if key == "tpot":
+            values = values[several]
+        stats[key] = _stats(key, values, percentiles)
+        del values
+    good = None if ok is None else (int(ok.sum()) / duration if duration else 0.0)
+    total_in, total_out = int(counts["prompt"] or 0), int(counts["output"] or 0)
     result = {
         "duration": duration,
-        "completed": done.height,
-        "failed": requests.height - done.height,
+        "completed": n_done,
+        "failed": counts["n"] - n_done,
         "total_input_tokens": total_in,
         "total_output_tokens": total_out,
-        "request_throughput": done.height / duration if duration else 0.0,
+        "request_throughput": n_done / duration if duration else 0.0,
         "request_goodput": good,
         "output_throughput": total_out / duration if duration else 0.0,
         "total_token_throughput": (total_in + total_out) / duration if duration else 0.0,
     }
-    result.update(_stats("ttft", ttft, percentiles))
-    result.update(_stats("tpot", tpot, percentiles))
+    result.update(stats["ttft"])
+    result.update(stats["tpot"])
     itl = summary["itl_s"]
     result.update({"mean_itl_ms": _ms(itl.get("mean")), "median_itl_ms": _ms(itl.get("p50")), "std_itl_ms": None})
     for p in percentiles:
         key = f"p{_word(p)}"
         result[f"{key}_itl_ms"] = _ms(itl.get(key))
-    result.update(_stats("e2el", e2e, percentiles))
+    result.update(stats["e2el"])
     if detailed:
+        requests = requests.lazy().select("arrival_ns", "prompt_tokens", "generated_tokens", "ttft_s", "e2e_s", "status").collect()
         first = requests["arrival_ns"].min() if requests.height else 0
         fin = requests["status"] == "finished"
         result.update({
