@@ -171,11 +171,15 @@ def test_every_endpoint_unreachable_gives_502_and_releases_the_load():
             d.stop()
         r, _ = start_router([d.url for d in dead], "round-robin", health_interval=0, retries=5)
         stack.enter_context(r)
+        before = httpx.get(r.url + "/health", timeout=GUARD)  # nothing has failed yet
         first, second = complete(r, 0), complete(r, 1, stream=True)
+        after = httpx.get(r.url + "/health", timeout=GUARD)
         s = metrics(r)
         assert_no_load_left(r)
     assert first.status_code == second.status_code == 502
     assert "no endpoint could be reached (2 tried" in first.json()["error"]["message"]
+    assert before.status_code == 200 and after.status_code == 503  # the router is not ready: nothing to route to
+    assert after.text.startswith("unhealthy: every engine is ejected (2 of 2; last errors: ")
     assert first.json()["error"]["type"] == "BadGatewayError"
     assert value(s, "fleetwise_router_ejections_total") == 2 and value(s, "fleetwise_router_retries_total") == 2
     assert value(s, "fleetwise_router_errors_total") == 2
@@ -427,3 +431,21 @@ def test_an_engine_that_drops_every_connection_gets_a_502_after_one_more_try():
     finally:
         r.stop()
         eng.stop()
+
+
+def test_a_disaggregated_router_is_unhealthy_while_a_whole_role_is_ejected():
+    from fleetwise.serve.failover import EndpointHealth
+
+    eps = [Endpoint("http://p0:1", "prefill", "p0"), Endpoint("http://d0:1", "decode", "d0"), Endpoint("http://d1:1", "decode", "d1")]
+    health = EndpointHealth(eps, FailoverSettings(eject_after=1))
+    assert health.unservable() is None
+    health.failed(1, "connect", "refused")
+    assert health.unservable() is None  # d1 still decodes
+    health.failed(2, "health", "HTTP 500")
+    assert health.unservable() == "every decode engine is ejected"
+    health.succeeded(2, readmit=True)
+    assert health.unservable() is None
+    mixed = [Endpoint("http://m:1", "mixed", "m"), Endpoint("http://p:1", "prefill", "p")]
+    health = EndpointHealth(mixed, FailoverSettings(eject_after=1))
+    health.failed(1, "connect", "refused")
+    assert health.unservable() is None  # the mixed engine serves whole requests

@@ -78,6 +78,19 @@ class EndpointHealth:
         healthy = [i for i in left if self.endpoints[i].healthy]
         return healthy or left
 
+    def unservable(self) -> str | None:
+        """Why no request can be served now (None when one can): every engine is ejected, or every
+        prefill or every decode engine of a disaggregated deployment is."""
+        healthy = {e.role for e in self.endpoints if e.healthy}
+        if not healthy:
+            last = "; ".join(f"{e.name}: {e.last_error}" for e in self.endpoints if e.last_error)
+            return f"every engine is ejected ({len(self.endpoints)} of {len(self.endpoints)}; last errors: {last or 'none'})"
+        if "mixed" in healthy:
+            return None
+        roles = {e.role for e in self.endpoints}
+        missing = [role for role in ("prefill", "decode") if role in roles and role not in healthy]
+        return f"every {' and every '.join(missing)} engine is ejected" if missing else None
+
     def failed(self, i: int, check: str, error: str) -> None:
         """Endpoint ``i`` failed ``check`` (connect, timeout, health or scrape) with ``error``."""
         e = self.endpoints[i]

@@ -313,7 +313,9 @@ def create_router_app(state: RouterState):
 
     @app.get("/health")
     async def health():
-        return PlainTextResponse("")
+        # 503 while no request could be served (a load balancer's readiness check takes it out).
+        why = state.health.unservable()
+        return PlainTextResponse("" if why is None else f"unhealthy: {why}\n", status_code=200 if why is None else 503)
 
     @app.get("/metrics")
     async def metrics():
