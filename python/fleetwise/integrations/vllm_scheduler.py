@@ -238,6 +238,8 @@ class FleetwiseScheduler(Scheduler):
             unknown = [] if order is None else [i for i in order if i not in view.requests]
             if unknown:
                 raise PolicyAnswerError(f"plan() names requests that are neither waiting nor running: {unknown[:5]}")
+            if order is not None and len(set(order)) != len(order):
+                raise PolicyAnswerError(f"plan().{name} lists a request twice (as check-policy says: one entry per request)")
         return view, plan
 
     # -- scheduling -------------------------------------------------------------------------------

@@ -244,4 +244,8 @@ class SchedulerBridge:
         unknown = [i for i in order if not is_known_id(i, known)]
         if unknown:
             raise PolicyAnswerError(f"{name} names requests that are neither waiting nor running: {_short(unknown[:5])}")
+        if len(set(order)) != len(order):  # as check-policy says: a request is served once per step
+            seen: set = set()
+            twice = [i for i in order if i in seen or seen.add(i)]
+            raise PolicyAnswerError(f"{name} lists a request twice: {_short(twice[:5])}")
         return [self.back[i] for i in order] if self.ids is not None else [int(i) for i in order]
