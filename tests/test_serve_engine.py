@@ -130,6 +130,9 @@ def test_models_health_and_errors(engine):
     assert r.status_code == 404
     r = httpx.post(url + "/v1/completions", json={"prompt": "x", "max_tokens": 9000})
     assert r.status_code == 400 and "maximum context length" in r.json()["error"]["message"]
+    for body in ({"prompt": None}, {"max_tokens": 4}, {"prompt": ""}):  # vLLM: a prompt is required, not empty
+        r = httpx.post(url + "/v1/completions", json=body)
+        assert r.status_code == 400 and "prompt is required and cannot be empty" in r.json()["error"]["message"], body
 
 
 def test_metrics_use_vllm_names(engine):

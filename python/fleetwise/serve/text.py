@@ -61,9 +61,9 @@ def prompt_text(body: dict[str, Any]) -> str | list[int]:
                 raise ValueError(f"messages[{i}].content must be text, a list of content parts or null, got {_show(content)}")
             parts.append(f"{role}: {content or ''}\n")
         return "".join(parts)
-    prompt = body.get("prompt", "")
-    if prompt is None:
-        return ""
+    prompt = body.get("prompt")
+    if prompt is None or prompt == "":  # vLLM: the prompt must be given and not empty
+        raise ValueError("prompt is required and cannot be empty: give text or a list of integer token ids")
     if isinstance(prompt, list):
         if prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
             return list(prompt)
