@@ -14,6 +14,7 @@ import polars as pl
 import pytest
 
 import fleetwise
+from conftest import run_cli
 from fleetwise.report import FIGURE_IDS, write_report
 from fleetwise.report.colors import INSTANCE_PALETTE
 from fleetwise.report.latency import cdf_points
@@ -192,6 +193,18 @@ def test_bad_inputs(tmp_path):
         write_report([tmp_path / "empty"], tmp_path / "x.html")
     with pytest.raises(ValueError, match="no inputs"):
         write_report([], tmp_path / "x.html")
+
+
+def test_a_sweep_without_a_finished_point_is_nothing_to_report_alone_and_a_note_beside_runs(inputs, tmp_path):
+    early = tmp_path / "early"  # a sweep stopped before its first point: only its settings
+    early.mkdir()
+    (early / "sweep.json").write_text(json.dumps({"scenario": "small", "grid": {RATE: [10.0]}}))
+    with pytest.raises(ValueError, match="nothing to report: .*early has no finished point yet"):
+        write_report([early], tmp_path / "x.html")
+    cli = run_cli("report", str(early), "-o", str(tmp_path / "y.html"))
+    assert cli.returncode == 2 and "nothing to report" in cli.stdout + cli.stderr and not (tmp_path / "y.html").exists()
+    html = write_report([inputs["runs"][0], early], tmp_path / "z.html").read_text()
+    assert "no finished point yet; it has no figures" in html
 
 
 def test_downsampling_and_time_averages():

@@ -313,4 +313,10 @@ def load_inputs(inputs: list[Path]) -> ReportData:
                 continue
             note = f"point {point}" + (f" at {rate:.4g} req/s" if rate is not None and not math.isnan(rate) else "")
             runs.append(load_run(pdir, label, note))
+    empty = [s for s in sweeps if s.points.height == 0 and not s.goodput]
+    if not runs and len(empty) == len(sweeps):
+        raise ValueError(f"nothing to report: {', '.join(str(s.path) for s in empty)} has no finished point yet "
+                         "(a sweep stopped before its first point keeps its settings: run the same sweep command again to resume)")
+    for s in empty:
+        notes.append(f"{s.path}: no finished point yet; it has no figures")
     return ReportData(runs=runs, sweeps=sweeps, notes=notes)
