@@ -88,13 +88,7 @@ class IdealizedRuntime:
             raise ValueError(f"a request of {int(last.max()) + 1} tokens is longer than the {len(self._decode_cumsum) - 1} tabulated")
         # One prefill cost per distinct prompt length (memoised across calls), looked up per
         # request (a table over the lengths, not a sort of the requests: a few bytes a request).
-        lengths = np.flatnonzero(np.bincount(prompt)) if len(prompt) else prompt
-        known = self._prefill
-        for p in lengths.tolist():
-            if p not in known:
-                known[p] = self._cost.iteration_seconds([(p, 0, True)], [])
-        table = np.zeros(int(lengths.max()) + 1 if len(lengths) else 0)
-        table[lengths] = [known[p] for p in lengths.tolist()]
+        table = self._prefill_table(np.flatnonzero(np.bincount(prompt)) if len(prompt) else prompt)
         # Decodes at contexts prompt+1 .. prompt+output-1: cumsum[c] holds decode(1) + ... + decode(c).
         # prefill + cumsum[last] - cumsum[prompt], evaluated in that order, in place.
         runtime = table[prompt]
@@ -103,6 +97,17 @@ class IdealizedRuntime:
         runtime -= self._decode_cumsum[prompt]
         return runtime
 
+    def _prefill_table(self, lengths: np.ndarray) -> np.ndarray:
+        """Solo prefill seconds indexed by prompt length, for the sorted distinct ``lengths`` (0
+        elsewhere); one cost per length, memoised across calls."""
+        known = self._prefill
+        for p in lengths.tolist():
+            if p not in known:
+                known[p] = self._cost.iteration_seconds([(p, 0, True)], [])
+        table = np.zeros(int(lengths.max()) + 1 if len(lengths) else 0)
+        table[lengths] = [known[p] for p in lengths.tolist()]
+        return table
+
     def seconds_expr(self, prompt_lengths: np.ndarray, prompt: "pl.Expr", output: "pl.Expr") -> "pl.Expr":
         """``seconds`` as a polars expression over requests whose prompt lengths are among
         ``prompt_lengths`` (distinct lengths) and whose ``prompt + output`` is at most the
@@ -110,13 +115,9 @@ class IdealizedRuntime:
         to ``seconds``; no per-request array is made. Other requests get a meaningless value."""
         import polars as pl
 
-        lengths = np.unique(np.asarray(prompt_lengths, dtype=np.int64))
-        known = self._prefill
-        for p in lengths.tolist():
-            if p not in known:
-                known[p] = self._cost.iteration_seconds([(p, 0, True)], [])
-        table = np.zeros(int(lengths.max()) + 1 if len(lengths) else 1)
-        table[lengths] = [known[p] for p in lengths.tolist()]
+        table = self._prefill_table(np.unique(np.asarray(prompt_lengths, dtype=np.int64)))
+        if not len(table):
+            table = np.zeros(1)
         prefill, cumsum = pl.lit(pl.Series(table)), pl.lit(pl.Series(self._decode_cumsum))
         # Indices are clipped into the tables: a request outside them gets a meaningless value
         # (the caller masks it) instead of failing the whole column.
