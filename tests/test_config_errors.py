@@ -203,6 +203,7 @@ def test_a_moe_model_without_routed_experts_is_refused(field, value):
     (["compare", "--variant", "..: cluster.router.kind=round-robin"], "the label '..' cannot name the variant's directory"),
     (["compare", "--variant", ": cluster.router.kind=round-robin"], "the label '' cannot name the variant's directory"),
     (["run", "--policy-timeout", "inf"], "--policy-timeout"),
+    (["compare", "--variant", "rate 4/s: seed=1", "--variant", "rate 4_s: seed=2"], "--variant labels 'rate 4/s' and 'rate 4_s' both name the output directory 'rate_4_s'"),
 ])
 def test_compare_labels_and_policy_time_limits_are_checked(write_yaml, args, message):
     cmd, *rest = args
@@ -213,3 +214,11 @@ def test_compare_labels_and_policy_time_limits_are_checked(write_yaml, args, mes
 def test_simulate_refuses_an_infinite_policy_timeout():
     with pytest.raises(ConfigError, match="policy_timeout must be a positive number of seconds up to 86400"):
         fleetwise.simulate(small_scenario(), policy_timeout=float("inf"))
+
+
+def test_two_pools_of_one_name_are_an_error_not_mixed_results(write_yaml):
+    sc = small_scenario()
+    second = dict(sc["cluster"]["pools"][0], gpu="a100-80gb-sxm")
+    sc["cluster"]["pools"].append(second)  # same name: prices, engines and idealized runtimes are kept by name
+    err = _cli_error(write_yaml(sc))
+    assert "cluster.pools" in err and "are both named" in err and "pool names must be unique" in err

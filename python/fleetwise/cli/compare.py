@@ -74,6 +74,12 @@ def compare(
     out_dir = check_output_dir(output or _default_dir("compare", base.name))
     scenarios = [load_scenario(scenario, [*set_, *overrides]) for _, overrides in variants]
     safe = ["".join(c if c.isalnum() or c in "-_." else "_" for c in label) for label, _ in variants]
+    first_of: dict[str, str] = {}
+    for (label, _), dirname in zip(variants, safe):
+        if dirname in first_of:  # one directory would hold both runs: the second would overwrite the first
+            raise ConfigError(f"--variant labels {first_of[dirname]!r} and {label!r} both name the output directory {dirname!r} "
+                              "(characters other than letters, digits, '-', '_' and '.' become '_'): give labels that differ there")
+        first_of[dirname] = label
     try:
         with contextlib.ExitStack() as stack:
             pool = pool_for(ray, stack)

@@ -345,6 +345,18 @@ class ClusterConfig(StrictModel):
     """Splitwise's mixed pool (clusters with prefill and decode pools): when an overloaded prompt
     or token pool lends work to machines of the other pool (docs/seed-systems.md)."""
 
+    @field_validator("pools")
+    @classmethod
+    def _pool_names_are_unique(cls, v: list[PoolConfig]) -> list[PoolConfig]:
+        """Results, prices and engines are kept by pool name: two pools of one name would mix them."""
+        first: dict[str, int] = {}
+        for i, p in enumerate(v):
+            if p.name in first:
+                raise ValueError(f"pools {first[p.name]} and {i} are both named {p.name!r}: pool names must be unique "
+                                 "(results, prices and engines are reported by pool name)")
+            first[p.name] = i
+        return v
+
     @field_validator("mixed_pool")
     @classmethod
     def _mixed_pool_needs_prompt_and_token_pools(cls, v: MixedPoolConfig | None, info: ValidationInfo) -> MixedPoolConfig | None:
