@@ -222,3 +222,22 @@ def test_two_pools_of_one_name_are_an_error_not_mixed_results(write_yaml):
     sc["cluster"]["pools"].append(second)  # same name: prices, engines and idealized runtimes are kept by name
     err = _cli_error(write_yaml(sc))
     assert "cluster.pools" in err and "are both named" in err and "pool names must be unique" in err
+
+
+@pytest.mark.parametrize(("path", "value", "expected"), [
+    ("cluster.pools.0.calibration.decode_query_rows", 10**8, "less than or equal to 1024"),  # ran 138 days, exit 0
+    ("cluster.pools.0.calibration.mixed_query_tile", 10**12, "less than or equal to 1024"),
+    ("cluster.pools.0.calibration.prefill_pad_tokens", 10**18, "less than or equal to 65536"),  # was serde's "expected u32"
+    ("cluster.pools.0.calibration.gemm_ridge_exponent", 1e6, "less than or equal to 64"),
+])
+def test_engine_tiles_are_bounded_and_named(write_yaml, path, value, expected):
+    r = run_cli("run", str(write_yaml(small_scenario())), "--set", f"{path}={value}")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert path in r.stderr and expected in r.stderr, r.stderr
+
+
+def test_a_flash_read_smaller_than_a_sector_is_named():
+    # It was accepted (> 0), rounded to 0 bytes in the core and blamed on queue_depth.
+    r = run_cli("estimate", "--model", "llama-3-8b", "--gpu", "h100-sxm", "--offload", "flash", "--offload-set", "read_chunk_kb=1e-300",
+                "--decode-batch", "1", "--context", "10")
+    assert r.returncode == 2 and "read_chunk_kb" in r.stderr and "greater than or equal to 0.5" in r.stderr, r.stderr

@@ -27,10 +27,12 @@ _Seconds = Annotated[float, Field(ge=0)]
 """A calibration overhead, seconds (at least 0)."""
 _CtaFraction = Annotated[float, Field(gt=0, le=4)]
 """``attention_cta``'s range, (0, 4]."""
-_RidgeExponent = Annotated[float, Field(ge=1)]
-"""``gemm_ridge_exponent``'s range, at least 1."""
-_PadTokens = Annotated[int, Field(ge=1)]
-"""``prefill_pad_tokens``' range, at least 1 token."""
+_RidgeExponent = Annotated[float, Field(ge=1, le=64)]
+"""``gemm_ridge_exponent``'s range, 1 to 64 (64 is the roofline's max to within 1%)."""
+_PadTokens = Annotated[int, Field(ge=1, le=65536)]
+"""``prefill_pad_tokens``' range, 1 to 65,536 tokens (a prefill batch's size)."""
+_QueryRows = Annotated[int, Field(ge=1, le=1024)]
+"""Query rows an attention kernel charges per decode (its tile), 1 to 1,024 (kernels use 1-128)."""
 # The ranges of the calibration factors (CalibrationOverride takes them from Calibration).
 
 
@@ -69,10 +71,10 @@ class Calibration(StrictModel):
     """The engine's CPU time per scheduled sequence per step, seconds (unset: 0)."""
     token_overhead: _Seconds | None = None
     """The engine's CPU time per batched token per step, seconds (unset: 0)."""
-    mixed_query_tile: _PadTokens | None = None
+    mixed_query_tile: _QueryRows | None = None
     """Query rows the attention kernel computes per decode in an iteration with prefill tokens
     (a variable-length kernel's query tile; unset: one row)."""
-    decode_query_rows: _PadTokens | None = None
+    decode_query_rows: _QueryRows | None = None
     """Query rows the attention kernel computes per decode in a decode-only iteration (unset: one row)."""
     moe_layer_overhead: _Seconds | None = None
     """Fixed cost per MoE layer per iteration (routing, token sort, grouped-GEMM launches), seconds."""

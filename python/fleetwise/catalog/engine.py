@@ -63,7 +63,7 @@ class EngineFactors(StrictModel):
     expert_pad_rows: Annotated[float, Field(ge=0, le=4096)] | None = None
     """Rows the experts' grouped GEMM pads each touched expert to (row tiles): ``m`` rows per expert
     reach ``m / (m + pad)`` of the expert FLOP rate (unset: no padding)."""
-    expert_ridge_exponent: Annotated[float, Field(ge=1)] | None = None
+    expert_ridge_exponent: Annotated[float, Field(ge=1, le=64)] | None = None
     """The experts' blend exponent near the roofline's ridge (unset: ``gemm_ridge_exponent``)."""
     collective: _Relative = 1.0
     """Multiplier of the hardware's collective fraction."""
@@ -71,13 +71,13 @@ class EngineFactors(StrictModel):
     """Launch gaps per decoder layer per iteration, seconds (near 0 with CUDA graphs)."""
     attention_cta: Annotated[float, Field(gt=0, le=4)] | None = None
     """Decode attention's per-thread-block bandwidth share (see ``Calibration.attention_cta``)."""
-    gemm_ridge_exponent: Annotated[float, Field(ge=1)] | None = None
+    gemm_ridge_exponent: Annotated[float, Field(ge=1, le=64)] | None = None
     """The GEMMs' blend exponent near the roofline's ridge (see ``Calibration``)."""
-    prefill_pad_tokens: Annotated[int, Field(ge=1)] | None = None
+    prefill_pad_tokens: Annotated[int, Field(ge=1, le=65536)] | None = None
     """Prefill tokens padded to a multiple of this (CUDA-graph sizes)."""
-    mixed_query_tile: Annotated[int, Field(ge=1)] | None = None
+    mixed_query_tile: Annotated[int, Field(ge=1, le=1024)] | None = None
     """Query rows charged per decode in an iteration with prefill tokens (the attention kernel's tile)."""
-    decode_query_rows: Annotated[int, Field(ge=1)] | None = None
+    decode_query_rows: Annotated[int, Field(ge=1, le=1024)] | None = None
     """Query rows charged per decode in a decode-only iteration (packed-GQA tiles)."""
     moe_layer_overhead: _Seconds | None = None
     """Fixed seconds per MoE layer per iteration (routing, token sort, grouped-GEMM launches)."""

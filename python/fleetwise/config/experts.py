@@ -86,8 +86,8 @@ class ExpertsConfig(StrictModel):
     """The flash drive (catalogue name), for ``placement: flash``."""
     queue_depth: int = Field(default=32, ge=1, le=MAX_COUNT)
     """Flash reads in flight."""
-    read_chunk_kb: float = Field(default=1024.0, gt=0, le=1e9)
-    """Size of one flash read, KiB (experts are large contiguous tensors)."""
+    read_chunk_kb: float = Field(default=1024.0, ge=0.5, le=1e9)
+    """Size of one flash read, KiB, at least a 512-byte sector (experts are large contiguous tensors)."""
     capacity_gb: float | None = Field(default=None, gt=0, le=1e9)
     """Capacity of the DRAM or flash tier per GPU, GB (default: unlimited)."""
 

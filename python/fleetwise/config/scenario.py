@@ -236,8 +236,8 @@ class OffloadConfig(StrictModel):
     """The flash drive (catalogue name), for the flash tier."""
     queue_depth: int = Field(default=32, ge=1, le=MAX_COUNT)
     """Flash reads in flight."""
-    read_chunk_kb: float = Field(default=64.0, gt=0, le=1e9)
-    """Size of one flash read, KiB (larger reads: higher throughput, as "LLM in a flash" bundles rows and columns)."""
+    read_chunk_kb: float = Field(default=64.0, ge=0.5, le=1e9)
+    """Size of one flash read, KiB, at least a 512-byte sector (larger reads: higher throughput, as "LLM in a flash" bundles rows and columns)."""
     capacity_gb: float | None = Field(default=None, gt=0, le=1e9)
     """Capacity of the tier per GPU, GB (default, in the core: 256 for DRAM, 3840 for flash, as on a DGX H100)."""
 
