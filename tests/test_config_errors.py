@@ -241,3 +241,13 @@ def test_a_flash_read_smaller_than_a_sector_is_named():
     r = run_cli("estimate", "--model", "llama-3-8b", "--gpu", "h100-sxm", "--offload", "flash", "--offload-set", "read_chunk_kb=1e-300",
                 "--decode-batch", "1", "--context", "10")
     assert r.returncode == 2 and "read_chunk_kb" in r.stderr and "greater than or equal to 0.5" in r.stderr, r.stderr
+
+
+def test_mla_widths_are_bounded_and_named():
+    sc = small_scenario()
+    sc["models"] = {"mla": {"num_layers": 4, "hidden_size": 1024, "num_heads": 8, "num_kv_heads": 8, "head_dim": 128, "intermediate_size": 2048,
+                            "vocab_size": 32000, "max_position_embeddings": 4096,
+                            "mla": {"qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128, "kv_lora_rank": 10**12}}}
+    sc["cluster"]["pools"][0]["model"] = "mla"
+    with pytest.raises(ConfigError, match=r"models.mla.mla.kv_lora_rank: Input should be less than or equal to 100000"):
+        fleetwise.scenario_from_dict(sc)

@@ -217,13 +217,13 @@ class GpuSpec(StrictModel):
 class MlaSpec(StrictModel):
     """Multi-head latent attention (DeepSeek-V2/V3): the KV cache holds one latent per token."""
 
-    q_lora_rank: int | None = Field(default=None, ge=1)
+    q_lora_rank: int | None = Field(default=None, ge=1, le=100_000)
     """Rank of the query compression (``None``: a plain ``q_proj``)."""
-    kv_lora_rank: int = Field(ge=1)
+    kv_lora_rank: int = Field(ge=1, le=100_000)
     """Width of the compressed key/value latent."""
-    qk_nope_head_dim: int = Field(ge=0)
+    qk_nope_head_dim: int = Field(ge=0, le=100_000)
     """Per-head query/key size without rotary embedding."""
-    qk_rope_head_dim: int = Field(ge=0)
+    qk_rope_head_dim: int = Field(ge=0, le=100_000)
     """Per-head query/key size with rotary embedding (the rotary key is shared by all heads)."""
     v_head_dim: int = Field(ge=1, le=100_000)
     """Per-head value size."""
