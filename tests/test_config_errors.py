@@ -251,3 +251,14 @@ def test_mla_widths_are_bounded_and_named():
     sc["cluster"]["pools"][0]["model"] = "mla"
     with pytest.raises(ConfigError, match=r"models.mla.mla.kv_lora_rank: Input should be less than or equal to 100000"):
         fleetwise.scenario_from_dict(sc)
+
+
+@pytest.mark.parametrize(("field", "value", "limit"), [("tdp_watts", 1e308, "100000"), ("idle_watts", 1e300, "100000"), ("price_per_hour", 1e308, "1000000")])
+def test_a_gpus_power_and_price_are_bounded(write_yaml, field, value, limit):
+    # Unbounded, they made infinite energy or cost, which crashed the summary (TypeError, exit 1).
+    sc = small_scenario()
+    sc["gpus"] = {"g": {"architecture": "hopper", "memory_type": "hbm", "peak_flops": 989.4e12, "memory_bytes": 80e9, "memory_bandwidth": 3.35e12,
+                        "link_bandwidth": 450e9, "tdp_watts": 700, "idle_watts": 70, "price_per_hour": 3, field: value}}
+    sc["cluster"]["pools"][0]["gpu"] = "g"
+    err = _cli_error(write_yaml(sc))
+    assert f"gpus.g.{field}: Input should be less than or equal to {limit}" in err

@@ -153,9 +153,9 @@ class GpuSpec(StrictModel):
     """Per-direction bandwidth to host memory (PCIe), bytes/s; needed for KV swapping."""
     host_link_latency: float = Field(default=5e-6, ge=0)
     """Latency of a transfer over the host link, seconds."""
-    tdp_watts: float = Field(default=0.0, ge=0)
+    tdp_watts: float = Field(default=0.0, ge=0, le=1e5)
     """Rated board power, watts (0: power and energy are not modelled)."""
-    idle_watts: float = Field(default=0.0, ge=0)
+    idle_watts: float = Field(default=0.0, ge=0, le=1e5)
     """Power drawn while idle, watts."""
     memory_bound_activity: float = Field(default=0.3, ge=0, le=1)
     """Share of the dynamic power (TDP - idle) drawn by memory-bound kernels."""
@@ -165,7 +165,7 @@ class GpuSpec(StrictModel):
     power-capped H100 (docs/power-and-cost.md)."""
     sm_count: int = Field(default=0, ge=0, le=MAX_COUNT)
     """Streaming multiprocessors (compute units), 0 if unknown; bounds decode attention's tail."""
-    price_per_hour: float = Field(default=0.0, ge=0)
+    price_per_hour: float = Field(default=0.0, ge=0, le=1e6)
     """Price of one GPU per hour, USD (for cost per token)."""
     hardware: HardwareFractions | None = None
     """Fractions of its peaks the hardware reaches, where measured (unset: the architecture prior)."""
