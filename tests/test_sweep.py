@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -39,6 +40,26 @@ def test_grid_expansion_and_stable_ids():
     assert pts[1].label == "cluster.router.kind=random" and pts[1].rate == 4.0
     with pytest.raises(Exception, match="PATH=V1"):
         parse_grid(["nonsense"])
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    ("cluster.pools.0.count=[1", "--grid cluster.pools.0.count: value '[1', line 1: invalid YAML"),  # was a ParserError traceback
+    ("seed=" + "[" * 500 + "]" * 500, "too deeply nested"),  # was a RecursionError
+    ("name=!!python/object:os.system", "invalid YAML"),
+])
+def test_grid_values_are_read_with_the_guards_of_set(option, message):
+    from fleetwise.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_grid([option])  # (message is matched literally)
+
+
+def test_a_string_grid_value_stays_a_string_in_the_points_overrides():
+    (point,) = expand(parse_grid(["name='null'"]))  # the string 'null', not YAML's null
+    assert point.assignments == (("name", "null"),) and point.overrides() == ['name="null"']
+    from fleetwise.config.load import load_scenario
+
+    assert load_scenario(REPO / "scenarios" / "quickstart.yaml", point.overrides()).name == "null"
 
 
 def test_parallel_sweep_equals_serial_and_saves_every_point(tmp_path):

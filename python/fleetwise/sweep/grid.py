@@ -7,8 +7,6 @@ import itertools
 import json
 from dataclasses import dataclass
 
-import yaml
-
 RATE_PATH = "workload.arrivals.rate"
 
 
@@ -27,7 +25,7 @@ class Point:
 
     def overrides(self) -> list[str]:
         """The assignments as ``--set`` strings."""
-        return [f"{p}={json.dumps(v) if not isinstance(v, str) else v}" for p, v in self.assignments]
+        return [f"{p}={json.dumps(v)}" for p, v in self.assignments]  # JSON is YAML: a string stays a string ('null', 'yes')
 
     @property
     def label(self) -> str:
@@ -45,7 +43,9 @@ class Point:
 
 
 def parse_grid(options: list[str]) -> list[tuple[str, list]]:
-    """Parses ``path=v1,v2,...`` options; values are YAML scalars (numbers, booleans, strings)."""
+    """Parses ``path=v1,v2,...`` options; values are YAML scalars (numbers, booleans, strings),
+    read with the guards of ``--set`` (invalid YAML, nesting and size are ConfigErrors)."""
+    from fleetwise.config.yaml_input import parse_yaml
     from fleetwise.errors import ConfigError
 
     grid = []
@@ -53,7 +53,7 @@ def parse_grid(options: list[str]) -> list[tuple[str, list]]:
         if "=" not in opt:
             raise ConfigError(f"--grid {opt!r}: expected PATH=V1,V2,... e.g. workload.arrivals.rate=4,8,16")
         path, raw = opt.split("=", 1)
-        values = [yaml.safe_load(v.strip()) for v in raw.split(",") if v.strip() != ""]
+        values = [parse_yaml(v.strip(), f"--grid {path.strip()}: value {v.strip()[:40]!r}") for v in raw.split(",") if v.strip() != ""]
         if not values:
             raise ConfigError(f"--grid {opt!r}: no values")
         if any(p == path.strip() for p, _ in grid):
