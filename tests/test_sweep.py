@@ -206,3 +206,10 @@ def test_place_does_not_crown_a_layout_that_meets_nothing(tmp_path):
     assert "< 0.25" in r.stdout
     layouts = json.loads((out / "placement.json").read_text())["layouts"]
     assert [row["below_rate"] for row in layouts] == [0.25, 0.25] and all(row["goodput"] == 0.0 for row in layouts)
+
+
+def test_goodput_rates_keep_their_significant_digits():
+    from fleetwise.sweep.goodput import _rate_point
+
+    assert _rate_point(12.3456789).rate == 12.345679 and _rate_point(0.25).rate == 0.25  # 6 decimals, as before
+    assert _rate_point(2.5e-7).rate == 2.5e-7 and _rate_point(1.23456789e-6).rate == 1.23457e-6  # was 0.0 and 1e-6

@@ -53,7 +53,9 @@ def parse_slos(options: list[str]) -> tuple[dict[str, float], float | None]:
 
 
 def _rate_point(rate: float) -> Point:
-    return Point(((RATE_PATH, round(rate, 6)),))
+    """The sweep point simulating ``rate``, rounded to 6 decimals (at least 6 significant digits
+    below 0.1 req/s: a rate of 2.5e-7 is not rounded to 0)."""
+    return Point(((RATE_PATH, round(rate, max(6, 5 - math.floor(math.log10(rate))))),))
 
 
 def _measure(scenario: str, overrides: list[str], store: SweepStore, rates: list[float], slos: dict, jobs: int, quiet: bool, description: str,
