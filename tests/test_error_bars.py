@@ -47,3 +47,21 @@ def test_cli_band_brackets_the_run(tmp_path):
         for stat in ("p50", "p90"):
             lo, hi = s["error_bars"][m][stat]
             assert lo <= s[m][stat] <= hi and lo < hi
+
+
+@pytest.mark.parametrize(("residual", "message"), [("abc", "got 'abc'"), ("[1, 2]", "got [1, 2]"), (".nan", "got nan")])
+def test_a_residual_that_is_not_a_number_is_named(tmp_path, residual, message):
+    (tmp_path / "p.yaml").write_text(f"based_on: vllm\nresiduals:\n  iteration_seconds: {{median_abs: {residual}}}\n")
+    sc = load_scenario(REPO / "scenarios" / "quickstart.yaml", QUICK + [f"cluster.pools.0.engine={tmp_path / 'p.yaml'}"])
+    with pytest.raises(Exception, match=r"residuals.iteration_seconds.median_abs must be a finite number >= 0 .*" + message.replace("[", r"\[").replace("]", r"\]")):
+        profile_error(sc)
+
+
+def test_an_error_of_90_percent_or_more_still_gets_a_band_within_the_cores_time_scale(tmp_path):
+    # 1 - 0.9 is 0.0999... in floating point, under the core's 0.1: the run failed after the base run.
+    (tmp_path / "p.yaml").write_text("based_on: vllm\nresiduals:\n  iteration_seconds: {median_abs: 0.95}\n")
+    sc = load_scenario(REPO / "scenarios" / "quickstart.yaml", ["workload.requests=40", f"cluster.pools.0.engine={tmp_path / 'p.yaml'}"])
+    assert scaled(sc, 1 - 0.9).cluster.pools[0].calibration.time_scale == 0.1
+    result, bars = with_error_bars(sc, simulate)
+    low, high = bars["e2e_s"]["p50"]
+    assert low < result.summary["e2e_s"]["p50"] < high and bars["relative_error"] == 0.9

@@ -15,6 +15,7 @@ errors that the residuals do not show (a workload unlike the calibration's, anot
 
 from __future__ import annotations
 
+import math
 import statistics
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from typing import Any
 from fleetwise.catalog.engine import load_engine
 from fleetwise.catalog import CalibrationOverride
 from fleetwise.config.scenario import Scenario
+from fleetwise.config.yaml_input import short_repr
+from fleetwise.errors import ConfigError
 
 LATENCIES = ("ttft_s", "tpot_s", "itl_s", "e2e_s")
 """Summary entries that get a band."""
@@ -37,7 +40,7 @@ def _median_abs(tree: Any) -> float | None:
         if isinstance(x, dict):
             for v in x.values():
                 walk(v)
-        elif isinstance(x, (int, float)) and not isinstance(x, bool):
+        elif isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x):
             values.append(abs(float(x)))
 
     walk(tree)
@@ -51,9 +54,13 @@ def profile_error(scenario: Scenario) -> float | None:
     base_dir = Path(scenario._base_dir) if scenario._base_dir else None
     errors = []
     for pool in scenario.cluster.pools:
-        res = load_engine(scenario.cluster.engine_of(pool), base_dir).residuals
+        engine = scenario.cluster.engine_of(pool)
+        res = load_engine(engine, base_dir).residuals
         it = res.get("iteration_seconds", {}) if isinstance(res, dict) else {}
         r = it.get("median_abs") if isinstance(it, dict) else None
+        if r is not None and (isinstance(r, bool) or not isinstance(r, (int, float)) or not (math.isfinite(r) and r >= 0)):
+            raise ConfigError(f"engine profile {engine}: residuals.iteration_seconds.median_abs must be a finite number >= 0 "
+                              f"(the iteration-time fit's median relative error), got {short_repr(r)}")
         if r is None:
             r = _median_abs({k: v for k, v in res.items() if k != "iteration_seconds"})
         if r is not None:
@@ -61,12 +68,19 @@ def profile_error(scenario: Scenario) -> float | None:
     return max(errors) if errors else None
 
 
+TIME_SCALE_RANGE = (0.1, 10.0)
+"""The calibration ``time_scale`` the core accepts."""
+
+
 def scaled(scenario: Scenario, factor: float) -> Scenario:
-    """A copy of ``scenario`` whose every pool's iterations last ``factor`` times as long."""
+    """A copy of ``scenario`` whose every pool's iterations last ``factor`` times as long (the
+    pool's ``time_scale`` kept within ``TIME_SCALE_RANGE``: a profile whose error is 90% or more
+    gets a band from 0.1 x)."""
     pools = []
     for pool in scenario.cluster.pools:
         over = pool.calibration or CalibrationOverride()
-        pools.append(pool.model_copy(update={"calibration": over.model_copy(update={"time_scale": factor * (over.time_scale or 1.0)})}))
+        scale = min(max(factor * (over.time_scale or 1.0), TIME_SCALE_RANGE[0]), TIME_SCALE_RANGE[1])  # within what the core takes
+        pools.append(pool.model_copy(update={"calibration": over.model_copy(update={"time_scale": scale})}))
     sc = scenario.model_copy(update={"cluster": scenario.cluster.model_copy(update={"pools": pools})})
     sc._base_dir, sc._source = scenario._base_dir, scenario._source
     return sc
