@@ -97,3 +97,16 @@ def test_validate_and_calibrate_check_their_output_file_first(tmp_path):
     r = run_cli("calibrate", "--requests", str(log), "--scenario", str(sc), "-o", str(tmp_path))
     _clean_exit_2(r, f"output file {tmp_path} is a directory")
     assert list(tmp_path.iterdir()) == [blocker]  # the checks left nothing behind
+
+
+def test_an_empty_output_path_is_refused_not_the_current_directory(tmp_path, monkeypatch):
+    import fleetwise
+    from fleetwise.errors import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    sc = small_scenario()
+    sc["workload"]["requests"] = 20
+    result = fleetwise.simulate(sc)
+    with pytest.raises(ConfigError, match="output path is empty"):
+        result.write("")
+    assert list(tmp_path.iterdir()) == []

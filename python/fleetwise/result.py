@@ -77,6 +77,8 @@ def check_output_dir(path: str | Path, option: str = "-o") -> Path:
     """
     from fleetwise.errors import ConfigError
 
+    if str(path).strip() == "":
+        raise ConfigError(f"output path is empty; give a directory with {option}")
     d = Path(path)
     if d.exists() and not d.is_dir():
         raise ConfigError(f"output path {d} exists and is not a directory; give a directory (or a new path) with {option}")
