@@ -203,6 +203,7 @@ def test_a_moe_model_without_routed_experts_is_refused(field, value):
     (["compare", "--variant", "..: cluster.router.kind=round-robin"], "the label '..' cannot name the variant's directory"),
     (["compare", "--variant", ": cluster.router.kind=round-robin"], "the label '' cannot name the variant's directory"),
     (["run", "--policy-timeout", "inf"], "--policy-timeout"),
+    (["compare", "--variant", "a: seed=1; seed=2"], "seed is set twice; set each path once"),
     (["compare", "--variant", "rate 4/s: seed=1", "--variant", "rate 4_s: seed=2"], "--variant labels 'rate 4/s' and 'rate 4_s' both name the output directory 'rate_4_s'"),
 ])
 def test_compare_labels_and_policy_time_limits_are_checked(write_yaml, args, message):

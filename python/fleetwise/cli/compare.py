@@ -26,6 +26,10 @@ def _parse_variant(text: str) -> tuple[str, list[str]]:
         raise ConfigError(f"--variant {text!r}: expected 'LABEL: PATH=VALUE; PATH=VALUE'")
     if label.strip() in ("", ".", ".."):
         raise ConfigError(f"--variant {text!r}: the label {label.strip()!r} cannot name the variant's directory; give a name")
+    paths = [o.split("=", 1)[0].strip() for o in overrides]
+    twice = sorted({p for p in paths if paths.count(p) > 1})
+    if twice:  # the last would silently win
+        raise ConfigError(f"--variant {text!r}: {', '.join(twice)} is set twice; set each path once")
     return label.strip(), overrides
 
 
