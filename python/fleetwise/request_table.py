@@ -71,7 +71,7 @@ def compact_requests(workload: Workload, out: dict, pool_of: list[str], pools: l
 
 
 def request_table(compact: pl.DataFrame | pl.LazyFrame, *, unrouted: int | None = None, idealized: pl.Expr | None = None,
-                  idealized_gpus: dict[str, int] | None = None, first_pool: str | None = None) -> pl.LazyFrame:
+                  idealized_gpus: dict[str, int] | None = None, first_pool: str | None = None, enum_labels: bool = False) -> pl.LazyFrame:
     """The request table (docs/semantics.md) as a LazyFrame over ``compact_requests``' columns.
 
     Times of requests that did not finish are null, as are latencies that do not apply (TPOT of a
@@ -79,7 +79,9 @@ def request_table(compact: pl.DataFrame | pl.LazyFrame, *, unrouted: int | None 
     of instances, when instances at or above it mean "not routed yet" (-1; a run that stopped part
     way). ``idealized`` (an expression over the compact columns, seconds) becomes
     ``idealized_runtime_s``, and times the GPUs of the request's pool (``idealized_gpus``; a
-    request of no pool counts as one of ``first_pool``) ``idealized_gpu_seconds``.
+    request of no pool counts as one of ``first_pool``) ``idealized_gpu_seconds``. With
+    ``enum_labels`` status, pool and rejection reason stay Enums (the same values; comparing them
+    with a string needs no String column: the summaries read this form).
     """
     c = compact.lazy()
     names = c.collect_schema().names()
@@ -95,6 +97,9 @@ def request_table(compact: pl.DataFrame | pl.LazyFrame, *, unrouted: int | None 
         instance = pl.when(pl.col("instance") < unrouted).then(instance).otherwise(-1)
     prefill = pl.col("prefill_instance")
 
+    def label(name: str) -> pl.Expr:
+        return pl.col(name) if enum_labels else pl.col(name).cast(pl.String)
+
     def if_finished(e: pl.Expr, name: str) -> pl.Expr:
         return pl.when(finished).then(e).otherwise(None).alias(name)
 
@@ -108,12 +113,12 @@ def request_table(compact: pl.DataFrame | pl.LazyFrame, *, unrouted: int | None 
         out_tokens,
         pl.col("generated_tokens").cast(pl.Int64),
         instance.alias("instance"),
-        pl.col("pool").cast(pl.String),
+        label("pool"),
         (pl.when(prefill == NO_INSTANCE).then(-1).otherwise(prefill.cast(pl.Int64)) if "prefill_instance" in names else pl.lit(-1, dtype=pl.Int64)).alias("prefill_instance"),
         pl.col("kv_transfer_ns") if "kv_transfer_ns" in names else pl.lit(0, dtype=pl.Int64).alias("kv_transfer_ns"),
         pl.col("preemptions").cast(pl.Int64),
-        pl.col("status").cast(pl.String),
-        pl.col("reject_reason").cast(pl.String),
+        label("status"),
+        label("reject_reason"),
         *([pl.col("mixed_pool")] if "mixed_pool" in names else []),
         pl.when(scheduled >= 0).then((scheduled - arrival) * 1e-9).otherwise(None).alias("scheduling_delay_s"),
         if_finished(ttft, "ttft_s"),

@@ -213,17 +213,19 @@ def simulate(
     for column in ("first_scheduled_ns", "first_token_ns", "completion_ns", "generated_tokens", "instance", "prefill_instance", "kv_transfer_ns", "preemptions", "status"):
         del out[column]  # kept by the compact table where needed: a column it leaves out is freed now
     seconds, runtimes = _idealized_runtime_expr(compact, sc, source)
-    requests = request_table(compact, idealized=seconds, idealized_gpus={name: rt.gpus for name, rt in runtimes.items()}, first_pool=sc.cluster.pools[0].name)
+    table = {"idealized": seconds, "idealized_gpus": {name: rt.gpus for name, rt in runtimes.items()}, "first_pool": sc.cluster.pools[0].name}
+    requests = request_table(compact, **table)
+    labelled = request_table(compact, **table, enum_labels=True)  # what the summaries read: the same rows, Enum labels
     idealized_gpus = {rt.model: rt.gpus for rt in runtimes.values()}
     inst_frame = _instances_frame(instances)
     prices = pool_prices(sc)
     inst_frame = inst_frame.with_columns(price_per_hour=pl.col("pool").replace_strict(prices, return_dtype=pl.Float64))
-    summary = summarize(requests, out["itl"], sc.slo, inst_frame, out["end_time_ns"] * 1e-9)
+    summary = summarize(labelled, out["itl"], sc.slo, inst_frame, out["end_time_ns"] * 1e-9)
     summary["scenario"] = sc.name
     summary["seed"] = sc.seed
     summary["events"] = out["events"]
     summary["engines"] = {p.name: sc.cluster.engine_of(p) for p in sc.cluster.pools}
-    summary["idealized"] = idealized_summary(requests, sc, idealized_gpus)
+    summary["idealized"] = idealized_summary(labelled, sc, idealized_gpus)
     if workload.selection is not None:
         summary["trace_rows"] = dict(workload.selection)
     iterations = pl.DataFrame(out["iterations"]) if "iterations" in out else None
