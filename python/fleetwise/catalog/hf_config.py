@@ -96,13 +96,19 @@ def _read(path: Path) -> dict:
     try:
         if path.stat().st_size > MAX_CONFIG_BYTES:
             raise ValueError(f"{path}: over {MAX_CONFIG_BYTES} bytes; not a model config.json")
-        data = json.loads(path.read_bytes().decode("utf-8"))
+        text = path.read_bytes().decode("utf-8")
     except OSError as e:
         raise ValueError(f"{path}: cannot read: {e.strerror or e}") from None
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not UTF-8 text") from None
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}") from None
+    except RecursionError:
+        raise ValueError(f"{path}: not valid JSON: nested too deeply; not a model config.json") from None
+    except ValueError as e:  # e.g. an integer of more digits than Python converts
+        raise ValueError(f"{path}: not valid JSON: {str(e)[:200]}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a config.json is a JSON object, got {type(data).__name__}")
     return data

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from fleetwise.errors import TraceError
+from fleetwise.workload._files import clip, nonblank_lines, read_text
 
 
 @dataclass(frozen=True)
@@ -61,42 +62,62 @@ def _fail(path: Path, line: int, message: str) -> TraceError:
     return TraceError(f"{path}:{line}: {message}")
 
 
-def load_routing_trace(path: str | Path) -> RoutingTrace:
-    """Reads a routing trace file (format in this module's docstring)."""
-    path = Path(path)
+MAX_LAYERS = 10_000
+"""Most MoE layers a header may give (``ModelSpec.num_layers`` allows at most 10,000)."""
+MAX_EXPERTS = 65_535
+"""Most experts per layer a header may give: expert ids are stored as uint16 (``ModelSpec.num_experts``
+allows at most 65,535)."""
+
+
+def _json(path: Path, line: int, text: str, what: str):
+    """``text`` (line ``line`` of ``path``) parsed as JSON; ``TraceError`` naming the line when it is
+    not (``what``: "the header" or "the line")."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise TraceError(f"{path}: cannot read the routing trace: {e.strerror or e}") from None
-    rows = [(i + 1, text) for i, text in enumerate(lines) if text.strip()]
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise _fail(path, line, f"{what} is not JSON: {e.msg} (column {e.colno})") from None
+    except RecursionError:
+        raise _fail(path, line, f"{what} is not valid JSON: nested too deeply") from None
+    except ValueError as e:  # e.g. an integer of more digits than Python converts
+        raise _fail(path, line, f"{what} is not valid JSON: {str(e)[:200]}") from None
+
+
+def load_routing_trace(path: str | Path) -> RoutingTrace:
+    """Reads a routing trace file (format in this module's docstring).
+
+    Raises ``TraceError`` naming the file (and line) for a missing, unreadable, binary or non-UTF-8
+    file, a line that is not JSON (or is nested too deeply), a header whose ``num_layers`` is not in
+    1 .. 10,000, ``num_experts`` not in 1 .. 65,535 or ``top_k`` not in 1 .. ``num_experts``, and a
+    token line that does not match the header.
+    """
+    path = Path(path)
+    lines = nonblank_lines(read_text(path))  # size, NUL-byte and UTF-8 checks naming the line
+    rows = list(zip(lines["line"].to_list(), lines["text"].to_list()))
     if not rows:
         raise TraceError(f"{path}: the routing trace is empty")
     first, header_text = rows[0]
-    try:
-        header = json.loads(header_text)
-    except json.JSONDecodeError as e:
-        raise _fail(path, first, f"the header is not JSON: {e.msg}") from None
+    header = _json(path, first, header_text, "the header")
     if not isinstance(header, dict) or header.get("fleetwise_routing") != 1:
         raise _fail(path, first, 'the first line must be a header {"fleetwise_routing": 1, "num_layers": L, "top_k": K, "num_experts": E}')
     dims = {}
-    for key in ("num_layers", "top_k", "num_experts"):
+    for key, most in (("num_layers", MAX_LAYERS), ("num_experts", MAX_EXPERTS), ("top_k", MAX_EXPERTS)):
         v = header.get(key)
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise _fail(path, first, f"header field {key} must be a positive integer, got {v!r}")
+            raise _fail(path, first, f"header field {key} must be a positive integer, got {clip(v)}")
+        if v > most:
+            raise _fail(path, first, f"header field {key} must be at most {most:,}, got {clip(v)}")
         dims[key] = v
     layers, k, n_exp = dims["num_layers"], dims["top_k"], dims["num_experts"]
     if k > n_exp:
         raise _fail(path, first, f"top_k {k} exceeds num_experts {n_exp}")
-    if n_exp > 65535:
-        raise _fail(path, first, f"num_experts {n_exp} exceeds 65535")
-    experts = np.empty((len(rows) - 1, layers, k), dtype=np.uint16)
+    tokens = len(rows) - 1
+    # Grown as token lines are checked (doubling), never sized from the header alone: a header's
+    # layers x top_k ids per token are only allocated for lines that hold them.
+    experts = np.empty((0, layers, k), dtype=np.uint16)
     offsets = [0]
     current, expected = None, 0
     for t, (line, text) in enumerate(rows[1:]):
-        try:
-            rec = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise _fail(path, line, f"not JSON: {e.msg}") from None
+        rec = _json(path, line, text, "the line")
         if not isinstance(rec, dict) or not {"request", "token", "experts"} <= rec.keys():
             raise _fail(path, line, 'each token line needs "request", "token" and "experts"')
         req, tok, ids = rec["request"], rec["token"], rec["experts"]
@@ -105,20 +126,26 @@ def load_routing_trace(path: str | Path) -> RoutingTrace:
                 offsets.append(t)
             current, expected = req, 0
         if tok != expected:
-            raise _fail(path, line, f"request {req!r}: expected token {expected}, got {tok!r} (tokens must follow each other from 0)")
+            raise _fail(path, line, f"request {clip(req)}: expected token {expected}, got {clip(tok)} (tokens must follow each other from 0)")
         expected += 1
         if not isinstance(ids, list) or len(ids) != layers:
             raise _fail(path, line, f"experts must hold one list per MoE layer ({layers}), got {len(ids) if isinstance(ids, list) else type(ids).__name__}")
         for layer, chosen in enumerate(ids):
-            if not isinstance(chosen, list) or len(chosen) != k or len(set(chosen)) != k:
-                raise _fail(path, line, f"layer {layer}: needs {k} distinct expert ids, got {chosen!r}")
+            if not isinstance(chosen, list) or len(chosen) != k:
+                raise _fail(path, line, f"layer {layer}: needs {k} distinct expert ids, got {clip(chosen)}")
             for e in chosen:
                 if not isinstance(e, int) or isinstance(e, bool) or not 0 <= e < n_exp:
-                    raise _fail(path, line, f"layer {layer}: expert id {e!r} is not in [0, {n_exp})")
-            experts[t, layer] = chosen
+                    raise _fail(path, line, f"layer {layer}: expert id {clip(e)} is not in [0, {n_exp})")
+            if len(set(chosen)) != k:
+                raise _fail(path, line, f"layer {layer}: needs {k} distinct expert ids, got {clip(chosen)}")
+        if t == len(experts):
+            grown = np.empty((min(max(2 * t, 1), tokens), layers, k), dtype=np.uint16)
+            grown[:t] = experts
+            experts = grown
+        experts[t] = ids
     if current is None:
         raise _fail(path, first, "the routing trace has a header but no tokens")
-    offsets.append(len(rows) - 1)
+    offsets.append(tokens)
     return RoutingTrace(layers, k, n_exp, np.asarray(offsets, dtype=np.int64), experts, header.get("model"))
 
 

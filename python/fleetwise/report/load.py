@@ -94,6 +94,35 @@ def _read_json(path: Path) -> dict:
     return data
 
 
+REQUEST_COLUMNS = {
+    "request_id": "integer",
+    "instance": "integer",
+    "arrival_ns": "integer",
+    "first_token_ns": "integer",
+    "completion_ns": "integer",
+    "status": "string",
+}
+"""The columns of requests.parquet every report reads, and their kind (the latency columns
+``ttft_s``, ``tpot_s`` and ``e2e_s`` are drawn where present)."""
+
+
+def _check_requests(path: Path, table: pl.DataFrame | None) -> pl.DataFrame | None:
+    """``table`` (a run's requests.parquet) when it has the request table's columns; a ValueError
+    naming the file and the missing or mistyped columns when it does not."""
+    if table is None:
+        return None
+    missing = [c for c in REQUEST_COLUMNS if c not in table.columns]
+    if missing:
+        present = ", ".join(c[:40] for c in table.columns[:20]) + (", ..." if table.width > 20 else "")
+        raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; not a fleetwise requests table "
+                         f"(columns present: {present or 'none'})")
+    wrong = [f"{c} is {table.schema[c]}, expected {kind}" for c, kind in REQUEST_COLUMNS.items()
+             if not (table.schema[c].is_integer() if kind == "integer" else table.schema[c] in (pl.String, pl.Categorical))]
+    if wrong:
+        raise ValueError(f"{path}: column(s) of the wrong type ({'; '.join(wrong)}); not a fleetwise requests table")
+    return table
+
+
 def load_run(path: Path, label: str, note: str = "") -> RunData:
     """Reads one run directory (tables that are missing stay None)."""
     summary = _read_json(path / "summary.json") if (path / "summary.json").exists() else {}
@@ -101,7 +130,7 @@ def load_run(path: Path, label: str, note: str = "") -> RunData:
         label=label,
         path=path,
         summary=summary,
-        requests=_read_parquet(path / "requests.parquet"),
+        requests=_check_requests(path / "requests.parquet", _read_parquet(path / "requests.parquet")),
         instances=_read_parquet(path / "instances.parquet"),
         iterations=_read_parquet(path / "iterations.parquet"),
         note=note,

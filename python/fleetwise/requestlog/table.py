@@ -198,6 +198,10 @@ def _read_jsonl(path: Path) -> pl.DataFrame:
             record = json.loads(text)
         except json.JSONDecodeError as exc:
             raise TraceError(f"{path}: line {number} column {exc.colno}: invalid JSON: {exc.msg}") from None
+        except RecursionError:
+            raise TraceError(f"{path}: line {number}: invalid JSON: nested too deeply") from None
+        except ValueError as exc:  # e.g. an integer of more digits than Python converts
+            raise TraceError(f"{path}: line {number}: invalid JSON: {str(exc)[:200]}") from None
         if not isinstance(record, dict):
             raise TraceError(f"{path}: line {number}: expected a JSON object (one request), got {type(record).__name__}")
         records.append(record)

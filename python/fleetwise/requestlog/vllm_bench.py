@@ -24,6 +24,7 @@ per-request table format).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -117,7 +118,20 @@ def _numbers(path: Path, data: dict, key: str) -> np.ndarray:
     for i, v in enumerate(values):
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise TraceError(f"{path}: request {i}: {key}[{i}] must be a number, got {clip(v)}")
+        if not _finite(v):
+            # Checked per entry, before start_times are re-based on their minimum (a NaN or -inf
+            # minimum would spread to every request) and before the float conversion (a JSON
+            # integer beyond float range would overflow).
+            raise TraceError(f"{path}: request {i}: {key}[{i}] must be a finite number, got {clip(v)}")
     return np.array(values, dtype=np.float64)
+
+
+def _finite(value: int | float) -> bool:
+    """Whether ``value`` is a finite float64 (an integer too large to convert is not)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _integers(path: Path, data: dict, key: str) -> np.ndarray:
@@ -133,10 +147,13 @@ def _integers(path: Path, data: dict, key: str) -> np.ndarray:
 
 def _gap_lists(path: Path, itls: list) -> pl.Series:
     """``itls`` as a List(Float64) series; ``TraceError`` naming the first entry that is not a list
-    of numbers."""
+    of numbers, or the first gap that is not a finite number."""
     from fleetwise.errors import TraceError
 
     for i, gaps in enumerate(itls):
         if not isinstance(gaps, list) or any(isinstance(g, bool) or not isinstance(g, (int, float)) for g in gaps):
             raise TraceError(f"{path}: request {i}: itls[{i}] must be a list of numbers (seconds), got {clip(gaps)}")
+        for j, g in enumerate(gaps):
+            if not _finite(g):
+                raise TraceError(f"{path}: request {i}: itls[{i}][{j}] must be a finite number (seconds), got {clip(g)}")
     return pl.Series(ITL_COLUMN, [[float(g) for g in gaps] for gaps in itls], dtype=pl.List(pl.Float64))

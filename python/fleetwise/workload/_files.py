@@ -199,6 +199,8 @@ def parse_json(path: Path, text: str):
         ) from None
     except RecursionError:
         raise TraceError(f"{path}: JSON nested too deeply") from None
+    except ValueError as exc:  # an integer of more than 4,300 digits (Python's int-to-str limit)
+        raise TraceError(f"{path}: invalid JSON: {str(exc)[:200]}") from None
 
 
 def nonblank_lines(text: str) -> pl.DataFrame:

@@ -74,15 +74,17 @@ def _int_list(path: Path, data: dict, key: str, minimum: int) -> np.ndarray:
     values = data[key]
     if not isinstance(values, list):
         raise TraceError(f"{path}: {key} must be a list, got {type(values).__name__}")
+    # Checked per entry: JSON true/false are Python bools, which numpy would read as 1/0 in an
+    # integer array.
+    for index, value in enumerate(values):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TraceError(f"{path}: {key}[{index}] must be an integer, got {clip(value)}")
     try:
         array = np.array(values)
     except (ValueError, OverflowError):
         array = np.array(values, dtype=object)
     if array.ndim != 1 or array.dtype.kind not in "iu":
-        # Some entry is not an integer: find the first, for the message.
-        for index, value in enumerate(values):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TraceError(f"{path}: {key}[{index}] must be an integer, got {clip(value)}")
+        # Integers beyond int64/uint64 (or an empty list): compared as Python integers.
         array = np.array(values, dtype=object)
     too_small = np.flatnonzero(array < minimum)
     if too_small.size:
