@@ -180,6 +180,8 @@ def test_goodput_cli_errors(tmp_path):
     sc = _scenario(tmp_path)
     r = run_cli("goodput", str(sc), "--slo", "latency=1")
     assert r.returncode == 2 and "ttft" in r.stderr
+    with pytest.raises(Exception, match=r"--slo ttft given twice \(ttft_p90=0.01, ttft_p90=1\)"):
+        parse_slos(["ttft_p90=0.01", "ttft_p90=1"])  # the last silently won
 
 
 def test_sweep_then_report_from_the_cli(tmp_path):

@@ -37,6 +37,8 @@ def parse_slos(options: list[str]) -> tuple[dict[str, float], float | None]:
         name, _, pct = key.strip().partition("_p")
         if name not in METRICS or not value:
             raise ConfigError(f"--slo {opt!r}: expected METRIC[_pNN]=SECONDS with METRIC one of {', '.join(METRICS)} (e.g. ttft_p90=0.5)")
+        if name in slos:  # the last would silently win
+            raise ConfigError(f"--slo {name} given twice ({', '.join(o for o in options if o.partition('=')[0].strip().partition('_p')[0] == name)}); give each metric once")
         try:
             slos[name] = float(value)
         except ValueError:
