@@ -182,6 +182,8 @@ def test_goodput_cli_errors(tmp_path):
     assert r.returncode == 2 and "ttft" in r.stderr
     with pytest.raises(Exception, match=r"--slo ttft given twice \(ttft_p90=0.01, ttft_p90=1\)"):
         parse_slos(["ttft_p90=0.01", "ttft_p90=1"])  # the last silently won
+    r = run_cli("goodput", str(sc), "--slo", "ttft_p90=1", "--low", "1", "--high", "0.5", "-o", str(tmp_path / "g"))
+    assert r.returncode == 2 and "--high 0.5 must be above --low 1" in r.stderr, r.stderr
 
 
 def test_sweep_then_report_from_the_cli(tmp_path):

@@ -112,6 +112,8 @@ def search(
     from fleetwise.config.load import load_scenario
     from fleetwise.errors import ConfigError
 
+    if high is not None and not high > low:
+        raise ConfigError(f"--high {high:g} must be above --low {low:g} (the bracket the search starts from)")
     sc = load_scenario(scenario, overrides)
     if not hasattr(sc.workload.arrivals, "rate"):
         raise ConfigError(f"{scenario}: goodput search varies workload.arrivals.rate; {sc.workload.arrivals.kind} arrivals have no rate (use poisson, gamma or onoff)")
