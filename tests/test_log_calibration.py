@@ -191,3 +191,14 @@ def test_a_log_that_cannot_determine_the_fit_is_refused(tmp_path):
     # Fitting TTFT alone from such a log is allowed.
     sc, log = load_replay_scenario(CPU_SCENARIO), read_request_log(many)
     assert fit_log(sc, log, parameters=PARAMETERS[:1], metrics=("ttft",)).loss_after <= fit_log(sc, log, parameters=PARAMETERS[:1], metrics=("ttft",)).loss_before
+
+
+def test_a_log_whose_fitted_latency_is_zero_is_refused(tmp_path):
+    # TTFTs of exactly 0 s: log(simulated / 0) made every loss infinite, the search kept its start
+    # ("loss inf -> inf") and the profile was written, exit 0.
+    head = "arrival_s,first_token_s,last_token_s,prompt_tokens,output_tokens\n"
+    zero = tmp_path / "zero.csv"
+    zero.write_text(head + "".join(f"{i},{i},{i + 0.5},100,8\n" for i in range(8)))
+    out = tmp_path / "p.yaml"
+    r = run_cli("calibrate", "--requests", str(zero), "--scenario", str(CPU_SCENARIO), "--param", "iteration_overhead", "--metric", "ttft", "-o", str(out))
+    assert r.returncode == 2 and "ttft p50, ttft p90, ttft p99 is 0 s" in r.stderr and not out.exists(), r.stderr

@@ -149,6 +149,11 @@ def fit_log(scenario: Scenario, log: RequestLog, pool: str | None = None, parame
     current = dict(start)
     best = evaluate(current)
     before_loss, before = cache[tuple(round(current[p.name], 15) for p in parameters)]
+    zero = [f"{r.metric} {r.statistic}" for r in before.rows if r.metric in metrics and r.statistic in FIT_STATISTICS and r.measured_s == 0]
+    if zero:  # log(simulated / 0): every loss is infinite and the search would keep its start
+        raise ConfigError(f"{log.path}: the log's {', '.join(zero)} is 0 s, which no simulated value can be compared with; "
+                          "fit other metrics (--metric) or use a log whose latencies were measured")
+
     width = {p.name: math.log(p.high / p.low) for p in parameters}
     for _ in range(MAX_SWEEPS):
         sweep_start = best
@@ -158,6 +163,9 @@ def fit_log(scenario: Scenario, log: RequestLog, pool: str | None = None, parame
         if sweep_start - best < TOLERANCE:
             break
     after_loss, after = cache[tuple(round(current[p.name], 15) for p in parameters)]
+    if not math.isfinite(after_loss):  # nothing to compare anywhere in the search: no profile from it
+        raise ConfigError(f"{log.path}: no parameter values tried let the replay finish a request to compare with the log "
+                          f"({after.finished} of {after.requests} finished, {after.rejected} rejected); check that the scenario's pool can serve the log's requests")
     gpu = scenario.cluster.pools[index].gpu
     return LogFit(pool=scenario.cluster.pools[index].name, gpu=gpu, start=start, fitted=current, before=before,
                   after=after, loss_before=before_loss, loss_after=after_loss, evaluations=len(cache), metrics=tuple(metrics),
