@@ -27,6 +27,8 @@ def _strict_json(path):
         ("cluster.pools.0.calibration={iteration_overhead: 1e9}", "cluster.pools.0.calibration.iteration_overhead", "between 0 and 10 seconds"),
         ("cluster.pools.0.calibration={gemm_compute: 1e-300}", "cluster.pools.0.calibration.gemm_compute", "[0.01, 1]"),
         ("cluster.pools.0.power_cap_watts=1e-9", "cluster.pools.0.power_cap_watts", "idle power of 70 W"),
+        # Above TDP a cap limits nothing, but place/designs charged its watts to the power budget.
+        ("cluster.pools.0.power_cap_watts=5000", "cluster.pools.0.power_cap_watts", "at most h100-sxm's TDP of 700 W"),
     ],
 )
 def test_values_that_would_overflow_the_clock_are_refused(tmp_path, override, field, allowed):
@@ -99,6 +101,7 @@ def test_some_rejected_are_counted_by_reason():
         (("--prefill", "100000"), "100000 tokens, over llama-3-8b's 8192-token context"),
         (("--decode-batch", "4", "--context", "8192"), "over llama-3-8b's 8192-token context"),
         (("--prefill", "100", "--power-cap", "1e-9"), "--power-cap"),
+        (("--prefill", "100", "--power-cap", "5000"), "TDP of 700 W"),
     ],
 )
 def test_estimate_refuses_what_the_model_or_gpu_cannot_run(args, message):

@@ -31,7 +31,7 @@ def price(scenario) -> dict:
         n = p.count * p.parallelism.tp * p.parallelism.pp
         gpus += n
         dollars += n * pool_price(scenario, p, f"cluster.pools.{i}.gpu")
-        watts += n * (p.power_cap_watts or g.tdp_watts)
+        watts += n * min(p.power_cap_watts or g.tdp_watts, g.tdp_watts or p.power_cap_watts or 0.0)
     return {"gpus": int(gpus), "dollars_per_hour": dollars, "watts": watts}
 
 

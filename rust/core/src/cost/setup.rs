@@ -236,6 +236,10 @@ impl CostModel {
             if !w.is_finite() || w <= self.gpu.idle_watts {
                 return Err(Error::config("power_cap_watts", format!("must be above {}'s idle power of {} W (a GPU cannot run below idle), got {w:?}", self.gpu.name, self.gpu.idle_watts)));
             }
+            if w > self.gpu.tdp_watts {
+                // Such a cap changes nothing, but power budgets (place, designs) would count it.
+                return Err(Error::config("power_cap_watts", format!("must be at most {}'s TDP of {} W (a cap above it limits nothing: leave it unset), got {w:?}", self.gpu.name, self.gpu.tdp_watts)));
+            }
         }
         self.power = PowerModel::new(&self.gpu, watts);
         self.slow_compute = self.power.compute_slowdown();
@@ -373,6 +377,9 @@ mod tests {
         assert!(CostModel::build(&InstanceSpec { ep: 2, ..spec.clone() }).is_err(), "a dense model has no experts to spread");
         assert!(CostModel::build(&InstanceSpec { gpus_per_node: 0, ..spec.clone() }).is_err());
         assert!(CostModel::build(&InstanceSpec { power_cap_watts: Some(10.0), ..spec.clone() }).is_err());
+        let above_tdp = CostModel::build(&InstanceSpec { power_cap_watts: Some(spec.gpu.tdp_watts + 1.0), ..spec.clone() }).err().expect("a cap above TDP is refused");
+        assert!(above_tdp.to_string().contains("at most"), "{above_tdp}");
+        assert!(CostModel::build(&InstanceSpec { power_cap_watts: Some(spec.gpu.tdp_watts), ..spec.clone() }).is_ok());
         let pim = PimSpec { name: "p".into(), peak_flops: 1e12, internal_bandwidth: 1e12, efficiency: 0.0 };
         assert!(CostModel::build(&InstanceSpec { pim: Some(pim), ..spec }).is_err());
     }

@@ -113,6 +113,14 @@ impl ExpertRuntime {
             return Err(Error::config("experts.placement", format!("offloaded experts need the GPU's host_link_bandwidth, which {} does not set", cost.gpu().name)));
         }
         let layers = m.moe_layers();
+        if let Some(p) = cfg.prefetch.as_ref().filter(|p| p.lead_layers >= layers) {
+            // A prediction that many layers ahead never lands within an iteration, while its
+            // staging buffers (1 + lead_layers layers of experts) still take HBM.
+            return Err(Error::config(
+                "experts.prefetch.lead_layers",
+                format!("must be below {}'s {layers} MoE layers (a prefetch {} layers ahead never lands within an iteration), got {}", m.name, p.lead_layers, p.lead_layers),
+            ));
+        }
         let router = ExpertRouter::new(&cfg.routing, m.num_experts, m.experts_per_token, layers, trace, seed, &format!("{stream}.routing"))?;
         let aggregate = (cfg.routing.sampling == RoutingSampling::PerIteration).then(|| IterationRouting::new(&router, m.num_experts, seed, &format!("{stream}.routing.aggregate")));
         let residency = ExpertResidency::new(cfg, cost);

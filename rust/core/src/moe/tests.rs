@@ -296,3 +296,18 @@ fn the_bitmask_timeline_matches_the_flag_by_flag_one() {
         assert!(masks.stats.prefetch_hits > 0 || prefetch.is_none());
     }
 }
+
+#[test]
+fn a_prefetch_lead_of_the_whole_model_or_more_is_refused() {
+    let cm = cost(1.0);
+    let layers = cm.model().moe_layers();
+    for lead in [layers, layers + 96] {
+        let mut cfg = config(2, Some(1.0));
+        cfg.prefetch = Some(PrefetchSpec { accuracy: 1.0, lead_layers: lead });
+        let err = ExpertRuntime::new(&cfg, &cm, Some(trace(4)), 1, "t", None).err().expect("refused");
+        assert!(err.to_string().contains("lead_layers") && err.to_string().contains(&format!("{layers} MoE layers")), "{err}");
+    }
+    let mut cfg = config(2, Some(1.0));
+    cfg.prefetch = Some(PrefetchSpec { accuracy: 1.0, lead_layers: layers - 1 });
+    assert!(ExpertRuntime::new(&cfg, &cm, Some(trace(4)), 1, "t", None).is_ok());
+}
