@@ -122,3 +122,28 @@ def test_measured_allreduce_bandwidth_is_what_the_catalogue_uses():
     assert float(busbw.max()) == pytest.approx(gpu.link_bandwidth * gpu.hardware.collective, rel=0.35)
     assert builtin_gpus()["h100-sxm"].hardware.collective == gpu.hardware.collective
     assert resolve_calibration("h200", gpu, "vllm").collective == gpu.hardware.collective
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda rows: [{**r, "seconds": "0"} for r in rows], "gemm.csv: line 2: seconds must be a positive finite number of seconds, got 0"),
+    (lambda rows: [{**r, "seconds": "nan"} for r in rows], "got 'nan'"),
+    (lambda rows: [], "gemm.csv: no measurements (only a header)"),
+    (lambda rows: [{k: v for k, v in r.items() if k != "n"} for r in rows], "gemm.csv: missing column(s) n"),
+])
+def test_calibrate_refuses_measurements_it_cannot_fit(tmp_path, edit, message):
+    # Timings of 0 s wrote a profile at the grid's floor (median error 2,018%, exit 0); an empty
+    # or NaN table was a ZeroDivisionError / TypeError traceback.
+    import csv
+    import shutil
+
+    d = tmp_path / "data"
+    shutil.copytree(REPO / "calibration" / "h100", d, ignore=shutil.ignore_patterns("*.yaml", "*.md"))
+    rows = edit(list(csv.DictReader((d / "gemm.csv").open())))
+    header = list(rows[0]) if rows else (d / "gemm.csv").read_text().splitlines()[0].split(",")
+    with (d / "gemm.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=header)
+        w.writeheader()
+        w.writerows(rows)
+    out = tmp_path / "out.yaml"
+    r = run_cli("calibrate", "--data", str(d), "--gpu", "h100-sxm", "-o", str(out))
+    assert r.returncode == 2 and message in r.stderr and not out.exists(), r.stderr

@@ -19,6 +19,7 @@ work a serving engine adds per step.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,15 +55,46 @@ class Measurements:
 
     @classmethod
     def load(cls, directory: str | Path) -> "Measurements":
-        """Reads the tables from ``directory``."""
+        """Reads the tables from ``directory``; ConfigError naming the file, line and column of
+        a missing column, an empty table, a count that is not a whole number >= 0 or a time that
+        is not a positive finite number of seconds (a fit to 0 s timings is no fit)."""
+        from fleetwise.errors import ConfigError
+
         d = Path(directory)
+        try:
+            device = json.loads((d / "device.json").read_text())
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise ConfigError(f"{d / 'device.json'}: cannot read it as JSON: {e}") from None
         return cls(
-            gemm=pl.read_csv(d / "gemm.csv"),
-            attn_prefill=pl.read_csv(d / "attn_prefill.csv"),
-            attn_decode=pl.read_csv(d / "attn_decode.csv"),
-            forward=pl.read_csv(d / "forward.csv"),
-            device=json.loads((d / "device.json").read_text()),
+            gemm=_table(d / "gemm.csv", ("tokens", "k", "n"), ("seconds",)),
+            attn_prefill=_table(d / "attn_prefill.csv", ("q", "cached", "heads", "kv_heads", "head_dim"), ("seconds",)),
+            attn_decode=_table(d / "attn_decode.csv", ("batch", "context", "heads", "kv_heads", "head_dim"), ("seconds",)),
+            forward=_table(d / "forward.csv", ("prefill", "cached", "decode_batch", "context"), ("graph_seconds",)),
+            device=device,
         )
+
+
+def _table(path: Path, counts: tuple[str, ...], times: tuple[str, ...]) -> pl.DataFrame:
+    """One measurement table, checked: ``counts`` whole numbers >= 0, ``times`` positive finite seconds."""
+    from fleetwise.errors import ConfigError
+
+    try:
+        frame = pl.read_csv(path, infer_schema_length=None)
+    except (OSError, pl.exceptions.PolarsError) as e:
+        raise ConfigError(f"{path}: cannot read it as CSV: {str(e).splitlines()[0] if str(e) else e}") from None
+    missing = [c for c in (*counts, *times) if c not in frame.columns]
+    if missing:
+        raise ConfigError(f"{path}: missing column(s) {', '.join(missing)} (has {', '.join(frame.columns) or 'none'})")
+    if frame.height == 0:
+        raise ConfigError(f"{path}: no measurements (only a header); run the measurement again")
+    for cols, ok, what in ((counts, lambda v: v.is_integer() and v >= 0, "a whole number >= 0"),
+                           (times, lambda v: math.isfinite(v) and v > 0, "a positive finite number of seconds")):
+        for c in cols:
+            values = frame[c].cast(pl.Float64, strict=False)
+            for i, (raw, v) in enumerate(zip(frame[c].to_list(), values.to_list())):
+                if v is None or not ok(v):
+                    raise ConfigError(f"{path}: line {i + 2}: {c} must be {what}, got {raw!r}")
+    return frame.with_columns(pl.col(c).cast(pl.Float64) for c in times).with_columns(pl.col(c).cast(pl.Int64) for c in counts)
 
 
 def _gemm_terms(g: pl.DataFrame):
