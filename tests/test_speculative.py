@@ -152,6 +152,20 @@ def test_estimate_prints_the_speedup_of_one_request():
     assert r.returncode == 0 and "speedup" in r.stdout
 
 
+def test_estimate_counts_the_proposers_memory_as_a_run_does():
+    # It left the draft model out: a 70B draft "fit" on a 24 GB L4 with exit 0 while run refused it.
+    args = ["estimate", "--model", "llama-3-8b", "--decode-batch", "8", "--context", "1024", "--json"]
+    spec = "method=draft,draft_model=llama-3-70b,num_speculative_tokens=3,acceptance_rate=0.7"
+    r = run_cli(*args, "--gpu", "l4", "--speculative", spec)
+    assert r.returncode == 2 and "CapacityError" in r.stderr and "GiB available" in r.stderr, r.stderr
+    big = ["estimate", "--model", "llama-3-70b", "--tp", "4", "--decode-batch", "8", "--context", "1024", "--json", "--gpu", "h100-sxm"]
+    plain = json.loads(run_cli(*big).stdout)
+    draft = json.loads(run_cli(*big, "--speculative", "method=draft,draft_model=llama-3-8b,num_speculative_tokens=3,acceptance_rate=0.7").stdout)
+    m, draft_cost = draft["memory"], cost_model("llama-3-8b", "h100-sxm", tp=4)
+    assert m["proposer_weights"] == draft_cost.weight_bytes_per_gpu() and m["proposer_kv_cache"] == (8 * 1025) * draft_cost.kv_bytes_per_token()
+    assert draft["memory_bytes"] == plain["memory_bytes"] + m["proposer_weights"] + m["proposer_kv_cache"] and m["fits"]
+
+
 def test_a_moe_verify_pass_routes_every_draft_token_through_the_offloaded_experts():
     """Mixtral-8x7B with its experts in the GH200's DRAM (scenarios/moe-offload.yaml) and an MTP
     head proposing 2: the verify passes route 1 + k tokens per speculating decode through the

@@ -109,8 +109,14 @@ def estimate_iteration(
     if speculative is not None:
         if prefill > 0 or decode_batch <= 0:
             raise ConfigError("estimate: --speculative prices decode steps: give --decode-batch B and --context C without --prefill")
-        result["speculative"] = speculative_speedup(cost, speculative, decodes, seconds, m, model, user_models, lambda spec, name: cost_model(
+        result["speculative"] = sp = speculative_speedup(cost, speculative, decodes, seconds, m, model, user_models, lambda spec, name: cost_model(
             spec, g, tp=tp, model_name=name, gpu_name=gpu, engine=engine).weight_bytes())
+        # The proposer's weights and its KV of the same tokens live on the same GPUs (as in a run).
+        mem = result["memory"]
+        mem["proposer_weights"] = sp["proposer_weight_bytes"]
+        mem["proposer_kv_cache"] = kv_tokens * sp["proposer_kv_bytes_per_token"]
+        need += mem["proposer_weights"] + mem["proposer_kv_cache"]
+        result["memory_bytes"], mem["fits"] = need, need <= available
     return result
 
 
@@ -133,7 +139,8 @@ def speculative_speedup(cost, given: dict, decodes: list[int], plain_seconds: fl
         raise ConfigError(format_validation_error(err, "--speculative", SpeculativeConfig)) from None
     core = resolve_speculative(spec, "--speculative", target, target_name, user_models, weight_bytes)
     step, verify, tokens = cost.speculative_step(json.dumps(core), decodes)
-    return {**spec.model_dump(), "step_seconds": step, "verify_seconds": verify, "proposer_seconds": step - verify, "tokens_per_step": tokens,
+    proposer_weights, proposer_kv_per_token = cost.speculative_memory(json.dumps(core))
+    return {**spec.model_dump(), "proposer_weight_bytes": proposer_weights, "proposer_kv_bytes_per_token": proposer_kv_per_token, "step_seconds": step, "verify_seconds": verify, "proposer_seconds": step - verify, "tokens_per_step": tokens,
             "seconds_per_token": step / tokens, "plain_seconds_per_token": plain_seconds, "speedup": plain_seconds * tokens / step}
 
 

@@ -109,7 +109,8 @@ def estimate(
                       f"(the table above: one synchronous iteration of micro-batches)")
         m = r["memory"]
         gib = 1 << 30
-        out.print(f"memory per GPU: {r['memory_bytes'] / gib:.2f} GiB (weights {m['weights'] / gib:.2f} + KV {m['kv_cache'] / gib:.2f} + activations {m['activations'] / gib:.2f}) of {m['available'] / gib:.2f} GiB usable")
+        proposer = f" + proposer weights {m['proposer_weights'] / gib:.2f} + proposer KV {m['proposer_kv_cache'] / gib:.2f}" if "proposer_weights" in m else ""
+        out.print(f"memory per GPU: {r['memory_bytes'] / gib:.2f} GiB (weights {m['weights'] / gib:.2f} + KV {m['kv_cache'] / gib:.2f} + activations {m['activations'] / gib:.2f}{proposer}) of {m['available'] / gib:.2f} GiB usable")
         if "speculative" in r:
             s = r["speculative"]
             by = f"{s['method']} {s['draft_model']}" if s["draft_model"] else s["method"]

@@ -140,6 +140,14 @@ impl PyCostModel {
         Ok((sp.step(&self.inner, &rest, &seqs).seconds, verify, expected_tokens_per_step(sp.rates())))
     }
 
+    /// The proposer's memory on each GPU: (weight bytes, KV bytes per token), as an instance
+    /// that speculates takes them out of its KV cache.
+    fn speculative_memory(&self, speculative_json: &str) -> PyResult<(u64, u64)> {
+        let cfg: SpeculativeConfig = from_json("speculative", speculative_json)?;
+        let sp = Speculator::build(&cfg, &self.spec).map_err(to_py)?;
+        Ok((sp.weight_bytes_per_gpu, sp.kv_bytes_per_token_per_gpu))
+    }
+
     /// One speculative step in integer nanoseconds, rounded as the simulator does: `prefills` and
     /// `decodes` run plainly beside `speculating` sequences, each `(cached tokens, draft tokens)`
     /// (with none speculating, the plain iteration's time).
