@@ -208,3 +208,19 @@ def test_splitwise_ha_hands_kv_from_h100_prompt_to_a100_token_machines():
         assert (req["prefill_instance"] != req["instance"]).all()
         waits[name] = float(req["kv_transfer_ns"].median()) / 1e6
     assert 4.0 <= waits["Splitwise-HH"] < waits["Splitwise-HA-iso-power"] <= 8.0
+
+
+def test_a_design_whose_search_fails_is_named_in_the_error(tmp_path):
+    # It named only the base scenario and blamed the SLOs; the cause was the design's own override.
+    import yaml
+
+    from fleetwise.sweep.designs import run_study
+
+    sc = {"name": "base", "seed": 7, "cluster": {"pools": [{"name": "main", "count": 1, "gpu": "h100-sxm", "model": "llama-3-8b"}]},
+          "workload": {"arrivals": {"kind": "poisson", "rate": 4.0}, "lengths": {"kind": "constant", "prompt": 100, "output": 4}, "requests": 20}}
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(sc))
+    study = {"name": "s", "scenario": "base.yaml", "slo": {"ttft": 0.5}, "reference": "b",
+             "designs": {"b": {"provisioning": ["iso-power"], "set": {"workload.requests": 1}}}}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
+    with pytest.raises(ConfigError, match=r"study.yaml: designs.b \(its overrides workload.requests=1\): .*attainment stays above 0.9 beyond 1e6 req/s"):
+        run_study(load_design_study(tmp_path / "study.yaml"), tmp_path / "out")

@@ -27,11 +27,18 @@ def machines(scenario) -> str:
     return " + ".join(parts)
 
 
-def _search(scenario_path: str, overrides: list[str], out_dir: str, slos: dict, target: float, low: float, tolerance: float) -> dict:
-    """One design's goodput search (in a worker process, or in this one)."""
+def _search(scenario_path: str, overrides: list[str], out_dir: str, slos: dict, target: float, low: float, tolerance: float, where: str = "") -> dict:
+    """One design's goodput search (in a worker process, or in this one); an error names the
+    design (``where``: the study file and ``designs.NAME``) before the base scenario's message."""
+    from fleetwise.errors import FleetwiseError
     from fleetwise.sweep.goodput import search
 
-    r = search(scenario_path, overrides, Path(out_dir), slos, target, low=low, tolerance=tolerance, jobs=1, quiet=True, curve=False)
+    try:
+        r = search(scenario_path, overrides, Path(out_dir), slos, target, low=low, tolerance=tolerance, jobs=1, quiet=True, curve=False)
+    except FleetwiseError as err:
+        if not where:
+            raise
+        raise type(err)(f"{where} (its overrides {'; '.join(overrides) or 'none'}): {err}") from None
     return {"goodput": r["goodput_rate"], "goodput_per_gpu": r["goodput_per_gpu"], "below_rate": r["below_rate"]}
 
 
@@ -56,7 +63,8 @@ def run_study(study: DesignStudy, out_dir: Path, names: list[str] | None = None,
     scenarios = design_scenarios(study)
     base = str(study.scenario_path)
     slos = dict(study.slo)
-    args = [(base, study.designs[n].overrides(), str(Path(out_dir) / "designs" / n), slos, study.attainment, study.low, study.tolerance) for n in searched]
+    args = [(base, study.designs[n].overrides(), str(Path(out_dir) / "designs" / n), slos, study.attainment, study.low, study.tolerance,
+             f"{study.source}: designs.{n}") for n in searched]
     if jobs > 1 and len(args) > 1:
         with WorkerPool(_search, jobs) as pool:  # workers die with this process; Ctrl-C stops them at once
             by_index = dict(pool.imap_unordered(args, describe=lambda i: f"design {searched[i]}"))
