@@ -184,6 +184,12 @@ def test_generated_arrivals_need_lengths_and_requests():
 # --- fitted lengths -------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("values", [[True, 2], ["3", 4], np.array([True, False])])
+def test_fit_lognormal_refuses_what_is_not_a_number(values):
+    with pytest.raises(ValueError, match="fit_lognormal needs numbers"):
+        fit_lognormal(values)
+
+
 def test_fit_lognormal_recovers_parameters():
     values = rng(4).lognormal(mean=math.log(1500), sigma=0.9, size=200_000)
     median, sigma = fit_lognormal(values)
