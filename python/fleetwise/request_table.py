@@ -49,6 +49,9 @@ def compact_requests(workload: Workload, out: dict, pool_of: list[str], pools: l
     else:
         reject_reason = pl.repeat(None, n, dtype=pl.Enum([]), eager=True)
     columns = {
+        # The row index as a column (4 bytes a row): an int_range over the length in the lazy
+        # table kept a streamed write from streaming.
+        "request_id": np.arange(n, dtype=np.uint32 if n <= NO_INSTANCE else np.int64),
         "arrival_ns": np.ascontiguousarray(workload.arrival_ns, dtype=np.int64),
         "first_scheduled_ns": out["first_scheduled_ns"],
         "first_token_ns": out["first_token_ns"],
@@ -85,7 +88,6 @@ def request_table(compact: pl.DataFrame | pl.LazyFrame, *, unrouted: int | None 
     """
     c = compact.lazy()
     names = c.collect_schema().names()
-    c = compact.with_row_index("request_id").lazy()  # a column (4 bytes a row), so a streamed write streams
     finished = pl.col("status") == "finished"
     arrival = pl.col("arrival_ns")
     ttft = (pl.col("first_token_ns") - arrival) * 1e-9
