@@ -24,7 +24,7 @@ pytest.importorskip("httpx_sse")
 httpx = pytest.importorskip("httpx")
 
 from fastapi import FastAPI, Request  # noqa: E402
-from fastapi.responses import PlainTextResponse, StreamingResponse  # noqa: E402
+from fastapi.responses import HTMLResponse, PlainTextResponse, StreamingResponse  # noqa: E402
 
 from fleetwise.policy import RouteDecision, create  # noqa: E402
 from fleetwise.serve import prom  # noqa: E402
@@ -190,7 +190,9 @@ def test_every_endpoint_unreachable_gives_502_and_releases_the_load():
 def fake_engine(release: threading.Event):
     """An engine whose answer depends on the prompt: ``freeze`` (never answers), ``freeze-mid``
     (one event, then nothing), ``break`` (two events, then the connection breaks), ``truncate`` (two
-    events, then a clean end without [DONE]), ``report`` (one event, then vLLM's error event). A
+    events, then a clean end without [DONE]), ``report`` (one event, then vLLM's error event),
+    ``choices-int`` / ``delta-str`` (one event, then a chunk whose ``choices`` is 5 / whose delta is
+    text), ``html`` (not streamed: a 200 whose body is HTML). A
     frozen handler waits until ``release`` is set (set it before stopping the server)."""
     app = FastAPI()
 
@@ -215,11 +217,17 @@ def fake_engine(release: threading.Event):
         if mode == "freeze":
             await frozen()
             return {"choices": []}
+        if mode == "html":
+            return HTMLResponse("<html>oops</html>")
 
         async def events():
             yield chunk("the", usage)
             if mode == "freeze-mid":
                 await frozen()
+                return
+            if mode in ("choices-int", "delta-str"):
+                yield b'data: {"id": "cmpl-1", "choices": 5}\n\n' if mode == "choices-int" else b'data: {"id": "cmpl-1", "choices": [{"index": 0, "delta": "x"}]}\n\n'
+                yield b"data: [DONE]\n\n"
                 return
             if mode == "report":
                 yield b'data: {"error": {"object": "error", "message": "engine core died", "type": "InternalServerError", "code": 500}}\n\n'
@@ -284,6 +292,58 @@ def test_a_broken_stream_ends_in_an_error_event(broken_router, usage):
     assert_no_load_left(r)
 
 
+@pytest.mark.parametrize("usage", [False, True])
+def test_a_malformed_chunk_ends_the_stream_in_an_error_event(broken_router, usage):
+    r, eng = broken_router
+    extra = {"stream_options": {"include_usage": True}} if usage else {}
+    out = {mode: httpx.post(r.url + "/v1/completions", json={"prompt": mode, "stream": True, **extra}, timeout=GUARD) for mode in ("choices-int", "delta-str")}
+    s = metrics(r)
+    for mode, why in (("choices-int", "choices must be a list, got 5"), ("delta-str", "choices[0].delta must be an object, got 'x'")):
+        assert out[mode].status_code == 200
+        events = sse(out[mode].text)
+        assert events[0]["choices"][0]["text"] == "the", events
+        err = events[1]["error"]
+        assert err["type"] == "BadGatewayError" and err["code"] == 502, err
+        assert f"endpoint {name(eng)} sent a malformed chunk after 1 tokens: {why}" == err["message"], err
+        assert events[2:] == ["[DONE]"]
+    assert value(s, "fleetwise_router_errors_total", endpoint=name(eng)) == 2
+    assert_no_load_left(r)
+
+
+def test_a_200_answer_that_is_not_json_gets_a_502(broken_router):
+    r, eng = broken_router
+    resp = httpx.post(r.url + "/v1/completions", json={"prompt": "html"}, timeout=GUARD)
+    assert resp.status_code == 502, resp.text
+    err = resp.json()["error"]
+    assert err["type"] == "BadGatewayError" and err["code"] == 502
+    assert f"endpoint {name(eng)} answered 200 with something other than a JSON object" in err["message"] and "<html>oops" in err["message"]
+    assert value(metrics(r), "fleetwise_router_errors_total", endpoint=name(eng)) == 1
+    assert_no_load_left(r)
+
+
+class RaisingPolicy:
+    """A user policy whose route() has a bug."""
+
+    def __init__(self, exc: Exception):
+        self.exc = exc
+
+    def route(self, request, endpoints):
+        raise self.exc
+
+
+@pytest.mark.parametrize("exc", [TypeError("can't multiply sequence by non-int of type 'float'"), KeyError("weight"), ZeroDivisionError("division by zero")])
+def test_an_exception_in_the_policy_gets_a_json_500(exc):
+    with engine() as eng:
+        r, _ = start_router([eng.url], RaisingPolicy(exc), health_interval=0)
+        with r:
+            resp = complete(r, 0)
+            assert resp.status_code == 500, resp.text
+            err = resp.json()["error"]
+            assert err["type"] == "InternalServerError" and err["code"] == 500
+            assert err["message"].startswith(f"the policy's route() raised {type(exc).__name__}: "), err
+            assert_no_load_left(r)
+
+
 # -- malformed bodies ----------------------------------------------------------------------------
 
 MALFORMED = [
@@ -298,6 +358,18 @@ MALFORMED = [
     ("/v1/completions", '{"prompt": "hi", "max_tokens": 2.5}', "max_tokens must be a whole number"),
     ("/v1/completions", '{"prompt": {"text": "hi"}}', "prompt must be text"),
     ("/v1/completions", '[1, 2]', "JSON object"),
+    ("/v1/completions", '{"messages": [{"role": "user", "content": "hi"}]}', "prompt is required"),
+    ("/v1/chat/completions", '{"prompt": "hi"}', "messages is required on /v1/chat/completions"),
+    ("/v1/chat/completions", '{"messages": []}', "messages must hold at least one message"),
+    ("/v1/completions", '{"prompt": [[]]}', "prompt[0] is an empty list of token ids"),
+    ("/v1/completions", '{"prompt": []}', "prompt is required and cannot be empty"),
+    ("/v1/completions", '{"prompt": "hi", "n": "two"}', "n must be an integer, got 'two'"),
+    ("/v1/chat/completions", '{"messages": [{"role": "user", "content": "hi"}], "n": 1.5}', "n must be an integer"),
+    ("/v1/completions", '{"prompt": "hi", "n": 0}', "n must be at least 1"),
+    ("/v1/completions", '{"prompt": "hi", "temperature": "hot"}', "temperature must be a number, got 'hot'"),
+    ("/v1/chat/completions", '{"messages": [{"role": "user", "content": "hi"}], "top_p": false}', "top_p must be in (0, 1]"),  # false is 0, as in vLLM
+    ("/v1/completions", '{"prompt": "hi", "temperature": -1}', "temperature must be at least 0"),
+    ("/v1/completions", '{"prompt": "hi", "seed": "seven"}', "seed must be an integer"),
     ("/v1/completions", '{"prompt": ', "not JSON"),
 ]
 
@@ -336,6 +408,29 @@ def test_malformed_bodies_get_openai_400s_from_router_and_engine(engine_and_rout
 def test_cli_rejects_bad_failover_settings(args, message):
     r = subprocess.run([sys.executable, "-m", "fleetwise", "serve-router", "--endpoint", "http://127.0.0.1:1", *args], capture_output=True, text=True, timeout=GUARD)
     assert r.returncode == 2 and message in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--policy", "cache-aware", "--param", "prefix_weight=abc"], "--param prefix_weight (--policy cache-aware): router parameter prefix_weight must be a finite number >= 0, got 'abc'"),
+    (["--policy", "cache-aware", "--param", "prefix_weight=.nan"], "--param prefix_weight (--policy cache-aware): router parameter prefix_weight must be a finite number >= 0, got nan"),
+    (["--policy", "cache-aware", "--param", "load_weight=-1"], "load_weight must be a finite number >= 0"),
+    (["--policy", "cache-aware", "--param", "prefix_weight=[1"], "--param prefix_weight, line 1: invalid YAML"),
+    (["--policy", "disaggregated", "--endpoint", "http://127.0.0.1:2,prefill", "--endpoint", "http://127.0.0.1:3,decode", "--param", "pd_threshold=1.5"],
+     "--param pd_threshold (--policy disaggregated): router parameter pd_threshold must be a whole number >= 0, got 1.5"),
+    (["--policy", "disaggregated", "--endpoint", "http://127.0.0.1:2,prefill", "--endpoint", "http://127.0.0.1:3,decode", "--param", "decode_may_prefill=maybe"],
+     "decode_may_prefill must be true or false"),
+    (["--policy", "disaggregated", "--endpoint", "http://127.0.0.1:2"], "needs at least one prefill and one decode endpoint (--endpoint URL,prefill and --endpoint URL,decode); got roles mixed, mixed"),
+    (["--policy", "disaggregated", "--endpoint", "http://127.0.0.1:2,decode"], "needs at least one prefill and one decode endpoint"),
+])
+def test_cli_rejects_bad_policy_parameters_and_endpoint_roles(args, message):
+    r = subprocess.run([sys.executable, "-m", "fleetwise", "serve-router", "--endpoint", "http://127.0.0.1:1", *args], capture_output=True, text=True, timeout=GUARD)
+    assert r.returncode == 2 and "error: ConfigError: " in r.stderr and message in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_check_policy_refuses_a_nan_router_weight():
+    r = subprocess.run([sys.executable, "-m", "fleetwise", "check-policy", "router", "cache-aware", "-p", "prefix_weight=NaN"], capture_output=True, text=True, timeout=GUARD)
+    assert r.returncode == 2 and "prefix_weight must be a finite number >= 0, got nan" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 def test_scraped_metrics_parse_label_values_with_braces_and_quotes():

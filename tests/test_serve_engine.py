@@ -135,6 +135,38 @@ def test_models_health_and_errors(engine):
         assert r.status_code == 400 and "prompt is required and cannot be empty" in r.json()["error"]["message"], body
 
 
+@pytest.mark.parametrize("path, body, message", [
+    ("/v1/completions", {"messages": [{"role": "user", "content": "hi"}]}, "prompt is required and cannot be empty"),
+    ("/v1/chat/completions", {"prompt": "hi"}, "messages is required on /v1/chat/completions"),
+    ("/v1/chat/completions", {"messages": []}, "messages must hold at least one message"),
+    ("/v1/completions", {"prompt": [[]]}, "prompt[0] is an empty list of token ids"),
+    ("/v1/completions", {"prompt": [""]}, "prompt is required and cannot be empty"),
+    ("/v1/completions", {"prompt": "hi", "n": [1]}, "n must be an integer, got [1]"),
+    ("/v1/completions", {"prompt": "hi", "temperature": "hot"}, "temperature must be a number, got 'hot'"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "temperature": {"t": 1}}, "temperature must be a number"),
+    ("/v1/completions", {"prompt": "hi", "top_p": 0}, "top_p must be in (0, 1]"),
+])
+def test_each_endpoint_reads_its_own_prompt_field_and_sampling_types(engine, path, body, message):
+    _, url = engine
+    before = len(httpx.get(url + "/fleetwise/requests").json()["requests"])
+    r = httpx.post(url + path, json=body, timeout=30)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["type"] == "BadRequestError" and err["code"] == 400 and message in err["message"], err
+    assert len(httpx.get(url + "/fleetwise/requests").json()["requests"]) == before  # nothing was served
+
+
+def test_valid_sampling_fields_and_chat_with_a_stray_prompt_are_served(engine):
+    _, url = engine
+    ok = httpx.post(url + "/v1/completions", json={"prompt": "hi", "max_tokens": 1, "n": 1, "temperature": 0, "top_p": 1, "seed": 3, "messages": "ignored"}, timeout=30)
+    assert ok.status_code == 200, ok.text
+    # What vLLM's request model (pydantic, lax) takes: numeric strings and booleans as numbers.
+    lax = httpx.post(url + "/v1/completions", json={"prompt": "hi", "max_tokens": 1, "n": True, "temperature": "0.7", "seed": "7"}, timeout=30)
+    assert lax.status_code == 200, lax.text
+    chat = httpx.post(url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "prompt": [[]], "max_tokens": 1, "temperature": 0.7}, timeout=30)
+    assert chat.status_code == 200 and chat.json()["usage"]["prompt_tokens"] == approx_tokens("user: hi\n"), chat.text
+
+
 def test_metrics_use_vllm_names(engine):
     _, url = engine
     httpx.post(url + "/v1/completions", json={"prompt": "abcd" * 25, "max_tokens": 3}, timeout=30)

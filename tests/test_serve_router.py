@@ -182,9 +182,21 @@ def test_prefill_decode_handshake():
 
 
 def test_policy_errors_and_user_policies(mixed_pair):
-    with router(mixed_pair, "disaggregated") as r:  # no prefill or decode endpoints
-        resp = httpx.post(r.url + "/v1/completions", json={"prompt": "x"}, timeout=30)
-        assert resp.status_code == 503 and "no endpoint" in resp.json()["error"]["message"]
+    from fleetwise.errors import ConfigError, PolicyError
+
+    with pytest.raises(ConfigError, match=r"needs at least one prefill and one decode endpoint .*got roles mixed, mixed"):
+        router(mixed_pair, "disaggregated")  # no prefill or decode endpoints: refused at startup, not a 503 per request
+    with pytest.raises(ConfigError, match="needs at least one prefill and one decode endpoint"):
+        router(mixed_pair, "disaggregated", roles=["decode", "mixed"])
+    for params, message in (({"prefix_weight": "abc"}, "prefix_weight must be a finite number >= 0, got 'abc'"),
+                            ({"prefix_weight": float("nan")}, "prefix_weight must be a finite number >= 0, got nan"),
+                            ({"load_weight": float("inf")}, "load_weight must be a finite number"),
+                            ({"prefix_weight": True}, "prefix_weight must be a finite number")):
+        with pytest.raises(PolicyError, match="cache-aware") as info:
+            create("router", "cache-aware", **params)
+        assert isinstance(info.value.__cause__, ConfigError) and message in str(info.value.__cause__)
+    with pytest.raises(PolicyError, match="pd_threshold must be a whole number >= 0, got -1"):
+        create("router", "disaggregated", pd_threshold=-1)
     state = RouterState([Endpoint(e.url) for e in mixed_pair], create("router", "tests_policy_module:AlwaysLast"), scrape_interval=0)
     with BackgroundServer(create_router_app(state)) as r:
         assert httpx.post(r.url + "/v1/completions", json={"prompt": "x", "max_tokens": 1}, timeout=30).headers["x-fleetwise-endpoint"] == mixed_pair[1].url.removeprefix("http://")

@@ -72,9 +72,8 @@ def serve_router(
     Engines that fail checks are ejected (the policy no longer sees them) until a health probe
     passes again; see docs/serving.md."""
     uvicorn = _serve_extra()
-    import yaml
-
-    from fleetwise.errors import ConfigError
+    from fleetwise.config.yaml_input import parse_yaml
+    from fleetwise.errors import ConfigError, PolicyError
     from fleetwise.policy import create
     from fleetwise.serve.failover import FailoverSettings
     from fleetwise.serve.router_app import RouterState, create_router_app, parse_endpoint
@@ -84,10 +83,17 @@ def serve_router(
         k, sep, v = kv.partition("=")
         if not sep or not k.strip():
             raise ConfigError(f"--param {kv!r}: expected KEY=VALUE")
-        params[k.strip()] = yaml.safe_load(v)
+        params[k.strip()] = parse_yaml(v, f"--param {k.strip()}")
     failover = FailoverSettings(connect_timeout=connect_timeout, read_timeout=read_timeout, health_interval=health_interval, health_timeout=health_timeout,
                                 eject_after=eject_after, retries=retries)
-    state = RouterState([parse_endpoint(e) for e in endpoint], create("router", policy, **params), block_chars=block_chars, scrape_interval=scrape_interval,
-                        failover=failover, policy_timeout=policy_timeout)
+    endpoints = [parse_endpoint(e) for e in endpoint]
+    try:
+        router = create("router", policy, **params)
+    except PolicyError as e:  # a parameter the policy refused: say which --param
+        if not isinstance(e.__cause__, ConfigError):
+            raise
+        key = getattr(e.__cause__, "param", None)
+        raise ConfigError(f"{f'--param {key}' if key else '--param'} (--policy {policy}): {e.__cause__}") from None
+    state = RouterState(endpoints, router, block_chars=block_chars, scrape_interval=scrape_interval, failover=failover, policy_timeout=policy_timeout)
     err.print(f"routing with {policy} over {', '.join(f'{e.name} ({e.role})' for e in state.endpoints)} at http://{host}:{port}")
     uvicorn.run(create_router_app(state), host=host, port=port, log_level="warning")

@@ -10,6 +10,7 @@ prefill profile picks the endpoint that computes the prompt and hands over its K
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence, runtime_checkable
@@ -52,6 +53,37 @@ class Picker(Protocol):
     def pick(self, request: RequestView, endpoints: Sequence[EndpointView], scores: Sequence[float]) -> EndpointView:
         """The chosen endpoint."""
         ...
+
+
+def _param_error(name: str, why: str):
+    """A ConfigError about router parameter ``name`` (its ``param`` attribute names it, for the CLI)."""
+    from fleetwise.errors import ConfigError
+
+    e = ConfigError(f"router parameter {name} {why}")
+    e.param = name
+    return e
+
+
+def _number(name: str, value, least: float = 0.0) -> float:
+    """``value`` as a finite number of at least ``least``; ConfigError naming the parameter otherwise
+    (a boolean or text is not a number)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < least:
+        raise _param_error(name, f"must be a finite number >= {least:g}, got {value!r}")
+    return float(value)
+
+
+def _whole(name: str, value, least: int = 0) -> int:
+    """``value`` as a whole number of at least ``least`` (``256.0`` is read as 256); ConfigError otherwise."""
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not value.is_integer())
+            or value < least):
+        raise _param_error(name, f"must be a whole number >= {least}, got {value!r}")
+    return int(value)
+
+
+def _flag(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise _param_error(name, f"must be true or false, got {value!r}")
+    return value
 
 
 def _lower_is_better(values: Sequence[float]) -> list[float]:
@@ -181,8 +213,8 @@ class ProfileRouter:
         if "default" not in profiles and not {"prefill", "decode"} <= profiles.keys():
             raise ValueError("profiles need a 'default' profile, or both 'prefill' and 'decode'")
         self.profiles = profiles
-        self.pd_threshold = pd_threshold
-        self.decode_may_prefill = decode_may_prefill
+        self.pd_threshold = _whole("pd_threshold", pd_threshold)
+        self.decode_may_prefill = _flag("decode_may_prefill", decode_may_prefill)
 
     @property
     def disaggregated(self) -> bool:
@@ -223,13 +255,16 @@ def least_outstanding_tokens() -> ProfileRouter:
 
 
 def cache_aware(prefix_weight: float = 2.0, load_weight: float = 1.0) -> ProfileRouter:
-    """Prefix hits weighed against load, as llm-d's default profile weighs its scorers."""
+    """Prefix hits weighed against load, as llm-d's default profile weighs its scorers. Both weights
+    are finite numbers >= 0 (ConfigError otherwise)."""
+    prefix_weight, load_weight = _number("prefix_weight", prefix_weight), _number("load_weight", load_weight)
     return ProfileRouter({"default": Profile(filters=[RoleFilter("mixed")], scorers=[(PrefixScorer(), prefix_weight), (LoadScorer(), load_weight)])})
 
 
 def disaggregated(pd_threshold: int = 0, decode_may_prefill: bool = False) -> ProfileRouter:
     """Prefill/decode disaggregation: least-loaded decode endpoint, least-loaded prefill endpoint for
-    prompts whose uncached part exceeds ``pd_threshold`` tokens (shorter ones prefill where they decode)."""
+    prompts whose uncached part exceeds ``pd_threshold`` tokens (shorter ones prefill where they decode).
+    ``pd_threshold`` is a whole number >= 0 and ``decode_may_prefill`` a boolean (ConfigError otherwise)."""
     return ProfileRouter(
         {
             "decode": Profile(filters=[RoleFilter("decode")], scorers=[(PrefixScorer(), 1.0), (LoadScorer(), 1.0)]),

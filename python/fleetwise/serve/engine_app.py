@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 
 from fleetwise.serve.emulator import EmulatedEngine
 from fleetwise.serve.openai_errors import error_response as _error, json_body
-from fleetwise.serve.text import approx_tokens, max_tokens, prompt_text, stream_settings
+from fleetwise.serve.text import approx_tokens, max_tokens, prompt_text, sampling_settings, stream_settings
 
 DEFAULT_MAX_TOKENS = 16
 """Output limit of a request that gives none (the OpenAI completions default)."""
@@ -70,7 +70,8 @@ def create_engine_app(engine: EmulatedEngine):
         if model not in (None, engine.served_model_name, engine.model):
             return _error(404, f"The model `{model}` does not exist.", "NotFoundError")
         try:
-            prompt = prompt_text(body)
+            prompt = prompt_text(body, chat)
+            sampling_settings(body)
             n_prompt = approx_tokens(prompt)
             limit = max_tokens(body, DEFAULT_MAX_TOKENS)
             stream, include_usage = stream_settings(body)

@@ -6,8 +6,8 @@ A connection that fails before any byte reached the engine is retried on another
 :mod:`fleetwise.serve.failover`); a connection the engine closed before answering anything (the
 keep-alive race: an idle pooled connection the engine is closing just as the request goes out) is
 sent once more to the same engine on a new connection; every other failure is answered: a read timeout with 504, other
-transport errors with 502. A streamed answer is relayed event by event with httpx-sse; when the
-engine fails midway the client gets an error event (``data: {"error": {...}}``, then
+transport errors with 502, and a 200 answer that is not a JSON object with 502 too. A streamed answer is relayed event by event with httpx-sse; when the
+engine fails midway (or sends a chunk that is not a completion chunk) the client gets an error event (``data: {"error": {...}}``, then
 ``data: [DONE]``, as vLLM ends a failed stream), never a made-up usage chunk. Whatever a request
 added to the endpoints' load counters is released on every path.
 """
@@ -68,6 +68,36 @@ def _failure_response(state, i: int, exc: Exception, headers: dict) -> Response:
     return _error(status, message, kind, headers)
 
 
+def _is_json_object(content: bytes) -> bool:
+    try:
+        return isinstance(json.loads(content), dict)
+    except ValueError:  # not JSON, or not UTF-8
+        return False
+
+
+def _short(value, limit: int = 60) -> str:
+    r = repr(value)
+    return r if len(r) <= limit else r[:limit] + "..."
+
+
+def malformed_chunk(d: dict) -> str | None:
+    """Why a streamed completion chunk cannot be relayed (``choices`` not a list of objects, a
+    ``delta`` that is not an object, ``usage`` that is not an object), or None when it can."""
+    choices = d.get("choices")
+    if choices is not None and not isinstance(choices, list):
+        return f"choices must be a list, got {_short(choices)}"
+    for i, c in enumerate(choices or ()):
+        if not isinstance(c, dict):
+            return f"choices[{i}] must be an object, got {_short(c)}"
+        delta = c.get("delta")
+        if delta is not None and not isinstance(delta, dict):
+            return f"choices[{i}].delta must be an object, got {_short(delta)}"
+    usage = d.get("usage")
+    if usage is not None and not isinstance(usage, dict):
+        return f"usage must be an object or null, got {_short(usage)}"
+    return None
+
+
 def sse_bytes(event: ServerSentEvent) -> bytes:
     """``event`` written back as server-sent-event text."""
     lines = [] if event.event == "message" else [f"event: {event.event}"]
@@ -96,7 +126,7 @@ async def forward(state, request, path: str) -> Response:
 
     while True:
         try:
-            decision, req, _ = state.route(body, request_id, exclude=frozenset(tried), attempt=len(tried))
+            decision, req, _ = state.route(body, request_id, exclude=frozenset(tried), attempt=len(tried), chat=path.endswith("/chat/completions"))
         except BadRequest as e:
             return _error(400, str(e))
         except ValueError as e:
@@ -166,6 +196,10 @@ async def _attempt(state, path: str, body: dict[str, Any], decision, req, track,
         state.health.succeeded(decision.instance)
         if r.status_code != 200:
             state.m_errors.inc(endpoint=target.name)
+        elif not _is_json_object(r.content):
+            state.m_errors.inc(endpoint=target.name)
+            return _error(502, f"endpoint {target.name} answered 200 with something other than a JSON object "
+                               f"({r.headers.get('content-type') or 'no content-type'}: {_short(r.content)})", "BadGatewayError", headers)
         return Response(r.content, status_code=r.status_code, media_type=r.headers.get("content-type"), headers=headers)
 
     upstream["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
@@ -233,9 +267,15 @@ class StreamRelay:
                     failed = True
                     yield sse_bytes(ev)
                     continue
+                if (why := malformed_chunk(d)) is not None:  # garbage from the engine: end the stream as a failed one
+                    if not failed:
+                        self.state.m_errors.inc(endpoint=name)
+                    yield error_event(502, f"endpoint {name} sent a malformed chunk after {generated} tokens: {why}", "BadGatewayError")
+                    yield DONE
+                    return
                 last_id, last_model, obj = d.get("id", last_id), d.get("model", last_model), d.get("object", obj)
                 choices = d.get("choices") or []
-                tokens = sum(1 for c in choices if isinstance(c, dict) and (c.get("text") or (c.get("delta") or {}).get("content")))
+                tokens = sum(1 for c in choices if c.get("text") or (c.get("delta") or {}).get("content"))
                 if tokens:
                     generated += tokens
                     self.track.add(self.index, tokens)

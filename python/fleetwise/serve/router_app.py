@@ -42,7 +42,7 @@ from fleetwise.serve import prom
 from fleetwise.serve.failover import EndpointHealth, FailoverSettings
 from fleetwise.serve.prefix_index import PrefixIndex
 from fleetwise.serve.openai_errors import error_response as _error
-from fleetwise.serve.text import approx_tokens, max_tokens, prefix_hashes, prompt_text
+from fleetwise.serve.text import approx_tokens, max_tokens, prefix_hashes, prompt_text, sampling_settings
 
 ROLES = ("mixed", "prefill", "decode")
 
@@ -158,6 +158,10 @@ class RouterState:
             raise ConfigError(f"endpoints must be distinct, got {names}")
         if not hasattr(policy, "route"):
             raise ConfigError(f"the policy {policy!r} has no route(request, endpoints) method")
+        roles = {e.role for e in endpoints}
+        if getattr(policy, "disaggregated", False) is True and not {"prefill", "decode"} <= roles:
+            raise ConfigError("the policy disaggregates (routes prefill/decode pairs) and needs at least one prefill and one decode endpoint "
+                              f"(--endpoint URL,prefill and --endpoint URL,decode); got roles {', '.join(e.role for e in endpoints)}")
         self.endpoints = list(endpoints)
         self.policy = policy
         self.policy_timeout = policy_timeout
@@ -228,13 +232,16 @@ class RouterState:
                              kv_usage=e.kv_usage, cached_prefix_tokens=self.prefixes.cached_tokens(i, hashes)) for i in chosen for e in [self.endpoints[i]]]
 
     def route(self, body: dict[str, Any], request_id: str, exclude: frozenset[int] | set[int] = frozenset(),
-              attempt: int = 0) -> tuple[RouteDecision, RequestView, list[EndpointView]]:
+              attempt: int = 0, chat: bool = False) -> tuple[RouteDecision, RequestView, list[EndpointView]]:
         """Asks the policy where ``body`` goes, among the routable endpoints (healthy, not in
-        ``exclude``: those a retried request already failed to reach). Raises BadRequest for a
-        request it cannot read, LookupError when no endpoint is left or the policy finds none, and
-        ValueError on a bad answer."""
+        ``exclude``: those a retried request already failed to reach); ``chat``: a
+        ``/v1/chat/completions`` body (its ``messages`` are the prompt), else a ``/v1/completions``
+        one (its ``prompt``). Raises BadRequest for a request it cannot read, LookupError when no
+        endpoint is left or the policy finds none, and ValueError on a bad answer or when the
+        policy's route() raised."""
         try:
-            prompt = prompt_text(body)
+            prompt = prompt_text(body, chat)
+            sampling_settings(body)
             limit = max_tokens(body, 16)
         except (ValueError, TypeError) as e:
             raise BadRequest(str(e)) from None
@@ -250,6 +257,12 @@ class RouterState:
                 d = self.policy.route(req, views)
         except PolicyTimeout:
             raise ValueError(f"the policy's route() did not return within {self.policy_timeout:g} s (--policy-timeout)") from None
+        except (KeyError, IndexError) as e:  # LookupErrors, but a policy's bug rather than "no endpoint"
+            raise ValueError(f"the policy's route() raised {type(e).__name__}: {e}") from None
+        except LookupError:
+            raise
+        except Exception as e:  # a policy's bug fails its request (500), never the router
+            raise ValueError(f"the policy's route() raised {type(e).__name__}: {e}") from None
         self.m_decision.observe(time.perf_counter() - t)
         if not isinstance(d, RouteDecision):
             raise ValueError(f"the policy's route() must return a RouteDecision, got {d!r}")

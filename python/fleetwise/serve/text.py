@@ -29,52 +29,103 @@ def _prompt_ids(ids: list, where: str) -> list[int]:
     return list(ids)
 
 
-def prompt_text(body: dict[str, Any]) -> str | list[int]:
-    """The prompt of an OpenAI completions or chat request: the ``prompt`` (text or token ids), or
-    the chat messages flattened to ``role: content`` lines.
+def _messages_text(messages: Any) -> str:
+    if not isinstance(messages, list):
+        raise ValueError(f"messages must be a list of message objects, got {_show(messages)}")
+    if not messages:  # vLLM: a chat needs at least one message
+        raise ValueError("messages must hold at least one message, got an empty list")
+    parts = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise ValueError(f"messages[{i}] must be an object with role and content, got {_show(m)}")
+        role, content = m.get("role", "user"), m.get("content", "")
+        if not isinstance(role, str):
+            raise ValueError(f"messages[{i}].role must be text, got {_show(role)}")
+        if isinstance(content, list):  # content parts: keep the text ones
+            texts = []
+            for j, p in enumerate(content):
+                if not isinstance(p, dict):
+                    raise ValueError(f"messages[{i}].content[{j}] must be a content-part object, got {_show(p)}")
+                t = p.get("text", "")
+                if not isinstance(t, str):
+                    raise ValueError(f"messages[{i}].content[{j}].text must be text, got {_show(t)}")
+                texts.append(t)
+            content = "".join(texts)
+        elif content is not None and not isinstance(content, str):
+            raise ValueError(f"messages[{i}].content must be text, a list of content parts or null, got {_show(content)}")
+        parts.append(f"{role}: {content or ''}\n")
+    return "".join(parts)
 
-    Raises ValueError naming the field when the prompt or messages have a shape the API does not
-    allow (``messages`` not a list of objects, content neither text nor a list of parts, a
-    ``prompt`` that is neither text nor token ids, or more than one prompt)."""
-    if "messages" in body:
-        messages = body.get("messages")
-        if not isinstance(messages, list):
-            raise ValueError(f"messages must be a list of message objects, got {_show(messages)}")
-        parts = []
-        for i, m in enumerate(messages):
-            if not isinstance(m, dict):
-                raise ValueError(f"messages[{i}] must be an object with role and content, got {_show(m)}")
-            role, content = m.get("role", "user"), m.get("content", "")
-            if not isinstance(role, str):
-                raise ValueError(f"messages[{i}].role must be text, got {_show(role)}")
-            if isinstance(content, list):  # content parts: keep the text ones
-                texts = []
-                for j, p in enumerate(content):
-                    if not isinstance(p, dict):
-                        raise ValueError(f"messages[{i}].content[{j}] must be a content-part object, got {_show(p)}")
-                    t = p.get("text", "")
-                    if not isinstance(t, str):
-                        raise ValueError(f"messages[{i}].content[{j}].text must be text, got {_show(t)}")
-                    texts.append(t)
-                content = "".join(texts)
-            elif content is not None and not isinstance(content, str):
-                raise ValueError(f"messages[{i}].content must be text, a list of content parts or null, got {_show(content)}")
-            parts.append(f"{role}: {content or ''}\n")
-        return "".join(parts)
-    prompt = body.get("prompt")
-    if prompt is None or prompt == "":  # vLLM: the prompt must be given and not empty
-        raise ValueError("prompt is required and cannot be empty: give text or a list of integer token ids")
+
+def _prompt(prompt: Any) -> str | list[int]:
     if isinstance(prompt, list):
         if prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
             return list(prompt)
-        if len(prompt) == 1 and isinstance(prompt[0], str):
+        if len(prompt) == 1 and isinstance(prompt[0], str) and prompt[0]:
             return prompt[0]
         if len(prompt) == 1 and isinstance(prompt[0], list):
+            if not prompt[0]:  # vLLM: an empty prompt is refused, as token ids too
+                raise ValueError("prompt[0] is an empty list of token ids: the prompt cannot be empty")
             return _prompt_ids(prompt[0], "prompt[0]")
+        if len(prompt) == 1 and prompt[0] == "":
+            raise ValueError("prompt is required and cannot be empty: give text or a list of integer token ids")
         raise ValueError("only one prompt per request is supported: prompt must be text, a list of token ids, or a list holding one of those")
     if not isinstance(prompt, str):
         raise ValueError(f"prompt must be text or a list of integer token ids, got {_show(prompt)}")
     return prompt
+
+
+def prompt_text(body: dict[str, Any], chat: bool) -> str | list[int]:
+    """The prompt of an OpenAI request: for ``/v1/completions`` (``chat`` false) its ``prompt``
+    (text or token ids), for ``/v1/chat/completions`` its ``messages`` flattened to
+    ``role: content`` lines. Each endpoint reads only its own field, as vLLM does.
+
+    Raises ValueError naming the field when that field is missing or has a shape the API does not
+    allow (``messages`` not a non-empty list of objects, content neither text nor a list of parts,
+    a ``prompt`` that is empty or neither text nor token ids, or more than one prompt)."""
+    if chat:
+        if body.get("messages") is None:
+            hint = " (prompt is read by /v1/completions only)" if "prompt" in body else ""
+            raise ValueError(f"messages is required on /v1/chat/completions: give a list of message objects{hint}")
+        return _messages_text(body["messages"])
+    prompt = body.get("prompt")
+    if prompt is None or prompt == "" or prompt == []:  # vLLM: the prompt must be given and not empty
+        hint = " (messages is read by /v1/chat/completions only)" if prompt is None and "messages" in body else ""
+        raise ValueError(f"prompt is required and cannot be empty: give text or a list of integer token ids{hint}")
+    return _prompt(prompt)
+
+
+INT_FIELDS = {"n": 1, "best_of": 1, "top_k": None, "seed": None, "min_tokens": 0, "top_logprobs": 0}
+"""Sampling fields that must be whole numbers (or null), with their least value (None: any)."""
+NUMBER_FIELDS = ("temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty", "length_penalty")
+"""Sampling fields that must be numbers (or null)."""
+
+
+def sampling_settings(body: dict[str, Any]) -> None:
+    """Checks the common sampling fields as vLLM's request model does (pydantic's lax mode: a
+    whole number, a numeric string or a boolean is an integer; a number, a numeric string or a
+    boolean is a number; anything else is refused), then ``n`` at least 1, ``temperature`` at
+    least 0 and ``top_p`` in (0, 1], as vLLM's sampling parameters. Raises ValueError naming the
+    field."""
+    from pydantic import TypeAdapter, ValidationError
+
+    values: dict[str, float] = {}
+    for keys, adapter, what in ((INT_FIELDS, TypeAdapter(int), "an integer"), (NUMBER_FIELDS, TypeAdapter(float), "a number")):
+        for key in keys:
+            v = body.get(key)
+            if v is None:
+                continue
+            try:
+                values[key] = adapter.validate_python(v)
+            except ValidationError:
+                raise ValueError(f"{key} must be {what}, got {_show(v)}") from None
+    for key, least in INT_FIELDS.items():
+        if least is not None and key in values and values[key] < least:
+            raise ValueError(f"{key} must be at least {least}, got {_show(body[key])}")
+    if (t := values.get("temperature")) is not None and not t >= 0:
+        raise ValueError(f"temperature must be at least 0, got {_show(body['temperature'])}")
+    if (p := values.get("top_p")) is not None and not 0 < p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {_show(body['top_p'])}")
 
 
 def approx_tokens(prompt: str | list[int]) -> int:
