@@ -104,8 +104,13 @@ impl Instance {
 }
 
 /// Energy of all the GPUs of the instance `cost` models over an iteration costing `it`: the
-/// power at its compute-bound share, for its duration.
+/// power at its compute-bound share, for the time its kernels run. The time it waits for
+/// streamed weights (`weight_stall_seconds`) is not busy time: the idle energy covers it.
 fn busy_energy_joules(cost: &CostModel, it: &IterationCost) -> f64 {
-    let watts = cost.power().busy_watts(it.compute_bound_seconds / it.seconds);
-    watts * it.seconds * cost.gpus() as f64
+    let active = it.seconds - it.weight_stall_seconds;
+    if active <= 0.0 {
+        return 0.0;
+    }
+    let watts = cost.power().busy_watts((it.compute_bound_seconds / active).min(1.0));
+    watts * active * cost.gpus() as f64
 }
