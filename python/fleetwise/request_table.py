@@ -128,15 +128,22 @@ def request_table(compact: pl.DataFrame | pl.LazyFrame, *, unrouted: int | None 
         if_finished(e2e, "e2e_s"),
     ]
     if idealized is not None:
-        gpus_by_pool = idealized_gpus or {}
-        gpus: pl.Expr = pl.lit(None, dtype=pl.Int64)
-        if len(set(gpus_by_pool.values())) == 1:
-            gpus = pl.lit(next(iter(gpus_by_pool.values())), dtype=pl.Int64)
-        else:
-            for name, count in reversed(list(gpus_by_pool.items())):
-                in_pool = pl.col("pool") == name
-                if name == first_pool:
-                    in_pool = in_pool | pl.col("pool").is_null()
-                gpus = pl.when(in_pool).then(pl.lit(count, dtype=pl.Int64)).otherwise(gpus)
+        counts = {c: pl.lit(c, dtype=pl.Int64) for c in set((idealized_gpus or {}).values())}
+        gpus = per_pool({name: counts[c] for name, c in (idealized_gpus or {}).items()}, first_pool or "", pl.Int64)
         columns += [idealized.alias("idealized_runtime_s"), (idealized * gpus).alias("idealized_gpu_seconds")]
     return c.select(columns)
+
+
+def per_pool(values: dict[str, pl.Expr], first_pool: str, dtype: pl.DataType) -> pl.Expr:
+    """Each request's value of its pool (``values`` by pool name; a request of no pool, not routed,
+    takes ``first_pool``'s), over the compact table's ``pool``. One expression object for every
+    pool is used as it is."""
+    if len({id(v) for v in values.values()}) == 1:
+        return next(iter(values.values()))
+    expr: pl.Expr = pl.lit(None, dtype=dtype)
+    for name, value in reversed(list(values.items())):
+        in_pool = pl.col("pool") == name
+        if name == first_pool:
+            in_pool = in_pool | pl.col("pool").is_null()
+        expr = pl.when(in_pool).then(value).otherwise(expr)
+    return expr

@@ -23,7 +23,7 @@ from fleetwise.metrics.mixed_pool import instance_columns as mixed_pool_columns
 from fleetwise.moe import load_routing_trace
 from fleetwise.policy.plugging import core_plugins, instance_names_and_roles
 from fleetwise.policy.watchdog import CallClock, Watchdog
-from fleetwise.request_table import compact_requests, request_table
+from fleetwise.request_table import compact_requests, per_pool, request_table
 from fleetwise.result import Result
 from fleetwise.workload import Workload, build_workload
 
@@ -57,13 +57,11 @@ def _idealized_runtime_expr(compact: pl.DataFrame, sc: Scenario, source: str) ->
         raise type(err)(f"{source}: {err}") from None
     lengths = compact.lazy().select(pl.col("prompt_tokens").filter(pl.col("prompt_tokens") <= longest).unique()).collect().to_series().to_numpy()
     prompt, output = pl.col("prompt_tokens"), pl.col("output_tokens")
-    first = sc.cluster.pools[0].name
-    by_model: dict[int, pl.Expr] = {}
-    secs: pl.Expr = pl.lit(None, dtype=pl.Float64)
-    for name, rt in reversed(list(runtimes.items())):
-        expr = by_model.setdefault(id(rt), rt.seconds_expr(lengths, prompt, output))
-        in_pool = (pl.col("pool") == name) if name != first else (pl.col("pool").is_null() | (pl.col("pool") == name))
-        secs = expr if len(set(map(id, runtimes.values()))) == 1 else pl.when(in_pool).then(expr).otherwise(secs)
+    by_model: dict[int, pl.Expr] = {}  # pools of one model share its tables
+    for rt in runtimes.values():
+        if id(rt) not in by_model:
+            by_model[id(rt)] = rt.seconds_expr(lengths, prompt, output)
+    secs = per_pool({name: by_model[id(rt)] for name, rt in runtimes.items()}, sc.cluster.pools[0].name, pl.Float64)
     return pl.when(rejected & (total > longest)).then(None).otherwise(secs), runtimes
 
 

@@ -52,19 +52,16 @@ def vllm_bench_result(requests: Table, summary: dict, percentiles=DEFAULT_PERCEN
     n_done = int(counts["done"])
     # One latency at a time (a 10M-request run holds one column, not four).
     ok = np.ones(n_done, dtype=bool) if goodput_ms else None
+    several = finished_column(requests, "output_tokens") > 1  # TPOT: requests of more than one output token
     stats: dict[str, dict] = {}
     for key, column in (("ttft", "ttft_s"), ("tpot", "tpot_s"), ("e2el", "e2e_s")):
-        if key == "tpot":  # per request with more than one output token; 0 for the others (vLLM)
-            several = finished_column(requests, "output_tokens") > 1
         values = finished_column(requests, column)
-        if key == "tpot":
+        if key == "tpot":  # 0 for the others in the goodput (vLLM), left out of the statistics
             np.nan_to_num(values, copy=False)
             values[~several] = 0.0
         if ok is not None and key in goodput_ms:
             ok &= values <= goodput_ms[key] / 1e3
-        if key == "tpot":
-            values = values[several]
-        stats[key] = _stats(key, values, percentiles)
+        stats[key] = _stats(key, values[several] if key == "tpot" else values, percentiles)
         del values
     good = None if ok is None else (int(ok.sum()) / duration if duration else 0.0)
     total_in, total_out = int(counts["prompt"] or 0), int(counts["output"] or 0)
