@@ -63,6 +63,17 @@ def test_speculation_pays_at_batch_one_and_turns_into_a_slowdown_at_large_batche
     assert speedup[256] < 0.95, speedup
 
 
+def test_a_prompt_runs_through_the_draft_model_too():
+    # One 1000-token prompt, no decode beside it: the draft model prefills it as well (it keeps
+    # its own KV of the prompt), so the TTFT grows by Llama-3-8B's prefill on the same 4 GPUs
+    # (the vllm profile's overheads are per layer: the draft pays its own).
+    def ttft(speculative):
+        return fleetwise.simulate(_scenario(speculative, prompt=1000, output=5)).summary["ttft_s"]["mean"]
+    draft_prefill = cost_model("llama-3-8b", "h100-sxm", tp=4).iteration_seconds(prefills=[(1000, 0, True)])
+    assert ttft(DRAFT) - ttft(None) == pytest.approx(draft_prefill, abs=2e-9)
+    assert ttft(DRAFT) / ttft(None) > 1.1
+
+
 def test_a_zero_acceptance_rate_is_a_slowdown():
     zero, plain = _tpot({**DRAFT, "acceptance_rate": 0.0}, 1), _tpot(None, 1)
     assert zero > 1.5 * plain, (zero, plain)

@@ -150,13 +150,14 @@ impl PyCostModel {
 
     /// One speculative step in integer nanoseconds, rounded as the simulator does: `prefills` and
     /// `decodes` run plainly beside `speculating` sequences, each `(cached tokens, draft tokens)`
-    /// (with none speculating, the plain iteration's time).
+    /// (with none speculating and no prefill chunk, the plain iteration's time; prefill chunks
+    /// run through the proposer too).
     #[pyo3(signature = (speculative_json, prefills=vec![], decodes=vec![], speculating=vec![]))]
     fn speculative_step_ns(&self, speculative_json: &str, prefills: Vec<(u64, u64, bool)>, decodes: Vec<u64>, speculating: Vec<(u64, u32)>) -> PyResult<u64> {
         let cfg: SpeculativeConfig = from_json("speculative", speculative_json)?;
         let sp = Speculator::build(&cfg, &self.spec).map_err(to_py)?;
         let rest = shape(&self.inner, prefills, decodes);
-        if speculating.is_empty() {
+        if speculating.is_empty() && rest.prefill_tokens == 0 {
             return Ok(secs_to_ns(self.inner.iteration_seconds(&rest)));
         }
         let seqs: Vec<SpecSeq> = speculating.into_iter().map(|(cached, k)| SpecSeq { cached, k }).collect();

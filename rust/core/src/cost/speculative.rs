@@ -227,11 +227,19 @@ impl Speculator {
         s
     }
 
-    /// The proposer's `max k` sequential steps alone (seconds and compute-bound seconds summed):
+    /// How many sequential steps the proposer runs: the longest proposal, and at least one when
+    /// the batch holds prefill chunks (the proposer keeps its own KV of every prompt, so a
+    /// prompt's chunk runs through it even when no decode of the batch speculates).
+    pub fn proposal_steps(rest: &BatchShape, seqs: &[SpecSeq]) -> u32 {
+        let k = seqs.iter().map(|s| s.k).max().unwrap_or(0);
+        k.max((rest.prefill_tokens > 0) as u32)
+    }
+
+    /// The proposer's sequential steps alone (seconds and compute-bound seconds summed):
     /// what a pipeline's last stage, where the proposer runs, adds to its share of the verify pass.
     pub fn proposal_cost(&self, rest: &BatchShape, seqs: &[SpecSeq]) -> IterationCost {
         let mut c = IterationCost { seconds: 0.0, compute_bound_seconds: 0.0, weight_stall_seconds: 0.0 };
-        for j in 1..=seqs.iter().map(|s| s.k).max().unwrap_or(0) {
+        for j in 1..=Self::proposal_steps(rest, seqs) {
             let p = self.proposer.iteration(&self.proposal_shape(rest, seqs, j));
             c.seconds += p.seconds;
             c.compute_bound_seconds += p.compute_bound_seconds;
@@ -239,8 +247,8 @@ impl Speculator {
         c
     }
 
-    /// One speculative step on `target`: the proposer's `max k` sequential steps, then the verify
-    /// pass. Its seconds are their sum; the weight stall is the verify pass's.
+    /// One speculative step on `target`: the proposer's sequential steps
+    /// ([`Speculator::proposal_steps`]), then the verify pass. Its seconds are their sum; the weight stall is the verify pass's.
     pub fn step(&self, target: &CostModel, rest: &BatchShape, seqs: &[SpecSeq]) -> IterationCost {
         self.step_parts(target, rest, seqs).0
     }
@@ -250,8 +258,7 @@ impl Speculator {
     pub fn step_parts(&self, target: &CostModel, rest: &BatchShape, seqs: &[SpecSeq]) -> (IterationCost, f64) {
         let mut c = target.iteration(&Self::verify_shape(rest, seqs));
         let mut proposer = 0.0;
-        let steps = seqs.iter().map(|s| s.k).max().unwrap_or(0);
-        for j in 1..=steps {
+        for j in 1..=Self::proposal_steps(rest, seqs) {
             let p = self.proposer.iteration(&self.proposal_shape(rest, seqs, j));
             c.seconds += p.seconds;
             c.compute_bound_seconds += p.compute_bound_seconds;

@@ -160,11 +160,14 @@ impl Instance {
 
     /// The cost of the batch just formed: the cost model's, or for a speculating pool the
     /// proposer's steps and the verify pass of the draft tokens the scheduler granted each decode
-    /// (with their lookahead), after drawing how many of them each one accepts. With
+    /// (with their lookahead), after drawing how many of them each one accepts. A batch with
+    /// prefill chunks runs them through the proposer too, even when no decode of it speculates
+    /// (the proposer keeps its own KV of every prompt). With
     /// synchronous pipeline stages the verify pass is the pipelined iteration and the proposer
     /// runs after it drains.
     pub(super) fn batch_cost(&mut self, reqs: &[Request]) -> IterationCost {
-        let Some((rest, seqs)) = self.draw_batch(reqs).filter(|(_, seqs)| !seqs.is_empty()) else { return self.cost.iteration_memo(&self.batch.shape, &mut self.decode_memo.borrow_mut()) };
+        let proposes = |(rest, seqs): &(BatchShape, Vec<SpecSeq>)| !seqs.is_empty() || rest.prefill_tokens > 0;
+        let Some((rest, seqs)) = self.draw_batch(reqs).filter(proposes) else { return self.cost.iteration_memo(&self.batch.shape, &mut self.decode_memo.borrow_mut()) };
         let rt = self.spec.as_deref_mut().expect("a speculating pool");
         let (cost, proposer) = rt.spec.step_parts(&self.cost, &rest, &seqs);
         if self.moe.is_some() {
@@ -181,7 +184,7 @@ impl Instance {
         let Some((rest, seqs)) = self.draw_batch(reqs) else { return self.cost.stage_costs_memo(&self.batch.shape, &mut self.decode_memo.borrow_mut()) };
         let rt = self.spec.as_deref_mut().expect("a speculating pool");
         rt.in_flight.push_back(std::mem::take(&mut rt.accepted));
-        if seqs.is_empty() {
+        if seqs.is_empty() && rest.prefill_tokens == 0 {
             return self.cost.stage_costs(&self.batch.shape);
         }
         let mut st = self.cost.stage_costs(&Speculator::verify_shape(&rest, &seqs));

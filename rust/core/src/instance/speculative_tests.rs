@@ -207,6 +207,46 @@ fn run_pipelined(inst: &mut Instance, reqs: &mut [Request]) -> (Nanos, u64) {
 }
 
 #[test]
+fn a_prompt_runs_through_the_proposer_even_when_no_decode_speculates() {
+    // A lone 1000-token prompt: the target's prefill, then the proposer's pass over the same
+    // chunk (it keeps its own KV of the prompt), hand-summed from the two cost models.
+    let mut inst = instance(3, Some(AcceptanceRate::Constant(0.8)), 1);
+    let mut reqs = vec![Request::new(0, 1000, 5)];
+    inst.enqueue(0, &mut reqs[0]);
+    let s = inst.start_iteration(0, &mut reqs).unwrap();
+    let mut prompt = inst.cost().empty_shape();
+    prompt.add_prefill(1000, 0, true);
+    let target = inst.cost().iteration(&prompt).seconds;
+    let sp = inst.speculation().unwrap().speculator();
+    let mut head = sp.proposer().empty_shape();
+    head.add_prefill(1000, 0, true);
+    let proposer = sp.proposer().iteration(&head).seconds;
+    assert!(proposer > 0.0);
+    assert_eq!(s.compute_ns, crate::time::secs_to_ns(target + proposer));
+    // A plain pool charges the target's prefill alone.
+    let mut plain = instance(3, None, 1);
+    let mut reqs = vec![Request::new(0, 1000, 5)];
+    plain.enqueue(0, &mut reqs[0]);
+    assert_eq!(plain.start_iteration(0, &mut reqs).unwrap().compute_ns, crate::time::secs_to_ns(target));
+}
+
+#[test]
+fn a_pipelined_prompt_runs_through_the_proposer_on_the_last_stage() {
+    let mut inst = pipelined_instance(1.0, 1);
+    let mut reqs = vec![Request::new(0, 100, 9)];
+    inst.enqueue(0, &mut reqs[0]);
+    inst.woken();
+    let a = inst.start_batch(0, &mut reqs).unwrap().unwrap();
+    let mut prompt = inst.cost().empty_shape();
+    prompt.add_prefill(100, 0, true);
+    let stages = inst.cost().stage_costs(&prompt).seconds;
+    let proposer = inst.speculation().unwrap().speculator().proposal_cost(&prompt, &[]).seconds;
+    assert!(proposer > 0.0);
+    let (s1, s2) = (crate::time::secs_to_ns(stages[0]), crate::time::secs_to_ns(stages[1] + proposer));
+    assert_eq!((a.stage1_free, a.done), (s1, s1 + s2));
+}
+
+#[test]
 fn a_pipelined_verify_pass_goes_through_the_stages_and_the_proposer_runs_on_the_last() {
     let mut inst = pipelined_instance(1.0, 1);
     let mut reqs = vec![Request::new(0, 100, 9)];
