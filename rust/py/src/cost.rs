@@ -87,6 +87,7 @@ impl PyCostModel {
                 d.set_item("seconds", c.seconds)?;
                 d.set_item("compute_bound", c.compute_bound)?;
                 d.set_item("on_pim", c.on_pim)?;
+                d.set_item("bubble_seconds", c.bubble_seconds)?;
                 Ok(d)
             })
             .collect()

@@ -72,7 +72,7 @@ impl<F: FnMut(OpCost)> IterationPass<'_, F> {
             let msg = mt * h * b;
             let p = cm.tp as f64;
             let n = if cm.model.parallel_attention { 1.0 } else { 1.0 + cm.dense_share + if cm.ep > 1 { 0.0 } else { cm.moe_share } };
-            self.push(OpCost { op: Op::AllReduce, flops: 0.0, bytes: n * work_n * 2.0 * (p - 1.0) / p * msg, seconds: n * cm.all_reduce_seconds(msg) * time_n, compute_bound: false, on_pim: false });
+            self.push(OpCost { op: Op::AllReduce, flops: 0.0, bytes: n * work_n * 2.0 * (p - 1.0) / p * msg, seconds: n * cm.all_reduce_seconds(msg) * time_n, compute_bound: false, on_pim: false, bubble_seconds: n * cm.all_reduce_seconds(msg) * (time_n - work_n) });
         }
     }
 
@@ -86,7 +86,7 @@ impl<F: FnMut(OpCost)> IterationPass<'_, F> {
             let e = cm.ep as f64;
             let bytes = 2.0 * pairs / e * h * b * (e - 1.0) / e;
             let n = cm.moe_share;
-            self.push(OpCost { op: Op::AllToAll, flops: 0.0, bytes: bytes * work_n * n, seconds: 2.0 * cm.all_to_all_seconds(pairs) * time_n * n, compute_bound: false, on_pim: false });
+            self.push(OpCost { op: Op::AllToAll, flops: 0.0, bytes: bytes * work_n * n, seconds: 2.0 * cm.all_to_all_seconds(pairs) * time_n * n, compute_bound: false, on_pim: false, bubble_seconds: 2.0 * cm.all_to_all_seconds(pairs) * (time_n - work_n) * n });
         }
     }
 
@@ -99,7 +99,7 @@ impl<F: FnMut(OpCost)> IterationPass<'_, F> {
             let msg = mt * h * b;
             let (bw, lat) = cm.pp_link();
             let send = lat + msg / (bw * cm.eff.collective);
-            self.push(OpCost { op: Op::PipelineSend, flops: 0.0, bytes: msg * m, seconds: send * slots, compute_bound: false, on_pim: false });
+            self.push(OpCost { op: Op::PipelineSend, flops: 0.0, bytes: msg * m, seconds: send * slots, compute_bound: false, on_pim: false, bubble_seconds: send * (slots - m) });
         }
     }
 }
@@ -187,6 +187,12 @@ mod tests {
         assert!(close(send.seconds, 7.0 * (2e-6 + 16.0 * 8192.0 * 2.0 / 300e9)));
         // Embedding and LM head are charged once on the whole batch, as without pipelining.
         assert!(close(op(&pp.breakdown(&s64), Op::LmHead).seconds, op(&full.breakdown(&s64), Op::LmHead).seconds));
+        // Each GPU waits out 3 of the 7 slots of every per-layer operator and send (its stage
+        // holds no micro-batch then); the embedding and LM head run once, with no bubble.
+        let bubble: f64 = pp.breakdown(&s64).iter().map(|c| c.bubble_seconds).sum();
+        assert!(close(bubble, 3.0 / 7.0 * (layer_ops(&pp, &s64) + send.seconds)));
+        assert!(close(pp.iteration(&s64).bubble_seconds, bubble));
+        assert_eq!(full.iteration(&s64).bubble_seconds, 0.0);
         // More micro-batches shrink the bubble: 16 slots of 4 decodes instead of 7 of 16.
         let pp16 = CostModel::new(llama2_70b(), a100(), ideal(), 1).unwrap().with_pipeline(4, Some(16)).unwrap();
         assert!(pp16.iteration_seconds(&s64) > 0.0);

@@ -67,13 +67,13 @@ impl CostModel {
         let mut attention = None;
         let mut pass = IterationPass::new(self, shape, |op| attention = Some(op));
         pass.decode_attention();
-        let time_n = pass.time_n;
+        let (time_n, work_n) = (pass.time_n, pass.work_n);
         let overlap = self.eff.cpu_overlap == Some(true);
         for op in &e.ops {
             match (op.op, &attention) {
                 (Op::DecodeAttention, Some(a)) => c.charge(a),
                 // The full pass's running sum before the overhead is `c.seconds` here, bit for bit.
-                (Op::Overhead, _) if overlap => c.charge(&self.scaled(self.overhead_cost(shape, time_n, c.seconds))),
+                (Op::Overhead, _) if overlap => c.charge(&self.scaled(self.overhead_cost(shape, time_n, work_n, c.seconds))),
                 _ => c.charge(op),
             }
         }
@@ -129,7 +129,7 @@ impl CostModel {
         let mut attention = None;
         let mut pass = IterationPass::new(self, shape, |op| attention = Some(op));
         pass.decode_attention();
-        let time_n = pass.time_n;
+        let (time_n, work_n) = (pass.time_n, pass.work_n);
         let overlap = self.eff.cpu_overlap == Some(true);
         // The running sum the full pass charges the overhead against (kept only when needed).
         let mut c = IterationCost::default();
@@ -139,7 +139,7 @@ impl CostModel {
                 (Op::DecodeAttention, Some(a)) => a,
                 // The full pass's running sum before the overhead is `c.seconds` here, bit for bit.
                 (Op::Overhead, _) if overlap => {
-                    overhead = self.scaled(self.overhead_cost(shape, time_n, c.seconds));
+                    overhead = self.scaled(self.overhead_cost(shape, time_n, work_n, c.seconds));
                     &overhead
                 }
                 _ => op,

@@ -112,7 +112,7 @@ impl<'a, F: FnMut(OpCost)> IterationPass<'a, F> {
             secs = (secs - self.prefill_attention.0).max(0.0);
         }
         let (wn, tn) = if per_layer { (self.work_n, self.time_n) } else { (1.0, 1.0) };
-        self.push(OpCost { op, flops: flops * wn, bytes: bytes * wn, seconds: secs * tn, compute_bound: cb, on_pim });
+        self.push(OpCost { op, flops: flops * wn, bytes: bytes * wn, seconds: secs * tn, compute_bound: cb, on_pim, bubble_seconds: secs * (tn - wn) });
     }
 
     /// The embedding lookup, once on the whole batch.
@@ -134,13 +134,13 @@ impl<'a, F: FnMut(OpCost)> IterationPass<'a, F> {
             let logits_bytes = s * cm.vocab_shard * 4.0;
             let (secs, cb) = cm.gemm_roofline(fl, by + norm_bytes + logits_bytes, cm.flops_16bit, cm.bw);
             let gather = cm.logits_gather_seconds(s);
-            self.push(OpCost { op: Op::LmHead, flops: fl, bytes: by + norm_bytes + logits_bytes, seconds: secs + gather, compute_bound: cb, on_pim: false });
+            self.push(OpCost { op: Op::LmHead, flops: fl, bytes: by + norm_bytes + logits_bytes, seconds: secs + gather, compute_bound: cb, on_pim: false, bubble_seconds: 0.0 });
         }
     }
 
     /// The engine's per-step CPU time (fixed, per sequence, per token) and per-layer overheads.
     fn overhead(&mut self) {
-        let c = self.cm.overhead_cost(self.shape, self.time_n, self.emitted);
+        let c = self.cm.overhead_cost(self.shape, self.time_n, self.work_n, self.emitted);
         self.push(c);
     }
 
@@ -152,8 +152,10 @@ impl<'a, F: FnMut(OpCost)> IterationPass<'a, F> {
 
 impl CostModel {
     /// The engine's per-step overheads of an iteration of `shape` (before `time_scale`), after
-    /// operators of `emitted` seconds (scaled) were charged; `time_n` is the per-layer time multiplier.
-    pub(super) fn overhead_cost(&self, shape: &BatchShape, time_n: f64, emitted: f64) -> OpCost {
+    /// operators of `emitted` seconds (scaled) were charged; `time_n` is the per-layer time
+    /// multiplier, `work_n` the per-layer work multiplier (the per-layer overheads' bubble is
+    /// their `time_n - work_n` share).
+    pub(super) fn overhead_cost(&self, shape: &BatchShape, time_n: f64, work_n: f64, emitted: f64) -> OpCost {
         let eff = &self.eff;
         let seqs = (shape.prefill_seqs + shape.decode_seqs) as f64;
         let cpu = eff.iteration_overhead + eff.seq_overhead.unwrap_or(0.0) * seqs + eff.token_overhead.unwrap_or(0.0) * shape.tokens() as f64;
@@ -163,13 +165,14 @@ impl CostModel {
         // With asynchronous scheduling only the CPU time beyond the GPU's (so far, unscaled) shows.
         let cpu = if eff.cpu_overlap == Some(true) { (cpu - emitted / scale - gpu_fixed).max(0.0) } else { cpu };
         let overhead = cpu + gpu_fixed;
-        OpCost { op: Op::Overhead, flops: 0.0, bytes: 0.0, seconds: overhead, compute_bound: false, on_pim: false }
+        let bubble = (eff.layer_overhead + moe) * (time_n - work_n);
+        OpCost { op: Op::Overhead, flops: 0.0, bytes: 0.0, seconds: overhead, compute_bound: false, on_pim: false, bubble_seconds: bubble }
     }
 
     /// `c` as [`IterationPass::push`] hands it on: its seconds multiplied by `time_scale`, if set.
     pub(super) fn scaled(&self, c: OpCost) -> OpCost {
         match self.eff.time_scale {
-            Some(k) => OpCost { seconds: c.seconds * k, ..c },
+            Some(k) => OpCost { seconds: c.seconds * k, bubble_seconds: c.bubble_seconds * k, ..c },
             None => c,
         }
     }

@@ -56,6 +56,10 @@ pub struct OpCost {
     pub compute_bound: bool,
     /// Whether it runs on the PIM device rather than the GPU.
     pub on_pim: bool,
+    /// Seconds of `seconds` that a GPU of a synchronous pipeline waits in the bubble: the
+    /// pp - 1 of the m + pp - 1 stage-slots in which its stage holds no micro-batch (0 for
+    /// operators run once per iteration, and without pipeline stages).
+    pub bubble_seconds: f64,
 }
 
 /// One iteration's predicted duration and how much of it compute bounds.
@@ -67,6 +71,8 @@ pub struct IterationCost {
     pub compute_bound_seconds: f64,
     /// Seconds of `seconds` that are offloaded weights stalling the iteration (without contention).
     pub weight_stall_seconds: f64,
+    /// Seconds of `seconds` that each GPU of a synchronous pipeline waits in its bubble.
+    pub bubble_seconds: f64,
 }
 
 impl IterationCost {
@@ -80,5 +86,6 @@ impl IterationCost {
         if op.op == Op::WeightFetch {
             self.weight_stall_seconds += op.seconds;
         }
+        self.bubble_seconds += op.bubble_seconds;
     }
 }

@@ -76,7 +76,7 @@ impl CostModel {
         let mut seconds = vec![layered / pp as f64; pp];
         seconds[0] += first;
         seconds[pp - 1] += last;
-        StageCosts { seconds, average: IterationCost { seconds: total / pp as f64, compute_bound_seconds: cb / pp as f64, weight_stall_seconds: 0.0 } }
+        StageCosts { seconds, average: IterationCost { seconds: total / pp as f64, compute_bound_seconds: cb / pp as f64, ..Default::default() } }
     }
 }
 

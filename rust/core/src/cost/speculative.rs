@@ -238,7 +238,7 @@ impl Speculator {
     /// The proposer's sequential steps alone (seconds and compute-bound seconds summed):
     /// what a pipeline's last stage, where the proposer runs, adds to its share of the verify pass.
     pub fn proposal_cost(&self, rest: &BatchShape, seqs: &[SpecSeq]) -> IterationCost {
-        let mut c = IterationCost { seconds: 0.0, compute_bound_seconds: 0.0, weight_stall_seconds: 0.0 };
+        let mut c = IterationCost::default();
         for j in 1..=Self::proposal_steps(rest, seqs) {
             let p = self.proposer.iteration(&self.proposal_shape(rest, seqs, j));
             c.seconds += p.seconds;

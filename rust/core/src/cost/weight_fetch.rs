@@ -91,7 +91,7 @@ impl<F: FnMut(OpCost)> IterationPass<'_, F> {
                 let bytes = cm.layer_fetch_bytes(self.mt) * n;
                 let fetch = o.fetch_seconds(bytes, cm.gpu.host_link_bandwidth, cm.gpu.host_link_latency);
                 let stall = if o.overlap { (fetch - self.emitted()).max(0.0) } else { fetch };
-                self.push(OpCost { op: Op::WeightFetch, flops: 0.0, bytes, seconds: stall, compute_bound: false, on_pim: false });
+                self.push(OpCost { op: Op::WeightFetch, flops: 0.0, bytes, seconds: stall, compute_bound: false, on_pim: false, bubble_seconds: 0.0 });
             }
         }
     }

@@ -105,12 +105,16 @@ impl Instance {
 
 /// Energy of all the GPUs of the instance `cost` models over an iteration costing `it`: the
 /// power at its compute-bound share, for the time its kernels run. The time it waits for
-/// streamed weights (`weight_stall_seconds`) is not busy time: the idle energy covers it.
+/// streamed weights (`weight_stall_seconds`) is not busy time: the idle energy covers it. A
+/// synchronous pipeline's GPUs each wait out the bubble (`bubble_seconds`: the stage-slots in
+/// which their stage holds no micro-batch) at idle power.
 fn busy_energy_joules(cost: &CostModel, it: &IterationCost) -> f64 {
     let active = it.seconds - it.weight_stall_seconds;
     if active <= 0.0 {
         return 0.0;
     }
-    let watts = cost.power().busy_watts((it.compute_bound_seconds / active).min(1.0));
-    watts * active * cost.gpus() as f64
+    let power = cost.power();
+    let watts = power.busy_watts((it.compute_bound_seconds / active).min(1.0));
+    let bubble = it.bubble_seconds.clamp(0.0, active);
+    (watts * (active - bubble) + power.idle * bubble) * cost.gpus() as f64
 }

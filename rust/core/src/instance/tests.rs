@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::calibration::Efficiency;
-use crate::cost::{BatchShape, InstanceSpec};
+use crate::cost::{BatchShape, InstanceSpec, Op};
 use crate::hardware::{GpuSpec, DEFAULT_DVFS_EXPONENT};
 use crate::memory::MemoryConfig;
 use crate::model::fixtures::llama3_8b;
@@ -197,4 +197,29 @@ fn instances_with_equal_cost_models_share_one_and_time_alike() {
     let mut slower = Instance::new(InstanceSetup { pool: 3, spec: InstanceSpec::new(llama3_8b(), other_gpu, Efficiency::default(), 1), memory: &memory, scheduler: &sched, experts: None }).unwrap();
     assert!(!slower.share_cost_of(&donor));
     assert!(!std::ptr::eq(slower.cost(), donor.cost()));
+}
+
+#[test]
+fn a_synchronous_pipeline_waits_out_its_bubble_at_idle_power() {
+    // Llama-3-8B on 2 stages, one decode: it passes once through the stages (m = 1, 2 slots),
+    // so each GPU computes its half of the layers and waits out the other half.
+    let memory = MemoryConfig::default();
+    let spec = InstanceSpec { pp: 2, ..InstanceSpec::new(llama3_8b(), gpu(), Efficiency::default(), 1) };
+    let mut inst = Instance::new(InstanceSetup { pool: 0, spec, memory: &memory, scheduler: &vllm(), experts: None }).unwrap();
+    let mut reqs = vec![Request::new(0, 100, 2)];
+    inst.enqueue(0, &mut reqs[0]);
+    let prefill = inst.start_iteration(0, &mut reqs).unwrap();
+    inst.finish_iteration(prefill.compute_ns, &mut reqs, |_, _, _| {});
+    let before = inst.stats.busy_energy_joules;
+    inst.start_iteration(prefill.compute_ns, &mut reqs).unwrap();
+    let shape = inst.batch().shape;
+    let it = inst.cost().iteration(&shape);
+    let layered: f64 = inst.cost().breakdown(&shape).iter().filter(|c| !matches!(c.op, Op::Embedding | Op::LmHead | Op::Overhead)).map(|c| c.seconds).sum();
+    assert!((it.bubble_seconds - 0.5 * layered).abs() < 1e-12, "{} vs {}", it.bubble_seconds, 0.5 * layered);
+    let power = inst.cost().power();
+    let watts = power.busy_watts(it.compute_bound_seconds / it.seconds);
+    let expected = 2.0 * (watts * (it.seconds - it.bubble_seconds) + power.idle * it.bubble_seconds);
+    let got = inst.stats.busy_energy_joules - before;
+    assert!((got - expected).abs() < 1e-9 * expected, "{got} vs {expected}");
+    assert!(got < 0.75 * 2.0 * watts * it.seconds, "the bubble is not drawn at busy power");
 }
