@@ -13,6 +13,16 @@ from reference.network import ReferenceNetwork
 from reference.requests import ReferenceRequest
 
 
+def _link(gpu: dict, kind: str) -> tuple[float, float]:
+    """Bandwidth (bytes/s per GPU) and latency of ``gpu``'s KV link of ``kind`` (``nic`` falls
+    back to the host or GPU link when the GPU has no NIC)."""
+    if kind == "nvlink":
+        return gpu["link_bandwidth"], gpu["link_latency"]
+    if gpu.get("nic_bandwidth", 0.0) > 0.0:
+        return gpu["nic_bandwidth"], gpu["nic_latency"]
+    return max(gpu.get("host_link_bandwidth", 0.0), gpu["link_bandwidth"]), gpu["host_link_latency"]
+
+
 class _Handoff:
     """A request on its way to decode instance ``dec`` (``blocks`` reserved there, ``tokens``
     counted in its in-flight load until the request runs there)."""
@@ -29,7 +39,8 @@ class ReferenceHandoffs:
     decode instance with the fewest outstanding tokens (lowest index on ties) that can reserve its
     blocks, where a decode instance's outstanding tokens include the known tokens (prompt and
     generated) of every handoff in flight to it, from its dispatch until the request runs there; its KV (``prompt`` tokens at the tp=1 KV size) then flows over the prefill instance's
-    ``kv_out`` link and the decode instance's ``kv_in`` link. When the flow completes the prefill
+    ``kv_out`` link and the decode instance's ingress link of the same kind (the prefill pool's
+    ``kv_link``: NIC or NVLink). When the flow completes the prefill
     instance frees the blocks and the decode instance takes the request as a running decode.
     Handoffs that found no room wait in order and are retried after every decode iteration.
 
@@ -52,15 +63,13 @@ class ReferenceHandoffs:
         for inst in instances:
             pool, gpu = inst.pool, inst.pool["gpu"]
             gpus = int(pool["parallelism"]["tp"]) * int(pool["parallelism"].get("pp") or 1)
-            if pool.get("kv_link", "nic") == "nvlink":
-                bw, lat = gpu["link_bandwidth"], gpu["link_latency"]
-            elif gpu.get("nic_bandwidth", 0.0) > 0.0:
-                bw, lat = gpu["nic_bandwidth"], gpu["nic_latency"]
-            else:
-                bw, lat = max(gpu.get("host_link_bandwidth", 0.0), gpu["link_bandwidth"]), gpu["host_link_latency"]
-            # kv_out: link 2 * index; its latency includes the transfer's setup/synchronisation.
+            bw, lat = _link(gpu, pool.get("kv_link", "nic"))
+            # kv_out: link 3 * index; its latency includes the transfer's setup/synchronisation.
             links.append((bw * gpus, lat + pool.get("kv_transfer_latency", 4e-3)))
-            links.append((bw * gpus, 0.0))  # kv_in: link 2 * index + 1
+            # kv_in by NIC (3 * index + 1) and by NVLink (3 * index + 2): a flow enters by the
+            # kind of link its sender's pool names.
+            links.append((_link(gpu, "nic")[0] * gpus, 0.0))
+            links.append((_link(gpu, "nvlink")[0] * gpus, 0.0))
         self.net = ReferenceNetwork(links)
         self.scheduled: int | None = None
         self.owner: dict[int, ReferenceRequest] = {}
@@ -124,7 +133,8 @@ class ReferenceHandoffs:
         return False
 
     def _flow(self, req: ReferenceRequest, src: ReferenceInstance, dec: ReferenceInstance, nbytes: int) -> None:
-        fid = self.net.start_flow(self.env.now, [2 * src.index, 2 * dec.index + 1], max(nbytes, 1))
+        ingress = 3 * dec.index + (2 if src.pool.get("kv_link", "nic") == "nvlink" else 1)
+        fid = self.net.start_flow(self.env.now, [3 * src.index, ingress], max(nbytes, 1))
         self.owner[fid] = req
         self._reschedule()
 

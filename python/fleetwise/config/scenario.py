@@ -317,7 +317,9 @@ class PoolConfig(StrictModel):
     kv_transfer: Literal["serialized", "layerwise"] = "serialized"
     """Prefill pools: send the KV after the prefill, or layer by layer while it runs (Splitwise)."""
     kv_link: Literal["nic", "nvlink"] = "nic"
-    """Links KV transfers use: the NICs (other nodes) or NVLink (prefill and decode on one node)."""
+    """Prefill pools: the links this pool's KV transfers use at both ends, out of the prefill
+    instance and into the decode instance: the NICs (other nodes) or NVLink (prefill and decode on
+    one node). The sending pool's setting decides; a decode pool's does not change what it receives."""
     kv_transfer_latency: float = Field(default=4e-3, ge=0, le=1)
     """Prefill pools: setup and synchronisation latency of each KV transfer, seconds (paid before
     its bytes flow; a layer-wise transfer pays it again for its last layer, after the prompt).

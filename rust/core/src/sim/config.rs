@@ -65,8 +65,10 @@ pub struct PoolConfig {
     /// Prefill instances: send KV after the prefill (`serialized`) or layer by layer during it (`layerwise`).
     #[serde(default)]
     pub kv_transfer: KvTransfer,
-    /// Link KV transfers leave and enter this pool's instances by: the NICs, or NVLink when
-    /// prefill and decode instances share nodes (DistServe's high node affinity).
+    /// Prefill pools: the kind of link the KV transfers out of this pool's instances use at both
+    /// ends (out of the prefill instance and into the decode instance): the NICs, or NVLink when
+    /// prefill and decode instances share nodes (DistServe's high node affinity). A decode pool's
+    /// own setting does not change the transfers it receives.
     #[serde(default)]
     pub kv_link: KvLink,
     /// Setup and synchronisation latency of one KV transfer out of this pool's instances, seconds

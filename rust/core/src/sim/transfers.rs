@@ -19,7 +19,11 @@ pub(super) struct Transfers {
     host_link: Vec<Option<LinkId>>,
     flash_link: Vec<Option<LinkId>>,
     kv_out: Vec<LinkId>,
-    kv_in: Vec<LinkId>,
+    /// Each instance's KV ingress links: `[NIC, NVLink]`, the one a flow enters by chosen by its
+    /// sender's `kv_link`.
+    kv_in: Vec<[LinkId; 2]>,
+    /// Each instance's pool's `kv_link`: the links the KV it sends leaves and enters by.
+    kv_link: Vec<KvLink>,
     owner: BTreeMap<FlowId, Owner>,
     scheduled: Option<u64>,
 }
@@ -41,21 +45,30 @@ impl Transfers {
         let mut flash_link = Vec::with_capacity(instances.len());
         let mut kv_out = Vec::with_capacity(instances.len());
         let mut kv_in = Vec::with_capacity(instances.len());
+        let mut kv_link = Vec::with_capacity(instances.len());
         for (i, inst) in instances.iter().enumerate() {
             let pool = &pools[inst.pool as usize];
             let gpu = &pool.gpu;
             let gpus = inst.cost().gpus() as f64;
-            let (bw, lat) = match pool.kv_link {
+            let link = |kind: KvLink| match kind {
                 KvLink::Nvlink => (gpu.link_bandwidth, gpu.link_latency),
                 KvLink::Nic if gpu.nic_bandwidth > 0.0 => (gpu.nic_bandwidth, gpu.nic_latency),
                 KvLink::Nic => (gpu.host_link_bandwidth.max(gpu.link_bandwidth), gpu.host_link_latency),
             };
+            let (bw, lat) = link(pool.kv_link);
             // Every GPU of the instance sends (or receives) its shard in parallel.
             // A KV flow leaving it pays the link's latency and the transfer's setup/synchronisation.
             links.push(LinkSpec { name: format!("instance{i}.kv_out"), bandwidth: bw * gpus, latency: lat + pool.kv_transfer_latency });
             kv_out.push((links.len() - 1) as LinkId);
-            links.push(LinkSpec { name: format!("instance{i}.kv_in"), bandwidth: bw * gpus, latency: 0.0 });
-            kv_in.push((links.len() - 1) as LinkId);
+            kv_link.push(pool.kv_link);
+            // A flow enters by the kind of link it left by (the sender's `kv_link`): NVLink
+            // end to end between instances on one node, the NICs otherwise.
+            let mut ingress = [0 as LinkId; 2];
+            for (slot, kind, name) in [(0, KvLink::Nic, "kv_in"), (1, KvLink::Nvlink, "kv_in_nvlink")] {
+                links.push(LinkSpec { name: format!("instance{i}.{name}"), bandwidth: link(kind).0 * gpus, latency: 0.0 });
+                ingress[slot] = (links.len() - 1) as LinkId;
+            }
+            kv_in.push(ingress);
             let mut add = |name: String, bandwidth: f64, latency: f64| {
                 links.push(LinkSpec { name, bandwidth, latency });
                 Some((links.len() - 1) as LinkId)
@@ -72,7 +85,7 @@ impl Transfers {
                 (None, None) => None,
             });
         }
-        Ok(Transfers { network: Network::new(links)?, host_link, flash_link, kv_out, kv_in, owner: BTreeMap::new(), scheduled: None })
+        Ok(Transfers { network: Network::new(links)?, host_link, flash_link, kv_out, kv_in, kv_link, owner: BTreeMap::new(), scheduled: None })
     }
 
     /// `instance`'s host link; an error when its GPU has none.
@@ -102,9 +115,14 @@ impl Transfers {
         Ok(true)
     }
 
-    /// Starts moving a request's KV cache (`bytes`) from instance `from` to instance `to`.
+    /// Starts moving a request's KV cache (`bytes`) from instance `from` to instance `to`, over
+    /// the kind of link `from`'s pool names (`kv_link`) at both ends.
     pub(super) fn start_handoff(&mut self, now: Nanos, req: u32, from: u32, to: u32, bytes: u64, queue: &mut Queue) -> Result<()> {
-        let id = self.network.start_flow(now, &[self.kv_out[from as usize], self.kv_in[to as usize]], bytes.max(1))?;
+        let ingress = self.kv_in[to as usize][match self.kv_link[from as usize] {
+            KvLink::Nic => 0,
+            KvLink::Nvlink => 1,
+        }];
+        let id = self.network.start_flow(now, &[self.kv_out[from as usize], ingress], bytes.max(1))?;
         self.owner.insert(id, Owner::Handoff(req));
         self.reschedule(queue);
         Ok(())

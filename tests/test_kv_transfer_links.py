@@ -1,0 +1,73 @@
+"""KV transfer times between prefill and decode instances, by hand (docs/seed-systems.md,
+"Disaggregation"): `kv_transfer_latency` + the link's latency + prompt x KV bytes per token over
+the link (every GPU of the instance sends its shard in parallel), the prefill pool's `kv_link`
+choosing NIC or NVLink at both ends of the flow."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+import fleetwise
+from fleetwise.catalog import builtin_gpus, builtin_models
+
+H100 = builtin_gpus()["h100-sxm"]
+LLAMA = builtin_models()["llama-3-8b"]
+# Llama-3-8B: K and V, 32 layers, 8 KV heads of 128, 2 bytes = 131,072 bytes per token.
+KV_BYTES = 2 * LLAMA.num_layers * LLAMA.num_kv_heads * LLAMA.head_dim * LLAMA.dtype_bytes
+SETUP = 4e-3  # the default kv_transfer_latency
+PROMPT = 4000
+
+
+def _transfer_ns(tmp_path, prefill: dict, decode: dict, arrivals=(0,)) -> list[int]:
+    """`kv_transfer_ns` of 4000-token prompts arriving at `arrivals` (seconds) on one prefill and
+    one decode H100 of Llama-3-8B with these extra pool settings."""
+    path = tmp_path / "trace.parquet"
+    pl.DataFrame({"arrival_ns": [int(a * 1e9) for a in arrivals], "prompt_tokens": [PROMPT] * len(arrivals),
+                  "output_tokens": [5] * len(arrivals)}).write_parquet(path)
+    base = {"count": 1, "gpu": "h100-sxm", "model": "llama-3-8b"}
+    scenario = {
+        "name": "kv-links", "seed": 1,
+        "cluster": {"engine": "fleetwise-torch", "router": {"kind": "least-outstanding-tokens"}, "pools": [
+            {**base, "name": "p", "role": "prefill", **prefill}, {**base, "name": "d", "role": "decode", **decode}]},
+        "workload": {"arrivals": {"kind": "trace", "format": "parquet", "path": str(path)}},
+    }
+    return fleetwise.simulate(scenario).requests["kv_transfer_ns"].to_list()
+
+
+def _ns(seconds: float) -> int:
+    return round(seconds * 1e9)
+
+
+def test_serialized_transfer_over_the_nics_by_hand(tmp_path):
+    # 4 ms + 5 us (NIC latency) + 524,288,000 bytes / 50 GB/s = 14.49076 ms.
+    hand = SETUP + H100.nic_latency + PROMPT * KV_BYTES / H100.nic_bandwidth
+    assert _transfer_ns(tmp_path, {}, {}) == [pytest.approx(_ns(hand), abs=2)]
+
+
+@pytest.mark.parametrize("decode_link", ["nic", "nvlink"])
+def test_a_prefill_pool_on_nvlink_transfers_at_nvlink_speed_whatever_the_decode_pool_says(tmp_path, decode_link):
+    # 4 ms + 2 us + 524,288,000 bytes / 450 GB/s = 5.167085 ms. It used to enter the decode
+    # instance by its NIC unless the decode pool said nvlink too: 14.487760 ms, the NIC's time.
+    hand = SETUP + H100.link_latency + PROMPT * KV_BYTES / H100.link_bandwidth
+    got = _transfer_ns(tmp_path, {"kv_link": "nvlink"}, {"kv_link": decode_link})
+    assert got == [pytest.approx(_ns(hand), abs=2)]
+
+
+def test_a_decode_pool_on_nvlink_does_not_speed_up_what_a_nic_prefill_pool_sends(tmp_path):
+    hand = SETUP + H100.nic_latency + PROMPT * KV_BYTES / H100.nic_bandwidth
+    assert _transfer_ns(tmp_path, {}, {"kv_link": "nvlink"}) == [pytest.approx(_ns(hand), abs=2)]
+
+
+def test_layerwise_over_nvlink_leaves_the_setup_and_one_layer(tmp_path):
+    # After the first token: 4 ms + 2 us + one layer's KV (524,288,000 / 32 bytes) over NVLink.
+    hand = SETUP + H100.link_latency + PROMPT * KV_BYTES / LLAMA.num_layers / H100.link_bandwidth
+    got = _transfer_ns(tmp_path, {"kv_link": "nvlink", "kv_transfer": "layerwise"}, {})
+    assert got == [pytest.approx(_ns(hand), abs=2)]
+
+
+def test_two_transfers_at_once_share_the_link(tmp_path):
+    # Both prompts finish in one prefill iteration; their flows share the NIC: each takes twice
+    # the bytes' time after the latencies.
+    hand = SETUP + H100.nic_latency + 2 * PROMPT * KV_BYTES / H100.nic_bandwidth
+    assert _transfer_ns(tmp_path, {}, {}, arrivals=(0, 0)) == [pytest.approx(_ns(hand), abs=2)] * 2
