@@ -63,5 +63,5 @@ class PolicyRef(StrictModel):
 
     name: str
     """Registered name or ``package.module:attr``."""
-    params: dict = Field(default_factory=dict)
+    params: dict[str, typing.Any] = Field(default_factory=dict)
     """Keyword arguments for its constructor."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator
 
@@ -123,7 +123,7 @@ class PolicyScheduler(StrictModel):
     """Selects a policy object."""
     name: str
     """Registered name (``fleetwise.policy.names("scheduler")``) or ``package.module:attr``."""
-    params: dict = Field(default_factory=dict)
+    params: dict[str, Any] = Field(default_factory=dict)
     """Keyword arguments for the policy's constructor."""
     max_num_seqs: int = Field(default=256, ge=1, le=MAX_COUNT)
     """Most sequences a plan may allow in one iteration."""
@@ -178,7 +178,7 @@ class PolicyRouter(StrictModel):
     """Selects a policy object."""
     name: str
     """Registered name (``fleetwise.policy.names("router")``) or ``package.module:attr``."""
-    params: dict = Field(default_factory=dict)
+    params: dict[str, Any] = Field(default_factory=dict)
     """Keyword arguments for the policy's constructor."""
 
 

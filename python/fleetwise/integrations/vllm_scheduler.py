@@ -59,7 +59,7 @@ import vllm
 from vllm.v1.core.sched.request_queue import FCFSRequestQueue, SchedulingPolicy
 from vllm.v1.core.sched.scheduler import Scheduler
 
-from fleetwise.policy.bridge import PolicyAnswerError
+from fleetwise.policy.bridge import PolicyAnswerError, checked_count, checked_order
 from fleetwise.policy.decisions import StepPlan, ordered
 from fleetwise.policy.scheduler import Fcfs
 from fleetwise.policy.views import RequestView, StepView
@@ -229,18 +229,16 @@ class FleetwiseScheduler(Scheduler):
         plan = self.batch_scheduler.plan(view)
         if not isinstance(plan, StepPlan):
             raise PolicyAnswerError(f"plan() must return a StepPlan, got {plan!r}")
-        if plan.token_budget > self._config_budget:
+        # The same checks as the simulator's (fleetwise.policy.bridge): ints, not floats, NaN or bools.
+        budget = checked_count(plan.token_budget, "plan().token_budget")
+        seqs = checked_count(plan.max_num_seqs, "plan().max_num_seqs")
+        chunk = checked_count(plan.max_prefill_chunk, "plan().max_prefill_chunk", allow_none=True)
+        if budget > self._config_budget:
             raise PolicyAnswerError(f"the scheduler's plan.token_budget must be in 1..={self._config_budget} (vLLM's max_num_scheduled_tokens), got {plan.token_budget}")
-        if plan.max_num_seqs > self._config_active:
+        if seqs > self._config_active:
             raise PolicyAnswerError(f"the scheduler's plan.max_num_seqs must be in 1..={self._config_active} (vLLM's max_num_seqs), got {plan.max_num_seqs}")
-        for name in ("running_order", "waiting_order", "victim_order"):
-            order = getattr(plan, name)
-            unknown = [] if order is None else [i for i in order if i not in view.requests]
-            if unknown:
-                raise PolicyAnswerError(f"plan() names requests that are neither waiting nor running: {unknown[:5]}")
-            if order is not None and len(set(order)) != len(order):
-                raise PolicyAnswerError(f"plan().{name} lists a request twice (as check-policy says: one entry per request)")
-        return view, plan
+        orders = {name: checked_order(getattr(plan, name), view.requests, f"plan().{name}") for name in ("running_order", "waiting_order", "victim_order")}
+        return view, StepPlan(budget, seqs, max_prefill_chunk=chunk, **orders)
 
     # -- scheduling -------------------------------------------------------------------------------
 

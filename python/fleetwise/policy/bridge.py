@@ -237,15 +237,30 @@ class SchedulerBridge:
         return answer
 
     def _order(self, order, known: dict, name: str):
+        order = checked_order(order, known, name)
         if order is None:
             return None
-        if not isinstance(order, (list, tuple, range)):
-            raise PolicyAnswerError(f"{name} must be a list or tuple of request ids (or None), got {_short(order)}")
-        unknown = [i for i in order if not is_known_id(i, known)]
-        if unknown:
-            raise PolicyAnswerError(f"{name} names requests that are neither waiting nor running: {_short(unknown[:5])}")
-        if len(set(order)) != len(order):  # as check-policy says: a request is served once per step
-            seen: set = set()
-            twice = [i for i in order if i in seen or seen.add(i)]
-            raise PolicyAnswerError(f"{name} lists a request twice: {_short(twice[:5])}")
-        return [self.back[i] for i in order] if self.ids is not None else [int(i) for i in order]
+        if self.ids is None:  # the simulator's ids are ints: 1.0 or True is not request 1
+            odd = [i for i in order if isinstance(i, bool) or not isinstance(i, numbers.Integral)]
+            if odd:
+                raise PolicyAnswerError(f"{name} must list request ids (ints, the views' id), got {_short(odd[:5])}")
+            return [int(i) for i in order]
+        return [self.back[i] for i in order]
+
+
+def checked_order(order, known, name: str) -> list | None:
+    """A plan's ``order`` (named ``name``) as a list, checked: None, or a list, tuple or range of
+    ids in ``known`` (a dict or set of the queued requests' ids), none twice; PolicyAnswerError
+    saying what is wrong otherwise (a string, a generator or an array is not an order)."""
+    if order is None:
+        return None
+    if not isinstance(order, (list, tuple, range)):
+        raise PolicyAnswerError(f"{name} must be a list or tuple of request ids (or None), got {_short(order)}")
+    unknown = [i for i in order if not is_known_id(i, known)]
+    if unknown:
+        raise PolicyAnswerError(f"{name} names requests that are neither waiting nor running: {_short(unknown[:5])}")
+    if len(set(order)) != len(order):  # as check-policy says: a request is served once per step
+        seen: set = set()
+        twice = [i for i in order if i in seen or seen.add(i)]
+        raise PolicyAnswerError(f"{name} lists a request twice: {_short(twice[:5])}")
+    return list(order)

@@ -7,6 +7,7 @@ cache, because the engine allocates blocks itself and stops where they run out.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Hashable, Sequence
 
@@ -51,6 +52,10 @@ class StepPlan:
     max_prefill_chunk: int | None = None
 
     def __post_init__(self) -> None:
+        for name in ("token_budget", "max_num_seqs", "max_prefill_chunk"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Real) and not (value is None and name == "max_prefill_chunk"):
+                raise TypeError(f"{name} must be an int{' or None' if name == 'max_prefill_chunk' else ''}, got {value!r}"[:300])
         if self.token_budget < 1:
             raise ValueError(f"token_budget must be at least 1, got {self.token_budget}")
         if self.max_num_seqs < 1:

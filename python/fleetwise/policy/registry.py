@@ -41,6 +41,10 @@ def resolve(kind: str, name: str) -> Callable:
         return _REGISTRY[kind][name]
     if ":" in name:
         module, _, attr = name.partition(":")
+        path = "/" in module or "\\" in module or module.endswith(".py")
+        if path or not module or not attr:
+            raise ConfigError(f"policy {name!r}: expected module:attr, a Python module on PYTHONPATH and the class or factory in it "
+                              f"(e.g. my_pkg.routing:MyRouter for my_pkg/routing.py){', not a file path' if path else ''}")
         try:
             obj = importlib.import_module(module)
             for part in attr.split("."):

@@ -8,6 +8,8 @@ invariants. Policies are plain Python objects with a ``plan`` method.
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Protocol, runtime_checkable
 
 from fleetwise.policy.decisions import StepPlan
@@ -23,11 +25,23 @@ class BatchScheduler(Protocol):
         ...
 
 
+def _count(name: str, value, allow_none: bool = False):
+    """A built-in scheduler's parameter ``value`` as an int in ``1..=u32 max`` (None when allowed);
+    ValueError naming the parameter otherwise (a float, a bool, text), so that a bad parameter
+    fails when the policy is created rather than at its first step."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= 2**32 - 1:
+        raise ValueError(f"{name} must be a whole number from 1 to {2**32 - 1}{' or None' if allow_none else ''}, got {value!r}"[:300])
+    return int(value)
+
+
 class Fcfs:
     """vLLM's default: first come, first served, fixed limits (the simulator's ``vllm-v1``)."""
 
     def __init__(self, max_num_seqs: int = 256, max_num_batched_tokens: int = 8192, max_prefill_chunk: int | None = None):
-        self.limits = StepPlan(token_budget=max_num_batched_tokens, max_num_seqs=max_num_seqs, max_prefill_chunk=max_prefill_chunk)
+        self.limits = StepPlan(token_budget=_count("max_num_batched_tokens", max_num_batched_tokens), max_num_seqs=_count("max_num_seqs", max_num_seqs),
+                               max_prefill_chunk=_count("max_prefill_chunk", max_prefill_chunk, allow_none=True))
 
     def plan(self, step: StepView) -> StepPlan:
         """The same plan every step."""
@@ -44,11 +58,11 @@ class ShortestPromptFirst:
     """
 
     def __init__(self, max_num_seqs: int = 256, max_num_batched_tokens: int = 8192, max_prefill_chunk: int | None = None, max_wait_s: float = 60.0):
-        if not max_wait_s > 0:
+        if isinstance(max_wait_s, bool) or not isinstance(max_wait_s, numbers.Real) or not max_wait_s > 0 or math.isnan(max_wait_s):
             raise ValueError(f"max_wait_s must be a positive number of seconds, got {max_wait_s!r}")
-        self.max_num_seqs = max_num_seqs
-        self.max_num_batched_tokens = max_num_batched_tokens
-        self.max_prefill_chunk = max_prefill_chunk
+        self.max_num_seqs = _count("max_num_seqs", max_num_seqs)
+        self.max_num_batched_tokens = _count("max_num_batched_tokens", max_num_batched_tokens)
+        self.max_prefill_chunk = _count("max_prefill_chunk", max_prefill_chunk, allow_none=True)
         self.max_wait_s = max_wait_s
 
     def plan(self, step: StepView) -> StepPlan:
@@ -71,9 +85,9 @@ class DecodeBudget:
     first (running order puts decoding requests ahead of partial prefills), prompt chunks capped."""
 
     def __init__(self, max_num_seqs: int = 256, token_budget: int = 512, max_prefill_chunk: int | None = None):
-        self.max_num_seqs = max_num_seqs
-        self.token_budget = token_budget
-        self.max_prefill_chunk = max_prefill_chunk
+        self.max_num_seqs = _count("max_num_seqs", max_num_seqs)
+        self.token_budget = _count("token_budget", token_budget)
+        self.max_prefill_chunk = _count("max_prefill_chunk", max_prefill_chunk, allow_none=True)
 
     def plan(self, step: StepView) -> StepPlan:
         """Decoding requests take budget before prompts still in prefill."""

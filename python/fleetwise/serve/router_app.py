@@ -261,11 +261,12 @@ class RouterState:
             raise ValueError(f"the policy's route() raised {type(e).__name__}: {e}") from None
         except LookupError:
             raise
-        except Exception as e:  # a policy's bug fails its request (500), never the router
+        except (Exception, SystemExit) as e:  # a policy's bug (a sys.exit() included) fails its request (500), never the router
             raise ValueError(f"the policy's route() raised {type(e).__name__}: {e}") from None
         self.m_decision.observe(time.perf_counter() - t)
         if not isinstance(d, RouteDecision):
             raise ValueError(f"the policy's route() must return a RouteDecision, got {d!r}")
+        d = _checked_decision(d)
         if d.instance not in indices or (d.prefill is not None and d.prefill not in indices):
             raise ValueError(f"the policy chose {d}, not among the endpoint indices it was offered {indices}")
         for i in {d.instance, d.prefill} - {None}:
@@ -287,6 +288,15 @@ class RouterState:
             self.m_kv.set(e.kv_usage, endpoint=e.name)
         return prom.render([self.m_requests, self.m_errors, self.m_in_flight, self.m_outstanding, self.m_waiting, self.m_running, self.m_kv, self.m_decision,
                             *self.health.metrics()])
+
+
+def _checked_decision(d: RouteDecision) -> RouteDecision:
+    """``d`` with plain int indices (a numpy integer becomes an int, so the decision log stays
+    JSON); ValueError naming the field when an index is not an integer (a float, a bool, text)."""
+    from fleetwise.policy.bridge import checked_count  # its PolicyAnswerError is a ValueError
+
+    return RouteDecision(checked_count(d.instance, "the policy's RouteDecision.instance", low=0),
+                         checked_count(d.prefill, "the policy's RouteDecision.prefill", low=0, allow_none=True))
 
 
 def create_router_app(state: RouterState):
