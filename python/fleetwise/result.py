@@ -62,10 +62,11 @@ class Result:
             (d / "summary.json").write_text(json.dumps(self.summary, indent=2, sort_keys=True, allow_nan=False) + "\n")
             bench = vllm_bench_result(self._requests, self.summary, detailed=vllm_bench_detailed)
             (d / "vllm-bench.json").write_text(json.dumps(bench, indent=2, allow_nan=False) + "\n")
-        except OSError as e:
+        except (OSError, pl.exceptions.PolarsError) as e:  # polars reports a full disk as a ComputeError
             from fleetwise.errors import ConfigError
 
-            raise ConfigError(f"{d}: cannot write the results: {e.strerror or e}") from None
+            reason = (e.strerror if isinstance(e, OSError) else None) or str(e).strip().splitlines()[0][:200]
+            raise ConfigError(f"{d}: cannot write the results: {reason}") from None
         return d
 
 

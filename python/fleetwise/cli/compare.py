@@ -84,6 +84,7 @@ def compare(
             raise ConfigError(f"--variant labels {first_of[dirname]!r} and {label!r} both name the output directory {dirname!r} "
                               "(characters other than letters, digits, '-', '_' and '.' become '_'): give labels that differ there")
         first_of[dirname] = label
+    _clear_stale_runs(out_dir, safe)
     try:
         with contextlib.ExitStack() as stack:
             pool = pool_for(ray, stack)
@@ -115,6 +116,24 @@ def compare(
         t.add_row(metric, *("-" if c[metric] is None else f"{c[metric]:.1%}" if metric in ("SLO attainment", "expert hit rate") else f"{c[metric]:.4g}" for c in columns.values()))
     out.print(t)
     out.print(f"runs in {out_dir}/ (fleetwise report {out_dir}/* -o compare.html)")
+
+
+RUN_FILES = ("summary.json", "requests.parquet", "instances.parquet", "iterations.parquet", "vllm-bench.json")
+"""The files of a run directory, ``summary.json`` (what marks a directory as a run) first."""
+
+
+def _clear_stale_runs(out_dir: Path, names: list[str]) -> None:
+    """Deletes the run files an earlier compare left in the variants' directories, before any
+    variant runs: an interrupted compare then leaves only runs of this one (a variant it did not
+    finish has no ``summary.json``), never an old run beside new ones."""
+    from fleetwise.errors import ConfigError
+
+    for name in names:
+        for f in RUN_FILES:
+            try:
+                (out_dir / name / f).unlink(missing_ok=True)
+            except OSError as e:
+                raise ConfigError(f"{out_dir / name / f}: cannot replace an earlier run's file: {e.strerror or e}") from None
 
 
 def _run_locally(scenarios: list, out_dir: Path, names: list[str], slos: dict) -> list[tuple[dict, float | None]]:

@@ -81,7 +81,7 @@ def sweep(
                   f"(default above {REQUEST_TABLES_MAX_POINTS:,} points); add --requests to keep them", highlight=False, markup=False)
     ids = {p.id for p in points}
     with SweepStore(output or _default_dir("sweeps", name)) as store:  # refuses a directory another sweep is writing
-        store.write_manifest({"scenario": name, "scenario_file": str(scenario), "overrides": list(set_), "grid": {k: v for k, v in g}})
+        store.write_manifest({"scenario": name, "scenario_file": str(scenario), "scenario_sha1": base.fingerprint(), "overrides": list(set_), "grid": {k: v for k, v in g}})
         corrupt = store.discard_corrupt()
         for bad in sorted(set(corrupt) & ids):
             err.print(f"{corrupt[bad]} was unreadable (truncated or corrupt): recomputing point {bad}", highlight=False, markup=False)
@@ -91,10 +91,10 @@ def sweep(
                 new_rows = run_points(str(scenario), list(set_), points, store, [k for k, _ in g], jobs=jobs, ray_address=ray, write_requests=write_requests, record_iterations=iterations)
         except KeyboardInterrupt as e:
             n = len(store.done() & ids)  # what is on disk: workers save each point as it finishes
-            store.merge()
+            store.merge(ids)
             err.print(f"interrupted: {n} of {len(points)} points saved in {store.dir}/ ({n - done_before} new); run the same command again to resume", highlight=False, markup=False)
             sys.exit(143 if isinstance(e, Terminated) else 130)
-        frame = store.merge()
+        frame = store.merge(ids)
     computed = len(new_rows)
     t = Table(title=f"{name}: {len(points)} points ({done_before} resumed) in {store.dir}/")
     cols = [k for k, _ in g] + ["requests_per_s", "ttft_p90", "tpot_p90", "e2e_p90", "slo_attainment"]

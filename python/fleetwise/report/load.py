@@ -77,7 +77,8 @@ def _read_parquet(path: Path) -> pl.DataFrame | None:
     except BaseException as e:  # polars raises ComputeError, OSError, even a PanicException for a damaged file
         if not isinstance(e, Exception) and type(e).__name__ != "PanicException":
             raise
-        hint = " (a sweep rebuilds it from rows/ when you run the same sweep command again)" if path.name == "points.parquet" else ""
+        hint = (" (a sweep rebuilds it from rows/ when you run the same sweep command again)" if path.name == "points.parquet"
+                else " (running the same sweep command again recomputes its point)" if path.parent.name == "rows" else "")
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"{path}: not a readable parquet file, truncated or corrupt ({reason[:200]}){hint}") from None
 
@@ -222,7 +223,7 @@ def load_sweep(path: Path, prefix: str | None) -> SweepData:
     """Reads a sweep directory; ``prefix`` (the sweep's name) is put before labels when several inputs share a report."""
     manifest = _read_json(path / "sweep.json") if (path / "sweep.json").exists() else {}
     grid = manifest.get("grid") if isinstance(manifest.get("grid"), dict) else {}
-    raw_points = _read_parquet(path / "points.parquet")
+    raw_points = _points_table(path, grid)
     points = _normalise_points(raw_points if raw_points is not None else pl.DataFrame(), grid)
     if prefix is not None and points.height:
         points = points.with_columns(pl.col("label").map_elements(lambda s: _prefixed(prefix, s), return_dtype=pl.Utf8))
@@ -233,6 +234,24 @@ def load_sweep(path: Path, prefix: str | None) -> SweepData:
         raw = _normalise_goodput(_read_json(path / "goodput.json"), default)
         goodput = {(k if k == default else _prefixed(prefix, k)): v for k, v in raw.items()}
     return SweepData(name=path.resolve().name, path=path, manifest=manifest, points=_attainment_from_goodput(points, goodput), goodput=goodput)
+
+
+def _points_table(path: Path, grid: dict) -> pl.DataFrame | None:
+    """A sweep's table of points: ``points.parquet``, or — when row files are newer (the sweep was
+    killed, crashed, or is still running: it rebuilds the table only when it ends) — the table of
+    its row files, those of the grid's points only, in point-id order, as the sweep would build it."""
+    table = path / "points.parquet"
+    rows = sorted((path / "rows").glob("*.parquet")) if (path / "rows").is_dir() else []
+    newest = max((f.stat().st_mtime_ns for f in rows if f.exists()), default=None)
+    if newest is None or (table.exists() and table.stat().st_mtime_ns >= newest):
+        return _read_parquet(table)
+    ids = None
+    if grid and all(isinstance(v, list) for v in grid.values()):  # a sweep's grid (a goodput search's rates vary)
+        from fleetwise.sweep.grid import expand
+
+        ids = {p.id for p in expand(list(grid.items()))}
+    frames = [t for t in (_read_parquet(f) for f in rows if ids is None or f.stem in ids) if t is not None]
+    return pl.concat(frames, how="diagonal_relaxed") if frames else None
 
 
 def _attainment_from_goodput(points: pl.DataFrame, goodput: dict[str, dict]) -> pl.DataFrame:

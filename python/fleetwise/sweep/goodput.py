@@ -21,6 +21,7 @@ from fleetwise.metrics.slo import attainment
 from fleetwise.sweep.grid import RATE_PATH, Point
 from fleetwise.sweep.ray_pool import RayPool, pool_for
 from fleetwise.sweep.runner import run_points
+from fleetwise.sweep.scenarios import BaseScenario
 from fleetwise.sweep.store import SweepStore, temp_name
 
 __all__ = ["METRICS", "attainment", "parse_slos", "search"]
@@ -123,7 +124,7 @@ def search(
     stack = contextlib.ExitStack()
     try:
         ray_address = pool_for(ray_address, stack)  # one pool for the whole search
-        store.write_manifest({"scenario": sc.name, "scenario_file": str(scenario), "overrides": overrides, "grid": {RATE_PATH: "goodput search"}, "slo": slos, "attainment_target": target})
+        store.write_manifest({"scenario": sc.name, "scenario_file": str(scenario), "scenario_sha1": BaseScenario(scenario, overrides).fingerprint(), "overrides": overrides, "grid": {RATE_PATH: "goodput search"}, "slo": slos, "attainment_target": target})
         measured: dict[float, float] = {}
 
         def att(rate: float) -> float:

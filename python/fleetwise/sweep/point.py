@@ -42,21 +42,22 @@ def run_point(base: BaseScenario, point: Point, out_dir: str, grid_paths: list[s
     interrupted.
     """
     from fleetwise.simulate import simulate
-    from fleetwise.sweep.store import publish_dir, temp_name, write_row
+    from fleetwise.sweep.store import publish_dir, saving, temp_name, write_row
 
     result = simulate(base.load(point.overrides()), record_iterations=record_iterations)
     final = Path(out_dir) / "points" / point.id
-    final.parent.mkdir(parents=True, exist_ok=True)
-    d = temp_name(final)
-    try:
-        write_run_files(result, d, write_requests)
-        (d / "point.json").write_bytes(point_json(point))
-        publish_dir(d, final)
-    finally:
-        if d.exists():
-            shutil.rmtree(d, ignore_errors=True)
-    row = summary_row(point, result.summary, grid_paths)
-    write_row(Path(out_dir), row)
+    with saving(final):  # disk full: an error naming the point, not a traceback
+        final.parent.mkdir(parents=True, exist_ok=True)
+        d = temp_name(final)
+        try:
+            write_run_files(result, d, write_requests)
+            (d / "point.json").write_bytes(point_json(point))
+            publish_dir(d, final)
+        finally:
+            if d.exists():
+                shutil.rmtree(d, ignore_errors=True)
+        row = summary_row(point, result.summary, grid_paths)
+        write_row(Path(out_dir), row)
     return row
 
 
@@ -118,9 +119,10 @@ def write_run_dir(final: Path, files: dict[str, bytes]) -> None:
 def save_point(out_dir: Path, point: Point, files: dict[str, bytes], summary: dict, grid_paths: list[str]) -> dict:
     """Writes a finished point's files to ``out_dir/points/<id>`` (temporary name, then rename) and
     then its row; returns the row."""
-    from fleetwise.sweep.store import write_row
+    from fleetwise.sweep.store import saving, write_row
 
-    write_run_dir(out_dir / "points" / point.id, files)
-    row = summary_row(point, summary, grid_paths)
-    write_row(out_dir, row)
+    with saving(out_dir / "points" / point.id):
+        write_run_dir(out_dir / "points" / point.id, files)
+        row = summary_row(point, summary, grid_paths)
+        write_row(out_dir, row)
     return row

@@ -35,6 +35,16 @@ class BaseScenario:
             apply_override(data, assignment, self.source)
         self._data = data
 
+    def fingerprint(self) -> str:
+        """A hash of the scenario's content with the base overrides applied (not of its formatting
+        or comments): a sweep directory records it, so that a rerun after the file changed is
+        refused instead of resuming points of the old scenario. Files the scenario names (traces)
+        are not part of it."""
+        import hashlib
+        import json
+
+        return hashlib.sha1(json.dumps(self._data, sort_keys=True, default=str).encode()).hexdigest()
+
     def load(self, overrides: list[str] | tuple[str, ...] = ()) -> Scenario:
         """The validated scenario with ``overrides`` (``PATH=VALUE`` strings) applied on top."""
         from fleetwise.config.load import apply_override, scenario_from_dict

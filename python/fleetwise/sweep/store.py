@@ -18,6 +18,7 @@ of the one holding it. The kernel drops the lock when its holder dies, however i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -28,6 +29,25 @@ import polars as pl
 
 LOCK_FILE = "sweep.lock"
 """The file a running sweep holds locked (and writes its pid into)."""
+
+MANIFEST_KEYS = ("grid", "overrides", "scenario_file", "scenario_sha1")
+"""The fields of ``sweep.json`` that must match for a rerun to resume (rather than mix) a sweep;
+``scenario_sha1`` only where both runs recorded it (sweeps from before it was recorded resume)."""
+
+
+@contextlib.contextmanager
+def saving(what: Path):
+    """Within the block (which only writes), a failure to write (disk full, read-only file system:
+    an OSError, the error polars raises for it, or ``Result.write``'s ConfigError) is a ConfigError
+    naming ``what`` and saying that the points saved so far are kept."""
+    from fleetwise.errors import ConfigError
+
+    try:
+        yield
+    except (OSError, pl.exceptions.PolarsError, ConfigError) as e:  # ConfigError: Result.write's, for the same
+        reason = str(e.strerror if isinstance(e, OSError) and e.strerror else e).strip().splitlines()
+        raise ConfigError(f"{what}: cannot write ({reason[0][:200] if reason else type(e).__name__}; is the disk full?); "
+                          "the points saved before are kept: free space and run the same command again to resume") from None
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -94,13 +114,14 @@ class SweepStore:
         self.rows = self.dir / "rows"
         self._cache: dict[str, tuple[tuple[int, int], pl.DataFrame]] = {}
         self._lock = self._acquire_lock()
-        try:
-            self.rows.mkdir(exist_ok=True)
-        except OSError as e:
-            self.close()
-            from fleetwise.errors import ConfigError
+        for sub in (self.rows, self.dir / "points"):
+            try:
+                sub.mkdir(exist_ok=True)  # FileExistsError when a file is in the way
+            except OSError as e:
+                self.close()
+                from fleetwise.errors import ConfigError
 
-            raise ConfigError(f"{self.rows}: cannot create the sweep's rows directory: {e.strerror or e}") from None
+                raise ConfigError(f"{sub}: cannot create the sweep's {sub.name} directory: {e.strerror or e}") from None
         self._remove_leftovers()
 
     def _acquire_lock(self):
@@ -160,8 +181,17 @@ class SweepStore:
                 old = json.loads(path.read_text())
             except (OSError, ValueError) as e:
                 raise ConfigError(f"{path}: unreadable ({e}); delete it or choose another -o directory") from None
-            if {k: old.get(k) for k in ("grid", "overrides", "scenario_file")} != {k: manifest.get(k) for k in ("grid", "overrides", "scenario_file")}:
-                raise ConfigError(f"{self.dir}: holds a different sweep (see its sweep.json); choose another -o directory")
+            if not isinstance(old, dict):
+                raise ConfigError(f"{path}: expected a JSON object, got {type(old).__name__}; delete it or choose another -o directory")
+            # Compared as JSON text, so that a grid value 4 is not taken for 4.0 (they are different point ids).
+            canon = lambda m, k: json.dumps(json.loads(json.dumps(m.get(k), default=str)), sort_keys=True)  # noqa: E731
+            differ = [k for k in MANIFEST_KEYS if canon(old, k) != canon(manifest, k)
+                      and not (k == "scenario_sha1" and (old.get(k) is None or manifest.get(k) is None))]
+            if differ:
+                what = ("the scenario's content (with --set) has changed since it ran" if differ == ["scenario_sha1"]
+                        else f"its {', '.join(differ)} {'differs' if len(differ) == 1 else 'differ'}")
+                raise ConfigError(f"{self.dir}: holds a different sweep: {what} (see its sweep.json); its points would mix with these: "
+                                  "choose another -o directory")
         tmp = temp_name(path)
         try:
             tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
@@ -228,16 +258,18 @@ class SweepStore:
         if not (self.rows / f"{row['point']}.parquet").exists():
             write_row(self.dir, row)
 
-    def merge(self) -> pl.DataFrame:
-        """Rewrites ``points.parquet`` from the readable row files (atomically) and returns it."""
+    def merge(self, ids: "set[str] | None" = None) -> pl.DataFrame:
+        """Rewrites ``points.parquet`` from the readable row files (atomically) and returns it; with
+        ``ids``, only the rows of those points (a sweep's own: never a stray row file's)."""
         good, _ = self._read_rows()
-        frames = [good[k] for k in sorted(good)]
+        frames = [good[k] for k in sorted(good) if ids is None or k in ids]
         frame = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
         final = self.dir / "points.parquet"
         tmp = temp_name(final)
         try:
-            frame.write_parquet(tmp)
-            os.replace(tmp, final)
+            with saving(final):
+                frame.write_parquet(tmp)
+                os.replace(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
         return frame
