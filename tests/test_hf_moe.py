@@ -188,3 +188,40 @@ def test_pregated_prefetch_turns_misses_into_prefetch_hits(setup, runs):
     assert model.config._experts_implementation == IMPLEMENTATION  # it was created with it
     model.set_experts_implementation("eager")
     torch.testing.assert_close(_greedy(model, setup[1][0])[1], expected[0][1], rtol=1e-5, atol=1e-5)
+
+
+DOC_POLICIES = {"LRU": "lru", "LFU": "lfu", "static": "static"}
+
+
+@pytest.mark.parametrize("label", list(DOC_POLICIES))
+@pytest.mark.parametrize("capacity", [2, 3, 4])
+def test_docs_hit_table_is_what_the_model_measures(setup, popularity, label, capacity):
+    # docs/hf-moe.md's first table: hits / lookups, hit rate, hits per layer, and the token-order
+    # replay of every token's top-k (cache_hits over the 480 token-expert pairs, for contrast).
+    from conftest import docs_table_row
+
+    policy = DOC_POLICIES[label]
+    cells = docs_table_row("hf-moe.md", label, lambda c: len(c) == 6 and c[1] == str(capacity))
+    trace, counts = popularity
+    _, offload, _ = _run(setup, policy, capacity, popularity=counts if policy == "static" else None)
+    hits = [offload.stats[layer].hits for layer in range(LAYERS)]
+    lookups = sum(offload.stats[layer].lookups for layer in range(LAYERS))
+    token_hits = sum(cache_hits(policy, EXPERTS, capacity, trace.experts[:, layer, :].ravel().tolist(),
+                                popularity=counts[layer] if policy == "static" else None) for layer in range(LAYERS))
+    pairs = trace.experts.size
+    assert pairs == 480
+    assert cells[2:] == [f"{sum(hits)} / {lookups}", f"{100 * sum(hits) / lookups:.1f}%", ", ".join(map(str, hits)),
+                         f"{100 * token_hits / pairs:.1f}%"]
+
+
+@pytest.mark.parametrize("label,policy,capacity", [("LRU 2", "lru", 2), ("LRU 3", "lru", 3), ("LFU 2", "lfu", 2), ("LFU 3", "lfu", 3)])
+def test_docs_prefetch_table_is_what_the_model_measures(setup, label, policy, capacity):
+    # docs/hf-moe.md's Pre-gated table: hit rates, misses, and prefetched and wasted experts.
+    from conftest import docs_table_row
+
+    cells = docs_table_row("hf-moe.md", label)
+    _, offload, _ = _run(setup, policy, capacity, prefetch=True)
+    s, stats = offload.summary(), [offload.stats[layer] for layer in range(LAYERS)]
+    assert cells[1:] == [f"{100 * s[k]:.1f}%" for k in ("hit_rate", "cache_hit_rate", "prefetch_hit_rate")] + [
+        str(sum(x.misses for x in stats)), str(sum(x.prefetch_bytes for x in stats) // offload.expert_bytes),
+        str(sum(x.wasted_prefetch_bytes for x in stats) // offload.expert_bytes)]
