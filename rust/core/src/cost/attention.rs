@@ -141,7 +141,8 @@ impl<F: FnMut(OpCost)> IterationPass<'_, F> {
         let work = (4.0 * q * dkv * rows, (2.0 * ds * q + 2.0 * kv * dkv * cm.kv_ratio()) * b);
         let floor = cm.decode_attention_tail(ds, shape.decode_max_context as f64);
         let bw = cm.decode_split_bandwidth(ds);
-        self.emit(Op::DecodeAttention, &[Kernel { floor, bw, ..Kernel::all(work) }], cm.flops_attn, true);
+        let pim_flops = Some(4.0 * q * dkv);
+        self.emit(Op::DecodeAttention, &[Kernel { floor, bw, pim_flops, ..Kernel::all(work) }], cm.flops_attn, true);
     }
 
     /// MLA decode attention (absorbed form) with `heads` query heads, the RoPE key width `rope`

@@ -82,7 +82,7 @@ impl<'a, F: FnMut(OpCost)> IterationPass<'a, F> {
             _ => cm.bw,
         };
         let gemm_op = matches!(op, Op::QkvProj | Op::OProj | Op::MlpGateUp | Op::MlpDown | Op::MoeRouter | Op::MoeExperts);
-        let (mut flops, mut bytes, mut secs, mut cb_secs, mut pim_secs, mut pim_cb_secs) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+        let (mut flops, mut bytes, mut secs, mut cb_secs, mut pim_secs, mut pim_cb_secs, mut pim_flops) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
         for k in kernels {
             flops += k.share * k.flops;
             bytes += k.share * k.bytes;
@@ -92,9 +92,11 @@ impl<'a, F: FnMut(OpCost)> IterationPass<'a, F> {
             secs += k.share * t;
             cb_secs += if cb { k.share * t } else { 0.0 };
             if let Some(p) = &cm.pim {
-                let t = k.share * p.seconds(k.flops, k.bytes);
+                let kf = k.pim_flops.unwrap_or(k.flops);
+                let t = k.share * p.seconds(kf, k.bytes);
                 pim_secs += t;
-                pim_cb_secs += if k.flops / p.peak_flops >= k.bytes / p.internal_bandwidth { t } else { 0.0 };
+                pim_flops += k.share * kf;
+                pim_cb_secs += if kf / p.peak_flops >= k.bytes / p.internal_bandwidth { t } else { 0.0 };
             }
         }
         let mut cb = 2.0 * cb_secs >= secs;
@@ -103,6 +105,7 @@ impl<'a, F: FnMut(OpCost)> IterationPass<'a, F> {
             on_pim = true;
             cb = 2.0 * pim_cb_secs >= pim_secs;
             secs = pim_secs;
+            flops = pim_flops;
         }
         if op == Op::PrefillAttention {
             self.prefill_attention = (secs, on_pim);

@@ -66,6 +66,24 @@ mod tests {
     }
 
     #[test]
+    fn a_gpu_query_tile_does_not_pad_decode_attention_on_the_pim() {
+        // An engine whose decode kernel pads each decode's query to 16 rows (vLLM's profile pads
+        // to a few): the GPU's decode attention does 16x the FLOPs, the PIM only the real ones, so
+        // it still takes the operator and times it as an untiled engine's PIM does.
+        let tiled = Efficiency { decode_query_rows: Some(16), ..ideal() };
+        let with = CostModel::new(llama3_8b(), h100(), tiled, 1).unwrap().with_pim(Some(pim())).unwrap();
+        let plain = CostModel::new(llama3_8b(), h100(), ideal(), 1).unwrap().with_pim(Some(pim())).unwrap();
+        let mut d = BatchShape::default();
+        for _ in 0..8 {
+            d.add_decode(4096);
+        }
+        let (att, want) = (op(&with.breakdown(&d), Op::DecodeAttention), op(&plain.breakdown(&d), Op::DecodeAttention));
+        assert!(att.on_pim && want.on_pim);
+        assert!(close(att.seconds, want.seconds) && close(att.flops, want.flops));
+        assert!((att.flops / att.bytes - 3.99).abs() < 0.02, "the real 4 FLOP/B, not 16x");
+    }
+
+    #[test]
     fn pim_decode_attention_overlaps_gpu_prefill_attention() {
         let with = CostModel::new(llama3_8b(), h100(), ideal(), 1).unwrap().with_pim(Some(pim())).unwrap();
         let mut s = BatchShape::default();

@@ -19,12 +19,15 @@ pub(super) struct Kernel {
     /// The bandwidth this kernel reaches, bytes/s, where it differs from its operator's (decode
     /// attention while FlashAttention splits keys); None: the operator's.
     pub(super) bw: Option<f64>,
+    /// FLOPs on one layer when it runs on a PIM device, where they differ from `flops`: a GPU
+    /// kernel's query tile pads decode attention's rows, a PIM computes only the real ones.
+    pub(super) pim_flops: Option<f64>,
 }
 
 impl Kernel {
     /// `(flops, bytes)` run by `share` of the layers.
     pub(super) fn on(share: f64, (flops, bytes): (f64, f64)) -> Self {
-        Kernel { flops, bytes, share, floor: 0.0, bw: None }
+        Kernel { flops, bytes, share, floor: 0.0, bw: None, pim_flops: None }
     }
 
     /// `(flops, bytes)` run by every layer.
