@@ -206,3 +206,24 @@ def test_the_vllm_adapter_refuses_plans_the_simulator_refuses(plan, message):
 def test_the_vllm_adapter_takes_numpy_counts_as_ints():
     plan = _adapter_plan(P.StepPlan(np.int64(64), np.int32(4), waiting_order=("a",)))
     assert plan == P.StepPlan(64, 4, waiting_order=["a"]) and type(plan.token_budget) is int
+
+
+def test_a_policy_thread_left_running_does_not_hang_the_command(tmp_path, write_yaml):
+    # A router that starts a non-daemon thread and never stops it: the run finishes and writes its
+    # results, then the interpreter used to wait for the thread for ever. Now the command says so
+    # and exits with the run's status (run_cli's timeout is only a guard against the old hang).
+    (tmp_path / "leaky_policy.py").write_text(
+        "import threading\n"
+        "from fleetwise.policy import RouteDecision\n\n"
+        "class Leaky:\n"
+        "    def __init__(self):\n"
+        "        self.stop = threading.Event()\n"
+        "        threading.Thread(target=self.stop.wait, name='leaky-policy-thread').start()\n\n"
+        "    def route(self, request, instances):\n"
+        "        return RouteDecision(instances[0].index)\n")
+    sc = _scenario(router={"kind": "policy", "name": "leaky_policy:Leaky"})
+    path = write_yaml(sc)
+    r = run_cli("run", str(path), "-o", str(tmp_path / "out"), cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "exiting without waiting for 1 thread(s) still running ('leaky-policy-thread')" in r.stderr
+    assert (tmp_path / "out" / "summary.json").exists() and "Traceback" not in r.stderr

@@ -18,14 +18,40 @@ err = Console(stderr=True, soft_wrap=True)
 
 
 def main() -> None:
-    """Entry point: runs the app, turning fleetwise errors into exit code 2 (usage errors are 2 too)."""
+    """Entry point: runs the app, turning fleetwise errors into exit code 2 (usage errors are 2 too),
+    and exits without waiting for threads a user's policy or plugin left running."""
     from fleetwise.errors import FleetwiseError
 
+    code: int | str | None = 0
     try:
         app()
+    except SystemExit as e:  # how the app ends, its exit code
+        code = e.code
     except FleetwiseError as e:
         err.print(f"[bold red]error:[/] {escape(f'{type(e).__name__}: {e}')}", highlight=False, markup=True)
-        sys.exit(2)
+        code = 2
     except KeyboardInterrupt:  # Ctrl-C outside a command's own handling (e.g. while starting up)
         err.print("interrupted")
-        sys.exit(130)
+        code = 130
+    _exit(code)
+
+
+def _exit(code: int | str | None) -> None:
+    """Exits with ``code``. The interpreter would wait for every non-daemon thread still running
+    (one a policy started and never stopped would hang the command after its work is done): with
+    such threads, it says so, flushes the output and exits at once."""
+    import os
+    import threading
+
+    stray = [t for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive() and not t.daemon]
+    if not stray:
+        sys.exit(code)
+    names = ", ".join(repr(t.name) for t in stray[:5]) + (", ..." if len(stray) > 5 else "")
+    err.print(f"warning: exiting without waiting for {len(stray)} thread(s) still running ({names}); "
+              "a policy or plugin started them and did not stop them (make them daemon threads, or stop them)", highlight=False, markup=False)
+    if isinstance(code, str):
+        err.print(code, highlight=False, markup=False)
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)
