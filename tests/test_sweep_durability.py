@@ -167,3 +167,22 @@ def test_an_interrupted_compare_leaves_no_earlier_run_beside_its_new_ones(tmp_pa
     assert r.exit_code == 130
     assert yaml.safe_load((out / "rr" / "summary.json").read_text())["seed"] == 11
     assert not (out / "lot" / "summary.json").exists(), "the first compare's run would be reported beside the second's"
+
+
+def test_a_second_compare_into_the_same_directory_is_refused(tmp_path):
+    # Two compares writing one directory would interleave their variants' runs: while one holds
+    # the directory's lock, another is refused, naming the holder's pid.
+    from fleetwise.sweep.store import lock_directory
+
+    sc = _scenario(tmp_path)
+    out = tmp_path / "cmp"
+    out.mkdir()
+    args = ("compare", str(sc), "--variant", "rr: cluster.router.kind=round-robin", "-o", str(out))
+    held = lock_directory(out, ".compare.lock", "compare", "then run it again")
+    try:
+        r = run_cli(*args)
+        assert r.returncode == 2 and f"another compare (pid {os.getpid()}) is writing to this directory" in r.stderr, r.stderr
+        assert not (out / "rr").exists()
+    finally:
+        held.close()
+    assert run_cli(*args).returncode == 0 and (out / "rr" / "summary.json").exists()

@@ -84,38 +84,56 @@ def compare(
             raise ConfigError(f"--variant labels {first_of[dirname]!r} and {label!r} both name the output directory {dirname!r} "
                               "(characters other than letters, digits, '-', '_' and '.' become '_'): give labels that differ there")
         first_of[dirname] = label
-    _clear_stale_runs(out_dir, safe)
+    lock = _lock_output(out_dir)
     try:
-        with contextlib.ExitStack() as stack:
-            pool = pool_for(ray, stack)
-            if pool is None:
-                runs = _run_locally(scenarios, out_dir, safe, slos)
-            else:
-                runs = _run_on_ray(pool, scenarios, out_dir, safe, slos, [label for label, _ in variants])
-            columns = {}
-            for (label, overrides), dirname, (summary, met) in zip(variants, safe, runs):
-                flat = flatten_summary(summary)
-                col = {row: flat[name] if scale is None else _scaled(flat[name], scale) for row, name, scale in _COMPARE_ROWS}
-                if slos:
-                    col["SLO attainment"] = met
-                if with_goodput:
-                    g = search(str(scenario), [*set_, *overrides], out_dir / f"{dirname}-goodput", slos, target, quiet=True, ray_address=pool)
-                    col["goodput (req/s)"] = g["goodput_rate"]
-                    col["goodput per GPU"] = g["goodput_per_gpu"]
-                columns[label] = col
-    except KeyboardInterrupt:
-        err.print(f"interrupted: finished variants are in {out_dir}/")
-        sys.exit(130)
-    t = Table(title=f"{base.name}: {len(variants)} variants" + (f", SLO {slos} for {target:.0%}" if slos else ""))
-    t.add_column("metric")
-    for label in columns:
-        t.add_column(label, justify="right")
-    for metric in next(iter(columns.values())):
-        if all(c[metric] is None for c in columns.values()):
-            continue
-        t.add_row(metric, *("-" if c[metric] is None else f"{c[metric]:.1%}" if metric in ("SLO attainment", "expert hit rate") else f"{c[metric]:.4g}" for c in columns.values()))
-    out.print(t)
-    out.print(f"runs in {out_dir}/ (fleetwise report {out_dir}/* -o compare.html)")
+        _clear_stale_runs(out_dir, safe)
+        try:
+            with contextlib.ExitStack() as stack:
+                pool = pool_for(ray, stack)
+                if pool is None:
+                    runs = _run_locally(scenarios, out_dir, safe, slos)
+                else:
+                    runs = _run_on_ray(pool, scenarios, out_dir, safe, slos, [label for label, _ in variants])
+                columns = {}
+                for (label, overrides), dirname, (summary, met) in zip(variants, safe, runs):
+                    flat = flatten_summary(summary)
+                    col = {row: flat[name] if scale is None else _scaled(flat[name], scale) for row, name, scale in _COMPARE_ROWS}
+                    if slos:
+                        col["SLO attainment"] = met
+                    if with_goodput:
+                        g = search(str(scenario), [*set_, *overrides], out_dir / f"{dirname}-goodput", slos, target, quiet=True, ray_address=pool)
+                        col["goodput (req/s)"] = g["goodput_rate"]
+                        col["goodput per GPU"] = g["goodput_per_gpu"]
+                    columns[label] = col
+        except KeyboardInterrupt:
+            err.print(f"interrupted: finished variants are in {out_dir}/")
+            sys.exit(130)
+        t = Table(title=f"{base.name}: {len(variants)} variants" + (f", SLO {slos} for {target:.0%}" if slos else ""))
+        t.add_column("metric")
+        for label in columns:
+            t.add_column(label, justify="right")
+        for metric in next(iter(columns.values())):
+            if all(c[metric] is None for c in columns.values()):
+                continue
+            t.add_row(metric, *("-" if c[metric] is None else f"{c[metric]:.1%}" if metric in ("SLO attainment", "expert hit rate") else f"{c[metric]:.4g}" for c in columns.values()))
+        out.print(t)
+        out.print(f"runs in {out_dir}/ (fleetwise report {out_dir}/* -o compare.html)")
+    finally:
+        lock.close()
+
+
+def _lock_output(out_dir: Path):
+    """Creates ``out_dir`` and holds its lock (``.compare.lock``, hidden from ``report DIR/*``) while
+    this compare writes there: a second compare into the same directory is refused (their runs
+    would interleave)."""
+    from fleetwise.errors import ConfigError
+    from fleetwise.sweep.store import lock_directory
+
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{out_dir}: cannot create the output directory: {e.strerror or e}") from None
+    return lock_directory(out_dir, ".compare.lock", "compare", "then run this command again")
 
 
 RUN_FILES = ("summary.json", "requests.parquet", "instances.parquet", "iterations.parquet", "vllm-bench.json")

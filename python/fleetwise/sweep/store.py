@@ -50,6 +50,37 @@ def saving(what: Path):
                           "the points saved before are kept: free space and run the same command again to resume") from None
 
 
+def lock_directory(directory: Path, name: str, what: str, then: str):
+    """Holds ``directory``'s lock file ``name`` (and writes this pid into it) for as long as the
+    returned file stays open: another ``what`` (a sweep, a compare) writing there is refused with a
+    ConfigError naming its pid (``then``: what to do once it ends). On a file system without locks
+    nothing is refused."""
+    import fcntl
+
+    from fleetwise.errors import ConfigError
+
+    path = directory / name
+    try:
+        f = open(path, "a+")
+    except OSError as e:
+        raise ConfigError(f"{directory}: cannot open {name} in the {what} directory: {e.strerror or e}") from None
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        f.close()
+        raise ConfigError(f"{directory}: another {what} (pid {holder}) is writing to this directory; wait for it to finish "
+                          f"({then}) or choose another -o directory") from None
+    except OSError:  # a file system without locks: nothing is refused
+        pass
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
 def _fsync_dir(directory: Path) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -125,32 +156,7 @@ class SweepStore:
         self._remove_leftovers()
 
     def _acquire_lock(self):
-        import fcntl
-
-        from fleetwise.errors import ConfigError
-
-        path = self.dir / LOCK_FILE
-        try:
-            f = open(path, "a+")
-        except OSError as e:
-            raise ConfigError(f"{self.dir}: cannot open {LOCK_FILE} in the sweep directory: {e.strerror or e}") from None
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "unknown"
-            f.close()
-            raise ConfigError(
-                f"{self.dir}: another sweep (pid {holder}) is writing to this directory; wait for it to finish "
-                "(then run this command again to add or resume points) or choose another -o directory"
-            ) from None
-        except OSError:  # a file system without locks: temporary names stay unique, but nothing is refused
-            pass
-        f.seek(0)
-        f.truncate()
-        f.write(f"{os.getpid()}\n")
-        f.flush()
-        return f
+        return lock_directory(self.dir, LOCK_FILE, "sweep", "then run this command again to add or resume points")
 
     def close(self) -> None:
         """Releases the directory's lock (the kernel also releases it when the process ends)."""
