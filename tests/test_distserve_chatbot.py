@@ -95,6 +95,23 @@ def test_colocated_vllm_is_tpot_bound_and_disaggregation_is_not(tmp_path):
 
 
 
+def test_vllm_s_online_cost_as_cpu_time_per_sequence_fits_both_logs_and_leaves_the_66b_gain(tmp_path):
+    # The alternative reading of vLLM's slow online decode (calibration/a100-distserve/
+    # vllm_cpu_profile.yaml): ~1 ms of CPU per running sequence per step, which TP does not divide,
+    # instead of slow attention, which it does. It replays both OPT-13B logs' TPOT within 5%
+    # (vllm_profile.yaml: +4% / +7% mean, p90 +14% / +10%), yet on OPT-66B TP4 colocated vLLM
+    # keeps nearly its goodput (measured 0.459 against 0.479 per GPU): the per-step cost of the
+    # colocated engine is not what stands between the model and the paper's 2x.
+    from fleetwise.sweep.goodput import search
+
+    for log in ("vllm_requests_rate1.csv", "vllm_requests_rate2.csv"):
+        errors = _errors("vllm_scenario.yaml", log, ["cluster.pools.0.engine=vllm_cpu_profile.yaml"])
+        assert abs(errors["tpot_mean"]) < 0.05 and abs(errors["tpot_p90"]) < 0.05, (log, errors)
+    cpu = COLOCATED.replace("vllm_profile.yaml", "vllm_cpu_profile.yaml")
+    colo = search(str(SCENARIO), [cpu], tmp_path / "colo", SLOS, 0.9, low=0.5, tolerance=0.03, jobs=1, quiet=True)
+    assert 0.4 < colo["goodput_per_gpu"] < 0.5
+
+
 def _attainment_measured_and_replayed(scenario: str, log: str, overrides: list[str], ttft: float, tpot: float) -> tuple[float, float]:
     """Fraction of the log's requests meeting both SLOs, as measured and as replayed on ``scenario``
     (TPOT = (last - first token) / (output - 1); one-token outputs meet it)."""
