@@ -42,7 +42,7 @@ def test_a_plan_naming_requests_by_float_ids_is_a_policy_error():
         def plan(self, step):
             return P.StepPlan(512, 8, waiting_order=[float(r.id) for r in step.waiting])
 
-    with pytest.raises(PolicyError, match=r"waiting_order must list request ids \(ints, the views' id\), got \[0\.0\]"):
+    with pytest.raises(PolicyError, match=r"waiting_order must list request ids \(the views' id\), got \[0\.0\]"):
         fleetwise.simulate(_scenario(), schedulers={"main": FloatIds})
 
 

@@ -186,3 +186,18 @@ def test_a_second_compare_into_the_same_directory_is_refused(tmp_path):
     finally:
         held.close()
     assert run_cli(*args).returncode == 0 and (out / "rr" / "summary.json").exists()
+
+
+def test_compare_goodput_reruns_after_the_scenario_changed(tmp_path):
+    # compare owns its variants' goodput searches: after the scenario file changed, the rerun
+    # starts them afresh (the store refused the old search only after every variant had run again).
+    sc = _scenario(tmp_path)
+    out = tmp_path / "cmp"
+    args = ("compare", str(sc), "--variant", "rr: cluster.router.kind=round-robin", "--slo", "ttft_p90=0.2", "--goodput", "-o", str(out))
+    assert run_cli(*args).returncode == 0
+    assert (out / "rr-goodput" / "sweep.json").exists()
+    data = yaml.safe_load(sc.read_text())
+    data["seed"] = data.get("seed", 0) + 1
+    sc.write_text(yaml.safe_dump(data))
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr

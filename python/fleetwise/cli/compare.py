@@ -141,9 +141,13 @@ RUN_FILES = ("summary.json", "requests.parquet", "instances.parquet", "iteration
 
 
 def _clear_stale_runs(out_dir: Path, names: list[str]) -> None:
-    """Deletes the run files an earlier compare left in the variants' directories, before any
-    variant runs: an interrupted compare then leaves only runs of this one (a variant it did not
-    finish has no ``summary.json``), never an old run beside new ones."""
+    """Deletes the run files an earlier compare left in the variants' directories, and its goodput
+    searches (``<name>-goodput``), before any variant runs: an interrupted compare then leaves only
+    runs of this one (a variant it did not finish has no ``summary.json``), never an old run beside
+    new ones, and a goodput search of an edited scenario starts afresh instead of being refused
+    after every variant has run."""
+    import shutil
+
     from fleetwise.errors import ConfigError
 
     for name in names:
@@ -152,6 +156,12 @@ def _clear_stale_runs(out_dir: Path, names: list[str]) -> None:
                 (out_dir / name / f).unlink(missing_ok=True)
             except OSError as e:
                 raise ConfigError(f"{out_dir / name / f}: cannot replace an earlier run's file: {e.strerror or e}") from None
+        search = out_dir / f"{name}-goodput"
+        if search.is_dir() and (search / "sweep.json").exists():  # only a goodput search's directory
+            try:
+                shutil.rmtree(search)
+            except OSError as e:
+                raise ConfigError(f"{search}: cannot replace an earlier goodput search: {e.strerror or e}") from None
 
 
 def _run_locally(scenarios: list, out_dir: Path, names: list[str], slos: dict) -> list[tuple[dict, float | None]]:

@@ -240,10 +240,11 @@ class SchedulerBridge:
         order = checked_order(order, known, name)
         if order is None:
             return None
-        if self.ids is None:  # the simulator's ids are ints: 1.0 or True is not request 1
-            odd = [i for i in order if isinstance(i, bool) or not isinstance(i, numbers.Integral)]
-            if odd:
-                raise PolicyAnswerError(f"{name} must list request ids (ints, the views' id), got {_short(odd[:5])}")
+        # 1.0 or True is not request 1 (they hash alike): ids are the views' ids, ints or names.
+        odd = [i for i in order if isinstance(i, (bool, float)) or (self.ids is None and not isinstance(i, numbers.Integral))]
+        if odd:
+            raise PolicyAnswerError(f"{name} must list request ids (the views' id), got {_short(odd[:5])}")
+        if self.ids is None:
             return [int(i) for i in order]
         return [self.back[i] for i in order]
 

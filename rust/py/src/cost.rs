@@ -158,10 +158,10 @@ impl PyCostModel {
         let cfg: SpeculativeConfig = from_json("speculative", speculative_json)?;
         let sp = Speculator::build(&cfg, &self.spec).map_err(to_py)?;
         let rest = shape(&self.inner, prefills, decodes);
-        if speculating.is_empty() && rest.prefill_tokens == 0 {
+        let seqs: Vec<SpecSeq> = speculating.into_iter().map(|(cached, k)| SpecSeq { cached, k }).collect();
+        if Speculator::proposal_steps(&rest, &seqs) == 0 {
             return Ok(secs_to_ns(self.inner.iteration_seconds(&rest)));
         }
-        let seqs: Vec<SpecSeq> = speculating.into_iter().map(|(cached, k)| SpecSeq { cached, k }).collect();
         Ok(secs_to_ns(sp.step(&self.inner, &rest, &seqs).seconds))
     }
 

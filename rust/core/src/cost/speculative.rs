@@ -255,13 +255,17 @@ impl Speculator {
 
     /// [`Speculator::step`] and, apart, the proposer's seconds (what an expert runtime, which
     /// times the verify pass itself, adds to it).
+    /// On a synchronous pipeline the proposer runs on the last stage's GPUs alone: the other
+    /// stages wait it out (`bubble_seconds`: pp - 1 of the pp stages' GPUs idle).
     pub fn step_parts(&self, target: &CostModel, rest: &BatchShape, seqs: &[SpecSeq]) -> (IterationCost, f64) {
         let mut c = target.iteration(&Self::verify_shape(rest, seqs));
         let mut proposer = 0.0;
+        let idle_stages = (target.pp() - 1) as f64 / target.pp() as f64;
         for j in 1..=Self::proposal_steps(rest, seqs) {
             let p = self.proposer.iteration(&self.proposal_shape(rest, seqs, j));
             c.seconds += p.seconds;
             c.compute_bound_seconds += p.compute_bound_seconds;
+            c.bubble_seconds += p.seconds * idle_stages;
             proposer += p.seconds;
         }
         (c, proposer)

@@ -166,7 +166,7 @@ impl Instance {
     /// synchronous pipeline stages the verify pass is the pipelined iteration and the proposer
     /// runs after it drains.
     pub(super) fn batch_cost(&mut self, reqs: &[Request]) -> IterationCost {
-        let proposes = |(rest, seqs): &(BatchShape, Vec<SpecSeq>)| !seqs.is_empty() || rest.prefill_tokens > 0;
+        let proposes = |(rest, seqs): &(BatchShape, Vec<SpecSeq>)| Speculator::proposal_steps(rest, seqs) > 0;
         let Some((rest, seqs)) = self.draw_batch(reqs).filter(proposes) else { return self.cost.iteration_memo(&self.batch.shape, &mut self.decode_memo.borrow_mut()) };
         let rt = self.spec.as_deref_mut().expect("a speculating pool");
         let (cost, proposer) = rt.spec.step_parts(&self.cost, &rest, &seqs);
@@ -184,7 +184,7 @@ impl Instance {
         let Some((rest, seqs)) = self.draw_batch(reqs) else { return self.cost.stage_costs_memo(&self.batch.shape, &mut self.decode_memo.borrow_mut()) };
         let rt = self.spec.as_deref_mut().expect("a speculating pool");
         rt.in_flight.push_back(std::mem::take(&mut rt.accepted));
-        if seqs.is_empty() && rest.prefill_tokens == 0 {
+        if Speculator::proposal_steps(&rest, &seqs) == 0 {
             return self.cost.stage_costs(&self.batch.shape);
         }
         let mut st = self.cost.stage_costs(&Speculator::verify_shape(&rest, &seqs));

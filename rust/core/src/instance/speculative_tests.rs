@@ -231,6 +231,35 @@ fn a_prompt_runs_through_the_proposer_even_when_no_decode_speculates() {
 }
 
 #[test]
+fn on_a_synchronous_pipeline_the_other_stages_idle_while_the_proposer_runs() {
+    // pp 2, synchronous: a lone prompt's verify pass drains the pipeline, then the EAGLE head runs
+    // on the last stage's GPU while the first stage's waits at idle power.
+    let memory = MemoryConfig::default();
+    let sched = SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192, preemption_mode: Default::default(), swap_space_gb: 4.0 };
+    let spec = InstanceSpec { pp: 2, ..InstanceSpec::new(llama3_8b(), gpu(), Efficiency::default(), 1) };
+    let cfg = SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: 3, acceptance_rate: AcceptanceRate::Constant(0.8) };
+    let mut inst = Instance::new(InstanceSetup { pool: 0, spec: spec.clone(), memory: &memory, scheduler: &sched, experts: None }).unwrap().with_speculation(Some(&cfg), &spec, 1, "instance0.speculative").unwrap();
+    let mut reqs = vec![Request::new(0, 100, 5)];
+    inst.enqueue(0, &mut reqs[0]);
+    let s = inst.start_iteration(0, &mut reqs).unwrap();
+    let mut prompt = inst.cost().empty_shape();
+    prompt.add_prefill(100, 0, true);
+    let verify = inst.cost().iteration(&prompt);
+    let sp = inst.speculation().unwrap().speculator();
+    let mut head = sp.proposer().empty_shape();
+    head.add_prefill(100, 0, true);
+    let proposer = sp.proposer().iteration(&head);
+    let seconds = verify.seconds + proposer.seconds;
+    assert_eq!(s.compute_ns, crate::time::secs_to_ns(seconds));
+    let bubble = verify.bubble_seconds + 0.5 * proposer.seconds;
+    let power = inst.cost().power();
+    let watts = power.busy_watts((verify.compute_bound_seconds + proposer.compute_bound_seconds) / seconds);
+    let expected = 2.0 * (watts * (seconds - bubble) + power.idle * bubble);
+    let got = inst.stats.busy_energy_joules;
+    assert!((got - expected).abs() < 1e-9 * expected, "{got} vs {expected}");
+}
+
+#[test]
 fn a_pipelined_prompt_runs_through_the_proposer_on_the_last_stage() {
     let mut inst = pipelined_instance(1.0, 1);
     let mut reqs = vec![Request::new(0, 100, 9)];
