@@ -76,11 +76,6 @@ impl<E> EventQueue<E> {
         self.heap.peek().map(|e| e.time)
     }
 
-    /// The earliest event, if any (it stays queued).
-    pub fn peek(&self) -> Option<&E> {
-        self.heap.peek().map(|e| &e.event)
-    }
-
     /// Number of queued events.
     pub fn len(&self) -> usize {
         self.heap.len()
@@ -109,13 +104,6 @@ pub trait Process<E> {
 
     /// Runs `event`, due at `now`; it may schedule more events on `queue`.
     fn handle(&mut self, now: Nanos, event: E, queue: &mut EventQueue<E>) -> Result<()>;
-
-    /// A hint, given just before an event is handled: `next` is the event queued after it (unless
-    /// handling it queues an earlier one). A process may start loading the state `next` will
-    /// touch (a cache prefetch); it must not change what any event does.
-    fn prepare(&self, next: &E) {
-        let _ = next;
-    }
 }
 
 /// The simulation clock and its queue of pending events.
@@ -160,9 +148,6 @@ impl<E> EventLoop<E> {
             return Err(Error::Simulation { message: format!("simulated time overflow: a transfer would end past the {:.0}-year limit of the clock (at {:.3} s its rate is too low); check the links' bandwidths", ns_to_secs(MAX_TIME_NS) / (365.25 * 86400.0), ns_to_secs(self.now)) });
         }
         self.now = t;
-        if let Some(next) = self.queue.peek() {
-            process.prepare(next);
-        }
         process.handle(t, event, &mut self.queue)?;
         Ok(true)
     }

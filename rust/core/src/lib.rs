@@ -17,7 +17,6 @@ pub mod memory;
 pub mod model;
 pub mod moe;
 pub mod network;
-pub(crate) mod prefetch;
 pub mod offload;
 pub mod prefix;
 pub mod request;

@@ -213,10 +213,6 @@ impl<'a> Cluster<'a> {
     }
 }
 
-/// Clusters of more instances than this prefetch the next event's instance (an instance's state
-/// is ~1.5 KB; a few dozen of them stay in a core's L2).
-const PREFETCH_ABOVE_INSTANCES: usize = 64;
-
 impl Process<Event> for Cluster<'_> {
     fn next_external(&self) -> Option<Nanos> {
         self.arrivals.next_time()
@@ -224,21 +220,6 @@ impl Process<Event> for Cluster<'_> {
 
     fn external(&mut self, now: Nanos, queue: &mut Queue) -> Result<()> {
         self.arrive(now, queue)
-    }
-
-    /// Starts loading the state of the instance the next event concerns (its struct and its
-    /// running iteration), which the instances handled since have likely evicted: on clusters
-    /// of more than [`PREFETCH_ABOVE_INSTANCES`] (smaller ones keep every instance in cache).
-    fn prepare(&self, next: &Event) {
-        if self.instances.len() <= PREFETCH_ABOVE_INSTANCES {
-            return;
-        }
-        if let Event::Wake { instance } | Event::IterationEnd { instance } | Event::StageFree { instance } | Event::BatchDone { instance } = *next {
-            if let Some(inst) = self.instances.get(instance as usize) {
-                crate::prefetch::prefetch(inst);
-                self.iterations.prefetch(instance);
-            }
-        }
     }
 
     /// Handles `event`, then refreshes the routers' load index for the instance it concerns (an

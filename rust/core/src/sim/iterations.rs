@@ -46,13 +46,6 @@ impl Iterations {
         Iterations { pending: vec![None; instances] }
     }
 
-    /// Hints that `instance`'s running iteration will be read soon.
-    pub(super) fn prefetch(&self, instance: u32) {
-        if let Some(p) = self.pending.get(instance as usize) {
-            crate::prefetch::prefetch(p);
-        }
-    }
-
     /// The compute phase: streams start now; the compute runs under them (overlap) or after them.
     fn run(&mut self, idx: u32, now: Nanos, queue: &mut Queue, net: &mut Transfers) -> Result<()> {
         let p = self.pending[idx as usize].as_mut().expect("an iteration is in progress");
