@@ -302,6 +302,9 @@ def test_generated_arrivals_stay_non_negative_and_ordered():
          "--budget-dollars-per-hour -5: must be a finite number > 0"),
         (["place", "scenarios/quickstart.yaml", "--grid", "cluster.pools.0.count=1,2", "--slo", "ttft_p90=0.5", "--budget-watts", "inf"],
          "--budget-watts inf: must be a finite number > 0"),
+        # The search sets the rate: a grid over it ranked copies of one layout as different ones.
+        (["place", "scenarios/quickstart.yaml", "--grid", "workload.arrivals.rate=1,2", "--slo", "ttft_p90=0.5"],
+         "--grid workload.arrivals.rate: the goodput search varies the arrival rate itself"),
     ],
 )
 def test_goodput_and_place_refuse_meaningless_numbers(args, message):

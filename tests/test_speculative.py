@@ -232,3 +232,18 @@ def test_a_speculative_block_on_a_prefill_pool_is_refused():
     ]
     with pytest.raises(ConfigError, match=r"cluster.pools.0.role: .*prefill pool never decodes, so its speculative block would do nothing"):
         fleetwise.scenario_from_dict(sc)
+
+
+@pytest.mark.parametrize("batch", [1, 16, 64, 256])
+def test_docs_numbers_table_is_what_estimate_prints(batch):
+    # docs/speculative-decoding.md's table must be what its command prints under the shipped `vllm`
+    # profile (it had gone stale: 1.21x at batch 64 where estimate printed 1.24x).
+    from conftest import docs_table_row
+    from fleetwise.estimate import estimate_iteration
+
+    cells = docs_table_row("speculative-decoding.md", str(batch), lambda c: c[-1].endswith("x"))
+    r = estimate_iteration("llama-3-70b", "h100-sxm", tp=4, decode_batch=batch, context=1024,
+                           speculative={"method": "draft", "draft_model": "llama-3-8b", "num_speculative_tokens": 4, "acceptance_rate": 0.8})
+    s = r["speculative"]
+    assert cells[1:] == [f"{r['seconds'] * 1e3:.2f}", f"{s['proposer_seconds'] * 1e3:.2f}", f"{s['verify_seconds'] * 1e3:.2f}",
+                         f"{s['seconds_per_token'] * 1e3:.2f}", f"{s['speedup']:.2f}x"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fleetwise.sweep.grid import Point
+from fleetwise.sweep.grid import RATE_PATH, Point
 from fleetwise.sweep.workers import WorkerPool
 
 OBJECTIVES = ("goodput", "goodput_per_gpu", "goodput_per_dollar")
@@ -102,6 +102,10 @@ def place(
 
     if objective not in OBJECTIVES:
         raise ConfigError(f"objective {objective!r}: allowed {', '.join(OBJECTIVES)}")
+    if any(path == RATE_PATH for p in points for path, _ in p.assignments):
+        # Each layout's goodput search sets the rate itself: such a grid would search the same
+        # layout once per value and rank identical rows.
+        raise ConfigError(f"--grid {RATE_PATH}: the goodput search varies the arrival rate itself; grid over the layout only")
     ensure_output_dir(out_dir)  # a bad -o fails before any search
     rows, todo = [], []
     for p in points:

@@ -165,10 +165,13 @@ impl PyCostModel {
         Ok(secs_to_ns(sp.step(&self.inner, &rest, &seqs).seconds))
     }
 
-    /// Busy power of one GPU, watts, for an iteration of the given batch.
+    /// Busy power of one GPU, watts, for an iteration of the given batch: as the simulator charges
+    /// it, at the compute-bound share of the time its kernels run; the stall on streamed weights
+    /// (`weight_stall_seconds`) is idle time, not part of that share.
     #[pyo3(signature = (prefills=vec![], decodes=vec![]))]
     fn busy_watts(&self, prefills: Vec<(u64, u64, bool)>, decodes: Vec<u64>) -> f64 {
         let it = self.inner.iteration(&shape(&self.inner, prefills, decodes));
-        if it.seconds > 0.0 { self.inner.power().busy_watts(it.compute_bound_seconds / it.seconds) } else { self.inner.power().idle }
+        let active = it.seconds - it.weight_stall_seconds;
+        if active > 0.0 { self.inner.power().busy_watts((it.compute_bound_seconds / active).min(1.0)) } else { self.inner.power().idle }
     }
 }
