@@ -171,7 +171,6 @@ impl PyCostModel {
     #[pyo3(signature = (prefills=vec![], decodes=vec![]))]
     fn busy_watts(&self, prefills: Vec<(u64, u64, bool)>, decodes: Vec<u64>) -> f64 {
         let it = self.inner.iteration(&shape(&self.inner, prefills, decodes));
-        let active = it.seconds - it.weight_stall_seconds;
-        if active > 0.0 { self.inner.power().busy_watts((it.compute_bound_seconds / active).min(1.0)) } else { self.inner.power().idle }
+        if it.active_seconds() > 0.0 { self.inner.power().busy_watts(it.compute_share()) } else { self.inner.power().idle }
     }
 }

@@ -88,4 +88,15 @@ impl IterationCost {
         }
         self.bubble_seconds += op.bubble_seconds;
     }
+
+    /// Seconds its kernels run: `seconds` less the stall on streamed weights (idle time).
+    pub fn active_seconds(&self) -> f64 {
+        self.seconds - self.weight_stall_seconds
+    }
+
+    /// The compute-bound share of the time its kernels run, what busy power depends on (call
+    /// only when [`IterationCost::active_seconds`] is positive).
+    pub fn compute_share(&self) -> f64 {
+        (self.compute_bound_seconds / self.active_seconds()).min(1.0)
+    }
 }

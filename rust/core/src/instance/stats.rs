@@ -109,12 +109,12 @@ impl Instance {
 /// synchronous pipeline's GPUs each wait out the bubble (`bubble_seconds`: the stage-slots in
 /// which their stage holds no micro-batch) at idle power.
 fn busy_energy_joules(cost: &CostModel, it: &IterationCost) -> f64 {
-    let active = it.seconds - it.weight_stall_seconds;
+    let active = it.active_seconds();
     if active <= 0.0 {
         return 0.0;
     }
     let power = cost.power();
-    let watts = power.busy_watts((it.compute_bound_seconds / active).min(1.0));
+    let watts = power.busy_watts(it.compute_share());
     let bubble = it.bubble_seconds.clamp(0.0, active);
     (watts * (active - bubble) + power.idle * bubble) * cost.gpus() as f64
 }
