@@ -293,9 +293,11 @@ def compare_routers(engine_urls, policy, prompts, **kw) -> tuple[list[int], list
         OUTCOMES[policy] = vr.prefix_outcomes()
     finally:
         vr.stop()
-    # No health probes: a CPU engine busy with 2,000-token answers may answer /health slowly on a
-    # loaded machine, and an ejection would change the choices this compares.
-    state = RouterState([Endpoint(u) for u in vr.order], create("router", COMPARISONS[policy]), scrape_interval=0, failover=FailoverSettings(health_interval=0))
+    # No health probes and no ejection: a CPU engine busy with 2,000-token answers may answer slowly
+    # on a loaded machine (CI once saw one ejected after 34 of 44 requests, every later request then
+    # going to the other), and an ejection would change the choices this compares, not the policy's.
+    patient = FailoverSettings(health_interval=0, connect_timeout=60.0, read_timeout=600.0, eject_after=10**6)
+    state = RouterState([Endpoint(u) for u in vr.order], create("router", COMPARISONS[policy]), scrape_interval=0, failover=patient)
     with BackgroundServer(create_router_app(state)) as r:
         ours = replay(r.url, engine_urls, prompts, **kw).choices
     return theirs, ours
