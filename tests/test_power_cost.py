@@ -101,3 +101,22 @@ def test_estimate_power_of_an_offloaded_iteration_is_the_busy_draw_the_run_charg
     wl = Workload(arrival_ns=np.zeros(1, dtype=np.int64), prompt_tokens=np.full(1, 2000, dtype=np.int64), output_tokens=np.ones(1, dtype=np.int64))
     inst = fleetwise.simulate(sc, workload=wl).instances.row(0, named=True)
     assert inst["busy_energy_joules"] / (inst["busy_ns"] * 1e-9) == pytest.approx(off["power_watts_per_gpu"], rel=1e-6)
+
+
+def test_a_capped_prompt_draws_the_cap_in_its_compute_bound_kernels_only():
+    # DVFS clocks each compute-bound kernel to draw the cap (490 W); the memory-bound ones (norms,
+    # embedding, sampling) keep their own 70 + 0.3 x 630 = 259 W. The iteration's draw is their
+    # time-weighted mean, below the cap: min(uncapped formula, cap) said 490 W for any prompt.
+    from fleetwise.estimate import estimate_iteration
+
+    capped = estimate_iteration("llama-3-8b", "h100-sxm", prefill=2000, power_cap_watts=490)
+    phi = sum(o["seconds"] for o in capped["ops"] if o["compute_bound"]) / capped["seconds"]
+    assert 0.8 < phi < 0.95
+    assert capped["power_watts_per_gpu"] == pytest.approx(phi * 490 + (1 - phi) * 259, rel=1e-9)
+    assert capped["power_watts_per_gpu"] == pytest.approx(468.25, abs=0.01)
+    # A run charges the same draw for that prompt served alone.
+    sc = small_scenario()
+    sc["cluster"]["pools"][0].update(count=1, power_cap_watts=490, scheduler={"kind": "vllm", "max_num_batched_tokens": 4096})
+    wl = Workload(arrival_ns=np.zeros(1, dtype=np.int64), prompt_tokens=np.full(1, 2000, dtype=np.int64), output_tokens=np.ones(1, dtype=np.int64))
+    inst = fleetwise.simulate(sc, workload=wl).instances.row(0, named=True)
+    assert inst["busy_energy_joules"] / (inst["busy_ns"] * 1e-9) == pytest.approx(capped["power_watts_per_gpu"], rel=1e-6)

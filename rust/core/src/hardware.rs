@@ -214,10 +214,18 @@ impl PowerModel {
         }
     }
 
-    /// Average power of a busy period whose share `compute_share` of time is compute-bound.
+    /// Average power of a busy period whose share `compute_share` of time is compute-bound: each
+    /// kernel's draw weighted by its time. Uncapped, compute-bound kernels draw TDP and memory-bound
+    /// ones `idle + m (TDP - idle)`. Under a cap each kernel is clocked to fit it (`compute_clock`):
+    /// compute-bound kernels draw the cap, memory-bound ones their own draw (the cap when that is
+    /// lower), so a capped prompt averages below the cap by its memory-bound share.
     pub fn busy_watts(&self, compute_share: f64) -> f64 {
-        let a = self.memory_activity + (1.0 - self.memory_activity) * compute_share.clamp(0.0, 1.0);
-        self.draw(a).min(self.cap)
+        let share = compute_share.clamp(0.0, 1.0);
+        if self.cap >= self.tdp {
+            return self.draw(self.memory_activity + (1.0 - self.memory_activity) * share);
+        }
+        let memory = self.draw(self.memory_activity).min(self.cap);
+        share * self.cap + (1.0 - share) * memory
     }
 }
 
@@ -283,6 +291,21 @@ mod tests {
         // Uncapped, or capped at TDP: full clock.
         assert_eq!(PowerModel::new(&h100(DEFAULT_DVFS_EXPONENT), None).compute_slowdown(), 1.0);
         assert_eq!(PowerModel::new(&h100(DEFAULT_DVFS_EXPONENT), Some(700.0)).compute_slowdown(), 1.0);
+    }
+
+    #[test]
+    fn a_capped_busy_period_draws_the_cap_only_in_its_compute_bound_kernels() {
+        // 490 W on an H100, 3/4 of the time compute-bound: the GEMMs are clocked to draw 490 W, the
+        // memory-bound quarter draws 70 + 0.3 x 630 = 259 W: 0.75 x 490 + 0.25 x 259 = 432.25 W
+        // (the uncapped formula, 70 + 630 x (0.3 + 0.7 x 0.75) = 589.75 W, cut to 490, overstated it).
+        let pm = PowerModel::new(&h100(DEFAULT_DVFS_EXPONENT), Some(490.0));
+        assert!((pm.busy_watts(0.75) - 432.25).abs() < 1e-9, "{}", pm.busy_watts(0.75));
+        assert!((pm.busy_watts(1.0) - 490.0).abs() < 1e-9);
+        assert!((pm.busy_watts(0.0) - 259.0).abs() < 1e-9);
+        // A cap below the memory-bound draw: every kernel draws the cap.
+        assert!((PowerModel::new(&h100(DEFAULT_DVFS_EXPONENT), Some(200.0)).busy_watts(0.4) - 200.0).abs() < 1e-9);
+        // Uncapped: the time-weighted draw, 70 + 630 x (0.3 + 0.7 x 0.75).
+        assert!((PowerModel::new(&h100(DEFAULT_DVFS_EXPONENT), None).busy_watts(0.75) - 589.75).abs() < 1e-9);
     }
 
     #[test]
