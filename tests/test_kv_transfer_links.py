@@ -54,9 +54,21 @@ def test_a_prefill_pool_on_nvlink_transfers_at_nvlink_speed_whatever_the_decode_
     assert got == [pytest.approx(_ns(hand), abs=2)]
 
 
-def test_a_decode_pool_on_nvlink_does_not_speed_up_what_a_nic_prefill_pool_sends(tmp_path):
+@pytest.mark.parametrize("field, value, message", [
+    ("kv_link", "nvlink", "nvlink on a decode pool is not used: the pool that sends the KV decides its transfers, and prefill pool 'p' says nic"),
+    ("kv_transfer", "layerwise", "layerwise on a decode pool is not used: the pool that sends the KV decides its transfers, and prefill pool 'p' says serialized"),
+    ("kv_transfer_latency", 0.001, "0.001 s on a decode pool is not used: the pool that sends the KV decides its transfers, and prefill pool 'p' says 0.004 s"),
+])
+def test_a_decode_pool_setting_the_sender_would_ignore_is_refused(tmp_path, field, value, message):
+    # A decode pool on NVLink behind a NIC prefill pool received at NIC speed without a word (the
+    # sending pool decides); now refused, naming the field. Repeating the prefill pool's value is fine.
+    from fleetwise.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"cluster\.pools\.1\.{field}") as info:
+        _transfer_ns(tmp_path, {}, {field: value})
+    assert message in str(info.value)
     hand = SETUP + H100.nic_latency + PROMPT * KV_BYTES / H100.nic_bandwidth
-    assert _transfer_ns(tmp_path, {}, {"kv_link": "nvlink"}) == [pytest.approx(_ns(hand), abs=2)]
+    assert _transfer_ns(tmp_path, {"kv_transfer_latency": 0.004}, {"kv_transfer_latency": 0.004}) == [pytest.approx(_ns(hand), abs=2)]
 
 
 def test_layerwise_over_nvlink_leaves_the_setup_and_one_layer(tmp_path):

@@ -315,15 +315,18 @@ class PoolConfig(StrictModel):
             raise ValueError("a prefill pool never decodes, so its speculative block would do nothing; put it on the decode pool")
         return v
     kv_transfer: Literal["serialized", "layerwise"] = "serialized"
-    """Prefill pools: send the KV after the prefill, or layer by layer while it runs (Splitwise)."""
+    """Prefill pools: send the KV after the prefill, or layer by layer while it runs (Splitwise). A
+    decode pool leaves it unset or repeats the prefill pools' value."""
     kv_link: Literal["nic", "nvlink"] = "nic"
     """Prefill pools: the links this pool's KV transfers use at both ends, out of the prefill
     instance and into the decode instance: the NICs (other nodes) or NVLink (prefill and decode on
-    one node). The sending pool's setting decides; a decode pool's does not change what it receives."""
+    one node). The sending pool's setting decides: a decode pool leaves it unset or repeats the
+    prefill pools' value (any other value would not be used, and is refused)."""
     kv_transfer_latency: float = Field(default=4e-3, ge=0, le=1)
     """Prefill pools: setup and synchronisation latency of each KV transfer, seconds (paid before
     its bytes flow; a layer-wise transfer pays it again for its last layer, after the prompt).
-    The default, 4 ms, fits Splitwise's ~5 ms of non-hidden layer-wise transfer on DGX-H100."""
+    The default, 4 ms, fits Splitwise's ~5 ms of non-hidden layer-wise transfer on DGX-H100. A
+    decode pool leaves it unset or repeats the prefill pools' value."""
 
 
 class ClusterConfig(StrictModel):

@@ -67,8 +67,8 @@ pub struct PoolConfig {
     pub kv_transfer: KvTransfer,
     /// Prefill pools: the kind of link the KV transfers out of this pool's instances use at both
     /// ends (out of the prefill instance and into the decode instance): the NICs, or NVLink when
-    /// prefill and decode instances share nodes (DistServe's high node affinity). A decode pool's
-    /// own setting does not change the transfers it receives.
+    /// prefill and decode instances share nodes (DistServe's high node affinity). A decode pool
+    /// leaves it at its default or repeats the prefill pools' value (anything else is refused).
     #[serde(default)]
     pub kv_link: KvLink,
     /// Setup and synchronisation latency of one KV transfer out of this pool's instances, seconds
