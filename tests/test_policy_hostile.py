@@ -114,6 +114,14 @@ def _exits(endpoints):
     sys.exit(3)
 
 
+class _PolicyAbort(BaseException):
+    """A policy's own BaseException (not an Exception): it reached uvicorn as a traceback."""
+
+
+def _aborts(endpoints):
+    raise _PolicyAbort("gave up")
+
+
 def _router_state(policy):
     pytest.importorskip("httpx")
     from fleetwise.serve.router_app import Endpoint, RouterState
@@ -127,6 +135,7 @@ def _router_state(policy):
     (lambda e: P.RouteDecision(True), "the policy's RouteDecision.instance must be an int, got True"),
     (lambda e: P.RouteDecision(0, prefill=1.5), "the policy's RouteDecision.prefill must be an int or None, got 1.5"),
     (_exits, "the policy's route() raised SystemExit: 3"),
+    (_aborts, "the policy's route() raised _PolicyAbort: gave up"),
 ])
 def test_serve_router_refuses_a_wrong_typed_route_with_a_message(answer, message):
     # A float index used to escape route() as a TypeError (a plain-text 500 and a traceback in the

@@ -261,7 +261,9 @@ class RouterState:
             raise ValueError(f"the policy's route() raised {type(e).__name__}: {e}") from None
         except LookupError:
             raise
-        except (Exception, SystemExit) as e:  # a policy's bug (a sys.exit() included) fails its request (500), never the router
+        except (KeyboardInterrupt, GeneratorExit, asyncio.CancelledError):
+            raise  # the server's own shutdown and cancellation, not the policy's answer
+        except BaseException as e:  # a policy's bug (sys.exit() or its own BaseException included) fails its request (500), never the router
             raise ValueError(f"the policy's route() raised {type(e).__name__}: {e}") from None
         self.m_decision.observe(time.perf_counter() - t)
         if not isinstance(d, RouteDecision):
