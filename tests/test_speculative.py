@@ -220,18 +220,48 @@ def test_pipeline_stages_speculate_and_every_request_emits_its_output(pipeline):
     assert spec.summary["tpot_s"]["mean"] < plain.summary["tpot_s"]["mean"] / 1.3
 
 
-def test_a_speculative_block_on_a_prefill_pool_is_refused():
-    # It never decodes: the block used to be ignored silently.
-    from fleetwise.errors import ConfigError
+def _split(prefill_spec: dict | None, decode_spec: dict | None) -> dict:
+    """Llama-3-70B prefill and decode pools (4 H100s each) and one 1000-token prompt."""
+    sc = _scenario(None, prompt=1000, output=20)
+    pool = sc["cluster"]["pools"][0]
+    sc["cluster"]["pools"] = [{**pool, "name": "p", "role": "prefill"}, {**pool, "name": "d", "role": "decode"}]
+    for p, spec in zip(sc["cluster"]["pools"], (prefill_spec, decode_spec)):
+        if spec is not None:
+            p["speculative"] = spec
+    return sc
 
-    sc = small_scenario()
-    sc["cluster"]["pools"] = [
-        {"name": "p", "count": 1, "gpu": "h100-sxm", "model": "llama-3-8b", "role": "prefill",
-         "speculative": {"method": "eagle", "num_speculative_tokens": 3, "acceptance_rate": 0.7}},
-        {"name": "d", "count": 1, "gpu": "h100-sxm", "model": "llama-3-8b", "role": "decode"},
-    ]
-    with pytest.raises(ConfigError, match=r"cluster.pools.0.role: .*prefill pool never decodes, so its speculative block would do nothing"):
-        fleetwise.scenario_from_dict(sc)
+
+def test_a_split_cluster_prefills_the_draft_and_sends_its_kv_with_the_targets():
+    # As vLLM's KV connector requires, both pools name the proposer: the prefill instance runs the
+    # prompt through Llama-3-8B after the 70B (the TTFT grows by the 8B's prefill on 4 GPUs) and
+    # sends the 8B's KV of the prompt with the 70B's: 1000 x 131,072 bytes more over the four GPUs'
+    # NICs (4 x 50 GB/s) = 0.655 ms more transfer. The decode pool then speculates from it.
+    from fleetwise.catalog import builtin_gpus, builtin_models
+
+    plain = fleetwise.simulate(_split(None, None)).requests.row(0, named=True)
+    spec = fleetwise.simulate(_split(DRAFT, DRAFT))
+    r = spec.requests.row(0, named=True)
+    draft_prefill = cost_model("llama-3-8b", "h100-sxm", tp=4).iteration_seconds(prefills=[(1000, 0, True)])
+    assert (r["first_token_ns"] - plain["first_token_ns"]) * 1e-9 == pytest.approx(draft_prefill, abs=2e-9)
+    draft = builtin_models()["llama-3-8b"]
+    draft_kv = 2 * draft.num_layers * draft.num_kv_heads * draft.head_dim * draft.dtype_bytes
+    assert draft_kv == 131_072
+    extra = 1000 * draft_kv / (4 * builtin_gpus()["h100-sxm"].nic_bandwidth)
+    assert (r["kv_transfer_ns"] - plain["kv_transfer_ns"]) * 1e-9 == pytest.approx(extra, abs=2e-9)
+    assert r["status"] == "finished" and spec.summary["speculative"]["num_drafts"] > 0
+
+
+@pytest.mark.parametrize("prefill_spec, decode_spec, message", [
+    (DRAFT, None, "prefill pool 'p' speculates with draft llama-3-8b but decode pool 'd' with none"),
+    (None, DRAFT, "prefill pool 'p' speculates with none but decode pool 'd' with draft llama-3-8b"),
+    ({"method": "eagle", "num_speculative_tokens": 3, "acceptance_rate": 0.7}, DRAFT, "prefill pool 'p' speculates with eagle but decode pool 'd' with draft llama-3-8b"),
+])
+def test_a_split_cluster_whose_pools_name_different_proposers_is_refused(prefill_spec, decode_spec, message):
+    # A decode pool speculating alone used to take the draft's KV of the prompt as arriving free
+    # (the transfer moved the target's bytes only); a prefill pool's block was refused outright.
+    with pytest.raises(ConfigError, match=r"cluster\.pools\.0\.speculative") as info:
+        fleetwise.simulate(_split(prefill_spec, decode_spec))
+    assert message in str(info.value)
 
 
 @pytest.mark.parametrize("batch", [1, 16, 64, 256])

@@ -294,7 +294,9 @@ class PoolConfig(StrictModel):
     speculative: SpeculativeConfig | None = None
     """Speculative decoding (vLLM's ``--speculative-config``): a draft model or an EAGLE / MTP head
     proposes ``num_speculative_tokens`` tokens per decode step, accepted at ``acceptance_rate``
-    (docs/speculative-decoding.md); default none."""
+    (docs/speculative-decoding.md); default none. In a prefill/decode split the prefill and decode
+    pools name the same proposer (as vLLM's KV connector requires): the prefill pool runs each prompt
+    through it and sends its KV with the target's."""
     experts: ExpertsConfig | None = None
     """Mixture-of-experts serving: expert placement (HBM, DRAM, flash), routing model, expert
     cache, prefetching and token grouping (MoE models only; docs/moe.md)."""
@@ -307,13 +309,6 @@ class PoolConfig(StrictModel):
     """Disaggregation (Splitwise, DistServe): prefill instances hand each request's KV to a decode
     instance after the first token; mixed instances do both."""
 
-    @field_validator("role")
-    @classmethod
-    def _prefill_pools_do_not_speculate(cls, v: str, info: ValidationInfo) -> str:
-        """A ``speculative`` block on a prefill pool would be ignored: it never decodes."""
-        if v == "prefill" and info.data.get("speculative") is not None:
-            raise ValueError("a prefill pool never decodes, so its speculative block would do nothing; put it on the decode pool")
-        return v
     kv_transfer: Literal["serialized", "layerwise"] = "serialized"
     """Prefill pools: send the KV after the prefill, or layer by layer while it runs (Splitwise). A
     decode pool leaves it unset or repeats the prefill pools' value."""

@@ -177,6 +177,12 @@ impl Speculator {
         Ok(Speculator { method: cfg.method, rates, proposer, weight_bytes_per_gpu: weight, kv_bytes_per_token_per_gpu: kv })
     }
 
+    /// The proposer's KV bytes of one token over all its layers and KV heads (what a speculating
+    /// prefill instance sends per prompt token beside the target's).
+    pub fn kv_bytes_per_token_whole_model(&self) -> u64 {
+        self.proposer.kv_bytes_per_token_whole_model()
+    }
+
     /// Draft tokens per step, k.
     pub fn k(&self) -> u32 {
         self.rates.len() as u32

@@ -120,6 +120,32 @@ fn check_receiver_transfer_settings(pools: &[PoolConfig]) -> Result<()> {
     Ok(())
 }
 
+/// The proposer a pool speculates with, as a scenario names it (`draft llama-3-8b`, `eagle`), or `none`.
+fn proposer(pool: &PoolConfig) -> String {
+    match &pool.speculative {
+        None => "none".into(),
+        Some(sp) => match &sp.draft_model {
+            Some(d) => format!("{} {}", sp.method.name(), d.name),
+            None => sp.method.name().into(),
+        },
+    }
+}
+
+/// Refuses a prefill/decode split whose pools speculate with different proposers (vLLM's KV
+/// connector refuses such a pair): the prefill pool runs each prompt through the proposer and
+/// sends its KV with the target's, which the decode pool's proposer continues from.
+fn check_proposers_agree(pools: &[PoolConfig]) -> Result<()> {
+    for (p, pool) in pools.iter().enumerate().filter(|(_, p)| p.role == Role::Prefill) {
+        if let Some(d) = pools.iter().find(|d| d.role == Role::Decode && proposer(d) != proposer(pool)) {
+            return Err(Error::config(
+                format!("cluster.pools.{p}.speculative"),
+                format!("prefill pool '{}' speculates with {} but decode pool '{}' with {}: the prefill pool builds the proposer's KV of each prompt and sends it with the target's, so both name the same proposer (method and draft_model)", pool.name, proposer(pool), d.name, proposer(d)),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A one-word setting as a scenario spells it (`nvlink`, `layerwise`).
 fn snake(v: impl std::fmt::Debug) -> String {
     format!("{v:?}").to_lowercase()
@@ -130,6 +156,7 @@ impl<'a> Cluster<'a> {
     /// replace) for the requests of `workload`, already in `reqs`.
     pub(super) fn new(config: &SimConfig, workload: &'a Workload, mut plugins: Plugins, reqs: &'a mut Vec<Request>) -> Result<Self> {
         check_receiver_transfer_settings(&config.pools)?;
+        check_proposers_agree(&config.pools)?;
         let mut instances = Vec::new();
         let mut pool_names = Vec::new();
         let mut layerwise = Vec::new();

@@ -133,10 +133,14 @@ impl Cluster<'_> {
             if let Some(blocks) = instances[d as usize].reserve(r) {
                 let from = r.instance;
                 let model = instances[from as usize].cost().model();
-                let bytes = r.prompt as u64 * instances[from as usize].cost().kv_bytes_per_token_whole_model();
+                let target = r.prompt as u64 * instances[from as usize].cost().kv_bytes_per_token_whole_model();
+                // A speculating prefill instance sends its proposer's KV of the prompt too.
+                let proposer = instances[from as usize].speculation().map_or(0, |s| r.prompt as u64 * s.speculator().kv_bytes_per_token_whole_model());
+                let bytes = target + proposer;
                 let tokens = r.known_tokens() as u64;
-                // Layer-wise (started before the prefill ends): the last layer's share waits.
-                let last = if prefill_done || model.num_layers < 2 { 0 } else { bytes / model.num_layers as u64 };
+                // Layer-wise (started before the prefill ends): the last layer's share waits, and
+                // the proposer's KV, which exists once the proposer has run after the target.
+                let last = if prefill_done { 0 } else if model.num_layers < 2 { proposer } else { target / model.num_layers as u64 + proposer };
                 self.transfers.start_handoff(now, req, from, d, bytes - last, queue)?;
                 self.reqs[req as usize].transfer.0 = now;
                 let tail = (last > 0).then_some((from, d, last));
