@@ -10,18 +10,15 @@
 //! ```
 //!
 //! with `end_0` the time the batch is formed. Only two events follow: stage 1 free (form the next
-//! batch) and batch done (apply its tokens). Bubbles appear by themselves when there are fewer
-//! ready batches than stages. The requests not in flight are spread over the free batch slots: a
-//! batch takes the first `ceil(ready / (pp - in_flight))` of them in running order (the rest wait
-//! for a later slot), so that a steady decode load splits into `pp` equal batches — unless that
-//! share cannot run (its KV cannot grow), when the batch is formed from every ready request;
-//! waiting requests are admitted by the scheduler into whichever batch forms next. If nothing is
-//! in flight and still nothing can run (running requests hold the whole cache and none can grow,
-//! e.g. chunked prefills that several batches took in turn), the newest running request is
-//! preempted by recompute until a batch forms, as vLLM does when the cache cannot hold a step. Decodes of a
-//! batch's requests run in closed form where they can (`pipeline_groups.rs`). The KV cache is one block manager
-//! shared by all batches (vLLM v0 splits it between virtual engines instead): every block a batch
-//! needs is taken when it forms, so the cache never exceeds its capacity.
+//! batch) and batch done (apply its tokens); bubbles appear by themselves when fewer batches are
+//! ready than stages. A batch takes the first `ceil(ready / (pp - in_flight))` requests not in
+//! flight, in running order, so a steady decode load splits into `pp` equal batches — unless that
+//! share cannot run (its KV cannot grow): then every ready request. The scheduler admits waiting
+//! requests into whichever batch forms next. If nothing is in flight and still nothing can run,
+//! the newest running request is preempted by recompute until a batch forms (as vLLM does when
+//! the cache cannot hold a step). Decodes run in closed form where they can (`pipeline_groups.rs`).
+//! One block manager serves all batches (vLLM v0 splits it between virtual engines instead):
+//! every block a batch needs is taken when it forms, so the cache never exceeds its capacity.
 
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
