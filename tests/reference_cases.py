@@ -302,8 +302,8 @@ def make_disagg_scenario(seed: int) -> tuple[dict, Workload]:
     for name, role, count in (("prefill", "prefill", 1), ("decode", "decode", decoders)):
         pools.append({
             "name": name, "count": count, "gpu": "pgpu" if role == "prefill" else "dgpu", "model": "tiny",
-            "role": role, "kv_transfer": "serialized",
-            "kv_link": "nvlink" if (seed % 6 == 5 and role == "prefill") else "nic",
+            "role": role,
+            **({"kv_transfer": "serialized", "kv_link": "nvlink" if seed % 6 == 5 else "nic"} if role == "prefill" else {}),
             "scheduler": {"kind": "vllm", "max_num_seqs": int(rng.integers(2, 17)), "max_num_batched_tokens": max_tokens},
             "memory": {"gpu_memory_utilization": 1.0, "block_size": block_size},
             **QUANTIZED.get(3 if seed % 3 == 1 else -1, {}),

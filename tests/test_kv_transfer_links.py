@@ -45,30 +45,33 @@ def test_serialized_transfer_over_the_nics_by_hand(tmp_path):
     assert _transfer_ns(tmp_path, {}, {}) == [pytest.approx(_ns(hand), abs=2)]
 
 
-@pytest.mark.parametrize("decode_link", ["nic", "nvlink"])
-def test_a_prefill_pool_on_nvlink_transfers_at_nvlink_speed_whatever_the_decode_pool_says(tmp_path, decode_link):
+@pytest.mark.parametrize("decode", [{}, {"kv_link": "nvlink"}])
+def test_a_prefill_pool_on_nvlink_transfers_at_nvlink_speed_at_both_ends(tmp_path, decode):
     # 4 ms + 2 us + 524,288,000 bytes / 450 GB/s = 5.167085 ms. It used to enter the decode
     # instance by its NIC unless the decode pool said nvlink too: 14.487760 ms, the NIC's time.
+    # The decode pool leaves kv_link out or repeats the prefill pool's.
     hand = SETUP + H100.link_latency + PROMPT * KV_BYTES / H100.link_bandwidth
-    got = _transfer_ns(tmp_path, {"kv_link": "nvlink"}, {"kv_link": decode_link})
+    got = _transfer_ns(tmp_path, {"kv_link": "nvlink"}, decode)
     assert got == [pytest.approx(_ns(hand), abs=2)]
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("kv_link", "nvlink", "nvlink on a decode pool is not used: the pool that sends the KV decides its transfers, and prefill pool 'p' says nic"),
-    ("kv_transfer", "layerwise", "layerwise on a decode pool is not used: the pool that sends the KV decides its transfers, and prefill pool 'p' says serialized"),
-    ("kv_transfer_latency", 0.001, "0.001 s on a decode pool is not used: the pool that sends the KV decides its transfers, and prefill pool 'p' says 0.004 s"),
+@pytest.mark.parametrize("prefill, decode, message", [
+    ({}, {"kv_link": "nvlink"}, "pool 1 ('d', role decode) sets kv_link: nvlink, which is not used: the pool that sends the KV decides its transfers, and prefill pool 'p' says nic"),
+    ({"kv_link": "nvlink"}, {"kv_link": "nic"}, "pool 1 ('d', role decode) sets kv_link: nic, which is not used: the pool that sends the KV decides its transfers, and prefill pool 'p' says nvlink"),
+    ({}, {"kv_transfer": "layerwise"}, "sets kv_transfer: layerwise, which is not used: the pool that sends the KV decides its transfers, and prefill pool 'p' says serialized"),
+    ({"kv_transfer_latency": 0.001}, {"kv_transfer_latency": 0.004}, "sets kv_transfer_latency: 0.004, which is not used: the pool that sends the KV decides its transfers, and prefill pool 'p' says 0.001"),
 ])
-def test_a_decode_pool_setting_the_sender_would_ignore_is_refused(tmp_path, field, value, message):
+def test_a_decode_pool_setting_the_sender_overrides_is_refused(tmp_path, prefill, decode, message):
     # A decode pool on NVLink behind a NIC prefill pool received at NIC speed without a word (the
-    # sending pool decides); now refused, naming the field. Repeating the prefill pool's value is fine.
+    # sending pool decides); now refused, a decode pool naming the default included. Repeating the
+    # prefill pool's value is fine.
     from fleetwise.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=rf"cluster\.pools\.1\.{field}") as info:
-        _transfer_ns(tmp_path, {}, {field: value})
+    with pytest.raises(ConfigError, match=r"cluster\.pools") as info:
+        _transfer_ns(tmp_path, prefill, decode)
     assert message in str(info.value)
-    hand = SETUP + H100.nic_latency + PROMPT * KV_BYTES / H100.nic_bandwidth
-    assert _transfer_ns(tmp_path, {"kv_transfer_latency": 0.004}, {"kv_transfer_latency": 0.004}) == [pytest.approx(_ns(hand), abs=2)]
+    hand = 1e-3 + H100.nic_latency + PROMPT * KV_BYTES / H100.nic_bandwidth
+    assert _transfer_ns(tmp_path, {"kv_transfer_latency": 0.001}, {"kv_transfer_latency": 0.001}) == [pytest.approx(_ns(hand), abs=2)]
 
 
 def test_layerwise_over_nvlink_leaves_the_setup_and_one_layer(tmp_path):

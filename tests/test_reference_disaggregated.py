@@ -77,3 +77,24 @@ def test_reference_refuses_other_disaggregated_modes():
         pool["scheduler"] = {"kind": "sarathi-serve", "max_num_seqs": 8, "token_budget": 256}
     with pytest.raises(ValueError, match="vllm"):
         simulate_reference(chunked, workload)
+
+
+@pytest.mark.parametrize("kv_transfer", ["serialized", "layerwise"])
+def test_speculating_split_clusters_match_reference(kv_transfer):
+    """Both pools speculate with a draft (acceptance 1 then 0: one accepted token a step): the
+    prefill instance runs each prompt through the draft and sends the draft's KV with the target's
+    (layer-wise: with the last layer's); the decode instances speculate from it. Every request's
+    times and the transfers agree exactly with the reference."""
+    totals: dict = {}
+    moved = 0
+    for seed in DISAGG_SEEDS[:6]:
+        scenario, workload = make_disagg_scenario(seed)
+        scenario["models"]["draft"] = {**scenario["models"]["tiny"], "num_layers": 1}
+        for gpu in scenario["gpus"].values():  # room for the draft's weights and KV beside the caches sized for the target
+            gpu["memory_bytes"] *= 2.5
+        for pool in scenario["cluster"]["pools"]:
+            pool["speculative"] = {"method": "draft", "draft_model": "draft", "num_speculative_tokens": 2, "acceptance_rate": [1.0, 0.0]}
+        scenario["cluster"]["pools"][0]["kv_transfer"] = kv_transfer
+        ref, _ = assert_agreement(f"speculating split seed {seed} ({kv_transfer})", scenario, workload, totals)
+        moved += ref.filter(pl.col("transfer_start_ns").is_not_null()).height
+    assert moved > 0

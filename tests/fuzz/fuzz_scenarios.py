@@ -168,8 +168,7 @@ def pool(name: str, role: str) -> st.SearchStrategy:
             "calibration": calibration(full=False),
             "power_cap_watts": float_field(100.0, 1000.0),
             "prefix_caching": st.booleans(),
-            "kv_transfer": st.sampled_from(["serialized", "layerwise"]),
-            "kv_link": st.sampled_from(["nic", "nvlink"]),
+            **({} if role == "decode" else {"kv_transfer": st.sampled_from(["serialized", "layerwise"]), "kv_link": st.sampled_from(["nic", "nvlink"])}),
             "pim": st.sampled_from(["attacc-hbm3-pim", "logic-pim"]),
             "offload": offload(),
             "experts": experts(),
@@ -178,12 +177,22 @@ def pool(name: str, role: str) -> st.SearchStrategy:
     )
 
 
+def _same_proposer(split: tuple[dict, dict]) -> list[dict]:
+    """A prefill and a decode pool speculating with the prefill pool's proposer (or neither), as a
+    split cluster must (a pair naming different proposers is refused before it runs)."""
+    prefill, decode = dict(split[0]), dict(split[1])
+    decode.pop("speculative", None)
+    if "speculative" in prefill:
+        decode["speculative"] = prefill["speculative"]
+    return [prefill, decode]
+
+
 def pools() -> st.SearchStrategy:
     """One mixed pool, two mixed pools, or a prefill and a decode pool (disaggregation)."""
     return st.one_of(
         st.tuples(pool("main", "mixed")).map(list),
         st.tuples(pool("a", "mixed"), pool("b", "mixed")).map(list),
-        st.tuples(pool("prefill", "prefill"), pool("decode", "decode")).map(list),
+        st.tuples(pool("prefill", "prefill"), pool("decode", "decode")).map(_same_proposer),
     )
 
 

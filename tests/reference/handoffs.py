@@ -121,9 +121,12 @@ class ReferenceHandoffs:
             if blocks is None:
                 continue
             src = self.instances[req.instance]
-            nbytes = req.prompt * src.kv_bytes_per_token
+            target = req.prompt * src.kv_bytes_per_token
+            # A speculating prefill instance sends its draft's KV of the prompt too, with the last layer's.
+            draft = 0 if src.speculation is None else req.prompt * src.speculation.draft_kv_bytes_whole_model
+            nbytes = target + draft
             layers = int(src.pool["model"]["num_layers"])
-            last = 0 if prefill_done or layers < 2 else nbytes // layers
+            last = 0 if prefill_done else draft if layers < 2 else target // layers + draft
             self._flow(req, src, dec, nbytes - last)
             tokens = req.prompt + req.generated
             self.in_flight_tokens[dec.index] += tokens

@@ -316,7 +316,7 @@ class PoolConfig(StrictModel):
     """Prefill pools: the links this pool's KV transfers use at both ends, out of the prefill
     instance and into the decode instance: the NICs (other nodes) or NVLink (prefill and decode on
     one node). The sending pool's setting decides: a decode pool leaves it unset or repeats the
-    prefill pools' value (any other value would not be used, and is refused)."""
+    prefill pools' value (any other value would not be used, and is refused, the default included)."""
     kv_transfer_latency: float = Field(default=4e-3, ge=0, le=1)
     """Prefill pools: setup and synchronisation latency of each KV transfer, seconds (paid before
     its bytes flow; a layer-wise transfer pays it again for its last layer, after the prompt).
@@ -355,6 +355,24 @@ class ClusterConfig(StrictModel):
                 raise ValueError(f"pools {first[p.name]} and {i} are both named {p.name!r}: pool names must be unique "
                                  "(results, prices and engines are reported by pool name)")
             first[p.name] = i
+        return v
+
+    @field_validator("pools")
+    @classmethod
+    def _decode_pools_leave_transfers_to_the_sender(cls, v: list[PoolConfig]) -> list[PoolConfig]:
+        """``kv_link``, ``kv_transfer`` and ``kv_transfer_latency`` belong to the pool that sends the
+        KV (a prefill pool): a decode pool that sets one to another value would not be followed."""
+        senders = [p for p in v if p.role == "prefill"]
+        for i, pool in enumerate(v):
+            if pool.role != "decode":
+                continue
+            for name in ("kv_link", "kv_transfer", "kv_transfer_latency"):
+                mine = getattr(pool, name)
+                other = next((s for s in senders if getattr(s, name) != mine), None)
+                if name in pool.model_fields_set and other is not None:
+                    raise ValueError(f"pool {i} ({pool.name!r}, role decode) sets {name}: {mine}, which is not used: the pool that sends the KV "
+                                     f"decides its transfers, and prefill pool {other.name!r} says {getattr(other, name)}; set {name} on the "
+                                     f"prefill pool (it governs the whole transfer) and leave it out of the decode pool")
         return v
 
     @field_validator("mixed_pool")

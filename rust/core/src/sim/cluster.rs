@@ -11,7 +11,7 @@ use crate::sketch::QuantileSketch;
 use crate::time::Nanos;
 
 use super::arrivals::Arrivals;
-use super::config::{KvLink, KvTransfer, PoolConfig, SimConfig, Workload, DEFAULT_KV_TRANSFER_LATENCY, MAX_KV_TRANSFER_LATENCY};
+use super::config::{KvTransfer, PoolConfig, SimConfig, Workload, MAX_KV_TRANSFER_LATENCY};
 use super::disaggregation::{FewestOutstandingTokens, Handoffs};
 use super::iterations::Iterations;
 use super::mixed_pool::MixedPool;
@@ -93,33 +93,6 @@ fn prefix(path_prefix: &str, e: Error) -> Error {
     }
 }
 
-/// Refuses a KV-transfer setting on a decode pool that the transfers it receives would not follow:
-/// `kv_link`, `kv_transfer` and `kv_transfer_latency` belong to the sending (prefill) pool, so a
-/// decode pool may leave them at their defaults or repeat what every prefill pool says.
-fn check_receiver_transfer_settings(pools: &[PoolConfig]) -> Result<()> {
-    let senders: Vec<&PoolConfig> = pools.iter().filter(|p| p.role == Role::Prefill).collect();
-    for (p, pool) in pools.iter().enumerate().filter(|(_, p)| p.role == Role::Decode) {
-        let ignored = |field: &str, theirs: String, mine: String| {
-            Error::config(
-                format!("cluster.pools.{p}.{field}"),
-                format!("{mine} on a decode pool is not used: the pool that sends the KV decides its transfers, and prefill pool {theirs}; set {field} on the prefill pool (it governs the whole transfer)"),
-            )
-        };
-        for s in &senders {
-            if pool.kv_link != KvLink::default() && pool.kv_link != s.kv_link {
-                return Err(ignored("kv_link", format!("'{}' says {}", s.name, snake(s.kv_link)), snake(pool.kv_link)));
-            }
-            if pool.kv_transfer != KvTransfer::default() && pool.kv_transfer != s.kv_transfer {
-                return Err(ignored("kv_transfer", format!("'{}' says {}", s.name, snake(s.kv_transfer)), snake(pool.kv_transfer)));
-            }
-            if pool.kv_transfer_latency != DEFAULT_KV_TRANSFER_LATENCY && pool.kv_transfer_latency != s.kv_transfer_latency {
-                return Err(ignored("kv_transfer_latency", format!("'{}' says {} s", s.name, s.kv_transfer_latency), format!("{} s", pool.kv_transfer_latency)));
-            }
-        }
-    }
-    Ok(())
-}
-
 /// The proposer a pool speculates with, as a scenario names it (`draft llama-3-8b`, `eagle`), or `none`.
 fn proposer(pool: &PoolConfig) -> String {
     match &pool.speculative {
@@ -146,17 +119,10 @@ fn check_proposers_agree(pools: &[PoolConfig]) -> Result<()> {
     Ok(())
 }
 
-/// A one-word setting as a scenario spells it (`nvlink`, `layerwise`).
-fn snake(v: impl std::fmt::Debug) -> String {
-    format!("{v:?}").to_lowercase()
-}
-
 impl<'a> Cluster<'a> {
     /// Builds every instance `config` describes (with `plugins` in place of the policies they
     /// replace) for the requests of `workload`, already in `reqs`.
     pub(super) fn new(config: &SimConfig, workload: &'a Workload, mut plugins: Plugins, reqs: &'a mut Vec<Request>) -> Result<Self> {
-        check_receiver_transfer_settings(&config.pools)?;
-        check_proposers_agree(&config.pools)?;
         let mut instances = Vec::new();
         let mut pool_names = Vec::new();
         let mut layerwise = Vec::new();
@@ -222,6 +188,7 @@ impl<'a> Cluster<'a> {
                 instances.push(inst);
             }
         }
+        check_proposers_agree(&config.pools)?;
         // Arrivals go to prefill and mixed instances; decode instances only receive handoffs.
         let entry: Vec<usize> = (0..instances.len()).filter(|&i| instances[i].role != Role::Decode).collect();
         let decoders: Vec<u32> = (0..instances.len() as u32).filter(|&i| instances[i as usize].role == Role::Decode).collect();

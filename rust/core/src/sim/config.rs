@@ -67,8 +67,8 @@ pub struct PoolConfig {
     pub kv_transfer: KvTransfer,
     /// Prefill pools: the kind of link the KV transfers out of this pool's instances use at both
     /// ends (out of the prefill instance and into the decode instance): the NICs, or NVLink when
-    /// prefill and decode instances share nodes (DistServe's high node affinity). A decode pool
-    /// leaves it at its default or repeats the prefill pools' value (anything else is refused).
+    /// prefill and decode instances share nodes (DistServe's high node affinity). A decode pool's
+    /// own setting is not used (the Python schema refuses one that differs).
     #[serde(default)]
     pub kv_link: KvLink,
     /// Setup and synchronisation latency of one KV transfer out of this pool's instances, seconds
@@ -130,7 +130,8 @@ pub enum KvTransfer {
     Serialized,
     /// Layer by layer while the prefill iteration that completes the prompt runs (Splitwise):
     /// all but the last layer's KV from the iteration's start, overlapping it; the last layer's
-    /// once the prefill and that flow are both done (the non-hidden tail).
+    /// (and a speculating pool's proposer KV) once the prefill and that flow are both done (the
+    /// non-hidden tail).
     Layerwise,
 }
 

@@ -4,7 +4,8 @@
 //!
 //! A layer-wise transfer is two flows: all layers but the last from the start of the prefill
 //! iteration that completes the prompt (overlapping it), then the last layer's KV once both the
-//! prefill and that first flow are done. What shows after the prompt is thus the last layer over
+//! prefill and that first flow are done (with a speculating prefill instance's proposer KV, which
+//! exists once the proposer has run after the target). What shows after the prompt is thus the last layer over
 //! the link, every flow's setup/synchronisation latency (`kv_transfer_latency`, a latency phase
 //! of the KV link), and whatever of the first flow the prefill did not cover (a link slower than
 //! the prefill). Approximation: the first flow may run ahead of the layers the prefill has
