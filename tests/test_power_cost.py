@@ -72,6 +72,15 @@ def test_power_cap_on_a_gpu_without_tdp_is_refused():
         fleetwise.simulate(sc)
 
 
+def test_an_idle_draw_without_tdp_is_refused():
+    # Without tdp_watts power is not modelled, yet idle_watts alone charged idle energy while the
+    # busy draw came out below idle (100 W idle: 8.8 W for a prefill, exit 0).
+    sc = small_scenario(gpus={"idleonly": {"peak_flops": 1e15, "memory_bytes": 80e9, "memory_bandwidth": 3e12, "link_bandwidth": 1e11, "architecture": "hopper", "memory_type": "hbm", "idle_watts": 100}})
+    sc["cluster"]["pools"][0].update(gpu="idleonly")
+    with pytest.raises(fleetwise.ConfigError, match=r"cluster\.pools\.0\.gpu\.idle_watts: idleonly: needs tdp_watts"):
+        fleetwise.simulate(sc)
+
+
 def test_new_catalogue_gpus_run():
     for gpu, model, tp in (("h100-pcie", "llama-3-8b", 1), ("a100-40gb-sxm", "llama-2-13b", 2), ("mi300x", "llama-3-70b", 1)):
         sc = small_scenario()

@@ -252,16 +252,25 @@ def test_a_split_cluster_prefills_the_draft_and_sends_its_kv_with_the_targets():
 
 
 @pytest.mark.parametrize("prefill_spec, decode_spec, message", [
-    (DRAFT, None, "prefill pool 'p' speculates with draft llama-3-8b but decode pool 'd' with none"),
-    (None, DRAFT, "prefill pool 'p' speculates with none but decode pool 'd' with draft llama-3-8b"),
-    ({"method": "eagle", "num_speculative_tokens": 3, "acceptance_rate": 0.7}, DRAFT, "prefill pool 'p' speculates with eagle but decode pool 'd' with draft llama-3-8b"),
+    (DRAFT, None, "cluster.pools.1.speculative: decode pool 'd' has none but prefill pool 'p' has draft llama-3-8b: they must agree on the proposer"),
+    (None, DRAFT, "cluster.pools.1.speculative: decode pool 'd' has draft llama-3-8b but prefill pool 'p' has none: they must agree on the proposer"),
+    ({"method": "eagle", "num_speculative_tokens": 3, "acceptance_rate": 0.7}, DRAFT, "cluster.pools.1.speculative: decode pool 'd' has draft llama-3-8b but prefill pool 'p' has eagle"),
 ])
 def test_a_split_cluster_whose_pools_name_different_proposers_is_refused(prefill_spec, decode_spec, message):
     # A decode pool speculating alone used to take the draft's KV of the prompt as arriving free
     # (the transfer moved the target's bytes only); a prefill pool's block was refused outright.
-    with pytest.raises(ConfigError, match=r"cluster\.pools\.0\.speculative") as info:
-        fleetwise.simulate(_split(prefill_spec, decode_spec))
+    # Checked by the schema, so a sweep refuses such a grid point before any point runs.
+    with pytest.raises(ConfigError) as info:
+        fleetwise.scenario_from_dict(_split(prefill_spec, decode_spec))
     assert message in str(info.value)
+
+
+def test_a_split_clusters_proposers_may_differ_in_k_and_rates():
+    # The prefill pool never decodes: only its proposer matters (its KV is what the decode pool gets).
+    other = {**DRAFT, "num_speculative_tokens": 2, "acceptance_rate": 0.5}
+    a = fleetwise.simulate(_split(DRAFT, DRAFT)).requests
+    b = fleetwise.simulate(_split(other, DRAFT)).requests
+    assert a.equals(b)
 
 
 @pytest.mark.parametrize("batch", [1, 16, 64, 256])

@@ -146,7 +146,8 @@ class GpuSpec(StrictModel):
     link_latency: float = Field(default=2e-6, ge=0)
     """Latency of one collective step on that link, seconds."""
     nic_bandwidth: float = Field(default=0.0, ge=0)
-    """Per-direction bandwidth of the GPU's NIC to other nodes (InfiniBand/RoCE), bytes/s."""
+    """Per-direction bandwidth of the GPU's NIC to other nodes (InfiniBand/RoCE), bytes/s; 0: no NIC (KV
+    transfers over ``kv_link: nic`` then stay inside the node, at the faster of the host link and NVLink)."""
     nic_latency: float = Field(default=5e-6, ge=0)
     """Latency of one step over the NIC, seconds."""
     host_link_bandwidth: float = Field(default=0.0, ge=0)

@@ -65,3 +65,12 @@ class PolicyRef(StrictModel):
     """Registered name or ``package.module:attr``."""
     params: dict[str, typing.Any] = Field(default_factory=dict)
     """Keyword arguments for its constructor."""
+
+
+class FieldError(ValueError):
+    """A validator's error about a field below the one it validates: ``path`` (``1.kv_link``) is
+    appended to the validated field's path in the message (``cluster.pools.1.kv_link: ...``)."""
+
+    def __init__(self, path: str, message: str):
+        super().__init__(message)
+        self.path = path

@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from fleetwise.config.base import FieldError
 from fleetwise.config.scenario import Scenario
 from fleetwise.config.limits import MAX_YAML_BYTES
 from fleetwise.config.workload_fit import check_workload_fits
@@ -108,6 +109,11 @@ def format_validation_error(err: ValidationError, source: str, root: type[BaseMo
         loc = tuple(e["loc"])
         path = ".".join(str(p) if len(str(p)) <= 80 else str(p)[:80] + "..." for p in loc) or "(top level)"
         msg = e["msg"]
+        if e["type"] == "value_error":
+            error = e.get("ctx", {}).get("error")
+            msg = str(error) if error is not None else msg.removeprefix("Value error, ")
+            if isinstance(error, FieldError):
+                path = f"{path}.{error.path}" if loc else error.path
         if e["type"] == "extra_forbidden":
             owner = _model_at(root, loc[:-1])
             if owner is not None:

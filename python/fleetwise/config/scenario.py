@@ -13,6 +13,7 @@ from fleetwise.config.limits import MAX_COUNT, MAX_NAME_LENGTH, MAX_SEED, MAX_TO
 from fleetwise.config.mixed_pool import MixedPoolConfig
 from fleetwise.config.quantization import QuantizationConfig
 from fleetwise.config.speculative import SpeculativeConfig
+from fleetwise.config.split_pools import check_split_pools
 from fleetwise.workload.config import WorkloadConfig
 
 
@@ -359,20 +360,10 @@ class ClusterConfig(StrictModel):
 
     @field_validator("pools")
     @classmethod
-    def _decode_pools_leave_transfers_to_the_sender(cls, v: list[PoolConfig]) -> list[PoolConfig]:
-        """``kv_link``, ``kv_transfer`` and ``kv_transfer_latency`` belong to the pool that sends the
-        KV (a prefill pool): a decode pool that sets one to another value would not be followed."""
-        senders = [p for p in v if p.role == "prefill"]
-        for i, pool in enumerate(v):
-            if pool.role != "decode":
-                continue
-            for name in ("kv_link", "kv_transfer", "kv_transfer_latency"):
-                mine = getattr(pool, name)
-                other = next((s for s in senders if getattr(s, name) != mine), None)
-                if name in pool.model_fields_set and other is not None:
-                    raise ValueError(f"pool {i} ({pool.name!r}, role decode) sets {name}: {mine}, which is not used: the pool that sends the KV "
-                                     f"decides its transfers, and prefill pool {other.name!r} says {getattr(other, name)}; set {name} on the "
-                                     f"prefill pool (it governs the whole transfer) and leave it out of the decode pool")
+    def _split_pools_agree(cls, v: list[PoolConfig]) -> list[PoolConfig]:
+        """A decode pool continues its prefill pools' KV: same model, KV format and proposer, their
+        transfer settings (``config/split_pools.py``)."""
+        check_split_pools(v)
         return v
 
     @field_validator("mixed_pool")

@@ -95,6 +95,11 @@ impl GpuSpec {
         if !(self.tdp_watts.is_finite() && self.tdp_watts >= 0.0 && self.idle_watts.is_finite() && self.idle_watts >= 0.0) {
             return bad("tdp_watts", format!("tdp_watts and idle_watts must be finite and non-negative, got {:?} and {:?}", self.tdp_watts, self.idle_watts));
         }
+        if self.tdp_watts == 0.0 && self.idle_watts > 0.0 {
+            // Power is not modelled without a TDP: an idle draw alone would charge idle energy while
+            // busy power came out below idle.
+            return bad("idle_watts", format!("needs tdp_watts (without it power and energy are not modelled), got {} with tdp_watts 0", self.idle_watts));
+        }
         if self.tdp_watts > 0.0 && self.idle_watts >= self.tdp_watts {
             return bad("idle_watts", format!("must be below tdp_watts ({} W), got {}", self.tdp_watts, self.idle_watts));
         }

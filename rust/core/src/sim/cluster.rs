@@ -11,7 +11,7 @@ use crate::sketch::QuantileSketch;
 use crate::time::Nanos;
 
 use super::arrivals::Arrivals;
-use super::config::{KvTransfer, PoolConfig, SimConfig, Workload, MAX_KV_TRANSFER_LATENCY};
+use super::config::{KvTransfer, SimConfig, Workload, MAX_KV_TRANSFER_LATENCY};
 use super::disaggregation::{FewestOutstandingTokens, Handoffs};
 use super::iterations::Iterations;
 use super::mixed_pool::MixedPool;
@@ -93,32 +93,6 @@ fn prefix(path_prefix: &str, e: Error) -> Error {
     }
 }
 
-/// The proposer a pool speculates with, as a scenario names it (`draft llama-3-8b`, `eagle`), or `none`.
-fn proposer(pool: &PoolConfig) -> String {
-    match &pool.speculative {
-        None => "none".into(),
-        Some(sp) => match &sp.draft_model {
-            Some(d) => format!("{} {}", sp.method.name(), d.name),
-            None => sp.method.name().into(),
-        },
-    }
-}
-
-/// Refuses a prefill/decode split whose pools speculate with different proposers (vLLM's KV
-/// connector refuses such a pair): the prefill pool runs each prompt through the proposer and
-/// sends its KV with the target's, which the decode pool's proposer continues from.
-fn check_proposers_agree(pools: &[PoolConfig]) -> Result<()> {
-    for (p, pool) in pools.iter().enumerate().filter(|(_, p)| p.role == Role::Prefill) {
-        if let Some(d) = pools.iter().find(|d| d.role == Role::Decode && proposer(d) != proposer(pool)) {
-            return Err(Error::config(
-                format!("cluster.pools.{p}.speculative"),
-                format!("prefill pool '{}' speculates with {} but decode pool '{}' with {}: the prefill pool builds the proposer's KV of each prompt and sends it with the target's, so both name the same proposer (method and draft_model)", pool.name, proposer(pool), d.name, proposer(d)),
-            ));
-        }
-    }
-    Ok(())
-}
-
 impl<'a> Cluster<'a> {
     /// Builds every instance `config` describes (with `plugins` in place of the policies they
     /// replace) for the requests of `workload`, already in `reqs`.
@@ -188,7 +162,6 @@ impl<'a> Cluster<'a> {
                 instances.push(inst);
             }
         }
-        check_proposers_agree(&config.pools)?;
         // Arrivals go to prefill and mixed instances; decode instances only receive handoffs.
         let entry: Vec<usize> = (0..instances.len()).filter(|&i| instances[i].role != Role::Decode).collect();
         let decoders: Vec<u32> = (0..instances.len() as u32).filter(|&i| instances[i as usize].role == Role::Decode).collect();
