@@ -21,6 +21,12 @@ def test_run_quickstart_writes_parquet_and_summary(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["finished"] == 300
     assert pl.read_parquet(out / "iterations.parquet").height > 0
+    # A second run into the same directory, without --iterations, leaves no file of the first:
+    # report read the old iterations.parquet beside the new requests (a mixed time series, exit 0).
+    r = run_cli("run", str(REPO / "scenarios" / "quickstart.yaml"), "--set", "workload.requests=50", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert not (out / "iterations.parquet").exists()
+    assert pl.read_parquet(out / "requests.parquet").height == 50
 
 
 def test_trace_replay_scenario_and_malformed_row(tmp_path, write_yaml):

@@ -52,6 +52,8 @@ CASES = [
     ("azure", AZURE + AZURE_ROW + "9999-11-16 18:17:03,5,10\n", "line 3: bad TIMESTAMP '9999-11-16 18:17:03'"),
     ("azure", AZURE + "1700-01-01 00:00:00,5,10\n2250-01-01 00:00:00,5,10\n", "line 3: timestamp '2250-01-01 00:00:00' is more than 146 years after"),
     ("azure", AZURE + "yesterday,5,10\n", "line 2: bad TIMESTAMP 'yesterday'"),
+    # An Arabic-Indic digit matched the pattern's \\d and then failed polars' integer cast (a traceback).
+    ("azure", AZURE + AZURE_ROW + "2023-11-16 18:15:51.391017\u0660,91,16\n", "line 3: bad TIMESTAMP"),
     ("burstgpt", "", "file is empty"),
     ("burstgpt", BURSTGPT, "has a header but no requests"),
     ("burstgpt", BURSTGPT + BURSTGPT_ROW + "-1e12,ChatGPT,472,18,490,Conversation log\n", "line 3: Timestamp must be >= 0"),
@@ -73,6 +75,8 @@ CASES = [
     ("mooncake", "[" * 5000 + "]" * 5000 + "\n", "line 1: JSON nested too deeply"),
     ("sharegpt", "[" * 5000 + "]" * 5000, "JSON nested too deeply"),
     ("sharegpt", "", "expected a JSON list of conversation records"),
+    # A number was read as its digits ("5": a 1-token prompt, exit 0).
+    ("sharegpt", '[{"conversations": [{"from": "human", "value": 5}, {"from": "gpt", "value": "yo"}]}]', "record 0 (0-based), message 0: a message needs string 'from' and 'value'"),
     ("vllm-bench", "[" * 5000 + "]" * 5000, "JSON nested too deeply"),
     ("vllm-bench", '{"input_lens": [NaN], "output_lens": [1]}', "input_lens[0] must be an integer, got nan"),
     ("vllm-bench", '{"input_lens": [1e30], "output_lens": [1]}', "input_lens[0] must be an integer"),

@@ -51,6 +51,7 @@ class Result:
         from fleetwise.metrics.vllm_bench import vllm_bench_result
 
         d = ensure_output_dir(directory)
+        remove_run_files(d)
         try:
             if isinstance(self._requests, pl.LazyFrame):  # streamed: never the whole table in memory
                 self._requests.sink_parquet(d / "requests.parquet")
@@ -129,11 +130,30 @@ def ensure_output_dir(path: str | Path) -> Path:
     return d
 
 
+RUN_FILES = ("summary.json", "requests.parquet", "instances.parquet", "iterations.parquet", "vllm-bench.json")
+"""The files of a run directory, ``summary.json`` (what marks a directory as a run) first."""
+
+
+def remove_run_files(d: Path) -> None:
+    """Deletes an earlier run's files from ``d`` before a run writes there (all of them: a file this
+    run does not write, e.g. iterations.parquet without ``--iterations``, would otherwise be read
+    as this run's by ``report``), ``summary.json`` first so that a half-replaced directory is not
+    taken for a run. Raises ConfigError naming a file it cannot delete."""
+    from fleetwise.errors import ConfigError
+
+    for name in RUN_FILES:
+        try:
+            (d / name).unlink(missing_ok=True)
+        except OSError as e:
+            raise ConfigError(f"{d / name}: cannot replace an earlier run's file: {e.strerror or e}") from None
+
+
 def write_stopped(directory: str | Path, requests: pl.DataFrame, scenario: str, reason: str) -> Path:
     """Writes what a run that stopped part way kept: requests.parquet (finished requests with their
     times; the others with status ``unfinished`` or ``rejected``) and a summary.json that says why it
     stopped and counts the requests, with no metrics (they would describe a cut-off run)."""
     d = ensure_output_dir(directory)
+    remove_run_files(d)
     requests.write_parquet(d / "requests.parquet")
     counts = requests["status"].value_counts()
     by_status = dict(zip(counts["status"].to_list(), counts["count"].to_list()))

@@ -136,10 +136,6 @@ def _lock_output(out_dir: Path):
     return lock_directory(out_dir, ".compare.lock", "compare", "then run this command again")
 
 
-RUN_FILES = ("summary.json", "requests.parquet", "instances.parquet", "iterations.parquet", "vllm-bench.json")
-"""The files of a run directory, ``summary.json`` (what marks a directory as a run) first."""
-
-
 def _clear_stale_runs(out_dir: Path, names: list[str]) -> None:
     """Deletes the run files an earlier compare left in the variants' directories, and its goodput
     searches (``<name>-goodput``), before any variant runs: an interrupted compare then leaves only
@@ -149,13 +145,10 @@ def _clear_stale_runs(out_dir: Path, names: list[str]) -> None:
     import shutil
 
     from fleetwise.errors import ConfigError
+    from fleetwise.result import remove_run_files
 
     for name in names:
-        for f in RUN_FILES:
-            try:
-                (out_dir / name / f).unlink(missing_ok=True)
-            except OSError as e:
-                raise ConfigError(f"{out_dir / name / f}: cannot replace an earlier run's file: {e.strerror or e}") from None
+        remove_run_files(out_dir / name)
         search = out_dir / f"{name}-goodput"
         if search.is_dir() and (search / "sweep.json").exists():  # only a goodput search's directory
             try:

@@ -37,8 +37,8 @@ AZURE_COLUMNS = (TIMESTAMP, CONTEXT_TOKENS, GENERATED_TOKENS)
 # ``YYYY-MM-DD HH:MM:SS[.f{1,9}]`` with an optional ``Z`` or ``+HH:MM`` offset (the 2024 release of
 # the trace writes microseconds and ``+00:00``).
 _TIMESTAMP_PATTERN = (
-    r"^(?P<date>\d{4}-\d{2}-\d{2})[ T](?P<hour>\d{2}):(?P<minute>\d{2}):(?P<second>\d{2})"
-    r"(?:\.(?P<fraction>\d{1,9}))?(?:Z|(?P<sign>[+-])(?P<off_hour>\d{2}):(?P<off_minute>\d{2}))?$"
+    r"^(?P<date>[0-9]{4}-[0-9]{2}-[0-9]{2})[ T](?P<hour>[0-9]{2}):(?P<minute>[0-9]{2}):(?P<second>[0-9]{2})"
+    r"(?:\.(?P<fraction>[0-9]{1,9}))?(?:Z|(?P<sign>[+-])(?P<off_hour>[0-9]{2}):(?P<off_minute>[0-9]{2}))?$"
 )
 _NS_PER_SECOND = 1_000_000_000
 _NS_PER_DAY = 86_400 * _NS_PER_SECOND

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from pathlib import Path
 
 import polars as pl
@@ -26,6 +27,8 @@ PROMPT_ROLES = ("human", "user")
 REPLY_ROLES = ("gpt", "chatgpt", "assistant")
 """``from`` values of a reply message."""
 
+_NOT_A_STRING = re.compile(r'"(?:from|value)"\s*:\s*[^"\s]')
+"""A message's ``from`` or ``value`` that is not a JSON string (a number, a boolean, null, a list)."""
 _SCHEMA = {"conversations": pl.List(pl.Struct({"from": pl.String, "value": pl.String}))}
 
 
@@ -50,6 +53,8 @@ def load_sharegpt(path: str | Path, chars_per_token: float = 4.0) -> pl.DataFram
     text = read_text(path)
     if not text.lstrip().startswith("["):
         raise TraceError(f"{path}: expected a JSON list of conversation records")
+    if _NOT_A_STRING.search(text):  # polars' String schema would read a number as its digits
+        _raise_first_problem(path, text)
     try:
         records = pl.read_json(io.BytesIO(text.encode("utf-8")), schema=_SCHEMA)
     except POLARS_ERRORS as exc:  # polars raises several types, or panics; find the culprit
