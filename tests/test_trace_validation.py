@@ -63,6 +63,8 @@ CASES = [
     ("burstgpt", BURSTGPT + "soon,ChatGPT,472,18,490,Conversation log\n", "line 2: Timestamp is not a number of seconds: 'soon'"),
     ("burstgpt", BURSTGPT + "1,ChatGPT,47200000000000,18,490,Conversation log\n", "line 2: Request tokens must be <= 1,000,000,000"),
     ("mooncake", "\n\n", "file is empty"),
+    # polars kept the first of two input_length keys (5), the line checker's json.loads the last.
+    ("mooncake", '{"timestamp": 0, "input_length": 5, "output_length": 3}\n{"input_length": 5, "timestamp": 471, "input_length": 18663, "output_length": 2}\n', "line 2: key 'input_length' appears more than once"),
     ("mooncake", _jsonl(_MC, {**_MC, "timestamp": -5}), "line 2: timestamp must be >= 0"),
     ("mooncake", _jsonl(_MC, {**_MC, "timestamp": 1.7e16}), "line 2: timestamp 1.7e+16 ms is more than 146 years"),
     ("mooncake", _jsonl(_MC, {**_MC, "timestamp": 1e300}), "line 2: timestamp 1e+300 ms is more than 146 years"),

@@ -179,7 +179,12 @@ def simulate(
             workload = build_workload(sc.workload, sc.seed, base_dir, context_tokens=longest_context(sc))
         except ConfigError as err:
             raise ConfigError(f"{source}: {err}") from None
-    hashes = workload.hash_offsets_and_values() if uses_prefixes(sc) or router is not None else None
+    wants_hashes = uses_prefixes(sc) or router is not None
+    if wants_hashes and workload.hash_ids is not None and workload.hash_block_tokens is None:
+        # They were dropped without a word (prefix caching then said the workload had no hashes).
+        raise ConfigError(f"{source}: workload.arrivals.hash_block_tokens: the workload has hash_ids but not how many tokens each covers; "
+                          "set it (Mooncake's traces: 512)")
+    hashes = workload.hash_offsets_and_values() if wants_hashes else None
     try:
         config = core_config(sc, record_iterations, workload.hash_block_tokens if hashes is not None else None)
         trace_path = routing_trace_path(sc, base_dir)

@@ -168,6 +168,10 @@ def _replay_trace(
         )
     hash_ids: pl.Series | None = frame["hash_ids"] if "hash_ids" in frame.columns else None
     block = arrivals.hash_block_tokens or (MOONCAKE_BLOCK_TOKENS if arrivals.format == "mooncake" else None)
+    if hash_ids is None and arrivals.hash_block_tokens is not None:  # a setting that would do nothing
+        from fleetwise.errors import ConfigError
+
+        raise ConfigError(f"workload.arrivals.hash_block_tokens: the trace {path} has no hash_ids column, so there are no prefix blocks to size; leave it out")
     return Workload(
         arrival_ns=arrival,
         prompt_tokens=prompt,

@@ -82,6 +82,11 @@ def load_mooncake(path: str | Path) -> pl.DataFrame:
         """Raise ``TraceError`` for data row ``row`` (0-based), naming its line."""
         raise TraceError(f"{path}: line {int(numbers[row])}: {message}")
 
+    for key in _SCHEMA:  # polars keeps a repeated key's first value, json.loads its last: refuse it
+        row = first_true(lines["text"].str.count_matches(rf'"{key}"\s*:') > 1)
+        if row is not None:
+            fail(row, f"key {key!r} appears more than once")
+
     for key in _REQUIRED:
         row = first_true(frame[key].is_null())
         if row is not None:
