@@ -325,3 +325,24 @@ def test_parquet_missing_column_and_unreadable(tmp_path):
         load_parquet(junk)
     with pytest.raises(TraceError, match="not found"):
         load_parquet(tmp_path / "none.parquet")
+
+
+def test_hash_block_tokens_goes_with_hash_ids(tmp_path):
+    # Set on a trace without hashes it did nothing; a trace with hashes but without it lost them
+    # when prefixes were used (prefix caching then said the workload had no hashes).
+    import fleetwise
+    from conftest import small_scenario
+
+    plain = tmp_path / "plain.parquet"
+    pl.DataFrame({"arrival_ns": [0, 10], "prompt_tokens": [32, 32], "output_tokens": [2, 2]}).write_parquet(plain)
+    with pytest.raises(ConfigError, match=r"workload.arrivals.hash_block_tokens: the trace .* has no hash_ids column"):
+        build_workload(trace_config(plain, "parquet", hash_block_tokens=16), 0)
+    hashed = tmp_path / "hashed.parquet"
+    pl.DataFrame({"arrival_ns": [0, 10], "prompt_tokens": [32, 32], "output_tokens": [2, 2], "hash_ids": [[1, 2], [1, 3]]}).write_parquet(hashed)
+    sc = small_scenario()
+    sc["workload"] = {"arrivals": {"kind": "trace", "format": "parquet", "path": str(hashed)}}
+    sc["cluster"]["router"] = {"kind": "prefix-affinity"}
+    with pytest.raises(ConfigError, match="workload.arrivals.hash_block_tokens: the workload has hash_ids but not how many tokens each covers"):
+        fleetwise.simulate(sc)
+    sc["workload"]["arrivals"]["hash_block_tokens"] = 16
+    assert fleetwise.simulate(sc).summary["finished"] == 2
