@@ -27,7 +27,20 @@ class Replay:
 
 
 def _prompt_counters(client, engines: Sequence[str]) -> list[float]:
-    return [prom.total(prom.parse(client.get(e + "/metrics").text), "vllm:prompt_tokens_total") or 0.0 for e in engines]
+    """Each engine's ``vllm:prompt_tokens_total``. A scrape whose pooled connection the engine had
+    closed ("Server disconnected", seen on a loaded CI machine) is retried on a new one, twice."""
+    import httpx
+
+    def scrape(e: str) -> str:
+        for attempt in range(3):
+            try:
+                return client.get(e + "/metrics").text
+            except httpx.RemoteProtocolError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    return [prom.total(prom.parse(scrape(e)), "vllm:prompt_tokens_total") or 0.0 for e in engines]
 
 
 def replay(router: str, engines: Sequence[str], prompts: Sequence[str | list[int]], model: str | None = None, max_tokens: int = 256, hold: bool = True,
