@@ -161,6 +161,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=250, help="seeds of the large sweep (x 10 rates x 4 counts: 250 gives 10,000 points)")
     ap.add_argument("--interrupt-seeds", type=int, default=26, help="seeds of the interrupted sweep")
     ap.add_argument("--ray-seeds", type=int, default=5, help="seeds of the Ray cluster sweep (x 40 points)")
+    ap.add_argument("--ray-nodes", default="1,2", help="counts of one-CPU worker nodes the Ray cluster sweep runs on")
     ap.add_argument("--only", choices=("throughput", "point", "bookkeeping", "driver", "overhead", "large", "interrupt", "ray"), help="run one part; the others keep their last results")
     ap.add_argument("--out", default=str(HERE / "results" / "sweep"))
     a = ap.parse_args()
@@ -188,7 +189,7 @@ def main() -> None:
     if a.only in (None, "interrupt"):
         res["interrupt"] = interrupt(a.interrupt_seeds, a.requests, a.jobs)
     if a.only in (None, "ray"):
-        res["ray"] = ray_cluster(a.ray_seeds, a.requests)
+        res["ray"] = ray_cluster(a.ray_seeds, a.requests, tuple(int(n) for n in a.ray_nodes.split(",")))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
     parts = [notes_md(res["notes"]) if res.get("notes") else "", throughput_md(res["throughput"]) if "throughput" in res else "", per_point_md(res["point"]) if "point" in res else "", bookkeeping_md(res["bookkeeping"]) if "bookkeeping" in res else "",

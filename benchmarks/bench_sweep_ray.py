@@ -13,8 +13,9 @@ What it shows:
 * nothing is read from a shared file system: the driver ships each point's validated scenario and
   writes the files each task sends back; the scenario file (a copy in a temporary directory) is
   deleted once the first point is saved, and the sweep still finishes;
-* throughput with one and with two worker CPUs (on a 2-core machine that also runs the driver and
-  Ray's services, so at best 2x).
+* throughput against the number of one-CPU worker nodes (``--ray-nodes``, default 1 and 2; on a
+  machine of C cores that also runs the driver and Ray's services, at best about C - 2 nodes
+  scale).
 
 Every Ray process started here is stopped (``Cluster.shutdown``), and ``ps`` is checked for leftovers.
 """
@@ -125,23 +126,39 @@ def run_on_cluster(worker_nodes: int, seeds: int, requests: int, extra: tuple[st
             "task_process_cpu_s_by_node": {node: sum(c for p, c in cpu.items() if seen[p] == node) for node in set(seen.values())}, "ray_processes_left": left, "stdout_tail": stdout.strip().splitlines()[-1]}
 
 
-def ray_cluster(seeds: int, requests: int) -> dict:
-    """The sweep on 1 and on 2 one-CPU worker nodes; ``speedup`` is the ratio of their wall times."""
+def _cpu_model() -> str:
+    """The processor's model name from /proc/cpuinfo ("unknown" where it cannot be read)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def ray_cluster(seeds: int, requests: int, node_counts: tuple[int, ...] = (1, 2)) -> dict:
+    """The sweep (summaries only) on each count of one-CPU worker nodes, then once more keeping the
+    per-request tables on the largest; ``speedup_vs_1`` is the 1-node wall time over each run's."""
     import ray
 
     res = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "ray": ray.__version__, "seeds": seeds,
-           "requests_per_point": requests, "load_average_before": os.getloadavg()[0], "runs": []}
-    for nodes in (1, 2):
+           "requests_per_point": requests, "load_average_before": os.getloadavg()[0], "cores": os.cpu_count(),
+           "cpu_model": _cpu_model(), "runs": []}
+    for nodes in node_counts:
         res["runs"].append(run_on_cluster(nodes, seeds, requests, ("--no-requests",)))
-    res["runs"].append(run_on_cluster(2, seeds, requests, ("--requests",)))
-    res["speedup_2_vs_1"] = res["runs"][0]["wall_seconds"] / res["runs"][1]["wall_seconds"]
+    res["runs"].append(run_on_cluster(max(node_counts), seeds, requests, ("--requests",)))
+    one = next((r["wall_seconds"] for r in res["runs"] if r["worker_nodes"] == 1), None)
+    res["speedup_vs_1"] = {str(r["worker_nodes"]): one / r["wall_seconds"] for r in res["runs"][:len(node_counts)]} if one else {}
     return res
 
 
 def ray_md(res: dict) -> str:
     """The Ray part of sweep.md."""
-    lines = [f"# The sweep on a Ray cluster of several nodes\n\nMeasured {res['date']} (Ray {res['ray']}; load average "
-             f"{res['load_average_before']:.1f} when it started), `python benchmarks/bench_sweep.py --only ray --ray-seeds {res['seeds']}`: "
+    nodes = ",".join(str(r["worker_nodes"]) for r in res["runs"][:-1])
+    machine = f"{res['cores']} cores, {res['cpu_model']}" if "cores" in res else "2 cores"
+    lines = [f"# The sweep on a Ray cluster of several nodes\n\nMeasured {res['date']} on a machine of {machine} (Ray {res['ray']}; load average "
+             f"{res['load_average_before']:.1f} when it started), `python benchmarks/bench_sweep.py --only ray --ray-seeds {res['seeds']} --ray-nodes {nodes}`: "
              f"the large sweep's grid with {res['seeds']} seeds ({res['runs'][0]['points']} points of {res['requests_per_point']:,} requests) "
              "run by `fleetwise sweep --ray ADDRESS` on a local multi-node cluster (`ray.cluster_utils.Cluster`): a head node with "
              "0 CPUs, so that no task can run on it, and one-CPU worker nodes, each with its own raylet and worker processes. The "
@@ -154,6 +171,7 @@ def ray_md(res: dict) -> str:
                          for k, v in sorted(r["task_processes_seen_by_node"].items())) or "-"
         keeps = "per-request tables" if r["points_with_request_tables"] else "summaries"
         lines.append(f"| {r['worker_nodes']} | {keeps} | {r['wall_seconds']:.1f} s | {r['points_per_minute']:.0f} | {r['rows_in_points_parquet']} | {seen} | {len(r['ray_processes_left'])} |")
-    lines += ["", f"Two worker CPUs against one: {res['speedup_2_vs_1']:.2f}x the points per minute, on a machine of 2 cores that also "
-              "runs the driver, Ray's head services and two raylets (and other users' work).\n"]
+    speedups = res.get("speedup_vs_1") or ({"2": res["speedup_2_vs_1"]} if "speedup_2_vs_1" in res else {})
+    lines += ["", "Points per minute against one worker node: " + ", ".join(f"{n} nodes {s:.2f}x" for n, s in speedups.items())
+              + f" (the same machine's {machine.split(',')[0]} also run the driver, Ray's head services and one raylet per node).\n"]
     return "\n".join(lines)

@@ -88,17 +88,19 @@ def test_two_transfers_at_once_share_the_link(tmp_path):
     assert _transfer_ns(tmp_path, {}, {}, arrivals=(0, 0)) == [pytest.approx(_ns(hand), abs=2)] * 2
 
 
-@pytest.mark.parametrize("decode, message", [
-    ({"model": "llama-3-70b", "parallelism": {"tp": 4}}, "cluster.pools.1.model: decode pool 'd' has llama-3-70b but prefill pool 'p' has llama-3-8b: they must agree on the model whose KV it continues"),
-    ({"quantization": {"kv_cache": "fp8"}}, "cluster.pools.1.quantization.kv_cache: decode pool 'd' has fp8 but prefill pool 'p' has bf16: they must agree on the KV cache format it receives"),
-    ({"role": "decode", "name": "d", "_prefill_role": "mixed"}, "cluster.pools.1.role: decode pool 'd' has no prefill pool to receive KV from"),
+@pytest.mark.parametrize("prefill, decode, message", [
+    ({}, {"model": "llama-3-70b", "parallelism": {"tp": 4}}, "cluster.pools.1.model: decode pool 'd' has llama-3-70b but prefill pool 'p' has llama-3-8b: they must agree on the model whose KV it continues"),
+    ({}, {"quantization": {"kv_cache": "fp8"}}, "cluster.pools.1.quantization.kv_cache: decode pool 'd' has fp8 but prefill pool 'p' has bf16: they must agree on the KV cache format it receives"),
+    ({"role": "mixed"}, {}, "cluster.pools.1.role: decode pool 'd' has no prefill pool to receive KV from"),
+    ({}, {"role": "prefill"}, "cluster.pools.0.role: prefill pool 'p' has no decode pool to send its KV to"),
+    ({"role": "decode"}, {}, "cluster.pools.0.role: every pool has role decode: some pool must take arrivals"),
 ])
-def test_a_decode_pool_must_continue_what_its_prefill_pools_send(tmp_path, decode, message):
+def test_a_decode_pool_must_continue_what_its_prefill_pools_send(tmp_path, prefill, decode, message):
     # A decode pool of another model (or KV format) ran on the prefill pool's KV with exit 0, and a
-    # decode pool beside mixed pools only was never used but charged its idle power and price.
+    # decode pool beside mixed pools only was never used but charged its idle power and price. The
+    # schema refuses pools without a partner too (the core refused them only when the point ran).
     from fleetwise.errors import ConfigError
 
-    prefill = {"role": decode.pop("_prefill_role")} if "_prefill_role" in decode else {}
     with pytest.raises(ConfigError) as info:
         _transfer_ns(tmp_path, prefill, decode)
     assert message in str(info.value)

@@ -20,7 +20,7 @@ from fleetwise.workload import (
     load_trace,
     read_burstgpt,
 )
-from fleetwise.workload.config import TraceFormat
+from fleetwise.workload.config import TraceFormat, WorkloadConfig
 from fleetwise.workload.traces import TRACE_LOADERS
 
 
@@ -337,6 +337,11 @@ def test_hash_block_tokens_goes_with_hash_ids(tmp_path):
     pl.DataFrame({"arrival_ns": [0, 10], "prompt_tokens": [32, 32], "output_tokens": [2, 2]}).write_parquet(plain)
     with pytest.raises(ConfigError, match=r"workload.arrivals.hash_block_tokens: the trace .* has no hash_ids column"):
         build_workload(trace_config(plain, "parquet", hash_block_tokens=16), 0)
+    with_prefixes = WorkloadConfig.model_validate({
+        "arrivals": {"kind": "trace", "path": str(plain), "format": "parquet", "hash_block_tokens": 16},
+        "prefixes": {"groups": 1, "prefix_tokens": 16, "fraction": 1.0}})
+    with pytest.raises(ConfigError, match=r"workload.arrivals.hash_block_tokens: the trace .* has no hash_ids column"):
+        build_workload(with_prefixes, 0)  # generated prefixes never read it either
     hashed = tmp_path / "hashed.parquet"
     pl.DataFrame({"arrival_ns": [0, 10], "prompt_tokens": [32, 32], "output_tokens": [2, 2], "hash_ids": [[1, 2], [1, 3]]}).write_parquet(hashed)
     sc = small_scenario()

@@ -140,7 +140,7 @@ def speculative_speedup(cost, given: dict, decodes: list[int], plain_seconds: fl
     core = resolve_speculative(spec, "--speculative", target, target_name, user_models, weight_bytes)
     step, verify, tokens = cost.speculative_step(json.dumps(core), decodes)
     proposer_weights, proposer_kv_per_token = cost.speculative_memory(json.dumps(core))
-    return {**spec.model_dump(), "proposer_weight_bytes": proposer_weights, "proposer_kv_bytes_per_token": proposer_kv_per_token, "step_seconds": step, "verify_seconds": verify, "proposer_seconds": step - verify, "tokens_per_step": tokens,
+    return {**spec.model_dump(), "proposer": spec.proposer, "proposer_weight_bytes": proposer_weights, "proposer_kv_bytes_per_token": proposer_kv_per_token, "step_seconds": step, "verify_seconds": verify, "proposer_seconds": step - verify, "tokens_per_step": tokens,
             "seconds_per_token": step / tokens, "plain_seconds_per_token": plain_seconds, "speedup": plain_seconds * tokens / step}
 
 

@@ -53,6 +53,11 @@ class SpeculativeConfig(StrictModel):
             raise ValueError(f"draft_model applies to method draft only; {self.method} heads are one layer of the target's shape")
         return self
 
+    @property
+    def proposer(self) -> str:
+        """The proposer as a scenario names it: ``draft llama-3-8b``, ``eagle`` or ``mtp``."""
+        return self.method if self.draft_model is None else f"{self.method} {self.draft_model}"
+
     def rates(self) -> list[float]:
         """The acceptance rate of each of the k positions."""
         a = self.acceptance_rate

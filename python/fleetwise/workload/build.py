@@ -150,6 +150,10 @@ def _replay_trace(
     prompt = frame["prompt_tokens"].to_numpy()
     output = frame["output_tokens"].to_numpy()
     session_id = frame["session_id"].to_numpy() if "session_id" in frame.columns else None
+    if "hash_ids" not in frame.columns and arrivals.hash_block_tokens is not None:  # a setting that would do nothing
+        from fleetwise.errors import ConfigError
+
+        raise ConfigError(f"workload.arrivals.hash_block_tokens: the trace {path} has no hash_ids column, so there are no prefix blocks to size; leave it out")
     if cfg.prefixes is not None:
         if "hash_ids" in frame.columns:
             from fleetwise.errors import ConfigError
@@ -168,10 +172,6 @@ def _replay_trace(
         )
     hash_ids: pl.Series | None = frame["hash_ids"] if "hash_ids" in frame.columns else None
     block = arrivals.hash_block_tokens or (MOONCAKE_BLOCK_TOKENS if arrivals.format == "mooncake" else None)
-    if hash_ids is None and arrivals.hash_block_tokens is not None:  # a setting that would do nothing
-        from fleetwise.errors import ConfigError
-
-        raise ConfigError(f"workload.arrivals.hash_block_tokens: the trace {path} has no hash_ids column, so there are no prefix blocks to size; leave it out")
     return Workload(
         arrival_ns=arrival,
         prompt_tokens=prompt,
