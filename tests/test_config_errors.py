@@ -113,7 +113,7 @@ def test_infinite_swap_space_names_the_field(write_yaml):
     p = write_yaml(small_scenario())
     r = run_cli("run", str(p), "--set", "cluster.pools.0.scheduler.swap_space_gb=.inf")
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert "cluster.pools.0.scheduler.vllm.swap_space_gb: Input should be a finite number" in r.stderr
+    assert "cluster.pools.0.scheduler.swap_space_gb: Input should be a finite number" in r.stderr
 
 
 def test_alias_bomb_exits_2_without_hanging(tmp_path):
@@ -128,7 +128,7 @@ def test_alias_bomb_exits_2_without_hanging(tmp_path):
 
 @pytest.mark.parametrize(("path", "value", "expected"), [
     (("workload", "requests"), True, "workload.requests: Input should be a valid integer (got true, a boolean)"),
-    (("workload", "arrivals", "rate"), True, "workload.arrivals.poisson.rate: Input should be a valid number (got true, a boolean)"),
+    (("workload", "arrivals", "rate"), True, "workload.arrivals.rate: Input should be a valid number (got true, a boolean)"),
     (("cluster", "pools", 0, "count"), False, "cluster.pools.0.count: Input should be a valid integer (got false, a boolean)"),
     (("seed",), True, "seed: Input should be a valid integer (got true, a boolean)"),
     (("slo",), {"ttft": True}, "slo.ttft: Input should be a valid number (got true, a boolean)"),
@@ -156,7 +156,7 @@ def test_gamma_cv_out_of_its_range_is_an_error_not_a_traceback(write_yaml, cv):
     sc = small_scenario()
     sc["workload"]["arrivals"] = {"kind": "gamma", "rate": 10.0, "cv": cv}
     err = _cli_error(write_yaml(sc))
-    assert "workload.arrivals.gamma.cv: Input should be" in err and ("0.001" in err or "1000" in err)
+    assert "workload.arrivals.cv: Input should be" in err and ("0.001" in err or "1000" in err)
 
 
 @pytest.mark.parametrize(("section", "allowed"), [

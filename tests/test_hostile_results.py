@@ -102,6 +102,8 @@ def test_some_rejected_are_counted_by_reason():
         (("--decode-batch", "4", "--context", "8192"), "over llama-3-8b's 8192-token context"),
         (("--prefill", "100", "--power-cap", "1e-9"), "--power-cap"),
         (("--prefill", "100", "--power-cap", "5000"), "TDP of 700 W"),
+        # A cap just above idle clocked the prefill at ~0% (a 2000-token prefill took 9,464 s).
+        (("--prefill", "100", "--power-cap", "70.001"), "the lowest cap this GPU's power model accepts is 120 W"),
     ],
 )
 def test_estimate_refuses_what_the_model_or_gpu_cannot_run(args, message):

@@ -90,12 +90,12 @@ def test_a_policy_named_by_a_file_path_is_refused_with_the_form_it_takes(tmp_pat
 def test_policy_parameters_with_a_key_that_is_not_text_name_the_field(tmp_path):
     # Used to reach the constructor: "PolicyError: ... creating it raised TypeError: keywords must be strings".
     sc = _scenario(router={"kind": "policy", "name": "cache-aware", "params": {1: 2}})
-    with pytest.raises(ConfigError, match=r"cluster\.router\.policy\.params\.1\.\[key\]: Input should be a valid string"):
+    with pytest.raises(ConfigError, match=r"cluster\.router\.params\.1\.\[key\]: Input should be a valid string"):
         fleetwise.simulate(sc)
     sc = _scenario(scheduler={"kind": "policy", "name": "fcfs", "params": {1: 2}})
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(sc))
     r = run_cli("run", "s.yaml", "-o", "out", cwd=tmp_path)
-    assert r.returncode == 2 and "cluster.pools.0.scheduler.policy.params.1.[key]" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert r.returncode == 2 and "cluster.pools.0.scheduler.params.1.[key]" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 # -- serve-router ------------------------------------------------------------------------------------

@@ -188,6 +188,21 @@ def test_a_second_compare_into_the_same_directory_is_refused(tmp_path):
     assert run_cli(*args).returncode == 0 and (out / "rr" / "summary.json").exists()
 
 
+def test_compare_into_a_run_or_sweep_directory_is_refused(tmp_path):
+    # compare -o an earlier run's directory nested its variants' runs inside that run (and report
+    # of the directory then read the old run beside them); a sweep's directory likewise.
+    sc = _scenario(tmp_path)
+    run_dir = tmp_path / "run"
+    assert run_cli("run", str(sc), "-o", str(run_dir)).returncode == 0
+    r = run_cli("compare", str(sc), "--variant", "rr: cluster.router.kind=round-robin", "-o", str(run_dir))
+    assert r.returncode == 2 and f"output directory {run_dir} holds a run (summary.json)" in r.stderr, r.stderr
+    assert not (run_dir / "rr").exists()
+    sweep_dir = tmp_path / "sw"
+    assert _sweep(sc, sweep_dir).returncode == 0
+    r = run_cli("compare", str(sc), "--variant", "rr: cluster.router.kind=round-robin", "-o", str(sweep_dir))
+    assert r.returncode == 2 and "holds a sweep (sweep.json)" in r.stderr and not (sweep_dir / "rr").exists(), r.stderr
+
+
 def test_compare_goodput_reruns_after_the_scenario_changed(tmp_path):
     # compare owns its variants' goodput searches: after the scenario file changed, the rerun
     # starts them afresh (the store refused the old search only after every variant had run again).

@@ -224,3 +224,31 @@ def test_cli_never_prints_a_traceback_for_a_binary_trace(tmp_path, write_yaml, f
     r = run_cli("run", str(write_yaml(sc)), "-o", str(tmp_path / "out"))
     assert r.returncode == 2 and "Traceback" not in r.stderr and str(path) in r.stderr, r.stderr[-2000:]
     assert isinstance(TraceError("x"), FleetwiseError)
+
+
+def test_a_mooncake_key_repeated_only_inside_a_nested_object_is_not_a_repeat(tmp_path):
+    # The repeated-key check counts '"timestamp":' in the line text; one inside an object under
+    # a key the reader ignores is not the line's own and must not refuse the line.
+    path = tmp_path / "nested.jsonl"
+    path.write_text('{"timestamp": 0, "input_length": 4, "output_length": 2}\n'
+                    '{"timestamp": 7, "meta": {"timestamp": 1}, "input_length": 5, "output_length": 3}\n')
+    trace = load_trace(path, "mooncake")
+    assert trace["arrival_ns"].to_list() == [0, 7_000_000] and trace["prompt_tokens"].to_list() == [4, 5]
+
+
+def test_a_trace_path_that_is_not_a_file_names_the_field_and_what_it_is(tmp_path):
+    # /dev/null (or a FIFO) was called "not found", and no error named the scenario field; a
+    # missing path was named by the union's internal tag (workload.arrivals.trace.path).
+    sc = small_scenario()
+    sc["workload"] = {"arrivals": {"kind": "trace", "format": "azure", "path": "/dev/null"}}
+    with pytest.raises(ConfigError, match=r"^<scenario>: workload\.arrivals\.path: workload file '/dev/null': /dev/null is not a regular file"):
+        simulate(sc)
+    sc["workload"]["arrivals"]["path"] = str(tmp_path / "none.csv")
+    with pytest.raises(ConfigError, match=r"^<scenario>: workload\.arrivals\.path: workload file '.*none\.csv' not found"):
+        simulate(sc)
+    sc["workload"] = {"arrivals": {"kind": "trace", "format": "azure"}, "lengths": {"kind": "file", "path": str(tmp_path), "format": "vllm-bench"}}
+    with pytest.raises(ConfigError, match=r"<scenario>: workload\.arrivals\.path: Field required"):
+        simulate(sc)
+    sc["workload"] = {"requests": 5, "arrivals": {"kind": "poisson", "rate": 1.0}, "lengths": {"kind": "file", "path": str(tmp_path), "format": "vllm-bench"}}
+    with pytest.raises(ConfigError, match=r"^<scenario>: workload\.lengths\.path: workload file .* is a directory"):
+        simulate(sc)

@@ -123,7 +123,7 @@ class ReferenceHandoffs:
             src = self.instances[req.instance]
             target = req.prompt * src.kv_bytes_per_token
             # A speculating prefill instance sends its draft's KV of the prompt too, with the last layer's.
-            draft = 0 if src.speculation is None else req.prompt * src.speculation.draft_kv_bytes_whole_model
+            draft = 0 if src.speculation is None else req.prompt * src.speculation.draft_kv_bytes_per_token_whole_model
             nbytes = target + draft
             layers = int(src.pool["model"]["num_layers"])
             last = 0 if prefill_done else draft if layers < 2 else target // layers + draft

@@ -28,7 +28,7 @@ class ReferenceSpeculation:
         self.draft_weight_bytes = draft.weight_bytes_per_gpu()
         self.draft_kv_bytes_per_token = draft.kv_bytes_per_token()
         # What a speculating prefill instance sends per prompt token beside the target's KV.
-        self.draft_kv_bytes_whole_model = cost_model(spec["draft_model"], pool["gpu"], calibration=pool["calibration"]).kv_bytes_per_token()
+        self.draft_kv_bytes_per_token_whole_model = cost_model(spec["draft_model"], pool["gpu"], calibration=pool["calibration"]).kv_bytes_per_token()
 
     def num_blocks(self, plan: dict) -> int:
         """The KV blocks left once the draft's weights and its KV per token share the cache."""

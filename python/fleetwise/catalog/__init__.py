@@ -157,7 +157,7 @@ class GpuSpec(StrictModel):
     tdp_watts: float = Field(default=0.0, ge=0, le=1e5)
     """Rated board power, watts (0: power and energy are not modelled)."""
     idle_watts: float = Field(default=0.0, ge=0, le=1e5)
-    """Power drawn while idle, watts."""
+    """Power drawn while idle, watts; needs ``tdp_watts`` and must be below it."""
     memory_bound_activity: float = Field(default=0.3, ge=0, le=1)
     """Share of the dynamic power (TDP - idle) drawn by memory-bound kernels."""
     dvfs_exponent: float = Field(default=1.6, ge=1, le=3)

@@ -76,6 +76,10 @@ def compare(
     target = implied or 0.9
     base = load_scenario(scenario, set_)
     out_dir = check_output_dir(output or _default_dir("compare", base.name))
+    for marker, what in (("summary.json", "a run"), ("sweep.json", "a sweep")):
+        if (out_dir / marker).exists():  # the variants' run directories would nest inside it
+            raise ConfigError(f"output directory {out_dir} holds {what} ({marker}): compare writes one run directory per variant "
+                              "inside -o; give another directory")
     scenarios = [load_scenario(scenario, [*set_, *overrides]) for _, overrides in variants]
     safe = ["".join(c if c.isalnum() or c in "-_." else "_" for c in label) for label, _ in variants]
     first_of: dict[str, str] = {}

@@ -107,7 +107,8 @@ def format_validation_error(err: ValidationError, source: str, root: type[BaseMo
     lines = []
     for e in err.errors():
         loc = tuple(e["loc"])
-        path = ".".join(str(p) if len(str(p)) <= 80 else str(p)[:80] + "..." for p in loc) or "(top level)"
+        shown = [p for i, p in enumerate(loc) if not (i and isinstance(p, str) and p in _kinds_at(root, loc[:i]))]  # no union tags
+        path = ".".join(str(p) if len(str(p)) <= 80 else str(p)[:80] + "..." for p in shown) or "(top level)"
         msg = e["msg"]
         if e["type"] == "value_error":
             error = e.get("ctx", {}).get("error")

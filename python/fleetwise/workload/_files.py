@@ -21,11 +21,12 @@ POLARS_ERRORS = (Exception, PanicException)
 ``BaseException``, which ``except Exception`` would let through)."""
 
 
-def resolve_path(raw: str, base_dir: Path | None) -> Path:
+def resolve_path(raw: str, base_dir: Path | None, field: str | None = None) -> Path:
     """Return the existing file that ``raw`` names.
 
     A relative path is tried against ``base_dir`` (the scenario file's directory) first, then
-    against the current directory. Raises ``ConfigError`` naming every path tried when none exists.
+    against the current directory. Raises ``ConfigError`` (starting with ``field``, the scenario
+    field that named it, if given) naming every path tried when none is a regular file.
     """
     path = Path(raw).expanduser()
     if path.is_absolute():
@@ -40,11 +41,14 @@ def resolve_path(raw: str, base_dir: Path | None) -> Path:
             return candidate
     from fleetwise.errors import ConfigError
 
+    where = f"{field}: " if field else ""
     for candidate in candidates:
         if candidate.is_dir():
-            raise ConfigError(f"workload file {raw!r}: {candidate} is a directory, not a file")
+            raise ConfigError(f"{where}workload file {raw!r}: {candidate} is a directory, not a file")
+        if candidate.exists():  # a FIFO, device or socket: reading it could block or never end
+            raise ConfigError(f"{where}workload file {raw!r}: {candidate} is not a regular file (a pipe, device or socket); give a file")
     tried = ", ".join(str(c) for c in candidates)
-    raise ConfigError(f"workload file {raw!r} not found (tried {tried}); public traces are not shipped with fleetwise: "
+    raise ConfigError(f"{where}workload file {raw!r} not found (tried {tried}); public traces are not shipped with fleetwise: "
                       "traces/README.md says where to download each one")
 
 

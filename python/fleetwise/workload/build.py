@@ -143,7 +143,7 @@ def _replay_trace(
     base_dir: Path | None,
     context_tokens: int | None = None,
 ) -> Workload:
-    path = resolve_path(arrivals.path, base_dir)
+    path = resolve_path(arrivals.path, base_dir, "workload.arrivals.path")
     selection: dict[str, int] = {}
     frame = replay_frame(arrivals, path, cfg.requests, selection)
     arrival = frame["arrival_ns"].to_numpy()

@@ -119,7 +119,7 @@ def _lognormal(
 
 def _load_config_file(cfg: FileLengths | FitLengths, base_dir: Path | None) -> tuple[Path, pl.DataFrame]:
     """The resolved path and the length table of the file ``cfg`` names."""
-    path = resolve_path(cfg.path, base_dir)
+    path = resolve_path(cfg.path, base_dir, "workload.lengths.path")
     frame = load_lengths(
         path,
         cfg.format,

@@ -83,9 +83,11 @@ def load_mooncake(path: str | Path) -> pl.DataFrame:
         raise TraceError(f"{path}: line {int(numbers[row])}: {message}")
 
     for key in _SCHEMA:  # polars keeps a repeated key's first value, json.loads its last: refuse it
-        row = first_true(lines["text"].str.count_matches(rf'"{key}"\s*:') > 1)
-        if row is not None:
-            fail(row, f"key {key!r} appears more than once")
+        suspects = np.flatnonzero((lines["text"].str.count_matches(rf'"{key}"\s*:') > 1).to_numpy())
+        for row in suspects:  # the count also sees the key inside a nested object: check the line's own keys
+            top = json.JSONDecoder(object_pairs_hook=lambda pairs: pairs).decode(lines["text"][int(row)])
+            if sum(k == key for k, _ in top) > 1:
+                fail(int(row), f"key {key!r} appears more than once")
 
     for key in _REQUIRED:
         row = first_true(frame[key].is_null())

@@ -132,6 +132,14 @@ fn default_dvfs_exponent() -> f64 {
 /// 1/0.75 = 1.33x slower (prompt phase ~1.3x), memory-bound ones (token phase) unchanged.
 pub const DEFAULT_DVFS_EXPONENT: f64 = 1.6;
 
+/// The lowest SM clock, as a fraction of the maximum, a power cap may force: datacenter GPUs do not
+/// clock below about 15% (the lowest supported graphics clock is 210 of 1410 MHz on the A100 and
+/// 345 of 1980 MHz on the H100, `nvidia-smi -q -d SUPPORTED_CLOCKS`), and their drivers refuse
+/// power limits far above the cap that would need it (`nvidia-smi -pl` takes 100-400 W on an A100,
+/// 200-700 W on an H100 SXM). Below this the model's slowdown would grow without bound as the
+/// cap nears idle power.
+pub const MIN_CAPPED_CLOCK: f64 = 0.15;
+
 /// The power model of one GPU, optionally capped, and the clock a cap forces (DVFS).
 ///
 /// Uncapped, a compute-bound kernel draws the TDP and a memory-bound one
@@ -201,6 +209,12 @@ impl PowerModel {
             }
         }
         lo.max(f64::MIN_POSITIVE)
+    }
+
+    /// The lowest cap, watts, that leaves compute-bound kernels at least `MIN_CAPPED_CLOCK`.
+    pub fn lowest_cap(&self) -> f64 {
+        let (m, a, f) = (self.memory_activity, self.dvfs_exponent, MIN_CAPPED_CLOCK);
+        self.idle + (m * f + (1.0 - m) * f.powf(a)) * (self.tdp - self.idle)
     }
 
     /// Time stretch of compute-bound kernels under the cap: 1 / the SM clock that fits.

@@ -242,6 +242,14 @@ impl CostModel {
             }
         }
         self.power = PowerModel::new(&self.gpu, watts);
+        if let Some(w) = watts {
+            if self.power.compute_clock() < crate::hardware::MIN_CAPPED_CLOCK {
+                let lowest = self.power.lowest_cap();
+                return Err(Error::config("power_cap_watts", format!(
+                    "{w:?} W would clock {}'s compute-bound kernels at {:.1}% of their maximum, below the lowest SM clock GPUs run at (~{:.0}%): the lowest cap this GPU's power model accepts is {:.0} W",
+                    self.gpu.name, 100.0 * self.power.compute_clock(), 100.0 * crate::hardware::MIN_CAPPED_CLOCK, lowest.ceil())));
+            }
+        }
         self.slow_compute = self.power.compute_slowdown();
         self.slow_memory = self.power.memory_slowdown();
         Ok(self)
@@ -380,6 +388,15 @@ mod tests {
         let above_tdp = CostModel::build(&InstanceSpec { power_cap_watts: Some(spec.gpu.tdp_watts + 1.0), ..spec.clone() }).err().expect("a cap above TDP is refused");
         assert!(above_tdp.to_string().contains("at most"), "{above_tdp}");
         assert!(CostModel::build(&InstanceSpec { power_cap_watts: Some(spec.gpu.tdp_watts), ..spec.clone() }).is_ok());
+        // The lowest cap leaves compute-bound kernels 15% of the clock: idle + (0.3 * 0.15 + 0.7 *
+        // 0.15^1.6) * (TDP - idle) = 70 + 0.07873 * 630 = 119.6 W on the H100 (70.001 W ran a
+        // 2000-token prefill for hours of simulated time).
+        let lowest = PowerModel::new(&spec.gpu, Some(700.0)).lowest_cap();
+        assert!((lowest - (70.0 + (0.3 * 0.15 + 0.7 * 0.15f64.powf(1.6)) * 630.0)).abs() < 1e-9 && (119.0..120.0).contains(&lowest), "{lowest}");
+        let near_idle = CostModel::build(&InstanceSpec { power_cap_watts: Some(70.001), ..spec.clone() }).err().expect("a cap just above idle is refused");
+        assert!(near_idle.to_string().contains("the lowest cap this GPU's power model accepts is 120 W"), "{near_idle}");
+        assert!(CostModel::build(&InstanceSpec { power_cap_watts: Some(119.5), ..spec.clone() }).is_err());
+        assert!(CostModel::build(&InstanceSpec { power_cap_watts: Some(119.7), ..spec.clone() }).is_ok());
         let pim = PimSpec { name: "p".into(), peak_flops: 1e12, internal_bandwidth: 1e12, efficiency: 0.0 };
         assert!(CostModel::build(&InstanceSpec { pim: Some(pim), ..spec }).is_err());
     }

@@ -179,7 +179,7 @@ impl Speculator {
 
     /// The proposer's KV bytes of one token over all its layers and KV heads (what a speculating
     /// prefill instance sends per prompt token beside the target's).
-    pub fn kv_bytes_per_token_whole_model(&self) -> u64 {
+    pub fn proposer_kv_bytes_per_token_whole_model(&self) -> u64 {
         self.proposer.kv_bytes_per_token_whole_model()
     }
 

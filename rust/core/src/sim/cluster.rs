@@ -12,7 +12,7 @@ use crate::time::Nanos;
 
 use super::arrivals::Arrivals;
 use super::config::{KvTransfer, SimConfig, Workload, MAX_KV_TRANSFER_LATENCY};
-use super::disaggregation::{FewestOutstandingTokens, Handoffs};
+use super::disaggregation::{FewestOutstandingTokens, Handoffs, SenderKv};
 use super::iterations::Iterations;
 use super::mixed_pool::MixedPool;
 use super::plugins::Plugins;
@@ -173,7 +173,7 @@ impl<'a> Cluster<'a> {
             return Err(Error::config("cluster.pools", "a pool has role prefill but none has role decode"));
         }
         let choice = plugins.decode_choice.take().unwrap_or_else(|| Box::new(FewestOutstandingTokens));
-        let handoffs = Handoffs::new(decoders.clone(), choice, layerwise);
+        let handoffs = Handoffs::new(decoders.clone(), choice, layerwise, instances.iter().map(SenderKv::of).collect());
         let wants_prefix = config.router.uses_prefixes() || plugins.router.is_some();
         let router = match plugins.router.take() {
             Some(r) => r,

@@ -79,6 +79,28 @@ struct Handoff {
     tail: Option<(u32, u32, u64)>,
 }
 
+/// What an instance's prefills send per prompt token, fixed for the run.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct SenderKv {
+    /// The model's KV bytes per token, all layers.
+    pub(super) target_bytes_per_token: u64,
+    /// A speculating instance's proposer KV bytes per token (0 without speculation).
+    pub(super) proposer_bytes_per_token: u64,
+    /// The model's layers (a layer-wise transfer holds back the last one's share).
+    pub(super) layers: u64,
+}
+
+impl SenderKv {
+    /// What `inst`'s prefills send.
+    pub(super) fn of(inst: &crate::instance::Instance) -> Self {
+        SenderKv {
+            target_bytes_per_token: inst.cost().kv_bytes_per_token_whole_model(),
+            proposer_bytes_per_token: inst.speculation().map_or(0, |s| s.speculator().proposer_kv_bytes_per_token_whole_model()),
+            layers: inst.cost().model().num_layers as u64,
+        }
+    }
+}
+
 /// The handoffs of a run: picks the least-loaded decode instance that can reserve the request's
 /// KV blocks, starts the KV flow, and hands the request over when both the prefill and the flow
 /// are done. Requests no decode instance can take yet wait in order.
@@ -89,6 +111,8 @@ pub(super) struct Handoffs {
     choice: Box<dyn DecodeChoice>,
     /// Per instance: whether it sends KV layer by layer while the prefill runs.
     layerwise: Vec<bool>,
+    /// Per instance: what its prefills send per prompt token.
+    sender_kv: Vec<SenderKv>,
     /// Decode instance a router chose per request, tried first.
     preferred: BTreeMap<u32, u32>,
     state: BTreeMap<u32, Handoff>,
@@ -98,10 +122,11 @@ pub(super) struct Handoffs {
 }
 
 impl Handoffs {
-    /// Handoffs to the `decoders` instances in the order `choice` gives; `layerwise` per instance.
-    pub(super) fn new(decoders: Vec<u32>, choice: Box<dyn DecodeChoice>, layerwise: Vec<bool>) -> Self {
+    /// Handoffs to the `decoders` instances in the order `choice` gives; `layerwise` and
+    /// `sender_kv` per instance.
+    pub(super) fn new(decoders: Vec<u32>, choice: Box<dyn DecodeChoice>, layerwise: Vec<bool>, sender_kv: Vec<SenderKv>) -> Self {
         let in_flight_tokens = vec![0; layerwise.len()];
-        Handoffs { decoders, choice, layerwise, preferred: BTreeMap::new(), state: BTreeMap::new(), waiting: VecDeque::new(), in_flight_tokens }
+        Handoffs { decoders, choice, layerwise, sender_kv, preferred: BTreeMap::new(), state: BTreeMap::new(), waiting: VecDeque::new(), in_flight_tokens }
     }
 
     /// Records the decode instance a router chose for `req`, tried first at its handoff.
@@ -133,15 +158,15 @@ impl Cluster<'_> {
         for d in order {
             if let Some(blocks) = instances[d as usize].reserve(r) {
                 let from = r.instance;
-                let model = instances[from as usize].cost().model();
-                let target = r.prompt as u64 * instances[from as usize].cost().kv_bytes_per_token_whole_model();
+                let kv = h.sender_kv[from as usize];
+                let target = r.prompt as u64 * kv.target_bytes_per_token;
                 // A speculating prefill instance sends its proposer's KV of the prompt too.
-                let proposer = instances[from as usize].speculation().map_or(0, |s| r.prompt as u64 * s.speculator().kv_bytes_per_token_whole_model());
+                let proposer = r.prompt as u64 * kv.proposer_bytes_per_token;
                 let bytes = target + proposer;
                 let tokens = r.known_tokens() as u64;
                 // Layer-wise (started before the prefill ends): the last layer's share waits, and
                 // the proposer's KV, which exists once the proposer has run after the target.
-                let last = if prefill_done { 0 } else if model.num_layers < 2 { proposer } else { target / model.num_layers as u64 + proposer };
+                let last = if prefill_done { 0 } else if kv.layers < 2 { proposer } else { target / kv.layers + proposer };
                 self.transfers.start_handoff(now, req, from, d, bytes - last, queue)?;
                 self.reqs[req as usize].transfer.0 = now;
                 let tail = (last > 0).then_some((from, d, last));
