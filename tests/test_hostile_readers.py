@@ -117,6 +117,16 @@ def test_hf_config_deep_nesting(tmp_path):
     _assert_exit_2(result, "config.json: not valid JSON: nested too deeply")
 
 
+def test_hf_config_symlink_loop(tmp_path):
+    # Path.resolve() raised RuntimeError("Symlink loop"): a traceback, exit 1.
+    (tmp_path / "loopa").symlink_to(tmp_path / "loopb")
+    (tmp_path / "loopb").symlink_to(tmp_path / "loopa")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("models:\n  m: {hf_config: loopa}\n")
+    result = run_cli("estimate", "--specs", str(spec), "--model", "m", "--gpu", "h100-sxm", "--decode-batch", "1", "--context", "10")
+    _assert_exit_2(result, "cannot resolve the hf_config path")
+
+
 def test_request_table_jsonl_deep_nesting(tmp_path):
     from fleetwise.requestlog.table import read_table_log
 

@@ -104,6 +104,7 @@ def test_some_rejected_are_counted_by_reason():
         (("--prefill", "100", "--power-cap", "5000"), "TDP of 700 W"),
         # A cap just above idle clocked the prefill at ~0% (a 2000-token prefill took 9,464 s).
         (("--prefill", "100", "--power-cap", "70.001"), "the lowest cap this GPU's power model accepts is 120 W"),
+        (("--prefill", "100", "--microbatches", "4"), "--microbatches 4: splits a batch over pipeline stages; give --pp 2 or more"),
     ],
 )
 def test_estimate_refuses_what_the_model_or_gpu_cannot_run(args, message):

@@ -305,6 +305,11 @@ def test_generated_arrivals_stay_non_negative_and_ordered():
         # The search sets the rate: a grid over it ranked copies of one layout as different ones.
         (["place", "scenarios/quickstart.yaml", "--grid", "workload.arrivals.rate=1,2", "--slo", "ttft_p90=0.5"],
          "--grid workload.arrivals.rate: the goodput search varies the arrival rate itself"),
+        # A free layout's goodput per dollar has no value: it was ranked last and shown as "-".
+        (["place", "scenarios/quickstart.yaml", "--grid", "cluster.pools.0.price_per_hour=0,3", "--slo", "ttft_p90=0.5", "--objective", "goodput_per_dollar"],
+         "--objective goodput_per_dollar: layout cluster.pools.0.price_per_hour=0 costs $0/h"),
+        (["goodput", "scenarios/quickstart.yaml", "--slo", "ttft_p90=1", "--slo", "tpot_p99=0.1", "--attainment", "0.9", "--low", "0"],
+         "--low"),
     ],
 )
 def test_goodput_and_place_refuse_meaningless_numbers(args, message):

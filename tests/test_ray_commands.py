@@ -186,6 +186,14 @@ def test_a_bad_ray_address_is_a_clear_error_not_a_traceback(tmp_path):
     r = run_cli("place", str(sc), "--grid", GRID[0], "--slo", "ttft_p90=1", "--ray", "no-such-address", "-o", str(tmp_path / "pl"))
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "--ray no-such-address: cannot start or join Ray" in r.stderr and "'local'" in r.stderr
+    # An address where nothing listens: ray.init waited there for minutes (a probe killed it at 100 s).
+    import socket
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    r = run_cli("place", str(sc), "--grid", GRID[0], "--slo", "ttft_p90=1", "--ray", f"127.0.0.1:{port}", "-o", str(tmp_path / "pl"))
+    assert r.returncode == 2 and f"--ray 127.0.0.1:{port}: nothing accepts connections there" in r.stderr, r.stderr
 
 
 def test_sweep_on_a_multi_node_cluster_runs_on_the_worker_node_and_writes_what_local_workers_do(tmp_path):

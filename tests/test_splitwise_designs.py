@@ -183,6 +183,11 @@ def test_a_bad_study_is_a_config_error_naming_file_and_field(tmp_path):
     assert "study.yaml" in msg and "designs.a.set" in msg and "count" in msg
     msg = load({**study, "designs": {"a": {"provisioning": ["iso-watts"]}}})
     assert "designs.a.provisioning.0" in msg and "iso-power" in msg
+    # An SLO target of true ran with 1 s, and "0.5" was read as a number.
+    msg = load({**study, "slo": {"ttft": True}})
+    assert "slo: ttft: True is not a number of seconds" in msg
+    msg = load({**study, "slo": {"ttft": "0.5"}})
+    assert "slo: ttft: '0.5' is not a number of seconds" in msg
 
 
 def test_splitwise_ha_hands_kv_from_h100_prompt_to_a100_token_machines():

@@ -46,12 +46,24 @@ def test_grid_expansion_and_stable_ids():
     ("cluster.pools.0.count=[1", "--grid cluster.pools.0.count: value '[1', line 1: invalid YAML"),  # was a ParserError traceback
     ("seed=" + "[" * 500 + "]" * 500, "too deeply nested"),  # was a RecursionError
     ("name=!!python/object:os.system", "invalid YAML"),
+    ("=1", "--grid '=1': no path before '='"),  # reported as --set '=1'
+    ("cluster.pools.0.count=1,,2", "--grid cluster.pools.0.count: an empty value between commas"),  # silently dropped
+    ("cluster.pools.0.count=,", "--grid 'cluster.pools.0.count=,': no values"),
 ])
 def test_grid_values_are_read_with_the_guards_of_set(option, message):
     from fleetwise.errors import ConfigError
 
     with pytest.raises(ConfigError, match=re.escape(message)):
         parse_grid([option])  # (message is matched literally)
+
+
+def test_a_grid_path_that_set_also_sets_is_refused():
+    from fleetwise.errors import ConfigError
+
+    # The grid's values silently replaced the --set value at every point.
+    with pytest.raises(ConfigError, match=r"--grid seed: --set seed=3 sets it too"):
+        parse_grid(["seed=1,2"], ["workload.requests=10", "seed=3"])
+    assert parse_grid(["seed=1,2"], ["workload.requests=10"]) == [("seed", [1, 2])]
 
 
 def test_a_string_grid_value_stays_a_string_in_the_points_overrides():
@@ -184,6 +196,34 @@ def test_goodput_cli_errors(tmp_path):
         parse_slos(["ttft_p90=0.01", "ttft_p90=1"])  # the last silently won
     r = run_cli("goodput", str(sc), "--slo", "ttft_p90=1", "--low", "1", "--high", "0.5", "-o", str(tmp_path / "g"))
     assert r.returncode == 2 and "--high 0.5 must be above --low 1" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("option, message", [
+    ("ttft_p9.9.9=1", "the percentile after _p must be a number between 0 and 100"),  # a traceback (float('9.9.9'))
+    ("ttft_p\u00b2=1", "the percentile after _p must be a number"),  # '²'.isdigit() is True
+    ("ttft_p=0.5", "got ''"),  # accepted with no percentile
+    ("ttft_p90=1_0", "'1_0' is not a number of seconds"),  # read as 10 s
+    ("ttft_p90=nan", "--slo ttft=nan: the threshold must be a finite number of seconds > 0"),
+    ("ttft_p90=-1", "--slo ttft=-1: the threshold must be a finite number of seconds > 0"),
+])
+def test_slo_options_are_read_strictly(option, message):
+    from fleetwise.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_slos([option])
+
+
+def test_attainment_settles_disagreeing_slo_percentiles():
+    from fleetwise.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="percentiles disagree"):
+        parse_slos(["ttft_p90=1", "tpot_p99=0.1"])
+    # With --attainment given they need not agree (the command said "give --attainment" and then
+    # refused it anyway).
+    assert parse_slos(["ttft_p90=1", "tpot_p99=0.1"], attainment=0.9) == ({"ttft": 1.0, "tpot": 0.1}, None)
+    assert parse_slos(["ttft_p90.5=1"]) == ({"ttft": 1.0}, 0.905)
+    with pytest.raises(ConfigError, match="--attainment 0: must be a fraction of requests above 0"):
+        parse_slos(["ttft_p90=1"], attainment=0.0)
 
 
 def test_sweep_then_report_from_the_cli(tmp_path):

@@ -56,6 +56,21 @@ def test_a_rerun_after_the_scenario_changed_is_refused_not_resumed(tmp_path):
     assert r.returncode == 2 and "scenario's content" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_a_rerun_after_a_file_the_scenario_names_changed_is_refused(tmp_path):
+    # The fingerprint hashed the scenario's text only: after its trace (or engine profile, or
+    # hf_config) changed, a rerun resumed the old points and printed the old numbers.
+    trace = tmp_path / "trace.parquet"
+    pl.DataFrame({"arrival_ns": [0, 10**8], "prompt_tokens": [64, 64], "output_tokens": [4, 4]}).write_parquet(trace)
+    sc = _scenario(tmp_path, workload={"arrivals": {"kind": "trace", "format": "parquet", "path": "trace.parquet"}})
+    out = tmp_path / "sw"
+    grid = ("sweep", str(sc), "--grid", "seed=1,2", "-o", str(out), "-j", "1")
+    assert run_cli(*grid).returncode == 0
+    assert run_cli(*grid).returncode == 0  # unchanged: resumes
+    pl.DataFrame({"arrival_ns": [0, 10**8], "prompt_tokens": [640, 640], "output_tokens": [4, 4]}).write_parquet(trace)
+    r = run_cli(*grid)
+    assert r.returncode == 2 and "or a file it names has changed" in r.stderr, r.stderr
+
+
 def test_a_grid_value_spelled_differently_is_refused_and_stray_rows_stay_out_of_the_table(tmp_path):
     sc = _scenario(tmp_path)
     out = tmp_path / "sw"

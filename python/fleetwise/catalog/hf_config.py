@@ -214,7 +214,10 @@ def hf_model_fields(path: str, base_dir: str | Path | None = None, dtype_given: 
     p = Path(path).expanduser()
     if not p.is_absolute() and base_dir is not None:
         p = Path(base_dir) / p
-    p = p.resolve()
+    try:
+        p = p.resolve()
+    except (RuntimeError, OSError) as e:  # a symlink loop (RuntimeError before Python 3.13)
+        raise ValueError(f"{p}: cannot resolve the hf_config path: {e}") from None
     cfg = _Config(p, _read(p))
     if cfg.data.get("quantization_config") is not None and not dtype_given:
         raise cfg.fail("quantization_config", "quantized weights are not read; give dtype_bytes beside hf_config")

@@ -52,17 +52,6 @@ def _check_positive(option: str, value: float | None) -> None:
         raise ConfigError(f"{option} {value:g}: must be a finite number > 0")
 
 
-def _check_slos(slos: dict[str, float]) -> None:
-    """``ConfigError`` for an SLO threshold that is not a finite number of seconds > 0."""
-    import math
-
-    from fleetwise.errors import ConfigError
-
-    for name, seconds in slos.items():
-        if not (math.isfinite(seconds) and seconds > 0):
-            raise ConfigError(f"--slo {name}={seconds:g}: the threshold must be a finite number of seconds > 0")
-
-
 def _trace_rows_line(rows: dict[str, int]) -> str:
     """``trace: N rows read, M replayed; left out on purpose: reason count, ...``."""
     left = ", ".join(f"{k} {v}" for k, v in rows.items() if k not in ("rows_read", "replayed") and v)

@@ -54,6 +54,10 @@ def estimate(
         from fleetwise.config.specs import load_specs
 
         user = load_specs(specs)
+    if microbatches is not None and pp == 1 and not (prompt or output):
+        from fleetwise.errors import ConfigError
+
+        raise ConfigError(f"--microbatches {microbatches}: splits a batch over pipeline stages; give --pp 2 or more (it was ignored at --pp 1)")
     if prompt or output:
         from fleetwise.errors import ConfigError
         from fleetwise.estimate import estimate_request

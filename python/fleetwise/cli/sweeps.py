@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from fleetwise.cli.app import app, out, err
-from fleetwise.cli.format import _default_dir, _check_positive, _check_slos
+from fleetwise.cli.format import _default_dir, _check_positive
 
 SWEEP_TABLE_ROWS = 100
 """The most points ``sweep`` prints (a terminal table of 10,000 rows takes seconds and helps no one)."""
@@ -69,7 +69,7 @@ def sweep(
     from fleetwise.sweep.scenarios import BaseScenario
     from fleetwise.sweep.store import SweepStore
 
-    g = parse_grid(grid)
+    g = parse_grid(grid, set_)
     points = expand(g)
     base = BaseScenario(scenario, set_)  # the file parsed once, not once per point
     for p in points:  # validate every point before running any
@@ -125,8 +125,7 @@ def goodput(
     from fleetwise.config.load import load_scenario
     from fleetwise.sweep.goodput import parse_slos, search
 
-    slos, implied = parse_slos(slo)
-    _check_slos(slos)
+    slos, implied = parse_slos(slo, attainment)
     _check_positive("--low", low)
     _check_positive("--high", high)
     target = attainment if attainment is not None else (implied if implied is not None else 0.9)
@@ -173,12 +172,11 @@ def place(
     from fleetwise.sweep.grid import expand, parse_grid
     from fleetwise.sweep.placement import place as run_place
 
-    slos, implied = parse_slos(slo)
-    _check_slos(slos)
+    slos, implied = parse_slos(slo, attainment)
     _check_positive("--budget-dollars-per-hour", budget_dollars)
     _check_positive("--budget-watts", budget_watts)
     target = attainment if attainment is not None else (implied or 0.9)
-    points = expand(parse_grid(grid))
+    points = expand(parse_grid(grid, set_))
     for p in points:
         load_scenario(scenario, [*set_, *p.overrides()])
     name = load_scenario(scenario, set_).name

@@ -68,6 +68,16 @@ class DesignStudy(StrictModel):
     _source: str = PrivateAttr(default="<study>")
     _base_dir: Path = PrivateAttr(default=Path("."))
 
+    @field_validator("slo", mode="before")
+    @classmethod
+    def _targets_are_numbers(cls, v: Any) -> Any:
+        """A target is a number as YAML writes one: ``true`` (read as 1 s) and ``"0.5"`` are not."""
+        if isinstance(v, dict):
+            for name, seconds in v.items():
+                if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+                    raise ValueError(f"{name}: {seconds!r} is not a number of seconds")
+        return v
+
     @field_validator("slo")
     @classmethod
     def _targets_positive(cls, v: dict[str, float]) -> dict[str, float]:

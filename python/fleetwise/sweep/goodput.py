@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -27,32 +28,45 @@ from fleetwise.sweep.store import SweepStore, temp_name
 __all__ = ["METRICS", "attainment", "parse_slos", "search"]
 
 
-def parse_slos(options: list[str]) -> tuple[dict[str, float], float | None]:
-    """Parses ``ttft_p90=0.5`` style options into thresholds and the attainment their percentile implies."""
+_NUMBER = re.compile(r"[0-9]+(\.[0-9]*)?|\.[0-9]+")
+"""A plain decimal number (ASCII digits, no sign, exponent or underscores)."""
+
+
+def parse_slos(options: list[str], attainment: float | None = None) -> tuple[dict[str, float], float | None]:
+    """Parses ``ttft_p90=0.5`` style options into thresholds and the attainment their percentile
+    implies (percentiles that disagree are refused unless ``attainment`` is given, which sets it)."""
     from fleetwise.errors import ConfigError
 
+    if attainment is not None and not 0 < attainment <= 1:  # 0 would search ~20 rates before saying so
+        raise ConfigError(f"--attainment {attainment:g}: must be a fraction of requests above 0 and at most 1")
     slos: dict[str, float] = {}
     implied = set()
     for opt in options:
         key, _, value = opt.partition("=")
-        name, _, pct = key.strip().partition("_p")
+        name, has_pct, pct = key.strip().partition("_p")
         if name not in METRICS or not value:
             raise ConfigError(f"--slo {opt!r}: expected METRIC[_pNN]=SECONDS with METRIC one of {', '.join(METRICS)} (e.g. ttft_p90=0.5)")
         if name in slos:  # the last would silently win
             raise ConfigError(f"--slo {name} given twice ({', '.join(o for o in options if o.partition('=')[0].strip().partition('_p')[0] == name)}); give each metric once")
+        text = value.strip()
         try:
-            slos[name] = float(value)
+            if "_" in text:  # float() reads 1_0 as 10
+                raise ValueError(text)
+            seconds = float(text)
         except ValueError:
             raise ConfigError(f"--slo {opt!r}: {value!r} is not a number of seconds") from None
-        if pct:
-            if not pct.replace(".", "").isdigit() or not 0 < float(pct) < 100:
-                raise ConfigError(f"--slo {opt!r}: percentile must be between 0 and 100")
+        if not (math.isfinite(seconds) and seconds > 0):
+            raise ConfigError(f"--slo {name}={seconds:g}: the threshold must be a finite number of seconds > 0")
+        slos[name] = seconds
+        if has_pct:
+            if not _NUMBER.fullmatch(pct) or not 0 < float(pct) < 100:
+                raise ConfigError(f"--slo {opt!r}: the percentile after _p must be a number between 0 and 100 (e.g. {name}_p90), got {pct!r}")
             implied.add(float(pct) / 100)
     if not slos:
         raise ConfigError("goodput needs at least one --slo, e.g. --slo ttft_p90=0.5 --slo tpot_p90=0.05")
-    if len(implied) > 1:
+    if len(implied) > 1 and attainment is None:
         raise ConfigError(f"--slo percentiles disagree ({sorted(implied)}); give --attainment instead")
-    return slos, (implied.pop() if implied else None)
+    return slos, (implied.pop() if len(implied) == 1 else None)
 
 
 def _rate_point(rate: float) -> Point:

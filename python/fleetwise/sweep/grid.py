@@ -42,22 +42,33 @@ class Point:
         return None
 
 
-def parse_grid(options: list[str]) -> list[tuple[str, list]]:
+def parse_grid(options: list[str], fixed: list[str] | tuple[str, ...] = ()) -> list[tuple[str, list]]:
     """Parses ``path=v1,v2,...`` options; values are YAML scalars (numbers, booleans, strings),
-    read with the guards of ``--set`` (invalid YAML, nesting and size are ConfigErrors)."""
+    read with the guards of ``--set`` (invalid YAML, nesting and size are ConfigErrors). A path
+    that one of ``fixed`` (the command's ``--set PATH=VALUE`` options) also sets is refused: the
+    grid's values would silently replace it at every point."""
     from fleetwise.config.yaml_input import parse_yaml
     from fleetwise.errors import ConfigError
 
+    set_paths = {o.split("=", 1)[0].strip(): o for o in fixed if "=" in o}
     grid = []
     for opt in options:
         if "=" not in opt:
             raise ConfigError(f"--grid {opt!r}: expected PATH=V1,V2,... e.g. workload.arrivals.rate=4,8,16")
         path, raw = opt.split("=", 1)
-        values = [parse_yaml(v.strip(), f"--grid {path.strip()}: value {v.strip()[:40]!r}") for v in raw.split(",") if v.strip() != ""]
-        if not values:
-            raise ConfigError(f"--grid {opt!r}: no values")
+        if not path.strip():
+            raise ConfigError(f"--grid {opt[:80]!r}: no path before '='; expected PATH=V1,V2,... e.g. workload.arrivals.rate=4,8,16")
+        parts = [v.strip() for v in raw.split(",")]
+        if not any(parts):
+            raise ConfigError(f"--grid {opt[:80]!r}: no values")
+        if "" in parts:  # 1,,2 or a trailing comma: a value left out by mistake, or meant as an empty string
+            raise ConfigError(f"--grid {path.strip()}: an empty value between commas in {raw[:80]!r}; remove the extra comma")
+        values = [parse_yaml(v, f"--grid {path.strip()}: value {v[:40]!r}") for v in parts]
         if any(p == path.strip() for p, _ in grid):
             raise ConfigError(f"--grid {path.strip()} given twice")
+        if path.strip() in set_paths:
+            raise ConfigError(f"--grid {path.strip()}: --set {set_paths[path.strip()][:80]} sets it too, and the grid's values would replace it "
+                              "at every point; give it in one of them")
         for i, v in enumerate(values):
             if any(v == w and isinstance(v, bool) == isinstance(w, bool) for w in values[:i]):
                 raise ConfigError(f"--grid {path.strip()}: the value {v!r} is given twice (the same point twice)")

@@ -118,6 +118,10 @@ def place(
         rows.append(row)
         if not over:
             todo.append((p, row))
+    free = [row["layout"] or "(the scenario)" for _, row in todo if not row["dollars_per_hour"] > 0]
+    if objective == "goodput_per_dollar" and free:  # goodput per dollar is unbounded: it ranked them last, shown as "-"
+        raise ConfigError(f"--objective goodput_per_dollar: layout {free[0]} costs $0/h, so its goodput per dollar has no value; "
+                          "give its GPUs or pools a price_per_hour (or grid over priced layouts only)")
     args = [(scenario_path, overrides, p, str(out_dir), slos, target, low, tolerance) for p, _ in todo]
     if ray_address is not None and args:
         results = _evaluate_on_ray(args, ray_address)

@@ -49,6 +49,7 @@ def ray_init(address: str) -> None:
     ray = _need_ray()
     if ray.is_initialized():
         return
+    _check_reachable(address)
     try:
         ray.init(address="local" if address == "local" else address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     except Exception as e:  # a malformed address, no cluster there, or a private one that failed to start (a loaded machine)
@@ -56,6 +57,30 @@ def ray_init(address: str) -> None:
 
         raise ConfigError(f"--ray {address}: cannot start or join Ray there ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else e!r}); "
                           "give 'local' for a private cluster, or the address of a running one (ray start --head prints it)") from None
+
+
+CONNECT_TIMEOUT_S = 10.0
+"""How long the address of a running cluster may take to accept a connection before it is refused."""
+
+
+def _check_reachable(address: str) -> None:
+    """``ConfigError`` when ``address`` (``host:port`` or ``ray://host:port``) accepts no TCP
+    connection within ``CONNECT_TIMEOUT_S``: ``ray.init`` itself waits on such an address for
+    minutes. ``local`` and ``auto`` are left to Ray."""
+    import re
+    import socket
+
+    m = re.fullmatch(r"(?:ray://)?\[?([^\[\]]+?)\]?:([0-9]{1,5})", address.strip())
+    if m is None:
+        return
+    host, port = m.group(1), int(m.group(2))
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
+    except (OSError, ValueError) as e:
+        from fleetwise.errors import ConfigError
+
+        raise ConfigError(f"--ray {address}: nothing accepts connections there ({e.strerror or e}); start the cluster first "
+                          "(ray start --head prints its address) or give 'local' for a private one") from None
 
 
 class RayPool:

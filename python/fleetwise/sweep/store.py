@@ -194,7 +194,7 @@ class SweepStore:
             differ = [k for k in MANIFEST_KEYS if canon(old, k) != canon(manifest, k)
                       and not (k == "scenario_sha1" and (old.get(k) is None or manifest.get(k) is None))]
             if differ:
-                what = ("the scenario's content (with --set) has changed since it ran" if differ == ["scenario_sha1"]
+                what = ("the scenario's content (with --set) or a file it names has changed since it ran" if differ == ["scenario_sha1"]
                         else f"its {', '.join(differ)} {'differs' if len(differ) == 1 else 'differ'}")
                 raise ConfigError(f"{self.dir}: holds a different sweep: {what} (see its sweep.json); its points would mix with these: "
                                   "choose another -o directory")
