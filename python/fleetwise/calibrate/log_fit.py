@@ -55,6 +55,8 @@ OPTIONAL_PARAMETERS: tuple[FitParameter, ...] = (
     FitParameter("moe_dispatch_memory", 0.02, 1.0),  # MoE dispatch and combine: bandwidth fraction of moving token-expert pairs
 )
 """Parameters fitted only when named with ``--param`` (engine-profile terms, docs/engines.md)."""
+MOE_ONLY = ("moe_layer_overhead", "moe_dispatch_memory")
+"""Parameters that only a model with expert (MoE) layers spends time on."""
 UNSET_MEANS = {"elementwise_memory": "memory", "attention_memory": "memory", "moe_dispatch_memory": "elementwise_memory"}
 """Factors that, left unset, take another factor's value (``Calibration``): a fit starts there."""
 FIT_METRICS = ("ttft", "tpot", "itl")
@@ -120,7 +122,8 @@ def fit_log(scenario: Scenario, log: RequestLog, pool: str | None = None, parame
     ``("tpot", "itl")`` when the measured TTFT includes front-end time the model does not have).
     Deterministic: the same inputs give the same values. Raises ``ConfigError`` for an unknown
     metric, and for a log that cannot determine the fit (fewer requests than parameters; no output
-    of two or more tokens when TPOT or ITL is fitted)."""
+    of two or more tokens when TPOT or ITL is fitted), and for a parameter the pool's model cannot
+    spend time on (``check_parameters``)."""
     from fleetwise.calibrate.comparison import METRICS
     from fleetwise.errors import ConfigError
 
@@ -135,6 +138,7 @@ def fit_log(scenario: Scenario, log: RequestLog, pool: str | None = None, parame
         raise ConfigError(f"{log.path}: no request generated two or more tokens, so the log has no TPOT or ITL to fit; "
                           "use a log with longer outputs, or fit TTFT alone (--metric ttft) with the parameters it depends on")
     index = pool_index(scenario, pool)
+    check_parameters(scenario, index, parameters)
     base = resolved_calibration(scenario, index)
     start = {p.name: float(_effective(base, p.name)) for p in parameters}
     cache: dict[tuple, tuple[float, LogComparison]] = {}
@@ -170,6 +174,27 @@ def fit_log(scenario: Scenario, log: RequestLog, pool: str | None = None, parame
     return LogFit(pool=scenario.cluster.pools[index].name, gpu=gpu, start=start, fitted=current, before=before,
                   after=after, loss_before=before_loss, loss_after=after_loss, evaluations=len(cache), metrics=tuple(metrics),
                   scenario=with_calibration(scenario, index, current))
+
+
+def check_parameters(scenario: Scenario, index: int, parameters: Sequence[FitParameter]) -> None:
+    """``ConfigError`` naming a parameter that cannot change pool ``index``'s simulated times, so a
+    fit of it would report a value no log determined: a MoE-only one (``MOE_ONLY``) on a model
+    without expert layers (nor a draft model with them)."""
+    from fleetwise.catalog import lookup
+    from fleetwise.errors import ConfigError
+
+    pool = scenario.cluster.pools[index]
+    model = lookup("model", pool.model, scenario.models, f"cluster.pools.{index}.model")
+    has_experts = model.moe_layers > 0
+    spec = getattr(pool, "speculative", None)
+    draft = getattr(spec, "draft_model", None) if spec is not None else None
+    if draft and not has_experts:
+        has_experts = lookup("model", draft, scenario.models, f"cluster.pools.{index}.speculative.draft_model").moe_layers > 0
+    moe = [p.name for p in parameters if p.name in MOE_ONLY]
+    if moe and not has_experts:
+        raise ConfigError(f"--param {', '.join(moe)}: pool {pool.name}'s model {pool.model} has no expert (MoE) layers, so "
+                          f"{'it' if len(moe) == 1 else 'they'} cannot change the simulated latencies; fit "
+                          f"{'it' if len(moe) == 1 else 'them'} on a MoE model's log, or leave {'it' if len(moe) == 1 else 'them'} out")
 
 
 def _effective(calibration: dict, name: str) -> float:

@@ -13,7 +13,9 @@ It writes CSV files (seconds are medians of CUDA-event timings of back-to-back l
   forward.csv         kind, prefill, cached, decode_batch, context, seconds, graph
                       whole Llama-3-8B forward passes (random weights) of a small engine:
                       a prefill chunk, a decode batch, or both in one mixed iteration
-  device.json         what the GPU and software are
+  device.json         what the GPU and software are, and the shape of the forward passes' model
+                      ("model": its fleetwise catalogue name and fields; `fleetwise calibrate`
+                      refuses a --model of another shape)
 """
 
 from __future__ import annotations
@@ -165,6 +167,13 @@ def measure_copy() -> list[dict]:
     return rows
 
 
+FORWARD_MODEL = {"name": "llama-3-8b", "num_layers": 32, "hidden_size": 4096, "num_heads": 32, "num_kv_heads": 8, "head_dim": 128,
+                 "intermediate_size": 14336, "vocab_size": 128256, "num_experts": 0, "mla": None, "mlp": "gated",
+                 "parallel_attention": False, "sliding_window": None, "tie_word_embeddings": False, "dtype_bytes": 2}
+"""The model ``Llama()`` runs, as fleetwise's catalogue describes it (written to device.json; the
+same as ``fleetwise.calibrate.fit.FORWARD_MODEL``, which this script cannot import)."""
+
+
 class Llama:
     """A small Llama-3-8B engine on random weights: paged-free contiguous KV, SDPA attention."""
 
@@ -287,6 +296,8 @@ def main() -> None:
     p = torch.cuda.get_device_properties(0)
     info = {"name": p.name, "sms": p.multi_processor_count, "memory_bytes": p.total_memory, "torch": torch.__version__,
             "cuda": torch.version.cuda, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if not args.skip_forward:
+        info["model"] = FORWARD_MODEL
     (args.out / "device.json").write_text(json.dumps(info, indent=2) + "\n")
     print(info, flush=True)
     t0 = time.time()

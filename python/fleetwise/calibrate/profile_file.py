@@ -74,6 +74,7 @@ def write_profile(profile: dict, path: str | Path) -> Path:
               f" --pool {src['pool']}{options}`\n# on {src['n_requests']} requests; residuals: relative errors "
               "(simulated / measured - 1) after the fit.\n")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(header + yaml.safe_dump(profile, sort_keys=False))
     except OSError as e:
         raise ConfigError(f"{path}: cannot write the profile: {e.strerror or e}") from None

@@ -118,7 +118,7 @@ def calibrate(
     data: Optional[Path] = typer.Option(None, "--data", help="Directory of GPU measurements (written by --measure, or copied from a GPU machine)."),
     gpu: Optional[str] = typer.Option(None, "--gpu", help="With --data: catalogue GPU whose datasheet peaks the factors are relative to."),
     measure: bool = typer.Option(False, "--measure", help="With --data: first measure on this machine's GPU (needs PyTorch and CUDA)."),
-    model: str = typer.Option("llama-3-8b", "--model", help="With --data: model of the measured forward passes."),
+    model: str = typer.Option("llama-3-8b", "--model", help="With --data: model of the measured forward passes (measure_gpu.py runs llama-3-8b; another model is refused)."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Where to write the result (--requests: the engine profile, default profile.yaml; --data: default DATA/fitted.yaml)."),
 ) -> None:
     """Fit the cost model: to a deployment's request log (--requests LOG --scenario S), or to measurements taken on a real GPU (--data DIR --gpu NAME)."""
@@ -152,6 +152,7 @@ def _calibrate_from_log(requests: Path, scenario: Path, pool: str | None, names:
         raise ConfigError(f"--param {', '.join(unknown)}: not a fitted parameter; allowed: {', '.join(known)}")
     parameters = [known[n] for n in dict.fromkeys(names)] if names else list(PARAMETERS)
     check_output_file(output)  # a bad -o fails before the fit
+    _check_not_input(output, {"--requests": requests, "--scenario": scenario})
     log = read_request_log(requests, log_format, select)
     sc = load_replay_scenario(scenario, overrides)
     fit = fit_log(sc, log, pool, parameters, tuple(dict.fromkeys(metrics)) or FIT_METRICS)
@@ -172,28 +173,117 @@ def _calibrate_from_log(requests: Path, scenario: Path, pool: str | None, names:
     out.print(f"engine profile written to {path}")
 
 
-def _calibrate_from_measurements(data: Path, gpu: str, measure: bool, model: str, output: Path | None) -> None:
-    """``calibrate --data``: fit the efficiency factors to operator measurements of a GPU."""
-    import subprocess
+MEASURED_FILES = ("gemm.csv", "attn_prefill.csv", "attn_decode.csv", "copy.csv", "forward.csv", "device.json")
+"""The files measure_gpu.py writes into --data (the fit reads all but copy.csv)."""
+FITTED_FILE = "fitted.yaml"
+"""What ``calibrate --data DIR`` writes by default, in DIR (so a later fit may replace it)."""
 
-    import yaml
 
-    from fleetwise.calibrate.fit import Measurements, error_summary, error_table, fit_calibration, predict_forward
-    from fleetwise.catalog import lookup
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` are one file (the same resolved path, or hard links of one file)."""
+    import os
+
+    try:
+        if a.resolve() == b.resolve():
+            return True
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _check_not_input(output: Path, inputs: dict[str, Path]) -> None:
+    """``ConfigError`` when -o ``output`` is one of ``inputs`` (option -> path): it would be overwritten."""
     from fleetwise.errors import ConfigError
 
-    if measure:
-        script = Path(__file__).resolve().parent.parent / "calibrate" / "measure_gpu.py"
-        subprocess.run([sys.executable, str(script), "--out", str(data)], check=True)
-    missing = [f for f in ("gemm.csv", "attn_prefill.csv", "attn_decode.csv", "forward.csv", "device.json") if not (data / f).exists()]
-    if missing:
-        raise ConfigError(f"--data {data}: missing {', '.join(missing)}; run with --measure on a GPU machine, or copy a measure_gpu.py output directory")
+    for option, path in inputs.items():
+        if _same_file(output, path):
+            raise ConfigError(f"-o {output}: that is the {option} input ({path}); writing there would overwrite it; give another -o")
+
+
+def _check_not_in_data(output: Path, data: Path, measure: bool) -> None:
+    """``ConfigError`` when -o ``output`` would overwrite a file of the --data directory: an existing
+    file there other than ``FITTED_FILE``, or (with --measure) one that measuring writes."""
+    from fleetwise.errors import ConfigError
+
+    try:
+        out, d = output.resolve(), data.resolve()
+    except OSError:
+        return
+    if not out.is_relative_to(d) or out == d / FITTED_FILE:
+        return
+    if out.exists() or (measure and out.parent == d and out.name in MEASURED_FILES):
+        raise ConfigError(f"-o {output}: a file of the --data directory {data} (the measurements); writing there would overwrite it; "
+                          f"give a new file, or leave -o out to write {data / FITTED_FILE}")
+
+
+def _write_text(path: Path, text: str, what: str) -> None:
+    """Writes ``text`` to ``path`` (its directory created); ``ConfigError`` naming it if that fails."""
+    from fleetwise.errors import ConfigError
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot write {what}: {e.strerror or e}") from None
+
+
+def _measure(data: Path) -> None:
+    """Runs measure_gpu.py into ``data`` on this machine's GPU; its progress goes to stdout. A
+    failure (no CUDA, no PyTorch) is a ``ConfigError`` with the child's last error line."""
+    import subprocess
+
+    from fleetwise.errors import ConfigError
+
+    script = Path(__file__).resolve().parent.parent / "calibrate" / "measure_gpu.py"
+    try:
+        done = subprocess.run([sys.executable, str(script), "--out", str(data)], stderr=subprocess.PIPE, text=True, errors="replace")
+    except OSError as e:
+        raise ConfigError(f"--measure: cannot run {script}: {e.strerror or e}") from None
+    if done.returncode == 0:
+        if done.stderr:
+            sys.stderr.write(done.stderr)
+        return
+    lines = [line.strip() for line in (done.stderr or "").splitlines() if line.strip()]
+    last = lines[-1] if lines else f"exit status {done.returncode}"
+    raise ConfigError(f"--measure: measuring needs a CUDA GPU and PyTorch: {script.name} failed: {last}")
+
+
+def _calibrate_from_measurements(data: Path, gpu: str, measure: bool, model: str, output: Path | None) -> None:
+    """``calibrate --data``: fit the efficiency factors to operator measurements of a GPU."""
+    import yaml
+
+    from fleetwise.calibrate.fit import (Measurements, check_device, check_model, error_summary, error_table, fit_calibration,
+                                         predict_forward)
+    from fleetwise.catalog import builtin_gpus, lookup
+    from fleetwise.errors import ConfigError
+    from fleetwise.result import check_output_file
+
+    if data.exists() and not data.is_dir():
+        raise ConfigError(f"--data {data}: not a directory; give the directory measure_gpu.py wrote")
     spec = lookup("gpu", gpu, {}, "--gpu")
     m_spec = lookup("model", model, {}, "--model")
+    out_file = output if output is not None else data / FITTED_FILE
+
+    def check_data() -> None:
+        missing = [f for f in ("gemm.csv", "attn_prefill.csv", "attn_decode.csv", "forward.csv", "device.json") if not (data / f).exists()]
+        if missing:
+            raise ConfigError(f"--data {data}: missing {', '.join(missing)}; run with --measure on a GPU machine, or copy a measure_gpu.py output directory")
+
+    if not measure:
+        check_data()
+    check_output_file(out_file, "-o")  # a bad -o fails before the fit (and before measuring)
+    if output is not None:
+        _check_not_in_data(output, data, measure)
+    if measure:
+        _measure(data)
+        check_data()
     m = Measurements.load(data)
-    cal = fit_calibration(m, spec, m_spec)
+    check_model(m, m_spec, model)
+    cal = fit_calibration(m, spec, m_spec, gpu_name=gpu)
+    warning = check_device(m, spec, gpu, builtin_gpus())
+    if warning:
+        err.print(warning, highlight=False)
     s = error_summary(error_table(m.forward, predict_forward(m.forward, m_spec, spec, cal)))
-    out_file = output or data / "fitted.yaml"
-    out_file.write_text(yaml.safe_dump(cal.model_dump(exclude_none=True), sort_keys=False))
+    _write_text(out_file, yaml.safe_dump(cal.model_dump(exclude_none=True), sort_keys=False), "the fitted factors")
     out.print(yaml.safe_dump(cal.model_dump(), sort_keys=False))
     out.print(f"forward passes: median error {s['median_abs_error']:.1%}, worst {s['max_abs_error']:.1%} over {s['points']} points; written to {out_file}")
