@@ -14,6 +14,8 @@ from pathlib import Path
 
 import polars as pl
 
+from fleetwise.report.goodput_file import normalise_goodput
+
 RATE_PATH = "workload.arrivals.rate"
 MAX_DETAIL_RUNS = 8
 """At most this many runs get the per-run figures (time series, timelines) of a sweep."""
@@ -106,22 +108,43 @@ REQUEST_COLUMNS = {
 """The columns of requests.parquet every report reads, and their kind (the latency columns
 ``ttft_s``, ``tpot_s`` and ``e2e_s`` are drawn where present)."""
 
+ITERATION_COLUMNS = {"instance": "integer", "start_ns": "integer", "end_ns": "integer"}
+"""The columns of iterations.parquet the time-series figures read, and their kind."""
+ITERATION_OPTIONAL = {"kv_blocks": "number", "waiting": "number", "running": "number"}
+"""Columns of iterations.parquet drawn where present (KV use, queue lengths): numbers when present."""
+
+INSTANCE_COLUMNS = {"instance": "integer"}
+"""The columns of instances.parquet the report reads (its per-instance counters are drawn where present)."""
+INSTANCE_OPTIONAL = {"num_blocks": "number"}
+
+_KIND_TEST = {
+    "integer": lambda t: t.is_integer(),
+    "number": lambda t: t.is_numeric(),
+    "string": lambda t: t in (pl.String, pl.Categorical),
+}
+
+
+def _check_columns(path: Path, table: pl.DataFrame | None, what: str, columns: dict[str, str], optional: dict[str, str] | None = None) -> pl.DataFrame | None:
+    """``table`` when it has ``columns`` (name -> kind) and its ``optional`` columns that are present
+    have their kind; a ValueError naming the file and the missing or mistyped columns when not."""
+    if table is None:
+        return None
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        present = ", ".join(c[:40] for c in table.columns[:20]) + (", ..." if table.width > 20 else "")
+        raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; not a fleetwise {what} table "
+                         f"(columns present: {present or 'none'})")
+    expected = {**columns, **{c: k for c, k in (optional or {}).items() if c in table.columns}}
+    wrong = [f"{c} is {table.schema[c]}, expected {kind}" for c, kind in expected.items() if not _KIND_TEST[kind](table.schema[c])]
+    if wrong:
+        raise ValueError(f"{path}: column(s) of the wrong type ({'; '.join(wrong)}); not a fleetwise {what} table")
+    return table
+
 
 def _check_requests(path: Path, table: pl.DataFrame | None) -> pl.DataFrame | None:
     """``table`` (a run's requests.parquet) when it has the request table's columns; a ValueError
     naming the file and the missing or mistyped columns when it does not."""
-    if table is None:
-        return None
-    missing = [c for c in REQUEST_COLUMNS if c not in table.columns]
-    if missing:
-        present = ", ".join(c[:40] for c in table.columns[:20]) + (", ..." if table.width > 20 else "")
-        raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; not a fleetwise requests table "
-                         f"(columns present: {present or 'none'})")
-    wrong = [f"{c} is {table.schema[c]}, expected {kind}" for c, kind in REQUEST_COLUMNS.items()
-             if not (table.schema[c].is_integer() if kind == "integer" else table.schema[c] in (pl.String, pl.Categorical))]
-    if wrong:
-        raise ValueError(f"{path}: column(s) of the wrong type ({'; '.join(wrong)}); not a fleetwise requests table")
-    return table
+    return _check_columns(path, table, "requests", REQUEST_COLUMNS)
 
 
 def load_run(path: Path, label: str, note: str = "") -> RunData:
@@ -132,10 +155,66 @@ def load_run(path: Path, label: str, note: str = "") -> RunData:
         path=path,
         summary=summary,
         requests=_check_requests(path / "requests.parquet", _read_parquet(path / "requests.parquet")),
-        instances=_read_parquet(path / "instances.parquet"),
-        iterations=_read_parquet(path / "iterations.parquet"),
+        instances=_check_columns(path / "instances.parquet", _read_parquet(path / "instances.parquet"), "instances", INSTANCE_COLUMNS, INSTANCE_OPTIONAL),
+        iterations=_check_columns(path / "iterations.parquet", _read_parquet(path / "iterations.parquet"), "iterations", ITERATION_COLUMNS, ITERATION_OPTIONAL),
         note=note,
     )
+
+
+_LISTED = 6
+"""Names listed in a message about a directory of inputs (then "...")."""
+
+
+def _kind_of(d: Path) -> str | None:
+    """"run" or "sweep" for a directory the report reads, else None."""
+    if any((d / f).exists() for f in _SWEEP_FILES):
+        return "sweep"
+    if (d / "summary.json").exists():
+        return "run"
+    return None
+
+
+def _names(dirs: list[Path]) -> str:
+    shown = ", ".join(d.name for d in dirs[:_LISTED])
+    return shown + (", ..." if len(dirs) > _LISTED else "")
+
+
+def _children(d: Path) -> list[Path]:
+    try:
+        return sorted(c for c in d.iterdir() if not c.name.startswith("."))
+    except OSError:
+        return []
+
+
+def _holds_inputs(p: Path) -> str | None:
+    """What to give instead when ``p`` is no run or sweep directory but holds them (the output of
+    ``compare``, ``place`` or ``designs``, or a sweep's points/ folder); None when it holds none."""
+    import shlex
+
+    parent = p.resolve().parent
+    if p.name == "points" and _kind_of(parent) == "sweep":
+        return f"{p} is the points/ folder of the sweep {p.parent}: give the sweep directory, e.g. `fleetwise report {shlex.quote(str(p.parent))}`"
+    for marker, sub, what, each in (("placement.json", "points", "a placement search's output", "its layouts' goodput searches"),
+                                    ("designs.json", "designs", "a design study's output", "its designs' goodput searches")):
+        inner = [c for c in _children(p / sub) if c.is_dir() and _kind_of(c)]
+        if (p / marker).exists() or any(_kind_of(c) == "sweep" for c in inner):
+            what += f" ({marker})" if (p / marker).exists() else ""
+            if not inner:
+                return f"{p} is {what} with no finished search in {p / sub} yet: nothing to report"
+            return (f"{p} is {what}; {each} are in {p / sub}/ ({_names(inner)}): give them, "
+                    f"e.g. `fleetwise report {shlex.quote(str(p / sub))}/*`")
+    children = _children(p)
+    runs = [c for c in children if c.is_dir() and _kind_of(c) == "run"]
+    sweeps = [c for c in children if c.is_dir() and _kind_of(c) == "sweep"]
+    if not runs and not sweeps:
+        return None
+    held = " and ".join(x for x in (f"run directories ({_names(runs)})" if runs else "",
+                                    f"sweep or goodput search directories ({_names(sweeps)})" if sweeps else "") if x)
+    if len(runs) + len(sweeps) == len(children):
+        example = f"{shlex.quote(str(p))}/*"
+    else:  # other entries beside them (an unfinished variant, a stray file): name the inputs
+        example = " ".join(shlex.quote(str(c)) for c in (runs + sweeps)[:_LISTED]) + (" ..." if len(runs) + len(sweeps) > _LISTED else "")
+    return f"{p} is not a run directory but holds {held}: give them, e.g. `fleetwise report {example}`"
 
 
 def classify(path: Path) -> tuple[str, Path]:
@@ -144,13 +223,18 @@ def classify(path: Path) -> tuple[str, Path]:
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such file or directory")
     if p.is_file():
-        if p.name not in _KNOWN_FILES:
+        if p.name in ("placement.json", "designs.json"):
+            p = p.parent  # what to give instead is said below
+        elif p.name not in _KNOWN_FILES:
             raise ValueError(f"{p}: not a run or sweep directory (give the directory holding summary.json, or sweep.json/points.parquet/goodput.json)")
-        p = p.parent
-    if any((p / f).exists() for f in _SWEEP_FILES):
-        return "sweep", p
-    if (p / "summary.json").exists():
-        return "run", p
+        else:
+            p = p.parent
+    kind = _kind_of(p)
+    if kind is not None:
+        return kind, p
+    instead = _holds_inputs(p)
+    if instead is not None:
+        raise ValueError(instead)
     raise ValueError(f"{p}: not a run directory (no summary.json) nor a sweep directory (no sweep.json, points.parquet or goodput.json)")
 
 
@@ -207,12 +291,6 @@ def _normalise_points(points: pl.DataFrame, grid: dict) -> pl.DataFrame:
     return points
 
 
-def _normalise_goodput(raw: dict, default_label: str) -> dict[str, dict]:
-    if "labels" in raw and isinstance(raw["labels"], dict):
-        return {str(k): v for k, v in raw["labels"].items()}
-    return {default_label: raw}
-
-
 def _prefixed(prefix: str | None, label: str) -> str:
     if prefix is None:
         return label
@@ -231,7 +309,7 @@ def load_sweep(path: Path, prefix: str | None) -> SweepData:
     if (path / "goodput.json").exists():
         labels = sorted(set(points["label"].to_list())) if points.height else []
         default = labels[0] if len(labels) == 1 else _prefixed(prefix, "all")
-        raw = _normalise_goodput(_read_json(path / "goodput.json"), default)
+        raw = normalise_goodput(_read_json(path / "goodput.json"), default, path / "goodput.json")
         goodput = {(k if k == default else _prefixed(prefix, k)): v for k, v in raw.items()}
     return SweepData(name=path.resolve().name, path=path, manifest=manifest, points=_attainment_from_goodput(points, goodput), goodput=goodput)
 

@@ -36,6 +36,11 @@ BOOT = """
 """
 
 
+HEAD = "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<meta name=\"generator\" content=\"fleetwise report\">\n"
+"""How every report begins (``write_report`` overwrites a file inside an input directory only when
+it begins so: a report written there before)."""
+
+
 def _json_for_script(obj_json: str) -> str:
     """JSON text safe inside a <script> element."""
     return obj_json.replace("</", "<\\/").replace("<!--", "<\\!--")
@@ -68,8 +73,8 @@ def render(title: str, inputs: list[str], tables: list[tuple[str, str]], panels:
     body += [figure_html(p) for p in panels]
     colors_json = _json_for_script(json.dumps(colors, sort_keys=True))
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-        f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>{escape(title)}</title>\n"
+        HEAD
+        + f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>{escape(title)}</title>\n"
         f"<style>{CSS}</style>\n"
         f"<script type=\"text/javascript\">{get_plotlyjs()}</script>\n"
         "</head>\n<body>\n<main>\n" + "\n".join(body) + "\n</main>\n"
