@@ -70,8 +70,12 @@ fn a_power_cap_at_or_below_idle_is_refused() {
         assert_eq!(path, "cluster.pools.0.power_cap_watts");
         assert!(message.contains("idle power of 70 W"), "{message}");
     }
-    // Just above idle is legal: compute crawls but the run is correct.
-    assert!(run(&config(gpu(), Efficiency::default(), Some(100.0))).is_ok());
+    // Above idle but below the lowest SM clock's draw (~120 W here) is refused too, naming the
+    // lowest cap; at it compute crawls (15% clock) but the run is correct.
+    let (path, message) = config_path(run(&config(gpu(), Efficiency::default(), Some(100.0))));
+    assert_eq!(path, "cluster.pools.0.power_cap_watts");
+    assert!(message.contains("the lowest cap this GPU's power model accepts is 120 W"), "{message}");
+    assert!(run(&config(gpu(), Efficiency::default(), Some(120.0))).is_ok());
 }
 
 #[test]
