@@ -55,7 +55,7 @@ def child(spec: dict) -> None:
 
     sim_mod._core = _Core
     sim_mod.core_config = timed("core_config", sim_mod.core_config)
-    sim_mod._requests_frame = timed("requests_frame", sim_mod._requests_frame)
+    sim_mod.compact_requests = timed("requests_frame", sim_mod.compact_requests)
     sim_mod.summarize = timed("summarize", sim_mod.summarize)
     sim_mod._instances_frame = timed("instances_frame", sim_mod._instances_frame)
 
