@@ -98,6 +98,17 @@ def check_output_dir(path: str | Path, option: str = "-o") -> Path:
     return d
 
 
+def same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` are one file: the same resolved path, or links of one file (an output
+    that is an input would overwrite it)."""
+    try:
+        if Path(a).resolve() == Path(b).resolve():
+            return True
+        return Path(a).exists() and Path(b).exists() and os.path.samefile(a, b)
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop before Python 3.13
+        return False
+
+
 def check_output_file(path: str | Path, option: str = "-o") -> Path:
     """Checks, leaving nothing behind, that a file can be written at ``path`` (it is not a
     directory, and its directory is or can become a writable one); ConfigError naming it and the

@@ -179,24 +179,13 @@ FITTED_FILE = "fitted.yaml"
 """What ``calibrate --data DIR`` writes by default, in DIR (so a later fit may replace it)."""
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    """Whether ``a`` and ``b`` are one file (the same resolved path, or hard links of one file)."""
-    import os
-
-    try:
-        if a.resolve() == b.resolve():
-            return True
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
 def _check_not_input(output: Path, inputs: dict[str, Path]) -> None:
     """``ConfigError`` when -o ``output`` is one of ``inputs`` (option -> path): it would be overwritten."""
     from fleetwise.errors import ConfigError
+    from fleetwise.result import same_file
 
     for option, path in inputs.items():
-        if _same_file(output, path):
+        if same_file(output, path):
             raise ConfigError(f"-o {output}: that is the {option} input ({path}); writing there would overwrite it; give another -o")
 
 
@@ -265,7 +254,7 @@ def _calibrate_from_measurements(data: Path, gpu: str, measure: bool, model: str
     out_file = output if output is not None else data / FITTED_FILE
 
     def check_data() -> None:
-        missing = [f for f in ("gemm.csv", "attn_prefill.csv", "attn_decode.csv", "forward.csv", "device.json") if not (data / f).exists()]
+        missing = [f for f in MEASURED_FILES if f != "copy.csv" and not (data / f).exists()]  # the fit reads all but copy.csv
         if missing:
             raise ConfigError(f"--data {data}: missing {', '.join(missing)}; run with --measure on a GPU machine, or copy a measure_gpu.py output directory")
 

@@ -12,6 +12,7 @@ from fleetwise.report.page import HEAD, render
 from fleetwise.report.panel import Panel
 from fleetwise.report.slo import attainment_panel, goodput_panel
 from fleetwise.report.tables import runs_table, sweep_tables
+from fleetwise.result import same_file
 from fleetwise.report.timeline import timeline_panel
 from fleetwise.report.timeseries import kv_panel, queues_panel, utilisation_panel
 
@@ -66,7 +67,7 @@ def check_output(inputs: list[Path], output: Path) -> None:
     target = out.resolve()
     for given in inputs:
         given = Path(given)
-        if given.is_file() and (target == given.resolve() or (out.exists() and _same_file(out, given))):
+        if given.is_file() and (target == given.resolve() or (out.exists() and same_file(out, given))):
             raise ValueError(f"-o {out}: is the input {given}; writing the report there would overwrite it: give another file, e.g. report.html")
         kind, d = classify(given)
         root = d.resolve()
@@ -81,13 +82,6 @@ def check_output(inputs: list[Path], output: Path) -> None:
         if target.suffix.lower() in _INPUT_SUFFIXES:
             raise ValueError(f"-o {out}: inside {what}, an input of this report, where {target.suffix} files are its own data "
                              f"(a later report or sweep would read it): give an .html file, e.g. {d / 'report.html'}, or a file outside {d}")
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.samefile(b)
-    except OSError:
-        return False
 
 
 def write_report(inputs: list[Path], output: Path, title: str | None = None, sample_requests: int = 200) -> Path:

@@ -198,11 +198,10 @@ impl PowerModel {
         if x >= 1.0 {
             return 1.0;
         }
-        let (m, a) = (self.memory_activity, self.dvfs_exponent);
         let (mut lo, mut hi) = (0.0f64, 1.0f64);
         for _ in 0..64 {
             let f = 0.5 * (lo + hi);
-            if m * f + (1.0 - m) * f.powf(a) > x {
+            if self.compute_draw_share(f) > x {
                 hi = f;
             } else {
                 lo = f;
@@ -213,8 +212,14 @@ impl PowerModel {
 
     /// The lowest cap, watts, that leaves compute-bound kernels at least `MIN_CAPPED_CLOCK`.
     pub fn lowest_cap(&self) -> f64 {
-        let (m, a, f) = (self.memory_activity, self.dvfs_exponent, MIN_CAPPED_CLOCK);
-        self.idle + (m * f + (1.0 - m) * f.powf(a)) * (self.tdp - self.idle)
+        self.idle + self.compute_draw_share(MIN_CAPPED_CLOCK) * (self.tdp - self.idle)
+    }
+
+    /// A compute-bound kernel's dynamic draw at SM clock `f`, as a share of `TDP - idle`:
+    /// `m f + (1 - m) f^a` (its memory traffic follows its progress, its SM power `f^a`).
+    fn compute_draw_share(&self, f: f64) -> f64 {
+        let (m, a) = (self.memory_activity, self.dvfs_exponent);
+        m * f + (1.0 - m) * f.powf(a)
     }
 
     /// Time stretch of compute-bound kernels under the cap: 1 / the SM clock that fits.
