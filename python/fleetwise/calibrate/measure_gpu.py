@@ -53,6 +53,7 @@ def timeit(fn, reps: int = 20, warmup: int = 3, inner: int = 1) -> float:
 
 
 def write(path: Path, rows: list[dict]) -> None:
+    """Writes ``rows`` (dicts with the same keys) to ``path`` as CSV with a header."""
     with path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
@@ -78,6 +79,7 @@ TOKENS = [1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 15
 
 
 def measure_gemm(quick: bool) -> list[dict]:
+    """Times the model's GEMM shapes at several token counts; one row per (shape, tokens). ``quick``: a few points only."""
     rows = []
     for name, (k, n) in GEMM_SHAPES.items():
         w = torch.randn(k, n, device=DEV, dtype=DT)
@@ -91,6 +93,7 @@ def measure_gemm(quick: bool) -> list[dict]:
 
 
 def measure_attn_prefill(quick: bool) -> list[dict]:
+    """Times causal prefill attention (32 query heads, 8 KV heads, head size 128) over prompt lengths and cached prefixes."""
     rows = []
     h, kvh, d = 32, 8, 128
     cases = [(q, 0) for q in (128, 256, 512, 1024, 2048, 4096, 8192, 16384)]
@@ -142,6 +145,7 @@ def _chunk_attention(Q, K, V, cached):
 
 
 def measure_attn_decode(quick: bool) -> list[dict]:
+    """Times decode attention (one query token per sequence) over batch sizes and context lengths."""
     rows = []
     h, kvh, d = 32, 8, 128
     for b in (1, 8, 32, 64, 128, 256):
@@ -157,6 +161,7 @@ def measure_attn_decode(quick: bool) -> list[dict]:
 
 
 def measure_copy() -> list[dict]:
+    """Times device-to-device copies of 16 MiB to 4 GiB: the GPU's achieved memory bandwidth."""
     rows = []
     for mb in (16, 64, 256, 1024, 4096):
         n = mb * (1 << 20) // 2
@@ -194,12 +199,14 @@ class Llama:
         self.cos, self.sin = f.cos().to(DT), f.sin().to(DT)
 
     def rope(self, x, pos):
+        """Applies rotary position embeddings at positions ``pos`` to ``x`` (interleaved pairs)."""
         c, s = self.cos[pos][:, None, :], self.sin[pos][:, None, :]
         x1, x2 = x[..., ::2], x[..., 1::2]
         return torch.stack((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1).flatten(-2)
 
     @staticmethod
     def rms(x, w):
+        """RMS-normalises ``x`` in float32 and scales it by the weight ``w``."""
         v = x.float().pow(2).mean(-1, keepdim=True)
         return (x.float() * torch.rsqrt(v + 1e-5)).to(DT) * w
 
@@ -252,6 +259,7 @@ class Llama:
 
 
 def measure_forward(quick: bool) -> list[dict]:
+    """Times whole forward passes of the Llama-3-8B-shaped model: prefills of several lengths and decode batches at several contexts."""
     model = Llama()
     cases = [("prefill", p, 0, 0, 0) for p in (128, 256, 512, 1024, 2048, 4096, 8192)]
     cases += [("decode", 0, 0, b, c) for b, c in ((1, 512), (1, 4096), (8, 1024), (8, 4096), (32, 512), (32, 2048), (64, 1024), (64, 4096), (128, 512), (128, 2048), (256, 1024))]
@@ -286,6 +294,7 @@ def measure_forward(quick: bool) -> list[dict]:
 
 
 def main() -> None:
+    """Runs every measurement and writes the CSV files and ``device.json`` into ``--out``."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--quick", action="store_true", help="a few points of each, to check the script")

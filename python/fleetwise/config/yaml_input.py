@@ -69,6 +69,7 @@ class _BoundedLoader(yaml.SafeLoader):
     _depth = 0
 
     def compose_node(self, parent, index):  # noqa: D401 - PyYAML's hook
+        """Composes one node, refusing it when it lies deeper than ``MAX_YAML_DEPTH`` levels."""
         self._depth += 1
         try:
             if self._depth > MAX_YAML_DEPTH:

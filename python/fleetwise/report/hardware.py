@@ -22,6 +22,7 @@ def _columns(frame: pl.DataFrame | None) -> list[str]:
 
 
 def moe_pim_panel(data: ReportData, colors: dict[str, str]) -> Panel:
+    """The panel of MoE expert-cache and PIM figures per instance (a skipped panel when no run has such columns)."""
     name, title = "moe-pim", "MoE and PIM counters"
     desc = "Per-instance counters of mixture-of-experts and processing-in-memory models (instances.parquet columns expert_*, moe_*, pim_*)."
     runs = [r for r in data.runs if _columns(r.instances)]

@@ -28,6 +28,7 @@ def cdf_points(values: np.ndarray, max_points: int = MAX_POINTS) -> tuple[np.nda
 
 
 def cdf_panel(data: ReportData, colors: dict[str, str]) -> Panel:
+    """The panel of TTFT, TPOT and E2E cumulative distributions."""
     name, title = "latency-cdf", "Latency distributions"
     desc = "Empirical CDFs of time to first token, time per output token and end-to-end latency of finished requests (log x)."
     runs = [r for r in data.runs if r.requests is not None and r.requests.height]
@@ -60,6 +61,7 @@ def cdf_panel(data: ReportData, colors: dict[str, str]) -> Panel:
 
 
 def percentiles_panel(data: ReportData, colors: dict[str, str]) -> Panel:
+    """The panel of latency percentiles (p50/p90/p99) of each metric against a sweep's request rate."""
     name, title = "percentiles", "Latency percentiles against request rate"
     desc = "p50 (solid), p90 (dashed) and p99 (dotted) of TTFT, TPOT and E2E at every rate of the sweep, one colour per series (log y)."
     rows = []

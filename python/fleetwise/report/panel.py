@@ -23,6 +23,7 @@ class Panel:
 
     @property
     def div_id(self) -> str:
+        """The HTML element id of this panel's figure."""
         return f"fig-{self.name}"
 
 

@@ -17,6 +17,7 @@ def slo_text(slo: dict | None, target: float | None) -> str:
 
 
 def goodput_panel(data: ReportData, colors: dict[str, str]) -> Panel:
+    """The panel of goodput against arrival rate, from a goodput search's results."""
     name, title = "goodput", "Goodput"
     desc = "The highest request rate at which the target fraction of requests meets every SLO (DistServe's goodput), per series, in total and per GPU."
     entries = {lab: g for s in data.sweeps for lab, g in s.goodput.items()}
@@ -46,6 +47,7 @@ def goodput_panel(data: ReportData, colors: dict[str, str]) -> Panel:
 
 
 def attainment_panel(data: ReportData, colors: dict[str, str]) -> Panel:
+    """The panel of SLO attainment (share of requests meeting each SLO)."""
     name, title = "slo-attainment", "SLO attainment against request rate"
     desc = "Fraction of all requests meeting every SLO target at each rate; the dashed line is the target attainment, dotted verticals mark each series' goodput."
     curves: dict[str, list[tuple[float, float]]] = {}

@@ -24,6 +24,7 @@ def _num(x, fmt: str = "{:.3g}", scale: float = 1.0) -> str:
 
 
 def swatch(color: str) -> str:
+    """A small coloured square (HTML) for a legend cell."""
     return f'<span class="swatch" style="background:{color}"></span>'
 
 

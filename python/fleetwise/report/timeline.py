@@ -34,6 +34,7 @@ def sample_every_kth(requests: pl.DataFrame, n: int) -> pl.DataFrame:
 
 
 def timeline_panel(data: ReportData, colors: dict[str, str], sample_requests: int = 200) -> Panel:
+    """The panel of per-request timelines (queued, prefill, decode) for a sample of requests."""
     name, title = "timeline", "Request timeline"
     runs = [r for r in data.runs if r.requests is not None and r.requests.height]
     desc = (f"Every k-th request (at most {sample_requests} per run): the light bar runs from arrival to the first token "

@@ -110,11 +110,13 @@ def _per_instance_panel(name, title, desc, data, colors, value, y_title, y_forma
 
 
 def utilisation_panel(data: ReportData, colors: dict[str, str]) -> Panel:
+    """The panel of each instance's busy share over time."""
     desc = "Fraction of each time bin in which the instance was running an iteration (one row per run, one colour per instance)."
     return _per_instance_panel("utilisation", "Instance utilisation over time", desc, data, colors, lambda run, f, i: np.ones(f.height), "busy fraction", ".0%", [0, 1.05])
 
 
 def kv_panel(data: ReportData, colors: dict[str, str]) -> Panel:
+    """The panel of each instance's KV-cache occupancy over time."""
     desc = "KV cache blocks in use as a fraction of the instance's blocks (kv_blocks / num_blocks), time-averaged per bin."
 
     def value(run: RunData, f: pl.DataFrame, i: int):
@@ -131,6 +133,7 @@ def kv_panel(data: ReportData, colors: dict[str, str]) -> Panel:
 
 
 def queues_panel(data: ReportData, colors: dict[str, str]) -> Panel:
+    """The panel of waiting and running requests over time."""
     name, title = "queues", "Queue lengths over time"
     desc = "Requests waiting (left) and running (right) on each instance, time-averaged per bin."
     runs = [r for r in _runs_with_iterations(data) if {"waiting", "running"} <= set(r.iterations.columns)]
