@@ -154,7 +154,8 @@ def measure(name: str, pythonpath: str, pin: bool, requests: int | None = None) 
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name]
     if pin and shutil.which("taskset"):
         cmd = ["taskset", "-c", "0", *cmd]
-    env = dict(os.environ, PYTHONPATH=pythonpath)
+    # The tree first; what the caller had on the path (e.g. carried-in packages) after it.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (pythonpath, os.environ.get("PYTHONPATH", "")) if p))
     if requests is not None:
         env["BENCH_CORE_REQUESTS"] = str(requests)
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)

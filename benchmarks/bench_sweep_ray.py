@@ -23,6 +23,7 @@ Every Ray process started here is stopped (``Cluster.shutdown``), and ``ps`` is 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import shutil
 import subprocess
@@ -145,9 +146,10 @@ def ray_cluster(seeds: int, requests: int, node_counts: tuple[int, ...] = (1, 2)
     res = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "ray": ray.__version__, "seeds": seeds,
            "requests_per_point": requests, "load_average_before": os.getloadavg()[0], "cores": os.cpu_count(),
            "cpu_model": _cpu_model(), "runs": []}
-    for nodes in node_counts:
-        res["runs"].append(run_on_cluster(nodes, seeds, requests, ("--no-requests",)))
-    res["runs"].append(run_on_cluster(max(node_counts), seeds, requests, ("--requests",)))
+    for nodes, keep in [(n, "--no-requests") for n in node_counts] + [(max(node_counts), "--requests")]:
+        res["runs"].append(run_on_cluster(nodes, seeds, requests, (keep,)))
+        # Each run as it ends, so that a run cut short by a time limit keeps the ones before it.
+        print("ray run: " + json.dumps({k: v for k, v in res["runs"][-1].items() if k in ("worker_nodes", "points", "wall_seconds", "points_per_minute", "scenario_deleted_after_s", "rows_in_points_parquet")}), flush=True)
     one = next((r["wall_seconds"] for r in res["runs"] if r["worker_nodes"] == 1), None)
     res["speedup_vs_1"] = {str(r["worker_nodes"]): one / r["wall_seconds"] for r in res["runs"][:len(node_counts)]} if one else {}
     return res

@@ -6,15 +6,40 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Error {
     /// A configuration value is invalid; `path` is the dotted field path.
-    Config { path: String, message: String },
+    Config {
+        /// The dotted field path, e.g. `cluster.pools.0.count`.
+        path: String,
+        /// What is wrong and what is allowed.
+        message: String,
+    },
     /// Something does not fit in memory: what it is, how many bytes it needs and how many there are.
-    Capacity { what: String, needed_bytes: u64, available_bytes: u64 },
+    Capacity {
+        /// What does not fit (e.g. a model's weights on a pool's GPUs).
+        what: String,
+        /// Bytes it needs.
+        needed_bytes: u64,
+        /// Bytes there are.
+        available_bytes: u64,
+    },
     /// A trace or input table is malformed at a given (1-based) line.
-    Trace { source: String, line: usize, message: String },
+    Trace {
+        /// The file or table.
+        source: String,
+        /// The 1-based line.
+        line: usize,
+        /// What is wrong with it.
+        message: String,
+    },
     /// The simulation could not proceed (for example a request that can never be scheduled).
-    Simulation { message: String },
+    Simulation {
+        /// Why the run cannot go on.
+        message: String,
+    },
     /// A user's policy failed or answered something the engine cannot apply.
-    Policy { message: String },
+    Policy {
+        /// What the policy did wrong.
+        message: String,
+    },
     /// The simulation was cancelled before it finished.
     Interrupted,
 }

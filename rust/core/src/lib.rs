@@ -4,6 +4,7 @@
 //! Each instance has a roofline cost model ([`cost`]), a paged KV cache ([`kv`], [`memory`]) and a
 //! batch scheduler ([`scheduler`]); a [`router`] spreads arrivals; [`sim::simulate`] runs it all.
 
+#![deny(missing_docs)]
 pub mod calibration;
 pub mod cost;
 pub mod error;
