@@ -3,6 +3,8 @@ allocation, and never hangs, recurses too deep or prints a traceback (issue 12).
 
 from __future__ import annotations
 
+import os
+import re
 import resource
 import subprocess
 import sys
@@ -316,3 +318,75 @@ def test_goodput_and_place_refuse_meaningless_numbers(args, message):
     r = subprocess.run([sys.executable, "-m", "fleetwise", *args], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert r.returncode == 2, r.stderr[-2000:]
     assert message in r.stderr and "Traceback" not in r.stderr
+
+
+_WIDE = {**os.environ, "COLUMNS": "200"}
+"""The environment of a CLI run whose error panel is wide enough to hold the message on one line."""
+_ESTIMATE = ["estimate", "--model", "llama-3-8b", "--gpu", "h100-sxm", "--decode-batch", "8", "--context", "100"]
+
+
+@pytest.mark.parametrize(
+    "args, option",
+    [
+        ([*_ESTIMATE, "--power-cap", "nan"], "--power-cap"),
+        ([*_ESTIMATE, "--power-cap", "inf"], "--power-cap"),
+        (["check-policy", "router", "round-robin", "--timeout", "NaN"], "--timeout"),
+        (["goodput", "scenarios/quickstart.yaml", "--slo", "ttft_p90=1", "--low", "nan"], "--low"),
+        (["goodput", "scenarios/quickstart.yaml", "--slo", "ttft_p90=1", "--attainment", "-inf"], "--attainment"),
+        (["run", "scenarios/quickstart.yaml", "--policy-timeout", "nan"], "--policy-timeout"),
+        # Options without a range are refused the same way (inf used to pass FailoverSettings).
+        (["serve-router", "--endpoint", "http://127.0.0.1:1", "--connect-timeout", "nan"], "--connect-timeout"),
+        (["serve-router", "--endpoint", "http://127.0.0.1:1", "--health-timeout", "nan"], "--health-timeout"),
+    ],
+)
+def test_non_finite_float_options_are_not_a_number_rather_than_out_of_range(args, option):
+    # NaN used to be "Input should be less than or equal to 1000000", as if it were too large.
+    r = subprocess.run([sys.executable, "-m", "fleetwise", *args], capture_output=True, text=True, cwd=REPO, timeout=300, env=_WIDE)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert f"'{option}'" in r.stderr and f"'{args[-1]}' is not a finite number" in r.stderr, r.stderr
+    assert "less than" not in r.stderr and "greater than" not in r.stderr and "Traceback" not in r.stderr
+
+
+def test_finite_float_parser_names_what_is_allowed():
+    import typer
+
+    from fleetwise.cli.options import finite_float
+
+    assert finite_float(0.001, 10.0)("2.5") == 2.5 and finite_float()(7) == 7.0
+    for value, says in (("nan", "'nan' is not a finite number; allowed: 0.001 to 10"), ("20", "'20' is out of range; allowed: 0.001 to 10"),
+                        ("x", "'x' is not a number; allowed: 0.001 to 10")):
+        with pytest.raises(typer.BadParameter, match=re.escape(says)):
+            finite_float(0.001, 10.0)(value)
+    with pytest.raises(typer.BadParameter, match="'-inf' is not a finite number$"):
+        finite_float()("-inf")
+
+
+_LONG = "x" * 100_000
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["run", "scenarios/quickstart.yaml", "--set", _LONG], "--set 'xxxx"),
+        (["goodput", "scenarios/quickstart.yaml", "--slo", f"ttft_p90={_LONG}"], "--slo 'ttft_p90=xxxx"),
+        (["check-policy", "router", "round-robin", "-p", _LONG], "--param 'xxxx"),
+        (["goodput", "scenarios/quickstart.yaml", "--slo", "ttft_p90=1", "--ray", _LONG], "--ray xxxx"),
+    ],
+)
+def test_long_option_values_are_shortened_in_error_messages(args, says):
+    # A 100 KB value used to be echoed whole (twice for --slo: 200 KB of stderr).
+    r = subprocess.run([sys.executable, "-m", "fleetwise", *args], capture_output=True, text=True, cwd=REPO, timeout=300, env=_WIDE)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert says in r.stderr and ("...' (100,0" in r.stderr or "... (100,0" in r.stderr), r.stderr[:2000]
+    assert len(r.stderr) < 2000, r.stderr[:2000]
+
+
+def test_shorten_values_leaves_short_values_and_prose_alone():
+    from fleetwise.cli.format import shorten_values
+
+    message = "the policy's route() raised ValueError: unknown gpu 'h100'; the engine's limit is 5"
+    assert shorten_values(message) == message
+    assert shorten_values(f"unknown gpu {'a' * 150!r}; known: h100") == f"unknown gpu '{'a' * 80}...' (150 characters); known: h100"
+    assert shorten_values(f"--ray {'b' * 121}") == f"--ray {'b' * 80}... (121 characters)"
+    long_list = f"parameters {list(range(100_000))} raised"
+    assert len(shorten_values(long_list)) < 5000 and shorten_values(long_list).endswith("raised")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 from pydantic import ValidationError
 from trace_helpers import SAMPLE_TRACES, write
@@ -136,6 +137,40 @@ def test_file_lengths_formats_through_config(tmp_path):
                 "requests": 5,
             }
         )
+
+
+def test_rows_a_length_file_leaves_out_are_counted_and_sampling_is_unchanged(tmp_path):
+    # Failed requests and rows over max_total_tokens used to be dropped without a word.
+    data = {"input_lens": [100, 200, 300, 4000, 50, 60], "output_lens": [10, 0, 20, 3000, 0, 5]}
+    write(tmp_path, "r.json", json.dumps(data))
+    lengths = {"kind": "file", "path": "r.json", "format": "vllm-bench", "max_total_tokens": 5000}
+    cfg = WorkloadConfig.model_validate({"arrivals": {"kind": "poisson", "rate": 1.0}, "lengths": lengths, "requests": 40})
+    workload = build_workload(cfg, 7, tmp_path)
+    assert workload.length_rows == {"rows_read": 6, "failed": 2, "max_total_tokens": 1, "kept": 3}
+    # The same draws as before the counting: uniform over the kept rows, from the lengths' stream.
+    kept = np.array([(100, 10), (300, 20), (60, 5)])
+    rows = np.random.default_rng([7, 2]).integers(0, 3, size=40)
+    assert workload.prompt_tokens.tolist() == kept[rows, 0].tolist()
+    assert workload.output_tokens.tolist() == kept[rows, 1].tolist()
+    fit = WorkloadConfig.model_validate({"arrivals": {"kind": "poisson", "rate": 1.0}, "lengths": {"kind": "fit", "path": "r.json", "format": "vllm-bench"}, "requests": 5})
+    assert build_workload(fit, 7, tmp_path).length_rows == {"rows_read": 6, "failed": 2, "kept": 4}
+    plain = WorkloadConfig.model_validate({"arrivals": {"kind": "poisson", "rate": 1.0}, "lengths": {"kind": "constant", "prompt": 5, "output": 5}, "requests": 5})
+    assert build_workload(plain, 7).length_rows is None
+
+
+def test_run_reports_the_rows_a_length_file_left_out(tmp_path):
+    import yaml
+    from conftest import run_cli, small_scenario
+
+    write(tmp_path, "r.json", json.dumps({"input_lens": [100, 200, 300, 4000], "output_lens": [10, 0, 20, 3000]}))
+    sc = small_scenario()
+    sc["workload"].update(requests=20, lengths={"kind": "file", "path": "r.json", "format": "vllm-bench", "max_total_tokens": 5000})
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(sc))
+    r = run_cli("run", "s.yaml", "-o", "out", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "r.json: 4 rows read, 2 kept; left out on purpose: failed 1, max_total_tokens 1" in r.stdout, r.stdout
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["length_rows"] == {"rows_read": 4, "failed": 1, "max_total_tokens": 1, "kept": 2}
 
 
 def test_length_formats_for_fit_include_traces():

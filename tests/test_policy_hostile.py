@@ -98,6 +98,40 @@ def test_policy_parameters_with_a_key_that_is_not_text_name_the_field(tmp_path):
     assert r.returncode == 2 and "cluster.pools.0.scheduler.params.1.[key]" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
+_SHAPE = "popularity must be null or 4 lists (one per layer) of 8 finite numbers (one per expert)"
+
+
+@pytest.mark.parametrize("popularity, says", [
+    ("[[1,2]]", f"{_SHAPE}, got a list of length 1"),
+    ("[]", f"{_SHAPE}, got a list of length 0"),
+    ('{"a": 1}', f"{_SHAPE}, got dict"),
+    ("5", f"{_SHAPE}, got int 5"),
+    ("[[1,2,3,4,5,6,7,8],[1],[],[]]", f"{_SHAPE}; layer 1 is a list of length 1"),
+    ("[[1,2,3,4,5,6,7,8],5,[],[]]", f"{_SHAPE}; layer 1 is int 5"),
+    # The right shape with a NaN or a text entry used to pass: a hot set sorted by NaN is arbitrary.
+    ("[[1,2,3,4,5,6,7,8],[1,2,3,4,5,6,7,NaN],[1,2,3,4,5,6,7,8],[1,2,3,4,5,6,7,8]]", f"{_SHAPE}; layer 1, expert 7 is nan"),
+    ('[[1,2,3,4,5,6,7,"a"],[1,2,3,4,5,6,7,8],[1,2,3,4,5,6,7,8],[1,2,3,4,5,6,7,8]]', f"{_SHAPE}; layer 0, expert 7 is 'a'"),
+])
+def test_a_malformed_static_expert_cache_popularity_names_the_parameter_and_its_shape(tmp_path, popularity, says):
+    # It used to say only "raised IndexError: list index out of range" (or KeyError: 0, or
+    # "'int' object is not subscriptable").
+    r = run_cli("check-policy", "expert-cache", "static", "-p", f"popularity={popularity}", cwd=tmp_path)
+    assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r.stdout + r.stderr
+    assert "IndexError" not in r.stderr and "KeyError" not in r.stderr and "subscriptable" not in r.stderr
+
+
+def test_static_expert_cache_takes_numpy_popularity_and_refuses_a_short_layer():
+    cache = P.StaticExpertCache(2, 4, 1, popularity=np.array([[1.0, 5.0, 2.0, 0.0], [0.0, 0.0, 0.0, 3.0]]))
+    assert cache.resident(0) == {1} and cache.resident(1) == {3}
+    with pytest.raises(ValueError, match=r"popularity must be null or 2 lists .* of 4 finite numbers .*; layer 1 is a list of length 3$"):
+        P.StaticExpertCache(2, 4, 1, popularity=[[1, 2, 3, 4], [1, 2, 3]])
+
+
+def test_check_policy_refuses_a_parameter_without_a_name(tmp_path):
+    r = run_cli("check-policy", "scheduler", "fcfs", "-p", "=8", cwd=tmp_path)
+    assert r.returncode == 2 and "--param '=8': expected key=value" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
 # -- serve-router ------------------------------------------------------------------------------------
 
 class _Answers:

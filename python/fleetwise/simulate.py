@@ -231,5 +231,7 @@ def simulate(
     summary["idealized"] = idealized_summary(labelled, sc, idealized_gpus)
     if workload.selection is not None:
         summary["trace_rows"] = dict(workload.selection)
+    if workload.length_rows is not None:
+        summary["length_rows"] = dict(workload.length_rows)
     iterations = pl.DataFrame(out["iterations"]) if "iterations" in out else None
     return Result(requests=requests, instances=inst_frame, summary=summary, iterations=iterations)

@@ -18,8 +18,9 @@ err = Console(stderr=True, soft_wrap=True)
 
 
 def main() -> None:
-    """Entry point: runs the app, turning fleetwise errors into exit code 2 (usage errors are 2 too),
-    and exits without waiting for threads a user's policy or plugin left running."""
+    """Entry point: runs the app, turning fleetwise errors into exit code 2 (usage errors are 2 too;
+    long values the message echoes are shortened), and exits without waiting for threads a user's policy or plugin left running."""
+    from fleetwise.cli.format import error_text
     from fleetwise.errors import FleetwiseError
 
     code: int | str | None = 0
@@ -28,7 +29,7 @@ def main() -> None:
     except SystemExit as e:  # how the app ends, its exit code
         code = e.code
     except FleetwiseError as e:
-        err.print(f"[bold red]error:[/] {escape(f'{type(e).__name__}: {e}')}", highlight=False, markup=True)
+        err.print(f"[bold red]error:[/] {escape(error_text(e))}", highlight=False, markup=True)
         code = 2
     except KeyboardInterrupt:  # Ctrl-C outside a command's own handling (e.g. while starting up)
         err.print("interrupted")

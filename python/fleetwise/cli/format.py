@@ -1,7 +1,9 @@
-"""Shared pieces of the commands: number formatting, the summary table, default output directories, option checks."""
+"""Shared pieces of the commands: number formatting, the summary table, default output directories,
+option checks, error messages with long user values shortened."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from rich.table import Table
@@ -57,3 +59,52 @@ def _trace_rows_line(rows: dict[str, int]) -> str:
     left = ", ".join(f"{k} {v}" for k, v in rows.items() if k not in ("rows_read", "replayed") and v)
     line = f"trace: {rows.get('rows_read', 0)} rows read, {rows.get('replayed', 0)} replayed"
     return line + (f"; left out on purpose: {left}" if left else "")
+
+
+def _length_rows_line(rows: dict[str, int], path: str) -> str:
+    """``lengths file PATH: N rows read, M kept; left out on purpose: reason count, ...``."""
+    left = ", ".join(f"{k} {v}" for k, v in rows.items() if k not in ("rows_read", "kept") and v)
+    line = f"lengths file {path}: {rows.get('rows_read', 0)} rows read, {rows.get('kept', 0)} kept"
+    return line + (f"; left out on purpose: {left}" if left else "")
+
+
+ECHO_LIMIT = 120
+"""A value echoed in an error message longer than this many characters is shortened to
+``ECHO_KEEP`` of them, an ellipsis and its length (a 100 KB ``--set`` is not printed whole)."""
+ECHO_KEEP = 80
+MESSAGE_LIMIT = 4000
+"""An error message still longer than this (a long list echoed with spaces in it) keeps its first
+and last parts around a note of its length."""
+
+# A quoted value ('...' or "..." as repr writes it) starting after a space or an opening bracket
+# and ending before a space or punctuation (so an apostrophe in prose opens nothing); or any run of
+# non-space characters.
+_LONG_VALUE = re.compile(
+    r"""(?<![^\s(\[{=:,])(?P<q>'[^'\n]{%d,}'|"[^"\n]{%d,}")(?=[\s,;:.)\]}]|$)|(?P<bare>\S{%d,})""" % ((ECHO_LIMIT + 1,) * 3)
+)
+
+
+def _shorten(m: re.Match) -> str:
+    """One long value of ``shorten_values``: its first ``ECHO_KEEP`` characters, ``...`` and its length."""
+    if m.group("q"):
+        quoted = m.group("q")
+        inner = quoted[1:-1]
+        return f"{quoted[0]}{inner[:ECHO_KEEP]}...{quoted[0]} ({len(inner):,} characters)"
+    bare = m.group("bare")
+    return f"{bare[:ECHO_KEEP]}... ({len(bare):,} characters)"
+
+
+def shorten_values(message: str) -> str:
+    """``message`` with every quoted value or unbroken run of characters longer than
+    ``ECHO_LIMIT`` shortened (``'xxxx...' (100,000 characters)``), and then, were it still longer
+    than ``MESSAGE_LIMIT``, its middle left out: what an error echoes of a user's value stays readable."""
+    message = _LONG_VALUE.sub(_shorten, message)
+    if len(message) > MESSAGE_LIMIT:
+        head, tail = MESSAGE_LIMIT * 2 // 3, MESSAGE_LIMIT // 4
+        message = f"{message[:head]} ... ({len(message) - head - tail:,} characters left out) ... {message[-tail:]}"
+    return message
+
+
+def error_text(e: BaseException) -> str:
+    """``TypeName: message`` of an error for the terminal, long user values shortened (``shorten_values``)."""
+    return shorten_values(f"{type(e).__name__}: {e}")

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from fleetwise.cli.app import app, out
+from fleetwise.cli.options import float_option
 
 
 @app.command()
@@ -22,7 +23,7 @@ def estimate(
     pp: int = typer.Option(1, "--pp", min=1, max=4096, help="Pipeline-parallel stages."),
     ep: int = typer.Option(1, "--ep", min=1, max=4096, help="Expert parallelism for MoE models (1 or tp)."),
     microbatches: Optional[int] = typer.Option(None, "--microbatches", min=1, max=4096, help="Micro-batches with --pp (default: pp)."),
-    power_cap: Optional[float] = typer.Option(None, "--power-cap", min=1, max=1e6, help="Power cap per GPU, watts."),
+    power_cap: Optional[float] = float_option(None, "--power-cap", min=1, max=1e6, help="Power cap per GPU, watts."),
     pim: Optional[str] = typer.Option(None, "--pim", help="Attach a PIM device to each GPU (see `fleetwise catalog`)."),
     offload: Optional[str] = typer.Option(None, "--offload", help="Offload weights: dram or flash."),
     quantization: Optional[str] = typer.Option(None, "--quantization", help="Quantization KEY=VALUE,... : weights=bf16|fp8|int8|int4, activations=bf16|fp8, kv_cache=bf16|fp8, group_size=N (int4), e.g. weights=fp8,kv_cache=fp8 (docs/quantization.md)."),

@@ -8,6 +8,7 @@ from typing import List
 import typer
 
 from fleetwise.cli.app import app, out
+from fleetwise.cli.options import float_option
 
 
 @app.command("check-policy")
@@ -15,7 +16,7 @@ def check_policy(
     kind: str = typer.Argument(..., help="router, scheduler, prefix-cache, expert-cache or decode-choice."),
     name: str = typer.Argument(..., help="A registered name or package.module:attr."),
     param: List[str] = typer.Option([], "--param", "-p", help="Constructor argument key=value (value parsed as JSON when it can be)."),
-    timeout: float = typer.Option(10.0, "--timeout", min=0.001, max=86400.0, help="Most seconds one policy call may take (up to a day); a longer call fails the check."),
+    timeout: float = float_option(10.0, "--timeout", min=0.001, max=86400.0, help="Most seconds one policy call may take (up to a day); a longer call fails the check."),
 ) -> None:
     """Check a policy against its interface (fleetwise.policy.conformance); exit 1 when it fails, 2 when it cannot be built."""
     from fleetwise.errors import ConfigError, PolicyError
@@ -25,7 +26,7 @@ def check_policy(
     params = {}
     for p in param:
         key, sep, value = p.partition("=")
-        if not sep:
+        if not sep or not key:
             raise ConfigError(f"--param {p!r}: expected key=value")
         try:
             params[key] = json.loads(value)

@@ -9,7 +9,8 @@ from typing import List, Optional
 import typer
 
 from fleetwise.cli.app import app, out, err
-from fleetwise.cli.format import _num, _summary_table, _default_dir, _trace_rows_line
+from fleetwise.cli.options import float_option
+from fleetwise.cli.format import _num, _summary_table, _default_dir, _length_rows_line, _trace_rows_line, error_text
 
 
 def _error_bars_line(bars: dict | None) -> str:
@@ -31,7 +32,7 @@ def run(
     set_: List[str] = typer.Option([], "--set", help="Override a value: PATH=VALUE (e.g. cluster.pools.0.count=8). Repeatable."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Directory for requests.parquet and summary.json (default runs/<name>)."),
     iterations: bool = typer.Option(False, "--iterations", help="Also write one row per iteration (iterations.parquet)."),
-    policy_timeout: float = typer.Option(60.0, "--policy-timeout", min=0.001, max=86400.0, help="Most seconds one call into a Python policy may take (up to a day); a longer call stops the run (exit 2)."),
+    policy_timeout: float = float_option(60.0, "--policy-timeout", min=0.001, max=86400.0, help="Most seconds one call into a Python policy may take (up to a day); a longer call stops the run (exit 2)."),
     error_bars: bool = typer.Option(False, "--error-bars", help="Also run with iteration times x (1 -/+ r), r the engine profile's calibration error, and report each latency's range (docs/engines.md)."),
     vllm_bench_detailed: bool = typer.Option(False, "--vllm-bench-detailed", help="Add vllm bench serve's --save-detailed per-request lists to vllm-bench.json."),
 ) -> None:
@@ -64,7 +65,7 @@ def run(
         if kept is None:
             raise
         d = write_stopped(out_dir, kept, sc.name, f"{type(e).__name__}: {e}")
-        err.print(f"[bold red]error:[/] {escape(f'{type(e).__name__}: {e}')}", highlight=False, markup=True)
+        err.print(f"[bold red]error:[/] {escape(error_text(e))}", highlight=False, markup=True)
         err.print(f"the run stopped: {int((kept['status'] == 'finished').sum())} of {kept.height} requests had finished; they are written to {d}/ (the rest have status 'unfinished')", highlight=False, markup=False)
         sys.exit(2)
     s = result.summary
@@ -74,6 +75,8 @@ def run(
         out.print(_error_bars_line(bars), highlight=False)
     if "trace_rows" in s:
         out.print(_trace_rows_line(s["trace_rows"]))
+    if "length_rows" in s:
+        out.print(_length_rows_line(s["length_rows"], sc.workload.lengths.path), highlight=False, markup=False)
     tp = s["throughput"]
     out.print(f"throughput: {tp['requests_per_s']:.2f} req/s, {tp['output_tokens_per_s']:.0f} output tok/s; preemptions: {s['preemptions']}; rejected: {s['rejected']}")
     if "energy" in s and s["energy"]["joules"] > 0:

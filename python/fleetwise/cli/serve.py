@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 
 from fleetwise.cli.app import app, err
+from fleetwise.cli.options import float_option
 
 
 def _serve_extra():
@@ -31,7 +32,7 @@ def serve_engine(
     gpu: str = typer.Option("h100-sxm", "--gpu", help="GPU to emulate (see `fleetwise catalog`)."),
     tp: int = typer.Option(1, "--tp", min=1, max=4096, help="Tensor-parallel degree."),
     role: str = typer.Option("mixed", "--role", help="mixed, prefill or decode (disaggregation)."),
-    speedup: float = typer.Option(1.0, "--speedup", min=1e-3, max=1e6, help="Run this many times faster than real time (0.001 to 1e6)."),
+    speedup: float = float_option(1.0, "--speedup", min=1e-3, max=1e6, help="Run this many times faster than real time (0.001 to 1e6)."),
     max_num_seqs: int = typer.Option(256, "--max-num-seqs", min=1, max=10**6, help="Most sequences per iteration."),
     max_num_batched_tokens: Optional[int] = typer.Option(None, "--max-num-batched-tokens", min=1, max=2**31 - 1, help="Most tokens per iteration (default max(context, 2048))."),
     served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help="Model name in the API (default --model)."),
@@ -55,15 +56,15 @@ def serve_router(
     endpoint: List[str] = typer.Option(..., "--endpoint", help="Engine URL[,ROLE] (ROLE mixed, prefill or decode). Repeatable."),
     policy: str = typer.Option("round-robin", "--policy", help="Router policy: a registered name (round-robin, least-outstanding-tokens, cache-aware, disaggregated) or module:attr."),
     param: List[str] = typer.Option([], "--param", help="Policy parameter KEY=VALUE (VALUE read as YAML). Repeatable."),
-    scrape_interval: float = typer.Option(1.0, "--scrape-interval", min=0, help="Seconds between /metrics scrapes of the engines (0: never)."),
+    scrape_interval: float = float_option(1.0, "--scrape-interval", min=0, help="Seconds between /metrics scrapes of the engines (0: never)."),
     block_chars: int = typer.Option(64, "--block-chars", min=1, help="Prompt characters per block in the prefix index."),
-    connect_timeout: float = typer.Option(5.0, "--connect-timeout", help="Seconds to connect to an engine; a request that cannot connect is retried on another."),
-    read_timeout: float = typer.Option(300.0, "--read-timeout", help="Seconds an engine may send nothing (the whole answer when not streamed) before the client gets a 504."),
-    health_interval: float = typer.Option(1.0, "--health-interval", help="Seconds between GET /health probes of every engine; an ejected engine that passes one is re-admitted (0: never probe)."),
-    health_timeout: float = typer.Option(5.0, "--health-timeout", help="Seconds a health probe or /metrics scrape may take before it counts as failed."),
+    connect_timeout: float = float_option(5.0, "--connect-timeout", help="Seconds to connect to an engine; a request that cannot connect is retried on another."),
+    read_timeout: float = float_option(300.0, "--read-timeout", help="Seconds an engine may send nothing (the whole answer when not streamed) before the client gets a 504."),
+    health_interval: float = float_option(1.0, "--health-interval", help="Seconds between GET /health probes of every engine; an ejected engine that passes one is re-admitted (0: never probe)."),
+    health_timeout: float = float_option(5.0, "--health-timeout", help="Seconds a health probe or /metrics scrape may take before it counts as failed."),
     eject_after: int = typer.Option(1, "--eject-after", help="Failed checks in a row (connects, read timeouts, probes, scrapes) that eject an engine."),
     retries: int = typer.Option(2, "--retries", help="Times a request whose connection failed is routed again to another engine."),
-    policy_timeout: float = typer.Option(5.0, "--policy-timeout", min=0.001, max=3600.0, help="Most seconds one route() call may take; a longer one fails its request (500) and leaves the router serving."),
+    policy_timeout: float = float_option(5.0, "--policy-timeout", min=0.001, max=3600.0, help="Most seconds one route() call may take; a longer one fails its request (500) and leaves the router serving."),
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8080, "--port", min=1, max=65535),
 ) -> None:

@@ -13,6 +13,7 @@ import typer
 from rich.table import Table
 
 from fleetwise.cli.app import app, out, err
+from fleetwise.cli.options import float_option
 from fleetwise.cli.format import _default_dir, _check_positive
 
 SWEEP_TABLE_ROWS = 100
@@ -112,11 +113,11 @@ def sweep(
 def goodput(
     scenario: Path = typer.Argument(..., help="Scenario YAML file (arrivals with a rate: poisson, gamma, onoff)."),
     slo: List[str] = typer.Option(..., "--slo", help="METRIC_pNN=SECONDS, METRIC in ttft, tpot, e2e (repeatable)."),
-    attainment: Optional[float] = typer.Option(None, "--attainment", min=0.0, max=1.0, help="Fraction of requests that must meet every SLO (default from the _pNN suffix, else 0.9)."),
+    attainment: Optional[float] = float_option(None, "--attainment", min=0.0, max=1.0, help="Fraction of requests that must meet every SLO (default from the _pNN suffix, else 0.9)."),
     set_: List[str] = typer.Option([], "--set", help="Override: PATH=VALUE. Repeatable."),
-    low: float = typer.Option(0.5, "--low", min=1e-6, help="Lowest rate tried, requests/s."),
+    low: float = float_option(0.5, "--low", min=1e-6, help="Lowest rate tried, requests/s."),
     high: Optional[float] = typer.Option(None, "--high", help="Upper bracket, requests/s (default: doubling from --low)."),
-    tolerance: float = typer.Option(0.05, "--tolerance", min=0.001, max=0.5, help="Relative width at which bisection stops."),
+    tolerance: float = float_option(0.05, "--tolerance", min=0.001, max=0.5, help="Relative width at which bisection stops."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Directory for the evaluated points and goodput.json."),
     jobs: int = typer.Option(max(1, (os.cpu_count() or 1)), "-j", "--jobs", min=1, help="Worker processes for the attainment curve."),
     ray: Optional[str] = typer.Option(None, "--ray", help="Run the simulations on Ray: a cluster address, or 'local' to start a private one."),
@@ -157,7 +158,7 @@ def place(
     scenario: Path = typer.Argument(..., help="Scenario YAML file (arrivals with a rate)."),
     grid: List[str] = typer.Option(..., "--grid", help="Layout dimension PATH=V1,V2,... (repeatable), e.g. cluster.pools.0.count=1,2,3."),
     slo: List[str] = typer.Option(..., "--slo", help="METRIC_pNN=SECONDS (repeatable)."),
-    attainment: Optional[float] = typer.Option(None, "--attainment", min=0.0, max=1.0, help="Fraction that must meet every SLO (default from _pNN, else 0.9)."),
+    attainment: Optional[float] = float_option(None, "--attainment", min=0.0, max=1.0, help="Fraction that must meet every SLO (default from _pNN, else 0.9)."),
     objective: str = typer.Option("goodput_per_gpu", "--objective", help="goodput, goodput_per_gpu or goodput_per_dollar."),
     budget_dollars: Optional[float] = typer.Option(None, "--budget-dollars-per-hour", help="Skip layouts costing more per hour."),
     budget_watts: Optional[float] = typer.Option(None, "--budget-watts", help="Skip layouts drawing more (TDP, or power caps)."),

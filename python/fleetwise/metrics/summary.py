@@ -47,7 +47,8 @@ class _SummaryRequired(TypedDict):
 
 class Summary(_SummaryRequired, total=False):
     """A run's summary as summary.json holds it; the optional entries appear when they apply
-    (``simulate`` adds scenario, seed, events and, for a trace selection, trace_rows)."""
+    (``simulate`` adds scenario, seed, events and, for a trace selection, trace_rows; for a length
+    file, length_rows)."""
 
     energy: EnergySummary
     cost: CostSummary
@@ -61,6 +62,7 @@ class Summary(_SummaryRequired, total=False):
     seed: int
     events: int
     trace_rows: dict
+    length_rows: dict
     engines: dict
     error_bars: dict
     scheduling_delay_s: Distribution

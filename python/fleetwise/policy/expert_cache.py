@@ -14,7 +14,9 @@ A policy also runs inside the simulator (``experts: {cache: {policy: {name: ...}
 
 from __future__ import annotations
 
+import math
 import numbers
+from collections.abc import Mapping
 from typing import Protocol, Sequence, runtime_checkable
 
 
@@ -100,6 +102,7 @@ class StaticExpertCache:
     """A fixed hot set per layer: the ``capacity`` most popular experts (the simulator's ``static``)."""
 
     def __init__(self, num_layers: int, num_experts: int, capacity: int, popularity: Sequence[Sequence[float]] | None = None):
+        _check_popularity(popularity, num_layers, num_experts)
         capacity = min(capacity, num_experts)
         self.hot = []
         for layer in range(num_layers):
@@ -118,6 +121,30 @@ class StaticExpertCache:
     def resident(self, layer: int) -> frozenset[int]:
         """The hot set."""
         return self.hot[layer]
+
+
+def _is_list(x) -> bool:
+    """Whether ``x`` is a list-like of values (a list, tuple, numpy array), not text or a mapping."""
+    return hasattr(x, "__len__") and hasattr(x, "__getitem__") and not isinstance(x, (str, bytes, Mapping))
+
+
+def _check_popularity(popularity, num_layers: int, num_experts: int) -> None:
+    """ValueError naming ``popularity`` and the shape it must have unless it is None or one list per
+    layer of one finite number per expert (a malformed one used to fail as IndexError or KeyError)."""
+    if popularity is None:
+        return
+    expected = f"popularity must be null or {num_layers} lists (one per layer) of {num_experts} finite numbers (one per expert)"
+    if not _is_list(popularity):
+        raise ValueError(f"{expected}, got {type(popularity).__name__} {popularity!r}"[:300])
+    if len(popularity) != num_layers:
+        raise ValueError(f"{expected}, got a list of length {len(popularity)}")
+    for layer, row in enumerate(popularity):
+        if not _is_list(row) or len(row) != num_experts:
+            got = f"a list of length {len(row)}" if _is_list(row) else f"{type(row).__name__} {row!r}"
+            raise ValueError(f"{expected}; layer {layer} is {got}"[:300])
+        for expert, value in enumerate(row):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise ValueError(f"{expected}; layer {layer}, expert {expert} is {value!r}"[:300])
 
 
 def make_expert_cache(policy: str, num_layers: int, num_experts: int, capacity: int, popularity=None) -> ExpertCachePolicy:

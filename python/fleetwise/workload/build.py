@@ -13,7 +13,7 @@ from fleetwise.workload._files import resolve_path
 from fleetwise.workload.mooncake import MOONCAKE_BLOCK_TOKENS
 from fleetwise.workload.arrivals import generate_arrivals
 from fleetwise.workload.blocks import compose_prompts
-from fleetwise.workload.config import GeneratedArrivals, TraceArrivals, WorkloadConfig
+from fleetwise.workload.config import FileLengths, FitLengths, GeneratedArrivals, TraceArrivals, WorkloadConfig
 from fleetwise.workload.hash_lists import lists_from_offsets
 from fleetwise.workload.lengths import sample_lengths
 from fleetwise.workload.prefixes import assign_prefix_groups
@@ -74,9 +74,10 @@ def build_workload(
     else:
         turns = np.ones(n, dtype=np.int64)
     starts = generate_arrivals(arrivals, len(turns), _rng(seed, _ARRIVAL_STREAM))
-    new_tokens, output = sample_lengths(cfg.lengths, n, _rng(seed, _LENGTH_STREAM), base_dir)
+    length_rows: dict[str, int] | None = {} if isinstance(cfg.lengths, (FileLengths, FitLengths)) else None
+    new_tokens, output = sample_lengths(cfg.lengths, n, _rng(seed, _LENGTH_STREAM), base_dir, length_rows)
     if cfg.sessions is None and cfg.prefixes is None:
-        return Workload(arrival_ns=starts, prompt_tokens=new_tokens, output_tokens=output)
+        return Workload(arrival_ns=starts, prompt_tokens=new_tokens, output_tokens=output, length_rows=length_rows)
 
     if cfg.sessions is not None:
         arrival = session_arrivals(
@@ -85,7 +86,8 @@ def build_workload(
     else:
         arrival = starts
     with_sessions = cfg.sessions is not None
-    return _compose(cfg, seed, arrival, turns, new_tokens, output, with_sessions, context_tokens)
+    workload = _compose(cfg, seed, arrival, turns, new_tokens, output, with_sessions, context_tokens)
+    return dataclasses.replace(workload, length_rows=length_rows)
 
 
 def _compose(

@@ -41,6 +41,10 @@ class Workload:
     """For a replayed trace: ``rows_read`` and how many rows each filter left out on purpose
     (``outside_window``, ``max_prompt_tokens``, ..., ``beyond_requests``, BurstGPT's ``failed``)
     and ``replayed``. ``None``: not a trace."""
+    length_rows: Mapping[str, int] | None = None
+    """For lengths sampled from or fitted to a file: ``rows_read``, how many rows were left out on
+    purpose by reason (a vLLM bench result's or BurstGPT's ``failed``, ..., ``max_total_tokens``)
+    and ``kept``. ``None``: no length file."""
 
     def __post_init__(self) -> None:
         for name in ("arrival_ns", "prompt_tokens", "output_tokens"):
