@@ -20,6 +20,7 @@ def resolve_pool(scenario: Scenario, index: int, pool: PoolConfig) -> dict:
     gpu: GpuSpec = lookup("gpu", pool.gpu, scenario.gpus, f"{path}.gpu")
     model: ModelSpec = lookup("model", pool.model, scenario.models, f"{path}.model")
     base_dir = Path(scenario._base_dir) if scenario._base_dir else None
+    pool.quantization.check_model(model, pool.model, f"{path}.quantization")
     calibration = resolve_calibration(pool.gpu, gpu, scenario.cluster.engine_of(pool), pool.calibration, base_dir)
     gpu_json = gpu.core_json(pool.gpu)
     if pool.dvfs_exponent is not None:

@@ -70,6 +70,7 @@ def estimate_iteration(
             raise ConfigError(format_validation_error(err, "--offload/--offload-set", OffloadConfig)) from None
         off_spec = offload_json(spec, "--offload", specs.storage if specs is not None else None)
     quant = _quantization(quantization)
+    quant.check_model(m, model, "--quantization")
     cost = cost_model(m, g, tp=tp, pp=pp, microbatches=microbatches, power_cap_watts=power_cap_watts, pim=pim_spec, offload=off_spec, ep=ep, model_name=model, gpu_name=gpu, engine=engine,
                       quantization=quant)
     prefills = [(prefill, prefill_context, True)] if prefill > 0 else []

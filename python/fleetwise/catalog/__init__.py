@@ -21,6 +21,15 @@ from fleetwise.config.yaml_input import FAST_SAFE_LOADER
 _HERE = Path(__file__).parent
 
 
+MIN_PEAK_FLOPS = 1e9
+"""The slowest compute peak accepted, FLOP/s (the core's ``hardware::MIN_PEAK_FLOPS`` for a GPU)."""
+MIN_BANDWIDTH = 1e6
+"""The slowest bandwidth accepted, bytes/s (the core's ``hardware::MIN_BANDWIDTH`` for a GPU): a
+slower PIM or drive would make one iteration last days, refused by the core as an absurdly slow
+*calibration* instead of by its own field."""
+MAX_LATENCY = 1.0
+"""The longest latency accepted, seconds (the core's ``hardware::MAX_LATENCY`` for a GPU's links)."""
+
 _Fraction = Annotated[float, Field(gt=0, le=1)]
 """A calibration efficiency: a fraction of a peak, in (0, 1]."""
 _Seconds = Annotated[float, Field(ge=0)]
@@ -332,6 +341,12 @@ class ModelSpec(StrictModel):
             raise ValueError(
                 f"first_dense_layers ({self.first_dense_layers}) must be <= num_layers ({self.num_layers})"
             )
+        if self.num_experts and not self.moe_layers:
+            raise ValueError(
+                f"a MoE model (num_experts {self.num_experts}) needs at least one layer with experts, but first_dense_layers "
+                f"({self.first_dense_layers}) and moe_layer_interval ({self.moe_layer_interval}) leave none of its {self.num_layers} "
+                "layers (every n-th layer past first_dense_layers has experts); num_experts: 0 for a dense model"
+            )
         return self
 
     def core_json(self, name: str) -> dict:
@@ -346,12 +361,12 @@ class PimSpec(StrictModel):
 
     description: str = ""
     """Human-readable name."""
-    peak_flops: float = Field(gt=0)
-    """Peak throughput of the PIM units of one GPU's memory, FLOP/s."""
-    internal_bandwidth: float = Field(gt=0)
-    """Bandwidth the PIM units see inside the memory, bytes/s."""
-    efficiency: float = Field(default=0.8, gt=0, le=1)
-    """Fraction of peak compute and bandwidth reached."""
+    peak_flops: float = Field(ge=MIN_PEAK_FLOPS)
+    """Peak throughput of the PIM units of one GPU's memory, FLOP/s (at least 1e9, as a GPU's)."""
+    internal_bandwidth: float = Field(ge=MIN_BANDWIDTH)
+    """Bandwidth the PIM units see inside the memory, bytes/s (at least 1e6, as a GPU's)."""
+    efficiency: float = Field(default=0.8, ge=0.01, le=1)
+    """Fraction of peak compute and bandwidth reached, in [0.01, 1] (as a GPU's hardware fractions)."""
 
     def core_json(self, name: str) -> dict:
         """The PIM as the Rust core reads it."""
@@ -363,12 +378,12 @@ class StorageSpec(StrictModel):
 
     description: str = ""
     """Human-readable name."""
-    read_bandwidth: float = Field(gt=0)
-    """Sequential read bandwidth, bytes/s."""
-    latency: float = Field(default=80e-6, ge=0)
-    """Latency of one read, seconds."""
-    iops: float | None = Field(default=None, gt=0)
-    """Random-read operations per second, if known."""
+    read_bandwidth: float = Field(ge=MIN_BANDWIDTH)
+    """Sequential read bandwidth, bytes/s (at least 1e6, the slowest bandwidth a GPU's links may have)."""
+    latency: float = Field(default=80e-6, ge=0, le=MAX_LATENCY)
+    """Latency of one read, seconds (0 to 1, as a GPU's link latencies)."""
+    iops: float | None = Field(default=None, ge=1)
+    """Random-read operations per second, if known (at least 1)."""
 
     def core_json(self, name: str) -> dict:
         """The drive as the Rust core reads it."""

@@ -239,13 +239,29 @@ def profile_calibration(gpu_name: str, gpu: GpuSpec, prof: EngineProfile, overri
         "iteration_overhead": cpu.base, "seq_overhead": cpu.per_seq or None, "token_overhead": cpu.per_token or None,
         "cpu_overlap": cpu.overlap or None,
     }
-    values.update(prof.per_gpu.get(gpu_name, {}))
+    if _measured_gpu(gpu_name, gpu):
+        values.update(prof.per_gpu.get(gpu_name, {}))
     try:
         cal = Calibration.model_validate(values)
     except ValidationError as e:
         err = e.errors()[0]
         raise ConfigError(f"engine {label} on {gpu_name}: per_gpu.{gpu_name}.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
     return cal if override is None else override.apply(cal)
+
+
+_PERFORMANCE_FIELDS = ("architecture", "memory_type", "peak_flops", "fp8_peak_flops", "memory_bandwidth", "link_bandwidth", "sm_count", "hardware")
+"""The ``GpuSpec`` fields a profile's exact ``per_gpu`` factors were measured against."""
+
+
+def _measured_gpu(gpu_name: str, gpu: GpuSpec) -> bool:
+    """Whether a profile's ``per_gpu`` entry for ``gpu_name`` describes ``gpu``: always, unless a
+    scenario (or specs file) redefines a catalogue GPU of that name with other performance figures.
+    Then the exact factors measured on the catalogue's part would silently override the user's own
+    ``hardware:`` block and peaks, so the profile's relative factors apply to the user's GPU instead."""
+    from fleetwise.catalog import builtin_gpus
+
+    builtin = builtin_gpus().get(gpu_name)
+    return builtin is None or all(getattr(builtin, f) == getattr(gpu, f) for f in _PERFORMANCE_FIELDS)
 
 
 def engine_residual(engine: str, base_dir: Path | None = None) -> dict[str, Any]:

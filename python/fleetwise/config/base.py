@@ -24,6 +24,22 @@ def _refuses_bool(annotation) -> bool:
     return bool(leaves & {int, float}) and not (leaves & {bool, typing.Any, object})
 
 
+def _list_refuses_bool(annotation) -> bool:
+    """Whether a field of ``annotation`` takes a list (or tuple) of numbers whose items are not
+    booleans (pydantic's lax mode would read ``[true, 0.5]`` as ``[1.0, 0.5]``)."""
+    todo = [annotation]
+    while todo:
+        a = todo.pop()
+        origin = typing.get_origin(a)
+        if origin is typing.Annotated:
+            todo.append(typing.get_args(a)[0])
+        elif origin in (typing.Union, types.UnionType):
+            todo.extend(typing.get_args(a))
+        elif origin in (list, tuple) and typing.get_args(a) and _refuses_bool(typing.get_args(a)[0]):
+            return True
+    return False
+
+
 class GivenBoolean:
     """A ``true``/``false`` given where a number is expected: no number validates it, so the error
     names the field and quotes what was written."""
@@ -47,14 +63,22 @@ class StrictModel(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _no_bool_for_numbers(cls, data):
-        """``true``/``false`` where a number is expected is an error, not 1 or 0."""
+        """``true``/``false`` where a number is expected, alone or as an item of a list of numbers,
+        is an error, not 1 or 0."""
         if isinstance(data, dict):
             refusing = cls.__dict__.get("_bool_refusing_fields")
             if refusing is None:
                 refusing = frozenset(n for n, f in cls.model_fields.items() if _refuses_bool(f.annotation))
                 setattr(cls, "_bool_refusing_fields", refusing)
+            in_lists = cls.__dict__.get("_bool_refusing_list_fields")
+            if in_lists is None:
+                in_lists = frozenset(n for n, f in cls.model_fields.items() if _list_refuses_bool(f.annotation))
+                setattr(cls, "_bool_refusing_list_fields", in_lists)
             if any(isinstance(data.get(n), bool) for n in refusing):
                 data = {k: GivenBoolean(v) if k in refusing and isinstance(v, bool) else v for k, v in data.items()}
+            listed = [n for n in in_lists if isinstance(data.get(n), (list, tuple)) and any(isinstance(x, bool) for x in data[n])]
+            if listed:
+                data = {**data, **{n: [GivenBoolean(x) if isinstance(x, bool) else x for x in data[n]] for n in listed}}
         return data
 
 

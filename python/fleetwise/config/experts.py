@@ -79,9 +79,9 @@ class ExpertsConfig(StrictModel):
     """Prefetching from a routing predictor (offloaded placements)."""
     grouping: TokenGroupingConfig | None = None
     """Token grouping across requests."""
-    staging_experts: int | None = Field(default=None, ge=0, le=MAX_COUNT)
-    """Expert buffers per GPU for fetched experts in flight (default: one layer's experts on the GPU,
-    times 1 + lead_layers with prefetch)."""
+    staging_experts: int | None = Field(default=None, ge=1, le=MAX_COUNT)
+    """Expert buffers per GPU for fetched experts in flight, at least 1: a fetched expert lands in one
+    before it runs (default: one layer's experts on the GPU, times 1 + lead_layers with prefetch)."""
     storage: str = "nvme-gen5"
     """The flash drive (catalogue name), for ``placement: flash``."""
     queue_depth: int = Field(default=32, ge=1, le=MAX_COUNT)
@@ -105,11 +105,20 @@ class ExpertsConfig(StrictModel):
             raise ConfigError(f"{path}.routing.trace: trace routing needs a routing trace file")
         if isinstance(self.cache.policy, PolicyRef) and self.placement == "hbm":
             raise ConfigError(f"{path}.cache.policy: an expert cache policy object needs offloaded experts (placement dram or flash); with placement hbm nothing is cached")
+        if self.placement == "hbm":
+            unused = [f for f in _OFFLOADED_ONLY if f in self.model_fields_set]
+            if unused:
+                raise ConfigError(f"{path}.{unused[0]}: applies to offloaded experts (placement dram or flash); with placement hbm every expert "
+                                  f"stays in HBM and {', '.join(unused)} would be ignored: remove it or set placement")
+        drive = None
+        if self.placement == "flash" or "storage" in self.model_fields_set:
+            # A drive named explicitly is looked up with DRAM placement too: a misspelt name is an error.
+            drive = lookup("storage", self.storage, user_storage or {}, f"{path}.storage").core_json(self.storage)
         own = self.model_dump(exclude={"routing", "storage"})
         if isinstance(self.cache.policy, PolicyRef):
             own["cache"]["policy"] = "policy"  # the object is plugged in through the bindings; the core expects one
-        return {
-            **own,
-            "routing": self.routing.model_dump(exclude={"trace"}),
-            "flash": lookup("storage", self.storage, user_storage or {}, f"{path}.storage").core_json(self.storage) if self.placement == "flash" else None,
-        }
+        return {**own, "routing": self.routing.model_dump(exclude={"trace"}), "flash": drive if self.placement == "flash" else None}
+
+
+_OFFLOADED_ONLY = ("staging_experts", "capacity_gb", "storage", "queue_depth", "read_chunk_kb")
+"""``ExpertsConfig`` fields that only offloaded experts read (refused when set with placement hbm)."""

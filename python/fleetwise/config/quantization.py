@@ -42,6 +42,17 @@ class QuantizationConfig(StrictModel):
             raise ValueError(f"activations: fp8 runs FP8 GEMMs, which need weights: fp8 (W8A8); weights is {self.weights}")
         return self
 
+    def check_model(self, model, model_name: str, where: str) -> None:
+        """Refuses an INT4 ``group_size`` that does not divide ``model``'s ``hidden_size`` (the input
+        width of its QKV and gate/up projections): AWQ and GPTQ kernels group each row's inputs, so
+        a group that straddles rows or outruns them is not a layout any checkpoint has. Raises
+        ``ConfigError`` naming ``where`` (the pool's ``quantization`` path or ``--quantization``)."""
+        from fleetwise.errors import ConfigError
+
+        if self.weights == "int4" and self.group_size is not None and model.hidden_size % self.group_size:
+            raise ConfigError(f"{where}.group_size: {self.group_size} does not divide {model_name}'s hidden_size {model.hidden_size}: "
+                              "INT4 groups split each weight row's inputs evenly (AWQ/GPTQ use 32, 64 or 128)")
+
     def core_json(self) -> dict:
         """The core's view (its ``Quantization``): these fields with the group size resolved."""
         return {**self.model_dump(), "group_size": self.group_size or DEFAULT_GROUP_SIZE}

@@ -244,11 +244,13 @@ class OffloadConfig(StrictModel):
 
     def core_json(self, path: str, user_storage: dict | None = None) -> dict:
         """The core's view (its ``OffloadSpec``): these fields with the flash drive looked up
-        (``user_storage``: a scenario's own ``storage:`` drives, beside the catalogue's)."""
-        return {
-            **self.model_dump(exclude={"storage"}),
-            "flash": lookup("storage", self.storage, user_storage or {}, f"{path}.storage").core_json(self.storage) if self.tier == "flash" else None,
-        }
+        (``user_storage``: a scenario's own ``storage:`` drives, beside the catalogue's). A drive
+        named explicitly is looked up with the DRAM tier too, so that a misspelt name is an error
+        rather than ignored until the tier is switched to flash."""
+        drive = None
+        if self.tier == "flash" or "storage" in self.model_fields_set:
+            drive = lookup("storage", self.storage, user_storage or {}, f"{path}.storage").core_json(self.storage)
+        return {**self.model_dump(exclude={"storage"}), "flash": drive if self.tier == "flash" else None}
 
 
 class PoolConfig(StrictModel):

@@ -1,5 +1,5 @@
-"""User-defined hardware and models outside a scenario: a file of ``gpus:``, ``models:`` and
-``pims:`` sections (the scenario's own schema), or a whole scenario file whose sections are read.
+"""User-defined hardware and models outside a scenario: a file of ``gpus:``, ``models:``, ``pims:``
+and ``storage:`` sections (the scenario's own schema), or a whole scenario file whose sections are read.
 ``fleetwise estimate --specs FILE`` uses it."""
 
 from __future__ import annotations
@@ -13,6 +13,10 @@ from fleetwise.config.base import StrictModel
 from fleetwise.config.limits import MAX_YAML_BYTES
 from fleetwise.config.yaml_input import decode_text, parse_yaml
 from fleetwise.errors import ConfigError
+
+
+SECTIONS = ("gpus", "models", "pims", "storage")
+"""The sections of a specs file that are read (a scenario's sections of the same names)."""
 
 
 class Specs(StrictModel):
@@ -29,8 +33,8 @@ class Specs(StrictModel):
 
 
 def load_specs(path: str | Path) -> Specs:
-    """Reads the ``gpus``, ``models`` and ``pims`` sections of ``path``; a ConfigError names the
-    file and the field path of anything wrong."""
+    """Reads the ``gpus``, ``models``, ``pims`` and ``storage`` sections of ``path``; a ConfigError
+    names the file and the field path of anything wrong."""
     from fleetwise.config.load import format_validation_error
 
     p = Path(path)
@@ -47,10 +51,10 @@ def load_specs(path: str | Path) -> Specs:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{p}: a specs file is a mapping with gpus:, models: and/or pims: sections")
-    picked = {k: data[k] for k in ("gpus", "models", "pims") if k in data}
+        raise ConfigError(f"{p}: a specs file is a mapping with gpus:, models:, pims: and/or storage: sections")
+    picked = {k: data[k] for k in SECTIONS if k in data}
     if not picked:
-        raise ConfigError(f"{p}: no gpus:, models: or pims: section to read")
+        raise ConfigError(f"{p}: no gpus:, models:, pims: or storage: section to read")
     try:
         return Specs.model_validate(picked, context={"base_dir": p.resolve().parent})
     except ValidationError as err:

@@ -34,7 +34,8 @@ class SpeculativeConfig(StrictModel):
     """Draft tokens proposed per step, k (1 to 16)."""
     acceptance_rate: float | list[float]
     """Acceptance probability of each draft position given the earlier ones were accepted, in
-    [0, 1]: one number, or a list of ``num_speculative_tokens`` numbers."""
+    [0, 1]: one number, or a list of ``num_speculative_tokens`` numbers. vLLM's logged per-position
+    rates p_i are unconditional: give a_1 = p_1, a_i = p_i / p_(i-1) (docs/speculative-decoding.md)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> SpeculativeConfig:
