@@ -62,6 +62,11 @@ pub const MIN_PEAK_FLOPS: f64 = 1e9;
 pub const MIN_BANDWIDTH: f64 = 1e6;
 /// The longest link latency accepted, seconds.
 pub const MAX_LATENCY: f64 = 1.0;
+/// The fastest compute peak accepted, FLOP/s: 200x a B200's dense FP8 (a larger figure makes
+/// every operator free).
+pub const MAX_PEAK_FLOPS: f64 = 1e18;
+/// The fastest memory or link bandwidth accepted, bytes/s: over 1,000x an HBM3e stack's.
+pub const MAX_BANDWIDTH: f64 = 1e16;
 
 impl GpuSpec {
     /// Checks that the datasheet figures are finite and physically meaningful: peaks and required
@@ -69,11 +74,11 @@ impl GpuSpec {
     /// at least [`MIN_BANDWIDTH`], latencies at most [`MAX_LATENCY`], idle power below the TDP.
     pub fn validate(&self) -> crate::error::Result<()> {
         let bad = |field: &str, message: String| Err(crate::error::Error::config(format!("gpu.{field}"), format!("{}: {message}", self.name)));
-        if !(self.peak_flops.is_finite() && self.peak_flops >= MIN_PEAK_FLOPS) {
-            return bad("peak_flops", format!("must be a finite FLOP/s figure of at least {MIN_PEAK_FLOPS:e}, got {:?}", self.peak_flops));
+        if !(MIN_PEAK_FLOPS..=MAX_PEAK_FLOPS).contains(&self.peak_flops) {
+            return bad("peak_flops", format!("must be a FLOP/s figure between {MIN_PEAK_FLOPS:e} and {MAX_PEAK_FLOPS:e}, got {:?}", self.peak_flops));
         }
-        if !(self.fp8_peak_flops == 0.0 || (self.fp8_peak_flops.is_finite() && self.fp8_peak_flops >= MIN_PEAK_FLOPS)) {
-            return bad("fp8_peak_flops", format!("must be 0 (no FP8 tensor cores) or a finite FLOP/s figure of at least {MIN_PEAK_FLOPS:e}, got {:?}", self.fp8_peak_flops));
+        if !(self.fp8_peak_flops == 0.0 || (MIN_PEAK_FLOPS..=MAX_PEAK_FLOPS).contains(&self.fp8_peak_flops)) {
+            return bad("fp8_peak_flops", format!("must be 0 (no FP8 tensor cores) or a FLOP/s figure between {MIN_PEAK_FLOPS:e} and {MAX_PEAK_FLOPS:e}, got {:?}", self.fp8_peak_flops));
         }
         for (field, v, required) in [
             ("memory_bandwidth", self.memory_bandwidth, true),
@@ -81,9 +86,10 @@ impl GpuSpec {
             ("nic_bandwidth", self.nic_bandwidth, false),
             ("host_link_bandwidth", self.host_link_bandwidth, false),
         ] {
-            let ok = v.is_finite() && (v >= MIN_BANDWIDTH || (!required && v == 0.0));
+            let ok = (MIN_BANDWIDTH..=MAX_BANDWIDTH).contains(&v) || (!required && v == 0.0);
             if !ok {
-                let allowed = if required { format!("at least {MIN_BANDWIDTH:e}") } else { format!("0 (none) or at least {MIN_BANDWIDTH:e}") };
+                let range = format!("between {MIN_BANDWIDTH:e} and {MAX_BANDWIDTH:e}");
+                let allowed = if required { range } else { format!("0 (none) or {range}") };
                 return bad(field, format!("must be a finite bandwidth in bytes/s, {allowed}; got {v:?}"));
             }
         }

@@ -11,6 +11,7 @@
 //! the fetch that outlasts a layer's compute stalls the iteration.
 
 use crate::error::{Error, Result};
+use crate::hardware::{MAX_LATENCY, MIN_BANDWIDTH};
 use serde::{Deserialize, Serialize};
 
 /// Where offloaded weights live.
@@ -38,11 +39,23 @@ pub struct FlashSpec {
     pub iops: Option<f64>,
 }
 
-/// Checks the drive of a flash tier configured under `section` (e.g. `offload`, `experts`).
+/// The fastest drive read bandwidth accepted, bytes/s (10 TB/s: ~700x a PCIe 5 NVMe drive).
+pub const MAX_DRIVE_BANDWIDTH: f64 = 1e13;
+
+/// Checks the drive of a flash tier configured under `section` (e.g. `offload`, `experts`): read
+/// bandwidth between [`MIN_BANDWIDTH`] and [`MAX_DRIVE_BANDWIDTH`], latency at most
+/// [`MAX_LATENCY`], IOPS at least 1 when given, a queue and a read size.
 pub fn validate_drive(section: &str, flash: Option<&FlashSpec>, queue_depth: u32, read_chunk_bytes: u64) -> Result<()> {
     let f = flash.ok_or_else(|| Error::config(format!("{section}.storage"), "the flash tier needs a drive"))?;
-    if !(f.read_bandwidth > 0.0 && f.latency >= 0.0) {
-        return Err(Error::config(format!("{section}.storage"), format!("{}: read_bandwidth must be positive", f.name)));
+    let bad = |field: &str, allowed: String, got: f64| Err(Error::config(format!("{section}.storage"), format!("{}: {field} must be {allowed}, got {got:?}", f.name)));
+    if !(MIN_BANDWIDTH..=MAX_DRIVE_BANDWIDTH).contains(&f.read_bandwidth) {
+        return bad("read_bandwidth", format!("between {MIN_BANDWIDTH:e} and {MAX_DRIVE_BANDWIDTH:e} bytes/s"), f.read_bandwidth);
+    }
+    if !(0.0..=MAX_LATENCY).contains(&f.latency) {
+        return bad("latency", format!("between 0 and {MAX_LATENCY} s"), f.latency);
+    }
+    if let Some(iops) = f.iops.filter(|v| !(v.is_finite() && *v >= 1.0)) {
+        return bad("iops", "a finite number of reads per second, at least 1".into(), iops);
     }
     if queue_depth == 0 || read_chunk_bytes == 0 {
         return Err(Error::config(format!("{section}.queue_depth"), "queue_depth and read_chunk_kb must be positive"));
@@ -250,5 +263,21 @@ mod tests {
         s.flash = None;
         assert!(s.validate().is_err());
         assert!(spec(Tier::Dram).validate().is_ok());
+    }
+
+    #[test]
+    fn absurd_drive_figures_are_refused_naming_the_field() {
+        for (field, drive) in [
+            ("read_bandwidth", FlashSpec { read_bandwidth: 1e-300, ..spec(Tier::Flash).flash.unwrap() }),
+            ("read_bandwidth", FlashSpec { read_bandwidth: 1e20, ..spec(Tier::Flash).flash.unwrap() }),
+            ("latency", FlashSpec { latency: 1e308, ..spec(Tier::Flash).flash.unwrap() }),
+            ("iops", FlashSpec { iops: Some(1e-300), ..spec(Tier::Flash).flash.unwrap() }),
+            ("iops", FlashSpec { iops: Some(f64::NAN), ..spec(Tier::Flash).flash.unwrap() }),
+        ] {
+            let Err(Error::Config { path, message }) = validate_drive("offload", Some(&drive), 32, 4096) else { panic!("{field}: accepted") };
+            assert_eq!(path, "offload.storage");
+            assert!(message.contains(&format!("{field} must be")), "{message}");
+        }
+        assert!(validate_drive("offload", spec(Tier::Flash).flash.as_ref(), 32, 4096).is_ok());
     }
 }

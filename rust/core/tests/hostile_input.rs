@@ -80,8 +80,12 @@ fn a_power_cap_at_or_below_idle_is_refused() {
 
 #[test]
 fn datasheet_figures_must_be_finite_and_physical() {
-    let cases: [(&str, GpuSpec); 4] = [
+    let cases: [(&str, GpuSpec); 7] = [
         ("peak_flops", GpuSpec { peak_flops: 1e-300, ..gpu() }),
+        // Absurdly fast figures make every operator free: a wrong number, not a fast GPU.
+        ("peak_flops", GpuSpec { peak_flops: 1e308, ..gpu() }),
+        ("fp8_peak_flops", GpuSpec { fp8_peak_flops: 2e18, ..gpu() }),
+        ("link_bandwidth", GpuSpec { link_bandwidth: 1e20, ..gpu() }),
         ("memory_bandwidth", GpuSpec { memory_bandwidth: f64::INFINITY, ..gpu() }),
         ("host_link_bandwidth", GpuSpec { host_link_bandwidth: 5.0, ..gpu() }),
         ("idle_watts", GpuSpec { idle_watts: 800.0, ..gpu() }),
@@ -102,6 +106,15 @@ fn legal_figures_that_make_an_iteration_last_hours_are_refused_with_the_time() {
     let (path, message) = config_path(run(&config(g, eff, None)));
     assert_eq!(path, "cluster.pools.0.calibration");
     assert!(message.contains("a one-token decode of llama-3-8b on h100 would take 1.50") && message.contains("3600 s"), "{message}");
+}
+
+#[test]
+fn an_iteration_lasting_hours_blames_what_takes_the_time() {
+    // A per-token CPU step of a second: the GPU figures are fine, the engine's overheads are not.
+    let eff = Efficiency { token_overhead: Some(1.0), ..Efficiency::default() };
+    let (path, message) = config_path(run(&config(gpu(), eff, None)));
+    assert_eq!(path, "cluster.pools.0.calibration");
+    assert!(message.contains("of it is the engine's per-step CPU time") && !message.contains("GPU figures"), "{message}");
 }
 
 #[test]

@@ -291,8 +291,18 @@ impl CostModel {
     /// on the PIM overlaps prefill attention on the GPU.
     pub(super) fn with_pim(mut self, pim: Option<PimSpec>) -> Result<Self> {
         if let Some(p) = &pim {
-            if !(p.peak_flops > 0.0 && p.internal_bandwidth > 0.0 && p.efficiency > 0.0 && p.efficiency <= 1.0) {
-                return Err(Error::config("pim", format!("{}: peak_flops and internal_bandwidth must be positive, efficiency in (0, 1]", p.name)));
+            use crate::hardware::{MAX_BANDWIDTH, MAX_PEAK_FLOPS, MIN_BANDWIDTH, MIN_PEAK_FLOPS};
+            if !(MIN_PEAK_FLOPS..=MAX_PEAK_FLOPS).contains(&p.peak_flops)
+                || !(MIN_BANDWIDTH..=MAX_BANDWIDTH).contains(&p.internal_bandwidth)
+                || !(0.01..=1.0).contains(&p.efficiency)
+            {
+                return Err(Error::config(
+                    "pim",
+                    format!(
+                        "{}: peak_flops must be between {MIN_PEAK_FLOPS:e} and {MAX_PEAK_FLOPS:e} FLOP/s, internal_bandwidth between {MIN_BANDWIDTH:e} and {MAX_BANDWIDTH:e} bytes/s, efficiency in [0.01, 1]; got {:?}, {:?}, {:?}",
+                        p.name, p.peak_flops, p.internal_bandwidth, p.efficiency
+                    ),
+                ));
             }
         }
         self.pim = pim;

@@ -1,7 +1,7 @@
 //! Building an instance from one description: its cost model, experts, memory plan, KV cache
 //! and scheduler, with the checks that refuse a setup that cannot run.
 
-use crate::cost::{CostModel, InstanceSpec};
+use crate::cost::{CostModel, InstanceSpec, Op};
 use crate::error::{Error, Result};
 use crate::kv::BlockManager;
 use crate::memory::{MemoryConfig, MemoryPlan};
@@ -64,17 +64,21 @@ fn check_iteration_time(cost: &CostModel, max_tokens: u64, power_cap: Option<f64
     for (what, shape) in [("a one-token decode", decode_shape), (&*format!("a {prefill}-token prefill"), prefill_shape)] {
         let secs = cost.iteration(&shape).seconds;
         if !(secs.is_finite() && secs <= MAX_ITERATION_SECONDS) {
-            let cap = power_cap.map(|w| format!(", power_cap_watts {w}")).unwrap_or_default();
-            return Err(Error::config(
-                "calibration",
-                format!(
-                    "{what} of {} on {} would take {secs:.3e} s, over the {MAX_ITERATION_SECONDS} s allowed for one iteration: the GPU figures (peak_flops {:e}, memory_bandwidth {:e}) and the calibration{cap} are absurdly slow together",
-                    cost.model().name,
-                    cost.gpu().name,
-                    cost.gpu().peak_flops,
-                    cost.gpu().memory_bandwidth
-                ),
-            ));
+            let head = format!("{what} of {} on {} would take {secs:.3e} s, over the {MAX_ITERATION_SECONDS} s allowed for one iteration", cost.model().name, cost.gpu().name);
+            // Blame what takes most of it: the drive weights stream from, the engine's CPU step,
+            // or else the GPU's figures with the calibration.
+            let slowest = cost.breakdown(&shape).into_iter().max_by(|a, b| a.seconds.total_cmp(&b.seconds)).map(|c| (c.op, c.seconds));
+            return Err(match slowest {
+                Some((Op::WeightFetch, s)) => Error::config("offload", format!("{head}: {s:.3e} s of it streams offloaded weights; the offload tier's drive or host link is absurdly slow")),
+                Some((Op::Overhead, s)) => Error::config("calibration", format!("{head}: {s:.3e} s of it is the engine's per-step CPU time and per-layer overheads (the engine profile's cpu_step, or the calibration's iteration/seq/token/layer overheads); they are absurdly large")),
+                _ => {
+                    let cap = power_cap.map(|w| format!(", power_cap_watts {w}")).unwrap_or_default();
+                    Error::config(
+                        "calibration",
+                        format!("{head}: the GPU figures (peak_flops {:e}, memory_bandwidth {:e}) and the calibration{cap} are absurdly slow together", cost.gpu().peak_flops, cost.gpu().memory_bandwidth),
+                    )
+                }
+            });
         }
     }
     Ok(())

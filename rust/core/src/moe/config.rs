@@ -248,6 +248,16 @@ impl ExpertConfig {
         if self.placement == ExpertTier::Hbm && (self.prefetch.is_some() || self.cache.experts_per_layer > 0) {
             return Err(Error::config("experts.placement", "an expert cache or prefetching needs offloaded experts: placement dram or flash"));
         }
+        if self.placement == ExpertTier::Hbm {
+            for (field, set) in [("staging_experts", self.staging_experts.is_some()), ("capacity_gb", self.capacity_gb.is_some()), ("storage", self.flash.is_some())] {
+                if set {
+                    return Err(Error::config(format!("experts.{field}"), "applies to offloaded experts (placement dram or flash); with placement hbm it would be ignored"));
+                }
+            }
+        }
+        if self.staging_experts == Some(0) {
+            return Err(Error::config("experts.staging_experts", "must be at least 1: a fetched expert lands in a staging buffer before it runs"));
+        }
         crate::offload::validate_capacity("experts", self.capacity_gb)?;
         if self.placement == ExpertTier::Flash {
             crate::offload::validate_drive("experts", self.flash.as_ref(), self.queue_depth, self.read_chunk_bytes())?;

@@ -106,6 +106,9 @@ impl ExpertRuntime {
     pub fn new(cfg: &ExpertConfig, cost: &CostModel, trace: Option<Arc<RoutingTrace>>, seed: u64, stream: &str, plugged: Option<&PluggedCaches>) -> Result<Self> {
         let m = cost.model();
         cfg.validate(m.num_experts, m.experts_per_token)?;
+        if m.moe_layers() == 0 {
+            return Err(Error::config("experts", format!("{} has no MoE layer (first_dense_layers and moe_layer_interval leave every layer dense): the expert settings would be ignored", m.name)));
+        }
         if cfg.offloaded() && cost.pp() > 1 {
             return Err(Error::config("experts.placement", "offloaded experts with pipeline parallelism are not modelled; use pp = 1"));
         }

@@ -34,10 +34,15 @@ fn model() -> ModelSpec {
 
 /// A GPU whose host link moves one expert in `fetch` seconds.
 fn cost(fetch: f64) -> CostModel {
+    cost_of(model(), fetch)
+}
+
+/// `m` on a GPU whose host link moves one of [`model`]'s experts in `fetch` seconds.
+fn cost_of(m: ModelSpec, fetch: f64) -> CostModel {
     let eb = 3.0 * 1024.0 * 2048.0 * 2.0;
     let gpu = GpuSpec { name: "g".into(), peak_flops: 1e15, fp8_peak_flops: 0.0, memory_bytes: 80_000_000_000, memory_bandwidth: 2e12, link_bandwidth: 1e11, link_latency: 0.0, nic_bandwidth: 0.0, nic_latency: 0.0, host_link_bandwidth: eb / fetch, host_link_latency: 0.0, tdp_watts: 0.0, idle_watts: 0.0, memory_bound_activity: 0.3, dvfs_exponent: DEFAULT_DVFS_EXPONENT, sm_count: 0 };
     let eff = Efficiency { gemm_compute: 1.0, attention_compute: 1.0, memory: 1.0, attention_memory: None, elementwise_memory: None, collective: 1.0, iteration_overhead: 0.0, layer_overhead: 0.0, attention_cta: None, gemm_ridge_exponent: None, prefill_pad_tokens: None, ..Default::default() };
-    CostModel::build(&crate::cost::InstanceSpec::new(model(), gpu, eff, 1)).unwrap()
+    CostModel::build(&crate::cost::InstanceSpec::new(m, gpu, eff, 1)).unwrap()
 }
 
 /// One request whose token t picks expert `(t + l) mod 4` in layer l (a new expert every layer).
@@ -310,4 +315,25 @@ fn a_prefetch_lead_of_the_whole_model_or_more_is_refused() {
     let mut cfg = config(2, Some(1.0));
     cfg.prefetch = Some(PrefetchSpec { accuracy: 1.0, lead_layers: layers - 1 });
     assert!(ExpertRuntime::new(&cfg, &cm, Some(trace(4)), 1, "t", None).is_ok());
+}
+
+#[test]
+fn settings_that_would_be_ignored_or_impossible_are_refused() {
+    let cm = cost(1.0);
+    let refused = |cfg: ExpertConfig, cm: &CostModel| ExpertRuntime::new(&cfg, cm, Some(trace(4)), 1, "t", None).err().map(|e| e.to_string()).unwrap_or_default();
+    // No staging buffer: a fetched expert has nowhere to land.
+    let mut cfg = config(2, None);
+    cfg.staging_experts = Some(0);
+    assert!(refused(cfg, &cm).contains("experts.staging_experts"));
+    // Offload-only settings with every expert in HBM.
+    for (field, set) in [("staging_experts", (|c: &mut ExpertConfig| c.staging_experts = Some(4)) as fn(&mut ExpertConfig)), ("capacity_gb", |c| c.capacity_gb = Some(100.0))] {
+        let mut cfg = ExpertConfig { routing: RoutingSpec { kind: RoutingKind::Trace, ..RoutingSpec::default() }, ..ExpertConfig::resident() };
+        set(&mut cfg);
+        assert!(refused(cfg, &cm).contains(&format!("experts.{field}")), "{field}");
+    }
+    // A MoE model whose layers are all dense (every layer before the first MoE layer).
+    let mut m = model();
+    m.first_dense_layers = m.num_layers;
+    assert!(refused(config(2, None), &cost_of(m, 1.0)).contains("has no MoE layer"));
+    assert!(refused(config(2, None), &cm).is_empty());
 }
