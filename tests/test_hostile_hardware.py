@@ -4,6 +4,7 @@ error naming the field (exit 2 from the CLI), never accepted into a run whose nu
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -79,6 +80,50 @@ def test_absurd_pim_is_refused(field, value):
     sc["pims"] = {"p": {"peak_flops": 3e13, "internal_bandwidth": 3e13, "efficiency": 0.8, field: value}}
     with pytest.raises(ConfigError, match=rf"pims\.p\.{field}"):
         fleetwise.scenario_from_dict(sc)
+
+
+# --- figures too large for any hardware ---------------------------------------------------------
+
+_GPU = {"peak_flops": 989e12, "fp8_peak_flops": 1979e12, "memory_bytes": 80e9, "memory_bandwidth": 3.35e12, "link_bandwidth": 450e9,
+        "architecture": "hopper", "memory_type": "hbm"}
+
+
+@pytest.mark.parametrize("field, limit", [("peak_flops", "1e+18 FLOP/s"), ("fp8_peak_flops", "1e+18 FLOP/s"), ("memory_bandwidth", "1e+16 bytes/s"),
+                                          ("link_bandwidth", "1e+16 bytes/s"), ("nic_bandwidth", "1e+16 bytes/s"), ("host_link_bandwidth", "1e+16 bytes/s")])
+def test_gpu_figure_past_any_hardware_is_refused(field, limit):
+    """``peak_flops: 1e308`` ran with next to no compute time, exit 0."""
+    sc = _pool(gpu="g")
+    sc["gpus"] = {"g": {**_GPU, field: 1e308}}
+    with pytest.raises(ConfigError, match=rf"gpus\.g\.{field}: must be at most {re.escape(limit)}, got 1e\+308: no hardware is that fast"):
+        fleetwise.scenario_from_dict(sc)
+    sc["gpus"] = {"g": {**_GPU, field: float(limit.split()[0])}}  # the bound itself is accepted
+    fleetwise.scenario_from_dict(sc)
+
+
+@pytest.mark.parametrize("section, entry, field, limit", [("pims", {"peak_flops": 3e13, "internal_bandwidth": 3e13}, "peak_flops", "1e+18 FLOP/s"),
+                                                          ("pims", {"peak_flops": 3e13, "internal_bandwidth": 3e13}, "internal_bandwidth", "1e+16 bytes/s"),
+                                                          ("storage", {"read_bandwidth": 6e9}, "read_bandwidth", "1e+13 bytes/s")])
+def test_pim_and_drive_figures_past_any_hardware_are_refused(section, entry, field, limit):
+    sc = _pool()
+    sc[section] = {"x": {**entry, field: 1e308}}
+    with pytest.raises(ConfigError, match=rf"{section}\.x\.{field}: must be at most {re.escape(limit)}, got 1e\+308"):
+        fleetwise.scenario_from_dict(sc)
+
+
+def test_specs_file_gpu_past_any_hardware_is_refused(tmp_path):
+    """The same bound for a GPU in ``estimate --specs``: exit 2 naming the file and field."""
+    f = tmp_path / "specs.yaml"
+    f.write_text("gpus:\n  g: {peak_flops: 1.0e308, memory_bytes: 80.0e9, memory_bandwidth: 3.0e12, link_bandwidth: 4.0e11, "
+                 "architecture: hopper, memory_type: hbm}\n")
+    r = run_cli("estimate", "--model", "llama-3-8b", "--gpu", "g", "--specs", str(f), "--decode-batch", "1", "--context", "100")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"{f}: gpus.g.peak_flops: must be at most 1e+18 FLOP/s, got 1e+308" in r.stderr, r.stderr
+
+
+def test_catalogue_is_within_the_bounds():
+    from fleetwise.catalog import builtin_gpus, builtin_pims, builtin_storage
+
+    assert builtin_gpus() and builtin_pims() and builtin_storage()  # each validated on load
 
 
 # --- MoE ---------------------------------------------------------------------------------------

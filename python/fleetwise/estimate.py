@@ -46,6 +46,9 @@ def estimate_iteration(
         raise ConfigError("estimate: --decode-batch needs --context C (tokens already in each sequence's KV cache)")
     if prefill_context and prefill <= 0:
         raise ConfigError("estimate: --prefill-context needs --prefill")
+    if context and decode_batch <= 0:
+        raise ConfigError(f"estimate: --context {context} is the KV cache of each --decode-batch sequence; give --decode-batch B "
+                          "(for tokens cached before a prefill chunk, use --prefill-context)")
     user_gpus, user_models, user_pims = (specs.gpus, specs.models, specs.pims) if specs is not None else ({}, {}, {})
     g = lookup("gpu", gpu, user_gpus, "--gpu")
     m = lookup("model", model, user_models, "--model")

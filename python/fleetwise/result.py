@@ -81,13 +81,15 @@ def check_output_dir(path: str | Path, option: str = "-o") -> Path:
 
     if str(path).strip() == "":
         raise ConfigError(f"output path is empty; give a directory with {option}")
+    from fleetwise.paths import path_kind
+
     d = Path(path)
-    if d.exists() and not d.is_dir():
+    if path_kind(d, option) not in (None, "dir"):
         raise ConfigError(f"output path {d} exists and is not a directory; give a directory (or a new path) with {option}")
     parent = d
-    while not parent.exists() and parent != parent.parent:
+    while path_kind(parent, option) is None and parent != parent.parent:
         parent = parent.parent
-    if not parent.is_dir():
+    if path_kind(parent, option) != "dir":
         raise ConfigError(f"output path {d}: {parent} is in the way (it exists and is not a directory); give another {option}")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ConfigError(f"output path {d}: {parent} is not writable; give another {option}")
@@ -115,8 +117,10 @@ def check_output_file(path: str | Path, option: str = "-o") -> Path:
     command's ``option`` if not."""
     from fleetwise.errors import ConfigError
 
+    from fleetwise.paths import path_kind
+
     f = Path(path)
-    if f.is_dir():
+    if path_kind(f, option) == "dir":
         raise ConfigError(f"output file {f} is a directory; give a file path")
     check_output_dir(f.parent, option)
     return f

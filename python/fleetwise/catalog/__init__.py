@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Literal, Optional
 
 import yaml
-from pydantic import Field, ValidationInfo, create_model, model_validator
+from pydantic import AfterValidator, Field, ValidationInfo, create_model, model_validator
 
 from fleetwise.catalog.hardware import ARCHITECTURES, MEMORY_TYPES, Architecture, HardwareFractions, MemoryType, architecture_priors, prior_for, prior_key
 from fleetwise.config.base import StrictModel
@@ -29,7 +29,32 @@ slower PIM or drive would make one iteration last days, refused by the core as a
 *calibration* instead of by its own field."""
 MAX_LATENCY = 1.0
 """The longest latency accepted, seconds (the core's ``hardware::MAX_LATENCY`` for a GPU's links)."""
+MAX_PEAK_FLOPS = 1e18
+"""The fastest compute peak accepted, FLOP/s (the core's ``hardware::MAX_PEAK_FLOPS``): 200x a
+B200's dense FP8; a larger figure makes every operator free."""
+MAX_BANDWIDTH = 1e16
+"""The fastest memory or link bandwidth accepted, bytes/s (the core's ``hardware::MAX_BANDWIDTH``):
+over 1,000x an HBM3e stack's."""
+MAX_DRIVE_BANDWIDTH = 1e13
+"""The fastest flash drive accepted, bytes/s (the core's ``offload::MAX_DRIVE_BANDWIDTH``): 10 TB/s,
+hundreds of times a PCIe 5.0 NVMe drive."""
 
+
+def _at_most(limit: float, unit: str) -> AfterValidator:
+    """A field check: a figure over ``limit`` (in ``unit``) is refused, naming both."""
+
+    def check(value: float) -> float:
+        if value > limit:
+            raise ValueError(f"must be at most {limit:g} {unit}, got {value:g}: no hardware is that fast, and the cost model would price the work as free")
+        return value
+
+    return AfterValidator(check)
+
+
+_Flops = Annotated[float, _at_most(MAX_PEAK_FLOPS, "FLOP/s")]
+"""A compute peak, at most ``MAX_PEAK_FLOPS``."""
+_Bandwidth = Annotated[float, _at_most(MAX_BANDWIDTH, "bytes/s")]
+"""A memory or link bandwidth, at most ``MAX_BANDWIDTH``."""
 _Fraction = Annotated[float, Field(gt=0, le=1)]
 """A calibration efficiency: a fraction of a peak, in (0, 1]."""
 _Seconds = Annotated[float, Field(ge=0)]
@@ -139,28 +164,28 @@ class GpuSpec(StrictModel):
     a GPU without ``hardware`` or ``calibration``)."""
     memory_type: MemoryType | None = None
     """Device memory technology: hbm or gddr (required with ``architecture``)."""
-    peak_flops: float = Field(gt=0)
-    """Peak dense 16-bit tensor throughput, FLOP/s."""
-    fp8_peak_flops: float = Field(default=0.0, ge=0)
-    """Peak dense FP8 tensor throughput (FP32 accumulate, no sparsity), FLOP/s; 0: no FP8 tensor cores
-    (then ``quantization.activations: fp8`` is refused)."""
+    peak_flops: _Flops = Field(gt=0)
+    """Peak dense 16-bit tensor throughput, FLOP/s (at most 1e18)."""
+    fp8_peak_flops: _Flops = Field(default=0.0, ge=0)
+    """Peak dense FP8 tensor throughput (FP32 accumulate, no sparsity), FLOP/s, at most 1e18; 0: no
+    FP8 tensor cores (then ``quantization.activations: fp8`` is refused)."""
     memory_bytes: float = Field(gt=0, le=1e18)
     """Device memory capacity, bytes (at most 1e18)."""
-    memory_bandwidth: float = Field(gt=0)
-    """Device memory bandwidth, bytes/s."""
+    memory_bandwidth: _Bandwidth = Field(gt=0)
+    """Device memory bandwidth, bytes/s (at most 1e16)."""
     link: str = "nvlink"
     """Kind of GPU-to-GPU link used by tensor parallelism."""
-    link_bandwidth: float = Field(gt=0)
-    """Per-direction bandwidth of that link, bytes/s."""
+    link_bandwidth: _Bandwidth = Field(gt=0)
+    """Per-direction bandwidth of that link, bytes/s (at most 1e16)."""
     link_latency: float = Field(default=2e-6, ge=0)
     """Latency of one collective step on that link, seconds."""
-    nic_bandwidth: float = Field(default=0.0, ge=0)
-    """Per-direction bandwidth of the GPU's NIC to other nodes (InfiniBand/RoCE), bytes/s; 0: no NIC (KV
+    nic_bandwidth: _Bandwidth = Field(default=0.0, ge=0)
+    """Per-direction bandwidth of the GPU's NIC to other nodes (InfiniBand/RoCE), bytes/s (at most 1e16); 0: no NIC (KV
     transfers over ``kv_link: nic`` then stay inside the node, at the faster of the host link and NVLink)."""
     nic_latency: float = Field(default=5e-6, ge=0)
     """Latency of one step over the NIC, seconds."""
-    host_link_bandwidth: float = Field(default=0.0, ge=0)
-    """Per-direction bandwidth to host memory (PCIe), bytes/s; needed for KV swapping."""
+    host_link_bandwidth: _Bandwidth = Field(default=0.0, ge=0)
+    """Per-direction bandwidth to host memory (PCIe), bytes/s (at most 1e16); needed for KV swapping."""
     host_link_latency: float = Field(default=5e-6, ge=0)
     """Latency of a transfer over the host link, seconds."""
     tdp_watts: float = Field(default=0.0, ge=0, le=1e5)
@@ -361,10 +386,10 @@ class PimSpec(StrictModel):
 
     description: str = ""
     """Human-readable name."""
-    peak_flops: float = Field(ge=MIN_PEAK_FLOPS)
-    """Peak throughput of the PIM units of one GPU's memory, FLOP/s (at least 1e9, as a GPU's)."""
-    internal_bandwidth: float = Field(ge=MIN_BANDWIDTH)
-    """Bandwidth the PIM units see inside the memory, bytes/s (at least 1e6, as a GPU's)."""
+    peak_flops: _Flops = Field(ge=MIN_PEAK_FLOPS)
+    """Peak throughput of the PIM units of one GPU's memory, FLOP/s (1e9 to 1e18, as a GPU's)."""
+    internal_bandwidth: _Bandwidth = Field(ge=MIN_BANDWIDTH)
+    """Bandwidth the PIM units see inside the memory, bytes/s (1e6 to 1e16, as a GPU's)."""
     efficiency: float = Field(default=0.8, ge=0.01, le=1)
     """Fraction of peak compute and bandwidth reached, in [0.01, 1] (as a GPU's hardware fractions)."""
 
@@ -378,8 +403,9 @@ class StorageSpec(StrictModel):
 
     description: str = ""
     """Human-readable name."""
-    read_bandwidth: float = Field(ge=MIN_BANDWIDTH)
-    """Sequential read bandwidth, bytes/s (at least 1e6, the slowest bandwidth a GPU's links may have)."""
+    read_bandwidth: Annotated[float, _at_most(MAX_DRIVE_BANDWIDTH, "bytes/s")] = Field(ge=MIN_BANDWIDTH)
+    """Sequential read bandwidth, bytes/s: at least 1e6 (the slowest bandwidth a GPU's links may
+    have), at most 1e13."""
     latency: float = Field(default=80e-6, ge=0, le=MAX_LATENCY)
     """Latency of one read, seconds (0 to 1, as a GPU's link latencies)."""
     iops: float | None = Field(default=None, ge=1)

@@ -22,6 +22,7 @@ from pydantic import Field, ValidationError
 from fleetwise.config.base import StrictModel
 from fleetwise.config.yaml_input import decode_text, parse_yaml
 from fleetwise.errors import ConfigError
+from fleetwise.paths import path_kind, resolved
 
 if TYPE_CHECKING:
     from fleetwise.catalog import Calibration, CalibrationOverride, GpuSpec
@@ -121,7 +122,11 @@ class EngineProfile(StrictModel):
 def _profile_path(engine: str, base_dir: Path | None) -> Path:
     builtin = ENGINES_DIR / f"{engine}.yaml"
     if "/" not in engine and "\\" not in engine and not engine.endswith((".yaml", ".yml")):
-        if builtin.exists():
+        try:
+            found = path_kind(builtin) is not None
+        except ConfigError:  # a name too long to be a file name: not a built-in one
+            found = False
+        if found:
             return builtin
         names = sorted(p.stem for p in ENGINES_DIR.glob("*.yaml"))
         raise ConfigError(f"unknown engine {engine!r}: built-in engines are {', '.join(names)}, or give a profile file (path ending in .yaml)")
@@ -174,7 +179,7 @@ def load_engine(engine: str, base_dir: Path | None = None) -> EngineProfile:
             if not seen:
                 raise
             raise ConfigError(f"{seen[-1]}: based_on: {e}") from None
-        key = str(path.resolve()) if path.exists() else str(path)
+        key = str(resolved(path, "engine profile")) if path_kind(path, "engine profile") is not None else str(path)
         if key in seen:
             raise ConfigError(f"{engine}: based_on forms a cycle ({' -> '.join(seen + [key])})")
         seen.append(key)

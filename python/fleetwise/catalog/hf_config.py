@@ -91,7 +91,9 @@ class _Config:
 
 def _read(path: Path) -> dict:
     """The JSON object in ``path``."""
-    if not path.is_file():
+    from fleetwise.paths import path_kind
+
+    if path_kind(path, "hf_config", ValueError) != "file":
         raise ValueError(f"{path}: hf_config file not found")
     try:
         if path.stat().st_size > MAX_CONFIG_BYTES:
@@ -211,7 +213,10 @@ def hf_model_fields(path: str, base_dir: str | Path | None = None, dtype_given: 
     """The ``ModelSpec`` fields of the Hugging Face ``config.json`` at ``path`` (relative to
     ``base_dir``, the scenario's folder, when given); ``hf_config`` is the resolved path.
     ``dtype_given``: the scenario sets ``dtype_bytes`` itself, so ``torch_dtype`` is not read."""
-    p = Path(path).expanduser()
+    try:
+        p = Path(path).expanduser()
+    except RuntimeError:  # ~user of no such user: the path as written (not found below)
+        p = Path(path)
     if not p.is_absolute() and base_dir is not None:
         p = Path(base_dir) / p
     try:

@@ -23,6 +23,9 @@ def main() -> None:
     from fleetwise.cli.format import error_text
     from fleetwise.errors import FleetwiseError
 
+    import warnings
+
+    warnings.showwarning = show_warning
     code: int | str | None = 0
     try:
         app()
@@ -35,6 +38,19 @@ def main() -> None:
         err.print("interrupted")
         code = 130
     _exit(code)
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ARG001 - warnings.showwarning's signature
+    """Prints a Python warning (``warnings.warn``: a draft model no smaller than its target, an
+    untested vLLM version) as one ``warning: ...`` line on stderr, as the CLI's own warnings are,
+    instead of Python's default format with the source file, line number and code line. A category
+    other than ``UserWarning`` is named; long values are shortened as in error messages."""
+    from fleetwise.cli.format import shorten_values
+
+    text = " ".join(str(message).splitlines())
+    if category is not UserWarning:
+        text = f"{getattr(category, '__name__', category)}: {text}"
+    err.print(f"warning: {shorten_values(text)}", highlight=False, markup=False)
 
 
 def _exit(code: int | str | None) -> None:

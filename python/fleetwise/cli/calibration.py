@@ -196,7 +196,7 @@ def _check_not_in_data(output: Path, data: Path, measure: bool) -> None:
 
     try:
         out, d = output.resolve(), data.resolve()
-    except OSError:
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop before Python 3.13
         return
     if not out.is_relative_to(d) or out == d / FITTED_FILE:
         return
@@ -245,9 +245,10 @@ def _calibrate_from_measurements(data: Path, gpu: str, measure: bool, model: str
                                          predict_forward)
     from fleetwise.catalog import builtin_gpus, lookup
     from fleetwise.errors import ConfigError
+    from fleetwise.paths import path_kind
     from fleetwise.result import check_output_file
 
-    if data.exists() and not data.is_dir():
+    if path_kind(data, "--data") not in (None, "dir"):
         raise ConfigError(f"--data {data}: not a directory; give the directory measure_gpu.py wrote")
     spec = lookup("gpu", gpu, {}, "--gpu")
     m_spec = lookup("model", model, {}, "--model")

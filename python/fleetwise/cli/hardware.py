@@ -17,7 +17,7 @@ from fleetwise.cli.options import float_option
 def estimate(
     model: str = typer.Option(..., "--model", help="Model name (see `fleetwise catalog`, or one in --specs)."),
     gpu: str = typer.Option(..., "--gpu", help="GPU name (see `fleetwise catalog`, or one in --specs)."),
-    specs: Optional[Path] = typer.Option(None, "--specs", help="A YAML file with gpus:, models: and/or pims: (a scenario file works too): user-defined entries."),
+    specs: Optional[Path] = typer.Option(None, "--specs", help="A YAML file with gpus:, models:, pims: and/or storage: (flash drives for --offload flash) sections (a scenario file works too): user-defined entries."),
     engine: str = typer.Option("vllm", "--engine", help="Serving engine profile: vllm, fleetwise-torch, or a profile file (docs/engines.md)."),
     tp: int = typer.Option(1, "--tp", min=1, max=4096, help="Tensor-parallel degree."),
     pp: int = typer.Option(1, "--pp", min=1, max=4096, help="Pipeline-parallel stages."),
@@ -28,7 +28,7 @@ def estimate(
     offload: Optional[str] = typer.Option(None, "--offload", help="Offload weights: dram or flash."),
     quantization: Optional[str] = typer.Option(None, "--quantization", help="Quantization KEY=VALUE,... : weights=bf16|fp8|int8|int4, activations=bf16|fp8, kv_cache=bf16|fp8, group_size=N (int4), e.g. weights=fp8,kv_cache=fp8 (docs/quantization.md)."),
     speculative: Optional[str] = typer.Option(None, "--speculative", help="Speculative decoding KEY=VALUE,... : method=draft|eagle|mtp, draft_model=NAME (draft), num_speculative_tokens=K, acceptance_rate=A or A1/A2/... per position; with --decode-batch/--context prints the decode speedup (docs/speculative-decoding.md)."),
-    offload_set: List[str] = typer.Option([], "--offload-set", help="Offload setting KEY=VALUE (layer_fraction, ffn_load_fraction, dram_cache_fraction, resident_attention, overlap, storage, queue_depth, read_chunk_kb). Repeatable."),
+    offload_set: List[str] = typer.Option([], "--offload-set", help="With --offload: an offload setting KEY=VALUE (layer_fraction, ffn_load_fraction, dram_cache_fraction, resident_attention, overlap, storage, queue_depth, read_chunk_kb, capacity_gb), each key once. Repeatable."),
     prefill: int = typer.Option(0, "--prefill", min=0, max=2**31 - 1, help="Prefill chunk size, tokens."),
     prefill_context: int = typer.Option(0, "--prefill-context", min=0, max=2**31 - 1, help="Tokens already cached before the chunk."),
     decode_batch: int = typer.Option(0, "--decode-batch", min=0, max=10**7, help="Number of decoding sequences."),
@@ -42,14 +42,7 @@ def estimate(
     from fleetwise.errors import CapacityError
     from fleetwise.estimate import estimate_iteration
 
-    off = None
-    if offload is not None:
-        import yaml
-
-        off = {"tier": offload}
-        for kv in offload_set:
-            k, _, v = kv.partition("=")
-            off[k.strip()] = yaml.safe_load(v)
+    off = offload_settings(offload, offload_set)
     user = None
     if specs is not None:
         from fleetwise.config.specs import load_specs
@@ -65,7 +58,7 @@ def estimate(
 
         ignored = [flag for flag, given in (("--prefill", prefill), ("--prefill-context", prefill_context), ("--decode-batch", decode_batch),
                                             ("--context", context), ("--tp", tp != 1), ("--pp", pp != 1), ("--ep", ep != 1),
-                                            ("--microbatches", microbatches), ("--power-cap", power_cap), ("--pim", pim), ("--offload", offload),
+                                            ("--microbatches", microbatches), ("--power-cap", power_cap), ("--pim", pim), ("--offload", offload), ("--offload-set", offload_set),
                                             ("--quantization", quantization), ("--speculative", speculative)) if given]
         if ignored:
             raise ConfigError(f"estimate --prompt/--output: the idealized runtime is the request alone on --gpu under --engine, on as few "
@@ -124,6 +117,35 @@ def estimate(
     if not r["memory"]["fits"]:
         m = r["memory"]
         raise CapacityError(f"{model} on {gpu} x{tp}: this iteration needs {r['memory_bytes'] / (1 << 30):.2f} GiB per GPU, {m['available'] / (1 << 30):.2f} GiB available")
+
+
+def offload_settings(offload: str | None, settings: List[str]) -> dict | None:
+    """``--offload TIER`` and its ``--offload-set KEY=VALUE`` settings as an ``OffloadConfig`` dict
+    (each value read as YAML; the model checks the keys and values). ``ConfigError`` for settings
+    without ``--offload`` (they would be ignored), an item that is not KEY=VALUE, ``tier`` among them
+    (``--offload`` gives it), a key given twice, or a value that is not valid YAML."""
+    from fleetwise.config.scenario import OffloadConfig
+    from fleetwise.config.yaml_input import parse_yaml, short_repr
+    from fleetwise.errors import ConfigError
+
+    keys = ", ".join(k for k in OffloadConfig.model_fields if k != "tier")
+    if offload is None:
+        if settings:
+            raise ConfigError(f"--offload-set {short_repr(settings[0])}: needs --offload dram or --offload flash (without --offload nothing is "
+                              "offloaded and the setting would be ignored)")
+        return None
+    off: dict = {"tier": offload}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not value.strip():
+            raise ConfigError(f"--offload-set {short_repr(item)}: expected KEY=VALUE; keys: {keys}")
+        if key == "tier":
+            raise ConfigError(f"--offload-set tier={short_repr(value.strip())}: the tier is --offload's (dram or flash); drop it from --offload-set")
+        if key in off:
+            raise ConfigError(f"--offload-set {key}: given twice; give each key once")
+        off[key] = parse_yaml(value, f"--offload-set {key}")
+    return off
 
 
 @app.command()

@@ -18,10 +18,11 @@ def report(
 ) -> None:
     """Write one self-contained HTML report (plotly, works offline) of runs or a sweep."""
     from fleetwise.errors import ConfigError
+    from fleetwise.paths import path_kind
     from fleetwise.report import write_report
     from fleetwise.result import check_output_dir
 
-    if output.is_dir():
+    if path_kind(output, "-o") == "dir":
         raise ConfigError(f"-o {output}: is a directory; give the HTML file to write, e.g. {output / 'report.html'}")
     try:
         check_output_dir(output.parent)

@@ -133,9 +133,13 @@ def load_design_study(path: str | Path) -> DesignStudy:
     from fleetwise.config.yaml_input import decode_text, parse_yaml
     from fleetwise.errors import ConfigError
 
+    from fleetwise.paths import path_kind, resolved
+
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: design-study file not found" if not p.is_dir() else f"{p}: is a directory, not a design-study file")
+    kind = path_kind(p, "design-study file")
+    if kind != "file":
+        raise ConfigError({None: f"{p}: design-study file not found", "dir": f"{p}: is a directory, not a design-study file"}.get(
+            kind, f"{p}: not a regular file (a pipe, device or socket); give a design-study file"))
     try:
         raw = p.read_bytes()
     except OSError as exc:
@@ -150,8 +154,8 @@ def load_design_study(path: str | Path) -> DesignStudy:
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, str(p), DesignStudy)) from None
     study._source = str(p)
-    study._base_dir = p.resolve().parent
-    if not study.scenario_path.is_file():
+    study._base_dir = resolved(p, "design-study file").parent
+    if path_kind(study.scenario_path, f"{p}: scenario:") != "file":
         raise ConfigError(f"{p}: scenario: {study.scenario!r}: no such scenario file ({study.scenario_path})")
     check_budgets(study)
     return study

@@ -159,11 +159,14 @@ def load_scenario(path: str | Path, overrides: list[str] | tuple[str, ...] = ())
 def read_scenario_file(path: str | Path) -> tuple[dict, str, Path]:
     """A scenario file's parsed YAML (not yet validated), the name errors give it, and the
     directory its relative paths resolve against; ConfigError naming the file when it cannot be read."""
+    from fleetwise.paths import path_kind, resolved
+
     p = Path(path)
-    if p.is_dir():
+    kind = path_kind(p, "scenario file")
+    if kind == "dir":
         _fail(f"{p}: is a directory, not a scenario file")
-    if not p.is_file():
-        _fail(f"{p}: scenario file not found")
+    if kind != "file":
+        _fail(f"{p}: scenario file not found" if kind is None else f"{p}: not a regular file (a pipe, device or socket); give a scenario file")
     try:
         size = p.stat().st_size
         if size > MAX_YAML_BYTES:
@@ -174,7 +177,7 @@ def read_scenario_file(path: str | Path) -> tuple[dict, str, Path]:
     data = parse_yaml(decode_text(raw, str(p)), str(p))
     if data is None:
         data = {}
-    return data, str(p), p.resolve().parent
+    return data, str(p), resolved(p, "scenario file").parent
 
 
 def as_scenario(scenario) -> Scenario:

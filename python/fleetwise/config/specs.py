@@ -37,11 +37,14 @@ def load_specs(path: str | Path) -> Specs:
     names the file and the field path of anything wrong."""
     from fleetwise.config.load import format_validation_error
 
+    from fleetwise.paths import path_kind, resolved
+
     p = Path(path)
-    if p.is_dir():
+    kind = path_kind(p, "--specs")
+    if kind == "dir":
         raise ConfigError(f"{p}: is a directory; --specs takes a YAML file")
-    if not p.is_file():
-        raise ConfigError(f"{p}: specs file not found")
+    if kind != "file":
+        raise ConfigError(f"{p}: specs file not found" if kind is None else f"{p}: not a regular file (a pipe, device or socket); --specs takes a YAML file")
     try:
         if p.stat().st_size > MAX_YAML_BYTES:
             raise ConfigError(f"{p}: over {MAX_YAML_BYTES} bytes")
@@ -56,6 +59,6 @@ def load_specs(path: str | Path) -> Specs:
     if not picked:
         raise ConfigError(f"{p}: no gpus:, models:, pims: or storage: section to read")
     try:
-        return Specs.model_validate(picked, context={"base_dir": p.resolve().parent})
+        return Specs.model_validate(picked, context={"base_dir": resolved(p, "--specs").parent})
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, str(p), Specs)) from None

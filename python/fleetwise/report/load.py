@@ -219,10 +219,13 @@ def _holds_inputs(p: Path) -> str | None:
 
 def classify(path: Path) -> tuple[str, Path]:
     """("run" | "sweep", directory) for an input path; a file inside such a directory also works."""
+    from fleetwise.paths import path_kind
+
     p = Path(path)
-    if not p.exists():
+    kind = path_kind(p, "report input")  # a name too long: an error naming it
+    if kind is None:
         raise FileNotFoundError(f"{p}: no such file or directory")
-    if p.is_file():
+    if kind == "file":
         if p.name in ("placement.json", "designs.json"):
             p = p.parent  # what to give instead is said below
         elif p.name not in _KNOWN_FILES:

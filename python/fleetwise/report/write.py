@@ -63,11 +63,13 @@ def check_output(inputs: list[Path], output: Path) -> None:
     (by any path, links resolved) one of the input files, or lies inside an input run or sweep
     directory and is an existing file other than an earlier report, or has the name of a run's or
     sweep's own files (summary.json, *.parquet, ...: the report, or the sweep, would read it next)."""
+    from fleetwise.paths import path_kind, resolved
+
     out = Path(output)
-    target = out.resolve()
+    target = resolved(out, "-o")
     for given in inputs:
         given = Path(given)
-        if given.is_file() and (target == given.resolve() or (out.exists() and same_file(out, given))):
+        if path_kind(given, "report input") == "file" and (target == given.resolve() or (out.exists() and same_file(out, given))):
             raise ValueError(f"-o {out}: is the input {given}; writing the report there would overwrite it: give another file, e.g. report.html")
         kind, d = classify(given)
         root = d.resolve()

@@ -45,12 +45,20 @@ def read_request_log(path: str | Path, format: str | None = None, select: dict[s
     return read_table_log(path, select)
 
 
+def _is_file(path: Path) -> bool:
+    """Whether ``path`` is a regular file; a ``TraceError`` naming it when it cannot be looked at (a name too long)."""
+    from fleetwise.errors import TraceError
+    from fleetwise.paths import path_kind
+
+    return path_kind(path, "request log", TraceError) == "file"
+
+
 def _detect(path: Path) -> str:
     """The format of ``path`` by its extension (and, for Parquet, its columns)."""
     suffix = path.suffix.lower()
     if suffix == ".json":
         return "vllm-bench"
-    if suffix in (".parquet", ".pq") and path.is_file():
+    if suffix in (".parquet", ".pq") and _is_file(path):
         import polars as pl
 
         try:

@@ -220,8 +220,12 @@ def _read_parquet(path: Path) -> pl.DataFrame:
     """A Parquet file plus ``source_row`` (the 0-based row)."""
     from fleetwise.errors import TraceError
 
-    if not path.is_file():
-        raise TraceError(f"{path}: file not found" if not path.exists() else f"{path}: is a directory, not a file")
+    from fleetwise.paths import path_kind
+
+    kind = path_kind(path, "request log", TraceError)
+    if kind != "file":
+        raise TraceError({None: f"{path}: file not found", "dir": f"{path}: is a directory, not a file"}.get(
+            kind, f"{path}: not a regular file (a pipe, device or socket)"))
     try:
         frame = pl.read_parquet(path)
     except POLARS_ERRORS as exc:

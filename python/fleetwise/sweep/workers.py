@@ -69,9 +69,26 @@ def _portable(exc: BaseException) -> BaseException:
         return SimulationError(f"{type(exc).__name__}: {exc}")
 
 
-def _worker_main(conn, fn: Callable, parent_pid: int) -> None:
-    """A worker's loop: receive ``(index, args)``, run ``fn(*args)``, send the outcome back."""
+def _parent_showwarning() -> Callable | None:
+    """This process's ``warnings.showwarning`` when it can be handed to a spawned worker (a
+    module-level function, such as the CLI's one-line ``warning: ...``), else None."""
+    import warnings
+
+    try:
+        pickle.dumps(warnings.showwarning)
+    except Exception:  # a lambda or a bound method of something unpicklable: the worker keeps Python's
+        return None
+    return warnings.showwarning
+
+
+def _worker_main(conn, fn: Callable, parent_pid: int, showwarning: Callable | None = None) -> None:
+    """A worker's loop: receive ``(index, args)``, run ``fn(*args)``, send the outcome back.
+    Warnings are shown with ``showwarning``, the parent's way, when given."""
     _die_with_parent(parent_pid)
+    if showwarning is not None:
+        import warnings
+
+        warnings.showwarning = showwarning
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if hasattr(signal, "pthread_sigmask"):  # started with SIGINT blocked (see _start_worker): now ignored
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
@@ -118,7 +135,7 @@ class WorkerPool:
 
     def _start_worker(self):
         parent_end, child_end = self._ctx.Pipe(duplex=True)
-        proc = self._ctx.Process(target=_worker_main, args=(child_end, self.fn, os.getpid()), name="fleetwise-worker", daemon=True)
+        proc = self._ctx.Process(target=_worker_main, args=(child_end, self.fn, os.getpid(), _parent_showwarning()), name="fleetwise-worker", daemon=True)
         # The child starts with SIGINT blocked (the mask survives fork and exec) until it ignores it, so
         # a Ctrl-C while it imports cannot print its traceback; here the signal waits and then arrives.
         blocked = hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()

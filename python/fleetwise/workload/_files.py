@@ -28,24 +28,31 @@ def resolve_path(raw: str, base_dir: Path | None, field: str | None = None) -> P
     against the current directory. Raises ``ConfigError`` (starting with ``field``, the scenario
     field that named it, if given) naming every path tried when none is a regular file.
     """
-    path = Path(raw).expanduser()
+    from fleetwise.errors import ConfigError
+    from fleetwise.paths import path_kind, resolved
+
+    where = f"{field}: " if field else ""
+    try:
+        path = Path(raw).expanduser()
+    except RuntimeError:  # ~user of no such user: the path as written (not found below)
+        path = Path(raw)
     if path.is_absolute():
         candidates = [path]
     else:
         candidates = [base_dir / path] if base_dir is not None else []
         cwd_candidate = Path.cwd() / path
-        if all(c.resolve() != cwd_candidate.resolve() for c in candidates):
+        if all(resolved(c, f"{where}workload file") != resolved(cwd_candidate, f"{where}workload file") for c in candidates):
             candidates.append(cwd_candidate)
+    # A name too long or a directory on the way that cannot be searched is an error naming it.
+    kinds: list = []
     for candidate in candidates:
-        if candidate.is_file():
+        kinds.append(path_kind(candidate, f"{where}workload file"))
+        if kinds[-1] == "file":
             return candidate
-    from fleetwise.errors import ConfigError
-
-    where = f"{field}: " if field else ""
-    for candidate in candidates:
-        if candidate.is_dir():
+    for candidate, kind in zip(candidates, kinds):
+        if kind == "dir":
             raise ConfigError(f"{where}workload file {raw!r}: {candidate} is a directory, not a file")
-        if candidate.exists():  # a FIFO, device or socket: reading it could block or never end
+        if kind == "other":  # a FIFO, device or socket: reading it could block or never end
             raise ConfigError(f"{where}workload file {raw!r}: {candidate} is not a regular file (a pipe, device or socket); give a file")
     tried = ", ".join(str(c) for c in candidates)
     raise ConfigError(f"{where}workload file {raw!r} not found (tried {tried}); public traces are not shipped with fleetwise: "

@@ -42,10 +42,13 @@ def load_parquet(path: str | Path) -> pl.DataFrame:
     """
     from fleetwise.errors import TraceError
 
+    from fleetwise.paths import path_kind
+
     path = Path(path)
-    if not path.exists():
+    kind = path_kind(path, "trace", TraceError)
+    if kind is None:
         raise TraceError(f"{path}: file not found")
-    if path.is_dir():
+    if kind == "dir":
         raise TraceError(f"{path}: is a directory, not a file")
     try:
         frame = pl.read_parquet(path)
