@@ -236,6 +236,9 @@ def _adapter_plan(plan):
     (P.StepPlan(64, 4, max_prefill_chunk=2.5), "plan().max_prefill_chunk must be an int or None, got 2.5"),
     (P.StepPlan(64, 4, waiting_order="ab"), "plan().waiting_order must be a list or tuple of request ids (or None), got 'ab'"),
     (P.StepPlan(64, 4, victim_order=[["b"]]), "plan().victim_order names requests that are neither waiting nor running: [['b']]"),
+    # Skipped unseen before (each queue is ordered by its own order), as in the simulator.
+    (P.StepPlan(64, 4, waiting_order=["b"]), "plan().waiting_order names requests that are not waiting: ['b'] (an order lists requests of its own queue only; the engine would skip the others)"),
+    (P.StepPlan(64, 4, victim_order=["a"]), "plan().victim_order names requests that are not running: ['a'] (an order lists requests of its own queue only; the engine would skip the others)"),
 ])
 def test_the_vllm_adapter_refuses_plans_the_simulator_refuses(plan, message):
     # They used to reach vLLM's scheduler: a float or NaN budget, a string read as a list of ids.

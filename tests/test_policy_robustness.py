@@ -200,7 +200,7 @@ def test_plans_that_preempt_one_request_forever_are_a_policy_error(monkeypatch):
     assert "scheduler policy 'test_plans_that_preempt_one_request_forever_are_a_policy_error.<locals>.MostKvFirst' of instance main/" in str(info.value)
 
 
-@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), "60"])
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), "60", True])
 def test_a_policy_timeout_must_be_a_positive_number(bad):
     with pytest.raises(fleetwise.ConfigError, match="policy_timeout must be a positive number"):
         fleetwise.simulate(_scenario("scheduler", "fcfs"), policy_timeout=bad)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import numbers
 import threading
 from pathlib import Path
 from typing import Callable, Mapping
@@ -169,8 +170,10 @@ def simulate(
     some requests finished, the error's ``requests`` attribute holds the per-request table of what
     finished (the others have status ``unfinished``).
     """
-    if policy_timeout is not None and not (isinstance(policy_timeout, (int, float)) and 0 < policy_timeout <= MAX_POLICY_TIMEOUT_S):
+    if policy_timeout is not None and (isinstance(policy_timeout, bool) or not (isinstance(policy_timeout, numbers.Real) and 0 < policy_timeout <= MAX_POLICY_TIMEOUT_S)):
         raise ConfigError(f"policy_timeout must be a positive number of seconds up to {MAX_POLICY_TIMEOUT_S:g} (a day), or None for no limit, got {policy_timeout!r}")
+    if policy_timeout is not None:
+        policy_timeout = float(policy_timeout)  # a numpy number too; True is not one second
     sc = as_scenario(scenario)
     source = sc.source or "<scenario>"
     base_dir = Path(sc._base_dir) if sc._base_dir else None

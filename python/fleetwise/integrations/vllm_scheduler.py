@@ -99,17 +99,31 @@ def configure(policy: Any) -> None:
 
 
 def _policy_from_env() -> Any:
+    """The policy named by ``FLEETWISE_VLLM_POLICY`` (None when unset). Raises ValueError naming the
+    variable when it cannot be imported, or names something that is not a policy nor makes one."""
     spec = os.environ.get(POLICY_ENV)
     if not spec:
         return None
     module, _, name = spec.partition(":")
-    if not name:
+    if not module or not name:
         raise ValueError(f"{POLICY_ENV} must be 'package.module:name', got {spec!r}")
-    obj = importlib.import_module(module)
+    try:
+        obj = importlib.import_module(module)
+    except ImportError as e:
+        raise ValueError(f"{POLICY_ENV}={spec!r}: cannot import {module}: {e}") from e
     for part in name.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"{POLICY_ENV}={spec!r}: {module} has no attribute {name}")
         obj = getattr(obj, part)
     if isinstance(obj, type) or not callable(getattr(obj, "plan", None)):
-        obj = obj()
+        if not callable(obj):
+            raise ValueError(f"{POLICY_ENV}={spec!r} names {obj!r}: not a policy (no plan(step) method), a class or a factory")
+        try:
+            obj = obj()
+        except Exception as e:
+            raise ValueError(f"{POLICY_ENV}={spec!r}: calling {name}() with no arguments failed: {type(e).__name__}: {e}") from e
+    if not callable(getattr(obj, "plan", None)):
+        raise ValueError(f"{POLICY_ENV}={spec!r}: {name} made {obj!r}, which has no plan(step) method")
     return obj
 
 
@@ -237,7 +251,9 @@ class FleetwiseScheduler(Scheduler):
             raise PolicyAnswerError(f"the scheduler's plan.token_budget must be in 1..={self._config_budget} (vLLM's max_num_scheduled_tokens), got {plan.token_budget}")
         if seqs > self._config_active:
             raise PolicyAnswerError(f"the scheduler's plan.max_num_seqs must be in 1..={self._config_active} (vLLM's max_num_seqs), got {plan.max_num_seqs}")
-        orders = {name: checked_order(getattr(plan, name), view.requests, f"plan().{name}") for name in ("running_order", "waiting_order", "victim_order")}
+        # Each order names requests of its own queue only, as in the simulator (fleetwise.policy.bridge).
+        queues = {"running_order": ("running", view.running), "waiting_order": ("waiting", view.waiting), "victim_order": ("running", view.running)}
+        orders = {name: checked_order(getattr(plan, name), view.requests, f"plan().{name}", {r.id: None for r in rows}, queue) for name, (queue, rows) in queues.items()}
         return view, StepPlan(budget, seqs, max_prefill_chunk=chunk, **orders)
 
     # -- scheduling -------------------------------------------------------------------------------

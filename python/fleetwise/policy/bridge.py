@@ -69,23 +69,29 @@ class RouterBridge:
         clock.busy = self._what
         try:
             d = self.policy.route(req, endpoints)
+            # Checking the answer may run the policy's own code (the __hash__ or __index__ of what
+            # it returned): still under the per-call time limit.
+            return self._answer(d, req.id)
         finally:
             clock.busy = None
+
+    def _answer(self, d, request_id) -> dict:
+        """The core's answer for the policy's decision ``d`` on request ``request_id``, checked."""
         if not isinstance(d, RouteDecision):
             raise PolicyAnswerError(f"must return a RouteDecision, got {_short(d)}")
         if type(d.instance) is not int or not (d.prefill is None or type(d.prefill) is int):
-            checked_count(d.instance, f"request {req.id}: RouteDecision.instance", low=0)
-            checked_count(d.prefill, f"request {req.id}: RouteDecision.prefill", low=0, allow_none=True)
+            checked_count(d.instance, f"request {request_id}: RouteDecision.instance", low=0)
+            checked_count(d.prefill, f"request {request_id}: RouteDecision.prefill", low=0, allow_none=True)
         kind, pos = self.position.get(d.instance, (None, None))
         if d.prefill is None:
             if kind != "entry":
-                raise PolicyAnswerError(f"sent request {req.id} to instance {d.instance} without a prefill instance; it must be one of the serving (mixed or prefill) instances {self.entry}")
+                raise PolicyAnswerError(f"sent request {request_id} to instance {d.instance} without a prefill instance; it must be one of the serving (mixed or prefill) instances {self.entry}")
             return {"entry": pos, "decode": None}
         pkind, ppos = self.position.get(d.prefill, (None, None))
         if pkind != "entry" or self.roles[d.prefill] != "prefill":
-            raise PolicyAnswerError(f"chose prefill instance {d.prefill} for request {req.id}; prefill instances are {[i for i in self.entry if self.roles[i] == 'prefill']}")
+            raise PolicyAnswerError(f"chose prefill instance {d.prefill} for request {request_id}; prefill instances are {[i for i in self.entry if self.roles[i] == 'prefill']}")
         if kind != "decode":
-            raise PolicyAnswerError(f"chose instance {d.instance} to decode request {req.id} after a separate prefill; decode instances are {self.decoders}")
+            raise PolicyAnswerError(f"chose instance {d.instance} to decode request {request_id} after a separate prefill; decode instances are {self.decoders}")
         return {"entry": ppos, "decode": pos}
 
 
@@ -196,7 +202,9 @@ class SchedulerBridge:
     def __init__(self, policy, ids: Sequence | None = None, label: str = "the scheduler policy", clock: CallClock | None = None):
         self.policy = policy
         self.ids = ids
-        self.back: dict | None = None
+        self.back: dict = {}
+        """The policy's ids back to the core's indices (an id reused after its request finished: the newest)."""
+        self._mapped = 0
         self.label = label
         self.clock = clock or CallClock()
         self._what = f"{label}: plan()"
@@ -210,16 +218,23 @@ class SchedulerBridge:
         ids, make = self.ids, _scheduler_view
         if ids is not None:
             make = lambda r: request_view(r, ids[r.id])  # noqa: E731
-            if self.back is None or len(self.back) != len(ids):
-                self.back = {v: i for i, v in enumerate(ids)}
+            for i in range(self._mapped, len(ids)):  # the requests added since the last step
+                self.back[ids[i]] = i
+            self._mapped = len(ids)
         view = StepView.from_rows(make, waiting_rows, running_rows, free, total, block_size, step, now)
         clock = self.clock
         clock.calls += 1
         clock.busy = self._what
         try:
             p = self.policy.plan(view)
+            # Checking the plan may run the policy's own code (the __hash__ or __eq__ of the ids
+            # it returned): still under the per-call time limit.
+            return self._answer(p, waiting_rows, running_rows)
         finally:
             clock.busy = None
+
+    def _answer(self, p, waiting_rows, running_rows) -> dict:
+        """The core's answer for the policy's plan ``p``, checked against the queued rows."""
         if not isinstance(p, StepPlan):
             raise PolicyAnswerError(f"must return a StepPlan, got {_short(p)}")
         budget, seqs, chunk = p.token_budget, p.max_num_seqs, p.max_prefill_chunk
@@ -228,16 +243,19 @@ class SchedulerBridge:
         answer = {"token_budget": budget, "max_num_seqs": seqs, "running_order": None, "waiting_order": None, "victim_order": None, "max_prefill_chunk": chunk}
         if p.running_order is None and p.waiting_order is None and p.victim_order is None:
             return answer
-        # The ids the engine knows, from its own rows: a policy may have changed the view.
+        # The ids the engine knows, from its own rows: a policy may have changed the view. Each
+        # order names requests of its own queue only (the engine would skip the others unseen).
         ids = self.ids
-        known = {(r.id if ids is None else ids[r.id]): None for rows in (waiting_rows, running_rows) for r in rows}
-        answer["running_order"] = self._order(p.running_order, known, "running_order")
-        answer["waiting_order"] = self._order(p.waiting_order, known, "waiting_order")
-        answer["victim_order"] = self._order(p.victim_order, known, "victim_order")
+        waiting = {(r.id if ids is None else ids[r.id]): None for r in waiting_rows}
+        running = {(r.id if ids is None else ids[r.id]): None for r in running_rows}
+        known = {**waiting, **running}
+        answer["running_order"] = self._order(p.running_order, known, "running_order", running, "running")
+        answer["waiting_order"] = self._order(p.waiting_order, known, "waiting_order", waiting, "waiting")
+        answer["victim_order"] = self._order(p.victim_order, known, "victim_order", running, "running")
         return answer
 
-    def _order(self, order, known: dict, name: str):
-        order = checked_order(order, known, name)
+    def _order(self, order, known: dict, name: str, queue: dict, queue_name: str):
+        order = checked_order(order, known, name, queue, queue_name)
         if order is None:
             return None
         # 1.0 or True is not request 1 (they hash alike): ids are the views' ids, ints or names.
@@ -249,9 +267,10 @@ class SchedulerBridge:
         return [self.back[i] for i in order]
 
 
-def checked_order(order, known, name: str) -> list | None:
+def checked_order(order, known, name: str, queue=None, queue_name: str = "") -> list | None:
     """A plan's ``order`` (named ``name``) as a list, checked: None, or a list, tuple or range of
-    ids in ``known`` (a dict or set of the queued requests' ids), none twice; PolicyAnswerError
+    ids in ``known`` (a dict or set of the queued requests' ids), none twice, and when ``queue``
+    (the ids of the order's own queue, called ``queue_name``) is given, all in it; PolicyAnswerError
     saying what is wrong otherwise (a string, a generator or an array is not an order)."""
     if order is None:
         return None
@@ -260,6 +279,10 @@ def checked_order(order, known, name: str) -> list | None:
     unknown = [i for i in order if not is_known_id(i, known)]
     if unknown:
         raise PolicyAnswerError(f"{name} names requests that are neither waiting nor running: {_short(unknown[:5])}")
+    if queue is not None:
+        stray = [i for i in order if not is_known_id(i, queue)]
+        if stray:
+            raise PolicyAnswerError(f"{name} names requests that are not {queue_name}: {_short(stray[:5])} (an order lists requests of its own queue only; the engine would skip the others)")
     if len(set(order)) != len(order):  # as check-policy says: a request is served once per step
         seen: set = set()
         twice = [i for i in order if i in seen or seen.add(i)]

@@ -40,11 +40,21 @@ class PolicyStepper:
     def __init__(self, core: _core.Scheduler, ids: list):
         self._core = core
         self._ids = ids
+        self._live: dict = {}
+        """Unfinished requests: id -> the core's index (an id may be reused once its request is done)."""
 
     def add(self, request_id, prompt: int, output: int, arrival: float = 0.0) -> None:
         """Queues a request with ``prompt`` input tokens and ``output`` tokens to generate,
-        arriving at ``arrival`` seconds."""
+        arriving at ``arrival`` seconds. ``request_id`` must be hashable and not the id of an
+        unfinished request (the policy names requests by it)."""
+        try:
+            live = request_id in self._live
+        except TypeError:
+            raise TypeError(f"request_id must be hashable (the policy's orders name requests by it), got {request_id!r}"[:300]) from None
+        if live:
+            raise ValueError(f"request {request_id!r} is already queued or running: ids of unfinished requests must be unique"[:300])
         self._core.add(len(self._ids), prompt, output, arrival)
+        self._live[request_id] = len(self._ids)
         self._ids.append(request_id)
 
     def schedule(self) -> list[tuple]:
@@ -53,14 +63,18 @@ class PolicyStepper:
 
     def complete(self) -> list[tuple]:
         """Marks the last batch as run: ``(request_id, finished)`` for each request that sampled."""
-        return [(self._ids[i], done) for i, done in self._core.complete()]
+        sampled = [(self._ids[i], done) for i, done in self._core.complete()]
+        for request_id, done in sampled:
+            if done:
+                self._live.pop(request_id, None)
+        return sampled
 
     def abort(self, request_id) -> bool:
         """Aborts ``request_id`` (its client went away): its KV is freed and it never samples
         again; False if it had already finished or is unknown."""
         try:
-            i = self._ids.index(request_id)
-        except ValueError:
+            i = self._live.pop(request_id)
+        except (KeyError, TypeError):
             return False
         return self._core.abort(i)
 

@@ -12,13 +12,17 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import numbers
 import random
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from fleetwise.errors import FleetwiseError
 from fleetwise.policy.bridge import PolicyAnswerError, checked_count, is_known_id
 from fleetwise.policy.decisions import RouteDecision, StepPlan
+from fleetwise.policy.expert_cache import checked_resident
 from fleetwise.policy.views import EndpointView, RequestView, StepView
 from fleetwise.policy.watchdog import PolicyTimeout, deadline
 
@@ -258,6 +262,8 @@ def _check_scheduler(report: ConformanceReport, policy, max_num_seqs: int, max_n
         except Exception as e:
             if bridge.plan.stopped:  # the time limit, already recorded
                 raise _Stop from None
+            if bridge.plan.interrupted:  # Ctrl-C stops the check, as it does in the trials above
+                raise KeyboardInterrupt from None
             report.fail(f"workload step {step}: {e}")
             return
         if sched.used_blocks() > num_blocks:
@@ -281,8 +287,11 @@ def _timed_plan(report: ConformanceReport, plan):
             timed.stopped = True
             report.fail(f"workload: plan() did not return within {report.timeout:g} s (the per-call time limit, --timeout); the check stopped there")
             raise _Stop from None
+        except KeyboardInterrupt:  # Ctrl-C (or the policy's own, which cannot be told apart): the core turns it into a PolicyError
+            timed.interrupted = True
+            raise
 
-    timed.stopped = False
+    timed.stopped = timed.interrupted = False
     return timed
 
 
@@ -369,16 +378,17 @@ def _check_expert_cache(report: ConformanceReport, factory, num_layers: int, num
         evicted = None if hit is True or hit is _RAISED else _call(report, t, "admit", _method(a, "admit"), layer, expert)
         if _RAISED in (before, hit, evicted):
             return
-        try:
-            before = set(before)
-        except TypeError:
-            report.fail(f"access {t}: resident() returned {type(before).__name__}, not a collection of expert ids")
-            return
-        if not isinstance(hit, bool):
+        if not isinstance(hit, (bool, np.bool_)):
             report.fail(f"access {t}: access() returned {repr(hit)[:80]}, not True or False")
             return
+        hit = bool(hit)
         after = _call(report, t, "resident", _method(a, "resident"), layer)
         if after is _RAISED:
+            return
+        try:  # read as the simulator reads them (any iterable of expert ids; the capacity is checked below)
+            before, after = set(checked_resident(before, layer, num_experts, num_experts)), checked_resident(after, layer, num_experts, num_experts)
+        except PolicyAnswerError as e:
+            report.fail(f"access {t}: {e}")
             return
         if hit != (expert in before):
             report.fail(f"access {t}: access() said {'hit' if hit else 'miss'} for expert {expert} of layer {layer}, resident were {sorted(before)}")
@@ -419,12 +429,14 @@ def _check_decode_choice(report: ConformanceReport, policy, trials: int, seed: i
             if not callable(choose):
                 return
             continue
-        order = [answer] if isinstance(answer, int) and not isinstance(answer, bool) else answer
-        if not isinstance(order, (list, tuple, range)) or not order:
-            report.fail(f"trial {t}: choose() returned {repr(answer)[:80]}, not a decode endpoint index or a non-empty list of them")
+        # Indices as the simulator takes them (fleetwise.policy.decode_choice): numpy ints too.
+        order = [answer] if isinstance(answer, numbers.Integral) and not isinstance(answer, bool) else answer
+        if isinstance(answer, EndpointView) or not isinstance(order, (list, tuple, range)) or not order:
+            hint = " (return its .index)" if isinstance(answer, EndpointView) else ""
+            report.fail(f"trial {t}: choose() returned {repr(answer)[:80]}, not a decode endpoint index or a non-empty list of them{hint}")
             continue
         indices = {e.index for e in eps}
-        bad = [i for i in order if isinstance(i, bool) or not isinstance(i, int) or i not in indices]
+        bad = [i for i in order if isinstance(i, bool) or not isinstance(i, numbers.Integral) or i not in indices]
         if bad:
             report.fail(f"trial {t}: choose() named {repr(bad[:5])[:80]}, not among the decode endpoints {sorted(indices)}")
         elif len(set(order)) != len(order):

@@ -57,7 +57,7 @@ class DecodeChoiceBridge:
     def choose(self, row, decoders: Sequence[int], loads, preferred: int | None) -> list[int]:
         """One handoff: the core's ``RequestRow``, the decode instances and their ``LoadRow``s, the
         router's pick; returns the instances to try."""
-        from fleetwise.policy.bridge import PolicyAnswerError, endpoint_view, request_view
+        from fleetwise.policy.bridge import endpoint_view, request_view
 
         req = request_view(row, with_hashes=True)
         views = [endpoint_view(inst, self.names[inst], self.roles[inst], load) for inst, load in zip(decoders, loads)]
@@ -66,16 +66,28 @@ class DecodeChoiceBridge:
         clock.busy = self._what
         try:
             answer = self.policy.choose(req, views, preferred)
+            # Checking the answer may run the policy's own code (what it returned is iterated and
+            # hashed): still under the per-call time limit.
+            return checked_choice(answer, req.id, decoders)
         finally:
             clock.busy = None
-        order = [answer] if isinstance(answer, numbers.Integral) and not isinstance(answer, bool) else answer
-        if not isinstance(order, (list, tuple, range)) or not order:
-            raise PolicyAnswerError(f"must return a decode instance index or a non-empty list of them for request {req.id}, got {answer!r}"[:300])
-        allowed = set(decoders)
-        bad = [i for i in order if isinstance(i, bool) or not isinstance(i, numbers.Integral) or int(i) not in allowed]
-        if bad:
-            raise PolicyAnswerError(f"chose {bad[:5]!r} for request {req.id}; the decode instances are {list(decoders)}"[:300])
-        order = [int(i) for i in order]
-        if len(set(order)) != len(order):
-            raise PolicyAnswerError(f"named a decode instance twice for request {req.id}: {order}"[:300])
-        return order
+
+
+def checked_choice(answer, request_id, decoders: Sequence[int]) -> list[int]:
+    """A decode choice's ``answer`` for request ``request_id`` as a list of instance indices, each
+    one of ``decoders`` and none twice; PolicyAnswerError saying what is wrong otherwise."""
+    from fleetwise.policy.bridge import PolicyAnswerError
+
+    if isinstance(answer, EndpointView):  # a named tuple: it would be read as a list of its fields
+        raise PolicyAnswerError(f"must return decode instance indices, got an EndpointView for request {request_id}; return its .index (or a list of them)")
+    order = [answer] if isinstance(answer, numbers.Integral) and not isinstance(answer, bool) else answer
+    if not isinstance(order, (list, tuple, range)) or not order:
+        raise PolicyAnswerError(f"must return a decode instance index or a non-empty list of them for request {request_id}, got {answer!r}"[:300])
+    allowed = set(decoders)
+    bad = [i for i in order if isinstance(i, bool) or not isinstance(i, numbers.Integral) or int(i) not in allowed]
+    if bad:
+        raise PolicyAnswerError(f"chose {bad[:5]!r} for request {request_id}; the decode instances are {list(decoders)}"[:300])
+    order = [int(i) for i in order]
+    if len(set(order)) != len(order):
+        raise PolicyAnswerError(f"named a decode instance twice for request {request_id}: {order}"[:300])
+    return order

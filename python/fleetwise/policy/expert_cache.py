@@ -227,21 +227,31 @@ class ExpertCacheBridge:
 
     def _ask_resident(self, layer: int) -> frozenset[int]:
         """``policy.resident(layer)``, checked: expert ids of this GPU, at most ``capacity``."""
-        from fleetwise.policy.bridge import PolicyAnswerError
-
         self.clock.calls += 1
         self.clock.busy = f"{self.label}: resident()"
         try:
-            got = self.policy.resident(layer)
+            # Reading the answer runs the policy's own code (a generator it returned): still under
+            # the per-call time limit.
+            return checked_resident(self.policy.resident(layer), layer, self.num_experts, self.capacity)
         finally:
             self.clock.busy = None
-        try:
-            experts = frozenset(got)
-        except TypeError:
-            raise PolicyAnswerError(f"resident({layer}) must return a set of expert ids, got {got!r}"[:300]) from None
-        bad = [e for e in experts if isinstance(e, bool) or not isinstance(e, numbers.Integral) or not 0 <= e < self.num_experts]
-        if bad:
-            raise PolicyAnswerError(f"resident({layer}) lists {bad[:5]!r}, which are not expert ids in 0..{self.num_experts}"[:300])
-        if len(experts) > self.capacity:
-            raise PolicyAnswerError(f"resident({layer}) lists {len(experts)} experts, over the capacity of {self.capacity}")
-        return frozenset(int(e) for e in experts)
+
+
+def checked_resident(got, layer: int, num_experts: int, capacity: int) -> frozenset[int]:
+    """An answer of ``resident(layer)`` as a frozenset of expert ids: any iterable of ints in
+    ``0..num_experts`` (repeats count once), at most ``capacity`` of them; PolicyAnswerError saying
+    what is wrong otherwise. The simulator and ``check-policy`` both read answers with it."""
+    from fleetwise.policy.bridge import PolicyAnswerError
+
+    if isinstance(got, (str, bytes)):
+        raise PolicyAnswerError(f"resident({layer}) must return a set of expert ids, got {got!r}"[:300])
+    try:
+        experts = frozenset(got)
+    except TypeError:
+        raise PolicyAnswerError(f"resident({layer}) must return a set of expert ids, got {got!r}"[:300]) from None
+    bad = [e for e in experts if isinstance(e, bool) or not isinstance(e, numbers.Integral) or not 0 <= e < num_experts]
+    if bad:
+        raise PolicyAnswerError(f"resident({layer}) lists {bad[:5]!r}, which are not expert ids in 0..{num_experts}"[:300])
+    if len(experts) > capacity:
+        raise PolicyAnswerError(f"resident({layer}) lists {len(experts)} experts, over the capacity of {capacity}")
+    return frozenset(int(e) for e in experts)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Mapping
 
 from fleetwise.errors import ConfigError, PolicyError
@@ -27,11 +28,17 @@ def _name(policy) -> str:
 
 
 def _checked(kind: str, label: str, policy, method: str):
-    """``policy`` when it has a callable ``method``, else a PolicyError saying what it is."""
-    if not callable(getattr(policy, method.partition("(")[0], None)):
+    """``policy`` when it has a callable ``method``, else a PolicyError saying what it is (a class
+    whose ``method`` needs an instance is not a policy object either)."""
+    name = method.partition("(")[0]
+    article = "an" if kind[0] in "aeiou" else "a"
+    if not callable(getattr(policy, name, None)):
         what = "None" if policy is None else f"a {type(policy).__qualname__}"
-        article = "an" if kind[0] in "aeiou" else "a"
         raise PolicyError(f"{label}: {what} is not {article} {kind} policy (it has no {method} method)")
+    if isinstance(policy, type) and inspect.isfunction(inspect.getattr_static(policy, name, None)):
+        # Its first call would fail with "missing 1 required positional argument".
+        raise PolicyError(f"{label}: the class {policy.__qualname__} is not {article} {kind} policy object: its {name}() is an instance method: "
+                          f"make an instance ({policy.__qualname__}())")
     return policy
 
 
@@ -128,6 +135,7 @@ def _expert_cache_plugins(scenario, expert_caches: Mapping[str, Callable] | None
     for name, factory in (expert_caches or {}).items():
         if name not in pool_names:
             raise ConfigError(f"expert_caches: no pool named {name!r}; pools are {', '.join(pool_names)}")
+        _factory(factory, f"expert cache policy {_name(factory)!r}")
         chosen[pool_names.index(name)] = (factory, f"expert cache policy {_name(factory)!r}")
     for p, pool in enumerate(pools):
         ref = pool.experts.cache.policy if pool.experts is not None else None
@@ -184,9 +192,18 @@ def _built_during_run(clock: CallClock, factory: Callable, label: str):
         clock.busy = None
 
 
+def _factory(factory, label: str) -> None:
+    """A PolicyError unless ``factory`` can be called: a policy object given where a factory of
+    them (a class or function) was wanted."""
+    if not callable(factory):
+        raise PolicyError(f"{label}: a {type(factory).__qualname__} object is not a factory: give its class, or a function that returns a new "
+                          "policy object for each instance (or GPU)")
+
+
 def _built(factory: Callable, label: str, timeout: float | None = None):
     """A new policy object from ``factory`` within ``timeout`` seconds (on the main thread); its
     own exception becomes a PolicyError naming it."""
+    _factory(factory, label)
     try:
         with deadline(timeout, f"{label}: creating it"):
             return factory()

@@ -70,8 +70,15 @@ class PrefixCacheBridge:
         clock.busy = self._what
         try:
             h = self.policy.victim([CachedPrefixView(r.hash, r.last_use, r.hits) for r in rows])
+            # Checking the answer may run the policy's own code (an int subclass's methods): still
+            # under the per-call time limit.
+            if isinstance(h, bool) or not isinstance(h, numbers.Integral) or not 0 <= int(h) < 2**64:
+                raise PolicyAnswerError(f"must return the hash (an int) of one of the idle entries, got {h!r}"[:300])
+            h = int(h)
         finally:
             clock.busy = None
-        if isinstance(h, bool) or not isinstance(h, numbers.Integral) or not 0 <= int(h) < 2**64:
-            raise PolicyAnswerError(f"must return the hash (an int) of one of the idle entries, got {h!r}"[:300])
-        return int(h)
+        # Checked here, against the core's own rows (the policy may have changed its list), so that
+        # the error names the policy and its instance.
+        if not any(r.hash == h for r in rows):
+            raise PolicyAnswerError(f"chose to evict {h}, which is not one of the {len(rows)} idle entries it was offered")
+        return h
