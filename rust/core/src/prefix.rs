@@ -35,6 +35,11 @@ pub struct IdleEntry {
 pub trait PrefixEvictor: Send + Sync {
     /// The hash of the entry to evict among `idle` (least recently released first).
     fn victim(&mut self, idle: &[IdleEntry]) -> Result<u64>;
+
+    /// What to call the policy in an error about its answer.
+    fn describe(&self) -> String {
+        "the prefix cache policy".into()
+    }
 }
 
 /// A shared handle on a plugged-in evictor and the first error it met.
@@ -156,10 +161,11 @@ impl PrefixCache {
                 return None;
             }
             let idle: Vec<IdleEntry> = self.idle.iter().map(|(&tick, &hash)| IdleEntry { hash, last_use: tick, hits: self.entries[&hash].hits }).collect();
-            match p.evictor.lock().expect("evictor").victim(&idle) {
+            let mut evictor = p.evictor.lock().expect("evictor");
+            match evictor.victim(&idle) {
                 Ok(h) if self.entries.get(&h).is_some_and(|e| e.refs == 0) => Some(h),
                 Ok(h) => {
-                    *error = Some(Error::Policy { message: format!("the prefix cache policy chose to evict {h}, which is not an idle cached entry") });
+                    *error = Some(Error::Policy { message: format!("{}: victim() chose to evict {h}, which is not an idle cached entry", evictor.describe()) });
                     None
                 }
                 Err(e) => {

@@ -150,6 +150,10 @@ impl PrefixEvictor for PyEvictor {
         let rows: Vec<IdlePrefixRow> = idle.iter().map(|e| IdlePrefixRow { hash: e.hash, last_use: e.last_use, hits: e.hits }).collect();
         Python::with_gil(|py| self.bridge.call_method1(py, "victim", (rows,)).and_then(|r| r.extract::<u64>(py)).map_err(|err| failed(&self.slot, &format!("{}: victim()", self.label), err)))
     }
+
+    fn describe(&self) -> String {
+        self.label.clone()
+    }
 }
 
 /// A Python expert cache bridge of one GPU (`fleetwise.policy.expert_cache.ExpertCacheBridge`):
