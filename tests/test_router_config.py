@@ -45,6 +45,25 @@ def test_cli_rejects_bad_policy_parameters_and_endpoint_roles(args, message):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("url, message", [
+    ("http://[::1", "endpoint 'http://[::1' is not an http(s) URL: Invalid IPv6 URL"),
+    ("http://:8000", "endpoint 'http://:8000' names no valid host"),
+    ("http://a b:8000", "names no valid host"),
+])
+def test_cli_rejects_endpoint_urls_it_cannot_parse(url, message):
+    r = subprocess.run([sys.executable, "-m", "fleetwise", "serve-router", "--endpoint", url], capture_output=True, text=True, timeout=GUARD)
+    assert r.returncode == 2 and "error: ConfigError: " in r.stderr and message in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_endpoint_credentials_stay_out_of_its_name():
+    from fleetwise.serve.router_app import Endpoint, _redacted
+
+    e = Endpoint("http://user:s3cret@127.0.0.1:8000/")
+    assert (e.name, e.url) == ("127.0.0.1:8000", "http://user:s3cret@127.0.0.1:8000")  # the name goes into headers, metrics and errors
+    assert _redacted(e.url) == "http://user:***@127.0.0.1:8000"
+
+
 def test_check_policy_refuses_a_nan_router_weight():
     r = subprocess.run([sys.executable, "-m", "fleetwise", "check-policy", "router", "cache-aware", "-p", "prefix_weight=NaN"], capture_output=True, text=True, timeout=GUARD)
     assert r.returncode == 2 and "prefix_weight must be a finite number >= 0, got nan" in r.stderr and "Traceback" not in r.stderr, r.stderr

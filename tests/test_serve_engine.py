@@ -240,6 +240,19 @@ def test_non_streaming_request_aborted_when_its_client_times_out():
     assert prom.total(idle, "vllm:num_requests_running") == 0 and eng.scheduler.used_blocks() == 0
 
 
+def test_non_streaming_request_aborted_when_its_client_leaves_while_tokens_flow():
+    # Tokens come every ~13 ms (half real time), far more often than the 0.25 s disconnect poll;
+    # the 8,000 tokens would take well over the hang guard if the client's leaving went unnoticed.
+    eng = EmulatedEngine("llama-3-8b", "h100-sxm", speedup=0.5)
+    with BackgroundServer(create_engine_app(eng)) as srv:
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(srv.url + "/v1/completions", json={"prompt": "abcd", "max_tokens": 8000}, timeout=1.0)
+        idle = _poll_metrics(srv.url, lambda s: prom.total(s, "fleetwise:aborted_requests_total") == 1, timeout=30.0)
+    assert prom.total(idle, "fleetwise:aborted_requests_total") == 1
+    assert not idle.get("vllm:request_success_total")  # it did not run to its end
+    assert prom.total(idle, "vllm:num_requests_running") == 0 and eng.scheduler.used_blocks() == 0
+
+
 def test_prefill_and_decode_roles_exchange_kv_transfer_params():
     prefill = EmulatedEngine(role="prefill")
     decode = EmulatedEngine(role="decode")

@@ -28,7 +28,8 @@ class Replay:
 
 def _prompt_counters(client, engines: Sequence[str]) -> list[float]:
     """Each engine's ``vllm:prompt_tokens_total``. A scrape whose pooled connection the engine had
-    closed ("Server disconnected", seen on a loaded CI machine) is retried on a new one, twice."""
+    closed ("Server disconnected", seen on a loaded CI machine) is retried on a new one, twice.
+    Raises RuntimeError naming the engine when its ``/metrics`` cannot be read or parsed."""
     import httpx
 
     def scrape(e: str) -> str:
@@ -39,13 +40,22 @@ def _prompt_counters(client, engines: Sequence[str]) -> list[float]:
                 pass
         return client.get(e + "/metrics").text
 
-    return [prom.total(prom.parse(scrape(e)), "vllm:prompt_tokens_total") or 0.0 for e in engines]
+    out = []
+    for e in engines:
+        try:
+            out.append(prom.total(prom.parse(scrape(e)), "vllm:prompt_tokens_total") or 0.0)
+        except httpx.HTTPError as exc:
+            raise RuntimeError(f"engine {e}: its /metrics could not be read: {exc!r}") from None
+        except ValueError as exc:
+            raise RuntimeError(f"engine {e}: its /metrics is not a Prometheus exposition: {exc}") from None
+    return out
 
 
 def replay(router: str, engines: Sequence[str], prompts: Sequence[str | list[int]], model: str | None = None, max_tokens: int = 256, hold: bool = True,
            timeout: float = 30.0, extra: dict | None = None) -> Replay:
     """Sends ``prompts`` (text or token ids) in order to ``router``'s ``/v1/completions`` (streamed) and attributes each
-    to the engine whose prompt-token counter grew. Raises RuntimeError when none or several grew."""
+    to the engine whose prompt-token counter grew. Raises RuntimeError when none or several grew, and
+    when the router or an engine cannot be reached or answers an error."""
     import httpx
 
     choices, open_streams = [], []
@@ -57,13 +67,21 @@ def replay(router: str, engines: Sequence[str], prompts: Sequence[str | list[int
                 if model is not None:
                     body["model"] = model
                 cm = client.stream("POST", router + "/v1/completions", json=body)
-                resp = cm.__enter__()
-                if resp.status_code != 200:
-                    raise RuntimeError(f"request {i}: {resp.status_code} {resp.read()[:300]!r}")
-                lines = resp.iter_lines()
-                for line in lines:
-                    if line.startswith("data: "):
-                        break
+                try:
+                    resp = cm.__enter__()
+                except httpx.HTTPError as exc:
+                    raise RuntimeError(f"request {i}: the router {router} could not be reached: {exc!r}") from None
+                try:
+                    if resp.status_code != 200:
+                        raise RuntimeError(f"request {i}: the router {router} answered {resp.status_code} {resp.read()[:300]!r}")
+                    lines = resp.iter_lines()
+                    for line in lines:
+                        if line.startswith("data: "):
+                            break
+                except BaseException:
+                    cm.__exit__(None, None, None)
+                    raise
+                open_streams.append(cm)  # closed at the end (or below, when not held), however the replay ends
                 deadline = time.monotonic() + timeout
                 while True:
                     after = _prompt_counters(client, engines)
@@ -75,11 +93,10 @@ def replay(router: str, engines: Sequence[str], prompts: Sequence[str | list[int
                     raise RuntimeError(f"request {i}: the prompt-token counters of {len(grew)} engines grew; cannot attribute it")
                 choices.append(grew[0])
                 before = after
-                if hold:
-                    open_streams.append(cm)
-                else:
+                if not hold:
                     for _ in lines:
                         pass
+                    open_streams.remove(cm)
                     cm.__exit__(None, None, None)
         finally:
             for cm in open_streams:

@@ -132,13 +132,20 @@ def create_engine_app(engine: EmulatedEngine):
             return StreamingResponse(events(), media_type="text/event-stream")
 
         text = []
+        checked = time.monotonic()
         try:
             while True:
                 try:
                     item = await asyncio.wait_for(req.tokens.get(), DISCONNECT_POLL_S)
                 except asyncio.TimeoutError:
+                    item = False
+                # Checked every DISCONNECT_POLL_S whether or not tokens keep coming: a request whose
+                # tokens arrive faster than that would otherwise run to its end after its client left.
+                if item is False or time.monotonic() - checked >= DISCONNECT_POLL_S:
+                    checked = time.monotonic()
                     if await request.is_disconnected():
                         return _error(499, "client disconnected")
+                if item is False:
                     continue
                 if item is None:
                     break

@@ -14,6 +14,7 @@ added to the endpoints' load counters is released on every path.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -33,7 +34,21 @@ DROPPED_ERRORS = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
 """Failures of a connection that the engine closed or reset before its answer arrived (a streamed
 answer: before its status line): sent once more on a new connection (the engine answered nothing, and vLLM aborts a request whose connection
 closed, so nothing is lost or answered twice)."""
+TRANSPORT_FAILURES = (httpx.HTTPError, OSError, AttributeError, RuntimeError)
+"""Failures of an upstream exchange answered with a 502 (a 504 for timeouts) or an error event:
+httpx's own errors, and what its transport lets through unwrapped when an engine dies at the wrong
+moment (an ``AttributeError: 'NoneType' object has no attribute 'getpeername'`` from anyio when
+the engine resets a connection just as it opens, seen while killing an engine under load), which
+would otherwise reach the client as a plain-text 500 and a traceback in the log."""
 DONE = b"data: [DONE]\n\n"
+CLIENT_POLL_S = 0.25
+"""How often a request waiting for an engine's answer checks whether its own client is still there."""
+CLIENT_GONE = 499
+"""Status of the (unread) answer to a client that left before its answer came (nginx's code)."""
+
+
+class ClientLeft(Exception):
+    """The client disconnected while the router was waiting for an engine's answer."""
 
 
 class Unreached(Exception):
@@ -50,6 +65,31 @@ async def _send(request_fn):
         return await request_fn()
     except DROPPED_ERRORS:
         return await request_fn()
+
+
+async def _send_while_connected(request, request_fn):
+    """``await _send(request_fn)`` unless ``request``'s client disconnects first (checked every
+    :data:`CLIENT_POLL_S`): then the upstream request is cancelled, which closes its connection so
+    that the engine aborts it (as vLLM does when its client leaves), and :class:`ClientLeft` is
+    raised. Without a ``request`` (None) it is plain :func:`_send`."""
+    if request is None:
+        return await _send(request_fn)
+    task = asyncio.ensure_future(_send(request_fn))
+    answered = False
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=CLIENT_POLL_S)
+            if done:
+                answered = True
+                return task.result()
+            if await request.is_disconnected():
+                raise ClientLeft()
+    finally:
+        if not answered:
+            task.cancel()
+            (result,) = await asyncio.gather(task, return_exceptions=True)
+            if isinstance(result, httpx.Response):  # the answer came just as the client left
+                await result.aclose()
 
 
 def _failure(state, i: int, exc: Exception) -> tuple[int, str, str]:
@@ -75,6 +115,22 @@ def _is_json_object(content: bytes) -> bool:
         return False
 
 
+ERROR_TYPES = {400: "BadRequestError", 401: "AuthenticationError", 403: "PermissionDeniedError", 404: "NotFoundError", 422: "UnprocessableEntityError",
+               429: "RateLimitError", 502: "BadGatewayError", 503: "ServiceUnavailableError", 504: "GatewayTimeoutError"}
+"""OpenAI error types by status, for engine errors the router has to put in words."""
+
+
+def _engine_error(name: str, status: int, content: bytes, content_type: str | None, headers: dict) -> Response:
+    """An engine's error answer passed on with its status: as it is when its body is a JSON object
+    (vLLM's errors are), else as a JSON error naming the endpoint and quoting the body (a crashed
+    server's plain-text ``Internal Server Error``, an empty body, an HTML page of a proxy)."""
+    if _is_json_object(content):
+        return Response(content, status_code=status, media_type=content_type, headers=headers)
+    kind = ERROR_TYPES.get(status, "InternalServerError" if status >= 500 else "BadRequestError")
+    return _error(status, f"endpoint {name} answered HTTP {status} with something other than a JSON error "
+                          f"({content_type or 'no content-type'}: {_short(content)})", kind, headers)
+
+
 def _short(value, limit: int = 60) -> str:
     r = repr(value)
     return r if len(r) <= limit else r[:limit] + "..."
@@ -92,6 +148,12 @@ def malformed_chunk(d: dict) -> str | None:
         delta = c.get("delta")
         if delta is not None and not isinstance(delta, dict):
             return f"choices[{i}].delta must be an object, got {_short(delta)}"
+        text = c.get("text")
+        if text is not None and not isinstance(text, str):
+            return f"choices[{i}].text must be text, got {_short(text)}"
+        content = (delta or {}).get("content")
+        if content is not None and not isinstance(content, str):
+            return f"choices[{i}].delta.content must be text or null, got {_short(content)}"
     usage = d.get("usage")
     if usage is not None and not isinstance(usage, dict):
         return f"usage must be an object or null, got {_short(usage)}"
@@ -140,7 +202,9 @@ async def forward(state, request, path: str) -> Response:
         headers = {"x-fleetwise-endpoint": state.endpoints[decision.instance].name, "x-request-id": request_id, "x-fleetwise-retries": str(len(tried))}
         track = TrackedLoad(state)
         try:
-            return await _attempt(state, path, body, decision, req, track, fwd_headers, headers, stream, wants_usage)
+            return await _attempt(state, path, body, decision, req, track, fwd_headers, headers, stream, wants_usage, request)
+        except ClientLeft:  # nobody reads this answer; the engine was told by the closed connection
+            return _error(CLIENT_GONE, "the client disconnected before the answer came", "ClientClosedRequest", headers)
         except Unreached as u:
             tried[u.index] = u
             state.health.failed(u.index, "connect", repr(u.error))
@@ -155,8 +219,10 @@ async def forward(state, request, path: str) -> Response:
     return _error(502, f"no endpoint could be reached ({len(tried)} tried: {reasons})", "BadGatewayError", {"x-request-id": request_id, "x-fleetwise-retries": str(len(tried) - 1)})
 
 
-async def _attempt(state, path: str, body: dict[str, Any], decision, req, track, fwd_headers: dict, headers: dict, stream: bool, wants_usage: bool) -> Response:
-    """Sends one routed attempt. Raises :class:`Unreached` when a leg could not connect."""
+async def _attempt(state, path: str, body: dict[str, Any], decision, req, track, fwd_headers: dict, headers: dict, stream: bool, wants_usage: bool,
+                   request=None) -> Response:
+    """Sends one routed attempt. Raises :class:`Unreached` when a leg could not connect, and
+    :class:`ClientLeft` when ``request``'s client disconnected while waiting for an engine."""
     client = state.client
     target = state.endpoints[decision.instance]
     upstream = dict(body)
@@ -166,17 +232,17 @@ async def _attempt(state, path: str, body: dict[str, Any], decision, req, track,
         track.add(decision.prefill, req.prompt_tokens)
         state.m_requests.inc(endpoint=p.name, leg="prefill")
         try:
-            r = await _send(lambda: client.post(p.url + path, json=prefill_request(body), headers=fwd_headers))
+            r = await _send_while_connected(request, lambda: client.post(p.url + path, json=prefill_request(body), headers=fwd_headers))
         except CONNECT_ERRORS as e:
             raise Unreached(decision.prefill, e) from None
-        except httpx.HTTPError as e:
+        except TRANSPORT_FAILURES as e:
             return _failure_response(state, decision.prefill, e, headers)
         finally:
             track.release(decision.prefill)
         state.health.succeeded(decision.prefill)
         if r.status_code != 200:
             state.m_errors.inc(endpoint=p.name)
-            return Response(r.content, status_code=r.status_code, media_type=r.headers.get("content-type"), headers=headers)
+            return _engine_error(p.name, r.status_code, r.content, r.headers.get("content-type"), headers)
         try:
             kv = r.json().get("kv_transfer_params")
         except (ValueError, AttributeError):
@@ -188,15 +254,16 @@ async def _attempt(state, path: str, body: dict[str, Any], decision, req, track,
     track.add(decision.instance, req.prompt_tokens)
     if not stream:
         try:
-            r = await _send(lambda: client.post(target.url + path, json=upstream, headers=fwd_headers))
+            r = await _send_while_connected(request, lambda: client.post(target.url + path, json=upstream, headers=fwd_headers))
         except CONNECT_ERRORS as e:
             raise Unreached(decision.instance, e) from None
-        except httpx.HTTPError as e:
+        except TRANSPORT_FAILURES as e:
             return _failure_response(state, decision.instance, e, headers)
         state.health.succeeded(decision.instance)
         if r.status_code != 200:
             state.m_errors.inc(endpoint=target.name)
-        elif not _is_json_object(r.content):
+            return _engine_error(target.name, r.status_code, r.content, r.headers.get("content-type"), headers)
+        if not _is_json_object(r.content):
             state.m_errors.inc(endpoint=target.name)
             return _error(502, f"endpoint {target.name} answered 200 with something other than a JSON object "
                                f"({r.headers.get('content-type') or 'no content-type'}: {_short(r.content)})", "BadGatewayError", headers)
@@ -204,22 +271,22 @@ async def _attempt(state, path: str, body: dict[str, Any], decision, req, track,
 
     upstream["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
     try:
-        resp = await _send(lambda: client.send(client.build_request("POST", target.url + path, json=upstream, headers={**fwd_headers, "accept": "text/event-stream"}),
-                                                   stream=True))
+        resp = await _send_while_connected(request, lambda: client.send(
+            client.build_request("POST", target.url + path, json=upstream, headers={**fwd_headers, "accept": "text/event-stream"}), stream=True))
     except CONNECT_ERRORS as e:
         raise Unreached(decision.instance, e) from None
-    except httpx.HTTPError as e:
+    except TRANSPORT_FAILURES as e:
         return _failure_response(state, decision.instance, e, headers)
     state.health.succeeded(decision.instance)
     if resp.status_code != 200:
         try:
             content = await resp.aread()
-        except httpx.HTTPError as e:
+        except TRANSPORT_FAILURES as e:
             return _failure_response(state, decision.instance, e, headers)
         finally:
             await resp.aclose()
         state.m_errors.inc(endpoint=target.name)
-        return Response(content, status_code=resp.status_code, media_type=resp.headers.get("content-type"), headers=headers)
+        return _engine_error(target.name, resp.status_code, content, resp.headers.get("content-type"), headers)
     relay = StreamRelay(state, decision.instance, resp, track, req.prompt_tokens, wants_usage)
     track.handed_off = True
     return RelayResponse(relay, media_type="text/event-stream", headers=headers)
@@ -247,20 +314,24 @@ class StreamRelay:
         try:
             async for ev in EventSource(self.resp).aiter_sse():
                 if ev.data.strip() == "[DONE]":
-                    if not done and self.wants_usage and not seen_usage and not failed and last_id is not None:
+                    if self.wants_usage and not seen_usage and not failed and last_id is not None:
                         u = {"prompt_tokens": self.prompt_tokens, "completion_tokens": generated, "total_tokens": self.prompt_tokens + generated}
                         yield b"data: " + json.dumps({"id": last_id, "object": obj, "created": int(time.time()), "model": last_model, "choices": [], "usage": u}).encode() + b"\n\n"
-                    if not done:
-                        yield DONE
                     done = True
+                    yield DONE
+                    return  # the answer is complete: an engine that keeps the connection open after [DONE] must not hold the client
+                if not ev.data.strip():  # an event without data (a keep-alive): nothing to relay
                     continue
                 try:
                     d = json.loads(ev.data)
                 except ValueError:
                     d = None
-                if not isinstance(d, dict):
-                    yield sse_bytes(ev)
-                    continue
+                if not isinstance(d, dict):  # garbage from the engine: end the stream as a failed one
+                    if not failed:
+                        self.state.m_errors.inc(endpoint=name)
+                    yield error_event(502, f"endpoint {name} sent a malformed chunk after {generated} tokens: not a JSON object: {_short(ev.data)}", "BadGatewayError")
+                    yield DONE
+                    return
                 if d.get("error") is not None:  # the engine reports its own failure: pass it on
                     if not failed:
                         self.state.m_errors.inc(endpoint=name)
@@ -286,7 +357,7 @@ class StreamRelay:
                 elif choices:
                     d.pop("usage", None)
                     yield b"data: " + json.dumps(d).encode() + b"\n\n"
-        except (httpx.HTTPError, SSEError) as exc:
+        except (*TRANSPORT_FAILURES, SSEError) as exc:
             if done:  # the answer was complete; only the connection's end went wrong
                 return
             status, kind, message = _failure(self.state, self.index, exc)

@@ -71,10 +71,16 @@ class Endpoint:
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise ConfigError(f"endpoint {self.url}: role must be one of {', '.join(ROLES)}, not {self.role!r}")
-        u = urlparse(self.url)
+        try:
+            u = urlparse(self.url)
+        except ValueError as e:  # "Invalid IPv6 URL": an unclosed bracket
+            raise ConfigError(f"endpoint {self.url!r} is not an http(s) URL: {e}") from None
         if u.scheme not in ("http", "https") or not u.netloc:
             raise ConfigError(f"endpoint {self.url!r} is not an http(s) URL")
-        given = ":" in u.netloc.rsplit("@", 1)[-1].rsplit("]", 1)[-1]  # a port after the host (IPv6 in brackets)
+        host_port = u.netloc.rsplit("@", 1)[-1]  # without user:password@, which must not reach names, headers and metrics
+        if not u.hostname or any(c.isspace() for c in host_port):
+            raise ConfigError(f"endpoint {self.url!r} names no valid host")
+        given = ":" in host_port.rsplit("]", 1)[-1]  # a port after the host (IPv6 in brackets)
         try:
             port = u.port  # raises for a port above 65535 or not a number
         except ValueError:
@@ -82,7 +88,15 @@ class Endpoint:
         if given and not port:
             raise ConfigError(f"endpoint {self.url!r}: the port must be a number from 1 to 65535")
         self.url = self.url.rstrip("/")
-        self.name = self.name or u.netloc
+        self.name = self.name or host_port
+
+
+def _redacted(url: str) -> str:
+    """``url`` with the password of its ``user:password@`` part (if any) replaced by ``***``."""
+    u = urlparse(url)
+    if u.password is None:
+        return url
+    return u._replace(netloc=f"{u.username}:***@{u.netloc.rsplit('@', 1)[-1]}").geturl()
 
 
 def parse_endpoint(spec: str) -> Endpoint:
@@ -352,7 +366,7 @@ def create_router_app(state: RouterState):
 
     @app.get("/fleetwise/endpoints")
     async def endpoints():
-        return {"endpoints": [{"name": e.name, "url": e.url, "role": e.role, "healthy": e.healthy, "failures": e.failures, "last_error": e.last_error,
+        return {"endpoints": [{"name": e.name, "url": _redacted(e.url), "role": e.role, "healthy": e.healthy, "failures": e.failures, "last_error": e.last_error,
                                "in_flight": e.in_flight, "outstanding_tokens": e.outstanding_tokens,
                                "waiting": e.waiting, "running": e.running, "kv_usage": e.kv_usage} for e in state.endpoints]}
 
