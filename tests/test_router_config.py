@@ -77,3 +77,18 @@ def test_scraped_metrics_parse_label_values_with_braces_and_quotes():
     g = prom.Gauge("fleetwise_x", "help")
     g.set(1, endpoint='we{ird}"\\name')
     assert prom.parse(prom.render([g]))["fleetwise_x"] == [({"endpoint": 'we{ird}"\\name'}, 1.0)]
+
+
+@pytest.mark.parametrize("command", [["serve-router", "--endpoint", "http://127.0.0.1:1"], ["serve-engine"]])
+def test_serving_on_a_port_in_use_or_a_foreign_address_is_exit_2(command):
+    import socket
+
+    with socket.socket() as taken:  # a port some other process listens on
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "fleetwise", *command, "--port", str(port)], capture_output=True, text=True, timeout=GUARD)
+    assert r.returncode == 2 and f"--host 127.0.0.1 --port {port}: cannot listen there: Address already in use" in r.stderr, r.stderr
+    # An address of no interface of this machine (TEST-NET-1, RFC 5737).
+    r = subprocess.run([sys.executable, "-m", "fleetwise", *command, "--host", "192.0.2.1", "--port", "8123"], capture_output=True, text=True, timeout=GUARD)
+    assert r.returncode == 2 and "--host 192.0.2.1 --port 8123: cannot listen there:" in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -26,6 +26,23 @@ def _serve_extra():
     return uvicorn
 
 
+def _check_listenable(host: str, port: int) -> None:
+    """Refuses (ConfigError, exit 2) a --host/--port the server could not listen on: a port in use,
+    an address not on this machine, a host name that does not resolve. uvicorn would report it and
+    exit 3; the bind is tried here first, as uvicorn does it (SO_REUSEADDR), and the socket closed."""
+    import socket
+
+    from fleetwise.errors import ConfigError
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(address)
+    except OSError as e:
+        raise ConfigError(f"--host {host} --port {port}: cannot listen there: {e.strerror or e}") from None
+
+
 @app.command("serve-engine")
 def serve_engine(
     model: str = typer.Option("llama-3-8b", "--model", help="Model to emulate (see `fleetwise catalog`)."),
@@ -42,6 +59,7 @@ def serve_engine(
 ) -> None:
     """Serve the OpenAI API and vLLM's /metrics with latencies from fleetwise's cost model, in real time."""
     uvicorn = _serve_extra()
+    _check_listenable(host, port)
     from fleetwise.serve.emulator import EmulatedEngine
     from fleetwise.serve.engine_app import create_engine_app
 
@@ -95,6 +113,7 @@ def serve_router(
             raise
         key = getattr(e.__cause__, "param", None)
         raise ConfigError(f"{f'--param {key}' if key else '--param'} (--policy {policy}): {e.__cause__}") from None
+    _check_listenable(host, port)
     state = RouterState(endpoints, router, block_chars=block_chars, scrape_interval=scrape_interval, failover=failover, policy_timeout=policy_timeout)
     err.print(f"routing with {policy} over {', '.join(f'{e.name} ({e.role})' for e in state.endpoints)} at http://{host}:{port}")
     uvicorn.run(create_router_app(state), host=host, port=port, log_level="warning")
