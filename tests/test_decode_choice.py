@@ -151,8 +151,8 @@ def test_conformance_checks_decode_choices():
     assert conformance.check_decode_choice(P.FewestOutstandingTokens()).passed
     assert conformance.check_decode_choice(MirrorOfTheBuiltin()).passed
     r = conformance.check_decode_choice(_Twice())
-    assert not r.passed and "named a decode endpoint twice" in r.failures[0]
+    assert not r.passed and "named a decode instance twice" in r.failures[0]
     r = conformance.check_decode_choice(Fixed(999))
-    assert not r.passed and "not among the decode endpoints" in r.failures[0]
+    assert not r.passed and "the decode instances are" in r.failures[0]
     ok = run_cli("check-policy", "decode-choice", "fewest-outstanding-tokens")
     assert ok.returncode == 0 and "decode-choice fewest-outstanding-tokens: PASS" in ok.stdout, ok.stdout + ok.stderr

@@ -151,6 +151,27 @@ def test_check_policy_takes_the_answers_the_simulator_takes():
     assert (r.requests["status"] == "finished").all()
 
 
+class _GeneratorResident(P.LruExpertCache):
+    def resident(self, layer):
+        yield from super().resident(layer)  # lazy: read after access() it would show the new state
+
+
+class _EndlessResident(P.LruExpertCache):
+    def resident(self, layer):
+        while True:
+            yield from ()
+
+
+def test_check_policy_reads_a_lazy_resident_answer_at_once_and_within_the_time_limit():
+    # The checker read resident()'s answer only after access() and admit() had run (a generator
+    # then showed the state after the access: valid policies failed), and outside the time limit
+    # (an endless generator hung check-policy whatever --timeout said).
+    report = conformance.check_expert_cache(_GeneratorResident)
+    assert report.passed, report.failures[:3]
+    report = conformance.check_expert_cache(_EndlessResident, timeout=0.5)
+    assert not report.passed and "resident() did not return within 0.5 s" in report.failures[0]
+
+
 def test_a_decode_choice_answering_an_endpoint_view_is_told_to_return_its_index():
     sc = yaml.safe_load((REPO / "scenarios" / "splitwise.yaml").read_text())
     sc["workload"]["requests"] = 10
