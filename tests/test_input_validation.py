@@ -377,7 +377,7 @@ def test_long_option_values_are_shortened_in_error_messages(args, says):
     # A 100 KB value used to be echoed whole (twice for --slo: 200 KB of stderr).
     r = subprocess.run([sys.executable, "-m", "fleetwise", *args], capture_output=True, text=True, cwd=REPO, timeout=300, env=_WIDE)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
-    assert says in r.stderr and ("...' (100,0" in r.stderr or "... (100,0" in r.stderr), r.stderr[:2000]
+    assert says in r.stderr and re.search(r"x\.\.\.x{80}'? \(100,0\d\d characters\)", r.stderr), r.stderr[:2000]
     assert len(r.stderr) < 2000, r.stderr[:2000]
 
 
@@ -386,7 +386,11 @@ def test_shorten_values_leaves_short_values_and_prose_alone():
 
     message = "the policy's route() raised ValueError: unknown gpu 'h100'; the engine's limit is 5"
     assert shorten_values(message) == message
-    assert shorten_values(f"unknown gpu {'a' * 150!r}; known: h100") == f"unknown gpu '{'a' * 80}...' (150 characters); known: h100"
-    assert shorten_values(f"--ray {'b' * 121}") == f"--ray {'b' * 80}... (121 characters)"
+    assert shorten_values(f"unknown gpu {'a' * 450!r}; known: h100") == f"unknown gpu '{'a' * 200}...{'a' * 80}' (450 characters); known: h100"
+    assert shorten_values(f"--ray {'b' * 401}") == f"--ray {'b' * 200}...{'b' * 80} (401 characters)"
+    # A deep path keeps its file name, and the colon after it stays outside the count.
+    deep = "/data/" + "project/" * 60 + "run.yaml"
+    assert shorten_values(f"{deep}: scenario file not found") == f"{deep[:200]}...{deep[-80:]} (494 characters): scenario file not found"
+    assert shorten_values(f"{deep[:399]}: x") == f"{deep[:399]}: x"  # 399 characters: whole
     long_list = f"parameters {list(range(100_000))} raised"
     assert len(shorten_values(long_list)) < 5000 and shorten_values(long_list).endswith("raised")

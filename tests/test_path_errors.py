@@ -41,7 +41,7 @@ def _exit_2(r, *says: str) -> str:
 def test_a_file_name_too_long_is_an_error_naming_it(tmp_path, args, label):
     long = str(tmp_path / _LONG)
     err = _exit_2(run_cli(*(a.format(long=long) for a in args)), "File name too long")
-    assert f"{label} {long[:80]}..." in err, err
+    assert f"{label} {long}" in err, err  # under 400 characters, so shown whole
 
 
 def test_an_engine_name_too_long_for_a_file_is_an_unknown_engine():
@@ -61,8 +61,12 @@ def test_path_kind(tmp_path):
     f.write_text("x")
     assert path_kind(f) == "file" and path_kind(tmp_path) == "dir" and path_kind("/dev/null") == "other"
     assert path_kind(tmp_path / "missing") is None and path_kind(f / "x") is None
-    with pytest.raises(ConfigError, match=r"^-o /.*a\.\.\. \([\d,]+ characters\): File name too long$"):
+    with pytest.raises(ConfigError, match=r"^-o /.*/a{300}: File name too long$"):  # under 400 characters: whole
         path_kind(tmp_path / _LONG, "-o")
+    (tmp_path / ("d" * 200)).mkdir()
+    deep = tmp_path / ("d" * 200) / _LONG  # over 400 characters: its head and its file name
+    with pytest.raises(ConfigError, match=r"^-o /.*d\.\.\.a{80} \([\d,]+ characters\): File name too long$"):
+        path_kind(deep, "-o")
     with pytest.raises(TraceError, match="NUL character"):
         path_kind("a\0b", "trace", TraceError)
     loop = tmp_path / "loop"
@@ -73,4 +77,6 @@ def test_path_kind(tmp_path):
 
 def test_shown_path_keeps_short_paths_whole():
     assert shown_path("/tmp/x.yaml") == "/tmp/x.yaml"
-    assert shown_path("/" + "b" * 200) == "/" + "b" * 79 + "... (201 characters)"
+    deep = "/data/" + "project/" * 60 + "run.yaml"  # 494 characters: the start and the file name
+    assert shown_path(deep) == deep[:200] + "..." + deep[-80:] + " (494 characters)" and shown_path(deep).endswith("project/run.yaml (494 characters)")
+    assert shown_path("/" + "b" * 399) == "/" + "b" * 399

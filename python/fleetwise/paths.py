@@ -15,10 +15,14 @@ import stat
 from pathlib import Path
 from typing import Literal
 
-SHOWN_LIMIT = 120
-"""A path longer than this many characters is shown in a message as its first ``SHOWN_KEEP``,
-``...`` and its length (as the CLI shortens any long value it echoes)."""
-SHOWN_KEEP = 80
+SHOWN_LIMIT = 400
+"""A path or value longer than this many characters is shown in a message by its first
+``SHOWN_HEAD`` and last ``SHOWN_TAIL`` characters around ``...`` and its length: an ordinary path,
+however deep, is shown whole; a 100 KB ``--set`` value is not."""
+SHOWN_HEAD = 200
+"""Characters kept from the start of a shortened value (the directories of a path)."""
+SHOWN_TAIL = 80
+"""Characters kept from the end of a shortened value (a path's file name)."""
 
 _ABSENT = (errno.ENOENT, errno.ENOTDIR)
 """``os.stat`` errors that mean nothing is there: no such entry, or a path through a regular file
@@ -28,13 +32,18 @@ PathKind = Literal["file", "dir", "other"]
 """What a path names: a regular file, a directory, or something else (a FIFO, device or socket)."""
 
 
-def shown_path(path: str | Path) -> str:
-    """``path`` as a message shows it: whole up to ``SHOWN_LIMIT`` characters, else its first
-    ``SHOWN_KEEP``, ``...`` and its length."""
-    text = str(path)
+def shortened(text: str) -> str:
+    """``text`` whole up to ``SHOWN_LIMIT`` characters, else its first ``SHOWN_HEAD`` and last
+    ``SHOWN_TAIL`` characters around ``...``, then its length: ``/data/.../run.yaml (612 characters)``.
+    Every error message that echoes a user's path or value shortens it this way."""
     if len(text) <= SHOWN_LIMIT:
         return text
-    return f"{text[:SHOWN_KEEP]}... ({len(text):,} characters)"
+    return f"{text[:SHOWN_HEAD]}...{text[-SHOWN_TAIL:]} ({len(text):,} characters)"
+
+
+def shown_path(path: str | Path) -> str:
+    """``path`` as a message shows it (``shortened``)."""
+    return shortened(str(path))
 
 
 def path_error(path: str | Path, reason: str, what: str = "", error: type[Exception] | None = None) -> Exception:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from rich.table import Table
 
+from fleetwise.paths import SHOWN_LIMIT, shortened
+
 
 def _ms(x: float | None) -> str:
     return "-" if x is None or x != x else f"{x * 1e3:.1f}"
@@ -68,10 +70,6 @@ def _length_rows_line(rows: dict[str, int], path: str) -> str:
     return line + (f"; left out on purpose: {left}" if left else "")
 
 
-ECHO_LIMIT = 120
-"""A value echoed in an error message longer than this many characters is shortened to
-``ECHO_KEEP`` of them, an ellipsis and its length (a 100 KB ``--set`` is not printed whole)."""
-ECHO_KEEP = 80
 MESSAGE_LIMIT = 4000
 """An error message still longer than this (a long list echoed with spaces in it) keeps its first
 and last parts around a note of its length."""
@@ -80,23 +78,26 @@ and last parts around a note of its length."""
 # and ending before a space or punctuation (so an apostrophe in prose opens nothing); or any run of
 # non-space characters.
 _LONG_VALUE = re.compile(
-    r"""(?<![^\s(\[{=:,])(?P<q>'[^'\n]{%d,}'|"[^"\n]{%d,}")(?=[\s,;:.)\]}]|$)|(?P<bare>\S{%d,})""" % ((ECHO_LIMIT + 1,) * 3)
+    r"""(?<![^\s(\[{=:,])(?P<q>'[^'\n]{%d,}'|"[^"\n]{%d,}")(?=[\s,;:.)\]}]|$)|(?P<bare>\S{%d,})""" % ((SHOWN_LIMIT + 1,) * 3)
 )
 
 
 def _shorten(m: re.Match) -> str:
-    """One long value of ``shorten_values``: its first ``ECHO_KEEP`` characters, ``...`` and its length."""
+    """One long value of ``shorten_values``, shortened as ``fleetwise.paths.shortened`` shortens a
+    path (a quoted value inside its quotes; a bare run without the punctuation that ends it)."""
     if m.group("q"):
         quoted = m.group("q")
-        inner = quoted[1:-1]
-        return f"{quoted[0]}{inner[:ECHO_KEEP]}...{quoted[0]} ({len(inner):,} characters)"
+        short = shortened(quoted[1:-1])
+        head, _, count = short.rpartition(" (")
+        return f"{quoted[0]}{head}{quoted[0]} ({count}" if count else quoted
     bare = m.group("bare")
-    return f"{bare[:ECHO_KEEP]}... ({len(bare):,} characters)"
+    value = bare.rstrip(",;:.)]}")
+    return shortened(value) + bare[len(value):]
 
 
 def shorten_values(message: str) -> str:
     """``message`` with every quoted value or unbroken run of characters longer than
-    ``ECHO_LIMIT`` shortened (``'xxxx...' (100,000 characters)``), and then, were it still longer
+    ``SHOWN_LIMIT`` shortened (``'xxxx...' (100,000 characters)``), and then, were it still longer
     than ``MESSAGE_LIMIT``, its middle left out: what an error echoes of a user's value stays readable."""
     message = _LONG_VALUE.sub(_shorten, message)
     if len(message) > MESSAGE_LIMIT:
