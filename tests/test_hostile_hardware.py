@@ -223,3 +223,17 @@ def test_redefined_catalogue_gpu_does_not_take_the_profiles_exact_factors():
     assert resolve_calibration("h100-sxm", slower, "fleetwise-torch") != measured
     repriced = h100.model_copy(update={"price_per_hour": 9.0})
     assert resolve_calibration("h100-sxm", repriced, "fleetwise-torch") == measured
+
+
+def test_a_users_profile_keeps_its_per_gpu_factors_on_its_own_gpu_definition(tmp_path):
+    """A profile of the user's own (as ``calibrate --requests`` writes it) was fitted on the
+    scenario's GPU, whatever its figures: its ``per_gpu`` entry applies even where that GPU
+    redefines a catalogue name (the built-in profiles' entries do not)."""
+    from fleetwise.catalog import builtin_gpus
+    from fleetwise.catalog.engine import resolve_calibration
+
+    (tmp_path / "mine.yaml").write_text("based_on: vllm\nper_gpu:\n  h100-sxm: {gemm_compute: 0.1234}\n")
+    h100 = builtin_gpus()["h100-sxm"]
+    other_link = h100.model_copy(update={"link_bandwidth": 4e11})
+    assert resolve_calibration("h100-sxm", other_link, str(tmp_path / "mine.yaml")).gemm_compute == 0.1234
+    assert resolve_calibration("h100-sxm", h100, str(tmp_path / "mine.yaml")).gemm_compute == 0.1234

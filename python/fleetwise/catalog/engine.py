@@ -17,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field, PrivateAttr, ValidationError
 
 from fleetwise.config.base import StrictModel
 from fleetwise.config.yaml_input import decode_text, parse_yaml
@@ -117,6 +117,9 @@ class EngineProfile(StrictModel):
     """What the fit left: relative errors per metric (iteration time, or TTFT/TPOT/ITL/E2E statistics)."""
     fitted_from: dict[str, Any] = {}
     """How the profile was fitted (files, command, errors before and after)."""
+    _catalogue_per_gpu: frozenset[str] = PrivateAttr(default=frozenset())
+    """The GPUs whose ``per_gpu`` entries come from built-in profiles alone (fitted on the
+    catalogue's part of that name, not on a user's definition)."""
 
 
 def _profile_path(engine: str, base_dir: Path | None) -> Path:
@@ -186,6 +189,8 @@ def load_engine(engine: str, base_dir: Path | None = None) -> EngineProfile:
         prof, partial = _load_file(key)
         chain.append((prof, partial))
         name, where = prof.based_on, path.parent
+    builtin_dir = resolved(ENGINES_DIR)
+    users = [prof for (prof, _), key in zip(chain, seen) if not Path(key).is_relative_to(builtin_dir)]
     merged = chain[-1][0]
     for prof, partial in reversed(chain[:-1]):
         per_gpu = {g: dict(v) for g, v in merged.per_gpu.items()}
@@ -202,6 +207,8 @@ def load_engine(engine: str, base_dir: Path | None = None) -> EngineProfile:
             residuals=prof.residuals or merged.residuals, fitted_from=prof.fitted_from or merged.fitted_from)
     if merged.factors is None:
         raise ConfigError(f"{engine}: the profile has no factors (give factors: or based_on: a profile that has them)")
+    merged = merged.model_copy()  # a one-file chain's profile is the cached object
+    merged._catalogue_per_gpu = frozenset(g for g in merged.per_gpu if not any(g in p.per_gpu for p in users))
     return merged
 
 
@@ -244,7 +251,7 @@ def profile_calibration(gpu_name: str, gpu: GpuSpec, prof: EngineProfile, overri
         "iteration_overhead": cpu.base, "seq_overhead": cpu.per_seq or None, "token_overhead": cpu.per_token or None,
         "cpu_overlap": cpu.overlap or None,
     }
-    if _measured_gpu(gpu_name, gpu):
+    if gpu_name not in prof._catalogue_per_gpu or _measured_gpu(gpu_name, gpu):
         values.update(prof.per_gpu.get(gpu_name, {}))
     try:
         cal = Calibration.model_validate(values)
@@ -259,10 +266,12 @@ _PERFORMANCE_FIELDS = ("architecture", "memory_type", "peak_flops", "fp8_peak_fl
 
 
 def _measured_gpu(gpu_name: str, gpu: GpuSpec) -> bool:
-    """Whether a profile's ``per_gpu`` entry for ``gpu_name`` describes ``gpu``: always, unless a
-    scenario (or specs file) redefines a catalogue GPU of that name with other performance figures.
-    Then the exact factors measured on the catalogue's part would silently override the user's own
-    ``hardware:`` block and peaks, so the profile's relative factors apply to the user's GPU instead."""
+    """Whether a built-in profile's ``per_gpu`` entry for ``gpu_name`` describes ``gpu``: always,
+    unless a scenario (or specs file) redefines a catalogue GPU of that name with other performance
+    figures. Then the exact factors measured on the catalogue's part would silently override the
+    user's own ``hardware:`` block and peaks, so the profile's relative factors apply to the user's
+    GPU instead. (A user's profile's entries always apply: they were fitted on the user's GPU, e.g.
+    by ``fleetwise calibrate --requests``.)"""
     from fleetwise.catalog import builtin_gpus
 
     builtin = builtin_gpus().get(gpu_name)
