@@ -31,3 +31,14 @@ def test_a_policy_variable_that_gives_no_policy_is_named_in_the_error(monkeypatc
 def test_a_policy_class_is_instantiated(monkeypatch):
     monkeypatch.setenv(vllm_scheduler.POLICY_ENV, "fleetwise.policy.scheduler:ShortestPromptFirst")
     assert isinstance(vllm_scheduler._policy_from_env(), ShortestPromptFirst)
+
+
+def test_a_policy_module_that_fails_while_importing_is_named(monkeypatch, tmp_path):
+    (tmp_path / "fw_badsyntax.py").write_text("def broken(:\n")
+    (tmp_path / "fw_raises.py").write_text("raise RuntimeError('boom at import')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for spec, says in [("fw_badsyntax:X", "cannot import fw_badsyntax: SyntaxError"), ("fw_raises:X", "cannot import fw_raises: RuntimeError: boom at import")]:
+        monkeypatch.setenv(vllm_scheduler.POLICY_ENV, spec)
+        with pytest.raises(ValueError, match="FLEETWISE_VLLM_POLICY") as e:
+            vllm_scheduler._policy_from_env()
+        assert says in str(e.value), e.value

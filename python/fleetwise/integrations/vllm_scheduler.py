@@ -109,8 +109,8 @@ def _policy_from_env() -> Any:
         raise ValueError(f"{POLICY_ENV} must be 'package.module:name', got {spec!r}")
     try:
         obj = importlib.import_module(module)
-    except ImportError as e:
-        raise ValueError(f"{POLICY_ENV}={spec!r}: cannot import {module}: {e}") from e
+    except Exception as e:  # not found, or the module failed while importing (SyntaxError, its own errors)
+        raise ValueError(f"{POLICY_ENV}={spec!r}: cannot import {module}: {type(e).__name__}: {e}") from e
     for part in name.split("."):
         if not hasattr(obj, part):
             raise ValueError(f"{POLICY_ENV}={spec!r}: {module} has no attribute {name}")
