@@ -237,3 +237,19 @@ def test_a_users_profile_keeps_its_per_gpu_factors_on_its_own_gpu_definition(tmp
     other_link = h100.model_copy(update={"link_bandwidth": 4e11})
     assert resolve_calibration("h100-sxm", other_link, str(tmp_path / "mine.yaml")).gemm_compute == 0.1234
     assert resolve_calibration("h100-sxm", h100, str(tmp_path / "mine.yaml")).gemm_compute == 0.1234
+
+
+def test_the_schemas_hardware_bounds_are_the_cores():
+    """The scenario schema refuses a figure with the core's own bounds (same numbers, so a figure
+    is never accepted by one and refused by the other): each Python constant equals the Rust one."""
+    import re
+
+    import fleetwise.catalog as catalog
+    from conftest import REPO
+
+    rust = {}
+    for source in ("hardware.rs", "offload.rs"):
+        for name, value in re.findall(r"pub const ([A-Z_]+): f64 = ([0-9.e_]+);", (REPO / "rust" / "core" / "src" / source).read_text()):
+            rust[name] = float(value.replace("_", ""))
+    for name in ("MIN_PEAK_FLOPS", "MIN_BANDWIDTH", "MAX_LATENCY", "MAX_PEAK_FLOPS", "MAX_BANDWIDTH", "MAX_DRIVE_BANDWIDTH"):
+        assert getattr(catalog, name) == rust[name], name

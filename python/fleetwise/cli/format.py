@@ -97,7 +97,7 @@ def _shorten(m: re.Match) -> str:
 
 def shorten_values(message: str) -> str:
     """``message`` with every quoted value or unbroken run of characters longer than
-    ``SHOWN_LIMIT`` shortened (``'xxxx...' (100,000 characters)``), and then, were it still longer
+    ``SHOWN_LIMIT`` shortened (``'xxxx...xxxx' (100,000 characters)``), and then, were it still longer
     than ``MESSAGE_LIMIT``, its middle left out: what an error echoes of a user's value stays readable."""
     message = _LONG_VALUE.sub(_shorten, message)
     if len(message) > MESSAGE_LIMIT:

@@ -135,7 +135,7 @@ def _expert_cache_plugins(scenario, expert_caches: Mapping[str, Callable] | None
     for name, factory in (expert_caches or {}).items():
         if name not in pool_names:
             raise ConfigError(f"expert_caches: no pool named {name!r}; pools are {', '.join(pool_names)}")
-        _factory(factory, f"expert cache policy {_name(factory)!r}")
+        _check_factory(factory, f"expert cache policy {_name(factory)!r}")
         chosen[pool_names.index(name)] = (factory, f"expert cache policy {_name(factory)!r}")
     for p, pool in enumerate(pools):
         ref = pool.experts.cache.policy if pool.experts is not None else None
@@ -192,7 +192,7 @@ def _built_during_run(clock: CallClock, factory: Callable, label: str):
         clock.busy = None
 
 
-def _factory(factory, label: str) -> None:
+def _check_factory(factory, label: str) -> None:
     """A PolicyError unless ``factory`` can be called: a policy object given where a factory of
     them (a class or function) was wanted."""
     if not callable(factory):
@@ -203,7 +203,7 @@ def _factory(factory, label: str) -> None:
 def _built(factory: Callable, label: str, timeout: float | None = None):
     """A new policy object from ``factory`` within ``timeout`` seconds (on the main thread); its
     own exception becomes a PolicyError naming it."""
-    _factory(factory, label)
+    _check_factory(factory, label)
     try:
         with deadline(timeout, f"{label}: creating it"):
             return factory()

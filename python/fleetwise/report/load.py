@@ -222,7 +222,7 @@ def classify(path: Path) -> tuple[str, Path]:
     from fleetwise.paths import path_kind
 
     p = Path(path)
-    kind = path_kind(p, "report input")  # a name too long: an error naming it
+    kind = path_kind(p, "report input", ValueError)  # a name too long: an error naming it
     if kind is None:
         raise FileNotFoundError(f"{p}: no such file or directory")
     if kind == "file":

@@ -66,10 +66,10 @@ def check_output(inputs: list[Path], output: Path) -> None:
     from fleetwise.paths import path_kind, resolved
 
     out = Path(output)
-    target = resolved(out, "-o")
+    target = resolved(out, "-o", ValueError)
     for given in inputs:
         given = Path(given)
-        if path_kind(given, "report input") == "file" and (target == given.resolve() or (out.exists() and same_file(out, given))):
+        if path_kind(given, "report input", ValueError) == "file" and (target == given.resolve() or (out.exists() and same_file(out, given))):
             raise ValueError(f"-o {out}: is the input {given}; writing the report there would overwrite it: give another file, e.g. report.html")
         kind, d = classify(given)
         root = d.resolve()

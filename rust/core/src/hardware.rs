@@ -69,9 +69,11 @@ pub const MAX_PEAK_FLOPS: f64 = 1e18;
 pub const MAX_BANDWIDTH: f64 = 1e16;
 
 impl GpuSpec {
-    /// Checks that the datasheet figures are finite and physically meaningful: peaks and required
-    /// bandwidths not absurdly low (they would make one iteration last years), optional ones 0 or
-    /// at least [`MIN_BANDWIDTH`], latencies at most [`MAX_LATENCY`], idle power below the TDP.
+    /// Checks that the datasheet figures are finite and physically meaningful: peaks between
+    /// [`MIN_PEAK_FLOPS`] and [`MAX_PEAK_FLOPS`], required bandwidths between [`MIN_BANDWIDTH`] and
+    /// [`MAX_BANDWIDTH`] (too low makes one iteration last years, too high makes every operator
+    /// free), optional ones 0 or in that range, latencies at most [`MAX_LATENCY`], idle power below
+    /// the TDP.
     pub fn validate(&self) -> crate::error::Result<()> {
         let bad = |field: &str, message: String| Err(crate::error::Error::config(format!("gpu.{field}"), format!("{}: {message}", self.name)));
         if !(MIN_PEAK_FLOPS..=MAX_PEAK_FLOPS).contains(&self.peak_flops) {
