@@ -6,27 +6,9 @@ import typing
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
-def _refuses_bool(annotation) -> bool:
-    """Whether a field of ``annotation`` takes numbers but not booleans (pydantic's lax mode would
-    read ``true`` as 1 there)."""
-    leaves, todo = set(), [annotation]
-    while todo:
-        a = todo.pop()
-        origin = typing.get_origin(a)
-        if origin is typing.Annotated:
-            todo.append(typing.get_args(a)[0])
-        elif origin in (typing.Union, types.UnionType):
-            todo.extend(typing.get_args(a))
-        elif origin is typing.Literal:
-            leaves.update(type(v) for v in typing.get_args(a))
-        else:
-            leaves.add(a)
-    return bool(leaves & {int, float}) and not (leaves & {bool, typing.Any, object})
-
-
-def _list_refuses_bool(annotation) -> bool:
-    """Whether a field of ``annotation`` takes a list (or tuple) of numbers whose items are not
-    booleans (pydantic's lax mode would read ``[true, 0.5]`` as ``[1.0, 0.5]``)."""
+def _leaves(annotation):
+    """The types a field of ``annotation`` takes, through ``Annotated`` and unions (a ``Literal``:
+    its values' types); a generic such as ``list[float]`` is one leaf."""
     todo = [annotation]
     while todo:
         a = todo.pop()
@@ -35,9 +17,23 @@ def _list_refuses_bool(annotation) -> bool:
             todo.append(typing.get_args(a)[0])
         elif origin in (typing.Union, types.UnionType):
             todo.extend(typing.get_args(a))
-        elif origin in (list, tuple) and typing.get_args(a) and _refuses_bool(typing.get_args(a)[0]):
-            return True
-    return False
+        elif origin is typing.Literal:
+            yield from (type(v) for v in typing.get_args(a))
+        else:
+            yield a
+
+
+def _refuses_bool(annotation) -> bool:
+    """Whether a field of ``annotation`` takes numbers but not booleans (pydantic's lax mode would
+    read ``true`` as 1 there)."""
+    leaves = set(_leaves(annotation))
+    return bool(leaves & {int, float}) and not (leaves & {bool, typing.Any, object})
+
+
+def _list_refuses_bool(annotation) -> bool:
+    """Whether a field of ``annotation`` takes a list (or tuple) of numbers whose items are not
+    booleans (pydantic's lax mode would read ``[true, 0.5]`` as ``[1.0, 0.5]``)."""
+    return any(typing.get_origin(a) in (list, tuple) and typing.get_args(a) and _refuses_bool(typing.get_args(a)[0]) for a in _leaves(annotation))
 
 
 class GivenBoolean:
