@@ -253,3 +253,16 @@ def test_the_schemas_hardware_bounds_are_the_cores():
             rust[name] = float(value.replace("_", ""))
     for name in ("MIN_PEAK_FLOPS", "MIN_BANDWIDTH", "MAX_LATENCY", "MAX_PEAK_FLOPS", "MAX_BANDWIDTH", "MAX_DRIVE_BANDWIDTH"):
         assert getattr(catalog, name) == rust[name], name
+
+
+@pytest.mark.parametrize("dtype_bytes", [3, 5, 7])
+def test_a_model_dtype_of_no_number_format_is_refused(write_yaml, dtype_bytes):
+    """``dtype_bytes`` 1 to 8 were accepted; 3, 5, 6 and 7 bytes are no number format (a 3-byte
+    dtype ran with 1.5x the 16-bit weights and KV)."""
+    sc = _pool(model="mine")
+    sc["models"] = {"mine": {"num_layers": 4, "hidden_size": 512, "num_heads": 8, "num_kv_heads": 8, "head_dim": 64, "intermediate_size": 1024,
+                             "vocab_size": 1000, "max_position_embeddings": 4096, "dtype_bytes": dtype_bytes}}
+    err = _cli_error(write_yaml, sc)
+    assert "models.mine.dtype_bytes" in err and "1, 2, 4 or 8" in err, err
+    sc["models"]["mine"]["dtype_bytes"] = 4  # a 32-bit model still runs
+    assert fleetwise.scenario_from_dict(sc).cluster.pools[0].model == "mine"

@@ -292,8 +292,9 @@ class ModelSpec(StrictModel):
     """Longest supported context, tokens."""
     tie_word_embeddings: bool = False
     """Whether the LM head shares the embedding matrix."""
-    dtype_bytes: int = Field(default=2, ge=1, le=8)
-    """Bytes per weight/activation element."""
+    dtype_bytes: Literal[1, 2, 4, 8] = 2
+    """Bytes per weight/activation element: 1 (8-bit), 2 (16-bit), 4 (32-bit) or 8 (64-bit); no
+    number format has 3, 5, 6 or 7 (weight-only INT4 is ``quantization``, not a dtype)."""
     num_experts: int = Field(default=0, ge=0, le=65_535)
     """Routed experts per MoE layer (0: dense)."""
     experts_per_token: int = Field(default=0, ge=0, le=65_535)
