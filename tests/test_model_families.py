@@ -122,3 +122,34 @@ def test_estimate_holds_and_reads_only_the_window():
     # 64 sequences x 4096 tokens x 131072 bytes (32 layers x 2 x 8 heads x 128 x 2 bytes).
     assert long["memory"]["kv_cache"] == window["memory"]["kv_cache"] == 64 * 4096 * 131_072
     assert long["seconds"] == window["seconds"]
+
+
+def test_hf_config_context_follows_rope_scaling_as_vllm_derives_it(tmp_path):
+    """The context a config allows is vLLM's max_model_len: the smallest context key, times a
+    linear/dynamic factor, a YaRN factor times its original length, llama3 left as written."""
+    mistral = json.loads((FIXTURES / "mistral-7b-v0.1.json").read_text())
+
+    def context(**extra) -> int:
+        path = tmp_path / "config.json"
+        path.write_text(json.dumps({**mistral, **extra}))
+        return ModelSpec.model_validate({"hf_config": str(path)}).max_position_embeddings
+
+    assert context() == 32768
+    # Qwen2.5's documented long-context setting: YaRN x4 over 32768 original positions.
+    assert context(rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}) == 131072
+    assert context(rope_scaling={"type": "linear", "factor": 2.0}) == 65536
+    assert context(max_position_embeddings=4096, rope_scaling={"type": "dynamic", "factor": 1.5}) == 6144
+    # Llama-3.1 writes the scaled context itself.
+    assert context(max_position_embeddings=131072, rope_scaling={"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 8192}) == 131072
+    # Several context keys: the smallest, as vLLM.
+    assert context(seq_length=2048) == 2048
+    for bad, field in [
+        ({"rope_scaling": [2.0]}, "rope_scaling: must be an object"),
+        ({"rope_scaling": {"factor": 2.0}}, "rope_scaling.rope_type"),
+        ({"rope_scaling": {"type": "linear", "factor": "4"}}, "rope_scaling.factor: must be a number"),
+        ({"rope_scaling": {"type": "linear", "factor": float("nan")}}, "rope_scaling.factor"),
+        ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "original_max_position_embeddings"),
+        ({"rope_scaling": {"type": "linear", "factor": 1e4}, "max_position_embeddings": 10**9}, "within 1..1000000000"),
+    ]:
+        with pytest.raises(ValueError, match=field.replace(".", r"\.").replace("(", r"\(")):
+            context(**bad)

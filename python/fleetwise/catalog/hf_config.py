@@ -10,6 +10,7 @@ the cost model does not represent is a ``ValueError`` naming the file and the fi
 What is not read: biases, learned position embeddings (OPT, GPT-2: under 0.1% of the weights) and
 the norm kind; weights and KV are 16-bit (``dtype_bytes: 2``, as vLLM's ``dtype: auto`` serves
 float32 checkpoints in float16) unless the scenario gives ``dtype_bytes`` beside ``hf_config``.
+The context (``max_position_embeddings``) is vLLM's ``max_model_len``: ``rope_scaling`` included.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+
+from fleetwise.config.limits import MAX_TOKENS
 
 MAX_CONFIG_BYTES = 1 << 20
 """Largest ``config.json`` read: real ones are a few kilobytes."""
@@ -49,7 +52,11 @@ _TIED_BY_DEFAULT = {"opt", "bloom", "falcon", "gpt2"}
 transformers config classes default ``tie_word_embeddings`` to true)."""
 
 _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "model_max_length", "max_sequence_length", "max_seq_length", "seq_len")
-"""Where a config gives its context length, in the order vLLM looks (none: 2048, as vLLM)."""
+"""Where a config gives its context length; vLLM takes the smallest of those present (none: 2048)."""
+
+_ROPE_UNSCALED = ("su", "longrope", "llama3")
+"""``rope_scaling`` types whose ``max_position_embeddings`` already is the scaled context (vLLM
+leaves it as is); every other type multiplies the context by its ``factor``."""
 
 _SIXTEEN_BIT = {None, "float16", "bfloat16", "float32"}
 """``torch_dtype`` values served in 16 bits."""
@@ -209,6 +216,38 @@ def _plain(cfg: _Config, kind: str) -> dict[str, Any]:
     }
 
 
+def _context(cfg: _Config) -> int:
+    """The longest request (prompt + output) the model serves, as vLLM derives ``max_model_len``:
+    the smallest of the context keys present (2048 when none is), then ``rope_scaling``: a YaRN
+    factor multiplies ``original_max_position_embeddings``, a linear or dynamic one the context;
+    ``llama3``, ``longrope`` and ``su`` configs give the scaled context already."""
+    present = [cfg.whole(k) for k in _CONTEXT_KEYS if cfg.data.get(k) is not None]
+    context = min(present) if present else 2048
+    rope = cfg.data.get("rope_scaling")
+    if rope is None:
+        return context
+    if not isinstance(rope, dict):
+        raise cfg.fail("rope_scaling", f"must be an object (rope_type, factor, ...), got {type(rope).__name__}")
+    kind = rope.get("rope_type", rope.get("type"))
+    if not isinstance(kind, str):
+        raise cfg.fail("rope_scaling.rope_type", f"must name the scaling (e.g. yarn, linear, dynamic, llama3), got {kind!r}")
+    if kind in _ROPE_UNSCALED:
+        return context
+    factor = rope.get("factor")
+    factor = 1.0 if factor is None else factor
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor <= 1e4 or factor != factor:
+        raise cfg.fail("rope_scaling.factor", f"must be a number in (0, 10000], got {factor!r}")
+    if kind == "yarn":
+        base = rope.get("original_max_position_embeddings")
+        if isinstance(base, bool) or not isinstance(base, int) or base < 1:
+            raise cfg.fail("rope_scaling.original_max_position_embeddings", f"a yarn scaling needs it as a whole number >= 1, got {base!r}")
+        context = base
+    scaled = int(context * factor)
+    if not 1 <= scaled <= MAX_TOKENS:
+        raise cfg.fail("rope_scaling.factor", f"{factor!r} makes the context {scaled} tokens; it must stay within 1..{MAX_TOKENS}")
+    return scaled
+
+
 def hf_model_fields(path: str, base_dir: str | Path | None = None, dtype_given: bool = False) -> dict[str, Any]:
     """The ``ModelSpec`` fields of the Hugging Face ``config.json`` at ``path`` (relative to
     ``base_dir``, the scenario's folder, when given); ``hf_config`` is the resolved path.
@@ -231,13 +270,12 @@ def hf_model_fields(path: str, base_dir: str | Path | None = None, dtype_given: 
         raise cfg.fail("torch_dtype", f"{dtype!r} is not read (float16, bfloat16 or float32); give dtype_bytes beside hf_config")
     kind = _family(cfg)
     out = _gated(cfg, kind) if kind in ("llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe") else _plain(cfg, kind)
-    context = next((k for k in _CONTEXT_KEYS if cfg.data.get(k) is not None), None)
     name = cfg.data.get("_name_or_path")
     return {
         "hf_id": name if isinstance(name, str) else "",
         "hf_config": str(p),
         **out,
         "vocab_size": cfg.whole("vocab_size"),
-        "max_position_embeddings": cfg.whole(context) if context else 2048,
+        "max_position_embeddings": _context(cfg),
         "tie_word_embeddings": cfg.flag("tie_word_embeddings", kind in _TIED_BY_DEFAULT),
     }
