@@ -11,16 +11,19 @@ import asyncio
 import json
 import time
 import uuid
+from collections import deque
 from contextlib import asynccontextmanager
 
 from fleetwise.serve.emulator import EmulatedEngine
 from fleetwise.serve.openai_errors import error_response as _error, json_body
-from fleetwise.serve.text import approx_tokens, max_tokens, prompt_text, sampling_settings, stream_settings
+from fleetwise.serve.text import approx_tokens, logged_user, max_tokens, prompt_text, sampling_settings, stream_settings
 
 DEFAULT_MAX_TOKENS = 16
 """Output limit of a request that gives none (the OpenAI completions default)."""
 DISCONNECT_POLL_S = 0.25
 """How often a non-streaming request checks whether its client is still connected."""
+RECEIVED_LOG = 10_000
+"""Requests ``GET /fleetwise/requests`` keeps (the latest; older ones are dropped)."""
 
 
 def create_engine_app(engine: EmulatedEngine):
@@ -36,12 +39,13 @@ def create_engine_app(engine: EmulatedEngine):
 
     app = FastAPI(title="fleetwise emulated engine", lifespan=lifespan)
     app.state.engine = engine
-    app.state.received = []
+    app.state.received = deque(maxlen=RECEIVED_LOG)
 
     @app.get("/fleetwise/requests")
     async def received():
-        """Requests received so far, in order: request id, ``user`` field, approximate prompt tokens."""
-        return {"requests": app.state.received}
+        """The last :data:`RECEIVED_LOG` requests received, in order: request id, ``user`` field
+        (shortened), approximate prompt tokens."""
+        return {"requests": list(app.state.received)}
 
     @app.get("/health")
     async def health():
@@ -80,7 +84,7 @@ def create_engine_app(engine: EmulatedEngine):
             if not isinstance(body.get("kv_transfer_params"), (dict, type(None))):
                 raise ValueError(f"kv_transfer_params must be an object, got {body.get('kv_transfer_params')!r}")
             req = engine.submit(n_prompt, limit, request.headers.get("x-request-id"), body.get("kv_transfer_params"))
-            app.state.received.append({"request_id": req.request_id, "user": body.get("user"), "prompt_tokens": n_prompt, "max_tokens": limit,
+            app.state.received.append({"request_id": req.request_id, "user": logged_user(body.get("user")), "prompt_tokens": n_prompt, "max_tokens": limit,
                                        "kv_transfer_params": body.get("kv_transfer_params"), "at": time.time()})
         except (ValueError, TypeError) as e:
             return _error(400, str(e))

@@ -42,7 +42,7 @@ from fleetwise.serve import prom
 from fleetwise.serve.failover import EndpointHealth, FailoverSettings
 from fleetwise.serve.prefix_index import PrefixIndex
 from fleetwise.serve.openai_errors import error_response as _error
-from fleetwise.serve.text import approx_tokens, max_tokens, prefix_hashes, prompt_text, sampling_settings
+from fleetwise.serve.text import approx_tokens, logged_user, max_tokens, prefix_hashes, prompt_text, sampling_settings
 
 ROLES = ("mixed", "prefill", "decode")
 
@@ -291,7 +291,7 @@ class RouterState:
                                "prefill": None if d.prefill is None else self.endpoints[d.prefill].name, "prefill_index": d.prefill,
                                "prompt_tokens": req.prompt_tokens, "cached_prefix_tokens": [v.cached_prefix_tokens for v in views],
                                "outstanding_tokens": [v.outstanding_tokens for v in views], "offered": indices, "attempt": attempt,
-                               "user": body.get("user"), "at": req.arrival})
+                               "user": logged_user(body.get("user")), "at": req.arrival})
         return d, req, views
 
     def metrics_text(self) -> str:

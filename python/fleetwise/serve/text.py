@@ -23,8 +23,13 @@ def _show(value: Any, limit: int = 40) -> str:
     return r if len(r) <= limit else r[:limit] + "..."
 
 
+def _all_ids(values: list) -> bool:
+    """Whether every value is an integer (not a boolean): token ids."""
+    return set(map(type, values)) == {int} or all(isinstance(t, int) and not isinstance(t, bool) for t in values)
+
+
 def _prompt_ids(ids: list, where: str) -> list[int]:
-    if not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+    if not _all_ids(ids):
         raise ValueError(f"{where} must be text or a list of integer token ids")
     return list(ids)
 
@@ -59,7 +64,7 @@ def _messages_text(messages: Any) -> str:
 
 def _prompt(prompt: Any) -> str | list[int]:
     if isinstance(prompt, list):
-        if prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        if prompt and _all_ids(prompt):
             return list(prompt)
         if len(prompt) == 1 and isinstance(prompt[0], str) and prompt[0]:
             return prompt[0]
@@ -135,20 +140,42 @@ def approx_tokens(prompt: str | list[int]) -> int:
     return max(math.ceil(len(prompt) / CHARS_PER_TOKEN), 1)
 
 
+MAX_PREFIX_BLOCKS = 1 << 15
+"""Leading blocks of a prompt the router hashes (2 MiB of text at 64 characters a block, 512k
+token ids at 16): a longer prompt's later blocks are not matched, so that one huge prompt cannot
+hold the router for seconds."""
+
+
 def prefix_hashes(prompt: str | list[int], block_chars: int) -> tuple[int, ...]:
     """Chained hashes of the prompt's full leading blocks of ``block_chars`` characters (or
-    ``block_chars // CHARS_PER_TOKEN`` token ids): hash ``i`` covers everything up to block ``i``."""
+    ``block_chars // CHARS_PER_TOKEN`` token ids), at most :data:`MAX_PREFIX_BLOCKS` of them:
+    hash ``i`` covers everything up to block ``i``."""
     if isinstance(prompt, list):
         size = max(block_chars // CHARS_PER_TOKEN, 1)
-        blocks = [",".join(map(str, prompt[i : i + size])).encode() for i in range(0, len(prompt) - size + 1, size)]
+        end = min(len(prompt) - size + 1, MAX_PREFIX_BLOCKS * size)
+        blocks = [",".join(map(str, prompt[i : i + size])).encode() for i in range(0, end, size)]
     else:
-        data = prompt.encode("utf-8", "surrogatepass")
-        blocks = [data[i : i + block_chars] for i in range(0, len(data) - block_chars + 1, block_chars)]
+        data = prompt[: MAX_PREFIX_BLOCKS * block_chars].encode("utf-8", "surrogatepass")
+        end = min(len(data) - block_chars + 1, MAX_PREFIX_BLOCKS * block_chars)
+        blocks = [data[i : i + block_chars] for i in range(0, end, block_chars)]
     out, prev = [], b""
     for b in blocks:
         prev = hashlib.blake2b(prev + b, digest_size=8).digest()
         out.append(int.from_bytes(prev, "big"))
     return tuple(out)
+
+
+MAX_LOGGED_USER = 256
+"""Characters of a request's ``user`` field kept in the router's and the engine's request logs."""
+
+
+def logged_user(value: Any) -> str | None:
+    """A request's ``user`` field as the logs keep it: text up to :data:`MAX_LOGGED_USER`
+    characters (longer text cut, with ``...``), anything else shown the same way; None if absent."""
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= MAX_LOGGED_USER else text[:MAX_LOGGED_USER] + "..."
 
 
 def dummy_token(i: int) -> str:
