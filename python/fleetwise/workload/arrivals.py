@@ -38,16 +38,18 @@ def _check(n: int, **positive: float) -> None:
             raise ValueError(f"{name} must be a positive finite number, got {value}")
 
 
-def _to_ns(times_ns: np.ndarray) -> np.ndarray:
+def _to_ns(times_ns: np.ndarray, cause: str = "the rate is far too low") -> np.ndarray:
     """Float nanoseconds rounded to int64; ``ConfigError`` when they are not finite or pass
-    ``MAX_TIME_NS`` (a rate far too low for the number of requests), instead of wrapping around."""
+    ``MAX_TIME_NS`` (``cause``, by default a rate far too low for the number of requests),
+    instead of wrapping around."""
     if times_ns.size and not (np.isfinite(times_ns).all() and times_ns.max() <= MAX_TIME_NS):
         from fleetwise.errors import ConfigError
 
-        last = float(np.nanmax(times_ns)) / _NS
+        finite = np.isfinite(times_ns).all()  # NaN (0 * inf) and inf both mean "beyond any clock"
+        last = float(times_ns.max()) / _NS if finite else math.inf
         raise ConfigError(
             f"workload.arrivals: the generated arrival times reach {last:.3g} s, past the "
-            f"{MAX_TIME_NS / _NS:.3g} s the simulator's clock allows: the rate is far too low for "
+            f"{MAX_TIME_NS / _NS:.3g} s the simulator's clock allows: {cause} for "
             f"{times_ns.size} requests"
         )
     return np.rint(times_ns).astype(np.int64)
@@ -73,8 +75,12 @@ def gamma_arrivals(n: int, rate: float, cv: float, rng: np.random.Generator) -> 
     ``cv**2 / rate``). ``cv = 1`` is a Poisson process."""
     _check(n, rate=rate, cv=cv)
     shape = 1.0 / cv**2
-    gaps_ns = rng.gamma(shape=shape, scale=_NS / (rate * shape), size=n)
-    return _to_ns(np.cumsum(gaps_ns))
+    # A tiny rate times a tiny shape underflows to 0: an infinite scale then (not a
+    # ZeroDivisionError), whose arrivals _to_ns reports as past the clock.
+    scale_ns = _NS / (rate * shape) if rate * shape > 0 else math.inf
+    with np.errstate(over="ignore", invalid="ignore"):
+        gaps_ns = rng.gamma(shape=shape, scale=scale_ns, size=n)
+        return _to_ns(np.cumsum(gaps_ns))
 
 
 def onoff_arrivals(
@@ -92,8 +98,10 @@ def onoff_arrivals(
         raise ValueError(f"off_s must be a finite number >= 0, got {off_s}")
     on_time_ns = np.cumsum(rng.exponential(scale=_NS / rate, size=n))
     on_ns = on_s * _NS
-    completed = np.floor(on_time_ns / on_ns)
-    return _to_ns(on_time_ns + completed * off_s * _NS)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported by _to_ns
+        completed = np.floor(on_time_ns / on_ns)
+        times_ns = on_time_ns + completed * off_s * _NS
+    return _to_ns(times_ns, "the rate is far too low, or on_s far too short for off_s,")
 
 
 def diurnal_rate(t_s: np.ndarray | float, cfg: DiurnalArrivals) -> np.ndarray | float:
@@ -164,9 +172,11 @@ def ramp_arrivals(n: int, cfg: RampArrivals, rng: np.random.Generator) -> np.nda
     root = np.sqrt(np.maximum(r0 * r0 + 2 * slope * e, 0.0))
     with np.errstate(divide="ignore", invalid="ignore"):
         t_ramp = np.where(e > 0, 2 * e / (r0 + root), 0.0)
-    t_after = duration + (unit - ramp_total) / r1
-    times = np.where(on_ramp, t_ramp, t_after)
-    return _to_ns(np.maximum.accumulate(times * _NS) if n else times)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported by _to_ns
+        t_after = duration + (unit - ramp_total) / r1
+        times = np.where(on_ramp, t_ramp, t_after)
+        times_ns = np.maximum.accumulate(times * _NS) if n else times
+    return _to_ns(times_ns, "end_rate is far too low")
 
 
 def generate_arrivals(

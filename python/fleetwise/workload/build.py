@@ -61,7 +61,28 @@ def build_workload(
     memory spent on prompt structure: a request's generated ``hash_ids`` cover at most its first
     ``context_tokens`` tokens, since a longer request can never run. Whatever it is, generated
     hashes beyond ``MAX_HASH_ENTRIES`` in all raise ``ConfigError`` before they are allocated.
+    Running out of memory (``MemoryError``: ``requests`` near ``MAX_REQUESTS`` on a small machine)
+    raises ``ConfigError`` naming the field that sets the size, not a traceback.
     """
+    try:
+        return _build(cfg, seed, base_dir, context_tokens)
+    except MemoryError:
+        pass  # leave the handler first, so that the arrays it was building are freed
+    from fleetwise.errors import ConfigError
+
+    if isinstance(cfg.arrivals, TraceArrivals):
+        field, what = "workload.arrivals.path", f"the trace {cfg.arrivals.path}"
+        hint = "replay fewer of its rows (workload.requests, workload.arrivals.duration_s)"
+    else:
+        field, what = "workload.requests", f"{cfg.requests:,} requests"
+        hint = "lower workload.requests"
+    raise ConfigError(f"{field}: building {what} ran out of memory; {hint}")
+
+
+def _build(
+    cfg: WorkloadConfig, seed: int, base_dir: Path | None, context_tokens: int | None
+) -> Workload:
+    """``build_workload`` itself (which turns its ``MemoryError`` into a ``ConfigError``)."""
     arrivals = cfg.arrivals
     if isinstance(arrivals, TraceArrivals):
         return _replay_trace(cfg, arrivals, seed, base_dir, context_tokens)
@@ -161,7 +182,8 @@ def _replay_trace(
             from fleetwise.errors import ConfigError
 
             raise ConfigError(
-                f"prefixes cannot be added to the trace {path}: it has its own hash_ids"
+                f"workload.prefixes: prefixes cannot be added to the trace {path}: it has its own "
+                "hash_ids; remove workload.prefixes"
             )
         workload = _compose(
             cfg, seed, arrival, np.ones(len(arrival), dtype=np.int64), prompt, output, False,

@@ -230,9 +230,11 @@ class LognormalLengths(StrictModel):
     output_sigma: float = Field(ge=0, le=20, allow_inf_nan=False)
     """Standard deviation of the log of the output length."""
     prompt_max: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
-    """Largest prompt length; longer samples are clipped to it. ``None``: no limit."""
+    """Largest prompt length; longer samples are clipped to it. ``None``: ``MAX_TOKENS`` (a
+    billion, beyond any model's context)."""
     output_max: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
-    """Largest output length; longer samples are clipped to it. ``None``: no limit."""
+    """Largest output length; longer samples are clipped to it. ``None``: ``MAX_TOKENS`` (a
+    billion, beyond any model's context)."""
 
 
 def _check_format_options(model: StrictModel, fmt: str) -> None:
@@ -297,9 +299,11 @@ class FitLengths(StrictModel):
     chars_per_token: float = Field(default=4.0, ge=0.01, le=1e6, allow_inf_nan=False)
     """``sharegpt`` only: characters per estimated token."""
     prompt_max: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
-    """Largest prompt length; longer samples are clipped to it. ``None``: no limit."""
+    """Largest prompt length; longer samples are clipped to it. ``None``: ``MAX_TOKENS`` (a
+    billion, beyond any model's context)."""
     output_max: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
-    """Largest output length; longer samples are clipped to it. ``None``: no limit."""
+    """Largest output length; longer samples are clipped to it. ``None``: ``MAX_TOKENS`` (a
+    billion, beyond any model's context)."""
 
     @model_validator(mode="after")
     def _check_options(self) -> FitLengths:

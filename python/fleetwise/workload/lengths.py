@@ -8,6 +8,7 @@ from typing import get_args
 import numpy as np
 import polars as pl
 
+from fleetwise.config.limits import MAX_TOKENS
 from fleetwise.workload._files import read_table, resolve_path
 from fleetwise.workload.config import (
     AnyFormat,
@@ -26,9 +27,11 @@ from fleetwise.workload.sharegpt import load_sharegpt
 from fleetwise.workload.traces import TRACE_LOADERS
 from fleetwise.workload.vllm_bench import read_vllm_bench
 
-# Upper clip for unbounded log-normal samples: far beyond any context length, and exactly
-# representable as a float, so the conversion to int64 cannot overflow.
-_UNBOUNDED = float(2**53)
+# Upper clip for unbounded log-normal samples: MAX_TOKENS, the most any length field allows, far
+# beyond any context (such a request is rejected as too long, like any other that fits no model).
+# It was 2**53, which the core refused with "prompt_tokens[i] = 9007199254740992 is out of range"
+# (its token counts are 32-bit) and which let a session's growing prompt pass int64.
+_UNBOUNDED = float(MAX_TOKENS)
 
 
 def load_length_file(
@@ -171,16 +174,17 @@ def _sample_file(
     path, frame = _load_config_file(cfg, base_dir, tally)
     if cfg.max_total_tokens is not None:
         before = frame.height
-        frame = frame.filter(
-            pl.col("prompt_tokens") + pl.col("output_tokens") <= cfg.max_total_tokens
-        )
+        total = pl.col("prompt_tokens") + pl.col("output_tokens")
+        shortest = frame.select(total.min()).item()
+        frame = frame.filter(total <= cfg.max_total_tokens)
         tally["max_total_tokens"] = before - frame.height
         if frame.height == 0:
             from fleetwise.errors import ConfigError
 
             raise ConfigError(
-                f"{path}: no request has prompt + output tokens <= "
-                f"max_total_tokens ({cfg.max_total_tokens})"
+                f"workload.lengths.max_total_tokens: no request of {path} has prompt + output "
+                f"tokens <= {cfg.max_total_tokens} (the shortest has {shortest}); allowed: "
+                f"{shortest} or more"
             )
     tally["kept"] = frame.height
     if counts is not None:

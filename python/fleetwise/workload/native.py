@@ -9,6 +9,7 @@ KV-block hashes) and ``session_id`` (integer, -1 for no session). Other columns 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NoReturn
 
 import polars as pl
 
@@ -50,27 +51,31 @@ def load_parquet(path: str | Path) -> pl.DataFrame:
         raise TraceError(f"{path}: file not found")
     if kind == "dir":
         raise TraceError(f"{path}: is a directory, not a file")
-    try:
-        frame = pl.read_parquet(path)
-    except POLARS_ERRORS as exc:  # polars/arrow raise several types, or panic
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise TraceError(f"{path}: not a readable Parquet file: {message}") from None
 
-    def fail(message: str, row: int | None = None) -> None:
+    def fail(message: str, row: int | None = None) -> NoReturn:
         """Raise ``TraceError`` naming the file and, when given, the 0-based row."""
         where = "" if row is None else f"row {row} (0-based): "
         raise TraceError(f"{path}: {where}{message}")
 
-    missing = [name for name in REQUIRED_COLUMNS if name not in frame.columns]
+    try:
+        present = list(pl.read_parquet_schema(path))
+    except POLARS_ERRORS as exc:  # polars/arrow raise several types, or panic
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        fail(f"not a readable Parquet file: {message}")
+    missing = [name for name in REQUIRED_COLUMNS if name not in present]
     if missing:
         fail(
             f"missing column(s) {', '.join(missing)}; required: {', '.join(REQUIRED_COLUMNS)}; "
-            f"columns present: {', '.join(frame.columns)}"
+            f"columns present: {', '.join(present)}"
         )
+    names = [*REQUIRED_COLUMNS, *(name for name in OPTIONAL_COLUMNS if name in present)]
+    try:
+        frame = pl.read_parquet(path, columns=names)  # only these: other columns are not decoded
+    except POLARS_ERRORS as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        fail(f"not a readable Parquet file: {message}")
     if frame.height == 0:
         fail("has no rows")
-    names = [*REQUIRED_COLUMNS, *(name for name in OPTIONAL_COLUMNS if name in frame.columns)]
-    frame = frame.select(names)
 
     for name in names:
         column = frame[name]
