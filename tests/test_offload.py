@@ -134,3 +134,41 @@ def test_weight_streams_and_kv_swaps_share_the_host_link():
     assert (inst["swap_bytes"] > 0).all() and (inst["weight_stream_bytes"] > 0).all()
     assert (inst["host_link_bytes"] == inst["swap_bytes"] + inst["weight_stream_bytes"]).all()
     assert r.summary["finished"] == r.summary["requests"]
+
+
+@pytest.mark.parametrize("tier", ["dram", "flash"])
+def test_a_speculating_decode_streams_its_verify_tokens_neurons_then_proposes(tier):
+    # EAGLE, 2 draft tokens, nothing accepted: every step verifies 3 tokens, which activate
+    # 1 - 0.8^3 of the offloaded FFN neurons (0.2 for one token), and then the head proposes once
+    # the stream has arrived. The simulated step equals estimate's step (verify + proposer); it
+    # used to stream one token's neurons and hide the proposer, so speculation cost nothing.
+    wl = Workload(arrival_ns=np.zeros(1, dtype=np.int64), prompt_tokens=np.array([100]), output_tokens=np.array([21]))
+    sc = small_scenario()
+    off = {"tier": tier, "ffn_load_fraction": 0.2, "layer_fraction": 0.5}
+    spec = {"method": "eagle", "num_speculative_tokens": 2, "acceptance_rate": 0.0}
+    sc["cluster"]["pools"][0].update(count=1, model="llama-2-7b", offload=off, speculative=spec)
+    r = fleetwise.simulate(sc, workload=wl, record_iterations=True)
+    it = r.iterations.with_columns(d=(r.iterations["end_ns"] - r.iterations["start_ns"]) * 1e-9)
+    step = float(np.median(it.filter(it["decode_seqs"] == 1)["d"].to_numpy()))
+    est, _ = _decode(tier, *[f"{k}={v}" for k, v in off.items() if k != "tier"])
+    args = ["estimate", "--model", "llama-2-7b", "--gpu", "h100-sxm", "--decode-batch", "1", "--context", "100", "--json", "--offload", tier,
+            *[x for k, v in off.items() if k != "tier" for x in ("--offload-set", f"{k}={v}")], "--speculative", "method=eagle,num_speculative_tokens=2,acceptance_rate=0.0"]
+    res = run_cli(*args)
+    assert res.returncode == 0, res.stderr
+    spec_est = json.loads(res.stdout)["speculative"]
+    assert step == pytest.approx(spec_est["step_seconds"], rel=0.02)
+    assert step > 1.2 * est["seconds"]  # verifying 3 tokens streams 2.4x the neurons of one
+    # The same 20 decode steps without speculation stream one token's neurons each: fewer bytes.
+    del sc["cluster"]["pools"][0]["speculative"]
+    plain = fleetwise.simulate(sc, workload=wl).instances.row(0, named=True)["weight_stream_bytes"]
+    assert r.instances.row(0, named=True)["weight_stream_bytes"] > 1.3 * plain
+
+
+def test_whole_layer_offload_of_a_moe_model_is_refused():
+    # Mixtral's layers are routed experts: streaming "the FFN" streamed one expert's bytes per layer.
+    sc = small_scenario()
+    sc["cluster"]["pools"][0].update(model="mixtral-8x7b", gpu="gh200", offload={"tier": "dram"})
+    with pytest.raises(fleetwise.ConfigError, match=r"cluster.pools.0.offload: mixtral-8x7b has MoE layers.*experts: \{placement: dram\}"):
+        fleetwise.simulate(sc)
+    r = run_cli("estimate", "--model", "qwen3-30b-a3b", "--gpu", "h100-sxm", "--offload", "dram", "--prefill", "4096")
+    assert r.returncode == 2 and "has MoE layers" in r.stderr and "Traceback" not in r.stderr, r.stderr

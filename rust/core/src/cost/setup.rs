@@ -316,6 +316,14 @@ impl CostModel {
             if self.pp > 1 {
                 return Err(Error::config("offload", "weight offloading with pipeline parallelism is not modelled yet; use pp = 1"));
             }
+            if self.model.moe_layers() > 0 {
+                // The stream carries dense FFN neurons; a MoE layer's routed experts are fetched
+                // by the tokens that pick them, which the expert runtime models.
+                return Err(Error::config(
+                    "offload",
+                    format!("{} has MoE layers: whole-layer offloading streams dense FFNs only; offload its routed experts with experts: {{placement: dram}} (or flash) instead (docs/moe.md)", self.model.name),
+                ));
+            }
             if self.gpu.host_link_bandwidth <= 0.0 {
                 return Err(Error::config("offload", format!("offloading needs the GPU's host_link_bandwidth, which {} does not set", self.gpu.name)));
             }

@@ -18,6 +18,9 @@ pub struct IterationStart {
     pub transfer_bytes: u64,
     /// Offloaded weights to stream in during (or, without overlap, before) the compute.
     pub stream: Option<WeightStream>,
+    /// Compute that runs once the compute above and the stream are both done: a speculating
+    /// decode's proposer after its verify pass, with offloaded weights (0 otherwise).
+    pub tail_ns: Nanos,
 }
 
 impl Instance {
@@ -30,11 +33,11 @@ impl Instance {
             return None;
         }
         let it = self.batch_cost(reqs);
-        let (compute_ns, stream, stall_ns) = self.compute_time(&it, reqs);
+        let (compute_ns, stream, stall_ns, tail_ns) = self.compute_time(&it, reqs);
         self.busy = true;
-        let transfer_bytes = self.count_iteration(&it, compute_ns, stream, stall_ns);
+        let transfer_bytes = self.count_iteration(&it, compute_ns.saturating_add(tail_ns), stream, stall_ns);
         self.record = Some(self.batch_record(now));
-        Some(IterationStart { compute_ns, transfer_bytes, stream })
+        Some(IterationStart { compute_ns, transfer_bytes, stream, tail_ns })
     }
 
     /// Scheduling: the scheduler fills the batch at `now` (with token grouping, the experts'
@@ -59,20 +62,28 @@ impl Instance {
         !(self.batch.items.is_empty() && !self.stretch.forming() && self.batch.swap_out_blocks == 0)
     }
 
-    /// The batch's compute time and the weights to stream in for it: the cost model's, or with
-    /// expert settings the expert runtime's (its fetches become the stream). A swap-only batch
-    /// computes nothing.
-    fn compute_time(&mut self, it: &IterationCost, reqs: &[Request]) -> (Nanos, Option<WeightStream>, Nanos) {
+    /// The batch's compute time, the weights to stream in for it, the expert stall and the
+    /// compute after both (see [`IterationStart::tail_ns`]): the cost model's, or with expert
+    /// settings the expert runtime's (its fetches become the stream). A swap-only batch computes
+    /// nothing.
+    fn compute_time(&mut self, it: &IterationCost, reqs: &[Request]) -> (Nanos, Option<WeightStream>, Nanos, Nanos) {
         if self.batch.items.is_empty() && !self.stretch.forming() {
-            return (0, None, 0);
+            return (0, None, 0, 0);
         }
         let mut stall_ns = 0;
         let mut compute_ns = secs_to_ns(it.seconds - it.weight_stall_seconds);
+        let verify = self.spec.as_ref().and_then(|s| s.verify());
+        if let (Some((shape, proposer)), true, None) = (verify, self.cost.offload().is_some(), &self.moe) {
+            // Offloaded weights and speculation: the verify pass streams what its k + 1 query
+            // tokens per decode need (more predicted-active neurons than one token's), and the
+            // proposer runs after it, once its weights have arrived.
+            let stream = self.cost.weight_stream(shape.tokens() as f64);
+            return (secs_to_ns(it.seconds - it.weight_stall_seconds - proposer), stream, 0, secs_to_ns(*proposer));
+        }
         let mut stream = self.cost.weight_stream(self.batch.shape.tokens() as f64);
         if let Some(m) = self.moe.as_mut() {
             // A speculating decode's verify pass routes its draft tokens too (k + 1 per decode),
             // and its proposer runs before it.
-            let verify = self.spec.as_ref().and_then(|s| s.verify());
             let spans: Vec<TokenSpan> = self.batch.items.iter().map(|i| TokenSpan { req: i.req, start: reqs[i.req as usize].computed as u64, tokens: i.tokens + i.draft }).collect();
             // The batch's own shape was just costed through the decode memo: its operators are there.
             let (base, fixed) = match verify {
@@ -91,7 +102,7 @@ impl Instance {
                 stream = Some(WeightStream { flash_bytes: if flash { x.fetch_bytes } else { 0 }, dram_bytes: if flash { 0 } else { x.fetch_bytes }, overlap: true });
             }
         }
-        (compute_ns, stream, stall_ns)
+        (compute_ns, stream, stall_ns, 0)
     }
 
     /// Schedules with the `parked` running requests set aside (token grouping), then puts them

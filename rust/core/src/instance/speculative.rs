@@ -58,7 +58,8 @@ impl SpecRuntime {
     }
 
     /// The running batch's verify pass (the target's shape) and its proposer's seconds, when
-    /// some decode of it speculates: an expert runtime times that verify pass itself.
+    /// some decode of it speculates on a pool with experts or offloaded weights: an expert
+    /// runtime times that verify pass itself, a weight stream is sized by its tokens.
     pub(super) fn verify(&self) -> Option<&(BatchShape, f64)> {
         self.verify.as_ref()
     }
@@ -170,7 +171,7 @@ impl Instance {
         let Some((rest, seqs)) = self.draw_batch(reqs).filter(proposes) else { return self.cost.iteration_memo(&self.batch.shape, &mut self.decode_memo.borrow_mut()) };
         let rt = self.spec.as_deref_mut().expect("a speculating pool");
         let (cost, proposer) = rt.spec.step_parts(&self.cost, &rest, &seqs);
-        if self.moe.is_some() {
+        if self.moe.is_some() || self.cost.offload().is_some() {
             rt.verify = Some((Speculator::verify_shape(&rest, &seqs), proposer));
         }
         cost

@@ -88,7 +88,7 @@ fn one_request_prefills_then_decodes_then_frees_its_blocks() {
     let mut shape = BatchShape::default();
     shape.add_prefill(100, 0, true);
     let it = inst.cost().iteration(&shape);
-    assert_eq!(start, IterationStart { compute_ns: secs_to_ns(it.seconds - it.weight_stall_seconds), transfer_bytes: 0, stream: None });
+    assert_eq!(start, IterationStart { compute_ns: secs_to_ns(it.seconds - it.weight_stall_seconds), transfer_bytes: 0, stream: None, tail_ns: 0 });
     assert_eq!(inst.kv_usage().0, 7);
     let end = 1_000 + start.compute_ns;
     let mut gaps = Vec::new();

@@ -232,7 +232,7 @@ impl Process<Event> for Cluster<'_> {
                 self.note_load(instance);
             }
             Event::IterationEnd { instance } => {
-                if self.iterations.compute_done(instance) {
+                if self.iterations.compute_done(instance, now, queue)? {
                     self.end_iteration(instance, now, queue)?;
                     self.note_load(instance);
                 }

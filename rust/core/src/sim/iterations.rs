@@ -82,21 +82,33 @@ impl Iterations {
         }
         if p.compute_done {
             stats.weight_stall_ns += now - (p.since + p.start.compute_ns);
-            self.pending[idx as usize] = None;
-            return Ok(true);
+            return self.tail_or_end(idx, now, queue);
         }
         Ok(false)
     }
 
-    /// The compute of `idx` ended; returns true when the whole iteration is done.
-    pub(super) fn compute_done(&mut self, idx: u32) -> bool {
+    /// The compute of `idx` ended at `now`; returns true when the whole iteration is done.
+    pub(super) fn compute_done(&mut self, idx: u32, now: Nanos, queue: &mut Queue) -> Result<bool> {
         let p = self.pending[idx as usize].as_mut().expect("compute ends for an iteration in progress");
         if p.flows_left > 0 {
             p.compute_done = true;
-            return false;
+            return Ok(false);
+        }
+        self.tail_or_end(idx, now, queue)
+    }
+
+    /// The compute and the streams of `idx` are done at `now`: runs the compute that follows them
+    /// (the iteration ends with its own `IterationEnd`), or ends the iteration (true).
+    fn tail_or_end(&mut self, idx: u32, now: Nanos, queue: &mut Queue) -> Result<bool> {
+        let p = self.pending[idx as usize].as_mut().expect("an iteration in progress");
+        if p.start.tail_ns > 0 {
+            let tail = std::mem::take(&mut p.start.tail_ns);
+            p.compute_done = false;
+            queue.push(compute_end(now, tail, idx)?, Event::IterationEnd { instance: idx });
+            return Ok(false);
         }
         self.pending[idx as usize] = None;
-        true
+        Ok(true)
     }
 }
 
