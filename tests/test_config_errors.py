@@ -263,3 +263,27 @@ def test_a_gpus_power_and_price_are_bounded(write_yaml, field, value, limit):
     sc["cluster"]["pools"][0]["gpu"] = "g"
     err = _cli_error(write_yaml(sc))
     assert f"gpus.g.{field}: Input should be less than or equal to {limit}" in err
+
+
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
+    # PyYAML keeps the last of two equal keys: requests: 50 then 5000000 ran five million.
+    p = tmp_path / "dup.yaml"
+    p.write_text("name: q\ncluster:\n  pools:\n    - {name: main, count: 1, gpu: h100-sxm, model: llama-3-8b}\n"
+                 "workload:\n  requests: 50\n  requests: 5000000\n")
+    err = _cli_error(p)
+    assert f"{p}, line 7: 'requests' is given twice in one mapping (first at line 6); keep one" in err, err
+    # A merge key may still bring in a value the mapping then overrides.
+    from fleetwise.config.yaml_input import parse_yaml
+
+    data = parse_yaml("base: &p {count: 2, gpu: h100-sxm}\npool: {<<: *p, count: 3}\n", "m.yaml")
+    assert data["pool"] == {"count": 3, "gpu": "h100-sxm"}
+
+
+def test_sexagesimal_numbers_are_text_not_ninety(write_yaml):
+    # YAML 1.1 reads 1:30 as 90: a rate of "1:30" ran at 90 req/s.
+    from fleetwise.config.yaml_input import parse_yaml
+
+    assert parse_yaml("a: 1:30\nb: 1:30.5\nc: 90\nd: 1_000\ne: 2.5e+3", "x") == {"a": "1:30", "b": "1:30.5", "c": 90, "d": 1000, "e": 2500.0}
+    r = run_cli("run", str(write_yaml(small_scenario())), "--set", "workload.arrivals.rate=1:30")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "workload.arrivals.rate: Input should be a valid number, unable to parse string as a number (got '1:30')" in r.stderr, r.stderr

@@ -80,11 +80,46 @@ class _BoundedLoader(yaml.SafeLoader):
             self._depth -= 1
 
 
+    def construct_mapping(self, node, deep=False):  # noqa: D401 - PyYAML's hook
+        """Builds a mapping, refusing a key written twice in it (PyYAML keeps the last one
+        silently: ``requests: 50`` then ``requests: 5000000`` ran five million). Keys a merge
+        (``<<: *base``) brings in may be overridden, as YAML intends."""
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                if key in seen:
+                    raise yaml.YAMLError(_DuplicateKey(key_node.start_mark, key, seen[key]))
+                seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+    def construct_sexagesimal_as_text(self, node):
+        """A YAML 1.1 number written with colons (``1:30``, read as 90 by PyYAML) stays text, so
+        that a number field refuses it instead of running with a value nobody wrote."""
+        if ":" in str(node.value):
+            return self.construct_scalar(node)
+        tag = node.tag.rsplit(":", 1)[-1]
+        return yaml.SafeLoader.construct_yaml_int(self, node) if tag == "int" else yaml.SafeLoader.construct_yaml_float(self, node)
+
+
+_BoundedLoader.add_constructor("tag:yaml.org,2002:int", _BoundedLoader.construct_sexagesimal_as_text)
+_BoundedLoader.add_constructor("tag:yaml.org,2002:float", _BoundedLoader.construct_sexagesimal_as_text)
+
+
 class _DeepError:
     """Marks a ``YAMLError`` raised by ``_BoundedLoader`` for nesting too deep."""
 
     def __init__(self, mark) -> None:
         self.mark = mark
+
+
+class _DuplicateKey:
+    """Marks a ``YAMLError`` raised by ``_BoundedLoader`` for a key written twice in a mapping."""
+
+    def __init__(self, mark, key, first_line: int) -> None:
+        self.mark, self.key, self.first_line = mark, key, first_line
 
 
 def load_yaml(text: str, source: str) -> Any:
@@ -101,6 +136,9 @@ def load_yaml(text: str, source: str) -> Any:
         inner = err.args[0] if err.args else None
         if isinstance(inner, _DeepError):
             _fail(f"{source}, line {inner.mark.line + 1}: too deeply nested (more than {MAX_YAML_DEPTH} levels)")
+        if isinstance(inner, _DuplicateKey):
+            _fail(f"{source}, line {inner.mark.line + 1}: {short_repr(inner.key)} is given twice in one mapping (first at line "
+                  f"{inner.first_line}); keep one")
         raise
     except RecursionError:
         _fail(f"{source}: too deeply nested (more than {MAX_YAML_DEPTH} levels)")
