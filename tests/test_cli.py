@@ -114,3 +114,24 @@ def test_ctrl_c_cancels_a_long_run_cleanly(tmp_path):
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_running_out_of_memory_is_a_one_line_error_with_exit_2(monkeypatch, capsys, tmp_path):
+    # A MemoryError anywhere under a command (here the core's simulate) was a traceback, exit 1.
+    import sys
+
+    import fleetwise.cli  # noqa: F401 - loads fleetwise.cli.app
+
+    cli_app, sim = sys.modules["fleetwise.cli.app"], sys.modules["fleetwise.simulate"]
+
+    def no_memory(*a, **k):
+        raise MemoryError
+
+    monkeypatch.setattr(sim, "simulate", no_memory)
+    monkeypatch.setattr("sys.argv", ["fleetwise", "run", str(REPO / "scenarios" / "quickstart.yaml"), "-o", str(tmp_path / "out")])
+    codes = []
+    monkeypatch.setattr(cli_app, "_exit", codes.append)
+    cli_app.main()
+    assert codes == [2]
+    err = capsys.readouterr().err
+    assert "ran out of memory" in err and "Traceback" not in err

@@ -34,6 +34,10 @@ def main() -> None:
     except FleetwiseError as e:
         err.print(f"[bold red]error:[/] {escape(error_text(e))}", highlight=False, markup=True)
         code = 2
+    except MemoryError:  # a scenario too large for this machine, wherever it ran out
+        err.print("[bold red]error:[/] ran out of memory: the scenario is too large for this machine; lower workload.requests, "
+                  "the cluster's size or (with --requests) the points kept", highlight=False, markup=True)
+        code = 2
     except KeyboardInterrupt:  # Ctrl-C outside a command's own handling (e.g. while starting up)
         err.print("interrupted")
         code = 130
