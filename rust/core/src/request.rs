@@ -119,12 +119,13 @@ impl Request {
 
 /// `n` vacant requests ([`Request::VACANT`]) in one zero-filled allocation: the allocator hands out
 /// fresh zero pages for a large one, so a slot's memory becomes resident only when a request is
-/// written into it (a streaming run writes each request when it arrives).
-pub fn vacant_requests(n: usize) -> Vec<Request> {
+/// written into it (a streaming run writes each request when it arrives). None when the memory
+/// cannot be had.
+pub fn vacant_requests(n: usize) -> Option<Vec<Request>> {
     if n == 0 {
-        return Vec::new();
+        return Some(Vec::new());
     }
-    let layout = std::alloc::Layout::array::<Request>(n).expect("request table size overflows");
+    let layout = std::alloc::Layout::array::<Request>(n).ok()?;
     // SAFETY: `layout` has non-zero size. Every field of `Request` is an integer, a `HashList`
     // (null pointer and zero length: the empty list) or `Status` (`repr(u8)`, `Pending = 0`), so
     // all-zero bytes are a valid `Request` (`Request::VACANT`, checked by a test). The memory comes
@@ -132,9 +133,9 @@ pub fn vacant_requests(n: usize) -> Vec<Request> {
     unsafe {
         let ptr = std::alloc::alloc_zeroed(layout) as *mut Request;
         if ptr.is_null() {
-            std::alloc::handle_alloc_error(layout);
+            return None;
         }
-        Vec::from_raw_parts(ptr, n, n)
+        Some(Vec::from_raw_parts(ptr, n, n))
     }
 }
 
@@ -144,7 +145,7 @@ mod tests {
 
     #[test]
     fn zeroed_requests_are_vacant() {
-        let v = vacant_requests(3);
+        let v = vacant_requests(3).unwrap();
         assert_eq!(v.len(), 3);
         for r in &v {
             assert_eq!(format!("{r:?}"), format!("{:?}", Request::VACANT));

@@ -33,11 +33,12 @@ pub(super) fn load_requests(workload: &Workload, reqs: &mut Vec<Request>, stream
     if !workload.hashes.is_empty() && workload.hashes.len() != n {
         return Err(Error::Simulation { message: format!("{} hash lists for {n} requests", workload.hashes.len()) });
     }
+    let no_memory = || Error::config("workload.requests", format!("{n} requests need {:.1} GB for the simulator's request table, which could not be allocated; lower workload.requests", (n * std::mem::size_of::<Request>()) as f64 / 1e9));
     if streaming {
-        *reqs = vacant_requests(n);
+        *reqs = vacant_requests(n).ok_or_else(no_memory)?;
     } else {
         reqs.clear();
-        reqs.reserve(n);
+        reqs.try_reserve_exact(n).map_err(|_| no_memory())?;
         reqs.extend((0..n).map(|i| request_at(workload, i)));
     }
     Ok(())

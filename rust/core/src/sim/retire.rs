@@ -102,7 +102,7 @@ mod tests {
     #[test]
     fn retires_in_order_up_to_the_first_unfinished_and_releases_pages() {
         let n = 3 * RELEASE_BATCH;
-        let mut reqs = vacant_requests(n);
+        let mut reqs = vacant_requests(n).unwrap();
         for (i, r) in reqs.iter_mut().enumerate() {
             *r = Request::new(i as u64, 10, 2);
             r.hashes = vec![i as u64].into();
