@@ -103,6 +103,11 @@ def test_the_proposer_takes_its_memory_out_of_the_kv_cache():
     assert spec["num_blocks"][0] == spec["kv_bytes"][0] // (16 * 114688)
     eagle = fleetwise.simulate(_scenario({"method": "eagle", "num_speculative_tokens": 3, "acceptance_rate": [0.8, 0.6, 0.4]})).instances
     assert eagle["kv_bytes_per_token"][0] == 81920 + 1024, "one more layer's KV"
+    # An FP8 KV cache holds the draft's KV in FP8 too (vLLM keeps one kv_cache_dtype for both):
+    # half of each; it was 40960 + 32768, the draft's KV left in 16 bits.
+    fp8 = _scenario(DRAFT)
+    fp8["cluster"]["pools"][0]["quantization"] = {"kv_cache": "fp8"}
+    assert fleetwise.simulate(fp8).instances["kv_bytes_per_token"][0] == 40960 + 16384
 
 
 def test_the_scenario_resolves_the_draft_model_for_the_core():

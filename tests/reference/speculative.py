@@ -24,11 +24,13 @@ class ReferenceSpeculation:
         self.rates = list(a) if isinstance(a, list) else [a] * k
         if any(r not in (0.0, 1.0) for r in self.rates) or spec["method"] != "draft":
             raise ValueError("the reference model speculates with a draft model and acceptance rates of 0 or 1 only")
-        draft = cost_model(spec["draft_model"], pool["gpu"], calibration=pool["calibration"], tp=pool["parallelism"]["tp"])
+        # The draft's weights in 16 bits, its KV in the pool's KV format (one cache dtype, as vLLM).
+        kv_format = {"kv_cache": (pool.get("quantization") or {}).get("kv_cache", "bf16")}
+        draft = cost_model(spec["draft_model"], pool["gpu"], calibration=pool["calibration"], tp=pool["parallelism"]["tp"], quantization=kv_format)
         self.draft_weight_bytes = draft.weight_bytes_per_gpu()
         self.draft_kv_bytes_per_token = draft.kv_bytes_per_token()
         # What a speculating prefill instance sends per prompt token beside the target's KV.
-        self.draft_kv_bytes_per_token_whole_model = cost_model(spec["draft_model"], pool["gpu"], calibration=pool["calibration"]).kv_bytes_per_token()
+        self.draft_kv_bytes_per_token_whole_model = cost_model(spec["draft_model"], pool["gpu"], calibration=pool["calibration"], quantization=kv_format).kv_bytes_per_token()
 
     def num_blocks(self, plan: dict) -> int:
         """The KV blocks left once the draft's weights and its KV per token share the cache."""

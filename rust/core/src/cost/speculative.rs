@@ -127,7 +127,7 @@ pub struct Speculator {
 
 impl Speculator {
     /// The proposer of `cfg` for the instance `spec` describes (its target): a draft model on
-    /// the same GPUs and tensor parallelism (bf16), or an EAGLE / MTP head shaped like one target
+    /// the same GPUs and tensor parallelism (bf16 weights, the pool's KV format), or an EAGLE / MTP head shaped like one target
     /// layer (the target's quantization). With pipeline stages it runs whole on one stage's
     /// `tp` GPUs (the last: vLLM runs the proposer on the last stage's rank). Its per-step CPU overheads are zero: the k draft steps
     /// run inside the engine step, whose overhead the verify pass already pays.
@@ -157,7 +157,10 @@ impl Speculator {
                 if draft.vocab_size != target.vocab_size {
                     return Err(Error::config("speculative.draft_model", format!("{}'s vocabulary ({} tokens) differs from {}'s ({}): a draft model must share the target's tokenizer", draft.name, draft.vocab_size, target.name, target.vocab_size)));
                 }
-                let cm = CostModel::build(&on_gpus(draft.clone(), Quantization::default())).map_err(|e| in_draft(&draft.name, e))?;
+                // Its weights in 16 bits; its KV cache in the pool's format, as vLLM keeps one
+                // kv_cache_dtype for the target's and the draft's layers.
+                let q = Quantization { kv_cache: spec.quantization.kv_cache, ..Quantization::default() };
+                let cm = CostModel::build(&on_gpus(draft.clone(), q)).map_err(|e| in_draft(&draft.name, e))?;
                 let (w, kv) = (cm.weight_bytes_per_gpu(), cm.kv_bytes_per_token_per_gpu());
                 (cm, w, kv)
             }
