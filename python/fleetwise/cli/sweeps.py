@@ -112,10 +112,10 @@ def sweep(
 @app.command()
 def goodput(
     scenario: Path = typer.Argument(..., help="Scenario YAML file (arrivals with a rate: poisson, gamma, onoff)."),
-    slo: List[str] = typer.Option(..., "--slo", help="METRIC_pNN=SECONDS, METRIC in ttft, tpot, e2e (repeatable)."),
+    slo: List[str] = typer.Option(..., "--slo", help="METRIC_pNN=SECONDS, METRIC in ttft, tpot, e2e, scheduling_delay (repeatable)."),
     attainment: Optional[float] = float_option(None, "--attainment", min=0.0, max=1.0, help="Fraction of requests that must meet every SLO (default from the _pNN suffix, else 0.9)."),
     set_: List[str] = typer.Option([], "--set", help="Override: PATH=VALUE. Repeatable."),
-    low: float = float_option(0.5, "--low", min=1e-6, help="Lowest rate tried, requests/s."),
+    low: float = float_option(0.5, "--low", min=1e-6, max=1e6, help="Lowest rate tried, requests/s (the search stops at 1e6)."),
     high: Optional[float] = typer.Option(None, "--high", help="Upper bracket, requests/s (default: doubling from --low)."),
     tolerance: float = float_option(0.05, "--tolerance", min=0.001, max=0.5, help="Relative width at which bisection stops."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Directory for the evaluated points and goodput.json."),
@@ -133,10 +133,11 @@ def goodput(
     name = load_scenario(scenario, set_).name
     out_dir = output or _default_dir("sweeps", f"{name}-goodput")
     try:
-        r = search(str(scenario), list(set_), out_dir, slos, target, low, high, tolerance, jobs, ray_address=ray)
-    except KeyboardInterrupt:
+        with sigterm_interrupts():
+            r = search(str(scenario), list(set_), out_dir, slos, target, low, high, tolerance, jobs, ray_address=ray)
+    except KeyboardInterrupt as e:
         err.print(f"interrupted: evaluated points are saved in {out_dir}/; run the same command again to resume")
-        sys.exit(130)
+        sys.exit(143 if isinstance(e, Terminated) else 130)
     if r["below_rate"] is not None:
         out.print(f"no rate tried meets {target:.0%} attainment of {slos}: the goodput of {name} is below the lowest rate, "
                   f"{r['below_rate']:.3g} req/s (attainment there: {dict((c['rate'], c['attainment']) for c in r['curve']).get(r['below_rate'], 0.0):.1%}); "
@@ -150,6 +151,9 @@ def goodput(
     for c in r["curve"]:
         t.add_row(f"{c['rate']:.3g}", f"{c['attainment']:.1%}")
     out.print(t)
+    if r.get("passing_above"):
+        out.print(f"note: attainment is not monotone in the rate: {', '.join(f'{x:.3g}' for x in r['passing_above'])} req/s, above the goodput, "
+                  f"meet{'s' if len(r['passing_above']) == 1 else ''} {target:.0%} too (more requests per point smooth the curve)", highlight=False, markup=False)
     out.print(f"results in {out_dir}/")
 
 
@@ -171,22 +175,23 @@ def place(
     from fleetwise.config.load import load_scenario
     from fleetwise.sweep.goodput import parse_slos
     from fleetwise.sweep.grid import expand, parse_grid
-    from fleetwise.sweep.placement import place as run_place
+    from fleetwise.sweep.placement import check_layout_count, place as run_place
 
     slos, implied = parse_slos(slo, attainment)
     _check_positive("--budget-dollars-per-hour", budget_dollars)
     _check_positive("--budget-watts", budget_watts)
     target = attainment if attainment is not None else (implied or 0.9)
-    points = expand(parse_grid(grid, set_))
-    for p in points:
-        load_scenario(scenario, [*set_, *p.overrides()])
+    g = parse_grid(grid, set_)
+    check_layout_count([(path, len(values)) for path, values in g])  # before expanding it
+    points = expand(g)  # each layout is validated (and priced) by run_place before any search
     name = load_scenario(scenario, set_).name
     out_dir = output or _default_dir("sweeps", f"{name}-placement")
     try:
-        rows = run_place(str(scenario), list(set_), points, out_dir, slos, target, objective, budget_dollars, budget_watts, jobs=jobs, ray_address=ray)
-    except KeyboardInterrupt:
+        with sigterm_interrupts():
+            rows = run_place(str(scenario), list(set_), points, out_dir, slos, target, objective, budget_dollars, budget_watts, jobs=jobs, ray_address=ray)
+    except KeyboardInterrupt as e:
         err.print(f"interrupted: finished searches are in {out_dir}/points/; run the same command again to resume them")
-        sys.exit(130)
+        sys.exit(143 if isinstance(e, Terminated) else 130)
     t = Table(title=f"{name}: {len(rows)} layouts ranked by {objective} at {target:.0%} of {slos}")
     for c in ("layout", "GPUs", "$/h", "kW", "goodput", "per GPU", "per $/h"):
         t.add_column(c, justify="left" if c == "layout" else "right")
@@ -220,10 +225,11 @@ def designs(
     s = load_design_study(study)
     out_dir = output or _default_dir("sweeps", s.name)
     try:
-        rows = run_study(s, out_dir, list(design), jobs=jobs)
-    except KeyboardInterrupt:
+        with sigterm_interrupts():
+            rows = run_study(s, out_dir, list(design), jobs=jobs)
+    except KeyboardInterrupt as e:
         err.print(f"interrupted: finished searches are in {out_dir}/designs/; run the same command again to resume them")
-        sys.exit(130)
+        sys.exit(143 if isinstance(e, Terminated) else 130)
     slos = ", ".join(f"{k} <= {v:g} s" for k, v in s.slo.items())
     t = Table(title=f"{s.name}: throughput at {s.attainment:.0%} of requests within {slos}; ratios against {s.reference}")
     for c in ("design", "provisioning", "machines", "kW", "$/h", "req/s", "x req/s", "x kW", "x $/h"):
@@ -232,7 +238,8 @@ def designs(
     for r in rows:
         goodput = f"< {r['below_rate']:.3g}" if r.get("below_rate") is not None else fmt(r["goodput"])
         t.add_row(r["design"], ", ".join(r["provisioning"]), r["machines"], f"{r['watts'] / 1e3:.1f}", f"{r['dollars_per_hour']:.1f}",
-                  goodput, fmt(r["goodput_ratio"]), fmt(r["watts_ratio"]), fmt(r["cost_ratio"]))
+                  goodput, f"< {r['goodput_ratio_below']:.3g}" if r.get("goodput_ratio_below") is not None else fmt(r["goodput_ratio"]),
+                  fmt(r["watts_ratio"]), fmt(r["cost_ratio"]))
     out.print(t)
     if any(r.get("below_rate") is not None for r in rows):
         out.print("< X: no rate searched meets the SLOs; the throughput is below X req/s (the study's low)", highlight=False, markup=False)

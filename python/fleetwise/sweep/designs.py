@@ -9,7 +9,6 @@ iso-cost comparisons (docs/splitwise-designs.md) as one command: ``fleetwise des
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from fleetwise.config.design_study import DesignStudy, design_scenarios
@@ -48,10 +47,13 @@ def run_study(study: DesignStudy, out_dir: Path, names: list[str] | None = None,
     ``instances``, ``gpus``, ``watts``, ``dollars_per_hour``, ``goodput`` (requests/s under the
     SLOs), ``goodput_per_gpu``, and against the reference design ``goodput_ratio``,
     ``watts_ratio`` and ``cost_ratio`` (the reference is searched too when not among ``names``).
+    A design whose throughput lies below the study's ``low`` (``below_rate`` set) has no
+    ``goodput_ratio`` (None) but ``goodput_ratio_below``: the ratio it lies below.
     Writes ``designs.json`` in ``out_dir``; each search keeps its points under
     ``out_dir/designs/NAME`` (a rerun resumes from them)."""
     from fleetwise.errors import ConfigError
     from fleetwise.result import ensure_output_dir
+    from fleetwise.sweep.goodput import check_result_file, write_json
     from fleetwise.sweep.placement import price
 
     names = list(study.designs) if not names else list(dict.fromkeys(names))
@@ -60,6 +62,7 @@ def run_study(study: DesignStudy, out_dir: Path, names: list[str] | None = None,
         raise ConfigError(f"--design {unknown[0]!r}: not a design of {study.source}; allowed: {', '.join(study.designs)}")
     searched = names if study.reference in names else [*names, study.reference]
     ensure_output_dir(out_dir)
+    check_result_file(Path(out_dir) / "designs.json")
     scenarios = design_scenarios(study)
     base = str(study.scenario_path)
     slos = dict(study.slo)
@@ -86,11 +89,13 @@ def run_study(study: DesignStudy, out_dir: Path, names: list[str] | None = None,
             "instances": sum(p.count for p in sc.cluster.pools),
             **cost,
             **res,
-            "goodput_ratio": res["goodput"] / ref_goodput if ref_goodput > 0 else None,
+            # Below the study's low the goodput is unknown (0 stands for "below"): so is its ratio, but not its bound.
+            "goodput_ratio": res["goodput"] / ref_goodput if ref_goodput > 0 and res.get("below_rate") is None else None,
+            "goodput_ratio_below": res["below_rate"] / ref_goodput if ref_goodput > 0 and res.get("below_rate") is not None else None,
             "watts_ratio": cost["watts"] / ref_price["watts"] if ref_price["watts"] else None,
             "cost_ratio": cost["dollars_per_hour"] / ref_price["dollars_per_hour"] if ref_price["dollars_per_hour"] else None,
         })
     doc = {"study": study.name, "study_file": study.source, "scenario_file": base, "reference": study.reference,
            "slo": slos, "attainment_target": study.attainment, "designs": rows}
-    (Path(out_dir) / "designs.json").write_text(json.dumps(doc, indent=2) + "\n")
+    write_json(Path(out_dir) / "designs.json", doc)
     return rows

@@ -25,11 +25,38 @@ from fleetwise.sweep.runner import run_points
 from fleetwise.sweep.scenarios import BaseScenario
 from fleetwise.sweep.store import SweepStore, temp_name
 
-__all__ = ["METRICS", "attainment", "parse_slos", "search"]
+__all__ = ["METRICS", "MAX_RATE", "attainment", "parse_slos", "search", "write_json"]
 
 
 _NUMBER = re.compile(r"[0-9]+(\.[0-9]*)?|\.[0-9]+")
 """A plain decimal number (ASCII digits, no sign, exponent or underscores)."""
+MAX_RATE = 1e6
+"""The highest arrival rate (requests/s) the search doubles up to before it gives up."""
+
+
+def write_json(path: Path, doc: dict) -> None:
+    """Writes ``doc`` to ``path`` atomically (a temporary file renamed over it, so a FIFO or a
+    half-written file is never left there); a failure to write is a ``ConfigError`` naming ``path``."""
+    from fleetwise.sweep.store import saving
+
+    path = Path(path)
+    tmp = temp_name(path)
+    try:
+        with saving(path):
+            tmp.write_text(json.dumps(doc, indent=2) + "\n")
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def check_result_file(path: Path, option: str = "-o") -> None:
+    """Refuses (``ConfigError`` naming ``path`` and ``option``), before any simulation, a results
+    file that cannot be replaced because a directory is in its place."""
+    from fleetwise.errors import ConfigError
+    from fleetwise.paths import path_kind
+
+    if path_kind(Path(path), option) == "dir":
+        raise ConfigError(f"{path}: is a directory where the results file goes; remove it or give another {option} directory")
 
 
 def parse_slos(options: list[str], attainment: float | None = None) -> tuple[dict[str, float], float | None]:
@@ -50,7 +77,7 @@ def parse_slos(options: list[str], attainment: float | None = None) -> tuple[dic
             raise ConfigError(f"--slo {name} given twice ({', '.join(o for o in options if o.partition('=')[0].strip().partition('_p')[0] == name)}); give each metric once")
         text = value.strip()
         try:
-            if "_" in text:  # float() reads 1_0 as 10
+            if "_" in text or not text.isascii():  # float() reads 1_0 as 10, and other scripts' digits
                 raise ValueError(text)
             seconds = float(text)
         except ValueError:
@@ -122,7 +149,8 @@ def search(
     rates only) measures the attainment curve at 0.5x to 1.5x the goodput. Every evaluated rate is a saved sweep point (so a rerun resumes). With
     ``ray_address`` (an address, ``"local"``, or a ``RayPool`` shared with other searches) every
     simulation runs as a Ray task and the driver saves its files: the bisection's one at a time,
-    the attainment curve's in parallel.
+    the attainment curve's in parallel. ``passing_above`` lists the measured rates above the
+    goodput that meet the target too (attainment that is not monotone in the rate).
     """
     from fleetwise.config.load import load_scenario
     from fleetwise.errors import ConfigError
@@ -134,6 +162,7 @@ def search(
         raise ConfigError(f"{scenario}: goodput search varies workload.arrivals.rate; {sc.workload.arrivals.kind} arrivals have no rate (use poisson, gamma or onoff)")
     gpus = sum(p.count * p.parallelism.tp * p.parallelism.pp for p in sc.cluster.pools)
     instances = sum(p.count for p in sc.cluster.pools)
+    check_result_file(Path(out_dir) / "goodput.json")  # before any simulation, not after them all
     store = SweepStore(out_dir)  # holds the directory's lock until the search ends
     stack = contextlib.ExitStack()
     try:
@@ -153,8 +182,9 @@ def search(
             hi = high if high is not None else low * 2
             while att(hi) >= target:
                 low, hi = hi, hi * 2
-                if hi > 1e6:
-                    raise ConfigError(f"{scenario}: attainment stays above {target} beyond 1e6 req/s; check the SLOs")
+                if hi > MAX_RATE:
+                    raise ConfigError(f"{scenario}: attainment stays above {target} beyond 1e6 req/s (every rate tried up to {low:g} req/s meets {slos}): "
+                                      "check the SLOs; they bound nothing at this load: tighten them or simulate more requests")
             while (hi - low) / hi > tolerance:
                 mid = math.sqrt(low * hi)
                 if att(mid) >= target:
@@ -165,7 +195,7 @@ def search(
         curve_rates = [goodput * f for f in (0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5)] if goodput > 0 else [low * f for f in (0.25, 0.5, 1.0)]
         if curve:
             measured.update(_measure(scenario, overrides, store, curve_rates, slos, jobs, quiet, "attainment curve", ray_address))
-        store.merge()
+        _attainment_column(store, store.merge(), measured, slos)
         result = {
             "scenario": sc.name,
             "slo": slos,
@@ -177,12 +207,39 @@ def search(
             "gpus": gpus,
             "instances": instances,
             "curve": [{"rate": r, "attainment": a} for r, a in sorted(measured.items())],
+            # Attainment is not always monotone in the rate (few requests, bursts): rates above the
+            # goodput that meet the target too are named, not hidden behind "the highest rate".
+            "passing_above": [r for r, a in sorted(measured.items()) if goodput > 0 and r > _rate_point(goodput).rate and a >= target],
         }
-        final = Path(out_dir) / "goodput.json"
-        tmp = temp_name(final)
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        os.replace(tmp, final)
+        write_json(Path(out_dir) / "goodput.json", result)
         return result
     finally:
         stack.close()
         store.close()
+
+
+def _attainment_column(store: SweepStore, frame: pl.DataFrame, measured: dict[float, float], slos: dict) -> None:
+    """Rewrites ``points.parquet``'s ``slo_attainment`` against the search's SLOs (each point's own
+    summary measures it against the scenario's ``slo:`` block, which the search does not use), so
+    that it agrees with ``goodput.json``; a point whose requests cannot be read gets null."""
+    from fleetwise.sweep.store import saving
+
+    if frame.height == 0 or "point" not in frame.columns:
+        return
+    values = []
+    for pid, rate in zip(frame["point"].to_list(), frame["rate"].to_list() if "rate" in frame.columns else [None] * frame.height):
+        if rate in measured:
+            values.append(measured[rate])
+            continue
+        try:
+            values.append(attainment(pl.read_parquet(store.dir / "points" / pid / "requests.parquet"), slos))
+        except Exception:  # a point without (readable) requests: unknown, not the scenario's number
+            values.append(None)
+    final = store.dir / "points.parquet"
+    tmp = temp_name(final)
+    try:
+        with saving(final):
+            frame.with_columns(pl.Series("slo_attainment", values, dtype=pl.Float64)).write_parquet(tmp)
+            os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)

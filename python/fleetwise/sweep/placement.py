@@ -10,7 +10,6 @@ many prompt and token machines for a cost or power budget) and DistServe's place
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from fleetwise.sweep.grid import RATE_PATH, Point
@@ -35,6 +34,25 @@ def price(scenario) -> dict:
     return {"gpus": int(gpus), "dollars_per_hour": dollars, "watts": watts}
 
 
+MAX_LAYOUTS = 4096
+"""The most layouts one ``place`` searches: each is a goodput search of about 20 simulations, and
+pricing alone takes seconds per thousand layouts, so a larger grid is refused at once."""
+
+
+def check_layout_count(sizes: list[tuple[str, int]]) -> None:
+    """Refuses (``ConfigError`` naming every ``--grid`` path and its number of values) a grid of
+    more than ``MAX_LAYOUTS`` layouts, before expanding it (a product of long lists never ends)."""
+    from fleetwise.errors import ConfigError
+
+    total = 1
+    for _, n in sizes:
+        total *= n
+    if total > MAX_LAYOUTS:
+        dims = " x ".join(f"{n} ({path})" for path, n in sizes if path)
+        raise ConfigError(f"--grid: {dims + ' = ' if dims else ''}{total:,} layouts; place searches each one's goodput (about 20 simulations each) "
+                          f"and allows at most {MAX_LAYOUTS:,}: narrow the grid")
+
+
 MAX_CONCURRENT_SEARCHES = 256
 """On Ray, the most layouts searched at once (one driver thread each; their simulations are Ray tasks)."""
 
@@ -42,9 +60,14 @@ MAX_CONCURRENT_SEARCHES = 256
 def _evaluate(scenario_path: str, overrides: list[str], point: Point, out_dir: str, slos: dict, target: float, low: float, tolerance: float, ray=None) -> dict:
     """Goodput search of one layout (in a worker process; or in a driver thread whose simulations
     run on the shared ``RayPool`` ``ray``)."""
+    from fleetwise.errors import FleetwiseError
     from fleetwise.sweep.goodput import search
 
-    r = search(scenario_path, [*overrides, *point.overrides()], Path(out_dir) / "points" / point.id, slos, target, low=low, tolerance=tolerance, jobs=1, quiet=True, ray_address=ray)
+    try:
+        r = search(scenario_path, [*overrides, *point.overrides()], Path(out_dir) / "points" / point.id, slos, target, low=low, tolerance=tolerance, jobs=1, quiet=True, ray_address=ray)
+    except FleetwiseError as err:  # say which layout: every layout shares the scenario file's name
+        layout = ", ".join(f"{k}={v}" for k, v in point.assignments) or "(the scenario)"
+        raise type(err)(f"layout {layout}: {err}") from None
     return {"goodput": r["goodput_rate"], "goodput_per_gpu": r["goodput_per_gpu"], "below_rate": r["below_rate"]}
 
 
@@ -99,6 +122,7 @@ def place(
     from fleetwise.config.load import load_scenario
     from fleetwise.errors import ConfigError
     from fleetwise.result import ensure_output_dir
+    from fleetwise.sweep.goodput import check_result_file, write_json
 
     if objective not in OBJECTIVES:
         raise ConfigError(f"objective {objective!r}: allowed {', '.join(OBJECTIVES)}")
@@ -106,7 +130,7 @@ def place(
         # Each layout's goodput search sets the rate itself: such a grid would search the same
         # layout once per value and rank identical rows.
         raise ConfigError(f"--grid {RATE_PATH}: the goodput search varies the arrival rate itself; grid over the layout only")
-    ensure_output_dir(out_dir)  # a bad -o fails before any search
+    check_layout_count([("", len(points))])
     rows, todo = [], []
     for p in points:
         cost = price(load_scenario(scenario_path, [*overrides, *p.overrides()]))
@@ -118,10 +142,16 @@ def place(
         rows.append(row)
         if not over:
             todo.append((p, row))
+    if not todo and rows:  # nothing would be searched: the budget is the mistake, not a result
+        given = " and ".join(f"{o} {v:g}" for o, v in (("--budget-dollars-per-hour", budget_dollars_per_hour), ("--budget-watts", budget_watts)) if v is not None)
+        raise ConfigError(f"{given}: excludes every layout of the grid (the cheapest costs ${min(r['dollars_per_hour'] for r in rows):.2f}/h, the least "
+                          f"power-hungry draws {min(r['watts'] for r in rows):g} W); raise the budget or grid over smaller layouts")
     free = [row["layout"] or "(the scenario)" for _, row in todo if not row["dollars_per_hour"] > 0]
     if objective == "goodput_per_dollar" and free:  # goodput per dollar is unbounded: it ranked them last, shown as "-"
         raise ConfigError(f"--objective goodput_per_dollar: layout {free[0]} costs $0/h, so its goodput per dollar has no value; "
                           "give its GPUs or pools a price_per_hour (or grid over priced layouts only)")
+    ensure_output_dir(out_dir)  # a bad -o fails before any search
+    check_result_file(Path(out_dir) / "placement.json")
     args = [(scenario_path, overrides, p, str(out_dir), slos, target, low, tolerance) for p, _ in todo]
     if ray_address is not None and args:
         results = _evaluate_on_ray(args, ray_address)
@@ -136,5 +166,6 @@ def place(
         row["goodput_per_dollar"] = res["goodput"] / row["dollars_per_hour"] if row["dollars_per_hour"] else None
     rows.sort(key=lambda r: (not r["within_budget"], -(r.get(objective) or 0.0), r["gpus"]))
     ensure_output_dir(out_dir)
-    (Path(out_dir) / "placement.json").write_text(json.dumps({"objective": objective, "slo": slos, "attainment_target": target, "budget_dollars_per_hour": budget_dollars_per_hour, "budget_watts": budget_watts, "layouts": rows}, indent=2) + "\n")
+    write_json(Path(out_dir) / "placement.json", {"objective": objective, "slo": slos, "attainment_target": target, "budget_dollars_per_hour": budget_dollars_per_hour,
+                                                  "budget_watts": budget_watts, "layouts": rows})
     return rows
