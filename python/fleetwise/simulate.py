@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import numbers
+import signal
 import threading
 from pathlib import Path
 from typing import Callable, Mapping
@@ -95,6 +96,25 @@ def _timed_out(what: str, limit: float, worker: threading.Thread, done: threadin
     return err
 
 
+_INTERRUPTS = {signal.SIGINT, signal.SIGTERM}
+"""The signals a command turns into KeyboardInterrupt (Ctrl-C, and SIGTERM in sweeps and searches)."""
+
+
+def _block_interrupts():
+    """Holds SIGINT and SIGTERM back in this thread (they stay pending; threads started meanwhile
+    inherit the mask, so the core's thread never takes them); returns what to restore, None where
+    signal masks do not exist or this is not the main thread."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.pthread_sigmask(signal.SIG_BLOCK, _INTERRUPTS)
+
+
+def _unblock_interrupts(previous) -> None:
+    """Restores the signal mask ``_block_interrupts`` changed; a signal held back is handled now."""
+    if previous is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _run_core(config_json: str, arrays: tuple, show_progress: bool, extra: dict | None = None, clock: CallClock | None = None, policy_timeout: float | None = None) -> dict:
     """Runs the core in a worker thread so that Ctrl-C reaches the main thread, which then cancels
     the simulation; shows a progress bar over arriving requests when asked. A policy call noted on
@@ -114,9 +134,15 @@ def _run_core(config_json: str, arrays: tuple, show_progress: bool, extra: dict 
 
     worker = threading.Thread(target=target, name="fleetwise-simulate", daemon=True)
     watchdog = Watchdog(clock or CallClock(), policy_timeout, worker)
-    worker.start()
     total = len(arrays[0])
     try:
+        # Ctrl-C or SIGTERM while the thread starts would leave it running into the core unwaited
+        # for (the interpreter then exits under it and aborts): the signals wait until it runs.
+        blocked = _block_interrupts()
+        try:
+            worker.start()
+        finally:
+            _unblock_interrupts(blocked)
         with Progress(TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), disable=not show_progress, transient=True) as bar:
             task = bar.add_task("simulating", total=total)
             while not done.wait(0.1):
@@ -128,10 +154,15 @@ def _run_core(config_json: str, arrays: tuple, show_progress: bool, extra: dict 
                     raise _timed_out(what, policy_timeout, worker, done, box)
     except KeyboardInterrupt:
         # The core checks the flag every few thousand events. Wait on the event, not join():
-        # an interrupted join() can return early and let the interpreter exit under the worker.
+        # an interrupted join() can return early and let the interpreter exit under the worker;
+        # a second interrupt (Ctrl-C again, SIGTERM after SIGINT) keeps waiting.
         control.cancel()
-        while not done.wait(0.1):
-            pass
+        while worker.ident is not None:
+            try:
+                if done.wait(0.1):
+                    break
+            except KeyboardInterrupt:
+                continue
         raise
     if "err" in box:
         raise box["err"]
