@@ -257,3 +257,13 @@ def test_goodput_rates_keep_their_significant_digits():
 
     assert _rate_point(12.3456789).rate == 12.345679 and _rate_point(0.25).rate == 0.25  # 6 decimals, as before
     assert _rate_point(2.5e-7).rate == 2.5e-7 and _rate_point(1.23456789e-6).rate == 1.23457e-6  # was 0.0 and 1e-6
+
+
+def test_a_grid_of_more_points_than_a_sweep_allows_is_refused_before_expanding(tmp_path, write_yaml):
+    # 1,000 x 1,000 values: the product was built whole (a longer one never finished).
+    rates = ",".join(str(i) for i in range(1, 1001))
+    seeds = ",".join(str(i) for i in range(1, 1001))
+    r = run_cli("sweep", str(write_yaml(small_scenario())), "--grid", f"workload.arrivals.rate={rates}", "--grid", f"seed={seeds}", "-o", str(tmp_path / "sw"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "--grid: 1000 (workload.arrivals.rate) x 1000 (seed) = 1,000,000 points; a sweep may have at most 100,000" in r.stderr, r.stderr
+    assert not (tmp_path / "sw" / "rows").exists()

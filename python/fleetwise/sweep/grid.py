@@ -76,9 +76,23 @@ def parse_grid(options: list[str], fixed: list[str] | tuple[str, ...] = ()) -> l
     return grid
 
 
+MAX_POINTS = 100_000
+"""The most points one sweep grid may have (10,000 points of 20k requests each run in about 20
+minutes on two cores); a larger product is refused before it is expanded."""
+
+
 def expand(grid: list[tuple[str, list]]) -> list[Point]:
-    """Every combination of the grid's values, the last path varying fastest."""
+    """Every combination of the grid's values, the last path varying fastest; ``ConfigError``
+    naming each path's number of values when there are more than ``MAX_POINTS``."""
     if not grid:
         return [Point(())]
+    total = 1
+    for _, values in grid:
+        total *= len(values)
+    if total > MAX_POINTS:
+        from fleetwise.errors import ConfigError
+
+        dims = " x ".join(f"{len(v)} ({p})" for p, v in grid)
+        raise ConfigError(f"--grid: {dims} = {total:,} points; a sweep may have at most {MAX_POINTS:,}: narrow the grid or split the sweep")
     paths = [p for p, _ in grid]
     return [Point(tuple(zip(paths, combo))) for combo in itertools.product(*(v for _, v in grid))]
