@@ -172,3 +172,12 @@ def test_whole_layer_offload_of_a_moe_model_is_refused():
         fleetwise.simulate(sc)
     r = run_cli("estimate", "--model", "qwen3-30b-a3b", "--gpu", "h100-sxm", "--offload", "dram", "--prefill", "4096")
     assert r.returncode == 2 and "has MoE layers" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_flash_settings_at_dram_are_named_in_a_warning():
+    # queue_depth and read_chunk_kb describe the drive: at tier dram they change nothing, silently.
+    sc = small_scenario()
+    sc["workload"]["requests"] = 20
+    sc["cluster"]["pools"][0].update(model="llama-2-7b", offload={"tier": "dram", "queue_depth": 4, "read_chunk_kb": 8})
+    with pytest.warns(UserWarning, match=r"cluster.pools.0.offload: queue_depth, read_chunk_kb apply to flash only; with tier: dram it is ignored"):
+        fleetwise.simulate(sc)

@@ -110,6 +110,8 @@ class ExpertsConfig(StrictModel):
             if unused:
                 raise ConfigError(f"{path}.{unused[0]}: applies to offloaded experts (placement dram or flash); with placement hbm every expert "
                                   f"stays in HBM and {', '.join(unused)} would be ignored: remove it or set placement")
+        if self.placement == "dram":
+            warn_flash_only(path, "placement: dram", [f for f in _FLASH_ONLY if f in self.model_fields_set])
         drive = None
         if self.placement == "flash" or "storage" in self.model_fields_set:
             # A drive named explicitly is looked up with DRAM placement too: a misspelt name is an error.
@@ -122,3 +124,16 @@ class ExpertsConfig(StrictModel):
 
 _OFFLOADED_ONLY = ("staging_experts", "capacity_gb", "storage", "queue_depth", "read_chunk_kb")
 """``ExpertsConfig`` fields that only offloaded experts read (refused when set with placement hbm)."""
+
+_FLASH_ONLY = ("storage", "queue_depth", "read_chunk_kb")
+"""``ExpertsConfig`` fields that only experts on flash read (a warning with placement dram)."""
+
+
+def warn_flash_only(path: str, where: str, fields: list[str]) -> None:
+    """Warns (one line) that ``fields`` of the settings at ``path`` describe the flash drive and do
+    nothing at ``where`` (kept silent, a user would think they shaped the run)."""
+    if fields:
+        import warnings
+
+        verb = "applies" if len(fields) == 1 else "apply"
+        warnings.warn(f"{path}: {', '.join(fields)} {verb} to flash only; with {where} it is ignored", stacklevel=2)

@@ -247,6 +247,10 @@ class OffloadConfig(StrictModel):
         (``user_storage``: a scenario's own ``storage:`` drives, beside the catalogue's). A drive
         named explicitly is looked up with the DRAM tier too, so that a misspelt name is an error
         rather than ignored until the tier is switched to flash."""
+        if self.tier == "dram":
+            from fleetwise.config.experts import warn_flash_only
+
+            warn_flash_only(path, "tier: dram", [f for f in ("storage", "dram_cache_fraction", "queue_depth", "read_chunk_kb") if f in self.model_fields_set])
         drive = None
         if self.tier == "flash" or "storage" in self.model_fields_set:
             drive = lookup("storage", self.storage, user_storage or {}, f"{path}.storage").core_json(self.storage)
