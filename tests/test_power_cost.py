@@ -129,3 +129,20 @@ def test_a_capped_prompt_draws_the_cap_in_its_compute_bound_kernels_only():
     wl = Workload(arrival_ns=np.zeros(1, dtype=np.int64), prompt_tokens=np.full(1, 2000, dtype=np.int64), output_tokens=np.ones(1, dtype=np.int64))
     inst = fleetwise.simulate(sc, workload=wl).instances.row(0, named=True)
     assert inst["busy_energy_joules"] / (inst["busy_ns"] * 1e-9) == pytest.approx(capped["power_watts_per_gpu"], rel=1e-6)
+
+
+def test_a_late_rejected_arrival_does_not_stretch_energy_and_cost():
+    # Two requests finish within a second; a third, too long for Llama-3-8B's 8192-token context,
+    # arrives at 100 s and is rejected. Energy and cost count to the last completion, as
+    # docs/power-and-cost.md defines them: the idle GPUs were billed 100 s (a 100x error).
+    sc = small_scenario()
+    sc["cluster"]["pools"][0]["count"] = 1
+
+    def run(n):
+        wl = Workload(arrival_ns=np.array([0, 100_000_000, 100_000_000_000][:n]), prompt_tokens=np.array([500, 300, 9000][:n]), output_tokens=np.array([50, 20, 10][:n]))
+        return fleetwise.simulate(sc, workload=wl).summary
+
+    late, alone = run(3), run(2)
+    assert (late["rejected"], alone["rejected"]) == (1, 0)
+    assert late["energy"] == alone["energy"]
+    assert late["cost"] == alone["cost"]

@@ -83,6 +83,9 @@ pub(super) struct Cluster<'a> {
     /// A streaming run's retirement of finished requests into result columns (`None`: every
     /// request is written before the run and kept).
     pub(super) retirement: Option<Retirement<'a>>,
+    /// The time of the last event that was not a rejected arrival: the run ends there (energy,
+    /// cost and utilisation count up to the last completion, not up to a late rejection).
+    pub(super) last_work: Nanos,
 }
 
 /// Puts `path_prefix.` before the path of a configuration error.
@@ -185,7 +188,7 @@ impl<'a> Cluster<'a> {
         let iterations = Iterations::new(instances.len());
         let roles: Vec<Role> = instances.iter().map(|i| i.role).collect();
         let mixed_pool = config.mixed_pool.as_ref().map(|m| MixedPool::new(m, &roles, workload.arrival.len())).transpose()?;
-        Ok(Cluster { reqs, instances, pool_names, arrivals, iterations, handoffs, transfers, log, itl: QuantileSketch::new(0.005), rejections: Vec::new(), mixed_pool, workload, retirement: None })
+        Ok(Cluster { reqs, instances, pool_names, arrivals, iterations, handoffs, transfers, log, itl: QuantileSketch::new(0.005), rejections: Vec::new(), mixed_pool, workload, retirement: None, last_work: 0 })
     }
 
     /// In a streaming run, retires the leading finished requests (after every event).
@@ -219,13 +222,19 @@ impl Process<Event> for Cluster<'_> {
     }
 
     fn external(&mut self, now: Nanos, queue: &mut Queue) -> Result<()> {
-        self.arrive(now, queue)
+        let rejected = self.rejections.len();
+        self.arrive(now, queue)?;
+        if self.rejections.len() == rejected {
+            self.last_work = now;
+        }
+        Ok(())
     }
 
     /// Handles `event`, then refreshes the routers' load index for the instance it concerns (an
     /// instance's outstanding tokens change only in its own events, its arrivals and the handoffs
     /// it receives; debug builds check the whole index against the instances at every arrival).
     fn handle(&mut self, now: Nanos, event: Event, queue: &mut Queue) -> Result<()> {
+        self.last_work = now;
         match event {
             Event::Wake { instance } => {
                 self.wake(instance, now, queue)?;

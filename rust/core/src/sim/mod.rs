@@ -108,5 +108,6 @@ fn run(config: &SimConfig, workload: &Workload, control: &Control, plugins: Plug
             }
         }
     }
-    cluster.into_output(clock.now(), events)
+    let end = cluster.last_work.min(clock.now());
+    cluster.into_output(end, events)
 }

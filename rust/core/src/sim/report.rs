@@ -92,7 +92,8 @@ pub struct SimOutput {
     pub iterations: Option<IterationLog>,
     /// Events processed (arrivals, wakes, iteration ends).
     pub events: u64,
-    /// Time of the last event.
+    /// Time of the last event that was not a rejected arrival (the last completion, in a run
+    /// whose requests all finish): what energy, cost and utilisation count up to.
     pub end_time: Nanos,
     /// How Splitwise's mixed pool served each request, when the cluster has one.
     pub mixed_pool: Option<Vec<MixedService>>,
