@@ -274,3 +274,29 @@ def test_a_run_that_stopped_part_way_says_so_in_its_report(tmp_path):
     run = write_stopped(tmp_path / "stopped", info.value.requests, "small", f"PolicyError: {info.value}")
     html = write_report([run], tmp_path / "r.html").read_text()
     assert "this run stopped part way (PolicyError: " in html and "late failure" in html
+
+
+def test_pipelined_iterations_overlap_but_are_counted_once():
+    from fleetwise.report.timeseries import not_overlapping
+
+    # Two batches in flight on a pp = 2 instance: [0, 2) and [1, 3), then [4, 5). The instance is
+    # busy on [0, 3) and [4, 5), and its snapshot switches at 1 (the later batch's).
+    s, e = not_overlapping(np.array([0.0, 1.0, 4.0]), np.array([2.0, 3.0, 5.0]))
+    edges = np.array([0.0, 1.0, 2.0, 3.0, 4.0, 5.0])
+    assert np.allclose(time_average(s, e, np.ones(3), edges), [1, 1, 1, 0, 1])
+    assert np.allclose(time_average(s, e, np.array([10.0, 20.0, 5.0]), edges), [10, 20, 20, 0, 5])
+    # Rows that do not overlap (pp = 1) are unchanged.
+    assert np.array_equal(not_overlapping(np.array([0.0, 2.0]), np.array([1.0, 3.0]))[1], [1.0, 3.0])
+
+
+def test_report_of_an_async_pipeline_shows_busy_fraction_at_most_one(tmp_path):
+    out = tmp_path / "s70"
+    from conftest import REPO
+    from fleetwise.report.load import load_run
+    from fleetwise.report.timeseries import _series
+
+    r = run_cli("run", str(REPO / "scenarios" / "sarathi-serve-70b.yaml"), "--set", "workload.requests=40", "--iterations", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    run = load_run(out, "s70")
+    ys = [y for _, _, _, y in _series(run, lambda f, i: np.ones(f.height))]
+    assert ys and max(float(y.max()) for y in ys) <= 1.0 + 1e-6

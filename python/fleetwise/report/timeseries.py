@@ -61,8 +61,20 @@ def _series(run: RunData, value, max_bins: int = MAX_POINTS):
         v = value(it.filter(pl.Series(mask)), i)
         if v is None:
             continue
-        y = time_average(start[mask], end[mask], np.asarray(v, dtype=np.float64), edges)
+        order = np.argsort(start[mask], kind="stable")
+        s, e = not_overlapping(start[mask][order], end[mask][order])
+        y = time_average(s, e, np.asarray(v, dtype=np.float64)[order], edges)
         yield i, width / 2, width, y.astype(np.float32)
+
+
+def not_overlapping(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One instance's iteration intervals (rows in start order) cut so that none overlaps the next:
+    a pipelined instance (pp > 1) has several batches in flight, whose rows overlap and each hold
+    an instance-wide snapshot (KV blocks, queues), so summing them counted the instance up to pp
+    times. Batches finish in the order they start, so at any time the latest batch started is the
+    one in flight, if any: row k holds from its start to the next row's start or its own end."""
+    following = np.append(starts[1:], np.inf)
+    return starts, np.minimum(ends, following)
 
 
 def _subplot_title(run: RunData) -> str:
