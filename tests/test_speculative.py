@@ -291,3 +291,15 @@ def test_docs_numbers_table_is_what_estimate_prints(batch):
     s = r["speculative"]
     assert cells[1:] == [f"{r['seconds'] * 1e3:.2f}", f"{s['proposer_seconds'] * 1e3:.2f}", f"{s['verify_seconds'] * 1e3:.2f}",
                          f"{s['seconds_per_token'] * 1e3:.2f}", f"{s['speedup']:.2f}x"]
+
+
+def test_per_position_rates_divide_by_all_drafts_as_vllm():
+    # Outputs of 4 tokens with k = 4: the last steps propose fewer positions. vLLM's per-position
+    # rate is accepted at position i over all drafts (it was over the drafts reaching position i).
+    r = fleetwise.simulate(_scenario({**DRAFT, "acceptance_rate": 1.0}, requests=4, output=4))
+    s, inst = r.summary["speculative"], r.instances
+    accepted = [sum(col) for col in zip(*inst["spec_accepted_per_position"].to_list())]
+    proposed = [sum(col) for col in zip(*inst["spec_draft_tokens_per_position"].to_list())]
+    assert proposed[0] > proposed[-1]  # fewer drafts reach the last position
+    assert s["per_position_acceptance_rate"] == [a / s["num_drafts"] for a in accepted]
+    assert s["per_position_acceptance_rate"][-1] < 1.0 == s["per_position_acceptance_rate"][0]

@@ -42,7 +42,6 @@ def speculative_summary(instances: pl.DataFrame) -> SpeculativeSummary | None:
     if x.height == 0:
         return None
     drafts, proposed, accepted = (int(x[c].sum()) for c in ("spec_drafts", "spec_draft_tokens", "spec_accepted_tokens"))
-    per_proposed = _sum_lists(x["spec_draft_tokens_per_position"].to_list())
     per_accepted = _sum_lists(x["spec_accepted_per_position"].to_list())
     return {
         "num_drafts": drafts,
@@ -50,7 +49,10 @@ def speculative_summary(instances: pl.DataFrame) -> SpeculativeSummary | None:
         "num_accepted_tokens": accepted,
         "acceptance_rate": accepted / proposed if proposed else None,
         "mean_acceptance_length": 1.0 + accepted / drafts if drafts else None,
-        "per_position_acceptance_rate": [a / p if p else None for a, p in zip(per_accepted, per_proposed)],
+        # vLLM's: accepted at position i over all drafts (its SpecDecodingLogging and Prometheus
+        # counters), not over the drafts that reached position i (a shorter draft near the end of
+        # an output, or one the KV lookahead cut, proposes fewer positions).
+        "per_position_acceptance_rate": [a / drafts if drafts else None for a in per_accepted],
         "lookahead_denied": int(x["spec_lookahead_denied"].sum()),
     }
 
