@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import fleetwise
-from conftest import run_cli, small_scenario
+from conftest import REPO, run_cli, small_scenario
 from fleetwise.metrics.vllm_bench import vllm_bench_result
 from fleetwise.requestlog.vllm_bench import read_vllm_bench_log
 
@@ -59,3 +59,22 @@ def test_run_writes_vllm_bench_json(tmp_path):
     assert r.returncode == 0, r.stderr
     b = json.loads((tmp_path / "out" / "vllm-bench.json").read_text())
     assert b["completed"] == 100 and len(b["ttfts"]) == 100 and "p99_ttft_ms" in b
+
+
+def test_goodput_counts_every_scenario_target_and_empty_itl_is_zero():
+    from fleetwise.config.load import load_scenario
+    from fleetwise.workload import Workload
+
+    # A scheduling-delay target, which vLLM's --goodput cannot name, counted in the summary's
+    # request_goodput but not in vllm-bench.json's (it read plain throughput, or null alone).
+    for slo in ("slo={ttft: 0.5, tpot: 0.05, scheduling_delay: 0.01}", "slo={scheduling_delay: 0.01}"):
+        r = fleetwise.simulate(load_scenario(REPO / "scenarios" / "quickstart.yaml", ["workload.requests=200", slo]))
+        good = r.summary["slo"]["request_goodput"]
+        assert good < r.summary["throughput"]["requests_per_s"]  # some requests miss the delay target
+        assert vllm_bench_result(r._requests, r.summary)["request_goodput"] == pytest.approx(good, rel=1e-12)
+    # Outputs of one token leave no inter-token gap: vLLM writes 0 ms (np.mean(itls or 0)), not null.
+    sc = small_scenario()
+    wl = Workload(arrival_ns=np.array([0, 10_000_000]), prompt_tokens=np.array([500, 400]), output_tokens=np.array([1, 1]))
+    r = fleetwise.simulate(sc, workload=wl)
+    b = vllm_bench_result(r._requests, r.summary)
+    assert (b["mean_itl_ms"], b["median_itl_ms"], b["p99_itl_ms"]) == (0.0, 0.0, 0.0)

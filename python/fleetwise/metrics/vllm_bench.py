@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
+from fleetwise.metrics.slo import SLO_COLUMNS
 from fleetwise.metrics.table_reads import FINISHED, Table, aggregates, finished_column
 
 DEFAULT_PERCENTILES = (99.0,)
@@ -42,16 +43,21 @@ def vllm_bench_result(requests: Table, summary: dict, percentiles=DEFAULT_PERCEN
                       detailed: bool = False) -> dict:
     """The run as ``vllm bench serve --save-result`` writes it: ``requests`` and ``summary`` of a
     ``Result``; ``goodput_ms`` maps ``ttft``/``tpot``/``e2el`` to SLOs in ms (None: the scenario's
-    SLO, if any, else no goodput)."""
+    SLO, if any, else no goodput; its other targets, such as ``scheduling_delay``, which vLLM's
+    ``--goodput`` has no key for, count too, so that ``request_goodput`` is the summary's)."""
     duration = float(summary["duration_s"])
+    beyond_vllm: dict[str, float] = {}  # the scenario's targets vLLM's --goodput cannot name
     if goodput_ms is None and summary.get("slo"):
         targets = summary["slo"]["targets"]
         goodput_ms = {k2: targets[k1] * 1e3 for k1, k2 in (("ttft", "ttft"), ("tpot", "tpot"), ("e2e", "e2el")) if k1 in targets}
+        beyond_vllm = {k: v for k, v in targets.items() if k not in ("ttft", "tpot", "e2e")}
     counts = aggregates(requests, n=pl.len(), done=FINISHED.sum(), prompt=pl.col("prompt_tokens").filter(FINISHED).sum(),
                         output=pl.col("output_tokens").filter(FINISHED).sum())
     n_done = int(counts["done"])
     # One latency at a time (a 10M-request run holds one column, not four).
-    ok = np.ones(n_done, dtype=bool) if goodput_ms else None
+    ok = np.ones(n_done, dtype=bool) if goodput_ms or beyond_vllm else None
+    for name, limit in beyond_vllm.items():  # e.g. scheduling_delay: as the summary's request_goodput counts it
+        ok &= np.nan_to_num(finished_column(requests, SLO_COLUMNS[name])) <= limit
     several = finished_column(requests, "output_tokens") > 1  # TPOT: requests of more than one output token
     stats: dict[str, dict] = {}
     for key, column in (("ttft", "ttft_s"), ("tpot", "tpot_s"), ("e2el", "e2e_s")):
@@ -59,7 +65,7 @@ def vllm_bench_result(requests: Table, summary: dict, percentiles=DEFAULT_PERCEN
         if key == "tpot":  # 0 for the others in the goodput (vLLM), left out of the statistics
             np.nan_to_num(values, copy=False)
             values[~several] = 0.0
-        if ok is not None and key in goodput_ms:
+        if ok is not None and key in (goodput_ms or {}):
             ok &= values <= goodput_ms[key] / 1e3
         stats[key] = _stats(key, values[several] if key == "tpot" else values, percentiles)
         del values
@@ -79,10 +85,15 @@ def vllm_bench_result(requests: Table, summary: dict, percentiles=DEFAULT_PERCEN
     result.update(stats["ttft"])
     result.update(stats["tpot"])
     itl = summary["itl_s"]
-    result.update({"mean_itl_ms": _ms(itl.get("mean")), "median_itl_ms": _ms(itl.get("p50")), "std_itl_ms": None})
+    no_gaps = itl.get("mean") is None  # every output one token: 0 ms, as vLLM's np.mean(itls or 0)
+
+    def gap_ms(seconds: float | None) -> float | None:
+        return 0.0 if no_gaps else _ms(seconds)
+
+    result.update({"mean_itl_ms": gap_ms(itl.get("mean")), "median_itl_ms": gap_ms(itl.get("p50")), "std_itl_ms": None})
     for p in percentiles:
         key = f"p{_word(p)}"
-        result[f"{key}_itl_ms"] = _ms(itl.get(key))
+        result[f"{key}_itl_ms"] = gap_ms(itl.get(key))
     result.update(stats["e2el"])
     if detailed:
         requests = requests.lazy().select("arrival_ns", "prompt_tokens", "generated_tokens", "ttft_s", "e2e_s", "status").collect()
