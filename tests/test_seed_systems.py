@@ -233,10 +233,10 @@ def test_placement_search_respects_budget_and_ranks_by_objective(tmp_path):
     for r in within:
         assert r["goodput_per_gpu"] == pytest.approx(r["goodput"] / r["gpus"])
     assert json.loads((tmp_path / "pl" / "placement.json").read_text())["layouts"][0]["point"] == rows[0]["point"]
-    # A power budget prices layouts at TDP: 700 W per H100.
-    rows = place(str(REPO / "scenarios" / "splitwise.yaml"), ["workload.requests=300"], points[:1], tmp_path / "pw",
-                 {"ttft": 1.0}, 0.9, "goodput", budget_watts=1000)
-    assert rows[0]["watts"] == 1400 and not rows[0]["within_budget"]
+    # A power budget prices layouts at TDP: 700 W per H100; one that excludes every layout is an error.
+    with pytest.raises(fleetwise.ConfigError, match=r"--budget-watts 1000: excludes every layout of the grid .*draws 1400 W"):
+        place(str(REPO / "scenarios" / "splitwise.yaml"), ["workload.requests=300"], points[:1], tmp_path / "pw",
+              {"ttft": 1.0}, 0.9, "goodput", budget_watts=1000)
 
 
 def test_batchllm_beats_vllm_with_lru_prefix_caching_on_a_prefix_heavy_batch():

@@ -137,10 +137,11 @@ class ChunkedPolicy:
     front, oldest first). Then come prefill chunks: Sarathi-Serve fills the token budget left
     after the decodes with as many chunks as fit; Sarathi takes at most one chunk of at most
     ``chunk`` tokens, whatever the decodes. Chunks go first to running requests still
-    prefilling, in running order (a chunk of ``min(pending, tokens left)``; a request whose chunk's
-    blocks are not free is skipped), then to admissions from the waiting front (while fewer than
-    ``max_num_seqs`` requests run and the chunk's blocks fit beside the watermark; the first that
-    does not fit stops admission). Nothing is rejected by the scheduler itself.
+    prefilling, in running order (a chunk of ``min(pending, tokens left)``, its blocks allocated
+    at admission), then to admissions from the waiting front (while fewer than ``max_num_seqs``
+    requests run and the whole prompt's blocks fit beside the watermark, as Sarathi-Serve's block
+    manager allocates them; the first that does not fit stops admission). Nothing is rejected by
+    the scheduler itself.
     """
 
     def __init__(self, max_num_seqs: int, budget: int | None, chunk: int | None) -> None:
@@ -204,7 +205,7 @@ class ChunkedPolicy:
         while room() and inst.waiting and len(inst.running) < self.max_num_seqs:
             req = inst.waiting[0]
             n = min(req.pending, tokens_left)
-            blocks = inst.kv.blocks_for(n)
+            blocks = inst.kv.blocks_for(req.pending)  # the whole prompt's blocks at admission
             if inst.kv.free < blocks + inst.kv.watermark:
                 break
             inst.admit(req, blocks)

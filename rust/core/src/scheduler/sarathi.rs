@@ -9,9 +9,10 @@
 //! **Sarathi** (`sarathi`, Agrawal et al., 2023): decode-maximal batching: all running decodes plus
 //! at most one prefill chunk of `chunk_size` tokens per iteration.
 //!
-//! Both admit in order while `max_num_seqs` and the KV cache (with the watermark) allow, allocate the
-//! blocks each chunk needs, and when a decode needs a block that is not there preempt the most
-//! recently admitted request by recompute, as vLLM does.
+//! Both admit in order while `max_num_seqs` and the KV cache (with the watermark) allow, allocating
+//! a request's whole prompt at admission (as Sarathi-Serve's block manager does), and when a
+//! decode needs a block that is not there preempt the most recently admitted request by
+//! recompute, as vLLM does.
 
 use super::{grant_drafts, grow_for_decode, preempt_recompute, try_admit, Batch, Scheduler, Queues};
 use crate::kv::BlockManager;
@@ -96,7 +97,10 @@ impl SarathiScheduler {
             if q.running.len() as u32 >= self.max_num_seqs {
                 break;
             }
-            if !try_admit(q, reqs, kv, |r| Some(r.computed as u64 + r.pending_tokens().min(budget) as u64)) {
+            // The whole prompt's blocks at admission, as Sarathi-Serve's block manager allocates
+            // them ("the memory for all these prefills has already been allocated"): a prompt
+            // admitted on its first chunk alone could stall half-prefilled, holding its blocks.
+            if !try_admit(q, reqs, kv, |r| Some(r.computed as u64 + r.pending_tokens() as u64)) {
                 break;
             }
             let r = &reqs[idx as usize];
@@ -180,6 +184,25 @@ mod tests {
         assert_eq!(b.items, vec![Item { req: 0, tokens: 1, draft: 0 }, Item { req: 1, tokens: 276, draft: 0 }]);
         assert_eq!(b.shape.decode_seqs, 1);
         assert!(b.shape.tokens() <= 512);
+    }
+
+    #[test]
+    fn admission_allocates_the_whole_prompt() {
+        // Budget 32: request 1's 100-token prompt starts with a 16-token chunk but holds its 7
+        // blocks from admission, so it can never stall half-prefilled for want of blocks (it held
+        // 1 block and grew per chunk, then waited holding them, as Sarathi-Serve never does).
+        let (mut reqs, mut q) = setup(&[16, 100], 5);
+        let mut kv = BlockManager::new(20, 16, 0);
+        let mut s = SarathiScheduler::new(SarathiVariant::SarathiServe(32), 8);
+        let mut b = Batch::default();
+        s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
+        assert_eq!(b.items, vec![Item { req: 0, tokens: 16, draft: 0 }, Item { req: 1, tokens: 16, draft: 0 }]);
+        assert_eq!((reqs[0].blocks, reqs[1].blocks, kv.used()), (1, 7, 8));
+        // A prompt whose blocks are not all free waits in the queue.
+        let (mut reqs, mut q) = setup(&[16, 100], 5);
+        let mut kv = BlockManager::new(7, 16, 0);
+        s.schedule(&mut q, &mut reqs, &mut kv, &mut b.clone());
+        assert_eq!((q.running.len(), q.waiting.len()), (1, 1));
     }
 
     #[test]
