@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
+
 import pytest
 
 import fleetwise
@@ -14,6 +16,7 @@ from fleetwise.config.load import load_scenario
 from fleetwise.moe import cache_hits
 from fleetwise.policy import conformance
 from fleetwise.policy.builtin import make_policy_scheduler
+from fleetwise.workload import Workload
 
 from conftest import REPO, run_cli, small_scenario
 
@@ -216,15 +219,47 @@ def _small_kv_prefix_scenario(*over):
     return load_scenario(REPO / "scenarios" / "prefix-caching.yaml", [f"gpus={json.dumps(tiny_gpu(20))}", "cluster.pools.0.gpu=tiny", *over])
 
 
-def test_python_prefix_cache_policy_equals_native_lru_and_lfu_keeps_popular_prefixes():
+def test_python_prefix_cache_policy_equals_native_lru():
     sc = _small_kv_prefix_scenario()
     native = fleetwise.simulate(sc)
     lru = fleetwise.simulate(sc, prefix_caches={"main": P.LruPrefixCache})
     assert lru.requests.equals(native.requests)
     assert int(native.instances["peak_kv_blocks"].max()) == int(native.instances["num_blocks"].max())  # evictions happened
-    lfu = fleetwise.simulate(_small_kv_prefix_scenario("cluster.pools.0.prefix_cache_policy={name: lfu}"))
-    # Popular shared prefixes survive under LFU: more prompt tokens hit the cache.
-    assert int(lfu.instances["prefix_hit_tokens"].sum()) > 1.1 * int(native.instances["prefix_hit_tokens"].sum())
+
+
+
+def _blocks_scenario(blocks: int, policy: str) -> dict:
+    """One Llama-3-8B instance with exactly ``blocks`` KV blocks of 16 tokens, prefix caching on."""
+    from conftest import tiny_gpu
+
+    sc = small_scenario()
+    sc["gpus"] = tiny_gpu(80)
+    sc["cluster"]["pools"][0].update(count=1, gpu="tiny", prefix_caching=True, prefix_cache_policy={"name": policy}, memory={"gpu_memory_utilization": 1.0})
+    probe = Workload(arrival_ns=np.array([0]), prompt_tokens=np.array([16]), output_tokens=np.array([1]), hash_ids=[[1]], hash_block_tokens=16)
+    row = fleetwise.simulate(sc, workload=probe).instances.row(0, named=True)
+    per_block = row["kv_bytes_per_token"] * 16
+    sc["gpus"]["tiny"]["memory_bytes"] = float(row["weight_bytes"] + row["activation_bytes"] + blocks * per_block + per_block // 2)
+    return sc
+
+
+def test_lfu_keeps_a_popular_prefix_through_one_off_prompts_that_lru_lets_go():
+    # 16 blocks; a popular 4-entry prompt P, four one-off 4-entry prompts between two of its
+    # arrivals (each request also takes a decode block). The one-offs' entries fill the cache, so
+    # LRU evicts P's idle entries before P comes back; LFU evicts the one-offs (never hit) instead.
+    popular, order = [1, 2, 3, 4], "PP" + "uuuuP" * 4 + "uuuu"
+    hashes = [popular if c == "P" else [100 + 4 * i + k for k in range(4)] for i, c in enumerate(order)]
+    n = len(order)
+    wl = Workload(arrival_ns=np.arange(n) * 1_000_000_000, prompt_tokens=np.full(n, 64), output_tokens=np.full(n, 2), hash_ids=hashes, hash_block_tokens=16)
+    hits = {}
+    for policy in ("lru", "lfu"):
+        r = fleetwise.simulate(_blocks_scenario(16, policy), workload=wl)
+        assert int(r.instances["num_blocks"][0]) == 16
+        hits[policy] = int(r.instances["prefix_hit_tokens"][0])
+    # P arrives twice in a row first (its entries get a hit), then every fifth request. Each hit
+    # reuses 3 of its 4 entries (the last is always computed): LRU only the second arrival's,
+    # LFU every later one's too.
+    assert sum(h == popular for h in hashes) == 6
+    assert (hits["lru"], hits["lfu"]) == (3 * 16, 5 * 3 * 16)
 
 
 class _EvictsNothingKnown:

@@ -110,7 +110,9 @@ impl BlockManager {
     pub fn detach(&mut self, req: &mut Request) {
         let Some(c) = self.cache.as_mut() else { return };
         let bpe = c.blocks_per_entry();
-        for &h in &req.hashes[..req.cache_refs as usize] {
+        // Tail first, as vLLM frees a request's blocks ("so that the tail blocks are evicted
+        // first"): the prompt's first entry, which every match starts from, is the last to go.
+        for &h in req.hashes[..req.cache_refs as usize].iter().rev() {
             if c.release(h) {
                 self.reclaimable += bpe;
             }
@@ -331,6 +333,22 @@ mod tests {
         kv.allocate(100);
         assert_eq!((kv.used(), kv.free(), kv.peak()), (100, 0, 100));
         assert_eq!(kv.prefix_cache().unwrap().leading_hits(&[7, 8]), 0);
+    }
+
+    #[test]
+    fn a_finished_prompt_is_evicted_tail_first() {
+        // 16-token entries of one block: a 48-token prompt [1, 2, 3] published and released,
+        // then one block evicted. vLLM frees a request's blocks tail first, so entry 3 goes and a
+        // later prompt [1, 2, 3] still matches [1, 2] (evicting entry 1 first left nothing usable).
+        let mut kv = BlockManager::new(4, 16, 0).with_prefix_cache(16);
+        let mut r = Request::new(0, 48, 2);
+        r.hashes = vec![1, 2, 3].into();
+        kv.allocate(3);
+        (r.blocks, r.computed) = (3, 48);
+        kv.publish(&mut r);
+        kv.detach(&mut r);
+        kv.allocate(2); // one free block and one evicted
+        assert_eq!(kv.prefix_cache().unwrap().leading_hits(&[1, 2, 3]), 2);
     }
 
     #[test]
