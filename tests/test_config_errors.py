@@ -277,6 +277,8 @@ def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
 
     data = parse_yaml("base: &p {count: 2, gpu: h100-sxm}\npool: {<<: *p, count: 3}\n", "m.yaml")
     assert data["pool"] == {"count": 3, "gpu": "h100-sxm"}
+    # An anchored mapping with a merge, merged again elsewhere (PyYAML flattens it in place).
+    assert parse_yaml("x: {y: {n: &n {<<: {a: 1}, a: 2}}}\nm: {<<: *n}\n", "m.yaml") == {"x": {"y": {"n": {"a": 2}}}, "m": {"a": 2}}
 
 
 def test_sexagesimal_numbers_are_text_not_ninety(write_yaml):

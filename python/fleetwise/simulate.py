@@ -100,19 +100,12 @@ _INTERRUPTS = {signal.SIGINT, signal.SIGTERM}
 """The signals a command turns into KeyboardInterrupt (Ctrl-C, and SIGTERM in sweeps and searches)."""
 
 
-def _block_interrupts():
-    """Holds SIGINT and SIGTERM back in this thread (they stay pending; threads started meanwhile
-    inherit the mask, so the core's thread never takes them); returns what to restore, None where
-    signal masks do not exist or this is not the main thread."""
+def _signal_mask():
+    """This thread's signal mask, to restore after holding the interrupts back; None where masks do
+    not exist or this is not the main thread (only the main thread handles signals)."""
     if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
         return None
-    return signal.pthread_sigmask(signal.SIG_BLOCK, _INTERRUPTS)
-
-
-def _unblock_interrupts(previous) -> None:
-    """Restores the signal mask ``_block_interrupts`` changed; a signal held back is handled now."""
-    if previous is not None:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    return signal.pthread_sigmask(signal.SIG_BLOCK, ())
 
 
 def _run_core(config_json: str, arrays: tuple, show_progress: bool, extra: dict | None = None, clock: CallClock | None = None, policy_timeout: float | None = None) -> dict:
@@ -135,14 +128,19 @@ def _run_core(config_json: str, arrays: tuple, show_progress: bool, extra: dict 
     worker = threading.Thread(target=target, name="fleetwise-simulate", daemon=True)
     watchdog = Watchdog(clock or CallClock(), policy_timeout, worker)
     total = len(arrays[0])
+    mask = _signal_mask()  # read first: an interrupt here leaves nothing changed
     try:
         # Ctrl-C or SIGTERM while the thread starts would leave it running into the core unwaited
-        # for (the interpreter then exits under it and aborts): the signals wait until it runs.
-        blocked = _block_interrupts()
+        # for (the interpreter then exits under it and aborts): the signals wait until it runs (the
+        # thread inherits the mask, so they never go to it). The mask is restored whatever happens,
+        # an interrupt raised while it was being set included.
         try:
+            if mask is not None:
+                signal.pthread_sigmask(signal.SIG_BLOCK, _INTERRUPTS)
             worker.start()
         finally:
-            _unblock_interrupts(blocked)
+            if mask is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         with Progress(TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), disable=not show_progress, transient=True) as bar:
             task = bar.add_task("simulating", total=total)
             while not done.wait(0.1):
@@ -154,15 +152,14 @@ def _run_core(config_json: str, arrays: tuple, show_progress: bool, extra: dict 
                     raise _timed_out(what, policy_timeout, worker, done, box)
     except KeyboardInterrupt:
         # The core checks the flag every few thousand events. Wait on the event, not join():
-        # an interrupted join() can return early and let the interpreter exit under the worker;
-        # a second interrupt (Ctrl-C again, SIGTERM after SIGINT) keeps waiting.
+        # an interrupted join() can return early and let the interpreter exit under the worker.
+        # A policy call past its time limit is still interrupted; a second interrupt stops waiting.
         control.cancel()
-        while worker.ident is not None:
-            try:
-                if done.wait(0.1):
-                    break
-            except KeyboardInterrupt:
-                continue
+        interrupted = False
+        while worker.ident is not None and not done.wait(0.1):
+            if not interrupted and watchdog.overdue() is not None:
+                watchdog.interrupt()  # once: the policy's PolicyTimeout ends the run
+                interrupted = True
         raise
     if "err" in box:
         raise box["err"]

@@ -216,12 +216,23 @@ def _plain(cfg: _Config, kind: str) -> dict[str, Any]:
     }
 
 
+def _whole_number(value: Any) -> bool:
+    """Whether ``value`` is a whole number >= 1 (an int, or a float with no fraction)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return value >= 1 and float(value).is_integer()
+
+
 def _context(cfg: _Config) -> int:
     """The longest request (prompt + output) the model serves, as vLLM derives ``max_model_len``:
     the smallest of the context keys present (2048 when none is), then ``rope_scaling``: a YaRN
     factor multiplies ``original_max_position_embeddings``, a linear or dynamic one the context;
     ``llama3``, ``longrope`` and ``su`` configs give the scaled context already."""
-    present = [cfg.whole(k) for k in _CONTEXT_KEYS if cfg.data.get(k) is not None]
+    # The first key present must be a whole number; the others count when they are one (a float
+    # such as 2048.0 in a secondary key is read as vLLM reads it, anything else is left out).
+    first = next((k for k in _CONTEXT_KEYS if cfg.data.get(k) is not None), None)
+    present = [cfg.whole(first)] if first else []
+    present += [int(v) for k in _CONTEXT_KEYS if k != first for v in [cfg.data.get(k)] if _whole_number(v)]
     context = min(present) if present else 2048
     rope = cfg.data.get("rope_scaling")
     if rope is None:
@@ -239,9 +250,9 @@ def _context(cfg: _Config) -> int:
         raise cfg.fail("rope_scaling.factor", f"must be a number in (0, 10000], got {factor!r}")
     if kind == "yarn":
         base = rope.get("original_max_position_embeddings")
-        if isinstance(base, bool) or not isinstance(base, int) or base < 1:
+        if not _whole_number(base):
             raise cfg.fail("rope_scaling.original_max_position_embeddings", f"a yarn scaling needs it as a whole number >= 1, got {base!r}")
-        context = base
+        context = int(base)
     scaled = int(context * factor)
     if not 1 <= scaled <= MAX_TOKENS:
         raise cfg.fail("rope_scaling.factor", f"{factor!r} makes the context {scaled} tokens; it must stay within 1..{MAX_TOKENS}")

@@ -80,20 +80,21 @@ class _BoundedLoader(yaml.SafeLoader):
             self._depth -= 1
 
 
-    def construct_mapping(self, node, deep=False):  # noqa: D401 - PyYAML's hook
-        """Builds a mapping, refusing a key written twice in it (PyYAML keeps the last one
-        silently: ``requests: 50`` then ``requests: 5000000`` ran five million). Keys a merge
-        (``<<: *base``) brings in may be overridden, as YAML intends."""
-        if isinstance(node, yaml.MappingNode):
-            seen: dict = {}
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
-                    continue
-                key = self.construct_object(key_node, deep=True)
-                if key in seen:
-                    raise yaml.YAMLError(_DuplicateKey(key_node.start_mark, key, seen[key]))
-                seen[key] = key_node.start_mark.line + 1
-        return super().construct_mapping(node, deep)
+    def compose_mapping_node(self, anchor):  # noqa: D401 - PyYAML's hook
+        """Composes a mapping, refusing a key written twice in it (PyYAML keeps the last one
+        silently: ``requests: 50`` then ``requests: 5000000`` ran five million). Checked on the
+        mapping as written, before merges (``<<: *base``) are applied: keys a merge brings in may
+        be overridden, as YAML intends."""
+        node = super().compose_mapping_node(anchor)
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = (key_node.tag, key_node.value)
+            if key in seen:
+                raise yaml.YAMLError(_DuplicateKey(key_node.start_mark, key_node.value, seen[key]))
+            seen[key] = key_node.start_mark.line + 1
+        return node
 
     def construct_sexagesimal_as_text(self, node):
         """A YAML 1.1 number written with colons (``1:30``, read as 90 by PyYAML) stays text, so

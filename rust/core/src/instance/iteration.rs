@@ -12,7 +12,8 @@ use super::{Instance, IterationRecord, Role};
 /// What the caller must do to run the iteration an instance has just formed.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct IterationStart {
-    /// Compute time of the iteration (without waiting for offloaded weights).
+    /// Compute time of the iteration (without waiting for offloaded weights, and without the
+    /// `tail_ns` that follows them).
     pub compute_ns: Nanos,
     /// Bytes (per GPU) to swap over the host link before computing; 0 for none.
     pub transfer_bytes: u64,

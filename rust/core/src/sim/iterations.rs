@@ -1,6 +1,7 @@
 //! The phases of an instance's iteration: swap KV over the host link, then compute while (or
-//! after) offloaded weights stream in; the iteration ends when the compute and every stream
-//! flow are done, and the next one starts at the same instant.
+//! after) offloaded weights stream in, then the compute that needs them all (a speculating
+//! decode's proposer); the iteration ends when those are done, and the next one starts at the
+//! same instant.
 
 use crate::error::{Error, Result};
 use crate::instance::{InstanceStats, IterationStart};
