@@ -13,7 +13,8 @@ use super::transfers::Transfers;
 use super::Role;
 
 /// Where an instance's iteration is: swapping KV first, then computing while (or after) its
-/// offloaded weights stream in. It ends when the compute and every stream flow are done.
+/// offloaded weights stream in, then its tail (`IterationStart::tail_ns`). It ends when the
+/// compute, every stream flow and the tail are done.
 #[derive(Debug, Clone, Copy)]
 struct Pending {
     start: IterationStart,
