@@ -165,9 +165,16 @@ def test_sigterm_stops_a_search_like_ctrl_c(tmp_path):
     env = dict(os.environ, COLUMNS="200")
     proc = subprocess.Popen([sys.executable, "-m", "fleetwise", "goodput", str(sc), "--slo", "ttft_p90=0.5", "--low", "1", "-o", str(out), "-j", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
-    while not (out / "rows").is_dir() or not list((out / "rows").glob("*.parquet")):  # the first point saved
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.05)
+    deadline = time.monotonic() + 120  # a hang guard, not a timing assertion
+    try:
+        while not (out / "rows").is_dir() or not list((out / "rows").glob("*.parquet")):  # the first point saved
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no point saved within 120 s"
+            time.sleep(0.05)
+    except AssertionError:
+        proc.kill()
+        proc.communicate()
+        raise
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
     if proc.returncode == -signal.SIGABRT and "FATAL: exception not rethrown" in stderr:
