@@ -111,7 +111,8 @@ def summarize(requests: Table, itl: dict, slo=None, instances: pl.DataFrame | No
     if "scheduling_delay_s" in names:
         # Arrival to the first iteration that includes it (vLLM's queue time), finished requests.
         summary["scheduling_delay_s"] = distribution(finished_column(requests, "scheduling_delay_s", drop_nulls=True), reorder=True)
-    if instances is not None and wall_seconds > 0:
+    if instances is not None:
+        # A run that finished nothing lasts 0 s: no energy, no cost, nothing per token (None).
         summary.update(energy_and_cost(requests, instances, wall_seconds))
     prefix = prefix_cache_summary(instances) if instances is not None else None
     if prefix is not None:
