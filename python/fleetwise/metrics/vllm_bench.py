@@ -4,6 +4,9 @@ one compare with the same script.
 The flat keys are vLLM's (milliseconds): ``mean_/median_/std_/p{N}_{ttft,tpot,itl,e2el}_ms``, with
 ``duration``, ``completed``, ``failed``, ``total_input_tokens``, ``total_output_tokens``,
 ``request_throughput``, ``output_throughput``, ``total_token_throughput`` and ``request_goodput``.
+``duration`` is vLLM's ``benchmark_duration`` (``benchmark_duration_s``): from the benchmark's start
+(simulated time 0) to the return of the last request, failed ones included; every per-second rate
+here divides by it (docs/vllm-bench.md).
 ``request_goodput`` has vLLM's meaning: completed requests per second that met every SLO given
 (``--goodput ttft:MS tpot:MS e2el:MS``; a request with one output token counts a TPOT of 0), at
 this run's load — not DistServe's goodput, the highest rate at which a target fraction meets the
@@ -39,13 +42,26 @@ def _word(p: float) -> str:
     return str(int(p)) if int(p) == p else str(p)
 
 
+def benchmark_duration_s(requests: Table) -> float:
+    """vLLM's ``benchmark_duration``, seconds: from the start of the benchmark (simulated time 0,
+    before the first request is sent, as ``vllm bench serve`` waits out the first inter-arrival
+    gap) to the moment the last request returned, whether it finished or failed. A finished
+    request returns at its completion, a rejected one at its arrival (it is refused on arrival);
+    0.0 when none returned. Not the summary's ``duration_s`` (first arrival to last completion)."""
+    ends = aggregates(requests, done=pl.col("completion_ns").filter(FINISHED).max(),
+                      rejected=pl.col("arrival_ns").filter(pl.col("status") == "rejected").max())
+    last = max((int(t) for t in ends.values() if t is not None), default=0)
+    return last / 1e9
+
+
 def vllm_bench_result(requests: Table, summary: dict, percentiles=DEFAULT_PERCENTILES, goodput_ms: dict | None = None,
                       detailed: bool = False) -> dict:
     """The run as ``vllm bench serve --save-result`` writes it: ``requests`` and ``summary`` of a
     ``Result``; ``goodput_ms`` maps ``ttft``/``tpot``/``e2el`` to SLOs in ms (None: the scenario's
     SLO, if any, else no goodput; its other targets, such as ``scheduling_delay``, which vLLM's
-    ``--goodput`` has no key for, count too, so that ``request_goodput`` is the summary's)."""
-    duration = float(summary["duration_s"])
+    ``--goodput`` has no key for, count too, so that ``request_goodput`` counts the requests the
+    summary's does). Rates are per second of ``benchmark_duration_s``, not of the summary's span."""
+    duration = benchmark_duration_s(requests)
     beyond_vllm: dict[str, float] = {}  # the scenario's targets vLLM's --goodput cannot name
     if goodput_ms is None and summary.get("slo"):
         targets = summary["slo"]["targets"]
