@@ -7,7 +7,10 @@ Each case runs one ``scenarios/*.yaml`` (request counts capped at ``--max-reques
 stays short) or one of a few variants that reach paths the shipped scenarios do not (round-robin on
 many instances, a larger disaggregated cluster, the bench_vs_vidur workload), with per-iteration
 records on, and hashes the per-request table, the per-instance table, the iteration table and the
-summary separately (CSV with full float precision; JSON with sorted keys). ``check`` exits 1 naming
+summary separately (CSV with full float precision; JSON with sorted keys); ``--no-log`` runs every case
+without per-iteration records (the iteration table is then absent: the core takes the paths that only
+apply when nothing watches each iteration, e.g. pipelined instances running ahead between arrivals).
+``check`` exits 1 naming
 every case and table whose digest changed, so the lead can rerun it around any core change; the
 digests themselves are not committed because features that change semantics change them.
 """
@@ -91,8 +94,9 @@ def _digest_frame(df) -> str:
     return hashlib.sha256(df.write_csv(float_precision=None).encode()).hexdigest()[:16]
 
 
-def digests(max_requests: int, only: list[str] | None) -> dict[str, dict[str, str]]:
-    """Runs every case and returns {case: {table: digest}}, printing each case's wall time."""
+def digests(max_requests: int, only: list[str] | None, log: bool = True) -> dict[str, dict[str, str]]:
+    """Runs every case (with per-iteration records if ``log``) and returns {case: {table: digest}},
+    printing each case's wall time."""
     import fleetwise
 
     out: dict[str, dict[str, str]] = {}
@@ -100,7 +104,7 @@ def digests(max_requests: int, only: list[str] | None) -> dict[str, dict[str, st
         if only and name not in only:
             continue
         t = time.perf_counter()
-        res = fleetwise.simulate(fleetwise.scenario_from_dict(sc, base_dir=SCENARIOS), record_iterations=True)
+        res = fleetwise.simulate(fleetwise.scenario_from_dict(sc, base_dir=SCENARIOS), record_iterations=log)
         out[name] = {
             "requests": _digest_frame(res.requests),
             "instances": _digest_frame(res.instances),
@@ -117,8 +121,9 @@ def main() -> int:
     ap.add_argument("file", type=Path)
     ap.add_argument("--max-requests", type=int, default=3000)
     ap.add_argument("--only", nargs="*", help="case names (default: all)")
+    ap.add_argument("--no-log", action="store_true", help="run without per-iteration records")
     a = ap.parse_args()
-    got = digests(a.max_requests, a.only)
+    got = digests(a.max_requests, a.only, log=not a.no_log)
     if a.mode == "record":
         a.file.write_text(json.dumps({"max_requests": a.max_requests, "digests": got}, indent=1, sort_keys=True) + "\n")
         return 0

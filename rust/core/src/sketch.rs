@@ -1,9 +1,13 @@
-//! A streaming quantile sketch with bounded relative error (the DDSketch construction).
+//! A streaming quantile sketch with bounded relative error (the DDSketch construction), of
+//! durations in integer nanoseconds.
 //!
 //! Inter-token latencies are far too many to keep (one per decoded token); the sketch keeps one
 //! counter per logarithmic bucket, so memory depends on the value range, not the sample count.
+//! Every statistic it keeps is independent of the order the values come in: bucket counts, the
+//! extremes and the sum are integers (the mean is the exact sum divided once at the end), so
+//! instances may feed it in any interleaving and a run stays byte-identical.
 
-/// Quantiles of positive values with relative error at most `alpha`.
+/// Quantiles of non-negative durations (nanoseconds) with relative error at most `alpha`.
 #[derive(Debug, Clone)]
 pub struct QuantileSketch {
     gamma_ln: f64,
@@ -11,51 +15,62 @@ pub struct QuantileSketch {
     counts: Vec<u64>,
     zeros: u64,
     total: u64,
-    min: f64,
-    max: f64,
-    sum: f64,
-    /// The last positive value added and its bucket: inter-token gaps repeat (a batch shares one),
-    /// so most adds skip the logarithm.
-    last: f64,
+    min_ns: u64,
+    max_ns: u64,
+    /// The exact sum of every value added, nanoseconds.
+    sum_ns: u128,
+    /// The values seen to fall in `last_bucket`, from `last_lo` to `last_hi`: every value between
+    /// falls there too (the bucket is monotone in the value), and inter-token gaps mostly repeat or
+    /// stay within one bucket's 1% of each other, so most adds skip the logarithm.
+    last_lo: u64,
+    last_hi: u64,
     last_bucket: i32,
+}
+
+/// Seconds of `ns` nanoseconds, as the sketch reports values.
+fn secs(ns: u64) -> f64 {
+    ns as f64 * 1e-9
 }
 
 impl QuantileSketch {
     /// A sketch with relative accuracy `alpha` (0.005 = 0.5%).
     pub fn new(alpha: f64) -> Self {
         let gamma = (1.0 + alpha) / (1.0 - alpha);
-        QuantileSketch { gamma_ln: gamma.ln(), offset: 0, counts: Vec::new(), zeros: 0, total: 0, min: f64::INFINITY, max: 0.0, sum: 0.0, last: f64::NAN, last_bucket: 0 }
+        QuantileSketch { gamma_ln: gamma.ln(), offset: 0, counts: Vec::new(), zeros: 0, total: 0, min_ns: u64::MAX, max_ns: 0, sum_ns: 0, last_lo: u64::MAX, last_hi: 0, last_bucket: 0 }
     }
 
-    fn bucket(&self, x: f64) -> i32 {
-        (x.ln() / self.gamma_ln).ceil() as i32
+    fn bucket(&self, ns: u64) -> i32 {
+        (secs(ns).ln() / self.gamma_ln).ceil() as i32
     }
 
-    /// Adds one value (values <= 0 count as zero).
-    pub fn add(&mut self, x: f64) {
-        self.add_repeated(x, 1);
+    /// Adds one duration of `ns` nanoseconds (zero counts as zero).
+    pub fn add(&mut self, ns: u64) {
+        self.add_repeated(ns, 1);
     }
 
-    /// Adds `x` `n` times: the same state as `n` calls of [`add`](Self::add) (the sum still
-    /// takes `n` additions, so it stays bit-identical), at the cost of one bucket lookup.
-    pub fn add_repeated(&mut self, x: f64, n: u64) {
+    /// Adds a duration of `ns` nanoseconds `n` times: the same state as `n` calls of
+    /// [`add`](Self::add), at the cost of one bucket lookup.
+    pub fn add_repeated(&mut self, ns: u64, n: u64) {
         if n == 0 {
             return;
         }
         self.total += n;
-        self.sum = add_repeatedly(self.sum, x, n);
-        self.min = self.min.min(x);
-        self.max = self.max.max(x);
-        if x <= 0.0 {
+        self.sum_ns += ns as u128 * n as u128;
+        self.min_ns = self.min_ns.min(ns);
+        self.max_ns = self.max_ns.max(ns);
+        if ns == 0 {
             self.zeros += n;
             return;
         }
-        let k = if x == self.last {
+        let k = if (self.last_lo..=self.last_hi).contains(&ns) {
             self.last_bucket
         } else {
-            let k = self.bucket(x);
-            self.last = x;
-            self.last_bucket = k;
+            let k = self.bucket(ns);
+            if k == self.last_bucket && self.last_lo <= self.last_hi {
+                (self.last_lo, self.last_hi) = (self.last_lo.min(ns), self.last_hi.max(ns));
+            } else {
+                (self.last_lo, self.last_hi, self.last_bucket) = (ns, ns, k);
+            }
             k
         };
         if self.counts.is_empty() {
@@ -81,17 +96,17 @@ impl QuantileSketch {
         self.total
     }
 
-    /// Mean of the values added (exact).
+    /// Mean of the values added, seconds: the exact sum divided by the count, rounded once.
     pub fn mean(&self) -> f64 {
-        if self.total == 0 { f64::NAN } else { self.sum / self.total as f64 }
+        if self.total == 0 { f64::NAN } else { (self.sum_ns as f64 / self.total as f64) * 1e-9 }
     }
 
-    /// Largest value added (exact).
+    /// Largest value added, seconds (exact).
     pub fn max(&self) -> f64 {
-        if self.total == 0 { f64::NAN } else { self.max }
+        if self.total == 0 { f64::NAN } else { secs(self.max_ns) }
     }
 
-    /// The q-quantile (0..=1), within the sketch's relative error; NaN when empty.
+    /// The q-quantile (0..=1), seconds, within the sketch's relative error; NaN when empty.
     pub fn quantile(&self, q: f64) -> f64 {
         if self.total == 0 {
             return f64::NAN;
@@ -106,52 +121,16 @@ impl QuantileSketch {
             if seen > rank {
                 let k = (i as i32 + self.offset) as f64;
                 let v = 2.0 * (k * self.gamma_ln).exp() / (1.0 + self.gamma_ln.exp());
-                return v.clamp(self.min, self.max);
+                return v.clamp(secs(self.min_ns), secs(self.max_ns));
             }
         }
-        self.max
+        secs(self.max_ns)
     }
 
     /// Memory held by the buckets, in bytes.
     pub fn footprint_bytes(&self) -> usize {
         self.counts.capacity() * std::mem::size_of::<u64>()
     }
-}
-
-/// `s` after `n` floating-point additions of `x` (`s += x`, rounded each time), bit for bit, in
-/// O(binades crossed) rather than O(n) steps: while `s` stays in one binade [2^e, 2^(e+1)) its ulp
-/// u is fixed, so every addition adds the same multiple of u (x rounded against u), unless x's
-/// remainder modulo u is exactly u/2 (a tie, rounded to even: that case takes single steps).
-fn add_repeatedly(mut s: f64, x: f64, mut n: u64) -> f64 {
-    while n > 0 {
-        let before = s;
-        s += x;
-        n -= 1;
-        if n == 0 || !(before >= f64::MIN_POSITIVE && x > 0.0 && s.is_finite()) {
-            continue;
-        }
-        let exp = before.to_bits() >> 52;
-        if exp <= 53 || s.to_bits() >> 52 != exp {
-            // A subnormal ulp, or this step left the binade: go on step by step from the new one.
-            continue;
-        }
-        let u = f64::from_bits((exp - 52) << 52);
-        let delta = s - before;
-        if delta == 0.0 {
-            // x < u/2: every further addition leaves s unchanged.
-            return s;
-        }
-        if (x - delta).abs() == 0.5 * u {
-            continue;
-        }
-        let top = f64::from_bits((exp + 1) << 52);
-        // Steps whose results stay strictly inside the binade, each adding exactly `delta`.
-        let (room, step) = (((top - s) / u) as u64, (delta / u) as u64);
-        let k = n.min((room - 1) / step);
-        s += (k * step) as f64 * u;
-        n -= k;
-    }
-    s
 }
 
 #[cfg(test)]
@@ -161,24 +140,28 @@ mod tests {
     #[test]
     fn quantiles_within_relative_error() {
         let mut s = QuantileSketch::new(0.005);
-        let mut values: Vec<f64> = (1..=100_000).map(|i| (i as f64) * 1e-5).collect();
+        // 10 us .. 1 s in 10 us steps.
+        let mut values: Vec<u64> = (1..=100_000u64).map(|i| i * 10_000).collect();
         for v in &values {
             s.add(*v);
         }
-        values.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        values.sort();
         for q in [0.01, 0.5, 0.9, 0.99, 0.999] {
-            let exact = values[(q * (values.len() - 1) as f64).floor() as usize];
+            let exact = values[(q * (values.len() - 1) as f64).floor() as usize] as f64 * 1e-9;
             let est = s.quantile(q);
             assert!((est - exact).abs() / exact < 0.0101, "q={q} exact={exact} est={est}");
         }
         assert_eq!(s.count(), 100_000);
+        // The mean is exact: 10 us x (1 + ... + 100,000) / 100,000 = 0.500005 s.
+        assert_eq!(s.mean(), 0.500005);
+        assert_eq!(s.max(), 1.0);
     }
 
     #[test]
-    fn repeated_adds_match_single_adds_bit_for_bit() {
+    fn repeated_adds_match_single_adds() {
         let mut one = QuantileSketch::new(0.005);
         let mut rep = QuantileSketch::new(0.005);
-        let values = [0.013, 0.013, 0.013, 0.0, 0.021, 0.021, 0.0007, 0.013, 1.5];
+        let values = [13_000_000u64, 13_000_000, 13_000_000, 0, 21_000_000, 21_000_000, 700_000, 13_000_000, 1_500_000_000];
         for v in values {
             one.add(v);
         }
@@ -194,53 +177,55 @@ mod tests {
             assert_eq!(one.quantile(q).to_bits(), rep.quantile(q).to_bits(), "q={q}");
         }
         assert_eq!(one.counts, rep.counts);
+        // 0.0 below the zeros' share; the largest value's bucket at the top, the largest exact.
+        assert_eq!((one.quantile(0.0), one.max()), (0.0, 1.5));
+        assert!((one.quantile(1.0) - 1.5).abs() < 0.005 * 1.5);
+    }
+
+    #[test]
+    fn order_of_additions_does_not_matter() {
+        // The same gaps in two interleavings (two instances feeding one run's sketch): every
+        // statistic bit-identical, the mean included (a floating-point sum would differ).
+        let a: Vec<u64> = (0..5000u64).map(|i| 10_000_000 + (i * 7919) % 3_000_001).collect();
+        let b: Vec<u64> = (0..5000u64).map(|i| 40_000_000 + (i * 104_729) % 9_000_001).collect();
+        let (mut x, mut y) = (QuantileSketch::new(0.005), QuantileSketch::new(0.005));
+        for v in a.iter().chain(&b) {
+            x.add(*v);
+        }
+        for (u, v) in b.iter().rev().zip(a.iter().rev()) {
+            y.add(*u);
+            y.add(*v);
+        }
+        assert_eq!(x.mean().to_bits(), y.mean().to_bits());
+        assert_eq!(x.counts, y.counts);
+        for q in [0.1, 0.5, 0.99] {
+            assert_eq!(x.quantile(q).to_bits(), y.quantile(q).to_bits());
+        }
+        let exact: u128 = a.iter().chain(&b).map(|&v| v as u128).sum();
+        assert_eq!(x.mean(), (exact as f64 / 10_000.0) * 1e-9);
+    }
+
+    #[test]
+    fn remembered_bucket_ranges_give_the_logarithms_buckets() {
+        // Values walking up and down across many bucket boundaries: each lands in the bucket
+        // its own logarithm gives, whether or not it came from the remembered range.
+        let mut s = QuantileSketch::new(0.005);
+        let mut rng = crate::rng::RngStream::new(5, "sketch");
+        let mut x = 50_000_000u64;
+        for _ in 0..200_000 {
+            x = (x as i64 + (rng.next_f64() * 200_000.0) as i64 - 100_000).clamp(1, 10_000_000_000) as u64;
+            let want = s.bucket(x);
+            s.add(x);
+            assert_eq!(s.last_bucket, want, "{x} ns");
+        }
     }
 
     #[test]
     fn memory_is_bounded_by_range_not_count() {
         let mut s = QuantileSketch::new(0.005);
         for i in 0..1_000_000u64 {
-            s.add(0.01 + (i % 1000) as f64 * 1e-4);
+            s.add(10_000_000 + (i % 1000) * 100_000);
         }
         assert!(s.footprint_bytes() < 16 * 1024);
-    }
-
-    #[test]
-    fn repeated_addition_is_bit_identical_to_the_loop() {
-        let naive = |mut s: f64, x: f64, n: u64| {
-            for _ in 0..n {
-                s += x;
-            }
-            s
-        };
-        let mut rng = crate::rng::RngStream::new(11, "sum");
-        let mut checked = 0;
-        for case in 0..4000 {
-            // Gaps of ms-scale seconds into sums from 0 to 1e6 (a run's ITL sum), and hostile
-            // ones: ties at the ulp, binade edges, tiny and huge x, zero.
-            let s0 = match case % 5 {
-                0 => 0.0,
-                1 => rng.next_f64() * 1e6,
-                2 => f64::from_bits((1023 + (case as u64 % 40)) << 52) - rng.next_f64() * 1e-6,
-                3 => (1u64 << (case % 30)) as f64,
-                _ => rng.next_f64() * 10.0,
-            };
-            let x = match case % 7 {
-                0 => 0.001 * (1.0 + rng.next_f64()),
-                1 => 0.5 * (s0.to_bits() >> 52).checked_sub(52).map_or(0.0, |e| f64::from_bits(e << 52)) * 3.0,
-                2 => 1e-20,
-                3 => 0.0,
-                4 => 1e5 * rng.next_f64(),
-                5 => 0.015625,
-                _ => rng.next_f64() * 0.1,
-            };
-            let n = [1u64, 2, 3, 17, 45, 256, 10_000][case % 7];
-            let (a, b) = (add_repeatedly(s0, x, n), naive(s0, x, n));
-            assert_eq!(a.to_bits(), b.to_bits(), "s0={s0:e} x={x:e} n={n}: {a:e} vs {b:e}");
-            checked += 1;
-        }
-        assert_eq!(checked, 4000);
-        // A long run: 2M gaps of 12.3 ms from 0, crossing many binades.
-        assert_eq!(add_repeatedly(0.0, 0.0123, 2_000_000).to_bits(), naive(0.0, 0.0123, 2_000_000).to_bits());
     }
 }

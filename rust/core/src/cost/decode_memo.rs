@@ -103,6 +103,33 @@ impl CostModel {
         self.memo_ops(shape, memo, sink)
     }
 
+    /// On a memo hit for the decode-only `shape` (this sequence and sample count held): decode
+    /// attention's cost for `shape`, the held operators in execution order, and the per-layer
+    /// time and work multipliers (for an overlapped CPU step, recomputed by the caller with
+    /// [`Self::overlapped_overhead`]). The caller substitutes them as [`Self::for_each_op_memo`]
+    /// does. None on a miss (the caller then takes [`Self::for_each_op_memo`]).
+    pub(super) fn decode_memo_hit<'m>(&self, shape: &BatchShape, memo: &'m DecodeOpsMemo) -> Option<(OpCost, &'m [OpCost], f64, f64)> {
+        if !self.memo_applies(shape) {
+            return None;
+        }
+        let e = memo.slots.get((shape.decode_seqs % SLOTS as u64) as usize)?;
+        if e.ops.is_empty() || e.decode_seqs != shape.decode_seqs || e.sampled != shape.sampled {
+            return None;
+        }
+        let mut attention = None;
+        let mut pass = IterationPass::new(self, shape, |op| attention = Some(op));
+        pass.decode_attention();
+        let (time_n, work_n) = (pass.time_n, pass.work_n);
+        Some((attention?, &e.ops, time_n, work_n))
+    }
+
+    /// The per-step overhead of the decode-only `shape` with an overlapped CPU step, after
+    /// operators of `before` seconds: what the memo's walk charges in its place (`Some` only with
+    /// `cpu_overlap`).
+    pub(super) fn overlapped_overhead(&self, shape: &BatchShape, time_n: f64, work_n: f64, before: f64) -> Option<OpCost> {
+        (self.eff.cpu_overlap == Some(true)).then(|| self.scaled(self.overhead_cost(shape, time_n, work_n, before)))
+    }
+
     /// Whether `shape`'s operators can come from the memo: a decode-only batch, on a cost model
     /// whose decode operators are memoizable.
     fn memo_applies(&self, shape: &BatchShape) -> bool {

@@ -6,16 +6,56 @@
 //! (reading its weights once per batch) and sends the activations on; stage 1 also runs the
 //! embedding and the engine's CPU step, the last stage the LM head and sampling.
 
+use smallvec::SmallVec;
+
 use super::{BatchShape, CostModel, DecodeOpsMemo, IterationCost, Op, OpCost};
+
+/// Seconds per stage, kept inline (no allocation per batch) for up to 8 stages.
+pub type StageSeconds = SmallVec<[f64; 8]>;
 
 /// How long each pipeline stage holds one batch, and the batch's average over the stages.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StageCosts {
     /// Seconds each stage is busy with the batch, stage 1 first.
-    pub seconds: Vec<f64>,
+    pub seconds: StageSeconds,
     /// The batch's cost averaged over the stages (the sum of the stage times / pp), for busy time
     /// and energy: every GPU of the instance counted for its own stage's time.
     pub average: IterationCost,
+}
+
+/// The running sums a batch's operators are split into, in execution order.
+#[derive(Debug, Default)]
+struct StageSums {
+    /// Stage 1's own time (the embedding, the CPU part of the per-step overhead).
+    first: f64,
+    /// The last stage's own time (the LM head).
+    last: f64,
+    /// The layers' time, shared by the stages (with the GPU part of the overhead).
+    layered: f64,
+    total: f64,
+    /// Compute-bound time.
+    cb: f64,
+}
+
+impl StageSums {
+    /// Adds operator `c`; `gpu_fixed` is the GPU part of the per-step overhead op.
+    #[inline]
+    fn add(&mut self, c: &OpCost, gpu_fixed: f64) {
+        self.total += c.seconds;
+        if c.compute_bound {
+            self.cb += c.seconds;
+        }
+        match c.op {
+            Op::Embedding => self.first += c.seconds,
+            Op::LmHead => self.last += c.seconds,
+            Op::Overhead => {
+                let gpu = gpu_fixed.min(c.seconds);
+                self.layered += gpu;
+                self.first += c.seconds - gpu;
+            }
+            _ => self.layered += c.seconds,
+        }
+    }
 }
 
 impl CostModel {
@@ -52,28 +92,30 @@ impl CostModel {
         let scale = self.eff.time_scale.unwrap_or(1.0);
         // The GPU part of the overhead op: per-layer fixed costs on all stages' layers.
         let gpu_fixed = (self.eff.layer_overhead + self.eff.moe_layer_overhead.unwrap_or(0.0) * self.moe_share) * stage_layers * self.pp as f64 * scale;
-        let (mut first, mut last, mut layered, mut total, mut cb) = (0.0, 0.0, 0.0, 0.0, 0.0);
-        let mut visit = |c: &OpCost| {
-            total += c.seconds;
-            if c.compute_bound {
-                cb += c.seconds;
-            }
-            match c.op {
-                Op::Embedding => first += c.seconds,
-                Op::LmHead => last += c.seconds,
-                Op::Overhead => {
-                    let gpu = gpu_fixed.min(c.seconds);
-                    layered += gpu;
-                    first += c.seconds - gpu;
-                }
-                _ => layered += c.seconds,
-            }
-        };
+        let mut sums = StageSums::default();
         match memo {
-            Some(m) => self.for_each_op_memo(shape, m, visit),
-            None => self.for_each_op(shape, |c| visit(&c)),
+            Some(m) => match self.decode_memo_hit(shape, m) {
+                // A held decode batch: its operators summed in a plain loop, decode attention's
+                // replaced by this batch's (the same additions in the same order).
+                Some((attention, ops, time_n, work_n)) => {
+                    for op in ops {
+                        match op.op {
+                            Op::DecodeAttention => sums.add(&attention, gpu_fixed),
+                            // The running total before it is the full pass's, bit for bit.
+                            Op::Overhead => match self.overlapped_overhead(shape, time_n, work_n, sums.total) {
+                                Some(overhead) => sums.add(&overhead, gpu_fixed),
+                                None => sums.add(op, gpu_fixed),
+                            },
+                            _ => sums.add(op, gpu_fixed),
+                        }
+                    }
+                }
+                None => self.for_each_op_memo(shape, m, |c| sums.add(c, gpu_fixed)),
+            },
+            None => self.for_each_op(shape, |c| sums.add(&c, gpu_fixed)),
         }
-        let mut seconds = vec![layered / pp as f64; pp];
+        let StageSums { first, last, layered, total, cb } = sums;
+        let mut seconds: StageSeconds = smallvec::smallvec![layered / pp as f64; pp];
         seconds[0] += first;
         seconds[pp - 1] += last;
         StageCosts { seconds, average: IterationCost { seconds: total / pp as f64, compute_bound_seconds: cb / pp as f64, ..Default::default() } }

@@ -198,7 +198,7 @@ impl Instance {
             r.first_scheduled = r.first_scheduled.min(now);
         }
         let st = self.batch_stage_costs(reqs);
-        let stage_ns: Vec<Nanos> = st.seconds.iter().map(|&s| secs_to_ns(s)).collect();
+        let stage_ns: smallvec::SmallVec<[Nanos; 8]> = st.seconds.iter().map(|&s| secs_to_ns(s)).collect();
         self.count_iteration(&st.average, secs_to_ns(st.average.seconds), None, 0);
         let record = self.batch_record(now);
         let p = self.pipeline.as_mut().expect("pipelined");

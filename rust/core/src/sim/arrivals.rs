@@ -170,7 +170,7 @@ impl Cluster<'_> {
         let wake = inst.enqueue(idx as u32, req);
         self.note_load(target as u32);
         if wake {
-            queue.push(now, Event::Wake { instance: target as u32 });
+            self.schedule(target as u32, now, Event::Wake { instance: target as u32 }, queue);
         }
         Ok(())
     }

@@ -18,6 +18,7 @@ use super::mixed_pool::MixedPool;
 use super::plugins::Plugins;
 use super::report::IterationLog;
 use super::retire::Retirement;
+use super::run_ahead::RunAhead;
 use super::transfers::{Owner, Transfers};
 use super::Role;
 
@@ -48,6 +49,11 @@ pub enum Event {
     Network {
         /// The network's version when the event was scheduled.
         version: u64,
+    },
+    /// An instance that runs ahead has its earliest own event due (`run_ahead.rs`).
+    Ahead {
+        /// The instance.
+        instance: u32,
     },
 }
 
@@ -86,6 +92,8 @@ pub(super) struct Cluster<'a> {
     /// The time of the last event that was not a rejected arrival: the run ends there (energy,
     /// cost and utilisation count up to the last completion, not up to a late rejection).
     pub(super) last_work: Nanos,
+    /// The instances that run ahead between arrivals, and their own events.
+    pub(super) ahead: RunAhead,
 }
 
 /// Puts `path_prefix.` before the path of a configuration error.
@@ -100,6 +108,7 @@ impl<'a> Cluster<'a> {
     /// Builds every instance `config` describes (with `plugins` in place of the policies they
     /// replace) for the requests of `workload`, already in `reqs`.
     pub(super) fn new(config: &SimConfig, workload: &'a Workload, mut plugins: Plugins, reqs: &'a mut Vec<Request>) -> Result<Self> {
+        let plugged = plugins.router.is_some() || plugins.decode_choice.is_some() || !plugins.batch_schedulers.is_empty() || !plugins.evictors.is_empty() || !plugins.expert_caches.is_empty();
         let mut instances = Vec::new();
         let mut pool_names = Vec::new();
         let mut layerwise = Vec::new();
@@ -188,7 +197,11 @@ impl<'a> Cluster<'a> {
         let iterations = Iterations::new(instances.len());
         let roles: Vec<Role> = instances.iter().map(|i| i.role).collect();
         let mixed_pool = config.mixed_pool.as_ref().map(|m| MixedPool::new(m, &roles, workload.arrival.len())).transpose()?;
-        Ok(Cluster { reqs, instances, pool_names, arrivals, iterations, handoffs, transfers, log, itl: QuantileSketch::new(0.005), rejections: Vec::new(), mixed_pool, workload, retirement: None, last_work: 0 })
+        // Instances run ahead between arrivals where nothing else interleaves with their events
+        // (`run_ahead.rs`): mixed-role asynchronous pipelines, no log, mixed pool or plugged policy.
+        let watched = log.is_some() || mixed_pool.is_some() || plugged;
+        let ahead = RunAhead::new(instances.iter().map(|i| !watched && i.is_pipelined() && i.role == Role::Mixed));
+        Ok(Cluster { reqs, instances, pool_names, arrivals, iterations, handoffs, transfers, log, itl: QuantileSketch::new(0.005), rejections: Vec::new(), mixed_pool, workload, retirement: None, last_work: 0, ahead })
     }
 
     /// In a streaming run, retires the leading finished requests (after every event).
@@ -207,7 +220,7 @@ impl<'a> Cluster<'a> {
     }
 
     /// An idle instance was told it has work: it starts an iteration if it is not running one.
-    fn wake(&mut self, instance: u32, now: Nanos, queue: &mut Queue) -> Result<()> {
+    pub(super) fn wake(&mut self, instance: u32, now: Nanos, queue: &mut Queue) -> Result<()> {
         self.instances[instance as usize].woken();
         if !self.instances[instance as usize].is_busy() {
             self.begin_iteration(instance, now, queue)?;
@@ -225,7 +238,7 @@ impl Process<Event> for Cluster<'_> {
         let rejected = self.rejections.len();
         self.arrive(now, queue)?;
         if self.rejections.len() == rejected {
-            self.last_work = now;
+            self.last_work = self.last_work.max(now);
         }
         Ok(())
     }
@@ -234,7 +247,10 @@ impl Process<Event> for Cluster<'_> {
     /// instance's outstanding tokens change only in its own events, its arrivals and the handoffs
     /// it receives; debug builds check the whole index against the instances at every arrival).
     fn handle(&mut self, now: Nanos, event: Event, queue: &mut Queue) -> Result<()> {
-        self.last_work = now;
+        if !matches!(event, Event::Ahead { .. }) {
+            // Instances that ran ahead may have worked past `now`.
+            self.last_work = self.last_work.max(now);
+        }
         match event {
             Event::Wake { instance } => {
                 self.wake(instance, now, queue)?;
@@ -254,6 +270,7 @@ impl Process<Event> for Cluster<'_> {
                 self.batch_done(instance, now, queue)?;
                 self.note_load(instance);
             }
+            Event::Ahead { instance } => self.run_ahead(instance, now, queue)?,
             Event::Network { version } => {
                 for owner in self.transfers.due(now, version, queue)? {
                     match owner {

@@ -185,7 +185,7 @@ impl<'a> GapRuns<'a> {
     pub(super) fn push(&mut self, t: Nanos, prev: Nanos, n: u64) {
         let gap = t - prev;
         if self.count > 0 && gap != self.gap {
-            self.itl.add_repeated(self.gap as f64 * 1e-9, self.count);
+            self.itl.add_repeated(self.gap, self.count);
             self.count = 0;
         }
         self.gap = gap;
@@ -194,6 +194,6 @@ impl<'a> GapRuns<'a> {
 
     /// Adds the last run.
     pub(super) fn finish(self) {
-        self.itl.add_repeated(self.gap as f64 * 1e-9, self.count);
+        self.itl.add_repeated(self.gap, self.count);
     }
 }

@@ -28,6 +28,7 @@ mod pipeline;
 pub mod plugins;
 pub mod report;
 mod retire;
+mod run_ahead;
 mod transfers;
 
 pub use cluster::Event;
@@ -108,6 +109,8 @@ fn run(config: &SimConfig, workload: &Workload, control: &Control, plugins: Plug
             }
         }
     }
-    let end = cluster.last_work.min(clock.now());
+    // Tokens of instances that ran ahead count as the events they carried.
+    let events = events.checked_add_signed(cluster.ahead.extra_events).expect("a token carries no more than it ran");
+    let end = cluster.last_work;
     cluster.into_output(end, events)
 }

@@ -19,8 +19,8 @@ impl Cluster<'_> {
             return Err(e);
         }
         let Some(times) = started? else { return Ok(()) };
-        queue.push(times.stage1_free, Event::StageFree { instance: idx });
-        queue.push(times.done, Event::BatchDone { instance: idx });
+        self.schedule(idx, times.stage1_free, Event::StageFree { instance: idx }, queue);
+        self.schedule(idx, times.done, Event::BatchDone { instance: idx }, queue);
         self.start_layerwise_handoffs(idx, now, queue)
     }
 
