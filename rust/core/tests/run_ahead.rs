@@ -1,5 +1,5 @@
-//! Instances that run ahead between arrivals (asynchronous pipelines with nothing watching each
-//! event) must give exactly the results of the same run with every event in the run's queue (a
+//! Instances that run ahead between arrivals (mixed-role instances, pipelined or not, with
+//! nothing watching each event and no flows on the shared network) must give exactly the results of the same run with every event in the run's queue (a
 //! per-iteration log turns running ahead off): every request, instance report, the event count,
 //! the run's end and every inter-token statistic, on routers that read the instances' loads at
 //! arrivals, with preemptions, and with bursts of simultaneous arrivals.
@@ -10,6 +10,7 @@ use common::gpu;
 use fleetwise_core::request::Request;
 use fleetwise_core::request_columns::RequestColumns;
 use fleetwise_core::router::RouterConfig;
+use fleetwise_core::scheduler::{PreemptionMode, SchedulerConfig};
 use fleetwise_core::sim::{simulate_keeping, Control, Plugins, PoolConfig, SimOutput, Workload};
 
 /// GPU memory that leaves a two-stage instance of the test model too little KV cache for the load.
@@ -53,16 +54,21 @@ fn running_ahead_changes_no_result() {
 }
 
 #[test]
-fn only_pipelined_instances_run_ahead() {
-    // A pipelined pool beside an unpipelined one: the first runs ahead, the second's events go
-    // through the queue, and the results are those of the fully queued run.
+fn colocated_instances_run_ahead_unless_they_swap() {
+    // A pipelined pool beside an unpipelined one: both run ahead, and the results are those of
+    // the fully queued run; a pool that swaps KV over the shared host links keeps its events in
+    // the run's queue.
     let w = common::bursty_workload(800, 3);
     let mut piped = common::pool(2, gpu(80_000_000_000));
     piped.parallelism.pp = 2;
     let mut plain = common::pool(2, gpu(80_000_000_000));
     plain.name = "plain".into();
-    let out = assert_same(&[piped, plain.clone()], RouterConfig::RoundRobin, &w, "mixed pools");
-    assert!(out.events_run_ahead < out.events - 800, "the unpipelined pool's events are queued");
-    let alone = run(&[plain], &RouterConfig::RoundRobin, false, &w);
-    assert_eq!(alone.events_run_ahead, 0, "an unpipelined instance never runs ahead");
+    let both = assert_same(&[piped, plain.clone()], RouterConfig::RoundRobin, &w, "pipelined and colocated pools");
+    assert!(both.events_run_ahead > both.events - 2 * 800, "{} of {} events ran ahead", both.events_run_ahead, both.events);
+    assert_same(&[plain.clone()], RouterConfig::LeastOutstandingTokens, &w, "colocated");
+    let mut swapping = common::pool(2, gpu(20_000_000_000));
+    swapping.scheduler = SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192, preemption_mode: PreemptionMode::Swap, swap_space_gb: 16.0 };
+    let out = run(&[swapping], &RouterConfig::LeastOutstandingTokens, false, &w);
+    assert_eq!(out.events_run_ahead, 0, "a swapping instance's events stay in the run's queue");
+    assert!(RequestColumns::of(&out.requests).preemptions.iter().sum::<u32>() > 0, "it swaps");
 }

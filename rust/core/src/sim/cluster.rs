@@ -198,9 +198,9 @@ impl<'a> Cluster<'a> {
         let roles: Vec<Role> = instances.iter().map(|i| i.role).collect();
         let mixed_pool = config.mixed_pool.as_ref().map(|m| MixedPool::new(m, &roles, workload.arrival.len())).transpose()?;
         // Instances run ahead between arrivals where nothing else interleaves with their events
-        // (`run_ahead.rs`): mixed-role asynchronous pipelines, no log, mixed pool or plugged policy.
+        // (`run_ahead.rs`): mixed roles starting no network flow, no log, mixed pool or plugged policy.
         let watched = log.is_some() || mixed_pool.is_some() || plugged;
-        let ahead = RunAhead::new(instances.iter().map(|i| !watched && i.is_pipelined() && i.role == Role::Mixed));
+        let ahead = RunAhead::new(instances.iter().map(|i| !watched && i.role == Role::Mixed && config.pools[i.pool as usize].needs_sync_pipeline().is_empty()));
         Ok(Cluster { reqs, instances, pool_names, arrivals, iterations, handoffs, transfers, log, itl: QuantileSketch::new(0.005), rejections: Vec::new(), mixed_pool, workload, retirement: None, last_work: 0, ahead })
     }
 
@@ -257,7 +257,7 @@ impl Process<Event> for Cluster<'_> {
                 self.note_load(instance);
             }
             Event::IterationEnd { instance } => {
-                if self.iterations.compute_done(instance, now, queue)? {
+                if self.iterations.compute_done(instance, now, &mut self.ahead, queue)? {
                     self.end_iteration(instance, now, queue)?;
                     self.note_load(instance);
                 }

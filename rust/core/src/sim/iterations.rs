@@ -9,6 +9,7 @@ use crate::sketch::QuantileSketch;
 use crate::time::{at, ns_to_secs, Nanos, MAX_TIME_NS};
 
 use super::cluster::{Cluster, Event, Queue};
+use super::run_ahead::RunAhead;
 use super::transfers::Transfers;
 use super::Role;
 
@@ -49,7 +50,7 @@ impl Iterations {
     }
 
     /// The compute phase: streams start now; the compute runs under them (overlap) or after them.
-    fn run(&mut self, idx: u32, now: Nanos, queue: &mut Queue, net: &mut Transfers) -> Result<()> {
+    fn run(&mut self, idx: u32, now: Nanos, ahead: &mut RunAhead, queue: &mut Queue, net: &mut Transfers) -> Result<()> {
         let p = self.pending[idx as usize].as_mut().expect("an iteration is in progress");
         p.since = now;
         let mut overlap = true;
@@ -58,18 +59,18 @@ impl Iterations {
             p.flows_left = net.start(now, idx, ws.flash_bytes, true, queue)? as u32 + net.start(now, idx, ws.dram_bytes, false, queue)? as u32;
         }
         if overlap || p.flows_left == 0 {
-            queue.push(compute_end(now, p.start.compute_ns, idx)?, Event::IterationEnd { instance: idx });
+            ahead.schedule(idx, compute_end(now, p.start.compute_ns, idx)?, Event::IterationEnd { instance: idx }, queue);
         }
         Ok(())
     }
 
     /// A flow of `idx` finished at `now`; returns true when the whole iteration is done.
-    fn flow_done(&mut self, stats: &mut InstanceStats, idx: u32, now: Nanos, queue: &mut Queue, net: &mut Transfers) -> Result<bool> {
+    fn flow_done(&mut self, stats: &mut InstanceStats, idx: u32, now: Nanos, ahead: &mut RunAhead, queue: &mut Queue, net: &mut Transfers) -> Result<bool> {
         let p = self.pending[idx as usize].as_mut().expect("a flow belongs to an iteration in progress");
         if p.swapping {
             p.swapping = false;
             stats.swap_wait_ns += now - p.since;
-            self.run(idx, now, queue, net)?;
+            self.run(idx, now, ahead, queue, net)?;
             return Ok(false);
         }
         p.flows_left -= 1;
@@ -79,34 +80,34 @@ impl Iterations {
         let overlap = p.start.stream.is_some_and(|s| s.overlap);
         if !overlap {
             stats.weight_stall_ns += now - p.since;
-            queue.push(compute_end(now, p.start.compute_ns, idx)?, Event::IterationEnd { instance: idx });
+            ahead.schedule(idx, compute_end(now, p.start.compute_ns, idx)?, Event::IterationEnd { instance: idx }, queue);
             return Ok(false);
         }
         if p.compute_done {
             stats.weight_stall_ns += now - (p.since + p.start.compute_ns);
-            return self.tail_or_end(idx, now, queue);
+            return self.tail_or_end(idx, now, ahead, queue);
         }
         Ok(false)
     }
 
     /// The compute of `idx` ended at `now`; returns true when the whole iteration is done.
-    pub(super) fn compute_done(&mut self, idx: u32, now: Nanos, queue: &mut Queue) -> Result<bool> {
+    pub(super) fn compute_done(&mut self, idx: u32, now: Nanos, ahead: &mut RunAhead, queue: &mut Queue) -> Result<bool> {
         let p = self.pending[idx as usize].as_mut().expect("compute ends for an iteration in progress");
         if p.flows_left > 0 {
             p.compute_done = true;
             return Ok(false);
         }
-        self.tail_or_end(idx, now, queue)
+        self.tail_or_end(idx, now, ahead, queue)
     }
 
     /// The compute and the streams of `idx` are done at `now`: runs the compute that follows them
     /// (the iteration ends with its own `IterationEnd`), or ends the iteration (true).
-    fn tail_or_end(&mut self, idx: u32, now: Nanos, queue: &mut Queue) -> Result<bool> {
+    fn tail_or_end(&mut self, idx: u32, now: Nanos, ahead: &mut RunAhead, queue: &mut Queue) -> Result<bool> {
         let p = self.pending[idx as usize].as_mut().expect("an iteration in progress");
         if p.start.tail_ns > 0 {
             let tail = std::mem::take(&mut p.start.tail_ns);
             p.compute_done = false;
-            queue.push(compute_end(now, tail, idx)?, Event::IterationEnd { instance: idx });
+            ahead.schedule(idx, compute_end(now, tail, idx)?, Event::IterationEnd { instance: idx }, queue);
             return Ok(false);
         }
         self.pending[idx as usize] = None;
@@ -130,7 +131,7 @@ impl Cluster<'_> {
         let swapping = self.transfers.start(now, idx, start.transfer_bytes, false, queue)?;
         self.iterations.pending[idx as usize] = Some(Pending { start, since: now, swapping, flows_left: 0, compute_done: false });
         if !swapping {
-            self.iterations.run(idx, now, queue, &mut self.transfers)?;
+            self.iterations.run(idx, now, &mut self.ahead, queue, &mut self.transfers)?;
         }
         self.start_layerwise_handoffs(idx, now, queue)
     }
@@ -138,7 +139,7 @@ impl Cluster<'_> {
     /// A swap or weight-stream flow of `idx` finished at `now`; returns true when the whole
     /// iteration is done.
     pub(super) fn iteration_flow_done(&mut self, idx: u32, now: Nanos, queue: &mut Queue) -> Result<bool> {
-        self.iterations.flow_done(&mut self.instances[idx as usize].stats, idx, now, queue, &mut self.transfers)
+        self.iterations.flow_done(&mut self.instances[idx as usize].stats, idx, now, &mut self.ahead, queue, &mut self.transfers)
     }
 
     /// Finishes `idx`'s iteration, moves its prefilled requests on, and starts its next iteration.

@@ -1,5 +1,6 @@
-//! Running an instance ahead between arrivals: an asynchronously pipelined instance's events
-//! (its wake-ups, stage-1-free and batch-done events) are kept in its own small queue, and the
+//! Running an instance ahead between arrivals: a mixed-role instance's events (its wake-ups,
+//! iteration ends, or a pipeline's stage-1-free and batch-done events) are kept in its own small
+//! queue, and the
 //! run's event queue holds one *token* per instance, at its earliest event. When the token comes
 //! due, the instance runs every event of its own that comes before the next arrival, in its own
 //! order, without going through the run's queue; then its token goes back at its next event.
@@ -13,8 +14,9 @@
 //! the order the run's queue would give them: by time, then by the order they were scheduled.
 //!
 //! It applies only where nothing else watches or interleaves with each event: a mixed-role
-//! instance (no handoffs, no KV transfers), no per-iteration log, no Splitwise mixed pool, no
-//! policy plugged in from Python. The run's event count counts the instance's events, not the
+//! instance (no handoffs, no KV transfers) whose iterations start no flow on the shared network
+//! (no weight streams, no expert runtime, no KV swapping), no per-iteration log, no Splitwise mixed
+//! pool, no policy plugged in from Python. The run's event count counts the instance's events, not the
 //! tokens, so it is the count the run's queue would give.
 
 use crate::error::Result;
@@ -61,11 +63,11 @@ impl RunAhead {
     }
 }
 
-impl Cluster<'_> {
+impl RunAhead {
     /// Schedules `event` for instance `idx` at `time`: in its own queue if it runs ahead (with a
     /// token in the run's queue no later than `time`), else in the run's queue.
     pub(super) fn schedule(&mut self, idx: u32, time: Nanos, event: Event, queue: &mut Queue) {
-        let Some(own) = self.ahead.own.get_mut(idx as usize).and_then(Option::as_mut) else {
+        let Some(own) = self.own.get_mut(idx as usize).and_then(Option::as_mut) else {
             queue.push(time, event);
             return;
         };
@@ -76,6 +78,13 @@ impl Cluster<'_> {
             own.token = Some(time);
             queue.push(time, Event::Ahead { instance: idx });
         }
+    }
+}
+
+impl Cluster<'_> {
+    /// Schedules `event` for instance `idx` at `time` ([`RunAhead::schedule`]).
+    pub(super) fn schedule(&mut self, idx: u32, time: Nanos, event: Event, queue: &mut Queue) {
+        self.ahead.schedule(idx, time, event, queue);
     }
 
     /// `idx`'s token came due at `now`: runs the instance's own events before the next arrival
@@ -100,6 +109,11 @@ impl Cluster<'_> {
                 Event::Wake { instance } => self.wake(instance, t, queue)?,
                 Event::StageFree { instance } => self.stage1_free(instance, t, queue)?,
                 Event::BatchDone { instance } => self.batch_done(instance, t, queue)?,
+                Event::IterationEnd { instance } => {
+                    if self.iterations.compute_done(instance, t, &mut self.ahead, queue)? {
+                        self.end_iteration(instance, t, queue)?;
+                    }
+                }
                 other => unreachable!("{other:?} is not an instance's own event"),
             }
             self.note_load(idx);
