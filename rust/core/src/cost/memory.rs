@@ -5,22 +5,30 @@
 use super::CostModel;
 
 impl CostModel {
-    /// Parameters of one layer that every GPU of the tensor-parallel group holds whole (MLA's
-    /// latent down-projections); the rest is sharded.
-    pub(super) fn replicated_layer_params(&self) -> u64 {
+    /// Parameters of one layer kept out of tensor-parallel sharding, and how many of them each GPU
+    /// holds: MLA's latent down-projections (every GPU holds them whole), and with fewer KV heads
+    /// than GPUs the K and V projections (each GPU holds its KV head's, replicated, as vLLM
+    /// shards them); (0, 0) when everything is sharded.
+    pub(super) fn replicated_layer_params(&self) -> (u64, u64) {
+        let h = self.model.hidden_size as u64;
         match &self.model.mla {
-            Some(m) if self.tp > 1 => m.replicated_params(self.model.hidden_size as u64),
-            _ => 0,
+            Some(m) if self.tp > 1 => (m.replicated_params(h), m.replicated_params(h)),
+            None if self.tp > self.model.num_kv_heads => {
+                let kv_proj = |heads: u32| 2 * h * heads as u64 * self.model.head_dim as u64;
+                (kv_proj(self.model.num_kv_heads), kv_proj(self.model.kv_heads_per_gpu(self.tp)))
+            }
+            _ => (0, 0),
         }
     }
 
     /// Bytes on one GPU of `params` decoder-layer parameters spanning `layers` layers (at the
     /// quantized width, rounded up to whole bytes) and `unquantized` 16-bit parameters (embedding,
-    /// final norm, LM head), all sharded over tp but MLA's replicated latent projections.
+    /// final norm, LM head), all sharded over tp but the replicated ones
+    /// ([`Self::replicated_layer_params`]).
     fn param_bytes_per_gpu(&self, params: u64, layers: u64, unquantized: u64) -> u64 {
         let bytes = |n: u64| (n as f64 * self.wb).ceil() as u64;
-        let replicated = layers * self.replicated_layer_params();
-        (bytes(params - replicated) + unquantized * self.model.dtype_bytes as u64).div_ceil(self.tp as u64) + bytes(replicated)
+        let (unsharded, held) = self.replicated_layer_params();
+        (bytes(params - layers * unsharded) + unquantized * self.model.dtype_bytes as u64).div_ceil(self.tp as u64) + bytes(layers * held)
     }
 
     /// Weight bytes of one decoder layer on one GPU.
@@ -122,6 +130,23 @@ mod tests {
         assert_eq!(pp.weight_bytes_per_gpu(), expected);
         assert_eq!(pp.kv_bytes_per_token_per_gpu(), 2 * 20 * 4 * 128 * 2);
         assert!(CostModel::new(llama2_70b(), a100(), ideal(), 1).unwrap().with_pipeline(0, None).is_err());
+    }
+
+    #[test]
+    fn kv_projections_are_replicated_beyond_the_kv_heads() {
+        // Llama-3-8B has 8 KV heads: at TP8 every GPU holds one head's K and V projections, at
+        // TP16 two GPUs hold each head's (vLLM replicates them), so each GPU keeps a whole head's
+        // 2 x 4096 x 128 K/V weights per layer, not half of one.
+        let m = llama3_8b();
+        let layers = 32 * m.layer_params();
+        let other = 2 * 128_256 * 4096 + 4096;
+        let tp8 = CostModel::new(m.clone(), h100(), ideal(), 8).unwrap();
+        assert_eq!(tp8.weight_bytes_per_gpu(), ((layers + other) * 2).div_ceil(8));
+        let tp16 = CostModel::new(m.clone(), h100(), ideal(), 16).unwrap();
+        let (kv_all, kv_one) = (32 * 2 * 4096 * 8 * 128, 32 * 2 * 4096 * 128);
+        assert_eq!(tp16.weight_bytes_per_gpu(), ((layers - kv_all + other) * 2).div_ceil(16) + kv_one * 2);
+        // 33.5 MB per GPU more than an even split: (1 - 1/2) of a head's K/V per layer.
+        assert_eq!(tp16.weight_bytes_per_gpu() - ((layers + other) * 2).div_ceil(16), 33_554_432);
     }
 
     #[test]

@@ -43,9 +43,9 @@ impl CostModel {
         if o.resident_attention {
             return ffn;
         }
-        let replicated = self.replicated_layer_params() as f64;
-        let attn = self.model.attention_params() as f64 - replicated;
-        attn * self.wb / self.tp as f64 + ffn + replicated * self.wb
+        let (unsharded, held) = self.replicated_layer_params();
+        let attn = self.model.attention_params() as f64 - unsharded as f64;
+        attn * self.wb / self.tp as f64 + ffn + held as f64 * self.wb
     }
 
     /// Share of all decoder layers that are offloaded with a sparse FFN (`ffn_load_fraction` < 1):

@@ -89,9 +89,12 @@ fn run(config: &SimConfig, workload: &Workload, control: &Control, plugins: Plug
     });
     let mut clock = EventLoop::new();
     let mut events = 0u64;
+    // Cancellation and progress are looked at every 4096 events, those run ahead included.
+    let mut next_check = 4096u64;
     loop {
         events += 1;
-        if events.is_multiple_of(4096) {
+        if events + cluster.ahead.run >= next_check {
+            next_check = events + cluster.ahead.run + 4096;
             control.arrived.store(cluster.arrivals.arrived() as u64, Ordering::Relaxed);
             if control.cancel.load(Ordering::Relaxed) {
                 return Err(Error::Interrupted);

@@ -18,14 +18,19 @@
 //! (no weight streams, no expert runtime, no KV swapping), no per-iteration log, no Splitwise mixed
 //! pool, no policy plugged in from Python. The run's event count counts the instance's events, not the
 //! tokens, so it is the count the run's queue would give.
+//!
+//! One difference remains, on runs that fail: a simulation error (the clock overflowing in an
+//! absurdly slow iteration) raised by an instance running ahead stops the run there, possibly
+//! after events of that instance that the single queue would have run after another instance's
+//! error; the run is still deterministic, and a run that finishes is unaffected.
 
 use crate::error::Result;
 use crate::time::Nanos;
 
 use super::cluster::{Cluster, Event, Queue};
 
-/// At most this many events run ahead per token, so an interruption is noticed within as many
-/// events of the run's loop (which checks for it every few thousand events).
+/// At most this many events run ahead per token, so that the run's loop, which looks for an
+/// interruption every 4096 events (those run ahead included), gets to look soon enough.
 const EVENTS_PER_TOKEN: u32 = 4096;
 
 /// One instance's own events, in the order the run's queue would run them.
