@@ -86,8 +86,10 @@ impl Instance {
         self.moe.as_ref().map(|m| m.residency())
     }
 
-    /// Replaces the configured scheduler (a user's policy plugged in from outside).
+    /// Replaces the configured scheduler (a user's policy plugged in from outside), with its
+    /// admission watermark.
     pub fn with_scheduler(mut self, scheduler: Box<dyn Scheduler>) -> Self {
+        self.kv.set_watermark(scheduler.admission_watermark(self.kv.total()));
         self.scheduler = scheduler;
         self
     }
