@@ -193,11 +193,6 @@ impl BlockManager {
         self.watermark
     }
 
-    /// Sets the blocks admissions leave free (the scheduler's watermark).
-    pub fn set_watermark(&mut self, blocks: u32) {
-        self.watermark = blocks;
-    }
-
     /// Whether a new request needing `blocks` can be admitted (leaving the watermark free).
     pub fn can_admit(&self, blocks: u32) -> bool {
         self.free() as u64 >= blocks as u64 + self.watermark as u64

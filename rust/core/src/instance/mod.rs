@@ -86,10 +86,8 @@ impl Instance {
         self.moe.as_ref().map(|m| m.residency())
     }
 
-    /// Replaces the configured scheduler (a user's policy plugged in from outside), with its
-    /// admission watermark.
+    /// Replaces the configured scheduler (a user's policy plugged in from outside).
     pub fn with_scheduler(mut self, scheduler: Box<dyn Scheduler>) -> Self {
-        self.kv.set_watermark(scheduler.admission_watermark(self.kv.total()));
         self.scheduler = scheduler;
         self
     }

@@ -117,7 +117,7 @@ impl Instance {
         plan.kv_bytes = plan.usable_bytes - weights - plan.activation_bytes;
         plan.kv_bytes_per_token = per_token;
         plan.num_blocks = (plan.kv_bytes / block_bytes).min(u32::MAX as u64) as u32;
-        self.kv = BlockManager::new(plan.num_blocks, plan.block_size, self.scheduler.admission_watermark(plan.num_blocks)).with_attention_window(self.cost.model().sliding_window);
+        self.kv = BlockManager::new(plan.num_blocks, plan.block_size, super::kv_watermark(plan.num_blocks)).with_attention_window(self.cost.model().sliding_window);
         self.scheduler.set_draft_tokens(sp.k());
         let k = sp.k() as usize;
         let stats = SpecStats { draft_tokens_per_position: vec![0; k], accepted_per_position: vec![0; k], ..Default::default() };

@@ -37,19 +37,6 @@ fn the_watermark_is_one_percent_of_the_blocks_rounded_down() {
 }
 
 #[test]
-fn vllm_v1_admits_into_the_whole_cache() {
-    // vLLM v1 keeps no admission watermark (v0's block manager kept 1%): a request whose blocks
-    // fill every free block is admissible there, one block more is not.
-    let v1 = SchedulerConfig::VllmV1 { max_num_seqs: 64, max_num_batched_tokens: 8192, max_prefill_chunk: None, reserve_full_prompt: true };
-    let inst = instance(&v1);
-    let total = inst.kv_usage().1;
-    assert!(kv_watermark(total) > 0, "v0 would keep {} blocks", kv_watermark(total));
-    assert!(inst.could_hold(total as u64 * 16));
-    assert!(!inst.could_hold(total as u64 * 16 + 1));
-    assert!(!instance(&vllm()).could_hold(total as u64 * 16));
-}
-
-#[test]
 fn a_setup_that_cannot_run_is_refused() {
     let memory = MemoryConfig::default();
     let mut tiny = InstanceSpec::new(llama3_8b(), gpu(), Efficiency::default(), 1);

@@ -209,12 +209,6 @@ pub trait Scheduler: Send + Sync {
         req.peak_kv_tokens()
     }
 
-    /// Blocks of a `num_blocks`-block cache that admissions leave free: vLLM v0's 1% watermark
-    /// ([`crate::instance::kv_watermark`]) unless the scheduler says otherwise.
-    fn admission_watermark(&self, num_blocks: u32) -> u32 {
-        crate::instance::kv_watermark(num_blocks)
-    }
-
     /// Tells the scheduler that each decode may propose up to `k` draft tokens (speculative
     /// decoding): it grants them, KV lookahead and token budget permitting, and counts each
     /// granted draft token against its budget beside the decode's own token.

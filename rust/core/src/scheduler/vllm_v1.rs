@@ -249,12 +249,6 @@ impl VllmV1Scheduler {
 }
 
 impl Scheduler for VllmV1Scheduler {
-    /// None: vLLM v1's `allocate_slots` admits while the blocks are free (its `watermark`
-    /// defaults to 0; v0's block manager kept 1%).
-    fn admission_watermark(&self, _num_blocks: u32) -> u32 {
-        0
-    }
-
     fn schedule(&mut self, q: &mut Queues, reqs: &mut [Request], kv: &mut BlockManager, batch: &mut Batch) {
         if self.error.is_some() {
             return;
