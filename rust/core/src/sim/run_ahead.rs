@@ -1,9 +1,9 @@
 //! Running an instance ahead between arrivals: a mixed-role instance's events (its wake-ups,
 //! iteration ends, or a pipeline's stage-1-free and batch-done events) are kept in its own small
-//! queue, and the
-//! run's event queue holds one *token* per instance, at its earliest event. When the token comes
-//! due, the instance runs every event of its own that comes before the next arrival, in its own
-//! order, without going through the run's queue; then its token goes back at its next event.
+//! queue, and the run's event queue holds one *token* per instance, at its earliest event. When
+//! the token comes due, the instance runs every event of its own that comes before the next
+//! arrival, in its own order, without going through the run's queue; then its token goes back at
+//! its next event.
 //!
 //! Why the results stay the same: an instance that runs ahead shares nothing order-dependent
 //! with the others between arrivals. Its events touch its own requests, KV cache and counters
@@ -15,9 +15,9 @@
 //!
 //! It applies only where nothing else watches or interleaves with each event: a mixed-role
 //! instance (no handoffs, no KV transfers) whose iterations start no flow on the shared network
-//! (no weight streams, no expert runtime, no KV swapping), no per-iteration log, no Splitwise mixed
-//! pool, no policy plugged in from Python. The run's event count counts the instance's events, not the
-//! tokens, so it is the count the run's queue would give.
+//! (no weight streams, no expert runtime, no KV swapping), no per-iteration log, no Splitwise
+//! mixed pool, no policy plugged in from Python. The run's event count counts the instance's
+//! events, not the tokens, so it is the count the run's queue would give.
 //!
 //! One difference remains, on runs that fail: a simulation error (the clock overflowing in an
 //! absurdly slow iteration) raised by an instance running ahead stops the run there, possibly
