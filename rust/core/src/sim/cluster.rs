@@ -220,38 +220,6 @@ impl<'a> Cluster<'a> {
     }
 
     /// An idle instance was told it has work: it starts an iteration if it is not running one.
-    /// Runs an instance's own `event` (a wake-up, an iteration's end, a pipeline's stage-1-free or
-    /// batch-done) at `now`, from the run's queue or its own (`run_ahead.rs`), and refreshes the
-    /// routers' load index for it when its load may have changed.
-    pub(super) fn own_event(&mut self, event: Event, now: Nanos, queue: &mut Queue) -> Result<()> {
-        // Instances that ran ahead may have worked past `now`: the run ends at the latest.
-        self.last_work = self.last_work.max(now);
-        let instance = match event {
-            Event::Wake { instance } => {
-                self.wake(instance, now, queue)?;
-                instance
-            }
-            Event::IterationEnd { instance } => {
-                if !self.iterations.compute_done(instance, now, &mut self.ahead, queue)? {
-                    return Ok(());
-                }
-                self.end_iteration(instance, now, queue)?;
-                instance
-            }
-            Event::StageFree { instance } => {
-                self.stage1_free(instance, now, queue)?;
-                instance
-            }
-            Event::BatchDone { instance } => {
-                self.batch_done(instance, now, queue)?;
-                instance
-            }
-            Event::Ahead { .. } | Event::Network { .. } => unreachable!("{event:?} is not an instance's own event"),
-        };
-        self.note_load(instance);
-        Ok(())
-    }
-
     pub(super) fn wake(&mut self, instance: u32, now: Nanos, queue: &mut Queue) -> Result<()> {
         self.instances[instance as usize].woken();
         if !self.instances[instance as usize].is_busy() {
@@ -279,10 +247,31 @@ impl Process<Event> for Cluster<'_> {
     /// instance's outstanding tokens change only in its own events, its arrivals and the handoffs
     /// it receives; debug builds check the whole index against the instances at every arrival).
     fn handle(&mut self, now: Nanos, event: Event, queue: &mut Queue) -> Result<()> {
+        if !matches!(event, Event::Ahead { .. }) {
+            // Instances that ran ahead may have worked past `now`.
+            self.last_work = self.last_work.max(now);
+        }
         match event {
+            Event::Wake { instance } => {
+                self.wake(instance, now, queue)?;
+                self.note_load(instance);
+            }
+            Event::IterationEnd { instance } => {
+                if self.iterations.compute_done(instance, now, &mut self.ahead, queue)? {
+                    self.end_iteration(instance, now, queue)?;
+                    self.note_load(instance);
+                }
+            }
+            Event::StageFree { instance } => {
+                self.stage1_free(instance, now, queue)?;
+                self.note_load(instance);
+            }
+            Event::BatchDone { instance } => {
+                self.batch_done(instance, now, queue)?;
+                self.note_load(instance);
+            }
             Event::Ahead { instance } => self.run_ahead(instance, now, queue)?,
             Event::Network { version } => {
-                self.last_work = self.last_work.max(now);
                 for owner in self.transfers.due(now, version, queue)? {
                     match owner {
                         Owner::Instance(instance) => {
@@ -298,7 +287,6 @@ impl Process<Event> for Cluster<'_> {
                     }
                 }
             }
-            own => self.own_event(own, now, queue)?,
         }
         Ok(())
     }

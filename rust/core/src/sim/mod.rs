@@ -113,7 +113,7 @@ fn run(config: &SimConfig, workload: &Workload, control: &Control, plugins: Plug
         }
     }
     // Tokens of instances that ran ahead count as the events they carried.
-    let events = events - cluster.ahead.tokens + cluster.ahead.run;
+    let events = events.checked_add_signed(cluster.ahead.extra_events).expect("a token carries no more than it ran");
     let end = cluster.last_work;
     cluster.into_output(end, events)
 }

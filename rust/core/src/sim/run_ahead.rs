@@ -55,18 +55,20 @@ impl OwnEvents {
 pub(super) struct RunAhead {
     /// Per instance; None for one whose events go through the run's queue.
     own: Vec<Option<OwnEvents>>,
-    /// Tokens taken from the run's queue (each counted there as one event).
-    pub(super) tokens: u64,
-    /// Events run ahead (the tokens carried them).
+    /// Events run ahead less the tokens that carried them: added to the loop's count of events.
+    pub(super) extra_events: i64,
+    /// Events run ahead.
     pub(super) run: u64,
 }
 
 impl RunAhead {
     /// Run-ahead state for instances whose `runs_ahead` is true.
     pub(super) fn new(runs_ahead: impl Iterator<Item = bool>) -> Self {
-        RunAhead { own: runs_ahead.map(|r| r.then(OwnEvents::default)).collect(), tokens: 0, run: 0 }
+        RunAhead { own: runs_ahead.map(|r| r.then(OwnEvents::default)).collect(), extra_events: 0, run: 0 }
     }
+}
 
+impl RunAhead {
     /// Schedules `event` for instance `idx` at `time`: in its own queue if it runs ahead (with a
     /// token in the run's queue no later than `time`), else in the run's queue.
     pub(super) fn schedule(&mut self, idx: u32, time: Nanos, event: Event, queue: &mut Queue) {
@@ -93,7 +95,7 @@ impl Cluster<'_> {
     /// `idx`'s token came due at `now`: runs the instance's own events before the next arrival
     /// (up to [`EVENTS_PER_TOKEN`]), then queues its token at its next event.
     pub(super) fn run_ahead(&mut self, idx: u32, now: Nanos, queue: &mut Queue) -> Result<()> {
-        self.ahead.tokens += 1;
+        self.ahead.extra_events -= 1;
         let own = self.ahead.own[idx as usize].as_mut().expect("a token of an instance that runs ahead");
         if own.token != Some(now) {
             return Ok(());
@@ -105,8 +107,21 @@ impl Cluster<'_> {
             let own = self.ahead.own[idx as usize].as_mut().expect("runs ahead");
             let Some(i) = own.earliest().filter(|&i| own.pending[i].0 < horizon) else { break };
             let (t, _, event) = own.pending.swap_remove(i);
+            self.ahead.extra_events += 1;
             self.ahead.run += 1;
-            self.own_event(event, t, queue)?;
+            self.last_work = self.last_work.max(t);
+            match event {
+                Event::Wake { instance } => self.wake(instance, t, queue)?,
+                Event::StageFree { instance } => self.stage1_free(instance, t, queue)?,
+                Event::BatchDone { instance } => self.batch_done(instance, t, queue)?,
+                Event::IterationEnd { instance } => {
+                    if self.iterations.compute_done(instance, t, &mut self.ahead, queue)? {
+                        self.end_iteration(instance, t, queue)?;
+                    }
+                }
+                other => unreachable!("{other:?} is not an instance's own event"),
+            }
+            self.note_load(idx);
         }
         let own = self.ahead.own[idx as usize].as_mut().expect("runs ahead");
         own.token = own.earliest().map(|i| own.pending[i].0);
