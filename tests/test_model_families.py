@@ -24,10 +24,14 @@ def _shape(spec: ModelSpec) -> dict:
 
 @pytest.mark.parametrize(
     "file, name",
-    [("mistral-7b-v0.1.json", "mistral-7b"), ("opt-66b.json", "opt-66b"), ("bloom.json", "bloom-176b"), ("falcon-40b.json", "falcon-40b"), ("qwen1.5-moe-a2.7b.json", "qwen1.5-moe-a2.7b")],
+    [("mistral-7b-v0.1.json", "mistral-7b"), ("opt-66b.json", "opt-66b"), ("bloom.json", "bloom-176b"), ("falcon-40b.json", "falcon-40b"), ("qwen1.5-moe-a2.7b.json", "qwen1.5-moe-a2.7b"),
+     ("deepseek-v2-lite.json", "deepseek-v2-lite"), ("deepseek-v3.json", "deepseek-v3")],
 )
 def test_hf_config_reads_the_same_shape_as_the_catalogue(file, name):
-    read = ModelSpec.model_validate({"hf_config": str(FIXTURES / file)})
+    # DeepSeek-V3's checkpoint is FP8 (its quantization_config): its 16-bit shape is read when the
+    # scenario says dtype_bytes beside it, the pool's quantization then sets the format.
+    extra = {"dtype_bytes": 2} if name == "deepseek-v3" else {}
+    read = ModelSpec.model_validate({"hf_config": str(FIXTURES / file), **extra})
     assert _shape(read) == _shape(builtin_models()[name])
     assert read.hf_config == str((FIXTURES / file).resolve())
 
@@ -42,6 +46,21 @@ def test_hf_config_families_map_their_own_fields():
     # Fields beside hf_config override the file's.
     eight_bit = ModelSpec.model_validate({"hf_config": str(FIXTURES / "opt-66b.json"), "dtype_bytes": 1, "max_position_embeddings": 4096})
     assert (eight_bit.dtype_bytes, eight_bit.max_position_embeddings, eight_bit.hidden_size) == (1, 4096, 9216)
+
+
+def test_hf_config_reads_multi_token_prediction_modules(tmp_path):
+    """``num_nextn_predict_layers`` (DeepSeek-V3, MiMo) and ``mtp_num_hidden_layers`` (Qwen3-Next)
+    become ``mtp_layers``, what speculative ``method: mtp`` needs; absent: 0."""
+    mistral = json.loads((FIXTURES / "mistral-7b-v0.1.json").read_text())
+    mimo = {**mistral, "model_type": "mimo", "architectures": ["MiMoForCausalLM"], "num_nextn_predict_layers": 1, "use_sliding_window": False}
+    qwen = {**json.loads((FIXTURES / "qwen1.5-moe-a2.7b.json").read_text()), "mtp_num_hidden_layers": 2}
+    read = {}
+    for name, cfg in [("mimo", mimo), ("qwen", qwen), ("mistral", mistral)]:
+        (tmp_path / f"{name}.json").write_text(json.dumps(cfg))
+        read[name] = ModelSpec.model_validate({"hf_config": str(tmp_path / f"{name}.json")})
+    assert (read["mimo"].mtp_layers, read["qwen"].mtp_layers, read["mistral"].mtp_layers) == (1, 2, 0)
+    assert read["mimo"].sliding_window is None and read["mimo"].intermediate_size == mistral["intermediate_size"]
+    assert builtin_models()["deepseek-v3"].mtp_layers == 1
 
 
 def test_a_scenario_reads_hf_config_relative_to_its_folder(tmp_path, write_yaml):
@@ -82,6 +101,13 @@ def test_bad_hf_configs_are_errors_naming_the_file_and_field(tmp_path, write_yam
     assert "use_sliding_window" in err, err
     err = _bad(tmp_path, write_yaml, {**json.loads((FIXTURES / "opt-66b.json").read_text()), "word_embed_proj_dim": 512})
     assert "word_embed_proj_dim" in err, err
+    deepseek = json.loads((FIXTURES / "deepseek-v3.json").read_text())
+    err = _bad(tmp_path, write_yaml, deepseek)
+    assert "quantization_config" in err and "dtype_bytes" in err and "weights: fp8" in err, err
+    err = _bad(tmp_path, write_yaml, {**deepseek, "quantization_config": None, "moe_layer_freq": 2})
+    assert "moe_layer_freq: 2: only 1" in err, err
+    err = _bad(tmp_path, write_yaml, {**deepseek, "quantization_config": None, "num_nextn_predict_layers": -1})
+    assert "num_nextn_predict_layers: must be a whole number >= 0" in err, err
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
         scenario_from_dict({**small_scenario(models={"m": {"hf_config": "config.json"}})}, "s.yaml", tmp_path)

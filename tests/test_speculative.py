@@ -182,9 +182,40 @@ def test_estimate_counts_the_proposers_memory_as_a_run_does():
     assert draft["memory_bytes"] == plain["memory_bytes"] + m["proposer_weights"] + m["proposer_kv_cache"] and m["fits"]
 
 
+def test_mtp_needs_the_models_own_modules():
+    """``method: mtp`` runs the checkpoint's multi-token-prediction modules: refused (exit 2,
+    naming the field) for a model without them, as vLLM refuses it; DeepSeek-V3 ships one, which
+    the proposer holds beside the target: one MoE layer (FP8 as the pool's weights) and its
+    2h x h projection (16-bit), over 8 GPUs."""
+    mtp = {"method": "mtp", "num_speculative_tokens": 2, "acceptance_rate": 0.8}
+    with pytest.raises(ConfigError, match=r"cluster\.pools\.0\.speculative\.method: mtp runs the model's multi-token-prediction layers, and llama-3-70b has none"):
+        fleetwise.simulate(_scenario(mtp))
+    r = run_cli("estimate", "--model", "llama-3-70b", "--gpu", "h100-sxm", "--tp", "4", "--decode-batch", "1", "--context", "10",
+                "--speculative", "method=mtp,num_speculative_tokens=2,acceptance_rate=0.5")
+    assert r.returncode == 2 and "speculative.method" in r.stderr and "has none" in r.stderr and "Traceback" not in r.stderr
+    args = ["estimate", "--model", "deepseek-v3", "--gpu", "h200", "--tp", "8", "--quantization", "weights=fp8", "--decode-batch", "8",
+            "--context", "1024", "--json", "--speculative", "method=mtp,num_speculative_tokens=2,acceptance_rate=0.8"]
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    # One MoE layer: MLA 187,107,328 + router 7168 x 256 + 257 experts of 3 x 7168 x 2048 + two
+    # norms = 11,507,286,016 parameters at 1 byte, and the projection 2 x 7168^2 at 2 bytes, split
+    # 8 ways, but for MLA's query and KV down-projections and their norms, which every GPU holds
+    # whole (vLLM replicates them).
+    latents = 7168 * 1536 + 1536 + 7168 * 576 + 512
+    assert out["memory"]["proposer_weights"] == (11_507_286_016 + 2 * 7168 ** 2 * 2) // 8 + latents * 7 // 8
+    # Its KV: one layer's latent and rope key (576 x 2 bytes) per token of the 8 x 1025, on every GPU.
+    assert out["memory"]["proposer_kv_cache"] == 8 * 1025 * 576 * 2
+    # It pays, by less than the 2.44 tokens a step emits: the verify pass's 3 tokens per sequence
+    # read more of the 256 experts than a decode's one.
+    sp = out["speculative"]
+    assert sp["tokens_per_step"] == pytest.approx(1 + 0.8 + 0.64)
+    assert 1.0 < sp["speedup"] < 0.7 * sp["tokens_per_step"]
+
+
 def test_a_moe_verify_pass_routes_every_draft_token_through_the_offloaded_experts():
-    """Mixtral-8x7B with its experts in the GH200's DRAM (scenarios/moe-offload.yaml) and an MTP
-    head proposing 2: the verify passes route 1 + k tokens per speculating decode through the
+    """Mixtral-8x7B with its experts in the GH200's DRAM (scenarios/moe-offload.yaml) and an EAGLE
+    head (one Mixtral-shaped layer) proposing 2: the verify passes route 1 + k tokens per speculating decode through the
     experts. With nothing accepted every step emits 1 token, so the experts see exactly the
     prompts, the output tokens and every draft token; with drafts accepted, fewer steps fetch
     the offloaded experts and TPOT falls."""
@@ -200,11 +231,11 @@ def test_a_moe_verify_pass_routes_every_draft_token_through_the_offloaded_expert
 
     plain, plain_summary = run(None)
     assert plain["expert_tokens"] == plain["prefill_tokens"] + plain["decode_tokens"]
-    zero, _ = run({"method": "mtp", "num_speculative_tokens": 2, "acceptance_rate": 0.0})
+    zero, _ = run({"method": "eagle", "num_speculative_tokens": 2, "acceptance_rate": 0.0})
     assert zero["spec_draft_tokens"] > 0
     assert zero["expert_tokens"] == zero["prefill_tokens"] + zero["decode_tokens"] + zero["spec_draft_tokens"]
     assert zero["expert_activated"] > plain["expert_activated"]
-    good, good_summary = run({"method": "mtp", "num_speculative_tokens": 2, "acceptance_rate": [0.8, 0.6]})
+    good, good_summary = run({"method": "eagle", "num_speculative_tokens": 2, "acceptance_rate": [0.8, 0.6]})
     assert good["decode_tokens"] == plain["decode_tokens"]
     assert good["expert_demand_bytes"] + good["expert_prefetch_bytes"] < plain["expert_demand_bytes"] + plain["expert_prefetch_bytes"]
     assert good_summary["tpot_s"]["mean"] < 0.6 * plain_summary["tpot_s"]["mean"]

@@ -323,6 +323,10 @@ class ModelSpec(StrictModel):
     moe_layer_interval: int = Field(default=1, ge=1, le=10_000)
     """Past ``first_dense_layers``, every n-th layer has experts and the others the dense MLP
     (Switch/GLaM: 2; Qwen-MoE's ``decoder_sparse_step``); 1: every layer."""
+    mtp_layers: int = Field(default=0, ge=0, le=64)
+    """Multi-token-prediction modules the checkpoint ships (DeepSeek-V3's and MiMo's
+    ``num_nextn_predict_layers``, Qwen3-Next's ``mtp_num_hidden_layers``): what speculative
+    decoding's ``method: mtp`` runs; 0: none (``mtp`` is then refused)."""
 
     @model_validator(mode="before")
     @classmethod

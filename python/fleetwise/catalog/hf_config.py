@@ -2,9 +2,11 @@
 ``models: {name: {hf_config: path/to/config.json}}``.
 
 The common decoder families are mapped onto ``ModelSpec``'s fields: Llama, Mistral (with its
-``sliding_window``), Mixtral, Qwen2/Qwen3 and their MoE variants (gated MLPs, grouped-query
-attention), and OPT, BLOOM, Falcon, GPT-2 and GPT-NeoX (plain two-matrix MLPs; Falcon and GPT-NeoX
-with parallel attention + MLP blocks). A missing or mistyped field, an unknown family or a feature
+``sliding_window``), Mixtral, Qwen2/Qwen3 and their MoE variants, MiMo (gated MLPs, grouped-query
+attention), DeepSeek-V2/V3 (multi-head latent attention, MoE with shared experts after dense
+layers), and OPT, BLOOM, Falcon, GPT-2 and GPT-NeoX (plain two-matrix MLPs; Falcon and GPT-NeoX
+with parallel attention + MLP blocks); any family's multi-token-prediction modules
+(``num_nextn_predict_layers``, ``mtp_num_hidden_layers``) as ``mtp_layers``. A missing or mistyped field, an unknown family or a feature
 the cost model does not represent is a ``ValueError`` naming the file and the field.
 
 What is not read: biases, learned position embeddings (OPT, GPT-2: under 0.1% of the weights) and
@@ -38,13 +40,16 @@ _BY_ARCHITECTURE = {
     "RWForCausalLM": "falcon",
     "GPT2LMHeadModel": "gpt2",
     "GPTNeoXForCausalLM": "gpt_neox",
+    "MiMoForCausalLM": "mimo",
+    "DeepseekV2ForCausalLM": "deepseek_v2",
+    "DeepseekV3ForCausalLM": "deepseek_v3",
 }
 """The family of each supported ``architectures`` entry."""
 
 _ALIASES = {"RefinedWeb": "falcon", "RefinedWebModel": "falcon"}
 """Old ``model_type`` names of a supported family."""
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "opt", "bloom", "falcon", "gpt2", "gpt_neox")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "mimo", "deepseek_v2", "deepseek_v3", "opt", "bloom", "falcon", "gpt2", "gpt_neox")
 """The ``model_type`` values read."""
 
 _TIED_BY_DEFAULT = {"opt", "bloom", "falcon", "gpt2"}
@@ -57,6 +62,12 @@ _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_l
 _ROPE_UNSCALED = ("su", "longrope", "llama3")
 """``rope_scaling`` types whose ``max_position_embeddings`` already is the scaled context (vLLM
 leaves it as is); every other type multiplies the context by its ``factor``."""
+
+_GATED = ("llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "mimo")
+"""Families with gated MLPs and grouped-query attention."""
+
+_MTP_KEYS = ("num_nextn_predict_layers", "mtp_num_hidden_layers")
+"""Where a config counts its multi-token-prediction modules (DeepSeek-V3, GLM-4.5 and MiMo; Qwen3-Next)."""
 
 _SIXTEEN_BIT = {None, "float16", "bfloat16", "float32"}
 """``torch_dtype`` values served in 16 bits."""
@@ -160,7 +171,7 @@ def _gated(cfg: _Config, kind: str) -> dict[str, Any]:
     }
     if kind in ("mistral", "mixtral") and cfg.data.get("sliding_window") is not None:
         out["sliding_window"] = cfg.whole("sliding_window")
-    if kind.startswith("qwen") and cfg.flag("use_sliding_window", False):
+    if (kind.startswith("qwen") or kind == "mimo") and cfg.flag("use_sliding_window", False):
         raise cfg.fail("use_sliding_window", "Qwen's per-layer sliding windows (max_window_layers) are not modelled; set it false")
     if kind == "mixtral":
         out |= {"num_experts": cfg.whole("num_local_experts"), "experts_per_token": cfg.whole("num_experts_per_tok"), "moe_intermediate_size": out["intermediate_size"]}
@@ -176,6 +187,44 @@ def _gated(cfg: _Config, kind: str) -> dict[str, Any]:
         shared = cfg.whole("shared_expert_intermediate_size", default=0, minimum=0) if kind == "qwen2_moe" else 0
         if shared:
             out |= {"num_shared_experts": 1, "shared_expert_intermediate_size": shared}
+    return out
+
+
+def _deepseek(cfg: _Config) -> dict[str, Any]:
+    """DeepSeek-V2 and -V3: multi-head latent attention, and (if ``n_routed_experts``) MoE layers
+    with shared experts after ``first_k_dense_replace`` dense ones."""
+    hidden, heads = cfg.whole("hidden_size"), cfg.whole("num_attention_heads")
+    if cfg.whole("moe_layer_freq", default=1) != 1:
+        raise cfg.fail("moe_layer_freq", f"{cfg.data['moe_layer_freq']!r}: only 1 (every layer past first_k_dense_replace) is modelled")
+    v_head = cfg.whole("v_head_dim")
+    out: dict[str, Any] = {
+        "num_layers": cfg.whole("num_hidden_layers"),
+        "hidden_size": hidden,
+        "num_heads": heads,
+        # Nominal: MLA replaces grouped-query attention (the core reads mla instead).
+        "num_kv_heads": heads,
+        "head_dim": v_head,
+        "intermediate_size": cfg.whole("intermediate_size"),
+        "mla": {
+            "q_lora_rank": cfg.whole("q_lora_rank") if cfg.data.get("q_lora_rank") is not None else None,
+            "kv_lora_rank": cfg.whole("kv_lora_rank"),
+            "qk_nope_head_dim": cfg.whole("qk_nope_head_dim", minimum=0),
+            "qk_rope_head_dim": cfg.whole("qk_rope_head_dim", minimum=0),
+            "v_head_dim": v_head,
+        },
+    }
+    experts = cfg.whole("n_routed_experts", default=0, minimum=0)
+    if experts:
+        width = cfg.whole("moe_intermediate_size")
+        shared = cfg.whole("n_shared_experts", default=0, minimum=0)
+        out |= {
+            "num_experts": experts,
+            "experts_per_token": cfg.whole("num_experts_per_tok"),
+            "moe_intermediate_size": width,
+            "num_shared_experts": shared,
+            "shared_expert_intermediate_size": width if shared else 0,
+            "first_dense_layers": cfg.whole("first_k_dense_replace", default=0, minimum=0),
+        }
     return out
 
 
@@ -275,12 +324,16 @@ def hf_model_fields(path: str, base_dir: str | Path | None = None, dtype_given: 
         raise ValueError(f"{p}: cannot resolve the hf_config path: {e}") from None
     cfg = _Config(p, _read(p))
     if cfg.data.get("quantization_config") is not None and not dtype_given:
-        raise cfg.fail("quantization_config", "quantized weights are not read; give dtype_bytes beside hf_config")
+        raise cfg.fail("quantization_config", "quantized weights are not read; give dtype_bytes beside hf_config (2 reads the 16-bit shape; "
+                       "the pool's quantization, e.g. weights: fp8, then sets the checkpoint's format: docs/quantization.md)")
     dtype = cfg.data.get("torch_dtype", cfg.data.get("dtype"))
     if dtype not in _SIXTEEN_BIT and not dtype_given:
         raise cfg.fail("torch_dtype", f"{dtype!r} is not read (float16, bfloat16 or float32); give dtype_bytes beside hf_config")
     kind = _family(cfg)
-    out = _gated(cfg, kind) if kind in ("llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe") else _plain(cfg, kind)
+    out = _gated(cfg, kind) if kind in _GATED else _deepseek(cfg) if kind.startswith("deepseek") else _plain(cfg, kind)
+    mtp = next((k for k in _MTP_KEYS if cfg.data.get(k) is not None), None)
+    if mtp is not None:
+        out["mtp_layers"] = cfg.whole(mtp, minimum=0)
     name = cfg.data.get("_name_or_path")
     return {
         "hf_id": name if isinstance(name, str) else "",

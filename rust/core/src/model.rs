@@ -73,6 +73,12 @@ pub struct ModelSpec {
     /// layer. Ignored by dense models.
     #[serde(default)]
     pub moe_layer_interval: u32,
+    /// Multi-token-prediction modules the checkpoint ships beside the decoder layers (DeepSeek-V3
+    /// and MiMo's `num_nextn_predict_layers`, Qwen3-Next's `mtp_num_hidden_layers`): each one
+    /// decoder layer of the model's shape with a `2h x h` input projection, sharing the embedding
+    /// and LM head. Only speculative decoding's `mtp` method runs them; 0: none.
+    #[serde(default)]
+    pub mtp_layers: u32,
 }
 
 /// The kind of a feed-forward block.
@@ -405,6 +411,25 @@ mod tests {
         assert_eq!(m.total_params(), 15_706_484_224);
         assert!((m.total_params() as f64 / 1e9 - 15.706).abs() < 0.001);
         assert!((m.active_params() as f64 / 1e9 - 2.661).abs() < 0.01);
+    }
+
+    #[test]
+    fn deepseek_v3_has_its_published_671_billion_parameters() {
+        let m = super::fixtures::deepseek_v3();
+        // MLA with a query latent: q_a_proj 7168 x 1536, its norm, q_b_proj 1536 x 128*192,
+        // kv_a_proj_with_mqa 7168 x 576, its norm 512, kv_b_proj 512 x 128*256, o_proj 128*128 x 7168.
+        let attn = 7168 * 1536 + 1536 + 1536 * 24576 + 7168 * 576 + 512 + 512 * 32768 + 16384 * 7168;
+        assert_eq!(m.attention_params(), attn);
+        assert_eq!((m.dense_layers(), m.moe_layers()), (3, 58));
+        let expert = 3 * 7168 * 2048;
+        assert_eq!(m.layer_params(), attn + 7168 * 256 + 257 * expert + 2 * 7168);
+        // Published: 671 B in the main model (the MTP module's 11.5 B apart), 37 B activated
+        // (36.6 B without the embedding table, 0.93 B).
+        assert_eq!(m.total_params(), 3 * (attn + 3 * 7168 * 18432 + 2 * 7168) + 58 * m.layer_params() + 2 * 129280 * 7168 + 7168);
+        assert!((m.total_params() as f64 / 1e9 - 671.03).abs() < 0.01, "{}", m.total_params());
+        assert!((m.active_params() as f64 / 1e9 - 37.55).abs() < 0.01, "{}", m.active_params());
+        // The KV cache: 61 layers x (512 + 64) x 2 bytes on every GPU.
+        assert_eq!(m.kv_bytes_per_token(8), 70_272);
     }
 
     #[test]

@@ -86,7 +86,7 @@ impl SpeculativeConfig {
         }
         match (self.method, &self.draft_model) {
             (SpecMethod::Draft, None) => Err(Error::config("speculative.draft_model", "method draft needs a draft model")),
-            (SpecMethod::Eagle | SpecMethod::Mtp, Some(_)) => Err(Error::config("speculative.draft_model", "only method draft takes a draft model (eagle and mtp heads are one layer of the target's shape)")),
+            (SpecMethod::Eagle | SpecMethod::Mtp, Some(_)) => Err(Error::config("speculative.draft_model", "only method draft takes a draft model (eagle and mtp heads are layers of the target's shape)")),
             _ => Ok(rates),
         }
     }
@@ -165,6 +165,18 @@ impl Speculator {
                 (cm, w, kv)
             }
             _ => {
+                // MTP runs the model's own modules: the checkpoint must ship them (vLLM loads
+                // them from it and refuses a model without).
+                let modules = match cfg.method {
+                    SpecMethod::Mtp if target.mtp_layers == 0 => {
+                        return Err(Error::config(
+                            "speculative.method",
+                            format!("mtp runs the model's multi-token-prediction layers, and {} has none (its mtp_layers is 0; DeepSeek-V3, MiMo and Qwen3-Next ship them); use eagle, or a draft model", target.name),
+                        ))
+                    }
+                    SpecMethod::Mtp => target.mtp_layers as u64,
+                    _ => 1,
+                };
                 // One layer of the target's shape (a MoE layer for a MoE target: MTP's), plus the
                 // target's embedding and LM head, which the head shares (not counted again).
                 let layers = |n: u32| ModelSpec { num_layers: n, first_dense_layers: 0, moe_layer_interval: 0, name: format!("{} {} head", target.name, cfg.method.name()), ..target.clone() };
@@ -172,8 +184,9 @@ impl Speculator {
                 let two = CostModel::build(&on_gpus(layers(2), spec.quantization))?;
                 // EAGLE's and MTP's input projection: [hidden; embedding] (2h) to h, per GPU.
                 let fc = 2 * (target.hidden_size as u64).pow(2) * target.dtype_bytes as u64 / spec.tp as u64;
-                let w = two.weight_bytes_per_gpu().saturating_sub(one.weight_bytes_per_gpu()) + fc;
-                let kv = one.kv_bytes_per_token_per_gpu();
+                // Every module is held (each with its own KV); a draft step runs one of them.
+                let w = modules * (two.weight_bytes_per_gpu().saturating_sub(one.weight_bytes_per_gpu()) + fc);
+                let kv = modules * one.kv_bytes_per_token_per_gpu();
                 (one, w, kv)
             }
         };

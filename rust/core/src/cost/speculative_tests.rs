@@ -128,6 +128,30 @@ fn an_eagle_head_is_one_target_layer_and_its_input_projection() {
 }
 
 #[test]
+fn mtp_runs_the_models_own_modules_and_refuses_a_model_without() {
+    // Llama-2-70B has no multi-token-prediction layers: mtp is refused, naming the method.
+    match Speculator::build(&cfg(SpecMethod::Mtp, None, 2, AcceptanceRate::Constant(0.7)), &target()) {
+        Err(Error::Config { path, message }) => assert!(path == "speculative.method" && message.contains("llama-2-70b has none"), "{path}: {message}"),
+        other => panic!("{other:?}"),
+    }
+    // With modules in the checkpoint every one is held, with its KV, each one target layer and
+    // its 2h x h projection (as an EAGLE head's, above); a draft step runs one of them.
+    let layer = (8192 * (8192 + 2048) + 8192 * 8192 + 3 * 8192 * 28672 + 2 * 8192) / 4;
+    let fc = 2 * 8192 * 8192 / 4;
+    let cm = CostModel::build(&target()).unwrap();
+    for modules in [1u32, 2] {
+        let spec = InstanceSpec::new(ModelSpec { mtp_layers: modules, ..llama2_70b() }, h100(), ideal(), 4);
+        let sp = Speculator::build(&cfg(SpecMethod::Mtp, None, 3, AcceptanceRate::Constant(0.7)), &spec).unwrap();
+        assert_eq!(sp.weight_bytes_per_gpu, modules as u64 * 2 * (layer + fc) as u64);
+        assert_eq!(sp.kv_bytes_per_token_per_gpu * 80, modules as u64 * cm.kv_bytes_per_token_per_gpu());
+        assert_eq!(sp.proposer().model().num_layers, 1, "one module per draft step");
+        // An EAGLE head on the same model is one module whatever the checkpoint ships.
+        let eagle = Speculator::build(&cfg(SpecMethod::Eagle, None, 3, AcceptanceRate::Constant(0.7)), &spec).unwrap();
+        assert_eq!(eagle.weight_bytes_per_gpu, 2 * (layer + fc) as u64);
+    }
+}
+
+#[test]
 fn the_proposer_drafts_only_while_a_sequence_has_positions_left() {
     let spec = target();
     let sp = Speculator::build(&cfg(SpecMethod::Eagle, None, 4, AcceptanceRate::Constant(0.7)), &spec).unwrap();
@@ -146,7 +170,8 @@ fn the_verify_pass_of_a_moe_model_routes_every_draft_token_through_the_experts()
     // Mixtral-8x7B (8 experts of 3 x 4096 x 14336, top-2) on one H100 at batch 1, an MTP head
     // proposing 3: the verify pass routes 4 tokens, 8 token-expert pairs per layer (4x a
     // decode's expert FLOPs) over 8 (1 - (6/8)^4) = 5.47 distinct experts (a decode reads 2).
-    let spec = InstanceSpec::new(mixtral_8x7b(), h100(), ideal(), 1);
+    // (A Mixtral-shaped model whose checkpoint ships one MTP module.)
+    let spec = InstanceSpec::new(ModelSpec { mtp_layers: 1, ..mixtral_8x7b() }, h100(), ideal(), 1);
     let cm = CostModel::build(&spec).unwrap();
     let expert = 3.0 * 4096.0 * 14336.0;
     let per_pair = 2.0 * 4096.0 + 3.0 * 14336.0;

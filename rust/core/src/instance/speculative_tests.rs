@@ -129,11 +129,13 @@ fn a_proposer_that_does_not_fit_is_a_capacity_error_naming_it() {
 }
 
 /// Mixtral-8x7B on two H100s (tp 2) with its experts run by the expert runtime (all in HBM,
-/// uniform routing), speculating with an MTP head of k = 3 at `rate` (None: no speculation).
+/// uniform routing), speculating with an MTP head of k = 3 at `rate` (None: no speculation); the
+/// checkpoint is taken to ship one MTP module.
 fn moe_instance(rate: Option<f64>) -> Instance {
     let memory = MemoryConfig::default();
     let sched = SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192, preemption_mode: Default::default(), swap_space_gb: 4.0 };
-    let spec = InstanceSpec::new(crate::model::fixtures::mixtral_8x7b(), gpu(), Efficiency::default(), 2);
+    let model = crate::model::ModelSpec { mtp_layers: 1, ..crate::model::fixtures::mixtral_8x7b() };
+    let spec = InstanceSpec::new(model, gpu(), Efficiency::default(), 2);
     let experts = crate::moe::ExpertConfig::resident();
     let setup = crate::instance::ExpertSetup { config: &experts, trace: None, seed: 5, stream: "instance0.experts".into(), caches: None };
     let cfg = rate.map(|a| SpeculativeConfig { method: SpecMethod::Mtp, draft_model: None, num_speculative_tokens: 3, acceptance_rate: AcceptanceRate::Constant(a) });

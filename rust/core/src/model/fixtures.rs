@@ -103,6 +103,32 @@ pub fn deepseek_v2_lite() -> ModelSpec {
     }
 }
 
+/// DeepSeek-V3 (`deepseek-ai/DeepSeek-V3` config.json): MLA with a query latent, three dense
+/// layers, then 256 routed experts (top-8) and one shared expert per layer; one MTP module.
+pub fn deepseek_v3() -> ModelSpec {
+    ModelSpec {
+        name: "deepseek-v3".into(),
+        num_layers: 61,
+        hidden_size: 7168,
+        num_heads: 128,
+        num_kv_heads: 128,
+        head_dim: 128,
+        intermediate_size: 18432,
+        vocab_size: 129280,
+        max_position_embeddings: 163840,
+        dtype_bytes: 2,
+        num_experts: 256,
+        experts_per_token: 8,
+        moe_intermediate_size: 2048,
+        num_shared_experts: 1,
+        shared_expert_intermediate_size: 2048,
+        first_dense_layers: 3,
+        mla: Some(MlaSpec { q_lora_rank: Some(1536), kv_lora_rank: 512, qk_nope_head_dim: 128, qk_rope_head_dim: 64, v_head_dim: 128 }),
+        mtp_layers: 1,
+        ..Default::default()
+    }
+}
+
 /// OPT-66B (`facebook/opt-66b` config.json): plain ReLU MLPs, multi-head attention, tied
 /// embeddings.
 pub fn opt_66b() -> ModelSpec {
