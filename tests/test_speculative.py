@@ -210,7 +210,26 @@ def test_mtp_needs_the_models_own_modules():
     # read more of the 256 experts than a decode's one.
     sp = out["speculative"]
     assert sp["tokens_per_step"] == pytest.approx(1 + 0.8 + 0.64)
-    assert 1.0 < sp["speedup"] < 0.7 * sp["tokens_per_step"]
+    assert 1.3 < sp["speedup"] < 0.7 * sp["tokens_per_step"]
+
+
+def test_deepseek_v3_mtp_speeds_decoding_as_its_report_measured():
+    """DeepSeek-V3's report: its MTP module's second token is accepted 85-90% of the time, which
+    gives 1.8x the tokens per second. Served on 8 H200s (FP8 weights, TP8) under a chat load, one
+    MTP draft at 0.85 cuts TPOT by 1.5-1.85x (1.85 tokens a step is the ceiling). The verify
+    chunks run as MLA decodes (absorbed form); costed as prefills expanding their whole context's
+    latents every step, speculation was a 1.33x slowdown."""
+    pool = {"name": "main", "gpu": "h200", "model": "deepseek-v3", "parallelism": {"tp": 8},
+            "quantization": {"weights": "fp8", "activations": "fp8"},
+            "scheduler": {"kind": "vllm-v1", "max_num_seqs": 256, "max_num_batched_tokens": 8192}}
+    scenario = {"name": "dsv3", "seed": 1, "cluster": {"pools": [pool]},
+                "workload": {"arrivals": {"kind": "poisson", "rate": 4.0}, "requests": 300,
+                             "lengths": {"kind": "lognormal", "prompt_median": 1000, "prompt_sigma": 0.5, "prompt_max": 8000,
+                                         "output_median": 300, "output_sigma": 0.5, "output_max": 2000}}}
+    plain = fleetwise.simulate(scenario).summary["tpot_s"]["mean"]
+    pool["speculative"] = {"method": "mtp", "num_speculative_tokens": 1, "acceptance_rate": 0.85}
+    mtp = fleetwise.simulate(scenario).summary["tpot_s"]["mean"]
+    assert 1.5 < plain / mtp < 1.85, (plain, mtp)
 
 
 def test_a_moe_verify_pass_routes_every_draft_token_through_the_offloaded_experts():

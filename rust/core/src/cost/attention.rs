@@ -92,7 +92,11 @@ impl<F: FnMut(OpCost)> IterationPass<'_, F> {
     fn mla(&mut self, heads: f64, nope: f64, rope: f64, v: f64, lora: f64, q_lora: Option<f64>) -> AttentionWidths {
         let (cm, shape) = (self.cm, self.shape);
         let (h, b, mt) = (cm.h, cm.b, self.mt);
-        let (pt, pairs, pkv, ds) = (self.pt, self.pairs, self.pkv, self.ds);
+        // Speculative verify chunks run as decodes (absorbed form, as vLLM's MLA backends take a
+        // query of up to 1 + k tokens), not as prefills that would expand their whole context.
+        let (vt, vpairs, vkv) = self.verify;
+        let (pt, pairs, pkv) = (self.pt - vt, (self.pairs - vpairs).max(0.0), self.pkv - vkv);
+        let (ds, prefills) = (self.ds + vt, shape.prefill_tokens > shape.verify_tokens);
         let qk = nope + rope;
         let none = Kernel::default();
         // Queries (through the query latent, if any) and the replicated KV down-projection on
@@ -103,15 +107,15 @@ impl<F: FnMut(OpCost)> IterationPass<'_, F> {
             None => (Kernel::all(cm.gemm(mt, h, heads * qk)), none),
         };
         let kv_a = Kernel::all(cm.gemm(mt, h, lora + rope));
-        let expand = if pkv > 0.0 { Kernel::all(cm.gemm(pkv, lora, heads * (nope + v))) } else { none };
+        let expand = if prefills && pkv > 0.0 { Kernel::all(cm.gemm(pkv, lora, heads * (nope + v))) } else { none };
         let absorb_k = if ds > 0.0 { Kernel::all(cm.heads_gemm(heads, ds, nope, lora)) } else { none };
         self.emit(Op::QkvProj, &[q_a, q_b, kv_a, expand, absorb_k], cm.flops_gemm, true);
-        if shape.prefill_tokens > 0 {
+        if prefills {
             // Expanded form: multi-head attention with qk-sized keys and v-sized values.
             let work = (2.0 * heads * (qk + v) * pairs, (pt + pkv) * heads * (qk + v) * b);
             self.emit(Op::PrefillAttention, &[Kernel::all(work)], cm.flops_attn, true);
         }
-        if shape.decode_seqs > 0 {
+        if ds > 0.0 {
             self.mla_decode(heads, rope, lora);
         }
         // Decodes project their latent outputs to values (kv_b_proj's value half), then o_proj.
@@ -146,14 +150,17 @@ impl<F: FnMut(OpCost)> IterationPass<'_, F> {
     }
 
     /// MLA decode attention (absorbed form) with `heads` query heads, the RoPE key width `rope`
-    /// and the KV latent width `lora`.
+    /// and the KV latent width `lora`, over the decodes and the speculative verify chunks.
     fn mla_decode(&mut self, heads: f64, rope: f64, lora: f64) {
         let cm = self.cm;
-        let (b, ds, dkv) = (cm.b, self.ds, self.dkv);
+        let (vt, vpairs, vkv) = self.verify;
+        // Queries, query-key pairs, and keys read once per sequence (a verify chunk's queries
+        // share their sequence's cache read).
+        let (b, ds, pairs, keys) = (cm.b, self.ds + vt, self.dkv + vpairs, self.dkv + vkv);
         // Absorbed form: every head attends over the cached latent + RoPE key (scores) and
         // the latent (values); reads the cache, the absorbed queries, writes latent outputs.
-        let flops = 2.0 * heads * (lora + rope) * dkv + 2.0 * heads * lora * dkv;
-        let bytes = (dkv * (lora + rope) * cm.kv_ratio() + ds * heads * (lora + rope) + ds * heads * lora) * b;
+        let flops = 2.0 * heads * (lora + rope) * pairs + 2.0 * heads * lora * pairs;
+        let bytes = (keys * (lora + rope) * cm.kv_ratio() + ds * heads * (lora + rope) + ds * heads * lora) * b;
         self.emit(Op::DecodeAttention, &[Kernel::all((flops, bytes))], cm.flops_attn, true);
     }
 }
@@ -264,6 +271,47 @@ mod tests {
         let elem = |act: f64| ds * 2.0 * (10.0 * 2048.0 + 2.0 * (16.0 * 64.0 + 64.0) + 2.0 * 512.0 + 3.0 * act + 576.0);
         let dispatch = ds * 2.0 * 14.0 * 2048.0;
         assert!(close(op(&c, Op::Elementwise).bytes, 26.0 * (elem(8.0 * 1408.0) + dispatch) + elem(10944.0)));
+    }
+
+    #[test]
+    fn mla_verify_chunks_run_as_decodes_without_expanding_their_context() {
+        // 8 sequences at 4095 cached tokens each verify 1 + 2 drafts on DeepSeek-V2-Lite: vLLM's MLA
+        // backends run such queries in the absorbed (decode) form, so no kv_b_proj expansion of
+        // the 8 x 4098 keys and no prefill attention; the 24 queries attend 8 x 3 x (4095 + 2)
+        // pairs and read each sequence's 4098 cached latents once.
+        let cm = CostModel::new(deepseek_v2_lite(), h100(), ideal(), 1).unwrap();
+        let mut v = BatchShape::default();
+        for _ in 0..8 {
+            v.add_verify(3, 4095);
+        }
+        assert_eq!((v.prefill_tokens, v.verify_tokens, v.verify_kv_tokens, v.sampled), (24, 24, 8 * 4098, 24));
+        let c = cm.breakdown(&v);
+        assert!(c.iter().all(|x| x.op != Op::PrefillAttention));
+        let (q, pairs, keys) = (24.0, 8.0 * 3.0 * (4095.0 + 2.0), 8.0 * 4098.0);
+        let att = op(&c, Op::DecodeAttention);
+        assert!(close(att.flops, 27.0 * (2.0 * 16.0 * 576.0 + 2.0 * 16.0 * 512.0) * pairs));
+        assert!(close(att.bytes, 27.0 * (keys * 576.0 + q * 16.0 * (576.0 + 512.0)) * 2.0));
+        // QKV: the 24 tokens' projections and W_UK absorbed into their queries; no expansion.
+        let qkv = op(&c, Op::QkvProj);
+        let absorb = (16.0 * gemm(q, 128.0, 512.0).0, 16.0 * gemm(q, 128.0, 512.0).1);
+        let parts = [gemm(q, 2048.0, 3072.0), gemm(q, 2048.0, 576.0), absorb];
+        assert!(close(qkv.flops, 27.0 * parts.iter().map(|p| p.0).sum::<f64>()));
+        // With a prompt chunk beside them, only the prompt expands its latents and runs the
+        // expanded prefill attention; the verify chunks stay decodes.
+        let mut mixed = v;
+        mixed.add_prefill(512, 0, false);
+        let c2 = cm.breakdown(&mixed);
+        let pre = op(&c2, Op::PrefillAttention);
+        assert!(close(pre.flops, 27.0 * 2.0 * 16.0 * (192.0 + 128.0) * (512.0 * 513.0 / 2.0)));
+        assert!(close(op(&c2, Op::DecodeAttention).flops, att.flops));
+        // A GQA model charges verify chunks as the prefill chunks they are.
+        let gqa = CostModel::new(llama3_8b(), h100(), ideal(), 1).unwrap();
+        let mut p = BatchShape::default();
+        for _ in 0..8 {
+            p.add_prefill(3, 4095, true);
+            p.sampled += 2;
+        }
+        assert_eq!(gqa.breakdown(&v), gqa.breakdown(&p));
     }
 
     #[test]

@@ -23,6 +23,14 @@ pub struct BatchShape {
     /// The model's sliding attention window, tokens (`None`: the whole context): each query
     /// attends to at most this many keys, so the pairs and keys above are counted within it.
     pub attention_window: Option<u64>,
+    /// Of the prefill fields above, the part that is speculative decoding's verify chunks (a
+    /// decode's token and its drafts): tokens, query-key pairs and keys read. Attention kinds
+    /// whose engines run such short chunks as decodes (MLA's absorbed form) charge them apart.
+    pub verify_tokens: u64,
+    /// The verify chunks' query-key pairs (a part of `prefill_pairs`).
+    pub verify_pairs: f64,
+    /// The keys the verify chunks read (a part of `prefill_kv_tokens`).
+    pub verify_kv_tokens: u64,
 }
 
 impl BatchShape {
@@ -53,6 +61,17 @@ impl BatchShape {
             }
         }
         self.sampled += samples as u64;
+    }
+
+    /// Adds a speculative verify chunk: a decode's `q` tokens (its own and its drafts) after
+    /// `cached` tokens, every position sampled; a prefill chunk, also counted in the verify fields.
+    pub fn add_verify(&mut self, q: u64, cached: u64) {
+        let (pairs, keys) = (self.prefill_pairs, self.prefill_kv_tokens);
+        self.add_prefill(q, cached, true);
+        self.sampled += q - 1;
+        self.verify_tokens += q;
+        self.verify_pairs += self.prefill_pairs - pairs;
+        self.verify_kv_tokens += self.prefill_kv_tokens - keys;
     }
 
     /// Adds one decode whose context, including the token being processed, is `context` tokens

@@ -32,6 +32,8 @@ pub(super) struct IterationPass<'a, F: FnMut(OpCost)> {
     pub(super) ds: f64,
     /// Keys the decodes of one micro-batch read.
     pub(super) dkv: f64,
+    /// Of the prefill figures above, the verify chunks' tokens, pairs and keys (one micro-batch).
+    pub(super) verify: (f64, f64, f64),
     /// Prefill attention's seconds and whether it ran on the PIM (0, false until charged).
     prefill_attention: (f64, bool),
     /// Seconds charged so far.
@@ -59,7 +61,8 @@ impl<'a, F: FnMut(OpCost)> IterationPass<'a, F> {
         let pkv = shape.prefill_kv_tokens as f64 * micro;
         let ds = shape.decode_seqs as f64 * micro;
         let dkv = shape.decode_kv_tokens as f64 * micro;
-        IterationPass { cm, shape, t, m, mt, slots, work_n, time_n, pt, pairs, pkv, ds, dkv, prefill_attention: (0.0, false), emitted: 0.0, sink }
+        let verify = (shape.verify_tokens as f64 * micro, shape.verify_pairs * micro, shape.verify_kv_tokens as f64 * micro);
+        IterationPass { cm, shape, t, m, mt, slots, work_n, time_n, pt, pairs, pkv, ds, dkv, verify, prefill_attention: (0.0, false), emitted: 0.0, sink }
     }
 
     /// Hands one operator's cost to the sink.

@@ -225,8 +225,7 @@ impl Speculator {
     pub fn verify_shape(rest: &BatchShape, seqs: &[SpecSeq]) -> BatchShape {
         let mut v = *rest;
         for s in seqs {
-            v.add_prefill(s.k as u64 + 1, s.cached, true);
-            v.sampled += s.k as u64;
+            v.add_verify(s.k as u64 + 1, s.cached);
         }
         v
     }
