@@ -16,6 +16,7 @@ import yaml
 
 import fleetwise
 from conftest import run_cli, small_scenario
+from fleetwise.catalog import builtin_models
 from fleetwise.cluster import core_config
 from fleetwise.cost import cost_model
 from fleetwise.errors import ConfigError
@@ -190,6 +191,11 @@ def test_mtp_needs_the_models_own_modules():
     mtp = {"method": "mtp", "num_speculative_tokens": 2, "acceptance_rate": 0.8}
     with pytest.raises(ConfigError, match=r"cluster\.pools\.0\.speculative\.method: mtp runs the model's multi-token-prediction layers, and llama-3-70b has none"):
         fleetwise.simulate(_scenario(mtp))
+    two = {"name": "main", "models": {"mtp2": {**builtin_models()["llama-3-70b"].model_dump(exclude={"hf_config"}), "mtp_layers": 2}}}
+    with pytest.raises(ConfigError, match=r"num_speculative_tokens: 3 exceeds mtp2's 2 multi-token-prediction modules and is not a multiple"):
+        sc = {**_scenario({**mtp, "num_speculative_tokens": 3}), "models": two["models"]}
+        sc["cluster"]["pools"][0]["model"] = "mtp2"
+        fleetwise.simulate(sc)
     r = run_cli("estimate", "--model", "llama-3-70b", "--gpu", "h100-sxm", "--tp", "4", "--decode-batch", "1", "--context", "10",
                 "--speculative", "method=mtp,num_speculative_tokens=2,acceptance_rate=0.5")
     assert r.returncode == 2 and "speculative.method" in r.stderr and "has none" in r.stderr and "Traceback" not in r.stderr
@@ -199,11 +205,11 @@ def test_mtp_needs_the_models_own_modules():
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     # One MoE layer: MLA 187,107,328 + router 7168 x 256 + 257 experts of 3 x 7168 x 2048 + two
-    # norms = 11,507,286,016 parameters at 1 byte, and the projection 2 x 7168^2 at 2 bytes, split
-    # 8 ways, but for MLA's query and KV down-projections and their norms, which every GPU holds
-    # whole (vLLM replicates them).
+    # norms = 11,507,286,016 parameters at 1 byte split 8 ways, but for MLA's query and KV
+    # down-projections and their norms, which every GPU holds whole (vLLM replicates them); and the
+    # projection 2 x 7168^2, a plain 16-bit linear layer, whole on every GPU.
     latents = 7168 * 1536 + 1536 + 7168 * 576 + 512
-    assert out["memory"]["proposer_weights"] == (11_507_286_016 + 2 * 7168 ** 2 * 2) // 8 + latents * 7 // 8
+    assert out["memory"]["proposer_weights"] == 11_507_286_016 // 8 + latents * 7 // 8 + 2 * 7168 ** 2 * 2
     # Its KV: one layer's latent and rope key (576 x 2 bytes) per token of the 8 x 1025, on every GPU.
     assert out["memory"]["proposer_kv_cache"] == 8 * 1025 * 576 * 2
     # It pays, by less than the 2.44 tokens a step emits: the verify pass's 3 tokens per sequence
@@ -218,7 +224,7 @@ def test_deepseek_v3_mtp_speeds_decoding_as_its_report_measured():
     gives 1.8x the tokens per second. Served on 8 H200s (FP8 weights, TP8) under a chat load, one
     MTP draft at 0.85 cuts TPOT by 1.5-1.85x (1.85 tokens a step is the ceiling). The verify
     chunks run as MLA decodes (absorbed form); costed as prefills expanding their whole context's
-    latents every step, speculation was a 1.33x slowdown."""
+    latents every step, speculation slowed decoding down (TPOT about 1.3x higher)."""
     pool = {"name": "main", "gpu": "h200", "model": "deepseek-v3", "parallelism": {"tp": 8},
             "quantization": {"weights": "fp8", "activations": "fp8"},
             "scheduler": {"kind": "vllm-v1", "max_num_seqs": 256, "max_num_batched_tokens": 8192}}

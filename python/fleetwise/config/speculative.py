@@ -51,7 +51,7 @@ class SpeculativeConfig(StrictModel):
         if self.method == "draft" and self.draft_model is None:
             raise ValueError("method draft needs draft_model (a catalogue model sharing the target's tokenizer, e.g. llama-3-8b for llama-3-70b)")
         if self.method != "draft" and self.draft_model is not None:
-            raise ValueError(f"draft_model applies to method draft only; {self.method} heads are one layer of the target's shape")
+            raise ValueError(f"draft_model applies to method draft only; {self.method} heads are layers of the target's shape")
         return self
 
     @property
@@ -114,6 +114,10 @@ def resolve_speculative(spec: SpeculativeConfig, path: str, target, target_name:
     if spec.method == "mtp" and not target.mtp_layers:
         raise ConfigError(f"{path}.method: mtp runs the model's multi-token-prediction layers, and {target_name} has none "
                           "(its mtp_layers is 0; DeepSeek-V3, MiMo and Qwen3-Next ship them); use eagle, or a draft model")
+    n, k = target.mtp_layers, spec.num_speculative_tokens
+    if spec.method == "mtp" and k > n and k % n:
+        raise ConfigError(f"{path}.num_speculative_tokens: {k} exceeds {target_name}'s {n} multi-token-prediction modules and is not "
+                          "a multiple of them (vLLM runs them in turn)")
     if spec.draft_model is None:
         return spec.core_json(None)
     draft = lookup("model", spec.draft_model, user_models, f"{path}.draft_model")

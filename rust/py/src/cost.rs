@@ -137,7 +137,8 @@ impl PyCostModel {
         let sp = Speculator::build(&cfg, &self.spec).map_err(to_py)?;
         let seqs: Vec<SpecSeq> = decodes.iter().map(|&c| SpecSeq { cached: c.saturating_sub(1), k: sp.k() }).collect();
         let rest = self.inner.empty_shape();
-        let verify = self.inner.iteration_seconds(&Speculator::verify_shape(&rest, &seqs));
+        let (shape, chunks) = Speculator::verify_shape(&rest, &seqs);
+        let verify = self.inner.iteration_verify(&shape, &chunks).seconds;
         Ok((sp.step(&self.inner, &rest, &seqs).seconds, verify, expected_tokens_per_step(sp.rates())))
     }
 

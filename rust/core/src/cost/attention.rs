@@ -92,11 +92,12 @@ impl<F: FnMut(OpCost)> IterationPass<'_, F> {
     fn mla(&mut self, heads: f64, nope: f64, rope: f64, v: f64, lora: f64, q_lora: Option<f64>) -> AttentionWidths {
         let (cm, shape) = (self.cm, self.shape);
         let (h, b, mt) = (cm.h, cm.b, self.mt);
-        // Speculative verify chunks run as decodes (absorbed form, as vLLM's MLA backends take a
-        // query of up to 1 + k tokens), not as prefills that would expand their whole context.
-        let (vt, vpairs, vkv) = self.verify;
+        // Speculative verify chunks run as decodes (absorbed form, as vLLM's Hopper MLA backends,
+        // FlashMLA and FlashAttention-MLA, take a query of up to 1 + k tokens), not as prefills
+        // that would expand their whole context.
+        let (vt, vpairs, vkv) = self.verify();
         let (pt, pairs, pkv) = (self.pt - vt, (self.pairs - vpairs).max(0.0), self.pkv - vkv);
-        let (ds, prefills) = (self.ds + vt, shape.prefill_tokens > shape.verify_tokens);
+        let (ds, prefills) = (self.ds + vt, shape.prefill_tokens > self.verify_chunks.tokens);
         let qk = nope + rope;
         let none = Kernel::default();
         // Queries (through the query latent, if any) and the replicated KV down-projection on
@@ -153,7 +154,7 @@ impl<F: FnMut(OpCost)> IterationPass<'_, F> {
     /// and the KV latent width `lora`, over the decodes and the speculative verify chunks.
     fn mla_decode(&mut self, heads: f64, rope: f64, lora: f64) {
         let cm = self.cm;
-        let (vt, vpairs, vkv) = self.verify;
+        let (vt, vpairs, vkv) = self.verify();
         // Queries, query-key pairs, and keys read once per sequence (a verify chunk's queries
         // share their sequence's cache read).
         let (b, ds, pairs, keys) = (cm.b, self.ds + vt, self.dkv + vpairs, self.dkv + vkv);
@@ -280,12 +281,17 @@ mod tests {
         // the 8 x 4098 keys and no prefill attention; the 24 queries attend 8 x 3 x (4095 + 2)
         // pairs and read each sequence's 4098 cached latents once.
         let cm = CostModel::new(deepseek_v2_lite(), h100(), ideal(), 1).unwrap();
-        let mut v = BatchShape::default();
+        let (mut v, mut chunks) = (BatchShape::default(), VerifyChunks::default());
         for _ in 0..8 {
-            v.add_verify(3, 4095);
+            chunks.add(&mut v, 3, 4095);
         }
-        assert_eq!((v.prefill_tokens, v.verify_tokens, v.verify_kv_tokens, v.sampled), (24, 24, 8 * 4098, 24));
-        let c = cm.breakdown(&v);
+        assert_eq!((v.prefill_tokens, chunks.tokens, chunks.kv_tokens, v.sampled), (24, 24, 8 * 4098, 24));
+        let breakdown = |cm: &CostModel, s: &BatchShape, chunks: &VerifyChunks| {
+            let mut out = Vec::new();
+            cm.for_each_op_with(s, chunks, |c| out.push(c));
+            out
+        };
+        let c = breakdown(&cm, &v, &chunks);
         assert!(c.iter().all(|x| x.op != Op::PrefillAttention));
         let (q, pairs, keys) = (24.0, 8.0 * 3.0 * (4095.0 + 2.0), 8.0 * 4098.0);
         let att = op(&c, Op::DecodeAttention);
@@ -300,10 +306,13 @@ mod tests {
         // expanded prefill attention; the verify chunks stay decodes.
         let mut mixed = v;
         mixed.add_prefill(512, 0, false);
-        let c2 = cm.breakdown(&mixed);
+        let c2 = breakdown(&cm, &mixed, &chunks);
         let pre = op(&c2, Op::PrefillAttention);
         assert!(close(pre.flops, 27.0 * 2.0 * 16.0 * (192.0 + 128.0) * (512.0 * 513.0 / 2.0)));
         assert!(close(op(&c2, Op::DecodeAttention).flops, att.flops));
+        // Without the chunks listed they are the prefills they were costed as before: the
+        // expansion and the expanded attention.
+        assert!(close(op(&cm.breakdown(&v), Op::PrefillAttention).flops, 27.0 * 2.0 * 16.0 * (192.0 + 128.0) * pairs));
         // A GQA model charges verify chunks as the prefill chunks they are.
         let gqa = CostModel::new(llama3_8b(), h100(), ideal(), 1).unwrap();
         let mut p = BatchShape::default();
@@ -311,7 +320,7 @@ mod tests {
             p.add_prefill(3, 4095, true);
             p.sampled += 2;
         }
-        assert_eq!(gqa.breakdown(&v), gqa.breakdown(&p));
+        assert_eq!(breakdown(&gqa, &v, &chunks), gqa.breakdown(&p));
     }
 
     #[test]

@@ -23,14 +23,6 @@ pub struct BatchShape {
     /// The model's sliding attention window, tokens (`None`: the whole context): each query
     /// attends to at most this many keys, so the pairs and keys above are counted within it.
     pub attention_window: Option<u64>,
-    /// Of the prefill fields above, the part that is speculative decoding's verify chunks (a
-    /// decode's token and its drafts): tokens, query-key pairs and keys read. Attention kinds
-    /// whose engines run such short chunks as decodes (MLA's absorbed form) charge them apart.
-    pub verify_tokens: u64,
-    /// The verify chunks' query-key pairs (a part of `prefill_pairs`).
-    pub verify_pairs: f64,
-    /// The keys the verify chunks read (a part of `prefill_kv_tokens`).
-    pub verify_kv_tokens: u64,
 }
 
 impl BatchShape {
@@ -63,17 +55,6 @@ impl BatchShape {
         self.sampled += samples as u64;
     }
 
-    /// Adds a speculative verify chunk: a decode's `q` tokens (its own and its drafts) after
-    /// `cached` tokens, every position sampled; a prefill chunk, also counted in the verify fields.
-    pub fn add_verify(&mut self, q: u64, cached: u64) {
-        let (pairs, keys) = (self.prefill_pairs, self.prefill_kv_tokens);
-        self.add_prefill(q, cached, true);
-        self.sampled += q - 1;
-        self.verify_tokens += q;
-        self.verify_pairs += self.prefill_pairs - pairs;
-        self.verify_kv_tokens += self.prefill_kv_tokens - keys;
-    }
-
     /// Adds one decode whose context, including the token being processed, is `context` tokens
     /// (it reads at most the window's keys).
     #[inline]
@@ -104,6 +85,33 @@ impl BatchShape {
     /// Whether the batch is empty.
     pub fn is_empty(&self) -> bool {
         self.tokens() == 0
+    }
+}
+
+/// Speculative decoding's verify chunks of a batch (a decode's token and its drafts, each a
+/// prefill chunk of its `BatchShape`): their tokens, query-key pairs and keys read, which attention
+/// kinds whose engines run such short chunks as decodes (MLA's absorbed form) charge apart. Kept
+/// beside the shape, not in it: only verify passes have them.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct VerifyChunks {
+    /// The chunks' tokens (a part of the shape's `prefill_tokens`).
+    pub tokens: u64,
+    /// Their query-key pairs (a part of `prefill_pairs`).
+    pub pairs: f64,
+    /// The keys they read (a part of `prefill_kv_tokens`).
+    pub kv_tokens: u64,
+}
+
+impl VerifyChunks {
+    /// Adds to `shape` a verify chunk of `q` tokens (a decode's own and its drafts) after
+    /// `cached` tokens, every position sampled, and counts it here.
+    pub fn add(&mut self, shape: &mut BatchShape, q: u64, cached: u64) {
+        let (pairs, keys) = (shape.prefill_pairs, shape.prefill_kv_tokens);
+        shape.add_prefill(q, cached, true);
+        shape.sampled += q - 1;
+        self.tokens += q;
+        self.pairs += shape.prefill_pairs - pairs;
+        self.kv_tokens += shape.prefill_kv_tokens - keys;
     }
 }
 

@@ -1,7 +1,7 @@
 //! One iteration assembled from its operator families, and the summaries built on it.
 
 use super::roofline::Kernel;
-use super::{BatchShape, CostModel, IterationCost, Op, OpCost};
+use super::{BatchShape, CostModel, IterationCost, Op, OpCost, VerifyChunks};
 
 /// One pass over the operators of an iteration: the batch as one micro-batch sees it, the
 /// pipeline's multipliers, and the sink every operator's cost goes to (in execution order).
@@ -32,8 +32,8 @@ pub(super) struct IterationPass<'a, F: FnMut(OpCost)> {
     pub(super) ds: f64,
     /// Keys the decodes of one micro-batch read.
     pub(super) dkv: f64,
-    /// Of the prefill figures above, the verify chunks' tokens, pairs and keys (one micro-batch).
-    pub(super) verify: (f64, f64, f64),
+    /// The speculative verify chunks among the prefill chunks (none unless costing a verify pass).
+    pub(super) verify_chunks: VerifyChunks,
     /// Prefill attention's seconds and whether it ran on the PIM (0, false until charged).
     prefill_attention: (f64, bool),
     /// Seconds charged so far.
@@ -61,8 +61,14 @@ impl<'a, F: FnMut(OpCost)> IterationPass<'a, F> {
         let pkv = shape.prefill_kv_tokens as f64 * micro;
         let ds = shape.decode_seqs as f64 * micro;
         let dkv = shape.decode_kv_tokens as f64 * micro;
-        let verify = (shape.verify_tokens as f64 * micro, shape.verify_pairs * micro, shape.verify_kv_tokens as f64 * micro);
-        IterationPass { cm, shape, t, m, mt, slots, work_n, time_n, pt, pairs, pkv, ds, dkv, verify, prefill_attention: (0.0, false), emitted: 0.0, sink }
+        IterationPass { cm, shape, t, m, mt, slots, work_n, time_n, pt, pairs, pkv, ds, dkv, verify_chunks: VerifyChunks::default(), prefill_attention: (0.0, false), emitted: 0.0, sink }
+    }
+
+    /// Of the prefill figures, the speculative verify chunks' tokens, query-key pairs and keys in
+    /// one micro-batch (computed on demand: only MLA charges them apart).
+    pub(super) fn verify(&self) -> (f64, f64, f64) {
+        let (v, micro) = (self.verify_chunks, 1.0 / self.m);
+        (v.tokens as f64 * micro, v.pairs * micro, v.kv_tokens as f64 * micro)
     }
 
     /// Hands one operator's cost to the sink.
@@ -198,7 +204,14 @@ impl CostModel {
     /// of them, the dense MLP on d / L (exact for pp = 1; with pipelining, every stage gets the
     /// average mix).
     pub fn for_each_op(&self, shape: &BatchShape, sink: impl FnMut(OpCost)) {
+        self.for_each_op_with(shape, &VerifyChunks::default(), sink)
+    }
+
+    /// [`CostModel::for_each_op`] of a speculative verify pass: `shape` holds `verify`'s chunks
+    /// among its prefill chunks (see [`VerifyChunks`]).
+    pub fn for_each_op_with(&self, shape: &BatchShape, verify: &VerifyChunks, sink: impl FnMut(OpCost)) {
         let mut pass = IterationPass::new(self, shape, sink);
+        pass.verify_chunks = *verify;
         pass.embedding();
         let widths = pass.attention();
         pass.experts();
@@ -219,16 +232,26 @@ impl CostModel {
 
     /// Predicted duration of one iteration and its compute-bound share.
     pub fn iteration(&self, shape: &BatchShape) -> IterationCost {
+        self.iteration_verify(shape, &VerifyChunks::default())
+    }
+
+    /// [`CostModel::iteration`] of a speculative verify pass whose chunks `verify` lists.
+    pub fn iteration_verify(&self, shape: &BatchShape, verify: &VerifyChunks) -> IterationCost {
         let mut c = IterationCost::default();
-        self.for_each_op(shape, |op| c.charge(&op));
+        self.for_each_op_with(shape, verify, |op| c.charge(&op));
         c
     }
 
     /// Splits an iteration of `shape` for the expert timeline: (seconds of one MoE layer without
     /// its routed experts, seconds outside the MoE layers: embedding, LM head, overheads, dense layers).
     pub fn moe_layer_split(&self, shape: &BatchShape) -> (f64, f64) {
+        self.moe_layer_split_verify(shape, &VerifyChunks::default())
+    }
+
+    /// [`CostModel::moe_layer_split`] of a speculative verify pass whose chunks `verify` lists.
+    pub fn moe_layer_split_verify(&self, shape: &BatchShape, verify: &VerifyChunks) -> (f64, f64) {
         let mut split = MoeLayerSplit::default();
-        self.for_each_op(shape, |c| split.add(&c));
+        self.for_each_op_with(shape, verify, |c| split.add(&c));
         split.finish(self)
     }
 

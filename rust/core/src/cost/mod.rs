@@ -44,7 +44,7 @@ mod setup;
 mod speculative;
 mod weight_fetch;
 
-pub use batch::BatchShape;
+pub use batch::{BatchShape, VerifyChunks};
 pub use decode_memo::DecodeOpsMemo;
 pub use ops::{IterationCost, Op, OpCost};
 pub use pipeline::StageCosts;

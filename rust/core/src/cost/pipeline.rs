@@ -8,7 +8,7 @@
 
 use smallvec::SmallVec;
 
-use super::{BatchShape, CostModel, DecodeOpsMemo, IterationCost, Op, OpCost};
+use super::{BatchShape, CostModel, DecodeOpsMemo, IterationCost, Op, OpCost, VerifyChunks};
 
 /// Seconds per stage, kept inline (no allocation per batch) for up to 8 stages.
 pub type StageSeconds = SmallVec<[f64; 8]>;
@@ -72,20 +72,26 @@ impl CostModel {
     /// the last stage. The stage times add up to the single-micro-batch iteration time. With
     /// pp = 1 there is one stage lasting the whole iteration.
     pub fn stage_costs(&self, shape: &BatchShape) -> StageCosts {
-        self.stage_costs_with(shape, None)
+        self.stage_costs_with(shape, None, &VerifyChunks::default())
+    }
+
+    /// [`CostModel::stage_costs`] of a speculative verify pass whose chunks `verify` lists.
+    pub fn stage_costs_verify(&self, shape: &BatchShape, verify: &VerifyChunks) -> StageCosts {
+        self.stage_costs_with(shape, None, verify)
     }
 
     /// [`CostModel::stage_costs`] of `shape`, bit-identical, with the operators of decode-only
     /// batches other than decode attention taken from `memo` (see `decode_memo.rs`).
     pub fn stage_costs_memo(&self, shape: &BatchShape, memo: &mut DecodeOpsMemo) -> StageCosts {
-        self.stage_costs_with(shape, Some(memo))
+        self.stage_costs_with(shape, Some(memo), &VerifyChunks::default())
     }
 
-    /// The stage times of `shape`, its operators visited through `memo` if given.
-    fn stage_costs_with(&self, shape: &BatchShape, memo: Option<&mut DecodeOpsMemo>) -> StageCosts {
+    /// The stage times of `shape` (with `verify`'s chunks among its prefills), its operators
+    /// visited through `memo` if given.
+    fn stage_costs_with(&self, shape: &BatchShape, memo: Option<&mut DecodeOpsMemo>, verify: &VerifyChunks) -> StageCosts {
         if self.microbatches != 1 {
             // The memo holds this model's operators, not the single micro-batch's.
-            return self.single_microbatch().stage_costs(shape);
+            return self.single_microbatch().stage_costs_verify(shape, verify);
         }
         let pp = self.pp as usize;
         let stage_layers = (self.layers / self.pp as f64).ceil();
@@ -112,7 +118,7 @@ impl CostModel {
                 }
                 None => self.for_each_op_memo(shape, m, |c| sums.add(c, gpu_fixed)),
             },
-            None => self.for_each_op(shape, |c| sums.add(&c, gpu_fixed)),
+            None => self.for_each_op_with(shape, verify, |c| sums.add(&c, gpu_fixed)),
         }
         let StageSums { first, last, layered, total, cb } = sums;
         let mut seconds: StageSeconds = smallvec::smallvec![layered / pp as f64; pp];

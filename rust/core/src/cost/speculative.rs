@@ -8,7 +8,7 @@
 //! the verify pass costs about what one decode costs (weight-bandwidth bound) and emits several
 //! tokens; at large batches it turns compute-bound and speculation stops paying.
 
-use super::{BatchShape, CostModel, InstanceSpec, IterationCost, Quantization};
+use super::{BatchShape, CostModel, InstanceSpec, IterationCost, Quantization, VerifyChunks};
 use crate::error::{Error, Result};
 use crate::model::ModelSpec;
 use serde::{Deserialize, Serialize};
@@ -119,6 +119,9 @@ pub struct Speculator {
     method: SpecMethod,
     rates: Vec<f64>,
     proposer: CostModel,
+    /// The proposer's layer groups holding KV: the MTP modules (1 for an EAGLE head; for a draft
+    /// model its cost model holds all its layers).
+    modules: u64,
     /// Weight bytes the proposer adds on each GPU.
     pub weight_bytes_per_gpu: u64,
     /// KV bytes per token the proposer adds on each GPU.
@@ -174,6 +177,13 @@ impl Speculator {
                             format!("mtp runs the model's multi-token-prediction layers, and {} has none (its mtp_layers is 0; DeepSeek-V3, MiMo and Qwen3-Next ship them); use eagle, or a draft model", target.name),
                         ))
                     }
+                    // vLLM runs the n modules in turn, so k past n must be a multiple of n.
+                    SpecMethod::Mtp if cfg.num_speculative_tokens > target.mtp_layers && cfg.num_speculative_tokens % target.mtp_layers != 0 => {
+                        return Err(Error::config(
+                            "speculative.num_speculative_tokens",
+                            format!("{} exceeds {}'s {} multi-token-prediction modules and is not a multiple of them (vLLM runs them in turn)", cfg.num_speculative_tokens, target.name, target.mtp_layers),
+                        ))
+                    }
                     SpecMethod::Mtp => target.mtp_layers as u64,
                     _ => 1,
                 };
@@ -182,21 +192,23 @@ impl Speculator {
                 let layers = |n: u32| ModelSpec { num_layers: n, first_dense_layers: 0, moe_layer_interval: 0, name: format!("{} {} head", target.name, cfg.method.name()), ..target.clone() };
                 let one = CostModel::build(&on_gpus(layers(1), spec.quantization))?;
                 let two = CostModel::build(&on_gpus(layers(2), spec.quantization))?;
-                // EAGLE's and MTP's input projection: [hidden; embedding] (2h) to h, per GPU.
-                let fc = 2 * (target.hidden_size as u64).pow(2) * target.dtype_bytes as u64 / spec.tp as u64;
+                // EAGLE's and MTP's input projection: [hidden; embedding] (2h) to h, a plain
+                // 16-bit linear layer in vLLM, whole on every GPU (neither sharded nor quantized).
+                let fc = 2 * (target.hidden_size as u64).pow(2) * target.dtype_bytes as u64;
                 // Every module is held (each with its own KV); a draft step runs one of them.
                 let w = modules * (two.weight_bytes_per_gpu().saturating_sub(one.weight_bytes_per_gpu()) + fc);
                 let kv = modules * one.kv_bytes_per_token_per_gpu();
                 (one, w, kv)
             }
         };
-        Ok(Speculator { method: cfg.method, rates, proposer, weight_bytes_per_gpu: weight, kv_bytes_per_token_per_gpu: kv })
+        let modules = if cfg.method == SpecMethod::Mtp { target.mtp_layers as u64 } else { 1 };
+        Ok(Speculator { method: cfg.method, rates, proposer, modules, weight_bytes_per_gpu: weight, kv_bytes_per_token_per_gpu: kv })
     }
 
     /// The proposer's KV bytes of one token over all its layers and KV heads (what a speculating
     /// prefill instance sends per prompt token beside the target's).
     pub fn proposer_kv_bytes_per_token_whole_model(&self) -> u64 {
-        self.proposer.kv_bytes_per_token_whole_model()
+        self.modules * self.proposer.kv_bytes_per_token_whole_model()
     }
 
     /// Draft tokens per step, k.
@@ -221,13 +233,14 @@ impl Speculator {
 
     /// The target's verify shape: `rest` (the batch's prefill chunks and plain decodes) plus a
     /// (k + 1)-token chunk after its cached tokens for each speculating sequence, all k + 1
-    /// positions sampled (the target scores every draft token and the bonus one).
-    pub fn verify_shape(rest: &BatchShape, seqs: &[SpecSeq]) -> BatchShape {
-        let mut v = *rest;
+    /// positions sampled (the target scores every draft token and the bonus one); and those
+    /// chunks listed apart (MLA runs them as decodes).
+    pub fn verify_shape(rest: &BatchShape, seqs: &[SpecSeq]) -> (BatchShape, VerifyChunks) {
+        let (mut v, mut chunks) = (*rest, VerifyChunks::default());
         for s in seqs {
-            v.add_verify(s.k as u64 + 1, s.cached);
+            chunks.add(&mut v, s.k as u64 + 1, s.cached);
         }
-        v
+        (v, chunks)
     }
 
     /// The proposer's shape at draft step `j` (1-based): every sequence still drafting decodes
@@ -279,7 +292,8 @@ impl Speculator {
     /// On a synchronous pipeline the proposer runs on the last stage's GPUs alone: the other
     /// stages wait it out (`bubble_seconds`: pp - 1 of the pp stages' GPUs idle).
     pub fn step_parts(&self, target: &CostModel, rest: &BatchShape, seqs: &[SpecSeq]) -> (IterationCost, f64) {
-        let mut c = target.iteration(&Self::verify_shape(rest, seqs));
+        let (shape, chunks) = Self::verify_shape(rest, seqs);
+        let mut c = target.iteration_verify(&shape, &chunks);
         let mut proposer = 0.0;
         let idle_stages = (target.pp() - 1) as f64 / target.pp() as f64;
         for j in 1..=Self::proposal_steps(rest, seqs) {

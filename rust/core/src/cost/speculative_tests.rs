@@ -70,7 +70,7 @@ fn bad_settings_name_their_field() {
 fn the_verify_pass_is_a_k_plus_one_token_chunk_after_the_context() {
     let mut rest = BatchShape::default();
     rest.add_prefill(100, 0, true);
-    let v = Speculator::verify_shape(&rest, &[SpecSeq { cached: 500, k: 3 }, SpecSeq { cached: 10, k: 1 }]);
+    let (v, _) = Speculator::verify_shape(&rest, &[SpecSeq { cached: 500, k: 3 }, SpecSeq { cached: 10, k: 1 }]);
     assert_eq!((v.prefill_tokens, v.prefill_seqs, v.decode_seqs), (100 + 4 + 2, 3, 0));
     // Pairs: 100 * 50.5 for the prompt, 4 * (500 + 2.5) and 2 * (10 + 1.5) for the verify chunks.
     assert!(close(v.prefill_pairs, 5050.0 + 2010.0 + 23.0));
@@ -83,7 +83,7 @@ fn at_batch_one_the_verify_pass_costs_about_one_decode() {
     let cm = CostModel::build(&spec).unwrap();
     let mut one = cm.empty_shape();
     one.add_decode(1024);
-    let verify = Speculator::verify_shape(&cm.empty_shape(), &[SpecSeq { cached: 1023, k: 4 }]);
+    let (verify, _) = Speculator::verify_shape(&cm.empty_shape(), &[SpecSeq { cached: 1023, k: 4 }]);
     let ratio = cm.iteration_seconds(&verify) / cm.iteration_seconds(&one);
     assert!((1.0..1.05).contains(&ratio), "verify / decode = {ratio}");
 }
@@ -118,7 +118,8 @@ fn an_eagle_head_is_one_target_layer_and_its_input_projection() {
     // Llama-2-70B layer per GPU (tp 4): attention 8192 x (8192 + 2 x 1024) + 8192 x 8192, MLP 3 x 8192 x 28672,
     // two norms of 8192; the projection 2 x 8192 x 8192; all bf16, split 4 ways.
     let layer = (8192 * (8192 + 2048) + 8192 * 8192 + 3 * 8192 * 28672 + 2 * 8192) / 4;
-    let fc = 2 * 8192 * 8192 / 4;
+    // The projection is a plain linear layer in vLLM: whole on every GPU.
+    let fc = 2 * 8192 * 8192;
     assert_eq!(sp.weight_bytes_per_gpu, 2 * (layer + fc) as u64);
     assert_eq!(sp.kv_bytes_per_token_per_gpu * 80, cm.kv_bytes_per_token_per_gpu(), "one layer's KV of 80");
     // A draft model brings all its weights and KV.
@@ -137,17 +138,28 @@ fn mtp_runs_the_models_own_modules_and_refuses_a_model_without() {
     // With modules in the checkpoint every one is held, with its KV, each one target layer and
     // its 2h x h projection (as an EAGLE head's, above); a draft step runs one of them.
     let layer = (8192 * (8192 + 2048) + 8192 * 8192 + 3 * 8192 * 28672 + 2 * 8192) / 4;
-    let fc = 2 * 8192 * 8192 / 4;
+    let fc = 2 * 8192 * 8192;
     let cm = CostModel::build(&target()).unwrap();
     for modules in [1u32, 2] {
         let spec = InstanceSpec::new(ModelSpec { mtp_layers: modules, ..llama2_70b() }, h100(), ideal(), 4);
-        let sp = Speculator::build(&cfg(SpecMethod::Mtp, None, 3, AcceptanceRate::Constant(0.7)), &spec).unwrap();
+        let sp = Speculator::build(&cfg(SpecMethod::Mtp, None, 4, AcceptanceRate::Constant(0.7)), &spec).unwrap();
         assert_eq!(sp.weight_bytes_per_gpu, modules as u64 * 2 * (layer + fc) as u64);
         assert_eq!(sp.kv_bytes_per_token_per_gpu * 80, modules as u64 * cm.kv_bytes_per_token_per_gpu());
         assert_eq!(sp.proposer().model().num_layers, 1, "one module per draft step");
+        // A prefill pool sends every module's KV of the prompt.
+        assert_eq!(sp.proposer_kv_bytes_per_token_whole_model(), modules as u64 * 2 * 8 * 128 * 2);
         // An EAGLE head on the same model is one module whatever the checkpoint ships.
         let eagle = Speculator::build(&cfg(SpecMethod::Eagle, None, 3, AcceptanceRate::Constant(0.7)), &spec).unwrap();
         assert_eq!(eagle.weight_bytes_per_gpu, 2 * (layer + fc) as u64);
+    }
+    // Two modules run in turn: k = 1, 2 or 4 is fine, k = 3 is not (vLLM refuses it too).
+    let two = InstanceSpec::new(ModelSpec { mtp_layers: 2, ..llama2_70b() }, h100(), ideal(), 4);
+    for k in [1, 2, 4] {
+        assert!(Speculator::build(&cfg(SpecMethod::Mtp, None, k, AcceptanceRate::Constant(0.7)), &two).is_ok());
+    }
+    match Speculator::build(&cfg(SpecMethod::Mtp, None, 3, AcceptanceRate::Constant(0.7)), &two) {
+        Err(Error::Config { path, message }) => assert!(path == "speculative.num_speculative_tokens" && message.contains("not a multiple"), "{message}"),
+        other => panic!("{other:?}"),
     }
 }
 
@@ -177,7 +189,7 @@ fn the_verify_pass_of_a_moe_model_routes_every_draft_token_through_the_experts()
     let per_pair = 2.0 * 4096.0 + 3.0 * 14336.0;
     let mut plain = cm.empty_shape();
     plain.add_decode(1024);
-    let verify = Speculator::verify_shape(&cm.empty_shape(), &[SpecSeq { cached: 1023, k: 3 }]);
+    let (verify, _) = Speculator::verify_shape(&cm.empty_shape(), &[SpecSeq { cached: 1023, k: 3 }]);
     let (d, v) = (op(&cm.breakdown(&plain), Op::MoeExperts), op(&cm.breakdown(&verify), Op::MoeExperts));
     assert!(close(d.flops, 32.0 * 2.0 * 2.0 * expert) && close(d.bytes, 32.0 * (2.0 * expert + 2.0 * per_pair) * 2.0));
     let touched = 8.0 * (1.0 - 0.75f64.powi(4));

@@ -74,7 +74,7 @@ impl Instance {
         let mut stall_ns = 0;
         let mut compute_ns = secs_to_ns(it.seconds - it.weight_stall_seconds);
         let verify = self.spec.as_ref().and_then(|s| s.verify());
-        if let (Some((shape, proposer)), true, None) = (verify, self.cost.offload().is_some(), &self.moe) {
+        if let (Some((shape, _, proposer)), true, None) = (verify, self.cost.offload().is_some(), &self.moe) {
             // Offloaded weights and speculation: the verify pass streams what its k + 1 query
             // tokens per decode need (more predicted-active neurons than one token's), and the
             // proposer runs after it, once its weights have arrived.
@@ -88,12 +88,12 @@ impl Instance {
             let spans: Vec<TokenSpan> = self.batch.items.iter().map(|i| TokenSpan { req: i.req, start: reqs[i.req as usize].computed as u64, tokens: i.tokens + i.draft }).collect();
             // The batch's own shape was just costed through the decode memo: its operators are there.
             let (base, fixed) = match verify {
-                Some(v) => self.cost.moe_layer_split(&v.0),
+                Some((shape, chunks, _)) => self.cost.moe_layer_split_verify(shape, chunks),
                 None => self.cost.moe_layer_split_memo(&self.batch.shape, &mut self.decode_memo.borrow_mut()),
             };
             let x = m.iteration(&spans, &self.cost, base, fixed);
             compute_ns = secs_to_ns(match verify {
-                Some(&(_, proposer)) => x.seconds + proposer,
+                Some(&(_, _, proposer)) => x.seconds + proposer,
                 None => x.seconds,
             });
             stall_ns = secs_to_ns(x.stall_seconds);

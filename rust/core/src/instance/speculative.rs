@@ -9,7 +9,7 @@
 //! every earlier one was, drawn from the instance's seeded stream; the sequence emits its
 //! accepted tokens plus the target's own next token, in one streamed chunk.
 
-use crate::cost::{BatchShape, InstanceSpec, IterationCost, SpecSeq, SpeculativeConfig, Speculator, StageCosts};
+use crate::cost::{BatchShape, InstanceSpec, IterationCost, SpecSeq, SpeculativeConfig, Speculator, StageCosts, VerifyChunks};
 use crate::error::{Error, Result};
 use crate::kv::BlockManager;
 use crate::request::Request;
@@ -44,7 +44,7 @@ pub struct SpecRuntime {
     /// Accepted draft tokens of each item of the running batch (0: not speculating).
     accepted: Vec<u32>,
     /// The running batch's verify shape and proposer seconds, when some decode speculates.
-    verify: Option<(BatchShape, f64)>,
+    verify: Option<(BatchShape, VerifyChunks, f64)>,
     /// Accepted draft tokens of each batch in flight on an asynchronous pipeline, oldest first.
     in_flight: VecDeque<Vec<u32>>,
     /// Counters.
@@ -60,7 +60,7 @@ impl SpecRuntime {
     /// The running batch's verify pass (the target's shape) and its proposer's seconds, when
     /// some decode of it speculates on a pool with experts or offloaded weights: an expert
     /// runtime times that verify pass itself, a weight stream is sized by its tokens.
-    pub(super) fn verify(&self) -> Option<&(BatchShape, f64)> {
+    pub(super) fn verify(&self) -> Option<&(BatchShape, VerifyChunks, f64)> {
         self.verify.as_ref()
     }
 
@@ -172,7 +172,8 @@ impl Instance {
         let rt = self.spec.as_deref_mut().expect("a speculating pool");
         let (cost, proposer) = rt.spec.step_parts(&self.cost, &rest, &seqs);
         if self.moe.is_some() || self.cost.offload().is_some() {
-            rt.verify = Some((Speculator::verify_shape(&rest, &seqs), proposer));
+            let (shape, chunks) = Speculator::verify_shape(&rest, &seqs);
+            rt.verify = Some((shape, chunks, proposer));
         }
         cost
     }
@@ -188,7 +189,8 @@ impl Instance {
         if Speculator::proposal_steps(&rest, &seqs) == 0 {
             return self.cost.stage_costs(&self.batch.shape);
         }
-        let mut st = self.cost.stage_costs(&Speculator::verify_shape(&rest, &seqs));
+        let (shape, chunks) = Speculator::verify_shape(&rest, &seqs);
+        let mut st = self.cost.stage_costs_verify(&shape, &chunks);
         let proposer = rt.spec.proposal_cost(&rest, &seqs);
         let pp = st.seconds.len() as f64;
         *st.seconds.last_mut().expect("one stage at least") += proposer.seconds;

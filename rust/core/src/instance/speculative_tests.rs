@@ -292,7 +292,7 @@ fn a_pipelined_verify_pass_goes_through_the_stages_and_the_proposer_runs_on_the_
     let sp = inst.speculation().unwrap().speculator();
     let seqs = [SpecSeq { cached: 100, k: 3 }];
     let rest = inst.cost().empty_shape();
-    let verify = inst.cost().stage_costs(&Speculator::verify_shape(&rest, &seqs)).seconds;
+    let verify = { let (shape, chunks) = Speculator::verify_shape(&rest, &seqs); inst.cost().stage_costs_verify(&shape, &chunks).seconds };
     let proposer = sp.proposal_cost(&rest, &seqs).seconds;
     assert!(proposer > 0.0);
     let (s1, s2) = (crate::time::secs_to_ns(verify[0]), crate::time::secs_to_ns(verify[1] + proposer));
