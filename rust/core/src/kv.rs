@@ -125,10 +125,17 @@ impl BlockManager {
     /// cache (or, when another request already cached the same prefix, are freed), and `req`
     /// references them.
     pub fn publish(&mut self, req: &mut Request) {
+        self.publish_upto(req, req.computed);
+    }
+
+    /// [`publish`](Self::publish) of the whole entries of `req`'s prompt within its first
+    /// `tokens` tokens, computed or being computed in this step (vLLM v1 caches a block as soon
+    /// as it is allocated for tokens the step computes).
+    pub fn publish_upto(&mut self, req: &mut Request, tokens: u32) {
         let Some(c) = self.cache.as_mut() else { return };
         let tpe = c.tokens_per_entry();
         let bpe = c.blocks_per_entry();
-        let whole = ((req.prompt.min(req.computed) / tpe) as usize).min(req.hashes.len());
+        let whole = ((req.prompt.min(tokens) / tpe) as usize).min(req.hashes.len());
         while (req.cache_refs as usize) < whole {
             let h = req.hashes[req.cache_refs as usize];
             if c.contains(h) {

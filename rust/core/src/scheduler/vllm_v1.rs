@@ -209,6 +209,7 @@ impl VllmV1Scheduler {
             }
             let r = &mut reqs[idx as usize];
             let draft = if n == 1 && r.is_decoding() { grant_draft(r, self.draft_tokens, budget - 1, kv, &mut batch.lookahead_denied) } else { 0 };
+            publish_chunk(kv, r, n);
             scheduled.push((idx, n, draft));
             budget -= n + draft;
         }
@@ -235,6 +236,7 @@ impl VllmV1Scheduler {
                 kv.allocate(need);
                 r.blocks = need;
                 r.status = Status::Running;
+                publish_chunk(kv, r, n);
                 q.waiting.retain(|&i| i != idx);
                 q.running.push(idx);
                 scheduled.push((idx, n, 0));
@@ -245,6 +247,16 @@ impl VllmV1Scheduler {
             batch.push_with_draft(idx, &reqs[idx as usize], n, draft);
         }
         Ok(!preempted.is_empty())
+    }
+}
+
+/// Caches the whole prefix entries of `r`'s prompt that its chunk of `n` tokens completes, as
+/// vLLM v1's `allocate_slots` caches full blocks when it allocates them: a request admitted later
+/// in the same step, or a step later while this prompt is still being chunked, finds them (the
+/// attention kernel reads them after the layer writes them).
+fn publish_chunk(kv: &mut BlockManager, r: &mut Request, n: u32) {
+    if !r.hashes.is_empty() && r.computed < r.prompt {
+        kv.publish_upto(r, r.computed + n);
     }
 }
 
@@ -341,6 +353,45 @@ mod tests {
         b.clear();
         s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
         assert_eq!(tokens(&b), vec![(0, 1), (1, 1)]);
+    }
+
+    #[test]
+    fn a_prefix_is_shared_in_the_step_that_computes_it_and_while_it_is_chunked() {
+        // Two 256-token prompts with the same 16 prefix entries of 16 tokens. vLLM v1 caches a
+        // block when it allocates it for tokens the step computes: request 1, admitted after
+        // request 0 in the same step, finds its first 240 tokens cached (at least one token is
+        // computed, so the last entry is recomputed); with a 300-token budget request 0 takes 256,
+        // request 1 the remaining 16 and, cached to 240, completes.
+        let (mut reqs, mut q) = setup(&[256, 256], 2);
+        for r in reqs.iter_mut() {
+            r.hashes = (0..16u64).collect::<Vec<_>>().into();
+        }
+        let mut kv = BlockManager::new(1000, 16, 0).with_prefix_cache(16);
+        let mut s = fcfs(8, 300, None);
+        let mut b = Batch::default();
+        s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
+        assert_eq!(tokens(&b), vec![(0, 256), (1, 16)]);
+        // Its recomputed last entry is found cached too when its chunk is allocated: 16 references.
+        assert_eq!((reqs[1].computed, reqs[1].cache_refs), (240, 16));
+        assert_eq!(kv.prefix_cache().unwrap().hit_tokens, 240);
+        // Chunked: request 0's first 128-token chunk caches its 8 entries in the step it runs.
+        let (mut reqs, mut q) = setup(&[256, 256], 2);
+        for r in reqs.iter_mut() {
+            r.hashes = (0..16u64).collect::<Vec<_>>().into();
+        }
+        let mut kv = BlockManager::new(1000, 16, 0).with_prefix_cache(16);
+        let mut s = fcfs(8, 128, None);
+        let mut b = Batch::default();
+        s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
+        assert_eq!(tokens(&b), vec![(0, 128)]);
+        assert_eq!(kv.prefix_cache().unwrap().len(), 8);
+        finish(&b, &mut reqs, &mut q, &mut kv);
+        b.clear();
+        s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
+        // Request 0's last 128 tokens; request 1 is not admitted (the budget is spent).
+        assert_eq!(tokens(&b), vec![(0, 128)]);
+        assert_eq!(kv.prefix_cache().unwrap().len(), 16);
+        assert!(kv.used() <= kv.total());
     }
 
     #[test]
