@@ -357,41 +357,24 @@ mod tests {
 
     #[test]
     fn a_prefix_is_shared_in_the_step_that_computes_it_and_while_it_is_chunked() {
-        // Two 256-token prompts with the same 16 prefix entries of 16 tokens. vLLM v1 caches a
-        // block when it allocates it for tokens the step computes: request 1, admitted after
-        // request 0 in the same step, finds its first 240 tokens cached (at least one token is
-        // computed, so the last entry is recomputed); with a 300-token budget request 0 takes 256,
-        // request 1 the remaining 16 and, cached to 240, completes.
-        let (mut reqs, mut q) = setup(&[256, 256], 2);
-        for r in reqs.iter_mut() {
-            r.hashes = (0..16u64).collect::<Vec<_>>().into();
-        }
-        let mut kv = BlockManager::new(1000, 16, 0).with_prefix_cache(16);
-        let mut s = fcfs(8, 300, None);
-        let mut b = Batch::default();
-        s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
-        assert_eq!(tokens(&b), vec![(0, 256), (1, 16)]);
-        // Its recomputed last entry is found cached too when its chunk is allocated: 16 references.
-        assert_eq!((reqs[1].computed, reqs[1].cache_refs), (240, 16));
-        assert_eq!(kv.prefix_cache().unwrap().hit_tokens, 240);
+        // Two 256-token prompts with the same 16 prefix entries of 16 tokens, on a `budget`-token
+        // step. vLLM v1 caches a block when it allocates it for tokens the step computes.
+        let twins = |budget| {
+            let (mut reqs, mut q) = setup(&[256, 256], 2);
+            reqs.iter_mut().for_each(|r| r.hashes = (0..16u64).collect::<Vec<_>>().into());
+            let (mut kv, mut b) = (BlockManager::new(1000, 16, 0).with_prefix_cache(16), Batch::default());
+            fcfs(8, budget, None).schedule(&mut q, &mut reqs, &mut kv, &mut b);
+            (tokens(&b), reqs, kv)
+        };
+        // Request 1, admitted after request 0 in the same step, finds its first 240 tokens cached
+        // (at least one token is computed) and completes in the 16 tokens left; its recomputed
+        // last entry is found cached too when its chunk is allocated: 16 references.
+        let (batch, reqs, kv) = twins(300);
+        assert_eq!(batch, vec![(0, 256), (1, 16)]);
+        assert_eq!((reqs[1].computed, reqs[1].cache_refs, kv.prefix_cache().unwrap().hit_tokens), (240, 16, 240));
         // Chunked: request 0's first 128-token chunk caches its 8 entries in the step it runs.
-        let (mut reqs, mut q) = setup(&[256, 256], 2);
-        for r in reqs.iter_mut() {
-            r.hashes = (0..16u64).collect::<Vec<_>>().into();
-        }
-        let mut kv = BlockManager::new(1000, 16, 0).with_prefix_cache(16);
-        let mut s = fcfs(8, 128, None);
-        let mut b = Batch::default();
-        s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
-        assert_eq!(tokens(&b), vec![(0, 128)]);
-        assert_eq!(kv.prefix_cache().unwrap().len(), 8);
-        finish(&b, &mut reqs, &mut q, &mut kv);
-        b.clear();
-        s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
-        // Request 0's last 128 tokens; request 1 is not admitted (the budget is spent).
-        assert_eq!(tokens(&b), vec![(0, 128)]);
-        assert_eq!(kv.prefix_cache().unwrap().len(), 16);
-        assert!(kv.used() <= kv.total());
+        let (batch, _, kv) = twins(128);
+        assert_eq!((batch, kv.prefix_cache().unwrap().len()), (vec![(0, 128)], 8));
     }
 
     #[test]
