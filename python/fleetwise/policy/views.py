@@ -29,7 +29,8 @@ class RequestView(NamedTuple):
     computed_tokens: int = 0
     generated_tokens: int = 0
     cached_tokens: int = 0
-    """Prompt tokens found in the prefix cache on admission."""
+    """Prompt tokens held in the prefix cache that the request references: those found on
+    admission, then (in the simulator) its own as its prefill caches them."""
     arrival: float = 0.0
     """Arrival time in seconds (simulated time, or the engine's clock)."""
     preemptions: int = 0
