@@ -6,8 +6,9 @@ The common decoder families are mapped onto ``ModelSpec``'s fields: Llama, Mistr
 attention), DeepSeek-V2/V3 (multi-head latent attention, MoE with shared experts after dense
 layers), and OPT, BLOOM, Falcon, GPT-2 and GPT-NeoX (plain two-matrix MLPs; Falcon and GPT-NeoX
 with parallel attention + MLP blocks); any family's multi-token-prediction modules
-(``num_nextn_predict_layers``, ``mtp_num_hidden_layers``) as ``mtp_layers``. A missing or mistyped field, an unknown family or a feature
-the cost model does not represent is a ``ValueError`` naming the file and the field.
+(``num_nextn_predict_layers``, ``mtp_num_hidden_layers``) as ``mtp_layers``. A missing or mistyped
+field, an unknown family or a feature the cost model does not represent is a ``ValueError`` naming
+the file and the field.
 
 What is not read: biases, learned position embeddings (OPT, GPT-2: under 0.1% of the weights) and
 the norm kind; weights and KV are 16-bit (``dtype_bytes: 2``, as vLLM's ``dtype: auto`` serves

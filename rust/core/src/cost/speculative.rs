@@ -119,8 +119,8 @@ pub struct Speculator {
     method: SpecMethod,
     rates: Vec<f64>,
     proposer: CostModel,
-    /// The proposer's layer groups holding KV: the MTP modules (1 for an EAGLE head; for a draft
-    /// model its cost model holds all its layers).
+    /// The proposer's copies of its cost model's KV: the MTP modules (1 for an EAGLE head or a
+    /// draft model, whose cost model holds all its layers).
     modules: u64,
     /// Weight bytes the proposer adds on each GPU.
     pub weight_bytes_per_gpu: u64,
@@ -155,6 +155,25 @@ impl Speculator {
             quantization,
         };
         let target = &spec.model;
+        // MTP runs the model's own modules: the checkpoint must ship them (vLLM loads them from
+        // it and refuses a model without), and runs them in turn, so k past n must be a multiple
+        // of n. An EAGLE head is one module.
+        let modules = match cfg.method {
+            SpecMethod::Mtp if target.mtp_layers == 0 => {
+                return Err(Error::config(
+                    "speculative.method",
+                    format!("mtp runs the model's multi-token-prediction layers, and {} has none (its mtp_layers is 0; DeepSeek-V3, MiMo and Qwen3-Next ship them); use eagle, or a draft model", target.name),
+                ))
+            }
+            SpecMethod::Mtp if cfg.num_speculative_tokens > target.mtp_layers && cfg.num_speculative_tokens % target.mtp_layers != 0 => {
+                return Err(Error::config(
+                    "speculative.num_speculative_tokens",
+                    format!("{} exceeds {}'s {} multi-token-prediction modules and is not a multiple of them (vLLM runs them in turn)", cfg.num_speculative_tokens, target.name, target.mtp_layers),
+                ))
+            }
+            SpecMethod::Mtp => target.mtp_layers as u64,
+            _ => 1,
+        };
         let (proposer, weight, kv) = match (cfg.method, &cfg.draft_model) {
             (SpecMethod::Draft, Some(draft)) => {
                 if draft.vocab_size != target.vocab_size {
@@ -168,25 +187,6 @@ impl Speculator {
                 (cm, w, kv)
             }
             _ => {
-                // MTP runs the model's own modules: the checkpoint must ship them (vLLM loads
-                // them from it and refuses a model without).
-                let modules = match cfg.method {
-                    SpecMethod::Mtp if target.mtp_layers == 0 => {
-                        return Err(Error::config(
-                            "speculative.method",
-                            format!("mtp runs the model's multi-token-prediction layers, and {} has none (its mtp_layers is 0; DeepSeek-V3, MiMo and Qwen3-Next ship them); use eagle, or a draft model", target.name),
-                        ))
-                    }
-                    // vLLM runs the n modules in turn, so k past n must be a multiple of n.
-                    SpecMethod::Mtp if cfg.num_speculative_tokens > target.mtp_layers && cfg.num_speculative_tokens % target.mtp_layers != 0 => {
-                        return Err(Error::config(
-                            "speculative.num_speculative_tokens",
-                            format!("{} exceeds {}'s {} multi-token-prediction modules and is not a multiple of them (vLLM runs them in turn)", cfg.num_speculative_tokens, target.name, target.mtp_layers),
-                        ))
-                    }
-                    SpecMethod::Mtp => target.mtp_layers as u64,
-                    _ => 1,
-                };
                 // One layer of the target's shape (a MoE layer for a MoE target: MTP's), plus the
                 // target's embedding and LM head, which the head shares (not counted again).
                 let layers = |n: u32| ModelSpec { num_layers: n, first_dense_layers: 0, moe_layer_interval: 0, name: format!("{} {} head", target.name, cfg.method.name()), ..target.clone() };
@@ -201,7 +201,6 @@ impl Speculator {
                 (one, w, kv)
             }
         };
-        let modules = if cfg.method == SpecMethod::Mtp { target.mtp_layers as u64 } else { 1 };
         Ok(Speculator { method: cfg.method, rates, proposer, modules, weight_bytes_per_gpu: weight, kv_bytes_per_token_per_gpu: kv })
     }
 
