@@ -191,10 +191,11 @@ def test_mtp_needs_the_models_own_modules():
     mtp = {"method": "mtp", "num_speculative_tokens": 2, "acceptance_rate": 0.8}
     with pytest.raises(ConfigError, match=r"cluster\.pools\.0\.speculative\.method: mtp runs the model's multi-token-prediction layers, and llama-3-70b has none"):
         fleetwise.simulate(_scenario(mtp))
-    two = {"name": "main", "models": {"mtp2": {**builtin_models()["llama-3-70b"].model_dump(exclude={"hf_config"}), "mtp_layers": 2}}}
+    # A Llama-3-70B whose checkpoint ships two modules: k = 3 is neither <= 2 nor a multiple of 2.
+    sc = {**_scenario({**mtp, "num_speculative_tokens": 3}),
+          "models": {"mtp2": {**builtin_models()["llama-3-70b"].model_dump(exclude={"hf_config"}), "mtp_layers": 2}}}
+    sc["cluster"]["pools"][0]["model"] = "mtp2"
     with pytest.raises(ConfigError, match=r"num_speculative_tokens: 3 exceeds mtp2's 2 multi-token-prediction modules and is not a multiple"):
-        sc = {**_scenario({**mtp, "num_speculative_tokens": 3}), "models": two["models"]}
-        sc["cluster"]["pools"][0]["model"] = "mtp2"
         fleetwise.simulate(sc)
     r = run_cli("estimate", "--model", "llama-3-70b", "--gpu", "h100-sxm", "--tp", "4", "--decode-batch", "1", "--context", "10",
                 "--speculative", "method=mtp,num_speculative_tokens=2,acceptance_rate=0.5")

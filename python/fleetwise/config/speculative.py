@@ -103,21 +103,13 @@ def parse_speculative(text: str, where: str = "--speculative") -> dict:
 
 
 def resolve_speculative(spec: SpeculativeConfig, path: str, target, target_name: str, user_models: dict, weight_bytes) -> dict:
-    """The core JSON of pool ``path``'s ``speculative``: ``mtp`` refused for a target without
-    multi-token-prediction layers, the draft model looked up (errors name
+    """The core JSON of pool ``path``'s ``speculative``: the draft model looked up (errors name
     ``{path}.draft_model``), checked against the target's tokenizer, and a warning when the draft
     holds at least as many weights as the target (``weight_bytes(model, name)``), which makes
     speculation slower than plain decoding."""
     from fleetwise.catalog import lookup
     from fleetwise.errors import ConfigError
 
-    if spec.method == "mtp" and not target.mtp_layers:
-        raise ConfigError(f"{path}.method: mtp runs the model's multi-token-prediction layers, and {target_name} has none "
-                          "(its mtp_layers is 0; DeepSeek-V3, MiMo and Qwen3-Next ship them); use eagle, or a draft model")
-    n, k = target.mtp_layers, spec.num_speculative_tokens
-    if spec.method == "mtp" and k > n and k % n:
-        raise ConfigError(f"{path}.num_speculative_tokens: {k} exceeds {target_name}'s {n} multi-token-prediction modules and is not "
-                          "a multiple of them (vLLM runs them in turn)")
     if spec.draft_model is None:
         return spec.core_json(None)
     draft = lookup("model", spec.draft_model, user_models, f"{path}.draft_model")

@@ -4,7 +4,8 @@
 //! A request carries the hashes of its prompt's blocks of `tokens_per_entry` tokens (a hash chains
 //! everything before it, so equal hashes mean equal prefixes, as in Mooncake's `hash_ids`). Once its
 //! prefill has computed whole entries (with `vllm-v1`: once the step computing them is scheduled)
-//! they are published: their KV blocks move from the request to the cache. A later request referencing the leading entries of its hash list skips computing them.
+//! they are published: their KV blocks move from the request to the cache. A later request
+//! referencing the leading entries of its hash list skips computing them.
 //! Entries nobody references stay cached but count as free memory; they are evicted least recently
 //! used first when an allocation needs their blocks — or in the order a plugged-in
 //! [`PrefixEvictor`] (a user's policy) chooses.

@@ -21,6 +21,13 @@ fn admission_reserves_the_whole_prompt_unless_told_otherwise() {
     }
 }
 
+/// Applies batch `b` (its tokens computed) and schedules the next one into it.
+fn next_step(s: &mut VllmV1Scheduler, b: &mut Batch, reqs: &mut [Request], q: &mut Queues, kv: &mut BlockManager) {
+    finish(b, reqs, q, kv);
+    b.clear();
+    s.schedule(q, reqs, kv, b);
+}
+
 fn tokens(b: &Batch) -> Vec<(u32, u32)> {
     b.items.iter().map(|i| (i.req, i.tokens)).collect()
 }
@@ -33,14 +40,10 @@ fn chunks_prompts_into_the_budget_and_runs_decodes_first() {
     let mut b = Batch::default();
     s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
     assert_eq!(tokens(&b), vec![(0, 256)]);
-    finish(&b, &mut reqs, &mut q, &mut kv);
-    b.clear();
-    s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
+    next_step(&mut s, &mut b, &mut reqs, &mut q, &mut kv);
     // The running prompt finishes its last 44 tokens, then request 1 takes the rest of the budget.
     assert_eq!(tokens(&b), vec![(0, 44), (1, 100)]);
-    finish(&b, &mut reqs, &mut q, &mut kv);
-    b.clear();
-    s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
+    next_step(&mut s, &mut b, &mut reqs, &mut q, &mut kv);
     assert_eq!(tokens(&b), vec![(0, 1), (1, 1)]);
 }
 
@@ -115,9 +118,7 @@ fn preempts_newest_when_a_decode_does_not_fit_and_never_over_allocates() {
     let mut b = Batch::default();
     s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
     assert_eq!(tokens(&b), vec![(0, 32), (1, 32)]);
-    finish(&b, &mut reqs, &mut q, &mut kv);
-    b.clear();
-    s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
+    next_step(&mut s, &mut b, &mut reqs, &mut q, &mut kv);
     assert_eq!(tokens(&b), vec![(0, 1)]);
     assert_eq!(b.preempted, 1);
     assert_eq!(q.waiting.front(), Some(&1));
@@ -141,18 +142,11 @@ fn waiting_order_decides_admission() {
     assert_eq!(tokens(&b), vec![(1, 40), (0, 24)]);
 }
 
-struct OverBudget;
-impl BatchScheduler for OverBudget {
-    fn plan(&mut self, _s: &StepState) -> Result<StepPlan> {
-        Ok(StepPlan { token_budget: 10_000, max_num_seqs: 8, ..StepPlan::default() })
-    }
-}
-
 #[test]
 fn a_plan_over_the_pool_limits_is_an_error() {
     let (mut reqs, mut q) = setup(&[40], 2);
     let mut kv = BlockManager::new(100, 16, 0);
-    let mut s = VllmV1Scheduler::new(Box::new(OverBudget), 8, 64);
+    let mut s = VllmV1Scheduler::new(Box::new(Fixed(StepPlan { token_budget: 10_000, max_num_seqs: 8, ..StepPlan::default() })), 8, 64);
     let mut b = Batch::default();
     s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
     assert!(b.items.is_empty());
@@ -181,9 +175,7 @@ fn a_pass_that_only_preempts_is_planned_again_at_once() {
     let mut b = Batch::default();
     s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
     assert_eq!(tokens(&b), vec![(0, 32), (1, 16)]);
-    finish(&b, &mut reqs, &mut q, &mut kv);
-    b.clear();
-    s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
+    next_step(&mut s, &mut b, &mut reqs, &mut q, &mut kv);
     assert_eq!(tokens(&b), vec![(1, 1)]);
     assert_eq!(b.preempted, 1);
     assert!(s.take_error().is_none());
