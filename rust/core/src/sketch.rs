@@ -19,12 +19,14 @@ pub struct QuantileSketch {
     max_ns: u64,
     /// The exact sum of every value added, nanoseconds.
     sum_ns: u128,
-    /// The values seen to fall in `last_bucket`, from `last_lo` to `last_hi`: every value between
-    /// falls there too (the bucket is monotone in the value), and inter-token gaps mostly repeat or
-    /// stay within one bucket's 1% of each other, so most adds skip the logarithm.
-    last_lo: u64,
-    last_hi: u64,
-    last_bucket: i32,
+    /// Per bucket (indexed as `counts`): the exact range of values it holds, `(lo, hi)`, found
+    /// the first time a value falls there ((0, 0) until then); the bucket is monotone in the
+    /// value, so any value within falls there, and the logarithm is taken only on a bucket's
+    /// first value.
+    bounds: Vec<(u64, u64)>,
+    /// The two buckets values last fell in (inter-token gaps mostly repeat one of a few
+    /// micro-batches' periods, or drift into a neighbour).
+    recent: [i32; 2],
 }
 
 /// Seconds of `ns` nanoseconds, as the sketch reports values.
@@ -36,7 +38,7 @@ impl QuantileSketch {
     /// A sketch with relative accuracy `alpha` (0.005 = 0.5%).
     pub fn new(alpha: f64) -> Self {
         let gamma = (1.0 + alpha) / (1.0 - alpha);
-        QuantileSketch { gamma_ln: gamma.ln(), offset: 0, counts: Vec::new(), zeros: 0, total: 0, min_ns: u64::MAX, max_ns: 0, sum_ns: 0, last_lo: u64::MAX, last_hi: 0, last_bucket: 0 }
+        QuantileSketch { gamma_ln: gamma.ln(), offset: 0, counts: Vec::new(), zeros: 0, total: 0, min_ns: u64::MAX, max_ns: 0, sum_ns: 0, bounds: Vec::new(), recent: [0; 2] }
     }
 
     fn bucket(&self, ns: u64) -> i32 {
@@ -62,33 +64,75 @@ impl QuantileSketch {
             self.zeros += n;
             return;
         }
-        let k = if (self.last_lo..=self.last_hi).contains(&ns) {
-            self.last_bucket
-        } else {
-            let k = self.bucket(ns);
-            if k == self.last_bucket && self.last_lo <= self.last_hi {
-                (self.last_lo, self.last_hi) = (self.last_lo.min(ns), self.last_hi.max(ns));
-            } else {
-                (self.last_lo, self.last_hi, self.last_bucket) = (ns, ns, k);
-            }
-            k
+        let k = self.find_bucket(ns);
+        self.counts[(k - self.offset) as usize] += n;
+    }
+
+    /// The bucket of `ns` (> 0), with room for it in `counts` and its bounds known: from the
+    /// recent buckets' or their neighbours' exact bounds when `ns` lies within, else from the
+    /// logarithm.
+    fn find_bucket(&mut self, ns: u64) -> i32 {
+        let holds = |s: &Self, k: i32| -> bool {
+            let i = k.wrapping_sub(s.offset);
+            matches!(s.bounds.get(i as usize), Some(&(lo, hi)) if i >= 0 && lo <= ns && ns <= hi && hi > 0)
         };
+        let [a, b] = self.recent;
+        for k in [a, b, a + 1, a - 1] {
+            if holds(self, k) {
+                self.recent = if k == a { [a, b] } else { [k, a] };
+                return k;
+            }
+        }
+        let k = self.bucket(ns);
+        self.make_room(k);
+        let i = (k - self.offset) as usize;
+        if self.bounds[i].1 == 0 {
+            self.bounds[i] = self.bucket_bounds(k, ns);
+        }
+        self.recent = [k, a];
+        k
+    }
+
+    /// Grows `counts` and `bounds` to hold bucket `k`.
+    fn make_room(&mut self, k: i32) {
         if self.counts.is_empty() {
             self.offset = k;
             self.counts.push(0);
+            self.bounds.push((0, 0));
         }
         if k < self.offset {
             let grow = (self.offset - k) as usize;
-            let mut v = vec![0u64; grow];
-            v.extend_from_slice(&self.counts);
-            self.counts = v;
+            self.counts.splice(0..0, std::iter::repeat_n(0, grow));
+            self.bounds.splice(0..0, std::iter::repeat_n((0, 0), grow));
             self.offset = k;
         }
         let idx = (k - self.offset) as usize;
         if idx >= self.counts.len() {
             self.counts.resize(idx + 1, 0);
+            self.bounds.resize(idx + 1, (0, 0));
         }
-        self.counts[idx] += n;
+    }
+
+    /// The smallest and largest values of bucket `k`, which holds `ns`: by bisection on
+    /// [`Self::bucket`] itself, so that they agree with it exactly.
+    fn bucket_bounds(&self, k: i32, ns: u64) -> (u64, u64) {
+        // Smallest value whose bucket is k: in (below, ns], below's bucket < k.
+        let (mut below, mut lo) = (0u64, ns);
+        while lo - below > 1 {
+            let mid = below + (lo - below) / 2;
+            if self.bucket(mid) >= k { lo = mid } else { below = mid }
+        }
+        // Largest value whose bucket is k: in [ns, above), above's bucket > k.
+        let mut above = ns.saturating_mul(2).max(ns + 1);
+        while above < u64::MAX && self.bucket(above) <= k {
+            above = above.saturating_mul(2);
+        }
+        let mut hi = ns;
+        while above - hi > 1 {
+            let mid = hi + (above - hi) / 2;
+            if self.bucket(mid) <= k { hi = mid } else { above = mid }
+        }
+        (lo, hi)
     }
 
     /// Number of values added.
@@ -129,7 +173,7 @@ impl QuantileSketch {
 
     /// Memory held by the buckets, in bytes.
     pub fn footprint_bytes(&self) -> usize {
-        self.counts.capacity() * std::mem::size_of::<u64>()
+        self.counts.capacity() * std::mem::size_of::<u64>() + self.bounds.capacity() * std::mem::size_of::<(u64, u64)>()
     }
 }
 
@@ -206,17 +250,30 @@ mod tests {
     }
 
     #[test]
-    fn remembered_bucket_ranges_give_the_logarithms_buckets() {
-        // Values walking up and down across many bucket boundaries: each lands in the bucket
-        // its own logarithm gives, whether or not it came from the remembered range.
+    fn remembered_bucket_bounds_give_the_logarithms_buckets() {
+        // Values walking up and down across many bucket boundaries, two walks interleaved (two
+        // micro-batches' gaps), and jumps: each lands in the bucket its own logarithm gives,
+        // whether it came from remembered bounds or not.
         let mut s = QuantileSketch::new(0.005);
         let mut rng = crate::rng::RngStream::new(5, "sketch");
-        let mut x = 50_000_000u64;
-        for _ in 0..200_000 {
+        let (mut x, mut y) = (50_000_000u64, 3_000u64);
+        for i in 0..200_000 {
             x = (x as i64 + (rng.next_f64() * 200_000.0) as i64 - 100_000).clamp(1, 10_000_000_000) as u64;
-            let want = s.bucket(x);
-            s.add(x);
-            assert_eq!(s.last_bucket, want, "{x} ns");
+            y = (y as i64 + (rng.next_f64() * 40.0) as i64 - 20).clamp(1, 10_000_000) as u64;
+            let jump = 1 + (rng.next_f64() * 1e10) as u64;
+            for v in [x, y, if i % 97 == 0 { jump } else { x }] {
+                let want = s.bucket(v);
+                s.add(v);
+                assert_eq!(s.recent[0], want, "{v} ns");
+            }
+        }
+        // Every remembered range is exactly its bucket: one below and one above fall outside.
+        for (i, &(lo, hi)) in s.bounds.iter().enumerate() {
+            if hi > 0 {
+                let k = i as i32 + s.offset;
+                assert_eq!((s.bucket(lo), s.bucket(hi)), (k, k));
+                assert!(s.bucket(lo - 1) < k && s.bucket(hi + 1) > k, "bucket {k}: {lo}..={hi}");
+            }
         }
     }
 

@@ -20,7 +20,16 @@ pub fn secs_to_ns(secs: f64) -> Nanos {
     if secs <= 0.0 {
         return 0;
     }
-    ((secs * NS_PER_SEC).round() as Nanos).max(1)
+    let x = secs * NS_PER_SEC;
+    // `x.round()` (half away from zero) without the library call x86-64's baseline makes for it:
+    // below 2^52 the truncation and the fraction `x - t` are exact.
+    let ns = if x < 4_503_599_627_370_496.0 {
+        let t = x as Nanos;
+        if x - t as f64 >= 0.5 { t + 1 } else { t }
+    } else {
+        x.round() as Nanos
+    };
+    ns.max(1)
 }
 
 /// The time `duration` after `now`, or `None` when it would pass [`MAX_TIME_NS`] (checked time
@@ -50,5 +59,24 @@ mod tests {
         assert_eq!(at(MAX_TIME_NS - 1, 1), Some(MAX_TIME_NS));
         assert_eq!(at(MAX_TIME_NS, 1), None);
         assert_eq!(at(1, Nanos::MAX), None);
+    }
+
+    #[test]
+    fn conversion_rounds_as_the_library_does() {
+        // Halves, their neighbours, values near 2^52 and random magnitudes: the inline rounding
+        // gives `f64::round`'s nanoseconds.
+        let reference = |s: f64| ((s * NS_PER_SEC).round() as Nanos).max(1);
+        let mut rng = crate::rng::RngStream::new(3, "round");
+        let mut cases: Vec<f64> = vec![0.5e-9, 1.5e-9, 2.5e-9, 4.5e-9, 4_503_599_627_370_495.5e-9, 4_503_599_627_370_496e-9, 9e9, 0.49999999999999994e-9];
+        for _ in 0..200_000 {
+            let x = rng.next_f64() * 10f64.powi((rng.next_f64() * 30.0) as i32 - 12);
+            let h = (x * NS_PER_SEC).floor() + 0.5;
+            cases.extend([x, h / NS_PER_SEC, f64::from_bits((h / NS_PER_SEC).to_bits() + 1), f64::from_bits((h / NS_PER_SEC).to_bits().saturating_sub(1))]);
+        }
+        for s in cases {
+            if s > 0.0 {
+                assert_eq!(secs_to_ns(s), reference(s), "{s:e} s");
+            }
+        }
     }
 }

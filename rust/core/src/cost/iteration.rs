@@ -51,7 +51,7 @@ impl<'a, F: FnMut(OpCost)> IterationPass<'a, F> {
         let m = u64::from(cm.microbatches).min((shape.prefill_tokens + shape.decode_seqs).max(1)) as f64;
         let micro = 1.0 / m;
         let mt = t * micro;
-        let stage_layers = (cm.layers / cm.pp as f64).ceil();
+        let stage_layers = super::roofline::ceil(cm.layers / cm.pp as f64);
         let slots = m + cm.pp as f64 - 1.0;
         // Per-layer operators on one micro-batch: work scales by layers x micro-batches, time by
         // layers x slots (for pp = 1: m = 1, slots = 1, so both are the layer count).

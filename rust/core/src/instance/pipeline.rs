@@ -268,9 +268,16 @@ impl Instance {
     pub fn finish_batch(&mut self, now: Nanos, reqs: &mut [Request], on_token: impl FnMut(Nanos, Nanos, u64)) -> IterationRecord {
         let p = self.pipeline.as_mut().expect("finish_batch on a pipelined instance");
         let done = p.in_flight.pop_front().expect("a batch is in flight");
+        let mut on_token = on_token;
+        if let (Some(g), true) = (done.group, done.batch.items.is_empty() && self.spec.is_none() && !self.stretch.forming()) {
+            // A group's pass alone: nothing else in it for `finish_iteration` to apply.
+            p.spare.push(done.batch);
+            self.finish_group(g, now, reqs, &mut on_token);
+            self.busy = self.pipeline.as_ref().is_some_and(|p| p.blocked());
+            return IterationRecord { end: now, ..done.record };
+        }
         let latest = std::mem::replace(&mut self.batch, done.batch);
         self.apply_speculation();
-        let mut on_token = on_token;
         if let Some(g) = done.group {
             self.finish_group(g, now, reqs, &mut on_token);
         }

@@ -54,6 +54,8 @@ struct Group {
     members: Vec<u32>,
     /// Per member: the group pass its fields were written at.
     since: Vec<u64>,
+    /// Per member: `computed - since` as it joined (its counters stay as written until it leaves).
+    offsets: Vec<i64>,
     /// Passes applied so far.
     pass: u64,
     /// Sum over members of `computed - since`.
@@ -81,6 +83,7 @@ impl Group {
         self.offset_sum += offset;
         self.members.push(idx);
         self.since.push(self.pass);
+        self.offsets.push(offset);
         // Its decode at pass q processes token computed + (q - 1 - pass): the first past its
         // blocks at q = pass + room + 1, then every block size passes.
         let room = r.blocks as u64 * block_size - r.computed as u64;
@@ -120,7 +123,7 @@ pub(super) struct Groups {
 impl Group {
     /// Empties the group (keeping its allocations) for a new one starting at `now`.
     fn reset(&mut self, now: Nanos, block_size: usize) {
-        (self.members.clear(), self.since.clear(), self.due.clear(), self.finishing.clear());
+        (self.members.clear(), self.since.clear(), self.offsets.clear(), self.due.clear(), self.finishing.clear());
         for slot in self.slots.iter_mut() {
             slot.clear();
         }
@@ -246,13 +249,8 @@ impl Instance {
         if g.slots.len() != bs as usize {
             g.slots.resize_with(bs as usize, Vec::new);
         }
-        g.slots[(next % bs) as usize].retain(|c| {
-            let running = reqs[c.req as usize].status == Status::Running;
-            if running && c.from <= next {
-                crossing.push(c.req);
-            }
-            running
-        });
+        // A slot holds running members only (`finish_group` takes the leavers out).
+        crossing.extend(g.slots[(next % bs) as usize].iter().filter(|c| c.from <= next).map(|c| c.req));
         if crossing.len() as u64 > self.kv.free() as u64 {
             return false;
         }
@@ -271,6 +269,7 @@ impl Instance {
     /// `on_token`, and the finishes the calendar held (dropped from the running list and the
     /// group).
     pub(super) fn finish_group(&mut self, gi: usize, now: Nanos, reqs: &mut [Request], on_token: &mut impl FnMut(Nanos, Nanos, u64)) {
+        let bs = self.kv.block_size() as u64;
         let g = self.groups.slots[gi].as_mut().expect("a live group");
         g.pass += 1;
         g.in_flight = false;
@@ -292,6 +291,8 @@ impl Instance {
             let r = &mut reqs[d.req as usize];
             let offset = r.computed as i64 - d.since as i64;
             let passes = (g.pass - d.since) as u32;
+            let slot = &mut g.slots[((d.since + (r.blocks as u64 * bs - r.computed as u64) + 1) % bs) as usize];
+            slot.remove(slot.iter().position(|c| c.req == d.req).expect("a member has its crossing slot"));
             r.computed += passes;
             r.generated += passes;
             debug_assert_eq!(r.generated, r.output, "a member finishes at its last token");
@@ -304,16 +305,18 @@ impl Instance {
         }
         let mut kept = 0;
         for i in 0..g.members.len() {
-            if reqs[g.members[i] as usize].status == Status::Running {
+            if !g.finishing.iter().any(|d| d.req == g.members[i]) {
                 g.members[kept] = g.members[i];
                 g.since[kept] = g.since[i];
+                g.offsets[kept] = g.offsets[i];
                 kept += 1;
             }
         }
         g.members.truncate(kept);
         g.since.truncate(kept);
+        g.offsets.truncate(kept);
         if max_left {
-            g.offset_max = g.members.iter().zip(&g.since).map(|(&r, &s)| reqs[r as usize].computed as i64 - s as i64).max().unwrap_or(i64::MIN);
+            g.offset_max = g.offsets.iter().copied().max().unwrap_or(i64::MIN);
         }
         if g.members.is_empty() {
             let g = self.groups.slots[gi].take().expect("a live group");
