@@ -49,7 +49,8 @@ impl<'a, F: FnMut(OpCost)> IterationPass<'a, F> {
         // a decode's one token cannot): a batch of fewer tokens than `microbatches` runs as that
         // many micro-batches (a single decode passes once through every stage).
         let m = u64::from(cm.microbatches).min((shape.prefill_tokens + shape.decode_seqs).max(1)) as f64;
-        let micro = 1.0 / m;
+        // (1 / 1 without the division's latency: asynchronous pipelines and pp = 1 run one.)
+        let micro = if m == 1.0 { 1.0 } else { 1.0 / m };
         let mt = t * micro;
         let stage_layers = super::roofline::ceil(cm.layers / cm.pp as f64);
         let slots = m + cm.pp as f64 - 1.0;
@@ -173,9 +174,12 @@ impl CostModel {
         let cpu = eff.iteration_overhead + eff.seq_overhead.unwrap_or(0.0) * seqs + eff.token_overhead.unwrap_or(0.0) * shape.tokens() as f64;
         let moe = eff.moe_layer_overhead.unwrap_or(0.0) * self.moe_share;
         let gpu_fixed = (eff.layer_overhead + moe) * time_n;
-        let scale = eff.time_scale.unwrap_or(1.0);
         // With asynchronous scheduling only the CPU time beyond the GPU's (so far, unscaled) shows.
-        let cpu = if eff.cpu_overlap == Some(true) { (cpu - emitted / scale - gpu_fixed).max(0.0) } else { cpu };
+        let unscaled = match eff.time_scale {
+            Some(scale) => emitted / scale,
+            None => emitted,
+        };
+        let cpu = if eff.cpu_overlap == Some(true) { (cpu - unscaled - gpu_fixed).max(0.0) } else { cpu };
         let overhead = cpu + gpu_fixed;
         let bubble = (eff.layer_overhead + moe) * (time_n - work_n);
         OpCost { op: Op::Overhead, flops: 0.0, bytes: 0.0, seconds: overhead, compute_bound: false, on_pim: false, bubble_seconds: bubble }

@@ -121,10 +121,12 @@ impl CostModel {
             None => self.for_each_op_with(shape, verify, |c| sums.add(&c, gpu_fixed)),
         }
         let StageSums { first, last, layered, total, cb } = sums;
-        let mut seconds: StageSeconds = smallvec::smallvec![layered / pp as f64; pp];
+        // x / pp; for a power of two, x * (1 / pp): the same exact quotient, without a division's latency.
+        let per_stage = |x: f64| if pp.is_power_of_two() { x * (1.0 / pp as f64) } else { x / pp as f64 };
+        let mut seconds: StageSeconds = smallvec::smallvec![per_stage(layered); pp];
         seconds[0] += first;
         seconds[pp - 1] += last;
-        StageCosts { seconds, average: IterationCost { seconds: total / pp as f64, compute_bound_seconds: cb / pp as f64, ..Default::default() } }
+        StageCosts { seconds, average: IterationCost { seconds: per_stage(total), compute_bound_seconds: per_stage(cb), ..Default::default() } }
     }
 }
 

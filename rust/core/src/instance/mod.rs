@@ -3,11 +3,12 @@
 //! Layout: `setup` builds an instance from one [`InstanceSetup`]; `iteration` forms, times and
 //! applies its iterations; `decode_stretch` runs decodes in closed form; `pipeline` keeps several
 //! batches in flight through asynchronous pipeline stages, whose micro-batches `pipeline_groups`
-//! decodes in closed form; `speculative` its speculative decoding; `stats` counts them (and the
+//! decodes in closed form (`group_flights`: what the run's loop of back-to-back group passes asks); `speculative` its speculative decoding; `stats` counts them (and the
 //! energy). This file holds the instance's queues and what a router and the disaggregation code
 //! ask of it.
 
 mod decode_stretch;
+mod group_flights;
 mod id_set;
 mod iteration;
 mod pipeline;
@@ -19,6 +20,7 @@ mod stats;
 mod tests;
 
 pub use crate::sim::Role;
+pub use group_flights::FlightStart;
 pub use iteration::IterationStart;
 pub use pipeline::{pipeline_mode, BatchTimes, FlowShop, PipelineMode};
 pub use setup::{kv_watermark, ExpertSetup, InstanceSetup, KV_WATERMARK_FRACTION, MAX_ITERATION_SECONDS};

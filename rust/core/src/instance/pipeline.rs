@@ -92,11 +92,11 @@ impl FlowShop {
 
 /// A batch in flight and the record of its iteration.
 #[derive(Debug, Clone)]
-struct InFlight {
-    batch: Batch,
-    record: IterationRecord,
+pub(super) struct InFlight {
+    pub(super) batch: Batch,
+    pub(super) record: IterationRecord,
     /// The group whose closed-form pass the batch is (its members are not in `batch.items`).
-    group: Option<usize>,
+    pub(super) group: Option<usize>,
 }
 
 /// An instance's asynchronous pipeline: its stages and the batches in flight, oldest first
@@ -104,10 +104,10 @@ struct InFlight {
 #[derive(Debug, Clone)]
 pub(super) struct Pipeline {
     shop: FlowShop,
-    in_flight: VecDeque<InFlight>,
+    pub(super) in_flight: VecDeque<InFlight>,
     stage1_busy: bool,
     /// Batches already applied, kept to be reused by the next ones in flight.
-    spare: Vec<Batch>,
+    pub(super) spare: Vec<Batch>,
     /// Reused lists of request ids: in flight, ready, the running list put aside while the
     /// scheduler sees a batch's share (so that forming a batch allocates nothing once grown).
     scratch: [Vec<u32>; 3],
@@ -120,7 +120,7 @@ impl Pipeline {
     }
 
     /// Whether no batch can be formed until an event already due (stage 1 free, a batch done).
-    fn blocked(&self) -> bool {
+    pub(super) fn blocked(&self) -> bool {
         self.stage1_busy || self.in_flight.len() >= self.shop.stage_free.len()
     }
 
@@ -193,6 +193,30 @@ impl Instance {
         if self.batch.items.is_empty() && group.is_none() {
             return Ok(None);
         }
+        let (times, record) = self.launch_batch(now, reqs)?;
+        self.keep_in_flight(group, record);
+        Ok(Some(times))
+    }
+
+    /// Keeps the batch just launched (a copy of `self.batch`) in flight, behind the others.
+    pub fn keep_in_flight(&mut self, group: Option<usize>, record: IterationRecord) {
+        let p = self.pipeline.as_mut().expect("pipelined");
+        // A batch done earlier is reused for the copy (its item list keeps its allocation).
+        let batch = match p.spare.pop() {
+            Some(mut b) => {
+                b.clone_from(&self.batch);
+                b
+            }
+            None => self.batch.clone(),
+        };
+        p.in_flight.push_back(InFlight { batch, record, group });
+    }
+
+    /// Sends the batch just formed (`self.batch`) into the pipeline at `now`: its first scheduling
+    /// times, its cost per stage, the iteration's counts, and its way through the flow shop (stage 1
+    /// busy until it leaves). Returns when it frees stage 1 and when it is done, and its record;
+    /// the caller keeps it in flight.
+    pub(super) fn launch_batch(&mut self, now: Nanos, reqs: &mut [Request]) -> Result<(BatchTimes, IterationRecord)> {
         for it in &self.batch.items {
             let r = &mut reqs[it.req as usize];
             r.first_scheduled = r.first_scheduled.min(now);
@@ -209,18 +233,9 @@ impl Instance {
                 st.seconds
             ),
         })?;
-        // A batch done earlier is reused for the copy (its item list keeps its allocation).
-        let batch = match p.spare.pop() {
-            Some(mut b) => {
-                b.clone_from(&self.batch);
-                b
-            }
-            None => self.batch.clone(),
-        };
-        p.in_flight.push_back(InFlight { batch, record, group });
         p.stage1_busy = true;
         self.busy = true;
-        Ok(Some(BatchTimes { stage1_free, done }))
+        Ok((BatchTimes { stage1_free, done }, record))
     }
 
     /// The scheduler's batch at `now` from the requests not in flight (the share of the ready

@@ -140,8 +140,13 @@ impl Groups {
 }
 
 impl Instance {
+    /// Whether the scheduler declined to form admissions alone (batches no longer join groups).
+    pub(super) fn groups_declined(&self) -> bool {
+        self.groups.declined
+    }
+
     /// Whether the groups may run in closed form (the colocated closed form's conditions).
-    fn groups_apply(&self) -> bool {
+    pub(super) fn groups_apply(&self) -> bool {
         self.closed_form && self.role == Role::Mixed && self.moe.is_none() && self.spec.is_none() && self.kv.grows_by_block() && self.batch.shape.attention_window.is_none() && self.queues.swapped.is_empty()
     }
 

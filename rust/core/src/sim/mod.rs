@@ -22,6 +22,7 @@ mod cluster;
 pub mod config;
 pub mod control;
 pub mod disaggregation;
+mod group_loop;
 mod iterations;
 pub mod mixed_pool;
 mod pipeline;

@@ -35,10 +35,10 @@ const EVENTS_PER_TOKEN: u32 = 4096;
 
 /// One instance's own events, in the order the run's queue would run them.
 #[derive(Debug, Clone, Default)]
-struct OwnEvents {
+pub(super) struct OwnEvents {
     /// (time, order scheduled, event): a handful at most (pp batches in flight, a wake-up).
-    pending: Vec<(Nanos, u64, Event)>,
-    next_seq: u64,
+    pub(super) pending: Vec<(Nanos, u64, Event)>,
+    pub(super) next_seq: u64,
     /// The time of the instance's token in the run's queue (None: no token queued).
     token: Option<Nanos>,
 }
@@ -54,7 +54,7 @@ impl OwnEvents {
 #[derive(Debug, Clone, Default)]
 pub(super) struct RunAhead {
     /// Per instance; None for one whose events go through the run's queue.
-    own: Vec<Option<OwnEvents>>,
+    pub(super) own: Vec<Option<OwnEvents>>,
     /// Events run ahead less the tokens that carried them: added to the loop's count of events.
     pub(super) extra_events: i64,
     /// Events run ahead.
@@ -103,7 +103,15 @@ impl Cluster<'_> {
         // The token stays at `now` while the instance runs: what it schedules (never before `now`)
         // queues no token of its own.
         let horizon = self.arrivals.next_time().unwrap_or(Nanos::MAX);
-        for _ in 0..EVENTS_PER_TOKEN {
+        let mut budget = EVENTS_PER_TOKEN;
+        while budget > 0 {
+            // Group passes back to back, while the instance's events are nothing else.
+            let ran = self.run_group_passes(idx, horizon, budget, queue)?;
+            if ran > 0 {
+                budget -= ran;
+                continue;
+            }
+            budget -= 1;
             let own = self.ahead.own[idx as usize].as_mut().expect("runs ahead");
             let Some(i) = own.earliest().filter(|&i| own.pending[i].0 < horizon) else { break };
             let (t, _, event) = own.pending.swap_remove(i);
