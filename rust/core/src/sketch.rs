@@ -27,7 +27,17 @@ pub struct QuantileSketch {
     /// The two buckets values last fell in (inter-token gaps mostly repeat one of a few
     /// micro-batches' periods, or drift into a neighbour).
     recent: [i32; 2],
+    /// The bucket last found for values in each span of [`HINT_SPAN`] nanoseconds, by a hash of
+    /// the span (direct-mapped; entry `(span + 1, bucket)`, 0 when empty): the many instances and
+    /// micro-batches feeding one sketch each repeat their own few gaps, which the two recent
+    /// buckets cannot all hold.
+    hints: Vec<(u64, i32)>,
 }
+
+/// Values in one span of this many nanoseconds share a hint entry.
+const HINT_SPAN_SHIFT: u32 = 12;
+/// Hint entries (a power of two).
+const HINTS: usize = 1024;
 
 /// Seconds of `ns` nanoseconds, as the sketch reports values.
 fn secs(ns: u64) -> f64 {
@@ -38,7 +48,7 @@ impl QuantileSketch {
     /// A sketch with relative accuracy `alpha` (0.005 = 0.5%).
     pub fn new(alpha: f64) -> Self {
         let gamma = (1.0 + alpha) / (1.0 - alpha);
-        QuantileSketch { gamma_ln: gamma.ln(), offset: 0, counts: Vec::new(), zeros: 0, total: 0, min_ns: u64::MAX, max_ns: 0, sum_ns: 0, bounds: Vec::new(), recent: [0; 2] }
+        QuantileSketch { gamma_ln: gamma.ln(), offset: 0, counts: Vec::new(), zeros: 0, total: 0, min_ns: u64::MAX, max_ns: 0, sum_ns: 0, bounds: Vec::new(), recent: [0; 2], hints: Vec::new() }
     }
 
     fn bucket(&self, ns: u64) -> i32 {
@@ -76,6 +86,24 @@ impl QuantileSketch {
             let i = k.wrapping_sub(s.offset);
             matches!(s.bounds.get(i as usize), Some(&(lo, hi)) if i >= 0 && lo <= ns && ns <= hi && hi > 0)
         };
+        let span = (ns >> HINT_SPAN_SHIFT) + 1;
+        let slot = (span.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - HINTS.trailing_zeros())) as usize;
+        if let Some(&(tag, k)) = self.hints.get(slot) {
+            if tag == span && holds(self, k) {
+                return k;
+            }
+        }
+        let k = self.find_bucket_slow(ns, holds);
+        if self.hints.is_empty() {
+            self.hints.resize(HINTS, (0, 0));
+        }
+        self.hints[slot] = (span, k);
+        k
+    }
+
+    /// [`Self::find_bucket`] past its hint: the recent buckets and their neighbours, else the
+    /// logarithm.
+    fn find_bucket_slow(&mut self, ns: u64, holds: impl Fn(&Self, i32) -> bool) -> i32 {
         let [a, b] = self.recent;
         for k in [a, b, a + 1, a - 1] {
             if holds(self, k) {
@@ -173,7 +201,7 @@ impl QuantileSketch {
 
     /// Memory held by the buckets, in bytes.
     pub fn footprint_bytes(&self) -> usize {
-        self.counts.capacity() * std::mem::size_of::<u64>() + self.bounds.capacity() * std::mem::size_of::<(u64, u64)>()
+        self.counts.capacity() * std::mem::size_of::<u64>() + self.bounds.capacity() * std::mem::size_of::<(u64, u64)>() + self.hints.capacity() * std::mem::size_of::<(u64, i32)>()
     }
 }
 
@@ -257,16 +285,19 @@ mod tests {
         let mut s = QuantileSketch::new(0.005);
         let mut rng = crate::rng::RngStream::new(5, "sketch");
         let (mut x, mut y) = (50_000_000u64, 3_000u64);
+        let mut want = std::collections::BTreeMap::new();
         for i in 0..200_000 {
             x = (x as i64 + (rng.next_f64() * 200_000.0) as i64 - 100_000).clamp(1, 10_000_000_000) as u64;
             y = (y as i64 + (rng.next_f64() * 40.0) as i64 - 20).clamp(1, 10_000_000) as u64;
             let jump = 1 + (rng.next_f64() * 1e10) as u64;
             for v in [x, y, if i % 97 == 0 { jump } else { x }] {
-                let want = s.bucket(v);
+                assert_eq!(s.find_bucket(v), s.bucket(v), "{v} ns");
+                *want.entry(s.bucket(v)).or_insert(0u64) += 1;
                 s.add(v);
-                assert_eq!(s.recent[0], want, "{v} ns");
             }
         }
+        let got: std::collections::BTreeMap<i32, u64> = s.counts.iter().enumerate().filter(|(_, &c)| c > 0).map(|(i, &c)| (i as i32 + s.offset, c)).collect();
+        assert_eq!(got, want);
         // Every remembered range is exactly its bucket: one below and one above fall outside.
         for (i, &(lo, hi)) in s.bounds.iter().enumerate() {
             if hi > 0 {
@@ -283,6 +314,6 @@ mod tests {
         for i in 0..1_000_000u64 {
             s.add(10_000_000 + (i % 1000) * 100_000);
         }
-        assert!(s.footprint_bytes() < 16 * 1024);
+        assert!(s.footprint_bytes() < 40 * 1024);
     }
 }
