@@ -82,6 +82,7 @@ impl Cluster<'_> {
             ran += 1;
             self.ahead.extra_events += 1;
             self.ahead.run += 1;
+            self.ahead.grouped += 1;
             self.last_work = self.last_work.max(t);
             let inst = &mut self.instances[i];
             if take_stage_free {

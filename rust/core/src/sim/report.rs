@@ -94,6 +94,8 @@ pub struct SimOutput {
     pub events: u64,
     /// Of `events`, those instances ran ahead of the run's queue between arrivals (`run_ahead.rs`).
     pub events_run_ahead: u64,
+    /// Of `events_run_ahead`, those run as back-to-back group passes (`group_loop.rs`).
+    pub events_in_group_loop: u64,
     /// Time of the last event that was not a rejected arrival (the last completion, in a run
     /// whose requests all finish): what energy, cost and utilisation count up to.
     pub end_time: Nanos,
@@ -148,6 +150,6 @@ impl Cluster<'_> {
             }
             None => std::mem::take(self.reqs),
         };
-        Ok(SimOutput { requests, rejections: self.rejections, itl: self.itl, instances: reports, iterations: self.log, events, events_run_ahead: self.ahead.run, end_time: end, mixed_pool })
+        Ok(SimOutput { requests, rejections: self.rejections, itl: self.itl, instances: reports, iterations: self.log, events, events_run_ahead: self.ahead.run, events_in_group_loop: self.ahead.grouped, end_time: end, mixed_pool })
     }
 }

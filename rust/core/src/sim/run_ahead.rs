@@ -59,12 +59,14 @@ pub(super) struct RunAhead {
     pub(super) extra_events: i64,
     /// Events run ahead.
     pub(super) run: u64,
+    /// Of `run`, those run by the loop of back-to-back group passes.
+    pub(super) grouped: u64,
 }
 
 impl RunAhead {
     /// Run-ahead state for instances whose `runs_ahead` is true.
     pub(super) fn new(runs_ahead: impl Iterator<Item = bool>) -> Self {
-        RunAhead { own: runs_ahead.map(|r| r.then(OwnEvents::default)).collect(), extra_events: 0, run: 0 }
+        RunAhead { own: runs_ahead.map(|r| r.then(OwnEvents::default)).collect(), extra_events: 0, run: 0, grouped: 0 }
     }
 }
 
