@@ -200,9 +200,13 @@ mod tests {
     #[test]
     fn memoised_cost_is_bit_identical_to_the_full_pass() {
         let tuned = Efficiency { iteration_overhead: 1e-3, seq_overhead: Some(20e-6), attention_cta: Some(0.5), gemm_ridge_exponent: Some(4.0), time_scale: Some(1.3), ..ideal() };
+        // The default engine's decode-attention terms: query rows, split bandwidth, an overlapped CPU step.
+        let engine = Efficiency { decode_query_rows: Some(5), attention_memory_split: Some(0.9), attention_cta: Some(0.25), cpu_overlap: Some(true), iteration_overhead: 5.4e-4, ..ideal() };
         for (cm, name) in [
             (CostModel::new(llama3_8b(), h100(), ideal(), 1).unwrap(), "llama3-8b"),
             (CostModel::new(llama3_8b(), h100(), tuned.clone(), 1).unwrap(), "llama3-8b tuned"),
+            (CostModel::new(llama3_8b(), h100(), engine.clone(), 1).unwrap(), "llama3-8b, the engine's attention terms"),
+            (CostModel::new(llama2_70b(), a100(), engine, 2).unwrap().with_pipeline(2, None).unwrap().single_microbatch(), "llama2-70b tp2 x pp2 async, the engine's attention terms"),
             (CostModel::new(llama2_70b(), a100(), ideal(), 4).unwrap(), "llama2-70b tp4"),
             (CostModel::new(deepseek_v2_lite(), h100(), ideal(), 1).unwrap(), "deepseek-v2-lite (MLA)"),
             (CostModel::new(mixtral_8x7b(), h100(), ideal(), 1).unwrap(), "mixtral (MoE)"),
