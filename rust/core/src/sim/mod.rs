@@ -13,7 +13,8 @@
 //!
 //! Layout: [`config`] (what Python sends), `cluster` (the run's state and its event handlers),
 //! `arrivals`, `iterations` (an iteration's phases), `pipeline` (batches in flight through
-//! asynchronous pipeline stages), `transfers` (the network wiring),
+//! asynchronous pipeline stages), `run_ahead` (instances running their own events between
+//! arrivals), `group_loop` (group passes back to back), `transfers` (the network wiring),
 //! [`disaggregation`] (roles and KV handoffs), [`mixed_pool`] (Splitwise's mixed pool), [`plugins`], [`control`], [`report`], `retire` (streaming runs); the
 //! domain-free event loop is [`crate::event`].
 
