@@ -22,7 +22,8 @@ pub enum FlightStart {
     Group(BatchTimes),
     /// The scheduler formed an ordinary batch (its admissions) and sent it into the pipeline.
     Ordinary(BatchTimes),
-    /// No closed-form pass can form: nothing was changed, and `start_batch` forms the batch.
+    /// No closed-form pass formed: `start_batch` forms the batch (forming the pass again gives
+    /// the same answer, and the groups are settled).
     General,
 }
 
@@ -37,6 +38,7 @@ impl Instance {
     /// Applies the oldest batch in flight, a group's pass, done at `now` (`finish_batch` on a
     /// group's pass).
     pub fn finish_group_flight(&mut self, now: Nanos, reqs: &mut [Request], on_token: &mut impl FnMut(Nanos, Nanos, u64)) {
+        debug_assert!(self.spec.is_none() && !self.stretch.forming(), "a group's pass is all its batch holds");
         let p = self.pipeline.as_mut().expect("pipelined");
         let done = p.in_flight.pop_front().expect("a batch is in flight");
         p.spare.push(done.batch);
@@ -46,7 +48,7 @@ impl Instance {
 
     /// Forms the next batch at `now` as `start_batch` does when it is a group's pass (or the
     /// scheduler's admissions), and sends it into the pipeline; [`FlightStart::General`] when
-    /// `start_batch` must form it (nothing changed).
+    /// `start_batch` must form it.
     pub fn start_group_flight(&mut self, now: Nanos, reqs: &mut [Request]) -> Result<FlightStart> {
         if self.pipeline.as_ref().is_none_or(|p| p.blocked()) {
             return Ok(FlightStart::Blocked);

@@ -199,7 +199,7 @@ impl Instance {
     }
 
     /// Keeps the batch just launched (a copy of `self.batch`) in flight, behind the others.
-    pub fn keep_in_flight(&mut self, group: Option<usize>, record: IterationRecord) {
+    pub(super) fn keep_in_flight(&mut self, group: Option<usize>, record: IterationRecord) {
         let p = self.pipeline.as_mut().expect("pipelined");
         // A batch done earlier is reused for the copy (its item list keeps its allocation).
         let batch = match p.spare.pop() {
@@ -281,16 +281,16 @@ impl Instance {
     /// Applies the oldest batch in flight, done at `now` (as `finish_iteration` does for an
     /// iteration); returns its record.
     pub fn finish_batch(&mut self, now: Nanos, reqs: &mut [Request], on_token: impl FnMut(Nanos, Nanos, u64)) -> IterationRecord {
-        let p = self.pipeline.as_mut().expect("finish_batch on a pipelined instance");
-        let done = p.in_flight.pop_front().expect("a batch is in flight");
         let mut on_token = on_token;
-        if let (Some(g), true) = (done.group, done.batch.items.is_empty() && self.spec.is_none() && !self.stretch.forming()) {
+        let front = self.pipeline.as_ref().and_then(|p| p.in_flight.front()).expect("finish_batch on a pipelined instance with a batch in flight");
+        if front.group.is_some() && front.batch.items.is_empty() && self.spec.is_none() && !self.stretch.forming() {
             // A group's pass alone: nothing else in it for `finish_iteration` to apply.
-            p.spare.push(done.batch);
-            self.finish_group(g, now, reqs, &mut on_token);
-            self.busy = self.pipeline.as_ref().is_some_and(|p| p.blocked());
-            return IterationRecord { end: now, ..done.record };
+            let record = front.record;
+            self.finish_group_flight(now, reqs, &mut on_token);
+            return IterationRecord { end: now, ..record };
         }
+        let p = self.pipeline.as_mut().expect("pipelined");
+        let done = p.in_flight.pop_front().expect("a batch is in flight");
         let latest = std::mem::replace(&mut self.batch, done.batch);
         self.apply_speculation();
         if let Some(g) = done.group {
