@@ -27,14 +27,14 @@ pub struct QuantileSketch {
     /// The two buckets values last fell in (inter-token gaps mostly repeat one of a few
     /// micro-batches' periods, or drift into a neighbour).
     recent: [i32; 2],
-    /// The bucket last found for values in each span of [`HINT_SPAN`] nanoseconds, by a hash of
-    /// the span (direct-mapped; entry `(span + 1, bucket)`, 0 when empty): the many instances and
-    /// micro-batches feeding one sketch each repeat their own few gaps, which the two recent
-    /// buckets cannot all hold.
+    /// The bucket last found for values in each span of 2^[`HINT_SPAN_SHIFT`] nanoseconds, by a
+    /// hash of the span (direct-mapped; entry `(tag, bucket)`, the tag the span's number + 1, 0
+    /// when empty): the many instances and micro-batches feeding one sketch each repeat their own
+    /// few gaps, which the two recent buckets cannot all hold.
     hints: Vec<(u64, i32)>,
 }
 
-/// Values in one span of this many nanoseconds share a hint entry.
+/// Values in one span of 2^this many nanoseconds share a hint entry.
 const HINT_SPAN_SHIFT: u32 = 12;
 /// Hint entries (a power of two).
 const HINTS: usize = 1024;
@@ -86,10 +86,10 @@ impl QuantileSketch {
             let i = k.wrapping_sub(s.offset);
             matches!(s.bounds.get(i as usize), Some(&(lo, hi)) if i >= 0 && lo <= ns && ns <= hi && hi > 0)
         };
-        let span = (ns >> HINT_SPAN_SHIFT) + 1;
-        let slot = (span.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - HINTS.trailing_zeros())) as usize;
-        if let Some(&(tag, k)) = self.hints.get(slot) {
-            if tag == span && holds(self, k) {
+        let tag = (ns >> HINT_SPAN_SHIFT) + 1;
+        let slot = (tag.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - HINTS.trailing_zeros())) as usize;
+        if let Some(&(held, k)) = self.hints.get(slot) {
+            if held == tag && holds(self, k) {
                 return k;
             }
         }
@@ -97,7 +97,7 @@ impl QuantileSketch {
         if self.hints.is_empty() {
             self.hints.resize(HINTS, (0, 0));
         }
-        self.hints[slot] = (span, k);
+        self.hints[slot] = (tag, k);
         k
     }
 
@@ -151,7 +151,7 @@ impl QuantileSketch {
             if self.bucket(mid) >= k { lo = mid } else { below = mid }
         }
         // Largest value whose bucket is k: in [ns, above), above's bucket > k.
-        let mut above = ns.saturating_mul(2).max(ns + 1);
+        let mut above = ns.saturating_mul(2).max(ns.saturating_add(1));
         while above < u64::MAX && self.bucket(above) <= k {
             above = above.saturating_mul(2);
         }

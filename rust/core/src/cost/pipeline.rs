@@ -121,7 +121,8 @@ impl CostModel {
             None => self.for_each_op_with(shape, verify, |c| sums.add(&c, gpu_fixed)),
         }
         let StageSums { first, last, layered, total, cb } = sums;
-        // x / pp; for a power of two, x * (1 / pp): the same exact quotient, without a division's latency.
+        // x / pp; for a power of two, x * (1 / pp): the same quotient, with the division off the
+        // chain of dependent operations (1 / pp does not wait for the sums).
         let per_stage = |x: f64| if pp.is_power_of_two() { x * (1.0 / pp as f64) } else { x / pp as f64 };
         let mut seconds: StageSeconds = smallvec::smallvec![per_stage(layered); pp];
         seconds[0] += first;

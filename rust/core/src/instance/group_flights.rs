@@ -15,29 +15,30 @@ use super::{BatchTimes, Instance};
 
 /// What forming the next batch gave ([`Instance::start_group_flight`]).
 #[derive(Debug, Clone, Copy)]
-pub enum FlightStart {
+pub(crate) enum FlightStart {
     /// No batch may form now (stage 1 busy, or `pp` batches in flight).
     Blocked,
     /// A group's pass was formed and sent into the pipeline.
     Group(BatchTimes),
-    /// The scheduler formed an ordinary batch (its admissions) and sent it into the pipeline.
+    /// The scheduler formed an ordinary batch (its admissions) and sent it into the pipeline (not
+    /// met while nothing waits, as the loop runs; handled all the same).
     Ordinary(BatchTimes),
     /// No closed-form pass formed: `start_batch` forms the batch (forming the pass again gives
-    /// the same answer, and the groups are settled).
+    /// the same answer, see `form_group_batch`, and the groups are settled).
     General,
 }
 
 impl Instance {
     /// Whether the instance is pipelined and every batch in flight is a group's pass, with no
     /// request waiting: its own events are then group passes until one of them says otherwise.
-    pub fn group_flights_only(&self) -> bool {
+    pub(crate) fn group_flights_only(&self) -> bool {
         let Some(p) = self.pipeline.as_ref() else { return false };
         self.queues.waiting.is_empty() && !self.groups_declined() && self.groups_apply() && p.in_flight.iter().all(|f| f.group.is_some() && f.batch.items.is_empty())
     }
 
     /// Applies the oldest batch in flight, a group's pass, done at `now` (`finish_batch` on a
     /// group's pass).
-    pub fn finish_group_flight(&mut self, now: Nanos, reqs: &mut [Request], on_token: &mut impl FnMut(Nanos, Nanos, u64)) {
+    pub(crate) fn finish_group_flight(&mut self, now: Nanos, reqs: &mut [Request], on_token: &mut impl FnMut(Nanos, Nanos, u64)) {
         debug_assert!(self.spec.is_none() && !self.stretch.forming(), "a group's pass is all its batch holds");
         let p = self.pipeline.as_mut().expect("pipelined");
         let done = p.in_flight.pop_front().expect("a batch is in flight");
@@ -49,7 +50,7 @@ impl Instance {
     /// Forms the next batch at `now` as `start_batch` does when it is a group's pass (or the
     /// scheduler's admissions), and sends it into the pipeline; [`FlightStart::General`] when
     /// `start_batch` must form it.
-    pub fn start_group_flight(&mut self, now: Nanos, reqs: &mut [Request]) -> Result<FlightStart> {
+    pub(crate) fn start_group_flight(&mut self, now: Nanos, reqs: &mut [Request]) -> Result<FlightStart> {
         if self.pipeline.as_ref().is_none_or(|p| p.blocked()) {
             return Ok(FlightStart::Blocked);
         }

@@ -3,9 +3,9 @@
 //! Layout: `setup` builds an instance from one [`InstanceSetup`]; `iteration` forms, times and
 //! applies its iterations; `decode_stretch` runs decodes in closed form; `pipeline` keeps several
 //! batches in flight through asynchronous pipeline stages, whose micro-batches `pipeline_groups`
-//! decodes in closed form (`group_flights`: what the run's loop of back-to-back group passes asks); `speculative` its speculative decoding; `stats` counts them (and the
-//! energy). This file holds the instance's queues and what a router and the disaggregation code
-//! ask of it.
+//! decodes in closed form (`group_flights`: what the run's loop of back-to-back group passes
+//! asks); `speculative` its speculative decoding; `stats` counts them (and the energy). This file
+//! holds the instance's queues and what a router and the disaggregation code ask of it.
 
 mod decode_stretch;
 mod group_flights;
@@ -20,7 +20,7 @@ mod stats;
 mod tests;
 
 pub use crate::sim::Role;
-pub use group_flights::FlightStart;
+pub(crate) use group_flights::FlightStart;
 pub use iteration::IterationStart;
 pub use pipeline::{pipeline_mode, BatchTimes, FlowShop, PipelineMode};
 pub use setup::{kv_watermark, ExpertSetup, InstanceSetup, KV_WATERMARK_FRACTION, MAX_ITERATION_SECONDS};
@@ -222,7 +222,8 @@ impl Instance {
         if let Some(reason) = self.scheduler.reject_reason(req) {
             return Some(reason);
         }
-        let need = self.kv.blocks_for(self.scheduler.kv_need_tokens(req)) as u64 + self.kv.watermark() as u64;
+        let watermark = if self.scheduler.watermark_when_alone() { self.kv.watermark() as u64 } else { 0 };
+        let need = self.kv.blocks_for(self.scheduler.kv_need_tokens(req)) as u64 + watermark;
         if need > self.kv.total() as u64 {
             return Some(format!("needs {need} KV blocks, the instance has {}", self.kv.total()));
         }

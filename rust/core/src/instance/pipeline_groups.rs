@@ -153,7 +153,10 @@ impl Instance {
     /// Forms the next batch from the one ready group, if the closed form applies (see the module
     /// documentation): Some(Some(group)) for its decode pass, Some(None) for a prefill batch of
     /// the scheduler's admissions (the group waits), None when the scheduler must form the batch
-    /// (the caller settles the groups first; nothing was changed that it would not redo alike).
+    /// (the caller settles the groups first). What a None leaves changed, a second call meets and
+    /// answers None again: calendar entries taken for a pass whose crossings do not fit (the same
+    /// crossings fail again; settling drops the calendar), or two groups folded into one (its tail
+    /// declines at once); the back-to-back loop (`group_flights.rs`) relies on it.
     pub(super) fn form_group_batch(&mut self, now: Nanos, reqs: &mut [Request]) -> Option<Option<usize>> {
         if !self.groups_apply() {
             return None;

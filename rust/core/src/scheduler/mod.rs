@@ -204,6 +204,14 @@ pub trait Scheduler: Send + Sync {
     /// Most sequences one iteration may hold.
     fn max_batch_seqs(&self) -> u32;
 
+    /// Whether a request admitted to an idle instance (nothing running) must still leave the
+    /// admission watermark free: vLLM v0's block manager keeps it always, vLLM v1 only while a
+    /// request is running. A request that cannot fit the cache alone (with the watermark, if so)
+    /// is rejected.
+    fn watermark_when_alone(&self) -> bool {
+        true
+    }
+
     /// KV tokens the scheduler will hold for `req` at most (what must fit the cache for it to run).
     fn kv_need_tokens(&self, req: &Request) -> u64 {
         req.peak_kv_tokens()

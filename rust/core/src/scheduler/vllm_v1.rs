@@ -13,7 +13,9 @@
 //!    limit and the budget allow; each takes `min(pending tokens, budget left, chunk cap)` tokens
 //!    (after its cached prefix) and the first whose KV does not fit ends admission. As vLLM 0.32
 //!    does by default (`scheduler_reserve_full_isl`), a request is admitted only if the blocks for its
-//!    whole prompt are free, though only its first chunk's are allocated.
+//!    whole prompt are free, though only its first chunk's are allocated. The admission watermark
+//!    (1% of the blocks) is kept free only while a request is running, as vLLM v1's scheduler asks
+//!    `allocate_slots` to keep it: an idle engine admits a request that needs every free block.
 //! 3. With prefix caching, the whole prefix entries a scheduled prompt chunk computes are cached at
 //!    once (vLLM's `allocate_slots` caches full blocks as it allocates them): the running chunks'
 //!    after the running pass (those of requests it preempted are never computed), each admission's
@@ -236,7 +238,9 @@ impl VllmV1Scheduler {
                 let n = r.pending_tokens().min(budget).min(cap);
                 let need = kv.growth(r, r.computed as u64 + n as u64);
                 let check = if self.reserve_full_prompt { kv.growth(r, r.known_tokens() as u64) } else { need };
-                if !kv.can_admit(check) {
+                // The watermark applies while a request is running (vLLM's `has_scheduled_reqs =
+                // bool(self.running)`, admissions included).
+                if !(if q.running.is_empty() { kv.can_grow(check) } else { kv.can_admit(check) }) {
                     kv.abandon(r);
                     break;
                 }
@@ -293,6 +297,10 @@ impl Scheduler for VllmV1Scheduler {
 
     fn reject_reason(&self, _req: &Request) -> Option<String> {
         None
+    }
+
+    fn watermark_when_alone(&self) -> bool {
+        false
     }
 
     fn max_batch_tokens(&self) -> u32 {

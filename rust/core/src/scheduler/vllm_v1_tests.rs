@@ -193,3 +193,28 @@ fn an_idle_instance_whose_plan_admits_nothing_is_a_stall() {
     let e = s.take_error().expect("a stall").to_string();
     assert!(e.contains("stalled") && e.contains("request 0") && e.contains("vllm-v1"), "{e}");
 }
+
+#[test]
+fn the_watermark_is_kept_only_while_a_request_runs() {
+    // 10 blocks of 16, a watermark of 2. Alone, a 160-token prompt may take all 10 blocks (vLLM
+    // v1 applies the watermark only while something runs); behind a running request, a prompt
+    // must leave the watermark free.
+    let (mut reqs, mut q) = setup(&[160], 2);
+    let mut kv = BlockManager::new(10, 16, 2);
+    let mut b = Batch::default();
+    fcfs(8, 512, None).schedule(&mut q, &mut reqs, &mut kv, &mut b);
+    assert_eq!(tokens(&b), vec![(0, 160)]);
+    assert_eq!(kv.used(), 10);
+
+    // Request 0 (16 tokens, one block) runs; request 1 needs 7 blocks of the 9 free: 7 + 2 fit, 8 + 2
+    // would not.
+    for (prompt, admitted) in [(112, true), (128, false)] {
+        let (mut reqs, mut q) = setup(&[16, prompt], 4);
+        let mut kv = BlockManager::new(10, 16, 2);
+        let mut s = fcfs(8, 512, None);
+        let mut b = Batch::default();
+        s.schedule(&mut q, &mut reqs, &mut kv, &mut b);
+        assert_eq!(tokens(&b)[0], (0, 16), "prompt {prompt}");
+        assert_eq!(tokens(&b).len() == 2, admitted, "prompt {prompt}: {:?}", tokens(&b));
+    }
+}

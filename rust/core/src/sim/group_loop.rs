@@ -12,9 +12,11 @@
 //!
 //! It stops before the next arrival (the run-ahead horizon), after `budget` events, or when the
 //! next batch is not a group's pass; then it hands the events back to the instance's queue,
-//! exactly as the handlers would have left them, and the rest of that event (forming the batch)
-//! goes through `begin_batch`. Measured on the Vidur benchmark's workload: a few percent faster
-//! than the handlers (`benchmarks/results/perf/group-loop-pass.md`).
+//! exactly as the handlers would have left them: the rest of that event (forming the batch) goes
+//! through `begin_batch`, or an ordinary batch the scheduler formed is scheduled as `begin_batch`
+//! schedules one. On the Vidur benchmark's workload it runs 54% of the core's instructions and
+//! saves a few percent of them; the time it saves is within the measuring host's noise
+//! (`benchmarks/results/perf/group-loop-pass.md`).
 
 use crate::error::Result;
 use crate::instance::FlightStart;
