@@ -24,13 +24,10 @@ pub struct QuantileSketch {
     /// value, so any value within falls there, and the logarithm is taken only on a bucket's
     /// first value.
     bounds: Vec<(u64, u64)>,
-    /// The two buckets values last fell in (inter-token gaps mostly repeat one of a few
-    /// micro-batches' periods, or drift into a neighbour).
-    recent: [i32; 2],
     /// The bucket last found for values in each span of 2^[`HINT_SPAN_SHIFT`] nanoseconds, by a
     /// hash of the span (direct-mapped; entry `(tag, bucket)`, the tag the span's number + 1, 0
     /// when empty): the many instances and micro-batches feeding one sketch each repeat their own
-    /// few gaps, which the two recent buckets cannot all hold.
+    /// few gaps, which one remembered bucket could not hold for them all.
     hints: Vec<(u64, i32)>,
 }
 
@@ -48,7 +45,7 @@ impl QuantileSketch {
     /// A sketch with relative accuracy `alpha` (0.005 = 0.5%).
     pub fn new(alpha: f64) -> Self {
         let gamma = (1.0 + alpha) / (1.0 - alpha);
-        QuantileSketch { gamma_ln: gamma.ln(), offset: 0, counts: Vec::new(), zeros: 0, total: 0, min_ns: u64::MAX, max_ns: 0, sum_ns: 0, bounds: Vec::new(), recent: [0; 2], hints: Vec::new() }
+        QuantileSketch { gamma_ln: gamma.ln(), offset: 0, counts: Vec::new(), zeros: 0, total: 0, min_ns: u64::MAX, max_ns: 0, sum_ns: 0, bounds: Vec::new(), hints: Vec::new() }
     }
 
     fn bucket(&self, ns: u64) -> i32 {
@@ -78,36 +75,14 @@ impl QuantileSketch {
         self.counts[(k - self.offset) as usize] += n;
     }
 
-    /// The bucket of `ns` (> 0), with room for it in `counts` and its bounds known: from the
-    /// recent buckets' or their neighbours' exact bounds when `ns` lies within, else from the
-    /// logarithm.
+    /// The bucket of `ns` (> 0), with room for it in `counts` and its bounds known: from its
+    /// span's hint when `ns` lies within that bucket's exact bounds, else from the logarithm.
     fn find_bucket(&mut self, ns: u64) -> i32 {
-        let holds = |s: &Self, k: i32| -> bool {
-            let i = k.wrapping_sub(s.offset);
-            matches!(s.bounds.get(i as usize), Some(&(lo, hi)) if i >= 0 && lo <= ns && ns <= hi && hi > 0)
-        };
         let tag = (ns >> HINT_SPAN_SHIFT) + 1;
         let slot = (tag.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - HINTS.trailing_zeros())) as usize;
         if let Some(&(held, k)) = self.hints.get(slot) {
-            if held == tag && holds(self, k) {
-                return k;
-            }
-        }
-        let k = self.find_bucket_slow(ns, holds);
-        if self.hints.is_empty() {
-            self.hints.resize(HINTS, (0, 0));
-        }
-        self.hints[slot] = (tag, k);
-        k
-    }
-
-    /// [`Self::find_bucket`] past its hint: the recent buckets and their neighbours, else the
-    /// logarithm.
-    fn find_bucket_slow(&mut self, ns: u64, holds: impl Fn(&Self, i32) -> bool) -> i32 {
-        let [a, b] = self.recent;
-        for k in [a, b, a + 1, a - 1] {
-            if holds(self, k) {
-                self.recent = if k == a { [a, b] } else { [k, a] };
+            let i = k.wrapping_sub(self.offset);
+            if held == tag && matches!(self.bounds.get(i as usize), Some(&(lo, hi)) if i >= 0 && lo <= ns && ns <= hi && hi > 0) {
                 return k;
             }
         }
@@ -117,7 +92,10 @@ impl QuantileSketch {
         if self.bounds[i].1 == 0 {
             self.bounds[i] = self.bucket_bounds(k, ns);
         }
-        self.recent = [k, a];
+        if self.hints.is_empty() {
+            self.hints.resize(HINTS, (0, 0));
+        }
+        self.hints[slot] = (tag, k);
         k
     }
 

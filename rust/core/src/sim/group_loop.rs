@@ -46,7 +46,8 @@ impl Cluster<'_> {
         let own = self.ahead.own[i].as_mut().expect("runs ahead");
         // Only stage-1-free and batch-done events, one done per pass in flight, at most one
         // stage-1-free (the newest pass's, scheduled just before its done).
-        let mut dones: Vec<(Nanos, u64)> = Vec::with_capacity(own.pending.len());
+        // (Inline: this runs at every event the instance runs ahead, so it allocates nothing.)
+        let mut dones: smallvec::SmallVec<[(Nanos, u64); 8]> = smallvec::SmallVec::new();
         let mut stage_free: Option<(Nanos, u64)> = None;
         for &(t, seq, e) in &own.pending {
             match e {
@@ -67,7 +68,7 @@ impl Cluster<'_> {
         let mut next_seq = own.next_seq;
         own.pending.clear();
         // The passes in flight's done times and scheduling order, oldest first.
-        let mut done_at: Vec<(Nanos, u64)> = dones;
+        let mut done_at = dones;
         let mut ran = 0;
         let stop = loop {
             let first_done = done_at.first().copied();
