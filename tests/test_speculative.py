@@ -124,8 +124,10 @@ def test_the_scenario_resolves_the_draft_model_for_the_core():
     ({**DRAFT, "acceptance_rate": [0.9, 0.8]}, "speculative", "needs num_speculative_tokens = 4 rates, got 2"),
     ({**DRAFT, "acceptance_rate": [0.9, 0.8, -0.1, 0.5]}, "speculative", "acceptance_rate[2] must be a probability"),
     ({"method": "draft", "num_speculative_tokens": 2, "acceptance_rate": 0.5}, "speculative", "method draft needs draft_model"),
-    ({"method": "eagle", "draft_model": "llama-3-8b", "num_speculative_tokens": 2, "acceptance_rate": 0.5}, "speculative", "draft_model applies to method draft only"),
-    ({**DRAFT, "method": "medusa"}, "speculative.method", "'draft', 'eagle' or 'mtp'"),
+    ({"method": "eagle", "draft_model": "llama-3-8b", "num_speculative_tokens": 2, "acceptance_rate": 0.5}, "speculative", "draft_model applies to methods draft and eagle3 only"),
+    ({"method": "mtp", "draft_vocab_size": 32000, "num_speculative_tokens": 2, "acceptance_rate": 0.5}, "speculative", "draft_vocab_size applies to method eagle3 only"),
+    ({"method": "eagle3", "draft_vocab_size": 0, "num_speculative_tokens": 2, "acceptance_rate": 0.5}, "speculative.draft_vocab_size", "greater than or equal to 1"),
+    ({**DRAFT, "method": "medusa"}, "speculative.method", "'draft', 'eagle', 'eagle3' or 'mtp'"),
 ])
 def test_bad_settings_name_the_file_and_field(write_yaml, speculative, field, says):
     path = write_yaml(_scenario(speculative))
@@ -360,3 +362,47 @@ def test_per_position_rates_divide_by_all_drafts_as_vllm():
     assert proposed[0] > proposed[-1]  # fewer drafts reach the last position
     assert s["per_position_acceptance_rate"] == [a / s["num_drafts"] for a in accepted]
     assert s["per_position_acceptance_rate"][-1] < 1.0 == s["per_position_acceptance_rate"][0]
+
+
+EAGLE3 = {"method": "eagle3", "num_speculative_tokens": 3, "acceptance_rate": [0.8, 0.6, 0.45]}
+
+
+def _eagle3_head_config(hidden: int = 8192) -> dict:
+    """A published-style EAGLE-3 head for Llama-3-70B (LlamaForCausalLMEagle3: one Llama layer,
+    a 32,000-token draft vocabulary)."""
+    return {"architectures": ["LlamaForCausalLMEagle3"], "model_type": "llama", "hidden_size": hidden, "num_attention_heads": 64,
+            "num_key_value_heads": 8, "intermediate_size": 28672, "num_hidden_layers": 1, "vocab_size": 128256,
+            "draft_vocab_size": 32000, "max_position_embeddings": 8192, "torch_dtype": "bfloat16", "tie_word_embeddings": False}
+
+
+def test_an_eagle3_head_drafts_cheaper_than_an_eagle_head_at_the_same_acceptance():
+    # Llama-3-70B, TP4, one request: EAGLE-3's own 32k-row LM head is a quarter of the 128k one
+    # EAGLE shares with the model, which dominates a one-layer draft step at batch 1.
+    eagle = {**EAGLE3, "method": "eagle"}
+    e1, e3, plain = _tpot(eagle, 1), _tpot(EAGLE3, 1), _tpot(None, 1)
+    assert e3 < e1 < plain
+    est = lambda spec: json.loads(run_cli("estimate", "--model", "llama-3-70b", "--gpu", "h100-sxm", "--tp", "4", "--decode-batch", "1",
+                                          "--context", "1024", "--speculative", spec, "--json").stdout)["speculative"]
+    p1, p3 = est("method=eagle,num_speculative_tokens=3,acceptance_rate=0.8"), est("method=eagle3,num_speculative_tokens=3,acceptance_rate=0.8")
+    assert p3["proposer_seconds"] < 0.75 * p1["proposer_seconds"] and p3["verify_seconds"] == p1["verify_seconds"]
+    inst = fleetwise.simulate(_scenario(EAGLE3)).instances
+    assert inst["kv_bytes_per_token"][0] == 81920 + 1024, "one more layer's KV"
+
+
+def test_an_eagle3_head_from_its_config_json_is_the_default_head_of_its_shape(tmp_path, write_yaml):
+    (tmp_path / "head.json").write_text(json.dumps(_eagle3_head_config()))
+    sc = _scenario({**EAGLE3, "draft_model": "my-head"}, requests=4)
+    sc["models"] = {"my-head": {"hf_config": str(tmp_path / "head.json")}}
+    given, default = fleetwise.simulate(sc), fleetwise.simulate(_scenario(EAGLE3, requests=4))
+    assert given.summary["tpot_s"]["mean"] == default.summary["tpot_s"]["mean"]
+    assert given.instances["kv_bytes"][0] == default.instances["kv_bytes"][0]
+    # A smaller draft vocabulary is cheaper still; a head of another width is refused with exit 2.
+    sc["cluster"]["pools"][0]["speculative"]["draft_vocab_size"] = 8000
+    assert fleetwise.simulate(sc).summary["tpot_s"]["mean"] < given.summary["tpot_s"]["mean"]
+    (tmp_path / "wide.json").write_text(json.dumps(_eagle3_head_config(hidden=4096)))
+    sc["models"] = {"my-head": {"hf_config": str(tmp_path / "wide.json")}}
+    r = run_cli("run", str(write_yaml(sc)))
+    assert r.returncode == 2 and "cluster.pools.0.speculative.draft_model: my-head's hidden size (4096) differs from llama-3-70b's (8192)" in r.stderr
+    big = _scenario({**EAGLE3, "draft_vocab_size": 200000})
+    with pytest.raises(ConfigError, match=r"cluster\.pools\.0\.speculative\.draft_vocab_size: 200000 exceeds llama-3-70b's vocabulary"):
+        fleetwise.simulate(big)

@@ -29,6 +29,7 @@ MAX_CONFIG_BYTES = 1 << 20
 
 _BY_ARCHITECTURE = {
     "LlamaForCausalLM": "llama",
+    "LlamaForCausalLMEagle3": "llama",
     "MistralForCausalLM": "mistral",
     "MixtralForCausalLM": "mixtral",
     "Qwen2ForCausalLM": "qwen2",
@@ -340,7 +341,8 @@ def hf_model_fields(path: str, base_dir: str | Path | None = None, dtype_given: 
         "hf_id": name if isinstance(name, str) else "",
         "hf_config": str(p),
         **out,
-        "vocab_size": cfg.whole("vocab_size"),
+        # An EAGLE-3 head's config gives its own LM head's rows as draft_vocab_size.
+        "vocab_size": cfg.whole("draft_vocab_size", "vocab_size"),
         "max_position_embeddings": _context(cfg),
         "tie_word_embeddings": cfg.flag("tie_word_embeddings", kind in _TIED_BY_DEFAULT),
     }

@@ -21,21 +21,27 @@ class SpeculativeConfig(StrictModel):
 
     ``method: draft`` runs a smaller ``draft_model`` (catalogue or the scenario's ``models``; it
     must share the target's tokenizer) on the same GPUs; ``eagle`` and ``mtp`` run a head of one
-    target-shaped decoder layer and the target's LM head per draft step. ``acceptance_rate`` is
+    target-shaped decoder layer and the target's LM head per draft step; ``eagle3`` an EAGLE-3
+    head: one dense decoder layer with its own LM head of ``draft_vocab_size`` rows (32,000), or
+    the head ``draft_model`` names (its checkpoint's ``config.json`` through ``hf_config``).
+    ``acceptance_rate`` is
     the probability that a draft token is accepted given every earlier one was: one number for
     every position, or a list of k (vLLM reports it per position).
     """
 
-    method: Literal["draft", "eagle", "mtp"]
-    """Proposer: a draft model, an EAGLE head, or the model's multi-token-prediction layers."""
+    method: Literal["draft", "eagle", "eagle3", "mtp"]
+    """Proposer: a draft model, an EAGLE or EAGLE-3 head, or the model's multi-token-prediction layers."""
     draft_model: str | None = Field(default=None, min_length=1)
-    """The draft model (method ``draft`` only)."""
+    """The draft model (method ``draft``), or the EAGLE-3 head's own shape (``eagle3``, optional)."""
     num_speculative_tokens: int = Field(ge=1, le=MAX_SPECULATIVE_TOKENS)
     """Draft tokens proposed per step, k (1 to 16)."""
     acceptance_rate: float | list[float]
     """Acceptance probability of each draft position given the earlier ones were accepted, in
     [0, 1]: one number, or a list of ``num_speculative_tokens`` numbers. vLLM's logged per-position
     rates p_i are unconditional: give a_1 = p_1, a_i = p_i / p_(i-1) (docs/speculative-decoding.md)."""
+    draft_vocab_size: int | None = Field(default=None, ge=1)
+    """Rows of an EAGLE-3 head's own LM head (method ``eagle3`` only): 32,000 unless given, or the
+    ``draft_model`` head's vocabulary."""
 
     @model_validator(mode="after")
     def _consistent(self) -> SpeculativeConfig:
@@ -50,14 +56,17 @@ class SpeculativeConfig(StrictModel):
             raise ValueError(f"acceptance_rate: a per-position list needs num_speculative_tokens = {self.num_speculative_tokens} rates, got {len(rates)}")
         if self.method == "draft" and self.draft_model is None:
             raise ValueError("method draft needs draft_model (a catalogue model sharing the target's tokenizer, e.g. llama-3-8b for llama-3-70b)")
-        if self.method != "draft" and self.draft_model is not None:
-            raise ValueError(f"draft_model applies to method draft only; {self.method} heads are layers of the target's shape")
+        if self.method in ("eagle", "mtp") and self.draft_model is not None:
+            raise ValueError(f"draft_model applies to methods draft and eagle3 only; {self.method} heads are layers of the target's shape")
+        if self.method != "eagle3" and self.draft_vocab_size is not None:
+            raise ValueError(f"draft_vocab_size applies to method eagle3 only (an EAGLE-3 head's own LM head), not {self.method}")
         return self
 
     @property
     def proposer(self) -> str:
-        """The proposer as a scenario names it: ``draft llama-3-8b``, ``eagle`` or ``mtp``."""
-        return self.method if self.draft_model is None else f"{self.method} {self.draft_model}"
+        """The proposer as a scenario names it: ``draft llama-3-8b``, ``eagle``, ``eagle3 my-head`` or ``mtp``."""
+        name = self.method if self.draft_model is None else f"{self.method} {self.draft_model}"
+        return name if self.draft_vocab_size is None else f"{name} (draft vocabulary {self.draft_vocab_size})"
 
     def rates(self) -> list[float]:
         """The acceptance rate of each of the k positions."""
@@ -92,7 +101,7 @@ def parse_speculative(text: str, where: str = "--speculative") -> dict:
         key, sep, value = item.partition("=")
         key, value = key.strip(), value.strip()
         if not sep or not key or not value:
-            raise ConfigError(f"{where}: expected KEY=VALUE items separated by commas (keys: method, draft_model, num_speculative_tokens, acceptance_rate), got {item!r}")
+            raise ConfigError(f"{where}: expected KEY=VALUE items separated by commas (keys: method, draft_model, num_speculative_tokens, acceptance_rate, draft_vocab_size), got {item!r}")
         if key in out:
             raise ConfigError(f"{where}: {key} given twice")
         if key == "acceptance_rate" and "/" in value:
@@ -106,13 +115,25 @@ def resolve_speculative(spec: SpeculativeConfig, path: str, target, target_name:
     """The core JSON of pool ``path``'s ``speculative``: the draft model looked up (errors name
     ``{path}.draft_model``), checked against the target's tokenizer, and a warning when the draft
     holds at least as many weights as the target (``weight_bytes(model, name)``), which makes
-    speculation slower than plain decoding."""
+    speculation slower than plain decoding; an EAGLE-3 head's model checked against the target's
+    hidden size and vocabulary."""
     from fleetwise.catalog import lookup
     from fleetwise.errors import ConfigError
 
+    if spec.method == "eagle3" and spec.draft_vocab_size is not None and spec.draft_vocab_size > target.vocab_size:
+        raise ConfigError(f"{path}.draft_vocab_size: {spec.draft_vocab_size} exceeds {target_name}'s vocabulary ({target.vocab_size} tokens): the draft vocabulary is a part of the target's")
     if spec.draft_model is None:
         return spec.core_json(None)
     draft = lookup("model", spec.draft_model, user_models, f"{path}.draft_model")
+    if spec.method == "eagle3":
+        if draft.hidden_size != target.hidden_size:
+            raise ConfigError(f"{path}.draft_model: {spec.draft_model}'s hidden size ({draft.hidden_size}) differs from {target_name}'s ({target.hidden_size}): "
+                              "an EAGLE-3 head reads the target's hidden states")
+        vocab = spec.draft_vocab_size or draft.vocab_size
+        if vocab > target.vocab_size:
+            field = "draft_vocab_size" if spec.draft_vocab_size else "draft_model"
+            raise ConfigError(f"{path}.{field}: the head's vocabulary ({vocab} tokens) exceeds {target_name}'s ({target.vocab_size}): the draft vocabulary is a part of the target's")
+        return spec.core_json(draft.core_json(spec.draft_model))
     if draft.vocab_size != target.vocab_size:
         raise ConfigError(f"{path}.draft_model: {spec.draft_model}'s vocabulary ({draft.vocab_size} tokens) differs from {target_name}'s ({target.vocab_size}): "
                           "a draft model must share the target's tokenizer")

@@ -1,8 +1,9 @@
 //! Speculative decoding's cost: the proposer's k sequential steps and the target's verify pass.
 //!
-//! A speculating sequence, each step: the proposer (a small draft model, or an EAGLE / MTP head:
-//! one decoder layer of the target's shape plus the shared LM head) runs k sequential decode
-//! steps over the speculating sequences, then the target verifies k + 1 tokens per sequence in
+//! A speculating sequence, each step: the proposer (a small draft model; an EAGLE / MTP head:
+//! one decoder layer of the target's shape plus the shared LM head; or an EAGLE-3 head: one dense
+//! decoder layer with its own, smaller LM head) runs k sequential decode steps over the
+//! speculating sequences, then the target verifies k + 1 tokens per sequence in
 //! one pass, priced like a prefill chunk of k + 1 tokens attending its cached context (the
 //! target's weights are read once for the whole batch, its FLOPs grow k + 1 times). At batch 1
 //! the verify pass costs about what one decode costs (weight-bandwidth bound) and emits several
@@ -25,6 +26,9 @@ pub enum SpecMethod {
     Draft,
     /// An EAGLE head: one decoder layer over the target's hidden states, the target's LM head.
     Eagle,
+    /// An EAGLE-3 head: one dense decoder layer over the target's fused hidden states (three of
+    /// its layers'), its own LM head over a smaller draft vocabulary.
+    Eagle3,
     /// Multi-token prediction layers shipped with the model (DeepSeek-V3, Qwen3-Next, MiMo).
     Mtp,
 }
@@ -35,6 +39,7 @@ impl SpecMethod {
         match self {
             SpecMethod::Draft => "draft",
             SpecMethod::Eagle => "eagle",
+            SpecMethod::Eagle3 => "eagle3",
             SpecMethod::Mtp => "mtp",
         }
     }
@@ -56,14 +61,23 @@ pub enum AcceptanceRate {
 pub struct SpeculativeConfig {
     /// Proposer kind.
     pub method: SpecMethod,
-    /// The draft model (method `draft` only).
+    /// The draft model (method `draft`), or the EAGLE-3 head's own shape (method `eagle3`,
+    /// optional: its checkpoint's layers and draft vocabulary).
     #[serde(default)]
     pub draft_model: Option<ModelSpec>,
     /// Draft tokens proposed per step, k.
     pub num_speculative_tokens: u32,
     /// Acceptance probability of each draft position given the earlier ones were accepted.
     pub acceptance_rate: AcceptanceRate,
+    /// The rows of an EAGLE-3 head's own LM head (method `eagle3` only): its draft vocabulary,
+    /// [`EAGLE3_DRAFT_VOCAB`] unless given (or the head model's vocabulary, when one is given).
+    #[serde(default)]
+    pub draft_vocab_size: Option<u32>,
 }
+
+/// The draft vocabulary of published EAGLE-3 heads (`draft_vocab_size` in their config.json: the
+/// heads trained for Llama 3.1, Qwen3, DeepSeek-V3, Kimi-K2 and gpt-oss keep 32,000 tokens).
+pub const EAGLE3_DRAFT_VOCAB: u32 = 32_000;
 
 impl SpeculativeConfig {
     /// The acceptance rate of each of the k positions; fails (naming the field) on k out of
@@ -84,9 +98,16 @@ impl SpeculativeConfig {
         if let Some((i, a)) = rates.iter().enumerate().find(|(_, a)| !(0.0..=1.0).contains(*a)) {
             return Err(Error::config(format!("speculative.acceptance_rate.{i}"), format!("must be a probability in [0, 1], got {a:?}")));
         }
+        match self.draft_vocab_size {
+            Some(_) if self.method != SpecMethod::Eagle3 => {
+                return Err(Error::config("speculative.draft_vocab_size", format!("applies to method eagle3 only (an EAGLE-3 head's own LM head), not {}", self.method.name())));
+            }
+            Some(0) => return Err(Error::config("speculative.draft_vocab_size", "must be at least 1")),
+            _ => {}
+        }
         match (self.method, &self.draft_model) {
             (SpecMethod::Draft, None) => Err(Error::config("speculative.draft_model", "method draft needs a draft model")),
-            (SpecMethod::Eagle | SpecMethod::Mtp, Some(_)) => Err(Error::config("speculative.draft_model", "only method draft takes a draft model (eagle and mtp heads are layers of the target's shape)")),
+            (SpecMethod::Eagle | SpecMethod::Mtp, Some(_)) => Err(Error::config("speculative.draft_model", "only methods draft and eagle3 take a model (eagle and mtp heads are layers of the target's shape)")),
             _ => Ok(rates),
         }
     }
@@ -122,6 +143,13 @@ pub struct Speculator {
     /// The proposer's copies of its cost model's KV: the MTP modules (1 for an EAGLE head or a
     /// draft model, whose cost model holds all its layers).
     modules: u64,
+    /// The head's own 16-bit linear layers beside its cost model's operators, (inputs, outputs)
+    /// per token: run at every draft step (EAGLE's and MTP's 2h x h input projection, EAGLE-3's
+    /// second h of query/key/value inputs) ...
+    per_step: Vec<(f64, f64)>,
+    /// ... and once per proposal, before its first step (EAGLE-3's 3h x h fusion of the target's
+    /// hidden states).
+    per_proposal: Vec<(f64, f64)>,
     /// Weight bytes the proposer adds on each GPU.
     pub weight_bytes_per_gpu: u64,
     /// KV bytes per token the proposer adds on each GPU.
@@ -174,6 +202,8 @@ impl Speculator {
             SpecMethod::Mtp => target.mtp_layers as u64,
             _ => 1,
         };
+        let h = target.hidden_size as u64;
+        let (mut per_step, mut per_proposal) = (Vec::new(), Vec::new());
         let (proposer, weight, kv) = match (cfg.method, &cfg.draft_model) {
             (SpecMethod::Draft, Some(draft)) => {
                 if draft.vocab_size != target.vocab_size {
@@ -186,6 +216,30 @@ impl Speculator {
                 let (w, kv) = (cm.weight_bytes_per_gpu(), cm.kv_bytes_per_token_per_gpu());
                 (cm, w, kv)
             }
+            (SpecMethod::Eagle3, head) => {
+                let head = eagle3_head(target, head.as_ref(), cfg.draft_vocab_size)?;
+                // A 16-bit head (published EAGLE-3 heads are bf16 whatever the target's format),
+                // its KV in the pool's format.
+                let q = Quantization { kv_cache: spec.quantization.kv_cache, ..Quantization::default() };
+                let layers = |n: u32| ModelSpec { num_layers: n, ..head.clone() };
+                let in_head = |e| in_draft(&head.name, e);
+                let cm = CostModel::build(&on_gpus(head.clone(), q)).map_err(in_head)?;
+                let one = CostModel::build(&on_gpus(layers(1), q)).map_err(in_head)?;
+                let two = CostModel::build(&on_gpus(layers(2), q)).map_err(in_head)?;
+                let per_layer = two.weight_bytes_per_gpu().saturating_sub(one.weight_bytes_per_gpu());
+                // Its query/key/value projection reads [embedding; hidden state] (2h): beside the
+                // layer's h inputs, h more, sharded as the projection is.
+                let qkv_extra = h * qkv_width_per_gpu(&head, spec.tp);
+                per_step.push((h as f64, qkv_width_per_gpu(&head, spec.tp) as f64));
+                // The fusion of three target layers' hidden states (3h -> h), a plain linear
+                // layer whole on every GPU; its own LM head, sharded; the embedding is the target's.
+                per_proposal.push((3.0 * h as f64, h as f64));
+                let fc = 3 * h * h;
+                let lm_head = (head.vocab_size as u64).div_ceil(spec.tp as u64) * h;
+                let w = head.num_layers as u64 * per_layer + (qkv_extra * head.num_layers as u64 + fc + lm_head) * 2;
+                let kv = cm.kv_bytes_per_token_per_gpu();
+                (cm, w, kv)
+            }
             _ => {
                 // One layer of the target's shape (a MoE layer for a MoE target: MTP's), plus the
                 // target's embedding and LM head, which the head shares (not counted again).
@@ -193,15 +247,17 @@ impl Speculator {
                 let one = CostModel::build(&on_gpus(layers(1), spec.quantization))?;
                 let two = CostModel::build(&on_gpus(layers(2), spec.quantization))?;
                 // EAGLE's and MTP's input projection: [hidden; embedding] (2h) to h, a plain
-                // 16-bit linear layer in vLLM, whole on every GPU (neither sharded nor quantized).
-                let fc = 2 * (target.hidden_size as u64).pow(2) * target.dtype_bytes as u64;
+                // 16-bit linear layer in vLLM, whole on every GPU (neither sharded nor quantized),
+                // run at every draft step.
+                let fc = 2 * h * h * target.dtype_bytes as u64;
+                per_step.push((2.0 * h as f64, h as f64));
                 // Every module is held (each with its own KV); a draft step runs one of them.
                 let w = modules * (two.weight_bytes_per_gpu().saturating_sub(one.weight_bytes_per_gpu()) + fc);
                 let kv = modules * one.kv_bytes_per_token_per_gpu();
                 (one, w, kv)
             }
         };
-        Ok(Speculator { method: cfg.method, rates, proposer, modules, weight_bytes_per_gpu: weight, kv_bytes_per_token_per_gpu: kv })
+        Ok(Speculator { method: cfg.method, rates, proposer, modules, per_step, per_proposal, weight_bytes_per_gpu: weight, kv_bytes_per_token_per_gpu: kv })
     }
 
     /// The proposer's KV bytes of one token over all its layers and KV heads (what a speculating
@@ -273,9 +329,30 @@ impl Speculator {
     pub fn proposal_cost(&self, rest: &BatchShape, seqs: &[SpecSeq]) -> IterationCost {
         let mut c = IterationCost::default();
         for j in 1..=Self::proposal_steps(rest, seqs) {
-            let p = self.proposer.iteration(&self.proposal_shape(rest, seqs, j));
+            let p = self.draft_step(rest, seqs, j);
             c.seconds += p.seconds;
             c.compute_bound_seconds += p.compute_bound_seconds;
+        }
+        c
+    }
+
+    /// Draft step `j` (1-based): the proposer's iteration over [`Speculator::proposal_shape`]
+    /// and the head's own linear layers over its tokens (those of every step, and on the first
+    /// step those run once per proposal), at 16-bit roofline rates.
+    pub fn draft_step(&self, rest: &BatchShape, seqs: &[SpecSeq], j: u32) -> IterationCost {
+        let shape = self.proposal_shape(rest, seqs, j);
+        let mut c = self.proposer.iteration(&shape);
+        let once: &[(f64, f64)] = if j == 1 { &self.per_proposal } else { &[] };
+        let cm = &self.proposer;
+        let tokens = shape.tokens() as f64;
+        for &(k, n) in self.per_step.iter().chain(once) {
+            let (flops, bytes) = cm.gemm_16bit(tokens, k, n);
+            let (t, cb) = cm.gemm_roofline(flops, bytes, cm.flops_16bit, cm.bw);
+            let t = t * cm.eff.time_scale.unwrap_or(1.0);
+            c.seconds += t;
+            if cb {
+                c.compute_bound_seconds += t;
+            }
         }
         c
     }
@@ -296,13 +373,53 @@ impl Speculator {
         let mut proposer = 0.0;
         let idle_stages = (target.pp() - 1) as f64 / target.pp() as f64;
         for j in 1..=Self::proposal_steps(rest, seqs) {
-            let p = self.proposer.iteration(&self.proposal_shape(rest, seqs, j));
+            let p = self.draft_step(rest, seqs, j);
             c.seconds += p.seconds;
             c.compute_bound_seconds += p.compute_bound_seconds;
             c.bubble_seconds += p.seconds * idle_stages;
             proposer += p.seconds;
         }
         (c, proposer)
+    }
+}
+
+/// The EAGLE-3 head for `target`: `given` (its checkpoint's shape: the same hidden size as the
+/// target's) or, by default, one dense decoder layer of the target's attention and dense MLP
+/// width (`intermediate_size`, also for a MoE target: the published heads are dense), with a
+/// draft vocabulary of `draft_vocab` rows (default: the given head's, else [`EAGLE3_DRAFT_VOCAB`]).
+fn eagle3_head(target: &ModelSpec, given: Option<&ModelSpec>, draft_vocab: Option<u32>) -> Result<ModelSpec> {
+    let base = match given {
+        Some(head) if head.hidden_size != target.hidden_size => {
+            return Err(Error::config("speculative.draft_model", format!("{}'s hidden size ({}) differs from {}'s ({}): an EAGLE-3 head reads the target's hidden states", head.name, head.hidden_size, target.name, target.hidden_size)));
+        }
+        Some(head) => head.clone(),
+        None => ModelSpec {
+            num_layers: 1,
+            num_experts: 0,
+            experts_per_token: 0,
+            moe_intermediate_size: 0,
+            num_shared_experts: 0,
+            shared_expert_intermediate_size: 0,
+            first_dense_layers: 0,
+            moe_layer_interval: 0,
+            mtp_layers: 0,
+            name: format!("{} eagle3 head", target.name),
+            ..target.clone()
+        },
+    };
+    let vocab = draft_vocab.unwrap_or(if given.is_some() { base.vocab_size } else { EAGLE3_DRAFT_VOCAB.min(target.vocab_size) });
+    if vocab > target.vocab_size {
+        return Err(Error::config("speculative.draft_vocab_size", format!("{vocab} exceeds {}'s vocabulary ({} tokens): the draft vocabulary is a part of the target's", target.name, target.vocab_size)));
+    }
+    Ok(ModelSpec { vocab_size: vocab, tie_word_embeddings: false, ..base })
+}
+
+/// The outputs per token of `model`'s query/key/value projection on one GPU at tensor-parallel
+/// degree `tp` (MLA: the query latent, or the queries, and the replicated KV latent).
+fn qkv_width_per_gpu(model: &ModelSpec, tp: u32) -> u64 {
+    match &model.mla {
+        Some(m) => m.q_lora_rank.map_or((model.num_heads as u64).div_ceil(tp as u64) * m.qk_head_dim() as u64, |r| r as u64) + m.cache_width() as u64,
+        None => (model.num_heads as u64).div_ceil(tp as u64) * model.head_dim as u64 + model.kv_width_per_gpu(tp),
     }
 }
 

@@ -21,7 +21,7 @@ fn instance(k: u32, rates: Option<AcceptanceRate>, seed: u64) -> Instance {
     let memory = MemoryConfig::default();
     let sched = SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192, preemption_mode: Default::default(), swap_space_gb: 4.0 };
     let spec = InstanceSpec::new(llama3_8b(), gpu(), Efficiency::default(), 1);
-    let cfg = rates.map(|a| SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: k, acceptance_rate: a });
+    let cfg = rates.map(|a| SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: k, acceptance_rate: a, draft_vocab_size: None });
     Instance::new(InstanceSetup { pool: 0, spec: spec.clone(), memory: &memory, scheduler: &sched, experts: None }).unwrap().with_speculation(cfg.as_ref(), &spec, seed, "instance0.speculative").unwrap()
 }
 
@@ -117,7 +117,7 @@ fn a_proposer_that_does_not_fit_is_a_capacity_error_naming_it() {
     let spec = InstanceSpec::new(llama3_8b(), gpu(), Efficiency::default(), 1);
     // A 70B-shaped draft (Llama-2-70B's layers, Llama-3's vocabulary) on one 80 GB GPU.
     let big = crate::model::ModelSpec { vocab_size: 128256, ..crate::model::fixtures::llama2_70b() };
-    let cfg = SpeculativeConfig { method: SpecMethod::Draft, draft_model: Some(big), num_speculative_tokens: 2, acceptance_rate: AcceptanceRate::Constant(0.5) };
+    let cfg = SpeculativeConfig { method: SpecMethod::Draft, draft_model: Some(big), num_speculative_tokens: 2, acceptance_rate: AcceptanceRate::Constant(0.5), draft_vocab_size: None };
     let inst = Instance::new(InstanceSetup { pool: 0, spec: spec.clone(), memory: &memory, scheduler: &sched, experts: None }).unwrap();
     match inst.with_speculation(Some(&cfg), &spec, 1, "s") {
         Err(Error::Capacity { what, needed_bytes, available_bytes }) => {
@@ -138,7 +138,7 @@ fn moe_instance(rate: Option<f64>) -> Instance {
     let spec = InstanceSpec::new(model, gpu(), Efficiency::default(), 2);
     let experts = crate::moe::ExpertConfig::resident();
     let setup = crate::instance::ExpertSetup { config: &experts, trace: None, seed: 5, stream: "instance0.experts".into(), caches: None };
-    let cfg = rate.map(|a| SpeculativeConfig { method: SpecMethod::Mtp, draft_model: None, num_speculative_tokens: 3, acceptance_rate: AcceptanceRate::Constant(a) });
+    let cfg = rate.map(|a| SpeculativeConfig { method: SpecMethod::Mtp, draft_model: None, num_speculative_tokens: 3, acceptance_rate: AcceptanceRate::Constant(a), draft_vocab_size: None });
     Instance::new(InstanceSetup { pool: 0, spec: spec.clone(), memory: &memory, scheduler: &sched, experts: Some(setup) }).unwrap().with_speculation(cfg.as_ref(), &spec, 5, "instance0.speculative").unwrap()
 }
 
@@ -173,7 +173,7 @@ fn pipelined_instance(rate: f64, seed: u64) -> Instance {
     let memory = MemoryConfig::default();
     let sched = SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192, preemption_mode: Default::default(), swap_space_gb: 4.0 };
     let spec = InstanceSpec { pp: 2, ..InstanceSpec::new(llama3_8b(), gpu(), Efficiency::default(), 1) };
-    let cfg = SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: 3, acceptance_rate: AcceptanceRate::Constant(rate) };
+    let cfg = SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: 3, acceptance_rate: AcceptanceRate::Constant(rate), draft_vocab_size: None };
     Instance::new(InstanceSetup { pool: 0, spec: spec.clone(), memory: &memory, scheduler: &sched, experts: None })
         .unwrap()
         .with_speculation(Some(&cfg), &spec, seed, "instance0.speculative")
@@ -222,8 +222,9 @@ fn a_prompt_runs_through_the_proposer_even_when_no_decode_speculates() {
     let sp = inst.speculation().unwrap().speculator();
     let mut head = sp.proposer().empty_shape();
     head.add_prefill(1000, 0, true);
-    let proposer = sp.proposer().iteration(&head).seconds;
-    assert!(proposer > 0.0);
+    // The head's layer, embedding and LM head over the chunk, and its 2h x h input projection.
+    let proposer = sp.draft_step(&prompt, &[], 1).seconds;
+    assert!(proposer > sp.proposer().iteration(&head).seconds);
     assert_eq!(s.compute_ns, crate::time::secs_to_ns(target + proposer));
     // A plain pool charges the target's prefill alone.
     let mut plain = instance(3, None, 1);
@@ -239,7 +240,7 @@ fn on_a_synchronous_pipeline_the_other_stages_idle_while_the_proposer_runs() {
     let memory = MemoryConfig::default();
     let sched = SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192, preemption_mode: Default::default(), swap_space_gb: 4.0 };
     let spec = InstanceSpec { pp: 2, ..InstanceSpec::new(llama3_8b(), gpu(), Efficiency::default(), 1) };
-    let cfg = SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: 3, acceptance_rate: AcceptanceRate::Constant(0.8) };
+    let cfg = SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: 3, acceptance_rate: AcceptanceRate::Constant(0.8), draft_vocab_size: None };
     let mut inst = Instance::new(InstanceSetup { pool: 0, spec: spec.clone(), memory: &memory, scheduler: &sched, experts: None }).unwrap().with_speculation(Some(&cfg), &spec, 1, "instance0.speculative").unwrap();
     let mut reqs = vec![Request::new(0, 100, 5)];
     inst.enqueue(0, &mut reqs[0]);
@@ -250,7 +251,8 @@ fn on_a_synchronous_pipeline_the_other_stages_idle_while_the_proposer_runs() {
     let sp = inst.speculation().unwrap().speculator();
     let mut head = sp.proposer().empty_shape();
     head.add_prefill(100, 0, true);
-    let proposer = sp.proposer().iteration(&head);
+    let proposer = sp.draft_step(&prompt, &[], 1);
+    assert!(proposer.seconds > sp.proposer().iteration(&head).seconds, "with the input projection");
     let seconds = verify.seconds + proposer.seconds;
     assert_eq!(s.compute_ns, crate::time::secs_to_ns(seconds));
     let bubble = verify.bubble_seconds + 0.5 * proposer.seconds;
