@@ -127,7 +127,10 @@ def test_the_scenario_resolves_the_draft_model_for_the_core():
     ({"method": "eagle", "draft_model": "llama-3-8b", "num_speculative_tokens": 2, "acceptance_rate": 0.5}, "speculative", "draft_model applies to methods draft and eagle3 only"),
     ({"method": "mtp", "draft_vocab_size": 32000, "num_speculative_tokens": 2, "acceptance_rate": 0.5}, "speculative", "draft_vocab_size applies to method eagle3 only"),
     ({"method": "eagle3", "draft_vocab_size": 0, "num_speculative_tokens": 2, "acceptance_rate": 0.5}, "speculative.draft_vocab_size", "greater than or equal to 1"),
-    ({**DRAFT, "method": "medusa"}, "speculative.method", "'draft', 'eagle', 'eagle3' or 'mtp'"),
+    ({**DRAFT, "method": "medusa"}, "speculative.method", "'draft', 'eagle', 'eagle3', 'mtp' or 'ngram'"),
+    ({"method": "ngram", "draft_model": "llama-3-8b", "num_speculative_tokens": 2, "acceptance_rate": 0.5}, "speculative", "ngram runs no model"),
+    ({"method": "eagle", "proposal_rate": 0.5, "num_speculative_tokens": 2, "acceptance_rate": 0.5}, "speculative", "proposal_rate applies to method ngram only"),
+    ({"method": "ngram", "proposal_rate": 1.5, "num_speculative_tokens": 2, "acceptance_rate": 0.5}, "speculative.proposal_rate", "less than or equal to 1"),
 ])
 def test_bad_settings_name_the_file_and_field(write_yaml, speculative, field, says):
     path = write_yaml(_scenario(speculative))
@@ -406,3 +409,40 @@ def test_an_eagle3_head_from_its_config_json_is_the_default_head_of_its_shape(tm
     big = _scenario({**EAGLE3, "draft_vocab_size": 200000})
     with pytest.raises(ConfigError, match=r"cluster\.pools\.0\.speculative\.draft_vocab_size: 200000 exceeds llama-3-70b's vocabulary"):
         fleetwise.simulate(big)
+
+
+NGRAM = {"method": "ngram", "num_speculative_tokens": 3, "acceptance_rate": [0.8, 0.6, 0.45]}
+
+
+def test_an_ngram_lookup_drafts_as_often_as_it_matches_and_costs_no_gpu_time():
+    # Never matching: plain decoding, step for step (its lookahead slots aside).
+    never = fleetwise.simulate(_scenario({**NGRAM, "proposal_rate": 0.0}, requests=4))
+    assert never.summary["tpot_s"]["mean"] == fleetwise.simulate(_scenario(None, requests=4)).summary["tpot_s"]["mean"]
+    assert never.summary["speculative"]["num_drafts"] == 0
+    # Always matching at EAGLE's rates: the same verify passes without the head's steps, and no
+    # proposer memory.
+    always, eagle = fleetwise.simulate(_scenario(NGRAM)), fleetwise.simulate(_scenario({**NGRAM, "method": "eagle"}))
+    assert always.summary["tpot_s"]["mean"] < eagle.summary["tpot_s"]["mean"]
+    plain = fleetwise.simulate(_scenario(None)).instances
+    assert (always.instances["kv_bytes"][0], always.instances["kv_bytes_per_token"][0]) == (plain["kv_bytes"][0], plain["kv_bytes_per_token"][0])
+    # Half the steps match: half the decode steps draft (output 1500: ~1500 / 1.75 steps).
+    half = fleetwise.simulate(_scenario({**NGRAM, "proposal_rate": 0.5}, output=1500)).summary["speculative"]
+    steps = 1499 - half["num_accepted_tokens"]
+    assert half["num_drafts"] / steps == pytest.approx(0.5, abs=0.04)
+    assert half["mean_acceptance_length"] == pytest.approx(1 + 0.8 + 0.48 + 0.216, rel=0.05)
+
+
+def test_estimate_prices_an_ngram_lookup_by_its_proposal_rate():
+    def run(spec: str) -> dict:
+        r = run_cli("estimate", "--model", "llama-3-70b", "--gpu", "h100-sxm", "--tp", "4", "--decode-batch", "1", "--context", "1024", "--speculative", spec, "--json")
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)["speculative"]
+
+    full = run("method=ngram,num_speculative_tokens=3,acceptance_rate=0.7")
+    half = run("method=ngram,num_speculative_tokens=3,acceptance_rate=0.7,proposal_rate=0.5")
+    assert full["proposer_seconds"] == 0.0 and full["proposer_weight_bytes"] == 0
+    e = 1 + 0.7 + 0.49 + 0.343
+    assert full["tokens_per_step"] == pytest.approx(e) and half["tokens_per_step"] == pytest.approx(0.5 * e + 0.5)
+    plain = full["plain_seconds_per_token"]
+    assert half["step_seconds"] == pytest.approx(0.5 * full["step_seconds"] + 0.5 * plain)
+    assert 1.0 < half["speedup"] < full["speedup"]

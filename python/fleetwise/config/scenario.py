@@ -299,7 +299,7 @@ class PoolConfig(StrictModel):
     """Weights (bf16, fp8, int8, int4 with group_size), GEMM activations (bf16, fp8) and KV cache
     (bf16, fp8) formats, as vLLM offers them (docs/quantization.md); default none."""
     speculative: SpeculativeConfig | None = None
-    """Speculative decoding (vLLM's ``--speculative-config``): a draft model or an EAGLE / EAGLE-3 / MTP head
+    """Speculative decoding (vLLM's ``--speculative-config``): a draft model, an EAGLE / EAGLE-3 / MTP head or n-gram lookup
     proposes ``num_speculative_tokens`` tokens per decode step, accepted at ``acceptance_rate``
     (docs/speculative-decoding.md); default none. In a prefill/decode split the prefill and decode
     pools name the same proposer (as vLLM's KV connector requires): the prefill pool runs each prompt

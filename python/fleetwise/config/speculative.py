@@ -23,14 +23,16 @@ class SpeculativeConfig(StrictModel):
     must share the target's tokenizer) on the same GPUs; ``eagle`` and ``mtp`` run a head of one
     target-shaped decoder layer and the target's LM head per draft step; ``eagle3`` an EAGLE-3
     head: one dense decoder layer with its own LM head of ``draft_vocab_size`` rows (32,000), or
-    the head ``draft_model`` names (its checkpoint's ``config.json`` through ``hf_config``).
-    ``acceptance_rate`` is
+    the head ``draft_model`` names (its checkpoint's ``config.json`` through ``hf_config``);
+    ``ngram`` looks the sequence's last tokens up in its context on the CPU (no model, no GPU
+    time), drafting in a step with probability ``proposal_rate``. ``acceptance_rate`` is
     the probability that a draft token is accepted given every earlier one was: one number for
     every position, or a list of k (vLLM reports it per position).
     """
 
-    method: Literal["draft", "eagle", "eagle3", "mtp"]
-    """Proposer: a draft model, an EAGLE or EAGLE-3 head, or the model's multi-token-prediction layers."""
+    method: Literal["draft", "eagle", "eagle3", "mtp", "ngram"]
+    """Proposer: a draft model, an EAGLE or EAGLE-3 head, the model's multi-token-prediction layers,
+    or n-gram (prompt lookup) matching."""
     draft_model: str | None = Field(default=None, min_length=1)
     """The draft model (method ``draft``), or the EAGLE-3 head's own shape (``eagle3``, optional)."""
     num_speculative_tokens: int = Field(ge=1, le=MAX_SPECULATIVE_TOKENS)
@@ -42,6 +44,9 @@ class SpeculativeConfig(StrictModel):
     draft_vocab_size: int | None = Field(default=None, ge=1)
     """Rows of an EAGLE-3 head's own LM head (method ``eagle3`` only): 32,000 unless given, or the
     ``draft_model`` head's vocabulary."""
+    proposal_rate: float | None = Field(default=None, ge=0.0, le=1.0)
+    """The probability that a decode's n-gram lookup finds a match in a step and proposes its
+    draft tokens (method ``ngram`` only; 1 unless given); without a match the step is a plain decode."""
 
     @model_validator(mode="after")
     def _consistent(self) -> SpeculativeConfig:
@@ -56,8 +61,11 @@ class SpeculativeConfig(StrictModel):
             raise ValueError(f"acceptance_rate: a per-position list needs num_speculative_tokens = {self.num_speculative_tokens} rates, got {len(rates)}")
         if self.method == "draft" and self.draft_model is None:
             raise ValueError("method draft needs draft_model (a catalogue model sharing the target's tokenizer, e.g. llama-3-8b for llama-3-70b)")
-        if self.method in ("eagle", "mtp") and self.draft_model is not None:
-            raise ValueError(f"draft_model applies to methods draft and eagle3 only; {self.method} heads are layers of the target's shape")
+        if self.method in ("eagle", "mtp", "ngram") and self.draft_model is not None:
+            what = "ngram runs no model" if self.method == "ngram" else f"{self.method} heads are layers of the target's shape"
+            raise ValueError(f"draft_model applies to methods draft and eagle3 only; {what}")
+        if self.method != "ngram" and self.proposal_rate is not None:
+            raise ValueError(f"proposal_rate applies to method ngram only (how often its lookup finds a match), not {self.method}")
         if self.method != "eagle3" and self.draft_vocab_size is not None:
             raise ValueError(f"draft_vocab_size applies to method eagle3 only (an EAGLE-3 head's own LM head), not {self.method}")
         return self
@@ -66,7 +74,9 @@ class SpeculativeConfig(StrictModel):
     def proposer(self) -> str:
         """The proposer as a scenario names it: ``draft llama-3-8b``, ``eagle``, ``eagle3 my-head`` or ``mtp``."""
         name = self.method if self.draft_model is None else f"{self.method} {self.draft_model}"
-        return name if self.draft_vocab_size is None else f"{name} (draft vocabulary {self.draft_vocab_size})"
+        if self.draft_vocab_size is not None:
+            name += f" (draft vocabulary {self.draft_vocab_size})"
+        return name if self.proposal_rate is None else f"{name} (proposal rate {self.proposal_rate})"
 
     def rates(self) -> list[float]:
         """The acceptance rate of each of the k positions."""
@@ -101,7 +111,7 @@ def parse_speculative(text: str, where: str = "--speculative") -> dict:
         key, sep, value = item.partition("=")
         key, value = key.strip(), value.strip()
         if not sep or not key or not value:
-            raise ConfigError(f"{where}: expected KEY=VALUE items separated by commas (keys: method, draft_model, num_speculative_tokens, acceptance_rate, draft_vocab_size), got {item!r}")
+            raise ConfigError(f"{where}: expected KEY=VALUE items separated by commas (keys: method, draft_model, num_speculative_tokens, acceptance_rate, draft_vocab_size, proposal_rate), got {item!r}")
         if key in out:
             raise ConfigError(f"{where}: {key} given twice")
         if key == "acceptance_rate" and "/" in value:

@@ -160,7 +160,7 @@ impl PyCostModel {
         let sp = Speculator::build(&cfg, &self.spec).map_err(to_py)?;
         let rest = shape(&self.inner, prefills, decodes);
         let seqs: Vec<SpecSeq> = speculating.into_iter().map(|(cached, k)| SpecSeq { cached, k }).collect();
-        if Speculator::proposal_steps(&rest, &seqs) == 0 {
+        if sp.runs_plain(&rest, &seqs) {
             return Ok(secs_to_ns(self.inner.iteration_seconds(&rest)));
         }
         Ok(secs_to_ns(sp.step(&self.inner, &rest, &seqs).seconds))

@@ -2,8 +2,8 @@
 //!
 //! A speculating sequence, each step: the proposer (a small draft model; an EAGLE / MTP head:
 //! one decoder layer of the target's shape plus the shared LM head; or an EAGLE-3 head: one dense
-//! decoder layer with its own, smaller LM head) runs k sequential decode steps over the
-//! speculating sequences, then the target verifies k + 1 tokens per sequence in
+//! decoder layer with its own, smaller LM head; or an n-gram lookup on the CPU, which costs the
+//! GPUs nothing) runs k sequential decode steps over the speculating sequences, then the target verifies k + 1 tokens per sequence in
 //! one pass, priced like a prefill chunk of k + 1 tokens attending its cached context (the
 //! target's weights are read once for the whole batch, its FLOPs grow k + 1 times). At batch 1
 //! the verify pass costs about what one decode costs (weight-bandwidth bound) and emits several
@@ -31,6 +31,9 @@ pub enum SpecMethod {
     Eagle3,
     /// Multi-token prediction layers shipped with the model (DeepSeek-V3, Qwen3-Next, MiMo).
     Mtp,
+    /// N-gram (prompt lookup) matching on the CPU: no model runs on the GPUs, and a step drafts
+    /// only when the sequence's last tokens recur earlier in its context.
+    Ngram,
 }
 
 impl SpecMethod {
@@ -41,6 +44,7 @@ impl SpecMethod {
             SpecMethod::Eagle => "eagle",
             SpecMethod::Eagle3 => "eagle3",
             SpecMethod::Mtp => "mtp",
+            SpecMethod::Ngram => "ngram",
         }
     }
 }
@@ -73,6 +77,10 @@ pub struct SpeculativeConfig {
     /// [`EAGLE3_DRAFT_VOCAB`] unless given (or the head model's vocabulary, when one is given).
     #[serde(default)]
     pub draft_vocab_size: Option<u32>,
+    /// The probability that a decode finds an n-gram match in a step and so proposes its draft
+    /// tokens (method `ngram` only; 1 unless given): a step without a match is a plain decode.
+    #[serde(default)]
+    pub proposal_rate: Option<f64>,
 }
 
 /// The draft vocabulary of published EAGLE-3 heads (`draft_vocab_size` in their config.json: the
@@ -105,9 +113,18 @@ impl SpeculativeConfig {
             Some(0) => return Err(Error::config("speculative.draft_vocab_size", "must be at least 1")),
             _ => {}
         }
+        match self.proposal_rate {
+            Some(_) if self.method != SpecMethod::Ngram => {
+                return Err(Error::config("speculative.proposal_rate", format!("applies to method ngram only (how often its lookup finds a match), not {}", self.method.name())));
+            }
+            Some(p) if !(0.0..=1.0).contains(&p) => return Err(Error::config("speculative.proposal_rate", format!("must be a probability in [0, 1], got {p:?}"))),
+            _ => {}
+        }
         match (self.method, &self.draft_model) {
             (SpecMethod::Draft, None) => Err(Error::config("speculative.draft_model", "method draft needs a draft model")),
-            (SpecMethod::Eagle | SpecMethod::Mtp, Some(_)) => Err(Error::config("speculative.draft_model", "only methods draft and eagle3 take a model (eagle and mtp heads are layers of the target's shape)")),
+            (SpecMethod::Eagle | SpecMethod::Mtp | SpecMethod::Ngram, Some(_)) => {
+                Err(Error::config("speculative.draft_model", "only methods draft and eagle3 take a model (eagle and mtp heads are layers of the target's shape; ngram runs no model)"))
+            }
             _ => Ok(rates),
         }
     }
@@ -139,6 +156,9 @@ pub struct SpecSeq {
 pub struct Speculator {
     method: SpecMethod,
     rates: Vec<f64>,
+    /// The probability that a decode proposes in a step (an n-gram match; 1 for a model).
+    proposal_rate: f64,
+    /// The proposer's cost model (for `ngram`, which runs none, the target's, never charged).
     proposer: CostModel,
     /// The proposer's copies of its cost model's KV: the MTP modules (1 for an EAGLE head or a
     /// draft model, whose cost model holds all its layers).
@@ -200,6 +220,7 @@ impl Speculator {
                 ))
             }
             SpecMethod::Mtp => target.mtp_layers as u64,
+            SpecMethod::Ngram => 0,
             _ => 1,
         };
         let h = target.hidden_size as u64;
@@ -216,6 +237,8 @@ impl Speculator {
                 let (w, kv) = (cm.weight_bytes_per_gpu(), cm.kv_bytes_per_token_per_gpu());
                 (cm, w, kv)
             }
+            // N-gram lookup runs on the CPU: no weights, no KV, no GPU time.
+            (SpecMethod::Ngram, _) => (CostModel::build(spec)?, 0, 0),
             (SpecMethod::Eagle3, head) => {
                 let head = eagle3_head(target, head.as_ref(), cfg.draft_vocab_size)?;
                 // A 16-bit head (published EAGLE-3 heads are bf16 whatever the target's format),
@@ -257,7 +280,8 @@ impl Speculator {
                 (one, w, kv)
             }
         };
-        Ok(Speculator { method: cfg.method, rates, proposer, modules, per_step, per_proposal, weight_bytes_per_gpu: weight, kv_bytes_per_token_per_gpu: kv })
+        let proposal_rate = cfg.proposal_rate.unwrap_or(1.0);
+        Ok(Speculator { method: cfg.method, rates, proposal_rate, proposer, modules, per_step, per_proposal, weight_bytes_per_gpu: weight, kv_bytes_per_token_per_gpu: kv })
     }
 
     /// The proposer's KV bytes of one token over all its layers and KV heads (what a speculating
@@ -279,6 +303,28 @@ impl Speculator {
     /// The proposer kind.
     pub fn method(&self) -> SpecMethod {
         self.method
+    }
+
+    /// The probability that a decode proposes its draft tokens in a step (1 but for `ngram`).
+    pub fn proposal_rate(&self) -> f64 {
+        self.proposal_rate
+    }
+
+    /// Whether a batch of `rest` and the speculating `seqs` runs as a plain iteration: nothing
+    /// speculates and the proposer has nothing to run (no prefill chunk for a model to keep its
+    /// KV of; an n-gram lookup never runs on the GPUs).
+    pub fn runs_plain(&self, rest: &BatchShape, seqs: &[SpecSeq]) -> bool {
+        seqs.is_empty() && self.draft_steps(rest, seqs) == 0
+    }
+
+    /// The proposer's sequential steps on the GPUs: [`Speculator::proposal_steps`] for a model,
+    /// none for an n-gram lookup.
+    fn draft_steps(&self, rest: &BatchShape, seqs: &[SpecSeq]) -> u32 {
+        if self.method == SpecMethod::Ngram {
+            0
+        } else {
+            Self::proposal_steps(rest, seqs)
+        }
     }
 
     /// The proposer's cost model (the draft model, or the one-layer head).
@@ -328,7 +374,7 @@ impl Speculator {
     /// what a pipeline's last stage, where the proposer runs, adds to its share of the verify pass.
     pub fn proposal_cost(&self, rest: &BatchShape, seqs: &[SpecSeq]) -> IterationCost {
         let mut c = IterationCost::default();
-        for j in 1..=Self::proposal_steps(rest, seqs) {
+        for j in 1..=self.draft_steps(rest, seqs) {
             let p = self.draft_step(rest, seqs, j);
             c.seconds += p.seconds;
             c.compute_bound_seconds += p.compute_bound_seconds;
@@ -372,7 +418,7 @@ impl Speculator {
         let mut c = target.iteration_verify(&shape, &chunks);
         let mut proposer = 0.0;
         let idle_stages = (target.pp() - 1) as f64 / target.pp() as f64;
-        for j in 1..=Self::proposal_steps(rest, seqs) {
+        for j in 1..=self.draft_steps(rest, seqs) {
             let p = self.draft_step(rest, seqs, j);
             c.seconds += p.seconds;
             c.compute_bound_seconds += p.compute_bound_seconds;

@@ -7,7 +7,7 @@ use crate::cost::Op;
 use crate::model::fixtures::{llama2_70b, llama2_7b, llama3_8b, mixtral_8x7b};
 
 fn cfg(method: SpecMethod, draft: Option<ModelSpec>, k: u32, a: AcceptanceRate) -> SpeculativeConfig {
-    SpeculativeConfig { method, draft_model: draft, num_speculative_tokens: k, acceptance_rate: a, draft_vocab_size: None }
+    SpeculativeConfig { method, draft_model: draft, num_speculative_tokens: k, acceptance_rate: a, draft_vocab_size: None, proposal_rate: None }
 }
 
 /// Llama-2-70B on 4 H100s at peak rates.
@@ -291,4 +291,31 @@ fn an_eagle3_head_on_a_moe_target_is_dense_and_a_given_head_keeps_its_own_shape(
     assert!(path == "speculative.draft_vocab_size" && message.contains("32000 tokens"), "{message}");
     let (path, _) = fails(&SpeculativeConfig { draft_vocab_size: Some(1000), ..cfg(SpecMethod::Eagle, None, 2, AcceptanceRate::Constant(0.7)) });
     assert_eq!(path, "speculative.draft_vocab_size");
+}
+
+#[test]
+fn an_ngram_lookup_runs_no_model_and_its_rate_is_its_own() {
+    let spec = target();
+    let cm = CostModel::build(&spec).unwrap();
+    let c = SpeculativeConfig { proposal_rate: Some(0.4), ..cfg(SpecMethod::Ngram, None, 3, AcceptanceRate::Constant(0.7)) };
+    let sp = Speculator::build(&c, &spec).unwrap();
+    assert_eq!((sp.weight_bytes_per_gpu, sp.kv_bytes_per_token_per_gpu, sp.proposer_kv_bytes_per_token_whole_model()), (0, 0, 0));
+    assert_eq!(sp.proposal_rate(), 0.4);
+    // A step is its verify pass alone; a prompt beside no speculating decode is a plain iteration.
+    let seqs = [SpecSeq { cached: 999, k: 3 }];
+    let (v, chunks) = Speculator::verify_shape(&cm.empty_shape(), &seqs);
+    assert_eq!(sp.step(&cm, &cm.empty_shape(), &seqs).seconds, cm.iteration_verify(&v, &chunks).seconds);
+    let mut prompt = cm.empty_shape();
+    prompt.add_prefill(500, 0, true);
+    assert!(sp.runs_plain(&prompt, &[]) && !sp.runs_plain(&prompt, &seqs));
+    let eagle = Speculator::build(&cfg(SpecMethod::Eagle, None, 3, AcceptanceRate::Constant(0.7)), &spec).unwrap();
+    assert!(!eagle.runs_plain(&prompt, &[]), "a head keeps its own KV of the prompt");
+    // Its settings: a rate outside [0, 1], the rate on another method, a model.
+    let path = |c: SpeculativeConfig| match c.rates() {
+        Err(Error::Config { path, .. }) => path,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(path(SpeculativeConfig { proposal_rate: Some(1.5), ..c.clone() }), "speculative.proposal_rate");
+    assert_eq!(path(SpeculativeConfig { proposal_rate: Some(0.5), ..cfg(SpecMethod::Eagle, None, 3, AcceptanceRate::Constant(0.7)) }), "speculative.proposal_rate");
+    assert_eq!(path(SpeculativeConfig { draft_model: Some(llama2_7b()), ..c }), "speculative.draft_model");
 }

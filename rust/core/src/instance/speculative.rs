@@ -7,7 +7,9 @@
 //! slots: they stay allocated, so the next step reuses them; a decode whose room does not fit
 //! proposes fewer, or none). The scheduler grants them (`scheduler::lookahead`). When the step ends, draft position i is accepted with probability a_i given
 //! every earlier one was, drawn from the instance's seeded stream; the sequence emits its
-//! accepted tokens plus the target's own next token, in one streamed chunk.
+//! accepted tokens plus the target's own next token, in one streamed chunk. An n-gram lookup
+//! first draws whether it matched (its `proposal_rate`); without a match the decode proposes
+//! nothing that step.
 
 use crate::cost::{BatchShape, InstanceSpec, IterationCost, SpecSeq, SpeculativeConfig, Speculator, StageCosts, VerifyChunks};
 use crate::error::{Error, Result};
@@ -142,7 +144,9 @@ impl Instance {
         let mut seqs = Vec::new();
         for it in &self.batch.items {
             let r = &reqs[it.req as usize];
-            if it.draft == 0 {
+            // An n-gram lookup that finds no match proposes nothing: a plain decode this step.
+            let unmatched = it.draft > 0 && rt.spec.proposal_rate() < 1.0 && rt.rng.next_f64() >= rt.spec.proposal_rate();
+            if it.draft == 0 || unmatched {
                 rt.accepted.push(0);
                 if it.tokens == 1 && r.is_decoding() {
                     rest.add_decode(r.computed as u64 + 1);
@@ -167,8 +171,9 @@ impl Instance {
     /// synchronous pipeline stages the verify pass is the pipelined iteration and the proposer
     /// runs after it drains.
     pub(super) fn batch_cost(&mut self, reqs: &[Request]) -> IterationCost {
-        let proposes = |(rest, seqs): &(BatchShape, Vec<SpecSeq>)| Speculator::proposal_steps(rest, seqs) > 0;
-        let Some((rest, seqs)) = self.draw_batch(reqs).filter(proposes) else { return self.cost.iteration_memo(&self.batch.shape, &mut self.decode_memo.borrow_mut()) };
+        let drawn = self.draw_batch(reqs);
+        let plain = |(rest, seqs): &(BatchShape, Vec<SpecSeq>)| self.spec.as_deref().is_some_and(|rt| rt.spec.runs_plain(rest, seqs));
+        let Some((rest, seqs)) = drawn.filter(|d| !plain(d)) else { return self.cost.iteration_memo(&self.batch.shape, &mut self.decode_memo.borrow_mut()) };
         let rt = self.spec.as_deref_mut().expect("a speculating pool");
         let (cost, proposer) = rt.spec.step_parts(&self.cost, &rest, &seqs);
         if self.moe.is_some() || self.cost.offload().is_some() {
@@ -186,7 +191,7 @@ impl Instance {
         let Some((rest, seqs)) = self.draw_batch(reqs) else { return self.cost.stage_costs_memo(&self.batch.shape, &mut self.decode_memo.borrow_mut()) };
         let rt = self.spec.as_deref_mut().expect("a speculating pool");
         rt.in_flight.push_back(std::mem::take(&mut rt.accepted));
-        if Speculator::proposal_steps(&rest, &seqs) == 0 {
+        if rt.spec.runs_plain(&rest, &seqs) {
             return self.cost.stage_costs(&self.batch.shape);
         }
         let (shape, chunks) = Speculator::verify_shape(&rest, &seqs);

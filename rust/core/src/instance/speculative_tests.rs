@@ -21,7 +21,7 @@ fn instance(k: u32, rates: Option<AcceptanceRate>, seed: u64) -> Instance {
     let memory = MemoryConfig::default();
     let sched = SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192, preemption_mode: Default::default(), swap_space_gb: 4.0 };
     let spec = InstanceSpec::new(llama3_8b(), gpu(), Efficiency::default(), 1);
-    let cfg = rates.map(|a| SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: k, acceptance_rate: a, draft_vocab_size: None });
+    let cfg = rates.map(|a| SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: k, acceptance_rate: a, draft_vocab_size: None, proposal_rate: None });
     Instance::new(InstanceSetup { pool: 0, spec: spec.clone(), memory: &memory, scheduler: &sched, experts: None }).unwrap().with_speculation(cfg.as_ref(), &spec, seed, "instance0.speculative").unwrap()
 }
 
@@ -117,7 +117,7 @@ fn a_proposer_that_does_not_fit_is_a_capacity_error_naming_it() {
     let spec = InstanceSpec::new(llama3_8b(), gpu(), Efficiency::default(), 1);
     // A 70B-shaped draft (Llama-2-70B's layers, Llama-3's vocabulary) on one 80 GB GPU.
     let big = crate::model::ModelSpec { vocab_size: 128256, ..crate::model::fixtures::llama2_70b() };
-    let cfg = SpeculativeConfig { method: SpecMethod::Draft, draft_model: Some(big), num_speculative_tokens: 2, acceptance_rate: AcceptanceRate::Constant(0.5), draft_vocab_size: None };
+    let cfg = SpeculativeConfig { method: SpecMethod::Draft, draft_model: Some(big), num_speculative_tokens: 2, acceptance_rate: AcceptanceRate::Constant(0.5), draft_vocab_size: None, proposal_rate: None };
     let inst = Instance::new(InstanceSetup { pool: 0, spec: spec.clone(), memory: &memory, scheduler: &sched, experts: None }).unwrap();
     match inst.with_speculation(Some(&cfg), &spec, 1, "s") {
         Err(Error::Capacity { what, needed_bytes, available_bytes }) => {
@@ -138,7 +138,7 @@ fn moe_instance(rate: Option<f64>) -> Instance {
     let spec = InstanceSpec::new(model, gpu(), Efficiency::default(), 2);
     let experts = crate::moe::ExpertConfig::resident();
     let setup = crate::instance::ExpertSetup { config: &experts, trace: None, seed: 5, stream: "instance0.experts".into(), caches: None };
-    let cfg = rate.map(|a| SpeculativeConfig { method: SpecMethod::Mtp, draft_model: None, num_speculative_tokens: 3, acceptance_rate: AcceptanceRate::Constant(a), draft_vocab_size: None });
+    let cfg = rate.map(|a| SpeculativeConfig { method: SpecMethod::Mtp, draft_model: None, num_speculative_tokens: 3, acceptance_rate: AcceptanceRate::Constant(a), draft_vocab_size: None, proposal_rate: None });
     Instance::new(InstanceSetup { pool: 0, spec: spec.clone(), memory: &memory, scheduler: &sched, experts: Some(setup) }).unwrap().with_speculation(cfg.as_ref(), &spec, 5, "instance0.speculative").unwrap()
 }
 
@@ -173,7 +173,7 @@ fn pipelined_instance(rate: f64, seed: u64) -> Instance {
     let memory = MemoryConfig::default();
     let sched = SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192, preemption_mode: Default::default(), swap_space_gb: 4.0 };
     let spec = InstanceSpec { pp: 2, ..InstanceSpec::new(llama3_8b(), gpu(), Efficiency::default(), 1) };
-    let cfg = SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: 3, acceptance_rate: AcceptanceRate::Constant(rate), draft_vocab_size: None };
+    let cfg = SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: 3, acceptance_rate: AcceptanceRate::Constant(rate), draft_vocab_size: None, proposal_rate: None };
     Instance::new(InstanceSetup { pool: 0, spec: spec.clone(), memory: &memory, scheduler: &sched, experts: None })
         .unwrap()
         .with_speculation(Some(&cfg), &spec, seed, "instance0.speculative")
@@ -240,7 +240,7 @@ fn on_a_synchronous_pipeline_the_other_stages_idle_while_the_proposer_runs() {
     let memory = MemoryConfig::default();
     let sched = SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192, preemption_mode: Default::default(), swap_space_gb: 4.0 };
     let spec = InstanceSpec { pp: 2, ..InstanceSpec::new(llama3_8b(), gpu(), Efficiency::default(), 1) };
-    let cfg = SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: 3, acceptance_rate: AcceptanceRate::Constant(0.8), draft_vocab_size: None };
+    let cfg = SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: 3, acceptance_rate: AcceptanceRate::Constant(0.8), draft_vocab_size: None, proposal_rate: None };
     let mut inst = Instance::new(InstanceSetup { pool: 0, spec: spec.clone(), memory: &memory, scheduler: &sched, experts: None }).unwrap().with_speculation(Some(&cfg), &spec, 1, "instance0.speculative").unwrap();
     let mut reqs = vec![Request::new(0, 100, 5)];
     inst.enqueue(0, &mut reqs[0]);
@@ -324,4 +324,44 @@ fn pipelined_batches_in_flight_apply_their_own_accepted_tokens() {
     // Each decode step emits 1 + the tokens its own batch accepted: 336 output tokens after the first.
     assert_eq!(steps + stats.accepted_tokens, outputs.iter().map(|&o| o as u64 - 1).sum::<u64>());
     assert_eq!((end, steps, stats), go(3));
+}
+
+/// Llama-3-8B on one H100 with n-gram lookup proposing `k` at rate `a` when it finds a match
+/// (with probability `matched`).
+fn ngram_instance(k: u32, a: f64, matched: f64, seed: u64) -> Instance {
+    let memory = MemoryConfig::default();
+    let sched = SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192, preemption_mode: Default::default(), swap_space_gb: 4.0 };
+    let spec = InstanceSpec::new(llama3_8b(), gpu(), Efficiency::default(), 1);
+    let cfg = SpeculativeConfig { method: SpecMethod::Ngram, draft_model: None, num_speculative_tokens: k, acceptance_rate: AcceptanceRate::Constant(a), draft_vocab_size: None, proposal_rate: Some(matched) };
+    Instance::new(InstanceSetup { pool: 0, spec: spec.clone(), memory: &memory, scheduler: &sched, experts: None }).unwrap().with_speculation(Some(&cfg), &spec, seed, "instance0.speculative").unwrap()
+}
+
+#[test]
+fn an_ngram_lookup_drafts_only_when_it_matches_and_costs_only_the_verify_pass() {
+    // Half the steps find a match and propose 3 tokens at 0.8 each; the others decode plainly.
+    let mut inst = ngram_instance(3, 0.8, 0.5, 5);
+    let mut reqs = vec![Request::new(0, 100, 4000)];
+    let (decodes, _, gaps) = run(&mut inst, &mut reqs);
+    let s = inst.speculation().unwrap().stats.clone();
+    assert!((s.drafts as f64 / decodes as f64 - 0.5).abs() < 0.03, "{} of {decodes} steps drafted", s.drafts);
+    let per_draft = 1.0 + s.accepted_tokens as f64 / s.drafts as f64;
+    let expected = expected_tokens_per_step(&[0.8; 3]);
+    assert!((per_draft - expected).abs() < 0.05 * expected, "{per_draft} vs {expected}");
+    // Every step emits its accepted tokens plus one: the output's 3999 decode tokens exactly.
+    assert_eq!(decodes + s.accepted_tokens, 3999);
+    assert_eq!(gaps, decodes);
+    // No model: no weights and no KV beside the target's.
+    let (plain, ngram) = (instance(3, None, 1), ngram_instance(3, 0.8, 0.5, 1));
+    assert_eq!((ngram.plan().weight_bytes, ngram.plan().kv_bytes_per_token), (plain.plan().weight_bytes, plain.plan().kv_bytes_per_token));
+    // Never matching, it is plain decoding step for step; always matching with nothing accepted,
+    // every step is a verify pass of 4 tokens and nothing more, so it is slower than plain but
+    // less so than an EAGLE head's (which also drafts on the GPU).
+    let end = |mut inst: Instance| {
+        let mut reqs = vec![Request::new(0, 500, 300)];
+        run(&mut inst, &mut reqs).1
+    };
+    let plain_end = end(instance(3, None, 1));
+    assert_eq!(end(ngram_instance(3, 0.8, 0.0, 1)), plain_end);
+    let (ngram_zero, eagle_zero) = (end(ngram_instance(3, 0.0, 1.0, 1)), end(instance(3, Some(AcceptanceRate::Constant(0.0)), 1)));
+    assert!(plain_end < ngram_zero && ngram_zero < eagle_zero, "plain {plain_end}, ngram {ngram_zero}, eagle {eagle_zero}");
 }
