@@ -92,12 +92,13 @@ impl<F: FnMut(OpCost)> IterationPass<'_, F> {
     fn mla(&mut self, heads: f64, nope: f64, rope: f64, v: f64, lora: f64, q_lora: Option<f64>) -> AttentionWidths {
         let (cm, shape) = (self.cm, self.shape);
         let (h, b, mt) = (cm.h, cm.b, self.mt);
-        // Speculative verify chunks run as decodes (absorbed form, as vLLM's Hopper MLA backends,
-        // FlashMLA and FlashAttention-MLA, take a query of up to 1 + k tokens), not as prefills
-        // that would expand their whole context.
-        let (vt, vpairs, vkv) = self.verify();
+        // Speculative verify chunks and one-token chunks run as decodes (absorbed form: vLLM's
+        // MLA backends run every query of at most their decode threshold's tokens as a decode,
+        // one token on all of them, up to 1 + k on the Hopper ones, FlashMLA and
+        // FlashAttention-MLA), not as prefills that would expand their whole context.
+        let (vt, vpairs, vkv) = self.absorbed_chunks();
         let (pt, pairs, pkv) = (self.pt - vt, (self.pairs - vpairs).max(0.0), self.pkv - vkv);
-        let (ds, prefills) = (self.ds + vt, shape.prefill_tokens > self.verify_chunks.tokens);
+        let (ds, prefills) = (self.ds + vt, shape.prefill_tokens > self.verify_chunks.tokens + shape.single_token_chunks);
         let qk = nope + rope;
         let none = Kernel::default();
         // Queries (through the query latent, if any) and the replicated KV down-projection on
@@ -151,10 +152,11 @@ impl<F: FnMut(OpCost)> IterationPass<'_, F> {
     }
 
     /// MLA decode attention (absorbed form) with `heads` query heads, the RoPE key width `rope`
-    /// and the KV latent width `lora`, over the decodes and the speculative verify chunks.
+    /// and the KV latent width `lora`, over the decodes, the speculative verify chunks and the
+    /// one-token chunks.
     fn mla_decode(&mut self, heads: f64, rope: f64, lora: f64) {
         let cm = self.cm;
-        let (vt, vpairs, vkv) = self.verify();
+        let (vt, vpairs, vkv) = self.absorbed_chunks();
         // Queries, query-key pairs, and keys read once per sequence (a verify chunk's queries
         // share their sequence's cache read).
         let (b, ds, pairs, keys) = (cm.b, self.ds + vt, self.dkv + vpairs, self.dkv + vkv);
@@ -272,6 +274,37 @@ mod tests {
         let elem = |act: f64| ds * 2.0 * (10.0 * 2048.0 + 2.0 * (16.0 * 64.0 + 64.0) + 2.0 * 512.0 + 3.0 * act + 576.0);
         let dispatch = ds * 2.0 * 14.0 * 2048.0;
         assert!(close(op(&c, Op::Elementwise).bytes, 26.0 * (elem(8.0 * 1408.0) + dispatch) + elem(10944.0)));
+    }
+
+    #[test]
+    fn an_mla_one_token_prompt_chunk_costs_what_a_decode_of_its_context_costs() {
+        // DeepSeek-V2-Lite: a prompt's last token after 8000 cached ones (a prefix-cache hit) is
+        // a one-token query, which vLLM's MLA backends run in the absorbed (decode) form: the same
+        // operators as a decode at context 8001, not an expansion of 8001 latents to per-head keys.
+        let cm = CostModel::new(deepseek_v2_lite(), h100(), ideal(), 1).unwrap();
+        let (mut chunk, mut decode) = (BatchShape::default(), BatchShape::default());
+        chunk.add_prefill(1, 8000, true);
+        decode.add_decode(8001);
+        assert_eq!((chunk.single_token_chunks, chunk.single_token_keys), (1, 8001));
+        let (c, d) = (cm.breakdown(&chunk), cm.breakdown(&decode));
+        assert!(c.iter().all(|x| x.op != Op::PrefillAttention));
+        for (a, b) in c.iter().zip(&d) {
+            assert!(a.op == b.op && close(a.seconds, b.seconds) && close(a.bytes, b.bytes), "{a:?} vs {b:?}");
+        }
+        // Beside a longer chunk, the long one alone expands its context.
+        let mut mixed = chunk;
+        mixed.add_prefill(512, 0, false);
+        let pre = op(&cm.breakdown(&mixed), Op::PrefillAttention);
+        assert!(close(pre.flops, 27.0 * 2.0 * 16.0 * (192.0 + 128.0) * (512.0 * 513.0 / 2.0)));
+        // A GQA model charges it as the prefill chunk it is.
+        let gqa = CostModel::new(llama3_8b(), h100(), ideal(), 1).unwrap();
+        assert!(gqa.breakdown(&chunk).iter().any(|x| x.op == Op::PrefillAttention));
+        // Within a window the chunk reads only the window's keys.
+        let mut w = BatchShape::windowed(Some(4096));
+        w.add_prefill(1, 8000, true);
+        assert_eq!((w.single_token_chunks, w.single_token_keys, w.prefill_kv_tokens), (1, 4096, 4096));
+        w.add_prefill(2, 10, true);
+        assert_eq!(w.single_token_chunks, 1, "two tokens are not one");
     }
 
     #[test]

@@ -20,6 +20,12 @@ pub struct BatchShape {
     pub decode_max_context: u64,
     /// Sequences that sample a token at the end of the iteration (decodes and finished prefills).
     pub sampled: u64,
+    /// Of the prefill chunks, those of a single token (a prompt's last token after a prefix-cache
+    /// hit, a chunked prompt's last one), which attention kinds whose engines run one-token
+    /// queries as decodes (MLA's absorbed form) charge apart: how many ...
+    pub single_token_chunks: u64,
+    /// ... and the keys they read (each of their queries attends to all of its chunk's keys).
+    pub single_token_keys: u64,
     /// The model's sliding attention window, tokens (`None`: the whole context): each query
     /// attends to at most this many keys, so the pairs and keys above are counted within it.
     pub attention_window: Option<u64>,
@@ -37,6 +43,7 @@ impl BatchShape {
     /// the window attend to `window` keys each and the keys before the first query's window are
     /// not read.
     pub fn add_prefill(&mut self, q: u64, cached: u64, samples: bool) {
+        let keys_before = self.prefill_kv_tokens;
         self.prefill_tokens += q;
         self.prefill_seqs += 1;
         let (qf, c) = (q as f64, cached as f64);
@@ -51,6 +58,10 @@ impl BatchShape {
                 self.prefill_pairs += causal * (c + (causal + 1.0) / 2.0) + (qf - causal) * w as f64;
                 self.prefill_kv_tokens += cached + q - (cached + 1).saturating_sub(w);
             }
+        }
+        if q == 1 {
+            self.single_token_chunks += 1;
+            self.single_token_keys += self.prefill_kv_tokens - keys_before;
         }
         self.sampled += samples as u64;
     }

@@ -65,11 +65,14 @@ impl<'a, F: FnMut(OpCost)> IterationPass<'a, F> {
         IterationPass { cm, shape, t, m, mt, slots, work_n, time_n, pt, pairs, pkv, ds, dkv, verify_chunks: VerifyChunks::default(), prefill_attention: (0.0, false), emitted: 0.0, sink }
     }
 
-    /// Of the prefill figures, the speculative verify chunks' tokens, query-key pairs and keys in
-    /// one micro-batch (computed on demand: only MLA charges them apart).
-    pub(super) fn verify(&self) -> (f64, f64, f64) {
-        let (v, micro) = (self.verify_chunks, 1.0 / self.m);
-        (v.tokens as f64 * micro, v.pairs * micro, v.kv_tokens as f64 * micro)
+    /// Of the prefill figures, the short chunks whose queries run as decodes where the attention
+    /// kind's engines do so (MLA's absorbed form): the speculative verify chunks and the one-token
+    /// chunks, their tokens, query-key pairs and keys in one micro-batch (computed on demand:
+    /// only MLA charges them apart).
+    pub(super) fn absorbed_chunks(&self) -> (f64, f64, f64) {
+        let (v, s, micro) = (self.verify_chunks, self.shape, 1.0 / self.m);
+        let keys = s.single_token_keys as f64;
+        ((v.tokens + s.single_token_chunks) as f64 * micro, (v.pairs + keys) * micro, (v.kv_tokens as f64 + keys) * micro)
     }
 
     /// Hands one operator's cost to the sink.

@@ -354,6 +354,8 @@ impl Speculator {
             s.prefill_pairs = rest.prefill_pairs;
             s.prefill_kv_tokens = rest.prefill_kv_tokens;
             s.prefill_seqs = rest.prefill_seqs;
+            s.single_token_chunks = rest.single_token_chunks;
+            s.single_token_keys = rest.single_token_keys;
             s.sampled = rest.sampled.saturating_sub(rest.decode_seqs);
         }
         for q in seqs.iter().filter(|q| q.k >= j) {
