@@ -26,6 +26,9 @@ struct Entry {
     decode_seqs: u64,
     sampled: u64,
     ops: Vec<OpCost>,
+    /// The pipeline stages' sums of these operators around decode attention, once a pipelined
+    /// batch of this count was held (`pipeline.rs`).
+    stage_plan: Option<Box<super::pipeline::HeldStageSums>>,
 }
 
 /// The operator costs of recent decode-only iterations of one cost model (its instances), by
@@ -33,6 +36,17 @@ struct Entry {
 #[derive(Debug, Clone, Default)]
 pub struct DecodeOpsMemo {
     slots: Vec<Entry>,
+}
+
+/// A memo hit ([`CostModel::decode_memo_hit`]): decode attention's cost for the batch, the held
+/// operators in execution order, the entry's stage sums (built by the caller on first use), and
+/// the per-layer time and work multipliers.
+pub(super) struct MemoHit<'m> {
+    pub(super) attention: OpCost,
+    pub(super) ops: &'m [OpCost],
+    pub(super) stage_plan: &'m mut Option<Box<super::pipeline::HeldStageSums>>,
+    pub(super) time_n: f64,
+    pub(super) work_n: f64,
 }
 
 impl CostModel {
@@ -57,6 +71,7 @@ impl CostModel {
         let mut c = IterationCost::default();
         if e.ops.is_empty() || e.decode_seqs != shape.decode_seqs || e.sampled != shape.sampled {
             e.ops.clear();
+            e.stage_plan = None;
             self.for_each_op(shape, |op| e.ops.push(op));
             (e.decode_seqs, e.sampled) = (shape.decode_seqs, shape.sampled);
             for op in &e.ops {
@@ -108,11 +123,11 @@ impl CostModel {
     /// time and work multipliers (for an overlapped CPU step, recomputed by the caller with
     /// [`Self::overlapped_overhead`]). The caller substitutes them as [`Self::for_each_op_memo`]
     /// does. None on a miss (the caller then takes [`Self::for_each_op_memo`]).
-    pub(super) fn decode_memo_hit<'m>(&self, shape: &BatchShape, memo: &'m DecodeOpsMemo) -> Option<(OpCost, &'m [OpCost], f64, f64)> {
+    pub(super) fn decode_memo_hit<'m>(&self, shape: &BatchShape, memo: &'m mut DecodeOpsMemo) -> Option<MemoHit<'m>> {
         if !self.memo_applies(shape) {
             return None;
         }
-        let e = memo.slots.get((shape.decode_seqs % SLOTS as u64) as usize)?;
+        let e = memo.slots.get_mut((shape.decode_seqs % SLOTS as u64) as usize)?;
         if e.ops.is_empty() || e.decode_seqs != shape.decode_seqs || e.sampled != shape.sampled {
             return None;
         }
@@ -120,7 +135,7 @@ impl CostModel {
         let mut pass = IterationPass::new(self, shape, |op| attention = Some(op));
         pass.decode_attention();
         let (time_n, work_n) = (pass.time_n, pass.work_n);
-        Some((attention?, &e.ops, time_n, work_n))
+        Some(MemoHit { attention: attention?, ops: &e.ops, stage_plan: &mut e.stage_plan, time_n, work_n })
     }
 
     /// The per-step overhead of the decode-only `shape` with an overlapped CPU step, after
@@ -148,6 +163,7 @@ impl CostModel {
         let e = &mut memo.slots[(shape.decode_seqs % SLOTS as u64) as usize];
         if e.ops.is_empty() || e.decode_seqs != shape.decode_seqs || e.sampled != shape.sampled {
             e.ops.clear();
+            e.stage_plan = None;
             self.for_each_op(shape, |op| e.ops.push(op));
             (e.decode_seqs, e.sampled) = (shape.decode_seqs, shape.sampled);
             e.ops.iter().for_each(f);

@@ -24,7 +24,7 @@ pub struct StageCosts {
 }
 
 /// The running sums a batch's operators are split into, in execution order.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Copy)]
 struct StageSums {
     /// Stage 1's own time (the embedding, the CPU part of the per-step overhead).
     first: f64,
@@ -55,6 +55,97 @@ impl StageSums {
             }
             _ => self.layered += c.seconds,
         }
+    }
+}
+
+/// A held decode batch's stage sums around its decode attention (the one operator, with the
+/// per-step overhead under an overlapped CPU step, that changes from pass to pass): the sums of
+/// the operators before it, and each sum's additions after it up to the overhead, in order. A
+/// pass then adds its attention, those additions and its overhead: every sum gets the same
+/// additions in the same order as [`StageSums::add`] over all operators (a sum an operator does
+/// not touch gets none), so the result is bit-identical.
+#[derive(Debug, Clone)]
+pub(super) struct HeldStageSums {
+    before: StageSums,
+    total: Additions,
+    cb: Additions,
+    first: Additions,
+    last: Additions,
+    layered: Additions,
+    /// The overhead operator, last (recomputed per pass under an overlapped CPU step).
+    overhead: OpCost,
+}
+
+/// Up to [`Additions::MAX`] seconds added to one sum, in order (inline: a pass reads them all).
+#[derive(Debug, Clone, Copy, Default)]
+struct Additions {
+    seconds: [f64; Additions::MAX],
+    len: usize,
+}
+
+impl Additions {
+    /// More operators between decode attention and the overhead than any model has (a MoE
+    /// layer's are the most: 10).
+    const MAX: usize = 14;
+
+    /// Appends `x`; false when full.
+    fn push(&mut self, x: f64) -> bool {
+        let room = self.len < Self::MAX;
+        if room {
+            self.seconds[self.len] = x;
+            self.len += 1;
+        }
+        room
+    }
+
+    /// `sum` plus every addition, in order.
+    #[inline]
+    fn onto(&self, sum: f64) -> f64 {
+        self.seconds[..self.len].iter().fold(sum, |s, x| s + x)
+    }
+}
+
+impl HeldStageSums {
+    /// The plan of `ops` (a memo entry's), if they are one decode attention followed by
+    /// operators and, last, the overhead (None otherwise: the caller sums every operator).
+    fn new(ops: &[OpCost], gpu_fixed: f64) -> Option<Self> {
+        let at = ops.iter().position(|c| c.op == Op::DecodeAttention)?;
+        let (overhead, middle) = ops[at + 1..].split_last()?;
+        if overhead.op != Op::Overhead || middle.iter().any(|c| matches!(c.op, Op::DecodeAttention | Op::Overhead)) {
+            return None;
+        }
+        let mut before = StageSums::default();
+        ops[..at].iter().for_each(|c| before.add(c, gpu_fixed));
+        let mut plan = HeldStageSums { before, total: Additions::default(), cb: Additions::default(), first: Additions::default(), last: Additions::default(), layered: Additions::default(), overhead: *overhead };
+        for c in middle {
+            let fits = plan.total.push(c.seconds)
+                && (!c.compute_bound || plan.cb.push(c.seconds))
+                && match c.op {
+                    Op::Embedding => plan.first.push(c.seconds),
+                    Op::LmHead => plan.last.push(c.seconds),
+                    _ => plan.layered.push(c.seconds),
+                };
+            if !fits {
+                return None;
+            }
+        }
+        Some(plan)
+    }
+
+    /// The sums of a pass whose decode attention costs `attention`, its overhead given by
+    /// `overhead` from the running total before it.
+    #[inline]
+    fn sums(&self, attention: &OpCost, gpu_fixed: f64, overhead: impl FnOnce(f64) -> Option<OpCost>) -> StageSums {
+        let mut s = self.before;
+        s.add(attention, gpu_fixed);
+        s.total = self.total.onto(s.total);
+        s.cb = self.cb.onto(s.cb);
+        s.first = self.first.onto(s.first);
+        s.last = self.last.onto(s.last);
+        s.layered = self.layered.onto(s.layered);
+        let o = overhead(s.total).unwrap_or(self.overhead);
+        s.add(&o, gpu_fixed);
+        s
     }
 }
 
@@ -101,18 +192,28 @@ impl CostModel {
         let mut sums = StageSums::default();
         match memo {
             Some(m) => match self.decode_memo_hit(shape, m) {
-                // A held decode batch: its operators summed in a plain loop, decode attention's
-                // replaced by this batch's (the same additions in the same order).
-                Some((attention, ops, time_n, work_n)) => {
-                    for op in ops {
-                        match op.op {
-                            Op::DecodeAttention => sums.add(&attention, gpu_fixed),
-                            // The running total before it is the full pass's, bit for bit.
-                            Op::Overhead => match self.overlapped_overhead(shape, time_n, work_n, sums.total) {
-                                Some(overhead) => sums.add(&overhead, gpu_fixed),
-                                None => sums.add(op, gpu_fixed),
-                            },
-                            _ => sums.add(op, gpu_fixed),
+                // A held decode batch: its stage sums from the entry's plan, with this batch's
+                // decode attention and overhead (the same additions in the same order).
+                Some(hit) => {
+                    if hit.stage_plan.is_none() {
+                        *hit.stage_plan = HeldStageSums::new(hit.ops, gpu_fixed).map(Box::new);
+                    }
+                    let (time_n, work_n) = (hit.time_n, hit.work_n);
+                    // The running total before the overhead is the full pass's, bit for bit.
+                    let overhead = |before: f64| self.overlapped_overhead(shape, time_n, work_n, before);
+                    match hit.stage_plan {
+                        Some(plan) => sums = plan.sums(&hit.attention, gpu_fixed, overhead),
+                        None => {
+                            for op in hit.ops {
+                                match op.op {
+                                    Op::DecodeAttention => sums.add(&hit.attention, gpu_fixed),
+                                    Op::Overhead => match overhead(sums.total) {
+                                        Some(o) => sums.add(&o, gpu_fixed),
+                                        None => sums.add(op, gpu_fixed),
+                                    },
+                                    _ => sums.add(op, gpu_fixed),
+                                }
+                            }
                         }
                     }
                 }

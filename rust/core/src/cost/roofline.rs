@@ -64,11 +64,12 @@ fn ridge_blend(r: f64, p: f64) -> f64 {
 }
 
 /// `x.ceil()` without the library call x86-64's baseline makes for it, exact: below 2^52 the
-/// truncation is; elsewhere (and for x <= 0, keeping the sign of zero) the library's.
+/// truncation is (through i64, one instruction each way on x86-64, where u64 takes a branchy
+/// sequence); elsewhere (and for x <= 0, keeping the sign of zero) the library's.
 #[inline]
 pub(super) fn ceil(x: f64) -> f64 {
     if x > 0.0 && x < 4_503_599_627_370_496.0 {
-        let t = x as u64 as f64;
+        let t = x as i64 as f64;
         if t < x { t + 1.0 } else { t }
     } else {
         x.ceil()
