@@ -76,8 +76,21 @@ impl FlowShop {
     /// it leaves stage 1 and when it leaves the last stage, or None if the clock would overflow.
     pub fn enter(&mut self, now: Nanos, stage_ns: &[Nanos]) -> Option<(Nanos, Nanos)> {
         debug_assert_eq!(stage_ns.len(), self.stage_free.len());
+        self.enter_each(now, stage_ns.iter().copied())
+    }
+
+    /// [`FlowShop::enter`] with the stage times in seconds, each rounded as [`secs_to_ns`] does
+    /// (as it goes: no list of nanoseconds is built).
+    pub fn enter_secs(&mut self, now: Nanos, stage_secs: &[f64]) -> Option<(Nanos, Nanos)> {
+        debug_assert_eq!(stage_secs.len(), self.stage_free.len());
+        self.enter_each(now, stage_secs.iter().map(|&s| secs_to_ns(s)))
+    }
+
+    /// The flow-shop recurrence over the stages' times, in stage order.
+    #[inline]
+    fn enter_each(&mut self, now: Nanos, stage_ns: impl Iterator<Item = Nanos>) -> Option<(Nanos, Nanos)> {
         let mut end = now;
-        for (free, &t) in self.stage_free.iter_mut().zip(stage_ns) {
+        for (free, t) in self.stage_free.iter_mut().zip(stage_ns) {
             end = at(end.max(*free), t)?;
             *free = end;
         }
@@ -222,11 +235,10 @@ impl Instance {
             r.first_scheduled = r.first_scheduled.min(now);
         }
         let st = self.batch_stage_costs(reqs);
-        let stage_ns: smallvec::SmallVec<[Nanos; 8]> = st.seconds.iter().map(|&s| secs_to_ns(s)).collect();
         self.count_iteration(&st.average, secs_to_ns(st.average.seconds), None, 0);
         let record = self.batch_record(now);
         let p = self.pipeline.as_mut().expect("pipelined");
-        let (stage1_free, done) = p.shop.enter(now, &stage_ns).ok_or_else(|| Error::Simulation {
+        let (stage1_free, done) = p.shop.enter_secs(now, &st.seconds).ok_or_else(|| Error::Simulation {
             message: format!(
                 "simulated time overflow: a pipelined batch starting at {:.3} s with stage times {:?} s would end past the clock's limit; the pool's GPU figures or calibration make iterations absurdly long",
                 ns_to_secs(now),
