@@ -27,8 +27,9 @@ struct Entry {
     sampled: u64,
     ops: Vec<OpCost>,
     /// The pipeline stages' sums of these operators around decode attention, once a pipelined
-    /// batch of this count was held (`pipeline.rs`).
-    stage_plan: Option<Box<super::pipeline::HeldStageSums>>,
+    /// batch of this count was held (`pipeline.rs`): None until then, `Some(None)` when these
+    /// operators admit no plan.
+    stage_plan: Option<Option<Box<super::pipeline::HeldStageSums>>>,
 }
 
 /// The operator costs of recent decode-only iterations of one cost model (its instances), by
@@ -44,7 +45,7 @@ pub struct DecodeOpsMemo {
 pub(super) struct MemoHit<'m> {
     pub(super) attention: OpCost,
     pub(super) ops: &'m [OpCost],
-    pub(super) stage_plan: &'m mut Option<Box<super::pipeline::HeldStageSums>>,
+    pub(super) stage_plan: &'m mut Option<Option<Box<super::pipeline::HeldStageSums>>>,
     pub(super) time_n: f64,
     pub(super) work_n: f64,
 }
@@ -252,11 +253,14 @@ mod tests {
 
     #[test]
     fn memoised_stage_costs_are_bit_identical_to_the_full_split() {
-        // Llama-2-70B as TP2 x PP2, run as one micro-batch (asynchronous pipelining), with and
-        // without an overlapped CPU step.
-        for overlap in [None, Some(true)] {
-            let eff = Efficiency { iteration_overhead: 2e-3, layer_overhead: 5e-6, seq_overhead: Some(10e-6), cpu_overlap: overlap, ..ideal() };
-            let cm = CostModel::new(llama2_70b(), a100(), eff, 2).unwrap().with_pipeline(2, None).unwrap().single_microbatch();
+        // Llama-2-70B, Mixtral-8x7B (the most operators between decode attention and the
+        // overhead) and DeepSeek-V2-Lite (MLA) as TP2 x PP2, run as one micro-batch (asynchronous
+        // pipelining), with and without an overlapped CPU step and a time scale: the held
+        // batches' sums from the entry's plan equal the full split's, bit for bit.
+        let models = [llama2_70b(), crate::model::fixtures::mixtral_8x7b(), crate::model::fixtures::deepseek_v2_lite()];
+        for (model, overlap) in models.iter().flat_map(|m| [(m, None), (m, Some(true))]) {
+            let eff = Efficiency { iteration_overhead: 2e-3, layer_overhead: 5e-6, seq_overhead: Some(10e-6), cpu_overlap: overlap, time_scale: overlap.map(|_| 1.3), ..ideal() };
+            let cm = CostModel::new(model.clone(), a100(), eff, 2).unwrap().with_pipeline(2, None).unwrap().single_microbatch();
             let mut memo = DecodeOpsMemo::default();
             for step in 0..30u64 {
                 for n in [1u64, 18, 19, 82] {
@@ -267,6 +271,10 @@ mod tests {
                     assert_eq!((m.average.seconds.to_bits(), m.average.compute_bound_seconds.to_bits()), (full.average.seconds.to_bits(), full.average.compute_bound_seconds.to_bits()));
                 }
             }
+            // Every count held again got its plan (none fell back to summing every operator):
+            // 1 and 19 (18 and 82 share a slot and evict each other).
+            let plans: Vec<_> = memo.slots.iter().filter_map(|e| e.stage_plan.as_ref().map(|p| (e.decode_seqs, p.is_some()))).collect();
+            assert_eq!(plans, vec![(1, true), (19, true)], "{}", model.name);
             let mut p = decodes(18, 500);
             p.add_prefill(300, 0, true);
             assert_eq!(cm.stage_costs_memo(&p, &mut memo), cm.stage_costs(&p));

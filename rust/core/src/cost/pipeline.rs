@@ -195,13 +195,11 @@ impl CostModel {
                 // A held decode batch: its stage sums from the entry's plan, with this batch's
                 // decode attention and overhead (the same additions in the same order).
                 Some(hit) => {
-                    if hit.stage_plan.is_none() {
-                        *hit.stage_plan = HeldStageSums::new(hit.ops, gpu_fixed).map(Box::new);
-                    }
+                    let plan = hit.stage_plan.get_or_insert_with(|| HeldStageSums::new(hit.ops, gpu_fixed).map(Box::new));
                     let (time_n, work_n) = (hit.time_n, hit.work_n);
                     // The running total before the overhead is the full pass's, bit for bit.
                     let overhead = |before: f64| self.overlapped_overhead(shape, time_n, work_n, before);
-                    match hit.stage_plan {
+                    match plan {
                         Some(plan) => sums = plan.sums(&hit.attention, gpu_fixed, overhead),
                         None => {
                             for op in hit.ops {
