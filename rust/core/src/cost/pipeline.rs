@@ -108,6 +108,9 @@ impl Additions {
 impl HeldStageSums {
     /// The plan of `ops` (a memo entry's), if they are one decode attention followed by
     /// operators and, last, the overhead (None otherwise: the caller sums every operator).
+    /// (Once per memo entry: kept out of the per-pass path.)
+    #[cold]
+    #[inline(never)]
     fn new(ops: &[OpCost], gpu_fixed: f64) -> Option<Self> {
         let at = ops.iter().position(|c| c.op == Op::DecodeAttention)?;
         let (overhead, middle) = ops[at + 1..].split_last()?;
@@ -195,13 +198,15 @@ impl CostModel {
                 // A held decode batch: its stage sums from the entry's plan, with this batch's
                 // decode attention and overhead (the same additions in the same order).
                 Some(hit) => {
-                    let plan = hit.stage_plan.get_or_insert_with(|| HeldStageSums::new(hit.ops, gpu_fixed).map(Box::new));
+                    if hit.stage_plan.is_none() {
+                        *hit.stage_plan = Some(HeldStageSums::new(hit.ops, gpu_fixed).map(Box::new));
+                    }
                     let (time_n, work_n) = (hit.time_n, hit.work_n);
                     // The running total before the overhead is the full pass's, bit for bit.
                     let overhead = |before: f64| self.overlapped_overhead(shape, time_n, work_n, before);
-                    match plan {
-                        Some(plan) => sums = plan.sums(&hit.attention, gpu_fixed, overhead),
-                        None => {
+                    match hit.stage_plan {
+                        Some(Some(plan)) => sums = plan.sums(&hit.attention, gpu_fixed, overhead),
+                        _ => {
                             for op in hit.ops {
                                 match op.op {
                                     Op::DecodeAttention => sums.add(&hit.attention, gpu_fixed),
