@@ -1,11 +1,12 @@
 //! Speculative decoding's cost: the proposer's k sequential steps and the target's verify pass.
 //!
 //! A speculating sequence, each step: the proposer (a small draft model; an EAGLE / MTP head:
-//! one decoder layer of the target's shape plus the shared LM head; or an EAGLE-3 head: one dense
+//! one decoder layer of the target's shape plus the shared LM head; an EAGLE-3 head: one dense
 //! decoder layer with its own, smaller LM head; or an n-gram lookup on the CPU, which costs the
-//! GPUs nothing) runs k sequential decode steps over the speculating sequences, then the target verifies k + 1 tokens per sequence in
-//! one pass, priced like a prefill chunk of k + 1 tokens attending its cached context (the
-//! target's weights are read once for the whole batch, its FLOPs grow k + 1 times). At batch 1
+//! GPUs nothing) runs k sequential decode steps over the speculating sequences, then the target
+//! verifies k + 1 tokens per sequence in one pass, priced like a prefill chunk of k + 1 tokens
+//! attending its cached context (the target's weights are read once for the whole batch, its
+//! FLOPs grow k + 1 times). At batch 1
 //! the verify pass costs about what one decode costs (weight-bandwidth bound) and emits several
 //! tokens; at large batches it turns compute-bound and speculation stops paying.
 
@@ -259,7 +260,7 @@ impl Speculator {
                 per_proposal.push((3.0 * h as f64, h as f64));
                 let fc = 3 * h * h;
                 let lm_head = (head.vocab_size as u64).div_ceil(spec.tp as u64) * h;
-                let w = head.num_layers as u64 * per_layer + (qkv_extra * head.num_layers as u64 + fc + lm_head) * 2;
+                let w = head.num_layers as u64 * per_layer + (qkv_extra * head.num_layers as u64 + fc + lm_head) * head.dtype_bytes as u64;
                 let kv = cm.kv_bytes_per_token_per_gpu();
                 (cm, w, kv)
             }
