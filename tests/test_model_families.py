@@ -179,3 +179,25 @@ def test_hf_config_context_follows_rope_scaling_as_vllm_derives_it(tmp_path):
     ]:
         with pytest.raises(ValueError, match=field.replace(".", r"\.").replace("(", r"\(")):
             context(**bad)
+
+
+def test_an_mla_prompt_reduced_to_one_token_by_the_prefix_cache_runs_as_a_decode():
+    # DeepSeek-V2-Lite with prefix caching: two requests share an 8192-token prefix and add one
+    # token; the second finds the prefix cached and computes its last token alone, a one-token
+    # query that vLLM's MLA backends run as a decode (absorbed form): its TTFT is a decode step
+    # at context 8193 to the nanosecond, not an expansion of 8193 cached latents.
+    import fleetwise
+
+    sc = {"name": "mla-prefix", "seed": 3,
+          "cluster": {"pools": [{"name": "main", "gpu": "h100-sxm", "model": "deepseek-v2-lite", "prefix_caching": True,
+                                 "scheduler": {"kind": "vllm", "max_num_seqs": 8}}]},
+          "workload": {"arrivals": {"kind": "poisson", "rate": 0.01}, "lengths": {"kind": "constant", "prompt": 1, "output": 2}, "requests": 2,
+                       "prefixes": {"groups": 1, "prefix_tokens": 8192, "fraction": 1.0, "block_tokens": 16}}}
+    r = fleetwise.simulate(sc)
+    assert r.instances["prefix_hit_tokens"][0] == 8192
+    first, second = r.requests.sort("arrival_ns").rows(named=True)
+    assert first["completion_ns"] < second["arrival_ns"], "the second arrives to an idle instance"
+    cm = cost_model("deepseek-v2-lite", "h100-sxm")
+    decode = cm.iteration_ns(decodes=[8193])
+    assert second["first_token_ns"] - second["arrival_ns"] == decode == cm.iteration_ns(prefills=[(1, 8192, True)])
+    assert first["first_token_ns"] - first["arrival_ns"] == cm.iteration_ns(prefills=[(8193, 0, True)]) > 20 * decode
