@@ -130,20 +130,19 @@ def resolve_speculative(spec: SpeculativeConfig, path: str, target, target_name:
     from fleetwise.catalog import lookup
     from fleetwise.errors import ConfigError
 
-    if spec.method == "eagle3" and spec.draft_vocab_size is not None and spec.draft_vocab_size > target.vocab_size:
-        raise ConfigError(f"{path}.draft_vocab_size: {spec.draft_vocab_size} exceeds {target_name}'s vocabulary ({target.vocab_size} tokens): the draft vocabulary is a part of the target's")
+    if spec.method == "eagle3":
+        head = None if spec.draft_model is None else lookup("model", spec.draft_model, user_models, f"{path}.draft_model")
+        if head is not None and head.hidden_size != target.hidden_size:
+            raise ConfigError(f"{path}.draft_model: {spec.draft_model}'s hidden size ({head.hidden_size}) differs from {target_name}'s ({target.hidden_size}): "
+                              "an EAGLE-3 head reads the target's hidden states")
+        vocab = spec.draft_vocab_size or (head.vocab_size if head is not None else None)
+        if vocab is not None and vocab > target.vocab_size:
+            field = "draft_vocab_size" if spec.draft_vocab_size else "draft_model"
+            raise ConfigError(f"{path}.{field}: {vocab} exceeds {target_name}'s vocabulary ({target.vocab_size} tokens): the draft vocabulary is a part of the target's")
+        return spec.core_json(None if head is None else head.core_json(spec.draft_model))
     if spec.draft_model is None:
         return spec.core_json(None)
     draft = lookup("model", spec.draft_model, user_models, f"{path}.draft_model")
-    if spec.method == "eagle3":
-        if draft.hidden_size != target.hidden_size:
-            raise ConfigError(f"{path}.draft_model: {spec.draft_model}'s hidden size ({draft.hidden_size}) differs from {target_name}'s ({target.hidden_size}): "
-                              "an EAGLE-3 head reads the target's hidden states")
-        vocab = spec.draft_vocab_size or draft.vocab_size
-        if vocab > target.vocab_size:
-            field = "draft_vocab_size" if spec.draft_vocab_size else "draft_model"
-            raise ConfigError(f"{path}.{field}: the head's vocabulary ({vocab} tokens) exceeds {target_name}'s ({target.vocab_size}): the draft vocabulary is a part of the target's")
-        return spec.core_json(draft.core_json(spec.draft_model))
     if draft.vocab_size != target.vocab_size:
         raise ConfigError(f"{path}.draft_model: {spec.draft_model}'s vocabulary ({draft.vocab_size} tokens) differs from {target_name}'s ({target.vocab_size}): "
                           "a draft model must share the target's tokenizer")

@@ -194,34 +194,21 @@ impl CostModel {
         let gpu_fixed = (self.eff.layer_overhead + self.eff.moe_layer_overhead.unwrap_or(0.0) * self.moe_share) * stage_layers * self.pp as f64 * scale;
         let mut sums = StageSums::default();
         match memo {
-            Some(m) => match self.decode_memo_hit(shape, m) {
+            Some(m) => {
                 // A held decode batch: its stage sums from the entry's plan, with this batch's
                 // decode attention and overhead (the same additions in the same order).
-                Some(hit) => {
-                    if hit.stage_plan.is_none() {
-                        *hit.stage_plan = Some(HeldStageSums::new(hit.ops, gpu_fixed).map(Box::new));
-                    }
+                let held = self.decode_memo_hit(shape, m).and_then(|hit| {
+                    let plan = hit.stage_plan.get_or_insert_with(|| HeldStageSums::new(hit.ops, gpu_fixed).map(Box::new)).as_ref()?;
                     let (time_n, work_n) = (hit.time_n, hit.work_n);
                     // The running total before the overhead is the full pass's, bit for bit.
-                    let overhead = |before: f64| self.overlapped_overhead(shape, time_n, work_n, before);
-                    match hit.stage_plan {
-                        Some(Some(plan)) => sums = plan.sums(&hit.attention, gpu_fixed, overhead),
-                        _ => {
-                            for op in hit.ops {
-                                match op.op {
-                                    Op::DecodeAttention => sums.add(&hit.attention, gpu_fixed),
-                                    Op::Overhead => match overhead(sums.total) {
-                                        Some(o) => sums.add(&o, gpu_fixed),
-                                        None => sums.add(op, gpu_fixed),
-                                    },
-                                    _ => sums.add(op, gpu_fixed),
-                                }
-                            }
-                        }
-                    }
+                    Some(plan.sums(&hit.attention, gpu_fixed, |before| self.overlapped_overhead(shape, time_n, work_n, before)))
+                });
+                match held {
+                    Some(s) => sums = s,
+                    // Otherwise every operator, through the memo.
+                    None => self.for_each_op_memo(shape, m, |c| sums.add(c, gpu_fixed)),
                 }
-                None => self.for_each_op_memo(shape, m, |c| sums.add(c, gpu_fixed)),
-            },
+            }
             None => self.for_each_op_with(shape, verify, |c| sums.add(&c, gpu_fixed)),
         }
         let StageSums { first, last, layered, total, cb } = sums;

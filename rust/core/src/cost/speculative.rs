@@ -315,17 +315,7 @@ impl Speculator {
     /// speculates and the proposer has nothing to run (no prefill chunk for a model to keep its
     /// KV of; an n-gram lookup never runs on the GPUs).
     pub fn runs_plain(&self, rest: &BatchShape, seqs: &[SpecSeq]) -> bool {
-        seqs.is_empty() && self.draft_steps(rest, seqs) == 0
-    }
-
-    /// The proposer's sequential steps on the GPUs: [`Speculator::proposal_steps`] for a model,
-    /// none for an n-gram lookup.
-    fn draft_steps(&self, rest: &BatchShape, seqs: &[SpecSeq]) -> u32 {
-        if self.method == SpecMethod::Ngram {
-            0
-        } else {
-            Self::proposal_steps(rest, seqs)
-        }
+        seqs.is_empty() && self.proposal_steps(rest, seqs) == 0
     }
 
     /// The proposer's cost model (the draft model, or the one-layer head).
@@ -365,10 +355,14 @@ impl Speculator {
         s
     }
 
-    /// How many sequential steps the proposer runs: the longest proposal, and at least one when
-    /// the batch holds prefill chunks (the proposer keeps its own KV of every prompt, so a
-    /// prompt's chunk runs through it even when no decode of the batch speculates).
-    pub fn proposal_steps(rest: &BatchShape, seqs: &[SpecSeq]) -> u32 {
+    /// How many sequential steps the proposer runs on the GPUs: the longest proposal, and at
+    /// least one when the batch holds prefill chunks (a model keeps its own KV of every prompt,
+    /// so a prompt's chunk runs through it even when no decode of the batch speculates); none for
+    /// an n-gram lookup, which runs on the CPU.
+    pub fn proposal_steps(&self, rest: &BatchShape, seqs: &[SpecSeq]) -> u32 {
+        if self.method == SpecMethod::Ngram {
+            return 0;
+        }
         let k = seqs.iter().map(|s| s.k).max().unwrap_or(0);
         k.max((rest.prefill_tokens > 0) as u32)
     }
@@ -377,7 +371,7 @@ impl Speculator {
     /// what a pipeline's last stage, where the proposer runs, adds to its share of the verify pass.
     pub fn proposal_cost(&self, rest: &BatchShape, seqs: &[SpecSeq]) -> IterationCost {
         let mut c = IterationCost::default();
-        for j in 1..=self.draft_steps(rest, seqs) {
+        for j in 1..=self.proposal_steps(rest, seqs) {
             let p = self.draft_step(rest, seqs, j);
             c.seconds += p.seconds;
             c.compute_bound_seconds += p.compute_bound_seconds;
@@ -421,7 +415,7 @@ impl Speculator {
         let mut c = target.iteration_verify(&shape, &chunks);
         let mut proposer = 0.0;
         let idle_stages = (target.pp() - 1) as f64 / target.pp() as f64;
-        for j in 1..=self.draft_steps(rest, seqs) {
+        for j in 1..=self.proposal_steps(rest, seqs) {
             let p = self.draft_step(rest, seqs, j);
             c.seconds += p.seconds;
             c.compute_bound_seconds += p.compute_bound_seconds;
