@@ -229,6 +229,19 @@ impl BlockManager {
         self.allocate_blocks(blocks);
     }
 
+    /// `n` allocations of one block each, in one step where no cached prefix must be evicted for
+    /// them (the same counts and peak as `n` calls of `allocate(1)`: the blocks in use only grow).
+    pub fn allocate_each(&mut self, n: u32) {
+        if n > 0 && n <= self.total - self.used - self.cache_blocks {
+            self.used += n;
+            self.peak = self.peak.max(self.used + self.cache_blocks);
+            return;
+        }
+        for _ in 0..n {
+            self.allocate(1);
+        }
+    }
+
     /// [`allocate`](Self::allocate) of at least one block.
     fn allocate_blocks(&mut self, blocks: u32) {
         assert!(blocks <= self.free(), "KV allocation beyond capacity: {blocks} > {} free", self.free());

@@ -36,6 +36,12 @@ const HINT_SPAN_SHIFT: u32 = 12;
 /// Hint entries (a power of two).
 const HINTS: usize = 1024;
 
+/// The hint entry of span tag `tag`.
+#[inline]
+fn hint_slot(tag: u64) -> usize {
+    (tag.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - HINTS.trailing_zeros())) as usize
+}
+
 /// Seconds of `ns` nanoseconds, as the sketch reports values.
 fn secs(ns: u64) -> f64 {
     ns as f64 * 1e-9
@@ -79,14 +85,19 @@ impl QuantileSketch {
     /// span's hint when `ns` lies within that bucket's exact bounds, else from the logarithm.
     fn find_bucket(&mut self, ns: u64) -> i32 {
         let tag = (ns >> HINT_SPAN_SHIFT) + 1;
-        let slot = (tag.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - HINTS.trailing_zeros())) as usize;
+        let slot = hint_slot(tag);
         if let Some(&(held, k)) = self.hints.get(slot) {
-            let i = k.wrapping_sub(self.offset);
-            if held == tag && matches!(self.bounds.get(i as usize), Some(&(lo, hi)) if i >= 0 && lo <= ns && ns <= hi && hi > 0) {
+            if held == tag && self.holds(k, ns) {
                 return k;
             }
         }
-        let k = self.bucket(ns);
+        // A neighbouring span's bucket, or the next one over, when its exact bounds hold `ns`
+        // (gaps drift slowly: a new span mostly falls where its neighbour's values did).
+        let near = [tag - 1, tag + 1].into_iter().filter_map(|t| self.hints.get(hint_slot(t)).filter(|&&(held, _)| held == t)).find_map(|&(_, k)| [k, k + 1, k - 1].into_iter().find(|&k| self.holds(k, ns)));
+        let k = match near {
+            Some(k) => k,
+            None => self.bucket(ns),
+        };
         self.make_room(k);
         let i = (k - self.offset) as usize;
         if self.bounds[i].1 == 0 {
@@ -97,6 +108,13 @@ impl QuantileSketch {
         }
         self.hints[slot] = (tag, k);
         k
+    }
+
+    /// Whether bucket `k`'s bounds are known and hold `ns`.
+    #[inline]
+    fn holds(&self, k: i32, ns: u64) -> bool {
+        let i = k.wrapping_sub(self.offset);
+        matches!(self.bounds.get(i as usize), Some(&(lo, hi)) if i >= 0 && lo <= ns && ns <= hi && hi > 0)
     }
 
     /// Grows `counts` and `bounds` to hold bucket `k`.

@@ -52,7 +52,7 @@ impl<'a, F: FnMut(OpCost)> IterationPass<'a, F> {
         // (1 / 1 without the division's latency: asynchronous pipelines and pp = 1 run one.)
         let micro = if m == 1.0 { 1.0 } else { 1.0 / m };
         let mt = t * micro;
-        let stage_layers = super::roofline::ceil(cm.layers / cm.pp as f64);
+        let stage_layers = cm.stage_layers;
         let slots = m + cm.pp as f64 - 1.0;
         // Per-layer operators on one micro-batch: work scales by layers x micro-batches, time by
         // layers x slots (for pp = 1: m = 1, slots = 1, so both are the layer count).

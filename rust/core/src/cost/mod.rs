@@ -88,6 +88,8 @@ pub struct CostModel {
     kvb: f64,
     h: f64,
     layers: f64,
+    /// Layers per pipeline stage, `ceil(layers / pp)` (kept: every costing reads it).
+    stage_layers: f64,
     /// FLOP/s of the decoder layers' (quantized) linear layers.
     flops_gemm: f64,
     /// FLOP/s of 16-bit GEMMs (the LM head, the MoE router) and elementwise kernels.

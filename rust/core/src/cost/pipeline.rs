@@ -188,7 +188,7 @@ impl CostModel {
             return self.single_microbatch().stage_costs_verify(shape, verify);
         }
         let pp = self.pp as usize;
-        let stage_layers = super::roofline::ceil(self.layers / self.pp as f64);
+        let stage_layers = self.stage_layers;
         let scale = self.eff.time_scale.unwrap_or(1.0);
         // The GPU part of the overhead op: per-layer fixed costs on all stages' layers.
         let gpu_fixed = (self.eff.layer_overhead + self.eff.moe_layer_overhead.unwrap_or(0.0) * self.moe_share) * stage_layers * self.pp as f64 * scale;

@@ -193,6 +193,7 @@ impl CostModel {
             kvb: model.dtype_bytes as f64,
             h: model.hidden_size as f64,
             layers: model.num_layers as f64,
+            stage_layers: model.num_layers as f64,
             flops_gemm: gpu.peak_flops * eff.gemm_compute,
             flops_16bit: gpu.peak_flops * eff.gemm_compute,
             flops_attn: gpu.peak_flops * eff.attention_compute,
@@ -266,6 +267,7 @@ impl CostModel {
             return Err(Error::config("parallelism.microbatches", "must be at least 1"));
         }
         self.pp = pp;
+        self.stage_layers = super::roofline::ceil(self.layers / pp as f64);
         self.microbatches = if pp == 1 { 1 } else { m };
         Ok(self)
     }

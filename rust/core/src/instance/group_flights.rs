@@ -54,7 +54,8 @@ impl Instance {
         if self.pipeline.as_ref().is_none_or(|p| p.blocked()) {
             return Ok(FlightStart::Blocked);
         }
-        let Some(group) = self.form_group_batch(now, reqs) else { return Ok(FlightStart::General) };
+        // `group_flights_only` found the closed form applying when the loop began.
+        let Some(group) = self.form_applying_group_batch(now, reqs) else { return Ok(FlightStart::General) };
         let (times, record) = self.launch_batch(now, reqs)?;
         self.keep_in_flight(group, record);
         Ok(match group {

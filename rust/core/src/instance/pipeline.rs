@@ -106,7 +106,9 @@ impl FlowShop {
 /// A batch in flight and the record of its iteration.
 #[derive(Debug, Clone)]
 pub(super) struct InFlight {
-    pub(super) batch: Batch,
+    /// (Boxed: a batch is kept in flight and applied at every pass, and moving the box moves
+    /// a pointer.)
+    pub(super) batch: Box<Batch>,
     pub(super) record: IterationRecord,
     /// The group whose closed-form pass the batch is (its members are not in `batch.items`).
     pub(super) group: Option<usize>,
@@ -120,7 +122,7 @@ pub(super) struct Pipeline {
     pub(super) in_flight: VecDeque<InFlight>,
     stage1_busy: bool,
     /// Batches already applied, kept to be reused by the next ones in flight.
-    pub(super) spare: Vec<Batch>,
+    pub(super) spare: Vec<Box<Batch>>,
     /// Reused lists of request ids: in flight, ready, the running list put aside while the
     /// scheduler sees a batch's share (so that forming a batch allocates nothing once grown).
     scratch: [Vec<u32>; 3],
@@ -153,7 +155,7 @@ impl Pipeline {
     pub(super) fn group_batch(&mut self, group: usize) -> Option<&mut Batch> {
         let f = self.in_flight.iter_mut().find(|f| f.group == Some(group))?;
         f.group = None;
-        Some(&mut f.batch)
+        Some(&mut *f.batch)
     }
 }
 
@@ -217,10 +219,10 @@ impl Instance {
         // A batch done earlier is reused for the copy (its item list keeps its allocation).
         let batch = match p.spare.pop() {
             Some(mut b) => {
-                b.clone_from(&self.batch);
+                b.as_mut().clone_from(&self.batch);
                 b
             }
-            None => self.batch.clone(),
+            None => Box::new(self.batch.clone()),
         };
         p.in_flight.push_back(InFlight { batch, record, group });
     }
@@ -303,7 +305,9 @@ impl Instance {
         }
         let p = self.pipeline.as_mut().expect("pipelined");
         let done = p.in_flight.pop_front().expect("a batch is in flight");
-        let latest = std::mem::replace(&mut self.batch, done.batch);
+        // `held` keeps the latest batch formed while the one done is applied.
+        let mut held = done.batch;
+        std::mem::swap(&mut self.batch, &mut held);
         self.apply_speculation();
         if let Some(g) = done.group {
             self.finish_group(g, now, reqs, &mut on_token);
@@ -312,9 +316,9 @@ impl Instance {
         if done.group.is_none() {
             self.join_group(now, reqs);
         }
-        let finished = std::mem::replace(&mut self.batch, latest);
+        std::mem::swap(&mut self.batch, &mut held);
         if let Some(p) = self.pipeline.as_mut() {
-            p.spare.push(finished);
+            p.spare.push(held);
         }
         self.busy = self.pipeline.as_ref().is_some_and(|p| p.blocked());
         IterationRecord { end: now, ..done.record }

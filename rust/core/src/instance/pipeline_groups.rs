@@ -132,13 +132,6 @@ impl Group {
     }
 }
 
-impl Groups {
-    /// Members of every group.
-    fn members(&self) -> usize {
-        self.slots.iter().flatten().map(|g| g.members.len()).sum()
-    }
-}
-
 impl Instance {
     /// Whether the scheduler declined to form admissions alone (batches no longer join groups).
     pub(super) fn groups_declined(&self) -> bool {
@@ -161,27 +154,38 @@ impl Instance {
         if !self.groups_apply() {
             return None;
         }
+        self.form_applying_group_batch(now, reqs)
+    }
+
+    /// [`Instance::form_group_batch`] where the closed form is known to apply (the back-to-back
+    /// loop checked it as it began, and nothing it runs changes it).
+    pub(super) fn form_applying_group_batch(&mut self, now: Nanos, reqs: &mut [Request]) -> Option<Option<usize>> {
+        debug_assert!(self.groups_apply());
         let p = self.pipeline.as_ref()?;
         if !p.one_slot_free() {
             return None;
         }
         // The ready groups (not in flight): one, or two where one's members all precede the
         // other's in the running list (a prefill batch's requests, admitted last, joined).
-        let (mut first, mut second) = (None, None);
+        // (Every group's members counted on the way.)
+        let (mut first, mut second, mut members) = (None, None, 0);
         for (i, g) in self.groups.slots.iter().enumerate() {
-            if let Some(g) = g.as_ref().filter(|g| !g.in_flight) {
-                if second.is_some() || g.members.is_empty() || g.tail.is_some() {
-                    return None;
-                }
-                if first.is_none() {
-                    first = Some(i);
-                } else {
-                    second = Some(i);
-                }
+            let Some(g) = g.as_ref() else { continue };
+            members += g.members.len();
+            if g.in_flight {
+                continue;
+            }
+            if second.is_some() || g.members.is_empty() || g.tail.is_some() {
+                return None;
+            }
+            if first.is_none() {
+                first = Some(i);
+            } else {
+                second = Some(i);
             }
         }
         let mut gi = first?;
-        let held = self.groups.members() + p.items_in_flight();
+        let held = members + p.items_in_flight();
         if held != self.queues.running.len() {
             return None;
         }
@@ -264,8 +268,8 @@ impl Instance {
         }
         for &req in crossing.iter() {
             reqs[req as usize].blocks += 1;
-            self.kv.allocate(1);
         }
+        self.kv.allocate_each(crossing.len() as u32);
         let m = g.members.len() as i64;
         let context_sum = g.offset_sum + m * g.pass as i64 + m;
         self.batch.shape.add_decodes(m as u64, context_sum as u64, (g.offset_max + g.pass as i64 + 1) as u64);
@@ -386,13 +390,9 @@ impl Instance {
 
 /// Whether `a` then `b` appear in `running` in that order (each a part of it in its order).
 fn precedes(running: &[u32], a: &[u32], b: &[u32]) -> bool {
-    let mut next = a.iter().chain(b).peekable();
-    for r in running {
-        if next.peek() == Some(&r) {
-            next.next();
-        }
-    }
-    next.peek().is_none()
+    // Greedily: each of a's then b's requests at the first place after the previous one's.
+    let mut rest = running.iter();
+    a.iter().chain(b).all(|x| rest.any(|r| r == x))
 }
 
 #[cfg(test)]

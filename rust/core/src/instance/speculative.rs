@@ -188,7 +188,10 @@ impl Instance {
     /// speculating decode) and the proposer's steps follow it on the last stage. Keeps the
     /// batch's accepted counts until it is applied ([`Instance::apply_speculation`]).
     pub(super) fn batch_stage_costs(&mut self, reqs: &[Request]) -> StageCosts {
-        let Some((rest, seqs)) = self.draw_batch(reqs) else { return self.cost.stage_costs_memo(&self.batch.shape, &mut self.decode_memo.borrow_mut()) };
+        if self.spec.is_none() {
+            return self.cost.stage_costs_memo(&self.batch.shape, &mut self.decode_memo.borrow_mut());
+        }
+        let (rest, seqs) = self.draw_batch(reqs).expect("a speculating pool");
         let rt = self.spec.as_deref_mut().expect("a speculating pool");
         rt.in_flight.push_back(std::mem::take(&mut rt.accepted));
         if rt.spec.runs_plain(&rest, &seqs) {
