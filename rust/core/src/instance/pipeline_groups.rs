@@ -198,13 +198,17 @@ impl Instance {
             }
         }
         self.batch.clear();
-        self.scheduler.set_now(now);
-        let admits = if self.queues.waiting.is_empty() {
+        let admits = if self.queues.waiting.is_empty() && self.queues.swapped.is_empty() && self.scheduler.admits_alone() {
+            // Nothing to admit, and a scheduler that admits alone admits none.
+            true
+        } else if self.queues.waiting.is_empty() {
+            self.scheduler.set_now(now);
             // Admissions come from the waiting queue: with none waiting there are none, whatever
             // the running list (the scheduler is still asked, and may decline the closed form).
             self.scheduler.schedule_admissions(&mut self.queues, reqs, &mut self.kv, &mut self.batch)
         } else {
             // The admissions with the running list cut to the group, as `schedule_share` would.
+            self.scheduler.set_now(now);
             let mut cut = std::mem::take(&mut self.groups.cut);
             cut.clear();
             for i in std::iter::once(gi).chain(second) {

@@ -239,6 +239,14 @@ pub trait Scheduler: Send + Sync {
         false
     }
 
+    /// Whether [`Scheduler::schedule_admissions`] always forms admissions alone (returns true)
+    /// from the waiting and swapped requests only, without reading the time: with none waiting
+    /// or swapped out it then admits none, and the caller may skip asking it (and
+    /// [`Scheduler::set_now`]).
+    fn admits_alone(&self) -> bool {
+        false
+    }
+
     /// An error met while scheduling (a user's policy failed or answered out of bounds); the
     /// simulation stops with it.
     fn take_error(&mut self) -> Option<Error> {

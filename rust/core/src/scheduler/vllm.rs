@@ -162,6 +162,10 @@ impl Scheduler for VllmScheduler {
         true
     }
 
+    fn admits_alone(&self) -> bool {
+        true
+    }
+
     fn reject_reason(&self, req: &Request) -> Option<String> {
         if req.prompt > self.max_num_batched_tokens {
             return Some(format!("prompt of {} tokens exceeds max_num_batched_tokens={}", req.prompt, self.max_num_batched_tokens));
