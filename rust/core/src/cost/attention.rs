@@ -73,18 +73,31 @@ impl<F: FnMut(OpCost)> IterationPass<'_, F> {
     /// Grouped-query attention with query width `q` and K (or V) width `kv` on one GPU.
     fn gqa(&mut self, q: f64, kv: f64) -> AttentionWidths {
         let (cm, shape) = (self.cm, self.shape);
-        let (h, b, mt) = (cm.h, cm.b, self.mt);
-        let (pt, pairs, pkv) = (self.pt, self.pairs, self.pkv);
+        let (h, mt) = (cm.h, self.mt);
         self.emit(Op::QkvProj, &[Kernel::all(cm.gemm(mt, h, q + 2.0 * kv))], cm.flops_gemm, true);
         if shape.prefill_tokens > 0 {
-            let work = (4.0 * q * pairs, (2.0 * pt * q + 2.0 * kv * pkv * cm.kv_ratio()) * b);
-            self.emit(Op::PrefillAttention, &[Kernel::all(work)], cm.flops_attn, true);
+            self.gqa_prefill(q, kv);
         }
         if shape.decode_seqs > 0 {
             self.gqa_decode(q, kv);
         }
         self.emit(Op::OProj, &[Kernel::all(cm.gemm(mt, q, h))], cm.flops_gemm, true);
         AttentionWidths { rope: q + kv, latent: 0.0, cache: 2.0 * kv }
+    }
+
+    /// Causal prefill attention of the chunks (grouped-query attention).
+    fn gqa_prefill(&mut self, q: f64, kv: f64) {
+        let cm = self.cm;
+        let work = (4.0 * q * self.pairs, (2.0 * self.pt * q + 2.0 * kv * self.pkv * cm.kv_ratio()) * cm.b);
+        self.emit(Op::PrefillAttention, &[Kernel::all(work)], cm.flops_attn, true);
+    }
+
+    /// Prefill attention alone, as [`Self::attention`] charges it, for grouped-query attention
+    /// (what the prefill memo recomputes: `prefill_memo.rs`); nothing for MLA.
+    pub(super) fn prefill_attention_alone(&mut self) {
+        if let Attention::Gqa { q, kv } = self.cm.attn {
+            self.gqa_prefill(q, kv);
+        }
     }
 
     /// Multi-head latent attention: `heads` query heads on the GPU, per-head sizes, the KV latent

@@ -33,10 +33,11 @@ struct Entry {
 }
 
 /// The operator costs of recent decode-only iterations of one cost model (its instances), by
-/// sequence count.
+/// sequence count, and of prefill-only ones, by token count (`prefill_memo.rs`).
 #[derive(Debug, Clone, Default)]
-pub struct DecodeOpsMemo {
+pub struct OpsMemo {
     slots: Vec<Entry>,
+    pub(super) prefill: super::prefill_memo::PrefillOpsMemo,
 }
 
 /// A memo hit ([`CostModel::decode_memo_hit`]): decode attention's cost for the batch, the held
@@ -54,15 +55,20 @@ impl CostModel {
     /// Whether a decode-only iteration's operators other than decode attention and the per-step
     /// overhead depend on its sequence and sample counts alone: not when an offloaded weight
     /// fetch charges only what outlasts the operators before it.
-    fn decode_ops_memoizable(&self) -> bool {
+    pub(super) fn decode_ops_memoizable(&self) -> bool {
         self.offload.is_none()
     }
 
     /// [`CostModel::iteration`] of `shape`, with the operators of decode-only iterations other
     /// than decode attention taken from `memo` when it holds them for this sequence count (and
     /// stored there otherwise). Bit-identical to `iteration(shape)`.
-    pub fn iteration_memo(&self, shape: &BatchShape, memo: &mut DecodeOpsMemo) -> IterationCost {
+    pub fn iteration_memo(&self, shape: &BatchShape, memo: &mut OpsMemo) -> IterationCost {
         if !self.memo_applies(shape) {
+            if self.prefill_memo_applies(shape) {
+                let mut c = IterationCost::default();
+                self.prefill_memo_ops(shape, &mut memo.prefill, |op| c.charge(op));
+                return c;
+            }
             return self.iteration(shape);
         }
         if memo.slots.is_empty() {
@@ -99,7 +105,7 @@ impl CostModel {
     /// [`CostModel::moe_layer_split`] of `shape`, with its operators taken as
     /// [`Self::iteration_memo`] takes them (right after it, on the same shape, the memo holds
     /// them). Bit-identical to `moe_layer_split(shape)`.
-    pub fn moe_layer_split_memo(&self, shape: &BatchShape, memo: &mut DecodeOpsMemo) -> (f64, f64) {
+    pub fn moe_layer_split_memo(&self, shape: &BatchShape, memo: &mut OpsMemo) -> (f64, f64) {
         if !self.memo_applies(shape) {
             return self.moe_layer_split(shape);
         }
@@ -112,8 +118,11 @@ impl CostModel {
     /// costs in the same order, those of decode-only iterations other than decode attention (and
     /// an overlapped per-step overhead) taken from `memo` when it holds them for this sequence
     /// count (and stored there otherwise).
-    pub fn for_each_op_memo(&self, shape: &BatchShape, memo: &mut DecodeOpsMemo, mut sink: impl FnMut(&OpCost)) {
+    pub fn for_each_op_memo(&self, shape: &BatchShape, memo: &mut OpsMemo, mut sink: impl FnMut(&OpCost)) {
         if !self.memo_applies(shape) {
+            if self.prefill_memo_applies(shape) {
+                return self.prefill_memo_ops(shape, &mut memo.prefill, sink);
+            }
             return self.for_each_op(shape, |op| sink(&op));
         }
         self.memo_ops(shape, memo, sink)
@@ -124,7 +133,7 @@ impl CostModel {
     /// time and work multipliers (for an overlapped CPU step, recomputed by the caller with
     /// [`Self::overlapped_overhead`]). The caller substitutes them as [`Self::for_each_op_memo`]
     /// does. None on a miss (the caller then takes [`Self::for_each_op_memo`]).
-    pub(super) fn decode_memo_hit<'m>(&self, shape: &BatchShape, memo: &'m mut DecodeOpsMemo) -> Option<MemoHit<'m>> {
+    pub(super) fn decode_memo_hit<'m>(&self, shape: &BatchShape, memo: &'m mut OpsMemo) -> Option<MemoHit<'m>> {
         if !self.memo_applies(shape) {
             return None;
         }
@@ -157,7 +166,7 @@ impl CostModel {
     /// (decode attention and, with an overlapped CPU step, the overhead recomputed), else costed
     /// in full and stored there. ([`Self::iteration_memo`] spells the same walk out with its sums
     /// inline: it runs for every decode iteration.)
-    fn memo_ops(&self, shape: &BatchShape, memo: &mut DecodeOpsMemo, mut f: impl FnMut(&OpCost)) {
+    fn memo_ops(&self, shape: &BatchShape, memo: &mut OpsMemo, f: impl FnMut(&OpCost)) {
         if memo.slots.is_empty() {
             memo.slots.resize_with(SLOTS, Entry::default);
         }
@@ -174,15 +183,22 @@ impl CostModel {
         let mut pass = IterationPass::new(self, shape, |op| attention = Some(op));
         pass.decode_attention();
         let (time_n, work_n) = (pass.time_n, pass.work_n);
+        self.replay(shape, &e.ops, attention.as_ref(), time_n, work_n, f);
+    }
+
+    /// Calls `f` on each of the held operators `ops` of `shape` in order, `recomputed` in place of
+    /// the held operator of its kind and, with an overlapped CPU step, the overhead recomputed
+    /// from the running sum before it (`time_n`, `work_n`: the pass's per-layer multipliers).
+    pub(super) fn replay(&self, shape: &BatchShape, ops: &[OpCost], recomputed: Option<&OpCost>, time_n: f64, work_n: f64, mut f: impl FnMut(&OpCost)) {
         let overlap = self.eff.cpu_overlap == Some(true);
         // The running sum the full pass charges the overhead against (kept only when needed).
         let mut c = IterationCost::default();
-        for op in &e.ops {
+        for op in ops {
             let overhead;
-            let op = match (op.op, &attention) {
-                (Op::DecodeAttention, Some(a)) => a,
+            let op = match recomputed {
+                Some(r) if r.op == op.op => r,
                 // The full pass's running sum before the overhead is `c.seconds` here, bit for bit.
-                (Op::Overhead, _) if overlap => {
+                _ if overlap && op.op == Op::Overhead => {
                     overhead = self.scaled(self.overhead_cost(shape, time_n, work_n, c.seconds));
                     &overhead
                 }
@@ -198,7 +214,7 @@ impl CostModel {
 
 #[cfg(test)]
 mod tests {
-    use super::DecodeOpsMemo;
+    use super::OpsMemo;
     use crate::calibration::Efficiency;
     use crate::cost::fixtures::*;
     use crate::cost::*;
@@ -229,7 +245,7 @@ mod tests {
             (CostModel::new(mixtral_8x7b(), h100(), ideal(), 1).unwrap(), "mixtral (MoE)"),
             (CostModel::new(llama2_70b(), a100(), tuned, 2).unwrap().with_pipeline(2, Some(4)).unwrap(), "llama2-70b tp2 x pp2 sync, 4 micro-batches"),
         ] {
-            let mut memo = DecodeOpsMemo::default();
+            let mut memo = OpsMemo::default();
             let mut hits = 0;
             for step in 0..40u64 {
                 // Sequence counts repeat (hits) and collide in a slot (1 and 65): both must match.
@@ -261,7 +277,7 @@ mod tests {
         for (model, overlap) in models.iter().flat_map(|m| [(m, None), (m, Some(true))]) {
             let eff = Efficiency { iteration_overhead: 2e-3, layer_overhead: 5e-6, seq_overhead: Some(10e-6), cpu_overlap: overlap, time_scale: overlap.map(|_| 1.3), ..ideal() };
             let cm = CostModel::new(model.clone(), a100(), eff, 2).unwrap().with_pipeline(2, None).unwrap().single_microbatch();
-            let mut memo = DecodeOpsMemo::default();
+            let mut memo = OpsMemo::default();
             for step in 0..30u64 {
                 for n in [1u64, 18, 19, 82] {
                     let s = decodes(n, 200 + 50 * step);
@@ -284,7 +300,7 @@ mod tests {
     #[test]
     fn the_decode_attention_term_follows_the_contexts() {
         let cm = CostModel::new(llama3_8b(), h100(), ideal(), 1).unwrap();
-        let mut memo = DecodeOpsMemo::default();
+        let mut memo = OpsMemo::default();
         let short = cm.iteration_memo(&decodes(64, 100), &mut memo).seconds;
         let long = cm.iteration_memo(&decodes(64, 4000), &mut memo).seconds;
         // 64 x 3900 more keys: 32 layers x 2 x 1024 x 2 bytes each, at 3.35 TB/s.
@@ -298,7 +314,7 @@ mod tests {
         // one's entirely: the overhead differs between iterations of the same batch size.
         for scale in [None, Some(1.7)] {
             let cm = CostModel::new(llama3_8b(), h100(), Efficiency { iteration_overhead: 6e-3, seq_overhead: Some(10e-6), cpu_overlap: Some(true), time_scale: scale, ..ideal() }, 1).unwrap();
-            let mut memo = DecodeOpsMemo::default();
+            let mut memo = OpsMemo::default();
             let mut overheads = Vec::new();
             for first in [100, 30000, 100, 2000] {
                 let s = decodes(32, first);
@@ -317,7 +333,7 @@ mod tests {
         // overlapped CPU step: bit for bit the full pass's, hits and misses alike.
         for eff in [ideal(), Efficiency { iteration_overhead: 6e-3, seq_overhead: Some(10e-6), cpu_overlap: Some(true), ..ideal() }] {
             let cm = CostModel::new(mixtral_8x7b(), h100(), eff, 1).unwrap();
-            let mut memo = DecodeOpsMemo::default();
+            let mut memo = OpsMemo::default();
             for step in 0..30u64 {
                 for n in [3u64, 64, 67] {
                     let s = decodes(n, 200 + 500 * step);

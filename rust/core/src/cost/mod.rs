@@ -38,6 +38,7 @@ mod memory;
 mod ops;
 mod pim;
 mod pipeline;
+mod prefill_memo;
 mod quantization;
 mod roofline;
 mod setup;
@@ -45,7 +46,7 @@ mod speculative;
 mod weight_fetch;
 
 pub use batch::{BatchShape, VerifyChunks};
-pub use decode_memo::DecodeOpsMemo;
+pub use decode_memo::OpsMemo;
 pub use ops::{IterationCost, Op, OpCost};
 pub use pipeline::StageCosts;
 pub use quantization::{ActivationFormat, KvCacheFormat, Quantization, WeightFormat, DEFAULT_GROUP_SIZE};

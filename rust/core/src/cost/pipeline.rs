@@ -8,7 +8,7 @@
 
 use smallvec::SmallVec;
 
-use super::{BatchShape, CostModel, DecodeOpsMemo, IterationCost, Op, OpCost, VerifyChunks};
+use super::{BatchShape, CostModel, OpsMemo, IterationCost, Op, OpCost, VerifyChunks};
 
 /// Seconds per stage, kept inline (no allocation per batch) for up to 8 stages.
 pub type StageSeconds = SmallVec<[f64; 8]>;
@@ -176,13 +176,13 @@ impl CostModel {
 
     /// [`CostModel::stage_costs`] of `shape`, bit-identical, with the operators of decode-only
     /// batches other than decode attention taken from `memo` (see `decode_memo.rs`).
-    pub fn stage_costs_memo(&self, shape: &BatchShape, memo: &mut DecodeOpsMemo) -> StageCosts {
+    pub fn stage_costs_memo(&self, shape: &BatchShape, memo: &mut OpsMemo) -> StageCosts {
         self.stage_costs_with(shape, Some(memo), &VerifyChunks::default())
     }
 
     /// The stage times of `shape` (with `verify`'s chunks among its prefills), its operators
     /// visited through `memo` if given.
-    fn stage_costs_with(&self, shape: &BatchShape, memo: Option<&mut DecodeOpsMemo>, verify: &VerifyChunks) -> StageCosts {
+    fn stage_costs_with(&self, shape: &BatchShape, memo: Option<&mut OpsMemo>, verify: &VerifyChunks) -> StageCosts {
         if self.microbatches != 1 {
             // The memo holds this model's operators, not the single micro-batch's.
             return self.single_microbatch().stage_costs_verify(shape, verify);

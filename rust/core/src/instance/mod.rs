@@ -27,7 +27,7 @@ pub use setup::{kv_watermark, ExpertSetup, InstanceSetup, KV_WATERMARK_FRACTION,
 pub use speculative::{SpecRuntime, SpecStats};
 pub use stats::{InstanceStats, IterationRecord};
 
-use crate::cost::{CostModel, DecodeOpsMemo};
+use crate::cost::{CostModel, OpsMemo};
 use crate::kv::BlockManager;
 use crate::memory::MemoryPlan;
 use crate::moe::{ExpertResidency, ExpertRuntime};
@@ -46,7 +46,7 @@ pub struct Instance {
     cost: Rc<CostModel>,
     /// Decode-only iterations' operator costs by batch size (all but decode attention), shared
     /// with `cost`: they depend on the cost model and the batch's counts alone.
-    decode_memo: Rc<RefCell<DecodeOpsMemo>>,
+    decode_memo: Rc<RefCell<OpsMemo>>,
     plan: MemoryPlan,
     kv: BlockManager,
     scheduler: Box<dyn Scheduler>,
