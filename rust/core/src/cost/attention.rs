@@ -4,7 +4,7 @@
 
 use super::iteration::IterationPass;
 use super::roofline::Kernel;
-use super::{CostModel, Op, OpCost};
+use super::{BatchShape, CostModel, Op, OpCost};
 
 /// Attention shapes on one GPU after tensor-parallel sharding of the query heads.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -140,6 +140,40 @@ impl<F: FnMut(OpCost)> IterationPass<'_, F> {
     }
 }
 
+impl CostModel {
+    /// Decode attention of the decode-only `shape` run as one micro-batch, with grouped-query
+    /// attention and no PIM, and the pass's per-layer time and work multipliers: what
+    /// [`IterationPass::decode_attention`] charges, the same operations on the same values in
+    /// the same order (bit-identical; `emit` with one kernel spelled out), without setting up a
+    /// pass. None for other batches and models (the caller takes the pass). A held pipelined
+    /// batch's stage costs take it at every pass (`decode_memo.rs`).
+    pub(super) fn gqa_decode_attention_alone(&self, shape: &BatchShape) -> Option<(OpCost, f64, f64)> {
+        let Attention::Gqa { q, kv } = self.attn else { return None };
+        if self.microbatches != 1 || self.pim.is_some() || shape.prefill_tokens > 0 || shape.decode_seqs == 0 {
+            return None;
+        }
+        // `IterationPass::new` with one micro-batch: m = 1, micro = 1.
+        let m = 1.0;
+        let slots = m + self.pp as f64 - 1.0;
+        let (work_n, time_n) = (self.stage_layers * m, self.stage_layers * slots);
+        let (ds, dkv) = (shape.decode_seqs as f64 * m, shape.decode_kv_tokens as f64 * m);
+        // `gqa_decode`.
+        let rows = self.eff.decode_query_rows.unwrap_or(1).max(1) as f64;
+        let (kflops, kbytes) = (4.0 * q * dkv * rows, (2.0 * ds * q + 2.0 * kv * dkv * self.kv_ratio()) * self.b);
+        let floor = self.decode_attention_tail(ds, shape.decode_max_context as f64);
+        let kbw = self.decode_split_bandwidth(ds).unwrap_or(self.bw_attn);
+        // `emit` of that one kernel (share 1) on every layer.
+        let (flops, bytes) = (0.0 + 1.0 * kflops, 0.0 + 1.0 * kbytes);
+        let (t, cb) = self.roofline(kflops, kbytes, self.flops_attn, kbw);
+        let (t, cb) = if floor > t { (floor, false) } else { (t, cb) };
+        let secs = 0.0 + 1.0 * t;
+        let cb_secs = 0.0 + if cb { 1.0 * t } else { 0.0 };
+        let cb = 2.0 * cb_secs >= secs;
+        let c = OpCost { op: Op::DecodeAttention, flops: flops * work_n, bytes: bytes * work_n, seconds: secs * time_n, compute_bound: cb, on_pim: false, bubble_seconds: secs * (time_n - work_n) };
+        Some((self.scaled(c), time_n, work_n))
+    }
+}
+
 impl<F: FnMut(OpCost)> IterationPass<'_, F> {
     /// Charges decode attention alone (the batch has decodes): what a decode-only iteration's
     /// cost depends on beyond its sequence count (see `decode_memo.rs`).
@@ -187,6 +221,44 @@ mod tests {
     use crate::cost::*;
     use crate::model::fixtures::*;
     use crate::model::ModelSpec;
+
+    #[test]
+    fn spelled_out_decode_attention_is_the_pass_s_bit_for_bit() {
+        // The engine's decode-attention terms (query rows, split bandwidth, the CTA tail), a time
+        // scale, an FP8 cache and a power cap, one and two stages, batches below and above the
+        // split: the spelled-out operator equals the pass's in every field, bit for bit.
+        use crate::calibration::Efficiency;
+        let engine = Efficiency { decode_query_rows: Some(5), attention_memory_split: Some(0.9), attention_cta: Some(0.25), time_scale: Some(1.3), ..ideal() };
+        let kv8 = Quantization { kv_cache: KvCacheFormat::Fp8, ..Quantization::default() };
+        let models = [
+            CostModel::new(llama3_8b(), h100(), ideal(), 1).unwrap(),
+            CostModel::new(llama3_8b(), h100(), engine.clone(), 1).unwrap(),
+            CostModel::new(llama3_8b(), h100(), engine.clone(), 1).unwrap().with_quantization(kv8).unwrap().with_power_cap(Some(450.0)).unwrap(),
+            CostModel::new(llama2_70b(), a100(), engine, 2).unwrap().with_pipeline(2, None).unwrap().single_microbatch(),
+        ];
+        for (i, cm) in models.iter().enumerate() {
+            for (n, first) in [(1u64, 10u64), (7, 3000), (64, 500), (256, 2000), (1024, 100)] {
+                let mut s = BatchShape::default();
+                (0..n).for_each(|j| s.add_decode(first + 13 * j));
+                let mut pass_op = None;
+                let mut pass = crate::cost::iteration::IterationPass::new(cm, &s, |c| pass_op = Some(c));
+                pass.decode_attention();
+                let (tn, wn) = (pass.time_n, pass.work_n);
+                let (c, time_n, work_n) = cm.gqa_decode_attention_alone(&s).expect("GQA, one micro-batch");
+                let p = pass_op.unwrap();
+                let bits = |c: &OpCost| (c.flops.to_bits(), c.bytes.to_bits(), c.seconds.to_bits(), c.bubble_seconds.to_bits(), c.compute_bound, c.on_pim, c.op);
+                assert_eq!(bits(&c), bits(&p), "model {i}, {n} decodes");
+                assert_eq!((time_n.to_bits(), work_n.to_bits()), (tn.to_bits(), wn.to_bits()));
+            }
+        }
+        // Not for MLA, prefill chunks or several micro-batches.
+        let mut s = BatchShape::default();
+        s.add_decode(100);
+        assert!(CostModel::new(deepseek_v2_lite(), h100(), ideal(), 1).unwrap().gqa_decode_attention_alone(&s).is_none());
+        assert!(CostModel::new(llama2_70b(), a100(), ideal(), 2).unwrap().with_pipeline(2, None).unwrap().gqa_decode_attention_alone(&s).is_none());
+        s.add_prefill(10, 0, true);
+        assert!(CostModel::new(llama3_8b(), h100(), ideal(), 1).unwrap().gqa_decode_attention_alone(&s).is_none());
+    }
 
     #[test]
     fn llama2_7b_a100_chunk_after_cache() {

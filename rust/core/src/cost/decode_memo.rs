@@ -141,11 +141,17 @@ impl CostModel {
         if e.ops.is_empty() || e.decode_seqs != shape.decode_seqs || e.sampled != shape.sampled {
             return None;
         }
-        let mut attention = None;
-        let mut pass = IterationPass::new(self, shape, |op| attention = Some(op));
-        pass.decode_attention();
-        let (time_n, work_n) = (pass.time_n, pass.work_n);
-        Some(MemoHit { attention: attention?, ops: &e.ops, stage_plan: &mut e.stage_plan, time_n, work_n })
+        let (attention, time_n, work_n) = match self.gqa_decode_attention_alone(shape) {
+            Some(spelled_out) => spelled_out,
+            None => {
+                let mut attention = None;
+                let mut pass = IterationPass::new(self, shape, |op| attention = Some(op));
+                pass.decode_attention();
+                let (time_n, work_n) = (pass.time_n, pass.work_n);
+                (attention?, time_n, work_n)
+            }
+        };
+        Some(MemoHit { attention, ops: &e.ops, stage_plan: &mut e.stage_plan, time_n, work_n })
     }
 
     /// The per-step overhead of the decode-only `shape` with an overlapped CPU step, after
