@@ -91,6 +91,8 @@ pub struct CostModel {
     layers: f64,
     /// Layers per pipeline stage, `ceil(layers / pp)` (kept: every costing reads it).
     stage_layers: f64,
+    /// `1 / pp` where `pp` is a power of two (multiplying by it divides by `pp` exactly).
+    stage_reciprocal: Option<f64>,
     /// FLOP/s of the decoder layers' (quantized) linear layers.
     flops_gemm: f64,
     /// FLOP/s of 16-bit GEMMs (the LM head, the MoE router) and elementwise kernels.

@@ -212,10 +212,13 @@ impl CostModel {
             None => self.for_each_op_with(shape, verify, |c| sums.add(&c, gpu_fixed)),
         }
         let StageSums { first, last, layered, total, cb } = sums;
-        // x / pp; for a power of two, x * (1 / pp): the same quotient, with the division off the
-        // chain of dependent operations (1 / pp does not wait for the sums).
-        let per_stage = |x: f64| if pp.is_power_of_two() { x * (1.0 / pp as f64) } else { x / pp as f64 };
-        let mut seconds: StageSeconds = smallvec::smallvec![per_stage(layered); pp];
+        // x / pp; for a power of two, x * (1 / pp) (kept in the cost model): the same quotient,
+        // without a division.
+        let per_stage = |x: f64| match self.stage_reciprocal {
+            Some(r) => x * r,
+            None => x / pp as f64,
+        };
+        let mut seconds: StageSeconds = if pp <= 8 { SmallVec::from_buf_and_len([per_stage(layered); 8], pp) } else { smallvec::smallvec![per_stage(layered); pp] };
         seconds[0] += first;
         seconds[pp - 1] += last;
         StageCosts { seconds, average: IterationCost { seconds: per_stage(total), compute_bound_seconds: per_stage(cb), ..Default::default() } }

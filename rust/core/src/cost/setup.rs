@@ -194,6 +194,7 @@ impl CostModel {
             h: model.hidden_size as f64,
             layers: model.num_layers as f64,
             stage_layers: model.num_layers as f64,
+            stage_reciprocal: Some(1.0),
             flops_gemm: gpu.peak_flops * eff.gemm_compute,
             flops_16bit: gpu.peak_flops * eff.gemm_compute,
             flops_attn: gpu.peak_flops * eff.attention_compute,
@@ -268,6 +269,7 @@ impl CostModel {
         }
         self.pp = pp;
         self.stage_layers = super::roofline::ceil(self.layers / pp as f64);
+        self.stage_reciprocal = pp.is_power_of_two().then(|| 1.0 / pp as f64);
         self.microbatches = if pp == 1 { 1 } else { m };
         Ok(self)
     }

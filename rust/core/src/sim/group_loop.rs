@@ -35,12 +35,45 @@ enum Stop {
     Ordinary(Nanos, crate::instance::BatchTimes),
 }
 
+/// The passes in flight's done times and scheduling order, oldest first: a ring of at most
+/// [`InFlight::CAPACITY`] (the loop runs pipelines of up to that many stages).
+#[derive(Default)]
+struct InFlight {
+    at: [(Nanos, u64); InFlight::CAPACITY],
+    head: usize,
+    len: usize,
+}
+
+impl InFlight {
+    const CAPACITY: usize = 8;
+
+    fn first(&self) -> Option<(Nanos, u64)> {
+        (self.len > 0).then(|| self.at[self.head])
+    }
+
+    fn pop(&mut self) {
+        debug_assert!(self.len > 0);
+        self.head = (self.head + 1) % Self::CAPACITY;
+        self.len -= 1;
+    }
+
+    fn push(&mut self, d: (Nanos, u64)) {
+        debug_assert!(self.len < Self::CAPACITY, "no more passes in flight than stages");
+        self.at[(self.head + self.len) % Self::CAPACITY] = d;
+        self.len += 1;
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (Nanos, u64)> + '_ {
+        (0..self.len).map(|k| self.at[(self.head + k) % Self::CAPACITY])
+    }
+}
+
 impl Cluster<'_> {
     /// Runs instance `idx`'s own events before `horizon` (at most `budget`) in one loop while
     /// they are group passes; returns how many ran (0: its events are not all group passes).
     pub(super) fn run_group_passes(&mut self, idx: u32, horizon: Nanos, budget: u32, queue: &mut Queue) -> Result<u32> {
         let i = idx as usize;
-        if !self.instances[i].group_flights_only() {
+        if !self.instances[i].group_flights_only() || self.instances[i].cost().pp() as usize > InFlight::CAPACITY {
             return Ok(0);
         }
         let own = self.ahead.own[i].as_mut().expect("runs ahead");
@@ -68,10 +101,11 @@ impl Cluster<'_> {
         let mut next_seq = own.next_seq;
         own.pending.clear();
         // The passes in flight's done times and scheduling order, oldest first.
-        let mut done_at = dones;
+        let mut done_at = InFlight::default();
+        dones.iter().for_each(|&d| done_at.push(d));
         let mut ran = 0;
         let stop = loop {
-            let first_done = done_at.first().copied();
+            let first_done = done_at.first();
             let take_stage_free = match (stage_free, first_done) {
                 (Some(sf), Some(d)) => sf < d,
                 (Some(_), None) => true,
@@ -92,7 +126,7 @@ impl Cluster<'_> {
                 stage_free = None;
                 inst.stage1_freed();
             } else {
-                done_at.remove(0);
+                done_at.pop();
                 let itl = &mut self.itl;
                 inst.finish_group_flight(t, self.reqs, &mut |now, prev, n| itl.add_repeated(now - prev, n));
             }
@@ -107,11 +141,13 @@ impl Cluster<'_> {
                 FlightStart::General => break Stop::General(t),
                 FlightStart::Ordinary(times) => break Stop::Ordinary(t, times),
             }
-            self.note_load(idx);
         };
+        // The instance's load as the handlers would have left it after each event (only the
+        // arrivals after the horizon read it, and it depends on the loads alone).
+        self.note_load(idx);
         // Hand the events back.
         let own = self.ahead.own[i].as_mut().expect("runs ahead");
-        own.pending.extend(done_at.iter().map(|&(t, seq)| (t, seq, Event::BatchDone { instance: idx })));
+        own.pending.extend(done_at.iter().map(|(t, seq)| (t, seq, Event::BatchDone { instance: idx })));
         own.pending.extend(stage_free.map(|(t, seq)| (t, seq, Event::StageFree { instance: idx })));
         own.next_seq = next_seq;
         match stop {
