@@ -214,6 +214,7 @@ impl Instance {
     }
 
     /// Keeps the batch just launched (a copy of `self.batch`) in flight, behind the others.
+    #[inline(always)]
     pub(super) fn keep_in_flight(&mut self, group: Option<usize>, record: IterationRecord) {
         let p = self.pipeline.as_mut().expect("pipelined");
         // A batch done earlier is reused for the copy (its item list keeps its allocation).
@@ -231,6 +232,7 @@ impl Instance {
     /// times, its cost per stage, the iteration's counts, and its way through the flow shop (stage 1
     /// busy until it leaves). Returns when it frees stage 1 and when it is done, and its record;
     /// the caller keeps it in flight.
+    #[inline(always)]
     pub(super) fn launch_batch(&mut self, now: Nanos, reqs: &mut [Request]) -> Result<(BatchTimes, IterationRecord)> {
         for it in &self.batch.items {
             let r = &mut reqs[it.req as usize];
