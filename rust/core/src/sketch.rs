@@ -65,6 +65,7 @@ impl QuantileSketch {
 
     /// Adds a duration of `ns` nanoseconds `n` times: the same state as `n` calls of
     /// [`add`](Self::add), at the cost of one bucket lookup.
+    #[inline(always)]
     pub fn add_repeated(&mut self, ns: u64, n: u64) {
         if n == 0 {
             return;

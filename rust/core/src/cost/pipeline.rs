@@ -177,7 +177,33 @@ impl CostModel {
     /// [`CostModel::stage_costs`] of `shape`, bit-identical, with the operators of decode-only
     /// batches other than decode attention taken from `memo` (see `decode_memo.rs`).
     pub fn stage_costs_memo(&self, shape: &BatchShape, memo: &mut OpsMemo) -> StageCosts {
+        if self.microbatches == 1 {
+            if let Some(st) = self.held_stage_costs(shape, memo) {
+                return st;
+            }
+        }
         self.stage_costs_with(shape, Some(memo), &VerifyChunks::default())
+    }
+
+    /// A held decode batch's stage times: its stage sums from the memo entry's plan, with this
+    /// batch's decode attention and overhead (the same additions in the same order as every
+    /// operator's); None on a memo miss or for operators that admit no plan (the caller sums
+    /// every operator). Run as one micro-batch.
+    #[inline(always)]
+    fn held_stage_costs(&self, shape: &BatchShape, memo: &mut OpsMemo) -> Option<StageCosts> {
+        let gpu_fixed = self.gpu_fixed();
+        let hit = self.decode_memo_hit(shape, memo)?;
+        let plan = hit.stage_plan.get_or_insert_with(|| HeldStageSums::new(hit.ops, gpu_fixed).map(Box::new)).as_ref()?;
+        let (time_n, work_n) = (hit.time_n, hit.work_n);
+        // The running total before the overhead is the full pass's, bit for bit.
+        let sums = plan.sums(&hit.attention, gpu_fixed, |before| self.overlapped_overhead(shape, time_n, work_n, before));
+        Some(self.stages_of(sums))
+    }
+
+    /// The GPU part of the overhead op: per-layer fixed costs on all stages' layers.
+    fn gpu_fixed(&self) -> f64 {
+        let scale = self.eff.time_scale.unwrap_or(1.0);
+        (self.eff.layer_overhead + self.eff.moe_layer_overhead.unwrap_or(0.0) * self.moe_share) * self.stage_layers * self.pp as f64 * scale
     }
 
     /// The stage times of `shape` (with `verify`'s chunks among its prefills), its operators
@@ -187,30 +213,20 @@ impl CostModel {
             // The memo holds this model's operators, not the single micro-batch's.
             return self.single_microbatch().stage_costs_verify(shape, verify);
         }
-        let pp = self.pp as usize;
-        let stage_layers = self.stage_layers;
-        let scale = self.eff.time_scale.unwrap_or(1.0);
-        // The GPU part of the overhead op: per-layer fixed costs on all stages' layers.
-        let gpu_fixed = (self.eff.layer_overhead + self.eff.moe_layer_overhead.unwrap_or(0.0) * self.moe_share) * stage_layers * self.pp as f64 * scale;
+        let gpu_fixed = self.gpu_fixed();
         let mut sums = StageSums::default();
         match memo {
-            Some(m) => {
-                // A held decode batch: its stage sums from the entry's plan, with this batch's
-                // decode attention and overhead (the same additions in the same order).
-                let held = self.decode_memo_hit(shape, m).and_then(|hit| {
-                    let plan = hit.stage_plan.get_or_insert_with(|| HeldStageSums::new(hit.ops, gpu_fixed).map(Box::new)).as_ref()?;
-                    let (time_n, work_n) = (hit.time_n, hit.work_n);
-                    // The running total before the overhead is the full pass's, bit for bit.
-                    Some(plan.sums(&hit.attention, gpu_fixed, |before| self.overlapped_overhead(shape, time_n, work_n, before)))
-                });
-                match held {
-                    Some(s) => sums = s,
-                    // Otherwise every operator, through the memo.
-                    None => self.for_each_op_memo(shape, m, |c| sums.add(c, gpu_fixed)),
-                }
-            }
+            // (A held decode batch took `held_stage_costs` before: here every operator.)
+            Some(m) => self.for_each_op_memo(shape, m, |c| sums.add(c, gpu_fixed)),
             None => self.for_each_op_with(shape, verify, |c| sums.add(&c, gpu_fixed)),
         }
+        self.stages_of(sums)
+    }
+
+    /// The stage times and average of a batch whose operators summed to `sums`.
+    #[inline(always)]
+    fn stages_of(&self, sums: StageSums) -> StageCosts {
+        let pp = self.pp as usize;
         let StageSums { first, last, layered, total, cb } = sums;
         // x / pp; for a power of two, x * (1 / pp) (kept in the cost model): the same quotient,
         // without a division.

@@ -247,6 +247,7 @@ impl Instance {
 
     /// Forms a decode pass of group `gi` in closed form; false (nothing changed but the calendar
     /// and slots, which settling clears) when its crossings need more blocks than are free.
+    #[inline(always)]
     fn group_decode_pass(&mut self, gi: usize, reqs: &mut [Request]) -> bool {
         let bs = self.kv.block_size() as u64;
         let crossing = &mut self.groups.crossing;

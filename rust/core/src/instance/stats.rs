@@ -70,6 +70,7 @@ impl Instance {
     /// `it`), of which `stall_ns` waiting for offloaded experts, and streams `stream`: iterations,
     /// busy time and energy, tokens, preemptions, swaps. Returns the bytes (per GPU) to swap before
     /// it computes.
+    #[inline(always)]
     pub(super) fn count_iteration(&mut self, it: &IterationCost, compute_ns: Nanos, stream: Option<WeightStream>, stall_ns: Nanos) -> u64 {
         if let Some(ws) = stream {
             self.stats.weight_stream_bytes += ws.flash_bytes + ws.dram_bytes;
