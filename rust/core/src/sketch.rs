@@ -31,8 +31,8 @@ pub struct QuantileSketch {
     hints: Vec<(u64, i32)>,
 }
 
-/// Values in one span of 2^this many nanoseconds share a hint entry.
-const HINT_SPAN_SHIFT: u32 = 12;
+/// Values in one span of 2^this many nanoseconds (16 us) share a hint entry.
+const HINT_SPAN_SHIFT: u32 = 14;
 /// Hint entries (a power of two).
 const HINTS: usize = 1024;
 

@@ -267,7 +267,11 @@ impl Instance {
             g.slots.resize_with(bs as usize, Vec::new);
         }
         // A slot holds running members only (`finish_group` takes the leavers out).
-        crossing.extend(g.slots[(next % bs) as usize].iter().filter(|c| c.from <= next).map(|c| c.req));
+        for c in &g.slots[(next % bs) as usize] {
+            if c.from <= next {
+                crossing.push(c.req);
+            }
+        }
         if crossing.len() as u64 > self.kv.free() as u64 {
             return false;
         }
