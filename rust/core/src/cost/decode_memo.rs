@@ -11,8 +11,9 @@
 //!
 //! With an overlapped CPU step (`cpu_overlap`) the per-step overhead shows only beyond the time
 //! charged before it, so it is recomputed too, from the running sum (the same additions in the
-//! same order as the full pass's). Not memoised (computed in full): batches with prefill chunks,
-//! and cost models with offloaded weights (their fetch stalls only beyond the time before it).
+//! same order as the full pass's). Not memoised here: batches with prefill chunks (prefill-only
+//! ones have their own memo, `prefill_memo.rs`; mixed ones are computed in full), and cost models
+//! with offloaded weights (their fetch stalls only beyond the time before it).
 
 use super::iteration::{IterationPass, MoeLayerSplit};
 use super::{BatchShape, CostModel, IterationCost, Op, OpCost};

@@ -175,7 +175,8 @@ impl CostModel {
     }
 
     /// [`CostModel::stage_costs`] of `shape`, bit-identical, with the operators of decode-only
-    /// batches other than decode attention taken from `memo` (see `decode_memo.rs`).
+    /// batches other than decode attention, and of prefill-only ones other than prefill
+    /// attention, taken from `memo` (see `decode_memo.rs`, `prefill_memo.rs`).
     pub fn stage_costs_memo(&self, shape: &BatchShape, memo: &mut OpsMemo) -> StageCosts {
         if self.microbatches == 1 {
             if let Some(st) = self.held_stage_costs(shape, memo) {

@@ -89,7 +89,7 @@ impl Instance {
             // The batch's own shape was just costed through the decode memo: its operators are there.
             let (base, fixed) = match verify {
                 Some((shape, chunks, _)) => self.cost.moe_layer_split_verify(shape, chunks),
-                None => self.cost.moe_layer_split_memo(&self.batch.shape, &mut self.decode_memo.borrow_mut()),
+                None => self.cost.moe_layer_split_memo(&self.batch.shape, &mut self.ops_memo.borrow_mut()),
             };
             let x = m.iteration(&spans, &self.cost, base, fixed);
             compute_ns = secs_to_ns(match verify {

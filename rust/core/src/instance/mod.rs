@@ -44,9 +44,10 @@ pub struct Instance {
     /// The cost model: shared by the instances of a pool whose models are equal (see
     /// [`Instance::share_cost_of`]), so a large pool keeps one copy hot in the cache.
     cost: Rc<CostModel>,
-    /// Decode-only iterations' operator costs by batch size (all but decode attention), shared
-    /// with `cost`: they depend on the cost model and the batch's counts alone.
-    decode_memo: Rc<RefCell<OpsMemo>>,
+    /// Decode-only iterations' operator costs by batch size (all but decode attention) and
+    /// prefill-only ones' by token count (all but prefill attention), shared with `cost`: they
+    /// depend on the cost model and the batch's counts alone.
+    ops_memo: Rc<RefCell<OpsMemo>>,
     plan: MemoryPlan,
     kv: BlockManager,
     scheduler: Box<dyn Scheduler>,
@@ -203,7 +204,7 @@ impl Instance {
                 return false;
             }
             self.cost = Rc::clone(&other.cost);
-            self.decode_memo = Rc::clone(&other.decode_memo);
+            self.ops_memo = Rc::clone(&other.ops_memo);
         }
         true
     }

@@ -121,7 +121,9 @@ pub(super) struct Pipeline {
     shop: FlowShop,
     pub(super) in_flight: VecDeque<InFlight>,
     stage1_busy: bool,
-    /// Batches already applied, kept to be reused by the next ones in flight.
+    /// Batches already applied, kept to be reused by the next ones in flight (boxed as in
+    /// flight: handing one over moves a pointer).
+    #[allow(clippy::vec_box)]
     pub(super) spare: Vec<Box<Batch>>,
     /// Reused lists of request ids: in flight, ready, the running list put aside while the
     /// scheduler sees a batch's share (so that forming a batch allocates nothing once grown).
@@ -174,7 +176,7 @@ impl Instance {
     pub fn with_pipelining(mut self, mode: PipelineMode) -> Self {
         if mode == PipelineMode::Async && self.cost.pp() > 1 {
             self.cost = std::rc::Rc::new(self.cost.single_microbatch());
-            self.decode_memo = Default::default();
+            self.ops_memo = Default::default();
             self.pipeline = Some(Pipeline::new(self.cost.pp() as usize));
         }
         self

@@ -122,6 +122,6 @@ impl Instance {
         let scheduler = scheduler.build(plan.kv_bytes_per_token * plan.block_size as u64, context_tokens)?;
         let kv = BlockManager::new(plan.num_blocks, plan.block_size, kv_watermark(plan.num_blocks)).with_attention_window(spec.model.sliding_window);
         let batch = Batch::windowed(cost.model().sliding_window);
-        Ok(Instance { pool, cost: Rc::new(cost), decode_memo: Rc::default(), plan, kv, scheduler, queues: Queues::default(), batch, busy: false, wake_pending: false, outstanding_tokens: 0, record: None, role: Role::Mixed, handoffs: Vec::new(), moe, spec: None, pipeline: None, id_sets: Default::default(), stretch: Default::default(), groups: Default::default(), closed_form: true, stats: InstanceStats::default() })
+        Ok(Instance { pool, cost: Rc::new(cost), ops_memo: Rc::default(), plan, kv, scheduler, queues: Queues::default(), batch, busy: false, wake_pending: false, outstanding_tokens: 0, record: None, role: Role::Mixed, handoffs: Vec::new(), moe, spec: None, pipeline: None, id_sets: Default::default(), stretch: Default::default(), groups: Default::default(), closed_form: true, stats: InstanceStats::default() })
     }
 }

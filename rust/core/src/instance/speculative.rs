@@ -173,7 +173,7 @@ impl Instance {
     pub(super) fn batch_cost(&mut self, reqs: &[Request]) -> IterationCost {
         let drawn = self.draw_batch(reqs);
         let plain = |(rest, seqs): &(BatchShape, Vec<SpecSeq>)| self.spec.as_deref().is_some_and(|rt| rt.spec.runs_plain(rest, seqs));
-        let Some((rest, seqs)) = drawn.filter(|d| !plain(d)) else { return self.cost.iteration_memo(&self.batch.shape, &mut self.decode_memo.borrow_mut()) };
+        let Some((rest, seqs)) = drawn.filter(|d| !plain(d)) else { return self.cost.iteration_memo(&self.batch.shape, &mut self.ops_memo.borrow_mut()) };
         let rt = self.spec.as_deref_mut().expect("a speculating pool");
         let (cost, proposer) = rt.spec.step_parts(&self.cost, &rest, &seqs);
         if self.moe.is_some() || self.cost.offload().is_some() {
@@ -189,7 +189,7 @@ impl Instance {
     /// batch's accepted counts until it is applied ([`Instance::apply_speculation`]).
     pub(super) fn batch_stage_costs(&mut self, reqs: &[Request]) -> StageCosts {
         if self.spec.is_none() {
-            return self.cost.stage_costs_memo(&self.batch.shape, &mut self.decode_memo.borrow_mut());
+            return self.cost.stage_costs_memo(&self.batch.shape, &mut self.ops_memo.borrow_mut());
         }
         let (rest, seqs) = self.draw_batch(reqs).expect("a speculating pool");
         let rt = self.spec.as_deref_mut().expect("a speculating pool");

@@ -36,15 +36,15 @@ enum Stop {
 }
 
 /// The passes in flight's done times and scheduling order, oldest first: a ring of at most
-/// [`InFlight::CAPACITY`] (the loop runs pipelines of up to that many stages).
+/// [`PassesInFlight::CAPACITY`] (the loop runs pipelines of up to that many stages).
 #[derive(Default)]
-struct InFlight {
-    at: [(Nanos, u64); InFlight::CAPACITY],
+struct PassesInFlight {
+    at: [(Nanos, u64); PassesInFlight::CAPACITY],
     head: usize,
     len: usize,
 }
 
-impl InFlight {
+impl PassesInFlight {
     const CAPACITY: usize = 8;
 
     fn first(&self) -> Option<(Nanos, u64)> {
@@ -73,7 +73,7 @@ impl Cluster<'_> {
     /// they are group passes; returns how many ran (0: its events are not all group passes).
     pub(super) fn run_group_passes(&mut self, idx: u32, horizon: Nanos, budget: u32, queue: &mut Queue) -> Result<u32> {
         let i = idx as usize;
-        if !self.instances[i].group_flights_only() || self.instances[i].cost().pp() as usize > InFlight::CAPACITY {
+        if !self.instances[i].group_flights_only() || self.instances[i].cost().pp() as usize > PassesInFlight::CAPACITY {
             return Ok(0);
         }
         let own = self.ahead.own[i].as_mut().expect("runs ahead");
@@ -101,7 +101,7 @@ impl Cluster<'_> {
         let mut next_seq = own.next_seq;
         own.pending.clear();
         // The passes in flight's done times and scheduling order, oldest first.
-        let mut done_at = InFlight::default();
+        let mut done_at = PassesInFlight::default();
         dones.iter().for_each(|&d| done_at.push(d));
         let mut ran = 0;
         let stop = loop {
