@@ -186,17 +186,21 @@ impl CostModel {
             e.ops.iter().for_each(f);
             return;
         }
-        let mut attention = None;
-        let mut pass = IterationPass::new(self, shape, |op| attention = Some(op));
-        pass.decode_attention();
-        let (time_n, work_n) = (pass.time_n, pass.work_n);
-        self.replay(shape, &e.ops, attention.as_ref(), time_n, work_n, f);
+        self.replay(shape, &e.ops, Op::DecodeAttention, f);
     }
 
-    /// Calls `f` on each of the held operators `ops` of `shape` in order, `recomputed` in place of
-    /// the held operator of its kind and, with an overlapped CPU step, the overhead recomputed
-    /// from the running sum before it (`time_n`, `work_n`: the pass's per-layer multipliers).
-    pub(super) fn replay(&self, shape: &BatchShape, ops: &[OpCost], recomputed: Option<&OpCost>, time_n: f64, work_n: f64, mut f: impl FnMut(&OpCost)) {
+    /// Calls `f` on each of the held operators `ops` of `shape` in order, with `attention`
+    /// (decode or prefill attention) recomputed for `shape` in place of the held one and, with an
+    /// overlapped CPU step, the overhead recomputed from the running sum before it.
+    pub(super) fn replay(&self, shape: &BatchShape, ops: &[OpCost], attention: Op, mut f: impl FnMut(&OpCost)) {
+        let mut recomputed = None;
+        let mut pass = IterationPass::new(self, shape, |op| recomputed = Some(op));
+        match attention {
+            Op::PrefillAttention => pass.prefill_attention_alone(),
+            _ => pass.decode_attention(),
+        }
+        let (time_n, work_n) = (pass.time_n, pass.work_n);
+        let recomputed = recomputed.as_ref();
         let overlap = self.eff.cpu_overlap == Some(true);
         // The running sum the full pass charges the overhead against (kept only when needed).
         let mut c = IterationCost::default();

@@ -12,8 +12,7 @@
 //! attention on a GPU without a PIM, dense models, no sliding window and no one-token chunk (MLA's
 //! absorbed chunks, PIM co-processing and the experts follow other terms of the shape).
 
-use super::iteration::IterationPass;
-use super::{BatchShape, CostModel, OpCost};
+use super::{BatchShape, CostModel, Op, OpCost};
 
 /// Direct-mapped slots, by token count: a budget of up to this many tokens keeps every count.
 const SLOTS: usize = 4096;
@@ -65,11 +64,7 @@ impl CostModel {
             e.ops.iter().for_each(f);
             return;
         }
-        let mut attention = None;
-        let mut pass = IterationPass::new(self, shape, |op| attention = Some(op));
-        pass.prefill_attention_alone();
-        let (time_n, work_n) = (pass.time_n, pass.work_n);
-        self.replay(shape, &e.ops, attention.as_ref(), time_n, work_n, f);
+        self.replay(shape, &e.ops, Op::PrefillAttention, f);
     }
 }
 
