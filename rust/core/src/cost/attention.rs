@@ -141,6 +141,20 @@ impl<F: FnMut(OpCost)> IterationPass<'_, F> {
 }
 
 impl CostModel {
+    /// The one kernel of GQA decode attention (query width `q`, K or V width `kv`) over `ds`
+    /// decodes of one micro-batch reading `dkv` cached keys, in `shape`.
+    #[inline(always)]
+    fn gqa_decode_kernel(&self, shape: &BatchShape, q: f64, kv: f64, ds: f64, dkv: f64) -> Kernel {
+        // Beside prefill chunks, decodes go through the variable-length kernel's query tiles.
+        let rows = if shape.prefill_tokens > 0 { self.eff.mixed_query_tile } else { self.eff.decode_query_rows };
+        let rows = rows.unwrap_or(1).max(1) as f64;
+        let work = (4.0 * q * dkv * rows, (2.0 * ds * q + 2.0 * kv * dkv * self.kv_ratio()) * self.b);
+        let floor = self.decode_attention_tail(ds, shape.decode_max_context as f64);
+        let bw = self.decode_split_bandwidth(ds);
+        let pim_flops = Some(4.0 * q * dkv);
+        Kernel { floor, bw, pim_flops, ..Kernel::all(work) }
+    }
+
     /// Decode attention of the decode-only `shape` run as one micro-batch, with grouped-query
     /// attention and no PIM, and the pass's per-layer time and work multipliers: what
     /// [`IterationPass::decode_attention`] charges, the same operations on the same values in
@@ -157,17 +171,13 @@ impl CostModel {
         let slots = m + self.pp as f64 - 1.0;
         let (work_n, time_n) = (self.stage_layers * m, self.stage_layers * slots);
         let (ds, dkv) = (shape.decode_seqs as f64 * m, shape.decode_kv_tokens as f64 * m);
-        // `gqa_decode`.
-        let rows = self.eff.decode_query_rows.unwrap_or(1).max(1) as f64;
-        let (kflops, kbytes) = (4.0 * q * dkv * rows, (2.0 * ds * q + 2.0 * kv * dkv * self.kv_ratio()) * self.b);
-        let floor = self.decode_attention_tail(ds, shape.decode_max_context as f64);
-        let kbw = self.decode_split_bandwidth(ds).unwrap_or(self.bw_attn);
-        // `emit` of that one kernel (share 1) on every layer.
-        let (flops, bytes) = (0.0 + 1.0 * kflops, 0.0 + 1.0 * kbytes);
-        let (t, cb) = self.roofline(kflops, kbytes, self.flops_attn, kbw);
-        let (t, cb) = if floor > t { (floor, false) } else { (t, cb) };
-        let secs = 0.0 + 1.0 * t;
-        let cb_secs = 0.0 + if cb { 1.0 * t } else { 0.0 };
+        let k = self.gqa_decode_kernel(shape, q, kv, ds, dkv);
+        // `emit` of that one kernel (share 1, no PIM) on every layer.
+        let (flops, bytes) = (0.0 + k.share * k.flops, 0.0 + k.share * k.bytes);
+        let (t, cb) = self.roofline(k.flops, k.bytes, self.flops_attn, k.bw.unwrap_or(self.bw_attn));
+        let (t, cb) = if k.floor > t { (k.floor, false) } else { (t, cb) };
+        let secs = 0.0 + k.share * t;
+        let cb_secs = 0.0 + if cb { k.share * t } else { 0.0 };
         let cb = 2.0 * cb_secs >= secs;
         let c = OpCost { op: Op::DecodeAttention, flops: flops * work_n, bytes: bytes * work_n, seconds: secs * time_n, compute_bound: cb, on_pim: false, bubble_seconds: secs * (time_n - work_n) };
         Some((self.scaled(c), time_n, work_n))
@@ -186,16 +196,8 @@ impl<F: FnMut(OpCost)> IterationPass<'_, F> {
 
     /// GQA decode attention over the batch's cached keys, with query width `q` and K (or V) width `kv`.
     fn gqa_decode(&mut self, q: f64, kv: f64) {
-        let (cm, shape) = (self.cm, self.shape);
-        let (b, ds, dkv) = (cm.b, self.ds, self.dkv);
-        // Beside prefill chunks, decodes go through the variable-length kernel's query tiles.
-        let rows = if shape.prefill_tokens > 0 { cm.eff.mixed_query_tile } else { cm.eff.decode_query_rows };
-        let rows = rows.unwrap_or(1).max(1) as f64;
-        let work = (4.0 * q * dkv * rows, (2.0 * ds * q + 2.0 * kv * dkv * cm.kv_ratio()) * b);
-        let floor = cm.decode_attention_tail(ds, shape.decode_max_context as f64);
-        let bw = cm.decode_split_bandwidth(ds);
-        let pim_flops = Some(4.0 * q * dkv);
-        self.emit(Op::DecodeAttention, &[Kernel { floor, bw, pim_flops, ..Kernel::all(work) }], cm.flops_attn, true);
+        let k = self.cm.gqa_decode_kernel(self.shape, q, kv, self.ds, self.dkv);
+        self.emit(Op::DecodeAttention, &[k], self.cm.flops_attn, true);
     }
 
     /// MLA decode attention (absorbed form) with `heads` query heads, the RoPE key width `rope`

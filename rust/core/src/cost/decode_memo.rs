@@ -197,7 +197,8 @@ impl CostModel {
         let mut pass = IterationPass::new(self, shape, |op| recomputed = Some(op));
         match attention {
             Op::PrefillAttention => pass.prefill_attention_alone(),
-            _ => pass.decode_attention(),
+            Op::DecodeAttention => pass.decode_attention(),
+            other => unreachable!("{other:?} is not an attention operator"),
         }
         let (time_n, work_n) = (pass.time_n, pass.work_n);
         let recomputed = recomputed.as_ref();
