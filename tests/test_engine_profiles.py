@@ -235,3 +235,18 @@ def test_the_shipped_profile_predicts_the_h100_it_was_not_fitted_on():
     assert np.median(err) < 0.09 and np.quantile(err, 0.9) < 0.2
     for model, g in table.group_by("model"):
         assert np.median(np.abs(g["error"].to_numpy())) < 0.12, model
+
+
+def test_built_in_profiles_read_by_libyaml_are_what_the_bounded_loader_reads():
+    """Shipped profiles are parsed by the fast loader; a user's file by the bounded one: both
+    read every shipped profile the same."""
+    import yaml
+
+    from fleetwise.catalog.engine import ENGINES_DIR
+    from fleetwise.config.yaml_input import FAST_SAFE_LOADER, parse_yaml
+
+    profiles = sorted(ENGINES_DIR.glob("*.yaml"))
+    assert len(profiles) >= 2
+    for path in profiles:
+        text = path.read_text()
+        assert yaml.load(text, Loader=FAST_SAFE_LOADER) == parse_yaml(text, str(path)), path.name

@@ -24,6 +24,16 @@ def test_runtime_is_one_prefill_then_one_decode_per_further_token():
     assert rt.gpus == 1 and (rt.gpu_seconds(np.array([700]), np.array([40])) == got[0]).all()
 
 
+def test_tables_tabulated_in_one_call_are_the_single_iterations_bit_for_bit():
+    # The runtime's tables come from one core call each; every entry is the iteration alone.
+    cm = cost_model("llama-3-8b", "a100-80gb-sxm", engine="vllm")
+    decode = cm.solo_decode_seconds(300)
+    assert len(decode) == 300 and decode == [cm.iteration_seconds([], [c]) for c in range(1, 301)]
+    lengths = [1, 17, 700, 4096]
+    assert cm.solo_prefill_seconds(lengths) == [cm.iteration_seconds([(p, 0, True)], []) for p in lengths]
+    assert decode[99] < decode[299], "a longer context reads more KV"
+
+
 def test_cost_aware_variant_counts_the_gpus_that_hold_the_model():
     # Llama-3-70B's 141 GB of weights need two 80 GB A100s (90% usable), so a request costs
     # twice its runtime in GPU-seconds; on H200s (141 GB) one GPU is not enough either.

@@ -17,10 +17,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
+import yaml
 from pydantic import Field, PrivateAttr, ValidationError
 
 from fleetwise.config.base import StrictModel
-from fleetwise.config.yaml_input import decode_text, parse_yaml
+from fleetwise.config.yaml_input import FAST_SAFE_LOADER, decode_text, parse_yaml
 from fleetwise.errors import ConfigError
 from fleetwise.paths import path_kind, resolved
 
@@ -143,12 +144,21 @@ _REQUIRED_FACTORS = {name: 1.0 for name, f in EngineFactors.model_fields.items()
 """Placeholders for the factors a complete ``factors:`` block must give, to check a partial one."""
 
 
+@lru_cache(maxsize=1)
+def _builtin_dir() -> Path:
+    """The built-in profiles' directory, resolved (as ``load_engine`` resolves the paths it loads)."""
+    return resolved(ENGINES_DIR)
+
+
 @lru_cache(maxsize=64)
 def _load_file(path: str) -> tuple[EngineProfile, dict | None]:
     """The profile in ``path``, and for a ``based_on`` profile the factors its ``factors:`` block
     gives (they replace only those of the profile it is based on; None when it has no block)."""
     try:
-        data = parse_yaml(decode_text(Path(path).read_bytes(), path), path)
+        text = decode_text(Path(path).read_bytes(), path)
+        # A shipped profile is trusted input: parsed by libyaml (when installed); a user's file
+        # through the bounded loader, whose errors name the line.
+        data = yaml.load(text, Loader=FAST_SAFE_LOADER) if Path(path).is_relative_to(_builtin_dir()) else parse_yaml(text, path)
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the engine profile: {e.strerror or e}") from None
     if not isinstance(data, dict):
@@ -189,7 +199,7 @@ def load_engine(engine: str, base_dir: Path | None = None) -> EngineProfile:
         prof, partial = _load_file(key)
         chain.append((prof, partial))
         name, where = prof.based_on, path.parent
-    builtin_dir = resolved(ENGINES_DIR)
+    builtin_dir = _builtin_dir()
     users = [prof for (prof, _), key in zip(chain, seen) if not Path(key).is_relative_to(builtin_dir)]
     merged = chain[-1][0]
     for prof, partial in reversed(chain[:-1]):

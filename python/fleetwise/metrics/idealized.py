@@ -76,7 +76,7 @@ class IdealizedRuntime:
             tp *= 2
         if cost is None:
             raise CapacityError(f"idealized runtime: {model} with a {longest}-token request does not fit {MAX_GPUS} x {gpu}")
-        decode = np.array([cost.iteration_seconds([], [c]) for c in range(1, longest + 1)])
+        decode = np.array(cost.solo_decode_seconds(longest), dtype=np.float64)
         return cls(model, gpu, engine, tp, cost, np.concatenate([[0.0], np.cumsum(decode)]))
 
     def seconds(self, prompt: np.ndarray, output: np.ndarray) -> np.ndarray:
@@ -101,9 +101,8 @@ class IdealizedRuntime:
         """Solo prefill seconds indexed by prompt length, for the sorted distinct ``lengths`` (0
         elsewhere); one cost per length, memoised across calls."""
         known = self._prefill
-        for p in lengths.tolist():
-            if p not in known:
-                known[p] = self._cost.iteration_seconds([(p, 0, True)], [])
+        new = [p for p in lengths.tolist() if p not in known]
+        known.update(zip(new, self._cost.solo_prefill_seconds(new)))
         table = np.zeros(int(lengths.max()) + 1 if len(lengths) else 0)
         table[lengths] = [known[p] for p in lengths.tolist()]
         return table

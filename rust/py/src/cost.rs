@@ -60,6 +60,18 @@ impl PyCostModel {
         self.inner.iteration_seconds(&shape(&self.inner, prefills, decodes))
     }
 
+    /// `iteration_seconds(decodes=[c])` for every context c = 1 ..= `longest`: one sequence
+    /// decoding alone, tabulated in one call (the idealized runtime's decode table).
+    fn solo_decode_seconds(&self, longest: u64) -> Vec<f64> {
+        (1..=longest).map(|c| self.inner.iteration_seconds(&shape(&self.inner, vec![], vec![c]))).collect()
+    }
+
+    /// `iteration_seconds(prefills=[(p, 0, True)])` for every prompt length p of `lengths`: one
+    /// whole prompt prefilled alone, in one call (the idealized runtime's prefill table).
+    fn solo_prefill_seconds(&self, lengths: Vec<u64>) -> Vec<f64> {
+        lengths.into_iter().map(|p| self.inner.iteration_seconds(&shape(&self.inner, vec![(p, 0, true)], vec![]))).collect()
+    }
+
     /// Predicted duration of one iteration in integer nanoseconds, rounded exactly as the simulator does.
     #[pyo3(signature = (prefills=vec![], decodes=vec![]))]
     fn iteration_ns(&self, prefills: Vec<(u64, u64, bool)>, decodes: Vec<u64>) -> u64 {
