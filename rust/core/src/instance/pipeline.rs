@@ -333,7 +333,8 @@ impl Instance {
     fn split_for_batch(&mut self) -> (Vec<u32>, Vec<u32>, usize) {
         let p = self.pipeline.as_mut().expect("pipelined");
         let (mut flying, mut ready) = (std::mem::take(&mut p.scratch[0]), std::mem::take(&mut p.scratch[1]));
-        (flying.clear(), ready.clear());
+        flying.clear();
+        ready.clear();
         let running = &self.queues.running;
         match p.in_flight.len() {
             0 => ready.extend_from_slice(running),
@@ -343,7 +344,8 @@ impl Instance {
             // reordered), the set below decides.
             1 if split_along(running, &p.in_flight[0].batch.items, &mut flying, &mut ready) => {}
             _ => {
-                (flying.clear(), ready.clear());
+                flying.clear();
+                ready.clear();
                 let in_flight = &mut self.id_sets[0];
                 in_flight.reset(p.in_flight.iter().map(|f| f.batch.items.len()).sum());
                 for it in p.in_flight.iter().flat_map(|f| f.batch.items.iter()) {

@@ -123,7 +123,11 @@ pub(super) struct Groups {
 impl Group {
     /// Empties the group (keeping its allocations) for a new one starting at `now`.
     fn reset(&mut self, now: Nanos, block_size: usize) {
-        (self.members.clear(), self.since.clear(), self.offsets.clear(), self.due.clear(), self.finishing.clear());
+        self.members.clear();
+        self.since.clear();
+        self.offsets.clear();
+        self.due.clear();
+        self.finishing.clear();
         for slot in self.slots.iter_mut() {
             slot.clear();
         }
