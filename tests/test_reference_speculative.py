@@ -73,3 +73,34 @@ def test_speculating_chunked_and_orca_pools_match_simpy_reference():
     check(((f"speculative {kind} seed {s}", *speculating(s, *make_batch_scenario(kind, s))) for kind, s in cases), totals)
     assert totals["accepted"] > 0 and totals["lookahead_denied"] > 0 and totals["preemptions"] > 0, totals
     assert_exercised(totals, len(cases))
+
+
+def dynamic(seed: int, scenario: dict, workload):
+    """``scenario`` with every speculating pool's k set by its previous step's request count:
+    all of k at 1-2 requests, 1 at 3-5, none from 6 (its decodes then run through one draft
+    step, verified plainly)."""
+    for pool in scenario["cluster"]["pools"]:
+        k = pool["speculative"]["num_speculative_tokens"]
+        pool["speculative"]["num_speculative_tokens_per_batch_size"] = [[1, 2, k], [3, 5, 1], [6, 10**6, 0]]
+    return scenario, workload
+
+
+def test_dynamic_speculation_matches_simpy_reference():
+    """Pools whose k follows the previous step's batch size agree exactly with the reference, on
+    vllm and Sarathi-Serve pools, with steps at every k."""
+    totals: dict = {}
+    cases = [(f"dynamic vllm seed {s}", *dynamic(s, *make_speculative_scenario(s))) for s in range(6)]
+    cases += [(f"dynamic sarathi-serve seed {s}", *dynamic(s, *speculating(s, *make_batch_scenario("sarathi-serve", s)))) for s in range(4)]
+    check(cases, totals)
+    assert totals["accepted"] > 0 and totals["preemptions"] > 0, totals
+    # The tables cut k: fewer draft tokens than the same cases with k fixed, and steps with none.
+    drafted = {"fixed": 0, "dynamic": 0}
+    big_batches = 0
+    for label, scenario, workload in cases[:6]:
+        res = fleetwise.simulate(scenario, workload=workload, record_iterations=True)
+        drafted["dynamic"] += res.summary["speculative"]["num_draft_tokens"]
+        big_batches += int((res.iterations["decode_seqs"] >= 6).sum())
+        for pool in scenario["cluster"]["pools"]:
+            del pool["speculative"]["num_speculative_tokens_per_batch_size"]
+        drafted["fixed"] += fleetwise.simulate(scenario, workload=workload).summary["speculative"]["num_draft_tokens"]
+    assert drafted["dynamic"] < drafted["fixed"] and big_batches > 0, (drafted, big_batches)

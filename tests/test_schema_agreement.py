@@ -65,6 +65,7 @@ CASES = {
     "speculative-draft": _scenario({"model": "llama-3-70b", "parallelism": {"tp": 4}, "speculative": {"method": "draft", "draft_model": "llama-3-8b", "num_speculative_tokens": 4, "acceptance_rate": 0.8}}),
     "speculative-eagle-per-position": _scenario({"speculative": {"method": "eagle", "num_speculative_tokens": 3, "acceptance_rate": [0.9, 0.7, 0.5]}}),
     "speculative-eagle3-vocab": _scenario({"speculative": {"method": "eagle3", "num_speculative_tokens": 2, "acceptance_rate": 0.7, "draft_vocab_size": 16000}}),
+    "speculative-dynamic": _scenario({"speculative": {"method": "eagle", "num_speculative_tokens": 3, "acceptance_rate": 0.7, "num_speculative_tokens_per_batch_size": [[1, 16, 3], [17, 64, 1], [65, 4096, 0]]}}),
     "speculative-ngram": _scenario({"speculative": {"method": "ngram", "num_speculative_tokens": 4, "acceptance_rate": 0.6, "proposal_rate": 0.4}}),
 }
 

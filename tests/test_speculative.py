@@ -131,6 +131,10 @@ def test_the_scenario_resolves_the_draft_model_for_the_core():
     ({"method": "ngram", "draft_model": "llama-3-8b", "num_speculative_tokens": 2, "acceptance_rate": 0.5}, "speculative", "ngram runs no model"),
     ({"method": "eagle", "proposal_rate": 0.5, "num_speculative_tokens": 2, "acceptance_rate": 0.5}, "speculative", "proposal_rate applies to method ngram only"),
     ({"method": "ngram", "proposal_rate": 1.5, "num_speculative_tokens": 2, "acceptance_rate": 0.5}, "speculative.proposal_rate", "less than or equal to 1"),
+    ({**DRAFT, "num_speculative_tokens_per_batch_size": [[1, 8, 4], [8, 64, 2]]}, "speculative", "num_speculative_tokens_per_batch_size[1]: [8, 64] overlaps entry 0 [1, 8]"),
+    ({**DRAFT, "num_speculative_tokens_per_batch_size": [[1, 8, 5]]}, "speculative", "num_speculative_tokens_per_batch_size[0]: k must be 0 to num_speculative_tokens = 4"),
+    ({**DRAFT, "num_speculative_tokens_per_batch_size": [[0, 8, 1]]}, "speculative", "needs 1 <= start <= end, got [0, 8, 1]"),
+    ({**DRAFT, "num_speculative_tokens_per_batch_size": [[1, 8]]}, "speculative.num_speculative_tokens_per_batch_size.0", "Field required"),
 ])
 def test_bad_settings_name_the_file_and_field(write_yaml, speculative, field, says):
     path = write_yaml(_scenario(speculative))
@@ -446,3 +450,33 @@ def test_estimate_prices_an_ngram_lookup_by_its_proposal_rate():
     plain = full["plain_seconds_per_token"]
     assert half["step_seconds"] == pytest.approx(0.5 * full["step_seconds"] + 0.5 * plain)
     assert 1.0 < half["speedup"] < full["speedup"]
+
+
+def test_dynamic_speculation_follows_static_below_its_threshold_and_cuts_k_above_it():
+    # vLLM's num_speculative_tokens_per_batch_size: k by the requests the previous step scheduled.
+    dynamic = {**DRAFT, "num_speculative_tokens_per_batch_size": [[1, 64, 4], [65, 1024, 1]]}
+    assert _tpot(dynamic, 8) == _tpot(DRAFT, 8), "batches of 8 keep k = 4: the same run"
+    # 256 at once: four draft tokens make the verify pass compute-bound (a slowdown); one pays.
+    plain, static, one = _tpot(None, 256), _tpot(DRAFT, 256), _tpot(dynamic, 256)
+    assert static > plain > one, (static, plain, one)
+    s = fleetwise.simulate(_scenario(dynamic, 256, output=400)).summary["speculative"]
+    # One draft token a step while more than 64 run (the last few steps, fewer, draft four).
+    assert s["num_drafts"] <= s["num_draft_tokens"] < 1.05 * s["num_drafts"], s
+
+
+def test_dynamic_speculation_at_k_zero_verifies_plainly_and_still_runs_the_proposer():
+    # One request; after its prefill (a batch of 1) every step drafts nothing, but the draft
+    # model still runs one step over it (vLLM's cache-sync forward): each decode step is the
+    # target's plain decode plus that step, to the nanosecond.
+    spec = {**DRAFT, "num_speculative_tokens_per_batch_size": [[1, 1024, 0]]}
+    sc = _scenario(spec, 1, prompt=500, output=20)
+    res = fleetwise.simulate(sc)
+    assert res.summary["speculative"]["num_drafts"] == 0
+    row = res.requests.row(0, named=True)
+    pool = core_config(fleetwise.scenario_from_dict(sc))["pools"][0]
+    cm = cost_model(pool["model"], pool["gpu"], calibration=pool["calibration"], tp=4)
+    steps = [cm.speculative_step_ns(json.dumps(pool["speculative"]), speculating=[(500 + j, 0)]) for j in range(19)]
+    assert row["completion_ns"] - row["first_token_ns"] == sum(steps)
+    plain = [cm.iteration_ns(decodes=[501 + j]) for j in range(19)]
+    draft_step = cost_model("llama-3-8b", "h100-sxm", tp=4).iteration_ns(decodes=[501])
+    assert all(s > p for s, p in zip(steps, plain)) and steps[0] - plain[0] == pytest.approx(draft_step, rel=0.05)

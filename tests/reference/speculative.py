@@ -22,6 +22,10 @@ class ReferenceSpeculation:
         k = spec["num_speculative_tokens"]
         a = spec["acceptance_rate"]
         self.rates = list(a) if isinstance(a, list) else [a] * k
+        # Dynamic speculation: k by the requests the previous step scheduled ([start, end, k]).
+        self.table = spec.get("num_speculative_tokens_per_batch_size") or []
+        self.k_now = k
+        self.syncing = False
         if any(r not in (0.0, 1.0) for r in self.rates) or spec["method"] != "draft":
             raise ValueError("the reference model speculates with a draft model and acceptance rates of 0 or 1 only")
         # The draft's weights in 16 bits, its KV in the pool's KV format (one cache dtype, as vLLM).
@@ -47,7 +51,7 @@ class ReferenceSpeculation:
         for req, n, decode in items:
             if not (decode and n == 1):
                 continue
-            want = min(len(self.rates), req.output - req.generated - 1)
+            want = min(self.k_now, req.output - req.generated - 1)
             if budget is not None:
                 want = min(want, budget - used)
             req.draft = 0
@@ -61,17 +65,22 @@ class ReferenceSpeculation:
     def plan(self, inst, items) -> list[int]:
         """The accepted draft tokens of every item (0 for prefill chunks and decodes proposing
         nothing), from the drafts the scheduler granted; sets the draft lengths the step's time
-        needs in ``self.drafts``."""
+        needs in ``self.drafts`` (and in ``self.syncing`` whether the step was formed with k = 0,
+        its decodes then running through one proposer step); sets the next step's k."""
         self.drafts = [req.draft if decode and n == 1 else 0 for req, n, decode in items]
+        self.syncing = self.k_now == 0
+        self.k_now = next((k for start, end, k in self.table if start <= len(items) <= end), len(self.rates))
         return [next((i for i, r in enumerate(self.rates[:k]) if r != 1.0), k) for k in self.drafts]
 
     def duration(self, cost, items) -> int:
         """The step's integer ns from the core's cost model: plain items as they are, speculating
         decodes as (cached tokens, draft tokens)."""
         plain = [(it, k) for it, k in zip(items, self.drafts) if k == 0]
+        # A step formed with k = 0 verifies its decodes plainly and runs the proposer over them.
+        syncing = [(r.computed, 0) for (r, n, decode), _ in plain if decode and n == 1] if self.syncing else []
         return cost.speculative_step_ns(
             self.json,
             prefills=[(n, r.computed, r.computed + n == r.known) for (r, n, decode), _ in plain if not decode],
-            decodes=[r.computed + 1 for (r, _, decode), _ in plain if decode],
-            speculating=[(r.computed, k) for (r, _, _), k in zip(items, self.drafts) if k > 0],
+            decodes=[r.computed + 1 for (r, n, decode), _ in plain if decode and not (self.syncing and n == 1)],
+            speculating=[(r.computed, k) for (r, _, _), k in zip(items, self.drafts) if k > 0] + syncing,
         )

@@ -47,6 +47,10 @@ class SpeculativeConfig(StrictModel):
     proposal_rate: float | None = Field(default=None, ge=0.0, le=1.0)
     """The probability that a decode's n-gram lookup finds a match in a step and proposes its
     draft tokens (method ``ngram`` only; 1 unless given); without a match the step is a plain decode."""
+    num_speculative_tokens_per_batch_size: list[tuple[int, int, int]] | None = None
+    """Dynamic speculative decoding (vLLM's setting of that name): ``[start, end, k]`` entries, k
+    draft tokens (0 to ``num_speculative_tokens``) in a step after one that scheduled start to end
+    requests; ``num_speculative_tokens`` outside every range. Ranges may not overlap."""
 
     @model_validator(mode="after")
     def _consistent(self) -> SpeculativeConfig:
@@ -68,7 +72,30 @@ class SpeculativeConfig(StrictModel):
             raise ValueError(f"proposal_rate applies to method ngram only (how often its lookup finds a match), not {self.method}")
         if self.method != "eagle3" and self.draft_vocab_size is not None:
             raise ValueError(f"draft_vocab_size applies to method eagle3 only (an EAGLE-3 head's own LM head), not {self.method}")
+        self._check_batch_size_table()
         return self
+
+    def _check_batch_size_table(self) -> None:
+        """Refuses an entry with start below 1 or past end, k outside 0 to k, or a range
+        overlapping an earlier one."""
+        table = self.num_speculative_tokens_per_batch_size or []
+        for i, (start, end, k) in enumerate(table):
+            where = f"num_speculative_tokens_per_batch_size[{i}]"
+            if not 1 <= start <= end:
+                raise ValueError(f"{where}: [start, end, k] needs 1 <= start <= end, got [{start}, {end}, {k}]")
+            if not 0 <= k <= self.num_speculative_tokens:
+                raise ValueError(f"{where}: k must be 0 to num_speculative_tokens = {self.num_speculative_tokens} (the most draft tokens a step proposes), got {k}")
+            for j, (s, e, _) in enumerate(table[:i]):
+                if start <= e and s <= end:
+                    raise ValueError(f"{where}: [{start}, {end}] overlaps entry {j} [{s}, {e}]")
+
+    def k_after(self, batch_size: int) -> int:
+        """Draft tokens per step after a step that scheduled ``batch_size`` requests (the table's
+        k for it, else ``num_speculative_tokens``)."""
+        for start, end, k in self.num_speculative_tokens_per_batch_size or []:
+            if start <= batch_size <= end:
+                return k
+        return self.num_speculative_tokens
 
     @property
     def proposer(self) -> str:

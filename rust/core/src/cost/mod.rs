@@ -43,6 +43,7 @@ mod quantization;
 mod roofline;
 mod setup;
 mod speculative;
+mod speculative_config;
 mod weight_fetch;
 
 pub use batch::{BatchShape, VerifyChunks};
@@ -50,7 +51,8 @@ pub use decode_memo::OpsMemo;
 pub use ops::{IterationCost, Op, OpCost};
 pub use pipeline::StageCosts;
 pub use quantization::{ActivationFormat, KvCacheFormat, Quantization, WeightFormat, DEFAULT_GROUP_SIZE};
-pub use speculative::{expected_tokens_per_step, AcceptanceRate, SpecMethod, SpecSeq, SpeculativeConfig, Speculator, MAX_SPECULATIVE_TOKENS};
+pub use speculative::{expected_tokens_per_step, SpecSeq, Speculator};
+pub use speculative_config::{AcceptanceRate, SpecMethod, SpeculativeConfig, MAX_SPECULATIVE_TOKENS};
 pub use setup::{InstanceSpec, MAX_ITERATION_OVERHEAD, MAX_LAYER_OVERHEAD, MIN_EFFICIENCY};
 pub use weight_fetch::WeightStream;
 

@@ -8,128 +8,13 @@
 //! attending its cached context (the target's weights are read once for the whole batch, its
 //! FLOPs grow k + 1 times). At batch 1
 //! the verify pass costs about what one decode costs (weight-bandwidth bound) and emits several
-//! tokens; at large batches it turns compute-bound and speculation stops paying.
+//! tokens; at large batches it turns compute-bound and speculation stops paying. The settings
+//! (proposer, k, rates, k by batch size) are in `speculative_config.rs`.
 
+use super::speculative_config::{SpecMethod, SpeculativeConfig, EAGLE3_DRAFT_VOCAB};
 use super::{BatchShape, CostModel, InstanceSpec, IterationCost, Quantization, VerifyChunks};
 use crate::error::{Error, Result};
 use crate::model::ModelSpec;
-use serde::{Deserialize, Serialize};
-
-/// The largest `num_speculative_tokens` accepted (vLLM's EAGLE trees and n-gram proposers rarely
-/// exceed 8; beyond 16 the acceptance of the last positions is negligible).
-pub const MAX_SPECULATIVE_TOKENS: u32 = 16;
-
-/// How draft tokens are proposed (vLLM's `speculative_config.method`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SpecMethod {
-    /// A separate, smaller model sharing the target's tokenizer.
-    Draft,
-    /// An EAGLE head: one decoder layer over the target's hidden states, the target's LM head.
-    Eagle,
-    /// An EAGLE-3 head: one dense decoder layer over the target's fused hidden states (three of
-    /// its layers'), its own LM head over a smaller draft vocabulary.
-    Eagle3,
-    /// Multi-token prediction layers shipped with the model (DeepSeek-V3, Qwen3-Next, MiMo).
-    Mtp,
-    /// N-gram (prompt lookup) matching on the CPU: no model runs on the GPUs, and a step drafts
-    /// only when the sequence's last tokens recur earlier in its context.
-    Ngram,
-}
-
-impl SpecMethod {
-    /// The method's name as a scenario writes it.
-    pub fn name(self) -> &'static str {
-        match self {
-            SpecMethod::Draft => "draft",
-            SpecMethod::Eagle => "eagle",
-            SpecMethod::Eagle3 => "eagle3",
-            SpecMethod::Mtp => "mtp",
-            SpecMethod::Ngram => "ngram",
-        }
-    }
-}
-
-/// The probability that a draft token is accepted given that every one before it was.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum AcceptanceRate {
-    /// The same rate at every position.
-    Constant(f64),
-    /// One rate per draft position, `num_speculative_tokens` of them.
-    PerPosition(Vec<f64>),
-}
-
-/// A pool's speculative decoding settings (vLLM's `--speculative-config`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SpeculativeConfig {
-    /// Proposer kind.
-    pub method: SpecMethod,
-    /// The draft model (method `draft`), or the EAGLE-3 head's own shape (method `eagle3`,
-    /// optional: its checkpoint's layers and draft vocabulary).
-    #[serde(default)]
-    pub draft_model: Option<ModelSpec>,
-    /// Draft tokens proposed per step, k.
-    pub num_speculative_tokens: u32,
-    /// Acceptance probability of each draft position given the earlier ones were accepted.
-    pub acceptance_rate: AcceptanceRate,
-    /// The rows of an EAGLE-3 head's own LM head (method `eagle3` only): its draft vocabulary,
-    /// [`EAGLE3_DRAFT_VOCAB`] unless given (or the head model's vocabulary, when one is given).
-    #[serde(default)]
-    pub draft_vocab_size: Option<u32>,
-    /// The probability that a decode finds an n-gram match in a step and so proposes its draft
-    /// tokens (method `ngram` only; 1 unless given): a step without a match is a plain decode.
-    #[serde(default)]
-    pub proposal_rate: Option<f64>,
-}
-
-/// The draft vocabulary of published EAGLE-3 heads (`draft_vocab_size` in their config.json: the
-/// heads trained for Llama 3.1, Qwen3, DeepSeek-V3, Kimi-K2 and gpt-oss keep 32,000 tokens).
-pub const EAGLE3_DRAFT_VOCAB: u32 = 32_000;
-
-impl SpeculativeConfig {
-    /// The acceptance rate of each of the k positions; fails (naming the field) on k out of
-    /// range, a rate outside [0, 1], a per-position list of the wrong length, or a draft model
-    /// given to (or missing from) the wrong method.
-    pub fn rates(&self) -> Result<Vec<f64>> {
-        let k = self.num_speculative_tokens;
-        if !(1..=MAX_SPECULATIVE_TOKENS).contains(&k) {
-            return Err(Error::config("speculative.num_speculative_tokens", format!("must be between 1 and {MAX_SPECULATIVE_TOKENS}, got {k}")));
-        }
-        let rates = match &self.acceptance_rate {
-            AcceptanceRate::Constant(a) => vec![*a; k as usize],
-            AcceptanceRate::PerPosition(v) if v.len() == k as usize => v.clone(),
-            AcceptanceRate::PerPosition(v) => {
-                return Err(Error::config("speculative.acceptance_rate", format!("a per-position list needs num_speculative_tokens = {k} rates, got {}", v.len())));
-            }
-        };
-        if let Some((i, a)) = rates.iter().enumerate().find(|(_, a)| !(0.0..=1.0).contains(*a)) {
-            return Err(Error::config(format!("speculative.acceptance_rate.{i}"), format!("must be a probability in [0, 1], got {a:?}")));
-        }
-        match self.draft_vocab_size {
-            Some(_) if self.method != SpecMethod::Eagle3 => {
-                return Err(Error::config("speculative.draft_vocab_size", format!("applies to method eagle3 only (an EAGLE-3 head's own LM head), not {}", self.method.name())));
-            }
-            Some(0) => return Err(Error::config("speculative.draft_vocab_size", "must be at least 1")),
-            _ => {}
-        }
-        match self.proposal_rate {
-            Some(_) if self.method != SpecMethod::Ngram => {
-                return Err(Error::config("speculative.proposal_rate", format!("applies to method ngram only (how often its lookup finds a match), not {}", self.method.name())));
-            }
-            Some(p) if !(0.0..=1.0).contains(&p) => return Err(Error::config("speculative.proposal_rate", format!("must be a probability in [0, 1], got {p:?}"))),
-            _ => {}
-        }
-        match (self.method, &self.draft_model) {
-            (SpecMethod::Draft, None) => Err(Error::config("speculative.draft_model", "method draft needs a draft model")),
-            (SpecMethod::Eagle | SpecMethod::Mtp | SpecMethod::Ngram, Some(_)) => {
-                Err(Error::config("speculative.draft_model", "only methods draft and eagle3 take a model (eagle and mtp heads are layers of the target's shape; ngram runs no model)"))
-            }
-            _ => Ok(rates),
-        }
-    }
-}
 
 /// The expected tokens one step emits per sequence: 1 + sum over i of a_1 ... a_i (accepted
 /// draft tokens plus the target's own next token); for a constant rate a, (1 - a^(k+1)) / (1 - a).
@@ -148,7 +33,10 @@ pub fn expected_tokens_per_step(rates: &[f64]) -> f64 {
 pub struct SpecSeq {
     /// Tokens whose KV is cached before the step (the last sampled token is not yet among them).
     pub cached: u64,
-    /// Draft tokens it proposes this step (1..=k).
+    /// Draft tokens it proposes this step (1..=k); 0 for a decode whose step drafts nothing
+    /// under dynamic speculation (k = 0 for its batch size) but whose proposer still runs its
+    /// first step over it, keeping the proposer's KV in step (vLLM's cache-sync forward): the
+    /// target decodes it plainly.
     pub k: u32,
 }
 
@@ -171,6 +59,8 @@ pub struct Speculator {
     /// ... and once per proposal, before its first step (EAGLE-3's 3h x h fusion of the target's
     /// hidden states).
     per_proposal: Vec<(f64, f64)>,
+    /// Dynamic speculation's `[start, end, k]` entries (empty: always k).
+    per_batch_size: Vec<[u32; 3]>,
     /// Weight bytes the proposer adds on each GPU.
     pub weight_bytes_per_gpu: u64,
     /// KV bytes per token the proposer adds on each GPU.
@@ -282,7 +172,8 @@ impl Speculator {
             }
         };
         let proposal_rate = cfg.proposal_rate.unwrap_or(1.0);
-        Ok(Speculator { method: cfg.method, rates, proposal_rate, proposer, modules, per_step, per_proposal, weight_bytes_per_gpu: weight, kv_bytes_per_token_per_gpu: kv })
+        let per_batch_size = cfg.num_speculative_tokens_per_batch_size.clone().unwrap_or_default();
+        Ok(Speculator { method: cfg.method, rates, proposal_rate, proposer, modules, per_step, per_proposal, per_batch_size, weight_bytes_per_gpu: weight, kv_bytes_per_token_per_gpu: kv })
     }
 
     /// The proposer's KV bytes of one token over all its layers and KV heads (what a speculating
@@ -294,6 +185,18 @@ impl Speculator {
     /// Draft tokens per step, k.
     pub fn k(&self) -> u32 {
         self.rates.len() as u32
+    }
+
+    /// Draft tokens per step after a step that scheduled `batch_size` requests: the k of the
+    /// dynamic table's range holding it, else k.
+    pub fn k_after(&self, batch_size: usize) -> u32 {
+        let n = u32::try_from(batch_size).unwrap_or(u32::MAX);
+        self.per_batch_size.iter().find(|&&[start, end, _]| start <= n && n <= end).map_or(self.k(), |&[_, _, k]| k)
+    }
+
+    /// Whether the proposer is a model that keeps its own KV (every method but `ngram`).
+    pub fn runs_a_model(&self) -> bool {
+        self.method != SpecMethod::Ngram
     }
 
     /// Acceptance rate of each draft position given the earlier ones were accepted.
@@ -330,7 +233,12 @@ impl Speculator {
     pub fn verify_shape(rest: &BatchShape, seqs: &[SpecSeq]) -> (BatchShape, VerifyChunks) {
         let (mut v, mut chunks) = (*rest, VerifyChunks::default());
         for s in seqs {
-            chunks.add(&mut v, s.k as u64 + 1, s.cached);
+            if s.k == 0 {
+                // Drafting nothing (dynamic speculation): a plain decode.
+                v.add_decode(s.cached + 1);
+            } else {
+                chunks.add(&mut v, s.k as u64 + 1, s.cached);
+            }
         }
         (v, chunks)
     }
@@ -349,7 +257,8 @@ impl Speculator {
             s.single_token_keys = rest.single_token_keys;
             s.sampled = rest.sampled.saturating_sub(rest.decode_seqs);
         }
-        for q in seqs.iter().filter(|q| q.k >= j) {
+        // (A sequence drafting nothing runs the first step alone.)
+        for q in seqs.iter().filter(|q| q.k >= j || (j == 1 && q.k == 0)) {
             s.add_decode(q.cached + j as u64);
         }
         s
@@ -364,7 +273,9 @@ impl Speculator {
             return 0;
         }
         let k = seqs.iter().map(|s| s.k).max().unwrap_or(0);
-        k.max((rest.prefill_tokens > 0) as u32)
+        // At least one with prefill chunks, or with a sequence drafting nothing (its proposer
+        // still runs over it).
+        k.max((rest.prefill_tokens > 0 || !seqs.is_empty()) as u32)
     }
 
     /// The proposer's sequential steps alone (seconds and compute-bound seconds summed):

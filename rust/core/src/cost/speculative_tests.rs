@@ -3,11 +3,12 @@
 
 use super::*;
 use crate::cost::fixtures::*;
+use crate::cost::speculative_config::{AcceptanceRate, MAX_SPECULATIVE_TOKENS};
 use crate::cost::Op;
 use crate::model::fixtures::{llama2_70b, llama2_7b, llama3_8b, mixtral_8x7b};
 
 fn cfg(method: SpecMethod, draft: Option<ModelSpec>, k: u32, a: AcceptanceRate) -> SpeculativeConfig {
-    SpeculativeConfig { method, draft_model: draft, num_speculative_tokens: k, acceptance_rate: a, draft_vocab_size: None, proposal_rate: None }
+    SpeculativeConfig { method, draft_model: draft, num_speculative_tokens: k, acceptance_rate: a, draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None }
 }
 
 /// Llama-2-70B on 4 H100s at peak rates.
@@ -318,4 +319,44 @@ fn an_ngram_lookup_runs_no_model_and_its_rate_is_its_own() {
     assert_eq!(path(SpeculativeConfig { proposal_rate: Some(1.5), ..c.clone() }), "speculative.proposal_rate");
     assert_eq!(path(SpeculativeConfig { proposal_rate: Some(0.5), ..cfg(SpecMethod::Eagle, None, 3, AcceptanceRate::Constant(0.7)) }), "speculative.proposal_rate");
     assert_eq!(path(SpeculativeConfig { draft_model: Some(llama2_7b()), ..c }), "speculative.draft_model");
+}
+
+#[test]
+fn a_batch_size_table_picks_k_after_each_step_and_names_a_bad_entry() {
+    let spec = target();
+    let table = |t: Vec<[u32; 3]>| SpeculativeConfig { num_speculative_tokens_per_batch_size: Some(t), ..cfg(SpecMethod::Eagle, None, 3, AcceptanceRate::Constant(0.7)) };
+    let sp = Speculator::build(&table(vec![[1, 4, 3], [5, 8, 1], [9, 64, 0]]), &spec).unwrap();
+    let ks: Vec<u32> = [0, 1, 4, 5, 8, 9, 64, 65].iter().map(|&n| sp.k_after(n)).collect();
+    assert_eq!(ks, [3, 3, 3, 1, 1, 0, 0, 3], "k outside every range");
+    let fails = |t: Vec<[u32; 3]>| match table(t).rates() {
+        Err(Error::Config { path, message }) => (path, message),
+        other => panic!("{other:?}"),
+    };
+    let (path, message) = fails(vec![[1, 4, 3], [4, 8, 1]]);
+    assert!(path == "speculative.num_speculative_tokens_per_batch_size.1" && message.contains("overlaps entry 0"), "{message}");
+    let (path, message) = fails(vec![[1, 4, 4]]);
+    assert!(path == "speculative.num_speculative_tokens_per_batch_size.0" && message.contains("exceeds num_speculative_tokens = 3"), "{message}");
+    assert!(fails(vec![[0, 4, 1]]).1.contains("1 <= start <= end"));
+    assert!(fails(vec![[5, 4, 1]]).1.contains("1 <= start <= end"));
+}
+
+#[test]
+fn a_decode_drafting_nothing_is_verified_plainly_and_its_proposer_runs_one_step() {
+    let spec = target();
+    let cm = CostModel::build(&spec).unwrap();
+    let sp = Speculator::build(&cfg(SpecMethod::Eagle, None, 3, AcceptanceRate::Constant(0.7)), &spec).unwrap();
+    let syncing = [SpecSeq { cached: 999, k: 0 }, SpecSeq { cached: 499, k: 0 }];
+    let (v, chunks) = Speculator::verify_shape(&cm.empty_shape(), &syncing);
+    let mut plain = cm.empty_shape();
+    plain.add_decode(1000);
+    plain.add_decode(500);
+    assert_eq!(v, plain, "the target decodes them as plain decodes");
+    assert_eq!(cm.iteration_verify(&v, &chunks).seconds, cm.iteration(&plain).seconds);
+    // The proposer's one step over them: the first draft step of two sequences drafting one token.
+    assert_eq!(sp.proposal_steps(&cm.empty_shape(), &syncing), 1);
+    let drafting = [SpecSeq { cached: 999, k: 1 }, SpecSeq { cached: 499, k: 1 }];
+    assert_eq!(sp.proposal_shape(&cm.empty_shape(), &syncing, 1), sp.proposal_shape(&cm.empty_shape(), &drafting, 1));
+    let step = sp.step(&cm, &cm.empty_shape(), &syncing).seconds;
+    assert_eq!(step, cm.iteration(&plain).seconds + sp.draft_step(&cm.empty_shape(), &drafting, 1).seconds);
+    assert!(!sp.runs_plain(&cm.empty_shape(), &syncing));
 }

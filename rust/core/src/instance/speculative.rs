@@ -49,6 +49,9 @@ pub struct SpecRuntime {
     verify: Option<(BatchShape, VerifyChunks, f64)>,
     /// Accepted draft tokens of each batch in flight on an asynchronous pipeline, oldest first.
     in_flight: VecDeque<Vec<u32>>,
+    /// The draft tokens the scheduler grants the batch being formed: k, or under dynamic
+    /// speculation the table's k for the requests the previous batch scheduled.
+    k_now: u32,
     /// Counters.
     pub stats: SpecStats,
 }
@@ -123,7 +126,8 @@ impl Instance {
         self.scheduler.set_draft_tokens(sp.k());
         let k = sp.k() as usize;
         let stats = SpecStats { draft_tokens_per_position: vec![0; k], accepted_per_position: vec![0; k], ..Default::default() };
-        self.spec = Some(Box::new(SpecRuntime { spec: sp, rng: RngStream::new(seed, stream), accepted: Vec::new(), verify: None, in_flight: VecDeque::new(), stats }));
+        let k_now = sp.k();
+        self.spec = Some(Box::new(SpecRuntime { spec: sp, rng: RngStream::new(seed, stream), accepted: Vec::new(), verify: None, in_flight: VecDeque::new(), k_now, stats }));
         Ok(self)
     }
 
@@ -134,12 +138,15 @@ impl Instance {
 
     /// Draws how many draft tokens each speculating decode of the batch just formed accepts (in
     /// batch order) and counts them; returns the batch's other items as a shape and its
-    /// speculating decodes (None for a pool that does not speculate).
+    /// speculating decodes (None for a pool that does not speculate). Under dynamic speculation
+    /// a batch formed with k = 0 lists its decodes as drafting nothing (their proposer still
+    /// runs one step over them), and the next batch's k follows this one's request count.
     fn draw_batch(&mut self, reqs: &[Request]) -> Option<(BatchShape, Vec<SpecSeq>)> {
         let rt = self.spec.as_deref_mut()?;
         rt.accepted.clear();
         rt.verify = None;
         rt.stats.lookahead_denied += self.batch.lookahead_denied as u64;
+        let syncing = rt.k_now == 0 && rt.spec.runs_a_model();
         let mut rest = BatchShape::windowed(self.cost.model().sliding_window);
         let mut seqs = Vec::new();
         for it in &self.batch.items {
@@ -148,7 +155,9 @@ impl Instance {
             let unmatched = it.draft > 0 && rt.spec.proposal_rate() < 1.0 && rt.rng.next_f64() >= rt.spec.proposal_rate();
             if it.draft == 0 || unmatched {
                 rt.accepted.push(0);
-                if it.tokens == 1 && r.is_decoding() {
+                if it.tokens == 1 && r.is_decoding() && syncing {
+                    seqs.push(SpecSeq { cached: r.computed as u64, k: 0 });
+                } else if it.tokens == 1 && r.is_decoding() {
                     rest.add_decode(r.computed as u64 + 1);
                 } else {
                     rest.add_prefill(it.tokens as u64, r.computed as u64, r.computed + it.tokens == r.known_tokens());
@@ -160,6 +169,8 @@ impl Instance {
             rt.accepted.push(n);
             seqs.push(SpecSeq { cached: r.computed as u64, k: it.draft });
         }
+        rt.k_now = rt.spec.k_after(self.batch.items.len());
+        self.scheduler.set_draft_tokens(rt.k_now);
         Some((rest, seqs))
     }
 

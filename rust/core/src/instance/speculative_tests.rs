@@ -21,7 +21,7 @@ fn instance(k: u32, rates: Option<AcceptanceRate>, seed: u64) -> Instance {
     let memory = MemoryConfig::default();
     let sched = SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192, preemption_mode: Default::default(), swap_space_gb: 4.0 };
     let spec = InstanceSpec::new(llama3_8b(), gpu(), Efficiency::default(), 1);
-    let cfg = rates.map(|a| SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: k, acceptance_rate: a, draft_vocab_size: None, proposal_rate: None });
+    let cfg = rates.map(|a| SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: k, acceptance_rate: a, draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None });
     Instance::new(InstanceSetup { pool: 0, spec: spec.clone(), memory: &memory, scheduler: &sched, experts: None }).unwrap().with_speculation(cfg.as_ref(), &spec, seed, "instance0.speculative").unwrap()
 }
 
@@ -117,7 +117,7 @@ fn a_proposer_that_does_not_fit_is_a_capacity_error_naming_it() {
     let spec = InstanceSpec::new(llama3_8b(), gpu(), Efficiency::default(), 1);
     // A 70B-shaped draft (Llama-2-70B's layers, Llama-3's vocabulary) on one 80 GB GPU.
     let big = crate::model::ModelSpec { vocab_size: 128256, ..crate::model::fixtures::llama2_70b() };
-    let cfg = SpeculativeConfig { method: SpecMethod::Draft, draft_model: Some(big), num_speculative_tokens: 2, acceptance_rate: AcceptanceRate::Constant(0.5), draft_vocab_size: None, proposal_rate: None };
+    let cfg = SpeculativeConfig { method: SpecMethod::Draft, draft_model: Some(big), num_speculative_tokens: 2, acceptance_rate: AcceptanceRate::Constant(0.5), draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None };
     let inst = Instance::new(InstanceSetup { pool: 0, spec: spec.clone(), memory: &memory, scheduler: &sched, experts: None }).unwrap();
     match inst.with_speculation(Some(&cfg), &spec, 1, "s") {
         Err(Error::Capacity { what, needed_bytes, available_bytes }) => {
@@ -138,7 +138,7 @@ fn moe_instance(rate: Option<f64>) -> Instance {
     let spec = InstanceSpec::new(model, gpu(), Efficiency::default(), 2);
     let experts = crate::moe::ExpertConfig::resident();
     let setup = crate::instance::ExpertSetup { config: &experts, trace: None, seed: 5, stream: "instance0.experts".into(), caches: None };
-    let cfg = rate.map(|a| SpeculativeConfig { method: SpecMethod::Mtp, draft_model: None, num_speculative_tokens: 3, acceptance_rate: AcceptanceRate::Constant(a), draft_vocab_size: None, proposal_rate: None });
+    let cfg = rate.map(|a| SpeculativeConfig { method: SpecMethod::Mtp, draft_model: None, num_speculative_tokens: 3, acceptance_rate: AcceptanceRate::Constant(a), draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None });
     Instance::new(InstanceSetup { pool: 0, spec: spec.clone(), memory: &memory, scheduler: &sched, experts: Some(setup) }).unwrap().with_speculation(cfg.as_ref(), &spec, 5, "instance0.speculative").unwrap()
 }
 
@@ -173,7 +173,7 @@ fn pipelined_instance(rate: f64, seed: u64) -> Instance {
     let memory = MemoryConfig::default();
     let sched = SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192, preemption_mode: Default::default(), swap_space_gb: 4.0 };
     let spec = InstanceSpec { pp: 2, ..InstanceSpec::new(llama3_8b(), gpu(), Efficiency::default(), 1) };
-    let cfg = SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: 3, acceptance_rate: AcceptanceRate::Constant(rate), draft_vocab_size: None, proposal_rate: None };
+    let cfg = SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: 3, acceptance_rate: AcceptanceRate::Constant(rate), draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None };
     Instance::new(InstanceSetup { pool: 0, spec: spec.clone(), memory: &memory, scheduler: &sched, experts: None })
         .unwrap()
         .with_speculation(Some(&cfg), &spec, seed, "instance0.speculative")
@@ -240,7 +240,7 @@ fn on_a_synchronous_pipeline_the_other_stages_idle_while_the_proposer_runs() {
     let memory = MemoryConfig::default();
     let sched = SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192, preemption_mode: Default::default(), swap_space_gb: 4.0 };
     let spec = InstanceSpec { pp: 2, ..InstanceSpec::new(llama3_8b(), gpu(), Efficiency::default(), 1) };
-    let cfg = SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: 3, acceptance_rate: AcceptanceRate::Constant(0.8), draft_vocab_size: None, proposal_rate: None };
+    let cfg = SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: 3, acceptance_rate: AcceptanceRate::Constant(0.8), draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None };
     let mut inst = Instance::new(InstanceSetup { pool: 0, spec: spec.clone(), memory: &memory, scheduler: &sched, experts: None }).unwrap().with_speculation(Some(&cfg), &spec, 1, "instance0.speculative").unwrap();
     let mut reqs = vec![Request::new(0, 100, 5)];
     inst.enqueue(0, &mut reqs[0]);
@@ -332,7 +332,7 @@ fn ngram_instance(k: u32, a: f64, matched: f64, seed: u64) -> Instance {
     let memory = MemoryConfig::default();
     let sched = SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192, preemption_mode: Default::default(), swap_space_gb: 4.0 };
     let spec = InstanceSpec::new(llama3_8b(), gpu(), Efficiency::default(), 1);
-    let cfg = SpeculativeConfig { method: SpecMethod::Ngram, draft_model: None, num_speculative_tokens: k, acceptance_rate: AcceptanceRate::Constant(a), draft_vocab_size: None, proposal_rate: Some(matched) };
+    let cfg = SpeculativeConfig { method: SpecMethod::Ngram, draft_model: None, num_speculative_tokens: k, acceptance_rate: AcceptanceRate::Constant(a), draft_vocab_size: None, proposal_rate: Some(matched), num_speculative_tokens_per_batch_size: None };
     Instance::new(InstanceSetup { pool: 0, spec: spec.clone(), memory: &memory, scheduler: &sched, experts: None }).unwrap().with_speculation(Some(&cfg), &spec, seed, "instance0.speculative").unwrap()
 }
 
@@ -364,4 +364,33 @@ fn an_ngram_lookup_drafts_only_when_it_matches_and_costs_only_the_verify_pass() 
     assert_eq!(end(ngram_instance(3, 0.8, 0.0, 1)), plain_end);
     let (ngram_zero, eagle_zero) = (end(ngram_instance(3, 0.0, 1.0, 1)), end(instance(3, Some(AcceptanceRate::Constant(0.0)), 1)));
     assert!(plain_end < ngram_zero && ngram_zero < eagle_zero, "plain {plain_end}, ngram {ngram_zero}, eagle {eagle_zero}");
+}
+
+#[test]
+fn dynamic_speculation_drafts_k_by_the_previous_batch_size() {
+    // Eight requests at once: a batch of 8 proposes nothing under [[1, 4, 3], [5, 64, 0]]; the
+    // last four, alone, propose 3 again.
+    let memory = MemoryConfig::default();
+    let sched = SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192, preemption_mode: Default::default(), swap_space_gb: 4.0 };
+    let spec = InstanceSpec::new(llama3_8b(), gpu(), Efficiency::default(), 1);
+    let build = |table: Option<Vec<[u32; 3]>>| {
+        let cfg = SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: 3, acceptance_rate: AcceptanceRate::Constant(1.0), draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: table };
+        Instance::new(InstanceSetup { pool: 0, spec: spec.clone(), memory: &memory, scheduler: &sched, experts: None }).unwrap().with_speculation(Some(&cfg), &spec, 3, "instance0.speculative").unwrap()
+    };
+    let requests = || (0..8).map(|i| Request::new(0, 100, if i < 4 { 20 } else { 60 })).collect::<Vec<_>>();
+    let (mut dynamic, mut always) = (build(Some(vec![[1, 4, 3], [5, 64, 0]])), build(None));
+    let (mut a, mut b) = (requests(), requests());
+    let (dyn_steps, _, _) = run(&mut dynamic, &mut a);
+    let (all_steps, _, _) = run(&mut always, &mut b);
+    assert!(a.iter().chain(&b).all(|r| r.status == Status::Finished && r.generated == r.output));
+    let s = &dynamic.speculation().unwrap().stats;
+    // The four short requests decode 19 tokens plainly in 19 steps of 8; the step after them
+    // (the four long ones alone) still follows a batch of 8 and drafts nothing; from then on they
+    // draft 3 and accept all: 4 tokens a step.
+    assert_eq!(s.drafts % 4, 0);
+    assert_eq!(s.accepted_tokens, s.draft_tokens, "every draft accepted");
+    assert!(dyn_steps > all_steps, "{dyn_steps} steps with k = 0 at batch 8, {all_steps} always drafting");
+    let plain_steps = 19 + 1;
+    let long_left: u64 = 59 - plain_steps;
+    assert_eq!(dyn_steps, plain_steps + long_left.div_ceil(4), "20 plain steps, then 4 tokens a step");
 }

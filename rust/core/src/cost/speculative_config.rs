@@ -1,0 +1,150 @@
+//! A pool's speculative decoding settings as the core reads them (vLLM's
+//! `--speculative-config`): the proposer, k, the acceptance rates, dynamic k by batch size, and
+//! their checks. What a step costs is in `speculative.rs`.
+
+use crate::error::{Error, Result};
+use crate::model::ModelSpec;
+use serde::{Deserialize, Serialize};
+
+/// The largest `num_speculative_tokens` accepted (vLLM's EAGLE trees and n-gram proposers rarely
+/// exceed 8; beyond 16 the acceptance of the last positions is negligible).
+pub const MAX_SPECULATIVE_TOKENS: u32 = 16;
+
+/// How draft tokens are proposed (vLLM's `speculative_config.method`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpecMethod {
+    /// A separate, smaller model sharing the target's tokenizer.
+    Draft,
+    /// An EAGLE head: one decoder layer over the target's hidden states, the target's LM head.
+    Eagle,
+    /// An EAGLE-3 head: one dense decoder layer over the target's fused hidden states (three of
+    /// its layers'), its own LM head over a smaller draft vocabulary.
+    Eagle3,
+    /// Multi-token prediction layers shipped with the model (DeepSeek-V3, Qwen3-Next, MiMo).
+    Mtp,
+    /// N-gram (prompt lookup) matching on the CPU: no model runs on the GPUs, and a step drafts
+    /// only when the sequence's last tokens recur earlier in its context.
+    Ngram,
+}
+
+impl SpecMethod {
+    /// The method's name as a scenario writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            SpecMethod::Draft => "draft",
+            SpecMethod::Eagle => "eagle",
+            SpecMethod::Eagle3 => "eagle3",
+            SpecMethod::Mtp => "mtp",
+            SpecMethod::Ngram => "ngram",
+        }
+    }
+}
+
+/// The probability that a draft token is accepted given that every one before it was.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum AcceptanceRate {
+    /// The same rate at every position.
+    Constant(f64),
+    /// One rate per draft position, `num_speculative_tokens` of them.
+    PerPosition(Vec<f64>),
+}
+
+/// A pool's speculative decoding settings (vLLM's `--speculative-config`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpeculativeConfig {
+    /// Proposer kind.
+    pub method: SpecMethod,
+    /// The draft model (method `draft`), or the EAGLE-3 head's own shape (method `eagle3`,
+    /// optional: its checkpoint's layers and draft vocabulary).
+    #[serde(default)]
+    pub draft_model: Option<ModelSpec>,
+    /// Draft tokens proposed per step, k.
+    pub num_speculative_tokens: u32,
+    /// Acceptance probability of each draft position given the earlier ones were accepted.
+    pub acceptance_rate: AcceptanceRate,
+    /// The rows of an EAGLE-3 head's own LM head (method `eagle3` only): its draft vocabulary,
+    /// [`EAGLE3_DRAFT_VOCAB`] unless given (or the head model's vocabulary, when one is given).
+    #[serde(default)]
+    pub draft_vocab_size: Option<u32>,
+    /// The probability that a decode finds an n-gram match in a step and so proposes its draft
+    /// tokens (method `ngram` only; 1 unless given): a step without a match is a plain decode.
+    #[serde(default)]
+    pub proposal_rate: Option<f64>,
+    /// Dynamic speculative decoding (vLLM's `num_speculative_tokens_per_batch_size`): entries
+    /// `[start, end, k]`, k draft tokens while the requests the instance scheduled in its
+    /// previous step number from start to end; `num_speculative_tokens` outside every range.
+    #[serde(default)]
+    pub num_speculative_tokens_per_batch_size: Option<Vec<[u32; 3]>>,
+}
+
+/// The draft vocabulary of published EAGLE-3 heads (`draft_vocab_size` in their config.json: the
+/// heads trained for Llama 3.1, Qwen3, DeepSeek-V3, Kimi-K2 and gpt-oss keep 32,000 tokens).
+pub const EAGLE3_DRAFT_VOCAB: u32 = 32_000;
+
+impl SpeculativeConfig {
+    /// The acceptance rate of each of the k positions; fails (naming the field) on k out of
+    /// range, a rate outside [0, 1], a per-position list of the wrong length, or a draft model
+    /// given to (or missing from) the wrong method.
+    pub fn rates(&self) -> Result<Vec<f64>> {
+        let k = self.num_speculative_tokens;
+        if !(1..=MAX_SPECULATIVE_TOKENS).contains(&k) {
+            return Err(Error::config("speculative.num_speculative_tokens", format!("must be between 1 and {MAX_SPECULATIVE_TOKENS}, got {k}")));
+        }
+        let rates = match &self.acceptance_rate {
+            AcceptanceRate::Constant(a) => vec![*a; k as usize],
+            AcceptanceRate::PerPosition(v) if v.len() == k as usize => v.clone(),
+            AcceptanceRate::PerPosition(v) => {
+                return Err(Error::config("speculative.acceptance_rate", format!("a per-position list needs num_speculative_tokens = {k} rates, got {}", v.len())));
+            }
+        };
+        if let Some((i, a)) = rates.iter().enumerate().find(|(_, a)| !(0.0..=1.0).contains(*a)) {
+            return Err(Error::config(format!("speculative.acceptance_rate.{i}"), format!("must be a probability in [0, 1], got {a:?}")));
+        }
+        match self.draft_vocab_size {
+            Some(_) if self.method != SpecMethod::Eagle3 => {
+                return Err(Error::config("speculative.draft_vocab_size", format!("applies to method eagle3 only (an EAGLE-3 head's own LM head), not {}", self.method.name())));
+            }
+            Some(0) => return Err(Error::config("speculative.draft_vocab_size", "must be at least 1")),
+            _ => {}
+        }
+        match self.proposal_rate {
+            Some(_) if self.method != SpecMethod::Ngram => {
+                return Err(Error::config("speculative.proposal_rate", format!("applies to method ngram only (how often its lookup finds a match), not {}", self.method.name())));
+            }
+            Some(p) if !(0.0..=1.0).contains(&p) => return Err(Error::config("speculative.proposal_rate", format!("must be a probability in [0, 1], got {p:?}"))),
+            _ => {}
+        }
+        self.check_batch_size_table(k)?;
+        match (self.method, &self.draft_model) {
+            (SpecMethod::Draft, None) => Err(Error::config("speculative.draft_model", "method draft needs a draft model")),
+            (SpecMethod::Eagle | SpecMethod::Mtp | SpecMethod::Ngram, Some(_)) => {
+                Err(Error::config("speculative.draft_model", "only methods draft and eagle3 take a model (eagle and mtp heads are layers of the target's shape; ngram runs no model)"))
+            }
+            _ => Ok(rates),
+        }
+    }
+}
+
+impl SpeculativeConfig {
+    /// Refuses a batch-size table whose entry has start 0, start past end, k past `k`, or a
+    /// range overlapping an earlier one (naming the entry).
+    fn check_batch_size_table(&self, k: u32) -> Result<()> {
+        let table = self.num_speculative_tokens_per_batch_size.as_deref().unwrap_or_default();
+        for (i, &[start, end, ki]) in table.iter().enumerate() {
+            let field = || format!("speculative.num_speculative_tokens_per_batch_size.{i}");
+            if start == 0 || start > end {
+                return Err(Error::config(field(), format!("[start, end, k] needs 1 <= start <= end, got [{start}, {end}, {ki}]")));
+            }
+            if ki > k {
+                return Err(Error::config(field(), format!("k = {ki} exceeds num_speculative_tokens = {k} (the most draft tokens a step proposes)")));
+            }
+            if let Some(j) = table[..i].iter().position(|&[s, e, _]| start <= e && s <= end) {
+                return Err(Error::config(field(), format!("[{start}, {end}] overlaps entry {j} [{}, {}]", table[j][0], table[j][1])));
+            }
+        }
+        Ok(())
+    }
+}
