@@ -169,13 +169,14 @@ def idealized_summary(requests, scenario, gpus: dict[str, int]) -> dict:
 
     from fleetwise.metrics.distribution import distribution
 
-    from fleetwise.metrics.table_reads import finished_column
+    from fleetwise.metrics.table_reads import finished_columns
 
-    # Totals as polars sums them (one contiguous column), before the percentiles reorder it.
-    runtime = finished_column(requests, "idealized_runtime_s")
-    total = float(pl.Series(runtime).sum())
-    summary = {"gpu": scenario.idealized.gpu, "engine": scenario.idealized.engine, "gpus": dict(gpus),
-               "runtime_s": distribution(runtime, reorder=True), "total_runtime_s": total}
-    del runtime
-    summary["total_gpu_seconds"] = float(pl.Series(finished_column(requests, "idealized_gpu_seconds")).sum())
+    summary = {"gpu": scenario.idealized.gpu, "engine": scenario.idealized.engine, "gpus": dict(gpus)}
+    for name, values in finished_columns(requests, ["idealized_runtime_s", "idealized_gpu_seconds"]):
+        # Totals as polars sums them (one contiguous column), before the percentiles reorder it.
+        total = float(pl.Series(values).sum())
+        if name == "idealized_runtime_s":
+            summary.update(runtime_s=distribution(values, reorder=True), total_runtime_s=total)
+        else:
+            summary["total_gpu_seconds"] = total
     return summary

@@ -21,7 +21,7 @@ from fleetwise.metrics.prefix import PrefixCacheSummary, prefix_cache_summary
 from fleetwise.metrics.rejections import RejectionCount, rejection_reasons
 from fleetwise.metrics.slo import SloSummary, slo_attainment
 from fleetwise.metrics.speculative import SpeculativeSummary, speculative_summary
-from fleetwise.metrics.table_reads import FINISHED, Table, aggregates, column_names, finished_column
+from fleetwise.metrics.table_reads import FINISHED, Table, aggregates, column_names, finished_columns
 
 
 class Throughput(TypedDict):
@@ -91,6 +91,11 @@ def summarize(requests: Table, itl: dict, slo=None, instances: pl.DataFrame | No
     span = max((last_done - first_arrival) * 1e-9, 1e-12) if n_done else 0.0
     out_tokens = int(agg["out_tokens"]) if n_done else 0
     in_tokens = int(agg["in_tokens"]) if n_done else 0
+    names = column_names(requests)
+    # The finished requests' latency distributions, their columns read together (TPOT is null
+    # for a one-token output).
+    latency = ["ttft_s", "tpot_s", "e2e_s"] + (["scheduling_delay_s"] if "scheduling_delay_s" in names else [])
+    dists = {name: distribution(values, reorder=True) for name, values in finished_columns(requests, latency, drop_nulls=frozenset({"tpot_s", "scheduling_delay_s"}))}
     summary: Summary = {
         "requests": int(agg["requests"]),
         "finished": n_done,
@@ -101,16 +106,15 @@ def summarize(requests: Table, itl: dict, slo=None, instances: pl.DataFrame | No
             "output_tokens_per_s": out_tokens / span if span else 0.0,
             "total_tokens_per_s": (in_tokens + out_tokens) / span if span else 0.0,
         },
-        "ttft_s": distribution(finished_column(requests, "ttft_s"), reorder=True),
-        "tpot_s": distribution(finished_column(requests, "tpot_s", drop_nulls=True), reorder=True),
+        "ttft_s": dists["ttft_s"],
+        "tpot_s": dists["tpot_s"],
         "itl_s": itl_distribution(itl),
-        "e2e_s": distribution(finished_column(requests, "e2e_s"), reorder=True),
+        "e2e_s": dists["e2e_s"],
         "preemptions": int(agg["preemptions"] or 0),
     }
-    names = column_names(requests)
-    if "scheduling_delay_s" in names:
+    if "scheduling_delay_s" in dists:
         # Arrival to the first iteration that includes it (vLLM's queue time), finished requests.
-        summary["scheduling_delay_s"] = distribution(finished_column(requests, "scheduling_delay_s", drop_nulls=True), reorder=True)
+        summary["scheduling_delay_s"] = dists["scheduling_delay_s"]
     if instances is not None:
         # A run that finished nothing lasts 0 s: no energy, no cost, nothing per token (None).
         summary.update(energy_and_cost(requests, instances, wall_seconds))

@@ -7,6 +7,8 @@ columns they name, so the summaries of a 10M-request run never hold the whole ta
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import polars as pl
 
@@ -43,6 +45,24 @@ def finished_column(requests: Table, name: str, drop_nulls: bool = False) -> np.
         out[filled:filled + len(part)] = part
         filled += len(part)
     return out[:filled]
+
+
+def finished_columns(requests: Table, names: list[str], drop_nulls: frozenset[str] = frozenset()) -> Iterator[tuple[str, np.ndarray]]:
+    """``(name, finished_column(requests, name))`` for each of ``names`` in order (nulls dropped
+    for those in ``drop_nulls``), one at a time: a table of at most ``CHUNK_ROWS`` rows read in one
+    query, a longer one column by column as each is reached (so that a long table's derived
+    columns never exist together). The same values in the same order as ``finished_column``,
+    each a writable array of its own."""
+    lf = requests.lazy()
+    if aggregates(lf, rows=pl.len())["rows"] > CHUNK_ROWS:
+        for name in names:
+            yield name, finished_column(lf, name, name in drop_nulls)
+        return
+    frame = lf.filter(FINISHED).select(names).collect()
+    for name in names:
+        col = frame.get_column(name)
+        col = col.drop_nulls() if name in drop_nulls else col
+        yield name, col.to_numpy(writable=True).astype(np.float64, copy=False) if col.dtype.is_float() else col.to_numpy(writable=True)
 
 
 def aggregates(table: Table, /, **exprs: pl.Expr) -> dict:
