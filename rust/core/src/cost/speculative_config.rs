@@ -86,8 +86,8 @@ pub const EAGLE3_DRAFT_VOCAB: u32 = 32_000;
 
 impl SpeculativeConfig {
     /// The acceptance rate of each of the k positions; fails (naming the field) on k out of
-    /// range, a rate outside [0, 1], a per-position list of the wrong length, or a draft model
-    /// given to (or missing from) the wrong method.
+    /// range, a rate outside [0, 1], a per-position list of the wrong length, a bad batch-size
+    /// table entry, or a draft model given to (or missing from) the wrong method.
     pub fn rates(&self) -> Result<Vec<f64>> {
         let k = self.num_speculative_tokens;
         if !(1..=MAX_SPECULATIVE_TOKENS).contains(&k) {
@@ -126,9 +126,7 @@ impl SpeculativeConfig {
             _ => Ok(rates),
         }
     }
-}
 
-impl SpeculativeConfig {
     /// Refuses a batch-size table whose entry has start 0, start past end, k past `k`, or a
     /// range overlapping an earlier one (naming the entry).
     fn check_batch_size_table(&self, k: u32) -> Result<()> {
