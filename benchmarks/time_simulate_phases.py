@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from vs_vidur import scenario as bench_scenario  # noqa: E402
+from vs_vidur.fleetwise_run import timed_into  # noqa: E402
 
 import fleetwise  # noqa: E402
 from fleetwise.workload import build_workload  # noqa: E402
@@ -38,19 +39,8 @@ def main() -> None:
     sc = fleetwise.scenario_from_dict(bench_scenario.scenario_dict(a.requests, 4, 4.0, 0, "round-robin", bench_scenario.sharegpt_lengths()))
     wl = build_workload(sc.workload, sc.seed, None)
     spent: dict[str, float] = {}
-
-    def timed(name, fn):
-        def wrapper(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                spent[name] = spent.get(name, 0.0) + time.perf_counter() - start
-
-        return wrapper
-
     for name in PHASES:
-        setattr(sim, name, timed(name, getattr(sim, name)))
+        setattr(sim, name, timed_into(spent, name, getattr(sim, name)))
     for _ in range(a.calls):
         spent.clear()
         start = time.perf_counter()

@@ -24,6 +24,19 @@ def _vm(key: str) -> float:
     return float("nan")
 
 
+def timed_into(spent: dict[str, float], name: str, fn):
+    """``fn`` wrapped so that each call adds its wall time to ``spent[name]`` (seconds)."""
+
+    def wrapper(*a, **k):
+        s = time.perf_counter()
+        try:
+            return fn(*a, **k)
+        finally:
+            spent[name] = spent.get(name, 0.0) + time.perf_counter() - s
+
+    return wrapper
+
+
 def child(spec: dict) -> None:
     """Runs ``spec["scenario"]`` in this process and prints its measurements as one ``@@RESULT@@`` line."""
     t0 = time.perf_counter()
@@ -40,14 +53,7 @@ def child(spec: dict) -> None:
     phases: dict[str, float] = {}
 
     def timed(name, fn):
-        def wrapper(*a, **k):
-            s = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                phases[name] = phases.get(name, 0.0) + time.perf_counter() - s
-
-        return wrapper
+        return timed_into(phases, name, fn)
 
     class _Core:
         simulate = staticmethod(timed("rust_core", sim_mod._core.simulate))
