@@ -133,8 +133,10 @@ def test_the_scenario_resolves_the_draft_model_for_the_core():
     ({"method": "ngram", "proposal_rate": 1.5, "num_speculative_tokens": 2, "acceptance_rate": 0.5}, "speculative.proposal_rate", "less than or equal to 1"),
     ({**DRAFT, "num_speculative_tokens_per_batch_size": [[1, 8, 4], [8, 64, 2]]}, "speculative", "num_speculative_tokens_per_batch_size[1]: [8, 64] overlaps entry 0 [1, 8]"),
     ({**DRAFT, "num_speculative_tokens_per_batch_size": [[1, 8, 5]]}, "speculative", "num_speculative_tokens_per_batch_size[0]: k must be 0 to num_speculative_tokens = 4"),
-    ({**DRAFT, "num_speculative_tokens_per_batch_size": [[0, 8, 1]]}, "speculative", "needs 1 <= start <= end, got [0, 8, 1]"),
+    ({**DRAFT, "num_speculative_tokens_per_batch_size": [[0, 8, 1]]}, "speculative", "got [0, 8, 1]"),
     ({**DRAFT, "num_speculative_tokens_per_batch_size": [[1, 8]]}, "speculative.num_speculative_tokens_per_batch_size.0", "Field required"),
+    ({**DRAFT, "num_speculative_tokens_per_batch_size": [[1, 8, True]]}, "speculative.num_speculative_tokens_per_batch_size.0.2", "true, a boolean, where an integer is expected"),
+    ({**DRAFT, "num_speculative_tokens_per_batch_size": [[1, 2**40, 1]]}, "speculative", "needs 1 <= start <= end <= 4294967295"),
 ])
 def test_bad_settings_name_the_file_and_field(write_yaml, speculative, field, says):
     path = write_yaml(_scenario(speculative))

@@ -6,12 +6,14 @@ from __future__ import annotations
 import warnings
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from fleetwise.config.base import StrictModel
+from fleetwise.config.base import FieldError, StrictModel
 
 MAX_SPECULATIVE_TOKENS = 16
 """The largest ``num_speculative_tokens`` accepted (the core's ``MAX_SPECULATIVE_TOKENS``)."""
+MAX_BATCH_SIZE = 2**32 - 1
+"""The largest batch size a ``num_speculative_tokens_per_batch_size`` range may name (the core's u32)."""
 
 
 class SpeculativeConfig(StrictModel):
@@ -52,6 +54,16 @@ class SpeculativeConfig(StrictModel):
     draft tokens (0 to ``num_speculative_tokens``) in a step after one that scheduled start to end
     requests; ``num_speculative_tokens`` outside every range. Ranges may not overlap."""
 
+    @field_validator("num_speculative_tokens_per_batch_size", mode="before")
+    @classmethod
+    def _integers_in_entries(cls, table):
+        """``true``/``false`` in an entry is an error, not 1 or 0 (pydantic's lax mode would take it)."""
+        for i, entry in enumerate(table if isinstance(table, list) else []):
+            for j, x in enumerate(entry if isinstance(entry, (list, tuple)) else []):
+                if isinstance(x, bool):
+                    raise FieldError(f"{i}.{j}", f"{str(x).lower()}, a boolean, where an integer is expected")
+        return table
+
     @model_validator(mode="after")
     def _consistent(self) -> SpeculativeConfig:
         """Refuses rates outside [0, 1], a per-position list of the wrong length, and a draft
@@ -81,8 +93,8 @@ class SpeculativeConfig(StrictModel):
         table = self.num_speculative_tokens_per_batch_size or []
         for i, (start, end, k) in enumerate(table):
             where = f"num_speculative_tokens_per_batch_size[{i}]"
-            if not 1 <= start <= end:
-                raise ValueError(f"{where}: [start, end, k] needs 1 <= start <= end, got [{start}, {end}, {k}]")
+            if not 1 <= start <= end <= MAX_BATCH_SIZE:
+                raise ValueError(f"{where}: [start, end, k] needs 1 <= start <= end <= {MAX_BATCH_SIZE}, got [{start}, {end}, {k}]")
             if not 0 <= k <= self.num_speculative_tokens:
                 raise ValueError(f"{where}: k must be 0 to num_speculative_tokens = {self.num_speculative_tokens} (the most draft tokens a step proposes), got {k}")
             for j, (s, e, _) in enumerate(table[:i]):
