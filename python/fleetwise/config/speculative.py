@@ -101,14 +101,6 @@ class SpeculativeConfig(StrictModel):
                 if start <= e and s <= end:
                     raise ValueError(f"{where}: [{start}, {end}] overlaps entry {j} [{s}, {e}]")
 
-    def k_after(self, batch_size: int) -> int:
-        """Draft tokens per step after a step that scheduled ``batch_size`` requests (the table's
-        k for it, else ``num_speculative_tokens``)."""
-        for start, end, k in self.num_speculative_tokens_per_batch_size or []:
-            if start <= batch_size <= end:
-                return k
-        return self.num_speculative_tokens
-
     @property
     def proposer(self) -> str:
         """The proposer as a scenario names it: ``draft llama-3-8b``, ``eagle``, ``eagle3 my-head`` or ``mtp``."""
