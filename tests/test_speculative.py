@@ -482,3 +482,20 @@ def test_dynamic_speculation_at_k_zero_verifies_plainly_and_still_runs_the_propo
     plain = [cm.iteration_ns(decodes=[501 + j]) for j in range(19)]
     draft_step = cost_model("llama-3-8b", "h100-sxm", tp=4).iteration_ns(decodes=[501])
     assert all(s > p for s, p in zip(steps, plain)) and steps[0] - plain[0] == pytest.approx(draft_step, rel=0.05)
+
+
+def test_estimate_prices_the_k_a_batch_size_table_gives_that_batch():
+    def run(batch: int, spec: str):
+        return run_cli("estimate", "--model", "llama-3-70b", "--gpu", "h100-sxm", "--tp", "4", "--decode-batch", str(batch), "--context", "1024", "--speculative", spec, "--json")
+
+    fixed = "method=draft,draft_model=llama-3-8b,num_speculative_tokens=4,acceptance_rate=0.8"
+    table = fixed + ",num_speculative_tokens_per_batch_size=1-64:4/65-1024:1/1025-4096:0"
+    small, large = (json.loads(run(b, table).stdout)["speculative"] for b in (8, 256))
+    assert small == {**json.loads(run(8, fixed).stdout)["speculative"], "num_speculative_tokens_per_batch_size": [[1, 64, 4], [65, 1024, 1], [1025, 4096, 0]]}
+    assert small["k"] == 4 and large["k"] == 1 and large["tokens_per_step"] == pytest.approx(1.8)
+    assert large["speedup"] > 1.0 > json.loads(run(256, fixed).stdout)["speculative"]["speedup"], "one draft token pays at 256, four do not"
+    # k = 0: a plain decode plus the proposer's step, one token a step.
+    none = json.loads(run(2048, table).stdout)["speculative"]
+    assert none["k"] == 0 and none["tokens_per_step"] == 1.0 and none["proposer_seconds"] > 0 and none["speedup"] < 1.0
+    bad = run(8, fixed + ",num_speculative_tokens_per_batch_size=1-64")
+    assert bad.returncode == 2 and "START-END:K entries" in bad.stderr, bad.stderr

@@ -130,7 +130,7 @@ def speculative_speedup(cost, given: dict, decodes: list[int], plain_seconds: fl
     and its verify pass's seconds, the expected tokens per sequence per step, seconds per token
     and the decode speedup (plain seconds per token / speculative seconds per token); with an
     n-gram ``proposal_rate`` p, the step and its tokens are p of a drafting step's and 1 - p of a
-    plain one's."""
+    plain one's. Under a batch-size table, ``k`` is the table's for this many decodes."""
     import json
 
     from pydantic import ValidationError
@@ -144,7 +144,7 @@ def speculative_speedup(cost, given: dict, decodes: list[int], plain_seconds: fl
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, "--speculative", SpeculativeConfig)) from None
     core = resolve_speculative(spec, "--speculative", target, target_name, user_models, weight_bytes)
-    step, verify, tokens = cost.speculative_step(json.dumps(core), decodes)
+    step, verify, tokens, k = cost.speculative_step(json.dumps(core), decodes)
     proposer = step - verify
     if spec.proposal_rate is not None:
         # An n-gram lookup (no proposer time) drafts in a share p of the steps: the expectation
@@ -153,7 +153,7 @@ def speculative_speedup(cost, given: dict, decodes: list[int], plain_seconds: fl
         step, tokens = p * step + (1.0 - p) * plain_seconds, p * tokens + (1.0 - p)
         verify = step - proposer
     proposer_weights, proposer_kv_per_token = cost.speculative_memory(json.dumps(core))
-    return {**spec.model_dump(), "proposer": spec.proposer, "proposer_weight_bytes": proposer_weights, "proposer_kv_bytes_per_token": proposer_kv_per_token, "step_seconds": step, "verify_seconds": verify, "proposer_seconds": proposer, "tokens_per_step": tokens,
+    return {**spec.model_dump(), "k": k, "proposer": spec.proposer, "proposer_weight_bytes": proposer_weights, "proposer_kv_bytes_per_token": proposer_kv_per_token, "step_seconds": step, "verify_seconds": verify, "proposer_seconds": proposer, "tokens_per_step": tokens,
             "seconds_per_token": step / tokens, "plain_seconds_per_token": plain_seconds, "speedup": plain_seconds * tokens / step}
 
 

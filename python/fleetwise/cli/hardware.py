@@ -27,7 +27,7 @@ def estimate(
     pim: Optional[str] = typer.Option(None, "--pim", help="Attach a PIM device to each GPU (see `fleetwise catalog`)."),
     offload: Optional[str] = typer.Option(None, "--offload", help="Offload weights: dram or flash."),
     quantization: Optional[str] = typer.Option(None, "--quantization", help="Quantization KEY=VALUE,... : weights=bf16|fp8|int8|int4, activations=bf16|fp8, kv_cache=bf16|fp8, group_size=N (int4), e.g. weights=fp8,kv_cache=fp8 (docs/quantization.md)."),
-    speculative: Optional[str] = typer.Option(None, "--speculative", help="Speculative decoding KEY=VALUE,... : method=draft|eagle|eagle3|mtp|ngram, draft_model=NAME (draft; eagle3: the head), draft_vocab_size=N (eagle3), proposal_rate=P (ngram), num_speculative_tokens=K, acceptance_rate=A or A1/A2/... per position; with --decode-batch/--context prints the decode speedup (docs/speculative-decoding.md)."),
+    speculative: Optional[str] = typer.Option(None, "--speculative", help="Speculative decoding KEY=VALUE,... : method=draft|eagle|eagle3|mtp|ngram, draft_model=NAME (draft; eagle3: the head), draft_vocab_size=N (eagle3), proposal_rate=P (ngram), num_speculative_tokens=K, acceptance_rate=A or A1/A2/... per position, num_speculative_tokens_per_batch_size=1-64:4/65-1024:1 (k by the decode batch); with --decode-batch/--context prints the decode speedup (docs/speculative-decoding.md)."),
     offload_set: List[str] = typer.Option([], "--offload-set", help="With --offload: an offload setting KEY=VALUE (layer_fraction, ffn_load_fraction, dram_cache_fraction, resident_attention, overlap, storage, queue_depth, read_chunk_kb, capacity_gb), each key once. Repeatable."),
     prefill: int = typer.Option(0, "--prefill", min=0, max=2**31 - 1, help="Prefill chunk size, tokens."),
     prefill_context: int = typer.Option(0, "--prefill-context", min=0, max=2**31 - 1, help="Tokens already cached before the chunk."),
@@ -111,7 +111,7 @@ def estimate(
         out.print(f"memory per GPU: {r['memory_bytes'] / gib:.2f} GiB (weights {m['weights'] / gib:.2f} + KV {m['kv_cache'] / gib:.2f} + activations {m['activations'] / gib:.2f}{proposer}) of {m['available'] / gib:.2f} GiB usable")
         if "speculative" in r:
             s = r["speculative"]
-            out.print(f"speculative ({s['proposer']}, k={s['num_speculative_tokens']}, acceptance {s['acceptance_rate']}): step {s['step_seconds'] * 1e3:.3f} ms "
+            out.print(f"speculative ({s['proposer']}, k={s['k']}{'' if s['k'] == s['num_speculative_tokens'] else ' of ' + str(s['num_speculative_tokens']) + ' at this batch'}, acceptance {s['acceptance_rate']}): step {s['step_seconds'] * 1e3:.3f} ms "
                       f"(proposer {s['proposer_seconds'] * 1e3:.3f} + verify {s['verify_seconds'] * 1e3:.3f}) for {s['tokens_per_step']:.3f} tokens per sequence = "
                       f"{s['seconds_per_token'] * 1e3:.3f} ms per token vs {s['plain_seconds_per_token'] * 1e3:.3f} plain: speedup {s['speedup']:.2f}x")
     if not r["memory"]["fits"]:

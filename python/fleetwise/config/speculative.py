@@ -131,7 +131,8 @@ class SpeculativeConfig(StrictModel):
 
 def parse_speculative(text: str, where: str = "--speculative") -> dict:
     """Reads ``method=draft,draft_model=llama-3-8b,num_speculative_tokens=4,acceptance_rate=0.8``
-    (comma-separated KEY=VALUE; per-position rates separated by ``/``: ``acceptance_rate=0.9/0.7``)
+    (comma-separated KEY=VALUE; per-position rates separated by ``/``: ``acceptance_rate=0.9/0.7``;
+    a batch-size table as ``START-END:K`` entries: ``num_speculative_tokens_per_batch_size=1-64:4/65-1024:1``)
     into a ``SpeculativeConfig`` dict; raises ``ConfigError`` naming ``where`` on a malformed item."""
     from fleetwise.errors import ConfigError
 
@@ -142,14 +143,28 @@ def parse_speculative(text: str, where: str = "--speculative") -> dict:
         key, sep, value = item.partition("=")
         key, value = key.strip(), value.strip()
         if not sep or not key or not value:
-            raise ConfigError(f"{where}: expected KEY=VALUE items separated by commas (keys: method, draft_model, num_speculative_tokens, acceptance_rate, draft_vocab_size, proposal_rate), got {item!r}")
+            raise ConfigError(f"{where}: expected KEY=VALUE items separated by commas (keys: method, draft_model, num_speculative_tokens, acceptance_rate, draft_vocab_size, proposal_rate, num_speculative_tokens_per_batch_size), got {item!r}")
         if key in out:
             raise ConfigError(f"{where}: {key} given twice")
         if key == "acceptance_rate" and "/" in value:
             out[key] = [v.strip() for v in value.split("/")]
+        elif key == "num_speculative_tokens_per_batch_size":
+            out[key] = [_batch_size_entry(v.strip(), where) for v in value.split("/")]
         else:
             out[key] = value
     return out
+
+
+def _batch_size_entry(text: str, where: str) -> list[str]:
+    """``START-END:K`` as ``[START, END, K]`` (validated as numbers by the model); ``ConfigError``
+    naming ``where`` when it has another shape."""
+    from fleetwise.errors import ConfigError
+
+    span, sep, k = text.partition(":")
+    start, dash, end = span.partition("-")
+    if not (sep and dash and start.strip() and end.strip() and k.strip()):
+        raise ConfigError(f"{where}: num_speculative_tokens_per_batch_size takes START-END:K entries separated by '/' (e.g. 1-64:4/65-1024:1), got {text!r}")
+    return [start.strip(), end.strip(), k.strip()]
 
 
 def resolve_speculative(spec: SpeculativeConfig, path: str, target, target_name: str, user_models: dict, weight_bytes) -> dict:

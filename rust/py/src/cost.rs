@@ -142,16 +142,19 @@ impl PyCostModel {
 
     /// One speculative decoding step (`speculative_json`: the core's `SpeculativeConfig`) of
     /// `decodes` sequences, each at the given context (including the token being processed) and
-    /// proposing k tokens: (step seconds, the verify pass's seconds, expected tokens per sequence
-    /// per step).
-    fn speculative_step(&self, speculative_json: &str, decodes: Vec<u64>) -> PyResult<(f64, f64, f64)> {
+    /// proposing k tokens (under a batch-size table, its k for this many sequences; with k = 0 the
+    /// plain decode and the proposer's one step): (step seconds, the verify pass's seconds,
+    /// expected tokens per sequence per step, k).
+    fn speculative_step(&self, speculative_json: &str, decodes: Vec<u64>) -> PyResult<(f64, f64, f64, u32)> {
         let cfg: SpeculativeConfig = from_json("speculative", speculative_json)?;
         let sp = Speculator::build(&cfg, &self.spec).map_err(to_py)?;
-        let seqs: Vec<SpecSeq> = decodes.iter().map(|&c| SpecSeq { cached: c.saturating_sub(1), k: sp.k() }).collect();
+        // Steady at this batch size: the k a dynamic table gives after a step of as many requests.
+        let k = sp.k_after(decodes.len());
+        let seqs: Vec<SpecSeq> = decodes.iter().map(|&c| SpecSeq { cached: c.saturating_sub(1), k }).collect();
         let rest = self.inner.empty_shape();
         let (shape, chunks) = Speculator::verify_shape(&rest, &seqs);
         let verify = self.inner.iteration_verify(&shape, &chunks).seconds;
-        Ok((sp.step(&self.inner, &rest, &seqs).seconds, verify, expected_tokens_per_step(sp.rates())))
+        Ok((sp.step(&self.inner, &rest, &seqs).seconds, verify, expected_tokens_per_step(&sp.rates()[..k as usize]), k))
     }
 
     /// The proposer's memory on each GPU: (weight bytes, KV bytes per token), as an instance
