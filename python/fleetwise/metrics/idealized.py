@@ -179,4 +179,5 @@ def idealized_summary(requests, scenario, gpus: dict[str, int]) -> dict:
             summary.update(runtime_s=distribution(values, reorder=True), total_runtime_s=total)
         else:
             summary["total_gpu_seconds"] = total
+        del values  # before the next column is read
     return summary

@@ -95,7 +95,10 @@ def summarize(requests: Table, itl: dict, slo=None, instances: pl.DataFrame | No
     # The finished requests' latency distributions, their columns read together (TPOT is null
     # for a one-token output).
     latency = ["ttft_s", "tpot_s", "e2e_s"] + (["scheduling_delay_s"] if "scheduling_delay_s" in names else [])
-    dists = {name: distribution(values, reorder=True) for name, values in finished_columns(requests, latency, drop_nulls=frozenset({"tpot_s", "scheduling_delay_s"}))}
+    dists = {}
+    for name, values in finished_columns(requests, latency, drop_nulls=frozenset({"tpot_s", "scheduling_delay_s"})):
+        dists[name] = distribution(values, reorder=True)
+        del values  # before the next column is read: a long table's columns never exist together
     summary: Summary = {
         "requests": int(agg["requests"]),
         "finished": n_done,
