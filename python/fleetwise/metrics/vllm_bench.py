@@ -30,11 +30,15 @@ DEFAULT_PERCENTILES = (99.0,)
 
 
 def _stats(name: str, values: np.ndarray, percentiles) -> dict:
-    """vLLM's mean/median/std/pN keys of ``values`` (seconds) in ms; zeros when empty, as vLLM."""
+    """vLLM's mean/median/std/pN keys of ``values`` (seconds) in ms; zeros when empty, as vLLM.
+    Reorders ``values`` (the caller's array of its own): the mean and standard deviation are
+    taken first, in its order; the median and percentiles partition it in place (no copy of a
+    10M-request column), their values independent of the order."""
     v = values if len(values) else np.zeros(1)
-    out = {f"mean_{name}_ms": float(np.mean(v)) * 1e3, f"median_{name}_ms": float(np.median(v)) * 1e3, f"std_{name}_ms": float(np.std(v)) * 1e3}
+    mean, std = float(np.mean(v)), float(np.std(v))
+    out = {f"mean_{name}_ms": mean * 1e3, f"median_{name}_ms": float(np.median(v, overwrite_input=True)) * 1e3, f"std_{name}_ms": std * 1e3}
     for p in percentiles:
-        out[f"p{_word(p)}_{name}_ms"] = float(np.percentile(v, p)) * 1e3
+        out[f"p{_word(p)}_{name}_ms"] = float(np.percentile(v, p, overwrite_input=True)) * 1e3
     return out
 
 
@@ -83,7 +87,9 @@ def vllm_bench_result(requests: Table, summary: dict, percentiles=DEFAULT_PERCEN
             values[~several] = 0.0
         if ok is not None and key in (goodput_ms or {}):
             ok &= values <= goodput_ms[key] / 1e3
-        stats[key] = _stats(key, values[several] if key == "tpot" else values, percentiles)
+        if key == "tpot":
+            values = values[several]  # (the whole column released: one copy at a time)
+        stats[key] = _stats(key, values, percentiles)
         del values
     good = None if ok is None else (int(ok.sum()) / duration if duration else 0.0)
     total_in, total_out = int(counts["prompt"] or 0), int(counts["output"] or 0)
