@@ -123,10 +123,10 @@ impl Instance {
         plan.kv_bytes_per_token = per_token;
         plan.num_blocks = (plan.kv_bytes / block_bytes).min(u32::MAX as u64) as u32;
         self.kv = BlockManager::new(plan.num_blocks, plan.block_size, super::kv_watermark(plan.num_blocks)).with_attention_window(self.cost.model().sliding_window);
-        self.scheduler.set_draft_tokens(sp.k());
-        let k = sp.k() as usize;
-        let stats = SpecStats { draft_tokens_per_position: vec![0; k], accepted_per_position: vec![0; k], ..Default::default() };
         let k_now = sp.k();
+        self.scheduler.set_draft_tokens(k_now);
+        let k = k_now as usize;
+        let stats = SpecStats { draft_tokens_per_position: vec![0; k], accepted_per_position: vec![0; k], ..Default::default() };
         self.spec = Some(Box::new(SpecRuntime { spec: sp, rng: RngStream::new(seed, stream), accepted: Vec::new(), verify: None, in_flight: VecDeque::new(), k_now, stats }));
         Ok(self)
     }
@@ -155,10 +155,12 @@ impl Instance {
             let unmatched = it.draft > 0 && rt.spec.proposal_rate() < 1.0 && rt.rng.next_f64() >= rt.spec.proposal_rate();
             if it.draft == 0 || unmatched {
                 rt.accepted.push(0);
-                if it.tokens == 1 && r.is_decoding() && syncing {
-                    seqs.push(SpecSeq { cached: r.computed as u64, k: 0 });
-                } else if it.tokens == 1 && r.is_decoding() {
-                    rest.add_decode(r.computed as u64 + 1);
+                if it.tokens == 1 && r.is_decoding() {
+                    if syncing {
+                        seqs.push(SpecSeq { cached: r.computed as u64, k: 0 });
+                    } else {
+                        rest.add_decode(r.computed as u64 + 1);
+                    }
                 } else {
                     rest.add_prefill(it.tokens as u64, r.computed as u64, r.computed + it.tokens == r.known_tokens());
                 }
