@@ -119,7 +119,8 @@ def test_the_scenario_resolves_the_draft_model_for_the_core():
 
 @pytest.mark.parametrize("speculative, field, says", [
     ({**DRAFT, "num_speculative_tokens": 0}, "speculative.num_speculative_tokens", "greater than or equal to 1"),
-    ({**DRAFT, "num_speculative_tokens": 17}, "speculative.num_speculative_tokens", "less than or equal to 16"),
+    ({**DRAFT, "num_speculative_tokens": 17}, "speculative", "a chain drafts 1 to 16 tokens, got 17"),
+    ({**DRAFT, "num_speculative_tokens": 65}, "speculative.num_speculative_tokens", "less than or equal to 64"),
     ({**DRAFT, "acceptance_rate": 1.2}, "speculative", "acceptance_rate must be a probability in [0, 1], got 1.2"),
     ({**DRAFT, "acceptance_rate": [0.9, 0.8]}, "speculative", "needs num_speculative_tokens = 4 rates, got 2"),
     ({**DRAFT, "acceptance_rate": [0.9, 0.8, -0.1, 0.5]}, "speculative", "acceptance_rate[2] must be a probability"),

@@ -13,7 +13,8 @@ class ReferenceSpeculation:
     """A speculating pool's proposer as the reference applies it (docs/speculative-decoding.md):
     each decode proposes min(k, output left - 1, token budget left) tokens, shortened until its
     lookahead blocks are free, and its 1 + k tokens count against the scheduler's token budget;
-    position i is accepted iff rates[0..=i] are all 1."""
+    position i is accepted iff rates[0..=i] are all 1. With a token tree, k is its node count
+    and a grant speculates the whole levels it holds (positions are levels)."""
 
     def __init__(self, pool: dict) -> None:
         """The ``speculative`` section of ``pool`` (core JSON); refuses rates other than 0 and 1."""
@@ -21,7 +22,10 @@ class ReferenceSpeculation:
         self.json = json.dumps(spec)
         k = spec["num_speculative_tokens"]
         a = spec["acceptance_rate"]
-        self.rates = list(a) if isinstance(a, list) else [a] * k
+        # A token tree's nodes down to each level (its rates are per level); a chain's positions.
+        tree = spec.get("speculative_token_tree") or []
+        self.levels = [sum(len(p) <= d for p in tree) for d in range(1, max(map(len, tree), default=0) + 1)] or list(range(1, k + 1))
+        self.rates = list(a) if isinstance(a, list) else [a] * len(self.levels)
         # Dynamic speculation: k by the requests the previous step scheduled ([start, end, k]).
         self.table = spec.get("num_speculative_tokens_per_batch_size") or []
         self.k_now = k
@@ -68,9 +72,13 @@ class ReferenceSpeculation:
         needs in ``self.drafts`` (and in ``self.syncing`` whether the step was formed with k = 0,
         its decodes then running through one proposer step); sets the next step's k."""
         self.drafts = [req.draft if decode and n == 1 else 0 for req, n, decode in items]
+        # The levels a grant holds (a chain's: every token; a tree's: its whole levels); a grant
+        # holding none is a plain decode.
+        depths = [sum(upto <= k for upto in self.levels) for k in self.drafts]
+        self.drafts = [k if d else 0 for k, d in zip(self.drafts, depths)]
         self.syncing = self.k_now == 0
-        self.k_now = next((k for start, end, k in self.table if start <= len(items) <= end), len(self.rates))
-        return [next((i for i, r in enumerate(self.rates[:k]) if r != 1.0), k) for k in self.drafts]
+        self.k_now = next((k for start, end, k in self.table if start <= len(items) <= end), self.levels[-1])
+        return [next((i for i, r in enumerate(self.rates[:d]) if r != 1.0), d) for d in depths]
 
     def duration(self, cost, items) -> int:
         """The step's integer ns from the core's cost model: plain items as they are, speculating

@@ -111,7 +111,7 @@ def estimate(
         out.print(f"memory per GPU: {r['memory_bytes'] / gib:.2f} GiB (weights {m['weights'] / gib:.2f} + KV {m['kv_cache'] / gib:.2f} + activations {m['activations'] / gib:.2f}{proposer}) of {m['available'] / gib:.2f} GiB usable")
         if "speculative" in r:
             s = r["speculative"]
-            out.print(f"speculative ({s['proposer']}, k={s['k']}{'' if s['k'] == s['num_speculative_tokens'] else ' of ' + str(s['num_speculative_tokens']) + ' at this batch'}, acceptance {s['acceptance_rate']}): step {s['step_seconds'] * 1e3:.3f} ms "
+            out.print(f"speculative ({s['proposer']}, k={s['k']}{'' if s['k'] == s['num_speculative_tokens'] else ' of ' + str(s['num_speculative_tokens']) + ' at this batch'}{_tree_label(s)}, acceptance {s['acceptance_rate']}): step {s['step_seconds'] * 1e3:.3f} ms "
                       f"(proposer {s['proposer_seconds'] * 1e3:.3f} + verify {s['verify_seconds'] * 1e3:.3f}) for {s['tokens_per_step']:.3f} tokens per sequence = "
                       f"{s['seconds_per_token'] * 1e3:.3f} ms per token vs {s['plain_seconds_per_token'] * 1e3:.3f} plain: speedup {s['speedup']:.2f}x")
     if not r["memory"]["fits"]:
@@ -185,3 +185,16 @@ def catalog(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -
     for k, p in pims.items():
         t.add_row(k, p.description, f"{p.peak_flops / 1e12:.1f}", f"{p.internal_bandwidth / 1e12:.1f}")
     out.print(t)
+
+
+def _tree_label(spec: dict) -> str:
+    """`` in a tree of 2/2`` (each level's children per node) for a token tree, else nothing."""
+    tree = spec.get("speculative_token_tree")
+    if not tree:
+        return ""
+    widths, parents = [], 1
+    for depth in range(1, max(len(p) for p in tree) + 1):
+        nodes = sum(len(p) == depth for p in tree)
+        widths.append(str(nodes // parents))
+        parents = nodes
+    return " in a tree of " + "/".join(widths)

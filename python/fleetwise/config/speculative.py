@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ast
 import warnings
 from typing import Literal
 
@@ -12,6 +13,8 @@ from fleetwise.config.base import FieldError, StrictModel
 
 MAX_SPECULATIVE_TOKENS = 16
 """The largest ``num_speculative_tokens`` accepted (the core's ``MAX_SPECULATIVE_TOKENS``)."""
+MAX_TREE_NODES = 64
+"""The most nodes a ``speculative_token_tree`` may hold (the core's ``MAX_TREE_NODES``)."""
 MAX_BATCH_SIZE = 2**32 - 1
 """The largest batch size a ``num_speculative_tokens_per_batch_size`` range may name (the core's u32)."""
 
@@ -37,8 +40,8 @@ class SpeculativeConfig(StrictModel):
     or n-gram (prompt lookup) matching."""
     draft_model: str | None = Field(default=None, min_length=1)
     """The draft model (method ``draft``), or the EAGLE-3 head's own shape (``eagle3``, optional)."""
-    num_speculative_tokens: int = Field(ge=1, le=MAX_SPECULATIVE_TOKENS)
-    """Draft tokens proposed per step, k (1 to 16)."""
+    num_speculative_tokens: int = Field(ge=1, le=MAX_TREE_NODES)
+    """Draft tokens proposed per step, k (1 to 16; a token tree's nodes, up to 64)."""
     acceptance_rate: float | list[float]
     """Acceptance probability of each draft position given the earlier ones were accepted, in
     [0, 1]: one number, or a list of ``num_speculative_tokens`` numbers. vLLM's logged per-position
@@ -53,6 +56,30 @@ class SpeculativeConfig(StrictModel):
     """Dynamic speculative decoding (vLLM's setting of that name): ``[start, end, k]`` entries, k
     draft tokens (0 to ``num_speculative_tokens``) in a step after one that scheduled start to end
     requests; ``num_speculative_tokens`` outside every range. Ranges may not overlap."""
+    speculative_token_tree: list[list[int]] | None = None
+    """Tree speculation (vLLM's setting of that name, methods ``draft``, ``eagle`` and ``eagle3``):
+    the draft tree's nodes as paths of child ranks, level by level (``[[0], [1], [0, 0], [1, 0]]``,
+    or vLLM's string ``"[(0,), (1,), (0, 0), (1, 0)]"``), every node of a level with the same
+    number of children. ``num_speculative_tokens`` is its node count; ``acceptance_rate`` is per
+    level: the probability that one of a level's candidates is accepted given the path above it was."""
+
+    @field_validator("speculative_token_tree", mode="before")
+    @classmethod
+    def _tree_from_vllm_string(cls, tree):
+        """vLLM's string form (a Python literal of tuples) read as a list of paths; a boolean in a
+        path is an error, not 1 or 0."""
+        if isinstance(tree, str):
+            try:
+                tree = ast.literal_eval(tree)
+            except (ValueError, SyntaxError, MemoryError, RecursionError) as e:
+                raise ValueError(f"{tree!r} is not a list of paths such as \"[(0,), (1,), (0, 0)]\" ({type(e).__name__})") from None
+        if isinstance(tree, (list, tuple)):
+            tree = [list(node) if isinstance(node, tuple) else node for node in tree]
+            for i, node in enumerate(tree):
+                for j, x in enumerate(node if isinstance(node, list) else []):
+                    if isinstance(x, bool):
+                        raise FieldError(f"{i}.{j}", f"{str(x).lower()}, a boolean, where a child rank is expected")
+        return tree
 
     @field_validator("num_speculative_tokens_per_batch_size", mode="before")
     @classmethod
@@ -73,7 +100,13 @@ class SpeculativeConfig(StrictModel):
             if not 0.0 <= a <= 1.0:
                 where = f"acceptance_rate[{i}]" if isinstance(self.acceptance_rate, list) else "acceptance_rate"
                 raise ValueError(f"{where} must be a probability in [0, 1], got {a}")
-        if isinstance(self.acceptance_rate, list) and len(rates) != self.num_speculative_tokens:
+        if self.speculative_token_tree is None and self.num_speculative_tokens > MAX_SPECULATIVE_TOKENS:
+            raise ValueError(f"num_speculative_tokens: a chain drafts 1 to {MAX_SPECULATIVE_TOKENS} tokens, got {self.num_speculative_tokens} "
+                             f"(a speculative_token_tree may hold up to {MAX_TREE_NODES})")
+        levels = len(self.tree_levels())
+        if isinstance(self.acceptance_rate, list) and self.speculative_token_tree is not None and len(rates) != levels:
+            raise ValueError(f"acceptance_rate: a per-level list needs one rate per level of speculative_token_tree ({levels}), got {len(rates)}")
+        if isinstance(self.acceptance_rate, list) and self.speculative_token_tree is None and len(rates) != self.num_speculative_tokens:
             raise ValueError(f"acceptance_rate: a per-position list needs num_speculative_tokens = {self.num_speculative_tokens} rates, got {len(rates)}")
         if self.method == "draft" and self.draft_model is None:
             raise ValueError("method draft needs draft_model (a catalogue model sharing the target's tokenizer, e.g. llama-3-8b for llama-3-70b)")
@@ -86,6 +119,49 @@ class SpeculativeConfig(StrictModel):
             raise ValueError(f"draft_vocab_size applies to method eagle3 only (an EAGLE-3 head's own LM head), not {self.method}")
         self._check_batch_size_table()
         return self
+
+    def tree_levels(self) -> list[int]:
+        """The token tree's nodes down to each level, cumulative (``[2, 6]`` for two candidates
+        per node over two levels; empty without a tree). Raises ``ValueError`` naming the node on
+        a tree not listed level by level, a missing parent, a repeated node, a level whose nodes
+        have different numbers of children (ranked from 0), a method that cannot draft a tree, a
+        batch-size table beside it, or a node count other than ``num_speculative_tokens``."""
+        tree = self.speculative_token_tree
+        if tree is None:
+            return []
+        where = "speculative_token_tree"
+        if self.method not in ("draft", "eagle", "eagle3"):
+            raise ValueError(f"{where} applies to methods draft, eagle and eagle3 (a model drafting the tree level by level), not {self.method}")
+        if self.num_speculative_tokens_per_batch_size is not None:
+            raise ValueError(f"{where} cannot be combined with num_speculative_tokens_per_batch_size (a tree's levels are fixed)")
+        if not 1 <= len(tree) <= MAX_TREE_NODES:
+            raise ValueError(f"{where} needs 1 to {MAX_TREE_NODES} nodes, got {len(tree)}")
+        if len(tree) != self.num_speculative_tokens:
+            raise ValueError(f"num_speculative_tokens must be the number of nodes of speculative_token_tree ({len(tree)}), got {self.num_speculative_tokens}")
+        known: set[tuple[int, ...]] = set()
+        cumulative: list[int] = []
+        for i, node in enumerate(tree):
+            path = tuple(node)
+            if not path or len(path) not in (len(cumulative), len(cumulative) + 1) or any(r < 0 for r in path):
+                raise ValueError(f"{where}[{i}]: {node}: nodes are listed level by level, each a non-empty path of child ranks (0 or more) one longer than its parent's")
+            if path in known:
+                raise ValueError(f"{where}[{i}]: {node} is listed twice")
+            if len(path) > 1 and path[:-1] not in known:
+                raise ValueError(f"{where}[{i}]: {node}: its parent {list(path[:-1])} is not in the tree")
+            if len(path) > len(cumulative):
+                cumulative.append(cumulative[-1] if cumulative else 0)
+            cumulative[-1] += 1
+            known.add(path)
+        parents = 1
+        for level, upto in enumerate(cumulative):
+            start = cumulative[level - 1] if level else 0
+            width = upto - start
+            children = width // parents
+            for i in range(start, upto):
+                if width % parents or tree[i][level] >= children:
+                    raise ValueError(f"{where}[{i}]: {tree[i]}: every node of level {level} needs the same number of children, ranked from 0 ({width} nodes under {parents} parents)")
+            parents = width
+        return cumulative
 
     def _check_batch_size_table(self) -> None:
         """Refuses an entry with start below 1 or past end, k outside 0 to k, or a range
@@ -110,9 +186,10 @@ class SpeculativeConfig(StrictModel):
         return name if self.proposal_rate is None else f"{name} (proposal rate {self.proposal_rate})"
 
     def rates(self) -> list[float]:
-        """The acceptance rate of each of the k positions."""
+        """The acceptance rate of each of the k positions (a token tree's levels)."""
         a = self.acceptance_rate
-        return list(a) if isinstance(a, list) else [a] * self.num_speculative_tokens
+        positions = len(self.tree_levels()) or self.num_speculative_tokens
+        return list(a) if isinstance(a, list) else [a] * positions
 
     def expected_tokens_per_step(self) -> float:
         """Tokens one step emits per sequence on average: 1 + sum of a_1 ... a_i over i (for a
@@ -132,7 +209,8 @@ class SpeculativeConfig(StrictModel):
 def parse_speculative(text: str, where: str = "--speculative") -> dict:
     """Reads ``method=draft,draft_model=llama-3-8b,num_speculative_tokens=4,acceptance_rate=0.8``
     (comma-separated KEY=VALUE; per-position rates separated by ``/``: ``acceptance_rate=0.9/0.7``;
-    a batch-size table as ``START-END:K`` entries: ``num_speculative_tokens_per_batch_size=1-64:4/65-1024:1``)
+    a batch-size table as ``START-END:K`` entries: ``num_speculative_tokens_per_batch_size=1-64:4/65-1024:1``;
+    a token tree as its children per node at each level: ``speculative_token_tree=2/2``)
     into a ``SpeculativeConfig`` dict; raises ``ConfigError`` naming ``where`` on a malformed item."""
     from fleetwise.errors import ConfigError
 
@@ -143,16 +221,38 @@ def parse_speculative(text: str, where: str = "--speculative") -> dict:
         key, sep, value = item.partition("=")
         key, value = key.strip(), value.strip()
         if not sep or not key or not value:
-            raise ConfigError(f"{where}: expected KEY=VALUE items separated by commas (keys: method, draft_model, num_speculative_tokens, acceptance_rate, draft_vocab_size, proposal_rate, num_speculative_tokens_per_batch_size), got {item!r}")
+            raise ConfigError(f"{where}: expected KEY=VALUE items separated by commas (keys: method, draft_model, num_speculative_tokens, acceptance_rate, draft_vocab_size, proposal_rate, num_speculative_tokens_per_batch_size, speculative_token_tree), got {item!r}")
         if key in out:
             raise ConfigError(f"{where}: {key} given twice")
         if key == "acceptance_rate" and "/" in value:
             out[key] = [v.strip() for v in value.split("/")]
         elif key == "num_speculative_tokens_per_batch_size":
             out[key] = [_batch_size_entry(v.strip(), where) for v in value.split("/")]
+        elif key == "speculative_token_tree":
+            out[key] = _tree_of_widths(value, where)
         else:
             out[key] = value
     return out
+
+
+def _tree_of_widths(text: str, where: str) -> list[list[int]]:
+    """``C1/C2/...`` (each level's children per node) as the token tree's paths, level by level:
+    ``2/2`` is ``[[0], [1], [0, 0], [0, 1], [1, 0], [1, 1]]``; ``ConfigError`` naming ``where`` on
+    a width that is not a positive integer or a tree past the node limit."""
+    from fleetwise.errors import ConfigError
+
+    widths = [w.strip() for w in text.split("/")]
+    if not all(w.isdigit() and int(w) >= 1 for w in widths):
+        raise ConfigError(f"{where}: speculative_token_tree takes each level's children per node separated by '/' (e.g. 2/2), got {text!r}")
+    paths: list[list[int]] = [[]]
+    tree: list[list[int]] = []
+    for w in map(int, widths):
+        # Counted before the level is built: a width of 10**9 is refused, not enumerated.
+        if len(tree) + len(paths) * w > MAX_TREE_NODES:
+            raise ConfigError(f"{where}: speculative_token_tree={text} has more than {MAX_TREE_NODES} nodes")
+        paths = [p + [r] for p in paths for r in range(w)]
+        tree += paths
+    return tree
 
 
 def _batch_size_entry(text: str, where: str) -> list[str]:

@@ -152,9 +152,9 @@ impl PyCostModel {
         let k = sp.k_after(decodes.len());
         let seqs: Vec<SpecSeq> = decodes.iter().map(|&c| SpecSeq { cached: c.saturating_sub(1), k }).collect();
         let rest = self.inner.empty_shape();
-        let (shape, chunks) = Speculator::verify_shape(&rest, &seqs);
+        let (shape, chunks) = sp.verify_shape(&rest, &seqs);
         let verify = self.inner.iteration_verify(&shape, &chunks).seconds;
-        Ok((sp.step(&self.inner, &rest, &seqs).seconds, verify, expected_tokens_per_step(&sp.rates()[..k as usize]), k))
+        Ok((sp.step(&self.inner, &rest, &seqs).seconds, verify, expected_tokens_per_step(&sp.rates()[..sp.depth(k) as usize]), k))
     }
 
     /// The proposer's memory on each GPU: (weight bytes, KV bytes per token), as an instance

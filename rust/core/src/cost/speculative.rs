@@ -8,8 +8,10 @@
 //! attending its cached context (the target's weights are read once for the whole batch, its
 //! FLOPs grow k + 1 times). At batch 1
 //! the verify pass costs about what one decode costs (weight-bandwidth bound) and emits several
-//! tokens; at large batches it turns compute-bound and speculation stops paying. The settings
-//! (proposer, k, rates, k by batch size) are in `speculative_config.rs`.
+//! tokens; at large batches it turns compute-bound and speculation stops paying. A token tree
+//! (vLLM's `speculative_token_tree`) drafts one level per step and verifies all its nodes + 1;
+//! its k is its node count and its positions are its levels. The settings (proposer, k, rates,
+//! k by batch size, the tree) are in `speculative_config.rs`.
 
 use super::speculative_config::{SpecMethod, SpeculativeConfig, EAGLE3_DRAFT_VOCAB};
 use super::{BatchShape, CostModel, InstanceSpec, IterationCost, Quantization, VerifyChunks};
@@ -61,6 +63,8 @@ pub struct Speculator {
     per_proposal: Vec<(f64, f64)>,
     /// Dynamic speculation's `[start, end, k]` entries (empty: always k).
     per_batch_size: Vec<[u32; 3]>,
+    /// A token tree's nodes up to each level, cumulative (empty: a chain of k tokens).
+    tree: Vec<u32>,
     /// Weight bytes the proposer adds on each GPU.
     pub weight_bytes_per_gpu: u64,
     /// KV bytes per token the proposer adds on each GPU.
@@ -173,7 +177,8 @@ impl Speculator {
         };
         let proposal_rate = cfg.proposal_rate.unwrap_or(1.0);
         let per_batch_size = cfg.num_speculative_tokens_per_batch_size.clone().unwrap_or_default();
-        Ok(Speculator { method: cfg.method, rates, proposal_rate, proposer, modules, per_step, per_proposal, per_batch_size, weight_bytes_per_gpu: weight, kv_bytes_per_token_per_gpu: kv })
+        let tree = cfg.tree_levels()?;
+        Ok(Speculator { method: cfg.method, rates, proposal_rate, proposer, modules, per_step, per_proposal, per_batch_size, tree, weight_bytes_per_gpu: weight, kv_bytes_per_token_per_gpu: kv })
     }
 
     /// The proposer's KV bytes of one token over all its layers and KV heads (what a speculating
@@ -182,9 +187,28 @@ impl Speculator {
         self.modules * self.proposer.kv_bytes_per_token_whole_model()
     }
 
-    /// Draft tokens per step, k.
+    /// Draft tokens per step, k (a token tree's nodes).
     pub fn k(&self) -> u32 {
-        self.rates.len() as u32
+        self.tree.last().copied().unwrap_or(self.rates.len() as u32)
+    }
+
+    /// The levels a decode granted `draft` draft tokens speculates: a chain drafts them all; a
+    /// tree as many whole levels as `draft` nodes hold.
+    pub fn depth(&self, draft: u32) -> u32 {
+        if self.tree.is_empty() {
+            draft
+        } else {
+            self.tree.iter().take_while(|&&upto| upto <= draft).count() as u32
+        }
+    }
+
+    /// The draft tokens of `depth` levels: `depth` for a chain, a tree's nodes down to that level.
+    pub fn nodes(&self, depth: u32) -> u32 {
+        match depth {
+            0 => 0,
+            d if self.tree.is_empty() => d,
+            d => self.tree[d as usize - 1],
+        }
     }
 
     /// Draft tokens per step after a step that scheduled `batch_size` requests: the k of the
@@ -227,25 +251,27 @@ impl Speculator {
     }
 
     /// The target's verify shape: `rest` (the batch's prefill chunks and plain decodes) plus a
-    /// (k + 1)-token chunk after its cached tokens for each speculating sequence, all k + 1
-    /// positions sampled (the target scores every draft token and the bonus one); and those
-    /// chunks listed apart (MLA runs them as decodes).
-    pub fn verify_shape(rest: &BatchShape, seqs: &[SpecSeq]) -> (BatchShape, VerifyChunks) {
+    /// (k + 1)-token chunk after its cached tokens for each speculating sequence (a tree: its
+    /// nodes down to the sequence's depth + 1, attending their ancestors), all positions sampled
+    /// (the target scores every draft token and the bonus one); and those chunks listed apart
+    /// (MLA runs them as decodes).
+    pub fn verify_shape(&self, rest: &BatchShape, seqs: &[SpecSeq]) -> (BatchShape, VerifyChunks) {
         let (mut v, mut chunks) = (*rest, VerifyChunks::default());
         for s in seqs {
-            if s.k == 0 {
+            match self.nodes(self.depth(s.k)) {
                 // Drafting nothing (dynamic speculation): a plain decode.
-                v.add_decode(s.cached + 1);
-            } else {
-                chunks.add(&mut v, s.k as u64 + 1, s.cached);
+                0 => v.add_decode(s.cached + 1),
+                n => chunks.add(&mut v, n as u64 + 1, s.cached),
             }
         }
         (v, chunks)
     }
 
     /// The proposer's shape at draft step `j` (1-based): every sequence still drafting decodes
-    /// at its context plus `j`; the first step also runs `rest`'s prefill chunks (the proposer
-    /// keeps its own KV of every prompt).
+    /// at its context plus `j` (a tree's: from the second step on, vLLM's drafter runs the
+    /// tree's nodes down to level j - 1 over its context and samples the children of level
+    /// j - 1's nodes); the first step also runs `rest`'s prefill chunks (the proposer keeps its
+    /// own KV of every prompt).
     pub fn proposal_shape(&self, rest: &BatchShape, seqs: &[SpecSeq], j: u32) -> BatchShape {
         let mut s = self.proposer.empty_shape();
         if j == 1 {
@@ -258,8 +284,14 @@ impl Speculator {
             s.sampled = rest.sampled.saturating_sub(rest.decode_seqs);
         }
         // (A sequence drafting nothing runs the first step alone.)
-        for q in seqs.iter().filter(|q| q.k >= j || (j == 1 && q.k == 0)) {
-            s.add_decode(q.cached + j as u64);
+        for q in seqs.iter().filter(|q| self.depth(q.k) >= j || (j == 1 && q.k == 0)) {
+            if j == 1 || self.tree.is_empty() {
+                s.add_decode(q.cached + j as u64);
+            } else {
+                let (upto, level) = (self.nodes(j - 1), self.nodes(j - 1) - self.nodes(j - 2));
+                s.add_prefill(upto as u64, q.cached + 1, true);
+                s.sampled += level as u64 - 1;
+            }
         }
         s
     }
@@ -272,7 +304,7 @@ impl Speculator {
         if self.method == SpecMethod::Ngram {
             return 0;
         }
-        let k = seqs.iter().map(|s| s.k).max().unwrap_or(0);
+        let k = seqs.iter().map(|s| self.depth(s.k)).max().unwrap_or(0);
         // At least one with prefill chunks, or with a sequence drafting nothing (its proposer
         // still runs over it).
         k.max((rest.prefill_tokens > 0 || !seqs.is_empty()) as u32)
@@ -322,7 +354,7 @@ impl Speculator {
     /// On a synchronous pipeline the proposer runs on the last stage's GPUs alone: the other
     /// stages wait it out (`bubble_seconds`: pp - 1 of the pp stages' GPUs idle).
     pub fn step_parts(&self, target: &CostModel, rest: &BatchShape, seqs: &[SpecSeq]) -> (IterationCost, f64) {
-        let (shape, chunks) = Self::verify_shape(rest, seqs);
+        let (shape, chunks) = self.verify_shape(rest, seqs);
         let mut c = target.iteration_verify(&shape, &chunks);
         let mut proposer = 0.0;
         let idle_stages = (target.pp() - 1) as f64 / target.pp() as f64;

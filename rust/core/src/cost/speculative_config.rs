@@ -10,6 +10,11 @@ use serde::{Deserialize, Serialize};
 /// exceed 8; beyond 16 the acceptance of the last positions is negligible).
 pub const MAX_SPECULATIVE_TOKENS: u32 = 16;
 
+/// The most nodes a speculative token tree may hold (its `num_speculative_tokens`): vLLM's
+/// published EAGLE trees verify up to a few dozen tokens; past 64 the verify pass of every
+/// decode is a long prefill chunk.
+pub const MAX_TREE_NODES: u32 = 64;
+
 /// How draft tokens are proposed (vLLM's `speculative_config.method`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -78,6 +83,12 @@ pub struct SpeculativeConfig {
     /// previous step number from start to end; `num_speculative_tokens` outside every range.
     #[serde(default)]
     pub num_speculative_tokens_per_batch_size: Option<Vec<[u32; 3]>>,
+    /// Tree speculation (vLLM's `speculative_token_tree`): the draft tree's nodes as paths of
+    /// child ranks from the root (`[0]`, `[1]`, `[0, 0]`, ...), level by level, every node of a
+    /// level with the same number of children (the proposer keeps the top c of each node's
+    /// candidates). `num_speculative_tokens` counts its nodes; `acceptance_rate` is per level.
+    #[serde(default)]
+    pub speculative_token_tree: Option<Vec<Vec<u32>>>,
 }
 
 /// The draft vocabulary of published EAGLE-3 heads (`draft_vocab_size` in their config.json: the
@@ -90,12 +101,19 @@ impl SpeculativeConfig {
     /// table entry, or a draft model given to (or missing from) the wrong method.
     pub fn rates(&self) -> Result<Vec<f64>> {
         let k = self.num_speculative_tokens;
-        if !(1..=MAX_SPECULATIVE_TOKENS).contains(&k) {
-            return Err(Error::config("speculative.num_speculative_tokens", format!("must be between 1 and {MAX_SPECULATIVE_TOKENS}, got {k}")));
-        }
+        let levels = match &self.speculative_token_tree {
+            None if !(1..=MAX_SPECULATIVE_TOKENS).contains(&k) => {
+                return Err(Error::config("speculative.num_speculative_tokens", format!("must be between 1 and {MAX_SPECULATIVE_TOKENS}, got {k}")));
+            }
+            None => k,
+            Some(_) => self.tree_levels()?.len() as u32,
+        };
         let rates = match &self.acceptance_rate {
-            AcceptanceRate::Constant(a) => vec![*a; k as usize],
-            AcceptanceRate::PerPosition(v) if v.len() == k as usize => v.clone(),
+            AcceptanceRate::Constant(a) => vec![*a; levels as usize],
+            AcceptanceRate::PerPosition(v) if v.len() == levels as usize => v.clone(),
+            AcceptanceRate::PerPosition(v) if self.speculative_token_tree.is_some() => {
+                return Err(Error::config("speculative.acceptance_rate", format!("a per-level list needs one rate per level of speculative_token_tree ({levels}), got {}", v.len())));
+            }
             AcceptanceRate::PerPosition(v) => {
                 return Err(Error::config("speculative.acceptance_rate", format!("a per-position list needs num_speculative_tokens = {k} rates, got {}", v.len())));
             }
@@ -125,6 +143,59 @@ impl SpeculativeConfig {
             }
             _ => Ok(rates),
         }
+    }
+
+    /// The token tree's nodes up to each level, cumulative (`[2, 6]`: two first-level
+    /// candidates, four second-level ones); fails (naming the node) on a tree that is not listed
+    /// level by level, a node whose parent is missing or repeated nodes, a level whose nodes do
+    /// not all have the same number of children ranked from 0, a method that cannot draft a
+    /// tree, a batch-size table beside it, or a node count other than `num_speculative_tokens`.
+    pub fn tree_levels(&self) -> Result<Vec<u32>> {
+        let Some(tree) = &self.speculative_token_tree else { return Ok(Vec::new()) };
+        let field = |i: usize| format!("speculative.speculative_token_tree.{i}");
+        if !matches!(self.method, SpecMethod::Draft | SpecMethod::Eagle | SpecMethod::Eagle3) {
+            return Err(Error::config("speculative.speculative_token_tree", format!("applies to methods draft, eagle and eagle3 (a model drafting the tree level by level), not {}", self.method.name())));
+        }
+        if self.num_speculative_tokens_per_batch_size.is_some() {
+            return Err(Error::config("speculative.speculative_token_tree", "cannot be combined with num_speculative_tokens_per_batch_size (a tree's levels are fixed)"));
+        }
+        if tree.is_empty() || tree.len() as u32 > MAX_TREE_NODES {
+            return Err(Error::config("speculative.speculative_token_tree", format!("needs 1 to {MAX_TREE_NODES} nodes, got {}", tree.len())));
+        }
+        if tree.len() as u32 != self.num_speculative_tokens {
+            return Err(Error::config("speculative.num_speculative_tokens", format!("must be the number of nodes of speculative_token_tree ({}), got {}", tree.len(), self.num_speculative_tokens)));
+        }
+        let mut cumulative: Vec<u32> = Vec::new();
+        let mut level_start = 0;
+        for (i, node) in tree.iter().enumerate() {
+            let depth = node.len();
+            if depth == 0 || depth > cumulative.len() + 1 || depth < cumulative.len() {
+                return Err(Error::config(field(i), format!("{node:?}: nodes are listed level by level, each a non-empty path of child ranks one longer than its parent's")));
+            }
+            if depth == cumulative.len() + 1 {
+                level_start = i;
+                cumulative.push(cumulative.last().copied().unwrap_or(0));
+            }
+            if tree[level_start..i].contains(node) {
+                return Err(Error::config(field(i), format!("{node:?} is listed twice")));
+            }
+            if depth > 1 && !tree.contains(&node[..depth - 1].to_vec()) {
+                return Err(Error::config(field(i), format!("{node:?}: its parent {:?} is not in the tree", &node[..depth - 1])));
+            }
+            *cumulative.last_mut().expect("a level") += 1;
+        }
+        // Every node of a level has the same children, ranked 0..c (vLLM's top-c per level).
+        let mut parents = 1;
+        for (l, &upto) in cumulative.iter().enumerate() {
+            let width = upto - if l == 0 { 0 } else { cumulative[l - 1] };
+            let start = (upto - width) as usize;
+            let children = width / parents;
+            if let Some((i, node)) = tree[start..upto as usize].iter().enumerate().find(|(_, n)| n[l] >= children || width % parents != 0) {
+                return Err(Error::config(field(start + i), format!("{node:?}: every node of level {l} needs the same number of children, ranked from 0 ({width} nodes under {parents} parents)")));
+            }
+            parents = width;
+        }
+        Ok(cumulative)
     }
 
     /// Refuses a batch-size table whose entry has start 0, start past end, k past `k`, or a

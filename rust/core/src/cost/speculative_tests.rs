@@ -8,7 +8,12 @@ use crate::cost::Op;
 use crate::model::fixtures::{llama2_70b, llama2_7b, llama3_8b, mixtral_8x7b};
 
 fn cfg(method: SpecMethod, draft: Option<ModelSpec>, k: u32, a: AcceptanceRate) -> SpeculativeConfig {
-    SpeculativeConfig { method, draft_model: draft, num_speculative_tokens: k, acceptance_rate: a, draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None }
+    SpeculativeConfig { method, draft_model: draft, num_speculative_tokens: k, acceptance_rate: a, draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None, speculative_token_tree: None }
+}
+
+/// A chain proposer's verify shape (the same for every k: each sequence's own).
+fn chain_verify(rest: &BatchShape, seqs: &[SpecSeq]) -> (BatchShape, VerifyChunks) {
+    Speculator::build(&cfg(SpecMethod::Eagle, None, 4, AcceptanceRate::Constant(0.5)), &target()).unwrap().verify_shape(rest, seqs)
 }
 
 /// Llama-2-70B on 4 H100s at peak rates.
@@ -71,7 +76,7 @@ fn bad_settings_name_their_field() {
 fn the_verify_pass_is_a_k_plus_one_token_chunk_after_the_context() {
     let mut rest = BatchShape::default();
     rest.add_prefill(100, 0, true);
-    let (v, _) = Speculator::verify_shape(&rest, &[SpecSeq { cached: 500, k: 3 }, SpecSeq { cached: 10, k: 1 }]);
+    let (v, _) = chain_verify(&rest, &[SpecSeq { cached: 500, k: 3 }, SpecSeq { cached: 10, k: 1 }]);
     assert_eq!((v.prefill_tokens, v.prefill_seqs, v.decode_seqs), (100 + 4 + 2, 3, 0));
     // Pairs: 100 * 50.5 for the prompt, 4 * (500 + 2.5) and 2 * (10 + 1.5) for the verify chunks.
     assert!(close(v.prefill_pairs, 5050.0 + 2010.0 + 23.0));
@@ -84,7 +89,7 @@ fn at_batch_one_the_verify_pass_costs_about_one_decode() {
     let cm = CostModel::build(&spec).unwrap();
     let mut one = cm.empty_shape();
     one.add_decode(1024);
-    let (verify, _) = Speculator::verify_shape(&cm.empty_shape(), &[SpecSeq { cached: 1023, k: 4 }]);
+    let (verify, _) = chain_verify(&cm.empty_shape(), &[SpecSeq { cached: 1023, k: 4 }]);
     let ratio = cm.iteration_seconds(&verify) / cm.iteration_seconds(&one);
     assert!((1.0..1.05).contains(&ratio), "verify / decode = {ratio}");
 }
@@ -190,7 +195,7 @@ fn the_verify_pass_of_a_moe_model_routes_every_draft_token_through_the_experts()
     let per_pair = 2.0 * 4096.0 + 3.0 * 14336.0;
     let mut plain = cm.empty_shape();
     plain.add_decode(1024);
-    let (verify, _) = Speculator::verify_shape(&cm.empty_shape(), &[SpecSeq { cached: 1023, k: 3 }]);
+    let (verify, _) = chain_verify(&cm.empty_shape(), &[SpecSeq { cached: 1023, k: 3 }]);
     let (d, v) = (op(&cm.breakdown(&plain), Op::MoeExperts), op(&cm.breakdown(&verify), Op::MoeExperts));
     assert!(close(d.flops, 32.0 * 2.0 * 2.0 * expert) && close(d.bytes, 32.0 * (2.0 * expert + 2.0 * per_pair) * 2.0));
     let touched = 8.0 * (1.0 - 0.75f64.powi(4));
@@ -304,7 +309,7 @@ fn an_ngram_lookup_runs_no_model_and_its_rate_is_its_own() {
     assert_eq!(sp.proposal_rate(), 0.4);
     // A step is its verify pass alone; a prompt beside no speculating decode is a plain iteration.
     let seqs = [SpecSeq { cached: 999, k: 3 }];
-    let (v, chunks) = Speculator::verify_shape(&cm.empty_shape(), &seqs);
+    let (v, chunks) = chain_verify(&cm.empty_shape(), &seqs);
     assert_eq!(sp.step(&cm, &cm.empty_shape(), &seqs).seconds, cm.iteration_verify(&v, &chunks).seconds);
     let mut prompt = cm.empty_shape();
     prompt.add_prefill(500, 0, true);
@@ -346,7 +351,7 @@ fn a_decode_drafting_nothing_is_verified_plainly_and_its_proposer_runs_one_step(
     let cm = CostModel::build(&spec).unwrap();
     let sp = Speculator::build(&cfg(SpecMethod::Eagle, None, 3, AcceptanceRate::Constant(0.7)), &spec).unwrap();
     let syncing = [SpecSeq { cached: 999, k: 0 }, SpecSeq { cached: 499, k: 0 }];
-    let (v, chunks) = Speculator::verify_shape(&cm.empty_shape(), &syncing);
+    let (v, chunks) = chain_verify(&cm.empty_shape(), &syncing);
     let mut plain = cm.empty_shape();
     plain.add_decode(1000);
     plain.add_decode(500);
@@ -359,4 +364,83 @@ fn a_decode_drafting_nothing_is_verified_plainly_and_its_proposer_runs_one_step(
     let step = sp.step(&cm, &cm.empty_shape(), &syncing).seconds;
     assert_eq!(step, cm.iteration(&plain).seconds + sp.draft_step(&cm.empty_shape(), &drafting, 1).seconds);
     assert!(!sp.runs_plain(&cm.empty_shape(), &syncing));
+}
+
+/// vLLM's `speculative_token_tree` of two candidates per node over two levels (6 nodes).
+fn binary_tree() -> Vec<Vec<u32>> {
+    vec![vec![0], vec![1], vec![0, 0], vec![0, 1], vec![1, 0], vec![1, 1]]
+}
+
+fn tree_cfg(tree: Vec<Vec<u32>>, a: AcceptanceRate) -> SpeculativeConfig {
+    SpeculativeConfig { speculative_token_tree: Some(tree.clone()), ..cfg(SpecMethod::Eagle, None, tree.len() as u32, a) }
+}
+
+#[test]
+fn a_token_tree_is_read_level_by_level_and_bad_trees_name_their_node() {
+    assert_eq!(tree_cfg(binary_tree(), AcceptanceRate::Constant(0.7)).tree_levels().unwrap(), vec![2, 6]);
+    assert_eq!(tree_cfg(binary_tree(), AcceptanceRate::PerPosition(vec![0.9, 0.6])).rates().unwrap(), vec![0.9, 0.6], "one rate per level");
+    let chain = vec![vec![0], vec![0, 0], vec![0, 0, 0]];
+    assert_eq!(tree_cfg(chain, AcceptanceRate::Constant(0.7)).tree_levels().unwrap(), vec![1, 2, 3], "a chain is a tree of one child per node");
+    let fails = |c: SpeculativeConfig| match c.rates() {
+        Err(Error::Config { path, message }) => (path, message),
+        other => panic!("{other:?}"),
+    };
+    let a = AcceptanceRate::Constant(0.7);
+    // A level whose nodes have different numbers of children: [0] has one, [1] none.
+    let (path, message) = fails(tree_cfg(vec![vec![0], vec![1], vec![0, 0]], a.clone()));
+    assert_eq!(path, "speculative.speculative_token_tree.2");
+    assert!(message.contains("same number of children"), "{message}");
+    assert_eq!(fails(tree_cfg(vec![vec![0], vec![1, 0]], a.clone())).0, "speculative.speculative_token_tree.1", "its parent [1] is missing");
+    assert_eq!(fails(tree_cfg(vec![vec![0], vec![0]], a.clone())).0, "speculative.speculative_token_tree.1", "listed twice");
+    assert_eq!(fails(tree_cfg(vec![vec![0], vec![0, 0], vec![1]], a.clone())).0, "speculative.speculative_token_tree.2", "not level by level");
+    assert_eq!(fails(tree_cfg(vec![vec![1]], a.clone())).0, "speculative.speculative_token_tree.0", "ranks start at 0");
+    assert_eq!(fails(tree_cfg(binary_tree(), AcceptanceRate::PerPosition(vec![0.9; 6]))).0, "speculative.acceptance_rate", "rates per level, not per node");
+    assert_eq!(fails(SpeculativeConfig { num_speculative_tokens: 4, ..tree_cfg(binary_tree(), a.clone()) }).0, "speculative.num_speculative_tokens");
+    assert_eq!(fails(SpeculativeConfig { method: SpecMethod::Ngram, ..tree_cfg(binary_tree(), a.clone()) }).0, "speculative.speculative_token_tree");
+    assert_eq!(fails(SpeculativeConfig { num_speculative_tokens_per_batch_size: Some(vec![[1, 8, 2]]), ..tree_cfg(binary_tree(), a.clone()) }).0, "speculative.speculative_token_tree");
+    // 20 nodes (4 + 16) is past a chain's 16 but a tree may hold up to 64.
+    let wide: Vec<Vec<u32>> = (0..4).map(|i| vec![i]).chain((0..4).flat_map(|i| (0..4).map(move |j| vec![i, j]))).collect();
+    assert_eq!(tree_cfg(wide, a).tree_levels().unwrap(), vec![4, 20]);
+}
+
+#[test]
+fn a_tree_verifies_its_nodes_and_its_proposer_drafts_level_by_level() {
+    let spec = target();
+    let sp = Speculator::build(&tree_cfg(binary_tree(), AcceptanceRate::Constant(0.7)), &spec).unwrap();
+    assert_eq!((sp.k(), sp.rates().len()), (6, 2), "six draft tokens a step over two levels");
+    // Granted draft tokens hold whole levels: 2 of 6 nodes is the first level, 5 still one.
+    assert_eq!([0, 1, 2, 5, 6].map(|g| sp.depth(g)), [0, 0, 1, 1, 2]);
+    let rest = CostModel::build(&spec).unwrap().empty_shape();
+    let seqs = [SpecSeq { cached: 999, k: 6 }, SpecSeq { cached: 499, k: 5 }];
+    // The target verifies 6 + 1 and 2 + 1 tokens, every one sampled.
+    let (v, chunks) = sp.verify_shape(&rest, &seqs);
+    assert_eq!((v.prefill_tokens, v.prefill_seqs, v.sampled, chunks.tokens), (10, 2, 10, 10));
+    // Step 1: both decode one token each. Step 2: the deep one runs its first level's 2 nodes
+    // after its context and the token just verified, sampling both (each node's children).
+    let p1 = sp.proposal_shape(&rest, &seqs, 1);
+    assert_eq!((p1.decode_seqs, p1.decode_kv_tokens, p1.prefill_tokens), (2, 1000 + 500, 0));
+    let p2 = sp.proposal_shape(&rest, &seqs, 2);
+    assert_eq!((p2.decode_seqs, p2.prefill_tokens, p2.prefill_kv_tokens, p2.sampled), (0, 2, 1000 + 2, 2));
+    assert_eq!(sp.proposal_steps(&rest, &seqs), 2);
+}
+
+#[test]
+fn a_tree_pays_at_batch_one_and_costs_more_than_a_chain_at_large_batches() {
+    // EAGLE-2's and Sequoia's trend: a tree's extra candidates raise the accepted length for a
+    // verify pass that, at batch 1, costs about what a decode costs; at large batches its 7
+    // query tokens per sequence make the pass compute-bound and the chain wins.
+    let spec = target();
+    let cm = CostModel::build(&spec).unwrap();
+    // The same head; the tree's two candidates per level accept more often than the chain's one.
+    let chain = Speculator::build(&cfg(SpecMethod::Eagle, None, 2, AcceptanceRate::Constant(0.6)), &spec).unwrap();
+    let tree = Speculator::build(&tree_cfg(binary_tree(), AcceptanceRate::Constant(0.75)), &spec).unwrap();
+    let speedup = |sp: &Speculator, batch: u32| {
+        let mut plain = cm.empty_shape();
+        (0..batch).for_each(|_| plain.add_decode(1024));
+        let seqs: Vec<SpecSeq> = (0..batch).map(|_| SpecSeq { cached: 1023, k: sp.k() }).collect();
+        cm.iteration_seconds(&plain) * expected_tokens_per_step(sp.rates()) / sp.step(&cm, &cm.empty_shape(), &seqs).seconds
+    };
+    let (c1, t1, c256, t256) = (speedup(&chain, 1), speedup(&tree, 1), speedup(&chain, 256), speedup(&tree, 256));
+    assert!(t1 > c1 && t1 > 1.5, "batch 1: tree {t1}, chain {c1}");
+    assert!(t256 < c256, "batch 256: tree {t256}, chain {c256}");
 }

@@ -9,7 +9,9 @@
 //! every earlier one was, drawn from the instance's seeded stream; the sequence emits its
 //! accepted tokens plus the target's own next token, in one streamed chunk. An n-gram lookup
 //! first draws whether it matched (its `proposal_rate`); without a match the decode proposes
-//! nothing that step.
+//! nothing that step. A token tree's decode is granted up to the tree's nodes and speculates as
+//! many whole levels as its grant holds (none below the first level's nodes: a plain decode);
+//! its accepted count is drawn over those levels with the per-level rates.
 
 use crate::cost::{BatchShape, InstanceSpec, IterationCost, SpecSeq, SpeculativeConfig, Speculator, StageCosts, VerifyChunks};
 use crate::error::{Error, Result};
@@ -74,23 +76,24 @@ impl SpecRuntime {
         self.accepted.get(i).copied().unwrap_or(0)
     }
 
-    /// Draws how many of `k` draft tokens are accepted: position i with probability a_i given
-    /// all before it were; stops at the first rejection.
-    fn sample(&mut self, k: u32) -> u32 {
+    /// Draws how many of `depth` draft positions (a tree's levels) are accepted: position i
+    /// with probability a_i given all before it were; stops at the first rejection.
+    fn sample(&mut self, depth: u32) -> u32 {
         let mut n = 0;
-        while n < k && self.rng.next_f64() < self.spec.rates()[n as usize] {
+        while n < depth && self.rng.next_f64() < self.spec.rates()[n as usize] {
             n += 1;
         }
         n
     }
 
-    /// Counts one sequence-step that proposed `k` and accepted `n`.
-    fn count(&mut self, k: u32, n: u32) {
+    /// Counts one sequence-step that proposed `draft` tokens over `depth` positions (a tree's
+    /// levels: one position each) and accepted `n` of them.
+    fn count(&mut self, draft: u32, depth: u32, n: u32) {
         let s = &mut self.stats;
         s.drafts += 1;
-        s.draft_tokens += k as u64;
+        s.draft_tokens += draft as u64;
         s.accepted_tokens += n as u64;
-        for i in 0..k as usize {
+        for i in 0..depth as usize {
             s.draft_tokens_per_position[i] += 1;
             s.accepted_per_position[i] += (i < n as usize) as u64;
         }
@@ -125,7 +128,7 @@ impl Instance {
         self.kv = BlockManager::new(plan.num_blocks, plan.block_size, super::kv_watermark(plan.num_blocks)).with_attention_window(self.cost.model().sliding_window);
         let k_now = sp.k();
         self.scheduler.set_draft_tokens(k_now);
-        let k = k_now as usize;
+        let k = sp.rates().len();
         let stats = SpecStats { draft_tokens_per_position: vec![0; k], accepted_per_position: vec![0; k], ..Default::default() };
         self.spec = Some(Box::new(SpecRuntime { spec: sp, rng: RngStream::new(seed, stream), accepted: Vec::new(), verify: None, in_flight: VecDeque::new(), k_now, stats }));
         Ok(self)
@@ -153,7 +156,9 @@ impl Instance {
             let r = &reqs[it.req as usize];
             // An n-gram lookup that finds no match proposes nothing: a plain decode this step.
             let unmatched = it.draft > 0 && rt.spec.proposal_rate() < 1.0 && rt.rng.next_f64() >= rt.spec.proposal_rate();
-            if it.draft == 0 || unmatched {
+            // A tree's decode granted fewer draft tokens than its first level's nodes drafts nothing.
+            let depth = rt.spec.depth(it.draft);
+            if depth == 0 || unmatched {
                 rt.accepted.push(0);
                 if it.tokens == 1 && r.is_decoding() {
                     if syncing {
@@ -166,8 +171,8 @@ impl Instance {
                 }
                 continue;
             }
-            let n = rt.sample(it.draft);
-            rt.count(it.draft, n);
+            let n = rt.sample(depth);
+            rt.count(rt.spec.nodes(depth), depth, n);
             rt.accepted.push(n);
             seqs.push(SpecSeq { cached: r.computed as u64, k: it.draft });
         }
@@ -190,7 +195,7 @@ impl Instance {
         let rt = self.spec.as_deref_mut().expect("a speculating pool");
         let (cost, proposer) = rt.spec.step_parts(&self.cost, &rest, &seqs);
         if self.moe.is_some() || self.cost.offload().is_some() {
-            let (shape, chunks) = Speculator::verify_shape(&rest, &seqs);
+            let (shape, chunks) = rt.spec.verify_shape(&rest, &seqs);
             rt.verify = Some((shape, chunks, proposer));
         }
         cost
@@ -210,7 +215,7 @@ impl Instance {
         if rt.spec.runs_plain(&rest, &seqs) {
             return self.cost.stage_costs(&self.batch.shape);
         }
-        let (shape, chunks) = Speculator::verify_shape(&rest, &seqs);
+        let (shape, chunks) = rt.spec.verify_shape(&rest, &seqs);
         let mut st = self.cost.stage_costs_verify(&shape, &chunks);
         let proposer = rt.spec.proposal_cost(&rest, &seqs);
         let pp = st.seconds.len() as f64;

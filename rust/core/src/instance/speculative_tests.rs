@@ -18,10 +18,15 @@ fn gpu() -> GpuSpec {
 
 /// Llama-3-8B on one H100 with an EAGLE head proposing `k` at `rates` (None: no speculation).
 fn instance(k: u32, rates: Option<AcceptanceRate>, seed: u64) -> Instance {
+    let cfg = rates.map(|a| SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: k, acceptance_rate: a, draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None, speculative_token_tree: None });
+    instance_with(cfg, seed)
+}
+
+/// Llama-3-8B on one GPU under vLLM's scheduler, speculating with `cfg` if given.
+fn instance_with(cfg: Option<SpeculativeConfig>, seed: u64) -> Instance {
     let memory = MemoryConfig::default();
     let sched = SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192, preemption_mode: Default::default(), swap_space_gb: 4.0 };
     let spec = InstanceSpec::new(llama3_8b(), gpu(), Efficiency::default(), 1);
-    let cfg = rates.map(|a| SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: k, acceptance_rate: a, draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None });
     Instance::new(InstanceSetup { pool: 0, spec: spec.clone(), memory: &memory, scheduler: &sched, experts: None }).unwrap().with_speculation(cfg.as_ref(), &spec, seed, "instance0.speculative").unwrap()
 }
 
@@ -117,7 +122,7 @@ fn a_proposer_that_does_not_fit_is_a_capacity_error_naming_it() {
     let spec = InstanceSpec::new(llama3_8b(), gpu(), Efficiency::default(), 1);
     // A 70B-shaped draft (Llama-2-70B's layers, Llama-3's vocabulary) on one 80 GB GPU.
     let big = crate::model::ModelSpec { vocab_size: 128256, ..crate::model::fixtures::llama2_70b() };
-    let cfg = SpeculativeConfig { method: SpecMethod::Draft, draft_model: Some(big), num_speculative_tokens: 2, acceptance_rate: AcceptanceRate::Constant(0.5), draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None };
+    let cfg = SpeculativeConfig { method: SpecMethod::Draft, draft_model: Some(big), num_speculative_tokens: 2, acceptance_rate: AcceptanceRate::Constant(0.5), draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None, speculative_token_tree: None };
     let inst = Instance::new(InstanceSetup { pool: 0, spec: spec.clone(), memory: &memory, scheduler: &sched, experts: None }).unwrap();
     match inst.with_speculation(Some(&cfg), &spec, 1, "s") {
         Err(Error::Capacity { what, needed_bytes, available_bytes }) => {
@@ -138,7 +143,7 @@ fn moe_instance(rate: Option<f64>) -> Instance {
     let spec = InstanceSpec::new(model, gpu(), Efficiency::default(), 2);
     let experts = crate::moe::ExpertConfig::resident();
     let setup = crate::instance::ExpertSetup { config: &experts, trace: None, seed: 5, stream: "instance0.experts".into(), caches: None };
-    let cfg = rate.map(|a| SpeculativeConfig { method: SpecMethod::Mtp, draft_model: None, num_speculative_tokens: 3, acceptance_rate: AcceptanceRate::Constant(a), draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None });
+    let cfg = rate.map(|a| SpeculativeConfig { method: SpecMethod::Mtp, draft_model: None, num_speculative_tokens: 3, acceptance_rate: AcceptanceRate::Constant(a), draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None, speculative_token_tree: None });
     Instance::new(InstanceSetup { pool: 0, spec: spec.clone(), memory: &memory, scheduler: &sched, experts: Some(setup) }).unwrap().with_speculation(cfg.as_ref(), &spec, 5, "instance0.speculative").unwrap()
 }
 
@@ -173,7 +178,7 @@ fn pipelined_instance(rate: f64, seed: u64) -> Instance {
     let memory = MemoryConfig::default();
     let sched = SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192, preemption_mode: Default::default(), swap_space_gb: 4.0 };
     let spec = InstanceSpec { pp: 2, ..InstanceSpec::new(llama3_8b(), gpu(), Efficiency::default(), 1) };
-    let cfg = SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: 3, acceptance_rate: AcceptanceRate::Constant(rate), draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None };
+    let cfg = SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: 3, acceptance_rate: AcceptanceRate::Constant(rate), draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None, speculative_token_tree: None };
     Instance::new(InstanceSetup { pool: 0, spec: spec.clone(), memory: &memory, scheduler: &sched, experts: None })
         .unwrap()
         .with_speculation(Some(&cfg), &spec, seed, "instance0.speculative")
@@ -240,7 +245,7 @@ fn on_a_synchronous_pipeline_the_other_stages_idle_while_the_proposer_runs() {
     let memory = MemoryConfig::default();
     let sched = SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192, preemption_mode: Default::default(), swap_space_gb: 4.0 };
     let spec = InstanceSpec { pp: 2, ..InstanceSpec::new(llama3_8b(), gpu(), Efficiency::default(), 1) };
-    let cfg = SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: 3, acceptance_rate: AcceptanceRate::Constant(0.8), draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None };
+    let cfg = SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: 3, acceptance_rate: AcceptanceRate::Constant(0.8), draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None, speculative_token_tree: None };
     let mut inst = Instance::new(InstanceSetup { pool: 0, spec: spec.clone(), memory: &memory, scheduler: &sched, experts: None }).unwrap().with_speculation(Some(&cfg), &spec, 1, "instance0.speculative").unwrap();
     let mut reqs = vec![Request::new(0, 100, 5)];
     inst.enqueue(0, &mut reqs[0]);
@@ -294,7 +299,7 @@ fn a_pipelined_verify_pass_goes_through_the_stages_and_the_proposer_runs_on_the_
     let sp = inst.speculation().unwrap().speculator();
     let seqs = [SpecSeq { cached: 100, k: 3 }];
     let rest = inst.cost().empty_shape();
-    let verify = { let (shape, chunks) = Speculator::verify_shape(&rest, &seqs); inst.cost().stage_costs_verify(&shape, &chunks).seconds };
+    let verify = { let (shape, chunks) = sp.verify_shape(&rest, &seqs); inst.cost().stage_costs_verify(&shape, &chunks).seconds };
     let proposer = sp.proposal_cost(&rest, &seqs).seconds;
     assert!(proposer > 0.0);
     let (s1, s2) = (crate::time::secs_to_ns(verify[0]), crate::time::secs_to_ns(verify[1] + proposer));
@@ -332,7 +337,7 @@ fn ngram_instance(k: u32, a: f64, matched: f64, seed: u64) -> Instance {
     let memory = MemoryConfig::default();
     let sched = SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192, preemption_mode: Default::default(), swap_space_gb: 4.0 };
     let spec = InstanceSpec::new(llama3_8b(), gpu(), Efficiency::default(), 1);
-    let cfg = SpeculativeConfig { method: SpecMethod::Ngram, draft_model: None, num_speculative_tokens: k, acceptance_rate: AcceptanceRate::Constant(a), draft_vocab_size: None, proposal_rate: Some(matched), num_speculative_tokens_per_batch_size: None };
+    let cfg = SpeculativeConfig { method: SpecMethod::Ngram, draft_model: None, num_speculative_tokens: k, acceptance_rate: AcceptanceRate::Constant(a), draft_vocab_size: None, proposal_rate: Some(matched), num_speculative_tokens_per_batch_size: None, speculative_token_tree: None };
     Instance::new(InstanceSetup { pool: 0, spec: spec.clone(), memory: &memory, scheduler: &sched, experts: None }).unwrap().with_speculation(Some(&cfg), &spec, seed, "instance0.speculative").unwrap()
 }
 
@@ -374,7 +379,7 @@ fn dynamic_speculation_drafts_k_by_the_previous_batch_size() {
     let sched = SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192, preemption_mode: Default::default(), swap_space_gb: 4.0 };
     let spec = InstanceSpec::new(llama3_8b(), gpu(), Efficiency::default(), 1);
     let build = |table: Option<Vec<[u32; 3]>>| {
-        let cfg = SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: 3, acceptance_rate: AcceptanceRate::Constant(1.0), draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: table };
+        let cfg = SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: 3, acceptance_rate: AcceptanceRate::Constant(1.0), draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: table, speculative_token_tree: None };
         Instance::new(InstanceSetup { pool: 0, spec: spec.clone(), memory: &memory, scheduler: &sched, experts: None }).unwrap().with_speculation(Some(&cfg), &spec, 3, "instance0.speculative").unwrap()
     };
     let requests = || (0..8).map(|i| Request::new(0, 100, if i < 4 { 20 } else { 60 })).collect::<Vec<_>>();
@@ -393,4 +398,23 @@ fn dynamic_speculation_drafts_k_by_the_previous_batch_size() {
     let plain_steps = 19 + 1;
     let long_left: u64 = 59 - plain_steps;
     assert_eq!(dyn_steps, plain_steps + long_left.div_ceil(4), "20 plain steps, then 4 tokens a step");
+}
+
+#[test]
+fn a_tree_emits_its_depth_plus_one_and_shallower_levels_near_the_end() {
+    // An EAGLE head drafting two candidates per node over two levels (6 nodes), every level
+    // accepted, 301 output tokens: the prefill samples the first; then each step drafts the 6
+    // nodes and accepts both levels (3 tokens) while 6 fit the output left but one: 98 steps
+    // to 295. Left 6: 5 nodes hold level 1 only (2 tokens), twice to 299; left 2: 1 node holds
+    // no level, a plain decode, twice. 102 decode steps.
+    let tree = vec![vec![0], vec![1], vec![0, 0], vec![0, 1], vec![1, 0], vec![1, 1]];
+    let cfg = SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: 6, acceptance_rate: AcceptanceRate::Constant(1.0), draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None, speculative_token_tree: Some(tree) };
+    let mut inst = instance_with(Some(cfg), 3);
+    let mut reqs = vec![Request::new(0, 100, 301)];
+    let (decodes, _, gaps) = run(&mut inst, &mut reqs);
+    assert_eq!((reqs[0].generated, decodes, gaps), (301, 102, 102));
+    let s = &inst.speculation().unwrap().stats;
+    assert_eq!((s.drafts, s.draft_tokens, s.accepted_tokens), (100, 98 * 6 + 2 * 2, 98 * 2 + 2));
+    // One position per level: level 1 drafted by all 100, level 2 by the 98 full trees.
+    assert_eq!((s.draft_tokens_per_position.clone(), s.accepted_per_position.clone()), (vec![100, 98], vec![100, 98]));
 }
