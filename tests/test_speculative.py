@@ -17,6 +17,7 @@ import yaml
 import fleetwise
 from conftest import run_cli, small_scenario
 from fleetwise.catalog import builtin_models
+from fleetwise.catalog.engine import load_engine
 from fleetwise.cluster import core_config
 from fleetwise.cost import cost_model
 from fleetwise.errors import ConfigError
@@ -422,9 +423,16 @@ NGRAM = {"method": "ngram", "num_speculative_tokens": 3, "acceptance_rate": [0.8
 
 
 def test_an_ngram_lookup_drafts_as_often_as_it_matches_and_costs_no_gpu_time():
-    # Never matching: plain decoding, step for step (its lookahead slots aside).
+    # Never matching: plain decoding on a synchronous engine (vLLM turns asynchronous scheduling
+    # off for a CPU n-gram proposer) plus the lookup's CPU time after each step: 4 decodes whose
+    # contexts hold 4 x (500 + i) tokens at step i of 399.
     never = fleetwise.simulate(_scenario({**NGRAM, "proposal_rate": 0.0}, requests=4))
-    assert never.summary["tpot_s"]["mean"] == fleetwise.simulate(_scenario(None, requests=4)).summary["tpot_s"]["mean"]
+    sync = _scenario(None, requests=4)
+    sync["cluster"]["pools"][0]["calibration"] = {"cpu_overlap": False}
+    lookup = load_engine("vllm").cpu_step.ngram_lookup
+    per_step = [lookup.base + 4 * lookup.per_seq + 16 * lookup.per_seq_squared + 4 * (500 + i) * lookup.per_context_token for i in range(1, 400)]
+    extra = never.summary["tpot_s"]["mean"] - fleetwise.simulate(sync).summary["tpot_s"]["mean"]
+    assert extra == pytest.approx(sum(per_step) / len(per_step), abs=1e-9)
     assert never.summary["speculative"]["num_drafts"] == 0
     # Always matching at EAGLE's rates: the same verify passes without the head's steps, and no
     # proposer memory.
@@ -447,11 +455,17 @@ def test_estimate_prices_an_ngram_lookup_by_its_proposal_rate():
 
     full = run("method=ngram,num_speculative_tokens=3,acceptance_rate=0.7")
     half = run("method=ngram,num_speculative_tokens=3,acceptance_rate=0.7,proposal_rate=0.5")
-    assert full["proposer_seconds"] == 0.0 and full["proposer_weight_bytes"] == 0
+    # The proposer is the CPU lookup over one context of 1025 tokens; no weights.
+    lookup = load_engine("vllm").cpu_step.ngram_lookup
+    assert full["proposer_seconds"] == pytest.approx(lookup.base + lookup.per_seq + lookup.per_seq_squared + 1025 * lookup.per_context_token, rel=1e-9)
+    assert full["proposer_weight_bytes"] == 0
     e = 1 + 0.7 + 0.49 + 0.343
     assert full["tokens_per_step"] == pytest.approx(e) and half["tokens_per_step"] == pytest.approx(0.5 * e + 0.5)
-    plain = full["plain_seconds_per_token"]
-    assert half["step_seconds"] == pytest.approx(0.5 * full["step_seconds"] + 0.5 * plain)
+    # A step without a match: the plain decode on the synchronous engine, after the same lookup
+    # (the CPU step no longer hides under the GPU's: slower than the asynchronous plain decode).
+    unmatched = 2 * half["step_seconds"] - full["step_seconds"]
+    cpu = load_engine("vllm").cpu_step
+    assert unmatched - full["proposer_seconds"] - full["plain_seconds_per_token"] == pytest.approx(cpu.base + cpu.per_seq + cpu.per_token, abs=1e-9)
     assert 1.0 < half["speedup"] < full["speedup"]
 
 

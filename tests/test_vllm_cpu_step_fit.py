@@ -69,3 +69,23 @@ def test_cost_grows_with_the_batch(fit):
 def test_device_record_names_the_machine_and_version():
     device = json.loads((DATA / "device.json").read_text())
     assert device["cpu_model"] and device["vllm_version"] and device["date_utc"]
+
+
+def test_ngram_lookup_fit_predicts_every_point_and_the_vllm_profile_carries_it(fit):
+    # vLLM's n-gram proposer on this host (ngram_lookup.csv, tools/fidelity/measure_vllm_ngram.py):
+    # every point within the stated residuals; the lookup scans whole contexts (time grows with
+    # them at a fixed batch) whether it matches or not (random and repeating contexts cost alike).
+    from fleetwise.catalog.engine import load_engine
+    from tools.fidelity.ngram_lookup_fit import TERMS, design
+
+    lookup = fit["ngram_lookup"]
+    df = pl.read_csv(DATA / "ngram_lookup.csv")
+    assert df.height == lookup["residuals"]["points"] >= 40
+    pred = design(df) @ np.array([lookup[t] for t in TERMS]) * 1e6
+    rel = np.abs(pred / df["lookup_median_us"].to_numpy() - 1)
+    assert rel.max() <= lookup["residuals"]["max_rel"] + 1e-4 and np.median(rel) <= lookup["residuals"]["median_rel"] + 1e-4
+    at = lambda b, n, rep: df.filter((pl.col("num_seqs") == b) & (pl.col("context_tokens") == n) & (pl.col("repeating") == rep))  # noqa: E731
+    assert at(256, 8192, 0)["lookup_median_us"][0] > 3 * at(256, 256, 0)["lookup_median_us"][0]
+    assert at(256, 8192, 1)["matched"][0] == 256 and at(256, 8192, 0)["matched"][0] == 0
+    assert at(256, 8192, 1)["lookup_median_us"][0] == pytest.approx(at(256, 8192, 0)["lookup_median_us"][0], rel=0.15)
+    assert load_engine("vllm").cpu_step.ngram_lookup.model_dump() == {t: lookup[t] for t in TERMS}

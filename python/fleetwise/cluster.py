@@ -22,6 +22,8 @@ def resolve_pool(scenario: Scenario, index: int, pool: PoolConfig) -> dict:
     base_dir = Path(scenario._base_dir) if scenario._base_dir else None
     pool.quantization.check_model(model, pool.model, f"{path}.quantization")
     calibration = resolve_calibration(pool.gpu, gpu, scenario.cluster.engine_of(pool), pool.calibration, base_dir)
+    if pool.speculative is not None and pool.speculative.method == "ngram":
+        calibration = ngram_synchronous(calibration)
     gpu_json = gpu.core_json(pool.gpu)
     if pool.dvfs_exponent is not None:
         gpu_json["dvfs_exponent"] = pool.dvfs_exponent
@@ -38,6 +40,13 @@ def resolve_pool(scenario: Scenario, index: int, pool: PoolConfig) -> dict:
         "speculative": None if pool.speculative is None else _speculative_json(scenario, path, pool, model, gpu, calibration),
         "experts": None if pool.experts is None else pool.experts.core_json(model, pool.model, f"{path}.experts", scenario.storage),
     }
+
+
+def ngram_synchronous(calibration):
+    """``calibration`` as an engine runs a CPU n-gram proposer: vLLM turns asynchronous scheduling
+    off for it (its lookup needs the step's sampled tokens before the next step is scheduled), so
+    the CPU step adds to the GPU time instead of overlapping it."""
+    return calibration.model_copy(update={"cpu_overlap": None}) if calibration.cpu_overlap else calibration
 
 
 def _speculative_json(scenario: Scenario, path: str, pool: PoolConfig, model: ModelSpec, gpu: GpuSpec, calibration) -> dict:

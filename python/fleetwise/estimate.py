@@ -113,7 +113,15 @@ def estimate_iteration(
     if speculative is not None:
         if prefill > 0 or decode_batch <= 0:
             raise ConfigError("estimate: --speculative prices decode steps: give --decode-batch B and --context C without --prefill")
-        result["speculative"] = sp = speculative_speedup(cost, speculative, decodes, seconds, m, model, user_models, lambda spec, name: cost_model(
+        step_cost = cost
+        if speculative.get("method") == "ngram":
+            # The engine runs a CPU n-gram proposer synchronously (as a run's pool does).
+            from fleetwise.catalog.engine import resolve_calibration
+            from fleetwise.cluster import ngram_synchronous
+
+            step_cost = cost_model(m, g, tp=tp, pp=pp, microbatches=microbatches, power_cap_watts=power_cap_watts, pim=pim_spec, offload=off_spec, ep=ep, model_name=model, gpu_name=gpu,
+                                   calibration=ngram_synchronous(resolve_calibration(gpu, g, engine)), quantization=quant)
+        result["speculative"] = sp = speculative_speedup(step_cost, speculative, decodes, seconds, m, model, user_models, lambda spec, name: cost_model(
             spec, g, tp=tp, model_name=name, gpu_name=gpu, engine=engine).weight_bytes())
         # The proposer's weights and its KV of the same tokens live on the same GPUs (as in a run).
         mem = result["memory"]
@@ -130,7 +138,7 @@ def speculative_speedup(cost, given: dict, decodes: list[int], plain_seconds: fl
     and its verify pass's seconds, the expected tokens per sequence per step, seconds per token
     and the decode speedup (plain seconds per token / speculative seconds per token); with an
     n-gram ``proposal_rate`` p, the step and its tokens are p of a drafting step's and 1 - p of a
-    plain one's. Under a batch-size table, ``k`` is the table's for this many decodes."""
+    plain one's on ``cost`` with the lookup (its ``proposer_seconds``). Under a batch-size table, ``k`` is the table's for this many decodes."""
     import json
 
     from pydantic import ValidationError
@@ -147,10 +155,12 @@ def speculative_speedup(cost, given: dict, decodes: list[int], plain_seconds: fl
     step, verify, tokens, k = cost.speculative_step(json.dumps(core), decodes)
     proposer = step - verify
     if spec.proposal_rate is not None:
-        # An n-gram lookup (no proposer time) drafts in a share p of the steps: the expectation
-        # between every sequence matching and none (exact at batch 1).
+        # An n-gram lookup drafts in a share p of the steps: the expectation between every
+        # sequence matching and none (exact at batch 1); a step without a match is a plain decode
+        # on ``cost`` (the synchronous engine an n-gram pool runs) after the same lookup.
         p = spec.proposal_rate
-        step, tokens = p * step + (1.0 - p) * plain_seconds, p * tokens + (1.0 - p)
+        unmatched = cost.iteration_seconds([], decodes) + proposer
+        step, tokens = p * step + (1.0 - p) * unmatched, p * tokens + (1.0 - p)
         verify = step - proposer
     proposer_weights, proposer_kv_per_token = cost.speculative_memory(json.dumps(core))
     return {**spec.model_dump(), "k": k, "proposer": spec.proposer, "proposer_weight_bytes": proposer_weights, "proposer_kv_bytes_per_token": proposer_kv_per_token, "step_seconds": step, "verify_seconds": verify, "proposer_seconds": proposer, "tokens_per_step": tokens,

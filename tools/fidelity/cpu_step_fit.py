@@ -18,6 +18,7 @@ It writes ``calibration/vllm-cpu/cpu_step.yaml``:
 * ``parts`` / ``runner_parts``: the same fit for each measured part on its own, including the front
   end's (``decode``, ``output``: another process, overlapping the engine core);
 * ``per_request``: per-request costs against prompt length (first_token.csv);
+* ``ngram_lookup``: the n-gram proposer's lookup per step (ngram_lookup.csv, ``ngram_lookup_fit``);
 
 each with its residuals (median and max relative error over its points). ``per_waiting`` is kept only
 when fitting it lowers the median relative residual by more than :data:`WAITING_GAIN` and adds at
@@ -164,7 +165,15 @@ def build(data: Path = DATA) -> dict:
         "parts": parts,
         "runner_parts": runner_parts,
         "per_request": per_request,
+        **({"ngram_lookup": _ngram_lookup(data / "ngram_lookup.csv")} if (data / "ngram_lookup.csv").exists() else {}),
     }
+
+
+def _ngram_lookup(path: Path) -> dict:
+    """The n-gram proposer's lookup fit of ``path`` (``ngram_lookup_fit``, which uses this module's solver)."""
+    from tools.fidelity import ngram_lookup_fit
+
+    return ngram_lookup_fit.fit(path)
 
 
 def fit_first_token(path: Path) -> dict:

@@ -275,9 +275,11 @@ def main() -> None:
     table = errors(data, pred)
     table.write_csv(ROOT / args.data / "fit.csv")
     cpu_path = ROOT / args.cpu_step
-    cpu = yaml.safe_load(cpu_path.read_text()) if cpu_path.exists() else {}
-    cpu = cpu.get("cpu_step", cpu)
+    cpu_file = yaml.safe_load(cpu_path.read_text()) if cpu_path.exists() else {}
+    cpu = cpu_file.get("cpu_step", cpu_file)
     cpu_step = {k: float(cpu.get(k, 0.0)) for k in ("base", "per_seq", "per_token")} | {"overlap": True}
+    if "ngram_lookup" in cpu_file:  # the n-gram proposer's lookup (tools/fidelity/ngram_lookup_fit.py)
+        cpu_step["ngram_lookup"] = {k: float(cpu_file["ngram_lookup"][k]) for k in ("base", "per_seq", "per_seq_squared", "per_context_token")}
     factors = {k: v if k in INTEGER else float(f"{v:.4g}") for k, v in x.items()}
     by_model = {m: float(f"{np.median(np.abs(g['error'].to_numpy())):.4f}") for (m,), g in table.group_by(["model"], maintain_order=True)}
     profile = {

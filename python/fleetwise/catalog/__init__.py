@@ -70,6 +70,21 @@ _QueryRows = Annotated[int, Field(ge=1, le=1024)]
 # The ranges of the calibration factors (CalibrationOverride takes them from Calibration).
 
 
+class NgramLookup(StrictModel):
+    """An n-gram (prompt lookup) proposer's CPU time per step over ``n`` decoding sequences whose
+    contexts hold ``tokens`` tokens: ``base + per_seq n + per_seq_squared n^2 + per_context_token
+    tokens`` (vLLM's ``NgramProposer``: ``calibration/vllm-cpu/ngram_lookup.csv``)."""
+
+    base: _Seconds = 0.0
+    """Seconds per step."""
+    per_seq: _Seconds = 0.0
+    """Seconds per sequence looked up."""
+    per_seq_squared: _Seconds = 0.0
+    """Seconds per pair of sequences (vLLM 0.32 gathers the drafts with a list membership test)."""
+    per_context_token: _Seconds = 0.0
+    """Seconds per context token scanned (the lookup reads each whole context)."""
+
+
 class Calibration(StrictModel):
     """Efficiency factors of the roofline cost model for one GPU (see docs/cost-model.md)."""
 
@@ -116,6 +131,8 @@ class Calibration(StrictModel):
     """Multiplies every operator's time (the error-bar runs use 1 - r and 1 + r; unset: 1)."""
     cpu_overlap: bool | None = None
     """The CPU step overlaps the GPU's work (asynchronous scheduling): only its excess adds time."""
+    ngram_lookup: NgramLookup | None = None
+    """The engine's CPU n-gram lookup per step (speculative method ``ngram``; unset: free)."""
     attention_memory_split: _Fraction | None = None
     """Fraction of peak memory bandwidth decode attention reaches while the batch leaves room to
     split each sequence's keys (FlashAttention's split-KV; unset: attention_memory)."""
@@ -145,7 +162,8 @@ class CalibrationOverride(_all_optional(Calibration, "CalibrationFields")):
 
     def apply(self, base: Calibration) -> Calibration:
         """Returns ``base`` with the fields set here replaced."""
-        return base.model_copy(update=self.model_dump(exclude_none=True))
+        # Validated again, so that a nested field given here (``ngram_lookup``) is a model, not a dict.
+        return type(base).model_validate({**base.model_dump(), **self.model_dump(exclude_none=True)})
 
 
 class GpuSpec(StrictModel):

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import yaml
 from pydantic import Field, PrivateAttr, ValidationError
 
+from fleetwise.catalog import NgramLookup
 from fleetwise.config.base import StrictModel
 from fleetwise.config.yaml_input import FAST_SAFE_LOADER, decode_text, parse_yaml
 from fleetwise.errors import ConfigError
@@ -97,6 +98,9 @@ class CpuStep(StrictModel):
     overlap: bool = False
     """The engine schedules the next step while the GPU runs this one (vLLM's asynchronous
     scheduling, its default on GPUs): the CPU step lengthens an iteration only beyond the GPU time."""
+    ngram_lookup: NgramLookup | None = None
+    """The CPU time of the engine's n-gram proposer per step (speculative method ``ngram``), after
+    sampling, on the step's critical path (unset: free)."""
 
 
 class EngineProfile(StrictModel):
@@ -259,7 +263,7 @@ def profile_calibration(gpu_name: str, gpu: GpuSpec, prof: EngineProfile, overri
         "decode_query_rows": f.decode_query_rows, "moe_layer_overhead": f.moe_layer_overhead,
         "expert_pad_rows": f.expert_pad_rows, "expert_ridge_exponent": f.expert_ridge_exponent,
         "iteration_overhead": cpu.base, "seq_overhead": cpu.per_seq or None, "token_overhead": cpu.per_token or None,
-        "cpu_overlap": cpu.overlap or None,
+        "cpu_overlap": cpu.overlap or None, "ngram_lookup": cpu.ngram_lookup,
     }
     if gpu_name not in prof._catalogue_per_gpu or _measured_gpu(gpu_name, gpu):
         values.update(prof.per_gpu.get(gpu_name, {}))

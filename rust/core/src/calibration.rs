@@ -111,10 +111,43 @@ pub struct Efficiency {
     /// `gemm_ridge_exponent`, which it defaults to).
     #[serde(default)]
     pub expert_ridge_exponent: Option<f64>,
+    /// The engine's CPU n-gram lookup per step (speculative method `ngram`; vLLM's
+    /// `NgramProposer`), run after sampling on the step's critical path. Unset: free.
+    #[serde(default)]
+    pub ngram_lookup: Option<NgramLookupCost>,
+}
+
+/// The CPU time of an n-gram (prompt lookup) proposer's step over `n` decoding sequences whose
+/// contexts hold `tokens` tokens in all: `base + per_seq n + per_seq_squared n^2 +
+/// per_context_token tokens`, seconds (vLLM 0.32 scans each whole context; gathering its drafts
+/// tests each request against the list of those looked up: the quadratic term).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NgramLookupCost {
+    /// Seconds per step.
+    #[serde(default)]
+    pub base: f64,
+    /// Seconds per sequence looked up.
+    #[serde(default)]
+    pub per_seq: f64,
+    /// Seconds per pair of sequences (gathering the drafts).
+    #[serde(default)]
+    pub per_seq_squared: f64,
+    /// Seconds per context token scanned.
+    #[serde(default)]
+    pub per_context_token: f64,
+}
+
+impl NgramLookupCost {
+    /// Seconds of one step's lookup over `seqs` sequences holding `tokens` context tokens.
+    pub fn seconds(&self, seqs: u64, tokens: u64) -> f64 {
+        let n = seqs as f64;
+        self.base + self.per_seq * n + self.per_seq_squared * n * n + self.per_context_token * tokens as f64
+    }
 }
 
 impl Default for Efficiency {
     fn default() -> Self {
-        Efficiency { gemm_compute: 0.7, attention_compute: 0.5, memory: 0.8, attention_memory: None, elementwise_memory: None, moe_dispatch_memory: None, collective: 0.7, iteration_overhead: 1.0e-3, layer_overhead: 0.0, attention_cta: None, gemm_ridge_exponent: None, prefill_pad_tokens: None, seq_overhead: None, token_overhead: None, mixed_query_tile: None, decode_query_rows: None, moe_layer_overhead: None, time_scale: None, cpu_overlap: None, attention_memory_split: None, expert_compute: None, expert_memory: None, expert_pad_rows: None, expert_ridge_exponent: None }
+        Efficiency { gemm_compute: 0.7, attention_compute: 0.5, memory: 0.8, attention_memory: None, elementwise_memory: None, moe_dispatch_memory: None, collective: 0.7, iteration_overhead: 1.0e-3, layer_overhead: 0.0, attention_cta: None, gemm_ridge_exponent: None, prefill_pad_tokens: None, seq_overhead: None, token_overhead: None, mixed_query_tile: None, decode_query_rows: None, moe_layer_overhead: None, time_scale: None, cpu_overlap: None, attention_memory_split: None, expert_compute: None, expert_memory: None, expert_pad_rows: None, expert_ridge_exponent: None, ngram_lookup: None }
     }
 }

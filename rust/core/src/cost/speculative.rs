@@ -15,6 +15,7 @@
 
 use super::speculative_config::{SpecMethod, SpeculativeConfig, EAGLE3_DRAFT_VOCAB};
 use super::{BatchShape, CostModel, InstanceSpec, IterationCost, Quantization, VerifyChunks};
+use crate::calibration::NgramLookupCost;
 use crate::error::{Error, Result};
 use crate::model::ModelSpec;
 
@@ -65,6 +66,8 @@ pub struct Speculator {
     per_batch_size: Vec<[u32; 3]>,
     /// A token tree's nodes up to each level, cumulative (empty: a chain of k tokens).
     tree: Vec<u32>,
+    /// An n-gram proposer's CPU lookup per step (the engine's; None: free or not n-gram).
+    lookup: Option<NgramLookupCost>,
     /// Weight bytes the proposer adds on each GPU.
     pub weight_bytes_per_gpu: u64,
     /// KV bytes per token the proposer adds on each GPU.
@@ -178,7 +181,8 @@ impl Speculator {
         let proposal_rate = cfg.proposal_rate.unwrap_or(1.0);
         let per_batch_size = cfg.num_speculative_tokens_per_batch_size.clone().unwrap_or_default();
         let tree = cfg.tree_levels()?;
-        Ok(Speculator { method: cfg.method, rates, proposal_rate, proposer, modules, per_step, per_proposal, per_batch_size, tree, weight_bytes_per_gpu: weight, kv_bytes_per_token_per_gpu: kv })
+        let lookup = if cfg.method == SpecMethod::Ngram { spec.efficiency.ngram_lookup } else { None };
+        Ok(Speculator { method: cfg.method, rates, proposal_rate, proposer, modules, per_step, per_proposal, per_batch_size, tree, lookup, weight_bytes_per_gpu: weight, kv_bytes_per_token_per_gpu: kv })
     }
 
     /// The proposer's KV bytes of one token over all its layers and KV heads (what a speculating
@@ -242,7 +246,19 @@ impl Speculator {
     /// speculates and the proposer has nothing to run (no prefill chunk for a model to keep its
     /// KV of; an n-gram lookup never runs on the GPUs).
     pub fn runs_plain(&self, rest: &BatchShape, seqs: &[SpecSeq]) -> bool {
-        seqs.is_empty() && self.proposal_steps(rest, seqs) == 0
+        seqs.is_empty() && self.proposal_steps(rest, seqs) == 0 && self.lookup_seconds(rest, seqs) == 0.0
+    }
+
+    /// An n-gram proposer's CPU lookup after the step (the engine's `ngram_lookup`; 0 for other
+    /// methods, or a step without decodes): every decode of the step is looked up, matched or
+    /// not, over its whole context (`rest`'s plain decodes and the speculating `seqs`).
+    pub fn lookup_seconds(&self, rest: &BatchShape, seqs: &[SpecSeq]) -> f64 {
+        let Some(cost) = &self.lookup else { return 0.0 };
+        let n = rest.decode_seqs + seqs.len() as u64;
+        if n == 0 {
+            return 0.0;
+        }
+        cost.seconds(n, rest.decode_kv_tokens + seqs.iter().map(|s| s.cached + 1).sum::<u64>())
     }
 
     /// The proposer's cost model (the draft model, or the one-layer head).
@@ -313,7 +329,7 @@ impl Speculator {
     /// The proposer's sequential steps alone (seconds and compute-bound seconds summed):
     /// what a pipeline's last stage, where the proposer runs, adds to its share of the verify pass.
     pub fn proposal_cost(&self, rest: &BatchShape, seqs: &[SpecSeq]) -> IterationCost {
-        let mut c = IterationCost::default();
+        let mut c = IterationCost { seconds: self.lookup_seconds(rest, seqs), ..Default::default() };
         for j in 1..=self.proposal_steps(rest, seqs) {
             let p = self.draft_step(rest, seqs, j);
             c.seconds += p.seconds;
@@ -356,7 +372,9 @@ impl Speculator {
     pub fn step_parts(&self, target: &CostModel, rest: &BatchShape, seqs: &[SpecSeq]) -> (IterationCost, f64) {
         let (shape, chunks) = self.verify_shape(rest, seqs);
         let mut c = target.iteration_verify(&shape, &chunks);
-        let mut proposer = 0.0;
+        // An n-gram lookup runs on the CPU after sampling, the GPUs idle.
+        let mut proposer = self.lookup_seconds(rest, seqs);
+        c.seconds += proposer;
         let idle_stages = (target.pp() - 1) as f64 / target.pp() as f64;
         for j in 1..=self.proposal_steps(rest, seqs) {
             let p = self.draft_step(rest, seqs, j);

@@ -327,6 +327,34 @@ fn an_ngram_lookup_runs_no_model_and_its_rate_is_its_own() {
 }
 
 #[test]
+fn an_ngram_lookup_charges_the_engines_cpu_time_over_every_decodes_context() {
+    // The engine's lookup: 10 us + 1 us a sequence + 10 ns a pair + 1 ns a context token.
+    let lookup = crate::calibration::NgramLookupCost { base: 1e-5, per_seq: 1e-6, per_seq_squared: 1e-8, per_context_token: 1e-9 };
+    let spec = InstanceSpec::new(llama2_70b(), h100(), crate::calibration::Efficiency { ngram_lookup: Some(lookup), ..ideal() }, 4);
+    let cm = CostModel::build(&spec).unwrap();
+    let sp = Speculator::build(&cfg(SpecMethod::Ngram, None, 3, AcceptanceRate::Constant(0.7)), &spec).unwrap();
+    // Two plain decodes (no match: contexts 100 and 200) and one drafting after 299 cached tokens:
+    // three sequences, 600 context tokens.
+    let mut rest = cm.empty_shape();
+    rest.add_decode(100);
+    rest.add_decode(200);
+    let seqs = [SpecSeq { cached: 299, k: 3 }];
+    let want = 1e-5 + 3.0 * 1e-6 + 9.0 * 1e-8 + 600.0 * 1e-9;
+    assert!(close(sp.lookup_seconds(&rest, &seqs), want));
+    let (v, chunks) = sp.verify_shape(&rest, &seqs);
+    assert!(close(sp.step(&cm, &rest, &seqs).seconds, cm.iteration_verify(&v, &chunks).seconds + want));
+    assert!(close(sp.proposal_cost(&rest, &seqs).seconds, want), "on a pipeline's last stage");
+    // A step whose decodes all missed still pays the lookup; a prompt alone looks nothing up.
+    assert!(!sp.runs_plain(&rest, &[]) && close(sp.step(&cm, &rest, &[]).seconds, cm.iteration_seconds(&rest) + 1e-5 + 2e-6 + 4e-8 + 300e-9));
+    let mut prompt = cm.empty_shape();
+    prompt.add_prefill(500, 0, true);
+    assert!(sp.runs_plain(&prompt, &[]));
+    // Other proposers never pay it.
+    let eagle = Speculator::build(&cfg(SpecMethod::Eagle, None, 3, AcceptanceRate::Constant(0.7)), &spec).unwrap();
+    assert_eq!(eagle.lookup_seconds(&rest, &seqs), 0.0);
+}
+
+#[test]
 fn a_batch_size_table_picks_k_after_each_step_and_names_a_bad_entry() {
     let spec = target();
     let table = |t: Vec<[u32; 3]>| SpeculativeConfig { num_speculative_tokens_per_batch_size: Some(t), ..cfg(SpecMethod::Eagle, None, 3, AcceptanceRate::Constant(0.7)) };
