@@ -14,6 +14,7 @@ import yaml
 from pydantic import AfterValidator, Field, ValidationInfo, create_model, model_validator
 
 from fleetwise.catalog.hardware import ARCHITECTURES, MEMORY_TYPES, Architecture, HardwareFractions, MemoryType, architecture_priors, prior_for, prior_key
+from fleetwise.catalog.ngram_lookup import NgramLookup
 from fleetwise.config.base import StrictModel
 from fleetwise.config.limits import MAX_COUNT, MAX_TOKENS
 from fleetwise.config.yaml_input import FAST_SAFE_LOADER
@@ -68,21 +69,6 @@ _PadTokens = Annotated[int, Field(ge=1, le=65536)]
 _QueryRows = Annotated[int, Field(ge=1, le=1024)]
 """Query rows an attention kernel charges per decode (its tile), 1 to 1,024 (kernels use 1-128)."""
 # The ranges of the calibration factors (CalibrationOverride takes them from Calibration).
-
-
-class NgramLookup(StrictModel):
-    """An n-gram (prompt lookup) proposer's CPU time per step over ``n`` decoding sequences whose
-    contexts hold ``tokens`` tokens: ``base + per_seq n + per_seq_squared n^2 + per_context_token
-    tokens`` (vLLM's ``NgramProposer``: ``calibration/vllm-cpu/ngram_lookup.csv``)."""
-
-    base: _Seconds = 0.0
-    """Seconds per step."""
-    per_seq: _Seconds = 0.0
-    """Seconds per sequence looked up."""
-    per_seq_squared: _Seconds = 0.0
-    """Seconds per pair of sequences (vLLM 0.32 gathers the drafts with a list membership test)."""
-    per_context_token: _Seconds = 0.0
-    """Seconds per context token scanned (the lookup reads each whole context)."""
 
 
 class Calibration(StrictModel):

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import yaml
 from pydantic import Field, PrivateAttr, ValidationError
 
-from fleetwise.catalog import NgramLookup
+from fleetwise.catalog.ngram_lookup import NgramLookup
 from fleetwise.config.base import StrictModel
 from fleetwise.config.yaml_input import FAST_SAFE_LOADER, decode_text, parse_yaml
 from fleetwise.errors import ConfigError
