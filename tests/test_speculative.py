@@ -138,6 +138,8 @@ def test_the_scenario_resolves_the_draft_model_for_the_core():
     ({**DRAFT, "num_speculative_tokens_per_batch_size": [[1, 8]]}, "speculative.num_speculative_tokens_per_batch_size.0", "Field required"),
     ({**DRAFT, "num_speculative_tokens_per_batch_size": [[1, 8, True]]}, "speculative.num_speculative_tokens_per_batch_size.0.2", "true, a boolean, where an integer is expected"),
     ({**DRAFT, "num_speculative_tokens_per_batch_size": [[1, 2**40, 1]]}, "speculative", "needs 1 <= start <= end <= 4294967295"),
+    ({**DRAFT, "num_speculative_tokens_per_batch_size": [[9, 64, 1], [2, 8, 2]]}, "speculative", "the first range starts at 2; it must start at 1"),
+    ({**DRAFT, "num_speculative_tokens_per_batch_size": []}, "speculative", "needs at least one [start, end, k] entry"),
 ])
 def test_bad_settings_name_the_file_and_field(write_yaml, speculative, field, says):
     path = write_yaml(_scenario(speculative))
@@ -461,5 +463,9 @@ def test_estimate_prices_the_k_a_batch_size_table_gives_that_batch():
     # k = 0: a plain decode plus the proposer's step, one token a step.
     none = json.loads(run(2048, table).stdout)["speculative"]
     assert none["k"] == 0 and none["tokens_per_step"] == 1.0 and none["proposer_seconds"] > 0 and none["speedup"] < 1.0
+    # Past the last range (and between ranges) the k of the range before it, as vLLM's schedule.
+    assert json.loads(run(512, fixed + ",num_speculative_tokens_per_batch_size=1-64:4/65-128:1").stdout)["speculative"]["k"] == 1
+    assert json.loads(run(100, fixed + ",num_speculative_tokens_per_batch_size=65-128:1/1-16:2").stdout)["speculative"]["k"] == 1
+    assert json.loads(run(40, fixed + ",num_speculative_tokens_per_batch_size=65-128:1/1-16:2").stdout)["speculative"]["k"] == 2
     bad = run(8, fixed + ",num_speculative_tokens_per_batch_size=1-64")
     assert bad.returncode == 2 and "START-END:K entries" in bad.stderr, bad.stderr

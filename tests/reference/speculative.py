@@ -77,7 +77,9 @@ class ReferenceSpeculation:
         depths = [sum(upto <= k for upto in self.levels) for k in self.drafts]
         self.drafts = [k if d else 0 for k, d in zip(self.drafts, depths)]
         self.syncing = self.k_now == 0
-        self.k_now = next((k for start, end, k in self.table if start <= len(items) <= end), self.levels[-1])
+        # The k of the last range starting at or below the batch size (vLLM carries a range's k
+        # over the gap after it and past the last range); the full k after an empty step.
+        self.k_now = next((k for start, _, k in sorted(self.table, reverse=True) if start <= len(items)), self.levels[-1]) if items else self.levels[-1]
         return [next((i for i, r in enumerate(self.rates[:d]) if r != 1.0), d) for d in depths]
 
     def duration(self, cost, items) -> int:

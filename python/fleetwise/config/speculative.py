@@ -55,7 +55,8 @@ class SpeculativeConfig(StrictModel):
     num_speculative_tokens_per_batch_size: list[tuple[int, int, int]] | None = None
     """Dynamic speculative decoding (vLLM's setting of that name): ``[start, end, k]`` entries, k
     draft tokens (0 to ``num_speculative_tokens``) in a step after one that scheduled start to end
-    requests; ``num_speculative_tokens`` outside every range. Ranges may not overlap."""
+    requests. Ranges may not overlap and the first starts at 1; between ranges and past the last,
+    the k of the range before (vLLM's schedule carries it forward)."""
     speculative_token_tree: list[list[int]] | None = None
     """Tree speculation (vLLM's setting of that name, methods ``draft``, ``eagle`` and ``eagle3``):
     the draft tree's nodes as paths of child ranks, level by level (``[[0], [1], [0, 0], [1, 0]]``,
@@ -164,8 +165,10 @@ class SpeculativeConfig(StrictModel):
         return cumulative
 
     def _check_batch_size_table(self) -> None:
-        """Refuses an entry with start below 1 or past end, k outside 0 to k, or a range
-        overlapping an earlier one."""
+        """Refuses an entry with start below 1 or past end, k outside 0 to k, a range
+        overlapping an earlier one, and a table without a range from 1 (vLLM's rule)."""
+        if self.num_speculative_tokens_per_batch_size == []:
+            raise ValueError("num_speculative_tokens_per_batch_size needs at least one [start, end, k] entry")
         table = self.num_speculative_tokens_per_batch_size or []
         for i, (start, end, k) in enumerate(table):
             where = f"num_speculative_tokens_per_batch_size[{i}]"
@@ -176,6 +179,10 @@ class SpeculativeConfig(StrictModel):
             for j, (s, e, _) in enumerate(table[:i]):
                 if start <= e and s <= end:
                     raise ValueError(f"{where}: [{start}, {end}] overlaps entry {j} [{s}, {e}]")
+        first = min((start for start, _, _ in table), default=1)
+        if first != 1:
+            raise ValueError(f"num_speculative_tokens_per_batch_size: the first range starts at {first}; it must start at 1 (vLLM's rule: every batch size has a k, "
+                             "sizes between ranges and past the last taking the k of the range before them)")
 
     @property
     def proposer(self) -> str:

@@ -62,7 +62,7 @@ pub struct Speculator {
     /// ... and once per proposal, before its first step (EAGLE-3's 3h x h fusion of the target's
     /// hidden states).
     per_proposal: Vec<(f64, f64)>,
-    /// Dynamic speculation's `[start, end, k]` entries (empty: always k).
+    /// Dynamic speculation's `[start, end, k]` entries by start (empty: always k).
     per_batch_size: Vec<[u32; 3]>,
     /// A token tree's nodes up to each level, cumulative (empty: a chain of k tokens).
     tree: Vec<u32>,
@@ -179,7 +179,8 @@ impl Speculator {
             }
         };
         let proposal_rate = cfg.proposal_rate.unwrap_or(1.0);
-        let per_batch_size = cfg.num_speculative_tokens_per_batch_size.clone().unwrap_or_default();
+        let mut per_batch_size = cfg.num_speculative_tokens_per_batch_size.clone().unwrap_or_default();
+        per_batch_size.sort_unstable_by_key(|&[start, _, _]| start);
         let tree = cfg.tree_levels()?;
         let lookup = if cfg.method == SpecMethod::Ngram { spec.efficiency.ngram_lookup } else { None };
         Ok(Speculator { method: cfg.method, rates, proposal_rate, proposer, modules, per_step, per_proposal, per_batch_size, tree, lookup, weight_bytes_per_gpu: weight, kv_bytes_per_token_per_gpu: kv })
@@ -216,10 +217,15 @@ impl Speculator {
     }
 
     /// Draft tokens per step after a step that scheduled `batch_size` requests: the k of the
-    /// dynamic table's range holding it, else k.
+    /// dynamic table's range holding it, or between ranges and past the last the k of the range
+    /// before it (vLLM's schedule carries the previous range's k forward; its first range starts
+    /// at 1); k without a table or after a step that scheduled nothing.
     pub fn k_after(&self, batch_size: usize) -> u32 {
         let n = u32::try_from(batch_size).unwrap_or(u32::MAX);
-        self.per_batch_size.iter().find(|&&[start, end, _]| start <= n && n <= end).map_or(self.k(), |&[_, _, k]| k)
+        if n == 0 {
+            return self.k();
+        }
+        self.per_batch_size.iter().take_while(|&&[start, _, _]| start <= n).last().map_or(self.k(), |&[_, _, k]| k)
     }
 
     /// Whether the proposer is a model that keeps its own KV (every method but `ngram`).

@@ -199,9 +199,14 @@ impl SpeculativeConfig {
     }
 
     /// Refuses a batch-size table whose entry has start 0, start past end, k past `k`, or a
-    /// range overlapping an earlier one (naming the entry).
+    /// range overlapping an earlier one (naming the entry), and a table without a range from 1
+    /// (vLLM's rule: every batch size has a k; gaps and sizes past the last range take the k of
+    /// the range before them).
     fn check_batch_size_table(&self, k: u32) -> Result<()> {
         let table = self.num_speculative_tokens_per_batch_size.as_deref().unwrap_or_default();
+        if table.is_empty() && self.num_speculative_tokens_per_batch_size.is_some() {
+            return Err(Error::config("speculative.num_speculative_tokens_per_batch_size", "needs at least one [start, end, k] entry"));
+        }
         for (i, &[start, end, ki]) in table.iter().enumerate() {
             let field = || format!("speculative.num_speculative_tokens_per_batch_size.{i}");
             if start == 0 || start > end {
@@ -214,6 +219,12 @@ impl SpeculativeConfig {
                 return Err(Error::config(field(), format!("[{start}, {end}] overlaps entry {j} [{}, {}]", table[j][0], table[j][1])));
             }
         }
-        Ok(())
+        match table.iter().map(|&[start, _, _]| start).min() {
+            Some(first) if first != 1 => Err(Error::config(
+                "speculative.num_speculative_tokens_per_batch_size",
+                format!("the first range starts at {first}; it must start at 1 (vLLM's rule: every batch size has a k, sizes between ranges and past the last taking the k of the range before them)"),
+            )),
+            _ => Ok(()),
+        }
     }
 }

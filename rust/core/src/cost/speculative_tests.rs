@@ -360,7 +360,11 @@ fn a_batch_size_table_picks_k_after_each_step_and_names_a_bad_entry() {
     let table = |t: Vec<[u32; 3]>| SpeculativeConfig { num_speculative_tokens_per_batch_size: Some(t), ..cfg(SpecMethod::Eagle, None, 3, AcceptanceRate::Constant(0.7)) };
     let sp = Speculator::build(&table(vec![[1, 4, 3], [5, 8, 1], [9, 64, 0]]), &spec).unwrap();
     let ks: Vec<u32> = [0, 1, 4, 5, 8, 9, 64, 65].iter().map(|&n| sp.k_after(n)).collect();
-    assert_eq!(ks, [3, 3, 3, 1, 1, 0, 0, 3], "k outside every range");
+    assert_eq!(ks, [3, 3, 3, 1, 1, 0, 0, 0], "past the last range its k carries forward (vLLM's schedule)");
+    // Entries in any order; a gap takes the k of the range before it, as vLLM's dense schedule
+    // does ([(1, 16, 3), (32, 128, 2)]: 17-31 draft 3).
+    let gaps = Speculator::build(&table(vec![[32, 128, 2], [1, 16, 3]]), &spec).unwrap();
+    assert_eq!([1, 16, 17, 31, 32, 128, 500].map(|n| gaps.k_after(n)), [3, 3, 3, 3, 2, 2, 2]);
     let fails = |t: Vec<[u32; 3]>| match table(t).rates() {
         Err(Error::Config { path, message }) => (path, message),
         other => panic!("{other:?}"),
@@ -371,6 +375,9 @@ fn a_batch_size_table_picks_k_after_each_step_and_names_a_bad_entry() {
     assert!(path == "speculative.num_speculative_tokens_per_batch_size.0" && message.contains("exceeds num_speculative_tokens = 3"), "{message}");
     assert!(fails(vec![[0, 4, 1]]).1.contains("1 <= start <= end"));
     assert!(fails(vec![[5, 4, 1]]).1.contains("1 <= start <= end"));
+    let (path, message) = fails(vec![[2, 8, 1], [9, 64, 0]]);
+    assert!(path == "speculative.num_speculative_tokens_per_batch_size" && message.contains("the first range starts at 2; it must start at 1"), "{message}");
+    assert!(fails(vec![]).1.contains("at least one"));
 }
 
 #[test]
