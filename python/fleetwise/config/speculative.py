@@ -58,7 +58,7 @@ class SpeculativeConfig(StrictModel):
     requests. Ranges may not overlap and the first starts at 1; between ranges and past the last,
     the k of the range before (vLLM's schedule carries it forward)."""
     speculative_token_tree: list[list[int]] | None = None
-    """Tree speculation (vLLM's setting of that name, methods ``draft``, ``eagle`` and ``eagle3``):
+    """Tree speculation (the setting of that name in vLLM 0.10.2 to early 2026; methods ``draft``, ``eagle`` and ``eagle3``):
     the draft tree's nodes as paths of child ranks, level by level (``[[0], [1], [0, 0], [1, 0]]``,
     or vLLM's string ``"[(0,), (1,), (0, 0), (1, 0)]"``), every node of a level with the same
     number of children. ``num_speculative_tokens`` is its node count; ``acceptance_rate`` is per
