@@ -39,6 +39,12 @@ def test_a_tree_pays_at_low_load_and_a_chain_wins_at_high_load():
     assert high[0] > 1.1 * high[1], high
 
 
+def test_a_tree_in_any_order_is_read_breadth_first_as_vllm_sorts_it():
+    shuffled = {**TREE, "speculative_token_tree": [[1, 1], [0], [0, 1], [1], [1, 0], [0, 0]]}
+    assert core_config(fleetwise.scenario_from_dict(_scenario(shuffled)))["pools"][0]["speculative"]["speculative_token_tree"] == BINARY
+    assert fleetwise.simulate(_scenario(shuffled, requests=4)).summary == fleetwise.simulate(_scenario(TREE, requests=4)).summary
+
+
 def test_vllms_string_form_is_the_same_tree():
     as_string = {**TREE, "speculative_token_tree": "[(0,), (1,), (0, 0), (0, 1), (1, 0), (1, 1)]"}
     core = core_config(fleetwise.scenario_from_dict(_scenario(as_string)))["pools"][0]["speculative"]
@@ -63,7 +69,7 @@ def test_the_summary_counts_every_node_and_accepts_per_level():
 @pytest.mark.parametrize("tree, field, says", [
     ({"speculative_token_tree": [[0], [1], [0, 0]], "num_speculative_tokens": 3}, "speculative", "speculative_token_tree[2]: [0, 0]: every node of level 1 needs the same number of children"),
     ({"speculative_token_tree": [[0], [1, 0]], "num_speculative_tokens": 2}, "speculative", "its parent [1] is not in the tree"),
-    ({"speculative_token_tree": [[0], [0, 0], [1]], "num_speculative_tokens": 3}, "speculative", "nodes are listed level by level"),
+    ({"speculative_token_tree": [[0], []], "num_speculative_tokens": 2}, "speculative", "speculative_token_tree[1]: []: a node is a non-empty path"),
     ({"speculative_token_tree": [[0], [0]], "num_speculative_tokens": 2}, "speculative", "[0] is listed twice"),
     ({"num_speculative_tokens": 4}, "speculative", "num_speculative_tokens must be the number of nodes of speculative_token_tree (6), got 4"),
     ({"acceptance_rate": [0.9, 0.8, 0.7]}, "speculative", "a per-level list needs one rate per level of speculative_token_tree (2), got 3"),
@@ -72,6 +78,7 @@ def test_the_summary_counts_every_node_and_accepts_per_level():
     ({"speculative_token_tree": "[(0,), (1,"}, "speculative.speculative_token_tree", "is not a list of paths"),
     ({"speculative_token_tree": [[0], [True]]}, "speculative.speculative_token_tree.1.0", "true, a boolean, where a child rank is expected"),
     ({"speculative_token_tree": [[0], [-1]], "num_speculative_tokens": 2}, "speculative", "child ranks (0 or more)"),
+    ({"speculative_token_tree": [[0], [1, 0], [1], [0, 0], [2, 0]], "num_speculative_tokens": 5}, "speculative", "speculative_token_tree[4]: [2, 0]: its parent [2] is not in the tree"),
 ])
 def test_bad_trees_name_the_file_and_node(write_yaml, tree, field, says):
     path = write_yaml(_scenario({**TREE, **tree}))

@@ -123,10 +123,11 @@ class SpeculativeConfig(StrictModel):
 
     def tree_levels(self) -> list[int]:
         """The token tree's nodes down to each level, cumulative (``[2, 6]`` for two candidates
-        per node over two levels; empty without a tree). Raises ``ValueError`` naming the node on
-        a tree not listed level by level, a missing parent, a repeated node, a level whose nodes
-        have different numbers of children (ranked from 0), a method that cannot draft a tree, a
-        batch-size table beside it, or a node count other than ``num_speculative_tokens``."""
+        per node over two levels; empty without a tree), its nodes in any order (vLLM sorts them
+        breadth first). Raises ``ValueError`` naming the node on an empty path or a negative
+        rank, a missing parent, a repeated node, a level whose nodes have different numbers of
+        children (ranked from 0), a method that cannot draft a tree, a batch-size table beside
+        it, or a node count other than ``num_speculative_tokens``."""
         tree = self.speculative_token_tree
         if tree is None:
             return []
@@ -139,30 +140,22 @@ class SpeculativeConfig(StrictModel):
             raise ValueError(f"{where} needs 1 to {MAX_TREE_NODES} nodes, got {len(tree)}")
         if len(tree) != self.num_speculative_tokens:
             raise ValueError(f"num_speculative_tokens must be the number of nodes of speculative_token_tree ({len(tree)}), got {self.num_speculative_tokens}")
-        known: set[tuple[int, ...]] = set()
-        cumulative: list[int] = []
-        for i, node in enumerate(tree):
-            path = tuple(node)
-            if not path or len(path) not in (len(cumulative), len(cumulative) + 1) or any(r < 0 for r in path):
-                raise ValueError(f"{where}[{i}]: {node}: nodes are listed level by level, each a non-empty path of child ranks (0 or more) one longer than its parent's")
-            if path in known:
-                raise ValueError(f"{where}[{i}]: {node} is listed twice")
-            if len(path) > 1 and path[:-1] not in known:
-                raise ValueError(f"{where}[{i}]: {node}: its parent {list(path[:-1])} is not in the tree")
-            if len(path) > len(cumulative):
-                cumulative.append(cumulative[-1] if cumulative else 0)
-            cumulative[-1] += 1
-            known.add(path)
-        parents = 1
-        for level, upto in enumerate(cumulative):
-            start = cumulative[level - 1] if level else 0
-            width = upto - start
-            children = width // parents
-            for i in range(start, upto):
-                if width % parents or tree[i][level] >= children:
-                    raise ValueError(f"{where}[{i}]: {tree[i]}: every node of level {level} needs the same number of children, ranked from 0 ({width} nodes under {parents} parents)")
-            parents = width
-        return cumulative
+        paths = [tuple(node) for node in tree]
+        width = [0] * max(map(len, paths))
+        for i, path in enumerate(paths):
+            if not path or any(r < 0 for r in path):
+                raise ValueError(f"{where}[{i}]: {tree[i]}: a node is a non-empty path of child ranks (0 or more) from the root")
+            if path in paths[:i]:
+                raise ValueError(f"{where}[{i}]: {tree[i]} is listed twice")
+            if len(path) > 1 and path[:-1] not in paths:
+                raise ValueError(f"{where}[{i}]: {tree[i]}: its parent {list(path[:-1])} is not in the tree")
+            width[len(path) - 1] += 1
+        for level, w in enumerate(width):
+            parents = width[level - 1] if level else 1
+            for i, path in enumerate(paths):
+                if len(path) == level + 1 and (w % parents or path[level] >= w // parents):
+                    raise ValueError(f"{where}[{i}]: {tree[i]}: every node of level {level} needs the same number of children, ranked from 0 ({w} nodes under {parents} parents)")
+        return [sum(width[:level + 1]) for level in range(len(width))]
 
     def _check_batch_size_table(self) -> None:
         """Refuses an entry with start below 1 or past end, k outside 0 to k, a range
@@ -209,8 +202,11 @@ class SpeculativeConfig(StrictModel):
 
     def core_json(self, draft_model_json: dict | None) -> dict:
         """The core's view (its ``SpeculativeConfig``): these fields, the draft model resolved to
-        its core JSON (``draft_model_json``)."""
-        return {**self.model_dump(), "draft_model": draft_model_json}
+        its core JSON (``draft_model_json``), a token tree breadth first (as vLLM sorts it)."""
+        out = {**self.model_dump(), "draft_model": draft_model_json}
+        if self.speculative_token_tree is not None:
+            out["speculative_token_tree"] = sorted(self.speculative_token_tree, key=lambda p: (len(p), p))
+        return out
 
 
 def parse_speculative(text: str, where: str = "--speculative") -> dict:

@@ -146,10 +146,11 @@ impl SpeculativeConfig {
     }
 
     /// The token tree's nodes up to each level, cumulative (`[2, 6]`: two first-level
-    /// candidates, four second-level ones); fails (naming the node) on a tree that is not listed
-    /// level by level, a node whose parent is missing or repeated nodes, a level whose nodes do
-    /// not all have the same number of children ranked from 0, a method that cannot draft a
-    /// tree, a batch-size table beside it, or a node count other than `num_speculative_tokens`.
+    /// candidates, four second-level ones), its nodes in any order (vLLM sorts them breadth
+    /// first); fails (naming the node) on an empty path, a node whose parent is missing, a
+    /// repeated node, a level whose nodes do not all have the same number of children ranked
+    /// from 0, a method that cannot draft a tree, a batch-size table beside it, or a node count
+    /// other than `num_speculative_tokens`.
     pub fn tree_levels(&self) -> Result<Vec<u32>> {
         let Some(tree) = &self.speculative_token_tree else { return Ok(Vec::new()) };
         let field = |i: usize| format!("speculative.speculative_token_tree.{i}");
@@ -165,37 +166,30 @@ impl SpeculativeConfig {
         if tree.len() as u32 != self.num_speculative_tokens {
             return Err(Error::config("speculative.num_speculative_tokens", format!("must be the number of nodes of speculative_token_tree ({}), got {}", tree.len(), self.num_speculative_tokens)));
         }
-        let mut cumulative: Vec<u32> = Vec::new();
-        let mut level_start = 0;
+        let mut width = vec![0u32; tree.iter().map(Vec::len).max().unwrap_or(0)];
         for (i, node) in tree.iter().enumerate() {
-            let depth = node.len();
-            if depth == 0 || depth > cumulative.len() + 1 || depth < cumulative.len() {
-                return Err(Error::config(field(i), format!("{node:?}: nodes are listed level by level, each a non-empty path of child ranks one longer than its parent's")));
+            if node.is_empty() {
+                return Err(Error::config(field(i), "[]: a node is a non-empty path of child ranks from the root"));
             }
-            if depth == cumulative.len() + 1 {
-                level_start = i;
-                cumulative.push(cumulative.last().copied().unwrap_or(0));
-            }
-            if tree[level_start..i].contains(node) {
+            if tree[..i].contains(node) {
                 return Err(Error::config(field(i), format!("{node:?} is listed twice")));
             }
-            if depth > 1 && !tree.contains(&node[..depth - 1].to_vec()) {
-                return Err(Error::config(field(i), format!("{node:?}: its parent {:?} is not in the tree", &node[..depth - 1])));
+            if node.len() > 1 && !tree.iter().any(|p| p[..] == node[..node.len() - 1]) {
+                return Err(Error::config(field(i), format!("{node:?}: its parent {:?} is not in the tree", &node[..node.len() - 1])));
             }
-            *cumulative.last_mut().expect("a level") += 1;
+            width[node.len() - 1] += 1;
         }
-        // Every node of a level has the same children, ranked 0..c (vLLM's top-c per level).
-        let mut parents = 1;
-        for (l, &upto) in cumulative.iter().enumerate() {
-            let width = upto - if l == 0 { 0 } else { cumulative[l - 1] };
-            let start = (upto - width) as usize;
-            let children = width / parents;
-            if let Some((i, node)) = tree[start..upto as usize].iter().enumerate().find(|(_, n)| n[l] >= children || width % parents != 0) {
-                return Err(Error::config(field(start + i), format!("{node:?}: every node of level {l} needs the same number of children, ranked from 0 ({width} nodes under {parents} parents)")));
+        // Every node of a level has the same children, ranked 0..c (vLLM's top c per level).
+        for (l, &w) in width.iter().enumerate() {
+            let parents = if l == 0 { 1 } else { width[l - 1] };
+            if let Some((i, node)) = tree.iter().enumerate().find(|(_, n)| n.len() == l + 1 && (w % parents != 0 || n[l] >= w / parents)) {
+                return Err(Error::config(field(i), format!("{node:?}: every node of level {l} needs the same number of children, ranked from 0 ({w} nodes under {parents} parents)")));
             }
-            parents = width;
         }
-        Ok(cumulative)
+        Ok(width.iter().scan(0, |upto, &w| {
+            *upto += w;
+            Some(*upto)
+        }).collect())
     }
 
     /// Refuses a batch-size table whose entry has start 0, start past end, k past `k`, or a
