@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
+import platform
 import statistics
 import time
 from pathlib import Path
@@ -83,9 +85,6 @@ def main() -> None:
         w.writerow(["num_seqs", "context_tokens", "repeating", "matched", "lookup_median_us", "wall_median_us", "samples"])
         for pt in points:
             w.writerow([pt[0], pt[1], int(pt[2]), matched[pt], round(statistics.median(cpu[pt]), 2), round(statistics.median(wall[pt]), 2), len(cpu[pt])])
-    import os
-    import platform
-
     import vllm
 
     device = {"cpu_model": _cpu_model(), "logical_cpus": os.cpu_count(), "numba_threads": 1, "vllm_version": vllm.__version__, "python": platform.python_version(),
