@@ -74,8 +74,16 @@ def estimate_iteration(
         off_spec = offload_json(spec, "--offload", specs.storage if specs is not None else None)
     quant = _quantization(quantization)
     quant.check_model(m, model, "--quantization")
-    cost = cost_model(m, g, tp=tp, pp=pp, microbatches=microbatches, power_cap_watts=power_cap_watts, pim=pim_spec, offload=off_spec, ep=ep, model_name=model, gpu_name=gpu, engine=engine,
-                      quantization=quant)
+    from fleetwise.catalog.engine import resolve_calibration
+
+    calibration = resolve_calibration(gpu, g, engine)
+
+    def target(cal):
+        """The target's cost model on these GPUs with calibration ``cal``."""
+        return cost_model(m, g, tp=tp, pp=pp, microbatches=microbatches, power_cap_watts=power_cap_watts, pim=pim_spec, offload=off_spec, ep=ep,
+                          model_name=model, gpu_name=gpu, calibration=cal, quantization=quant)
+
+    cost = target(calibration)
     prefills = [(prefill, prefill_context, True)] if prefill > 0 else []
     # A decode at context C reads C cached tokens plus the one it processes.
     decodes = [context + 1] * decode_batch
@@ -113,14 +121,10 @@ def estimate_iteration(
     if speculative is not None:
         if prefill > 0 or decode_batch <= 0:
             raise ConfigError("estimate: --speculative prices decode steps: give --decode-batch B and --context C without --prefill")
-        step_cost = cost
-        if speculative.get("method") == "ngram":
-            # The engine runs a CPU n-gram proposer synchronously (as a run's pool does).
-            from fleetwise.catalog.engine import resolve_calibration
-            from fleetwise.cluster import ngram_synchronous
+        from fleetwise.cluster import ngram_synchronous
 
-            step_cost = cost_model(m, g, tp=tp, pp=pp, microbatches=microbatches, power_cap_watts=power_cap_watts, pim=pim_spec, offload=off_spec, ep=ep, model_name=model, gpu_name=gpu,
-                                   calibration=ngram_synchronous(resolve_calibration(gpu, g, engine)), quantization=quant)
+        # The engine runs a CPU n-gram proposer synchronously (as a run's pool does).
+        step_cost = target(ngram_synchronous(calibration)) if speculative.get("method") == "ngram" else cost
         result["speculative"] = sp = speculative_speedup(step_cost, speculative, decodes, seconds, m, model, user_models, lambda spec, name: cost_model(
             spec, g, tp=tp, model_name=name, gpu_name=gpu, engine=engine).weight_bytes())
         # The proposer's weights and its KV of the same tokens live on the same GPUs (as in a run).

@@ -305,14 +305,16 @@ impl Speculator {
             s.single_token_keys = rest.single_token_keys;
             s.sampled = rest.sampled.saturating_sub(rest.decode_seqs);
         }
+        // A tree's nodes down to level j - 1 and those of level j - 1 alone (from the second step).
+        let tree_step = (j > 1 && !self.tree.is_empty()).then(|| (self.nodes(j - 1) as u64, (self.nodes(j - 1) - self.nodes(j - 2)) as u64));
         // (A sequence drafting nothing runs the first step alone.)
         for q in seqs.iter().filter(|q| self.depth(q.k) >= j || (j == 1 && q.k == 0)) {
-            if j == 1 || self.tree.is_empty() {
-                s.add_decode(q.cached + j as u64);
-            } else {
-                let (upto, level) = (self.nodes(j - 1), self.nodes(j - 1) - self.nodes(j - 2));
-                s.add_prefill(upto as u64, q.cached + 1, true);
-                s.sampled += level as u64 - 1;
+            match tree_step {
+                None => s.add_decode(q.cached + j as u64),
+                Some((upto, level)) => {
+                    s.add_prefill(upto, q.cached + 1, true);
+                    s.sampled += level - 1;
+                }
             }
         }
         s
