@@ -7,6 +7,11 @@ call is what ``bench_vs_vidur.py`` times, so run it as one (``--calls 1``) sever
 
     for i in 1 2 3; do taskset -c 0 python benchmarks/time_simulate_phases.py; done
 
+``--scenario FILE`` times a scenario file's run instead (its requests set by ``--requests``), e.g.
+the quickstart at a million requests (issue 17's "1M quickstart requests <= 2 s")::
+
+    taskset -c 0 python benchmarks/time_simulate_phases.py --scenario scenarios/quickstart.yaml --requests 1000000
+
 Prints one line per call: the whole call, the Python part (the call less the core) and each phase,
 in milliseconds.
 """
@@ -34,9 +39,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--requests", type=int, default=100_000)
     ap.add_argument("--calls", type=int, default=1, help="simulate() calls in this process")
+    ap.add_argument("--scenario", type=Path, help="a scenario file to time instead of the Vidur benchmark's workload")
     a = ap.parse_args()
     sim = sys.modules["fleetwise.simulate"]
-    sc = fleetwise.scenario_from_dict(bench_scenario.scenario_dict(a.requests, 4, 4.0, 0, "round-robin", bench_scenario.sharegpt_lengths()))
+    if a.scenario is None:
+        sc = fleetwise.scenario_from_dict(bench_scenario.scenario_dict(a.requests, 4, 4.0, 0, "round-robin", bench_scenario.sharegpt_lengths()))
+    else:
+        own = fleetwise.load_scenario(a.scenario)
+        sc = own.model_copy(update={"workload": own.workload.model_copy(update={"requests": a.requests})})
     wl = build_workload(sc.workload, sc.seed, None)
     spent: dict[str, float] = {}
     for name in PHASES:
