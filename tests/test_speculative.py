@@ -424,9 +424,11 @@ def test_dynamic_speculation_follows_static_below_its_threshold_and_cuts_k_above
     # vLLM's num_speculative_tokens_per_batch_size: k by the requests the previous step scheduled.
     dynamic = {**DRAFT, "num_speculative_tokens_per_batch_size": [[1, 64, 4], [65, 1024, 1]]}
     assert _tpot(dynamic, 8) == _tpot(DRAFT, 8), "batches of 8 keep k = 4: the same run"
-    # 256 at once: four draft tokens make the verify pass compute-bound (a slowdown); one pays.
+    # 256 at once: four draft tokens make the verify pass compute-bound (a slowdown, 58.1 against
+    # 48.2 ms); one recovers most of it (49.1 ms), not all: the 8B draft's first pass still runs
+    # over each sequence's two verified tokens (vLLM's padded drafter batch).
     plain, static, one = _tpot(None, 256), _tpot(DRAFT, 256), _tpot(dynamic, 256)
-    assert static > plain > one, (static, plain, one)
+    assert static > 1.1 * plain and plain < one < 1.05 * plain, (static, plain, one)
     s = fleetwise.simulate(_scenario(dynamic, 256, output=400)).summary["speculative"]
     # One draft token a step while more than 64 run (the last few steps, fewer, draft four).
     assert s["num_drafts"] <= s["num_draft_tokens"] < 1.05 * s["num_drafts"], s

@@ -289,26 +289,25 @@ impl Speculator {
         (v, chunks)
     }
 
-    /// The proposer's shape at draft step `j` (1-based): every sequence still drafting decodes
-    /// at its context plus `j` (a tree's: from the second step on, vLLM's drafter runs the
-    /// tree's nodes down to level j - 1 over its context and samples the children of level
-    /// j - 1's nodes); the first step also runs `rest`'s prefill chunks (the proposer keeps its
-    /// own KV of every prompt).
-    pub fn proposal_shape(&self, rest: &BatchShape, seqs: &[SpecSeq], j: u32) -> BatchShape {
-        let mut s = self.proposer.empty_shape();
+    /// The proposer's shape at draft step `j` (1-based), and its verify chunks. The first step
+    /// is vLLM's padded drafter batch: the proposer runs over every token the target verifies
+    /// (`rest`'s prefill chunks and plain decodes, each speculating sequence's verify chunk of
+    /// its draft tokens + 1 after its cached context), sampling one token per sequence (a
+    /// prompt's only when its chunk ends it); it keeps the proposer's own KV of every token. The
+    /// later steps decode every sequence still drafting at its context plus `j` (a tree's: vLLM's
+    /// drafter runs the tree's nodes down to level j - 1 over its context and samples the
+    /// children of level j - 1's nodes).
+    pub fn proposal_shape(&self, rest: &BatchShape, seqs: &[SpecSeq], j: u32) -> (BatchShape, VerifyChunks) {
         if j == 1 {
-            s.prefill_tokens = rest.prefill_tokens;
-            s.prefill_pairs = rest.prefill_pairs;
-            s.prefill_kv_tokens = rest.prefill_kv_tokens;
-            s.prefill_seqs = rest.prefill_seqs;
-            s.single_token_chunks = rest.single_token_chunks;
-            s.single_token_keys = rest.single_token_keys;
-            s.sampled = rest.sampled.saturating_sub(rest.decode_seqs);
+            // (Its keys counted within the target's attention window, as `rest`'s are.)
+            let (mut s, chunks) = self.verify_shape(rest, seqs);
+            s.sampled = rest.sampled + seqs.len() as u64;
+            return (s, chunks);
         }
-        // A tree's nodes down to level j - 1 and those of level j - 1 alone (from the second step).
-        let tree_step = (j > 1 && !self.tree.is_empty()).then(|| (self.nodes(j - 1) as u64, (self.nodes(j - 1) - self.nodes(j - 2)) as u64));
-        // (A sequence drafting nothing runs the first step alone.)
-        for q in seqs.iter().filter(|q| self.depth(q.k) >= j || (j == 1 && q.k == 0)) {
+        let mut s = self.proposer.empty_shape();
+        // A tree's nodes down to level j - 1 and those of level j - 1 alone.
+        let tree_step = (!self.tree.is_empty()).then(|| (self.nodes(j - 1) as u64, (self.nodes(j - 1) - self.nodes(j - 2)) as u64));
+        for q in seqs.iter().filter(|q| self.depth(q.k) >= j) {
             match tree_step {
                 None => s.add_decode(q.cached + j as u64),
                 Some((upto, level)) => {
@@ -317,21 +316,21 @@ impl Speculator {
                 }
             }
         }
-        s
+        (s, VerifyChunks::default())
     }
 
     /// How many sequential steps the proposer runs on the GPUs: the longest proposal, and at
-    /// least one when the batch holds prefill chunks (a model keeps its own KV of every prompt,
-    /// so a prompt's chunk runs through it even when no decode of the batch speculates); none for
-    /// an n-gram lookup, which runs on the CPU.
+    /// least one for any batch (a model keeps its own KV of every token the target runs, so a
+    /// prompt's chunk or a plain decode runs through it even when no decode of the batch
+    /// speculates); none for an n-gram lookup, which runs on the CPU.
     pub fn proposal_steps(&self, rest: &BatchShape, seqs: &[SpecSeq]) -> u32 {
         if self.method == SpecMethod::Ngram {
             return 0;
         }
         let k = seqs.iter().map(|s| self.depth(s.k)).max().unwrap_or(0);
-        // At least one with prefill chunks, or with a sequence drafting nothing (its proposer
-        // still runs over it).
-        k.max((rest.prefill_tokens > 0 || !seqs.is_empty()) as u32)
+        // At least one for any token (a sequence drafting nothing included: its proposer still
+        // runs over it).
+        k.max((!rest.is_empty() || !seqs.is_empty()) as u32)
     }
 
     /// The proposer's sequential steps alone (seconds and compute-bound seconds summed):
@@ -350,8 +349,8 @@ impl Speculator {
     /// and the head's own linear layers over its tokens (those of every step, and on the first
     /// step those run once per proposal), at 16-bit roofline rates.
     pub fn draft_step(&self, rest: &BatchShape, seqs: &[SpecSeq], j: u32) -> IterationCost {
-        let shape = self.proposal_shape(rest, seqs, j);
-        let mut c = self.proposer.iteration(&shape);
+        let (shape, chunks) = self.proposal_shape(rest, seqs, j);
+        let mut c = self.proposer.iteration_verify(&shape, &chunks);
         let once: &[(f64, f64)] = if j == 1 { &self.per_proposal } else { &[] };
         let cm = &self.proposer;
         let tokens = shape.tokens() as f64;

@@ -177,9 +177,13 @@ fn the_proposer_drafts_only_while_a_sequence_has_positions_left() {
     rest.add_prefill(64, 0, true);
     rest.add_decode(300);
     let seqs = [SpecSeq { cached: 99, k: 4 }, SpecSeq { cached: 9, k: 2 }];
-    let first = sp.proposal_shape(&rest, &seqs, 1);
-    assert_eq!((first.prefill_tokens, first.decode_seqs, first.decode_kv_tokens, first.sampled), (64, 2, 100 + 10, 1 + 2));
-    let third = sp.proposal_shape(&rest, &seqs, 3);
+    // The first pass runs every token the target verifies (vLLM's padded drafter batch): the
+    // prompt's 64, the plain decode, the 4 + 1 and 2 + 1 verify chunks; one sample per sequence.
+    let (first, chunks) = sp.proposal_shape(&rest, &seqs, 1);
+    assert_eq!((first.prefill_tokens, first.prefill_seqs, first.decode_seqs, first.decode_kv_tokens, first.sampled), (64 + 5 + 3, 3, 1, 300, 2 + 2));
+    let (verify, verify_chunks) = sp.verify_shape(&rest, &seqs);
+    assert_eq!((first, chunks), (BatchShape { sampled: 4, ..verify }, verify_chunks), "the verify pass's shape, sampled once a sequence");
+    let (third, _) = sp.proposal_shape(&rest, &seqs, 3);
     assert_eq!((third.prefill_tokens, third.decode_seqs, third.decode_kv_tokens), (0, 1, 102));
 }
 
@@ -203,10 +207,14 @@ fn the_verify_pass_of_a_moe_model_routes_every_draft_token_through_the_experts()
     assert!(close(v.bytes, 32.0 * (touched * expert + 8.0 * per_pair) * 2.0), "{}", v.bytes);
     // Both read-bound: the verify pass's experts take 5.47 / 2 = 2.7x a decode's.
     assert!(v.seconds > 2.7 * d.seconds && v.seconds < 2.8 * d.seconds, "{} vs {}", v.seconds, d.seconds);
-    // The MTP head is one MoE layer: each draft step routes the decode's token through 2 of its experts.
+    // The MTP head is one MoE layer: its first pass routes the 4 verified tokens (8 pairs), each
+    // later draft step the decode's one token through 2 of its experts.
     let sp = Speculator::build(&cfg(SpecMethod::Mtp, None, 3, AcceptanceRate::Constant(0.7)), &spec).unwrap();
-    let head = op(&sp.proposer().breakdown(&sp.proposal_shape(&cm.empty_shape(), &[SpecSeq { cached: 1023, k: 3 }], 1)), Op::MoeExperts);
-    assert!(close(head.flops, 2.0 * 2.0 * expert) && close(head.bytes, (2.0 * expert + 2.0 * per_pair) * 2.0));
+    let seqs = [SpecSeq { cached: 1023, k: 3 }];
+    let head = |j| op(&sp.proposer().breakdown(&sp.proposal_shape(&cm.empty_shape(), &seqs, j).0), Op::MoeExperts);
+    let (first, second) = (head(1), head(2));
+    assert!(close(first.flops, 2.0 * 8.0 * expert) && close(first.bytes, (touched * expert + 8.0 * per_pair) * 2.0));
+    assert!(close(second.flops, 2.0 * 2.0 * expert) && close(second.bytes, (2.0 * expert + 2.0 * per_pair) * 2.0));
 }
 
 /// The seconds of a 16-bit `tokens x k` by `k x n` GEMM read from an H100's HBM at peak (the
@@ -218,20 +226,23 @@ fn h100_linear(tokens: f64, k: f64, n: f64) -> f64 {
 #[test]
 fn eagle_and_mtp_heads_run_their_input_projection_at_every_draft_step() {
     // Llama-3-8B on one H100: each draft step of an EAGLE head adds its 2h x h projection over
-    // the step's tokens to the one-layer model's iteration (batch 1: weight-read bound).
+    // the step's tokens (the first pass's 3 + 1 verified ones, then one) to the one-layer
+    // model's iteration (batch 1: weight-read bound).
     let spec = InstanceSpec::new(llama3_8b(), h100(), ideal(), 1);
     let sp = Speculator::build(&cfg(SpecMethod::Eagle, None, 3, AcceptanceRate::Constant(0.7)), &spec).unwrap();
     let seqs = [SpecSeq { cached: 999, k: 3 }];
     let rest = BatchShape::default();
-    for j in 1..=3 {
-        let layer = sp.proposer().iteration(&sp.proposal_shape(&rest, &seqs, j)).seconds;
-        let fc = h100_linear(1.0, 2.0 * 4096.0, 4096.0);
-        assert!(close(sp.draft_step(&rest, &seqs, j).seconds - layer, fc), "step {j}");
+    let own = |sp: &Speculator, j| {
+        let (shape, chunks) = sp.proposal_shape(&rest, &seqs, j);
+        sp.proposer().iteration_verify(&shape, &chunks).seconds
+    };
+    for (j, tokens) in [(1, 4.0), (2, 1.0), (3, 1.0)] {
+        let fc = h100_linear(tokens, 2.0 * 4096.0, 4096.0);
+        assert!(close(sp.draft_step(&rest, &seqs, j).seconds - own(&sp, j), fc), "step {j}");
     }
     // A draft model has no such layer: its step is its own iteration.
     let d = Speculator::build(&cfg(SpecMethod::Draft, Some(ModelSpec { num_layers: 2, ..llama3_8b() }), 2, AcceptanceRate::Constant(0.7)), &spec).unwrap();
-    let shape = d.proposal_shape(&rest, &seqs, 1);
-    assert_eq!(d.draft_step(&rest, &seqs, 1).seconds, d.proposer().iteration(&shape).seconds);
+    assert_eq!(d.draft_step(&rest, &seqs, 1).seconds, own(&d, 1));
 }
 
 #[test]
@@ -249,10 +260,15 @@ fn an_eagle3_head_is_one_dense_layer_with_a_32k_lm_head_and_fused_inputs() {
     // Each draft step adds the Q/K/V's second input half; the first also runs the fusion.
     let seqs = [SpecSeq { cached: 999, k: 3 }];
     let rest = BatchShape::default();
-    let own = |j| sp.proposer().iteration(&sp.proposal_shape(&rest, &seqs, j)).seconds;
+    let own = |j| {
+        let (shape, chunks) = sp.proposal_shape(&rest, &seqs, j);
+        sp.proposer().iteration_verify(&shape, &chunks).seconds
+    };
     let extra = h100_linear(1.0, 4096.0, 6144.0);
     assert!(close(sp.draft_step(&rest, &seqs, 2).seconds - own(2), extra));
-    assert!(close(sp.draft_step(&rest, &seqs, 1).seconds - own(1), extra + h100_linear(1.0, 3.0 * 4096.0, 4096.0)));
+    // The first pass runs both over the 4 verified tokens.
+    let first = h100_linear(4.0, 4096.0, 6144.0) + h100_linear(4.0, 3.0 * 4096.0, 4096.0);
+    assert!(close(sp.draft_step(&rest, &seqs, 1).seconds - own(1), first));
     // At batch 1 a step reads its weights: against an EAGLE head's step, an EAGLE-3 step reads
     // 96,256 fewer LM head rows (1.05 GB - 0.26 GB) and their fp32 logits, its Q/K/V's second
     // half instead of EAGLE's 2h x h projection: 0.466 against 0.225 ms.
@@ -392,13 +408,16 @@ fn a_decode_drafting_nothing_is_verified_plainly_and_its_proposer_runs_one_step(
     plain.add_decode(500);
     assert_eq!(v, plain, "the target decodes them as plain decodes");
     assert_eq!(cm.iteration_verify(&v, &chunks).seconds, cm.iteration(&plain).seconds);
-    // The proposer's one step over them: the first draft step of two sequences drafting one token.
+    // The proposer's one step over them: its first pass over the two plain decodes.
     assert_eq!(sp.proposal_steps(&cm.empty_shape(), &syncing), 1);
-    let drafting = [SpecSeq { cached: 999, k: 1 }, SpecSeq { cached: 499, k: 1 }];
-    assert_eq!(sp.proposal_shape(&cm.empty_shape(), &syncing, 1), sp.proposal_shape(&cm.empty_shape(), &drafting, 1));
+    assert_eq!(sp.proposal_shape(&cm.empty_shape(), &syncing, 1), (plain, VerifyChunks::default()));
     let step = sp.step(&cm, &cm.empty_shape(), &syncing).seconds;
-    assert_eq!(step, cm.iteration(&plain).seconds + sp.draft_step(&cm.empty_shape(), &drafting, 1).seconds);
+    assert_eq!(step, cm.iteration(&plain).seconds + sp.draft_step(&cm.empty_shape(), &syncing, 1).seconds);
     assert!(!sp.runs_plain(&cm.empty_shape(), &syncing));
+    // The same as two decodes granted nothing: the proposer runs over every token the target
+    // runs, so theirs too.
+    assert_eq!(sp.step(&cm, &plain, &[]).seconds, step);
+    assert!(!sp.runs_plain(&plain, &[]));
 }
 
 /// vLLM's `speculative_token_tree` of two candidates per node over two levels (6 nodes).
@@ -451,11 +470,12 @@ fn a_tree_verifies_its_nodes_and_its_proposer_drafts_level_by_level() {
     // The target verifies 6 + 1 and 2 + 1 tokens, every one sampled.
     let (v, chunks) = sp.verify_shape(&rest, &seqs);
     assert_eq!((v.prefill_tokens, v.prefill_seqs, v.sampled, chunks.tokens), (10, 2, 10, 10));
-    // Step 1: both decode one token each. Step 2: the deep one runs its first level's 2 nodes
-    // after its context and the token just verified, sampling both (each node's children).
-    let p1 = sp.proposal_shape(&rest, &seqs, 1);
-    assert_eq!((p1.decode_seqs, p1.decode_kv_tokens, p1.prefill_tokens), (2, 1000 + 500, 0));
-    let p2 = sp.proposal_shape(&rest, &seqs, 2);
+    // Step 1: the first pass over both verify chunks, one sample each. Step 2: the deep one runs
+    // its first level's 2 nodes after its context and the token just verified, sampling both
+    // (each node's children).
+    let (p1, c1) = sp.proposal_shape(&rest, &seqs, 1);
+    assert_eq!((p1.decode_seqs, p1.prefill_tokens, p1.prefill_seqs, p1.sampled, c1.tokens), (0, 10, 2, 2, 10));
+    let (p2, _) = sp.proposal_shape(&rest, &seqs, 2);
     assert_eq!((p2.decode_seqs, p2.prefill_tokens, p2.prefill_kv_tokens, p2.sampled), (0, 2, 1000 + 2, 2));
     assert_eq!(sp.proposal_steps(&rest, &seqs), 2);
 }
