@@ -69,9 +69,13 @@ pub(super) struct HeldStageSums {
     before: StageSums,
     total: Additions,
     cb: Additions,
-    first: Additions,
-    last: Additions,
     layered: Additions,
+    /// The first and last stages' sums up to the overhead, and the compute-bound one's when the
+    /// pass's decode attention is not compute-bound: decode attention adds nothing to them, so
+    /// every pass makes the same additions from the same start (summed once, the same value).
+    first_done: f64,
+    last_done: f64,
+    cb_done: f64,
     /// The overhead operator, last (recomputed per pass under an overlapped CPU step).
     overhead: OpCost,
 }
@@ -119,19 +123,21 @@ impl HeldStageSums {
         }
         let mut before = StageSums::default();
         ops[..at].iter().for_each(|c| before.add(c, gpu_fixed));
-        let mut plan = HeldStageSums { before, total: Additions::default(), cb: Additions::default(), first: Additions::default(), last: Additions::default(), layered: Additions::default(), overhead: *overhead };
+        let (mut first, mut last) = (Additions::default(), Additions::default());
+        let mut plan = HeldStageSums { before, total: Additions::default(), cb: Additions::default(), layered: Additions::default(), first_done: 0.0, last_done: 0.0, cb_done: 0.0, overhead: *overhead };
         for c in middle {
             let fits = plan.total.push(c.seconds)
                 && (!c.compute_bound || plan.cb.push(c.seconds))
                 && match c.op {
-                    Op::Embedding => plan.first.push(c.seconds),
-                    Op::LmHead => plan.last.push(c.seconds),
+                    Op::Embedding => first.push(c.seconds),
+                    Op::LmHead => last.push(c.seconds),
                     _ => plan.layered.push(c.seconds),
                 };
             if !fits {
                 return None;
             }
         }
+        (plan.first_done, plan.last_done, plan.cb_done) = (first.onto(before.first), last.onto(before.last), plan.cb.onto(before.cb));
         Some(plan)
     }
 
@@ -141,10 +147,11 @@ impl HeldStageSums {
     fn sums(&self, attention: &OpCost, gpu_fixed: f64, overhead: impl FnOnce(f64) -> Option<OpCost>) -> StageSums {
         let mut s = self.before;
         s.add(attention, gpu_fixed);
+        debug_assert!(attention.op == Op::DecodeAttention && s.first == self.before.first && s.last == self.before.last);
         s.total = self.total.onto(s.total);
-        s.cb = self.cb.onto(s.cb);
-        s.first = self.first.onto(s.first);
-        s.last = self.last.onto(s.last);
+        s.cb = if attention.compute_bound { self.cb.onto(s.cb) } else { self.cb_done };
+        s.first = self.first_done;
+        s.last = self.last_done;
         s.layered = self.layered.onto(s.layered);
         let o = overhead(s.total).unwrap_or(self.overhead);
         s.add(&o, gpu_fixed);
