@@ -19,7 +19,7 @@ use super::iteration::{IterationPass, MoeLayerSplit};
 use super::{BatchShape, CostModel, IterationCost, Op, OpCost};
 
 /// Direct-mapped slots, by sequence count: batch sizes within a range of this many share none.
-const SLOTS: usize = 64;
+const SLOTS: usize = 256;
 
 /// One decode-only iteration's operators, in execution order, and the counts they were costed for.
 #[derive(Debug, Clone, Default)]
@@ -260,15 +260,15 @@ mod tests {
             let mut memo = OpsMemo::default();
             let mut hits = 0;
             for step in 0..40u64 {
-                // Sequence counts repeat (hits) and collide in a slot (1 and 65): both must match.
-                for n in [1u64, 7, 65, 200] {
+                // Sequence counts repeat (hits) and collide in a slot (1 and 257): both must match.
+                for n in [1u64, 7, 257, 200] {
                     let s = decodes(n, 100 + step);
                     let full = cm.iteration(&s);
                     let memo_cost = cm.iteration_memo(&s, &mut memo);
                     assert_eq!(memo_cost.seconds.to_bits(), full.seconds.to_bits(), "{name}: n={n} step={step}");
                     // Every field, the bubble and the weight stall included.
                     assert_eq!(memo_cost, full, "{name}: n={n} step={step}");
-                    hits += (step > 0 && n != 1 && n != 65) as u32;
+                    hits += (step > 0 && n != 1 && n != 257) as u32;
                 }
             }
             assert_eq!(hits, 78, "{name}");
@@ -291,7 +291,7 @@ mod tests {
             let cm = CostModel::new(model.clone(), a100(), eff, 2).unwrap().with_pipeline(2, None).unwrap().single_microbatch();
             let mut memo = OpsMemo::default();
             for step in 0..30u64 {
-                for n in [1u64, 18, 19, 82] {
+                for n in [1u64, 18, 19, 274] {
                     let s = decodes(n, 200 + 50 * step);
                     let (full, m) = (cm.stage_costs(&s), cm.stage_costs_memo(&s, &mut memo));
                     let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
@@ -300,7 +300,7 @@ mod tests {
                 }
             }
             // Every count held again got its plan (none fell back to summing every operator):
-            // 1 and 19 (18 and 82 share a slot and evict each other).
+            // 1 and 19 (18 and 274 share a slot and evict each other).
             let plans: Vec<_> = memo.slots.iter().filter_map(|e| e.stage_plan.as_ref().map(|p| (e.decode_seqs, p.is_some()))).collect();
             assert_eq!(plans, vec![(1, true), (19, true)], "{}", model.name);
             let mut p = decodes(18, 500);
