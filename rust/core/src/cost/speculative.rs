@@ -445,3 +445,7 @@ fn in_draft(name: &str, e: Error) -> Error {
 #[cfg(test)]
 #[path = "speculative_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "speculative_tree_tests.rs"]
+mod tree_tests;
