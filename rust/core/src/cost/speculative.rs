@@ -3,7 +3,8 @@
 //! A speculating sequence, each step: the proposer (a small draft model; an EAGLE / MTP head:
 //! one decoder layer of the target's shape plus the shared LM head; an EAGLE-3 head: one dense
 //! decoder layer with its own, smaller LM head; or an n-gram lookup on the CPU, which costs the
-//! GPUs nothing) runs k sequential decode steps over the speculating sequences, then the target
+//! GPUs nothing) runs k sequential steps: the first over every token the target verifies (vLLM's
+//! padded drafter batch), the others decoding the speculating sequences; the target
 //! verifies k + 1 tokens per sequence in one pass, priced like a prefill chunk of k + 1 tokens
 //! attending its cached context (the target's weights are read once for the whole batch, its
 //! FLOPs grow k + 1 times). At batch 1
@@ -249,8 +250,8 @@ impl Speculator {
     }
 
     /// Whether a batch of `rest` and the speculating `seqs` runs as a plain iteration: nothing
-    /// speculates and the proposer has nothing to run (no prefill chunk for a model to keep its
-    /// KV of; an n-gram lookup never runs on the GPUs).
+    /// speculates and the proposer has nothing to run (no token for a model to keep its KV of;
+    /// an n-gram lookup never runs on the GPUs, and looks nothing up without a decode).
     pub fn runs_plain(&self, rest: &BatchShape, seqs: &[SpecSeq]) -> bool {
         seqs.is_empty() && self.proposal_steps(rest, seqs) == 0 && self.lookup_seconds(rest, seqs) == 0.0
     }

@@ -183,9 +183,9 @@ impl Instance {
 
     /// The cost of the batch just formed: the cost model's, or for a speculating pool the
     /// proposer's steps and the verify pass of the draft tokens the scheduler granted each decode
-    /// (with their lookahead), after drawing how many of them each one accepts. A batch with
-    /// prefill chunks runs them through the proposer too, even when no decode of it speculates
-    /// (the proposer keeps its own KV of every prompt). With
+    /// (with their lookahead), after drawing how many of them each one accepts. A model
+    /// proposer's first step runs over every token the target runs, even when no decode of the
+    /// batch speculates (it keeps its own KV of every token). With
     /// synchronous pipeline stages the verify pass is the pipelined iteration and the proposer
     /// runs after it drains.
     pub(super) fn batch_cost(&mut self, reqs: &[Request]) -> IterationCost {
