@@ -130,7 +130,11 @@ def request_table(compact: pl.DataFrame | pl.LazyFrame, *, unrouted: int | None 
     if idealized is not None:
         counts = {c: pl.lit(c, dtype=pl.Int64) for c in set((idealized_gpus or {}).values())}
         gpus = per_pool({name: counts[c] for name, c in (idealized_gpus or {}).items()}, first_pool or "", pl.Int64)
-        columns += [idealized.alias("idealized_runtime_s"), (idealized * gpus).alias("idealized_gpu_seconds")]
+        # Computed once for both columns (polars does not share the table lookups between them);
+        # a query that reads neither drops it.
+        c = c.with_columns(idealized.alias("__idealized"))
+        seconds = pl.col("__idealized")
+        columns += [seconds.alias("idealized_runtime_s"), (seconds * gpus).alias("idealized_gpu_seconds")]
     return c.select(columns)
 
 
