@@ -105,3 +105,37 @@ def test_a_rejected_request_too_long_for_the_reference_leaves_the_run_intact():
     ideal = res.requests["idealized_runtime_s"].to_list()
     assert ideal[1] is None and ideal[0] > 0 and ideal[2] > 0
     assert res.summary["idealized"]["total_runtime_s"] == pytest.approx(ideal[0] + ideal[2])
+
+
+def test_a_slice_of_the_idealized_column_computes_only_its_rows(monkeypatch):
+    # The summaries read a long table a slice at a time; each slice's idealized runtimes must be
+    # computed from its own rows (a whole-column lookup per slice made the reads quadratic), and
+    # equal `seconds` bit for bit, with a row outside the tables masked rather than failing.
+    import polars as pl
+
+    from fleetwise.metrics import idealized
+
+    rt = IdealizedRuntime.build("llama-3-8b", "a100-80gb-sxm", "vllm", max_tokens=3000)
+    rng = np.random.default_rng(5)
+    prompt, output = rng.integers(1, 2000, 5000), rng.integers(1, 900, 5000)
+    prompt[7], output[7] = 9000, 5  # past the tables: a meaningless, masked value, not an error
+    lf = pl.LazyFrame({"prompt_tokens": prompt, "output_tokens": output})
+    expr = rt.seconds_expr(np.unique(prompt[prompt <= 3000]), pl.col("prompt_tokens"), pl.col("output_tokens"))
+    rows_seen: list[int] = []
+
+    class CountingNumpy:
+        def __getattr__(self, name):
+            return getattr(np, name)
+
+        def clip(self, a, *args, **kwargs):
+            rows_seen.append(len(a))
+            return np.clip(a, *args, **kwargs)
+
+    monkeypatch.setattr(idealized, "np", CountingNumpy())
+    table = lf.with_columns(expr.alias("s"))
+    got = table.slice(1000, 300).select("s").collect().to_series().to_numpy()
+    assert sum(rows_seen) == 2 * 300, rows_seen  # two clips per batch: the slice's rows only
+    assert (got == rt.seconds(prompt[1000:1300], output[1000:1300])).all()
+    whole = table.select("s").collect().to_series().to_numpy()
+    keep = np.arange(5000) != 7
+    assert (whole[keep] == rt.seconds(prompt[keep], output[keep])).all() and np.isfinite(whole[7])

@@ -111,18 +111,35 @@ class IdealizedRuntime:
         """``seconds`` as a polars expression over requests whose prompt lengths are among
         ``prompt_lengths`` (distinct lengths) and whose ``prompt + output`` is at most the
         tabulated length: the same tables, looked up the same way, so each value is bit-identical
-        to ``seconds``; no per-request array is made. Other requests get a meaningless value."""
+        to ``seconds``; no per-request array is kept. Other requests get a meaningless value.
+
+        Elementwise (a batch of rows at a time): a query that reads a slice of the requests
+        computes only that slice (a gather from a literal table is not elementwise in polars, and
+        every slice of a chunked read then computed the whole column: quadratic in the rows)."""
         import polars as pl
 
-        table = self._prefill_table(np.unique(np.asarray(prompt_lengths, dtype=np.int64)))
-        if not len(table):
-            table = np.zeros(1)
-        prefill, cumsum = pl.lit(pl.Series(table)), pl.lit(pl.Series(self._decode_cumsum))
-        # Indices are clipped into the tables: a request outside them gets a meaningless value
-        # (the caller masks it) instead of failing the whole column.
-        top = len(self._decode_cumsum) - 1
-        return ((prefill.gather(prompt.clip(0, len(table) - 1)) + cumsum.gather((prompt + output - 1).clip(0, top)))
-                - cumsum.gather(prompt.clip(0, top)))
+        cumsum = self._decode_cumsum
+        top = len(cumsum) - 1
+        # The prefill table, padded with zeros to the decode table's length: one index for both.
+        table = self._prefill_table(np.unique(np.asarray(prompt_lengths, dtype=np.int64)))[:top + 1]
+        table = np.concatenate([table, np.zeros(top + 1 - len(table))])
+
+        def batch_seconds(rows: "pl.Series") -> "pl.Series":
+            prompt, output = rows.struct.field("prompt"), rows.struct.field("output")
+            if prompt.null_count() or output.null_count():  # rows the caller masks
+                prompt, output = prompt.fill_null(0), output.fill_null(0)
+            # Indices are clipped into the tables: a request outside them gets a meaningless value
+            # (the caller masks it) instead of failing the whole column.
+            at = np.clip(prompt.to_numpy(), 0, top)
+            last = at + output.to_numpy()
+            last -= 1
+            np.clip(last, 0, top, out=last)
+            runtime = table[at]
+            runtime += cumsum[last]
+            runtime -= cumsum[at]
+            return pl.Series(runtime)
+
+        return pl.struct(prompt.alias("prompt"), output.alias("output")).map_batches(batch_seconds, return_dtype=pl.Float64, is_elementwise=True)
 
     def gpu_seconds(self, prompt: np.ndarray, output: np.ndarray) -> np.ndarray:
         """The cost-aware variant: idealized runtime x the GPUs the model needs, GPU-seconds."""
