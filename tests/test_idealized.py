@@ -108,34 +108,33 @@ def test_a_rejected_request_too_long_for_the_reference_leaves_the_run_intact():
 
 
 def test_a_slice_of_the_idealized_column_computes_only_its_rows(monkeypatch):
-    # The summaries read a long table a slice at a time; each slice's idealized runtimes must be
-    # computed from its own rows (a whole-column lookup per slice made the reads quadratic), and
-    # equal `seconds` bit for bit, with a row outside the tables masked rather than failing.
+    # The summaries read a long table a slice at a time; in the elementwise form each slice's
+    # idealized runtimes are computed from its own rows (the gathers of the default form look up
+    # the whole column per slice), equal to `seconds` and to the default form bit for bit, with a
+    # row outside the tables given a meaningless value (masked by the caller) rather than failing.
     import polars as pl
-
-    from fleetwise.metrics import idealized
 
     rt = IdealizedRuntime.build("llama-3-8b", "a100-80gb-sxm", "vllm", max_tokens=3000)
     rng = np.random.default_rng(5)
     prompt, output = rng.integers(1, 2000, 5000), rng.integers(1, 900, 5000)
     prompt[7], output[7] = 9000, 5  # past the tables: a meaningless, masked value, not an error
     lf = pl.LazyFrame({"prompt_tokens": prompt, "output_tokens": output})
-    expr = rt.seconds_expr(np.unique(prompt[prompt <= 3000]), pl.col("prompt_tokens"), pl.col("output_tokens"))
+    lengths = np.unique(prompt[prompt <= 3000])
+    expr = rt.seconds_expr(lengths, pl.col("prompt_tokens"), pl.col("output_tokens"), elementwise=True)
+    gathered = lf.select(rt.seconds_expr(lengths, pl.col("prompt_tokens"), pl.col("output_tokens"))).collect().to_series().to_numpy()
     rows_seen: list[int] = []
+    gather = pl.Series.gather
 
-    class CountingNumpy:
-        def __getattr__(self, name):
-            return getattr(np, name)
+    def counting_gather(self, indices):
+        rows_seen.append(len(indices))
+        return gather(self, indices)
 
-        def clip(self, a, *args, **kwargs):
-            rows_seen.append(len(a))
-            return np.clip(a, *args, **kwargs)
-
-    monkeypatch.setattr(idealized, "np", CountingNumpy())
+    monkeypatch.setattr(pl.Series, "gather", counting_gather)
     table = lf.with_columns(expr.alias("s"))
     got = table.slice(1000, 300).select("s").collect().to_series().to_numpy()
-    assert sum(rows_seen) == 2 * 300, rows_seen  # two clips per batch: the slice's rows only
+    assert sum(rows_seen) == 3 * 300, rows_seen  # three lookups per batch: the slice's rows only
     assert (got == rt.seconds(prompt[1000:1300], output[1000:1300])).all()
     whole = table.select("s").collect().to_series().to_numpy()
     keep = np.arange(5000) != 7
     assert (whole[keep] == rt.seconds(prompt[keep], output[keep])).all() and np.isfinite(whole[7])
+    assert (whole == gathered).all(), "the two forms of the expression give the same values, bit for bit"

@@ -19,7 +19,7 @@ from fleetwise.config.load import as_scenario
 from fleetwise.config.scenario import Scenario
 from fleetwise.config.workload_fit import longest_context
 from fleetwise.errors import CapacityError, ConfigError, FleetwiseError, PolicyError
-from fleetwise.metrics import expert_columns, speculative_columns, summarize
+from fleetwise.metrics import expert_columns, speculative_columns, summarize, table_reads
 from fleetwise.metrics.idealized import IdealizedRuntime, idealized_runtime, idealized_summary
 from fleetwise.metrics.mixed_pool import instance_columns as mixed_pool_columns
 from fleetwise.moe import load_routing_trace
@@ -42,7 +42,7 @@ def _idealized_runtimes(sc: Scenario, longest: int) -> dict[str, IdealizedRuntim
     return {p.name: by_model[p.model] for p in sc.cluster.pools}
 
 
-def _idealized_runtime_expr(compact: pl.DataFrame, sc: Scenario, source: str) -> tuple[pl.Expr, dict[str, IdealizedRuntime]]:
+def _idealized_runtime_expr(compact: pl.DataFrame, sc: Scenario, source: str) -> tuple[Callable[[bool], pl.Expr], dict[str, IdealizedRuntime]]:
     """Each request's idealized runtime (docs/semantics.md), seconds, as an expression over the
     compact request table: the request alone on the reference GPU and engine, by its pool's model
     (the first pool's before routing); null for a rejected request longer than every served one.
@@ -66,12 +66,16 @@ def _idealized_runtime_expr(compact: pl.DataFrame, sc: Scenario, source: str) ->
         seen += np.bincount(part[part <= longest], minlength=longest + 1)
     lengths = np.flatnonzero(seen)
     prompt, output = pl.col("prompt_tokens"), pl.col("output_tokens")
-    by_model: dict[int, pl.Expr] = {}  # pools of one model share its tables
-    for rt in runtimes.values():
-        if id(rt) not in by_model:
-            by_model[id(rt)] = rt.seconds_expr(lengths, prompt, output)
-    secs = per_pool({name: by_model[id(rt)] for name, rt in runtimes.items()}, sc.cluster.pools[0].name, pl.Float64)
-    return pl.when(rejected & (total > longest)).then(None).otherwise(secs), runtimes
+
+    def seconds(elementwise: bool) -> pl.Expr:
+        by_model: dict[int, pl.Expr] = {}  # pools of one model share its tables
+        for rt in runtimes.values():
+            if id(rt) not in by_model:
+                by_model[id(rt)] = rt.seconds_expr(lengths, prompt, output, elementwise=elementwise)
+        secs = per_pool({name: by_model[id(rt)] for name, rt in runtimes.items()}, sc.cluster.pools[0].name, pl.Float64)
+        return pl.when(rejected & (total > longest)).then(None).otherwise(secs)
+
+    return seconds, runtimes
 
 
 def _instances_frame(instances: list[dict]) -> pl.DataFrame:
@@ -254,9 +258,11 @@ def simulate(
     for column in ("first_scheduled_ns", "first_token_ns", "completion_ns", "generated_tokens", "instance", "prefill_instance", "kv_transfer_ns", "preemptions", "status"):
         del out[column]  # kept by the compact table where needed: a column it leaves out is freed now
     seconds, runtimes = _idealized_runtime_expr(compact, sc, source)
-    table = {"idealized": seconds, "idealized_gpus": {name: rt.gpus for name, rt in runtimes.items()}, "first_pool": sc.cluster.pools[0].name}
-    requests = request_table(compact, **table)
-    labelled = request_table(compact, **table, enum_labels=True)  # what the summaries read: the same rows, Enum labels
+    table = {"idealized_gpus": {name: rt.gpus for name, rt in runtimes.items()}, "first_pool": sc.cluster.pools[0].name}
+    requests = request_table(compact, idealized=seconds(False), **table)
+    # What the summaries read: the same rows, Enum labels; a table they read a slice at a time
+    # (past CHUNK_ROWS rows) with the idealized runtime's elementwise form.
+    labelled = request_table(compact, idealized=seconds(len(compact) > table_reads.CHUNK_ROWS), **table, enum_labels=True)
     idealized_gpus = {rt.model: rt.gpus for rt in runtimes.values()}
     inst_frame = _instances_frame(instances)
     prices = pool_prices(sc)

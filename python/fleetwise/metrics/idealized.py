@@ -107,37 +107,35 @@ class IdealizedRuntime:
         table[lengths] = [known[p] for p in lengths.tolist()]
         return table
 
-    def seconds_expr(self, prompt_lengths: np.ndarray, prompt: "pl.Expr", output: "pl.Expr") -> "pl.Expr":
+    def seconds_expr(self, prompt_lengths: np.ndarray, prompt: "pl.Expr", output: "pl.Expr", elementwise: bool = False) -> "pl.Expr":
         """``seconds`` as a polars expression over requests whose prompt lengths are among
         ``prompt_lengths`` (distinct lengths) and whose ``prompt + output`` is at most the
         tabulated length: the same tables, looked up the same way, so each value is bit-identical
         to ``seconds``; no per-request array is kept. Other requests get a meaningless value.
 
-        Elementwise (a batch of rows at a time): a query that reads a slice of the requests
-        computes only that slice (a gather from a literal table is not elementwise in polars, and
-        every slice of a chunked read then computed the whole column: quadratic in the rows)."""
+        Two forms of the same values: gathers from the tables in polars (the default, fastest
+        over a whole column), or with ``elementwise`` numpy lookups a batch of rows at a time,
+        for a table read a slice at a time: polars does not treat a gather from a literal table
+        as elementwise, so every slice of the first form looks up the whole column (a chunked
+        read of N rows then costs N rows per slice)."""
         import polars as pl
 
-        cumsum = self._decode_cumsum
-        top = len(cumsum) - 1
-        # The prefill table, padded with zeros to the decode table's length: one index for both.
-        table = self._prefill_table(np.unique(np.asarray(prompt_lengths, dtype=np.int64)))[:top + 1]
-        table = np.concatenate([table, np.zeros(top + 1 - len(table))])
-
-        def batch_seconds(rows: "pl.Series") -> "pl.Series":
-            prompt, output = rows.struct.field("prompt"), rows.struct.field("output")
-            if prompt.null_count() or output.null_count():  # rows the caller masks
-                prompt, output = prompt.fill_null(0), output.fill_null(0)
+        table = self._prefill_table(np.unique(np.asarray(prompt_lengths, dtype=np.int64)))
+        if not len(table):
+            table = np.zeros(1)
+        prefill, decoded = pl.Series(table), pl.Series(self._decode_cumsum)
+        last_prefill, top = len(table) - 1, len(decoded) - 1
+        if not elementwise:
             # Indices are clipped into the tables: a request outside them gets a meaningless value
             # (the caller masks it) instead of failing the whole column.
-            at = np.clip(prompt.to_numpy(), 0, top)
-            last = at + output.to_numpy()
-            last -= 1
-            np.clip(last, 0, top, out=last)
-            runtime = table[at]
-            runtime += cumsum[last]
-            runtime -= cumsum[at]
-            return pl.Series(runtime)
+            return ((pl.lit(prefill).gather(prompt.clip(0, last_prefill)) + pl.lit(decoded).gather((prompt + output - 1).clip(0, top)))
+                    - pl.lit(decoded).gather(prompt.clip(0, top)))
+
+        def batch_seconds(rows: "pl.Series") -> "pl.Series":
+            # The same lookups on one batch of rows, as polars Series (no numpy arrays: the
+            # batches run on polars' threads, whose own allocator keeps nothing back).
+            p, o = rows.struct.field("prompt"), rows.struct.field("output")
+            return (prefill.gather(p.clip(0, last_prefill)) + decoded.gather((p + o - 1).clip(0, top))) - decoded.gather(p.clip(0, top))
 
         return pl.struct(prompt.alias("prompt"), output.alias("output")).map_batches(batch_seconds, return_dtype=pl.Float64, is_elementwise=True)
 
