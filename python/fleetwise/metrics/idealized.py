@@ -113,11 +113,11 @@ class IdealizedRuntime:
         tabulated length: the same tables, looked up the same way, so each value is bit-identical
         to ``seconds``; no per-request array is kept. Other requests get a meaningless value.
 
-        Two forms of the same values: gathers from the tables in polars (the default, fastest
-        over a whole column), or with ``elementwise`` numpy lookups a batch of rows at a time,
-        for a table read a slice at a time: polars does not treat a gather from a literal table
-        as elementwise, so every slice of the first form looks up the whole column (a chunked
-        read of N rows then costs N rows per slice)."""
+        Two forms of the same values: the tables gathered in the query (the default, fastest
+        over a whole column), or with ``elementwise`` the same gathers on each batch of rows (a
+        map polars knows to be elementwise), for a table read a slice at a time: polars does not
+        treat a gather from a literal table as elementwise, so every slice of the first form
+        looks up the whole column (a chunked read of N rows then costs N rows per slice)."""
         import polars as pl
 
         table = self._prefill_table(np.unique(np.asarray(prompt_lengths, dtype=np.int64)))
