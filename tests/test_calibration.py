@@ -74,10 +74,13 @@ def test_cli_calibrate_writes_fitted_file(tmp_path):
 
 @pytest.mark.parametrize("short,name", [("h100", "h100-sxm"), ("h200", "h200")])
 def test_torch_engine_profile_holds_the_fitted_calibrations(short, name):
-    """The fleetwise-torch profile's exact factors for a measured GPU are the operator fit's."""
+    """The fleetwise-torch profile's exact factors for a measured GPU are the operator fit's (of
+    bf16 passes); FP8 GEMMs reach the Hopper prior's FP8 fraction, which that fit does not hold."""
     fitted = yaml.safe_load((REPO / "calibration" / short / "fitted.yaml").read_text())
     cal = resolve_calibration(name, builtin_gpus()[name], "fleetwise-torch")
-    assert cal.model_dump(exclude_none=True) == fitted
+    factors = cal.model_dump(exclude_none=True)
+    assert factors.pop("fp8_gemm_compute") == 0.59
+    assert factors == fitted
     assert load_engine("fleetwise-torch").per_gpu[name] == fitted
 
 

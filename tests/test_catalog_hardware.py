@@ -86,7 +86,10 @@ def test_measured_gpus_use_their_hardware_block_and_others_their_prior():
     # The hardware block repeats the operator fit's hardware factors (calibration/h200/fitted.yaml).
     fitted = yaml.safe_load((Path(__file__).parents[1] / "calibration" / "h200" / "fitted.yaml").read_text())
     assert (h200.gemm_compute, h200.memory) == (fitted["gemm_compute"], fitted["memory"])
-    assert hardware_fractions(gpus["h100-nvl"]) == HardwareFractions(gemm_compute=0.70, memory=0.65, collective=0.54)
+    assert hardware_fractions(gpus["h100-nvl"]) == HardwareFractions(gemm_compute=0.70, memory=0.65, collective=0.54, fp8_gemm_compute=0.59)
+    # A measured block without an FP8 fraction takes its family's; a family without one has none.
+    assert h200.fp8_gemm_compute == prior_for("hopper", "hbm").fp8_gemm_compute.value == 0.59
+    assert hardware_fractions(gpus["b200"]).fp8_gemm_compute is None
     assert hardware_fractions(gpus["mi325x"]) == prior_for("cdna3", "hbm").fractions()
     assert hardware_fractions(gpus["mi325x"]).gemm_compute == pytest.approx(0.50)
 

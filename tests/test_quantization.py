@@ -136,3 +136,33 @@ def test_docs_numbers_table_is_what_estimate_prints(label, quantization):
     assert cells[3] == f"{one['seconds'] * 1e3:.2f} ms"
     assert cells[4] == f"{batch['seconds'] * 1e3:.2f} ms"
     assert cells[5] == f"{prefill['seconds'] * 1e3:.1f} ms"
+
+
+def test_fp8_gemms_run_at_the_fraction_of_their_peak_measured_on_an_h100():
+    # calibration/h100/fp8_gemm.csv (tools/fidelity/fp8_gemm.py, H100 SXM, torch._scaled_mm with
+    # row-wise scales): projection GEMMs of >= 2048 tokens run a median 1.66x faster in FP8 than in
+    # bf16, not the peaks' 2x. The model (the Hopper prior's fp8_gemm_compute 0.59 against the
+    # H100's gemm_compute 0.7025) predicts Llama-3-8B's four projections within 5% of that, and the
+    # layer's FP8 GEMM time at 4096 tokens within 5% of the measured one.
+    from pathlib import Path
+
+    import polars as pl
+
+    rows = pl.read_csv(Path(__file__).resolve().parents[1] / "calibration" / "h100" / "fp8_gemm.csv")
+    big = rows.filter(pl.col("tokens") >= 2048)
+    measured = (big["bf16_seconds"] / big["fp8_seconds"]).median()
+    assert 1.55 < measured < 1.75
+
+    def linear_seconds(quantization):
+        cm = cost_model("llama-3-8b", "h100-sxm", engine="vllm", quantization=quantization)
+        ops = {o["op"]: o for o in cm.breakdown([(4096, 0, True)], [])}
+        assert all(ops[k]["compute_bound"] for k in ("qkv_proj", "o_proj", "mlp_gate_up", "mlp_down"))
+        return sum(ops[k]["seconds"] for k in ("qkv_proj", "o_proj", "mlp_gate_up", "mlp_down")) / 32
+
+    bf16, fp8 = linear_seconds(None), linear_seconds({"weights": "fp8", "activations": "fp8"})
+    assert bf16 / fp8 == pytest.approx(measured, rel=0.05)
+    assert bf16 / fp8 < 1.8, "not the datasheet's 2x"
+    layer = rows.filter((pl.col("model") == "llama-3-8b") & (pl.col("tp") == 1) & (pl.col("tokens") == 4096))
+    assert len(layer) == 4
+    assert fp8 == pytest.approx(layer["fp8_seconds"].sum(), rel=0.05)
+    assert bf16 == pytest.approx(layer["bf16_seconds"].sum(), rel=0.05)

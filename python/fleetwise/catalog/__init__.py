@@ -124,6 +124,8 @@ class Calibration(StrictModel):
     split each sequence's keys (FlashAttention's split-KV; unset: attention_memory)."""
     expert_compute: _Fraction | None = None
     """Fraction of peak FLOP/s reached by the routed experts' grouped GEMMs (default: gemm_compute)."""
+    fp8_gemm_compute: _Fraction | None = None
+    """Fraction of the FP8 tensor peak reached by GEMMs with FP8 inputs, W8A8 (default: gemm_compute)."""
     expert_memory: _Fraction | None = None
     """Fraction of peak memory bandwidth reached by the routed experts' grouped GEMMs (default: memory)."""
     expert_pad_rows: Annotated[float, Field(ge=0, le=4096)] | None = None

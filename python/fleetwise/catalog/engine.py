@@ -256,6 +256,8 @@ def profile_calibration(gpu_name: str, gpu: GpuSpec, prof: EngineProfile, overri
         "elementwise_memory": frac(hw_mem, f.elementwise_memory),
         "moe_dispatch_memory": None if f.moe_dispatch_memory is None else frac(hw_mem, f.moe_dispatch_memory),
         "expert_compute": None if f.expert_compute is None else frac(hw_gemm, f.expert_compute),
+        # The engine's GEMM factor applies to FP8 GEMMs too, over the hardware's FP8 fraction.
+        "fp8_gemm_compute": None if hw.fp8_gemm_compute is None else frac(hw.fp8_gemm_compute, f.gemm_compute),
         "expert_memory": None if f.expert_memory is None else frac(hw_mem, f.expert_memory),
         "attention_memory_split": None if f.attention_memory_split is None else frac(hw_mem, f.attention_memory_split),
         "layer_overhead": f.layer_overhead, "attention_cta": f.attention_cta, "gemm_ridge_exponent": f.gemm_ridge_exponent,

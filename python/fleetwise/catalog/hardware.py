@@ -47,6 +47,9 @@ class HardwareFractions(StrictModel):
     """Fraction of the memory bandwidth reached by memory-bound kernels (small-batch GEMMs streaming weights)."""
     collective: _HardwareFraction
     """Fraction of the GPU-to-GPU link's per-direction bandwidth reached by all-reduces (ring model's bus bandwidth)."""
+    fp8_gemm_compute: _HardwareFraction | None = None
+    """Fraction of the FP8 tensor peak reached by large GEMMs with FP8 inputs (W8A8); unset: the
+    architecture prior's, else ``gemm_compute``."""
 
 
 Basis = Literal["measured", "public", "guess"]
@@ -77,12 +80,15 @@ class ArchitecturePrior(StrictModel):
     """Fraction of the memory bandwidth reached by memory-bound kernels."""
     collective: PriorFactor
     """Fraction of the link bandwidth reached by collectives."""
+    fp8_gemm_compute: PriorFactor | None = None
+    """Fraction of the FP8 tensor peak reached by large W8A8 GEMMs (unset: ``gemm_compute``'s value)."""
     reasoning: str = ""
     """Why these values hold for the family, and where they may not."""
 
     def fractions(self) -> HardwareFractions:
-        """The prior's three values as ``HardwareFractions``."""
-        return HardwareFractions(gemm_compute=self.gemm_compute.value, memory=self.memory.value, collective=self.collective.value)
+        """The prior's values as ``HardwareFractions``."""
+        fp8 = None if self.fp8_gemm_compute is None else self.fp8_gemm_compute.value
+        return HardwareFractions(gemm_compute=self.gemm_compute.value, memory=self.memory.value, collective=self.collective.value, fp8_gemm_compute=fp8)
 
 
 def prior_key(architecture: str, memory_type: str) -> str:
@@ -127,13 +133,18 @@ def hardware_fractions(gpu: GpuSpec, path: str = "gpu") -> HardwareFractions:
     """The hardware fractions of ``gpu``: its own ``hardware:`` block if it has one, else the prior of
     its ``architecture`` and ``memory_type``.
 
-    A legacy GPU that has neither (only a ``calibration:`` block) gets that calibration's
+    A GPU's own block without ``fp8_gemm_compute`` takes its prior's. A legacy GPU that has
+    neither (only a ``calibration:`` block) gets that calibration's
     ``gemm_compute``, ``memory`` and ``collective``. Raises ``ConfigError`` naming ``path`` when none
     of these is available.
     """
     from fleetwise.errors import ConfigError
 
     if gpu.hardware is not None:
+        # A GPU's own measurement, with its family's FP8 fraction where it has none of its own.
+        prior = prior_for(gpu.architecture, gpu.memory_type) if gpu.architecture is not None and gpu.memory_type is not None else None
+        if gpu.hardware.fp8_gemm_compute is None and prior is not None and prior.fp8_gemm_compute is not None:
+            return gpu.hardware.model_copy(update={"fp8_gemm_compute": prior.fp8_gemm_compute.value})
         return gpu.hardware
     if gpu.architecture is not None and gpu.memory_type is not None:
         prior = prior_for(gpu.architecture, gpu.memory_type)

@@ -97,6 +97,11 @@ pub struct Efficiency {
     /// `gemm_compute`; fused-MoE kernels over many small experts reach less than dense GEMMs).
     #[serde(default)]
     pub expert_compute: Option<f64>,
+    /// Fraction of the FP8 tensor peak reached by GEMMs with FP8 inputs (W8A8), in place of
+    /// `gemm_compute` (defaults to it; Hopper's FP8 GEMMs reach less of their peak than its
+    /// 16-bit ones of theirs).
+    #[serde(default)]
+    pub fp8_gemm_compute: Option<f64>,
     /// Fraction of peak memory bandwidth reached by the routed experts' grouped GEMMs reading
     /// expert weights (defaults to `memory`).
     #[serde(default)]
@@ -148,6 +153,6 @@ impl NgramLookupCost {
 
 impl Default for Efficiency {
     fn default() -> Self {
-        Efficiency { gemm_compute: 0.7, attention_compute: 0.5, memory: 0.8, attention_memory: None, elementwise_memory: None, moe_dispatch_memory: None, collective: 0.7, iteration_overhead: 1.0e-3, layer_overhead: 0.0, attention_cta: None, gemm_ridge_exponent: None, prefill_pad_tokens: None, seq_overhead: None, token_overhead: None, mixed_query_tile: None, decode_query_rows: None, moe_layer_overhead: None, time_scale: None, cpu_overlap: None, attention_memory_split: None, expert_compute: None, expert_memory: None, expert_pad_rows: None, expert_ridge_exponent: None, ngram_lookup: None }
+        Efficiency { gemm_compute: 0.7, attention_compute: 0.5, memory: 0.8, attention_memory: None, elementwise_memory: None, moe_dispatch_memory: None, collective: 0.7, iteration_overhead: 1.0e-3, layer_overhead: 0.0, attention_cta: None, gemm_ridge_exponent: None, prefill_pad_tokens: None, seq_overhead: None, token_overhead: None, mixed_query_tile: None, decode_query_rows: None, moe_layer_overhead: None, time_scale: None, cpu_overlap: None, attention_memory_split: None, expert_compute: None, fp8_gemm_compute: None, expert_memory: None, expert_pad_rows: None, expert_ridge_exponent: None, ngram_lookup: None }
     }
 }

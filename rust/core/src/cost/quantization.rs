@@ -266,6 +266,14 @@ mod tests {
         // The engine's GEMM efficiency applies to the FP8 peak as well.
         let half = CostModel::build(&InstanceSpec { quantization: w8a8, ..InstanceSpec::new(llama3_8b(), h100(), Efficiency { gemm_compute: 0.5, ..ideal() }, 1) }).unwrap();
         assert!(close(op(&half.breakdown(&p), Op::MlpDown).seconds, 2.0 * op(&fp8.breakdown(&p), Op::MlpDown).seconds));
+        // With a fraction of the FP8 peak of their own (0.6), FP8 GEMMs take 1 / 0.6 of the
+        // ideal time; the 16-bit ones keep `gemm_compute` (1.0 here), the LM head among them.
+        let own = Efficiency { fp8_gemm_compute: Some(0.6), ..ideal() };
+        let slower = CostModel::build(&InstanceSpec { quantization: w8a8, ..InstanceSpec::new(llama3_8b(), h100(), own.clone(), 1) }).unwrap();
+        assert!(close(op(&slower.breakdown(&p), Op::MlpDown).seconds, op(&fp8.breakdown(&p), Op::MlpDown).seconds / 0.6));
+        assert_eq!(op(&slower.breakdown(&p), Op::LmHead), op(&fp8.breakdown(&p), Op::LmHead));
+        let unquantized = CostModel::build(&InstanceSpec::new(llama3_8b(), h100(), own, 1)).unwrap();
+        assert_eq!(op(&unquantized.breakdown(&p), Op::MlpDown), op(&bf16.breakdown(&p), Op::MlpDown));
         // The LM head stays 16-bit.
         assert_eq!(op(&bf16.breakdown(&p), Op::LmHead), op(&fp8.breakdown(&p), Op::LmHead));
     }

@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::hardware::{GpuSpec, PimSpec, PowerModel};
 use crate::model::ModelSpec;
 use crate::offload::OffloadSpec;
+use super::quantization::ActivationFormat;
 use super::Quantization;
 
 /// Everything that fixes one instance's iteration cost: the model, the GPU kind and its
@@ -115,6 +116,7 @@ impl CostModel {
             ("moe_dispatch_memory", eff.moe_dispatch_memory.unwrap_or(elementwise_memory)),
             ("collective", eff.collective),
             ("expert_compute", eff.expert_compute.unwrap_or(eff.gemm_compute)),
+            ("fp8_gemm_compute", eff.fp8_gemm_compute.unwrap_or(eff.gemm_compute)),
             ("expert_memory", eff.expert_memory.unwrap_or(eff.memory)),
             ("attention_memory_split", eff.attention_memory_split.unwrap_or(attention_memory)),
         ] {
@@ -221,8 +223,13 @@ impl CostModel {
         self.xb = q.gemm_input_bytes(native);
         self.kvb = q.kv_bytes_per_element(native);
         let peak = q.linear_peak_flops(&self.gpu);
-        self.flops_gemm = peak * self.eff.gemm_compute;
-        self.flops_expert = peak * self.eff.expert_compute.unwrap_or(self.eff.gemm_compute);
+        // FP8 GEMMs reach their own fraction of their own peak; grouped expert GEMMs keep theirs.
+        let gemm = match q.activations {
+            ActivationFormat::Fp8 => self.eff.fp8_gemm_compute.unwrap_or(self.eff.gemm_compute),
+            ActivationFormat::Bf16 => self.eff.gemm_compute,
+        };
+        self.flops_gemm = peak * gemm;
+        self.flops_expert = peak * self.eff.expert_compute.unwrap_or(gemm);
         Ok(self)
     }
 
