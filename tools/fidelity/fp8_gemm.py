@@ -1,7 +1,8 @@
 """Times each projection GEMM of a transformer layer in bf16 and in FP8 (W8A8) on one GPU.
 
-``docs/quantization.md`` models FP8 weights and activations as GEMMs at the GPU's FP8 tensor peak,
-reading one byte per weight and input element. This measures what that is compared with: for the
+``docs/quantization.md`` models FP8 weights and activations as GEMMs reading one byte per weight
+and input element at ``fp8_gemm_compute`` of the GPU's FP8 tensor peak; this measures that
+fraction (the Hopper prior's, ``catalog/architectures.yaml``) against bf16's: for the
 layer shards ``layer_kernels.py`` times (``DENSE`` models at each tensor-parallel degree in
 ``TPS``), the four projections (``qkv_proj``, ``o_proj``, ``mlp_gate_up``, ``mlp_down``) as
 
@@ -24,7 +25,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -32,8 +32,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from graph_timing import replay_times  # noqa: E402
-from layer_kernels import DENSE, TOKENS  # noqa: E402
+from layer_kernels import DENSE, TOKENS, graph_time  # noqa: E402
 
 TPS = (1, 4)
 """Tensor-parallel shards timed (the whole layer and a 4-way shard)."""
@@ -47,16 +46,11 @@ def shapes(model: str, tp: int) -> dict[str, tuple[int, int]]:
     return {"qkv_proj": (h, (hq + 2 * hk) * d), "o_proj": (hq * d, h), "mlp_gate_up": (h, 2 * it), "mlp_down": (it, h)}
 
 
-def median_seconds(fn, reps: int) -> float:
-    """Seconds of one call of ``fn``: ``reps`` calls in a CUDA graph, median of 7 replays."""
-    return statistics.median(replay_times(fn, reps, 7))
-
-
 def fp8_gemm(tokens: int, k: int, n: int, reps: int, dev: str) -> tuple[float, float, str]:
     """bf16 and FP8 seconds of a (tokens x k) @ (k x n) GEMM, and the FP8 scaling used."""
     x = torch.randn(tokens, k, device=dev, dtype=torch.bfloat16)
     w = torch.randn(k, n, device=dev, dtype=torch.bfloat16) * 0.02
-    bf16 = median_seconds(lambda: torch.matmul(x, w), reps)
+    bf16 = graph_time(lambda: torch.matmul(x, w), reps)
     xq = x.to(FP8)
     wq = w.t().contiguous().to(FP8).t()  # column-major, as _scaled_mm takes its second operand
     for scaling in ("rowwise", "tensorwise"):
@@ -70,7 +64,7 @@ def fp8_gemm(tokens: int, k: int, n: int, reps: int, dev: str) -> tuple[float, f
             torch._scaled_mm(xq, wq, scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16)
         except (RuntimeError, ValueError):
             continue
-        fp8 = median_seconds(lambda: torch._scaled_mm(xq, wq, scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16), reps)
+        fp8 = graph_time(lambda: torch._scaled_mm(xq, wq, scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16), reps)
         return bf16, fp8, scaling
     raise SystemExit("torch._scaled_mm runs neither row-wise nor tensor-wise scaling on this GPU")
 

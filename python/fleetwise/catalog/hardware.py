@@ -140,14 +140,14 @@ def hardware_fractions(gpu: GpuSpec, path: str = "gpu") -> HardwareFractions:
     """
     from fleetwise.errors import ConfigError
 
+    has_family = gpu.architecture is not None and gpu.memory_type is not None
+    prior = prior_for(gpu.architecture, gpu.memory_type) if has_family else None
     if gpu.hardware is not None:
         # A GPU's own measurement, with its family's FP8 fraction where it has none of its own.
-        prior = prior_for(gpu.architecture, gpu.memory_type) if gpu.architecture is not None and gpu.memory_type is not None else None
         if gpu.hardware.fp8_gemm_compute is None and prior is not None and prior.fp8_gemm_compute is not None:
             return gpu.hardware.model_copy(update={"fp8_gemm_compute": prior.fp8_gemm_compute.value})
         return gpu.hardware
-    if gpu.architecture is not None and gpu.memory_type is not None:
-        prior = prior_for(gpu.architecture, gpu.memory_type)
+    if has_family:
         if prior is None:
             raise ConfigError(
                 f"{path}: no architecture prior for {prior_key(gpu.architecture, gpu.memory_type)}; "
