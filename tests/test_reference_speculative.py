@@ -106,6 +106,33 @@ def test_dynamic_speculation_matches_simpy_reference():
     assert drafted["dynamic"] < drafted["fixed"] and big_batches > 0, (drafted, big_batches)
 
 
+def adaptive(scenario: dict, workload):
+    """``scenario`` with every speculating pool verifying adaptively (the k of 0..k with the most
+    tokens per second for the previous step's decodes)."""
+    for pool in scenario["cluster"]["pools"]:
+        pool["speculative"]["enable_adaptive_verification"] = True
+    return scenario, workload
+
+
+def test_adaptive_verification_matches_simpy_reference():
+    """Pools verifying adaptively agree exactly with the reference on vllm and Sarathi-Serve
+    pools; positions never accepted are never verified (rates [1, 1, 0]: two of three; [0, 0]:
+    none, every decode step verified plainly while the draft still runs)."""
+    totals: dict = {}
+    cases = [(f"adaptive vllm seed {s}", *adaptive(*make_speculative_scenario(s))) for s in range(6)]
+    cases += [(f"adaptive sarathi-serve seed {s}", *adaptive(*speculating(s, *make_batch_scenario("sarathi-serve", s)))) for s in range(4)]
+    check(cases, totals)
+    assert totals["accepted"] > 0 and totals["preemptions"] > 0, totals
+    for label, scenario, workload in (cases[0], cases[2], cases[4]):
+        spec = fleetwise.simulate(scenario, workload=workload).summary["speculative"]
+        rates = scenario["cluster"]["pools"][0]["speculative"]["acceptance_rate"]
+        if rates == [0.0, 0.0]:
+            assert spec["num_drafts"] == 0, (label, spec)
+        else:
+            # [1, 1, 0]: two verified a step, both accepted.
+            assert spec["num_drafts"] > 0 and spec["num_draft_tokens"] == spec["num_accepted_tokens"] <= 2 * spec["num_drafts"], (label, spec)
+
+
 TREE_RATES = [[1.0, 1.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]
 """Per-level acceptance of the tree cases (by seed): a fixed accepted depth of 2, 1, 0 and 2."""
 

@@ -142,7 +142,8 @@ def speculative_speedup(cost, given: dict, decodes: list[int], plain_seconds: fl
     and its verify pass's seconds, the expected tokens per sequence per step, seconds per token
     and the decode speedup (plain seconds per token / speculative seconds per token); with an
     n-gram ``proposal_rate`` p, the step and its tokens are p of a drafting step's and 1 - p of a
-    plain one's on ``cost`` with the lookup (its ``proposer_seconds``). Under a batch-size table, ``k`` is the table's for this many decodes."""
+    plain one's on ``cost`` with the lookup (its ``proposer_seconds``). Under a batch-size table, ``k`` is the table's for this many decodes;
+    under adaptive verification, the k verified that gives these decodes the most tokens per second."""
     import json
 
     from pydantic import ValidationError

@@ -28,6 +28,8 @@ class ReferenceSpeculation:
         self.rates = list(a) if isinstance(a, list) else [a] * len(self.levels)
         # Dynamic speculation: k by the requests the previous step scheduled ([start, end, k]).
         self.table = spec.get("num_speculative_tokens_per_batch_size") or []
+        # Adaptive verification: k verified chosen for the next step's decodes by tokens per ns.
+        self.adaptive = bool(spec.get("enable_adaptive_verification"))
         self.k_now = k
         self.syncing = False
         if any(r not in (0.0, 1.0) for r in self.rates) or spec["method"] != "draft":
@@ -77,10 +79,30 @@ class ReferenceSpeculation:
         depths = [sum(upto <= k for upto in self.levels) for k in self.drafts]
         self.drafts = [k if d else 0 for k, d in zip(self.drafts, depths)]
         self.syncing = self.k_now == 0
+        if self.adaptive:
+            # The next step's decodes (this step's and the prompts it completes), at their cached
+            # tokens once it ends; the j of 0..k with the most tokens per ns of a step of them.
+            self.k_now = self.adaptive_k(inst.cost, [r.computed + n for r, n, _ in items if r.computed + n == r.known])
+            return [next((i for i, r in enumerate(self.rates[:d]) if r != 1.0), d) for d in depths]
         # The k of the last range starting at or below the batch size (vLLM carries a range's k
         # over the gap after it and past the last range); the full k after an empty step.
         self.k_now = next((k for start, _, k in sorted(self.table, reverse=True) if start <= len(items)), self.levels[-1]) if items else self.levels[-1]
         return [next((i for i, r in enumerate(self.rates[:d]) if r != 1.0), d) for d in depths]
+
+    def adaptive_k(self, cost, cached: list[int]) -> int:
+        """Adaptive verification's draft tokens verified per decode in a step of decodes at
+        ``cached`` tokens: the j with the most expected tokens (1 + the leading accepted
+        positions among the first j) per ns of that step, the smallest on a tie; k with none."""
+        k = self.levels[-1]
+        if not cached:
+            return k
+        best, best_rate = 0, float("-inf")
+        for j in range(k + 1):
+            ns = max(1, cost.speculative_step_ns(self.json, speculating=[(c, j) for c in cached]))
+            tokens = 1 + next((i for i, r in enumerate(self.rates[:j]) if r != 1.0), j)
+            if tokens / ns > best_rate:
+                best, best_rate = j, tokens / ns
+        return best
 
     def duration(self, cost, items) -> int:
         """The step's integer ns from the core's cost model: plain items as they are, speculating

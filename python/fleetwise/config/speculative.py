@@ -63,6 +63,12 @@ class SpeculativeConfig(StrictModel):
     or vLLM's string ``"[(0,), (1,), (0, 0), (1, 0)]"``), every node of a level with the same
     number of children. ``num_speculative_tokens`` is its node count; ``acceptance_rate`` is per
     level: the probability that one of a level's candidates is accepted given the path above it was."""
+    enable_adaptive_verification: bool = False
+    """Adaptive verification (vLLM's setting of that name): the proposer drafts all k tokens every
+    step, and the verify pass checks only the first j of them, j (0 to k) chosen after each step
+    for the next to give that step's decodes the most expected tokens per second. For a chain of
+    a model proposer (``draft``, ``eagle``, ``eagle3``, ``mtp``); not beside
+    ``num_speculative_tokens_per_batch_size`` (docs/speculative-decoding.md)."""
 
     @field_validator("speculative_token_tree", mode="before")
     @classmethod
@@ -119,6 +125,14 @@ class SpeculativeConfig(StrictModel):
         if self.method != "eagle3" and self.draft_vocab_size is not None:
             raise ValueError(f"draft_vocab_size applies to method eagle3 only (an EAGLE-3 head's own LM head), not {self.method}")
         self._check_batch_size_table()
+        if self.enable_adaptive_verification:
+            if self.num_speculative_tokens_per_batch_size is not None:
+                raise ValueError("enable_adaptive_verification cannot be combined with num_speculative_tokens_per_batch_size (both choose how many draft tokens a step verifies)")
+            if self.speculative_token_tree is not None:
+                raise ValueError("enable_adaptive_verification applies to a chain of draft tokens, not a speculative_token_tree")
+            if self.method == "ngram":
+                raise ValueError("enable_adaptive_verification applies to model proposers (draft, eagle, eagle3, mtp), not ngram "
+                                 "(vLLM scores the drafts of models and suffix decoding only)")
         return self
 
     def tree_levels(self) -> list[int]:
@@ -181,6 +195,8 @@ class SpeculativeConfig(StrictModel):
     def proposer(self) -> str:
         """The proposer as a scenario names it: ``draft llama-3-8b``, ``eagle``, ``eagle3 my-head`` or ``mtp``."""
         name = self.method if self.draft_model is None else f"{self.method} {self.draft_model}"
+        if self.enable_adaptive_verification:
+            name += " (adaptive verification)"
         if self.draft_vocab_size is not None:
             name += f" (draft vocabulary {self.draft_vocab_size})"
         return name if self.proposal_rate is None else f"{name} (proposal rate {self.proposal_rate})"
@@ -213,7 +229,8 @@ def parse_speculative(text: str, where: str = "--speculative") -> dict:
     """Reads ``method=draft,draft_model=llama-3-8b,num_speculative_tokens=4,acceptance_rate=0.8``
     (comma-separated KEY=VALUE; per-position rates separated by ``/``: ``acceptance_rate=0.9/0.7``;
     a batch-size table as ``START-END:K`` entries: ``num_speculative_tokens_per_batch_size=1-64:4/65-1024:1``;
-    a token tree as its children per node at each level: ``speculative_token_tree=2/2``)
+    a token tree as its children per node at each level: ``speculative_token_tree=2/2``;
+    ``enable_adaptive_verification=true``)
     into a ``SpeculativeConfig`` dict; raises ``ConfigError`` naming ``where`` on a malformed item."""
     from fleetwise.errors import ConfigError
 
@@ -224,7 +241,7 @@ def parse_speculative(text: str, where: str = "--speculative") -> dict:
         key, sep, value = item.partition("=")
         key, value = key.strip(), value.strip()
         if not sep or not key or not value:
-            raise ConfigError(f"{where}: expected KEY=VALUE items separated by commas (keys: method, draft_model, num_speculative_tokens, acceptance_rate, draft_vocab_size, proposal_rate, num_speculative_tokens_per_batch_size, speculative_token_tree), got {item!r}")
+            raise ConfigError(f"{where}: expected KEY=VALUE items separated by commas (keys: method, draft_model, num_speculative_tokens, acceptance_rate, draft_vocab_size, proposal_rate, num_speculative_tokens_per_batch_size, speculative_token_tree, enable_adaptive_verification), got {item!r}")
         if key in out:
             raise ConfigError(f"{where}: {key} given twice")
         if key == "acceptance_rate" and "/" in value:

@@ -142,15 +142,18 @@ impl PyCostModel {
 
     /// One speculative decoding step (`speculative_json`: the core's `SpeculativeConfig`) of
     /// `decodes` sequences, each at the given context (including the token being processed) and
-    /// proposing k tokens (under a batch-size table, its k for this many sequences; with k = 0 the
-    /// plain decode and the proposer's one step): (step seconds, the verify pass's seconds,
+    /// proposing k tokens (under a batch-size table, its k for this many sequences; under adaptive
+    /// verification, the k verified that gives these decodes the most tokens per second; with
+    /// k = 0 the plain decode and the proposer's steps): (step seconds, the verify pass's seconds,
     /// expected tokens per sequence per step, k).
     fn speculative_step(&self, speculative_json: &str, decodes: Vec<u64>) -> PyResult<(f64, f64, f64, u32)> {
         let cfg: SpeculativeConfig = from_json("speculative", speculative_json)?;
         let sp = Speculator::build(&cfg, &self.spec).map_err(to_py)?;
-        // Steady at this batch size: the k a dynamic table gives after a step of as many requests.
-        let k = sp.k_after(decodes.len());
-        let seqs: Vec<SpecSeq> = decodes.iter().map(|&c| SpecSeq { cached: c.saturating_sub(1), k }).collect();
+        // Steady at this batch size: the k a dynamic table gives after a step of as many
+        // requests, or adaptive verification's for these decodes.
+        let cached: Vec<u64> = decodes.iter().map(|&c| c.saturating_sub(1)).collect();
+        let k = sp.steady_k(&self.inner, &cached);
+        let seqs: Vec<SpecSeq> = cached.iter().map(|&c| SpecSeq { cached: c, k }).collect();
         let rest = self.inner.empty_shape();
         let (shape, chunks) = sp.verify_shape(&rest, &seqs);
         let verify = self.inner.iteration_verify(&shape, &chunks).seconds;

@@ -24,6 +24,7 @@
 //!   `decode_memo.rs`: decode-only iterations' operators other than attention, remembered per batch size;
 //!   `pipeline.rs`: the per-stage times of a batch through an asynchronous pipeline.
 
+mod adaptive_verification;
 mod attention;
 mod batch;
 mod collectives;

@@ -69,6 +69,9 @@ pub struct Speculator {
     tree: Vec<u32>,
     /// An n-gram proposer's CPU lookup per step (the engine's; None: free or not n-gram).
     lookup: Option<NgramLookupCost>,
+    /// Adaptive verification: the proposer drafts all k tokens of every speculating sequence
+    /// whatever the verify pass checks (`adaptive_verification.rs`).
+    pub(super) adaptive: bool,
     /// Weight bytes the proposer adds on each GPU.
     pub weight_bytes_per_gpu: u64,
     /// KV bytes per token the proposer adds on each GPU.
@@ -184,7 +187,8 @@ impl Speculator {
         per_batch_size.sort_unstable_by_key(|&[start, _, _]| start);
         let tree = cfg.tree_levels()?;
         let lookup = if cfg.method == SpecMethod::Ngram { spec.efficiency.ngram_lookup } else { None };
-        Ok(Speculator { method: cfg.method, rates, proposal_rate, proposer, modules, per_step, per_proposal, per_batch_size, tree, lookup, weight_bytes_per_gpu: weight, kv_bytes_per_token_per_gpu: kv })
+        let adaptive = cfg.enable_adaptive_verification;
+        Ok(Speculator { method: cfg.method, rates, proposal_rate, proposer, modules, per_step, per_proposal, per_batch_size, tree, lookup, adaptive, weight_bytes_per_gpu: weight, kv_bytes_per_token_per_gpu: kv })
     }
 
     /// The proposer's KV bytes of one token over all its layers and KV heads (what a speculating
@@ -297,7 +301,7 @@ impl Speculator {
     /// prompt's only when its chunk ends it); it keeps the proposer's own KV of every token. The
     /// later steps decode every sequence still drafting at its context plus `j` (a tree's: vLLM's
     /// drafter runs the tree's nodes down to level j - 1 over its context and samples the
-    /// children of level j - 1's nodes).
+    /// children of level j - 1's nodes; under adaptive verification every sequence drafts all k).
     pub fn proposal_shape(&self, rest: &BatchShape, seqs: &[SpecSeq], j: u32) -> (BatchShape, VerifyChunks) {
         if j == 1 {
             // (Its keys counted within the target's attention window, as `rest`'s are.)
@@ -308,7 +312,7 @@ impl Speculator {
         let mut s = self.proposer.empty_shape();
         // A tree's nodes down to level j - 1 and those of level j - 1 alone.
         let tree_step = (!self.tree.is_empty()).then(|| (self.nodes(j - 1) as u64, (self.nodes(j - 1) - self.nodes(j - 2)) as u64));
-        for q in seqs.iter().filter(|q| self.depth(q.k) >= j) {
+        for q in seqs.iter().filter(|q| self.adaptive || self.depth(q.k) >= j) {
             match tree_step {
                 None => s.add_decode(q.cached + j as u64),
                 Some((upto, level)) => {
@@ -320,15 +324,16 @@ impl Speculator {
         (s, VerifyChunks::default())
     }
 
-    /// How many sequential steps the proposer runs on the GPUs: the longest proposal, and at
-    /// least one for any batch (a model keeps its own KV of every token the target runs, so a
-    /// prompt's chunk or a plain decode runs through it even when no decode of the batch
-    /// speculates); none for an n-gram lookup, which runs on the CPU.
+    /// How many sequential steps the proposer runs on the GPUs: the longest proposal (under
+    /// adaptive verification all k, whatever the verify pass checks), and at least one for any
+    /// batch (a model keeps its own KV of every token the target runs, so a prompt's chunk or a
+    /// plain decode runs through it even when no decode of the batch speculates); none for an
+    /// n-gram lookup, which runs on the CPU.
     pub fn proposal_steps(&self, rest: &BatchShape, seqs: &[SpecSeq]) -> u32 {
         if self.method == SpecMethod::Ngram {
             return 0;
         }
-        let k = seqs.iter().map(|s| self.depth(s.k)).max().unwrap_or(0);
+        let k = if self.adaptive && !seqs.is_empty() { self.k() } else { seqs.iter().map(|s| self.depth(s.k)).max().unwrap_or(0) };
         // At least one for any token (a sequence drafting nothing included: its proposer still
         // runs over it).
         k.max((!rest.is_empty() || !seqs.is_empty()) as u32)

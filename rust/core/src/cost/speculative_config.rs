@@ -89,6 +89,12 @@ pub struct SpeculativeConfig {
     /// candidates). `num_speculative_tokens` counts its nodes; `acceptance_rate` is per level.
     #[serde(default)]
     pub speculative_token_tree: Option<Vec<Vec<u32>>>,
+    /// Adaptive verification (vLLM's `enable_adaptive_verification`): the proposer still drafts
+    /// `num_speculative_tokens` every step, and the verify pass checks only the first j of them,
+    /// j chosen after each step for the next to maximise the expected tokens per second of that
+    /// step's decodes (`docs/speculative-decoding.md`). Chains of model proposers only.
+    #[serde(default)]
+    pub enable_adaptive_verification: bool,
 }
 
 /// The draft vocabulary of published EAGLE-3 heads (`draft_vocab_size` in their config.json: the
@@ -136,6 +142,7 @@ impl SpeculativeConfig {
             _ => {}
         }
         self.check_batch_size_table(k)?;
+        self.check_adaptive_verification()?;
         match (self.method, &self.draft_model) {
             (SpecMethod::Draft, None) => Err(Error::config("speculative.draft_model", "method draft needs a draft model")),
             (SpecMethod::Eagle | SpecMethod::Mtp | SpecMethod::Ngram, Some(_)) => {
@@ -190,6 +197,26 @@ impl SpeculativeConfig {
             *upto += w;
             Some(*upto)
         }).collect())
+    }
+
+    /// Refuses adaptive verification beside a batch-size table (both set the verified k), a token
+    /// tree (vLLM trims chains) or an n-gram proposer (vLLM's adaptive verification scores the
+    /// drafts of model proposers and suffix decoding only).
+    fn check_adaptive_verification(&self) -> Result<()> {
+        if !self.enable_adaptive_verification {
+            return Ok(());
+        }
+        let field = "speculative.enable_adaptive_verification";
+        if self.num_speculative_tokens_per_batch_size.is_some() {
+            return Err(Error::config(field, "cannot be combined with num_speculative_tokens_per_batch_size (both choose how many draft tokens a step verifies)"));
+        }
+        if self.speculative_token_tree.is_some() {
+            return Err(Error::config(field, "applies to a chain of draft tokens, not a speculative_token_tree"));
+        }
+        if self.method == SpecMethod::Ngram {
+            return Err(Error::config(field, "applies to model proposers (draft, eagle, eagle3, mtp), not ngram (vLLM scores the drafts of models and suffix decoding only)"));
+        }
+        Ok(())
     }
 
     /// Refuses a batch-size table whose entry has start 0, start past end, k past `k`, or a

@@ -52,7 +52,8 @@ pub struct SpecRuntime {
     /// Accepted draft tokens of each batch in flight on an asynchronous pipeline, oldest first.
     in_flight: VecDeque<Vec<u32>>,
     /// The draft tokens the scheduler grants the batch being formed: k, or under dynamic
-    /// speculation the table's k for the requests the previous batch scheduled.
+    /// speculation the table's k for the requests the previous batch scheduled, or under
+    /// adaptive verification the k chosen for the previous batch's decodes.
     k_now: u32,
     /// Counters.
     pub stats: SpecStats,
@@ -143,7 +144,8 @@ impl Instance {
     /// batch order) and counts them; returns the batch's other items as a shape and its
     /// speculating decodes (None for a pool that does not speculate). Under dynamic speculation
     /// a batch formed with k = 0 lists its decodes as drafting nothing (their proposer still
-    /// runs one step over them), and the next batch's k follows this one's request count.
+    /// runs over them), and the next batch's k follows this one's request count; under adaptive
+    /// verification, the best k for this batch's decodes ([`Speculator::adaptive_k`]).
     fn draw_batch(&mut self, reqs: &[Request]) -> Option<(BatchShape, Vec<SpecSeq>)> {
         let rt = self.spec.as_deref_mut()?;
         rt.accepted.clear();
@@ -176,7 +178,14 @@ impl Instance {
             rt.accepted.push(n);
             seqs.push(SpecSeq { cached: r.computed as u64, k: it.draft });
         }
-        rt.k_now = rt.spec.k_after(self.batch.items.len());
+        rt.k_now = if rt.spec.is_adaptive() {
+            // The decodes of the next step: this one's decodes and the prompts it completes, at
+            // the tokens cached once it ends (before its accepted drafts).
+            let next: Vec<u64> = self.batch.items.iter().map(|it| (&reqs[it.req as usize], it.tokens)).filter(|(r, n)| r.computed + n == r.known_tokens()).map(|(r, n)| (r.computed + n) as u64).collect();
+            rt.spec.adaptive_k(&self.cost, &next)
+        } else {
+            rt.spec.k_after(self.batch.items.len())
+        };
         self.scheduler.set_draft_tokens(rt.k_now);
         Some((rest, seqs))
     }
