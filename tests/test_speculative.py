@@ -119,7 +119,7 @@ def test_the_scenario_resolves_the_draft_model_for_the_core():
 
 @pytest.mark.parametrize("speculative, field, says", [
     ({**DRAFT, "num_speculative_tokens": 0}, "speculative.num_speculative_tokens", "greater than or equal to 1"),
-    ({**DRAFT, "num_speculative_tokens": 17}, "speculative", "a chain drafts 1 to 16 tokens, got 17"),
+    ({**DRAFT, "num_speculative_tokens": 17}, "speculative", "a chain of method draft drafts 1 to 16 tokens, got 17"),
     ({**DRAFT, "num_speculative_tokens": 65}, "speculative.num_speculative_tokens", "less than or equal to 64"),
     ({**DRAFT, "acceptance_rate": 1.2}, "speculative", "acceptance_rate must be a probability in [0, 1], got 1.2"),
     ({**DRAFT, "acceptance_rate": [0.9, 0.8]}, "speculative", "needs num_speculative_tokens = 4 rates, got 2"),
@@ -128,7 +128,7 @@ def test_the_scenario_resolves_the_draft_model_for_the_core():
     ({"method": "eagle", "draft_model": "llama-3-8b", "num_speculative_tokens": 2, "acceptance_rate": 0.5}, "speculative", "draft_model applies to methods draft and eagle3 only"),
     ({"method": "mtp", "draft_vocab_size": 32000, "num_speculative_tokens": 2, "acceptance_rate": 0.5}, "speculative", "draft_vocab_size applies to method eagle3 only"),
     ({"method": "eagle3", "draft_vocab_size": 0, "num_speculative_tokens": 2, "acceptance_rate": 0.5}, "speculative.draft_vocab_size", "greater than or equal to 1"),
-    ({**DRAFT, "method": "medusa"}, "speculative.method", "'draft', 'eagle', 'eagle3', 'mtp' or 'ngram'"),
+    ({**DRAFT, "method": "medusa"}, "speculative.method", "'draft', 'eagle', 'eagle3', 'mtp', 'ngram' or 'suffix'"),
     ({"method": "ngram", "draft_model": "llama-3-8b", "num_speculative_tokens": 2, "acceptance_rate": 0.5}, "speculative", "ngram runs no model"),
     ({"method": "eagle", "proposal_rate": 0.5, "num_speculative_tokens": 2, "acceptance_rate": 0.5}, "speculative", "proposal_rate applies to method ngram only"),
     ({"method": "ngram", "proposal_rate": 1.5, "num_speculative_tokens": 2, "acceptance_rate": 0.5}, "speculative.proposal_rate", "less than or equal to 1"),

@@ -13,6 +13,8 @@ from fleetwise.config.base import FieldError, StrictModel
 
 MAX_SPECULATIVE_TOKENS = 16
 """The largest ``num_speculative_tokens`` accepted (the core's ``MAX_SPECULATIVE_TOKENS``)."""
+MAX_SUFFIX_TOKENS = 32
+"""The largest ``num_speculative_tokens`` of suffix decoding (the core's ``MAX_SUFFIX_TOKENS``; vLLM's default)."""
 MAX_TREE_NODES = 64
 """The most nodes a ``speculative_token_tree`` may hold (the core's ``MAX_TREE_NODES``)."""
 MAX_BATCH_SIZE = 2**32 - 1
@@ -30,18 +32,21 @@ class SpeculativeConfig(StrictModel):
     head: one dense decoder layer with its own LM head of ``draft_vocab_size`` rows (32,000), or
     the head ``draft_model`` names (its checkpoint's ``config.json`` through ``hf_config``);
     ``ngram`` looks the sequence's last tokens up in its context on the CPU (no model, no GPU
-    time), drafting in a step with probability ``proposal_rate``. ``acceptance_rate`` is
+    time), drafting in a step with probability ``proposal_rate``; ``suffix`` is vLLM's suffix
+    decoding (its Model Runner V2 form): the sequence's longest suffix match against its prompt,
+    its output and earlier responses, looked up on the GPUs (not charged), always k draft tokens
+    (up to 32), no model. ``acceptance_rate`` is
     the probability that a draft token is accepted given every earlier one was: one number for
     every position, or a list of k (vLLM reports it per position).
     """
 
-    method: Literal["draft", "eagle", "eagle3", "mtp", "ngram"]
+    method: Literal["draft", "eagle", "eagle3", "mtp", "ngram", "suffix"]
     """Proposer: a draft model, an EAGLE or EAGLE-3 head, the model's multi-token-prediction layers,
-    or n-gram (prompt lookup) matching."""
+    n-gram (prompt lookup) matching, or suffix decoding."""
     draft_model: str | None = Field(default=None, min_length=1)
     """The draft model (method ``draft``), or the EAGLE-3 head's own shape (``eagle3``, optional)."""
     num_speculative_tokens: int = Field(ge=1, le=MAX_TREE_NODES)
-    """Draft tokens proposed per step, k (1 to 16; a token tree's nodes, up to 64)."""
+    """Draft tokens proposed per step, k (1 to 16; suffix decoding up to 32; a token tree's nodes, up to 64)."""
     acceptance_rate: float | list[float]
     """Acceptance probability of each draft position given the earlier ones were accepted, in
     [0, 1]: one number, or a list of ``num_speculative_tokens`` numbers. vLLM's logged per-position
@@ -67,7 +72,7 @@ class SpeculativeConfig(StrictModel):
     """Adaptive verification (vLLM's setting of that name): the proposer drafts all k tokens every
     step, and the verify pass checks only the first j of them, j (0 to k) chosen after each step
     for the next to give that step's decodes the most expected tokens per second. For a chain of
-    a model proposer (``draft``, ``eagle``, ``eagle3``, ``mtp``); not beside
+    a model proposer (``draft``, ``eagle``, ``eagle3``, ``mtp``) or of ``suffix``; not beside
     ``num_speculative_tokens_per_batch_size`` (docs/speculative-decoding.md)."""
 
     @field_validator("speculative_token_tree", mode="before")
@@ -107,9 +112,10 @@ class SpeculativeConfig(StrictModel):
             if not 0.0 <= a <= 1.0:
                 where = f"acceptance_rate[{i}]" if isinstance(self.acceptance_rate, list) else "acceptance_rate"
                 raise ValueError(f"{where} must be a probability in [0, 1], got {a}")
-        if self.speculative_token_tree is None and self.num_speculative_tokens > MAX_SPECULATIVE_TOKENS:
-            raise ValueError(f"num_speculative_tokens: a chain drafts 1 to {MAX_SPECULATIVE_TOKENS} tokens, got {self.num_speculative_tokens} "
-                             f"(a speculative_token_tree may hold up to {MAX_TREE_NODES})")
+        chain = MAX_SUFFIX_TOKENS if self.method == "suffix" else MAX_SPECULATIVE_TOKENS
+        if self.speculative_token_tree is None and self.num_speculative_tokens > chain:
+            raise ValueError(f"num_speculative_tokens: a chain of method {self.method} drafts 1 to {chain} tokens, got {self.num_speculative_tokens} "
+                             f"(suffix decoding up to {MAX_SUFFIX_TOKENS}, a speculative_token_tree up to {MAX_TREE_NODES} nodes)")
         levels = len(self.tree_levels())
         if isinstance(self.acceptance_rate, list) and self.speculative_token_tree is not None and len(rates) != levels:
             raise ValueError(f"acceptance_rate: a per-level list needs one rate per level of speculative_token_tree ({levels}), got {len(rates)}")
@@ -117,8 +123,8 @@ class SpeculativeConfig(StrictModel):
             raise ValueError(f"acceptance_rate: a per-position list needs num_speculative_tokens = {self.num_speculative_tokens} rates, got {len(rates)}")
         if self.method == "draft" and self.draft_model is None:
             raise ValueError("method draft needs draft_model (a catalogue model sharing the target's tokenizer, e.g. llama-3-8b for llama-3-70b)")
-        if self.method in ("eagle", "mtp", "ngram") and self.draft_model is not None:
-            what = "ngram runs no model" if self.method == "ngram" else f"{self.method} heads are layers of the target's shape"
+        if self.method in ("eagle", "mtp", "ngram", "suffix") and self.draft_model is not None:
+            what = f"{self.method} runs no model" if self.method in ("ngram", "suffix") else f"{self.method} heads are layers of the target's shape"
             raise ValueError(f"draft_model applies to methods draft and eagle3 only; {what}")
         if self.method != "ngram" and self.proposal_rate is not None:
             raise ValueError(f"proposal_rate applies to method ngram only (how often its lookup finds a match), not {self.method}")
@@ -131,7 +137,7 @@ class SpeculativeConfig(StrictModel):
             if self.speculative_token_tree is not None:
                 raise ValueError("enable_adaptive_verification applies to a chain of draft tokens, not a speculative_token_tree")
             if self.method == "ngram":
-                raise ValueError("enable_adaptive_verification applies to model proposers (draft, eagle, eagle3, mtp), not ngram "
+                raise ValueError("enable_adaptive_verification applies to model proposers (draft, eagle, eagle3, mtp) and suffix, not ngram "
                                  "(vLLM scores the drafts of models and suffix decoding only)")
         return self
 

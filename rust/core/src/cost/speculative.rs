@@ -2,8 +2,8 @@
 //!
 //! A speculating sequence, each step: the proposer (a small draft model; an EAGLE / MTP head:
 //! one decoder layer of the target's shape plus the shared LM head; an EAGLE-3 head: one dense
-//! decoder layer with its own, smaller LM head; or an n-gram lookup on the CPU, which costs the
-//! GPUs nothing) runs k sequential steps: the first over every token the target verifies (vLLM's
+//! decoder layer with its own, smaller LM head; or an n-gram lookup on the CPU or suffix matching,
+//! which cost the GPUs no model step) runs k sequential steps: the first over every token the target verifies (vLLM's
 //! padded drafter batch), the others decoding the speculating sequences; the target
 //! verifies k + 1 tokens per sequence in one pass, priced like a prefill chunk of k + 1 tokens
 //! attending its cached context (the target's weights are read once for the whole batch, its
@@ -122,7 +122,7 @@ impl Speculator {
                 ))
             }
             SpecMethod::Mtp => target.mtp_layers as u64,
-            SpecMethod::Ngram => 0,
+            SpecMethod::Ngram | SpecMethod::Suffix => 0,
             _ => 1,
         };
         let h = target.hidden_size as u64;
@@ -139,8 +139,9 @@ impl Speculator {
                 let (w, kv) = (cm.weight_bytes_per_gpu(), cm.kv_bytes_per_token_per_gpu());
                 (cm, w, kv)
             }
-            // N-gram lookup runs on the CPU: no weights, no KV, no GPU time.
-            (SpecMethod::Ngram, _) => (CostModel::build(spec)?, 0, 0),
+            // N-gram lookup runs on the CPU, suffix matching in a small GPU kernel: no weights,
+            // no KV, no model step.
+            (SpecMethod::Ngram | SpecMethod::Suffix, _) => (CostModel::build(spec)?, 0, 0),
             (SpecMethod::Eagle3, head) => {
                 let head = eagle3_head(target, head.as_ref(), cfg.draft_vocab_size)?;
                 // A 16-bit head (published EAGLE-3 heads are bf16 whatever the target's format),
@@ -233,9 +234,9 @@ impl Speculator {
         self.per_batch_size.iter().take_while(|&&[start, _, _]| start <= n).last().map_or(self.k(), |&[_, _, k]| k)
     }
 
-    /// Whether the proposer is a model that keeps its own KV (every method but `ngram`).
+    /// Whether the proposer is a model that keeps its own KV (every method but `ngram` and `suffix`).
     pub fn runs_a_model(&self) -> bool {
-        self.method != SpecMethod::Ngram
+        self.method.runs_a_model()
     }
 
     /// Acceptance rate of each draft position given the earlier ones were accepted.
@@ -328,9 +329,9 @@ impl Speculator {
     /// adaptive verification all k, whatever the verify pass checks), and at least one for any
     /// batch (a model keeps its own KV of every token the target runs, so a prompt's chunk or a
     /// plain decode runs through it even when no decode of the batch speculates); none for an
-    /// n-gram lookup, which runs on the CPU.
+    /// n-gram lookup, which runs on the CPU, or suffix matching.
     pub fn proposal_steps(&self, rest: &BatchShape, seqs: &[SpecSeq]) -> u32 {
-        if self.method == SpecMethod::Ngram {
+        if !self.method.runs_a_model() {
             return 0;
         }
         let k = if self.adaptive && !seqs.is_empty() { self.k() } else { seqs.iter().map(|s| self.depth(s.k)).max().unwrap_or(0) };

@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize};
 /// exceed 8; beyond 16 the acceptance of the last positions is negligible).
 pub const MAX_SPECULATIVE_TOKENS: u32 = 16;
 
+/// The largest `num_speculative_tokens` of suffix decoding (vLLM's default for `suffix`: its
+/// drafts cost no model step, only verify tokens).
+pub const MAX_SUFFIX_TOKENS: u32 = 32;
+
 /// The most nodes a speculative token tree may hold (its `num_speculative_tokens`): vLLM's
 /// published EAGLE trees verify up to a few dozen tokens; past 64 the verify pass of every
 /// decode is a long prefill chunk.
@@ -31,6 +35,11 @@ pub enum SpecMethod {
     /// N-gram (prompt lookup) matching on the CPU: no model runs on the GPUs, and a step drafts
     /// only when the sequence's last tokens recur earlier in its context.
     Ngram,
+    /// Suffix decoding (vLLM's `suffix` on its Model Runner V2): each sequence's longest suffix
+    /// match against its own prompt and output and a corpus of finished responses, looked up on
+    /// the GPUs (a negligible kernel, not charged); no model, and always k draft tokens (slots
+    /// without a match are filled and rarely accepted: the per-position rates say how rarely).
+    Suffix,
 }
 
 impl SpecMethod {
@@ -42,6 +51,22 @@ impl SpecMethod {
             SpecMethod::Eagle3 => "eagle3",
             SpecMethod::Mtp => "mtp",
             SpecMethod::Ngram => "ngram",
+            SpecMethod::Suffix => "suffix",
+        }
+    }
+
+    /// Whether the method runs a model on the GPUs (every method but `ngram` and `suffix`,
+    /// which look drafts up in the sequence's tokens).
+    pub fn runs_a_model(self) -> bool {
+        !matches!(self, SpecMethod::Ngram | SpecMethod::Suffix)
+    }
+
+    /// The most draft tokens a chain of this method proposes per step.
+    pub fn max_chain(self) -> u32 {
+        if self == SpecMethod::Suffix {
+            MAX_SUFFIX_TOKENS
+        } else {
+            MAX_SPECULATIVE_TOKENS
         }
     }
 }
@@ -108,8 +133,8 @@ impl SpeculativeConfig {
     pub fn rates(&self) -> Result<Vec<f64>> {
         let k = self.num_speculative_tokens;
         let levels = match &self.speculative_token_tree {
-            None if !(1..=MAX_SPECULATIVE_TOKENS).contains(&k) => {
-                return Err(Error::config("speculative.num_speculative_tokens", format!("must be between 1 and {MAX_SPECULATIVE_TOKENS}, got {k}")));
+            None if !(1..=self.method.max_chain()).contains(&k) => {
+                return Err(Error::config("speculative.num_speculative_tokens", format!("must be between 1 and {} for method {}, got {k}", self.method.max_chain(), self.method.name())));
             }
             None => k,
             Some(_) => self.tree_levels()?.len() as u32,
@@ -145,8 +170,8 @@ impl SpeculativeConfig {
         self.check_adaptive_verification()?;
         match (self.method, &self.draft_model) {
             (SpecMethod::Draft, None) => Err(Error::config("speculative.draft_model", "method draft needs a draft model")),
-            (SpecMethod::Eagle | SpecMethod::Mtp | SpecMethod::Ngram, Some(_)) => {
-                Err(Error::config("speculative.draft_model", "only methods draft and eagle3 take a model (eagle and mtp heads are layers of the target's shape; ngram runs no model)"))
+            (SpecMethod::Eagle | SpecMethod::Mtp | SpecMethod::Ngram | SpecMethod::Suffix, Some(_)) => {
+                Err(Error::config("speculative.draft_model", "only methods draft and eagle3 take a model (eagle and mtp heads are layers of the target's shape; ngram and suffix run no model)"))
             }
             _ => Ok(rates),
         }
@@ -214,7 +239,7 @@ impl SpeculativeConfig {
             return Err(Error::config(field, "applies to a chain of draft tokens, not a speculative_token_tree"));
         }
         if self.method == SpecMethod::Ngram {
-            return Err(Error::config(field, "applies to model proposers (draft, eagle, eagle3, mtp), not ngram (vLLM scores the drafts of models and suffix decoding only)"));
+            return Err(Error::config(field, "applies to model proposers (draft, eagle, eagle3, mtp) and suffix, not ngram (vLLM scores the drafts of models and suffix decoding only)"));
         }
         Ok(())
     }

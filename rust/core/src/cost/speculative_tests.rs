@@ -419,3 +419,35 @@ fn a_decode_drafting_nothing_is_verified_plainly_and_its_proposer_runs_one_step(
     assert_eq!(sp.step(&cm, &plain, &[]).seconds, step);
     assert!(!sp.runs_plain(&plain, &[]));
 }
+
+#[test]
+fn suffix_decoding_runs_no_model_drafts_up_to_32_and_is_charged_no_lookup() {
+    // An engine with an n-gram lookup cost: suffix matching runs on the GPUs, not that lookup.
+    let lookup = NgramLookupCost { base: 1e-3, per_seq: 1e-4, per_seq_squared: 0.0, per_context_token: 1e-6 };
+    let spec = InstanceSpec::new(llama2_70b(), h100(), crate::calibration::Efficiency { ngram_lookup: Some(lookup), ..ideal() }, 4);
+    let cm = CostModel::build(&spec).unwrap();
+    let sp = Speculator::build(&cfg(SpecMethod::Suffix, None, 32, AcceptanceRate::Constant(0.9)), &spec).unwrap();
+    assert_eq!((sp.weight_bytes_per_gpu, sp.kv_bytes_per_token_per_gpu, sp.proposer_kv_bytes_per_token_whole_model()), (0, 0, 0));
+    assert_eq!((sp.k(), sp.proposal_rate(), sp.runs_a_model()), (32, 1.0, false));
+    // A step of 32 drafts is its verify pass of 33 tokens alone, to the bit.
+    let seqs = [SpecSeq { cached: 999, k: 32 }, SpecSeq { cached: 4000, k: 7 }];
+    let (v, chunks) = chain_verify(&cm.empty_shape(), &seqs);
+    assert_eq!(sp.proposal_steps(&cm.empty_shape(), &seqs), 0);
+    assert_eq!(sp.lookup_seconds(&cm.empty_shape(), &seqs), 0.0);
+    assert_eq!(sp.step(&cm, &cm.empty_shape(), &seqs).seconds, cm.iteration_verify(&v, &chunks).seconds);
+    // 33 is refused (32 for suffix, 16 for the others); no model, no match rate, no tree.
+    let refused = |c: SpeculativeConfig| match c.rates() {
+        Err(Error::Config { path, message }) => (path, message),
+        other => panic!("{other:?}"),
+    };
+    let (path, message) = refused(cfg(SpecMethod::Suffix, None, 33, AcceptanceRate::Constant(0.9)));
+    assert_eq!(path, "speculative.num_speculative_tokens");
+    assert!(message.contains("between 1 and 32 for method suffix"), "{message}");
+    assert!(refused(cfg(SpecMethod::Eagle, None, 17, AcceptanceRate::Constant(0.9))).1.contains("between 1 and 16"));
+    assert_eq!(refused(cfg(SpecMethod::Suffix, Some(llama2_7b()), 4, AcceptanceRate::Constant(0.9))).0, "speculative.draft_model");
+    assert_eq!(refused(SpeculativeConfig { proposal_rate: Some(0.5), ..cfg(SpecMethod::Suffix, None, 4, AcceptanceRate::Constant(0.9)) }).0, "speculative.proposal_rate");
+    let tree = SpeculativeConfig { speculative_token_tree: Some(vec![vec![0], vec![1]]), ..cfg(SpecMethod::Suffix, None, 2, AcceptanceRate::Constant(0.9)) };
+    assert_eq!(refused(tree).0, "speculative.speculative_token_tree");
+    // Adaptive verification applies to it.
+    assert!(SpeculativeConfig { enable_adaptive_verification: true, ..cfg(SpecMethod::Suffix, None, 8, AcceptanceRate::Constant(0.9)) }.rates().is_ok());
+}
