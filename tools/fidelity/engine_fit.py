@@ -76,15 +76,21 @@ CUDA graphs do not remove) stays under 100 us."""
 """Candidate query tiles of decodes beside a prefill."""
 
 
-def predict(data: pl.DataFrame, gpu_name: str, factors: dict) -> np.ndarray:
-    """Predicted seconds of every measured iteration under ``factors`` (no CPU step: GPU time)."""
+def layer_cost_model(name: str, layers: int, gpu_name: str, factors: dict):
+    """The cost model of ``layers`` of catalogue model ``name`` on ``gpu_name`` under the engine
+    ``factors`` (no CPU step: GPU time), as the measured subsets of layers ran."""
     gpu = lookup("gpu", gpu_name, {}, "gpu")
     prof = EngineProfile(factors=EngineFactors(**{k: max(1, round(v)) if k in INTEGER else v for k, v in factors.items()}))
     cal = profile_calibration(gpu_name, gpu, prof, label="fit")
+    m = lookup("model", name, {}, "model").model_copy(update={"num_layers": layers})
+    return cost_model(m, gpu, calibration=cal, model_name=name)
+
+
+def predict(data: pl.DataFrame, gpu_name: str, factors: dict) -> np.ndarray:
+    """Predicted seconds of every measured iteration under ``factors`` (no CPU step: GPU time)."""
     out = []
     for (name, layers), g in data.group_by(["model", "layers_run"], maintain_order=True):
-        m = lookup("model", name, {}, "model").model_copy(update={"num_layers": layers})
-        cm = cost_model(m, gpu, calibration=cal, model_name=name)
+        cm = layer_cost_model(name, layers, gpu_name, factors)
         for r in g.iter_rows(named=True):
             out.append(cm.iteration_seconds([(q, c, True) for q, c in json.loads(r["prefills"])], json.loads(r["decode_kv"])))
     return np.array(out)

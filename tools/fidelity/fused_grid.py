@@ -62,9 +62,10 @@ def points(quick: bool) -> list[tuple[str, list[tuple[int, int]]]]:
     return pts
 
 
-def time_point(model: FusedModel, seqs: list[tuple[int, int]], reps: int, graphs: bool) -> dict:
-    """Median and spread of one iteration's GPU time (graph replay) and wall time (replay + sync)."""
-    b = make_batch(seqs, model.s.vocab_size, model.device)
+def time_point(model: FusedModel, seqs: list[tuple[int, int]], reps: int, graphs: bool, sample_all: bool = False) -> dict:
+    """Median and spread of one iteration's GPU time (graph replay) and wall time (replay + sync);
+    ``sample_all``: the LM head on every new token (a verify pass), not each sequence's last."""
+    b = make_batch(seqs, model.s.vocab_size, model.device, sample_all)
     cuda = model.device == "cuda"
     if not cuda:
         t0 = time.perf_counter()

@@ -71,9 +71,11 @@ class Batch:
     max_k: int
 
 
-def make_batch(seqs: list[tuple[int, int]], vocab: int, device: str) -> Batch:
+def make_batch(seqs: list[tuple[int, int]], vocab: int, device: str, sample_all: bool = False) -> Batch:
     """The batch of sequences given as (new tokens, cached tokens): a decode is (1, context), a
-    prompt (or chunk) is (length, cached prefix). Sequences sit one after another in the cache."""
+    prompt (or chunk) is (length, cached prefix). Sequences sit one after another in the cache.
+    The LM head runs on each sequence's last token, or with ``sample_all`` on every new token (a
+    speculative verify pass scores every draft token and the one after them)."""
     ids, pos, widx, sample, cu_q, cu_k, used = [], [], [], [], [0], [], []
     off = 0
     for q, cached in seqs:
@@ -83,7 +85,7 @@ def make_batch(seqs: list[tuple[int, int]], vocab: int, device: str) -> Batch:
         used.append(cached + q)
         off += cached + q
         cu_q.append(cu_q[-1] + q)
-        sample.append(cu_q[-1] - 1)
+        sample.extend(range(cu_q[-2], cu_q[-1]) if sample_all else [cu_q[-1] - 1])
     cu_k.append(off)
     t = cu_q[-1]
     g = torch.Generator().manual_seed(t)
