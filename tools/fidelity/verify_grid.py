@@ -5,7 +5,8 @@ before them (k + 1 query tokens after C cached ones, causal among themselves), w
 every one of them (the target scores each draft token and the one after the last). That is one
 iteration of ``fused_model.FusedModel`` whose sequences are (k + 1, C) with every row sampled;
 k = 0 is the plain decode. Each point is captured in a CUDA graph and replayed as ``fused_grid.py``
-does (``time_point``). Points: Llama-3-8B (32 layers) and a 20-layer Llama-3-70B, B = 1 to 256 at
+does (``time_point``). Points: Llama-3-8B (32 layers) and a 20-layer Llama-3-70B (``--models
+llama-2-7b``: its multi-head attention, four times the 8B's KV per token), B = 1 to 256 at
 C = 1024 and B = 1 to 64 at C = 4096, k = 0, 1, 2, 4 and 8. Output (``--out``): ``verify.csv``
 (model, layers_run, batch, context, k, gpu_seconds, gpu_p10, gpu_p90, wall_seconds),
 ``hardware.csv`` and ``device.json``. PyTorch and Triton only::
@@ -29,8 +30,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fused_grid import KV_TOKENS, SHAPES, hardware, time_point  # noqa: E402
-from fused_model import FusedModel  # noqa: E402
+from fused_model import FusedModel, Shape  # noqa: E402
 
+SHAPES = {**SHAPES, "llama-2-7b": Shape("llama-2-7b", 32, 4096, 32, 32, 128, 11008, 32000)}
+"""``fused_grid``'s shapes and Llama-2-7B (multi-head attention: one query head per KV head)."""
 MODELS = ("llama-3-8b", "llama-3-70b")
 KS = (0, 1, 2, 4, 8)
 """Draft tokens verified per sequence (0: a plain decode)."""
@@ -69,8 +72,12 @@ def main() -> None:
             shape = SHAPES[name]
             if args.quick:
                 shape.layers_run = 2
-            model = FusedModel(shape, 40_000 if args.quick else KV_TOKENS, device)
+            # Llama-2-7B's 512 KiB of KV per token: 70,000 tokens (36 GiB), points that fit them.
+            kv_tokens = 40_000 if args.quick else KV_TOKENS if shape.num_kv_heads < shape.num_heads else 70_000
+            model = FusedModel(shape, kv_tokens, device)
             for batch, context, k in points(args.quick):
+                if batch * (context + max(KS) + 1) > kv_tokens:
+                    continue
                 if time.perf_counter() - start > args.budget_s:
                     print(f"budget spent; skipping {name} {batch}x{context} k={k}", flush=True)
                     continue

@@ -111,6 +111,10 @@ class Calibration(StrictModel):
     (a variable-length kernel's query tile; unset: one row)."""
     decode_query_rows: _QueryRows | None = None
     """Query rows the attention kernel computes per decode in a decode-only iteration (unset: one row)."""
+    verify_query_tile: _QueryRows | None = None
+    """Query rows the attention kernel computes per (sequence, query head) of a speculative verify
+    chunk, over all the sequence's keys in one thread block (FlashAttention-2's variable-length
+    prefill path; unset: the chunk's own rows, as a prefill chunk)."""
     moe_layer_overhead: _Seconds | None = None
     """Fixed cost per MoE layer per iteration (routing, token sort, grouped-GEMM launches), seconds."""
     time_scale: Annotated[float, Field(ge=0.1, le=10)] | None = None

@@ -82,6 +82,9 @@ class EngineFactors(StrictModel):
     """Query rows charged per decode in an iteration with prefill tokens (the attention kernel's tile)."""
     decode_query_rows: Annotated[int, Field(ge=1, le=1024)] | None = None
     """Query rows charged per decode in a decode-only iteration (packed-GQA tiles)."""
+    verify_query_tile: Annotated[int, Field(ge=1, le=1024)] | None = None
+    """Query rows charged per (sequence, query head) of a speculative verify chunk, its keys in one
+    thread block (FlashAttention-2's variable-length prefill path; unset: the chunk's own rows)."""
     moe_layer_overhead: _Seconds | None = None
     """Fixed seconds per MoE layer per iteration (routing, token sort, grouped-GEMM launches)."""
 
@@ -262,7 +265,7 @@ def profile_calibration(gpu_name: str, gpu: GpuSpec, prof: EngineProfile, overri
         "attention_memory_split": None if f.attention_memory_split is None else frac(hw_mem, f.attention_memory_split),
         "layer_overhead": f.layer_overhead, "attention_cta": f.attention_cta, "gemm_ridge_exponent": f.gemm_ridge_exponent,
         "prefill_pad_tokens": f.prefill_pad_tokens, "mixed_query_tile": f.mixed_query_tile,
-        "decode_query_rows": f.decode_query_rows, "moe_layer_overhead": f.moe_layer_overhead,
+        "decode_query_rows": f.decode_query_rows, "verify_query_tile": f.verify_query_tile, "moe_layer_overhead": f.moe_layer_overhead,
         "expert_pad_rows": f.expert_pad_rows, "expert_ridge_exponent": f.expert_ridge_exponent,
         "iteration_overhead": cpu.base, "seq_overhead": cpu.per_seq or None, "token_overhead": cpu.per_token or None,
         "cpu_overlap": cpu.overlap or None, "ngram_lookup": cpu.ngram_lookup,

@@ -73,6 +73,15 @@ pub struct Efficiency {
     /// head). Unset (or 0/1): one row.
     #[serde(default)]
     pub decode_query_rows: Option<u32>,
+    /// Query rows the attention kernel computes for each (sequence, query head) of a speculative
+    /// verify chunk (GQA): FlashAttention-2's variable-length kernel runs a chunk of k + 1 queries
+    /// on its prefill path, one thread block per (sequence, query head) computing a whole query
+    /// tile over all the sequence's keys, which are not split over blocks (PyTorch's kernel,
+    /// measured in `calibration/h100-vllm-like/verify`). Unset (or 0): a verify chunk attends as
+    /// a prefill chunk of its own query rows (a kernel that packs a KV head's queries and splits
+    /// long keys: FlashAttention-3's short-query path).
+    #[serde(default)]
+    pub verify_query_tile: Option<u32>,
     /// Fixed cost per MoE layer per iteration, seconds: the fused-MoE path's routing, top-k,
     /// token sort and grouped-GEMM launches, paid even for one token. Unset: 0.
     #[serde(default)]
@@ -153,6 +162,6 @@ impl NgramLookupCost {
 
 impl Default for Efficiency {
     fn default() -> Self {
-        Efficiency { gemm_compute: 0.7, attention_compute: 0.5, memory: 0.8, attention_memory: None, elementwise_memory: None, moe_dispatch_memory: None, collective: 0.7, iteration_overhead: 1.0e-3, layer_overhead: 0.0, attention_cta: None, gemm_ridge_exponent: None, prefill_pad_tokens: None, seq_overhead: None, token_overhead: None, mixed_query_tile: None, decode_query_rows: None, moe_layer_overhead: None, time_scale: None, cpu_overlap: None, attention_memory_split: None, expert_compute: None, fp8_gemm_compute: None, expert_memory: None, expert_pad_rows: None, expert_ridge_exponent: None, ngram_lookup: None }
+        Efficiency { gemm_compute: 0.7, attention_compute: 0.5, memory: 0.8, attention_memory: None, elementwise_memory: None, moe_dispatch_memory: None, collective: 0.7, iteration_overhead: 1.0e-3, layer_overhead: 0.0, attention_cta: None, gemm_ridge_exponent: None, prefill_pad_tokens: None, seq_overhead: None, token_overhead: None, mixed_query_tile: None, decode_query_rows: None, verify_query_tile: None, moe_layer_overhead: None, time_scale: None, cpu_overlap: None, attention_memory_split: None, expert_compute: None, fp8_gemm_compute: None, expert_memory: None, expert_pad_rows: None, expert_ridge_exponent: None, ngram_lookup: None }
     }
 }

@@ -85,11 +85,25 @@ impl<F: FnMut(OpCost)> IterationPass<'_, F> {
         AttentionWidths { rope: q + kv, latent: 0.0, cache: 2.0 * kv }
     }
 
-    /// Causal prefill attention of the chunks (grouped-query attention).
+    /// Causal prefill attention of the chunks (grouped-query attention). With the engine's
+    /// `verify_query_tile`, a speculative verify chunk's queries cost that tile's rows over all
+    /// its keys per query head, and the chunk's longest (sequence, query head) block, on one SM,
+    /// bounds the kernel's time from below.
     fn gqa_prefill(&mut self, q: f64, kv: f64) {
         let cm = self.cm;
-        let work = (4.0 * q * self.pairs, (2.0 * self.pt * q + 2.0 * kv * self.pkv * cm.kv_ratio()) * cm.b);
-        self.emit(Op::PrefillAttention, &[Kernel::all(work)], cm.flops_attn, true);
+        let mut pairs = self.pairs;
+        let mut floor = 0.0;
+        if let Some(tile) = cm.eff.verify_query_tile.filter(|&t| t > 0 && self.verify_chunks.tokens > 0) {
+            let (v, micro) = (self.verify_chunks, 1.0 / self.m);
+            let rows = tile as f64;
+            pairs += (rows * v.kv_tokens as f64 - v.pairs) * micro;
+            let sms = cm.gpu.sm_count as f64;
+            if sms > 0.0 {
+                floor = 4.0 * rows * v.max_kv_tokens as f64 * cm.model.head_dim as f64 / (cm.flops_attn / sms);
+            }
+        }
+        let work = (4.0 * q * pairs, (2.0 * self.pt * q + 2.0 * kv * self.pkv * cm.kv_ratio()) * cm.b);
+        self.emit(Op::PrefillAttention, &[Kernel { floor, ..Kernel::all(work) }], cm.flops_attn, true);
     }
 
     /// Prefill attention alone, as [`Self::attention`] charges it, for grouped-query attention
@@ -220,3 +234,7 @@ impl<F: FnMut(OpCost)> IterationPass<'_, F> {
 #[cfg(test)]
 #[path = "attention_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "verify_attention_tests.rs"]
+mod verify_tests;

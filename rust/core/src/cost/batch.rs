@@ -111,6 +111,8 @@ pub struct VerifyChunks {
     pub pairs: f64,
     /// The keys they read (a part of `prefill_kv_tokens`).
     pub kv_tokens: u64,
+    /// The most keys one of them reads.
+    pub max_kv_tokens: u64,
 }
 
 impl VerifyChunks {
@@ -123,6 +125,7 @@ impl VerifyChunks {
         self.tokens += q;
         self.pairs += shape.prefill_pairs - pairs;
         self.kv_tokens += shape.prefill_kv_tokens - keys;
+        self.max_kv_tokens = self.max_kv_tokens.max(shape.prefill_kv_tokens - keys);
     }
 }
 
