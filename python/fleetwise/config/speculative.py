@@ -105,8 +105,10 @@ class SpeculativeConfig(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> SpeculativeConfig:
-        """Refuses rates outside [0, 1], a per-position list of the wrong length, and a draft
-        model with the wrong method (or none with ``draft``)."""
+        """Refuses rates outside [0, 1], a chain longer than its method drafts, a per-position
+        list of the wrong length, a draft model with the wrong method (or none with ``draft``),
+        settings of another method, and adaptive verification beside a batch-size table, a
+        token tree or an n-gram proposer."""
         rates = self.acceptance_rate if isinstance(self.acceptance_rate, list) else [self.acceptance_rate]
         for i, a in enumerate(rates):
             if not 0.0 <= a <= 1.0:
