@@ -103,6 +103,26 @@ def time_point(model: FusedModel, seqs: list[tuple[int, int]], reps: int, graphs
             "wall_seconds": statistics.median(wall)}
 
 
+def safe_point(model: FusedModel, seqs: list[tuple[int, int]], reps: int, graphs: bool, label: str, sample_all: bool = False) -> dict | None:
+    """``time_point``, or None when it fails (the failure printed under ``label``, the GPU's
+    cache emptied): one failed point must not lose the others."""
+    try:
+        return time_point(model, seqs, reps, graphs, sample_all)
+    except Exception as e:  # noqa: BLE001 - one failed point must not lose the others
+        print(f"{label}: FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
+        if model.device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+        return None
+
+
+def free_device(device: str) -> None:
+    """Returns a dropped model's memory (garbage collection, then the CUDA cache)."""
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+
+
 def hardware(device: str) -> list[dict]:
     """A large bf16 GEMM's FLOP/s and a device copy's bytes/s (medians of 20 after warm-up)."""
     if device != "cuda":
@@ -169,13 +189,8 @@ def main() -> None:
                 if time.perf_counter() - start > args.budget_s:
                     print(f"budget spent; skipping {name} {label}", flush=True)
                     continue
-                try:
-                    r = time_point(model, seqs, args.reps, not args.no_graphs)
-                except Exception as e:  # noqa: BLE001 - one failed point must not lose the others
-                    print(f"{name} {label}: FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
-                    if model.device == "cuda":
-                        torch.cuda.synchronize()
-                        torch.cuda.empty_cache()
+                r = safe_point(model, seqs, args.reps, not args.no_graphs, f"{name} {label}")
+                if r is None:
                     continue
                 w.writerow({"model": name, "layers_run": shape.layers, "label": label,
                             "prefills": json.dumps([[q, c] for q, c in seqs if q > 1]),
@@ -184,9 +199,7 @@ def main() -> None:
                 fh.flush()
                 print(f"{name} {label}: {r['gpu_seconds'] * 1e3:.3f} ms", flush=True)
             del model
-            gc.collect()
-            if device == "cuda":
-                torch.cuda.empty_cache()
+            free_device(device)
     info["seconds"] = round(time.perf_counter() - start, 1)
     (args.out / "device.json").write_text(json.dumps(info, indent=1) + "\n")
 

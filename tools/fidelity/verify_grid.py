@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import gc
 import json
 import sys
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fused_grid import KV_TOKENS, SHAPES, hardware, time_point  # noqa: E402
+from fused_grid import KV_TOKENS, SHAPES, free_device, hardware, safe_point  # noqa: E402
 from fused_model import FusedModel, Shape  # noqa: E402
 
 SHAPES = {**SHAPES, "llama-2-7b": Shape("llama-2-7b", 32, 4096, 32, 32, 128, 11008, 32000)}
@@ -81,21 +80,14 @@ def main() -> None:
                 if time.perf_counter() - start > args.budget_s:
                     print(f"budget spent; skipping {name} {batch}x{context} k={k}", flush=True)
                     continue
-                try:
-                    r = time_point(model, [(k + 1, context)] * batch, args.reps, device == "cuda", sample_all=True)
-                except Exception as e:  # noqa: BLE001 - one failed point must not lose the others
-                    print(f"{name} {batch}x{context} k={k}: FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
-                    if device == "cuda":
-                        torch.cuda.synchronize()
-                        torch.cuda.empty_cache()
+                r = safe_point(model, [(k + 1, context)] * batch, args.reps, device == "cuda", f"{name} {batch}x{context} k={k}", sample_all=True)
+                if r is None:
                     continue
                 w.writerow({"model": name, "layers_run": shape.layers, "batch": batch, "context": context, "k": k, **{x: f"{v:.7g}" for x, v in r.items()}})
                 fh.flush()
                 print(f"{name} {batch}x{context} k={k}: {r['gpu_seconds'] * 1e3:.3f} ms", flush=True)
             del model
-            gc.collect()
-            if device == "cuda":
-                torch.cuda.empty_cache()
+            free_device(device)
     info["seconds"] = round(time.perf_counter() - start, 1)
     (args.out / "device.json").write_text(json.dumps(info, indent=1) + "\n")
 
