@@ -342,11 +342,15 @@ def test_a_split_cluster_whose_pools_name_different_proposers_is_refused(prefill
 
 
 def test_a_split_clusters_proposers_may_differ_in_k_and_rates():
-    # The prefill pool never decodes: only its proposer matters (its KV is what the decode pool gets).
+    # The prefill pool never decodes: only its proposer matters (its KV is what the decode pool
+    # gets), not its k, rates or whether it would verify adaptively.
     other = {**DRAFT, "num_speculative_tokens": 2, "acceptance_rate": 0.5}
     a = fleetwise.simulate(_split(DRAFT, DRAFT)).requests
     b = fleetwise.simulate(_split(other, DRAFT)).requests
     assert a.equals(b)
+    adaptive = {**DRAFT, "enable_adaptive_verification": True}
+    c = fleetwise.simulate(_split(DRAFT, adaptive)).requests
+    assert c.equals(fleetwise.simulate(_split(adaptive, adaptive)).requests)
 
 
 @pytest.mark.parametrize("batch", [1, 16, 64, 256])

@@ -111,7 +111,7 @@ def estimate(
         out.print(f"memory per GPU: {r['memory_bytes'] / gib:.2f} GiB (weights {m['weights'] / gib:.2f} + KV {m['kv_cache'] / gib:.2f} + activations {m['activations'] / gib:.2f}{proposer}) of {m['available'] / gib:.2f} GiB usable")
         if "speculative" in r:
             s = r["speculative"]
-            out.print(f"speculative ({s['proposer']}, k={s['k']}{'' if s['k'] == s['num_speculative_tokens'] else ' of ' + str(s['num_speculative_tokens']) + ' at this batch'}{_tree_label(s)}, acceptance {s['acceptance_rate']}): step {s['step_seconds'] * 1e3:.3f} ms "
+            out.print(f"speculative ({s['proposer']}, k={s['k']}{'' if s['k'] == s['num_speculative_tokens'] else ' of ' + str(s['num_speculative_tokens']) + ' at this batch'}{' verified adaptively' if s['enable_adaptive_verification'] else ''}{_tree_label(s)}, acceptance {s['acceptance_rate']}): step {s['step_seconds'] * 1e3:.3f} ms "
                       f"(proposer {s['proposer_seconds'] * 1e3:.3f} + verify {s['verify_seconds'] * 1e3:.3f}) for {s['tokens_per_step']:.3f} tokens per sequence = "
                       f"{s['seconds_per_token'] * 1e3:.3f} ms per token vs {s['plain_seconds_per_token'] * 1e3:.3f} plain: speedup {s['speedup']:.2f}x")
     if not r["memory"]["fits"]:

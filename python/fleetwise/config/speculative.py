@@ -203,8 +203,6 @@ class SpeculativeConfig(StrictModel):
     def proposer(self) -> str:
         """The proposer as a scenario names it: ``draft llama-3-8b``, ``eagle``, ``eagle3 my-head`` or ``mtp``."""
         name = self.method if self.draft_model is None else f"{self.method} {self.draft_model}"
-        if self.enable_adaptive_verification:
-            name += " (adaptive verification)"
         if self.draft_vocab_size is not None:
             name += f" (draft vocabulary {self.draft_vocab_size})"
         return name if self.proposal_rate is None else f"{name} (proposal rate {self.proposal_rate})"
