@@ -87,8 +87,8 @@ impl<F: FnMut(OpCost)> IterationPass<'_, F> {
 
     /// Causal prefill attention of the chunks (grouped-query attention). With the engine's
     /// `verify_query_tile`, a speculative verify chunk's queries cost that tile's rows over all
-    /// its keys per query head, and the chunk's longest (sequence, query head) block, on one SM,
-    /// bounds the kernel's time from below.
+    /// its keys per query head (never fewer than its own causal pairs), and the chunk's longest
+    /// (sequence, query head) block, on one SM, bounds the kernel's time from below.
     fn gqa_prefill(&mut self, q: f64, kv: f64) {
         let cm = self.cm;
         let mut pairs = self.pairs;
@@ -96,7 +96,8 @@ impl<F: FnMut(OpCost)> IterationPass<'_, F> {
         if let Some(tile) = cm.eff.verify_query_tile.filter(|&t| t > 0 && self.verify_chunks.tokens > 0) {
             let (v, micro) = (self.verify_chunks, 1.0 / self.m);
             let rows = tile as f64;
-            pairs += (rows * v.kv_tokens as f64 - v.pairs) * micro;
+            // Never fewer than the chunks' own causal pairs (a tile smaller than a chunk).
+            pairs += ((rows * v.kv_tokens as f64).max(v.pairs) - v.pairs) * micro;
             let sms = cm.gpu.sm_count as f64;
             if sms > 0.0 {
                 floor = 4.0 * rows * v.max_kv_tokens as f64 * cm.model.head_dim as f64 / (cm.flops_attn / sms);

@@ -42,6 +42,8 @@ fn a_verify_chunk_computes_the_whole_tile_over_its_keys_per_query_head() {
     assert!(close(tiled.flops, 32.0 * 4.0 * 4096.0 * (prompt + 8.0 * 128.0 * 1000.0)));
     // The bytes (queries, keys and values read once per KV head) do not change.
     assert!(close(tiled.bytes, plain.bytes));
+    // A one-row tile would count fewer pairs than the chunks' own: they keep theirs.
+    assert!(close(prefill_attention(&model(Some(1)), &pass).flops, plain.flops));
     // Without verify chunks the tile changes nothing.
     let mut prompt_only = BatchShape::default();
     prompt_only.add_prefill(256, 0, true);
