@@ -123,6 +123,28 @@ def free_device(device: str) -> None:
         torch.cuda.empty_cache()
 
 
+def start_run(out: Path, reps: int, graphs: bool) -> tuple[str, float, dict]:
+    """Begins a timing run into ``out``: measures the device's GEMM and copy rates into
+    ``out/hardware.csv``; returns the device (``cuda`` or ``cpu``), the start time and the run's
+    description for ``device.json`` (written by ``finish_run``)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    info = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "reps": reps, "graphs": graphs}
+    with open(out / "hardware.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, ["kind", "size", "rate"])
+        w.writeheader()
+        w.writerows(hardware(device))
+    return device, start, info
+
+
+def finish_run(out: Path, start: float, info: dict) -> None:
+    """Writes ``out/device.json``: the run's description and how long it took."""
+    info["seconds"] = round(time.perf_counter() - start, 1)
+    (out / "device.json").write_text(json.dumps(info, indent=1) + "\n")
+
+
 def hardware(device: str) -> list[dict]:
     """A large bf16 GEMM's FLOP/s and a device copy's bytes/s (medians of 20 after warm-up)."""
     if device != "cuda":
@@ -164,16 +186,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=0, help="override every model's layer count (CPU checks)")
     ap.add_argument("--budget-s", type=float, default=1e9, help="stop starting new points after this many seconds")
     args = ap.parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    args.out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    info = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
-            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "reps": args.reps, "graphs": not args.no_graphs}
-    hw = hardware(device)
-    with open(args.out / "hardware.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, ["kind", "size", "rate"])
-        w.writeheader()
-        w.writerows(hw)
+    device, start, info = start_run(args.out, args.reps, not args.no_graphs)
     fields = ["model", "layers_run", "label", "prefills", "decode_kv", "tokens", "gpu_seconds", "gpu_p10", "gpu_p90", "wall_seconds"]
     with open(args.out / "iterations.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fields)
@@ -200,8 +213,7 @@ def main() -> None:
                 print(f"{name} {label}: {r['gpu_seconds'] * 1e3:.3f} ms", flush=True)
             del model
             free_device(device)
-    info["seconds"] = round(time.perf_counter() - start, 1)
-    (args.out / "device.json").write_text(json.dumps(info, indent=1) + "\n")
+    finish_run(args.out, start, info)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fused_grid import KV_TOKENS, SHAPES, free_device, hardware, safe_point  # noqa: E402
+from fused_grid import KV_TOKENS, SHAPES, finish_run, free_device, safe_point, start_run  # noqa: E402
 from fused_model import FusedModel, Shape  # noqa: E402
 
 SHAPES = {**SHAPES, "llama-2-7b": Shape("llama-2-7b", 32, 4096, 32, 32, 128, 11008, 32000)}
@@ -54,15 +53,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="two small points on two layers (to check the script on a CPU)")
     ap.add_argument("--budget-s", type=float, default=1e9, help="stop starting new points after this many seconds")
     args = ap.parse_args()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    args.out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    info = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
-            "date": time.strftime("%Y-%m-%d %H:%M:%S"), "reps": args.reps, "graphs": device == "cuda"}
-    with open(args.out / "hardware.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, ["kind", "size", "rate"])
-        w.writeheader()
-        w.writerows(hardware(device))
+    device, start, info = start_run(args.out, args.reps, torch.cuda.is_available())
     fields = ["model", "layers_run", "batch", "context", "k", "gpu_seconds", "gpu_p10", "gpu_p90", "wall_seconds"]
     with open(args.out / "verify.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fields)
@@ -88,8 +79,7 @@ def main() -> None:
                 print(f"{name} {batch}x{context} k={k}: {r['gpu_seconds'] * 1e3:.3f} ms", flush=True)
             del model
             free_device(device)
-    info["seconds"] = round(time.perf_counter() - start, 1)
-    (args.out / "device.json").write_text(json.dumps(info, indent=1) + "\n")
+    finish_run(args.out, start, info)
 
 
 if __name__ == "__main__":

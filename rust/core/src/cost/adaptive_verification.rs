@@ -34,22 +34,44 @@ impl Speculator {
     /// expected tokens per nanosecond of the step on `target` (the smallest such j on a tie);
     /// k when there is no decode.
     pub fn adaptive_k(&self, target: &CostModel, cached: &[u64]) -> u32 {
-        let k = self.k();
         if cached.is_empty() {
-            return k;
+            return self.k();
         }
-        let rest = target.empty_shape();
-        let mut seqs: Vec<SpecSeq> = cached.iter().map(|&c| SpecSeq { cached: c, k: 0 }).collect();
         let (mut best, mut best_rate) = (0, f64::NEG_INFINITY);
-        for j in 0..=k {
-            seqs.iter_mut().for_each(|s| s.k = j);
-            let ns = secs_to_ns(self.step(target, &rest, &seqs).seconds).max(1);
-            let rate = expected_tokens_per_step(&self.rates()[..j as usize]) / ns as f64;
+        for (j, secs) in self.step_seconds_by_verified(target, cached).into_iter().enumerate() {
+            let ns = secs_to_ns(secs).max(1);
+            let rate = expected_tokens_per_step(&self.rates()[..j]) / ns as f64;
             if rate > best_rate {
-                (best, best_rate) = (j, rate);
+                (best, best_rate) = (j as u32, rate);
             }
         }
         best
+    }
+
+    /// The seconds of one step of decodes at `cached` verifying j draft tokens each, for j in
+    /// 0..=k, under adaptive verification: [`Speculator::step`]'s to the bit (the same sums in
+    /// the same order), with the proposer's steps after the first, which run over every decode
+    /// whatever it verifies, priced once for all j.
+    pub(super) fn step_seconds_by_verified(&self, target: &CostModel, cached: &[u64]) -> Vec<f64> {
+        let rest = target.empty_shape();
+        let mut seqs: Vec<SpecSeq> = cached.iter().map(|&c| SpecSeq { cached: c, k: 0 }).collect();
+        // Under adaptive verification the proposer's step count and its steps 2.. do not
+        // depend on the verified k.
+        let steps = self.proposal_steps(&rest, &seqs);
+        let later: Vec<f64> = (2..=steps).map(|s| self.draft_step(&rest, &seqs, s).seconds).collect();
+        (0..=self.k())
+            .map(|j| {
+                seqs.iter_mut().for_each(|s| s.k = j);
+                let (shape, chunks) = self.verify_shape(&rest, &seqs);
+                let mut secs = target.iteration_verify(&shape, &chunks).seconds;
+                secs += self.lookup_seconds(&rest, &seqs);
+                if steps >= 1 {
+                    secs += self.draft_step(&rest, &seqs, 1).seconds;
+                }
+                later.iter().for_each(|t| secs += t);
+                secs
+            })
+            .collect()
     }
 
     /// The draft tokens a steady step of decodes at `cached` verifies: the adaptive choice, or

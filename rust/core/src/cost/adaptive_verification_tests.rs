@@ -107,3 +107,18 @@ fn adaptive_verification_refuses_what_it_cannot_trim() {
     let tree = SpeculativeConfig { speculative_token_tree: Some(vec![vec![0], vec![1], vec![0, 0], vec![1, 0]]), num_speculative_tokens: 4, ..base.clone() };
     assert_eq!(path(tree).0, "speculative.enable_adaptive_verification");
 }
+
+#[test]
+fn the_candidates_are_priced_as_a_step_is_to_the_bit() {
+    // The later draft steps priced once for all j give each candidate exactly `step`'s seconds.
+    for (method, n) in [(SpecMethod::Draft, 1), (SpecMethod::Eagle, 64), (SpecMethod::Eagle3, 300), (SpecMethod::Suffix, 16)] {
+        let (cm, sp) = proposer(method, 4, AcceptanceRate::Constant(0.7), true);
+        let cached: Vec<u64> = (0..n).map(|i| 500 + 37 * i as u64).collect();
+        let by_j = sp.step_seconds_by_verified(&cm, &cached);
+        assert_eq!(by_j.len(), 5);
+        for (j, secs) in by_j.into_iter().enumerate() {
+            let seqs: Vec<SpecSeq> = cached.iter().map(|&c| SpecSeq { cached: c, k: j as u32 }).collect();
+            assert_eq!(secs, sp.step(&cm, &cm.empty_shape(), &seqs).seconds, "{method:?}, {n} decodes, j = {j}");
+        }
+    }
+}
