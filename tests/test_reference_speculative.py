@@ -159,3 +159,38 @@ def test_tree_speculation_matches_simpy_reference():
     # Drafts count every node: 6 a full step, 2 or 3 for a grant holding the first level only.
     spec = fleetwise.simulate(cases[0][1], workload=cases[0][2]).summary["speculative"]
     assert spec["num_draft_tokens"] > 2 * spec["num_drafts"] and spec["num_accepted_tokens"] <= 2 * spec["num_drafts"], spec
+
+
+CLASSES = [{"name": "all", "share": 0.4, "acceptance_rate": 1.0}, {"name": "first", "share": 0.35, "acceptance_rate": [1.0, 0.0, 0.0]}, {"name": "none", "share": 0.25, "acceptance_rate": 0.0}]
+"""Acceptance classes of the class cases: requests accepting all three drafts, the first, none."""
+
+
+def with_classes(scenario: dict, workload, adaptive: bool):
+    """``scenario`` with every speculating pool drafting 3 at ``CLASSES``' rates by request,
+    verifying adaptively or not."""
+    for pool in scenario["cluster"]["pools"]:
+        spec = pool["speculative"]
+        del spec["acceptance_rate"]
+        spec.update(num_speculative_tokens=3, acceptance_classes=CLASSES, enable_adaptive_verification=adaptive)
+    return scenario, workload
+
+
+def test_acceptance_classes_match_simpy_reference():
+    """Pools whose requests accept by class (drawn by the run's seed and the request's index, as
+    the core draws them) agree exactly with the reference on vllm and Sarathi-Serve pools, all
+    drafts verified or adaptively: every class accepts at its rates, and verifying adaptively
+    never verifies the class that accepts nothing."""
+    totals: dict = {}
+    cases = [(f"classes vllm seed {s}", *with_classes(*make_speculative_scenario(s), s % 2 == 1)) for s in range(6)]
+    cases += [(f"classes sarathi-serve seed {s}", *with_classes(*speculating(s, *make_batch_scenario("sarathi-serve", s)), s % 2 == 0)) for s in range(4)]
+    check(cases, totals)
+    assert totals["accepted"] > 0 and totals["preemptions"] > 0, totals
+    for label, scenario, workload in cases:
+        spec = fleetwise.simulate(scenario, workload=workload).summary["speculative"]
+        drafted, rate = spec["per_class_draft_tokens"], spec["per_class_acceptance_rate"]
+        assert rate[0] == 1.0 and rate[2] in (0.0, None), (label, spec)
+        if scenario["cluster"]["pools"][0]["speculative"]["enable_adaptive_verification"]:
+            # Only the slots that are accepted are verified: class "first" its first draft.
+            assert drafted[2] == 0 and rate[1] in (1.0, None), (label, spec)
+        else:
+            assert drafted[2] > 0 and 0 < rate[1] < 1.0, (label, spec)

@@ -143,7 +143,9 @@ def speculative_speedup(cost, given: dict, decodes: list[int], plain_seconds: fl
     and the decode speedup (plain seconds per token / speculative seconds per token); with an
     n-gram ``proposal_rate`` p, the step and its tokens are p of a drafting step's and 1 - p of a
     plain one's on ``cost`` with the lookup (its ``proposer_seconds``). Under a batch-size table, ``k`` is the table's for this many decodes;
-    under adaptive verification, the k verified that gives these decodes the most tokens per second."""
+    under adaptive verification, the k verified that gives these decodes the most tokens per second
+    (with acceptance classes, the decodes apportioned to the classes by share: the most any class
+    verifies, ``tokens_per_step`` over them all)."""
     import json
 
     from pydantic import ValidationError
@@ -168,7 +170,7 @@ def speculative_speedup(cost, given: dict, decodes: list[int], plain_seconds: fl
         step, tokens = p * step + (1.0 - p) * unmatched, p * tokens + (1.0 - p)
         verify = step - proposer
     proposer_weights, proposer_kv_per_token = cost.speculative_memory(json.dumps(core))
-    return {**spec.model_dump(), "k": k, "proposer": spec.proposer, "proposer_weight_bytes": proposer_weights, "proposer_kv_bytes_per_token": proposer_kv_per_token, "step_seconds": step, "verify_seconds": verify, "proposer_seconds": proposer, "tokens_per_step": tokens,
+    return {**spec.model_dump(), "k": k, "proposer": spec.proposer, "acceptance": spec.acceptance_label, "proposer_weight_bytes": proposer_weights, "proposer_kv_bytes_per_token": proposer_kv_per_token, "step_seconds": step, "verify_seconds": verify, "proposer_seconds": proposer, "tokens_per_step": tokens,
             "seconds_per_token": step / tokens, "plain_seconds_per_token": plain_seconds, "speedup": plain_seconds * tokens / step}
 
 

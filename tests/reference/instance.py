@@ -23,8 +23,9 @@ class ReferenceInstance:
     ``ChunkedPolicy`` or ``OrcaPolicy``) admits, preempts and picks each iteration's tokens.
     """
 
-    def __init__(self, env: simpy.Environment, index: int, pool: dict) -> None:
-        """Builds instance ``index`` of ``pool`` (one pool entry of ``core_config``) and starts it."""
+    def __init__(self, env: simpy.Environment, index: int, pool: dict, seed: int = 0) -> None:
+        """Builds instance ``index`` of ``pool`` (one pool entry of ``core_config``) in the run
+        seeded with ``seed`` and starts it."""
         self.env = env
         self.index = index
         par = pool["parallelism"]
@@ -46,7 +47,7 @@ class ReferenceInstance:
         self.policy = make_policy(sched, self.max_context)
         tokens, seqs = memory_limits(sched, self.max_context)
         plan = self.cost.memory_plan(json.dumps(pool["memory"]), tokens, seqs)
-        self.speculation = None if pool.get("speculative") is None else ReferenceSpeculation(pool)
+        self.speculation = None if pool.get("speculative") is None else ReferenceSpeculation(pool, seed)
         if self.speculation is not None:
             plan["num_blocks"] = self.speculation.num_blocks(plan)
         self.accepted: list[int] = []

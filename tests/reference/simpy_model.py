@@ -104,7 +104,7 @@ def simulate_reference(
     instances: list[ReferenceInstance] = []
     for pool in config["pools"]:
         for _ in range(pool["count"]):
-            instances.append(ReferenceInstance(env, len(instances), pool))
+            instances.append(ReferenceInstance(env, len(instances), pool, config["seed"]))
     entry = [inst for inst in instances if inst.role != "decode"]
     decoders = [inst for inst in instances if inst.role == "decode"]
     if not entry:

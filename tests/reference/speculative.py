@@ -1,12 +1,32 @@
 """Speculative decoding in the reference model, for acceptance rates of 0 or 1 only (so that the
 accepted count needs no random draw): which decodes speculate, their KV lookahead, the step's
-time, the accepted tokens and the proposer's share of the memory."""
+time, the accepted tokens and the proposer's share of the memory; acceptance classes (requests
+drawn into classes by the run's seed and their index, as the core draws them: SplitMix64 written
+out here)."""
 
 from __future__ import annotations
 
 import json
 
 from fleetwise.cost import cost_model
+
+MASK = (1 << 64) - 1
+CLASS_STREAM = "speculative acceptance class"
+
+
+def uniform_at(seed: int, name: str, index: int) -> float:
+    """The core's stateless draw for item ``index`` of stream ``name``: SplitMix64's output from
+    the stream's seed advanced ``index + 1`` times, as a float in [0, 1)."""
+    h = 0xCBF29CE484222325
+    for b in name.encode():
+        h = ((h ^ b) * 0x100000001B3) & MASK
+    rot = ((h << 17) | (h >> 47)) & MASK
+    state = ((seed ^ rot) + index * 0x9E3779B97F4A7C15 + 0x9E3779B97F4A7C15) & MASK
+    z = state
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK
+    z ^= z >> 31
+    return (z >> 11) * (1.0 / (1 << 53))
 
 
 class ReferenceSpeculation:
@@ -16,23 +36,28 @@ class ReferenceSpeculation:
     position i is accepted iff rates[0..=i] are all 1. With a token tree, k is its node count
     and a grant speculates the whole levels it holds (positions are levels)."""
 
-    def __init__(self, pool: dict) -> None:
-        """The ``speculative`` section of ``pool`` (core JSON); refuses rates other than 0 and 1."""
+    def __init__(self, pool: dict, seed: int = 0) -> None:
+        """The ``speculative`` section of ``pool`` (core JSON) in the run seeded with ``seed``;
+        refuses rates other than 0 and 1."""
         spec = pool["speculative"]
         self.json = json.dumps(spec)
         k = spec["num_speculative_tokens"]
-        a = spec["acceptance_rate"]
         # A token tree's nodes down to each level (its rates are per level); a chain's positions.
         tree = spec.get("speculative_token_tree") or []
         self.levels = [sum(len(p) <= d for p in tree) for d in range(1, max(map(len, tree), default=0) + 1)] or list(range(1, k + 1))
-        self.rates = list(a) if isinstance(a, list) else [a] * len(self.levels)
+        given = [(1.0, spec["acceptance_rate"])] if spec.get("acceptance_classes") is None else [(c["share"], c["acceptance_rate"]) for c in spec["acceptance_classes"]]
+        self.class_rates = [list(a) if isinstance(a, list) else [a] * len(self.levels) for _, a in given]
+        self.upto = [sum(share for share, _ in given[:c + 1]) for c in range(len(given))]
+        self.seed = seed
+        # Adaptive verification with several classes: each class's verified k for the step formed.
+        self.caps: list[int] | None = None
         # Dynamic speculation: k by the requests the previous step scheduled ([start, end, k]).
         self.table = spec.get("num_speculative_tokens_per_batch_size") or []
         # Adaptive verification: k verified chosen for the next step's decodes by tokens per ns.
         self.adaptive = bool(spec.get("enable_adaptive_verification"))
         self.k_now = k
         self.syncing = False
-        if any(r not in (0.0, 1.0) for r in self.rates) or spec["method"] != "draft":
+        if any(r not in (0.0, 1.0) for rates in self.class_rates for r in rates) or spec["method"] != "draft":
             raise ValueError("the reference model speculates with a draft model and acceptance rates of 0 or 1 only")
         # The draft's weights in 16 bits, its KV in the pool's KV format (one cache dtype, as vLLM).
         kv_format = {"kv_cache": (pool.get("quantization") or {}).get("kv_cache", "bf16")}
@@ -57,7 +82,8 @@ class ReferenceSpeculation:
         for req, n, decode in items:
             if not (decode and n == 1):
                 continue
-            want = min(self.k_now, req.output - req.generated - 1)
+            cap = self.k_now if self.caps is None else min(self.k_now, self.caps[self.class_of(req.index)])
+            want = min(cap, req.output - req.generated - 1)
             if budget is not None:
                 want = min(want, budget - used)
             req.draft = 0
@@ -68,51 +94,78 @@ class ReferenceSpeculation:
             used += req.draft
         return used
 
+    def class_of(self, index: int) -> int:
+        """The acceptance class of request ``index``: the first whose cumulative share exceeds
+        its draw (0 without a draw for one class)."""
+        if len(self.upto) == 1:
+            return 0
+        u = uniform_at(self.seed, CLASS_STREAM, index)
+        return next((c for c, upto in enumerate(self.upto) if u < upto), len(self.upto) - 1)
+
     def plan(self, inst, items) -> list[int]:
         """The accepted draft tokens of every item (0 for prefill chunks and decodes proposing
-        nothing), from the drafts the scheduler granted; sets the draft lengths the step's time
-        needs in ``self.drafts`` (and in ``self.syncing`` whether the step was formed with k = 0,
-        its decodes then running through one proposer step); sets the next step's k."""
+        nothing), from the drafts the scheduler granted and the request's class's rates; sets the
+        draft lengths the step's time needs in ``self.drafts`` (and in ``self.syncing`` whether the
+        step was formed with k = 0, its decodes then running through one proposer step; in
+        ``self.unverified`` the decodes of a class adaptive verification verifies none of); sets
+        the next step's k."""
         self.drafts = [req.draft if decode and n == 1 else 0 for req, n, decode in items]
         # The levels a grant holds (a chain's: every token; a tree's: its whole levels); a grant
         # holding none is a plain decode.
         depths = [sum(upto <= k for upto in self.levels) for k in self.drafts]
         self.drafts = [k if d else 0 for k, d in zip(self.drafts, depths)]
         self.syncing = self.k_now == 0
+        classes = [self.class_of(r.index) for r, _, _ in items]
+        self.unverified = [self.caps is not None and self.caps[c] == 0 for c in classes]
+        accepted = [next((i for i, r in enumerate(self.class_rates[c][:d]) if r != 1.0), d) for c, d in zip(classes, depths)]
         if self.adaptive:
             # The next step's decodes (this step's and the prompts it completes), at their cached
-            # tokens once it ends; the j of 0..k with the most tokens per ns of a step of them.
-            self.k_now = self.adaptive_k(inst.cost, [r.computed + n for r, n, _ in items if r.computed + n == r.known])
-            return [next((i for i, r in enumerate(self.rates[:d]) if r != 1.0), d) for d in depths]
+            # tokens once it ends, with their classes; the plan with the most tokens per ns.
+            plan = self.adaptive_plan(inst.cost, [(r.computed + n, c) for (r, n, _), c in zip(items, classes) if r.computed + n == r.known])
+            self.k_now = max(plan)
+            self.caps = plan if len(plan) > 1 else None
+            return accepted
         # The k of the last range starting at or below the batch size (vLLM carries a range's k
         # over the gap after it and past the last range); the full k after an empty step.
         self.k_now = next((k for start, _, k in sorted(self.table, reverse=True) if start <= len(items)), self.levels[-1]) if items else self.levels[-1]
-        return [next((i for i, r in enumerate(self.rates[:d]) if r != 1.0), d) for d in depths]
+        return accepted
 
-    def adaptive_k(self, cost, cached: list[int]) -> int:
-        """Adaptive verification's draft tokens verified per decode in a step of decodes at
-        ``cached`` tokens: the j with the most expected tokens (1 + the leading accepted
-        positions among the first j) per ns of that step, the smallest on a tie; k with none."""
+    def adaptive_plan(self, cost, decodes: list[tuple[int, int]]) -> list[int]:
+        """Adaptive verification's draft tokens verified by each class's decodes in a step of
+        ``decodes`` (cached tokens, class): of the cut-offs of the slots ranked by survival
+        probability (then position), nothing verified first, the one with the most expected
+        tokens (1 + the leading accepted positions verified, by class share of the decodes) per
+        ns of that step, the earliest on a tie; k for every class with none."""
         k = self.levels[-1]
-        if not cached:
-            return k
-        best, best_rate = 0, float("-inf")
-        for j in range(k + 1):
-            ns = max(1, cost.speculative_step_ns(self.json, speculating=[(c, j) for c in cached]))
-            tokens = 1 + next((i for i, r in enumerate(self.rates[:j]) if r != 1.0), j)
+        if not decodes:
+            return [k] * len(self.class_rates)
+        survival = [[float(all(r == 1.0 for r in rates[:i + 1])) for i in range(k)] for rates in self.class_rates]
+        present = sorted({c for _, c in decodes})
+        cuts = sorted({(s, i + 1) for c in present for i, s in enumerate(survival[c])}, key=lambda x: (-x[0], x[1]))
+        plans = [[0] * len(self.class_rates)]
+        for s, p in cuts:
+            plan = [sum(si > s or (si == s and i < p) for i, si in enumerate(sv)) for sv in survival]
+            if plan != plans[-1]:
+                plans.append(plan)
+        count = [sum(c == x for _, c in decodes) for x in range(len(self.class_rates))]
+        best, best_rate = plans[0], float("-inf")
+        for plan in plans:
+            ns = max(1, cost.speculative_step_ns(self.json, speculating=[(cached, plan[c]) for cached, c in decodes]))
+            tokens = sum(count[c] / len(decodes) * (1 + next((i for i, r in enumerate(self.class_rates[c][:plan[c]]) if r != 1.0), plan[c])) for c in range(len(self.class_rates)) if count[c])
             if tokens / ns > best_rate:
-                best, best_rate = j, tokens / ns
+                best, best_rate = plan, tokens / ns
         return best
 
     def duration(self, cost, items) -> int:
         """The step's integer ns from the core's cost model: plain items as they are, speculating
         decodes as (cached tokens, draft tokens)."""
-        plain = [(it, k) for it, k in zip(items, self.drafts) if k == 0]
-        # A step formed with k = 0 verifies its decodes plainly and runs the proposer over them.
-        syncing = [(r.computed, 0) for (r, n, decode), _ in plain if decode and n == 1] if self.syncing else []
+        plain = [(it, u) for it, k, u in zip(items, self.drafts, self.unverified) if k == 0]
+        # A step formed with k = 0 verifies its decodes plainly and runs the proposer over them
+        # (so does a class adaptive verification verifies none of).
+        syncing = [(r.computed, 0) for (r, n, decode), u in plain if decode and n == 1 and (self.syncing or u)]
         return cost.speculative_step_ns(
             self.json,
             prefills=[(n, r.computed, r.computed + n == r.known) for (r, n, decode), _ in plain if not decode],
-            decodes=[r.computed + 1 for (r, n, decode), _ in plain if decode and not (self.syncing and n == 1)],
+            decodes=[r.computed + 1 for (r, n, decode), u in plain if decode and not ((self.syncing or u) and n == 1)],
             speculating=[(r.computed, k) for (r, _, _), k in zip(items, self.drafts) if k > 0] + syncing,
         )

@@ -92,7 +92,8 @@ def run(
     if "speculative" in s:
         x = s["speculative"]
         per = ", ".join(_num(a, ".2f") for a in x["per_position_acceptance_rate"])
-        out.print(f"speculative decoding: acceptance rate {_num(x['acceptance_rate'], '.1%')}, mean acceptance length {_num(x['mean_acceptance_length'], '.2f')} tokens/step, per position [{per}], {x['num_drafts']} drafts")
+        by_class = "" if "per_class_acceptance_rate" not in x else ", by class [" + ", ".join(_num(a, ".1%") for a in x["per_class_acceptance_rate"]) + "]"
+        out.print(f"speculative decoding: acceptance rate {_num(x['acceptance_rate'], '.1%')}, mean acceptance length {_num(x['mean_acceptance_length'], '.2f')} tokens/step, per position [{per}]{by_class}, {x['num_drafts']} drafts")
     if "slo" in s and s["slo"]["attainment"] is not None:
         out.print(f"SLO attainment {s['slo']['targets']}: {s['slo']['attainment']:.1%}")
     for r in s.get("rejections", []):

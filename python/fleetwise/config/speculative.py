@@ -21,6 +21,19 @@ MAX_BATCH_SIZE = 2**32 - 1
 """The largest batch size a ``num_speculative_tokens_per_batch_size`` range may name (the core's u32)."""
 
 
+class AcceptanceClass(StrictModel):
+    """A class of requests with acceptance rates of their own (``acceptance_classes``): code and
+    structured output accept more draft tokens than open-ended chat. Each request is drawn into a
+    class once, by the run's seed and its index, so it keeps its class on every pool."""
+
+    name: str | None = Field(default=None, min_length=1)
+    """A label for reports (``code``, ``chat``); optional."""
+    share: float = Field(gt=0.0, le=1.0)
+    """The fraction of requests in the class, in (0, 1]; the classes' shares sum to 1."""
+    acceptance_rate: float | list[float]
+    """The class's acceptance rates, as ``acceptance_rate`` gives them (one number, or one per position)."""
+
+
 class SpeculativeConfig(StrictModel):
     """Speculative decoding: each decode step a proposer drafts ``num_speculative_tokens`` (k)
     tokens one after another, then the model verifies them all in one pass and keeps the accepted
@@ -37,7 +50,8 @@ class SpeculativeConfig(StrictModel):
     its output and earlier responses, looked up on the GPUs (not charged), always k draft tokens
     (up to 32), no model. ``acceptance_rate`` is
     the probability that a draft token is accepted given every earlier one was: one number for
-    every position, or a list of k (vLLM reports it per position).
+    every position, or a list of k (vLLM reports it per position); ``acceptance_classes`` instead
+    gives classes of requests their own rates.
     """
 
     method: Literal["draft", "eagle", "eagle3", "mtp", "ngram", "suffix"]
@@ -47,10 +61,14 @@ class SpeculativeConfig(StrictModel):
     """The draft model (method ``draft``), or the EAGLE-3 head's own shape (``eagle3``, optional)."""
     num_speculative_tokens: int = Field(ge=1, le=MAX_TREE_NODES)
     """Draft tokens proposed per step, k (1 to 16; suffix decoding up to 32; a token tree's nodes, up to 64)."""
-    acceptance_rate: float | list[float]
+    acceptance_rate: float | list[float] | None = None
     """Acceptance probability of each draft position given the earlier ones were accepted, in
-    [0, 1]: one number, or a list of ``num_speculative_tokens`` numbers. vLLM's logged per-position
-    rates p_i are unconditional: give a_1 = p_1, a_i = p_i / p_(i-1) (docs/speculative-decoding.md)."""
+    [0, 1]: one number, or a list of ``num_speculative_tokens`` numbers, the same for every
+    request. vLLM's logged per-position rates p_i are unconditional: give a_1 = p_1,
+    a_i = p_i / p_(i-1) (docs/speculative-decoding.md). Required unless ``acceptance_classes`` is given."""
+    acceptance_classes: list[AcceptanceClass] | None = Field(default=None, min_length=1)
+    """Acceptance that differs by request, instead of ``acceptance_rate``: classes of requests,
+    each with its ``share`` of the requests (summing to 1) and its own ``acceptance_rate``."""
     draft_vocab_size: int | None = Field(default=None, ge=1)
     """Rows of an EAGLE-3 head's own LM head (method ``eagle3`` only): 32,000 unless given, or the
     ``draft_model`` head's vocabulary."""
@@ -109,20 +127,21 @@ class SpeculativeConfig(StrictModel):
         list of the wrong length, a draft model with the wrong method (or none with ``draft``),
         settings of another method, and adaptive verification beside a batch-size table, a
         token tree or an n-gram proposer."""
-        rates = self.acceptance_rate if isinstance(self.acceptance_rate, list) else [self.acceptance_rate]
-        for i, a in enumerate(rates):
-            if not 0.0 <= a <= 1.0:
-                where = f"acceptance_rate[{i}]" if isinstance(self.acceptance_rate, list) else "acceptance_rate"
-                raise ValueError(f"{where} must be a probability in [0, 1], got {a}")
+        if self.acceptance_rate is None and self.acceptance_classes is None:
+            raise ValueError("acceptance_rate is required (or acceptance_classes: rates by class of request)")
+        if self.acceptance_rate is not None and self.acceptance_classes is not None:
+            raise ValueError("give acceptance_rate (every request alike) or acceptance_classes (rates by class of request), not both")
+        if self.acceptance_classes is not None:
+            total = sum(c.share for c in self.acceptance_classes)
+            if abs(total - 1.0) > 1e-6:
+                raise FieldError("acceptance_classes", f"the shares must sum to 1, got {total:g}")
         chain = MAX_SUFFIX_TOKENS if self.method == "suffix" else MAX_SPECULATIVE_TOKENS
         if self.speculative_token_tree is None and self.num_speculative_tokens > chain:
             raise ValueError(f"num_speculative_tokens: a chain of method {self.method} drafts 1 to {chain} tokens, got {self.num_speculative_tokens} "
                              f"(suffix decoding up to {MAX_SUFFIX_TOKENS}, a speculative_token_tree up to {MAX_TREE_NODES} nodes)")
         levels = len(self.tree_levels())
-        if isinstance(self.acceptance_rate, list) and self.speculative_token_tree is not None and len(rates) != levels:
-            raise ValueError(f"acceptance_rate: a per-level list needs one rate per level of speculative_token_tree ({levels}), got {len(rates)}")
-        if isinstance(self.acceptance_rate, list) and self.speculative_token_tree is None and len(rates) != self.num_speculative_tokens:
-            raise ValueError(f"acceptance_rate: a per-position list needs num_speculative_tokens = {self.num_speculative_tokens} rates, got {len(rates)}")
+        for where, a in self._given_rates():
+            self._check_rates(where, a, levels)
         if self.method == "draft" and self.draft_model is None:
             raise ValueError("method draft needs draft_model (a catalogue model sharing the target's tokenizer, e.g. llama-3-8b for llama-3-70b)")
         if self.method in ("eagle", "mtp", "ngram", "suffix") and self.draft_model is not None:
@@ -142,6 +161,23 @@ class SpeculativeConfig(StrictModel):
                 raise ValueError("enable_adaptive_verification applies to model proposers (draft, eagle, eagle3, mtp) and suffix, not ngram "
                                  "(vLLM scores the drafts of models and suffix decoding only)")
         return self
+
+    def _given_rates(self) -> list[tuple[str, float | list[float]]]:
+        """Each ``acceptance_rate`` given, with the field path naming it."""
+        if self.acceptance_classes is None:
+            return [("acceptance_rate", self.acceptance_rate)]
+        return [(f"acceptance_classes[{c}].acceptance_rate", cls.acceptance_rate) for c, cls in enumerate(self.acceptance_classes)]
+
+    def _check_rates(self, where: str, a: float | list[float], levels: int) -> None:
+        """Refuses a rate outside [0, 1] or a list of the wrong length (``where`` names the field)."""
+        rates = a if isinstance(a, list) else [a]
+        for i, x in enumerate(rates):
+            if not 0.0 <= x <= 1.0:
+                raise ValueError(f"{where}{f'[{i}]' if isinstance(a, list) else ''} must be a probability in [0, 1], got {x}")
+        if isinstance(a, list) and self.speculative_token_tree is not None and len(rates) != levels:
+            raise ValueError(f"{where}: a per-level list needs one rate per level of speculative_token_tree ({levels}), got {len(rates)}")
+        if isinstance(a, list) and self.speculative_token_tree is None and len(rates) != self.num_speculative_tokens:
+            raise ValueError(f"{where}: a per-position list needs num_speculative_tokens = {self.num_speculative_tokens} rates, got {len(rates)}")
 
     def tree_levels(self) -> list[int]:
         """The token tree's nodes down to each level, cumulative (``[2, 6]`` for two candidates
@@ -207,20 +243,31 @@ class SpeculativeConfig(StrictModel):
             name += f" (draft vocabulary {self.draft_vocab_size})"
         return name if self.proposal_rate is None else f"{name} (proposal rate {self.proposal_rate})"
 
-    def rates(self) -> list[float]:
-        """The acceptance rate of each of the k positions (a token tree's levels)."""
-        a = self.acceptance_rate
+    def class_rates(self) -> list[tuple[float, list[float]]]:
+        """Each class's share and its acceptance rate at each of the k positions (a token tree's
+        levels): one class of share 1 for ``acceptance_rate``."""
         positions = len(self.tree_levels()) or self.num_speculative_tokens
-        return list(a) if isinstance(a, list) else [a] * positions
+        given = [(1.0, self.acceptance_rate)] if self.acceptance_classes is None else [(c.share, c.acceptance_rate) for c in self.acceptance_classes]
+        return [(share, list(a) if isinstance(a, list) else [a] * positions) for share, a in given]
 
     def expected_tokens_per_step(self) -> float:
         """Tokens one step emits per sequence on average: 1 + sum of a_1 ... a_i over i (for a
-        constant rate a, (1 - a^(k+1)) / (1 - a))."""
-        p, total = 1.0, 1.0
-        for a in self.rates():
-            p *= a
-            total += p
-        return total
+        constant rate a, (1 - a^(k+1)) / (1 - a)), over the classes by their shares."""
+        out = 0.0
+        for share, rates in self.class_rates():
+            p, total = 1.0, 1.0
+            for a in rates:
+                p *= a
+                total += p
+            out += share * total
+        return out
+
+    @property
+    def acceptance_label(self) -> str:
+        """The acceptance as a report names it: the rate(s), or each class's share and rates."""
+        if self.acceptance_classes is None:
+            return str(self.acceptance_rate)
+        return "; ".join(f"{c.name + ' ' if c.name else ''}{c.share:g} at {c.acceptance_rate}" for c in self.acceptance_classes)
 
     def core_json(self, draft_model_json: dict | None) -> dict:
         """The core's view (its ``SpeculativeConfig``): these fields, the draft model resolved to
@@ -234,6 +281,7 @@ class SpeculativeConfig(StrictModel):
 def parse_speculative(text: str, where: str = "--speculative") -> dict:
     """Reads ``method=draft,draft_model=llama-3-8b,num_speculative_tokens=4,acceptance_rate=0.8``
     (comma-separated KEY=VALUE; per-position rates separated by ``/``: ``acceptance_rate=0.9/0.7``;
+    acceptance classes as ``SHARE:RATES`` separated by ``+``: ``acceptance_classes=0.3:0.9+0.7:0.6/0.5/0.4/0.3``;
     a batch-size table as ``START-END:K`` entries: ``num_speculative_tokens_per_batch_size=1-64:4/65-1024:1``;
     a token tree as its children per node at each level: ``speculative_token_tree=2/2``;
     ``enable_adaptive_verification=true``)
@@ -247,11 +295,13 @@ def parse_speculative(text: str, where: str = "--speculative") -> dict:
         key, sep, value = item.partition("=")
         key, value = key.strip(), value.strip()
         if not sep or not key or not value:
-            raise ConfigError(f"{where}: expected KEY=VALUE items separated by commas (keys: method, draft_model, num_speculative_tokens, acceptance_rate, draft_vocab_size, proposal_rate, num_speculative_tokens_per_batch_size, speculative_token_tree, enable_adaptive_verification), got {item!r}")
+            raise ConfigError(f"{where}: expected KEY=VALUE items separated by commas (keys: method, draft_model, num_speculative_tokens, acceptance_rate, acceptance_classes, draft_vocab_size, proposal_rate, num_speculative_tokens_per_batch_size, speculative_token_tree, enable_adaptive_verification), got {item!r}")
         if key in out:
             raise ConfigError(f"{where}: {key} given twice")
         if key == "acceptance_rate" and "/" in value:
             out[key] = [v.strip() for v in value.split("/")]
+        elif key == "acceptance_classes":
+            out[key] = [_acceptance_class(v.strip(), where) for v in value.split("+")]
         elif key == "num_speculative_tokens_per_batch_size":
             out[key] = [_batch_size_entry(v.strip(), where) for v in value.split("/")]
         elif key == "speculative_token_tree":
@@ -279,6 +329,18 @@ def _tree_of_widths(text: str, where: str) -> list[list[int]]:
         paths = [p + [r] for p in paths for r in range(w)]
         tree += paths
     return tree
+
+
+def _acceptance_class(text: str, where: str) -> dict:
+    """``SHARE:A`` or ``SHARE:A1/A2/...`` as an acceptance class (validated as numbers by the
+    model); ``ConfigError`` naming ``where`` when it has another shape."""
+    from fleetwise.errors import ConfigError
+
+    share, sep, rates = text.partition(":")
+    if not (sep and share.strip() and rates.strip()):
+        raise ConfigError(f"{where}: acceptance_classes takes SHARE:RATES classes separated by '+' (e.g. 0.3:0.9+0.7:0.6/0.5/0.4/0.3), got {text!r}")
+    given = [r.strip() for r in rates.split("/")]
+    return {"share": share.strip(), "acceptance_rate": given if len(given) > 1 else given[0]}
 
 
 def _batch_size_entry(text: str, where: str) -> list[str]:

@@ -1,5 +1,6 @@
 """Speculative decoding metrics, as vLLM's ``spec_decode`` counters report them: drafts, draft and
-accepted tokens, the acceptance rate, the mean acceptance length and the per-position rates."""
+accepted tokens, the acceptance rate, the mean acceptance length and the per-position rates; with
+acceptance classes, the acceptance rate of each class."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from typing import TypedDict
 import polars as pl
 
 
-class SpeculativeSummary(TypedDict):
-    """The summary's ``speculative`` entry, over every speculating instance."""
+class _SpeculativeRequired(TypedDict):
+    """The entries of ``SpeculativeSummary`` every speculating run has."""
 
     num_drafts: int
     """Sequence-steps that proposed draft tokens (vLLM's ``num_drafts``)."""
@@ -25,6 +26,16 @@ class SpeculativeSummary(TypedDict):
     """Accepted / proposed draft tokens at each position (position 1 first)."""
     lookahead_denied: int
     """Decodes that proposed fewer tokens than they could because their KV lookahead did not fit."""
+
+
+class SpeculativeSummary(_SpeculativeRequired, total=False):
+    """The summary's ``speculative`` entry, over every speculating instance; with acceptance
+    classes, the classes' counters too."""
+
+    per_class_draft_tokens: list[int]
+    """Draft tokens proposed (verified) by the requests of each acceptance class."""
+    per_class_acceptance_rate: list[float | None]
+    """Accepted / proposed draft tokens of each acceptance class."""
 
 
 def speculative_columns(stats: dict | None) -> dict:
@@ -43,7 +54,7 @@ def speculative_summary(instances: pl.DataFrame) -> SpeculativeSummary | None:
         return None
     drafts, proposed, accepted = (int(x[c].sum()) for c in ("spec_drafts", "spec_draft_tokens", "spec_accepted_tokens"))
     per_accepted = _sum_lists(x["spec_accepted_per_position"].to_list())
-    return {
+    summary: SpeculativeSummary = {
         "num_drafts": drafts,
         "num_draft_tokens": proposed,
         "num_accepted_tokens": accepted,
@@ -55,6 +66,12 @@ def speculative_summary(instances: pl.DataFrame) -> SpeculativeSummary | None:
         "per_position_acceptance_rate": [a / drafts if drafts else None for a in per_accepted],
         "lookahead_denied": int(x["spec_lookahead_denied"].sum()),
     }
+    if "spec_draft_tokens_per_class" in x.columns:
+        drafted = _sum_lists([row for row in x["spec_draft_tokens_per_class"].to_list() if row is not None])
+        accepted_by_class = _sum_lists([row for row in x["spec_accepted_per_class"].to_list() if row is not None])
+        summary["per_class_draft_tokens"] = drafted
+        summary["per_class_acceptance_rate"] = [a / d if d else None for a, d in zip(accepted_by_class, drafted)]
+    return summary
 
 
 def _sum_lists(rows: list[list[int]]) -> list[int]:

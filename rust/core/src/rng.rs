@@ -21,6 +21,14 @@ fn fnv1a(name: &str) -> u64 {
     name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
 }
 
+/// A uniform float in [0, 1) for item `index` of the stream called `name` in the run seeded with
+/// `seed`, drawn without state: the item's number is SplitMix64's `index`-th output from the
+/// stream's seed, whatever else is drawn and in whatever order.
+pub fn uniform_at(seed: u64, name: &str, index: u64) -> f64 {
+    let mut state = (seed ^ fnv1a(name).rotate_left(17)).wrapping_add(index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    (splitmix64(&mut state) >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+}
+
 impl RngStream {
     /// The stream called `name` for the run seeded with `seed`.
     pub fn new(seed: u64, name: &str) -> Self {

@@ -150,14 +150,22 @@ impl PyCostModel {
         let cfg: SpeculativeConfig = from_json("speculative", speculative_json)?;
         let sp = Speculator::build(&cfg, &self.spec).map_err(to_py)?;
         // Steady at this batch size: the k a dynamic table gives after a step of as many
-        // requests, or adaptive verification's for these decodes.
-        let cached: Vec<u64> = decodes.iter().map(|&c| c.saturating_sub(1)).collect();
-        let k = sp.steady_k(&self.inner, &cached);
-        let seqs: Vec<SpecSeq> = cached.iter().map(|&c| SpecSeq { cached: c, k }).collect();
+        // requests, or adaptive verification's for these decodes (under acceptance classes, the
+        // decodes apportioned to the classes by their shares; k is the most any verifies).
+        let classes = sp.apportioned_classes(decodes.len());
+        let cached: Vec<(u64, usize)> = decodes.iter().zip(classes).map(|(&c, class)| (c.saturating_sub(1), class)).collect();
+        let ks = sp.steady_k(&self.inner, &cached);
+        let seqs: Vec<SpecSeq> = cached.iter().zip(&ks).map(|(&(c, _), &k)| SpecSeq { cached: c, k }).collect();
         let rest = self.inner.empty_shape();
         let (shape, chunks) = sp.verify_shape(&rest, &seqs);
         let verify = self.inner.iteration_verify(&shape, &chunks).seconds;
-        Ok((sp.step(&self.inner, &rest, &seqs).seconds, verify, expected_tokens_per_step(&sp.rates()[..sp.depth(k) as usize]), k))
+        let k = ks.iter().copied().max().unwrap_or_else(|| sp.k_after(0));
+        let tokens = if ks.iter().all(|&j| j == k) {
+            sp.expected_tokens(sp.depth(k))
+        } else {
+            cached.iter().zip(&ks).map(|(&(_, c), &j)| expected_tokens_per_step(&sp.class_rates(c)[..sp.depth(j) as usize])).sum::<f64>() / ks.len() as f64
+        };
+        Ok((sp.step(&self.inner, &rest, &seqs).seconds, verify, tokens, k))
     }
 
     /// The proposer's memory on each GPU: (weight bytes, KV bytes per token), as an instance

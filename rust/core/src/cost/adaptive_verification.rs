@@ -11,12 +11,15 @@
 //! Among equal rates the smaller j wins (fewer tokens for the same throughput).
 //!
 //! vLLM scores every (request, position) slot by its survival probability under per-request
-//! acceptance estimates learned online, and scans a grid of total query lengths profiled at
-//! startup (`B * q` for q = 1..=k + 1, each decode contributing one token of its own). Here the
-//! estimates are the configured rates, equal for every decode at a position (what an online
-//! estimator converges to when acceptance does not depend on the request), so the best slots for
-//! any budget on that grid verify the same j for every decode; and the step is priced by the
-//! cost model at the decodes' actual contexts, as a profile taken at those contexts would.
+//! acceptance estimates learned online, and verifies the best slots. Here the estimates are the
+//! rates of each decode's acceptance class (the configured ones: what an online estimator
+//! converges to when acceptance depends only on the class). The candidates are the cut-offs of
+//! the slots ranked by survival probability (then by position, earlier first): every slot
+//! ranked at or above the cut-off is verified, so a decode verifies a prefix of its drafts and
+//! the decodes of a class verify the same number. With one class they are j = 0..=k for every
+//! decode. The step is priced by the cost model at the decodes' actual contexts, as a profile
+//! taken at those contexts would be (vLLM's is taken at one context, on a grid of total query
+//! lengths `B * q`).
 
 use super::speculative::{expected_tokens_per_step, SpecSeq, Speculator};
 use super::CostModel;
@@ -30,38 +33,90 @@ impl Speculator {
     }
 
     /// The draft tokens each decode verifies in a step of decodes whose cached tokens are
-    /// `cached` (one entry per decode), under adaptive verification: the j in 0..=k with the most
-    /// expected tokens per nanosecond of the step on `target` (the smallest such j on a tie);
-    /// k when there is no decode.
+    /// `cached` (one entry per decode), all of the first acceptance class, under adaptive
+    /// verification: the j in 0..=k with the most expected tokens per nanosecond of the step on
+    /// `target` (the smallest such j on a tie); k when there is no decode.
     pub fn adaptive_k(&self, target: &CostModel, cached: &[u64]) -> u32 {
-        if cached.is_empty() {
-            return self.k();
-        }
-        let (mut best, mut best_rate) = (0, f64::NEG_INFINITY);
-        for (j, secs) in self.step_seconds_by_verified(target, cached).into_iter().enumerate() {
-            let ns = secs_to_ns(secs).max(1);
-            let rate = expected_tokens_per_step(&self.rates()[..j]) / ns as f64;
-            if rate > best_rate {
-                (best, best_rate) = (j as u32, rate);
-            }
-        }
-        best
+        let decodes: Vec<(u64, usize)> = cached.iter().map(|&c| (c, 0)).collect();
+        self.adaptive_plan(target, &decodes)[0]
     }
 
-    /// The seconds of one step of decodes at `cached` verifying j draft tokens each, for j in
-    /// 0..=k, under adaptive verification: [`Speculator::step`]'s to the bit (the same sums in
-    /// the same order), with the proposer's steps after the first, which run over every decode
-    /// whatever it verifies, priced once for all j.
-    pub(super) fn step_seconds_by_verified(&self, target: &CostModel, cached: &[u64]) -> Vec<f64> {
+    /// The draft tokens the decodes of each acceptance class verify in a step of `decodes`
+    /// (cached tokens, class), under adaptive verification: of the cut-offs of the slots ranked
+    /// by survival probability (nothing verified first), the one with the most expected tokens
+    /// per nanosecond of the step on `target` (the earliest on a tie: fewer tokens for the same
+    /// throughput); k for every class when there is no decode. Classes without a decode in the
+    /// step get what the cut-off gives their slots.
+    pub fn adaptive_plan(&self, target: &CostModel, decodes: &[(u64, usize)]) -> Vec<u32> {
+        let k = self.k();
+        if decodes.is_empty() {
+            return vec![k; self.num_classes()];
+        }
+        let plans = self.candidate_plans(decodes);
+        let n = decodes.len() as f64;
+        let mut count = vec![0usize; self.num_classes()];
+        decodes.iter().for_each(|&(_, c)| count[c] += 1);
+        let (mut best, mut best_rate) = (0, f64::NEG_INFINITY);
+        for (i, secs) in self.step_seconds_by_plan(target, decodes, &plans).into_iter().enumerate() {
+            let ns = secs_to_ns(secs).max(1);
+            // Expected tokens per decode: with one class its own expectation (count / n = 1).
+            let tokens: f64 = (0..self.num_classes()).filter(|&c| count[c] > 0).map(|c| count[c] as f64 / n * expected_tokens_per_step(&self.class_rates(c)[..plans[i][c] as usize])).sum();
+            let rate = tokens / ns as f64;
+            if rate > best_rate {
+                (best, best_rate) = (i, rate);
+            }
+        }
+        plans.into_iter().nth(best).expect("a candidate")
+    }
+
+    /// The candidate plans (draft tokens verified by each class) for a step of `decodes`:
+    /// nothing verified, then each cut-off of the slots of the classes present ranked by
+    /// survival probability a_1 ... a_i (higher first), then by position i (earlier first) —
+    /// verifying every slot ranked at or above it — without repeats. With one class: j = 0..=k.
+    pub(super) fn candidate_plans(&self, decodes: &[(u64, usize)]) -> Vec<Vec<u32>> {
+        let classes = self.num_classes();
+        let k = self.k() as usize;
+        let survival: Vec<Vec<f64>> = (0..classes)
+            .map(|c| {
+                self.class_rates(c)
+                    .iter()
+                    .scan(1.0, |p, a| {
+                        *p *= a;
+                        Some(*p)
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut present = vec![false; classes];
+        decodes.iter().for_each(|&(_, c)| present[c] = true);
+        let mut cuts: Vec<(f64, usize)> = (0..classes).filter(|&c| present[c]).flat_map(|c| survival[c].iter().enumerate().map(|(i, &s)| (s, i + 1))).collect();
+        cuts.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        cuts.dedup();
+        let mut plans = vec![vec![0u32; classes]];
+        for (s, p) in cuts {
+            let plan: Vec<u32> = survival.iter().map(|sv| sv[..k].iter().enumerate().filter(|&(i, &si)| si > s || (si == s && i < p)).count() as u32).collect();
+            if plans.last() != Some(&plan) {
+                plans.push(plan);
+            }
+        }
+        plans
+    }
+
+    /// The seconds of one step of `decodes` (cached tokens, class) under each of `plans` (the
+    /// draft tokens each class verifies), under adaptive verification: [`Speculator::step`]'s
+    /// to the bit (the same sums in the same order), with the proposer's steps after the first,
+    /// which run over every decode whatever it verifies, priced once for all plans.
+    pub(super) fn step_seconds_by_plan(&self, target: &CostModel, decodes: &[(u64, usize)], plans: &[Vec<u32>]) -> Vec<f64> {
         let rest = target.empty_shape();
-        let mut seqs: Vec<SpecSeq> = cached.iter().map(|&c| SpecSeq { cached: c, k: 0 }).collect();
+        let mut seqs: Vec<SpecSeq> = decodes.iter().map(|&(c, _)| SpecSeq { cached: c, k: 0 }).collect();
         // Under adaptive verification the proposer's step count and its steps 2.. do not
         // depend on the verified k.
         let steps = self.proposal_steps(&rest, &seqs);
         let later: Vec<f64> = (2..=steps).map(|s| self.draft_step(&rest, &seqs, s).seconds).collect();
-        (0..=self.k())
-            .map(|j| {
-                seqs.iter_mut().for_each(|s| s.k = j);
+        plans
+            .iter()
+            .map(|plan| {
+                seqs.iter_mut().zip(decodes).for_each(|(s, &(_, c))| s.k = plan[c]);
                 let (shape, chunks) = self.verify_shape(&rest, &seqs);
                 let mut secs = target.iteration_verify(&shape, &chunks).seconds;
                 secs += self.lookup_seconds(&rest, &seqs);
@@ -74,13 +129,15 @@ impl Speculator {
             .collect()
     }
 
-    /// The draft tokens a steady step of decodes at `cached` verifies: the adaptive choice, or
-    /// the k a batch-size table gives after a step of as many requests (k without one).
-    pub fn steady_k(&self, target: &CostModel, cached: &[u64]) -> u32 {
+    /// The draft tokens each of `decodes` (cached tokens, class) verifies in a steady step: the
+    /// adaptive plan's for its class, or the k a batch-size table gives after a step of as many
+    /// requests (k without one).
+    pub fn steady_k(&self, target: &CostModel, decodes: &[(u64, usize)]) -> Vec<u32> {
         if self.adaptive {
-            self.adaptive_k(target, cached)
+            let plan = self.adaptive_plan(target, decodes);
+            decodes.iter().map(|&(_, c)| plan[c]).collect()
         } else {
-            self.k_after(cached.len())
+            vec![self.k_after(decodes.len()); decodes.len()]
         }
     }
 }

@@ -18,7 +18,7 @@ fn draft(k: u32, a: AcceptanceRate, adaptive: bool) -> (CostModel, Speculator) {
 fn proposer(method: SpecMethod, k: u32, a: AcceptanceRate, adaptive: bool) -> (CostModel, Speculator) {
     let spec = InstanceSpec::new(llama2_70b(), h100(), ideal(), 4);
     let draft = (method == SpecMethod::Draft).then(llama2_7b);
-    let cfg = SpeculativeConfig { method, draft_model: draft, num_speculative_tokens: k, acceptance_rate: a, draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None, speculative_token_tree: None, enable_adaptive_verification: adaptive };
+    let cfg = SpeculativeConfig { method, draft_model: draft, num_speculative_tokens: k, acceptance_rate: Some(a), acceptance_classes: None, draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None, speculative_token_tree: None, enable_adaptive_verification: adaptive };
     (CostModel::build(&spec).unwrap(), Speculator::build(&cfg, &spec).unwrap())
 }
 
@@ -29,7 +29,7 @@ fn seqs(n: usize, j: u32) -> Vec<SpecSeq> {
 
 /// Expected tokens per nanosecond of a step of `n` decodes verifying `j` drafts each.
 fn rate(cm: &CostModel, sp: &Speculator, n: usize, j: u32) -> f64 {
-    expected_tokens_per_step(&sp.rates()[..j as usize]) / secs_to_ns(sp.step(cm, &cm.empty_shape(), &seqs(n, j)).seconds) as f64
+    expected_tokens_per_step(&sp.class_rates(0)[..j as usize]) / secs_to_ns(sp.step(cm, &cm.empty_shape(), &seqs(n, j)).seconds) as f64
 }
 
 #[test]
@@ -41,7 +41,7 @@ fn the_verified_k_is_the_one_with_the_most_tokens_per_second() {
         let k = sp.adaptive_k(&cm, &vec![1023; n]);
         let best = (0..=4).max_by(|&a, &b| rate(&cm, &sp, n, a).total_cmp(&rate(&cm, &sp, n, b)).then(b.cmp(&a))).unwrap();
         assert_eq!(k, best, "{n} decodes");
-        assert_eq!(sp.steady_k(&cm, &vec![1023; n]), k);
+        assert_eq!(sp.steady_k(&cm, &vec![(1023, 0); n]), vec![k; n]);
         chosen.push(k);
     }
     // Memory-bound at small batches: all four verified; compute-bound at large ones: fewer.
@@ -92,12 +92,12 @@ fn the_proposer_drafts_all_k_whatever_the_verify_pass_checks() {
 
 #[test]
 fn adaptive_verification_refuses_what_it_cannot_trim() {
-    let path = |c: SpeculativeConfig| match c.rates() {
+    let path = |c: SpeculativeConfig| match c.class_rates() {
         Err(Error::Config { path, message }) => (path, message),
         other => panic!("{other:?}"),
     };
-    let base = SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: 3, acceptance_rate: AcceptanceRate::Constant(0.7), draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None, speculative_token_tree: None, enable_adaptive_verification: true };
-    assert!(base.rates().is_ok());
+    let base = SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: 3, acceptance_rate: Some(AcceptanceRate::Constant(0.7)), acceptance_classes: None, draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None, speculative_token_tree: None, enable_adaptive_verification: true };
+    assert!(base.class_rates().is_ok());
     let (p, m) = path(SpeculativeConfig { num_speculative_tokens_per_batch_size: Some(vec![[1, 8, 3]]), ..base.clone() });
     assert_eq!(p, "speculative.enable_adaptive_verification");
     assert!(m.contains("num_speculative_tokens_per_batch_size"), "{m}");
@@ -114,7 +114,8 @@ fn the_candidates_are_priced_as_a_step_is_to_the_bit() {
     for (method, n) in [(SpecMethod::Draft, 1), (SpecMethod::Eagle, 64), (SpecMethod::Eagle3, 300), (SpecMethod::Suffix, 16)] {
         let (cm, sp) = proposer(method, 4, AcceptanceRate::Constant(0.7), true);
         let cached: Vec<u64> = (0..n).map(|i| 500 + 37 * i as u64).collect();
-        let by_j = sp.step_seconds_by_verified(&cm, &cached);
+        let decodes: Vec<(u64, usize)> = cached.iter().map(|&c| (c, 0)).collect();
+        let by_j = sp.step_seconds_by_plan(&cm, &decodes, &sp.candidate_plans(&decodes));
         assert_eq!(by_j.len(), 5);
         for (j, secs) in by_j.into_iter().enumerate() {
             let seqs: Vec<SpecSeq> = cached.iter().map(|&c| SpecSeq { cached: c, k: j as u32 }).collect();

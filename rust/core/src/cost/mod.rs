@@ -24,6 +24,7 @@
 //!   `decode_memo.rs`: decode-only iterations' operators other than attention, remembered per batch size;
 //!   `pipeline.rs`: the per-stage times of a batch through an asynchronous pipeline.
 
+mod acceptance_classes;
 mod adaptive_verification;
 mod attention;
 mod batch;
@@ -47,13 +48,14 @@ mod speculative;
 mod speculative_config;
 mod weight_fetch;
 
+pub use acceptance_classes::{ClassCaps, RequestClasses, CLASS_STREAM};
 pub use batch::{BatchShape, VerifyChunks};
 pub use decode_memo::OpsMemo;
 pub use ops::{IterationCost, Op, OpCost};
 pub use pipeline::StageCosts;
 pub use quantization::{ActivationFormat, KvCacheFormat, Quantization, WeightFormat, DEFAULT_GROUP_SIZE};
 pub use speculative::{expected_tokens_per_step, SpecSeq, Speculator};
-pub use speculative_config::{AcceptanceRate, SpecMethod, SpeculativeConfig, MAX_SPECULATIVE_TOKENS};
+pub use speculative_config::{AcceptanceClass, AcceptanceRate, SpecMethod, SpeculativeConfig, MAX_SPECULATIVE_TOKENS};
 pub use setup::{InstanceSpec, MAX_ITERATION_OVERHEAD, MAX_LAYER_OVERHEAD, MIN_EFFICIENCY};
 pub use weight_fetch::WeightStream;
 

@@ -48,7 +48,10 @@ pub struct SpecSeq {
 #[derive(Debug, Clone)]
 pub struct Speculator {
     method: SpecMethod,
-    rates: Vec<f64>,
+    /// Each acceptance class's share of the requests and its rate at each draft position given
+    /// the earlier ones were accepted (one class of share 1 for `acceptance_rate`;
+    /// `acceptance_classes.rs`).
+    pub(super) classes: Vec<(f64, Vec<f64>)>,
     /// The probability that a decode proposes in a step (an n-gram match; 1 for a model).
     proposal_rate: f64,
     /// The proposer's cost model (for `ngram`, which runs none, the target's, never charged).
@@ -85,7 +88,7 @@ impl Speculator {
     /// `tp` GPUs (the last: vLLM runs the proposer on the last stage's rank). Its per-step CPU overheads are zero: the k draft steps
     /// run inside the engine step, whose overhead the verify pass already pays.
     pub fn build(cfg: &SpeculativeConfig, spec: &InstanceSpec) -> Result<Self> {
-        let rates = cfg.rates()?;
+        let classes = cfg.class_rates()?;
         let mut eff = spec.efficiency.clone();
         eff.iteration_overhead = 0.0;
         eff.seq_overhead = None;
@@ -189,7 +192,7 @@ impl Speculator {
         let tree = cfg.tree_levels()?;
         let lookup = if cfg.method == SpecMethod::Ngram { spec.efficiency.ngram_lookup } else { None };
         let adaptive = cfg.enable_adaptive_verification;
-        Ok(Speculator { method: cfg.method, rates, proposal_rate, proposer, modules, per_step, per_proposal, per_batch_size, tree, lookup, adaptive, weight_bytes_per_gpu: weight, kv_bytes_per_token_per_gpu: kv })
+        Ok(Speculator { method: cfg.method, classes, proposal_rate, proposer, modules, per_step, per_proposal, per_batch_size, tree, lookup, adaptive, weight_bytes_per_gpu: weight, kv_bytes_per_token_per_gpu: kv })
     }
 
     /// The proposer's KV bytes of one token over all its layers and KV heads (what a speculating
@@ -200,7 +203,7 @@ impl Speculator {
 
     /// Draft tokens per step, k (a token tree's nodes).
     pub fn k(&self) -> u32 {
-        self.tree.last().copied().unwrap_or(self.rates.len() as u32)
+        self.tree.last().copied().unwrap_or(self.positions() as u32)
     }
 
     /// The levels a decode granted `draft` draft tokens speculates: a chain drafts them all; a
@@ -237,11 +240,6 @@ impl Speculator {
     /// Whether the proposer is a model that keeps its own KV (every method but `ngram` and `suffix`).
     pub fn runs_a_model(&self) -> bool {
         self.method.runs_a_model()
-    }
-
-    /// Acceptance rate of each draft position given the earlier ones were accepted.
-    pub fn rates(&self) -> &[f64] {
-        &self.rates
     }
 
     /// The proposer kind.

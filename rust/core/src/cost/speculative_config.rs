@@ -81,6 +81,21 @@ pub enum AcceptanceRate {
     PerPosition(Vec<f64>),
 }
 
+/// A class of requests with acceptance rates of their own (`acceptance_classes`): the share of
+/// requests in it and its rates. Which class a request belongs to is drawn once per request from
+/// the run's seed ([`crate::cost::RequestClasses`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcceptanceClass {
+    /// A label for reports (`code`, `chat`); optional.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The fraction of requests in the class, in (0, 1]; the classes' shares sum to 1.
+    pub share: f64,
+    /// The class's acceptance rates, as `acceptance_rate` gives them.
+    pub acceptance_rate: AcceptanceRate,
+}
+
 /// A pool's speculative decoding settings (vLLM's `--speculative-config`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -93,8 +108,14 @@ pub struct SpeculativeConfig {
     pub draft_model: Option<ModelSpec>,
     /// Draft tokens proposed per step, k.
     pub num_speculative_tokens: u32,
-    /// Acceptance probability of each draft position given the earlier ones were accepted.
-    pub acceptance_rate: AcceptanceRate,
+    /// Acceptance probability of each draft position given the earlier ones were accepted, the
+    /// same for every request; or, instead, `acceptance_classes`.
+    #[serde(default)]
+    pub acceptance_rate: Option<AcceptanceRate>,
+    /// Acceptance that differs by request: classes of requests, each with its share and rates
+    /// (instead of `acceptance_rate`).
+    #[serde(default)]
+    pub acceptance_classes: Option<Vec<AcceptanceClass>>,
     /// The rows of an EAGLE-3 head's own LM head (method `eagle3` only): its draft vocabulary,
     /// [`EAGLE3_DRAFT_VOCAB`] unless given (or the head model's vocabulary, when one is given).
     #[serde(default)]
@@ -127,10 +148,13 @@ pub struct SpeculativeConfig {
 pub const EAGLE3_DRAFT_VOCAB: u32 = 32_000;
 
 impl SpeculativeConfig {
-    /// The acceptance rate of each of the k positions; fails (naming the field) on k out of
-    /// range, a rate outside [0, 1], a per-position list of the wrong length, a bad batch-size
-    /// table entry, or a draft model given to (or missing from) the wrong method.
-    pub fn rates(&self) -> Result<Vec<f64>> {
+    /// The acceptance rate of each of the k positions (a tree's levels) for each class of
+    /// requests, with the class's share: one class of share 1 for `acceptance_rate`. Fails (naming
+    /// the field) on k out of range, neither or both of `acceptance_rate` and
+    /// `acceptance_classes`, a rate outside [0, 1], a per-position list of the wrong length, shares
+    /// outside (0, 1] or not summing to 1, a bad batch-size table entry, or a draft model given to
+    /// (or missing from) the wrong method.
+    pub fn class_rates(&self) -> Result<Vec<(f64, Vec<f64>)>> {
         let k = self.num_speculative_tokens;
         let levels = match &self.speculative_token_tree {
             None if !(1..=self.method.max_chain()).contains(&k) => {
@@ -139,19 +163,12 @@ impl SpeculativeConfig {
             None => k,
             Some(_) => self.tree_levels()?.len() as u32,
         };
-        let rates = match &self.acceptance_rate {
-            AcceptanceRate::Constant(a) => vec![*a; levels as usize],
-            AcceptanceRate::PerPosition(v) if v.len() == levels as usize => v.clone(),
-            AcceptanceRate::PerPosition(v) if self.speculative_token_tree.is_some() => {
-                return Err(Error::config("speculative.acceptance_rate", format!("a per-level list needs one rate per level of speculative_token_tree ({levels}), got {}", v.len())));
-            }
-            AcceptanceRate::PerPosition(v) => {
-                return Err(Error::config("speculative.acceptance_rate", format!("a per-position list needs num_speculative_tokens = {k} rates, got {}", v.len())));
-            }
+        let classes = match (&self.acceptance_rate, &self.acceptance_classes) {
+            (Some(a), None) => vec![(1.0, self.rates_of(a, levels, "speculative.acceptance_rate")?)],
+            (None, Some(classes)) => self.checked_classes(classes, levels)?,
+            (Some(_), Some(_)) => return Err(Error::config("speculative.acceptance_classes", "give acceptance_rate (every request alike) or acceptance_classes (rates by class of request), not both")),
+            (None, None) => return Err(Error::config("speculative.acceptance_rate", "missing: give acceptance_rate, or acceptance_classes")),
         };
-        if let Some((i, a)) = rates.iter().enumerate().find(|(_, a)| !(0.0..=1.0).contains(*a)) {
-            return Err(Error::config(format!("speculative.acceptance_rate.{i}"), format!("must be a probability in [0, 1], got {a:?}")));
-        }
         match self.draft_vocab_size {
             Some(_) if self.method != SpecMethod::Eagle3 => {
                 return Err(Error::config("speculative.draft_vocab_size", format!("applies to method eagle3 only (an EAGLE-3 head's own LM head), not {}", self.method.name())));
@@ -173,8 +190,46 @@ impl SpeculativeConfig {
             (SpecMethod::Eagle | SpecMethod::Mtp | SpecMethod::Ngram | SpecMethod::Suffix, Some(_)) => {
                 Err(Error::config("speculative.draft_model", "only methods draft and eagle3 take a model (eagle and mtp heads are layers of the target's shape; ngram and suffix run no model)"))
             }
-            _ => Ok(rates),
+            _ => Ok(classes),
         }
+    }
+
+    /// The rates `a` gives `levels` positions, checked (`field` names it in an error).
+    fn rates_of(&self, a: &AcceptanceRate, levels: u32, field: &str) -> Result<Vec<f64>> {
+        let rates = match a {
+            AcceptanceRate::Constant(a) => vec![*a; levels as usize],
+            AcceptanceRate::PerPosition(v) if v.len() == levels as usize => v.clone(),
+            AcceptanceRate::PerPosition(v) if self.speculative_token_tree.is_some() => {
+                return Err(Error::config(field, format!("a per-level list needs one rate per level of speculative_token_tree ({levels}), got {}", v.len())));
+            }
+            AcceptanceRate::PerPosition(v) => {
+                return Err(Error::config(field, format!("a per-position list needs num_speculative_tokens = {levels} rates, got {}", v.len())));
+            }
+        };
+        if let Some((i, a)) = rates.iter().enumerate().find(|(_, a)| !(0.0..=1.0).contains(*a)) {
+            return Err(Error::config(format!("{field}.{i}"), format!("must be a probability in [0, 1], got {a:?}")));
+        }
+        Ok(rates)
+    }
+
+    /// The classes' shares and rates, checked: at least one class, shares in (0, 1] summing to 1
+    /// (within 1e-6), each class's rates as [`SpeculativeConfig::rates_of`] checks them.
+    fn checked_classes(&self, classes: &[AcceptanceClass], levels: u32) -> Result<Vec<(f64, Vec<f64>)>> {
+        if classes.is_empty() {
+            return Err(Error::config("speculative.acceptance_classes", "needs at least one class ({share, acceptance_rate})"));
+        }
+        let mut out = Vec::with_capacity(classes.len());
+        for (c, class) in classes.iter().enumerate() {
+            if !(class.share > 0.0 && class.share <= 1.0) {
+                return Err(Error::config(format!("speculative.acceptance_classes.{c}.share"), format!("must be in (0, 1], got {:?}", class.share)));
+            }
+            out.push((class.share, self.rates_of(&class.acceptance_rate, levels, &format!("speculative.acceptance_classes.{c}.acceptance_rate"))?));
+        }
+        let total: f64 = out.iter().map(|(s, _)| s).sum();
+        if (total - 1.0).abs() > 1e-6 {
+            return Err(Error::config("speculative.acceptance_classes", format!("the shares must sum to 1, got {total}")));
+        }
+        Ok(out)
     }
 
     /// The token tree's nodes up to each level, cumulative (`[2, 6]`: two first-level

@@ -8,7 +8,7 @@ use crate::cost::Op;
 use crate::model::fixtures::{llama2_70b, llama2_7b, llama3_8b, mixtral_8x7b};
 
 pub(super) fn cfg(method: SpecMethod, draft: Option<ModelSpec>, k: u32, a: AcceptanceRate) -> SpeculativeConfig {
-    SpeculativeConfig { method, draft_model: draft, num_speculative_tokens: k, acceptance_rate: a, draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None, speculative_token_tree: None, enable_adaptive_verification: false }
+    SpeculativeConfig { method, draft_model: draft, num_speculative_tokens: k, acceptance_rate: Some(a), acceptance_classes: None, draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None, speculative_token_tree: None, enable_adaptive_verification: false }
 }
 
 /// A chain proposer's verify shape (the same for every k: each sequence's own).
@@ -31,7 +31,7 @@ fn draft_speedup(batch: u32) -> f64 {
     let seqs: Vec<SpecSeq> = (0..batch).map(|_| SpecSeq { cached: 1023, k: 4 }).collect();
     (0..batch).for_each(|_| plain.add_decode(1024));
     let step = sp.step(&cm, &cm.empty_shape(), &seqs).seconds;
-    cm.iteration_seconds(&plain) * expected_tokens_per_step(sp.rates()) / step
+    cm.iteration_seconds(&plain) * expected_tokens_per_step(sp.class_rates(0)) / step
 }
 
 #[test]
@@ -46,7 +46,7 @@ fn the_expected_tokens_per_step_are_one_plus_the_accepted_prefix() {
 
 #[test]
 fn bad_settings_name_their_field() {
-    let path = |c: SpeculativeConfig| match c.rates() {
+    let path = |c: SpeculativeConfig| match c.class_rates() {
         Err(Error::Config { path, .. }) => path,
         other => panic!("{other:?}"),
     };
@@ -58,7 +58,7 @@ fn bad_settings_name_their_field() {
     assert_eq!(path(eagle(3, AcceptanceRate::PerPosition(vec![0.9, 0.8]))), "speculative.acceptance_rate");
     assert_eq!(path(cfg(SpecMethod::Draft, None, 3, AcceptanceRate::Constant(0.5))), "speculative.draft_model");
     assert_eq!(path(cfg(SpecMethod::Mtp, Some(llama2_7b()), 3, AcceptanceRate::Constant(0.5))), "speculative.draft_model");
-    assert_eq!(eagle(2, AcceptanceRate::PerPosition(vec![0.9, 0.7])).rates().unwrap(), vec![0.9, 0.7]);
+    assert_eq!(eagle(2, AcceptanceRate::PerPosition(vec![0.9, 0.7])).class_rates().unwrap()[0].1, vec![0.9, 0.7]);
     // A draft with another tokenizer: Llama-3-8B (128256 tokens) for Llama-2-70B (32000).
     match Speculator::build(&cfg(SpecMethod::Draft, Some(llama3_8b()), 3, AcceptanceRate::Constant(0.5)), &target()) {
         Err(Error::Config { path, message }) => assert!(path == "speculative.draft_model" && message.contains("128256") && message.contains("32000"), "{message}"),
@@ -112,7 +112,7 @@ fn a_zero_acceptance_rate_costs_more_than_plain_decoding() {
     one.add_decode(100);
     let step = sp.step(&cm, &cm.empty_shape(), &[SpecSeq { cached: 99, k: 2 }]).seconds;
     // One token per step either way, and the step does more.
-    assert_eq!(expected_tokens_per_step(sp.rates()), 1.0);
+    assert_eq!(expected_tokens_per_step(sp.class_rates(0)), 1.0);
     assert!(step > cm.iteration_seconds(&one) * 1.01, "{step}");
 }
 
@@ -333,7 +333,7 @@ fn an_ngram_lookup_runs_no_model_and_its_rate_is_its_own() {
     let eagle = Speculator::build(&cfg(SpecMethod::Eagle, None, 3, AcceptanceRate::Constant(0.7)), &spec).unwrap();
     assert!(!eagle.runs_plain(&prompt, &[]), "a head keeps its own KV of the prompt");
     // Its settings: a rate outside [0, 1], the rate on another method, a model.
-    let path = |c: SpeculativeConfig| match c.rates() {
+    let path = |c: SpeculativeConfig| match c.class_rates() {
         Err(Error::Config { path, .. }) => path,
         other => panic!("{other:?}"),
     };
@@ -381,7 +381,7 @@ fn a_batch_size_table_picks_k_after_each_step_and_names_a_bad_entry() {
     // does ([(1, 16, 3), (32, 128, 2)]: 17-31 draft 3).
     let gaps = Speculator::build(&table(vec![[32, 128, 2], [1, 16, 3]]), &spec).unwrap();
     assert_eq!([1, 16, 17, 31, 32, 128, 500].map(|n| gaps.k_after(n)), [3, 3, 3, 3, 2, 2, 2]);
-    let fails = |t: Vec<[u32; 3]>| match table(t).rates() {
+    let fails = |t: Vec<[u32; 3]>| match table(t).class_rates() {
         Err(Error::Config { path, message }) => (path, message),
         other => panic!("{other:?}"),
     };
@@ -436,7 +436,7 @@ fn suffix_decoding_runs_no_model_drafts_up_to_32_and_is_charged_no_lookup() {
     assert_eq!(sp.lookup_seconds(&cm.empty_shape(), &seqs), 0.0);
     assert_eq!(sp.step(&cm, &cm.empty_shape(), &seqs).seconds, cm.iteration_verify(&v, &chunks).seconds);
     // 33 is refused (32 for suffix, 16 for the others); no model, no match rate, no tree.
-    let refused = |c: SpeculativeConfig| match c.rates() {
+    let refused = |c: SpeculativeConfig| match c.class_rates() {
         Err(Error::Config { path, message }) => (path, message),
         other => panic!("{other:?}"),
     };
@@ -449,5 +449,5 @@ fn suffix_decoding_runs_no_model_drafts_up_to_32_and_is_charged_no_lookup() {
     let tree = SpeculativeConfig { speculative_token_tree: Some(vec![vec![0], vec![1]]), ..cfg(SpecMethod::Suffix, None, 2, AcceptanceRate::Constant(0.9)) };
     assert_eq!(refused(tree).0, "speculative.speculative_token_tree");
     // Adaptive verification applies to it.
-    assert!(SpeculativeConfig { enable_adaptive_verification: true, ..cfg(SpecMethod::Suffix, None, 8, AcceptanceRate::Constant(0.9)) }.rates().is_ok());
+    assert!(SpeculativeConfig { enable_adaptive_verification: true, ..cfg(SpecMethod::Suffix, None, 8, AcceptanceRate::Constant(0.9)) }.class_rates().is_ok());
 }

@@ -18,10 +18,10 @@ fn tree_cfg(tree: Vec<Vec<u32>>, a: AcceptanceRate) -> SpeculativeConfig {
 #[test]
 fn a_token_tree_is_read_level_by_level_and_bad_trees_name_their_node() {
     assert_eq!(tree_cfg(binary_tree(), AcceptanceRate::Constant(0.7)).tree_levels().unwrap(), vec![2, 6]);
-    assert_eq!(tree_cfg(binary_tree(), AcceptanceRate::PerPosition(vec![0.9, 0.6])).rates().unwrap(), vec![0.9, 0.6], "one rate per level");
+    assert_eq!(tree_cfg(binary_tree(), AcceptanceRate::PerPosition(vec![0.9, 0.6])).class_rates().unwrap()[0].1, vec![0.9, 0.6], "one rate per level");
     let chain = vec![vec![0], vec![0, 0], vec![0, 0, 0]];
     assert_eq!(tree_cfg(chain, AcceptanceRate::Constant(0.7)).tree_levels().unwrap(), vec![1, 2, 3], "a chain is a tree of one child per node");
-    let fails = |c: SpeculativeConfig| match c.rates() {
+    let fails = |c: SpeculativeConfig| match c.class_rates() {
         Err(Error::Config { path, message }) => (path, message),
         other => panic!("{other:?}"),
     };
@@ -48,7 +48,7 @@ fn a_token_tree_is_read_level_by_level_and_bad_trees_name_their_node() {
 fn a_tree_verifies_its_nodes_and_its_proposer_drafts_level_by_level() {
     let spec = target();
     let sp = Speculator::build(&tree_cfg(binary_tree(), AcceptanceRate::Constant(0.7)), &spec).unwrap();
-    assert_eq!((sp.k(), sp.rates().len()), (6, 2), "six draft tokens a step over two levels");
+    assert_eq!((sp.k(), sp.class_rates(0).len()), (6, 2), "six draft tokens a step over two levels");
     // Granted draft tokens hold whole levels: 2 of 6 nodes is the first level, 5 still one.
     assert_eq!([0, 1, 2, 5, 6].map(|g| sp.depth(g)), [0, 0, 1, 1, 2]);
     let rest = CostModel::build(&spec).unwrap().empty_shape();
@@ -80,7 +80,7 @@ fn a_tree_pays_at_batch_one_and_costs_more_than_a_chain_at_large_batches() {
         let mut plain = cm.empty_shape();
         (0..batch).for_each(|_| plain.add_decode(1024));
         let seqs: Vec<SpecSeq> = (0..batch).map(|_| SpecSeq { cached: 1023, k: sp.k() }).collect();
-        cm.iteration_seconds(&plain) * expected_tokens_per_step(sp.rates()) / sp.step(&cm, &cm.empty_shape(), &seqs).seconds
+        cm.iteration_seconds(&plain) * expected_tokens_per_step(sp.class_rates(0)) / sp.step(&cm, &cm.empty_shape(), &seqs).seconds
     };
     let (c1, t1, c256, t256) = (speedup(&chain, 1), speedup(&tree, 1), speedup(&chain, 256), speedup(&tree, 256));
     assert!(t1 > c1 && t1 > 1.5, "batch 1: tree {t1}, chain {c1}");

@@ -11,15 +11,19 @@
 //! first draws whether it matched (its `proposal_rate`); without a match the decode proposes
 //! nothing that step. A token tree's decode is granted up to the tree's nodes and speculates as
 //! many whole levels as its grant holds (none below the first level's nodes: a plain decode);
-//! its accepted count is drawn over those levels with the per-level rates.
+//! its accepted count is drawn over those levels with the per-level rates. With acceptance
+//! classes (`cost/acceptance_classes.rs`) each decode draws with its request's class's rates, and
+//! under adaptive verification verifies its class's number of drafts.
 
-use crate::cost::{BatchShape, InstanceSpec, IterationCost, SpecSeq, SpeculativeConfig, Speculator, StageCosts, VerifyChunks};
+use crate::cost::{BatchShape, ClassCaps, InstanceSpec, IterationCost, RequestClasses, SpecSeq, SpeculativeConfig, Speculator, StageCosts, VerifyChunks};
 use crate::error::{Error, Result};
 use crate::kv::BlockManager;
 use crate::request::Request;
 use crate::rng::RngStream;
+use crate::scheduler::DraftGrant;
 use serde::Serialize;
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use super::Instance;
 
@@ -38,6 +42,12 @@ pub struct SpecStats {
     pub accepted_per_position: Vec<u64>,
     /// Decodes that proposed fewer than they could because their KV lookahead did not fit.
     pub lookahead_denied: u64,
+    /// Draft tokens proposed by the requests of each acceptance class (empty with one class).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub draft_tokens_per_class: Vec<u64>,
+    /// Draft tokens accepted from the requests of each acceptance class (empty with one class).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub accepted_per_class: Vec<u64>,
 }
 
 /// An instance's proposer, its random stream and the speculation of the iteration running.
@@ -45,6 +55,11 @@ pub struct SpecStats {
 pub struct SpecRuntime {
     spec: Speculator,
     rng: RngStream,
+    /// The run's requests mapped to the proposer's acceptance classes.
+    classes: Arc<RequestClasses>,
+    /// Under adaptive verification with several acceptance classes, the draft tokens each
+    /// class's decodes verify in the batch being formed (empty otherwise).
+    plan: Vec<u32>,
     /// Accepted draft tokens of each item of the running batch (0: not speculating).
     accepted: Vec<u32>,
     /// The running batch's verify shape and proposer seconds, when some decode speculates.
@@ -77,19 +92,21 @@ impl SpecRuntime {
         self.accepted.get(i).copied().unwrap_or(0)
     }
 
-    /// Draws how many of `depth` draft positions (a tree's levels) are accepted: position i
-    /// with probability a_i given all before it were; stops at the first rejection.
-    fn sample(&mut self, depth: u32) -> u32 {
+    /// Draws how many of `depth` draft positions (a tree's levels) of a request of acceptance
+    /// class `class` are accepted: position i with probability a_i given all before it were;
+    /// stops at the first rejection.
+    fn sample(&mut self, depth: u32, class: usize) -> u32 {
+        let rates = self.spec.class_rates(class);
         let mut n = 0;
-        while n < depth && self.rng.next_f64() < self.spec.rates()[n as usize] {
+        while n < depth && self.rng.next_f64() < rates[n as usize] {
             n += 1;
         }
         n
     }
 
-    /// Counts one sequence-step that proposed `draft` tokens over `depth` positions (a tree's
-    /// levels: one position each) and accepted `n` of them.
-    fn count(&mut self, draft: u32, depth: u32, n: u32) {
+    /// Counts one sequence-step of a request of acceptance class `class` that proposed `draft`
+    /// tokens over `depth` positions (a tree's levels: one position each) and accepted `n` of them.
+    fn count(&mut self, draft: u32, depth: u32, n: u32, class: usize) {
         let s = &mut self.stats;
         s.drafts += 1;
         s.draft_tokens += draft as u64;
@@ -97,6 +114,10 @@ impl SpecRuntime {
         for i in 0..depth as usize {
             s.draft_tokens_per_position[i] += 1;
             s.accepted_per_position[i] += (i < n as usize) as u64;
+        }
+        if !s.draft_tokens_per_class.is_empty() {
+            s.draft_tokens_per_class[class] += draft as u64;
+            s.accepted_per_class[class] += n as u64;
         }
     }
 }
@@ -129,9 +150,11 @@ impl Instance {
         self.kv = BlockManager::new(plan.num_blocks, plan.block_size, super::kv_watermark(plan.num_blocks)).with_attention_window(self.cost.model().sliding_window);
         let k_now = sp.k();
         self.scheduler.set_draft_tokens(k_now);
-        let k = sp.rates().len();
-        let stats = SpecStats { draft_tokens_per_position: vec![0; k], accepted_per_position: vec![0; k], ..Default::default() };
-        self.spec = Some(Box::new(SpecRuntime { spec: sp, rng: RngStream::new(seed, stream), accepted: Vec::new(), verify: None, in_flight: VecDeque::new(), k_now, stats }));
+        let k = sp.positions();
+        let per_class = if sp.num_classes() > 1 { sp.num_classes() } else { 0 };
+        let stats = SpecStats { draft_tokens_per_position: vec![0; k], accepted_per_position: vec![0; k], draft_tokens_per_class: vec![0; per_class], accepted_per_class: vec![0; per_class], ..Default::default() };
+        let classes = Arc::new(sp.request_classes(seed));
+        self.spec = Some(Box::new(SpecRuntime { spec: sp, rng: RngStream::new(seed, stream), classes, plan: Vec::new(), accepted: Vec::new(), verify: None, in_flight: VecDeque::new(), k_now, stats }));
         Ok(self)
     }
 
@@ -141,29 +164,35 @@ impl Instance {
     }
 
     /// Draws how many draft tokens each speculating decode of the batch just formed accepts (in
-    /// batch order) and counts them; returns the batch's other items as a shape and its
-    /// speculating decodes (None for a pool that does not speculate). Under dynamic speculation
-    /// a batch formed with k = 0 lists its decodes as drafting nothing (their proposer still
-    /// runs over them), and the next batch's k follows this one's request count; under adaptive
-    /// verification, the best k for this batch's decodes ([`Speculator::adaptive_k`]).
+    /// batch order, with its request's acceptance class's rates) and counts them; returns the
+    /// batch's other items as a shape and its speculating decodes (None for a pool that does not
+    /// speculate). Under dynamic speculation a batch formed with k = 0 lists its decodes as
+    /// drafting nothing (their proposer still runs over them), and the next batch's k follows
+    /// this one's request count; under adaptive verification, the best plan for this batch's
+    /// decodes ([`Speculator::adaptive_plan`]): a decode of a class whose plan verifies nothing
+    /// is listed as drafting nothing, as under k = 0.
     fn draw_batch(&mut self, reqs: &[Request]) -> Option<(BatchShape, Vec<SpecSeq>)> {
         let rt = self.spec.as_deref_mut()?;
         rt.accepted.clear();
         rt.verify = None;
         rt.stats.lookahead_denied += self.batch.lookahead_denied as u64;
-        let syncing = rt.k_now == 0 && rt.spec.runs_a_model();
+        let runs_a_model = rt.spec.runs_a_model();
+        let syncing = rt.k_now == 0 && runs_a_model;
         let mut rest = BatchShape::windowed(self.cost.model().sliding_window);
         let mut seqs = Vec::new();
         for it in &self.batch.items {
             let r = &reqs[it.req as usize];
+            let class = rt.classes.class_of(it.req);
             // An n-gram lookup that finds no match proposes nothing: a plain decode this step.
             let unmatched = it.draft > 0 && rt.spec.proposal_rate() < 1.0 && rt.rng.next_f64() >= rt.spec.proposal_rate();
             // A tree's decode granted fewer draft tokens than its first level's nodes drafts nothing.
             let depth = rt.spec.depth(it.draft);
+            // Adaptive verification with classes: this class verifies none of the drafts.
+            let unverified = runs_a_model && rt.plan.get(class) == Some(&0);
             if depth == 0 || unmatched {
                 rt.accepted.push(0);
                 if it.tokens == 1 && r.is_decoding() {
-                    if syncing {
+                    if syncing || unverified {
                         seqs.push(SpecSeq { cached: r.computed as u64, k: 0 });
                     } else {
                         rest.add_decode(r.computed as u64 + 1);
@@ -173,20 +202,37 @@ impl Instance {
                 }
                 continue;
             }
-            let n = rt.sample(depth);
-            rt.count(rt.spec.nodes(depth), depth, n);
+            let n = rt.sample(depth, class);
+            rt.count(rt.spec.nodes(depth), depth, n, class);
             rt.accepted.push(n);
             seqs.push(SpecSeq { cached: r.computed as u64, k: it.draft });
         }
-        rt.k_now = if rt.spec.is_adaptive() {
+        let grant = if rt.spec.is_adaptive() {
             // The decodes of the next step: this one's decodes and the prompts it completes, at
-            // the tokens cached once it ends (before its accepted drafts).
-            let next: Vec<u64> = self.batch.items.iter().map(|it| (&reqs[it.req as usize], it.tokens)).filter(|(r, n)| r.computed + n == r.known_tokens()).map(|(r, n)| (r.computed + n) as u64).collect();
-            rt.spec.adaptive_k(&self.cost, &next)
+            // the tokens cached once it ends (before its accepted drafts), with their classes.
+            let next: Vec<(u64, usize)> = self
+                .batch
+                .items
+                .iter()
+                .filter(|it| {
+                    let r = &reqs[it.req as usize];
+                    r.computed + it.tokens == r.known_tokens()
+                })
+                .map(|it| ((reqs[it.req as usize].computed + it.tokens) as u64, rt.classes.class_of(it.req)))
+                .collect();
+            let plan = rt.spec.adaptive_plan(&self.cost, &next);
+            let k = plan.iter().copied().max().unwrap_or(0);
+            if plan.len() > 1 {
+                rt.plan = plan.clone();
+                DraftGrant { k, by_class: Some(ClassCaps { classes: Arc::clone(&rt.classes), caps: plan }) }
+            } else {
+                DraftGrant::uniform(k)
+            }
         } else {
-            rt.spec.k_after(self.batch.items.len())
+            DraftGrant::uniform(rt.spec.k_after(self.batch.items.len()))
         };
-        self.scheduler.set_draft_tokens(rt.k_now);
+        rt.k_now = grant.k;
+        self.scheduler.set_draft_grant(grant);
         Some((rest, seqs))
     }
 

@@ -10,7 +10,7 @@
 //! prefix group read their shared prefix's keys and values once per iteration (a Hydragen-style
 //! shared-prefix attention kernel), which the batch's cost reflects.
 
-use super::{grant_drafts, try_admit, Batch, Scheduler, Queues};
+use super::{DraftGrant, grant_drafts, try_admit, Batch, Scheduler, Queues};
 use crate::kv::BlockManager;
 use crate::request::Request;
 use std::collections::BTreeMap;
@@ -20,14 +20,14 @@ use std::collections::BTreeMap;
 pub struct BatchLlmScheduler {
     token_budget: u32,
     max_num_seqs: u32,
-    draft_tokens: u32,
+    draft: DraftGrant,
     sorted_len: usize,
 }
 
 impl BatchLlmScheduler {
     /// A scheduler with a per-iteration token budget and a sequence limit.
     pub fn new(token_budget: u32, max_num_seqs: u32) -> Self {
-        BatchLlmScheduler { token_budget, max_num_seqs, draft_tokens: 0, sorted_len: usize::MAX }
+        BatchLlmScheduler { token_budget, max_num_seqs, draft: DraftGrant::default(), sorted_len: usize::MAX }
     }
 
     fn ratio(r: &Request) -> f64 {
@@ -86,7 +86,7 @@ impl Scheduler for BatchLlmScheduler {
         let decodes = batch.items.len() as u32;
         // Speculating decodes verify 1 + their draft tokens, all within the token budget (their
         // lookahead lies inside the whole-lifetime reservation).
-        let drafts = grant_drafts(batch, 0, reqs, kv, self.draft_tokens, self.token_budget.saturating_sub(decodes));
+        let drafts = grant_drafts(batch, 0, reqs, kv, &self.draft, self.token_budget.saturating_sub(decodes));
         let mut budget = self.token_budget.saturating_sub(decodes + drafts);
         for &idx in &q.running {
             let r = &reqs[idx as usize];
@@ -121,8 +121,8 @@ impl Scheduler for BatchLlmScheduler {
         }
     }
 
-    fn set_draft_tokens(&mut self, k: u32) {
-        self.draft_tokens = k;
+    fn set_draft_grant(&mut self, grant: DraftGrant) {
+        self.draft = grant;
     }
 
     fn reject_reason(&self, _req: &Request) -> Option<String> {

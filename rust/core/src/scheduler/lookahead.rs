@@ -10,8 +10,35 @@
 //! budget then loses 1 + the tokens granted.
 
 use super::Batch;
+use crate::cost::ClassCaps;
 use crate::kv::BlockManager;
 use crate::request::Request;
+
+/// The draft tokens the scheduler may grant each decode in the next step: up to `k` for every
+/// decode, or under adaptive verification with acceptance classes the cap of the decode's class
+/// (never above `k`, the most of any class).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DraftGrant {
+    /// The most draft tokens any decode proposes (0: the pool does not speculate this step).
+    pub k: u32,
+    /// Caps by acceptance class (None: `k` for every decode).
+    pub by_class: Option<ClassCaps>,
+}
+
+impl DraftGrant {
+    /// Up to `k` draft tokens for every decode.
+    pub fn uniform(k: u32) -> Self {
+        DraftGrant { k, by_class: None }
+    }
+
+    /// The most draft tokens the decode of the request at index `req` may propose.
+    pub fn for_request(&self, req: u32) -> u32 {
+        match &self.by_class {
+            None => self.k,
+            Some(caps) => caps.of(req).min(self.k),
+        }
+    }
+}
 
 /// Draft tokens the decode of `r` proposes this step: up to `k`, at most its output tokens left
 /// but one and at most `budget` (token budget left beside its own token), as many as its KV
@@ -34,10 +61,11 @@ pub fn grant_draft(r: &mut Request, k: u32, budget: u32, kv: &mut BlockManager, 
 }
 
 /// Grants draft tokens (see [`grant_draft`]) to the decodes among `batch.items[from..]`, in
-/// batch order, within `budget` tokens beside their own; returns the draft tokens granted.
-/// Nothing is granted when `k` is 0 (a pool that does not speculate).
-pub fn grant_drafts(batch: &mut Batch, from: usize, reqs: &mut [Request], kv: &mut BlockManager, k: u32, budget: u32) -> u32 {
-    if k == 0 {
+/// batch order, up to what `grant` allows each and within `budget` tokens beside their own;
+/// returns the draft tokens granted. Nothing is granted when `grant.k` is 0 (a pool that does not
+/// speculate).
+pub fn grant_drafts(batch: &mut Batch, from: usize, reqs: &mut [Request], kv: &mut BlockManager, grant: &DraftGrant, budget: u32) -> u32 {
+    if grant.k == 0 {
         return 0;
     }
     let mut used = 0;
@@ -47,7 +75,7 @@ pub fn grant_drafts(batch: &mut Batch, from: usize, reqs: &mut [Request], kv: &m
         if it.tokens != 1 || !r.is_decoding() {
             continue;
         }
-        let d = grant_draft(r, k, budget - used, kv, &mut batch.lookahead_denied);
+        let d = grant_draft(r, grant.for_request(it.req), budget - used, kv, &mut batch.lookahead_denied);
         batch.items[i].draft = d;
         used += d;
     }

@@ -15,7 +15,7 @@ mod vllm_v1;
 
 pub use batch::{Batch, Item};
 pub use batchllm::BatchLlmScheduler;
-pub use lookahead::{grant_draft, grant_drafts};
+pub use lookahead::{grant_draft, grant_drafts, DraftGrant};
 pub use orca::OrcaScheduler;
 pub use sarathi::{SarathiScheduler, SarathiVariant};
 pub use vllm::VllmScheduler;
@@ -217,10 +217,15 @@ pub trait Scheduler: Send + Sync {
         req.peak_kv_tokens()
     }
 
-    /// Tells the scheduler that each decode may propose up to `k` draft tokens (speculative
-    /// decoding): it grants them, KV lookahead and token budget permitting, and counts each
-    /// granted draft token against its budget beside the decode's own token.
-    fn set_draft_tokens(&mut self, k: u32);
+    /// Tells the scheduler how many draft tokens each decode may propose (speculative decoding):
+    /// it grants them, KV lookahead and token budget permitting, and counts each granted draft
+    /// token against its budget beside the decode's own token.
+    fn set_draft_grant(&mut self, grant: DraftGrant);
+
+    /// [`Scheduler::set_draft_grant`] of up to `k` draft tokens for every decode.
+    fn set_draft_tokens(&mut self, k: u32) {
+        self.set_draft_grant(DraftGrant::uniform(k));
+    }
 
     /// Frees the host-memory blocks a swapped-out `req` holds (when it is aborted).
     fn release_host(&mut self, req: &mut Request) {

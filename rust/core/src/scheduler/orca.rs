@@ -6,7 +6,7 @@
 //! but fits fewer requests. `reserve_max_len` reserves the model's full context per request, as
 //! Orca does; otherwise the request's own prompt + output ("Orca oracle").
 
-use super::{grant_drafts, try_admit, Batch, Scheduler, Queues};
+use super::{DraftGrant, grant_drafts, try_admit, Batch, Scheduler, Queues};
 use crate::kv::BlockManager;
 use crate::request::Request;
 
@@ -15,14 +15,14 @@ use crate::request::Request;
 pub struct OrcaScheduler {
     max_num_seqs: u32,
     reserve_tokens: Option<u32>,
-    draft_tokens: u32,
+    draft: DraftGrant,
 }
 
 impl OrcaScheduler {
     /// A scheduler admitting up to `max_num_seqs` requests, reserving `reserve_tokens` each
     /// (None: each request's own prompt + output).
     pub fn new(max_num_seqs: u32, reserve_tokens: Option<u32>) -> Self {
-        OrcaScheduler { max_num_seqs, reserve_tokens, draft_tokens: 0 }
+        OrcaScheduler { max_num_seqs, reserve_tokens, draft: DraftGrant::default() }
     }
 
     fn reservation(&self, r: &Request) -> u64 {
@@ -43,11 +43,11 @@ impl Scheduler for OrcaScheduler {
             batch.push(idx, r, r.pending_tokens());
         }
         // No token budget: a speculating decode's draft is bounded by k and its reservation only.
-        grant_drafts(batch, 0, reqs, kv, self.draft_tokens, u32::MAX);
+        grant_drafts(batch, 0, reqs, kv, &self.draft, u32::MAX);
     }
 
-    fn set_draft_tokens(&mut self, k: u32) {
-        self.draft_tokens = k;
+    fn set_draft_grant(&mut self, grant: DraftGrant) {
+        self.draft = grant;
     }
 
     fn reject_reason(&self, req: &Request) -> Option<String> {

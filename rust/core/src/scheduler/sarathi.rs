@@ -14,7 +14,7 @@
 //! decode needs a block that is not there preempt the most recently admitted request by
 //! recompute, as vLLM does.
 
-use super::{grant_drafts, grow_for_decode, preempt_recompute, try_admit, Batch, Scheduler, Queues};
+use super::{DraftGrant, grant_drafts, grow_for_decode, preempt_recompute, try_admit, Batch, Scheduler, Queues};
 use crate::kv::BlockManager;
 use crate::request::Request;
 
@@ -32,14 +32,14 @@ pub enum SarathiVariant {
 pub struct SarathiScheduler {
     policy: SarathiVariant,
     max_num_seqs: u32,
-    draft_tokens: u32,
+    draft: DraftGrant,
     preempted: Vec<u32>,
 }
 
 impl SarathiScheduler {
     /// A scheduler with the given chunk policy and sequence limit.
     pub fn new(policy: SarathiVariant, max_num_seqs: u32) -> Self {
-        SarathiScheduler { policy, max_num_seqs, draft_tokens: 0, preempted: Vec::new() }
+        SarathiScheduler { policy, max_num_seqs, draft: DraftGrant::default(), preempted: Vec::new() }
     }
 
     /// Gives `tokens` more tokens of `req` their KV blocks; false when the cache lacks them.
@@ -124,18 +124,18 @@ impl Scheduler for SarathiScheduler {
         let decodes = batch.items.len() as u32;
         match self.policy {
             SarathiVariant::SarathiServe(b) => {
-                let drafts = grant_drafts(batch, 0, reqs, kv, self.draft_tokens, b.saturating_sub(decodes));
+                let drafts = grant_drafts(batch, 0, reqs, kv, &self.draft, b.saturating_sub(decodes));
                 self.schedule_chunks(q, reqs, kv, batch, b.saturating_sub(decodes + drafts), u32::MAX)
             }
             SarathiVariant::Sarathi(c) => {
-                grant_drafts(batch, 0, reqs, kv, self.draft_tokens, u32::MAX);
+                grant_drafts(batch, 0, reqs, kv, &self.draft, u32::MAX);
                 self.schedule_chunks(q, reqs, kv, batch, c, 1)
             }
         }
     }
 
-    fn set_draft_tokens(&mut self, k: u32) {
-        self.draft_tokens = k;
+    fn set_draft_grant(&mut self, grant: DraftGrant) {
+        self.draft = grant;
     }
 
     fn reject_reason(&self, _req: &Request) -> Option<String> {

@@ -10,7 +10,7 @@
 //! any request is swapped out no new prefill is admitted, and once an iteration preempts nothing,
 //! swapped requests come back in order (while blocks allow) and decode in that same iteration.
 
-use super::{grant_drafts, grow_for_decode, preempt_recompute, preempt_swap, try_admit, Batch, Scheduler, Queues};
+use super::{DraftGrant, grant_drafts, grow_for_decode, preempt_recompute, preempt_swap, try_admit, Batch, Scheduler, Queues};
 use crate::kv::BlockManager;
 use crate::request::{Request, Status};
 
@@ -19,7 +19,7 @@ use crate::request::{Request, Status};
 pub struct VllmScheduler {
     max_num_seqs: u32,
     max_num_batched_tokens: u32,
-    draft_tokens: u32,
+    draft: DraftGrant,
     preempted: Vec<u32>,
     swapped_out: Vec<u32>,
     host: Option<BlockManager>,
@@ -28,7 +28,7 @@ pub struct VllmScheduler {
 impl VllmScheduler {
     /// A scheduler with the given limits.
     pub fn new(max_num_seqs: u32, max_num_batched_tokens: u32) -> Self {
-        VllmScheduler { max_num_seqs, max_num_batched_tokens, draft_tokens: 0, preempted: Vec::new(), swapped_out: Vec::new(), host: None }
+        VllmScheduler { max_num_seqs, max_num_batched_tokens, draft: DraftGrant::default(), preempted: Vec::new(), swapped_out: Vec::new(), host: None }
     }
 
     /// Preempts by swapping to `host_blocks` blocks of host memory (0 keeps recompute).
@@ -147,12 +147,12 @@ impl Scheduler for VllmScheduler {
             }
             // Speculating decodes verify 1 + their draft tokens, all within the token budget.
             let decodes = batch.items.len() as u32;
-            grant_drafts(batch, 0, reqs, kv, self.draft_tokens, self.max_num_batched_tokens.saturating_sub(decodes));
+            grant_drafts(batch, 0, reqs, kv, &self.draft, self.max_num_batched_tokens.saturating_sub(decodes));
         }
     }
 
-    fn set_draft_tokens(&mut self, k: u32) {
-        self.draft_tokens = k;
+    fn set_draft_grant(&mut self, grant: DraftGrant) {
+        self.draft = grant;
     }
 
     fn schedule_admissions(&mut self, q: &mut Queues, reqs: &mut [Request], kv: &mut BlockManager, batch: &mut Batch) -> bool {

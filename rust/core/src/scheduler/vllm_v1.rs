@@ -23,7 +23,7 @@
 //!
 //! The KV invariants stay the block manager's: a plan only orders, it never over-allocates.
 
-use super::{grant_draft, preempt_recompute, Batch, Queues, Scheduler};
+use super::{DraftGrant, grant_draft, preempt_recompute, Batch, Queues, Scheduler};
 use crate::error::{Error, Result};
 use crate::kv::BlockManager;
 use crate::request::{Request, Status};
@@ -94,7 +94,7 @@ pub struct VllmV1Scheduler {
     max_num_seqs: u32,
     max_num_batched_tokens: u32,
     reserve_full_prompt: bool,
-    draft_tokens: u32,
+    draft: DraftGrant,
     step: u64,
     now: crate::time::Nanos,
     error: Option<Error>,
@@ -121,7 +121,7 @@ impl VllmV1Scheduler {
     /// A scheduler following `batch_scheduler`'s plans; the limits size the instance's activation memory, and a plan
     /// may not exceed them.
     pub fn new(batch_scheduler: Box<dyn BatchScheduler>, max_num_seqs: u32, max_num_batched_tokens: u32) -> Self {
-        VllmV1Scheduler { batch_scheduler, max_num_seqs, max_num_batched_tokens, reserve_full_prompt: true, draft_tokens: 0, step: 0, now: 0, error: None }
+        VllmV1Scheduler { batch_scheduler, max_num_seqs, max_num_batched_tokens, reserve_full_prompt: true, draft: DraftGrant::default(), step: 0, now: 0, error: None }
     }
 
     /// Whether admission needs room for the whole prompt (true, vLLM's default) or only the first chunk.
@@ -214,7 +214,7 @@ impl VllmV1Scheduler {
                 }
             }
             let r = &mut reqs[idx as usize];
-            let draft = if n == 1 && r.is_decoding() { grant_draft(r, self.draft_tokens, budget - 1, kv, &mut batch.lookahead_denied) } else { 0 };
+            let draft = if n == 1 && r.is_decoding() { grant_draft(r, self.draft.for_request(idx), budget - 1, kv, &mut batch.lookahead_denied) } else { 0 };
             scheduled.push((idx, n, draft));
             budget -= n + draft;
         }
@@ -319,8 +319,8 @@ impl Scheduler for VllmV1Scheduler {
         self.now = now;
     }
 
-    fn set_draft_tokens(&mut self, k: u32) {
-        self.draft_tokens = k;
+    fn set_draft_grant(&mut self, grant: DraftGrant) {
+        self.draft = grant;
     }
 }
 
