@@ -1,6 +1,7 @@
 """Acceptance that differs by request (``speculative.acceptance_classes``,
 docs/speculative-decoding.md): each request is drawn into a class by the run's seed and its
-index and accepts at its class's rates; the summary reports each class's acceptance; one
+index and accepts at its class's rates; the request table names each request's class and the
+summary reports each class's acceptance; one
 averaged rate misjudges what a mixed workload gains; adaptive verification verifies more of the
 drafts of the class that accepts more; bad classes are refused naming the field (exit 2)."""
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import polars as pl
 import pytest
 
 import fleetwise
@@ -39,9 +41,11 @@ def test_each_class_accepts_at_its_own_rates():
     for c, a in enumerate((0.9, 0.45)):
         assert s["per_class_acceptance_rate"][c] == pytest.approx((_expected_tokens(a) - 1) / 4, rel=0.04), c
     assert sum(s["per_class_draft_tokens"]) == s["num_draft_tokens"]
-    # The code requests (drawn by seed and index) finish sooner: more tokens a step.
+    # Each request's class, drawn by seed and index (the SimPy reference's SplitMix64 agrees), in
+    # the request table; the code requests finish sooner: more tokens a step.
     cls = _classes(64, 11)
     assert 0.15 < (cls == 0).mean() < 0.45
+    assert res.requests["acceptance_class"].to_list() == [["code", "chat"][c] for c in cls]
     tpot = res.requests["tpot_s"].to_numpy()
     assert tpot[cls == 0].mean() < 0.7 * tpot[cls == 1].mean()
     # Shares and rates by class give the same run every time; another seed, other classes.
@@ -55,11 +59,11 @@ def test_one_averaged_rate_misjudges_a_mixed_workload():
     # average. Sixteen at once (a memory-bound verify pass): each class's requests decode as a
     # run of that class alone does (within 12%: the batch thins as the fast class finishes),
     # 3.5x apart; one rate of 0.6 for all gives every request about the same TPOT, and a p90 TPOT
-    # 40% below the mixed workload's.
+    # (9.8 ms) well below the mixed workload's (16.1 ms).
     mixed = [{"share": 0.5, "acceptance_rate": 1.0}, {"share": 0.5, "acceptance_rate": 0.2}]
     n = 16
     res = fleetwise.simulate(_scenario({**EAGLE, "acceptance_classes": mixed}, requests=n))
-    cls = np.array([0 if uniform_at(11, CLASS_STREAM, i) < 0.5 else 1 for i in range(n)])
+    cls = (res.requests["acceptance_class"] == "class 1").to_numpy().astype(int)
     tpot = res.requests["tpot_s"].to_numpy()
     alone = {a: fleetwise.simulate(_scenario({**EAGLE, "acceptance_rate": a}, requests=n)).summary["tpot_s"] for a in (1.0, 0.2, 0.6)}
     assert tpot[cls == 0].mean() == pytest.approx(alone[1.0]["mean"], rel=0.12)
@@ -87,9 +91,8 @@ def test_adaptive_verification_verifies_the_class_that_accepts_more():
     assert adaptive["per_class_draft_tokens"][1] < 0.35 * every["per_class_draft_tokens"][1]
     assert adaptive["per_class_acceptance_rate"][1] == pytest.approx(0.45, rel=0.05)
     assert every["per_class_acceptance_rate"][1] == pytest.approx((_expected_tokens(0.45) - 1) / 4, rel=0.05)
-    cls = _classes(256, 11)
-    for c in (0, 1):
-        by_class = {n: runs[n].requests["tpot_s"].to_numpy()[cls == c].mean() for n in ("all", "adaptive")}
+    for c in ("code", "chat"):
+        by_class = {n: runs[n].requests.filter(pl.col("acceptance_class") == c)["tpot_s"].mean() for n in ("all", "adaptive")}
         assert by_class["adaptive"] < 0.8 * by_class["all"], (c, by_class)
 
 

@@ -167,6 +167,11 @@ def expert_cache_hits(
     """Hits of one layer's expert cache (lru, lfu, static) of ``capacity`` experts over ``accesses``."""
     ...
 
+def acceptance_classes(seed: int, shares: list[float], n: int) -> np.ndarray:
+    """The acceptance class (uint8, an index into ``shares``) of each of a run's ``n`` requests in
+    the run seeded with ``seed``, as the core draws it (the request table's ``acceptance_class``)."""
+    ...
+
 def resolve_config(config_json: str) -> str:
     """The scenario JSON as the core reads it: deserialised into the core's config and serialised
     back, with serde's defaults filled in (ConfigError on an unknown or invalid field)."""

@@ -83,7 +83,7 @@ def request_table(compact: pl.DataFrame | pl.LazyFrame, *, unrouted: int | None 
     way). ``idealized`` (an expression over the compact columns, seconds) becomes
     ``idealized_runtime_s``, and times the GPUs of the request's pool (``idealized_gpus``; a
     request of no pool counts as one of ``first_pool``) ``idealized_gpu_seconds``. With
-    ``enum_labels`` status, pool and rejection reason stay Enums (the same values; comparing them
+    ``enum_labels`` status, pool, rejection reason and acceptance class stay Enums (the same values; comparing them
     with a string needs no String column: the summaries read this form).
     """
     c = compact.lazy()
@@ -122,6 +122,7 @@ def request_table(compact: pl.DataFrame | pl.LazyFrame, *, unrouted: int | None 
         label("status"),
         label("reject_reason"),
         *([pl.col("mixed_pool")] if "mixed_pool" in names else []),
+        *([label("acceptance_class")] if "acceptance_class" in names else []),
         pl.when(scheduled >= 0).then((scheduled - arrival) * 1e-9).otherwise(None).alias("scheduling_delay_s"),
         if_finished(ttft, "ttft_s"),
         pl.when(finished & (out_tokens > 1)).then((e2e - ttft) / (out_tokens - 1)).otherwise(None).alias("tpot_s"),

@@ -20,6 +20,7 @@ from fleetwise.config.scenario import Scenario
 from fleetwise.config.workload_fit import longest_context
 from fleetwise.errors import CapacityError, ConfigError, FleetwiseError, PolicyError
 from fleetwise.metrics import expert_columns, speculative_columns, summarize, table_reads
+from fleetwise.metrics.speculative import acceptance_class_column
 from fleetwise.metrics.idealized import IdealizedRuntime, idealized_runtime, idealized_summary
 from fleetwise.metrics.mixed_pool import instance_columns as mixed_pool_columns
 from fleetwise.moe import load_routing_trace
@@ -255,6 +256,9 @@ def simulate(
     instances = json.loads(out["instances_json"])
     pool_of = [inst["pool_name"] for inst in instances]
     compact = compact_requests(workload, out, pool_of, [p.name for p in sc.cluster.pools])
+    classes = acceptance_class_column(sc, compact["pool"])
+    if classes is not None:
+        compact = compact.with_columns(acceptance_class=classes)
     for column in ("first_scheduled_ns", "first_token_ns", "completion_ns", "generated_tokens", "instance", "prefill_instance", "kv_transfer_ns", "preemptions", "status"):
         del out[column]  # kept by the compact table where needed: a column it leaves out is freed now
     seconds, runtimes = _idealized_runtime_expr(compact, sc, source)

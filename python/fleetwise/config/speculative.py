@@ -17,6 +17,8 @@ MAX_SUFFIX_TOKENS = 32
 """The largest ``num_speculative_tokens`` of suffix decoding (the core's ``MAX_SUFFIX_TOKENS``; vLLM's default)."""
 MAX_TREE_NODES = 64
 """The most nodes a ``speculative_token_tree`` may hold (the core's ``MAX_TREE_NODES``)."""
+MAX_ACCEPTANCE_CLASSES = 16
+"""The most ``acceptance_classes`` a pool may give (the core's ``MAX_ACCEPTANCE_CLASSES``)."""
 MAX_BATCH_SIZE = 2**32 - 1
 """The largest batch size a ``num_speculative_tokens_per_batch_size`` range may name (the core's u32)."""
 
@@ -66,7 +68,7 @@ class SpeculativeConfig(StrictModel):
     [0, 1]: one number, or a list of ``num_speculative_tokens`` numbers, the same for every
     request. vLLM's logged per-position rates p_i are unconditional: give a_1 = p_1,
     a_i = p_i / p_(i-1) (docs/speculative-decoding.md). Required unless ``acceptance_classes`` is given."""
-    acceptance_classes: list[AcceptanceClass] | None = Field(default=None, min_length=1)
+    acceptance_classes: list[AcceptanceClass] | None = Field(default=None, min_length=1, max_length=MAX_ACCEPTANCE_CLASSES)
     """Acceptance that differs by request, instead of ``acceptance_rate``: classes of requests,
     each with its ``share`` of the requests (summing to 1) and its own ``acceptance_rate``."""
     draft_vocab_size: int | None = Field(default=None, ge=1)

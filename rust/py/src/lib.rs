@@ -21,6 +21,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<policies::PyScheduler>()?;
     m.add_function(wrap_pyfunction!(simulate::simulate, m)?)?;
     m.add_function(wrap_pyfunction!(simulate::expert_cache_hits, m)?)?;
+    m.add_function(wrap_pyfunction!(simulate::acceptance_classes, m)?)?;
     m.add_class::<simulate::PySimControl>()?;
     m.add_class::<rows::RequestRow>()?;
     m.add_class::<rows::LoadRow>()?;

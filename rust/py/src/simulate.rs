@@ -248,3 +248,12 @@ pub fn expert_cache_hits(policy: &str, num_experts: u32, capacity: u32, accesses
     }
     Ok(replay_hits(policy, num_experts, capacity, &pop, &ids))
 }
+
+/// The acceptance class (an index into `shares`) of each of a run's `n` requests, in the run
+/// seeded with `seed`, as the core draws it (`cost/acceptance_classes.rs`): the request table's
+/// `acceptance_class` column.
+#[pyfunction]
+pub fn acceptance_classes(py: Python<'_>, seed: u64, shares: Vec<f64>, n: u32) -> Bound<'_, numpy::PyArray1<u8>> {
+    let classes = fleetwise_core::cost::RequestClasses::new(seed, shares);
+    (0..n).map(|r| classes.class_of(r) as u8).collect::<Vec<u8>>().into_pyarray(py)
+}

@@ -19,6 +19,9 @@ pub const MAX_SUFFIX_TOKENS: u32 = 32;
 /// decode is a long prefill chunk.
 pub const MAX_TREE_NODES: u32 = 64;
 
+/// The most acceptance classes a pool may give (a request's class fits a byte in results).
+pub const MAX_ACCEPTANCE_CLASSES: usize = 16;
+
 /// How draft tokens are proposed (vLLM's `speculative_config.method`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -215,8 +218,8 @@ impl SpeculativeConfig {
     /// The classes' shares and rates, checked: at least one class, shares in (0, 1] summing to 1
     /// (within 1e-6), each class's rates as [`SpeculativeConfig::rates_of`] checks them.
     fn checked_classes(&self, classes: &[AcceptanceClass], levels: u32) -> Result<Vec<(f64, Vec<f64>)>> {
-        if classes.is_empty() {
-            return Err(Error::config("speculative.acceptance_classes", "needs at least one class ({share, acceptance_rate})"));
+        if classes.is_empty() || classes.len() > MAX_ACCEPTANCE_CLASSES {
+            return Err(Error::config("speculative.acceptance_classes", format!("needs 1 to {MAX_ACCEPTANCE_CLASSES} classes ({{share, acceptance_rate}}), got {}", classes.len())));
         }
         let mut out = Vec::with_capacity(classes.len());
         for (c, class) in classes.iter().enumerate() {
