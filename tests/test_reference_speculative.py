@@ -161,8 +161,10 @@ def test_tree_speculation_matches_simpy_reference():
     assert spec["num_draft_tokens"] > 2 * spec["num_drafts"] and spec["num_accepted_tokens"] <= 2 * spec["num_drafts"], spec
 
 
-CLASSES = [{"name": "all", "share": 0.4, "acceptance_rate": 1.0}, {"name": "first", "share": 0.35, "acceptance_rate": [1.0, 0.0, 0.0]}, {"name": "none", "share": 0.25, "acceptance_rate": 0.0}]
-"""Acceptance classes of the class cases: requests accepting all three drafts, the first, none."""
+CLASSES = [{"name": "all", "share": 0.4, "acceptance_rate": 1.0, "num_speculative_tokens": 2}, {"name": "first", "share": 0.35, "acceptance_rate": [1.0, 0.0, 0.0]},
+           {"name": "none", "share": 0.25, "acceptance_rate": 0.0}]
+"""Acceptance classes of the class cases: requests accepting all their drafts (two at most a
+step), the first of three, none."""
 
 
 def with_classes(scenario: dict, workload, adaptive: bool):
@@ -189,6 +191,8 @@ def test_acceptance_classes_match_simpy_reference():
         spec = fleetwise.simulate(scenario, workload=workload).summary["speculative"]
         drafted, rate = spec["per_class_draft_tokens"], spec["per_class_acceptance_rate"]
         assert rate[0] == 1.0 and rate[2] in (0.0, None), (label, spec)
+        # The first class drafts two at most: its drafts are all accepted, two a step at most.
+        assert spec["per_position_acceptance_rate"][1] >= spec["per_position_acceptance_rate"][2], (label, spec)
         if scenario["cluster"]["pools"][0]["speculative"]["enable_adaptive_verification"]:
             # Only the slots that are accepted are verified: class "first" its first draft.
             assert drafted[2] == 0 and rate[1] in (1.0, None), (label, spec)

@@ -131,3 +131,22 @@ def test_bad_classes_on_the_command_line_are_refused():
     r = run_cli("estimate", "--model", "llama-3-70b", "--gpu", "h100-sxm", "--tp", "4", "--decode-batch", "8", "--context", "1024",
                 "--speculative", "method=eagle,num_speculative_tokens=4,acceptance_classes=0.3+0.7:0.5")
     assert r.returncode == 2 and "acceptance_classes takes SHARE:RATES" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_a_class_with_short_matches_drafts_fewer_tokens():
+    # Suffix decoding drafting up to 8, every draft accepted: requests whose matches are long
+    # draft 8 a step (9 tokens: 44 steps of 8 drafts, then 2 for the last 3 tokens), those whose
+    # matches are short 1 (199 steps of one draft, then none for the last token); 400 outputs.
+    classes = [{"name": "long", "share": 0.4, "acceptance_rate": 1.0}, {"name": "short", "share": 0.6, "acceptance_rate": 1.0, "num_speculative_tokens": 1}]
+    res = fleetwise.simulate(_scenario({"method": "suffix", "num_speculative_tokens": 8, "acceptance_classes": classes}, requests=16))
+    counts = res.requests["acceptance_class"].value_counts()
+    n = dict(zip(counts["acceptance_class"].to_list(), counts["count"].to_list()))
+    s = res.summary["speculative"]
+    assert s["per_class_draft_tokens"] == [n["long"] * (44 * 8 + 2), n["short"] * 199], (n, s)
+    assert s["per_class_acceptance_rate"] == [1.0, 1.0]
+    by_class = {c: res.requests.filter(pl.col("acceptance_class") == c)["tpot_s"].mean() for c in ("long", "short")}
+    assert by_class["short"] > 3 * by_class["long"], by_class
+    # A class's own k past the pool's is refused, naming the field.
+    bad = {**EAGLE, "acceptance_classes": [{"share": 1.0, "acceptance_rate": 0.5, "num_speculative_tokens": 5}]}
+    with pytest.raises(fleetwise.ConfigError, match=r"acceptance_classes\.0\.num_speculative_tokens: must be 1 to the pool's num_speculative_tokens \(4\), got 5"):
+        fleetwise.simulate(_scenario(bad, requests=2))

@@ -49,8 +49,11 @@ class ReferenceSpeculation:
         self.class_rates = [list(a) if isinstance(a, list) else [a] * len(self.levels) for _, a in given]
         self.upto = [sum(share for share, _ in given[:c + 1]) for c in range(len(given))]
         self.seed = seed
-        # Adaptive verification with several classes: each class's verified k for the step formed.
-        self.caps: list[int] | None = None
+        # The most draft tokens a request of each class proposes (a class's shorter drafts).
+        self.class_k = [k if spec.get("acceptance_classes") is None else c.get("num_speculative_tokens") or k for c in (spec.get("acceptance_classes") or [{}])]
+        # Each class's cap on the grant of the step formed: its own k, or under adaptive
+        # verification with several classes its verified k (None: no cap by class).
+        self.caps: list[int] | None = self.class_k if min(self.class_k) < k else None
         # Dynamic speculation: k by the requests the previous step scheduled ([start, end, k]).
         self.table = spec.get("num_speculative_tokens_per_batch_size") or []
         # Adaptive verification: k verified chosen for the next step's decodes by tokens per ns.
@@ -125,6 +128,7 @@ class ReferenceSpeculation:
             self.k_now = max(plan)
             self.caps = plan if len(plan) > 1 else None
             return accepted
+        self.caps = self.class_k if min(self.class_k) < self.levels[-1] else None
         # The k of the last range starting at or below the batch size (vLLM carries a range's k
         # over the gap after it and past the last range); the full k after an empty step.
         self.k_now = next((k for start, _, k in sorted(self.table, reverse=True) if start <= len(items)), self.levels[-1]) if items else self.levels[-1]
@@ -139,7 +143,7 @@ class ReferenceSpeculation:
         k = self.levels[-1]
         if not decodes:
             return [k] * len(self.class_rates)
-        survival = [[float(all(r == 1.0 for r in rates[:i + 1])) for i in range(k)] for rates in self.class_rates]
+        survival = [[float(all(r == 1.0 for r in rates[:i + 1])) for i in range(kc)] for rates, kc in zip(self.class_rates, self.class_k)]
         present = sorted({c for _, c in decodes})
         cuts = sorted({(s, i + 1) for c in present for i, s in enumerate(survival[c])}, key=lambda x: (-x[0], x[1]))
         plans = [[0] * len(self.class_rates)]

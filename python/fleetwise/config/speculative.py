@@ -34,6 +34,10 @@ class AcceptanceClass(StrictModel):
     """The fraction of requests in the class, in (0, 1]; the classes' shares sum to 1."""
     acceptance_rate: float | list[float]
     """The class's acceptance rates, as ``acceptance_rate`` gives them (one number, or one per position)."""
+    num_speculative_tokens: int | None = Field(default=None, ge=1)
+    """The most draft tokens a request of the class proposes a step: 1 to the pool's
+    ``num_speculative_tokens`` (which it is unless given); not with a token tree. Suffix
+    decoding's and n-gram matches' shorter drafts for requests whose matches are short."""
 
 
 class SpeculativeConfig(StrictModel):
@@ -137,6 +141,11 @@ class SpeculativeConfig(StrictModel):
             total = sum(c.share for c in self.acceptance_classes)
             if abs(total - 1.0) > 1e-6:
                 raise FieldError("acceptance_classes", f"the shares must sum to 1, got {total:g}")
+            for c, cls in enumerate(self.acceptance_classes):
+                if cls.num_speculative_tokens is not None and self.speculative_token_tree is not None:
+                    raise FieldError(f"acceptance_classes.{c}.num_speculative_tokens", "applies to a chain of draft tokens, not a speculative_token_tree")
+                if cls.num_speculative_tokens is not None and cls.num_speculative_tokens > self.num_speculative_tokens:
+                    raise FieldError(f"acceptance_classes.{c}.num_speculative_tokens", f"must be 1 to the pool's num_speculative_tokens ({self.num_speculative_tokens}), got {cls.num_speculative_tokens}")
         chain = MAX_SUFFIX_TOKENS if self.method == "suffix" else MAX_SPECULATIVE_TOKENS
         if self.speculative_token_tree is None and self.num_speculative_tokens > chain:
             raise ValueError(f"num_speculative_tokens: a chain of method {self.method} drafts 1 to {chain} tokens, got {self.num_speculative_tokens} "

@@ -87,6 +87,16 @@ impl Speculator {
         &self.classes[c].1
     }
 
+    /// The most draft tokens a request of class `c` proposes a step.
+    pub fn class_k(&self, c: usize) -> u32 {
+        self.class_k[c]
+    }
+
+    /// Whether some class drafts fewer than k tokens a step (its decodes' grants are capped).
+    pub fn caps_by_class(&self) -> bool {
+        self.class_k.iter().any(|&kc| kc < self.k())
+    }
+
     /// Class `c`'s share of the requests.
     pub fn class_share(&self, c: usize) -> f64 {
         self.classes[c].0

@@ -12,7 +12,7 @@ use crate::scheduler::DraftGrant;
 use crate::time::secs_to_ns;
 
 fn class(share: f64, a: AcceptanceRate) -> AcceptanceClass {
-    AcceptanceClass { name: None, share, acceptance_rate: a }
+    AcceptanceClass { name: None, share, acceptance_rate: a, num_speculative_tokens: None }
 }
 
 /// An EAGLE head proposing 4 tokens with `classes`, verifying adaptively or not.
@@ -74,6 +74,12 @@ fn the_classes_are_checked_naming_the_field() {
     assert!(m.contains("sum to 1"), "{m}");
     assert_eq!(path(eagle(vec![class(1.0, AcceptanceRate::PerPosition(vec![0.9, 0.8, 1.2, 0.5]))], false)).0, "speculative.acceptance_classes.0.acceptance_rate.2");
     assert_eq!(path(eagle(vec![class(1.0, AcceptanceRate::PerPosition(vec![0.9, 0.8]))], false)).0, "speculative.acceptance_classes.0.acceptance_rate");
+    // A class's own k: 1 to the pool's, not with a tree.
+    let short = |kc| eagle(vec![class(0.5, AcceptanceRate::Constant(0.9)), AcceptanceClass { num_speculative_tokens: Some(kc), ..class(0.5, AcceptanceRate::Constant(0.5)) }], false);
+    assert_eq!(short(2).class_draft_tokens(), vec![4, 2]);
+    assert!(short(4).class_rates().is_ok());
+    assert_eq!(path(short(0)).0, "speculative.acceptance_classes.1.num_speculative_tokens");
+    assert_eq!(path(short(5)).0, "speculative.acceptance_classes.1.num_speculative_tokens");
 }
 
 #[test]
@@ -105,6 +111,16 @@ fn adaptive_candidates_cut_the_slots_ranked_by_survival() {
     let cfg = eagle(vec![class(0.5, AcceptanceRate::Constant(0.9)), class(0.5, AcceptanceRate::PerPosition(vec![0.95, 0.5, 0.5, 0.5]))], true);
     let (_, sp) = built(&cfg);
     assert_eq!(&sp.candidate_plans(&both)[..4], &[vec![0, 0], vec![0, 1], vec![1, 1], vec![2, 1]]);
+}
+
+#[test]
+fn a_class_with_shorter_drafts_has_no_slot_past_its_k() {
+    // The second class drafts at most two: its slots 3 and 4 are never candidates.
+    let short = AcceptanceClass { num_speculative_tokens: Some(2), ..class(0.5, AcceptanceRate::Constant(1.0)) };
+    let (_, sp) = built(&eagle(vec![class(0.5, AcceptanceRate::Constant(0.5)), short], true));
+    assert!(sp.caps_by_class() && sp.class_k(1) == 2);
+    let plans = sp.candidate_plans(&[(1023, 0), (1023, 1)]);
+    assert_eq!(plans, vec![vec![0, 0], vec![0, 1], vec![0, 2], vec![1, 2], vec![2, 2], vec![3, 2], vec![4, 2]]);
 }
 
 #[test]

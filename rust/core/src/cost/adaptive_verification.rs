@@ -76,9 +76,10 @@ impl Speculator {
     pub(super) fn candidate_plans(&self, decodes: &[(u64, usize)]) -> Vec<Vec<u32>> {
         let classes = self.num_classes();
         let k = self.k() as usize;
+        // Each class's slots: its own draft positions (k, or its shorter drafts).
         let survival: Vec<Vec<f64>> = (0..classes)
             .map(|c| {
-                self.class_rates(c)
+                self.class_rates(c)[..(self.class_k(c) as usize).min(k)]
                     .iter()
                     .scan(1.0, |p, a| {
                         *p *= a;
@@ -94,7 +95,7 @@ impl Speculator {
         cuts.dedup();
         let mut plans = vec![vec![0u32; classes]];
         for (s, p) in cuts {
-            let plan: Vec<u32> = survival.iter().map(|sv| sv[..k].iter().enumerate().filter(|&(i, &si)| si > s || (si == s && i < p)).count() as u32).collect();
+            let plan: Vec<u32> = survival.iter().map(|sv| sv.iter().enumerate().filter(|&(i, &si)| si > s || (si == s && i < p)).count() as u32).collect();
             if plans.last() != Some(&plan) {
                 plans.push(plan);
             }
@@ -131,13 +132,14 @@ impl Speculator {
 
     /// The draft tokens each of `decodes` (cached tokens, class) verifies in a steady step: the
     /// adaptive plan's for its class, or the k a batch-size table gives after a step of as many
-    /// requests (k without one).
+    /// requests (k without one), at most its class's.
     pub fn steady_k(&self, target: &CostModel, decodes: &[(u64, usize)]) -> Vec<u32> {
         if self.adaptive {
             let plan = self.adaptive_plan(target, decodes);
             decodes.iter().map(|&(_, c)| plan[c]).collect()
         } else {
-            vec![self.k_after(decodes.len()); decodes.len()]
+            let k = self.k_after(decodes.len());
+            decodes.iter().map(|&(_, c)| k.min(self.class_k(c))).collect()
         }
     }
 }

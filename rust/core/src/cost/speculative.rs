@@ -52,6 +52,9 @@ pub struct Speculator {
     /// the earlier ones were accepted (one class of share 1 for `acceptance_rate`;
     /// `acceptance_classes.rs`).
     pub(super) classes: Vec<(f64, Vec<f64>)>,
+    /// The most draft tokens a request of each class proposes a step (k, or less: a class's
+    /// shorter drafts).
+    pub(super) class_k: Vec<u32>,
     /// The probability that a decode proposes in a step (an n-gram match; 1 for a model).
     proposal_rate: f64,
     /// The proposer's cost model (for `ngram`, which runs none, the target's, never charged).
@@ -192,7 +195,8 @@ impl Speculator {
         let tree = cfg.tree_levels()?;
         let lookup = if cfg.method == SpecMethod::Ngram { spec.efficiency.ngram_lookup } else { None };
         let adaptive = cfg.enable_adaptive_verification;
-        Ok(Speculator { method: cfg.method, classes, proposal_rate, proposer, modules, per_step, per_proposal, per_batch_size, tree, lookup, adaptive, weight_bytes_per_gpu: weight, kv_bytes_per_token_per_gpu: kv })
+        let class_k = cfg.class_draft_tokens();
+        Ok(Speculator { method: cfg.method, classes, class_k, proposal_rate, proposer, modules, per_step, per_proposal, per_batch_size, tree, lookup, adaptive, weight_bytes_per_gpu: weight, kv_bytes_per_token_per_gpu: kv })
     }
 
     /// The proposer's KV bytes of one token over all its layers and KV heads (what a speculating

@@ -97,6 +97,11 @@ pub struct AcceptanceClass {
     pub share: f64,
     /// The class's acceptance rates, as `acceptance_rate` gives them.
     pub acceptance_rate: AcceptanceRate,
+    /// The most draft tokens a request of the class proposes a step (1 to the pool's
+    /// `num_speculative_tokens`, which it is unless given; not with a token tree): the shorter
+    /// drafts of requests whose suffix or n-gram matches are short.
+    #[serde(default)]
+    pub num_speculative_tokens: Option<u32>,
 }
 
 /// A pool's speculative decoding settings (vLLM's `--speculative-config`).
@@ -226,6 +231,15 @@ impl SpeculativeConfig {
             if !(class.share > 0.0 && class.share <= 1.0) {
                 return Err(Error::config(format!("speculative.acceptance_classes.{c}.share"), format!("must be in (0, 1], got {:?}", class.share)));
             }
+            match class.num_speculative_tokens {
+                Some(_) if self.speculative_token_tree.is_some() => {
+                    return Err(Error::config(format!("speculative.acceptance_classes.{c}.num_speculative_tokens"), "applies to a chain of draft tokens, not a speculative_token_tree"));
+                }
+                Some(kc) if kc == 0 || kc > self.num_speculative_tokens => {
+                    return Err(Error::config(format!("speculative.acceptance_classes.{c}.num_speculative_tokens"), format!("must be 1 to the pool's num_speculative_tokens ({}), got {kc}", self.num_speculative_tokens)));
+                }
+                _ => {}
+            }
             out.push((class.share, self.rates_of(&class.acceptance_rate, levels, &format!("speculative.acceptance_classes.{c}.acceptance_rate"))?));
         }
         let total: f64 = out.iter().map(|(s, _)| s).sum();
@@ -233,6 +247,15 @@ impl SpeculativeConfig {
             return Err(Error::config("speculative.acceptance_classes", format!("the shares must sum to 1, got {total}")));
         }
         Ok(out)
+    }
+
+    /// The most draft tokens a request of each class proposes a step: its class's
+    /// `num_speculative_tokens`, or the pool's (one entry for `acceptance_rate`).
+    pub fn class_draft_tokens(&self) -> Vec<u32> {
+        match &self.acceptance_classes {
+            Some(classes) => classes.iter().map(|c| c.num_speculative_tokens.unwrap_or(self.num_speculative_tokens)).collect(),
+            None => vec![self.num_speculative_tokens],
+        }
     }
 
     /// The token tree's nodes up to each level, cumulative (`[2, 6]`: two first-level

@@ -104,6 +104,16 @@ impl SpecRuntime {
         n
     }
 
+    /// The scheduler's grant of up to `k` draft tokens a decode, capped by the decode's class
+    /// where a class drafts fewer.
+    fn grant(&self, k: u32) -> DraftGrant {
+        if !self.spec.caps_by_class() {
+            return DraftGrant::uniform(k);
+        }
+        let caps = (0..self.spec.num_classes()).map(|c| self.spec.class_k(c)).collect();
+        DraftGrant { k, by_class: Some(ClassCaps { classes: Arc::clone(&self.classes), caps }) }
+    }
+
     /// Counts one sequence-step of a request of acceptance class `class` that proposed `draft`
     /// tokens over `depth` positions (a tree's levels: one position each) and accepted `n` of them.
     fn count(&mut self, draft: u32, depth: u32, n: u32, class: usize) {
@@ -149,12 +159,13 @@ impl Instance {
         plan.num_blocks = (plan.kv_bytes / block_bytes).min(u32::MAX as u64) as u32;
         self.kv = BlockManager::new(plan.num_blocks, plan.block_size, super::kv_watermark(plan.num_blocks)).with_attention_window(self.cost.model().sliding_window);
         let k_now = sp.k();
-        self.scheduler.set_draft_tokens(k_now);
         let k = sp.positions();
         let per_class = if sp.num_classes() > 1 { sp.num_classes() } else { 0 };
         let stats = SpecStats { draft_tokens_per_position: vec![0; k], accepted_per_position: vec![0; k], draft_tokens_per_class: vec![0; per_class], accepted_per_class: vec![0; per_class], ..Default::default() };
         let classes = Arc::new(sp.request_classes(seed));
-        self.spec = Some(Box::new(SpecRuntime { spec: sp, rng: RngStream::new(seed, stream), classes, plan: Vec::new(), accepted: Vec::new(), verify: None, in_flight: VecDeque::new(), k_now, stats }));
+        let rt = SpecRuntime { spec: sp, rng: RngStream::new(seed, stream), classes, plan: Vec::new(), accepted: Vec::new(), verify: None, in_flight: VecDeque::new(), k_now, stats };
+        self.scheduler.set_draft_grant(rt.grant(k_now));
+        self.spec = Some(Box::new(rt));
         Ok(self)
     }
 
@@ -229,7 +240,7 @@ impl Instance {
                 DraftGrant::uniform(k)
             }
         } else {
-            DraftGrant::uniform(rt.spec.k_after(self.batch.items.len()))
+            rt.grant(rt.spec.k_after(self.batch.items.len()))
         };
         rt.k_now = grant.k;
         self.scheduler.set_draft_grant(grant);

@@ -6,7 +6,7 @@ use crate::cost::{AcceptanceClass, RequestClasses};
 
 /// An EAGLE head drafting 3, half the requests accepting every draft, half none.
 fn all_or_nothing(adaptive: bool) -> SpeculativeConfig {
-    let class = |share, a| AcceptanceClass { name: None, share, acceptance_rate: AcceptanceRate::Constant(a) };
+    let class = |share, a| AcceptanceClass { name: None, share, acceptance_rate: AcceptanceRate::Constant(a), num_speculative_tokens: None };
     SpeculativeConfig {
         method: SpecMethod::Eagle,
         draft_model: None,
@@ -59,4 +59,24 @@ fn each_request_accepts_at_its_class_rates() {
     assert_eq!(a.accepted_per_class[0], s.accepted_per_class[0]);
     assert_eq!(a.draft_tokens_per_class[0], s.draft_tokens_per_class[0]);
     assert!(a_end < end, "adaptive {a_end} ns, all verified {end} ns");
+}
+
+#[test]
+fn a_class_with_shorter_drafts_proposes_no_more_than_its_own_k() {
+    // Both classes accept everything; the second drafts at most one token a step: its requests
+    // emit two tokens a step (30 steps for 60 tokens), the first's four (15 steps).
+    let mut cfg = all_or_nothing(false);
+    let classes = cfg.acceptance_classes.as_mut().unwrap();
+    classes[1].acceptance_rate = AcceptanceRate::Constant(1.0);
+    classes[1].num_speculative_tokens = Some(1);
+    for adaptive in [false, true] {
+        let mut inst = instance_with(Some(SpeculativeConfig { enable_adaptive_verification: adaptive, ..cfg.clone() }), 5);
+        let mut reqs: Vec<Request> = (0..32).map(|_| Request::new(0, 100, 61)).collect();
+        run(&mut inst, &mut reqs);
+        assert!(reqs.iter().all(|r| r.status == Status::Finished && r.generated == r.output));
+        let s = &inst.speculation().unwrap().stats;
+        let n1 = (0..32).filter(|&r| RequestClasses::new(5, [0.5, 0.5]).class_of(r) == 1).count() as u64;
+        assert_eq!((s.draft_tokens_per_class[1], s.accepted_per_class[1]), (n1 * 30, n1 * 30), "adaptive {adaptive}");
+        assert_eq!((s.draft_tokens_per_class[0], s.accepted_per_class[0]), ((32 - n1) * 45, (32 - n1) * 45), "adaptive {adaptive}");
+    }
 }
