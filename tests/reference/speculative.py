@@ -139,10 +139,9 @@ class ReferenceSpeculation:
         ``decodes`` (cached tokens, class): of the cut-offs of the slots ranked by survival
         probability (then position), nothing verified first, the one with the most expected
         tokens (1 + the leading accepted positions verified, by class share of the decodes) per
-        ns of that step, the earliest on a tie; k for every class with none."""
-        k = self.levels[-1]
+        ns of that step, the earliest on a tie; each class's own k with none."""
         if not decodes:
-            return [k] * len(self.class_rates)
+            return list(self.class_k)
         survival = [[float(all(r == 1.0 for r in rates[:i + 1])) for i in range(kc)] for rates, kc in zip(self.class_rates, self.class_k)]
         present = sorted({c for _, c in decodes})
         cuts = sorted({(s, i + 1) for c in present for i, s in enumerate(survival[c])}, key=lambda x: (-x[0], x[1]))

@@ -97,11 +97,6 @@ impl Speculator {
         self.class_k.iter().any(|&kc| kc < self.k())
     }
 
-    /// Class `c`'s share of the requests.
-    pub fn class_share(&self, c: usize) -> f64 {
-        self.classes[c].0
-    }
-
     /// The draft positions (a tree's levels): k for a chain.
     pub fn positions(&self) -> usize {
         self.classes[0].1.len()

@@ -117,8 +117,10 @@ fn adaptive_candidates_cut_the_slots_ranked_by_survival() {
 fn a_class_with_shorter_drafts_has_no_slot_past_its_k() {
     // The second class drafts at most two: its slots 3 and 4 are never candidates.
     let short = AcceptanceClass { num_speculative_tokens: Some(2), ..class(0.5, AcceptanceRate::Constant(1.0)) };
-    let (_, sp) = built(&eagle(vec![class(0.5, AcceptanceRate::Constant(0.5)), short], true));
+    let (cm, sp) = built(&eagle(vec![class(0.5, AcceptanceRate::Constant(0.5)), short], true));
     assert!(sp.caps_by_class() && sp.class_k(1) == 2);
+    // With no decode, every class its own whole k.
+    assert_eq!(sp.adaptive_plan(&cm, &[]), vec![4, 2]);
     let plans = sp.candidate_plans(&[(1023, 0), (1023, 1)]);
     assert_eq!(plans, vec![vec![0, 0], vec![0, 1], vec![0, 2], vec![1, 2], vec![2, 2], vec![3, 2], vec![4, 2]]);
 }

@@ -45,12 +45,11 @@ impl Speculator {
     /// (cached tokens, class), under adaptive verification: of the cut-offs of the slots ranked
     /// by survival probability (nothing verified first), the one with the most expected tokens
     /// per nanosecond of the step on `target` (the earliest on a tie: fewer tokens for the same
-    /// throughput); k for every class when there is no decode. Classes without a decode in the
-    /// step get what the cut-off gives their slots.
+    /// throughput); every class its whole k (its own, where it drafts fewer) when there is no
+    /// decode. Classes without a decode in the step get what the cut-off gives their slots.
     pub fn adaptive_plan(&self, target: &CostModel, decodes: &[(u64, usize)]) -> Vec<u32> {
-        let k = self.k();
         if decodes.is_empty() {
-            return vec![k; self.num_classes()];
+            return (0..self.num_classes()).map(|c| self.class_k(c).min(self.k())).collect();
         }
         let plans = self.candidate_plans(decodes);
         let n = decodes.len() as f64;
