@@ -50,6 +50,12 @@ def _variants() -> dict[str, dict]:
     lw = copy.deepcopy(big)
     lw["cluster"]["pools"][0]["kv_transfer"] = "layerwise"
     out["splitwise-8p8d-layerwise"] = lw
+    spec = load("speculative-decoding")
+    spec["workload"]["arrivals"]["rate"] = 40.0
+    spec["cluster"]["pools"][0]["speculative"] = {
+        "method": "eagle", "num_speculative_tokens": 4, "enable_adaptive_verification": True,
+        "acceptance_classes": [{"name": "code", "share": 0.3, "acceptance_rate": 0.9}, {"name": "chat", "share": 0.7, "acceptance_rate": 0.45, "num_speculative_tokens": 2}]}
+    out["speculative-classes-adaptive"] = spec
     if bench_scenario.SHAREGPT.exists():
         out["vs-vidur"] = bench_scenario.scenario_dict(3000, 4, 4.0, 0, "round-robin", bench_scenario.sharegpt_lengths())
     return out
