@@ -53,7 +53,12 @@ impl RequestClasses {
         if self.upto.len() <= 1 {
             return 0;
         }
-        let u = uniform_at(self.seed, CLASS_STREAM, req as u64);
+        self.class_at(uniform_at(self.seed, CLASS_STREAM, req as u64))
+    }
+
+    /// The class of a draw `u` in [0, 1): the first whose cumulative share exceeds it (the last
+    /// for a draw the shares' rounding leaves past them).
+    fn class_at(&self, u: f64) -> usize {
         self.upto.iter().position(|&c| u < c).unwrap_or(self.upto.len() - 1)
     }
 }
@@ -116,13 +121,8 @@ impl Speculator {
     /// The class of each of `n` decodes apportioned by the classes' shares (decode i at the
     /// quantile (i + 1/2) / n): a steady batch's mix, for an estimate.
     pub fn apportioned_classes(&self, n: usize) -> Vec<usize> {
-        let classes = RequestClasses::new(0, self.classes.iter().map(|(share, _)| *share));
-        (0..n)
-            .map(|i| {
-                let u = (i as f64 + 0.5) / n as f64;
-                classes.upto.iter().position(|&c| u < c).unwrap_or(classes.len() - 1)
-            })
-            .collect()
+        let classes = self.request_classes(0);
+        (0..n).map(|i| classes.class_at((i as f64 + 0.5) / n as f64)).collect()
     }
 }
 

@@ -191,9 +191,16 @@ impl Instance {
         let syncing = rt.k_now == 0 && runs_a_model;
         let mut rest = BatchShape::windowed(self.cost.model().sliding_window);
         let mut seqs = Vec::new();
+        // Under adaptive verification, the decodes of the next step: this one's decodes and the
+        // prompts it completes, at the tokens cached once it ends (before its accepted drafts),
+        // with their classes.
+        let mut next: Vec<(u64, usize)> = Vec::new();
         for it in &self.batch.items {
             let r = &reqs[it.req as usize];
             let class = rt.classes.class_of(it.req);
+            if rt.spec.is_adaptive() && r.computed + it.tokens == r.known_tokens() {
+                next.push(((r.computed + it.tokens) as u64, class));
+            }
             // An n-gram lookup that finds no match proposes nothing: a plain decode this step.
             let unmatched = it.draft > 0 && rt.spec.proposal_rate() < 1.0 && rt.rng.next_f64() >= rt.spec.proposal_rate();
             // A tree's decode granted fewer draft tokens than its first level's nodes drafts nothing.
@@ -219,18 +226,6 @@ impl Instance {
             seqs.push(SpecSeq { cached: r.computed as u64, k: it.draft });
         }
         let grant = if rt.spec.is_adaptive() {
-            // The decodes of the next step: this one's decodes and the prompts it completes, at
-            // the tokens cached once it ends (before its accepted drafts), with their classes.
-            let next: Vec<(u64, usize)> = self
-                .batch
-                .items
-                .iter()
-                .filter(|it| {
-                    let r = &reqs[it.req as usize];
-                    r.computed + it.tokens == r.known_tokens()
-                })
-                .map(|it| ((reqs[it.req as usize].computed + it.tokens) as u64, rt.classes.class_of(it.req)))
-                .collect();
             let plan = rt.spec.adaptive_plan(&self.cost, &next);
             let k = plan.iter().copied().max().unwrap_or(0);
             if plan.len() > 1 {
