@@ -8,7 +8,10 @@ and preemptions must agree exactly."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+import polars as pl
 
 import fleetwise
 from fleetwise.cluster import core_config
@@ -173,7 +176,7 @@ def with_classes(scenario: dict, workload, adaptive: bool):
     for pool in scenario["cluster"]["pools"]:
         spec = pool["speculative"]
         del spec["acceptance_rate"]
-        spec.update(num_speculative_tokens=3, acceptance_classes=CLASSES, enable_adaptive_verification=adaptive)
+        spec.update(num_speculative_tokens=3, acceptance_classes=[dict(c) for c in CLASSES], enable_adaptive_verification=adaptive)
     return scenario, workload
 
 
@@ -198,3 +201,33 @@ def test_acceptance_classes_match_simpy_reference():
             assert drafted[2] == 0 and rate[1] in (1.0, None), (label, spec)
         else:
             assert drafted[2] > 0 and 0 < rate[1] < 1.0, (label, spec)
+
+
+def named_classes(workload, seed: int):
+    """``workload`` with every third request's class left to the draw and the others named
+    by the workload (``all``, ``first`` and ``none`` in turn, the unnamed ``class 1`` label for
+    ``first`` on odd seeds)."""
+    names = ["all", "class 1" if seed % 2 else "first", "none"]
+    given = [None if i % 3 == 2 else names[(i // 3 + i) % 3] for i in range(len(workload))]
+    return dataclasses.replace(workload, acceptance_class=given)
+
+
+def test_classes_the_workload_names_match_simpy_reference():
+    """Classes named by the workload (a trace's ``acceptance_class`` column), the unnamed ones
+    drawn, agree exactly with the reference, all drafts verified or adaptively; the request table
+    names each request's class as the workload does."""
+    totals: dict = {}
+    cases = []
+    for s in range(4):
+        scenario, workload = with_classes(*make_speculative_scenario(s), s % 2 == 1)
+        for pool in scenario["cluster"]["pools"] if s % 2 else []:
+            del pool["speculative"]["acceptance_classes"][1]["name"]
+        cases.append((f"named classes vllm seed {s}", scenario, named_classes(workload, s)))
+    check(cases, totals)
+    assert totals["accepted"] > 0, totals
+    for label, scenario, workload in cases:
+        table = fleetwise.simulate(scenario, workload=workload).requests.sort("request_id")
+        named = workload.acceptance_class.to_list()
+        got = table["acceptance_class"].cast(pl.String).to_list()
+        assert all(g == n for g, n in zip(got, named) if n is not None), label
+        assert any(n is None for n in named) and set(got) >= {"all", "none"}, label

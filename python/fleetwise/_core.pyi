@@ -146,6 +146,7 @@ def simulate(
     evictors: dict[int, Any] | None = None,
     expert_caches: dict[int, Any] | None = None,
     decode_choice: Any | None = None,
+    given_classes: dict[int, npt.NDArray[np.uint8]] | None = None,
 ) -> dict[str, Any]:
     """Runs the simulation; per-request result columns (numpy, one entry per request): the times
     ``first_token_ns``, ``first_scheduled_ns``, ``completion_ns``, ``kv_transfer_ns`` as int64 (-1:
@@ -154,7 +155,8 @@ def simulate(
     1 rejected, 2 pending, 3 waiting, 4 running, 5 swapped, 6 handoff); plus ``rejections``,
     ``itl``, ``instances_json``, ``events``, ``end_time_ns`` and optionally ``mixed_pool`` and
     ``iterations``. A run that stops on a policy's or the simulation's error raises with the
-    request columns so far in the exception's ``partial`` attribute."""
+    request columns so far in the exception's ``partial`` attribute. ``given_classes`` maps a pool
+    index to each request's acceptance class in that pool (uint8; 255: drawn by share)."""
     ...
 
 def expert_cache_hits(
@@ -167,9 +169,10 @@ def expert_cache_hits(
     """Hits of one layer's expert cache (lru, lfu, static) of ``capacity`` experts over ``accesses``."""
     ...
 
-def acceptance_classes(seed: int, shares: list[float], n: int) -> np.ndarray:
+def acceptance_classes(seed: int, shares: list[float], n: int, given: npt.NDArray[np.uint8] | None = None) -> np.ndarray:
     """The acceptance class (uint8, an index into ``shares``) of each of a run's ``n`` requests in
-    the run seeded with ``seed``, as the core draws it (the request table's ``acceptance_class``)."""
+    the run seeded with ``seed``, as the core assigns it: the class ``given`` names (by request;
+    255: none), else drawn by share (the request table's ``acceptance_class``)."""
     ...
 
 def resolve_config(config_json: str) -> str:

@@ -21,6 +21,7 @@ from fleetwise.config.workload_fit import longest_context
 from fleetwise.errors import CapacityError, ConfigError, FleetwiseError, PolicyError
 from fleetwise.metrics import expert_columns, speculative_columns, summarize, table_reads
 from fleetwise.metrics.speculative import acceptance_class_column
+from fleetwise.workload.acceptance_classes import given_class_codes
 from fleetwise.metrics.idealized import IdealizedRuntime, idealized_runtime, idealized_summary
 from fleetwise.metrics.mixed_pool import instance_columns as mixed_pool_columns
 from fleetwise.moe import load_routing_trace
@@ -29,6 +30,7 @@ from fleetwise.policy.watchdog import CallClock, Watchdog
 from fleetwise.request_table import compact_requests, per_pool, request_table
 from fleetwise.result import Result
 from fleetwise.workload import Workload, build_workload
+from fleetwise.workload.config import TraceArrivals
 
 MAX_POLICY_TIMEOUT_S = 86400.0
 """The longest per-call limit on a Python policy (None, not a number, means no limit)."""
@@ -217,7 +219,10 @@ def simulate(
     sc = as_scenario(scenario)
     source = sc.source or "<scenario>"
     base_dir = Path(sc._base_dir) if sc._base_dir else None
+    class_source = "workload.acceptance_class"  # where a request's class name came from
     if workload is None:
+        if isinstance(sc.workload.arrivals, TraceArrivals):
+            class_source = f"workload.arrivals.path ({sc.workload.arrivals.path}): column acceptance_class, of the requests replayed"
         try:
             workload = build_workload(sc.workload, sc.seed, base_dir, context_tokens=longest_context(sc))
         except ConfigError as err:
@@ -240,6 +245,9 @@ def simulate(
         extra = {} if hashes is None else {"hash_offsets": np.ascontiguousarray(hashes[0], dtype=np.int64), "hash_values": np.ascontiguousarray(hashes[1], dtype=np.int64)}
         if trace_path is not None:
             extra.update(load_routing_trace(trace_path).core_arrays())
+        given = given_class_codes(sc, workload.acceptance_class, class_source)
+        if given:
+            extra["given_classes"] = given
         extra.update(plugins)
         out = _run_core(json.dumps(config), arrays, progress, extra, clock, policy_timeout)
     except ConfigError as err:
@@ -256,7 +264,7 @@ def simulate(
     instances = json.loads(out["instances_json"])
     pool_of = [inst["pool_name"] for inst in instances]
     compact = compact_requests(workload, out, pool_of, [p.name for p in sc.cluster.pools])
-    classes = acceptance_class_column(sc, compact["pool"])
+    classes = acceptance_class_column(sc, compact["pool"], given)
     if classes is not None:
         compact = compact.with_columns(acceptance_class=classes)
     for column in ("first_scheduled_ns", "first_token_ns", "completion_ns", "generated_tokens", "instance", "prefill_instance", "kv_transfer_ns", "preemptions", "status"):

@@ -23,9 +23,10 @@ class ReferenceInstance:
     ``ChunkedPolicy`` or ``OrcaPolicy``) admits, preempts and picks each iteration's tokens.
     """
 
-    def __init__(self, env: simpy.Environment, index: int, pool: dict, seed: int = 0) -> None:
+    def __init__(self, env: simpy.Environment, index: int, pool: dict, seed: int = 0, named_classes: list | None = None) -> None:
         """Builds instance ``index`` of ``pool`` (one pool entry of ``core_config``) in the run
-        seeded with ``seed`` and starts it."""
+        seeded with ``seed`` (``named_classes``: the workload's acceptance class of each request,
+        None where drawn) and starts it."""
         self.env = env
         self.index = index
         par = pool["parallelism"]
@@ -47,7 +48,7 @@ class ReferenceInstance:
         self.policy = make_policy(sched, self.max_context)
         tokens, seqs = memory_limits(sched, self.max_context)
         plan = self.cost.memory_plan(json.dumps(pool["memory"]), tokens, seqs)
-        self.speculation = None if pool.get("speculative") is None else ReferenceSpeculation(pool, seed)
+        self.speculation = None if pool.get("speculative") is None else ReferenceSpeculation(pool, seed, named_classes)
         if self.speculation is not None:
             plan["num_blocks"] = self.speculation.num_blocks(plan)
         self.accepted: list[int] = []

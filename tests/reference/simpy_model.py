@@ -104,7 +104,8 @@ def simulate_reference(
     instances: list[ReferenceInstance] = []
     for pool in config["pools"]:
         for _ in range(pool["count"]):
-            instances.append(ReferenceInstance(env, len(instances), pool, config["seed"]))
+            named = None if workload.acceptance_class is None else workload.acceptance_class.to_list()
+            instances.append(ReferenceInstance(env, len(instances), pool, config["seed"], named))
     entry = [inst for inst in instances if inst.role != "decode"]
     decoders = [inst for inst in instances if inst.role == "decode"]
     if not entry:

@@ -36,9 +36,10 @@ class ReferenceSpeculation:
     position i is accepted iff rates[0..=i] are all 1. With a token tree, k is its node count
     and a grant speculates the whole levels it holds (positions are levels)."""
 
-    def __init__(self, pool: dict, seed: int = 0) -> None:
-        """The ``speculative`` section of ``pool`` (core JSON) in the run seeded with ``seed``;
-        refuses rates other than 0 and 1."""
+    def __init__(self, pool: dict, seed: int = 0, named: list | None = None) -> None:
+        """The ``speculative`` section of ``pool`` (core JSON) in the run seeded with ``seed``,
+        ``named`` the workload's class name of each request (None: drawn); refuses rates other
+        than 0 and 1."""
         spec = pool["speculative"]
         self.json = json.dumps(spec)
         k = spec["num_speculative_tokens"]
@@ -49,6 +50,10 @@ class ReferenceSpeculation:
         self.class_rates = [list(a) if isinstance(a, list) else [a] * len(self.levels) for _, a in given]
         self.upto = [sum(share for share, _ in given[:c + 1]) for c in range(len(given))]
         self.seed = seed
+        # Each request's class by the name the workload gives it (a class is labelled by its name,
+        # or "class i"), None where it is drawn.
+        labels = [c.get("name") or f"class {i}" for i, c in enumerate(spec.get("acceptance_classes") or [])]
+        self.named = None if named is None or len(labels) < 2 else [None if n is None else labels.index(n) for n in named]
         # The most draft tokens a request of each class proposes (a class's shorter drafts).
         self.class_k = [k if spec.get("acceptance_classes") is None else c.get("num_speculative_tokens") or k for c in (spec.get("acceptance_classes") or [{}])]
         # Each class's cap on the grant of the step formed: its own k, or under adaptive
@@ -98,10 +103,12 @@ class ReferenceSpeculation:
         return used
 
     def class_of(self, index: int) -> int:
-        """The acceptance class of request ``index``: the first whose cumulative share exceeds
-        its draw (0 without a draw for one class)."""
+        """The acceptance class of request ``index``: the one the workload names, else the first
+        whose cumulative share exceeds its draw (0 without a draw for one class)."""
         if len(self.upto) == 1:
             return 0
+        if self.named is not None and self.named[index] is not None:
+            return self.named[index]
         u = uniform_at(self.seed, CLASS_STREAM, index)
         return next((c for c, upto in enumerate(self.upto) if u < upto), len(self.upto) - 1)
 

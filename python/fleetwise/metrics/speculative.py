@@ -85,28 +85,25 @@ def _sum_lists(rows: list[list[int]]) -> list[int]:
     return out
 
 
-def class_labels(classes) -> list[str]:
-    """The labels of a pool's acceptance classes: each class's name, or ``class i`` (0-based)."""
-    return [c.name or f"class {i}" for i, c in enumerate(classes)]
-
-
-def acceptance_class_column(scenario, pool: pl.Series) -> pl.Series | None:
+def acceptance_class_column(scenario, pool: pl.Series, given: dict[int, np.ndarray] | None = None) -> pl.Series | None:
     """Each request's acceptance class in the pool that decoded it (``pool``: the compact
-    table's Enum of pool names) as an Enum of the classes' labels, drawn as the core draws it;
-    null for requests of pools without classes; None when no pool has acceptance classes."""
+    table's Enum of pool names) as an Enum of the classes' labels, as the core assigns it (the
+    class ``given`` names for the pool's index, ``given_class_codes``, else drawn); null for
+    requests of pools without classes; None when no pool has acceptance classes."""
     from fleetwise._core import acceptance_classes
     from fleetwise.request_table import _enum_by_index
+    from fleetwise.workload.acceptance_classes import class_labels
 
-    pools = {p.name: p.speculative.acceptance_classes for p in scenario.cluster.pools if p.speculative is not None and p.speculative.acceptance_classes}
+    pools = {p.name: (i, p.speculative.acceptance_classes) for i, p in enumerate(scenario.cluster.pools) if p.speculative is not None and p.speculative.acceptance_classes}
     if not pools:
         return None
-    labels = list(dict.fromkeys(label for classes in pools.values() for label in class_labels(classes)))
+    labels = list(dict.fromkeys(label for _, classes in pools.values() for label in class_labels(classes)))
     codes = pool.to_physical().to_numpy()
     categories = list(pool.dtype.categories)
     index = np.full(len(pool), len(labels), dtype=np.uint32)
-    for name, classes in pools.items():
+    for name, (p, classes) in pools.items():
         of_pool = codes == categories.index(name)
-        drawn = acceptance_classes(scenario.seed, [c.share for c in classes], len(pool))
+        drawn = acceptance_classes(scenario.seed, [c.share for c in classes], len(pool), (given or {}).get(p))
         to_label = np.array([labels.index(label) for label in class_labels(classes)], dtype=np.uint32)
         index[of_pool] = to_label[drawn[of_pool]]
     return _enum_by_index(index, labels, labels)

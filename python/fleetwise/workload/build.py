@@ -173,6 +173,7 @@ def _replay_trace(
     prompt = frame["prompt_tokens"].to_numpy()
     output = frame["output_tokens"].to_numpy()
     session_id = frame["session_id"].to_numpy() if "session_id" in frame.columns else None
+    classes = frame["acceptance_class"] if "acceptance_class" in frame.columns else None
     if "hash_ids" not in frame.columns and arrivals.hash_block_tokens is not None:  # a setting that would do nothing
         from fleetwise.errors import ConfigError
 
@@ -192,6 +193,7 @@ def _replay_trace(
         return dataclasses.replace(
             workload,
             session_id=session_id if session_id is not None else workload.session_id,
+            acceptance_class=classes,
             selection=selection,
         )
     hash_ids: pl.Series | None = frame["hash_ids"] if "hash_ids" in frame.columns else None
@@ -203,5 +205,6 @@ def _replay_trace(
         hash_ids=hash_ids,
         session_id=session_id,
         hash_block_tokens=block if hash_ids is not None else None,
+        acceptance_class=classes,
         selection=selection,
     )

@@ -2,7 +2,8 @@
 
 Required columns: ``arrival_ns`` (integer nanoseconds, non-decreasing), ``prompt_tokens`` and
 ``output_tokens`` (integers >= 1). Optional: ``hash_ids`` (list of integers: the request's prompt
-KV-block hashes) and ``session_id`` (integer, -1 for no session). Other columns are ignored, so
+KV-block hashes), ``session_id`` (integer, -1 for no session) and ``acceptance_class`` (string or
+null: the request's speculative acceptance class by name). Other columns are ignored, so
 ``Workload.to_frame().write_parquet(path)`` writes a valid file.
 """
 
@@ -24,7 +25,7 @@ from fleetwise.workload._files import (
 
 REQUIRED_COLUMNS = ("arrival_ns", "prompt_tokens", "output_tokens")
 """The columns a native trace must have."""
-OPTIONAL_COLUMNS = ("session_id", "hash_ids")
+OPTIONAL_COLUMNS = ("session_id", "hash_ids", "acceptance_class")
 """The columns a native trace may have."""
 
 
@@ -32,8 +33,8 @@ def load_parquet(path: str | Path) -> pl.DataFrame:
     """Read a native Parquet trace.
 
     Returns int64 ``arrival_ns`` (made relative to the first row, so the first is 0),
-    ``prompt_tokens`` and ``output_tokens``, then ``session_id`` (int64) and ``hash_ids`` (list of
-    int64) when the file has them, in file order.
+    ``prompt_tokens`` and ``output_tokens``, then ``session_id`` (int64), ``hash_ids`` (list of
+    int64) and ``acceptance_class`` (string, nulls kept) when the file has them, in file order.
 
     Raises ``TraceError`` naming the file for an unreadable or empty file, a missing column
     (listing those present) or a column of the wrong type (any integer width is accepted; floats
@@ -80,6 +81,10 @@ def load_parquet(path: str | Path) -> pl.DataFrame:
     for name in names:
         column = frame[name]
         dtype = column.dtype
+        if name == "acceptance_class":
+            if dtype not in (pl.String, pl.Categorical, pl.Enum, pl.Null):
+                fail(f"column acceptance_class must be strings (class names) or null, got {dtype}")
+            continue  # null: the class is drawn by share
         if name == "hash_ids":
             if not (isinstance(dtype, (pl.List, pl.Array)) and dtype.inner.is_integer()):
                 fail(f"column hash_ids must be a list of integers, got {dtype}")
@@ -91,6 +96,9 @@ def load_parquet(path: str | Path) -> pl.DataFrame:
 
     casts = {}
     for name in names:
+        if name == "acceptance_class":
+            casts[name] = frame[name].cast(pl.String)
+            continue
         target = pl.List(pl.Int64) if name == "hash_ids" else pl.Int64
         try:
             casts[name] = frame[name].cast(target)

@@ -18,7 +18,8 @@ class Workload:
 
     ``arrival_ns``, ``prompt_tokens`` and ``output_tokens`` are what the simulator core consumes.
     ``hash_ids`` and ``session_id`` describe prompt sharing (for prefix caching); they are kept on
-    the Python side and are ``None`` when the source has no such information.
+    the Python side and are ``None`` when the source has no such information. ``acceptance_class``
+    names each request's class of speculative acceptance (``speculative.acceptance_classes``).
     """
 
     arrival_ns: np.ndarray
@@ -34,6 +35,11 @@ class Workload:
     session_id: np.ndarray | None = None
     """The multi-turn session each request belongs to (int64, -1 for a request in no session).
     ``None``: the source has no sessions."""
+    acceptance_class: pl.Series | Sequence | None = None
+    """The speculative-decoding acceptance class of each request, by name: the ``name`` of one of
+    each speculating pool's ``acceptance_classes`` (``class i`` for the i-th, 0-based, of a class
+    without a name), or null to draw it by the classes' shares. Stored as a polars ``String``
+    series named ``acceptance_class``. ``None``: every request's class is drawn."""
     hash_block_tokens: int | None = None
     """Tokens each entry of ``hash_ids`` covers (512 in Mooncake traces; the generators'
     ``block_tokens``). ``None``: unknown, which prefix caching refuses."""
@@ -69,6 +75,18 @@ class Workload:
             if n and session.min() < -1:
                 raise ValueError("Workload.session_id must be >= 0, or -1 for no session")
             object.__setattr__(self, "session_id", session)
+        if self.acceptance_class is not None:
+            names = self.acceptance_class
+            if not isinstance(names, pl.Series):
+                try:
+                    names = pl.Series("acceptance_class", list(names), dtype=pl.String)
+                except (TypeError, pl.exceptions.PolarsError):
+                    raise ValueError("Workload.acceptance_class must be strings (class names) or None") from None
+            if names.dtype not in (pl.String, pl.Categorical, pl.Enum, pl.Null):
+                raise ValueError(f"Workload.acceptance_class must be strings (class names) or null, got {names.dtype}")
+            if len(names) != n:
+                raise ValueError(f"Workload.acceptance_class has {len(names)} entries for {n} requests")
+            object.__setattr__(self, "acceptance_class", names.cast(pl.String).alias("acceptance_class"))
 
     def __len__(self) -> int:
         """The number of requests."""
@@ -85,7 +103,7 @@ class Workload:
     def to_frame(self) -> pl.DataFrame:
         """The requests as a frame with int64 columns ``request_id`` (0, 1, ...), ``arrival_ns``,
         ``prompt_tokens`` and ``output_tokens``, followed by ``session_id`` (int64) and
-        ``hash_ids`` (list of int64) when present.
+        ``hash_ids`` (list of int64) and ``acceptance_class`` (string) when present.
 
         ``workload.to_frame().write_parquet(path)`` writes a trace in fleetwise's native Parquet
         format (``request_id`` is ignored when it is read back).
@@ -101,6 +119,8 @@ class Workload:
         frame = pl.DataFrame(columns)
         if self.hash_ids is not None:
             frame = frame.with_columns(self.hash_ids.alias("hash_ids"))
+        if self.acceptance_class is not None:
+            frame = frame.with_columns(self.acceptance_class)
         return frame
 
 

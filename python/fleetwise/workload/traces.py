@@ -24,8 +24,8 @@ TRACE_LOADERS: dict[str, Callable[[Path], pl.DataFrame]] = {
     "parquet": load_parquet,
 }
 """The reader of each ``TraceArrivals.format``: ``path -> frame`` with int64 ``arrival_ns``
-(first row 0), ``prompt_tokens`` and ``output_tokens``, plus ``hash_ids`` and ``session_id`` when
-the format has them."""
+(first row 0), ``prompt_tokens`` and ``output_tokens``, plus ``hash_ids``, ``session_id`` and
+``acceptance_class`` when the format has them."""
 
 assert set(TRACE_LOADERS) == set(get_args(TraceFormat)), "every trace format needs a loader"
 
@@ -66,7 +66,7 @@ def select_requests(
     4. keep the first ``requests`` rows;
     5. divide every arrival by ``rate_scale`` (rounded to the nearest nanosecond).
 
-    Other columns (``hash_ids``, ``session_id``) follow their rows. Raises ``ConfigError`` (naming
+    Other columns (``hash_ids``, ``session_id``, ``acceptance_class``) follow their rows. Raises ``ConfigError`` (naming
     ``source``) when nothing is left or fewer than ``requests`` rows are, or when ``rate_scale``
     stretches the arrivals past ``MAX_TIME_NS``. When ``counts`` is given, the rows each step
     leaves out are added to it: ``outside_window``, ``min_prompt_tokens``, ``max_prompt_tokens``,

@@ -73,7 +73,7 @@ fn simultaneous_arrivals_share_the_first_iteration() {
     // Three requests arrive at the same instant on one idle instance: the wake runs after all
     // three arrivals, so one prefill iteration serves them and they get the same first token time.
     let cfg = config(1, 80_000_000_000, RouterConfig::RoundRobin);
-    let w = Workload { arrival: vec![1_000, 1_000, 1_000], prompt: vec![100, 200, 300], output: vec![2, 2, 2], hashes: vec![], routing: None };
+    let w = Workload { arrival: vec![1_000, 1_000, 1_000], prompt: vec![100, 200, 300], output: vec![2, 2, 2], hashes: vec![], routing: None, ..Default::default() };
     let out = simulate(&cfg, &w).unwrap();
     let cm = CostModel::build(&InstanceSpec::new(model(), gpu(80_000_000_000), Efficiency::default(), 1)).unwrap();
     let mut s = BatchShape::default();
@@ -102,7 +102,7 @@ fn arrival_at_an_iteration_end_joins_the_next_iteration() {
     let mut s = BatchShape::default();
     s.add_prefill(100, 0, true);
     let t0 = secs_to_ns(cm.iteration_seconds(&s));
-    let w = Workload { arrival: vec![0, t0], prompt: vec![100, 50], output: vec![3, 1], hashes: vec![], routing: None };
+    let w = Workload { arrival: vec![0, t0], prompt: vec![100, 50], output: vec![3, 1], hashes: vec![], routing: None, ..Default::default() };
     let out = simulate(&cfg, &w).unwrap();
     let mut s1 = BatchShape::default();
     s1.add_prefill(50, 0, true);
@@ -117,7 +117,7 @@ fn arrival_at_an_iteration_end_joins_the_next_iteration() {
 #[test]
 fn unsorted_arrivals_are_an_error_not_a_panic() {
     let cfg = config(1, 80_000_000_000, RouterConfig::RoundRobin);
-    let w = Workload { arrival: vec![10, 5], prompt: vec![1, 1], output: vec![1, 1], hashes: vec![], routing: None };
+    let w = Workload { arrival: vec![10, 5], prompt: vec![1, 1], output: vec![1, 1], hashes: vec![], routing: None, ..Default::default() };
     assert!(simulate(&cfg, &w).is_err());
 }
 

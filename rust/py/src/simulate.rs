@@ -47,9 +47,10 @@ impl PySimControl {
 /// router; `planners` maps a pool index to a factory `f(instance) -> scheduler bridge`, and
 /// `evictors` to a factory of prefix-cache bridges, `expert_caches` to a factory
 /// `f(instance, rank, layers, experts, capacity) -> expert cache bridge` of one GPU's caches;
-/// `decode_choice`, a Python decode choice bridge, picks the decode instance of each handoff.
+/// `decode_choice`, a Python decode choice bridge, picks the decode instance of each handoff;
+/// `given_classes` maps a pool index to each request's acceptance class in that pool (255: drawn).
 #[pyfunction]
-#[pyo3(signature = (config_json, arrival_ns, prompt_tokens, output_tokens, control=None, hash_offsets=None, hash_values=None, routing_offsets=None, routing_experts=None, routing_shape=None, router=None, planners=None, evictors=None, expert_caches=None, decode_choice=None))]
+#[pyo3(signature = (config_json, arrival_ns, prompt_tokens, output_tokens, control=None, hash_offsets=None, hash_values=None, routing_offsets=None, routing_experts=None, routing_shape=None, router=None, planners=None, evictors=None, expert_caches=None, decode_choice=None, given_classes=None))]
 #[allow(clippy::too_many_arguments)]
 pub fn simulate<'py>(
     py: Python<'py>,
@@ -68,6 +69,7 @@ pub fn simulate<'py>(
     evictors: Option<HashMap<usize, Py<PyAny>>>,
     expert_caches: Option<HashMap<usize, Py<PyAny>>>,
     decode_choice: Option<Py<PyAny>>,
+    given_classes: Option<HashMap<usize, PyReadonlyArray1<'py, u8>>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let config: SimConfig = from_json("scenario", config_json)?;
     let to_u32 = |name: &str, a: &PyReadonlyArray1<'py, i64>| -> PyResult<Vec<u32>> {
@@ -115,6 +117,7 @@ pub fn simulate<'py>(
             (None, None, None) => None,
             _ => return Err(crate::errors::ConfigError::new_err("routing_offsets, routing_experts and routing_shape go together")),
         },
+        given_classes: given_classes.unwrap_or_default().into_iter().map(|(p, a)| (p, a.as_array().iter().copied().collect())).collect(),
     };
     let control = control.map(|c| c.inner.clone()).unwrap_or_default();
     let slot: ErrorSlot = Default::default();
@@ -250,10 +253,15 @@ pub fn expert_cache_hits(policy: &str, num_experts: u32, capacity: u32, accesses
 }
 
 /// The acceptance class (an index into `shares`) of each of a run's `n` requests, in the run
-/// seeded with `seed`, as the core draws it (`cost/acceptance_classes.rs`): the request table's
-/// `acceptance_class` column.
+/// seeded with `seed`, as the core assigns it (`cost/acceptance_classes.rs`): the class `given`
+/// names (by request; 255: none), else drawn by share. The request table's `acceptance_class`
+/// column.
 #[pyfunction]
-pub fn acceptance_classes(py: Python<'_>, seed: u64, shares: Vec<f64>, n: u32) -> Bound<'_, numpy::PyArray1<u8>> {
-    let classes = fleetwise_core::cost::RequestClasses::new(seed, shares);
-    (0..n).map(|r| classes.class_of(r) as u8).collect::<Vec<u8>>().into_pyarray(py)
+#[pyo3(signature = (seed, shares, n, given=None))]
+pub fn acceptance_classes<'py>(py: Python<'py>, seed: u64, shares: Vec<f64>, n: u32, given: Option<PyReadonlyArray1<'py, u8>>) -> PyResult<Bound<'py, numpy::PyArray1<u8>>> {
+    let mut classes = fleetwise_core::cost::RequestClasses::new(seed, shares);
+    if let Some(given) = given {
+        classes = classes.with_given(given.as_array().iter().copied().collect()).map_err(crate::errors::to_py)?;
+    }
+    Ok((0..n).map(|r| classes.class_of(r) as u8).collect::<Vec<u8>>().into_pyarray(py))
 }

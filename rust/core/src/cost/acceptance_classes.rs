@@ -7,23 +7,31 @@
 //! request's class is drawn once from the run's seed and the request's index alone
 //! ([`uniform_at`]): it is the same on every instance and pool that serves the request (its
 //! prefill's and its decode's) and does not depend on anything else the run draws. One class
-//! (`acceptance_rate`) draws nothing.
+//! (`acceptance_rate`) draws nothing. A workload may instead name a request's class (a trace's
+//! `acceptance_class` column, mapped to each pool's classes): a named request is in that class,
+//! an unnamed one is drawn.
 
 use std::sync::Arc;
 
 use super::speculative::{expected_tokens_per_step, Speculator};
+use crate::error::{Error, Result};
 use crate::rng::uniform_at;
 
 /// The name of the draws that assign requests to acceptance classes.
 pub const CLASS_STREAM: &str = "speculative acceptance class";
 
+/// A request's entry in a workload's given classes that names no class: it is drawn by share.
+pub const DRAWN_CLASS: u8 = u8::MAX;
+
 /// How the run's requests map to a pool's acceptance classes: the classes' cumulative shares
-/// and the run's seed.
+/// and the run's seed, and the classes the workload names.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RequestClasses {
     seed: u64,
     /// The shares of classes 0..=c summed, for each class c (the last is 1 up to rounding).
     upto: Vec<f64>,
+    /// The class the workload gives each request, by request index ([`DRAWN_CLASS`]: none).
+    given: Option<Arc<[u8]>>,
 }
 
 impl RequestClasses {
@@ -33,7 +41,18 @@ impl RequestClasses {
             *sum += s;
             Some(*sum)
         });
-        RequestClasses { seed, upto: upto.collect() }
+        RequestClasses { seed, upto: upto.collect(), given: None }
+    }
+
+    /// These classes with the class the workload gives each request (by request index):
+    /// `given[r]` is request r's class, or [`DRAWN_CLASS`] to draw it by share. Fails, naming
+    /// the first, for an entry that is neither a class of these nor [`DRAWN_CLASS`].
+    pub fn with_given(mut self, given: Arc<[u8]>) -> Result<Self> {
+        if let Some(r) = given.iter().position(|&c| c != DRAWN_CLASS && c as usize >= self.upto.len()) {
+            return Err(Error::config("workload.acceptance_class", format!("request {r} is given class {} of a pool with {} classes", given[r], self.upto.len())));
+        }
+        self.given = Some(given);
+        Ok(self)
     }
 
     /// How many classes there are.
@@ -46,12 +65,18 @@ impl RequestClasses {
         self.upto.is_empty()
     }
 
-    /// The class of the request at index `req` of the run: the first class whose cumulative
-    /// share exceeds the request's uniform draw (the last class for a draw the shares' rounding
-    /// leaves past them); class 0, without a draw, when there is one class.
+    /// The class of the request at index `req` of the run: the one the workload gives it, else
+    /// the first class whose cumulative share exceeds the request's uniform draw (the last class
+    /// for a draw the shares' rounding leaves past them); class 0, without a draw, when there is
+    /// one class.
     pub fn class_of(&self, req: u32) -> usize {
         if self.upto.len() <= 1 {
             return 0;
+        }
+        if let Some(&c) = self.given.as_ref().and_then(|g| g.get(req as usize)) {
+            if c != DRAWN_CLASS {
+                return c as usize;
+            }
         }
         self.class_at(uniform_at(self.seed, CLASS_STREAM, req as u64))
     }

@@ -56,6 +56,23 @@ fn requests_fall_into_classes_by_their_shares_the_same_way_every_time() {
 }
 
 #[test]
+fn a_request_the_workload_names_is_in_that_class_the_others_are_drawn() {
+    let drawn = RequestClasses::new(7, [0.3, 0.5, 0.2]);
+    // Every even request named: class 2 (the rarest); odd ones left to the draw.
+    let given: Arc<[u8]> = (0..1000).map(|r| if r % 2 == 0 { 2 } else { DRAWN_CLASS }).collect();
+    let named = drawn.clone().with_given(given).unwrap();
+    assert!((0..1000).step_by(2).all(|r| named.class_of(r) == 2));
+    assert!((1..1000).step_by(2).all(|r| named.class_of(r) == drawn.class_of(r)));
+    // Past the given entries (none there): drawn.
+    assert_eq!(named.class_of(5000), drawn.class_of(5000));
+    // A class the pool does not have is refused, naming the first such request.
+    match drawn.with_given(Arc::from(vec![0u8, 1, 3, 7])) {
+        Err(Error::Config { path, message }) => assert_eq!((path.as_str(), message.contains("request 2 is given class 3")), ("workload.acceptance_class", true), "{message}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn the_classes_are_checked_naming_the_field() {
     let path = |c: SpeculativeConfig| match c.class_rates() {
         Err(Error::Config { path, message }) => (path, message),

@@ -48,7 +48,7 @@ mod speculative;
 mod speculative_config;
 mod weight_fetch;
 
-pub use acceptance_classes::{ClassCaps, RequestClasses, CLASS_STREAM};
+pub use acceptance_classes::{ClassCaps, RequestClasses, CLASS_STREAM, DRAWN_CLASS};
 pub use batch::{BatchShape, VerifyChunks};
 pub use decode_memo::OpsMemo;
 pub use ops::{IterationCost, Op, OpCost};

@@ -169,6 +169,18 @@ impl Instance {
         Ok(self)
     }
 
+    /// Puts each request in the acceptance class the workload gives it (`given[r]`, by request
+    /// index; [`crate::cost::DRAWN_CLASS`]: drawn by share), on a speculating instance; nothing
+    /// otherwise. Fails naming the first entry that is not one of the pool's classes. Call after
+    /// [`Instance::with_speculation`], before any request arrives.
+    pub fn with_given_classes(mut self, given: Option<Arc<[u8]>>) -> Result<Self> {
+        let (Some(rt), Some(given)) = (self.spec.as_deref_mut(), given) else { return Ok(self) };
+        rt.classes = Arc::new(RequestClasses::clone(&rt.classes).with_given(given)?);
+        let grant = rt.grant(rt.k_now);
+        self.scheduler.set_draft_grant(grant);
+        Ok(self)
+    }
+
     /// The speculation runtime, for speculating pools.
     pub fn speculation(&self) -> Option<&SpecRuntime> {
         self.spec.as_deref()

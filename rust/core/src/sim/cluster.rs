@@ -112,6 +112,9 @@ impl<'a> Cluster<'a> {
         let mut instances = Vec::new();
         let mut pool_names = Vec::new();
         let mut layerwise = Vec::new();
+        if let Some(p) = workload.given_classes.keys().find(|&&p| p >= config.pools.len()) {
+            return Err(Error::config("workload.acceptance_class", format!("classes given for pool {p}, of {} pools", config.pools.len())));
+        }
         for (p, pool) in config.pools.iter().enumerate() {
             pool_names.push(pool.name.clone());
             if pool.count == 0 {
@@ -129,6 +132,10 @@ impl<'a> Cluster<'a> {
             } else {
                 None
             };
+            let given_classes = workload.given_classes.get(&p).cloned();
+            if given_classes.as_ref().is_some_and(|g| g.len() != workload.arrival.len()) {
+                return Err(Error::config("workload.acceptance_class", format!("pool {p}'s classes give {} requests, the workload has {}", given_classes.map_or(0, |g| g.len()), workload.arrival.len())));
+            }
             let first_of_pool = instances.len();
             for _ in 0..pool.count {
                 let spec = InstanceSpec {
@@ -154,6 +161,7 @@ impl<'a> Cluster<'a> {
                 let mode = pipeline_mode(pool.parallelism.pipeline, pool.parallelism.pp, pool.parallelism.microbatches, &pool.needs_sync_pipeline()).map_err(|e| prefix(&format!("cluster.pools.{p}"), e))?;
                 let inst = Instance::new(setup)
                     .and_then(|i| i.with_speculation(pool.speculative.as_ref(), &spec, config.seed, &spec_stream))
+                    .and_then(|i| i.with_given_classes(given_classes.clone()))
                     .map_err(|e| prefix(&format!("cluster.pools.{p}"), e))?
                     .with_prefix_cache(prefix_tokens).with_role(pool.role).with_pipelining(mode);
                 let inst = match plugins.batch_schedulers.get(&p) {

@@ -13,6 +13,7 @@ use crate::router::RouterConfig;
 use crate::scheduler::SchedulerConfig;
 use crate::time::Nanos;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::mixed_pool::MixedPoolConfig;
@@ -188,4 +189,8 @@ pub struct Workload {
     pub hashes: Vec<Vec<u64>>,
     /// A recorded expert routing trace, for pools whose experts replay it.
     pub routing: Option<Arc<RoutingTrace>>,
+    /// The acceptance class the workload gives each request, by pool index: one entry per
+    /// request, the index of one of the pool's `speculative.acceptance_classes` or
+    /// [`crate::cost::DRAWN_CLASS`] (drawn by share). A pool not listed draws every request's.
+    pub given_classes: HashMap<usize, Arc<[u8]>>,
 }
