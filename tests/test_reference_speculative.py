@@ -231,3 +231,32 @@ def test_classes_the_workload_names_match_simpy_reference():
         got = table["acceptance_class"].cast(pl.String).to_list()
         assert all(g == n for g, n in zip(got, named) if n is not None), label
         assert any(n is None for n in named) and set(got) >= {"all", "none"}, label
+
+
+def learning(scenario: dict, workload):
+    """``scenario`` with every speculating pool verifying adaptively by the acceptance its
+    instances observe (``adaptive_estimate: history``)."""
+    for pool in scenario["cluster"]["pools"]:
+        pool["speculative"].update(enable_adaptive_verification=True, adaptive_estimate="history")
+    return scenario, workload
+
+
+def test_adaptive_verification_learning_from_history_matches_simpy_reference():
+    """Pools verifying adaptively by their observed acceptance (decayed counts by position, one
+    number of drafts for every decode) agree exactly with the reference, one rate or classes:
+    with the classes every class verifies the same number (at most its own k), so the class
+    that accepts nothing still has its first draft verified (where scoring by request never
+    verifies it) and the class that accepts all has drafts rejected past its first."""
+    totals: dict = {}
+    cases = [(f"history vllm seed {s}", *learning(*make_speculative_scenario(s))) for s in range(4)]
+    cases += [(f"history classes vllm seed {s}", *learning(*with_classes(*make_speculative_scenario(s), True))) for s in range(4, 8)]
+    cases += [(f"history classes sarathi-serve seed {s}", *learning(*with_classes(*speculating(s, *make_batch_scenario("sarathi-serve", s)), True))) for s in range(3)]
+    check(cases, totals)
+    assert totals["accepted"] > 0 and totals["preemptions"] > 0, totals
+    verified_none = 0
+    for label, scenario, workload in cases[4:]:
+        spec = fleetwise.simulate(scenario, workload=workload).summary["speculative"]
+        drafted, rate = spec["per_class_draft_tokens"], spec["per_class_acceptance_rate"]
+        assert rate[0] == 1.0 and rate[2] in (0.0, None), (label, spec)
+        verified_none += drafted[2]
+    assert verified_none > 0

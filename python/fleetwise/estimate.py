@@ -145,7 +145,8 @@ def speculative_speedup(cost, given: dict, decodes: list[int], plain_seconds: fl
     plain one's on ``cost`` with the lookup (its ``proposer_seconds``). Under a batch-size table, ``k`` is the table's for this many decodes;
     under adaptive verification, the k verified that gives these decodes the most tokens per second
     (with acceptance classes, the decodes apportioned to the classes by share: the most any class
-    verifies, ``tokens_per_step`` over them all)."""
+    verifies, ``tokens_per_step`` over them all; learning from history, one k for every decode
+    scored by the classes' share-weighted survival)."""
     import json
 
     from pydantic import ValidationError

@@ -11,6 +11,8 @@ import json
 from fleetwise.cost import cost_model
 
 MASK = (1 << 64) - 1
+DECAY = 63 / 64
+"""The weight of a step's observations relative to the next step's (the core's HISTORY_DECAY)."""
 CLASS_STREAM = "speculative acceptance class"
 
 
@@ -63,6 +65,8 @@ class ReferenceSpeculation:
         self.table = spec.get("num_speculative_tokens_per_batch_size") or []
         # Adaptive verification: k verified chosen for the next step's decodes by tokens per ns.
         self.adaptive = bool(spec.get("enable_adaptive_verification"))
+        # Learning from history: decayed verified and accepted slots by position (DECAY a step).
+        self.history = None if spec.get("adaptive_estimate", "request") != "history" else ([0.0] * len(self.levels), [0.0] * len(self.levels))
         self.k_now = k
         self.syncing = False
         if any(r not in (0.0, 1.0) for rates in self.class_rates for r in rates) or spec["method"] != "draft":
@@ -131,7 +135,12 @@ class ReferenceSpeculation:
         if self.adaptive:
             # The next step's decodes (this step's and the prompts it completes), at their cached
             # tokens once it ends, with their classes; the plan with the most tokens per ns.
-            plan = self.adaptive_plan(inst.cost, [(r.computed + n, c) for (r, n, _), c in zip(items, classes) if r.computed + n == r.known])
+            decodes = [(r.computed + n, c) for (r, n, _), c in zip(items, classes) if r.computed + n == r.known]
+            if self.history is not None:
+                self.observe([(d, a) for d, a in zip(depths, accepted) if d > 0])
+                plan = self.history_plan(inst.cost, decodes)
+            else:
+                plan = self.adaptive_plan(inst.cost, decodes)
             self.k_now = max(plan)
             self.caps = plan if len(plan) > 1 else None
             return accepted
@@ -140,6 +149,48 @@ class ReferenceSpeculation:
         # over the gap after it and past the last range); the full k after an empty step.
         self.k_now = next((k for start, _, k in sorted(self.table, reverse=True) if start <= len(items)), self.levels[-1]) if items else self.levels[-1]
         return accepted
+
+    def observe(self, verified: list[tuple[int, int]]) -> None:
+        """Folds one step's (verified depth, accepted) pairs into the history: the older counts
+        weighted DECAY less, then the step's added; a step verifying nothing changes nothing."""
+        if not verified:
+            return
+        ver, acc = self.history
+        for i in range(len(ver)):
+            ver[i] = ver[i] * DECAY + sum(d > i for d, _ in verified)
+            acc[i] = acc[i] * DECAY + sum(d > i and a > i for d, a in verified)
+
+    def history_plan(self, cost, decodes: list[tuple[int, int]]) -> list[int]:
+        """The draft tokens verified by each class's decodes when every slot is scored by the
+        history's survival (accepted / verified by position, never rising; an unobserved position
+        as the one before): of j = 0..k (each class at most its own k), the one with the most
+        expected tokens (1 + the survivals of the slots verified) per ns, the smallest on a tie."""
+        if not decodes:
+            return list(self.class_k)
+        survival, s = [], 1.0
+        for v, a in zip(*self.history):
+            if v > 0:
+                s = min(s, a / v)
+            survival.append(s)
+        plans: list[list[int]] = []
+        for j in range(self.levels[-1] + 1):
+            plan = [min(j, kc) for kc in self.class_k]
+            if not plans or plans[-1] != plan:
+                plans.append(plan)
+        count = [sum(c == x for _, c in decodes) for x in range(len(self.class_rates))]
+        best, best_rate = plans[0], float("-inf")
+        for plan in plans:
+            ns = max(1, cost.speculative_step_ns(self.json, speculating=[(cached, plan[c]) for cached, c in decodes]))
+            tokens = 0.0
+            for c in range(len(self.class_rates)):
+                if count[c]:
+                    t = 1.0
+                    for x in survival[:plan[c]]:
+                        t += x
+                    tokens += count[c] / len(decodes) * t
+            if tokens / ns > best_rate:
+                best, best_rate = plan, tokens / ns
+        return best
 
     def adaptive_plan(self, cost, decodes: list[tuple[int, int]]) -> list[int]:
         """Adaptive verification's draft tokens verified by each class's decodes in a step of

@@ -98,6 +98,12 @@ class SpeculativeConfig(StrictModel):
     for the next to give that step's decodes the most expected tokens per second. For a chain of
     a model proposer (``draft``, ``eagle``, ``eagle3``, ``mtp``) or of ``suffix``; not beside
     ``num_speculative_tokens_per_batch_size`` (docs/speculative-decoding.md)."""
+    adaptive_estimate: Literal["request", "history"] = "request"
+    """What adaptive verification scores the draft slots by: ``request``, each request's own rates
+    (its acceptance class's, as a confidence head estimates them; vLLM's DSpark proposers), each
+    class verifying its own number; ``history``, the survival of each draft position the instance
+    has observed over its recent steps (vLLM's DFlash proposers), one number for every decode.
+    Needs ``enable_adaptive_verification``."""
 
     @field_validator("speculative_token_tree", mode="before")
     @classmethod
@@ -163,6 +169,8 @@ class SpeculativeConfig(StrictModel):
         if self.method != "eagle3" and self.draft_vocab_size is not None:
             raise ValueError(f"draft_vocab_size applies to method eagle3 only (an EAGLE-3 head's own LM head), not {self.method}")
         self._check_batch_size_table()
+        if self.adaptive_estimate != "request" and not self.enable_adaptive_verification:
+            raise FieldError("adaptive_estimate", "applies to adaptive verification: set enable_adaptive_verification: true")
         if self.enable_adaptive_verification:
             if self.num_speculative_tokens_per_batch_size is not None:
                 raise ValueError("enable_adaptive_verification cannot be combined with num_speculative_tokens_per_batch_size (both choose how many draft tokens a step verifies)")
@@ -295,7 +303,7 @@ def parse_speculative(text: str, where: str = "--speculative") -> dict:
     acceptance classes as ``SHARE:RATES`` separated by ``+``: ``acceptance_classes=0.3:0.9+0.7:0.6/0.5/0.4/0.3``;
     a batch-size table as ``START-END:K`` entries: ``num_speculative_tokens_per_batch_size=1-64:4/65-1024:1``;
     a token tree as its children per node at each level: ``speculative_token_tree=2/2``;
-    ``enable_adaptive_verification=true``)
+    ``enable_adaptive_verification=true``, ``adaptive_estimate=history``)
     into a ``SpeculativeConfig`` dict; raises ``ConfigError`` naming ``where`` on a malformed item."""
     from fleetwise.errors import ConfigError
 
@@ -306,7 +314,7 @@ def parse_speculative(text: str, where: str = "--speculative") -> dict:
         key, sep, value = item.partition("=")
         key, value = key.strip(), value.strip()
         if not sep or not key or not value:
-            raise ConfigError(f"{where}: expected KEY=VALUE items separated by commas (keys: method, draft_model, num_speculative_tokens, acceptance_rate, acceptance_classes, draft_vocab_size, proposal_rate, num_speculative_tokens_per_batch_size, speculative_token_tree, enable_adaptive_verification), got {item!r}")
+            raise ConfigError(f"{where}: expected KEY=VALUE items separated by commas (keys: method, draft_model, num_speculative_tokens, acceptance_rate, acceptance_classes, draft_vocab_size, proposal_rate, num_speculative_tokens_per_batch_size, speculative_token_tree, enable_adaptive_verification, adaptive_estimate), got {item!r}")
         if key in out:
             raise ConfigError(f"{where}: {key} given twice")
         if key == "acceptance_rate" and "/" in value:

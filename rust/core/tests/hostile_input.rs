@@ -26,7 +26,7 @@ fn gpu() -> GpuSpec {
 
 fn workload(arrival: Vec<u64>) -> Workload {
     let n = arrival.len();
-    Workload { arrival, prompt: vec![500; n], output: vec![20; n], hashes: vec![], routing: None }
+    Workload { arrival, prompt: vec![500; n], output: vec![20; n], hashes: vec![], routing: None, ..Default::default() }
 }
 
 fn run(cfg: &SimConfig) -> Result<SimOutput, Error> {

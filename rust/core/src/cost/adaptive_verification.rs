@@ -11,9 +11,12 @@
 //! Among equal rates the smaller j wins (fewer tokens for the same throughput).
 //!
 //! vLLM scores every (request, position) slot by its survival probability under per-request
-//! acceptance estimates learned online, and verifies the best slots. Here the estimates are the
-//! rates of each decode's acceptance class (the configured ones: what an online estimator
-//! converges to when acceptance depends only on the class). The candidates are the cut-offs of
+//! acceptance estimates (a confidence head's, DSpark), and verifies the best slots; or, for
+//! proposers without such estimates, scores every decode by the accepted-prefix survival it has
+//! observed and verifies one k for all (DFlash). With `adaptive_estimate: request` the estimates
+//! are the rates of each decode's acceptance class (the configured ones: what a per-request
+//! estimator gives when acceptance depends only on the class); with `history`, the instance's
+//! observed survival by position ([`crate::cost::AcceptanceHistory`], [`Speculator::history_plan`]). The candidates are the cut-offs of
 //! the slots ranked by survival probability (then by position, earlier first): every slot
 //! ranked at or above the cut-off is verified, so a decode verifies a prefix of its drafts and
 //! the decodes of a class verify the same number. With one class they are j = 0..=k for every
@@ -22,6 +25,7 @@
 //! lengths `B * q`).
 
 use super::speculative::{expected_tokens_per_step, SpecSeq, Speculator};
+use super::speculative_config::AdaptiveEstimate;
 use super::CostModel;
 use crate::time::secs_to_ns;
 
@@ -30,6 +34,54 @@ impl Speculator {
     /// verification) rather than all that the scheduler grants.
     pub fn is_adaptive(&self) -> bool {
         self.adaptive
+    }
+
+    /// Whether adaptive verification scores the slots by the instance's observed acceptance
+    /// ([`crate::cost::AcceptanceHistory`]) rather than by each request's class rates.
+    pub fn learns_from_history(&self) -> bool {
+        self.adaptive && self.estimate == AdaptiveEstimate::History
+    }
+
+    /// The draft tokens the decodes of each acceptance class verify in a step of `decodes`
+    /// (cached tokens, class) when every decode's slots are scored by one estimated `survival`
+    /// per position (the instance's history): the j in 0..=k (each class at most its own k)
+    /// with the most expected tokens, 1 + survival[0] + ... + survival[j - 1] per decode, per
+    /// nanosecond of the step on `target`, the smallest on a tie; every class its whole k when
+    /// there is no decode.
+    pub fn history_plan(&self, target: &CostModel, decodes: &[(u64, usize)], survival: &[f64]) -> Vec<u32> {
+        let classes = self.num_classes();
+        if decodes.is_empty() {
+            return (0..classes).map(|c| self.class_k(c).min(self.k())).collect();
+        }
+        let mut plans: Vec<Vec<u32>> = Vec::new();
+        for j in 0..=self.k() {
+            let plan: Vec<u32> = (0..classes).map(|c| j.min(self.class_k(c))).collect();
+            if plans.last() != Some(&plan) {
+                plans.push(plan);
+            }
+        }
+        let n = decodes.len() as f64;
+        let mut count = vec![0usize; classes];
+        decodes.iter().for_each(|&(_, c)| count[c] += 1);
+        let (mut best, mut best_rate) = (0, f64::NEG_INFINITY);
+        for (i, secs) in self.step_seconds_by_plan(target, decodes, &plans).into_iter().enumerate() {
+            let ns = secs_to_ns(secs).max(1);
+            let tokens: f64 = (0..classes).filter(|&c| count[c] > 0).map(|c| count[c] as f64 / n * survival[..plans[i][c] as usize].iter().fold(1.0, |t, s| t + s)).sum();
+            let rate = tokens / ns as f64;
+            if rate > best_rate {
+                (best, best_rate) = (i, rate);
+            }
+        }
+        plans.into_iter().nth(best).expect("a candidate")
+    }
+
+    /// The survival of each draft position over the classes by their shares: what an
+    /// instance's history of a steady mix converges to (decodes weighted by share, not by the
+    /// slots each verifies).
+    pub fn share_weighted_survival(&self) -> Vec<f64> {
+        (0..self.positions())
+            .map(|i| (0..self.num_classes()).map(|c| self.classes[c].0 * self.class_rates(c)[..=i].iter().product::<f64>()).sum())
+            .collect()
     }
 
     /// The draft tokens each decode verifies in a step of decodes whose cached tokens are
@@ -130,10 +182,14 @@ impl Speculator {
     }
 
     /// The draft tokens each of `decodes` (cached tokens, class) verifies in a steady step: the
-    /// adaptive plan's for its class, or the k a batch-size table gives after a step of as many
+    /// adaptive plan's for its class (learning from history, the plan for the classes'
+    /// share-weighted survival), or the k a batch-size table gives after a step of as many
     /// requests (k without one), at most its class's.
     pub fn steady_k(&self, target: &CostModel, decodes: &[(u64, usize)]) -> Vec<u32> {
-        if self.adaptive {
+        if self.learns_from_history() {
+            let plan = self.history_plan(target, decodes, &self.share_weighted_survival());
+            decodes.iter().map(|&(_, c)| plan[c]).collect()
+        } else if self.adaptive {
             let plan = self.adaptive_plan(target, decodes);
             decodes.iter().map(|&(_, c)| plan[c]).collect()
         } else {

@@ -18,7 +18,7 @@ fn draft(k: u32, a: AcceptanceRate, adaptive: bool) -> (CostModel, Speculator) {
 fn proposer(method: SpecMethod, k: u32, a: AcceptanceRate, adaptive: bool) -> (CostModel, Speculator) {
     let spec = InstanceSpec::new(llama2_70b(), h100(), ideal(), 4);
     let draft = (method == SpecMethod::Draft).then(llama2_7b);
-    let cfg = SpeculativeConfig { method, draft_model: draft, num_speculative_tokens: k, acceptance_rate: Some(a), acceptance_classes: None, draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None, speculative_token_tree: None, enable_adaptive_verification: adaptive };
+    let cfg = SpeculativeConfig { method, draft_model: draft, num_speculative_tokens: k, acceptance_rate: Some(a), acceptance_classes: None, draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None, speculative_token_tree: None, enable_adaptive_verification: adaptive, adaptive_estimate: Default::default() };
     (CostModel::build(&spec).unwrap(), Speculator::build(&cfg, &spec).unwrap())
 }
 
@@ -96,7 +96,7 @@ fn adaptive_verification_refuses_what_it_cannot_trim() {
         Err(Error::Config { path, message }) => (path, message),
         other => panic!("{other:?}"),
     };
-    let base = SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: 3, acceptance_rate: Some(AcceptanceRate::Constant(0.7)), acceptance_classes: None, draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None, speculative_token_tree: None, enable_adaptive_verification: true };
+    let base = SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: 3, acceptance_rate: Some(AcceptanceRate::Constant(0.7)), acceptance_classes: None, draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None, speculative_token_tree: None, enable_adaptive_verification: true, adaptive_estimate: Default::default() };
     assert!(base.class_rates().is_ok());
     let (p, m) = path(SpeculativeConfig { num_speculative_tokens_per_batch_size: Some(vec![[1, 8, 3]]), ..base.clone() });
     assert_eq!(p, "speculative.enable_adaptive_verification");
@@ -122,4 +122,23 @@ fn the_candidates_are_priced_as_a_step_is_to_the_bit() {
             assert_eq!(secs, sp.step(&cm, &cm.empty_shape(), &seqs).seconds, "{method:?}, {n} decodes, j = {j}");
         }
     }
+}
+
+#[test]
+fn scored_by_a_history_that_matches_the_rates_the_plan_is_the_rates_plan() {
+    // One class at 0.8: its survival 0.8, 0.64, 0.512, 0.41 as the history's estimate gives the
+    // same j as scoring by the rates, at every batch size; a history that has seen nothing (every
+    // position survives) verifies more, never fewer; one that has seen every first draft fail
+    // verifies none.
+    let (cm, sp) = proposer(SpecMethod::Eagle, 4, AcceptanceRate::Constant(0.8), true);
+    let survival: Vec<f64> = (1..=4).map(|i| 0.8f64.powi(i)).collect();
+    for n in [1, 8, 64, 256, 1024] {
+        let decodes = vec![(1023u64, 0usize); n];
+        let by_rates = sp.adaptive_plan(&cm, &decodes);
+        assert_eq!(sp.history_plan(&cm, &decodes, &survival), by_rates, "n = {n}");
+        assert!(sp.history_plan(&cm, &decodes, &[1.0; 4])[0] >= by_rates[0], "n = {n}");
+        assert_eq!(sp.history_plan(&cm, &decodes, &[0.0; 4]), vec![0], "n = {n}");
+    }
+    // No decode: the whole k.
+    assert_eq!(sp.history_plan(&cm, &[], &[0.0; 4]), vec![4]);
 }

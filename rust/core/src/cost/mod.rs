@@ -25,6 +25,7 @@
 //!   `pipeline.rs`: the per-stage times of a batch through an asynchronous pipeline.
 
 mod acceptance_classes;
+mod acceptance_history;
 mod adaptive_verification;
 mod attention;
 mod batch;
@@ -49,13 +50,14 @@ mod speculative_config;
 mod weight_fetch;
 
 pub use acceptance_classes::{ClassCaps, RequestClasses, CLASS_STREAM, DRAWN_CLASS};
+pub use acceptance_history::{AcceptanceHistory, HISTORY_DECAY};
 pub use batch::{BatchShape, VerifyChunks};
 pub use decode_memo::OpsMemo;
 pub use ops::{IterationCost, Op, OpCost};
 pub use pipeline::StageCosts;
 pub use quantization::{ActivationFormat, KvCacheFormat, Quantization, WeightFormat, DEFAULT_GROUP_SIZE};
 pub use speculative::{expected_tokens_per_step, SpecSeq, Speculator};
-pub use speculative_config::{AcceptanceClass, AcceptanceRate, SpecMethod, SpeculativeConfig, MAX_SPECULATIVE_TOKENS};
+pub use speculative_config::{AcceptanceClass, AcceptanceRate, AdaptiveEstimate, SpecMethod, SpeculativeConfig, MAX_SPECULATIVE_TOKENS};
 pub use setup::{InstanceSpec, MAX_ITERATION_OVERHEAD, MAX_LAYER_OVERHEAD, MIN_EFFICIENCY};
 pub use weight_fetch::WeightStream;
 

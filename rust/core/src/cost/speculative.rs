@@ -14,7 +14,7 @@
 //! its k is its node count and its positions are its levels. The settings (proposer, k, rates,
 //! k by batch size, the tree) are in `speculative_config.rs`.
 
-use super::speculative_config::{SpecMethod, SpeculativeConfig, EAGLE3_DRAFT_VOCAB};
+use super::speculative_config::{AdaptiveEstimate, SpecMethod, SpeculativeConfig, EAGLE3_DRAFT_VOCAB};
 use super::{BatchShape, CostModel, InstanceSpec, IterationCost, Quantization, VerifyChunks};
 use crate::calibration::NgramLookupCost;
 use crate::error::{Error, Result};
@@ -78,6 +78,8 @@ pub struct Speculator {
     /// Adaptive verification: the proposer drafts all k tokens of every speculating sequence
     /// whatever the verify pass checks (`adaptive_verification.rs`).
     pub(super) adaptive: bool,
+    /// What adaptive verification scores the draft slots by.
+    pub(super) estimate: AdaptiveEstimate,
     /// Weight bytes the proposer adds on each GPU.
     pub weight_bytes_per_gpu: u64,
     /// KV bytes per token the proposer adds on each GPU.
@@ -196,7 +198,7 @@ impl Speculator {
         let lookup = if cfg.method == SpecMethod::Ngram { spec.efficiency.ngram_lookup } else { None };
         let adaptive = cfg.enable_adaptive_verification;
         let class_k = cfg.class_draft_tokens();
-        Ok(Speculator { method: cfg.method, classes, class_k, proposal_rate, proposer, modules, per_step, per_proposal, per_batch_size, tree, lookup, adaptive, weight_bytes_per_gpu: weight, kv_bytes_per_token_per_gpu: kv })
+        Ok(Speculator { method: cfg.method, classes, class_k, proposal_rate, proposer, modules, per_step, per_proposal, per_batch_size, tree, lookup, adaptive, estimate: cfg.adaptive_estimate, weight_bytes_per_gpu: weight, kv_bytes_per_token_per_gpu: kv })
     }
 
     /// The proposer's KV bytes of one token over all its layers and KV heads (what a speculating

@@ -22,6 +22,19 @@ pub const MAX_TREE_NODES: u32 = 64;
 /// The most acceptance classes a pool may give (a request's class fits a byte in results).
 pub const MAX_ACCEPTANCE_CLASSES: usize = 16;
 
+/// What adaptive verification scores the draft slots by (`speculative.adaptive_estimate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdaptiveEstimate {
+    /// Each request's own rates, its acceptance class's (what a confidence head estimates per
+    /// request, as vLLM's DSpark proposers): each class verifies its own number of drafts.
+    #[default]
+    Request,
+    /// The instance's observed survival of each draft position over its recent steps
+    /// ([`crate::cost::AcceptanceHistory`], as vLLM's DFlash proposers): one number for every decode.
+    History,
+}
+
 /// How draft tokens are proposed (vLLM's `speculative_config.method`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -149,6 +162,10 @@ pub struct SpeculativeConfig {
     /// step's decodes (`docs/speculative-decoding.md`). Chains of model proposers only.
     #[serde(default)]
     pub enable_adaptive_verification: bool,
+    /// What adaptive verification scores the draft slots by: each request's class rates
+    /// (`request`, the default) or the instance's observed acceptance (`history`).
+    #[serde(default)]
+    pub adaptive_estimate: AdaptiveEstimate,
 }
 
 /// The draft vocabulary of published EAGLE-3 heads (`draft_vocab_size` in their config.json: the
@@ -310,6 +327,9 @@ impl SpeculativeConfig {
     /// drafts of model proposers and suffix decoding only).
     fn check_adaptive_verification(&self) -> Result<()> {
         if !self.enable_adaptive_verification {
+            if self.adaptive_estimate == AdaptiveEstimate::History {
+                return Err(Error::config("speculative.adaptive_estimate", "applies to adaptive verification: set enable_adaptive_verification: true"));
+            }
             return Ok(());
         }
         let field = "speculative.enable_adaptive_verification";

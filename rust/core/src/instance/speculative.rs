@@ -15,7 +15,7 @@
 //! classes (`cost/acceptance_classes.rs`) each decode draws with its request's class's rates, and
 //! under adaptive verification verifies its class's number of drafts.
 
-use crate::cost::{BatchShape, ClassCaps, InstanceSpec, IterationCost, RequestClasses, SpecSeq, SpeculativeConfig, Speculator, StageCosts, VerifyChunks};
+use crate::cost::{AcceptanceHistory, BatchShape, ClassCaps, InstanceSpec, IterationCost, RequestClasses, SpecSeq, SpeculativeConfig, Speculator, StageCosts, VerifyChunks};
 use crate::error::{Error, Result};
 use crate::kv::BlockManager;
 use crate::request::Request;
@@ -60,6 +60,8 @@ pub struct SpecRuntime {
     /// Under adaptive verification with several acceptance classes, the draft tokens each
     /// class's decodes verify in the batch being formed (empty otherwise).
     plan: Vec<u32>,
+    /// Under adaptive verification learning from history, the acceptance observed so far.
+    history: Option<AcceptanceHistory>,
     /// Accepted draft tokens of each item of the running batch (0: not speculating).
     accepted: Vec<u32>,
     /// The running batch's verify shape and proposer seconds, when some decode speculates.
@@ -163,7 +165,8 @@ impl Instance {
         let per_class = if sp.num_classes() > 1 { sp.num_classes() } else { 0 };
         let stats = SpecStats { draft_tokens_per_position: vec![0; k], accepted_per_position: vec![0; k], draft_tokens_per_class: vec![0; per_class], accepted_per_class: vec![0; per_class], ..Default::default() };
         let classes = Arc::new(sp.request_classes(seed));
-        let rt = SpecRuntime { spec: sp, rng: RngStream::new(seed, stream), classes, plan: Vec::new(), accepted: Vec::new(), verify: None, in_flight: VecDeque::new(), k_now, stats };
+        let history = sp.learns_from_history().then(|| AcceptanceHistory::new(k));
+        let rt = SpecRuntime { spec: sp, rng: RngStream::new(seed, stream), classes, plan: Vec::new(), history, accepted: Vec::new(), verify: None, in_flight: VecDeque::new(), k_now, stats };
         self.scheduler.set_draft_grant(rt.grant(k_now));
         self.spec = Some(Box::new(rt));
         Ok(self)
@@ -234,11 +237,20 @@ impl Instance {
             }
             let n = rt.sample(depth, class);
             rt.count(rt.spec.nodes(depth), depth, n, class);
+            if let Some(h) = rt.history.as_mut() {
+                h.observe(depth, n);
+            }
             rt.accepted.push(n);
             seqs.push(SpecSeq { cached: r.computed as u64, k: it.draft });
         }
         let grant = if rt.spec.is_adaptive() {
-            let plan = rt.spec.adaptive_plan(&self.cost, &next);
+            let plan = match rt.history.as_mut() {
+                Some(h) => {
+                    h.end_step();
+                    rt.spec.history_plan(&self.cost, &next, &h.survival())
+                }
+                None => rt.spec.adaptive_plan(&self.cost, &next),
+            };
             let k = plan.iter().copied().max().unwrap_or(0);
             if plan.len() > 1 {
                 rt.plan = plan.clone();
