@@ -56,6 +56,9 @@ def _variants() -> dict[str, dict]:
         "method": "eagle", "num_speculative_tokens": 4, "enable_adaptive_verification": True,
         "acceptance_classes": [{"name": "code", "share": 0.3, "acceptance_rate": 0.9}, {"name": "chat", "share": 0.7, "acceptance_rate": 0.45, "num_speculative_tokens": 2}]}
     out["speculative-classes-adaptive"] = spec
+    learned = copy.deepcopy(spec)
+    learned["cluster"]["pools"][0]["speculative"]["adaptive_estimate"] = "history"
+    out["speculative-classes-history"] = learned
     if bench_scenario.SHAREGPT.exists():
         out["vs-vidur"] = bench_scenario.scenario_dict(3000, 4, 4.0, 0, "round-robin", bench_scenario.sharegpt_lengths())
     return out

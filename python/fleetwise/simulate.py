@@ -21,7 +21,6 @@ from fleetwise.config.workload_fit import longest_context
 from fleetwise.errors import CapacityError, ConfigError, FleetwiseError, PolicyError
 from fleetwise.metrics import expert_columns, speculative_columns, summarize, table_reads
 from fleetwise.metrics.speculative import acceptance_class_column
-from fleetwise.workload.acceptance_classes import given_class_codes
 from fleetwise.metrics.idealized import IdealizedRuntime, idealized_runtime, idealized_summary
 from fleetwise.metrics.mixed_pool import instance_columns as mixed_pool_columns
 from fleetwise.moe import load_routing_trace
@@ -30,6 +29,7 @@ from fleetwise.policy.watchdog import CallClock, Watchdog
 from fleetwise.request_table import compact_requests, per_pool, request_table
 from fleetwise.result import Result
 from fleetwise.workload import Workload, build_workload
+from fleetwise.workload.acceptance_classes import given_class_codes
 from fleetwise.workload.config import TraceArrivals
 
 MAX_POLICY_TIMEOUT_S = 86400.0
