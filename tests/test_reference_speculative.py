@@ -8,6 +8,7 @@ and preemptions must agree exactly."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import numpy as np
@@ -260,3 +261,28 @@ def test_adaptive_verification_learning_from_history_matches_simpy_reference():
         assert rate[0] == 1.0 and rate[2] in (0.0, None), (label, spec)
         verified_none += drafted[2]
     assert verified_none > 0
+
+
+def test_adaptive_verification_priced_at_a_profile_context_matches_simpy_reference():
+    """Adaptive verification pricing its candidate steps at one profiled context (vLLM's cost
+    table), by request or learning from history, agrees exactly with the reference; priced at a
+    long profiled context the classes' mixed history verifies otherwise than at the decodes' own."""
+    totals: dict = {}
+    cases = []
+    for s in range(6):
+        scenario, workload = with_classes(*make_speculative_scenario(s), True)
+        if s % 3:
+            learning(scenario, workload)
+        for pool in scenario["cluster"]["pools"]:
+            pool["speculative"]["adaptive_profile_context"] = [8192, 65536][s % 2]
+        cases.append((f"profiled adaptive vllm seed {s}", scenario, workload))
+    check(cases, totals)
+    assert totals["accepted"] > 0, totals
+    differs = 0
+    for label, scenario, workload in cases:
+        own = copy.deepcopy(scenario)
+        for pool in own["cluster"]["pools"]:
+            del pool["speculative"]["adaptive_profile_context"]
+        drafted = [fleetwise.simulate(sc, workload=workload).summary["speculative"]["num_draft_tokens"] for sc in (scenario, own)]
+        differs += drafted[0] != drafted[1]
+    assert differs > 0

@@ -87,3 +87,26 @@ def test_what_adaptive_verification_cannot_trim_is_refused_naming_the_file_and_f
     assert says in str(err.value) and str(path) in str(err.value)
     r = run_cli("run", str(path))
     assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("batch, own, profiled", [(128, 1.0, 3.0), (256, 1.0, 2.0)])
+def test_a_cost_table_profiled_at_8k_verifies_more_than_pays_at_short_contexts(batch, own, profiled):
+    # vLLM prices its candidates with a table profiled at 8,192 tokens of context. These decodes
+    # hold about 900: at the profiled context the KV reads dominate the step, the extra verified
+    # tokens look cheap, and more are verified than pay at the real contexts (128 at once: 3
+    # drafts against 1, TPOT 30.3 against 28.5 ms; 256: 2 against 1, 51.2 against 48.8 ms).
+    spec = {**EAGLE, **ADAPTIVE}
+    assert _drafted_per_step(spec, batch) == pytest.approx(own, abs=0.06)
+    assert _drafted_per_step({**spec, "adaptive_profile_context": 8192}, batch) == pytest.approx(profiled, abs=0.06)
+    assert _tpot({**spec, "adaptive_profile_context": 8192}, batch) > 1.04 * _tpot(spec, batch)
+    # Eight at once verifying all four pays either way: the same run.
+    assert _tpot({**spec, "adaptive_profile_context": 8192}, 8) == _tpot(spec, 8)
+
+
+def test_a_profile_context_without_adaptive_verification_is_refused(write_yaml):
+    path = write_yaml(_scenario({**EAGLE, "adaptive_profile_context": 8192}, 2))
+    r = run_cli("run", str(path))
+    assert r.returncode == 2 and "cluster.pools.0.speculative.adaptive_profile_context" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    zero = write_yaml(_scenario({**EAGLE, **ADAPTIVE, "adaptive_profile_context": 0}, 2))
+    r = run_cli("run", str(zero))
+    assert r.returncode == 2 and "adaptive_profile_context" in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -67,6 +67,8 @@ class ReferenceSpeculation:
         self.adaptive = bool(spec.get("enable_adaptive_verification"))
         # Learning from history: decayed verified and accepted slots by position (DECAY a step).
         self.history = None if spec.get("adaptive_estimate", "request") != "history" else ([0.0] * len(self.levels), [0.0] * len(self.levels))
+        # The context candidate steps are priced at (None: each decode's own).
+        self.profile_context = spec.get("adaptive_profile_context")
         self.k_now = k
         self.syncing = False
         if any(r not in (0.0, 1.0) for rates in self.class_rates for r in rates) or spec["method"] != "draft":
@@ -135,7 +137,7 @@ class ReferenceSpeculation:
         if self.adaptive:
             # The next step's decodes (this step's and the prompts it completes), at their cached
             # tokens once it ends, with their classes; the plan with the most tokens per ns.
-            decodes = [(r.computed + n, c) for (r, n, _), c in zip(items, classes) if r.computed + n == r.known]
+            decodes = [(r.computed + n if self.profile_context is None else self.profile_context, c) for (r, n, _), c in zip(items, classes) if r.computed + n == r.known]
             if self.history is not None:
                 self.observe([(d, a) for d, a in zip(depths, accepted) if d > 0])
                 plan = self.history_plan(inst.cost, decodes)

@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from fleetwise.config.base import FieldError, StrictModel
+from fleetwise.config.limits import MAX_TOKENS
 
 MAX_SPECULATIVE_TOKENS = 16
 """The largest ``num_speculative_tokens`` accepted (the core's ``MAX_SPECULATIVE_TOKENS``)."""
@@ -104,6 +105,11 @@ class SpeculativeConfig(StrictModel):
     class verifying its own number; ``history``, the survival of each draft position the instance
     has observed over its recent steps (vLLM's DFlash proposers), one number for every decode.
     Needs ``enable_adaptive_verification``."""
+    adaptive_profile_context: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
+    """The context, in tokens, at which adaptive verification prices its candidate steps: vLLM
+    profiles its cost table once at startup at one context (``VLLM_ADAPTIVE_VERIFICATION_PROFILE_CONTEXT_LEN``,
+    8192 by default), whatever the contexts served. ``None``: each step priced at its decodes' own
+    contexts. Needs ``enable_adaptive_verification``."""
 
     @field_validator("speculative_token_tree", mode="before")
     @classmethod
@@ -171,6 +177,8 @@ class SpeculativeConfig(StrictModel):
         self._check_batch_size_table()
         if self.adaptive_estimate != "request" and not self.enable_adaptive_verification:
             raise FieldError("adaptive_estimate", "applies to adaptive verification: set enable_adaptive_verification: true")
+        if self.adaptive_profile_context is not None and not self.enable_adaptive_verification:
+            raise FieldError("adaptive_profile_context", "applies to adaptive verification: set enable_adaptive_verification: true")
         if self.enable_adaptive_verification:
             if self.num_speculative_tokens_per_batch_size is not None:
                 raise ValueError("enable_adaptive_verification cannot be combined with num_speculative_tokens_per_batch_size (both choose how many draft tokens a step verifies)")
@@ -303,7 +311,7 @@ def parse_speculative(text: str, where: str = "--speculative") -> dict:
     acceptance classes as ``SHARE:RATES`` separated by ``+``: ``acceptance_classes=0.3:0.9+0.7:0.6/0.5/0.4/0.3``;
     a batch-size table as ``START-END:K`` entries: ``num_speculative_tokens_per_batch_size=1-64:4/65-1024:1``;
     a token tree as its children per node at each level: ``speculative_token_tree=2/2``;
-    ``enable_adaptive_verification=true``, ``adaptive_estimate=history``)
+    ``enable_adaptive_verification=true``, ``adaptive_estimate=history``, ``adaptive_profile_context=8192``)
     into a ``SpeculativeConfig`` dict; raises ``ConfigError`` naming ``where`` on a malformed item."""
     from fleetwise.errors import ConfigError
 
@@ -314,7 +322,7 @@ def parse_speculative(text: str, where: str = "--speculative") -> dict:
         key, sep, value = item.partition("=")
         key, value = key.strip(), value.strip()
         if not sep or not key or not value:
-            raise ConfigError(f"{where}: expected KEY=VALUE items separated by commas (keys: method, draft_model, num_speculative_tokens, acceptance_rate, acceptance_classes, draft_vocab_size, proposal_rate, num_speculative_tokens_per_batch_size, speculative_token_tree, enable_adaptive_verification, adaptive_estimate), got {item!r}")
+            raise ConfigError(f"{where}: expected KEY=VALUE items separated by commas (keys: method, draft_model, num_speculative_tokens, acceptance_rate, acceptance_classes, draft_vocab_size, proposal_rate, num_speculative_tokens_per_batch_size, speculative_token_tree, enable_adaptive_verification, adaptive_estimate, adaptive_profile_context), got {item!r}")
         if key in out:
             raise ConfigError(f"{where}: {key} given twice")
         if key == "acceptance_rate" and "/" in value:

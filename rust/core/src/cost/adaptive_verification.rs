@@ -24,6 +24,8 @@
 //! taken at those contexts would be (vLLM's is taken at one context, on a grid of total query
 //! lengths `B * q`).
 
+use std::borrow::Cow;
+
 use super::speculative::{expected_tokens_per_step, SpecSeq, Speculator};
 use super::speculative_config::AdaptiveEstimate;
 use super::CostModel;
@@ -46,13 +48,14 @@ impl Speculator {
     /// (cached tokens, class) when every decode's slots are scored by one estimated `survival`
     /// per position (the instance's history): the j in 0..=k (each class at most its own k)
     /// with the most expected tokens, 1 + survival[0] + ... + survival[j - 1] per decode, per
-    /// nanosecond of the step on `target`, the smallest on a tie; every class its whole k when
-    /// there is no decode.
+    /// nanosecond of the step on `target` (at the profile context, when one is set), the smallest
+    /// on a tie; every class its whole k when there is no decode.
     pub fn history_plan(&self, target: &CostModel, decodes: &[(u64, usize)], survival: &[f64]) -> Vec<u32> {
         let classes = self.num_classes();
         if decodes.is_empty() {
             return (0..classes).map(|c| self.class_k(c).min(self.k())).collect();
         }
+        let decodes = &*self.as_profiled(decodes);
         let mut plans: Vec<Vec<u32>> = Vec::new();
         for j in 0..=self.k() {
             let plan: Vec<u32> = (0..classes).map(|c| j.min(self.class_k(c))).collect();
@@ -73,6 +76,16 @@ impl Speculator {
             }
         }
         plans.into_iter().nth(best).expect("a candidate")
+    }
+
+    /// `decodes` (cached tokens, class) as adaptive verification prices them: each at the
+    /// profile context when one is set (vLLM's cost table, profiled at one context), else as
+    /// they are.
+    pub(super) fn as_profiled<'a>(&self, decodes: &'a [(u64, usize)]) -> Cow<'a, [(u64, usize)]> {
+        match self.profile_context {
+            Some(context) => Cow::Owned(decodes.iter().map(|&(_, c)| (context, c)).collect()),
+            None => Cow::Borrowed(decodes),
+        }
     }
 
     /// The survival of each draft position over the classes by their shares: what an
@@ -97,12 +110,14 @@ impl Speculator {
     /// (cached tokens, class), under adaptive verification: of the cut-offs of the slots ranked
     /// by survival probability (nothing verified first), the one with the most expected tokens
     /// per nanosecond of the step on `target` (the earliest on a tie: fewer tokens for the same
-    /// throughput); every class its whole k (its own, where it drafts fewer) when there is no
-    /// decode. Classes without a decode in the step get what the cut-off gives their slots.
+    /// throughput; the step priced at the profile context, when one is set); every class its
+    /// whole k (its own, where it drafts fewer) when there is no decode. Classes without a decode
+    /// in the step get what the cut-off gives their slots.
     pub fn adaptive_plan(&self, target: &CostModel, decodes: &[(u64, usize)]) -> Vec<u32> {
         if decodes.is_empty() {
             return (0..self.num_classes()).map(|c| self.class_k(c).min(self.k())).collect();
         }
+        let decodes = &*self.as_profiled(decodes);
         let plans = self.candidate_plans(decodes);
         let n = decodes.len() as f64;
         let mut count = vec![0usize; self.num_classes()];

@@ -166,7 +166,16 @@ pub struct SpeculativeConfig {
     /// (`request`, the default) or the instance's observed acceptance (`history`).
     #[serde(default)]
     pub adaptive_estimate: AdaptiveEstimate,
+    /// The context, in tokens, at which adaptive verification prices its candidate steps (vLLM
+    /// profiles its cost table at one context, `VLLM_ADAPTIVE_VERIFICATION_PROFILE_CONTEXT_LEN`,
+    /// 8,192 by default); None: at each decode's own context.
+    #[serde(default)]
+    pub adaptive_profile_context: Option<u32>,
 }
+
+/// The longest context adaptive verification may price its steps at, tokens (the workload's
+/// token limit, past every model's context).
+pub const MAX_PROFILE_CONTEXT: u32 = 1_000_000_000;
 
 /// The draft vocabulary of published EAGLE-3 heads (`draft_vocab_size` in their config.json: the
 /// heads trained for Llama 3.1, Qwen3, DeepSeek-V3, Kimi-K2 and gpt-oss keep 32,000 tokens).
@@ -330,7 +339,15 @@ impl SpeculativeConfig {
             if self.adaptive_estimate == AdaptiveEstimate::History {
                 return Err(Error::config("speculative.adaptive_estimate", "applies to adaptive verification: set enable_adaptive_verification: true"));
             }
+            if self.adaptive_profile_context.is_some() {
+                return Err(Error::config("speculative.adaptive_profile_context", "applies to adaptive verification: set enable_adaptive_verification: true"));
+            }
             return Ok(());
+        }
+        if let Some(c) = self.adaptive_profile_context {
+            if !(1..=MAX_PROFILE_CONTEXT).contains(&c) {
+                return Err(Error::config("speculative.adaptive_profile_context", format!("must be 1 to {MAX_PROFILE_CONTEXT} tokens, got {c}")));
+            }
         }
         let field = "speculative.enable_adaptive_verification";
         if self.num_speculative_tokens_per_batch_size.is_some() {
