@@ -15,14 +15,16 @@
 //! proposers without such estimates, scores every decode by the accepted-prefix survival it has
 //! observed and verifies one k for all (DFlash). With `adaptive_estimate: request` the estimates
 //! are the rates of each decode's acceptance class (the configured ones: what a per-request
-//! estimator gives when acceptance depends only on the class); with `history`, the instance's
-//! observed survival by position ([`crate::cost::AcceptanceHistory`], [`Speculator::history_plan`]). The candidates are the cut-offs of
-//! the slots ranked by survival probability (then by position, earlier first): every slot
-//! ranked at or above the cut-off is verified, so a decode verifies a prefix of its drafts and
-//! the decodes of a class verify the same number. With one class they are j = 0..=k for every
-//! decode. The step is priced by the cost model at the decodes' actual contexts, as a profile
-//! taken at those contexts would be (vLLM's is taken at one context, on a grid of total query
-//! lengths `B * q`).
+//! estimator gives when acceptance depends only on the class), and the candidates are the
+//! cut-offs of the slots ranked by survival probability (then by position, earlier first): every
+//! slot ranked at or above the cut-off is verified, so a decode verifies a prefix of its drafts
+//! and the decodes of a class verify the same number; with one class they are j = 0..=k for
+//! every decode. With `history` the estimate is the instance's observed survival by position
+//! ([`crate::cost::AcceptanceHistory`]) and the candidates j = 0..=k for every decode
+//! ([`Speculator::history_plan`]). The step is priced by the cost model at the decodes' actual
+//! contexts, as a profile taken at those contexts would be, or, with `adaptive_profile_context`,
+//! at that one context for every decode, as vLLM's table profiled at startup (its grid of total
+//! query lengths `B * q` is not modelled: the candidates are priced as they are).
 
 use std::borrow::Cow;
 
@@ -47,7 +49,7 @@ impl Speculator {
     /// The draft tokens the decodes of each acceptance class verify in a step of `decodes`
     /// (cached tokens, class) when every decode's slots are scored by one estimated `survival`
     /// per position (the instance's history): the j in 0..=k (each class at most its own k)
-    /// with the most expected tokens, 1 + survival[0] + ... + survival[j - 1] per decode, per
+    /// with the most expected tokens, `1 + survival[0] + ... + survival[j - 1]` per decode, per
     /// nanosecond of the step on `target` (at the profile context, when one is set), the smallest
     /// on a tie; every class its whole k when there is no decode.
     pub fn history_plan(&self, target: &CostModel, decodes: &[(u64, usize)], survival: &[f64]) -> Vec<u32> {

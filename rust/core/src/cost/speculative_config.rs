@@ -333,7 +333,8 @@ impl SpeculativeConfig {
 
     /// Refuses adaptive verification beside a batch-size table (both set the verified k), a token
     /// tree (vLLM trims chains) or an n-gram proposer (vLLM's adaptive verification scores the
-    /// drafts of model proposers and suffix decoding only).
+    /// drafts of model proposers and suffix decoding only); `adaptive_estimate: history` or an
+    /// `adaptive_profile_context` without adaptive verification; a profile context out of range.
     fn check_adaptive_verification(&self) -> Result<()> {
         if !self.enable_adaptive_verification {
             if self.adaptive_estimate == AdaptiveEstimate::History {
