@@ -105,6 +105,11 @@ class SpeculativeConfig(StrictModel):
     class verifying its own number; ``history``, the survival of each draft position the instance
     has observed over its recent steps (vLLM's DFlash proposers), one number for every decode.
     Needs ``enable_adaptive_verification``."""
+    draft_lengths: list[float] | None = Field(default=None, min_length=1)
+    """Draft lengths that vary step by step (``ngram``, ``suffix``: a match continues for 1 to k
+    tokens): the probability that a proposal holds exactly i tokens, i = 1..k, summing to 1 (vLLM
+    reports the mean, draft tokens / drafts). ``None``: every proposal holds all k (as the
+    scheduler grants them). Not with ``enable_adaptive_verification``."""
     adaptive_profile_context: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
     """The context, in tokens, at which adaptive verification prices its candidate steps: vLLM
     profiles its cost table once at startup at one context (``VLLM_ADAPTIVE_VERIFICATION_PROFILE_CONTEXT_LEN``,
@@ -170,6 +175,8 @@ class SpeculativeConfig(StrictModel):
         if self.method in ("eagle", "mtp", "ngram", "suffix") and self.draft_model is not None:
             what = f"{self.method} runs no model" if self.method in ("ngram", "suffix") else f"{self.method} heads are layers of the target's shape"
             raise ValueError(f"draft_model applies to methods draft and eagle3 only; {what}")
+        if self.draft_lengths is not None:
+            self._check_draft_lengths()
         if self.method != "ngram" and self.proposal_rate is not None:
             raise ValueError(f"proposal_rate applies to method ngram only (how often its lookup finds a match), not {self.method}")
         if self.method != "eagle3" and self.draft_vocab_size is not None:
@@ -188,6 +195,22 @@ class SpeculativeConfig(StrictModel):
                 raise ValueError("enable_adaptive_verification applies to model proposers (draft, eagle, eagle3, mtp) and suffix, not ngram "
                                  "(vLLM scores the drafts of models and suffix decoding only)")
         return self
+
+    def _check_draft_lengths(self) -> None:
+        """Refuses ``draft_lengths`` on a model proposer, beside adaptive verification, of a length
+        other than k, or with probabilities outside [0, 1] or not summing to 1."""
+        lengths = self.draft_lengths
+        if self.method not in ("ngram", "suffix"):
+            raise FieldError("draft_lengths", f"applies to model-free proposers (ngram, suffix), whose matches vary in length; method {self.method} drafts all k")
+        if self.enable_adaptive_verification:
+            raise FieldError("draft_lengths", "cannot be combined with enable_adaptive_verification (its plan assumes all k drafted)")
+        if len(lengths) != self.num_speculative_tokens:
+            raise FieldError("draft_lengths", f"needs one probability per length 1..k ({self.num_speculative_tokens}), got {len(lengths)}")
+        for i, p in enumerate(lengths):
+            if not 0.0 <= p <= 1.0:
+                raise FieldError(f"draft_lengths.{i}", f"must be a probability in [0, 1], got {p!r}")
+        if abs(sum(lengths) - 1.0) > 1e-6:
+            raise FieldError("draft_lengths", f"the probabilities must sum to 1, got {sum(lengths):g}")
 
     def _given_rates(self) -> list[tuple[str, float | list[float]]]:
         """Each ``acceptance_rate`` given, with the field path naming it."""
@@ -268,6 +291,8 @@ class SpeculativeConfig(StrictModel):
         name = self.method if self.draft_model is None else f"{self.method} {self.draft_model}"
         if self.draft_vocab_size is not None:
             name += f" (draft vocabulary {self.draft_vocab_size})"
+        if self.draft_lengths is not None:
+            name += f" (proposals of {sum(i * p for i, p in enumerate(self.draft_lengths, 1)):.2f} tokens on average)"
         return name if self.proposal_rate is None else f"{name} (proposal rate {self.proposal_rate})"
 
     def class_rates(self) -> list[tuple[float, list[float]]]:
@@ -311,7 +336,8 @@ def parse_speculative(text: str, where: str = "--speculative") -> dict:
     acceptance classes as ``SHARE:RATES`` separated by ``+``: ``acceptance_classes=0.3:0.9+0.7:0.6/0.5/0.4/0.3``;
     a batch-size table as ``START-END:K`` entries: ``num_speculative_tokens_per_batch_size=1-64:4/65-1024:1``;
     a token tree as its children per node at each level: ``speculative_token_tree=2/2``;
-    ``enable_adaptive_verification=true``, ``adaptive_estimate=history``, ``adaptive_profile_context=8192``)
+    ``enable_adaptive_verification=true``, ``adaptive_estimate=history``, ``adaptive_profile_context=8192``;
+    varying draft lengths separated by ``/``: ``draft_lengths=0.5/0.25/0.25``)
     into a ``SpeculativeConfig`` dict; raises ``ConfigError`` naming ``where`` on a malformed item."""
     from fleetwise.errors import ConfigError
 
@@ -322,10 +348,10 @@ def parse_speculative(text: str, where: str = "--speculative") -> dict:
         key, sep, value = item.partition("=")
         key, value = key.strip(), value.strip()
         if not sep or not key or not value:
-            raise ConfigError(f"{where}: expected KEY=VALUE items separated by commas (keys: method, draft_model, num_speculative_tokens, acceptance_rate, acceptance_classes, draft_vocab_size, proposal_rate, num_speculative_tokens_per_batch_size, speculative_token_tree, enable_adaptive_verification, adaptive_estimate, adaptive_profile_context), got {item!r}")
+            raise ConfigError(f"{where}: expected KEY=VALUE items separated by commas (keys: method, draft_model, num_speculative_tokens, acceptance_rate, acceptance_classes, draft_vocab_size, proposal_rate, num_speculative_tokens_per_batch_size, speculative_token_tree, enable_adaptive_verification, adaptive_estimate, adaptive_profile_context, draft_lengths), got {item!r}")
         if key in out:
             raise ConfigError(f"{where}: {key} given twice")
-        if key == "acceptance_rate" and "/" in value:
+        if key in ("acceptance_rate", "draft_lengths") and "/" in value:
             out[key] = [v.strip() for v in value.split("/")]
         elif key == "acceptance_classes":
             out[key] = [_acceptance_class(v.strip(), where) for v in value.split("+")]

@@ -144,8 +144,9 @@ impl PyCostModel {
     /// `decodes` sequences, each at the given context (including the token being processed) and
     /// proposing k tokens (under a batch-size table, its k for this many sequences; under adaptive
     /// verification, the k verified that gives these decodes the most tokens per second; with
-    /// k = 0 the plain decode and the proposer's steps): (step seconds, the verify pass's seconds,
-    /// expected tokens per sequence per step, k).
+    /// k = 0 the plain decode and the proposer's steps; with varying draft lengths, the
+    /// expectation over the lengths): (step seconds, the verify pass's seconds, expected tokens
+    /// per sequence per step, k).
     fn speculative_step(&self, speculative_json: &str, decodes: Vec<u64>) -> PyResult<(f64, f64, f64, u32)> {
         let cfg: SpeculativeConfig = from_json("speculative", speculative_json)?;
         let sp = Speculator::build(&cfg, &self.spec).map_err(to_py)?;
@@ -154,18 +155,26 @@ impl PyCostModel {
         // decodes apportioned to the classes by their shares; k is the most any verifies).
         let classes = sp.apportioned_classes(decodes.len());
         let cached: Vec<(u64, usize)> = decodes.iter().zip(classes).map(|(&c, class)| (c.saturating_sub(1), class)).collect();
-        let ks = sp.steady_k(&self.inner, &cached);
-        let seqs: Vec<SpecSeq> = cached.iter().zip(&ks).map(|(&(c, _), &k)| SpecSeq { cached: c, k }).collect();
-        let rest = self.inner.empty_shape();
-        let (shape, chunks) = sp.verify_shape(&rest, &seqs);
-        let verify = self.inner.iteration_verify(&shape, &chunks).seconds;
-        let k = ks.iter().copied().max().unwrap_or_else(|| sp.k_after(0));
-        let tokens = if ks.iter().all(|&j| j == k) {
-            sp.expected_tokens(sp.depth(k))
-        } else {
-            cached.iter().zip(&ks).map(|(&(_, c), &j)| expected_tokens_per_step(&sp.class_rates(c)[..sp.depth(j) as usize])).sum::<f64>() / ks.len() as f64
-        };
-        Ok((sp.step(&self.inner, &rest, &seqs).seconds, verify, tokens, k))
+        let granted = sp.steady_k(&self.inner, &cached);
+        let k = granted.iter().copied().max().unwrap_or_else(|| sp.k_after(0));
+        // Varying draft lengths: the expectation over a step whose proposals all hold one length
+        // (exact at one decode), each length by its probability.
+        let (mut step, mut verify, mut tokens) = (0.0, 0.0, 0.0);
+        for (len, p) in sp.draft_length_probabilities().into_iter().enumerate().filter(|&(_, p)| p > 0.0) {
+            let ks: Vec<u32> = granted.iter().map(|&j| j.min(len as u32 + 1)).collect();
+            let seqs: Vec<SpecSeq> = cached.iter().zip(&ks).map(|(&(c, _), &k)| SpecSeq { cached: c, k }).collect();
+            let rest = self.inner.empty_shape();
+            let (shape, chunks) = sp.verify_shape(&rest, &seqs);
+            verify += p * self.inner.iteration_verify(&shape, &chunks).seconds;
+            let top = ks.iter().copied().max().unwrap_or(k);
+            tokens += p * if ks.iter().all(|&j| j == top) {
+                sp.expected_tokens(sp.depth(top))
+            } else {
+                cached.iter().zip(&ks).map(|(&(_, c), &j)| expected_tokens_per_step(&sp.class_rates(c)[..sp.depth(j) as usize])).sum::<f64>() / ks.len() as f64
+            };
+            step += p * sp.step(&self.inner, &rest, &seqs).seconds;
+        }
+        Ok((step, verify, tokens, k))
     }
 
     /// The proposer's memory on each GPU: (weight bytes, KV bytes per token), as an instance

@@ -18,7 +18,7 @@ fn draft(k: u32, a: AcceptanceRate, adaptive: bool) -> (CostModel, Speculator) {
 fn proposer(method: SpecMethod, k: u32, a: AcceptanceRate, adaptive: bool) -> (CostModel, Speculator) {
     let spec = InstanceSpec::new(llama2_70b(), h100(), ideal(), 4);
     let draft = (method == SpecMethod::Draft).then(llama2_7b);
-    let cfg = SpeculativeConfig { method, draft_model: draft, num_speculative_tokens: k, acceptance_rate: Some(a), acceptance_classes: None, draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None, speculative_token_tree: None, enable_adaptive_verification: adaptive, adaptive_estimate: Default::default(), adaptive_profile_context: None };
+    let cfg = SpeculativeConfig { method, draft_model: draft, num_speculative_tokens: k, acceptance_rate: Some(a), acceptance_classes: None, draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None, speculative_token_tree: None, enable_adaptive_verification: adaptive, adaptive_estimate: Default::default(), adaptive_profile_context: None, draft_lengths: None };
     (CostModel::build(&spec).unwrap(), Speculator::build(&cfg, &spec).unwrap())
 }
 
@@ -96,7 +96,7 @@ fn adaptive_verification_refuses_what_it_cannot_trim() {
         Err(Error::Config { path, message }) => (path, message),
         other => panic!("{other:?}"),
     };
-    let base = SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: 3, acceptance_rate: Some(AcceptanceRate::Constant(0.7)), acceptance_classes: None, draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None, speculative_token_tree: None, enable_adaptive_verification: true, adaptive_estimate: Default::default(), adaptive_profile_context: None };
+    let base = SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: 3, acceptance_rate: Some(AcceptanceRate::Constant(0.7)), acceptance_classes: None, draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None, speculative_token_tree: None, enable_adaptive_verification: true, adaptive_estimate: Default::default(), adaptive_profile_context: None, draft_lengths: None };
     assert!(base.class_rates().is_ok());
     let (p, m) = path(SpeculativeConfig { num_speculative_tokens_per_batch_size: Some(vec![[1, 8, 3]]), ..base.clone() });
     assert_eq!(p, "speculative.enable_adaptive_verification");

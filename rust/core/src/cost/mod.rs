@@ -31,6 +31,7 @@ mod attention;
 mod batch;
 mod collectives;
 mod decode_memo;
+mod draft_lengths;
 mod elementwise;
 mod experts;
 mod ffn;

@@ -171,6 +171,11 @@ pub struct SpeculativeConfig {
     /// 8,192 by default); None: at each decode's own context.
     #[serde(default)]
     pub adaptive_profile_context: Option<u32>,
+    /// Draft lengths that vary step by step (model-free proposers: `ngram`, `suffix`): the
+    /// probability that a proposal holds exactly i tokens, i = 1..k (`cost/draft_lengths.rs`);
+    /// None: every proposal holds all it was granted.
+    #[serde(default)]
+    pub draft_lengths: Option<Vec<f64>>,
 }
 
 /// The longest context adaptive verification may price its steps at, tokens (the workload's
@@ -219,6 +224,7 @@ impl SpeculativeConfig {
         }
         self.check_batch_size_table(k)?;
         self.check_adaptive_verification()?;
+        self.check_draft_lengths()?;
         match (self.method, &self.draft_model) {
             (SpecMethod::Draft, None) => Err(Error::config("speculative.draft_model", "method draft needs a draft model")),
             (SpecMethod::Eagle | SpecMethod::Mtp | SpecMethod::Ngram | SpecMethod::Suffix, Some(_)) => {

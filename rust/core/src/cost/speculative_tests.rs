@@ -8,7 +8,7 @@ use crate::cost::Op;
 use crate::model::fixtures::{llama2_70b, llama2_7b, llama3_8b, mixtral_8x7b};
 
 pub(super) fn cfg(method: SpecMethod, draft: Option<ModelSpec>, k: u32, a: AcceptanceRate) -> SpeculativeConfig {
-    SpeculativeConfig { method, draft_model: draft, num_speculative_tokens: k, acceptance_rate: Some(a), acceptance_classes: None, draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None, speculative_token_tree: None, enable_adaptive_verification: false, adaptive_estimate: Default::default(), adaptive_profile_context: None }
+    SpeculativeConfig { method, draft_model: draft, num_speculative_tokens: k, acceptance_rate: Some(a), acceptance_classes: None, draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None, speculative_token_tree: None, enable_adaptive_verification: false, adaptive_estimate: Default::default(), adaptive_profile_context: None, draft_lengths: None }
 }
 
 /// A chain proposer's verify shape (the same for every k: each sequence's own).

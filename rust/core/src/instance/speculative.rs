@@ -218,8 +218,10 @@ impl Instance {
             }
             // An n-gram lookup that finds no match proposes nothing: a plain decode this step.
             let unmatched = it.draft > 0 && rt.spec.proposal_rate() < 1.0 && rt.rng.next_f64() >= rt.spec.proposal_rate();
+            // A model-free proposal whose match is shorter than the grant drafts fewer.
+            let draft = if it.draft > 0 && !unmatched && rt.spec.varies_draft_length() { rt.spec.draft_length(it.draft, rt.rng.next_f64()) } else { it.draft };
             // A tree's decode granted fewer draft tokens than its first level's nodes drafts nothing.
-            let depth = rt.spec.depth(it.draft);
+            let depth = rt.spec.depth(draft);
             // Adaptive verification with classes: this class verifies none of the drafts.
             let unverified = runs_a_model && rt.plan.get(class) == Some(&0);
             if depth == 0 || unmatched {
@@ -241,7 +243,7 @@ impl Instance {
                 h.observe(depth, n);
             }
             rt.accepted.push(n);
-            seqs.push(SpecSeq { cached: r.computed as u64, k: it.draft });
+            seqs.push(SpecSeq { cached: r.computed as u64, k: draft });
         }
         let grant = if rt.spec.is_adaptive() {
             let plan = match rt.history.as_mut() {

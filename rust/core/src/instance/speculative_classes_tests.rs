@@ -17,7 +17,7 @@ fn all_or_nothing(adaptive: bool) -> SpeculativeConfig {
         proposal_rate: None,
         num_speculative_tokens_per_batch_size: None,
         speculative_token_tree: None,
-        enable_adaptive_verification: adaptive, adaptive_estimate: Default::default(), adaptive_profile_context: None
+        enable_adaptive_verification: adaptive, adaptive_estimate: Default::default(), adaptive_profile_context: None, draft_lengths: None
     }
 }
 

@@ -11,7 +11,7 @@ fn learning_from_history_verifies_all_once_then_leaves_out_the_position_that_fai
     // verifies all three (nothing observed yet: every position taken to survive), sees the third
     // rejected by all eight, and every later step verifies two. Three tokens a step either way:
     // the same 20 steps, the first one dearer.
-    let cfg = |estimate| SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: 3, acceptance_rate: Some(AcceptanceRate::PerPosition(vec![1.0, 1.0, 0.0])), acceptance_classes: None, draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None, speculative_token_tree: None, enable_adaptive_verification: true, adaptive_estimate: estimate, adaptive_profile_context: None };
+    let cfg = |estimate| SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: 3, acceptance_rate: Some(AcceptanceRate::PerPosition(vec![1.0, 1.0, 0.0])), acceptance_classes: None, draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None, speculative_token_tree: None, enable_adaptive_verification: true, adaptive_estimate: estimate, adaptive_profile_context: None, draft_lengths: None };
     let go = |estimate| {
         let mut inst = instance_with(Some(cfg(estimate)), 3);
         let mut reqs: Vec<Request> = (0..8).map(|_| Request::new(0, 100, 61)).collect();

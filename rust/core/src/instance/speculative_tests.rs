@@ -18,7 +18,7 @@ fn gpu() -> GpuSpec {
 
 /// Llama-3-8B on one H100 with an EAGLE head proposing `k` at `rates` (None: no speculation).
 fn instance(k: u32, rates: Option<AcceptanceRate>, seed: u64) -> Instance {
-    let cfg = rates.map(|a| SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: k, acceptance_rate: Some(a), acceptance_classes: None, draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None, speculative_token_tree: None, enable_adaptive_verification: false, adaptive_estimate: Default::default(), adaptive_profile_context: None });
+    let cfg = rates.map(|a| SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: k, acceptance_rate: Some(a), acceptance_classes: None, draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None, speculative_token_tree: None, enable_adaptive_verification: false, adaptive_estimate: Default::default(), adaptive_profile_context: None, draft_lengths: None });
     instance_with(cfg, seed)
 }
 
@@ -122,7 +122,7 @@ fn a_proposer_that_does_not_fit_is_a_capacity_error_naming_it() {
     let spec = InstanceSpec::new(llama3_8b(), gpu(), Efficiency::default(), 1);
     // A 70B-shaped draft (Llama-2-70B's layers, Llama-3's vocabulary) on one 80 GB GPU.
     let big = crate::model::ModelSpec { vocab_size: 128256, ..crate::model::fixtures::llama2_70b() };
-    let cfg = SpeculativeConfig { method: SpecMethod::Draft, draft_model: Some(big), num_speculative_tokens: 2, acceptance_rate: Some(AcceptanceRate::Constant(0.5)), acceptance_classes: None, draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None, speculative_token_tree: None, enable_adaptive_verification: false, adaptive_estimate: Default::default(), adaptive_profile_context: None };
+    let cfg = SpeculativeConfig { method: SpecMethod::Draft, draft_model: Some(big), num_speculative_tokens: 2, acceptance_rate: Some(AcceptanceRate::Constant(0.5)), acceptance_classes: None, draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None, speculative_token_tree: None, enable_adaptive_verification: false, adaptive_estimate: Default::default(), adaptive_profile_context: None, draft_lengths: None };
     let inst = Instance::new(InstanceSetup { pool: 0, spec: spec.clone(), memory: &memory, scheduler: &sched, experts: None }).unwrap();
     match inst.with_speculation(Some(&cfg), &spec, 1, "s") {
         Err(Error::Capacity { what, needed_bytes, available_bytes }) => {
@@ -143,7 +143,7 @@ fn moe_instance(rate: Option<f64>) -> Instance {
     let spec = InstanceSpec::new(model, gpu(), Efficiency::default(), 2);
     let experts = crate::moe::ExpertConfig::resident();
     let setup = crate::instance::ExpertSetup { config: &experts, trace: None, seed: 5, stream: "instance0.experts".into(), caches: None };
-    let cfg = rate.map(|a| SpeculativeConfig { method: SpecMethod::Mtp, draft_model: None, num_speculative_tokens: 3, acceptance_rate: Some(AcceptanceRate::Constant(a)), acceptance_classes: None, draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None, speculative_token_tree: None, enable_adaptive_verification: false, adaptive_estimate: Default::default(), adaptive_profile_context: None });
+    let cfg = rate.map(|a| SpeculativeConfig { method: SpecMethod::Mtp, draft_model: None, num_speculative_tokens: 3, acceptance_rate: Some(AcceptanceRate::Constant(a)), acceptance_classes: None, draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None, speculative_token_tree: None, enable_adaptive_verification: false, adaptive_estimate: Default::default(), adaptive_profile_context: None, draft_lengths: None });
     Instance::new(InstanceSetup { pool: 0, spec: spec.clone(), memory: &memory, scheduler: &sched, experts: Some(setup) }).unwrap().with_speculation(cfg.as_ref(), &spec, 5, "instance0.speculative").unwrap()
 }
 
@@ -178,7 +178,7 @@ fn pipelined_instance(rate: f64, seed: u64) -> Instance {
     let memory = MemoryConfig::default();
     let sched = SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192, preemption_mode: Default::default(), swap_space_gb: 4.0 };
     let spec = InstanceSpec { pp: 2, ..InstanceSpec::new(llama3_8b(), gpu(), Efficiency::default(), 1) };
-    let cfg = SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: 3, acceptance_rate: Some(AcceptanceRate::Constant(rate)), acceptance_classes: None, draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None, speculative_token_tree: None, enable_adaptive_verification: false, adaptive_estimate: Default::default(), adaptive_profile_context: None };
+    let cfg = SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: 3, acceptance_rate: Some(AcceptanceRate::Constant(rate)), acceptance_classes: None, draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None, speculative_token_tree: None, enable_adaptive_verification: false, adaptive_estimate: Default::default(), adaptive_profile_context: None, draft_lengths: None };
     Instance::new(InstanceSetup { pool: 0, spec: spec.clone(), memory: &memory, scheduler: &sched, experts: None })
         .unwrap()
         .with_speculation(Some(&cfg), &spec, seed, "instance0.speculative")
@@ -245,7 +245,7 @@ fn on_a_synchronous_pipeline_the_other_stages_idle_while_the_proposer_runs() {
     let memory = MemoryConfig::default();
     let sched = SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192, preemption_mode: Default::default(), swap_space_gb: 4.0 };
     let spec = InstanceSpec { pp: 2, ..InstanceSpec::new(llama3_8b(), gpu(), Efficiency::default(), 1) };
-    let cfg = SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: 3, acceptance_rate: Some(AcceptanceRate::Constant(0.8)), acceptance_classes: None, draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None, speculative_token_tree: None, enable_adaptive_verification: false, adaptive_estimate: Default::default(), adaptive_profile_context: None };
+    let cfg = SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: 3, acceptance_rate: Some(AcceptanceRate::Constant(0.8)), acceptance_classes: None, draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None, speculative_token_tree: None, enable_adaptive_verification: false, adaptive_estimate: Default::default(), adaptive_profile_context: None, draft_lengths: None };
     let mut inst = Instance::new(InstanceSetup { pool: 0, spec: spec.clone(), memory: &memory, scheduler: &sched, experts: None }).unwrap().with_speculation(Some(&cfg), &spec, 1, "instance0.speculative").unwrap();
     let mut reqs = vec![Request::new(0, 100, 5)];
     inst.enqueue(0, &mut reqs[0]);
@@ -337,7 +337,7 @@ fn ngram_instance(k: u32, a: f64, matched: f64, seed: u64) -> Instance {
     let memory = MemoryConfig::default();
     let sched = SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192, preemption_mode: Default::default(), swap_space_gb: 4.0 };
     let spec = InstanceSpec::new(llama3_8b(), gpu(), Efficiency::default(), 1);
-    let cfg = SpeculativeConfig { method: SpecMethod::Ngram, draft_model: None, num_speculative_tokens: k, acceptance_rate: Some(AcceptanceRate::Constant(a)), acceptance_classes: None, draft_vocab_size: None, proposal_rate: Some(matched), num_speculative_tokens_per_batch_size: None, speculative_token_tree: None, enable_adaptive_verification: false, adaptive_estimate: Default::default(), adaptive_profile_context: None };
+    let cfg = SpeculativeConfig { method: SpecMethod::Ngram, draft_model: None, num_speculative_tokens: k, acceptance_rate: Some(AcceptanceRate::Constant(a)), acceptance_classes: None, draft_vocab_size: None, proposal_rate: Some(matched), num_speculative_tokens_per_batch_size: None, speculative_token_tree: None, enable_adaptive_verification: false, adaptive_estimate: Default::default(), adaptive_profile_context: None, draft_lengths: None };
     Instance::new(InstanceSetup { pool: 0, spec: spec.clone(), memory: &memory, scheduler: &sched, experts: None }).unwrap().with_speculation(Some(&cfg), &spec, seed, "instance0.speculative").unwrap()
 }
 
@@ -379,7 +379,7 @@ fn dynamic_speculation_drafts_k_by_the_previous_batch_size() {
     let sched = SchedulerConfig::Vllm { max_num_seqs: 64, max_num_batched_tokens: 8192, preemption_mode: Default::default(), swap_space_gb: 4.0 };
     let spec = InstanceSpec::new(llama3_8b(), gpu(), Efficiency::default(), 1);
     let build = |table: Option<Vec<[u32; 3]>>| {
-        let cfg = SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: 3, acceptance_rate: Some(AcceptanceRate::Constant(1.0)), acceptance_classes: None, draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: table, speculative_token_tree: None, enable_adaptive_verification: false, adaptive_estimate: Default::default(), adaptive_profile_context: None };
+        let cfg = SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: 3, acceptance_rate: Some(AcceptanceRate::Constant(1.0)), acceptance_classes: None, draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: table, speculative_token_tree: None, enable_adaptive_verification: false, adaptive_estimate: Default::default(), adaptive_profile_context: None, draft_lengths: None };
         Instance::new(InstanceSetup { pool: 0, spec: spec.clone(), memory: &memory, scheduler: &sched, experts: None }).unwrap().with_speculation(Some(&cfg), &spec, 3, "instance0.speculative").unwrap()
     };
     let requests = || (0..8).map(|i| Request::new(0, 100, if i < 4 { 20 } else { 60 })).collect::<Vec<_>>();
@@ -408,7 +408,7 @@ fn a_tree_emits_its_depth_plus_one_and_shallower_levels_near_the_end() {
     // to 295. Left 6: 5 nodes hold level 1 only (2 tokens), twice to 299; left 2: 1 node holds
     // no level, a plain decode, twice. 102 decode steps.
     let tree = vec![vec![0], vec![1], vec![0, 0], vec![0, 1], vec![1, 0], vec![1, 1]];
-    let cfg = SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: 6, acceptance_rate: Some(AcceptanceRate::Constant(1.0)), acceptance_classes: None, draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None, speculative_token_tree: Some(tree), enable_adaptive_verification: false, adaptive_estimate: Default::default(), adaptive_profile_context: None };
+    let cfg = SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: 6, acceptance_rate: Some(AcceptanceRate::Constant(1.0)), acceptance_classes: None, draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None, speculative_token_tree: Some(tree), enable_adaptive_verification: false, adaptive_estimate: Default::default(), adaptive_profile_context: None, draft_lengths: None };
     let mut inst = instance_with(Some(cfg), 3);
     let mut reqs = vec![Request::new(0, 100, 301)];
     let (decodes, _, gaps) = run(&mut inst, &mut reqs);
@@ -425,7 +425,7 @@ fn adaptive_verification_leaves_out_the_positions_that_do_not_pay() {
     // verifies two drafts (the third only costs) and emits three tokens, as verifying all three
     // does; the same steps, each cheaper. At [1, 1, 1] and one request all three pay: the very
     // same run as without adaptive verification.
-    let cfg = |a: Vec<f64>, adaptive| SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: 3, acceptance_rate: Some(AcceptanceRate::PerPosition(a)), acceptance_classes: None, draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None, speculative_token_tree: None, enable_adaptive_verification: adaptive, adaptive_estimate: Default::default(), adaptive_profile_context: None };
+    let cfg = |a: Vec<f64>, adaptive| SpeculativeConfig { method: SpecMethod::Eagle, draft_model: None, num_speculative_tokens: 3, acceptance_rate: Some(AcceptanceRate::PerPosition(a)), acceptance_classes: None, draft_vocab_size: None, proposal_rate: None, num_speculative_tokens_per_batch_size: None, speculative_token_tree: None, enable_adaptive_verification: adaptive, adaptive_estimate: Default::default(), adaptive_profile_context: None, draft_lengths: None };
     let go = |c: SpeculativeConfig, n: usize| {
         let mut inst = instance_with(Some(c), 3);
         let mut reqs: Vec<Request> = (0..n).map(|_| Request::new(0, 100, 61)).collect();
@@ -449,3 +449,6 @@ mod classes;
 
 #[path = "speculative_history_tests.rs"]
 mod history;
+
+#[path = "speculative_lengths_tests.rs"]
+mod lengths;
