@@ -141,3 +141,15 @@ def test_azure_code_and_conversation_named_by_trace_against_drawn_by_share(tmp_p
         return rows.filter(pl.col("trace") == "chat")["tpot_s"].mean()
 
     assert chat_tpot(drawn) < 0.92 * chat_tpot(named) < 0.92 * chat_tpot(plain)
+
+
+@pytest.mark.parametrize("classes", [
+    [{"name": "code", "share": 0.5, "acceptance_rate": 0.9}, {"name": "code", "share": 0.5, "acceptance_rate": 0.2}],
+    [{"name": "class 1", "share": 0.5, "acceptance_rate": 0.9}, {"share": 0.5, "acceptance_rate": 0.2}],
+])
+def test_two_classes_with_one_label_are_refused(classes, write_yaml):
+    # A trace, and the request table, name a class by its label: each must be its own.
+    path = write_yaml(_scenario({**EAGLE, "acceptance_classes": classes}, requests=2))
+    r = run_cli("run", str(path))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "cluster.pools.0.speculative.acceptance_classes.1.name" in r.stderr and "already labels class 0" in r.stderr, r.stderr

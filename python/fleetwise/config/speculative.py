@@ -148,8 +148,8 @@ class SpeculativeConfig(StrictModel):
     def _consistent(self) -> SpeculativeConfig:
         """Refuses rates outside [0, 1], a chain longer than its method drafts, a per-position
         list of the wrong length, a draft model with the wrong method (or none with ``draft``),
-        settings of another method, and adaptive verification beside a batch-size table, a
-        token tree or an n-gram proposer."""
+        settings of another method, two classes with one label, and adaptive verification beside a
+        batch-size table, a token tree or an n-gram proposer."""
         if self.acceptance_rate is None and self.acceptance_classes is None:
             raise ValueError("acceptance_rate is required (or acceptance_classes: rates by class of request)")
         if self.acceptance_rate is not None and self.acceptance_classes is not None:
@@ -158,6 +158,11 @@ class SpeculativeConfig(StrictModel):
             total = sum(c.share for c in self.acceptance_classes)
             if abs(total - 1.0) > 1e-6:
                 raise FieldError("acceptance_classes", f"the shares must sum to 1, got {total:g}")
+            labels = [cls.name or f"class {c}" for c, cls in enumerate(self.acceptance_classes)]
+            for c, label in enumerate(labels):
+                if label in labels[:c]:
+                    raise FieldError(f"acceptance_classes.{c}.name", f"{label!r} already labels class {labels.index(label)}: every class needs its own label "
+                                     "(a trace and the request table name classes by it)")
             for c, cls in enumerate(self.acceptance_classes):
                 if cls.num_speculative_tokens is not None and self.speculative_token_tree is not None:
                     raise FieldError(f"acceptance_classes.{c}.num_speculative_tokens", "applies to a chain of draft tokens, not a speculative_token_tree")
