@@ -134,3 +134,24 @@ fn the_clock_never_wraps_it_reports_the_overflow() {
     assert_eq!(r.status, Status::Finished);
     assert!(r.arrival < r.first_token && r.first_token < r.completion && r.completion <= MAX_TIME_NS);
 }
+
+#[test]
+fn acceptance_classes_given_for_the_wrong_requests_or_pool_are_refused() {
+    // Given classes must have one entry per request and name a pool of the cluster.
+    let cfg = config(gpu(), Efficiency::default(), None);
+    let mut short = workload(vec![0, 1_000_000, 2_000_000]);
+    short.given_classes.insert(0, std::sync::Arc::from(vec![0u8, 0]));
+    let (path, message) = config_path(simulate(&cfg, &short));
+    assert_eq!(path, "workload.acceptance_class");
+    assert!(message.contains("give 2 requests, the workload has 3"), "{message}");
+    let mut elsewhere = workload(vec![0, 1_000_000, 2_000_000]);
+    elsewhere.given_classes.insert(3, std::sync::Arc::from(vec![0u8; 3]));
+    let (path, message) = config_path(simulate(&cfg, &elsewhere));
+    assert_eq!(path, "workload.acceptance_class");
+    assert!(message.contains("classes given for pool 3, of 1 pools"), "{message}");
+    // For a pool that does not speculate they change nothing.
+    let mut given = workload(vec![0, 1_000_000, 2_000_000]);
+    given.given_classes.insert(0, std::sync::Arc::from(vec![0u8; 3]));
+    let (a, b) = (simulate(&cfg, &given).unwrap(), run(&cfg).unwrap());
+    assert!(a.requests.iter().zip(&b.requests).all(|(x, y)| (x.first_token, x.completion) == (y.first_token, y.completion)));
+}
