@@ -80,3 +80,16 @@ def test_history_without_adaptive_verification_is_refused_naming_the_field(write
     bad = write_yaml(_scenario({**ADAPTIVE, "acceptance_rate": 0.6, "adaptive_estimate": "oracle"}, requests=2))
     r = run_cli("run", str(bad))
     assert r.returncode == 2 and "adaptive_estimate" in r.stderr and "history" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("rate", [0.6, 0.3])
+@pytest.mark.parametrize("n", [1, 8])
+def test_one_early_rejection_does_not_end_speculation(rate, n):
+    # At low load every draft pays; an instance that saw a decode's first draft rejected in its
+    # first step must keep speculating (the pseudo-slot keeps the estimate above 0), so learning
+    # from history decodes as scoring by the rate does, within 1%, for every seed tried.
+    for seed in (11, 12, 13):
+        by_rate = fleetwise.simulate(_scenario({**ADAPTIVE, "acceptance_rate": rate}, requests=n, seed=seed)).summary
+        learned = fleetwise.simulate(_scenario({**HISTORY, "acceptance_rate": rate}, requests=n, seed=seed)).summary
+        assert learned["tpot_s"]["mean"] == pytest.approx(by_rate["tpot_s"]["mean"], rel=0.01), seed
+        assert learned["speculative"]["num_drafts"] >= 0.99 * by_rate["speculative"]["num_drafts"], seed

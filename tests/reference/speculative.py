@@ -164,15 +164,13 @@ class ReferenceSpeculation:
 
     def history_plan(self, cost, decodes: list[tuple[int, int]]) -> list[int]:
         """The draft tokens verified by each class's decodes when every slot is scored by the
-        history's survival (accepted / verified by position, never rising; an unobserved position
-        as the one before): of j = 0..k (each class at most its own k), the one with the most
+        history's survival ((accepted + 1) / (verified + 1) by position, never rising): of j = 0..k (each class at most its own k), the one with the most
         expected tokens (1 + the survivals of the slots verified) per ns, the smallest on a tie."""
         if not decodes:
             return list(self.class_k)
         survival, s = [], 1.0
         for v, a in zip(*self.history):
-            if v > 0:
-                s = min(s, a / v)
+            s = min(s, (a + 1.0) / (v + 1.0))
             survival.append(s)
         plans: list[list[int]] = []
         for j in range(self.levels[-1] + 1):

@@ -109,7 +109,8 @@ class SpeculativeConfig(StrictModel):
     """Draft lengths that vary step by step (``ngram``, ``suffix``: a match continues for 1 to k
     tokens): the probability that a proposal holds exactly i tokens, i = 1..k, summing to 1 (vLLM
     reports the mean, draft tokens / drafts). ``None``: every proposal holds all k (as the
-    scheduler grants them). Not with ``enable_adaptive_verification``."""
+    scheduler grants them). Under adaptive verification each slot's survival is weighed by the
+    chance a proposal reaches it."""
     adaptive_profile_context: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
     """The context, in tokens, at which adaptive verification prices its candidate steps: vLLM
     profiles its cost table once at startup at one context (``VLLM_ADAPTIVE_VERIFICATION_PROFILE_CONTEXT_LEN``,
@@ -202,13 +203,11 @@ class SpeculativeConfig(StrictModel):
         return self
 
     def _check_draft_lengths(self) -> None:
-        """Refuses ``draft_lengths`` on a model proposer, beside adaptive verification, of a length
-        other than k, or with probabilities outside [0, 1] or not summing to 1."""
+        """Refuses ``draft_lengths`` on a model proposer, of a length other than k, or with
+        probabilities outside [0, 1] or not summing to 1."""
         lengths = self.draft_lengths
         if self.method not in ("ngram", "suffix"):
             raise FieldError("draft_lengths", f"applies to model-free proposers (ngram, suffix), whose matches vary in length; method {self.method} drafts all k")
-        if self.enable_adaptive_verification:
-            raise FieldError("draft_lengths", "cannot be combined with enable_adaptive_verification (its plan assumes all k drafted)")
         if len(lengths) != self.num_speculative_tokens:
             raise FieldError("draft_lengths", f"needs one probability per length 1..k ({self.num_speculative_tokens}), got {len(lengths)}")
         for i, p in enumerate(lengths):

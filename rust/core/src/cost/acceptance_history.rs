@@ -7,9 +7,12 @@
 //! every decode of the next step (DFlash). This is that history: for each draft position i, the
 //! verified slots and the accepted ones, counted over the instance's steps with each older step
 //! weighted [`HISTORY_DECAY`] less (a memory of about 64 steps), so the estimate follows a
-//! workload whose mix of requests changes. A position never verified is taken to survive as the
-//! one before it (optimistic: the first steps verify every draft and learn it); the estimate is
-//! made non-increasing (a slot survives only if every earlier one does).
+//! workload whose mix of requests changes. Each position also counts one pseudo-slot, verified
+//! and accepted, that never decays: the estimate is (accepted + 1) / (verified + 1), so a
+//! position never verified survives as the one before it (optimistic: the first steps verify
+//! every draft and learn it), and one early rejection (a single decode's first step) does not
+//! end speculation for good, since a position no longer verified is no longer observed. The
+//! estimate is made non-increasing (a slot survives only if every earlier one does).
 
 /// The weight of a step's observations relative to the next step's: 63/64, about 64 steps of
 /// memory (exact in binary, so every platform sums the same).
@@ -58,17 +61,15 @@ impl AcceptanceHistory {
     }
 
     /// The estimated survival of each position (the probability that it and every earlier one
-    /// are accepted): accepted / verified at each observed position, at most the position
-    /// before's; an unobserved position that of the one before (1 for the first).
+    /// are accepted): (accepted + 1) / (verified + 1) at each position (one optimistic
+    /// pseudo-slot), at most the position before's (1 for the first).
     pub fn survival(&self) -> Vec<f64> {
         let mut s = 1.0f64;
         self.verified
             .iter()
             .zip(&self.accepted)
             .map(|(&v, &a)| {
-                if v > 0.0 {
-                    s = s.min(a / v);
-                }
+                s = s.min((a + 1.0) / (v + 1.0));
                 s
             })
             .collect()
@@ -84,20 +85,21 @@ mod tests {
         let mut h = AcceptanceHistory::new(3);
         // Nothing observed: every position optimistic.
         assert_eq!(h.survival(), vec![1.0, 1.0, 1.0]);
-        // Step 1: two sequences verify 3; one accepts 2, the other 0.
+        // Step 1: two sequences verify 3; one accepts 2, the other 0. With the pseudo-slot:
+        // (1 + 1) / (2 + 1) at the first two positions, (0 + 1) / (2 + 1) at the third.
         h.observe(3, 2);
         h.observe(3, 0);
         h.end_step();
-        assert_eq!(h.survival(), vec![0.5, 0.5, 0.0]);
-        // Step 2: one sequence verifies 1 and accepts it. Position 0: (1 * 63/64 + 1) / (2 * 63/64 + 1).
+        assert_eq!(h.survival(), vec![2.0 / 3.0, 2.0 / 3.0, 1.0 / 3.0]);
+        // Step 2: one sequence verifies 1 and accepts it. Position 0: (63/64 + 1 + 1) / (2 * 63/64 + 1 + 1).
         h.observe(1, 1);
         h.end_step();
         let d = HISTORY_DECAY;
-        let s0 = (d + 1.0) / (2.0 * d + 1.0);
+        let s0 = (d + 1.0 + 1.0) / (2.0 * d + 1.0 + 1.0);
         assert_eq!(h.survival()[0], s0);
-        // Position 1 not verified this step: its ratio (1/2) stays, capped by position 0's.
-        assert_eq!(h.survival()[1], 0.5f64.min(s0));
-        assert_eq!(h.survival()[2], 0.0);
+        // Position 1 not verified this step: its counts decay together, capped by position 0's.
+        assert_eq!(h.survival()[1], ((d + 1.0) / (2.0 * d + 1.0)).min(s0));
+        assert_eq!(h.survival()[2], (1.0 / (2.0 * d + 1.0)).min(h.survival()[1]));
         // A step verifying nothing changes nothing.
         let before = h.clone();
         h.end_step();
@@ -110,7 +112,12 @@ mod tests {
         h.observe(2, 2);
         h.observe(2, 1);
         h.end_step();
-        assert_eq!(h.survival(), vec![1.0, 0.5, 0.5, 0.5]);
+        assert_eq!(h.survival(), vec![1.0, 2.0 / 3.0, 2.0 / 3.0, 2.0 / 3.0]);
+        // One decode's first draft rejected once: not the end of speculation (1/2, not 0).
+        let mut once = AcceptanceHistory::new(2);
+        once.observe(2, 0);
+        once.end_step();
+        assert_eq!(once.survival(), vec![0.5, 0.5]);
         // Position 2 observed with a higher ratio than position 1: capped at 0.5.
         h.observe(3, 3);
         h.end_step();

@@ -49,7 +49,8 @@ impl Speculator {
     /// The draft tokens the decodes of each acceptance class verify in a step of `decodes`
     /// (cached tokens, class) when every decode's slots are scored by one estimated `survival`
     /// per position (the instance's history): the j in 0..=k (each class at most its own k)
-    /// with the most expected tokens, `1 + survival[0] + ... + survival[j - 1]` per decode, per
+    /// with the most expected tokens, `1 + survival[0] + ... + survival[j - 1]` per decode (each
+    /// weighed by the chance a proposal reaches it when draft lengths vary), per
     /// nanosecond of the step on `target` (at the profile context, when one is set), the smallest
     /// on a tie; every class its whole k when there is no decode.
     pub fn history_plan(&self, target: &CostModel, decodes: &[(u64, usize)], survival: &[f64]) -> Vec<u32> {
@@ -58,6 +59,7 @@ impl Speculator {
             return (0..classes).map(|c| self.class_k(c).min(self.k())).collect();
         }
         let decodes = &*self.as_profiled(decodes);
+        let reaches = self.reaches();
         let mut plans: Vec<Vec<u32>> = Vec::new();
         for j in 0..=self.k() {
             let plan: Vec<u32> = (0..classes).map(|c| j.min(self.class_k(c))).collect();
@@ -71,7 +73,7 @@ impl Speculator {
         let (mut best, mut best_rate) = (0, f64::NEG_INFINITY);
         for (i, secs) in self.step_seconds_by_plan(target, decodes, &plans).into_iter().enumerate() {
             let ns = secs_to_ns(secs).max(1);
-            let tokens: f64 = (0..classes).filter(|&c| count[c] > 0).map(|c| count[c] as f64 / n * survival[..plans[i][c] as usize].iter().fold(1.0, |t, s| t + s)).sum();
+            let tokens: f64 = (0..classes).filter(|&c| count[c] > 0).map(|c| count[c] as f64 / n * survival[..plans[i][c] as usize].iter().zip(&reaches).fold(1.0, |t, (s, r)| t + s * r)).sum();
             let rate = tokens / ns as f64;
             if rate > best_rate {
                 (best, best_rate) = (i, rate);
@@ -128,13 +130,28 @@ impl Speculator {
         for (i, secs) in self.step_seconds_by_plan(target, decodes, &plans).into_iter().enumerate() {
             let ns = secs_to_ns(secs).max(1);
             // Expected tokens per decode: with one class its own expectation (count / n = 1).
-            let tokens: f64 = (0..self.num_classes()).filter(|&c| count[c] > 0).map(|c| count[c] as f64 / n * expected_tokens_per_step(&self.class_rates(c)[..plans[i][c] as usize])).sum();
+            let tokens: f64 = (0..self.num_classes()).filter(|&c| count[c] > 0).map(|c| count[c] as f64 / n * self.expected_verified_tokens(c, plans[i][c])).sum();
             let rate = tokens / ns as f64;
             if rate > best_rate {
                 (best, best_rate) = (i, rate);
             }
         }
         plans.into_iter().nth(best).expect("a candidate")
+    }
+
+    /// The tokens a decode of class `c` emits on average verifying at most `j` drafts: its own
+    /// and the survival of each slot verified, weighed, when draft lengths vary, by the chance
+    /// the proposal reaches it.
+    fn expected_verified_tokens(&self, c: usize, j: u32) -> f64 {
+        let rates = &self.class_rates(c)[..j as usize];
+        if !self.varies_draft_length() {
+            return expected_tokens_per_step(rates);
+        }
+        let mut survival = 1.0;
+        rates.iter().zip(self.reaches()).fold(1.0, |t, (a, r)| {
+            survival *= a;
+            t + survival * r
+        })
     }
 
     /// The candidate plans (draft tokens verified by each class) for a step of `decodes`:
@@ -144,7 +161,9 @@ impl Speculator {
     pub(super) fn candidate_plans(&self, decodes: &[(u64, usize)]) -> Vec<Vec<u32>> {
         let classes = self.num_classes();
         let k = self.k() as usize;
-        // Each class's slots: its own draft positions (k, or its shorter drafts).
+        let reaches = self.reaches();
+        // Each class's slots: its own draft positions (k, or its shorter drafts), each scored by
+        // its survival and the chance the proposal reaches it (1 unless lengths vary).
         let survival: Vec<Vec<f64>> = (0..classes)
             .map(|c| {
                 self.class_rates(c)[..(self.class_k(c) as usize).min(k)]
@@ -153,6 +172,8 @@ impl Speculator {
                         *p *= a;
                         Some(*p)
                     })
+                    .zip(&reaches)
+                    .map(|(s, r)| s * r)
                     .collect()
             })
             .collect();
@@ -174,7 +195,8 @@ impl Speculator {
     /// The seconds of one step of `decodes` (cached tokens, class) under each of `plans` (the
     /// draft tokens each class verifies), under adaptive verification: [`Speculator::step`]'s
     /// to the bit (the same sums in the same order), with the proposer's steps after the first,
-    /// which run over every decode whatever it verifies, priced once for all plans.
+    /// which run over every decode whatever it verifies, priced once for all plans; when draft
+    /// lengths vary each decode verifies at most its apportioned length.
     pub(super) fn step_seconds_by_plan(&self, target: &CostModel, decodes: &[(u64, usize)], plans: &[Vec<u32>]) -> Vec<f64> {
         let rest = target.empty_shape();
         let mut seqs: Vec<SpecSeq> = decodes.iter().map(|&(c, _)| SpecSeq { cached: c, k: 0 }).collect();
@@ -182,10 +204,12 @@ impl Speculator {
         // depend on the verified k.
         let steps = self.proposal_steps(&rest, &seqs);
         let later: Vec<f64> = (2..=steps).map(|s| self.draft_step(&rest, &seqs, s).seconds).collect();
+        let n = decodes.len();
         plans
             .iter()
             .map(|plan| {
-                seqs.iter_mut().zip(decodes).for_each(|(s, &(_, c))| s.k = plan[c]);
+                // Varying draft lengths: the step's lengths apportioned (k otherwise: the plan's).
+                seqs.iter_mut().zip(decodes).enumerate().for_each(|(d, (s, &(_, c)))| s.k = plan[c].min(self.apportioned_length(d, n)));
                 let (shape, chunks) = self.verify_shape(&rest, &seqs);
                 let mut secs = target.iteration_verify(&shape, &chunks).seconds;
                 secs += self.lookup_seconds(&rest, &seqs);

@@ -6,24 +6,22 @@
 //! step each proposing decode draws its length from the instance's seeded stream (after the
 //! n-gram match draw, before the acceptance draw), capped by what the scheduler granted it (its
 //! KV lookahead, its class's k, the tokens left); the verify pass checks that many and the
-//! acceptance draw runs over them. Unset: every proposal holds all it was granted.
+//! acceptance draw runs over them. Unset: every proposal holds all it was granted. Under
+//! adaptive verification a slot's survival is weighed by the chance the proposal reaches it
+//! ([`Speculator::reaches`]) and candidate steps are priced with the lengths apportioned.
 
 use super::speculative::Speculator;
 use super::speculative_config::{SpecMethod, SpeculativeConfig};
 use crate::error::{Error, Result};
 
 impl SpeculativeConfig {
-    /// Refuses `draft_lengths` on a model proposer (which drafts all k), beside adaptive
-    /// verification (which plans on k drafted), of a length other than k, with a probability
-    /// outside [0, 1] or not summing to 1.
+    /// Refuses `draft_lengths` on a model proposer (which drafts all k), of a length other than
+    /// k, with a probability outside [0, 1] or not summing to 1.
     pub(super) fn check_draft_lengths(&self) -> Result<()> {
         let Some(lengths) = &self.draft_lengths else { return Ok(()) };
         let field = "speculative.draft_lengths";
         if !matches!(self.method, SpecMethod::Ngram | SpecMethod::Suffix) {
             return Err(Error::config(field, format!("applies to model-free proposers (ngram, suffix), whose matches vary in length; method {} drafts all k", self.method.name())));
-        }
-        if self.enable_adaptive_verification {
-            return Err(Error::config(field, "cannot be combined with enable_adaptive_verification (its plan assumes all k drafted)"));
         }
         if lengths.len() != self.num_speculative_tokens as usize {
             return Err(Error::config(field, format!("needs one probability per length 1..k ({}), got {}", self.num_speculative_tokens, lengths.len())));
@@ -62,6 +60,24 @@ impl Speculator {
         }
         let len = self.draft_upto.iter().position(|&c| u < c).unwrap_or(self.draft_upto.len() - 1) as u32 + 1;
         len.min(granted)
+    }
+
+    /// The probability that a proposal reaches past position i (holds more than i tokens), for
+    /// i = 0..k: 1 at every position when lengths do not vary. Adaptive verification weighs a
+    /// slot's survival by it: a slot the proposal does not reach emits nothing.
+    pub fn reaches(&self) -> Vec<f64> {
+        let k = self.k() as usize;
+        if self.draft_upto.is_empty() {
+            return vec![1.0; k];
+        }
+        (0..k).map(|i| if i == 0 { 1.0 } else { (1.0 - self.draft_upto[i - 1]).max(0.0) }).collect()
+    }
+
+    /// The length of decode `d` of `n` in a representative step, the lengths apportioned by
+    /// their probabilities (decode d at the quantile (d + 1/2) / n): how adaptive verification
+    /// prices a step whose lengths are not drawn yet; k when lengths do not vary.
+    pub fn apportioned_length(&self, d: usize, n: usize) -> u32 {
+        self.draft_length(self.k(), (d as f64 + 0.5) / n as f64)
     }
 
     /// The probability that a proposal holds exactly i tokens, i = 1..k (all at k when lengths do
@@ -110,7 +126,7 @@ mod tests {
         assert_eq!(path(suffix(Some(vec![0.5, 0.5, 1.5, -1.5]))).0, "speculative.draft_lengths.2");
         assert!(path(suffix(Some(vec![0.5, 0.25, 0.125, 0.0]))).1.contains("sum to 1"));
         assert!(path(SpeculativeConfig { method: SpecMethod::Eagle, ..suffix(Some(vec![0.25; 4])) }).1.contains("method eagle drafts all k"));
-        assert!(path(SpeculativeConfig { enable_adaptive_verification: true, ..suffix(Some(vec![0.25; 4])) }).1.contains("enable_adaptive_verification"));
+        assert!(SpeculativeConfig { enable_adaptive_verification: true, ..suffix(Some(vec![0.25; 4])) }.check_draft_lengths().is_ok());
     }
 
     #[test]
@@ -122,10 +138,14 @@ mod tests {
         // The grant caps it.
         assert_eq!(sp.draft_length(2, 0.9), 2);
         assert_eq!(sp.draft_length_probabilities(), vec![0.5, 0.25, 0.125, 0.125]);
+        assert_eq!(sp.reaches(), vec![1.0, 0.5, 0.25, 0.125]);
+        // Eight decodes of a representative step: four of 1, two of 2, one of 3 and of 4.
+        assert_eq!((0..8).map(|d| sp.apportioned_length(d, 8)).collect::<Vec<_>>(), vec![1, 1, 1, 1, 2, 2, 3, 4]);
         // Unset: the grant, and every proposal at k.
         let fixed = built(&suffix(None));
         assert!(!fixed.varies_draft_length());
         assert_eq!(fixed.draft_length(3, 0.1), 3);
         assert_eq!(fixed.draft_length_probabilities(), vec![0.0, 0.0, 0.0, 1.0]);
+        assert_eq!((fixed.reaches(), fixed.apportioned_length(0, 8)), (vec![1.0; 4], 4));
     }
 }
