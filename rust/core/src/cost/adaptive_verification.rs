@@ -59,7 +59,6 @@ impl Speculator {
             return (0..classes).map(|c| self.class_k(c).min(self.k())).collect();
         }
         let decodes = &*self.as_profiled(decodes);
-        let reaches = self.reaches();
         let mut plans: Vec<Vec<u32>> = Vec::new();
         for j in 0..=self.k() {
             let plan: Vec<u32> = (0..classes).map(|c| j.min(self.class_k(c))).collect();
@@ -67,19 +66,8 @@ impl Speculator {
                 plans.push(plan);
             }
         }
-        let n = decodes.len() as f64;
-        let mut count = vec![0usize; classes];
-        decodes.iter().for_each(|&(_, c)| count[c] += 1);
-        let (mut best, mut best_rate) = (0, f64::NEG_INFINITY);
-        for (i, secs) in self.step_seconds_by_plan(target, decodes, &plans).into_iter().enumerate() {
-            let ns = secs_to_ns(secs).max(1);
-            let tokens: f64 = (0..classes).filter(|&c| count[c] > 0).map(|c| count[c] as f64 / n * survival[..plans[i][c] as usize].iter().zip(&reaches).fold(1.0, |t, (s, r)| t + s * r)).sum();
-            let rate = tokens / ns as f64;
-            if rate > best_rate {
-                (best, best_rate) = (i, rate);
-            }
-        }
-        plans.into_iter().nth(best).expect("a candidate")
+        let reaches = self.reaches();
+        self.best_plan(target, decodes, plans, |_, j| survival[..j as usize].iter().zip(reaches).fold(1.0, |t, (s, r)| t + s * r))
     }
 
     /// `decodes` (cached tokens, class) as adaptive verification prices them: each at the
@@ -123,15 +111,22 @@ impl Speculator {
         }
         let decodes = &*self.as_profiled(decodes);
         let plans = self.candidate_plans(decodes);
+        self.best_plan(target, decodes, plans, |c, j| self.expected_verified_tokens(c, j))
+    }
+
+    /// Of `plans` (the draft tokens each class verifies) for a step of `decodes`, the one with
+    /// the most expected tokens per nanosecond of that step on `target`, the earliest on a tie;
+    /// `tokens(c, j)` is what a decode of class c emits verifying j drafts, averaged over the
+    /// decodes by class (with one class its own expectation: count / n = 1).
+    fn best_plan(&self, target: &CostModel, decodes: &[(u64, usize)], plans: Vec<Vec<u32>>, tokens: impl Fn(usize, u32) -> f64) -> Vec<u32> {
         let n = decodes.len() as f64;
         let mut count = vec![0usize; self.num_classes()];
         decodes.iter().for_each(|&(_, c)| count[c] += 1);
         let (mut best, mut best_rate) = (0, f64::NEG_INFINITY);
         for (i, secs) in self.step_seconds_by_plan(target, decodes, &plans).into_iter().enumerate() {
             let ns = secs_to_ns(secs).max(1);
-            // Expected tokens per decode: with one class its own expectation (count / n = 1).
-            let tokens: f64 = (0..self.num_classes()).filter(|&c| count[c] > 0).map(|c| count[c] as f64 / n * self.expected_verified_tokens(c, plans[i][c])).sum();
-            let rate = tokens / ns as f64;
+            let expected: f64 = (0..self.num_classes()).filter(|&c| count[c] > 0).map(|c| count[c] as f64 / n * tokens(c, plans[i][c])).sum();
+            let rate = expected / ns as f64;
             if rate > best_rate {
                 (best, best_rate) = (i, rate);
             }
@@ -172,7 +167,7 @@ impl Speculator {
                         *p *= a;
                         Some(*p)
                     })
-                    .zip(&reaches)
+                    .zip(reaches)
                     .map(|(s, r)| s * r)
                     .collect()
             })
@@ -204,12 +199,12 @@ impl Speculator {
         // depend on the verified k.
         let steps = self.proposal_steps(&rest, &seqs);
         let later: Vec<f64> = (2..=steps).map(|s| self.draft_step(&rest, &seqs, s).seconds).collect();
-        let n = decodes.len();
+        // Varying draft lengths: the step's lengths apportioned, once for all plans (k otherwise).
+        let lengths: Vec<u32> = (0..decodes.len()).map(|d| self.apportioned_length(d, decodes.len())).collect();
         plans
             .iter()
             .map(|plan| {
-                // Varying draft lengths: the step's lengths apportioned (k otherwise: the plan's).
-                seqs.iter_mut().zip(decodes).enumerate().for_each(|(d, (s, &(_, c)))| s.k = plan[c].min(self.apportioned_length(d, n)));
+                seqs.iter_mut().zip(decodes).zip(&lengths).for_each(|((s, &(_, c)), &len)| s.k = plan[c].min(len));
                 let (shape, chunks) = self.verify_shape(&rest, &seqs);
                 let mut secs = target.iteration_verify(&shape, &chunks).seconds;
                 secs += self.lookup_seconds(&rest, &seqs);

@@ -36,6 +36,13 @@ impl SpeculativeConfig {
         Ok(())
     }
 
+    /// The probability that a proposal reaches past each position i = 0..k (1 at every position
+    /// when `draft_lengths` is unset), from the lengths summed up to each.
+    pub(super) fn reach_probabilities(&self, upto: &[f64]) -> Vec<f64> {
+        let k = self.num_speculative_tokens as usize;
+        (0..k).map(|i| if i == 0 || upto.is_empty() { 1.0 } else { (1.0 - upto[i - 1]).max(0.0) }).collect()
+    }
+
     /// `draft_lengths` summed up to each length (empty when unset).
     pub(super) fn draft_lengths_upto(&self) -> Vec<f64> {
         self.draft_lengths.as_deref().unwrap_or_default().iter().scan(0.0, |sum, p| {
@@ -65,12 +72,8 @@ impl Speculator {
     /// The probability that a proposal reaches past position i (holds more than i tokens), for
     /// i = 0..k: 1 at every position when lengths do not vary. Adaptive verification weighs a
     /// slot's survival by it: a slot the proposal does not reach emits nothing.
-    pub fn reaches(&self) -> Vec<f64> {
-        let k = self.k() as usize;
-        if self.draft_upto.is_empty() {
-            return vec![1.0; k];
-        }
-        (0..k).map(|i| if i == 0 { 1.0 } else { (1.0 - self.draft_upto[i - 1]).max(0.0) }).collect()
+    pub fn reaches(&self) -> &[f64] {
+        &self.reach
     }
 
     /// The length of decode `d` of `n` in a representative step, the lengths apportioned by
@@ -138,7 +141,7 @@ mod tests {
         // The grant caps it.
         assert_eq!(sp.draft_length(2, 0.9), 2);
         assert_eq!(sp.draft_length_probabilities(), vec![0.5, 0.25, 0.125, 0.125]);
-        assert_eq!(sp.reaches(), vec![1.0, 0.5, 0.25, 0.125]);
+        assert_eq!(sp.reaches(), [1.0, 0.5, 0.25, 0.125]);
         // Eight decodes of a representative step: four of 1, two of 2, one of 3 and of 4.
         assert_eq!((0..8).map(|d| sp.apportioned_length(d, 8)).collect::<Vec<_>>(), vec![1, 1, 1, 1, 2, 2, 3, 4]);
         // Unset: the grant, and every proposal at k.
@@ -146,6 +149,6 @@ mod tests {
         assert!(!fixed.varies_draft_length());
         assert_eq!(fixed.draft_length(3, 0.1), 3);
         assert_eq!(fixed.draft_length_probabilities(), vec![0.0, 0.0, 0.0, 1.0]);
-        assert_eq!((fixed.reaches(), fixed.apportioned_length(0, 8)), (vec![1.0; 4], 4));
+        assert_eq!((fixed.reaches(), fixed.apportioned_length(0, 8)), (&[1.0; 4][..], 4));
     }
 }

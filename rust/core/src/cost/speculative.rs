@@ -84,6 +84,8 @@ pub struct Speculator {
     pub(super) profile_context: Option<u64>,
     /// Varying draft lengths' probabilities summed up to each length (empty: all granted).
     pub(super) draft_upto: Vec<f64>,
+    /// The probability that a proposal reaches past each draft position (1s: all granted).
+    pub(super) reach: Vec<f64>,
     /// Weight bytes the proposer adds on each GPU.
     pub weight_bytes_per_gpu: u64,
     /// KV bytes per token the proposer adds on each GPU.
@@ -202,7 +204,7 @@ impl Speculator {
         let lookup = if cfg.method == SpecMethod::Ngram { spec.efficiency.ngram_lookup } else { None };
         let adaptive = cfg.enable_adaptive_verification;
         let class_k = cfg.class_draft_tokens();
-        Ok(Speculator { method: cfg.method, classes, class_k, proposal_rate, proposer, modules, per_step, per_proposal, per_batch_size, tree, lookup, adaptive, estimate: cfg.adaptive_estimate, profile_context: cfg.adaptive_profile_context.map(u64::from), draft_upto: cfg.draft_lengths_upto(), weight_bytes_per_gpu: weight, kv_bytes_per_token_per_gpu: kv })
+        Ok(Speculator { method: cfg.method, classes, class_k, proposal_rate, proposer, modules, per_step, per_proposal, per_batch_size, tree, lookup, adaptive, estimate: cfg.adaptive_estimate, profile_context: cfg.adaptive_profile_context.map(u64::from), draft_upto: cfg.draft_lengths_upto(), reach: cfg.reach_probabilities(&cfg.draft_lengths_upto()), weight_bytes_per_gpu: weight, kv_bytes_per_token_per_gpu: kv })
     }
 
     /// The proposer's KV bytes of one token over all its layers and KV heads (what a speculating
